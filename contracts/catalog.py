@@ -1,0 +1,74 @@
+"""The registry from detail-type to event model, with upcasters for old schema versions.
+
+Decoding is the one place where stored bytes become typed events: a stored detail of an
+older `schema_version` is lifted one version at a time by registered upcasters (pure
+functions on the JSON dict) and then validated by the current model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from contracts.events import ALL_EVENTS, DomainEvent
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class UnknownEventType(LookupError):
+    """A detail-type that the catalog does not know."""
+
+
+class MissingUpcaster(LookupError):
+    """A stored schema_version that no upcaster lifts to the current one."""
+
+
+class EventCatalog:
+    def __init__(self, models: Iterable[type[DomainEvent]] = ()) -> None:
+        self._models: dict[str, type[DomainEvent]] = {}
+        self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        for model in models:
+            self.register(model)
+
+    def register(self, model: type[DomainEvent]) -> type[DomainEvent]:
+        name = model.detail_type()
+        if name in self._models and self._models[name] is not model:
+            raise ValueError(f"detail-type {name!r} is already registered")
+        self._models[name] = model
+        return model
+
+    def upcaster(self, detail_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Register `fn` to lift a `detail_type` detail from `from_version` to the next one."""
+
+        def decorate(fn: Upcaster) -> Upcaster:
+            self._upcasters[(detail_type, from_version)] = fn
+            return fn
+
+        return decorate
+
+    def model(self, detail_type: str) -> type[DomainEvent]:
+        try:
+            return self._models[detail_type]
+        except KeyError:
+            raise UnknownEventType(f"unknown detail-type {detail_type!r}") from None
+
+    def models(self) -> list[type[DomainEvent]]:
+        return list(self._models.values())
+
+    def decode(self, detail_type: str, schema_version: int, detail_json: str) -> DomainEvent:
+        model = self.model(detail_type)
+        if schema_version == model.schema_version:
+            return model.model_validate_json(detail_json)
+        data = json.loads(detail_json)
+        for version in range(schema_version, model.schema_version):
+            try:
+                data = self._upcasters[(detail_type, version)](data)
+            except KeyError:
+                raise MissingUpcaster(
+                    f"no upcaster for {detail_type} schema_version {version}"
+                ) from None
+        return model.model_validate(data)
+
+
+CATALOG = EventCatalog(ALL_EVENTS)

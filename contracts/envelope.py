@@ -1,0 +1,186 @@
+"""The envelope every event travels in, and the per-stream hash chain.
+
+`StoredEvent` is the record exactly as the log keeps it (the detail as its JSON text, so
+reads return the same bytes that were hashed). `EventEnvelope` is the typed view that
+handlers and consumers work with, and it maps 1:1 onto an EventBridge entry: Source,
+DetailType, Time, and a Detail of `{"metadata": {...store fields...}, "data": {...event...}}`.
+
+The chain: `hash = sha256(canonical(prev_hash, id, stream_id, version, source, detail_type,
+schema_version, time, correlation_id, causation_id, actor, detail))`, with
+`prev_hash` of a stream's first event = GENESIS_HASH. The global `position` is not hashed:
+it belongs to the backend, so an exported log imported elsewhere keeps every hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
+
+from contracts.catalog import CATALOG, EventCatalog
+from contracts.events.base import DomainEvent
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One event as recorded: every field is the exact stored value."""
+
+    id: str
+    stream_id: str
+    version: int
+    position: int | None
+    source: str
+    detail_type: str
+    schema_version: int
+    time: str
+    correlation_id: str
+    causation_id: str
+    actor: str
+    detail: str
+    prev_hash: str
+    hash: str
+
+    def expected_hash(self) -> str:
+        return chain_hash(
+            self.prev_hash,
+            self.id,
+            self.stream_id,
+            self.version,
+            self.source,
+            self.detail_type,
+            self.schema_version,
+            self.time,
+            self.correlation_id,
+            self.causation_id,
+            self.actor,
+            self.detail,
+        )
+
+
+def chain_hash(
+    prev_hash: str,
+    event_id: str,
+    stream_id: str,
+    version: int,
+    source: str,
+    detail_type: str,
+    schema_version: int,
+    time: str,
+    correlation_id: str,
+    causation_id: str,
+    actor: str,
+    detail: str,
+) -> str:
+    """SHA-256 over an unambiguous (JSON array) encoding of the hashed fields."""
+    canonical = json.dumps(
+        [prev_hash, event_id, stream_id, version, source, detail_type, schema_version,
+         time, correlation_id, causation_id, actor, detail],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class EventMetadata(BaseModel):
+    """Store metadata, published under `detail.metadata` on the bus."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    stream_id: str
+    version: int
+    position: int | None = None
+    schema_version: int
+    correlation_id: str
+    causation_id: str
+    actor: str
+    prev_hash: str
+    hash: str
+
+
+class EventEnvelope(BaseModel):
+    """A recorded event with its typed detail."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    id: str
+    source: str
+    detail_type: str = Field(alias="detail-type")
+    time: datetime
+    detail: SerializeAsAny[DomainEvent]
+    metadata: EventMetadata
+
+    @classmethod
+    def from_stored(cls, stored: StoredEvent, catalog: EventCatalog = CATALOG) -> EventEnvelope:
+        return cls(
+            id=stored.id,
+            source=stored.source,
+            detail_type=stored.detail_type,
+            time=datetime.fromisoformat(stored.time),
+            detail=catalog.decode(stored.detail_type, stored.schema_version, stored.detail),
+            metadata=EventMetadata(
+                id=stored.id,
+                stream_id=stored.stream_id,
+                version=stored.version,
+                position=stored.position,
+                schema_version=stored.schema_version,
+                correlation_id=stored.correlation_id,
+                causation_id=stored.causation_id,
+                actor=stored.actor,
+                prev_hash=stored.prev_hash,
+                hash=stored.hash,
+            ),
+        )
+
+
+def bus_event(stored: StoredEvent) -> dict[str, Any]:
+    """The event as EventBridge delivers it to targets (and as the local bus matches it).
+
+    `detail.data` is the stored detail as written (after upcasting nothing: consumers of the
+    bus see the schema_version in metadata and upcast with the catalog themselves).
+    """
+    return {
+        "version": "0",
+        "id": stored.id,
+        "source": stored.source,
+        "detail-type": stored.detail_type,
+        "time": stored.time,
+        "resources": [],
+        "detail": {"metadata": _metadata(stored), "data": json.loads(stored.detail)},
+    }
+
+
+def eventbridge_entry(stored: StoredEvent, bus_name: str) -> dict[str, Any]:
+    """The PutEvents entry for a stored event."""
+    detail = '{"metadata":%s,"data":%s}' % (
+        json.dumps(_metadata(stored), separators=(",", ":")),
+        stored.detail,
+    )
+    return {
+        "Source": stored.source,
+        "DetailType": stored.detail_type,
+        "Detail": detail,
+        "Time": datetime.fromisoformat(stored.time),
+        "EventBusName": bus_name,
+    }
+
+
+def _metadata(stored: StoredEvent) -> dict[str, Any]:
+    return {
+        "id": stored.id,
+        "stream_id": stored.stream_id,
+        "version": stored.version,
+        "position": stored.position,
+        "schema_version": stored.schema_version,
+        "correlation_id": stored.correlation_id,
+        "causation_id": stored.causation_id,
+        "actor": stored.actor,
+        "prev_hash": stored.prev_hash,
+        "hash": stored.hash,
+    }

@@ -1,0 +1,59 @@
+"""The event catalog: every published event model, by service."""
+
+from contracts.events.base import DomainEvent
+from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.events.generator import (
+    BatchFailed,
+    BatchGenerated,
+    DatasetExported,
+    ExportedFile,
+    TokenUsage,
+)
+from contracts.events.jobs import (
+    JobCancelled,
+    JobCancelRequested,
+    JobCompleted,
+    JobDeleted,
+    JobFailed,
+    JobRequested,
+    JobStarted,
+    OutputFormat,
+)
+from contracts.events.seeds import SeedDataUploaded, SeedDataValidated, SeedFormat
+from contracts.events.templates import (
+    TemplateCreated,
+    TemplateDeleted,
+    TemplateStep,
+    TemplateVersionPublished,
+)
+
+ALL_EVENTS: tuple[type[DomainEvent], ...] = (
+    TemplateCreated,
+    TemplateVersionPublished,
+    TemplateDeleted,
+    SeedDataUploaded,
+    SeedDataValidated,
+    JobRequested,
+    JobStarted,
+    JobCancelRequested,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobDeleted,
+    BatchGenerated,
+    BatchFailed,
+    DatasetExported,
+    CostRecorded,
+    BudgetWarning,
+    BudgetExceeded,
+)
+
+__all__ = [cls.__name__ for cls in ALL_EVENTS] + [
+    "ALL_EVENTS",
+    "DomainEvent",
+    "ExportedFile",
+    "OutputFormat",
+    "SeedFormat",
+    "TemplateStep",
+    "TokenUsage",
+]

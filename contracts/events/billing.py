@@ -1,0 +1,37 @@
+"""Events of the billing service (stream `ledger-<job_id>`). Money is Decimal USD."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import ClassVar
+
+from pydantic import Field
+
+from contracts.events.base import DomainEvent
+
+
+class _LedgerEvent(DomainEvent):
+    source: ClassVar[str] = "palette.billing"
+    job_id: str
+
+
+class CostRecorded(_LedgerEvent):
+    batch_number: int = Field(ge=0)
+    catalog_version: str
+    model_tokens: Decimal = Field(ge=0)
+    compute: Decimal = Field(ge=0)
+    storage: Decimal = Field(ge=0)
+    total: Decimal = Field(ge=0)
+    per_model: dict[str, Decimal] = Field(default_factory=dict)
+
+
+class BudgetWarning(_LedgerEvent):
+    budget_limit: Decimal = Field(gt=0)
+    spent: Decimal = Field(ge=0)
+    threshold_percent: int = Field(ge=1, le=100)
+
+
+class BudgetExceeded(_LedgerEvent):
+    budget_limit: Decimal = Field(gt=0)
+    spent: Decimal = Field(ge=0)
+    reason: str

@@ -1,0 +1,48 @@
+"""Events of the templates service (stream `template-<id>`)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.events.base import DomainEvent
+
+
+class TemplateStep(BaseModel):
+    """One model call of a template; a later step may use `{{ steps.<id>.output }}`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)
+    model: str = Field(description="provider/model-id, split at the first slash")
+    prompt: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    output_schema: dict[str, Any] | None = None
+
+
+class _TemplateEvent(DomainEvent):
+    source: ClassVar[str] = "palette.templates"
+    template_id: str
+
+
+class TemplateCreated(_TemplateEvent):
+    owner: str
+    name: str
+    description: str = ""
+    is_public: bool = False
+    steps: list[TemplateStep]
+    required_fields: list[str] = Field(description="dotted seed paths the prompts read")
+
+
+class TemplateVersionPublished(_TemplateEvent):
+    version: int = Field(ge=2)
+    name: str
+    description: str = ""
+    is_public: bool = False
+    steps: list[TemplateStep]
+    required_fields: list[str]
+
+
+class TemplateDeleted(_TemplateEvent):
+    pass

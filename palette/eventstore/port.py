@@ -1,0 +1,122 @@
+"""The event store port: what every adapter (SQLite, DynamoDB) guarantees.
+
+`append` is the commit point of every command. It is atomic per call: all events are
+written with contiguous versions after `expected_version`, or none are. Re-appending a batch
+whose event ids are all stored already is a no-op that returns the stored events, so a
+retried command cannot duplicate facts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from contracts.envelope import StoredEvent
+from contracts.events.base import DomainEvent
+
+MAX_EVENT_BYTES = 256 * 1024
+"""Largest stored detail. DynamoDB items stop at 400 KB and PutEvents entries at 1 MB;
+256 KiB leaves room for the envelope. Bigger payloads belong in the blob store."""
+
+
+class EventStoreError(Exception):
+    """Base of every event store failure."""
+
+
+class ConcurrencyConflict(EventStoreError):
+    """The stream is not at the expected version: another writer moved it first."""
+
+    def __init__(self, stream_id: str, expected_version: int, actual_version: int | None = None):
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        actual = "" if actual_version is None else f", it is at {actual_version}"
+        super().__init__(
+            f"stream {stream_id!r} was expected at version {expected_version}{actual}"
+        )
+
+
+class EventTooLarge(EventStoreError):
+    """An event's detail exceeds MAX_EVENT_BYTES."""
+
+
+class InvalidEvent(EventStoreError):
+    """An event that the catalog does not know or that fails its model's validation."""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event a handler wants recorded; the store adds stream, version, position and hash.
+
+    `correlation_id` defaults to the event's own id (the start of a causal chain).
+    """
+
+    detail: DomainEvent
+    actor: str = "system"
+    correlation_id: str | None = None
+    causation_id: str = ""
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: str = field(default_factory=utc_now)
+
+
+class EventStore(ABC):
+    """Append-only log of streams with a global commit order."""
+
+    @abstractmethod
+    def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
+    ) -> list[StoredEvent]:
+        """Record `events` at versions expected_version+1.. or raise ConcurrencyConflict."""
+
+    @abstractmethod
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> list[StoredEvent]:
+        """Events of one stream with from_version <= version <= to_version, in version order
+        (descending when `backwards`, starting from `to_version` or the end)."""
+
+    @abstractmethod
+    def read_all(
+        self,
+        after_position: int = 0,
+        limit: int = 1000,
+        detail_types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        """Events with position > after_position in commit order, at most `limit`."""
+
+    @abstractmethod
+    def stream_version(self, stream_id: str) -> int:
+        """The version of a stream's last event, 0 for a stream that does not exist."""
+
+    @abstractmethod
+    def stream_ids(self) -> Iterator[str]:
+        """Every stream id, for audits that walk the whole log."""
+
+    def iter_all(
+        self, after_position: int = 0, page_size: int = 5000, detail_types: Sequence[str] | None = None
+    ) -> Iterator[StoredEvent]:
+        """Every event after `after_position`, page by page."""
+        position = after_position
+        while True:
+            page = self.read_all(position, page_size, detail_types)
+            if not page:
+                return
+            yield from page
+            position = page[-1].position or position
+            if len(page) < page_size and detail_types is None:
+                return
+
+    def close(self) -> None:
+        """Release connections; the default has none."""

@@ -1,0 +1,206 @@
+"""The embedded event store: one SQLite file in WAL mode.
+
+Positions are the table's rowid. SQLite runs one write transaction at a time (BEGIN
+IMMEDIATE), and rowids are handed out inside it, so positions are gapless and in commit
+order: a reader that has seen position p has seen every position below p.
+
+Conflicts are found by the UNIQUE(stream_id, version) index, which is what makes two
+racing writers safe — across threads and processes alike. Idempotency rides on
+UNIQUE(id): when an insert fails, the failed batch is compared with what is stored.
+Connections are per thread; `synchronous` defaults to FULL (a commit survives power loss).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from contracts.catalog import CATALOG, EventCatalog
+from contracts.envelope import GENESIS_HASH, StoredEvent
+from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from palette.eventstore.recording import record
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    position INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    detail_type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    time TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    causation_id TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    UNIQUE (stream_id, version)
+);
+"""
+
+_COLUMNS = (
+    "id, stream_id, version, position, source, detail_type, schema_version, time, "
+    "correlation_id, causation_id, actor, detail, prev_hash, hash"
+)
+_INSERT = (
+    "INSERT INTO events (id, stream_id, version, source, detail_type, schema_version, time, "
+    "correlation_id, causation_id, actor, detail, prev_hash, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A connection in autocommit mode (we BEGIN ourselves), WAL, with a generous busy wait."""
+    connection = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute(f"PRAGMA synchronous={synchronous}")
+    connection.execute("PRAGMA busy_timeout=30000")
+    return connection
+
+
+class SQLiteEventStore(EventStore):
+    def __init__(
+        self, path: Path | str, catalog: EventCatalog = CATALOG, synchronous: str = "FULL"
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._catalog = catalog
+        self._synchronous = synchronous
+        self._local = threading.local()
+        self._all_connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._connection().executescript(_SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = connect(self.path, self._synchronous)
+            self._local.connection = connection
+            with self._lock:
+                self._all_connections.append(connection)
+        return connection
+
+    def append(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
+    ) -> list[StoredEvent]:
+        if not events:
+            return []
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            prev_hash = self._hash_at(db, stream_id, expected_version)
+            if prev_hash is None:
+                raise ConcurrencyConflict(stream_id, expected_version, self._version(db, stream_id))
+            stored = record(stream_id, expected_version, prev_hash, events, self._catalog)
+            rows = [
+                (e.id, e.stream_id, e.version, e.source, e.detail_type, e.schema_version, e.time,
+                 e.correlation_id, e.causation_id, e.actor, e.detail, e.prev_hash, e.hash)
+                for e in stored
+            ]
+            cursor = db.executemany(_INSERT, rows)
+            last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError:
+            db.execute("ROLLBACK")
+            return self._replayed_or_conflict(stream_id, events, expected_version)
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        del cursor
+        first = last - len(stored) + 1
+        return [_with_position(e, first + i) for i, e in enumerate(stored)]
+
+    def _hash_at(self, db: sqlite3.Connection, stream_id: str, version: int) -> str | None:
+        """The hash to chain onto at `version`, or None when the stream is not there."""
+        if version == 0:
+            return GENESIS_HASH
+        row = db.execute(
+            "SELECT hash FROM events WHERE stream_id = ? AND version = ?", (stream_id, version)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    @staticmethod
+    def _version(db: sqlite3.Connection, stream_id: str) -> int:
+        row = db.execute(
+            "SELECT MAX(version) FROM events WHERE stream_id = ?", (stream_id,)
+        ).fetchone()
+        return row[0] or 0
+
+    def _replayed_or_conflict(
+        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
+    ) -> list[StoredEvent]:
+        """After a failed insert: the same ids all stored in this stream means a retry."""
+        ids = [e.id for e in events]
+        db = self._connection()
+        placeholders = ",".join("?" * len(ids))
+        rows = db.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE id IN ({placeholders}) ORDER BY position",
+            ids,
+        ).fetchall()
+        if len(rows) == len(ids) and all(row[1] == stream_id for row in rows):
+            return [StoredEvent(*row) for row in rows]
+        raise ConcurrencyConflict(stream_id, expected_version, self._version(db, stream_id))
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> list[StoredEvent]:
+        sql = f"SELECT {_COLUMNS} FROM events WHERE stream_id = ? AND version >= ?"
+        args: list[object] = [stream_id, from_version]
+        if to_version is not None:
+            sql += " AND version <= ?"
+            args.append(to_version)
+        sql += " ORDER BY version DESC" if backwards else " ORDER BY version"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self._connection().execute(sql, args).fetchall()
+        return [StoredEvent(*row) for row in rows]
+
+    def read_all(
+        self,
+        after_position: int = 0,
+        limit: int = 1000,
+        detail_types: Sequence[str] | None = None,
+    ) -> list[StoredEvent]:
+        sql = f"SELECT {_COLUMNS} FROM events WHERE position > ?"
+        args: list[object] = [after_position]
+        if detail_types is not None:
+            sql += f" AND detail_type IN ({','.join('?' * len(detail_types))})"
+            args.extend(detail_types)
+        sql += " ORDER BY position LIMIT ?"
+        args.append(limit)
+        rows = self._connection().execute(sql, args).fetchall()
+        return [StoredEvent(*row) for row in rows]
+
+    def stream_version(self, stream_id: str) -> int:
+        return self._version(self._connection(), stream_id)
+
+    def stream_ids(self) -> Iterator[str]:
+        rows = self._connection().execute("SELECT DISTINCT stream_id FROM events ORDER BY stream_id")
+        for (stream_id,) in rows:
+            yield stream_id
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._all_connections:
+                connection.close()
+            self._all_connections.clear()
+        self._local = threading.local()
+
+
+def _with_position(event: StoredEvent, position: int) -> StoredEvent:
+    return StoredEvent(
+        event.id, event.stream_id, event.version, position, event.source, event.detail_type,
+        event.schema_version, event.time, event.correlation_id, event.causation_id,
+        event.actor, event.detail, event.prev_hash, event.hash,
+    )
