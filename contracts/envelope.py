@@ -177,6 +177,7 @@ def _metadata(stored: StoredEvent) -> dict[str, Any]:
         "stream_id": stored.stream_id,
         "version": stored.version,
         "position": stored.position,
+        "time": stored.time,
         "schema_version": stored.schema_version,
         "correlation_id": stored.correlation_id,
         "causation_id": stored.causation_id,

@@ -1,0 +1,27 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both set up .venv first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench schemas
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[dev,aws]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/palette demo --data-dir .palette
+
+test: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(PY) -m contracts.schemagen --check
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench.eventstore
+	$(PY) -m bench.seeds
+
+schemas: $(STAMP)
+	$(PY) -m contracts.schemagen

@@ -1,0 +1,1 @@
+"""Billing: pricing, the cost ledger and hard budgets."""

@@ -1,0 +1,1 @@
+"""Generator: workers that run templates against models and write datasets in batches."""

@@ -1,0 +1,1 @@
+"""Jobs: job commands, lifecycle and job queries."""

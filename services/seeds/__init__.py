@@ -1,0 +1,1 @@
+"""Seeds: upload and streaming validation of seed data against a template."""

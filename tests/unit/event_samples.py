@@ -1,0 +1,111 @@
+"""One valid instance of every published event, for tests that must cover the whole catalog."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from contracts.events import (
+    ALL_EVENTS,
+    BatchFailed,
+    BatchGenerated,
+    BudgetExceeded,
+    BudgetWarning,
+    CostRecorded,
+    DatasetExported,
+    DomainEvent,
+    ExportedFile,
+    JobCancelled,
+    JobCancelRequested,
+    JobCompleted,
+    JobDeleted,
+    JobFailed,
+    JobRequested,
+    JobStarted,
+    OutputFormat,
+    SeedDataUploaded,
+    SeedDataValidated,
+    SeedFormat,
+    TemplateCreated,
+    TemplateDeleted,
+    TemplateStep,
+    TemplateVersionPublished,
+    TokenUsage,
+)
+
+_SHA = "ab" * 32
+_STEPS = [
+    TemplateStep(
+        id="question",
+        model="local/gemma-3-270m",
+        prompt="Ask about {{ seed.topic }}",
+        parameters={"temperature": 0.7, "max_tokens": 128},
+    ),
+    TemplateStep(
+        id="answer",
+        model="openai/gpt-4o-mini",
+        prompt="Answer: {{ steps.question.output }}",
+        output_schema={"type": "object", "properties": {"answer": {"type": "string"}}},
+    ),
+]
+
+SAMPLES: dict[type[DomainEvent], DomainEvent] = {
+    TemplateCreated: TemplateCreated(
+        template_id="tpl-1", owner="alice", name="Q&A", description="questions and answers",
+        is_public=True, steps=_STEPS, required_fields=["topic"],
+    ),
+    TemplateVersionPublished: TemplateVersionPublished(
+        template_id="tpl-1", version=2, name="Q&A v2", steps=_STEPS, required_fields=["topic"],
+    ),
+    TemplateDeleted: TemplateDeleted(template_id="tpl-1"),
+    SeedDataUploaded: SeedDataUploaded(
+        seed_id="seed-1", owner="alice", blob_key="seeds/alice/seed-1.jsonl",
+        filename="topics.jsonl", format=SeedFormat.JSONL, size_bytes=2048, sha256=_SHA,
+        record_count=40,
+    ),
+    SeedDataValidated: SeedDataValidated(
+        seed_id="seed-1", template_id="tpl-1", template_version=1, valid=False,
+        record_count=40, invalid_records=2, missing_counts={"topic": 2},
+    ),
+    JobRequested: JobRequested(
+        job_id="job-1", owner="alice", template_id="tpl-1", template_version=1,
+        seed_id="seed-1", num_records=10_000, budget_limit=Decimal("20.00"),
+        output_formats=[OutputFormat.PARQUET, OutputFormat.JSONL],
+        model_parameters={"temperature": 0.2}, partition_strategy="by_topic", priority=5,
+    ),
+    JobStarted: JobStarted(job_id="job-1", worker_id="worker-a"),
+    JobCancelRequested: JobCancelRequested(job_id="job-1", reason="user asked"),
+    JobCancelled: JobCancelled(job_id="job-1", records_completed=300),
+    JobCompleted: JobCompleted(job_id="job-1", records_completed=10_000),
+    JobFailed: JobFailed(job_id="job-1", code="MODEL_UNAVAILABLE", reason="gateway timed out"),
+    JobDeleted: JobDeleted(job_id="job-1"),
+    BatchGenerated: BatchGenerated(
+        job_id="job-1", batch_number=3, first_record=300, last_record=399,
+        blob_key="datasets/job-1/batch-3.jsonl", rows=98, failures=2,
+        token_usage={"local/gemma-3-270m": TokenUsage(input_tokens=9000, output_tokens=4000,
+                                                      calls=100)},
+        duration_ms=5120, bytes_written=65536,
+    ),
+    BatchFailed: BatchFailed(
+        job_id="job-1", batch_number=4, first_record=400, last_record=499, reason="worker lost",
+    ),
+    DatasetExported: DatasetExported(
+        job_id="job-1",
+        files=[ExportedFile(format=OutputFormat.PARQUET, blob_key="datasets/job-1/out.parquet",
+                            rows=10_000, size_bytes=1_048_576, sha256=_SHA)],
+        rows=10_000,
+    ),
+    CostRecorded: CostRecorded(
+        job_id="job-1", batch_number=3, catalog_version="2026-11-01",
+        model_tokens=Decimal("0.012345"), compute=Decimal("0.0004"), storage=Decimal("0"),
+        total=Decimal("0.012745"), per_model={"local/gemma-3-270m": Decimal("0.012345")},
+    ),
+    BudgetWarning: BudgetWarning(
+        job_id="job-1", budget_limit=Decimal("20"), spent=Decimal("16.5"), threshold_percent=80,
+    ),
+    BudgetExceeded: BudgetExceeded(
+        job_id="job-1", budget_limit=Decimal("20"), spent=Decimal("19.99"),
+        reason="next call's worst case exceeds the remaining budget",
+    ),
+}
+
+assert set(SAMPLES) == set(ALL_EVENTS), "every event in ALL_EVENTS needs a sample"
