@@ -96,6 +96,7 @@ class EventMetadata(BaseModel):
     stream_id: str
     version: int
     position: int | None = None
+    time: str = Field(description="the recorded time, exactly as hashed (EventBridge's own `time` keeps whole seconds)")
     schema_version: int
     correlation_id: str
     causation_id: str
@@ -129,6 +130,7 @@ class EventEnvelope(BaseModel):
                 stream_id=stored.stream_id,
                 version=stored.version,
                 position=stored.position,
+                time=stored.time,
                 schema_version=stored.schema_version,
                 correlation_id=stored.correlation_id,
                 causation_id=stored.causation_id,
