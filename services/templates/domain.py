@@ -1,0 +1,311 @@
+"""The template aggregate: who may change a template, and which version comes next.
+
+Pure: `decide(command, state)` returns the events a command causes or raises a domain error;
+`evolve(state, event)` folds one recorded event into the state. Versions are immutable:
+creating records version 1, each publish records latest + 1, and every version stays
+readable in `TemplateState.versions` after later ones and after deletion.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from contracts.events.base import DomainEvent
+from contracts.events.templates import (
+    TemplateCreated,
+    TemplateDeleted,
+    TemplateStep,
+    TemplateVersionPublished,
+)
+from services.templates.prompts import InvalidTemplate, TemplateAnalysis, TemplateProblem, analyse
+
+MAX_NAME_CHARS = 200
+MAX_DESCRIPTION_CHARS = 4000
+
+
+def template_stream(template_id: str) -> str:
+    """The stream that holds one template's events."""
+    return f"template-{template_id}"
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTemplate:
+    template_id: str
+    owner: str
+    name: str
+    steps: Sequence[TemplateStep]
+    description: str = ""
+    is_public: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PublishTemplateVersion:
+    """A new immutable version; name, description and visibility carry over when omitted."""
+
+    template_id: str
+    actor: str
+    steps: Sequence[TemplateStep]
+    name: str | None = None
+    description: str | None = None
+    is_public: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTemplate:
+    template_id: str
+    actor: str
+
+
+TemplateCommand = CreateTemplate | PublishTemplateVersion | DeleteTemplate
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class TemplateError(Exception):
+    """Base of the template rules a command can break (InvalidTemplate comes from prompts)."""
+
+    def __init__(self, template_id: str, message: str):
+        self.template_id = template_id
+        super().__init__(message)
+
+
+class TemplateNotFound(TemplateError):
+    """No such template, or it was deleted."""
+
+    def __init__(self, template_id: str):
+        super().__init__(template_id, f"template {template_id!r} does not exist")
+
+
+class NotTemplateOwner(TemplateError):
+    """Only the owner changes a template. The API answers 404, so existence does not leak."""
+
+    def __init__(self, template_id: str, actor: str):
+        self.actor = actor
+        super().__init__(template_id, f"{actor!r} does not own template {template_id!r}")
+
+
+class TemplateAlreadyExists(TemplateError):
+    """Template ids are never reused, not even after deletion."""
+
+    def __init__(self, template_id: str):
+        super().__init__(template_id, f"template {template_id!r} already exists")
+
+
+class TemplateInUse(TemplateError):
+    """A job that is not deleted still uses the template, so it cannot be deleted."""
+
+    def __init__(self, template_id: str, job_ids: Iterable[str]):
+        self.job_ids = sorted(job_ids)
+        super().__init__(
+            template_id, f"template {template_id!r} is used by job(s) {', '.join(self.job_ids)}"
+        )
+
+
+# -- state -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateVersion:
+    """One immutable version of a template's definition."""
+
+    version: int
+    name: str
+    description: str
+    is_public: bool
+    steps: tuple[TemplateStep, ...]
+    required_fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateState:
+    """A template as its stream tells it.
+
+    `jobs_using` is not in the stream: the handler fills it from the jobs projection
+    before deciding a deletion (the templates service learns about jobs from their events).
+    """
+
+    template_id: str = ""
+    exists: bool = False
+    deleted: bool = False
+    owner: str = ""
+    version: int = 0
+    versions: Mapping[int, TemplateVersion] = field(default_factory=dict)
+    jobs_using: frozenset[str] = frozenset()
+
+    @property
+    def latest(self) -> TemplateVersion | None:
+        return self.versions.get(self.version)
+
+    @property
+    def is_live(self) -> bool:
+        return self.exists and not self.deleted
+
+    @property
+    def name(self) -> str:
+        return self.latest.name if self.latest else ""
+
+    @property
+    def description(self) -> str:
+        return self.latest.description if self.latest else ""
+
+    @property
+    def is_public(self) -> bool:
+        return self.latest.is_public if self.latest else False
+
+    @property
+    def steps(self) -> tuple[TemplateStep, ...]:
+        return self.latest.steps if self.latest else ()
+
+    @property
+    def required_fields(self) -> tuple[str, ...]:
+        return self.latest.required_fields if self.latest else ()
+
+
+def evolve(state: TemplateState, event: DomainEvent) -> TemplateState:
+    """The state after one recorded event; events of other kinds leave it unchanged."""
+    if isinstance(event, TemplateCreated):
+        return replace(
+            state,
+            template_id=event.template_id,
+            exists=True,
+            owner=event.owner,
+            version=1,
+            versions={**state.versions, 1: _version_of(1, event)},
+        )
+    if isinstance(event, TemplateVersionPublished):
+        return replace(
+            state,
+            version=event.version,
+            versions={**state.versions, event.version: _version_of(event.version, event)},
+        )
+    if isinstance(event, TemplateDeleted):
+        return replace(state, deleted=True)
+    return state
+
+
+def state_from(events: Iterable[DomainEvent]) -> TemplateState:
+    """The state a stream's events fold into."""
+    return functools.reduce(evolve, events, TemplateState())
+
+
+def _version_of(version: int, event: TemplateCreated | TemplateVersionPublished) -> TemplateVersion:
+    return TemplateVersion(
+        version=version,
+        name=event.name,
+        description=event.description,
+        is_public=event.is_public,
+        steps=tuple(event.steps),
+        required_fields=tuple(event.required_fields),
+    )
+
+
+# -- decisions ---------------------------------------------------------------------------
+
+
+def decide(command: TemplateCommand, state: TemplateState) -> list[DomainEvent]:
+    """The events `command` causes given `state`, or a domain error."""
+    if isinstance(command, CreateTemplate):
+        return _create(command, state)
+    if isinstance(command, PublishTemplateVersion):
+        return _publish(command, state)
+    if isinstance(command, DeleteTemplate):
+        return _delete(command, state)
+    raise TypeError(f"not a template command: {command!r}")
+
+
+def _create(command: CreateTemplate, state: TemplateState) -> list[DomainEvent]:
+    if state.exists:
+        raise TemplateAlreadyExists(command.template_id)
+    analysis = _checked_definition(command.name, command.description, command.steps)
+    return [
+        TemplateCreated(
+            template_id=command.template_id,
+            owner=command.owner,
+            name=command.name,
+            description=command.description,
+            is_public=command.is_public,
+            steps=list(command.steps),
+            required_fields=list(analysis.required_fields),
+        )
+    ]
+
+
+def _publish(command: PublishTemplateVersion, state: TemplateState) -> list[DomainEvent]:
+    _require_owner(state, command.template_id, command.actor)
+    name = state.name if command.name is None else command.name
+    description = state.description if command.description is None else command.description
+    is_public = state.is_public if command.is_public is None else command.is_public
+    analysis = _checked_definition(name, description, command.steps)
+    return [
+        TemplateVersionPublished(
+            template_id=command.template_id,
+            version=state.version + 1,
+            name=name,
+            description=description,
+            is_public=is_public,
+            steps=list(command.steps),
+            required_fields=list(analysis.required_fields),
+        )
+    ]
+
+
+def _delete(command: DeleteTemplate, state: TemplateState) -> list[DomainEvent]:
+    _require_owner(state, command.template_id, command.actor)
+    if state.jobs_using:
+        raise TemplateInUse(command.template_id, state.jobs_using)
+    return [TemplateDeleted(template_id=command.template_id)]
+
+
+def _require_owner(state: TemplateState, template_id: str, actor: str) -> None:
+    if not state.is_live:
+        raise TemplateNotFound(template_id)
+    if state.owner != actor:
+        raise NotTemplateOwner(template_id, actor)
+
+
+def _checked_definition(
+    name: str, description: str, steps: Sequence[TemplateStep]
+) -> TemplateAnalysis:
+    """The analysis of a definition; every problem, of the name or the prompts, at once."""
+    problems: list[TemplateProblem] = []
+    if not name.strip():
+        problems.append(TemplateProblem("INVALID_NAME", "a template needs a name"))
+    elif len(name) > MAX_NAME_CHARS:
+        problems.append(TemplateProblem("INVALID_NAME", f"a name has at most {MAX_NAME_CHARS} characters"))
+    if len(description) > MAX_DESCRIPTION_CHARS:
+        problems.append(TemplateProblem(
+            "INVALID_DESCRIPTION", f"a description has at most {MAX_DESCRIPTION_CHARS} characters"
+        ))
+    try:
+        analysis = analyse(steps)
+    except InvalidTemplate as invalid:
+        problems.extend(invalid.errors)
+    if problems:
+        raise InvalidTemplate(problems)
+    return analysis
+
+
+__all__ = [
+    "CreateTemplate",
+    "DeleteTemplate",
+    "InvalidTemplate",
+    "NotTemplateOwner",
+    "PublishTemplateVersion",
+    "TemplateAlreadyExists",
+    "TemplateCommand",
+    "TemplateError",
+    "TemplateInUse",
+    "TemplateNotFound",
+    "TemplateState",
+    "TemplateVersion",
+    "decide",
+    "evolve",
+    "state_from",
+    "template_stream",
+]

@@ -1,0 +1,631 @@
+"""Template prompts: Jinja2 analysis (seed fields, step references, problems) and rendering.
+
+Prompts are untrusted user code. They run in an immutable Jinja2 sandbox that refuses
+private and internal attributes, refuses mutation of lists, dicts and sets, and bounds the
+resources one render can take: strings, sequences and integers built by operators, padding
+methods and filters stay under MAX_VALUE_CHARS; loops take at most MAX_LOOP_ITERATIONS items
+per render; the rendered prompt stops at MAX_PROMPT_CHARS. CPU time of what remains (deep
+loops over a large seed value) is bounded by the generator's per-call timeout, not here.
+
+Seed fields are dotted paths read from the prompt's syntax tree (see `analyse`). The rule
+for nesting: a path is required only where nothing deeper under it is required, so
+`{{ author }}` and `{{ author.name }}` together require `author.name` (which implies an
+`author` object). A path read only through `| default(...)` or under an
+`{% if x.y is defined %}` guard is optional; its parent stays required, because the
+strict sandbox still has to look it up.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace, generate_lorem_ipsum
+
+from contracts.events.templates import TemplateStep
+
+PROVIDERS = frozenset({"local", "openai", "bedrock"})
+MAX_PROMPT_CHARS = 1_000_000
+MAX_VALUE_CHARS = 1_000_000
+MAX_INT_BITS = 65_536
+MAX_LOOP_ITERATIONS = 100_000
+MAX_JSON_INDENT = 16
+MAX_LIPSUM_PARAGRAPHS = 20
+MAX_LIPSUM_WORDS = 200
+STEP_OUTPUTS = "steps"
+"""The reserved variable holding earlier steps' outputs: `{{ steps.<id>.output }}`."""
+
+_LOOP_GUARD = "_palette_loop_guard"
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateProblem:
+    """One reason a template definition is refused, located as precisely as known."""
+
+    code: str
+    message: str
+    step_id: str | None = None
+    line: int | None = None
+
+
+class InvalidTemplate(Exception):
+    """A template definition with problems; every problem found is reported at once."""
+
+    def __init__(self, errors: Sequence[TemplateProblem]):
+        self.errors = list(errors)
+        super().__init__("; ".join(_describe_problem(problem) for problem in self.errors))
+
+
+class PromptRenderError(Exception):
+    """A prompt that cannot be rendered for one seed row (missing field, sandbox refusal)."""
+
+    def __init__(self, step_id: str, message: str):
+        self.step_id = step_id
+        self.message = message
+        super().__init__(f"step {step_id!r}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateAnalysis:
+    """What a valid template reads: seed fields and, per step, the earlier steps it uses."""
+
+    required_fields: tuple[str, ...]
+    step_references: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _describe_problem(problem: TemplateProblem) -> str:
+    where = []
+    if problem.step_id is not None:
+        where.append(f"step {problem.step_id!r}")
+    if problem.line is not None:
+        where.append(f"line {problem.line}")
+    return f"{' '.join(where)}: {problem.message}" if where else problem.message
+
+
+# -- the sandbox -------------------------------------------------------------------------
+
+
+class _RenderBudget:
+    """Loop items one render may still take."""
+
+    def __init__(self) -> None:
+        self.loop_items = MAX_LOOP_ITERATIONS
+
+
+_budget: ContextVar[_RenderBudget | None] = ContextVar("palette_render_budget", default=None)
+
+
+def _refuse_if_larger(size: int, what: str, limit: int = MAX_VALUE_CHARS) -> None:
+    if size > limit:
+        raise SecurityError(f"{what} would be {size:,} long, over the limit of {limit:,}")
+
+
+def _sized(value: Any) -> int | None:
+    if isinstance(value, (str, bytes, list, tuple)):
+        return len(value)
+    return None
+
+
+_WIDTH = re.compile(r"\d+")
+_WIDTH_FROM_ARGUMENT = re.compile(r"\*|\{[^{}]*\{")
+
+
+def _refuse_wide_format(template: Any, args: Any) -> None:
+    """`'%0999999999d' % 1` and `'{:>999999999}'.format(1)` pad to their width; so do
+    `'%*d' % (n, 1)` and `'{:>{n}}'.format(1, n=n)` with a width taken from an argument."""
+    if not isinstance(template, str):
+        return
+    for width in _WIDTH.findall(template):
+        if len(width) > 7 or int(width) > MAX_VALUE_CHARS:
+            raise SecurityError(f"a format width of {width} is over the limit of {MAX_VALUE_CHARS:,}")
+    if _WIDTH_FROM_ARGUMENT.search(template):
+        values = args if isinstance(args, tuple) else (args,)
+        for value in values:
+            if isinstance(value, int) and abs(value) > MAX_VALUE_CHARS:
+                raise SecurityError(f"a format width of {value} is over the limit of {MAX_VALUE_CHARS:,}")
+
+
+def _refuse_large_binop(operator: str, left: Any, right: Any) -> None:
+    if operator == "*":
+        for sequence, times in ((left, right), (right, left)):
+            length = _sized(sequence)
+            if length is not None and isinstance(times, int):
+                _refuse_if_larger(length * max(times, 0), "a repeated value")
+        if isinstance(left, int) and isinstance(right, int):
+            _refuse_if_larger(left.bit_length() + right.bit_length(), "a product", MAX_INT_BITS)
+    elif operator == "**":
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1:
+            _refuse_if_larger(left.bit_length() * right, "a power", MAX_INT_BITS)
+    elif operator == "+":
+        left_length, right_length = _sized(left), _sized(right)
+        if left_length is not None and right_length is not None:
+            _refuse_if_larger(left_length + right_length, "a concatenation")
+    elif operator == "%":
+        _refuse_wide_format(left, right)
+
+
+def _str_method_size(text: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Upper bound of what a str method returns, for the methods that can amplify."""
+    if method in {"ljust", "rjust", "center", "zfill"} and args and isinstance(args[0], int):
+        return max(len(text), args[0])
+    if method == "expandtabs":
+        tabsize = args[0] if args else kwargs.get("tabsize", 8)
+        return len(text) + text.count("\t") * tabsize if isinstance(tabsize, int) else len(text)
+    if method == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        old, new = args[0], args[1]
+        occurrences = len(text) + 1 if old == "" else text.count(old)
+        return len(text) + occurrences * max(len(new) - len(old), 0)
+    if method == "join" and args and isinstance(args[0], Sized):
+        return len(text) * len(args[0])
+    return 0
+
+
+class PromptEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox with size limits on the operators and methods that amplify."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _refuse_large_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format
+        receiver = getattr(method, "__self__", None)
+        if isinstance(receiver, str):
+            name = getattr(method, "__name__", "")
+            _refuse_if_larger(_str_method_size(receiver, name, args, kwargs), f"str.{name}()")
+            if name in {"format", "format_map"}:
+                _refuse_wide_format(receiver, (*args, *kwargs.values()))
+        return super().call(context, obj, *args, **kwargs)
+
+
+class _BoundedNamespace(Namespace):
+    """`namespace()` whose attributes stay under MAX_VALUE_CHARS, so loops cannot grow them."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        length = _sized(value)
+        if length is not None:
+            _refuse_if_larger(length, f"namespace attribute {name!r}")
+        super().__setitem__(name, value)
+
+
+def _bounded_lipsum(
+    n: int = 5, html: bool = False, min: int = 20, max: int = 100  # noqa: A002 - Jinja's names
+) -> str:
+    if n > MAX_LIPSUM_PARAGRAPHS or max > MAX_LIPSUM_WORDS:
+        raise SecurityError(
+            f"lipsum is limited to {MAX_LIPSUM_PARAGRAPHS} paragraphs of {MAX_LIPSUM_WORDS} words"
+        )
+    return generate_lorem_ipsum(n=n, html=html, min=min, max=max)
+
+
+def _loop_guard(iterable: Iterable[Any]) -> Iterator[Any]:
+    """Wraps every `{% for %}` iterable so one render takes at most MAX_LOOP_ITERATIONS items."""
+    budget = _budget.get() or _RenderBudget()
+    for item in iterable:
+        budget.loop_items -= 1
+        if budget.loop_items < 0:
+            raise SecurityError(f"loops took more than {MAX_LOOP_ITERATIONS:,} items")
+        yield item
+
+
+def _guarded_filter(
+    name: str, original: Callable[..., Any], size_of: Callable[[Mapping[str, Any]], int]
+) -> Callable[..., Any]:
+    """The filter with a size check first; Jinja's pass_* markers survive through wraps."""
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        _refuse_if_larger(size_of(bound.arguments), f"the {name} filter's result")
+        return original(*args, **kwargs)
+
+    return guarded
+
+
+def _lines(value: Any) -> int:
+    return str(value).count("\n") + 1
+
+
+def _indent_size(arguments: Mapping[str, Any]) -> int:
+    width = arguments["width"]
+    per_line = width if isinstance(width, int) else len(str(width))
+    return len(str(arguments["s"])) + _lines(arguments["s"]) * per_line
+
+
+def _join_size(arguments: Mapping[str, Any]) -> int:
+    value = arguments["value"]
+    return len(str(arguments["d"])) * len(value) if isinstance(value, Sized) else 0
+
+
+def _replace_size(arguments: Mapping[str, Any]) -> int:
+    replacement = (str(arguments["old"]), str(arguments["new"]))
+    return _str_method_size(str(arguments["s"]), "replace", replacement, {})
+
+
+def _format_size(arguments: Mapping[str, Any]) -> int:
+    _refuse_wide_format(arguments["value"], (*arguments["args"], *arguments["kwargs"].values()))
+    return 0
+
+
+def _tojson_size(arguments: Mapping[str, Any]) -> int:
+    indent = arguments["indent"]
+    if isinstance(indent, int) and indent > MAX_JSON_INDENT:
+        raise SecurityError(f"tojson indents by at most {MAX_JSON_INDENT}")
+    return 0
+
+
+def _build_environment() -> PromptEnvironment:
+    env = PromptEnvironment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True)
+    env.globals["lipsum"] = _bounded_lipsum
+    env.globals["namespace"] = _BoundedNamespace
+    env.globals[_LOOP_GUARD] = _loop_guard
+    guards: dict[str, Callable[[Mapping[str, Any]], int]] = {
+        "center": lambda arguments: arguments["width"] if isinstance(arguments["width"], int) else 0,
+        "indent": _indent_size,
+        "join": _join_size,
+        "replace": _replace_size,
+        "format": _format_size,
+        "tojson": _tojson_size,
+    }
+    for name, size_of in guards.items():
+        env.filters[name] = _guarded_filter(name, env.filters[name], size_of)
+    return env
+
+
+ENVIRONMENT = _build_environment()
+_NOT_SEED_FIELDS = frozenset(ENVIRONMENT.globals) | {"self"}
+
+
+@functools.lru_cache(maxsize=512)
+def compile_prompt(prompt: str) -> Template:
+    """The compiled prompt, cached by its text; every for-loop's iterable is guarded."""
+    tree = ENVIRONMENT.parse(prompt)
+    for loop in tree.find_all(nodes.For):
+        loop.iter = nodes.Call(
+            nodes.Name(_LOOP_GUARD, "load", lineno=loop.lineno), [loop.iter], [], None, None,
+            lineno=loop.lineno,
+        )
+    return ENVIRONMENT.from_string(tree)
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def render(step: TemplateStep, seed_row: Mapping[str, Any], step_outputs: Mapping[str, str]) -> str:
+    """The step's prompt for one seed row; earlier outputs are `{{ steps.<id>.output }}`.
+
+    A seed field named `steps` is shadowed by the step outputs.
+    """
+    variables = dict(seed_row)
+    variables[STEP_OUTPUTS] = {step_id: {"output": text} for step_id, text in step_outputs.items()}
+    token = _budget.set(_RenderBudget())
+    try:
+        pieces: list[str] = []
+        size = 0
+        for piece in compile_prompt(step.prompt).generate(variables):
+            size += len(piece)
+            if size > MAX_PROMPT_CHARS:
+                raise PromptRenderError(step.id, f"the prompt is longer than {MAX_PROMPT_CHARS:,} characters")
+            pieces.append(piece)
+        return "".join(pieces)
+    except PromptRenderError:
+        raise
+    except SecurityError as error:
+        raise PromptRenderError(step.id, f"refused by the sandbox: {error}") from None
+    except Exception as error:  # the prompt is user code: any failure of it is the user's
+        raise PromptRenderError(step.id, f"{type(error).__name__}: {error}") from None
+    finally:
+        _budget.reset(token)
+
+
+# -- analysis ----------------------------------------------------------------------------
+
+
+def analyse(steps: Sequence[TemplateStep]) -> TemplateAnalysis:
+    """Checks a template definition and reads what it needs, or raises InvalidTemplate."""
+    problems: list[TemplateProblem] = []
+    if not steps:
+        problems.append(TemplateProblem("NO_STEPS", "a template needs at least one step"))
+    position: dict[str, int] = {}
+    for index, step in enumerate(steps):
+        if step.id in position:
+            problems.append(TemplateProblem("DUPLICATE_STEP", f"step id {step.id!r} is used twice", step.id))
+        else:
+            position[step.id] = index
+        problems.extend(_model_problems(step))
+
+    required: set[tuple[str, ...]] = set()
+    references: dict[str, tuple[str, ...]] = {}
+    for index, step in enumerate(steps):
+        reading = _read_prompt(step)
+        problems.extend(reading.problems)
+        required |= reading.required
+        used: list[str] = []
+        for referenced, line in reading.step_references:
+            if referenced not in position:
+                problems.append(TemplateProblem(
+                    "UNKNOWN_STEP", f"steps.{referenced} names no step of this template", step.id, line
+                ))
+            elif position[referenced] >= index:
+                which = "itself" if referenced == step.id else "a later step"
+                problems.append(TemplateProblem(
+                    "FORWARD_STEP_REFERENCE",
+                    f"steps.{referenced} is {which}; a step can only read earlier steps' outputs",
+                    step.id, line,
+                ))
+            elif referenced not in used:
+                used.append(referenced)
+        references[step.id] = tuple(sorted(used, key=position.__getitem__))
+
+    if problems:
+        raise InvalidTemplate(problems)
+    return TemplateAnalysis(required_fields=_deepest_paths(required), step_references=references)
+
+
+def _model_problems(step: TemplateStep) -> list[TemplateProblem]:
+    provider, slash, model_id = step.model.partition("/")
+    if slash and provider in PROVIDERS and model_id.strip():
+        return []
+    return [TemplateProblem(
+        "INVALID_MODEL",
+        f"model {step.model!r} is not provider/model-id with a provider of {', '.join(sorted(PROVIDERS))}",
+        step.id,
+    )]
+
+
+def _deepest_paths(paths: set[tuple[str, ...]]) -> tuple[str, ...]:
+    """Dotted paths, dropping any that is a strict prefix of another (a deeper one implies it)."""
+    prefixes = {path[:length] for path in paths for length in range(1, len(path))}
+    return tuple(sorted(".".join(path) for path in paths - prefixes))
+
+
+@dataclass
+class _PromptReading:
+    required: set[tuple[str, ...]] = field(default_factory=set)
+    step_references: list[tuple[str, int]] = field(default_factory=list)
+    problems: list[TemplateProblem] = field(default_factory=list)
+
+
+def _read_prompt(step: TemplateStep) -> _PromptReading:
+    reading = _PromptReading()
+    if not step.prompt.strip():
+        reading.problems.append(TemplateProblem("EMPTY_PROMPT", "the prompt is empty", step.id))
+        return reading
+    try:
+        tree = ENVIRONMENT.parse(step.prompt)
+    except TemplateSyntaxError as error:
+        reading.problems.append(_syntax_problem(step.id, error))
+        return reading
+    reading.problems.extend(_refused_constructs(step.id, tree))
+    _SeedFieldReader(step.id, reading).body(tree.body, set())
+    if not reading.problems:
+        try:
+            compile_prompt(step.prompt)
+        except TemplateSyntaxError as error:
+            reading.problems.append(_syntax_problem(step.id, error))
+    return reading
+
+
+def _syntax_problem(step_id: str, error: TemplateSyntaxError) -> TemplateProblem:
+    return TemplateProblem("PROMPT_SYNTAX_ERROR", error.message or str(error), step_id, error.lineno)
+
+
+def _refused_constructs(step_id: str, tree: nodes.Template) -> list[TemplateProblem]:
+    """Unknown filters and tests, dunder attributes, and tags that need a template loader.
+
+    Jinja defers unknown filters inside `{% if %}` to render time; we refuse them all now.
+    """
+    problems = []
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        known = ENVIRONMENT.filters if isinstance(node, nodes.Filter) else ENVIRONMENT.tests
+        if node.name not in known:
+            kind = "filter" if isinstance(node, nodes.Filter) else "test"
+            problems.append(TemplateProblem(
+                f"UNKNOWN_{kind.upper()}", f"no {kind} named {node.name!r}", step_id, node.lineno
+            ))
+        if isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+            name = node.args[0]
+            if isinstance(name, nodes.Const) and isinstance(name.value, str) and name.value.startswith("__"):
+                problems.append(_unsafe(step_id, name.value, node.lineno))
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        attribute = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(attribute, str) and attribute.startswith("__"):
+            problems.append(_unsafe(step_id, attribute, node.lineno))
+    for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        problems.append(TemplateProblem(
+            "UNSUPPORTED_TAG", "a step's prompt stands alone: extends, include and import are not available",
+            step_id, node.lineno,
+        ))
+    return problems
+
+
+def _unsafe(step_id: str, attribute: str, line: int) -> TemplateProblem:
+    return TemplateProblem("UNSAFE_ATTRIBUTE", f"{attribute!r} is not accessible in a prompt", step_id, line)
+
+
+_MACRO_NAMES = frozenset({"caller", "varargs", "kwargs"})
+
+
+class _SeedFieldReader:
+    """Walks a prompt's statements in order, tracking which names are bound locally.
+
+    `bound` is the set of names a scope has bound so far: loop targets and `loop`, `set`,
+    `with`, macro arguments. Statements that open a scope get a copy; `set` inside an `if`
+    stays in the enclosing scope, as in Jinja.
+    """
+
+    def __init__(self, step_id: str, reading: _PromptReading):
+        self.step_id = step_id
+        self.reading = reading
+        self.guarded: list[set[tuple[str, ...]]] = []
+
+    def body(self, statements: Sequence[nodes.Node], bound: set[str]) -> None:
+        for statement in statements:
+            self.statement(statement, bound)
+
+    def statement(self, node: nodes.Node, bound: set[str]) -> None:
+        if isinstance(node, nodes.Output):
+            for child in node.nodes:
+                self.expr(child, bound)
+        elif isinstance(node, nodes.For):
+            self.expr(node.iter, bound)
+            inner = bound | _targets(node.target)
+            if node.test is not None:
+                self.expr(node.test, inner)
+            self.body(node.body, inner | {"loop"})
+            self.body(node.else_, set(bound))
+        elif isinstance(node, nodes.If):
+            self.expr(node.test, bound)
+            self.guarded.append(_defined_paths(node.test))
+            self.body(node.body, bound)
+            self.guarded.pop()
+            for branch in node.elif_:
+                self.statement(branch, bound)
+            self.body(node.else_, bound)
+        elif isinstance(node, (nodes.Macro, nodes.CallBlock)):
+            if isinstance(node, nodes.CallBlock):
+                self.expr(node.call, bound)
+            for default in node.defaults:
+                self.expr(default, bound)
+            inner = bound | {argument.name for argument in node.args} | _MACRO_NAMES
+            if isinstance(node, nodes.Macro):
+                bound.add(node.name)
+                inner.add(node.name)
+            self.body(node.body, inner)
+        elif isinstance(node, nodes.With):
+            for value in node.values:
+                self.expr(value, bound)
+            self.body(node.body, bound | set().union(*(_targets(target) for target in node.targets)))
+        elif isinstance(node, nodes.Assign):
+            self.expr(node.node, bound)
+            bound |= _targets(node.target)
+        elif isinstance(node, nodes.AssignBlock):
+            if node.filter is not None:
+                self.expr(node.filter, bound)
+            self.body(node.body, set(bound))
+            bound |= _targets(node.target)
+        elif isinstance(node, nodes.FilterBlock):
+            self.expr(node.filter, bound)
+            self.body(node.body, bound)
+        elif isinstance(node, nodes.ExprStmt):
+            self.expr(node.node, bound)
+        else:
+            scope = set(bound)
+            for child in node.iter_child_nodes():
+                if isinstance(child, nodes.Stmt):
+                    self.statement(child, scope)
+                else:
+                    self.expr(child, bound)
+
+    def expr(self, node: nodes.Node | None, bound: set[str], optional: bool = False) -> None:
+        if node is None:
+            return
+        if isinstance(node, (nodes.Name, nodes.Getattr, nodes.Getitem)):
+            root, path, dynamic = _unwind(node)
+            for part in dynamic:
+                self.expr(part, bound)
+            if isinstance(root, nodes.Name) and root.ctx == "load":
+                self.read(root.name, path, bound, optional, node.lineno)
+            elif root is not None:
+                self.expr(root, bound)
+        elif isinstance(node, nodes.Call):
+            receiver = node.node
+            if isinstance(receiver, (nodes.Getattr, nodes.Getitem)):
+                receiver = receiver.node  # a method: the seed field is its receiver
+            self.expr(receiver, bound)
+            self.arguments(node, bound)
+        elif isinstance(node, nodes.Filter):
+            self.expr(node.node, bound, optional=node.name in {"default", "d"})
+            self.arguments(node, bound)
+        elif isinstance(node, nodes.Test):
+            self.expr(node.node, bound, optional=node.name in {"defined", "undefined"})
+            self.arguments(node, bound)
+        else:
+            for child in node.iter_child_nodes():
+                self.expr(child, bound)
+
+    def arguments(self, node: nodes.Call | nodes.Filter | nodes.Test, bound: set[str]) -> None:
+        for argument in node.args:
+            self.expr(argument, bound)
+        for keyword in node.kwargs:
+            self.expr(keyword.value, bound)
+        self.expr(node.dyn_args, bound)
+        self.expr(node.dyn_kwargs, bound)
+
+    def read(self, name: str, path: tuple[str, ...], bound: set[str], optional: bool, line: int) -> None:
+        if name in bound or (name in _NOT_SEED_FIELDS and name != STEP_OUTPUTS):
+            return
+        if name == STEP_OUTPUTS:
+            self.step_reference(path, line)
+            return
+        full = (name, *path)
+        guard = next(
+            (guard for guards in self.guarded for guard in guards if full[: len(guard)] == guard), None
+        )
+        if guard is not None:
+            full = guard
+        if optional or guard is not None:
+            if len(full) > 1:
+                self.reading.required.add(full[:-1])
+            return
+        self.reading.required.add(full)
+
+    def step_reference(self, path: tuple[str, ...], line: int) -> None:
+        if len(path) >= 2 and path[1] == "output":
+            self.reading.step_references.append((path[0], line))
+        else:
+            self.reading.problems.append(TemplateProblem(
+                "INVALID_STEP_REFERENCE",
+                "earlier outputs are read as steps.<step id>.output, with a literal step id",
+                self.step_id, line,
+            ))
+
+
+def _unwind(node: nodes.Expr) -> tuple[nodes.Expr | None, tuple[str, ...], list[nodes.Expr]]:
+    """`a.b["c"][i].d` -> root `a`, constant path `("b", "c")`, dynamic subscripts `[i]`.
+
+    The path stops before the first subscript that is not a literal string: what follows
+    depends on data, so the seed must provide the container itself.
+    """
+    parts: list[str] = []
+    dynamic: list[nodes.Expr] = []
+    while isinstance(node, (nodes.Getattr, nodes.Getitem)):
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            parts.append(node.arg.value)
+        else:
+            dynamic.append(node.arg)
+            parts.clear()
+        node = node.node
+    return node, tuple(reversed(parts)), dynamic
+
+
+def _targets(target: nodes.Node) -> set[str]:
+    """Names a `for`, `set` or `with` target binds (tuples included; `ns.attr` binds none)."""
+    return {name.name for name in target.find_all(nodes.Name)} | (
+        {target.name} if isinstance(target, nodes.Name) else set()
+    )
+
+
+def _defined_paths(test: nodes.Expr) -> set[tuple[str, ...]]:
+    """Paths an `if` proves present: `x.y is defined`, alone or joined by `and`."""
+    if isinstance(test, nodes.And):
+        return _defined_paths(test.left) | _defined_paths(test.right)
+    if isinstance(test, nodes.Test) and test.name == "defined":
+        root, path, dynamic = _unwind(test.node)
+        if isinstance(root, nodes.Name) and not dynamic:
+            return {(root.name, *path)}
+    return set()

@@ -1,0 +1,354 @@
+"""Prompt analysis (seed fields, step references, problems), rendering and the sandbox."""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts.events.templates import TemplateStep
+from services.templates.prompts import (
+    MAX_PROMPT_CHARS,
+    InvalidTemplate,
+    PromptRenderError,
+    TemplateProblem,
+    analyse,
+    render,
+)
+
+
+def step(prompt: str, step_id: str = "main", model: str = "local/gemma-3-270m") -> TemplateStep:
+    return TemplateStep(id=step_id, model=model, prompt=prompt)
+
+
+def fields(prompt: str) -> list[str]:
+    return list(analyse([step(prompt)]).required_fields)
+
+
+def problems(*steps: TemplateStep) -> list[TemplateProblem]:
+    with pytest.raises(InvalidTemplate) as raised:
+        analyse(steps)
+    return raised.value.errors
+
+
+def codes(*steps: TemplateStep) -> list[str]:
+    return [problem.code for problem in problems(*steps)]
+
+
+# -- seed fields -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("Write about {{ topic }}.", ["topic"]),
+        ("{{ author.name }} wrote {{ book.title }}", ["author.name", "book.title"]),
+        ("{{ book['title'] }} and {{ book[\"isbn\"] }}", ["book.isbn", "book.title"]),
+        ("{{ a.b.c.d }}", ["a.b.c.d"]),
+        ("{{ author }} {{ author.name }}", ["author.name"]),
+        ("{{ author }} {{ authors }}", ["author", "authors"]),
+        ("{{ shelf[position].title }}", ["position", "shelf"]),
+        ("{{ book.chapters[0].title }}", ["book.chapters"]),
+        ("{{ name | upper }} {{ bio | truncate(length) }}", ["bio", "length", "name"]),
+        ("{{ name.upper() }} {{ text.split(sep) }}", ["name", "sep", "text"]),
+        ("{% if a.b %}yes{% elif c %}no{% else %}{{ d }}{% endif %}", ["a.b", "c", "d"]),
+        ("{{ greeting if formal else nickname }}", ["formal", "greeting", "nickname"]),
+        ("{{ first ~ ' ' ~ last }} {{ count + 1 }}", ["count", "first", "last"]),
+        ("{{ {'k': v}.k }} {{ [x, y] | join(', ') }}", ["v", "x", "y"]),
+        ("{{ range(3) | list }} {{ lipsum(1) | length }} {{ dict(a=1).a }}", []),
+        ("{{ self }}", []),
+    ],
+)
+def test_required_fields(prompt: str, expected: list[str]) -> None:
+    assert fields(prompt) == expected
+
+
+def test_loop_variables_are_not_seed_fields_but_the_iterable_is() -> None:
+    prompt = (
+        "{% for author in book.authors %}{{ author.name }} ({{ loop.index }}/{{ loop.length }})"
+        "{% for tag in author.tags if tag.public %}{{ tag.label }}{% endfor %}"
+        "{% else %}{{ fallback }}{% endfor %}"
+    )
+    assert fields(prompt) == ["book.authors", "fallback"]
+
+
+def test_tuple_loop_targets_are_bound() -> None:
+    prompt = "{% for key, (left, right) in pairs.items() %}{{ key }}{{ left.x }}{{ right }}{% endfor %}"
+    assert fields(prompt) == ["pairs"]
+
+
+def test_loop_variable_is_a_seed_field_outside_its_loop() -> None:
+    assert fields("{% for item in items %}{{ item }}{% endfor %}{{ item.id }} {{ loop }}") == [
+        "item.id", "items", "loop"
+    ]
+
+
+def test_set_and_with_bind_names_from_seed_fields() -> None:
+    prompt = (
+        "{% set full = person.first ~ person.last %}{{ full.upper() }}"
+        "{% set bio %}{{ person.bio }}{% endset %}{{ bio }}"
+        "{% with city = address.city, code = zip %}{{ city.name }} {{ code }}{% endwith %}"
+        "{{ city }}"
+    )
+    assert fields(prompt) == ["address.city", "city", "person.bio", "person.first", "person.last", "zip"]
+
+
+def test_a_name_read_before_its_set_is_a_seed_field() -> None:
+    assert fields("{{ title }}{% set title = 'x' %}{{ title }}") == ["title"]
+
+
+def test_macro_arguments_and_call_blocks_bind_names() -> None:
+    prompt = (
+        "{% macro line(label, value=default_value) %}{{ label }}: {{ value.text }} {{ varargs }}"
+        "{{ caller() if caller else '' }}{% endmacro %}"
+        "{{ line('Title', book.title) }}"
+        "{% call(item) line('List', items) %}{{ item.name }}{% endcall %}"
+    )
+    assert fields(prompt) == ["book.title", "default_value", "items"]
+
+
+def test_namespace_attributes_are_not_seed_fields() -> None:
+    prompt = "{% set ns = namespace(total=0) %}{% for p in prices %}{% set ns.total = ns.total + p %}{% endfor %}{{ ns.total }}"
+    assert fields(prompt) == ["prices"]
+
+
+def test_defaulted_and_defined_guarded_paths_are_optional_but_their_parents_are_not() -> None:
+    prompt = (
+        "{{ nickname | default('friend') }} {{ author.middle | d('') }}"
+        "{% if book.subtitle is defined and book.series is defined %}{{ book.subtitle.text }}{{ book.series }}{% endif %}"
+    )
+    assert fields(prompt) == ["author", "book"]
+
+
+def test_fields_of_all_steps_are_merged() -> None:
+    analysis = analyse([step("{{ a.x }}", "one"), step("{{ a.y }} {{ b }}", "two")])
+    assert analysis.required_fields == ("a.x", "a.y", "b")
+
+
+# -- step references ---------------------------------------------------------------------
+
+
+def test_earlier_step_outputs_are_references_not_seed_fields() -> None:
+    analysis = analyse([
+        step("Ask about {{ topic }}", "question"),
+        step("Q: {{ steps.question.output }}", "answer"),
+        step("{{ steps['answer'].output | trim }} {{ steps.question.output.strip() }}", "review"),
+    ])
+    assert analysis.required_fields == ("topic",)
+    assert analysis.step_references == {
+        "question": (), "answer": ("question",), "review": ("question", "answer")
+    }
+
+
+@pytest.mark.parametrize(
+    ("prompt", "code"),
+    [
+        ("{{ steps.answer.output }}", "FORWARD_STEP_REFERENCE"),
+        ("{{ steps.question.output }}", "FORWARD_STEP_REFERENCE"),
+        ("{{ steps.nowhere.output }}", "UNKNOWN_STEP"),
+        ("{{ steps }}", "INVALID_STEP_REFERENCE"),
+        ("{{ steps.answer }}", "INVALID_STEP_REFERENCE"),
+        ("{{ steps[which].output }}", "INVALID_STEP_REFERENCE"),
+    ],
+)
+def test_step_references_must_name_an_earlier_step(prompt: str, code: str) -> None:
+    [problem] = problems(step(prompt, "question"), step("fine", "answer"))
+    assert (problem.code, problem.step_id, problem.line) == (code, "question", 1)
+
+
+def test_forward_and_self_references_name_both_steps() -> None:
+    found = problems(step("{{ steps.question.output }}\n{{ steps.answer.output }}", "question"), step("x", "answer"))
+    assert [(p.code, p.line) for p in found] == [("FORWARD_STEP_REFERENCE", 1), ("FORWARD_STEP_REFERENCE", 2)]
+    assert "itself" in found[0].message and "steps.question" in found[0].message
+    assert "later step" in found[1].message and "steps.answer" in found[1].message
+
+
+def test_a_local_named_steps_is_not_a_reference() -> None:
+    assert fields("{% set steps = [1, 2] %}{{ steps | length }}") == []
+
+
+# -- definition problems -----------------------------------------------------------------
+
+
+def test_syntax_error_reports_step_and_line() -> None:
+    prompt = "Write about {{ topic }}.\nUse a {{ tone }} tone.\nEnd with {% if %}\n"
+    [problem] = problems(step("fine {{ x }}", "first"), step(prompt, "second"))
+    assert (problem.code, problem.step_id, problem.line) == ("PROMPT_SYNTAX_ERROR", "second", 3)
+    assert problem.message
+
+
+def test_unclosed_block_is_a_syntax_error() -> None:
+    [problem] = problems(step("{% for x in xs %}\n{{ x }}"))
+    assert problem.code == "PROMPT_SYNTAX_ERROR"
+
+
+def test_unknown_filters_and_tests_are_refused_even_inside_if() -> None:
+    found = problems(step("{{ name | shout }}\n{% if x %}{{ y | whisper }}{% if z is odd_ish %}{% endif %}{% endif %}"))
+    assert [(p.code, p.line) for p in found] == [("UNKNOWN_FILTER", 1), ("UNKNOWN_FILTER", 2), ("UNKNOWN_TEST", 2)]
+    assert "shout" in found[0].message
+
+
+def test_every_problem_of_every_step_is_reported_at_once() -> None:
+    found = problems(
+        step("{{ x", "a"),
+        step("{{ y | nope }}", "b", model="gpt-4"),
+        step("ok", "a", model="azure/gpt-4"),
+    )
+    assert sorted((p.code, p.step_id) for p in found) == [
+        ("DUPLICATE_STEP", "a"),
+        ("INVALID_MODEL", "a"),
+        ("INVALID_MODEL", "b"),
+        ("PROMPT_SYNTAX_ERROR", "a"),
+        ("UNKNOWN_FILTER", "b"),
+    ]
+
+
+@pytest.mark.parametrize("model", ["local/gemma-3-270m", "openai/gpt-4o-mini", "bedrock/anthropic.claude-3-haiku-20240307-v1:0", "openai/org/model"])
+def test_valid_models(model: str) -> None:
+    analyse([step("x", model=model)])
+
+
+@pytest.mark.parametrize("model", ["gemma", "local/", "/gemma", "ollama/llama3", "", "LOCAL/gemma"])
+def test_invalid_models(model: str) -> None:
+    assert codes(step("x", model=model)) == ["INVALID_MODEL"]
+
+
+def test_a_template_needs_steps_with_prompts() -> None:
+    assert codes() == ["NO_STEPS"]
+    assert codes(step("  \n")) == ["EMPTY_PROMPT"]
+
+
+def test_tags_that_need_a_loader_are_refused() -> None:
+    assert codes(step("{% include 'other' %}{% import 'm' as m %}{% extends 'base' %}")) == ["UNSUPPORTED_TAG"] * 3
+
+
+# -- the sandbox -------------------------------------------------------------------------
+
+ESCAPES = [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ self.__init__.__globals__ }}",
+    "{{ lipsum.__globals__ }}",
+    "{{ ''['__class__'] }}",
+    "{{ x | attr('__class__') }}",
+]
+
+
+@pytest.mark.parametrize("prompt", ESCAPES)
+def test_escapes_are_refused_at_analysis(prompt: str) -> None:
+    assert set(codes(step(prompt))) == {"UNSAFE_ATTRIBUTE"}
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        *ESCAPES,
+        "{{ config }}",
+        "{{ config.items() }}",
+        "{{ range.__self__ }}",
+        "{{ joiner().__call__.__globals__ }}",
+        "{{ namespace.__init__ }}",
+        "{{ (x | attr('__cla' ~ 'ss__')).__mro__ }}",
+        "{{ ''.format.__globals__ }}",
+        "{{ '{0.__class__}'.format(x) }}",
+        "{{ [1].append(2) }}{{ {}.update(a=1) }}",
+        "{{ x.gi_frame }}{{ x.__dict__ }}",
+    ],
+)
+def test_escapes_raise_at_render_without_exposing_anything(prompt: str) -> None:
+    with pytest.raises(PromptRenderError) as raised:
+        render(step(prompt), {"x": "seed"}, {})
+    message = str(raised.value)
+    assert raised.value.step_id == "main"
+    for leak in ("<class", "os.", "subprocess", "builtins", "<function"):
+        assert leak not in message
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "{{ 'x' * 10**9 }}",
+        "{{ 'x' * 1000000000 }}",
+        "{{ [1] * 10**8 }}",
+        "{{ 2 ** 100000000 }}",
+        "{{ range(10**9) | list }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "{% for c in 'x' * 1000000 %}{% for d in 'y' * 1000000 %}{% endfor %}{% endfor %}",
+        "{{ 'x'.ljust(10**9) }}{{ 'x'.center(10**9) }}",
+        "{{ 'a\tb'.expandtabs(10**9) }}",
+        "{{ ('x' * 1000) | replace('x', 'y' * 100000) }}",
+        "{{ ('x' * 1000).replace('x', 'y' * 100000) }}",
+        "{{ 'x' | center(1000000000) }}",
+        "{{ ('a\n' * 1000) | indent(100000) }}",
+        "{{ '%0999999999d' % 1 }}",
+        "{{ '%*d' % (10**9, 1) }}",
+        "{{ '%0999999999d' | format(1) }}",
+        "{{ '{:>999999999}'.format(1) }}",
+        "{{ '{:>{w}}'.format(1, w=10**9) }}",
+        "{{ ('x' * 1000000) + ('y' * 1000) }}",
+        "{{ ('x' * 1000).join(range(100000)) }}",
+        "{{ range(100000) | join('x' * 1000) }}",
+        "{{ lipsum(n=100000) }}",
+        "{{ {'a': [1]} | tojson(indent=100000000) }}",
+        "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+        "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}",
+    ],
+)
+def test_resource_abuse_is_refused(prompt: str) -> None:
+    with pytest.raises(PromptRenderError):
+        render(step(prompt), {}, {})
+
+
+def test_bounded_uses_of_the_guarded_operations_still_work() -> None:
+    prompt = (
+        "{{ '-' * 3 }}|{{ 2 ** 10 }}|{{ 'a' + 'b' }}|{{ '%05d' % 42 }}|{{ 'x'.ljust(3, '.') }}|"
+        "{{ 'ab' | center(4) }}|{{ [1, 2] | join('+') }}|{{ 'aXb' | replace('X', '-') }}|"
+        "{{ '{:>4}'.format('z') }}|{{ range(3) | sum }}|{{ {'k': 1} | tojson }}"
+    )
+    assert render(step(prompt), {}, {}) == "---|1024|ab|00042|x..| ab |1+2|a-b|   z|3|{\"k\": 1}"
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def test_render_uses_seed_fields_and_earlier_outputs() -> None:
+    prompt = (
+        "Book: {{ book.title }} by {% for a in book.authors %}{{ a.name }}{{ ', ' if not loop.last }}{% endfor %}\n"
+        "Question: {{ steps.question.output | trim }}"
+    )
+    row = {"book": {"title": "Dune", "authors": [{"name": "Frank"}, {"name": "Brian"}]}}
+    text = render(step(prompt, "answer"), row, {"question": "  Why spice?  "})
+    assert text == "Book: Dune by Frank, Brian\nQuestion: Why spice?"
+
+
+def test_render_keeps_prompt_text_as_is() -> None:
+    assert render(step("<b>{{ x }}</b> & done\n"), {"x": "<i>"}, {}) == "<b><i></b> & done\n"
+
+
+def test_a_missing_seed_field_is_an_error_not_empty_text() -> None:
+    with pytest.raises(PromptRenderError, match="'topic' is undefined"):
+        render(step("About {{ topic }}"), {"other": 1}, {})
+    with pytest.raises(PromptRenderError, match="name"):
+        render(step("By {{ author.name }}"), {"author": {}}, {})
+    with pytest.raises(PromptRenderError):
+        render(step("{{ steps.question.output }}"), {}, {})
+
+
+def test_optional_fields_render_with_their_default() -> None:
+    prompt = "Hi {{ nick | default('friend') }}{% if person.title is defined %} {{ person.title }}{% endif %}"
+    assert render(step(prompt), {"person": {}}, {}) == "Hi friend"
+    assert render(step(prompt), {"nick": "Al", "person": {"title": "Dr"}}, {}) == "Hi Al Dr"
+
+
+def test_runtime_failures_of_the_prompt_are_render_errors() -> None:
+    with pytest.raises(PromptRenderError, match="ZeroDivisionError"):
+        render(step("{{ 1 / n }}"), {"n": 0}, {})
+
+
+def test_the_loop_budget_is_per_render() -> None:
+    prompt = step("{% for i in range(60000) %}{% endfor %}done")
+    assert render(prompt, {}, {}) == "done"
+    assert render(prompt, {}, {}) == "done"
+
+
+def test_a_prompt_longer_than_the_limit_is_refused() -> None:
+    with pytest.raises(PromptRenderError, match="longer than"):
+        render(step("{% for i in range(20) %}{{ chunk }}{% endfor %}"), {"chunk": "x" * (MAX_PROMPT_CHARS // 10)}, {})

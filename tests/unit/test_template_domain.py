@@ -1,0 +1,160 @@
+"""The template aggregate: create, publish immutable versions, delete, and who may do it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from contracts.events.templates import (
+    TemplateCreated,
+    TemplateDeleted,
+    TemplateStep,
+    TemplateVersionPublished,
+)
+from services.templates.domain import (
+    CreateTemplate,
+    DeleteTemplate,
+    InvalidTemplate,
+    NotTemplateOwner,
+    PublishTemplateVersion,
+    TemplateAlreadyExists,
+    TemplateInUse,
+    TemplateNotFound,
+    TemplateState,
+    decide,
+    evolve,
+    state_from,
+    template_stream,
+)
+
+QUESTION = TemplateStep(id="question", model="local/gemma-3-270m", prompt="Ask about {{ book.title }}")
+ANSWER = TemplateStep(
+    id="answer", model="openai/gpt-4o-mini", prompt="{{ steps.question.output }} for {{ reader.name }}"
+)
+
+
+def create(**overrides: object) -> CreateTemplate:
+    fields = {"template_id": "t1", "owner": "alice", "name": "Books", "steps": [QUESTION]}
+    return CreateTemplate(**{**fields, **overrides})  # type: ignore[arg-type]
+
+
+def run(state: TemplateState, command: object) -> TemplateState:
+    for event in decide(command, state):  # type: ignore[arg-type]
+        state = evolve(state, event)
+    return state
+
+
+@pytest.fixture
+def created() -> TemplateState:
+    return run(TemplateState(), create(description="about books", is_public=True))
+
+
+def test_stream_id() -> None:
+    assert template_stream("t1") == "template-t1"
+
+
+def test_create_records_the_definition_and_its_seed_fields() -> None:
+    [event] = decide(create(steps=[QUESTION, ANSWER]), TemplateState())
+    assert event == TemplateCreated(
+        template_id="t1",
+        owner="alice",
+        name="Books",
+        steps=[QUESTION, ANSWER],
+        required_fields=["book.title", "reader.name"],
+    )
+
+
+def test_created_state(created: TemplateState) -> None:
+    assert created.is_live and created.owner == "alice" and created.version == 1
+    assert (created.name, created.description, created.is_public) == ("Books", "about books", True)
+    assert created.steps == (QUESTION,)
+    assert created.required_fields == ("book.title",)
+    assert list(created.versions) == [1]
+
+
+def test_create_twice_is_refused_even_after_deletion(created: TemplateState) -> None:
+    with pytest.raises(TemplateAlreadyExists):
+        decide(create(), created)
+    with pytest.raises(TemplateAlreadyExists):
+        decide(create(), run(created, DeleteTemplate("t1", "alice")))
+
+
+def test_create_with_an_invalid_definition_reports_every_problem() -> None:
+    bad = TemplateStep(id="q", model="nowhere", prompt="{{ steps.later.output }}")
+    with pytest.raises(InvalidTemplate) as raised:
+        decide(create(name=" ", steps=[bad]), TemplateState())
+    assert [problem.code for problem in raised.value.errors] == ["INVALID_NAME", "INVALID_MODEL", "UNKNOWN_STEP"]
+
+
+def test_publish_numbers_versions_and_keeps_old_ones(created: TemplateState) -> None:
+    state = run(created, PublishTemplateVersion("t1", "alice", steps=[QUESTION, ANSWER]))
+    solo = TemplateStep(id="solo", model="bedrock/amazon.nova-micro-v1:0", prompt="{{ x }}")
+    publish = PublishTemplateVersion("t1", "alice", steps=[solo], name="Renamed", is_public=False)
+    [event] = decide(publish, state)
+    assert isinstance(event, TemplateVersionPublished)
+    assert (event.version, event.name, event.description, event.is_public) == (3, "Renamed", "about books", False)
+    assert event.required_fields == ["x"]
+
+    state = evolve(state, event)
+    assert state.version == 3 and state.name == "Renamed"
+    assert [v.version for v in state.versions.values()] == [1, 2, 3]
+    assert state.versions[1].steps == (QUESTION,)
+    assert state.versions[2].required_fields == ("book.title", "reader.name")
+    assert state.versions[2].is_public is True
+
+
+def test_publish_carries_name_description_and_visibility_over(created: TemplateState) -> None:
+    [event] = decide(PublishTemplateVersion("t1", "alice", steps=[QUESTION]), created)
+    assert (event.name, event.description, event.is_public) == ("Books", "about books", True)
+
+
+def test_publish_validates_the_new_definition(created: TemplateState) -> None:
+    with pytest.raises(InvalidTemplate):
+        decide(PublishTemplateVersion("t1", "alice", steps=[]), created)
+
+
+def test_only_the_owner_publishes_or_deletes(created: TemplateState) -> None:
+    with pytest.raises(NotTemplateOwner):
+        decide(PublishTemplateVersion("t1", "bob", steps=[QUESTION]), created)
+    with pytest.raises(NotTemplateOwner):
+        decide(DeleteTemplate("t1", "bob"), created)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [PublishTemplateVersion("t1", "alice", steps=[QUESTION]), DeleteTemplate("t1", "alice")],
+)
+def test_missing_and_deleted_templates_are_not_found(created: TemplateState, command: object) -> None:
+    with pytest.raises(TemplateNotFound):
+        decide(command, TemplateState())  # type: ignore[arg-type]
+    deleted = run(created, DeleteTemplate("t1", "alice"))
+    with pytest.raises(TemplateNotFound):
+        decide(command, deleted)  # type: ignore[arg-type]
+
+
+def test_delete_records_the_fact_and_keeps_the_versions(created: TemplateState) -> None:
+    [event] = decide(DeleteTemplate("t1", "alice"), created)
+    assert event == TemplateDeleted(template_id="t1")
+    state = evolve(created, event)
+    assert state.deleted and not state.is_live and state.versions[1].name == "Books"
+
+
+def test_delete_is_refused_while_jobs_use_the_template(created: TemplateState) -> None:
+    in_use = replace(created, jobs_using=frozenset({"job-2", "job-1"}))
+    with pytest.raises(TemplateInUse) as raised:
+        decide(DeleteTemplate("t1", "alice"), in_use)
+    assert raised.value.job_ids == ["job-1", "job-2"]
+    with pytest.raises(NotTemplateOwner):
+        decide(DeleteTemplate("t1", "bob"), in_use)
+
+
+def test_state_from_folds_a_stream() -> None:
+    events = [
+        *decide(create(), TemplateState()),
+    ]
+    state = state_from(events)
+    events.append(*decide(PublishTemplateVersion("t1", "alice", steps=[QUESTION, ANSWER]), state))
+    events.append(TemplateDeleted(template_id="t1"))
+    state = state_from(events)
+    assert (state.version, state.deleted, state.template_id) == (2, True, "t1")
