@@ -25,6 +25,65 @@ class InvalidBlobKey(BlobError, ValueError):
     """A key that is empty, absolute, or climbs out of the store ('..')."""
 
 
+class BlobTooLarge(BlobError):
+    """An upload went past the byte limit it was granted; nothing was stored."""
+
+
+MAX_KEY_BYTES = 1024
+"""S3's limit on a whole key (UTF-8)."""
+MAX_SEGMENT_BYTES = 255
+"""Common file systems' limit on one path segment (UTF-8)."""
+
+
+def _check_segment(segment: str, whole: str) -> None:
+    if segment in ("", ".", ".."):
+        raise InvalidBlobKey(f"blob key {whole!r} has an empty, '.' or '..' segment")
+    if len(segment.encode()) > MAX_SEGMENT_BYTES:
+        raise InvalidBlobKey(f"blob key {whole!r} has a segment longer than {MAX_SEGMENT_BYTES} bytes")
+
+
+def _check_characters(text: str) -> None:
+    if "\\" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise InvalidBlobKey(f"blob key {text!r} contains a backslash or a control character")
+    try:
+        encoded = text.encode()
+    except UnicodeEncodeError:
+        raise InvalidBlobKey(f"blob key {text!r} is not valid Unicode text") from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise InvalidBlobKey(f"blob key {text[:40]!r}... is longer than {MAX_KEY_BYTES} bytes")
+
+
+def check_key(key: str) -> str:
+    """Return `key` unchanged if every adapter can store it, else raise InvalidBlobKey.
+
+    One rule for all adapters, so a key that works on the local store works on S3: non-empty
+    '/'-separated segments, none empty, '.' or '..' (so no leading, trailing or double '/'),
+    no backslash or control character, within S3's and file systems' length limits.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidBlobKey("blob key is empty")
+    _check_characters(key)
+    for segment in key.split("/"):
+        _check_segment(segment, key)
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Return `prefix` unchanged if it can start a valid key ('' does), else raise InvalidBlobKey.
+
+    Every complete segment (before the last '/') follows `check_key`'s rule; the trailing
+    part may be any start of a segment.
+    """
+    if not isinstance(prefix, str):
+        raise InvalidBlobKey("blob prefix must be a string")
+    _check_characters(prefix)
+    head, _, _ = prefix.rpartition("/")
+    if head or prefix.startswith("/"):
+        for segment in head.split("/"):
+            _check_segment(segment, prefix)
+    return prefix
+
+
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
     key: str
