@@ -1,0 +1,576 @@
+"""Seed file formats: detect one, and stream its records without loading the file.
+
+Every reader takes a binary file object (a blob store's `open_read()` gives one) and yields
+chunks of a bounded size, so memory does not grow with the file. Two kinds of chunk exist
+because the fast path and the exact path differ: `ParsedRecords` are records decoded in Python
+(each a record or the problem that kept it from being one), `ColumnarRecords` are Arrow
+tables checked column-wise. Positions are 1-based: line numbers for JSONL, element indexes
+for JSON, row numbers (header excluded) for CSV and Parquet.
+
+A problem with one record is yielded as data; a problem that makes the rest of the file
+unreadable raises `SeedFileError`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from pathlib import PurePosixPath
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from contracts.events.seeds import SeedFormat
+
+Path = tuple[str, ...]
+
+JSONL_BLOCK_BYTES = 8 << 20
+PIECE_BYTES = 256 << 10
+MAX_RECORD_BYTES = 32 << 20
+READ_BYTES = 1 << 20
+RECORDS_PER_CHUNK = 8192
+PARQUET_BATCH_ROWS = 65536
+
+_EXTENSIONS = {
+    ".jsonl": SeedFormat.JSONL,
+    ".ndjson": SeedFormat.JSONL,
+    ".json": SeedFormat.JSON,
+    ".csv": SeedFormat.CSV,
+    ".parquet": SeedFormat.PARQUET,
+}
+_UTF8_BOM = codecs.BOM_UTF8
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+
+
+class UnsupportedSeedFormat(ValueError):
+    """The format cannot be told from the filename, or is not one Palette reads."""
+
+
+class SeedFileError(Exception):
+    """The file as a whole cannot be read as the declared format (encoding, shape, syntax)."""
+
+
+@dataclass
+class ParsedRecords:
+    """Records decoded in Python: each item is (position, record dict or problem message)."""
+
+    items: list[tuple[int, dict[str, Any] | str]]
+
+
+@dataclass
+class ColumnarRecords:
+    """Records as an Arrow table; `flat` means dotted column names (CSV), where "" is absent."""
+
+    table: pa.Table | pa.RecordBatch
+    positions: Sequence[int]
+    flat: bool = False
+
+
+Chunk = ParsedRecords | ColumnarRecords
+
+
+def detect_format(filename: str, override: SeedFormat | str | None = None) -> SeedFormat:
+    """The seed format from an explicit override, else from the filename's extension."""
+    if override is not None:
+        try:
+            return SeedFormat(str(getattr(override, "value", override)).upper())
+        except ValueError:
+            raise UnsupportedSeedFormat(
+                f"unknown seed format {override!r}; expected one of "
+                + ", ".join(f.value for f in SeedFormat)
+            ) from None
+    suffix = PurePosixPath(filename).suffix.lower()
+    try:
+        return _EXTENSIONS[suffix]
+    except KeyError:
+        raise UnsupportedSeedFormat(
+            f"cannot tell the format of {filename!r} from its extension; use one of "
+            + ", ".join(sorted(_EXTENSIONS))
+            + " or name the format explicitly"
+        ) from None
+
+
+def read_chunks(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[Path]) -> Iterator[Chunk]:
+    """Stream the records of a seed file; `paths` lets readers project only what is checked."""
+    readers = {
+        SeedFormat.JSONL: _read_jsonl,
+        SeedFormat.JSON: _read_json_array,
+        SeedFormat.CSV: _read_csv,
+        SeedFormat.PARQUET: _read_parquet,
+    }
+    return readers[fmt](stream, paths)
+
+
+def _text_start(stream: IO[bytes]) -> bytes:
+    """The first bytes of a text file, UTF-8 BOM removed; wide encodings and emptiness refused."""
+    head = stream.read(READ_BYTES)
+    if not head:
+        raise SeedFileError("empty file")
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            raise SeedFileError(f"file is {name} encoded; seed files must be UTF-8")
+    if head.startswith(_UTF8_BOM):
+        head = head[len(_UTF8_BOM):]
+    sample = head[:4096]
+    if len(sample) >= 4 and sample.count(0) * 4 >= len(sample):
+        raise SeedFileError("file looks UTF-16 encoded (NUL bytes in text); seed files must be UTF-8")
+    return head
+
+
+class _PrefixedStream(io.RawIOBase):
+    """Bytes already read, then the rest of the stream: lets a reader peek without seeking."""
+
+    def __init__(self, prefix: bytes, rest: IO[bytes]) -> None:
+        self._prefix = memoryview(prefix)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        if self._prefix:
+            n = min(len(target), len(self._prefix))
+            target[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._rest.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+
+# JSONL ---------------------------------------------------------------------------------
+
+
+def _read_jsonl(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
+    """Lines in blocks of about 8 MiB, each parsed by Arrow when it can be, else line by line.
+
+    Arrow's JSON reader parses a block several times faster than `json.loads` per line but
+    cannot say which line is broken, so any block it rejects (bad JSON, a non-object, a
+    type it did not expect, blank lines, invalid UTF-8) is re-read exactly in Python. The
+    Python path is the reference; Arrow is only an accelerator that must agree with it.
+    """
+    parser = _JsonlBlockParser(paths)
+    pending = _text_start(stream)
+    line_base = 0
+    eof = False
+    while pending or not eof:
+        while not eof and (len(pending) < JSONL_BLOCK_BYTES or b"\n" not in pending):
+            data = stream.read(JSONL_BLOCK_BYTES)
+            if not data:
+                eof = True
+                break
+            pending += data
+            if len(pending) > MAX_RECORD_BYTES and b"\n" not in pending:
+                pending = _skip_long_line(stream)
+                line_base += 1
+                yield ParsedRecords([(line_base, f"line longer than {MAX_RECORD_BYTES >> 20} MiB")])
+                if pending is None:
+                    return
+        if eof:
+            block, pending = pending, b""
+        else:
+            cut = pending.rfind(b"\n", 0, JSONL_BLOCK_BYTES) + 1 or pending.find(b"\n") + 1
+            block, pending = pending[:cut], pending[cut:]
+        if not block:
+            continue
+        lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        yield from parser.parse(block, line_base, lines)
+        line_base += lines
+
+
+def _skip_long_line(stream: IO[bytes]) -> bytes | None:
+    """Discard the rest of an over-long line; the bytes after it, or None at end of file."""
+    while True:
+        data = stream.read(READ_BYTES)
+        if not data:
+            return None
+        newline = data.find(b"\n")
+        if newline >= 0:
+            return data[newline + 1:]
+
+
+class _JsonlBlockParser:
+    """Parses JSONL blocks, learning from exact parses the leaf types Arrow needs to go fast."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self._paths = list(dict.fromkeys(paths))
+        self._schema: pa.Schema | None = pa.schema([]) if not self._paths else None
+
+    def parse(self, block: bytes, line_base: int, lines: int) -> Iterator[Chunk]:
+        """Records of a block, in pieces of about 256 KiB so a rejected piece costs little.
+
+        Before leaf types are known, the first piece is parsed exactly to learn them.
+        """
+        pos = 0
+        while pos < len(block):
+            cut = block.rfind(b"\n", pos, pos + PIECE_BYTES) + 1 if pos + PIECE_BYTES < len(block) else 0
+            if cut <= pos:
+                cut = block.find(b"\n", pos + PIECE_BYTES) + 1 or len(block)
+            piece = block[pos:cut]
+            count = piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)
+            table = self._parse_fast(piece, count) if self._schema is not None else None
+            if table is not None:
+                yield ColumnarRecords(table, range(line_base + 1, line_base + count + 1))
+            else:
+                yield from self._parse_exact(piece, line_base, count)
+            line_base += count
+            pos = cut
+
+    def _parse_exact(self, block: bytes, line_base: int, lines: int) -> Iterator[ParsedRecords]:
+        samples: dict[Path, list[Any]] = {p: [] for p in self._paths}
+        items: list[tuple[int, dict[str, Any] | str]] = []
+        for number, line in enumerate(block.split(b"\n"), start=line_base + 1):
+            if number > line_base + lines:
+                break
+            item = _parse_line(line)
+            if item is None:
+                continue
+            if isinstance(item, dict):
+                _sample_leaves(item, samples)
+            items.append((number, item))
+            if len(items) >= RECORDS_PER_CHUNK:
+                yield ParsedRecords(items)
+                items = []
+        if items:
+            yield ParsedRecords(items)
+        self._schema = _schema_from_samples(self._paths, samples, self._schema)
+
+    def _parse_fast(self, block: bytes, lines: int) -> pa.Table | None:
+        if block[:1] in (b"\n", b"\r") or b"\n\n" in block or b"\n\r\n" in block:
+            return None
+        try:
+            pa.array([block], pa.binary()).cast(pa.string())
+            table = pa_json.read_json(
+                pa.BufferReader(block),
+                read_options=pa_json.ReadOptions(use_threads=False, block_size=2 * PIECE_BYTES),
+                parse_options=pa_json.ParseOptions(explicit_schema=self._schema, unexpected_field_behavior="ignore"),
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        return table if table.num_rows == lines else None
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | str | None:
+    """A record, a problem message, or None for a blank line."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not valid UTF-8 (byte 0x{line[err.start]:02x} at column {err.start + 1})"
+    if not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        return f"invalid JSON: {err.msg} (column {err.colno})"
+    except RecursionError:
+        return "invalid JSON: nested too deeply"
+    if not isinstance(value, dict):
+        return f"not a JSON object (got {_json_kind(value)})"
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+_SAMPLE_SIZE = 256
+
+
+def _sample_leaves(record: dict[str, Any], samples: dict[Path, list[Any]]) -> None:
+    for path, values in samples.items():
+        if len(values) >= _SAMPLE_SIZE:
+            continue
+        value: Any = record
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            values.append(value)
+
+
+def _schema_from_samples(
+    paths: Sequence[Path], samples: dict[Path, list[Any]], previous: pa.Schema | None
+) -> pa.Schema | None:
+    """The Arrow schema of just the checked paths, or None when a leaf's type is not uniform.
+
+    A path with no value in the sample keeps the type learned before, so a piece made of
+    broken lines does not unlearn what earlier pieces taught.
+    """
+    tree: dict[str, Any] = {}
+    leaves: dict[Path, pa.DataType] = {}
+    for path in paths:
+        values = samples.get(path, [])
+        leaf = _leaf_type(values) if values else _learned_type(previous, path)
+        if leaf is None:
+            return None
+        leaves[path] = leaf
+        node = tree
+        for key in path:
+            node = node.setdefault(key, {})
+
+    def build(node: dict[str, Any], prefix: Path) -> list[pa.Field]:
+        fields = []
+        for key, children in node.items():
+            path = (*prefix, key)
+            if children:
+                fields.append(pa.field(key, pa.struct(build(children, path))))
+            else:
+                fields.append(pa.field(key, leaves[path]))
+        return fields
+
+    return pa.schema(build(tree, ()))
+
+
+def _learned_type(schema: pa.Schema | None, path: Path) -> pa.DataType:
+    fields: Any = schema
+    found: pa.DataType = pa.null()
+    for key in path:
+        if fields is None or fields.get_field_index(key) < 0:
+            return pa.null()
+        found = fields.field(key).type
+        fields = found if pa.types.is_struct(found) else None
+    return found
+
+
+def _leaf_type(values: list[Any]) -> pa.DataType | None:
+    if all(isinstance(v, dict) for v in values):
+        return pa.struct([])
+    try:
+        inferred = pa.infer_type(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return None
+    return pa.float64() if pa.types.is_integer(inferred) else inferred
+
+
+# JSON array ----------------------------------------------------------------------------
+
+
+def _read_json_array(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
+    """Elements of a top-level array, decoded one at a time over a sliding text buffer."""
+    elements = _JsonArrayElements(stream)
+    items: list[tuple[int, dict[str, Any] | str]] = []
+    for index, value in elements:
+        items.append((index, value if isinstance(value, dict) else f"not a JSON object (got {_json_kind(value)})"))
+        if len(items) >= RECORDS_PER_CHUNK:
+            yield ParsedRecords(items)
+            items = []
+    if items:
+        yield ParsedRecords(items)
+
+
+@dataclass
+class _JsonArrayElements:
+    stream: IO[bytes]
+    _buffer: str = ""
+    _pos: int = 0
+    _eof: bool = False
+    _bytes_read: int = 0
+    _decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")())
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        head = _text_start(self.stream)
+        self._feed(head)
+        decoder = json.JSONDecoder()
+        if self._peek() != "[":
+            found = self._peek()
+            raise SeedFileError(
+                "top-level JSON value is not an array of objects"
+                + (f" (starts with {found!r})" if found else "")
+            )
+        self._pos += 1
+        index = 0
+        while True:
+            char = self._peek()
+            if char == "]":
+                self._pos += 1
+                if self._peek():
+                    raise SeedFileError("unexpected data after the top-level array")
+                return
+            if not char:
+                raise SeedFileError(f"file ends inside the top-level array (after element {index})")
+            if index:
+                if char != ",":
+                    raise SeedFileError(f"expected ',' or ']' after element {index}, found {char!r}")
+                self._pos += 1
+                self._peek()
+            while True:
+                try:
+                    value, end = decoder.raw_decode(self._buffer, self._pos)
+                except json.JSONDecodeError as err:
+                    if self._may_be_cut(err) and self._can_grow():
+                        continue
+                    raise SeedFileError(f"invalid JSON in element {index + 1}: {err.msg}") from None
+                except RecursionError:
+                    raise SeedFileError(f"element {index + 1} is nested too deeply") from None
+                if end == len(self._buffer) and self._can_grow():
+                    continue
+                break
+            self._pos = end
+            index += 1
+            yield index, value
+
+    def _may_be_cut(self, err: json.JSONDecodeError) -> bool:
+        """Whether the error may only mean the element continues past the buffered text."""
+        return err.msg.startswith("Unterminated string") or err.pos >= len(self._buffer) - 8
+
+    def _peek(self) -> str:
+        """The next non-whitespace character ("" at end of file), reading more as needed."""
+        while True:
+            self._pos = _JSON_WS.match(self._buffer, self._pos).end()
+            if self._pos < len(self._buffer) or not self._can_grow():
+                return self._buffer[self._pos:self._pos + 1]
+
+    def _can_grow(self) -> bool:
+        """Reads more of the file into the buffer; False at end of file or past the size cap."""
+        if self._eof:
+            return False
+        if len(self._buffer) - self._pos > MAX_RECORD_BYTES:
+            raise SeedFileError(f"an element is larger than {MAX_RECORD_BYTES >> 20} MiB or not valid JSON")
+        data = self.stream.read(READ_BYTES)
+        if not data:
+            self._eof = True
+            self._feed(b"", final=True)
+            return False
+        self._feed(data)
+        return True
+
+    def _feed(self, data: bytes, final: bool = False) -> None:
+        try:
+            text = self._decoder.decode(data, final)
+        except UnicodeDecodeError as err:
+            raise SeedFileError(f"not valid UTF-8 (byte 0x{data[err.start]:02x} at offset {self._bytes_read + err.start})") from None
+        self._bytes_read += len(data)
+        self._buffer = self._buffer[self._pos:] + text
+        self._pos = 0
+
+
+# CSV -----------------------------------------------------------------------------------
+
+
+def _read_csv(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
+    """Rows via Arrow's streaming CSV reader, every column as a string.
+
+    The header is peeked with the `csv` module to name every column a string (Arrow would
+    otherwise infer types from the first block and fail on a later one). Rows with the wrong
+    number of cells are reported with their row number and skipped.
+    """
+    head = _text_start(stream)
+    names = _csv_header(head)
+    bad_rows: list[tuple[int, str]] = []
+
+    def on_invalid_row(row: pa_csv.InvalidRow) -> str:
+        number = (row.number or 0) - 1
+        heappush(bad_rows, (number, f"row has {row.actual_columns} cells, expected {row.expected_columns}"))
+        return "skip"
+
+    try:
+        reader = pa_csv.open_csv(
+            _PrefixedStream(head, stream),
+            read_options=pa_csv.ReadOptions(use_threads=False, block_size=4 << 20),
+            parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid_row),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={name: pa.string() for name in names}, strings_can_be_null=False
+            ),
+        )
+        next_row = 1
+        for batch in reader:
+            positions: list[int] | range
+            problems: list[tuple[int, dict[str, Any] | str]] = []
+            end = next_row + batch.num_rows
+            while bad_rows and bad_rows[0][0] < end:
+                number, message = heappop(bad_rows)
+                problems.append((number, message))
+                end += 1
+            if problems:
+                skipped = {n for n, _ in problems}
+                positions = [n for n in range(next_row, end) if n not in skipped]
+                yield ParsedRecords(problems)
+            else:
+                positions = range(next_row, end)
+            next_row = end
+            yield ColumnarRecords(batch, positions, flat=True)
+        if bad_rows:
+            yield ParsedRecords([heappop(bad_rows) for _ in range(len(bad_rows))])
+    except pa.ArrowInvalid as err:
+        message = str(err)
+        if "UTF8" in message or "UTF-8" in message:
+            raise SeedFileError(f"not valid UTF-8 text: {message}") from None
+        raise SeedFileError(f"unreadable CSV: {message}") from None
+
+
+def _csv_header(head: bytes) -> list[str]:
+    """Column names from the first MiB; a header longer than that is not a seed file."""
+    text = head.decode("utf-8", errors="replace")
+    try:
+        return next(csv.reader(io.StringIO(text, newline="")))
+    except StopIteration:
+        raise SeedFileError("empty file") from None
+    except csv.Error as err:
+        raise SeedFileError(f"unreadable CSV header: {err}") from None
+
+
+# Parquet -------------------------------------------------------------------------------
+
+
+def _read_parquet(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
+    """Row batches of only the top-level columns the checked paths start with."""
+    source = seekable(stream)
+    try:
+        parquet = pq.ParquetFile(source)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SeedFileError(f"not a readable Parquet file: {err}") from None
+    names = set(parquet.schema_arrow.names)
+    wanted = [name for name in dict.fromkeys(p[0] for p in paths) if name in names]
+    if not wanted:
+        wanted = parquet.schema_arrow.names[:1]
+    next_row = 1
+    try:
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+            yield ColumnarRecords(batch, range(next_row, next_row + batch.num_rows))
+            next_row += batch.num_rows
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SeedFileError(f"corrupt Parquet data after row {next_row - 1}: {err}") from None
+
+
+def seekable(stream: IO[bytes]) -> IO[bytes]:
+    """The stream itself when it can seek, else a temporary file copy (Parquet needs seeks)."""
+    try:
+        can_seek = stream.seekable()
+    except (AttributeError, OSError):
+        can_seek = False
+    if can_seek:
+        if stream.read(1) == b"":
+            raise SeedFileError("empty file")
+        stream.seek(0)
+        return stream
+    spool = tempfile.TemporaryFile()
+    shutil.copyfileobj(stream, spool, READ_BYTES)
+    if spool.tell() == 0:
+        raise SeedFileError("empty file")
+    spool.seek(0)
+    return spool
