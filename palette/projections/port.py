@@ -1,0 +1,156 @@
+"""The projection port: what a read model declares, and what a read-model store guarantees.
+
+A projection turns events into a read model (dashboard rows, cost views, job lists). Its
+store keeps, beside the read model, a tracking record per projection: the checkpoint (the
+last applied global position and event id) and, when the projection asks for it, the last
+applied version of every stream. Each commit writes the read-model changes and the tracking
+record in one transaction, guarded by the tracking record the batch was read after, so:
+
+- delivery may be at least once: an event at or below the tracking record changes nothing;
+- a failure anywhere in a commit leaves neither the changes nor the checkpoint;
+- two runners of one projection never both apply an event: the loser gets CheckpointMoved.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Generic, Literal, TypeVar
+
+from contracts.envelope import EventEnvelope, EventMetadata, StoredEvent
+
+ProjectedEvent = EventEnvelope | StoredEvent
+"""What `apply` receives: the typed envelope, or the stored record for projections that
+decode only what they need (see `Projection.event_view`)."""
+
+
+def recorded_as(event: ProjectedEvent) -> EventMetadata | StoredEvent:
+    """The store fields (id, stream_id, version, position) of either view of an event."""
+    return event.metadata if isinstance(event, EventEnvelope) else event
+
+
+class Projection(ABC):
+    """A read model defined by a service; subclass a backend's flavour
+    (`SQLiteProjection`, `DynamoDBProjection`), which adds `apply` and the schema.
+
+    - `name` keys the tracking record; it is stable for the life of the read model.
+    - `detail_types` are the only events the runner reads and applies.
+    - `track_streams` keeps the last applied version per stream, so `handle` applies a
+      pushed event directly instead of catching up from the log: for a bus that does not
+      keep the log's order (EventBridge) or a log without global positions. An event whose
+      stream has a gap is applied after the missing versions, read from the event store.
+    - `event_view`: "envelope" (typed `EventEnvelope`, the default) or "stored" (the raw
+      `StoredEvent`: no decoding cost, for projections whose rebuild speed matters).
+    """
+
+    name: ClassVar[str]
+    detail_types: ClassVar[tuple[str, ...]]
+    track_streams: ClassVar[bool] = False
+    event_view: ClassVar[Literal["envelope", "stored"]] = "envelope"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The tracking record's checkpoint: the last applied global position and event id."""
+
+    position: int = 0
+    event_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events to apply in one commit, with the tracking state they were read after.
+
+    `checkpoint` is the checkpoint the events were read after and `advance_to` the new one;
+    both are None for events pushed by a bus out of the log's order, which leave the
+    checkpoint alone. `stream_versions` holds the tracked version of every stream in
+    `events` (0 when none is tracked) and is empty unless the projection tracks streams.
+    """
+
+    events: Sequence[ProjectedEvent]
+    checkpoint: Checkpoint | None
+    advance_to: Checkpoint | None
+    stream_versions: Mapping[str, int] = field(default_factory=dict)
+
+
+class ProjectionError(Exception):
+    """Base of every projection failure."""
+
+
+class CheckpointMoved(ProjectionError):
+    """The tracking record changed since the batch was read: another runner applied events.
+    Nothing of the batch was written; read the tracking record again and retry."""
+
+    def __init__(self, projection: str, detail: str = "") -> None:
+        self.projection = projection
+        super().__init__(
+            f"tracking record of projection {projection!r} moved" + (f": {detail}" if detail else "")
+        )
+
+
+class ProjectionFailed(ProjectionError):
+    """`apply` raised for an event; the whole commit it was part of was rolled back."""
+
+    def __init__(self, projection: str, event: ProjectedEvent) -> None:
+        stored = recorded_as(event)
+        self.projection = projection
+        self.event_id = stored.id
+        self.position = stored.position
+        super().__init__(
+            f"projection {projection!r} failed to apply {event.detail_type} "
+            f"{stored.id} (stream {stored.stream_id!r} v{stored.version}, position {stored.position})"
+        )
+
+
+class EventNotInLog(ProjectionError):
+    """A bus delivered an event that the log does not show yet (an eventually consistent
+    index); nothing was skipped, and the delivery should be retried."""
+
+    def __init__(self, projection: str, event: StoredEvent) -> None:
+        self.projection = projection
+        self.event_id = event.id
+        super().__init__(
+            f"projection {projection!r} was handed {event.detail_type} {event.id} at position "
+            f"{event.position}, which the log does not return yet"
+        )
+
+
+P = TypeVar("P", bound=Projection)
+
+
+class ReadModelStore(ABC, Generic[P]):
+    """Where a projection's read model and tracking record live, on one backend."""
+
+    @abstractmethod
+    def prepare(self, projection: P) -> None:
+        """Create the tracking record and the projection's schema when missing (idempotent)."""
+
+    @abstractmethod
+    def checkpoint(self, projection: P) -> Checkpoint:
+        """The tracking record's checkpoint; Checkpoint() before the first commit."""
+
+    @abstractmethod
+    def stream_versions(self, projection: P, stream_ids: Sequence[str]) -> dict[str, int]:
+        """The last applied version of each stream (0 when none was applied)."""
+
+    @abstractmethod
+    def commit(self, projection: P, batch: Batch) -> None:
+        """Apply `batch.events` in order and write the tracking record, atomically.
+
+        Raises CheckpointMoved (writing nothing) when the tracking record is no longer the one
+        in `batch`, and ProjectionFailed (writing nothing) when `apply` raises.
+        """
+
+    @abstractmethod
+    def fresh(self, projection: P) -> ReadModelStore[P]:
+        """An empty store beside this one, for rebuilding `projection` out of readers' sight."""
+
+    @abstractmethod
+    def swap_in(self, projection: P, fresh: ReadModelStore[P]) -> None:
+        """Make the read model built in `fresh` this store's, atomically for readers, and
+        release what it replaced. When the switch itself is refused, `fresh` is discarded."""
+
+    @abstractmethod
+    def discard(self, projection: P) -> None:
+        """Drop a fresh store that will not be swapped in (a rebuild that failed)."""
