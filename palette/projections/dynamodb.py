@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from abc import abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -95,6 +96,14 @@ class DynamoDBProjection(Projection):
         earlier events of the batch may not be committed yet. At most one operation per item.
         """
 
+    def applying(self, client: Any, tables: TableNames) -> AbstractContextManager[None]:
+        """Spans one commit's `apply` calls (in the batch's order, before anything is
+        written). A projection that reads items keeps here what the batch has written so
+        far, and reads the rest through `client`. What it read stays valid because the
+        commit is conditioned on the tracking record: on the checkpoint for catch-up, but
+        only on the batch's own streams' versions for pushed events (`track_streams`)."""
+        return nullcontext()
+
 
 class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
     """Projection tables and a tracking table, reached through one boto3 DynamoDB client."""
@@ -112,6 +121,11 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
         self._pinned = generation
         self._active: dict[str, int] = {}
         self._key_attributes: dict[str, tuple[str, ...]] = {tracking_table: ("pk", "sk")}
+
+    @property
+    def client(self) -> Any:
+        """The boto3 DynamoDB client this store reads and writes through."""
+        return self._client
 
     def table_names(self, projection: DynamoDBProjection) -> TableNames:
         """The tables readers query now (the active generation)."""
@@ -167,11 +181,12 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
         generation = self._generation(projection)
         names = self._names(projection, generation)
         writes: list[tuple[ProjectedEvent, list[TransactItem]]] = []
-        for event in batch.events:
-            try:
-                writes.append((event, list(projection.apply(event, names))))
-            except Exception as error:
-                raise ProjectionFailed(projection.name, event) from error
+        with projection.applying(self._client, names):
+            for event in batch.events:
+                try:
+                    writes.append((event, list(projection.apply(event, names))))
+                except Exception as error:
+                    raise ProjectionFailed(projection.name, event) from error
         checkpoint = batch.checkpoint
         stream_versions = dict(batch.stream_versions)
         groups = list(self._transactions(projection, writes))

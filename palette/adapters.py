@@ -1,0 +1,124 @@
+"""Builds the kernel's adapters for one runtime: the embedded default or AWS.
+
+This is the only place that constructs SQLite connections, boto3 clients or file-system
+stores; services receive an `Adapters` and never read the environment themselves. It knows
+no service (the composition root, `palette.composition`, wires services onto it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from palette.blobs.port import BlobStore
+from palette.eventstore.port import EventStore
+from palette.projections.documents import DocumentProjection, DocumentReader
+from palette.projections.port import ReadModelStore
+from palette.projections.runner import ProjectionRunner
+
+Runtime = Literal["local", "aws"]
+
+
+@dataclass
+class Adapters:
+    """The event store, blob store and read-model store of one runtime."""
+
+    runtime: Runtime
+    events: EventStore
+    blobs: BlobStore
+    read_models: ReadModelStore[Any]
+    data_dir: Path | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def projection_runner(self, projection: DocumentProjection) -> ProjectionRunner[Any]:
+        """A runner that keeps `projection`'s documents in this runtime's read-model store."""
+        if self.runtime == "local":
+            from palette.projections.documents_sqlite import sqlite_documents
+
+            return ProjectionRunner(self.events, sqlite_documents(projection), self.read_models)
+        from palette.projections.documents_dynamodb import dynamodb_documents
+
+        return ProjectionRunner(self.events, dynamodb_documents(projection), self.read_models)
+
+    def document_reader(self, projection: DocumentProjection) -> DocumentReader:
+        """Queries on `projection`'s documents."""
+        if self.runtime == "local":
+            from palette.projections.documents_sqlite import SQLiteDocumentReader
+
+            return SQLiteDocumentReader(self.read_models, projection.name)  # type: ignore[arg-type]
+        from palette.projections.documents_dynamodb import DynamoDBDocumentReader
+
+        return DynamoDBDocumentReader(self.read_models, projection)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.events.close()
+        close = getattr(self.read_models, "close", None)
+        if close is not None:
+            close()
+
+
+def local_adapters(data_dir: Path, base_url: str = "http://127.0.0.1:8000") -> Adapters:
+    """The embedded default: everything in files under `data_dir`."""
+    from palette.blobs.local import LocalBlobStore
+    from palette.blobs.signing import UrlSigner, load_or_create_secret
+    from palette.eventstore.sqlite import SQLiteEventStore
+    from palette.projections.sqlite import SQLiteReadModelStore
+
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    signer = UrlSigner(load_or_create_secret(data_dir))
+    return Adapters(
+        runtime="local",
+        events=SQLiteEventStore(data_dir / "events.db"),
+        blobs=LocalBlobStore(data_dir / "blobs", signer, base_url),
+        read_models=SQLiteReadModelStore(data_dir / "projections.db"),
+        data_dir=data_dir,
+    )
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """Names of the shared stack's resources, as the Lambda/ECS environment carries them."""
+
+    event_table: str
+    bucket: str
+    projection_prefix: str = "palette-projection-"
+    tracking_table: str = "palette-projection-tracking"
+    endpoint_url: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> AwsSettings:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            event_table=env.get("PALETTE_EVENT_TABLE", "palette-events"),
+            bucket=env.get("PALETTE_BUCKET", "palette-data"),
+            projection_prefix=env.get("PALETTE_PROJECTION_PREFIX", "palette-projection-"),
+            tracking_table=env.get("PALETTE_TRACKING_TABLE", "palette-projection-tracking"),
+            endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+        )
+
+
+def aws_adapters(settings: AwsSettings) -> Adapters:
+    """DynamoDB event and projection tables, S3 blobs."""
+    import boto3
+    from botocore.config import Config
+
+    from palette.blobs.s3 import S3BlobStore
+    from palette.eventstore.dynamodb import DynamoDBEventStore
+    from palette.projections.dynamodb import DynamoDBReadModelStore
+
+    dynamodb = boto3.client("dynamodb", endpoint_url=settings.endpoint_url)
+    s3 = boto3.client(
+        "s3", endpoint_url=settings.endpoint_url, config=Config(signature_version="s3v4")
+    )
+    return Adapters(
+        runtime="aws",
+        events=DynamoDBEventStore(settings.event_table, dynamodb),
+        blobs=S3BlobStore(settings.bucket, s3),
+        read_models=DynamoDBReadModelStore(
+            dynamodb, tracking_table=settings.tracking_table, table_prefix=settings.projection_prefix
+        ),
+        settings={"bucket": settings.bucket, "event_table": settings.event_table},
+    )

@@ -1,0 +1,142 @@
+"""The REST facade: one powertools resolver composed of the services' routers.
+
+The same routers serve the local server (`HttpResolverLocal`, ASGI under uvicorn) and each
+service's Lambda (`APIGatewayHttpResolver`). Cross-cutting concerns live here, once: the
+request id, the caller's identity (every route but the public ones), structured logs, and
+the mapping of every failure to the documented error shape — so no route answers a raw 500
+or a framework-shaped 422.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from contextvars import ContextVar
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver, Router
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.http_resolver import HttpResolverLocal
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+
+from palette.api.auth import CallerIdentity
+from palette.api.errors import ApiError, error_response
+
+logger = Logger(service="palette-api")
+
+PUBLIC_PATHS = frozenset({"/health", "/swagger", "/openapi.json"})
+"""Reachable without a token: liveness and the API's own documentation (no user data)."""
+
+
+_request_id: ContextVar[str] = ContextVar("palette_request_id", default="")
+
+
+def request_id() -> str:
+    """The id of the request being served (API Gateway's requestId on AWS)."""
+    return _request_id.get()
+
+
+def caller(router: Router | ApiGatewayResolver) -> str:
+    """The authenticated user id of the current request."""
+    return router.context["user_id"]
+
+
+def build_app(
+    routers: Iterable[Router],
+    identity: CallerIdentity,
+    local: bool,
+    title: str = "Palette",
+) -> ApiGatewayResolver:
+    app: ApiGatewayResolver = (
+        HttpResolverLocal(enable_validation=True) if local else APIGatewayHttpResolver(enable_validation=True)
+    )
+
+    def enter(app: ApiGatewayResolver) -> str:
+        """Sets the request id, correlation id and log keys, once per request. Request
+        validation and routing run before any middleware, so their error handlers call it too."""
+        if "request_id" in app.context:
+            return str(app.context["request_id"])
+        event = app.current_event
+        logger.remove_keys(["user_id", "request_id", "correlation_id"])
+        rid = event.raw_event.get("requestContext", {}).get("requestId") or str(uuid.uuid4())
+        _request_id.set(rid)
+        correlation_id = dict(event.headers or {}).get("x-correlation-id") or rid
+        app.append_context(request_id=rid, correlation_id=correlation_id)
+        logger.append_keys(request_id=rid, correlation_id=correlation_id)
+        return rid
+
+    def authenticate(app: ApiGatewayResolver) -> None:
+        """Records the caller of a non-public path, or raises Unauthorized."""
+        event = app.current_event
+        if event.path in PUBLIC_PATHS:
+            return
+        user = identity.user_id(dict(event.headers or {}), event.raw_event)
+        app.append_context(user_id=user)
+        logger.append_keys(user_id=user)
+
+    def edge(app: ApiGatewayResolver, next_middleware: NextMiddleware) -> Response:
+        event = app.current_event
+        rid = enter(app)
+        try:
+            authenticate(app)
+        except ApiError as error:
+            return error_response(error.status, error.code, error.message, error.details, rid)
+        response = next_middleware(app)
+        response.headers["X-Request-Id"] = rid
+        logger.info("request", extra={"method": event.http_method, "path": event.path, "status": response.status_code})
+        return response
+
+    app.use(middlewares=[edge])
+
+    @app.exception_handler(ApiError)
+    def on_api_error(error: ApiError) -> Response:
+        return error_response(error.status, error.code, error.message, error.details, enter(app), error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    def on_invalid_request(error: RequestValidationError) -> Response:
+        rid = enter(app)
+        try:
+            authenticate(app)
+        except ApiError as refused:
+            return error_response(refused.status, refused.code, refused.message, refused.details, rid)
+        problems = [_describe(problem) for problem in error.errors()]
+        fields = ", ".join(p["field"] for p in problems if p["field"]) or "the request"
+        code = "VALIDATION_ERROR"
+        message = f"invalid {fields}"
+        if any(p["type"] == "json_invalid" for p in problems):
+            message = "the request body is not valid JSON"
+        return error_response(400, code, message, {"errors": problems}, rid)
+
+    @app.not_found
+    def on_not_found(error: NotFoundError) -> Response:
+        return error_response(404, "NOT_FOUND", "no such route", {}, enter(app))
+
+    @app.exception_handler(Exception)
+    def on_unexpected(error: Exception) -> Response:
+        logger.exception("unhandled error")
+        return error_response(500, "INTERNAL_ERROR", "internal error", {}, enter(app))
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for router in routers:
+        app.include_router(router)
+    app.enable_swagger(path="/swagger", title=title)
+    return app
+
+
+def _describe(problem: dict[str, Any]) -> dict[str, Any]:
+    """One validation problem, with the field named as a dotted path without 'body'."""
+    if problem.get("type") == "json_invalid":
+        location = ["body"]
+    else:
+        location = [str(part) for part in problem.get("loc", ()) if part not in ("body", "query", "path")]
+    return {
+        "field": ".".join(location),
+        "type": problem.get("type", ""),
+        "message": problem.get("msg", ""),
+    }

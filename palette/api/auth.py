@@ -1,0 +1,87 @@
+"""Who is calling: the `sub` claim of a bearer JWT.
+
+Locally the facade verifies HS256 tokens signed with a secret kept in the data directory
+(`palette token create --user alice` prints one). On AWS, API Gateway's JWT authorizer
+(Cognito) has verified the token before the Lambda runs; the claims arrive in the event.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+
+from palette.api.errors import Unauthorized
+
+ISSUER = "palette-local"
+
+
+class CallerIdentity(Protocol):
+    def user_id(self, headers: dict[str, str], raw_event: dict[str, Any]) -> str:
+        """The caller's user id, or Unauthorized."""
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The signing secret, created once with owner-only permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        secret = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret)
+        return secret
+
+
+class LocalTokens:
+    """Issues and verifies the local facade's HS256 tokens."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def issue(self, user: str, ttl_seconds: int = 30 * 24 * 3600) -> str:
+        if not user or not user.strip():
+            raise ValueError("user must not be empty")
+        now = int(time.time())
+        claims = {"sub": user, "iss": ISSUER, "iat": now, "exp": now + ttl_seconds}
+        return jwt.encode(claims, self._secret, algorithm="HS256")
+
+    def user_id(self, headers: dict[str, str], raw_event: dict[str, Any]) -> str:
+        token = bearer_token(headers)
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=["HS256"], issuer=ISSUER,
+                options={"require": ["sub", "exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the bearer token has expired") from None
+        except jwt.InvalidTokenError as error:
+            raise Unauthorized(f"invalid bearer token: {error}") from None
+        return str(claims["sub"])
+
+
+class ApiGatewayJwtClaims:
+    """Reads `sub` from the claims that API Gateway's JWT authorizer put in the event."""
+
+    def user_id(self, headers: dict[str, str], raw_event: dict[str, Any]) -> str:
+        claims = (
+            raw_event.get("requestContext", {}).get("authorizer", {}).get("jwt", {}).get("claims")
+        )
+        if not claims or not claims.get("sub"):
+            raise Unauthorized("no verified identity in the request")
+        return str(claims["sub"])
+
+
+def bearer_token(headers: dict[str, str]) -> str:
+    value = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
+    if not value:
+        raise Unauthorized("missing Authorization: Bearer <token> header")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+    return token.strip()

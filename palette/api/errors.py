@@ -1,0 +1,81 @@
+"""The one error shape of the REST facade, and the HTTP errors that produce it.
+
+`{"status": "error", "error": {"code", "message", "details"}, "meta": {"request_id"}}`.
+Services translate their domain errors into these at their router's edge; anything else
+that escapes a route is logged and answered as a 500 INTERNAL_ERROR without internals.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.event_handler import Response, content_types
+
+
+class ApiError(Exception):
+    status = 400
+    code = "BAD_REQUEST"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+class ValidationFailed(ApiError):
+    status = 400
+    code = "VALIDATION_ERROR"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "UNAUTHORIZED"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "NOT_FOUND"
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "CONFLICT"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "RATE_LIMITED"
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None, request_id: str) -> str:
+    return json.dumps(
+        {
+            "status": "error",
+            "error": {"code": code, "message": message, "details": details or {}},
+            "meta": {"request_id": request_id},
+        },
+        default=str,
+    )
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None,
+    request_id: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=error_body(code, message, details, request_id),
+        headers=headers or {},
+    )

@@ -1,0 +1,57 @@
+"""The `palette` command. Every command takes `--data-dir` (default ./.palette).
+
+Exit code 0 on success; on failure a one-line reason on stderr and a non-zero code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Palette: synthetic data on an event log.")
+token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the local facade.")
+app.add_typer(token_app, name="token")
+
+DataDir = Annotated[
+    Path,
+    typer.Option("--data-dir", help="Where the embedded runtime keeps its state.", envvar="PALETTE_DATA_DIR"),
+]
+DEFAULT_DATA_DIR = Path(".palette")
+
+
+def fail(reason: str, code: int = 1) -> None:
+    typer.echo(f"error: {reason}", err=True)
+    raise typer.Exit(code)
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option("--user", help="The user id (the token's `sub`).")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    ttl_days: Annotated[int, typer.Option(help="Days until the token expires.")] = 30,
+) -> None:
+    """Print a bearer token for USER, signed with this data directory's key."""
+    from palette.composition import local_tokens
+
+    try:
+        typer.echo(local_tokens(data_dir).issue(user, ttl_seconds=ttl_days * 86400))
+    except ValueError as error:
+        fail(str(error), 2)
+
+
+@app.command()
+def demo(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Run the main job on the embedded default and print what happened."""
+    from palette.demo import run_demo
+
+    raise typer.Exit(run_demo(data_dir))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
