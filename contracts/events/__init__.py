@@ -19,7 +19,12 @@ from contracts.events.jobs import (
     JobStarted,
     OutputFormat,
 )
-from contracts.events.seeds import SeedDataUploaded, SeedDataValidated, SeedFormat
+from contracts.events.seeds import (
+    SeedDataUploaded,
+    SeedDataValidated,
+    SeedFormat,
+    SeedUploadRequested,
+)
 from contracts.events.templates import (
     TemplateCreated,
     TemplateDeleted,
@@ -31,6 +36,7 @@ ALL_EVENTS: tuple[type[DomainEvent], ...] = (
     TemplateCreated,
     TemplateVersionPublished,
     TemplateDeleted,
+    SeedUploadRequested,
     SeedDataUploaded,
     SeedDataValidated,
     JobRequested,

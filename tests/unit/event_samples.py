@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from contracts.events import (
@@ -25,6 +26,7 @@ from contracts.events import (
     SeedDataUploaded,
     SeedDataValidated,
     SeedFormat,
+    SeedUploadRequested,
     TemplateCreated,
     TemplateDeleted,
     TemplateStep,
@@ -57,14 +59,20 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         template_id="tpl-1", version=2, name="Q&A v2", steps=_STEPS, required_fields=["topic"],
     ),
     TemplateDeleted: TemplateDeleted(template_id="tpl-1"),
+    SeedUploadRequested: SeedUploadRequested(
+        seed_id="seed-1", owner="alice", filename="topics.jsonl", format=SeedFormat.JSONL,
+        blob_key="seed-data/alice/seed-1/topics.jsonl", max_bytes=1 << 30,
+        expires_at=datetime(2026, 11, 1, 12, 15, tzinfo=UTC),
+    ),
     SeedDataUploaded: SeedDataUploaded(
-        seed_id="seed-1", owner="alice", blob_key="seeds/alice/seed-1.jsonl",
+        seed_id="seed-1", owner="alice", blob_key="seed-data/alice/seed-1/topics.jsonl",
         filename="topics.jsonl", format=SeedFormat.JSONL, size_bytes=2048, sha256=_SHA,
         record_count=40,
     ),
     SeedDataValidated: SeedDataValidated(
         seed_id="seed-1", template_id="tpl-1", template_version=1, valid=False,
-        record_count=40, invalid_records=2, missing_counts={"topic": 2},
+        record_count=40, invalid_records=2, missing_counts={"topic": 2}, unreadable_records=1,
+        sha256=_SHA,
     ),
     JobRequested: JobRequested(
         job_id="job-1", owner="alice", template_id="tpl-1", template_version=1,

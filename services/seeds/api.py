@@ -1,0 +1,215 @@
+"""The seeds service's REST routes: upload grants, validation reports, a seed's state.
+
+Domain errors are translated once, here, into the facade's error shape: a seed or template
+the caller may not see is 404 (indistinguishable from a missing one), a size over the limit
+413, an unreadable format 400 naming the field, validating before the upload landed 409.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated, Literal
+
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.events.seeds import SeedFormat
+from palette.api.app import caller
+from palette.api.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from services.seeds.domain import (
+    SeedAlreadyExists,
+    SeedNotFound,
+    SeedNotUploaded,
+    SeedState,
+    SeedTooLarge,
+    TemplateNotFound,
+    UnsupportedSeedFormat,
+)
+from services.seeds.handlers import SeedHandlers, SeedValidationResult
+
+_ID = Field(min_length=1, max_length=128)
+PositionUnit = Literal["line", "element", "row"]
+_POSITION_UNITS: dict[SeedFormat, PositionUnit] = {
+    SeedFormat.JSONL: "line",
+    SeedFormat.JSON: "element",
+    SeedFormat.CSV: "row",
+    SeedFormat.PARQUET: "row",
+}
+
+
+class UploadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filename: str = Field(min_length=1, max_length=1024, examples=["books.jsonl"])
+    format: str | None = Field(
+        default=None, description="JSONL, JSON, CSV or PARQUET; told from the filename when omitted"
+    )
+    size_bytes: int | None = Field(default=None, ge=0, description="declared size, refused up front if too large")
+
+
+class UploadGrantResponse(BaseModel):
+    seed_id: str
+    upload_url: str
+    method: Literal["PUT"] = "PUT"
+    expires_at: datetime
+    max_bytes: int
+    blob_key: str
+    filename: str
+    format: SeedFormat
+
+
+class ValidateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed_id: str = _ID
+    template_id: str = _ID
+    template_version: int | None = Field(default=None, ge=1, description="latest when omitted")
+
+
+class FailingRecordResponse(BaseModel):
+    position: int = Field(description="1-based line (JSONL), element (JSON) or row (CSV, Parquet)")
+    missing: list[str]
+    problem: str | None = None
+
+
+class ValidationReportResponse(BaseModel):
+    seed_id: str
+    template_id: str
+    template_version: int
+    required_fields: list[str]
+    valid: bool
+    record_count: int
+    invalid_records: int
+    unreadable_records: int
+    missing_counts: dict[str, int]
+    position_unit: PositionUnit
+    failing_records: list[FailingRecordResponse] = Field(description="the first 20, in file order")
+    file_error: str | None = None
+
+
+class SeedValidationResponse(BaseModel):
+    template_id: str
+    template_version: int
+    valid: bool
+    record_count: int
+    invalid_records: int
+    unreadable_records: int
+    missing_counts: dict[str, int]
+    file_error: str | None = None
+
+
+class SeedResponse(BaseModel):
+    seed_id: str
+    filename: str
+    format: SeedFormat
+    blob_key: str
+    max_bytes: int
+    upload_expires_at: datetime | None
+    uploaded: bool
+    size_bytes: int | None
+    sha256: str | None
+    record_count: int | None
+    validations: list[SeedValidationResponse]
+
+
+def create_router(handlers: SeedHandlers) -> Router:
+    router = Router()
+
+    @router.post("/seed-data/upload", status_code=201, tags=["seeds"],
+                 summary="Create a seed and get a URL to PUT its file to (valid 15 minutes)")
+    def request_upload(body: UploadRequest) -> UploadGrantResponse:
+        with _domain_errors():
+            grant = handlers.request_upload(caller(router), body.filename, body.format, body.size_bytes)
+        return UploadGrantResponse(
+            seed_id=grant.seed_id, upload_url=grant.upload_url, expires_at=grant.expires_at,
+            max_bytes=grant.max_bytes, blob_key=grant.blob_key, filename=grant.filename,
+            format=grant.format,
+        )
+
+    @router.post("/seed-data/validate", tags=["seeds"],
+                 summary="Check every seed record for every field a template version needs")
+    def validate(body: ValidateRequest) -> ValidationReportResponse:
+        with _domain_errors():
+            result = handlers.validate(caller(router), body.seed_id, body.template_id, body.template_version)
+        return _report(result)
+
+    @router.get("/seed-data/<seed_id>", tags=["seeds"], summary="A seed's upload and validations")
+    def get_seed(seed_id: Annotated[str, PathParam(max_length=128)]) -> SeedResponse:
+        with _domain_errors():
+            seed = handlers.seed(caller(router), seed_id)
+        return _seed(seed)
+
+    return router
+
+
+@contextmanager
+def _domain_errors() -> Iterator[None]:
+    try:
+        yield
+    except SeedNotFound as error:
+        raise NotFound(str(error), {"seed_id": error.seed_id}) from None
+    except TemplateNotFound as error:
+        details: dict[str, object] = {"template_id": error.template_id}
+        if error.version is not None:
+            details["template_version"] = error.version
+        raise NotFound(str(error), details) from None
+    except SeedTooLarge as error:
+        raise PayloadTooLarge(
+            str(error), {"size_bytes": error.size_bytes, "max_bytes": error.max_bytes}
+        ) from None
+    except UnsupportedSeedFormat as error:
+        raise ValidationFailed(
+            f"invalid {error.field}: {error}",
+            {"errors": [{"field": error.field, "type": "unsupported_format", "message": str(error)}]},
+        ) from None
+    except (SeedNotUploaded, SeedAlreadyExists) as error:
+        raise Conflict(str(error), {"seed_id": error.seed_id}) from None
+
+
+def _report(result: SeedValidationResult) -> ValidationReportResponse:
+    report = result.report
+    fmt = result.seed.format or SeedFormat.JSONL
+    return ValidationReportResponse(
+        seed_id=result.seed_id,
+        template_id=result.template_id,
+        template_version=result.template_version,
+        required_fields=list(result.required_fields),
+        valid=report.valid,
+        record_count=report.record_count,
+        invalid_records=report.invalid_records,
+        unreadable_records=report.unreadable_records,
+        missing_counts=report.missing_counts,
+        position_unit=_POSITION_UNITS[fmt],
+        failing_records=[
+            FailingRecordResponse(position=e.position, missing=e.missing, problem=e.problem)
+            for e in report.examples
+        ],
+        file_error=report.file_error,
+    )
+
+
+def _seed(seed: SeedState) -> SeedResponse:
+    return SeedResponse(
+        seed_id=seed.seed_id,
+        filename=seed.filename,
+        format=seed.format or SeedFormat.JSONL,
+        blob_key=seed.blob_key,
+        max_bytes=seed.max_bytes,
+        upload_expires_at=seed.expires_at,
+        uploaded=seed.uploaded,
+        size_bytes=seed.size_bytes,
+        sha256=seed.sha256,
+        record_count=seed.record_count,
+        validations=[
+            SeedValidationResponse(
+                template_id=v.template_id, template_version=v.template_version, valid=v.valid,
+                record_count=v.record_count, invalid_records=v.invalid_records,
+                unreadable_records=v.unreadable_records, missing_counts=dict(v.missing_counts),
+                file_error=v.file_error,
+            )
+            for v in sorted(seed.validations.values(), key=lambda v: (v.template_id, v.template_version))
+        ],
+    )

@@ -1,0 +1,279 @@
+"""The seeds service's commands: load a seed stream, decide, append.
+
+Seed content never passes through the API: a client PUTs it to a short-lived upload URL
+(S3 presigned, or the local facade's signed URL), and the upload is recorded afterwards by
+whoever learns that it landed — the local facade right after the PUT, an S3 notification on
+AWS, or lazily the first validation. Recording is idempotent per content (sha256), so every
+one of those may fire, and fire twice.
+
+Files are only ever streamed (`inspect_seed`, `validate_seed`), so memory stays bounded
+whatever their size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import IO
+
+from contracts.catalog import CATALOG
+from contracts.events.base import DomainEvent
+from contracts.events.seeds import SeedFormat
+from palette.blobs.port import BlobInfo, BlobNotFound, BlobStore
+from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from services.seeds.domain import (
+    RecordSeedUpload,
+    RecordSeedValidation,
+    RequestSeedUpload,
+    SeedCommand,
+    SeedNotFound,
+    SeedNotUploaded,
+    SeedState,
+    SeedTooLarge,
+    decide,
+    evolve,
+    seed_id_from_key,
+    seed_stream,
+    template_requirements,
+    template_stream,
+)
+from services.seeds.validation import SeedValidationReport, inspect_seed, validate_seed
+
+DEFAULT_MAX_BYTES = 1 << 30
+UPLOAD_TTL_SECONDS = 900
+APPEND_ATTEMPTS = 5
+_READ_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class UploadGrant:
+    """Where and until when the client may PUT a seed file."""
+
+    seed_id: str
+    upload_url: str
+    method: str
+    expires_at: datetime
+    max_bytes: int
+    blob_key: str
+    filename: str
+    format: SeedFormat
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    """The seed after recording its content; `new` is False when it was recorded already."""
+
+    seed: SeedState
+    new: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SeedValidationResult:
+    seed_id: str
+    template_id: str
+    template_version: int
+    required_fields: tuple[str, ...]
+    report: SeedValidationReport
+    seed: SeedState
+
+
+class SeedHandlers:
+    def __init__(
+        self,
+        events: EventStore,
+        blobs: BlobStore,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        upload_ttl: int = UPLOAD_TTL_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._events = events
+        self._blobs = blobs
+        self.max_bytes = max_bytes
+        self.upload_ttl = upload_ttl
+        self._clock = clock
+
+    def request_upload(
+        self, user: str, filename: str, format: str | None = None, size_bytes: int | None = None
+    ) -> UploadGrant:
+        """A new seed and a URL accepting one PUT of its file for `upload_ttl` seconds."""
+        seed_id = str(uuid.uuid4())
+        expires_at = (self._clock() + timedelta(seconds=self.upload_ttl)).replace(microsecond=0)
+        command = RequestSeedUpload(
+            seed_id=seed_id, owner=user, filename=filename, max_bytes=self.max_bytes,
+            expires_at=expires_at, format=format, size_bytes=size_bytes,
+        )
+        seed, _ = self._execute(seed_id, [command], actor=user)
+        url = self._blobs.upload_url(seed.blob_key, expires_in=self.upload_ttl, max_bytes=self.max_bytes)
+        return UploadGrant(
+            seed_id=seed_id, upload_url=url, method="PUT", expires_at=expires_at,
+            max_bytes=self.max_bytes, blob_key=seed.blob_key, filename=seed.filename,
+            format=seed.format or SeedFormat.JSONL,
+        )
+
+    def record_upload(self, seed_id: str) -> UploadRecord:
+        """Record the content at the seed's key (size, sha256, records), once per content.
+
+        Raises SeedNotFound, SeedNotUploaded (nothing at the key), or SeedTooLarge — S3
+        presigned PUTs cannot cap the size, so an oversized object is deleted here.
+        """
+        seed, _ = self._load(seed_id)
+        if not seed.exists or seed.format is None:
+            raise SeedNotFound(seed_id)
+        info = self._blob_info(seed)
+        if info.size > seed.max_bytes:
+            self._blobs.delete(seed.blob_key)
+            raise SeedTooLarge(info.size, seed.max_bytes, seed_id)
+        with self._open(seed) as stream:
+            inspection = inspect_seed(stream, seed.format)
+        command = RecordSeedUpload(
+            seed_id=seed_id, size_bytes=inspection.size_bytes, sha256=inspection.sha256,
+            record_count=inspection.record_count,
+        )
+        seed, appended = self._execute(seed_id, [command], actor=seed.owner)
+        return UploadRecord(seed, bool(appended))
+
+    def record_upload_for_key(self, blob_key: str) -> UploadRecord | None:
+        """`record_upload` for the seed granted `blob_key`; None when the key is no seed's."""
+        seed_id = seed_id_from_key(blob_key)
+        if seed_id is None:
+            return None
+        seed, _ = self._load(seed_id)
+        if not seed.exists or seed.blob_key != blob_key:
+            return None
+        return self.record_upload(seed_id)
+
+    def seed(self, user: str, seed_id: str) -> SeedState:
+        """The caller's seed; another user's is SeedNotFound."""
+        seed, _ = self._load(seed_id)
+        if not seed.visible_to(user):
+            raise SeedNotFound(seed_id)
+        return seed
+
+    def validate(
+        self, user: str, seed_id: str, template_id: str, template_version: int | None = None
+    ) -> SeedValidationResult:
+        """Check every record of the seed for every field the template version requires.
+
+        The file is hashed while it is validated; if it is not the content last recorded
+        (never recorded, or replaced since), its upload is recorded in the same append, so a
+        validation always names the exact content it checked.
+        """
+        seed = self.seed(user, seed_id)
+        template = template_requirements(template_id, self._decoded(template_stream(template_id)))
+        version, required = template.fields_for(user, template_version)
+        if seed.format is None:
+            raise SeedNotFound(seed_id)
+        info = self._blob_info(seed)
+        if info.size > seed.max_bytes:
+            raise SeedTooLarge(info.size, seed.max_bytes, seed_id)
+        with self._open(seed) as stream:
+            digesting = _DigestingReader(stream)
+            report = validate_seed(digesting, seed.format, required)
+            digesting.drain()
+        commands: list[SeedCommand] = []
+        if digesting.sha256 != seed.sha256:
+            commands.append(RecordSeedUpload(
+                seed_id=seed_id, size_bytes=digesting.size, sha256=digesting.sha256,
+                record_count=report.record_count,
+            ))
+        commands.append(RecordSeedValidation(
+            seed_id=seed_id, actor=user, template_id=template_id, template_version=version,
+            valid=report.valid, record_count=report.record_count,
+            invalid_records=report.invalid_records, missing_counts=report.missing_counts,
+            sha256=digesting.sha256, unreadable_records=report.unreadable_records,
+            file_error=report.file_error,
+        ))
+        seed, _ = self._execute(seed_id, commands, actor=user)
+        return SeedValidationResult(seed_id, template_id, version, required, report, seed)
+
+    def _execute(
+        self, seed_id: str, commands: Sequence[SeedCommand], actor: str
+    ) -> tuple[SeedState, list[DomainEvent]]:
+        """Decide `commands` in order on the current state and append them as one batch,
+        deciding again when another writer moved the stream first."""
+        stream = seed_stream(seed_id)
+        for attempt in range(APPEND_ATTEMPTS):
+            state, version = self._load(seed_id)
+            decided: list[DomainEvent] = []
+            for command in commands:
+                for event in decide(command, state):
+                    state = evolve(state, event)
+                    decided.append(event)
+            if not decided:
+                return state, []
+            correlation = str(uuid.uuid4())
+            try:
+                self._events.append(
+                    stream,
+                    [NewEvent(e, actor=actor, correlation_id=correlation) for e in decided],
+                    version,
+                )
+            except ConcurrencyConflict:
+                if attempt == APPEND_ATTEMPTS - 1:
+                    raise
+                continue
+            return state, decided
+        raise AssertionError("unreachable")
+
+    def _load(self, seed_id: str) -> tuple[SeedState, int]:
+        state, version = SeedState(), 0
+        for stored in self._events.read_stream(seed_stream(seed_id)):
+            state = evolve(state, CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail))
+            version = stored.version
+        return state, version
+
+    def _decoded(self, stream_id: str) -> list[DomainEvent]:
+        return [
+            CATALOG.decode(s.detail_type, s.schema_version, s.detail)
+            for s in self._events.read_stream(stream_id)
+        ]
+
+    def _blob_info(self, seed: SeedState) -> BlobInfo:
+        """The size of the seed's blob without reading it; SeedNotUploaded when absent."""
+        for info in self._blobs.list(seed.blob_key):
+            if info.key == seed.blob_key:
+                return info
+        raise SeedNotUploaded(seed.seed_id)
+
+    def _open(self, seed: SeedState) -> IO[bytes]:
+        try:
+            return self._blobs.open_read(seed.blob_key)
+        except BlobNotFound:
+            raise SeedNotUploaded(seed.seed_id) from None
+
+
+class _DigestingReader:
+    """A read-only stream view that hashes and counts the bytes read through it."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._sha.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def drain(self) -> None:
+        """Read what the validator left unread, so the digest covers the whole file."""
+        while self.read(_READ_BYTES):
+            pass
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
