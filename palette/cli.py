@@ -42,6 +42,24 @@ def token_create(
 
 
 @app.command()
+def serve(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Run the REST facade, the local bus and every consumer over DATA_DIR until Ctrl-C."""
+    from palette.composition import LocalPalette
+
+    runtime = LocalPalette(data_dir, host, port)
+    runtime.start_background()
+    typer.echo(f"Palette on http://{host}:{port} (Swagger UI at /swagger), data in {data_dir}")
+    try:
+        runtime.server().run()
+    finally:
+        runtime.close()
+
+
+@app.command()
 def demo(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Run the main job on the embedded default and print what happened."""
     from palette.demo import run_demo

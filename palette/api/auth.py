@@ -7,10 +7,7 @@ Locally the facade verifies HS256 tokens signed with a secret kept in the data d
 
 from __future__ import annotations
 
-import os
-import secrets
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
@@ -23,19 +20,6 @@ ISSUER = "palette-local"
 class CallerIdentity(Protocol):
     def user_id(self, headers: dict[str, str], raw_event: dict[str, Any]) -> str:
         """The caller's user id, or Unauthorized."""
-
-
-def load_or_create_secret(path: Path) -> bytes:
-    """The signing secret, created once with owner-only permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        secret = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secret)
-        return secret
 
 
 class LocalTokens:

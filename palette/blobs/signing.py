@@ -11,19 +11,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import secrets
-import stat
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from palette.blobs.port import BlobError
+from palette.secrets import MIN_SECRET_BYTES
+from palette.secrets import load_or_create_secret as _load_secret
 
 SECRET_FILE_NAME = "blob-url-signing.key"
-MIN_SECRET_BYTES = 16
 
 
 class SignatureInvalid(BlobError):
@@ -104,42 +101,5 @@ def _parse_count(value: str | None, name: str) -> int:
 
 
 def load_or_create_secret(data_dir: Path | str, filename: str = SECRET_FILE_NAME) -> bytes:
-    """The signing secret stored in `data_dir`, created (random, mode 0600) on first use.
-
-    Creation is race-free: the secret is written to a private temp file and hard-linked into
-    place, so concurrent first starts agree on one secret and none reads a half-written file.
-    A secret file that others can read is refused rather than trusted.
-    """
-    directory = Path(data_dir)
-    path = directory / filename
-    try:
-        return _read_secret(path)
-    except FileNotFoundError:
-        pass
-    directory.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{filename}-")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(secret.hex())
-            out.flush()
-            os.fsync(out.fileno())
-        os.link(temp, path)
-    except FileExistsError:
-        return _read_secret(path)
-    finally:
-        os.unlink(temp)
-    return secret
-
-
-def _read_secret(path: Path) -> bytes:
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise PermissionError(f"{path} is accessible to other users; run `chmod 600 {path}`")
-    try:
-        secret = bytes.fromhex(path.read_text().strip())
-    except ValueError:
-        secret = b""
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"{path} does not hold a URL signing secret")
-    return secret
+    """The URL signing secret of a data directory (see palette.secrets)."""
+    return _load_secret(data_dir, filename)

@@ -1,0 +1,112 @@
+"""The composition root of the embedded runtime: every service wired onto local adapters.
+
+`palette serve` and `palette demo` build a `LocalPalette` over a data directory: SQLite
+event log and projections, a blob folder, the local bus, and each service's handlers,
+routers and projections. It is the only module of `palette` that imports services.
+
+Projections are brought up to date in two ways: a background thread catches every runner
+up from the log continuously, and query routes call `catch_up()` first, so a user reads
+their own writes at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from palette.adapters import Adapters, local_adapters
+from palette.api.app import build_app, logger
+from palette.api.auth import LocalTokens
+from palette.api.server import FacadeApp, LocalServer
+from palette.bus.local import LocalBus
+from palette.projections.runner import ProjectionRunner
+from palette.secrets import load_or_create_secret
+from services.seeds.api import create_router as seeds_router
+from services.seeds.handlers import SeedHandlers
+from services.templates.api import create_router as templates_router
+from services.templates.handlers import TemplateHandlers
+from services.templates.projections import TemplateCatalog, TemplateUsage, TemplateUsageView
+
+TOKEN_SECRET_FILE = "jwt-signing.key"
+
+
+def local_tokens(data_dir: Path) -> LocalTokens:
+    """The issuer/verifier of this data directory's bearer tokens."""
+    return LocalTokens(load_or_create_secret(data_dir, TOKEN_SECRET_FILE))
+
+
+@dataclass
+class LocalPalette:
+    """Everything `palette serve` runs in one process."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    adapters: Adapters = field(init=False)
+    bus: LocalBus = field(init=False)
+    runners: list[ProjectionRunner[Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        self.adapters = local_adapters(self.data_dir, f"http://{self.host}:{self.port}")
+        self.tokens = local_tokens(self.data_dir)
+        self.bus = LocalBus(self.adapters.events, self.data_dir / "bus.db")
+        self._catch_up_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._projector: threading.Thread | None = None
+
+        kernel = self.adapters
+        catalog, usage = TemplateCatalog(), TemplateUsage()
+        self.runners = [kernel.projection_runner(catalog), kernel.projection_runner(usage)]
+        self.templates = TemplateHandlers(kernel.events, TemplateUsageView(kernel.document_reader(usage)))
+        self.seeds = SeedHandlers(kernel.events, kernel.blobs)
+        routers = [
+            templates_router(self.templates, kernel.document_reader(catalog), catch_up=self.catch_up),
+            seeds_router(self.seeds),
+        ]
+        self.api = build_app(routers, self.tokens, local=True)
+        self.asgi = FacadeApp(self.api, kernel.blobs, on_upload=self._uploaded)  # type: ignore[arg-type]
+
+    def catch_up(self) -> None:
+        """Apply every committed event to every projection (read-your-writes for queries)."""
+        with self._catch_up_lock:
+            for runner in self.runners:
+                runner.run_once()
+
+    def _uploaded(self, key: str) -> None:
+        try:
+            self.seeds.record_upload_for_key(key)
+        except Exception:
+            logger.exception("recording an upload failed; validation will record it", extra={"blob_key": key})
+
+    def _project_forever(self, poll_interval: float) -> None:
+        while not self._stop.wait(poll_interval):
+            try:
+                self.catch_up()
+            except Exception:
+                logger.exception("projection catch-up failed; retrying")
+
+    def start_background(self, poll_interval: float = 0.2) -> None:
+        """The bus relay and the projection catch-up thread."""
+        self.catch_up()
+        self.bus.start(poll_interval)
+        self._projector = threading.Thread(
+            target=self._project_forever, args=(poll_interval,), name="palette-projections", daemon=True
+        )
+        self._projector.start()
+
+    def stop_background(self) -> None:
+        self._stop.set()
+        self.bus.stop()
+        if self._projector is not None:
+            self._projector.join(timeout=10)
+
+    def server(self) -> LocalServer:
+        return LocalServer(self.asgi, self.host, self.port)
+
+    def close(self) -> None:
+        self.stop_background()
+        self.bus.close()
+        self.adapters.close()

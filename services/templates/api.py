@@ -1,0 +1,293 @@
+"""The templates service's REST routes, as a powertools Router the facade composes.
+
+Reads of one template (GET /templates/<id>) fold its stream, so they are always current.
+The listing and the "is a job using it" check read projections: `catch_up`, when given,
+brings them up to date first (the embedded runtime runs its projection runners there). On
+AWS it is None: the projections follow the bus, so a template created a moment ago may be
+missing from GET /templates for a moment, and a job requested a moment ago may not block a
+DELETE yet.
+
+Another user's private template answers 404, exactly like a missing one, for reads and
+writes alike, so ids do not reveal what exists. Visibility follows the latest version: a
+template made private hides its earlier public versions from other users too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.event_handler.api_gateway import Router
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from contracts.events.templates import TemplateStep
+from palette.api.app import caller, logger
+from palette.api.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
+from palette.projections.documents import DocumentReader, InvalidPageToken
+from services.templates.domain import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_NAME_CHARS,
+    InvalidTemplate,
+    NotTemplateOwner,
+    TemplateAlreadyExists,
+    TemplateInUse,
+    TemplateNotFound,
+)
+from services.templates.handlers import LoadedTemplate, TemplateHandlers
+from services.templates.projections import TemplateCatalogView
+
+MAX_STEPS = 50
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+
+# -- the API's contract ----------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorReply(BaseModel):
+    """The facade's error shape (palette.api.errors), for the OpenAPI document."""
+
+    status: str = "error"
+    error: ErrorDetail
+    meta: dict[str, str]
+
+
+_ERRORS = {
+    400: "VALIDATION_ERROR: a malformed request, or the template's problems by step and line",
+    401: "UNAUTHORIZED: no valid bearer token",
+    404: "NOT_FOUND: no such template, or another user's private one",
+    409: "CONFLICT: a job uses the template, or a concurrent change won",
+    413: "PAYLOAD_TOO_LARGE: the template is too large to record",
+}
+
+
+def _responses(success: int, *errors: int) -> dict[int, Any]:
+    """OpenAPI responses: the route's own model on success, the error shape otherwise."""
+    responses: dict[int, Any] = {success: {"description": "success"}}
+    for status in (400, 401, *errors):
+        responses[status] = {
+            "description": _ERRORS[status],
+            "content": {"application/json": {"model": ErrorReply}},
+        }
+    return responses
+
+
+class TemplateDefinition(BaseModel):
+    """A new template: its first version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
+    is_public: StrictBool = False
+    steps: list[TemplateStep] = Field(min_length=1, max_length=MAX_STEPS)
+
+
+class TemplateRevision(BaseModel):
+    """The next version: new steps; name, description and visibility carry over when omitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
+    is_public: StrictBool | None = None
+    steps: list[TemplateStep] = Field(min_length=1, max_length=MAX_STEPS)
+
+
+class TemplateBody(BaseModel):
+    """One version of a template, in full."""
+
+    id: str
+    owner: str
+    name: str
+    description: str
+    is_public: bool
+    version: int = Field(description="the version shown")
+    latest_version: int
+    steps: list[TemplateStep]
+    required_fields: list[str] = Field(description="dotted seed paths the prompts read")
+    created_at: str = Field(description="when version 1 was recorded (ISO-8601 UTC)")
+    published_at: str = Field(description="when the version shown was recorded")
+
+
+class TemplateSummary(BaseModel):
+    """The latest version of a template, as the listing shows it."""
+
+    id: str
+    owner: str
+    name: str
+    description: str
+    is_public: bool
+    version: int
+    required_fields: list[str]
+    step_count: int
+    created_at: str
+    updated_at: str
+
+
+class TemplateList(BaseModel):
+    """The caller's templates, then other owners' public ones, each part by name."""
+
+    items: list[TemplateSummary]
+    next_token: str | None = Field(default=None, description="pass back for the next page")
+
+
+# -- routes ------------------------------------------------------------------------------
+
+
+def create_router(
+    handlers: TemplateHandlers,
+    catalog: DocumentReader,
+    catch_up: Callable[[], None] | None = None,
+) -> Router:
+    """The /templates routes over `handlers` (writes, single reads) and the catalog projection."""
+    router = Router()
+    listing = TemplateCatalogView(catalog)
+
+    def refresh() -> None:
+        if catch_up is not None:
+            catch_up()
+
+    def correlation_id() -> str | None:
+        return router.context.get("correlation_id")
+
+    @router.post(
+        "/templates", status_code=201, tags=["templates"], summary="Create a template",
+        responses=_responses(201, 413),
+    )
+    def create_template(definition: TemplateDefinition) -> TemplateBody:
+        with _api_errors():
+            loaded = handlers.create(
+                owner=caller(router),
+                name=definition.name,
+                steps=definition.steps,
+                description=definition.description,
+                is_public=definition.is_public,
+                correlation_id=correlation_id(),
+            )
+        logger.info("template created", extra={"template_id": loaded.state.template_id})
+        return _body(loaded, loaded.state.version)
+
+    @router.get(
+        "/templates", tags=["templates"], summary="List own and public templates", responses=_responses(200)
+    )
+    def list_templates(
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        next_token: Annotated[str | None, Query(max_length=4096)] = None,
+    ) -> TemplateList:
+        refresh()
+        try:
+            page = listing.visible_to(caller(router), limit, next_token)
+        except InvalidPageToken as error:
+            raise ValidationFailed(str(error), {"errors": [{"field": "next_token", "type": "value_error", "message": str(error)}]}) from None
+        return TemplateList(
+            items=[TemplateSummary.model_validate(item) for item in page.items],
+            next_token=page.next_token,
+        )
+
+    @router.get(
+        "/templates/<template_id>", tags=["templates"], summary="One version of a template",
+        responses=_responses(200, 404),
+    )
+    def get_template(
+        template_id: str,
+        version: Annotated[int | None, Query(ge=1, description="default: the latest")] = None,
+    ) -> TemplateBody:
+        loaded = handlers.read(template_id)
+        state = loaded.state
+        if not state.is_live or (state.owner != caller(router) and not state.is_public):
+            raise NotFound(_not_found(template_id))
+        shown = state.version if version is None else version
+        if shown not in state.versions:
+            raise NotFound(f"template {template_id!r} has no version {shown}")
+        return _body(loaded, shown)
+
+    @router.put(
+        "/templates/<template_id>", tags=["templates"], summary="Publish the next version",
+        responses=_responses(200, 404, 409, 413),
+    )
+    def publish_version(template_id: str, revision: TemplateRevision) -> TemplateBody:
+        with _api_errors():
+            loaded = handlers.publish(
+                template_id,
+                actor=caller(router),
+                steps=revision.steps,
+                name=revision.name,
+                description=revision.description,
+                is_public=revision.is_public,
+                correlation_id=correlation_id(),
+            )
+        logger.info(
+            "template version published",
+            extra={"template_id": template_id, "version": loaded.state.version},
+        )
+        return _body(loaded, loaded.state.version)
+
+    @router.delete(
+        "/templates/<template_id>", status_code=204, tags=["templates"],
+        summary="Delete a template no job uses", responses=_responses(204, 404, 409),
+    )
+    def delete_template(template_id: str) -> Response[None]:
+        refresh()
+        with _api_errors():
+            handlers.delete(template_id, actor=caller(router), correlation_id=correlation_id())
+        logger.info("template deleted", extra={"template_id": template_id})
+        return Response(status_code=204)
+
+    return router
+
+
+def _body(loaded: LoadedTemplate, version: int) -> TemplateBody:
+    state = loaded.state
+    shown = state.versions[version]
+    return TemplateBody(
+        id=state.template_id,
+        owner=state.owner,
+        name=shown.name,
+        description=shown.description,
+        is_public=shown.is_public,
+        version=version,
+        latest_version=state.version,
+        steps=list(shown.steps),
+        required_fields=list(shown.required_fields),
+        created_at=loaded.created_at,
+        published_at=loaded.recorded_at.get(version, ""),
+    )
+
+
+def _not_found(template_id: str) -> str:
+    return f"template {template_id!r} does not exist"
+
+
+@contextmanager
+def _api_errors() -> Iterator[None]:
+    """Domain and store failures as the facade's error shape."""
+    try:
+        yield
+    except InvalidTemplate as invalid:
+        raise ValidationFailed(
+            f"the template is invalid: {invalid}",
+            {"problems": [
+                {"step_id": p.step_id, "line": p.line, "code": p.code, "message": p.message}
+                for p in invalid.errors
+            ]},
+        ) from None
+    except (TemplateNotFound, NotTemplateOwner) as error:
+        raise NotFound(_not_found(error.template_id)) from None
+    except TemplateInUse as in_use:
+        raise Conflict(str(in_use), {"job_ids": in_use.job_ids}) from None
+    except TemplateAlreadyExists as exists:
+        raise Conflict(str(exists)) from None
+    except ConcurrencyConflict:
+        raise Conflict("the template was changed by another request; load it and try again") from None
+    except EventTooLarge as too_large:
+        raise PayloadTooLarge(f"the template is too large to record: {too_large}") from None

@@ -1,0 +1,164 @@
+"""Template commands against the log: load the stream, decide, append.
+
+Each command reads `template-<id>`, folds it with `evolve`, lets the domain decide, and
+appends with the loaded stream version as `expected_version`, so a concurrent writer makes
+the append fail instead of silently interleaving. On ConcurrencyConflict the command is
+decided once more on a fresh load; a second conflict reaches the caller (the API answers
+409). Every event carries the acting user and the request's correlation id.
+
+Template ids are `tpl_` followed by 32 lowercase hex digits (a uuid4): unguessable, so an
+id says nothing about who owns what, and recognisable in logs and job requests.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from contracts.catalog import CATALOG
+from contracts.events.base import DomainEvent
+from contracts.events.templates import TemplateStep
+from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from services.templates.domain import (
+    CreateTemplate,
+    DeleteTemplate,
+    PublishTemplateVersion,
+    TemplateCommand,
+    TemplateNotFound,
+    TemplateState,
+    decide,
+    evolve,
+    template_stream,
+)
+from services.templates.projections import TemplateUsageView
+
+TEMPLATE_ID = re.compile(r"^tpl_[0-9a-f]{32}$")
+
+
+def new_template_id() -> str:
+    return f"tpl_{uuid.uuid4().hex}"
+
+
+def is_template_id(value: str) -> bool:
+    return bool(TEMPLATE_ID.match(value))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedTemplate:
+    """A template's state with what the log adds: the stream version that a write must
+    expect, and when each template version was recorded (ISO-8601 UTC)."""
+
+    state: TemplateState
+    stream_version: int = 0
+    recorded_at: Mapping[int, str] = field(default_factory=dict)
+
+    @property
+    def created_at(self) -> str:
+        return self.recorded_at.get(1, "")
+
+
+class TemplateHandlers:
+    """The templates service's write side; `usage` tells which jobs use a template."""
+
+    def __init__(self, events: EventStore, usage: TemplateUsageView) -> None:
+        self._events = events
+        self._usage = usage
+
+    def read(self, template_id: str) -> LoadedTemplate:
+        """The template as its stream tells it (empty state for an unknown id)."""
+        if not is_template_id(template_id):
+            return LoadedTemplate(TemplateState())
+        state = TemplateState()
+        stream_version = 0
+        recorded_at: dict[int, str] = {}
+        for stored in self._events.read_stream(template_stream(template_id)):
+            state = evolve(state, CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail))
+            stream_version = stored.version
+            if state.version and state.version not in recorded_at:
+                recorded_at[state.version] = stored.time
+        return LoadedTemplate(state, stream_version, recorded_at)
+
+    def load(self, template_id: str) -> TemplateState:
+        return self.read(template_id).state
+
+    def create(
+        self,
+        owner: str,
+        name: str,
+        steps: Sequence[TemplateStep],
+        description: str = "",
+        is_public: bool = False,
+        correlation_id: str | None = None,
+    ) -> LoadedTemplate:
+        """Records version 1 of a new template under a fresh id; returns it as recorded."""
+        command = CreateTemplate(
+            template_id=new_template_id(), owner=owner, name=name, steps=tuple(steps),
+            description=description, is_public=is_public,
+        )
+        return self._execute(command, owner, correlation_id)
+
+    def publish(
+        self,
+        template_id: str,
+        actor: str,
+        steps: Sequence[TemplateStep],
+        name: str | None = None,
+        description: str | None = None,
+        is_public: bool | None = None,
+        correlation_id: str | None = None,
+    ) -> LoadedTemplate:
+        """Records the next immutable version; only the owner may."""
+        command = PublishTemplateVersion(
+            template_id=template_id, actor=actor, steps=tuple(steps),
+            name=name, description=description, is_public=is_public,
+        )
+        return self._execute(command, actor, correlation_id)
+
+    def delete(self, template_id: str, actor: str, correlation_id: str | None = None) -> None:
+        """Deletes a template no job uses; the owner only. Its versions stay in the log."""
+        self._execute(
+            DeleteTemplate(template_id=template_id, actor=actor), actor, correlation_id,
+            with_usage=True,
+        )
+
+    def _execute(
+        self,
+        command: TemplateCommand,
+        actor: str,
+        correlation_id: str | None,
+        with_usage: bool = False,
+    ) -> LoadedTemplate:
+        if not isinstance(command, CreateTemplate) and not is_template_id(command.template_id):
+            raise TemplateNotFound(command.template_id)
+        try:
+            return self._attempt(command, actor, correlation_id, with_usage)
+        except ConcurrencyConflict:
+            return self._attempt(command, actor, correlation_id, with_usage)
+
+    def _attempt(
+        self, command: TemplateCommand, actor: str, correlation_id: str | None, with_usage: bool
+    ) -> LoadedTemplate:
+        loaded = self.read(command.template_id)
+        state = loaded.state
+        if with_usage and state.is_live:
+            state = replace(state, jobs_using=self._usage.jobs_using(command.template_id))
+        events = decide(command, state)
+        stored = self._events.append(
+            template_stream(command.template_id),
+            [NewEvent(event, actor=actor, correlation_id=correlation_id) for event in events],
+            expected_version=loaded.stream_version,
+        )
+        return _after(loaded, events, [s.time for s in stored])
+
+
+def _after(loaded: LoadedTemplate, events: Sequence[DomainEvent], times: Sequence[str]) -> LoadedTemplate:
+    """The loaded template with freshly appended events folded in (no second read)."""
+    state = loaded.state
+    recorded_at = dict(loaded.recorded_at)
+    for event, time in zip(events, times, strict=True):
+        state = evolve(state, event)
+        recorded_at.setdefault(state.version, time)
+    return LoadedTemplate(state, loaded.stream_version + len(events), recorded_at)
+

@@ -1,0 +1,93 @@
+"""AWS entry points of the templates service.
+
+- `handler`: API Gateway HTTP API (JWT authorizer) -> the /templates routes. The caller is
+  the `sub` claim the authorizer verified.
+- `project`: EventBridge rule -> SQS -> the service's projections (catalog, usage). Each
+  record's body is an EventBridge event; a record that fails is reported back as a partial
+  batch failure, so SQS redelivers only it (and, past maxReceiveCount, dead-letters it).
+  Projections track stream versions, so redelivery and the bus's lack of order are harmless.
+
+Adapters are built once per container, on first use, from the environment (AwsSettings).
+On AWS no `catch_up` is wired: listings follow the bus and are eventually consistent.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from palette.adapters import Adapters, AwsSettings, aws_adapters
+from palette.api.app import build_app, logger
+from palette.api.auth import ApiGatewayJwtClaims
+from palette.bus.sqs import stored_event_from_message
+from palette.projections.runner import ProjectionRunner
+from services.templates.api import create_router
+from services.templates.handlers import TemplateHandlers
+from services.templates.projections import TemplateCatalog, TemplateUsage, TemplateUsageView
+
+metrics = Metrics(namespace="Palette", service="templates")
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@functools.cache
+def adapters() -> Adapters:
+    return aws_adapters(AwsSettings.from_env())
+
+
+@functools.cache
+def api() -> ApiGatewayResolver:
+    """The resolver serving the /templates routes (and /health, /swagger)."""
+    kernel = adapters()
+    usage = TemplateUsageView(kernel.document_reader(TemplateUsage()))
+    router = create_router(
+        TemplateHandlers(kernel.events, usage), kernel.document_reader(TemplateCatalog())
+    )
+    return build_app([router], ApiGatewayJwtClaims(), local=False, title="Palette templates")
+
+
+@functools.cache
+def projection_runners() -> tuple[ProjectionRunner[Any], ...]:
+    """The runners of the catalog and usage projections (their tables are prepared once)."""
+    kernel = adapters()
+    return kernel.projection_runner(TemplateCatalog()), kernel.projection_runner(TemplateUsage())
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    response: dict[str, Any] = api().resolve(event, context)
+    if _created_a_template(event, response):
+        metrics.add_metric(name="templates_created", unit=MetricUnit.Count, value=1)
+    return response
+
+
+def _created_a_template(event: dict[str, Any], response: dict[str, Any]) -> bool:
+    method = event.get("requestContext", {}).get("http", {}).get("method")
+    return method == "POST" and event.get("rawPath") == "/templates" and response.get("statusCode") == 201
+
+
+def _project_record(record: SQSRecord) -> None:
+    stored = stored_event_from_message(record.body, adapters().blobs)
+    for runner in projection_runners():
+        runner.handle(stored)
+
+
+@logger.inject_lambda_context
+def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Applies each queued bus event to the projections; failed records are returned for
+    redelivery (`batchItemFailures`)."""
+    return process_partial_response(
+        event=event, record_handler=_project_record, processor=processor, context=context
+    )

@@ -1,0 +1,204 @@
+"""Read models of the templates service: the catalog that GET /templates lists, and which
+jobs use which template (learnt from the jobs service's events, not by importing it).
+
+Both track stream versions, so on AWS, where EventBridge delivers out of order, each
+template's and each job's events still apply in their stream's order.
+
+Catalog layout — one document per live template, collection "template", key = template id,
+body = the latest version's summary:
+- index1 = ("owner#<owner>", <sort name>): every template of one owner, private or public;
+- index2 = ("public", <sort name>): every public template, only while its latest version is
+  public.
+<sort name> is the casefolded name (first 100 characters) + "#" + id: alphabetical, and unique.
+
+A caller's listing is their own templates, then other owners' public ones, each part in name
+order (`TemplateCatalogView.visible_to`). Walking the two parts one after the other, instead of
+merging them, keeps every page one exact resume point of one query: the listing's next_token
+names the part and that query's own token.
+
+Usage layout — collection "job", key = job id, body {job_id, template_id, template_version},
+index1 = ("template#<template id>", job id). JobDeleted carries only the job id, which is
+the key, so it deletes the document without a second lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar, cast
+
+from contracts.envelope import EventEnvelope
+from contracts.events.jobs import JobDeleted, JobRequested
+from contracts.events.templates import TemplateCreated, TemplateDeleted, TemplateVersionPublished
+from palette.projections.documents import (
+    Document,
+    DocumentProjection,
+    DocumentReader,
+    DocumentWriter,
+    IndexEntry,
+    InvalidPageToken,
+    Page,
+)
+from palette.projections.port import ProjectedEvent
+
+TEMPLATES = "template"
+JOBS = "job"
+PUBLIC = "public"
+SORT_NAME_CHARS = 100
+MAX_JOBS_REPORTED = 100
+
+
+def _owner_partition(owner: str) -> str:
+    return f"owner#{owner}"
+
+
+def _sort_name(name: str, template_id: str) -> str:
+    return f"{name.casefold()[:SORT_NAME_CHARS]}#{template_id}"
+
+
+class TemplateCatalog(DocumentProjection):
+    """The latest version of every live template; deleted templates disappear."""
+
+    name: ClassVar[str] = "templates_catalog"
+    detail_types: ClassVar[tuple[str, ...]] = (
+        TemplateCreated.detail_type(),
+        TemplateVersionPublished.detail_type(),
+        TemplateDeleted.detail_type(),
+    )
+    track_streams: ClassVar[bool] = True
+
+    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
+        envelope = cast(EventEnvelope, event)
+        detail, time = envelope.detail, envelope.metadata.time
+        if isinstance(detail, TemplateCreated):
+            docs.put(_summary_document(detail.template_id, {
+                "id": detail.template_id,
+                "owner": detail.owner,
+                "created_at": time,
+            }, detail, version=1, time=time))
+        elif isinstance(detail, TemplateVersionPublished):
+            current = docs.get(TEMPLATES, detail.template_id)
+            if current is not None:
+                docs.put(_summary_document(detail.template_id, current, detail, detail.version, time))
+        elif isinstance(detail, TemplateDeleted):
+            docs.delete(TEMPLATES, detail.template_id)
+
+
+def _summary_document(
+    template_id: str,
+    base: Mapping[str, Any],
+    detail: TemplateCreated | TemplateVersionPublished,
+    version: int,
+    time: str,
+) -> Document:
+    body = {
+        "id": template_id,
+        "owner": base["owner"],
+        "name": detail.name,
+        "description": detail.description,
+        "is_public": detail.is_public,
+        "version": version,
+        "required_fields": list(detail.required_fields),
+        "step_count": len(detail.steps),
+        "created_at": base["created_at"],
+        "updated_at": time,
+    }
+    sort = _sort_name(detail.name, template_id)
+    return Document(
+        collection=TEMPLATES,
+        key=template_id,
+        body=body,
+        index1=IndexEntry(_owner_partition(body["owner"]), sort),
+        index2=IndexEntry(PUBLIC, sort) if detail.is_public else None,
+    )
+
+
+class TemplateUsage(DocumentProjection):
+    """The jobs that are not deleted, by the template they use."""
+
+    name: ClassVar[str] = "templates_usage"
+    detail_types: ClassVar[tuple[str, ...]] = (JobRequested.detail_type(), JobDeleted.detail_type())
+    track_streams: ClassVar[bool] = True
+
+    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
+        detail = cast(EventEnvelope, event).detail
+        if isinstance(detail, JobRequested):
+            docs.put(Document(
+                collection=JOBS,
+                key=detail.job_id,
+                body={
+                    "job_id": detail.job_id,
+                    "template_id": detail.template_id,
+                    "template_version": detail.template_version,
+                },
+                index1=IndexEntry(f"template#{detail.template_id}", detail.job_id),
+            ))
+        elif isinstance(detail, JobDeleted):
+            docs.delete(JOBS, detail.job_id)
+
+
+class TemplateUsageView:
+    """Which jobs use a template, from the TemplateUsage documents."""
+
+    def __init__(self, reader: DocumentReader) -> None:
+        self._reader = reader
+
+    def jobs_using(self, template_id: str, at_most: int = MAX_JOBS_REPORTED) -> frozenset[str]:
+        """Up to `at_most` ids of non-deleted jobs using the template (empty: none)."""
+        page = self._reader.query(
+            "index1", f"template#{template_id}", collection=JOBS, limit=at_most
+        )
+        return frozenset(item["job_id"] for item in page.items)
+
+
+class TemplateCatalogView:
+    """The listing a caller sees: their own templates, then others' public ones."""
+
+    def __init__(self, reader: DocumentReader) -> None:
+        self._reader = reader
+
+    def get(self, template_id: str) -> dict[str, Any] | None:
+        return self._reader.get(TEMPLATES, template_id)
+
+    def visible_to(self, user: str, limit: int, next_token: str | None = None) -> Page:
+        """One page of at most `limit` summaries; raises InvalidPageToken for a foreign token."""
+        part, inner = _decode_token(next_token)
+        items: list[dict[str, Any]] = []
+        if part == "own":
+            page = self._reader.query(
+                "index1", _owner_partition(user), collection=TEMPLATES, limit=limit, next_token=inner
+            )
+            items.extend(page.items)
+            if page.next_token is not None:
+                return Page(items, _encode_token("own", page.next_token))
+            part, inner = PUBLIC, None
+        while len(items) < limit:
+            page = self._reader.query(
+                "index2", PUBLIC, collection=TEMPLATES, limit=limit - len(items), next_token=inner
+            )
+            items.extend(item for item in page.items if item["owner"] != user)
+            if page.next_token is None:
+                return Page(items, None)
+            inner = page.next_token
+        return Page(items, _encode_token(PUBLIC, inner))
+
+
+def _encode_token(part: str, inner: str | None) -> str:
+    raw = json.dumps({"part": part, "token": inner}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str | None) -> tuple[str, str | None]:
+    if not token:
+        return "own", None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        decoded = json.loads(raw)
+        part, inner = decoded["part"], decoded["token"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidPageToken("next_token is not one this listing handed out") from None
+    if part not in ("own", PUBLIC) or not (inner is None or isinstance(inner, str)):
+        raise InvalidPageToken("next_token is not one this listing handed out")
+    return part, inner

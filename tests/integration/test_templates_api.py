@@ -1,0 +1,557 @@
+"""The /templates routes end to end: API Gateway HTTP API (v2) events through the facade.
+
+Each behaviour runs twice: on the embedded runtime (local adapters, HS256 bearer tokens,
+projections caught up before a listing or a deletion) and on AWS under moto (through
+`lambda_handler.handler`, identity from the JWT authorizer's claims, projections fed by
+`lambda_handler.project` with SQS batches of bus events, delivered in reverse order).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from contracts.envelope import bus_event
+from contracts.events.jobs import JobDeleted, JobRequested, OutputFormat
+from contracts.events.templates import TemplateVersionPublished
+from palette.adapters import local_adapters
+from palette.api.app import build_app
+from palette.api.auth import LocalTokens
+from palette.eventstore.dynamodb import create_table
+from palette.eventstore.port import EventStore, NewEvent
+from services.templates import lambda_handler
+from services.templates.api import create_router
+from services.templates.domain import template_stream
+from services.templates.handlers import TemplateHandlers
+from services.templates.projections import TemplateCatalog, TemplateUsage, TemplateUsageView
+
+SECRET = b"integration-test-secret-of-32-bytes!"
+
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+
+
+@dataclass
+class FakeLambdaContext:
+    function_name: str = "palette-templates"
+    memory_limit_in_mb: int = 256
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:palette-templates"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+    headers: dict[str, str]
+    request_id: str
+
+    @property
+    def error(self) -> dict[str, Any]:
+        assert self.body["status"] == "error", self.body
+        return self.body["error"]
+
+
+@dataclass
+class Facade:
+    """Sends requests as API Gateway would, on one runtime."""
+
+    runtime: str
+    resolve: Callable[[dict[str, Any]], dict[str, Any]]
+    events: EventStore
+    identify: Callable[[dict[str, Any], str | None], None]
+    sync: Callable[[], None] = lambda: None
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        user: str | None = "alice",
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        raw_body = body if isinstance(body, str) or body is None else json.dumps(body)
+        request_id = str(uuid.uuid4())
+        event: dict[str, Any] = {
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
+            "rawQueryString": urlencode(query or {}),
+            "headers": {"content-type": "application/json", **(headers or {})},
+            "requestContext": {
+                "accountId": "123456789012",
+                "apiId": "api",
+                "domainName": "api.example.com",
+                "http": {
+                    "method": method, "path": path, "protocol": "HTTP/1.1",
+                    "sourceIp": "127.0.0.1", "userAgent": "pytest",
+                },
+                "requestId": request_id,
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": "26/Nov/2026:12:00:00 +0000",
+                "timeEpoch": 1795694400000,
+            },
+            "body": raw_body,
+            "isBase64Encoded": False,
+        }
+        if query:
+            event["queryStringParameters"] = query
+        self.identify(event, user)
+        response = self.resolve(event)
+        text = response.get("body") or ""
+        return Reply(
+            response["statusCode"], json.loads(text) if text else None, response.get("headers") or {}, request_id
+        )
+
+    def create(self, user: str = "alice", **definition: Any) -> dict[str, Any]:
+        definition.setdefault("name", "Questions")
+        definition.setdefault("steps", [step("q", "Ask about {{ topic }}")])
+        reply = self.call("POST", "/templates", user, definition)
+        assert reply.status == 201, reply.body
+        return reply.body
+
+
+def step(step_id: str, prompt: str, model: str = "local/gemma-3-270m") -> dict[str, Any]:
+    return {"id": step_id, "model": model, "prompt": prompt, "parameters": {"temperature": 0.7}}
+
+
+def local_facade(data_dir: Path) -> Iterator[Facade]:
+    adapters = local_adapters(data_dir)
+    catalog, usage = TemplateCatalog(), TemplateUsage()
+    runners = [adapters.projection_runner(catalog), adapters.projection_runner(usage)]
+    handlers = TemplateHandlers(adapters.events, TemplateUsageView(adapters.document_reader(usage)))
+
+    def catch_up() -> None:
+        for runner in runners:
+            runner.run_once()
+
+    router = create_router(handlers, adapters.document_reader(catalog), catch_up=catch_up)
+    tokens = LocalTokens(SECRET)
+    app = build_app([router], tokens, local=False)
+
+    def identify(event: dict[str, Any], user: str | None) -> None:
+        if user is not None:
+            event["headers"]["authorization"] = f"Bearer {tokens.issue(user)}"
+
+    yield Facade("local", lambda event: app.resolve(event, FakeLambdaContext()), adapters.events, identify)
+    adapters.close()
+
+
+def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
+    with mock_aws():
+        monkeypatch.setenv("PALETTE_EVENT_TABLE", "palette-events")
+        monkeypatch.setenv("PALETTE_BUCKET", "palette-data")
+        monkeypatch.setenv("PALETTE_TRACKING_TABLE", "palette-projection-tracking")
+        monkeypatch.setenv("PALETTE_PROJECTION_PREFIX", "palette-projection-")
+        dynamodb = boto3.client("dynamodb")
+        create_table(dynamodb, "palette-events")
+        dynamodb.create_table(
+            TableName="palette-projection-tracking",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[
+                {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"},
+            ],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        boto3.client("s3").create_bucket(Bucket="palette-data")
+        _forget_containers()
+        events = lambda_handler.adapters().events
+        delivered = 0
+
+        def identify(event: dict[str, Any], user: str | None) -> None:
+            if user is not None:
+                event["requestContext"]["authorizer"] = {"jwt": {"claims": {"sub": user}, "scopes": None}}
+
+        def sync() -> None:
+            nonlocal delivered
+            fresh = events.read_all(delivered, 10_000)
+            if not fresh:
+                return
+            delivered = fresh[-1].position or delivered
+            result = lambda_handler.project(sqs_batch([bus_event(e) for e in reversed(fresh)]), FakeLambdaContext())
+            assert result == {"batchItemFailures": []}
+
+        yield Facade(
+            "aws", lambda event: lambda_handler.handler(event, FakeLambdaContext()), events, identify, sync
+        )
+        _forget_containers()
+
+
+def _forget_containers() -> None:
+    """A cold start: the next invocation builds its adapters from the environment again."""
+    for cached in (lambda_handler.adapters, lambda_handler.api, lambda_handler.projection_runners):
+        cached.cache_clear()
+
+
+def sqs_batch(bodies: list[Any]) -> dict[str, Any]:
+    return {"Records": [
+        {
+            "messageId": str(uuid.uuid4()),
+            "receiptHandle": "handle",
+            "body": body if isinstance(body, str) else json.dumps(body),
+            "attributes": {"ApproximateReceiveCount": "1"},
+            "messageAttributes": {},
+            "md5OfBody": "",
+            "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:palette-templates-projections",
+            "awsRegion": "us-east-1",
+        }
+        for body in bodies
+    ]}
+
+
+@pytest.fixture(params=["local", "aws"])
+def api(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
+    factory = local_facade(tmp_path) if request.param == "local" else aws_facade(monkeypatch)
+    yield from factory
+
+
+@pytest.fixture
+def local_api(tmp_path: Path) -> Iterator[Facade]:
+    yield from local_facade(tmp_path)
+
+
+def request_job(events: EventStore, template_id: str, job_id: str = "job-1") -> None:
+    events.append(f"job-{job_id}", [NewEvent(JobRequested(
+        job_id=job_id, owner="alice", template_id=template_id, template_version=1, seed_id="seed-1",
+        num_records=10, budget_limit="5", output_formats=[OutputFormat.JSONL],
+    ), actor="alice")], expected_version=0)
+
+
+def delete_job(events: EventStore, job_id: str = "job-1") -> None:
+    stream = f"job-{job_id}"
+    events.append(stream, [NewEvent(JobDeleted(job_id=job_id), actor="alice")], events.stream_version(stream))
+
+
+# -- versions ----------------------------------------------------------------------------
+
+
+def test_versions_are_immutable_and_each_stays_readable(api: Facade) -> None:
+    created = api.create(name="Books", description="about books", steps=[step("q", "Tell me about {{ book.title }}")])
+    template_id = created["id"]
+    assert template_id.startswith("tpl_")
+    assert (created["version"], created["owner"], created["required_fields"]) == (1, "alice", ["book.title"])
+
+    fetched = api.call("GET", f"/templates/{template_id}")
+    assert fetched.status == 200 and fetched.body == created
+
+    revised = api.call("PUT", f"/templates/{template_id}", body={"steps": [step("q", "Summarise {{ author.name }}")]})
+    assert revised.status == 200, revised.body
+    assert (revised.body["version"], revised.body["latest_version"]) == (2, 2)
+    assert (revised.body["name"], revised.body["description"]) == ("Books", "about books")
+    assert revised.body["required_fields"] == ["author.name"]
+
+    latest = api.call("GET", f"/templates/{template_id}")
+    assert latest.body["version"] == 2 and latest.body["steps"][0]["prompt"] == "Summarise {{ author.name }}"
+    first = api.call("GET", f"/templates/{template_id}", query={"version": "1"})
+    assert first.status == 200
+    assert (first.body["version"], first.body["latest_version"]) == (1, 2)
+    assert first.body["steps"][0]["prompt"] == "Tell me about {{ book.title }}"
+    assert first.body["required_fields"] == ["book.title"]
+    assert first.body["created_at"] == latest.body["created_at"] <= latest.body["published_at"]
+
+    missing = api.call("GET", f"/templates/{template_id}", query={"version": "3"})
+    assert (missing.status, missing.error["code"]) == (404, "NOT_FOUND")
+
+
+def test_events_carry_the_actor_and_the_request_correlation_id(api: Facade) -> None:
+    reply = api.call(
+        "POST", "/templates", "alice",
+        {"name": "Traced", "steps": [step("q", "{{ x }}")]},
+        headers={"x-correlation-id": "corr-42"},
+    )
+    stored = api.events.read_stream(template_stream(reply.body["id"]))
+    assert [(e.detail_type, e.actor, e.correlation_id) for e in stored] == [("TemplateCreated", "alice", "corr-42")]
+
+
+def test_required_fields_are_dotted_seed_paths(api: Facade) -> None:
+    created = api.create(steps=[
+        step("question", "Write about {{ author.name }}, born {{ author.born.year }}.\n"
+             "{% for b in books %}{{ b.title }}{% endfor %}"),
+        step("answer", "Answer {{ steps.question.output }} as {{ persona | default('a critic') }}"),
+    ])
+    assert created["required_fields"] == ["author.born.year", "author.name", "books"]
+
+
+# -- invalid templates -------------------------------------------------------------------
+
+
+def test_a_syntax_error_names_the_step_and_line(api: Facade) -> None:
+    reply = api.call("POST", "/templates", body={"name": "Broken", "steps": [
+        step("fine", "{{ a }}"), step("broken", "first line\n{{ title "),
+    ]})
+    assert (reply.status, reply.error["code"]) == (400, "VALIDATION_ERROR")
+    [problem] = reply.error["details"]["problems"]
+    assert (problem["step_id"], problem["line"], problem["code"]) == ("broken", 2, "PROMPT_SYNTAX_ERROR")
+    assert problem["message"]
+
+
+def test_a_step_cannot_read_a_later_step(api: Facade) -> None:
+    reply = api.call("POST", "/templates", body={"name": "Backwards", "steps": [
+        step("first", "{{ steps.second.output }}"), step("second", "{{ topic }}"),
+    ]})
+    assert reply.status == 400
+    [problem] = reply.error["details"]["problems"]
+    assert (problem["step_id"], problem["line"], problem["code"]) == ("first", 1, "FORWARD_STEP_REFERENCE")
+
+
+def test_a_sandbox_escape_is_rejected(api: Facade) -> None:
+    reply = api.call("POST", "/templates", body={"name": "Escape", "steps": [
+        step("q", "{{ ''.__class__.__mro__ }}"),
+    ]})
+    assert (reply.status, reply.error["code"]) == (400, "VALIDATION_ERROR")
+    codes = {p["code"] for p in reply.error["details"]["problems"]}
+    assert codes == {"UNSAFE_ATTRIBUTE"}
+    api.sync()
+    assert api.call("GET", "/templates").body["items"] == []
+
+
+def test_an_invalid_new_version_leaves_the_template_as_it_was(api: Facade) -> None:
+    template_id = api.create()["id"]
+    reply = api.call("PUT", f"/templates/{template_id}", body={"steps": [step("q", "{% if %}")]})
+    assert reply.status == 400 and reply.error["details"]["problems"][0]["step_id"] == "q"
+    assert api.call("GET", f"/templates/{template_id}").body["latest_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ("{not json", "body"),
+        ({"steps": [step("q", "{{ x }}")]}, "name"),
+        ({"name": 7, "steps": [step("q", "{{ x }}")]}, "name"),
+        ({"name": "n", "is_public": "yes", "steps": [step("q", "{{ x }}")]}, "is_public"),
+        ({"name": "n", "steps": "one step"}, "steps"),
+        ({"name": "n", "steps": [{"id": "q", "model": "local/m"}]}, "steps.0.prompt"),
+        ({"name": "n", "steps": [{**step("q", "{{ x }}"), "temperature": 2}]}, "steps.0.temperature"),
+        ({"name": "n", "steps": [step("not an id", "{{ x }}")]}, "steps.0.id"),
+    ],
+)
+def test_malformed_requests_answer_400_naming_the_field(api: Facade, body: Any, field: str) -> None:
+    reply = api.call("POST", "/templates", body=body)
+    assert (reply.status, reply.error["code"]) == (400, "VALIDATION_ERROR"), reply.body
+    assert field in [e["field"] for e in reply.error["details"]["errors"]]
+    assert reply.body["meta"]["request_id"] == reply.request_id
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/templates", {"limit": "101"}, "limit"),
+        ("/templates", {"limit": "many"}, "limit"),
+        ("/templates", {"next_token": "bm90IGEgdG9rZW4"}, "next_token"),
+        ("/templates/tpl_00000000000000000000000000000000", {"version": "latest"}, "version"),
+    ],
+)
+def test_bad_query_parameters_answer_400(api: Facade, path: str, query: dict[str, str], field: str) -> None:
+    reply = api.call("GET", path, query=query)
+    assert (reply.status, reply.error["code"]) == (400, "VALIDATION_ERROR"), reply.body
+    assert field in [e["field"] for e in reply.error["details"]["errors"]]
+
+
+def test_a_template_too_large_to_record_answers_413(api: Facade) -> None:
+    reply = api.call("POST", "/templates", body={"name": "Huge", "steps": [step("q", "{{ x }}" + "y" * 300_000)]})
+    assert (reply.status, reply.error["code"]) == (413, "PAYLOAD_TOO_LARGE")
+
+
+# -- visibility and listing --------------------------------------------------------------
+
+
+def test_listing_shows_own_templates_then_others_public_ones(api: Facade) -> None:
+    a1 = api.create("alice", name="a1")["id"]
+    a2 = api.create("alice", name="a2", is_public=True)["id"]
+    a3 = api.create("alice", name="a3")["id"]
+    b1 = api.create("bob", name="b1", is_public=True)["id"]
+    b2 = api.create("bob", name="b2", is_public=True)["id"]
+    b3 = api.create("bob", name="b3")["id"]
+    api.call("PUT", f"/templates/{a1}", "alice", {"steps": [step("q", "{{ a }} {{ b }}")]})
+    api.sync()
+
+    seen: list[dict[str, Any]] = []
+    token: str | None = None
+    pages = 0
+    while True:
+        query = {"limit": "2"} | ({"next_token": token} if token else {})
+        reply = api.call("GET", "/templates", "alice", query=query)
+        assert reply.status == 200, reply.body
+        assert len(reply.body["items"]) <= 2
+        seen.extend(reply.body["items"])
+        pages += 1
+        token = reply.body["next_token"]
+        if token is None:
+            break
+    assert [item["id"] for item in seen] == [a1, a2, a3, b1, b2]
+    assert pages == 3
+    assert seen[0]["version"] == 2 and seen[0]["required_fields"] == ["a", "b"] and seen[0]["step_count"] == 1
+
+    bobs = api.call("GET", "/templates", "bob").body
+    assert [item["id"] for item in bobs["items"]] == [b1, b2, b3, a2]
+    assert bobs["next_token"] is None
+    assert b3 not in [item["id"] for item in seen]
+
+
+def test_making_a_template_private_removes_it_from_others_listings(api: Facade) -> None:
+    template_id = api.create("bob", name="shared", is_public=True)["id"]
+    api.sync()
+    assert [i["id"] for i in api.call("GET", "/templates", "alice").body["items"]] == [template_id]
+    api.call("PUT", f"/templates/{template_id}", "bob", {"is_public": False, "steps": [step("q", "{{ y }}")]})
+    api.sync()
+    assert api.call("GET", "/templates", "alice").body["items"] == []
+    assert api.call("GET", f"/templates/{template_id}", "alice", query={"version": "1"}).status == 404
+
+
+def test_another_users_private_template_is_not_found(api: Facade) -> None:
+    private = api.create("alice", name="mine")["id"]
+    public = api.create("alice", name="ours", is_public=True)["id"]
+    unknown = "tpl_" + "0" * 32
+
+    for template_id in (private, unknown, "not-a-template-id"):
+        get = api.call("GET", f"/templates/{template_id}", "bob")
+        put = api.call("PUT", f"/templates/{template_id}", "bob", {"steps": [step("q", "{{ x }}")]})
+        delete = api.call("DELETE", f"/templates/{template_id}", "bob")
+        assert [r.status for r in (get, put, delete)] == [404, 404, 404]
+        for reply in (get, put, delete):
+            assert reply.error == {
+                "code": "NOT_FOUND", "message": f"template {template_id!r} does not exist", "details": {},
+            }
+
+    assert api.call("GET", f"/templates/{public}", "bob").status == 200
+    assert api.call("PUT", f"/templates/{public}", "bob", {"steps": [step("q", "{{ x }}")]}).status == 404
+    assert api.call("DELETE", f"/templates/{public}", "bob").status == 404
+    assert api.call("GET", f"/templates/{public}", "alice").body["latest_version"] == 1
+
+
+# -- deletion ----------------------------------------------------------------------------
+
+
+def test_a_template_in_use_cannot_be_deleted_until_its_jobs_are(api: Facade) -> None:
+    template_id = api.create()["id"]
+    other = api.create(name="unused")["id"]
+    request_job(api.events, template_id, "job-1")
+    api.sync()
+
+    refused = api.call("DELETE", f"/templates/{template_id}")
+    assert (refused.status, refused.error["code"]) == (409, "CONFLICT")
+    assert refused.error["details"] == {"job_ids": ["job-1"]}
+    assert api.call("GET", f"/templates/{template_id}").status == 200
+
+    delete_job(api.events, "job-1")
+    api.sync()
+    assert api.call("DELETE", f"/templates/{template_id}").status == 204
+    assert api.call("GET", f"/templates/{template_id}").status == 404
+    assert api.call("PUT", f"/templates/{template_id}", body={"steps": [step("q", "{{ x }}")]}).status == 404
+    assert api.call("DELETE", f"/templates/{template_id}").status == 404
+    api.sync()
+    assert [item["id"] for item in api.call("GET", "/templates").body["items"]] == [other]
+
+
+# -- authentication ----------------------------------------------------------------------
+
+
+def test_a_request_without_identity_is_unauthorized(api: Facade) -> None:
+    for method, path in (("GET", "/templates"), ("POST", "/templates"), ("GET", "/templates/tpl_x")):
+        reply = api.call(method, path, user=None, body={"name": "n", "steps": []} if method == "POST" else None)
+        assert (reply.status, reply.error["code"]) == (401, "UNAUTHORIZED")
+        assert reply.body["meta"]["request_id"] == reply.request_id
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer not-a-jwt",
+        "Basic YWxpY2U6cGFzc3dvcmQ=",
+        "Bearer " + LocalTokens(b"another-secret-another-secret-!!").issue("alice"),
+        "Bearer " + LocalTokens(SECRET).issue("alice", ttl_seconds=-60),
+    ],
+)
+def test_a_bad_local_token_is_unauthorized(local_api: Facade, authorization: str) -> None:
+    reply = local_api.call("GET", "/templates", user=None, headers={"authorization": authorization})
+    assert (reply.status, reply.error["code"]) == (401, "UNAUTHORIZED")
+
+
+# -- concurrency -------------------------------------------------------------------------
+
+
+class CompetingWriter:
+    """Publishes a competing version just before each of the first `races` appends."""
+
+    def __init__(self, events: EventStore, races: int) -> None:
+        self.events = events
+        self.races = races
+        self.original = events.append
+
+    def append(self, stream_id: str, new_events: Any, expected_version: int) -> Any:
+        if self.races and stream_id.startswith("template-"):
+            self.races -= 1
+            current = self.events.stream_version(stream_id)
+            competing = TemplateVersionPublished(
+                template_id=stream_id.removeprefix("template-"), version=current + 1,
+                name="competitor", steps=[], required_fields=[],
+            )
+            self.original(stream_id, [NewEvent(competing, actor="alice")], current)
+        return self.original(stream_id, new_events, expected_version)
+
+
+def test_a_concurrent_write_is_retried_once_then_reported_as_a_conflict(
+    local_api: Facade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template_id = local_api.create()["id"]
+    revision = {"steps": [step("q", "{{ z }}")]}
+
+    writer = CompetingWriter(local_api.events, races=1)
+    monkeypatch.setattr(local_api.events, "append", writer.append)
+    retried = local_api.call("PUT", f"/templates/{template_id}", body=revision)
+    assert retried.status == 200 and retried.body["version"] == 3
+
+    writer.races = 2
+    refused = local_api.call("PUT", f"/templates/{template_id}", body=revision)
+    assert (refused.status, refused.error["code"]) == (409, "CONFLICT")
+    assert local_api.call("GET", f"/templates/{template_id}").body["latest_version"] == 5
+
+
+def test_the_openapi_document_describes_the_routes(tmp_path: Path) -> None:
+    adapters = local_adapters(tmp_path)
+    usage = TemplateUsageView(adapters.document_reader(TemplateUsage()))
+    router = create_router(TemplateHandlers(adapters.events, usage), adapters.document_reader(TemplateCatalog()))
+    paths = json.loads(build_app([router], LocalTokens(SECRET), local=False).get_openapi_json_schema())["paths"]
+    adapters.close()
+
+    assert set(paths["/templates"]) == {"get", "post"}
+    assert set(paths["/templates/{template_id}"]) == {"get", "put", "delete"}
+    created = paths["/templates"]["post"]["responses"]
+    assert created["201"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TemplateBody"}
+    assert created["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorReply"}
+
+
+# -- AWS edges ---------------------------------------------------------------------------
+
+
+def test_the_lambda_counts_created_templates(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for facade in aws_facade(monkeypatch):
+        facade.create()
+        capsys.readouterr()
+        facade.create()
+        emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+        assert [m["templates_created"] for m in emitted] == [[1.0]]
+        assert emitted[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Palette"
+
+
+def test_the_projection_consumer_reports_only_failed_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    for facade in aws_facade(monkeypatch):
+        template_id = facade.create()["id"]
+        [created] = facade.events.read_stream(template_stream(template_id))
+        batch = sqs_batch([{"detail": "not a palette event"}, bus_event(created)])
+        result = lambda_handler.project(batch, FakeLambdaContext())
+        assert result == {"batchItemFailures": [{"itemIdentifier": batch["Records"][0]["messageId"]}]}
+        assert [item["id"] for item in facade.call("GET", "/templates").body["items"]] == [template_id]
