@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 
 from contracts.events.templates import TemplateStep
-from services.templates.prompts import (
-    MAX_PROMPT_CHARS,
-    InvalidTemplate,
-    PromptRenderError,
-    TemplateProblem,
-    analyse,
-    render,
-)
+from palette.prompts import MAX_PROMPT_CHARS, PromptRenderError, render
+from services.templates.prompts import InvalidTemplate, TemplateProblem, analyse
 
 
 def step(prompt: str, step_id: str = "main", model: str = "local/gemma-3-270m") -> TemplateStep:
