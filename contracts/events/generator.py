@@ -5,7 +5,7 @@ Large payloads (records, files) live in the blob store; events carry the key.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +34,44 @@ class ExportedFile(BaseModel):
 class _GenerationEvent(DomainEvent):
     source: ClassVar[str] = "palette.generator"
     job_id: str
+
+
+class GenerationClaimed(_GenerationEvent):
+    """A worker took the job. The claim is a conditional append on the generation stream,
+    so two workers never run one job; a takeover appends after the last event once the
+    previous claim's lease has lapsed, and the previous worker's next append then fails."""
+
+    worker_id: str
+    lease_seconds: int = Field(ge=1)
+    resumed_from_record: int = Field(ge=0, description="records already made when claimed")
+
+
+class GenerationLeaseRenewed(_GenerationEvent):
+    """The worker is alive although no batch finished within half its lease."""
+
+    worker_id: str
+
+
+class GenerationReleased(_GenerationEvent):
+    """The worker stopped on purpose (SIGTERM) after flushing; another may resume at once."""
+
+    worker_id: str
+    records_completed: int = Field(ge=0)
+
+
+class GenerationStopped(_GenerationEvent):
+    """Generation ended before num_records: the job was cancelled or its budget ran out."""
+
+    reason: Literal["cancelled", "budget_exceeded"]
+    records_completed: int = Field(ge=0)
+
+
+class GenerationFailed(_GenerationEvent):
+    """Generation cannot go on: a fatal model error or too many failed records."""
+
+    code: str
+    reason: str
+    records_completed: int = Field(ge=0)
 
 
 class BatchGenerated(_GenerationEvent):

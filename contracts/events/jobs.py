@@ -56,5 +56,11 @@ class JobFailed(_JobEvent):
     reason: str
 
 
+class JobBudgetExceeded(_JobEvent):
+    """The job stopped because its budget could not cover one more record (BUDGET_EXCEEDED)."""
+
+    records_completed: int = Field(ge=0)
+
+
 class JobDeleted(_JobEvent):
     pass
