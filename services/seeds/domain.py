@@ -28,7 +28,7 @@ from contracts.events.seeds import (
     SeedUploadRequested,
 )
 from contracts.events.templates import TemplateCreated, TemplateDeleted, TemplateVersionPublished
-from services.seeds import formats
+from palette import recordfiles as formats
 
 SEED_KEY_PREFIX = "seed-data"
 MAX_FILENAME_CHARS = 200

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from contracts.events.seeds import SeedFormat
-from services.seeds.formats import (
+from palette.recordfiles import (
     READ_BYTES,
     ColumnarRecords,
     ParsedRecords,

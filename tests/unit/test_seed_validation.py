@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from contracts.events.seeds import SeedFormat
-from services.seeds import formats
-from services.seeds.formats import UnsupportedSeedFormat, detect_format
+from palette import recordfiles as formats
+from palette.recordfiles import UnsupportedSeedFormat, detect_format
 from services.seeds.validation import inspect_seed, validate_seed
 
 REQUIRED = ["author.name", "topic"]

@@ -1,4 +1,4 @@
-"""Seed file formats: detect one, and stream its records without loading the file.
+"""Record files (seed data): detect the format, and stream records without loading the file.
 
 Every reader takes a binary file object (a blob store's `open_read()` gives one) and yields
 chunks of a bounded size, so memory does not grow with the file. Two kinds of chunk exist
