@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -77,12 +78,19 @@ def chain_hash(
     actor: str,
     detail: str,
 ) -> str:
-    """SHA-256 over an unambiguous (JSON array) encoding of the hashed fields."""
-    canonical = json.dumps(
-        [prev_hash, event_id, stream_id, version, source, detail_type, schema_version,
-         time, correlation_id, causation_id, actor, detail],
-        ensure_ascii=False,
-        separators=(",", ":"),
+    """SHA-256 over an unambiguous encoding of the hashed fields: the compact JSON array
+    `[prev_hash, id, stream_id, version, source, detail_type, schema_version, time,
+    correlation_id, causation_id, actor, detail]` (UTF-8, non-ASCII kept as is).
+
+    Built by hand rather than with json.dumps because it runs once per recorded event and
+    per audited event; the bytes are the same as json.dumps(..., ensure_ascii=False,
+    separators=(",", ":")) would give.
+    """
+    quote = encode_basestring
+    canonical = (
+        f"[{quote(prev_hash)},{quote(event_id)},{quote(stream_id)},{int(version)},"
+        f"{quote(source)},{quote(detail_type)},{int(schema_version)},{quote(time)},"
+        f"{quote(correlation_id)},{quote(causation_id)},{quote(actor)},{quote(detail)}]"
     )
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -8,11 +8,12 @@ retried command cannot duplicate facts.
 
 from __future__ import annotations
 
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+import uuid_utils
 
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
@@ -55,14 +56,16 @@ def utc_now() -> str:
 class NewEvent:
     """An event a handler wants recorded; the store adds stream, version, position and hash.
 
-    `correlation_id` defaults to the event's own id (the start of a causal chain).
+    `correlation_id` defaults to the event's own id (the start of a causal chain). Ids are
+    UUIDv7: unique like any UUID, and time-ordered, so the stores' unique index on event
+    ids grows at its end instead of touching a random page per event.
     """
 
     detail: DomainEvent
     actor: str = "system"
     correlation_id: str | None = None
     causation_id: str = ""
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = field(default_factory=lambda: str(uuid_utils.uuid7()))
     time: str = field(default_factory=utc_now)
 
 

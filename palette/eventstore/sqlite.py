@@ -15,12 +15,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from itertools import starmap
 from pathlib import Path
 
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import GENESIS_HASH, StoredEvent
-from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
-from palette.eventstore.recording import record
+from palette.eventstore.port import ConcurrencyConflict, EventStore, InvalidEvent, NewEvent
+from palette.eventstore.recording import record_rows
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -89,20 +90,20 @@ class SQLiteEventStore(EventStore):
     ) -> list[StoredEvent]:
         if not events:
             return []
+        if expected_version < 0:
+            raise InvalidEvent(f"expected_version must be >= 0, got {expected_version}")
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
         try:
             prev_hash = self._hash_at(db, stream_id, expected_version)
             if prev_hash is None:
                 raise ConcurrencyConflict(stream_id, expected_version, self._version(db, stream_id))
-            stored = record(stream_id, expected_version, prev_hash, events, self._catalog)
-            rows = [
-                (e.id, e.stream_id, e.version, e.source, e.detail_type, e.schema_version, e.time,
-                 e.correlation_id, e.causation_id, e.actor, e.detail, e.prev_hash, e.hash)
-                for e in stored
-            ]
-            cursor = db.executemany(_INSERT, rows)
-            last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            rows = record_rows(stream_id, expected_version, prev_hash, events, self._catalog)
+            if len(rows) == 1:
+                last = db.execute(_INSERT, rows[0]).lastrowid
+            else:
+                db.executemany(_INSERT, rows)
+                last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
             db.execute("COMMIT")
         except sqlite3.IntegrityError:
             db.execute("ROLLBACK")
@@ -111,9 +112,15 @@ class SQLiteEventStore(EventStore):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        del cursor
-        first = last - len(stored) + 1
-        return [_with_position(e, first + i) for i, e in enumerate(stored)]
+        position = last - len(rows)
+        stored = []
+        for r in rows:
+            position += 1
+            stored.append(StoredEvent(
+                r[0], r[1], r[2], position, r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                r[11], r[12],
+            ))
+        return stored
 
     def _hash_at(self, db: sqlite3.Connection, stream_id: str, version: int) -> str | None:
         """The hash to chain onto at `version`, or None when the stream is not there."""
@@ -143,7 +150,7 @@ class SQLiteEventStore(EventStore):
             ids,
         ).fetchall()
         if len(rows) == len(ids) and all(row[1] == stream_id for row in rows):
-            return [StoredEvent(*row) for row in rows]
+            return list(starmap(StoredEvent, rows))
         raise ConcurrencyConflict(stream_id, expected_version, self._version(db, stream_id))
 
     def read_stream(
@@ -164,7 +171,7 @@ class SQLiteEventStore(EventStore):
             sql += " LIMIT ?"
             args.append(limit)
         rows = self._connection().execute(sql, args).fetchall()
-        return [StoredEvent(*row) for row in rows]
+        return list(starmap(StoredEvent, rows))
 
     def read_all(
         self,
@@ -180,7 +187,7 @@ class SQLiteEventStore(EventStore):
         sql += " ORDER BY position LIMIT ?"
         args.append(limit)
         rows = self._connection().execute(sql, args).fetchall()
-        return [StoredEvent(*row) for row in rows]
+        return list(starmap(StoredEvent, rows))
 
     def stream_version(self, stream_id: str) -> int:
         return self._version(self._connection(), stream_id)
@@ -196,11 +203,3 @@ class SQLiteEventStore(EventStore):
                 connection.close()
             self._all_connections.clear()
         self._local = threading.local()
-
-
-def _with_position(event: StoredEvent, position: int) -> StoredEvent:
-    return StoredEvent(
-        event.id, event.stream_id, event.version, position, event.source, event.detail_type,
-        event.schema_version, event.time, event.correlation_id, event.causation_id,
-        event.actor, event.detail, event.prev_hash, event.hash,
-    )

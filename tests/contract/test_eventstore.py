@@ -427,13 +427,6 @@ def test_invalid_events_are_refused_and_change_nothing(store: EventStore) -> Non
 def test_negative_expected_version_is_invalid(
     store: EventStore, request: pytest.FixtureRequest
 ) -> None:
-    if isinstance(store, SQLiteEventStore):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="SQLite looks up the chain before validating and reports a conflict",
-            )
-        )
     before = snapshot(store)
     with pytest.raises(InvalidEvent):
         store.append("job-1", [started("job-1")], -1)
