@@ -1,0 +1,62 @@
+"""The events the jobs service reacts to: the generator's facts become job transitions.
+
+    GenerationClaimed                     -> JobStarted
+    GenerationStopped(cancelled)          -> JobCancelled
+    GenerationStopped(budget_exceeded)    -> JobBudgetExceeded
+    GenerationFailed                      -> JobFailed
+    DatasetExported                       -> JobCompleted (nothing if already CANCELLED or
+                                             BUDGET_EXCEEDED: a partial dataset was exported)
+
+Billing's BudgetExceeded (ledger stream) is not consumed here: the generator reacts to it by
+stopping at the next batch boundary and recording GenerationStopped(budget_exceeded), which
+is the fact the job follows. So the job's status never runs ahead of the worker.
+
+Delivery is at least once and, on AWS, unordered. Each reaction decides on the job stream's
+current state, so a redelivered fact finds it recorded and changes nothing, and a fact that
+overtook the claim applies the claim first (see `JobHandlers.apply_generation_fact`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from contracts.envelope import StoredEvent
+from contracts.events.generator import (
+    DatasetExported,
+    GenerationClaimed,
+    GenerationFailed,
+    GenerationStopped,
+)
+from services.jobs.handlers import JobHandlers
+
+LIFECYCLE_SUBSCRIBER = "jobs-lifecycle"
+"""Durable name: keys the local bus checkpoint, and names the AWS rule and its queue."""
+
+LIFECYCLE_PATTERN: dict[str, Any] = {
+    "source": ["palette.generator"],
+    "detail-type": [
+        GenerationClaimed.detail_type(),
+        GenerationStopped.detail_type(),
+        GenerationFailed.detail_type(),
+        DatasetExported.detail_type(),
+    ],
+}
+
+Reaction = Callable[[StoredEvent], object]
+
+
+class JobLifecycle:
+    """Applies generator facts to jobs; raises only for failures worth a redelivery."""
+
+    def __init__(self, handlers: JobHandlers) -> None:
+        self._handlers = handlers
+
+    def __call__(self, stored: StoredEvent) -> None:
+        self._handlers.apply_generation_fact(stored)
+
+
+def subscriptions(handlers: JobHandlers) -> list[tuple[str, dict[str, Any], Reaction]]:
+    """(name, EventBridge pattern, handler) for each reaction: the composition root
+    subscribes them on the local bus, and infra creates one rule -> SQS queue per name."""
+    return [(LIFECYCLE_SUBSCRIBER, LIFECYCLE_PATTERN, JobLifecycle(handlers))]

@@ -1,0 +1,319 @@
+"""Job commands against the log: load the job stream, decide, append.
+
+A job request reads the template's and the seed's streams (their services' facts, folded
+by `domain.template_facts` / `domain.seed_facts`), pins the template version, and appends
+JobRequested to a fresh stream — a handful of reads and one append, so POST /jobs answers
+at once; generation runs elsewhere.
+
+Every append expects the loaded stream version; on ConcurrencyConflict the command is
+decided again on a fresh load (a consumer and a user may race on one job). Events caused by
+a generator fact carry it as their causation, and ids derived from it, so a redelivered
+fact that slips past the state check is still stored once (the store treats a re-appended
+event id as a no-op).
+
+Job ids are `job_` followed by 32 lowercase hex digits (a uuid4).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from contracts.catalog import CATALOG
+from contracts.envelope import StoredEvent
+from contracts.events.base import DomainEvent
+from contracts.events.generator import (
+    DatasetExported,
+    GenerationClaimed,
+    GenerationFailed,
+    GenerationStopped,
+)
+from palette.blobs.port import BlobStore
+from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from services.jobs.domain import (
+    DeleteJob,
+    GenerationFact,
+    InvalidJobInput,
+    InvalidTransition,
+    JobCommand,
+    JobInput,
+    JobNotFound,
+    JobState,
+    MarkBudgetExceeded,
+    MarkCancelled,
+    MarkCompleted,
+    MarkFailed,
+    MarkStarted,
+    RequestCancel,
+    RequestJob,
+    check_input,
+    dataset_prefix,
+    decide,
+    evolve,
+    job_stream,
+    seed_facts,
+    seed_stream,
+    template_facts,
+    template_stream,
+)
+
+log = logging.getLogger(__name__)
+
+JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
+APPEND_ATTEMPTS = 5
+PAGE_SIZE = 1000
+CONSUMER_ACTOR = "palette.jobs"
+LIFECYCLE_FACTS = frozenset(
+    cls.detail_type() for cls in (GenerationClaimed, GenerationStopped, GenerationFailed, DatasetExported)
+)
+"""The generator's facts that move a job; batches, lease renewals and releases do not."""
+_FACT_IDS = uuid.UUID("6f1c7f0e-4a53-4f36-9b7e-2c1f4f0a9d11")
+
+ModelPriced = Callable[[str], bool]
+"""Whether billing's catalog prices a `provider/model-id` (budgets need a price)."""
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+def is_job_id(value: str) -> bool:
+    return bool(JOB_ID.match(value))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedJob:
+    """A job as its stream tells it, with when each step was recorded (ISO-8601 UTC)."""
+
+    state: JobState
+    stream_version: int = 0
+    created_at: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    recorded_at: dict[str, str] = field(default_factory=dict)
+
+
+class JobHandlers:
+    """The jobs service's write side and single-job reads.
+
+    `pricing_check`, when given, refuses a job whose template uses a model the pricing
+    catalog cannot price (the composition root passes billing's catalog lookup; the jobs
+    service never imports billing).
+    """
+
+    def __init__(
+        self, events: EventStore, blobs: BlobStore, pricing_check: ModelPriced | None = None
+    ) -> None:
+        self._events = events
+        self._blobs = blobs
+        self._pricing_check = pricing_check
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self._blobs
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def read(self, job_id: str) -> LoadedJob:
+        """The job as its stream tells it (empty state for an unknown id)."""
+        if not is_job_id(job_id):
+            return LoadedJob(JobState())
+        return self._fold(JobState(), 0, self._events.read_stream(job_stream(job_id)), LoadedJob(JobState()))
+
+    def job(self, user: str, job_id: str) -> LoadedJob:
+        """The caller's live job; another user's, a deleted or an unknown one is JobNotFound."""
+        loaded = self.read(job_id)
+        if not loaded.state.visible_to(user):
+            raise JobNotFound(job_id)
+        return loaded
+
+    # -- user commands -------------------------------------------------------------------
+
+    def request_job(self, user: str, job_input: JobInput, correlation_id: str | None = None) -> LoadedJob:
+        """Checks the input against the template and the seed, then records JobRequested.
+
+        Raises InvalidJobInput (a field out of bounds, a model no provider serves or no price
+        covers), TemplateNotFound, SeedNotFound, or SeedNotValidated.
+        """
+        check_input(job_input)
+        template = template_facts(job_input.template_id, self._decoded(template_stream(job_input.template_id)))
+        version = template.pinned_version(user, job_input.template_version)
+        unknown = template.unknown_providers(version)
+        if unknown:
+            raise InvalidJobInput(
+                "template_id",
+                f"template {job_input.template_id!r} version {version} uses models no provider serves: "
+                f"{', '.join(unknown)} (providers: local, openai, bedrock)",
+            )
+        if self._pricing_check is not None:
+            unpriced = [m for m in template.models[version] if not self._pricing_check(m)]
+            if unpriced:
+                raise InvalidJobInput(
+                    "template_id",
+                    f"no price is known for {', '.join(sorted(set(unpriced)))}, so the budget cannot be enforced",
+                )
+        seed = seed_facts(job_input.seed_id, self._decoded(seed_stream(job_input.seed_id)))
+        seed.check_validated(user, job_input.template_id, version)
+        command = RequestJob(job_id=new_job_id(), owner=user, input=job_input, template_version=version)
+        return self._execute(command.job_id, command, actor=user, correlation_id=correlation_id)
+
+    def cancel(self, user: str, job_id: str, correlation_id: str | None = None) -> LoadedJob:
+        """QUEUED -> CANCELLED at once; RUNNING -> cancel requested (repeat: no change)."""
+        self._require_id(job_id)
+        return self._execute(job_id, RequestCancel(job_id=job_id, actor=user), user, correlation_id)
+
+    def delete(self, user: str, job_id: str, correlation_id: str | None = None) -> LoadedJob:
+        """DELETE /jobs/<id>: cancels an unfinished job; deletes a finished one's dataset
+        blobs, then records JobDeleted, after which the job is not found.
+
+        The blobs go first: if recording fails, a retry deletes nothing more and records.
+        """
+        loaded = self.job(user, job_id)
+        if not loaded.state.finished:
+            return self.cancel(user, job_id, correlation_id)
+        removed = self._blobs.delete_prefix(dataset_prefix(loaded.state.owner, job_id))
+        log.info("dataset deleted", extra={"job_id": job_id, "blobs": removed})
+        return self._execute(job_id, DeleteJob(job_id=job_id, actor=user), user, correlation_id)
+
+    # -- generator facts -----------------------------------------------------------------
+
+    def apply_generation_fact(self, stored: StoredEvent) -> list[DomainEvent]:
+        """Turns one of the generator's lifecycle facts into the job's transition; returns
+        the events appended ([] for a fact the job already shows or one that moves nothing).
+
+        Facts may arrive in any order: the generation stream's earlier lifecycle facts are
+        decided first (each a no-op once recorded), so the job's history follows the
+        generation stream's order (QUEUED -> RUNNING -> end) whatever the delivery order.
+        A fact that contradicts how the job already ended (InvalidTransition) is logged and
+        dropped: retrying cannot change it.
+        Raises JobNotFound for a job stream that does not exist, so the bus retries.
+        """
+        if stored.detail_type not in LIFECYCLE_FACTS:
+            return []
+        fact = _fact_command(CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail))
+        if fact is None:
+            return []
+        earlier = self._earlier_facts(stored)
+        for attempt in range(APPEND_ATTEMPTS):
+            loaded = self.read(fact.job_id)
+            commands = [*earlier, (fact, stored)]
+            state = loaded.state
+            decided: list[NewEvent] = []
+            for command, cause in commands:
+                try:
+                    events = decide(command, state)
+                except InvalidTransition as refused:
+                    log.warning("generator fact ignored", extra={
+                        "job_id": fact.job_id, "event_id": cause.id, "reason": str(refused),
+                    })
+                    continue
+                for event in events:
+                    state = evolve(state, event)
+                    decided.append(NewEvent(
+                        event,
+                        actor=CONSUMER_ACTOR,
+                        correlation_id=cause.correlation_id,
+                        causation_id=cause.id,
+                        id=str(uuid.uuid5(_FACT_IDS, f"{cause.id}:{event.detail_type()}")),
+                    ))
+            if not decided:
+                return []
+            try:
+                self._events.append(job_stream(fact.job_id), decided, loaded.stream_version)
+            except ConcurrencyConflict:
+                if attempt == APPEND_ATTEMPTS - 1:
+                    raise
+                continue
+            return [new.detail for new in decided]
+        raise AssertionError("unreachable")
+
+    def _earlier_facts(self, stored: StoredEvent) -> list[tuple[GenerationFact, StoredEvent]]:
+        """The lifecycle facts before `stored` on its generation stream, in stream order.
+
+        Deciding them first makes the outcome independent of delivery order: an export
+        delivered before the stop that preceded it still finds the job stopped.
+        """
+        facts: list[tuple[GenerationFact, StoredEvent]] = []
+        start = 1
+        while start < stored.version:
+            page = self._events.read_stream(stored.stream_id, start, stored.version - 1, limit=PAGE_SIZE)
+            for earlier in page:
+                if earlier.detail_type in LIFECYCLE_FACTS:
+                    command = _fact_command(
+                        CATALOG.decode(earlier.detail_type, earlier.schema_version, earlier.detail)
+                    )
+                    if command is not None:
+                        facts.append((command, earlier))
+            if len(page) < PAGE_SIZE:
+                break
+            start = page[-1].version + 1
+        return facts
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _execute(
+        self, job_id: str, command: JobCommand, actor: str, correlation_id: str | None
+    ) -> LoadedJob:
+        stream = job_stream(job_id)
+        for attempt in range(APPEND_ATTEMPTS):
+            loaded = self.read(job_id) if not isinstance(command, RequestJob) else LoadedJob(JobState())
+            events = decide(command, loaded.state)
+            if not events:
+                return loaded
+            try:
+                stored = self._events.append(
+                    stream,
+                    [NewEvent(e, actor=actor, correlation_id=correlation_id) for e in events],
+                    expected_version=loaded.stream_version,
+                )
+            except ConcurrencyConflict:
+                if attempt == APPEND_ATTEMPTS - 1:
+                    raise
+                continue
+            return self._fold(loaded.state, loaded.stream_version, stored, loaded)
+        raise AssertionError("unreachable")
+
+    def _fold(
+        self, state: JobState, version: int, stored: Sequence[StoredEvent], loaded: LoadedJob
+    ) -> LoadedJob:
+        created_at, started_at, finished_at = loaded.created_at, loaded.started_at, loaded.finished_at
+        recorded_at = dict(loaded.recorded_at)
+        for record in stored:
+            state = evolve(state, CATALOG.decode(record.detail_type, record.schema_version, record.detail))
+            version = record.version
+            recorded_at.setdefault(record.detail_type, record.time)
+            if record.detail_type == "JobRequested":
+                created_at = record.time
+            elif record.detail_type == "JobStarted":
+                started_at = record.time
+            elif state.finished and finished_at is None:
+                finished_at = record.time
+        return LoadedJob(state, version, created_at, started_at, finished_at, recorded_at)
+
+    def _decoded(self, stream_id: str) -> list[DomainEvent]:
+        return [
+            CATALOG.decode(s.detail_type, s.schema_version, s.detail)
+            for s in self._events.read_stream(stream_id)
+        ]
+
+    def _require_id(self, job_id: str) -> None:
+        if not is_job_id(job_id):
+            raise JobNotFound(job_id)
+
+
+def _fact_command(fact: DomainEvent) -> GenerationFact | None:
+    """The job command a generator fact stands for (None: it moves no job)."""
+    if isinstance(fact, GenerationClaimed):
+        return MarkStarted(job_id=fact.job_id, worker_id=fact.worker_id)
+    if isinstance(fact, GenerationStopped):
+        if fact.reason == "cancelled":
+            return MarkCancelled(job_id=fact.job_id, records_completed=fact.records_completed)
+        return MarkBudgetExceeded(job_id=fact.job_id, records_completed=fact.records_completed)
+    if isinstance(fact, GenerationFailed):
+        return MarkFailed(job_id=fact.job_id, code=fact.code, reason=fact.reason)
+    if isinstance(fact, DatasetExported):
+        return MarkCompleted(job_id=fact.job_id, records_completed=fact.rows)
+    return None

@@ -1,0 +1,119 @@
+"""AWS entry points of the jobs service.
+
+- `handler`: API Gateway HTTP API (JWT authorizer) -> the /jobs and /dashboard routes; the
+  caller is the verified `sub` claim. Counts created jobs in the EMF metric `jobs_created`.
+- `react`: EventBridge rule (`consumers.LIFECYCLE_PATTERN`) -> SQS -> the generator facts
+  that move jobs. Each record's body is an EventBridge event; a failing record is reported
+  back as a partial batch failure so SQS redelivers only it. Reactions decide on the job
+  stream's state, so redelivery and the bus's lack of order are harmless.
+- `project`: EventBridge rule (job, generator and billing events) -> SQS -> the JobList and
+  JobDashboard projections, which track stream versions for the same reasons.
+
+Adapters are built once per container, on first use, from the environment (AwsSettings).
+No `catch_up` is wired on AWS: listings and dashboards follow the bus.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from palette.adapters import Adapters, AwsSettings, aws_adapters
+from palette.api.app import build_app, logger
+from palette.api.auth import ApiGatewayJwtClaims
+from palette.bus.sqs import stored_event_from_message
+from palette.projections.runner import ProjectionRunner
+from services.jobs.api import create_router
+from services.jobs.consumers import JobLifecycle
+from services.jobs.handlers import JobHandlers
+from services.jobs.projections import JobDashboard, JobList
+
+metrics = Metrics(namespace="Palette", service="jobs")
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@functools.cache
+def adapters() -> Adapters:
+    return aws_adapters(AwsSettings.from_env())
+
+
+@functools.cache
+def handlers() -> JobHandlers:
+    kernel = adapters()
+    return JobHandlers(kernel.events, kernel.blobs)
+
+
+@functools.cache
+def api() -> ApiGatewayResolver:
+    """The resolver serving /jobs and /dashboard (and /health, /swagger)."""
+    kernel = adapters()
+    router = create_router(
+        handlers(), kernel.document_reader(JobList()), kernel.document_reader(JobDashboard())
+    )
+    return build_app([router], ApiGatewayJwtClaims(), local=False, title="Palette jobs")
+
+
+@functools.cache
+def lifecycle() -> JobLifecycle:
+    return JobLifecycle(handlers())
+
+
+@functools.cache
+def projection_runners() -> tuple[ProjectionRunner[Any], ...]:
+    """The runners of the job list and the dashboard (their tables are prepared once)."""
+    kernel = adapters()
+    return kernel.projection_runner(JobList()), kernel.projection_runner(JobDashboard())
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    response: dict[str, Any] = api().resolve(event, context)
+    if _created_a_job(event, response):
+        metrics.add_metric(name="jobs_created", unit=MetricUnit.Count, value=1)
+    return response
+
+
+def _created_a_job(event: dict[str, Any], response: dict[str, Any]) -> bool:
+    method = event.get("requestContext", {}).get("http", {}).get("method")
+    return method == "POST" and event.get("rawPath") == "/jobs" and response.get("statusCode") == 201
+
+
+def _react_to_record(record: SQSRecord) -> None:
+    lifecycle()(stored_event_from_message(record.body, adapters().blobs))
+
+
+def _project_record(record: SQSRecord) -> None:
+    stored = stored_event_from_message(record.body, adapters().blobs)
+    for runner in projection_runners():
+        runner.handle(stored)
+
+
+@logger.inject_lambda_context
+def react(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Applies each queued generator fact to its job; failed records are returned for
+    redelivery (`batchItemFailures`)."""
+    return process_partial_response(
+        event=event, record_handler=_react_to_record, processor=processor, context=context
+    )
+
+
+@logger.inject_lambda_context
+def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Applies each queued bus event to the job list and the dashboard; failed records are
+    returned for redelivery (`batchItemFailures`)."""
+    return process_partial_response(
+        event=event, record_handler=_project_record, processor=processor, context=context
+    )

@@ -1,0 +1,321 @@
+"""Read models of the jobs service: the job listing and the per-job dashboard.
+
+Both track stream versions: each stream's events apply in their order even when the bus
+delivers them out of order (EventBridge), and a redelivered event changes nothing.
+
+JobList — collection "job", key = job id, one document per live job (deleted jobs vanish):
+- index1 = ("owner#<owner>", "<created_at>#<job id>"): a user's jobs, newest first when
+  queried descending (ISO-8601 UTC times sort as text; the id breaks ties);
+- index2 = ("owner#<owner>#status#<STATUS>", same sort): the status filter.
+
+JobDashboard — collection "dashboard", key = job id, folded from three services' streams:
+the job stream (status, target, timing), the generation stream (batches, tokens, files) and
+the ledger stream (cost, budget). Streams are not ordered among themselves on AWS, so every
+event merges into the document: counters add, times keep the earliest start, the derived
+figures are recomputed from the merged fields. The document is therefore the same whatever
+the order across streams, and a rebuild from the log equals the incremental one. A deleted
+job leaves a tombstone, so a late generator or billing event cannot bring it back.
+Rate and ETA depend on the clock, so `dashboard_figures` computes them when read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar, cast
+
+from contracts.envelope import EventEnvelope
+from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.events.generator import (
+    BatchFailed,
+    BatchGenerated,
+    DatasetExported,
+    GenerationClaimed,
+)
+from contracts.events.jobs import (
+    JobBudgetExceeded,
+    JobCancelled,
+    JobCancelRequested,
+    JobCompleted,
+    JobDeleted,
+    JobFailed,
+    JobRequested,
+    JobStarted,
+)
+from palette.projections.documents import (
+    Document,
+    DocumentProjection,
+    DocumentReader,
+    DocumentWriter,
+    IndexEntry,
+    Page,
+)
+from palette.projections.port import ProjectedEvent
+
+JOBS = "job"
+DASHBOARDS = "dashboard"
+
+_JOB_EVENTS: tuple[str, ...] = tuple(
+    cls.detail_type()
+    for cls in (
+        JobRequested, JobStarted, JobCancelRequested, JobCancelled, JobCompleted, JobFailed,
+        JobBudgetExceeded, JobDeleted,
+    )
+)
+_ENDINGS: dict[type, str] = {
+    JobCompleted: "COMPLETED",
+    JobFailed: "FAILED",
+    JobCancelled: "CANCELLED",
+    JobBudgetExceeded: "BUDGET_EXCEEDED",
+}
+
+
+def owner_partition(owner: str) -> str:
+    return f"owner#{owner}"
+
+
+def status_partition(owner: str, status: str) -> str:
+    return f"owner#{owner}#status#{status}"
+
+
+# -- the listing -------------------------------------------------------------------------
+
+
+class JobList(DocumentProjection):
+    """Every live job's summary, by owner and by owner and status."""
+
+    name: ClassVar[str] = "jobs_list"
+    detail_types: ClassVar[tuple[str, ...]] = _JOB_EVENTS
+    track_streams: ClassVar[bool] = True
+
+    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
+        envelope = cast(EventEnvelope, event)
+        detail, time = envelope.detail, envelope.metadata.time
+        if isinstance(detail, JobRequested):
+            docs.put(_summary({
+                "job_id": detail.job_id,
+                "owner": detail.owner,
+                "status": "QUEUED",
+                "cancel_requested": False,
+                "template_id": detail.template_id,
+                "template_version": detail.template_version,
+                "seed_id": detail.seed_id,
+                "num_records": detail.num_records,
+                "budget_limit": str(detail.budget_limit),
+                "output_format": [f.value for f in detail.output_formats],
+                "priority": detail.priority,
+                "created_at": time,
+                "started_at": None,
+                "finished_at": None,
+                "updated_at": time,
+            }))
+            return
+        if isinstance(detail, JobDeleted):
+            docs.delete(JOBS, detail.job_id)
+            return
+        body = docs.get(JOBS, getattr(detail, "job_id", ""))
+        if body is None:
+            return
+        body["updated_at"] = time
+        if isinstance(detail, JobStarted):
+            body["status"] = "RUNNING"
+            body["started_at"] = time
+        elif isinstance(detail, JobCancelRequested):
+            body["cancel_requested"] = True
+        elif type(detail) in _ENDINGS:
+            body["status"] = _ENDINGS[type(detail)]
+            body["finished_at"] = time
+        docs.put(_summary(body))
+
+
+def _summary(body: Mapping[str, Any]) -> Document:
+    sort = f"{body['created_at']}#{body['job_id']}"
+    return Document(
+        collection=JOBS,
+        key=body["job_id"],
+        body=body,
+        index1=IndexEntry(owner_partition(body["owner"]), sort),
+        index2=IndexEntry(status_partition(body["owner"], body["status"]), sort),
+    )
+
+
+class JobListView:
+    """A caller's jobs, newest first, optionally of one status."""
+
+    def __init__(self, reader: DocumentReader) -> None:
+        self._reader = reader
+
+    def page(self, user: str, limit: int, next_token: str | None = None, status: str | None = None) -> Page:
+        """Raises InvalidPageToken for a token this listing did not hand out."""
+        if status is None:
+            return self._reader.query(
+                "index1", owner_partition(user), collection=JOBS, descending=True,
+                limit=limit, next_token=next_token,
+            )
+        return self._reader.query(
+            "index2", status_partition(user, status), collection=JOBS, descending=True,
+            limit=limit, next_token=next_token,
+        )
+
+
+# -- the dashboard -----------------------------------------------------------------------
+
+
+class JobDashboard(DocumentProjection):
+    """One document per job: progress, tokens, timing, files and the cost/budget block."""
+
+    name: ClassVar[str] = "jobs_dashboard"
+    detail_types: ClassVar[tuple[str, ...]] = _JOB_EVENTS + tuple(
+        cls.detail_type()
+        for cls in (
+            GenerationClaimed, BatchGenerated, BatchFailed, DatasetExported,
+            CostRecorded, BudgetWarning, BudgetExceeded,
+        )
+    )
+    track_streams: ClassVar[bool] = True
+
+    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
+        envelope = cast(EventEnvelope, event)
+        detail, time = envelope.detail, envelope.metadata.time
+        job_id: str = detail.job_id
+        body = docs.get(DASHBOARDS, job_id) or empty_dashboard(job_id)
+        if body.get("deleted"):
+            return
+        if isinstance(detail, JobDeleted):
+            docs.put(Document(DASHBOARDS, job_id, {"job_id": job_id, "owner": body["owner"], "deleted": True}))
+            return
+        _merge(body, detail, time)
+        _derive(body)
+        docs.put(Document(DASHBOARDS, job_id, body))
+
+
+def empty_dashboard(job_id: str) -> dict[str, Any]:
+    """A dashboard before anything happened: zeros, so readers never meet a missing field."""
+    return {
+        "job_id": job_id,
+        "owner": None,
+        "deleted": False,
+        "status": "QUEUED",
+        "cancel_requested": False,
+        "num_records": 0,
+        "records_generated": 0,
+        "failed_records": 0,
+        "batches": 0,
+        "failed_batches": 0,
+        "percent": 0.0,
+        "tokens": {},
+        "created_at": None,
+        "started_at": None,
+        "last_batch_at": None,
+        "completed_at": None,
+        "batch_ms": 0,
+        "files": [],
+        "exported_at": None,
+        "exported_rows": None,
+        "failure": None,
+        "cost": {
+            "model_tokens": "0",
+            "compute": "0",
+            "storage": "0",
+            "total": "0",
+            "per_model": {},
+            "budget_limit": "0",
+            "warnings": [],
+            "budget_exceeded": False,
+        },
+    }
+
+
+def _merge(body: dict[str, Any], detail: object, time: str) -> None:
+    cost = body["cost"]
+    if isinstance(detail, JobRequested):
+        body.update(owner=detail.owner, num_records=detail.num_records, created_at=time)
+        cost["budget_limit"] = str(detail.budget_limit)
+    elif isinstance(detail, JobStarted):
+        body["status"] = "RUNNING"
+        body["started_at"] = _earliest(body["started_at"], time)
+    elif isinstance(detail, JobCancelRequested):
+        body["cancel_requested"] = True
+    elif type(detail) in _ENDINGS:
+        body["status"] = _ENDINGS[type(detail)]
+        body["completed_at"] = time
+        if isinstance(detail, JobFailed):
+            body["failure"] = {"code": detail.code, "reason": detail.reason}
+    elif isinstance(detail, GenerationClaimed):
+        body["started_at"] = _earliest(body["started_at"], time)
+    elif isinstance(detail, BatchGenerated):
+        body["records_generated"] += detail.rows
+        body["failed_records"] += detail.failures
+        body["batches"] += 1
+        body["batch_ms"] += detail.duration_ms
+        body["last_batch_at"] = _latest(body["last_batch_at"], time)
+        tokens = body["tokens"]
+        for model, usage in detail.token_usage.items():
+            total = tokens.setdefault(model, {"input_tokens": 0, "output_tokens": 0, "calls": 0})
+            total["input_tokens"] += usage.input_tokens
+            total["output_tokens"] += usage.output_tokens
+            total["calls"] += usage.calls
+    elif isinstance(detail, BatchFailed):
+        body["failed_batches"] += 1
+    elif isinstance(detail, DatasetExported):
+        body["files"] = [f.model_dump(mode="json") for f in detail.files]
+        body["exported_rows"] = detail.rows
+        body["exported_at"] = time
+    elif isinstance(detail, CostRecorded):
+        for part in ("model_tokens", "compute", "storage", "total"):
+            cost[part] = str(Decimal(cost[part]) + getattr(detail, part))
+        per_model = cost["per_model"]
+        for model, amount in detail.per_model.items():
+            per_model[model] = str(Decimal(per_model.get(model, "0")) + amount)
+    elif isinstance(detail, BudgetWarning):
+        cost["warnings"] = sorted(set(cost["warnings"]) | {detail.threshold_percent})
+        if Decimal(cost["budget_limit"]) == 0:
+            cost["budget_limit"] = str(detail.budget_limit)
+    elif isinstance(detail, BudgetExceeded):
+        cost["budget_exceeded"] = True
+        if Decimal(cost["budget_limit"]) == 0:
+            cost["budget_limit"] = str(detail.budget_limit)
+
+
+def _derive(body: dict[str, Any]) -> None:
+    """The figures that follow from the merged fields alone (no clock)."""
+    target = body["num_records"]
+    body["percent"] = round(min(100.0, body["records_generated"] * 100 / target), 2) if target else 0.0
+    cost = body["cost"]
+    limit, used = Decimal(cost["budget_limit"]), Decimal(cost["total"])
+    cost["used"] = str(used)
+    cost["remaining"] = str(max(limit - used, Decimal(0)))
+    cost["percent"] = float(round(used * 100 / limit, 2)) if limit else 0.0
+
+
+def _earliest(current: str | None, time: str) -> str:
+    return time if current is None or time < current else current
+
+
+def _latest(current: str | None, time: str) -> str:
+    return time if current is None or time > current else current
+
+
+def dashboard_figures(body: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The live figures of a dashboard document at `now`: generation time, rate (records
+    per second since the first claim) and, while running, the ETA at that rate."""
+    started = _parse(body.get("started_at"))
+    ended = _parse(body.get("completed_at")) or (now if body.get("status") == "RUNNING" else None)
+    seconds = max((ended - started).total_seconds(), 0.0) if started and ended else None
+    generated = body.get("records_generated", 0)
+    rate = generated / seconds if seconds and generated else None
+    remaining = max(body.get("num_records", 0) - generated, 0)
+    eta = remaining / rate if rate and body.get("status") == "RUNNING" else None
+    return {
+        "generation_seconds": None if seconds is None else round(seconds, 3),
+        "records_per_second": None if rate is None else round(rate, 3),
+        "eta_seconds": None if eta is None else round(eta, 1),
+        "records_remaining": remaining,
+    }
+
+
+def _parse(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value)
