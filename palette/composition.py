@@ -23,6 +23,10 @@ from palette.api.server import FacadeApp, LocalServer
 from palette.bus.local import LocalBus
 from palette.projections.runner import ProjectionRunner
 from palette.secrets import load_or_create_secret
+from services.jobs.api import create_router as jobs_router
+from services.jobs.consumers import subscriptions as jobs_subscriptions
+from services.jobs.handlers import JobHandlers
+from services.jobs.projections import JobDashboard, JobList
 from services.seeds.api import create_router as seeds_router
 from services.seeds.handlers import SeedHandlers
 from services.templates.api import create_router as templates_router
@@ -59,13 +63,24 @@ class LocalPalette:
 
         kernel = self.adapters
         catalog, usage = TemplateCatalog(), TemplateUsage()
-        self.runners = [kernel.projection_runner(catalog), kernel.projection_runner(usage)]
+        job_list, job_dashboard = JobList(), JobDashboard()
+        self.runners = [
+            kernel.projection_runner(projection)
+            for projection in (catalog, usage, job_list, job_dashboard)
+        ]
         self.templates = TemplateHandlers(kernel.events, TemplateUsageView(kernel.document_reader(usage)))
         self.seeds = SeedHandlers(kernel.events, kernel.blobs)
+        self.jobs = JobHandlers(kernel.events, kernel.blobs)
+        self.job_dashboard = kernel.document_reader(job_dashboard)
         routers = [
             templates_router(self.templates, kernel.document_reader(catalog), catch_up=self.catch_up),
             seeds_router(self.seeds),
+            jobs_router(
+                self.jobs, kernel.document_reader(job_list), self.job_dashboard, catch_up=self.catch_up
+            ),
         ]
+        for name, pattern, handler in jobs_subscriptions(self.jobs):
+            self.bus.subscribe(name, pattern, handler)
         self.api = build_app(routers, self.tokens, local=True)
         self.asgi = FacadeApp(self.api, kernel.blobs, on_upload=self._uploaded)  # type: ignore[arg-type]
 
