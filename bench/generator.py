@@ -1,0 +1,145 @@
+"""Generator throughput against a model with fixed latency: how close to the ideal rate?
+
+A fake OpenAI-compatible server in a child process answers every call after `--latency`
+seconds (no concurrency limit, so its CPU is not this process's). One worker runs a
+single-step template for `--records` records at a fixed concurrency (no AIMD decrease:
+nothing throttles) over a fresh local data directory: SQLite log, blob folder. The ideal
+rate is concurrency / latency; the measured rate is records over the time from the
+GenerationClaimed to the last BatchGenerated, as the log recorded them. The export runs
+after and is timed apart. Orchestration cost is this process's CPU time per record
+(rendering, HTTP client, batching, part files, appends).
+
+Last line: `generator records_per_s=N ideal=640 ratio=R`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+from contracts.events.base import DomainEvent
+from contracts.events.jobs import JobRequested, OutputFormat
+from contracts.events.seeds import SeedDataUploaded, SeedDataValidated, SeedFormat, SeedUploadRequested
+from contracts.events.templates import TemplateCreated, TemplateStep
+from palette.adapters import Adapters, local_adapters
+from palette.eventstore.port import NewEvent
+from services.generator.models.openai import OpenAICompatibleGateway
+from services.generator.worker import GenerationWorker, RunOutcome, WorkerOptions
+from tests.fakes.openai_server import FakeOpenAIServer
+
+OWNER = "bench"
+
+
+def _append(adapters: Adapters, stream_id: str, events: Sequence[DomainEvent]) -> None:
+    adapters.events.append(stream_id, [NewEvent(e, actor=OWNER) for e in events], 0)
+
+
+def request_job(adapters: Adapters, records: int, formats: list[OutputFormat]) -> str:
+    """A one-step template, a 1,000-row seed and a JobRequested, appended as their services would."""
+    template_id, seed_id, job_id = (uuid.uuid4().hex[:12] for _ in range(3))
+    step = TemplateStep(
+        id="text", model="openai/fake-model",
+        prompt="Write one sentence about {{ topic }} for a reader aged {{ age }}.",
+        parameters={"max_tokens": 64},
+    )
+    _append(adapters, f"template-{template_id}", [TemplateCreated(
+        template_id=template_id, owner=OWNER, name="bench", steps=[step], required_fields=["age", "topic"],
+    )])
+    content = b"".join(
+        json.dumps({"topic": f"topic number {i}", "age": 8 + i % 60, "notes": "x" * 40}).encode() + b"\n"
+        for i in range(1000)
+    )
+    blob_key = f"seed-data/{OWNER}/{seed_id}/seed.jsonl"
+    adapters.blobs.put_bytes(blob_key, content)
+    sha = hashlib.sha256(content).hexdigest()
+    _append(adapters, f"seed-{seed_id}", [
+        SeedUploadRequested(
+            seed_id=seed_id, owner=OWNER, filename="seed.jsonl", format=SeedFormat.JSONL, blob_key=blob_key,
+            max_bytes=len(content), expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        ),
+        SeedDataUploaded(
+            seed_id=seed_id, owner=OWNER, blob_key=blob_key, filename="seed.jsonl", format=SeedFormat.JSONL,
+            size_bytes=len(content), sha256=sha, record_count=1000,
+        ),
+        SeedDataValidated(
+            seed_id=seed_id, template_id=template_id, template_version=1, valid=True, record_count=1000,
+            invalid_records=0, sha256=sha,
+        ),
+    ])
+    _append(adapters, f"job-{job_id}", [JobRequested(
+        job_id=job_id, owner=OWNER, template_id=template_id, template_version=1, seed_id=seed_id,
+        num_records=records, budget_limit=Decimal("100"), output_formats=formats,
+    )])
+    return job_id
+
+
+def _times(adapters: Adapters, job_id: str) -> dict[str, list[datetime]]:
+    found: dict[str, list[datetime]] = {}
+    for stored in adapters.events.read_stream(f"generation-{job_id}"):
+        found.setdefault(stored.detail_type, []).append(datetime.fromisoformat(stored.time))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.generator", description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--latency", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=100)
+    args = parser.parse_args(argv)
+    ideal = args.concurrency / args.latency
+    formats = [OutputFormat.JSONL, OutputFormat.PARQUET, OutputFormat.CSV]
+    with tempfile.TemporaryDirectory(prefix="palette-bench-") as workdir, \
+            FakeOpenAIServer(latency_s=args.latency, in_process=False) as server:
+        adapters = local_adapters(Path(workdir) / "data")
+        job_id = request_job(adapters, args.records, formats)
+        options = WorkerOptions(concurrency=args.concurrency, batch_size=args.batch_size, adaptive=False)
+
+        async def run() -> tuple[RunOutcome, float, float]:
+            gateway = OpenAICompatibleGateway(
+                base_url=server.base_url, api_key="bench", max_connections=args.concurrency * 2
+            )
+            try:
+                worker = GenerationWorker(adapters.events, adapters.blobs, gateway, options=options)
+                cpu, wall = time.process_time(), time.perf_counter()
+                result = await worker.run_job(job_id)
+                return result.outcome, time.process_time() - cpu, time.perf_counter() - wall
+            finally:
+                await gateway.close()
+
+        outcome, cpu_seconds, wall_seconds = asyncio.run(run())
+        times = _times(adapters, job_id)
+        calls = server.calls
+        adapters.close()
+    if outcome is not RunOutcome.COMPLETED:
+        print(f"generator run ended {outcome.value}, not completed")
+        return 1
+    claimed, last_batch = times["GenerationClaimed"][0], times["BatchGenerated"][-1]
+    exported = times["DatasetExported"][-1]
+    generating = (last_batch - claimed).total_seconds()
+    export_seconds = (exported - last_batch).total_seconds()
+    rate = args.records / generating
+    export_cpu_share = export_seconds / wall_seconds if wall_seconds else 0.0
+    print(f"records {args.records}, concurrency {args.concurrency}, model latency {args.latency * 1000:.0f} ms, "
+          f"{calls} model calls, {len(times['BatchGenerated'])} batches")
+    print(f"claim -> last batch: {generating:.2f} s ({rate:,.0f} records/s, ideal {ideal:,.0f})")
+    print(f"export ({', '.join(f.value for f in formats)}): {export_seconds:.2f} s")
+    print(f"whole run: {wall_seconds:.2f} s wall, {cpu_seconds:.2f} s CPU in this process "
+          f"(export about {export_cpu_share:.0%} of the wall time)")
+    print(f"orchestration CPU per record: {cpu_seconds / args.records * 1e6:,.0f} us "
+          f"(incl. export; {cpu_seconds / max(calls, 1) * 1e6:,.0f} us per model call)")
+    print(f"generator records_per_s={rate:.0f} ideal={ideal:.0f} ratio={rate / ideal:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""A live progress bar for one job, fed by any source of its dashboard document.
+
+The source is a callable so the same view serves `palette jobs watch` (reading the data
+directory's projections) and the demo (reading GET /dashboard/<id> over HTTP).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"})
+
+Dashboard = Mapping[str, Any]
+
+
+def watch_job(
+    fetch: Callable[[], Dashboard | None],
+    console: Console,
+    poll_interval: float = 0.5,
+    timeout: float | None = None,
+    wait_for_export: bool = True,
+) -> Dashboard | None:
+    """Shows records made / target until the job reaches a terminal status (and, when
+    `wait_for_export`, until its files are listed); returns the last dashboard seen."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last: Dashboard | None = None
+    columns = (
+        TextColumn("[bold]{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("QUEUED", total=None, detail="")
+        while deadline is None or time.monotonic() < deadline:
+            dashboard = fetch()
+            if dashboard is not None:
+                last = dashboard
+                progress.update(
+                    task,
+                    description=str(dashboard.get("status", "?")),
+                    total=dashboard.get("num_records") or None,
+                    completed=dashboard.get("records_generated", 0),
+                    detail=_detail(dashboard),
+                )
+                if _finished(dashboard, wait_for_export):
+                    break
+            time.sleep(poll_interval)
+    return last
+
+
+def _finished(dashboard: Dashboard, wait_for_export: bool) -> bool:
+    status = dashboard.get("status")
+    if status not in TERMINAL_STATUSES:
+        return False
+    if not wait_for_export or status in ("FAILED", "CANCELLED"):
+        return True
+    return bool(dashboard.get("files"))
+
+
+def _detail(dashboard: Dashboard) -> str:
+    parts = []
+    failed = dashboard.get("failed_records") or 0
+    if failed:
+        parts.append(f"{failed} failed")
+    rate = dashboard.get("records_per_second")
+    if rate:
+        parts.append(f"{rate:.1f} rec/s")
+    eta = dashboard.get("eta_seconds")
+    if eta is not None and dashboard.get("status") == "RUNNING":
+        parts.append(f"ETA {eta:.0f}s")
+    return "  ".join(parts)

@@ -1,0 +1,53 @@
+"""The events billing reacts to: the generator's batches are charged, its budget stop closes
+the budget.
+
+    BatchGenerated                       -> CostRecorded (+ BudgetWarning at 80 %, once)
+    GenerationStopped(budget_exceeded)   -> BudgetExceeded (once)
+
+Delivery is at least once and, on AWS, unordered. Each reaction decides on the ledger
+stream's current state, so a redelivered batch finds itself charged and records nothing, and
+a batch that arrives after the stop is still charged. A failure (an unknown model price, a
+job whose request is not readable yet) raises, so the bus redelivers or dead-letters it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from contracts.catalog import CATALOG
+from contracts.envelope import StoredEvent
+from contracts.events.generator import BatchGenerated, GenerationStopped
+from services.billing.handlers import LedgerHandlers
+
+LEDGER_SUBSCRIBER = "billing-ledger"
+"""Durable name: keys the local bus checkpoint, and names the AWS rule and its queue."""
+
+LEDGER_PATTERN: dict[str, Any] = {
+    "source": ["palette.generator"],
+    "detail-type": [BatchGenerated.detail_type(), GenerationStopped.detail_type()],
+}
+
+Reaction = Callable[[StoredEvent], object]
+
+
+class LedgerConsumer:
+    """Turns generator facts into ledger facts."""
+
+    def __init__(self, handlers: LedgerHandlers) -> None:
+        self._handlers = handlers
+
+    def __call__(self, stored: StoredEvent) -> None:
+        if stored.detail_type not in LEDGER_PATTERN["detail-type"]:
+            return
+        event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+        if isinstance(event, BatchGenerated):
+            self._handlers.charge_batch(event, stored)
+        elif isinstance(event, GenerationStopped) and event.reason == "budget_exceeded":
+            self._handlers.close_budget(event.job_id, stored)
+
+
+def subscriptions(handlers: LedgerHandlers) -> list[tuple[str, dict[str, Any], Reaction]]:
+    """(name, EventBridge pattern, handler) for each reaction: the composition root
+    subscribes them on its bus (`bus.subscribe(*subscription)`)."""
+    return [(LEDGER_SUBSCRIBER, LEDGER_PATTERN, LedgerConsumer(handlers))]

@@ -1,0 +1,190 @@
+"""The budget ledger of one job: which batches were charged, what they cost, and the budget.
+
+Pure: `decide(command, state)` returns the events a command causes; `evolve(state, event)`
+folds one recorded event into the state. The ledger stream `ledger-<job_id>` has billing as
+its only writer.
+
+- A batch is charged once. The state knows every charged batch number, so a redelivered
+  BatchGenerated decides to nothing (the handler appends with the loaded version, so two
+  concurrent deliveries cannot both charge).
+- BudgetWarning once, when recorded spend first reaches `WARNING_PERCENT` of the limit.
+- BudgetExceeded once, for the first of: the generator stopped because its guard refused a
+  call (the normal end of a budget), or recorded spend passed the limit. Keeping spend within
+  the limit is the generator's budget guard's job (it reserves every call's worst case before
+  the call); the second case is the auditor's assertion that it did, never a control: the
+  batch is still charged at its real price, because its records exist.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Literal
+
+from contracts.events.base import DomainEvent
+from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.pricing import BatchCost
+
+WARNING_PERCENT = 80
+
+ExceededReason = Literal["budget_exhausted", "limit_passed"]
+BUDGET_EXHAUSTED: ExceededReason = "budget_exhausted"
+"""The generator stopped: the remaining budget could not cover one more call."""
+LIMIT_PASSED: ExceededReason = "limit_passed"
+"""Recorded spend passed the limit: the guard failed to hold it (an audit finding)."""
+
+
+def ledger_stream(job_id: str) -> str:
+    """The stream billing writes for one job."""
+    return f"ledger-{job_id}"
+
+
+def job_stream(job_id: str) -> str:
+    """The jobs service's stream of one job (read, never written, here)."""
+    return f"job-{job_id}"
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobBudget:
+    """What billing needs to know of a job, from its JobRequested."""
+
+    job_id: str
+    owner: str
+    budget_limit: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeBatch:
+    """Charge one BatchGenerated, priced by the catalog."""
+
+    budget: JobBudget
+    batch_number: int
+    cost: BatchCost
+
+
+@dataclass(frozen=True, slots=True)
+class CloseBudget:
+    """The generator stopped the job because the budget could not cover one more call."""
+
+    budget: JobBudget
+
+
+LedgerCommand = ChargeBatch | CloseBudget
+
+
+class LedgerError(Exception):
+    """Base of the ledger's refusals."""
+
+
+class JobNotRequested(LedgerError):
+    """A generator fact for a job whose JobRequested is not in the log (yet)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id!r} has no JobRequested to take a budget from")
+
+
+# -- state -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    job_id: str = ""
+    charged: frozenset[int] = frozenset()
+    spent: Decimal = Decimal(0)
+    warned: bool = False
+    exceeded: bool = False
+
+
+def evolve(state: LedgerState, event: DomainEvent) -> LedgerState:
+    """The state after one recorded event; other events leave it unchanged."""
+    if isinstance(event, CostRecorded):
+        return replace(
+            state,
+            job_id=event.job_id,
+            charged=state.charged | {event.batch_number},
+            spent=state.spent + event.total,
+        )
+    if isinstance(event, BudgetWarning):
+        return replace(state, job_id=event.job_id, warned=True)
+    if isinstance(event, BudgetExceeded):
+        return replace(state, job_id=event.job_id, exceeded=True)
+    return state
+
+
+def state_from(events: Iterable[DomainEvent]) -> LedgerState:
+    return functools.reduce(evolve, events, LedgerState())
+
+
+# -- decisions ---------------------------------------------------------------------------
+
+
+def decide(command: LedgerCommand, state: LedgerState) -> list[DomainEvent]:
+    """The events `command` causes given `state`; [] when it was already recorded."""
+    if isinstance(command, ChargeBatch):
+        return _charge(command, state)
+    if isinstance(command, CloseBudget):
+        return _close(command, state)
+    raise TypeError(f"not a ledger command: {command!r}")
+
+
+def _charge(command: ChargeBatch, state: LedgerState) -> list[DomainEvent]:
+    if command.batch_number in state.charged:
+        return []
+    budget, cost = command.budget, command.cost
+    spent = state.spent + cost.total
+    events: list[DomainEvent] = [
+        CostRecorded(
+            job_id=budget.job_id,
+            batch_number=command.batch_number,
+            catalog_version=cost.catalog_version,
+            model_tokens=cost.model_tokens,
+            compute=cost.compute,
+            storage=cost.storage,
+            total=cost.total,
+            per_model=dict(cost.per_model),
+        )
+    ]
+    if not state.warned and spent * 100 >= budget.budget_limit * WARNING_PERCENT:
+        events.append(BudgetWarning(
+            job_id=budget.job_id, budget_limit=budget.budget_limit, spent=spent,
+            threshold_percent=WARNING_PERCENT,
+        ))
+    if not state.exceeded and spent > budget.budget_limit:
+        events.append(BudgetExceeded(
+            job_id=budget.job_id, budget_limit=budget.budget_limit, spent=spent, reason=LIMIT_PASSED,
+        ))
+    return events
+
+
+def _close(command: CloseBudget, state: LedgerState) -> list[DomainEvent]:
+    if state.exceeded:
+        return []
+    budget = command.budget
+    return [BudgetExceeded(
+        job_id=budget.job_id, budget_limit=budget.budget_limit, spent=state.spent, reason=BUDGET_EXHAUSTED,
+    )]
+
+
+__all__ = [
+    "BUDGET_EXHAUSTED",
+    "LIMIT_PASSED",
+    "WARNING_PERCENT",
+    "ChargeBatch",
+    "CloseBudget",
+    "JobBudget",
+    "JobNotRequested",
+    "LedgerCommand",
+    "LedgerError",
+    "LedgerState",
+    "decide",
+    "evolve",
+    "job_stream",
+    "ledger_stream",
+    "state_from",
+]

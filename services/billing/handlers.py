@@ -1,0 +1,124 @@
+"""Ledger commands against the log: load `ledger-<job_id>` and the job's budget, decide, append.
+
+Each append expects the ledger version it was decided on, so two deliveries of one
+BatchGenerated racing each other cannot both charge it: the loser conflicts, decides again
+on a fresh load, finds the batch charged and appends nothing. Event ids are derived from
+(job, batch) as well, so even a retried append of the same decision stores nothing twice.
+
+Prices come from the catalog the composition root hands over (shipped prices plus operator
+overrides) for the runtime this installation runs on ("local" or "aws"); the generator's
+budget guard must be given the same catalog and runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from contracts.catalog import CATALOG
+from contracts.envelope import StoredEvent
+from contracts.events.base import DomainEvent
+from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.events.generator import BatchGenerated
+from contracts.events.jobs import JobRequested
+from contracts.pricing import PricingCatalog, price_batch
+from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from services.billing.domain import (
+    ChargeBatch,
+    CloseBudget,
+    JobBudget,
+    JobNotRequested,
+    LedgerCommand,
+    LedgerState,
+    decide,
+    evolve,
+    job_stream,
+    ledger_stream,
+)
+
+log = logging.getLogger(__name__)
+
+BILLING_ACTOR = "palette.billing"
+APPEND_ATTEMPTS = 5
+_LEDGER_IDS = uuid.UUID("0b7f61c2-5d0e-4f4e-9a55-3c9d6f2a8e17")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedLedger:
+    state: LedgerState
+    stream_version: int = 0
+
+
+class LedgerHandlers:
+    """Billing's write side: charges batches and closes budgets on the ledger streams."""
+
+    def __init__(self, events: EventStore, catalog: PricingCatalog, runtime: str) -> None:
+        catalog.runtime_prices(runtime)
+        self._events = events
+        self.catalog = catalog
+        self.runtime = runtime
+
+    def read(self, job_id: str) -> LoadedLedger:
+        state, version = LedgerState(job_id=job_id), 0
+        for stored in self._events.read_stream(ledger_stream(job_id)):
+            state = evolve(state, CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail))
+            version = stored.version
+        return LoadedLedger(state, version)
+
+    def budget(self, job_id: str) -> JobBudget:
+        """The job's owner and budget_limit, from its JobRequested; raises JobNotRequested."""
+        for stored in self._events.read_stream(job_stream(job_id), limit=1):
+            event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+            if isinstance(event, JobRequested):
+                return JobBudget(job_id=job_id, owner=event.owner, budget_limit=event.budget_limit)
+        raise JobNotRequested(job_id)
+
+    def charge_batch(self, batch: BatchGenerated, cause: StoredEvent | None = None) -> list[StoredEvent]:
+        """Charge a batch once; the events recorded now ([] when it was charged before).
+        Raises UnknownModelPrice for a model the catalog cannot price (never charged $0)."""
+        cost = price_batch(
+            self.catalog, batch.token_usage, batch.duration_ms, batch.bytes_written, self.runtime
+        )
+        budget = self.budget(batch.job_id)
+        return self._execute(ChargeBatch(budget, batch.batch_number, cost), cause)
+
+    def close_budget(self, job_id: str, cause: StoredEvent | None = None) -> list[StoredEvent]:
+        """Record BudgetExceeded for a job the generator stopped on its budget (once)."""
+        return self._execute(CloseBudget(self.budget(job_id)), cause)
+
+    def _execute(self, command: LedgerCommand, cause: StoredEvent | None) -> list[StoredEvent]:
+        job_id = command.budget.job_id
+        for attempt in range(1, APPEND_ATTEMPTS + 1):
+            loaded = self.read(job_id)
+            decided = decide(command, loaded.state)
+            if not decided:
+                return []
+            try:
+                return self._events.append(
+                    ledger_stream(job_id), [self._new(e, cause) for e in decided], loaded.stream_version
+                )
+            except ConcurrencyConflict:
+                if attempt == APPEND_ATTEMPTS:
+                    raise
+                log.info("ledger of job %s moved; deciding again", job_id)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _new(event: DomainEvent, cause: StoredEvent | None) -> NewEvent:
+        return NewEvent(
+            event,
+            actor=BILLING_ACTOR,
+            correlation_id=cause.correlation_id if cause else None,
+            causation_id=cause.id if cause else "",
+            id=str(uuid.uuid5(_LEDGER_IDS, _fact_key(event))),
+        )
+
+
+def _fact_key(event: DomainEvent) -> str:
+    """What makes a ledger fact unique: its batch, or its kind (once per job)."""
+    if isinstance(event, CostRecorded):
+        return f"{event.job_id}/cost/{event.batch_number}"
+    if isinstance(event, BudgetWarning | BudgetExceeded):
+        return f"{event.job_id}/{type(event).__name__}"
+    raise TypeError(f"not a ledger event: {event!r}")

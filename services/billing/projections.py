@@ -1,0 +1,210 @@
+"""Billing's read model: what each job cost, by model, by category and by day, for GET /costs.
+
+One document per job, collection "job", key = job id, body:
+`{job_id, owner, budget_limit, batches, warned, budget_exceeded,
+  totals: {model_tokens, compute, storage, total}, per_model: {model: usd},
+  per_day: {YYYY-MM-DD: {model_tokens, compute, storage, total, per_model}}}`
+(amounts are decimal strings), index1 = ("owner#<owner>", job id) once the owner is known.
+
+A cost belongs to the UTC day its CostRecorded was recorded, so a rebuild puts it on the same
+day. The owner comes from JobRequested on another stream; on AWS it may arrive after the
+first costs, so either event creates the document and the other completes it. The view
+tracks stream versions and is fed exactly once per event by the runner, so its totals are
+the sum of the ledger: rebuilding it from the log gives the same documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any, ClassVar, cast
+
+from contracts.envelope import EventEnvelope
+from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.events.jobs import JobRequested
+from palette.projections.documents import (
+    Document,
+    DocumentProjection,
+    DocumentReader,
+    DocumentWriter,
+    IndexEntry,
+)
+from palette.projections.port import ProjectedEvent
+
+JOBS = "job"
+CATEGORIES = ("model_tokens", "compute", "storage", "total")
+
+
+def usd(amount: Decimal) -> str:
+    """An amount as fixed-point text (never exponent notation)."""
+    return format(amount.normalize() if amount else Decimal(0), "f")
+
+
+def _owner_partition(owner: str) -> str:
+    return f"owner#{owner}"
+
+
+def _zero_categories() -> dict[str, str]:
+    return {category: "0" for category in CATEGORIES}
+
+
+def _added(amounts: Mapping[str, str], more: Mapping[str, Decimal]) -> dict[str, str]:
+    total = dict(amounts)
+    for name, amount in more.items():
+        total[name] = usd(Decimal(total.get(name, "0")) + amount)
+    return total
+
+
+class JobCosts(DocumentProjection):
+    """Every job's recorded cost, by model, category and day, with its owner and budget."""
+
+    name: ClassVar[str] = "billing_costs"
+    detail_types: ClassVar[tuple[str, ...]] = (
+        JobRequested.detail_type(),
+        CostRecorded.detail_type(),
+        BudgetWarning.detail_type(),
+        BudgetExceeded.detail_type(),
+    )
+    track_streams: ClassVar[bool] = True
+
+    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
+        envelope = cast(EventEnvelope, event)
+        detail = envelope.detail
+        if not isinstance(detail, JobRequested | CostRecorded | BudgetWarning | BudgetExceeded):
+            return
+        body = docs.get(JOBS, detail.job_id) or _empty(detail.job_id)
+        if isinstance(detail, JobRequested):
+            body["owner"] = detail.owner
+            body["budget_limit"] = usd(detail.budget_limit)
+        elif isinstance(detail, CostRecorded):
+            categories = {
+                "model_tokens": detail.model_tokens,
+                "compute": detail.compute,
+                "storage": detail.storage,
+                "total": detail.total,
+            }
+            day = envelope.metadata.time[:10]
+            body["batches"] += 1
+            body["totals"] = _added(body["totals"], categories)
+            body["per_model"] = _added(body["per_model"], detail.per_model)
+            today = body["per_day"].get(day) or {**_zero_categories(), "per_model": {}}
+            today.update(_added({k: today[k] for k in CATEGORIES}, categories))
+            today["per_model"] = _added(today["per_model"], detail.per_model)
+            body["per_day"][day] = today
+        elif isinstance(detail, BudgetWarning):
+            body["warned"] = True
+        else:
+            body["budget_exceeded"] = True
+        owner = body["owner"]
+        docs.put(Document(
+            collection=JOBS,
+            key=detail.job_id,
+            body=body,
+            index1=IndexEntry(_owner_partition(owner), detail.job_id) if owner else None,
+        ))
+
+
+def _empty(job_id: str) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "owner": "",
+        "budget_limit": None,
+        "batches": 0,
+        "warned": False,
+        "budget_exceeded": False,
+        "totals": _zero_categories(),
+        "per_model": {},
+        "per_day": {},
+    }
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+@dataclass
+class Amounts:
+    """Recorded cost by category."""
+
+    model_tokens: Decimal = Decimal(0)
+    compute: Decimal = Decimal(0)
+    storage: Decimal = Decimal(0)
+    total: Decimal = Decimal(0)
+
+    def add(self, amounts: Mapping[str, Any]) -> None:
+        self.model_tokens += Decimal(amounts["model_tokens"])
+        self.compute += Decimal(amounts["compute"])
+        self.storage += Decimal(amounts["storage"])
+        self.total += Decimal(amounts["total"])
+
+
+@dataclass
+class JobCost:
+    job_id: str
+    budget_limit: Decimal | None
+    budget_exceeded: bool
+    amounts: Amounts = field(default_factory=Amounts)
+    per_model: dict[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass
+class CostReport:
+    """One owner's recorded cost within a date range (inclusive, UTC days)."""
+
+    amounts: Amounts = field(default_factory=Amounts)
+    per_model: dict[str, Decimal] = field(default_factory=dict)
+    per_day: dict[str, Amounts] = field(default_factory=dict)
+    jobs: list[JobCost] = field(default_factory=list)
+
+
+class CostsView:
+    """Queries on the JobCosts documents."""
+
+    def __init__(self, reader: DocumentReader) -> None:
+        self._reader = reader
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        return self._reader.get(JOBS, job_id)
+
+    def owned_by(self, owner: str) -> Iterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            page = self._reader.query(
+                "index1", _owner_partition(owner), collection=JOBS, limit=1000, next_token=token
+            )
+            yield from page.items
+            token = page.next_token
+            if token is None:
+                return
+
+    def report(self, owner: str, first_day: date | None = None, last_day: date | None = None) -> CostReport:
+        """Totals per job, per model, per category and per day of `owner`'s jobs, counting
+        only days within [first_day, last_day]; a job with no cost in the range is left out
+        (without a range every job is listed)."""
+        report = CostReport()
+        ranged = first_day is not None or last_day is not None
+        low = first_day.isoformat() if first_day else ""
+        high = last_day.isoformat() if last_day else "9999-12-31"
+        for body in self.owned_by(owner):
+            limit = body.get("budget_limit")
+            job = JobCost(
+                job_id=body["job_id"],
+                budget_limit=Decimal(limit) if limit is not None else None,
+                budget_exceeded=body["budget_exceeded"],
+            )
+            days = [(day, amounts) for day, amounts in body["per_day"].items() if low <= day <= high]
+            if ranged and not days:
+                continue
+            for day, amounts in days:
+                job.amounts.add(amounts)
+                report.per_day.setdefault(day, Amounts()).add(amounts)
+                for model, amount in amounts["per_model"].items():
+                    job.per_model[model] = job.per_model.get(model, Decimal(0)) + Decimal(amount)
+            report.amounts.add(vars(job.amounts))
+            for model, amount in job.per_model.items():
+                report.per_model[model] = report.per_model.get(model, Decimal(0)) + amount
+            report.jobs.append(job)
+        report.per_day = dict(sorted(report.per_day.items()))
+        report.jobs.sort(key=lambda job: job.job_id)
+        return report

@@ -1,0 +1,348 @@
+"""The generation of one job, as its stream `generation-<job_id>` tells it, and the rules a
+worker decides by. Pure: no I/O, no clock (callers pass `now`).
+
+The log is the checkpoint. `GenerationState` is folded from the generation stream; the
+records already made are exactly the ranges of its BatchGenerated events, which are
+contiguous from record 0 and disjoint, so a worker that claims the job resumes at
+`next_record` and the finished dataset holds each index 0..num_records-1 exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from contracts.events.base import DomainEvent
+from contracts.events.generator import (
+    BatchGenerated,
+    DatasetExported,
+    GenerationClaimed,
+    GenerationFailed,
+    GenerationReleased,
+    GenerationStopped,
+)
+from contracts.events.jobs import (
+    JobCancelled,
+    JobCancelRequested,
+    JobDeleted,
+    JobRequested,
+    OutputFormat,
+)
+from contracts.events.seeds import SeedDataUploaded, SeedFormat
+from contracts.events.templates import TemplateCreated, TemplateStep, TemplateVersionPublished
+
+DEFAULT_BATCH_SIZE = 100
+DEFAULT_LEASE_SECONDS = 60
+DEFAULT_ERROR_WINDOW = 100
+DEFAULT_ERROR_THRESHOLD = 0.5
+
+Outcome = Literal["stopped", "failed", "exported"]
+
+
+def generation_stream(job_id: str) -> str:
+    """The stream this service writes for one job: claims, batches, the end."""
+    return f"generation-{job_id}"
+
+
+def job_stream(job_id: str) -> str:
+    """The jobs service's stream of one job (read, never written, here)."""
+    return f"job-{job_id}"
+
+
+def template_stream(template_id: str) -> str:
+    """The templates service's stream of one template (read, never written, here)."""
+    return f"template-{template_id}"
+
+
+def seed_stream(seed_id: str) -> str:
+    """The seeds service's stream of one seed (read, never written, here)."""
+    return f"seed-{seed_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who runs the job and for how long without a sign of life."""
+
+    worker_id: str
+    lease_seconds: int
+    released: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRange:
+    """A recorded batch: records first_record..last_record (inclusive) in the part at blob_key."""
+
+    batch_number: int
+    first_record: int
+    last_record: int
+    blob_key: str
+    rows: int
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationState:
+    """What the generation stream says about one job.
+
+    `last_event_at` is the recorded time of the stream's last event: a lease lapses
+    `lease_seconds` after it. `outcome` is set once the generation ended for good.
+    """
+
+    job_id: str = ""
+    version: int = 0
+    claim: Claim | None = None
+    last_event_at: datetime | None = None
+    batches: tuple[BatchRange, ...] = ()
+    next_record: int = 0
+    failures: int = 0
+    outcome: Outcome | None = None
+    stop_reason: str | None = None
+    failure_code: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will be generated or exported for this job."""
+        return self.outcome is not None
+
+    @property
+    def next_batch_number(self) -> int:
+        return len(self.batches)
+
+    @property
+    def part_keys(self) -> list[str]:
+        """The part files of the dataset so far, in record order."""
+        return [batch.blob_key for batch in self.batches]
+
+
+def evolve(state: GenerationState, event: DomainEvent, recorded_at: datetime) -> GenerationState:
+    """The state after one recorded event of the generation stream."""
+    state = replace(state, version=state.version + 1, last_event_at=recorded_at)
+    if isinstance(event, GenerationClaimed):
+        return replace(
+            state, job_id=event.job_id, claim=Claim(event.worker_id, event.lease_seconds)
+        )
+    if isinstance(event, GenerationReleased) and state.claim is not None:
+        return replace(state, claim=replace(state.claim, released=True))
+    if isinstance(event, BatchGenerated):
+        batch = BatchRange(
+            event.batch_number, event.first_record, event.last_record, event.blob_key,
+            event.rows, event.failures,
+        )
+        return replace(
+            state,
+            batches=(*state.batches, batch),
+            next_record=event.last_record + 1,
+            failures=state.failures + event.failures,
+        )
+    if isinstance(event, GenerationStopped):
+        return replace(state, outcome="stopped", stop_reason=event.reason)
+    if isinstance(event, GenerationFailed):
+        return replace(state, outcome="failed", failure_code=event.code)
+    if isinstance(event, DatasetExported):
+        return replace(state, outcome=state.outcome or "exported")
+    return state
+
+
+def fold(events: Iterable[tuple[DomainEvent, datetime]]) -> GenerationState:
+    """The state of a generation stream from its events and their recorded times, in order."""
+    state = GenerationState()
+    for event, recorded_at in events:
+        state = evolve(state, event, recorded_at)
+    return state
+
+
+def lease_expires_at(state: GenerationState) -> datetime | None:
+    """When the current holder's lease lapses, or None when nobody holds the job."""
+    if state.claim is None or state.claim.released or state.last_event_at is None:
+        return None
+    return state.last_event_at + timedelta(seconds=state.claim.lease_seconds)
+
+
+def can_claim(state: GenerationState, now: datetime) -> bool:
+    """Whether a worker may claim the job now: it is not finished, and nobody holds it —
+    never claimed, released on purpose, or the holder's lease lapsed (no event for
+    `lease_seconds`). The claim itself is a conditional append at `state.version`, so of
+    two workers that both see True, one wins."""
+    if state.finished:
+        return False
+    expires = lease_expires_at(state)
+    return expires is None or expires < now
+
+
+# -- what the generator reads from other services' streams -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A job as the generator needs it, folded from `job-<id>`.
+
+    `cancel_requested` is set by JobCancelRequested (the job was running) and `closed` by
+    JobCancelled or JobDeleted (nothing is to be generated any more).
+    """
+
+    job_id: str
+    owner: str
+    template_id: str
+    template_version: int
+    seed_id: str
+    num_records: int
+    output_formats: tuple[OutputFormat, ...]
+    model_parameters: dict[str, object]
+    partition_strategy: str | None
+    cancel_requested: bool = False
+    closed: bool = False
+
+
+def fold_job(events: Iterable[DomainEvent]) -> JobSpec | None:
+    """The job from its stream, or None when no JobRequested was recorded."""
+    spec: JobSpec | None = None
+    for event in events:
+        if isinstance(event, JobRequested):
+            spec = JobSpec(
+                job_id=event.job_id,
+                owner=event.owner,
+                template_id=event.template_id,
+                template_version=event.template_version,
+                seed_id=event.seed_id,
+                num_records=event.num_records,
+                output_formats=tuple(event.output_formats),
+                model_parameters=dict(event.model_parameters),
+                partition_strategy=event.partition_strategy,
+            )
+        elif spec is not None and isinstance(event, JobCancelRequested):
+            spec = replace(spec, cancel_requested=True)
+        elif spec is not None and isinstance(event, (JobCancelled, JobDeleted)):
+            spec = replace(spec, closed=True)
+    return spec
+
+
+def cancel_requested(events: Iterable[DomainEvent]) -> bool:
+    """Whether any of these job events asks the running generation to stop."""
+    return any(isinstance(e, (JobCancelRequested, JobCancelled, JobDeleted)) for e in events)
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateSpec:
+    """One immutable version of a template: the steps to run, in order, and the seed
+    fields (dotted paths) its prompts read."""
+
+    template_id: str
+    version: int
+    steps: tuple[TemplateStep, ...]
+    required_fields: tuple[str, ...]
+
+
+def fold_template(events: Iterable[DomainEvent], version: int) -> TemplateSpec | None:
+    """The pinned `version` of a template from its stream, or None when it was never
+    recorded. A version stays usable after later versions and after deletion."""
+    current = 0
+    for event in events:
+        if isinstance(event, TemplateCreated):
+            current = 1
+        elif isinstance(event, TemplateVersionPublished):
+            current = event.version
+        else:
+            continue
+        if current == version:
+            return TemplateSpec(
+                event.template_id, version, tuple(event.steps), tuple(event.required_fields)
+            )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SeedFile:
+    """Where a seed's content lives and how to read it."""
+
+    seed_id: str
+    blob_key: str
+    format: SeedFormat
+    record_count: int
+
+
+def fold_seed(events: Iterable[DomainEvent]) -> SeedFile | None:
+    """The seed's uploaded file (the latest upload), or None before any upload."""
+    found: SeedFile | None = None
+    for event in events:
+        if isinstance(event, SeedDataUploaded):
+            found = SeedFile(event.seed_id, event.blob_key, event.format, event.record_count)
+    return found
+
+
+# -- planning ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedBatch:
+    """A batch still to make: records first..last inclusive."""
+
+    batch_number: int
+    first: int
+    last: int
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+
+def plan(state: GenerationState, num_records: int, batch_size: int = DEFAULT_BATCH_SIZE) -> list[PlannedBatch]:
+    """The batches that remain, in order. Each starts at the record after the previous one
+    (the first after the last recorded range) and holds `batch_size` records, the last one
+    fewer: together they cover next_record..num_records-1 exactly once."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    batches: list[PlannedBatch] = []
+    number, first = state.next_batch_number, state.next_record
+    while first < num_records:
+        last = min(first + batch_size, num_records) - 1
+        batches.append(PlannedBatch(number, first, last))
+        number, first = number + 1, last + 1
+    return batches
+
+
+def seed_row_index(job_id: str, record_index: int, attempt: int, row_count: int) -> int:
+    """The seed row for one attempt at one record: the same on every worker and every
+    resume, spread evenly over the rows, and different for each retry of a record."""
+    if row_count < 1:
+        raise ValueError("the seed has no rows")
+    digest = hashlib.sha256(f"{job_id}\x00{record_index}\x00{attempt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % row_count
+
+
+# -- failure rules ----------------------------------------------------------------------
+
+
+@dataclass
+class ErrorRateWindow:
+    """Outcomes of the last `size` record attempts. It trips when more than `threshold` of
+    a full window failed: a few bad records are counted, a broken model or template fails
+    the job instead of retrying forever."""
+
+    size: int = DEFAULT_ERROR_WINDOW
+    threshold: float = DEFAULT_ERROR_THRESHOLD
+    _outcomes: deque[bool] = field(default_factory=deque, repr=False)
+    _failures: int = 0
+
+    def record(self, succeeded: bool) -> None:
+        self._outcomes.append(succeeded)
+        if not succeeded:
+            self._failures += 1
+        if len(self._outcomes) > self.size:
+            if not self._outcomes.popleft():
+                self._failures -= 1
+
+    @property
+    def failures(self) -> int:
+        return self._failures
+
+    @property
+    def attempts(self) -> int:
+        return len(self._outcomes)
+
+    @property
+    def tripped(self) -> bool:
+        return len(self._outcomes) >= self.size and self._failures > self.threshold * self.size

@@ -1,0 +1,90 @@
+"""The generator on AWS Lambda: an SQS consumer of JobRequested for jobs that fit one invocation.
+
+The ECS Fargate task runs `worker_main` (the same worker, with no time limit). Here each SQS
+record holds a JobRequested as EventBridge delivered it (`detail.data.job_id`). The job runs
+until it ends or the invocation nears its deadline; then the worker stops gracefully
+(flush, GenerationReleased) and the record is reported as a batch item failure, so SQS
+delivers it again and the next invocation resumes from the last recorded batch. A job held
+by another worker is reported the same way, to be tried again after the queue's
+visibility timeout. Adapters and the model gateway come from the environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import threading
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from palette.adapters import Adapters, AwsSettings, aws_adapters
+from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
+from services.generator.worker_main import gateway_from_env
+
+logger = Logger(service="palette-generator")
+
+DEADLINE_MARGIN_SECONDS = 60.0
+"""Time left at which the worker stops launching calls: the grace period plus the flush."""
+UNFINISHED = {RunOutcome.RELEASED, RunOutcome.HELD}
+
+
+@functools.cache
+def adapters() -> Adapters:
+    return aws_adapters(AwsSettings.from_env())
+
+
+def options_from_env() -> WorkerOptions:
+    return WorkerOptions(
+        concurrency=int(os.environ.get("PALETTE_GENERATOR_CONCURRENCY", "16")),
+        batch_size=int(os.environ.get("PALETTE_GENERATOR_BATCH_SIZE", "100")),
+        lease_seconds=int(os.environ.get("PALETTE_GENERATOR_LEASE_SECONDS", "60")),
+        grace_seconds=min(30.0, DEADLINE_MARGIN_SECONDS / 2),
+    )
+
+
+def job_id_of(body: str) -> str:
+    """The job id of an SQS body holding an EventBridge JobRequested event."""
+    event = json.loads(body)
+    detail = event.get("detail", {})
+    data = detail.get("data", detail)
+    return str(data["job_id"])
+
+
+async def _run(job_ids: list[str], stop: threading.Event) -> dict[str, RunResult]:
+    options = options_from_env()
+    gateway = gateway_from_env(max(64, options.concurrency))
+    built = adapters()
+    worker = GenerationWorker(built.events, built.blobs, gateway, options=options)
+    try:
+        results = await asyncio.gather(*(worker.run_job(job_id, stop) for job_id in job_ids))
+    finally:
+        await gateway.close()
+    return dict(zip(job_ids, results, strict=True))
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """SQS batch of JobRequested -> run each job; unfinished ones go back to the queue."""
+    records = event.get("Records", [])
+    by_job: dict[str, str] = {}
+    for record in records:
+        by_job[job_id_of(record["body"])] = record["messageId"]
+    stop = threading.Event()
+    remaining = context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
+    timer = threading.Timer(max(0.0, remaining), stop.set)
+    timer.start()
+    try:
+        results = asyncio.run(_run(list(by_job), stop))
+    finally:
+        timer.cancel()
+    failures = []
+    for job_id, result in results.items():
+        logger.info("job run ended", extra={"job_id": job_id, "outcome": result.outcome.value,
+                                              "records": result.records_completed})
+        if result.outcome in UNFINISHED:
+            failures.append({"itemIdentifier": by_job[job_id]})
+    return {"batchItemFailures": failures}

@@ -1,0 +1,128 @@
+"""The seed rows of a job, loaded once per run and projected to the fields the template reads.
+
+Records choose their seed row at random (deterministically, see `domain.seed_row_index`),
+so the rows are held in memory for the run. The file is streamed, never held whole, and
+each row keeps only the template's `required_fields`: memory is about
+rows x (size of the required values + ~200 bytes of dict overhead), e.g. ~300 MB for a
+million rows of a few short fields; the seeds service's upload limit bounds the rows.
+
+Rows that are not records (bad JSON, a line that is not an object, a CSV row with the wrong
+number of cells) are skipped: validation reported them, and a job runs on the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
+
+from contracts.events.seeds import SeedFormat
+from palette.blobs.port import BlobStore
+from palette.recordfiles import ColumnarRecords, ParsedRecords, read_chunks
+
+SeedRow = dict[str, Any]
+FieldPath = tuple[str, ...]
+
+
+class SeedRowsUnavailable(Exception):
+    """The seed file cannot be read or holds no usable row."""
+
+
+def field_paths(required_fields: Sequence[str]) -> list[FieldPath]:
+    """Dotted seed paths as key tuples, without duplicates or paths inside another path."""
+    paths = sorted({tuple(name.split(".")) for name in required_fields if name})
+    kept: list[FieldPath] = []
+    for path in paths:
+        if not any(path[: len(prefix)] == prefix for prefix in kept):
+            kept.append(path)
+    return kept
+
+
+def project(record: dict[str, Any], paths: Sequence[FieldPath]) -> SeedRow:
+    """Only the values at `paths`, nested as in the record; missing paths stay missing."""
+    row: SeedRow = {}
+    for path in paths:
+        value: Any = record
+        for key in path:
+            if not isinstance(value, dict) or key not in value:
+                break
+            value = value[key]
+        else:
+            node = row
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+    return row
+
+
+def load_seed_rows(
+    blobs: BlobStore, blob_key: str, fmt: SeedFormat, required_fields: Sequence[str]
+) -> list[SeedRow]:
+    """Every usable row of the seed file, projected to `required_fields`, in file order.
+
+    A template that reads no seed field gets one empty row per record of the file (or a
+    single empty row for an empty file), so it can still run.
+    """
+    paths = field_paths(required_fields)
+    try:
+        with blobs.open_read(blob_key) as stream:
+            rows = list(_rows(stream, fmt, paths))
+    except SeedRowsUnavailable:
+        raise
+    except Exception as error:
+        raise SeedRowsUnavailable(f"seed file {blob_key!r} cannot be read: {error}") from error
+    if not rows:
+        if paths:
+            raise SeedRowsUnavailable(f"seed file {blob_key!r} has no usable record")
+        rows = [{}]
+    return rows
+
+
+def _rows(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath]) -> Iterator[SeedRow]:
+    if fmt is SeedFormat.JSONL:
+        yield from _jsonl_rows(stream, paths)
+        return
+    for chunk in read_chunks(stream, fmt, paths):
+        if isinstance(chunk, ParsedRecords):
+            for _, item in chunk.items:
+                if isinstance(item, dict):
+                    yield project(item, paths)
+        elif isinstance(chunk, ColumnarRecords):
+            for record in chunk.table.to_pylist():
+                yield project(_unflatten(record) if chunk.flat else record, paths)
+
+
+def _jsonl_rows(stream: IO[bytes], paths: Sequence[FieldPath]) -> Iterator[SeedRow]:
+    """JSONL parsed exactly line by line, so values keep their JSON types (an integer stays
+    an integer in the prompt)."""
+    first = True
+    for line in stream:
+        if first:
+            line = line.removeprefix(b"\xef\xbb\xbf")
+            first = False
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(value, dict):
+            yield project(value, paths)
+
+
+def _unflatten(record: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row's dotted columns as nested fields; "" means absent."""
+    nested: dict[str, Any] = {}
+    for name, value in record.items():
+        if value is None or value == "":
+            continue
+        keys = name.split(".")
+        node = nested
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                break
+            node = child
+        else:
+            node[keys[-1]] = value
+    return nested

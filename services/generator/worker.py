@@ -1,0 +1,945 @@
+"""The generation worker: claims a job, makes its records, writes batches, exports the dataset.
+
+Guarantees, with the log as the checkpoint:
+- One runner per job. The claim is GenerationClaimed appended at the generation stream's
+  version: of racing workers exactly one wins. Every later append (batches, lease renewals,
+  the end) names the version this worker last wrote, so once another worker took over a
+  lapsed lease, this worker's next append fails and it stops without writing more.
+- Exactly once. Records are made out of order (a sliding window of calls in flight) but
+  recorded in order: a batch is written only when all its records are done, as a part file
+  at a key fixed by its batch number, then BatchGenerated records its range. Whatever
+  happens in between, a resumed worker starts after the last recorded range and overwrites
+  any part written without its event; the ranges tile 0..num_records-1.
+- Graceful stop (SIGTERM): no new calls, in-flight calls get `grace_seconds`, the completed
+  prefix is flushed as a (possibly short) batch, GenerationReleased lets another worker
+  resume at once.
+- Failures: retryable model errors are retried with back-off (throttling also lowers the
+  concurrency); a record that still fails is counted and tried again with another seed row;
+  a fatal model error, or more than the threshold of failed attempts in the error window,
+  ends the job with GenerationFailed.
+- The end is one append: DatasetExported (completed); GenerationStopped(cancelled);
+  GenerationStopped(budget_exceeded) followed by DatasetExported of the records made, when
+  there are any; GenerationFailed; or GenerationReleased.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from contracts.catalog import CATALOG
+from contracts.envelope import StoredEvent
+from contracts.events.base import DomainEvent
+from contracts.events.generator import (
+    BatchGenerated,
+    DatasetExported,
+    GenerationClaimed,
+    GenerationFailed,
+    GenerationLeaseRenewed,
+    GenerationReleased,
+    GenerationStopped,
+    TokenUsage,
+)
+from contracts.events.templates import TemplateStep
+from palette.blobs.port import BlobStore
+from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from palette.prompts import PromptRenderError, render
+from services.generator.budget import BudgetGuard, CallUsage, UnlimitedBudget
+from services.generator.domain import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_ERROR_THRESHOLD,
+    DEFAULT_ERROR_WINDOW,
+    DEFAULT_LEASE_SECONDS,
+    ErrorRateWindow,
+    GenerationState,
+    JobSpec,
+    PlannedBatch,
+    TemplateSpec,
+    can_claim,
+    cancel_requested,
+    fold_job,
+    fold_seed,
+    fold_template,
+    generation_stream,
+    job_stream,
+    lease_expires_at,
+    plan,
+    seed_row_index,
+    seed_stream,
+    template_stream,
+)
+from services.generator.domain import evolve as evolve_generation
+from services.generator.exports import ExportError, export_dataset
+from services.generator.limiter import AdaptiveLimiter, Permit, backoff_delay
+from services.generator.models.port import (
+    FatalModelError,
+    InvalidCredentials,
+    InvalidModelOutput,
+    ModelAccessDenied,
+    ModelError,
+    ModelGateway,
+    ModelNotInstalled,
+    ModelRequest,
+    ModelResponse,
+    ModelThrottled,
+    RetryableModelError,
+    UnknownModel,
+)
+from services.generator.records import GeneratedRecord, StepResult, part_key, write_part
+from services.generator.seed_rows import SeedRow, SeedRowsUnavailable, load_seed_rows
+
+log = logging.getLogger(__name__)
+
+StopSignal = asyncio.Event | threading.Event
+"""Set it to stop gracefully: a threading.Event from a signal handler or another thread,
+an asyncio.Event from the same loop."""
+
+DEFAULT_MAX_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker runs jobs. `concurrency` is the most model calls in flight (the AIMD
+    limiter's maximum); `adaptive=False` keeps it fixed even under throttling."""
+
+    concurrency: int = 16
+    batch_size: int = DEFAULT_BATCH_SIZE
+    lease_seconds: int = DEFAULT_LEASE_SECONDS
+    grace_seconds: float = 30.0
+    max_call_attempts: int = 5
+    max_output_attempts: int = 3
+    retry_base_seconds: float = 0.5
+    retry_max_seconds: float = 20.0
+    error_window: int = DEFAULT_ERROR_WINDOW
+    error_threshold: float = DEFAULT_ERROR_THRESHOLD
+    adaptive: bool = True
+    increase_after: int = 10
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
+    cancel_check_seconds: float = 1.0
+    stop_poll_seconds: float = 0.1
+
+
+class RunOutcome(str, Enum):
+    """How one `run_job` call ended for this worker."""
+
+    COMPLETED = "completed"
+    """All records made and the dataset exported."""
+    RELEASED = "released"
+    """Stopped on request; another worker may resume at once."""
+    CANCELLED = "cancelled"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    FAILED = "failed"
+    LOST_CLAIM = "lost_claim"
+    """Another worker took the job over (this one's lease lapsed); nothing more was written."""
+    HELD = "held"
+    """Another worker holds the job (or won the race to claim it); see `retry_at`."""
+    FINISHED = "finished"
+    """Nothing to do: the job already ended, or was cancelled before it started."""
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    outcome: RunOutcome
+    records_completed: int = 0
+    reason: str = ""
+    retry_at: datetime | None = None
+
+
+class JobFailure(Exception):
+    """The job cannot go on; becomes GenerationFailed(code, reason)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class _RecordAttemptFailed(Exception):
+    """One attempt at a record failed; the record is tried again with another seed row."""
+
+
+class _BudgetRefused(Exception):
+    """The budget guard refused a call: the job stops after flushing what exists."""
+
+
+class _Abandoned(Exception):
+    """The run is ending; this record will be made by whoever resumes the job."""
+
+
+_FATAL_CODES: dict[type[FatalModelError], str] = {
+    InvalidCredentials: "INVALID_CREDENTIALS",
+    ModelAccessDenied: "MODEL_ACCESS_DENIED",
+    UnknownModel: "UNKNOWN_MODEL",
+    ModelNotInstalled: "MODEL_NOT_INSTALLED",
+}
+
+
+def fatal_code(error: FatalModelError) -> str:
+    for kind, code in _FATAL_CODES.items():
+        if isinstance(error, kind):
+            return code
+    return "MODEL_FATAL"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _recorded_at(stored: StoredEvent) -> datetime:
+    return datetime.fromisoformat(stored.time)
+
+
+class GenerationWorker:
+    """Runs jobs one `run_job` call at a time, or several concurrently on one event loop.
+
+    `gateway` must only be used from the loop that runs `run_job` (an HTTP gateway's
+    connection pool belongs to one loop). The event store and blob store are called from
+    worker threads, never on the loop.
+    """
+
+    def __init__(
+        self,
+        events: EventStore,
+        blobs: BlobStore,
+        gateway: ModelGateway,
+        worker_id: str | None = None,
+        options: WorkerOptions | None = None,
+        budget: BudgetGuard | None = None,
+    ) -> None:
+        self.events = events
+        self.blobs = blobs
+        self.gateway = gateway
+        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+        self.options = options or WorkerOptions()
+        self.budget: BudgetGuard = budget or UnlimitedBudget()
+
+    # -- reading the log ------------------------------------------------------------------
+
+    def _decoded(self, stream_id: str, from_version: int = 1) -> list[tuple[DomainEvent, StoredEvent]]:
+        return [
+            (CATALOG.decode(s.detail_type, s.schema_version, s.detail), s)
+            for s in self.events.read_stream(stream_id, from_version=from_version)
+        ]
+
+    def read_generation(self, job_id: str) -> GenerationState:
+        state = GenerationState(job_id=job_id)
+        for event, stored in self._decoded(generation_stream(job_id)):
+            state = evolve_generation(state, event, _recorded_at(stored))
+        return state
+
+    def read_job(self, job_id: str) -> tuple[JobSpec | None, int]:
+        """The job and the version of its stream."""
+        decoded = self._decoded(job_stream(job_id))
+        return fold_job(e for e, _ in decoded), (decoded[-1][1].version if decoded else 0)
+
+    def cancel_requested_since(self, job_id: str, version: int) -> tuple[bool, int]:
+        """Whether the job stream asked to stop after `version`, and its version now."""
+        decoded = self._decoded(job_stream(job_id), from_version=version + 1)
+        if not decoded:
+            return False, version
+        return cancel_requested(e for e, _ in decoded), decoded[-1][1].version
+
+    def _load_inputs(self, job: JobSpec) -> tuple[TemplateSpec, list[SeedRow]]:
+        template = fold_template(
+            (e for e, _ in self._decoded(template_stream(job.template_id))), job.template_version
+        )
+        if template is None:
+            raise JobFailure(
+                "TEMPLATE_NOT_FOUND", f"template {job.template_id} version {job.template_version} does not exist"
+            )
+        if not template.steps:
+            raise JobFailure("TEMPLATE_INVALID", f"template {job.template_id} has no steps")
+        seed = fold_seed(e for e, _ in self._decoded(seed_stream(job.seed_id)))
+        if seed is None:
+            raise JobFailure("SEED_NOT_FOUND", f"seed {job.seed_id} has no uploaded file")
+        try:
+            rows = load_seed_rows(self.blobs, seed.blob_key, seed.format, template.required_fields)
+        except SeedRowsUnavailable as error:
+            raise JobFailure("SEED_UNREADABLE", str(error)) from error
+        return template, rows
+
+    def append(self, job_id: str, events: Sequence[DomainEvent], expected_version: int) -> int:
+        """Append to the generation stream; the new version. Raises ConcurrencyConflict."""
+        stored = self.events.append(
+            generation_stream(job_id),
+            [NewEvent(e, actor=self.worker_id, correlation_id=job_id) for e in events],
+            expected_version,
+        )
+        return stored[-1].version
+
+    # -- running a job --------------------------------------------------------------------
+
+    async def run_job(self, job_id: str, stop: StopSignal | None = None) -> RunResult:
+        """Claim the job and generate until it completes, stops or fails, or `stop` is set.
+
+        Returns HELD without writing when another worker holds the job or wins the claim.
+        """
+        stop = stop or asyncio.Event()
+        job, job_version = await asyncio.to_thread(self.read_job, job_id)
+        if job is None:
+            return RunResult(RunOutcome.NOT_FOUND, reason=f"job {job_id} was never requested")
+        state = await asyncio.to_thread(self.read_generation, job_id)
+        if state.finished or (job.closed and state.claim is None):
+            return RunResult(RunOutcome.FINISHED, state.next_record)
+        if not can_claim(state, _now()):
+            return RunResult(RunOutcome.HELD, state.next_record, retry_at=lease_expires_at(state))
+        claim = GenerationClaimed(
+            job_id=job_id,
+            worker_id=self.worker_id,
+            lease_seconds=self.options.lease_seconds,
+            resumed_from_record=state.next_record,
+        )
+        try:
+            version = await asyncio.to_thread(self.append, job_id, [claim], state.version)
+        except ConcurrencyConflict:
+            return RunResult(RunOutcome.HELD, state.next_record, reason="another worker claimed the job first")
+        log.info("worker %s claimed job %s at record %d", self.worker_id, job_id, state.next_record)
+        if job.cancel_requested or job.closed:
+            stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=state.next_record)
+            return await self._finish(job_id, [stopped], version, RunOutcome.CANCELLED, state.next_record)
+        try:
+            template, rows = await asyncio.to_thread(self._load_inputs, job)
+        except JobFailure as failure:
+            failed = GenerationFailed(
+                job_id=job_id, code=failure.code, reason=failure.reason, records_completed=state.next_record
+            )
+            return await self._finish(job_id, [failed], version, RunOutcome.FAILED, state.next_record, failure.reason)
+        run = _JobRun(self, job, template, rows, state, version, job_version, stop)
+        return await run.run()
+
+    async def _finish(
+        self,
+        job_id: str,
+        events: Sequence[DomainEvent],
+        version: int,
+        outcome: RunOutcome,
+        records: int,
+        reason: str = "",
+    ) -> RunResult:
+        try:
+            await asyncio.to_thread(self.append, job_id, events, version)
+        except ConcurrencyConflict:
+            return RunResult(RunOutcome.LOST_CLAIM, records, reason="another worker took the job over")
+        return RunResult(outcome, records, reason)
+
+
+@dataclass
+class _StepCall:
+    """A template step with its request parameters resolved once per run."""
+
+    step: TemplateStep
+    max_tokens: int
+    temperature: float | None
+    top_p: float | None
+    stop: tuple[str, ...] | None
+    seed: int | None
+    validate: Callable[[Any], None] | None
+
+
+def _step_calls(template: TemplateSpec, overrides: Mapping[str, Any], default_max_tokens: int) -> list[_StepCall]:
+    calls = []
+    for step in template.steps:
+        params = {**step.parameters, **overrides}
+        stop = params.get("stop")
+        calls.append(
+            _StepCall(
+                step=step,
+                max_tokens=int(params.get("max_tokens", default_max_tokens)),
+                temperature=None if params.get("temperature") is None else float(params["temperature"]),
+                top_p=None if params.get("top_p") is None else float(params["top_p"]),
+                stop=None if not stop else ((stop,) if isinstance(stop, str) else tuple(stop)),
+                seed=None if params.get("seed") is None else int(params["seed"]),
+                validate=_schema_validator(step.output_schema),
+            )
+        )
+    return calls
+
+
+def _schema_validator(schema: Mapping[str, Any] | None) -> Callable[[Any], None] | None:
+    """A check of parsed output against the step's JSON Schema; raises ValueError on a
+    mismatch. Without `jsonschema` installed only JSON syntax is checked (by the gateway)."""
+    if schema is None:
+        return None
+    try:
+        import jsonschema
+    except ImportError:
+        return None
+    validator = jsonschema.validators.validator_for(schema)(schema)
+
+    def validate(value: Any) -> None:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        if error is not None:
+            raise ValueError(f"output does not match the step's schema: {error.message}")
+
+    return validate
+
+
+@dataclass
+class _ReadyBatch:
+    planned: PlannedBatch
+    records: list[GeneratedRecord]
+    failures: int
+    usage: dict[str, TokenUsage]
+    duration_ms: int
+
+
+@dataclass
+class _Usage:
+    """Tokens spent on one record index, including its failed attempts."""
+
+    by_model: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        tally = self.by_model.get(model)
+        if tally is None:
+            self.by_model[model] = [input_tokens, output_tokens, 1]
+        else:
+            tally[0] += input_tokens
+            tally[1] += output_tokens
+            tally[2] += 1
+
+
+class _JobRun:
+    """One claimed run of one job: the sliding window of records, the batch writer, the end.
+
+    Only this run's coroutines touch its state, all on one event loop.
+    """
+
+    def __init__(
+        self,
+        worker: GenerationWorker,
+        job: JobSpec,
+        template: TemplateSpec,
+        rows: list[SeedRow],
+        state: GenerationState,
+        version: int,
+        job_version: int,
+        stop: StopSignal,
+    ) -> None:
+        options = worker.options
+        self.worker = worker
+        self.options = options
+        self.job = job
+        self.job_id = job.job_id
+        self.rows = rows
+        self.stop = stop
+        self.steps = _step_calls(template, job.model_parameters, options.default_max_tokens)
+        self.limiter = AdaptiveLimiter(
+            options.concurrency, increase_after=options.increase_after, adaptive=options.adaptive
+        )
+        self.window = ErrorRateWindow(options.error_window, options.error_threshold)
+        self.planned = plan(state, job.num_records, options.batch_size)
+        self.first_record = state.next_record
+        self.part_keys = state.part_keys
+        self.version = version
+        self.job_version = job_version
+        self.flushed_through = state.next_record
+        self.completed: dict[int, GeneratedRecord] = {}
+        self.failures: dict[int, int] = {}
+        self.wasted: dict[int, _Usage] = {}
+        self.started_at: dict[int, float] = {}
+        self.ending: str | None = None
+        self.failure: JobFailure | None = None
+        self.last_error = ""
+        self.lost = False
+        self.last_append = time.monotonic()
+        self.finished_tasks: list[asyncio.Task[GeneratedRecord]] = []
+        self.wakeup = asyncio.Event()
+        self.batches: asyncio.Queue[_ReadyBatch | None] = asyncio.Queue()
+
+    # -- the run's life -------------------------------------------------------------------
+
+    async def run(self) -> RunResult:
+        """Generate, then flush and record the end. A writer that fails (the blob or event
+        store is unavailable) aborts the run without an end event: the lease lapses and
+        another worker resumes from the last recorded batch."""
+        writer = asyncio.create_task(self._write_batches())
+        writer.add_done_callback(self._on_writer_done)
+        watcher = asyncio.create_task(self._watch())
+        try:
+            await self._generate()
+        except BaseException:
+            writer.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if writer.done() and not writer.cancelled() and writer.exception() is not None:
+            raise writer.exception()  # type: ignore[misc]
+        if self.lost:
+            writer.cancel()
+            return self._lost()
+        self._queue_partial_batch()
+        self.batches.put_nowait(None)
+        await writer
+        if self.lost:
+            return self._lost()
+        return await self._end()
+
+    async def _generate(self) -> None:
+        """Keep `concurrency` records in flight across batch boundaries until all are made
+        or the run is ending; then let in-flight records finish within the grace period."""
+        in_flight: dict[int, asyncio.Task[GeneratedRecord]] = {}
+        next_index = self.first_record
+        total = self.job.num_records
+        width = self.options.concurrency
+        loop = asyncio.get_running_loop()
+        grace_deadline: float | None = None
+        while True:
+            if self.ending is None:
+                while len(in_flight) < width and next_index < total:
+                    task = loop.create_task(self._make_record(next_index))
+                    task.add_done_callback(self._on_record_done)
+                    in_flight[next_index] = task
+                    self.started_at.setdefault(next_index, time.monotonic())
+                    next_index += 1
+            if not in_flight and (next_index >= total or self.ending is not None):
+                return
+            if self.ending in ("failed", "lost"):
+                await self._cancel(in_flight)
+                return
+            timeout = None
+            if self.ending is not None:
+                if grace_deadline is None:
+                    grace_deadline = time.monotonic() + self.worker.options.grace_seconds
+                timeout = grace_deadline - time.monotonic()
+                if timeout <= 0:
+                    await self._cancel(in_flight)
+                    return
+            if not self.finished_tasks:
+                try:
+                    await asyncio.wait_for(self.wakeup.wait(), timeout)
+                except TimeoutError:
+                    continue
+            self.wakeup.clear()
+            finished, self.finished_tasks = self.finished_tasks, []
+            for task in finished:
+                self._collect(task, in_flight)
+
+    def _on_writer_done(self, writer: asyncio.Task[None]) -> None:
+        if not writer.cancelled() and writer.exception() is not None:
+            self._end_with("lost")
+
+    def _on_record_done(self, task: asyncio.Task[GeneratedRecord]) -> None:
+        self.finished_tasks.append(task)
+        self.wakeup.set()
+
+    def _collect(self, task: asyncio.Task[GeneratedRecord], in_flight: dict[int, asyncio.Task[GeneratedRecord]]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            record = task.result()
+            index = record["record_index"]
+            in_flight.pop(index, None)
+            self.completed[index] = record
+            self._queue_full_batches()
+            return
+        for index, running in list(in_flight.items()):
+            if running is task:
+                del in_flight[index]
+        if isinstance(error, JobFailure):
+            self._end_with("failed", error)
+        elif isinstance(error, _BudgetRefused):
+            self._end_with("budget")
+        elif not isinstance(error, _Abandoned):
+            log.error("record task of job %s failed unexpectedly", self.job_id, exc_info=error)
+            self._end_with("failed", JobFailure("INTERNAL", f"{type(error).__name__}: {error}"))
+
+    def _end_with(self, ending: str, failure: JobFailure | None = None) -> None:
+        """Set why the run ends; a failure or a lost claim overrides a softer ending."""
+        rank = {"lost": 3, "failed": 2}
+        if self.ending is None or rank.get(ending, 1) > rank.get(self.ending, 1):
+            self.ending = ending
+            if failure is not None:
+                self.failure = failure
+            self.wakeup.set()
+
+    async def _cancel(self, in_flight: dict[int, asyncio.Task[GeneratedRecord]]) -> None:
+        for task in in_flight.values():
+            task.cancel()
+        await asyncio.gather(*in_flight.values(), return_exceptions=True)
+        for task in self.finished_tasks:
+            if not task.cancelled() and task.exception() is None:
+                record = task.result()
+                self.completed[record["record_index"]] = record
+        self.finished_tasks = []
+        in_flight.clear()
+
+    async def _watch(self) -> None:
+        """Turn a stop request or a cancellation on the job stream into the run's ending."""
+        next_check = time.monotonic() + self.options.cancel_check_seconds
+        while True:
+            await asyncio.sleep(self.options.stop_poll_seconds)
+            if self.stop.is_set():
+                self._end_with("released")
+            if time.monotonic() >= next_check:
+                await self._check_cancel()
+                next_check = time.monotonic() + self.options.cancel_check_seconds
+
+    async def _check_cancel(self) -> None:
+        cancelled, self.job_version = await asyncio.to_thread(
+            self.worker.cancel_requested_since, self.job_id, self.job_version
+        )
+        if cancelled:
+            self._end_with("cancelled")
+
+    # -- one record -----------------------------------------------------------------------
+
+    async def _make_record(self, index: int) -> GeneratedRecord:
+        attempt = 0
+        while True:
+            if self.ending is not None and attempt > 0:
+                raise _Abandoned()
+            row = self.rows[seed_row_index(self.job_id, index, attempt, len(self.rows))]
+            try:
+                steps = await self._run_steps(index, row)
+            except _RecordAttemptFailed as failure:
+                self.failures[index] = self.failures.get(index, 0) + 1
+                self.last_error = str(failure)
+                self.window.record(False)
+                if self.window.tripped:
+                    raise JobFailure(
+                        "ERROR_RATE",
+                        f"{self.window.failures} of the last {self.window.attempts} record attempts failed "
+                        f"(threshold {self.window.threshold:.0%}); last error: {self.last_error}",
+                    ) from None
+                attempt += 1
+                continue
+            self.window.record(True)
+            return GeneratedRecord(
+                record_index=index, job_id=self.job_id, seed=row, steps=steps, created_at=_iso_now()
+            )
+
+    async def _run_steps(self, index: int, row: SeedRow) -> dict[str, StepResult]:
+        outputs: dict[str, str] = {}
+        results: dict[str, StepResult] = {}
+        try:
+            for call in self.steps:
+                step = call.step
+                try:
+                    prompt = render(step, row, outputs)
+                except PromptRenderError as error:
+                    raise _RecordAttemptFailed(str(error)) from None
+                response, parsed = await self._call_step(index, call, prompt)
+                outputs[step.id] = response.text
+                results[step.id] = StepResult(
+                    output=response.text,
+                    output_json=parsed,
+                    model=response.model,
+                    input_tokens=response.input_tokens,
+                    output_tokens=response.output_tokens,
+                    latency_ms=int(response.latency_ms),
+                )
+        except _RecordAttemptFailed:
+            wasted = self.wasted.setdefault(index, _Usage())
+            for result in results.values():
+                wasted.add(result["model"], result["input_tokens"], result["output_tokens"])
+            raise
+        return results
+
+    async def _call_step(self, index: int, call: _StepCall, prompt: str) -> tuple[ModelResponse, Any]:
+        """One step's response (and its parsed JSON for a structured step), retrying output
+        that is not valid JSON of the step's schema a bounded number of times."""
+        step = call.step
+        request = ModelRequest(
+            model=step.model,
+            prompt=prompt,
+            max_tokens=call.max_tokens,
+            temperature=call.temperature,
+            top_p=call.top_p,
+            stop=call.stop,
+            seed=call.seed,
+            json_schema=step.output_schema,
+        )
+        problem = ""
+        for _ in range(self.options.max_output_attempts):
+            try:
+                response = await self._call_model(request)
+            except InvalidModelOutput as error:
+                self._waste(index, error.response)
+                problem = str(error)
+                continue
+            if step.output_schema is None:
+                return response, None
+            try:
+                parsed = json.loads(response.text)
+                if call.validate is not None:
+                    call.validate(parsed)
+            except ValueError as error:
+                self._waste(index, response)
+                problem = f"step {step.id!r}: {error}"
+                continue
+            return response, parsed
+        raise _RecordAttemptFailed(
+            f"step {step.id!r} gave no valid structured output in {self.options.max_output_attempts} tries: {problem}"
+        )
+
+    def _waste(self, index: int, response: ModelResponse) -> None:
+        self.wasted.setdefault(index, _Usage()).add(response.model, response.input_tokens, response.output_tokens)
+
+    async def _call_model(self, request: ModelRequest) -> ModelResponse:
+        """One model call with retries of transient errors; throttling also lowers the
+        concurrency. Raises InvalidModelOutput, JobFailure, _BudgetRefused or
+        _RecordAttemptFailed."""
+        gateway = self.worker.gateway
+        budget = self.worker.budget
+        attempts = self.options.max_call_attempts
+        for attempt in range(1, attempts + 1):
+            permit: Permit = await self.limiter.acquire()
+            reservation = budget.reserve(
+                self.job_id, request.model, gateway.count_input_tokens(request.model, request.prompt),
+                request.max_tokens,
+            )
+            if reservation is None:
+                self.limiter.release(permit, succeeded=False)
+                raise _BudgetRefused()
+            try:
+                response = await gateway.generate(request)
+            except ModelThrottled as error:
+                self.limiter.release(permit, throttled=True)
+                budget.settle(reservation, None)
+                retry_after, failure = error.retry_after, error
+            except RetryableModelError as error:
+                self.limiter.release(permit, succeeded=False)
+                budget.settle(reservation, None)
+                retry_after, failure = None, error
+            except InvalidModelOutput as error:
+                self.limiter.release(permit)
+                budget.settle(reservation, _usage(error.response))
+                raise
+            except FatalModelError as error:
+                self.limiter.release(permit, succeeded=False)
+                budget.settle(reservation, None)
+                raise JobFailure(fatal_code(error), str(error)) from None
+            except ModelError as error:
+                self.limiter.release(permit, succeeded=False)
+                budget.settle(reservation, None)
+                raise _RecordAttemptFailed(str(error)) from None
+            except BaseException:
+                self.limiter.release(permit, succeeded=False)
+                budget.settle(reservation, None)
+                raise
+            else:
+                self.limiter.release(permit)
+                budget.settle(reservation, _usage(response))
+                return response
+            if attempt == attempts or self.ending is not None:
+                raise _RecordAttemptFailed(f"{type(failure).__name__} after {attempt} tries: {failure}")
+            await asyncio.sleep(
+                backoff_delay(
+                    attempt,
+                    base=self.options.retry_base_seconds,
+                    cap=self.options.retry_max_seconds,
+                    retry_after=retry_after,
+                )
+            )
+        raise AssertionError("unreachable")
+
+    # -- batches --------------------------------------------------------------------------
+
+    def _queue_full_batches(self) -> None:
+        """Hand every planned batch whose records are all done to the writer, in order."""
+        completed = self.completed
+        while self.planned and self.flushed_through <= self.planned[0].last:
+            if self.flushed_through not in completed:
+                return
+            batch = self.planned[0]
+            while self.flushed_through <= batch.last and self.flushed_through in completed:
+                self.flushed_through += 1
+            if self.flushed_through > batch.last:
+                self.planned.pop(0)
+                self.batches.put_nowait(self._take(batch))
+
+    def _queue_partial_batch(self) -> None:
+        """On a stop, the completed prefix of the next batch becomes a short batch;
+        records after a gap are dropped (the resuming worker makes them again)."""
+        self._queue_full_batches()
+        if self.ending == "failed" or not self.planned:
+            return
+        batch = self.planned[0]
+        last = batch.first
+        while last in self.completed and last <= batch.last:
+            last += 1
+        if last > batch.first:
+            self.batches.put_nowait(self._take(PlannedBatch(batch.batch_number, batch.first, last - 1)))
+            self.planned = []
+
+    def _take(self, batch: PlannedBatch) -> _ReadyBatch:
+        records: list[GeneratedRecord] = []
+        usage: dict[str, list[int]] = {}
+        failures = 0
+        for index in range(batch.first, batch.last + 1):
+            record = self.completed.pop(index)
+            records.append(record)
+            for result in record["steps"].values():
+                tally = usage.setdefault(result["model"], [0, 0, 0])
+                tally[0] += result["input_tokens"]
+                tally[1] += result["output_tokens"]
+                tally[2] += 1
+            failures += self.failures.pop(index, 0)
+            wasted = self.wasted.pop(index, None)
+            if wasted is not None:
+                for model, (spent_in, spent_out, calls) in wasted.by_model.items():
+                    tally = usage.setdefault(model, [0, 0, 0])
+                    tally[0] += spent_in
+                    tally[1] += spent_out
+                    tally[2] += calls
+        started = self.started_at.get(batch.first, time.monotonic())
+        for index in range(batch.first, batch.last + 1):
+            self.started_at.pop(index, None)
+        return _ReadyBatch(
+            planned=batch,
+            records=records,
+            failures=failures,
+            usage={m: TokenUsage(input_tokens=t[0], output_tokens=t[1], calls=t[2]) for m, t in usage.items()},
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+
+    async def _write_batches(self) -> None:
+        """Write each ready batch (part file, then BatchGenerated) in order, off the loop;
+        renew the lease when half of it passed without an append. Stops at the first
+        conflict: another worker owns the job now."""
+        half_lease = self.options.lease_seconds / 2
+        while True:
+            timeout = max(0.0, half_lease - (time.monotonic() - self.last_append))
+            try:
+                batch = await asyncio.wait_for(self.batches.get(), timeout)
+            except TimeoutError:
+                renewed = GenerationLeaseRenewed(job_id=self.job_id, worker_id=self.worker.worker_id)
+                if not await self._append([renewed]):
+                    return
+                continue
+            if batch is None:
+                return
+            if not await asyncio.to_thread(self._write_batch, batch):
+                self._end_with("lost")
+                return
+            await self._check_cancel()
+
+    def _write_batch(self, batch: _ReadyBatch) -> bool:
+        """Part file, then its event; False when another worker took the job over (then no
+        part is written if the takeover is already visible)."""
+        worker = self.worker
+        if worker.events.stream_version(generation_stream(self.job_id)) != self.version:
+            self.lost = True
+            return False
+        planned = batch.planned
+        key = part_key(self.job.owner, self.job_id, planned.batch_number)
+        size, _ = write_part(worker.blobs, key, batch.records)
+        event = BatchGenerated(
+            job_id=self.job_id,
+            batch_number=planned.batch_number,
+            first_record=planned.first,
+            last_record=planned.last,
+            blob_key=key,
+            rows=len(batch.records),
+            failures=batch.failures,
+            token_usage=batch.usage,
+            duration_ms=batch.duration_ms,
+            bytes_written=size,
+        )
+        try:
+            self.version = worker.append(self.job_id, [event], self.version)
+        except ConcurrencyConflict:
+            self.lost = True
+            return False
+        self.last_append = time.monotonic()
+        self.part_keys = [*self.part_keys, key]
+        self.first_record = planned.last + 1
+        return True
+
+    async def _append(self, events: Sequence[DomainEvent]) -> bool:
+        try:
+            self.version = await asyncio.to_thread(self.worker.append, self.job_id, events, self.version)
+        except ConcurrencyConflict:
+            self.lost = True
+            self._end_with("lost")
+            return False
+        self.last_append = time.monotonic()
+        return True
+
+    # -- the end --------------------------------------------------------------------------
+
+    @property
+    def records_completed(self) -> int:
+        """Records recorded in batches: the dataset so far is 0..records_completed-1."""
+        return self.first_record
+
+    def _lost(self) -> RunResult:
+        log.warning("worker %s lost job %s to another worker", self.worker.worker_id, self.job_id)
+        return RunResult(RunOutcome.LOST_CLAIM, self.records_completed, "another worker took the job over")
+
+    async def _end(self) -> RunResult:
+        done = self.records_completed
+        job_id = self.job_id
+        ending = self.ending
+        if ending == "failed":
+            failure = self.failure or JobFailure("INTERNAL", "unknown failure")
+            failed = GenerationFailed(job_id=job_id, code=failure.code, reason=failure.reason, records_completed=done)
+            return await self._final([failed], RunOutcome.FAILED, failure.reason)
+        if ending == "released":
+            released = GenerationReleased(job_id=job_id, worker_id=self.worker.worker_id, records_completed=done)
+            return await self._final([released], RunOutcome.RELEASED)
+        if ending == "cancelled":
+            stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=done)
+            return await self._final([stopped], RunOutcome.CANCELLED)
+        if ending == "budget":
+            stopped = GenerationStopped(job_id=job_id, reason="budget_exceeded", records_completed=done)
+            exported = await self._export(done) if done else []
+            if isinstance(exported, RunResult):
+                return exported
+            return await self._final([stopped, *exported], RunOutcome.BUDGET_EXCEEDED)
+        if done < self.job.num_records:
+            failure = JobFailure("INTERNAL", f"generation ended at record {done} of {self.job.num_records}")
+            failed = GenerationFailed(job_id=job_id, code=failure.code, reason=failure.reason, records_completed=done)
+            return await self._final([failed], RunOutcome.FAILED, failure.reason)
+        exported = await self._export(done)
+        if isinstance(exported, RunResult):
+            return exported
+        return await self._final(exported, RunOutcome.COMPLETED)
+
+    async def _export(self, rows: int) -> list[DomainEvent] | RunResult:
+        """DatasetExported for the recorded parts, or the run's end as a failed export."""
+        job = self.job
+        started = time.monotonic()
+        try:
+            files = await asyncio.to_thread(
+                export_dataset,
+                self.worker.blobs,
+                job.owner,
+                job.job_id,
+                list(self.part_keys),
+                list(job.output_formats),
+                job.partition_strategy,
+                rows,
+            )
+        except ExportError as error:
+            failed = GenerationFailed(
+                job_id=job.job_id, code="EXPORT_FAILED", reason=str(error), records_completed=rows
+            )
+            return await self._final([failed], RunOutcome.FAILED, str(error))
+        log.info("job %s exported %d records in %.2fs", job.job_id, rows, time.monotonic() - started)
+        return [DatasetExported(job_id=job.job_id, files=files, rows=rows)]
+
+    async def _final(self, events: Sequence[DomainEvent], outcome: RunOutcome, reason: str = "") -> RunResult:
+        if not await self._append(events):
+            return self._lost()
+        return RunResult(outcome, self.records_completed, reason)
+
+
+def _usage(response: ModelResponse) -> CallUsage:
+    return CallUsage(response.model, response.input_tokens, response.output_tokens)

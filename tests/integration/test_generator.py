@@ -1,0 +1,572 @@
+"""The generator end to end: real HTTP to the fake OpenAI server, a local data directory
+(SQLite log, blob folder), and worker processes that are stopped or killed mid-job.
+
+The template, seed and job are set up by appending their services' events directly, as
+those services would; the generator learns everything from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+from contracts.catalog import CATALOG
+from contracts.events.base import DomainEvent
+from contracts.events.generator import (
+    BatchGenerated,
+    DatasetExported,
+    GenerationClaimed,
+    GenerationFailed,
+    GenerationReleased,
+    GenerationStopped,
+)
+from contracts.events.jobs import JobCancelRequested, JobRequested, OutputFormat
+from contracts.events.seeds import SeedDataUploaded, SeedDataValidated, SeedFormat, SeedUploadRequested
+from contracts.events.templates import TemplateCreated, TemplateStep
+from palette.adapters import Adapters, local_adapters
+from palette.eventstore.port import NewEvent
+from services.generator.models.openai import OpenAICompatibleGateway
+from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
+from tests.fakes.openai_server import FakeOpenAIServer
+
+REPO = Path(__file__).resolve().parents[2]
+OWNER = "alice"
+TOPICS = [{"topic": f"topic {i}", "level": i % 3} for i in range(40)]
+QUESTION = TemplateStep(
+    id="question", model="openai/fake-model", prompt="Ask a question about {{ topic }} at level {{ level }}.",
+    parameters={"max_tokens": 64, "temperature": 0.7},
+)
+ANSWER = TemplateStep(
+    id="answer", model="openai/fake-model", prompt="Answer this: {{ steps.question.output }}",
+    parameters={"max_tokens": 128},
+)
+STRUCTURED_ANSWER = TemplateStep(
+    id="answer", model="openai/fake-model", prompt="Answer as JSON: {{ steps.question.output }}",
+    output_schema={
+        "type": "object",
+        "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
+        "required": ["answer", "confidence"],
+    },
+)
+FAST_RETRIES = {"retry_base_seconds": 0.01, "retry_max_seconds": 0.2}
+
+
+# -- setting up a job as the other services would -----------------------------------------
+
+
+def append(adapters: Adapters, stream_id: str, *events: DomainEvent) -> None:
+    version = adapters.events.stream_version(stream_id)
+    adapters.events.append(stream_id, [NewEvent(e, actor=OWNER) for e in events], version)
+
+
+def request_job(
+    adapters: Adapters,
+    num_records: int,
+    steps: tuple[TemplateStep, ...] = (QUESTION, ANSWER),
+    formats: tuple[OutputFormat, ...] = (OutputFormat.JSONL,),
+    partition_strategy: str | None = None,
+) -> str:
+    """A template, an uploaded and validated seed, and a JobRequested; the job id."""
+    template_id, seed_id, job_id = (uuid.uuid4().hex[:12] for _ in range(3))
+    append(adapters, f"template-{template_id}", TemplateCreated(
+        template_id=template_id, owner=OWNER, name="Q&A", steps=list(steps),
+        required_fields=["level", "topic"],
+    ))
+    content = b"".join(json.dumps(row).encode() + b"\n" for row in TOPICS)
+    blob_key = f"seed-data/{OWNER}/{seed_id}/topics.jsonl"
+    adapters.blobs.put_bytes(blob_key, content)
+    sha = hashlib.sha256(content).hexdigest()
+    append(
+        adapters, f"seed-{seed_id}",
+        SeedUploadRequested(
+            seed_id=seed_id, owner=OWNER, filename="topics.jsonl", format=SeedFormat.JSONL,
+            blob_key=blob_key, max_bytes=1 << 20, expires_at=datetime.now(UTC) + timedelta(minutes=15),
+        ),
+        SeedDataUploaded(
+            seed_id=seed_id, owner=OWNER, blob_key=blob_key, filename="topics.jsonl",
+            format=SeedFormat.JSONL, size_bytes=len(content), sha256=sha, record_count=len(TOPICS),
+        ),
+        SeedDataValidated(
+            seed_id=seed_id, template_id=template_id, template_version=1, valid=True,
+            record_count=len(TOPICS), invalid_records=0, sha256=sha,
+        ),
+    )
+    append(adapters, f"job-{job_id}", JobRequested(
+        job_id=job_id, owner=OWNER, template_id=template_id, template_version=1, seed_id=seed_id,
+        num_records=num_records, budget_limit=Decimal("10"), output_formats=list(formats),
+        partition_strategy=partition_strategy,
+    ))
+    return job_id
+
+
+def generation_events(adapters: Adapters, job_id: str) -> list[DomainEvent]:
+    return [
+        CATALOG.decode(s.detail_type, s.schema_version, s.detail)
+        for s in adapters.events.read_stream(f"generation-{job_id}")
+    ]
+
+
+def of_type(events: list[DomainEvent], kind: type[DomainEvent]) -> list[Any]:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def run(
+    adapters: Adapters,
+    server: FakeOpenAIServer,
+    job_id: str,
+    api_key: str = "test",
+    timeout: float = 60.0,
+    stop: threading.Event | None = None,
+    **options: Any,
+) -> RunResult:
+    """One worker's run of the job, in this thread, over real HTTP."""
+    settings = {"concurrency": 8, **FAST_RETRIES, **options}
+
+    async def go() -> RunResult:
+        gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key=api_key, timeout=timeout)
+        try:
+            worker = GenerationWorker(adapters.events, adapters.blobs, gateway, options=WorkerOptions(**settings))
+            return await worker.run_job(job_id, stop)
+        finally:
+            await gateway.close()
+
+    return asyncio.run(go())
+
+
+def exported_indices(adapters: Adapters, job_id: str) -> dict[OutputFormat, list[int]]:
+    """The record_index column of every exported file, by format, in file order."""
+    exported = of_type(generation_events(adapters, job_id), DatasetExported)
+    assert len(exported) == 1
+    found: dict[OutputFormat, list[int]] = {}
+    for file in exported[0].files:
+        data = adapters.blobs.get_bytes(file.blob_key)
+        assert hashlib.sha256(data).hexdigest() == file.sha256
+        if file.format is OutputFormat.JSONL:
+            indices = [json.loads(line)["record_index"] for line in data.splitlines()]
+        elif file.format is OutputFormat.PARQUET:
+            indices = pq.read_table(io.BytesIO(data)).column("record_index").to_pylist()
+        else:
+            indices = pa_csv.read_csv(io.BytesIO(data)).column("record_index").to_pylist()
+        found.setdefault(file.format, []).extend(indices)
+    return found
+
+
+def assert_exact_dataset(adapters: Adapters, job_id: str, num_records: int) -> None:
+    """Exactly records 0..n-1 in every exported file, and batch ranges that tile them."""
+    for indices in exported_indices(adapters, job_id).values():
+        assert sorted(indices) == list(range(num_records))
+    batches = of_type(generation_events(adapters, job_id), BatchGenerated)
+    following = 0
+    for batch in sorted(batches, key=lambda b: b.first_record):
+        assert batch.first_record == following
+        assert batch.rows == batch.last_record - batch.first_record + 1
+        following = batch.last_record + 1
+    assert following == num_records
+
+
+@pytest.fixture
+def adapters(tmp_path: Path) -> Iterator[Adapters]:
+    built = local_adapters(tmp_path / "data")
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(latency_s=0.0, hang_s=3.0) as fake:
+        yield fake
+
+
+# -- a job end to end ---------------------------------------------------------------------
+
+
+def test_a_job_completes_with_exactly_its_records_in_every_format(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    job_id = request_job(adapters, 250, formats=(OutputFormat.JSONL, OutputFormat.PARQUET, OutputFormat.CSV))
+
+    result = run(adapters, server, job_id, concurrency=16)
+
+    assert result.outcome is RunOutcome.COMPLETED
+    assert result.records_completed == 250
+    events = generation_events(adapters, job_id)
+    assert isinstance(events[0], GenerationClaimed) and isinstance(events[-1], DatasetExported)
+    batches = of_type(events, BatchGenerated)
+    assert [(b.first_record, b.last_record) for b in batches] == [(0, 99), (100, 199), (200, 249)]
+    assert sum(b.token_usage["openai/fake-model"].calls for b in batches) == 500
+    exported = exported_indices(adapters, job_id)
+    assert set(exported) == {OutputFormat.JSONL, OutputFormat.PARQUET, OutputFormat.CSV}
+    assert_exact_dataset(adapters, job_id, 250)
+    jsonl = next(f for f in events[-1].files if f.format is OutputFormat.JSONL)
+    record = json.loads(adapters.blobs.get_bytes(jsonl.blob_key).splitlines()[7])
+    assert set(record["seed"]) == {"topic", "level"}
+    assert record["steps"]["question"]["model"] == "openai/fake-model"
+    asked = [r for r in server.stats()["last_requests"] if r["messages"][0]["content"].startswith("Answer this: ")]
+    assert asked and all("Synthetic answer" in r["messages"][0]["content"] for r in asked)
+    assert all(r["max_tokens"] == 128 for r in asked)
+
+
+def test_the_same_job_picks_the_same_seed_rows_on_every_run(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    first, second = request_job(adapters, 30), request_job(adapters, 30)
+    run(adapters, server, first)
+    run(adapters, server, second)
+
+    def topics(job_id: str) -> list[str]:
+        file = of_type(generation_events(adapters, job_id), DatasetExported)[0].files[0]
+        return [json.loads(line)["seed"]["topic"] for line in adapters.blobs.get_bytes(file.blob_key).splitlines()]
+
+    assert len(set(topics(first))) > 10
+    assert topics(first) != topics(second)
+
+
+def test_a_finished_job_is_not_run_again(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    job_id = request_job(adapters, 5)
+    run(adapters, server, job_id)
+    calls = server.calls
+
+    assert run(adapters, server, job_id).outcome is RunOutcome.FINISHED
+    assert server.calls == calls
+
+
+# -- model faults -------------------------------------------------------------------------
+
+
+def test_throttling_and_server_errors_are_retried_and_failed_records_counted(
+    adapters: Adapters, server: FakeOpenAIServer
+) -> None:
+    job_id = request_job(adapters, 60)
+    server.fail_next(3, status=429, retry_after=0.05)
+    server.fail_next(4, status=500)
+
+    result = run(adapters, server, job_id, concurrency=1, max_call_attempts=2)
+
+    assert result.outcome is RunOutcome.COMPLETED
+    statuses = server.stats()["statuses"]
+    assert statuses["429"] == 3 and statuses["500"] == 4
+    batches = of_type(generation_events(adapters, job_id), BatchGenerated)
+    # 7 failed calls in pairs of 2 tries: 3 record attempts failed and were made again
+    assert sum(b.failures for b in batches) == 3
+    assert_exact_dataset(adapters, job_id, 60)
+
+
+def test_random_throttling_lowers_concurrency_and_the_job_still_completes(adapters: Adapters) -> None:
+    with FakeOpenAIServer(latency_s=0.005, throttle_rate=0.2, seed=7) as server:
+        job_id = request_job(adapters, 120)
+        result = run(adapters, server, job_id, concurrency=16, max_call_attempts=8)
+
+        assert result.outcome is RunOutcome.COMPLETED
+        assert server.stats()["statuses"]["429"] > 0
+    assert_exact_dataset(adapters, job_id, 120)
+
+
+def test_timeouts_are_retried(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    job_id = request_job(adapters, 20)
+    server.timeout_next(2)
+
+    result = run(adapters, server, job_id, timeout=0.5, concurrency=4)
+
+    assert result.outcome is RunOutcome.COMPLETED
+    assert_exact_dataset(adapters, job_id, 20)
+
+
+def test_malformed_json_of_a_structured_step_is_retried(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    job_id = request_job(adapters, 30, steps=(QUESTION, STRUCTURED_ANSWER), formats=(OutputFormat.PARQUET, OutputFormat.JSONL))
+    server.malformed_json_next(2)
+
+    result = run(adapters, server, job_id, concurrency=2)
+
+    assert result.outcome is RunOutcome.COMPLETED
+    assert_exact_dataset(adapters, job_id, 30)
+    files = of_type(generation_events(adapters, job_id), DatasetExported)[0].files
+    jsonl = next(f for f in files if f.format is OutputFormat.JSONL)
+    for line in adapters.blobs.get_bytes(jsonl.blob_key).splitlines():
+        output = json.loads(line)["steps"]["answer"]["output_json"]
+        assert set(output) == {"answer", "confidence"}
+    batches = of_type(generation_events(adapters, job_id), BatchGenerated)
+    assert sum(b.token_usage["openai/fake-model"].calls for b in batches) == 62
+
+
+def test_invalid_credentials_fail_the_job_at_once_with_the_reason(adapters: Adapters) -> None:
+    with FakeOpenAIServer(api_key="the-right-key") as server:
+        job_id = request_job(adapters, 1000)
+        result = run(adapters, server, job_id, api_key="a-wrong-key", concurrency=4)
+        calls = server.calls
+
+    assert result.outcome is RunOutcome.FAILED
+    failed = of_type(generation_events(adapters, job_id), GenerationFailed)
+    assert len(failed) == 1
+    assert failed[0].code == "INVALID_CREDENTIALS"
+    assert "401" in failed[0].reason
+    assert calls <= 8
+
+
+def test_a_model_that_always_fails_trips_the_error_rate(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    broken = TemplateStep(id="question", model="openai/always-500", prompt="About {{ topic }} {{ level }}")
+    job_id = request_job(adapters, 50, steps=(broken,))
+
+    result = run(adapters, server, job_id, concurrency=8, max_call_attempts=1)
+
+    assert result.outcome is RunOutcome.FAILED
+    failed = of_type(generation_events(adapters, job_id), GenerationFailed)
+    assert [f.code for f in failed] == ["ERROR_RATE"]
+    assert "HTTP 500" in failed[0].reason
+    assert failed[0].records_completed == 0
+    assert not of_type(generation_events(adapters, job_id), DatasetExported)
+
+
+def test_a_prompt_that_cannot_render_is_a_failed_record_not_a_crash(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    missing = TemplateStep(id="question", model="openai/fake-model", prompt="{{ no_such_field }}")
+    job_id = request_job(adapters, 10, steps=(missing,))
+
+    result = run(adapters, server, job_id, error_window=20)
+
+    assert result.outcome is RunOutcome.FAILED
+    failed = of_type(generation_events(adapters, job_id), GenerationFailed)[0]
+    assert failed.code == "ERROR_RATE" and "no_such_field" in failed.reason
+    assert server.calls == 0
+
+
+# -- stopping -----------------------------------------------------------------------------
+
+
+def wait_for(condition: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_cancel_while_running_stops_within_a_batch(adapters: Adapters) -> None:
+    with FakeOpenAIServer(latency_s=0.01) as server:
+        job_id = request_job(adapters, 2000)
+        stream = f"generation-{job_id}"
+        cancelled_at: list[int] = []
+
+        def cancel_after_first_batch() -> None:
+            wait_for(lambda: any(s.detail_type == "BatchGenerated" for s in adapters.events.read_stream(stream)))
+            append(adapters, f"job-{job_id}", JobCancelRequested(job_id=job_id, reason="changed my mind"))
+            cancelled_at.append(adapters.events.stream_version(f"job-{job_id}"))
+
+        canceller = threading.Thread(target=cancel_after_first_batch)
+        canceller.start()
+        result = run(adapters, server, job_id, concurrency=4, batch_size=20, cancel_check_seconds=5.0)
+        canceller.join()
+
+    assert result.outcome is RunOutcome.CANCELLED
+    stored = adapters.events.read_stream(stream)
+    request_position = adapters.events.read_stream(f"job-{job_id}", from_version=cancelled_at[0])[0].position
+    later_batches = [s for s in stored if s.detail_type == "BatchGenerated" and s.position > request_position]
+    assert len(later_batches) <= 2  # the batch being written when it arrived, then the flushed rest
+    stopped = of_type(generation_events(adapters, job_id), GenerationStopped)
+    assert [s.reason for s in stopped] == ["cancelled"]
+    assert stopped[0].records_completed == result.records_completed < 2000
+    assert not of_type(generation_events(adapters, job_id), DatasetExported)
+
+
+def test_a_stop_request_flushes_the_completed_prefix_and_releases(adapters: Adapters) -> None:
+    with FakeOpenAIServer(latency_s=0.01) as server:
+        job_id = request_job(adapters, 500)
+        stop = threading.Event()
+        stream = f"generation-{job_id}"
+        threading.Thread(
+            target=lambda: (wait_for(lambda: adapters.events.stream_version(stream) >= 2), stop.set())
+        ).start()
+        first = run(adapters, server, job_id, concurrency=4, batch_size=30, stop=stop)
+        assert first.outcome is RunOutcome.RELEASED
+
+        released = of_type(generation_events(adapters, job_id), GenerationReleased)
+        assert released[0].records_completed == first.records_completed
+        second = run(adapters, server, job_id, concurrency=8, batch_size=30)
+
+    assert second.outcome is RunOutcome.COMPLETED
+    claims = of_type(generation_events(adapters, job_id), GenerationClaimed)
+    assert [c.resumed_from_record for c in claims] == [0, first.records_completed]
+    assert_exact_dataset(adapters, job_id, 500)
+
+
+def test_two_workers_racing_for_a_job_exactly_one_claims_it(tmp_path: Path, server: FakeOpenAIServer) -> None:
+    setup = local_adapters(tmp_path / "data")
+    job_id = request_job(setup, 40)
+    results: list[RunResult] = []
+    barrier = threading.Barrier(4)
+
+    def worker() -> None:
+        own = local_adapters(tmp_path / "data")
+        barrier.wait()
+        results.append(run(own, server, job_id))
+        own.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    outcomes = sorted(r.outcome.value for r in results)
+    assert outcomes.count("completed") == 1
+    assert set(outcomes) - {"completed"} <= {"held", "finished"}
+    assert len(of_type(generation_events(setup, job_id), GenerationClaimed)) == 1
+    assert_exact_dataset(setup, job_id, 40)
+    setup.close()
+
+
+# -- worker processes ---------------------------------------------------------------------
+
+
+def start_worker(data_dir: Path, server: FakeOpenAIServer, job_id: str, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "test", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.generator.worker_main", "--data-dir", str(data_dir), "--job", job_id,
+         "--concurrency", "4", "--batch-size", "25", *extra],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def batches_recorded(adapters: Adapters, job_id: str) -> int:
+    return sum(1 for s in adapters.events.read_stream(f"generation-{job_id}") if s.detail_type == "BatchGenerated")
+
+
+def test_sigterm_mid_job_releases_and_another_worker_finishes_exactly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    adapters = local_adapters(data_dir)
+    with FakeOpenAIServer(latency_s=0.02) as server:
+        job_id = request_job(adapters, 400, formats=(OutputFormat.JSONL, OutputFormat.PARQUET))
+        first = start_worker(data_dir, server, job_id)
+        wait_for(lambda: batches_recorded(adapters, job_id) >= 2, timeout=60)
+        first.send_signal(signal.SIGTERM)
+        output = first.communicate(timeout=60)[0].decode()
+        assert first.returncode == 0, output
+
+        events = generation_events(adapters, job_id)
+        assert isinstance(events[-1], GenerationReleased)
+        assert not of_type(events, DatasetExported)
+        done = events[-1].records_completed
+        assert 0 < done < 400
+
+        second = start_worker(data_dir, server, job_id)
+        output = second.communicate(timeout=120)[0].decode()
+        assert second.returncode == 0, output
+
+    claims = of_type(generation_events(adapters, job_id), GenerationClaimed)
+    assert [c.resumed_from_record for c in claims] == [0, done]
+    assert_exact_dataset(adapters, job_id, 400)
+    adapters.close()
+
+
+def test_kill_9_mid_job_then_another_worker_takes_over_after_the_lease(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    adapters = local_adapters(data_dir)
+    with FakeOpenAIServer(latency_s=0.02) as server:
+        job_id = request_job(adapters, 400, formats=(OutputFormat.JSONL, OutputFormat.CSV))
+        first = start_worker(data_dir, server, job_id, "--lease-seconds", "2")
+        wait_for(lambda: batches_recorded(adapters, job_id) >= 3, timeout=60)
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+        done = of_type(generation_events(adapters, job_id), BatchGenerated)[-1].last_record + 1
+
+        second = start_worker(data_dir, server, job_id, "--lease-seconds", "2")
+        output = second.communicate(timeout=120)[0].decode()
+        assert second.returncode == 0, output
+
+    events = generation_events(adapters, job_id)
+    claims = of_type(events, GenerationClaimed)
+    assert len(claims) == 2 and claims[1].resumed_from_record >= done
+    assert not of_type(events, GenerationReleased)
+    assert_exact_dataset(adapters, job_id, 400)
+    adapters.close()
+
+
+# -- the worker pool ----------------------------------------------------------------------
+
+
+def test_the_pool_resumes_abandoned_jobs_and_runs_jobs_the_bus_delivers(tmp_path: Path, adapters: Adapters) -> None:
+    from palette.bus.local import LocalBus
+    from services.generator.consumers import WorkerPool
+
+    abandoned = request_job(adapters, 30)
+    a_minute_ago = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
+    adapters.events.append(f"generation-{abandoned}", [NewEvent(
+        GenerationClaimed(job_id=abandoned, worker_id="dead-worker", lease_seconds=5, resumed_from_record=0),
+        time=a_minute_ago,
+    )], 0)
+    with FakeOpenAIServer() as server:
+        pool = WorkerPool(
+            adapters.events, adapters.blobs,
+            lambda: OpenAICompatibleGateway(base_url=server.base_url, api_key="test"),
+            concurrency=4, max_jobs=2, options=WorkerOptions(**FAST_RETRIES),
+        )
+        bus = LocalBus(adapters.events, tmp_path / "checkpoints.db")
+        pool.subscribe(bus)
+        pool.start()
+        try:
+            resumed = pool.wait_for(abandoned, timeout=60)
+            requested = request_job(adapters, 20)
+            bus.run_once()
+            delivered = pool.wait_for(requested, timeout=60)
+        finally:
+            pool.stop(grace=5)
+            bus.close()
+
+    assert resumed is not None and resumed.outcome is RunOutcome.COMPLETED
+    assert delivered is not None and delivered.outcome is RunOutcome.COMPLETED
+    assert [c.worker_id for c in of_type(generation_events(adapters, abandoned), GenerationClaimed)][0] == "dead-worker"
+    assert_exact_dataset(adapters, abandoned, 30)
+    assert_exact_dataset(adapters, requested, 20)
+
+
+def test_an_unaffordable_call_stops_the_job_and_exports_what_exists(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    from services.generator.budget import CallUsage
+
+    class FortyOneCalls:
+        def __init__(self) -> None:
+            self.reserved = 0
+            self.settled: list[CallUsage | None] = []
+
+        def reserve(self, job_id: str, model: str, input_tokens: int, max_tokens: int) -> object | None:
+            assert input_tokens > 0 and max_tokens in (64, 128)
+            if self.reserved == 41:
+                return None
+            self.reserved += 1
+            return self.reserved
+
+        def settle(self, reservation: object, usage: CallUsage | None) -> None:
+            self.settled.append(usage)
+
+    job_id = request_job(adapters, 100, formats=(OutputFormat.JSONL,))
+    budget = FortyOneCalls()
+
+    async def go() -> RunResult:
+        gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key="test")
+        worker = GenerationWorker(adapters.events, adapters.blobs, gateway, options=WorkerOptions(concurrency=1), budget=budget)
+        try:
+            return await worker.run_job(job_id)
+        finally:
+            await gateway.close()
+
+    result = asyncio.run(go())
+
+    assert result.outcome is RunOutcome.BUDGET_EXCEEDED
+    assert result.records_completed == 20
+    assert server.calls == 41 and len(budget.settled) == 41
+    events = generation_events(adapters, job_id)
+    stopped = of_type(events, GenerationStopped)
+    assert [(s.reason, s.records_completed) for s in stopped] == [("budget_exceeded", 20)]
+    assert of_type(events, DatasetExported)[0].rows == 20
+    assert_exact_dataset(adapters, job_id, 20)
