@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from contracts.pricing import DEFAULT_CATALOG, PricingCatalog, with_overrides
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import EventStore
 from palette.projections.documents import DocumentProjection, DocumentReader
@@ -31,6 +32,7 @@ class Adapters:
     read_models: ReadModelStore[Any]
     data_dir: Path | None = None
     settings: dict[str, str] = field(default_factory=dict)
+    pricing: PricingCatalog = DEFAULT_CATALOG
 
     def projection_runner(self, projection: DocumentProjection) -> ProjectionRunner[Any]:
         """A runner that keeps `projection`'s documents in this runtime's read-model store."""
@@ -59,8 +61,17 @@ class Adapters:
             close()
 
 
+PRICING_OVERRIDES_FILE = "pricing.json"
+
+
+def pricing_catalog(overrides: str | None) -> PricingCatalog:
+    """The shipped pricing catalog with an operator's JSON overrides, if any."""
+    return with_overrides(DEFAULT_CATALOG, overrides) if overrides else DEFAULT_CATALOG
+
+
 def local_adapters(data_dir: Path, base_url: str = "http://127.0.0.1:8000") -> Adapters:
-    """The embedded default: everything in files under `data_dir`."""
+    """The embedded default: everything in files under `data_dir`; pricing overrides in
+    `<data-dir>/pricing.json`."""
     from palette.blobs.local import LocalBlobStore
     from palette.blobs.signing import UrlSigner, load_or_create_secret
     from palette.eventstore.sqlite import SQLiteEventStore
@@ -75,6 +86,7 @@ def local_adapters(data_dir: Path, base_url: str = "http://127.0.0.1:8000") -> A
         blobs=LocalBlobStore(data_dir / "blobs", signer, base_url),
         read_models=SQLiteReadModelStore(data_dir / "projections.db"),
         data_dir=data_dir,
+        pricing=pricing_catalog(overrides.read_text() if (overrides := data_dir / PRICING_OVERRIDES_FILE).exists() else None),
     )
 
 
@@ -87,6 +99,7 @@ class AwsSettings:
     projection_prefix: str = "palette-projection-"
     tracking_table: str = "palette-projection-tracking"
     endpoint_url: str | None = None
+    pricing_overrides: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> AwsSettings:
@@ -97,6 +110,7 @@ class AwsSettings:
             projection_prefix=env.get("PALETTE_PROJECTION_PREFIX", "palette-projection-"),
             tracking_table=env.get("PALETTE_TRACKING_TABLE", "palette-projection-tracking"),
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            pricing_overrides=env.get("PALETTE_PRICING_OVERRIDES") or None,
         )
 
 
@@ -121,4 +135,5 @@ def aws_adapters(settings: AwsSettings) -> Adapters:
             dynamodb, tracking_table=settings.tracking_table, table_prefix=settings.projection_prefix
         ),
         settings={"bucket": settings.bucket, "event_table": settings.event_table},
+        pricing=pricing_catalog(settings.pricing_overrides),
     )

@@ -21,8 +21,16 @@ from palette.api.app import build_app, logger
 from palette.api.auth import LocalTokens
 from palette.api.server import FacadeApp, LocalServer
 from palette.bus.local import LocalBus
+from palette.projections.documents import DocumentProjection
 from palette.projections.runner import ProjectionRunner
 from palette.secrets import load_or_create_secret
+from services.billing.api import create_router as billing_router
+from services.billing.consumers import subscriptions as billing_subscriptions
+from services.billing.handlers import LedgerHandlers
+from services.billing.projections import CostsView, JobCosts
+from services.generator.budget import JobBudgets
+from services.generator.consumers import WorkerPool
+from services.generator.worker_main import gateway_from_env
 from services.jobs.api import create_router as jobs_router
 from services.jobs.consumers import subscriptions as jobs_subscriptions
 from services.jobs.handlers import JobHandlers
@@ -41,6 +49,12 @@ def local_tokens(data_dir: Path) -> LocalTokens:
     return LocalTokens(load_or_create_secret(data_dir, TOKEN_SECRET_FILE))
 
 
+def local_projections() -> list[DocumentProjection]:
+    """A fresh instance of every projection the embedded runtime keeps (LocalPalette's
+    `runners`, in their order): what `palette replay` rebuilds and diffs."""
+    return [TemplateCatalog(), TemplateUsage(), JobList(), JobDashboard(), JobCosts()]
+
+
 @dataclass
 class LocalPalette:
     """Everything `palette serve` runs in one process."""
@@ -48,6 +62,8 @@ class LocalPalette:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 8000
+    worker_concurrency: int = 16
+    max_running_jobs: int = 2
     adapters: Adapters = field(init=False)
     bus: LocalBus = field(init=False)
     runners: list[ProjectionRunner[Any]] = field(init=False)
@@ -62,25 +78,31 @@ class LocalPalette:
         self._projector: threading.Thread | None = None
 
         kernel = self.adapters
-        catalog, usage = TemplateCatalog(), TemplateUsage()
-        job_list, job_dashboard = JobList(), JobDashboard()
-        self.runners = [
-            kernel.projection_runner(projection)
-            for projection in (catalog, usage, job_list, job_dashboard)
-        ]
+        projections = local_projections()
+        catalog, usage, job_list, job_dashboard, costs = projections
+        self.runners = [kernel.projection_runner(projection) for projection in projections]
+        pricing = kernel.pricing
         self.templates = TemplateHandlers(kernel.events, TemplateUsageView(kernel.document_reader(usage)))
         self.seeds = SeedHandlers(kernel.events, kernel.blobs)
-        self.jobs = JobHandlers(kernel.events, kernel.blobs)
+        self.jobs = JobHandlers(kernel.events, kernel.blobs, pricing_check=pricing.knows)
+        self.ledger = LedgerHandlers(kernel.events, pricing, kernel.runtime)
         self.job_dashboard = kernel.document_reader(job_dashboard)
+        self.workers = WorkerPool(
+            kernel.events, kernel.blobs, gateway_from_env,
+            concurrency=self.worker_concurrency, max_jobs=self.max_running_jobs,
+            budget=JobBudgets(kernel.events, pricing, kernel.runtime),
+        )
         routers = [
             templates_router(self.templates, kernel.document_reader(catalog), catch_up=self.catch_up),
             seeds_router(self.seeds),
             jobs_router(
                 self.jobs, kernel.document_reader(job_list), self.job_dashboard, catch_up=self.catch_up
             ),
+            billing_router(CostsView(kernel.document_reader(costs)), catch_up=self.catch_up),
         ]
-        for name, pattern, handler in jobs_subscriptions(self.jobs):
+        for name, pattern, handler in [*jobs_subscriptions(self.jobs), *billing_subscriptions(self.ledger)]:
             self.bus.subscribe(name, pattern, handler)
+        self.workers.subscribe(self.bus)
         self.api = build_app(routers, self.tokens, local=True)
         self.asgi = FacadeApp(self.api, kernel.blobs, on_upload=self._uploaded)  # type: ignore[arg-type]
 
@@ -107,12 +129,15 @@ class LocalPalette:
         """The bus relay and the projection catch-up thread."""
         self.catch_up()
         self.bus.start(poll_interval)
+        self.workers.start()
         self._projector = threading.Thread(
             target=self._project_forever, args=(poll_interval,), name="palette-projections", daemon=True
         )
         self._projector.start()
 
-    def stop_background(self) -> None:
+    def stop_background(self, grace: float = 30.0) -> None:
+        """Workers first (they flush and release their jobs), then the bus and projections."""
+        self.workers.stop(grace)
         self._stop.set()
         self.bus.stop()
         if self._projector is not None:

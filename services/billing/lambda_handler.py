@@ -15,7 +15,6 @@ PALETTE_PRICING_OVERRIDES when set; compute and storage are priced for the "aws"
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
@@ -28,7 +27,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from contracts.pricing import DEFAULT_CATALOG, PricingCatalog, with_overrides
+from contracts.pricing import PricingCatalog
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
@@ -48,10 +47,8 @@ def adapters() -> Adapters:
     return aws_adapters(AwsSettings.from_env())
 
 
-@functools.cache
 def catalog() -> PricingCatalog:
-    overrides = os.environ.get("PALETTE_PRICING_OVERRIDES")
-    return with_overrides(DEFAULT_CATALOG, overrides) if overrides else DEFAULT_CATALOG
+    return adapters().pricing
 
 
 @functools.cache

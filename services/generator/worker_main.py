@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from palette.adapters import local_adapters
+from services.generator.budget import JobBudgets
 from services.generator.consumers import WorkerPool
 from services.generator.models.port import ModelGateway, MultiProviderGateway
 from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
@@ -76,7 +77,8 @@ async def _run_one(data_dir: Path, job_id: str, options: WorkerOptions, worker_i
     adapters = local_adapters(data_dir)
     gateway = gateway_from_env(max(64, options.concurrency))
     try:
-        worker = GenerationWorker(adapters.events, adapters.blobs, gateway, worker_id, options)
+        budget = JobBudgets(adapters.events, adapters.pricing, adapters.runtime)
+        worker = GenerationWorker(adapters.events, adapters.blobs, gateway, worker_id, options, budget)
         return await run_until_ended(worker, job_id, stop)
     finally:
         await gateway.close()
@@ -96,6 +98,7 @@ def _run_pool(data_dir: Path, options: WorkerOptions, args: argparse.Namespace) 
         max_jobs=args.max_jobs,
         options=options,
         worker_id=args.worker_id,
+        budget=JobBudgets(adapters.events, adapters.pricing, adapters.runtime),
         scan_seconds=args.scan_seconds,
     )
     pool.start()
