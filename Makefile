@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench schemas
+.PHONY: demo test bench schemas package
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,3 +25,9 @@ bench: $(STAMP)
 
 schemas: $(STAMP)
 	$(PY) -m contracts.schemagen
+	$(PY) -m scripts.infra_schemas
+
+# One deployable artifact per service (+ the outbox publisher) under build/package/, which
+# the SAM templates' CodeUri point at (docs/deploy-aws.md).
+package: $(STAMP)
+	$(PY) -m scripts.package --zip

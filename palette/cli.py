@@ -10,9 +10,14 @@ from typing import Annotated
 
 import typer
 
+from palette.audit.cli import audit_app, events_app, replay_command
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Palette: synthetic data on an event log.")
 token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the local facade.")
 app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit")
+app.add_typer(events_app, name="events")
+app.command("replay")(replay_command)
 
 DataDir = Annotated[
     Path,

@@ -21,6 +21,9 @@ from palette.api.app import build_app, logger
 from palette.api.auth import LocalTokens
 from palette.api.server import FacadeApp, LocalServer
 from palette.bus.local import LocalBus
+from palette.guard.config import GuardConfig
+from palette.guard.contentfilter import ContentFilter
+from palette.guard.ratelimit import RateLimiter, SQLiteBucketStore
 from palette.projections.documents import DocumentProjection
 from palette.projections.runner import ProjectionRunner
 from palette.secrets import load_or_create_secret
@@ -42,6 +45,7 @@ from services.templates.handlers import TemplateHandlers
 from services.templates.projections import TemplateCatalog, TemplateUsage, TemplateUsageView
 
 TOKEN_SECRET_FILE = "jwt-signing.key"
+RATE_LIMIT_FILE = "ratelimits.db"
 
 
 def local_tokens(data_dir: Path) -> LocalTokens:
@@ -72,6 +76,9 @@ class LocalPalette:
         self.data_dir = Path(self.data_dir)
         self.adapters = local_adapters(self.data_dir, f"http://{self.host}:{self.port}")
         self.tokens = local_tokens(self.data_dir)
+        self.guard = GuardConfig.load(self.data_dir)
+        self.content_filter = ContentFilter(self.guard.content_rules)
+        self.limiter = RateLimiter.from_config(self.guard, SQLiteBucketStore(self.data_dir / RATE_LIMIT_FILE))
         self.bus = LocalBus(self.adapters.events, self.data_dir / "bus.db")
         self._catch_up_lock = threading.Lock()
         self._stop = threading.Event()
@@ -82,7 +89,9 @@ class LocalPalette:
         catalog, usage, job_list, job_dashboard, costs = projections
         self.runners = [kernel.projection_runner(projection) for projection in projections]
         pricing = kernel.pricing
-        self.templates = TemplateHandlers(kernel.events, TemplateUsageView(kernel.document_reader(usage)))
+        self.templates = TemplateHandlers(
+            kernel.events, TemplateUsageView(kernel.document_reader(usage)), screen=self.content_filter
+        )
         self.seeds = SeedHandlers(kernel.events, kernel.blobs)
         self.jobs = JobHandlers(kernel.events, kernel.blobs, pricing_check=pricing.knows)
         self.ledger = LedgerHandlers(kernel.events, pricing, kernel.runtime)
@@ -103,8 +112,10 @@ class LocalPalette:
         for name, pattern, handler in [*jobs_subscriptions(self.jobs), *billing_subscriptions(self.ledger)]:
             self.bus.subscribe(name, pattern, handler)
         self.workers.subscribe(self.bus)
-        self.api = build_app(routers, self.tokens, local=True)
-        self.asgi = FacadeApp(self.api, kernel.blobs, on_upload=self._uploaded)  # type: ignore[arg-type]
+        self.api = build_app(routers, self.tokens, local=True, limiter=self.limiter)
+        self.asgi = FacadeApp(
+            self.api, kernel.blobs, on_upload=self._uploaded, limiter=self.limiter  # type: ignore[arg-type]
+        )
 
     def catch_up(self) -> None:
         """Apply every committed event to every projection (read-your-writes for queries)."""
@@ -149,4 +160,6 @@ class LocalPalette:
     def close(self) -> None:
         self.stop_background()
         self.bus.close()
+        if self.limiter is not None:
+            self.limiter.close()
         self.adapters.close()

@@ -1,13 +1,18 @@
-"""`palette demo`: the embedded runtime, driven over real HTTP as a user would.
+"""`palette demo`: the main job on the embedded runtime, driven over HTTP as a user would.
 
 Starts `palette serve`'s runtime in this process on a free port, then as user `demo`:
-creates a two-step template, uploads the seed file shipped in `palette/demo_data`, validates
-it against the template, and checks the event log's hash chain. Prints what happened.
+creates a two-step template (a question about a book, then its answer), uploads the seed
+file shipped in `palette/demo_data`, validates it, starts a 50-record job on the local
+Gemma 3 270M model, shows its progress, and prints where the dataset landed.
+
+Gemma 3 270M as packaged is a small base model: it continues text rather than following
+instructions, so the prompts are written as text to continue.
 """
 
 from __future__ import annotations
 
 import socket
+import time
 from importlib.resources import files
 from pathlib import Path
 
@@ -16,6 +21,9 @@ from rich.console import Console
 
 from palette.api.app import logger
 from palette.composition import LocalPalette
+from palette.watch import watch_job
+
+DEMO_RECORDS = 50
 
 DEMO_USER = "demo"
 DEMO_TEMPLATE = {
@@ -26,15 +34,15 @@ DEMO_TEMPLATE = {
         {
             "id": "question",
             "model": "local/gemma-3-270m",
-            "prompt": "Write one question a reader of {{ book.title }} by {{ author.name }} "
-            "might ask about {{ topic }}.",
-            "parameters": {"max_tokens": 64, "temperature": 0.7},
+            "prompt": "Reading group notes on {{ book.title }} by {{ author.name }}.\n"
+            "Theme: {{ topic }}.\nDiscussion question:",
+            "parameters": {"max_tokens": 32, "temperature": 0.7},
         },
         {
             "id": "answer",
             "model": "local/gemma-3-270m",
-            "prompt": "Answer in two sentences: {{ steps.question.output }}",
-            "parameters": {"max_tokens": 128, "temperature": 0.3},
+            "prompt": "Question: {{ steps.question.output | trim }}\nShort answer:",
+            "parameters": {"max_tokens": 48, "temperature": 0.3},
         },
     ],
 }
@@ -46,7 +54,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_demo(data_dir: Path, console: Console | None = None) -> int:
+def run_demo(data_dir: Path, console: Console | None = None, num_records: int = DEMO_RECORDS) -> int:
     console = console or Console()
     logger.setLevel("WARNING")
     runtime = LocalPalette(Path(data_dir), port=_free_port())
@@ -57,13 +65,13 @@ def run_demo(data_dir: Path, console: Console | None = None) -> int:
         base = f"http://{runtime.host}:{runtime.port}"
         token = runtime.tokens.issue(DEMO_USER)
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-            return _walk_through(http, console, base)
+            return _walk_through(http, console, base, num_records)
     finally:
         server.stop()
         runtime.close()
 
 
-def _walk_through(http: httpx.Client, console: Console, base: str) -> int:
+def _walk_through(http: httpx.Client, console: Console, base: str, num_records: int) -> int:
     console.print(f"[bold]Palette[/bold] embedded runtime on {base} (Swagger UI at {base}/swagger)")
     created = http.post("/templates", json=DEMO_TEMPLATE)
     created.raise_for_status()
@@ -86,4 +94,61 @@ def _walk_through(http: httpx.Client, console: Console, base: str) -> int:
     report = validated.json()
     verdict = "[green]valid[/green]" if report["valid"] else "[red]invalid[/red]"
     console.print(f"validation: {verdict}, {report['record_count']} records, missing {report['missing_counts']}")
-    return 0 if report["valid"] else 1
+    if not report["valid"]:
+        return 1
+
+    started = time.monotonic()
+    job = http.post("/jobs", json={
+        "template_id": template["id"],
+        "seed_id": upload["seed_id"],
+        "num_records": num_records,
+        "budget_limit": 1,
+        "output_format": ["JSONL", "PARQUET", "CSV"],
+    })
+    job.raise_for_status()
+    job_id = job.json()["job_id"]
+    console.print(f"job [cyan]{job_id}[/cyan]: {num_records} records on local/gemma-3-270m")
+    final = watch_job(lambda: _dashboard(http, job_id), console)
+    elapsed = time.monotonic() - started
+    if final is None or final.get("status") != "COMPLETED":
+        status = None if final is None else final.get("status")
+        console.print(f"[red]the job ended {status}[/red]: {final.get('failure') if final else 'no dashboard'}")
+        return 1
+    _summary(http, console, job_id, final, elapsed)
+    return 0
+
+
+def _dashboard(http: httpx.Client, job_id: str) -> dict | None:
+    response = http.get(f"/dashboard/{job_id}")
+    return response.json() if response.status_code == 200 else None
+
+
+def _summary(http: httpx.Client, console: Console, job_id: str, dashboard: dict, elapsed: float) -> None:
+    tokens = dashboard.get("tokens", {})
+    total_in = sum(t.get("input_tokens", 0) for t in tokens.values())
+    total_out = sum(t.get("output_tokens", 0) for t in tokens.values())
+    console.print(
+        f"[green]done[/green]: {dashboard['records_generated']} records, "
+        f"{total_in} input + {total_out} output tokens, {elapsed:.1f}s, cost ${dashboard['cost']['total']}"
+    )
+    job = http.get(f"/jobs/{job_id}").json()
+    for file in job.get("files", []):
+        console.print(f"  {file['format']:<8} {file['rows']:>5} rows  {file['blob_key']}")
+    first = _first_record(http, job.get("files", []))
+    if first:
+        console.print(f"first record: [italic]{first}[/italic]")
+
+
+def _first_record(http: httpx.Client, files: list[dict]) -> str | None:
+    """The first JSONL record's question and answer, fetched through its download URL."""
+    jsonl = next((f for f in files if f["format"] == "JSONL" and f.get("download_url")), None)
+    if jsonl is None:
+        return None
+    import json
+
+    line = httpx.get(jsonl["download_url"], timeout=30).text.splitlines()[0]
+    record = json.loads(line)
+    steps = record.get("steps", {})
+    question = steps.get("question", {}).get("output", "").strip()
+    answer = steps.get("answer", {}).get("output", "").strip()
+    return f"Q: {question[:160]} / A: {answer[:160]}"

@@ -14,6 +14,7 @@ from contracts.events.generator import (
     GenerationStopped,
     TokenUsage,
 )
+from contracts.events.guard import ContentBlocked
 from contracts.events.jobs import (
     JobBudgetExceeded,
     JobCancelled,
@@ -64,6 +65,7 @@ ALL_EVENTS: tuple[type[DomainEvent], ...] = (
     CostRecorded,
     BudgetWarning,
     BudgetExceeded,
+    ContentBlocked,
 )
 
 __all__ = [cls.__name__ for cls in ALL_EVENTS] + [

@@ -2,9 +2,14 @@
 
 The same routers serve the local server (`HttpResolverLocal`, ASGI under uvicorn) and each
 service's Lambda (`APIGatewayHttpResolver`). Cross-cutting concerns live here, once: the
-request id, the caller's identity (every route but the public ones), structured logs, and
-the mapping of every failure to the documented error shape — so no route answers a raw 500
-or a framework-shaped 422.
+request id, the caller's identity (every route but the public ones), the caller's rate
+limit, structured logs, and the mapping of every failure to the documented error shape — so
+no route answers a raw 500 or a framework-shaped 422.
+
+Rate limits are charged once per request, after authentication: to the user, or to the
+source IP when there is no user (public paths, and requests whose token was refused, so
+guessing tokens is throttled too). Requests that fail validation or match no route are
+charged as well, since they reach their error handlers without passing the middleware.
 """
 
 from __future__ import annotations
@@ -23,13 +28,18 @@ from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 
 from palette.api.auth import CallerIdentity
-from palette.api.errors import ApiError, error_response
+from palette.api.errors import ApiError, RateLimited, error_response
+from palette.guard.ratelimit import RateLimiter, route_class
 
 logger = Logger(service="palette-api")
 
 PUBLIC_PATHS = frozenset({"/health", "/swagger", "/openapi.json"})
 """Reachable without a token: liveness and the API's own documentation (no user data)."""
 
+
+PEER_IP_HEADER = "x-palette-peer-ip"
+"""Set by the local server from the TCP peer (any copy sent by a client is dropped first);
+on AWS the source IP comes from API Gateway's requestContext instead."""
 
 _request_id: ContextVar[str] = ContextVar("palette_request_id", default="")
 
@@ -49,6 +59,7 @@ def build_app(
     identity: CallerIdentity,
     local: bool,
     title: str = "Palette",
+    limiter: RateLimiter | None = None,
 ) -> ApiGatewayResolver:
     app: ApiGatewayResolver = (
         HttpResolverLocal(enable_validation=True) if local else APIGatewayHttpResolver(enable_validation=True)
@@ -77,13 +88,45 @@ def build_app(
         app.append_context(user_id=user)
         logger.append_keys(user_id=user)
 
+    def throttle(app: ApiGatewayResolver) -> None:
+        """Takes one token from the caller's bucket for this route class, or raises RateLimited."""
+        if limiter is None or app.context.get("rate_limit_charged"):
+            return
+        app.append_context(rate_limit_charged=True)
+        event = app.current_event
+        route = route_class(event.http_method, event.path)
+        user = app.context.get("user_id")
+        decision = limiter.admit(route, user=user, source_ip=None if user else _source_ip(event.raw_event))
+        if not decision.allowed:
+            retry_after = decision.retry_after_header
+            logger.warning("rate limited", extra={"route_class": route, "retry_after": retry_after})
+            raise RateLimited(
+                f"too many {route} requests; retry in {retry_after} s",
+                {"route_class": route, "retry_after_seconds": int(retry_after)},
+                headers={"Retry-After": retry_after},
+            )
+
+    def admit(app: ApiGatewayResolver) -> Response | None:
+        """Authentication then the rate limit; the refusal as a response, or None to go on."""
+        rid = enter(app)
+        try:
+            try:
+                authenticate(app)
+            except ApiError:
+                throttle(app)
+                raise
+            throttle(app)
+        except ApiError as error:
+            return error_response(error.status, error.code, error.message, error.details, rid, error.headers)
+        return None
+
     def edge(app: ApiGatewayResolver, next_middleware: NextMiddleware) -> Response:
         event = app.current_event
         rid = enter(app)
-        try:
-            authenticate(app)
-        except ApiError as error:
-            return error_response(error.status, error.code, error.message, error.details, rid)
+        refused = admit(app)
+        if refused is not None:
+            refused.headers["X-Request-Id"] = rid
+            return refused
         response = next_middleware(app)
         response.headers["X-Request-Id"] = rid
         logger.info("request", extra={"method": event.http_method, "path": event.path, "status": response.status_code})
@@ -98,10 +141,9 @@ def build_app(
     @app.exception_handler(RequestValidationError)
     def on_invalid_request(error: RequestValidationError) -> Response:
         rid = enter(app)
-        try:
-            authenticate(app)
-        except ApiError as refused:
-            return error_response(refused.status, refused.code, refused.message, refused.details, rid)
+        refused = admit(app)
+        if refused is not None:
+            return refused
         problems = [_describe(problem) for problem in error.errors()]
         fields = ", ".join(p["field"] for p in problems if p["field"]) or "the request"
         code = "VALIDATION_ERROR"
@@ -112,7 +154,16 @@ def build_app(
 
     @app.not_found
     def on_not_found(error: NotFoundError) -> Response:
-        return error_response(404, "NOT_FOUND", "no such route", {}, enter(app))
+        rid = enter(app)
+        try:
+            authenticate(app)
+        except ApiError:
+            pass
+        try:
+            throttle(app)
+        except RateLimited as limited:
+            return error_response(limited.status, limited.code, limited.message, limited.details, rid, limited.headers)
+        return error_response(404, "NOT_FOUND", "no such route", {}, rid)
 
     @app.exception_handler(Exception)
     def on_unexpected(error: Exception) -> Response:
@@ -127,6 +178,16 @@ def build_app(
         app.include_router(router)
     app.enable_swagger(path="/swagger", title=title)
     return app
+
+
+def _source_ip(raw_event: dict[str, Any]) -> str | None:
+    """API Gateway's sourceIp (HTTP API v2, then REST v1), else the local server's peer header."""
+    context = raw_event.get("requestContext") or {}
+    address = (context.get("http") or {}).get("sourceIp") or (context.get("identity") or {}).get("sourceIp")
+    if address:
+        return str(address)
+    headers = {k.lower(): v for k, v in (raw_event.get("headers") or {}).items()}
+    return headers.get(PEER_IP_HEADER)
 
 
 def _describe(problem: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,11 @@
 the blob store within the URL's signed byte limit (never buffering the whole file, so a
 1 GiB seed upload stays in bounded memory), a GET streams a blob out. Every other path goes
 to the powertools resolver. Errors keep the facade's error shape.
+
+The blob routes carry no bearer token (the signature is the credential), so their rate
+limit is charged to the client's IP: a PUT as an upload, a GET as any other request. The
+resolver learns the client's IP from a header set here from the TCP peer, after dropping
+any copy the client sent.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from urllib.parse import parse_qsl, unquote
 
 import uvicorn
 
+from palette.api.app import PEER_IP_HEADER
 from palette.api.errors import error_body
 from palette.blobs.local import LocalBlobStore
 from palette.blobs.port import BlobNotFound, BlobTooLarge, InvalidBlobKey
 from palette.blobs.signing import SignatureInvalid, UrlExpired
+from palette.guard.ratelimit import RateLimiter, route_class
 
 BLOB_PREFIX = "/blobs/"
 _CHUNK = 1024 * 1024
@@ -40,21 +47,38 @@ class FacadeApp:
         api: Callable[[Scope, Receive, Send], Any],
         blobs: LocalBlobStore,
         on_upload: Callable[[str], None] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._api = api
         self._blobs = blobs
         self._on_upload = on_upload
+        self._limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(BLOB_PREFIX):
+        if scope["type"] != "http":
+            await self._api(scope, receive, send)
+        elif scope["path"].startswith(BLOB_PREFIX):
             await self._blob_route(scope, receive, send)
         else:
-            await self._api(scope, receive, send)
+            await self._api(_with_peer_ip(scope), receive, send)
 
     async def _blob_route(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = str(uuid.uuid4())
         key = unquote(scope["path"][len(BLOB_PREFIX):])
         params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        if self._limiter is not None:
+            route = route_class(scope["method"], scope["path"])
+            decision = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self._limiter.admit(route, source_ip=_peer_ip(scope))  # type: ignore[union-attr]
+            )
+            if not decision.allowed:
+                retry_after = decision.retry_after_header
+                body = error_body(
+                    "RATE_LIMITED", f"too many {route} requests; retry in {retry_after} s",
+                    {"route_class": route, "retry_after_seconds": int(retry_after)}, request_id,
+                )
+                await _send_json(send, 429, body.encode(), request_id, [(b"retry-after", retry_after.encode())])
+                return
         try:
             if scope["method"] == "PUT":
                 await self._upload(key, params, receive)
@@ -130,17 +154,36 @@ class FacadeApp:
             handle.close()
 
 
+def _peer_ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def _with_peer_ip(scope: Scope) -> Scope:
+    """The scope with the peer-IP header set from the TCP peer, never from the client."""
+    header = PEER_IP_HEADER.encode()
+    headers = [(name, value) for name, value in scope.get("headers", []) if name.lower() != header]
+    peer = _peer_ip(scope)
+    if peer is not None:
+        headers.append((header, peer.encode()))
+    return {**scope, "headers": headers}
+
+
 def _json_str(text: str) -> bytes:
     import json
 
     return json.dumps(text).encode()
 
 
-async def _send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
+async def _send_json(
+    send: Send, status: int, body: bytes, request_id: str, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     await send({
         "type": "http.response.start",
         "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())],
+        "headers": [
+            (b"content-type", b"application/json"), (b"x-request-id", request_id.encode()), *(extra_headers or []),
+        ],
     })
     await send({"type": "http.response.body", "body": body})
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -59,8 +59,10 @@ from palette.eventstore.port import (
     EventStore,
     EventStoreError,
     EventTooLarge,
+    ImportRefused,
     InvalidEvent,
     NewEvent,
+    verified_chain,
 )
 from palette.eventstore.recording import record
 
@@ -191,6 +193,45 @@ class DynamoDBEventStore(EventStore):
             f"the position counter moved on each of {MAX_APPEND_ATTEMPTS} attempts; "
             f"nothing was written to {stream_id!r}"
         )
+
+    def import_recorded(self, events: Iterable[StoredEvent]) -> int:
+        """Transactions of up to MAX_EVENTS_PER_APPEND events, each reserving its positions
+        on the counter like an append (the first one only if the counter does not exist yet,
+        which is what makes the store empty). Each chunk is checked before it is written, so
+        a refused import leaves a valid prefix of the log, never a broken chain."""
+        if self._last_position() is not None:
+            raise ImportRefused(f"table {self.table_name} already holds events; import into an empty store")
+        last: int | None = None
+        chunk: list[StoredEvent] = []
+        size = 0
+        for event in verified_chain(events):
+            item_bytes = _item_size(_event_item(dataclasses.replace(event, position=0), 1))
+            if chunk and (len(chunk) == MAX_EVENTS_PER_APPEND or size + item_bytes > MAX_TRANSACT_BYTES // 2):
+                last = self._import_chunk(chunk, last)
+                chunk, size = [], 0
+            chunk.append(event)
+            size += item_bytes
+        if chunk:
+            last = self._import_chunk(chunk, last)
+        return last or 0
+
+    def _import_chunk(self, chunk: list[StoredEvent], last: int | None) -> int:
+        positioned = [
+            dataclasses.replace(event, position=(last or 0) + offset)
+            for offset, event in enumerate(chunk, start=1)
+        ]
+        _check_sizes(positioned)
+        try:
+            self._client.transact_write_items(TransactItems=self._transaction(positioned, last))
+        except ClientError as error:
+            if _code(error) != "TransactionCanceledException":
+                raise
+            reasons = [r.get("Code", "None") for r in error.response.get("CancellationReasons", [])]
+            raise ImportRefused(
+                f"table {self.table_name} was written during the import, or an event id or "
+                f"(stream, version) repeats: {reasons}"
+            ) from None
+        return positioned[-1].position or 0
 
     def _transaction(
         self, positioned: list[StoredEvent], last: int | None

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import starmap
 from pathlib import Path
 
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import GENESIS_HASH, StoredEvent
-from palette.eventstore.port import ConcurrencyConflict, EventStore, InvalidEvent, NewEvent
+from palette.eventstore.port import (
+    ConcurrencyConflict,
+    EventStore,
+    ImportRefused,
+    InvalidEvent,
+    NewEvent,
+    verified_chain,
+)
 from palette.eventstore.recording import record_rows
 
 _SCHEMA = """
@@ -121,6 +128,29 @@ class SQLiteEventStore(EventStore):
                 r[11], r[12],
             ))
         return stored
+
+    def import_recorded(self, events: Iterable[StoredEvent]) -> int:
+        """One transaction: all events are imported, or none (a broken chain rolls back)."""
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
+                raise ImportRefused(f"{self.path} already holds events; import into an empty store")
+            rows = (
+                (e.id, e.stream_id, e.version, e.source, e.detail_type, e.schema_version, e.time,
+                 e.correlation_id, e.causation_id, e.actor, e.detail, e.prev_hash, e.hash)
+                for e in verified_chain(events)
+            )
+            count = db.executemany(_INSERT, rows).rowcount
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError as error:
+            db.execute("ROLLBACK")
+            raise ImportRefused(f"an event id appears twice in the import: {error}") from None
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return count
 
     def _hash_at(self, db: sqlite3.Connection, stream_id: str, version: int) -> str | None:
         """The hash to chain onto at `version`, or None when the stream is not there."""

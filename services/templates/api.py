@@ -25,12 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from contracts.events.templates import TemplateStep
 from palette.api.app import caller, logger
-from palette.api.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from palette.api.errors import ApiError, Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
 from palette.projections.documents import DocumentReader, InvalidPageToken
 from services.templates.domain import (
     MAX_DESCRIPTION_CHARS,
     MAX_NAME_CHARS,
+    ContentRejected,
     InvalidTemplate,
     NotTemplateOwner,
     TemplateAlreadyExists,
@@ -61,8 +62,16 @@ class ErrorReply(BaseModel):
     meta: dict[str, str]
 
 
+class ContentBlockedError(ApiError):
+    """The definition breaks an operator content rule; details name the step and rule."""
+
+    status = 400
+    code = "CONTENT_BLOCKED"
+
+
 _ERRORS = {
-    400: "VALIDATION_ERROR: a malformed request, or the template's problems by step and line",
+    400: "VALIDATION_ERROR: a malformed request, or the template's problems by step and line; "
+    "CONTENT_BLOCKED: a prompt (or the name or description) breaks an operator content rule",
     401: "UNAUTHORIZED: no valid bearer token",
     404: "NOT_FOUND: no such template, or another user's private one",
     409: "CONFLICT: a job uses the template, or a concurrent change won",
@@ -279,6 +288,13 @@ def _api_errors() -> Iterator[None]:
             {"problems": [
                 {"step_id": p.step_id, "line": p.line, "code": p.code, "message": p.message}
                 for p in invalid.errors
+            ]},
+        ) from None
+    except ContentRejected as rejected:
+        raise ContentBlockedError(
+            f"the template was refused: {rejected}",
+            {"blocked": [
+                {"step_id": b.step_id, "field": b.field, "rule_id": b.rule_id} for b in rejected.blocks
             ]},
         ) from None
     except (TemplateNotFound, NotTemplateOwner) as error:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
 
 from contracts.events.base import DomainEvent
+from contracts.events.guard import ContentBlocked
 from contracts.events.templates import (
     TemplateCreated,
     TemplateDeleted,
@@ -64,6 +66,35 @@ class DeleteTemplate:
 TemplateCommand = CreateTemplate | PublishTemplateVersion | DeleteTemplate
 
 
+# -- the operator's content rules ---------------------------------------------------------
+
+
+class ContentScreen(Protocol):
+    """The operator's content filter, as the templates service needs it (injected)."""
+
+    def blocking_rule(self, text: str) -> str | None:
+        """The id of a rule `text` breaks, or None."""
+
+
+class AllowAll:
+    """No content rules: the screen of a deployment without a filter."""
+
+    def blocking_rule(self, text: str) -> str | None:
+        return None
+
+
+ALLOW_ALL = AllowAll()
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedContent:
+    """Which part of a definition broke which rule (never the text itself)."""
+
+    rule_id: str
+    field: Literal["prompt", "name", "description"]
+    step_id: str | None = None
+
+
 # -- errors ------------------------------------------------------------------------------
 
 
@@ -105,6 +136,28 @@ class TemplateInUse(TemplateError):
         super().__init__(
             template_id, f"template {template_id!r} is used by job(s) {', '.join(self.job_ids)}"
         )
+
+
+class ContentRejected(TemplateError):
+    """A prompt, name or description breaks an operator content rule."""
+
+    def __init__(self, template_id: str, version: int, blocks: Sequence[BlockedContent]):
+        self.version = version
+        self.blocks = tuple(blocks)
+        first = self.blocks[0]
+        where = f"step {first.step_id!r}" if first.step_id else f"the {first.field}"
+        super().__init__(template_id, f"{where} breaks content rule {first.rule_id!r}")
+
+    def events(self) -> list[DomainEvent]:
+        """The guardrail facts to record, one per block."""
+        return [
+            ContentBlocked(
+                rule_id=block.rule_id, where="template", action="rejected",
+                template_id=self.template_id, template_version=self.version,
+                step_id=block.step_id, field=block.field,
+            )
+            for block in self.blocks
+        ]
 
 
 # -- state -------------------------------------------------------------------------------
@@ -208,21 +261,25 @@ def _version_of(version: int, event: TemplateCreated | TemplateVersionPublished)
 # -- decisions ---------------------------------------------------------------------------
 
 
-def decide(command: TemplateCommand, state: TemplateState) -> list[DomainEvent]:
-    """The events `command` causes given `state`, or a domain error."""
+def decide(
+    command: TemplateCommand, state: TemplateState, screen: ContentScreen = ALLOW_ALL
+) -> list[DomainEvent]:
+    """The events `command` causes given `state`, or a domain error. `screen` applies the
+    operator's content rules to new definitions, after ownership and syntax are checked."""
     if isinstance(command, CreateTemplate):
-        return _create(command, state)
+        return _create(command, state, screen)
     if isinstance(command, PublishTemplateVersion):
-        return _publish(command, state)
+        return _publish(command, state, screen)
     if isinstance(command, DeleteTemplate):
         return _delete(command, state)
     raise TypeError(f"not a template command: {command!r}")
 
 
-def _create(command: CreateTemplate, state: TemplateState) -> list[DomainEvent]:
+def _create(command: CreateTemplate, state: TemplateState, screen: ContentScreen) -> list[DomainEvent]:
     if state.exists:
         raise TemplateAlreadyExists(command.template_id)
     analysis = _checked_definition(command.name, command.description, command.steps)
+    _screen(command.template_id, 1, command.name, command.description, command.steps, screen)
     return [
         TemplateCreated(
             template_id=command.template_id,
@@ -236,12 +293,13 @@ def _create(command: CreateTemplate, state: TemplateState) -> list[DomainEvent]:
     ]
 
 
-def _publish(command: PublishTemplateVersion, state: TemplateState) -> list[DomainEvent]:
+def _publish(command: PublishTemplateVersion, state: TemplateState, screen: ContentScreen) -> list[DomainEvent]:
     _require_owner(state, command.template_id, command.actor)
     name = state.name if command.name is None else command.name
     description = state.description if command.description is None else command.description
     is_public = state.is_public if command.is_public is None else command.is_public
     analysis = _checked_definition(name, description, command.steps)
+    _screen(command.template_id, state.version + 1, name, description, command.steps, screen)
     return [
         TemplateVersionPublished(
             template_id=command.template_id,
@@ -269,6 +327,27 @@ def _require_owner(state: TemplateState, template_id: str, actor: str) -> None:
         raise NotTemplateOwner(template_id, actor)
 
 
+def _screen(
+    template_id: str,
+    version: int,
+    name: str,
+    description: str,
+    steps: Sequence[TemplateStep],
+    screen: ContentScreen,
+) -> None:
+    """Every rule the definition breaks, by step, or nothing: raises ContentRejected."""
+    blocks: list[BlockedContent] = []
+    for step in steps:
+        if rule := screen.blocking_rule(step.prompt):
+            blocks.append(BlockedContent(rule, "prompt", step.id))
+    if rule := screen.blocking_rule(name):
+        blocks.append(BlockedContent(rule, "name"))
+    if description and (rule := screen.blocking_rule(description)):
+        blocks.append(BlockedContent(rule, "description"))
+    if blocks:
+        raise ContentRejected(template_id, version, blocks)
+
+
 def _checked_definition(
     name: str, description: str, steps: Sequence[TemplateStep]
 ) -> TemplateAnalysis:
@@ -292,6 +371,10 @@ def _checked_definition(
 
 
 __all__ = [
+    "ALLOW_ALL",
+    "BlockedContent",
+    "ContentRejected",
+    "ContentScreen",
     "CreateTemplate",
     "DeleteTemplate",
     "InvalidTemplate",

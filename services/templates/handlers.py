@@ -6,6 +6,10 @@ the append fail instead of silently interleaving. On ConcurrencyConflict the com
 decided once more on a fresh load; a second conflict reaches the caller (the API answers
 409). Every event carries the acting user and the request's correlation id.
 
+A definition that breaks an operator content rule (the injected `screen`) is refused, and
+the refusal is recorded as ContentBlocked events in `guard-template-<id>`, a stream only
+this service writes, before the ContentRejected error reaches the caller.
+
 Template ids are `tpl_` followed by 32 lowercase hex digits (a uuid4): unguessable, so an
 id says nothing about who owns what, and recognisable in logs and job requests.
 """
@@ -21,7 +25,11 @@ from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
 from contracts.events.templates import TemplateStep
 from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from contracts.events.guard import template_guard_stream
 from services.templates.domain import (
+    ALLOW_ALL,
+    ContentRejected,
+    ContentScreen,
     CreateTemplate,
     DeleteTemplate,
     PublishTemplateVersion,
@@ -62,9 +70,12 @@ class LoadedTemplate:
 class TemplateHandlers:
     """The templates service's write side; `usage` tells which jobs use a template."""
 
-    def __init__(self, events: EventStore, usage: TemplateUsageView) -> None:
+    def __init__(
+        self, events: EventStore, usage: TemplateUsageView, screen: ContentScreen = ALLOW_ALL
+    ) -> None:
         self._events = events
         self._usage = usage
+        self._screen = screen
 
     def read(self, template_id: str) -> LoadedTemplate:
         """The template as its stream tells it (empty state for an unknown id)."""
@@ -144,13 +155,29 @@ class TemplateHandlers:
         state = loaded.state
         if with_usage and state.is_live:
             state = replace(state, jobs_using=self._usage.jobs_using(command.template_id))
-        events = decide(command, state)
+        try:
+            events = decide(command, state, self._screen)
+        except ContentRejected as rejected:
+            self._record_refusal(rejected, actor, correlation_id)
+            raise
         stored = self._events.append(
             template_stream(command.template_id),
             [NewEvent(event, actor=actor, correlation_id=correlation_id) for event in events],
             expected_version=loaded.stream_version,
         )
         return _after(loaded, events, [s.time for s in stored])
+
+
+    def _record_refusal(self, rejected: ContentRejected, actor: str, correlation_id: str | None) -> None:
+        stream = template_guard_stream(rejected.template_id)
+        events = [NewEvent(event, actor=actor, correlation_id=correlation_id) for event in rejected.events()]
+        for _ in range(3):
+            try:
+                self._events.append(stream, events, expected_version=self._events.stream_version(stream))
+                return
+            except ConcurrencyConflict:
+                continue
+        raise ConcurrencyConflict(stream, self._events.stream_version(stream))
 
 
 def _after(loaded: LoadedTemplate, events: Sequence[DomainEvent], times: Sequence[str]) -> LoadedTemplate:

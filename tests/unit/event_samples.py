@@ -11,6 +11,7 @@ from contracts.events import (
     BatchGenerated,
     BudgetExceeded,
     BudgetWarning,
+    ContentBlocked,
     CostRecorded,
     DatasetExported,
     DomainEvent,
@@ -125,6 +126,10 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
     BudgetExceeded: BudgetExceeded(
         job_id="job-1", budget_limit=Decimal("20"), spent=Decimal("19.99"),
         reason="next call's worst case exceeds the remaining budget",
+    ),
+    ContentBlocked: ContentBlocked(
+        rule_id="adult", where="template", action="rejected", template_id="tpl-1",
+        template_version=2, step_id="question", field="prompt",
     ),
 }
 

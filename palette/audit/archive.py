@@ -1,0 +1,201 @@
+"""The log as a Parquet archive: `palette events export` / `palette events import`.
+
+Layout (Hive style, readable by pyarrow, DuckDB, Athena, Spark):
+
+    DIR/_palette_export.json                        manifest: counts, positions, digest
+    DIR/date=2026-11-02/detail_type=BatchGenerated/part-0.parquet
+
+Each row is one StoredEvent: every envelope field is a column (position, id, stream_id,
+version, source, schema_version, time, correlation_id, causation_id, actor, prev_hash,
+hash) and `detail` is the exact stored JSON text, so an import reproduces every hash byte
+for byte. `date` (the UTC day of `time`) and `detail_type` are the partition keys and live
+in the path, as Hive tables expect.
+
+An import reads the whole archive, orders it by position and hands it to the store's
+`import_recorded`, which checks every chain and refuses a store that is not empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from contracts.envelope import StoredEvent
+from palette.eventstore.port import EventStore
+
+MANIFEST = "_palette_export.json"
+ARCHIVE_FORMAT = "palette-events/1"
+PAGE_SIZE = 20_000
+
+_FIELDS = (
+    "id", "stream_id", "version", "position", "source", "detail_type", "schema_version", "time",
+    "correlation_id", "causation_id", "actor", "detail", "prev_hash", "hash",
+)
+_INTEGERS = frozenset({"version", "position", "schema_version"})
+SCHEMA = pa.schema(
+    [(name, pa.int64() if name in _INTEGERS else pa.string()) for name in _FIELDS]
+    + [("date", pa.string())]
+)
+PARTITIONING = ds.partitioning(
+    pa.schema([("date", pa.string()), ("detail_type", pa.string())]), flavor="hive"
+)
+
+Progress = Callable[[int], None]
+
+
+class ArchiveError(Exception):
+    """An archive that cannot be written or read as one."""
+
+
+@dataclass(frozen=True)
+class ArchiveSummary:
+    events: int
+    streams: int
+    first_position: int | None
+    last_position: int | None
+    digest: str
+    directory: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "streams": self.streams,
+            "first_position": self.first_position,
+            "last_position": self.last_position,
+            "digest": self.digest,
+            "directory": self.directory,
+        }
+
+
+def _day(time: str) -> str:
+    if time.endswith("Z") and time[10:11] == "T":
+        return time[:10]
+    return datetime.fromisoformat(time).astimezone(UTC).date().isoformat()
+
+
+class _Heads:
+    """Each stream's last version and hash: the digest `palette audit verify` prints too."""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, tuple[int, str]] = {}
+        self.count = 0
+        self.first: int | None = None
+        self.last: int | None = None
+
+    def add(self, stream_ids: list[str], versions: list[int], hashes: list[str], positions: list[Any]) -> None:
+        heads = self.heads
+        for stream_id, version, last_hash in zip(stream_ids, versions, hashes, strict=True):
+            head = heads.get(stream_id)
+            if head is None or head[0] < version:
+                heads[stream_id] = (version, last_hash)
+        self.count += len(stream_ids)
+        known = [p for p in positions if p is not None]
+        if known:
+            self.first = min(known) if self.first is None else min(self.first, min(known))
+            self.last = max(known) if self.last is None else max(self.last, max(known))
+
+    def digest(self) -> str:
+        digest = hashlib.sha256()
+        for stream_id in sorted(self.heads):
+            version, last_hash = self.heads[stream_id]
+            digest.update(f"{stream_id}\t{version}\t{last_hash}\n".encode())
+        return digest.hexdigest()
+
+
+def export_events(
+    store: EventStore, out: Path, progress: Progress | None = None, page_size: int = PAGE_SIZE
+) -> ArchiveSummary:
+    """Write every event of `store` under `out` (which must be missing or empty)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ArchiveError(f"{out} is not empty; export into a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    heads = _Heads()
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        position = 0
+        while True:
+            page = store.read_all(position, page_size)
+            if not page:
+                return
+            columns = {name: [getattr(e, name) for e in page] for name in _FIELDS}
+            columns["date"] = [_day(t) for t in columns["time"]]
+            heads.add(columns["stream_id"], columns["version"], columns["hash"], columns["position"])
+            yield pa.RecordBatch.from_pydict(columns, schema=SCHEMA)
+            if progress is not None:
+                progress(len(page))
+            position = page[-1].position or position
+            if len(page) < page_size:
+                return
+
+    ds.write_dataset(
+        batches(),
+        out,
+        schema=SCHEMA,
+        format="parquet",
+        partitioning=PARTITIONING,
+        basename_template="part-{i}.parquet",
+        existing_data_behavior="overwrite_or_ignore",
+        max_rows_per_group=128 * 1024,
+        max_open_files=4096,
+    )
+    summary = ArchiveSummary(heads.count, len(heads.heads), heads.first, heads.last, heads.digest(), str(out))
+    manifest = {"format": ARCHIVE_FORMAT, "exported_at": datetime.now(UTC).isoformat(), **summary.as_dict()}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return summary
+
+
+def read_archive(directory: Path) -> tuple[dict[str, Any], pa.Table]:
+    """The manifest and every archived event as one table in position order."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise ArchiveError(f"{directory} holds no {MANIFEST}: not a Palette event archive")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != ARCHIVE_FORMAT:
+        raise ArchiveError(f"archive format {manifest.get('format')!r}, expected {ARCHIVE_FORMAT!r}")
+    dataset = ds.dataset(directory, format="parquet", partitioning=PARTITIONING)
+    table = dataset.to_table(columns=list(_FIELDS)).sort_by("position")
+    if table.num_rows != manifest["events"]:
+        raise ArchiveError(
+            f"the archive holds {table.num_rows} events, its manifest says {manifest['events']}: files are missing"
+        )
+    return manifest, table
+
+
+def archived_events(table: pa.Table, chunk_rows: int = 50_000) -> Iterator[StoredEvent]:
+    """The table's rows as StoredEvents, in table order."""
+    for batch in table.to_batches(chunk_rows):
+        columns = [batch.column(name).to_pylist() for name in _FIELDS]
+        for row in zip(*columns, strict=True):
+            yield StoredEvent(*row)
+
+
+def import_events(store: EventStore, directory: Path, progress: Progress | None = None) -> ArchiveSummary:
+    """Load an archive into an empty `store` with every hash as exported (see
+    `EventStore.import_recorded`); the digest is recomputed and compared with the manifest."""
+    manifest, table = read_archive(directory)
+    heads = _Heads()
+
+    def counted() -> Iterator[StoredEvent]:
+        for index, event in enumerate(archived_events(table), start=1):
+            heads.add([event.stream_id], [event.version], [event.hash], [event.position])
+            if progress is not None and index % 10_000 == 0:
+                progress(10_000)
+            yield event
+        if progress is not None:
+            progress(heads.count % 10_000)
+
+    store.import_recorded(counted())
+    summary = ArchiveSummary(heads.count, len(heads.heads), heads.first, heads.last, heads.digest(), str(directory))
+    if summary.digest != manifest.get("digest"):
+        raise ArchiveError("the imported log's digest differs from the archive manifest's")
+    return summary

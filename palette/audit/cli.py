@@ -1,0 +1,369 @@
+"""The auditor's commands: `palette audit verify|job`, `palette replay`, `palette events
+export|import`. Registered on the `palette` app by `palette.cli`.
+
+Each works on the embedded data directory (`--data-dir`) or, with `--runtime aws`, on the
+DynamoDB event table named by the environment (`PALETTE_EVENT_TABLE`, see
+`palette.adapters.AwsSettings`). Exit codes: 0 success; 1 the audit found something (the
+first finding is the one-line reason); 2 bad input or a missing log.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from palette.eventstore.port import EventStore
+
+audit_app = typer.Typer(no_args_is_help=True, help="Prove the log is intact; explain a job and its cost.")
+events_app = typer.Typer(no_args_is_help=True, help="Archive the event log to Parquet and load it back.")
+
+DataDir = Annotated[
+    Path,
+    typer.Option("--data-dir", help="Where the embedded runtime keeps its state.", envvar="PALETTE_DATA_DIR"),
+]
+DEFAULT_DATA_DIR = Path(".palette")
+Runtime = Annotated[
+    str,
+    typer.Option(
+        "--runtime", help="local (the data directory) or aws (DynamoDB, from the environment).",
+        envvar="PALETTE_RUNTIME",
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+MAX_LISTED = 50
+EVENTS_FILE = "events.db"
+PROJECTIONS_FILE = "projections.db"
+
+
+def fail(reason: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {reason}", err=True)
+    raise typer.Exit(code)
+
+
+def emit_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+def open_events(data_dir: Path, runtime: str, *, create: bool = False) -> EventStore:
+    """The event store to audit: the data directory's log, or the AWS event table."""
+    if runtime == "aws":
+        from palette.adapters import AwsSettings, aws_adapters
+
+        return aws_adapters(AwsSettings.from_env()).events
+    if runtime != "local":
+        fail(f"--runtime must be local or aws, not {runtime!r}", 2)
+    from palette.eventstore.sqlite import SQLiteEventStore
+
+    path = Path(data_dir) / EVENTS_FILE
+    if not create and not path.is_file():
+        fail(f"no event log at {path}", 2)
+    return SQLiteEventStore(path)
+
+
+@contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A rich progress line on stderr (events done and rate); silent when not a terminal."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        yield lambda _n: None
+        return
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda n: progress.advance(task, n)
+
+
+# -- palette audit -------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def verify(data_dir: DataDir = DEFAULT_DATA_DIR, runtime: Runtime = "local", as_json: Json = False) -> None:
+    """Prove the log is intact: hash chains, versions, positions and the job invariants.
+
+    Invariants: no batch after a job ended, spend within budget, every batch charged once,
+    rows exported = rows generated. Exit 1 names the stream, version and event that broke.
+    """
+    from palette.audit.verify import verify_log
+
+    store = open_events(data_dir, runtime)
+    try:
+        with progress_bar("verifying the log") as advance:
+            report = verify_log(store, advance)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        typer.echo(
+            f"{report.events} events in {report.streams} streams ({report.jobs} jobs), "
+            f"last position {report.last_position}"
+        )
+        typer.echo(f"digest {report.digest}")
+        for line in report.pending:
+            typer.echo(f"pending: {line}")
+        for violation in report.violations[:MAX_LISTED]:
+            typer.echo(violation.line())
+        if len(report.violations) > MAX_LISTED:
+            typer.echo(f"... and {len(report.violations) - MAX_LISTED} more")
+        if report.ok:
+            typer.echo("OK: every chain holds and every invariant is kept")
+    if not report.ok:
+        first = report.violations[0]
+        fail(f"{len(report.violations)} violation(s); first: {first.line()}")
+
+
+@audit_app.command("job")
+def job(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    runtime: Runtime = "local",
+    as_json: Json = False,
+) -> None:
+    """A job's timeline across its streams and its cost reconciliation.
+
+    Each event with its actor and correlation id; then CostRecorded against the priced
+    token usage of BatchGenerated. Exit 1 when the charges do not reconcile.
+    """
+    from palette.audit.timeline import JobNotInLog, audit_job
+
+    store = open_events(data_dir, runtime)
+    try:
+        result = audit_job(store, job_id)
+    except JobNotInLog as error:
+        fail(str(error), 2)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        _print_job(result)
+    if not result.reconciliation.balanced:
+        fail(f"job {job_id}: {result.reconciliation.discrepancies[0]}")
+
+
+def _print_job(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 160), soft_wrap=False)
+    table = Table(title=f"job {result.job_id}", show_lines=False)
+    for column in ("pos", "time", "stream", "v", "event", "actor", "correlation", "what"):
+        table.add_column(column, overflow="fold")
+    for e in result.entries:
+        table.add_row(
+            str(e.position), e.time, e.stream_id.split("-", 1)[0], str(e.version), e.detail_type,
+            e.actor, e.correlation_id[:13], e.summary,
+        )
+    console.print(table)
+    r = result.reconciliation
+    costs = Table(title="cost reconciliation")
+    for column in ("batch", "rows", "charged", "model tokens recorded", "priced", "note"):
+        costs.add_column(column)
+    for line in r.batches:
+        costs.add_row(
+            str(line.batch_number), str(line.rows), " + ".join(f"${c}" for c in line.charges) or "-",
+            str(line.recorded_model_tokens or "-"), str(line.priced_model_tokens or "-"), line.note,
+        )
+    console.print(costs)
+    remaining = "-" if r.budget_limit is None else f"${r.budget_limit - r.recorded_total}"
+    console.print(
+        f"status {r.status}; spent ${r.recorded_total} of ${r.budget_limit} (remaining {remaining}); "
+        f"model tokens recorded ${r.recorded_model_tokens}, priced "
+        f"{'n/a' if r.priced_model_tokens is None else '$' + str(r.priced_model_tokens)}; "
+        f"rows generated {r.rows_generated}, exported {r.rows_exported}"
+    )
+    console.print("balanced" if r.balanced else "discrepancies:\n  " + "\n  ".join(r.discrepancies))
+
+
+# -- palette replay ------------------------------------------------------------------------
+
+
+def replay_command(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    into: Annotated[Path | None, typer.Option("--into", help="Build the views in DIR instead of replacing the live ones.")] = None,
+    diff: Annotated[bool, typer.Option("--diff", help="Compare the rebuilt views with the live ones, row by row.")] = False,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Only events recorded at or before this ISO-8601 time.")] = None,
+    runtime: Runtime = "local",
+    as_json: Json = False,
+) -> None:
+    """Rebuild every projection from the log.
+
+    In place (swapped in when complete), into a new directory (--into), or beside the live
+    views to compare them row by row (--diff, exit 1 on a difference); --as-of builds the
+    views as they stood at that time.
+    """
+    from palette.audit.replay import ReplayError, parse_as_of
+    from palette.composition import local_projections
+
+    try:
+        moment = None if as_of is None else parse_as_of(as_of)
+    except ReplayError as error:
+        fail(str(error), 2)
+    if moment is not None and into is None:
+        fail("--as-of builds past views beside the live ones: give --into DIR", 2)
+    if moment is not None and diff:
+        fail("--diff compares with the live views, which are not as of a past time", 2)
+    if diff and runtime != "local":
+        fail("--diff compares SQLite projection files: use it with --runtime local", 2)
+    projections = local_projections()
+    store = open_events(data_dir, runtime)
+    try:
+        with progress_bar("replaying the log") as advance:
+            if diff:
+                result = _replay_diff(store, data_dir, projections, into, advance)
+            elif into is not None:
+                result = _replay_into(store, projections, into, moment, advance)
+            else:
+                result = _replay_live(store, data_dir, runtime, projections, advance)
+    except ReplayError as error:
+        fail(str(error), 2)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(result)
+    else:
+        summary = result["summary"]
+        where = summary.get("directory") or "the live views"
+        typer.echo(f"replayed {summary['events_read']} events up to position {summary['last_position']} into {where}")
+        for name, count in summary["applied"].items():
+            typer.echo(f"  {name}: {count} events applied")
+        if diff:
+            for line in result["differences"][:MAX_LISTED]:
+                typer.echo(line["line"])
+            total = len(result["differences"])
+            if total > MAX_LISTED:
+                typer.echo(f"... and {total - MAX_LISTED} more")
+            if not total:
+                typer.echo("no differences: the live views equal the ones rebuilt from the log")
+    if diff and result["differences"]:
+        fail(f"{len(result['differences'])} row(s) differ; first: {result['differences'][0]['line']}")
+
+
+def _replay_into(store: EventStore, projections: list[Any], into: Path, as_of: str | None, advance: Any) -> dict[str, Any]:
+    from palette.audit.replay import replay_into
+
+    return {"summary": replay_into(store, projections, into, as_of=as_of, progress=advance).as_dict()}
+
+
+def _replay_live(store: EventStore, data_dir: Path, runtime: str, projections: list[Any], advance: Any) -> dict[str, Any]:
+    from palette.audit.replay import rebuild_live
+
+    if runtime == "aws":
+        from palette.adapters import AwsSettings, aws_adapters
+
+        adapters = aws_adapters(AwsSettings.from_env())
+        runners = [adapters.projection_runner(p) for p in projections]
+        return {"summary": rebuild_live(store, runners, progress=advance).as_dict()}
+    from palette.projections.documents_sqlite import sqlite_documents
+    from palette.projections.runner import ProjectionRunner
+    from palette.projections.sqlite import SQLiteReadModelStore
+
+    read_models = SQLiteReadModelStore(Path(data_dir) / PROJECTIONS_FILE)
+    try:
+        runners = [ProjectionRunner(store, sqlite_documents(p), read_models) for p in projections]
+        return {"summary": rebuild_live(store, runners, progress=advance).as_dict()}
+    finally:
+        read_models.close()
+
+
+def _replay_diff(
+    store: EventStore, data_dir: Path, projections: list[Any], into: Path | None, advance: Any
+) -> dict[str, Any]:
+    from palette.audit.replay import PROJECTIONS_FILE as REBUILT
+    from palette.audit.replay import diff_documents, live_checkpoints, replay_into
+    from palette.projections.sqlite import SQLiteReadModelStore
+
+    live_path = Path(data_dir) / PROJECTIONS_FILE
+    if not live_path.is_file():
+        fail(f"no live projections at {live_path}", 2)
+    live = SQLiteReadModelStore(live_path)
+    try:
+        until = live_checkpoints(live, projections)
+    finally:
+        live.close()
+    with tempfile.TemporaryDirectory(prefix="palette-replay-") as scratch:
+        target = into if into is not None else Path(scratch)
+        summary = replay_into(store, projections, target, until=until, progress=advance)
+        differences = diff_documents(live_path, target / REBUILT, projections)
+    return {
+        "summary": summary.as_dict(),
+        "live_checkpoints": until,
+        "differences": [{**d.__dict__, "fields": list(d.fields), "line": d.line()} for d in differences],
+    }
+
+
+# -- palette events ------------------------------------------------------------------------
+
+
+@events_app.command("export")
+def export(
+    out: Annotated[Path, typer.Option("--out", help="A new directory for the archive.")],
+    format: Annotated[str, typer.Option("--format", help="Archive format (parquet).")] = "parquet",
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    runtime: Runtime = "local",
+    as_json: Json = False,
+) -> None:
+    """Write the whole log as Parquet, partitioned by date and detail-type (Hive style)."""
+    from palette.audit.archive import ArchiveError, export_events
+
+    if format.lower() != "parquet":
+        fail(f"--format {format!r}: only parquet is supported", 2)
+    store = open_events(data_dir, runtime)
+    try:
+        with progress_bar("exporting the log") as advance:
+            summary = export_events(store, out, advance)
+    except ArchiveError as error:
+        fail(str(error), 2)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(summary.as_dict())
+    else:
+        typer.echo(f"exported {summary.events} events of {summary.streams} streams to {out} (digest {summary.digest})")
+
+
+@events_app.command("import")
+def import_(
+    directory: Annotated[Path, typer.Argument(help="An archive written by `palette events export`.")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    runtime: Runtime = "local",
+    as_json: Json = False,
+) -> None:
+    """Load an archive into an empty event store, every hash exactly as exported."""
+    from palette.audit.archive import ArchiveError, import_events
+    from palette.eventstore.port import EventStoreError
+
+    if not Path(directory).is_dir():
+        fail(f"{directory} is not a directory", 2)
+    store = open_events(data_dir, runtime, create=True)
+    try:
+        with progress_bar("importing the archive") as advance:
+            summary = import_events(store, directory, advance)
+    except (ArchiveError, EventStoreError) as error:
+        fail(str(error), 1)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(summary.as_dict())
+    else:
+        typer.echo(f"imported {summary.events} events of {summary.streams} streams (digest {summary.digest})")

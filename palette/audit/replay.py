@@ -1,0 +1,330 @@
+"""`palette replay`: rebuild every read model from the log alone, and compare.
+
+The projections are rebuilt in one pass over the log: each event is read once, decoded once
+(whichever projections want it), and committed to each projection's store in large
+batches through the read-model store's own `commit`, so the tracking records are written
+with the documents exactly as the live runner writes them. Three uses:
+
+- `rebuild_live`: every live projection is built in a fresh store and swapped in, as
+  `ProjectionRunner.rebuild` does one by one; readers see the old views until the swap;
+- `replay_into`: the views are built in a new SQLite file (`DIR/projections.db`), from any
+  event store, optionally `as_of` a time: only events recorded at or before it;
+- `diff_documents`: the rebuilt views against the live ones, row by row. The rebuild then
+  stops at each live projection's checkpoint, so lag is not mistaken for a difference.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from contracts.catalog import CATALOG, EventCatalog
+from contracts.envelope import EventEnvelope, StoredEvent
+from palette.eventstore.port import EventStore
+from palette.projections.documents import DocumentProjection
+from palette.projections.documents_sqlite import documents_table, sqlite_documents
+from palette.projections.port import (
+    Batch,
+    Checkpoint,
+    ProjectedEvent,
+    Projection,
+    ProjectionFailed,
+    ReadModelStore,
+)
+from palette.projections.sqlite import SQLiteReadModelStore
+
+READ_PAGE = 10_000
+COMMIT_BATCH = 5_000
+PROJECTIONS_FILE = "projections.db"
+
+Progress = Callable[[int], None]
+
+
+class ReplayError(Exception):
+    """A replay that cannot start: a target that is not empty, a time that does not parse."""
+
+
+@dataclass
+class ReplayTarget:
+    """One projection (in its backend's flavour) and the store it is rebuilt into.
+
+    `until` stops the rebuild at that position (a live projection's checkpoint)."""
+
+    projection: Projection
+    store: ReadModelStore[Any]
+    until: int | None = None
+    applied: int = 0
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    versions: dict[str, int] = field(default_factory=dict)
+    pending: list[ProjectedEvent] = field(default_factory=list)
+    last: StoredEvent | None = None
+
+
+@dataclass(frozen=True)
+class ReplaySummary:
+    events_read: int
+    last_position: int
+    as_of: str | None
+    applied: dict[str, int]
+    directory: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_as_of(text: str) -> str:
+    """An ISO-8601 time as the log writes times (UTC, microseconds, `Z`); naive means UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise ReplayError(f"--as-of {text!r} is not an ISO-8601 time (e.g. 2026-11-02T14:03:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _recorded_by(as_of: str) -> Callable[[str], bool]:
+    """Whether an event's time is at or before `as_of` (canonical times compare as text)."""
+
+    def at_or_before(time: str) -> bool:
+        if len(time) == 27 and time[-1] == "Z":
+            return time <= as_of
+        return parse_as_of(time) <= as_of
+
+    return at_or_before
+
+
+def replay(
+    events: EventStore,
+    targets: Sequence[ReplayTarget],
+    *,
+    as_of: str | None = None,
+    catalog: EventCatalog = CATALOG,
+    progress: Progress | None = None,
+    commit_batch: int = COMMIT_BATCH,
+    read_page: int = READ_PAGE,
+) -> ReplaySummary:
+    """Apply the log to every target's empty store in one pass; returns what was applied."""
+    wanted: dict[str, list[ReplayTarget]] = {}
+    for target in targets:
+        target.store.prepare(target.projection)
+        if target.store.checkpoint(target.projection) != Checkpoint():
+            raise ReplayError(f"the store for {target.projection.name!r} is not empty")
+        for detail_type in target.projection.detail_types:
+            wanted.setdefault(detail_type, []).append(target)
+    include = _recorded_by(as_of) if as_of is not None else None
+    detail_types = sorted(wanted)
+    position = read = 0
+    while detail_types:
+        page = events.read_all(position, read_page, detail_types)
+        if not page:
+            break
+        for stored in page:
+            if include is not None and not include(stored.time):
+                continue
+            envelope: EventEnvelope | None = None
+            for target in wanted.get(stored.detail_type, ()):
+                if target.until is not None and (stored.position or 0) > target.until:
+                    continue
+                if target.projection.event_view == "stored":
+                    target.pending.append(stored)
+                else:
+                    if envelope is None:
+                        envelope = _decode(stored, target.projection, catalog)
+                    target.pending.append(envelope)
+                target.last = stored
+                if len(target.pending) >= commit_batch:
+                    _commit(target)
+        read += len(page)
+        if progress is not None:
+            progress(len(page))
+        position = page[-1].position or position
+    for target in targets:
+        _commit(target)
+    return ReplaySummary(
+        events_read=read,
+        last_position=position,
+        as_of=as_of,
+        applied={t.projection.name: t.applied for t in targets},
+    )
+
+
+def _decode(stored: StoredEvent, projection: Projection, catalog: EventCatalog) -> EventEnvelope:
+    try:
+        return EventEnvelope.from_stored(stored, catalog)
+    except Exception as error:
+        raise ProjectionFailed(projection.name, stored) from error
+
+
+def _commit(target: ReplayTarget) -> None:
+    """The target's pending events as one commit, guarded like the runner's own commits."""
+    if not target.pending or target.last is None:
+        return
+    events, last = target.pending, target.last
+    stream_versions: dict[str, int] = {}
+    if target.projection.track_streams:
+        for event in events:
+            stream_id = _stream_of(event)
+            if stream_id not in stream_versions:
+                stream_versions[stream_id] = target.versions.get(stream_id, 0)
+    advance_to = Checkpoint(last.position or 0, last.id)
+    target.store.commit(target.projection, Batch(events, target.checkpoint, advance_to, stream_versions))
+    if target.projection.track_streams:
+        for event in events:
+            target.versions[_stream_of(event)] = _version_of(event)
+    target.applied += len(events)
+    target.checkpoint = advance_to
+    target.pending = []
+
+
+def _stream_of(event: ProjectedEvent) -> str:
+    return event.metadata.stream_id if isinstance(event, EventEnvelope) else event.stream_id
+
+
+def _version_of(event: ProjectedEvent) -> int:
+    return event.metadata.version if isinstance(event, EventEnvelope) else event.version
+
+
+# -- the three uses ----------------------------------------------------------------------
+
+
+def replay_into(
+    events: EventStore,
+    projections: Sequence[DocumentProjection],
+    directory: Path,
+    *,
+    as_of: str | None = None,
+    until: Mapping[str, int] | None = None,
+    progress: Progress | None = None,
+) -> ReplaySummary:
+    """Build `projections` from the log into `directory/projections.db` (a new file)."""
+    directory = Path(directory)
+    path = directory / PROJECTIONS_FILE
+    if path.exists():
+        raise ReplayError(f"{path} exists; replay into a new directory")
+    store = SQLiteReadModelStore(path, synchronous="OFF")
+    try:
+        targets = [
+            ReplayTarget(sqlite_documents(p), store, None if until is None else until.get(p.name))
+            for p in projections
+        ]
+        summary = replay(events, targets, as_of=as_of, progress=progress)
+    finally:
+        store.close()
+    return ReplaySummary(summary.events_read, summary.last_position, as_of, summary.applied, str(directory))
+
+
+def rebuild_live(
+    events: EventStore,
+    runners: Sequence[Any],
+    *,
+    progress: Progress | None = None,
+) -> ReplaySummary:
+    """Rebuild the projections of `runners` (ProjectionRunners over the live read-model
+    store) in fresh stores and swap each in; on any failure every fresh store is dropped."""
+    targets = [ReplayTarget(r.projection, r.read_models.fresh(r.projection)) for r in runners]
+    try:
+        summary = replay(events, targets, progress=progress)
+    except BaseException:
+        for target in targets:
+            target.store.discard(target.projection)
+        raise
+    for runner, target in zip(runners, targets, strict=True):
+        runner.read_models.swap_in(runner.projection, target.store)
+    return summary
+
+
+def live_checkpoints(store: SQLiteReadModelStore, projections: Sequence[DocumentProjection]) -> dict[str, int]:
+    """Each projection's live checkpoint position (0 when it never ran)."""
+    return {p.name: store.checkpoint(sqlite_documents(p)).position for p in projections}
+
+
+# -- comparing ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowDifference:
+    """One document that differs between the live view and the rebuilt one."""
+
+    projection: str
+    collection: str
+    key: str
+    kind: str
+    fields: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        detail = f" ({', '.join(self.fields)})" if self.fields else ""
+        return f"{self.projection} {self.collection}/{self.key}: {self.kind}{detail}"
+
+
+_ROW = "SELECT collection, key, body, i1p, i1s, i2p, i2s FROM \"{table}\" ORDER BY collection, key"
+_INDEX_COLUMNS = ("index1.partition", "index1.sort", "index2.partition", "index2.sort")
+
+
+def _rows(db: sqlite3.Connection, table: str) -> Iterator[tuple[Any, ...]]:
+    try:
+        yield from db.execute(_ROW.format(table=table))
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):
+            raise
+
+
+def diff_documents(
+    live: Path, rebuilt: Path, projections: Sequence[DocumentProjection]
+) -> list[RowDifference]:
+    """Every document (row) of `projections` that is missing, extra or different in the
+    live projections file compared with the rebuilt one; bodies compare as JSON values."""
+    differences: list[RowDifference] = []
+    live_db = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
+    rebuilt_db = sqlite3.connect(f"file:{rebuilt}?mode=ro", uri=True)
+    try:
+        for projection in projections:
+            table = documents_table(projection)
+            differences.extend(_diff_table(projection.name, _rows(live_db, table), _rows(rebuilt_db, table)))
+    finally:
+        live_db.close()
+        rebuilt_db.close()
+    return differences
+
+
+def _diff_table(
+    name: str, live: Iterator[tuple[Any, ...]], rebuilt: Iterator[tuple[Any, ...]]
+) -> Iterator[RowDifference]:
+    left, right = next(live, None), next(rebuilt, None)
+    while left is not None or right is not None:
+        left_key = None if left is None else (left[0], left[1])
+        right_key = None if right is None else (right[0], right[1])
+        if right_key is None or (left_key is not None and left_key < right_key):
+            assert left is not None
+            yield RowDifference(name, left[0], left[1], "only in the live view")
+            left = next(live, None)
+        elif left_key is None or right_key < left_key:
+            yield RowDifference(name, right[0], right[1], "missing from the live view")
+            right = next(rebuilt, None)
+        else:
+            assert left is not None and right is not None
+            changed = _changed_fields(left, right)
+            if changed:
+                yield RowDifference(name, left[0], left[1], "differs", changed)
+            left, right = next(live, None), next(rebuilt, None)
+
+
+def _changed_fields(live: tuple[Any, ...], rebuilt: tuple[Any, ...]) -> tuple[str, ...]:
+    changed: list[str] = []
+    if live[2] != rebuilt[2]:
+        live_body, rebuilt_body = json.loads(live[2]), json.loads(rebuilt[2])
+        for key in sorted(set(live_body) | set(rebuilt_body)):
+            if live_body.get(key, _MISSING) != rebuilt_body.get(key, _MISSING):
+                changed.append(f"body.{key}")
+    for column, a, b in zip(_INDEX_COLUMNS, live[3:], rebuilt[3:], strict=True):
+        if a != b:
+            changed.append(column)
+    return tuple(changed)
+
+
+_MISSING = object()

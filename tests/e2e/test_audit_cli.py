@@ -1,0 +1,147 @@
+"""The auditor's commands end to end on a data directory: `palette audit verify|job`,
+`palette replay`, `palette events export|import`, their JSON output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.replay import main as bench_main
+from bench.replay import realistic_log
+from palette.cli import app
+from palette.composition import local_projections
+from palette.eventstore.sqlite import SQLiteEventStore
+from palette.projections.documents_sqlite import documents_table, sqlite_documents
+from palette.projections.runner import ProjectionRunner
+from palette.projections.sqlite import SQLiteReadModelStore
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A data directory with a realistic log and live views caught up with it."""
+    data = tmp_path / "data"
+    events = SQLiteEventStore(data / "events.db")
+    events.import_recorded(realistic_log(30, batches=4, concurrent=3))
+    views = SQLiteReadModelStore(data / "projections.db")
+    for projection in local_projections():
+        ProjectionRunner(events, sqlite_documents(projection), views).run_once()
+    views.close()
+    events.close()
+    return data
+
+
+def palette(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_verify_passes_then_names_the_edited_event(data_dir: Path) -> None:
+    code, out, _ = palette("audit", "verify", "--data-dir", str(data_dir), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["ok"] and report["jobs"] == 3 and len(report["digest"]) == 64
+
+    db = sqlite3.connect(data_dir / "events.db")
+    with db:
+        db.execute(
+            "UPDATE events SET detail = replace(detail, '\"total\":\"', '\"total\":\"1') "
+            "WHERE stream_id = 'ledger-job0000002' AND version = 2"
+        )
+    db.close()
+    completed = subprocess.run(
+        [sys.executable, "-m", "palette.cli", "audit", "verify", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, check=False,
+    )
+    assert completed.returncode == 1
+    assert "[hash] ledger-job0000002 v2" in completed.stdout
+    reason = completed.stderr.strip().splitlines()
+    assert len(reason) == 1
+    assert reason[0].startswith("error: ") and "ledger-job0000002 v2" in reason[0]
+
+
+def test_audit_job_prints_the_timeline_and_a_balanced_reconciliation(data_dir: Path) -> None:
+    code, out, _ = palette("audit", "job", "job0000000", "--data-dir", str(data_dir), "--json")
+    assert code == 0
+    result = json.loads(out)
+    kinds = [e["detail_type"] for e in result["events"]]
+    assert kinds[0] == "JobRequested" and kinds[-1] == "JobCompleted"
+    assert {"JobStarted", "GenerationClaimed", "BatchGenerated", "CostRecorded", "DatasetExported"} <= set(kinds)
+    assert all(e["actor"] and e["correlation_id"] for e in result["events"])
+    assert result["reconciliation"]["balanced"]
+    assert result["reconciliation"]["priced_model_tokens"] == result["reconciliation"]["recorded_model_tokens"]
+
+    code, out, _ = palette("audit", "job", "job0000000", "--data-dir", str(data_dir))
+    assert code == 0 and "cost reconciliation" in out and "balanced" in out
+    code, _, err = palette("audit", "job", "nope", "--data-dir", str(data_dir))
+    assert code == 2 and err.strip() == "error: no events of job 'nope' in the log"
+
+
+def test_replay_diff_finds_no_difference_until_a_view_is_changed(data_dir: Path) -> None:
+    code, out, _ = palette("replay", "--diff", "--data-dir", str(data_dir), "--json")
+    assert code == 0, out
+    assert json.loads(out)["differences"] == []
+
+    db = sqlite3.connect(data_dir / "projections.db")
+    with db:
+        db.execute(f'DELETE FROM "{documents_table("jobs_dashboard")}" WHERE key = ?', ("job0000001",))
+    db.close()
+    code, out, err = palette("replay", "--diff", "--data-dir", str(data_dir))
+    assert code == 1
+    assert "jobs_dashboard dashboard/job0000001: missing from the live view" in out
+    assert err.startswith("error: 1 row(s) differ")
+
+    code, out, _ = palette("replay", "--data-dir", str(data_dir), "--json")
+    assert code == 0 and json.loads(out)["summary"]["applied"]["jobs_dashboard"] > 0
+    code, _, _ = palette("replay", "--diff", "--data-dir", str(data_dir))
+    assert code == 0
+
+
+def test_replay_as_of_builds_past_views_into_a_directory(data_dir: Path, tmp_path: Path) -> None:
+    code, out, _ = palette(
+        "replay", "--data-dir", str(data_dir), "--into", str(tmp_path / "then"),
+        "--as-of", "2026-11-02T08:00:00.100000Z", "--json",
+    )
+    assert code == 0, out
+    summary = json.loads(out)["summary"]
+    assert summary["as_of"] == "2026-11-02T08:00:00.100000Z"
+    assert 0 < sum(summary["applied"].values()) < 10
+    assert (tmp_path / "then" / "projections.db").is_file()
+
+    code, _, err = palette("replay", "--data-dir", str(data_dir), "--as-of", "yesterday-ish", "--into", str(tmp_path / "x"))
+    assert code == 2 and "is not an ISO-8601 time" in err
+    code, _, err = palette("replay", "--data-dir", str(data_dir), "--as-of", "2026-11-02T08:00:00Z")
+    assert code == 2 and "--into" in err
+
+
+def test_export_and_import_round_trip_with_the_same_digest(data_dir: Path, tmp_path: Path) -> None:
+    code, out, _ = palette("events", "export", "--format", "parquet", "--out", str(tmp_path / "archive"),
+                           "--data-dir", str(data_dir), "--json")
+    assert code == 0
+    exported = json.loads(out)
+    code, out, _ = palette("events", "import", str(tmp_path / "archive"), "--data-dir", str(tmp_path / "copy"), "--json")
+    assert code == 0
+    assert json.loads(out)["digest"] == exported["digest"]
+    code, out, _ = palette("audit", "verify", "--data-dir", str(tmp_path / "copy"), "--json")
+    assert code == 0 and json.loads(out)["digest"] == exported["digest"]
+
+    code, _, err = palette("events", "import", str(tmp_path / "archive"), "--data-dir", str(tmp_path / "copy"))
+    assert code == 1 and "already holds events" in err
+    code, _, err = palette("events", "export", "--format", "csv", "--out", str(tmp_path / "x"), "--data-dir", str(data_dir))
+    assert code == 2 and "only parquet" in err
+    code, _, err = palette("audit", "verify", "--data-dir", str(tmp_path / "missing"))
+    assert code == 2 and "no event log" in err
+
+
+def test_the_bench_runs_small_and_ends_with_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["--events", "1500"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"replay rebuild_eps=\d+ verify_eps=\d+ export_eps=\d+ raw_read_eps=\d+", last)
