@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[dev,aws]"
+	$(VENV)/bin/pip install --quiet -e ".[dev,aws,local]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +22,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.eventstore
 	$(PY) -m bench.seeds
+	$(PY) -m bench.generator
+	$(PY) -m bench.budget
+	$(PY) -m bench.replay
+	$(PY) -m bench.guard
 
 schemas: $(STAMP)
 	$(PY) -m contracts.schemagen

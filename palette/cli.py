@@ -14,7 +14,9 @@ from palette.audit.cli import audit_app, events_app, replay_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Palette: synthetic data on an event log.")
 token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the local facade.")
+jobs_app = typer.Typer(no_args_is_help=True, help="Jobs of the local runtime.")
 app.add_typer(token_app, name="token")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(audit_app, name="audit")
 app.add_typer(events_app, name="events")
 app.command("replay")(replay_command)
@@ -70,6 +72,31 @@ def demo(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     from palette.demo import run_demo
 
     raise typer.Exit(run_demo(data_dir))
+
+
+@jobs_app.command("watch")
+def jobs_watch(
+    job_id: Annotated[str, typer.Argument(help="The job to follow.")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+) -> None:
+    """A live progress bar for JOB_ID until it ends (reads DATA_DIR; works beside `serve`)."""
+    from rich.console import Console
+
+    from palette.composition import LocalPalette
+    from palette.watch import TERMINAL_STATUSES, watch_job
+
+    runtime = LocalPalette(data_dir)
+    try:
+        if runtime.dashboard(job_id) is None:
+            fail(f"no job {job_id!r} in {data_dir}", 2)
+        final = watch_job(lambda: runtime.dashboard(job_id), Console(), timeout=timeout)
+    finally:
+        runtime.close()
+    if final is None or final.get("status") not in TERMINAL_STATUSES:
+        fail("the job had not ended when the watch timed out")
+    if final.get("status") != "COMPLETED":
+        fail(f"the job ended {final.get('status')}")
 
 
 def main() -> None:

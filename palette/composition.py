@@ -37,6 +37,7 @@ from services.generator.worker_main import gateway_from_env
 from services.jobs.api import create_router as jobs_router
 from services.jobs.consumers import subscriptions as jobs_subscriptions
 from services.jobs.handlers import JobHandlers
+from services.jobs.projections import DASHBOARDS as JOB_DASHBOARDS
 from services.jobs.projections import JobDashboard, JobList
 from services.seeds.api import create_router as seeds_router
 from services.seeds.handlers import SeedHandlers

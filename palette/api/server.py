@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import signal
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -60,7 +61,7 @@ class FacadeApp:
         elif scope["path"].startswith(BLOB_PREFIX):
             await self._blob_route(scope, receive, send)
         else:
-            await self._api(_with_peer_ip(scope), receive, send)
+            await self._api(_with_peer_ip(scope), receive, _bodies_as_bytes(send))
 
     async def _blob_route(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = str(uuid.uuid4())
@@ -169,6 +170,18 @@ def _with_peer_ip(scope: Scope) -> Scope:
     return {**scope, "headers": headers}
 
 
+def _bodies_as_bytes(send: Send) -> Send:
+    """powertools' local resolver sends `body=None` for empty responses (204), which the
+    HTTP layer cannot write; an empty body is what it means."""
+
+    async def sending(message: dict[str, Any]) -> Any:
+        if message.get("type") == "http.response.body" and message.get("body") is None:
+            message = {**message, "body": b""}
+        return await send(message)
+
+    return sending
+
+
 def _json_str(text: str) -> bytes:
     import json
 
@@ -201,6 +214,14 @@ class LocalServer:
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
+        """Serve until SIGTERM or Ctrl-C, then return normally.
+
+        uvicorn shuts down gracefully on those signals and then raises them again with the
+        handlers it found installed; installing no-op handlers first makes that second
+        delivery harmless, so the caller can stop its workers and exit 0.
+        """
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)
         self.server.run()
 
     def start(self, timeout: float = 10.0) -> None:
