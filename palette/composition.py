@@ -124,6 +124,12 @@ class LocalPalette:
             for runner in self.runners:
                 runner.run_once()
 
+    def dashboard(self, job_id: str) -> dict[str, Any] | None:
+        """The job's dashboard document, caught up with the log; None for an unknown job."""
+        self.catch_up()
+        document = self.job_dashboard.get(JOB_DASHBOARDS, job_id)
+        return None if document is None or document.get("deleted") else document
+
     def _uploaded(self, key: str) -> None:
         try:
             self.seeds.record_upload_for_key(key)
