@@ -40,12 +40,11 @@ from services.seeds.domain import (
     template_requirements,
     template_stream,
 )
-from services.seeds.validation import SeedValidationReport, inspect_seed, validate_seed
+from services.seeds.validation import HashingReader, SeedValidationReport, inspect_seed, validate_seed
 
 DEFAULT_MAX_BYTES = 1 << 30
 UPLOAD_TTL_SECONDS = 900
 APPEND_ATTEMPTS = 5
-_READ_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +169,7 @@ class SeedHandlers:
         if info.size > seed.max_bytes:
             raise SeedTooLarge(info.size, seed.max_bytes, seed_id)
         with self._open(seed) as stream:
-            digesting = _DigestingReader(stream)
+            digesting = HashingReader(stream)
             report = validate_seed(digesting, seed.format, required)
             digesting.drain()
         commands: list[SeedCommand] = []
@@ -244,36 +243,3 @@ class SeedHandlers:
         except BlobNotFound:
             raise SeedNotUploaded(seed.seed_id) from None
 
-
-class _DigestingReader:
-    """A read-only stream view that hashes and counts the bytes read through it."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self._sha = hashlib.sha256()
-        self.size = 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self._sha.update(data)
-        self.size += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    @property
-    def closed(self) -> bool:
-        return False
-
-    def drain(self) -> None:
-        """Read what the validator left unread, so the digest covers the whole file."""
-        while self.read(_READ_BYTES):
-            pass
-
-    @property
-    def sha256(self) -> str:
-        return self._sha.hexdigest()

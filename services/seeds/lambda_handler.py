@@ -5,7 +5,8 @@ counts requests, so it publishes no metrics of its own). `on_object_created` rec
 upload when S3 reports the object — as an EventBridge "Object Created" event
 (`detail.object.key`) or as S3 notification records (`Records[].s3.object.key`,
 URL-encoded), also inside SQS records — and counts new ones in the EMF metric `seeds_uploaded`. Adapters are built once per container, on first use, from the environment
-(`AwsSettings.from_env()`; `PALETTE_SEED_MAX_BYTES` overrides the 1 GiB limit).
+(`AwsSettings.from_env()`; `PALETTE_SEED_MAX_BYTES` overrides the 1 GiB limit), with the
+rate limiter of `palette.guard.aws` (upload grants are the "uploads" class).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app
 from palette.api.auth import ApiGatewayJwtClaims
+from palette.guard.aws import AwsGuard
 from services.seeds.api import create_router
 from services.seeds.domain import SeedError
 from services.seeds.handlers import DEFAULT_MAX_BYTES, SeedHandlers
@@ -48,7 +50,10 @@ def runtime() -> SeedsRuntime:
     adapters = aws_adapters(AwsSettings.from_env())
     max_bytes = int(os.environ.get("PALETTE_SEED_MAX_BYTES", DEFAULT_MAX_BYTES))
     handlers = SeedHandlers(adapters.events, adapters.blobs, max_bytes=max_bytes)
-    app = build_app([create_router(handlers)], ApiGatewayJwtClaims(), local=False, title="Palette seeds")
+    limiter = AwsGuard.from_env().limiter
+    app = build_app(
+        [create_router(handlers)], ApiGatewayJwtClaims(), local=False, title="Palette seeds", limiter=limiter
+    )
     return SeedsRuntime(adapters, handlers, app)
 
 

@@ -120,7 +120,7 @@ def inspect_seed(stream: IO[bytes], fmt: SeedFormat | str) -> SeedInspection:
     wrong is `validate_seed`'s job.
     """
     fmt = detect_format("", override=fmt)
-    hashing = _HashingReader(stream)
+    hashing = HashingReader(stream)
     if fmt is SeedFormat.PARQUET:
         return _inspect_parquet(stream, hashing)
     report = validate_seed(hashing, fmt, ())
@@ -128,7 +128,7 @@ def inspect_seed(stream: IO[bytes], fmt: SeedFormat | str) -> SeedInspection:
     return SeedInspection(report.record_count, hashing.hexdigest(), hashing.size)
 
 
-def _inspect_parquet(stream: IO[bytes], hashing: _HashingReader) -> SeedInspection:
+def _inspect_parquet(stream: IO[bytes], hashing: HashingReader) -> SeedInspection:
     """Parquet keeps its row count in the footer, so hash first, then read only the footer."""
     try:
         can_seek = stream.seekable()
@@ -150,7 +150,7 @@ def _inspect_parquet(stream: IO[bytes], hashing: _HashingReader) -> SeedInspecti
     return SeedInspection(count, hashing.hexdigest(), hashing.size)
 
 
-class _HashingReader:
+class HashingReader:
     """A read-only view of a stream that hashes and counts every byte read through it."""
 
     def __init__(self, stream: IO[bytes]) -> None:
@@ -175,6 +175,7 @@ class _HashingReader:
         return False
 
     def drain(self) -> None:
+        """Read what a reader left unread, so the digest covers the whole file."""
         while self.read(READ_BYTES):
             pass
 
