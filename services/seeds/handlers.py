@@ -12,7 +12,6 @@ whatever their size.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -173,16 +172,16 @@ class SeedHandlers:
             report = validate_seed(digesting, seed.format, required)
             digesting.drain()
         commands: list[SeedCommand] = []
-        if digesting.sha256 != seed.sha256:
+        if digesting.hexdigest() != seed.sha256:
             commands.append(RecordSeedUpload(
-                seed_id=seed_id, size_bytes=digesting.size, sha256=digesting.sha256,
+                seed_id=seed_id, size_bytes=digesting.size, sha256=digesting.hexdigest(),
                 record_count=report.record_count,
             ))
         commands.append(RecordSeedValidation(
             seed_id=seed_id, actor=user, template_id=template_id, template_version=version,
             valid=report.valid, record_count=report.record_count,
             invalid_records=report.invalid_records, missing_counts=report.missing_counts,
-            sha256=digesting.sha256, unreadable_records=report.unreadable_records,
+            sha256=digesting.hexdigest(), unreadable_records=report.unreadable_records,
             file_error=report.file_error,
         ))
         seed, _ = self._execute(seed_id, commands, actor=user)
