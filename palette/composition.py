@@ -11,7 +11,9 @@ their own writes at once.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,12 @@ from services.billing.handlers import LedgerHandlers
 from services.billing.projections import CostsView, JobCosts
 from services.generator.budget import JobBudgets
 from services.generator.consumers import WorkerPool
+from services.generator.models.port import (
+    ModelError,
+    ModelGateway,
+    ModelRequest,
+    ModelResponse,
+)
 from services.generator.worker_main import gateway_from_env
 from services.jobs.api import create_router as jobs_router
 from services.jobs.consumers import subscriptions as jobs_subscriptions
@@ -42,8 +50,17 @@ from services.jobs.projections import JobDashboard, JobList
 from services.seeds.api import create_router as seeds_router
 from services.seeds.handlers import SeedHandlers
 from services.templates.api import create_router as templates_router
+from services.templates.enhancement import (
+    MAX_ENHANCEMENT_TOKENS,
+    EnhancementResult,
+    EnhancementUnavailable,
+)
 from services.templates.handlers import TemplateHandlers
-from services.templates.projections import TemplateCatalog, TemplateUsage, TemplateUsageView
+from services.templates.projections import (
+    TemplateCatalog,
+    TemplateUsage,
+    TemplateUsageView,
+)
 
 TOKEN_SECRET_FILE = "jwt-signing.key"
 RATE_LIMIT_FILE = "ratelimits.db"
@@ -52,6 +69,58 @@ RATE_LIMIT_FILE = "ratelimits.db"
 def local_tokens(data_dir: Path) -> LocalTokens:
     """The issuer/verifier of this data directory's bearer tokens."""
     return LocalTokens(load_or_create_secret(data_dir, TOKEN_SECRET_FILE))
+
+
+class GatewayEnhancer:
+    """The templates service's PromptEnhancer on the generator's model gateway.
+
+    Model calls are async and the facade's routes are not, so the gateway lives on an event
+    loop of its own in a background thread (started at the first call), and each call
+    waits for its result there. Only models the pricing catalog prices are called, so every
+    enhancement can be billed."""
+
+    def __init__(self, gateway: Callable[[], ModelGateway], priced: Callable[[str], bool]) -> None:
+        self._make_gateway = gateway
+        self._priced = priced
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gateway: ModelGateway | None = None
+
+    def __call__(self, prompt: str, model: str) -> EnhancementResult:
+        if not self._priced(model):
+            raise EnhancementUnavailable(f"no price is known for {model}, so the call cannot be billed")
+        loop = self._started()
+        request = ModelRequest(model=model, prompt=prompt, max_tokens=MAX_ENHANCEMENT_TOKENS, temperature=0.3)
+        try:
+            response = asyncio.run_coroutine_threadsafe(self._generate(request), loop).result()
+        except ModelError as error:
+            raise EnhancementUnavailable(f"{model}: {error}") from None
+        return EnhancementResult(
+            text=response.text, model=response.model, input_tokens=response.input_tokens,
+            output_tokens=response.output_tokens, latency_ms=int(response.latency_ms),
+        )
+
+    async def _generate(self, request: ModelRequest) -> ModelResponse:
+        if self._gateway is None:
+            self._gateway = self._make_gateway()
+        return await self._gateway.generate(request)
+
+    def _started(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="palette-enhancer", daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    def close(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        if self._gateway is not None:
+            asyncio.run_coroutine_threadsafe(self._gateway.close(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        self._loop = None
 
 
 def local_projections() -> list[DocumentProjection]:
@@ -69,6 +138,7 @@ class LocalPalette:
     port: int = 8000
     worker_concurrency: int = 16
     max_running_jobs: int = 2
+    max_running_jobs_per_user: int = 3
     adapters: Adapters = field(init=False)
     bus: LocalBus = field(init=False)
     runners: list[ProjectionRunner[Any]] = field(init=False)
@@ -90,8 +160,10 @@ class LocalPalette:
         catalog, usage, job_list, job_dashboard, costs = projections
         self.runners = [kernel.projection_runner(projection) for projection in projections]
         pricing = kernel.pricing
+        self.enhancer = GatewayEnhancer(gateway_from_env, pricing.knows)
         self.templates = TemplateHandlers(
-            kernel.events, TemplateUsageView(kernel.document_reader(usage)), screen=self.content_filter
+            kernel.events, TemplateUsageView(kernel.document_reader(usage)), screen=self.content_filter,
+            enhancer=self.enhancer,
         )
         self.seeds = SeedHandlers(kernel.events, kernel.blobs)
         self.jobs = JobHandlers(kernel.events, kernel.blobs, pricing_check=pricing.knows)
@@ -100,7 +172,9 @@ class LocalPalette:
         self.workers = WorkerPool(
             kernel.events, kernel.blobs, gateway_from_env,
             concurrency=self.worker_concurrency, max_jobs=self.max_running_jobs,
+            max_jobs_per_user=self.max_running_jobs_per_user,
             budget=JobBudgets(kernel.events, pricing, kernel.runtime),
+            content_filter=self.content_filter,
         )
         routers = [
             templates_router(self.templates, kernel.document_reader(catalog), catch_up=self.catch_up),
@@ -166,6 +240,7 @@ class LocalPalette:
 
     def close(self) -> None:
         self.stop_background()
+        self.enhancer.close()
         self.bus.close()
         if self.limiter is not None:
             self.limiter.close()

@@ -6,7 +6,8 @@ It reads infra/shared.yaml and then each service stack, resolves the intrinsics 
 (Ref, Fn::Sub, Fn::GetAtt, Fn::ImportValue against the shared stack's exports, Fn::If on
 conditions it can evaluate) and creates, with the templates' own names and settings:
 
-- DynamoDB tables (`AWS::DynamoDB::Table`): keys, indexes, billing mode, Streams;
+- DynamoDB tables (`AWS::DynamoDB::Table`): keys, indexes, billing mode, Streams, TTL;
+- SSM parameters (`AWS::SSM::Parameter`, the guard settings) with their values;
 - S3 buckets, with EventBridge notifications turned on when the template does;
 - EventBridge buses and archives;
 - SQS queues, dead-letter queues first, with the templates' redrive policies and
@@ -172,6 +173,12 @@ def _table(client: Any, props: dict[str, Any], region: str) -> tuple[str, dict[s
     except client.exceptions.ResourceInUseException:
         pass
     client.get_waiter("table_exists").wait(TableName=props["TableName"])
+    ttl = props.get("TimeToLiveSpecification", {})
+    if ttl.get("Enabled"):
+        client.update_time_to_live(
+            TableName=props["TableName"],
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]},
+        )
     table = client.describe_table(TableName=props["TableName"])["Table"]
     return props["TableName"], {"Arn": table["TableArn"], "StreamArn": table.get("LatestStreamArn", "")}
 
@@ -198,6 +205,13 @@ def _bucket(client: Any, props: dict[str, Any]) -> tuple[str, dict[str, str]]:
             Bucket=name, NotificationConfiguration={"EventBridgeConfiguration": {}}
         )
     return name, {"Arn": f"arn:aws:s3:::{name}"}
+
+
+def _parameter(client: Any, props: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    client.put_parameter(
+        Name=props["Name"], Value=props["Value"], Type=props.get("Type", "String"), Overwrite=True
+    )
+    return props["Name"], {"Type": props.get("Type", "String"), "Value": props["Value"]}
 
 
 def _queue(client: Any, props: dict[str, Any]) -> tuple[str, dict[str, str]]:
@@ -231,7 +245,7 @@ def _rule(client: Any, props: dict[str, Any]) -> tuple[str, dict[str, str]]:
 
 
 _ORDER = (
-    "AWS::DynamoDB::Table", "AWS::S3::Bucket", "AWS::Events::EventBus", "AWS::Events::Archive",
+    "AWS::DynamoDB::Table", "AWS::SSM::Parameter", "AWS::S3::Bucket", "AWS::Events::EventBus", "AWS::Events::Archive",
     "AWS::SQS::Queue", "AWS::Events::Rule",
 )
 
@@ -244,7 +258,7 @@ def provision_stack(name: str, parameters: dict[str, str], session: boto3.Sessio
     resolver = _Resolver(template, parameters, region, exports, stack)
     clients = {
         service: session.client(service, endpoint_url=endpoint_url)
-        for service in ("dynamodb", "s3", "events", "sqs")
+        for service in ("dynamodb", "s3", "events", "sqs", "ssm")
     }
     resources = template["Resources"]
     for kind in _ORDER:
@@ -255,6 +269,8 @@ def provision_stack(name: str, parameters: dict[str, str], session: boto3.Sessio
             props = resolver.resolve(resource.get("Properties", {}))
             if kind == "AWS::DynamoDB::Table":
                 physical, attributes = _table(clients["dynamodb"], props, region)
+            elif kind == "AWS::SSM::Parameter":
+                physical, attributes = _parameter(clients["ssm"], props)
             elif kind == "AWS::S3::Bucket":
                 physical, attributes = _bucket(clients["s3"], props)
             elif kind == "AWS::Events::EventBus":
@@ -284,11 +300,14 @@ def provision_stack(name: str, parameters: dict[str, str], session: boto3.Sessio
 
 
 def provision(endpoint_url: str | None, env: str = "dev", region: str = "us-east-1",
-              stacks: tuple[str, ...] = SERVICE_STACKS) -> Provisioned:
-    """Create the shared stack's and `stacks`' resources; returns names, URLs and exports."""
+              stacks: tuple[str, ...] = SERVICE_STACKS,
+              shared_parameters: dict[str, str] | None = None) -> Provisioned:
+    """Create the shared stack's and `stacks`' resources; returns names, URLs and exports.
+    `shared_parameters` are the shared stack's parameter overrides (e.g. GuardConfig)."""
     session = boto3.Session(region_name=region)
     exports: dict[str, str] = {}
-    created = {"shared": provision_stack("shared", {"Env": env}, session, endpoint_url, exports)}
+    shared = {**(shared_parameters or {}), "Env": env}
+    created = {"shared": provision_stack("shared", shared, session, endpoint_url, exports)}
     for name in stacks:
         created[name] = provision_stack(name, {"Env": env}, session, endpoint_url, exports)
     return Provisioned(env, region, exports, created)

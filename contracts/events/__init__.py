@@ -1,7 +1,12 @@
 """The event catalog: every published event model, by service."""
 
 from contracts.events.base import DomainEvent
-from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.events.billing import (
+    BudgetExceeded,
+    BudgetWarning,
+    CostRecorded,
+    PromptEnhancementCharged,
+)
 from contracts.events.generator import (
     BatchFailed,
     BatchGenerated,
@@ -10,6 +15,7 @@ from contracts.events.generator import (
     GenerationClaimed,
     GenerationFailed,
     GenerationLeaseRenewed,
+    GenerationModelFailed,
     GenerationReleased,
     GenerationStopped,
     TokenUsage,
@@ -33,6 +39,7 @@ from contracts.events.seeds import (
     SeedUploadRequested,
 )
 from contracts.events.templates import (
+    PromptEnhanced,
     TemplateCreated,
     TemplateDeleted,
     TemplateStep,
@@ -66,6 +73,9 @@ ALL_EVENTS: tuple[type[DomainEvent], ...] = (
     BudgetWarning,
     BudgetExceeded,
     ContentBlocked,
+    GenerationModelFailed,
+    PromptEnhanced,
+    PromptEnhancementCharged,
 )
 
 __all__ = [cls.__name__ for cls in ALL_EVENTS] + [

@@ -1,4 +1,9 @@
-"""Events of the billing service (stream `ledger-<job_id>`). Money is Decimal USD."""
+"""Events of the billing service. Money is Decimal USD.
+
+A job's charges live on `ledger-<job_id>`; a user's model calls outside any job (prompt
+enhancement) on `ledger-user-<owner>`, whose costs GET /costs lists under the pseudo job id
+`user-<owner>`.
+"""
 
 from __future__ import annotations
 
@@ -35,3 +40,23 @@ class BudgetExceeded(_LedgerEvent):
     budget_limit: Decimal = Field(gt=0)
     spent: Decimal = Field(ge=0)
     reason: str
+
+
+def user_ledger_id(owner: str) -> str:
+    """The pseudo job id of a user's charges outside jobs (its ledger is `ledger-<id>`)."""
+    return f"user-{owner}"
+
+
+class PromptEnhancementCharged(DomainEvent):
+    """A prompt enhancement's model call, priced like a batch and charged to its owner."""
+
+    source: ClassVar[str] = "palette.billing"
+
+    owner: str
+    enhancement_id: str
+    catalog_version: str
+    model_tokens: Decimal = Field(ge=0)
+    compute: Decimal = Field(ge=0)
+    storage: Decimal = Field(ge=0)
+    total: Decimal = Field(ge=0)
+    per_model: dict[str, Decimal] = Field(default_factory=dict)

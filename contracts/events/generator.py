@@ -74,6 +74,17 @@ class GenerationFailed(_GenerationEvent):
     records_completed: int = Field(ge=0)
 
 
+class GenerationModelFailed(_GenerationEvent):
+    """One model of a fan-out job cannot go on (a fatal model error or too many failed
+    records); the job's other models carry on. Its batches recorded so far stay in the
+    dataset."""
+
+    model: str
+    code: str
+    reason: str
+    records_completed: int = Field(ge=0)
+
+
 class BatchGenerated(_GenerationEvent):
     batch_number: int = Field(ge=0)
     first_record: int = Field(ge=0, description="index of the batch's first record")
@@ -84,6 +95,9 @@ class BatchGenerated(_GenerationEvent):
     token_usage: dict[str, TokenUsage] = Field(description="per model, `provider/model-id`")
     duration_ms: int = Field(ge=0)
     bytes_written: int = Field(ge=0)
+    model: str | None = Field(
+        default=None, description="fan-out jobs: the model whose records these are (indices count per model)"
+    )
 
 
 class BatchFailed(_GenerationEvent):
@@ -96,3 +110,6 @@ class BatchFailed(_GenerationEvent):
 class DatasetExported(_GenerationEvent):
     files: list[ExportedFile]
     rows: int = Field(ge=0)
+    rows_per_model: dict[str, int] | None = Field(
+        default=None, description="fan-out jobs: rows of each model in the dataset"
+    )

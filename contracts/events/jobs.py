@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,6 +15,14 @@ class OutputFormat(str, Enum):
     JSONL = "JSONL"
     PARQUET = "PARQUET"
     CSV = "CSV"
+
+
+OutputFilter = Literal["drop", "flag"]
+"""What the generator does with a model output that breaks an operator content rule: drop
+the record (the attempt fails and the record is made again from another seed row) or flag
+it (kept, with the rule ids in its `flagged_rules` field)."""
+
+MAX_FANOUT_MODELS = 5
 
 
 class _JobEvent(DomainEvent):
@@ -33,6 +41,12 @@ class JobRequested(_JobEvent):
     model_parameters: dict[str, Any] = Field(default_factory=dict)
     partition_strategy: str | None = None
     priority: int = 0
+    models: list[str] | None = Field(
+        default=None, min_length=1, max_length=MAX_FANOUT_MODELS,
+        description="fan-out: each `provider/model-id` replaces every step's model and makes "
+        "num_records records of its own",
+    )
+    output_filter: OutputFilter = "drop"
 
 
 class JobStarted(_JobEvent):

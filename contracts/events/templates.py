@@ -46,3 +46,25 @@ class TemplateVersionPublished(_TemplateEvent):
 
 class TemplateDeleted(_TemplateEvent):
     pass
+
+
+def enhancement_stream(enhancement_id: str) -> str:
+    return f"enhance-{enhancement_id}"
+
+
+class PromptEnhanced(DomainEvent):
+    """A model rewrote a step prompt for `owner` (POST /templates/enhance). Written on
+    `enhance-<enhancement_id>` so billing can charge the call like any other; it carries the
+    usage, never the prompt text."""
+
+    source: ClassVar[str] = "palette.templates"
+
+    enhancement_id: str = Field(min_length=1, max_length=128)
+    owner: str
+    model: str = Field(description="provider/model-id")
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    latency_ms: int = Field(default=0, ge=0)
+    template_id: str | None = None
+    step_id: str | None = None
+    variables_kept: bool = Field(description="False: a variable was lost and the original came back")

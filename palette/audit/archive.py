@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,20 +29,24 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from contracts.envelope import StoredEvent
+from palette.audit.pages import row_pages
 from palette.eventstore.port import EventStore
+from palette.eventstore.sqlite import ROW_FIELDS
 
 MANIFEST = "_palette_export.json"
 ARCHIVE_FORMAT = "palette-events/1"
 PAGE_SIZE = 20_000
 
-_FIELDS = (
-    "id", "stream_id", "version", "position", "source", "detail_type", "schema_version", "time",
-    "correlation_id", "causation_id", "actor", "detail", "prev_hash", "hash",
-)
+_FIELDS = ROW_FIELDS
+"""StoredEvent's fields, in its order: the archive's columns before `date`."""
 _INTEGERS = frozenset({"version", "position", "schema_version"})
-SCHEMA = pa.schema(
-    [(name, pa.int64() if name in _INTEGERS else pa.string()) for name in _FIELDS]
-    + [("date", pa.string())]
+_TYPES = tuple(pa.int64() if name in _INTEGERS else pa.string() for name in _FIELDS)
+_REPEATED = ("source", "schema_version", "actor", "date")
+"""Columns with few distinct values: dictionary-encoded; the rest (ids, hashes, details,
+times) are nearly all distinct, and a dictionary of them only costs time."""
+SCHEMA = pa.schema(list(zip(_FIELDS, _TYPES, strict=True)) + [("date", pa.string())])
+_STREAM_ID, _VERSION, _POSITION, _TIME, _HASH = (
+    _FIELDS.index(name) for name in ("stream_id", "version", "position", "time", "hash")
 )
 PARTITIONING = ds.partitioning(
     pa.schema([("date", pa.string()), ("detail_type", pa.string())]), flavor="hive"
@@ -90,7 +94,9 @@ class _Heads:
         self.first: int | None = None
         self.last: int | None = None
 
-    def add(self, stream_ids: list[str], versions: list[int], hashes: list[str], positions: list[Any]) -> None:
+    def add(
+        self, stream_ids: Sequence[str], versions: Sequence[int], hashes: Sequence[str], positions: Sequence[Any]
+    ) -> None:
         heads = self.heads
         for stream_id, version, last_hash in zip(stream_ids, versions, hashes, strict=True):
             head = heads.get(stream_id)
@@ -121,20 +127,15 @@ def export_events(
     heads = _Heads()
 
     def batches() -> Iterator[pa.RecordBatch]:
-        position = 0
-        while True:
-            page = store.read_all(position, page_size)
-            if not page:
-                return
-            columns = {name: [getattr(e, name) for e in page] for name in _FIELDS}
-            columns["date"] = [_day(t) for t in columns["time"]]
-            heads.add(columns["stream_id"], columns["version"], columns["hash"], columns["position"])
-            yield pa.RecordBatch.from_pydict(columns, schema=SCHEMA)
+        for page in row_pages(store, page_size):
+            columns = list(zip(*page, strict=True))
+            times = columns[_TIME]
+            heads.add(columns[_STREAM_ID], columns[_VERSION], columns[_HASH], columns[_POSITION])
+            arrays = [pa.array(column, type=kind) for column, kind in zip(columns, _TYPES, strict=True)]
+            arrays.append(pa.array([_day(t) for t in times], type=pa.string()))
+            yield pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
             if progress is not None:
                 progress(len(page))
-            position = page[-1].position or position
-            if len(page) < page_size:
-                return
 
     ds.write_dataset(
         batches(),
@@ -146,6 +147,7 @@ def export_events(
         existing_data_behavior="overwrite_or_ignore",
         max_rows_per_group=128 * 1024,
         max_open_files=4096,
+        file_options=ds.ParquetFileFormat().make_write_options(use_dictionary=list(_REPEATED)),
     )
     summary = ArchiveSummary(heads.count, len(heads.heads), heads.first, heads.last, heads.digest(), str(out))
     manifest = {"format": ARCHIVE_FORMAT, "exported_at": datetime.now(UTC).isoformat(), **summary.as_dict()}

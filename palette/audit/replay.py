@@ -16,16 +16,21 @@ with the documents exactly as the live runner writes them. Three uses:
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import starmap
 from pathlib import Path
 from typing import Any
 
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import EventEnvelope, StoredEvent
+from palette.audit.pages import row_pages
 from palette.eventstore.port import EventStore
+from palette.eventstore.sqlite import SQLiteEventStore
 from palette.projections.documents import DocumentProjection
 from palette.projections.documents_sqlite import documents_table, sqlite_documents
 from palette.projections.port import (
@@ -39,7 +44,7 @@ from palette.projections.port import (
 from palette.projections.sqlite import SQLiteReadModelStore
 
 READ_PAGE = 10_000
-COMMIT_BATCH = 5_000
+COMMIT_BATCH = 50_000
 PROJECTIONS_FILE = "projections.db"
 
 Progress = Callable[[int], None]
@@ -108,8 +113,10 @@ def replay(
     progress: Progress | None = None,
     commit_batch: int = COMMIT_BATCH,
     read_page: int = READ_PAGE,
+    to_position: int | None = None,
 ) -> ReplaySummary:
-    """Apply the log to every target's empty store in one pass; returns what was applied."""
+    """Apply the log (up to `to_position`, when given) to every target's empty store in one
+    pass; returns what was applied."""
     wanted: dict[str, list[ReplayTarget]] = {}
     for target in targets:
         target.store.prepare(target.projection)
@@ -120,10 +127,13 @@ def replay(
     include = _recorded_by(as_of) if as_of is not None else None
     detail_types = sorted(wanted)
     position = read = 0
-    while detail_types:
-        page = events.read_all(position, read_page, detail_types)
-        if not page:
-            break
+    pages = (
+        row_pages(events, read_page, detail_types=detail_types, to_position=to_position)
+        if detail_types
+        else iter(())
+    )
+    for rows in pages:
+        page = list(starmap(StoredEvent, rows))
         for stored in page:
             if include is not None and not include(stored.time):
                 continue
@@ -201,22 +211,189 @@ def replay_into(
     as_of: str | None = None,
     until: Mapping[str, int] | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> ReplaySummary:
-    """Build `projections` from the log into `directory/projections.db` (a new file)."""
+    """Build `projections` from the log into `directory/projections.db` (a new file).
+
+    On a SQLite log the projections may be split among `workers` processes (default: two
+    on a machine with two cores or more, for a log big enough to pay for them). Each
+    process reads the log up to the same last position, builds its projections into its
+    own file, and the files are merged into `projections.db`: the documents and tracking
+    records are the ones a single process builds."""
     directory = Path(directory)
     path = directory / PROJECTIONS_FILE
     if path.exists():
         raise ReplayError(f"{path} exists; replay into a new directory")
+    groups = _split(events, projections, workers)
+    if len(groups) > 1 and isinstance(events, SQLiteEventStore):
+        summary = _replay_split(events, groups, path, as_of, until, progress)
+        summary = replace(summary, applied={p.name: summary.applied[p.name] for p in projections})
+    else:
+        summary = _replay_file(events, projections, path, as_of, until, progress, None)
+    return ReplaySummary(summary.events_read, summary.last_position, as_of, summary.applied, str(directory))
+
+
+def _replay_file(
+    events: EventStore,
+    projections: Sequence[DocumentProjection],
+    path: Path,
+    as_of: str | None,
+    until: Mapping[str, int] | None,
+    progress: Progress | None,
+    to_position: int | None,
+) -> ReplaySummary:
     store = SQLiteReadModelStore(path, synchronous="OFF")
     try:
         targets = [
             ReplayTarget(sqlite_documents(p), store, None if until is None else until.get(p.name))
             for p in projections
         ]
-        summary = replay(events, targets, as_of=as_of, progress=progress)
+        return replay(events, targets, as_of=as_of, progress=progress, to_position=to_position)
     finally:
         store.close()
-    return ReplaySummary(summary.events_read, summary.last_position, as_of, summary.applied, str(directory))
+
+
+PARALLEL_FROM = 50_000
+"""Below about this many events a second process costs more than it saves."""
+_SAMPLE = 20_000
+
+
+def _split(
+    events: EventStore, projections: Sequence[DocumentProjection], workers: int | None
+) -> list[list[DocumentProjection]]:
+    """`projections` in groups of about equal work (the events each applies, estimated on
+    the log's first events), one group per worker; one group when a split does not pay."""
+    if workers is None:
+        workers = 2 if (os.cpu_count() or 1) >= 2 else 1
+    if (
+        workers < 2
+        or len(projections) < 2
+        or not isinstance(events, SQLiteEventStore)
+        or "fork" not in multiprocessing.get_all_start_methods()
+        or events.last_position() < PARALLEL_FROM
+    ):
+        return [list(projections)]
+    sample: dict[str, int] = {}
+    for rows in events.iter_rows(page_size=_SAMPLE, columns=("detail_type",), to_position=_SAMPLE):
+        for (detail_type,) in rows:
+            sample[detail_type] = sample.get(detail_type, 0) + 1
+    weights = [sum(sample.get(t, 0) for t in p.detail_types) + 1 for p in projections]
+    groups: list[list[DocumentProjection]] = [[] for _ in range(min(workers, len(projections)))]
+    loads = [0] * len(groups)
+    for index in sorted(range(len(projections)), key=lambda i: -weights[i]):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(projections[index])
+        loads[lightest] += weights[index]
+    order = {p.name: i for i, p in enumerate(projections)}
+    return [sorted(group, key=lambda p: order[p.name]) for group in groups if group]
+
+
+def _replay_split(
+    events: SQLiteEventStore,
+    groups: list[list[DocumentProjection]],
+    path: Path,
+    as_of: str | None,
+    until: Mapping[str, int] | None,
+    progress: Progress | None,
+) -> ReplaySummary:
+    """The first group in this process, each other group in a forked one, all up to the
+    same last position; then the other groups' files are merged into `path`."""
+    to_position = events.last_position()
+    context = multiprocessing.get_context("fork")
+    parts = [path.with_name(f"{path.name}.part{n}") for n in range(1, len(groups))]
+    children = []
+    try:
+        for group, part in zip(groups[1:], parts, strict=True):
+            receiver, sender = context.Pipe(duplex=False)
+            child = context.Process(
+                target=_replay_part,
+                args=(events.path, group, part, as_of, until, to_position, sender),
+                daemon=True,
+            )
+            child.start()
+            sender.close()
+            children.append((child, receiver))
+        mine = _replay_file(events, groups[0], path, as_of, until, progress, to_position)
+        applied = dict(mine.applied)
+        for child, receiver in children:
+            try:
+                outcome, value = receiver.recv()
+            except EOFError:
+                outcome, value = "failed", "it exited without a result"
+            child.join()
+            if outcome != "done":
+                raise ReplayError(f"a replay worker failed: {value}")
+            applied.update(value)
+        _merge_parts(path, parts)
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    finally:
+        for child, _ in children:
+            if child.is_alive():
+                child.terminate()
+                child.join()
+        for part in parts:
+            for suffix in ("", "-journal", "-wal", "-shm"):
+                Path(f"{part}{suffix}").unlink(missing_ok=True)
+    wanted = sorted({t for group in groups for p in group for t in p.detail_types})
+    read = last = 0
+    for rows in events.iter_rows(page_size=READ_PAGE * 10, detail_types=wanted, columns=("position",),
+                                 to_position=to_position):
+        read += len(rows)
+        last = rows[-1][0]
+    return ReplaySummary(read, last, as_of, applied)
+
+
+def _replay_part(
+    events_path: Path,
+    projections: list[DocumentProjection],
+    part: Path,
+    as_of: str | None,
+    until: Mapping[str, int] | None,
+    to_position: int,
+    results: Any,
+) -> None:
+    """A forked worker: its own connections (never the parent's), its own file."""
+    try:
+        events = SQLiteEventStore(events_path)
+        try:
+            summary = _replay_file(events, projections, part, as_of, until, None, to_position)
+        finally:
+            events.close()
+        results.send(("done", summary.applied))
+    except BaseException as error:
+        results.send(("failed", f"{type(error).__name__}: {error}"))
+    finally:
+        results.close()
+
+
+def _merge_parts(path: Path, parts: Sequence[Path]) -> None:
+    """Copy each part file's tables (schema, rows) and tracking records into `path`."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        for part in parts:
+            db.execute("ATTACH DATABASE ? AS part", (str(part),))
+            db.execute("BEGIN IMMEDIATE")
+            schema = db.execute(
+                "SELECT type, name, tbl_name, sql FROM part.sqlite_master "
+                "WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+            ).fetchall()
+            for kind, name, table, sql in schema:
+                if table in _TRACKING_TABLES:
+                    continue
+                db.execute(sql)
+                if kind == "table":
+                    db.execute(f'INSERT INTO main."{name}" SELECT * FROM part."{name}"')
+            for table in _TRACKING_TABLES:
+                db.execute(f"INSERT INTO main.{table} SELECT * FROM part.{table}")
+            db.execute("COMMIT")
+            db.execute("DETACH DATABASE part")
+    finally:
+        db.close()
+
+
+_TRACKING_TABLES = ("projection_tracking", "projection_stream_tracking")
 
 
 def rebuild_live(

@@ -28,23 +28,26 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
-from contracts.envelope import GENESIS_HASH, StoredEvent, chain_hash
+from contracts.envelope import GENESIS_HASH, chain_hash
+from palette.audit.pages import Row, row_pages
 from palette.eventstore.port import EventStore
 
 PAGE_SIZE = 10_000
 JOB_ENDINGS = frozenset({"JobCompleted", "JobFailed", "JobCancelled", "JobBudgetExceeded"})
 GENERATION_ENDINGS = frozenset({"GenerationStopped", "GenerationFailed", "DatasetExported"})
 _DOMAIN_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | {"JobRequested", "BatchGenerated", "CostRecorded"}
+_DETAIL_TYPE, _DETAIL = 5, 11
+"""Indexes into a row of StoredEvent's fields."""
 
 Progress = Callable[[int], None]
 """Called with the number of events checked since the last call."""
 
 
-@dataclass(frozen=True, slots=True)
-class EventRef:
-    """Where a finding points: enough to open the event in the log."""
+class EventRef(NamedTuple):
+    """Where a finding points: enough to open the event in the log. (A named tuple: the
+    audit keeps one per batch and charge, so it must be cheap to make.)"""
 
     stream_id: str
     version: int
@@ -53,8 +56,9 @@ class EventRef:
     detail_type: str
 
     @classmethod
-    def of(cls, event: StoredEvent) -> EventRef:
-        return cls(event.stream_id, event.version, event.position, event.id, event.detail_type)
+    def of(cls, row: Row) -> EventRef:
+        """The reference of a row of StoredEvent's fields (see `row_pages`)."""
+        return cls(row[1], row[2], row[3], row[0], row[5])
 
     def __str__(self) -> str:
         return f"{self.stream_id} v{self.version} (position {self.position}, {self.detail_type} {self.event_id})"
@@ -140,58 +144,60 @@ class LogAuditor:
         self._jobs: dict[str, _Job] = {}
         self._next_position: int | None = 1
 
-    def check(self, events: list[StoredEvent]) -> None:
+    def check(self, rows: list[Row]) -> None:
+        """Check one page of rows (StoredEvent's fields as tuples, see `row_pages`)."""
         heads = self._heads
         violations = self.report.violations
         expected = self._next_position
-        for e in events:
-            position = e.position
+        domain_types = _DOMAIN_TYPES
+        for row in rows:
+            (event_id, stream_id, version, position, source, detail_type, schema_version, time,
+             correlation_id, causation_id, actor, detail, prev_hash, event_hash) = row
             if position is not None:
                 if expected is not None and position != expected:
-                    ref = EventRef.of(e)
+                    ref = EventRef.of(row)
                     if position > expected:
                         missing = f"{expected}" if position == expected + 1 else f"{expected}..{position - 1}"
                         violations.append(Violation.at("position", ref, f"positions {missing} are missing before it"))
                     else:
                         violations.append(Violation.at("position", ref, f"position out of order after {expected - 1}"))
                 expected = position + 1
-            stream_id = e.stream_id
             head = heads.get(stream_id)
-            version, prev_hash = head if head is not None else (0, GENESIS_HASH)
-            if e.version != version + 1:
+            head_version, head_hash = head if head is not None else (0, GENESIS_HASH)
+            if version != head_version + 1:
                 violations.append(Violation.at(
-                    "version", EventRef.of(e),
-                    f"version {e.version} follows v{version}; versions must be contiguous",
+                    "version", EventRef.of(row),
+                    f"version {version} follows v{head_version}; versions must be contiguous",
                 ))
-            if e.prev_hash != prev_hash:
+            if prev_hash != head_hash:
                 violations.append(Violation.at(
-                    "chain", EventRef.of(e),
-                    f"prev_hash does not link to the hash of v{version}: an event before it was altered or removed",
+                    "chain", EventRef.of(row),
+                    f"prev_hash does not link to the hash of v{head_version}: an event before it was altered or removed",
                 ))
             if chain_hash(
-                e.prev_hash, e.id, stream_id, e.version, e.source, e.detail_type, e.schema_version,
-                e.time, e.correlation_id, e.causation_id, e.actor, e.detail,
-            ) != e.hash:
+                prev_hash, event_id, stream_id, version, source, detail_type, schema_version,
+                time, correlation_id, causation_id, actor, detail,
+            ) != event_hash:
                 violations.append(Violation.at(
-                    "hash", EventRef.of(e),
+                    "hash", EventRef.of(row),
                     "stored content does not match its hash: the event was altered after it was recorded",
                 ))
-            heads[stream_id] = (e.version, e.hash)
-            if e.detail_type in _DOMAIN_TYPES:
-                self._domain(e)
+            heads[stream_id] = (version, event_hash)
+            if detail_type in domain_types:
+                self._domain(row)
         self._next_position = expected
-        self.report.events += len(events)
-        if events and events[-1].position is not None:
-            self.report.last_position = events[-1].position
+        self.report.events += len(rows)
+        if rows and rows[-1][3] is not None:
+            self.report.last_position = rows[-1][3]
 
-    def _domain(self, e: StoredEvent) -> None:
+    def _domain(self, e: Row) -> None:
         try:
-            detail = json.loads(e.detail)
+            detail = _json_object(e[_DETAIL])
             job = self._jobs.setdefault(detail["job_id"], _Job())
         except (ValueError, KeyError, TypeError):
             self.report.violations.append(Violation.at("detail", EventRef.of(e), "detail is not the event's JSON object"))
             return
-        kind = e.detail_type
+        kind = e[_DETAIL_TYPE]
         try:
             if kind == "BatchGenerated":
                 ref = EventRef.of(e)
@@ -287,6 +293,21 @@ class LogAuditor:
                     ))
 
 
+_decode = json.JSONDecoder().raw_decode
+_JSON_SPACE = frozenset(" \t\n\r")
+
+
+def _json_object(text: str) -> Any:
+    """`json.loads(text)` without its per-call wrapping: the audit parses most details.
+    Raises ValueError as json.loads does, for text after the value too."""
+    if text[:1] in _JSON_SPACE:
+        return json.loads(text)
+    value, end = _decode(text)
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        raise ValueError(f"extra data after the JSON value at {end}")
+    return value
+
+
 def _earliest(a: EventRef | None, b: EventRef | None) -> EventRef | None:
     if a is None or b is None:
         return a or b
@@ -296,15 +317,8 @@ def _earliest(a: EventRef | None, b: EventRef | None) -> EventRef | None:
 def verify_log(store: EventStore, progress: Progress | None = None, page_size: int = PAGE_SIZE) -> AuditReport:
     """Audit the whole log of `store`; the report lists every violation found."""
     auditor = LogAuditor()
-    position = 0
-    while True:
-        page = store.read_all(position, page_size)
-        if not page:
-            break
+    for page in row_pages(store, page_size):
         auditor.check(page)
         if progress is not None:
             progress(len(page))
-        position = page[-1].position or position
-        if len(page) < page_size:
-            break
     return auditor.finish(store)

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import starmap
 from pathlib import Path
+from typing import Any
 
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import GENESIS_HASH, StoredEvent
@@ -54,6 +55,8 @@ _COLUMNS = (
     "id, stream_id, version, position, source, detail_type, schema_version, time, "
     "correlation_id, causation_id, actor, detail, prev_hash, hash"
 )
+ROW_FIELDS: tuple[str, ...] = tuple(name.strip() for name in _COLUMNS.split(","))
+"""The columns of a row from `iter_rows`, in StoredEvent's field order."""
 _INSERT = (
     "INSERT INTO events (id, stream_id, version, source, detail_type, schema_version, time, "
     "correlation_id, causation_id, actor, detail, prev_hash, hash) "
@@ -218,6 +221,45 @@ class SQLiteEventStore(EventStore):
         args.append(limit)
         rows = self._connection().execute(sql, args).fetchall()
         return list(starmap(StoredEvent, rows))
+
+    def iter_rows(
+        self,
+        after_position: int = 0,
+        page_size: int = 10_000,
+        detail_types: Sequence[str] | None = None,
+        columns: Sequence[str] = ROW_FIELDS,
+        to_position: int | None = None,
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The log after `after_position` in position order, as pages of plain tuples.
+
+        The bulk read for whole-log passes (audit, replay, export): one query whose rows
+        come out as tuples of `columns` (default ROW_FIELDS, StoredEvent's field order,
+        so `StoredEvent(*row)` rebuilds an event), with none of the per-event objects of
+        `read_all`; `to_position` stops it there (inclusive). The pass reads one consistent snapshot: the query's read transaction
+        lasts until the iterator is exhausted or closed.
+        """
+        unknown = [c for c in columns if c not in ROW_FIELDS]
+        if unknown:
+            raise ValueError(f"not columns of the event log: {unknown}")
+        sql = f"SELECT {', '.join(columns)} FROM events WHERE position > ?"
+        args: list[object] = [after_position]
+        if to_position is not None:
+            sql += " AND position <= ?"
+            args.append(to_position)
+        if detail_types is not None:
+            sql += f" AND detail_type IN ({','.join('?' * len(detail_types))})"
+            args.extend(detail_types)
+        sql += " ORDER BY position"
+        cursor = self._connection().execute(sql, args)
+        try:
+            while page := cursor.fetchmany(page_size):
+                yield page
+        finally:
+            cursor.close()
+
+    def last_position(self) -> int:
+        """The position of the last recorded event (0 for an empty log)."""
+        return self._connection().execute("SELECT MAX(position) FROM events").fetchone()[0] or 0
 
     def stream_version(self, stream_id: str) -> int:
         return self._version(self._connection(), stream_id)

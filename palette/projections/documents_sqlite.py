@@ -10,15 +10,14 @@ as (partition, sort, key, collection) so a page is one index range scan.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from typing import Any
 
 from palette.projections.documents import (
-    INDEX_NAMES,
     Document,
     DocumentProjection,
     DocumentReader,
     DocumentWriter,
-    IndexEntry,
     IndexName,
     Page,
     decode_body,
@@ -49,6 +48,7 @@ class SQLiteDocuments(SQLiteProjection):
     def __init__(self, documents: DocumentProjection) -> None:
         self.documents = documents
         self.table = documents_table(documents)
+        self._batch = threading.local()
 
     def setup(self, db: sqlite3.Connection) -> None:
         table = self.table
@@ -64,7 +64,21 @@ class SQLiteDocuments(SQLiteProjection):
             )
 
     def apply(self, event: ProjectedEvent, db: sqlite3.Connection) -> None:
-        self.documents.apply(event, _SQLiteDocumentWriter(db, self.table))
+        writer = getattr(self._batch, "writer", None)
+        if writer is None or writer.db is not db:
+            writer = _SQLiteDocumentWriter(db, self.table)
+            self.documents.apply(event, writer)
+            writer.flush()
+            return
+        self.documents.apply(event, writer)
+
+    def start_batch(self, db: sqlite3.Connection) -> None:
+        self._batch.writer = _SQLiteDocumentWriter(db, self.table)
+
+    def end_batch(self, db: sqlite3.Connection, completed: bool) -> None:
+        writer, self._batch.writer = getattr(self._batch, "writer", None), None
+        if completed and writer is not None:
+            writer.flush()
 
 
 def sqlite_documents(projection: DocumentProjection) -> SQLiteDocuments:
@@ -85,37 +99,61 @@ def sqlite_documents(projection: DocumentProjection) -> SQLiteDocuments:
 
 
 class _SQLiteDocumentWriter(DocumentWriter):
-    """Writes through the store's open transaction, so reads see the batch's own writes."""
+    """Holds a batch's writes and writes each changed document once, at `flush`.
+
+    `put` checks and encodes the document at once (so a document outside the limits fails
+    the event that put it), and keeps its row; `get` answers from the held rows first (the
+    batch's own writes), then from the file through the store's open transaction. `flush`
+    writes the final state of every document the batch touched, in two executemany calls.
+    """
 
     def __init__(self, db: sqlite3.Connection, table: str) -> None:
-        self._db = db
+        self.db = db
         self._table = table
+        self._held: dict[tuple[str, str], tuple[Any, ...] | None] = {}
+        self._select = f'SELECT body FROM "{table}" WHERE collection = ? AND key = ?'
 
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
-        row = self._db.execute(
-            f'SELECT body FROM "{self._table}" WHERE collection = ? AND key = ?', (collection, key)
-        ).fetchone()
+        held = self._held.get((collection, key), _NOT_HELD)
+        if held is not _NOT_HELD:
+            return None if held is None else decode_body(held[2])
+        row = self.db.execute(self._select, (collection, key)).fetchone()
         return None if row is None else decode_body(row[0])
 
     def put(self, document: Document) -> None:
         body = encode_document(document)
-        entries: list[IndexEntry | None] = [getattr(document, name) for name in INDEX_NAMES]
-        columns = [(None, None) if e is None else (e.partition, e.sort) for e in entries]
-        self._db.execute(
-            f'INSERT OR REPLACE INTO "{self._table}" '
-            "(collection, key, body, i1p, i1s, i2p, i2s) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                document.collection,
-                document.key,
-                body,
-                *(value for pair in columns for value in pair),
-            ),
+        index1, index2 = document.index1, document.index2
+        self._held[(document.collection, document.key)] = (
+            document.collection,
+            document.key,
+            body,
+            None if index1 is None else index1.partition,
+            None if index1 is None else index1.sort,
+            None if index2 is None else index2.partition,
+            None if index2 is None else index2.sort,
         )
 
     def delete(self, collection: str, key: str) -> None:
-        self._db.execute(
-            f'DELETE FROM "{self._table}" WHERE collection = ? AND key = ?', (collection, key)
-        )
+        self._held[(collection, key)] = None
+
+    def flush(self) -> None:
+        """Write every held change; each document's last write wins."""
+        held, self._held = self._held, {}
+        deleted = [key for key, row in held.items() if row is None]
+        if deleted:
+            self.db.executemany(
+                f'DELETE FROM "{self._table}" WHERE collection = ? AND key = ?', deleted
+            )
+        rows = [row for row in held.values() if row is not None]
+        if rows:
+            self.db.executemany(
+                f'INSERT OR REPLACE INTO "{self._table}" '
+                "(collection, key, body, i1p, i1s, i2p, i2s) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+
+_NOT_HELD = object()
 
 
 class SQLiteDocumentReader(DocumentReader):

@@ -69,6 +69,14 @@ class SQLiteProjection(Projection):
         Earlier events of the same batch are visible through `db`; never COMMIT or ROLLBACK.
         """
 
+    def start_batch(self, db: sqlite3.Connection) -> None:
+        """Called inside the commit's transaction before its first `apply`; a projection
+        that holds changes back for the whole batch (to write each row once) starts here."""
+
+    def end_batch(self, db: sqlite3.Connection, completed: bool) -> None:
+        """Called after the batch's last `apply`, still inside the transaction: write what
+        was held back when `completed`, else drop it (the transaction rolls back)."""
+
 
 class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
     """Projections and their tracking records in one SQLite file."""
@@ -131,14 +139,25 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
                 if tracked_versions != dict(batch.stream_versions):
                     raise CheckpointMoved(name, "a stream's tracked version changed")
             applied_versions: dict[str, int] = {}
-            for event in batch.events:
+            projection.start_batch(db)
+            completed = False
+            try:
+                for event in batch.events:
+                    try:
+                        projection.apply(event, db)
+                    except Exception as error:
+                        raise ProjectionFailed(name, event) from error
+                    if projection.track_streams:
+                        record = recorded_as(event)
+                        applied_versions[record.stream_id] = record.version
+                completed = True
+            finally:
                 try:
-                    projection.apply(event, db)
+                    projection.end_batch(db, completed)
                 except Exception as error:
-                    raise ProjectionFailed(name, event) from error
-                if projection.track_streams:
-                    record = recorded_as(event)
-                    applied_versions[record.stream_id] = record.version
+                    if not completed:
+                        raise
+                    raise ProjectionFailed(name, batch.events[-1]) from error
             if applied_versions:
                 db.executemany(
                     "INSERT INTO projection_stream_tracking (projection, stream_id, version) "

@@ -3,6 +3,7 @@ the budget.
 
     BatchGenerated                       -> CostRecorded (+ BudgetWarning at 80 %, once)
     GenerationStopped(budget_exceeded)   -> BudgetExceeded (once)
+    PromptEnhanced (templates)           -> PromptEnhancementCharged on ledger-user-<owner> (once)
 
 Delivery is at least once and, on AWS, unordered. Each reaction decides on the ledger
 stream's current state, so a redelivered batch finds itself charged and records nothing, and
@@ -18,14 +19,15 @@ from typing import Any
 from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
 from contracts.events.generator import BatchGenerated, GenerationStopped
+from contracts.events.templates import PromptEnhanced
 from services.billing.handlers import LedgerHandlers
 
 LEDGER_SUBSCRIBER = "billing-ledger"
 """Durable name: keys the local bus checkpoint, and names the AWS rule and its queue."""
 
 LEDGER_PATTERN: dict[str, Any] = {
-    "source": ["palette.generator"],
-    "detail-type": [BatchGenerated.detail_type(), GenerationStopped.detail_type()],
+    "source": ["palette.generator", "palette.templates"],
+    "detail-type": [BatchGenerated.detail_type(), GenerationStopped.detail_type(), PromptEnhanced.detail_type()],
 }
 
 Reaction = Callable[[StoredEvent], object]
@@ -45,6 +47,8 @@ class LedgerConsumer:
             self._handlers.charge_batch(event, stored)
         elif isinstance(event, GenerationStopped) and event.reason == "budget_exceeded":
             self._handlers.close_budget(event.job_id, stored)
+        elif isinstance(event, PromptEnhanced):
+            self._handlers.charge_enhancement(event, stored)
 
 
 def subscriptions(handlers: LedgerHandlers) -> list[tuple[str, dict[str, Any], Reaction]]:

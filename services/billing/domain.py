@@ -8,6 +8,8 @@ its only writer.
   BatchGenerated decides to nothing (the handler appends with the loaded version, so two
   concurrent deliveries cannot both charge).
 - BudgetWarning once, when recorded spend first reaches `WARNING_PERCENT` of the limit.
+- A prompt enhancement (PromptEnhanced, a call outside any job) is charged once, to its
+  owner's ledger `ledger-user-<owner>` (pseudo job id `user-<owner>`): no budget applies.
 - BudgetExceeded once, for the first of: the generator stopped because its guard refused a
   call (the normal end of a budget), or recorded spend passed the limit. Keeping spend within
   the limit is the generator's budget guard's job (it reserves every call's worst case before
@@ -24,7 +26,13 @@ from decimal import Decimal
 from typing import Literal
 
 from contracts.events.base import DomainEvent
-from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.events.billing import (
+    BudgetExceeded,
+    BudgetWarning,
+    CostRecorded,
+    PromptEnhancementCharged,
+    user_ledger_id,
+)
 from contracts.pricing import BatchCost
 
 WARNING_PERCENT = 80
@@ -74,7 +82,20 @@ class CloseBudget:
     budget: JobBudget
 
 
-LedgerCommand = ChargeBatch | CloseBudget
+@dataclass(frozen=True, slots=True)
+class ChargeEnhancement:
+    """Charge one prompt enhancement's model call to its owner."""
+
+    owner: str
+    enhancement_id: str
+    cost: BatchCost
+
+    @property
+    def ledger_id(self) -> str:
+        return user_ledger_id(self.owner)
+
+
+LedgerCommand = ChargeBatch | CloseBudget | ChargeEnhancement
 
 
 class LedgerError(Exception):
@@ -99,6 +120,7 @@ class LedgerState:
     spent: Decimal = Decimal(0)
     warned: bool = False
     exceeded: bool = False
+    enhancements: frozenset[str] = frozenset()
 
 
 def evolve(state: LedgerState, event: DomainEvent) -> LedgerState:
@@ -114,6 +136,13 @@ def evolve(state: LedgerState, event: DomainEvent) -> LedgerState:
         return replace(state, job_id=event.job_id, warned=True)
     if isinstance(event, BudgetExceeded):
         return replace(state, job_id=event.job_id, exceeded=True)
+    if isinstance(event, PromptEnhancementCharged):
+        return replace(
+            state,
+            job_id=user_ledger_id(event.owner),
+            enhancements=state.enhancements | {event.enhancement_id},
+            spent=state.spent + event.total,
+        )
     return state
 
 
@@ -130,6 +159,8 @@ def decide(command: LedgerCommand, state: LedgerState) -> list[DomainEvent]:
         return _charge(command, state)
     if isinstance(command, CloseBudget):
         return _close(command, state)
+    if isinstance(command, ChargeEnhancement):
+        return _charge_enhancement(command, state)
     raise TypeError(f"not a ledger command: {command!r}")
 
 
@@ -171,11 +202,28 @@ def _close(command: CloseBudget, state: LedgerState) -> list[DomainEvent]:
     )]
 
 
+def _charge_enhancement(command: ChargeEnhancement, state: LedgerState) -> list[DomainEvent]:
+    if command.enhancement_id in state.enhancements:
+        return []
+    cost = command.cost
+    return [PromptEnhancementCharged(
+        owner=command.owner,
+        enhancement_id=command.enhancement_id,
+        catalog_version=cost.catalog_version,
+        model_tokens=cost.model_tokens,
+        compute=cost.compute,
+        storage=cost.storage,
+        total=cost.total,
+        per_model=dict(cost.per_model),
+    )]
+
+
 __all__ = [
     "BUDGET_EXHAUSTED",
     "LIMIT_PASSED",
     "WARNING_PERCENT",
     "ChargeBatch",
+    "ChargeEnhancement",
     "CloseBudget",
     "JobBudget",
     "JobNotRequested",

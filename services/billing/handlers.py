@@ -19,13 +19,20 @@ from dataclasses import dataclass
 from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
-from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
-from contracts.events.generator import BatchGenerated
+from contracts.events.billing import (
+    BudgetExceeded,
+    BudgetWarning,
+    CostRecorded,
+    PromptEnhancementCharged,
+)
+from contracts.events.generator import BatchGenerated, TokenUsage
 from contracts.events.jobs import JobRequested
+from contracts.events.templates import PromptEnhanced
 from contracts.pricing import PricingCatalog, price_batch
 from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
 from services.billing.domain import (
     ChargeBatch,
+    ChargeEnhancement,
     CloseBudget,
     JobBudget,
     JobNotRequested,
@@ -87,8 +94,17 @@ class LedgerHandlers:
         """Record BudgetExceeded for a job the generator stopped on its budget (once)."""
         return self._execute(CloseBudget(self.budget(job_id)), cause)
 
+    def charge_enhancement(self, enhanced: PromptEnhanced, cause: StoredEvent | None = None) -> list[StoredEvent]:
+        """Charge a prompt enhancement's call once, to its owner's ledger, priced like a
+        batch of one call (no part file). Raises UnknownModelPrice like a batch."""
+        usage = {enhanced.model: TokenUsage(
+            input_tokens=enhanced.input_tokens, output_tokens=enhanced.output_tokens, calls=1
+        )}
+        cost = price_batch(self.catalog, usage, enhanced.latency_ms, 0, self.runtime)
+        return self._execute(ChargeEnhancement(enhanced.owner, enhanced.enhancement_id, cost), cause)
+
     def _execute(self, command: LedgerCommand, cause: StoredEvent | None) -> list[StoredEvent]:
-        job_id = command.budget.job_id
+        job_id = command.ledger_id if isinstance(command, ChargeEnhancement) else command.budget.job_id
         for attempt in range(1, APPEND_ATTEMPTS + 1):
             loaded = self.read(job_id)
             decided = decide(command, loaded.state)
@@ -121,4 +137,6 @@ def _fact_key(event: DomainEvent) -> str:
         return f"{event.job_id}/cost/{event.batch_number}"
     if isinstance(event, BudgetWarning | BudgetExceeded):
         return f"{event.job_id}/{type(event).__name__}"
+    if isinstance(event, PromptEnhancementCharged):
+        return f"user/{event.owner}/enhancement/{event.enhancement_id}"
     raise TypeError(f"not a ledger event: {event!r}")

@@ -2,7 +2,9 @@
 
 - `handler`: API Gateway HTTP API (JWT authorizer) -> GET /costs for the `sub` claim's user.
 - `consume`: EventBridge rule (`consumers.LEDGER_PATTERN`) -> SQS -> the ledger: charges
-  batches and closes budgets. Idempotent per batch, so redelivery is harmless.
+  batches and closes budgets. Idempotent per batch, so redelivery is harmless. Each batch
+  charged now (not a redelivered one) adds its rows to the EMF metric `records_generated`
+  and its total (USD) to `cost`.
 - `project`: EventBridge rule (JobRequested and the ledger's events) -> SQS -> the cost view.
   The view tracks stream versions, so the bus's lack of order is harmless.
 
@@ -17,8 +19,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
@@ -27,11 +31,16 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from contracts.catalog import CATALOG
+from contracts.envelope import StoredEvent
+from contracts.events.billing import CostRecorded
+from contracts.events.generator import BatchGenerated
 from contracts.pricing import PricingCatalog
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
 from palette.bus.sqs import stored_event_from_message
+from palette.guard.aws import AwsGuard
 from palette.projections.runner import ProjectionRunner
 from services.billing.api import create_router
 from services.billing.consumers import LedgerConsumer
@@ -40,6 +49,21 @@ from services.billing.projections import CostsView, JobCosts
 
 RUNTIME = "aws"
 processor = BatchProcessor(event_type=EventType.SQS)
+metrics = Metrics(namespace="Palette", service="billing")
+
+
+class MeteredLedger(LedgerHandlers):
+    """The ledger, counting what it charges now in EMF metrics (a redelivered batch adds nothing)."""
+
+    def charge_batch(self, batch: BatchGenerated, cause: StoredEvent | None = None) -> list[StoredEvent]:
+        recorded = super().charge_batch(batch, cause)
+        for stored in recorded:
+            if stored.detail_type == CostRecorded.detail_type():
+                cost = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+                assert isinstance(cost, CostRecorded)
+                metrics.add_metric(name="records_generated", unit=MetricUnit.Count, value=batch.rows)
+                metrics.add_metric(name="cost", unit=MetricUnit.NoUnit, value=float(cost.total))
+        return recorded
 
 
 @functools.cache
@@ -54,12 +78,13 @@ def catalog() -> PricingCatalog:
 @functools.cache
 def api() -> ApiGatewayResolver:
     router = create_router(CostsView(adapters().document_reader(JobCosts())))
-    return build_app([router], ApiGatewayJwtClaims(), local=False, title="Palette billing")
+    limiter = AwsGuard.from_env().limiter
+    return build_app([router], ApiGatewayJwtClaims(), local=False, title="Palette billing", limiter=limiter)
 
 
 @functools.cache
 def ledger() -> LedgerConsumer:
-    return LedgerConsumer(LedgerHandlers(adapters().events, catalog(), RUNTIME))
+    return LedgerConsumer(MeteredLedger(adapters().events, catalog(), RUNTIME))
 
 
 @functools.cache
@@ -81,6 +106,7 @@ def _project_record(record: SQSRecord) -> None:
     cost_view().handle(stored_event_from_message(record.body, adapters().blobs))
 
 
+@metrics.log_metrics
 @logger.inject_lambda_context
 def consume(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Charges each queued generator fact; failed records are returned for redelivery."""

@@ -19,10 +19,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Literal
 
+from contracts.catalog import CATALOG
 from contracts.envelope import EventEnvelope
-from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.events.base import DomainEvent
+from contracts.events.billing import (
+    BudgetExceeded,
+    BudgetWarning,
+    CostRecorded,
+    PromptEnhancementCharged,
+    user_ledger_id,
+)
 from contracts.events.jobs import JobRequested
 from palette.projections.documents import (
     Document,
@@ -66,12 +74,17 @@ class JobCosts(DocumentProjection):
         CostRecorded.detail_type(),
         BudgetWarning.detail_type(),
         BudgetExceeded.detail_type(),
+        PromptEnhancementCharged.detail_type(),
     )
     track_streams: ClassVar[bool] = True
+    event_view: ClassVar[Literal["envelope", "stored"]] = "stored"
+    """Half the log is CostRecorded: it decodes only the detail (see `_typed`)."""
 
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
-        envelope = cast(EventEnvelope, event)
-        detail = envelope.detail
+        detail, time = _typed(event)
+        if isinstance(detail, PromptEnhancementCharged):
+            _charge_owner(detail, time, docs)
+            return
         if not isinstance(detail, JobRequested | CostRecorded | BudgetWarning | BudgetExceeded):
             return
         body = docs.get(JOBS, detail.job_id) or _empty(detail.job_id)
@@ -85,7 +98,7 @@ class JobCosts(DocumentProjection):
                 "storage": detail.storage,
                 "total": detail.total,
             }
-            day = envelope.metadata.time[:10]
+            day = time[:10]
             body["batches"] += 1
             body["totals"] = _added(body["totals"], categories)
             body["per_model"] = _added(body["per_model"], detail.per_model)
@@ -104,6 +117,32 @@ class JobCosts(DocumentProjection):
             body=body,
             index1=IndexEntry(_owner_partition(owner), detail.job_id) if owner else None,
         ))
+
+
+def _charge_owner(detail: PromptEnhancementCharged, time: str, docs: DocumentWriter) -> None:
+    """A call outside any job (prompt enhancement): on the owner's pseudo job `user-<owner>`,
+    so GET /costs lists it with the owner's jobs and counts it in the totals."""
+    key = user_ledger_id(detail.owner)
+    body = docs.get(JOBS, key) or _empty(key)
+    body["owner"] = detail.owner
+    categories = {category: getattr(detail, category) for category in CATEGORIES}
+    body["batches"] += 1
+    body["totals"] = _added(body["totals"], categories)
+    body["per_model"] = _added(body["per_model"], detail.per_model)
+    day = time[:10]
+    today = body["per_day"].get(day) or {**_zero_categories(), "per_model": {}}
+    today.update(_added({k: today[k] for k in CATEGORIES}, categories))
+    today["per_model"] = _added(today["per_model"], detail.per_model)
+    body["per_day"][day] = today
+    docs.put(Document(collection=JOBS, key=key, body=body, index1=IndexEntry(_owner_partition(detail.owner), key)))
+
+
+def _typed(event: ProjectedEvent) -> tuple[DomainEvent, str]:
+    """The typed detail and recorded time of either view of an event: the same values the
+    envelope carries, without building the envelope around them."""
+    if isinstance(event, EventEnvelope):
+        return event.detail, event.metadata.time
+    return CATALOG.decode(event.detail_type, event.schema_version, event.detail), event.time
 
 
 def _empty(job_id: str) -> dict[str, Any]:

@@ -12,13 +12,21 @@ is a conditional append, so other processes never run it either):
 
 A job held by another worker is tried again when that worker's lease would lapse.
 `stop(grace)` is the SIGTERM path: running jobs stop launching calls, flush, release.
+
+Scheduling is fair across users: at most `max_jobs` jobs run at once and at most
+`max_jobs_per_user` of one owner (default 3); the others wait here (their jobs stay
+QUEUED), and a free slot goes to the waiting owner served longest ago, so one user's
+backlog never holds another user's job behind it. The cap counts the jobs this pool runs:
+several pools (processes) each apply it to their own jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -29,14 +37,21 @@ from contracts.envelope import StoredEvent
 from contracts.events.jobs import JobRequested
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import EventStore
+from palette.guard.contentfilter import ContentFilter
 from services.generator.budget import BudgetGuard
 from services.generator.domain import can_claim
 from services.generator.models.port import ModelGateway
-from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
+from services.generator.worker import (
+    GenerationWorker,
+    RunOutcome,
+    RunResult,
+    WorkerOptions,
+)
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_NAME = "generator-workers"
+DEFAULT_MAX_JOBS_PER_USER = 3
 JOB_REQUESTED_PATTERN: dict[str, Any] = {"source": ["palette.jobs"], "detail-type": ["JobRequested"]}
 """The bus pattern `handle` expects (EventBridge syntax)."""
 
@@ -85,22 +100,32 @@ class WorkerPool:
         worker_id: str | None = None,
         budget: BudgetGuard | None = None,
         scan_seconds: float = 30.0,
+        content_filter: ContentFilter | None = None,
+        max_jobs_per_user: int = DEFAULT_MAX_JOBS_PER_USER,
     ) -> None:
+        if max_jobs < 1 or max_jobs_per_user < 1:
+            raise ValueError("max_jobs and max_jobs_per_user must be >= 1")
         self.events = events
         self.blobs = blobs
         self._gateway_source = gateway
         self.options = replace(options or WorkerOptions(), concurrency=concurrency)
         self.max_jobs = max_jobs
+        self.max_jobs_per_user = max_jobs_per_user
         self.worker_id = worker_id
         self.budget = budget
+        self.content_filter = content_filter
         self.scan_seconds = scan_seconds
         self.results: dict[str, RunResult] = {}
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._queue: asyncio.Queue[str | None] | None = None
+        self._queue: asyncio.Queue[tuple[str, str | None] | None] | None = None
         self._active: set[str] = set()
+        self._waiting: dict[str, deque[str]] = {}
+        self._running_by_owner: Counter[str] = Counter()
+        self._last_served: dict[str, int] = {}
+        self._turns = itertools.count()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finished = threading.Condition()
         self.worker: GenerationWorker | None = None
@@ -113,17 +138,18 @@ class WorkerPool:
             return
         event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
         assert isinstance(event, JobRequested)
-        self.submit(event.job_id)
+        self.submit(event.job_id, event.owner)
 
     def subscribe(self, bus: Any, name: str = SUBSCRIBER_NAME) -> None:
         """Register `handle` on a bus (LocalBus or anything with the same subscribe)."""
         bus.subscribe(name, JOB_REQUESTED_PATTERN, self.handle)
 
-    def submit(self, job_id: str) -> None:
-        """Run the job here when a slot is free (no-op if it already runs here)."""
+    def submit(self, job_id: str, owner: str | None = None) -> None:
+        """Run the job here when a slot is free for it and its owner (no-op if it already
+        runs or waits here). Without `owner` it is read from the job's stream."""
         if self._loop is None or self._queue is None:
             raise RuntimeError("the worker pool is not started")
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, job_id)
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (job_id, owner))
 
     # -- life -----------------------------------------------------------------------------
 
@@ -165,7 +191,13 @@ class WorkerPool:
 
     @property
     def running(self) -> set[str]:
+        """Jobs running here now (not those waiting for a slot)."""
         return set(self._active)
+
+    @property
+    def waiting(self) -> list[str]:
+        """Jobs waiting here for a slot, by owner in turn order."""
+        return [job_id for jobs in self._waiting.values() for job_id in jobs]
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -182,23 +214,23 @@ class WorkerPool:
         source = self._gateway_source
         gateway = source if isinstance(source, ModelGateway) else source()
         self.worker = GenerationWorker(
-            self.events, self.blobs, gateway, self.worker_id, self.options, self.budget
+            self.events, self.blobs, gateway, self.worker_id, self.options, self.budget, self.content_filter
         )
         self._queue = asyncio.Queue()
-        slots = asyncio.Semaphore(self.max_jobs)
         self._ready.set()
         scanner = asyncio.create_task(self._scan_forever()) if scan else None
         try:
             while True:
-                job_id = await self._queue.get()
-                if job_id is None or self._stop.is_set():
+                item = await self._queue.get()
+                if item is None or self._stop.is_set():
                     break
-                if job_id in self._active:
+                job_id, owner = item
+                if job_id in self._active or any(job_id in jobs for jobs in self._waiting.values()):
                     continue
-                self._active.add(job_id)
-                task = asyncio.create_task(self._run(job_id, slots))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                if owner is None:
+                    owner = await asyncio.to_thread(self._owner_of, job_id)
+                self._waiting.setdefault(owner, deque()).append(job_id)
+                self._dispatch()
         finally:
             if scanner is not None:
                 scanner.cancel()
@@ -206,30 +238,58 @@ class WorkerPool:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             await gateway.close()
 
-    async def _run(self, job_id: str, slots: asyncio.Semaphore) -> None:
+    def _owner_of(self, job_id: str) -> str:
+        assert self.worker is not None
+        job, _ = self.worker.read_job(job_id)
+        return job.owner if job is not None else ""
+
+    def _dispatch(self) -> None:
+        """Start waiting jobs while slots are free: each time the owner served longest ago
+        (never served first) among those under their cap."""
+        while len(self._active) < self.max_jobs and not self._stop.is_set():
+            eligible = [
+                owner for owner, jobs in self._waiting.items()
+                if jobs and self._running_by_owner[owner] < self.max_jobs_per_user
+            ]
+            if not eligible:
+                return
+            owner = min(eligible, key=lambda name: self._last_served.get(name, -1))
+            job_id = self._waiting[owner].popleft()
+            if not self._waiting[owner]:
+                del self._waiting[owner]
+            self._last_served[owner] = next(self._turns)
+            self._running_by_owner[owner] += 1
+            self._active.add(job_id)
+            task = asyncio.create_task(self._run(job_id, owner))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job_id: str, owner: str) -> None:
         worker = self.worker
         assert worker is not None
         result: RunResult | None = None
         try:
-            async with slots:
-                if self._stop.is_set():
-                    return
+            if not self._stop.is_set():
                 result = await worker.run_job(job_id, self._stop)
         except Exception:
             log.exception("generation of job %s crashed; it resumes when its lease lapses", job_id)
         finally:
             self._active.discard(job_id)
+            self._running_by_owner[owner] -= 1
+            if self._running_by_owner[owner] <= 0:
+                del self._running_by_owner[owner]
             if result is not None:
                 with self._finished:
                     self.results[job_id] = result
                     self._finished.notify_all()
+            self._dispatch()
         if result is not None and result.outcome is RunOutcome.HELD and result.retry_at is not None:
             delay = max(0.0, (result.retry_at - datetime.now(UTC)).total_seconds()) + 0.5
             asyncio.get_running_loop().call_later(delay, self._resubmit, job_id)
 
     def _resubmit(self, job_id: str) -> None:
         if not self._stop.is_set() and self._queue is not None:
-            self._queue.put_nowait(job_id)
+            self._queue.put_nowait((job_id, None))
 
     async def _scan_forever(self) -> None:
         worker = self.worker
@@ -237,7 +297,7 @@ class WorkerPool:
         while not self._stop.is_set():
             try:
                 for job_id in await asyncio.to_thread(claimable_job_ids, worker):
-                    self._queue.put_nowait(job_id)
+                    self._queue.put_nowait((job_id, None))
             except Exception:
                 log.exception("scan for resumable jobs failed; trying again later")
             await asyncio.sleep(self.scan_seconds)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
@@ -22,6 +22,7 @@ from contracts.events.generator import (
     DatasetExported,
     GenerationClaimed,
     GenerationFailed,
+    GenerationModelFailed,
     GenerationReleased,
     GenerationStopped,
 )
@@ -30,10 +31,15 @@ from contracts.events.jobs import (
     JobCancelRequested,
     JobDeleted,
     JobRequested,
+    OutputFilter,
     OutputFormat,
 )
 from contracts.events.seeds import SeedDataUploaded, SeedFormat
-from contracts.events.templates import TemplateCreated, TemplateStep, TemplateVersionPublished
+from contracts.events.templates import (
+    TemplateCreated,
+    TemplateStep,
+    TemplateVersionPublished,
+)
 
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_LEASE_SECONDS = 60
@@ -82,6 +88,7 @@ class BatchRange:
     blob_key: str
     rows: int
     failures: int
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +97,9 @@ class GenerationState:
 
     `last_event_at` is the recorded time of the stream's last event: a lease lapses
     `lease_seconds` after it. `outcome` is set once the generation ended for good.
+    A fan-out job's batches name their model; `next_record` and `failures` count the
+    batches without one, `lanes` the others per model, and `failed_models` holds the
+    models that stopped for good (model -> failure code).
     """
 
     job_id: str = ""
@@ -102,6 +112,8 @@ class GenerationState:
     outcome: Outcome | None = None
     stop_reason: str | None = None
     failure_code: str | None = None
+    lanes: Mapping[str, int] = field(default_factory=dict)
+    failed_models: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -117,6 +129,27 @@ class GenerationState:
         """The part files of the dataset so far, in record order."""
         return [batch.blob_key for batch in self.batches]
 
+    @property
+    def records_made(self) -> int:
+        """Records recorded in batches, over every model."""
+        return self.next_record + sum(self.lanes.values())
+
+    def lane(self, model: str | None) -> Lane:
+        """How far one model's records got (None: a job without fan-out)."""
+        batches = tuple(b for b in self.batches if b.model == model)
+        next_record = self.next_record if model is None else self.lanes.get(model, 0)
+        return Lane(model, len(batches), next_record, tuple(b.blob_key for b in batches))
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One model's recorded progress in a job: its batches so far and its next record."""
+
+    model: str | None
+    batches: int
+    next_record: int
+    part_keys: tuple[str, ...]
+
 
 def evolve(state: GenerationState, event: DomainEvent, recorded_at: datetime) -> GenerationState:
     """The state after one recorded event of the generation stream."""
@@ -130,14 +163,22 @@ def evolve(state: GenerationState, event: DomainEvent, recorded_at: datetime) ->
     if isinstance(event, BatchGenerated):
         batch = BatchRange(
             event.batch_number, event.first_record, event.last_record, event.blob_key,
-            event.rows, event.failures,
+            event.rows, event.failures, event.model,
         )
+        if event.model is not None:
+            return replace(
+                state,
+                batches=(*state.batches, batch),
+                lanes={**state.lanes, event.model: event.last_record + 1},
+            )
         return replace(
             state,
             batches=(*state.batches, batch),
             next_record=event.last_record + 1,
             failures=state.failures + event.failures,
         )
+    if isinstance(event, GenerationModelFailed):
+        return replace(state, failed_models={**state.failed_models, event.model: event.code})
     if isinstance(event, GenerationStopped):
         return replace(state, outcome="stopped", stop_reason=event.reason)
     if isinstance(event, GenerationFailed):
@@ -195,6 +236,13 @@ class JobSpec:
     partition_strategy: str | None
     cancel_requested: bool = False
     closed: bool = False
+    models: tuple[str, ...] = ()
+    output_filter: OutputFilter = "drop"
+
+    @property
+    def lanes(self) -> tuple[str | None, ...]:
+        """The models records are made for: each fan-out model, or None (the template's)."""
+        return self.models or (None,)
 
 
 def fold_job(events: Iterable[DomainEvent]) -> JobSpec | None:
@@ -212,6 +260,8 @@ def fold_job(events: Iterable[DomainEvent]) -> JobSpec | None:
                 output_formats=tuple(event.output_formats),
                 model_parameters=dict(event.model_parameters),
                 partition_strategy=event.partition_strategy,
+                models=tuple(event.models or ()),
+                output_filter=event.output_filter,
             )
         elif spec is not None and isinstance(event, JobCancelRequested):
             spec = replace(spec, cancel_requested=True)
@@ -289,18 +339,30 @@ class PlannedBatch:
         return self.last - self.first + 1
 
 
-def plan(state: GenerationState, num_records: int, batch_size: int = DEFAULT_BATCH_SIZE) -> list[PlannedBatch]:
-    """The batches that remain, in order. Each starts at the record after the previous one
-    (the first after the last recorded range) and holds `batch_size` records, the last one
-    fewer: together they cover next_record..num_records-1 exactly once."""
+def plan(
+    state: GenerationState,
+    num_records: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    model: str | None = None,
+    lane_index: int = 0,
+    lane_count: int = 1,
+) -> list[PlannedBatch]:
+    """The batches that remain of one model's records, in order. Each starts at the record
+    after the previous one (the first after the last recorded range) and holds `batch_size`
+    records, the last one fewer: together they cover next_record..num_records-1 exactly once.
+
+    Batch numbers are unique in the job (billing charges each once): the k-th batch of the
+    model at `lane_index` of `lane_count` is numbered k * lane_count + lane_index, which is
+    simply k for a job without fan-out."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    lane = state.lane(model)
     batches: list[PlannedBatch] = []
-    number, first = state.next_batch_number, state.next_record
+    k, first = lane.batches, lane.next_record
     while first < num_records:
         last = min(first + batch_size, num_records) - 1
-        batches.append(PlannedBatch(number, first, last))
-        number, first = number + 1, last + 1
+        batches.append(PlannedBatch(k * lane_count + lane_index, first, last))
+        k, first = k + 1, last + 1
     return batches
 
 

@@ -4,15 +4,18 @@
 part (plus a Parquet row group) whatever the dataset's size:
 
 1. Survey: checks that the records are exactly indices 0..n-1 of this job (no duplicate,
-   no gap; `expected_rows` when given) and infers the nested Arrow types of the seed and of
-   each structured step's output across all parts.
+   no gap; `expected_rows` when given) — per model for a fan-out job, whose records count
+   from 0 for each model — and infers the nested Arrow types of the seed and of each
+   structured step's output across all parts.
 2. Write: each format is streamed to a local temp file, hashed while written, then stored
    with `put_stream`; an earlier manifest is removed before the first upload and the new
    one stored last, so a manifest always describes a complete export.
 
 Layout under `datasets/<owner>/<job_id>/export/`: `data.parquet`, `data.jsonl`,
 `data.csv`, or with `partition_by` Hive-style folders `<name>=<value>/data.<ext>`, and
-`manifest.json`. Records are in `record_index` order in every file.
+`manifest.json`. Records are in `record_index` order in every file (a fan-out job's by
+model, then index). `partition_by` is `date`, `model`, or a dotted field path, optionally
+written as the jobs API takes it (`field:<path>`).
 
 Formats:
 - PARQUET: nested. `seed` is a struct, `steps` a struct of step structs, a structured
@@ -21,6 +24,8 @@ Formats:
   in one and text in another, an object in one and a list in another) or that Parquet
   cannot hold (an empty object) is stored as JSON text instead.
 - JSONL: one record per line in the GeneratedRecord shape, seed and outputs as JSON.
+- A fan-out job's files have a `model` column (after `job_id`); a job that flags filtered
+  outputs has a `flagged_rules` column (a list of rule ids; JSON text in CSV).
 - CSV: the Parquet columns flattened with dots (`seed.author.name`,
   `steps.question.output`), lists and JSON-text columns as JSON, `created_at` as written
   by the generator; every file of one export has the same header.
@@ -83,7 +88,9 @@ _CONTENT_TYPES = {
     OutputFormat.JSONL: "application/x-ndjson",
     OutputFormat.CSV: "text/csv; charset=utf-8",
 }
-_RECORD_FIELDS = ("record_index", "job_id", "seed", "steps", "created_at")
+_RECORD_FIELDS = ("record_index", "job_id", "model", "seed", "steps", "created_at", "flagged_rules")
+MODEL_PARTITION = "model"
+FIELD_PREFIX = "field:"
 
 
 def export_prefix(owner: str, job_id: str) -> str:
@@ -113,7 +120,7 @@ def export_dataset(
     rule = PartitionRule.parse(partition_by) if partition_by else None
     survey = _survey(blobs, job_id, part_keys_in_order, rule)
     _check_coverage(survey.parts, expected_rows)
-    layout = _DatasetLayout(survey.seed, survey.steps)
+    layout = _DatasetLayout(survey.seed, survey.steps, survey.has_model, survey.has_flags)
     prefix = export_prefix(owner, job_id)
     with tempfile.TemporaryDirectory(prefix="palette-export-") as workdir:
         files = _DataFiles(Path(workdir), prefix, layout, formats, rule)
@@ -146,6 +153,7 @@ class PartitionRule:
 
     @classmethod
     def parse(cls, partition_by: str) -> PartitionRule:
+        partition_by = partition_by.removeprefix(FIELD_PREFIX)
         if partition_by == DATE_PARTITION:
             return cls(name=DATE_PARTITION, path=None)
         path = tuple(partition_by.split("."))
@@ -252,6 +260,7 @@ class _PartSpan:
     first: int
     last: int
     rows: int
+    model: str | None = None
 
 
 @dataclass(slots=True)
@@ -259,6 +268,8 @@ class _Survey:
     parts: list[_PartSpan] = field(default_factory=list)
     seed: _JsonShape = field(default_factory=_JsonShape)
     steps: dict[str, _JsonShape] = field(default_factory=dict)
+    has_model: bool = False
+    has_flags: bool = False
 
     @property
     def rows(self) -> int:
@@ -276,6 +287,10 @@ def _survey(blobs: BlobStore, job_id: str, part_keys: list[str], rule: Partition
         for previous, index in pairwise(indices):
             if previous == index:
                 raise DatasetIntegrityError(f"record index {index} appears more than once in part {key}")
+        models = {record.get("model") for record in records}
+        if len(models) > 1:
+            raise DatasetIntegrityError(f"part {key} holds records of several models")
+        model = models.pop()
         for record in records:
             if record["job_id"] != job_id:
                 raise DatasetIntegrityError(
@@ -284,7 +299,9 @@ def _survey(blobs: BlobStore, job_id: str, part_keys: list[str], rule: Partition
             _created_at(record)
             if rule is not None:
                 partition_seen = rule.value_of(record) is not None or partition_seen
-        survey.parts.append(_PartSpan(key, indices[0], indices[-1], len(indices)))
+            survey.has_flags = survey.has_flags or "flagged_rules" in record
+        survey.has_model = survey.has_model or model is not None
+        survey.parts.append(_PartSpan(key, indices[0], indices[-1], len(indices), model))
         survey.seed.add([record["seed"] for record in records])
         for record in records:
             for step_id in record["steps"]:
@@ -293,7 +310,7 @@ def _survey(blobs: BlobStore, job_id: str, part_keys: list[str], rule: Partition
             shape.add([_step_output_json(record, step_id) for record in records])
     if rule is not None and survey.parts and not partition_seen:
         raise ExportError(f"cannot partition by {rule.name!r}: no record has a value there")
-    survey.parts.sort(key=lambda span: (span.first, span.last))
+    survey.parts.sort(key=lambda span: (span.model or "", span.first, span.last))
     return survey
 
 
@@ -303,8 +320,18 @@ def _step_output_json(record: GeneratedRecord, step_id: str) -> Any:
 
 
 def _check_coverage(parts: list[_PartSpan], expected_rows: int | None) -> None:
-    """Parts sorted by first index must tile 0..n-1 exactly, each a contiguous range
-    (a batch covers one range of record indices)."""
+    """Each model's parts, sorted by first index, must tile 0..n-1 exactly, each a
+    contiguous range (a batch covers one range of one model's record indices); the parts
+    together hold `expected_rows` when given."""
+    by_model: dict[str | None, list[_PartSpan]] = {}
+    for span in parts:
+        by_model.setdefault(span.model, []).append(span)
+    total = sum(_check_model_coverage(spans) for spans in by_model.values())
+    if expected_rows is not None and total != expected_rows:
+        raise DatasetIntegrityError(f"the parts hold {total} records, expected {expected_rows}")
+
+
+def _check_model_coverage(parts: list[_PartSpan]) -> int:
     following = 0
     for span in parts:
         if span.first < following:
@@ -321,16 +348,19 @@ def _check_coverage(parts: list[_PartSpan], expected_rows: int | None) -> None:
                 "some are missing"
             )
         following = span.last + 1
-    if expected_rows is not None and following != expected_rows:
-        raise DatasetIntegrityError(f"the parts hold {following} records, expected {expected_rows}")
+    return following
 
 
 class _DatasetLayout:
     """The export's Arrow schemas: nested for Parquet, flattened for CSV."""
 
-    def __init__(self, seed: _JsonShape, steps: dict[str, _JsonShape]) -> None:
+    def __init__(
+        self, seed: _JsonShape, steps: dict[str, _JsonShape], has_model: bool = False, has_flags: bool = False
+    ) -> None:
         self.seed = seed
         self.steps = steps
+        self.has_model = has_model
+        self.has_flags = has_flags
         step_types = {
             step_id: pa.struct(
                 [
@@ -349,9 +379,11 @@ class _DatasetLayout:
             [
                 ("record_index", pa.int64()),
                 ("job_id", pa.string()),
+                *([("model", pa.string())] if has_model else []),
                 ("seed", seed.arrow_type),
                 ("steps", steps_type),
                 ("created_at", pa.string()),
+                *([("flagged_rules", pa.list_(pa.string()))] if has_flags else []),
             ]
         )
         self.parquet_schema = self.text_schema.set(
@@ -366,6 +398,8 @@ class _DatasetLayout:
             {
                 "record_index": record["record_index"],
                 "job_id": record["job_id"],
+                "model": record.get("model"),
+                "flagged_rules": record.get("flagged_rules"),
                 "seed": self.seed.column_value(record["seed"]),
                 "steps": {
                     step_id: step | {"output_json": self.steps[step_id].column_value(step["output_json"])}

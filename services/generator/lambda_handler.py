@@ -6,7 +6,9 @@ until it ends or the invocation nears its deadline; then the worker stops gracef
 (flush, GenerationReleased) and the record is reported as a batch item failure, so SQS
 delivers it again and the next invocation resumes from the last recorded batch. A job held
 by another worker is reported the same way, to be tried again after the queue's
-visibility timeout. Adapters and the model gateway come from the environment.
+visibility timeout. Adapters and the model gateway come from the environment; the budget
+guard prices calls with billing's catalog (`adapters.pricing`, PALETTE_PRICING_OVERRIDES)
+for the "aws" runtime, so a job stops before its recorded spend passes its budget.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from palette.adapters import Adapters, AwsSettings, aws_adapters
-from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
+from services.generator.budget import JobBudgets
+from services.generator.worker import (
+    GenerationWorker,
+    RunOutcome,
+    RunResult,
+    WorkerOptions,
+)
 from services.generator.worker_main import gateway_from_env
 
 logger = Logger(service="palette-generator")
@@ -58,7 +66,8 @@ async def _run(job_ids: list[str], stop: threading.Event) -> dict[str, RunResult
     options = options_from_env()
     gateway = gateway_from_env(max(64, options.concurrency))
     built = adapters()
-    worker = GenerationWorker(built.events, built.blobs, gateway, options=options)
+    budget = JobBudgets(built.events, built.pricing, built.runtime)
+    worker = GenerationWorker(built.events, built.blobs, gateway, options=options, budget=budget)
     try:
         results = await asyncio.gather(*(worker.run_job(job_id, stop) for job_id in job_ids))
     finally:

@@ -7,15 +7,18 @@ worker that redoes a batch overwrites its part instead of adding a second copy.
 A part's schema is the same for every template (`PART_SCHEMA`): the seed and each
 structured step's parsed output vary per template, so the part keeps them as JSON text
 and steps as a list in template order. `read_part` gives back the record shape exactly;
-the exports infer real nested types from it.
+the exports infer real nested types from it. `model` (fan-out jobs) and `flagged_rules`
+(jobs that flag filtered outputs) are null in parts of records without them, and absent
+from parts written before they existed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,13 +41,17 @@ class StepResult(TypedDict):
 class GeneratedRecord(TypedDict):
     """One row of a dataset. `record_index` is 0-based within the job and unique; `seed`
     holds the seed fields the template used, nested as in the seed; `steps` maps step id
-    to its result in template order; `created_at` is ISO-8601 in UTC."""
+    to its result in template order; `created_at` is ISO-8601 in UTC. A fan-out job's
+    records name their `model` (indices count per model); a job that flags filtered output
+    gives every record `flagged_rules`, the content rules its outputs broke."""
 
     record_index: int
     job_id: str
     seed: dict[str, Any]
     steps: dict[str, StepResult]
     created_at: str
+    model: NotRequired[str]
+    flagged_rules: NotRequired[list[str]]
 
 
 class RecordShapeError(ValueError):
@@ -70,16 +77,27 @@ PART_SCHEMA = pa.schema(
         pa.field("seed_json", pa.string(), nullable=False),
         pa.field("steps", pa.list_(pa.field("item", STEP_PART_TYPE, nullable=False)), nullable=False),
         pa.field("created_at", pa.string(), nullable=False),
+        pa.field("model", pa.string()),
+        pa.field("flagged_rules", pa.list_(pa.field("item", pa.string(), nullable=False))),
     ]
 )
 """Every part file has exactly this schema, whatever the template."""
 
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
-def part_key(owner: str, job_id: str, batch_number: int) -> str:
-    """The blob key of a batch's part: the same for every attempt at that batch."""
+
+def model_slug(model: str) -> str:
+    """A model name as one readable key segment (`openai/gpt-4o` -> `openai-gpt-4o`)."""
+    return _SLUG.sub("-", model).strip("-.") or "model"
+
+
+def part_key(owner: str, job_id: str, batch_number: int, model: str | None = None) -> str:
+    """The blob key of a batch's part: the same for every attempt at that batch. A fan-out
+    job keeps each model's parts in a folder of their own."""
     if batch_number < 0:
         raise ValueError(f"batch number must be >= 0, got {batch_number}")
-    return f"datasets/{owner}/{job_id}/parts/part-{batch_number:06d}.parquet"
+    folder = "" if model is None else f"{model_slug(model)}/"
+    return f"datasets/{owner}/{job_id}/parts/{folder}part-{batch_number:06d}.parquet"
 
 
 def dumps_json(value: Any) -> str:
@@ -118,6 +136,8 @@ def _to_part_row(record: GeneratedRecord) -> dict[str, Any]:
             "seed_json": dumps_json(_require(record["seed"], dict, "seed")),
             "steps": [_to_part_step(step_id, result) for step_id, result in steps.items()],
             "created_at": _require(record["created_at"], str, "created_at"),
+            "model": _optional(record.get("model"), str, "model"),
+            "flagged_rules": _optional(record.get("flagged_rules"), list, "flagged_rules"),
         }
     except RecordShapeError:
         raise
@@ -148,6 +168,10 @@ def _require(value: Any, kind: type, name: str) -> Any:
     return value
 
 
+def _optional(value: Any, kind: type, name: str) -> Any:
+    return None if value is None else _require(value, kind, name)
+
+
 def _from_part_row(row: dict[str, Any]) -> GeneratedRecord:
     steps: dict[str, StepResult] = {}
     for step in row["steps"]:
@@ -160,10 +184,15 @@ def _from_part_row(row: dict[str, Any]) -> GeneratedRecord:
             output_tokens=step["output_tokens"],
             latency_ms=step["latency_ms"],
         )
-    return GeneratedRecord(
+    record = GeneratedRecord(
         record_index=row["record_index"],
         job_id=row["job_id"],
         seed=json.loads(row["seed_json"]),
         steps=steps,
         created_at=row["created_at"],
     )
+    if row.get("model") is not None:
+        record["model"] = row["model"]
+    if row.get("flagged_rules") is not None:
+        record["flagged_rules"] = list(row["flagged_rules"])
+    return record

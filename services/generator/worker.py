@@ -17,6 +17,18 @@ Guarantees, with the log as the checkpoint:
   concurrency); a record that still fails is counted and tried again with another seed row;
   a fatal model error, or more than the threshold of failed attempts in the error window,
   ends the job with GenerationFailed.
+- Fan-out (a job naming several models): each model makes num_records records of its own
+  (indices 0..num_records-1 per model, from the same seed rows), in its own batches and
+  part folder, with its own error window and concurrency limiter. A model that fails
+  records GenerationModelFailed and stops; the others go on. The job completes when at
+  least one model made all its records (the dataset then holds every recorded record, of
+  failed models too), and fails only when every model failed.
+- Content (the operator's filter, when given): a rendered prompt that breaks a rule is not
+  sent — the attempt fails and the record is made from another seed row; an output that
+  breaks one is dropped the same way, or kept with the rule ids in `flagged_rules` when the
+  job says `output_filter: "flag"`. Each decision is a ContentBlocked event on
+  `guard-job-<job_id>`, appended with its record's batch, just before the batch's
+  BatchGenerated, with an id derived from the decision so a redone batch adds no copy.
 - The end is one append: DatasetExported (completed); GenerationStopped(cancelled);
   GenerationStopped(budget_exceeded) followed by DatasetExported of the records made, when
   there are any; GenerationFailed; or GenerationReleased.
@@ -45,13 +57,16 @@ from contracts.events.generator import (
     GenerationClaimed,
     GenerationFailed,
     GenerationLeaseRenewed,
+    GenerationModelFailed,
     GenerationReleased,
     GenerationStopped,
     TokenUsage,
 )
+from contracts.events.guard import ContentBlocked, job_guard_stream
 from contracts.events.templates import TemplateStep
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from palette.guard.contentfilter import ContentFilter
 from palette.prompts import PromptRenderError, render
 from services.generator.budget import BudgetGuard, CallUsage, UnlimitedBudget
 from services.generator.domain import (
@@ -104,6 +119,8 @@ StopSignal = asyncio.Event | threading.Event
 an asyncio.Event from the same loop."""
 
 DEFAULT_MAX_TOKENS = 512
+DECISION_APPEND_ATTEMPTS = 5
+_DECISION_IDS = uuid.UUID("3d0f5b8e-8c4a-4f57-a1a9-5e2b7c9d4f10")
 
 
 @dataclass(frozen=True)
@@ -219,6 +236,7 @@ class GenerationWorker:
         worker_id: str | None = None,
         options: WorkerOptions | None = None,
         budget: BudgetGuard | None = None,
+        content_filter: ContentFilter | None = None,
     ) -> None:
         self.events = events
         self.blobs = blobs
@@ -226,6 +244,7 @@ class GenerationWorker:
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
         self.options = options or WorkerOptions()
         self.budget: BudgetGuard = budget or UnlimitedBudget()
+        self.content_filter = content_filter if content_filter is not None and content_filter.rule_count else None
 
     # -- reading the log ------------------------------------------------------------------
 
@@ -281,6 +300,18 @@ class GenerationWorker:
         )
         return stored[-1].version
 
+    def record_decisions(self, job_id: str, decisions: Sequence[NewEvent]) -> None:
+        """Append content decisions to `guard-job-<job_id>`. Their ids derive from the
+        decisions, so appending ones already recorded stores nothing twice."""
+        stream = job_guard_stream(job_id)
+        for attempt in range(1, DECISION_APPEND_ATTEMPTS + 1):
+            try:
+                self.events.append(stream, decisions, self.events.stream_version(stream))
+                return
+            except ConcurrencyConflict:
+                if attempt == DECISION_APPEND_ATTEMPTS:
+                    raise
+
     # -- running a job --------------------------------------------------------------------
 
     async def run_job(self, job_id: str, stop: StopSignal | None = None) -> RunResult:
@@ -293,31 +324,32 @@ class GenerationWorker:
         if job is None:
             return RunResult(RunOutcome.NOT_FOUND, reason=f"job {job_id} was never requested")
         state = await asyncio.to_thread(self.read_generation, job_id)
+        made = state.records_made
         if state.finished or (job.closed and state.claim is None):
-            return RunResult(RunOutcome.FINISHED, state.next_record)
+            return RunResult(RunOutcome.FINISHED, made)
         if not can_claim(state, _now()):
-            return RunResult(RunOutcome.HELD, state.next_record, retry_at=lease_expires_at(state))
+            return RunResult(RunOutcome.HELD, made, retry_at=lease_expires_at(state))
         claim = GenerationClaimed(
             job_id=job_id,
             worker_id=self.worker_id,
             lease_seconds=self.options.lease_seconds,
-            resumed_from_record=state.next_record,
+            resumed_from_record=made,
         )
         try:
             version = await asyncio.to_thread(self.append, job_id, [claim], state.version)
         except ConcurrencyConflict:
-            return RunResult(RunOutcome.HELD, state.next_record, reason="another worker claimed the job first")
-        log.info("worker %s claimed job %s at record %d", self.worker_id, job_id, state.next_record)
+            return RunResult(RunOutcome.HELD, made, reason="another worker claimed the job first")
+        log.info("worker %s claimed job %s at record %d", self.worker_id, job_id, made)
         if job.cancel_requested or job.closed:
-            stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=state.next_record)
-            return await self._finish(job_id, [stopped], version, RunOutcome.CANCELLED, state.next_record)
+            stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=made)
+            return await self._finish(job_id, [stopped], version, RunOutcome.CANCELLED, made)
         try:
             template, rows = await asyncio.to_thread(self._load_inputs, job)
         except JobFailure as failure:
             failed = GenerationFailed(
-                job_id=job_id, code=failure.code, reason=failure.reason, records_completed=state.next_record
+                job_id=job_id, code=failure.code, reason=failure.reason, records_completed=made
             )
-            return await self._finish(job_id, [failed], version, RunOutcome.FAILED, state.next_record, failure.reason)
+            return await self._finish(job_id, [failed], version, RunOutcome.FAILED, made, failure.reason)
         run = _JobRun(self, job, template, rows, state, version, job_version, stop)
         return await run.run()
 
@@ -350,9 +382,14 @@ class _StepCall:
     validate: Callable[[Any], None] | None
 
 
-def _step_calls(template: TemplateSpec, overrides: Mapping[str, Any], default_max_tokens: int) -> list[_StepCall]:
+def _step_calls(
+    template: TemplateSpec, overrides: Mapping[str, Any], default_max_tokens: int, model: str | None = None
+) -> list[_StepCall]:
+    """The template's steps as calls; `model` (a fan-out job's) replaces every step's model."""
     calls = []
     for step in template.steps:
+        if model is not None:
+            step = step.model_copy(update={"model": model})
         params = {**step.parameters, **overrides}
         stop = params.get("stop")
         calls.append(
@@ -390,11 +427,21 @@ def _schema_validator(schema: Mapping[str, Any] | None) -> Callable[[Any], None]
 
 @dataclass
 class _ReadyBatch:
+    lane: _Lane
     planned: PlannedBatch
     records: list[GeneratedRecord]
     failures: int
     usage: dict[str, TokenUsage]
     duration_ms: int
+    blocked: list[NewEvent]
+
+
+@dataclass
+class _LaneFailed:
+    """A fan-out model that stopped for good, for the writer to record after its batches."""
+
+    lane: _Lane
+    failure: JobFailure
 
 
 @dataclass
@@ -413,8 +460,60 @@ class _Usage:
             tally[2] += 1
 
 
+class _Lane:
+    """The records of one model in a run (a job without fan-out has one lane, model None):
+    its batches still to make, records done but not yet written, and its own error window
+    and concurrency limiter, so one failing model neither trips nor throttles the others."""
+
+    def __init__(
+        self,
+        model: str | None,
+        index: int,
+        steps: list[_StepCall],
+        state: GenerationState,
+        num_records: int,
+        lane_count: int,
+        options: WorkerOptions,
+    ) -> None:
+        recorded = state.lane(model)
+        self.model = model
+        self.index = index
+        self.steps = steps
+        self.num_records = num_records
+        self.planned = plan(state, num_records, options.batch_size, model, index, lane_count)
+        self.first_record = recorded.next_record
+        self.flushed_through = recorded.next_record
+        self.next_index = recorded.next_record
+        self.part_keys = list(recorded.part_keys)
+        self.window = ErrorRateWindow(options.error_window, options.error_threshold)
+        self.limiter = AdaptiveLimiter(
+            options.concurrency, increase_after=options.increase_after, adaptive=options.adaptive
+        )
+        self.completed: dict[int, GeneratedRecord] = {}
+        self.failures: dict[int, int] = {}
+        self.wasted: dict[int, _Usage] = {}
+        self.blocked: dict[int, list[NewEvent]] = {}
+        self.started_at: dict[int, float] = {}
+        self.in_flight: dict[int, asyncio.Task[GeneratedRecord]] = {}
+        self.failure: JobFailure | None = None
+        self.last_error = ""
+
+    @property
+    def label(self) -> str:
+        return self.model or "the template's models"
+
+    @property
+    def can_start(self) -> bool:
+        return self.failure is None and self.next_index < self.num_records
+
+    @property
+    def complete(self) -> bool:
+        return self.failure is None and self.first_record >= self.num_records
+
+
 class _JobRun:
-    """One claimed run of one job: the sliding window of records, the batch writer, the end.
+    """One claimed run of one job: the sliding window of records over the job's lanes
+    (models), the batch writer, the end.
 
     Only this run's coroutines touch its state, all on one event loop.
     """
@@ -437,29 +536,33 @@ class _JobRun:
         self.job_id = job.job_id
         self.rows = rows
         self.stop = stop
-        self.steps = _step_calls(template, job.model_parameters, options.default_max_tokens)
-        self.limiter = AdaptiveLimiter(
-            options.concurrency, increase_after=options.increase_after, adaptive=options.adaptive
-        )
-        self.window = ErrorRateWindow(options.error_window, options.error_threshold)
-        self.planned = plan(state, job.num_records, options.batch_size)
-        self.first_record = state.next_record
-        self.part_keys = state.part_keys
+        self.fanout = bool(job.models)
+        self.screen = worker.content_filter
+        self.flag_outputs = job.output_filter == "flag"
+        models = job.lanes
+        self.lanes = [
+            _Lane(
+                model, index,
+                _step_calls(template, job.model_parameters, options.default_max_tokens, model),
+                state, job.num_records, len(models), options,
+            )
+            for index, model in enumerate(models)
+        ]
+        for lane in self.lanes:
+            if lane.model is not None and lane.model in state.failed_models:
+                code = state.failed_models[lane.model]
+                lane.failure = JobFailure(code, f"model {lane.model} failed in an earlier run ({code})")
+        self.tasks: dict[asyncio.Task[GeneratedRecord], tuple[_Lane, int]] = {}
+        self.rotation = 0
         self.version = version
         self.job_version = job_version
-        self.flushed_through = state.next_record
-        self.completed: dict[int, GeneratedRecord] = {}
-        self.failures: dict[int, int] = {}
-        self.wasted: dict[int, _Usage] = {}
-        self.started_at: dict[int, float] = {}
         self.ending: str | None = None
         self.failure: JobFailure | None = None
-        self.last_error = ""
         self.lost = False
         self.last_append = time.monotonic()
         self.finished_tasks: list[asyncio.Task[GeneratedRecord]] = []
         self.wakeup = asyncio.Event()
-        self.batches: asyncio.Queue[_ReadyBatch | None] = asyncio.Queue()
+        self.batches: asyncio.Queue[_ReadyBatch | _LaneFailed | None] = asyncio.Queue()
 
     # -- the run's life -------------------------------------------------------------------
 
@@ -482,34 +585,49 @@ class _JobRun:
         if self.lost:
             writer.cancel()
             return self._lost()
-        self._queue_partial_batch()
+        if self.ending != "failed":
+            for lane in self.lanes:
+                if lane.failure is None:
+                    self._queue_partial_batch(lane)
         self.batches.put_nowait(None)
         await writer
         if self.lost:
             return self._lost()
         return await self._end()
 
+    def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fill the window up to `concurrency` records, taking one record from each lane
+        in turn, so every model gets its share of the calls in flight."""
+        width = self.options.concurrency
+        count = len(self.lanes)
+        idle = 0
+        while len(self.tasks) < width and idle < count:
+            lane = self.lanes[self.rotation % count]
+            self.rotation += 1
+            if not lane.can_start:
+                idle += 1
+                continue
+            idle = 0
+            index = lane.next_index
+            lane.next_index += 1
+            task = loop.create_task(self._make_record(lane, index))
+            task.add_done_callback(self._on_record_done)
+            lane.in_flight[index] = task
+            self.tasks[task] = (lane, index)
+            lane.started_at.setdefault(index, time.monotonic())
+
     async def _generate(self) -> None:
         """Keep `concurrency` records in flight across batch boundaries until all are made
         or the run is ending; then let in-flight records finish within the grace period."""
-        in_flight: dict[int, asyncio.Task[GeneratedRecord]] = {}
-        next_index = self.first_record
-        total = self.job.num_records
-        width = self.options.concurrency
         loop = asyncio.get_running_loop()
         grace_deadline: float | None = None
         while True:
             if self.ending is None:
-                while len(in_flight) < width and next_index < total:
-                    task = loop.create_task(self._make_record(next_index))
-                    task.add_done_callback(self._on_record_done)
-                    in_flight[next_index] = task
-                    self.started_at.setdefault(next_index, time.monotonic())
-                    next_index += 1
-            if not in_flight and (next_index >= total or self.ending is not None):
+                self._launch(loop)
+            if not self.tasks and (self.ending is not None or not any(lane.can_start for lane in self.lanes)):
                 return
             if self.ending in ("failed", "lost"):
-                await self._cancel(in_flight)
+                await self._cancel(list(self.tasks))
                 return
             timeout = None
             if self.ending is not None:
@@ -517,7 +635,7 @@ class _JobRun:
                     grace_deadline = time.monotonic() + self.worker.options.grace_seconds
                 timeout = grace_deadline - time.monotonic()
                 if timeout <= 0:
-                    await self._cancel(in_flight)
+                    await self._cancel(list(self.tasks))
                     return
             if not self.finished_tasks:
                 try:
@@ -527,7 +645,7 @@ class _JobRun:
             self.wakeup.clear()
             finished, self.finished_tasks = self.finished_tasks, []
             for task in finished:
-                self._collect(task, in_flight)
+                self._collect(task)
 
     def _on_writer_done(self, writer: asyncio.Task[None]) -> None:
         if not writer.cancelled() and writer.exception() is not None:
@@ -537,27 +655,49 @@ class _JobRun:
         self.finished_tasks.append(task)
         self.wakeup.set()
 
-    def _collect(self, task: asyncio.Task[GeneratedRecord], in_flight: dict[int, asyncio.Task[GeneratedRecord]]) -> None:
+    def _collect(self, task: asyncio.Task[GeneratedRecord]) -> None:
+        owner = self.tasks.pop(task, None)
+        if owner is None:
+            return
+        lane, index = owner
+        lane.in_flight.pop(index, None)
         if task.cancelled():
             return
         error = task.exception()
         if error is None:
-            record = task.result()
-            index = record["record_index"]
-            in_flight.pop(index, None)
-            self.completed[index] = record
-            self._queue_full_batches()
+            lane.completed[index] = task.result()
+            self._queue_full_batches(lane)
             return
-        for index, running in list(in_flight.items()):
-            if running is task:
-                del in_flight[index]
         if isinstance(error, JobFailure):
-            self._end_with("failed", error)
+            self._fail_lane(lane, error)
         elif isinstance(error, _BudgetRefused):
             self._end_with("budget")
         elif not isinstance(error, _Abandoned):
             log.error("record task of job %s failed unexpectedly", self.job_id, exc_info=error)
             self._end_with("failed", JobFailure("INTERNAL", f"{type(error).__name__}: {error}"))
+
+    def _fail_lane(self, lane: _Lane, failure: JobFailure) -> None:
+        """A model that cannot go on: the job fails, unless it fans out to other models
+        that still can — then only this model stops, after flushing what it made."""
+        if not self.fanout:
+            self._end_with("failed", failure)
+            return
+        if lane.failure is not None:
+            return
+        lane.failure = failure
+        log.warning("model %s of job %s failed: %s", lane.model, self.job_id, failure)
+        for task in list(lane.in_flight.values()):
+            task.cancel()
+        self._queue_partial_batch(lane)
+        self.batches.put_nowait(_LaneFailed(lane, failure))
+        if all(other.failure is not None for other in self.lanes):
+            self._end_with("failed", JobFailure(failure.code, self._failures_summary()))
+
+    def _failures_summary(self) -> str:
+        return "; ".join(
+            f"{lane.model}: {lane.failure.code}: {lane.failure.reason}"
+            for lane in self.lanes if lane.failure is not None
+        )
 
     def _end_with(self, ending: str, failure: JobFailure | None = None) -> None:
         """Set why the run ends; a failure or a lost claim overrides a softer ending."""
@@ -568,16 +708,19 @@ class _JobRun:
                 self.failure = failure
             self.wakeup.set()
 
-    async def _cancel(self, in_flight: dict[int, asyncio.Task[GeneratedRecord]]) -> None:
-        for task in in_flight.values():
+    async def _cancel(self, tasks: list[asyncio.Task[GeneratedRecord]]) -> None:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*in_flight.values(), return_exceptions=True)
-        for task in self.finished_tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in [*self.finished_tasks, *tasks]:
+            owner = self.tasks.pop(task, None)
+            if owner is None:
+                continue
+            lane, index = owner
+            lane.in_flight.pop(index, None)
             if not task.cancelled() and task.exception() is None:
-                record = task.result()
-                self.completed[record["record_index"]] = record
+                lane.completed[index] = task.result()
         self.finished_tasks = []
-        in_flight.clear()
 
     async def _watch(self) -> None:
         """Turn a stop request or a cancellation on the job stream into the run's ending."""
@@ -599,42 +742,67 @@ class _JobRun:
 
     # -- one record -----------------------------------------------------------------------
 
-    async def _make_record(self, index: int) -> GeneratedRecord:
+    async def _make_record(self, lane: _Lane, index: int) -> GeneratedRecord:
+        """Every model of a fan-out job makes record `index` from the same seed rows, so
+        their outputs compare one to one."""
         attempt = 0
         while True:
             if self.ending is not None and attempt > 0:
                 raise _Abandoned()
             row = self.rows[seed_row_index(self.job_id, index, attempt, len(self.rows))]
             try:
-                steps = await self._run_steps(index, row)
+                steps, flagged = await self._run_steps(lane, index, attempt, row)
             except _RecordAttemptFailed as failure:
-                self.failures[index] = self.failures.get(index, 0) + 1
-                self.last_error = str(failure)
-                self.window.record(False)
-                if self.window.tripped:
+                lane.failures[index] = lane.failures.get(index, 0) + 1
+                lane.last_error = str(failure)
+                lane.window.record(False)
+                if lane.window.tripped:
                     raise JobFailure(
                         "ERROR_RATE",
-                        f"{self.window.failures} of the last {self.window.attempts} record attempts failed "
-                        f"(threshold {self.window.threshold:.0%}); last error: {self.last_error}",
+                        f"{lane.window.failures} of the last {lane.window.attempts} record attempts failed "
+                        f"(threshold {lane.window.threshold:.0%}); last error: {lane.last_error}",
                     ) from None
                 attempt += 1
                 continue
-            self.window.record(True)
-            return GeneratedRecord(
+            lane.window.record(True)
+            record = GeneratedRecord(
                 record_index=index, job_id=self.job_id, seed=row, steps=steps, created_at=_iso_now()
             )
+            if lane.model is not None:
+                record["model"] = lane.model
+            if self.flag_outputs:
+                record["flagged_rules"] = flagged
+            return record
 
-    async def _run_steps(self, index: int, row: SeedRow) -> dict[str, StepResult]:
+    async def _run_steps(
+        self, lane: _Lane, index: int, attempt: int, row: SeedRow
+    ) -> tuple[dict[str, StepResult], list[str]]:
+        """The steps' results and the content rules their outputs broke (flag mode).
+        Raises _RecordAttemptFailed, also for a prompt or (drop mode) an output the
+        operator's filter blocks."""
         outputs: dict[str, str] = {}
         results: dict[str, StepResult] = {}
+        flagged: list[str] = []
         try:
-            for call in self.steps:
+            for call in lane.steps:
                 step = call.step
                 try:
                     prompt = render(step, row, outputs)
                 except PromptRenderError as error:
                     raise _RecordAttemptFailed(str(error)) from None
-                response, parsed = await self._call_step(index, call, prompt)
+                if self.screen is not None and (rule := self.screen.blocking_rule(prompt)) is not None:
+                    self._block(lane, index, attempt, step.id, "prompt", "skipped", rule)
+                    raise _RecordAttemptFailed(f"the prompt of step {step.id!r} breaks content rule {rule!r}")
+                response, parsed = await self._call_step(lane, index, call, prompt)
+                if self.screen is not None and (rule := self.screen.blocking_rule(response.text)) is not None:
+                    if not self.flag_outputs:
+                        self._waste(lane, index, response)
+                        self._block(lane, index, attempt, step.id, "output", "dropped", rule)
+                        raise _RecordAttemptFailed(f"the output of step {step.id!r} breaks content rule {rule!r}")
+                    for broken in self.screen.rules_broken(response.text) or [rule]:
+                        self._block(lane, index, attempt, step.id, "output", "flagged", broken)
+                        if broken not in flagged:
+                            flagged.append(broken)
                 outputs[step.id] = response.text
                 results[step.id] = StepResult(
                     output=response.text,
@@ -645,13 +813,30 @@ class _JobRun:
                     latency_ms=int(response.latency_ms),
                 )
         except _RecordAttemptFailed:
-            wasted = self.wasted.setdefault(index, _Usage())
+            wasted = lane.wasted.setdefault(index, _Usage())
             for result in results.values():
                 wasted.add(result["model"], result["input_tokens"], result["output_tokens"])
             raise
-        return results
+        return results, flagged
 
-    async def _call_step(self, index: int, call: _StepCall, prompt: str) -> tuple[ModelResponse, Any]:
+    def _block(
+        self, lane: _Lane, index: int, attempt: int, step_id: str, where: str, action: str, rule: str
+    ) -> None:
+        """Keep a filter decision with its record; it is recorded with the record's batch.
+
+        The event id derives from the decision (model, record, attempt, step, rule), so a
+        batch redone after a crash records the same decision once."""
+        event = ContentBlocked(
+            rule_id=rule, where=where, action=action,  # type: ignore[arg-type]
+            job_id=self.job_id, step_id=step_id, record_index=index,
+        )
+        key = f"{self.job_id}\x00{lane.model or ''}\x00{index}\x00{attempt}\x00{step_id}\x00{where}\x00{rule}"
+        lane.blocked.setdefault(index, []).append(
+            NewEvent(event, actor=self.worker.worker_id, correlation_id=self.job_id,
+                     id=str(uuid.uuid5(_DECISION_IDS, key)))
+        )
+
+    async def _call_step(self, lane: _Lane, index: int, call: _StepCall, prompt: str) -> tuple[ModelResponse, Any]:
         """One step's response (and its parsed JSON for a structured step), retrying output
         that is not valid JSON of the step's schema a bounded number of times."""
         step = call.step
@@ -668,9 +853,9 @@ class _JobRun:
         problem = ""
         for _ in range(self.options.max_output_attempts):
             try:
-                response = await self._call_model(request)
+                response = await self._call_model(lane, request)
             except InvalidModelOutput as error:
-                self._waste(index, error.response)
+                self._waste(lane, index, error.response)
                 problem = str(error)
                 continue
             if step.output_schema is None:
@@ -680,7 +865,7 @@ class _JobRun:
                 if call.validate is not None:
                     call.validate(parsed)
             except ValueError as error:
-                self._waste(index, response)
+                self._waste(lane, index, response)
                 problem = f"step {step.id!r}: {error}"
                 continue
             return response, parsed
@@ -688,56 +873,57 @@ class _JobRun:
             f"step {step.id!r} gave no valid structured output in {self.options.max_output_attempts} tries: {problem}"
         )
 
-    def _waste(self, index: int, response: ModelResponse) -> None:
-        self.wasted.setdefault(index, _Usage()).add(response.model, response.input_tokens, response.output_tokens)
+    def _waste(self, lane: _Lane, index: int, response: ModelResponse) -> None:
+        lane.wasted.setdefault(index, _Usage()).add(response.model, response.input_tokens, response.output_tokens)
 
-    async def _call_model(self, request: ModelRequest) -> ModelResponse:
+    async def _call_model(self, lane: _Lane, request: ModelRequest) -> ModelResponse:
         """One model call with retries of transient errors; throttling also lowers the
-        concurrency. Raises InvalidModelOutput, JobFailure, _BudgetRefused or
+        lane's concurrency. Raises InvalidModelOutput, JobFailure, _BudgetRefused or
         _RecordAttemptFailed."""
         gateway = self.worker.gateway
         budget = self.worker.budget
+        limiter = lane.limiter
         attempts = self.options.max_call_attempts
         for attempt in range(1, attempts + 1):
-            permit: Permit = await self.limiter.acquire()
+            permit: Permit = await limiter.acquire()
             reservation = budget.reserve(
                 self.job_id, request.model, gateway.count_input_tokens(request.model, request.prompt),
                 request.max_tokens,
             )
             if reservation is None:
-                self.limiter.release(permit, succeeded=False)
+                limiter.release(permit, succeeded=False)
                 raise _BudgetRefused()
             try:
                 response = await gateway.generate(request)
             except ModelThrottled as error:
-                self.limiter.release(permit, throttled=True)
+                limiter.release(permit, throttled=True)
                 budget.settle(reservation, None)
                 retry_after, failure = error.retry_after, error
             except RetryableModelError as error:
-                self.limiter.release(permit, succeeded=False)
+                limiter.release(permit, succeeded=False)
                 budget.settle(reservation, None)
                 retry_after, failure = None, error
             except InvalidModelOutput as error:
-                self.limiter.release(permit)
+                limiter.release(permit)
                 budget.settle(reservation, _usage(error.response))
                 raise
             except FatalModelError as error:
-                self.limiter.release(permit, succeeded=False)
+                limiter.release(permit, succeeded=False)
                 budget.settle(reservation, None)
                 raise JobFailure(fatal_code(error), str(error)) from None
             except ModelError as error:
-                self.limiter.release(permit, succeeded=False)
+                limiter.release(permit, succeeded=False)
                 budget.settle(reservation, None)
                 raise _RecordAttemptFailed(str(error)) from None
             except BaseException:
-                self.limiter.release(permit, succeeded=False)
+                limiter.release(permit, succeeded=False)
                 budget.settle(reservation, None)
                 raise
             else:
-                self.limiter.release(permit)
+                limiter.release(permit)
                 budget.settle(reservation, _usage(response))
                 return response
-            if attempt == attempts or self.ending is not None:
+            if attempt == attempts or self.ending is not None or lane.failure is not None:
                 raise _RecordAttemptFailed(f"{type(failure).__name__} after {attempt} tries: {failure}")
             await asyncio.sleep(
                 backoff_delay(
@@ -751,95 +937,113 @@ class _JobRun:
 
     # -- batches --------------------------------------------------------------------------
 
-    def _queue_full_batches(self) -> None:
-        """Hand every planned batch whose records are all done to the writer, in order."""
-        completed = self.completed
-        while self.planned and self.flushed_through <= self.planned[0].last:
-            if self.flushed_through not in completed:
+    def _queue_full_batches(self, lane: _Lane) -> None:
+        """Hand every planned batch of the lane whose records are all done to the writer, in order."""
+        completed = lane.completed
+        while lane.planned and lane.flushed_through <= lane.planned[0].last:
+            if lane.flushed_through not in completed:
                 return
-            batch = self.planned[0]
-            while self.flushed_through <= batch.last and self.flushed_through in completed:
-                self.flushed_through += 1
-            if self.flushed_through > batch.last:
-                self.planned.pop(0)
-                self.batches.put_nowait(self._take(batch))
+            batch = lane.planned[0]
+            while lane.flushed_through <= batch.last and lane.flushed_through in completed:
+                lane.flushed_through += 1
+            if lane.flushed_through > batch.last:
+                lane.planned.pop(0)
+                self.batches.put_nowait(self._take(lane, batch))
 
-    def _queue_partial_batch(self) -> None:
-        """On a stop, the completed prefix of the next batch becomes a short batch;
+    def _queue_partial_batch(self, lane: _Lane) -> None:
+        """On a stop, the completed prefix of the lane's next batch becomes a short batch;
         records after a gap are dropped (the resuming worker makes them again)."""
-        self._queue_full_batches()
-        if self.ending == "failed" or not self.planned:
+        self._queue_full_batches(lane)
+        if not lane.planned:
             return
-        batch = self.planned[0]
+        batch = lane.planned[0]
         last = batch.first
-        while last in self.completed and last <= batch.last:
+        while last in lane.completed and last <= batch.last:
             last += 1
         if last > batch.first:
-            self.batches.put_nowait(self._take(PlannedBatch(batch.batch_number, batch.first, last - 1)))
-            self.planned = []
+            self.batches.put_nowait(self._take(lane, PlannedBatch(batch.batch_number, batch.first, last - 1)))
+        lane.planned = []
 
-    def _take(self, batch: PlannedBatch) -> _ReadyBatch:
+    def _take(self, lane: _Lane, batch: PlannedBatch) -> _ReadyBatch:
         records: list[GeneratedRecord] = []
         usage: dict[str, list[int]] = {}
+        blocked: list[NewEvent] = []
         failures = 0
         for index in range(batch.first, batch.last + 1):
-            record = self.completed.pop(index)
+            record = lane.completed.pop(index)
             records.append(record)
             for result in record["steps"].values():
                 tally = usage.setdefault(result["model"], [0, 0, 0])
                 tally[0] += result["input_tokens"]
                 tally[1] += result["output_tokens"]
                 tally[2] += 1
-            failures += self.failures.pop(index, 0)
-            wasted = self.wasted.pop(index, None)
+            failures += lane.failures.pop(index, 0)
+            blocked.extend(lane.blocked.pop(index, ()))
+            wasted = lane.wasted.pop(index, None)
             if wasted is not None:
                 for model, (spent_in, spent_out, calls) in wasted.by_model.items():
                     tally = usage.setdefault(model, [0, 0, 0])
                     tally[0] += spent_in
                     tally[1] += spent_out
                     tally[2] += calls
-        started = self.started_at.get(batch.first, time.monotonic())
+        started = lane.started_at.get(batch.first, time.monotonic())
         for index in range(batch.first, batch.last + 1):
-            self.started_at.pop(index, None)
+            lane.started_at.pop(index, None)
         return _ReadyBatch(
+            lane=lane,
             planned=batch,
             records=records,
             failures=failures,
             usage={m: TokenUsage(input_tokens=t[0], output_tokens=t[1], calls=t[2]) for m, t in usage.items()},
             duration_ms=int((time.monotonic() - started) * 1000),
+            blocked=blocked,
         )
 
     async def _write_batches(self) -> None:
-        """Write each ready batch (part file, then BatchGenerated) in order, off the loop;
-        renew the lease when half of it passed without an append. Stops at the first
-        conflict: another worker owns the job now."""
+        """Write each ready batch (part file, then BatchGenerated) and each failed model in
+        order, off the loop; renew the lease when half of it passed without an append. Stops
+        at the first conflict: another worker owns the job now."""
         half_lease = self.options.lease_seconds / 2
         while True:
             timeout = max(0.0, half_lease - (time.monotonic() - self.last_append))
             try:
-                batch = await asyncio.wait_for(self.batches.get(), timeout)
+                item = await asyncio.wait_for(self.batches.get(), timeout)
             except TimeoutError:
                 renewed = GenerationLeaseRenewed(job_id=self.job_id, worker_id=self.worker.worker_id)
                 if not await self._append([renewed]):
                     return
                 continue
-            if batch is None:
+            if item is None:
                 return
-            if not await asyncio.to_thread(self._write_batch, batch):
+            if isinstance(item, _LaneFailed):
+                lane, failure = item.lane, item.failure
+                failed = GenerationModelFailed(
+                    job_id=self.job_id, model=lane.model or "", code=failure.code, reason=failure.reason,
+                    records_completed=lane.first_record,
+                )
+                if not await self._append([failed]):
+                    return
+                continue
+            if not await asyncio.to_thread(self._write_batch, item):
                 self._end_with("lost")
                 return
             await self._check_cancel()
 
     def _write_batch(self, batch: _ReadyBatch) -> bool:
-        """Part file, then its event; False when another worker took the job over (then no
-        part is written if the takeover is already visible)."""
+        """Part file, the batch's content decisions, then BatchGenerated; False when another
+        worker took the job over (then no part is written if the takeover is already visible).
+
+        The decisions go first: once BatchGenerated moves the checkpoint past these records
+        no worker makes them again, so their decisions must already be in the log."""
         worker = self.worker
         if worker.events.stream_version(generation_stream(self.job_id)) != self.version:
             self.lost = True
             return False
-        planned = batch.planned
-        key = part_key(self.job.owner, self.job_id, planned.batch_number)
+        planned, lane = batch.planned, batch.lane
+        key = part_key(self.job.owner, self.job_id, planned.batch_number, lane.model)
         size, _ = write_part(worker.blobs, key, batch.records)
+        if batch.blocked:
+            worker.record_decisions(self.job_id, batch.blocked)
         event = BatchGenerated(
             job_id=self.job_id,
             batch_number=planned.batch_number,
@@ -851,6 +1055,7 @@ class _JobRun:
             token_usage=batch.usage,
             duration_ms=batch.duration_ms,
             bytes_written=size,
+            model=lane.model,
         )
         try:
             self.version = worker.append(self.job_id, [event], self.version)
@@ -858,8 +1063,8 @@ class _JobRun:
             self.lost = True
             return False
         self.last_append = time.monotonic()
-        self.part_keys = [*self.part_keys, key]
-        self.first_record = planned.last + 1
+        lane.part_keys = [*lane.part_keys, key]
+        lane.first_record = planned.last + 1
         return True
 
     async def _append(self, events: Sequence[DomainEvent]) -> bool:
@@ -876,8 +1081,9 @@ class _JobRun:
 
     @property
     def records_completed(self) -> int:
-        """Records recorded in batches: the dataset so far is 0..records_completed-1."""
-        return self.first_record
+        """Records recorded in batches over every lane: each lane's dataset so far is
+        0..first_record-1."""
+        return sum(lane.first_record for lane in self.lanes)
 
     def _lost(self) -> RunResult:
         log.warning("worker %s lost job %s to another worker", self.worker.worker_id, self.job_id)
@@ -903,26 +1109,40 @@ class _JobRun:
             if isinstance(exported, RunResult):
                 return exported
             return await self._final([stopped, *exported], RunOutcome.BUDGET_EXCEEDED)
-        if done < self.job.num_records:
-            failure = JobFailure("INTERNAL", f"generation ended at record {done} of {self.job.num_records}")
+        unfinished = [lane for lane in self.lanes if lane.failure is None and not lane.complete]
+        if unfinished:
+            lane = unfinished[0]
+            failure = JobFailure(
+                "INTERNAL", f"generation of {lane.label} ended at record {lane.first_record} of {self.job.num_records}"
+            )
             failed = GenerationFailed(job_id=job_id, code=failure.code, reason=failure.reason, records_completed=done)
             return await self._final([failed], RunOutcome.FAILED, failure.reason)
+        if not any(lane.complete for lane in self.lanes):
+            first = next(lane.failure for lane in self.lanes if lane.failure is not None)
+            assert first is not None
+            reason = self._failures_summary()
+            failed = GenerationFailed(job_id=job_id, code=first.code, reason=reason, records_completed=done)
+            return await self._final([failed], RunOutcome.FAILED, reason)
         exported = await self._export(done)
         if isinstance(exported, RunResult):
             return exported
         return await self._final(exported, RunOutcome.COMPLETED)
 
     async def _export(self, rows: int) -> list[DomainEvent] | RunResult:
-        """DatasetExported for the recorded parts, or the run's end as a failed export."""
+        """DatasetExported for the recorded parts, or the run's end as a failed export.
+
+        A fan-out job's dataset holds every model's recorded records, a failed model's too
+        (they were made and charged); `rows_per_model` says how many each has."""
         job = self.job
         started = time.monotonic()
+        part_keys = [key for lane in self.lanes for key in lane.part_keys]
         try:
             files = await asyncio.to_thread(
                 export_dataset,
                 self.worker.blobs,
                 job.owner,
                 job.job_id,
-                list(self.part_keys),
+                part_keys,
                 list(job.output_formats),
                 job.partition_strategy,
                 rows,
@@ -933,7 +1153,10 @@ class _JobRun:
             )
             return await self._final([failed], RunOutcome.FAILED, str(error))
         log.info("job %s exported %d records in %.2fs", job.job_id, rows, time.monotonic() - started)
-        return [DatasetExported(job_id=job.job_id, files=files, rows=rows)]
+        per_model = (
+            {lane.model: lane.first_record for lane in self.lanes if lane.model is not None} if self.fanout else None
+        )
+        return [DatasetExported(job_id=job.job_id, files=files, rows=rows, rows_per_model=per_model)]
 
     async def _final(self, events: Sequence[DomainEvent], outcome: RunOutcome, reason: str = "") -> RunResult:
         if not await self._append(events):

@@ -1,8 +1,10 @@
-"""A generation worker process over a local data directory (also the ECS task's entry point).
+"""A generation worker process: over a local data directory, or on AWS (the ECS task).
 
     python -m services.generator.worker_main --data-dir DIR [--job JOB_ID]
         [--concurrency N] [--batch-size B] [--lease-seconds S] [--grace-seconds S]
         [--max-jobs N] [--scan-seconds S] [--worker-id ID]
+    python -m services.generator.worker_main --aws [--max-jobs N] [--wait-seconds S]
+        [--visibility-seconds S] [--concurrency N] [--batch-size B] ...
 
 With `--job` it runs that one job — waiting while another worker holds it, taking over
 when that worker's lease lapses — and exits when the job has ended (0; 1 with a one-line
@@ -10,6 +12,14 @@ reason if the job failed). Without it, it runs a WorkerPool that picks up every 
 job (scanning the log) until SIGTERM. SIGTERM or SIGINT stops gracefully: no new model
 calls, calls in flight get the grace period, the completed records are flushed,
 GenerationReleased is recorded, and the process exits 0.
+
+With `--aws` (the ECS Fargate task) the adapters come from the environment
+(`AwsSettings.from_env()`) and jobs from the SQS queue in PALETTE_GENERATOR_QUEUE_URL, which a
+rule on JobRequested feeds; `JobQueueWorker` says what happens to each message. SIGTERM
+(ECS stops the task, Spot reclaims it) stops gracefully as above, hands the unfinished jobs'
+messages back to the queue for another worker, and exits 0 within the task's 120 s stop
+timeout. PALETTE_GENERATOR_CONCURRENCY and PALETTE_GENERATOR_BATCH_SIZE give the defaults
+of --concurrency and --batch-size.
 
 Models come from the environment: `openai/...` from OPENAI_BASE_URL / OPENAI_API_KEY,
 `bedrock/...` from the standard AWS settings, `local/...` from the `local` extra.
@@ -20,17 +30,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from palette.adapters import local_adapters
+from contracts.catalog import CATALOG
+from contracts.events.jobs import JobRequested
+from palette.adapters import AwsSettings, aws_adapters, local_adapters
+from palette.blobs.port import BlobStore
+from palette.bus.sqs import MalformedBusMessage, stored_event_from_message
 from services.generator.budget import JobBudgets
 from services.generator.consumers import WorkerPool
 from services.generator.models.port import ModelGateway, MultiProviderGateway
-from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
+from services.generator.worker import (
+    GenerationWorker,
+    RunOutcome,
+    RunResult,
+    WorkerOptions,
+)
 
 log = logging.getLogger("palette.generator")
 
@@ -108,17 +130,187 @@ def _run_pool(data_dir: Path, options: WorkerOptions, args: argparse.Namespace) 
     return 0
 
 
+QUEUE_URL_ENV = "PALETTE_GENERATOR_QUEUE_URL"
+MAX_VISIBILITY_SECONDS = 12 * 3600
+ENDED = {
+    RunOutcome.COMPLETED, RunOutcome.CANCELLED, RunOutcome.BUDGET_EXCEEDED, RunOutcome.FAILED,
+    RunOutcome.FINISHED, RunOutcome.NOT_FOUND, RunOutcome.LOST_CLAIM,
+}
+"""Outcomes after which the job's message has nothing left to ask of any worker (LOST_CLAIM:
+the worker that took the job over holds its own delivery of the message)."""
+
+
+def job_id_of_message(body: str, blobs: BlobStore | None = None) -> str:
+    """The job of an SQS message holding a JobRequested as EventBridge delivered it."""
+    stored = stored_event_from_message(body, blobs)
+    if stored.detail_type != JobRequested.detail_type():
+        raise MalformedBusMessage(f"expected JobRequested, got {stored.detail_type}")
+    event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+    assert isinstance(event, JobRequested)
+    return event.job_id
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    queue_url: str
+    max_jobs: int = 2
+    wait_seconds: int = 20
+    """Long poll of one ReceiveMessage; also the longest a SIGTERM waits for a poll to return."""
+    visibility_seconds: int = 300
+    """How long a received message stays hidden; renewed every third of it while its job
+    runs, so a worker that dies without a word (kill -9, a lost Spot task) gives its jobs
+    back within this time."""
+
+
+class JobQueueWorker:
+    """Runs the jobs of an SQS queue of JobRequested events, at most `max_jobs` at once.
+
+    A message is deleted only when its job ended here (completed, cancelled, over budget,
+    failed) or was found ended already; a second delivery of a job running here is deleted
+    at once, since the first one's message outlives it. While a job runs its message is kept
+    hidden. A job held by another worker's lease goes back to the queue to be tried just
+    after the lease lapses; a job released on `stop` (or one whose run crashed) goes back at
+    once (after its lease) so another worker resumes it from its last batch. A message that is
+    not a JobRequested is left alone: SQS dead-letters it after maxReceiveCount.
+    """
+
+    def __init__(self, sqs: Any, worker: GenerationWorker, blobs: BlobStore | None, options: QueueOptions) -> None:
+        self._sqs = sqs
+        self._worker = worker
+        self._blobs = blobs
+        self.options = options
+        self._running: dict[str, asyncio.Task[RunResult]] = {}
+        self.results: dict[str, RunResult] = {}
+        self.refused: list[str] = []
+        """Ids of messages that were not a JobRequested, left for the dead-letter queue."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Receive and run jobs until `stop` is set, then let the running ones stop and release."""
+        tasks: set[asyncio.Task[Any]] = set()
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                free = self.options.max_jobs - len(self._running)
+                if free <= 0:
+                    await asyncio.wait({stopping, *self._running.values()}, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                messages = await asyncio.to_thread(self._receive, min(10, free))
+                for message in messages:
+                    if stop.is_set():
+                        await asyncio.to_thread(self._show_again, message["ReceiptHandle"], 0)
+                        continue
+                    task = asyncio.create_task(self._handle(message, stop))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        finally:
+            stopping.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _receive(self, count: int) -> list[dict[str, Any]]:
+        response = self._sqs.receive_message(
+            QueueUrl=self.options.queue_url, MaxNumberOfMessages=count,
+            WaitTimeSeconds=self.options.wait_seconds, VisibilityTimeout=self.options.visibility_seconds,
+        )
+        return list(response.get("Messages", []))
+
+    async def _handle(self, message: dict[str, Any], stop: asyncio.Event) -> None:
+        receipt = message["ReceiptHandle"]
+        try:
+            job_id = job_id_of_message(message["Body"], self._blobs)
+        except MalformedBusMessage as error:
+            log.error("message %s is not a JobRequested (%s); leaving it for the dead-letter queue",
+                      message.get("MessageId"), error)
+            self.refused.append(message.get("MessageId", ""))
+            return
+        if job_id in self._running:
+            log.info("job %s already runs here; dropping a second delivery", job_id)
+            await asyncio.to_thread(self._delete, receipt)
+            return
+        run = asyncio.create_task(self._worker.run_job(job_id, stop))
+        self._running[job_id] = run
+        keep_hidden = asyncio.create_task(self._keep_hidden(receipt))
+        try:
+            result = await run
+        except Exception:
+            log.exception("generation of job %s crashed; it is retried when its lease lapses", job_id)
+            await asyncio.to_thread(self._show_again, receipt, self._worker.options.lease_seconds)
+            return
+        finally:
+            keep_hidden.cancel()
+            self._running.pop(job_id, None)
+        self.results[job_id] = result
+        log.info("job %s: %s (%d records)", job_id, result.outcome.value, result.records_completed)
+        if result.outcome in ENDED:
+            await asyncio.to_thread(self._delete, receipt)
+        elif result.outcome is RunOutcome.HELD:
+            await asyncio.to_thread(self._show_again, receipt, _seconds_until(result.retry_at))
+        else:
+            await asyncio.to_thread(self._show_again, receipt, 0)
+
+    async def _keep_hidden(self, receipt: str) -> None:
+        while True:
+            await asyncio.sleep(self.options.visibility_seconds / 3)
+            try:
+                await asyncio.to_thread(self._show_again, receipt, self.options.visibility_seconds)
+            except Exception:
+                log.exception("could not extend a running job's message; another worker may resume it")
+
+    def _delete(self, receipt: str) -> None:
+        self._sqs.delete_message(QueueUrl=self.options.queue_url, ReceiptHandle=receipt)
+
+    def _show_again(self, receipt: str, seconds: int) -> None:
+        self._sqs.change_message_visibility(
+            QueueUrl=self.options.queue_url, ReceiptHandle=receipt,
+            VisibilityTimeout=max(0, min(MAX_VISIBILITY_SECONDS, seconds)),
+        )
+
+
+def _seconds_until(moment: datetime | None) -> int:
+    """Whole seconds until just after `moment` (a lease's end); 1 when unknown or past."""
+    if moment is None:
+        return 1
+    return max(1, int((moment - datetime.now(UTC)).total_seconds()) + 2)
+
+
+async def _run_queue(options: WorkerOptions, queue: QueueOptions, worker_id: str | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    settings = AwsSettings.from_env()
+    adapters = aws_adapters(settings)
+    gateway = gateway_from_env(max(64, options.concurrency))
+    try:
+        import boto3
+
+        sqs = boto3.client("sqs", endpoint_url=settings.endpoint_url)
+        budget = JobBudgets(adapters.events, adapters.pricing, adapters.runtime)
+        worker = GenerationWorker(adapters.events, adapters.blobs, gateway, worker_id, options, budget)
+        log.info("worker %s reading %s", worker.worker_id, queue.queue_url)
+        await JobQueueWorker(sqs, worker, adapters.blobs, queue).run(stop)
+    finally:
+        await gateway.close()
+        adapters.close()
+    log.info("stopped")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.generator.worker_main", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", type=Path)
+    source.add_argument("--aws", action="store_true", help=f"AWS adapters from the environment, jobs from ${QUEUE_URL_ENV}")
     parser.add_argument("--job", dest="job_id")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=int(os.environ.get("PALETTE_GENERATOR_CONCURRENCY", "16")))
+    parser.add_argument("--batch-size", type=int, default=int(os.environ.get("PALETTE_GENERATOR_BATCH_SIZE", "100")))
     parser.add_argument("--lease-seconds", type=int, default=60)
     parser.add_argument("--grace-seconds", type=float, default=30.0)
     parser.add_argument("--max-jobs", type=int, default=2)
     parser.add_argument("--scan-seconds", type=float, default=5.0)
     parser.add_argument("--worker-id")
+    parser.add_argument("--wait-seconds", type=int, default=20, help="SQS long poll (--aws)")
+    parser.add_argument("--visibility-seconds", type=int, default=300, help="hide a received job this long, renewed while it runs (--aws)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = WorkerOptions(
@@ -127,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
         lease_seconds=args.lease_seconds,
         grace_seconds=args.grace_seconds,
     )
+    if args.aws:
+        queue_url = os.environ.get(QUEUE_URL_ENV)
+        if not queue_url or args.job_id:
+            parser.error(f"--aws reads jobs from ${QUEUE_URL_ENV} (set it; --job is for --data-dir)")
+        queue = QueueOptions(queue_url, args.max_jobs, args.wait_seconds, args.visibility_seconds)
+        return asyncio.run(_run_queue(options, queue, args.worker_id))
     if args.job_id is None:
         return _run_pool(args.data_dir, options, args)
     result = asyncio.run(_run_one(args.data_dir, args.job_id, options, args.worker_id))

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -35,6 +35,7 @@ from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
 from palette.projections.documents import DocumentReader, InvalidPageToken
 from services.jobs.domain import (
     MAX_BUDGET,
+    MAX_MODELS,
     MAX_PRIORITY,
     MAX_RECORDS,
     MIN_PRIORITY,
@@ -43,6 +44,7 @@ from services.jobs.domain import (
     InvalidTransition,
     JobInput,
     JobNotFound,
+    JobState,
     JobStatus,
     SeedNotFound,
     SeedNotValidated,
@@ -106,7 +108,18 @@ class JobRequest(BaseModel):
     model_parameters: dict[str, Any] = Field(default_factory=dict, description="passed to every model call")
     priority: StrictInt = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     partition_strategy: StrictStr | None = Field(
-        default=None, pattern=PARTITION_STRATEGY.pattern, description="'date' or 'field:<dotted seed path>'"
+        default=None, pattern=PARTITION_STRATEGY.pattern,
+        description="'date', 'model' (fan-out) or 'field:<dotted seed path>'",
+    )
+    models: list[StrictStr] | None = Field(
+        default=None, min_length=1, max_length=MAX_MODELS,
+        description="fan-out: 1 to 5 `provider/model-id`, each replacing every step's model and making "
+        "num_records records of its own",
+    )
+    output_filter: Literal["drop", "flag"] = Field(
+        default="drop",
+        description="an output that breaks a content rule: 'drop' (make the record again) or 'flag' "
+        "(keep it, rule ids in its `flagged_rules`)",
     )
 
 
@@ -152,12 +165,14 @@ class JobInputBody(BaseModel):
     model_parameters: dict[str, Any]
     priority: int
     partition_strategy: str | None
+    models: list[str] | None = None
+    output_filter: str = "drop"
 
 
 class ProgressBody(BaseModel):
     records_generated: int
     failed_records: int
-    num_records: int
+    num_records: int = Field(description="the job's target: num_records times the number of fan-out models")
     percent: float
 
 
@@ -246,6 +261,18 @@ class CostBody(BaseModel):
     budget_exceeded: bool
 
 
+class ModelProgressBody(BaseModel):
+    """One model of a fan-out job."""
+
+    status: JobStatus = Field(description="COMPLETED once its records are made, FAILED when it stopped for good")
+    records_generated: int
+    failed_records: int
+    num_records: int
+    percent: float
+    cost: Decimal
+    failure: FailureBody | None
+
+
 class DashboardBody(BaseModel):
     job_id: str
     status: JobStatus
@@ -261,6 +288,9 @@ class DashboardBody(BaseModel):
     cost: CostBody
     files: list[FileBody]
     failure: FailureBody | None
+    per_model: dict[str, ModelProgressBody] = Field(
+        default_factory=dict, description="fan-out jobs: progress, status and cost of each model"
+    )
 
 
 # -- routes ------------------------------------------------------------------------------
@@ -305,6 +335,8 @@ def create_router(
             model_parameters=request.model_parameters,
             partition_strategy=request.partition_strategy,
             priority=request.priority,
+            models=tuple(request.models or ()),
+            output_filter=request.output_filter,
         )
         with _api_errors():
             loaded = handlers.request_job(caller(router), job_input, correlation_id())
@@ -421,12 +453,14 @@ def _job_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers) -> 
             model_parameters=dict(state.model_parameters),
             priority=state.priority,
             partition_strategy=state.partition_strategy,
+            models=list(state.models) or None,
+            output_filter=state.output_filter,
         ),
         progress=ProgressBody(
             records_generated=doc["records_generated"],
             failed_records=doc["failed_records"],
-            num_records=state.num_records,
-            percent=_percent(doc["records_generated"], state.num_records),
+            num_records=_target(state),
+            percent=_percent(doc["records_generated"], _target(state)),
         ),
         failure=_failure(loaded),
         files=_files(doc, handlers),
@@ -441,7 +475,7 @@ def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandler
     current = {
         **doc,
         "status": status.value,
-        "num_records": state.num_records,
+        "num_records": _target(state),
         "created_at": doc.get("created_at") or loaded.created_at,
         "started_at": doc.get("started_at") or loaded.started_at,
         "completed_at": doc.get("completed_at") or loaded.finished_at,
@@ -461,10 +495,10 @@ def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandler
         status=status,
         cancel_requested=state.cancel_requested,
         records_generated=doc["records_generated"],
-        num_records=state.num_records,
+        num_records=_target(state),
         records_remaining=figures["records_remaining"],
         failed_records=doc["failed_records"],
-        percent=_percent(doc["records_generated"], state.num_records),
+        percent=_percent(doc["records_generated"], _target(state)),
         batches=doc["batches"],
         tokens={model: TokenBody(**usage) for model, usage in doc["tokens"].items()},
         timing=TimingBody(
@@ -478,7 +512,45 @@ def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandler
         cost=CostBody.model_validate(cost),
         files=_files(doc, handlers),
         failure=_failure(loaded),
+        per_model=_per_model(state.models, status, state.num_records, doc),
     )
+
+
+def _per_model(
+    models: tuple[str, ...], status: JobStatus, target: int, doc: dict[str, Any]
+) -> dict[str, ModelProgressBody]:
+    """Each fan-out model's block: its counters from the projection, its cost from billing's
+    per-model figures, and a status of its own — FAILED when it stopped, COMPLETED once its
+    records are made, otherwise the job's (a model shares a cancel or a budget stop)."""
+    counters = doc.get("per_model") or {}
+    costs = doc["cost"].get("per_model") or {}
+    blocks = {}
+    for model in models:
+        lane = counters.get(model) or {"records_generated": 0, "failed_records": 0, "failure": None}
+        generated = lane["records_generated"]
+        if lane["failure"] is not None:
+            lane_status = JobStatus.FAILED
+        elif generated >= target:
+            lane_status = JobStatus.COMPLETED
+        elif status is JobStatus.COMPLETED:
+            lane_status = JobStatus.RUNNING
+        else:
+            lane_status = status
+        blocks[model] = ModelProgressBody(
+            status=lane_status,
+            records_generated=generated,
+            failed_records=lane["failed_records"],
+            num_records=target,
+            percent=_percent(generated, target),
+            cost=Decimal(costs.get(model, "0")),
+            failure=FailureBody(**lane["failure"]) if lane["failure"] else None,
+        )
+    return blocks
+
+
+def _target(state: JobState) -> int:
+    """Records the whole job makes: num_records for each fan-out model."""
+    return state.num_records * max(1, len(state.models))
 
 
 def _percent(generated: int, target: int) -> float:

@@ -27,6 +27,7 @@ from typing import Any
 
 from contracts.events.base import DomainEvent
 from contracts.events.jobs import (
+    MAX_FANOUT_MODELS,
     JobBudgetExceeded,
     JobCancelled,
     JobCancelRequested,
@@ -35,6 +36,7 @@ from contracts.events.jobs import (
     JobFailed,
     JobRequested,
     JobStarted,
+    OutputFilter,
     OutputFormat,
 )
 from contracts.events.seeds import (
@@ -53,7 +55,9 @@ MAX_BUDGET = Decimal(1000)
 BUDGET_DECIMAL_PLACES = 6
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 PROVIDERS = frozenset({"local", "openai", "bedrock"})
-PARTITION_STRATEGY = re.compile(r"^(date|field:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)$")
+PARTITION_STRATEGY = re.compile(r"^(date|model|field:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)$")
+MAX_MODELS = MAX_FANOUT_MODELS
+OUTPUT_FILTERS: tuple[OutputFilter, ...] = ("drop", "flag")
 
 
 def job_stream(job_id: str) -> str:
@@ -115,6 +119,8 @@ class JobInput:
     model_parameters: Mapping[str, Any] = field(default_factory=dict)
     partition_strategy: str | None = None
     priority: int = 0
+    models: tuple[str, ...] = ()
+    output_filter: OutputFilter = "drop"
 
 
 def check_input(job_input: JobInput) -> None:
@@ -145,12 +151,35 @@ def check_input(job_input: JobInput) -> None:
     strategy = job_input.partition_strategy
     if strategy is not None and not PARTITION_STRATEGY.match(strategy):
         raise InvalidJobInput(
-            "partition_strategy", "partition_strategy is 'date' or 'field:<dotted seed path>'"
+            "partition_strategy", "partition_strategy is 'date', 'model' or 'field:<dotted seed path>'"
         )
+    if strategy in ("model", "field:model") and not job_input.models:
+        raise InvalidJobInput("partition_strategy", "partitioning by model needs `models` (fan-out)")
     if not MIN_PRIORITY <= job_input.priority <= MAX_PRIORITY:
         raise InvalidJobInput("priority", f"priority is from {MIN_PRIORITY} to {MAX_PRIORITY}")
     if not isinstance(job_input.model_parameters, Mapping):
         raise InvalidJobInput("model_parameters", "model_parameters is an object")
+    if job_input.output_filter not in OUTPUT_FILTERS:
+        raise InvalidJobInput("output_filter", "output_filter is 'drop' or 'flag'")
+    _check_models(job_input.models)
+
+
+def _check_models(models: tuple[str, ...]) -> None:
+    """Fan-out models: 1 to MAX_MODELS distinct `provider/model-id` of a known provider
+    (an empty tuple means the template's own models)."""
+    if not models:
+        return
+    if len(models) > MAX_MODELS:
+        raise InvalidJobInput("models", f"models names 1 to {MAX_MODELS} models")
+    if len(set(models)) != len(models):
+        raise InvalidJobInput("models", "models lists a model twice")
+    for model in models:
+        provider, slash, model_id = model.partition("/") if isinstance(model, str) else ("", "", "")
+        if not slash or provider not in PROVIDERS or not model_id.strip():
+            raise InvalidJobInput(
+                "models",
+                f"model {model!r} is not provider/model-id with a provider of {', '.join(sorted(PROVIDERS))}",
+            )
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -313,6 +342,8 @@ class JobState:
     model_parameters: Mapping[str, Any] = field(default_factory=dict)
     partition_strategy: str | None = None
     priority: int = 0
+    models: tuple[str, ...] = ()
+    output_filter: OutputFilter = "drop"
     worker_id: str | None = None
     records_completed: int = 0
     failure_code: str | None = None
@@ -344,6 +375,8 @@ def evolve(state: JobState, event: DomainEvent) -> JobState:
             model_parameters=dict(event.model_parameters),
             partition_strategy=event.partition_strategy,
             priority=event.priority,
+            models=tuple(event.models or ()),
+            output_filter=event.output_filter,
         )
     if isinstance(event, JobStarted):
         return replace(state, status=JobStatus.RUNNING, worker_id=event.worker_id)
@@ -403,6 +436,8 @@ def _request(command: RequestJob, state: JobState) -> list[DomainEvent]:
             model_parameters=dict(job.model_parameters),
             partition_strategy=job.partition_strategy,
             priority=job.priority,
+            models=list(job.models) or None,
+            output_filter=job.output_filter,
         )
     ]
 

@@ -136,12 +136,13 @@ class JobHandlers:
         """Checks the input against the template and the seed, then records JobRequested.
 
         Raises InvalidJobInput (a field out of bounds, a model no provider serves or no price
-        covers), TemplateNotFound, SeedNotFound, or SeedNotValidated.
+        covers), TemplateNotFound, SeedNotFound, or SeedNotValidated. Fan-out `models`
+        replace every step's model, so they are checked instead of the template's.
         """
         check_input(job_input)
         template = template_facts(job_input.template_id, self._decoded(template_stream(job_input.template_id)))
         version = template.pinned_version(user, job_input.template_version)
-        unknown = template.unknown_providers(version)
+        unknown = [] if job_input.models else template.unknown_providers(version)
         if unknown:
             raise InvalidJobInput(
                 "template_id",
@@ -149,10 +150,11 @@ class JobHandlers:
                 f"{', '.join(unknown)} (providers: local, openai, bedrock)",
             )
         if self._pricing_check is not None:
-            unpriced = [m for m in template.models[version] if not self._pricing_check(m)]
+            used = job_input.models or template.models[version]
+            unpriced = [m for m in used if not self._pricing_check(m)]
             if unpriced:
                 raise InvalidJobInput(
-                    "template_id",
+                    "models" if job_input.models else "template_id",
                     f"no price is known for {', '.join(sorted(set(unpriced)))}, so the budget cannot be enforced",
                 )
         seed = seed_facts(job_input.seed_id, self._decoded(seed_stream(job_input.seed_id)))

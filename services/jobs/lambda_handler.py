@@ -9,7 +9,8 @@
 - `project`: EventBridge rule (job, generator and billing events) -> SQS -> the JobList and
   JobDashboard projections, which track stream versions for the same reasons.
 
-Adapters are built once per container, on first use, from the environment (AwsSettings).
+Adapters and the rate limiter (`palette.guard.aws`: buckets in the shared rate-limit table)
+are built once per container, on first use, from the environment.
 No `catch_up` is wired on AWS: listings and dashboards follow the bus.
 """
 
@@ -34,6 +35,7 @@ from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
 from palette.bus.sqs import stored_event_from_message
+from palette.guard.aws import AwsGuard
 from palette.projections.runner import ProjectionRunner
 from services.jobs.api import create_router
 from services.jobs.consumers import JobLifecycle
@@ -62,7 +64,8 @@ def api() -> ApiGatewayResolver:
     router = create_router(
         handlers(), kernel.document_reader(JobList()), kernel.document_reader(JobDashboard())
     )
-    return build_app([router], ApiGatewayJwtClaims(), local=False, title="Palette jobs")
+    limiter = AwsGuard.from_env().limiter
+    return build_app([router], ApiGatewayJwtClaims(), local=False, title="Palette jobs", limiter=limiter)
 
 
 @functools.cache

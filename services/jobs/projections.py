@@ -23,15 +23,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Literal, cast
 
+from contracts.catalog import CATALOG
 from contracts.envelope import EventEnvelope
+from contracts.events.base import DomainEvent
 from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
 from contracts.events.generator import (
     BatchFailed,
     BatchGenerated,
     DatasetExported,
     GenerationClaimed,
+    GenerationModelFailed,
 )
 from contracts.events.jobs import (
     JobBudgetExceeded,
@@ -170,15 +173,16 @@ class JobDashboard(DocumentProjection):
         cls.detail_type()
         for cls in (
             GenerationClaimed, BatchGenerated, BatchFailed, DatasetExported,
-            CostRecorded, BudgetWarning, BudgetExceeded,
+            CostRecorded, BudgetWarning, BudgetExceeded, GenerationModelFailed,
         )
     )
     track_streams: ClassVar[bool] = True
+    event_view: ClassVar[Literal["envelope", "stored"]] = "stored"
+    """It applies nearly every event of the log: it decodes only the detail (see `_typed`)."""
 
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
-        envelope = cast(EventEnvelope, event)
-        detail, time = envelope.detail, envelope.metadata.time
-        job_id: str = detail.job_id
+        detail, time = _typed(event)
+        job_id: str = detail.job_id  # type: ignore[attr-defined]
         body = docs.get(DASHBOARDS, job_id) or empty_dashboard(job_id)
         if body.get("deleted"):
             return
@@ -188,6 +192,14 @@ class JobDashboard(DocumentProjection):
         _merge(body, detail, time)
         _derive(body)
         docs.put(Document(DASHBOARDS, job_id, body))
+
+
+def _typed(event: ProjectedEvent) -> tuple[DomainEvent, str]:
+    """The typed detail and recorded time of either view of an event: the same values the
+    envelope carries, without building the envelope around them."""
+    if isinstance(event, EventEnvelope):
+        return event.detail, event.metadata.time
+    return CATALOG.decode(event.detail_type, event.schema_version, event.detail), event.time
 
 
 def empty_dashboard(job_id: str) -> dict[str, Any]:
@@ -256,6 +268,12 @@ def _merge(body: dict[str, Any], detail: object, time: str) -> None:
             total["input_tokens"] += usage.input_tokens
             total["output_tokens"] += usage.output_tokens
             total["calls"] += usage.calls
+        if detail.model is not None:
+            lane = _model_progress(body, detail.model)
+            lane["records_generated"] += detail.rows
+            lane["failed_records"] += detail.failures
+    elif isinstance(detail, GenerationModelFailed):
+        _model_progress(body, detail.model)["failure"] = {"code": detail.code, "reason": detail.reason}
     elif isinstance(detail, BatchFailed):
         body["failed_batches"] += 1
     elif isinstance(detail, DatasetExported):
@@ -276,6 +294,13 @@ def _merge(body: dict[str, Any], detail: object, time: str) -> None:
         cost["budget_exceeded"] = True
         if Decimal(cost["budget_limit"]) == 0:
             cost["budget_limit"] = str(detail.budget_limit)
+
+
+def _model_progress(body: dict[str, Any], model: str) -> dict[str, Any]:
+    """A fan-out model's counters in `per_model` (status and cost are read-time figures)."""
+    return body.setdefault("per_model", {}).setdefault(
+        model, {"records_generated": 0, "failed_records": 0, "failure": None}
+    )
 
 
 def _derive(body: dict[str, Any]) -> None:

@@ -25,7 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from contracts.events.templates import TemplateStep
 from palette.api.app import caller, logger
-from palette.api.errors import ApiError, Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from palette.api.errors import (
+    ApiError,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ValidationFailed,
+)
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
 from palette.projections.documents import DocumentReader, InvalidPageToken
 from services.templates.domain import (
@@ -37,6 +43,13 @@ from services.templates.domain import (
     TemplateAlreadyExists,
     TemplateInUse,
     TemplateNotFound,
+)
+from services.templates.enhancement import (
+    DEFAULT_ENHANCEMENT_MODEL,
+    MAX_PROMPT_CHARS,
+    EnhancementUnavailable,
+    PromptBlocked,
+    UnreadablePrompt,
 )
 from services.templates.handlers import LoadedTemplate, TemplateHandlers
 from services.templates.projections import TemplateCatalogView
@@ -69,6 +82,13 @@ class ContentBlockedError(ApiError):
     code = "CONTENT_BLOCKED"
 
 
+class ModelUnavailable(ApiError):
+    """The model asked for could not be called; nothing was charged."""
+
+    status = 502
+    code = "MODEL_UNAVAILABLE"
+
+
 _ERRORS = {
     400: "VALIDATION_ERROR: a malformed request, or the template's problems by step and line; "
     "CONTENT_BLOCKED: a prompt (or the name or description) breaks an operator content rule",
@@ -76,6 +96,7 @@ _ERRORS = {
     404: "NOT_FOUND: no such template, or another user's private one",
     409: "CONFLICT: a job uses the template, or a concurrent change won",
     413: "PAYLOAD_TOO_LARGE: the template is too large to record",
+    502: "MODEL_UNAVAILABLE: the enhancement model could not be called (nothing charged)",
 }
 
 
@@ -150,6 +171,29 @@ class TemplateList(BaseModel):
     next_token: str | None = Field(default=None, description="pass back for the next page")
 
 
+class EnhanceRequest(BaseModel):
+    """A step prompt to improve, and the model to ask."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    model: str = Field(default=DEFAULT_ENHANCEMENT_MODEL, pattern=r"^[a-z]+/.+$", max_length=200)
+    template_id: str | None = Field(default=None, max_length=128, description="for the record only")
+    step_id: str | None = Field(default=None, max_length=64, description="for the record only")
+
+
+class EnhanceReply(BaseModel):
+    """The improved prompt, or the original with a warning when the model lost a variable."""
+
+    prompt: str
+    original: str
+    kept_variables: list[str] = Field(description="the original's variables, all in `prompt`")
+    lost_variables: list[str] = Field(default_factory=list, description="what the rejected enhancement lost")
+    warning: str | None = None
+    model: str
+    enhancement_id: str = Field(description="the billed call (PromptEnhanced on enhance-<id>)")
+
+
 # -- routes ------------------------------------------------------------------------------
 
 
@@ -185,6 +229,30 @@ def create_router(
             )
         logger.info("template created", extra={"template_id": loaded.state.template_id})
         return _body(loaded, loaded.state.version)
+
+    @router.post(
+        "/templates/enhance", tags=["templates"],
+        summary="Improve a step prompt with a model, keeping every Jinja2 variable (billed)",
+        responses=_responses(200, 502),
+    )
+    def enhance_prompt(request: EnhanceRequest) -> EnhanceReply:
+        with _api_errors():
+            result = handlers.enhance(
+                caller(router), request.prompt, request.model, request.template_id, request.step_id,
+                correlation_id(),
+            )
+        logger.info("prompt enhanced", extra={
+            "enhancement_id": result.enhancement_id, "model": request.model, "used": result.used,
+        })
+        return EnhanceReply(
+            prompt=result.prompt,
+            original=result.original,
+            kept_variables=list(result.kept_variables),
+            lost_variables=list(result.lost_variables),
+            warning=result.warning,
+            model=request.model,
+            enhancement_id=result.enhancement_id,
+        )
 
     @router.get(
         "/templates", tags=["templates"], summary="List own and public templates", responses=_responses(200)
@@ -290,6 +358,15 @@ def _api_errors() -> Iterator[None]:
                 for p in invalid.errors
             ]},
         ) from None
+    except UnreadablePrompt as unreadable:
+        raise ValidationFailed(
+            f"the prompt is not a valid template: {unreadable}",
+            {"errors": [{"field": "prompt", "type": "value_error", "message": str(unreadable)}]},
+        ) from None
+    except PromptBlocked as blocked:
+        raise ContentBlockedError(str(blocked), {"blocked": [{"field": "prompt", "rule_id": blocked.rule_id}]}) from None
+    except EnhancementUnavailable as unavailable:
+        raise ModelUnavailable(str(unavailable)) from None
     except ContentRejected as rejected:
         raise ContentBlockedError(
             f"the template was refused: {rejected}",

@@ -6,6 +6,11 @@ the append fail instead of silently interleaving. On ConcurrencyConflict the com
 decided once more on a fresh load; a second conflict reaches the caller (the API answers
 409). Every event carries the acting user and the request's correlation id.
 
+`enhance` asks the injected PromptEnhancer (a model, through the composition root) to
+improve a step prompt and records the call as PromptEnhanced on `enhance-<id>`, a stream
+only this service writes, so billing charges it like any model call — also when the
+enhancement is not used because it lost a variable.
+
 A definition that breaks an operator content rule (the injected `screen`) is refused, and
 the refusal is recorded as ContentBlocked events in `guard-template-<id>`, a stream only
 this service writes, before the ContentRejected error reaches the caller.
@@ -23,9 +28,9 @@ from dataclasses import dataclass, field, replace
 
 from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
-from contracts.events.templates import TemplateStep
-from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
 from contracts.events.guard import template_guard_stream
+from contracts.events.templates import PromptEnhanced, TemplateStep, enhancement_stream
+from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
 from services.templates.domain import (
     ALLOW_ALL,
     ContentRejected,
@@ -39,6 +44,15 @@ from services.templates.domain import (
     decide,
     evolve,
     template_stream,
+)
+from services.templates.enhancement import (
+    Enhancement,
+    EnhancementUnavailable,
+    PromptBlocked,
+    PromptEnhancer,
+    enhancement_request,
+    judge,
+    prompt_variables,
 )
 from services.templates.projections import TemplateUsageView
 
@@ -67,15 +81,60 @@ class LoadedTemplate:
         return self.recorded_at.get(1, "")
 
 
+def new_enhancement_id() -> str:
+    return f"enh_{uuid.uuid4().hex}"
+
+
 class TemplateHandlers:
-    """The templates service's write side; `usage` tells which jobs use a template."""
+    """The templates service's write side; `usage` tells which jobs use a template;
+    `enhancer`, when given, serves POST /templates/enhance."""
 
     def __init__(
-        self, events: EventStore, usage: TemplateUsageView, screen: ContentScreen = ALLOW_ALL
+        self,
+        events: EventStore,
+        usage: TemplateUsageView,
+        screen: ContentScreen = ALLOW_ALL,
+        enhancer: PromptEnhancer | None = None,
     ) -> None:
         self._events = events
         self._usage = usage
         self._screen = screen
+        self._enhancer = enhancer
+
+    def enhance(
+        self,
+        owner: str,
+        prompt: str,
+        model: str,
+        template_id: str | None = None,
+        step_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Enhancement:
+        """An improved `prompt` that keeps all its variables, or the original with a warning.
+
+        Raises UnreadablePrompt (the original does not parse) or PromptBlocked (it breaks a
+        content rule) before any call, and EnhancementUnavailable when no model can be
+        asked. The call is recorded (and so billed) whatever its answer."""
+        prompt_variables(prompt)
+        if (rule := self._screen.blocking_rule(prompt)) is not None:
+            raise PromptBlocked(rule)
+        if self._enhancer is None:
+            raise EnhancementUnavailable("prompt enhancement is not configured in this deployment")
+        answer = self._enhancer(enhancement_request(prompt), model)
+        result = judge(prompt, answer.text, self._screen.blocking_rule)
+        enhancement_id = new_enhancement_id()
+        event = PromptEnhanced(
+            enhancement_id=enhancement_id, owner=owner, model=answer.model,
+            input_tokens=answer.input_tokens, output_tokens=answer.output_tokens,
+            latency_ms=answer.latency_ms, template_id=template_id, step_id=step_id,
+            variables_kept=result.used,
+        )
+        self._events.append(
+            enhancement_stream(enhancement_id),
+            [NewEvent(event, actor=owner, correlation_id=correlation_id)],
+            expected_version=0,
+        )
+        return replace(result, enhancement_id=enhancement_id, usage=answer)
 
     def read(self, template_id: str) -> LoadedTemplate:
         """The template as its stream tells it (empty state for an unknown id)."""

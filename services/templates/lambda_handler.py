@@ -7,7 +7,9 @@
   batch failure, so SQS redelivers only it (and, past maxReceiveCount, dead-letters it).
   Projections track stream versions, so redelivery and the bus's lack of order are harmless.
 
-Adapters are built once per container, on first use, from the environment (AwsSettings).
+Adapters are built once per container, on first use, from the environment (AwsSettings),
+and so is the guard (`palette.guard.aws`): per-caller rate limits in the shared rate-limit
+table and the operator's content filter, which refuses a definition breaking a rule.
 On AWS no `catch_up` is wired: listings follow the bus and are eventually consistent.
 """
 
@@ -32,10 +34,15 @@ from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
 from palette.bus.sqs import stored_event_from_message
+from palette.guard.aws import AwsGuard
 from palette.projections.runner import ProjectionRunner
 from services.templates.api import create_router
 from services.templates.handlers import TemplateHandlers
-from services.templates.projections import TemplateCatalog, TemplateUsage, TemplateUsageView
+from services.templates.projections import (
+    TemplateCatalog,
+    TemplateUsage,
+    TemplateUsageView,
+)
 
 metrics = Metrics(namespace="Palette", service="templates")
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -47,14 +54,20 @@ def adapters() -> Adapters:
 
 
 @functools.cache
+def guard() -> AwsGuard:
+    return AwsGuard.from_env()
+
+
+@functools.cache
 def api() -> ApiGatewayResolver:
     """The resolver serving the /templates routes (and /health, /swagger)."""
     kernel = adapters()
     usage = TemplateUsageView(kernel.document_reader(TemplateUsage()))
-    router = create_router(
-        TemplateHandlers(kernel.events, usage), kernel.document_reader(TemplateCatalog())
+    handlers = TemplateHandlers(kernel.events, usage, screen=guard().content_filter())
+    router = create_router(handlers, kernel.document_reader(TemplateCatalog()))
+    return build_app(
+        [router], ApiGatewayJwtClaims(), local=False, title="Palette templates", limiter=guard().limiter
     )
-    return build_app([router], ApiGatewayJwtClaims(), local=False, title="Palette templates")
 
 
 @functools.cache

@@ -16,7 +16,11 @@ through its Lambda entry points with the environment its stack gives it:
 - the seed file is uploaded with a real HTTP PUT to the presigned URL; moto's S3 sends
   "Object Created" to the default bus, whose rule feeds the seeds upload queue;
 - the generator's queue is drained into its SQS Lambda entry, which runs the job against the
-  fake OpenAI-compatible server, writing parts to S3 and facts to DynamoDB.
+  fake OpenAI-compatible server, writing parts to S3 and facts to DynamoDB, within the job's
+  budget (the guard prices calls with billing's catalog);
+- the APIs are guarded as deployed: per-caller token buckets in the shared rate-limit table,
+  and the operator's settings (limits, content rules) read from the shared stack's SSM
+  parameter through powertools Parameters.
 
 Not emulated (moto cannot): the Pipe itself, Lambda event source mappings, API Gateway and
 Cognito's token checks, ECS. Their configuration is checked by tests/infra.
@@ -90,6 +94,9 @@ class LambdaContext:
 
 
 def _clear_caches() -> None:
+    from aws_lambda_powertools.utilities import parameters
+
+    parameters.clear_caches()  # also drops the providers, whose boto3 clients name the old server
     for name in HANDLER_MODULES:
         module = importlib.import_module(name)
         for value in vars(module).values():
@@ -101,6 +108,7 @@ def _clear_caches() -> None:
 class Reply:
     status: int
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,7 +144,8 @@ class AwsPalette:
             event["queryStringParameters"] = query
         response = handler(event, LambdaContext(function_name=f"palette-dev-{service}-api"))
         text = response.get("body") or ""
-        return Reply(response["statusCode"], json.loads(text) if text else None)
+        headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
+        return Reply(response["statusCode"], json.loads(text) if text else None, headers)
 
     def relay(self) -> int:
         """The Pipe's path: new stream records -> the publisher Lambda (a JSON array, as Pipes send)."""
@@ -197,13 +206,15 @@ def palette_on_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsPalette]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    httpx.post(f"{endpoint}/moto-api/reset").raise_for_status()  # moto's state is per process, not per server
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
         resources = provision(endpoint, env="dev", region="us-east-1")
         environment: dict[str, str] = {}
         for name in ("templates", "seeds", "jobs", "billing"):
             environment.update(resources.stacks[name].environment)
-        for key in ("PALETTE_EVENT_TABLE", "PALETTE_BUCKET", "PALETTE_TRACKING_TABLE", "PALETTE_PROJECTION_PREFIX"):
+        for key in ("PALETTE_EVENT_TABLE", "PALETTE_BUCKET", "PALETTE_TRACKING_TABLE", "PALETTE_PROJECTION_PREFIX",
+                    "PALETTE_RATELIMIT_TABLE", "PALETTE_GUARD_CONFIG_PARAMETER"):
             monkeypatch.setenv(key, environment[key])
         monkeypatch.setenv("PALETTE_EVENT_BUS", resources.exports["palette-dev-EventBusName"])
         monkeypatch.setenv("PALETTE_GENERATOR_BATCH_SIZE", "10")
@@ -240,7 +251,8 @@ def test_a_job_runs_end_to_end_on_aws_mode(palette_on_moto: AwsPalette) -> None:
         _run_flow(aws)
 
 
-def _run_flow(aws: AwsPalette) -> None:
+def _template_and_seed(aws: AwsPalette) -> tuple[str, str]:
+    """A template through the templates API and a validated seed file uploaded to S3."""
     # 1. a template, through the templates API; the catalog follows the bus
     created = aws.call("templates", "POST", "/templates", TEMPLATE)
     assert created.status == 201, created.body
@@ -265,10 +277,15 @@ def _run_flow(aws: AwsPalette) -> None:
                          {"seed_id": grant.body["seed_id"], "template_id": template_id})
     assert validated.status == 200, validated.body
     assert validated.body["valid"] is True and validated.body["record_count"] == 4, validated.body
+    return template_id, str(grant.body["seed_id"])
+
+
+def _run_flow(aws: AwsPalette) -> None:
+    template_id, seed_id = _template_and_seed(aws)
 
     # 3. the job: JobRequested reaches the generator's queue through the outbox and the rule
     job = aws.call("jobs", "POST", "/jobs", {
-        "template_id": template_id, "seed_id": grant.body["seed_id"], "num_records": NUM_RECORDS,
+        "template_id": template_id, "seed_id": seed_id, "num_records": NUM_RECORDS,
         "budget_limit": 5, "output_format": ["JSONL", "PARQUET"],
     })
     assert job.status == 201, job.body
@@ -310,3 +327,70 @@ def _run_flow(aws: AwsPalette) -> None:
     assert not any(aws.dead_letters().values()), aws.dead_letters()
     exported = s3.get_object(Bucket=bucket, Key=next(k for k in keys if k.endswith("export/data.jsonl")))
     assert len(exported["Body"].read().decode().splitlines()) == NUM_RECORDS
+
+
+PRICED = {"models": {"openai/fake-model": {"input_per_1k": "0.1", "output_per_1k": "0.2"}}}
+"""A price for the fake model (self-hosted openai/* models are free), the same for every
+service: the generator's guard must price calls as billing charges them."""
+
+
+def test_a_job_stops_within_its_budget_on_aws_mode(palette_on_moto: AwsPalette, monkeypatch: pytest.MonkeyPatch) -> None:
+    aws = palette_on_moto
+    monkeypatch.setenv("PALETTE_PRICING_OVERRIDES", json.dumps(PRICED))
+    budget = Decimal("0.1")
+    with FakeOpenAIServer(latency_s=0.0) as model_server:
+        monkeypatch.setenv("OPENAI_BASE_URL", model_server.base_url)
+        template_id, seed_id = _template_and_seed(aws)
+        job = aws.call("jobs", "POST", "/jobs", {
+            "template_id": template_id, "seed_id": seed_id, "num_records": NUM_RECORDS,
+            "budget_limit": str(budget), "output_format": ["JSONL"],
+        })
+        assert job.status == 201, job.body
+        job_id = job.body["job_id"]
+        aws.settle()
+
+    status = aws.call("jobs", "GET", f"/jobs/{job_id}")
+    assert status.body["status"] == "BUDGET_EXCEEDED", status.body
+    dashboard = aws.call("jobs", "GET", f"/dashboard/{job_id}")
+    assert dashboard.status == 200, dashboard.body
+    assert dashboard.body["status"] == "BUDGET_EXCEEDED"
+    assert 0 < dashboard.body["records_generated"] < NUM_RECORDS, dashboard.body
+    spent = Decimal(dashboard.body["cost"]["total"])
+    assert 0 < spent <= budget
+    costs = aws.call("billing", "GET", "/costs")
+    assert costs.status == 200, costs.body
+    (charged,) = [j for j in costs.body["jobs"] if j["job_id"] == job_id]
+    assert Decimal(charged["budget_limit"]) == budget and charged["budget_exceeded"], charged
+    assert Decimal(charged["total"]) == spent
+    assert not any(aws.dead_letters().values()), aws.dead_letters()
+
+
+def test_the_apis_are_rate_limited_and_templates_screened_from_the_ssm_settings(palette_on_moto: AwsPalette) -> None:
+    aws = palette_on_moto
+    ssm = boto3.client("ssm", endpoint_url=aws.endpoint)
+    parameter = aws.resources.exports["palette-dev-GuardConfigParameterName"]
+    assert json.loads(ssm.get_parameter(Name=parameter)["Parameter"]["Value"]) == {}
+    ssm.put_parameter(Name=parameter, Overwrite=True, Value=json.dumps({
+        "rate_limits": {"jobs": {"per_minute": 1, "burst": 2}},
+        "content_rules": [{"id": "no-volcanoes", "term": "volcano"}],
+    }))
+
+    blocked = dict(TEMPLATE, steps=[dict(TEMPLATE["steps"][0], prompt="Describe the Volcano nearest to {{ topic }}.")])
+    refused = aws.call("templates", "POST", "/templates", blocked)
+    assert refused.status == 400 and refused.body["error"]["code"] == "CONTENT_BLOCKED", refused.body
+    assert aws.call("templates", "POST", "/templates", TEMPLATE).status == 201
+
+    # every POST /jobs takes a token, valid or not: two pass to validation, the third is refused
+    assert [aws.call("jobs", "POST", "/jobs", {}).status for _ in range(2)] == [400, 400]
+    limited = aws.call("jobs", "POST", "/jobs", {})
+    assert limited.status == 429, limited.body
+    assert limited.body["error"]["code"] == "RATE_LIMITED" and int(limited.headers["retry-after"]) >= 1
+    assert aws.call("jobs", "POST", "/jobs", {}, user="bob").status == 400  # a bucket per caller
+    assert aws.call("jobs", "GET", "/jobs").status == 200  # another route class
+
+    dynamodb = boto3.client("dynamodb", endpoint_url=aws.endpoint)
+    table = aws.resources.exports["palette-dev-RateLimitTableName"]
+    bucket = dynamodb.get_item(TableName=table, Key={"pk": {"S": "user:alice|jobs"}})["Item"]
+    assert int(bucket["expires_at"]["N"]) > time.time()
+    ttl = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == "expires_at"

@@ -11,7 +11,8 @@ Faults are set at runtime and apply to the next calls, in this order: a model na
 `always-<status>` always answers that status; `timeout_next` hangs longer than any client
 timeout; `fail_next` answers an error status; `throttle_rate`/`error_rate` draw from a seeded
 RNG; `malformed_body_next` sends a body that is not JSON; `malformed_json_next` makes a
-structured call's content invalid JSON.
+structured call's content invalid JSON; `reply_next` sets the content of the next
+successful answers.
 
     with FakeOpenAIServer(latency_s=0.05) as server:
         gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key="test")
@@ -84,6 +85,7 @@ class FakeBehaviour:
         self._timeouts = 0
         self._malformed_json = 0
         self._malformed_body = 0
+        self._replies: deque[str] = deque()
         self.calls = 0
         self.statuses: Counter[int] = Counter()
         self.models: Counter[str] = Counter()
@@ -109,6 +111,15 @@ class FakeBehaviour:
         with self._lock:
             self._malformed_body += n
 
+    def reply_next(self, content: str, n: int = 1) -> None:
+        """The next `n` successful answers have `content` as their text."""
+        with self._lock:
+            self._replies.extend([content] * n)
+
+    def next_reply(self) -> str | None:
+        with self._lock:
+            return self._replies.popleft() if self._replies else None
+
     def set_rates(self, throttle_rate: float | None = None, error_rate: float | None = None, seed: int | None = None) -> None:
         """Random 429s and 500s at these rates, drawn from an RNG seeded with `seed`."""
         with self._lock:
@@ -127,6 +138,7 @@ class FakeBehaviour:
         with self._lock:
             self._failures.clear()
             self._timeouts = self._malformed_json = self._malformed_body = 0
+            self._replies.clear()
             self.throttle_rate = self.error_rate = 0.0
             self.calls = 0
             self.statuses.clear()
@@ -266,7 +278,8 @@ class FakeOpenAIApp:
         elif action == "malformed_json":
             await _send_json(send, 200, _completion(request, '{"unterminated": '))
         else:
-            await _send_json(send, 200, _completion(request, _content_for(request)))
+            reply = behaviour.next_reply()
+            await _send_json(send, 200, _completion(request, _content_for(request) if reply is None else reply))
 
 
 async def _send_raw(send: Any, status: int, payload: bytes, content_type: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
@@ -405,6 +418,9 @@ class FakeOpenAIServer:
 
     def malformed_body_next(self, n: int = 1) -> None:
         self._control("malformed_body_next", n=n)
+
+    def reply_next(self, content: str, n: int = 1) -> None:
+        self._control("reply_next", content=content, n=n)
 
     def set_rates(self, throttle_rate: float | None = None, error_rate: float | None = None, seed: int | None = None) -> None:
         self._control("set_rates", throttle_rate=throttle_rate, error_rate=error_rate, seed=seed)

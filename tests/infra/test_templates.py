@@ -21,6 +21,8 @@ from cfnlint.decode import cfn_yaml
 
 from contracts.catalog import CATALOG
 from palette.eventstore.dynamodb import create_table
+from palette.guard.aws import PARAMETER_ENV, TABLE_ENV
+from palette.guard.ratelimit import create_bucket_table
 from scripts import infra_schemas
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -340,6 +342,9 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
         actions = set(listed(statement["Action"]))
         assert "events:PutEvents" not in actions  # only the publisher puts events
         writes = {a for a in actions if a.startswith("dynamodb:") and a.split(":")[1].startswith(("Put", "Update", "Delete", "BatchWrite"))}
+        if writes and statement["Sid"] == "RateLimitBuckets":
+            assert statement["Resource"] == {"Fn::ImportValue": {"Fn::Sub": "palette-${Env}-RateLimitTableArn"}}
+            continue
         if writes and statement["Sid"] not in ("AppendToOwnStreams", "OwnTrackingRecords"):
             assert statement["Sid"] == "OwnProjectionTables", statement
             (arn,) = listed(statement["Resource"])
@@ -376,3 +381,50 @@ def test_generator_runs_on_fargate_spot_with_a_graceful_stop() -> None:
     assert container["StopTimeout"] == 120
     assert template["TaskRole"]["Properties"]["ManagedPolicyArns"] == [{"Ref": "WorkerAccess"}]
     assert {"Name": "PALETTE_GENERATOR_QUEUE_URL", "Value": {"Ref": "JobQueue"}} in container["Environment"]
+
+
+def test_generator_image_and_task_run_the_workers_sqs_mode() -> None:
+    from services.generator.worker_main import QUEUE_URL_ENV
+
+    (container,) = load("generator")["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    assert container["Command"] == ["python", "-m", "services.generator.worker_main", "--aws"]
+    dockerfile = (INFRA / "generator.Dockerfile").read_text()
+    assert 'CMD ["python", "-m", "services.generator.worker_main", "--aws"]' in dockerfile
+    names = {variable["Name"] for variable in container["Environment"]}
+    assert {QUEUE_URL_ENV, "PALETTE_EVENT_TABLE", "PALETTE_BUCKET", "PALETTE_PRICING_OVERRIDES"} <= names
+    lambda_env = load("generator")["Resources"]["WorkerFunction"]["Properties"]["Environment"]["Variables"]
+    assert "PALETTE_PRICING_OVERRIDES" in lambda_env  # the budget guard prices as billing charges
+
+
+# -- the guard: rate limits and the operator's settings --------------------------------------
+
+
+def test_rate_limit_table_is_keyed_as_the_bucket_store_expects_and_expires_idle_buckets() -> None:
+    client = _RecordingClient()
+    create_bucket_table(client, "palette-ratelimits")
+    shared = load("shared")["Resources"]
+    table = shared["RateLimitTable"]["Properties"]
+    assert table["KeySchema"] == client.created["KeySchema"]
+    assert table["AttributeDefinitions"] == client.created["AttributeDefinitions"]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert shared["GuardConfigParameter"]["Properties"]["Name"] == {"Fn::Sub": "/palette/${Env}/guard"}
+
+
+@pytest.mark.parametrize("service", ["templates", "seeds", "jobs", "billing"])
+def test_each_api_is_throttled_and_guarded_per_caller(service: str) -> None:
+    template = load(service)
+    (api_name,) = resources(template, "AWS::Serverless::HttpApi")
+    throttle = template["Resources"][api_name]["Properties"]["DefaultRouteSettings"]
+    assert throttle["ThrottlingBurstLimit"] > 0 and throttle["ThrottlingRateLimit"] > 0
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables[TABLE_ENV] == {"Fn::ImportValue": {"Fn::Sub": "palette-${Env}-RateLimitTableName"}}
+    assert variables[PARAMETER_ENV] == {"Fn::ImportValue": {"Fn::Sub": "palette-${Env}-GuardConfigParameterName"}}
+    guard = template["Resources"]["ApiGuardAccess"]["Properties"]["PolicyDocument"]["Statement"]
+    assert {s["Sid"]: s["Action"] for s in guard} == {
+        "RateLimitBuckets": ["dynamodb:GetItem", "dynamodb:UpdateItem"], "GuardSettings": "ssm:GetParameter",
+    }
+    for name, function in resources(template, "AWS::Serverless::Function").items():
+        api = function["Properties"]["Handler"].endswith(".handler") and any(
+            e["Type"] == "HttpApi" for e in function["Properties"].get("Events", {}).values()
+        )
+        assert ({"Ref": "ApiGuardAccess"} in function["Properties"]["Policies"]) == api, name

@@ -83,8 +83,11 @@ def request_job(
     steps: tuple[TemplateStep, ...] = (QUESTION, ANSWER),
     formats: tuple[OutputFormat, ...] = (OutputFormat.JSONL,),
     partition_strategy: str | None = None,
+    owner: str = OWNER,
+    **job_fields: Any,
 ) -> str:
-    """A template, an uploaded and validated seed, and a JobRequested; the job id."""
+    """A template, an uploaded and validated seed, and a JobRequested (with `job_fields`
+    added); the job id."""
     template_id, seed_id, job_id = (uuid.uuid4().hex[:12] for _ in range(3))
     append(adapters, f"template-{template_id}", TemplateCreated(
         template_id=template_id, owner=OWNER, name="Q&A", steps=list(steps),
@@ -110,9 +113,9 @@ def request_job(
         ),
     )
     append(adapters, f"job-{job_id}", JobRequested(
-        job_id=job_id, owner=OWNER, template_id=template_id, template_version=1, seed_id=seed_id,
+        job_id=job_id, owner=owner, template_id=template_id, template_version=1, seed_id=seed_id,
         num_records=num_records, budget_limit=Decimal("10"), output_formats=list(formats),
-        partition_strategy=partition_strategy,
+        partition_strategy=partition_strategy, **job_fields,
     ))
     return job_id
 

@@ -354,7 +354,7 @@ def test_a_job_is_created_at_once_with_the_latest_version_pinned(api: Facade) ->
     assert body["input"] == {
         "template_id": template_id, "template_version": 3, "seed_id": seed_id, "num_records": 10_000,
         "budget_limit": "20.50", "output_format": ["PARQUET"], "model_parameters": {"temperature": 0.2},
-        "priority": 5, "partition_strategy": "field:topic",
+        "priority": 5, "partition_strategy": "field:topic", "models": None, "output_filter": "drop",
     }
     assert body["progress"] == {"records_generated": 0, "failed_records": 0, "num_records": 10_000, "percent": 0.0}
     [requested] = api.events.read_stream(f"job-{body['job_id']}")

@@ -19,6 +19,7 @@ from contracts.events import (
     GenerationClaimed,
     GenerationFailed,
     GenerationLeaseRenewed,
+    GenerationModelFailed,
     GenerationReleased,
     GenerationStopped,
     JobBudgetExceeded,
@@ -30,6 +31,8 @@ from contracts.events import (
     JobRequested,
     JobStarted,
     OutputFormat,
+    PromptEnhanced,
+    PromptEnhancementCharged,
     SeedDataUploaded,
     SeedDataValidated,
     SeedFormat,
@@ -86,6 +89,7 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         seed_id="seed-1", num_records=10_000, budget_limit=Decimal("20.00"),
         output_formats=[OutputFormat.PARQUET, OutputFormat.JSONL],
         model_parameters={"temperature": 0.2}, partition_strategy="by_topic", priority=5,
+        models=["local/gemma-3-270m", "openai/gpt-4o-mini"], output_filter="flag",
     ),
     JobStarted: JobStarted(job_id="job-1", worker_id="worker-a"),
     JobCancelRequested: JobCancelRequested(job_id="job-1", reason="user asked"),
@@ -104,7 +108,7 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         blob_key="datasets/job-1/batch-3.jsonl", rows=98, failures=2,
         token_usage={"local/gemma-3-270m": TokenUsage(input_tokens=9000, output_tokens=4000,
                                                       calls=100)},
-        duration_ms=5120, bytes_written=65536,
+        duration_ms=5120, bytes_written=65536, model="local/gemma-3-270m",
     ),
     BatchFailed: BatchFailed(
         job_id="job-1", batch_number=4, first_record=400, last_record=499, reason="worker lost",
@@ -113,7 +117,7 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         job_id="job-1",
         files=[ExportedFile(format=OutputFormat.PARQUET, blob_key="datasets/job-1/out.parquet",
                             rows=10_000, size_bytes=1_048_576, sha256=_SHA)],
-        rows=10_000,
+        rows=10_000, rows_per_model={"local/gemma-3-270m": 10_000},
     ),
     CostRecorded: CostRecorded(
         job_id="job-1", batch_number=3, catalog_version="2026-11-01",
@@ -130,6 +134,19 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
     ContentBlocked: ContentBlocked(
         rule_id="adult", where="template", action="rejected", template_id="tpl-1",
         template_version=2, step_id="question", field="prompt",
+    ),
+    GenerationModelFailed: GenerationModelFailed(
+        job_id="job-1", model="openai/gpt-4o-mini", code="ERROR_RATE", reason="60 of the last 100 failed",
+        records_completed=120,
+    ),
+    PromptEnhanced: PromptEnhanced(
+        enhancement_id="enh_1", owner="alice", model="local/gemma-3-270m", input_tokens=120,
+        output_tokens=80, latency_ms=900, template_id="tpl-1", step_id="question", variables_kept=True,
+    ),
+    PromptEnhancementCharged: PromptEnhancementCharged(
+        owner="alice", enhancement_id="enh_1", catalog_version="2026-11-01", model_tokens=Decimal("0.0001"),
+        compute=Decimal("0"), storage=Decimal("0"), total=Decimal("0.0001"),
+        per_model={"local/gemma-3-270m": Decimal("0.0001")},
     ),
 }
 

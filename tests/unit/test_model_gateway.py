@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import boto3
 import pytest
 from botocore.stub import Stubber
+from multidict import CIMultiDict
 
 from services.generator.models.bedrock import BedrockGateway
-from services.generator.models.openai import OpenAICompatibleGateway
+from services.generator.models.openai import OpenAICompatibleGateway, retry_after_seconds
 from services.generator.models.port import (
     FatalModelError,
     InvalidCredentials,
@@ -22,6 +26,7 @@ from services.generator.models.port import (
     ModelGateway,
     ModelNotInstalled,
     ModelRequest,
+    ModelRequestRejected,
     ModelResponse,
     ModelServerError,
     ModelThrottled,
@@ -129,6 +134,47 @@ def test_auth_and_unknown_model_statuses_are_fatal(server: FakeOpenAIServer, sta
 
     with pytest.raises(error):
         call(server, ask())
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_a_request_the_server_refuses_is_a_rejected_request(server: FakeOpenAIServer, status: int) -> None:
+    server.fail_next(1, status=status)
+
+    with pytest.raises(ModelRequestRejected):
+        call(server, ask())
+
+
+def test_a_server_that_is_not_listening_is_a_retryable_server_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free once closed: nothing listens there
+
+    async def run() -> ModelResponse:
+        async with OpenAICompatibleGateway(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", timeout=2) as gateway:
+            return await gateway.generate(ask())
+
+    with pytest.raises(ModelServerError):
+        asyncio.run(run())
+
+
+def test_retry_after_is_read_from_milliseconds_seconds_or_an_http_date() -> None:
+    soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+
+    assert retry_after_seconds(CIMultiDict({"Retry-After-Ms": "250", "Retry-After": "9"})) == 0.25
+    assert retry_after_seconds(CIMultiDict({"Retry-After": "2"})) == 2.0
+    assert 25 < retry_after_seconds(CIMultiDict({"Retry-After": soon})) <= 30  # type: ignore[operator]
+    assert retry_after_seconds(CIMultiDict({"Retry-After": "soon"})) is None
+    assert retry_after_seconds(CIMultiDict()) is None
+
+
+def test_a_gateway_built_outside_an_event_loop_works_inside_one(server: FakeOpenAIServer) -> None:
+    gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key="sk-test")
+
+    async def run() -> ModelResponse:
+        async with gateway:
+            return await gateway.generate(ask())
+
+    assert asyncio.run(run()).text
 
 
 def test_a_wrong_api_key_is_invalid_credentials(server: FakeOpenAIServer) -> None:
