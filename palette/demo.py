@@ -12,6 +12,7 @@ instructions, so the prompts are written as text to continue.
 from __future__ import annotations
 
 import socket
+from decimal import Decimal
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -34,15 +35,15 @@ DEMO_TEMPLATE = {
         {
             "id": "question",
             "model": "local/gemma-3-270m",
-            "prompt": "Reading group notes on {{ book.title }} by {{ author.name }}.\n"
-            "Theme: {{ topic }}.\nDiscussion question:",
-            "parameters": {"max_tokens": 32, "temperature": 0.7},
+            "prompt": "Here is a question a reader might ask about the book {{ book.title }} "
+            "by {{ author.name }}, on the theme of {{ topic }}: \"",
+            "parameters": {"max_tokens": 40, "temperature": 0.7, "stop": ["\"", "\n"]},
         },
         {
             "id": "answer",
             "model": "local/gemma-3-270m",
-            "prompt": "Question: {{ steps.question.output | trim }}\nShort answer:",
-            "parameters": {"max_tokens": 48, "temperature": 0.3},
+            "prompt": "Q: {{ steps.question.output | trim }}\nA:",
+            "parameters": {"max_tokens": 60, "temperature": 0.3, "stop": ["\n"]},
         },
     ],
 }
@@ -129,7 +130,7 @@ def _summary(http: httpx.Client, console: Console, job_id: str, dashboard: dict,
     total_out = sum(t.get("output_tokens", 0) for t in tokens.values())
     console.print(
         f"[green]done[/green]: {dashboard['records_generated']} records, "
-        f"{total_in} input + {total_out} output tokens, {elapsed:.1f}s, cost ${dashboard['cost']['total']}"
+        f"{total_in} input + {total_out} output tokens, {elapsed:.1f}s, cost ${Decimal(dashboard['cost']['total']):.6f}"
     )
     job = http.get(f"/jobs/{job_id}").json()
     for file in job.get("files", []):
@@ -151,4 +152,4 @@ def _first_record(http: httpx.Client, files: list[dict]) -> str | None:
     steps = record.get("steps", {})
     question = steps.get("question", {}).get("output", "").strip()
     answer = steps.get("answer", {}).get("output", "").strip()
-    return f"Q: {question[:160]} / A: {answer[:160]}"
+    return f"Q: {' '.join(question.split())[:160]} / A: {' '.join(answer.split())[:160]}"

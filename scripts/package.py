@@ -16,7 +16,9 @@ What goes in:
   nothing in an artifact can reach another service. `tests/test_package.py` imports every
   module of each artifact from a clean sys.path to prove it;
 - `requirements.txt`: the project's declared dependencies (pyproject: `dependencies` and the
-  `aws` extra) whose import names the artifact's code uses, pinned to the installed versions.
+  `aws` extra) whose import names the artifact's code uses, pinned to the installed versions,
+  with the runtime companions of those it uses (`aws-xray-sdk`, which powertools' Tracer
+  imports only when tracing is on in Lambda).
 """
 
 from __future__ import annotations
@@ -121,10 +123,15 @@ def _distribution(requirement: str) -> str:
     return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0]
 
 
+RUNTIME_COMPANIONS = {"aws_lambda_powertools": {"aws_xray_sdk"}}
+"""Import names a used package imports lazily at run time (Tracer -> X-Ray SDK)."""
+
+
 def requirements(files: Iterable[Path], root: Path = ROOT) -> list[str]:
     """Declared dependencies that `files` import, pinned to the installed versions."""
     used = {name.split(".")[0] for path in files if path.suffix == ".py"
             for name in imported_modules(root / path)}
+    used |= {companion for name in list(used) for companion in RUNTIME_COMPANIONS.get(name, ())}
     by_import = metadata.packages_distributions()
     pinned: list[str] = []
     for requirement in declared_dependencies(root):

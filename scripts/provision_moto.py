@@ -6,7 +6,8 @@ It reads infra/shared.yaml and then each service stack, resolves the intrinsics 
 (Ref, Fn::Sub, Fn::GetAtt, Fn::ImportValue against the shared stack's exports, Fn::If on
 conditions it can evaluate) and creates, with the templates' own names and settings:
 
-- DynamoDB tables (`AWS::DynamoDB::Table`): keys, indexes, billing mode, Streams, TTL;
+- DynamoDB tables (`AWS::DynamoDB::Table`): keys, indexes, billing mode, Streams, TTL (the
+  event, tracking, rate-limit and idempotency tables, and any a service stack declares);
 - SSM parameters (`AWS::SSM::Parameter`, the guard settings) with their values;
 - S3 buckets, with EventBridge notifications turned on when the template does;
 - EventBridge buses and archives;

@@ -33,7 +33,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -44,6 +44,7 @@ from palette.bus.stream import stored_events_from_stream
 
 logger = Logger(service="palette-publisher")
 metrics = Metrics(namespace="Palette", service="palette-publisher")
+tracer = Tracer(service="palette-publisher")
 
 
 class OutboxNotPublished(RuntimeError):
@@ -103,6 +104,7 @@ def publish_records(
 
 @logger.inject_lambda_context
 @metrics.log_metrics
+@tracer.capture_lambda_handler
 def handler(
     event: Sequence[Mapping[str, Any]] | Mapping[str, Any], context: LambdaContext
 ) -> dict[str, Any]:

@@ -17,9 +17,10 @@ PALETTE_PRICING_OVERRIDES when set; compute and storage are priced for the "aws"
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
-from aws_lambda_powertools import Metrics
+from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -41,6 +42,7 @@ from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
 from palette.bus.sqs import stored_event_from_message
 from palette.guard.aws import AwsGuard
+from palette.idempotency import once_per_event
 from palette.projections.runner import ProjectionRunner
 from services.billing.api import create_router
 from services.billing.consumers import LedgerConsumer
@@ -50,6 +52,7 @@ from services.billing.projections import CostsView, JobCosts
 RUNTIME = "aws"
 processor = BatchProcessor(event_type=EventType.SQS)
 metrics = Metrics(namespace="Palette", service="billing")
+tracer = Tracer(service="billing")
 
 
 class MeteredLedger(LedgerHandlers):
@@ -93,13 +96,23 @@ def cost_view() -> ProjectionRunner[Any]:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     response: dict[str, Any] = api().resolve(event, context)
     return response
 
 
+def _charge_event(event: dict[str, Any]) -> None:
+    ledger()(stored_event_from_message(event, adapters().blobs))
+
+
+charge_once = once_per_event(_charge_event)
+"""A bus event is charged once per event id when PALETTE_IDEMPOTENCY_TABLE is set
+(`palette.idempotency`: it saves work on redelivery; the ledger is idempotent per batch anyway)."""
+
+
 def _charge_record(record: SQSRecord) -> None:
-    ledger()(stored_event_from_message(record.body, adapters().blobs))
+    charge_once(event=json.loads(record.body))
 
 
 def _project_record(record: SQSRecord) -> None:
@@ -108,14 +121,17 @@ def _project_record(record: SQSRecord) -> None:
 
 @metrics.log_metrics
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler
 def consume(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Charges each queued generator fact; failed records are returned for redelivery."""
+    charge_once.register_lambda_context(context)
     return process_partial_response(
         event=event, record_handler=_charge_record, processor=processor, context=context
     )
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler
 def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued bus event to the cost view; failed records are redelivered."""
     return process_partial_response(

@@ -20,10 +20,11 @@ import os
 import threading
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from palette.adapters import Adapters, AwsSettings, aws_adapters
+from palette.idempotency import once_per_event
 from services.generator.budget import JobBudgets
 from services.generator.worker import (
     GenerationWorker,
@@ -34,6 +35,7 @@ from services.generator.worker import (
 from services.generator.worker_main import gateway_from_env
 
 logger = Logger(service="palette-generator")
+tracer = Tracer(service="palette-generator")
 
 DEADLINE_MARGIN_SECONDS = 60.0
 """Time left at which the worker stops launching calls: the grace period plus the flush."""
@@ -56,7 +58,11 @@ def options_from_env() -> WorkerOptions:
 
 def job_id_of(body: str) -> str:
     """The job id of an SQS body holding an EventBridge JobRequested event."""
-    event = json.loads(body)
+    return job_id_of_event(json.loads(body))
+
+
+def job_id_of_event(event: dict[str, Any]) -> str:
+    """The job id of an EventBridge JobRequested event."""
     detail = event.get("detail", {})
     data = detail.get("data", detail)
     return str(data["job_id"])
@@ -75,25 +81,48 @@ async def _run(job_ids: list[str], stop: threading.Event) -> dict[str, RunResult
     return dict(zip(job_ids, results, strict=True))
 
 
+class JobUnfinished(Exception):
+    """The job's run was released or is held elsewhere: its record must come back."""
+
+
+_stop = threading.Event()
+"""Set when the invocation nears its deadline (one invocation at a time per container)."""
+
+
+def _run_requested(event: dict[str, Any]) -> None:
+    """Run the job of one JobRequested (an EventBridge event); raises JobUnfinished if it
+    did not end, so the record is redelivered and (with idempotency) not remembered."""
+    job_id = job_id_of_event(event)
+    result = asyncio.run(_run([job_id], _stop))[job_id]
+    logger.info("job run ended", extra={"job_id": job_id, "outcome": result.outcome.value,
+                                          "records": result.records_completed})
+    if result.outcome in UNFINISHED:
+        raise JobUnfinished(job_id)
+
+
+run_once = once_per_event(_run_requested)
+"""A JobRequested is run once per event id when PALETTE_IDEMPOTENCY_TABLE is set
+(`palette.idempotency`): a redelivered one that already ended costs no run set-up. An
+unfinished run leaves no idempotency record, so its redelivery resumes the job."""
+
+
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """SQS batch of JobRequested -> run each job; unfinished ones go back to the queue."""
-    records = event.get("Records", [])
-    by_job: dict[str, str] = {}
-    for record in records:
-        by_job[job_id_of(record["body"])] = record["messageId"]
-    stop = threading.Event()
+    """SQS batch of JobRequested (the stack's batch size is 1) -> run each job in turn;
+    unfinished ones go back to the queue."""
+    run_once.register_lambda_context(context)
+    _stop.clear()
     remaining = context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
-    timer = threading.Timer(max(0.0, remaining), stop.set)
+    timer = threading.Timer(max(0.0, remaining), _stop.set)
     timer.start()
+    failures = []
     try:
-        results = asyncio.run(_run(list(by_job), stop))
+        for record in event.get("Records", []):
+            try:
+                run_once(event=json.loads(record["body"]))
+            except JobUnfinished:
+                failures.append({"itemIdentifier": record["messageId"]})
     finally:
         timer.cancel()
-    failures = []
-    for job_id, result in results.items():
-        logger.info("job run ended", extra={"job_id": job_id, "outcome": result.outcome.value,
-                                              "records": result.records_completed})
-        if result.outcome in UNFINISHED:
-            failures.append({"itemIdentifier": by_job[job_id]})
     return {"batchItemFailures": failures}

@@ -17,9 +17,10 @@ No `catch_up` is wired on AWS: listings and dashboards follow the bus.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
-from aws_lambda_powertools import Metrics
+from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -36,6 +37,7 @@ from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
 from palette.bus.sqs import stored_event_from_message
 from palette.guard.aws import AwsGuard
+from palette.idempotency import once_per_event
 from palette.projections.runner import ProjectionRunner
 from services.jobs.api import create_router
 from services.jobs.consumers import JobLifecycle
@@ -43,6 +45,7 @@ from services.jobs.handlers import JobHandlers
 from services.jobs.projections import JobDashboard, JobList
 
 metrics = Metrics(namespace="Palette", service="jobs")
+tracer = Tracer(service="jobs")
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
@@ -82,6 +85,7 @@ def projection_runners() -> tuple[ProjectionRunner[Any], ...]:
 
 @metrics.log_metrics
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     response: dict[str, Any] = api().resolve(event, context)
     if _created_a_job(event, response):
@@ -94,8 +98,17 @@ def _created_a_job(event: dict[str, Any], response: dict[str, Any]) -> bool:
     return method == "POST" and event.get("rawPath") == "/jobs" and response.get("statusCode") == 201
 
 
+def _react_to_event(event: dict[str, Any]) -> None:
+    lifecycle()(stored_event_from_message(event, adapters().blobs))
+
+
+react_once = once_per_event(_react_to_event)
+"""A reaction runs once per bus event id when PALETTE_IDEMPOTENCY_TABLE is set
+(`palette.idempotency`: it saves work on redelivery; the appends are idempotent anyway)."""
+
+
 def _react_to_record(record: SQSRecord) -> None:
-    lifecycle()(stored_event_from_message(record.body, adapters().blobs))
+    react_once(event=json.loads(record.body))
 
 
 def _project_record(record: SQSRecord) -> None:
@@ -105,15 +118,18 @@ def _project_record(record: SQSRecord) -> None:
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler
 def react(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued generator fact to its job; failed records are returned for
     redelivery (`batchItemFailures`)."""
+    react_once.register_lambda_context(context)
     return process_partial_response(
         event=event, record_handler=_react_to_record, processor=processor, context=context
     )
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler
 def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued bus event to the job list and the dashboard; failed records are
     returned for redelivery (`batchItemFailures`)."""

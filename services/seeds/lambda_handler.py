@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -29,12 +29,14 @@ from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app
 from palette.api.auth import ApiGatewayJwtClaims
 from palette.guard.aws import AwsGuard
+from palette.idempotency import once_per_event
 from services.seeds.api import create_router
 from services.seeds.domain import SeedError
 from services.seeds.handlers import DEFAULT_MAX_BYTES, SeedHandlers
 
 logger = Logger(service="palette-seeds")
 metrics = Metrics(namespace="Palette", service="palette-seeds")
+tracer = Tracer(service="palette-seeds")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ def runtime() -> SeedsRuntime:
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """API Gateway HTTP API (payload 2.0) -> the seeds routes."""
     return runtime().app.resolve(event, context)
@@ -65,12 +68,40 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
 @metrics.log_metrics
+@tracer.capture_lambda_handler
 def on_object_created(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Record each seed upload S3 reports; keys that are no seed's are ignored.
 
     A refused upload (too large) is logged and its object deleted, not retried: retrying
-    cannot make it fit. Other failures raise, so the delivery is retried.
+    cannot make it fit. Other failures raise, so the delivery is retried. Each delivery (an
+    SQS record's EventBridge event) is processed once per event `id` when
+    PALETTE_IDEMPOTENCY_TABLE is set (`palette.idempotency`; recording is idempotent anyway).
     """
+    record_once.register_lambda_context(context)
+    recorded: list[str] = []
+    for delivery in _deliveries(event):
+        recorded.extend(record_once(event=delivery))
+    return {"recorded": recorded}
+
+
+def _deliveries(event: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The events of an invocation: each SQS record's body, or the event itself."""
+    records = event.get("Records", ())
+    if not any("body" in record for record in records):
+        yield event
+        return
+    for record in records:
+        try:
+            body = json.loads(record.get("body", ""))
+        except (TypeError, ValueError):
+            logger.warning("SQS record body is not JSON", extra={"message_id": record.get("messageId")})
+            continue
+        if isinstance(body, dict):
+            yield body
+
+
+def _record_uploads(event: dict[str, Any]) -> list[str]:
+    """Record the seed uploads of one S3 event; the ids of the new ones."""
     seeds = runtime()
     prefix = getattr(seeds.adapters.blobs, "prefix", "")
     recorded: list[str] = []
@@ -93,7 +124,10 @@ def on_object_created(event: dict[str, Any], context: LambdaContext) -> dict[str
         if record.new:
             metrics.add_metric(name="seeds_uploaded", unit=MetricUnit.Count, value=1)
             recorded.append(record.seed.seed_id)
-    return {"recorded": recorded}
+    return recorded
+
+
+record_once = once_per_event(_record_uploads, key_path="id")
 
 
 def _object_keys(event: dict[str, Any]) -> Iterator[str]:

@@ -11,14 +11,17 @@ Adapters are built once per container, on first use, from the environment (AwsSe
 and so is the guard (`palette.guard.aws`): per-caller rate limits in the shared rate-limit
 table and the operator's content filter, which refuses a definition breaking a rule.
 On AWS no `catch_up` is wired: listings follow the bus and are eventually consistent.
+POST /templates/enhance calls Bedrock (`bedrock_enhancer.BedrockEnhancer`) when
+PALETTE_ENHANCE_MODEL is set, and answers 502 otherwise.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
-from aws_lambda_powertools import Metrics
+from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -37,6 +40,7 @@ from palette.bus.sqs import stored_event_from_message
 from palette.guard.aws import AwsGuard
 from palette.projections.runner import ProjectionRunner
 from services.templates.api import create_router
+from services.templates.bedrock_enhancer import BedrockEnhancer
 from services.templates.handlers import TemplateHandlers
 from services.templates.projections import (
     TemplateCatalog,
@@ -45,6 +49,7 @@ from services.templates.projections import (
 )
 
 metrics = Metrics(namespace="Palette", service="templates")
+tracer = Tracer(service="templates")
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
@@ -59,11 +64,21 @@ def guard() -> AwsGuard:
 
 
 @functools.cache
+def enhancer() -> BedrockEnhancer | None:
+    """POST /templates/enhance's model: Bedrock Converse on PALETTE_ENHANCE_MODEL, priced by
+    the catalog (with PALETTE_PRICING_OVERRIDES); none (502) when it is not set."""
+    model = os.environ.get("PALETTE_ENHANCE_MODEL")
+    if not model:
+        return None
+    return BedrockEnhancer(model, adapters().pricing.knows)
+
+
+@functools.cache
 def api() -> ApiGatewayResolver:
     """The resolver serving the /templates routes (and /health, /swagger)."""
     kernel = adapters()
     usage = TemplateUsageView(kernel.document_reader(TemplateUsage()))
-    handlers = TemplateHandlers(kernel.events, usage, screen=guard().content_filter())
+    handlers = TemplateHandlers(kernel.events, usage, screen=guard().content_filter(), enhancer=enhancer())
     router = create_router(handlers, kernel.document_reader(TemplateCatalog()))
     return build_app(
         [router], ApiGatewayJwtClaims(), local=False, title="Palette templates", limiter=guard().limiter
@@ -79,6 +94,7 @@ def projection_runners() -> tuple[ProjectionRunner[Any], ...]:
 
 @metrics.log_metrics
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     response: dict[str, Any] = api().resolve(event, context)
     if _created_a_template(event, response):
@@ -98,6 +114,7 @@ def _project_record(record: SQSRecord) -> None:
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler
 def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued bus event to the projections; failed records are returned for
     redelivery (`batchItemFailures`)."""

@@ -18,6 +18,8 @@ through its Lambda entry points with the environment its stack gives it:
 - the generator's queue is drained into its SQS Lambda entry, which runs the job against the
   fake OpenAI-compatible server, writing parts to S3 and facts to DynamoDB, within the job's
   budget (the guard prices calls with billing's catalog);
+- the consumers with side effects (jobs react, billing ledger, seeds uploads, generator) run
+  behind powertools idempotency in the shared stack's idempotency table, as deployed;
 - the APIs are guarded as deployed: per-caller token buckets in the shared rate-limit table,
   and the operator's settings (limits, content rules) read from the shared stack's SSM
   parameter through powertools Parameters.
@@ -41,6 +43,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
 from scripts.provision_moto import Provisioned, provision
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -217,6 +220,8 @@ def palette_on_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsPalette]:
                     "PALETTE_RATELIMIT_TABLE", "PALETTE_GUARD_CONFIG_PARAMETER"):
             monkeypatch.setenv(key, environment[key])
         monkeypatch.setenv("PALETTE_EVENT_BUS", resources.exports["palette-dev-EventBusName"])
+        # as the consumer stacks set it: their side effects run once per event (palette.idempotency)
+        monkeypatch.setenv("PALETTE_IDEMPOTENCY_TABLE", resources.exports["palette-dev-IdempotencyTableName"])
         monkeypatch.setenv("PALETTE_GENERATOR_BATCH_SIZE", "10")
         monkeypatch.setenv("PALETTE_GENERATOR_CONCURRENCY", "4")
         monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Palette")
@@ -249,6 +254,14 @@ def test_a_job_runs_end_to_end_on_aws_mode(palette_on_moto: AwsPalette) -> None:
     with FakeOpenAIServer(latency_s=0.0) as model_server, pytest.MonkeyPatch.context() as env:
         env.setenv("OPENAI_BASE_URL", model_server.base_url)
         _run_flow(aws)
+
+    # every consumer with side effects went through the idempotency layer
+    dynamodb = boto3.client("dynamodb", endpoint_url=aws.endpoint)
+    table = aws.resources.exports["palette-dev-IdempotencyTableName"]
+    keys = [item["id"]["S"] for item in dynamodb.scan(TableName=table)["Items"]]
+    for function in ("services.jobs.lambda_handler._react_to_event", "services.billing.lambda_handler._charge_event",
+                     "services.seeds.lambda_handler._record_uploads", "services.generator.lambda_handler._run_requested"):
+        assert any(f".{function}#" in key for key in keys), (function, keys)
 
 
 def _template_and_seed(aws: AwsPalette) -> tuple[str, str]:
@@ -394,3 +407,86 @@ def test_the_apis_are_rate_limited_and_templates_screened_from_the_ssm_settings(
     assert int(bucket["expires_at"]["N"]) > time.time()
     ttl = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
     assert ttl["AttributeName"] == "expires_at"
+
+
+REDELIVERED = {
+    "version": "0", "id": "bus-1", "source": "palette.generator", "detail-type": "BatchGenerated",
+    "account": "123456789012", "time": "2026-11-26T12:00:00Z", "region": "us-east-1", "resources": [],
+    "detail": {"metadata": {"id": "evt-redelivered-1"}, "data": {}},
+}
+
+
+@pytest.mark.parametrize(("stack", "queue", "module", "entry", "inner", "process"), [
+    ("jobs", "LifecycleQueue", "services.jobs.lambda_handler", "react", "lifecycle", "_react_to_event"),
+    ("billing", "LedgerQueue", "services.billing.lambda_handler", "consume", "ledger", "_charge_event"),
+])
+def test_a_redelivered_record_is_processed_once(
+    palette_on_moto: AwsPalette, monkeypatch: pytest.MonkeyPatch,
+    stack: str, queue: str, module: str, entry: str, inner: str, process: str,
+) -> None:
+    """The same SQS body delivered twice (at-least-once delivery) reaches the consumer once;
+    a record whose processing failed leaves no idempotency record and is processed again."""
+    aws = palette_on_moto
+    handlers = importlib.import_module(module)
+    calls: list[str] = []
+    failing = {"evt-fails-once"}
+
+    def consumer(stored: dict[str, Any]) -> None:
+        event_id = stored["detail"]["metadata"]["id"]
+        calls.append(event_id)
+        if event_id in failing:
+            failing.discard(event_id)
+            raise RuntimeError("transient")
+
+    monkeypatch.setattr(handlers, inner, lambda: consumer)
+    monkeypatch.setattr(handlers, "stored_event_from_message", lambda body, blobs: body)
+    url = aws.resources.queue_url(stack, queue)
+    consume = getattr(handlers, entry)
+
+    def deliver(event_id: str) -> dict[str, Any]:
+        body = json.dumps({**REDELIVERED, "detail": {**REDELIVERED["detail"], "metadata": {"id": event_id}}})
+        aws.sqs.send_message(QueueUrl=url, MessageBody=body)
+        (message,) = aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1).get("Messages", [])
+        aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        record = {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
+                  "body": message["Body"], "attributes": {}, "messageAttributes": {},
+                  "md5OfBody": message["MD5OfBody"], "eventSource": "aws:sqs",
+                  "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}
+        try:
+            return consume({"Records": [record]}, LambdaContext()) or {}
+        except BatchProcessingError:  # the batch's only record failed: SQS redelivers it
+            return {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+
+    assert deliver("evt-redelivered-1") == {"batchItemFailures": []}
+    assert deliver("evt-redelivered-1") == {"batchItemFailures": []}
+    assert calls == ["evt-redelivered-1"]
+
+    assert len(deliver("evt-fails-once")["batchItemFailures"]) == 1
+    assert deliver("evt-fails-once") == {"batchItemFailures": []}
+    assert deliver("evt-fails-once") == {"batchItemFailures": []}
+    assert calls == ["evt-redelivered-1", "evt-fails-once", "evt-fails-once"]
+
+    dynamodb = boto3.client("dynamodb", endpoint_url=aws.endpoint)
+    table = aws.resources.exports["palette-dev-IdempotencyTableName"]
+    items = dynamodb.scan(TableName=table)["Items"]
+    assert {i["status"]["S"] for i in items} == {"COMPLETED"}
+    assert all(int(i["expiration"]["N"]) > time.time() for i in items)
+    assert len(items) == 2
+
+
+def test_without_the_table_a_redelivered_record_is_processed_again(
+    palette_on_moto: AwsPalette, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The layer is optional: unset, every delivery reaches the consumer (appends stay
+    idempotent through event ids and expected versions)."""
+    monkeypatch.delenv("PALETTE_IDEMPOTENCY_TABLE")
+    handlers = importlib.import_module("services.jobs.lambda_handler")
+    calls: list[str] = []
+    monkeypatch.setattr(handlers, "lifecycle", lambda: lambda stored: calls.append(stored["detail"]["metadata"]["id"]))
+    monkeypatch.setattr(handlers, "stored_event_from_message", lambda body, blobs: body)
+    record = {"messageId": "m-1", "receiptHandle": "r", "body": json.dumps(REDELIVERED), "attributes": {},
+              "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+              "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}
+    for _ in range(2):
+        handlers.react({"Records": [record]}, LambdaContext())
+    assert calls == ["evt-redelivered-1", "evt-redelivered-1"]

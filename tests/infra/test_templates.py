@@ -345,6 +345,12 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
         if writes and statement["Sid"] == "RateLimitBuckets":
             assert statement["Resource"] == {"Fn::ImportValue": {"Fn::Sub": "palette-${Env}-RateLimitTableArn"}}
             continue
+        if writes and statement["Sid"] == "IdempotencyRecords":
+            assert statement["Resource"] == {"Fn::ImportValue": {"Fn::Sub": "palette-${Env}-IdempotencyTableArn"}}
+            assert statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == [
+                {"Fn::Sub": f"palette-${{Env}}-{service}*"}
+            ]
+            continue
         if writes and statement["Sid"] not in ("AppendToOwnStreams", "OwnTrackingRecords"):
             assert statement["Sid"] == "OwnProjectionTables", statement
             (arn,) = listed(statement["Resource"])
@@ -428,3 +434,56 @@ def test_each_api_is_throttled_and_guarded_per_caller(service: str) -> None:
             e["Type"] == "HttpApi" for e in function["Properties"].get("Events", {}).values()
         )
         assert ({"Ref": "ApiGuardAccess"} in function["Properties"]["Policies"]) == api, name
+
+
+XRAY_POLICY = "arn:${AWS::Partition}:iam::aws:policy/AWSXRayDaemonWriteAccess"
+IDEMPOTENT_CONSUMERS = {
+    "jobs": "services.jobs.lambda_handler.react",
+    "billing": "services.billing.lambda_handler.consume",
+    "seeds": "services.seeds.lambda_handler.on_object_created",
+    "generator": "services.generator.lambda_handler.handler",
+}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_every_function_is_traced_and_may_write_to_x_ray(name: str) -> None:
+    template = load(name)
+    for logical_id, function in resources(template, "AWS::Serverless::Function").items():
+        props = function["Properties"]
+        tracing = props.get("Tracing", template.get("Globals", {}).get("Function", {}).get("Tracing"))
+        assert tracing == "Active", logical_id
+        assert {"Fn::Sub": XRAY_POLICY} in props["Policies"], logical_id
+
+
+def test_idempotency_table_is_keyed_as_powertools_expects() -> None:
+    shared = load("shared")
+    table = shared["Resources"]["IdempotencyTable"]["Properties"]
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    exported = {o["Export"]["Name"]["Fn::Sub"] for o in shared["Outputs"].values() if "Export" in o}
+    assert {"palette-${Env}-IdempotencyTableName", "palette-${Env}-IdempotencyTableArn"} <= exported
+
+
+@pytest.mark.parametrize("service", sorted(IDEMPOTENT_CONSUMERS))
+def test_consumers_with_side_effects_get_the_idempotency_table(service: str) -> None:
+    functions = resources(load(service), "AWS::Serverless::Function")
+    (consumer,) = [f["Properties"] for f in functions.values()
+                   if f["Properties"]["Handler"] == IDEMPOTENT_CONSUMERS[service]]
+    assert {"Ref": "IdempotencyAccess"} in consumer["Policies"]
+    assert consumer["Environment"]["Variables"]["PALETTE_IDEMPOTENCY_TABLE"] == {
+        "Fn::ImportValue": {"Fn::Sub": "palette-${Env}-IdempotencyTableName"}
+    }
+    assert consumer["FunctionName"]["Fn::Sub"].startswith(f"palette-${{Env}}-{service}")
+
+
+def test_prompt_enhancement_calls_bedrock_only_when_a_model_is_configured() -> None:
+    template = load("templates")
+    assert template["Conditions"]["CanEnhance"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "EnhanceModel"}, ""]}]}
+    access = template["Resources"]["EnhanceAccess"]
+    assert access["Condition"] == "CanEnhance"
+    (statement,) = access["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "bedrock:InvokeModel"
+    api = template["Resources"]["ApiFunction"]["Properties"]
+    assert api["Handler"] == "services.templates.lambda_handler.handler"
+    assert api["Environment"]["Variables"]["PALETTE_ENHANCE_MODEL"] == {"Ref": "EnhanceModel"}
+    assert {"Fn::If": ["CanEnhance", {"Ref": "EnhanceAccess"}, {"Ref": "AWS::NoValue"}]} in api["Policies"]

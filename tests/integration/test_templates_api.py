@@ -189,7 +189,8 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
 
 def _forget_containers() -> None:
     """A cold start: the next invocation builds its adapters from the environment again."""
-    for cached in (lambda_handler.adapters, lambda_handler.api, lambda_handler.projection_runners):
+    for cached in (lambda_handler.adapters, lambda_handler.api, lambda_handler.projection_runners,
+                   lambda_handler.enhancer):
         cached.cache_clear()
 
 

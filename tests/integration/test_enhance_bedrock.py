@@ -1,0 +1,130 @@
+"""POST /templates/enhance on AWS: the templates Lambda's own Bedrock Converse adapter
+(`services.templates.bedrock_enhancer`), driven through botocore's Stubber, under moto."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from contracts.catalog import CATALOG
+from contracts.events.templates import PromptEnhanced
+from services.templates import lambda_handler
+from services.templates.bedrock_enhancer import BedrockEnhancer
+from services.templates.enhancement import (
+    MAX_ENHANCEMENT_TOKENS,
+    EnhancementUnavailable,
+    enhancement_request,
+)
+from tests.integration.test_templates_api import Facade, aws_facade
+
+MODEL = "bedrock/amazon.nova-micro-v1:0"
+ORIGINAL = "Ask a question about {{ topic }}."
+BETTER = "Write one precise question about {{ topic }}; answer with the question only."
+
+
+def converse_reply(text: str, input_tokens: int = 40, output_tokens: int = 12) -> dict[str, Any]:
+    return {
+        "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+        "stopReason": "end_turn",
+        "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens},
+        "metrics": {"latencyMs": 5},
+    }
+
+
+def expected(prompt: str, model_id: str = "amazon.nova-micro-v1:0") -> dict[str, Any]:
+    return {
+        "modelId": model_id,
+        "messages": [{"role": "user", "content": [{"text": prompt}]}],
+        "inferenceConfig": {"maxTokens": MAX_ENHANCEMENT_TOKENS, "temperature": 0.3},
+    }
+
+
+@pytest.fixture
+def bedrock() -> Iterator[tuple[Any, Stubber]]:
+    client = boto3.client("bedrock-runtime", region_name="us-east-1")
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
+
+
+def test_a_converse_answer_becomes_the_enhancement_result(bedrock: tuple[Any, Stubber]) -> None:
+    client, stubber = bedrock
+    stubber.add_response("converse", converse_reply(BETTER), expected("the request"))
+    result = BedrockEnhancer(MODEL, priced, client)("the request", MODEL)
+    assert (result.text, result.model, result.input_tokens, result.output_tokens) == (BETTER, MODEL, 40, 12)
+
+
+def test_the_default_local_model_is_served_by_the_configured_bedrock_model(bedrock: tuple[Any, Stubber]) -> None:
+    client, stubber = bedrock
+    stubber.add_response("converse", converse_reply(BETTER), expected("req"))
+    assert BedrockEnhancer(MODEL, priced, client)("req", "local/gemma-3-270m").model == MODEL
+
+
+@pytest.mark.parametrize("requested", ["openai/gpt-4o-mini", "local/other", "bedrock/"])
+def test_other_providers_are_not_served(requested: str, bedrock: tuple[Any, Stubber]) -> None:
+    client, _ = bedrock
+    with pytest.raises(EnhancementUnavailable):
+        BedrockEnhancer(MODEL, priced, client)("req", requested)
+
+
+def test_an_unpriced_model_is_not_called(bedrock: tuple[Any, Stubber]) -> None:
+    client, _ = bedrock
+    with pytest.raises(EnhancementUnavailable, match="no price"):
+        BedrockEnhancer(MODEL, lambda model: False, client)("req", MODEL)
+
+
+def test_a_bedrock_error_is_unavailable(bedrock: tuple[Any, Stubber]) -> None:
+    client, stubber = bedrock
+    stubber.add_client_error("converse", service_error_code="ThrottlingException", http_status_code=429)
+    with pytest.raises(EnhancementUnavailable, match="ThrottlingException"):
+        BedrockEnhancer(MODEL, priced, client)("req", MODEL)
+
+
+def test_the_configured_model_must_be_bedrock() -> None:
+    with pytest.raises(ValueError):
+        BedrockEnhancer("openai/gpt-4o-mini", priced)
+
+
+def priced(model: str) -> bool:
+    """The shipped catalog's `knows`."""
+    from contracts.pricing import DEFAULT_CATALOG
+
+    return DEFAULT_CATALOG.knows(model)
+
+
+@pytest.fixture
+def aws_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
+    yield from aws_facade(monkeypatch)
+
+
+def test_without_a_model_the_lambda_answers_502(aws_api: Facade, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PALETTE_ENHANCE_MODEL", raising=False)
+    assert lambda_handler.enhancer() is None
+    reply = aws_api.call("POST", "/templates/enhance", "alice", {"prompt": ORIGINAL, "model": MODEL})
+    assert reply.status == 502, reply.body
+
+
+def test_the_lambda_enhances_through_bedrock_and_records_the_call(
+    aws_api: Facade, monkeypatch: pytest.MonkeyPatch, bedrock: tuple[Any, Stubber]
+) -> None:
+    client, stubber = bedrock
+    monkeypatch.setenv("PALETTE_ENHANCE_MODEL", MODEL)
+    lambda_handler.enhancer.cache_clear()
+    lambda_handler.api.cache_clear()
+    configured = lambda_handler.enhancer()
+    assert isinstance(configured, BedrockEnhancer) and configured.model == MODEL
+    configured._client = client  # the stubbed bedrock-runtime client
+    stubber.add_response("converse", converse_reply(BETTER), expected(enhancement_request(ORIGINAL)))
+
+    reply = aws_api.call("POST", "/templates/enhance", "alice", {"prompt": ORIGINAL, "model": MODEL})
+    assert reply.status == 200, reply.body
+    assert reply.body["prompt"] == BETTER and reply.body["warning"] is None
+
+    (stored,) = [e for e in aws_api.events.read_all(0, 1000) if e.detail_type == "PromptEnhanced"]
+    event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+    assert isinstance(event, PromptEnhanced)
+    assert (event.owner, event.model, event.input_tokens, event.output_tokens) == ("alice", MODEL, 40, 12)
