@@ -8,9 +8,11 @@ that escapes a route is logged and answered as a 500 INTERNAL_ERROR without inte
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from aws_lambda_powertools.event_handler import Response, content_types
+from pydantic import BaseModel
 
 
 class ApiError(Exception):
@@ -79,3 +81,29 @@ def error_response(
         body=error_body(code, message, details, request_id),
         headers=headers or {},
     )
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorReply(BaseModel):
+    """The error shape, as a model for the OpenAPI document."""
+
+    status: str = "error"
+    error: ErrorDetail
+    meta: dict[str, str]
+
+
+def openapi_responses(success: int, descriptions: Mapping[int, str], *errors: int) -> dict[int, Any]:
+    """A route's OpenAPI responses: success, then 400, 401 and `errors` in the error shape,
+    each described by `descriptions` (the route's service says what its codes mean)."""
+    responses: dict[int, Any] = {success: {"description": "success"}}
+    for status in (400, 401, *errors):
+        responses[status] = {
+            "description": descriptions[status],
+            "content": {"application/json": {"model": ErrorReply}},
+        }
+    return responses

@@ -30,7 +30,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, S
 
 from contracts.events.jobs import OutputFormat
 from palette.api.app import caller, logger
-from palette.api.errors import Conflict, NotFound, ValidationFailed
+from palette.api.errors import Conflict, NotFound, ValidationFailed, openapi_responses
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
 from palette.projections.documents import DocumentReader, InvalidPageToken
 from services.jobs.domain import (
@@ -123,19 +123,6 @@ class JobRequest(BaseModel):
     )
 
 
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any]
-
-
-class ErrorReply(BaseModel):
-    """The facade's error shape (palette.api.errors), for the OpenAPI document."""
-
-    status: str = "error"
-    error: ErrorDetail
-    meta: dict[str, str]
-
 
 _ERRORS = {
     400: "VALIDATION_ERROR: a field out of bounds, named in details.errors",
@@ -146,13 +133,7 @@ _ERRORS = {
 
 
 def _responses(success: int, *errors: int) -> dict[int, Any]:
-    responses: dict[int, Any] = {success: {"description": "success"}}
-    for status in (400, 401, *errors):
-        responses[status] = {
-            "description": _ERRORS[status],
-            "content": {"application/json": {"model": ErrorReply}},
-        }
-    return responses
+    return openapi_responses(success, _ERRORS, *errors)
 
 
 class JobInputBody(BaseModel):

@@ -31,6 +31,7 @@ from palette.api.errors import (
     NotFound,
     PayloadTooLarge,
     ValidationFailed,
+    openapi_responses,
 )
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
 from palette.projections.documents import DocumentReader, InvalidPageToken
@@ -61,19 +62,6 @@ MAX_PAGE_SIZE = 100
 # -- the API's contract ----------------------------------------------------------------
 
 
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any]
-
-
-class ErrorReply(BaseModel):
-    """The facade's error shape (palette.api.errors), for the OpenAPI document."""
-
-    status: str = "error"
-    error: ErrorDetail
-    meta: dict[str, str]
-
 
 class ContentBlockedError(ApiError):
     """The definition breaks an operator content rule; details name the step and rule."""
@@ -101,14 +89,7 @@ _ERRORS = {
 
 
 def _responses(success: int, *errors: int) -> dict[int, Any]:
-    """OpenAPI responses: the route's own model on success, the error shape otherwise."""
-    responses: dict[int, Any] = {success: {"description": "success"}}
-    for status in (400, 401, *errors):
-        responses[status] = {
-            "description": _ERRORS[status],
-            "content": {"application/json": {"model": ErrorReply}},
-        }
-    return responses
+    return openapi_responses(success, _ERRORS, *errors)
 
 
 class TemplateDefinition(BaseModel):
