@@ -17,6 +17,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m contracts.schemagen --check
+	$(VENV)/bin/cfn-lint infra/*.yaml
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
