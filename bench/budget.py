@@ -18,14 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import random
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -33,14 +29,7 @@ from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
 from contracts.events.billing import CostRecorded
 from contracts.events.generator import BatchGenerated, DatasetExported
-from contracts.events.jobs import JobRequested, OutputFormat
-from contracts.events.seeds import (
-    SeedDataUploaded,
-    SeedDataValidated,
-    SeedFormat,
-    SeedUploadRequested,
-)
-from contracts.events.templates import TemplateCreated, TemplateStep
+from contracts.events.templates import TemplateStep
 from contracts.pricing import DEFAULT_CATALOG, with_overrides
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
@@ -49,6 +38,7 @@ from services.billing.handlers import LedgerHandlers
 from services.generator.budget import JobBudgets
 from services.generator.models.openai import OpenAICompatibleGateway
 from services.generator.worker import GenerationWorker, RunOutcome, WorkerOptions
+from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
 
 OWNER = "bench"
@@ -67,39 +57,11 @@ def _append(adapters: Adapters, stream_id: str, *events: DomainEvent) -> None:
 
 def request_job(adapters: Adapters, budget: Decimal, num_records: int, max_tokens: int) -> str:
     """A template, a validated seed and a JobRequested, as those services record them."""
-    template_id, seed_id = (uuid.uuid4().hex[:12] for _ in range(2))
-    job_id = f"job_{uuid.uuid4().hex}"
     step = TemplateStep(
         id="question", model=MODEL, prompt="Ask a question about {{ topic }} at level {{ level }}.",
         parameters={"max_tokens": max_tokens},
     )
-    _append(adapters, f"template-{template_id}", TemplateCreated(
-        template_id=template_id, owner=OWNER, name="bench", steps=[step], required_fields=["level", "topic"],
-    ))
-    content = b"".join(json.dumps(row).encode() + b"\n" for row in TOPICS)
-    blob_key = f"seed-data/{OWNER}/{seed_id}/topics.jsonl"
-    adapters.blobs.put_bytes(blob_key, content)
-    sha = hashlib.sha256(content).hexdigest()
-    _append(
-        adapters, f"seed-{seed_id}",
-        SeedUploadRequested(
-            seed_id=seed_id, owner=OWNER, filename="topics.jsonl", format=SeedFormat.JSONL,
-            blob_key=blob_key, max_bytes=1 << 20, expires_at=datetime.now(UTC) + timedelta(minutes=15),
-        ),
-        SeedDataUploaded(
-            seed_id=seed_id, owner=OWNER, blob_key=blob_key, filename="topics.jsonl",
-            format=SeedFormat.JSONL, size_bytes=len(content), sha256=sha, record_count=len(TOPICS),
-        ),
-        SeedDataValidated(
-            seed_id=seed_id, template_id=template_id, template_version=1, valid=True,
-            record_count=len(TOPICS), invalid_records=0, sha256=sha,
-        ),
-    )
-    _append(adapters, f"job-{job_id}", JobRequested(
-        job_id=job_id, owner=OWNER, template_id=template_id, template_version=1, seed_id=seed_id,
-        num_records=num_records, budget_limit=budget, output_formats=[OutputFormat.JSONL],
-    ))
-    return job_id
+    return scenario.request_job(adapters, num_records, [step], owner=OWNER, seed_rows=TOPICS, budget=budget)
 
 
 def _decoded(adapters: Adapters, stream_id: str) -> list[DomainEvent]:

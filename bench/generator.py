@@ -16,24 +16,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
-import json
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
 from contracts.events.base import DomainEvent
-from contracts.events.jobs import JobRequested, OutputFormat
-from contracts.events.seeds import SeedDataUploaded, SeedDataValidated, SeedFormat, SeedUploadRequested
-from contracts.events.templates import TemplateCreated, TemplateStep
+from contracts.events.jobs import OutputFormat
+from contracts.events.templates import TemplateStep
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
 from services.generator.models.openai import OpenAICompatibleGateway
 from services.generator.worker import GenerationWorker, RunOutcome, WorkerOptions
+from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
 
 OWNER = "bench"
@@ -45,41 +42,16 @@ def _append(adapters: Adapters, stream_id: str, events: Sequence[DomainEvent]) -
 
 def request_job(adapters: Adapters, records: int, formats: list[OutputFormat]) -> str:
     """A one-step template, a 1,000-row seed and a JobRequested, appended as their services would."""
-    template_id, seed_id, job_id = (uuid.uuid4().hex[:12] for _ in range(3))
     step = TemplateStep(
         id="text", model="openai/fake-model",
         prompt="Write one sentence about {{ topic }} for a reader aged {{ age }}.",
         parameters={"max_tokens": 64},
     )
-    _append(adapters, f"template-{template_id}", [TemplateCreated(
-        template_id=template_id, owner=OWNER, name="bench", steps=[step], required_fields=["age", "topic"],
-    )])
-    content = b"".join(
-        json.dumps({"topic": f"topic number {i}", "age": 8 + i % 60, "notes": "x" * 40}).encode() + b"\n"
-        for i in range(1000)
+    rows = [{"topic": f"topic number {i}", "age": 8 + i % 60, "notes": "x" * 40} for i in range(1000)]
+    return scenario.request_job(
+        adapters, records, [step], owner=OWNER, seed_rows=rows, required_fields=("age", "topic"),
+        budget=Decimal("100"), formats=formats,
     )
-    blob_key = f"seed-data/{OWNER}/{seed_id}/seed.jsonl"
-    adapters.blobs.put_bytes(blob_key, content)
-    sha = hashlib.sha256(content).hexdigest()
-    _append(adapters, f"seed-{seed_id}", [
-        SeedUploadRequested(
-            seed_id=seed_id, owner=OWNER, filename="seed.jsonl", format=SeedFormat.JSONL, blob_key=blob_key,
-            max_bytes=len(content), expires_at=datetime.now(UTC) + timedelta(minutes=15),
-        ),
-        SeedDataUploaded(
-            seed_id=seed_id, owner=OWNER, blob_key=blob_key, filename="seed.jsonl", format=SeedFormat.JSONL,
-            size_bytes=len(content), sha256=sha, record_count=1000,
-        ),
-        SeedDataValidated(
-            seed_id=seed_id, template_id=template_id, template_version=1, valid=True, record_count=1000,
-            invalid_records=0, sha256=sha,
-        ),
-    ])
-    _append(adapters, f"job-{job_id}", [JobRequested(
-        job_id=job_id, owner=OWNER, template_id=template_id, template_version=1, seed_id=seed_id,
-        num_records=records, budget_limit=Decimal("100"), output_formats=formats,
-    )])
-    return job_id
 
 
 def _times(adapters: Adapters, job_id: str) -> dict[str, list[datetime]]:

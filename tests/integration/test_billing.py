@@ -8,7 +8,6 @@ billing and the generator learn everything from the log.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import random
@@ -21,7 +20,6 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -41,13 +39,7 @@ from contracts.events.generator import (
     TokenUsage,
 )
 from contracts.events.jobs import JobBudgetExceeded, JobRequested, OutputFormat
-from contracts.events.seeds import (
-    SeedDataUploaded,
-    SeedDataValidated,
-    SeedFormat,
-    SeedUploadRequested,
-)
-from contracts.events.templates import TemplateCreated, TemplateStep
+from contracts.events.templates import TemplateStep
 from contracts.pricing import (
     DEFAULT_CATALOG,
     price_batch,
@@ -79,6 +71,7 @@ from services.generator.worker import (
 )
 from services.jobs.consumers import subscriptions as job_subscriptions
 from services.jobs.handlers import JobHandlers
+from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -403,35 +396,10 @@ def test_the_guard_reserves_compute_and_storage_when_the_runtime_charges_them() 
 
 def request_job(adapters: Adapters, num_records: int, budget: Decimal, steps: list[TemplateStep]) -> str:
     """A template, a validated seed and a JobRequested, as those services record them."""
-    template_id, seed_id = (uuid.uuid4().hex[:12] for _ in range(2))
-    job_id = f"job_{uuid.uuid4().hex}"
-    append(adapters, f"template-{template_id}", TemplateCreated(
-        template_id=template_id, owner=OWNER, name="Q&A", steps=steps, required_fields=["level", "topic"],
-    ))
-    content = b"".join(json.dumps(row).encode() + b"\n" for row in TOPICS)
-    blob_key = f"seed-data/{OWNER}/{seed_id}/topics.jsonl"
-    adapters.blobs.put_bytes(blob_key, content)
-    sha = hashlib.sha256(content).hexdigest()
-    append(
-        adapters, f"seed-{seed_id}",
-        SeedUploadRequested(
-            seed_id=seed_id, owner=OWNER, filename="topics.jsonl", format=SeedFormat.JSONL,
-            blob_key=blob_key, max_bytes=1 << 20, expires_at=datetime.now(UTC) + timedelta(minutes=15),
-        ),
-        SeedDataUploaded(
-            seed_id=seed_id, owner=OWNER, blob_key=blob_key, filename="topics.jsonl",
-            format=SeedFormat.JSONL, size_bytes=len(content), sha256=sha, record_count=len(TOPICS),
-        ),
-        SeedDataValidated(
-            seed_id=seed_id, template_id=template_id, template_version=1, valid=True,
-            record_count=len(TOPICS), invalid_records=0, sha256=sha,
-        ),
+    return scenario.request_job(
+        adapters, num_records, steps, owner=OWNER, budget=budget,
+        formats=(OutputFormat.JSONL, OutputFormat.PARQUET),
     )
-    append(adapters, f"job-{job_id}", JobRequested(
-        job_id=job_id, owner=OWNER, template_id=template_id, template_version=1, seed_id=seed_id,
-        num_records=num_records, budget_limit=budget, output_formats=[OutputFormat.JSONL, OutputFormat.PARQUET],
-    ))
-    return job_id
 
 
 def steps_for(rng: random.Random) -> list[TemplateStep]:

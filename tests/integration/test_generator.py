@@ -17,10 +17,8 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +36,13 @@ from contracts.events.generator import (
     GenerationReleased,
     GenerationStopped,
 )
-from contracts.events.jobs import JobCancelRequested, JobRequested, OutputFormat
-from contracts.events.seeds import SeedDataUploaded, SeedDataValidated, SeedFormat, SeedUploadRequested
-from contracts.events.templates import TemplateCreated, TemplateStep
+from contracts.events.jobs import JobCancelRequested, OutputFormat
+from contracts.events.templates import TemplateStep
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
 from services.generator.models.openai import OpenAICompatibleGateway
 from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
+from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,36 +86,10 @@ def request_job(
 ) -> str:
     """A template, an uploaded and validated seed, and a JobRequested (with `job_fields`
     added); the job id."""
-    template_id, seed_id, job_id = (uuid.uuid4().hex[:12] for _ in range(3))
-    append(adapters, f"template-{template_id}", TemplateCreated(
-        template_id=template_id, owner=OWNER, name="Q&A", steps=list(steps),
-        required_fields=["level", "topic"],
-    ))
-    content = b"".join(json.dumps(row).encode() + b"\n" for row in TOPICS)
-    blob_key = f"seed-data/{OWNER}/{seed_id}/topics.jsonl"
-    adapters.blobs.put_bytes(blob_key, content)
-    sha = hashlib.sha256(content).hexdigest()
-    append(
-        adapters, f"seed-{seed_id}",
-        SeedUploadRequested(
-            seed_id=seed_id, owner=OWNER, filename="topics.jsonl", format=SeedFormat.JSONL,
-            blob_key=blob_key, max_bytes=1 << 20, expires_at=datetime.now(UTC) + timedelta(minutes=15),
-        ),
-        SeedDataUploaded(
-            seed_id=seed_id, owner=OWNER, blob_key=blob_key, filename="topics.jsonl",
-            format=SeedFormat.JSONL, size_bytes=len(content), sha256=sha, record_count=len(TOPICS),
-        ),
-        SeedDataValidated(
-            seed_id=seed_id, template_id=template_id, template_version=1, valid=True,
-            record_count=len(TOPICS), invalid_records=0, sha256=sha,
-        ),
-    )
-    append(adapters, f"job-{job_id}", JobRequested(
-        job_id=job_id, owner=owner, template_id=template_id, template_version=1, seed_id=seed_id,
-        num_records=num_records, budget_limit=Decimal("10"), output_formats=list(formats),
+    return scenario.request_job(
+        adapters, num_records, steps, owner=owner, formats=formats,
         partition_strategy=partition_strategy, **job_fields,
-    ))
-    return job_id
+    )
 
 
 def generation_events(adapters: Adapters, job_id: str) -> list[DomainEvent]:
