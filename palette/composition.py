@@ -176,13 +176,18 @@ class LocalPalette:
             budget=JobBudgets(kernel.events, pricing, kernel.runtime),
             content_filter=self.content_filter,
         )
+        catalog_run, usage_run, job_list_run, dashboard_run, costs_run = self.runners
+        self._dashboard_caught_up = self._catch_up_of(dashboard_run)
         routers = [
-            templates_router(self.templates, kernel.document_reader(catalog), catch_up=self.catch_up),
+            templates_router(
+                self.templates, kernel.document_reader(catalog), catch_up=self._catch_up_of(catalog_run, usage_run)
+            ),
             seeds_router(self.seeds),
             jobs_router(
-                self.jobs, kernel.document_reader(job_list), self.job_dashboard, catch_up=self.catch_up
+                self.jobs, kernel.document_reader(job_list), self.job_dashboard,
+                catch_up=self._catch_up_of(job_list_run, dashboard_run),
             ),
-            billing_router(CostsView(kernel.document_reader(costs)), catch_up=self.catch_up),
+            billing_router(CostsView(kernel.document_reader(costs)), catch_up=self._catch_up_of(costs_run)),
         ]
         for name, pattern, handler in [*jobs_subscriptions(self.jobs), *billing_subscriptions(self.ledger)]:
             self.bus.subscribe(name, pattern, handler)
@@ -193,14 +198,22 @@ class LocalPalette:
         )
 
     def catch_up(self) -> None:
-        """Apply every committed event to every projection (read-your-writes for queries)."""
-        with self._catch_up_lock:
-            for runner in self.runners:
-                runner.run_once()
+        """Apply every committed event to every projection (the background thread's work)."""
+        self._catch_up_of(*self.runners)()
+
+    def _catch_up_of(self, *runners: ProjectionRunner[Any]) -> Callable[[], None]:
+        """Read-your-writes for a route: only the projections it reads are brought up to date."""
+
+        def catch_up() -> None:
+            with self._catch_up_lock:
+                for runner in runners:
+                    runner.run_once()
+
+        return catch_up
 
     def dashboard(self, job_id: str) -> dict[str, Any] | None:
         """The job's dashboard document, caught up with the log; None for an unknown job."""
-        self.catch_up()
+        self._dashboard_caught_up()
         document = self.job_dashboard.get(JOB_DASHBOARDS, job_id)
         return None if document is None or document.get("deleted") else document
 

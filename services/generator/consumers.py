@@ -64,17 +64,27 @@ def requested_job_ids(events: EventStore) -> Iterator[str]:
         yield event.job_id
 
 
-def claimable_job_ids(worker: GenerationWorker, now: datetime | None = None) -> list[str]:
+def claimable_job_ids(
+    worker: GenerationWorker, now: datetime | None = None, settled: set[str] | None = None
+) -> list[str]:
     """Jobs a worker could claim now: requested, not ended, not closed before they started,
-    and not held by a live lease."""
+    and not held by a live lease. Jobs found settled for good (generation ended, or closed
+    before any claim) are added to `settled`, and skipped without reading on later scans."""
     now = now or datetime.now(UTC)
+    settled = set() if settled is None else settled
     found = []
     for job_id in requested_job_ids(worker.events):
+        if job_id in settled:
+            continue
         state = worker.read_generation(job_id)
+        if state.finished:
+            settled.add(job_id)
+            continue
         if not can_claim(state, now):
             continue
         job, _ = worker.read_job(job_id)
         if job is None or (job.closed and state.claim is None):
+            settled.add(job_id)
             continue
         found.append(job_id)
     return found
@@ -294,9 +304,10 @@ class WorkerPool:
     async def _scan_forever(self) -> None:
         worker = self.worker
         assert worker is not None and self._queue is not None
+        settled: set[str] = set()
         while not self._stop.is_set():
             try:
-                for job_id in await asyncio.to_thread(claimable_job_ids, worker):
+                for job_id in await asyncio.to_thread(claimable_job_ids, worker, None, settled):
                     self._queue.put_nowait((job_id, None))
             except Exception:
                 log.exception("scan for resumable jobs failed; trying again later")

@@ -361,13 +361,12 @@ def create_router(
     )
     def delete_job(job_id: Annotated[str, PathParam(max_length=128)]) -> Response[Any]:
         with _api_errors():
-            before = handlers.job(caller(router), job_id)
             after = handlers.delete(caller(router), job_id, correlation_id())
         state = after.state
         logger.info("job deleted" if state.deleted else "job cancel", extra={
             "job_id": job_id, "status": state.status.value if state.status else None,
         })
-        if before.state.finished:
+        if state.deleted:  # it was finished: its data is gone
             return Response(status_code=204)
         reply = CancelReply(job_id=job_id, status=state.status or JobStatus.QUEUED, cancel_requested=state.cancel_requested)
         return Response(
