@@ -884,12 +884,10 @@ class _JobRun:
         budget = self.worker.budget
         limiter = lane.limiter
         attempts = self.options.max_call_attempts
+        input_tokens = gateway.count_input_tokens(request.model, request.prompt)
         for attempt in range(1, attempts + 1):
             permit: Permit = await limiter.acquire()
-            reservation = budget.reserve(
-                self.job_id, request.model, gateway.count_input_tokens(request.model, request.prompt),
-                request.max_tokens,
-            )
+            reservation = budget.reserve(self.job_id, request.model, input_tokens, request.max_tokens)
             if reservation is None:
                 limiter.release(permit, succeeded=False)
                 raise _BudgetRefused()
