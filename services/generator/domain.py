@@ -110,8 +110,6 @@ class GenerationState:
     next_record: int = 0
     failures: int = 0
     outcome: Outcome | None = None
-    stop_reason: str | None = None
-    failure_code: str | None = None
     lanes: Mapping[str, int] = field(default_factory=dict)
     failed_models: Mapping[str, str] = field(default_factory=dict)
 
@@ -119,10 +117,6 @@ class GenerationState:
     def finished(self) -> bool:
         """Nothing more will be generated or exported for this job."""
         return self.outcome is not None
-
-    @property
-    def next_batch_number(self) -> int:
-        return len(self.batches)
 
     @property
     def part_keys(self) -> list[str]:
@@ -180,9 +174,9 @@ def evolve(state: GenerationState, event: DomainEvent, recorded_at: datetime) ->
     if isinstance(event, GenerationModelFailed):
         return replace(state, failed_models={**state.failed_models, event.model: event.code})
     if isinstance(event, GenerationStopped):
-        return replace(state, outcome="stopped", stop_reason=event.reason)
+        return replace(state, outcome="stopped")
     if isinstance(event, GenerationFailed):
-        return replace(state, outcome="failed", failure_code=event.code)
+        return replace(state, outcome="failed")
     if isinstance(event, DatasetExported):
         return replace(state, outcome=state.outcome or "exported")
     return state

@@ -56,11 +56,6 @@ def options_from_env() -> WorkerOptions:
     )
 
 
-def job_id_of(body: str) -> str:
-    """The job id of an SQS body holding an EventBridge JobRequested event."""
-    return job_id_of_event(json.loads(body))
-
-
 def job_id_of_event(event: dict[str, Any]) -> str:
     """The job id of an EventBridge JobRequested event."""
     detail = event.get("detail", {})
