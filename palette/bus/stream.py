@@ -10,7 +10,6 @@ REMOVE records (TTL, repairs) are not republished.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import fields
 from typing import Any
 
 from contracts.envelope import StoredEvent
@@ -41,8 +40,7 @@ def stored_events_from_stream(records: Iterable[Mapping[str, Any]]) -> list[Stor
 def stored_event_from_image(image: Mapping[str, Mapping[str, Any]]) -> StoredEvent:
     """One event table item in DynamoDB's typed JSON, as a StoredEvent."""
     values: dict[str, Any] = {}
-    for spec in fields(StoredEvent):
-        name = spec.name
+    for name in StoredEvent._fields:
         attribute = image.get(name)
         if attribute is None:
             if name in _OPTIONAL_FIELDS:

@@ -44,7 +44,6 @@ events per append, and 4 MB in all; an item stops at 400 KB.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -167,7 +166,7 @@ class DynamoDBEventStore(EventStore):
         for attempt in range(MAX_APPEND_ATTEMPTS):
             last = self._last_position()
             positioned = [
-                dataclasses.replace(event, position=(last or 0) + offset)
+                event._replace(position=(last or 0) + offset)
                 for offset, event in enumerate(stored, start=1)
             ]
             try:
@@ -205,7 +204,7 @@ class DynamoDBEventStore(EventStore):
         chunk: list[StoredEvent] = []
         size = 0
         for event in verified_chain(events):
-            item_bytes = _item_size(_event_item(dataclasses.replace(event, position=0), 1))
+            item_bytes = _item_size(_event_item(event._replace(position=0), 1))
             if chunk and (len(chunk) == MAX_EVENTS_PER_APPEND or size + item_bytes > MAX_TRANSACT_BYTES // 2):
                 last = self._import_chunk(chunk, last)
                 chunk, size = [], 0
@@ -217,7 +216,7 @@ class DynamoDBEventStore(EventStore):
 
     def _import_chunk(self, chunk: list[StoredEvent], last: int | None) -> int:
         positioned = [
-            dataclasses.replace(event, position=(last or 0) + offset)
+            event._replace(position=(last or 0) + offset)
             for offset, event in enumerate(chunk, start=1)
         ]
         _check_sizes(positioned)
@@ -440,7 +439,7 @@ def _check_keys(stream_id: str, expected_version: int, events: Sequence[NewEvent
 def _check_sizes(stored: list[StoredEvent]) -> None:
     total = 0
     for event in stored:
-        size = _item_size(_event_item(dataclasses.replace(event, position=0), 1))
+        size = _item_size(_event_item(event._replace(position=0), 1))
         if size > MAX_ITEM_BYTES:
             raise EventTooLarge(
                 f"{event.detail_type} {event.id} makes a {size}-byte item, over DynamoDB's "

@@ -92,8 +92,13 @@ class DocumentWriter(ABC):
     Reads see the batch's own earlier writes, and otherwise the committed read model as of
     the batch's checkpoint; nothing is visible to readers before the commit, which writes
     the changes with the tracking record. `put` replaces the whole document: an index
-    entry left None removes the document from that index. `get` returns a fresh dict.
-    Raises InvalidDocument (from `put`) for a document outside the shared limits.
+    entry left None removes the document from that index.
+
+    A body belongs to the writer once put, and `get` may return the very dict the batch
+    holds (so a document changed by every event of a batch is encoded once, at the
+    commit): change a body only to `put` it back, never after putting it. Raises
+    InvalidDocument (from `put`, or from the commit for a body that is not JSON or too
+    big) for a document outside the shared limits; the commit then writes nothing.
     """
 
     @abstractmethod
@@ -143,17 +148,32 @@ class DocumentProjection(Projection):
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
         """Change documents for one event. Deterministic: a rebuild must reproduce it."""
 
+    def finish(self, body: dict[str, Any]) -> Mapping[str, Any]:
+        """The body as stored, from the body as `apply` put it: called once per document
+        per commit rather than once per event, for what follows from the rest of the body
+        (derived figures) and for working values that are not JSON (Decimal amounts kept
+        as numbers while a batch adds to them). `apply` may meet either form through
+        `get`: the body held by its batch, or one finished by an earlier commit. It may
+        change `body` in place. The default stores the body as put."""
+        return body
+
 
 def encode_document(document: Document) -> str:
     """The body's JSON text, after checking the document against the limits both backends
     share (see the module's docstring); raises InvalidDocument."""
+    check_document(document)
+    return encode_body(document.collection, document.key, document.body)
+
+
+def check_document(document: Document) -> None:
+    """Check a document's collection, key and index entries (not its body) against the
+    shared limits; raises InvalidDocument."""
     collection, key = document.collection, document.key
     if not collection or "#" in collection or "\x00" in collection:
         raise InvalidDocument(f"collection {collection!r}: non-empty, without '#' or NUL")
     if not key or "\x00" in key:
         raise InvalidDocument(f"key {key!r} in {collection!r}: non-empty, without NUL")
-    for name in INDEX_NAMES:
-        entry: IndexEntry | None = getattr(document, name)
+    for name, entry in (("index1", document.index1), ("index2", document.index2)):
         if entry is None:
             continue
         if not entry.partition or "\x00" in entry.partition or "\x00" in entry.sort:
@@ -169,15 +189,21 @@ def encode_document(document: Document) -> str:
                 f"{name} sort value of {collection}/{key}: sort, key and collection exceed "
                 f"{MAX_SORT_BYTES} bytes together"
             )
-    if not isinstance(document.body, Mapping):
+
+
+_encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def encode_body(collection: str, key: str, body: Mapping[str, Any]) -> str:
+    """A body's JSON text (compact, non-ASCII kept), checked to be a JSON object within
+    MAX_BODY_BYTES; raises InvalidDocument naming the document."""
+    if not isinstance(body, Mapping):
         raise InvalidDocument(f"body of {collection}/{key} is not a JSON object")
     try:
-        text = json.dumps(
-            dict(document.body), ensure_ascii=False, allow_nan=False, separators=(",", ":")
-        )
+        text = _encode_json(body if type(body) is dict else dict(body))
     except (TypeError, ValueError) as error:
         raise InvalidDocument(f"body of {collection}/{key} is not JSON: {error}") from None
-    if len(text.encode()) > MAX_BODY_BYTES:
+    if len(text) * 4 > MAX_BODY_BYTES and len(text.encode()) > MAX_BODY_BYTES:
         raise InvalidDocument(f"body of {collection}/{key} exceeds {MAX_BODY_BYTES} bytes as JSON")
     return text
 

@@ -22,7 +22,7 @@ batch that write the same item are committed in successive transactions by the s
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,9 +36,10 @@ from palette.projections.documents import (
     DocumentWriter,
     IndexName,
     Page,
+    check_document,
     decode_body,
     decode_page_token,
-    encode_document,
+    encode_body,
     encode_page_token,
     page_size,
     storage_name,
@@ -88,7 +89,7 @@ class DynamoDBDocuments(DynamoDBProjection):
 
     @contextmanager
     def applying(self, client: Any, tables: TableNames) -> Iterator[None]:
-        self._local.writer = _DynamoDBDocumentWriter(client, tables[DOCUMENTS_TABLE])
+        self._local.writer = _DynamoDBDocumentWriter(client, tables[DOCUMENTS_TABLE], self.documents.finish)
         try:
             yield
         finally:
@@ -124,9 +125,10 @@ def dynamodb_documents(projection: DocumentProjection) -> DynamoDBDocuments:
 class _DynamoDBDocumentWriter(DocumentWriter):
     """The overlay of one commit: pending writes of the batch over the committed table."""
 
-    def __init__(self, client: Any, table: str) -> None:
+    def __init__(self, client: Any, table: str, finish: Callable[[dict[str, Any]], Mapping[str, Any]]) -> None:
         self._client = client
         self.table = table
+        self._finish = finish
         self._pending: dict[str, str | None] = {}
         self._committed: dict[str, str | None] = {}
         self._operations: dict[str, TransactItem] = {}
@@ -148,7 +150,10 @@ class _DynamoDBDocumentWriter(DocumentWriter):
         return None if body is None else decode_body(body)
 
     def put(self, document: Document) -> None:
-        body = encode_document(document)
+        """Each event's writes are committed with it, so the body is finished and encoded
+        here (see `DocumentProjection.finish`)."""
+        check_document(document)
+        body = encode_body(document.collection, document.key, self._finish(dict(document.body)))
         pk = _pk(document.collection, document.key)
         item: dict[str, Any] = {
             "pk": {"S": pk},

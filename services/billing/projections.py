@@ -58,11 +58,17 @@ def _zero_categories() -> dict[str, str]:
     return {category: "0" for category in CATEGORIES}
 
 
-def _added(amounts: Mapping[str, str], more: Mapping[str, Decimal]) -> dict[str, str]:
-    total = dict(amounts)
+def _add(amounts: dict[str, Any], more: Mapping[str, Decimal]) -> None:
+    """Add `more` into `amounts` as Decimals (text from an earlier commit or Decimals held
+    by this one); `JobCosts.finish` writes them back as text."""
     for name, amount in more.items():
-        total[name] = usd(Decimal(total.get(name, "0")) + amount)
-    return total
+        amounts[name] = Decimal(amounts.get(name, "0")) + amount
+
+
+def _as_text(amounts: dict[str, Any]) -> None:
+    for name, amount in amounts.items():
+        if isinstance(amount, Decimal):
+            amounts[name] = usd(amount)
 
 
 class JobCosts(DocumentProjection):
@@ -92,20 +98,12 @@ class JobCosts(DocumentProjection):
             body["owner"] = detail.owner
             body["budget_limit"] = usd(detail.budget_limit)
         elif isinstance(detail, CostRecorded):
-            categories = {
+            _charge(body, time, {
                 "model_tokens": detail.model_tokens,
                 "compute": detail.compute,
                 "storage": detail.storage,
                 "total": detail.total,
-            }
-            day = time[:10]
-            body["batches"] += 1
-            body["totals"] = _added(body["totals"], categories)
-            body["per_model"] = _added(body["per_model"], detail.per_model)
-            today = body["per_day"].get(day) or {**_zero_categories(), "per_model": {}}
-            today.update(_added({k: today[k] for k in CATEGORIES}, categories))
-            today["per_model"] = _added(today["per_model"], detail.per_model)
-            body["per_day"][day] = today
+            }, detail.per_model)
         elif isinstance(detail, BudgetWarning):
             body["warned"] = True
         else:
@@ -118,6 +116,28 @@ class JobCosts(DocumentProjection):
             index1=IndexEntry(_owner_partition(owner), detail.job_id) if owner else None,
         ))
 
+    def finish(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Every amount added by the commit, as fixed-point text."""
+        _as_text(body["totals"])
+        _as_text(body["per_model"])
+        for today in body["per_day"].values():
+            _as_text(today)
+            _as_text(today["per_model"])
+        return body
+
+
+def _charge(body: dict[str, Any], time: str, categories: Mapping[str, Decimal], per_model: Mapping[str, Decimal]) -> None:
+    """One charge on the job's totals and on its UTC day."""
+    body["batches"] += 1
+    _add(body["totals"], categories)
+    _add(body["per_model"], per_model)
+    day = time[:10]
+    today = body["per_day"].get(day)
+    if today is None:
+        today = body["per_day"][day] = {**_zero_categories(), "per_model": {}}
+    _add(today, categories)
+    _add(today["per_model"], per_model)
+
 
 def _charge_owner(detail: PromptEnhancementCharged, time: str, docs: DocumentWriter) -> None:
     """A call outside any job (prompt enhancement): on the owner's pseudo job `user-<owner>`,
@@ -125,15 +145,7 @@ def _charge_owner(detail: PromptEnhancementCharged, time: str, docs: DocumentWri
     key = user_ledger_id(detail.owner)
     body = docs.get(JOBS, key) or _empty(key)
     body["owner"] = detail.owner
-    categories = {category: getattr(detail, category) for category in CATEGORIES}
-    body["batches"] += 1
-    body["totals"] = _added(body["totals"], categories)
-    body["per_model"] = _added(body["per_model"], detail.per_model)
-    day = time[:10]
-    today = body["per_day"].get(day) or {**_zero_categories(), "per_model": {}}
-    today.update(_added({k: today[k] for k in CATEGORIES}, categories))
-    today["per_model"] = _added(today["per_model"], detail.per_model)
-    body["per_day"][day] = today
+    _charge(body, time, {category: getattr(detail, category) for category in CATEGORIES}, detail.per_model)
     docs.put(Document(collection=JOBS, key=key, body=body, index1=IndexEntry(_owner_partition(detail.owner), key)))
 
 

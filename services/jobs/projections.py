@@ -189,9 +189,14 @@ class JobDashboard(DocumentProjection):
         if isinstance(detail, JobDeleted):
             docs.put(Document(DASHBOARDS, job_id, {"job_id": job_id, "owner": body["owner"], "deleted": True}))
             return
-        _merge(body, detail, time)
-        _derive(body)
+        _MERGES[type(detail)](body, detail, time)
         docs.put(Document(DASHBOARDS, job_id, body))
+
+    def finish(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Amounts become text and the derived figures are computed: once per commit."""
+        if not body.get("deleted"):
+            _derive(body)
+        return body
 
 
 def _typed(event: ProjectedEvent) -> tuple[DomainEvent, str]:
@@ -239,61 +244,99 @@ def empty_dashboard(job_id: str) -> dict[str, Any]:
     }
 
 
-def _merge(body: dict[str, Any], detail: object, time: str) -> None:
-    cost = body["cost"]
-    if isinstance(detail, JobRequested):
-        body.update(owner=detail.owner, num_records=detail.num_records, created_at=time)
-        cost["budget_limit"] = str(detail.budget_limit)
-    elif isinstance(detail, JobStarted):
+def _merge_requested(body: dict[str, Any], detail: JobRequested, time: str) -> None:
+    body.update(owner=detail.owner, num_records=detail.num_records, created_at=time)
+    body["cost"]["budget_limit"] = str(detail.budget_limit)
+
+
+def _merge_started(body: dict[str, Any], detail: JobStarted | GenerationClaimed, time: str) -> None:
+    if isinstance(detail, JobStarted):
         body["status"] = "RUNNING"
-        body["started_at"] = _earliest(body["started_at"], time)
-    elif isinstance(detail, JobCancelRequested):
-        body["cancel_requested"] = True
-    elif type(detail) in _ENDINGS:
-        body["status"] = _ENDINGS[type(detail)]
-        body["completed_at"] = time
-        if isinstance(detail, JobFailed):
-            body["failure"] = {"code": detail.code, "reason": detail.reason}
-    elif isinstance(detail, GenerationClaimed):
-        body["started_at"] = _earliest(body["started_at"], time)
-    elif isinstance(detail, BatchGenerated):
-        body["records_generated"] += detail.rows
-        body["failed_records"] += detail.failures
-        body["batches"] += 1
-        body["batch_ms"] += detail.duration_ms
-        body["last_batch_at"] = _latest(body["last_batch_at"], time)
-        tokens = body["tokens"]
-        for model, usage in detail.token_usage.items():
-            total = tokens.setdefault(model, {"input_tokens": 0, "output_tokens": 0, "calls": 0})
-            total["input_tokens"] += usage.input_tokens
-            total["output_tokens"] += usage.output_tokens
-            total["calls"] += usage.calls
-        if detail.model is not None:
-            lane = _model_progress(body, detail.model)
-            lane["records_generated"] += detail.rows
-            lane["failed_records"] += detail.failures
-    elif isinstance(detail, GenerationModelFailed):
-        _model_progress(body, detail.model)["failure"] = {"code": detail.code, "reason": detail.reason}
-    elif isinstance(detail, BatchFailed):
-        body["failed_batches"] += 1
-    elif isinstance(detail, DatasetExported):
-        body["files"] = [f.model_dump(mode="json") for f in detail.files]
-        body["exported_rows"] = detail.rows
-        body["exported_at"] = time
-    elif isinstance(detail, CostRecorded):
-        for part in ("model_tokens", "compute", "storage", "total"):
-            cost[part] = str(Decimal(cost[part]) + getattr(detail, part))
-        per_model = cost["per_model"]
-        for model, amount in detail.per_model.items():
-            per_model[model] = str(Decimal(per_model.get(model, "0")) + amount)
-    elif isinstance(detail, BudgetWarning):
+    body["started_at"] = _earliest(body["started_at"], time)
+
+
+def _merge_cancel_requested(body: dict[str, Any], detail: JobCancelRequested, time: str) -> None:
+    body["cancel_requested"] = True
+
+
+def _merge_ending(body: dict[str, Any], detail: DomainEvent, time: str) -> None:
+    body["status"] = _ENDINGS[type(detail)]
+    body["completed_at"] = time
+    if isinstance(detail, JobFailed):
+        body["failure"] = {"code": detail.code, "reason": detail.reason}
+
+
+def _merge_batch(body: dict[str, Any], detail: BatchGenerated, time: str) -> None:
+    body["records_generated"] += detail.rows
+    body["failed_records"] += detail.failures
+    body["batches"] += 1
+    body["batch_ms"] += detail.duration_ms
+    body["last_batch_at"] = _latest(body["last_batch_at"], time)
+    tokens = body["tokens"]
+    for model, usage in detail.token_usage.items():
+        total = tokens.get(model)
+        if total is None:
+            total = tokens[model] = {"input_tokens": 0, "output_tokens": 0, "calls": 0}
+        total["input_tokens"] += usage.input_tokens
+        total["output_tokens"] += usage.output_tokens
+        total["calls"] += usage.calls
+    if detail.model is not None:
+        lane = _model_progress(body, detail.model)
+        lane["records_generated"] += detail.rows
+        lane["failed_records"] += detail.failures
+
+
+def _merge_model_failed(body: dict[str, Any], detail: GenerationModelFailed, time: str) -> None:
+    _model_progress(body, detail.model)["failure"] = {"code": detail.code, "reason": detail.reason}
+
+
+def _merge_batch_failed(body: dict[str, Any], detail: BatchFailed, time: str) -> None:
+    body["failed_batches"] += 1
+
+
+def _merge_exported(body: dict[str, Any], detail: DatasetExported, time: str) -> None:
+    body["files"] = [f.model_dump(mode="json") for f in detail.files]
+    body["exported_rows"] = detail.rows
+    body["exported_at"] = time
+
+
+def _merge_cost(body: dict[str, Any], detail: CostRecorded, time: str) -> None:
+    """Amounts add up as Decimals while a batch is applied; `finish` writes them as text."""
+    cost = body["cost"]
+    cost["model_tokens"] = Decimal(cost["model_tokens"]) + detail.model_tokens
+    cost["compute"] = Decimal(cost["compute"]) + detail.compute
+    cost["storage"] = Decimal(cost["storage"]) + detail.storage
+    cost["total"] = Decimal(cost["total"]) + detail.total
+    per_model = cost["per_model"]
+    for model, amount in detail.per_model.items():
+        per_model[model] = Decimal(per_model.get(model, "0")) + amount
+
+
+def _merge_budget(body: dict[str, Any], detail: BudgetWarning | BudgetExceeded, time: str) -> None:
+    cost = body["cost"]
+    if isinstance(detail, BudgetWarning):
         cost["warnings"] = sorted(set(cost["warnings"]) | {detail.threshold_percent})
-        if Decimal(cost["budget_limit"]) == 0:
-            cost["budget_limit"] = str(detail.budget_limit)
-    elif isinstance(detail, BudgetExceeded):
+    else:
         cost["budget_exceeded"] = True
-        if Decimal(cost["budget_limit"]) == 0:
-            cost["budget_limit"] = str(detail.budget_limit)
+    if Decimal(cost["budget_limit"]) == 0:
+        cost["budget_limit"] = str(detail.budget_limit)
+
+
+_MERGES: dict[type, Any] = {
+    JobRequested: _merge_requested,
+    JobStarted: _merge_started,
+    GenerationClaimed: _merge_started,
+    JobCancelRequested: _merge_cancel_requested,
+    **{ending: _merge_ending for ending in _ENDINGS},
+    BatchGenerated: _merge_batch,
+    GenerationModelFailed: _merge_model_failed,
+    BatchFailed: _merge_batch_failed,
+    DatasetExported: _merge_exported,
+    CostRecorded: _merge_cost,
+    BudgetWarning: _merge_budget,
+    BudgetExceeded: _merge_budget,
+}
+"""How each event the dashboard reads merges into its document (JobDeleted aside)."""
 
 
 def _model_progress(body: dict[str, Any], model: str) -> dict[str, Any]:
@@ -304,12 +347,17 @@ def _model_progress(body: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def _derive(body: dict[str, Any]) -> None:
-    """The figures that follow from the merged fields alone (no clock)."""
+    """Amounts as text, and the figures that follow from the merged fields alone (no clock)."""
     target = body["num_records"]
     body["percent"] = round(min(100.0, body["records_generated"] * 100 / target), 2) if target else 0.0
     cost = body["cost"]
+    for part in ("model_tokens", "compute", "storage"):
+        cost[part] = str(cost[part])
+    per_model = cost["per_model"]
+    for model, amount in per_model.items():
+        per_model[model] = str(amount)
     limit, used = Decimal(cost["budget_limit"]), Decimal(cost["total"])
-    cost["used"] = str(used)
+    cost["total"] = cost["used"] = str(used)
     cost["remaining"] = str(max(limit - used, Decimal(0)))
     cost["percent"] = float(round(used * 100 / limit, 2)) if limit else 0.0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -618,7 +617,7 @@ def test_events_read_from_the_dynamodb_stream_are_published_as_recorded(
     )["TableDescription"]
     serialize = TypeSerializer().serialize
     for event in events:
-        dynamodb.put_item(TableName="events", Item={k: serialize(v) for k, v in asdict(event).items()})
+        dynamodb.put_item(TableName="events", Item={k: serialize(v) for k, v in event._asdict().items()})
     dynamodb.update_item(
         TableName="events", Key={"stream_id": {"S": events[0].stream_id}, "version": {"N": "1"}},
         UpdateExpression="SET note = :n", ExpressionAttributeValues={":n": {"S": "repair"}},

@@ -12,7 +12,7 @@ import random
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -553,7 +553,7 @@ def test_a_delivery_ahead_of_the_log_is_refused_for_redelivery(
 ) -> None:
     stored = _handled(log.add_jobs(0, 3))
     runner = ProjectionRunner(log.events, backend.projection(ApplyLog()), backend.store())
-    ahead = replace(stored[-1], id="not-yet-visible", position=(stored[-1].position or 0) + 100)
+    ahead = stored[-1]._replace(id="not-yet-visible", position=(stored[-1].position or 0) + 100)
 
     with pytest.raises(EventNotInLog):
         runner.handle(ahead)

@@ -7,7 +7,6 @@ directly in the backend, behind the store's back, as an attacker with database a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -169,7 +168,7 @@ def test_a_rehashed_event_breaks_the_link_to_the_next_one(sqlite_store: SQLiteEv
     append(sqlite_store, "job-j1", requested("j1"))
     append(sqlite_store, "generation-j1", generated("j1", 0), generated("j1", 1))
     first = sqlite_store.read_stream("generation-j1", 1, 1)[0]
-    forged = dataclasses.replace(first, detail=first.detail.replace('"rows":10', '"rows":11'))
+    forged = first._replace(detail=first.detail.replace('"rows":10', '"rows":11'))
     db = sqlite3.connect(sqlite_store.path)
     with db:
         db.execute("UPDATE events SET detail = ?, hash = ? WHERE id = ?", (forged.detail, forged.expected_hash(), first.id))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +85,7 @@ def test_recorded_event_on_the_bus_validates(model: type[DomainEvent]) -> None:
     stored = _recorded(model)
     validator = _validator(model)
     validator.validate(bus_event(stored))
-    validator.validate(bus_event(replace(stored, position=42)))
+    validator.validate(bus_event(stored._replace(position=42)))
 
 
 @EVENTS
