@@ -5,8 +5,8 @@ the StoredEvent the log holds, fetching a payload that the publisher moved to th
 store, so a handler written for the local bus runs unchanged behind SQS. The event id is
 `detail.metadata.id` (EventBridge gives the entry an id of its own).
 
-`QueueConsumer` drains a queue into one handler for workers and tests; Lambda consumers use
-powertools' BatchProcessor and call `stored_event_from_message` on each record's body.
+`QueueConsumer` drains a queue into one handler for workers and tests; every SQS consumer
+Lambda hands its batch to `handle_sqs_batch`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
+
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from contracts.envelope import StoredEvent, bus_event
 from palette.blobs.port import BlobStore
@@ -85,6 +93,35 @@ def _bus_time(value: Any) -> str:
         moment = datetime.fromtimestamp(value, UTC)
         return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
     return str(value)
+
+
+class EventBridgeEventHandler(Protocol):
+    """Handles one EventBridge event (a dict); called by keyword, as `once_per_event` requires."""
+
+    def __call__(self, *, event: dict[str, Any]) -> Any: ...
+
+
+def handle_sqs_batch(
+    event: dict[str, Any], context: Any, handle: EventBridgeEventHandler
+) -> PartialItemFailureResponse:
+    """Calls `handle(event=...)` with each SQS record's EventBridge event, for a Lambda whose
+    event source mapping reports batch item failures.
+
+    Only the records that raised are returned in `batchItemFailures`, so SQS redelivers (and,
+    past maxReceiveCount, dead-letters) just those; a batch whose every record failed raises
+    BatchProcessingError. A `once_per_event` handler is given the invocation's context, so the
+    in-progress record of a crashed invocation expires with it.
+    """
+    register = getattr(handle, "register_lambda_context", None)
+    if register is not None:
+        register(context)
+
+    def handle_record(record: SQSRecord) -> None:
+        handle(event=record.json_body)
+
+    return process_partial_response(
+        event=event, record_handler=handle_record, processor=BatchProcessor(EventType.SQS), context=context
+    )
 
 
 class QueueConsumer:

@@ -17,19 +17,12 @@ PALETTE_PRICING_OVERRIDES when set; compute and storage are priced for the "aws"
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from contracts.catalog import CATALOG
@@ -40,7 +33,7 @@ from contracts.pricing import PricingCatalog
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
-from palette.bus.sqs import stored_event_from_message
+from palette.bus.sqs import handle_sqs_batch, stored_event_from_message
 from palette.guard.aws import AwsGuard
 from palette.idempotency import once_per_event
 from palette.projections.runner import ProjectionRunner
@@ -50,7 +43,6 @@ from services.billing.handlers import LedgerHandlers
 from services.billing.projections import CostsView, JobCosts
 
 RUNTIME = "aws"
-processor = BatchProcessor(event_type=EventType.SQS)
 metrics = Metrics(namespace="Palette", service="billing")
 tracer = Tracer(service="billing")
 
@@ -111,12 +103,8 @@ charge_once = once_per_event(_charge_event)
 (`palette.idempotency`: it saves work on redelivery; the ledger is idempotent per batch anyway)."""
 
 
-def _charge_record(record: SQSRecord) -> None:
-    charge_once(event=json.loads(record.body))
-
-
-def _project_record(record: SQSRecord) -> None:
-    cost_view().handle(stored_event_from_message(record.body, adapters().blobs))
+def _project_event(event: dict[str, Any]) -> None:
+    cost_view().handle(stored_event_from_message(event, adapters().blobs))
 
 
 @metrics.log_metrics
@@ -124,16 +112,11 @@ def _project_record(record: SQSRecord) -> None:
 @tracer.capture_lambda_handler
 def consume(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Charges each queued generator fact; failed records are returned for redelivery."""
-    charge_once.register_lambda_context(context)
-    return process_partial_response(
-        event=event, record_handler=_charge_record, processor=processor, context=context
-    )
+    return handle_sqs_batch(event, context, charge_once)
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued bus event to the cost view; failed records are redelivered."""
-    return process_partial_response(
-        event=event, record_handler=_project_record, processor=processor, context=context
-    )
+    return handle_sqs_batch(event, context, _project_event)

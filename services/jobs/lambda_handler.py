@@ -17,25 +17,18 @@ No `catch_up` is wired on AWS: listings and dashboards follow the bus.
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
-from palette.bus.sqs import stored_event_from_message
+from palette.bus.sqs import handle_sqs_batch, stored_event_from_message
 from palette.guard.aws import AwsGuard
 from palette.idempotency import once_per_event
 from palette.projections.runner import ProjectionRunner
@@ -46,7 +39,6 @@ from services.jobs.projections import JobDashboard, JobList
 
 metrics = Metrics(namespace="Palette", service="jobs")
 tracer = Tracer(service="jobs")
-processor = BatchProcessor(event_type=EventType.SQS)
 
 
 @functools.cache
@@ -107,12 +99,8 @@ react_once = once_per_event(_react_to_event)
 (`palette.idempotency`: it saves work on redelivery; the appends are idempotent anyway)."""
 
 
-def _react_to_record(record: SQSRecord) -> None:
-    react_once(event=json.loads(record.body))
-
-
-def _project_record(record: SQSRecord) -> None:
-    stored = stored_event_from_message(record.body, adapters().blobs)
+def _project_event(event: dict[str, Any]) -> None:
+    stored = stored_event_from_message(event, adapters().blobs)
     for runner in projection_runners():
         runner.handle(stored)
 
@@ -122,10 +110,7 @@ def _project_record(record: SQSRecord) -> None:
 def react(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued generator fact to its job; failed records are returned for
     redelivery (`batchItemFailures`)."""
-    react_once.register_lambda_context(context)
-    return process_partial_response(
-        event=event, record_handler=_react_to_record, processor=processor, context=context
-    )
+    return handle_sqs_batch(event, context, react_once)
 
 
 @logger.inject_lambda_context
@@ -133,6 +118,4 @@ def react(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued bus event to the job list and the dashboard; failed records are
     returned for redelivery (`batchItemFailures`)."""
-    return process_partial_response(
-        event=event, record_handler=_project_record, processor=processor, context=context
-    )
+    return handle_sqs_batch(event, context, _project_event)

@@ -1,10 +1,11 @@
 """The seeds service on AWS: its API Lambda and the S3 "Object Created" Lambda.
 
 `handler` serves the seeds routes behind API Gateway's JWT authorizer (API Gateway already
-counts requests, so it publishes no metrics of its own). `on_object_created` records an
-upload when S3 reports the object — as an EventBridge "Object Created" event
-(`detail.object.key`) or as S3 notification records (`Records[].s3.object.key`,
-URL-encoded), also inside SQS records — and counts new ones in the EMF metric `seeds_uploaded`. Adapters are built once per container, on first use, from the environment
+counts requests, so it publishes no metrics of its own). `on_object_created` consumes the
+uploads queue: it records an upload when S3 reports the object — each SQS record carrying
+an EventBridge "Object Created" event (`detail.object.key`) or S3 notification records
+(`Records[].s3.object.key`, URL-encoded) — and counts new ones in the EMF metric
+`seeds_uploaded`. Adapters are built once per container, on first use, from the environment
 (`AwsSettings.from_env()`; `PALETTE_SEED_MAX_BYTES` overrides the 1 GiB limit), with the
 rate limiter of `palette.guard.aws` (upload grants are the "uploads" class).
 """
@@ -12,7 +13,6 @@ rate limiter of `palette.guard.aws` (upload grants are the "uploads" class).
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app
 from palette.api.auth import ApiGatewayJwtClaims
+from palette.bus.sqs import handle_sqs_batch
 from palette.guard.aws import AwsGuard
 from palette.idempotency import once_per_event
 from services.seeds.api import create_router
@@ -73,31 +74,11 @@ def on_object_created(event: dict[str, Any], context: LambdaContext) -> dict[str
     """Record each seed upload S3 reports; keys that are no seed's are ignored.
 
     A refused upload (too large) is logged and its object deleted, not retried: retrying
-    cannot make it fit. Other failures raise, so the delivery is retried. Each delivery (an
-    SQS record's EventBridge event) is processed once per event `id` when
+    cannot make it fit. A record that fails otherwise is returned in `batchItemFailures`, so
+    SQS redelivers only it. Each record's event is processed once per event `id` when
     PALETTE_IDEMPOTENCY_TABLE is set (`palette.idempotency`; recording is idempotent anyway).
     """
-    record_once.register_lambda_context(context)
-    recorded: list[str] = []
-    for delivery in _deliveries(event):
-        recorded.extend(record_once(event=delivery))
-    return {"recorded": recorded}
-
-
-def _deliveries(event: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The events of an invocation: each SQS record's body, or the event itself."""
-    records = event.get("Records", ())
-    if not any("body" in record for record in records):
-        yield event
-        return
-    for record in records:
-        try:
-            body = json.loads(record.get("body", ""))
-        except (TypeError, ValueError):
-            logger.warning("SQS record body is not JSON", extra={"message_id": record.get("messageId")})
-            continue
-        if isinstance(body, dict):
-            yield body
+    return handle_sqs_batch(event, context, record_once)
 
 
 def _record_uploads(event: dict[str, Any]) -> list[str]:
@@ -131,23 +112,13 @@ record_once = once_per_event(_record_uploads, key_path="id")
 
 
 def _object_keys(event: dict[str, Any]) -> Iterator[str]:
-    """Object keys of an EventBridge event, S3 notification records, or SQS records whose
-    bodies carry either (an EventBridge rule -> SQS -> Lambda)."""
+    """Object keys of an EventBridge "Object Created" event or of S3 notification records."""
     detail = event.get("detail")
     if isinstance(detail, dict) and isinstance(detail.get("object"), dict):
         key = detail["object"].get("key")
         if key:
             yield unquote_plus(key)
     for record in event.get("Records", ()):
-        if "body" in record:
-            try:
-                body = json.loads(record["body"])
-            except (TypeError, ValueError):
-                logger.warning("SQS record body is not JSON", extra={"message_id": record.get("messageId")})
-                continue
-            if isinstance(body, dict):
-                yield from _object_keys(body)
-            continue
         key = record.get("s3", {}).get("object", {}).get("key")
         if key:
             yield unquote_plus(key)

@@ -25,18 +25,12 @@ from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import (
-    BatchProcessor,
-    EventType,
-    process_partial_response,
-)
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
-from palette.bus.sqs import stored_event_from_message
+from palette.bus.sqs import handle_sqs_batch, stored_event_from_message
 from palette.guard.aws import AwsGuard
 from palette.projections.runner import ProjectionRunner
 from services.templates.api import create_router
@@ -50,7 +44,6 @@ from services.templates.projections import (
 
 metrics = Metrics(namespace="Palette", service="templates")
 tracer = Tracer(service="templates")
-processor = BatchProcessor(event_type=EventType.SQS)
 
 
 @functools.cache
@@ -107,8 +100,8 @@ def _created_a_template(event: dict[str, Any], response: dict[str, Any]) -> bool
     return method == "POST" and event.get("rawPath") == "/templates" and response.get("statusCode") == 201
 
 
-def _project_record(record: SQSRecord) -> None:
-    stored = stored_event_from_message(record.body, adapters().blobs)
+def _project_event(event: dict[str, Any]) -> None:
+    stored = stored_event_from_message(event, adapters().blobs)
     for runner in projection_runners():
         runner.handle(stored)
 
@@ -118,6 +111,4 @@ def _project_record(record: SQSRecord) -> None:
 def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued bus event to the projections; failed records are returned for
     redelivery (`batchItemFailures`)."""
-    return process_partial_response(
-        event=event, record_handler=_project_record, processor=processor, context=context
-    )
+    return handle_sqs_batch(event, context, _project_event)

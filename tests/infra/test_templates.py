@@ -274,7 +274,7 @@ def test_handlers_exist_and_bus_consumers_report_batch_item_failures(service: st
         assert props.get("CodeUri", template["Globals"]["Function"]["CodeUri"] if "Globals" in template else None) \
             == f"../build/package/{service}"
         for event in props.get("Events", {}).values():
-            if event["Type"] == "SQS" and name != "UploadFunction":
+            if event["Type"] == "SQS":
                 assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
 
 

@@ -3,7 +3,8 @@
 Local: the powertools resolver over `local_adapters` (SQLite log, blob folder), with the
 upload PUT stored exactly as the local facade stores it (`accept_upload` with the signed
 URL's query) and then recorded. AWS: `lambda_handler.handler` and `on_object_created`
-under moto, with DynamoDB as the log and S3 as the blob store.
+under moto (the latter fed SQS batches, as the uploads queue delivers them), with DynamoDB
+as the log and S3 as the blob store.
 """
 
 from __future__ import annotations
@@ -541,6 +542,20 @@ def object_created(key: str) -> dict[str, Any]:
     }
 
 
+def sqs_batch(bodies: list[Any]) -> dict[str, Any]:
+    """An SQS event as the uploads queue's event source mapping delivers it."""
+    return {"Records": [
+        {
+            "messageId": str(uuid.uuid4()), "receiptHandle": "handle",
+            "body": body if isinstance(body, str) else json.dumps(body),
+            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
+            "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:palette-seeds-uploads",
+            "awsRegion": "us-east-1",
+        }
+        for body in bodies
+    ]}
+
+
 def test_aws_upload_record_and_validate(aws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     events = aws["runtime"].adapters.events
     template_id = add_template(events, "alice")
@@ -553,13 +568,14 @@ def test_aws_upload_record_and_validate(aws: dict[str, Any], capsys: pytest.Capt
     data = jsonl(GOOD, {"topic": "no author"}, GOOD)
     aws["s3"].put_object(Bucket=BUCKET, Key=key, Body=data)
 
-    result = lambda_handler.on_object_created(object_created(key), LambdaContext())
-    duplicate = lambda_handler.on_object_created(object_created(key), LambdaContext())
+    result = lambda_handler.on_object_created(sqs_batch([object_created(key)]), LambdaContext())
+    uploaded = capsys.readouterr().out
+    duplicate = lambda_handler.on_object_created(sqs_batch([object_created(key)]), LambdaContext())
     report = call_lambda("POST", "/seed-data/validate", {"seed_id": grant.body["seed_id"], "template_id": template_id})
 
-    assert result == {"recorded": [grant.body["seed_id"]]}
-    assert duplicate == {"recorded": []}
-    assert '"seeds_uploaded"' in capsys.readouterr().out
+    assert result == duplicate == {"batchItemFailures": []}
+    assert '"seeds_uploaded"' in uploaded
+    assert '"seeds_uploaded"' not in capsys.readouterr().out
     assert report.status == 200, report.body
     assert report.body["record_count"] == 3
     assert report.body["missing_counts"] == {"author.name": 1, "book.title": 1, "topic": 0}
@@ -582,17 +598,9 @@ def test_aws_s3_notification_records_and_unknown_keys(aws: dict[str, Any]) -> No
         for key in ("datasets/job-1/out.jsonl", grant["blob_key"])
     ]}
 
-    result = lambda_handler.on_object_created(notification, LambdaContext())
-    second = call_lambda("POST", "/seed-data/upload", {"filename": "more.jsonl"}).body
-    aws["s3"].put_object(Bucket=BUCKET, Key=second["blob_key"], Body=jsonl(GOOD))
-    via_sqs = lambda_handler.on_object_created(
-        {"Records": [{"messageId": "m-1", "eventSource": "aws:sqs",
-                      "body": json.dumps(object_created(second["blob_key"]))}]},
-        LambdaContext(),
-    )
+    result = lambda_handler.on_object_created(sqs_batch([notification]), LambdaContext())
 
-    assert result == {"recorded": [grant["seed_id"]]}
-    assert via_sqs == {"recorded": [second["seed_id"]]}
+    assert result == {"batchItemFailures": []}
     seed = call_lambda("GET", f"/seed-data/{grant['seed_id']}").body
     assert (seed["uploaded"], seed["record_count"], seed["format"]) == (True, 2, "CSV")
 
@@ -601,13 +609,24 @@ def test_aws_an_oversized_object_is_refused_and_deleted(aws: dict[str, Any]) -> 
     grant = call_lambda("POST", "/seed-data/upload", {"filename": "books.jsonl"}).body
     aws["s3"].put_object(Bucket=BUCKET, Key=grant["blob_key"], Body=jsonl(*([GOOD] * 100)))
 
-    result = lambda_handler.on_object_created(object_created(grant["blob_key"]), LambdaContext())
+    result = lambda_handler.on_object_created(sqs_batch([object_created(grant["blob_key"])]), LambdaContext())
 
-    assert result == {"recorded": []}
+    assert result == {"batchItemFailures": []}
     assert aws["s3"].list_objects_v2(Bucket=BUCKET, Prefix="seed-data/").get("KeyCount") == 0
     assert call_lambda("GET", f"/seed-data/{grant['seed_id']}").body["uploaded"] is False
     declared = call_lambda("POST", "/seed-data/upload", {"filename": "big.jsonl", "size_bytes": 5000})
     assert declared.status == 413
+
+
+def test_aws_only_the_failed_upload_record_is_redelivered(aws: dict[str, Any]) -> None:
+    grant = call_lambda("POST", "/seed-data/upload", {"filename": "books.jsonl"}).body
+    aws["s3"].put_object(Bucket=BUCKET, Key=grant["blob_key"], Body=jsonl(GOOD))
+    batch = sqs_batch([object_created(grant["blob_key"]), "{not json"])
+
+    result = lambda_handler.on_object_created(batch, LambdaContext())
+
+    assert result == {"batchItemFailures": [{"itemIdentifier": batch["Records"][1]["messageId"]}]}
+    assert call_lambda("GET", f"/seed-data/{grant['seed_id']}").body["uploaded"] is True
 
 
 def test_aws_identity_comes_from_the_authorizer(aws: dict[str, Any]) -> None:
