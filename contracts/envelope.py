@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from datetime import datetime
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
@@ -79,21 +79,42 @@ def chain_hash(
     actor: str,
     detail: str,
 ) -> str:
-    """SHA-256 over an unambiguous encoding of the hashed fields: the compact JSON array
+    """SHA-256 (hex) of `canonical_text` of the hashed fields."""
+    return hashlib.sha256(canonical_text(
+        prev_hash, event_id, stream_id, version, source, detail_type, schema_version, time,
+        correlation_id, causation_id, actor, detail,
+    ).encode("utf-8")).hexdigest()
+
+
+def canonical_text(
+    prev_hash: str,
+    event_id: str,
+    stream_id: str,
+    version: int,
+    source: str,
+    detail_type: str,
+    schema_version: int,
+    time: str,
+    correlation_id: str,
+    causation_id: str,
+    actor: str,
+    detail: str,
+) -> str:
+    """The unambiguous encoding the chain hashes (as UTF-8): the compact JSON array
     `[prev_hash, id, stream_id, version, source, detail_type, schema_version, time,
-    correlation_id, causation_id, actor, detail]` (UTF-8, non-ASCII kept as is).
+    correlation_id, causation_id, actor, detail]`, non-ASCII kept as is.
 
     Built by hand rather than with json.dumps because it runs once per recorded event and
-    per audited event; the bytes are the same as json.dumps(..., ensure_ascii=False,
-    separators=(",", ":")) would give.
+    per audited event; the text is the one json.dumps(..., ensure_ascii=False,
+    separators=(",", ":")) gives, and the one SQLite's json_array gives (the audit's
+    SQLite scan relies on that).
     """
     quote = encode_basestring
-    canonical = (
+    return (
         f"[{quote(prev_hash)},{quote(event_id)},{quote(stream_id)},{int(version)},"
         f"{quote(source)},{quote(detail_type)},{int(schema_version)},{quote(time)},"
         f"{quote(correlation_id)},{quote(causation_id)},{quote(actor)},{quote(detail)}]"
     )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 class EventMetadata(BaseModel):

@@ -1,7 +1,7 @@
 """`palette audit verify`: prove from the log alone that nothing was altered and that the
 recorded facts obey Palette's promises.
 
-One pass over the log in position order checks, for every event:
+The chain checks, for every event in position order:
 - positions are gapless and increasing (both backends hand out a gapless counter);
 - the stream's versions are 1, 2, ... and `prev_hash` links to the previous event's hash;
 - `hash` is the SHA-256 its fields give: an edited payload (or any hashed field) shows here,
@@ -10,12 +10,20 @@ and afterwards that every stream the store lists was reached through positions u
 last version (a missing item on DynamoDB hides behind a gap otherwise).
 
 The domain invariants, from contracts events only:
+- a job event belongs to its job's streams (`job-`, `generation-`, `ledger-<job id>`);
 - no BatchGenerated after its job ended (a terminal job event or the generation stream's
   GenerationStopped/GenerationFailed/DatasetExported at a lower position);
 - the spend billing recorded (sum of CostRecorded.total) never exceeds budget_limit;
 - every BatchGenerated is charged by exactly one CostRecorded, and nothing else is charged;
   a batch of a job that has not ended may still wait for its charge (reported as pending);
 - rows exported = rows generated, and each exported format holds that many rows.
+
+How it runs: on any store, one pass over pages of rows (`row_pages`) checks both. On a
+SQLite log the work is split (`palette.audit.sqlite_scan`): SQLite itself builds each
+event's canonical text and picks the few detail fields the invariants read, the chain is
+checked in position ranges by forked processes (each range's first event of a stream is
+linked to the previous range's last by `stitch`), and this process folds the invariants
+meanwhile. The report is the same either way.
 
 A rewrite that also re-hashes a stream's tail cannot be seen from inside the log: `digest`
 (SHA-256 over every stream's last version and hash) is what to anchor outside it.
@@ -28,18 +36,18 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any, NamedTuple
 
-from contracts.envelope import GENESIS_HASH, chain_hash
+from contracts.envelope import GENESIS_HASH, canonical_text
 from palette.audit.pages import Row, row_pages
 from palette.eventstore.port import EventStore
+from palette.eventstore.sqlite import SQLiteEventStore
 
 PAGE_SIZE = 10_000
 JOB_ENDINGS = frozenset({"JobCompleted", "JobFailed", "JobCancelled", "JobBudgetExceeded"})
 GENERATION_ENDINGS = frozenset({"GenerationStopped", "GenerationFailed", "DatasetExported"})
 _DOMAIN_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | {"JobRequested", "BatchGenerated", "CostRecorded"}
-_DETAIL_TYPE, _DETAIL = 5, 11
-"""Indexes into a row of StoredEvent's fields."""
 
 Progress = Callable[[int], None]
 """Called with the number of events checked since the last call."""
@@ -55,13 +63,12 @@ class EventRef(NamedTuple):
     event_id: str
     detail_type: str
 
-    @classmethod
-    def of(cls, row: Row) -> EventRef:
-        """The reference of a row of StoredEvent's fields (see `row_pages`)."""
-        return cls(row[1], row[2], row[3], row[0], row[5])
-
     def __str__(self) -> str:
         return f"{self.stream_id} v{self.version} (position {self.position}, {self.detail_type} {self.event_id})"
+
+
+_ref_of: Callable[[tuple[Any, ...]], EventRef] = partial(tuple.__new__, EventRef)  # type: ignore[assignment]
+"""EventRef of a row's first five fields, without the named tuple's argument parsing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,127 +142,208 @@ class _Job:
     exports: list[tuple[dict[str, Any], EventRef]] = field(default_factory=list)
 
 
-class LogAuditor:
-    """Checks events fed in position order; `finish` adds what only the whole log shows."""
+AuditRow = tuple[Any, ...]
+"""One event as the checks read it: (stream_id, version, position, event_id, detail_type,
+prev_hash, hash, canonical text, job_id, batch_number, rows, total, budget_limit, exported).
+The first five are an EventRef's fields; the canonical text is what the hash is taken
+over; the last six are what the invariants read of a job event's detail (None where
+absent or for other events): `job_id` is `_NOT_AN_OBJECT` for a detail that is not a JSON
+object, `exported` the whole detail (dict or JSON text) of a DatasetExported."""
 
-    def __init__(self) -> None:
-        self.report = AuditReport()
-        self._heads: dict[str, tuple[int, str]] = {}
-        self._jobs: dict[str, _Job] = {}
-        self._next_position: int | None = 1
+_NOT_AN_OBJECT = "\x00not a JSON object"
 
-    def check(self, rows: list[Row]) -> None:
-        """Check one page of rows (StoredEvent's fields as tuples, see `row_pages`)."""
-        heads = self._heads
-        violations = self.report.violations
+
+def audit_row(row: Row) -> AuditRow:
+    """The AuditRow of a row of StoredEvent's fields (see `row_pages`), built in Python: for
+    stores without the SQLite scan."""
+    (event_id, stream_id, version, position, source, detail_type, schema_version, time,
+     correlation_id, causation_id, actor, detail, prev_hash, event_hash) = row
+    canonical = canonical_text(
+        prev_hash, event_id, stream_id, version, source, detail_type, schema_version,
+        time, correlation_id, causation_id, actor, detail,
+    )
+    head = (stream_id, version, position, event_id, detail_type, prev_hash, event_hash, canonical)
+    if detail_type not in _DOMAIN_TYPES:
+        return (*head, None, None, None, None, None, None)
+    try:
+        fields = _json_object(detail)
+        get = fields.get
+    except (ValueError, AttributeError):
+        return (*head, _NOT_AN_OBJECT, None, None, None, None, None)
+    exported = fields if detail_type == "DatasetExported" else None
+    return (*head, get("job_id"), get("batch_number"), get("rows"), get("total"), get("budget_limit"), exported)
+
+
+class ChainChecker:
+    """Versions, links and hashes of each stream (and, when `positions`, the gapless global
+    order) from AuditRows fed in position order.
+
+    The hash is SHA-256 of the row's canonical text; the SQLite scan, whose text SQLite
+    builds, passes `rehash` to `check` to settle a mismatch with Python's own canonical
+    form. A checker of one partition of the streams leaves positions to the caller."""
+
+    def __init__(self, positions: bool = True) -> None:
+        self.heads: dict[str, tuple[int, str]] = {}
+        self.violations: list[Violation] = []
+        self.events = 0
+        self.last_position = 0
+        self._next_position: int | None = 1 if positions else None
+
+    def check(self, rows: list[AuditRow], rehash: Callable[[AuditRow], str] | None = None) -> None:
+        heads, violations = self.heads, self.violations
         expected = self._next_position
-        domain_types = _DOMAIN_TYPES
+        sha256 = hashlib.sha256
+        last = self.last_position
         for row in rows:
-            (event_id, stream_id, version, position, source, detail_type, schema_version, time,
-             correlation_id, causation_id, actor, detail, prev_hash, event_hash) = row
+            stream_id, version, position, _, _, prev_hash, event_hash, canonical = row[:8]
             if position is not None:
-                if expected is not None and position != expected:
-                    ref = EventRef.of(row)
-                    if position > expected:
-                        missing = f"{expected}" if position == expected + 1 else f"{expected}..{position - 1}"
-                        violations.append(Violation.at("position", ref, f"positions {missing} are missing before it"))
-                    else:
-                        violations.append(Violation.at("position", ref, f"position out of order after {expected - 1}"))
-                expected = position + 1
-            head = heads.get(stream_id)
-            head_version, head_hash = head if head is not None else (0, GENESIS_HASH)
+                if expected is not None:
+                    if position != expected:
+                        violations.append(position_violation(EventRef(*row[:5]), position, expected))
+                    expected = position + 1
+                if position > last:
+                    last = position
+            head_version, head_hash = heads.get(stream_id, _GENESIS)
             if version != head_version + 1:
-                violations.append(Violation.at(
-                    "version", EventRef.of(row),
-                    f"version {version} follows v{head_version}; versions must be contiguous",
-                ))
+                violations.append(_version_violation(EventRef(*row[:5]), version, head_version))
             if prev_hash != head_hash:
+                violations.append(_chain_violation(EventRef(*row[:5]), head_version))
+            if sha256(canonical.encode()).hexdigest() != event_hash and (rehash is None or rehash(row) != event_hash):
                 violations.append(Violation.at(
-                    "chain", EventRef.of(row),
-                    f"prev_hash does not link to the hash of v{head_version}: an event before it was altered or removed",
-                ))
-            if chain_hash(
-                prev_hash, event_id, stream_id, version, source, detail_type, schema_version,
-                time, correlation_id, causation_id, actor, detail,
-            ) != event_hash:
-                violations.append(Violation.at(
-                    "hash", EventRef.of(row),
+                    "hash", EventRef(*row[:5]),
                     "stored content does not match its hash: the event was altered after it was recorded",
                 ))
             heads[stream_id] = (version, event_hash)
-            if detail_type in domain_types:
-                self._domain(row)
         self._next_position = expected
-        self.report.events += len(rows)
-        if rows and rows[-1][3] is not None:
-            self.report.last_position = rows[-1][3]
+        self.last_position = last
+        self.events += len(rows)
 
-    def _domain(self, e: Row) -> None:
-        try:
-            detail = _json_object(e[_DETAIL])
-            job = self._jobs.setdefault(detail["job_id"], _Job())
-        except (ValueError, KeyError, TypeError):
-            self.report.violations.append(Violation.at("detail", EventRef.of(e), "detail is not the event's JSON object"))
-            return
-        kind = e[_DETAIL_TYPE]
-        try:
-            if kind == "BatchGenerated":
-                ref = EventRef.of(e)
-                ended = _earliest(job.ended_by, job.generation_ended_by)
-                if ended is not None:
-                    self.report.violations.append(Violation.at(
-                        "terminal", ref, f"batch {detail['batch_number']} generated after the job ended ({ended})"
-                    ))
-                number = detail["batch_number"]
-                if number in job.batches:
-                    self.report.violations.append(Violation.at(
-                        "batch", ref, f"batch {number} generated twice (first at {job.batches[number][1]})"
-                    ))
-                else:
-                    job.batches[number] = (detail["rows"], ref)
-            elif kind == "CostRecorded":
-                ref = EventRef.of(e)
-                job.charges.setdefault(detail["batch_number"], []).append(ref)
-                job.spent += Decimal(detail["total"])
-                job.last_charge = ref
-                if job.crossed_by is None and job.budget_limit is not None and job.spent > job.budget_limit:
-                    job.crossed_by = ref
-            elif kind == "JobRequested":
-                job.budget_limit = Decimal(detail["budget_limit"])
-            elif kind in JOB_ENDINGS:
-                job.ended_by = job.ended_by or EventRef.of(e)
-            elif kind in GENERATION_ENDINGS:
-                ref = EventRef.of(e)
-                job.generation_ended_by = job.generation_ended_by or ref
-                if kind == "DatasetExported":
-                    job.exports.append((detail, ref))
-        except (KeyError, TypeError, ArithmeticError) as error:
-            self.report.violations.append(Violation.at("detail", EventRef.of(e), f"detail lacks a field: {error}"))
+    def add(self, other: ChainChecker) -> None:
+        """Take in the checker of another partition of the streams."""
+        self.heads.update(other.heads)
+        self.violations.extend(other.violations)
+        self.events += other.events
+        self.last_position = max(self.last_position, other.last_position)
 
-    def finish(self, store: EventStore) -> AuditReport:
-        """The checks that need the whole log: streams reached in full, and the job rules."""
-        report = self.report
-        for stream_id in store.stream_ids():
-            reached = self._heads.get(stream_id, (0, ""))[0]
-            last = store.stream_version(stream_id)
-            if last != reached:
-                report.violations.append(Violation(
-                    "stream", f"the stream has {last} versions but positions reach only v{reached}: "
-                    "events are missing from the global order", stream_id, reached + 1,
+
+_GENESIS = (0, GENESIS_HASH)
+
+
+def position_violation(ref: EventRef, position: int, expected: int) -> Violation:
+    """The finding at the event whose position is not the `expected` one."""
+    if position > expected:
+        missing = f"{expected}" if position == expected + 1 else f"{expected}..{position - 1}"
+        return Violation.at("position", ref, f"positions {missing} are missing before it")
+    return Violation.at("position", ref, f"position out of order after {expected - 1}")
+
+
+def _version_violation(ref: EventRef, version: int, head_version: int) -> Violation:
+    return Violation.at("version", ref, f"version {version} follows v{head_version}; versions must be contiguous")
+
+
+def _chain_violation(ref: EventRef, head_version: int) -> Violation:
+    return Violation.at(
+        "chain", ref,
+        f"prev_hash does not link to the hash of v{head_version}: an event before it was altered or removed",
+    )
+
+
+@dataclass
+class DomainFindings:
+    """What the invariants found over a set of jobs (all, or one partition of them)."""
+
+    violations: list[Violation] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    jobs: int = 0
+
+    def add(self, other: DomainFindings) -> None:
+        self.violations.extend(other.violations)
+        self.pending.extend(other.pending)
+        self.jobs += other.jobs
+
+
+class DomainAuditor:
+    """Folds the job invariants from AuditRows fed in position order; `finish` judges."""
+
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+        self.pending: list[str] = []
+        self.jobs: dict[str, _Job] = {}
+
+    def check(self, rows: list[AuditRow]) -> None:
+        jobs, violations, domain_types, ref_of = self.jobs, self.violations, _DOMAIN_TYPES, _ref_of
+        for row in rows:
+            kind = row[4]
+            if kind not in domain_types:
+                continue
+            job_id = row[8]
+            if job_id is None or job_id == _NOT_AN_OBJECT or not isinstance(job_id, str):
+                violations.append(Violation.at("detail", ref_of(row[:5]), "detail is not the event's JSON object"))
+                continue
+            if row[0][-len(job_id) - 1:] != f"-{job_id}":
+                violations.append(Violation.at(
+                    "detail", ref_of(row[:5]), f"job_id {job_id!r} is not the job this stream belongs to"
                 ))
-        for job_id, job in sorted(self._jobs.items()):
+                continue
+            job = jobs.get(job_id)
+            if job is None:
+                job = jobs[job_id] = _Job()
+            try:
+                # the two events of nearly every row, inline: the audit's hot loop
+                if kind == "BatchGenerated":
+                    number, generated = row[9], row[10]
+                    if number is None or generated is None:
+                        raise KeyError("batch_number" if number is None else "rows")
+                    ref = ref_of(row[:5])
+                    if job.ended_by is not None or job.generation_ended_by is not None:
+                        ended = _earliest(job.ended_by, job.generation_ended_by)
+                        violations.append(Violation.at(
+                            "terminal", ref, f"batch {number} generated after the job ended ({ended})"
+                        ))
+                    if number in job.batches:
+                        violations.append(Violation.at(
+                            "batch", ref, f"batch {number} generated twice (first at {job.batches[number][1]})"
+                        ))
+                    else:
+                        job.batches[number] = (generated, ref)
+                elif kind == "CostRecorded":
+                    number = _required(row[9], "batch_number")
+                    job.spent += Decimal(_required(row[11], "total"))
+                    ref = ref_of(row[:5])
+                    charges = job.charges.get(number)
+                    if charges is None:
+                        job.charges[number] = [ref]
+                    else:
+                        charges.append(ref)
+                    job.last_charge = ref
+                    if job.crossed_by is None and job.budget_limit is not None and job.spent > job.budget_limit:
+                        job.crossed_by = ref
+                else:
+                    self._fold_lifecycle(job, row, kind)
+            except (KeyError, TypeError, ArithmeticError, ValueError) as error:
+                violations.append(Violation.at("detail", ref_of(row[:5]), f"detail lacks a field: {error}"))
+
+    @staticmethod
+    def _fold_lifecycle(job: _Job, row: AuditRow, kind: str) -> None:
+        if kind == "JobRequested":
+            job.budget_limit = Decimal(_required(row[12], "budget_limit"))
+        elif kind in JOB_ENDINGS:
+            job.ended_by = job.ended_by or _ref_of(row[:5])
+        elif kind in GENERATION_ENDINGS:
+            ref = _ref_of(row[:5])
+            job.generation_ended_by = job.generation_ended_by or ref
+            if kind == "DatasetExported":
+                exported = row[13]
+                job.exports.append((_json_object(exported) if isinstance(exported, str) else exported, ref))
+
+    def finish(self) -> DomainFindings:
+        """Judge every job folded so far."""
+        for job_id, job in sorted(self.jobs.items()):
             self._job_rules(job_id, job)
-        report.streams = len(self._heads)
-        report.jobs = len(self._jobs)
-        digest = hashlib.sha256()
-        for stream_id in sorted(self._heads):
-            version, last_hash = self._heads[stream_id]
-            digest.update(f"{stream_id}\t{version}\t{last_hash}\n".encode())
-        report.digest = digest.hexdigest()
-        return report
+        return DomainFindings(self.violations, self.pending, len(self.jobs))
 
     def _job_rules(self, job_id: str, job: _Job) -> None:
-        violations = self.report.violations
+        violations = self.violations
         ledger = f"ledger-{job_id}"
         if job.budget_limit is not None and job.spent > job.budget_limit:
             ref = job.crossed_by or job.last_charge
@@ -266,7 +354,7 @@ class LogAuditor:
             charges = job.charges.get(number, [])
             if not charges:
                 if ended is None:
-                    self.report.pending.append(f"{ref}: batch {number} awaits its charge (job running)")
+                    self.pending.append(f"{ref}: batch {number} awaits its charge (job running)")
                 else:
                     violations.append(Violation.at("charge", ref, f"batch {number} was never charged"))
             for extra in charges[1:]:
@@ -293,6 +381,14 @@ class LogAuditor:
                     ))
 
 
+
+
+def _required(value: Any, name: str) -> Any:
+    if value is None:
+        raise KeyError(name)
+    return value
+
+
 _decode = json.JSONDecoder().raw_decode
 _JSON_SPACE = frozenset(" \t\n\r")
 
@@ -314,11 +410,51 @@ def _earliest(a: EventRef | None, b: EventRef | None) -> EventRef | None:
     return a if (a.position or 0) <= (b.position or 0) else b
 
 
-def verify_log(store: EventStore, progress: Progress | None = None, page_size: int = PAGE_SIZE) -> AuditReport:
-    """Audit the whole log of `store`; the report lists every violation found."""
-    auditor = LogAuditor()
-    for page in row_pages(store, page_size):
-        auditor.check(page)
-        if progress is not None:
-            progress(len(page))
-    return auditor.finish(store)
+def verify_log(
+    store: EventStore,
+    progress: Progress | None = None,
+    page_size: int = PAGE_SIZE,
+    workers: int | None = None,
+) -> AuditReport:
+    """Audit the whole log of `store`; the report lists every violation found. On SQLite,
+    `workers` processes check the chain (default: one per core for a log big enough to
+    pay for them; see `palette.audit.sqlite_scan`)."""
+    if isinstance(store, SQLiteEventStore):
+        from palette.audit.sqlite_scan import scan_sqlite
+
+        chain, findings = scan_sqlite(store, page_size, workers, progress)
+    else:
+        chain, domain = ChainChecker(), DomainAuditor()
+        for page in row_pages(store, page_size):
+            rows = [audit_row(row) for row in page]
+            chain.check(rows)
+            domain.check(rows)
+            if progress is not None:
+                progress(len(page))
+        findings = domain.finish()
+    return _report(store, chain, findings)
+
+
+def _report(store: EventStore, chain: ChainChecker, findings: DomainFindings) -> AuditReport:
+    """The report of a whole pass, with the checks that need the whole log: streams reached
+    in full, and the digest."""
+    report = AuditReport(events=chain.events, last_position=chain.last_position)
+    report.violations.extend(chain.violations)
+    for stream_id in store.stream_ids():
+        reached = chain.heads.get(stream_id, (0, ""))[0]
+        last = store.stream_version(stream_id)
+        if last != reached:
+            report.violations.append(Violation(
+                "stream", f"the stream has {last} versions but positions reach only v{reached}: "
+                "events are missing from the global order", stream_id, reached + 1,
+            ))
+    report.violations.extend(findings.violations)
+    report.pending = findings.pending
+    report.streams = len(chain.heads)
+    report.jobs = findings.jobs
+    digest = hashlib.sha256()
+    for stream_id in sorted(chain.heads):
+        version, last_hash = chain.heads[stream_id]
+        digest.update(f"{stream_id}\t{version}\t{last_hash}\n".encode())
+    report.digest = digest.hexdigest()
+    return report
