@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from contracts.envelope import StoredEvent
-from palette.audit.pages import row_pages
+from palette.audit.pages import Row, row_pages
 from palette.eventstore.port import EventStore
-from palette.eventstore.sqlite import ROW_FIELDS
+from palette.eventstore.sqlite import ROW_FIELDS, SQLiteEventStore
 
 MANIFEST = "_palette_export.json"
 ARCHIVE_FORMAT = "palette-events/1"
@@ -45,9 +46,7 @@ _REPEATED = ("source", "schema_version", "actor", "date")
 """Columns with few distinct values: dictionary-encoded; the rest (ids, hashes, details,
 times) are nearly all distinct, and a dictionary of them only costs time."""
 SCHEMA = pa.schema(list(zip(_FIELDS, _TYPES, strict=True)) + [("date", pa.string())])
-_STREAM_ID, _VERSION, _POSITION, _TIME, _HASH = (
-    _FIELDS.index(name) for name in ("stream_id", "version", "position", "time", "hash")
-)
+_TIME = _FIELDS.index("time")
 PARTITIONING = ds.partitioning(
     pa.schema([("date", pa.string()), ("detail_type", pa.string())]), flavor="hive"
 )
@@ -86,7 +85,8 @@ def _day(time: str) -> str:
 
 
 class _Heads:
-    """Each stream's last version and hash: the digest `palette audit verify` prints too."""
+    """Each stream's last version and hash (the last in position order, as `palette audit
+    verify` keeps them), the digest over them, the count and the positions' range."""
 
     def __init__(self) -> None:
         self.heads: dict[str, tuple[int, str]] = {}
@@ -94,19 +94,26 @@ class _Heads:
         self.first: int | None = None
         self.last: int | None = None
 
-    def add(
-        self, stream_ids: Sequence[str], versions: Sequence[int], hashes: Sequence[str], positions: Sequence[Any]
-    ) -> None:
-        heads = self.heads
-        for stream_id, version, last_hash in zip(stream_ids, versions, hashes, strict=True):
-            head = heads.get(stream_id)
-            if head is None or head[0] < version:
-                heads[stream_id] = (version, last_hash)
-        self.count += len(stream_ids)
-        known = [p for p in positions if p is not None]
-        if known:
-            self.first = min(known) if self.first is None else min(self.first, min(known))
-            self.last = max(known) if self.last is None else max(self.last, max(known))
+    def add(self, batch: pa.RecordBatch) -> None:
+        """The events of an archive batch, in position order."""
+        if batch.num_rows == 0:
+            return
+        last_of_each = (
+            pa.table([batch.column("stream_id"), batch.column("version"), batch.column("hash")],
+                     names=["stream_id", "version", "hash"])
+            .group_by("stream_id", use_threads=False)
+            .aggregate([("version", "last"), ("hash", "last")])
+        )
+        self.heads.update(zip(
+            last_of_each.column("stream_id").to_pylist(),
+            zip(last_of_each.column("version_last").to_pylist(), last_of_each.column("hash_last").to_pylist()),
+            strict=True,
+        ))
+        self.count += batch.num_rows
+        low, high = pc.min_max(batch.column("position")).values()
+        if low.is_valid:
+            self.first = low.as_py() if self.first is None else min(self.first, low.as_py())
+            self.last = high.as_py() if self.last is None else max(self.last, high.as_py())
 
     def digest(self) -> str:
         digest = hashlib.sha256()
@@ -119,23 +126,27 @@ class _Heads:
 def export_events(
     store: EventStore, out: Path, progress: Progress | None = None, page_size: int = PAGE_SIZE
 ) -> ArchiveSummary:
-    """Write every event of `store` under `out` (which must be missing or empty)."""
+    """Write every event of `store` under `out` (which must be missing or empty).
+
+    A SQLite log is read in columns (`SQLiteEventStore.iter_arrow`: no Python object per
+    value); any other store page by page through `row_pages`."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ArchiveError(f"{out} is not empty; export into a new directory")
     out.mkdir(parents=True, exist_ok=True)
     heads = _Heads()
+    if isinstance(store, SQLiteEventStore):
+        source = store.iter_arrow(store.last_position())
+    else:
+        source = (_row_batch(page) for page in row_pages(store, page_size))
 
     def batches() -> Iterator[pa.RecordBatch]:
-        for page in row_pages(store, page_size):
-            columns = list(zip(*page, strict=True))
-            times = columns[_TIME]
-            heads.add(columns[_STREAM_ID], columns[_VERSION], columns[_HASH], columns[_POSITION])
-            arrays = [pa.array(column, type=kind) for column, kind in zip(columns, _TYPES, strict=True)]
-            arrays.append(pa.array([_day(t) for t in times], type=pa.string()))
-            yield pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+        for read in source:
+            batch = _archive_batch(read)
+            heads.add(batch)
+            yield batch
             if progress is not None:
-                progress(len(page))
+                progress(batch.num_rows)
 
     ds.write_dataset(
         batches(),
@@ -153,6 +164,40 @@ def export_events(
     manifest = {"format": ARCHIVE_FORMAT, "exported_at": datetime.now(UTC).isoformat(), **summary.as_dict()}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return summary
+
+
+def _row_batch(page: Sequence[Row]) -> pa.RecordBatch:
+    columns = list(zip(*page, strict=True))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(column, type=kind) for column, kind in zip(columns, _TYPES, strict=True)], names=list(_FIELDS)
+    )
+
+
+def _archive_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch of StoredEvent's fields in the archive's schema: each column in its type,
+    and the `date` partition column."""
+    arrays = []
+    for name, kind in zip(_FIELDS, _TYPES, strict=True):
+        column = batch.column(name)
+        if column.type != kind:
+            try:
+                column = column.cast(kind)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                raise ArchiveError(f"column {name} of the log holds a value that is not {kind}: {error}") from None
+        arrays.append(column)
+    arrays.append(_days(arrays[_TIME]))
+    return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+
+
+def _days(times: pa.Array) -> pa.Array:
+    """The UTC day of each time: its first ten characters when every time is canonical
+    (UTC, `Z`), else parsed one by one."""
+    if pc.all(pc.match_substring_regex(times, _CANONICAL_TIME)).as_py() is not False:
+        return pc.utf8_slice_codeunits(times, 0, 10)
+    return pa.array([_day(time) for time in times.to_pylist()], type=pa.string())
+
+
+_CANONICAL_TIME = r"^\d{4}-\d\d-\d\dT[^+]*Z$"
 
 
 def read_archive(directory: Path) -> tuple[dict[str, Any], pa.Table]:
@@ -189,13 +234,14 @@ def import_events(store: EventStore, directory: Path, progress: Progress | None 
 
     def counted() -> Iterator[StoredEvent]:
         for index, event in enumerate(archived_events(table), start=1):
-            heads.add([event.stream_id], [event.version], [event.hash], [event.position])
             if progress is not None and index % 10_000 == 0:
                 progress(10_000)
             yield event
         if progress is not None:
-            progress(heads.count % 10_000)
+            progress(table.num_rows % 10_000)
 
+    for batch in table.to_batches():
+        heads.add(batch)
     store.import_recorded(counted())
     summary = ArchiveSummary(heads.count, len(heads.heads), heads.first, heads.last, heads.digest(), str(directory))
     if summary.digest != manifest.get("digest"):

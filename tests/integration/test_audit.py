@@ -31,7 +31,7 @@ from contracts.events import (
     OutputFormat,
     TokenUsage,
 )
-from palette.audit.archive import ArchiveError, export_events, import_events
+from palette.audit.archive import ArchiveError, export_events, import_events, read_archive
 from palette.audit.replay import (
     diff_documents,
     live_checkpoints,
@@ -317,6 +317,27 @@ def test_export_then_import_reproduces_every_event_byte_for_byte(tmp_path: Path,
     with pytest.raises(ImportRefused, match="already holds events"):
         import_events(copy, tmp_path / "archive")
     copy.close()
+
+
+def test_the_columnar_export_writes_what_the_port_export_writes(tmp_path: Path, sqlite_store: SQLiteEventStore) -> None:
+    sqlite_store.import_recorded(small_log())
+    columnar = export_events(sqlite_store, tmp_path / "columnar")
+    by_rows = export_events(PortOnly(sqlite_store), tmp_path / "rows", page_size=7)
+
+    assert (columnar.events, columnar.digest, columnar.first_position, columnar.last_position) == (
+        by_rows.events, by_rows.digest, by_rows.first_position, by_rows.last_position)
+    assert columnar.digest == verify_log(sqlite_store).digest
+    assert read_archive(tmp_path / "columnar")[1].equals(read_archive(tmp_path / "rows")[1])
+
+
+def test_a_log_value_of_the_wrong_type_fails_the_export_clearly(tmp_path: Path, sqlite_store: SQLiteEventStore) -> None:
+    sqlite_store.import_recorded(small_log())
+    db = sqlite3.connect(sqlite_store.path)
+    with db:
+        db.execute("UPDATE events SET version = 'two' WHERE position = 5")
+    db.close()
+    with pytest.raises(ArchiveError, match="column version"):
+        export_events(sqlite_store, tmp_path / "archive")
 
 
 def test_an_archive_imports_into_dynamodb_with_the_same_hashes(tmp_path: Path, sqlite_store: SQLiteEventStore, dynamo: tuple[DynamoDBEventStore, Any]) -> None:
