@@ -24,12 +24,16 @@ def row_pages(
     detail_types: Sequence[str] | None = None,
     columns: Sequence[str] = ROW_FIELDS,
     to_position: int | None = None,
+    stream_partition: tuple[int, int] | None = None,
 ) -> Iterator[list[Row]]:
     """Every event after `after_position` (up to `to_position`, inclusive) in position
-    order, as pages of tuples of `columns` (by default every StoredEvent field, in order)."""
+    order, as pages of tuples of `columns` (by default every StoredEvent field, in order).
+    `stream_partition` (SQLite only) keeps one partition of the streams."""
     if isinstance(store, SQLiteEventStore):
-        yield from store.iter_rows(after_position, page_size, detail_types, columns, to_position)
+        yield from store.iter_rows(after_position, page_size, detail_types, columns, to_position, stream_partition)
         return
+    if stream_partition is not None:
+        raise ValueError("only a SQLite log is read in partitions of its streams")
     fields = attrgetter(*columns) if len(columns) > 1 else (lambda e: (getattr(e, columns[0]),))
     position = after_position
     while True:

@@ -15,11 +15,13 @@ with the documents exactly as the live runner writes them. Three uses:
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import starmap
@@ -28,6 +30,7 @@ from typing import Any
 
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import EventEnvelope, StoredEvent
+from contracts.events.base import DomainEvent
 from palette.audit.pages import row_pages
 from palette.eventstore.port import EventStore
 from palette.eventstore.sqlite import SQLiteEventStore
@@ -36,10 +39,12 @@ from palette.projections.documents_sqlite import documents_table, sqlite_documen
 from palette.projections.port import (
     Batch,
     Checkpoint,
+    DecodedEvent,
     ProjectedEvent,
     Projection,
     ProjectionFailed,
     ReadModelStore,
+    stream_heads,
 )
 from palette.projections.sqlite import SQLiteReadModelStore
 
@@ -114,9 +119,10 @@ def replay(
     commit_batch: int = COMMIT_BATCH,
     read_page: int = READ_PAGE,
     to_position: int | None = None,
+    stream_partition: tuple[int, int] | None = None,
 ) -> ReplaySummary:
-    """Apply the log (up to `to_position`, when given) to every target's empty store in one
-    pass; returns what was applied."""
+    """Apply the log (up to `to_position`, when given; of one partition of the streams,
+    when given) to every target's empty store in one pass; returns what was applied."""
     wanted: dict[str, list[ReplayTarget]] = {}
     for target in targets:
         target.store.prepare(target.projection)
@@ -128,32 +134,42 @@ def replay(
     detail_types = sorted(wanted)
     position = read = 0
     pages = (
-        row_pages(events, read_page, detail_types=detail_types, to_position=to_position)
+        row_pages(events, read_page, detail_types=detail_types, to_position=to_position,
+                  stream_partition=stream_partition)
         if detail_types
         else iter(())
     )
-    for rows in pages:
-        page = list(starmap(StoredEvent, rows))
-        for stored in page:
-            if include is not None and not include(stored.time):
-                continue
-            envelope: EventEnvelope | None = None
-            for target in wanted.get(stored.detail_type, ()):
-                if target.until is not None and (stored.position or 0) > target.until:
+    routes = {
+        detail_type: [(t, t.projection.event_view == "decoded", t.until) for t in routed]
+        for detail_type, routed in wanted.items()
+    }
+    with _collector_paused():
+        for rows in pages:
+            page = list(starmap(StoredEvent, rows))
+            for stored in page:
+                if include is not None and not include(stored.time):
                     continue
-                if target.projection.event_view == "stored":
-                    target.pending.append(stored)
-                else:
-                    if envelope is None:
-                        envelope = _decode(stored, target.projection, catalog)
-                    target.pending.append(envelope)
-                target.last = stored
-                if len(target.pending) >= commit_batch:
-                    _commit(target)
-        read += len(page)
-        if progress is not None:
-            progress(len(page))
-        position = page[-1].position or position
+                envelope: EventEnvelope | None = None
+                decoded: DecodedEvent | None = None
+                for target, wants_decoded, until in routes[stored.detail_type]:
+                    if until is not None and (stored.position or 0) > until:
+                        continue
+                    pending = target.pending
+                    if wants_decoded:
+                        if decoded is None:
+                            decoded = DecodedEvent(stored, _decode(stored, target.projection, catalog))
+                        pending.append(decoded)
+                    else:
+                        if envelope is None:
+                            envelope = _envelope(stored, target.projection, catalog)
+                        pending.append(envelope)
+                    target.last = stored
+                    if len(pending) >= commit_batch:
+                        _commit(target)
+            read += len(page)
+            if progress is not None:
+                progress(len(page))
+            position = page[-1].position or position
     for target in targets:
         _commit(target)
     return ReplaySummary(
@@ -164,11 +180,33 @@ def replay(
     )
 
 
-def _decode(stored: StoredEvent, projection: Projection, catalog: EventCatalog) -> EventEnvelope:
+def _envelope(stored: StoredEvent, projection: Projection, catalog: EventCatalog) -> EventEnvelope:
     try:
         return EventEnvelope.from_stored(stored, catalog)
     except Exception as error:
         raise ProjectionFailed(projection.name, stored) from error
+
+
+def _decode(stored: StoredEvent, projection: Projection, catalog: EventCatalog) -> DomainEvent:
+    try:
+        return catalog.decode(stored.detail_type, stored.schema_version, stored.detail)
+    except Exception as error:
+        raise ProjectionFailed(projection.name, stored) from error
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off for a replay's pass, on again after. A replay makes
+    millions of short-lived objects and no cycles, while it holds a growing set of live
+    ones (pending batches, documents): each collection would walk all of those again.
+    Reference counting still frees everything the pass drops (memory is the same)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _commit(target: ReplayTarget) -> None:
@@ -176,28 +214,14 @@ def _commit(target: ReplayTarget) -> None:
     if not target.pending or target.last is None:
         return
     events, last = target.pending, target.last
-    stream_versions: dict[str, int] = {}
-    if target.projection.track_streams:
-        for event in events:
-            stream_id = _stream_of(event)
-            if stream_id not in stream_versions:
-                stream_versions[stream_id] = target.versions.get(stream_id, 0)
+    heads = stream_heads(events) if target.projection.track_streams else {}
+    stream_versions = {stream_id: target.versions.get(stream_id, 0) for stream_id in heads}
     advance_to = Checkpoint(last.position or 0, last.id)
     target.store.commit(target.projection, Batch(events, target.checkpoint, advance_to, stream_versions))
-    if target.projection.track_streams:
-        for event in events:
-            target.versions[_stream_of(event)] = _version_of(event)
+    target.versions.update(heads)
     target.applied += len(events)
     target.checkpoint = advance_to
     target.pending = []
-
-
-def _stream_of(event: ProjectedEvent) -> str:
-    return event.metadata.stream_id if isinstance(event, EventEnvelope) else event.stream_id
-
-
-def _version_of(event: ProjectedEvent) -> int:
-    return event.metadata.version if isinstance(event, EventEnvelope) else event.version
 
 
 # -- the three uses ----------------------------------------------------------------------
@@ -215,107 +239,128 @@ def replay_into(
 ) -> ReplaySummary:
     """Build `projections` from the log into `directory/projections.db` (a new file).
 
-    On a SQLite log the projections may be split among `workers` processes (default: two
-    on a machine with two cores or more, for a log big enough to pay for them). Each
-    process reads the log up to the same last position, builds its projections into its
-    own file, and the files are merged into `projections.db`: the documents and tracking
-    records are the ones a single process builds."""
+    On a SQLite log the work may be split among `workers` processes (default: two on a
+    machine with two cores or more, for a log big enough to pay for them): each projection
+    `keyed_by_stream` is built by every process over its own partition of the streams
+    (each reading only those streams' events), the others whole by this process. Every
+    process reads up to the same last position into its own file, and the files are
+    merged into `projections.db`: the documents and tracking records are the ones a
+    single process builds."""
     directory = Path(directory)
     path = directory / PROJECTIONS_FILE
     if path.exists():
         raise ReplayError(f"{path} exists; replay into a new directory")
-    groups = _split(events, projections, workers)
-    if len(groups) > 1 and isinstance(events, SQLiteEventStore):
-        summary = _replay_split(events, groups, path, as_of, until, progress)
+    plan = _plan(events, projections, workers)
+    if len(plan) > 1 and isinstance(events, SQLiteEventStore):
+        summary = _replay_split(events, plan, path, as_of, until, progress)
         summary = replace(summary, applied={p.name: summary.applied[p.name] for p in projections})
     else:
-        summary = _replay_file(events, projections, path, as_of, until, progress, None)
+        summary = _replay_file(events, plan[0], path, as_of, until, progress, None)
     return ReplaySummary(summary.events_read, summary.last_position, as_of, summary.applied, str(directory))
+
+
+@dataclass(frozen=True)
+class _Task:
+    """Projections to build over the whole log, or over one partition of its streams."""
+
+    projections: list[DocumentProjection]
+    stream_partition: tuple[int, int] | None = None
 
 
 def _replay_file(
     events: EventStore,
-    projections: Sequence[DocumentProjection],
+    tasks: Sequence[_Task],
     path: Path,
     as_of: str | None,
     until: Mapping[str, int] | None,
     progress: Progress | None,
     to_position: int | None,
 ) -> ReplaySummary:
+    """Run `tasks` one after the other into the read-model file at `path`."""
     store = SQLiteReadModelStore(path, synchronous="OFF")
+    read, last, applied = 0, 0, {}
     try:
-        targets = [
-            ReplayTarget(sqlite_documents(p), store, None if until is None else until.get(p.name))
-            for p in projections
-        ]
-        return replay(events, targets, as_of=as_of, progress=progress, to_position=to_position)
+        for task in tasks:
+            targets = [
+                ReplayTarget(sqlite_documents(p), store, None if until is None else until.get(p.name))
+                for p in task.projections
+            ]
+            summary = replay(events, targets, as_of=as_of, progress=progress, to_position=to_position,
+                             stream_partition=task.stream_partition)
+            read, last = read + summary.events_read, max(last, summary.last_position)
+            applied.update(summary.applied)
     finally:
         store.close()
+    return ReplaySummary(read, last, as_of, applied)
 
 
 PARALLEL_FROM = 50_000
 """Below about this many events a second process costs more than it saves."""
-_SAMPLE = 20_000
 
 
-def _split(
+def _plan(
     events: EventStore, projections: Sequence[DocumentProjection], workers: int | None
-) -> list[list[DocumentProjection]]:
-    """`projections` in groups of about equal work (the events each applies, estimated on
-    the log's first events), one group per worker; one group when a split does not pay."""
+) -> list[list[_Task]]:
+    """The tasks of each process (this one first); one process when a split does not pay."""
+    whole = [_Task(list(projections))]
     if workers is None:
         workers = 2 if (os.cpu_count() or 1) >= 2 else 1
+    keyed = [p for p in projections if p.keyed_by_stream]
     if (
         workers < 2
-        or len(projections) < 2
+        or not keyed
         or not isinstance(events, SQLiteEventStore)
         or "fork" not in multiprocessing.get_all_start_methods()
         or events.last_position() < PARALLEL_FROM
     ):
-        return [list(projections)]
-    sample: dict[str, int] = {}
-    for rows in events.iter_rows(page_size=_SAMPLE, columns=("detail_type",), to_position=_SAMPLE):
-        for (detail_type,) in rows:
-            sample[detail_type] = sample.get(detail_type, 0) + 1
-    weights = [sum(sample.get(t, 0) for t in p.detail_types) + 1 for p in projections]
-    groups: list[list[DocumentProjection]] = [[] for _ in range(min(workers, len(projections)))]
-    loads = [0] * len(groups)
-    for index in sorted(range(len(projections)), key=lambda i: -weights[i]):
-        lightest = loads.index(min(loads))
-        groups[lightest].append(projections[index])
-        loads[lightest] += weights[index]
-    order = {p.name: i for i, p in enumerate(projections)}
-    return [sorted(group, key=lambda p: order[p.name]) for group in groups if group]
+        return [whole]
+    plan = [[_Task(keyed, (n, workers))] for n in range(workers)]
+    others = [p for p in projections if not p.keyed_by_stream]
+    if others:
+        plan[0].append(_Task(others))
+    return plan
 
 
 def _replay_split(
     events: SQLiteEventStore,
-    groups: list[list[DocumentProjection]],
+    plan: list[list[_Task]],
     path: Path,
     as_of: str | None,
     until: Mapping[str, int] | None,
     progress: Progress | None,
 ) -> ReplaySummary:
-    """The first group in this process, each other group in a forked one, all up to the
-    same last position; then the other groups' files are merged into `path`."""
+    """The first process's tasks here, each other's in a forked process, all up to the
+    same last position; then the other processes' files are merged into `path`."""
     to_position = events.last_position()
     context = multiprocessing.get_context("fork")
-    parts = [path.with_name(f"{path.name}.part{n}") for n in range(1, len(groups))]
+    parts = [path.with_name(f"{path.name}.part{n}") for n in range(1, len(plan))]
+    read_by_others = context.Value("q", 0)
+    reported = 0
+
+    def report(count: int) -> None:
+        nonlocal reported
+        if progress is not None:
+            others = read_by_others.value
+            progress(count + others - reported)
+            reported = others
+
     children = []
     try:
-        for group, part in zip(groups[1:], parts, strict=True):
+        for tasks, part in zip(plan[1:], parts, strict=True):
             receiver, sender = context.Pipe(duplex=False)
             child = context.Process(
                 target=_replay_part,
-                args=(events.path, group, part, as_of, until, to_position, sender),
+                args=(events.path, tasks, part, as_of, until, to_position, sender, read_by_others),
                 daemon=True,
             )
             child.start()
             sender.close()
             children.append((child, receiver))
-        mine = _replay_file(events, groups[0], path, as_of, until, progress, to_position)
+        mine = _replay_file(events, plan[0], path, as_of, until, report, to_position)
         applied = dict(mine.applied)
         for child, receiver in children:
+            while not receiver.poll(0.2):
+                report(0)
             try:
                 outcome, value = receiver.recv()
             except EOFError:
@@ -323,7 +368,9 @@ def _replay_split(
             child.join()
             if outcome != "done":
                 raise ReplayError(f"a replay worker failed: {value}")
-            applied.update(value)
+            for name, count in value.items():
+                applied[name] = applied.get(name, 0) + count
+        report(0)
         _merge_parts(path, parts)
     except BaseException:
         Path(path).unlink(missing_ok=True)
@@ -336,7 +383,7 @@ def _replay_split(
         for part in parts:
             for suffix in ("", "-journal", "-wal", "-shm"):
                 Path(f"{part}{suffix}").unlink(missing_ok=True)
-    wanted = sorted({t for group in groups for p in group for t in p.detail_types})
+    wanted = sorted({t for tasks in plan for task in tasks for p in task.projections for t in p.detail_types})
     read = last = 0
     for rows in events.iter_rows(page_size=READ_PAGE * 10, detail_types=wanted, columns=("position",),
                                  to_position=to_position):
@@ -347,18 +394,25 @@ def _replay_split(
 
 def _replay_part(
     events_path: Path,
-    projections: list[DocumentProjection],
+    tasks: list[_Task],
     part: Path,
     as_of: str | None,
     until: Mapping[str, int] | None,
     to_position: int,
     results: Any,
+    read: Any,
 ) -> None:
-    """A forked worker: its own connections (never the parent's), its own file."""
+    """A forked worker: its own connections (never the parent's), its own file; `read`
+    counts the events it read, for the parent's progress bar."""
+
+    def count(events_read: int) -> None:
+        with read.get_lock():
+            read.value += events_read
+
     try:
         events = SQLiteEventStore(events_path)
         try:
-            summary = _replay_file(events, projections, part, as_of, until, None, to_position)
+            summary = _replay_file(events, tasks, part, as_of, until, count, to_position)
         finally:
             events.close()
         results.send(("done", summary.applied))
@@ -369,12 +423,15 @@ def _replay_part(
 
 
 def _merge_parts(path: Path, parts: Sequence[Path]) -> None:
-    """Copy each part file's tables (schema, rows) and tracking records into `path`."""
+    """Copy each part file's tables (schema, rows) and tracking records into `path`. A
+    projection built in partitions has its table in several files: the rows are disjoint
+    (its documents are keyed by stream), and its checkpoint is the furthest one."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
         for part in parts:
             db.execute("ATTACH DATABASE ? AS part", (str(part),))
             db.execute("BEGIN IMMEDIATE")
+            existing = {name for (name,) in db.execute("SELECT name FROM main.sqlite_master")}
             schema = db.execute(
                 "SELECT type, name, tbl_name, sql FROM part.sqlite_master "
                 "WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
@@ -382,11 +439,22 @@ def _merge_parts(path: Path, parts: Sequence[Path]) -> None:
             for kind, name, table, sql in schema:
                 if table in _TRACKING_TABLES:
                     continue
-                db.execute(sql)
+                if name not in existing:
+                    db.execute(sql)
                 if kind == "table":
-                    db.execute(f'INSERT INTO main."{name}" SELECT * FROM part."{name}"')
-            for table in _TRACKING_TABLES:
-                db.execute(f"INSERT INTO main.{table} SELECT * FROM part.{table}")
+                    try:
+                        db.execute(f'INSERT INTO main."{name}" SELECT * FROM part."{name}"')
+                    except sqlite3.IntegrityError:
+                        raise ReplayError(
+                            f"{name}: a document was built in two partitions of the streams, so its "
+                            "projection is not keyed by stream; replay with one worker"
+                        ) from None
+            db.execute(
+                "INSERT INTO main.projection_tracking SELECT * FROM part.projection_tracking WHERE true "
+                "ON CONFLICT (projection) DO UPDATE SET position = excluded.position, "
+                "event_id = excluded.event_id WHERE excluded.position > projection_tracking.position"
+            )
+            db.execute("INSERT INTO main.projection_stream_tracking SELECT * FROM part.projection_stream_tracking")
             db.execute("COMMIT")
             db.execute("DETACH DATABASE part")
     finally:

@@ -8,7 +8,7 @@ workers each check one partition of the streams.
   Python's canonical form ever decides a finding.
 - The invariants read five fields of a job event's detail: SQLite's `->>` picks them,
   instead of Python parsing every detail.
-- Partitions: by the last two characters of the stream id. Every check but the global
+- Partitions: by the last two characters of the stream id (STREAM_PARTITION). Every check but the global
   order is per stream (versions, links, hashes) or per job, and a job's streams all end
   with its id (`job-`, `generation-`, `ledger-<job id>`), so each partition is checked
   whole, in log order, by one worker, and the results only need adding up. The global
@@ -40,7 +40,7 @@ from palette.audit.verify import (
     Violation,
     position_violation,
 )
-from palette.eventstore.sqlite import SQLiteEventStore
+from palette.eventstore.sqlite import STREAM_PARTITION, SQLiteEventStore
 
 PARALLEL_FROM = 50_000
 """Below about this many events, forking workers costs more than it saves."""
@@ -58,7 +58,7 @@ _PARTITION_SQL = (
     + ", ".join(_IF_JOB_EVENT.format(name) for name in ("batch_number", "rows", "total", "budget_limit"))
     + ", CASE WHEN detail_type = 'DatasetExported' THEN detail END "
     "FROM events WHERE position <= ? "
-    "AND (unicode(substr(stream_id, -1)) + coalesce(unicode(substr(stream_id, -2, 1)), 0)) % ? = ? "
+    f"AND {STREAM_PARTITION} = ? "
     "ORDER BY position"
 )
 _REHASH_SQL = (

@@ -57,6 +57,10 @@ _COLUMNS = (
 )
 ROW_FIELDS: tuple[str, ...] = tuple(name.strip() for name in _COLUMNS.split(","))
 """The columns of a row from `iter_rows`, in StoredEvent's field order."""
+STREAM_PARTITION = "(unicode(substr(stream_id, -1)) + coalesce(unicode(substr(stream_id, -2, 1)), 0)) % ?"
+"""SQL: the partition (of `?`) of an event's stream, from the last two characters of its id.
+Stream ids are `<kind>-<entity id>`, so every stream of one entity falls in the same
+partition; whole-log passes split their work by it (audit verify, replay)."""
 _INSERT = (
     "INSERT INTO events (id, stream_id, version, source, detail_type, schema_version, time, "
     "correlation_id, causation_id, actor, detail, prev_hash, hash) "
@@ -229,14 +233,17 @@ class SQLiteEventStore(EventStore):
         detail_types: Sequence[str] | None = None,
         columns: Sequence[str] = ROW_FIELDS,
         to_position: int | None = None,
+        stream_partition: tuple[int, int] | None = None,
     ) -> Iterator[list[tuple[Any, ...]]]:
         """The log after `after_position` in position order, as pages of plain tuples.
 
         The bulk read for whole-log passes (audit, replay, export): one query whose rows
         come out as tuples of `columns` (default ROW_FIELDS, StoredEvent's field order,
         so `StoredEvent(*row)` rebuilds an event), with none of the per-event objects of
-        `read_all`; `to_position` stops it there (inclusive). The pass reads one consistent snapshot: the query's read transaction
-        lasts until the iterator is exhausted or closed.
+        `read_all`; `to_position` stops it there (inclusive); `stream_partition` = (n, of)
+        keeps the events of the streams in partition n (see STREAM_PARTITION). The pass
+        reads one consistent snapshot: the query's read transaction lasts until the
+        iterator is exhausted or closed.
         """
         unknown = [c for c in columns if c not in ROW_FIELDS]
         if unknown:
@@ -249,6 +256,10 @@ class SQLiteEventStore(EventStore):
         if detail_types is not None:
             sql += f" AND detail_type IN ({','.join('?' * len(detail_types))})"
             args.extend(detail_types)
+        if stream_partition is not None:
+            partition, partitions = stream_partition
+            sql += f" AND {STREAM_PARTITION} = ?"
+            args.extend((partitions, partition))
         sql += " ORDER BY position"
         cursor = self._connection().execute(sql, args)
         try:

@@ -116,6 +116,7 @@ def dynamodb_documents(projection: DocumentProjection) -> DynamoDBDocuments:
             "detail_types": tuple(projection.detail_types),
             "track_streams": projection.track_streams,
             "event_view": projection.event_view,
+            "keyed_by_stream": projection.keyed_by_stream,
         },
     )
     instance: DynamoDBDocuments = wrapper(projection)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from palette.projections.documents import (
@@ -74,6 +75,12 @@ class SQLiteDocuments(SQLiteProjection):
             return
         self.documents.apply(event, writer)
 
+    def applier(self, db: sqlite3.Connection) -> Callable[[ProjectedEvent], None]:
+        writer = getattr(self._batch, "writer", None)
+        if writer is None or writer.db is not db:
+            return super().applier(db)
+        return partial(self.documents.apply, docs=writer)
+
     def start_batch(self, db: sqlite3.Connection) -> None:
         self._batch.writer = _SQLiteDocumentWriter(db, self.table, self.documents.finish)
 
@@ -94,6 +101,7 @@ def sqlite_documents(projection: DocumentProjection) -> SQLiteDocuments:
             "detail_types": tuple(projection.detail_types),
             "track_streams": projection.track_streams,
             "event_view": projection.event_view,
+            "keyed_by_stream": projection.keyed_by_stream,
         },
     )
     instance: SQLiteDocuments = wrapper(projection)

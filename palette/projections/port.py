@@ -16,18 +16,42 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, Literal, TypeVar
+from typing import ClassVar, Generic, Literal, NamedTuple, TypeVar
 
 from contracts.envelope import EventEnvelope, EventMetadata, StoredEvent
+from contracts.events.base import DomainEvent
 
-ProjectedEvent = EventEnvelope | StoredEvent
-"""What `apply` receives: the typed envelope, or the stored record for projections that
-decode only what they need (see `Projection.event_view`)."""
+
+class DecodedEvent(NamedTuple):
+    """The stored record and its typed detail: for projections that need the detail but
+    not the envelope around it (building an envelope costs more than decoding the detail,
+    and a replay does it for every event)."""
+
+    stored: StoredEvent
+    detail: DomainEvent
+
+
+ProjectedEvent = EventEnvelope | DecodedEvent
+"""What `apply` receives (see `Projection.event_view`)."""
 
 
 def recorded_as(event: ProjectedEvent) -> EventMetadata | StoredEvent:
-    """The store fields (id, stream_id, version, position) of either view of an event."""
-    return event.metadata if isinstance(event, EventEnvelope) else event
+    """The store fields (id, stream_id, version, position, time) of either view of an event."""
+    return event.metadata if isinstance(event, EventEnvelope) else event.stored
+
+
+def detail_and_time(event: ProjectedEvent) -> tuple[DomainEvent, str]:
+    """The typed detail and recorded time of either view of an event."""
+    if isinstance(event, EventEnvelope):
+        return event.detail, event.metadata.time
+    return event.detail, event.stored.time
+
+
+def stream_heads(events: Sequence[ProjectedEvent]) -> dict[str, int]:
+    """The last version of each stream among `events` (in order, either view)."""
+    if events and isinstance(events[0], EventEnvelope):
+        return {e.metadata.stream_id: e.metadata.version for e in events}  # type: ignore[union-attr]
+    return {e.stored.stream_id: e.stored.version for e in events}  # type: ignore[union-attr]
 
 
 class Projection(ABC):
@@ -40,14 +64,20 @@ class Projection(ABC):
       pushed event directly instead of catching up from the log: for a bus that does not
       keep the log's order (EventBridge) or a log without global positions. An event whose
       stream has a gap is applied after the missing versions, read from the event store.
-    - `event_view`: "envelope" (typed `EventEnvelope`, the default) or "stored" (the raw
-      `StoredEvent`: no decoding cost, for projections whose rebuild speed matters).
+    - `event_view`: "envelope" (typed `EventEnvelope`, the default) or "decoded" (a
+      `DecodedEvent`: the stored record and its typed detail, no envelope built, for
+      projections whose rebuild speed matters).
+    - `keyed_by_stream`: every read-model row an event changes belongs to the entity its
+      stream names (the stream id after its kind: `job-<id>`, `generation-<id>` and
+      `ledger-<id>` all name job <id>), so rows of different entities never meet. A
+      rebuild may then run in partitions of the streams, one process each.
     """
 
     name: ClassVar[str]
     detail_types: ClassVar[tuple[str, ...]]
     track_streams: ClassVar[bool] = False
-    event_view: ClassVar[Literal["envelope", "stored"]] = "envelope"
+    event_view: ClassVar[Literal["envelope", "decoded"]] = "envelope"
+    keyed_by_stream: ClassVar[bool] = False
 
 
 @dataclass(frozen=True, slots=True)

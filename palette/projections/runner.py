@@ -18,6 +18,7 @@ from palette.projections.port import (
     Batch,
     Checkpoint,
     CheckpointMoved,
+    DecodedEvent,
     EventNotInLog,
     P,
     ProjectedEvent,
@@ -149,9 +150,9 @@ class ProjectionRunner(Generic[P]):
         return len(events)
 
     def _view(self, stored: StoredEvent) -> ProjectedEvent:
-        if self.projection.event_view == "stored":
-            return stored
         try:
+            if self.projection.event_view == "decoded":
+                return DecodedEvent(stored, self._catalog.decode(stored.detail_type, stored.schema_version, stored.detail))
             return EventEnvelope.from_stored(stored, self._catalog)
         except Exception as error:
             raise ProjectionFailed(self.projection.name, stored) from error

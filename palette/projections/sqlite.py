@@ -17,8 +17,9 @@ import sqlite3
 import threading
 import uuid
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from palette.projections.port import (
@@ -29,7 +30,7 @@ from palette.projections.port import (
     Projection,
     ProjectionFailed,
     ReadModelStore,
-    recorded_as,
+    stream_heads,
 )
 
 _TRACKING_TABLES = ("projection_tracking", "projection_stream_tracking")
@@ -68,6 +69,11 @@ class SQLiteProjection(Projection):
 
         Earlier events of the same batch are visible through `db`; never COMMIT or ROLLBACK.
         """
+
+    def applier(self, db: sqlite3.Connection) -> Callable[[ProjectedEvent], None]:
+        """What the store calls with each event of a batch, after `start_batch`: `apply`
+        with `db`, unless the projection binds its batch state once here."""
+        return partial(self.apply, db=db)
 
     def start_batch(self, db: sqlite3.Connection) -> None:
         """Called inside the commit's transaction before its first `apply`; a projection
@@ -138,18 +144,15 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
                 tracked_versions = _stream_versions(db, name, list(batch.stream_versions))
                 if tracked_versions != dict(batch.stream_versions):
                     raise CheckpointMoved(name, "a stream's tracked version changed")
-            applied_versions: dict[str, int] = {}
             projection.start_batch(db)
+            apply = projection.applier(db)
             completed = False
             try:
                 for event in batch.events:
                     try:
-                        projection.apply(event, db)
+                        apply(event)
                     except Exception as error:
                         raise ProjectionFailed(name, event) from error
-                    if projection.track_streams:
-                        record = recorded_as(event)
-                        applied_versions[record.stream_id] = record.version
                 completed = True
             finally:
                 try:
@@ -158,6 +161,7 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
                     if not completed:
                         raise
                     raise ProjectionFailed(name, batch.events[-1]) from error
+            applied_versions = stream_heads(batch.events) if projection.track_streams else {}
             if applied_versions:
                 db.executemany(
                     "INSERT INTO projection_stream_tracking (projection, stream_id, version) "

@@ -21,9 +21,6 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
-from contracts.catalog import CATALOG
-from contracts.envelope import EventEnvelope
-from contracts.events.base import DomainEvent
 from contracts.events.billing import (
     BudgetExceeded,
     BudgetWarning,
@@ -39,7 +36,7 @@ from palette.projections.documents import (
     DocumentWriter,
     IndexEntry,
 )
-from palette.projections.port import ProjectedEvent
+from palette.projections.port import ProjectedEvent, detail_and_time
 
 JOBS = "job"
 CATEGORIES = ("model_tokens", "compute", "storage", "total")
@@ -62,7 +59,11 @@ def _add(amounts: dict[str, Any], more: Mapping[str, Decimal]) -> None:
     """Add `more` into `amounts` as Decimals (text from an earlier commit or Decimals held
     by this one); `JobCosts.finish` writes them back as text."""
     for name, amount in more.items():
-        amounts[name] = Decimal(amounts.get(name, "0")) + amount
+        held = amounts.get(name)
+        if held is None:
+            amounts[name] = amount
+        else:
+            amounts[name] = (held if type(held) is Decimal else Decimal(held)) + amount
 
 
 def _as_text(amounts: dict[str, Any]) -> None:
@@ -83,11 +84,12 @@ class JobCosts(DocumentProjection):
         PromptEnhancementCharged.detail_type(),
     )
     track_streams: ClassVar[bool] = True
-    event_view: ClassVar[Literal["envelope", "stored"]] = "stored"
-    """Half the log is CostRecorded: it decodes only the detail (see `_typed`)."""
+    keyed_by_stream: ClassVar[bool] = True
+    event_view: ClassVar[Literal["envelope", "decoded"]] = "decoded"
+    """Half the log is CostRecorded: it decodes only the detail (a DecodedEvent: no envelope built)."""
 
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
-        detail, time = _typed(event)
+        detail, time = detail_and_time(event)
         if isinstance(detail, PromptEnhancementCharged):
             _charge_owner(detail, time, docs)
             return
@@ -147,14 +149,6 @@ def _charge_owner(detail: PromptEnhancementCharged, time: str, docs: DocumentWri
     body["owner"] = detail.owner
     _charge(body, time, {category: getattr(detail, category) for category in CATEGORIES}, detail.per_model)
     docs.put(Document(collection=JOBS, key=key, body=body, index1=IndexEntry(_owner_partition(detail.owner), key)))
-
-
-def _typed(event: ProjectedEvent) -> tuple[DomainEvent, str]:
-    """The typed detail and recorded time of either view of an event: the same values the
-    envelope carries, without building the envelope around them."""
-    if isinstance(event, EventEnvelope):
-        return event.detail, event.metadata.time
-    return CATALOG.decode(event.detail_type, event.schema_version, event.detail), event.time
 
 
 def _empty(job_id: str) -> dict[str, Any]:

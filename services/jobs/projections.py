@@ -25,7 +25,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Literal, cast
 
-from contracts.catalog import CATALOG
 from contracts.envelope import EventEnvelope
 from contracts.events.base import DomainEvent
 from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
@@ -54,7 +53,7 @@ from palette.projections.documents import (
     IndexEntry,
     Page,
 )
-from palette.projections.port import ProjectedEvent
+from palette.projections.port import ProjectedEvent, detail_and_time
 
 JOBS = "job"
 DASHBOARDS = "dashboard"
@@ -91,6 +90,7 @@ class JobList(DocumentProjection):
     name: ClassVar[str] = "jobs_list"
     detail_types: ClassVar[tuple[str, ...]] = _JOB_EVENTS
     track_streams: ClassVar[bool] = True
+    keyed_by_stream: ClassVar[bool] = True
 
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
         envelope = cast(EventEnvelope, event)
@@ -177,11 +177,12 @@ class JobDashboard(DocumentProjection):
         )
     )
     track_streams: ClassVar[bool] = True
-    event_view: ClassVar[Literal["envelope", "stored"]] = "stored"
-    """It applies nearly every event of the log: it decodes only the detail (see `_typed`)."""
+    keyed_by_stream: ClassVar[bool] = True
+    event_view: ClassVar[Literal["envelope", "decoded"]] = "decoded"
+    """It applies nearly every event of the log: it decodes only the detail (a DecodedEvent: no envelope built)."""
 
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
-        detail, time = _typed(event)
+        detail, time = detail_and_time(event)
         job_id: str = detail.job_id  # type: ignore[attr-defined]
         body = docs.get(DASHBOARDS, job_id) or empty_dashboard(job_id)
         if body.get("deleted"):
@@ -197,14 +198,6 @@ class JobDashboard(DocumentProjection):
         if not body.get("deleted"):
             _derive(body)
         return body
-
-
-def _typed(event: ProjectedEvent) -> tuple[DomainEvent, str]:
-    """The typed detail and recorded time of either view of an event: the same values the
-    envelope carries, without building the envelope around them."""
-    if isinstance(event, EventEnvelope):
-        return event.detail, event.metadata.time
-    return CATALOG.decode(event.detail_type, event.schema_version, event.detail), event.time
 
 
 def empty_dashboard(job_id: str) -> dict[str, Any]:

@@ -68,6 +68,7 @@ class TemplateCatalog(DocumentProjection):
         TemplateDeleted.detail_type(),
     )
     track_streams: ClassVar[bool] = True
+    keyed_by_stream: ClassVar[bool] = True
 
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
         envelope = cast(EventEnvelope, event)

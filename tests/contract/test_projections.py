@@ -36,6 +36,7 @@ from palette.projections import (
     Batch,
     Checkpoint,
     CheckpointMoved,
+    DecodedEvent,
     EventNotInLog,
     ProjectedEvent,
     ProjectionFailed,
@@ -661,18 +662,19 @@ def _damage(backend: Backend, store: Any, projection: Any) -> None:
         )
 
 
-def test_the_stored_view_hands_apply_the_record_undecoded(tmp_path: Path, log: JobLog) -> None:
+def test_the_decoded_view_hands_apply_the_record_and_its_typed_detail(tmp_path: Path, log: JobLog) -> None:
     class StatusLog(SQLiteProjection):
         name = "status-log"
         detail_types = ("JobStarted",)
-        event_view = "stored"
+        event_view = "decoded"
 
         def setup(self, db: sqlite3.Connection) -> None:
             db.execute("CREATE TABLE IF NOT EXISTS status_log (event_id TEXT, stream_id TEXT)")
 
         def apply(self, event: ProjectedEvent, db: sqlite3.Connection) -> None:
-            assert isinstance(event, StoredEvent)
-            db.execute("INSERT INTO status_log VALUES (?, ?)", (event.id, event.stream_id))
+            assert isinstance(event, DecodedEvent) and isinstance(event.detail, JobStarted)
+            assert event.detail.job_id == event.stored.stream_id.removeprefix("job-")
+            db.execute("INSERT INTO status_log VALUES (?, ?)", (event.stored.id, event.stored.stream_id))
 
     started = [e for e in log.add_jobs(0, 6) if e.detail_type == "JobStarted"]
     store = SQLiteReadModelStore(tmp_path / "projections.db")

@@ -411,6 +411,35 @@ def test_a_replay_equals_the_live_views_and_a_diff_names_a_changed_row(tmp_path:
     live.close()
 
 
+def _tracking(path: Path) -> tuple[list[Any], list[Any]]:
+    db = sqlite3.connect(path)
+    try:
+        return (db.execute("SELECT * FROM projection_tracking ORDER BY projection").fetchall(),
+                db.execute("SELECT * FROM projection_stream_tracking ORDER BY projection, stream_id").fetchall())
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_replay_split_over_stream_partitions_builds_what_one_process_builds(
+    tmp_path: Path, sqlite_store: SQLiteEventStore, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    sqlite_store.import_recorded(list(realistic_log(600, batches=6, concurrent=5)))
+    projections = local_projections()
+    until = {"jobs_dashboard": 400, "billing_costs": 10_000}
+    one = replay_into(sqlite_store, projections, tmp_path / "one", workers=1, until=until)
+    monkeypatch.setattr("palette.audit.replay.PARALLEL_FROM", 0)
+    seen: list[int] = []
+    split = replay_into(sqlite_store, projections, tmp_path / "split", workers=workers, until=until, progress=seen.append)
+
+    assert split.applied == one.applied and split.events_read == one.events_read
+    assert split.last_position == one.last_position
+    assert diff_documents(tmp_path / "one" / "projections.db", tmp_path / "split" / "projections.db", projections) == []
+    assert _tracking(tmp_path / "one" / "projections.db") == _tracking(tmp_path / "split" / "projections.db")
+    assert sum(seen) >= one.events_read
+    assert not list((tmp_path / "split").glob("*.part*"))
+
+
 def test_a_diff_stops_at_the_live_checkpoint_so_lag_is_no_difference(tmp_path: Path, sqlite_store: SQLiteEventStore) -> None:
     log = small_log()
     sqlite_store.import_recorded(log[:40])
