@@ -3,7 +3,8 @@ workers each check one partition of the streams.
 
 - The canonical text every hash is taken over is a compact JSON array of the hashed
   fields; SQLite's `json_array` writes exactly the text `contracts.envelope.canonical_text`
-  builds (same escapes, non-ASCII kept), so a worker only runs SHA-256 over it. Where the
+  builds (same escapes, non-ASCII kept), and hands it over as its UTF-8 bytes, so a worker
+  only runs SHA-256 over it. Where the
   two hashes differ, the event is hashed again in Python from its stored fields, so only
   Python's canonical form ever decides a finding.
 - The invariants read five fields of a job event's detail: SQLite's `->>` picks them,
@@ -51,8 +52,8 @@ _JOB_EVENT = "detail_type IN ({})".format(
 _IF_JOB_EVENT = f"CASE WHEN {_JOB_EVENT} AND json_valid(detail) THEN detail ->> '$.{{}}' END"
 _PARTITION_SQL = (
     "SELECT stream_id, version, position, id, detail_type, prev_hash, hash, "
-    "json_array(prev_hash, id, stream_id, version, source, detail_type, schema_version, time, "
-    "correlation_id, causation_id, actor, detail), "
+    "CAST(json_array(prev_hash, id, stream_id, version, source, detail_type, schema_version, time, "
+    "correlation_id, causation_id, actor, detail) AS BLOB), "
     f"CASE WHEN NOT {_JOB_EVENT} THEN NULL WHEN NOT json_valid(detail) THEN char(0) || 'not a JSON object' "
     "ELSE detail ->> '$.job_id' END, "
     + ", ".join(_IF_JOB_EVENT.format(name) for name in ("batch_number", "rows", "total", "budget_limit"))

@@ -144,7 +144,7 @@ class _Job:
 
 AuditRow = tuple[Any, ...]
 """One event as the checks read it: (stream_id, version, position, event_id, detail_type,
-prev_hash, hash, canonical text, job_id, batch_number, rows, total, budget_limit, exported).
+prev_hash, hash, canonical text (UTF-8 bytes), job_id, batch_number, rows, total, budget_limit, exported).
 The first five are an EventRef's fields; the canonical text is what the hash is taken
 over; the last six are what the invariants read of a job event's detail (None where
 absent or for other events): `job_id` is `_NOT_AN_OBJECT` for a detail that is not a JSON
@@ -161,7 +161,7 @@ def audit_row(row: Row) -> AuditRow:
     canonical = canonical_text(
         prev_hash, event_id, stream_id, version, source, detail_type, schema_version,
         time, correlation_id, causation_id, actor, detail,
-    )
+    ).encode()
     head = (stream_id, version, position, event_id, detail_type, prev_hash, event_hash, canonical)
     if detail_type not in _DOMAIN_TYPES:
         return (*head, None, None, None, None, None, None)
@@ -208,7 +208,7 @@ class ChainChecker:
                 violations.append(_version_violation(EventRef(*row[:5]), version, head_version))
             if prev_hash != head_hash:
                 violations.append(_chain_violation(EventRef(*row[:5]), head_version))
-            if sha256(canonical.encode()).hexdigest() != event_hash and (rehash is None or rehash(row) != event_hash):
+            if sha256(canonical).hexdigest() != event_hash and (rehash is None or rehash(row) != event_hash):
                 violations.append(Violation.at(
                     "hash", EventRef(*row[:5]),
                     "stored content does not match its hash: the event was altered after it was recorded",

@@ -119,20 +119,25 @@ class JobCosts(DocumentProjection):
         ))
 
     def finish(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Every amount added by the commit, as fixed-point text."""
-        _as_text(body["totals"])
-        _as_text(body["per_model"])
+        """The job's totals, summed from its days here (once per commit, rather than added
+        up at every charge), and every amount as fixed-point text."""
+        totals = dict.fromkeys(CATEGORIES, Decimal(0))
+        per_model: dict[str, Decimal] = {}
         for today in body["per_day"].values():
+            for category in CATEGORIES:
+                totals[category] += Decimal(today[category])
+            for model, amount in today["per_model"].items():
+                per_model[model] = per_model.get(model, Decimal(0)) + Decimal(amount)
             _as_text(today)
             _as_text(today["per_model"])
+        body["totals"] = {category: usd(amount) for category, amount in totals.items()}
+        body["per_model"] = {model: usd(amount) for model, amount in per_model.items()}
         return body
 
 
 def _charge(body: dict[str, Any], time: str, categories: Mapping[str, Decimal], per_model: Mapping[str, Decimal]) -> None:
-    """One charge on the job's totals and on its UTC day."""
+    """One charge on the job's UTC day (`finish` sums the days into the totals)."""
     body["batches"] += 1
-    _add(body["totals"], categories)
-    _add(body["per_model"], per_model)
     day = time[:10]
     today = body["per_day"].get(day)
     if today is None:
