@@ -384,11 +384,7 @@ def _replay_split(
             for suffix in ("", "-journal", "-wal", "-shm"):
                 Path(f"{part}{suffix}").unlink(missing_ok=True)
     wanted = sorted({t for tasks in plan for task in tasks for p in task.projections for t in p.detail_types})
-    read = last = 0
-    for rows in events.iter_rows(page_size=READ_PAGE * 10, detail_types=wanted, columns=("position",),
-                                 to_position=to_position):
-        read += len(rows)
-        last = rows[-1][0]
+    read, last = events.count_events(wanted, to_position)
     return ReplaySummary(read, last, as_of, applied)
 
 

@@ -268,6 +268,16 @@ class SQLiteEventStore(EventStore):
         finally:
             cursor.close()
 
+    def count_events(self, detail_types: Sequence[str], to_position: int) -> tuple[int, int]:
+        """How many events of `detail_types` the log holds up to `to_position` (inclusive),
+        and the position of the last of them (0 when none): one query, no rows read out."""
+        row = self._connection().execute(
+            f"SELECT count(*), max(position) FROM events WHERE position <= ? "
+            f"AND detail_type IN ({','.join('?' * len(detail_types))})",
+            (to_position, *detail_types),
+        ).fetchone()
+        return row[0], row[1] or 0
+
     def iter_arrow(self, to_position: int, batch_rows: int = 65_536) -> Iterator[Any]:
         """The log up to `to_position` (inclusive) in position order, as Arrow record batches
         of ROW_FIELDS, read by the ADBC SQLite driver: no Python object per value, for
