@@ -37,6 +37,10 @@ Runtime = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", min=1, help="Processes for a SQLite log (default: one per core when the log is big)."),
+]
 MAX_LISTED = 50
 EVENTS_FILE = "events.db"
 PROJECTIONS_FILE = "projections.db"
@@ -97,7 +101,9 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
 
 
 @audit_app.command("verify")
-def verify(data_dir: DataDir = DEFAULT_DATA_DIR, runtime: Runtime = "local", as_json: Json = False) -> None:
+def verify(
+    data_dir: DataDir = DEFAULT_DATA_DIR, runtime: Runtime = "local", as_json: Json = False, workers: Workers = None
+) -> None:
     """Prove the log is intact: hash chains, versions, positions and the job invariants.
 
     Invariants: no batch after a job ended, spend within budget, every batch charged once,
@@ -108,7 +114,7 @@ def verify(data_dir: DataDir = DEFAULT_DATA_DIR, runtime: Runtime = "local", as_
     store = open_events(data_dir, runtime)
     try:
         with progress_bar("verifying the log") as advance:
-            report = verify_log(store, advance)
+            report = verify_log(store, advance, workers=workers)
     finally:
         store.close()
     if as_json:
@@ -205,6 +211,7 @@ def replay_command(
     as_of: Annotated[str | None, typer.Option("--as-of", help="Only events recorded at or before this ISO-8601 time.")] = None,
     runtime: Runtime = "local",
     as_json: Json = False,
+    workers: Workers = None,
 ) -> None:
     """Rebuild every projection from the log.
 
@@ -230,9 +237,9 @@ def replay_command(
     try:
         with progress_bar("replaying the log") as advance:
             if diff:
-                result = _replay_diff(store, data_dir, projections, into, advance)
+                result = _replay_diff(store, data_dir, projections, into, advance, workers)
             elif into is not None:
-                result = _replay_into(store, projections, into, moment, advance)
+                result = _replay_into(store, projections, into, moment, advance, workers)
             else:
                 result = _replay_live(store, data_dir, runtime, projections, advance)
     except ReplayError as error:
@@ -259,10 +266,13 @@ def replay_command(
         fail(f"{len(result['differences'])} row(s) differ; first: {result['differences'][0]['line']}")
 
 
-def _replay_into(store: EventStore, projections: list[Any], into: Path, as_of: str | None, advance: Any) -> dict[str, Any]:
+def _replay_into(
+    store: EventStore, projections: list[Any], into: Path, as_of: str | None, advance: Any, workers: int | None
+) -> dict[str, Any]:
     from palette.audit.replay import replay_into
 
-    return {"summary": replay_into(store, projections, into, as_of=as_of, progress=advance).as_dict()}
+    summary = replay_into(store, projections, into, as_of=as_of, progress=advance, workers=workers)
+    return {"summary": summary.as_dict()}
 
 
 def _replay_live(store: EventStore, data_dir: Path, runtime: str, projections: list[Any], advance: Any) -> dict[str, Any]:
@@ -287,7 +297,7 @@ def _replay_live(store: EventStore, data_dir: Path, runtime: str, projections: l
 
 
 def _replay_diff(
-    store: EventStore, data_dir: Path, projections: list[Any], into: Path | None, advance: Any
+    store: EventStore, data_dir: Path, projections: list[Any], into: Path | None, advance: Any, workers: int | None
 ) -> dict[str, Any]:
     from palette.audit.replay import PROJECTIONS_FILE as REBUILT
     from palette.audit.replay import diff_documents, live_checkpoints, replay_into
@@ -303,7 +313,7 @@ def _replay_diff(
         live.close()
     with tempfile.TemporaryDirectory(prefix="palette-replay-") as scratch:
         target = into if into is not None else Path(scratch)
-        summary = replay_into(store, projections, target, until=until, progress=advance)
+        summary = replay_into(store, projections, target, until=until, progress=advance, workers=workers)
         differences = diff_documents(live_path, target / REBUILT, projections)
     return {
         "summary": summary.as_dict(),

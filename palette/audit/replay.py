@@ -303,16 +303,12 @@ def _plan(
 ) -> list[list[_Task]]:
     """The tasks of each process (this one first); one process when a split does not pay."""
     whole = [_Task(list(projections))]
+    if not isinstance(events, SQLiteEventStore) or "fork" not in multiprocessing.get_all_start_methods():
+        return [whole]
     if workers is None:
-        workers = 2 if (os.cpu_count() or 1) >= 2 else 1
+        workers = 2 if (os.cpu_count() or 1) >= 2 and events.last_position() >= PARALLEL_FROM else 1
     keyed = [p for p in projections if p.keyed_by_stream]
-    if (
-        workers < 2
-        or not keyed
-        or not isinstance(events, SQLiteEventStore)
-        or "fork" not in multiprocessing.get_all_start_methods()
-        or events.last_position() < PARALLEL_FROM
-    ):
+    if workers < 2 or not keyed:
         return [whole]
     plan = [[_Task(keyed, (n, workers))] for n in range(workers)]
     others = [p for p in projections if not p.keyed_by_stream]

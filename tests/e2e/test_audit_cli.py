@@ -105,6 +105,22 @@ def test_replay_diff_finds_no_difference_until_a_view_is_changed(data_dir: Path)
     assert code == 0
 
 
+def test_verify_and_replay_in_worker_processes_report_what_one_process_reports(data_dir: Path, tmp_path: Path) -> None:
+    reports = [palette("audit", "verify", "--data-dir", str(data_dir), "--json", "--workers", n) for n in ("1", "2")]
+    assert [code for code, _, _ in reports] == [0, 0]
+    assert json.loads(reports[0][1]) == json.loads(reports[1][1])
+
+    replays = [
+        palette("replay", "--data-dir", str(data_dir), "--into", str(tmp_path / f"views{n}"), "--json", "--workers", n)
+        for n in ("1", "2")
+    ]
+    assert [code for code, _, _ in replays] == [0, 0]
+    one, two = (json.loads(out)["summary"] for _, out, _ in replays)
+    assert (one["applied"], one["events_read"]) == (two["applied"], two["events_read"])
+    code, _, err = palette("replay", "--data-dir", str(data_dir), "--into", str(tmp_path / "x"), "--workers", "0")
+    assert code == 2 and "--workers" in err
+
+
 def test_replay_as_of_builds_past_views_into_a_directory(data_dir: Path, tmp_path: Path) -> None:
     code, out, _ = palette(
         "replay", "--data-dir", str(data_dir), "--into", str(tmp_path / "then"),

@@ -422,13 +422,12 @@ def _tracking(path: Path) -> tuple[list[Any], list[Any]]:
 
 @pytest.mark.parametrize("workers", [2, 3])
 def test_a_replay_split_over_stream_partitions_builds_what_one_process_builds(
-    tmp_path: Path, sqlite_store: SQLiteEventStore, monkeypatch: pytest.MonkeyPatch, workers: int
+    tmp_path: Path, sqlite_store: SQLiteEventStore, workers: int
 ) -> None:
     sqlite_store.import_recorded(list(realistic_log(600, batches=6, concurrent=5)))
     projections = local_projections()
     until = {"jobs_dashboard": 400, "billing_costs": 10_000}
     one = replay_into(sqlite_store, projections, tmp_path / "one", workers=1, until=until)
-    monkeypatch.setattr("palette.audit.replay.PARALLEL_FROM", 0)
     seen: list[int] = []
     split = replay_into(sqlite_store, projections, tmp_path / "split", workers=workers, until=until, progress=seen.append)
 
