@@ -7,13 +7,13 @@ order: a reader that has seen position p has seen every position below p.
 Conflicts are found by the UNIQUE(stream_id, version) index, which is what makes two
 racing writers safe — across threads and processes alike. Idempotency rides on
 UNIQUE(id): when an insert fails, the failed batch is compared with what is stored.
-Connections are per thread; `synchronous` defaults to FULL (a commit survives power loss).
+Connections are per thread (`palette.sqlite_connections`); `synchronous` defaults to FULL
+(a commit survives power loss).
 """
 
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import starmap
 from pathlib import Path
@@ -30,6 +30,7 @@ from palette.eventstore.port import (
     verified_chain,
 )
 from palette.eventstore.recording import record_rows
+from palette.sqlite_connections import ThreadConnections
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -68,36 +69,15 @@ _INSERT = (
 )
 
 
-def connect(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
-    """A connection in autocommit mode (we BEGIN ourselves), WAL, with a generous busy wait."""
-    connection = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute(f"PRAGMA synchronous={synchronous}")
-    connection.execute("PRAGMA busy_timeout=30000")
-    return connection
-
-
 class SQLiteEventStore(EventStore):
     def __init__(
         self, path: Path | str, catalog: EventCatalog = CATALOG, synchronous: str = "FULL"
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._catalog = catalog
-        self._synchronous = synchronous
-        self._local = threading.local()
-        self._all_connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections = ThreadConnections(self.path, synchronous)
+        self._connection = self._connections.get
         self._connection().executescript(_SCHEMA)
-
-    def _connection(self) -> sqlite3.Connection:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = connect(self.path, self._synchronous)
-            self._local.connection = connection
-            with self._lock:
-                self._all_connections.append(connection)
-        return connection
 
     def append(
         self, stream_id: str, events: Sequence[NewEvent], expected_version: int
@@ -309,8 +289,4 @@ class SQLiteEventStore(EventStore):
             yield stream_id
 
     def close(self) -> None:
-        with self._lock:
-            for connection in self._all_connections:
-                connection.close()
-            self._all_connections.clear()
-        self._local = threading.local()
+        self._connections.close()

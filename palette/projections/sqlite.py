@@ -14,7 +14,6 @@ record with the fresh ones: readers see the old view until that commit, the new 
 from __future__ import annotations
 
 import sqlite3
-import threading
 import uuid
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from palette.projections.port import (
     ReadModelStore,
     stream_heads,
 )
+from palette.sqlite_connections import ThreadConnections
 
 _TRACKING_TABLES = ("projection_tracking", "projection_stream_tracking")
 _TRACKING_SCHEMA = """
@@ -91,28 +91,12 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
         self, path: Path | str, synchronous: str = "NORMAL", journal_mode: str = "WAL"
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._synchronous = synchronous
-        self._journal_mode = journal_mode
-        self._local = threading.local()
-        self._all_connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._connections = ThreadConnections(self.path, synchronous, journal_mode)
         self.connection().executescript(_TRACKING_SCHEMA)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (autocommit): readers query the read models through it."""
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = sqlite3.connect(
-                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
-            )
-            connection.execute(f"PRAGMA journal_mode={self._journal_mode}")
-            connection.execute(f"PRAGMA synchronous={self._synchronous}")
-            connection.execute("PRAGMA busy_timeout=30000")
-            self._local.connection = connection
-            with self._lock:
-                self._all_connections.append(connection)
-        return connection
+        return self._connections.get()
 
     def prepare(self, projection: SQLiteProjection) -> None:
         with self._transaction() as db:
@@ -210,11 +194,7 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     def close(self) -> None:
-        with self._lock:
-            for connection in self._all_connections:
-                connection.close()
-            self._all_connections.clear()
-        self._local = threading.local()
+        self._connections.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
