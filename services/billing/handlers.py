@@ -12,7 +12,6 @@ budget guard must be given the same catalog and runtime.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from dataclasses import dataclass
 
@@ -29,7 +28,8 @@ from contracts.events.generator import BatchGenerated, TokenUsage
 from contracts.events.jobs import JobRequested
 from contracts.events.templates import PromptEnhanced
 from contracts.pricing import PricingCatalog, price_batch
-from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from palette.eventstore.port import EventStore, NewEvent
+from palette.eventstore.retry import until_not_conflicting
 from services.billing.domain import (
     ChargeBatch,
     ChargeEnhancement,
@@ -44,10 +44,7 @@ from services.billing.domain import (
     ledger_stream,
 )
 
-log = logging.getLogger(__name__)
-
 BILLING_ACTOR = "palette.billing"
-APPEND_ATTEMPTS = 5
 _LEDGER_IDS = uuid.UUID("0b7f61c2-5d0e-4f4e-9a55-3c9d6f2a8e17")
 
 
@@ -105,20 +102,17 @@ class LedgerHandlers:
 
     def _execute(self, command: LedgerCommand, cause: StoredEvent | None) -> list[StoredEvent]:
         job_id = command.ledger_id if isinstance(command, ChargeEnhancement) else command.budget.job_id
-        for attempt in range(1, APPEND_ATTEMPTS + 1):
+
+        def attempt() -> list[StoredEvent]:
             loaded = self.read(job_id)
             decided = decide(command, loaded.state)
             if not decided:
                 return []
-            try:
-                return self._events.append(
-                    ledger_stream(job_id), [self._new(e, cause) for e in decided], loaded.stream_version
-                )
-            except ConcurrencyConflict:
-                if attempt == APPEND_ATTEMPTS:
-                    raise
-                log.info("ledger of job %s moved; deciding again", job_id)
-        raise AssertionError("unreachable")
+            return self._events.append(
+                ledger_stream(job_id), [self._new(e, cause) for e in decided], loaded.stream_version
+            )
+
+        return until_not_conflicting(attempt)
 
     @staticmethod
     def _new(event: DomainEvent, cause: StoredEvent | None) -> NewEvent:

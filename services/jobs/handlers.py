@@ -32,7 +32,8 @@ from contracts.events.generator import (
     GenerationStopped,
 )
 from palette.blobs.port import BlobStore
-from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from palette.eventstore.port import EventStore, NewEvent
+from palette.eventstore.retry import until_not_conflicting
 from services.jobs.domain import (
     DeleteJob,
     GenerationFact,
@@ -63,7 +64,6 @@ from services.jobs.domain import (
 log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^job_[0-9a-f]{32}$")
-APPEND_ATTEMPTS = 5
 PAGE_SIZE = 1000
 CONSUMER_ACTOR = "palette.jobs"
 LIFECYCLE_FACTS = frozenset(
@@ -198,10 +198,10 @@ class JobHandlers:
         fact = _fact_command(CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail))
         if fact is None:
             return []
-        earlier = self._earlier_facts(stored)
-        for attempt in range(APPEND_ATTEMPTS):
+        commands = [*self._earlier_facts(stored), (fact, stored)]
+
+        def attempt() -> list[DomainEvent]:
             loaded = self.read(fact.job_id)
-            commands = [*earlier, (fact, stored)]
             state = loaded.state
             decided: list[NewEvent] = []
             for command, cause in commands:
@@ -223,14 +223,10 @@ class JobHandlers:
                     ))
             if not decided:
                 return []
-            try:
-                self._events.append(job_stream(fact.job_id), decided, loaded.stream_version)
-            except ConcurrencyConflict:
-                if attempt == APPEND_ATTEMPTS - 1:
-                    raise
-                continue
+            self._events.append(job_stream(fact.job_id), decided, loaded.stream_version)
             return [new.detail for new in decided]
-        raise AssertionError("unreachable")
+
+        return until_not_conflicting(attempt)
 
     def _earlier_facts(self, stored: StoredEvent) -> list[tuple[GenerationFact, StoredEvent]]:
         """The lifecycle facts before `stored` on its generation stream, in stream order.
@@ -259,24 +255,19 @@ class JobHandlers:
     def _execute(
         self, job_id: str, command: JobCommand, actor: str, correlation_id: str | None
     ) -> LoadedJob:
-        stream = job_stream(job_id)
-        for attempt in range(APPEND_ATTEMPTS):
+        def attempt() -> LoadedJob:
             loaded = self.read(job_id) if not isinstance(command, RequestJob) else LoadedJob(JobState())
             events = decide(command, loaded.state)
             if not events:
                 return loaded
-            try:
-                stored = self._events.append(
-                    stream,
-                    [NewEvent(e, actor=actor, correlation_id=correlation_id) for e in events],
-                    expected_version=loaded.stream_version,
-                )
-            except ConcurrencyConflict:
-                if attempt == APPEND_ATTEMPTS - 1:
-                    raise
-                continue
+            stored = self._events.append(
+                job_stream(job_id),
+                [NewEvent(e, actor=actor, correlation_id=correlation_id) for e in events],
+                expected_version=loaded.stream_version,
+            )
             return self._fold(loaded.state, loaded.stream_version, stored, loaded)
-        raise AssertionError("unreachable")
+
+        return until_not_conflicting(attempt)
 
     def _fold(
         self, state: JobState, version: int, stored: Sequence[StoredEvent], loaded: LoadedJob

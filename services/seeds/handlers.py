@@ -22,7 +22,8 @@ from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
 from contracts.events.seeds import SeedFormat
 from palette.blobs.port import BlobInfo, BlobNotFound, BlobStore
-from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from palette.eventstore.port import EventStore, NewEvent
+from palette.eventstore.retry import until_not_conflicting
 from services.seeds.domain import (
     RecordSeedUpload,
     RecordSeedValidation,
@@ -43,7 +44,6 @@ from services.seeds.validation import HashingReader, SeedValidationReport, inspe
 
 DEFAULT_MAX_BYTES = 1 << 30
 UPLOAD_TTL_SECONDS = 900
-APPEND_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +192,8 @@ class SeedHandlers:
     ) -> tuple[SeedState, list[DomainEvent]]:
         """Decide `commands` in order on the current state and append them as one batch,
         deciding again when another writer moved the stream first."""
-        stream = seed_stream(seed_id)
-        for attempt in range(APPEND_ATTEMPTS):
+
+        def attempt() -> tuple[SeedState, list[DomainEvent]]:
             state, version = self._load(seed_id)
             decided: list[DomainEvent] = []
             for command in commands:
@@ -203,18 +203,14 @@ class SeedHandlers:
             if not decided:
                 return state, []
             correlation = str(uuid.uuid4())
-            try:
-                self._events.append(
-                    stream,
-                    [NewEvent(e, actor=actor, correlation_id=correlation) for e in decided],
-                    version,
-                )
-            except ConcurrencyConflict:
-                if attempt == APPEND_ATTEMPTS - 1:
-                    raise
-                continue
+            self._events.append(
+                seed_stream(seed_id),
+                [NewEvent(e, actor=actor, correlation_id=correlation) for e in decided],
+                version,
+            )
             return state, decided
-        raise AssertionError("unreachable")
+
+        return until_not_conflicting(attempt)
 
     def _load(self, seed_id: str) -> tuple[SeedState, int]:
         state, version = SeedState(), 0

@@ -3,8 +3,9 @@
 Each command reads `template-<id>`, folds it with `evolve`, lets the domain decide, and
 appends with the loaded stream version as `expected_version`, so a concurrent writer makes
 the append fail instead of silently interleaving. On ConcurrencyConflict the command is
-decided once more on a fresh load; a second conflict reaches the caller (the API answers
-409). Every event carries the acting user and the request's correlation id.
+decided again on a fresh load (`until_not_conflicting`); a conflict on every try reaches the
+caller (the API answers 409). Every event carries the acting user and the request's
+correlation id.
 
 `enhance` asks the injected PromptEnhancer (a model, through the composition root) to
 improve a step prompt and records the call as PromptEnhanced on `enhance-<id>`, a stream
@@ -30,7 +31,8 @@ from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
 from contracts.events.guard import template_guard_stream
 from contracts.events.templates import PromptEnhanced, TemplateStep, enhancement_stream
-from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from palette.eventstore.port import EventStore, NewEvent
+from palette.eventstore.retry import until_not_conflicting
 from services.templates.domain import (
     ALLOW_ALL,
     ContentRejected,
@@ -202,10 +204,7 @@ class TemplateHandlers:
     ) -> LoadedTemplate:
         if not isinstance(command, CreateTemplate) and not is_template_id(command.template_id):
             raise TemplateNotFound(command.template_id)
-        try:
-            return self._attempt(command, actor, correlation_id, with_usage)
-        except ConcurrencyConflict:
-            return self._attempt(command, actor, correlation_id, with_usage)
+        return until_not_conflicting(lambda: self._attempt(command, actor, correlation_id, with_usage))
 
     def _attempt(
         self, command: TemplateCommand, actor: str, correlation_id: str | None, with_usage: bool
@@ -226,17 +225,12 @@ class TemplateHandlers:
         )
         return _after(loaded, events, [s.time for s in stored])
 
-
     def _record_refusal(self, rejected: ContentRejected, actor: str, correlation_id: str | None) -> None:
         stream = template_guard_stream(rejected.template_id)
         events = [NewEvent(event, actor=actor, correlation_id=correlation_id) for event in rejected.events()]
-        for _ in range(3):
-            try:
-                self._events.append(stream, events, expected_version=self._events.stream_version(stream))
-                return
-            except ConcurrencyConflict:
-                continue
-        raise ConcurrencyConflict(stream, self._events.stream_version(stream))
+        until_not_conflicting(
+            lambda: self._events.append(stream, events, expected_version=self._events.stream_version(stream))
+        )
 
 
 def _after(loaded: LoadedTemplate, events: Sequence[DomainEvent], times: Sequence[str]) -> LoadedTemplate:
