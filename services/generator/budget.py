@@ -27,7 +27,7 @@ from decimal import Decimal
 from typing import Protocol
 
 from contracts.catalog import CATALOG
-from contracts.events.generator import BatchGenerated, GenerationClaimed
+from contracts.events.generator import BatchGenerated
 from contracts.events.jobs import JobRequested
 from contracts.pricing import (
     PricingCatalog,
@@ -54,6 +54,13 @@ class CallUsage:
 class BudgetGuard(Protocol):
     """Reserves worst-case spend before a model call and settles it with the real usage after."""
 
+    def begin(self, job_id: str) -> None:
+        """A run of the job starts (its claim is recorded): a guard that keeps state per
+        job takes what the log says was already spent. Called off the event loop."""
+
+    def end(self, job_id: str) -> None:
+        """The run ended: what the guard kept for it may go."""
+
     def reserve(self, job_id: str, model: str, input_tokens: int, max_tokens: int) -> object | None:
         """A reservation covering the call's worst case, or None when the job cannot afford it."""
 
@@ -64,6 +71,12 @@ class BudgetGuard(Protocol):
 
 class UnlimitedBudget:
     """Every call is affordable: the default until billing provides a guard."""
+
+    def begin(self, job_id: str) -> None:
+        return None
+
+    def end(self, job_id: str) -> None:
+        return None
 
     def reserve(self, job_id: str, model: str, input_tokens: int, max_tokens: int) -> object | None:
         return True
@@ -155,6 +168,12 @@ class LedgerBudgetGuard:
         """No call is in flight."""
         return not self._outstanding
 
+    def begin(self, job_id: str) -> None:
+        """A guard of one job starts from what it was given; nothing to read."""
+
+    def end(self, job_id: str) -> None:
+        return None
+
     def reserve(self, job_id: str, model: str, input_tokens: int, max_tokens: int) -> Reservation | None:
         """The call's reservation, or None when its worst case does not fit what remains.
         Raises UnknownModelPrice for a model the catalog cannot price."""
@@ -191,25 +210,15 @@ def spent_in_log(catalog: PricingCatalog, batches: list[BatchGenerated], runtime
     )
 
 
-@dataclass
-class _JobEntry:
-    guard: LedgerBudgetGuard
-    seen_version: int
-
-
 class JobBudgets:
-    """The budget guard a worker holds: a `LedgerBudgetGuard` per job, built from the log.
+    """The budget guard a worker holds: a `LedgerBudgetGuard` per running job, built from
+    the log when the run begins.
 
-    On a job's first reservation it reads the budget_limit from `job-<id>` and prices every
-    BatchGenerated in `generation-<id>` (a resumed job starts from what was already billed).
-    A later run of the same job in this process (after a release, or after another worker
-    held it) starts with a fresh guard: whenever no call of the job is in flight, a
-    reservation first checks the generation stream and, if a new GenerationClaimed was
-    recorded since the guard was built, rebuilds it from the log. Within one run the guard's
-    own settlements already cover its batches, so nothing is counted twice.
-
-    Those reads happen on the caller's thread (the worker's event loop): once per run, plus
-    a cheap stream-version check whenever the job has no call in flight.
+    `begin` reads the budget_limit from `job-<id>` and prices every BatchGenerated in
+    `generation-<id>`, so a resumed job (after a release, a crash, or another worker's run)
+    starts from what was already billed; within the run the guard's own settlements cover
+    its batches, so nothing is counted twice. The worker calls `begin` off its event loop
+    once per run and `end` when the run is over; reservations touch no storage.
     """
 
     def __init__(
@@ -224,17 +233,27 @@ class JobBudgets:
         self.catalog = catalog
         self.runtime = runtime
         self.overhead = overhead
-        self._jobs: dict[str, _JobEntry] = {}
+        self._guards: dict[str, LedgerBudgetGuard] = {}
         self._lock = threading.Lock()
 
-    def guard(self, job_id: str) -> LedgerBudgetGuard:
-        """The current guard of `job_id`, built or rebuilt from the log as needed."""
+    def begin(self, job_id: str) -> None:
+        guard = self._load(job_id)
         with self._lock:
-            entry = self._jobs.get(job_id)
-            if entry is None or (entry.guard.idle and self._new_claim_since(job_id, entry)):
-                entry = self._load(job_id)
-                self._jobs[job_id] = entry
-            return entry.guard
+            self._guards[job_id] = guard
+
+    def end(self, job_id: str) -> None:
+        with self._lock:
+            self._guards.pop(job_id, None)
+
+    def guard(self, job_id: str) -> LedgerBudgetGuard:
+        """The guard of the job's current run (built from the log if the run has none)."""
+        with self._lock:
+            guard = self._guards.get(job_id)
+        if guard is None:
+            self.begin(job_id)
+            with self._lock:
+                guard = self._guards[job_id]
+        return guard
 
     def reserve(self, job_id: str, model: str, input_tokens: int, max_tokens: int) -> Reservation | None:
         return self.guard(job_id).reserve(job_id, model, input_tokens, max_tokens)
@@ -243,25 +262,11 @@ class JobBudgets:
         if not isinstance(reservation, Reservation):
             raise TypeError(f"not a reservation of this guard: {reservation!r}")
         with self._lock:
-            entry = self._jobs.get(reservation.job_id)
-        if entry is not None:
-            entry.guard.settle(reservation, usage)
+            guard = self._guards.get(reservation.job_id)
+        if guard is not None:
+            guard.settle(reservation, usage)
 
-    def forget(self, job_id: str) -> None:
-        """Drop a finished job's guard."""
-        with self._lock:
-            self._jobs.pop(job_id, None)
-
-    def _new_claim_since(self, job_id: str, entry: _JobEntry) -> bool:
-        stream = f"generation-{job_id}"
-        if self.events.stream_version(stream) == entry.seen_version:
-            return False
-        newer = self.events.read_stream(stream, from_version=entry.seen_version + 1)
-        if newer:
-            entry.seen_version = newer[-1].version
-        return any(stored.detail_type == GenerationClaimed.detail_type() for stored in newer)
-
-    def _load(self, job_id: str) -> _JobEntry:
+    def _load(self, job_id: str) -> LedgerBudgetGuard:
         budget_limit: Decimal | None = None
         for stored in self.events.read_stream(f"job-{job_id}", limit=1):
             event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
@@ -270,18 +275,15 @@ class JobBudgets:
         if budget_limit is None:
             raise LookupError(f"job {job_id!r} has no JobRequested to take a budget from")
         batches: list[BatchGenerated] = []
-        version = 0
         for stored in self.events.read_stream(f"generation-{job_id}"):
-            version = stored.version
             if stored.detail_type == BatchGenerated.detail_type():
                 event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
                 assert isinstance(event, BatchGenerated)
                 batches.append(event)
-        guard = LedgerBudgetGuard(
+        return LedgerBudgetGuard(
             self.catalog, budget_limit, spent_in_log(self.catalog, batches, self.runtime),
             runtime=self.runtime, overhead=self.overhead,
         )
-        return _JobEntry(guard, version)
 
 
 __all__ = [

@@ -66,6 +66,7 @@ from contracts.events.guard import ContentBlocked, job_guard_stream
 from contracts.events.templates import TemplateStep
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
+from palette.eventstore.retry import until_not_conflicting
 from palette.guard.contentfilter import ContentFilter
 from palette.prompts import PromptRenderError, render
 from services.generator.budget import BudgetGuard, CallUsage, UnlimitedBudget
@@ -119,7 +120,6 @@ StopSignal = asyncio.Event | threading.Event
 an asyncio.Event from the same loop."""
 
 DEFAULT_MAX_TOKENS = 512
-DECISION_APPEND_ATTEMPTS = 5
 _DECISION_IDS = uuid.UUID("3d0f5b8e-8c4a-4f57-a1a9-5e2b7c9d4f10")
 
 
@@ -304,13 +304,7 @@ class GenerationWorker:
         """Append content decisions to `guard-job-<job_id>`. Their ids derive from the
         decisions, so appending ones already recorded stores nothing twice."""
         stream = job_guard_stream(job_id)
-        for attempt in range(1, DECISION_APPEND_ATTEMPTS + 1):
-            try:
-                self.events.append(stream, decisions, self.events.stream_version(stream))
-                return
-            except ConcurrencyConflict:
-                if attempt == DECISION_APPEND_ATTEMPTS:
-                    raise
+        until_not_conflicting(lambda: self.events.append(stream, decisions, self.events.stream_version(stream)))
 
     # -- running a job --------------------------------------------------------------------
 
@@ -340,18 +334,22 @@ class GenerationWorker:
         except ConcurrencyConflict:
             return RunResult(RunOutcome.HELD, made, reason="another worker claimed the job first")
         log.info("worker %s claimed job %s at record %d", self.worker_id, job_id, made)
-        if job.cancel_requested or job.closed:
-            stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=made)
-            return await self._finish(job_id, [stopped], version, RunOutcome.CANCELLED, made)
+        await asyncio.to_thread(self.budget.begin, job_id)
         try:
-            template, rows = await asyncio.to_thread(self._load_inputs, job)
-        except JobFailure as failure:
-            failed = GenerationFailed(
-                job_id=job_id, code=failure.code, reason=failure.reason, records_completed=made
-            )
-            return await self._finish(job_id, [failed], version, RunOutcome.FAILED, made, failure.reason)
-        run = _JobRun(self, job, template, rows, state, version, job_version, stop)
-        return await run.run()
+            if job.cancel_requested or job.closed:
+                stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=made)
+                return await self._finish(job_id, [stopped], version, RunOutcome.CANCELLED, made)
+            try:
+                template, rows = await asyncio.to_thread(self._load_inputs, job)
+            except JobFailure as failure:
+                failed = GenerationFailed(
+                    job_id=job_id, code=failure.code, reason=failure.reason, records_completed=made
+                )
+                return await self._finish(job_id, [failed], version, RunOutcome.FAILED, made, failure.reason)
+            run = _JobRun(self, job, template, rows, state, version, job_version, stop)
+            return await run.run()
+        finally:
+            self.budget.end(job_id)
 
     async def _finish(
         self,

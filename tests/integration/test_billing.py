@@ -551,7 +551,7 @@ def test_a_job_killed_near_its_budget_and_resumed_does_not_spend_it_twice(tmp_pa
         adapters.close()
 
 
-def test_a_workers_guard_starts_from_what_the_log_already_billed_and_rebuilds_for_a_new_run(adapters: Adapters) -> None:
+def test_a_workers_guard_starts_each_run_from_what_the_log_already_billed(adapters: Adapters) -> None:
     job_id = uuid.uuid4().hex
     append(adapters, f"job-{job_id}", job_requested(job_id, "0.01"))
     append(adapters, f"generation-{job_id}", GenerationClaimed(
@@ -560,6 +560,7 @@ def test_a_workers_guard_starts_from_what_the_log_already_billed_and_rebuilds_fo
     budgets = JobBudgets(adapters.events, PRICED, "local")
     per_batch = price_batch(PRICED, batch(job_id, 0).token_usage, 1500, 20_000, "local").total
 
+    budgets.begin(job_id)
     guard = budgets.guard(job_id)
     assert guard.spent == 2 * per_batch and guard.budget_limit == Decimal("0.01")
     reservation = budgets.reserve(job_id, MODEL, 100, 100)
@@ -568,12 +569,16 @@ def test_a_workers_guard_starts_from_what_the_log_already_billed_and_rebuilds_fo
     # this run's own batch does not make the guard count its calls twice
     append(adapters, f"generation-{job_id}", batch(job_id, 2))
     assert budgets.guard(job_id) is guard
-    # another worker's run (a new claim) is what the next run must start from
+    budgets.end(job_id)
+    # another worker's run happened meanwhile: the next run here starts from the log
     append(adapters, f"generation-{job_id}", GenerationClaimed(
         job_id=job_id, worker_id="w2", lease_seconds=60, resumed_from_record=30,
     ), batch(job_id, 3))
+    budgets.begin(job_id)
     rebuilt = budgets.guard(job_id)
     assert rebuilt is not guard and rebuilt.spent == 4 * per_batch
+    budgets.end(job_id)
+    assert budgets.settle(reservation, None) is None  # a late settlement of an ended run is dropped
 
 
 def test_the_budget_bench_runs_and_ends_with_its_line(capsys: pytest.CaptureFixture[str]) -> None:

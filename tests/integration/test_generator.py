@@ -513,6 +513,13 @@ def test_an_unaffordable_call_stops_the_job_and_exports_what_exists(adapters: Ad
         def __init__(self) -> None:
             self.reserved = 0
             self.settled: list[CallUsage | None] = []
+            self.runs: list[str] = []
+
+        def begin(self, job_id: str) -> None:
+            self.runs.append(f"begin {job_id}")
+
+        def end(self, job_id: str) -> None:
+            self.runs.append(f"end {job_id}")
 
         def reserve(self, job_id: str, model: str, input_tokens: int, max_tokens: int) -> object | None:
             assert input_tokens > 0 and max_tokens in (64, 128)
@@ -540,6 +547,7 @@ def test_an_unaffordable_call_stops_the_job_and_exports_what_exists(adapters: Ad
     assert result.outcome is RunOutcome.BUDGET_EXCEEDED
     assert result.records_completed == 20
     assert server.calls == 41 and len(budget.settled) == 41
+    assert budget.runs == [f"begin {job_id}", f"end {job_id}"]
     events = generation_events(adapters, job_id)
     stopped = of_type(events, GenerationStopped)
     assert [(s.reason, s.records_completed) for s in stopped] == [("budget_exceeded", 20)]
