@@ -15,13 +15,11 @@ with the documents exactly as the live runner writes them. Three uses:
 
 from __future__ import annotations
 
-import gc
 import json
 import multiprocessing
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import starmap
@@ -31,6 +29,7 @@ from typing import Any
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import EventEnvelope, StoredEvent
 from contracts.events.base import DomainEvent
+from palette.audit.collector import collector_paused
 from palette.audit.pages import row_pages
 from palette.eventstore.port import EventStore
 from palette.eventstore.sqlite import SQLiteEventStore
@@ -143,7 +142,7 @@ def replay(
         detail_type: [(t, t.projection.event_view == "decoded", t.until) for t in routed]
         for detail_type, routed in wanted.items()
     }
-    with _collector_paused():
+    with collector_paused():
         for rows in pages:
             page = list(starmap(StoredEvent, rows))
             for stored in page:
@@ -192,21 +191,6 @@ def _decode(stored: StoredEvent, projection: Projection, catalog: EventCatalog) 
         return catalog.decode(stored.detail_type, stored.schema_version, stored.detail)
     except Exception as error:
         raise ProjectionFailed(projection.name, stored) from error
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cycle collector off for a replay's pass, on again after. A replay makes
-    millions of short-lived objects and no cycles, while it holds a growing set of live
-    ones (pending batches, documents): each collection would walk all of those again.
-    Reference counting still frees everything the pass drops (memory is the same)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _commit(target: ReplayTarget) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.envelope import chain_hash
+from palette.audit.collector import collector_paused
 from palette.audit.verify import (
     GENERATION_ENDINGS,
     JOB_ENDINGS,
@@ -144,16 +145,17 @@ def check_partition(
 
     chain, domain = ChainChecker(positions=False), DomainAuditor()
     try:
-        cursor = db.execute(_PARTITION_SQL, (last, partitions, partition))
-        while page := cursor.fetchmany(page_size):
-            chain.check(page, rehash)
-            domain.check(page)
-            if _checked is not None:
-                with _checked.get_lock():
-                    _checked.value += len(page)
+        with collector_paused():
+            cursor = db.execute(_PARTITION_SQL, (last, partitions, partition))
+            while page := cursor.fetchmany(page_size):
+                chain.check(page, rehash)
+                domain.check(page)
+                if _checked is not None:
+                    with _checked.get_lock():
+                        _checked.value += len(page)
+            return chain, domain.finish()
     finally:
         db.close()
-    return chain, domain.finish()
 
 
 def _order_violations(path: Path, last: int, events: int) -> list[Violation]:

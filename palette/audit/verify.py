@@ -40,6 +40,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from contracts.envelope import GENESIS_HASH, canonical_text
+from palette.audit.collector import collector_paused
 from palette.audit.pages import Row, row_pages
 from palette.eventstore.port import EventStore
 from palette.eventstore.sqlite import SQLiteEventStore
@@ -425,13 +426,14 @@ def verify_log(
         chain, findings = scan_sqlite(store, page_size, workers, progress)
     else:
         chain, domain = ChainChecker(), DomainAuditor()
-        for page in row_pages(store, page_size):
-            rows = [audit_row(row) for row in page]
-            chain.check(rows)
-            domain.check(rows)
-            if progress is not None:
-                progress(len(page))
-        findings = domain.finish()
+        with collector_paused():
+            for page in row_pages(store, page_size):
+                rows = [audit_row(row) for row in page]
+                chain.check(rows)
+                domain.check(rows)
+                if progress is not None:
+                    progress(len(page))
+            findings = domain.finish()
     return _report(store, chain, findings)
 
 
