@@ -158,6 +158,6 @@ def test_export_and_import_round_trip_with_the_same_digest(data_dir: Path, tmp_p
 
 
 def test_the_bench_runs_small_and_ends_with_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench_main(["--events", "1500"]) == 0
+    assert bench_main(["--events", "1500", "--repeat", "1"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"replay rebuild_eps=\d+ verify_eps=\d+ export_eps=\d+ raw_read_eps=\d+", last)
