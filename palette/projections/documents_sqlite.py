@@ -145,8 +145,12 @@ class _SQLiteDocumentWriter(DocumentWriter):
         return read  # type: ignore[return-value]
 
     def put(self, document: Document) -> None:
-        check_document(document)
-        self._held[(document.collection, document.key)] = document
+        where = (document.collection, document.key)
+        held = self._held.get(where)
+        # a document put again with the same index entries was checked when first put
+        if held is None or held.index1 != document.index1 or held.index2 != document.index2:
+            check_document(document)
+        self._held[where] = document
 
     def delete(self, collection: str, key: str) -> None:
         self._held[(collection, key)] = None

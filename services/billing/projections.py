@@ -72,6 +72,9 @@ def _as_text(amounts: dict[str, Any]) -> None:
             amounts[name] = usd(amount)
 
 
+_JOB_CHARGES = frozenset({CostRecorded, JobRequested, BudgetWarning, BudgetExceeded})
+
+
 class JobCosts(DocumentProjection):
     """Every job's recorded cost, by model, category and day, with its owner and budget."""
 
@@ -90,22 +93,23 @@ class JobCosts(DocumentProjection):
 
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
         detail, time = detail_and_time(event)
-        if isinstance(detail, PromptEnhancementCharged):
-            _charge_owner(detail, time, docs)
+        kind = type(detail)
+        if kind is PromptEnhancementCharged:
+            _charge_owner(detail, time, docs)  # type: ignore[arg-type]
             return
-        if not isinstance(detail, JobRequested | CostRecorded | BudgetWarning | BudgetExceeded):
+        if kind not in _JOB_CHARGES:
             return
-        body = docs.get(JOBS, detail.job_id) or _empty(detail.job_id)
-        if isinstance(detail, JobRequested):
-            body["owner"] = detail.owner
-            body["budget_limit"] = usd(detail.budget_limit)
-        elif isinstance(detail, CostRecorded):
+        body = docs.get(JOBS, detail.job_id) or _empty(detail.job_id)  # type: ignore[attr-defined]
+        if isinstance(detail, CostRecorded):
             _charge(body, time, {
                 "model_tokens": detail.model_tokens,
                 "compute": detail.compute,
                 "storage": detail.storage,
                 "total": detail.total,
             }, detail.per_model)
+        elif isinstance(detail, JobRequested):
+            body["owner"] = detail.owner
+            body["budget_limit"] = usd(detail.budget_limit)
         elif isinstance(detail, BudgetWarning):
             body["warned"] = True
         else:

@@ -296,13 +296,18 @@ def _merge_exported(body: dict[str, Any], detail: DatasetExported, time: str) ->
 def _merge_cost(body: dict[str, Any], detail: CostRecorded, time: str) -> None:
     """Amounts add up as Decimals while a batch is applied; `finish` writes them as text."""
     cost = body["cost"]
-    cost["model_tokens"] = Decimal(cost["model_tokens"]) + detail.model_tokens
-    cost["compute"] = Decimal(cost["compute"]) + detail.compute
-    cost["storage"] = Decimal(cost["storage"]) + detail.storage
-    cost["total"] = Decimal(cost["total"]) + detail.total
+    cost["model_tokens"] = _decimal(cost["model_tokens"]) + detail.model_tokens
+    cost["compute"] = _decimal(cost["compute"]) + detail.compute
+    cost["storage"] = _decimal(cost["storage"]) + detail.storage
+    cost["total"] = _decimal(cost["total"]) + detail.total
     per_model = cost["per_model"]
     for model, amount in detail.per_model.items():
-        per_model[model] = Decimal(per_model.get(model, "0")) + amount
+        per_model[model] = _decimal(per_model.get(model, "0")) + amount
+
+
+def _decimal(amount: Decimal | str) -> Decimal:
+    """An amount held by this commit (Decimal) or stored by an earlier one (text)."""
+    return amount if type(amount) is Decimal else Decimal(amount)
 
 
 def _merge_budget(body: dict[str, Any], detail: BudgetWarning | BudgetExceeded, time: str) -> None:
