@@ -83,16 +83,13 @@ def jobs_watch(
     """A live progress bar for JOB_ID until it ends (reads DATA_DIR; works beside `serve`)."""
     from rich.console import Console
 
-    from palette.composition import LocalPalette
+    from palette.composition import job_dashboards
     from palette.watch import TERMINAL_STATUSES, watch_job
 
-    runtime = LocalPalette(data_dir)
-    try:
-        if runtime.dashboard(job_id) is None:
+    with job_dashboards(data_dir) as dashboard:
+        if dashboard(job_id) is None:
             fail(f"no job {job_id!r} in {data_dir}", 2)
-        final = watch_job(lambda: runtime.dashboard(job_id), Console(), timeout=timeout)
-    finally:
-        runtime.close()
+        final = watch_job(lambda: dashboard(job_id), Console(), timeout=timeout)
     if final is None or final.get("status") not in TERMINAL_STATUSES:
         fail("the job had not ended when the watch timed out")
     if final.get("status") != "COMPLETED":

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,28 @@ def local_projections() -> list[DocumentProjection]:
     return [TemplateCatalog(), TemplateUsage(), JobList(), JobDashboard(), JobCosts()]
 
 
+@contextmanager
+def job_dashboards(data_dir: Path) -> Iterator[Callable[[str], dict[str, Any] | None]]:
+    """What `palette jobs watch` reads: a job's dashboard document (None for an unknown or
+    deleted job), the dashboard projection caught up from the log on each read — that one
+    projection alone, none of the services, bus or workers. Beside a running `palette serve`
+    that keeps it too, the tracking record makes each event apply once."""
+    adapters = local_adapters(Path(data_dir))
+    try:
+        projection = JobDashboard()
+        runner = adapters.projection_runner(projection)
+        reader = adapters.document_reader(projection)
+
+        def dashboard(job_id: str) -> dict[str, Any] | None:
+            runner.run_once()
+            document = reader.get(JOB_DASHBOARDS, job_id)
+            return None if document is None or document.get("deleted") else document
+
+        yield dashboard
+    finally:
+        adapters.close()
+
+
 @dataclass
 class LocalPalette:
     """Everything `palette serve` runs in one process."""
@@ -168,7 +191,6 @@ class LocalPalette:
         self.seeds = SeedHandlers(kernel.events, kernel.blobs)
         self.jobs = JobHandlers(kernel.events, kernel.blobs, pricing_check=pricing.knows)
         self.ledger = LedgerHandlers(kernel.events, pricing, kernel.runtime)
-        self.job_dashboard = kernel.document_reader(job_dashboard)
         self.workers = WorkerPool(
             kernel.events, kernel.blobs, gateway_from_env,
             concurrency=self.worker_concurrency, max_jobs=self.max_running_jobs,
@@ -177,14 +199,13 @@ class LocalPalette:
             content_filter=self.content_filter,
         )
         catalog_run, usage_run, job_list_run, dashboard_run, costs_run = self.runners
-        self._dashboard_caught_up = self._catch_up_of(dashboard_run)
         routers = [
             templates_router(
                 self.templates, kernel.document_reader(catalog), catch_up=self._catch_up_of(catalog_run, usage_run)
             ),
             seeds_router(self.seeds),
             jobs_router(
-                self.jobs, kernel.document_reader(job_list), self.job_dashboard,
+                self.jobs, kernel.document_reader(job_list), kernel.document_reader(job_dashboard),
                 catch_up=self._catch_up_of(job_list_run, dashboard_run),
             ),
             billing_router(CostsView(kernel.document_reader(costs)), catch_up=self._catch_up_of(costs_run)),
@@ -210,12 +231,6 @@ class LocalPalette:
                     runner.run_once()
 
         return catch_up
-
-    def dashboard(self, job_id: str) -> dict[str, Any] | None:
-        """The job's dashboard document, caught up with the log; None for an unknown job."""
-        self._dashboard_caught_up()
-        document = self.job_dashboard.get(JOB_DASHBOARDS, job_id)
-        return None if document is None or document.get("deleted") else document
 
     def _uploaded(self, key: str) -> None:
         try:

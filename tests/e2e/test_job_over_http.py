@@ -119,3 +119,9 @@ def test_a_job_runs_to_a_dataset_and_watch_follows_it(served: tuple[str, Path, d
     assert http.delete(f"/jobs/{job_id}").status_code == 204
     assert http.get(f"/jobs/{job_id}").status_code == 404
     assert httpx.get(files["JSONL"]["download_url"]).status_code == 404
+
+
+def test_watching_a_job_the_log_never_saw_says_so(tmp_path: Path) -> None:
+    watched = _palette("jobs", "watch", "no-such-job", "--data-dir", str(tmp_path / "data"), "--timeout", "1")
+    assert watched.returncode == 2
+    assert "no job 'no-such-job'" in watched.stderr
