@@ -99,9 +99,21 @@ def _deleet(text: str) -> str:
 
 
 def _join_single_letters(text: str) -> str:
+    """`text` with each run of single letters read as a word: the whole run joined, and the
+    run with its first, its last, or both letters left apart, since a spelled-out word may
+    follow or precede a real one-letter word ("a v-o-l-c-a-n-o", "s e x a"). The readings
+    of a run stand side by side, NUL between them: rules see each one as a word of its own
+    (NUL is no letter and no space, so no term or word boundary spans two of them), and one
+    regex pass checks them all."""
     if not _TWO_SINGLE_LETTERS.search(" " + text):
         return text
-    return _SINGLE_LETTER_RUN.sub(lambda m: _SEPARATORS.sub("", m.group()), text)
+
+    def read_as_words(run: re.Match[str]) -> str:
+        letters = _SEPARATORS.sub("", run.group())
+        first, middle, last = letters[0], letters[1:-1], letters[-1]
+        return f"{letters}\x00{first} {middle}{last}\x00{first}{middle} {last}\x00{first} {middle} {last}"
+
+    return _SINGLE_LETTER_RUN.sub(read_as_words, text)
 
 
 def readings(text: str) -> tuple[str, ...]:

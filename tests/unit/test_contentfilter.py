@@ -50,6 +50,18 @@ def test_words_that_only_contain_a_term_pass(screen: ContentFilter, text: str) -
     assert screen.blocking_rule(f"Describe {text} in two sentences.") is None
 
 
+@pytest.mark.parametrize("text", ["a s e x", "a s-e-x", "s e x a", "I s.e.x", "a s e x b"])
+def test_a_spelled_out_term_beside_a_one_letter_word_is_caught(screen: ContentFilter, text: str) -> None:
+    assert screen.blocking_rule(f"Write about {text} and cats") == "adult"
+
+
+def test_a_spelled_out_term_beside_a_one_letter_word_is_caught_in_a_trie_of_terms() -> None:
+    screen = ContentFilter([ContentRule(id="v", term="volcano"), ContentRule(id="w", term="weapon")])
+    assert screen.rules_broken("tell me about a v-o-l-c-a-n-o erupting") == ["v"]
+    assert screen.rules_broken("a v o l c a n o") == ["v"]
+    assert screen.blocking_rule("a v o l c a n") is None
+
+
 def test_multi_word_terms_match_across_any_whitespace(screen: ContentFilter) -> None:
     assert screen.blocking_rule("no Hate\n   Speech here") == "hate"
     assert screen.blocking_rule("hatespeech") is None
