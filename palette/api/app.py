@@ -54,6 +54,33 @@ def caller(router: Router | ApiGatewayResolver) -> str:
     return router.context["user_id"]
 
 
+class _ValidationAnswersFourHundred:
+    """The OpenAPI document as the facade answers: a request that fails validation gets
+    400 in the error shape (every route declares it, see `openapi_responses`), so the 422
+    powertools adds to each operation, and its schemas, are taken out."""
+
+    def get_openapi_schema(self, **kwargs: Any) -> Any:
+        schema = super().get_openapi_schema(**kwargs)  # type: ignore[misc]
+        for path in (schema.paths or {}).values():
+            for method in ("get", "put", "post", "delete", "patch", "head", "options", "trace"):
+                operation = getattr(path, method, None)
+                if operation is not None and operation.responses:
+                    operation.responses.pop(422, None)
+                    operation.responses.pop("422", None)
+        if schema.components is not None and schema.components.schemas:
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.components.schemas.pop(name, None)
+        return schema
+
+
+class _LocalFacade(_ValidationAnswersFourHundred, HttpResolverLocal):
+    """The facade under `palette serve`."""
+
+
+class _LambdaFacade(_ValidationAnswersFourHundred, APIGatewayHttpResolver):
+    """The facade in each service's Lambda."""
+
+
 def build_app(
     routers: Iterable[Router],
     identity: CallerIdentity,
@@ -62,7 +89,7 @@ def build_app(
     limiter: RateLimiter | None = None,
 ) -> ApiGatewayResolver:
     app: ApiGatewayResolver = (
-        HttpResolverLocal(enable_validation=True) if local else APIGatewayHttpResolver(enable_validation=True)
+        _LocalFacade(enable_validation=True) if local else _LambdaFacade(enable_validation=True)
     )
 
     def enter(app: ApiGatewayResolver) -> str:

@@ -532,6 +532,9 @@ def test_the_openapi_document_describes_the_routes(tmp_path: Path) -> None:
     created = paths["/templates"]["post"]["responses"]
     assert created["201"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TemplateBody"}
     assert created["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorReply"}
+    document = json.loads(build_app([router], LocalTokens(SECRET), local=True).get_openapi_json_schema())
+    assert all("422" not in operation["responses"] for path in document["paths"].values() for operation in path.values())
+    assert "HTTPValidationError" not in document["components"]["schemas"]
 
 
 # -- AWS edges ---------------------------------------------------------------------------
