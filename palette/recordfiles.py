@@ -107,10 +107,15 @@ def detect_format(filename: str, override: SeedFormat | str | None = None) -> Se
         ) from None
 
 
-def read_chunks(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[Path]) -> Iterator[Chunk]:
-    """Stream the records of a seed file; `paths` lets readers project only what is checked."""
+def read_chunks(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[Path], exact: bool = False) -> Iterator[Chunk]:
+    """Stream the records of a seed file; `paths` lets readers project only what is checked.
+
+    `exact` parses every JSONL line in Python, never through Arrow, so each value keeps its
+    JSON type (Arrow's columns unify an integer and a float): what a prompt must show. The
+    checks (BOM, line length, UTF-8, one object per line) are the same either way."""
+    if fmt is SeedFormat.JSONL:
+        return _read_jsonl(stream, paths, exact)
     readers = {
-        SeedFormat.JSONL: _read_jsonl,
         SeedFormat.JSON: _read_json_array,
         SeedFormat.CSV: _read_csv,
         SeedFormat.PARQUET: _read_parquet,
@@ -159,7 +164,7 @@ class _PrefixedStream(io.RawIOBase):
 # JSONL ---------------------------------------------------------------------------------
 
 
-def _read_jsonl(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
+def _read_jsonl(stream: IO[bytes], paths: Sequence[Path], exact: bool = False) -> Iterator[Chunk]:
     """Lines in blocks of about 8 MiB, each parsed by Arrow when it can be, else line by line.
 
     Arrow's JSON reader parses a block several times faster than `json.loads` per line but
@@ -167,7 +172,7 @@ def _read_jsonl(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
     type it did not expect, blank lines, invalid UTF-8) is re-read exactly in Python. The
     Python path is the reference; Arrow is only an accelerator that must agree with it.
     """
-    parser = _JsonlBlockParser(paths)
+    parser = _JsonlBlockParser(paths, exact)
     pending = _text_start(stream)
     line_base = 0
     eof = False
@@ -210,9 +215,10 @@ def _skip_long_line(stream: IO[bytes]) -> bytes | None:
 class _JsonlBlockParser:
     """Parses JSONL blocks, learning from exact parses the leaf types Arrow needs to go fast."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], exact: bool = False) -> None:
         self._paths = list(dict.fromkeys(paths))
         self._schema: pa.Schema | None = pa.schema([]) if not self._paths else None
+        self._exact = exact
 
     def parse(self, block: bytes, line_base: int, lines: int) -> Iterator[Chunk]:
         """Records of a block, in pieces of about 256 KiB so a rejected piece costs little.
@@ -226,7 +232,7 @@ class _JsonlBlockParser:
                 cut = block.find(b"\n", pos + PIECE_BYTES) + 1 or len(block)
             piece = block[pos:cut]
             count = piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)
-            table = self._parse_fast(piece, count) if self._schema is not None else None
+            table = self._parse_fast(piece, count) if self._schema is not None and not self._exact else None
             if table is not None:
                 yield ColumnarRecords(table, range(line_base + 1, line_base + count + 1))
             else:

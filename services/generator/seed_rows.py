@@ -12,7 +12,6 @@ number of cells) are skipped: validation reported them, and a job runs on the re
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
@@ -79,10 +78,9 @@ def load_seed_rows(
 
 
 def _rows(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath]) -> Iterator[SeedRow]:
-    if fmt is SeedFormat.JSONL:
-        yield from _jsonl_rows(stream, paths)
-        return
-    for chunk in read_chunks(stream, fmt, paths):
+    """The file's records (lines or rows that are not a record are skipped: validation
+    reported them), exactly as typed: JSONL is parsed line by line in Python."""
+    for chunk in read_chunks(stream, fmt, paths, exact=True):
         if isinstance(chunk, ParsedRecords):
             for _, item in chunk.items:
                 if isinstance(item, dict):
@@ -90,24 +88,6 @@ def _rows(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath]) -> Ite
         elif isinstance(chunk, ColumnarRecords):
             for record in chunk.table.to_pylist():
                 yield project(_unflatten(record) if chunk.flat else record, paths)
-
-
-def _jsonl_rows(stream: IO[bytes], paths: Sequence[FieldPath]) -> Iterator[SeedRow]:
-    """JSONL parsed exactly line by line, so values keep their JSON types (an integer stays
-    an integer in the prompt)."""
-    first = True
-    for line in stream:
-        if first:
-            line = line.removeprefix(b"\xef\xbb\xbf")
-            first = False
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(value, dict):
-            yield project(value, paths)
 
 
 def _unflatten(record: dict[str, Any]) -> dict[str, Any]:
