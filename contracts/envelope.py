@@ -65,25 +65,9 @@ class StoredEvent(NamedTuple):
         )
 
 
-def chain_hash(
-    prev_hash: str,
-    event_id: str,
-    stream_id: str,
-    version: int,
-    source: str,
-    detail_type: str,
-    schema_version: int,
-    time: str,
-    correlation_id: str,
-    causation_id: str,
-    actor: str,
-    detail: str,
-) -> str:
-    """SHA-256 (hex) of `canonical_text` of the hashed fields."""
-    return hashlib.sha256(canonical_text(
-        prev_hash, event_id, stream_id, version, source, detail_type, schema_version, time,
-        correlation_id, causation_id, actor, detail,
-    ).encode("utf-8")).hexdigest()
+def chain_hash(*fields: Any) -> str:
+    """SHA-256 (hex) of `canonical_text(*fields)`: the hashed fields, in its order."""
+    return hashlib.sha256(canonical_text(*fields).encode("utf-8")).hexdigest()
 
 
 def canonical_text(

@@ -63,6 +63,7 @@ from services.jobs.consumers import subscriptions
 from services.jobs.domain import InvalidJobInput, JobInput
 from services.jobs.handlers import JobHandlers
 from services.jobs.projections import DASHBOARDS, JobDashboard, JobList
+from tests.fakes.lambda_events import sqs_batch
 
 SECRET = b"integration-test-secret-of-32-bytes!"
 SHA = "ab" * 32
@@ -305,19 +306,6 @@ def _forget_containers() -> None:
         lambda_handler.projection_runners,
     ):
         cached.cache_clear()
-
-
-def sqs_batch(bodies: list[Any]) -> dict[str, Any]:
-    return {"Records": [
-        {
-            "messageId": str(uuid.uuid4()), "receiptHandle": "handle",
-            "body": body if isinstance(body, str) else json.dumps(body),
-            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
-            "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:palette-jobs",
-            "awsRegion": "us-east-1",
-        }
-        for body in bodies
-    ]}
 
 
 @pytest.fixture(params=["local", "aws"])

@@ -26,8 +26,17 @@ import pytest
 from moto import mock_aws
 
 from contracts.catalog import CATALOG
-from contracts.events.seeds import SeedDataUploaded, SeedDataValidated, SeedUploadRequested
-from contracts.events.templates import TemplateCreated, TemplateDeleted, TemplateStep, TemplateVersionPublished
+from contracts.events.seeds import (
+    SeedDataUploaded,
+    SeedDataValidated,
+    SeedUploadRequested,
+)
+from contracts.events.templates import (
+    TemplateCreated,
+    TemplateDeleted,
+    TemplateStep,
+    TemplateVersionPublished,
+)
 from palette.adapters import Adapters, local_adapters
 from palette.api.auth import LocalTokens
 from palette.blobs.local import LocalBlobStore
@@ -37,6 +46,7 @@ from palette.eventstore.port import EventStore, NewEvent
 from services.seeds import lambda_handler
 from services.seeds.api import create_router
 from services.seeds.handlers import SeedHandlers
+from tests.fakes.lambda_events import sqs_batch
 
 REQUIRED = ["author.name", "book.title", "topic"]
 GOOD = {"author": {"name": "Le Guin"}, "book": {"title": "The Dispossessed"}, "topic": "anarchy"}
@@ -540,20 +550,6 @@ def object_created(key: str) -> dict[str, Any]:
             "request-id": "r", "requester": "123456789012", "reason": "PutObject",
         },
     }
-
-
-def sqs_batch(bodies: list[Any]) -> dict[str, Any]:
-    """An SQS event as the uploads queue's event source mapping delivers it."""
-    return {"Records": [
-        {
-            "messageId": str(uuid.uuid4()), "receiptHandle": "handle",
-            "body": body if isinstance(body, str) else json.dumps(body),
-            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
-            "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:palette-seeds-uploads",
-            "awsRegion": "us-east-1",
-        }
-        for body in bodies
-    ]}
 
 
 def test_aws_upload_record_and_validate(aws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,7 +33,12 @@ from services.templates import lambda_handler
 from services.templates.api import create_router
 from services.templates.domain import template_stream
 from services.templates.handlers import TemplateHandlers
-from services.templates.projections import TemplateCatalog, TemplateUsage, TemplateUsageView
+from services.templates.projections import (
+    TemplateCatalog,
+    TemplateUsage,
+    TemplateUsageView,
+)
+from tests.fakes.lambda_events import sqs_batch
 
 SECRET = b"integration-test-secret-of-32-bytes!"
 
@@ -193,23 +198,6 @@ def _forget_containers() -> None:
     for cached in (lambda_handler.adapters, lambda_handler.api, lambda_handler.projection_runners,
                    lambda_handler.enhancer):
         cached.cache_clear()
-
-
-def sqs_batch(bodies: list[Any]) -> dict[str, Any]:
-    return {"Records": [
-        {
-            "messageId": str(uuid.uuid4()),
-            "receiptHandle": "handle",
-            "body": body if isinstance(body, str) else json.dumps(body),
-            "attributes": {"ApproximateReceiveCount": "1"},
-            "messageAttributes": {},
-            "md5OfBody": "",
-            "eventSource": "aws:sqs",
-            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:palette-templates-projections",
-            "awsRegion": "us-east-1",
-        }
-        for body in bodies
-    ]}
 
 
 @pytest.fixture(params=["local", "aws"])
