@@ -241,7 +241,7 @@ def replay_command(
             elif into is not None:
                 result = _replay_into(store, projections, into, moment, advance, workers)
             else:
-                result = _replay_live(store, data_dir, runtime, projections, advance)
+                result = _replay_live(store, data_dir, runtime, projections, advance, workers)
     except ReplayError as error:
         fail(str(error), 2)
     finally:
@@ -275,7 +275,12 @@ def _replay_into(
     return {"summary": summary.as_dict()}
 
 
-def _replay_live(store: EventStore, data_dir: Path, runtime: str, projections: list[Any], advance: Any) -> dict[str, Any]:
+def _replay_live(
+    store: EventStore, data_dir: Path, runtime: str, projections: list[Any], advance: Any, workers: int | None
+) -> dict[str, Any]:
+    """In place. On AWS each projection is rebuilt in fresh tables and swapped in; locally
+    the views are built beside the live file as `--into` builds them (in worker processes
+    on a big log) and replace the live ones in one transaction."""
     from palette.audit.replay import rebuild_live
 
     if runtime == "aws":
@@ -284,14 +289,16 @@ def _replay_live(store: EventStore, data_dir: Path, runtime: str, projections: l
         adapters = aws_adapters(AwsSettings.from_env())
         runners = [adapters.projection_runner(p) for p in projections]
         return {"summary": rebuild_live(store, runners, progress=advance).as_dict()}
-    from palette.projections.documents_sqlite import sqlite_documents
-    from palette.projections.runner import ProjectionRunner
+    from palette.audit.replay import PROJECTIONS_FILE as REBUILT
+    from palette.audit.replay import replay_into
     from palette.projections.sqlite import SQLiteReadModelStore
 
     read_models = SQLiteReadModelStore(Path(data_dir) / PROJECTIONS_FILE)
     try:
-        runners = [ProjectionRunner(store, sqlite_documents(p), read_models) for p in projections]
-        return {"summary": rebuild_live(store, runners, progress=advance).as_dict()}
+        with tempfile.TemporaryDirectory(prefix=".replay-", dir=data_dir) as scratch:
+            summary = replay_into(store, projections, Path(scratch), progress=advance, workers=workers)
+            read_models.replace_from(Path(scratch) / REBUILT, [p.name for p in projections])
+        return {"summary": {**summary.as_dict(), "directory": None}}
     finally:
         read_models.close()
 

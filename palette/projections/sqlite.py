@@ -169,24 +169,29 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
         if not isinstance(fresh, SQLiteReadModelStore):
             raise TypeError("a SQLite read model can only be swapped in from a SQLite file")
         fresh.close()
+        try:
+            self.replace_from(fresh.path, [projection.name])
+        finally:
+            fresh.discard(projection)
+
+    def replace_from(self, rebuilt: Path, projections: Sequence[str]) -> None:
+        """Replace, in one transaction, the read models in the file `rebuilt` (every table
+        it holds) and the tracking records of `projections` with the rebuilt ones: readers
+        see the old views until the commit, the new ones after."""
         db = self.connection()
-        db.execute("ATTACH DATABASE ? AS rebuilt", (str(fresh.path),))
+        db.execute("ATTACH DATABASE ? AS rebuilt", (str(rebuilt),))
         try:
             with self._transaction() as db:
                 _replace_schema_and_rows(db)
-                db.execute(
-                    "DELETE FROM main.projection_stream_tracking WHERE projection = ?",
-                    (projection.name,),
-                )
-                for table in _TRACKING_TABLES:
-                    db.execute(
-                        f"INSERT OR REPLACE INTO main.{table} "
-                        f"SELECT * FROM rebuilt.{table} WHERE projection = ?",
-                        (projection.name,),
-                    )
+                for name in projections:
+                    db.execute("DELETE FROM main.projection_stream_tracking WHERE projection = ?", (name,))
+                    for table in _TRACKING_TABLES:
+                        db.execute(
+                            f"INSERT OR REPLACE INTO main.{table} SELECT * FROM rebuilt.{table} WHERE projection = ?",
+                            (name,),
+                        )
         finally:
             db.execute("DETACH DATABASE rebuilt")
-            fresh.discard(projection)
 
     def discard(self, projection: SQLiteProjection) -> None:
         self.close()

@@ -104,6 +104,16 @@ def test_replay_diff_finds_no_difference_until_a_view_is_changed(data_dir: Path)
     code, _, _ = palette("replay", "--diff", "--data-dir", str(data_dir))
     assert code == 0
 
+    db = sqlite3.connect(data_dir / "projections.db")
+    with db:
+        db.execute(f'DELETE FROM "{documents_table("billing_costs")}" WHERE key = ?', ("job0000002",))
+    db.close()
+    assert palette("replay", "--diff", "--data-dir", str(data_dir))[0] == 1
+    code, out, _ = palette("replay", "--data-dir", str(data_dir), "--json", "--workers", "2")
+    assert code == 0, out
+    assert palette("replay", "--diff", "--data-dir", str(data_dir))[0] == 0
+    assert not list(data_dir.glob(".replay-*"))
+
 
 def test_verify_and_replay_in_worker_processes_report_what_one_process_reports(data_dir: Path, tmp_path: Path) -> None:
     reports = [palette("audit", "verify", "--data-dir", str(data_dir), "--json", "--workers", n) for n in ("1", "2")]
