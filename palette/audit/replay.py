@@ -3,10 +3,13 @@
 The projections are rebuilt in one pass over the log: each event is read once, decoded once
 (whichever projections want it), and committed to each projection's store in large
 batches through the read-model store's own `commit`, so the tracking records are written
-with the documents exactly as the live runner writes them. Three uses:
+with the documents exactly as the live runner writes them. On a big SQLite log the pass is
+split over processes by partitions of the streams (see `replay_into`). Three uses:
 
 - `rebuild_live`: every live projection is built in a fresh store and swapped in, as
-  `ProjectionRunner.rebuild` does one by one; readers see the old views until the swap;
+  `ProjectionRunner.rebuild` does one by one; readers see the old views until the swap
+  (`palette replay` in place on AWS; locally it builds with `replay_into` and replaces the
+  views with `SQLiteReadModelStore.replace_from`);
 - `replay_into`: the views are built in a new SQLite file (`DIR/projections.db`), from any
   event store, optionally `as_of` a time: only events recorded at or before it;
 - `diff_documents`: the rebuilt views against the live ones, row by row. The rebuild then
