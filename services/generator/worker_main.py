@@ -37,7 +37,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contracts.catalog import CATALOG
 from contracts.events.jobs import JobRequested
@@ -53,6 +53,9 @@ from services.generator.worker import (
     RunResult,
     WorkerOptions,
 )
+
+if TYPE_CHECKING:
+    from services.generator.owner_slots import OwnerSlots
 
 log = logging.getLogger("palette.generator")
 
@@ -140,14 +143,14 @@ ENDED = {
 the worker that took the job over holds its own delivery of the message)."""
 
 
-def job_id_of_message(body: str, blobs: BlobStore | None = None) -> str:
-    """The job of an SQS message holding a JobRequested as EventBridge delivered it."""
+def job_request_of_message(body: str, blobs: BlobStore | None = None) -> JobRequested:
+    """The JobRequested an SQS message holds as EventBridge delivered it."""
     stored = stored_event_from_message(body, blobs)
     if stored.detail_type != JobRequested.detail_type():
         raise MalformedBusMessage(f"expected JobRequested, got {stored.detail_type}")
     event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
     assert isinstance(event, JobRequested)
-    return event.job_id
+    return event
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,9 @@ class QueueOptions:
     """How long a received message stays hidden; renewed every third of it while its job
     runs, so a worker that dies without a word (kill -9, a lost Spot task) gives its jobs
     back within this time."""
+    owner_full_retry_seconds: int = 30
+    """When an owner already runs their most jobs (see `OwnerSlots`), how long the message
+    goes back to the queue before it is tried again."""
 
 
 class JobQueueWorker:
@@ -171,14 +177,26 @@ class JobQueueWorker:
     hidden. A job held by another worker's lease goes back to the queue to be tried just
     after the lease lapses; a job released on `stop` (or one whose run crashed) goes back at
     once (after its lease) so another worker resumes it from its last batch. A message that is
-    not a JobRequested is left alone: SQS dead-letters it after maxReceiveCount.
+    not a JobRequested is left alone: SQS dead-letters it after maxReceiveCount. With `slots`,
+    a job whose owner already runs their most jobs (on any worker) goes back to the queue for
+    `owner_full_retry_seconds`.
     """
 
-    def __init__(self, sqs: Any, worker: GenerationWorker, blobs: BlobStore | None, options: QueueOptions) -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        worker: GenerationWorker,
+        blobs: BlobStore | None,
+        options: QueueOptions,
+        slots: OwnerSlots | None = None,
+    ) -> None:
         self._sqs = sqs
         self._worker = worker
         self._blobs = blobs
         self.options = options
+        self._slots = slots
+        self.waiting_owners: list[str] = []
+        """Owners whose job went back to the queue because they ran their most jobs."""
         self._running: dict[str, asyncio.Task[RunResult]] = {}
         self.results: dict[str, RunResult] = {}
         self.refused: list[str] = []
@@ -217,19 +235,25 @@ class JobQueueWorker:
     async def _handle(self, message: dict[str, Any], stop: asyncio.Event) -> None:
         receipt = message["ReceiptHandle"]
         try:
-            job_id = job_id_of_message(message["Body"], self._blobs)
+            request = job_request_of_message(message["Body"], self._blobs)
         except MalformedBusMessage as error:
             log.error("message %s is not a JobRequested (%s); leaving it for the dead-letter queue",
                       message.get("MessageId"), error)
             self.refused.append(message.get("MessageId", ""))
             return
+        job_id, owner = request.job_id, request.owner
         if job_id in self._running:
             log.info("job %s already runs here; dropping a second delivery", job_id)
             await asyncio.to_thread(self._delete, receipt)
             return
+        if self._slots is not None and not await asyncio.to_thread(self._slots.acquire, owner, job_id):
+            log.info("%s already runs their most jobs; job %s waits in the queue", owner, job_id)
+            self.waiting_owners.append(owner)
+            await asyncio.to_thread(self._show_again, receipt, self.options.owner_full_retry_seconds)
+            return
         run = asyncio.create_task(self._worker.run_job(job_id, stop))
         self._running[job_id] = run
-        keep_hidden = asyncio.create_task(self._keep_hidden(receipt))
+        keep_hidden = asyncio.create_task(self._keep_hidden(receipt, owner, job_id))
         try:
             result = await run
         except Exception:
@@ -239,6 +263,8 @@ class JobQueueWorker:
         finally:
             keep_hidden.cancel()
             self._running.pop(job_id, None)
+            if self._slots is not None:
+                await asyncio.to_thread(self._slots.release, owner, job_id)
         self.results[job_id] = result
         log.info("job %s: %s (%d records)", job_id, result.outcome.value, result.records_completed)
         if result.outcome in ENDED:
@@ -248,13 +274,19 @@ class JobQueueWorker:
         else:
             await asyncio.to_thread(self._show_again, receipt, 0)
 
-    async def _keep_hidden(self, receipt: str) -> None:
+    async def _keep_hidden(self, receipt: str, owner: str, job_id: str) -> None:
+        """While the job runs: its message stays hidden and its owner slot stays taken."""
         while True:
             await asyncio.sleep(self.options.visibility_seconds / 3)
             try:
                 await asyncio.to_thread(self._show_again, receipt, self.options.visibility_seconds)
             except Exception:
                 log.exception("could not extend a running job's message; another worker may resume it")
+            if self._slots is not None:
+                try:
+                    await asyncio.to_thread(self._slots.acquire, owner, job_id)
+                except Exception:
+                    log.exception("could not renew the owner slot of job %s", job_id)
 
     def _delete(self, receipt: str) -> None:
         self._sqs.delete_message(QueueUrl=self.options.queue_url, ReceiptHandle=receipt)
@@ -273,6 +305,25 @@ def _seconds_until(moment: datetime | None) -> int:
     return max(1, int((moment - datetime.now(UTC)).total_seconds()) + 2)
 
 
+OWNER_SLOTS_TABLE_ENV = "PALETTE_OWNER_SLOTS_TABLE"
+MAX_JOBS_PER_USER_ENV = "PALETTE_MAX_JOBS_PER_USER"
+
+
+def owner_slots_from_env(settings: AwsSettings, env: dict[str, str] | None = None) -> OwnerSlots | None:
+    """The per-owner cap shared by every queue worker (`OwnerSlots`), when its table is set:
+    PALETTE_OWNER_SLOTS_TABLE, and PALETTE_MAX_JOBS_PER_USER (default 3)."""
+    env = dict(os.environ if env is None else env)
+    table = env.get(OWNER_SLOTS_TABLE_ENV)
+    if not table:
+        return None
+    import boto3
+
+    from services.generator.owner_slots import DEFAULT_PER_OWNER, OwnerSlots
+
+    dynamodb = boto3.client("dynamodb", endpoint_url=settings.endpoint_url)
+    return OwnerSlots(dynamodb, table, int(env.get(MAX_JOBS_PER_USER_ENV, DEFAULT_PER_OWNER)))
+
+
 async def _run_queue(options: WorkerOptions, queue: QueueOptions, worker_id: str | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -288,7 +339,7 @@ async def _run_queue(options: WorkerOptions, queue: QueueOptions, worker_id: str
         budget = JobBudgets(adapters.events, adapters.pricing, adapters.runtime)
         worker = GenerationWorker(adapters.events, adapters.blobs, gateway, worker_id, options, budget)
         log.info("worker %s reading %s", worker.worker_id, queue.queue_url)
-        await JobQueueWorker(sqs, worker, adapters.blobs, queue).run(stop)
+        await JobQueueWorker(sqs, worker, adapters.blobs, queue, owner_slots_from_env(settings)).run(stop)
     finally:
         await gateway.close()
         adapters.close()

@@ -35,8 +35,13 @@ from contracts.events.jobs import JobRequested, OutputFormat
 from palette.adapters import AwsSettings, aws_adapters
 from palette.eventstore.port import NewEvent
 from palette.eventstore.sqlite import SQLiteEventStore
+from services.generator.owner_slots import OwnerSlots
 from services.generator.worker import RunOutcome, RunResult, WorkerOptions
-from services.generator.worker_main import JobQueueWorker, QueueOptions
+from services.generator.worker_main import (
+    JobQueueWorker,
+    QueueOptions,
+    owner_slots_from_env,
+)
 from tests.e2e.test_aws_flow import AwsPalette, _template_and_seed, palette_on_moto  # noqa: F401 (fixture)
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -145,6 +150,37 @@ def test_messages_are_deleted_only_when_their_job_ended(tmp_path: Path) -> None:
             assert sqs.receive_message(QueueUrl=url, VisibilityTimeout=0).get("Messages"), "visible again at once"
         else:
             assert (visible, hidden, worker.runs) == (0, 1, []), "left for the dead-letter queue"
+
+
+@mock_aws
+def test_a_second_job_of_an_owner_at_the_cap_waits_in_the_queue(tmp_path: Path) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    dynamodb.create_table(
+        TableName="slots", BillingMode="PAY_PER_REQUEST",
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+    )
+    url = sqs.create_queue(QueueName="jobs")["QueueUrl"]
+    for name in ("first", "second"):
+        sqs.send_message(QueueUrl=url, MessageBody=_as_delivered(_job_requested(tmp_path, name)))
+    slots = OwnerSlots(dynamodb, "slots", per_owner=1)
+    worker = ScriptedWorker({n: RunResult(RunOutcome.COMPLETED, 1) for n in ("first", "second")}, seconds=0.5)
+    options = QueueOptions(url, max_jobs=4, wait_seconds=0, visibility_seconds=30, owner_full_retry_seconds=0)
+    queue_worker = JobQueueWorker(sqs, worker, None, options, slots)  # type: ignore[arg-type]
+
+    asyncio.run(_run_until(queue_worker, lambda: len(queue_worker.results) == 2 and _counts(sqs, url) == (0, 0)))
+
+    assert sorted(worker.runs) == ["first", "second"] and queue_worker.waiting_owners  # one waited its turn
+    assert _counts(sqs, url) == (0, 0) and slots.running("alice") == []
+
+
+def test_the_cap_is_off_without_its_table_and_reads_its_limit_from_the_environment() -> None:
+    settings = AwsSettings.from_env({})
+    assert owner_slots_from_env(settings, {}) is None
+    with mock_aws():
+        slots = owner_slots_from_env(settings, {"PALETTE_OWNER_SLOTS_TABLE": "t", "PALETTE_MAX_JOBS_PER_USER": "5"})
+    assert slots is not None and slots.per_owner == 5
 
 
 # -- the worker process on a moto server -----------------------------------------------------

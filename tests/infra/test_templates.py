@@ -345,6 +345,11 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
         if writes and statement["Sid"] == "RateLimitBuckets":
             assert statement["Resource"] == {"Fn::ImportValue": {"Fn::Sub": "palette-${Env}-RateLimitTableArn"}}
             continue
+        if writes and statement["Sid"] == "OwnerSlots":
+            assert service == "generator"
+            assert statement["Resource"] == {"Fn::ImportValue": {"Fn::Sub": "palette-${Env}-RateLimitTableArn"}}
+            assert statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == ["running#*"]
+            continue
         if writes and statement["Sid"] == "IdempotencyRecords":
             assert statement["Resource"] == {"Fn::ImportValue": {"Fn::Sub": "palette-${Env}-IdempotencyTableArn"}}
             assert statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == [
