@@ -47,9 +47,8 @@ from palette.eventstore.sqlite import STREAM_PARTITION, SQLiteEventStore
 PARALLEL_FROM = 50_000
 """Below about this many events, forking workers costs more than it saves."""
 
-_JOB_EVENT = "detail_type IN ({})".format(
-    ", ".join(f"'{t}'" for t in sorted(JOB_ENDINGS | GENERATION_ENDINGS | {"JobRequested", "BatchGenerated", "CostRecorded"}))
-)
+_JOB_EVENT_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | {"JobRequested", "BatchGenerated", "CostRecorded"}
+_JOB_EVENT = "detail_type IN ({})".format(", ".join(f"'{t}'" for t in sorted(_JOB_EVENT_TYPES)))
 _IF_JOB_EVENT = f"CASE WHEN {_JOB_EVENT} AND json_valid(detail) THEN detail ->> '$.{{}}' END"
 _PARTITION_SQL = (
     "SELECT stream_id, version, position, id, detail_type, prev_hash, hash, "

@@ -115,9 +115,9 @@ class _SQLiteDocumentWriter(DocumentWriter):
     given; `get` answers from the held documents first (the very dict: see DocumentWriter),
     then from the file through the store's open transaction, keeping what it decoded for the
     batch's later events. `flush` finishes (`DocumentProjection.finish`) and encodes the
-    final body of every document the batch put and writes them in two executemany calls. A replay commits tens of thousands of events
-    per batch, most of them changing a few hundred documents: each is decoded and encoded
-    once per batch instead of once per event.
+    final body of every document the batch put and writes them in two executemany calls.
+    A replay commits tens of thousands of events per batch, most of them changing a few
+    hundred documents: each is decoded and encoded once per batch instead of once per event.
     """
 
     def __init__(

@@ -152,7 +152,8 @@ class ProjectionRunner(Generic[P]):
     def _view(self, stored: StoredEvent) -> ProjectedEvent:
         try:
             if self.projection.event_view == "decoded":
-                return DecodedEvent(stored, self._catalog.decode(stored.detail_type, stored.schema_version, stored.detail))
+                detail = self._catalog.decode(stored.detail_type, stored.schema_version, stored.detail)
+                return DecodedEvent(stored, detail)
             return EventEnvelope.from_stored(stored, self._catalog)
         except Exception as error:
             raise ProjectionFailed(self.projection.name, stored) from error
