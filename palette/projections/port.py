@@ -122,13 +122,18 @@ class CheckpointMoved(ProjectionError):
 class ProjectionFailed(ProjectionError):
     """`apply` raised for an event; the whole commit it was part of was rolled back."""
 
-    def __init__(self, projection: str, event: ProjectedEvent) -> None:
-        stored = recorded_as(event)
+    def __init__(self, projection: str, event: ProjectedEvent | StoredEvent) -> None:
+        if isinstance(event, EventEnvelope):
+            stored: EventMetadata | StoredEvent = event.metadata
+            detail_type = event.detail_type
+        else:
+            stored = event.stored if isinstance(event, DecodedEvent) else event
+            detail_type = stored.detail_type
         self.projection = projection
         self.event_id = stored.id
         self.position = stored.position
         super().__init__(
-            f"projection {projection!r} failed to apply {event.detail_type} "
+            f"projection {projection!r} failed to apply {detail_type} "
             f"{stored.id} (stream {stored.stream_id!r} v{stored.version}, position {stored.position})"
         )
 

@@ -21,6 +21,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from contracts.catalog import EventCatalog
 from contracts.envelope import EventEnvelope, StoredEvent
 from contracts.events import (
     DomainEvent,
@@ -682,6 +683,29 @@ def test_the_decoded_view_hands_apply_the_record_and_its_typed_detail(tmp_path: 
 
     rows = store.connection().execute("SELECT event_id, stream_id FROM status_log").fetchall()
     assert rows == [(e.id, e.stream_id) for e in started]
+    store.close()
+
+
+def test_a_decoded_view_failure_names_its_event(tmp_path: Path, log: JobLog) -> None:
+    class Crashes(SQLiteProjection):
+        name = "crashes"
+        detail_types = ("JobStarted",)
+        event_view = "decoded"
+
+        def setup(self, db: sqlite3.Connection) -> None:
+            pass
+
+        def apply(self, event: ProjectedEvent, db: sqlite3.Connection) -> None:
+            raise InjectedCrash()
+
+    started = [e for e in log.add_jobs(0, 2) if e.detail_type == "JobStarted"]
+    store = SQLiteReadModelStore(tmp_path / "projections.db")
+    with pytest.raises(ProjectionFailed, match="failed to apply JobStarted") as applying:
+        ProjectionRunner(log.events, Crashes(), store).run_once()
+    assert applying.value.event_id == started[0].id
+    with pytest.raises(ProjectionFailed, match="failed to apply JobStarted") as decoding:
+        ProjectionRunner(log.events, Crashes(), store, catalog=EventCatalog()).run_once()
+    assert isinstance(decoding.value.__cause__, LookupError) and decoding.value.event_id == started[0].id
     store.close()
 
 
