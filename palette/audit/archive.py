@@ -17,7 +17,6 @@ An import reads the whole archive, orders it by position and hands it to the sto
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import pyarrow.dataset as ds
 
 from contracts.envelope import StoredEvent
 from palette.audit.pages import Row, row_pages
+from palette.audit.verify import heads_digest
 from palette.eventstore.port import EventStore
 from palette.eventstore.sqlite import ROW_FIELDS, SQLiteEventStore
 
@@ -116,11 +116,7 @@ class _Heads:
             self.last = high.as_py() if self.last is None else max(self.last, high.as_py())
 
     def digest(self) -> str:
-        digest = hashlib.sha256()
-        for stream_id in sorted(self.heads):
-            version, last_hash = self.heads[stream_id]
-            digest.update(f"{stream_id}\t{version}\t{last_hash}\n".encode())
-        return digest.hexdigest()
+        return heads_digest(self.heads)
 
 
 def export_events(
@@ -242,8 +238,8 @@ def import_events(store: EventStore, directory: Path, progress: Progress | None 
 
     for batch in table.to_batches():
         heads.add(batch)
-    store.import_recorded(counted())
     summary = ArchiveSummary(heads.count, len(heads.heads), heads.first, heads.last, heads.digest(), str(directory))
     if summary.digest != manifest.get("digest"):
-        raise ArchiveError("the imported log's digest differs from the archive manifest's")
+        raise ArchiveError("the archive's digest differs from its manifest's: nothing was imported")
+    store.import_recorded(counted())
     return summary

@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 log = logging.getLogger(__name__)
 
 DEFAULT_PER_OWNER = 3
@@ -42,8 +40,14 @@ class OwnerSlots:
         self._clock = clock
 
     def acquire(self, owner: str, job_id: str) -> bool:
-        """Take (or renew) a slot of `owner` for `job_id`; False when the owner's slots are
-        all held by other live jobs."""
+        """Take a slot of `owner` for `job_id`, or renew the one it holds; False when the
+        owner's slots are all held by other live jobs."""
+        return self._change(owner, job_id, take=True) is not False
+
+    def take(self, owner: str, job_id: str) -> bool | None:
+        """Like `acquire`, telling who holds the slot: True when this call took it, None
+        when the job held one already (another delivery of a job running elsewhere: that
+        worker's to release), False when the owner has none free."""
         return self._change(owner, job_id, take=True)
 
     def release(self, owner: str, job_id: str) -> None:
@@ -55,21 +59,24 @@ class OwnerSlots:
         jobs, _ = self._read(owner)
         return sorted(jobs)
 
-    def _change(self, owner: str, job_id: str, take: bool) -> bool:
+    def _change(self, owner: str, job_id: str, take: bool) -> bool | None:
+        """True: changed (taken or released); None: the job held a slot already (renewed)
+        or none to release; False: no slot free."""
         for _ in range(CHANGE_ATTEMPTS):
             jobs, version = self._read(owner)
+            held = job_id in jobs
             if take:
-                if job_id not in jobs and len(jobs) >= self.per_owner:
+                if not held and len(jobs) >= self.per_owner:
                     return False
                 jobs[job_id] = int(self._clock()) + self.lease_seconds
-            elif jobs.pop(job_id, None) is None:
-                return True
+            elif not held:
+                return None
+            else:
+                del jobs[job_id]
             try:
                 self._write(owner, jobs, version)
-                return True
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                    raise
+                return None if take and held else True
+            except self._db.exceptions.ConditionalCheckFailedException:
                 log.info("the slots of %s changed meanwhile; trying again", owner)
         raise RuntimeError(f"the running-job slots of {owner!r} keep changing; giving up")
 
@@ -89,9 +96,10 @@ class OwnerSlots:
             "version": {"N": str(version + 1)},
             "expires_at": {"N": str(max(jobs.values(), default=int(self._clock())) + 3600)},
         }
-        condition = "attribute_not_exists(pk)" if version == 0 else "version = :seen"
-        values = {} if version == 0 else {"ExpressionAttributeValues": {":seen": {"N": str(version)}}}
-        self._db.put_item(TableName=self._table, Item=item, ConditionExpression=condition, **values)
+        self._db.put_item(
+            TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk) OR version = :seen",
+            ExpressionAttributeValues={":seen": {"N": str(version)}},
+        )
 
 
 def _key(owner: str) -> str:

@@ -246,7 +246,8 @@ class JobQueueWorker:
             log.info("job %s already runs here; dropping a second delivery", job_id)
             await asyncio.to_thread(self._delete, receipt)
             return
-        if self._slots is not None and not await asyncio.to_thread(self._slots.acquire, owner, job_id):
+        took_slot = None if self._slots is None else await asyncio.to_thread(self._slots.take, owner, job_id)
+        if took_slot is False:
             log.info("%s already runs their most jobs; job %s waits in the queue", owner, job_id)
             self.waiting_owners.append(owner)
             await asyncio.to_thread(self._show_again, receipt, self.options.owner_full_retry_seconds)
@@ -263,7 +264,7 @@ class JobQueueWorker:
         finally:
             keep_hidden.cancel()
             self._running.pop(job_id, None)
-            if self._slots is not None:
+            if took_slot and self._slots is not None:  # a slot held elsewhere is its holder's to give back
                 await asyncio.to_thread(self._slots.release, owner, job_id)
         self.results[job_id] = result
         log.info("job %s: %s (%d records)", job_id, result.outcome.value, result.records_completed)

@@ -81,3 +81,11 @@ def test_workers_racing_for_the_last_slots_never_take_more_than_n(dynamodb: Any)
         thread.join()
     assert errors == []
     assert len(won) == 3 and sorted(won) == slots.running("ada")
+
+
+def test_take_tells_a_new_slot_from_one_the_job_holds_already(dynamodb: Any) -> None:
+    slots = OwnerSlots(dynamodb, TABLE, per_owner=1)
+    assert slots.take("ada", "j1") is True
+    assert slots.take("ada", "j1") is None  # another delivery of a job running elsewhere
+    assert slots.take("ada", "j2") is False
+    assert slots.running("ada") == ["j1"]
