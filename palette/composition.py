@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from services.jobs.api import create_router as jobs_router
 from services.jobs.consumers import subscriptions as jobs_subscriptions
 from services.jobs.handlers import JobHandlers
 from services.jobs.projections import DASHBOARDS as JOB_DASHBOARDS
-from services.jobs.projections import JobDashboard, JobList
+from services.jobs.projections import JobDashboard, JobList, dashboard_figures
 from services.seeds.api import create_router as seeds_router
 from services.seeds.handlers import SeedHandlers
 from services.templates.api import create_router as templates_router
@@ -132,8 +133,9 @@ def local_projections() -> list[DocumentProjection]:
 
 @contextmanager
 def job_dashboards(data_dir: Path) -> Iterator[Callable[[str], dict[str, Any] | None]]:
-    """What `palette jobs watch` reads: a job's dashboard document (None for an unknown or
-    deleted job), the dashboard projection caught up from the log on each read — that one
+    """What `palette jobs watch` reads: a job's dashboard document with its `timing` figures
+    at the time of the read, as GET /dashboard gives them (None for an unknown or deleted
+    job), the dashboard projection caught up from the log on each read — that one
     projection alone, none of the services, bus or workers. Beside a running `palette serve`
     that keeps it too, the tracking record makes each event apply once."""
     adapters = local_adapters(Path(data_dir))
@@ -145,7 +147,9 @@ def job_dashboards(data_dir: Path) -> Iterator[Callable[[str], dict[str, Any] | 
         def dashboard(job_id: str) -> dict[str, Any] | None:
             runner.run_once()
             document = reader.get(JOB_DASHBOARDS, job_id)
-            return None if document is None or document.get("deleted") else document
+            if document is None or document.get("deleted"):
+                return None
+            return {**document, "timing": dashboard_figures(document, datetime.now(UTC))}
 
         yield dashboard
     finally:

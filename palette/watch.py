@@ -69,10 +69,11 @@ def _detail(dashboard: Dashboard) -> str:
     failed = dashboard.get("failed_records") or 0
     if failed:
         parts.append(f"{failed} failed")
-    rate = dashboard.get("records_per_second")
+    timing = dashboard.get("timing") or {}
+    rate = timing.get("records_per_second")
     if rate:
         parts.append(f"{rate:.1f} rec/s")
-    eta = dashboard.get("eta_seconds")
+    eta = timing.get("eta_seconds")
     if eta is not None and dashboard.get("status") == "RUNNING":
         parts.append(f"ETA {eta:.0f}s")
     return "  ".join(parts)

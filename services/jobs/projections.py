@@ -194,9 +194,9 @@ class JobDashboard(DocumentProjection):
         docs.put(Document(DASHBOARDS, job_id, body))
 
     def finish(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Amounts become text and the derived figures are computed: once per commit."""
+        """Amounts become text: once per commit."""
         if not body.get("deleted"):
-            _derive(body)
+            _amounts_as_text(body)
         return body
 
 
@@ -213,7 +213,6 @@ def empty_dashboard(job_id: str) -> dict[str, Any]:
         "failed_records": 0,
         "batches": 0,
         "failed_batches": 0,
-        "percent": 0.0,
         "tokens": {},
         "created_at": None,
         "started_at": None,
@@ -344,20 +343,16 @@ def _model_progress(body: dict[str, Any], model: str) -> dict[str, Any]:
     )
 
 
-def _derive(body: dict[str, Any]) -> None:
-    """Amounts as text, and the figures that follow from the merged fields alone (no clock)."""
-    target = body["num_records"]
-    body["percent"] = round(min(100.0, body["records_generated"] * 100 / target), 2) if target else 0.0
+def _amounts_as_text(body: dict[str, Any]) -> None:
+    """The cost block's amounts as text (a commit adds them up as Decimals). Figures that
+    follow from them (used, remaining, percentages) are the API's to compute when read,
+    with the job's own target and budget."""
     cost = body["cost"]
-    for part in ("model_tokens", "compute", "storage"):
+    for part in ("model_tokens", "compute", "storage", "total"):
         cost[part] = str(cost[part])
     per_model = cost["per_model"]
     for model, amount in per_model.items():
         per_model[model] = str(amount)
-    limit, used = Decimal(cost["budget_limit"]), Decimal(cost["total"])
-    cost["total"] = cost["used"] = str(used)
-    cost["remaining"] = str(max(limit - used, Decimal(0)))
-    cost["percent"] = float(round(used * 100 / limit, 2)) if limit else 0.0
 
 
 def _earliest(current: str | None, time: str) -> str:
