@@ -67,8 +67,6 @@ class EventCatalog:
             event: DomainEvent = current[1](detail_json)
             return event
         model = self.model(detail_type)
-        if schema_version == model.schema_version:
-            return model.model_validate_json(detail_json)
         data = json.loads(detail_json)
         for version in range(schema_version, model.schema_version):
             try:

@@ -66,7 +66,6 @@ class _ValidationAnswersFourHundred:
                 operation = getattr(path, method, None)
                 if operation is not None and operation.responses:
                     operation.responses.pop(422, None)
-                    operation.responses.pop("422", None)
         if schema.components is not None and schema.components.schemas:
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.components.schemas.pop(name, None)

@@ -48,7 +48,7 @@ from palette.projections.port import (
     ReadModelStore,
     stream_heads,
 )
-from palette.projections.sqlite import SQLiteReadModelStore
+from palette.projections.sqlite import TRACKING_TABLES, SQLiteReadModelStore
 
 READ_PAGE = 10_000
 COMMIT_BATCH = 50_000
@@ -416,7 +416,7 @@ def _merge_parts(path: Path, parts: Sequence[Path]) -> None:
                 "WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
             ).fetchall()
             for kind, name, table, sql in schema:
-                if table in _TRACKING_TABLES:
+                if table in TRACKING_TABLES:
                     continue
                 if name not in existing:
                     db.execute(sql)
@@ -439,8 +439,6 @@ def _merge_parts(path: Path, parts: Sequence[Path]) -> None:
     finally:
         db.close()
 
-
-_TRACKING_TABLES = ("projection_tracking", "projection_stream_tracking")
 
 
 def rebuild_live(

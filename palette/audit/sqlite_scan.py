@@ -31,8 +31,7 @@ from typing import Any
 from contracts.envelope import chain_hash
 from palette.audit.collector import collector_paused
 from palette.audit.verify import (
-    GENERATION_ENDINGS,
-    JOB_ENDINGS,
+    JOB_FACT_TYPES,
     AuditRow,
     ChainChecker,
     DomainAuditor,
@@ -47,8 +46,7 @@ from palette.eventstore.sqlite import STREAM_PARTITION, SQLiteEventStore
 PARALLEL_FROM = 50_000
 """Below about this many events, forking workers costs more than it saves."""
 
-_JOB_EVENT_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | {"JobRequested", "BatchGenerated", "CostRecorded"}
-_JOB_EVENT = "detail_type IN ({})".format(", ".join(f"'{t}'" for t in sorted(_JOB_EVENT_TYPES)))
+_JOB_EVENT = "detail_type IN ({})".format(", ".join(f"'{t}'" for t in sorted(JOB_FACT_TYPES)))
 _IF_JOB_EVENT = f"CASE WHEN {_JOB_EVENT} AND json_valid(detail) THEN detail ->> '$.{{}}' END"
 _PARTITION_SQL = (
     "SELECT stream_id, version, position, id, detail_type, prev_hash, hash, "

@@ -48,7 +48,8 @@ from palette.eventstore.sqlite import SQLiteEventStore
 PAGE_SIZE = 10_000
 JOB_ENDINGS = frozenset({"JobCompleted", "JobFailed", "JobCancelled", "JobBudgetExceeded"})
 GENERATION_ENDINGS = frozenset({"GenerationStopped", "GenerationFailed", "DatasetExported"})
-_DOMAIN_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | {"JobRequested", "BatchGenerated", "CostRecorded"}
+JOB_FACT_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | {"JobRequested", "BatchGenerated", "CostRecorded"}
+"""The events the job invariants read."""
 
 Progress = Callable[[int], None]
 """Called with the number of events checked since the last call."""
@@ -164,7 +165,7 @@ def audit_row(row: Row) -> AuditRow:
         time, correlation_id, causation_id, actor, detail,
     ).encode()
     head = (stream_id, version, position, event_id, detail_type, prev_hash, event_hash, canonical)
-    if detail_type not in _DOMAIN_TYPES:
+    if detail_type not in JOB_FACT_TYPES:
         return (*head, None, None, None, None, None, None)
     try:
         fields = _json_object(detail)
@@ -272,7 +273,7 @@ class DomainAuditor:
         self.jobs: dict[str, _Job] = {}
 
     def check(self, rows: list[AuditRow]) -> None:
-        jobs, violations, domain_types, ref_of = self.jobs, self.violations, _DOMAIN_TYPES, _ref_of
+        jobs, violations, domain_types, ref_of = self.jobs, self.violations, JOB_FACT_TYPES, _ref_of
         for row in rows:
             kind = row[4]
             if kind not in domain_types:

@@ -208,28 +208,22 @@ class SQLiteEventStore(EventStore):
 
     def iter_rows(
         self,
-        after_position: int = 0,
         page_size: int = 10_000,
         detail_types: Sequence[str] | None = None,
-        columns: Sequence[str] = ROW_FIELDS,
         to_position: int | None = None,
         stream_partition: tuple[int, int] | None = None,
     ) -> Iterator[list[tuple[Any, ...]]]:
-        """The log after `after_position` in position order, as pages of plain tuples.
+        """The whole log in position order, as pages of plain tuples.
 
         The bulk read for whole-log passes (audit, replay, export): one query whose rows
-        come out as tuples of `columns` (default ROW_FIELDS, StoredEvent's field order,
-        so `StoredEvent(*row)` rebuilds an event), with none of the per-event objects of
-        `read_all`; `to_position` stops it there (inclusive); `stream_partition` = (n, of)
-        keeps the events of the streams in partition n (see STREAM_PARTITION). The pass
-        reads one consistent snapshot: the query's read transaction lasts until the
-        iterator is exhausted or closed.
+        come out as tuples in StoredEvent's field order (so `StoredEvent(*row)` rebuilds an
+        event), with none of the per-event objects of `read_all`; `to_position` stops it
+        there (inclusive); `stream_partition` = (n, of) keeps the events of the streams in
+        partition n (see STREAM_PARTITION). The pass reads one consistent snapshot: the
+        query's read transaction lasts until the iterator is exhausted or closed.
         """
-        unknown = [c for c in columns if c not in ROW_FIELDS]
-        if unknown:
-            raise ValueError(f"not columns of the event log: {unknown}")
-        sql = f"SELECT {', '.join(columns)} FROM events WHERE position > ?"
-        args: list[object] = [after_position]
+        sql = f"SELECT {_COLUMNS} FROM events WHERE position > 0"
+        args: list[object] = []
         if to_position is not None:
             sql += " AND position <= ?"
             args.append(to_position)

@@ -33,7 +33,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from palette.projections.port import ProjectedEvent, Projection
 
@@ -156,6 +156,21 @@ class DocumentProjection(Projection):
         `get`: the body held by its batch, or one finished by an earlier commit. It may
         change `body` in place. The default stores the body as put."""
         return body
+
+
+W = TypeVar("W")
+
+
+def on_backend(projection: DocumentProjection, backend: type[W], prefix: str) -> W:
+    """`projection` run by `backend` (a backend's documents class, built with the
+    projection): a subclass that keeps its name, event types, tracking, view and
+    partitioning, since runners and stores read those from the class."""
+    declared = ("name", "detail_types", "track_streams", "event_view", "keyed_by_stream")
+    attributes = {name: getattr(projection, name) for name in declared}
+    attributes["detail_types"] = tuple(projection.detail_types)
+    wrapper = type(f"{prefix}{type(projection).__name__}", (backend,), attributes)
+    instance: W = wrapper(projection)
+    return instance
 
 
 def encode_document(document: Document) -> str:

@@ -41,6 +41,7 @@ from palette.projections.documents import (
     decode_page_token,
     encode_body,
     encode_page_token,
+    on_backend,
     page_size,
     storage_name,
 )
@@ -108,19 +109,7 @@ class DynamoDBDocuments(DynamoDBProjection):
 def dynamodb_documents(projection: DocumentProjection) -> DynamoDBDocuments:
     """`projection` as a DynamoDBProjection: hand it to ProjectionRunner with a
     DynamoDBReadModelStore. It keeps the projection's name, event types and tracking."""
-    wrapper = type(
-        f"DynamoDB{type(projection).__name__}",
-        (DynamoDBDocuments,),
-        {
-            "name": projection.name,
-            "detail_types": tuple(projection.detail_types),
-            "track_streams": projection.track_streams,
-            "event_view": projection.event_view,
-            "keyed_by_stream": projection.keyed_by_stream,
-        },
-    )
-    instance: DynamoDBDocuments = wrapper(projection)
-    return instance
+    return on_backend(projection, DynamoDBDocuments, "DynamoDB")
 
 
 class _DynamoDBDocumentWriter(DocumentWriter):

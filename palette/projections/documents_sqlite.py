@@ -27,6 +27,7 @@ from palette.projections.documents import (
     decode_page_token,
     encode_body,
     encode_page_token,
+    on_backend,
     page_size,
     storage_name,
 )
@@ -93,19 +94,7 @@ class SQLiteDocuments(SQLiteProjection):
 def sqlite_documents(projection: DocumentProjection) -> SQLiteDocuments:
     """`projection` as a SQLiteProjection: hand it to ProjectionRunner with a
     SQLiteReadModelStore. It keeps the projection's name, event types and tracking."""
-    wrapper = type(
-        f"SQLite{type(projection).__name__}",
-        (SQLiteDocuments,),
-        {
-            "name": projection.name,
-            "detail_types": tuple(projection.detail_types),
-            "track_streams": projection.track_streams,
-            "event_view": projection.event_view,
-            "keyed_by_stream": projection.keyed_by_stream,
-        },
-    )
-    instance: SQLiteDocuments = wrapper(projection)
-    return instance
+    return on_backend(projection, SQLiteDocuments, "SQLite")
 
 
 class _SQLiteDocumentWriter(DocumentWriter):

@@ -33,7 +33,8 @@ from palette.projections.port import (
 )
 from palette.sqlite_connections import ThreadConnections
 
-_TRACKING_TABLES = ("projection_tracking", "projection_stream_tracking")
+TRACKING_TABLES = ("projection_tracking", "projection_stream_tracking")
+"""The tables of the tracking records, beside each projection's own tables."""
 _TRACKING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS projection_tracking (
     projection TEXT PRIMARY KEY,
@@ -185,7 +186,7 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
                 _replace_schema_and_rows(db)
                 for name in projections:
                     db.execute("DELETE FROM main.projection_stream_tracking WHERE projection = ?", (name,))
-                    for table in _TRACKING_TABLES:
+                    for table in TRACKING_TABLES:
                         db.execute(
                             f"INSERT OR REPLACE INTO main.{table} SELECT * FROM rebuilt.{table} WHERE projection = ?",
                             (name,),
@@ -244,7 +245,7 @@ def _replace_schema_and_rows(db: sqlite3.Connection) -> None:
         "SELECT type, name, tbl_name, sql FROM rebuilt.sqlite_master "
         "WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
     ).fetchall()
-    schema = [row for row in schema if row[2] not in _TRACKING_TABLES]
+    schema = [row for row in schema if row[2] not in TRACKING_TABLES]
     for kind, name, _, _ in schema:
         if kind in ("table", "view"):
             db.execute(f'DROP {kind.upper()} IF EXISTS main."{name}"')

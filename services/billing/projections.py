@@ -72,9 +72,6 @@ def _as_text(amounts: dict[str, Any]) -> None:
             amounts[name] = usd(amount)
 
 
-_JOB_CHARGES = frozenset({CostRecorded, JobRequested, BudgetWarning, BudgetExceeded})
-
-
 class JobCosts(DocumentProjection):
     """Every job's recorded cost, by model, category and day, with its owner and budget."""
 
@@ -93,11 +90,8 @@ class JobCosts(DocumentProjection):
 
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
         detail, time = detail_and_time(event)
-        kind = type(detail)
-        if kind is PromptEnhancementCharged:
-            _charge_owner(detail, time, docs)  # type: ignore[arg-type]
-            return
-        if kind not in _JOB_CHARGES:
+        if isinstance(detail, PromptEnhancementCharged):
+            _charge_owner(detail, time, docs)
             return
         body = docs.get(JOBS, detail.job_id) or _empty(detail.job_id)  # type: ignore[attr-defined]
         if isinstance(detail, CostRecorded):

@@ -163,17 +163,6 @@ class LedgerBudgetGuard:
         with self._lock:
             return self.budget_limit - self._spent - self._reserved
 
-    @property
-    def idle(self) -> bool:
-        """No call is in flight."""
-        return not self._outstanding
-
-    def begin(self, job_id: str) -> None:
-        """A guard of one job starts from what it was given; nothing to read."""
-
-    def end(self, job_id: str) -> None:
-        return None
-
     def reserve(self, job_id: str, model: str, input_tokens: int, max_tokens: int) -> Reservation | None:
         """The call's reservation, or None when its worst case does not fit what remains.
         Raises UnknownModelPrice for a model the catalog cannot price."""

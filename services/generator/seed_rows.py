@@ -66,8 +66,6 @@ def load_seed_rows(
     try:
         with blobs.open_read(blob_key) as stream:
             rows = list(_rows(stream, fmt, paths))
-    except SeedRowsUnavailable:
-        raise
     except Exception as error:
         raise SeedRowsUnavailable(f"seed file {blob_key!r} cannot be read: {error}") from error
     if not rows:
