@@ -19,13 +19,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from contracts import pricing
 from contracts.envelope import StoredEvent
 from palette.eventstore.port import EventStore
-
-try:
-    from contracts import pricing
-except ImportError:  # pricing lands with the billing service
-    pricing = None  # type: ignore[assignment]
 
 STREAM_PREFIXES = ("job-", "generation-", "ledger-")
 
@@ -246,10 +242,8 @@ def reconcile(events: list[StoredEvent], details: list[dict[str, Any]]) -> Recon
 
 def _price(line: BatchLine, batch: dict[str, Any], charge: dict[str, Any], result: Reconciliation) -> None:
     """Price the batch's token usage with the catalog the charge names, when known here."""
-    catalog = None
-    if pricing is not None and charge.get("catalog_version") == pricing.DEFAULT_CATALOG.version:
-        catalog = pricing.DEFAULT_CATALOG
-    if catalog is None:
+    catalog = pricing.DEFAULT_CATALOG
+    if charge.get("catalog_version") != catalog.version:
         line.note = line.note or f"catalog {charge.get('catalog_version')} not known here: tokens not repriced"
         result.priced_model_tokens = None
         return

@@ -234,18 +234,16 @@ class JobBudgets:
         with self._lock:
             self._guards.pop(job_id, None)
 
-    def guard(self, job_id: str) -> LedgerBudgetGuard:
-        """The guard of the job's current run (built from the log if the run has none)."""
+    def guard(self, job_id: str) -> LedgerBudgetGuard | None:
+        """The guard of the job's current run; None outside a run (before `begin`, after `end`)."""
         with self._lock:
-            guard = self._guards.get(job_id)
-        if guard is None:
-            self.begin(job_id)
-            with self._lock:
-                guard = self._guards[job_id]
-        return guard
+            return self._guards.get(job_id)
 
     def reserve(self, job_id: str, model: str, input_tokens: int, max_tokens: int) -> Reservation | None:
-        return self.guard(job_id).reserve(job_id, model, input_tokens, max_tokens)
+        """None (the call is refused) outside a run: a call still going after its run ended
+        must not read the log from the event loop nor leave a guard behind."""
+        guard = self.guard(job_id)
+        return None if guard is None else guard.reserve(job_id, model, input_tokens, max_tokens)
 
     def settle(self, reservation: object, usage: CallUsage | None) -> None:
         if not isinstance(reservation, Reservation):
