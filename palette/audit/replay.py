@@ -48,7 +48,7 @@ from palette.projections.port import (
     ReadModelStore,
     stream_heads,
 )
-from palette.projections.sqlite import TRACKING_TABLES, SQLiteReadModelStore
+from palette.projections.sqlite import SQLiteReadModelStore, copy_read_models
 
 READ_PAGE = 10_000
 COMMIT_BATCH = 50_000
@@ -410,24 +410,13 @@ def _merge_parts(path: Path, parts: Sequence[Path]) -> None:
         for part in parts:
             db.execute("ATTACH DATABASE ? AS part", (str(part),))
             db.execute("BEGIN IMMEDIATE")
-            existing = {name for (name,) in db.execute("SELECT name FROM main.sqlite_master")}
-            schema = db.execute(
-                "SELECT type, name, tbl_name, sql FROM part.sqlite_master "
-                "WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
-            ).fetchall()
-            for kind, name, table, sql in schema:
-                if table in TRACKING_TABLES:
-                    continue
-                if name not in existing:
-                    db.execute(sql)
-                if kind == "table":
-                    try:
-                        db.execute(f'INSERT INTO main."{name}" SELECT * FROM part."{name}"')
-                    except sqlite3.IntegrityError:
-                        raise ReplayError(
-                            f"{name}: a document was built in two partitions of the streams, so its "
-                            "projection is not keyed by stream; replay with one worker"
-                        ) from None
+            try:
+                copy_read_models(db, "part", replace=False)
+            except sqlite3.IntegrityError:
+                raise ReplayError(
+                    "a document was built in two partitions of the streams, so its projection "
+                    "is not keyed by stream; replay with one worker"
+                ) from None
             db.execute(
                 "INSERT INTO main.projection_tracking SELECT * FROM part.projection_tracking WHERE true "
                 "ON CONFLICT (projection) DO UPDATE SET position = excluded.position, "
@@ -438,7 +427,6 @@ def _merge_parts(path: Path, parts: Sequence[Path]) -> None:
             db.execute("DETACH DATABASE part")
     finally:
         db.close()
-
 
 
 def rebuild_live(

@@ -183,7 +183,7 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
         db.execute("ATTACH DATABASE ? AS rebuilt", (str(rebuilt),))
         try:
             with self._transaction() as db:
-                _replace_schema_and_rows(db)
+                copy_read_models(db, "rebuilt", replace=True)
                 for name in projections:
                     db.execute("DELETE FROM main.projection_stream_tracking WHERE projection = ?", (name,))
                     for table in TRACKING_TABLES:
@@ -238,19 +238,26 @@ def _stream_versions(
     return versions
 
 
-def _replace_schema_and_rows(db: sqlite3.Connection) -> None:
-    """Recreate in `main` every table, index, view and trigger of the attached `rebuilt`
-    file except the tracking tables, and copy the tables' rows."""
+def copy_read_models(db: sqlite3.Connection, source: str, *, replace: bool) -> None:
+    """Copy into `main` every table, index, view and trigger of the attached database
+    `source` except the tracking tables, with the tables' rows. `replace` drops main's
+    tables and views of the same names first; otherwise main's existing ones are added to,
+    and rows that collide raise sqlite3.IntegrityError."""
     schema = db.execute(
-        "SELECT type, name, tbl_name, sql FROM rebuilt.sqlite_master "
+        f"SELECT type, name, tbl_name, sql FROM {source}.sqlite_master "
         "WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
     ).fetchall()
     schema = [row for row in schema if row[2] not in TRACKING_TABLES]
-    for kind, name, _, _ in schema:
-        if kind in ("table", "view"):
-            db.execute(f'DROP {kind.upper()} IF EXISTS main."{name}"')
-    for _, _, _, sql in schema:
-        db.execute(sql)
+    if replace:
+        for kind, name, _, _ in schema:
+            if kind in ("table", "view"):
+                db.execute(f'DROP {kind.upper()} IF EXISTS main."{name}"')
+        existing: set[str] = set()
+    else:
+        existing = {name for (name,) in db.execute("SELECT name FROM main.sqlite_master")}
+    for _, name, _, sql in schema:
+        if name not in existing:
+            db.execute(sql)
     for kind, name, _, _ in schema:
         if kind == "table":
-            db.execute(f'INSERT INTO main."{name}" SELECT * FROM rebuilt."{name}"')
+            db.execute(f'INSERT INTO main."{name}" SELECT * FROM {source}."{name}"')
