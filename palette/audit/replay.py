@@ -31,7 +31,6 @@ from typing import Any
 
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import EventEnvelope, StoredEvent
-from contracts.events.base import DomainEvent
 from palette.audit.collector import collector_paused
 from palette.audit.pages import row_pages
 from palette.eventstore.port import EventStore
@@ -46,7 +45,7 @@ from palette.projections.port import (
     Projection,
     ProjectionFailed,
     ReadModelStore,
-    stream_heads,
+    recorded_as,
 )
 from palette.projections.sqlite import SQLiteReadModelStore, copy_read_models
 
@@ -72,9 +71,7 @@ class ReplayTarget:
     until: int | None = None
     applied: int = 0
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
-    versions: dict[str, int] = field(default_factory=dict)
     pending: list[ProjectedEvent] = field(default_factory=list)
-    last: StoredEvent | None = None
 
 
 @dataclass(frozen=True)
@@ -142,38 +139,44 @@ def replay(
         else iter(())
     )
     routes = {
-        detail_type: [(t, t.projection.event_view == "decoded", t.until) for t in routed]
+        detail_type: [(t.pending.append, t.projection.event_view == "decoded", t.until) for t in routed]
         for detail_type, routed in wanted.items()
     }
+    decode = catalog.decode
     with collector_paused():
         for rows in pages:
             page = list(starmap(StoredEvent, rows))
-            for stored in page:
-                if include is not None and not include(stored.time):
-                    continue
-                envelope: EventEnvelope | None = None
-                decoded: DecodedEvent | None = None
-                for target, wants_decoded, until in routes[stored.detail_type]:
-                    if until is not None and (stored.position or 0) > until:
+            try:
+                for stored in page:
+                    if include is not None and not include(stored.time):
                         continue
-                    pending = target.pending
-                    if wants_decoded:
-                        if decoded is None:
-                            decoded = DecodedEvent(stored, _decode(stored, target.projection, catalog))
-                        pending.append(decoded)
-                    else:
-                        if envelope is None:
-                            envelope = _envelope(stored, target.projection, catalog)
-                        pending.append(envelope)
-                    target.last = stored
-                    if len(pending) >= commit_batch:
-                        _commit(target)
+                    envelope: EventEnvelope | None = None
+                    decoded: DecodedEvent | None = None
+                    for append, wants_decoded, until in routes[stored.detail_type]:
+                        if until is not None and (stored.position or 0) > until:
+                            continue
+                        if wants_decoded:
+                            if decoded is None:
+                                decoded = DecodedEvent(
+                                    stored, decode(stored.detail_type, stored.schema_version, stored.detail)
+                                )
+                            append(decoded)
+                        else:
+                            if envelope is None:
+                                envelope = EventEnvelope.from_stored(stored, catalog)
+                            append(envelope)
+            except Exception as error:
+                names = ", ".join(t.projection.name for t in wanted[stored.detail_type])
+                raise ProjectionFailed(names, stored) from error
+            for target in targets:
+                if len(target.pending) >= commit_batch:
+                    _commit(target)
             read += len(page)
             if progress is not None:
                 progress(len(page))
             position = page[-1].position or position
-    for target in targets:
-        _commit(target)
+        for target in targets:
+            _commit(target)
     return ReplaySummary(
         events_read=read,
         last_position=position,
@@ -182,33 +185,19 @@ def replay(
     )
 
 
-def _envelope(stored: StoredEvent, projection: Projection, catalog: EventCatalog) -> EventEnvelope:
-    try:
-        return EventEnvelope.from_stored(stored, catalog)
-    except Exception as error:
-        raise ProjectionFailed(projection.name, stored) from error
-
-
-def _decode(stored: StoredEvent, projection: Projection, catalog: EventCatalog) -> DomainEvent:
-    try:
-        return catalog.decode(stored.detail_type, stored.schema_version, stored.detail)
-    except Exception as error:
-        raise ProjectionFailed(projection.name, stored) from error
-
-
 def _commit(target: ReplayTarget) -> None:
-    """The target's pending events as one commit, guarded like the runner's own commits."""
-    if not target.pending or target.last is None:
+    """The target's pending events as one commit, guarded by the checkpoint like the
+    runner's own commits. (The replay is the store's only writer and reads each stream in
+    order, so the commit does not also check the streams' tracked versions.)"""
+    events = target.pending
+    if not events:
         return
-    events, last = target.pending, target.last
-    heads = stream_heads(events) if target.projection.track_streams else {}
-    stream_versions = {stream_id: target.versions.get(stream_id, 0) for stream_id in heads}
+    last = recorded_as(events[-1])
     advance_to = Checkpoint(last.position or 0, last.id)
-    target.store.commit(target.projection, Batch(events, target.checkpoint, advance_to, stream_versions))
-    target.versions.update(heads)
+    target.store.commit(target.projection, Batch(events, target.checkpoint, advance_to))
     target.applied += len(events)
     target.checkpoint = advance_to
-    target.pending = []
+    events.clear()
 
 
 # -- the three uses ----------------------------------------------------------------------

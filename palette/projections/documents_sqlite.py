@@ -10,9 +10,7 @@ as (partition, sort, key, collection) so a page is one index range scan.
 from __future__ import annotations
 
 import sqlite3
-import threading
-from collections.abc import Callable, Mapping
-from functools import partial
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from palette.projections.documents import (
@@ -31,7 +29,7 @@ from palette.projections.documents import (
     page_size,
     storage_name,
 )
-from palette.projections.port import ProjectedEvent
+from palette.projections.port import ProjectedEvent, ProjectionFailed
 from palette.projections.sqlite import SQLiteProjection, SQLiteReadModelStore
 
 _COLUMNS = {"index1": ("i1p", "i1s"), "index2": ("i2p", "i2s")}
@@ -52,7 +50,6 @@ class SQLiteDocuments(SQLiteProjection):
     def __init__(self, documents: DocumentProjection) -> None:
         self.documents = documents
         self.table = documents_table(documents)
-        self._batch = threading.local()
 
     def setup(self, db: sqlite3.Connection) -> None:
         table = self.table
@@ -68,27 +65,20 @@ class SQLiteDocuments(SQLiteProjection):
             )
 
     def apply(self, event: ProjectedEvent, db: sqlite3.Connection) -> None:
-        writer = getattr(self._batch, "writer", None)
-        if writer is None or writer.db is not db:
-            writer = _SQLiteDocumentWriter(db, self.table, self.documents.finish)
-            self.documents.apply(event, writer)
+        self.apply_batch([event], db)
+
+    def apply_batch(self, events: Sequence[ProjectedEvent], db: sqlite3.Connection) -> None:
+        writer = _SQLiteDocumentWriter(db, self.table, self.documents.finish)
+        apply = self.documents.apply
+        for event in events:
+            try:
+                apply(event, writer)
+            except Exception as error:
+                raise ProjectionFailed(self.name, event) from error
+        try:
             writer.flush()
-            return
-        self.documents.apply(event, writer)
-
-    def applier(self, db: sqlite3.Connection) -> Callable[[ProjectedEvent], None]:
-        writer = getattr(self._batch, "writer", None)
-        if writer is None or writer.db is not db:
-            return super().applier(db)
-        return partial(self.documents.apply, docs=writer)
-
-    def start_batch(self, db: sqlite3.Connection) -> None:
-        self._batch.writer = _SQLiteDocumentWriter(db, self.table, self.documents.finish)
-
-    def end_batch(self, db: sqlite3.Connection, completed: bool) -> None:
-        writer, self._batch.writer = getattr(self._batch, "writer", None), None
-        if completed and writer is not None:
-            writer.flush()
+        except Exception as error:
+            raise ProjectionFailed(self.name, events[-1]) from error
 
 
 def sqlite_documents(projection: DocumentProjection) -> SQLiteDocuments:

@@ -16,9 +16,8 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 from palette.projections.port import (
@@ -71,18 +70,16 @@ class SQLiteProjection(Projection):
         Earlier events of the same batch are visible through `db`; never COMMIT or ROLLBACK.
         """
 
-    def applier(self, db: sqlite3.Connection) -> Callable[[ProjectedEvent], None]:
-        """What the store calls with each event of a batch, after `start_batch`: `apply`
-        with `db`, unless the projection binds its batch state once here."""
-        return partial(self.apply, db=db)
-
-    def start_batch(self, db: sqlite3.Connection) -> None:
-        """Called inside the commit's transaction before its first `apply`; a projection
-        that holds changes back for the whole batch (to write each row once) starts here."""
-
-    def end_batch(self, db: sqlite3.Connection, completed: bool) -> None:
-        """Called after the batch's last `apply`, still inside the transaction: write what
-        was held back when `completed`, else drop it (the transaction rolls back)."""
+    def apply_batch(self, events: Sequence[ProjectedEvent], db: sqlite3.Connection) -> None:
+        """Apply a commit's events in order, inside its transaction; raises ProjectionFailed
+        naming the event that failed. A projection that holds its changes for the whole
+        batch (to write each row once) overrides this."""
+        apply = self.apply
+        for event in events:
+            try:
+                apply(event, db)
+            except Exception as error:
+                raise ProjectionFailed(self.name, event) from error
 
 
 class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
@@ -129,23 +126,7 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
                 tracked_versions = _stream_versions(db, name, list(batch.stream_versions))
                 if tracked_versions != dict(batch.stream_versions):
                     raise CheckpointMoved(name, "a stream's tracked version changed")
-            projection.start_batch(db)
-            apply = projection.applier(db)
-            completed = False
-            try:
-                for event in batch.events:
-                    try:
-                        apply(event)
-                    except Exception as error:
-                        raise ProjectionFailed(name, event) from error
-                completed = True
-            finally:
-                try:
-                    projection.end_batch(db, completed)
-                except Exception as error:
-                    if not completed:
-                        raise
-                    raise ProjectionFailed(name, batch.events[-1]) from error
+            projection.apply_batch(batch.events, db)
             applied_versions = stream_heads(batch.events) if projection.track_streams else {}
             if applied_versions:
                 db.executemany(
