@@ -22,10 +22,12 @@ import json
 import multiprocessing
 import os
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import starmap
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +78,15 @@ class ReplayTarget:
 
 @dataclass(frozen=True)
 class ReplaySummary:
+    """What a replay read (events of the wanted types, in all and by type, up to
+    `last_position`) and applied (events per projection)."""
+
     events_read: int
     last_position: int
     as_of: str | None
     applied: dict[str, int]
     directory: str | None = None
+    read_by_type: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,7 +137,8 @@ def replay(
             wanted.setdefault(detail_type, []).append(target)
     include = _recorded_by(as_of) if as_of is not None else None
     detail_types = sorted(wanted)
-    position = read = 0
+    position = 0
+    read_by_type: Counter[str] = Counter()
     pages = (
         row_pages(events, read_page, detail_types=detail_types, to_position=to_position,
                   stream_partition=stream_partition)
@@ -145,6 +152,7 @@ def replay(
     decode = catalog.decode
     with collector_paused():
         for rows in pages:
+            read_by_type.update(map(_detail_type, rows))
             page = list(starmap(StoredEvent, rows))
             try:
                 for stored in page:
@@ -171,18 +179,22 @@ def replay(
             for target in targets:
                 if len(target.pending) >= commit_batch:
                     _commit(target)
-            read += len(page)
             if progress is not None:
                 progress(len(page))
             position = page[-1].position or position
         for target in targets:
             _commit(target)
     return ReplaySummary(
-        events_read=read,
+        events_read=read_by_type.total(),
         last_position=position,
         as_of=as_of,
         applied={t.projection.name: t.applied for t in targets},
+        read_by_type=dict(read_by_type),
     )
+
+
+_detail_type = itemgetter(StoredEvent._fields.index("detail_type"))
+"""A row's detail type (rows are in StoredEvent's field order)."""
 
 
 def _commit(target: ReplayTarget) -> None:
@@ -228,11 +240,13 @@ def replay_into(
         raise ReplayError(f"{path} exists; replay into a new directory")
     plan = _plan(events, projections, workers)
     if len(plan) > 1 and isinstance(events, SQLiteEventStore):
-        summary = _replay_split(events, plan, path, as_of, until, progress)
-        summary = replace(summary, applied={p.name: summary.applied[p.name] for p in projections})
+        done = _replay_split(events, plan, path, as_of, until, progress)
     else:
-        summary = _replay_file(events, plan[0], path, as_of, until, progress, None)
-    return ReplaySummary(summary.events_read, summary.last_position, as_of, summary.applied, str(directory))
+        done = list(zip(plan[0], _replay_file(events, plan[0], path, as_of, until, progress, None), strict=True))
+    summary = _combined(done)
+    return replace(
+        summary, as_of=as_of, applied={p.name: summary.applied[p.name] for p in projections}, directory=str(directory)
+    )
 
 
 @dataclass(frozen=True)
@@ -251,23 +265,39 @@ def _replay_file(
     until: Mapping[str, int] | None,
     progress: Progress | None,
     to_position: int | None,
-) -> ReplaySummary:
-    """Run `tasks` one after the other into the read-model file at `path`."""
+) -> list[ReplaySummary]:
+    """Run `tasks` one after the other into the read-model file at `path`: a summary each."""
     store = SQLiteReadModelStore(path, synchronous="OFF")
-    read, last, applied = 0, 0, {}
+    summaries = []
     try:
         for task in tasks:
             targets = [
                 ReplayTarget(sqlite_documents(p), store, None if until is None else until.get(p.name))
                 for p in task.projections
             ]
-            summary = replay(events, targets, as_of=as_of, progress=progress, to_position=to_position,
-                             stream_partition=task.stream_partition)
-            read, last = read + summary.events_read, max(last, summary.last_position)
-            applied.update(summary.applied)
+            summaries.append(replay(events, targets, as_of=as_of, progress=progress, to_position=to_position,
+                                    stream_partition=task.stream_partition))
     finally:
         store.close()
-    return ReplaySummary(read, last, as_of, applied)
+    return summaries
+
+
+def _combined(done: Sequence[tuple[_Task, ReplaySummary]]) -> ReplaySummary:
+    """One summary of tasks over partitions of the streams and over the whole log. An
+    event counts once: a whole-log task also reads the types the partitioned tasks read,
+    and those it does not count again."""
+    partitioned = {t for task, _ in done if task.stream_partition for p in task.projections for t in p.detail_types}
+    read_by_type: Counter[str] = Counter()
+    applied: dict[str, int] = {}
+    last = 0
+    for task, summary in done:
+        for detail_type, count in summary.read_by_type.items():
+            if task.stream_partition is not None or detail_type not in partitioned:
+                read_by_type[detail_type] += count
+        for name, count in summary.applied.items():
+            applied[name] = applied.get(name, 0) + count
+        last = max(last, summary.last_position)
+    return ReplaySummary(read_by_type.total(), last, None, applied, read_by_type=dict(sorted(read_by_type.items())))
 
 
 PARALLEL_FROM = 50_000
@@ -300,7 +330,7 @@ def _replay_split(
     as_of: str | None,
     until: Mapping[str, int] | None,
     progress: Progress | None,
-) -> ReplaySummary:
+) -> list[tuple[_Task, ReplaySummary]]:
     """The first process's tasks here, each other's in a forked process, all up to the
     same last position; then the other processes' files are merged into `path`."""
     to_position = events.last_position()
@@ -328,9 +358,8 @@ def _replay_split(
             child.start()
             sender.close()
             children.append((child, receiver))
-        mine = _replay_file(events, plan[0], path, as_of, until, report, to_position)
-        applied = dict(mine.applied)
-        for child, receiver in children:
+        done = list(zip(plan[0], _replay_file(events, plan[0], path, as_of, until, report, to_position), strict=True))
+        for (child, receiver), tasks in zip(children, plan[1:], strict=True):
             while not receiver.poll(0.2):
                 report(0)
             try:
@@ -340,8 +369,7 @@ def _replay_split(
             child.join()
             if outcome != "done":
                 raise ReplayError(f"a replay worker failed: {value}")
-            for name, count in value.items():
-                applied[name] = applied.get(name, 0) + count
+            done.extend(zip(tasks, value, strict=True))
         report(0)
         _merge_parts(path, parts)
     except BaseException:
@@ -355,9 +383,7 @@ def _replay_split(
         for part in parts:
             for suffix in ("", "-journal", "-wal", "-shm"):
                 Path(f"{part}{suffix}").unlink(missing_ok=True)
-    wanted = sorted({t for tasks in plan for task in tasks for p in task.projections for t in p.detail_types})
-    read, last = events.count_events(wanted, to_position)
-    return ReplaySummary(read, last, as_of, applied)
+    return done
 
 
 def _replay_part(
@@ -380,10 +406,10 @@ def _replay_part(
     try:
         events = SQLiteEventStore(events_path)
         try:
-            summary = _replay_file(events, tasks, part, as_of, until, count, to_position)
+            summaries = _replay_file(events, tasks, part, as_of, until, count, to_position)
         finally:
             events.close()
-        results.send(("done", summary.applied))
+        results.send(("done", summaries))
     except BaseException as error:
         results.send(("failed", f"{type(error).__name__}: {error}"))
     finally:

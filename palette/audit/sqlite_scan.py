@@ -9,8 +9,8 @@ workers each check one partition of the streams.
   Python's canonical form ever decides a finding.
 - The invariants read five fields of a job event's detail: SQLite's `->>` picks them,
   instead of Python parsing every detail.
-- Partitions: by the last two characters of the stream id (STREAM_PARTITION). Every check but the global
-  order is per stream (versions, links, hashes) or per job, and a job's streams all end
+- Partitions: by the last character of the stream id (STREAM_PARTITION). Every check but
+  the global order is per stream (versions, links, hashes) or per job, and a job's streams all end
   with its id (`job-`, `generation-`, `ledger-<job id>`), so each partition is checked
   whole, in log order, by one worker, and the results only need adding up. The global
   order is checked here, by counting: positions are the table's integer key, so they are

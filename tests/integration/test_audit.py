@@ -432,6 +432,7 @@ def test_a_replay_split_over_stream_partitions_builds_what_one_process_builds(
     split = replay_into(sqlite_store, projections, tmp_path / "split", workers=workers, until=until, progress=seen.append)
 
     assert split.applied == one.applied and split.events_read == one.events_read
+    assert split.read_by_type == one.read_by_type and sum(one.read_by_type.values()) == one.events_read
     assert split.last_position == one.last_position
     assert diff_documents(tmp_path / "one" / "projections.db", tmp_path / "split" / "projections.db", projections) == []
     assert _tracking(tmp_path / "one" / "projections.db") == _tracking(tmp_path / "split" / "projections.db")
