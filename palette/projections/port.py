@@ -42,9 +42,9 @@ def recorded_as(event: ProjectedEvent) -> EventMetadata | StoredEvent:
 
 def detail_and_time(event: ProjectedEvent) -> tuple[DomainEvent, str]:
     """The typed detail and recorded time of either view of an event."""
-    if isinstance(event, EventEnvelope):
-        return event.detail, event.metadata.time
-    return event.detail, event.stored.time
+    if type(event) is DecodedEvent:
+        return event.detail, event.stored.time
+    return event.detail, event.metadata.time  # type: ignore[union-attr]
 
 
 def stream_heads(events: Sequence[ProjectedEvent]) -> dict[str, int]:

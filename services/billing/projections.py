@@ -55,6 +55,9 @@ def _zero_categories() -> dict[str, str]:
     return {category: "0" for category in CATEGORIES}
 
 
+_ZERO = Decimal(0)
+
+
 def _add(amounts: dict[str, Any], more: Mapping[str, Decimal]) -> None:
     """Add `more` into `amounts` as Decimals (text from an earlier commit or Decimals held
     by this one); `JobCosts.finish` writes them back as text."""
@@ -90,31 +93,23 @@ class JobCosts(DocumentProjection):
 
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
         detail, time = detail_and_time(event)
-        if isinstance(detail, PromptEnhancementCharged):
-            _charge_owner(detail, time, docs)
+        kind = type(detail)  # the event classes are final: `is` rather than isinstance
+        if kind is PromptEnhancementCharged:
+            _charge_owner(detail, time, docs)  # type: ignore[arg-type]
             return
-        body = docs.get(JOBS, detail.job_id) or _empty(detail.job_id)  # type: ignore[attr-defined]
-        if isinstance(detail, CostRecorded):
-            _charge(body, time, {
-                "model_tokens": detail.model_tokens,
-                "compute": detail.compute,
-                "storage": detail.storage,
-                "total": detail.total,
-            }, detail.per_model)
-        elif isinstance(detail, JobRequested):
-            body["owner"] = detail.owner
-            body["budget_limit"] = usd(detail.budget_limit)
-        elif isinstance(detail, BudgetWarning):
+        job_id: str = detail.job_id  # type: ignore[attr-defined]
+        body = docs.get(JOBS, job_id) or _empty(job_id)
+        if kind is CostRecorded:
+            _charge(body, time, detail)  # type: ignore[arg-type]
+        elif kind is JobRequested:
+            body["owner"] = detail.owner  # type: ignore[attr-defined]
+            body["budget_limit"] = usd(detail.budget_limit)  # type: ignore[attr-defined]
+        elif kind is BudgetWarning:
             body["warned"] = True
         else:
             body["budget_exceeded"] = True
         owner = body["owner"]
-        docs.put(Document(
-            collection=JOBS,
-            key=detail.job_id,
-            body=body,
-            index1=IndexEntry(_owner_partition(owner), detail.job_id) if owner else None,
-        ))
+        docs.put(Document(JOBS, job_id, body, IndexEntry(_owner_partition(owner), job_id) if owner else None))
 
     def finish(self, body: dict[str, Any]) -> dict[str, Any]:
         """The job's totals, summed from its days here (once per commit, rather than added
@@ -133,15 +128,19 @@ class JobCosts(DocumentProjection):
         return body
 
 
-def _charge(body: dict[str, Any], time: str, categories: Mapping[str, Decimal], per_model: Mapping[str, Decimal]) -> None:
-    """One charge on the job's UTC day (`finish` sums the days into the totals)."""
+def _charge(body: dict[str, Any], time: str, charge: CostRecorded | PromptEnhancementCharged) -> None:
+    """One charge on the job's UTC day, added up as Decimals (`finish` sums the days into
+    the totals and writes every amount as text)."""
     body["batches"] += 1
     day = time[:10]
-    today = body["per_day"].get(day)
+    per_day = body["per_day"]
+    today = per_day.get(day)
     if today is None:
-        today = body["per_day"][day] = {**_zero_categories(), "per_model": {}}
-    _add(today, categories)
-    _add(today["per_model"], per_model)
+        today = per_day[day] = {**dict.fromkeys(CATEGORIES, _ZERO), "per_model": {}}
+    for category in CATEGORIES:
+        held = today[category]
+        today[category] = (held if type(held) is Decimal else Decimal(held)) + getattr(charge, category)
+    _add(today["per_model"], charge.per_model)
 
 
 def _charge_owner(detail: PromptEnhancementCharged, time: str, docs: DocumentWriter) -> None:
@@ -150,7 +149,7 @@ def _charge_owner(detail: PromptEnhancementCharged, time: str, docs: DocumentWri
     key = user_ledger_id(detail.owner)
     body = docs.get(JOBS, key) or _empty(key)
     body["owner"] = detail.owner
-    _charge(body, time, {category: getattr(detail, category) for category in CATEGORIES}, detail.per_model)
+    _charge(body, time, detail)
     docs.put(Document(collection=JOBS, key=key, body=body, index1=IndexEntry(_owner_partition(detail.owner), key)))
 
 

@@ -187,10 +187,11 @@ class JobDashboard(DocumentProjection):
         body = docs.get(DASHBOARDS, job_id) or empty_dashboard(job_id)
         if body.get("deleted"):
             return
-        if isinstance(detail, JobDeleted):
+        kind = type(detail)  # the event classes are final: `is` rather than isinstance
+        if kind is JobDeleted:
             docs.put(Document(DASHBOARDS, job_id, {"job_id": job_id, "owner": body["owner"], "deleted": True}))
             return
-        _MERGES[type(detail)](body, detail, time)
+        _MERGES[kind](body, detail, time)
         docs.put(Document(DASHBOARDS, job_id, body))
 
     def finish(self, body: dict[str, Any]) -> dict[str, Any]:
