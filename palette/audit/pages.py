@@ -22,11 +22,13 @@ def row_pages(
     detail_types: Sequence[str] | None = None,
     to_position: int | None = None,
     stream_partition: tuple[int, int] | None = None,
+    every_partition: Sequence[str] = (),
 ) -> Iterator[list[Row]]:
     """Every event (up to `to_position`, inclusive) in position order, as pages of tuples of
-    StoredEvent's fields. `stream_partition` (SQLite only) keeps one partition of the streams."""
+    StoredEvent's fields. `stream_partition` (SQLite only) keeps one partition of the streams
+    (and of the `every_partition` detail types, every stream's events)."""
     if isinstance(store, SQLiteEventStore):
-        yield from store.iter_rows(page_size, detail_types, to_position, stream_partition)
+        yield from store.iter_rows(page_size, detail_types, to_position, stream_partition, every_partition)
         return
     if stream_partition is not None:
         raise ValueError("only a SQLite log is read in partitions of its streams")

@@ -36,7 +36,7 @@ from contracts.envelope import EventEnvelope, StoredEvent
 from palette.audit.collector import collector_paused
 from palette.audit.pages import row_pages
 from palette.eventstore.port import EventStore
-from palette.eventstore.sqlite import SQLiteEventStore
+from palette.eventstore.sqlite import SQLiteEventStore, stream_partition_of
 from palette.projections.documents import DocumentProjection
 from palette.projections.documents_sqlite import documents_table, sqlite_documents
 from palette.projections.port import (
@@ -66,11 +66,13 @@ class ReplayError(Exception):
 class ReplayTarget:
     """One projection (in its backend's flavour) and the store it is rebuilt into.
 
-    `until` stops the rebuild at that position (a live projection's checkpoint)."""
+    `until` stops the rebuild at that position (a live projection's checkpoint);
+    `whole_log` reads every stream's events in a pass over one partition of the streams."""
 
     projection: Projection
     store: ReadModelStore[Any]
     until: int | None = None
+    whole_log: bool = False
     applied: int = 0
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     pending: list[ProjectedEvent] = field(default_factory=list)
@@ -126,8 +128,14 @@ def replay(
     to_position: int | None = None,
     stream_partition: tuple[int, int] | None = None,
 ) -> ReplaySummary:
-    """Apply the log (up to `to_position`, when given; of one partition of the streams,
-    when given) to every target's empty store in one pass; returns what was applied."""
+    """Apply the log (up to `to_position`, when given) to every target's empty store in one
+    pass; returns what was applied.
+
+    With `stream_partition` = (n, of), targets get the events of the streams in partition
+    n only, but `whole_log` targets get every stream's: the pass reads each event once for
+    all of them. It counts as read the partition's events and the others that only
+    whole-log targets want, so that passes over all the partitions count each event once.
+    """
     wanted: dict[str, list[ReplayTarget]] = {}
     for target in targets:
         target.store.prepare(target.projection)
@@ -136,31 +144,50 @@ def replay(
         for detail_type in target.projection.detail_types:
             wanted.setdefault(detail_type, []).append(target)
     include = _recorded_by(as_of) if as_of is not None else None
+    partition, partitions = stream_partition or (0, 1)
+    every_partition = sorted(
+        {t for target in targets if target.whole_log for t in target.projection.detail_types}
+        if stream_partition is not None
+        else ()
+    )
+    routes: dict[str, list[_Route] | None] = {t: _routes(routed) for t, routed in wanted.items()}
+    outside: dict[str, list[_Route]] = {}
+    # types that whole-log targets want from every stream and the others from the partition
+    for detail_type in every_partition:
+        whole = [t for t in wanted[detail_type] if t.whole_log]
+        if len(whole) < len(wanted[detail_type]):
+            outside[detail_type] = _routes(whole)
+            routes[detail_type] = None
+    inside = {detail_type: _routes(wanted[detail_type]) for detail_type in outside}
+    not_counted: Counter[str] = Counter()
     detail_types = sorted(wanted)
     position = 0
     read_by_type: Counter[str] = Counter()
     pages = (
         row_pages(events, read_page, detail_types=detail_types, to_position=to_position,
-                  stream_partition=stream_partition)
+                  stream_partition=stream_partition, every_partition=every_partition)
         if detail_types
         else iter(())
     )
-    routes = {
-        detail_type: [(t.pending.append, t.projection.event_view == "decoded", t.until) for t in routed]
-        for detail_type, routed in wanted.items()
-    }
     decode = catalog.decode
     with collector_paused():
         for rows in pages:
             read_by_type.update(map(_detail_type, rows))
-            page = list(starmap(StoredEvent, rows))
+            page = list(map(StoredEvent._make, rows))
             try:
                 for stored in page:
                     if include is not None and not include(stored.time):
                         continue
+                    routed = routes[stored.detail_type]
+                    if routed is None:
+                        if stream_partition_of(stored.stream_id, partitions) == partition:
+                            routed = inside[stored.detail_type]
+                        else:
+                            routed = outside[stored.detail_type]
+                            not_counted[stored.detail_type] += 1
                     envelope: EventEnvelope | None = None
                     decoded: DecodedEvent | None = None
-                    for append, wants_decoded, until in routes[stored.detail_type]:
+                    for append, wants_decoded, until in routed:
                         if until is not None and (stored.position or 0) > until:
                             continue
                         if wants_decoded:
@@ -184,6 +211,7 @@ def replay(
             position = page[-1].position or position
         for target in targets:
             _commit(target)
+    read_by_type -= not_counted
     return ReplaySummary(
         events_read=read_by_type.total(),
         last_position=position,
@@ -191,6 +219,14 @@ def replay(
         applied={t.projection.name: t.applied for t in targets},
         read_by_type=dict(read_by_type),
     )
+
+
+_Route = tuple[Callable[[ProjectedEvent], None], bool, int | None]
+"""Where an event goes: a target's pending list, whether it wants the decoded view, its `until`."""
+
+
+def _routes(targets: Sequence[ReplayTarget]) -> list[_Route]:
+    return [(t.pending.append, t.projection.event_view == "decoded", t.until) for t in targets]
 
 
 _detail_type = itemgetter(StoredEvent._fields.index("detail_type"))
@@ -230,20 +266,19 @@ def replay_into(
     On a SQLite log the work may be split among `workers` processes (default: two on a
     machine with two cores or more, for a log big enough to pay for them): each projection
     `keyed_by_stream` is built by every process over its own partition of the streams
-    (each reading only those streams' events), the others whole by this process. Every
-    process reads up to the same last position into its own file, and the files are
-    merged into `projections.db`: the documents and tracking records are the ones a
-    single process builds."""
+    (each reading only those streams' events), the others whole by this process in the
+    same pass. Every process reads up to the same last position into its own file, and
+    the files are merged into `projections.db`: the documents and tracking records are the
+    ones a single process builds."""
     directory = Path(directory)
     path = directory / PROJECTIONS_FILE
     if path.exists():
         raise ReplayError(f"{path} exists; replay into a new directory")
     plan = _plan(events, projections, workers)
     if len(plan) > 1 and isinstance(events, SQLiteEventStore):
-        done = _replay_split(events, plan, path, as_of, until, progress)
+        summary = _combined(_replay_split(events, plan, path, as_of, until, progress))
     else:
-        done = list(zip(plan[0], _replay_file(events, plan[0], path, as_of, until, progress, None), strict=True))
-    summary = _combined(done)
+        summary = _replay_file(events, plan[0], path, as_of, until, progress, None)
     return replace(
         summary, as_of=as_of, applied={p.name: summary.applied[p.name] for p in projections}, directory=str(directory)
     )
@@ -251,52 +286,47 @@ def replay_into(
 
 @dataclass(frozen=True)
 class _Task:
-    """Projections to build over the whole log, or over one partition of its streams."""
+    """What one process builds in one pass over the log: `projections` from the streams
+    of `stream_partition` (every stream when None) and `whole_log` ones from every stream."""
 
     projections: list[DocumentProjection]
     stream_partition: tuple[int, int] | None = None
+    whole_log: list[DocumentProjection] = field(default_factory=list)
 
 
 def _replay_file(
     events: EventStore,
-    tasks: Sequence[_Task],
+    task: _Task,
     path: Path,
     as_of: str | None,
     until: Mapping[str, int] | None,
     progress: Progress | None,
     to_position: int | None,
-) -> list[ReplaySummary]:
-    """Run `tasks` one after the other into the read-model file at `path`: a summary each."""
+) -> ReplaySummary:
+    """Run `task` into the read-model file at `path`."""
     store = SQLiteReadModelStore(path, synchronous="OFF")
-    summaries = []
     try:
-        for task in tasks:
-            targets = [
-                ReplayTarget(sqlite_documents(p), store, None if until is None else until.get(p.name))
-                for p in task.projections
-            ]
-            summaries.append(replay(events, targets, as_of=as_of, progress=progress, to_position=to_position,
-                                    stream_partition=task.stream_partition))
+        targets = [
+            ReplayTarget(sqlite_documents(p), store, None if until is None else until.get(p.name), whole_log=whole)
+            for projections, whole in ((task.projections, False), (task.whole_log, True))
+            for p in projections
+        ]
+        return replay(events, targets, as_of=as_of, progress=progress, to_position=to_position,
+                      stream_partition=task.stream_partition)
     finally:
         store.close()
-    return summaries
 
 
-def _combined(done: Sequence[tuple[_Task, ReplaySummary]]) -> ReplaySummary:
-    """One summary of tasks over partitions of the streams and over the whole log. An
-    event counts once: a whole-log task also reads the types the partitioned tasks read,
-    and those it does not count again."""
-    partitioned = {t for task, _ in done if task.stream_partition for p in task.projections for t in p.detail_types}
+def _combined(summaries: Sequence[ReplaySummary]) -> ReplaySummary:
+    """One summary of passes over all the partitions of the streams (each counts an
+    event of the log once: see `replay`)."""
     read_by_type: Counter[str] = Counter()
     applied: dict[str, int] = {}
-    last = 0
-    for task, summary in done:
-        for detail_type, count in summary.read_by_type.items():
-            if task.stream_partition is not None or detail_type not in partitioned:
-                read_by_type[detail_type] += count
+    for summary in summaries:
+        read_by_type.update(summary.read_by_type)
         for name, count in summary.applied.items():
             applied[name] = applied.get(name, 0) + count
-        last = max(last, summary.last_position)
+    last = max(summary.last_position for summary in summaries)
     return ReplaySummary(read_by_type.total(), last, None, applied, read_by_type=dict(sorted(read_by_type.items())))
 
 
@@ -306,32 +336,29 @@ PARALLEL_FROM = 50_000
 
 def _plan(
     events: EventStore, projections: Sequence[DocumentProjection], workers: int | None
-) -> list[list[_Task]]:
-    """The tasks of each process (this one first); one process when a split does not pay."""
+) -> list[_Task]:
+    """The task of each process (this one first); one process when a split does not pay."""
     whole = [_Task(list(projections))]
     if not isinstance(events, SQLiteEventStore) or "fork" not in multiprocessing.get_all_start_methods():
-        return [whole]
+        return whole
     if workers is None:
         workers = 2 if (os.cpu_count() or 1) >= 2 and events.last_position() >= PARALLEL_FROM else 1
     keyed = [p for p in projections if p.keyed_by_stream]
     if workers < 2 or not keyed:
-        return [whole]
-    plan = [[_Task(keyed, (n, workers))] for n in range(workers)]
+        return whole
     others = [p for p in projections if not p.keyed_by_stream]
-    if others:
-        plan[0].append(_Task(others))
-    return plan
+    return [_Task(keyed, (n, workers), others if n == 0 else []) for n in range(workers)]
 
 
 def _replay_split(
     events: SQLiteEventStore,
-    plan: list[list[_Task]],
+    plan: list[_Task],
     path: Path,
     as_of: str | None,
     until: Mapping[str, int] | None,
     progress: Progress | None,
-) -> list[tuple[_Task, ReplaySummary]]:
-    """The first process's tasks here, each other's in a forked process, all up to the
+) -> list[ReplaySummary]:
+    """The first process's task here, each other's in a forked process, all up to the
     same last position; then the other processes' files are merged into `path`."""
     to_position = events.last_position()
     context = multiprocessing.get_context("fork")
@@ -348,18 +375,18 @@ def _replay_split(
 
     children = []
     try:
-        for tasks, part in zip(plan[1:], parts, strict=True):
+        for task, part in zip(plan[1:], parts, strict=True):
             receiver, sender = context.Pipe(duplex=False)
             child = context.Process(
                 target=_replay_part,
-                args=(events.path, tasks, part, as_of, until, to_position, sender, read_by_others),
+                args=(events.path, task, part, as_of, until, to_position, sender, read_by_others),
                 daemon=True,
             )
             child.start()
             sender.close()
             children.append((child, receiver))
-        done = list(zip(plan[0], _replay_file(events, plan[0], path, as_of, until, report, to_position), strict=True))
-        for (child, receiver), tasks in zip(children, plan[1:], strict=True):
+        done = [_replay_file(events, plan[0], path, as_of, until, report, to_position)]
+        for child, receiver in children:
             while not receiver.poll(0.2):
                 report(0)
             try:
@@ -369,7 +396,7 @@ def _replay_split(
             child.join()
             if outcome != "done":
                 raise ReplayError(f"a replay worker failed: {value}")
-            done.extend(zip(tasks, value, strict=True))
+            done.append(value)
         report(0)
         _merge_parts(path, parts)
     except BaseException:
@@ -388,7 +415,7 @@ def _replay_split(
 
 def _replay_part(
     events_path: Path,
-    tasks: list[_Task],
+    task: _Task,
     part: Path,
     as_of: str | None,
     until: Mapping[str, int] | None,
@@ -406,10 +433,10 @@ def _replay_part(
     try:
         events = SQLiteEventStore(events_path)
         try:
-            summaries = _replay_file(events, tasks, part, as_of, until, count, to_position)
+            summary = _replay_file(events, task, part, as_of, until, count, to_position)
         finally:
             events.close()
-        results.send(("done", summaries))
+        results.send(("done", summary))
     except BaseException as error:
         results.send(("failed", f"{type(error).__name__}: {error}"))
     finally:
