@@ -10,7 +10,7 @@ as (partition, sort, key, collection) so a page is one index range scan.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from palette.projections.documents import (
@@ -29,8 +29,8 @@ from palette.projections.documents import (
     page_size,
     storage_name,
 )
-from palette.projections.port import ProjectedEvent, ProjectionFailed
-from palette.projections.sqlite import SQLiteProjection, SQLiteReadModelStore
+from palette.projections.port import ProjectedEvent
+from palette.projections.sqlite import OpenBatch, SQLiteProjection, SQLiteReadModelStore
 
 _COLUMNS = {"index1": ("i1p", "i1s"), "index2": ("i2p", "i2s")}
 
@@ -65,20 +65,14 @@ class SQLiteDocuments(SQLiteProjection):
             )
 
     def apply(self, event: ProjectedEvent, db: sqlite3.Connection) -> None:
-        self.apply_batch([event], db)
+        batch = self.open_batch(db)
+        batch.apply(event, batch.context)
+        batch.flush()
 
-    def apply_batch(self, events: Sequence[ProjectedEvent], db: sqlite3.Connection) -> None:
+    def open_batch(self, db: sqlite3.Connection) -> OpenBatch:
+        """The projection's own `apply` with a writer that holds the batch's documents."""
         writer = _SQLiteDocumentWriter(db, self.table, self.documents.finish)
-        apply = self.documents.apply
-        for event in events:
-            try:
-                apply(event, writer)
-            except Exception as error:
-                raise ProjectionFailed(self.name, event) from error
-        try:
-            writer.flush()
-        except Exception as error:
-            raise ProjectionFailed(self.name, events[-1]) from error
+        return OpenBatch(self.documents.apply, writer, writer.flush)
 
 
 def sqlite_documents(projection: DocumentProjection) -> SQLiteDocuments:

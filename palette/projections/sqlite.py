@@ -16,9 +16,10 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from abc import abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from palette.projections.port import (
     Batch,
@@ -28,6 +29,7 @@ from palette.projections.port import (
     Projection,
     ProjectionFailed,
     ReadModelStore,
+    recorded_as,
     stream_heads,
 )
 from palette.sqlite_connections import ThreadConnections
@@ -70,16 +72,25 @@ class SQLiteProjection(Projection):
         Earlier events of the same batch are visible through `db`; never COMMIT or ROLLBACK.
         """
 
-    def apply_batch(self, events: Sequence[ProjectedEvent], db: sqlite3.Connection) -> None:
-        """Apply a commit's events in order, inside its transaction; raises ProjectionFailed
-        naming the event that failed. A projection that holds its changes for the whole
-        batch (to write each row once) overrides this."""
-        apply = self.apply
-        for event in events:
-            try:
-                apply(event, db)
-            except Exception as error:
-                raise ProjectionFailed(self.name, event) from error
+    def open_batch(self, db: sqlite3.Connection) -> OpenBatch:
+        """How a commit feeds this projection its events inside the transaction of `db`:
+        `apply` through `db` by default. A projection that holds its changes for the whole
+        batch (to write each row once) returns its own, with a `flush`."""
+        return OpenBatch(self.apply, db)
+
+
+def _nothing_held() -> None:
+    pass
+
+
+class OpenBatch(NamedTuple):
+    """A projection's changes in an open transaction: `apply(event, context)` for each
+    event in order, then `flush()` writes what it held back. After a flush the batch goes
+    on in the next transaction of the same connection (a replay commits as it goes)."""
+
+    apply: Callable[[ProjectedEvent, Any], None]
+    context: Any
+    flush: Callable[[], None] = _nothing_held
 
 
 class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
@@ -126,20 +137,14 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
                 tracked_versions = _stream_versions(db, name, list(batch.stream_versions))
                 if tracked_versions != dict(batch.stream_versions):
                     raise CheckpointMoved(name, "a stream's tracked version changed")
-            projection.apply_batch(batch.events, db)
+            _apply_all(projection, projection.open_batch(db), batch.events)
             applied_versions = stream_heads(batch.events) if projection.track_streams else {}
-            if applied_versions:
-                db.executemany(
-                    "INSERT INTO projection_stream_tracking (projection, stream_id, version) "
-                    "VALUES (?, ?, ?) ON CONFLICT (projection, stream_id) "
-                    "DO UPDATE SET version = excluded.version",
-                    [(name, stream_id, version) for stream_id, version in applied_versions.items()],
-                )
-            if batch.advance_to is not None:
-                db.execute(
-                    "UPDATE projection_tracking SET position = ?, event_id = ? WHERE projection = ?",
-                    (batch.advance_to.position, batch.advance_to.event_id, name),
-                )
+            _track(db, name, applied_versions, batch.advance_to)
+
+    def streamed(self, projections: Sequence[SQLiteProjection]) -> StreamedCommits:
+        """Commits of `projections` fed an event at a time (a replay into this store): see
+        StreamedCommits."""
+        return StreamedCommits(self, projections)
 
     def fresh(self, projection: SQLiteProjection) -> SQLiteReadModelStore:
         suffix = f".{projection.name}.rebuild-{uuid.uuid4().hex[:12]}{self.path.suffix}"
@@ -195,6 +200,88 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+
+class StreamedCommits:
+    """Several projections of one file fed an event at a time, all committed together.
+
+    A replay hands each event to its projections as soon as it is decoded, while the
+    event's objects are still in the processor's cache, instead of keeping a batch of
+    tens of thousands for each `commit` (that took 1.7x as long over 1M events).
+    `batch(projection)` is where events go; `commit` writes what every batch
+    holds and the tracking records the replay kept (checkpoint, stream heads) in the
+    open transaction, commits it and opens the next. The store must be the replay's own
+    (a fresh one): each commit still checks the checkpoint it read, but nothing else
+    should write it meanwhile. `close` rolls back whatever was not committed.
+    """
+
+    def __init__(self, store: SQLiteReadModelStore, projections: Sequence[SQLiteProjection]) -> None:
+        self._db = store.connection()
+        self._db.execute("BEGIN IMMEDIATE")
+        self._batches = {p.name: (p, p.open_batch(self._db)) for p in projections}
+        self._checkpoints = {p.name: _checkpoint(self._db, p.name) for p in projections}
+
+    def batch(self, projection: SQLiteProjection) -> OpenBatch:
+        return self._batches[projection.name][1]
+
+    def commit(self, tracking: Mapping[str, tuple[ProjectedEvent, Mapping[str, int]]]) -> None:
+        """Write the held changes and tracking records of the projections in `tracking`
+        (each with the last event applied since the last commit and the last applied
+        version of each stream it names), then commit."""
+        db = self._db
+        for name, (last, heads) in tracking.items():
+            projection, batch = self._batches[name]
+            try:
+                batch.flush()
+            except Exception as error:
+                raise ProjectionFailed(name, last) from error
+            recorded = recorded_as(last)
+            advance_to = Checkpoint(recorded.position or 0, recorded.id)
+            if _checkpoint(db, name) != self._checkpoints[name]:
+                raise CheckpointMoved(name, "another writer changed a store being replayed into")
+            _track(db, name, heads if projection.track_streams else {}, advance_to)
+            self._checkpoints[name] = advance_to
+        db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+
+    def close(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+
+def _apply_all(projection: SQLiteProjection, batch: OpenBatch, events: Sequence[ProjectedEvent]) -> None:
+    """Every event through `batch`, then its flush; raises ProjectionFailed naming the
+    event that failed (the last one for a failed flush)."""
+    apply, context = batch.apply, batch.context
+    for event in events:
+        try:
+            apply(event, context)
+        except Exception as error:
+            raise ProjectionFailed(projection.name, event) from error
+    try:
+        batch.flush()
+    except Exception as error:
+        if not events:
+            raise
+        raise ProjectionFailed(projection.name, events[-1]) from error
+
+
+def _track(
+    db: sqlite3.Connection, name: str, heads: Mapping[str, int], advance_to: Checkpoint | None
+) -> None:
+    """Write a commit's tracking record: streams' last applied versions, the checkpoint."""
+    if heads:
+        db.executemany(
+            "INSERT INTO projection_stream_tracking (projection, stream_id, version) "
+            "VALUES (?, ?, ?) ON CONFLICT (projection, stream_id) "
+            "DO UPDATE SET version = excluded.version",
+            [(name, stream_id, version) for stream_id, version in heads.items()],
+        )
+    if advance_to is not None:
+        db.execute(
+            "UPDATE projection_tracking SET position = ?, event_id = ? WHERE projection = ?",
+            (advance_to.position, advance_to.event_id, name),
+        )
 
 
 def _checkpoint(db: sqlite3.Connection, projection: str) -> Checkpoint:
