@@ -6,7 +6,7 @@ store is read page by page through `read_all`, whose StoredEvents are those tupl
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 from palette.eventstore.port import EventStore
@@ -23,7 +23,7 @@ def row_pages(
     to_position: int | None = None,
     stream_partition: tuple[int, int] | None = None,
     every_partition: Sequence[str] = (),
-) -> Iterator[list[Row]]:
+) -> Generator[list[Row], None, None]:
     """Every event (up to `to_position`, inclusive) in position order, as pages of tuples of
     StoredEvent's fields. `stream_partition` (SQLite only) keeps one partition of the streams
     (and of the `every_partition` detail types, every stream's events)."""

@@ -28,6 +28,7 @@ import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -222,14 +223,12 @@ def _read_and_apply(
     not_counted: Counter[str] = Counter()
     position = since_commit = 0
     read_by_type: Counter[str] = Counter()
-    pages = (
-        row_pages(events, read_page, detail_types=sorted(routes), to_position=to_position,
-                  stream_partition=stream_partition, every_partition=every_partition)
-        if routes
-        else iter(())
-    )
+    if not routes:
+        return ReplaySummary(0, 0, None, {})
+    pages = row_pages(events, read_page, detail_types=sorted(routes), to_position=to_position,
+                      stream_partition=stream_partition, every_partition=every_partition)
     decode = catalog.decode
-    with collector_paused():
+    with closing(pages), collector_paused():
         for rows in pages:
             read_by_type.update(map(_detail_type, rows))
             page = list(map(_stored_event, rows))
@@ -415,7 +414,8 @@ def replay_into(
     progress: Progress | None = None,
     workers: int | None = None,
 ) -> ReplaySummary:
-    """Build `projections` from the log into `directory/projections.db` (a new file).
+    """Build `projections` from the log into `directory/projections.db` (a new file, which
+    is removed again if the replay fails).
 
     On a SQLite log the work may be split among `workers` processes (default: two on a
     machine with two cores or more, for a log big enough to pay for them): each projection
@@ -429,10 +429,15 @@ def replay_into(
     if path.exists():
         raise ReplayError(f"{path} exists; replay into a new directory")
     plan = _plan(events, projections, workers)
-    if len(plan) > 1 and isinstance(events, SQLiteEventStore):
-        summary = _combined(_replay_split(events, plan, path, as_of, until, progress))
-    else:
-        summary = _replay_file(events, plan[0], path, as_of, until, progress, None)
+    try:
+        if len(plan) > 1 and isinstance(events, SQLiteEventStore):
+            summary = _combined(_replay_split(events, plan, path, as_of, until, progress))
+        else:
+            summary = _replay_file(events, plan[0], path, as_of, until, progress, None)
+    except BaseException:
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        raise
     return replace(
         summary, as_of=as_of, applied={p.name: summary.applied[p.name] for p in projections}, directory=str(directory)
     )
@@ -553,9 +558,6 @@ def _replay_split(
             done.append(value)
         report(0)
         _merge_parts(path, parts)
-    except BaseException:
-        Path(path).unlink(missing_ok=True)
-        raise
     finally:
         for child, _ in children:
             if child.is_alive():

@@ -33,6 +33,7 @@ from contracts.events import (
 )
 from palette.audit.archive import ArchiveError, export_events, import_events, read_archive
 from palette.audit.replay import (
+    ReplayError,
     diff_documents,
     live_checkpoints,
     parse_as_of,
@@ -45,11 +46,13 @@ from palette.composition import LocalPalette, local_projections
 from palette.eventstore.dynamodb import DynamoDBEventStore, create_table
 from palette.eventstore.port import EventStore, ImportRefused, NewEvent
 from palette.eventstore.sqlite import SQLiteEventStore
+from palette.projections.documents import Document, DocumentProjection, DocumentWriter
 from palette.projections.documents_sqlite import (
     SQLiteDocumentReader,
     documents_table,
     sqlite_documents,
 )
+from palette.projections.port import ProjectedEvent, ProjectionFailed
 from palette.projections.runner import ProjectionRunner
 from palette.projections.sqlite import SQLiteReadModelStore
 
@@ -396,6 +399,7 @@ def test_a_replay_equals_the_live_views_and_a_diff_names_a_changed_row(tmp_path:
     summary = replay_into(sqlite_store, projections, tmp_path / "replay", until=live_checkpoints(live, projections))
     assert summary.applied["jobs_dashboard"] > 0
     assert diff_documents(live.path, tmp_path / "replay" / "projections.db", projections) == []
+    assert _tracking(tmp_path / "replay" / "projections.db") == _tracking(live.path)
 
     table = documents_table("jobs_dashboard")
     db = live.connection()
@@ -438,6 +442,37 @@ def test_a_replay_split_over_stream_partitions_builds_what_one_process_builds(
     assert _tracking(tmp_path / "one" / "projections.db") == _tracking(tmp_path / "split" / "projections.db")
     assert sum(seen) >= one.events_read
     assert not list((tmp_path / "split").glob("*.part*"))
+
+
+class FailsOnTheSecondBatch(DocumentProjection):
+    name = "fails_on_the_second_batch"
+    detail_types = ("BatchGenerated",)
+    event_view = "decoded"
+
+    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
+        detail = event.detail
+        assert isinstance(detail, BatchGenerated)
+        if detail.batch_number == 1:
+            raise ValueError("no second batch")
+        docs.put(Document("batch", detail.job_id, {"rows": detail.rows}))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_replay_that_fails_names_the_projection_and_event_and_leaves_no_file(
+    tmp_path: Path, sqlite_store: SQLiteEventStore, workers: int
+) -> None:
+    log = small_log()
+    sqlite_store.import_recorded(log)
+    second = next(e for e in log if e.detail_type == "BatchGenerated" and '"batch_number":1,' in e.detail)
+
+    with pytest.raises((ProjectionFailed, ReplayError)) as failure:
+        replay_into(sqlite_store, [*local_projections(), FailsOnTheSecondBatch()], tmp_path / "replay",
+                    workers=workers)
+
+    assert "fails_on_the_second_batch" in str(failure.value)
+    if workers == 1:
+        assert isinstance(failure.value, ProjectionFailed) and failure.value.event_id == second.id
+    assert not list((tmp_path / "replay").glob("projections.db*"))
 
 
 def test_a_diff_stops_at_the_live_checkpoint_so_lag_is_no_difference(tmp_path: Path, sqlite_store: SQLiteEventStore) -> None:
