@@ -84,8 +84,22 @@ def _rows(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath]) -> Ite
                 if isinstance(item, dict):
                     yield project(item, paths)
         elif isinstance(chunk, ColumnarRecords):
-            for record in chunk.table.to_pylist():
+            table = chunk.table.select(_columns_read(chunk.table.column_names, paths, chunk.flat))
+            if table.num_columns == 0:
+                yield from ({} for _ in range(chunk.table.num_rows))
+                continue
+            for record in table.to_pylist():
                 yield project(_unflatten(record) if chunk.flat else record, paths)
+
+
+def _columns_read(names: Sequence[str], paths: Sequence[FieldPath], flat: bool) -> list[str]:
+    """The columns that can hold a value at one of `paths`, so that a wide file's other
+    columns are never turned into Python values: a CSV's dotted column names are paths, a
+    Parquet or JSON column is a path's first key."""
+    if flat:
+        return [name for name in names if any(tuple(name.split("."))[: len(path)] == path for path in paths)]
+    firsts = {path[0] for path in paths}
+    return [name for name in names if name in firsts]
 
 
 def _unflatten(record: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from contracts.events.seeds import SeedFormat
@@ -38,3 +40,26 @@ def test_a_file_without_a_usable_record_is_refused(blobs: LocalBlobStore) -> Non
     blobs.put_bytes("seeds/u/bad.jsonl", b"[1]\nnot json\n")
     with pytest.raises(SeedRowsUnavailable, match="no usable record"):
         load_seed_rows(blobs, "seeds/u/bad.jsonl", SeedFormat.JSONL, ["title"])
+
+
+def test_wide_csv_and_parquet_rows_keep_only_the_fields_read(blobs: LocalBlobStore, tmp_path: Path) -> None:
+    header = ["title", "author.name", "author.born", *(f"extra{n}" for n in range(40))]
+    lines = [",".join(header)]
+    lines += [",".join([f"t{i}", f"a{i}", "" if i % 2 else "1900", *("x" * 40)]) for i in range(3)]
+    blobs.put_bytes("seeds/u/wide.csv", "\n".join(lines).encode())
+
+    rows = load_seed_rows(blobs, "seeds/u/wide.csv", SeedFormat.CSV, ["title", "author"])
+    assert rows == [
+        {"title": "t0", "author": {"name": "a0", "born": "1900"}},
+        {"title": "t1", "author": {"name": "a1"}},
+        {"title": "t2", "author": {"name": "a2", "born": "1900"}},
+    ]
+    assert load_seed_rows(blobs, "seeds/u/wide.csv", SeedFormat.CSV, ["author.born"]) == [
+        {"author": {"born": "1900"}}, {}, {"author": {"born": "1900"}}]
+    assert load_seed_rows(blobs, "seeds/u/wide.csv", SeedFormat.CSV, []) == [{}, {}, {}]
+
+    table = pa.table({"title": ["Dune"], "author": [{"name": "Herbert", "born": 1920}], "extra": [1]})
+    pq.write_table(table, tmp_path / "wide.parquet")
+    blobs.put_bytes("seeds/u/wide.parquet", (tmp_path / "wide.parquet").read_bytes())
+    assert load_seed_rows(blobs, "seeds/u/wide.parquet", SeedFormat.PARQUET, ["author.name", "missing"]) == [
+        {"author": {"name": "Herbert"}}]
