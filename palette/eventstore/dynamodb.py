@@ -204,7 +204,7 @@ class DynamoDBEventStore(EventStore):
         chunk: list[StoredEvent] = []
         size = 0
         for event in verified_chain(events):
-            item_bytes = _item_size(_event_item(event._replace(position=0), 1))
+            item_bytes = _checked_item_size(event)
             if chunk and (len(chunk) == MAX_EVENTS_PER_APPEND or size + item_bytes > MAX_TRANSACT_BYTES // 2):
                 last = self._import_chunk(chunk, last)
                 chunk, size = [], 0
@@ -219,7 +219,8 @@ class DynamoDBEventStore(EventStore):
             event._replace(position=(last or 0) + offset)
             for offset, event in enumerate(chunk, start=1)
         ]
-        _check_sizes(positioned)
+        # every item was sized and checked on the way in, and the chunk was cut to half a
+        # transaction: the guards' small items fit in the other half
         try:
             self._client.transact_write_items(TransactItems=self._transaction(positioned, last))
         except ClientError as error:
@@ -436,16 +437,21 @@ def _check_keys(stream_id: str, expected_version: int, events: Sequence[NewEvent
             raise InvalidEvent(f"event id must be 1 to {MAX_KEY_BYTES - len(_GUARD_PREFIX)} bytes")
 
 
+def _checked_item_size(event: StoredEvent) -> int:
+    """The size of the event's item; raises EventTooLarge over DynamoDB's item limit."""
+    size = _item_size(_event_item(event._replace(position=0), 1))
+    if size > MAX_ITEM_BYTES:
+        raise EventTooLarge(
+            f"{event.detail_type} {event.id} makes a {size}-byte item, over DynamoDB's "
+            f"400 KB item limit ({MAX_ITEM_BYTES} bytes); store the payload as a blob"
+        )
+    return size
+
+
 def _check_sizes(stored: list[StoredEvent]) -> None:
     total = 0
     for event in stored:
-        size = _item_size(_event_item(event._replace(position=0), 1))
-        if size > MAX_ITEM_BYTES:
-            raise EventTooLarge(
-                f"{event.detail_type} {event.id} makes a {size}-byte item, over DynamoDB's "
-                f"400 KB item limit ({MAX_ITEM_BYTES} bytes); store the payload as a blob"
-            )
-        total += size + _item_size(_guard_item(event))
+        total += _checked_item_size(event) + _item_size(_guard_item(event))
     if total > MAX_TRANSACT_BYTES:
         raise BatchTooLarge(
             f"the append is {total} bytes, over DynamoDB's {MAX_TRANSACT_BYTES}-byte "

@@ -27,6 +27,7 @@ from contracts.events import (
     DatasetExported,
     ExportedFile,
     JobCompleted,
+    JobFailed,
     JobRequested,
     OutputFormat,
     TokenUsage,
@@ -43,8 +44,9 @@ from palette.audit.replay import (
 from palette.audit.timeline import JobNotInLog, audit_job
 from palette.audit.verify import verify_log
 from palette.composition import LocalPalette, local_projections
-from palette.eventstore.dynamodb import DynamoDBEventStore, create_table
-from palette.eventstore.port import EventStore, ImportRefused, NewEvent
+from palette.eventstore.dynamodb import MAX_EVENTS_PER_APPEND, DynamoDBEventStore, create_table
+from palette.eventstore.port import MAX_EVENT_BYTES, EventStore, EventTooLarge, ImportRefused, NewEvent
+from palette.eventstore.recording import record
 from palette.eventstore.sqlite import SQLiteEventStore
 from palette.projections.documents import Document, DocumentProjection, DocumentWriter
 from palette.projections.documents_sqlite import (
@@ -352,6 +354,24 @@ def test_an_archive_imports_into_dynamodb_with_the_same_hashes(tmp_path: Path, s
     assert verify_log(store).ok
     with pytest.raises(ImportRefused, match="already holds events"):
         import_events(store, tmp_path / "archive")
+
+
+def test_an_event_too_big_for_a_dynamodb_item_stops_the_import_after_a_valid_prefix(
+    dynamo: tuple[DynamoDBEventStore, Any]
+) -> None:
+    log = list(realistic_log(150, batches=4, concurrent=3))
+    last = log[-1]
+    failed = JobFailed(job_id="x", code="E", reason="z" * (MAX_EVENT_BYTES - 100))
+    (heavy,) = record(last.stream_id, last.version, last.hash, [NewEvent(failed, actor="a" * 200_000)])
+    store, _ = dynamo
+
+    with pytest.raises(EventTooLarge, match="400 KB"):
+        store.import_recorded([*log, heavy])
+
+    imported = list(store.iter_all(page_size=100))
+    assert len(imported) >= len(log) - MAX_EVENTS_PER_APPEND
+    assert imported == [e._replace(position=n) for n, e in enumerate(log[: len(imported)], start=1)]
+    assert verify_log(store).ok
 
 
 def test_a_tampered_archive_is_refused_and_nothing_is_imported(tmp_path: Path, sqlite_store: SQLiteEventStore) -> None:
