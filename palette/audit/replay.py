@@ -84,11 +84,8 @@ class ReplayTarget:
     until: int | None = None
     whole_log: bool = False
     applied: int = 0
-    committed: int = 0
     last: ProjectedEvent | None = None
-    checkpoint: Checkpoint = field(default_factory=Checkpoint)
-    pending: list[ProjectedEvent] = field(default_factory=list)
-    heads: dict[str, int] | None = None
+    """Events applied so far, and the last one."""
 
 
 @dataclass(frozen=True)
@@ -313,19 +310,20 @@ class _Sink:
 
 class _Streamed(_Sink):
     """Targets in one SQLite store, fed an event at a time and committed together every
-    `commit_batch` events read (see StreamedCommits); the replay keeps their tracking."""
+    `commit_batch` events read (see StreamedCommits). The replay keeps their tracking:
+    the stream heads (the route fills them) and the events applied at the last commit."""
 
     def __init__(self, store: SQLiteReadModelStore, targets: Sequence[ReplayTarget]) -> None:
-        self._targets = list(targets)
         self._session = store.streamed([cast(SQLiteProjection, t.projection) for t in targets])
+        self._tracked = [_Tracked(t, {} if t.projection.track_streams else None) for t in targets]
 
     def routes(self) -> list[tuple[ReplayTarget, _Route]]:
         routes: list[tuple[ReplayTarget, _Route]] = []
-        for target in self._targets:
+        for tracked in self._tracked:
+            target = tracked.target
             batch = self._session.batch(cast(SQLiteProjection, target.projection))
-            target.heads = {} if target.projection.track_streams else None
             decoded = target.projection.event_view == "decoded"
-            routes.append((target, (batch.apply, batch.context, decoded, target.until, target, target.heads)))
+            routes.append((target, (batch.apply, batch.context, decoded, target.until, target, tracked.heads)))
         return routes
 
     def commit_if(self, commit_batch: int, since_commit: int) -> None:
@@ -333,14 +331,24 @@ class _Streamed(_Sink):
             self.commit()
 
     def commit(self) -> None:
-        moved = [t for t in self._targets if t.applied > t.committed and t.last is not None]
+        moved = [t for t in self._tracked if t.target.applied > t.committed and t.target.last is not None]
         if not moved:
             return
-        self._session.commit({t.projection.name: (t.last, t.heads or {}) for t in moved})  # type: ignore[misc]
-        for target in moved:
-            target.committed = target.applied
-            if target.heads is not None:
-                target.heads.clear()
+        self._session.commit({t.target.projection.name: (t.target.last, t.heads or {}) for t in moved})  # type: ignore[misc]
+        for tracked in moved:
+            tracked.committed = tracked.target.applied
+            if tracked.heads is not None:
+                tracked.heads.clear()
+
+
+@dataclass
+class _Tracked:
+    """A streamed target's tracking: its streams' heads since the last commit (None when
+    its projection does not track streams) and how many events it had applied then."""
+
+    target: ReplayTarget
+    heads: dict[str, int] | None
+    committed: int = 0
 
     def close(self) -> None:
         self._session.close()
@@ -354,26 +362,26 @@ class _Buffered(_Sink):
 
     def __init__(self, target: ReplayTarget) -> None:
         self._target = target
+        self._pending: list[ProjectedEvent] = []
+        self._checkpoint = Checkpoint()
 
     def routes(self) -> list[tuple[ReplayTarget, _Route]]:
         target = self._target
         decoded = target.projection.event_view == "decoded"
-        return [(target, (_hold, target.pending, decoded, target.until, target, None))]
+        return [(target, (_hold, self._pending, decoded, target.until, target, None))]
 
     def commit_if(self, commit_batch: int, since_commit: int) -> None:
-        if len(self._target.pending) >= commit_batch:
+        if len(self._pending) >= commit_batch:
             self.commit()
 
     def commit(self) -> None:
-        target = self._target
-        events = target.pending
+        target, events = self._target, self._pending
         if not events:
             return
         last = recorded_as(events[-1])
         advance_to = Checkpoint(last.position or 0, last.id)
-        target.store.commit(target.projection, Batch(events, target.checkpoint, advance_to))
-        target.checkpoint = advance_to
-        target.committed = target.applied
+        target.store.commit(target.projection, Batch(events, self._checkpoint, advance_to))
+        self._checkpoint = advance_to
         events.clear()
 
 

@@ -55,6 +55,8 @@ from palette.projections.documents_sqlite import (
     sqlite_documents,
 )
 from palette.projections.port import ProjectedEvent, ProjectionFailed
+from palette.projections.documents_dynamodb import DOCUMENTS_TABLE, dynamodb_documents
+from palette.projections.dynamodb import DynamoDBReadModelStore
 from palette.projections.runner import ProjectionRunner
 from palette.projections.sqlite import SQLiteReadModelStore
 
@@ -534,6 +536,28 @@ def test_an_in_place_rebuild_swaps_in_views_equal_to_the_incremental_ones(tmp_pa
     assert all(runner.run_once() == 0 for runner in runners)
     assert not list(tmp_path.glob("projections.*.rebuild-*"))
     live.close()
+
+
+def test_an_in_place_rebuild_of_dynamodb_views_equals_the_incremental_ones(sqlite_store: SQLiteEventStore) -> None:
+    sqlite_store.import_recorded(small_log())
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        store = DynamoDBReadModelStore(client)
+        runners = [ProjectionRunner(sqlite_store, dynamodb_documents(p), store) for p in local_projections()]
+        incremental = [runner.run_once() for runner in runners]
+
+        def documents() -> list[list[dict[str, Any]]]:
+            tables = [store.table_names(runner.projection)[DOCUMENTS_TABLE] for runner in runners]
+            return [sorted((item for page in client.get_paginator("scan").paginate(TableName=table)
+                            for item in page["Items"]), key=lambda item: (item["collection"]["S"], item["key"]["S"]))
+                    for table in tables]
+
+        before = documents()
+        summary = rebuild_live(sqlite_store, runners)
+
+        assert list(summary.applied.values()) == incremental
+        assert documents() == before
+        assert all(runner.run_once() == 0 for runner in runners)
 
 
 # -- the job timeline and cost reconciliation --------------------------------------------
