@@ -12,8 +12,8 @@ instructions, so the prompts are written as text to continue.
 from __future__ import annotations
 
 import socket
-from decimal import Decimal
 import time
+from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
 

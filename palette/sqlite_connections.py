@@ -14,6 +14,12 @@ import threading
 from pathlib import Path
 
 
+def delete_database(path: Path | str) -> None:
+    """Remove a SQLite database file with its journal, WAL and shared-memory files."""
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 class ThreadConnections:
     def __init__(self, path: Path | str, synchronous: str = "FULL", journal_mode: str = "WAL") -> None:
         self.path = Path(path)

@@ -53,13 +53,14 @@ from palette.projections.port import (
     ProjectionError,
     ProjectionFailed,
     ReadModelStore,
-    recorded_as,
+    checkpoint_after,
 )
 from palette.projections.sqlite import (
     SQLiteProjection,
     SQLiteReadModelStore,
     copy_read_models,
 )
+from palette.sqlite_connections import delete_database
 
 READ_PAGE = 10_000
 COMMIT_BATCH = 50_000
@@ -233,8 +234,6 @@ def _read_and_apply(
             try:
                 for stored in page:
                     target = None
-                    if include is not None and not include(stored.time):
-                        continue
                     routed = routes[stored.detail_type]
                     if routed is None:
                         if stream_partition_of(stored.stream_id, partitions) == partition:
@@ -242,6 +241,8 @@ def _read_and_apply(
                         else:
                             routed = outside[stored.detail_type]
                             not_counted[stored.detail_type] += 1
+                    if include is not None and not include(stored.time):
+                        continue
                     envelope: EventEnvelope | None = None
                     decoded: DecodedEvent | None = None
                     for apply, context, wants_decoded, until, target, heads in routed:
@@ -262,7 +263,7 @@ def _read_and_apply(
                         target.applied += 1
                         if heads is not None:
                             heads[stored.stream_id] = stored.version
-            except ProjectionError:
+            except (ProjectionError, ReplayError):
                 raise
             except Exception as error:
                 name = target.projection.name if target is not None else routing.names(stored.detail_type)
@@ -316,6 +317,7 @@ class _Streamed(_Sink):
     def __init__(self, store: SQLiteReadModelStore, targets: Sequence[ReplayTarget]) -> None:
         self._session = store.streamed([cast(SQLiteProjection, t.projection) for t in targets])
         self._tracked = [_Tracked(t, {} if t.projection.track_streams else None) for t in targets]
+        self._session.begin()
 
     def routes(self) -> list[tuple[ReplayTarget, _Route]]:
         routes: list[tuple[ReplayTarget, _Route]] = []
@@ -329,16 +331,18 @@ class _Streamed(_Sink):
     def commit_if(self, commit_batch: int, since_commit: int) -> None:
         if since_commit >= commit_batch:
             self.commit()
+            self._session.begin()
 
     def commit(self) -> None:
         moved = [t for t in self._tracked if t.target.applied > t.committed and t.target.last is not None]
-        if not moved:
-            return
         self._session.commit({t.target.projection.name: (t.target.last, t.heads or {}) for t in moved})  # type: ignore[misc]
         for tracked in moved:
             tracked.committed = tracked.target.applied
             if tracked.heads is not None:
                 tracked.heads.clear()
+
+    def close(self) -> None:
+        self._session.close()
 
 
 @dataclass
@@ -349,9 +353,6 @@ class _Tracked:
     target: ReplayTarget
     heads: dict[str, int] | None
     committed: int = 0
-
-    def close(self) -> None:
-        self._session.close()
 
 
 class _Buffered(_Sink):
@@ -378,8 +379,7 @@ class _Buffered(_Sink):
         target, events = self._target, self._pending
         if not events:
             return
-        last = recorded_as(events[-1])
-        advance_to = Checkpoint(last.position or 0, last.id)
+        advance_to = checkpoint_after(events[-1])
         target.store.commit(target.projection, Batch(events, self._checkpoint, advance_to))
         self._checkpoint = advance_to
         events.clear()
@@ -443,8 +443,7 @@ def replay_into(
         else:
             summary = _replay_file(events, plan[0], path, as_of, until, progress, None)
     except BaseException:
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        delete_database(path)
         raise
     return replace(
         summary, as_of=as_of, applied={p.name: summary.applied[p.name] for p in projections}, directory=str(directory)
@@ -567,13 +566,13 @@ def _replay_split(
         report(0)
         _merge_parts(path, parts)
     finally:
-        for child, _ in children:
+        for child, receiver in children:
+            receiver.close()
             if child.is_alive():
                 child.terminate()
                 child.join()
         for part in parts:
-            for suffix in ("", "-journal", "-wal", "-shm"):
-                Path(f"{part}{suffix}").unlink(missing_ok=True)
+            delete_database(part)
     return done
 
 

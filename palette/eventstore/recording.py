@@ -46,8 +46,8 @@ def record_rows(
     catalog: EventCatalog = CATALOG,
 ) -> list[EventRow]:
     """What `record` does, as plain tuples (see EventRow): the adapters' fast path."""
-    if not stream_id:
-        raise InvalidEvent("stream_id must not be empty")
+    if not stream_id or "\x00" in stream_id:
+        raise InvalidEvent("stream_id must be non-empty, without NUL")
     if expected_version < 0:
         raise InvalidEvent(f"expected_version must be >= 0, got {expected_version}")
     rows: list[EventRow] = []

@@ -68,7 +68,8 @@ cost a pass over 1M events 0.25 s more."""
 
 
 def stream_partition_of(stream_id: str, partitions: int) -> int:
-    """STREAM_PARTITION in Python (stream ids are never empty)."""
+    """STREAM_PARTITION in Python (stream ids are non-empty and without NUL, on append
+    and on import, so SQLite's text functions see the same last character)."""
     return ord(stream_id[-1]) % partitions
 
 _INSERT = (

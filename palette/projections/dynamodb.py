@@ -39,6 +39,7 @@ from palette.projections.port import (
     Projection,
     ProjectionFailed,
     ReadModelStore,
+    checkpoint_after,
     recorded_as,
 )
 
@@ -192,7 +193,7 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
         groups = list(self._transactions(projection, writes))
         for index, group in enumerate(groups):
             last_group = index == len(groups) - 1
-            advance_to = batch.advance_to if last_group else _checkpoint_of(group[-1][0])
+            advance_to = batch.advance_to if last_group else checkpoint_after(group[-1][0])
             items = [op for _, ops in group for op in ops]
             tracking = self._tracking_writes(
                 projection, generation, group, checkpoint, advance_to, stream_versions
@@ -466,11 +467,6 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
             if "LastEvaluatedKey" not in page:
                 return
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
-def _checkpoint_of(event: ProjectedEvent) -> Checkpoint:
-    record = recorded_as(event)
-    return Checkpoint(record.position or 0, record.id)
 
 
 def _code(error: ClientError) -> str:

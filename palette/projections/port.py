@@ -40,6 +40,12 @@ def recorded_as(event: ProjectedEvent) -> EventMetadata | StoredEvent:
     return event.metadata if isinstance(event, EventEnvelope) else event.stored
 
 
+def checkpoint_after(event: ProjectedEvent) -> Checkpoint:
+    """The checkpoint once `event` is applied."""
+    recorded = recorded_as(event)
+    return Checkpoint(recorded.position or 0, recorded.id)
+
+
 def detail_and_time(event: ProjectedEvent) -> tuple[DomainEvent, str]:
     """The typed detail and recorded time of either view of an event."""
     if type(event) is DecodedEvent:

@@ -29,10 +29,10 @@ from palette.projections.port import (
     Projection,
     ProjectionFailed,
     ReadModelStore,
-    recorded_as,
+    checkpoint_after,
     stream_heads,
 )
-from palette.sqlite_connections import ThreadConnections
+from palette.sqlite_connections import ThreadConnections, delete_database
 
 TRACKING_TABLES = ("projection_tracking", "projection_stream_tracking")
 """The tables of the tracking records, beside each projection's own tables."""
@@ -182,8 +182,7 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
 
     def discard(self, projection: SQLiteProjection) -> None:
         self.close()
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        delete_database(self.path)
 
     def close(self) -> None:
         self._connections.close()
@@ -210,39 +209,45 @@ class StreamedCommits:
     tens of thousands for each `commit` (that took 1.7x as long over 1M events).
     `batch(projection)` is where events go; `commit` writes what every batch
     holds and the tracking records the replay kept (checkpoint, stream heads) in the
-    open transaction, commits it and opens the next. The store must be the replay's own
-    (a fresh one): each commit still checks the checkpoint it read, but nothing else
-    should write it meanwhile. `close` rolls back whatever was not committed.
+    open transaction and commits it; the next event opens the next transaction. The store
+    must be the replay's own (a fresh one): each commit checks the checkpoint it read, but
+    nothing else should write it meanwhile. `close` rolls back whatever was not committed.
     """
 
     def __init__(self, store: SQLiteReadModelStore, projections: Sequence[SQLiteProjection]) -> None:
         self._db = store.connection()
-        self._db.execute("BEGIN IMMEDIATE")
         self._batches = {p.name: (p, p.open_batch(self._db)) for p in projections}
         self._checkpoints = {p.name: _checkpoint(self._db, p.name) for p in projections}
 
     def batch(self, projection: SQLiteProjection) -> OpenBatch:
+        """Where `projection`'s events go: call `begin` before the first event of each
+        transaction (after each commit)."""
         return self._batches[projection.name][1]
+
+    def begin(self) -> None:
+        """Open the transaction the next events are applied in (no-op while one is open)."""
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
 
     def commit(self, tracking: Mapping[str, tuple[ProjectedEvent, Mapping[str, int]]]) -> None:
         """Write the held changes and tracking records of the projections in `tracking`
         (each with the last event applied since the last commit and the last applied
         version of each stream it names), then commit."""
         db = self._db
+        self.begin()
         for name, (last, heads) in tracking.items():
             projection, batch = self._batches[name]
             try:
                 batch.flush()
             except Exception as error:
+                # the documents of the whole commit are written here: `last` only dates it
                 raise ProjectionFailed(name, last) from error
-            recorded = recorded_as(last)
-            advance_to = Checkpoint(recorded.position or 0, recorded.id)
+            advance_to = checkpoint_after(last)
             if _checkpoint(db, name) != self._checkpoints[name]:
                 raise CheckpointMoved(name, "another writer changed a store being replayed into")
             _track(db, name, heads if projection.track_streams else {}, advance_to)
             self._checkpoints[name] = advance_to
         db.execute("COMMIT")
-        db.execute("BEGIN IMMEDIATE")
 
     def close(self) -> None:
         if self._db.in_transaction:

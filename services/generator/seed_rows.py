@@ -92,14 +92,20 @@ def _rows(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath]) -> Ite
                 yield project(_unflatten(record) if chunk.flat else record, paths)
 
 
-def _columns_read(names: Sequence[str], paths: Sequence[FieldPath], flat: bool) -> list[str]:
-    """The columns that can hold a value at one of `paths`, so that a wide file's other
-    columns are never turned into Python values: a CSV's dotted column names are paths, a
-    Parquet or JSON column is a path's first key."""
+def _columns_read(names: Sequence[str], paths: Sequence[FieldPath], flat: bool) -> list[int]:
+    """The indexes of the columns that bear on a value at one of `paths`, so that a wide
+    file's other columns are never turned into Python values (indexes: a name may repeat).
+    A CSV's dotted column names are paths: a column inside a path's value, or one on its
+    way (a cell in "author" decides whether "author.name" can be a field); a Parquet or
+    JSON column is a path's first key."""
     if flat:
-        return [name for name in names if any(tuple(name.split("."))[: len(path)] == path for path in paths)]
+        keys = [tuple(name.split(".")) for name in names]
+        return [
+            index for index, key in enumerate(keys)
+            if any(key[: len(path)] == path or path[: len(key)] == key for path in paths)
+        ]
     firsts = {path[0] for path in paths}
-    return [name for name in names if name in firsts]
+    return [index for index, name in enumerate(names) if name in firsts]
 
 
 def _unflatten(record: dict[str, Any]) -> dict[str, Any]:

@@ -417,6 +417,7 @@ def test_invalid_events_are_refused_and_change_nothing(store: EventStore) -> Non
         ("job-1", [NewEvent(impostor()(job_id="job-1", worker_id="w"))], 1),
         ("job-1", [twice, twice], 1),
         ("", [started("job-1")], 0),
+        ("job-\x00", [started("job-1")], 0),
     ]
     for stream_id, events, expected in refused:
         with pytest.raises(InvalidEvent):

@@ -32,31 +32,48 @@ from contracts.events import (
     OutputFormat,
     TokenUsage,
 )
-from palette.audit.archive import ArchiveError, export_events, import_events, read_archive
+from palette.audit.archive import (
+    ArchiveError,
+    export_events,
+    import_events,
+    read_archive,
+)
 from palette.audit.replay import (
     ReplayError,
+    ReplayTarget,
     diff_documents,
     live_checkpoints,
     parse_as_of,
     rebuild_live,
+    replay,
     replay_into,
 )
 from palette.audit.timeline import JobNotInLog, audit_job
 from palette.audit.verify import verify_log
 from palette.composition import LocalPalette, local_projections
-from palette.eventstore.dynamodb import MAX_EVENTS_PER_APPEND, DynamoDBEventStore, create_table
-from palette.eventstore.port import MAX_EVENT_BYTES, EventStore, EventTooLarge, ImportRefused, NewEvent
+from palette.eventstore.dynamodb import (
+    MAX_EVENTS_PER_APPEND,
+    DynamoDBEventStore,
+    create_table,
+)
+from palette.eventstore.port import (
+    MAX_EVENT_BYTES,
+    EventStore,
+    EventTooLarge,
+    ImportRefused,
+    NewEvent,
+)
 from palette.eventstore.recording import record
 from palette.eventstore.sqlite import SQLiteEventStore
 from palette.projections.documents import Document, DocumentProjection, DocumentWriter
+from palette.projections.documents_dynamodb import DOCUMENTS_TABLE, dynamodb_documents
 from palette.projections.documents_sqlite import (
     SQLiteDocumentReader,
     documents_table,
     sqlite_documents,
 )
-from palette.projections.port import ProjectedEvent, ProjectionFailed
-from palette.projections.documents_dynamodb import DOCUMENTS_TABLE, dynamodb_documents
 from palette.projections.dynamodb import DynamoDBReadModelStore
+from palette.projections.port import ProjectedEvent, ProjectionFailed
 from palette.projections.runner import ProjectionRunner
 from palette.projections.sqlite import SQLiteReadModelStore
 
@@ -446,16 +463,19 @@ def _tracking(path: Path) -> tuple[list[Any], list[Any]]:
         db.close()
 
 
-@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize(("workers", "at_half_time"), [(2, False), (3, False), (2, True)])
 def test_a_replay_split_over_stream_partitions_builds_what_one_process_builds(
-    tmp_path: Path, sqlite_store: SQLiteEventStore, workers: int
+    tmp_path: Path, sqlite_store: SQLiteEventStore, workers: int, at_half_time: bool
 ) -> None:
-    sqlite_store.import_recorded(list(realistic_log(600, batches=6, concurrent=5)))
+    log = list(realistic_log(600, batches=6, concurrent=5))
+    sqlite_store.import_recorded(log)
     projections = local_projections()
     until = {"jobs_dashboard": 400, "billing_costs": 10_000}
-    one = replay_into(sqlite_store, projections, tmp_path / "one", workers=1, until=until)
+    as_of = parse_as_of(log[len(log) // 2].time) if at_half_time else None
+    one = replay_into(sqlite_store, projections, tmp_path / "one", workers=1, until=until, as_of=as_of)
     seen: list[int] = []
-    split = replay_into(sqlite_store, projections, tmp_path / "split", workers=workers, until=until, progress=seen.append)
+    split = replay_into(sqlite_store, projections, tmp_path / "split", workers=workers, until=until, as_of=as_of,
+                        progress=seen.append)
 
     assert split.applied == one.applied and split.events_read == one.events_read
     assert split.read_by_type == one.read_by_type and sum(one.read_by_type.values()) == one.events_read
@@ -477,6 +497,25 @@ class FailsOnTheSecondBatch(DocumentProjection):
         if detail.batch_number == 1:
             raise ValueError("no second batch")
         docs.put(Document("batch", detail.job_id, {"rows": detail.rows}))
+
+
+def test_a_replay_leaves_no_transaction_open_on_its_store_whether_it_succeeds_or_fails(
+    tmp_path: Path, sqlite_store: SQLiteEventStore
+) -> None:
+    sqlite_store.import_recorded(small_log())
+    for projections, outcome in ((local_projections(), None), ([FailsOnTheSecondBatch()], ProjectionFailed)):
+        store = SQLiteReadModelStore(tmp_path / f"{len(projections)}.db")
+        targets = [ReplayTarget(sqlite_documents(p), store) for p in projections]
+        if outcome is None:
+            replay(sqlite_store, targets, commit_batch=7)
+        else:
+            with pytest.raises(outcome):
+                replay(sqlite_store, targets, commit_batch=7)
+        assert not store.connection().in_transaction
+        other = sqlite3.connect(store.path, timeout=0)
+        other.execute("CREATE TABLE written_meanwhile (x)")
+        other.close()
+        store.close()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

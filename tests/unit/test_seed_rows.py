@@ -63,3 +63,11 @@ def test_wide_csv_and_parquet_rows_keep_only_the_fields_read(blobs: LocalBlobSto
     blobs.put_bytes("seeds/u/wide.parquet", (tmp_path / "wide.parquet").read_bytes())
     assert load_seed_rows(blobs, "seeds/u/wide.parquet", SeedFormat.PARQUET, ["author.name", "missing"]) == [
         {"author": {"name": "Herbert"}}]
+
+
+def test_a_csv_keeps_what_decides_a_field_and_reads_repeated_column_names(blobs: LocalBlobStore) -> None:
+    blobs.put_bytes("seeds/u/odd.csv", b"author,author.name,title,title,other\nBob,Ann,t1,t2,x\n,Cy,t3,t4,y\n")
+
+    # a cell in "author" leaves no room for author.name (the last column of a name wins)
+    assert load_seed_rows(blobs, "seeds/u/odd.csv", SeedFormat.CSV, ["author.name", "title"]) == [
+        {"title": "t2"}, {"author": {"name": "Cy"}, "title": "t4"}]
