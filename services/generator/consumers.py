@@ -64,12 +64,13 @@ def requested_job_ids(events: EventStore) -> Iterator[str]:
         yield event.job_id
 
 
-def claimable_job_ids(
+def claimable_jobs(
     worker: GenerationWorker, now: datetime | None = None, settled: set[str] | None = None
-) -> list[str]:
-    """Jobs a worker could claim now: requested, not ended, not closed before they started,
-    and not held by a live lease. Jobs found settled for good (generation ended, or closed
-    before any claim) are added to `settled`, and skipped without reading on later scans."""
+) -> list[tuple[str, str]]:
+    """Jobs a worker could claim now, with their owners: requested, not ended, not closed
+    before they started, and not held by a live lease. Jobs found settled for good
+    (generation ended, or closed before any claim) are added to `settled`, and skipped
+    without reading on later scans."""
     now = now or datetime.now(UTC)
     settled = set() if settled is None else settled
     found = []
@@ -86,7 +87,7 @@ def claimable_job_ids(
         if job is None or (job.closed and state.claim is None):
             settled.add(job_id)
             continue
-        found.append(job_id)
+        found.append((job_id, job.owner))
     return found
 
 
@@ -295,11 +296,11 @@ class WorkerPool:
             self._dispatch()
         if result is not None and result.outcome is RunOutcome.HELD and result.retry_at is not None:
             delay = max(0.0, (result.retry_at - datetime.now(UTC)).total_seconds()) + 0.5
-            asyncio.get_running_loop().call_later(delay, self._resubmit, job_id)
+            asyncio.get_running_loop().call_later(delay, self._resubmit, job_id, owner)
 
-    def _resubmit(self, job_id: str) -> None:
+    def _resubmit(self, job_id: str, owner: str) -> None:
         if not self._stop.is_set() and self._queue is not None:
-            self._queue.put_nowait((job_id, None))
+            self._queue.put_nowait((job_id, owner))
 
     async def _scan_forever(self) -> None:
         worker = self.worker
@@ -307,8 +308,8 @@ class WorkerPool:
         settled: set[str] = set()
         while not self._stop.is_set():
             try:
-                for job_id in await asyncio.to_thread(claimable_job_ids, worker, None, settled):
-                    self._queue.put_nowait((job_id, None))
+                for job in await asyncio.to_thread(claimable_jobs, worker, None, settled):
+                    self._queue.put_nowait(job)
             except Exception:
                 log.exception("scan for resumable jobs failed; trying again later")
             await asyncio.sleep(self.scan_seconds)

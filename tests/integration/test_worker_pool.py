@@ -16,6 +16,7 @@ from contracts.events.generator import (
     GenerationStopped,
 )
 from palette.adapters import Adapters, local_adapters
+from palette.eventstore.port import NewEvent
 from services.generator.consumers import WorkerPool
 from services.generator.models.openai import OpenAICompatibleGateway
 from services.generator.worker import RunOutcome, WorkerOptions
@@ -114,3 +115,20 @@ def test_the_cap_is_configurable(adapters: Adapters) -> None:
 
     claimed, most = claims_and_most_running(adapters, owners)
     assert most["carol"] == 1 and claimed == jobs
+
+
+def test_a_job_another_worker_holds_runs_here_once_its_lease_lapses(
+    adapters: Adapters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = request_job(adapters, 6, steps=(QUESTION,), owner="dana")
+    claim = GenerationClaimed(job_id=job, worker_id="worker-elsewhere", lease_seconds=1, resumed_from_record=0)
+    adapters.events.append(f"generation-{job}", [NewEvent(claim)], 0)
+
+    def no_reading(pool: WorkerPool, job_id: str) -> str:
+        raise AssertionError("the pool knew the owner and read it again")
+
+    monkeypatch.setattr(WorkerPool, "_owner_of", no_reading)
+    run_pool(adapters, [job], {job: "dana"})
+
+    claimed, _ = claims_and_most_running(adapters, {job: "dana"})
+    assert claimed == [job, job], "held first, then claimed here when the lease lapsed"
