@@ -6,6 +6,7 @@ store is read page by page through `read_all`, whose StoredEvents are those tupl
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Generator, Sequence
 from typing import Any
 
@@ -13,6 +14,19 @@ from palette.eventstore.port import EventStore
 from palette.eventstore.sqlite import SQLiteEventStore
 
 Row = tuple[Any, ...]
+
+PARALLEL_FROM = 50_000
+"""Below about this many events, forking workers for a pass costs more than it saves."""
+
+
+def worker_count(requested: int | None, events: int, default: int) -> int:
+    """How many forked processes a pass over a SQLite log of `events` events uses:
+    `requested`, else `default` from PARALLEL_FROM events on; one where fork is missing."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    if requested is None:
+        return default if events >= PARALLEL_FROM else 1
+    return max(1, requested)
 
 
 def row_pages(

@@ -39,7 +39,7 @@ from typing import Any, cast
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import EventEnvelope, StoredEvent
 from palette.audit.collector import collector_paused
-from palette.audit.pages import row_pages
+from palette.audit.pages import row_pages, worker_count
 from palette.eventstore.port import EventStore
 from palette.eventstore.sqlite import SQLiteEventStore, stream_partition_of
 from palette.projections.documents import DocumentProjection
@@ -496,19 +496,14 @@ def _combined(summaries: Sequence[ReplaySummary]) -> ReplaySummary:
     return ReplaySummary(read_by_type.total(), last, None, applied, read_by_type=dict(sorted(read_by_type.items())))
 
 
-PARALLEL_FROM = 50_000
-"""Below about this many events a second process costs more than it saves."""
-
-
 def _plan(
     events: EventStore, projections: Sequence[DocumentProjection], workers: int | None
 ) -> list[_Task]:
     """The task of each process (this one first); one process when a split does not pay."""
     whole = [_Task(list(projections))]
-    if not isinstance(events, SQLiteEventStore) or "fork" not in multiprocessing.get_all_start_methods():
+    if not isinstance(events, SQLiteEventStore):
         return whole
-    if workers is None:
-        workers = 2 if (os.cpu_count() or 1) >= 2 and events.last_position() >= PARALLEL_FROM else 1
+    workers = worker_count(workers, events.last_position(), min(2, os.cpu_count() or 1))
     keyed = [p for p in projections if p.keyed_by_stream]
     if workers < 2 or not keyed:
         return whole

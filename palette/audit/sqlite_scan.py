@@ -30,6 +30,7 @@ from typing import Any
 
 from contracts.envelope import chain_hash
 from palette.audit.collector import collector_paused
+from palette.audit.pages import worker_count
 from palette.audit.verify import (
     JOB_FACT_TYPES,
     AuditRow,
@@ -42,9 +43,6 @@ from palette.audit.verify import (
     position_violation,
 )
 from palette.eventstore.sqlite import STREAM_PARTITION, SQLiteEventStore
-
-PARALLEL_FROM = 50_000
-"""Below about this many events, forking workers costs more than it saves."""
 
 _JOB_EVENT = "detail_type IN ({})".format(", ".join(f"'{t}'" for t in sorted(JOB_FACT_TYPES)))
 _IF_VALID = "CASE WHEN json_valid(detail) THEN detail ->> '$.{}' END"
@@ -79,7 +77,7 @@ def scan_sqlite(
     """The chain and the invariants of the whole log, checked up to its last position at
     the start (events appended meanwhile are left to the next audit)."""
     last = store.last_position()
-    count = _workers(workers, last)
+    count = worker_count(workers, last, os.cpu_count() or 1)
     if count == 1:
         chain, findings = check_partition(store.path, last, page_size, 0, 1)
         if progress is not None:
@@ -101,14 +99,6 @@ def scan_sqlite(
                 findings.add(partition_findings)
     chain.violations.extend(_order_violations(store.path, last, chain.events))
     return chain, findings
-
-
-def _workers(workers: int | None, events: int) -> int:
-    if workers is None:
-        if events < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
-            return 1
-        workers = os.cpu_count() or 1
-    return max(1, workers)
 
 
 def _share_counter(counter: Any) -> None:

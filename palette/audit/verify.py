@@ -19,11 +19,11 @@ The domain invariants, from contracts events only:
 - rows exported = rows generated, and each exported format holds that many rows.
 
 How it runs: on any store, one pass over pages of rows (`row_pages`) checks both. On a
-SQLite log the work is split (`palette.audit.sqlite_scan`): SQLite itself builds each
-event's canonical text and picks the few detail fields the invariants read, the chain is
-checked in position ranges by forked processes (each range's first event of a stream is
-linked to the previous range's last by `stitch`), and this process folds the invariants
-meanwhile. The report is the same either way.
+SQLite log (`palette.audit.sqlite_scan`) SQLite itself builds each event's canonical text
+and picks the few detail fields the invariants read, and forked processes each check the
+chain and the invariants of one partition of the streams (a job's streams fall in the
+same one); the order of positions is checked by counting. The report is the same either
+way.
 
 A rewrite that also re-hashes a stream's tail cannot be seen from inside the log: `digest`
 (SHA-256 over every stream's last version and hash) is what to anchor outside it.
@@ -426,6 +426,7 @@ def verify_log(
         from palette.audit.sqlite_scan import scan_sqlite
 
         chain, findings = scan_sqlite(store, page_size, workers, progress)
+        unreached: list[Violation] = []
     else:
         chain, domain = ChainChecker(), DomainAuditor()
         with collector_paused():
@@ -436,24 +437,32 @@ def verify_log(
                 if progress is not None:
                     progress(len(page))
             findings = domain.finish()
-    return _report(store, chain, findings)
+        unreached = _streams_not_reached(store, chain.heads)
+    return _report(chain, unreached, findings)
 
 
-def _report(store: EventStore, chain: ChainChecker, findings: DomainFindings) -> AuditReport:
-    """The report of a whole pass, with the checks that need the whole log: streams reached
-    in full (on stores whose positions can hide a missing event; on SQLite they are the
-    table's key, so the scan's gap check already sees one, and the live stream versions
-    would count events appended after the scan's snapshot), and the digest."""
-    report = AuditReport(events=chain.events, last_position=chain.last_position)
-    report.violations.extend(chain.violations)
-    for stream_id in () if isinstance(store, SQLiteEventStore) else store.stream_ids():
-        reached = chain.heads.get(stream_id, (0, ""))[0]
+def _streams_not_reached(store: EventStore, heads: Mapping[str, tuple[int, str]]) -> list[Violation]:
+    """Streams whose last version the positions did not reach: what a store whose
+    positions can hide a missing event (DynamoDB) needs checked. (Not on SQLite: positions
+    are the table's key, so the scan's gap check sees a missing event, and the live stream
+    versions would count events appended after the scan's snapshot.)"""
+    found: list[Violation] = []
+    for stream_id in store.stream_ids():
+        reached = heads.get(stream_id, (0, ""))[0]
         last = store.stream_version(stream_id)
         if last != reached:
-            report.violations.append(Violation(
+            found.append(Violation(
                 "stream", f"the stream has {last} versions but positions reach only v{reached}: "
                 "events are missing from the global order", stream_id, reached + 1,
             ))
+    return found
+
+
+def _report(chain: ChainChecker, unreached: list[Violation], findings: DomainFindings) -> AuditReport:
+    """The report of a whole pass, with the digest."""
+    report = AuditReport(events=chain.events, last_position=chain.last_position)
+    report.violations.extend(chain.violations)
+    report.violations.extend(unreached)
     report.violations.extend(findings.violations)
     report.pending = findings.pending
     report.streams = len(chain.heads)

@@ -145,7 +145,7 @@ def verified_chain(events: Iterable[StoredEvent]) -> Iterator[StoredEvent]:
     for event in events:
         version, prev_hash = heads.get(event.stream_id, (0, GENESIS_HASH))
         where = f"stream {event.stream_id!r} v{event.version} ({event.detail_type} {event.id})"
-        if not event.stream_id or "\x00" in event.stream_id:
+        if version == 0 and (not event.stream_id or "\x00" in event.stream_id):
             raise ImportRefused(f"{where}: a stream id must be non-empty, without NUL")
         if event.version != version + 1:
             raise ImportRefused(f"{where}: expected version {version + 1}")
