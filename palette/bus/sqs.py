@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from contracts.envelope import StoredEvent, bus_event
 from palette.blobs.port import BlobStore
 from palette.bus.port import BusError, Handler
+from palette.projections.runner import ProjectionRunner
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +177,17 @@ class QueueConsumer:
                     VisibilityTimeout=self._retry_visibility,
                 )
         return handled
+
+
+def project_sqs_batch(
+    event: dict[str, Any], context: Any, blobs: BlobStore, runners: Sequence[ProjectionRunner[Any]]
+) -> PartialItemFailureResponse:
+    """`handle_sqs_batch` for a projection Lambda: each record's bus event, as the log
+    stored it, handed to every runner (`ProjectionRunner.handle`)."""
+
+    def project(*, event: dict[str, Any]) -> None:
+        stored = stored_event_from_message(event, blobs)
+        for runner in runners:
+            runner.handle(stored)
+
+    return handle_sqs_batch(event, context, project)

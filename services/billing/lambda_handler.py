@@ -33,7 +33,11 @@ from contracts.pricing import PricingCatalog
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
-from palette.bus.sqs import handle_sqs_batch, stored_event_from_message
+from palette.bus.sqs import (
+    handle_sqs_batch,
+    project_sqs_batch,
+    stored_event_from_message,
+)
 from palette.guard.aws import AwsGuard
 from palette.idempotency import once_per_event
 from palette.projections.runner import ProjectionRunner
@@ -103,10 +107,6 @@ charge_once = once_per_event(_charge_event)
 (`palette.idempotency`: it saves work on redelivery; the ledger is idempotent per batch anyway)."""
 
 
-def _project_event(event: dict[str, Any]) -> None:
-    cost_view().handle(stored_event_from_message(event, adapters().blobs))
-
-
 @metrics.log_metrics
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
@@ -119,4 +119,4 @@ def consume(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 @tracer.capture_lambda_handler
 def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued bus event to the cost view; failed records are redelivered."""
-    return handle_sqs_batch(event, context, _project_event)
+    return project_sqs_batch(event, context, adapters().blobs, [cost_view()])

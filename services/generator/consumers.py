@@ -8,7 +8,7 @@ is a conditional append, so other processes never run it either):
   held up;
 - a scan at start and every `scan_seconds` for jobs requested but not finished whose lease
   lapsed or was released: this is how a job resumes after a worker crashed (kill -9);
-- `submit(job_id)`.
+- `submit(job_id, owner)`.
 
 A job held by another worker is tried again when that worker's lease would lapse.
 `stop(grace)` is the SIGTERM path: running jobs stop launching calls, flush, release.
@@ -39,7 +39,7 @@ from palette.blobs.port import BlobStore
 from palette.eventstore.port import EventStore
 from palette.guard.contentfilter import ContentFilter
 from services.generator.budget import BudgetGuard
-from services.generator.domain import can_claim
+from services.generator.domain import MAX_JOBS_PER_USER, can_claim
 from services.generator.models.port import ModelGateway
 from services.generator.worker import (
     GenerationWorker,
@@ -51,7 +51,6 @@ from services.generator.worker import (
 log = logging.getLogger(__name__)
 
 SUBSCRIBER_NAME = "generator-workers"
-DEFAULT_MAX_JOBS_PER_USER = 3
 JOB_REQUESTED_PATTERN: dict[str, Any] = {"source": ["palette.jobs"], "detail-type": ["JobRequested"]}
 """The bus pattern `handle` expects (EventBridge syntax)."""
 
@@ -112,7 +111,7 @@ class WorkerPool:
         budget: BudgetGuard | None = None,
         scan_seconds: float = 30.0,
         content_filter: ContentFilter | None = None,
-        max_jobs_per_user: int = DEFAULT_MAX_JOBS_PER_USER,
+        max_jobs_per_user: int = MAX_JOBS_PER_USER,
     ) -> None:
         if max_jobs < 1 or max_jobs_per_user < 1:
             raise ValueError("max_jobs and max_jobs_per_user must be >= 1")
@@ -155,9 +154,9 @@ class WorkerPool:
         """Register `handle` on a bus (LocalBus or anything with the same subscribe)."""
         bus.subscribe(name, JOB_REQUESTED_PATTERN, self.handle)
 
-    def submit(self, job_id: str, owner: str | None = None) -> None:
+    def submit(self, job_id: str, owner: str) -> None:
         """Run the job here when a slot is free for it and its owner (no-op if it already
-        runs or waits here). Without `owner` it is read from the job's stream."""
+        runs or waits here)."""
         if self._loop is None or self._queue is None:
             raise RuntimeError("the worker pool is not started")
         self._loop.call_soon_threadsafe(self._queue.put_nowait, (job_id, owner))
@@ -238,8 +237,6 @@ class WorkerPool:
                 job_id, owner = item
                 if job_id in self._active or any(job_id in jobs for jobs in self._waiting.values()):
                     continue
-                if owner is None:
-                    owner = await asyncio.to_thread(self._owner_of, job_id)
                 self._waiting.setdefault(owner, deque()).append(job_id)
                 self._dispatch()
         finally:
@@ -248,11 +245,6 @@ class WorkerPool:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             await gateway.close()
-
-    def _owner_of(self, job_id: str) -> str:
-        assert self.worker is not None
-        job, _ = self.worker.read_job(job_id)
-        return job.owner if job is not None else ""
 
     def _dispatch(self) -> None:
         """Start waiting jobs while slots are free: each time the owner served longest ago

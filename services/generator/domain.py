@@ -49,6 +49,11 @@ DEFAULT_ERROR_THRESHOLD = 0.5
 Outcome = Literal["stopped", "failed", "exported"]
 
 
+MAX_JOBS_PER_USER = 3
+"""Jobs of one owner running at once, by default (a worker pool's cap; on AWS, the owner
+slots' across every worker task)."""
+
+
 def generation_stream(job_id: str) -> str:
     """The stream this service writes for one job: claims, batches, the end."""
     return f"generation-{job_id}"

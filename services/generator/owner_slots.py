@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from services.generator.domain import MAX_JOBS_PER_USER
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PER_OWNER = 3
 CHANGE_ATTEMPTS = 8
 
 
@@ -27,7 +28,7 @@ class OwnerSlots:
         self,
         dynamodb: Any,
         table: str,
-        per_owner: int = DEFAULT_PER_OWNER,
+        per_owner: int = MAX_JOBS_PER_USER,
         lease_seconds: int = 600,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -84,28 +84,26 @@ def _rows(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath]) -> Ite
                 if isinstance(item, dict):
                     yield project(item, paths)
         elif isinstance(chunk, ColumnarRecords):
-            table = chunk.table.select(_columns_read(chunk.table.column_names, paths, chunk.flat))
+            table = chunk.table  # Parquet: the reader kept only the paths' first keys
+            if chunk.flat:
+                table = table.select(_csv_columns_read(table.column_names, paths))
             if table.num_columns == 0:
-                yield from ({} for _ in range(chunk.table.num_rows))
+                yield from ({} for _ in range(table.num_rows))
                 continue
             for record in table.to_pylist():
                 yield project(_unflatten(record) if chunk.flat else record, paths)
 
 
-def _columns_read(names: Sequence[str], paths: Sequence[FieldPath], flat: bool) -> list[int]:
-    """The indexes of the columns that bear on a value at one of `paths`, so that a wide
-    file's other columns are never turned into Python values (indexes: a name may repeat).
-    A CSV's dotted column names are paths: a column inside a path's value, or one on its
-    way (a cell in "author" decides whether "author.name" can be a field); a Parquet or
-    JSON column is a path's first key."""
-    if flat:
-        keys = [tuple(name.split(".")) for name in names]
-        return [
-            index for index, key in enumerate(keys)
-            if any(key[: len(path)] == path or path[: len(key)] == key for path in paths)
-        ]
-    firsts = {path[0] for path in paths}
-    return [index for index, name in enumerate(names) if name in firsts]
+def _csv_columns_read(names: Sequence[str], paths: Sequence[FieldPath]) -> list[int]:
+    """The indexes of the CSV columns that bear on a value at one of `paths`, so that a
+    wide file's other columns are never turned into Python values (indexes: a name may
+    repeat). Dotted column names are paths: a column inside a path's value, or one on its
+    way (a cell in "author" decides whether "author.name" can be a field)."""
+    keys = [tuple(name.split(".")) for name in names]
+    return [
+        index for index, key in enumerate(keys)
+        if any(key[: len(path)] == path or path[: len(key)] == key for path in paths)
+    ]
 
 
 def _unflatten(record: dict[str, Any]) -> dict[str, Any]:

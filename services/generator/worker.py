@@ -334,20 +334,18 @@ class GenerationWorker:
         except ConcurrencyConflict:
             return RunResult(RunOutcome.HELD, made, reason="another worker claimed the job first")
         log.info("worker %s claimed job %s at record %d", self.worker_id, job_id, made)
+        if job.cancel_requested or job.closed:
+            stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=made)
+            return await self._finish(job_id, [stopped], version, RunOutcome.CANCELLED, made)
+        try:
+            template, rows = await asyncio.to_thread(self._load_inputs, job)
+        except JobFailure as failure:
+            failed = GenerationFailed(job_id=job_id, code=failure.code, reason=failure.reason, records_completed=made)
+            return await self._finish(job_id, [failed], version, RunOutcome.FAILED, made, failure.reason)
+        # the budget guard reads the job's spend only for a run that will make calls
         await asyncio.to_thread(self.budget.begin, job_id)
         try:
-            if job.cancel_requested or job.closed:
-                stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=made)
-                return await self._finish(job_id, [stopped], version, RunOutcome.CANCELLED, made)
-            try:
-                template, rows = await asyncio.to_thread(self._load_inputs, job)
-            except JobFailure as failure:
-                failed = GenerationFailed(
-                    job_id=job_id, code=failure.code, reason=failure.reason, records_completed=made
-                )
-                return await self._finish(job_id, [failed], version, RunOutcome.FAILED, made, failure.reason)
-            run = _JobRun(self, job, template, rows, state, version, job_version, stop)
-            return await run.run()
+            return await _JobRun(self, job, template, rows, state, version, job_version, stop).run()
         finally:
             self.budget.end(job_id)
 

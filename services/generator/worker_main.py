@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 import threading
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -195,8 +196,8 @@ class JobQueueWorker:
         self._blobs = blobs
         self.options = options
         self._slots = slots
-        self.waiting_owners: list[str] = []
-        """Owners whose job went back to the queue because they ran their most jobs."""
+        self.waiting_owners: deque[str] = deque(maxlen=100)
+        """The last owners whose job went back to the queue because they ran their most jobs."""
         self._running: dict[str, asyncio.Task[RunResult]] = {}
         self.results: dict[str, RunResult] = {}
         self.refused: list[str] = []
@@ -319,10 +320,11 @@ def owner_slots_from_env(settings: AwsSettings, env: dict[str, str] | None = Non
         return None
     import boto3
 
-    from services.generator.owner_slots import DEFAULT_PER_OWNER, OwnerSlots
+    from services.generator.domain import MAX_JOBS_PER_USER
+    from services.generator.owner_slots import OwnerSlots
 
     dynamodb = boto3.client("dynamodb", endpoint_url=settings.endpoint_url)
-    return OwnerSlots(dynamodb, table, int(env.get(MAX_JOBS_PER_USER_ENV, DEFAULT_PER_OWNER)))
+    return OwnerSlots(dynamodb, table, int(env.get(MAX_JOBS_PER_USER_ENV, MAX_JOBS_PER_USER)))
 
 
 async def _run_queue(options: WorkerOptions, queue: QueueOptions, worker_id: str | None) -> int:

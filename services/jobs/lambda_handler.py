@@ -28,7 +28,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
-from palette.bus.sqs import handle_sqs_batch, stored_event_from_message
+from palette.bus.sqs import (
+    handle_sqs_batch,
+    project_sqs_batch,
+    stored_event_from_message,
+)
 from palette.guard.aws import AwsGuard
 from palette.idempotency import once_per_event
 from palette.projections.runner import ProjectionRunner
@@ -99,12 +103,6 @@ react_once = once_per_event(_react_to_event)
 (`palette.idempotency`: it saves work on redelivery; the appends are idempotent anyway)."""
 
 
-def _project_event(event: dict[str, Any]) -> None:
-    stored = stored_event_from_message(event, adapters().blobs)
-    for runner in projection_runners():
-        runner.handle(stored)
-
-
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def react(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -118,4 +116,4 @@ def react(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued bus event to the job list and the dashboard; failed records are
     returned for redelivery (`batchItemFailures`)."""
-    return handle_sqs_batch(event, context, _project_event)
+    return project_sqs_batch(event, context, adapters().blobs, projection_runners())

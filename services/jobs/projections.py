@@ -165,42 +165,6 @@ class JobListView:
 # -- the dashboard -----------------------------------------------------------------------
 
 
-class JobDashboard(DocumentProjection):
-    """One document per job: progress, tokens, timing, files and the cost/budget block."""
-
-    name: ClassVar[str] = "jobs_dashboard"
-    detail_types: ClassVar[tuple[str, ...]] = _JOB_EVENTS + tuple(
-        cls.detail_type()
-        for cls in (
-            GenerationClaimed, BatchGenerated, BatchFailed, DatasetExported,
-            CostRecorded, BudgetWarning, BudgetExceeded, GenerationModelFailed,
-        )
-    )
-    track_streams: ClassVar[bool] = True
-    keyed_by_stream: ClassVar[bool] = True
-    event_view: ClassVar[Literal["envelope", "decoded"]] = "decoded"
-    """It applies nearly every event of the log: it decodes only the detail (a DecodedEvent: no envelope built)."""
-
-    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
-        detail, time = detail_and_time(event)
-        job_id: str = detail.job_id  # type: ignore[attr-defined]
-        body = docs.get(DASHBOARDS, job_id) or empty_dashboard(job_id)
-        if body.get("deleted"):
-            return
-        kind = type(detail)  # the event classes are final: `is` rather than isinstance
-        if kind is JobDeleted:
-            docs.put(Document(DASHBOARDS, job_id, {"job_id": job_id, "owner": body["owner"], "deleted": True}))
-            return
-        _MERGES[kind](body, detail, time)
-        docs.put(Document(DASHBOARDS, job_id, body))
-
-    def finish(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Amounts become text: once per commit."""
-        if not body.get("deleted"):
-            _amounts_as_text(body)
-        return body
-
-
 def empty_dashboard(job_id: str) -> dict[str, Any]:
     """A dashboard before anything happened: zeros, so readers never meet a missing field."""
     return {
@@ -335,6 +299,36 @@ _MERGES: dict[type, Any] = {
     BudgetExceeded: _merge_budget,
 }
 """How each event the dashboard reads merges into its document (JobDeleted aside)."""
+
+
+class JobDashboard(DocumentProjection):
+    """One document per job: progress, tokens, timing, files and the cost/budget block."""
+
+    name: ClassVar[str] = "jobs_dashboard"
+    detail_types: ClassVar[tuple[str, ...]] = tuple(kind.detail_type() for kind in (*_MERGES, JobDeleted))
+    track_streams: ClassVar[bool] = True
+    keyed_by_stream: ClassVar[bool] = True
+    event_view: ClassVar[Literal["envelope", "decoded"]] = "decoded"
+    """It applies nearly every event of the log: it decodes only the detail (a DecodedEvent: no envelope built)."""
+
+    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
+        detail, time = detail_and_time(event)
+        job_id: str = detail.job_id  # type: ignore[attr-defined]
+        body = docs.get(DASHBOARDS, job_id) or empty_dashboard(job_id)
+        if body.get("deleted"):
+            return
+        kind = type(detail)  # the event classes are final: `is` rather than isinstance
+        if kind is JobDeleted:
+            docs.put(Document(DASHBOARDS, job_id, {"job_id": job_id, "owner": body["owner"], "deleted": True}))
+            return
+        _MERGES[kind](body, detail, time)
+        docs.put(Document(DASHBOARDS, job_id, body))
+
+    def finish(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Amounts become text: once per commit."""
+        if not body.get("deleted"):
+            _amounts_as_text(body)
+        return body
 
 
 def _model_progress(body: dict[str, Any], model: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
-from palette.bus.sqs import handle_sqs_batch, stored_event_from_message
+from palette.bus.sqs import project_sqs_batch
 from palette.guard.aws import AwsGuard
 from palette.projections.runner import ProjectionRunner
 from services.templates.api import create_router
@@ -100,15 +100,9 @@ def _created_a_template(event: dict[str, Any], response: dict[str, Any]) -> bool
     return method == "POST" and event.get("rawPath") == "/templates" and response.get("statusCode") == 201
 
 
-def _project_event(event: dict[str, Any]) -> None:
-    stored = stored_event_from_message(event, adapters().blobs)
-    for runner in projection_runners():
-        runner.handle(stored)
-
-
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Applies each queued bus event to the projections; failed records are returned for
     redelivery (`batchItemFailures`)."""
-    return handle_sqs_batch(event, context, _project_event)
+    return project_sqs_batch(event, context, adapters().blobs, projection_runners())

@@ -33,11 +33,9 @@ def adapters(tmp_path: Path) -> Iterator[Adapters]:
     built.close()
 
 
-def run_pool(
-    adapters: Adapters, jobs: list[str], owners: dict[str, str], tell_owner: bool = True, **settings: int
-) -> None:
-    """Submit `jobs` in order to one pool (with their owners, as the bus handler does, or
-    for the pool to read) and wait until all of them ended."""
+def run_pool(adapters: Adapters, jobs: list[str], owners: dict[str, str], **settings: int) -> None:
+    """Submit `jobs` in order to one pool (with their owners, as the bus handler does) and
+    wait until all of them ended."""
     with FakeOpenAIServer(latency_s=0.02) as server:
         pool = WorkerPool(
             adapters.events, adapters.blobs,
@@ -48,7 +46,7 @@ def run_pool(
         pool.start(scan=False)
         try:
             for job_id in jobs:
-                pool.submit(job_id, owners[job_id] if tell_owner else None)
+                pool.submit(job_id, owners[job_id])
             for job_id in jobs:
                 result = pool.wait_for(job_id, timeout=60)
                 assert result is not None and result.outcome is RunOutcome.COMPLETED, result
@@ -111,23 +109,16 @@ def test_the_cap_is_configurable(adapters: Adapters) -> None:
     jobs = [request_job(adapters, 8, steps=(QUESTION,), owner="carol") for _ in range(3)]
     owners = dict.fromkeys(jobs, "carol")
 
-    run_pool(adapters, jobs, owners, tell_owner=False, max_jobs=5, max_jobs_per_user=1)
+    run_pool(adapters, jobs, owners, max_jobs=5, max_jobs_per_user=1)
 
     claimed, most = claims_and_most_running(adapters, owners)
     assert most["carol"] == 1 and claimed == jobs
 
 
-def test_a_job_another_worker_holds_runs_here_once_its_lease_lapses(
-    adapters: Adapters, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_job_another_worker_holds_runs_here_once_its_lease_lapses(adapters: Adapters) -> None:
     job = request_job(adapters, 6, steps=(QUESTION,), owner="dana")
     claim = GenerationClaimed(job_id=job, worker_id="worker-elsewhere", lease_seconds=1, resumed_from_record=0)
     adapters.events.append(f"generation-{job}", [NewEvent(claim)], 0)
-
-    def no_reading(pool: WorkerPool, job_id: str) -> str:
-        raise AssertionError("the pool knew the owner and read it again")
-
-    monkeypatch.setattr(WorkerPool, "_owner_of", no_reading)
     run_pool(adapters, [job], {job: "dana"})
 
     claimed, _ = claims_and_most_running(adapters, {job: "dana"})
