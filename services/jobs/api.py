@@ -26,9 +26,10 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
 from contracts.events.jobs import OutputFormat
+from contracts.identifiers import MAX_ID_CHARS, MAX_MODEL_ID_CHARS, id_problem, model_problem
 from palette.api.app import caller, logger
 from palette.api.errors import Conflict, NotFound, ValidationFailed, openapi_responses
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
@@ -61,7 +62,6 @@ from services.jobs.projections import (
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 MAX_MODEL_PARAMETERS_BYTES = 16 * 1024
-_ID = Field(min_length=1, max_length=128)
 
 # -- the API's contract ----------------------------------------------------------------
 
@@ -84,6 +84,24 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
+def _server_id(value: str) -> str:
+    """An id the server made (template, seed): refused before it is looked up."""
+    if problem := id_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+def _model_name(value: str) -> str:
+    if problem := model_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+ServerId = Annotated[StrictStr, AfterValidator(_server_id), Field(description=f"1 to {MAX_ID_CHARS} of A-Z a-z 0-9 _ - . :")]
+ModelName = Annotated[
+    StrictStr, AfterValidator(_model_name),
+    Field(description=f"`provider/model-id`, at most {MAX_MODEL_ID_CHARS} characters of A-Z a-z 0-9 . _ - : @ + /"),
+]
 OutputFormats = Annotated[list[OutputFormat], BeforeValidator(_formats), Field(min_length=1, max_length=3)]
 BudgetLimit = Annotated[
     Decimal,
@@ -97,9 +115,9 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    template_id: StrictStr = _ID
+    template_id: ServerId
     template_version: StrictInt | None = Field(default=None, ge=1, description="pinned; latest when omitted")
-    seed_id: StrictStr = _ID
+    seed_id: ServerId
     num_records: StrictInt = Field(ge=1, le=MAX_RECORDS, description="a JSON integer, 1..1,000,000")
     budget_limit: BudgetLimit
     output_format: OutputFormats = Field(
@@ -111,7 +129,7 @@ class JobRequest(BaseModel):
         default=None, pattern=PARTITION_STRATEGY.pattern,
         description="'date', 'model' (fan-out) or 'field:<dotted seed path>'",
     )
-    models: list[StrictStr] | None = Field(
+    models: list[ModelName] | None = Field(
         default=None, min_length=1, max_length=MAX_MODELS,
         description="fan-out: 1 to 5 `provider/model-id`, each replacing every step's model and making "
         "num_records records of its own",

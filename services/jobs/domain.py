@@ -49,12 +49,12 @@ from contracts.events.templates import (
     TemplateDeleted,
     TemplateVersionPublished,
 )
+from contracts.identifiers import PROVIDERS, id_problem, model_problem
 
 MAX_RECORDS = 1_000_000
 MAX_BUDGET = Decimal(1000)
 BUDGET_DECIMAL_PLACES = 6
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
-PROVIDERS = frozenset({"local", "openai", "bedrock"})
 PARTITION_STRATEGY = re.compile(r"^(date|model|field:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)$")
 MAX_MODELS = MAX_FANOUT_MODELS
 OUTPUT_FILTERS: tuple[OutputFilter, ...] = ("drop", "flag")
@@ -129,6 +129,9 @@ def check_input(job_input: JobInput) -> None:
     The API checks the same bounds in its request model; this keeps every other caller
     (CLI, demo, tests) to them too.
     """
+    for name in ("template_id", "seed_id"):
+        if problem := id_problem(getattr(job_input, name), name):
+            raise InvalidJobInput(name, problem)
     records = job_input.num_records
     if isinstance(records, bool) or not isinstance(records, int) or not 1 <= records <= MAX_RECORDS:
         raise InvalidJobInput("num_records", f"num_records must be an integer from 1 to {MAX_RECORDS:,}")
@@ -165,8 +168,8 @@ def check_input(job_input: JobInput) -> None:
 
 
 def _check_models(models: tuple[str, ...]) -> None:
-    """Fan-out models: 1 to MAX_MODELS distinct `provider/model-id` of a known provider
-    (an empty tuple means the template's own models)."""
+    """Fan-out models: 1 to MAX_MODELS distinct `provider/model-id` of a known provider, by
+    the rule of `contracts.identifiers` (an empty tuple means the template's own models)."""
     if not models:
         return
     if len(models) > MAX_MODELS:
@@ -174,12 +177,8 @@ def _check_models(models: tuple[str, ...]) -> None:
     if len(set(models)) != len(models):
         raise InvalidJobInput("models", "models lists a model twice")
     for model in models:
-        provider, slash, model_id = model.partition("/") if isinstance(model, str) else ("", "", "")
-        if not slash or provider not in PROVIDERS or not model_id.strip():
-            raise InvalidJobInput(
-                "models",
-                f"model {model!r} is not provider/model-id with a provider of {', '.join(sorted(PROVIDERS))}",
-            )
+        if problem := model_problem(model):
+            raise InvalidJobInput("models", problem)
 
 
 # -- commands ----------------------------------------------------------------------------

@@ -382,6 +382,17 @@ def test_an_explicit_template_version_is_pinned(local: Facade) -> None:
         ({"priority": "high"}, "priority"),
         ({"model_parameters": ["temperature"]}, "model_parameters"),
         ({"colour": "red"}, "colour"),
+        ({"models": ["openai/" + "x" * 10_000]}, "models"),
+        ({"models": ["openai/model a"]}, "models"),
+        ({"models": ["openai/../x"]}, "models"),
+        ({"models": ["openai/x\u0000y"]}, "models"),
+        ({"models": ["openai/x\ny"]}, "models"),
+        ({"template_id": "tpl_\u0000x"}, "template_id"),
+        ({"template_id": ".."}, "template_id"),
+        ({"template_id": "a/b"}, "template_id"),
+        ({"seed_id": "x" * 129}, "seed_id"),
+        ({"seed_id": "seed\u007f"}, "seed_id"),
+        ({"seed_id": " padded"}, "seed_id"),
     ],
 )
 def test_bad_input_answers_400_naming_the_field(local: Facade, changes: dict[str, Any], field: str) -> None:
