@@ -32,6 +32,7 @@ from contracts.events.jobs import (
     JobStarted,
     OutputFormat,
 )
+from contracts.events.operations import ProjectionFailed
 from contracts.events.seeds import (
     SeedDataUploaded,
     SeedDataValidated,
@@ -76,6 +77,7 @@ ALL_EVENTS: tuple[type[DomainEvent], ...] = (
     GenerationModelFailed,
     PromptEnhanced,
     PromptEnhancementCharged,
+    ProjectionFailed,
 )
 
 __all__ = [cls.__name__ for cls in ALL_EVENTS] + [

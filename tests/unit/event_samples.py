@@ -32,6 +32,7 @@ from contracts.events import (
     JobStarted,
     OutputFormat,
     PromptEnhanced,
+    ProjectionFailed,
     PromptEnhancementCharged,
     SeedDataUploaded,
     SeedDataValidated,
@@ -147,6 +148,11 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         owner="alice", enhancement_id="enh_1", catalog_version="2026-11-01", model_tokens=Decimal("0.0001"),
         compute=Decimal("0"), storage=Decimal("0"), total=Decimal("0.0001"),
         per_model={"local/gemma-3-270m": Decimal("0.0001")},
+    ),
+    ProjectionFailed: ProjectionFailed(
+        projection="templates_catalog", event_id="01a23b75-4b35-7237-a06b-b7e7b4698a02",
+        stream_id="template-tpl_1", version=1, position=2, event_type="TemplateCreated",
+        error="InvalidDocument: index1 of template/tpl_1: a non-empty partition, no NUL in partition or sort",
     ),
 }
 
