@@ -377,7 +377,8 @@ def _leaf_type(values: list[Any]) -> pa.DataType | None:
 
 
 def _read_json_array(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
-    """Elements of a top-level array, decoded one at a time over a sliding text buffer."""
+    """Elements of a top-level array, decoded one at a time over a sliding text buffer; a
+    file holding one object is one record (element 1)."""
     elements = _JsonArrayElements(stream)
     items: list[tuple[int, dict[str, Any] | str]] = []
     for index, value in elements:
@@ -396,16 +397,21 @@ class _JsonArrayElements:
     _pos: int = 0
     _eof: bool = False
     _bytes_read: int = 0
-    _decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")())
+    _utf8: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")())
+    _decoder: json.JSONDecoder = field(default_factory=json.JSONDecoder)
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         head = _text_start(self.stream)
         self._feed(head)
-        decoder = json.JSONDecoder()
+        if self._peek() == "{":
+            yield 1, self._next_value(1)
+            if self._peek():
+                raise SeedFileError("unexpected data after the top-level object")
+            return
         if self._peek() != "[":
             found = self._peek()
             raise SeedFileError(
-                "top-level JSON value is not an array of objects"
+                "top-level JSON value is not an array of objects or one object"
                 + (f" (starts with {found!r})" if found else "")
             )
         self._pos += 1
@@ -424,21 +430,24 @@ class _JsonArrayElements:
                     raise SeedFileError(f"expected ',' or ']' after element {index}, found {char!r}")
                 self._pos += 1
                 self._peek()
-            while True:
-                try:
-                    value, end = decoder.raw_decode(self._buffer, self._pos)
-                except json.JSONDecodeError as err:
-                    if self._may_be_cut(err) and self._can_grow():
-                        continue
-                    raise SeedFileError(f"invalid JSON in element {index + 1}: {err.msg}") from None
-                except RecursionError:
-                    raise SeedFileError(f"element {index + 1} is nested too deeply") from None
-                if end == len(self._buffer) and self._can_grow():
-                    continue
-                break
-            self._pos = end
             index += 1
-            yield index, value
+            yield index, self._next_value(index)
+
+    def _next_value(self, index: int) -> Any:
+        """The JSON value starting at the buffer's position, reading more until it is whole."""
+        while True:
+            try:
+                value, end = self._decoder.raw_decode(self._buffer, self._pos)
+            except json.JSONDecodeError as err:
+                if self._may_be_cut(err) and self._can_grow():
+                    continue
+                raise SeedFileError(f"invalid JSON in element {index}: {err.msg}") from None
+            except RecursionError:
+                raise SeedFileError(f"element {index} is nested too deeply") from None
+            if end == len(self._buffer) and self._can_grow():
+                continue
+            self._pos = end
+            return value
 
     def _may_be_cut(self, err: json.JSONDecodeError) -> bool:
         """Whether the error may only mean the element continues past the buffered text."""
@@ -467,7 +476,7 @@ class _JsonArrayElements:
 
     def _feed(self, data: bytes, final: bool = False) -> None:
         try:
-            text = self._decoder.decode(data, final)
+            text = self._utf8.decode(data, final)
         except UnicodeDecodeError as err:
             raise SeedFileError(f"not valid UTF-8 (byte 0x{data[err.start]:02x} at offset {self._bytes_read + err.start})") from None
         self._bytes_read += len(data)

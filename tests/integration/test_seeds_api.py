@@ -300,7 +300,7 @@ def test_a_valid_seed_is_valid(facade: LocalFacade) -> None:
     [
         ("empty.jsonl", b"", "empty file"),
         ("broken.json", b'[{"topic": "a"}, {"topic": ', "invalid JSON in element 2"),
-        ("object.json", b'{"topic": "a"}', "not an array of objects"),
+        ("text.json", b'"a"', "not an array of objects or one object"),
         ("utf16.jsonl", json.dumps(GOOD).encode("utf-16"), "UTF-16"),
         ("fake.parquet", b"this is not parquet", "not a readable Parquet file"),
     ],
@@ -316,6 +316,17 @@ def test_unreadable_files_are_reported_not_crashing(
     assert reply.status == 200, reply.body
     assert reply.body["valid"] is False
     assert error in reply.body["file_error"]
+
+
+def test_a_json_file_holding_one_object_is_one_valid_record(facade: LocalFacade) -> None:
+    template_id = add_template(facade.adapters.events, "alice")
+    seed_id = facade.upload("sample.json", json.dumps(GOOD, indent=2).encode())
+
+    reply = facade.validate(seed_id, template_id)
+
+    assert reply.status == 200, reply.body
+    assert (reply.body["valid"], reply.body["record_count"], reply.body["position_unit"]) == (True, 1, "element")
+    assert facade.call("GET", f"/seed-data/{seed_id}").body["record_count"] == 1
 
 
 def test_validate_uses_the_requested_template_version(facade: LocalFacade) -> None:

@@ -156,10 +156,18 @@ def test_json_array_streams_across_small_reads(monkeypatch: pytest.MonkeyPatch) 
     assert report.valid and report.record_count == 50
 
 
+def test_a_json_file_holding_one_object_is_one_record() -> None:
+    report = validate(json.dumps(GOOD, indent=2).encode(), "JSON")
+    assert (report.valid, report.record_count, report.file_error) == (True, 1, None)
+    report = validate(b'  {"topic": "t"}\n', "JSON")
+    assert report.record_count == 1 and [(e.position, e.missing) for e in report.examples] == [(1, ["author.name"])]
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b'{"a": 1}', "not an array"),
+        (b'"a"', "not an array of objects or one object"),
+        (b'{"a": 1} {"a": 2}', "after the top-level object"),
         (b"[" + json.dumps(GOOD).encode() + b", {bad}]", "invalid JSON in element 2"),
         (b"[" + json.dumps(GOOD).encode(), "ends inside the top-level array"),
         (b"[] []", "after the top-level array"),
