@@ -13,6 +13,7 @@ from contracts.events.generator import (
     DatasetExported,
     ExportedFile,
     GenerationClaimed,
+    GenerationCrashed,
     GenerationFailed,
     GenerationLeaseRenewed,
     GenerationModelFailed,
@@ -78,6 +79,7 @@ ALL_EVENTS: tuple[type[DomainEvent], ...] = (
     PromptEnhanced,
     PromptEnhancementCharged,
     ProjectionFailed,
+    GenerationCrashed,
 )
 
 __all__ = [cls.__name__ for cls in ALL_EVENTS] + [

@@ -59,6 +59,17 @@ class GenerationReleased(_GenerationEvent):
     records_completed: int = Field(ge=0)
 
 
+class GenerationCrashed(_GenerationEvent):
+    """The worker's run of the job ended in an unexpected error (a bug, a store refusing a
+    write), not a decision about the job. The claim is released, so a worker may try again
+    at once; a job whose runs crash MAX_WORKER_CRASHES times (counted on this stream, so
+    across processes) fails with code WORKER_CRASHED instead of looping."""
+
+    worker_id: str
+    error: str = Field(max_length=2000)
+    records_completed: int = Field(ge=0)
+
+
 class GenerationStopped(_GenerationEvent):
     """Generation ended before num_records: the job was cancelled or its budget ran out."""
 

@@ -10,7 +10,11 @@ is a conditional append, so other processes never run it either):
   lapsed or was released: this is how a job resumes after a worker crashed (kill -9);
 - `submit(job_id, owner)`.
 
-A job held by another worker is tried again when that worker's lease would lapse.
+A job held by another worker is tried again when that worker's lease would lapse. A run
+that raises is recorded (`after_crash`): GenerationCrashed releases the claim and the job
+is tried again at once, until its MAX_WORKER_CRASHES-th crash fails it (WORKER_CRASHED); a
+cancelled job stops instead. The count lives on the generation stream, so it holds across
+processes and restarts.
 `stop(grace)` is the SIGTERM path: running jobs stop launching calls, flush, release.
 
 Scheduling is fair across users: at most `max_jobs` jobs run at once and at most
@@ -34,12 +38,13 @@ from typing import Any
 
 from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
+from contracts.events.generator import GenerationCrashed
 from contracts.events.jobs import JobRequested
 from palette.blobs.port import BlobStore
-from palette.eventstore.port import EventStore
+from palette.eventstore.port import ConcurrencyConflict, EventStore
 from palette.guard.contentfilter import ContentFilter
 from services.generator.budget import BudgetGuard
-from services.generator.domain import MAX_JOBS_PER_USER, can_claim
+from services.generator.domain import MAX_JOBS_PER_USER, after_crash, can_claim
 from services.generator.models.port import ModelGateway
 from services.generator.worker import (
     GenerationWorker,
@@ -88,6 +93,27 @@ def claimable_jobs(
             continue
         found.append((job_id, job.owner))
     return found
+
+
+def record_crash(worker: GenerationWorker, job_id: str, error: Exception) -> bool:
+    """Record that `worker`'s run of the job raised `error` (see `after_crash`); whether the
+    job may run again now. When nothing can be recorded (the run never held the job, or the
+    store refuses), the job resumes when its lease lapses, as after kill -9."""
+    try:
+        state = worker.read_generation(job_id)
+        job, _ = worker.read_job(job_id)
+        cancelled = job is not None and (job.cancel_requested or job.closed)
+        events = after_crash(state, worker.worker_id, f"{type(error).__name__}: {error}", cancelled)
+        if events:
+            worker.append(job_id, events, state.version)
+    except ConcurrencyConflict:
+        return False
+    except Exception:
+        log.exception("could not record the crash of job %s; it resumes when its lease lapses", job_id)
+        return False
+    if events:
+        log.warning("job %s: the crash is recorded as %s", job_id, events[-1].detail_type())
+    return len(events) == 1 and isinstance(events[0], GenerationCrashed)
 
 
 class WorkerPool:
@@ -271,11 +297,13 @@ class WorkerPool:
         worker = self.worker
         assert worker is not None
         result: RunResult | None = None
+        retry = False
         try:
             if not self._stop.is_set():
                 result = await worker.run_job(job_id, self._stop)
-        except Exception:
-            log.exception("generation of job %s crashed; it resumes when its lease lapses", job_id)
+        except Exception as error:
+            log.exception("generation of job %s crashed", job_id)
+            retry = await asyncio.to_thread(record_crash, worker, job_id, error)
         finally:
             self._active.discard(job_id)
             self._running_by_owner[owner] -= 1
@@ -286,7 +314,9 @@ class WorkerPool:
                     self.results[job_id] = result
                     self._finished.notify_all()
             self._dispatch()
-        if result is not None and result.outcome is RunOutcome.HELD and result.retry_at is not None:
+        if retry:
+            self._resubmit(job_id, owner)
+        elif result is not None and result.outcome is RunOutcome.HELD and result.retry_at is not None:
             delay = max(0.0, (result.retry_at - datetime.now(UTC)).total_seconds()) + 0.5
             asyncio.get_running_loop().call_later(delay, self._resubmit, job_id, owner)
 

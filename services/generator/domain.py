@@ -21,6 +21,7 @@ from contracts.events.generator import (
     BatchGenerated,
     DatasetExported,
     GenerationClaimed,
+    GenerationCrashed,
     GenerationFailed,
     GenerationModelFailed,
     GenerationReleased,
@@ -48,6 +49,10 @@ DEFAULT_ERROR_THRESHOLD = 0.5
 
 Outcome = Literal["stopped", "failed", "exported"]
 
+
+MAX_WORKER_CRASHES = 3
+"""Runs of one job that may end in an unexpected error before the job fails (WORKER_CRASHED)."""
+WORKER_CRASHED = "WORKER_CRASHED"
 
 MAX_JOBS_PER_USER = 3
 """Jobs of one owner running at once, by default (a worker pool's cap; on AWS, the owner
@@ -104,7 +109,8 @@ class GenerationState:
     `lease_seconds` after it. `outcome` is set once the generation ended for good.
     A fan-out job's batches name their model; `next_record` and `failures` count the
     batches without one, `lanes` the others per model, and `failed_models` holds the
-    models that stopped for good (model -> failure code).
+    models that stopped for good (model -> failure code). `crashes` counts the runs that
+    ended in an unexpected error (GenerationCrashed).
     """
 
     job_id: str = ""
@@ -117,6 +123,7 @@ class GenerationState:
     outcome: Outcome | None = None
     lanes: Mapping[str, int] = field(default_factory=dict)
     failed_models: Mapping[str, str] = field(default_factory=dict)
+    crashes: int = 0
 
     @property
     def finished(self) -> bool:
@@ -159,6 +166,9 @@ def evolve(state: GenerationState, event: DomainEvent, recorded_at: datetime) ->
         )
     if isinstance(event, GenerationReleased) and state.claim is not None:
         return replace(state, claim=replace(state.claim, released=True))
+    if isinstance(event, GenerationCrashed):
+        claim = replace(state.claim, released=True) if state.claim is not None else None
+        return replace(state, claim=claim, crashes=state.crashes + 1)
     if isinstance(event, BatchGenerated):
         batch = BatchRange(
             event.batch_number, event.first_record, event.last_record, event.blob_key,
@@ -211,6 +221,30 @@ def can_claim(state: GenerationState, now: datetime) -> bool:
         return False
     expires = lease_expires_at(state)
     return expires is None or expires < now
+
+
+def after_crash(
+    state: GenerationState, worker_id: str, error: str, cancel_requested: bool
+) -> list[DomainEvent]:
+    """What the log records when `worker_id`'s run of the job raised `error`.
+
+    Nothing when the run no longer held the job (it ended, or another worker took over).
+    A cancelled job stops (a job no worker can run still reaches CANCELLED); otherwise the
+    crash is counted and the claim released, and the MAX_WORKER_CRASHES-th crash fails the
+    job with WORKER_CRASHED and the error, so a job that always crashes cannot loop.
+    """
+    claim = state.claim
+    if state.finished or claim is None or claim.released or claim.worker_id != worker_id:
+        return []
+    made = state.records_made
+    if cancel_requested:
+        return [GenerationStopped(job_id=state.job_id, reason="cancelled", records_completed=made)]
+    error = error[:2000]
+    crashed = GenerationCrashed(job_id=state.job_id, worker_id=worker_id, error=error, records_completed=made)
+    if state.crashes + 1 < MAX_WORKER_CRASHES:
+        return [crashed]
+    reason = f"the job's run crashed the worker {MAX_WORKER_CRASHES} times; last error: {error}"
+    return [crashed, GenerationFailed(job_id=state.job_id, code=WORKER_CRASHED, reason=reason, records_completed=made)]
 
 
 # -- what the generator reads from other services' streams -------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,14 +14,20 @@ from contracts.catalog import CATALOG
 from contracts.events.generator import (
     DatasetExported,
     GenerationClaimed,
+    GenerationCrashed,
     GenerationFailed,
     GenerationStopped,
 )
 from palette.adapters import Adapters, local_adapters
+from palette.blobs.port import BlobStore
+from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
 from services.generator.consumers import WorkerPool
 from services.generator.models.openai import OpenAICompatibleGateway
 from services.generator.worker import RunOutcome, WorkerOptions
+from services.jobs.consumers import subscriptions
+from services.jobs.domain import JobStatus
+from services.jobs.handlers import JobHandlers
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.test_generator import FAST_RETRIES, QUESTION, request_job
 
@@ -123,3 +131,102 @@ def test_a_job_another_worker_holds_runs_here_once_its_lease_lapses(adapters: Ad
 
     claimed, _ = claims_and_most_running(adapters, {job: "dana"})
     assert claimed == [job, job], "held first, then claimed here when the lease lapsed"
+
+
+# -- runs that crash the worker ------------------------------------------------------------
+
+
+class PartsRefusingBlobs:
+    """The blob store, except that storing a batch part raises: every run of a job crashes
+    its worker at its first batch. `before_crash` runs first (say, a user's DELETE)."""
+
+    def __init__(self, blobs: BlobStore, before_crash: Callable[[], None] = lambda: None) -> None:
+        self._blobs = blobs
+        self._before_crash = before_crash
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
+        if "/parts/" in key:
+            self._before_crash()
+            raise RuntimeError("disk on fire")
+        return self._blobs.put_bytes(key, data, content_type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._blobs, name)
+
+
+def run_pool_until_the_job_ends(adapters: Adapters, blobs: Any, job_id: str, owner: str) -> list[Any]:
+    """Run the job in a pool over `blobs` until its generation stream records an ending;
+    the stream's events."""
+    with FakeOpenAIServer(latency_s=0.01) as server:
+        pool = WorkerPool(
+            adapters.events, blobs,
+            lambda: OpenAICompatibleGateway(base_url=server.base_url, api_key="test"),
+            concurrency=2, options=WorkerOptions(**FAST_RETRIES),  # type: ignore[arg-type]
+        )
+        pool.start(scan=False)
+        try:
+            pool.submit(job_id, owner)
+            deadline = time.monotonic() + 60
+            while not ENDINGS & {s.detail_type for s in adapters.events.read_stream(f"generation-{job_id}")}:
+                assert time.monotonic() < deadline, "the job never ended"
+                time.sleep(0.05)
+        finally:
+            pool.stop(grace=5)
+    return [CATALOG.decode(s.detail_type, s.schema_version, s.detail)
+            for s in adapters.events.read_stream(f"generation-{job_id}")]
+
+
+def test_a_job_whose_runs_crash_the_worker_fails_at_the_third_crash_with_the_error(adapters: Adapters) -> None:
+    job = request_job(adapters, 5, steps=(QUESTION,), owner="erin")
+    # a first crash, recorded by a worker in another process: the count lives in the log
+    elsewhere = [
+        GenerationClaimed(job_id=job, worker_id="worker-elsewhere", lease_seconds=60, resumed_from_record=0),
+        GenerationCrashed(job_id=job, worker_id="worker-elsewhere", error="RuntimeError: boom", records_completed=0),
+    ]
+    adapters.events.append(f"generation-{job}", [NewEvent(e) for e in elsewhere], 0)
+
+    recorded = run_pool_until_the_job_ends(adapters, PartsRefusingBlobs(adapters.blobs), job, "erin")
+
+    kinds = [type(e).__name__ for e in recorded]
+    assert kinds == [
+        "GenerationClaimed", "GenerationCrashed",
+        "GenerationClaimed", "GenerationCrashed",
+        "GenerationClaimed", "GenerationCrashed", "GenerationFailed",
+    ]
+    failed = recorded[-1]
+    assert failed.code == "WORKER_CRASHED"
+    assert "RuntimeError: disk on fire" in failed.reason and "3 times" in failed.reason
+    assert recorded[-2].error == "RuntimeError: disk on fire"
+
+    jobs = JobHandlers(adapters.events, adapters.blobs)
+    deliver_to_the_jobs_service(adapters, jobs)
+    state = jobs.job("erin", job).state
+    assert (state.status, state.failure_code) == (JobStatus.FAILED, "WORKER_CRASHED")
+    assert "disk on fire" in (state.failure_reason or "")
+
+
+def deliver_to_the_jobs_service(adapters: Adapters, jobs: JobHandlers) -> None:
+    """What the local bus hands the jobs service so far (GenerationClaimed -> JobStarted, ...)."""
+    assert adapters.data_dir is not None
+    bus = LocalBus(adapters.events, adapters.data_dir / "jobs-bus.db")
+    for name, pattern, reaction in subscriptions(jobs):
+        bus.subscribe(name, pattern, reaction)
+    bus.run_once()
+    bus.close()
+
+
+def test_cancelling_a_running_job_whose_runs_crash_the_worker_ends_it_cancelled(adapters: Adapters) -> None:
+    job = request_job(adapters, 5, steps=(QUESTION,), owner="fay")
+    jobs = JobHandlers(adapters.events, adapters.blobs)
+
+    def user_deletes_the_running_job() -> None:
+        deliver_to_the_jobs_service(adapters, jobs)
+        assert jobs.delete("fay", job).state.cancel_requested
+
+    blobs = PartsRefusingBlobs(adapters.blobs, before_crash=user_deletes_the_running_job)
+    recorded = run_pool_until_the_job_ends(adapters, blobs, job, "fay")
+
+    assert [type(e).__name__ for e in recorded] == ["GenerationClaimed", "GenerationStopped"]
+    assert recorded[-1].reason == "cancelled"
+    deliver_to_the_jobs_service(adapters, jobs)
+    assert jobs.job("fay", job).state.status is JobStatus.CANCELLED

@@ -17,6 +17,7 @@ from contracts.events import (
     DomainEvent,
     ExportedFile,
     GenerationClaimed,
+    GenerationCrashed,
     GenerationFailed,
     GenerationLeaseRenewed,
     GenerationModelFailed,
@@ -101,6 +102,9 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
     JobBudgetExceeded: JobBudgetExceeded(job_id="job-1", records_completed=40),
     GenerationClaimed: GenerationClaimed(job_id="job-1", worker_id="w-1", lease_seconds=60, resumed_from_record=0),
     GenerationLeaseRenewed: GenerationLeaseRenewed(job_id="job-1", worker_id="w-1"),
+    GenerationCrashed: GenerationCrashed(
+        job_id="job-1", worker_id="w-1", error="InvalidBlobKey: key too long", records_completed=100,
+    ),
     GenerationReleased: GenerationReleased(job_id="job-1", worker_id="w-1", records_completed=300),
     GenerationStopped: GenerationStopped(job_id="job-1", reason="cancelled", records_completed=200),
     GenerationFailed: GenerationFailed(job_id="job-1", code="MODEL_ACCESS_DENIED", reason="access denied", records_completed=0),
