@@ -12,7 +12,9 @@ prefix with its own checkpoint.
 Tracking table (partition key `pk`, sort key `sk`, both strings):
 - `pk=<projection>, sk=active`: `generation`, the table generation that readers use;
 - `pk=<projection>#g<n>, sk=checkpoint`: `position`, `event_id`;
-- `pk=<projection>#g<n>, sk=stream#<stream id>`: `version`, for projections that track streams.
+- `pk=<projection>#g<n>, sk=stream#<stream id>`: `version`, for projections that track streams;
+- `pk=<projection>#g<n>, sk=dead#<event id>`: an event the projection set aside (a
+  DeadLetter's fields), written in the transaction that moves its tracking past it.
 
 Projection tables are named `<prefix><projection>-<table>-g<n>`. A rebuild fills generation
 n+1, then one conditional write moves `active` to it, and generation n is deleted. Readers
@@ -35,6 +37,7 @@ from palette.projections.port import (
     Batch,
     Checkpoint,
     CheckpointMoved,
+    DeadLetter,
     ProjectedEvent,
     Projection,
     ProjectionFailed,
@@ -49,6 +52,7 @@ _BATCH_WRITE_ITEMS = 25
 _ACTIVE = "active"
 _CHECKPOINT = "checkpoint"
 _STREAM = "stream#"
+_DEAD = "dead#"
 
 TransactItem = dict[str, Any]
 """One TransactWriteItems operation: {"Put": ...}, {"Update": ...}, {"Delete": ...} or
@@ -177,7 +181,7 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
         return versions
 
     def commit(self, projection: DynamoDBProjection, batch: Batch) -> None:
-        if not batch.events and batch.advance_to is None:
+        if not batch.events and batch.advance_to is None and not batch.dead_letters:
             return
         generation = self._generation(projection)
         names = self._names(projection, generation)
@@ -195,8 +199,10 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
             last_group = index == len(groups) - 1
             advance_to = batch.advance_to if last_group else checkpoint_after(group[-1][0])
             items = [op for _, ops in group for op in ops]
+            letters = batch.dead_letters if last_group else ()
+            items += [self._dead_letter_put(generation, letter) for letter in letters]
             tracking = self._tracking_writes(
-                projection, generation, group, checkpoint, advance_to, stream_versions
+                projection, generation, group, checkpoint, advance_to, stream_versions, letters
             )
             self._transact(projection, items, tracking)
             if checkpoint is not None:
@@ -205,6 +211,39 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
                 for event, _ in group:
                     record = recorded_as(event)
                     stream_versions[record.stream_id] = record.version
+
+    def dead_letters(self, projection: DynamoDBProjection) -> list[DeadLetter]:
+        generation = self._generation(projection, refresh=True)
+        query: dict[str, Any] = {
+            "TableName": self.tracking_table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :dead)",
+            "ExpressionAttributeValues": {":pk": _s(f"{projection.name}#g{generation}"), ":dead": _s(_DEAD)},
+            "ConsistentRead": True,
+        }
+        letters: list[DeadLetter] = []
+        while True:
+            page = self._client.query(**query)
+            letters.extend(_dead_letter_of(item) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return sorted(letters, key=lambda letter: (letter.position or 0, letter.stream_id, letter.version))
+
+    def _dead_letter_put(self, generation: int, letter: DeadLetter) -> TransactItem:
+        item = {
+            "pk": _s(f"{letter.projection}#g{generation}"),
+            "sk": _s(_DEAD + letter.event_id),
+            "projection": _s(letter.projection),
+            "event_id": _s(letter.event_id),
+            "stream_id": _s(letter.stream_id),
+            "version": _n(letter.version),
+            "detail_type": _s(letter.detail_type),
+            "error": _s(letter.error),
+            "failed_at": _s(letter.failed_at),
+        }
+        if letter.position is not None:
+            item["position"] = _n(letter.position)
+        return {"Put": {"TableName": self.tracking_table, "Item": item}}
 
     def fresh(self, projection: DynamoDBProjection) -> DynamoDBReadModelStore:
         generation = self._generation(projection, refresh=True) + 1
@@ -277,6 +316,7 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
         checkpoint: Checkpoint | None,
         advance_to: Checkpoint | None,
         stream_versions: Mapping[str, int],
+        dead_letters: Sequence[DeadLetter] = (),
     ) -> list[TransactItem]:
         checkpoint_key = self._checkpoint_key(projection, generation)
         if checkpoint is None or advance_to is None:
@@ -312,6 +352,8 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
             for event, _ in group:
                 record = recorded_as(event)
                 applied[record.stream_id] = record.version
+            for letter in dead_letters:
+                applied[letter.stream_id] = max(applied.get(letter.stream_id, 0), letter.version)
             for stream_id, version in applied.items():
                 tracked = stream_versions.get(stream_id, 0)
                 condition = "#version = :tracked"
@@ -467,6 +509,19 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
             if "LastEvaluatedKey" not in page:
                 return
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _dead_letter_of(item: Mapping[str, Any]) -> DeadLetter:
+    return DeadLetter(
+        projection=item["projection"]["S"],
+        event_id=item["event_id"]["S"],
+        stream_id=item["stream_id"]["S"],
+        version=int(item["version"]["N"]),
+        position=int(item["position"]["N"]) if "position" in item else None,
+        detail_type=item["detail_type"]["S"],
+        error=item["error"]["S"],
+        failed_at=item["failed_at"]["S"],
+    )
 
 
 def _code(error: ClientError) -> str:

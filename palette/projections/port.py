@@ -9,6 +9,11 @@ record in one transaction, guarded by the tracking record the batch was read aft
 - delivery may be at least once: an event at or below the tracking record changes nothing;
 - a failure anywhere in a commit leaves neither the changes nor the checkpoint;
 - two runners of one projection never both apply an event: the loser gets CheckpointMoved.
+
+An event that `apply` cannot take (a poison event: a value no index may hold, a detail
+that no longer decodes) is set aside as a dead letter in the same kind of commit: the
+letter is written with the tracking record, which counts the event as done, so the view
+goes on with every other event (see `ProjectionRunner`).
 """
 
 from __future__ import annotations
@@ -95,19 +100,38 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event a projection could not apply and set aside, so that its view went on
+    without it; `error` is the exception's type and message. Kept beside the projection's
+    tracking record until a re-drive applies the event."""
+
+    projection: str
+    event_id: str
+    stream_id: str
+    version: int
+    position: int | None
+    detail_type: str
+    error: str
+    failed_at: str
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     """Events to apply in one commit, with the tracking state they were read after.
 
     `checkpoint` is the checkpoint the events were read after and `advance_to` the new one;
     both are None for events pushed by a bus out of the log's order, which leave the
     checkpoint alone. `stream_versions` holds the tracked version of every stream in
-    `events` (0 when none is tracked) and is empty unless the projection tracks streams.
+    `events` and `dead_letters` (0 when none is tracked) and is empty unless the projection
+    tracks streams. `dead_letters` are events set aside instead of applied: the commit
+    records them, and its tracking record counts them as done like the events it applies.
     """
 
     events: Sequence[ProjectedEvent]
     checkpoint: Checkpoint | None
     advance_to: Checkpoint | None
     stream_versions: Mapping[str, int] = field(default_factory=dict)
+    dead_letters: Sequence[DeadLetter] = ()
 
 
 class ProjectionError(Exception):
@@ -182,6 +206,10 @@ class ReadModelStore(ABC, Generic[P]):
         Raises CheckpointMoved (writing nothing) when the tracking record is no longer the one
         in `batch`, and ProjectionFailed (writing nothing) when `apply` raises.
         """
+
+    @abstractmethod
+    def dead_letters(self, projection: P) -> list[DeadLetter]:
+        """The events `projection` set aside and no re-drive has applied yet, in log order."""
 
     @abstractmethod
     def fresh(self, projection: P) -> ReadModelStore[P]:

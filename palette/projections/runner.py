@@ -4,16 +4,25 @@ The runner reads; the read-model store writes. Every commit carries the tracking
 events were read after, so a runner that lost a race (CheckpointMoved) reads again and skips
 what the winner applied. Events are decoded before the store's transaction opens, which
 keeps write transactions short.
+
+An event the projection cannot apply never stops the view (`palette.projections.failures`):
+a commit that fails on the store's side for a passing reason is tried again a few times and
+then raised, the event left in place; one that fails on an event is committed again an
+event at a time, and the event that fails alone is dead-lettered (the letter written with
+the tracking record, which moves past it), recorded once as ProjectionFailed in the log
+and alerted in the logs. Every other event is applied as if it were not there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Generic
 
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import EventEnvelope, StoredEvent
 from palette.eventstore.port import EventStore
+from palette.projections import failures
 from palette.projections.port import (
     Batch,
     Checkpoint,
@@ -41,11 +50,17 @@ class ProjectionRunner(Generic[P]):
         projection: P,
         read_models: ReadModelStore[P],
         catalog: EventCatalog = CATALOG,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.events = events
         self.projection = projection
         self.read_models = read_models
         self._catalog = catalog
+        self._sleep = sleep
+        self._sets_aside_only: frozenset[str] | None = None
+        """Event ids it may dead-letter (None: any): a rebuild's builder sets aside only
+        what the live view set aside already."""
         self._detail_types = frozenset(projection.detail_types)
         read_models.prepare(projection)
 
@@ -116,10 +131,17 @@ class ProjectionRunner(Generic[P]):
 
     def rebuild(self, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
         """Replay the whole log into a fresh store, then swap it in: readers see the old
-        view until the new one is complete. Returns how many events were applied."""
+        view until the new one is complete. Returns how many events were applied.
+
+        The new view may set aside only events that the live one set aside (they stay dead
+        letters, or apply now and are gone: a re-drive after a fix); any other event that
+        fails raises ProjectionFailed and leaves the live view as it was."""
         fresh = self.read_models.fresh(self.projection)
         try:
-            builder = ProjectionRunner(self.events, self.projection, fresh, self._catalog)
+            builder = ProjectionRunner(self.events, self.projection, fresh, self._catalog, sleep=self._sleep)
+            builder._sets_aside_only = frozenset(
+                letter.event_id for letter in self.read_models.dead_letters(self.projection)
+            )
             applied = builder.run_once(batch_size)
         except BaseException:
             fresh.discard(self.projection)
@@ -134,6 +156,8 @@ class ProjectionRunner(Generic[P]):
         advance_to: Checkpoint | None,
         stream_versions: dict[str, int] | None = None,
     ) -> int:
+        """Apply `stored_events` in one commit; when an event fails, an event per commit,
+        dead-lettering the one that fails alone. Returns how many were applied."""
         relevant = [e for e in stored_events if e.detail_type in self._detail_types]
         if self.projection.track_streams:
             if stream_versions is None:
@@ -143,11 +167,48 @@ class ProjectionRunner(Generic[P]):
             relevant = [e for e in relevant if e.version > stream_versions[e.stream_id]]
         else:
             stream_versions = {}
-        events = [self._view(e) for e in relevant]
-        self.read_models.commit(
-            self.projection, Batch(events, checkpoint, advance_to, stream_versions)
-        )
-        return len(events)
+        try:
+            self._with_retries(lambda: self.read_models.commit(
+                self.projection, Batch([self._view(e) for e in relevant], checkpoint, advance_to, stream_versions)
+            ))
+            return len(relevant)
+        except ProjectionFailed as failure:
+            if failures.is_transient(failure) or not relevant:
+                raise
+            if len(stored_events) > 1:
+                return self._commit_each(stored_events, checkpoint)
+            if self._sets_aside_only is not None and relevant[0].id not in self._sets_aside_only:
+                raise
+            letter = failures.dead_letter(self.projection.name, relevant[0], failure)
+        failures.record_failure(self.events, letter)
+        self._with_retries(lambda: self.read_models.commit(
+            self.projection, Batch([], checkpoint, advance_to, stream_versions, (letter,))
+        ))
+        failures.alert(letter)
+        return 0
+
+    def _commit_each(self, stored_events: Sequence[StoredEvent], checkpoint: Checkpoint | None) -> int:
+        """An event per commit (after a commit of them all failed): the events before the
+        one that fails are applied, it is dead-lettered, and the others are applied."""
+        applied = 0
+        for stored in stored_events:
+            advance_to = None if checkpoint is None else Checkpoint(stored.position or 0, stored.id)
+            applied += self._commit([stored], checkpoint, advance_to)
+            checkpoint = advance_to
+        return applied
+
+    def _with_retries(self, commit: Callable[[], None]) -> None:
+        """`commit()`, tried again after a transient fault, up to TRANSIENT_ATTEMPTS times."""
+        for attempt in range(1, failures.TRANSIENT_ATTEMPTS + 1):
+            try:
+                commit()
+                return
+            except CheckpointMoved:
+                raise
+            except Exception as error:
+                if attempt == failures.TRANSIENT_ATTEMPTS or not failures.is_transient(error):
+                    raise
+            self._sleep(failures.TRANSIENT_DELAY * 2 ** (attempt - 1))
 
     def _view(self, stored: StoredEvent) -> ProjectedEvent:
         try:

@@ -18,6 +18,7 @@ import uuid
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ from palette.projections.port import (
     Batch,
     Checkpoint,
     CheckpointMoved,
+    DeadLetter,
     ProjectedEvent,
     Projection,
     ProjectionFailed,
@@ -34,8 +36,9 @@ from palette.projections.port import (
 )
 from palette.sqlite_connections import ThreadConnections, delete_database
 
-TRACKING_TABLES = ("projection_tracking", "projection_stream_tracking")
-"""The tables of the tracking records, beside each projection's own tables."""
+TRACKING_TABLES = ("projection_tracking", "projection_stream_tracking", "projection_dead_letters")
+"""The tables of the tracking records (with the events each projection set aside), beside
+each projection's own tables."""
 _TRACKING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS projection_tracking (
     projection TEXT PRIMARY KEY,
@@ -48,7 +51,19 @@ CREATE TABLE IF NOT EXISTS projection_stream_tracking (
     version INTEGER NOT NULL,
     PRIMARY KEY (projection, stream_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS projection_dead_letters (
+    projection TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    position INTEGER,
+    detail_type TEXT NOT NULL,
+    error TEXT NOT NULL,
+    failed_at TEXT NOT NULL,
+    PRIMARY KEY (projection, event_id)
+) WITHOUT ROWID;
 """
+_DEAD_LETTER_COLUMNS = "projection, event_id, stream_id, version, position, detail_type, error, failed_at"
 _QUERY_CHUNK = 500
 
 
@@ -139,7 +154,25 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
                     raise CheckpointMoved(name, "a stream's tracked version changed")
             _apply_all(projection, projection.open_batch(db), batch.events)
             applied_versions = stream_heads(batch.events) if projection.track_streams else {}
+            if batch.dead_letters:
+                db.executemany(
+                    f"INSERT OR REPLACE INTO projection_dead_letters ({_DEAD_LETTER_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [astuple(letter) for letter in batch.dead_letters],
+                )
+                if projection.track_streams:
+                    for letter in batch.dead_letters:
+                        tracked = applied_versions.get(letter.stream_id, 0)
+                        applied_versions[letter.stream_id] = max(tracked, letter.version)
             _track(db, name, applied_versions, batch.advance_to)
+
+    def dead_letters(self, projection: SQLiteProjection) -> list[DeadLetter]:
+        rows = self.connection().execute(
+            f"SELECT {_DEAD_LETTER_COLUMNS} FROM projection_dead_letters WHERE projection = ? "
+            "ORDER BY position, stream_id, version",
+            (projection.name,),
+        )
+        return [DeadLetter(*row) for row in rows]
 
     def streamed(self, projections: Sequence[SQLiteProjection]) -> StreamedCommits:
         """Commits of `projections` fed an event at a time (a replay into this store): see
@@ -171,7 +204,8 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
             with self._transaction() as db:
                 copy_read_models(db, "rebuilt", replace=True)
                 for name in projections:
-                    db.execute("DELETE FROM main.projection_stream_tracking WHERE projection = ?", (name,))
+                    for table in TRACKING_TABLES[1:]:
+                        db.execute(f"DELETE FROM main.{table} WHERE projection = ?", (name,))
                     for table in TRACKING_TABLES:
                         db.execute(
                             f"INSERT OR REPLACE INTO main.{table} SELECT * FROM rebuilt.{table} WHERE projection = ?",

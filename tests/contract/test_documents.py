@@ -30,7 +30,7 @@ from contracts.events import (
 )
 from palette.eventstore.port import NewEvent
 from palette.eventstore.sqlite import SQLiteEventStore
-from palette.projections import ProjectedEvent, ProjectionFailed, ProjectionRunner
+from palette.projections import ProjectedEvent, ProjectionRunner
 from palette.projections.documents import (
     Document,
     DocumentError,
@@ -501,18 +501,19 @@ class DecimalBodies(DocumentProjection):
         docs.put(Document("limits", "x" + event.detail.job_id, {"limit": event.detail.budget_limit}))
 
 
-def test_a_body_that_is_not_json_fails_the_batch_and_writes_nothing(
+def test_a_body_that_is_not_json_sets_its_event_aside_and_writes_nothing_of_it(
     backend: Backend, log: JobLog
 ) -> None:
     log.request(1, "ada")
+    [requested] = log.events.read_all(0, 10, ["JobRequested"])
     runner = backend.runner(log.events, DecimalBodies())
 
-    with pytest.raises(ProjectionFailed) as failure:
-        runner.run_once()
+    assert runner.run_once() == 0
 
-    assert isinstance(failure.value.__cause__, InvalidDocument)
+    [letter] = runner.read_models.dead_letters(runner.projection)
+    assert letter.event_id == requested.id and letter.error.startswith("InvalidDocument:")
     assert backend.reader(DecimalBodies()).get("limits", "job-001") is None
-    assert runner.position().position == 0
+    assert runner.position().position == requested.position
 
 
 def test_documents_outside_the_shared_limits_are_refused() -> None:

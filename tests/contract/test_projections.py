@@ -8,6 +8,7 @@ store in both cases: what is under test is the projection's store.
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -59,15 +60,22 @@ View = dict[str, Any]
 
 
 class InjectedCrash(RuntimeError):
-    """Raised from inside `apply` to stand in for a crash mid-batch."""
+    """Raised from inside `apply` to stand in for an event that cannot be applied."""
+
+
+class ProcessKilled(BaseException):
+    """Raised from inside `apply` to stand in for the process dying mid-batch."""
 
 
 @dataclass
 class ApplyLog:
-    """What the projection was asked to apply, and the faults to inject."""
+    """What the projection was asked to apply, and the faults to inject: `crash_on_job`
+    fails every event of that job with `crash_as`, `poison` every event with those ids."""
 
     applied: list[str] = field(default_factory=list)
     crash_on_job: str | None = None
+    crash_as: type[BaseException] = InjectedCrash
+    poison: set[str] = field(default_factory=set)
     on_apply: Callable[[], None] | None = None
 
     def record(self, event: ProjectedEvent) -> EventEnvelope:
@@ -76,8 +84,8 @@ class ApplyLog:
         if self.on_apply is not None:
             hook, self.on_apply = self.on_apply, None
             hook()
-        if getattr(event.detail, "job_id", None) == self.crash_on_job:
-            raise InjectedCrash(f"crash applying {event.id}")
+        if getattr(event.detail, "job_id", None) == self.crash_on_job or event.id in self.poison:
+            raise self.crash_as(f"crash applying {event.id}")
         self.applied.append(event.id)
         return event
 
@@ -506,13 +514,13 @@ def test_a_crash_inside_apply_leaves_no_partial_state(backend: Backend, log: Job
     more = _handled(log.add_jobs(10, 10))
     crash_at = 7
     apply_log.crash_on_job = EventEnvelope.from_stored(more[crash_at]).detail.job_id  # type: ignore[attr-defined]
-    with pytest.raises(ProjectionFailed) as failure:
+    apply_log.crash_as = ProcessKilled
+    with pytest.raises(ProcessKilled):
         runner.run_once(batch_size=1000)
 
-    assert isinstance(failure.value.__cause__, InjectedCrash)
-    assert failure.value.event_id == more[crash_at].id
     assert backend.view(store, projection) == view
     assert runner.position() == checkpoint
+    assert store.dead_letters(projection) == []
 
     apply_log.crash_on_job = None
     assert runner.run_once() == len(more)
@@ -699,14 +707,15 @@ def test_a_decoded_view_failure_names_its_event(tmp_path: Path, log: JobLog) -> 
             raise InjectedCrash()
 
     started = [e for e in log.add_jobs(0, 2) if e.detail_type == "JobStarted"]
-    store = SQLiteReadModelStore(tmp_path / "projections.db")
-    with pytest.raises(ProjectionFailed, match="failed to apply JobStarted") as applying:
-        ProjectionRunner(log.events, Crashes(), store).run_once()
-    assert applying.value.event_id == started[0].id
-    with pytest.raises(ProjectionFailed, match="failed to apply JobStarted") as decoding:
-        ProjectionRunner(log.events, Crashes(), store, catalog=EventCatalog()).run_once()
-    assert isinstance(decoding.value.__cause__, LookupError) and decoding.value.event_id == started[0].id
-    store.close()
+    for catalog, error in ((None, "InjectedCrash"), (EventCatalog(), "UnknownEventType")):
+        store = SQLiteReadModelStore(tmp_path / f"{error}.db")
+        runner = ProjectionRunner(log.events, Crashes(), store, **({} if catalog is None else {"catalog": catalog}))
+        assert runner.run_once() == 0
+
+        letters = store.dead_letters(Crashes())
+        assert [(letter.event_id, letter.detail_type) for letter in letters] == [(e.id, "JobStarted") for e in started]
+        assert all(letter.error.startswith(f"{error}:") for letter in letters), letters
+        store.close()
 
 
 def test_dynamodb_commits_disjoint_writes_together_within_100_items(log: JobLog) -> None:
@@ -740,3 +749,120 @@ def test_dynamodb_commits_disjoint_writes_together_within_100_items(log: JobLog)
         owners = client.scan(TableName=store.table_names(JobOwners())["owners"])["Items"]
         assert len(owners) == 250
         assert runner.position() == Checkpoint(requested[-1].position or 0, requested[-1].id)
+
+
+# -- events a projection cannot apply ------------------------------------------------------
+
+
+def _with_job_as(expected: View, job_id: str, status: str) -> View:
+    """`expected` with one job's status changed (its counts follow)."""
+    jobs = dict(expected["jobs"])
+    owner, _, records = jobs[job_id]
+    jobs[job_id] = (owner, status, records)
+    counts: dict[str, int] = {}
+    for _, job_status, _ in jobs.values():
+        counts[job_status] = counts.get(job_status, 0) + 1
+    return {"jobs": jobs, "counts": counts}
+
+
+def _started(stored: list[StoredEvent], job_id: str) -> StoredEvent:
+    return next(e for e in stored if e.detail_type == "JobStarted" and e.stream_id == f"job-{job_id}")
+
+
+def test_a_poison_event_is_set_aside_once_and_every_other_event_applies(backend: Backend, log: JobLog) -> None:
+    stored = log.add_jobs(0, 12)
+    poison = _started(stored, "0004")  # started, never completed
+    apply_log = ApplyLog(poison={poison.id})
+    projection, store = backend.projection(apply_log), backend.store()
+    runner = ProjectionRunner(log.events, projection, store)
+
+    assert runner.run_once(batch_size=5) == len(_handled(stored)) - 1
+
+    assert backend.view(store, projection) == _with_job_as(log.expected(), "0004", "QUEUED")
+    last = _handled(stored)[-1]
+    assert runner.position() == Checkpoint(last.position or 0, last.id)
+    [letter] = store.dead_letters(projection)
+    assert (letter.projection, letter.event_id, letter.stream_id, letter.version, letter.position, letter.detail_type) == (
+        projection.name, poison.id, poison.stream_id, poison.version, poison.position, "JobStarted"
+    )
+    assert letter.error == f"InjectedCrash: crash applying {poison.id}"
+
+    again = ProjectionRunner(log.events, projection, store)
+    assert again.run_once() == 0
+    assert again.rebuild() == len(_handled(stored)) - 1  # a rebuild meets it again: still one letter
+    [recorded] = log.events.read_stream(f"projection-{projection.name}")
+    assert recorded.detail_type == "ProjectionFailed"
+    assert json.loads(recorded.detail) == {
+        "projection": projection.name, "event_id": poison.id, "stream_id": poison.stream_id,
+        "version": poison.version, "position": poison.position, "event_type": "JobStarted",
+        "error": letter.error,
+    }
+    assert [letter.event_id for letter in store.dead_letters(projection)] == [poison.id]
+
+    more = _handled(log.add_jobs(12, 3))
+    assert runner.run_once() == len(more)
+    assert backend.view(store, projection) == _with_job_as(log.expected(), "0004", "QUEUED")
+
+
+def test_a_pushed_poison_event_is_set_aside_and_its_stream_goes_on(backend: Backend, log: JobLog) -> None:
+    stored = log.add_jobs(0, 6)
+    poison = _started(stored, "0003")  # then completed
+    apply_log = ApplyLog(poison={poison.id})
+    projection, store = backend.projection(apply_log, track_streams=True), backend.store()
+    runner = ProjectionRunner(log.events, projection, store)
+    [completed] = [e for e in _handled(stored) if e.stream_id == "job-0003" and e.version > poison.version]
+
+    # pushed first: the versions before it are read from the log, the poison among them
+    assert runner.handle(completed) == 2
+    for event in _handled(stored):
+        runner.handle(event)
+    assert runner.handle(poison) == 0
+
+    assert [letter.event_id for letter in store.dead_letters(projection)] == [poison.id]
+    assert backend.view(store, projection)["jobs"] == log.expected()["jobs"]
+    assert len(log.events.read_stream(f"projection-{projection.name}")) == 1
+
+
+def test_a_redrive_after_the_fix_applies_the_letter_in_its_place_and_clears_it(
+    backend: Backend, log: JobLog
+) -> None:
+    stored = log.add_jobs(0, 9)
+    poison = _started(stored, "0001")
+    apply_log = ApplyLog(poison={poison.id})
+    projection, store = backend.projection(apply_log), backend.store()
+    runner = ProjectionRunner(log.events, projection, store)
+    runner.run_once()
+    assert len(store.dead_letters(projection)) == 1
+
+    apply_log.poison.clear()  # the fix
+    runner.rebuild()
+
+    assert store.dead_letters(projection) == []
+    assert backend.view(store, projection) == log.expected()
+    assert backend.leftovers() == []
+
+
+def test_a_store_that_is_busy_is_retried_never_dead_lettered(tmp_path: Path, log: JobLog) -> None:
+    stored = _handled(log.add_jobs(0, 3))
+    store = SQLiteReadModelStore(tmp_path / "projections.db")
+    apply_log = ApplyLog(crash_on_job="0001", crash_as=_locked)
+    projection = SQLiteJobBoard(apply_log)
+    waits: list[float] = []
+    runner = ProjectionRunner(log.events, projection, store, sleep=waits.append)
+
+    with pytest.raises(ProjectionFailed) as failure:
+        runner.run_once()
+
+    assert isinstance(failure.value.__cause__, sqlite3.OperationalError)
+    assert len(waits) == 2  # three tries in all
+    assert runner.position() == Checkpoint() and store.dead_letters(projection) == []
+    assert log.events.read_stream(f"projection-{projection.name}") == []
+
+    apply_log.crash_on_job = None  # the lock is gone: the next pass applies everything
+    assert runner.run_once() == len(stored)
+    assert store.dead_letters(projection) == []
+    store.close()
+
+
+def _locked(message: str) -> sqlite3.OperationalError:
+    return sqlite3.OperationalError("database is locked")
