@@ -6,10 +6,14 @@ from contracts.events.billing import (
     BudgetWarning,
     CostRecorded,
     PromptEnhancementCharged,
+    UsageCharged,
 )
 from contracts.events.generator import (
     BatchFailed,
     BatchGenerated,
+    BudgetStop,
+    BudgetTrancheTaken,
+    BudgetWrittenOff,
     DatasetExported,
     ExportedFile,
     GenerationClaimed,
@@ -20,6 +24,7 @@ from contracts.events.generator import (
     GenerationReleased,
     GenerationStopped,
     TokenUsage,
+    UnbatchedUsageRecorded,
 )
 from contracts.events.guard import ContentBlocked
 from contracts.events.jobs import (
@@ -78,12 +83,17 @@ ALL_EVENTS: tuple[type[DomainEvent], ...] = (
     GenerationModelFailed,
     PromptEnhanced,
     PromptEnhancementCharged,
+    BudgetTrancheTaken,
+    BudgetWrittenOff,
+    UnbatchedUsageRecorded,
+    UsageCharged,
     ProjectionFailed,
     GenerationCrashed,
 )
 
 __all__ = [cls.__name__ for cls in ALL_EVENTS] + [
     "ALL_EVENTS",
+    "BudgetStop",
     "DomainEvent",
     "ExportedFile",
     "OutputFormat",

@@ -8,7 +8,7 @@ enhancement) on `ledger-user-<owner>`, whose costs GET /costs lists under the ps
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -22,6 +22,20 @@ class _LedgerEvent(DomainEvent):
 
 class CostRecorded(_LedgerEvent):
     batch_number: int = Field(ge=0)
+    catalog_version: str
+    model_tokens: Decimal = Field(ge=0)
+    compute: Decimal = Field(ge=0)
+    storage: Decimal = Field(ge=0)
+    total: Decimal = Field(ge=0)
+    per_model: dict[str, Decimal] = Field(default_factory=dict)
+
+
+class UsageCharged(_LedgerEvent):
+    """A charge that is not a batch: calls recorded outside any batch (UnbatchedUsageRecorded)
+    or a dead run's written-off tranches (BudgetWrittenOff), once per generator event."""
+
+    charge_id: str = Field(description="the id of the generator event charged")
+    kind: Literal["unbatched", "written_off"]
     catalog_version: str
     model_tokens: Decimal = Field(ge=0)
     compute: Decimal = Field(ge=0)

@@ -5,6 +5,7 @@ Large payloads (records, files) live in the blob store; events carry the key.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +60,19 @@ class GenerationReleased(_GenerationEvent):
     records_completed: int = Field(ge=0)
 
 
+class BudgetStop(BaseModel):
+    """Why a budget stopped a job: with nothing in flight, the next call's worst case did
+    not fit what remained (`remaining` < `next_call_worst_case`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    budget_limit: Decimal = Field(gt=0)
+    spent: Decimal = Field(ge=0, description="spent or committed when the job stopped, written-off tranches included")
+    remaining: Decimal = Field(description="budget_limit - spent")
+    next_call_worst_case: Decimal = Field(ge=0, description="input tokens + max_tokens of the refused call, priced")
+    model: str = Field(description="the model of the refused call")
+
+
 class GenerationCrashed(_GenerationEvent):
     """The worker's run of the job ended in an unexpected error (a bug, a store refusing a
     write), not a decision about the job. The claim is released, so a worker may try again
@@ -75,6 +89,52 @@ class GenerationStopped(_GenerationEvent):
 
     reason: Literal["cancelled", "budget_exceeded"]
     records_completed: int = Field(ge=0)
+    budget: BudgetStop | None = Field(default=None, description="budget_exceeded: the figures behind the stop")
+
+
+class BudgetTrancheTaken(_GenerationEvent):
+    """The run of `worker_id` set aside `amount` of the job's budget before spending it.
+
+    Appended at the stream's version (so only the claim's holder takes one); the run then
+    reserves each call's worst case within its tranches, locally. The tranches of a run
+    close with its end (the unused part returns) or, when its holder died, are written off
+    by the next claim (BudgetWrittenOff)."""
+
+    worker_id: str
+    amount: Decimal = Field(gt=0)
+
+
+class BudgetWrittenOff(_GenerationEvent):
+    """A run ended without closing its tranches (its worker died or lost its lease): what
+    its tranches held beyond its recorded usage counts as spent at its worst case, and
+    billing charges it. Appended by the next claim, in the same append."""
+
+    worker_id: str = Field(description="the holder of the written-off tranches")
+    amount: Decimal = Field(gt=0)
+
+
+class UnbatchedUsageRecorded(_GenerationEvent):
+    """Model calls of a run that no BatchGenerated carries, recorded at the run's end so
+    billing charges them: answered calls of records that were dropped, abandoned, filtered
+    or failed (`token_usage`, as the provider reported it), and calls sent but never
+    answered (`unanswered`, at their worst case: input estimate + max_tokens)."""
+
+    worker_id: str
+    token_usage: dict[str, TokenUsage] = Field(default_factory=dict, description="per model")
+    unanswered: dict[str, TokenUsage] = Field(default_factory=dict, description="per model, worst case")
+
+    def billed_usage(self) -> dict[str, TokenUsage]:
+        """Both kinds per model, as billing charges them."""
+        merged: dict[str, TokenUsage] = {}
+        for usage in (self.token_usage, self.unanswered):
+            for model, used in usage.items():
+                held = merged.get(model)
+                merged[model] = used if held is None else TokenUsage(
+                    input_tokens=held.input_tokens + used.input_tokens,
+                    output_tokens=held.output_tokens + used.output_tokens,
+                    calls=held.calls + used.calls,
+                )
+        return merged
 
 
 class GenerationFailed(_GenerationEvent):

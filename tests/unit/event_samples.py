@@ -10,7 +10,10 @@ from contracts.events import (
     BatchFailed,
     BatchGenerated,
     BudgetExceeded,
+    BudgetStop,
+    BudgetTrancheTaken,
     BudgetWarning,
+    BudgetWrittenOff,
     ContentBlocked,
     CostRecorded,
     DatasetExported,
@@ -44,6 +47,8 @@ from contracts.events import (
     TemplateStep,
     TemplateVersionPublished,
     TokenUsage,
+    UnbatchedUsageRecorded,
+    UsageCharged,
 )
 
 _SHA = "ab" * 32
@@ -106,7 +111,25 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         job_id="job-1", worker_id="w-1", error="InvalidBlobKey: key too long", records_completed=100,
     ),
     GenerationReleased: GenerationReleased(job_id="job-1", worker_id="w-1", records_completed=300),
-    GenerationStopped: GenerationStopped(job_id="job-1", reason="cancelled", records_completed=200),
+    GenerationStopped: GenerationStopped(
+        job_id="job-1", reason="budget_exceeded", records_completed=200,
+        budget=BudgetStop(
+            budget_limit=Decimal("0.5"), spent=Decimal("0.4993"), remaining=Decimal("0.0007"),
+            next_call_worst_case=Decimal("0.0011"), model="openai/fake-model",
+        ),
+    ),
+    BudgetTrancheTaken: BudgetTrancheTaken(job_id="job-1", worker_id="w-1", amount=Decimal("0.25")),
+    BudgetWrittenOff: BudgetWrittenOff(job_id="job-1", worker_id="w-1", amount=Decimal("0.0123")),
+    UnbatchedUsageRecorded: UnbatchedUsageRecorded(
+        job_id="job-1", worker_id="w-1",
+        token_usage={"openai/fake-model": TokenUsage(input_tokens=90, output_tokens=60, calls=10)},
+        unanswered={"openai/fake-model": TokenUsage(input_tokens=23, output_tokens=512, calls=1)},
+    ),
+    UsageCharged: UsageCharged(
+        job_id="job-1", charge_id="6f1c1d9e-2a7b-4c55-9a1e-0d7b3f5e8a21", kind="unbatched",
+        catalog_version="2026-11", model_tokens=Decimal("0.00021"), compute=Decimal("0"),
+        storage=Decimal("0"), total=Decimal("0.00021"), per_model={"openai/fake-model": Decimal("0.00021")},
+    ),
     GenerationFailed: GenerationFailed(job_id="job-1", code="MODEL_ACCESS_DENIED", reason="access denied", records_completed=0),
     BatchGenerated: BatchGenerated(
         job_id="job-1", batch_number=3, first_record=300, last_record=399,
