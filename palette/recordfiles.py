@@ -19,6 +19,7 @@ import io
 import json
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -283,7 +284,7 @@ def _parse_line(line: bytes) -> dict[str, Any] | str | None:
     if not text.strip():
         return None
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_int=int_or_digits)
     except json.JSONDecodeError as err:
         return f"invalid JSON: {err.msg} (column {err.colno})"
     except RecursionError:
@@ -291,6 +292,13 @@ def _parse_line(line: bytes) -> dict[str, Any] | str | None:
     if not isinstance(value, dict):
         return f"not a JSON object (got {_json_kind(value)})"
     return value
+
+
+def int_or_digits(digits: str) -> int | str:
+    """A JSON integer, or its digits as text when it is longer than Python converts safely
+    (`sys.get_int_max_str_digits()`, 4,300 digits): a prompt shows the same digits either way."""
+    limit = sys.get_int_max_str_digits()
+    return digits if limit and len(digits) > limit else int(digits)
 
 
 def _json_kind(value: Any) -> str:
@@ -397,8 +405,9 @@ class _JsonArrayElements:
     _pos: int = 0
     _eof: bool = False
     _bytes_read: int = 0
+    _lines_before: int = 0
     _utf8: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")())
-    _decoder: json.JSONDecoder = field(default_factory=json.JSONDecoder)
+    _decoder: json.JSONDecoder = field(default_factory=lambda: json.JSONDecoder(parse_int=int_or_digits))
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         head = _text_start(self.stream)
@@ -441,7 +450,8 @@ class _JsonArrayElements:
             except json.JSONDecodeError as err:
                 if self._may_be_cut(err) and self._can_grow():
                     continue
-                raise SeedFileError(f"invalid JSON in element {index}: {err.msg}") from None
+                line = self._lines_before + err.lineno
+                raise SeedFileError(f"invalid JSON in element {index} (line {line}): {err.msg}") from None
             except RecursionError:
                 raise SeedFileError(f"element {index} is nested too deeply") from None
             if end == len(self._buffer) and self._can_grow():
@@ -478,8 +488,13 @@ class _JsonArrayElements:
         try:
             text = self._utf8.decode(data, final)
         except UnicodeDecodeError as err:
-            raise SeedFileError(f"not valid UTF-8 (byte 0x{data[err.start]:02x} at offset {self._bytes_read + err.start})") from None
+            start = max(err.start, 0)
+            line = self._lines_before + self._buffer.count("\n") + data.count(b"\n", 0, start) + 1
+            raise SeedFileError(
+                f"not valid UTF-8 on line {line} (byte 0x{data[start]:02x} at offset {self._bytes_read + start})"
+            ) from None
         self._bytes_read += len(data)
+        self._lines_before += self._buffer.count("\n", 0, self._pos)
         self._buffer = self._buffer[self._pos:] + text
         self._pos = 0
 
@@ -534,8 +549,22 @@ def _read_csv(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
     except pa.ArrowInvalid as err:
         message = str(err)
         if "UTF8" in message or "UTF-8" in message:
-            raise SeedFileError(f"not valid UTF-8 text: {message}") from None
+            raise SeedFileError(_csv_encoding_error(message, names)) from None
         raise SeedFileError(f"unreadable CSV: {message}") from None
+
+
+_ARROW_CSV_CELL = re.compile(r"CSV column #(\d+): Row #(\d+)")
+
+
+def _csv_encoding_error(message: str, names: list[str]) -> str:
+    """Arrow's "In CSV column #2: Row #3: ... invalid UTF8" as the row (header excluded)
+    and column name a user looks for."""
+    found = _ARROW_CSV_CELL.search(message)
+    if found is None:
+        return f"not valid UTF-8 text: {message}"
+    column, row = int(found.group(1)), int(found.group(2)) - 1
+    name = names[column] if column < len(names) else f"#{column + 1}"
+    return f"not valid UTF-8 text in row {row}, column {name!r}"
 
 
 def _csv_header(head: bytes) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import boto3
+import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -47,6 +48,8 @@ from services.seeds import lambda_handler
 from services.seeds.api import create_router
 from services.seeds.handlers import SeedHandlers
 from tests.fakes.lambda_events import sqs_batch
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration.palette_http import client, running_palette
 
 REQUIRED = ["author.name", "book.title", "topic"]
 GOOD = {"author": {"name": "Le Guin"}, "book": {"title": "The Dispossessed"}, "topic": "anarchy"}
@@ -520,6 +523,69 @@ def test_an_overlong_seed_id_in_the_path_is_400(facade: LocalFacade) -> None:
 
     assert reply.status == 400
     assert "seed_id" in reply.body["error"]["message"]
+
+
+# -- over real HTTP (`palette serve` in this process) --------------------------------------
+
+
+@pytest.fixture
+def alice_http(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[httpx.Client]:
+    with FakeOpenAIServer(latency_s=0.0) as fake, running_palette(tmp_path / "data", fake, monkeypatch) as runtime:
+        with client(runtime, "alice") as alice:
+            yield alice
+
+
+def _http_template(user: httpx.Client) -> str:
+    steps = [{"id": "ask", "model": "openai/fake-model", "prompt": "Ask about {{ topic }} by {{ author.name }}."}]
+    created = user.post("/templates", json={"name": "Topics", "steps": steps})
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def _http_upload(user: httpx.Client, filename: str, data: bytes) -> str:
+    grant = user.post("/seed-data/upload", json={"filename": filename})
+    assert grant.status_code == 201, grant.text
+    put = httpx.put(grant.json()["upload_url"], content=data)
+    assert put.status_code == 200, put.text
+    return grant.json()["seed_id"]
+
+
+def test_over_http_a_5000_digit_integer_is_kept_as_text_and_validates(alice_http: httpx.Client) -> None:
+    template_id = _http_template(alice_http)
+    record = b'{"author": {"name": "Ada"}, "topic": ' + b"4" * 5000 + b"}"
+    for filename, data in (("big.jsonl", record + b"\n"), ("big.json", b"[" + record + b"]")):
+        seed_id = _http_upload(alice_http, filename, data)
+
+        reply = alice_http.post("/seed-data/validate", json={"seed_id": seed_id, "template_id": template_id})
+
+        assert reply.status_code == 200, reply.text
+        assert (reply.json()["valid"], reply.json()["record_count"]) == (True, 1), filename
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "where"),
+    [
+        ("bad.jsonl", b'{"topic": "a", "author": {"name": "b"}}\n{"topic": "caf\xe9"}\n', "column"),
+        ("bad.json", b'[\n{"topic": "a"},\n{"topic": "caf\xe9"}]', "line 3"),
+        ("bad.csv", b"topic,author.name\na,b\ncaf\xe9,b\n", "row 2"),
+        ("wide.jsonl", json.dumps(GOOD).encode("utf-16"), "UTF-16"),
+    ],
+)
+def test_over_http_text_that_is_not_utf8_is_reported_where_it_is(
+    alice_http: httpx.Client, filename: str, data: bytes, where: str
+) -> None:
+    template_id = _http_template(alice_http)
+    seed_id = _http_upload(alice_http, filename, data)
+
+    reply = alice_http.post("/seed-data/validate", json={"seed_id": seed_id, "template_id": template_id})
+
+    assert reply.status_code == 200, reply.text
+    report = reply.json()
+    problems = [report["file_error"] or ""] + [f["problem"] or "" for f in report["failing_records"]]
+    assert report["valid"] is False
+    assert any(where in p and ("UTF-8" in p or "UTF-16" in p) for p in problems), report
+    if filename == "bad.jsonl":
+        assert report["failing_records"][0]["position"] == 2
 
 
 # -- the AWS runtime, under moto ---------------------------------------------------------

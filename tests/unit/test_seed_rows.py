@@ -36,6 +36,16 @@ def test_jsonl_rows_keep_their_json_types_and_skip_what_is_no_record(blobs: Loca
     assert [type(row["year"]) for row in rows] == [int, float]
 
 
+@pytest.mark.parametrize("fmt", [SeedFormat.JSONL, SeedFormat.JSON])
+def test_integers_past_pythons_digit_limit_are_kept_as_their_digits(blobs: LocalBlobStore, fmt: SeedFormat) -> None:
+    record = b'{"n": ' + b"9" * 5000 + b', "small": 7}'
+    blobs.put_bytes("seeds/u/big", record if fmt is SeedFormat.JSON else record + b"\n")
+
+    rows = load_seed_rows(blobs, "seeds/u/big", fmt, ["n", "small"])
+
+    assert rows == [{"n": "9" * 5000, "small": 7}]
+
+
 def test_a_file_without_a_usable_record_is_refused(blobs: LocalBlobStore) -> None:
     blobs.put_bytes("seeds/u/bad.jsonl", b"[1]\nnot json\n")
     with pytest.raises(SeedRowsUnavailable, match="no usable record"):

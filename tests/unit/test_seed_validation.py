@@ -136,6 +136,20 @@ def test_utf8_bom_is_accepted() -> None:
     assert validate(b"\xef\xbb\xbf" + jsonl(GOOD), "JSONL").valid
 
 
+@pytest.mark.parametrize("fmt", ["JSONL", "JSON"])
+def test_integers_past_pythons_digit_limit_are_kept_as_text(fmt: str) -> None:
+    record = b'{"author": {"name": "Ada"}, "topic": -' + b"7" * 5000 + b"}"
+    data = record + b"\n" if fmt == "JSONL" else b"[" + record + b"]"
+    report = validate(data, fmt)
+    assert (report.valid, report.record_count) == (True, 1)
+    assert inspect_seed(io.BytesIO(data), fmt).record_count == 1
+
+
+def test_json_utf8_errors_name_the_line() -> None:
+    report = validate(b'[\n {"topic": "a"},\n {"topic": "caf\xe9"}\n]', "JSON")
+    assert "not valid UTF-8" in report.file_error and "line 3" in report.file_error
+
+
 # JSON array
 
 
@@ -207,8 +221,8 @@ def test_csv_rows_with_wrong_cell_count_and_quoted_newlines() -> None:
 def test_csv_missing_column_and_bad_encoding() -> None:
     report = validate(b"author.name\nAda\n", "CSV")
     assert report.missing_counts == {"author.name": 0, "topic": 1}
-    report = validate(b"author.name,topic\nAd\xe9,x\n", "CSV")
-    assert not report.valid and "UTF-8" in report.file_error
+    report = validate(b"author.name,topic\nAda,x\nAd\xe9,x\n", "CSV")
+    assert not report.valid and "UTF-8" in report.file_error and "row 2" in report.file_error
     assert validate(b"author.name,topic\n", "CSV").file_error == "no records"
 
 
