@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 import uvicorn
 
@@ -65,7 +65,7 @@ class FacadeApp:
 
     async def _blob_route(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = str(uuid.uuid4())
-        key = unquote(scope["path"][len(BLOB_PREFIX):])
+        key = scope["path"][len(BLOB_PREFIX):]  # ASGI gives the path percent-decoded once
         params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         if self._limiter is not None:
             route = route_class(scope["method"], scope["path"])
