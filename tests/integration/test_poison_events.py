@@ -1,0 +1,131 @@
+"""A view that meets an event it cannot apply (issue 14, item 4).
+
+A template named "x\\u0000y" got into the log (from before the API refused control
+characters, or an import): its catalogue document cannot be indexed. The catalogue must
+set that one event aside and keep serving everyone: listings and deletions answer as
+usual, the view holds every other template, the failure is recorded once in the log and
+kept as a dead letter, on the embedded runtime (real HTTP) and on AWS (SQS batches under
+moto) alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts.envelope import StoredEvent
+from contracts.events.templates import TemplateCreated, TemplateStep
+from palette.eventstore.port import EventStore, NewEvent
+from palette.projections import failures
+from palette.projections.documents_dynamodb import dynamodb_documents
+from palette.projections.documents_sqlite import sqlite_documents
+from palette.projections.sqlite import SQLiteReadModelStore
+from services.templates import lambda_handler
+from services.templates.projections import TemplateCatalog
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration.palette_http import client, running_palette
+from tests.integration.test_templates_api import Facade, api, step  # noqa: F401 (api: the fixture)
+
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+
+POISON_NAME = "x\u0000y"
+
+
+def append_poison_template(events: EventStore, owner: str = "mallory", template_id: str = "tpl_poison") -> StoredEvent:
+    """A TemplateCreated whose name holds NUL, written straight to the log as an old event
+    or an import would have it (`model_construct`: no validation may stop it here)."""
+    detail = TemplateCreated.model_construct(
+        template_id=template_id, owner=owner, name=POISON_NAME, description="", is_public=True,
+        steps=[TemplateStep(id="q", model="local/gemma-3-270m", prompt="Ask about {{ topic }}")],
+        required_fields=["topic"],
+    )
+    [stored] = events.append(f"template-{template_id}", [NewEvent(detail, actor=owner)], 0)
+    return stored
+
+
+def failures_recorded(events: EventStore, projection: str = TemplateCatalog.name) -> list[dict[str, Any]]:
+    return [json.loads(e.detail) for e in events.read_stream(f"projection-{projection}")]
+
+
+def test_a_poison_template_leaves_listings_and_deletions_working_on_both_runtimes(api: Facade) -> None:  # noqa: F811
+    kept = api.create("alice", name="Kept", is_public=True)
+    deleted = api.create("alice", name="Deleted")
+    poison = append_poison_template(api.events)
+    later = api.create("bob", name="Later", is_public=True)
+    api.sync()
+
+    for user, own in (("alice", {"Kept", "Deleted"}), ("bob", {"Later"})):
+        listing = api.call("GET", "/templates", user)
+        assert listing.status == 200, listing.body
+        names = {item["name"] for item in listing.body["items"]}
+        assert own <= names and POISON_NAME not in names
+    assert api.call("DELETE", f"/templates/{deleted['id']}", "alice").status == 204
+    api.sync()
+    listing = api.call("GET", "/templates", "bob")
+    assert listing.status == 200
+    assert {item["id"] for item in listing.body["items"]} == {kept["id"], later["id"]}
+
+    [failure] = failures_recorded(api.events)
+    assert (failure["event_id"], failure["position"], failure["event_type"]) == (
+        poison.id, poison.position, "TemplateCreated"
+    )
+    assert failure["error"].startswith("InvalidDocument:") and "\x00" not in failure["error"]
+    assert [letter.event_id for letter in _catalog_dead_letters(api)] == [poison.id]
+
+
+def _catalog_dead_letters(api: Facade) -> list[Any]:  # noqa: F811
+    if api.runtime == "aws":
+        return lambda_handler.adapters().read_models.dead_letters(dynamodb_documents(TemplateCatalog()))
+    store = SQLiteReadModelStore(Path(api.events.path).parent / "projections.db")  # type: ignore[attr-defined]
+    try:
+        return store.dead_letters(sqlite_documents(TemplateCatalog()))
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(latency_s=0.0) as server:
+        yield server
+
+
+def test_over_http_the_catalogue_serves_everyone_while_a_poison_event_is_in_the_log(
+    tmp_path: Path, fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_palette(tmp_path / "data", fake, monkeypatch) as runtime:
+        alice, bob = client(runtime, "alice"), client(runtime, "bob")
+        made = {}
+        for user, name in ((alice, "Before"), (bob, "Public before")):
+            reply = user.post("/templates", json={"name": name, "is_public": True, "steps": [step("q", "Ask {{ topic }}")]})
+            assert reply.status_code == 201, reply.text
+            made[name] = reply.json()["id"]
+        poison = append_poison_template(runtime.adapters.events)
+        for user, name in ((alice, "After"), (bob, "Public after")):
+            reply = user.post("/templates", json={"name": name, "is_public": True, "steps": [step("q", "Ask {{ topic }}")]})
+            assert reply.status_code == 201, reply.text
+            made[name] = reply.json()["id"]
+
+        for user in (alice, bob, client(runtime, "carol")):
+            listing = user.get("/templates")
+            assert listing.status_code == 200, listing.text
+            assert {item["id"] for item in listing.json()["items"]} == set(made.values())
+        assert alice.delete(f"/templates/{made['Before']}").status_code == 204
+        assert {item["name"] for item in bob.get("/templates").json()["items"]} == {"Public before", "After", "Public after"}
+
+        runtime.catch_up()  # the background thread and the routes met it too: still one record
+        events = runtime.adapters.events
+        [failure] = failures_recorded(events)
+        assert failure["event_id"] == poison.id
+        catalog = next(r for r in runtime.runners if r.projection.name == TemplateCatalog.name)
+        assert [letter.event_id for letter in catalog.read_models.dead_letters(catalog.projection)] == [poison.id]
+        assert catalog.position().position >= (poison.position or 0)
+
+    alerts = [r for r in caplog.records if getattr(r, "alert", None) == "projection_dead_letter"]
+    assert len(alerts) == 1
+    line = json.loads(failures.alerts.registered_formatter.format(alerts[0]))  # as written to stderr
+    assert line["level"] == "ERROR" and line["service"] == "palette-projections"
+    assert (line["projection"], line["event_id"], line["position"]) == (TemplateCatalog.name, poison.id, poison.position)
