@@ -3,6 +3,10 @@
 Locally the facade verifies HS256 tokens signed with a secret kept in the data directory
 (`palette token create --user alice` prints one). On AWS, API Gateway's JWT authorizer
 (Cognito) has verified the token before the Lambda runs; the claims arrive in the event.
+
+Either way the `sub` must be a valid user id (`contracts.identifiers.user_id_problem`: not
+blank, no surrounding whitespace, no control character, at most 128 characters), even in a
+token signed with the real key: a user id names folders and index keys.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any, Protocol
 
 import jwt
 
+from contracts.identifiers import user_id_problem
 from palette.api.errors import Unauthorized
 
 ISSUER = "palette-local"
@@ -29,8 +34,8 @@ class LocalTokens:
         self._secret = secret
 
     def issue(self, user: str, ttl_seconds: int = 30 * 24 * 3600) -> str:
-        if not user or not user.strip():
-            raise ValueError("user must not be empty")
+        if problem := user_id_problem(user):
+            raise ValueError(problem)
         now = int(time.time())
         claims = {"sub": user, "iss": ISSUER, "iat": now, "exp": now + ttl_seconds}
         return jwt.encode(claims, self._secret, algorithm="HS256")
@@ -46,7 +51,7 @@ class LocalTokens:
             raise Unauthorized("the bearer token has expired") from None
         except jwt.InvalidTokenError as error:
             raise Unauthorized(f"invalid bearer token: {error}") from None
-        return str(claims["sub"])
+        return checked_user_id(claims["sub"])
 
 
 class ApiGatewayJwtClaims:
@@ -58,7 +63,14 @@ class ApiGatewayJwtClaims:
         )
         if not claims or not claims.get("sub"):
             raise Unauthorized("no verified identity in the request")
-        return str(claims["sub"])
+        return checked_user_id(claims["sub"])
+
+
+def checked_user_id(sub: Any) -> str:
+    """The token's subject as a user id, or Unauthorized when it cannot be one."""
+    if problem := user_id_problem(sub):
+        raise Unauthorized(f"the token's subject is not a valid user id: {problem}")
+    return str(sub)
 
 
 def bearer_token(headers: dict[str, str]) -> str:

@@ -11,7 +11,8 @@ part (plus a Parquet row group) whatever the dataset's size:
    with `put_stream`; an earlier manifest is removed before the first upload and the new
    one stored last, so a manifest always describes a complete export.
 
-Layout under `datasets/<owner>/<job_id>/export/`: `data.parquet`, `data.jsonl`,
+Layout under `datasets/<owner>/<job_id>/export/` (owner and job id encoded by
+`palette.blobs.keys`): `data.parquet`, `data.jsonl`,
 `data.csv`, or with `partition_by` Hive-style folders `<name>=<value>/data.<ext>`, and
 `manifest.json`. Records are in `record_index` order in every file (a fan-out job's by
 model, then index). `partition_by` is `date`, `model`, or a dotted field path, optionally
@@ -53,6 +54,7 @@ import pyarrow.parquet as pq
 
 from contracts.events.generator import ExportedFile
 from contracts.events.jobs import OutputFormat
+from palette.blobs.keys import dataset_prefix
 from palette.blobs.port import BlobStore
 from services.generator.records import GeneratedRecord, dumps_json, read_part
 
@@ -95,7 +97,7 @@ FIELD_PREFIX = "field:"
 
 def export_prefix(owner: str, job_id: str) -> str:
     """The folder (with trailing '/') that holds a job's export and nothing else."""
-    return f"datasets/{owner}/{job_id}/export/"
+    return f"{dataset_prefix(owner, job_id)}export/"
 
 
 def export_dataset(

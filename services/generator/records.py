@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from typing import Any, NotRequired, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from palette.blobs.keys import dataset_prefix, key_segment
 from palette.blobs.port import BlobStore
 
 
@@ -83,21 +83,14 @@ PART_SCHEMA = pa.schema(
 )
 """Every part file has exactly this schema, whatever the template."""
 
-_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def model_slug(model: str) -> str:
-    """A model name as one readable key segment (`openai/gpt-4o` -> `openai-gpt-4o`)."""
-    return _SLUG.sub("-", model).strip("-.") or "model"
-
-
 def part_key(owner: str, job_id: str, batch_number: int, model: str | None = None) -> str:
     """The blob key of a batch's part: the same for every attempt at that batch. A fan-out
-    job keeps each model's parts in a folder of their own."""
+    job keeps each model's parts in a folder of their own, named by `key_segment`, so
+    two models never share one (`openai/gpt-4o` -> `openai%2Fgpt-4o`)."""
     if batch_number < 0:
         raise ValueError(f"batch number must be >= 0, got {batch_number}")
-    folder = "" if model is None else f"{model_slug(model)}/"
-    return f"datasets/{owner}/{job_id}/parts/{folder}part-{batch_number:06d}.parquet"
+    folder = "" if model is None else f"{key_segment(model)}/"
+    return f"{dataset_prefix(owner, job_id)}parts/{folder}part-{batch_number:06d}.parquet"
 
 
 def dumps_json(value: Any) -> str:

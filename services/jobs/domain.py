@@ -50,6 +50,7 @@ from contracts.events.templates import (
     TemplateVersionPublished,
 )
 from contracts.identifiers import PROVIDERS, id_problem, model_problem
+from palette.blobs import keys as blob_keys
 
 MAX_RECORDS = 1_000_000
 MAX_BUDGET = Decimal(1000)
@@ -82,7 +83,7 @@ def seed_stream(seed_id: str) -> str:
 
 def dataset_prefix(owner: str, job_id: str) -> str:
     """Where the generator keeps everything a job produced: parts, exports, manifest."""
-    return f"datasets/{owner}/{job_id}/"
+    return blob_keys.dataset_prefix(owner, job_id)
 
 
 class JobStatus(str, Enum):

@@ -29,12 +29,11 @@ from contracts.events.seeds import (
 )
 from contracts.events.templates import TemplateCreated, TemplateDeleted, TemplateVersionPublished
 from palette import recordfiles as formats
+from palette.blobs.keys import SEEDS, seed_prefix
 
-SEED_KEY_PREFIX = "seed-data"
+SEED_KEY_PREFIX = SEEDS
 MAX_FILENAME_CHARS = 200
-MAX_USER_SEGMENT_CHARS = 128
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_UNSAFE_USER = re.compile(r"[^A-Za-z0-9._@-]+")
 
 
 def seed_stream(seed_id: str) -> str:
@@ -63,9 +62,9 @@ def safe_filename(filename: str) -> str:
 
 
 def seed_blob_key(owner: str, seed_id: str, filename: str) -> str:
-    """`seed-data/<user>/<seed id>/<filename>`: scoped to the user, unique per seed."""
-    user = _UNSAFE_USER.sub("_", owner)[:MAX_USER_SEGMENT_CHARS].strip(".") or "_"
-    return f"{SEED_KEY_PREFIX}/{user}/{seed_id}/{safe_filename(filename)}"
+    """`seed-data/<user>/<seed id>/<filename>`: scoped to the user (encoded by
+    `palette.blobs.keys`, so no two users share a folder), unique per seed."""
+    return f"{seed_prefix(owner, seed_id)}{safe_filename(filename)}"
 
 
 def seed_id_from_key(blob_key: str) -> str | None:

@@ -110,7 +110,7 @@ def test_each_model_makes_its_records_and_a_failing_one_does_not_stop_the_others
         ranges = sorted((b.first_record, b.last_record) for b in batches if b.model == model)
         assert ranges == [(0, 19), (20, 39), (40, 49)]
         assert all(set(b.token_usage) == {model} for b in batches if b.model == model)
-        assert all(f"/parts/openai-{model[7:]}/" in b.blob_key for b in batches if b.model == model)
+        assert all(f"/parts/openai%2F{model[7:]}/" in b.blob_key for b in batches if b.model == model)
     [exported] = of_type(events, DatasetExported)
     assert exported.rows_per_model == {"openai/fake-alpha": 50, "openai/fake-beta": 50, FAILING: 0}
     assert exported.rows == 100
