@@ -11,8 +11,10 @@ None for a valid value.
   `_ - . :`, starting with a letter or digit: the server makes them (`tpl_<hex>`, a UUID,
   `job_<hex>`), so a stranger is refused rather than looked up.
 - A user id (a token's `sub`) is 1 to MAX_USER_ID_CHARS characters, not blank, with no
-  surrounding whitespace and no control character; any other character is allowed and
-  reaches keys only through `palette.blobs.keys.key_segment`.
+  surrounding whitespace, no control character and no `#` (the views' index keys join
+  `owner#<user>#status#<status>`, so `alice#status#COMPLETED` would read alice's index);
+  any other character is allowed and reaches blob keys only through
+  `palette.blobs.keys.key_segment`.
 """
 
 from __future__ import annotations
@@ -73,4 +75,6 @@ def user_id_problem(user: object) -> str | None:
         return "the user id starts or ends with whitespace"
     if has_control_character(user):
         return "the user id holds a control character"
+    if "#" in user:
+        return "the user id holds a '#'"
     return None
