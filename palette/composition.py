@@ -23,7 +23,8 @@ from typing import Any
 from palette.adapters import Adapters, local_adapters
 from palette.api.app import build_app, logger
 from palette.api.auth import LocalTokens
-from palette.api.server import FacadeApp, LocalServer
+from palette.api.asgi import DEFAULT_WORKERS, PooledResolver
+from palette.api.server import DEFAULT_GRACE_SECONDS, FacadeApp, LocalServer
 from palette.bus.local import LocalBus
 from palette.guard.config import GuardConfig
 from palette.guard.contentfilter import ContentFilter
@@ -166,6 +167,9 @@ class LocalPalette:
     worker_concurrency: int = 16
     max_running_jobs: int = 2
     max_running_jobs_per_user: int = 3
+    api_workers: int = DEFAULT_WORKERS
+    cors_origins: tuple[str, ...] = ()
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
     adapters: Adapters = field(init=False)
     bus: LocalBus = field(init=False)
     runners: list[ProjectionRunner[Any]] = field(init=False)
@@ -217,10 +221,27 @@ class LocalPalette:
         for name, pattern, handler in [*jobs_subscriptions(self.jobs), *billing_subscriptions(self.ledger)]:
             self.bus.subscribe(name, pattern, handler)
         self.workers.subscribe(self.bus)
-        self.api = build_app(routers, self.tokens, local=True, limiter=self.limiter)
-        self.asgi = FacadeApp(
-            self.api, kernel.blobs, on_upload=self._uploaded, limiter=self.limiter  # type: ignore[arg-type]
+        self.api = build_app(
+            routers, self.tokens, local=True, limiter=self.limiter, cors_origins=self.cors_origins,
+            readiness=self._readiness_checks(),
         )
+        self.resolver_pool = PooledResolver(self.api, workers=self.api_workers)
+        self.asgi = FacadeApp(
+            self.resolver_pool, kernel.blobs, on_upload=self._uploaded, limiter=self.limiter
+        )
+
+    def _readiness_checks(self) -> dict[str, Callable[[], object]]:
+        """What GET /health/ready probes: a read of the log, of the blob folder, and the bus relay."""
+
+        def bus() -> None:
+            if not self.bus.running:
+                raise RuntimeError("the bus relay is not running")
+
+        return {
+            "event_store": lambda: self.adapters.events.stream_version("palette-readiness-probe"),
+            "blob_store": lambda: self.adapters.blobs.exists("readiness/probe"),
+            "bus": bus,
+        }
 
     def catch_up(self) -> None:
         """Apply every committed event to every projection (the background thread's work)."""
@@ -268,9 +289,10 @@ class LocalPalette:
             self._projector.join(timeout=10)
 
     def server(self) -> LocalServer:
-        return LocalServer(self.asgi, self.host, self.port)
+        return LocalServer(self.asgi, self.host, self.port, grace=self.grace_seconds)
 
     def close(self) -> None:
+        self.resolver_pool.close()
         self.stop_background()
         self.enhancer.close()
         self.bus.close()

@@ -1,47 +1,64 @@
 """The REST facade: one powertools resolver composed of the services' routers.
 
-The same routers serve the local server (`HttpResolverLocal`, ASGI under uvicorn) and each
-service's Lambda (`APIGatewayHttpResolver`). Cross-cutting concerns live here, once: the
-request id, the caller's identity (every route but the public ones), the caller's rate
-limit, structured logs, and the mapping of every failure to the documented error shape — so
-no route answers a raw 500 or a framework-shaped 422.
+The same routers serve the local server (`palette.api.asgi` turns each HTTP request into an
+API Gateway HTTP API event and calls `resolve`, in a thread per request) and each service's
+Lambda (`APIGatewayHttpResolver`). Cross-cutting concerns live here, once: the request id,
+the correlation id, the caller's identity (every route but the public ones), the caller's
+rate limit, CORS, structured logs, and the mapping of every failure to the documented error
+shape — so no route answers a raw 500 or a framework-shaped 422.
 
 Rate limits are charged once per request, after authentication: to the user, or to the
 source IP when there is no user (public paths, and requests whose token was refused, so
 guessing tokens is throttled too). Requests that fail validation or match no route are
 charged as well, since they reach their error handlers without passing the middleware.
+Health checks are never charged: a load balancer polls them from one address.
 """
 
 from __future__ import annotations
 
+import re
+import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver, Router
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response
+from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver, BaseRouter, Router
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.http_resolver import HttpResolverLocal
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 
 from palette.api.auth import CallerIdentity
-from palette.api.errors import ApiError, RateLimited, error_response
+from palette.api.errors import ApiError, ErrorReply, RateLimited, ServiceUnavailable, error_response
 from palette.guard.ratelimit import RateLimiter, route_class
 
 logger = Logger(service="palette-api")
 
-PUBLIC_PATHS = frozenset({"/health", "/swagger", "/openapi.json"})
-"""Reachable without a token: liveness and the API's own documentation (no user data)."""
+HEALTH_PATHS = frozenset({"/health", "/health/ready"})
+"""Liveness and readiness: public, and never charged to a rate limit."""
 
+PUBLIC_PATHS = HEALTH_PATHS | {"/swagger", "/openapi.json"}
+"""Reachable without a token: health and the API's own documentation (no user data)."""
 
-PEER_IP_HEADER = "x-palette-peer-ip"
-"""Set by the local server from the TCP peer (any copy sent by a client is dropped first);
-on AWS the source IP comes from API Gateway's requestContext instead."""
+MAX_ID_CHARS = 128
+_WELL_FORMED_ID = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_CHARS}}}")
+
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "X-Request-Id", "X-Correlation-Id"]
+CORS_EXPOSE_HEADERS = ["X-Request-Id", "Retry-After"]
+
+ReadinessCheck = Callable[[], object]
+"""Raises when the dependency it probes cannot serve."""
 
 _request_id: ContextVar[str] = ContextVar("palette_request_id", default="")
+
+
+def well_formed_id(value: str) -> bool:
+    """A request or correlation id the facade records and echoes: 1-128 of [A-Za-z0-9._-]."""
+    return _WELL_FORMED_ID.fullmatch(value) is not None
 
 
 def request_id() -> str:
@@ -72,8 +89,88 @@ class _ValidationAnswersFourHundred:
         return schema
 
 
-class _LocalFacade(_ValidationAnswersFourHundred, HttpResolverLocal):
-    """The facade under `palette serve`."""
+@dataclass
+class _Resolving:
+    """The request one thread is resolving: what powertools keeps on the resolver."""
+
+    event: BaseProxyEvent | None = None
+    lambda_context: Any = None
+    context: dict[str, Any] = field(default_factory=dict)
+    processed_stack_frames: list[str] = field(default_factory=list)
+
+
+class _RequestPerThread:
+    """Lets several threads resolve requests at once, each seeing only its own.
+
+    powertools' `resolve` keeps the request on the resolver — the event on a class
+    attribute, the routing context (where the caller's identity lives) in one dict — which
+    suits a Lambda serving one request at a time. The local server resolves one request per
+    thread, several at once, so here each thread reads and writes the request it resolves;
+    routers delegate these attributes to their resolver and follow."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._threads = threading.local()
+        self._idle = _Resolving()
+        super().__init__(*args, **kwargs)
+
+    def resolve(self, event: Any, context: Any) -> dict[str, Any]:
+        resolver: Any = super()
+        self._threads.resolving = _Resolving(
+            event=self._to_proxy_event(event), lambda_context=context,  # type: ignore[attr-defined]
+            context=dict(self._idle.context),
+        )
+        try:
+            return resolver.resolve(event, context)  # type: ignore[no-any-return]
+        finally:
+            self._threads.resolving = None
+
+    def _resolving(self) -> _Resolving:
+        return getattr(self._threads, "resolving", None) or self._idle
+
+    @property
+    def current_event(self) -> BaseProxyEvent:
+        event = self._resolving().event
+        return event if event is not None else BaseRouter.current_event
+
+    @current_event.setter
+    def current_event(self, value: BaseProxyEvent) -> None:
+        self._resolving().event = value
+
+    @property
+    def lambda_context(self) -> Any:
+        return self._resolving().lambda_context
+
+    @lambda_context.setter
+    def lambda_context(self, value: Any) -> None:
+        self._resolving().lambda_context = value
+
+    @property
+    def context(self) -> dict[str, Any]:
+        return self._resolving().context
+
+    @context.setter
+    def context(self, value: dict[str, Any]) -> None:
+        self._resolving().context = value
+
+    @property
+    def processed_stack_frames(self) -> list[str]:
+        return self._resolving().processed_stack_frames
+
+    @processed_stack_frames.setter
+    def processed_stack_frames(self, value: list[str]) -> None:
+        self._resolving().processed_stack_frames = value
+
+    def build_middleware_stacks(self) -> None:
+        """Wraps every route in its middlewares now: powertools does it at a route's first
+        request, and two threads doing it at once would wrap it twice."""
+        resolver: Any = self
+        for route in resolver._static_routes + resolver._dynamic_routes:
+            if not route._middleware_stack_built:
+                route._build_middleware_stack(router_middlewares=resolver._router_middlewares, app=resolver)
+
+
+class _LocalFacade(_ValidationAnswersFourHundred, _RequestPerThread, APIGatewayHttpResolver):
+    """The facade under `palette serve`: HTTP API events, resolved in several threads at once."""
 
 
 class _LambdaFacade(_ValidationAnswersFourHundred, APIGatewayHttpResolver):
@@ -86,40 +183,61 @@ def build_app(
     local: bool,
     title: str = "Palette",
     limiter: RateLimiter | None = None,
+    cors_origins: Sequence[str] = (),
+    readiness: Mapping[str, ReadinessCheck] | None = None,
 ) -> ApiGatewayResolver:
-    app: ApiGatewayResolver = (
-        _LocalFacade(enable_validation=True) if local else _LambdaFacade(enable_validation=True)
+    """The facade over `routers`. `local` builds it for `palette serve`, which resolves
+    requests in several threads at once (`palette.api.asgi`); `cors_origins` are the browser
+    origins allowed to call it (none: no CORS headers, preflights answer 404); `readiness`
+    names the checks GET /health/ready runs."""
+    cors = (
+        CORSConfig(
+            allow_origin=cors_origins[0], extra_origins=list(cors_origins[1:]),
+            allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS, max_age=600,
+        )
+        if cors_origins else None
     )
+    app: ApiGatewayResolver = (
+        _LocalFacade(enable_validation=True, cors=cors) if local else _LambdaFacade(enable_validation=True, cors=cors)
+    )
+    checks = dict(readiness or {})
 
     def enter(app: ApiGatewayResolver) -> str:
         """Sets the request id, correlation id and log keys, once per request. Request
-        validation and routing run before any middleware, so their error handlers call it too."""
+        validation and routing run before any middleware, so their error handlers call it too.
+
+        The correlation id is the client's X-Correlation-Id when well formed (1-128 of
+        [A-Za-z0-9._-]); anything else is replaced by the request id, with a warning logged,
+        so no client-sized text reaches the events."""
         if "request_id" in app.context:
             return str(app.context["request_id"])
         event = app.current_event
-        logger.remove_keys(["user_id", "request_id", "correlation_id"])
-        rid = event.raw_event.get("requestContext", {}).get("requestId") or str(uuid.uuid4())
+        logger.thread_safe_remove_keys(["user_id", "request_id", "correlation_id"])
+        rid = event.raw_event.get("requestContext", {}).get("requestId") or uuid.uuid4().hex
         _request_id.set(rid)
-        correlation_id = dict(event.headers or {}).get("x-correlation-id") or rid
+        sent = {k.lower(): v for k, v in (event.headers or {}).items()}.get("x-correlation-id")
+        correlation_id = sent if sent is not None and well_formed_id(sent) else rid
         app.append_context(request_id=rid, correlation_id=correlation_id)
-        logger.append_keys(request_id=rid, correlation_id=correlation_id)
+        logger.thread_safe_append_keys(request_id=rid, correlation_id=correlation_id)
+        if sent is not None and correlation_id != sent:
+            logger.warning("malformed X-Correlation-Id replaced by the request id", extra={"sent_chars": len(sent)})
         return rid
 
     def authenticate(app: ApiGatewayResolver) -> None:
         """Records the caller of a non-public path, or raises Unauthorized."""
         event = app.current_event
-        if event.path in PUBLIC_PATHS:
-            return
+        if event.path in PUBLIC_PATHS or event.http_method.upper() == "OPTIONS":
+            return  # an OPTIONS request is a CORS preflight: no route serves it any data
         user = identity.user_id(dict(event.headers or {}), event.raw_event)
         app.append_context(user_id=user)
-        logger.append_keys(user_id=user)
+        logger.thread_safe_append_keys(user_id=user)
 
     def throttle(app: ApiGatewayResolver) -> None:
         """Takes one token from the caller's bucket for this route class, or raises RateLimited."""
-        if limiter is None or app.context.get("rate_limit_charged"):
+        event = app.current_event
+        if limiter is None or app.context.get("rate_limit_charged") or event.path in HEALTH_PATHS:
             return
         app.append_context(rate_limit_charged=True)
-        event = app.current_event
         route = route_class(event.http_method, event.path)
         user = app.context.get("user_id")
         decision = limiter.admit(route, user=user, source_ip=None if user else _source_ip(event.raw_event))
@@ -198,22 +316,43 @@ def build_app(
 
     @app.get("/health")
     def health() -> dict[str, str]:
+        """Liveness: the process answers."""
         return {"status": "ok"}
+
+    @app.get(
+        "/health/ready",
+        responses={
+            200: {"description": "every dependency answered"},
+            503: {"description": "SERVICE_UNAVAILABLE: a dependency failed (named in details.failed)",
+                  "content": {"application/json": {"model": ErrorReply}}},
+        },
+    )
+    def ready() -> dict[str, Any]:
+        """Readiness: each dependency check passes, else 503 naming the ones that failed."""
+        failed: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                check()
+            except Exception as error:
+                failed[name] = f"{type(error).__name__}: {error}"
+        if failed:
+            logger.warning("not ready", extra={"failed": failed})
+            raise ServiceUnavailable(f"not ready: {', '.join(sorted(failed))} failed", {"failed": failed})
+        return {"status": "ready", "checks": {name: "ok" for name in checks}}
 
     for router in routers:
         app.include_router(router)
     app.enable_swagger(path="/swagger", title=title)
+    if isinstance(app, _RequestPerThread):
+        app.build_middleware_stacks()
     return app
 
 
 def _source_ip(raw_event: dict[str, Any]) -> str | None:
-    """API Gateway's sourceIp (HTTP API v2, then REST v1), else the local server's peer header."""
+    """API Gateway's sourceIp: HTTP API v2 (also what the local server sends), then REST v1."""
     context = raw_event.get("requestContext") or {}
     address = (context.get("http") or {}).get("sourceIp") or (context.get("identity") or {}).get("sourceIp")
-    if address:
-        return str(address)
-    headers = {k.lower(): v for k, v in (raw_event.get("headers") or {}).items()}
-    return headers.get(PEER_IP_HEADER)
+    return str(address) if address else None
 
 
 def _describe(problem: dict[str, Any]) -> dict[str, Any]:

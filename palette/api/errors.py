@@ -56,6 +56,13 @@ class RateLimited(ApiError):
     code = "RATE_LIMITED"
 
 
+class ServiceUnavailable(ApiError):
+    """The server cannot serve now (busy, or a dependency is down); retrying later may work."""
+
+    status = 503
+    code = "SERVICE_UNAVAILABLE"
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None, request_id: str) -> str:
     return json.dumps(
         {
@@ -79,7 +86,7 @@ def error_response(
         status_code=status,
         content_type=content_types.APPLICATION_JSON,
         body=error_body(code, message, details, request_id),
-        headers=headers or {},
+        headers={"X-Request-Id": request_id, **(headers or {})},
     )
 
 

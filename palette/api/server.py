@@ -1,31 +1,32 @@
-"""The local HTTP server: the facade's ASGI app under uvicorn, plus the signed blob routes.
+"""The local HTTP server: the facade under uvicorn, plus the signed blob routes.
 
 `/blobs/<key>` is the local stand-in for S3 presigned URLs: a PUT streams the body into
 the blob store within the URL's signed byte limit (never buffering the whole file, so a
 1 GiB seed upload stays in bounded memory), a GET streams a blob out. Every other path goes
-to the powertools resolver. Errors keep the facade's error shape.
+to the resolver's pool (`palette.api.asgi.PooledResolver`). Errors keep the facade's error
+shape, and every answer carries the request's X-Request-Id.
 
 The blob routes carry no bearer token (the signature is the credential), so their rate
-limit is charged to the client's IP: a PUT as an upload, a GET as any other request. The
-resolver learns the client's IP from a header set here from the TCP peer, after dropping
-any copy the client sent.
+limit is charged to the client's IP: a PUT as an upload, a GET as any other request.
+
+Each blob transfer holds at most one thread of the loop's default executor (the store's
+writer, or one read at a time) and the event loop feeds it without a thread of its own, so
+transfers queue for threads but never wait on each other.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
+import json
 import signal
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
 import uvicorn
 
-from palette.api.app import PEER_IP_HEADER
-from palette.api.errors import error_body
+from palette.api.asgi import PooledResolver, Receive, Scope, Send, request_id_of, send_error
 from palette.blobs.local import LocalBlobStore
 from palette.blobs.port import BlobNotFound, BlobTooLarge, InvalidBlobKey
 from palette.blobs.signing import SignatureInvalid, UrlExpired
@@ -34,18 +35,19 @@ from palette.guard.ratelimit import RateLimiter, route_class
 BLOB_PREFIX = "/blobs/"
 _CHUNK = 1024 * 1024
 _QUEUE_DEPTH = 8
+DEFAULT_GRACE_SECONDS = 20.0
 
-Scope = dict[str, Any]
-Receive = Callable[[], Any]
-Send = Callable[[dict[str, Any]], Any]
+
+class _UploadAbandoned(Exception):
+    """The request feeding an upload went away (cancelled at shutdown) before its end."""
 
 
 class FacadeApp:
-    """ASGI app: blob routes here, everything else to `api` (a powertools HttpResolverLocal)."""
+    """ASGI app: blob routes here, everything else to `api`."""
 
     def __init__(
         self,
-        api: Callable[[Scope, Receive, Send], Any],
+        api: PooledResolver,
         blobs: LocalBlobStore,
         on_upload: Callable[[str], None] | None = None,
         limiter: RateLimiter | None = None,
@@ -57,14 +59,14 @@ class FacadeApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self._api(scope, receive, send)
-        elif scope["path"].startswith(BLOB_PREFIX):
-            await self._blob_route(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        if scope["path"].startswith(BLOB_PREFIX):
+            await self._blob_route(scope, receive, send, request_id)
         else:
-            await self._api(_with_peer_ip(scope), receive, _bodies_as_bytes(send))
+            await self._api(scope, receive, send, request_id)
 
-    async def _blob_route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = str(uuid.uuid4())
+    async def _blob_route(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         key = scope["path"][len(BLOB_PREFIX):]  # ASGI gives the path percent-decoded once
         params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         if self._limiter is not None:
@@ -74,67 +76,75 @@ class FacadeApp:
             )
             if not decision.allowed:
                 retry_after = decision.retry_after_header
-                body = error_body(
-                    "RATE_LIMITED", f"too many {route} requests; retry in {retry_after} s",
+                await send_error(
+                    send, 429, "RATE_LIMITED", f"too many {route} requests; retry in {retry_after} s",
                     {"route_class": route, "retry_after_seconds": int(retry_after)}, request_id,
+                    [(b"retry-after", retry_after.encode())],
                 )
-                await _send_json(send, 429, body.encode(), request_id, [(b"retry-after", retry_after.encode())])
                 return
         try:
             if scope["method"] == "PUT":
                 await self._upload(key, params, receive)
-                await _send_json(send, 200, b'{"status":"ok","key":%s}' % _json_str(key), request_id)
+                body = json.dumps({"status": "ok", "key": key}).encode()
+                await send({
+                    "type": "http.response.start", "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                })
+                await send({"type": "http.response.body", "body": body})
             elif scope["method"] == "GET":
                 await self._download(key, params, send, request_id)
             else:
-                await _send_error(send, 405, "METHOD_NOT_ALLOWED", "use PUT or GET", request_id)
+                await send_error(send, 405, "METHOD_NOT_ALLOWED", "use PUT or GET", {}, request_id)
         except (SignatureInvalid, UrlExpired) as error:
-            await _send_error(send, 403, "FORBIDDEN", str(error), request_id)
+            await send_error(send, 403, "FORBIDDEN", str(error), {}, request_id)
         except BlobTooLarge as error:
-            await _send_error(send, 413, "PAYLOAD_TOO_LARGE", str(error), request_id)
+            await send_error(send, 413, "PAYLOAD_TOO_LARGE", str(error), {}, request_id)
         except InvalidBlobKey as error:
-            await _send_error(send, 400, "VALIDATION_ERROR", str(error), request_id)
+            await send_error(send, 400, "VALIDATION_ERROR", str(error), {}, request_id)
         except BlobNotFound:
-            await _send_error(send, 404, "NOT_FOUND", "no such blob", request_id)
+            await send_error(send, 404, "NOT_FOUND", "no such blob", {}, request_id)
 
     async def _upload(self, key: str, params: dict[str, str], receive: Receive) -> None:
-        """Hands the body to the blob store chunk by chunk, through a bounded queue."""
+        """Hands the body to the blob store's writer chunk by chunk, through a bounded queue
+        the event loop fills: the writer holds the only thread the upload uses."""
         self._blobs.verify_upload_url(key, params)
         loop = asyncio.get_running_loop()
-        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUE_DEPTH)
-        stop = threading.Event()
+        chunks: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=_QUEUE_DEPTH)
+        abandoned = threading.Event()
 
         def body() -> Iterator[bytes]:
-            while (chunk := chunks.get()) is not None:
+            while True:
+                waiting = asyncio.run_coroutine_threadsafe(chunks.get(), loop)
+                while True:
+                    try:
+                        chunk = waiting.result(timeout=0.5)
+                        break
+                    except TimeoutError:
+                        if abandoned.is_set():
+                            waiting.cancel()
+                            raise _UploadAbandoned from None
+                if chunk is None:
+                    return
                 yield chunk
 
-        def store() -> None:
-            try:
-                self._blobs.accept_upload(key, params, body())
-            finally:
-                stop.set()
-
-        writer = loop.run_in_executor(None, store)
-
-        def offer(chunk: bytes | None) -> None:
-            while not stop.is_set():
-                try:
-                    chunks.put(chunk, timeout=0.05)
-                    return
-                except queue.Full:
-                    continue
-
-        more = True
-        while more and not stop.is_set():
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            data = message.get("body", b"")
-            more = message.get("more_body", False)
-            if data:
-                await loop.run_in_executor(None, offer, data)
-        await loop.run_in_executor(None, offer, None)
-        await writer
+        writer = loop.run_in_executor(None, self._blobs.accept_upload, key, params, body())
+        try:
+            more = True
+            while more and not writer.done():
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+                data = message.get("body", b"")
+                more = message.get("more_body", False)
+                if data:
+                    await _offer(chunks, data, writer)
+            await _offer(chunks, None, writer)
+            await writer
+        finally:
+            abandoned.set()
         if self._on_upload is not None:
             await loop.run_in_executor(None, self._on_upload, key)
 
@@ -155,61 +165,34 @@ class FacadeApp:
             handle.close()
 
 
+async def _offer(chunks: asyncio.Queue[bytes | None], item: bytes | None, writer: asyncio.Future[Any]) -> None:
+    """Queues `item` for the writer, unless the writer stops reading first (it failed or ended)."""
+    put = asyncio.ensure_future(chunks.put(item))
+    await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
+    if not put.done():
+        put.cancel()
+
+
 def _peer_ip(scope: Scope) -> str | None:
     client = scope.get("client")
     return str(client[0]) if client else None
 
 
-def _with_peer_ip(scope: Scope) -> Scope:
-    """The scope with the peer-IP header set from the TCP peer, never from the client."""
-    header = PEER_IP_HEADER.encode()
-    headers = [(name, value) for name, value in scope.get("headers", []) if name.lower() != header]
-    peer = _peer_ip(scope)
-    if peer is not None:
-        headers.append((header, peer.encode()))
-    return {**scope, "headers": headers}
-
-
-def _bodies_as_bytes(send: Send) -> Send:
-    """powertools' local resolver sends `body=None` for empty responses (204), which the
-    HTTP layer cannot write; an empty body is what it means."""
-
-    async def sending(message: dict[str, Any]) -> Any:
-        if message.get("type") == "http.response.body" and message.get("body") is None:
-            message = {**message, "body": b""}
-        return await send(message)
-
-    return sending
-
-
-def _json_str(text: str) -> bytes:
-    import json
-
-    return json.dumps(text).encode()
-
-
-async def _send_json(
-    send: Send, status: int, body: bytes, request_id: str, extra_headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"), (b"x-request-id", request_id.encode()), *(extra_headers or []),
-        ],
-    })
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_error(send: Send, status: int, code: str, message: str, request_id: str) -> None:
-    await _send_json(send, status, error_body(code, message, {}, request_id).encode(), request_id)
-
-
 class LocalServer:
-    """uvicorn serving `app` on host:port, in the foreground or in a thread (tests)."""
+    """uvicorn serving `app` on host:port, in the foreground or in a thread (tests).
 
-    def __init__(self, app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000) -> None:
-        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+    On SIGTERM or Ctrl-C it stops accepting connections, lets requests in flight finish for
+    up to `grace` seconds (then closes their connections), and returns."""
+
+    def __init__(
+        self, app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000,
+        grace: float = DEFAULT_GRACE_SECONDS,
+    ) -> None:
+        self.config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off",
+            timeout_graceful_shutdown=max(1, round(grace)),
+            proxy_headers=False,  # the client's address is the TCP peer, never X-Forwarded-For
+        )
         self.server = uvicorn.Server(self.config)
         self._thread: threading.Thread | None = None
 

@@ -212,6 +212,11 @@ class LocalBus(Bus):
         )
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the background relay is delivering (started, neither stopped nor dead)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float | None = 10.0) -> None:
         """Stop the background relay after its current delivery."""
         self._stop.set()

@@ -155,11 +155,18 @@ def test_a_blocked_template_is_refused_naming_step_and_rule(server: tuple[str, P
 
 def test_unauthenticated_requests_are_limited_per_source_ip(server: tuple[str, Path]) -> None:
     base, _ = server
-    spoofed = {"x-palette-peer-ip": "203.0.113.9"}
-    responses = [httpx.get(f"{base}/health", headers=spoofed) for _ in range(8)]
-    assert responses[0].status_code == 200
+    spoofed = {"x-palette-peer-ip": "203.0.113.9", "x-forwarded-for": "203.0.113.9"}
+    responses = [httpx.get(f"{base}/templates", headers=spoofed) for _ in range(8)]
+    assert responses[0].status_code == 401
     limited = [r for r in responses if r.status_code == 429]
     assert limited, [r.status_code for r in responses]
     _assert_rate_limited(limited[0], "other")
     guessing = httpx.get(f"{base}/templates", headers={"Authorization": "Bearer guessed.token.value"})
     _assert_rate_limited(guessing, "other")
+
+
+def test_health_checks_are_never_rate_limited(server: tuple[str, Path]) -> None:
+    base, _ = server
+    statuses = {httpx.get(f"{base}/health").status_code for _ in range(12)}
+    statuses |= {httpx.get(f"{base}/health/ready").status_code for _ in range(12)}
+    assert statuses == {200}
