@@ -5,13 +5,12 @@ Exit code 0 on success; on failure a one-line reason on stderr and a non-zero co
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from palette.audit.cli import audit_app, events_app, replay_command
+from palette.audit.cli import audit_app, events_app, projections_app, replay_command
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Palette: synthetic data on an event log.")
 token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the local facade.")
@@ -20,6 +19,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(audit_app, name="audit")
 app.add_typer(events_app, name="events")
+app.add_typer(projections_app, name="projections")
 app.command("replay")(replay_command)
 
 DataDir = Annotated[
@@ -27,7 +27,6 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Where the embedded runtime keeps its state.", envvar="PALETTE_DATA_DIR"),
 ]
 DEFAULT_DATA_DIR = Path(".palette")
-CORS_ORIGINS_ENV = "PALETTE_CORS_ORIGINS"
 
 
 def fail(reason: str, code: int = 1) -> None:
@@ -55,26 +54,11 @@ def serve(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    cors_origin: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--cors-origin",
-            help="A browser origin allowed to call the API (repeatable); default: $PALETTE_CORS_ORIGINS "
-            "(comma-separated), else none.",
-        ),
-    ] = None,
-    api_threads: Annotated[int, typer.Option(help="Threads that resolve API requests.", min=1)] = 8,
-    grace: Annotated[
-        float, typer.Option(help="Seconds requests in flight get to finish on SIGTERM or Ctrl-C.", min=1)
-    ] = 20.0,
 ) -> None:
-    """Run the REST facade, the local bus and every consumer over DATA_DIR until Ctrl-C or SIGTERM."""
+    """Run the REST facade, the local bus and every consumer over DATA_DIR until Ctrl-C."""
     from palette.composition import LocalPalette
 
-    origins = cors_origin or [o.strip() for o in os.environ.get(CORS_ORIGINS_ENV, "").split(",") if o.strip()]
-    runtime = LocalPalette(
-        data_dir, host, port, api_workers=api_threads, cors_origins=tuple(origins), grace_seconds=grace
-    )
+    runtime = LocalPalette(data_dir, host, port)
     runtime.start_background()
     typer.echo(f"Palette on http://{host}:{port} (Swagger UI at /swagger), data in {data_dir}")
     try:

@@ -1,5 +1,6 @@
 """The auditor's commands: `palette audit verify|job`, `palette replay`, `palette events
-export|import`. Registered on the `palette` app by `palette.cli`.
+export|import`, `palette projections status|redrive`. Registered on the `palette` app by
+`palette.cli`.
 
 Each works on the embedded data directory (`--data-dir`) or, with `--runtime aws`, on the
 DynamoDB event table named by the environment (`PALETTE_EVENT_TABLE`, see
@@ -19,10 +20,15 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
+    from palette.adapters import Adapters
     from palette.eventstore.port import EventStore
+    from palette.projections.health import ViewHealth
 
 audit_app = typer.Typer(no_args_is_help=True, help="Prove the log is intact; explain a job and its cost.")
 events_app = typer.Typer(no_args_is_help=True, help="Archive the event log to Parquet and load it back.")
+projections_app = typer.Typer(
+    no_args_is_help=True, help="The views: how far each is, the events it set aside, and re-driving them."
+)
 
 DataDir = Annotated[
     Path,
@@ -115,10 +121,12 @@ def verify(
     try:
         with progress_bar("verifying the log") as advance:
             report = verify_log(store, advance, workers=workers)
+        views = views_health(store, data_dir, runtime)
     finally:
         store.close()
+    failing = [view for view in views if view.status == "failing"]
     if as_json:
-        emit_json(report.as_dict())
+        emit_json({**report.as_dict(), "views": [view.as_dict() for view in views]})
     else:
         typer.echo(
             f"{report.events} events in {report.streams} streams ({report.jobs} jobs), "
@@ -133,9 +141,43 @@ def verify(
             typer.echo(f"... and {len(report.violations) - MAX_LISTED} more")
         if report.ok:
             typer.echo("OK: every chain holds and every invariant is kept")
+        for view in views:
+            if view.status != "current":
+                typer.echo(f"view {view.line()}")
     if not report.ok:
         first = report.violations[0]
         fail(f"{len(report.violations)} violation(s); first: {first.line()}")
+    if failing:
+        from palette.projections.health import letter_line
+
+        letters = sum(len(view.dead_letters) for view in failing)
+        fail(f"{len(failing)} view(s) failing, {letters} event(s) set aside; first: {letter_line(failing[0].dead_letters[0])}")
+
+
+def views_health(events: EventStore, data_dir: Path, runtime: str) -> list[ViewHealth]:
+    """How every view of the runtime stands (none locally before the views file exists).
+    On AWS the views follow the bus, not log positions, so only their dead letters count."""
+    from palette.composition import local_projections
+    from palette.projections.health import view_health
+
+    projections = local_projections()
+    if runtime == "aws":
+        from palette.adapters import AwsSettings, aws_adapters
+        from palette.projections.documents_dynamodb import dynamodb_documents
+
+        store = aws_adapters(AwsSettings.from_env()).read_models
+        return view_health(events, store, [dynamodb_documents(p) for p in projections], lag=False)
+    from palette.projections.documents_sqlite import sqlite_documents
+    from palette.projections.sqlite import SQLiteReadModelStore
+
+    path = Path(data_dir) / PROJECTIONS_FILE
+    if not path.is_file():
+        return []
+    read_models = SQLiteReadModelStore(path)
+    try:
+        return view_health(events, read_models, [sqlite_documents(p) for p in projections])
+    finally:
+        read_models.close()
 
 
 @audit_app.command("job")
@@ -221,6 +263,7 @@ def replay_command(
     """
     from palette.audit.replay import ReplayError, parse_as_of
     from palette.composition import local_projections
+    from palette.projections.port import ProjectionError
 
     try:
         moment = None if as_of is None else parse_as_of(as_of)
@@ -244,6 +287,10 @@ def replay_command(
                 result = _replay_live(store, data_dir, runtime, projections, advance, workers)
     except ReplayError as error:
         fail(str(error), 2)
+    except ProjectionError as error:
+        from palette.projections.failures import describe
+
+        fail(f"nothing replaced: {describe(error)}")
     finally:
         store.close()
     if as_json:
@@ -384,3 +431,81 @@ def import_(
         emit_json(summary.as_dict())
     else:
         typer.echo(f"imported {summary.events} events of {summary.streams} streams (digest {summary.digest})")
+
+
+# -- palette projections -------------------------------------------------------------------
+
+
+@projections_app.command("status")
+def projections_status(data_dir: DataDir = DEFAULT_DATA_DIR, runtime: Runtime = "local", as_json: Json = False) -> None:
+    """Each view's checkpoint, how many events it is behind, and the events it set aside.
+
+    Exit 1 when a view holds dead letters (re-drive them after a fix)."""
+    store = open_events(data_dir, runtime)
+    try:
+        views = views_health(store, data_dir, runtime)
+    finally:
+        store.close()
+    if as_json:
+        emit_json({"views": [view.as_dict() for view in views]})
+    else:
+        from palette.projections.health import letter_line
+
+        if not views:
+            typer.echo(f"no views in {Path(data_dir) / PROJECTIONS_FILE} yet")
+        for view in views:
+            typer.echo(view.line())
+            for letter in view.dead_letters[:MAX_LISTED]:
+                typer.echo(f"  dead letter {letter_line(letter)} (since {letter.failed_at})")
+    failing = [view for view in views if view.dead_letters]
+    if failing:
+        fail(f"{len(failing)} view(s) hold dead letters: {', '.join(view.projection for view in failing)}")
+
+
+@projections_app.command("redrive")
+def projections_redrive(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    runtime: Runtime = "local",
+    projection: Annotated[str | None, typer.Option("--projection", help="Only this view (default: every view).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Apply again the events the views set aside (after the fix), and clear those that
+    apply now. A view with dead letters is rebuilt from the log and swapped in, so each is
+    applied in its place in the log's order. Exit 1 when some still fail."""
+    from palette.composition import local_projections
+    from palette.projections.failures import describe
+    from palette.projections.health import letter_line, redrive
+    from palette.projections.port import ProjectionError
+
+    projections = local_projections()
+    if projection is not None:
+        projections = [p for p in projections if p.name == projection]
+        if not projections:
+            names = ", ".join(p.name for p in local_projections())
+            fail(f"no view named {projection!r}; the views are {names}", 2)
+    open_events(data_dir, runtime).close()  # refuses a missing log before anything is created
+    adapters = _adapters(data_dir, runtime)
+    try:
+        results = redrive([adapters.projection_runner(p) for p in projections])
+    except ProjectionError as error:
+        fail(f"nothing replaced: {describe(error)}")
+    finally:
+        adapters.close()
+    if as_json:
+        emit_json({"redriven": [result.as_dict() for result in results]})
+    else:
+        if not results:
+            typer.echo("no dead letters: nothing to re-drive")
+        for result in results:
+            typer.echo(f"{result.projection}: {result.applied} of {result.letters} dead letter(s) applied")
+            for letter in result.still_failing[:MAX_LISTED]:
+                typer.echo(f"  still failing: {letter_line(letter)}")
+    still = [letter for result in results for letter in result.still_failing]
+    if still:
+        fail(f"{len(still)} event(s) still fail; first: {letter_line(still[0])}")
+
+
+def _adapters(data_dir: Path, runtime: str) -> Adapters:
+    from palette.adapters import AwsSettings, aws_adapters, local_adapters
+
+    return aws_adapters(AwsSettings.from_env()) if runtime == "aws" else local_adapters(Path(data_dir))

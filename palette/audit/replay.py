@@ -596,7 +596,9 @@ def _replay_part(
             events.close()
         results.send(("done", summary))
     except BaseException as error:
-        results.send(("failed", f"{type(error).__name__}: {error}"))
+        from palette.projections.failures import describe
+
+        results.send(("failed", describe(error)))
     finally:
         results.close()
 

@@ -91,6 +91,14 @@ def error_text(error: BaseException) -> str:
     return printable if len(printable) <= MAX_ERROR_CHARS else printable[: MAX_ERROR_CHARS - 3] + "..."
 
 
+def describe(error: BaseException) -> str:
+    """One line for an operator: a ProjectionFailed names the view and the event, then
+    what `apply` raised."""
+    if isinstance(error, ApplyFailed) and error.__cause__ is not None:
+        return f"{error}: {error_text(error)}"
+    return error_text(error)
+
+
 def dead_letter(projection: str, stored: StoredEvent, error: BaseException) -> DeadLetter:
     """The dead letter of `stored`, which `projection` could not apply."""
     return DeadLetter(

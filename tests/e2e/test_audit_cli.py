@@ -171,3 +171,62 @@ def test_the_bench_runs_small_and_ends_with_its_figures(capsys: pytest.CaptureFi
     assert bench_main(["--events", "1500", "--repeat", "1"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(r"replay rebuild_eps=\d+ verify_eps=\d+ export_eps=\d+ raw_read_eps=\d+", last)
+
+
+def test_a_view_that_set_an_event_aside_fails_verify_and_replay_in_one_line_until_redriven(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.test_poison_events import POISON_NAME, append_poison_template
+
+    events = SQLiteEventStore(data_dir / "events.db")
+    poison = append_poison_template(events)
+    views = SQLiteReadModelStore(data_dir / "projections.db")
+    for projection in local_projections():
+        ProjectionRunner(events, sqlite_documents(projection), views).run_once()
+    views.close()
+    events.close()
+
+    code, out, err = palette("audit", "verify", "--data-dir", str(data_dir))
+    assert code == 1
+    assert "OK: every chain holds" in out and "view templates_catalog: failing" in out
+    assert err.count("\n") == 1 and err.startswith("error: 1 view(s) failing, 1 event(s) set aside")
+    assert poison.id in err and "InvalidDocument" in err
+    code, out, _ = palette("projections", "status", "--data-dir", str(data_dir), "--json")
+    assert code == 1
+    status = {view["projection"]: view for view in json.loads(out)["views"]}
+    assert status["templates_catalog"]["status"] == "failing"
+    assert [letter["event_id"] for letter in status["templates_catalog"]["dead_letters"]] == [poison.id]
+    assert {view["status"] for name, view in status.items() if name != "templates_catalog"} == {"current"}
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "palette.cli", "replay", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, check=False,
+    )
+    assert completed.returncode == 1
+    [reason] = completed.stderr.strip().splitlines()
+    assert reason.startswith("error: nothing replaced: projection 'templates_catalog' failed to apply TemplateCreated")
+    assert poison.id in reason and reason.endswith("no NUL in partition or sort")
+    assert not list(data_dir.glob(".replay-*"))
+
+    code, out, err = palette("projections", "redrive", "--data-dir", str(data_dir))
+    assert code == 1 and "templates_catalog: 0 of 1 dead letter(s) applied" in out
+    assert err.startswith("error: 1 event(s) still fail")
+
+    # the fix: the catalogue escapes NUL in the names it indexes
+    from services.templates import projections as templates
+
+    original = templates._sort_name
+    monkeypatch.setattr(templates, "_sort_name", lambda name, template_id: original(name.replace("\x00", "\\0"), template_id))
+    code, out, _ = palette("projections", "redrive", "--projection", "templates_catalog", "--data-dir", str(data_dir))
+    assert code == 0, out
+    assert "templates_catalog: 1 of 1 dead letter(s) applied" in out
+    code, out, _ = palette("projections", "status", "--data-dir", str(data_dir), "--json")
+    assert code == 0 and {view["status"] for view in json.loads(out)["views"]} == {"current"}
+    assert palette("audit", "verify", "--data-dir", str(data_dir))[0] == 0
+    views = SQLiteReadModelStore(data_dir / "projections.db")
+    from palette.projections.documents_sqlite import SQLiteDocumentReader
+
+    assert SQLiteDocumentReader(views, "templates_catalog").get("template", "tpl_poison")["name"] == POISON_NAME  # type: ignore[index]
+    views.close()
+    code, _, err = palette("projections", "redrive", "--projection", "nope", "--data-dir", str(data_dir))
+    assert code == 2 and "no view named 'nope'" in err

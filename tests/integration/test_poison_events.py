@@ -17,12 +17,16 @@ from typing import Any
 
 import pytest
 
-from contracts.envelope import StoredEvent
+from contracts.envelope import EventEnvelope, StoredEvent
 from contracts.events.templates import TemplateCreated, TemplateStep
+from palette.adapters import local_adapters
 from palette.eventstore.port import EventStore, NewEvent
 from palette.projections import failures
+from palette.projections.documents import Document, DocumentProjection, DocumentWriter
 from palette.projections.documents_dynamodb import dynamodb_documents
 from palette.projections.documents_sqlite import sqlite_documents
+from palette.projections.health import redrive, view_health
+from palette.projections.port import ProjectedEvent
 from palette.projections.sqlite import SQLiteReadModelStore
 from services.templates import lambda_handler
 from services.templates.projections import TemplateCatalog
@@ -129,3 +133,53 @@ def test_over_http_the_catalogue_serves_everyone_while_a_poison_event_is_in_the_
     line = json.loads(failures.alerts.registered_formatter.format(alerts[0]))  # as written to stderr
     assert line["level"] == "ERROR" and line["service"] == "palette-projections"
     assert (line["projection"], line["event_id"], line["position"]) == (TemplateCatalog.name, poison.id, poison.position)
+
+
+class FixedLater(DocumentProjection):
+    """A catalogue that cannot apply one template until it is fixed: the stand-in for a
+    view whose code was corrected after it set that event aside."""
+
+    name = "fixed_later"
+    detail_types = ("TemplateCreated",)
+
+    def __init__(self, template_id: str) -> None:
+        self.fails_for = template_id
+        self.fixed = False
+
+    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
+        assert isinstance(event, EventEnvelope) and isinstance(event.detail, TemplateCreated)
+        if event.detail.template_id == self.fails_for and not self.fixed:
+            raise ValueError("not applied yet")
+        docs.put(Document("template", event.detail.template_id, {"name": event.detail.name}))
+
+
+def test_status_reports_the_letter_and_a_redrive_after_the_fix_applies_and_clears_it(tmp_path: Path) -> None:
+    adapters = local_adapters(tmp_path)
+    try:
+        stored = [append_poison_template(adapters.events, template_id=f"tpl_{n}") for n in range(3)]
+        projection = FixedLater("tpl_1")
+        runner = adapters.projection_runner(projection)
+        assert runner.run_once() == 2
+
+        [health] = view_health(adapters.events, adapters.read_models, [runner.projection])
+        assert (health.status, health.checkpoint, health.lag) == ("failing", stored[-1].position, 0)
+        assert [letter.event_id for letter in health.dead_letters] == [stored[1].id]
+        assert health.dead_letters[0].error == "ValueError: not applied yet"
+        append_poison_template(adapters.events, template_id="tpl_3")
+        [health] = view_health(adapters.events, adapters.read_models, [runner.projection])
+        assert health.lag == 1
+
+        [unfixed] = redrive([runner])
+        assert [letter.event_id for letter in unfixed.still_failing] == [stored[1].id]  # not fixed yet
+        projection.fixed = True
+        [result] = redrive([runner])
+
+        assert (result.projection, result.letters, result.applied, result.still_failing) == (projection.name, 1, 1, [])
+        [health] = view_health(adapters.events, adapters.read_models, [runner.projection])
+        assert (health.status, health.lag, health.dead_letters) == ("current", 0, [])
+        reader = adapters.document_reader(projection)
+        assert [reader.get("template", f"tpl_{n}") for n in range(4)] == [{"name": POISON_NAME}] * 4
+        assert redrive([runner]) == []  # nothing left to re-drive
+        assert len(failures_recorded(adapters.events, projection.name)) == 1
+    finally:
+        adapters.close()
