@@ -5,6 +5,7 @@ Exit code 0 on success; on failure a one-line reason on stderr and a non-zero co
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,7 @@ DataDir = Annotated[
     typer.Option("--data-dir", help="Where the embedded runtime keeps its state.", envvar="PALETTE_DATA_DIR"),
 ]
 DEFAULT_DATA_DIR = Path(".palette")
+CORS_ORIGINS_ENV = "PALETTE_CORS_ORIGINS"
 
 
 def fail(reason: str, code: int = 1) -> None:
@@ -54,11 +56,26 @@ def serve(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            help="A browser origin allowed to call the API (repeatable); default: $PALETTE_CORS_ORIGINS "
+            "(comma-separated), else none.",
+        ),
+    ] = None,
+    api_threads: Annotated[int, typer.Option(help="Threads that resolve API requests.", min=1)] = 8,
+    grace: Annotated[
+        float, typer.Option(help="Seconds requests in flight get to finish on SIGTERM or Ctrl-C.", min=1)
+    ] = 20.0,
 ) -> None:
-    """Run the REST facade, the local bus and every consumer over DATA_DIR until Ctrl-C."""
+    """Run the REST facade, the local bus and every consumer over DATA_DIR until Ctrl-C or SIGTERM."""
     from palette.composition import LocalPalette
 
-    runtime = LocalPalette(data_dir, host, port)
+    origins = cors_origin or [o.strip() for o in os.environ.get(CORS_ORIGINS_ENV, "").split(",") if o.strip()]
+    runtime = LocalPalette(
+        data_dir, host, port, api_workers=api_threads, cors_origins=tuple(origins), grace_seconds=grace
+    )
     runtime.start_background()
     typer.echo(f"Palette on http://{host}:{port} (Swagger UI at /swagger), data in {data_dir}")
     try:
