@@ -46,7 +46,6 @@ from functools import cached_property
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -54,7 +53,7 @@ import pyarrow.parquet as pq
 
 from contracts.events.generator import ExportedFile
 from contracts.events.jobs import OutputFormat
-from palette.blobs.keys import dataset_prefix
+from palette.blobs.keys import dataset_prefix, key_segment
 from palette.blobs.port import BlobStore
 from services.generator.records import GeneratedRecord, dumps_json, read_part
 
@@ -185,17 +184,14 @@ class PartitionRule:
         return json.dumps(value)
 
     def folder(self, value: str | None) -> str:
-        """The Hive-style folder `<name>=<value>`, percent-encoded to be one valid key segment."""
-        text = NULL_PARTITION if value is None else _escape_segment(value)
-        segment = f"{_escape_segment(self.name)}={text}"
+        """The Hive-style folder `<name>=<value>`, name and value each encoded by
+        `palette.blobs.keys.key_segment` (percent-encoding; a value over 200 characters is
+        cut and ends with its digest), so any value is one valid key segment of its own."""
+        text = NULL_PARTITION if value is None else key_segment(value)
+        segment = f"{key_segment(self.name)}={text}"
         if len(segment.encode()) > 255:
-            raise ExportError(f"partition value {value[:40]!r}... is too long for a folder name")
+            raise ExportError(f"partition name {self.name[:40]!r}... is too long for a folder name")
         return segment
-
-
-def _escape_segment(text: str) -> str:
-    escaped = quote(text, safe=" ")
-    return escaped.replace(".", "%2E") if escaped in (".", "..") else escaped
 
 
 def _created_at(record: GeneratedRecord) -> datetime:

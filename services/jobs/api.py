@@ -62,6 +62,7 @@ from services.jobs.projections import (
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 MAX_MODEL_PARAMETERS_BYTES = 16 * 1024
+MAX_PARTITION_STRATEGY_CHARS = 50
 
 # -- the API's contract ----------------------------------------------------------------
 
@@ -126,8 +127,9 @@ class JobRequest(BaseModel):
     model_parameters: dict[str, Any] = Field(default_factory=dict, description="passed to every model call")
     priority: StrictInt = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     partition_strategy: StrictStr | None = Field(
-        default=None, pattern=PARTITION_STRATEGY.pattern,
-        description="'date', 'model' (fan-out) or 'field:<dotted seed path>'",
+        default=None, pattern=PARTITION_STRATEGY.pattern, max_length=MAX_PARTITION_STRATEGY_CHARS,
+        description="'date', 'model' (fan-out) or 'field:<dotted seed path>', at most 50 characters "
+        "(a partition's folder `<path>=<value>` must fit one key segment)",
     )
     models: list[ModelName] | None = Field(
         default=None, min_length=1, max_length=MAX_MODELS,

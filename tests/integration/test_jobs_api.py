@@ -379,6 +379,7 @@ def test_an_explicit_template_version_is_pinned(local: Facade) -> None:
         ({"output_format": 3}, "output_format"),
         ({"template_version": 0}, "template_version"),
         ({"partition_strategy": "hourly"}, "partition_strategy"),
+        ({"partition_strategy": "field:" + "a" * 45}, "partition_strategy"),
         ({"priority": "high"}, "priority"),
         ({"model_parameters": ["temperature"]}, "model_parameters"),
         ({"colour": "red"}, "colour"),
