@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
-from contracts.envelope import EventEnvelope, StoredEvent
+from contracts.envelope import EventEnvelope, StoredEvent, bus_event
 from contracts.events.templates import TemplateCreated, TemplateStep
 from palette.adapters import local_adapters
 from palette.eventstore.port import EventStore, NewEvent
@@ -32,7 +33,14 @@ from services.templates import lambda_handler
 from services.templates.projections import TemplateCatalog
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette
-from tests.integration.test_templates_api import Facade, api, step  # noqa: F401 (api: the fixture)
+from tests.fakes.lambda_events import sqs_batch
+from tests.integration.test_templates_api import (  # noqa: F401 (api: the fixture)
+    Facade,
+    FakeLambdaContext,
+    api,
+    aws_facade,
+    step,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
@@ -183,3 +191,36 @@ def test_status_reports_the_letter_and_a_redrive_after_the_fix_applies_and_clear
         assert len(failures_recorded(adapters.events, projection.name)) == 1
     finally:
         adapters.close()
+
+
+def test_on_aws_a_throttled_view_is_an_item_failure_for_sqs_to_retry_never_a_dead_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    facade = aws_facade(monkeypatch)
+    api_ = next(facade)
+    try:
+        throttled, fine = api_.create("alice", name="Throttled"), api_.create("alice", name="Fine")
+        created = api_.events.read_all(0, 10, ["TemplateCreated"])
+        batch = sqs_batch([bus_event(e) for e in created])
+        client = lambda_handler.adapters().read_models.client
+        transact = client.transact_write_items
+
+        def throttling(**request: Any) -> Any:
+            if throttled["id"] in json.dumps(request):
+                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "TransactWriteItems")
+            return transact(**request)
+
+        monkeypatch.setattr(client, "transact_write_items", throttling)
+        result = lambda_handler.project(batch, FakeLambdaContext())
+
+        assert result == {"batchItemFailures": [{"itemIdentifier": batch["Records"][0]["messageId"]}]}
+        assert _catalog_dead_letters(api_) == [] and failures_recorded(api_.events) == []
+        listing = api_.call("GET", "/templates", "alice")
+        assert [item["id"] for item in listing.body["items"]] == [fine["id"]]
+
+        monkeypatch.setattr(client, "transact_write_items", transact)  # the throttling passed: SQS delivers again
+        assert lambda_handler.project(sqs_batch([batch["Records"][0]["body"]]), FakeLambdaContext()) == {"batchItemFailures": []}
+        listing = api_.call("GET", "/templates", "alice")
+        assert {item["id"] for item in listing.body["items"]} == {throttled["id"], fine["id"]}
+    finally:
+        facade.close()
