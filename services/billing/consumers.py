@@ -2,6 +2,8 @@
 the budget.
 
     BatchGenerated                       -> CostRecorded (+ BudgetWarning at 80 %, once)
+    UnbatchedUsageRecorded               -> UsageCharged(unbatched), once per event
+    BudgetWrittenOff                     -> UsageCharged(written_off), once per event
     GenerationStopped(budget_exceeded)   -> BudgetExceeded (once)
     PromptEnhanced (templates)           -> PromptEnhancementCharged on ledger-user-<owner> (once)
 
@@ -18,7 +20,12 @@ from typing import Any
 
 from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
-from contracts.events.generator import BatchGenerated, GenerationStopped
+from contracts.events.generator import (
+    BatchGenerated,
+    BudgetWrittenOff,
+    GenerationStopped,
+    UnbatchedUsageRecorded,
+)
 from contracts.events.templates import PromptEnhanced
 from services.billing.handlers import LedgerHandlers
 
@@ -27,7 +34,13 @@ LEDGER_SUBSCRIBER = "billing-ledger"
 
 LEDGER_PATTERN: dict[str, Any] = {
     "source": ["palette.generator", "palette.templates"],
-    "detail-type": [BatchGenerated.detail_type(), GenerationStopped.detail_type(), PromptEnhanced.detail_type()],
+    "detail-type": [
+        BatchGenerated.detail_type(),
+        UnbatchedUsageRecorded.detail_type(),
+        BudgetWrittenOff.detail_type(),
+        GenerationStopped.detail_type(),
+        PromptEnhanced.detail_type(),
+    ],
 }
 
 Reaction = Callable[[StoredEvent], object]
@@ -45,6 +58,10 @@ class LedgerConsumer:
         event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
         if isinstance(event, BatchGenerated):
             self._handlers.charge_batch(event, stored)
+        elif isinstance(event, UnbatchedUsageRecorded):
+            self._handlers.charge_unbatched(event, stored)
+        elif isinstance(event, BudgetWrittenOff):
+            self._handlers.charge_written_off(event, stored)
         elif isinstance(event, GenerationStopped) and event.reason == "budget_exceeded":
             self._handlers.close_budget(event.job_id, stored)
         elif isinstance(event, PromptEnhanced):

@@ -7,6 +7,9 @@ its only writer.
 - A batch is charged once. The state knows every charged batch number, so a redelivered
   BatchGenerated decides to nothing (the handler appends with the loaded version, so two
   concurrent deliveries cannot both charge).
+- So is every other charge of a job (UsageCharged), once per generator event: calls no
+  batch recorded (UnbatchedUsageRecorded) and a dead run's written-off tranches
+  (BudgetWrittenOff). With batches they make the ledger at least what the provider billed.
 - BudgetWarning once, when recorded spend first reaches `WARNING_PERCENT` of the limit.
 - A prompt enhancement (PromptEnhanced, a call outside any job) is charged once, to its
   owner's ledger `ledger-user-<owner>` (pseudo job id `user-<owner>`): no budget applies.
@@ -31,6 +34,7 @@ from contracts.events.billing import (
     BudgetWarning,
     CostRecorded,
     PromptEnhancementCharged,
+    UsageCharged,
     user_ledger_id,
 )
 from contracts.pricing import BatchCost
@@ -76,6 +80,16 @@ class ChargeBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ChargeUsage:
+    """Charge a job's cost that no batch carries, once per generator event (`charge_id`)."""
+
+    budget: JobBudget
+    charge_id: str
+    kind: Literal["unbatched", "written_off"]
+    cost: BatchCost
+
+
+@dataclass(frozen=True, slots=True)
 class CloseBudget:
     """The generator stopped the job because the budget could not cover one more call."""
 
@@ -95,7 +109,7 @@ class ChargeEnhancement:
         return user_ledger_id(self.owner)
 
 
-LedgerCommand = ChargeBatch | CloseBudget | ChargeEnhancement
+LedgerCommand = ChargeBatch | ChargeUsage | CloseBudget | ChargeEnhancement
 
 
 class LedgerError(Exception):
@@ -121,6 +135,7 @@ class LedgerState:
     warned: bool = False
     exceeded: bool = False
     enhancements: frozenset[str] = frozenset()
+    usage_charges: frozenset[str] = frozenset()
 
 
 def evolve(state: LedgerState, event: DomainEvent) -> LedgerState:
@@ -130,6 +145,13 @@ def evolve(state: LedgerState, event: DomainEvent) -> LedgerState:
             state,
             job_id=event.job_id,
             charged=state.charged | {event.batch_number},
+            spent=state.spent + event.total,
+        )
+    if isinstance(event, UsageCharged):
+        return replace(
+            state,
+            job_id=event.job_id,
+            usage_charges=state.usage_charges | {event.charge_id},
             spent=state.spent + event.total,
         )
     if isinstance(event, BudgetWarning):
@@ -157,6 +179,8 @@ def decide(command: LedgerCommand, state: LedgerState) -> list[DomainEvent]:
     """The events `command` causes given `state`; [] when it was already recorded."""
     if isinstance(command, ChargeBatch):
         return _charge(command, state)
+    if isinstance(command, ChargeUsage):
+        return _charge_usage(command, state)
     if isinstance(command, CloseBudget):
         return _close(command, state)
     if isinstance(command, ChargeEnhancement):
@@ -167,20 +191,43 @@ def decide(command: LedgerCommand, state: LedgerState) -> list[DomainEvent]:
 def _charge(command: ChargeBatch, state: LedgerState) -> list[DomainEvent]:
     if command.batch_number in state.charged:
         return []
-    budget, cost = command.budget, command.cost
-    spent = state.spent + cost.total
-    events: list[DomainEvent] = [
-        CostRecorded(
-            job_id=budget.job_id,
-            batch_number=command.batch_number,
-            catalog_version=cost.catalog_version,
-            model_tokens=cost.model_tokens,
-            compute=cost.compute,
-            storage=cost.storage,
-            total=cost.total,
-            per_model=dict(cost.per_model),
-        )
-    ]
+    cost = command.cost
+    return _with_budget_checks(command.budget, state, CostRecorded(
+        job_id=command.budget.job_id,
+        batch_number=command.batch_number,
+        catalog_version=cost.catalog_version,
+        model_tokens=cost.model_tokens,
+        compute=cost.compute,
+        storage=cost.storage,
+        total=cost.total,
+        per_model=dict(cost.per_model),
+    ))
+
+
+def _charge_usage(command: ChargeUsage, state: LedgerState) -> list[DomainEvent]:
+    if command.charge_id in state.usage_charges:
+        return []
+    cost = command.cost
+    return _with_budget_checks(command.budget, state, UsageCharged(
+        job_id=command.budget.job_id,
+        charge_id=command.charge_id,
+        kind=command.kind,
+        catalog_version=cost.catalog_version,
+        model_tokens=cost.model_tokens,
+        compute=cost.compute,
+        storage=cost.storage,
+        total=cost.total,
+        per_model=dict(cost.per_model),
+    ))
+
+
+def _with_budget_checks(
+    budget: JobBudget, state: LedgerState, charge: CostRecorded | UsageCharged
+) -> list[DomainEvent]:
+    """The charge, then BudgetWarning when spend first reaches the threshold and
+    BudgetExceeded(limit_passed) when it passes the limit."""
+    spent = state.spent + charge.total
+    events: list[DomainEvent] = [charge]
     if not state.warned and spent * 100 >= budget.budget_limit * WARNING_PERCENT:
         events.append(BudgetWarning(
             job_id=budget.job_id, budget_limit=budget.budget_limit, spent=spent,
@@ -224,6 +271,7 @@ __all__ = [
     "WARNING_PERCENT",
     "ChargeBatch",
     "ChargeEnhancement",
+    "ChargeUsage",
     "CloseBudget",
     "JobBudget",
     "JobNotRequested",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 
 from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
@@ -23,16 +24,18 @@ from contracts.events.billing import (
     BudgetWarning,
     CostRecorded,
     PromptEnhancementCharged,
+    UsageCharged,
 )
-from contracts.events.generator import BatchGenerated, TokenUsage
+from contracts.events.generator import BatchGenerated, BudgetWrittenOff, TokenUsage, UnbatchedUsageRecorded
 from contracts.events.jobs import JobRequested
 from contracts.events.templates import PromptEnhanced
-from contracts.pricing import PricingCatalog, price_batch
+from contracts.pricing import BatchCost, PricingCatalog, price_batch
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.retry import until_not_conflicting
 from services.billing.domain import (
     ChargeBatch,
     ChargeEnhancement,
+    ChargeUsage,
     CloseBudget,
     JobBudget,
     JobNotRequested,
@@ -87,6 +90,23 @@ class LedgerHandlers:
         budget = self.budget(batch.job_id)
         return self._execute(ChargeBatch(budget, batch.batch_number, cost), cause)
 
+    def charge_unbatched(self, usage: UnbatchedUsageRecorded, cause: StoredEvent) -> list[StoredEvent]:
+        """Charge a run's calls that no batch recorded, once (keyed by the event's id):
+        answered calls at their usage, unanswered ones at their worst case, priced like a
+        batch without a part file."""
+        cost = price_batch(self.catalog, usage.billed_usage(), 0, 0, self.runtime)
+        return self._execute(ChargeUsage(self.budget(usage.job_id), cause.id, "unbatched", cost), cause)
+
+    def charge_written_off(self, written_off: BudgetWrittenOff, cause: StoredEvent) -> list[StoredEvent]:
+        """Charge a dead run's written-off tranches, once: their amount, as model tokens
+        (they cover calls of which nothing more is known)."""
+        amount = written_off.amount
+        cost = BatchCost(
+            catalog_version=self.catalog.version, model_tokens=amount, compute=Decimal(0),
+            storage=Decimal(0), total=amount, per_model={},
+        )
+        return self._execute(ChargeUsage(self.budget(written_off.job_id), cause.id, "written_off", cost), cause)
+
     def close_budget(self, job_id: str, cause: StoredEvent | None = None) -> list[StoredEvent]:
         """Record BudgetExceeded for a job the generator stopped on its budget (once)."""
         return self._execute(CloseBudget(self.budget(job_id)), cause)
@@ -129,6 +149,8 @@ def _fact_key(event: DomainEvent) -> str:
     """What makes a ledger fact unique: its batch, or its kind (once per job)."""
     if isinstance(event, CostRecorded):
         return f"{event.job_id}/cost/{event.batch_number}"
+    if isinstance(event, UsageCharged):
+        return f"{event.job_id}/usage/{event.charge_id}"
     if isinstance(event, BudgetWarning | BudgetExceeded):
         return f"{event.job_id}/{type(event).__name__}"
     if isinstance(event, PromptEnhancementCharged):

@@ -26,6 +26,7 @@ from contracts.events.billing import (
     BudgetWarning,
     CostRecorded,
     PromptEnhancementCharged,
+    UsageCharged,
     user_ledger_id,
 )
 from contracts.events.jobs import JobRequested
@@ -82,6 +83,7 @@ class JobCosts(DocumentProjection):
     detail_types: ClassVar[tuple[str, ...]] = (
         JobRequested.detail_type(),
         CostRecorded.detail_type(),
+        UsageCharged.detail_type(),
         BudgetWarning.detail_type(),
         BudgetExceeded.detail_type(),
         PromptEnhancementCharged.detail_type(),
@@ -101,6 +103,8 @@ class JobCosts(DocumentProjection):
         body = docs.get(JOBS, job_id) or _empty(job_id)
         if kind is CostRecorded:
             _charge(body, time, detail)  # type: ignore[arg-type]
+        elif kind is UsageCharged:
+            _charge(body, time, detail, batch=False)  # type: ignore[arg-type]
         elif kind is JobRequested:
             body["owner"] = detail.owner  # type: ignore[attr-defined]
             body["budget_limit"] = usd(detail.budget_limit)  # type: ignore[attr-defined]
@@ -128,10 +132,13 @@ class JobCosts(DocumentProjection):
         return body
 
 
-def _charge(body: dict[str, Any], time: str, charge: CostRecorded | PromptEnhancementCharged) -> None:
+def _charge(
+    body: dict[str, Any], time: str, charge: CostRecorded | UsageCharged | PromptEnhancementCharged, batch: bool = True
+) -> None:
     """One charge on the job's UTC day, added up as Decimals (`finish` sums the days into
-    the totals and writes every amount as text)."""
-    body["batches"] += 1
+    the totals and writes every amount as text); `batch` counts it as a batch."""
+    if batch:
+        body["batches"] += 1
     day = time[:10]
     per_day = body["per_day"]
     today = per_day.get(day)

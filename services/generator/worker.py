@@ -29,9 +29,18 @@ Guarantees, with the log as the checkpoint:
   job says `output_filter: "flag"`. Each decision is a ContentBlocked event on
   `guard-job-<job_id>`, appended with its record's batch, just before the batch's
   BatchGenerated, with an id derived from the decision so a redone batch adds no copy.
-- The end is one append: DatasetExported (completed); GenerationStopped(cancelled);
-  GenerationStopped(budget_exceeded) followed by DatasetExported of the records made, when
-  there are any; GenerationFailed; or GenerationReleased.
+- Budget (see `services.generator.budget`): each call reserves its worst case within the
+  run's tranches (BudgetTrancheTaken, appended before they are spent); a call that does not
+  fit takes another tranche, or waits for the calls in flight to settle. The job stops only
+  when, with nothing in flight, the next call's worst case does not fit what remains.
+- Every call is billed: each answered call's usage stays with its record until a batch
+  records it; what no batch recorded (records dropped, abandoned or failed) and calls sent
+  but never answered (at their worst case) are recorded as UnbatchedUsageRecorded in the
+  run's end. At a stop nothing resumes (budget, cancel): every finished record is exported.
+- The end is one append, after UnbatchedUsageRecorded when there is any: DatasetExported
+  (completed); GenerationStopped(cancelled) or GenerationStopped(budget_exceeded, with the
+  figures of the stop), each followed by DatasetExported of the records made, when there are
+  any; GenerationFailed; or GenerationReleased.
 """
 
 from __future__ import annotations
@@ -53,6 +62,9 @@ from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
 from contracts.events.generator import (
     BatchGenerated,
+    BudgetStop,
+    BudgetTrancheTaken,
+    BudgetWrittenOff,
     DatasetExported,
     GenerationClaimed,
     GenerationFailed,
@@ -61,6 +73,7 @@ from contracts.events.generator import (
     GenerationReleased,
     GenerationStopped,
     TokenUsage,
+    UnbatchedUsageRecorded,
 )
 from contracts.events.guard import ContentBlocked, job_guard_stream
 from contracts.events.templates import TemplateStep
@@ -107,6 +120,7 @@ from services.generator.models.port import (
     ModelRequest,
     ModelResponse,
     ModelThrottled,
+    ModelTimeout,
     RetryableModelError,
     UnknownModel,
 )
@@ -121,6 +135,8 @@ an asyncio.Event from the same loop."""
 
 DEFAULT_MAX_TOKENS = 512
 _DECISION_IDS = uuid.UUID("3d0f5b8e-8c4a-4f57-a1a9-5e2b7c9d4f10")
+_TERMINAL_STOPS = ("budget", "cancelled")
+"""Run endings after which nothing resumes the job: every finished record is exported."""
 
 
 @dataclass(frozen=True)
@@ -186,11 +202,12 @@ class _RecordAttemptFailed(Exception):
 
 
 class _BudgetRefused(Exception):
-    """The budget guard refused a call: the job stops after flushing what exists."""
+    """With nothing in flight, the budget cannot cover the next call: the job stops after
+    flushing and exporting every finished record."""
 
 
 class _Abandoned(Exception):
-    """The run is ending; this record will be made by whoever resumes the job."""
+    """The run is ending: this record is not finished (whoever resumes the job makes it)."""
 
 
 _FATAL_CODES: dict[type[FatalModelError], str] = {
@@ -329,8 +346,15 @@ class GenerationWorker:
             lease_seconds=self.options.lease_seconds,
             resumed_from_record=made,
         )
+        opening: list[DomainEvent] = [claim]
+        # a run that ended without closing its tranches (its worker died) is written off
+        # in the claim's append: billing charges it, the budget counts it as spent
+        written_off = await asyncio.to_thread(self.budget.written_off, job_id, state.version)
+        if written_off > 0:
+            holder = state.claim.worker_id if state.claim is not None else ""
+            opening.insert(0, BudgetWrittenOff(job_id=job_id, worker_id=holder, amount=written_off))
         try:
-            version = await asyncio.to_thread(self.append, job_id, [claim], state.version)
+            version = await asyncio.to_thread(self.append, job_id, opening, state.version)
         except ConcurrencyConflict:
             return RunResult(RunOutcome.HELD, made, reason="another worker claimed the job first")
         log.info("worker %s claimed job %s at record %d", self.worker_id, job_id, made)
@@ -442,18 +466,26 @@ class _LaneFailed:
 
 @dataclass
 class _Usage:
-    """Tokens spent on one record index, including its failed attempts."""
+    """Tokens and calls per model: of one record index (every answered call made for it,
+    failed attempts included), or of calls never answered."""
 
     by_model: dict[str, list[int]] = field(default_factory=dict)
 
-    def add(self, model: str, input_tokens: int, output_tokens: int) -> None:
+    def add(self, model: str, input_tokens: int, output_tokens: int, calls: int = 1) -> None:
         tally = self.by_model.get(model)
         if tally is None:
-            self.by_model[model] = [input_tokens, output_tokens, 1]
+            self.by_model[model] = [input_tokens, output_tokens, calls]
         else:
             tally[0] += input_tokens
             tally[1] += output_tokens
-            tally[2] += 1
+            tally[2] += calls
+
+    def merge(self, other: _Usage) -> None:
+        for model, (input_tokens, output_tokens, calls) in other.by_model.items():
+            self.add(model, input_tokens, output_tokens, calls)
+
+    def as_token_usage(self) -> dict[str, TokenUsage]:
+        return {m: TokenUsage(input_tokens=t[0], output_tokens=t[1], calls=t[2]) for m, t in self.by_model.items()}
 
 
 class _Lane:
@@ -487,7 +519,8 @@ class _Lane:
         )
         self.completed: dict[int, GeneratedRecord] = {}
         self.failures: dict[int, int] = {}
-        self.wasted: dict[int, _Usage] = {}
+        self.usage: dict[int, _Usage] = {}
+        """Every answered call per record index, until a batch (or the run's end) records it."""
         self.blocked: dict[int, list[NewEvent]] = {}
         self.started_at: dict[int, float] = {}
         self.in_flight: dict[int, asyncio.Task[GeneratedRecord]] = {}
@@ -559,6 +592,15 @@ class _JobRun:
         self.finished_tasks: list[asyncio.Task[GeneratedRecord]] = []
         self.wakeup = asyncio.Event()
         self.batches: asyncio.Queue[_ReadyBatch | _LaneFailed | None] = asyncio.Queue()
+        self.append_lock = asyncio.Lock()
+        """Every append to the generation stream in this run names `version`: one at a time."""
+        self.tranche_lock = asyncio.Lock()
+        self.calls_in_flight = 0
+        """Calls holding a reservation: while any, a call that does not fit waits for them."""
+        self._budget_moved = asyncio.Event()
+        self.budget_stop: BudgetStop | None = None
+        self.unanswered = _Usage()
+        """Calls sent but never answered (cancelled, timed out), at their worst case."""
 
     # -- the run's life -------------------------------------------------------------------
 
@@ -584,7 +626,10 @@ class _JobRun:
         if self.ending != "failed":
             for lane in self.lanes:
                 if lane.failure is None:
-                    self._queue_partial_batch(lane)
+                    if self.ending in _TERMINAL_STOPS:
+                        self._queue_finished_records(lane)
+                    else:
+                        self._queue_partial_batch(lane)
         self.batches.put_nowait(None)
         await writer
         if self.lost:
@@ -684,7 +729,7 @@ class _JobRun:
         log.warning("model %s of job %s failed: %s", lane.model, self.job_id, failure)
         for task in list(lane.in_flight.values()):
             task.cancel()
-        self._queue_partial_batch(lane)
+        self._queue_finished_records(lane)
         self.batches.put_nowait(_LaneFailed(lane, failure))
         if all(other.failure is not None for other in self.lanes):
             self._end_with("failed", JobFailure(failure.code, self._failures_summary()))
@@ -703,6 +748,7 @@ class _JobRun:
             if failure is not None:
                 self.failure = failure
             self.wakeup.set()
+            self._budget_changed()
 
     async def _cancel(self, tasks: list[asyncio.Task[GeneratedRecord]]) -> None:
         for task in tasks:
@@ -779,40 +825,33 @@ class _JobRun:
         outputs: dict[str, str] = {}
         results: dict[str, StepResult] = {}
         flagged: list[str] = []
-        try:
-            for call in lane.steps:
-                step = call.step
-                try:
-                    prompt = render(step, row, outputs)
-                except PromptRenderError as error:
-                    raise _RecordAttemptFailed(str(error)) from None
-                if self.screen is not None and (rule := self.screen.blocking_rule(prompt)) is not None:
-                    self._block(lane, index, attempt, step.id, "prompt", "skipped", rule)
-                    raise _RecordAttemptFailed(f"the prompt of step {step.id!r} breaks content rule {rule!r}")
-                response, parsed = await self._call_step(lane, index, call, prompt)
-                if self.screen is not None and (rule := self.screen.blocking_rule(response.text)) is not None:
-                    if not self.flag_outputs:
-                        self._waste(lane, index, response)
-                        self._block(lane, index, attempt, step.id, "output", "dropped", rule)
-                        raise _RecordAttemptFailed(f"the output of step {step.id!r} breaks content rule {rule!r}")
-                    for broken in self.screen.rules_broken(response.text) or [rule]:
-                        self._block(lane, index, attempt, step.id, "output", "flagged", broken)
-                        if broken not in flagged:
-                            flagged.append(broken)
-                outputs[step.id] = response.text
-                results[step.id] = StepResult(
-                    output=response.text,
-                    output_json=parsed,
-                    model=response.model,
-                    input_tokens=response.input_tokens,
-                    output_tokens=response.output_tokens,
-                    latency_ms=int(response.latency_ms),
-                )
-        except _RecordAttemptFailed:
-            wasted = lane.wasted.setdefault(index, _Usage())
-            for result in results.values():
-                wasted.add(result["model"], result["input_tokens"], result["output_tokens"])
-            raise
+        for call in lane.steps:
+            step = call.step
+            try:
+                prompt = render(step, row, outputs)
+            except PromptRenderError as error:
+                raise _RecordAttemptFailed(str(error)) from None
+            if self.screen is not None and (rule := self.screen.blocking_rule(prompt)) is not None:
+                self._block(lane, index, attempt, step.id, "prompt", "skipped", rule)
+                raise _RecordAttemptFailed(f"the prompt of step {step.id!r} breaks content rule {rule!r}")
+            response, parsed = await self._call_step(lane, index, call, prompt)
+            if self.screen is not None and (rule := self.screen.blocking_rule(response.text)) is not None:
+                if not self.flag_outputs:
+                    self._block(lane, index, attempt, step.id, "output", "dropped", rule)
+                    raise _RecordAttemptFailed(f"the output of step {step.id!r} breaks content rule {rule!r}")
+                for broken in self.screen.rules_broken(response.text) or [rule]:
+                    self._block(lane, index, attempt, step.id, "output", "flagged", broken)
+                    if broken not in flagged:
+                        flagged.append(broken)
+            outputs[step.id] = response.text
+            results[step.id] = StepResult(
+                output=response.text,
+                output_json=parsed,
+                model=response.model,
+                input_tokens=response.input_tokens,
+                output_tokens=response.output_tokens,
+                latency_ms=int(response.latency_ms),
+            )
         return results, flagged
 
     def _block(
@@ -849,9 +888,8 @@ class _JobRun:
         problem = ""
         for _ in range(self.options.max_output_attempts):
             try:
-                response = await self._call_model(lane, request)
+                response = await self._call_model(lane, index, request)
             except InvalidModelOutput as error:
-                self._waste(lane, index, error.response)
                 problem = str(error)
                 continue
             if step.output_schema is None:
@@ -861,7 +899,6 @@ class _JobRun:
                 if call.validate is not None:
                     call.validate(parsed)
             except ValueError as error:
-                self._waste(lane, index, response)
                 problem = f"step {step.id!r}: {error}"
                 continue
             return response, parsed
@@ -869,53 +906,58 @@ class _JobRun:
             f"step {step.id!r} gave no valid structured output in {self.options.max_output_attempts} tries: {problem}"
         )
 
-    def _waste(self, lane: _Lane, index: int, response: ModelResponse) -> None:
-        lane.wasted.setdefault(index, _Usage()).add(response.model, response.input_tokens, response.output_tokens)
-
-    async def _call_model(self, lane: _Lane, request: ModelRequest) -> ModelResponse:
+    async def _call_model(self, lane: _Lane, index: int, request: ModelRequest) -> ModelResponse:
         """One model call with retries of transient errors; throttling also lowers the
-        lane's concurrency. Raises InvalidModelOutput, JobFailure, _BudgetRefused or
-        _RecordAttemptFailed."""
+        lane's concurrency. Every answered call's usage is kept with record `index` until a
+        batch or the run's end records it. Raises InvalidModelOutput, JobFailure,
+        _BudgetRefused, _Abandoned or _RecordAttemptFailed."""
         gateway = self.worker.gateway
-        budget = self.worker.budget
         limiter = lane.limiter
         attempts = self.options.max_call_attempts
         input_tokens = gateway.count_input_tokens(request.model, request.prompt)
+        worst = CallUsage(request.model, input_tokens, request.max_tokens)
         for attempt in range(1, attempts + 1):
             permit: Permit = await limiter.acquire()
-            reservation = budget.reserve(self.job_id, request.model, input_tokens, request.max_tokens)
-            if reservation is None:
+            try:
+                reservation = await self._reserve(request.model, input_tokens, request.max_tokens)
+            except BaseException:
                 limiter.release(permit, succeeded=False)
-                raise _BudgetRefused()
+                raise
             try:
                 response = await gateway.generate(request)
             except ModelThrottled as error:
                 limiter.release(permit, throttled=True)
-                budget.settle(reservation, None)
+                self._settle(lane, index, reservation, None)
                 retry_after, failure = error.retry_after, error
+            except ModelTimeout as error:
+                # the provider may have answered (and billed) after we gave up: worst case
+                limiter.release(permit, succeeded=False)
+                self._settle(lane, index, reservation, worst, answered=False)
+                retry_after, failure = None, error
             except RetryableModelError as error:
                 limiter.release(permit, succeeded=False)
-                budget.settle(reservation, None)
+                self._settle(lane, index, reservation, None)
                 retry_after, failure = None, error
             except InvalidModelOutput as error:
                 limiter.release(permit)
-                budget.settle(reservation, _usage(error.response))
+                self._settle(lane, index, reservation, _usage(error.response))
                 raise
             except FatalModelError as error:
                 limiter.release(permit, succeeded=False)
-                budget.settle(reservation, None)
+                self._settle(lane, index, reservation, None)
                 raise JobFailure(fatal_code(error), str(error)) from None
             except ModelError as error:
                 limiter.release(permit, succeeded=False)
-                budget.settle(reservation, None)
+                self._settle(lane, index, reservation, None)
                 raise _RecordAttemptFailed(str(error)) from None
             except BaseException:
+                # cancelled in flight: sent, never answered
                 limiter.release(permit, succeeded=False)
-                budget.settle(reservation, None)
+                self._settle(lane, index, reservation, worst, answered=False)
                 raise
             else:
                 limiter.release(permit)
-                budget.settle(reservation, _usage(response))
+                self._settle(lane, index, reservation, _usage(response))
                 return response
             if attempt == attempts or self.ending is not None or lane.failure is not None:
                 raise _RecordAttemptFailed(f"{type(failure).__name__} after {attempt} tries: {failure}")
@@ -928,6 +970,98 @@ class _JobRun:
                 )
             )
         raise AssertionError("unreachable")
+
+    # -- the budget -----------------------------------------------------------------------
+
+    async def _reserve(self, model: str, input_tokens: int, max_tokens: int) -> object:
+        """A reservation of the call's worst case within the run's tranches. When it does
+        not fit, the run takes another tranche if the budget not yet allocated covers it;
+        otherwise the call waits for the calls in flight to settle (the run's concurrency
+        shrinks to what the budget affords). With nothing in flight and no tranche that
+        covers it, the job is over: raises _BudgetRefused. Raises _Abandoned once the run
+        is ending (a release still lets records in flight finish)."""
+        budget = self.worker.budget
+        while True:
+            if self.ending is not None and self.ending != "released":
+                raise _Abandoned()
+            moved = self._budget_moved
+            reservation = budget.reserve(self.job_id, model, input_tokens, max_tokens)
+            if reservation is not None:
+                self.calls_in_flight += 1
+                return reservation
+            if await self._take_tranche(model, input_tokens, max_tokens):
+                continue
+            if self.calls_in_flight == 0:
+                self._stop_for_budget(model, input_tokens, max_tokens)
+                raise _BudgetRefused()
+            if not moved.is_set():
+                await moved.wait()
+
+    async def _take_tranche(self, model: str, input_tokens: int, max_tokens: int) -> bool:
+        """Record a tranche that lets this call fit (BudgetTrancheTaken, at the stream's
+        version) and grant it; True when the call may fit now, False when no tranche can
+        cover it. One tranche at a time: a call that waited for one asks again after it."""
+        budget = self.worker.budget
+        async with self.tranche_lock:
+            amount = budget.next_tranche(self.job_id, model, input_tokens, max_tokens)
+            if amount is None:
+                return False
+            if amount > 0:
+                taken = BudgetTrancheTaken(job_id=self.job_id, worker_id=self.worker.worker_id, amount=amount)
+                if await self._append([taken]):
+                    budget.grant(self.job_id, amount)
+        self._budget_changed()
+        return True
+
+    def _settle(
+        self, lane: _Lane, index: int, reservation: object, usage: CallUsage | None, answered: bool = True
+    ) -> None:
+        """Settle a call's reservation and keep its usage: with its record when answered,
+        with the run's unanswered calls (at the worst case) when not."""
+        self.worker.budget.settle(reservation, usage)
+        self.calls_in_flight -= 1
+        if usage is not None:
+            kept = lane.usage.setdefault(index, _Usage()) if answered else self.unanswered
+            kept.add(usage.model, usage.input_tokens, usage.output_tokens)
+        self._budget_changed()
+
+    def _budget_changed(self) -> None:
+        """Wake every call waiting for the budget to move."""
+        self._budget_moved.set()
+        self._budget_moved = asyncio.Event()
+
+    def _stop_for_budget(self, model: str, input_tokens: int, max_tokens: int) -> None:
+        budget = self.worker.budget
+        standing = budget.standing(self.job_id)
+        if standing is not None and self.budget_stop is None:
+            self.budget_stop = BudgetStop(
+                budget_limit=standing.budget_limit,
+                spent=standing.spent,
+                remaining=standing.budget_limit - standing.spent,
+                next_call_worst_case=budget.worst_case(self.job_id, model, input_tokens, max_tokens),
+                model=model,
+            )
+            log.info(
+                "job %s stops on its budget: spent %s of %s, the next call's worst case %s does not fit",
+                self.job_id, standing.spent, standing.budget_limit, self.budget_stop.next_call_worst_case,
+            )
+        self._end_with("budget")
+
+    def _unbatched_usage(self) -> UnbatchedUsageRecorded | None:
+        """The calls no batch recorded, for the run's end (None when there are none)."""
+        answered = _Usage()
+        for lane in self.lanes:
+            for kept in lane.usage.values():
+                answered.merge(kept)
+            lane.usage.clear()
+        if not answered.by_model and not self.unanswered.by_model:
+            return None
+        unbatched = UnbatchedUsageRecorded(
+            job_id=self.job_id, worker_id=self.worker.worker_id,
+            token_usage=answered.as_token_usage(), unanswered=self.unanswered.as_token_usage(),
+        )
+        self.unanswered = _Usage()
+        return unbatched
 
     # -- batches --------------------------------------------------------------------------
 
@@ -942,11 +1076,12 @@ class _JobRun:
                 lane.flushed_through += 1
             if lane.flushed_through > batch.last:
                 lane.planned.pop(0)
-                self.batches.put_nowait(self._take(lane, batch))
+                self.batches.put_nowait(self._take(lane, batch, range(batch.first, batch.last + 1)))
 
     def _queue_partial_batch(self, lane: _Lane) -> None:
-        """On a stop, the completed prefix of the lane's next batch becomes a short batch;
-        records after a gap are dropped (the resuming worker makes them again)."""
+        """On a release, the completed prefix of the lane's next batch becomes a short batch;
+        records after a gap are made again by the resuming worker (their calls are still
+        billed: the run's end records them as unbatched usage)."""
         self._queue_full_batches(lane)
         if not lane.planned:
             return
@@ -955,40 +1090,48 @@ class _JobRun:
         while last in lane.completed and last <= batch.last:
             last += 1
         if last > batch.first:
-            self.batches.put_nowait(self._take(lane, PlannedBatch(batch.batch_number, batch.first, last - 1)))
+            self.batches.put_nowait(
+                self._take(lane, PlannedBatch(batch.batch_number, batch.first, last - 1), range(batch.first, last))
+            )
         lane.planned = []
 
-    def _take(self, lane: _Lane, batch: PlannedBatch) -> _ReadyBatch:
+    def _queue_finished_records(self, lane: _Lane) -> None:
+        """At a stop nothing resumes (budget, cancel, a failed fan-out model): every finished
+        record of the lane goes into one last batch, renumbered on from the lane's recorded
+        records in the order of their indices (a record abandoned mid-way leaves no gap)."""
+        self._queue_full_batches(lane)
+        if lane.planned and lane.completed:
+            indices = sorted(lane.completed)
+            first = lane.planned[0].first
+            batch = PlannedBatch(lane.planned[0].batch_number, first, first + len(indices) - 1)
+            self.batches.put_nowait(self._take(lane, batch, indices))
+        lane.planned = []
+
+    def _take(self, lane: _Lane, batch: PlannedBatch, indices: Sequence[int]) -> _ReadyBatch:
+        """The batch of the lane's finished records at `indices`, numbered batch.first on,
+        with the usage of every call made for them."""
         records: list[GeneratedRecord] = []
-        usage: dict[str, list[int]] = {}
+        usage = _Usage()
         blocked: list[NewEvent] = []
         failures = 0
-        for index in range(batch.first, batch.last + 1):
+        for number, index in enumerate(indices):
             record = lane.completed.pop(index)
+            record["record_index"] = batch.first + number
             records.append(record)
-            for result in record["steps"].values():
-                tally = usage.setdefault(result["model"], [0, 0, 0])
-                tally[0] += result["input_tokens"]
-                tally[1] += result["output_tokens"]
-                tally[2] += 1
             failures += lane.failures.pop(index, 0)
             blocked.extend(lane.blocked.pop(index, ()))
-            wasted = lane.wasted.pop(index, None)
-            if wasted is not None:
-                for model, (spent_in, spent_out, calls) in wasted.by_model.items():
-                    tally = usage.setdefault(model, [0, 0, 0])
-                    tally[0] += spent_in
-                    tally[1] += spent_out
-                    tally[2] += calls
-        started = lane.started_at.get(batch.first, time.monotonic())
-        for index in range(batch.first, batch.last + 1):
+            spent = lane.usage.pop(index, None)
+            if spent is not None:
+                usage.merge(spent)
+        started = lane.started_at.get(indices[0], time.monotonic()) if indices else time.monotonic()
+        for index in (*range(batch.first, batch.last + 1), *indices):
             lane.started_at.pop(index, None)
         return _ReadyBatch(
             lane=lane,
             planned=batch,
             records=records,
             failures=failures,
-            usage={m: TokenUsage(input_tokens=t[0], output_tokens=t[1], calls=t[2]) for m, t in usage.items()},
+            usage=usage.as_token_usage(),
             duration_ms=int((time.monotonic() - started) * 1000),
             blocked=blocked,
         )
@@ -1018,7 +1161,9 @@ class _JobRun:
                 if not await self._append([failed]):
                     return
                 continue
-            if not await asyncio.to_thread(self._write_batch, item):
+            async with self.append_lock:
+                written = await asyncio.to_thread(self._write_batch, item)
+            if not written:
                 self._end_with("lost")
                 return
             await self._check_cancel()
@@ -1063,7 +1208,8 @@ class _JobRun:
 
     async def _append(self, events: Sequence[DomainEvent]) -> bool:
         try:
-            self.version = await asyncio.to_thread(self.worker.append, self.job_id, events, self.version)
+            async with self.append_lock:
+                self.version = await asyncio.to_thread(self.worker.append, self.job_id, events, self.version)
         except ConcurrencyConflict:
             self.lost = True
             self._end_with("lost")
@@ -1094,15 +1240,19 @@ class _JobRun:
         if ending == "released":
             released = GenerationReleased(job_id=job_id, worker_id=self.worker.worker_id, records_completed=done)
             return await self._final([released], RunOutcome.RELEASED)
-        if ending == "cancelled":
-            stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=done)
-            return await self._final([stopped], RunOutcome.CANCELLED)
-        if ending == "budget":
-            stopped = GenerationStopped(job_id=job_id, reason="budget_exceeded", records_completed=done)
+        if ending in _TERMINAL_STOPS:
+            if ending == "budget":
+                stopped = GenerationStopped(
+                    job_id=job_id, reason="budget_exceeded", records_completed=done, budget=self.budget_stop
+                )
+                outcome = RunOutcome.BUDGET_EXCEEDED
+            else:
+                stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=done)
+                outcome = RunOutcome.CANCELLED
             exported = await self._export(done) if done else []
             if isinstance(exported, RunResult):
                 return exported
-            return await self._final([stopped, *exported], RunOutcome.BUDGET_EXCEEDED)
+            return await self._final([stopped, *exported], outcome)
         unfinished = [lane for lane in self.lanes if lane.failure is None and not lane.complete]
         if unfinished:
             lane = unfinished[0]
@@ -1153,6 +1303,11 @@ class _JobRun:
         return [DatasetExported(job_id=job.job_id, files=files, rows=rows, rows_per_model=per_model)]
 
     async def _final(self, events: Sequence[DomainEvent], outcome: RunOutcome, reason: str = "") -> RunResult:
+        """The run's end, in one append after the calls no batch recorded: the end closes
+        the run's tranches (what they hold beyond its usage returns to the budget)."""
+        unbatched = self._unbatched_usage()
+        if unbatched is not None:
+            events = [unbatched, *events]
         if not await self._append(events):
             return self._lost()
         return RunResult(outcome, self.records_completed, reason)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal, cast
 
 from contracts.envelope import EventEnvelope
 from contracts.events.base import DomainEvent
-from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded, UsageCharged
 from contracts.events.generator import (
     BatchFailed,
     BatchGenerated,
@@ -257,7 +257,7 @@ def _merge_exported(body: dict[str, Any], detail: DatasetExported, time: str) ->
     body["exported_at"] = time
 
 
-def _merge_cost(body: dict[str, Any], detail: CostRecorded, time: str) -> None:
+def _merge_cost(body: dict[str, Any], detail: CostRecorded | UsageCharged, time: str) -> None:
     """Amounts add up as Decimals while a batch is applied; `finish` writes them as text."""
     cost = body["cost"]
     cost["model_tokens"] = _decimal(cost["model_tokens"]) + detail.model_tokens
@@ -295,6 +295,7 @@ _MERGES: dict[type, Any] = {
     BatchFailed: _merge_batch_failed,
     DatasetExported: _merge_exported,
     CostRecorded: _merge_cost,
+    UsageCharged: _merge_cost,
     BudgetWarning: _merge_budget,
     BudgetExceeded: _merge_budget,
 }

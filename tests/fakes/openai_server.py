@@ -5,7 +5,9 @@ free port, in a background thread by default or, with `in_process=False`, in a c
 (so a benchmark's CPU figures do not include the server's). Completions are deterministic:
 the text names a hash of the prompt; a `json_schema` request gets an object that satisfies
 simple schemas (string, integer, number, boolean, enum, array and nested object properties).
-Usage counts words: prompt_tokens = words in the prompt, completion_tokens = words out.
+Usage counts words: prompt_tokens = words in the prompt, completion_tokens = words out;
+`stats()["usage"]` adds up, per model, the calls answered with usage and their tokens — what a
+provider would bill.
 
 Faults are set at runtime and apply to the next calls, in this order: a model named
 `always-<status>` always answers that status; `timeout_next` hangs longer than any client
@@ -89,6 +91,7 @@ class FakeBehaviour:
         self.calls = 0
         self.statuses: Counter[int] = Counter()
         self.models: Counter[str] = Counter()
+        self.usage: dict[str, list[int]] = {}
         self.last_requests: deque[dict[str, Any]] = deque(maxlen=50)
 
     def fail_next(self, n: int = 1, status: int = 500, retry_after: float | None = None) -> None:
@@ -143,6 +146,7 @@ class FakeBehaviour:
             self.calls = 0
             self.statuses.clear()
             self.models.clear()
+            self.usage.clear()
             self.last_requests.clear()
 
     def stats(self) -> dict[str, Any]:
@@ -151,6 +155,10 @@ class FakeBehaviour:
                 "calls": self.calls,
                 "statuses": {str(k): v for k, v in self.statuses.items()},
                 "models": dict(self.models),
+                "usage": {
+                    model: {"calls": c, "input_tokens": i, "output_tokens": o}
+                    for model, (c, i, o) in self.usage.items()
+                },
                 "last_requests": list(self.last_requests),
             }
 
@@ -184,6 +192,16 @@ class FakeBehaviour:
     def count(self, status: int) -> None:
         with self._lock:
             self.statuses[status] += 1
+
+    def bill(self, completion: dict[str, Any]) -> dict[str, Any]:
+        """Count an answer's usage (what a provider bills) and return the answer."""
+        usage = completion["usage"]
+        with self._lock:
+            tally = self.usage.setdefault(str(completion["model"]), [0, 0, 0])
+            tally[0] += 1
+            tally[1] += usage["prompt_tokens"]
+            tally[2] += usage["completion_tokens"]
+        return completion
 
 
 _ERROR_TEXT = {
@@ -276,10 +294,11 @@ class FakeOpenAIApp:
         elif action == "malformed_body":
             await _send_raw(send, 200, b'{"choices": [', b"application/json")
         elif action == "malformed_json":
-            await _send_json(send, 200, _completion(request, '{"unterminated": '))
+            await _send_json(send, 200, behaviour.bill(_completion(request, '{"unterminated": ')))
         else:
             reply = behaviour.next_reply()
-            await _send_json(send, 200, _completion(request, _content_for(request) if reply is None else reply))
+            content = _content_for(request) if reply is None else reply
+            await _send_json(send, 200, behaviour.bill(_completion(request, content)))
 
 
 async def _send_raw(send: Any, status: int, payload: bytes, content_type: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:

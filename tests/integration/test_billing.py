@@ -30,7 +30,7 @@ import pytest
 from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
-from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded, UsageCharged
 from contracts.events.generator import (
     BatchGenerated,
     DatasetExported,
@@ -130,7 +130,9 @@ def of_type(events: list[DomainEvent], kind: type[DomainEvent]) -> list[Any]:
 
 
 def recorded_spend(adapters: Adapters, job_id: str) -> Decimal:
-    return sum((c.total for c in of_type(ledger(adapters, job_id), CostRecorded)), Decimal(0))
+    """Every charge of the job's ledger: batches, calls outside batches, write-offs."""
+    book = ledger(adapters, job_id)
+    return sum((c.total for c in [*of_type(book, CostRecorded), *of_type(book, UsageCharged)]), Decimal(0))
 
 
 # -- the ledger ----------------------------------------------------------------------------
@@ -440,6 +442,22 @@ def settle_the_bus(adapters: Adapters, bus_path: Path) -> None:
     bus.close()
 
 
+def assert_every_charge_once(adapters: Adapters, job_id: str) -> None:
+    """Each batch, each record of unbatched calls and each write-off is charged exactly once."""
+    stored = adapters.events.read_stream(f"generation-{job_id}")
+    book = ledger(adapters, job_id)
+    batches = sorted(
+        CATALOG.decode(s.detail_type, s.schema_version, s.detail).batch_number  # type: ignore[attr-defined]
+        for s in stored if s.detail_type == "BatchGenerated"
+    )
+    assert sorted(c.batch_number for c in of_type(book, CostRecorded)) == batches
+    others = sorted(
+        (s.id, "unbatched" if s.detail_type == "UnbatchedUsageRecorded" else "written_off")
+        for s in stored if s.detail_type in ("UnbatchedUsageRecorded", "BudgetWrittenOff")
+    )
+    assert sorted((c.charge_id, c.kind) for c in of_type(book, UsageCharged)) == others
+
+
 def assert_budget_held(adapters: Adapters, job_id: str, budget: Decimal) -> tuple[Decimal, int]:
     """Recorded spend ≤ budget, BUDGET_EXCEEDED everywhere, exported rows = rows billed."""
     generation = [CATALOG.decode(s.detail_type, s.schema_version, s.detail)
@@ -454,8 +472,12 @@ def assert_budget_held(adapters: Adapters, job_id: str, budget: Decimal) -> tupl
     exported = of_type(generation, DatasetExported)
     exported_rows = exported[0].rows if exported else 0
     assert exported_rows == billed_rows
+    assert_every_charge_once(adapters, job_id)
     stopped = of_type(generation, GenerationStopped)
     assert [s.reason for s in stopped] == ["budget_exceeded"]
+    why = stopped[0].budget
+    assert why is not None and why.budget_limit == budget
+    assert why.remaining == budget - why.spent < why.next_call_worst_case
     assert [e.reason for e in of_type(book, BudgetExceeded)] == [BUDGET_EXHAUSTED]
     job = [CATALOG.decode(s.detail_type, s.schema_version, s.detail) for s in adapters.events.read_stream(f"job-{job_id}")]
     assert of_type(job, JobBudgetExceeded), "the job ends as BUDGET_EXCEEDED"
@@ -469,8 +491,8 @@ def test_a_job_whose_budget_runs_out_stops_within_it(seed: int, tmp_path: Path) 
     try:
         num_records = rng.randrange(150, 300)
         steps = steps_for(rng)
-        # about 40–80 % of the records' real cost: the budget runs out mid-way
-        per_record = Decimal("0.00003") * len(steps)
+        # about 40–80 % of the records' real cost (~$0.00002 a call): the budget runs out mid-way
+        per_record = Decimal("0.00002") * len(steps)
         budget = (per_record * num_records * Decimal(rng.randrange(40, 80)) / 100).quantize(Decimal("0.000001"))
         job_id = request_job(adapters, num_records, budget, steps)
         with FakeOpenAIServer(latency_s=rng.choice([0.0, 0.002]), error_rate=rng.choice([0.0, 0.05]), seed=seed) as server:
@@ -482,10 +504,8 @@ def test_a_job_whose_budget_runs_out_stops_within_it(seed: int, tmp_path: Path) 
         settle_the_bus(adapters, tmp_path / "bus.db")
         spent, rows = assert_budget_held(adapters, job_id, budget)
         assert 0 < rows < num_records
-        # it stops only when the calls in flight and one more could pass the limit; those
-        # in flight finish, and records completed after a gap are dropped, unbilled
-        worst_record = len(steps) * price_call(PRICED, MODEL, 200, 64)
-        assert budget - spent < 33 * worst_record
+        # it stops only when, with nothing in flight, the next call's worst case does not fit
+        assert budget - spent < price_call(PRICED, MODEL, 200, 64)
     finally:
         adapters.close()
 
@@ -563,6 +583,12 @@ def test_a_workers_guard_starts_each_run_from_what_the_log_already_billed(adapte
     budgets.begin(job_id)
     guard = budgets.guard(job_id)
     assert guard.spent == 2 * per_batch and guard.budget_limit == Decimal("0.01")
+    # a run spends only tranches it took: none yet
+    assert budgets.reserve(job_id, MODEL, 100, 100) is None
+    worst = price_call(PRICED, MODEL, 100, 100)
+    tranche = budgets.next_tranche(job_id, MODEL, 100, 100)
+    assert tranche == min(Decimal("0.01") - 2 * per_batch, 100 * worst)
+    budgets.grant(job_id, tranche)
     reservation = budgets.reserve(job_id, MODEL, 100, 100)
     assert reservation is not None
     budgets.settle(reservation, CallUsage(MODEL, 100, 10))

@@ -221,7 +221,8 @@ def test_a_fanout_job_over_http_reports_each_model_on_the_dashboard(
         assert per_model[FAILING]["records_generated"] == 0
         assert (dashboard["records_generated"], dashboard["num_records"]) == (60, 90)
         assert job["progress"]["num_records"] == 90 and job["input"]["num_records"] == 30
-        assert set(dashboard["cost"]["per_model"]) == set(WORKING)
+        # the failed model's calls cancelled in flight are billed too (at their worst case)
+        assert set(WORKING) <= set(dashboard["cost"]["per_model"]) <= set(MODELS)
         folders = sorted(f["blob_key"].split("/export/")[1].split("/")[0] for f in job["files"])
         assert folders == ["model=openai%2Ffake-alpha"] * 2 + ["model=openai%2Ffake-beta"] * 2
 
