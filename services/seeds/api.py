@@ -14,9 +14,10 @@ from typing import Annotated, Literal
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from contracts.events.seeds import SeedFormat
+from contracts.identifiers import MAX_ID_CHARS, has_control_character, id_problem
 from palette.api.app import caller
 from palette.api.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from services.seeds.domain import (
@@ -30,7 +31,27 @@ from services.seeds.domain import (
 )
 from services.seeds.handlers import SeedHandlers, SeedValidationResult
 
-_ID = Field(min_length=1, max_length=128)
+MAX_FILENAME_CHARS = 255
+
+
+def _server_id(value: str) -> str:
+    """An id the server made (seed, template): refused before it is looked up."""
+    if problem := id_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+def _filename(value: str) -> str:
+    """A client's filename: recorded with the seed (its key takes a sanitised copy), so no
+    control character and not blank."""
+    if has_control_character(value):
+        raise ValueError("the filename holds a control character")
+    if not value.strip():
+        raise ValueError("the filename is blank")
+    return value
+
+
+ServerId = Annotated[str, AfterValidator(_server_id), Field(description=f"1 to {MAX_ID_CHARS} of A-Z a-z 0-9 _ - . :")]
 PositionUnit = Literal["line", "element", "row"]
 _POSITION_UNITS: dict[SeedFormat, PositionUnit] = {
     SeedFormat.JSONL: "line",
@@ -43,7 +64,10 @@ _POSITION_UNITS: dict[SeedFormat, PositionUnit] = {
 class UploadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    filename: str = Field(min_length=1, max_length=1024, examples=["books.jsonl"])
+    filename: Annotated[str, AfterValidator(_filename)] = Field(
+        min_length=1, max_length=MAX_FILENAME_CHARS, examples=["books.jsonl"],
+        description=f"at most {MAX_FILENAME_CHARS} characters, no control character",
+    )
     format: str | None = Field(
         default=None, description="JSONL, JSON, CSV or PARQUET; told from the filename when omitted"
     )
@@ -64,8 +88,8 @@ class UploadGrantResponse(BaseModel):
 class ValidateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed_id: str = _ID
-    template_id: str = _ID
+    seed_id: ServerId
+    template_id: ServerId
     template_version: int | None = Field(default=None, ge=1, description="latest when omitted")
 
 
