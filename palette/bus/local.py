@@ -7,6 +7,9 @@ Guarantees:
   event was dead-lettered), so a crash between the two redelivers — never skips;
 - a handler that keeps failing gets `backoff.max_attempts` tries, then the event goes to the
   subscriber's dead letters and delivery moves on; `redrive(name)` tries them again;
+- unless what failed was the store, not the event (SQLite "database is locked", a dropped
+  connection: `palette.projections.failures.is_transient`): then the subscriber stops at
+  that event for this pass and gets it again at the next, never dead-lettered;
 - subscribers are independent: each has its own checkpoint and dead letters.
 
 A subscriber seen for the first time starts after `start_at` (default 0: the whole history,
@@ -32,6 +35,7 @@ from palette.bus.patterns import EventPattern
 from palette.bus.port import Bus, BusError, Handler, Subscription, UnknownSubscriber
 from palette.bus.retry import Backoff
 from palette.eventstore.port import EventStore
+from palette.projections.failures import error_text, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,7 @@ class LocalBus(Bus):
             if not subscriptions:
                 return 0
             cursors = {s.name: self.checkpoint(s.name) for s in subscriptions}
+            held: set[str] = set()
             after = min(cursors.values())
             delivered = 0
             while True:
@@ -110,53 +115,67 @@ class LocalBus(Bus):
                 if not page:
                     return delivered
                 for event in page:
-                    delivered += self._offer(event, subscriptions, cursors)
+                    delivered += self._offer(event, subscriptions, cursors, held)
                 after = _position(page[-1])
-                behind = {name: after for name, position in cursors.items() if position < after}
+                behind = {
+                    name: after for name, position in cursors.items() if position < after and name not in held
+                }
                 self._checkpoints.advance(behind)
                 cursors.update(behind)
                 if len(page) < self._page_size:
                     return delivered
 
     def _offer(
-        self, event: StoredEvent, subscriptions: list[Subscription], cursors: dict[str, int]
+        self, event: StoredEvent, subscriptions: list[Subscription], cursors: dict[str, int], held: set[str]
     ) -> int:
-        """Deliver one event to each subscriber that is behind it and wants it."""
+        """Deliver one event to each subscriber that is behind it and wants it; a
+        subscriber whose handler met a transient fault is `held` at the event until the
+        next pass."""
         position = _position(event)
         message: dict[str, Any] | None = None
         delivered = 0
         for subscription in subscriptions:
-            if cursors[subscription.name] >= position:
+            if cursors[subscription.name] >= position or subscription.name in held:
                 continue
             if message is None:
                 message = bus_event(event)
             if subscription.pattern.matches(message):
-                error, attempts = self._attempt(subscription, event)
-                if error is None:
+                failure, attempts = self._attempt(subscription, event)
+                if failure is None:
                     self._checkpoints.advance({subscription.name: position})
                     delivered += 1
-                else:
+                elif is_transient(failure):
                     log.warning(
+                        "event %s (position %d) for %s met a store fault; delivered again at the next pass: %s",
+                        event.id, position, subscription.name, failure,
+                    )
+                    held.add(subscription.name)
+                    continue
+                else:
+                    error = error_text(failure)
+                    log.error(
                         "dead-lettering event %s (position %d) for %s after %d attempts: %s",
                         event.id, position, subscription.name, attempts, error,
+                        extra={"alert": "bus_dead_letter", "subscriber": subscription.name,
+                               "event_id": event.id, "position": position, "error": error},
                     )
                     self._checkpoints.dead_letter(subscription.name, event, error, attempts)
                 cursors[subscription.name] = position
         return delivered
 
-    def _attempt(self, subscription: Subscription, event: StoredEvent) -> tuple[str | None, int]:
+    def _attempt(self, subscription: Subscription, event: StoredEvent) -> tuple[Exception | None, int]:
         """Call the handler up to max_attempts times; (None, tries) or (last error, tries).
 
         Only `Exception`s are retried: a BaseException (KeyboardInterrupt, SystemExit) is a
         crash and leaves the checkpoint where it was.
         """
-        error = ""
+        error: Exception | None = None
         for attempt in range(1, self._backoff.max_attempts + 1):
             try:
                 subscription.handler(event)
                 return None, attempt
             except Exception as failure:
-                error = f"{type(failure).__name__}: {failure}"
+                error = failure
                 if attempt < self._backoff.max_attempts:
                     self._sleep(self._backoff.delay(attempt))
         return error, self._backoff.max_attempts
@@ -178,13 +197,13 @@ class LocalBus(Bus):
                     raise BusError(
                         f"dead letter {letter.event_id} is no longer at position {letter.position}"
                     )
-                error, attempts = self._attempt(subscription, event)
-                if error is None:
+                failure, attempts = self._attempt(subscription, event)
+                if failure is None:
                     self._checkpoints.remove_dead_letter(subscriber, letter.position)
                     redelivered += 1
                 else:
                     self._checkpoints.record_redrive_failure(
-                        subscriber, letter.position, error, attempts
+                        subscriber, letter.position, error_text(failure), attempts
                     )
         return redelivered
 

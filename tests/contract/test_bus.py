@@ -9,8 +9,10 @@ the DynamoDB stream) follow in their own sections.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
@@ -348,6 +350,40 @@ def test_a_handler_that_keeps_failing_is_dead_lettered_and_redriven(
     assert bus.redrive("started") == 1
     assert bus.dead_letters("started") == []
     assert handler.calls[-1] == victim
+    bus.close()
+
+
+def test_a_handler_that_meets_a_locked_database_is_held_for_the_next_pass_not_dead_lettered(
+    store: SQLiteEventStore, tmp_path: Path
+) -> None:
+    sink = tmp_path / "handled.db"
+    with closing(sqlite3.connect(sink)) as setup:
+        setup.execute("CREATE TABLE handled (event_id TEXT PRIMARY KEY)")
+        setup.commit()
+
+    def record(event: StoredEvent) -> None:
+        with closing(sqlite3.connect(sink, timeout=0, isolation_level=None)) as db:
+            db.execute("INSERT OR IGNORE INTO handled VALUES (?)", (event.id,))
+
+    bus = local_bus(store, tmp_path)
+    bus.subscribe("started", STARTED, record)
+    healthy = Recorder()
+    bus.subscribe("jobs", JOBS, healthy)
+    committed = commit_jobs(store, 3)
+    lock = sqlite3.connect(sink, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # another writer holds the file
+
+    bus.run_once()
+
+    assert bus.dead_letters("started") == [] and bus.checkpoint("started") == 0
+    assert set(healthy.calls) == wanted(committed, JOBS)  # the other subscriber went on
+    lock.execute("ROLLBACK")
+    lock.close()
+    bus.run_once()
+    with closing(sqlite3.connect(sink)) as db:
+        handled = {event_id for (event_id,) in db.execute("SELECT event_id FROM handled")}
+    assert handled == {e.id for e in wanted(committed, STARTED)}
+    assert bus.dead_letters("started") == [] and bus.checkpoint("started") == committed[-1].position
     bus.close()
 
 
