@@ -60,6 +60,7 @@ class LocalBus(Bus):
         self._page_size = page_size
         self._sleep = sleep
         self._subscriptions: dict[str, Subscription] = {}
+        self._held_at: dict[str, int] = {}
         self._lock = threading.Lock()
         self._relay_lock = threading.Lock()
         self._stop = threading.Event()
@@ -145,10 +146,12 @@ class LocalBus(Bus):
                     self._checkpoints.advance({subscription.name: position})
                     delivered += 1
                 elif is_transient(failure):
-                    log.warning(
-                        "event %s (position %d) for %s met a store fault; delivered again at the next pass: %s",
-                        event.id, position, subscription.name, failure,
-                    )
+                    if self._held_at.get(subscription.name) != position:  # once, not every pass
+                        self._held_at[subscription.name] = position
+                        log.warning(
+                            "event %s (position %d) for %s met a store fault; delivered again at the next pass: %s",
+                            event.id, position, subscription.name, failure,
+                        )
                     held.add(subscription.name)
                     continue
                 else:
