@@ -3,7 +3,8 @@
 Writes are all or nothing: bytes go to a temp file in the blob's own folder, are fsynced,
 then `os.replace`d over the key, so a reader sees the old blob or the new one, never a
 mix. Streams are copied chunk by chunk. Temp files carry a reserved name that no valid
-key can have, so listings never show them. Folders emptied by deletes are removed.
+key can have, so listings never show them; a writer killed mid-write leaves its temp file
+behind until `discard_partial_writes` removes it. Folders emptied by deletes are removed.
 
 Upload and download URLs point at the REST facade (`<base_url>/blobs/<key>?...`) and are
 signed by `UrlSigner`; the facade checks them with `verify_upload_url` /
@@ -94,6 +95,25 @@ class LocalBlobStore(BlobStore):
             deleted += 1
             self._remove_empty_folders(path.parent)
         return deleted
+
+    def discard_partial_writes(self, prefix: str) -> int:
+        check_prefix(prefix)
+        head, _, start = prefix.rpartition("/")
+        top = self.root.joinpath(*head.split("/")) if head else self.root
+        emptied: list[Path] = []
+        for folder, subfolders, names in os.walk(top):
+            here = Path(folder)
+            if here == top:
+                subfolders[:] = [name for name in subfolders if name.startswith(start)]
+                names = [name for name in names if name.startswith(start)]
+            for name in names:
+                if name.startswith(TEMP_MARK):
+                    with suppress(FileNotFoundError):
+                        (here / name).unlink()
+                        emptied.append(here)
+        for folder in sorted(set(emptied), key=lambda path: len(path.parts), reverse=True):
+            self._remove_empty_folders(folder)
+        return len(emptied)
 
     def upload_url(self, key: str, expires_in: int = 900, max_bytes: int | None = None) -> str:
         return self._signed_url("PUT", key, expires_in, max_bytes)

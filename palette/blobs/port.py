@@ -125,6 +125,12 @@ class BlobStore(ABC):
         """Remove every blob under `prefix`; returns how many. An empty prefix is refused."""
 
     @abstractmethod
+    def discard_partial_writes(self, prefix: str) -> int:
+        """Remove what writers killed mid-write left under `prefix` (local: temp files; S3:
+        multipart uploads never completed), never a blob; returns how many. Call it only
+        where no live writer works under the prefix: a writer's own partial write would go."""
+
+    @abstractmethod
     def upload_url(self, key: str, expires_in: int = 900, max_bytes: int | None = None) -> str:
         """A URL that accepts one HTTP PUT of the blob until it expires (S3: presigned;
         local: signed URL to the facade, checked by `verify_upload_url`)."""

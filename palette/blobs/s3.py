@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -147,6 +148,21 @@ class S3BlobStore(BlobStore):
         if batch:
             deleted += self._delete_batch(batch)
         return deleted
+
+    def discard_partial_writes(self, prefix: str) -> int:
+        """Abort the multipart uploads under `prefix` that were never completed (their
+        parts are stored, and charged, until aborted)."""
+        check_prefix(prefix)
+        aborted = 0
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for upload in page.get("Uploads", ()):
+                with suppress(ClientError):
+                    self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        return aborted
 
     def upload_url(self, key: str, expires_in: int = 900, max_bytes: int | None = None) -> str:
         """A presigned PUT. `max_bytes` is NOT enforced by S3 here; use `upload_form` for that."""

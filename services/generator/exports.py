@@ -110,6 +110,9 @@ def export_dataset(
 ) -> list[ExportedFile]:
     """Export the job's parts in each format and return the data files written.
 
+    The job's run alone writes under its dataset folder now, so what other writers left
+    half-written there (killed mid-write) is discarded first.
+
     Raises DatasetIntegrityError (before writing anything) unless the parts hold exactly
     records 0..n-1 of `job_id`, each part a contiguous range, n == `expected_rows` when
     given; ExportError for a partition that cannot be made. Running it again replaces the
@@ -119,6 +122,7 @@ def export_dataset(
         raise ExportError("no output format requested")
     formats = list(dict.fromkeys(OutputFormat(f) for f in formats))
     rule = PartitionRule.parse(partition_by) if partition_by else None
+    blobs.discard_partial_writes(dataset_prefix(owner, job_id))
     survey = _survey(blobs, job_id, part_keys_in_order, rule)
     _check_coverage(survey.parts, expected_rows)
     layout = _DatasetLayout(survey.seed, survey.steps, survey.has_model, survey.has_flags)

@@ -177,6 +177,7 @@ class JobHandlers:
         if not loaded.state.finished:
             return self.cancel(user, job_id, correlation_id)
         removed = self._blobs.delete_prefix(dataset_prefix(loaded.state.owner, job_id))
+        removed += self._blobs.discard_partial_writes(dataset_prefix(loaded.state.owner, job_id))
         log.info("dataset deleted", extra={"job_id": job_id, "blobs": removed})
         return self._execute(job_id, DeleteJob(job_id=job_id, actor=user), user, correlation_id)
 

@@ -508,3 +508,34 @@ def test_s3_delete_prefix_batches_within_the_1000_key_limit(
     assert store.delete_prefix("many/") == 7
     assert batch_sizes == [3, 3, 1]
     assert [i.key for i in store.list()] == ["manx"]
+
+
+def test_discarding_partial_writes_removes_only_those_under_the_prefix(store: BlobStore, tmp_path: Path) -> None:
+    """A writer killed mid-write leaves its partial write behind (a local temp file, an S3
+    multipart upload never completed); `discard_partial_writes` removes them under a prefix
+    and touches no blob and nothing outside it."""
+    store.put_bytes("datasets/u/j1/parts/part-000000.parquet", b"done")
+    store.put_bytes("datasets/u/j2/parts/part-000000.parquet", b"other job")
+    if isinstance(store, LocalBlobStore):
+        for folder in ("datasets/u/j1/parts", "datasets/u/j1/export", "datasets/u/j2/parts"):
+            (tmp_path / "blobs" / folder).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "blobs" / folder / f"{TEMP_MARK}killed").write_bytes(b"half")
+    else:
+        client = store._client  # type: ignore[attr-defined]
+        for key in ("datasets/u/j1/parts/part-000001.parquet", "datasets/u/j1/export/data.csv",
+                    "datasets/u/j2/parts/part-000001.parquet"):
+            client.create_multipart_upload(Bucket=BUCKET, Key=key)
+
+    assert store.discard_partial_writes("datasets/u/j1/") == 2
+
+    assert [i.key for i in store.list("datasets/")] == [
+        "datasets/u/j1/parts/part-000000.parquet", "datasets/u/j2/parts/part-000000.parquet",
+    ]
+    if isinstance(store, LocalBlobStore):
+        left = sorted(str(p.relative_to(tmp_path / "blobs")) for p in (tmp_path / "blobs").rglob(f"{TEMP_MARK}*"))
+        assert left == [f"datasets/u/j2/parts/{TEMP_MARK}killed"]
+        assert not (tmp_path / "blobs" / "datasets/u/j1/export").exists()
+    else:
+        uploads = store._client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])  # type: ignore[attr-defined]
+        assert [u["Key"] for u in uploads] == ["datasets/u/j2/parts/part-000001.parquet"]
+    assert store.discard_partial_writes("datasets/u/j1/") == 0

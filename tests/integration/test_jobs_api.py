@@ -653,6 +653,18 @@ def test_deleting_a_finished_job_deletes_its_data_then_it_is_gone(api: Facade) -
     assert api.call("GET", f"/dashboard/{job_id}").status == 404
 
 
+def test_deleting_a_finished_job_removes_what_killed_writers_left_half_written(local: Facade) -> None:
+    job_id = local.start_job()["job_id"]
+    local.blobs.put_bytes(f"datasets/alice/{job_id}/parts/part-000000.parquet", b"data")
+    local.generate(job_id, claimed(job_id), batch(job_id, 0), exported(job_id, 100))
+    root = local.blobs.root  # type: ignore[attr-defined]
+    (root / "datasets" / "alice" / job_id / "parts" / ".palette-partial-killed").write_bytes(b"half")
+
+    assert local.call("DELETE", f"/jobs/{job_id}").status == 204
+
+    assert not (root / "datasets" / "alice" / job_id).exists()
+
+
 def test_another_users_job_is_not_found(api: Facade) -> None:
     job_id = api.start_job("alice")["job_id"]
     for method, path in (("GET", f"/jobs/{job_id}"), ("DELETE", f"/jobs/{job_id}"),

@@ -471,3 +471,18 @@ def test_exports_work_on_s3_too() -> None:
         for file in files:
             assert hashlib.sha256(store.get_bytes(file.blob_key)).hexdigest() == file.sha256
         assert json.loads(store.get_bytes(export_prefix(OWNER, JOB) + "manifest.json"))["total_rows"] == 11
+
+
+def test_an_export_discards_the_partial_writes_of_killed_writers(blobs: RecordingBlobStore, tmp_path: Path) -> None:
+    keys = write_batches(blobs, [5, 5])
+    prefix = export_prefix(OWNER, JOB)
+    parts_folder = tmp_path / "blobs" / keys[0].rsplit("/", 1)[0]
+    export_folder = tmp_path / "blobs" / prefix.rstrip("/")
+    export_folder.mkdir(parents=True)
+    for folder in (parts_folder, export_folder):
+        (folder / ".palette-partial-abc123").write_bytes(b"left by a writer killed mid-write")
+
+    export_dataset(blobs, OWNER, JOB, keys, [OutputFormat.JSONL])
+
+    assert list((tmp_path / "blobs").rglob(".palette-partial-*")) == []
+    assert sorted(p.name for p in export_folder.iterdir()) == ["data.jsonl", "manifest.json"]
