@@ -52,6 +52,9 @@ def watch_job(
                 if _finished(dashboard, wait_for_export):
                     break
             time.sleep(poll_interval)
+    failure = (last or {}).get("failure")
+    if failure and (last or {}).get("status") in TERMINAL_STATUSES:
+        console.print(f"{failure.get('code', '?')}: {failure.get('reason', '')}", markup=False, highlight=False)
     return last
 
 

@@ -71,9 +71,10 @@ class JobFailed(_JobEvent):
 
 
 class JobBudgetExceeded(_JobEvent):
-    """The job stopped because its budget could not cover one more record (BUDGET_EXCEEDED)."""
+    """The job stopped because its budget could not cover one more call (BUDGET_EXCEEDED)."""
 
     records_completed: int = Field(ge=0)
+    reason: str = Field(default="", description="why: spent, remaining and the next call's worst case")
 
 
 class JobDeleted(_JobEvent):

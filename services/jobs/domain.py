@@ -26,6 +26,7 @@ from enum import Enum
 from typing import Any
 
 from contracts.events.base import DomainEvent
+from contracts.events.generator import BudgetStop
 from contracts.events.jobs import (
     MAX_FANOUT_MODELS,
     JobBudgetExceeded,
@@ -231,6 +232,27 @@ class MarkFailed:
 class MarkBudgetExceeded:
     job_id: str
     records_completed: int
+    reason: str = ""
+
+
+BUDGET_EXCEEDED_CODE = "BUDGET_EXCEEDED"
+"""The failure code a budget-stopped job answers with its reason."""
+
+
+def budget_stop_reason(stop: BudgetStop | None) -> str:
+    """Why a budget stopped a job, in words, from the generator's figures."""
+    if stop is None:
+        return "the budget could not cover the worst case of one more model call"
+    return (
+        f"budget exhausted: spent ${_usd(stop.spent)} of ${_usd(stop.budget_limit)}; the ${_usd(stop.remaining)} "
+        f"remaining cannot cover the next call's worst case of ${_usd(stop.next_call_worst_case)} "
+        f"({stop.model}: its input tokens and max_tokens of output)"
+    )
+
+
+def _usd(amount: Decimal) -> str:
+    """An amount as fixed-point text, never exponent notation."""
+    return format(amount.normalize() if amount else Decimal(0), "f")
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +412,8 @@ def evolve(state: JobState, event: DomainEvent) -> JobState:
         return replace(state, status=JobStatus.FAILED, failure_code=event.code, failure_reason=event.reason)
     if isinstance(event, JobBudgetExceeded):
         return replace(
-            state, status=JobStatus.BUDGET_EXCEEDED, records_completed=event.records_completed
+            state, status=JobStatus.BUDGET_EXCEEDED, records_completed=event.records_completed,
+            failure_code=BUDGET_EXCEEDED_CODE, failure_reason=event.reason or budget_stop_reason(None),
         )
     if isinstance(event, JobDeleted):
         return replace(state, deleted=True)
@@ -495,7 +518,9 @@ def _generation_fact(command: GenerationFact, state: JobState) -> list[DomainEve
             return []
         raise InvalidTransition(command.job_id, status, "fail it")
     if status in (JobStatus.QUEUED, JobStatus.RUNNING):
-        return [JobBudgetExceeded(job_id=command.job_id, records_completed=command.records_completed)]
+        return [JobBudgetExceeded(
+            job_id=command.job_id, records_completed=command.records_completed, reason=command.reason,
+        )]
     if status is JobStatus.BUDGET_EXCEEDED:
         return []
     raise InvalidTransition(command.job_id, status, "stop it for its budget")

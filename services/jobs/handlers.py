@@ -50,6 +50,7 @@ from services.jobs.domain import (
     MarkStarted,
     RequestCancel,
     RequestJob,
+    budget_stop_reason,
     check_input,
     dataset_prefix,
     decide,
@@ -305,7 +306,9 @@ def _fact_command(fact: DomainEvent) -> GenerationFact | None:
     if isinstance(fact, GenerationStopped):
         if fact.reason == "cancelled":
             return MarkCancelled(job_id=fact.job_id, records_completed=fact.records_completed)
-        return MarkBudgetExceeded(job_id=fact.job_id, records_completed=fact.records_completed)
+        return MarkBudgetExceeded(
+            job_id=fact.job_id, records_completed=fact.records_completed, reason=budget_stop_reason(fact.budget),
+        )
     if isinstance(fact, GenerationFailed):
         return MarkFailed(job_id=fact.job_id, code=fact.code, reason=fact.reason)
     if isinstance(fact, DatasetExported):

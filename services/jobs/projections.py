@@ -54,6 +54,7 @@ from palette.projections.documents import (
     Page,
 )
 from palette.projections.port import ProjectedEvent, detail_and_time
+from services.jobs.domain import BUDGET_EXCEEDED_CODE, budget_stop_reason
 
 JOBS = "job"
 DASHBOARDS = "dashboard"
@@ -221,6 +222,8 @@ def _merge_ending(body: dict[str, Any], detail: DomainEvent, time: str) -> None:
     body["completed_at"] = time
     if isinstance(detail, JobFailed):
         body["failure"] = {"code": detail.code, "reason": detail.reason}
+    elif isinstance(detail, JobBudgetExceeded):
+        body["failure"] = {"code": BUDGET_EXCEEDED_CODE, "reason": detail.reason or budget_stop_reason(None)}
 
 
 def _merge_batch(body: dict[str, Any], detail: BatchGenerated, time: str) -> None:

@@ -610,6 +610,11 @@ def test_a_workers_guard_starts_each_run_from_what_the_log_already_billed(adapte
 def test_the_budget_bench_runs_and_ends_with_its_line(capsys: pytest.CaptureFixture[str]) -> None:
     from bench.budget import main
 
-    assert main(["--jobs", "2", "--min-budget", "0.002", "--max-budget", "0.003", "--latency", "0"]) == 0
+    assert main(["--jobs", "2", "--min-budget", "0.002", "--max-budget", "0.003", "--latency", "0",
+                 "--tight-records", "20"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert re.fullmatch(r"budget max_overshoot_usd=0 jobs=2 mean_budget_utilisation=\d\.\d{4}", last)
+    assert re.fullmatch(
+        r"budget max_overshoot_usd=0 jobs=2 mean_budget_utilisation=\d\.\d{4} "
+        r"min_tight_utilisation=\d\.\d{4} calls_answered=(\d+) calls_billed=\1",
+        last,
+    ), last

@@ -11,6 +11,7 @@ worst case (the gateway's input estimate + max_tokens) is several times that.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
@@ -42,6 +44,7 @@ from contracts.pricing import DEFAULT_CATALOG, price_call, with_overrides
 from palette.adapters import Adapters, local_adapters
 from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
+from palette.watch import watch_job
 from services.billing.consumers import subscriptions
 from services.billing.handlers import LedgerHandlers
 from services.generator.budget import JobBudgets
@@ -49,6 +52,7 @@ from services.generator.models.openai import OpenAICompatibleGateway
 from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
 from services.jobs.consumers import subscriptions as job_subscriptions
 from services.jobs.handlers import JobHandlers
+from services.jobs.projections import DASHBOARDS, JobDashboard
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -226,6 +230,23 @@ def test_a_budget_of_half_the_cost_is_spent_until_the_next_call_cannot_fit(
     assert exported.rows == result.records_completed == sum(b.rows for b in of_type(generation, BatchGenerated))
     tranches = of_type(generation, BudgetTrancheTaken)
     assert tranches and sum(t.amount for t in tranches) <= budget
+    assert_the_stop_says_why(adapters, job_id, why)
+
+
+def assert_the_stop_says_why(adapters: Adapters, job_id: str, why: Any) -> None:
+    """The job (GET /jobs/{id} answers its state's failure), the dashboard and
+    `palette jobs watch` give the reason: spent, remaining, the next call's worst case."""
+    figures = [f"${format(amount.normalize(), 'f')}" for amount in (why.spent, why.remaining, why.next_call_worst_case)]
+    state = JobHandlers(adapters.events, adapters.blobs).read(job_id).state
+    assert state.status.value == "BUDGET_EXCEEDED" and state.failure_code == "BUDGET_EXCEEDED"
+    assert state.failure_reason is not None and all(figure in state.failure_reason for figure in figures)
+    adapters.projection_runner(JobDashboard()).run_once()
+    dashboard = adapters.document_reader(JobDashboard()).get(DASHBOARDS, job_id)
+    assert dashboard is not None
+    assert dashboard["failure"] == {"code": "BUDGET_EXCEEDED", "reason": state.failure_reason}
+    shown = io.StringIO()
+    watch_job(lambda: dashboard, Console(file=shown, width=400), poll_interval=0, timeout=5)
+    assert f"BUDGET_EXCEEDED: {state.failure_reason}" in shown.getvalue()
 
 
 # -- every call billed ---------------------------------------------------------------------
