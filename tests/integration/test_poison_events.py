@@ -21,6 +21,7 @@ from botocore.exceptions import ClientError
 from contracts.envelope import EventEnvelope, StoredEvent, bus_event
 from contracts.events.templates import TemplateCreated, TemplateStep
 from palette.adapters import local_adapters
+from palette.audit.cli import views_health
 from palette.eventstore.port import EventStore, NewEvent
 from palette.projections import failures
 from palette.projections.documents import Document, DocumentProjection, DocumentWriter
@@ -87,6 +88,11 @@ def test_a_poison_template_leaves_listings_and_deletions_working_on_both_runtime
     )
     assert failure["error"].startswith("InvalidDocument:") and "\x00" not in failure["error"]
     assert [letter.event_id for letter in _catalog_dead_letters(api)] == [poison.id]
+    data_dir = Path(getattr(api.events, "path", ".")).parent
+    views = {view.projection: view for view in views_health(api.events, data_dir, api.runtime)}
+    assert views[TemplateCatalog.name].status == "failing"
+    assert [letter.event_id for letter in views[TemplateCatalog.name].dead_letters] == [poison.id]
+    assert all(view.dead_letters == [] for name, view in views.items() if name != TemplateCatalog.name)
 
 
 def _catalog_dead_letters(api: Facade) -> list[Any]:  # noqa: F811
