@@ -8,7 +8,12 @@ tables checked column-wise. Positions are 1-based: line numbers for JSONL, eleme
 for JSON, row numbers (header excluded) for CSV and Parquet.
 
 A problem with one record is yielded as data; a problem that makes the rest of the file
-unreadable raises `SeedFileError`.
+unreadable raises `SeedFileError`. Sizes are limited so that reading any file takes bounded
+memory, and a file over a limit raises `SeedLimitExceeded` naming the record: one value the
+template reads at most `MAX_CELL_BYTES` (1 MiB), one record at most `MAX_RECORD_BYTES`
+(4 MiB: a JSONL line, a JSON element, a CSV row, the read columns of a Parquet row), one
+Parquet page at most `MAX_PARQUET_PAGE_BYTES` (8 MiB uncompressed, checked from the page
+headers before anything is decompressed).
 """
 
 from __future__ import annotations
@@ -28,19 +33,26 @@ from pathlib import PurePosixPath
 from typing import IO, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from contracts.events.seeds import SeedFormat
+from palette.parquet_pages import PageHeaderError, page_sizes
 
 Path = tuple[str, ...]
 
+MAX_CELL_BYTES = 1 << 20
+MAX_RECORD_BYTES = 4 << 20
+MAX_PARQUET_PAGE_BYTES = 8 << 20
+MAX_PARQUET_PAGES = 100_000
 JSONL_BLOCK_BYTES = 8 << 20
+CSV_BLOCK_BYTES = 2 << 20
 PIECE_BYTES = 256 << 10
-MAX_RECORD_BYTES = 32 << 20
 READ_BYTES = 1 << 20
 RECORDS_PER_CHUNK = 8192
+PARQUET_BATCH_BYTES = 4 << 20
 PARQUET_BATCH_ROWS = 65536
 
 _EXTENSIONS = {
@@ -68,11 +80,21 @@ class SeedFileError(Exception):
     """The file as a whole cannot be read as the declared format (encoding, shape, syntax)."""
 
 
+class SeedLimitExceeded(Exception):
+    """A value, record or Parquet page is over its size limit: the file is refused, not read
+    further. `position` is the record's (or the first one of the page's), 1-based."""
+
+    def __init__(self, position: int, message: str) -> None:
+        self.position = position
+        super().__init__(message)
+
+
 @dataclass
 class ParsedRecords:
     """Records decoded in Python: each item is (position, record dict or problem message)."""
 
     items: list[tuple[int, dict[str, Any] | str]]
+    value_bytes: int = 0
 
 
 @dataclass
@@ -82,6 +104,7 @@ class ColumnarRecords:
     table: pa.Table | pa.RecordBatch
     positions: Sequence[int]
     flat: bool = False
+    value_bytes: int = 0
 
 
 Chunk = ParsedRecords | ColumnarRecords
@@ -113,15 +136,138 @@ def read_chunks(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[Path], exact
 
     `exact` parses every JSONL line in Python, never through Arrow, so each value keeps its
     JSON type (Arrow's columns unify an integer and a float): what a prompt must show. The
-    checks (BOM, line length, UTF-8, one object per line) are the same either way."""
+    checks (BOM, line length, UTF-8, one object per line) are the same either way.
+
+    Every chunk's `value_bytes` is the size of the values read (at `paths` for JSON text)."""
+    chunks: Iterator[Chunk]
     if fmt is SeedFormat.JSONL:
-        return _read_jsonl(stream, paths, exact)
-    readers = {
-        SeedFormat.JSON: _read_json_array,
-        SeedFormat.CSV: _read_csv,
-        SeedFormat.PARQUET: _read_parquet,
-    }
-    return readers[fmt](stream, paths)
+        chunks = _read_jsonl(stream, paths, exact)
+    else:
+        readers = {
+            SeedFormat.JSON: _read_json_array,
+            SeedFormat.CSV: _read_csv,
+            SeedFormat.PARQUET: _read_parquet,
+        }
+        chunks = readers[fmt](stream, paths)
+    return _within_limits(chunks, paths, _UNITS[fmt])
+
+
+_UNITS = {SeedFormat.JSONL: "line", SeedFormat.JSON: "element", SeedFormat.CSV: "row", SeedFormat.PARQUET: "row"}
+
+
+def _within_limits(chunks: Iterator[Chunk], paths: Sequence[Path], unit: str) -> Iterator[Chunk]:
+    """Each chunk once its values are checked against the limits, with its `value_bytes`."""
+    for chunk in chunks:
+        if isinstance(chunk, ParsedRecords):
+            chunk.value_bytes = _check_parsed(chunk, paths, unit)
+        else:
+            chunk.value_bytes = _check_columnar(chunk, unit)
+        yield chunk
+
+
+def _check_parsed(chunk: ParsedRecords, paths: Sequence[Path], unit: str) -> int:
+    total = 0
+    for position, record in chunk.items:
+        if isinstance(record, str):
+            continue
+        row = 0
+        for path in paths:
+            value: Any = record
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            size, largest = _python_sizes(value)
+            if largest > MAX_CELL_BYTES:
+                raise SeedLimitExceeded(position, _cell_message(unit, position, ".".join(path), largest))
+            row += size
+        if row > MAX_RECORD_BYTES:
+            raise SeedLimitExceeded(position, _record_message(unit, position, row))
+        total += row
+    return total
+
+
+def _python_sizes(value: Any, depth: int = 0) -> tuple[int, int]:
+    """(bytes of the value as text, bytes of its largest string) for a decoded JSON value."""
+    if isinstance(value, str):
+        size = len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+        return size, size
+    if isinstance(value, dict | list) and depth < 64:
+        total = largest = 0
+        for item in value.values() if isinstance(value, dict) else value:
+            size, big = _python_sizes(item, depth + 1)
+            total += size
+            largest = max(largest, big)
+        return total, largest
+    return (0, 0) if value is None else (8, 0)
+
+
+def _check_columnar(chunk: ColumnarRecords, unit: str) -> int:
+    table = chunk.table
+    if table.num_rows == 0 or table.num_columns == 0:
+        return 0
+    totals: Any = None
+    for name, column in zip(table.column_names, table.columns):
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        sizes, largest = _arrow_sizes(column)
+        if (pc.max(largest).as_py() or 0) > MAX_CELL_BYTES:
+            index = pc.indices_nonzero(pc.greater(largest, MAX_CELL_BYTES))[0].as_py()
+            position = chunk.positions[index]
+            raise SeedLimitExceeded(position, _cell_message(unit, position, name, largest[index].as_py()))
+        totals = sizes if totals is None else pc.add(totals, sizes)
+    if (pc.max(totals).as_py() or 0) > MAX_RECORD_BYTES:
+        index = pc.indices_nonzero(pc.greater(totals, MAX_RECORD_BYTES))[0].as_py()
+        position = chunk.positions[index]
+        raise SeedLimitExceeded(position, _record_message(unit, position, totals[index].as_py()))
+    return pc.sum(totals).as_py() or 0
+
+
+def _arrow_sizes(array: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """Per element: its bytes once decoded (a dictionary value counted at every use), and
+    the bytes of its largest string or binary value."""
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        sizes, largest = _arrow_sizes(array.dictionary)
+        return (pc.fill_null(pc.take(sizes, array.indices), 0), pc.fill_null(pc.take(largest, array.indices), 0))
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+            or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        sizes = pc.fill_null(pc.binary_length(array).cast(pa.int64()), 0)
+        return sizes, sizes
+    if pa.types.is_struct(kind):
+        sizes = largest = pa.repeat(pa.scalar(0, pa.int64()), len(array))
+        for index in range(kind.num_fields):
+            child_sizes, child_largest = _arrow_sizes(pc.struct_field(array, [index]))
+            sizes = pc.add(sizes, child_sizes)
+            largest = pc.max_element_wise(largest, child_largest)
+        return sizes, largest
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind) \
+            or pa.types.is_map(kind):
+        child_sizes, child_largest = _arrow_sizes(pc.list_flatten(array))
+        grouped = pa.table({"row": pc.list_parent_indices(array), "size": child_sizes, "largest": child_largest})
+        grouped = grouped.group_by("row").aggregate([("size", "sum"), ("largest", "max")])
+        sizes_list, largest_list = [0] * len(array), [0] * len(array)
+        for row, size, big in zip(*(grouped.column(n).to_pylist() for n in ("row", "size_sum", "largest_max"))):
+            sizes_list[row], largest_list[row] = size, big
+        return pa.array(sizes_list, pa.int64()), pa.array(largest_list, pa.int64())
+    try:
+        width = max(kind.bit_width // 8, 1)
+    except ValueError:
+        width = 8
+    sizes = pc.if_else(pc.is_valid(array), width, 0).cast(pa.int64())
+    return sizes, pa.repeat(pa.scalar(0, pa.int64()), len(array))
+
+
+def _cell_message(unit: str, position: int, name: str, size: int) -> str:
+    return (
+        f"{unit} {position}: a value of {name!r} is {size / (1 << 20):.1f} MiB, over the "
+        f"{MAX_CELL_BYTES >> 20} MiB limit for one value"
+    )
+
+
+def _record_message(unit: str, position: int, size: int) -> str:
+    return (
+        f"{unit} {position} holds {size / (1 << 20):.1f} MiB, over the {MAX_RECORD_BYTES >> 20} MiB "
+        "limit for one record"
+    )
 
 
 def _text_start(stream: IO[bytes]) -> bytes:
@@ -166,51 +312,40 @@ class _PrefixedStream(io.RawIOBase):
 
 
 def _read_jsonl(stream: IO[bytes], paths: Sequence[Path], exact: bool = False) -> Iterator[Chunk]:
-    """Lines in blocks of about 8 MiB, each parsed by Arrow when it can be, else line by line.
+    """Lines in blocks of at most 4 MiB, each parsed by Arrow when it can be, else line by line.
 
     Arrow's JSON reader parses a block several times faster than `json.loads` per line but
     cannot say which line is broken, so any block it rejects (bad JSON, a non-object, a
     type it did not expect, blank lines, invalid UTF-8) is re-read exactly in Python. The
     Python path is the reference; Arrow is only an accelerator that must agree with it.
+    A block ends at the last line end within `MAX_RECORD_BYTES`, so no line is longer: a
+    longer one is refused when its first 4 MiB are read, never read whole.
     """
     parser = _JsonlBlockParser(paths, exact)
     pending = _text_start(stream)
     line_base = 0
     eof = False
-    while pending or not eof:
-        while not eof and (len(pending) < JSONL_BLOCK_BYTES or b"\n" not in pending):
+    while True:
+        while not eof and len(pending) <= MAX_RECORD_BYTES:
             data = stream.read(JSONL_BLOCK_BYTES)
             if not data:
                 eof = True
                 break
             pending += data
-            if len(pending) > MAX_RECORD_BYTES and b"\n" not in pending:
-                pending = _skip_long_line(stream)
-                line_base += 1
-                yield ParsedRecords([(line_base, f"line longer than {MAX_RECORD_BYTES >> 20} MiB")])
-                if pending is None:
-                    return
-        if eof:
+        if not pending:
+            return
+        if eof and len(pending) <= MAX_RECORD_BYTES:
             block, pending = pending, b""
         else:
-            cut = pending.rfind(b"\n", 0, JSONL_BLOCK_BYTES) + 1 or pending.find(b"\n") + 1
+            cut = pending.rfind(b"\n", 0, MAX_RECORD_BYTES + 1) + 1
+            if not cut:
+                raise SeedLimitExceeded(
+                    line_base + 1, f"line {line_base + 1} is longer than {MAX_RECORD_BYTES >> 20} MiB, the limit for one record"
+                )
             block, pending = pending[:cut], pending[cut:]
-        if not block:
-            continue
         lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
         yield from parser.parse(block, line_base, lines)
         line_base += lines
-
-
-def _skip_long_line(stream: IO[bytes]) -> bytes | None:
-    """Discard the rest of an over-long line; the bytes after it, or None at end of file."""
-    while True:
-        data = stream.read(READ_BYTES)
-        if not data:
-            return None
-        newline = data.find(b"\n")
-        if newline >= 0:
-            return data[newline + 1:]
 
 
 class _JsonlBlockParser:
@@ -406,6 +541,7 @@ class _JsonArrayElements:
     _eof: bool = False
     _bytes_read: int = 0
     _lines_before: int = 0
+    _index: int = 1
     _utf8: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")())
     _decoder: json.JSONDecoder = field(default_factory=lambda: json.JSONDecoder(parse_int=int_or_digits))
 
@@ -440,6 +576,7 @@ class _JsonArrayElements:
                 self._pos += 1
                 self._peek()
             index += 1
+            self._index = index
             yield index, self._next_value(index)
 
     def _next_value(self, index: int) -> Any:
@@ -475,7 +612,9 @@ class _JsonArrayElements:
         if self._eof:
             return False
         if len(self._buffer) - self._pos > MAX_RECORD_BYTES:
-            raise SeedFileError(f"an element is larger than {MAX_RECORD_BYTES >> 20} MiB or not valid JSON")
+            raise SeedLimitExceeded(
+                self._index, f"element {self._index} is larger than {MAX_RECORD_BYTES >> 20} MiB, the limit for one record"
+            )
         data = self.stream.read(READ_BYTES)
         if not data:
             self._eof = True
@@ -518,16 +657,17 @@ def _read_csv(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
         heappush(bad_rows, (number, f"row has {row.actual_columns} cells, expected {row.expected_columns}"))
         return "skip"
 
+    guard = _RowGuard(_PrefixedStream(head, stream))
+    next_row = 1
     try:
         reader = pa_csv.open_csv(
-            _PrefixedStream(head, stream),
-            read_options=pa_csv.ReadOptions(use_threads=False, block_size=4 << 20),
+            guard,
+            read_options=pa_csv.ReadOptions(use_threads=False, block_size=CSV_BLOCK_BYTES),
             parse_options=pa_csv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid_row),
             convert_options=pa_csv.ConvertOptions(
                 column_types={name: pa.string() for name in names}, strings_can_be_null=False
             ),
         )
-        next_row = 1
         for batch in reader:
             positions: list[int] | range
             problems: list[tuple[int, dict[str, Any] | str]] = []
@@ -543,6 +683,7 @@ def _read_csv(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
             else:
                 positions = range(next_row, end)
             next_row = end
+            guard.mark(next_row)
             yield ColumnarRecords(batch, positions, flat=True)
         if bad_rows:
             yield ParsedRecords([heappop(bad_rows) for _ in range(len(bad_rows))])
@@ -550,6 +691,10 @@ def _read_csv(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
         message = str(err)
         if "UTF8" in message or "UTF-8" in message:
             raise SeedFileError(_csv_encoding_error(message, names)) from None
+        if "straddl" in message:  # a row longer than Arrow's blocks grow to
+            raise SeedLimitExceeded(
+                next_row, f"row {next_row} is longer than {MAX_RECORD_BYTES >> 20} MiB, the limit for one record"
+            ) from None
         raise SeedFileError(f"unreadable CSV: {message}") from None
 
 
@@ -567,6 +712,39 @@ def _csv_encoding_error(message: str, names: list[str]) -> str:
     return f"not valid UTF-8 text in row {row}, column {name!r}"
 
 
+class _RowGuard(io.RawIOBase):
+    """The CSV bytes for Arrow, refusing a row that grows past the record limit.
+
+    Arrow's streaming reader joins blocks until a row ends (a quoted cell may hold line
+    ends), so one endless row would be read whole. Arrow reads at most a few blocks ahead of
+    the rows it has produced; more than that plus `MAX_RECORD_BYTES` read without a new
+    batch means the row after the last batch is too long.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._served = 0
+        self._marked = 0
+        self._next_row = 1
+
+    def readable(self) -> bool:
+        return True
+
+    def mark(self, next_row: int) -> None:
+        self._marked, self._next_row = self._served, next_row
+
+    def readinto(self, buffer: Any) -> int:
+        if self._served - self._marked > MAX_RECORD_BYTES + 4 * CSV_BLOCK_BYTES:
+            raise SeedLimitExceeded(
+                self._next_row, f"row {self._next_row} is longer than {MAX_RECORD_BYTES >> 20} MiB, the limit for one record"
+            )
+        target = memoryview(buffer).cast("B")
+        data = self._stream.read(len(target))
+        target[: len(data)] = data
+        self._served += len(data)
+        return len(data)
+
+
 def _csv_header(head: bytes) -> list[str]:
     """Column names from the first MiB; a header longer than that is not a seed file."""
     text = head.decode("utf-8", errors="replace")
@@ -582,23 +760,117 @@ def _csv_header(head: bytes) -> list[str]:
 
 
 def _read_parquet(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
-    """Row batches of only the top-level columns the checked paths start with."""
+    """Row batches of only the top-level columns the checked paths start with.
+
+    Memory stays bounded for any file: every page of the columns read is checked against
+    `MAX_PARQUET_PAGE_BYTES` from its header before any is decompressed; columns are read a
+    page at a time (no pre-buffering of whole column chunks); and each row group is read in
+    batches of about `PARQUET_BATCH_BYTES`, sized by its footer's uncompressed bytes per row
+    plus, for dictionary-encoded text, the longest dictionary value (one 1 MiB value can be
+    every row's: 65,536 rows of it are 64 GiB decoded from a 1 KB file).
+    """
     source = seekable(stream)
     try:
-        parquet = pq.ParquetFile(source)
+        metadata = pq.ParquetFile(source).metadata
     except (pa.ArrowInvalid, OSError) as err:
         raise SeedFileError(f"not a readable Parquet file: {err}") from None
-    names = set(parquet.schema_arrow.names)
-    wanted = [name for name in dict.fromkeys(p[0] for p in paths) if name in names]
-    if not wanted:
-        wanted = parquet.schema_arrow.names[:1]
+    names = metadata.schema.to_arrow_schema().names
+    wanted = [name for name in dict.fromkeys(p[0] for p in paths) if name in names] or names[:1]
+    leaves = [i for i in range(metadata.num_columns) if metadata.schema.column(i).path.split(".")[0] in wanted]
+    row_bytes = _check_parquet_pages(source, metadata, leaves)
+    parquet = pq.ParquetFile(source, metadata=metadata, pre_buffer=False, buffer_size=READ_BYTES)
     next_row = 1
     try:
-        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
-            yield ColumnarRecords(batch, range(next_row, next_row + batch.num_rows))
-            next_row += batch.num_rows
+        row_bytes = _with_dictionary_values(source, metadata, leaves, wanted, row_bytes)
+        for group, per_row in enumerate(row_bytes):
+            rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_BYTES // max(per_row, 1)))
+            for batch in parquet.iter_batches(batch_size=rows, row_groups=[group], columns=wanted, use_threads=False):
+                yield ColumnarRecords(batch, range(next_row, next_row + batch.num_rows))
+                next_row += batch.num_rows
     except (pa.ArrowInvalid, OSError) as err:
         raise SeedFileError(f"corrupt Parquet data after row {next_row - 1}: {err}") from None
+
+
+def _with_dictionary_values(
+    source: IO[bytes], metadata: pq.FileMetaData, leaves: list[int], wanted: list[str], row_bytes: list[int]
+) -> list[int]:
+    """`row_bytes` plus, in each row group with dictionary-encoded text, its longest
+    dictionary values: read as a dictionary for one row, which decodes just the dictionary
+    page (at most the page limit), never the rows that use it."""
+    text = [
+        i for i in leaves if metadata.schema.column(i).physical_type in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY")
+    ]
+    paths = sorted({metadata.schema.column(i).path for i in text})
+    probe = pq.ParquetFile(source, metadata=metadata, read_dictionary=paths, pre_buffer=False, buffer_size=READ_BYTES)
+    widened = list(row_bytes)
+    for group in range(metadata.num_row_groups):
+        if any(metadata.row_group(group).column(i).has_dictionary_page for i in text):
+            for batch in probe.iter_batches(batch_size=1, row_groups=[group], columns=wanted, use_threads=False):
+                widened[group] += sum(_longest_dictionary_values(column) for column in batch.columns)
+                break
+    return widened
+
+
+def _longest_dictionary_values(array: pa.Array) -> int:
+    """The sum, over the dictionary-encoded fields in `array`, of each one's longest value."""
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        values = array.dictionary
+        if len(values) == 0 or pa.types.is_dictionary(values.type):
+            return 0
+        return pc.max(_arrow_sizes(values)[0]).as_py() or 0
+    if pa.types.is_struct(kind):
+        return sum(_longest_dictionary_values(array.field(i)) for i in range(kind.num_fields))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind) \
+            or pa.types.is_map(kind):
+        return _longest_dictionary_values(array.values)
+    return 0
+
+
+def _check_parquet_pages(source: IO[bytes], metadata: pq.FileMetaData, leaves: list[int]) -> list[int]:
+    """Refuse a page of the `leaves` columns over the page limit, naming its rows; the
+    uncompressed bytes per row of each row group in those columns, from the footer."""
+    per_row = []
+    first_row, pages = 1, 0
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        rows = row_group.num_rows
+        where = f"row group {group + 1} (rows {first_row}-{first_row + rows - 1})"
+        row_bytes = 0
+        for leaf in leaves:
+            chunk = row_group.column(leaf)
+            row_bytes += chunk.total_uncompressed_size
+            start = chunk.data_page_offset
+            if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+                start = min(start, chunk.dictionary_page_offset)
+            flat = metadata.schema.column(leaf).max_repetition_level == 0
+            page_first = first_row
+            try:
+                for page in page_sizes(source, start, chunk.total_compressed_size):
+                    pages += 1
+                    if pages > MAX_PARQUET_PAGES:
+                        raise SeedLimitExceeded(first_row, f"{where}: more than {MAX_PARQUET_PAGES:,} pages in the columns read")
+                    size = max(page.uncompressed, page.compressed)
+                    if size > MAX_PARQUET_PAGE_BYTES:
+                        if page.rows is None:
+                            what, position = "a dictionary page", first_row
+                        elif flat:
+                            what = f"a page holding rows {page_first}-{page_first + page.rows - 1}"
+                            position = page_first
+                        else:
+                            what, position = "a page", first_row
+                        raise SeedLimitExceeded(position, (
+                            f"{where}: column {chunk.path_in_schema!r} has {what} of "
+                            f"{size / (1 << 20):.1f} MiB uncompressed, over the "
+                            f"{MAX_PARQUET_PAGE_BYTES >> 20} MiB limit for one page"
+                        ))
+                    if page.rows is not None and flat:
+                        page_first += page.rows
+            except PageHeaderError as err:
+                raise SeedFileError(f"corrupt Parquet page header in {where}: {err}") from None
+        per_row.append(row_bytes // max(rows, 1))
+        first_row += rows
+    return per_row
 
 
 def seekable(stream: IO[bytes]) -> IO[bytes]:

@@ -8,6 +8,11 @@ million rows of a few short fields; the seeds service's upload limit bounds the 
 
 Rows that are not records (bad JSON, a line that is not an object, a CSV row with the wrong
 number of cells) are skipped: validation reported them, and a job runs on the rest.
+
+The file readers' limits hold here too (a value over 1 MiB, a record over 4 MiB, a Parquet
+page over 8 MiB: the load fails naming the record), and the values kept are at most
+`MAX_SEED_ROWS_BYTES` in all, counted before they become Python objects: a small Parquet
+file can reference one 1 MiB dictionary value from a million rows.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from palette.recordfiles import ColumnarRecords, ParsedRecords, read_chunks
 
 SeedRow = dict[str, Any]
 FieldPath = tuple[str, ...]
+
+MAX_SEED_ROWS_BYTES = 256 << 20
 
 
 class SeedRowsUnavailable(Exception):
@@ -78,7 +85,14 @@ def load_seed_rows(
 def _rows(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath]) -> Iterator[SeedRow]:
     """The file's records (lines or rows that are not a record are skipped: validation
     reported them), exactly as typed: JSONL is parsed line by line in Python."""
+    kept = 0
     for chunk in read_chunks(stream, fmt, paths, exact=True):
+        kept += chunk.value_bytes
+        if kept > MAX_SEED_ROWS_BYTES:
+            raise SeedRowsUnavailable(
+                f"the fields the template reads hold more than {MAX_SEED_ROWS_BYTES >> 20} MiB "
+                "in this seed file, the most a job keeps in memory"
+            )
         if isinstance(chunk, ParsedRecords):
             for _, item in chunk.items:
                 if isinstance(item, dict):

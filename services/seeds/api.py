@@ -2,7 +2,8 @@
 
 Domain errors are translated once, here, into the facade's error shape: a seed or template
 the caller may not see is 404 (indistinguishable from a missing one), a size over the limit
-413, an unreadable format 400 naming the field, validating before the upload landed 409.
+413, an unreadable format 400 naming the field, a file over a size limit 400 naming the
+record, validating before the upload landed 409.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from palette.api.app import caller
 from palette.api.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from services.seeds.domain import (
     SeedAlreadyExists,
+    SeedFileRefused,
     SeedNotFound,
     SeedNotUploaded,
     SeedState,
@@ -188,6 +190,11 @@ def _domain_errors() -> Iterator[None]:
         raise ValidationFailed(
             f"invalid {error.field}: {error}",
             {"errors": [{"field": error.field, "type": "unsupported_format", "message": str(error)}]},
+        ) from None
+    except SeedFileRefused as error:
+        raise ValidationFailed(
+            f"seed file refused: {error}",
+            {"seed_id": error.seed_id, "position": error.position, "reason": "SEED_LIMIT_EXCEEDED"},
         ) from None
     except (SeedNotUploaded, SeedAlreadyExists) as error:
         raise Conflict(str(error), {"seed_id": error.seed_id}) from None

@@ -173,6 +173,16 @@ class UnsupportedSeedFormat(SeedError):
         super().__init__(message)
 
 
+class SeedFileRefused(SeedError):
+    """The seed file breaks a size limit of the readers (a value, a record, a Parquet page):
+    it is refused rather than read, and `position` says where (line, element or row)."""
+
+    def __init__(self, seed_id: str, position: int, message: str):
+        self.seed_id = seed_id
+        self.position = position
+        super().__init__(message)
+
+
 class TemplateNotFound(SeedError):
     """No such template or version, deleted, or another user's private template."""
 

@@ -22,6 +22,7 @@ from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
 from contracts.events.seeds import SeedFormat
 from palette.blobs.port import BlobInfo, BlobNotFound, BlobStore
+from palette.recordfiles import SeedLimitExceeded
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.retry import until_not_conflicting
 from services.seeds.domain import (
@@ -29,6 +30,7 @@ from services.seeds.domain import (
     RecordSeedValidation,
     RequestSeedUpload,
     SeedCommand,
+    SeedFileRefused,
     SeedNotFound,
     SeedNotUploaded,
     SeedState,
@@ -157,7 +159,8 @@ class SeedHandlers:
 
         The file is hashed while it is validated; if it is not the content last recorded
         (never recorded, or replaced since), its upload is recorded in the same append, so a
-        validation always names the exact content it checked.
+        validation always names the exact content it checked. A file over a size limit is
+        SeedFileRefused, and nothing is recorded.
         """
         seed = self.seed(user, seed_id)
         template = template_requirements(template_id, self._decoded(template_stream(template_id)))
@@ -169,7 +172,10 @@ class SeedHandlers:
             raise SeedTooLarge(info.size, seed.max_bytes, seed_id)
         with self._open(seed) as stream:
             digesting = HashingReader(stream)
-            report = validate_seed(digesting, seed.format, required)
+            try:
+                report = validate_seed(digesting, seed.format, required)
+            except SeedLimitExceeded as refused:
+                raise SeedFileRefused(seed_id, refused.position, str(refused)) from None
             digesting.drain()
         commands: list[SeedCommand] = []
         if digesting.hexdigest() != seed.sha256:

@@ -7,7 +7,9 @@ worse than one reported up front. In CSV, where a cell cannot be null, an empty 
 missing for the same reason, and a header `author.name` is the nested path author.name.
 
 Memory stays bounded whatever the file size: records are never all held, Arrow-backed chunks
-are checked column-wise, and only the first `max_examples` failing records are kept.
+are checked column-wise, and only the first `max_examples` failing records are kept. A file
+over the readers' size limits (`palette.recordfiles`) is not reported on but refused:
+`SeedLimitExceeded` names the record, and nothing after it is read.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from palette.recordfiles import (
     ParsedRecords,
     Path,
     SeedFileError,
+    SeedLimitExceeded,
     detect_format,
     read_chunks,
 )
@@ -86,7 +89,8 @@ def validate_seed(
     required_fields: Sequence[str],
     max_examples: int = MAX_EXAMPLES,
 ) -> SeedValidationReport:
-    """Stream a seed file and report, per required path, the records that lack it."""
+    """Stream a seed file and report, per required path, the records that lack it; raises
+    SeedLimitExceeded for a value, record or page over its size limit."""
     fmt = detect_format("", override=fmt)
     names = list(dict.fromkeys(required_fields))
     paths = [parse_path(name) for name in names]
@@ -123,9 +127,12 @@ def inspect_seed(stream: IO[bytes], fmt: SeedFormat | str) -> SeedInspection:
     hashing = HashingReader(stream)
     if fmt is SeedFormat.PARQUET:
         return _inspect_parquet(stream, hashing)
-    report = validate_seed(hashing, fmt, ())
+    try:
+        count = validate_seed(hashing, fmt, ()).record_count
+    except SeedLimitExceeded as refused:
+        count = refused.position - 1
     hashing.drain()
-    return SeedInspection(report.record_count, hashing.hexdigest(), hashing.size)
+    return SeedInspection(count, hashing.hexdigest(), hashing.size)
 
 
 def _inspect_parquet(stream: IO[bytes], hashing: HashingReader) -> SeedInspection:

@@ -534,6 +534,37 @@ def test_an_overlong_seed_id_in_the_path_is_400(facade: LocalFacade) -> None:
     assert "seed_id" in reply.body["error"]["message"]
 
 
+def _parquet_with_a_9_mib_page() -> bytes:
+    """38 KB on disk, one 9 MiB page once decompressed: over the 8 MiB page limit."""
+    sink = io.BytesIO()
+    table = pa.table({"topic": pa.array(["t", "a" * (9 << 20)], pa.string()), "author": [{"name": "n"}] * 2})
+    pq.write_table(table, sink, compression="zstd", use_dictionary=False, data_page_size=1 << 30)
+    return sink.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "position", "where"),
+    [
+        ("bomb.parquet", _parquet_with_a_9_mib_page(), 1, "page"),
+        ("long.jsonl", jsonl(GOOD, GOOD) + b'{"topic": "' + b"x" * (5 << 20) + b'"}\n', 3, "line 3"),
+        ("cell.csv", b"author.name,book.title,topic\na,b,c\na,b," + b"y" * ((1 << 20) + 1) + b"\n", 2, "row 2"),
+    ],
+)
+def test_a_file_over_a_size_limit_is_400_naming_the_record(
+    facade: LocalFacade, filename: str, data: bytes, position: int, where: str
+) -> None:
+    template_id = add_template(facade.adapters.events, "alice")
+    seed_id = facade.upload(filename, data)
+
+    reply = facade.validate(seed_id, template_id)
+
+    assert reply.status == 400, reply.body
+    assert reply.body["status"] == "error" and reply.body["error"]["code"] == "VALIDATION_ERROR"
+    assert where in reply.body["error"]["message"] and "limit" in reply.body["error"]["message"]
+    assert reply.body["error"]["details"] == {"seed_id": seed_id, "position": position, "reason": "SEED_LIMIT_EXCEEDED"}
+    assert [type(e) for e in seed_events(facade.adapters.events, seed_id)] == [SeedUploadRequested, SeedDataUploaded]
+
+
 # -- over real HTTP (`palette serve` in this process) --------------------------------------
 
 
@@ -557,6 +588,18 @@ def _http_upload(user: httpx.Client, filename: str, data: bytes) -> str:
     put = httpx.put(grant.json()["upload_url"], content=data)
     assert put.status_code == 200, put.text
     return grant.json()["seed_id"]
+
+
+def test_over_http_a_parquet_decompression_bomb_is_400_in_the_error_shape(alice_http: httpx.Client) -> None:
+    template_id = _http_template(alice_http)
+    seed_id = _http_upload(alice_http, "bomb.parquet", _parquet_with_a_9_mib_page())
+
+    reply = alice_http.post("/seed-data/validate", json={"seed_id": seed_id, "template_id": template_id})
+
+    assert reply.status_code == 400, reply.text
+    body = reply.json()
+    assert set(body) == {"status", "error", "meta"} and body["error"]["details"]["position"] == 1
+    assert "8 MiB limit for one page" in body["error"]["message"]
 
 
 def test_over_http_a_5000_digit_integer_is_kept_as_text_and_validates(alice_http: httpx.Client) -> None:
