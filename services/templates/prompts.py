@@ -17,6 +17,7 @@ strict sandbox still has to look it up.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from jinja2 import TemplateSyntaxError, nodes
@@ -27,6 +28,7 @@ from palette.prompts import (
     STEP_OUTPUTS,
     PromptRenderError,
     compile_prompt,
+    constant_refusal,
     render,
 )
 
@@ -156,7 +158,26 @@ def _read_prompt(step: TemplateStep) -> _PromptReading:
             compile_prompt(step.prompt)
         except TemplateSyntaxError as error:
             reading.problems.append(_syntax_problem(step.id, error))
+    if not reading.problems:
+        reading.problems.extend(_constants_over_the_limits(step.id, tree))
     return reading
+
+
+def _constants_over_the_limits(step_id: str, tree: nodes.Template) -> list[TemplateProblem]:
+    """Expressions that read no variable and that the sandbox refuses at every render
+    (`{{ ['x' * 999999] * 1000 }}`), found now rather than when a job runs."""
+    problems = []
+    for node in tree.find_all((nodes.Output, nodes.Assign)):
+        expressions = node.nodes if isinstance(node, nodes.Output) else [node.node]
+        for expression in expressions:
+            if isinstance(expression, (nodes.TemplateData, nodes.Const)) or any(expression.find_all(nodes.Name)):
+                continue
+            reason = constant_refusal(copy.deepcopy(expression))
+            if reason is not None:
+                problems.append(TemplateProblem(
+                    "SANDBOX_LIMIT", f"refused by the sandbox: {reason}", step_id, expression.lineno
+                ))
+    return problems
 
 
 def _syntax_problem(step_id: str, error: TemplateSyntaxError) -> TemplateProblem:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from contracts.events.templates import TemplateStep
+from palette import prompts
 from palette.prompts import MAX_PROMPT_CHARS, PromptRenderError, render
 from services.templates.prompts import InvalidTemplate, TemplateProblem, analyse
 
@@ -346,3 +350,142 @@ def test_the_loop_budget_is_per_render() -> None:
 def test_a_prompt_longer_than_the_limit_is_refused() -> None:
     with pytest.raises(PromptRenderError, match="longer than"):
         render(step("{% for i in range(20) %}{{ chunk }}{% endfor %}"), {"chunk": "x" * (MAX_PROMPT_CHARS // 10)}, {})
+
+
+# -- size caps at render time: refused before the value is built ---------------------------
+
+BIG = "{% set b = 'x' * 999999 %}"
+"""A value just under the per-value cap: every route below tries to grow it past the cap."""
+REFS = "[" + ", ".join(["b"] * 60) + "]"
+"""A list literal of 60 references to it: 60 MB as text."""
+TUPLE = "(" + ", ".join(["b"] * 60) + ")"
+
+AMPLIFIERS = {
+    "list repeated (issue 13)": "{{ topic }}{{ ['x' * 999999] * 1000 }}",
+    "tuple repeated": BIG + "{{ (b,) * 60 }}",
+    "string repeated": "{{ 'x' * 10**9 }}",
+    "list concatenation": BIG + "{{ " + REFS + " + " + REFS + " }}",
+    "string concatenation": BIG + "{{ b + b }}",
+    "~ concatenation": BIG + "{{ (" + " ~ ".join(["b"] * 60) + ") | length }}",
+    "~ doublings": BIG + "{% set s = b %}" + "{% set s = s ~ s %}" * 6 + "{{ s | length }}",
+    "join filter": BIG + "{{ " + REFS + " | join }}",
+    "join of a generator": "{{ range(1000) | map('center', 999999) | join }}",
+    "join filter by attribute": BIG + "{{ [" + ", ".join(["{'a': b}"] * 60) + "] | join(attribute='a') }}",
+    "str.join": BIG + "{{ ''.join(" + REFS + ") }}",
+    "batch with a fill": "{{ [1] | batch(10**8, 'x') | list }}",
+    "batch": BIG + "{{ " + REFS + " | batch(1) | list }}",
+    "slice into many": "{{ [1] | slice(10**8) | list }}",
+    "slice with a fill": "{{ [1] | slice(100000, 'x' * 999) | list }}",
+    "tojson": BIG + "{{ " + REFS + " | tojson }}",
+    "string filter": BIG + "{{ " + REFS + " | string }}",
+    "pprint": BIG + "{{ " + REFS + " | pprint }}",
+    "output of a list": BIG + "{{ " + REFS + " }}",
+    "%-format": BIG + "{{ ('%s' * 60) % " + TUPLE + " }}",
+    "%-format by name": BIG + "{{ ('%(a)s' * 60) % {'a': b} }}",
+    "%-format widths": "{{ ('%999999s' * 100) % ((1,) * 100) }}",
+    "format filter": BIG + "{{ ('%s' * 60) | format(*" + REFS + ") }}",
+    "str.format repeated field": BIG + "{{ ('{0}' * 60).format(b) }}",
+    "str.format widths": "{{ ('{:999999}' * 100).format(*range(100)) }}",
+    "str.format_map": BIG + "{{ ('{a}' * 60).format_map({'a': b}) }}",
+    "range": "{{ range(10**9) | list }}",
+    "list of a big range, repeated": "{{ ((range(100000) | list) * 100) | length }}",
+    "center filter": "{{ 'x' | center(10**9) }}",
+    "str.center": "{{ 'x'.center(10**9) }}",
+    "indent": "{{ ('a\n' * 1000) | indent(100000) }}",
+    "wordwrap": "{{ ('x' * 100000) | wordwrap(1, wrapstring='y' * 1000) }}",
+    "replace filter": BIG + "{{ b | replace('x', 'yy') }}",
+    "str.replace": BIG + "{{ b.replace('x', 'yy') }}",
+    "str.translate": BIG + "{{ b.translate({120: 'y' * 60}) }}",
+    "int.to_bytes": "{{ (1).to_bytes(10**9, 'big') }}",
+    "dict.fromkeys": BIG + "{{ {}.fromkeys(range(1000) | list, b) }}",
+    "sum of lists": BIG + "{{ [" + REFS + ", " + REFS + "] | sum(start=[]) }}",
+    "slices held at once": BIG + "".join(f"{{% set s{i} = b[{i}:] %}}" for i in range(60)),
+    "text repeated in a block": "{% set s %}{% for i in range(100000) %}"
+    + "x" * 600 + "{% endfor %}{% endset %}",
+    "macro recursion holding values": "{% macro grow(n, s) %}{% if n %}{{ grow(n - 1, s ~ 'x') }}"
+    "{% endif %}{% endmacro %}{{ grow(200, 'x' * 999000) }}",
+    "escape": BIG + "{{ (b | replace('x', '&')) | e }}",
+    "urlize target": "{{ ('http://a.co ' * 10000) | urlize(target='t' * 10000) }}",
+    "namespace growth": "{% set ns = namespace(s='x') %}"
+    "{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+}
+"""Each of these takes more than 50 MiB, or is already refused, in a sandbox that checks
+only lengths (not nested sizes, generators, formats, text in blocks or the render total)."""
+
+
+def peak_memory_of_a_refused_render(prompt: str, row: dict[str, object]) -> int:
+    tracemalloc.start()
+    try:
+        with pytest.raises(PromptRenderError) as raised:
+            render(step(prompt), row, {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert raised.value.step_id == "main"
+    return peak
+
+
+@pytest.mark.parametrize("prompt", AMPLIFIERS.values(), ids=AMPLIFIERS.keys())
+def test_every_route_around_the_size_caps_is_refused_with_bounded_memory(prompt: str) -> None:
+    assert peak_memory_of_a_refused_render(prompt, {"topic": "t"}) < 50 * 2**20
+
+
+def test_a_big_seed_value_cannot_be_amplified_either() -> None:
+    row = {"items": ["x" * 1000] * 2000, "doc": "y" * 400_000}
+    for prompt in ("{{ items }}", "{{ items | join }}", "{{ doc ~ doc ~ doc }}", "{{ doc * 3 }}"):
+        assert peak_memory_of_a_refused_render(prompt, row) < 50 * 2**20
+
+
+def test_a_render_is_stopped_at_its_cpu_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prompts, "MAX_RENDER_SECONDS", 0.05)
+    busy = "{% for i in range(99999) %}{% if 'z' in doc %}{% endif %}{% endfor %}"
+    with pytest.raises(PromptRenderError, match="CPU time"):
+        render(step(busy), {"doc": "y" * 1_000_000}, {})
+
+
+def test_ordinary_prompts_still_render() -> None:
+    prompt = (
+        "{% for book in books %}{{ loop.index }}. {{ book.title | upper }} by "
+        "{{ book.authors | map(attribute='name') | join(', ') }}"
+        "{{ ' (' ~ book.year ~ ')' if book.year is defined }}\n{% endfor %}"
+        "{{ tone | default('neutral') | title }}|{{ tags | sort | join('+') }}|"
+        "{{ '%s has %d tags' % (name, tags | length) }}|{{ '{:>6}'.format(name) }}|"
+        "{{ (tags | list)[:2] }}|{{ tags | map('upper') | list | tojson }}|"
+        "{% set ns = namespace(total=0) %}{% for n in numbers %}{% set ns.total = ns.total + n %}{% endfor %}"
+        "{{ ns.total }}|{{ numbers | sum }}|{{ [[1], [2, 3]] | sum(start=[]) }}|"
+        "{{ (name * 2) ~ '!' }}|{{ text | truncate(9) }}|{{ text | wordwrap(6) | replace('\n', '/') }}"
+    )
+    row = {
+        "books": [
+            {"title": "Dune", "authors": [{"name": "Frank"}], "year": 1965},
+            {"title": "Good Omens", "authors": [{"name": "Terry"}, {"name": "Neil"}]},
+        ],
+        "tags": ["b", "a", "c"], "name": "Ada", "numbers": [1, 2, 3], "text": "a long sentence here",
+    }
+    expected = ImmutableSandboxedEnvironment(keep_trailing_newline=True).from_string(prompt).render(row)
+    assert render(step(prompt), row, {}) == expected
+    assert expected.startswith("1. DUNE by Frank (1965)\n2. GOOD OMENS by Terry, Neil\nNeutral|a+b+c|")
+
+
+def test_a_long_seed_list_renders_in_a_loop() -> None:
+    row = {"items": [f"item {i}" for i in range(5000)]}
+    text = render(step("{% for item in items %}{{ item }};{% endfor %}"), row, {})
+    assert text.count(";") == 5000
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "{{ ['x' * 999999] * 1000 }}",
+        "{% set big = ('x' * 999999) ~ ('x' * 999999) %}{{ topic }}",
+        "{{ topic }}\n{{ ('{0}' * 60).format('x' * 999999) }}",
+    ],
+)
+def test_a_constant_expression_over_the_limits_is_refused_at_analysis(prompt: str) -> None:
+    [problem] = problems(step(prompt))
+    assert problem.code == "SANDBOX_LIMIT" and "limit" in problem.message
+    assert problem.line == (2 if "\n" in prompt else 1)
+
+
+def test_constant_expressions_within_the_limits_pass_analysis() -> None:
+    assert fields("{{ '-' * 40 }}{{ [1, 2] | join(', ') }}{% set rule = '=' * 10 %}{{ topic }}") == ["topic"]
