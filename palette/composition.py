@@ -197,7 +197,7 @@ class LocalPalette:
             enhancer=self.enhancer,
         )
         self.seeds = SeedHandlers(kernel.events, kernel.blobs)
-        self.jobs = JobHandlers(kernel.events, kernel.blobs, pricing_check=pricing.knows)
+        self.jobs = JobHandlers(kernel.events, kernel.blobs, pricing_check=pricing.knows, pricing=pricing)
         self.ledger = LedgerHandlers(kernel.events, pricing, kernel.runtime)
         self.workers = WorkerPool(
             kernel.events, kernel.blobs, gateway_from_env,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from enum import Enum
@@ -27,6 +27,7 @@ from typing import Any
 
 from contracts.events.base import DomainEvent
 from contracts.events.generator import BudgetStop
+from contracts.pricing import PricingCatalog, price_call
 from contracts.events.jobs import (
     MAX_FANOUT_MODELS,
     JobBudgetExceeded,
@@ -48,6 +49,7 @@ from contracts.events.seeds import (
 from contracts.events.templates import (
     TemplateCreated,
     TemplateDeleted,
+    TemplateStep,
     TemplateVersionPublished,
 )
 from contracts.identifiers import PROVIDERS, id_problem, model_problem
@@ -540,6 +542,8 @@ class TemplateFacts:
     is_public: bool = False
     latest_version: int = 0
     models: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    first_max_tokens: Mapping[int, int | None] = field(default_factory=dict)
+    """Per version, the `max_tokens` its first step asks for (None: the generator's default)."""
 
     def pinned_version(self, user: str, version: int | None = None) -> int:
         """The version a job of `user` pins (the latest when None). Visibility follows the
@@ -572,6 +576,7 @@ def evolve_template(state: TemplateFacts, event: DomainEvent) -> TemplateFacts:
             is_public=event.is_public,
             latest_version=1,
             models={**state.models, 1: tuple(s.model for s in event.steps)},
+            first_max_tokens={**state.first_max_tokens, 1: _first_max_tokens(event.steps)},
         )
     if isinstance(event, TemplateVersionPublished):
         return replace(
@@ -579,10 +584,44 @@ def evolve_template(state: TemplateFacts, event: DomainEvent) -> TemplateFacts:
             is_public=event.is_public,
             latest_version=event.version,
             models={**state.models, event.version: tuple(s.model for s in event.steps)},
+            first_max_tokens={**state.first_max_tokens, event.version: _first_max_tokens(event.steps)},
         )
     if isinstance(event, TemplateDeleted):
         return replace(state, deleted=True)
     return state
+
+
+def _first_max_tokens(steps: Sequence[TemplateStep]) -> int | None:
+    value = steps[0].parameters.get("max_tokens") if steps else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+GENERATOR_DEFAULT_MAX_TOKENS = 512
+"""The output limit the generator gives a step that sets none (its DEFAULT_MAX_TOKENS)."""
+
+
+def check_budget_covers_one_call(
+    job_input: JobInput, template: TemplateFacts, version: int, catalog: PricingCatalog
+) -> None:
+    """Raises InvalidJobInput when `budget_limit` cannot cover the worst case of the job's
+    first call: a job that can make no call at all. The figure is the first step's
+    `max_tokens` of output at the model's price, the least any call of it may reserve (its
+    input tokens, unknown before the seed rows are rendered, only add to it); with fan-out,
+    the cheapest model's."""
+    parameters = job_input.model_parameters
+    max_tokens = parameters.get("max_tokens") if isinstance(parameters, Mapping) else None
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        max_tokens = template.first_max_tokens.get(version) or GENERATOR_DEFAULT_MAX_TOKENS
+    models = [m for m in job_input.models or template.models.get(version, ())[:1] if catalog.knows(m)]
+    if not models or max_tokens <= 0:
+        return
+    model, worst = min(((m, price_call(catalog, m, 0, max_tokens)) for m in models), key=lambda pair: pair[1])
+    if job_input.budget_limit < worst:
+        raise InvalidJobInput(
+            "budget_limit",
+            f"budget_limit {_usd(job_input.budget_limit)} USD cannot cover one model call of this job: its worst "
+            f"case is at least {_usd(worst)} USD ({max_tokens} max_tokens of {model} output)",
+        )
 
 
 def template_facts(template_id: str, events: Iterable[DomainEvent]) -> TemplateFacts:

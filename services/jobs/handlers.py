@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
+from contracts.pricing import PricingCatalog
 from contracts.events.generator import (
     DatasetExported,
     GenerationClaimed,
@@ -51,6 +52,7 @@ from services.jobs.domain import (
     RequestCancel,
     RequestJob,
     budget_stop_reason,
+    check_budget_covers_one_call,
     check_input,
     dataset_prefix,
     decide,
@@ -102,14 +104,20 @@ class JobHandlers:
 
     `pricing_check`, when given, refuses a job whose template uses a model the pricing
     catalog cannot price (the composition root passes billing's catalog lookup; the jobs
-    service never imports billing).
+    service never imports billing); `pricing`, the catalog itself, also refuses a budget that
+    cannot cover the worst case of the job's first call.
     """
 
     def __init__(
-        self, events: EventStore, blobs: BlobStore, pricing_check: ModelPriced | None = None
+        self,
+        events: EventStore,
+        blobs: BlobStore,
+        pricing_check: ModelPriced | None = None,
+        pricing: PricingCatalog | None = None,
     ) -> None:
         self._events = events
         self._blobs = blobs
+        self._pricing = pricing
         self._pricing_check = pricing_check
 
     @property
@@ -158,6 +166,8 @@ class JobHandlers:
                     "models" if job_input.models else "template_id",
                     f"no price is known for {', '.join(sorted(set(unpriced)))}, so the budget cannot be enforced",
                 )
+        if self._pricing is not None:
+            check_budget_covers_one_call(job_input, template, version, self._pricing)
         seed = seed_facts(job_input.seed_id, self._decoded(seed_stream(job_input.seed_id)))
         seed.check_validated(user, job_input.template_id, version)
         command = RequestJob(job_id=new_job_id(), owner=user, input=job_input, template_version=version)

@@ -55,6 +55,7 @@ from services.jobs.handlers import JobHandlers
 from services.jobs.projections import DASHBOARDS, JobDashboard
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration.palette_http import client, running_palette, template_and_seed, wait_until_finished
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "openai/fake-model"
@@ -347,3 +348,36 @@ def test_a_job_killed_mid_run_never_lets_the_provider_bill_past_its_budget(
         assert logged[0] <= provider[MODEL][0]
     finally:
         adapters.close()
+
+
+# -- over HTTP -------------------------------------------------------------------------------
+
+
+def test_over_http_a_budget_below_one_calls_worst_case_is_refused_and_a_stop_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "pricing.json").write_text(json.dumps(OVERRIDES))
+    step = steps(1, max_tokens=16)[0]
+    with FakeOpenAIServer(latency_s=0.002) as server, \
+            running_palette(data_dir, server, monkeypatch) as runtime, client(runtime, "alice") as alice:
+        template_id, seed_id = template_and_seed(alice, [step.model_dump()])
+        job = {"template_id": template_id, "seed_id": seed_id, "num_records": 100, "output_format": ["JSONL"]}
+
+        # 16 tokens of output at $0.002 / 1k: no call of this job can cost less than $0.000032
+        refused = alice.post("/jobs", json={**job, "budget_limit": 0.00003})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "VALIDATION_ERROR" and "0.000032" in error["message"], error
+
+        created = alice.post("/jobs", json={**job, "budget_limit": 0.0005})
+        assert created.status_code == 201, created.text
+        job_id = created.json()["job_id"]
+        finished = wait_until_finished(alice, job_id)
+        assert finished["status"] == "BUDGET_EXCEEDED", finished
+        failure = finished["failure"]
+        assert failure["code"] == "BUDGET_EXCEEDED"
+        assert failure["reason"].startswith("budget exhausted: spent $0.000") and "of $0.0005" in failure["reason"]
+        dashboard = alice.get(f"/dashboard/{job_id}").json()
+        assert dashboard["failure"] == failure
