@@ -774,9 +774,9 @@ def _read_parquet(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
         metadata = pq.ParquetFile(source).metadata
     except (pa.ArrowInvalid, OSError) as err:
         raise SeedFileError(f"not a readable Parquet file: {err}") from None
-    names = metadata.schema.to_arrow_schema().names
-    wanted = [name for name in dict.fromkeys(p[0] for p in paths) if name in names] or names[:1]
-    leaves = [i for i in range(metadata.num_columns) if metadata.schema.column(i).path.split(".")[0] in wanted]
+    schema = metadata.schema.to_arrow_schema()
+    wanted = [name for name in dict.fromkeys(p[0] for p in paths) if name in schema.names] or schema.names[:1]
+    leaves = _leaf_columns(schema, wanted, metadata.num_columns)
     row_bytes = _check_parquet_pages(source, metadata, leaves)
     parquet = pq.ParquetFile(source, metadata=metadata, pre_buffer=False, buffer_size=READ_BYTES)
     next_row = 1
@@ -789,6 +789,28 @@ def _read_parquet(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
                 next_row += batch.num_rows
     except (pa.ArrowInvalid, OSError) as err:
         raise SeedFileError(f"corrupt Parquet data after row {next_row - 1}: {err}") from None
+
+
+def _leaf_columns(schema: pa.Schema, wanted: list[str], num_columns: int) -> list[int]:
+    """The Parquet leaf columns of the `wanted` top-level fields (leaves are stored in field
+    order; names may hold dots, so paths are not split). All of them if the count differs."""
+    leaves, start = [], 0
+    for field in schema:
+        count = _leaf_count(field.type)
+        if field.name in wanted:
+            leaves.extend(range(start, start + count))
+        start += count
+    return leaves if start == num_columns else list(range(num_columns))
+
+
+def _leaf_count(kind: pa.DataType) -> int:
+    if pa.types.is_struct(kind):
+        return sum(_leaf_count(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_map(kind):
+        return _leaf_count(kind.key_type) + _leaf_count(kind.item_type)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _leaf_count(kind.value_type)
+    return 1
 
 
 def _with_dictionary_values(

@@ -249,3 +249,11 @@ def test_the_generator_refuses_more_seed_values_than_it_holds(
     with pytest.raises(SeedRowsUnavailable, match="8 MiB"):
         load_seed_rows(blobs, "s/many.jsonl", SeedFormat.JSONL, ["topic"])
     assert len(load_seed_rows(blobs, "s/many.jsonl", SeedFormat.JSONL, ["other"])) == 10
+
+
+def test_parquet_pages_are_checked_in_columns_whose_names_hold_dots() -> None:
+    data = _parquet(pa.table({"a.b": ["a" * (9 * MiB)]}), compression="zstd", use_dictionary=False)
+    assert len(data) < 64 * 1024
+
+    with pytest.raises(SeedLimitExceeded, match="'a.b' has a page"):
+        validate_seed(io.BytesIO(data), "PARQUET", ["topic"])
