@@ -335,7 +335,7 @@ def _api_errors() -> Iterator[None]:
         raise ValidationFailed(
             f"the template is invalid: {invalid}",
             {"problems": [
-                {"step_id": p.step_id, "line": p.line, "code": p.code, "message": p.message}
+                {"step_id": p.step_id, "line": p.line, "code": p.code, "message": p.message, "field": p.field}
                 for p in invalid.errors
             ]},
         ) from None

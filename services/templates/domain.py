@@ -21,6 +21,7 @@ from contracts.events.templates import (
     TemplateStep,
     TemplateVersionPublished,
 )
+from services.templates.parameters import parameter_problems
 from services.templates.prompts import InvalidTemplate, TemplateAnalysis, TemplateProblem, analyse
 
 MAX_NAME_CHARS = 200
@@ -365,6 +366,8 @@ def _checked_definition(
         analysis = analyse(steps)
     except InvalidTemplate as invalid:
         problems.extend(invalid.errors)
+    for step in steps:
+        problems.extend(parameter_problems(step))
     if problems:
         raise InvalidTemplate(problems)
     return analysis

@@ -46,6 +46,7 @@ class TemplateProblem:
     message: str
     step_id: str | None = None
     line: int | None = None
+    field: str | None = None
 
 
 class InvalidTemplate(Exception):

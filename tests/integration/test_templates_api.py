@@ -313,6 +313,57 @@ def test_an_invalid_new_version_leaves_the_template_as_it_was(api: Facade) -> No
     assert api.call("GET", f"/templates/{template_id}").body["latest_version"] == 1
 
 
+def parameterised(parameters: dict[str, Any], model: str = "local/gemma-3-270m") -> dict[str, Any]:
+    return {**step("q", "{{ x }}", model), "parameters": parameters}
+
+
+@pytest.mark.parametrize(
+    ("model", "parameters", "field"),
+    [
+        ("local/gemma-3-270m", {"temperature": float("nan")}, "parameters.temperature"),
+        ("local/gemma-3-270m", {"temperature": float("inf")}, "parameters.temperature"),
+        ("openai/gpt-4o-mini", {"temperature": 2.5}, "parameters.temperature"),
+        ("bedrock/anthropic.claude-3-haiku-20240307-v1:0", {"temperature": 1.5}, "parameters.temperature"),
+        ("local/gemma-3-270m", {"temperature": "hot"}, "parameters.temperature"),
+        ("local/gemma-3-270m", {"max_tokens": -5}, "parameters.max_tokens"),
+        ("local/gemma-3-270m", {"max_tokens": 0}, "parameters.max_tokens"),
+        ("local/gemma-3-270m", {"max_tokens": 10**9}, "parameters.max_tokens"),
+        ("local/gemma-3-270m", {"max_tokens": 64.5}, "parameters.max_tokens"),
+        ("local/gemma-3-270m", {"max_tokens": True}, "parameters.max_tokens"),
+        ("local/gemma-3-270m", {"top_p": 1.01}, "parameters.top_p"),
+        ("local/gemma-3-270m", {"stop": ["a", "b", "c", "d", "e"]}, "parameters.stop"),
+        ("local/gemma-3-270m", {"stop": [""]}, "parameters.stop"),
+        ("local/gemma-3-270m", {"stop": ["x" * 101]}, "parameters.stop"),
+        ("local/gemma-3-270m", {"stop": 7}, "parameters.stop"),
+        ("local/gemma-3-270m", {"seed": -1}, "parameters.seed"),
+        ("bedrock/anthropic.claude-3-haiku-20240307-v1:0", {"seed": 1}, "parameters.seed"),
+        ("local/gemma-3-270m", {"frequency_penalty": 0.5}, "parameters.frequency_penalty"),
+    ],
+)
+def test_model_parameters_out_of_range_answer_400_naming_step_and_field(
+    api: Facade, model: str, parameters: dict[str, Any], field: str
+) -> None:
+    created = api.call("POST", "/templates", body={"name": "n", "steps": [parameterised(parameters, model)]})
+    assert (created.status, created.error["code"]) == (400, "VALIDATION_ERROR"), created.body
+    [problem] = created.error["details"]["problems"]
+    assert (problem["step_id"], problem["field"], problem["code"]) == ("q", field, "INVALID_PARAMETER")
+    assert field in created.error["message"]
+
+    template_id = api.create()["id"]
+    revised = api.call("PUT", f"/templates/{template_id}", body={"steps": [parameterised(parameters, model)]})
+    assert revised.status == 400 and revised.error["details"]["problems"][0]["field"] == field
+    assert api.call("GET", f"/templates/{template_id}").body["latest_version"] == 1
+
+
+def test_model_parameters_in_range_are_kept(api: Facade) -> None:
+    parameters = {"max_tokens": 32_768, "temperature": 0, "top_p": 0.9, "stop": ["\n", "Q:"], "seed": 7}
+    created = api.create(steps=[parameterised(parameters)])
+    assert created["steps"][0]["parameters"] == parameters
+    bedrock = {"max_tokens": 1, "temperature": 1.0, "stop": "END"}
+    model = "bedrock/anthropic.claude-3-haiku-20240307-v1:0"
+    assert api.create(steps=[parameterised(bedrock, model)])["steps"][0]["parameters"] == bedrock
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
