@@ -57,6 +57,7 @@ from services.templates.enhancement import (
     MAX_ENHANCEMENT_TOKENS,
     EnhancementResult,
     EnhancementUnavailable,
+    ModelNotOffered,
 )
 from services.templates.handlers import TemplateHandlers
 from services.templates.projections import (
@@ -91,7 +92,7 @@ class GatewayEnhancer:
 
     def __call__(self, prompt: str, model: str) -> EnhancementResult:
         if not self._priced(model):
-            raise EnhancementUnavailable(f"no price is known for {model}, so the call cannot be billed")
+            raise ModelNotOffered(f"no price is known for {model}, so the call cannot be billed")
         loop = self._started()
         request = ModelRequest(model=model, prompt=prompt, max_tokens=MAX_ENHANCEMENT_TOKENS, temperature=0.3)
         try:

@@ -49,6 +49,7 @@ from services.templates.enhancement import (
     DEFAULT_ENHANCEMENT_MODEL,
     MAX_PROMPT_CHARS,
     EnhancementUnavailable,
+    ModelNotOffered,
     PromptBlocked,
     UnreadablePrompt,
 )
@@ -78,7 +79,8 @@ class ModelUnavailable(ApiError):
 
 
 _ERRORS = {
-    400: "VALIDATION_ERROR: a malformed request, or the template's problems by step and line; "
+    400: "VALIDATION_ERROR: a malformed request, the template's problems by step and line, or (enhance) "
+    "a model this deployment cannot call and bill; "
     "CONTENT_BLOCKED: a prompt (or the name or description) breaks an operator content rule",
     401: "UNAUTHORIZED: no valid bearer token",
     404: "NOT_FOUND: no such template, or another user's private one",
@@ -346,6 +348,11 @@ def _api_errors() -> Iterator[None]:
         ) from None
     except PromptBlocked as blocked:
         raise ContentBlockedError(str(blocked), {"blocked": [{"field": "prompt", "rule_id": blocked.rule_id}]}) from None
+    except ModelNotOffered as not_offered:
+        raise ValidationFailed(
+            str(not_offered),
+            {"errors": [{"field": "model", "type": "value_error", "message": str(not_offered)}]},
+        ) from None
     except EnhancementUnavailable as unavailable:
         raise ModelUnavailable(str(unavailable)) from None
     except ContentRejected as rejected:

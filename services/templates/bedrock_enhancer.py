@@ -9,8 +9,8 @@ PALETTE_ENHANCE_MODEL (a `bedrock/<model-id>`) is set:
 - a request naming a `bedrock/...` model calls that model;
 - a request naming the service's default model (`local/...`, which does not run on AWS)
   calls PALETTE_ENHANCE_MODEL instead; the recorded PromptEnhanced names the model called;
-- any other provider, an unpriced model, or a failing call raises EnhancementUnavailable
-  (502, nothing recorded, nothing charged).
+- any other provider or an unpriced model raises ModelNotOffered (400), a failing call
+  EnhancementUnavailable (502); nothing is recorded or charged for either.
 
 botocore's retries are kept to one attempt: the caller waits on an HTTP request.
 """
@@ -28,6 +28,7 @@ from services.templates.enhancement import (
     MAX_ENHANCEMENT_TOKENS,
     EnhancementResult,
     EnhancementUnavailable,
+    ModelNotOffered,
 )
 
 PROVIDER = "bedrock/"
@@ -69,12 +70,12 @@ class BedrockEnhancer:
             return self.model
         if requested.startswith(PROVIDER) and len(requested) > len(PROVIDER):
             return requested
-        raise EnhancementUnavailable(f"{requested}: only bedrock/... models are served on AWS")
+        raise ModelNotOffered(f"{requested}: only bedrock/... models are served on AWS")
 
     def __call__(self, prompt: str, requested: str) -> EnhancementResult:
         model = self.model_for(requested)
         if not self._priced(model):
-            raise EnhancementUnavailable(f"no price is known for {model}, so the call cannot be billed")
+            raise ModelNotOffered(f"no price is known for {model}, so the call cannot be billed")
         started = time.perf_counter()
         try:
             result = self.client().converse(

@@ -40,7 +40,12 @@ class EnhancementResult:
 
 
 class EnhancementUnavailable(Exception):
-    """The model could not be called (unknown, unpriced, failing); nothing was charged."""
+    """The model could not be called (it failed, or none is configured); nothing was charged."""
+
+
+class ModelNotOffered(EnhancementUnavailable):
+    """The caller named a model this deployment cannot call and bill (unpriced, or of a
+    provider it does not serve): the request's fault, answered 400."""
 
 
 PromptEnhancer = Callable[[str, str], EnhancementResult]

@@ -161,7 +161,10 @@ def test_bad_requests_answer_4xx_and_call_no_model(alice: httpx.Client, server: 
     assert alice.post("/templates/enhance", json={"prompt": ""}).status_code == 400
     assert alice.post("/templates/enhance", json={"prompt": "x", "temperature": 1}).status_code == 400
     unpriced = enhance(alice, model="bedrock/no-such-model")
-    assert unpriced.status_code == 502 and unpriced.json()["error"]["code"] == "MODEL_UNAVAILABLE"
+    assert unpriced.status_code == 400, unpriced.text
+    error = unpriced.json()["error"]
+    assert error["code"] == "VALIDATION_ERROR" and "no price" in error["message"]
+    assert error["details"]["errors"][0]["field"] == "model"
     assert server.calls == 0
 
 

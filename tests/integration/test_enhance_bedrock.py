@@ -17,6 +17,7 @@ from services.templates.bedrock_enhancer import BedrockEnhancer
 from services.templates.enhancement import (
     MAX_ENHANCEMENT_TOKENS,
     EnhancementUnavailable,
+    ModelNotOffered,
     enhancement_request,
 )
 from tests.integration.test_templates_api import Facade, aws_facade
@@ -67,13 +68,13 @@ def test_the_default_local_model_is_served_by_the_configured_bedrock_model(bedro
 @pytest.mark.parametrize("requested", ["openai/gpt-4o-mini", "local/other", "bedrock/"])
 def test_other_providers_are_not_served(requested: str, bedrock: tuple[Any, Stubber]) -> None:
     client, _ = bedrock
-    with pytest.raises(EnhancementUnavailable):
+    with pytest.raises(ModelNotOffered):
         BedrockEnhancer(MODEL, priced, client)("req", requested)
 
 
 def test_an_unpriced_model_is_not_called(bedrock: tuple[Any, Stubber]) -> None:
     client, _ = bedrock
-    with pytest.raises(EnhancementUnavailable, match="no price"):
+    with pytest.raises(ModelNotOffered, match="no price"):
         BedrockEnhancer(MODEL, lambda model: False, client)("req", MODEL)
 
 
