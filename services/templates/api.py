@@ -365,7 +365,7 @@ def _api_errors() -> Iterator[None]:
     except (TemplateNotFound, NotTemplateOwner) as error:
         raise NotFound(_not_found(error.template_id)) from None
     except TemplateInUse as in_use:
-        raise Conflict(str(in_use), {"job_ids": in_use.job_ids}) from None
+        raise Conflict(str(in_use), {"jobs_using": in_use.count, "job_ids": in_use.job_ids}) from None
     except TemplateAlreadyExists as exists:
         raise Conflict(str(exists)) from None
     except ConcurrencyConflict:

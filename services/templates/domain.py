@@ -129,14 +129,23 @@ class TemplateAlreadyExists(TemplateError):
         super().__init__(template_id, f"template {template_id!r} already exists")
 
 
+@dataclass(frozen=True, slots=True)
+class JobsUsing:
+    """How many jobs that are not deleted use a template, and which of them are the
+    asking user's: other users' job ids are not the template owner's to see."""
+
+    count: int = 0
+    own_job_ids: tuple[str, ...] = ()
+
+
 class TemplateInUse(TemplateError):
     """A job that is not deleted still uses the template, so it cannot be deleted."""
 
-    def __init__(self, template_id: str, job_ids: Iterable[str]):
-        self.job_ids = sorted(job_ids)
-        super().__init__(
-            template_id, f"template {template_id!r} is used by job(s) {', '.join(self.job_ids)}"
-        )
+    def __init__(self, template_id: str, jobs_using: JobsUsing):
+        self.count = jobs_using.count
+        self.job_ids = sorted(jobs_using.own_job_ids)
+        yours = f"; yours: {', '.join(self.job_ids)}" if self.job_ids else ""
+        super().__init__(template_id, f"template {template_id!r} is used by {self.count} job(s){yours}")
 
 
 class ContentRejected(TemplateError):
@@ -180,8 +189,9 @@ class TemplateVersion:
 class TemplateState:
     """A template as its stream tells it.
 
-    `jobs_using` is not in the stream: the handler fills it from the jobs projection
-    before deciding a deletion (the templates service learns about jobs from their events).
+    `jobs_using` is not in the stream: the handler fills it from the usage projection,
+    for the acting user, before deciding a deletion (the templates service learns about
+    jobs from their events).
     """
 
     template_id: str = ""
@@ -190,7 +200,7 @@ class TemplateState:
     owner: str = ""
     version: int = 0
     versions: Mapping[int, TemplateVersion] = field(default_factory=dict)
-    jobs_using: frozenset[str] = frozenset()
+    jobs_using: JobsUsing = JobsUsing()
 
     @property
     def latest(self) -> TemplateVersion | None:
@@ -316,7 +326,7 @@ def _publish(command: PublishTemplateVersion, state: TemplateState, screen: Cont
 
 def _delete(command: DeleteTemplate, state: TemplateState) -> list[DomainEvent]:
     _require_owner(state, command.template_id, command.actor)
-    if state.jobs_using:
+    if state.jobs_using.count:
         raise TemplateInUse(command.template_id, state.jobs_using)
     return [TemplateDeleted(template_id=command.template_id)]
 
@@ -381,6 +391,7 @@ __all__ = [
     "CreateTemplate",
     "DeleteTemplate",
     "InvalidTemplate",
+    "JobsUsing",
     "NotTemplateOwner",
     "PublishTemplateVersion",
     "TemplateAlreadyExists",

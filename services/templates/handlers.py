@@ -212,7 +212,7 @@ class TemplateHandlers:
         loaded = self.read(command.template_id)
         state = loaded.state
         if with_usage and state.is_live:
-            state = replace(state, jobs_using=self._usage.jobs_using(command.template_id))
+            state = replace(state, jobs_using=self._usage.jobs_using(command.template_id, actor))
         try:
             events = decide(command, state, self._screen)
         except ContentRejected as rejected:

@@ -16,7 +16,7 @@ order (`TemplateCatalogView.visible_to`). Walking the two parts one after the ot
 merging them, keeps every page one exact resume point of one query: the listing's next_token
 names the part and that query's own token.
 
-Usage layout — collection "job", key = job id, body {job_id, template_id, template_version},
+Usage layout — collection "job", key = job id, body {job_id, owner, template_id, template_version},
 index1 = ("template#<template id>", job id). JobDeleted carries only the job id, which is
 the key, so it deletes the document without a second lookup.
 """
@@ -42,6 +42,7 @@ from palette.projections.documents import (
     Page,
 )
 from palette.projections.port import ProjectedEvent
+from services.templates.domain import JobsUsing
 
 TEMPLATES = "template"
 JOBS = "job"
@@ -131,6 +132,7 @@ class TemplateUsage(DocumentProjection):
                 key=detail.job_id,
                 body={
                     "job_id": detail.job_id,
+                    "owner": detail.owner,
                     "template_id": detail.template_id,
                     "template_version": detail.template_version,
                 },
@@ -146,12 +148,21 @@ class TemplateUsageView:
     def __init__(self, reader: DocumentReader) -> None:
         self._reader = reader
 
-    def jobs_using(self, template_id: str, at_most: int = MAX_JOBS_REPORTED) -> frozenset[str]:
-        """Up to `at_most` ids of non-deleted jobs using the template (empty: none)."""
-        page = self._reader.query(
-            "index1", f"template#{template_id}", collection=JOBS, limit=at_most
-        )
-        return frozenset(item["job_id"] for item in page.items)
+    def jobs_using(self, template_id: str, caller: str, at_most: int = MAX_JOBS_REPORTED) -> JobsUsing:
+        """How many non-deleted jobs use the template, and up to `at_most` ids of the
+        caller's own (a document written before owners were recorded counts, unlisted)."""
+        count = 0
+        own: list[str] = []
+        token: str | None = None
+        while True:
+            page = self._reader.query(
+                "index1", f"template#{template_id}", collection=JOBS, limit=100, next_token=token
+            )
+            count += len(page.items)
+            own.extend(item["job_id"] for item in page.items if item.get("owner") == caller)
+            if page.next_token is None:
+                return JobsUsing(count, tuple(own[:at_most]))
+            token = page.next_token
 
 
 class TemplateCatalogView:

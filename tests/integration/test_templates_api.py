@@ -211,11 +211,11 @@ def local_api(tmp_path: Path) -> Iterator[Facade]:
     yield from local_facade(tmp_path)
 
 
-def request_job(events: EventStore, template_id: str, job_id: str = "job-1") -> None:
+def request_job(events: EventStore, template_id: str, job_id: str = "job-1", owner: str = "alice") -> None:
     events.append(f"job-{job_id}", [NewEvent(JobRequested(
-        job_id=job_id, owner="alice", template_id=template_id, template_version=1, seed_id="seed-1",
+        job_id=job_id, owner=owner, template_id=template_id, template_version=1, seed_id="seed-1",
         num_records=10, budget_limit="5", output_formats=[OutputFormat.JSONL],
-    ), actor="alice")], expected_version=0)
+    ), actor=owner)], expected_version=0)
 
 
 def delete_job(events: EventStore, job_id: str = "job-1") -> None:
@@ -482,7 +482,7 @@ def test_a_template_in_use_cannot_be_deleted_until_its_jobs_are(api: Facade) -> 
 
     refused = api.call("DELETE", f"/templates/{template_id}")
     assert (refused.status, refused.error["code"]) == (409, "CONFLICT")
-    assert refused.error["details"] == {"job_ids": ["job-1"]}
+    assert refused.error["details"] == {"jobs_using": 1, "job_ids": ["job-1"]}
     assert api.call("GET", f"/templates/{template_id}").status == 200
 
     delete_job(api.events, "job-1")
@@ -493,6 +493,26 @@ def test_a_template_in_use_cannot_be_deleted_until_its_jobs_are(api: Facade) -> 
     assert api.call("DELETE", f"/templates/{template_id}").status == 404
     api.sync()
     assert [item["id"] for item in api.call("GET", "/templates").body["items"]] == [other]
+
+
+def test_the_in_use_refusal_counts_every_job_but_lists_only_the_callers(api: Facade) -> None:
+    template_id = api.create(is_public=True)["id"]
+    request_job(api.events, template_id, "job-alice")
+    request_job(api.events, template_id, "job-bob-secret-1", owner="bob")
+    request_job(api.events, template_id, "job-bob-secret-2", owner="bob")
+    api.sync()
+
+    refused = api.call("DELETE", f"/templates/{template_id}")
+    assert refused.status == 409
+    assert refused.error["details"] == {"jobs_using": 3, "job_ids": ["job-alice"]}
+    assert "bob-secret" not in json.dumps(refused.body)
+    assert "3 job" in refused.error["message"]
+
+    delete_job(api.events, "job-alice")
+    api.sync()
+    only_others = api.call("DELETE", f"/templates/{template_id}")
+    assert only_others.error["details"] == {"jobs_using": 2, "job_ids": []}
+    assert "bob-secret" not in json.dumps(only_others.body)
 
 
 # -- authentication ----------------------------------------------------------------------

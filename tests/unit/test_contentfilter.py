@@ -14,7 +14,7 @@ from contracts.events.templates import TemplateStep
 from palette.eventstore.sqlite import SQLiteEventStore
 from palette.guard.config import ContentRule, GuardConfig, GuardConfigError
 from palette.guard.contentfilter import ContentFilter, normalise_term, readings
-from services.templates.domain import ContentRejected, NotTemplateOwner
+from services.templates.domain import ContentRejected, JobsUsing, NotTemplateOwner
 from services.templates.handlers import TemplateHandlers
 
 
@@ -123,8 +123,8 @@ def test_configuration_from_a_file_and_its_errors(tmp_path: Path) -> None:
 
 
 class _NoUsage:
-    def jobs_using(self, template_id: str) -> frozenset[str]:
-        return frozenset()
+    def jobs_using(self, template_id: str, caller: str) -> JobsUsing:
+        return JobsUsing()
 
 
 def _step(step_id: str, prompt: str) -> TemplateStep:

@@ -16,6 +16,7 @@ from services.templates.domain import (
     CreateTemplate,
     DeleteTemplate,
     InvalidTemplate,
+    JobsUsing,
     NotTemplateOwner,
     PublishTemplateVersion,
     TemplateAlreadyExists,
@@ -141,10 +142,11 @@ def test_delete_records_the_fact_and_keeps_the_versions(created: TemplateState) 
 
 
 def test_delete_is_refused_while_jobs_use_the_template(created: TemplateState) -> None:
-    in_use = replace(created, jobs_using=frozenset({"job-2", "job-1"}))
+    in_use = replace(created, jobs_using=JobsUsing(3, ("job-2", "job-1")))
     with pytest.raises(TemplateInUse) as raised:
         decide(DeleteTemplate("t1", "alice"), in_use)
-    assert raised.value.job_ids == ["job-1", "job-2"]
+    assert (raised.value.count, raised.value.job_ids) == (3, ["job-1", "job-2"])
+    assert "3 job(s); yours: job-1, job-2" in str(raised.value)
     with pytest.raises(NotTemplateOwner):
         decide(DeleteTemplate("t1", "bob"), in_use)
 
