@@ -618,3 +618,59 @@ def test_the_budget_bench_runs_and_ends_with_its_line(capsys: pytest.CaptureFixt
         r"min_tight_utilisation=\d\.\d{4} calls_answered=(\d+) calls_billed=\1",
         last,
     ), last
+
+
+def test_a_run_that_never_closed_its_tranches_is_written_off_and_charged(adapters: Adapters, tmp_path: Path) -> None:
+    """The log alone says what a dead run may have spent: its tranches beyond its recorded
+    usage. A closed run's unused tranche returns to the budget; a dead one's is written off
+    by the next claim and charged by billing."""
+    from contracts.events.generator import (
+        BudgetTrancheTaken,
+        BudgetWrittenOff,
+        GenerationReleased,
+        UnbatchedUsageRecorded,
+    )
+
+    job_id = uuid.uuid4().hex
+    append(adapters, f"job-{job_id}", job_requested(job_id, "0.01"))
+    budgets = JobBudgets(adapters.events, PRICED, "local")
+    per_batch = price_batch(PRICED, batch(job_id, 0).token_usage, 1500, 20_000, "local").total
+    unbatched = UnbatchedUsageRecorded(
+        job_id=job_id, worker_id="w1",
+        token_usage={MODEL: TokenUsage(input_tokens=100, output_tokens=50, calls=1)},
+        unanswered={MODEL: TokenUsage(input_tokens=20, output_tokens=64, calls=1)},
+    )
+    unbatched_price = price_call(PRICED, MODEL, 120, 114)
+    stream = f"generation-{job_id}"
+    # run 1 takes two tranches, records a batch and its unbatched calls, and is released
+    append(adapters, stream, GenerationClaimed(job_id=job_id, worker_id="w1", lease_seconds=60, resumed_from_record=0),
+           BudgetTrancheTaken(job_id=job_id, worker_id="w1", amount=Decimal("0.002")),
+           batch(job_id, 0),
+           BudgetTrancheTaken(job_id=job_id, worker_id="w1", amount=Decimal("0.002")),
+           unbatched,
+           GenerationReleased(job_id=job_id, worker_id="w1", records_completed=10))
+    closed = adapters.events.stream_version(stream)
+    assert budgets.written_off(job_id, closed) == 0
+    assert budgets.in_log(job_id).committed == per_batch + unbatched_price
+    # run 2 takes a tranche, records a batch, and dies
+    append(adapters, stream, GenerationClaimed(job_id=job_id, worker_id="w2", lease_seconds=1, resumed_from_record=10),
+           BudgetTrancheTaken(job_id=job_id, worker_id="w2", amount=Decimal("0.003")),
+           batch(job_id, 1))
+    dead = adapters.events.stream_version(stream)
+    assert budgets.written_off(job_id, dead) == Decimal("0.003") - per_batch
+    # the next claim writes it off; the new run starts from all that is committed
+    append(adapters, stream, BudgetWrittenOff(job_id=job_id, worker_id="w2", amount=Decimal("0.003") - per_batch),
+           GenerationClaimed(job_id=job_id, worker_id="w3", lease_seconds=60, resumed_from_record=20))
+    assert budgets.written_off(job_id, adapters.events.stream_version(stream)) == 0
+    budgets.begin(job_id)
+    guard = budgets.guard(job_id)
+    assert guard.spent == unbatched_price + Decimal("0.003") + per_batch
+    assert guard.granted == 0
+    budgets.end(job_id)
+    # billing charges the batches, the unbatched calls and the write-off: what the log committed
+    consumer = LedgerConsumer(LedgerHandlers(adapters.events, PRICED, "local"))
+    for stored in adapters.events.read_stream(stream):
+        consumer(stored)
+        consumer(stored)
+    assert recorded_spend(adapters, job_id) == budgets.in_log(job_id).committed
+    assert_every_charge_once(adapters, job_id)
