@@ -170,8 +170,10 @@ class EnhanceReply(BaseModel):
 
     prompt: str
     original: str
-    kept_variables: list[str] = Field(description="the original's variables, all in `prompt`")
-    lost_variables: list[str] = Field(default_factory=list, description="what the rejected enhancement lost")
+    kept_variables: list[str] = Field(description="the original's variables the enhancement kept")
+    lost_variables: list[str] = Field(
+        default_factory=list, description="the original's variables the rejected enhancement lost (none kept twice)"
+    )
     warning: str | None = None
     model: str
     enhancement_id: str = Field(description="the billed call (PromptEnhanced on enhance-<id>)")

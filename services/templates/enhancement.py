@@ -9,8 +9,9 @@ generator's model gateway. This module owns what is asked and what is accepted:
 - the check: the variables of both prompts — seed paths (`topic`, `author.name`) and
   earlier steps' outputs (`steps.question.output`) — are read from their syntax trees with
   the sandbox's parser (palette.prompts.ENVIRONMENT); an enhancement that loses one, does
-  not parse, comes back empty or breaks an operator content rule is not used: the original
-  comes back with a warning.
+  not parse, comes back empty, unchanged or too short (under MIN_PROMPT_WORDS words or half
+  the original's) or breaks an operator content rule is not used: the original comes back
+  with a warning. `kept_variables` and `lost_variables` never overlap.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from palette.prompts import ENVIRONMENT
 DEFAULT_ENHANCEMENT_MODEL = "local/gemma-3-270m"
 MAX_ENHANCEMENT_TOKENS = 1024
 MAX_PROMPT_CHARS = 20_000
+MIN_PROMPT_WORDS = 3
+"""An enhancement has at least this many words, and at least half the original's: small
+models answer a short prompt with a word or two, which is no better prompt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +58,8 @@ PromptEnhancer = Callable[[str, str], EnhancementResult]
 
 @dataclass(frozen=True, slots=True)
 class Enhancement:
-    """The prompt to use (the enhancement, or the original with a `warning`)."""
+    """The prompt to use (the enhancement, or the original with a `warning`); the original's
+    variables split into those the enhancement kept and those it lost."""
 
     prompt: str
     original: str
@@ -173,10 +178,22 @@ def judge(original: str, answer: str, blocking_rule: Callable[[str], str | None]
         return fallback(f"the enhanced prompt is not a valid template ({error}); the original is returned")
     lost = tuple(v for v in variables if v not in offered)
     if lost:
-        return fallback(
-            f"the enhanced prompt lost {', '.join(lost)}; the original is returned", lost
-        )
+        kept = tuple(v for v in variables if v not in lost)
+        warning = f"the enhanced prompt lost {', '.join(lost)}; the original is returned"
+        return Enhancement(original, original, kept, lost, warning)
     rule = blocking_rule(candidate)
     if rule is not None:
         return fallback(f"the enhanced prompt breaks content rule {rule!r}; the original is returned")
+    if candidate == original.strip():
+        return fallback("the model returned the prompt unchanged")
+    if _words(candidate) < max(MIN_PROMPT_WORDS, _words(original) // 2):
+        return fallback("the enhanced prompt is too short to be a better prompt; the original is returned")
     return Enhancement(candidate, original, variables)
+
+
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+
+
+def _words(prompt: str) -> int:
+    """Words of a prompt, each Jinja2 expression or tag counting as one."""
+    return len(_JINJA.sub(" _ ", prompt).split())

@@ -82,7 +82,7 @@ def test_an_enhancement_that_drops_a_variable_gives_back_the_original(
     assert body["prompt"] == ORIGINAL
     assert body["lost_variables"] == ["level", "steps.intro.output"]
     assert "lost level, steps.intro.output" in body["warning"]
-    assert body["kept_variables"] == ["level", "steps.intro.output", "topic"]
+    assert body["kept_variables"] == ["topic"]
 
 
 def test_the_fake_models_generic_answer_loses_the_variables(alice: httpx.Client) -> None:
@@ -99,6 +99,16 @@ def test_an_enhancement_that_does_not_parse_gives_back_the_original(
     body = enhance(alice).json()
 
     assert body["prompt"] == ORIGINAL and "not a valid template" in body["warning"]
+
+
+def test_a_one_word_answer_to_a_one_word_prompt_is_not_used(
+    alice: httpx.Client, server: FakeOpenAIServer
+) -> None:
+    server.reply_next("Greetings")
+
+    body = enhance(alice, "Hello").json()
+
+    assert body["prompt"] == "Hello" and "too short" in body["warning"]
 
 
 def test_every_enhancement_is_recorded_and_billed_to_its_owner(
@@ -194,6 +204,33 @@ def test_a_deeper_read_still_keeps_a_variable_and_a_renamed_one_does_not() -> No
     assert renamed.prompt == "{{ topic }}" and renamed.lost_variables == ("topic",)
     blocked = judge("{{ topic }}", "Bad {{ topic }}", lambda text: "rule-1" if "Bad" in text else None)
     assert blocked.prompt == "{{ topic }}" and "rule-1" in (blocked.warning or "")
+
+
+def test_kept_and_lost_variables_never_overlap() -> None:
+    def allow(text: str) -> None:
+        return None
+
+    result = judge("Write about {{ topic }} for {{ reader.age }} year olds.", "Write about {{ topic }} now.", allow)
+    assert (result.kept_variables, result.lost_variables) == (("topic",), ("reader.age",))
+    assert judge("Write about {{ topic }}.", "Write a short essay about {{ topic }}.", allow).kept_variables == ("topic",)
+
+
+@pytest.mark.parametrize(
+    ("original", "answer"),
+    [
+        ("Hello", "Greetings"),
+        ("Summarise {{ text }}", "{{ text }}"),
+        ("Write a haiku about {{ topic }} in a calm tone, five lines", "Haiku: {{ topic }}"),
+    ],
+)
+def test_an_answer_too_short_to_be_a_prompt_is_not_used(original: str, answer: str) -> None:
+    result = judge(original, answer, lambda text: None)
+    assert result.prompt == original and "too short" in (result.warning or "")
+
+
+def test_an_unchanged_prompt_comes_back_with_a_warning() -> None:
+    result = judge("Write about {{ topic }}.", "Write about {{ topic }}.", lambda text: None)
+    assert result.prompt == "Write about {{ topic }}." and "unchanged" in (result.warning or "")
 
 
 def test_wrapping_added_by_small_models_is_removed() -> None:
