@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) -m bench.budget
 	$(PY) -m bench.replay
 	$(PY) -m bench.guard
+	$(PY) -m bench.api_load
 
 schemas: $(STAMP)
 	$(PY) -m contracts.schemagen
