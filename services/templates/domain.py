@@ -9,6 +9,7 @@ readable in `TemplateState.versions` after later ones and after deletion.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
@@ -26,6 +27,7 @@ from services.templates.prompts import InvalidTemplate, TemplateAnalysis, Templa
 
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 4000
+MAX_MODEL_CHARS = 200
 
 
 def template_stream(template_id: str) -> str:
@@ -359,18 +361,53 @@ def _screen(
         raise ContentRejected(template_id, version, blocks)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _text_problems(name: str, description: str, steps: Sequence[TemplateStep]) -> list[TemplateProblem]:
+    """Control characters (and lone surrogates, which no UTF-8 store takes) in the text
+    fields: the name and the models reach indexes and keys, so they take none; the
+    description and prompts keep tabs and line breaks (\\t, \\n, \\r). Step ids are
+    identifiers already (the TemplateStep contract)."""
+    fields: list[tuple[str, str, re.Pattern[str], str | None]] = [
+        ("name", name, _CONTROL, None), ("description", description, _CONTROL_BUT_LINES, None),
+    ]
+    for step in steps:
+        fields.append((f"steps.{step.id}.model", step.model, _CONTROL, step.id))
+        fields.append((f"steps.{step.id}.prompt", step.prompt, _CONTROL_BUT_LINES, step.id))
+    problems = []
+    for field_name, text, refused, step_id in fields:
+        if (found := refused.search(text)) is not None:
+            problems.append(TemplateProblem(
+                "CONTROL_CHARACTER",
+                f"{field_name} holds the control character U+{ord(found.group()):04X} at position {found.start()}",
+                step_id, field=field_name,
+            ))
+    for step in steps:
+        if len(step.model) > MAX_MODEL_CHARS:
+            problems.append(TemplateProblem(
+                "INVALID_MODEL", f"a model id has at most {MAX_MODEL_CHARS} characters", step.id,
+                field=f"steps.{step.id}.model",
+            ))
+    return problems
+
+
 def _checked_definition(
     name: str, description: str, steps: Sequence[TemplateStep]
 ) -> TemplateAnalysis:
     """The analysis of a definition; every problem, of the name or the prompts, at once."""
-    problems: list[TemplateProblem] = []
+    problems = _text_problems(name, description, steps)
     if not name.strip():
-        problems.append(TemplateProblem("INVALID_NAME", "a template needs a name"))
+        problems.append(TemplateProblem("INVALID_NAME", "a template needs a name", field="name"))
     elif len(name) > MAX_NAME_CHARS:
-        problems.append(TemplateProblem("INVALID_NAME", f"a name has at most {MAX_NAME_CHARS} characters"))
+        problems.append(TemplateProblem(
+            "INVALID_NAME", f"a name has at most {MAX_NAME_CHARS} characters", field="name"
+        ))
     if len(description) > MAX_DESCRIPTION_CHARS:
         problems.append(TemplateProblem(
-            "INVALID_DESCRIPTION", f"a description has at most {MAX_DESCRIPTION_CHARS} characters"
+            "INVALID_DESCRIPTION", f"a description has at most {MAX_DESCRIPTION_CHARS} characters",
+            field="description",
         ))
     try:
         analysis = analyse(steps)

@@ -355,6 +355,42 @@ def test_model_parameters_out_of_range_answer_400_naming_step_and_field(
     assert api.call("GET", f"/templates/{template_id}").body["latest_version"] == 1
 
 
+@pytest.mark.parametrize(
+    ("definition", "field"),
+    [
+        ({"name": "x\u0000y"}, "name"),
+        ({"name": "tab\there"}, "name"),
+        ({"name": "line\nbreak"}, "name"),
+        ({"name": "bell\u0007"}, "name"),
+        ({"name": "lone \ud800 surrogate"}, "name"),
+        ({"description": "nul\u0000inside"}, "description"),
+        ({"description": "escape \u001b[31m"}, "description"),
+        ({"steps": [step("q", "Ask about {{ topic }}\u0000")]}, "steps.q.prompt"),
+        ({"steps": [step("q", "Ask about {{ topic }}", model="openai/gpt\u0000x")]}, "steps.q.model"),
+        ({"steps": [step("q", "Ask about {{ topic }}", model="openai/" + "x" * 300)]}, "steps.q.model"),
+    ],
+)
+def test_control_characters_in_text_fields_answer_400_naming_the_field(
+    api: Facade, definition: dict[str, Any], field: str
+) -> None:
+    body = {"name": "Questions", "steps": [step("q", "Ask about {{ topic }}")], **definition}
+    created = api.call("POST", "/templates", body=body)
+    assert (created.status, created.error["code"]) == (400, "VALIDATION_ERROR"), created.body
+    details = created.error["details"]
+    assert field in [problem["field"] for problem in details.get("problems", details.get("errors"))]
+
+    template_id = api.create()["id"]
+    revised = api.call("PUT", f"/templates/{template_id}", body={"steps": [step("q", "{{ x }}")], **definition})
+    assert revised.status == 400, revised.body
+    api.sync()
+    assert api.call("GET", "/templates").status == 200
+
+
+def test_newlines_and_tabs_stay_allowed_in_descriptions_and_prompts(api: Facade) -> None:
+    created = api.create(description="first line\n\tindented\r\n", steps=[step("q", "Ask:\n\t{{ topic }}\r\n")])
+    assert created["description"] == "first line\n\tindented\r\n"
+
+
 def test_model_parameters_in_range_are_kept(api: Facade) -> None:
     parameters = {"max_tokens": 32_768, "temperature": 0, "top_p": 0.9, "stop": ["\n", "Q:"], "seed": 7}
     created = api.create(steps=[parameterised(parameters)])
