@@ -489,3 +489,33 @@ def test_a_constant_expression_over_the_limits_is_refused_at_analysis(prompt: st
 
 def test_constant_expressions_within_the_limits_pass_analysis() -> None:
     assert fields("{{ '-' * 40 }}{{ [1, 2] | join(', ') }}{% set rule = '=' * 10 %}{{ topic }}") == ["topic"]
+
+
+EVERYDAY = [
+    "{% filter upper %}shout {{ name }}{% endfilter %}",
+    "{% set block | title %}a {{ name }} b{% endset %}{{ block }}",
+    "{{ people | dictsort | list }}{{ rows | groupby('kind') | map('first') | list }}",
+    "{{ rows | selectattr('kind', 'equalto', 'a') | map(attribute='n') | sum }}",
+    "{{ rows | rejectattr('kind', 'equalto', 'a') | list | length }}{{ rows | map(attribute='n') | max }}",
+    "{{ numbers | batch(2, 0) | list }}{{ numbers | slice(2) | list }}{{ numbers | reverse | list }}",
+    "{{ numbers | select('odd') | join(',') }}{{ numbers | unique | list }}{{ numbers | min }}",
+    "{{ name | center(9) }}|{{ name | indent(2, true) }}|{{ name | e }}|{{ '<b>' | escape }}",
+    "{{ text | wordcount }}{{ text | truncate(9, true, '…', 0) }}{{ text | striptags }}",
+    "{{ 3.14159 | round(2) }}{{ '42' | int + 1 }}{{ '2.5' | float }}{{ -3 | abs }}{{ 1234567 | filesizeformat }}",
+    "{{ {'a': 1, 'b': [1, 2]} | tojson }}{{ {'a': 1} | pprint }}{{ {'q': 'a b'} | urlencode }}",
+    "{{ 'see http://x.co' | urlize }}{{ {'class': 'x'} | xmlattr }}{{ name | first }}{{ name | last }}",
+    "{{ name[1:] }}{{ name[::-1] }}{{ numbers[1:3] }}{{ name.split('d') }}{{ ', '.join(['a', 'b']) }}",
+    "{{ '%-5s|%05.1f' % (name, 3.14159) }}{{ '{0}-{1:>4}'.format(name, 7) }}{{ name ~ 1 ~ [2] }}",
+    "{% macro li(x) %}<li>{{ x }}</li>{% endmacro %}{% for n in numbers %}{{ li(n) }}{% endfor %}",
+    "{% for n in numbers recursive %}{{ n }}{% endfor %}{{ cycler('a', 'b').next() }}{{ range(3) | list }}",
+]
+
+
+@pytest.mark.parametrize("prompt", EVERYDAY)
+def test_the_guards_do_not_change_what_a_prompt_renders(prompt: str) -> None:
+    row = {
+        "name": "Ada", "text": "a <i>long</i> sentence here", "numbers": [3, 1, 2, 3],
+        "people": {"b": 2, "a": 1}, "rows": [{"kind": "a", "n": 1}, {"kind": "b", "n": 5}, {"kind": "a", "n": 2}],
+    }
+    expected = ImmutableSandboxedEnvironment(keep_trailing_newline=True).from_string(prompt).render(row)
+    assert render(step(prompt), row, {}) == expected
