@@ -1,11 +1,9 @@
 """Template prompts: Jinja2 analysis (seed fields, step references, problems).
 
-Prompts are untrusted user code. They run in an immutable Jinja2 sandbox that refuses
-private and internal attributes, refuses mutation of lists, dicts and sets, and bounds the
-resources one render can take: strings, sequences and integers built by operators, padding
-methods and filters stay under MAX_VALUE_CHARS; loops take at most MAX_LOOP_ITERATIONS items
-per render; the rendered prompt stops at MAX_PROMPT_CHARS. CPU time of what remains (deep
-loops over a large seed value) is bounded by the generator's per-call timeout, not here.
+Prompts are untrusted user code; they run in the sandbox of `palette.prompts`, whose
+limits this module also applies at save where it can: an expression that reads no
+variable and breaks a limit would break it at every render, so it is a SANDBOX_LIMIT
+problem now (`_constants_over_the_limits`).
 
 Seed fields are dotted paths read from the prompt's syntax tree (see `analyse`). The rule
 for nesting: a path is required only where nothing deeper under it is required, so
