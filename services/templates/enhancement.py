@@ -125,14 +125,16 @@ def prompt_variables(prompt: str) -> set[str]:
     prompt (loop variables, `set`) and the sandbox's globals are not variables."""
     try:
         tree = ENVIRONMENT.parse(prompt)
+        free = meta.find_undeclared_variables(tree) - set(ENVIRONMENT.globals)
+        found = set(free)
+        for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+            path = _path(node)
+            if path is not None and path[0] in free:
+                found.update(".".join(path[:length]) for length in range(1, len(path) + 1))
     except TemplateSyntaxError as error:
         raise UnreadablePrompt(error.message or str(error)) from None
-    free = meta.find_undeclared_variables(tree) - set(ENVIRONMENT.globals)
-    found = set(free)
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        path = _path(node)
-        if path is not None and path[0] in free:
-            found.update(".".join(path[:length]) for length in range(1, len(path) + 1))
+    except RecursionError:
+        raise UnreadablePrompt("the prompt nests expressions or blocks too deeply to be read") from None
     return found
 
 

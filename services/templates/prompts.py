@@ -141,6 +141,18 @@ class _PromptReading:
 
 
 def _read_prompt(step: TemplateStep) -> _PromptReading:
+    """What one step's prompt reads and its problems. Jinja's parser and compiler recurse
+    once per nesting level, so a prompt nested past Python's recursion limit is a problem
+    of its own (PROMPT_TOO_DEEP) rather than a crash."""
+    try:
+        return _read_parsed_prompt(step)
+    except RecursionError:
+        return _PromptReading(problems=[TemplateProblem(
+            "PROMPT_TOO_DEEP", "the prompt nests expressions or blocks too deeply to be read", step.id
+        )])
+
+
+def _read_parsed_prompt(step: TemplateStep) -> _PromptReading:
     reading = _PromptReading()
     if not step.prompt.strip():
         reading.problems.append(TemplateProblem("EMPTY_PROMPT", "the prompt is empty", step.id))

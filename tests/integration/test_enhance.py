@@ -236,3 +236,11 @@ def test_an_unchanged_prompt_comes_back_with_a_warning() -> None:
 def test_wrapping_added_by_small_models_is_removed() -> None:
     assert cleaned("```jinja\nAsk {{ x }}\n```") == "Ask {{ x }}"
     assert cleaned("Sure! <prompt>\nAsk {{ x }}\n</prompt>") == "Ask {{ x }}"
+
+
+def test_a_prompt_nested_too_deeply_is_unreadable(alice: httpx.Client, server: FakeOpenAIServer) -> None:
+    reply = enhance(alice, "{{ " + "[" * 3000 + "]" * 3000 + " }}")
+    assert reply.status_code == 400 and "too deeply" in reply.json()["error"]["message"]
+    server.reply_next("{{ " + "(" * 3000 + "topic" + ")" * 3000 + " }}")
+    body = enhance(alice, "Write about {{ topic }} in three short paragraphs.").json()
+    assert "not a valid template" in body["warning"]

@@ -519,3 +519,18 @@ def test_the_guards_do_not_change_what_a_prompt_renders(prompt: str) -> None:
     }
     expected = ImmutableSandboxedEnvironment(keep_trailing_newline=True).from_string(prompt).render(row)
     assert render(step(prompt), row, {}) == expected
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "{{ " + "[" * 5000 + "]" * 5000 + " }}",
+        "{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}",
+        "{{ x" + " | upper" * 20000 + " }}",
+        "{{ " + "-" * 20000 + "1 }}",
+        "{% if a %}" * 3000 + "{% endif %}" * 3000,
+    ],
+    ids=["lists", "parentheses", "filters", "negations", "ifs"],
+)
+def test_a_prompt_nested_too_deeply_to_read_is_a_problem_not_a_crash(prompt: str) -> None:
+    assert codes(step(prompt)) == ["PROMPT_TOO_DEEP"]
