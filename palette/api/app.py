@@ -270,6 +270,7 @@ def build_app(
         refused = admit(app)
         if refused is not None:
             refused.headers["X-Request-Id"] = rid
+            logger.info("request", extra={"method": event.http_method, "path": event.path, "status": refused.status_code})
             return refused
         response = next_middleware(app)
         response.headers["X-Request-Id"] = rid

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,23 @@ def test_readiness_names_the_dependency_that_fails(tmp_path: Path) -> None:
         assert _get(runtime, "/health")["statusCode"] == 200
     finally:
         runtime.close()
+
+
+def test_the_request_log_line_carries_the_request_and_correlation_ids(tmp_path: Path) -> None:
+    from palette.api.app import logger
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
+    handler.setFormatter(logger.registered_formatter)
+    logging.getLogger(logger.service).addHandler(handler)
+    runtime = LocalPalette(tmp_path)
+    try:
+        scope = {"method": "GET", "path": "/templates", "headers": [(b"x-correlation-id", b"flow-3")], "query_string": b""}
+        answer = runtime.api.resolve(http_api_event(scope, b"", "req-77"), LambdaContext("req-77"))
+    finally:
+        runtime.close()
+        logging.getLogger(logger.service).removeHandler(handler)
+    assert answer["statusCode"] == 401
+    (logged,) = [json.loads(line) for line in lines if json.loads(line).get("message") == "request"]
+    assert (logged["request_id"], logged["correlation_id"], logged["status"]) == ("req-77", "flow-3", 401)
