@@ -160,7 +160,7 @@ def _shape(value: Any, limit: int = MAX_VALUE_CHARS) -> tuple[int, int, int]:
         elif item is None or isinstance(item, bool):
             size += 5
         elif isinstance(item, int):
-            size += item.bit_length() * 3 // 10 + 3
+            size += item.bit_length() * 30103 // 100000 + 2
         elif isinstance(item, float):
             size += 25
         elif isinstance(item, Decimal):
@@ -171,12 +171,12 @@ def _shape(value: Any, limit: int = MAX_VALUE_CHARS) -> tuple[int, int, int]:
             size += 16
             stack.append((object.__getattribute__(item, "_Namespace__attrs"), level + 1))
         elif isinstance(item, Mapping):
-            size += 16 + 4 * len(item)
+            size += (2 if type(item) is dict else 16) + 4 * len(item)
             if size <= limit:
                 stack.extend((key, level + 1) for key in item.keys())
                 stack.extend((entry, level + 1) for entry in item.values())
         elif isinstance(item, (list, tuple, set, frozenset, deque, MappingView)):
-            size += 16 + 2 * len(item)
+            size += (3 if type(item) in (list, tuple) else 16) + 2 * len(item)
             if size <= limit:
                 stack.extend((entry, level + 1) for entry in item)
         else:  # generators, ranges, macros, loop and jinja helpers: a short repr
@@ -216,6 +216,29 @@ def _pointers(value: Any) -> int:
         return _POINTER * len(value)
     except TypeError:
         return 0
+
+
+def _items_size(value: Any) -> int:
+    """Upper bound of the text of `list(value)`: iterating a string makes one string per
+    character, a range one int per step (a range's own repr is short)."""
+    if isinstance(value, str):
+        return (5 if value.isascii() and value.isprintable() else 14) * len(value) + 16
+    if isinstance(value, range):
+        digits = len(str(max(abs(value.start), abs(value.stop))))
+        return (digits + 3) * len(value) + 16
+    return _text_size(value)
+
+
+def _joined_size(parts: Any, separator_length: int) -> int:
+    """Upper bound of `separator.join(parts)` (the join filter and str.join alike)."""
+    if isinstance(parts, str):
+        return len(parts) + separator_length * max(len(parts) - 1, 0)
+    try:
+        count = len(parts)
+    except TypeError:
+        return 0
+    items = parts if isinstance(parts, (list, tuple)) else [parts]
+    return _total_size(items) + separator_length * max(count - 1, 0)
 
 
 # -- formatting --------------------------------------------------------------------------
@@ -339,10 +362,7 @@ def _text_method_size(text: str | bytes, method: str, args: tuple[Any, ...], kwa
             occurrences = min(occurrences, count)
         return length + occurrences * max(len(new) - len(old), 0)
     if method == "join" and args:
-        parts = args[0]
-        if not isinstance(parts, (list, tuple)):
-            return 0
-        return length * max(len(parts) - 1, 0) + sum(len(p) if isinstance(p, (str, bytes)) else 0 for p in parts)
+        return _joined_size(args[0], length)
     if method == "translate" and args:
         table = args[0]
         if isinstance(table, Mapping):
@@ -548,8 +568,7 @@ def _int(value: Any) -> int:
 
 
 def _join_size(a: Arguments) -> int:
-    items = a["value"] if isinstance(a["value"], (list, tuple)) else []
-    return _total_size(items) + len(str(a["d"])) * max(len(items) - 1, 0)
+    return _joined_size(a["value"], _text_size(a["d"]))
 
 
 def _indent_size(a: Arguments) -> int:
@@ -593,17 +612,13 @@ def _urlize_size(a: Arguments) -> int:
 
 def _batch_size(a: Arguments) -> int:
     fill = 0 if a["fill_with"] is None else _int(a["linecount"]) * (_text_size(a["fill_with"]) + 2)
-    return _text_size(a["value"]) + 2 * _pointers(a["value"]) + fill
+    batches = _pointers(a["value"]) // _POINTER // max(_int(a["linecount"]), 1) + 1
+    return _items_size(a["value"]) + 4 * batches + fill
 
 
 def _slice_size(a: Arguments) -> int:
     each = 18 + (0 if a["fill_with"] is None else _text_size(a["fill_with"]) + 2)
-    return _text_size(a["value"]) + max(_int(a["slices"]), 0) * each
-
-
-def _list_size(a: Arguments) -> int:
-    value = a["value"]
-    return 14 * len(value) + 16 if isinstance(value, str) else _text_size(value)
+    return _items_size(a["value"]) + max(_int(a["slices"]), 0) * each
 
 
 _FILTER_SIZES: dict[str, Callable[[Arguments], int]] = {
@@ -616,7 +631,10 @@ _FILTER_SIZES: dict[str, Callable[[Arguments], int]] = {
     "format": lambda a: _percent_size(a["value"], a["kwargs"] or tuple(a["args"])),
     "indent": _indent_size,
     "join": _join_size,
-    "list": _list_size,
+    "dictsort": lambda a: 2 * _items_size(a["value"]) + 16,
+    "groupby": lambda a: 2 * _items_size(a["value"]) + 16,
+    "list": lambda a: _items_size(a["value"]),
+    "sort": lambda a: _items_size(a["value"]),
     "lower": lambda a: _case_size(a["s"]),
     "pprint": _pprint_size,
     "replace": _replace_size,

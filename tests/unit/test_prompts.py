@@ -406,6 +406,10 @@ AMPLIFIERS = {
     "{% endif %}{% endmacro %}{{ grow(200, 'x' * 999000) }}",
     "escape": BIG + "{{ (b | replace('x', '&')) | e }}",
     "urlize target": "{{ ('http://a.co ' * 10000) | urlize(target='t' * 10000) }}",
+    "join filter over a string": BIG + "{{ b | join('y' * 60) }}",
+    "str.join over a string": BIG + "{{ ('y' * 60).join(b) }}",
+    "sort of a string": "{% set w = 'й' * 999999 %}{{ w | sort | length }}",
+    "groupby of a string": "{% set w = 'й' * 999999 %}{{ w | groupby('real') | length }}",
     "namespace growth": "{% set ns = namespace(s='x') %}"
     "{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
 }
@@ -508,6 +512,9 @@ EVERYDAY = [
     "{{ '%-5s|%05.1f' % (name, 3.14159) }}{{ '{0}-{1:>4}'.format(name, 7) }}{{ name ~ 1 ~ [2] }}",
     "{% macro li(x) %}<li>{{ x }}</li>{% endmacro %}{% for n in numbers %}{{ li(n) }}{% endfor %}",
     "{% for n in numbers recursive %}{{ n }}{% endfor %}{{ cycler('a', 'b').next() }}{{ range(3) | list }}",
+    "{{ range(100000) | list | length }}{{ range(100000) | batch(10) | list | length }}{{ name | join('.') }}",
+    "{{ '-'.join(name) }}{{ name | sort | join }}{{ range(99000, 100000) | list | sum }}",
+    "{{ range(100000) | slice(3) | map('length') | list }}{{ name | list }}{{ people | dictsort }}",
 ]
 
 
@@ -534,3 +541,17 @@ def test_the_guards_do_not_change_what_a_prompt_renders(prompt: str) -> None:
 )
 def test_a_prompt_nested_too_deeply_to_read_is_a_problem_not_a_crash(prompt: str) -> None:
     assert codes(step(prompt)) == ["PROMPT_TOO_DEEP"]
+
+
+SIZED = [
+    "plain", "", "é\u2028\x00'\"\\", -(2**10_000), 2**10_000 - 1, 0, -7, 99_999, 1e308, -1.5e-300, float("nan"),
+    True, None, b"\x00\xff'", ["a", 1, None, [2.5, ("t",)]], ("single",), {"k": ["v", {"n": -1}], 3: b"x"},
+    {1, 2}, frozenset({"a"}), {"a": 1}.items(), {"a": 1}.keys(), [["x" * 50] * 3] * 4, [[[[[]]]]],
+    "\U0001f600" * 3, ["\U0001f600\x01"] * 2,
+]
+
+
+@pytest.mark.parametrize("value", SIZED, ids=[type(v).__name__ for v in SIZED])
+def test_text_sizes_are_upper_bounds_of_the_printed_value(value: object) -> None:
+    assert prompts._text_size(value) >= len(str(value))
+    assert prompts._text_size([value]) >= len(str([value]))  # nested: its repr
