@@ -390,7 +390,8 @@ def _text_method_size(text: str | bytes, method: str, args: tuple[Any, ...], kwa
 
 
 def _call_size(function: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[int, int | None]:
-    """(size as text, cost) of what a builtin method returns; (0, None) for small results."""
+    """(size as text, cost) of what a builtin method (or Markup's, which wraps str's)
+    returns; (0, None) for small results."""
     receiver = getattr(function, "__self__", None)
     name = getattr(function, "__name__", "")
     if isinstance(receiver, (str, bytes, bytearray)):
@@ -439,7 +440,7 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         budget = _current()
         budget.tick()
-        if isinstance(obj, types.BuiltinFunctionType) or obj is dict:
+        if isinstance(obj, (types.BuiltinFunctionType, types.MethodType)) or obj is dict:
             args = tuple(_materialized(argument) for argument in args)
             kwargs = {key: _materialized(value) for key, value in kwargs.items()}
             size, cost = _call_size(obj, args, kwargs)

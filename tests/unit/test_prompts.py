@@ -410,6 +410,9 @@ AMPLIFIERS = {
     "str.join over a string": BIG + "{{ ('y' * 60).join(b) }}",
     "sort of a string": "{% set w = 'й' * 999999 %}{{ w | sort | length }}",
     "groupby of a string": "{% set w = 'й' * 999999 %}{{ w | groupby('real') | length }}",
+    "str.format through attr": BIG + "{{ (('{0}' * 60) | attr('format'))(b) }}",
+    "Markup method": "{{ ('x' | safe).center(10**9) }}",
+    "Markup join": BIG + "{{ (('y' * 60) | safe).join(b) }}",
     "namespace growth": "{% set ns = namespace(s='x') %}"
     "{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
 }
