@@ -297,6 +297,16 @@ def build_app(
             message = "the request body is not valid JSON"
         return error_response(400, code, message, {"errors": problems}, rid)
 
+    @app.exception_handler(UnicodeDecodeError)
+    def on_undecodable_body(error: UnicodeDecodeError) -> Response:
+        """A JSON body that is not UTF-8 (API Gateway and the local server pass it base64-encoded)."""
+        rid = enter(app)
+        refused = admit(app)
+        if refused is not None:
+            return refused
+        details = {"errors": [{"field": "body", "type": "unicode_error", "message": str(error)}]}
+        return error_response(400, "VALIDATION_ERROR", "the request body is not valid UTF-8", details, rid)
+
     @app.not_found
     def on_not_found(error: NotFoundError) -> Response:
         rid = enter(app)

@@ -131,7 +131,7 @@ def _raw_request(base: str, head: str) -> socket.socket:
     """A socket to the server with `head` (request line and headers, no body yet) sent."""
     host, port = base.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(head.encode())
+    sock.sendall(head.encode("latin-1"))
     return sock
 
 
@@ -241,3 +241,13 @@ def test_allowed_origins_get_preflights_answered_without_a_token(tmp_path: Path)
         assert answered.headers["access-control-allow-origin"] == "https://b.example"
     finally:
         stop_serve(from_env)
+
+
+def test_a_body_that_is_not_utf8_and_a_header_that_is_not_are_4xx_not_500(served: Served) -> None:
+    odd_header = _raw_request(served.base, "GET /health HTTP/1.1\r\nHost: x\r\nX-Odd: \xff\xfe\r\n\r\n")
+    with odd_header:
+        assert _read_response(odd_header)[0] == 200
+    alice = served.client("alice")
+    response = alice.post("/templates", content=b'{"name": "\xff\xfe", "steps": []}', headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "VALIDATION_ERROR"
