@@ -67,6 +67,7 @@ MAX_RENDER_SECONDS = 2.0
 MAX_INT_BITS = 65_536
 MAX_LOOP_ITERATIONS = 100_000
 MAX_JSON_INDENT = 16
+MAX_ERROR_CHARS = 500
 MAX_LIPSUM_PARAGRAPHS = 20
 MAX_LIPSUM_WORDS = 200
 STEP_OUTPUTS = "steps"
@@ -846,8 +847,14 @@ def render(step: TemplateStep, seed_row: Mapping[str, Any], step_outputs: Mappin
     except PromptRenderError:
         raise
     except SecurityError as error:
-        raise PromptRenderError(step.id, f"refused by the sandbox: {error}") from None
+        raise PromptRenderError(step.id, _shortened(f"refused by the sandbox: {error}")) from None
     except Exception as error:  # the prompt is user code: any failure of it is the user's
-        raise PromptRenderError(step.id, f"{type(error).__name__}: {error}") from None
+        raise PromptRenderError(step.id, _shortened(f"{type(error).__name__}: {error}")) from None
     finally:
         _budget.reset(token)
+
+
+def _shortened(message: str) -> str:
+    """A failure's message may quote a value of any size (`{{ {}[big] }}`); it is recorded
+    with the failed attempt, so it keeps its first MAX_ERROR_CHARS characters."""
+    return message if len(message) <= MAX_ERROR_CHARS else f"{message[:MAX_ERROR_CHARS]}…"

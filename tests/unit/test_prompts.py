@@ -558,3 +558,9 @@ SIZED = [
 def test_text_sizes_are_upper_bounds_of_the_printed_value(value: object) -> None:
     assert prompts._text_size(value) >= len(str(value))
     assert prompts._text_size([value]) >= len(str([value]))  # nested: its repr
+
+
+def test_a_render_error_quoting_a_big_value_is_shortened() -> None:
+    with pytest.raises(PromptRenderError) as raised:
+        render(step("{{ {}[key] }}"), {"key": "k" * 100_000}, {})
+    assert "UndefinedError" in raised.value.message and len(raised.value.message) <= prompts.MAX_ERROR_CHARS + 1
