@@ -85,7 +85,8 @@ class LambdaContext:
         self.aws_request_id = request_id
 
     def get_remaining_time_in_millis(self) -> int:
-        return 0
+        """No deadline is imposed locally; a Lambda's longest, for code that asks."""
+        return 900_000
 
 
 class PooledResolver:
