@@ -226,9 +226,9 @@ class LocalPalette:
             routers, self.tokens, local=True, limiter=self.limiter, cors_origins=self.cors_origins,
             readiness=self._readiness_checks(),
         )
-        self.resolver_pool = PooledResolver(self.api, workers=self.api_workers)
         self.asgi = FacadeApp(
-            self.resolver_pool, kernel.blobs, on_upload=self._uploaded, limiter=self.limiter
+            PooledResolver(self.api, workers=self.api_workers), kernel.blobs, on_upload=self._uploaded,
+            limiter=self.limiter,
         )
 
     def _readiness_checks(self) -> dict[str, Callable[[], object]]:
@@ -293,7 +293,7 @@ class LocalPalette:
         return LocalServer(self.asgi, self.host, self.port, grace=self.grace_seconds)
 
     def close(self) -> None:
-        self.resolver_pool.close()
+        self.asgi.close()
         self.stop_background()
         self.enhancer.close()
         self.bus.close()

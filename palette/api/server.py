@@ -9,9 +9,10 @@ shape, and every answer carries the request's X-Request-Id.
 The blob routes carry no bearer token (the signature is the credential), so their rate
 limit is charged to the client's IP: a PUT as an upload, a GET as any other request.
 
-Each blob transfer holds at most one thread of the loop's default executor (the store's
-writer, or one read at a time) and the event loop feeds it without a thread of its own, so
-transfers queue for threads but never wait on each other.
+An upload holds one thread of the uploads' own pool (`UPLOAD_WRITERS`) for its whole
+length, fed by the event loop without a thread of its own; a download reads one chunk at a
+time in the loop's default executor. So slow uploads can make uploads queue, but never
+downloads, and no transfer waits on another.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -35,6 +37,7 @@ from palette.guard.ratelimit import RateLimiter, route_class
 BLOB_PREFIX = "/blobs/"
 _CHUNK = 1024 * 1024
 _QUEUE_DEPTH = 8
+UPLOAD_WRITERS = 16
 DEFAULT_GRACE_SECONDS = 20.0
 
 
@@ -56,6 +59,12 @@ class FacadeApp:
         self._blobs = blobs
         self._on_upload = on_upload
         self._limiter = limiter
+        self._writers = ThreadPoolExecutor(max_workers=UPLOAD_WRITERS, thread_name_prefix="palette-upload")
+
+    def close(self) -> None:
+        """Stops the API's pool and the upload writers (running ones finish)."""
+        self._api.close()
+        self._writers.shutdown(wait=False, cancel_futures=True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -130,7 +139,7 @@ class FacadeApp:
                     return
                 yield chunk
 
-        writer = loop.run_in_executor(None, self._blobs.accept_upload, key, params, body())
+        writer = loop.run_in_executor(self._writers, self._blobs.accept_upload, key, params, body())
         try:
             more = True
             while more and not writer.done():

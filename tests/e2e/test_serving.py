@@ -250,3 +250,22 @@ def test_a_body_that_is_not_utf8_and_a_header_that_is_not_are_4xx_not_500(served
     response = alice.post("/templates", content=b'{"name": "\xff\xfe", "steps": []}', headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+def test_more_concurrent_uploads_than_default_threads_all_complete(served: Served) -> None:
+    """More uploads at once than the loop's default executor has threads (each used to hold
+    one of them for its writer and need another to feed it)."""
+    grants = []
+    for n in range(10):
+        grant = served.client(f"uploader-{n}").post("/seed-data/upload", json={"filename": "big.jsonl"})
+        assert grant.status_code == 201, grant.text
+        grants.append(grant.json())
+    content = b'{"topic": "x"}\n' * (4 * 1024 * 1024 // 15)
+
+    async def transfers() -> list[int]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=20)) as client:
+            puts = await asyncio.gather(*(client.put(grant["upload_url"], content=content) for grant in grants))
+            return [put.status_code for put in puts]
+
+    assert asyncio.run(transfers()) == [200] * len(grants)
+    assert httpx.get(f"{served.base}/health", timeout=5).status_code == 200
