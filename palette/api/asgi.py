@@ -13,6 +13,8 @@ Limits, checked on the event loop before a thread is taken:
   answers 503 SERVICE_UNAVAILABLE with `Retry-After` rather than waiting without bound;
 - body size per route (`body_limit`): a declared Content-Length over it answers 413 without
   reading a byte, and a chunked body is counted as it arrives and refused at the limit;
+- body time: a body not received whole within `body_seconds` answers 408, so a client
+  trickling its body cannot hold an admission slot for long;
 - request id: a well-formed `X-Request-Id` sent by the client is kept, anything else is
   replaced by a fresh one; it becomes the event's `requestContext.requestId`.
 """
@@ -46,6 +48,7 @@ TEMPLATE_BODY_LIMIT = 512 * 1024
 """A template is recorded as one event of at most 256 KiB; twice that leaves room for JSON
 escapes and still refuses, unread, any body that could never be recorded."""
 BUSY_RETRY_AFTER_SECONDS = 1
+DEFAULT_BODY_SECONDS = 30.0
 
 
 def body_limit(method: str, path: str) -> int:
@@ -98,12 +101,14 @@ class PooledResolver:
         workers: int = DEFAULT_WORKERS,
         max_waiting: int = DEFAULT_MAX_WAITING,
         limit_of: Callable[[str, str], int] = body_limit,
+        body_seconds: float = DEFAULT_BODY_SECONDS,
     ) -> None:
         self._app = app
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="palette-api")
         self._capacity = workers + max_waiting
         self._admitted = 0
         self._limit_of = limit_of
+        self._body_seconds = body_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str | None = None) -> None:
         request_id = request_id or request_id_of(scope)
@@ -118,11 +123,17 @@ class PooledResolver:
         try:
             limit = self._limit_of(scope["method"], scope["path"])
             try:
-                body = await read_body(scope, receive, limit)
+                body = await asyncio.wait_for(read_body(scope, receive, limit), self._body_seconds)
             except _BodyTooLarge:
                 await send_error(
                     send, 413, "PAYLOAD_TOO_LARGE", f"the request body is larger than {limit} bytes",
                     {"limit_bytes": limit}, request_id, [(b"connection", b"close")],
+                )
+                return
+            except TimeoutError:
+                await send_error(
+                    send, 408, "REQUEST_TIMEOUT", f"the request body did not arrive within {self._body_seconds:g} s",
+                    {"timeout_seconds": self._body_seconds}, request_id, [(b"connection", b"close")],
                 )
                 return
             except _ClientGone:

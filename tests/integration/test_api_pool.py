@@ -132,3 +132,26 @@ def test_the_request_log_line_carries_the_request_and_correlation_ids(tmp_path: 
     assert answer["statusCode"] == 401
     (logged,) = [json.loads(line) for line in lines if json.loads(line).get("message") == "request"]
     assert (logged["request_id"], logged["correlation_id"], logged["status"]) == ("req-77", "flow-3", 401)
+
+
+def test_a_body_that_does_not_arrive_in_time_answers_408() -> None:
+    resolver = _Resolver()
+    resolver.release.set()
+    pool = PooledResolver(resolver, body_seconds=0.2)  # type: ignore[arg-type]
+    sent: list[dict[str, Any]] = []
+
+    async def trickle() -> dict[str, Any]:
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"[", "more_body": True}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/jobs", "headers": [], "query_string": b""}
+    try:
+        asyncio.run(pool(scope, trickle, send))
+    finally:
+        pool.close()
+    assert sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"])["error"]["code"] == "REQUEST_TIMEOUT"
+    assert resolver.resolved == 0
