@@ -46,12 +46,14 @@ Guarantees, with the log as the checkpoint:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
@@ -137,6 +139,11 @@ DEFAULT_MAX_TOKENS = 512
 _DECISION_IDS = uuid.UUID("3d0f5b8e-8c4a-4f57-a1a9-5e2b7c9d4f10")
 _TERMINAL_STOPS = ("budget", "cancelled")
 """Run endings after which nothing resumes the job: every finished record is exported."""
+_RENDERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="palette-render")
+"""Prompts render here, off the event loop: a hostile template may take up to the render
+cap (2 s of CPU) and must not stall every job the loop runs. Two threads, so renders
+neither starve the store calls of the default executor nor take more than the machine's
+share; a render waits its turn rather than run on the loop."""
 
 
 @dataclass(frozen=True)
@@ -828,7 +835,9 @@ class _JobRun:
         for call in lane.steps:
             step = call.step
             try:
-                prompt = render(step, row, outputs)
+                prompt = await asyncio.get_running_loop().run_in_executor(
+                    _RENDERS, functools.partial(render, step, row, outputs)
+                )
             except PromptRenderError as error:
                 raise _RecordAttemptFailed(str(error)) from None
             if self.screen is not None and (rule := self.screen.blocking_rule(prompt)) is not None:
