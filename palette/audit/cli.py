@@ -189,14 +189,17 @@ def job(
 ) -> None:
     """A job's timeline across its streams and its cost reconciliation.
 
-    Each event with its actor and correlation id; then CostRecorded against the priced
-    token usage of BatchGenerated. Exit 1 when the charges do not reconcile.
+    Each event with its actor and correlation id; then every charge (CostRecorded,
+    UsageCharged) against the token usage it charges, priced again with the catalog it names
+    (the shipped one, or this installation's: `<data-dir>/pricing.json`, on AWS
+    PALETTE_PRICING_OVERRIDES). Exit 1 when the charges do not reconcile.
     """
+    from contracts.pricing import DEFAULT_CATALOG
     from palette.audit.timeline import JobNotInLog, audit_job
 
     store = open_events(data_dir, runtime)
     try:
-        result = audit_job(store, job_id)
+        result = audit_job(store, job_id, (DEFAULT_CATALOG, installation_catalog(data_dir, runtime)))
     except JobNotInLog as error:
         fail(str(error), 2)
     finally:
@@ -209,8 +212,23 @@ def job(
         fail(f"job {job_id}: {result.reconciliation.discrepancies[0]}")
 
 
+def installation_catalog(data_dir: Path, runtime: str) -> Any:
+    """The pricing catalog this installation's billing charges with."""
+    from palette.adapters import PRICING_OVERRIDES_FILE, AwsSettings, pricing_catalog
+
+    if runtime == "aws":
+        return pricing_catalog(AwsSettings.from_env().pricing_overrides)
+    overrides = Path(data_dir) / PRICING_OVERRIDES_FILE
+    try:
+        return pricing_catalog(overrides.read_text() if overrides.exists() else None)
+    except ValueError as error:
+        fail(f"{overrides}: {error}")
+
+
 def _print_job(result: Any) -> None:
     from rich.console import Console
+
+    from contracts.money import money_text
     from rich.table import Table
 
     console = Console(width=max(Console().width, 160), soft_wrap=False)
@@ -229,18 +247,33 @@ def _print_job(result: Any) -> None:
         costs.add_column(column)
     for line in r.batches:
         costs.add_row(
-            str(line.batch_number), str(line.rows), " + ".join(f"${c}" for c in line.charges) or "-",
-            str(line.recorded_model_tokens or "-"), str(line.priced_model_tokens or "-"), line.note,
+            str(line.batch_number), str(line.rows), " + ".join(f"${money_text(c)}" for c in line.charges) or "-",
+            money_text(line.recorded_model_tokens) if line.recorded_model_tokens is not None else "-",
+            money_text(line.priced_model_tokens) if line.priced_model_tokens is not None else "-", line.note,
+        )
+    for usage in r.usage:
+        costs.add_row(
+            usage.kind or "usage", "-", " + ".join(f"${money_text(c)}" for c in usage.charges) or "-",
+            money_text(usage.recorded_model_tokens) if usage.recorded_model_tokens is not None else "-",
+            money_text(usage.priced_model_tokens) if usage.priced_model_tokens is not None else "-",
+            usage.note,
         )
     console.print(costs)
-    remaining = "-" if r.budget_limit is None else f"${r.budget_limit - r.recorded_total}"
+    limit = "-" if r.budget_limit is None else money_text(r.budget_limit)
+    remaining = "-" if r.budget_limit is None else f"${money_text(r.budget_limit - r.recorded_total)}"
     console.print(
-        f"status {r.status}; spent ${r.recorded_total} of ${r.budget_limit} (remaining {remaining}); "
-        f"model tokens recorded ${r.recorded_model_tokens}, priced "
-        f"{'n/a' if r.priced_model_tokens is None else '$' + str(r.priced_model_tokens)}; "
-        f"rows generated {r.rows_generated}, exported {r.rows_exported}"
+        f"status {r.status}; spent ${money_text(r.recorded_total)} of ${limit} (remaining {remaining}); "
+        f"model tokens recorded ${money_text(r.recorded_model_tokens)}, priced "
+        f"{'n/a' if r.priced_model_tokens is None else '$' + money_text(r.priced_model_tokens)}; "
+        f"rows generated {r.rows_generated}, exported {r.rows_exported}; "
+        f"catalog {', '.join(r.catalog_versions) or '-'}"
     )
-    console.print("balanced" if r.balanced else "discrepancies:\n  " + "\n  ".join(r.discrepancies))
+    if not r.balanced:
+        console.print("discrepancies:\n  " + "\n  ".join(r.discrepancies))
+    elif not r.repriced:
+        console.print("charges consistent, not repriced: " + "; ".join(r.not_repriced))
+    else:
+        console.print("balanced")
 
 
 # -- palette replay ------------------------------------------------------------------------

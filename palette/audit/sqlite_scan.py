@@ -7,7 +7,7 @@ workers each check one partition of the streams.
   only runs SHA-256 over it. Where the
   two hashes differ, the event is hashed again in Python from its stored fields, so only
   Python's canonical form ever decides a finding.
-- The invariants read five fields of a job event's detail: SQLite's `->>` picks them,
+- The invariants read six fields of a job event's detail: SQLite's `->>` picks them,
   instead of Python parsing every detail.
 - Partitions: by the last character of the stream id (STREAM_PARTITION). Every check but
   the global order is per stream (versions, links, hashes) or per job, and a job's streams all end
@@ -55,7 +55,8 @@ _PARTITION_SQL = (
     f"CASE WHEN NOT {_JOB_EVENT} THEN NULL WHEN NOT json_valid(detail) THEN char(0) || 'not a JSON object' "
     "ELSE detail ->> '$.job_id' END, "
     + ", ".join(_IF_VALID.format(name) for name in ("batch_number", "rows", "total", "budget_limit"))
-    + ", CASE WHEN detail_type = 'DatasetExported' THEN detail END "
+    + ", CASE WHEN detail_type = 'DatasetExported' THEN detail END, "
+    + _IF_VALID.format("charge_id") + " "
     "FROM events WHERE position <= ? "
     f"AND {STREAM_PARTITION} = ? "
     "ORDER BY position"

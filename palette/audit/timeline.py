@@ -5,21 +5,26 @@ lifecycle, cancellation), `generation-<id>` (claims, batches, exports) and `ledg
 (costs, budget warnings). The timeline merges them in commit (position) order, each entry
 with its actor and correlation id.
 
-The cost reconciliation sets the charges against the batches they are for: every batch
-charged once, the sum of CostRecorded against the budget, and the recorded model-token
-charges against the token usage of BatchGenerated priced with the pricing catalog the charge
-names (when this build ships that catalog version); compute and storage are checked when a
-runtime's prices reproduce them.
+The cost reconciliation sets the charges against the facts they are for: every batch
+charged once (CostRecorded), every call no batch carries and every written-off tranche
+charged once (UsageCharged for UnbatchedUsageRecorded / BudgetWrittenOff), the sum of all of
+them against the budget, and the recorded model-token charges against the token usage
+priced with the catalog each charge names by version. The catalogs known are the shipped one
+and the installation's (`<data-dir>/pricing.json`, PALETTE_PRICING_OVERRIDES on AWS): a
+charge naming any other version is reported as not repriced, never as checked. Compute and
+storage are checked when a runtime's prices reproduce them.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from contracts import pricing
+from contracts.money import money_text
 from contracts.envelope import StoredEvent
 from palette.eventstore.port import EventStore
 
@@ -64,7 +69,29 @@ class BatchLine:
             "batch_number": self.batch_number,
             "rows": self.rows,
             "tokens": self.tokens,
-            "charged": [str(c) for c in self.charges],
+            "charged": [money_text(c) for c in self.charges],
+            "recorded_model_tokens": _text(self.recorded_model_tokens),
+            "priced_model_tokens": _text(self.priced_model_tokens),
+            "note": self.note,
+        }
+
+
+@dataclass
+class UsageLine:
+    """One charge that is not a batch (UsageCharged) against the fact it charges."""
+
+    charge_id: str
+    kind: str
+    charges: list[Decimal] = field(default_factory=list)
+    recorded_model_tokens: Decimal | None = None
+    priced_model_tokens: Decimal | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "charge_id": self.charge_id,
+            "kind": self.kind,
+            "charged": [money_text(c) for c in self.charges],
             "recorded_model_tokens": _text(self.recorded_model_tokens),
             "priced_model_tokens": _text(self.priced_model_tokens),
             "note": self.note,
@@ -81,24 +108,36 @@ class Reconciliation:
     rows_exported: int | None = None
     status: str = "QUEUED"
     batches: list[BatchLine] = field(default_factory=list)
+    usage: list[UsageLine] = field(default_factory=list)
+    catalog_versions: list[str] = field(default_factory=list)
+    not_repriced: list[str] = field(default_factory=list)
     discrepancies: list[str] = field(default_factory=list)
 
     @property
     def balanced(self) -> bool:
         return not self.discrepancies
 
+    @property
+    def repriced(self) -> bool:
+        """Whether every charge's tokens were priced again with the catalog it names."""
+        return not self.not_repriced
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "balanced": self.balanced,
             "status": self.status,
             "budget_limit": _text(self.budget_limit),
-            "recorded_total": str(self.recorded_total),
-            "recorded_model_tokens": str(self.recorded_model_tokens),
+            "recorded_total": money_text(self.recorded_total),
+            "recorded_model_tokens": money_text(self.recorded_model_tokens),
             "priced_model_tokens": _text(self.priced_model_tokens),
             "remaining_budget": _text(None if self.budget_limit is None else self.budget_limit - self.recorded_total),
             "rows_generated": self.rows_generated,
             "rows_exported": self.rows_exported,
             "batches": [b.as_dict() for b in self.batches],
+            "usage": [u.as_dict() for u in self.usage],
+            "catalog_versions": self.catalog_versions,
+            "repriced": self.repriced,
+            "not_repriced": self.not_repriced,
             "discrepancies": self.discrepancies,
         }
 
@@ -118,7 +157,7 @@ class JobAudit:
 
 
 def _text(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
+    return None if value is None else money_text(value)
 
 
 _STATUS = {
@@ -131,8 +170,11 @@ _STATUS = {
 }
 
 
-def audit_job(store: EventStore, job_id: str) -> JobAudit:
-    """The job's timeline and cost reconciliation; raises JobNotInLog."""
+def audit_job(
+    store: EventStore, job_id: str, catalogs: Sequence[pricing.PricingCatalog] = (pricing.DEFAULT_CATALOG,)
+) -> JobAudit:
+    """The job's timeline and cost reconciliation, repricing with whichever of `catalogs`
+    a charge names by version (pass the installation's catalog); raises JobNotInLog."""
     events: list[StoredEvent] = []
     for prefix in STREAM_PREFIXES:
         events.extend(store.read_stream(prefix + job_id))
@@ -147,7 +189,7 @@ def audit_job(store: EventStore, job_id: str) -> JobAudit:
         )
         for e, d in zip(events, details, strict=True)
     ]
-    return JobAudit(job_id, entries, reconcile(events, details))
+    return JobAudit(job_id, entries, reconcile(events, details, catalogs))
 
 
 def summarize(detail_type: str, d: dict[str, Any]) -> str:
@@ -171,6 +213,11 @@ def summarize(detail_type: str, d: dict[str, Any]) -> str:
             f"batch {d.get('batch_number')} charged ${d.get('total')} (tokens ${d.get('model_tokens')}, "
             f"compute ${d.get('compute')}, storage ${d.get('storage')}; catalog {d.get('catalog_version')})"
         )
+    if detail_type == "UsageCharged":
+        return (
+            f"{d.get('kind')} usage charged ${d.get('total')} (tokens ${d.get('model_tokens')}; "
+            f"catalog {d.get('catalog_version')}) for {d.get('charge_id')}"
+        )
     if detail_type in ("BudgetWarning", "BudgetExceeded"):
         extra = f"{d.get('threshold_percent')}% " if detail_type == "BudgetWarning" else ""
         reason = f": {d['reason']}" if d.get("reason") else ""
@@ -182,12 +229,20 @@ def summarize(detail_type: str, d: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def reconcile(events: list[StoredEvent], details: list[dict[str, Any]]) -> Reconciliation:
-    """Charges against batches and budget, from the job's events in commit order."""
+def reconcile(
+    events: list[StoredEvent],
+    details: list[dict[str, Any]],
+    catalogs: Sequence[pricing.PricingCatalog] = (pricing.DEFAULT_CATALOG,),
+) -> Reconciliation:
+    """Charges against batches, usage and budget, from the job's events in commit order."""
+    known = {catalog.version: catalog for catalog in catalogs}
     result = Reconciliation()
     batches: dict[int, BatchLine] = {}
     generated: dict[int, dict[str, Any]] = {}
     charges: dict[int, list[dict[str, Any]]] = {}
+    usage_facts: dict[str, tuple[str, dict[str, Any]]] = {}
+    usage_charges: dict[str, list[dict[str, Any]]] = {}
+    versions: set[str] = set()
     for event, d in zip(events, details, strict=True):
         kind = event.detail_type
         if kind in _STATUS:
@@ -202,14 +257,21 @@ def reconcile(events: list[StoredEvent], details: list[dict[str, Any]]) -> Recon
             line.rows = d["rows"]
             line.tokens = {m: dict(u) for m, u in d["token_usage"].items()}
             result.rows_generated += d["rows"]
-        elif kind == "CostRecorded":
-            line = batches.setdefault(d["batch_number"], BatchLine(d["batch_number"]))
-            line.charges.append(Decimal(d["total"]))
-            charges.setdefault(d["batch_number"], []).append(d)
+        elif kind in ("UnbatchedUsageRecorded", "BudgetWrittenOff"):
+            usage_facts[event.id] = (kind, d)
+        elif kind in ("CostRecorded", "UsageCharged"):
+            if kind == "CostRecorded":
+                line = batches.setdefault(d["batch_number"], BatchLine(d["batch_number"]))
+                line.charges.append(Decimal(d["total"]))
+                charges.setdefault(d["batch_number"], []).append(d)
+            else:
+                usage_charges.setdefault(d["charge_id"], []).append(d)
+            versions.add(d["catalog_version"])
             result.recorded_total += Decimal(d["total"])
             result.recorded_model_tokens += Decimal(d["model_tokens"])
         elif kind == "DatasetExported":
             result.rows_exported = d["rows"]
+    result.catalog_versions = sorted(versions)
     ended = result.status not in ("QUEUED", "RUNNING")
     for number in sorted(batches):
         line = batches[number]
@@ -227,11 +289,12 @@ def reconcile(events: list[StoredEvent], details: list[dict[str, Any]]) -> Recon
         if recorded:
             line.recorded_model_tokens = sum((Decimal(c["model_tokens"]) for c in recorded), Decimal(0))
         if number in generated and len(recorded) == 1:
-            _price(line, generated[number], recorded[0], result)
+            _price(line, generated[number], recorded[0], result, known)
         result.batches.append(line)
+    _reconcile_usage(usage_facts, usage_charges, ended, result, known)
     if result.budget_limit is not None and result.recorded_total > result.budget_limit:
         result.discrepancies.append(
-            f"recorded spend ${result.recorded_total} exceeds the budget ${result.budget_limit}"
+            f"recorded spend ${money_text(result.recorded_total)} exceeds the budget ${money_text(result.budget_limit)}"
         )
     if result.rows_exported is not None and result.rows_exported != result.rows_generated:
         result.discrepancies.append(
@@ -240,30 +303,110 @@ def reconcile(events: list[StoredEvent], details: list[dict[str, Any]]) -> Recon
     return result
 
 
-def _price(line: BatchLine, batch: dict[str, Any], charge: dict[str, Any], result: Reconciliation) -> None:
-    """Price the batch's token usage with the catalog the charge names, when known here."""
-    catalog = pricing.DEFAULT_CATALOG
-    if charge.get("catalog_version") != catalog.version:
-        line.note = line.note or f"catalog {charge.get('catalog_version')} not known here: tokens not repriced"
+def _reconcile_usage(
+    facts: dict[str, tuple[str, dict[str, Any]]],
+    charges: dict[str, list[dict[str, Any]]],
+    ended: bool,
+    result: Reconciliation,
+    known: dict[str, pricing.PricingCatalog],
+) -> None:
+    """Each UnbatchedUsageRecorded / BudgetWrittenOff against its UsageCharged: charged once,
+    unbatched calls repriced, a write-off charged its amount."""
+    for charge_id in list(facts) + sorted(set(charges) - set(facts)):
+        recorded = charges.get(charge_id, [])
+        kind, fact = facts.get(charge_id, ("", {}))
+        line = UsageLine(charge_id, recorded[0]["kind"] if recorded else "")
+        line.charges = [Decimal(c["total"]) for c in recorded]
+        result.usage.append(line)
+        if not kind:
+            line.note = "charged, no such usage in the log"
+            result.discrepancies.append(f"usage {charge_id} was charged but never recorded")
+            continue
+        label = "unbatched calls" if kind == "UnbatchedUsageRecorded" else "written off"
+        if not recorded:
+            line.note = f"{label}: " + ("never charged" if ended else "not charged yet")
+            if ended:
+                result.discrepancies.append(f"{kind} {charge_id} was never charged")
+            continue
+        if len(recorded) > 1:
+            line.note = f"{label}: charged {len(recorded)} times"
+            result.discrepancies.append(f"{kind} {charge_id} was charged {len(recorded)} times")
+            continue
+        charge = recorded[0]
+        line.recorded_model_tokens = Decimal(charge["model_tokens"])
+        if kind == "BudgetWrittenOff":
+            line.note = label
+            if Decimal(charge["total"]) != Decimal(str(fact["amount"])):
+                result.discrepancies.append(
+                    f"written-off {charge_id}: charged ${charge['total']}, written off ${fact['amount']}"
+                )
+            continue
+        usage = {**fact.get("token_usage", {})}
+        for model, worst in fact.get("unanswered", {}).items():
+            held = usage.get(model, {"input_tokens": 0, "output_tokens": 0})
+            usage[model] = {
+                "input_tokens": held["input_tokens"] + worst["input_tokens"],
+                "output_tokens": held["output_tokens"] + worst["output_tokens"],
+            }
+        priced = _priced_tokens(usage, charge, result, known, f"usage {charge_id}")
+        line.note = label
+        if priced is not None:
+            line.priced_model_tokens = priced
+            if priced != Decimal(charge["model_tokens"]):
+                result.discrepancies.append(
+                    f"usage {charge_id}: model tokens charged ${charge['model_tokens']}, priced ${money_text(priced)}"
+                )
+
+
+def _priced_tokens(
+    token_usage: dict[str, Any],
+    charge: dict[str, Any],
+    result: Reconciliation,
+    known: dict[str, pricing.PricingCatalog],
+    what: str,
+) -> Decimal | None:
+    """`token_usage` priced with the catalog `charge` names, added to the priced total;
+    None (and the reason recorded) when that catalog is not known here or cannot price it."""
+    version = charge.get("catalog_version")
+    catalog = known.get(str(version))
+    if catalog is None:
+        reason = f"catalog {version} is not the shipped one nor this installation's"
+        if reason not in result.not_repriced:
+            result.not_repriced.append(reason)
         result.priced_model_tokens = None
-        return
+        return None
     try:
         priced = sum(
             (pricing.price_call(catalog, model, u["input_tokens"], u["output_tokens"])
-             for model, u in batch["token_usage"].items()),
+             for model, u in token_usage.items()),
             Decimal(0),
         )
     except pricing.PricingError as error:
-        line.note = str(error)
-        result.discrepancies.append(f"batch {line.batch_number}: {error}")
+        result.discrepancies.append(f"{what}: {error}")
         result.priced_model_tokens = None
-        return
-    line.priced_model_tokens = priced
+        return None
     if result.priced_model_tokens is not None:
         result.priced_model_tokens += priced
+    return priced
+
+
+def _price(
+    line: BatchLine,
+    batch: dict[str, Any],
+    charge: dict[str, Any],
+    result: Reconciliation,
+    known: dict[str, pricing.PricingCatalog],
+) -> None:
+    """Price the batch's token usage with the catalog the charge names, when known here."""
+    priced = _priced_tokens(batch["token_usage"], charge, result, known, f"batch {line.batch_number}")
+    if priced is None:
+        line.note = line.note or f"catalog {charge.get('catalog_version')} not known here: tokens not repriced"
+        return
+    catalog = known[charge["catalog_version"]]
+    line.priced_model_tokens = priced
     if priced != Decimal(charge["model_tokens"]):
         result.discrepancies.append(
-            f"batch {line.batch_number}: model tokens charged ${charge['model_tokens']}, priced ${priced}"
+            f"batch {line.batch_number}: model tokens charged ${charge['model_tokens']}, priced ${money_text(priced)}"
         )
         return
     runtimes = [

@@ -13,9 +13,12 @@ The domain invariants, from contracts events only:
 - a job event belongs to its job's streams (`job-`, `generation-`, `ledger-<job id>`);
 - no BatchGenerated after its job ended (a terminal job event or the generation stream's
   GenerationStopped/GenerationFailed/DatasetExported at a lower position);
-- the spend billing recorded (sum of CostRecorded.total) never exceeds budget_limit;
-- every BatchGenerated is charged by exactly one CostRecorded, and nothing else is charged;
-  a batch of a job that has not ended may still wait for its charge (reported as pending);
+- the spend billing recorded (every charge of the job: CostRecorded and UsageCharged
+  totals) never exceeds budget_limit;
+- every BatchGenerated is charged by exactly one CostRecorded, every UnbatchedUsageRecorded
+  and BudgetWrittenOff by exactly one UsageCharged (its `charge_id` is their event id), and
+  nothing else is charged; a fact of a job that has not ended may still wait for its charge
+  (reported as pending);
 - rows exported = rows generated, and each exported format holds that many rows.
 
 How it runs: on any store, one pass over pages of rows (`row_pages`) checks both. On a
@@ -48,7 +51,11 @@ from palette.eventstore.sqlite import SQLiteEventStore
 PAGE_SIZE = 10_000
 JOB_ENDINGS = frozenset({"JobCompleted", "JobFailed", "JobCancelled", "JobBudgetExceeded"})
 GENERATION_ENDINGS = frozenset({"GenerationStopped", "GenerationFailed", "DatasetExported"})
-JOB_FACT_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | {"JobRequested", "BatchGenerated", "CostRecorded"}
+USAGE_FACT_TYPES = frozenset({"UnbatchedUsageRecorded", "BudgetWrittenOff"})
+"""Generator facts billing charges as a UsageCharged each (keyed by their event id)."""
+JOB_FACT_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | USAGE_FACT_TYPES | {
+    "JobRequested", "BatchGenerated", "CostRecorded", "UsageCharged",
+}
 """The events the job invariants read."""
 
 Progress = Callable[[int], None]
@@ -138,6 +145,8 @@ class _Job:
     generation_ended_by: EventRef | None = None
     batches: dict[int, tuple[int, EventRef]] = field(default_factory=dict)
     charges: dict[int, list[EventRef]] = field(default_factory=dict)
+    usage_facts: dict[str, EventRef] = field(default_factory=dict)
+    usage_charges: dict[str, list[EventRef]] = field(default_factory=dict)
     spent: Decimal = Decimal(0)
     last_charge: EventRef | None = None
     crossed_by: EventRef | None = None
@@ -146,9 +155,10 @@ class _Job:
 
 AuditRow = tuple[Any, ...]
 """One event as the checks read it: (stream_id, version, position, event_id, detail_type,
-prev_hash, hash, canonical text (UTF-8 bytes), job_id, batch_number, rows, total, budget_limit, exported).
+prev_hash, hash, canonical text (UTF-8 bytes), job_id, batch_number, rows, total, budget_limit, exported,
+charge_id).
 The first five are an EventRef's fields; the canonical text is what the hash is taken
-over; the last six are what the invariants read of a job event's detail (None where
+over; the last seven are what the invariants read of a job event's detail (None where
 absent; for other events `job_id` is None and the rest is not read): `job_id` is
 `_NOT_AN_OBJECT` for a detail that is not a JSON object, `exported` the whole detail
 (dict or JSON text) of a DatasetExported."""
@@ -167,14 +177,17 @@ def audit_row(row: Row) -> AuditRow:
     ).encode()
     head = (stream_id, version, position, event_id, detail_type, prev_hash, event_hash, canonical)
     if detail_type not in JOB_FACT_TYPES:
-        return (*head, None, None, None, None, None, None)
+        return (*head, None, None, None, None, None, None, None)
     try:
         fields = _json_object(detail)
         get = fields.get
     except (ValueError, AttributeError):
-        return (*head, _NOT_AN_OBJECT, None, None, None, None, None)
+        return (*head, _NOT_AN_OBJECT, None, None, None, None, None, None)
     exported = fields if detail_type == "DatasetExported" else None
-    return (*head, get("job_id"), get("batch_number"), get("rows"), get("total"), get("budget_limit"), exported)
+    return (
+        *head, get("job_id"), get("batch_number"), get("rows"), get("total"), get("budget_limit"), exported,
+        get("charge_id"),
+    )
 
 
 class ChainChecker:
@@ -321,10 +334,24 @@ class DomainAuditor:
                     job.last_charge = ref
                     if job.crossed_by is None and job.budget_limit is not None and job.spent > job.budget_limit:
                         job.crossed_by = ref
+                elif kind == "UsageCharged":
+                    self._fold_usage_charge(job, row)
+                elif kind in USAGE_FACT_TYPES:
+                    job.usage_facts[row[3]] = ref_of(row[:5])
                 else:
                     self._fold_lifecycle(job, row, kind)
             except (KeyError, TypeError, ArithmeticError, ValueError) as error:
                 violations.append(Violation.at("detail", ref_of(row[:5]), f"detail lacks a field: {error}"))
+
+    @staticmethod
+    def _fold_usage_charge(job: _Job, row: AuditRow) -> None:
+        charge_id = _required(row[14], "charge_id")
+        job.spent += Decimal(_required(row[11], "total"))
+        ref = _ref_of(row[:5])
+        job.usage_charges.setdefault(charge_id, []).append(ref)
+        job.last_charge = ref
+        if job.crossed_by is None and job.budget_limit is not None and job.spent > job.budget_limit:
+            job.crossed_by = ref
 
     @staticmethod
     def _fold_lifecycle(job: _Job, row: AuditRow, kind: str) -> None:
@@ -368,6 +395,7 @@ class DomainAuditor:
             if number not in job.batches:
                 for ref in charges:
                     violations.append(Violation.at("charge", ref, f"charges batch {number}, which was never generated"))
+        self._usage_rules(job, ended)
         generated = sum(rows for rows, _ in job.batches.values())
         for detail, ref in job.exports:
             if detail.get("rows") != generated:
@@ -383,7 +411,26 @@ class DomainAuditor:
                         "export", ref, f"{fmt} files hold {rows} rows, the export says {detail.get('rows')}"
                     ))
 
-
+    def _usage_rules(self, job: _Job, ended: EventRef | None) -> None:
+        """Each usage fact charged once by a UsageCharged naming it; no charge of nothing."""
+        violations = self.violations
+        for event_id, ref in job.usage_facts.items():
+            charges = job.usage_charges.get(event_id, [])
+            if not charges:
+                if ended is None:
+                    self.pending.append(f"{ref}: {ref.detail_type} awaits its charge (job running)")
+                else:
+                    violations.append(Violation.at("charge", ref, f"{ref.detail_type} was never charged"))
+            for extra in charges[1:]:
+                violations.append(Violation.at(
+                    "charge", extra, f"{ref.detail_type} {event_id} charged {len(charges)} times (first at {charges[0]})"
+                ))
+        for charge_id, charges in sorted(job.usage_charges.items()):
+            if charge_id not in job.usage_facts:
+                for ref in charges:
+                    violations.append(Violation.at(
+                        "charge", ref, f"charges {charge_id}, which is no usage of this job in the log"
+                    ))
 
 
 def _required(value: Any, name: str) -> Any:
