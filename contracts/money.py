@@ -13,6 +13,9 @@ with one of these two functions:
 from __future__ import annotations
 
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Annotated
+
+from pydantic import PlainSerializer
 
 DISPLAY_PLACES = 6
 _DISPLAY_QUANTUM = Decimal(1).scaleb(-DISPLAY_PLACES)
@@ -32,4 +35,8 @@ def money_number(amount: Decimal | int | float | str) -> float:
     return float(rounded) + 0.0  # + 0.0: never -0.0
 
 
-__all__ = ["DISPLAY_PLACES", "money_number", "money_text"]
+MoneyText = Annotated[Decimal, PlainSerializer(money_text, return_type=str, when_used="json")]
+"""A Decimal field a reply writes as `money_text` (pydantic writes `str(Decimal)` otherwise)."""
+
+
+__all__ = ["DISPLAY_PLACES", "MoneyText", "money_number", "money_text"]

@@ -1,7 +1,8 @@
 """Billing's REST route, GET /costs, as a powertools Router the facade composes.
 
 The caller sees only their own jobs' costs (the owner comes from JobRequested). Amounts are
-decimal strings of USD, exactly as the ledger recorded them, so the totals add up to the
+decimal strings of USD in fixed-point (`contracts.money.MoneyText`), exactly as the ledger
+recorded them, so the totals add up to the
 ledger to the last nano-dollar. `catch_up`, when given, brings the cost view up to date
 first (the embedded runtime); on AWS it follows the bus and may lag a moment.
 """
@@ -10,30 +11,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
-from decimal import Decimal
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel, Field
 
+from contracts.money import MoneyText
 from palette.api.app import caller
 from palette.api.errors import ValidationFailed
 from services.billing.projections import Amounts, CostsView
 
 
 class CategoryCosts(BaseModel):
-    model_tokens: Decimal
-    compute: Decimal
-    storage: Decimal
-    total: Decimal
+    model_tokens: MoneyText
+    compute: MoneyText
+    storage: MoneyText
+    total: MoneyText
 
 
 class JobCostLine(CategoryCosts):
     job_id: str
-    budget_limit: Decimal | None = Field(description="None until the job's request is projected")
+    budget_limit: MoneyText | None = Field(description="None until the job's request is projected")
     budget_exceeded: bool
-    per_model: dict[str, Decimal]
+    per_model: dict[str, MoneyText]
 
 
 class DayCostLine(CategoryCosts):
@@ -47,7 +48,7 @@ class CostsReply(BaseModel):
     date_from: date | None = Field(default=None, serialization_alias="from")
     date_to: date | None = Field(default=None, serialization_alias="to")
     totals: CategoryCosts
-    per_model: dict[str, Decimal]
+    per_model: dict[str, MoneyText]
     per_day: list[DayCostLine]
     jobs: list[JobCostLine]
 

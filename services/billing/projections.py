@@ -30,6 +30,7 @@ from contracts.events.billing import (
     user_ledger_id,
 )
 from contracts.events.jobs import JobRequested
+from contracts.money import money_text
 from palette.projections.documents import (
     Document,
     DocumentProjection,
@@ -44,8 +45,8 @@ CATEGORIES = ("model_tokens", "compute", "storage", "total")
 
 
 def usd(amount: Decimal) -> str:
-    """An amount as fixed-point text (never exponent notation)."""
-    return format(amount.normalize() if amount else Decimal(0), "f")
+    """An amount as fixed-point text (never exponent notation), trailing zeros dropped."""
+    return money_text(amount.normalize() if amount else Decimal(0))
 
 
 def _owner_partition(owner: str) -> str:

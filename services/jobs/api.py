@@ -30,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from contracts.events.jobs import OutputFormat
 from contracts.identifiers import MAX_ID_CHARS, MAX_MODEL_ID_CHARS, id_problem, model_problem
+from contracts.money import MoneyText
 from palette.api.app import caller, logger
 from palette.api.errors import Conflict, NotFound, ValidationFailed, openapi_responses
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
@@ -161,7 +162,7 @@ class JobInputBody(BaseModel):
     template_version: int = Field(description="the version pinned at creation")
     seed_id: str
     num_records: int
-    budget_limit: Decimal
+    budget_limit: MoneyText
     output_format: list[OutputFormat]
     model_parameters: dict[str, Any]
     priority: int
@@ -212,7 +213,7 @@ class JobSummary(BaseModel):
     template_version: int
     seed_id: str
     num_records: int
-    budget_limit: Decimal
+    budget_limit: MoneyText
     output_format: list[OutputFormat]
     priority: int
     created_at: str
@@ -249,14 +250,14 @@ class TimingBody(BaseModel):
 
 
 class CostBody(BaseModel):
-    model_tokens: Decimal
-    compute: Decimal
-    storage: Decimal
-    total: Decimal
-    per_model: dict[str, Decimal]
-    budget_limit: Decimal
-    used: Decimal
-    remaining: Decimal
+    model_tokens: MoneyText
+    compute: MoneyText
+    storage: MoneyText
+    total: MoneyText
+    per_model: dict[str, MoneyText]
+    budget_limit: MoneyText
+    used: MoneyText
+    remaining: MoneyText
     percent: float
     warnings: list[int] = Field(description="budget thresholds crossed, in percent")
     budget_exceeded: bool
@@ -270,7 +271,7 @@ class ModelProgressBody(BaseModel):
     failed_records: int
     num_records: int
     percent: float
-    cost: Decimal
+    cost: MoneyText
     failure: FailureBody | None
 
 

@@ -53,6 +53,7 @@ from contracts.events.templates import (
     TemplateVersionPublished,
 )
 from contracts.identifiers import PROVIDERS, id_problem, model_problem
+from contracts.money import money_text
 from palette.blobs import keys as blob_keys
 
 MAX_RECORDS = 1_000_000
@@ -253,8 +254,8 @@ def budget_stop_reason(stop: BudgetStop | None) -> str:
 
 
 def _usd(amount: Decimal) -> str:
-    """An amount as fixed-point text, never exponent notation."""
-    return format(amount.normalize() if amount else Decimal(0), "f")
+    """An amount as fixed-point text, never exponent notation, trailing zeros dropped."""
+    return money_text(amount.normalize() if amount else Decimal(0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from contracts.events.jobs import (
     JobRequested,
     JobStarted,
 )
+from contracts.money import money_text
 from palette.projections.documents import (
     Document,
     DocumentProjection,
@@ -348,10 +349,10 @@ def _amounts_as_text(body: dict[str, Any]) -> None:
     with the job's own target and budget."""
     cost = body["cost"]
     for part in ("model_tokens", "compute", "storage", "total"):
-        cost[part] = str(cost[part])
+        cost[part] = money_text(cost[part])
     per_model = cost["per_model"]
     for model, amount in per_model.items():
-        per_model[model] = str(amount)
+        per_model[model] = money_text(amount)
 
 
 def _earliest(current: str | None, time: str) -> str:
