@@ -11,7 +11,8 @@ is a conditional append, so other processes never run it either):
 - `submit(job_id, owner)`.
 
 A job held by another worker is tried again when that worker's lease would lapse. A run
-that raises is recorded (`after_crash`): GenerationCrashed releases the claim and the job
+that raises is recorded (`after_crash`, after BudgetWrittenOff of its open tranche, so the
+calls it had in flight are billed): GenerationCrashed releases the claim and the job
 is tried again at once, until its MAX_WORKER_CRASHES-th crash fails it (WORKER_CRASHED); a
 cancelled job stops instead. The count lives on the generation stream, so it holds across
 processes and restarts.
@@ -38,7 +39,7 @@ from typing import Any
 
 from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
-from contracts.events.generator import GenerationCrashed
+from contracts.events.generator import BudgetWrittenOff, GenerationCrashed
 from contracts.events.jobs import JobRequested
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import ConcurrencyConflict, EventStore
@@ -105,6 +106,12 @@ def record_crash(worker: GenerationWorker, job_id: str, error: Exception) -> boo
         cancelled = job is not None and (job.cancel_requested or job.closed)
         events = after_crash(state, worker.worker_id, f"{type(error).__name__}: {error}", cancelled)
         if events:
+            # the crashed run never recorded its calls in flight: its open tranche is
+            # written off with the crash (as a claim writes off a dead run's), so they are
+            # billed even when the crash ends the job and no claim follows
+            written_off = worker.budget.written_off(job_id, state.version)
+            if written_off > 0:
+                events = [BudgetWrittenOff(job_id=job_id, worker_id=worker.worker_id, amount=written_off), *events]
             worker.append(job_id, events, state.version)
     except ConcurrencyConflict:
         return False
@@ -113,7 +120,7 @@ def record_crash(worker: GenerationWorker, job_id: str, error: Exception) -> boo
         return False
     if events:
         log.warning("job %s: the crash is recorded as %s", job_id, events[-1].detail_type())
-    return len(events) == 1 and isinstance(events[0], GenerationCrashed)
+    return isinstance(events[-1], GenerationCrashed) if events else False
 
 
 class WorkerPool:

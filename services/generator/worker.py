@@ -79,6 +79,7 @@ from contracts.events.generator import (
 )
 from contracts.events.guard import ContentBlocked, job_guard_stream
 from contracts.events.templates import TemplateStep
+from palette.blobs.keys import dataset_prefix
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
 from palette.eventstore.retry import until_not_conflicting
@@ -365,6 +366,10 @@ class GenerationWorker:
         except ConcurrencyConflict:
             return RunResult(RunOutcome.HELD, made, reason="another worker claimed the job first")
         log.info("worker %s claimed job %s at record %d", self.worker_id, job_id, made)
+        if state.claim is not None:
+            # a takeover: no writer of an earlier run is alive, so what a killed one left
+            # half-written (temp files, open multipart uploads) is only litter
+            await asyncio.to_thread(self.blobs.discard_partial_writes, dataset_prefix(job.owner, job_id))
         if job.cancel_requested or job.closed:
             stopped = GenerationStopped(job_id=job_id, reason="cancelled", records_completed=made)
             return await self._finish(job_id, [stopped], version, RunOutcome.CANCELLED, made)

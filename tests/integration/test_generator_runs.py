@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from decimal import Decimal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,23 @@ from typing import Any
 import pytest
 
 import services.generator.worker as worker_module
+from contracts.events.generator import (
+    BudgetTrancheTaken,
+    BudgetWrittenOff,
+    GenerationClaimed,
+    GenerationCrashed,
+    GenerationStopped,
+)
+from contracts.events.jobs import JobCancelRequested
+from contracts.pricing import DEFAULT_CATALOG
 from palette.adapters import Adapters, local_adapters
-from services.generator.worker import RunOutcome
+from palette.blobs.keys import dataset_prefix
+from palette.blobs.local import TEMP_MARK
+from services.generator.budget import JobBudgets
+from services.generator.consumers import record_crash
+from services.generator.worker import GenerationWorker, RunOutcome
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.integration.test_generator import request_job, run
+from tests.integration.test_generator import OWNER, append, generation_events, of_type, request_job, run
 
 
 @pytest.fixture
@@ -57,3 +71,53 @@ def test_prompts_are_rendered_off_the_event_loop(
 
     assert result.outcome is RunOutcome.COMPLETED
     assert on_loop and not any(on_loop)
+
+
+# -- taking over after a crash ------------------------------------------------------------
+
+
+def test_a_takeover_discards_what_killed_writers_left_in_the_jobs_folder(adapters: Adapters) -> None:
+    """A writer killed mid-write leaves a temp file beside the parts; the run that takes
+    the job over removes it at once, even when it ends without an export (released)."""
+    job_id = request_job(adapters, 2000)
+    dead = "worker-killed"
+    append(adapters, f"generation-{job_id}",
+           GenerationClaimed(job_id=job_id, worker_id=dead, lease_seconds=60, resumed_from_record=0),
+           GenerationCrashed(job_id=job_id, worker_id=dead, error="killed", records_completed=0))
+    root = adapters.blobs.root  # type: ignore[attr-defined]
+    parts = root.joinpath(*dataset_prefix(OWNER, job_id).strip("/").split("/"), "parts")
+    parts.mkdir(parents=True)
+    (parts / f"{TEMP_MARK}killed").write_bytes(b"half a part")
+    stop = threading.Event()
+    stop.set()
+
+    with FakeOpenAIServer(latency_s=0.05) as slow:
+        result = run(adapters, slow, job_id, concurrency=2, stop=stop)
+
+        assert result.outcome is RunOutcome.RELEASED
+    assert not list(root.rglob(f"{TEMP_MARK}*"))
+
+
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_a_crashed_runs_open_tranche_is_written_off_with_its_crash(adapters: Adapters, cancelled: bool) -> None:
+    """A run that raised never recorded the calls it had in flight: what its tranche holds
+    beyond its recorded usage is written off (billed at the worst case) with the crash,
+    also when the crash ends the job for good (a cancel), where no later claim would."""
+    job_id = request_job(adapters, 10)
+    holder = "worker-crashing"
+    append(adapters, f"generation-{job_id}",
+           GenerationClaimed(job_id=job_id, worker_id=holder, lease_seconds=60, resumed_from_record=0),
+           BudgetTrancheTaken(job_id=job_id, worker_id=holder, amount=Decimal("0.25")))
+    if cancelled:
+        append(adapters, f"job-{job_id}", JobCancelRequested(job_id=job_id, reason="enough"))
+    budgets = JobBudgets(adapters.events, DEFAULT_CATALOG, "local")
+    worker = GenerationWorker(adapters.events, adapters.blobs, None, worker_id=holder, budget=budgets)  # type: ignore[arg-type]
+
+    record_crash(worker, job_id, RuntimeError("boom"))
+
+    events = generation_events(adapters, job_id)
+    written_off = of_type(events, BudgetWrittenOff)
+    assert [(w.worker_id, w.amount) for w in written_off] == [(holder, Decimal("0.25"))]
+    ending = GenerationStopped if cancelled else GenerationCrashed
+    assert isinstance(events[-1], ending) and events[-2] is written_off[0]
+    assert budgets.written_off(job_id, adapters.events.stream_version(f"generation-{job_id}")) == 0
