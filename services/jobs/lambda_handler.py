@@ -9,7 +9,8 @@
 - `project`: EventBridge rule (job, generator and billing events) -> SQS -> the JobList and
   JobDashboard projections, which track stream versions for the same reasons.
 
-Adapters and the rate limiter (`palette.guard.aws`: buckets in the shared rate-limit table)
+Jobs are priced with the same catalog as billing's (`Adapters.pricing`: the shipped one with
+PALETTE_PRICING_OVERRIDES). Adapters and the rate limiter (`palette.guard.aws`: buckets in the shared rate-limit table)
 are built once per container, on first use, from the environment.
 No `catch_up` is wired on AWS: listings and dashboards follow the bus.
 """
@@ -52,8 +53,11 @@ def adapters() -> Adapters:
 
 @functools.cache
 def handlers() -> JobHandlers:
+    """Job commands priced with billing's catalog (PALETTE_PRICING_OVERRIDES, as the billing
+    Lambda reads it): a job whose model has no price, or whose budget cannot cover one call's
+    worst case, is refused at creation as on the embedded runtime."""
     kernel = adapters()
-    return JobHandlers(kernel.events, kernel.blobs)
+    return JobHandlers(kernel.events, kernel.blobs, pricing_check=kernel.pricing.knows, pricing=kernel.pricing)
 
 
 @functools.cache

@@ -378,6 +378,23 @@ def test_a_job_stops_within_its_budget_on_aws_mode(palette_on_moto: AwsPalette, 
     assert not any(aws.dead_letters().values()), aws.dead_letters()
 
 
+def test_the_jobs_lambda_refuses_a_budget_below_one_calls_worst_case_with_the_overridden_prices(
+    palette_on_moto: AwsPalette, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs Lambda prices with PALETTE_PRICING_OVERRIDES, as the billing Lambda does: the
+    fake model is free in the shipped catalog, $0.2 / 1k output tokens here, so its first
+    call (64 tokens out) costs at least $0.0128."""
+    aws = palette_on_moto
+    monkeypatch.setenv("PALETTE_PRICING_OVERRIDES", json.dumps(PRICED))
+    template_id, seed_id = _template_and_seed(aws)
+    job = {"template_id": template_id, "seed_id": seed_id, "num_records": NUM_RECORDS, "output_format": ["JSONL"]}
+    refused = aws.call("jobs", "POST", "/jobs", {**job, "budget_limit": "0.01"})
+    assert refused.status == 400, refused.body
+    assert refused.body["error"]["code"] == "VALIDATION_ERROR" and "0.0128" in refused.body["error"]["message"]
+    created = aws.call("jobs", "POST", "/jobs", {**job, "budget_limit": "0.02"})
+    assert created.status == 201, created.body
+
+
 def test_the_apis_are_rate_limited_and_templates_screened_from_the_ssm_settings(palette_on_moto: AwsPalette) -> None:
     aws = palette_on_moto
     ssm = boto3.client("ssm", endpoint_url=aws.endpoint)
