@@ -387,11 +387,19 @@ def plan(
     Batch numbers are unique in the job (billing charges each once): the k-th batch of the
     model at `lane_index` of `lane_count` is numbered k * lane_count + lane_index, which is
     simply k for a job without fan-out."""
+    lane = state.lane(model)
+    return plan_from(lane.batches, lane.next_record, num_records, batch_size, lane_index, lane_count)
+
+
+def plan_from(
+    k: int, first: int, num_records: int, batch_size: int, lane_index: int = 0, lane_count: int = 1
+) -> list[PlannedBatch]:
+    """The batches of records first..num_records-1, the first being the lane's k-th (see
+    `plan`). A run that flushes a batch early (on time) plans the rest again from the
+    record after it with k + 1, so its numbers stay those a resume would give."""
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    lane = state.lane(model)
     batches: list[PlannedBatch] = []
-    k, first = lane.batches, lane.next_record
     while first < num_records:
         last = min(first + batch_size, num_records) - 1
         batches.append(PlannedBatch(k * lane_count + lane_index, first, last))

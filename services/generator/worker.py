@@ -96,6 +96,7 @@ from services.generator.domain import (
     JobSpec,
     PlannedBatch,
     TemplateSpec,
+    plan_from,
     can_claim,
     cancel_requested,
     fold_job,
@@ -167,6 +168,9 @@ class WorkerOptions:
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     cancel_check_seconds: float = 1.0
     stop_poll_seconds: float = 0.1
+    flush_seconds: float = 2.0
+    """A lane's done records are recorded at least this often (a shorter batch), so progress
+    moves while a batch fills slowly; 0 flushes on size only."""
 
 
 class RunOutcome(str, Enum):
@@ -520,7 +524,10 @@ class _Lane:
         self.index = index
         self.steps = steps
         self.num_records = num_records
+        self.lane_count = lane_count
+        self.batch_size = options.batch_size
         self.planned = plan(state, num_records, options.batch_size, model, index, lane_count)
+        self.last_flush = time.monotonic()
         self.first_record = recorded.next_record
         self.flushed_through = recorded.next_record
         self.next_index = recorded.next_record
@@ -777,12 +784,16 @@ class _JobRun:
         self.finished_tasks = []
 
     async def _watch(self) -> None:
-        """Turn a stop request or a cancellation on the job stream into the run's ending."""
+        """Turn a stop request or a cancellation on the job stream into the run's ending;
+        flush the lanes' done records on time."""
         next_check = time.monotonic() + self.options.cancel_check_seconds
         while True:
             await asyncio.sleep(self.options.stop_poll_seconds)
             if self.stop.is_set():
                 self._end_with("released")
+            if self.ending is None and self.options.flush_seconds > 0:
+                for lane in self.lanes:
+                    self._flush_on_time(lane)
             if time.monotonic() >= next_check:
                 await self._check_cancel()
                 next_check = time.monotonic() + self.options.cancel_check_seconds
@@ -1092,6 +1103,27 @@ class _JobRun:
                 lane.planned.pop(0)
                 self.batches.put_nowait(self._take(lane, batch, range(batch.first, batch.last + 1)))
 
+    def _flush_on_time(self, lane: _Lane) -> None:
+        """When the lane recorded nothing for `flush_seconds`, the done prefix of its next
+        batch becomes a batch of its own (same number) and the rest is planned again from
+        the record after it, numbered on: exactly what a resume would plan. A lane that fills
+        a batch within `flush_seconds` never flushes early, so a fast job's log stays one
+        BatchGenerated per `batch_size` records."""
+        if lane.failure is not None or not lane.planned:
+            return
+        if time.monotonic() - lane.last_flush < self.options.flush_seconds:
+            return
+        batch = lane.planned[0]
+        done_through = lane.flushed_through - 1
+        if done_through < batch.first or done_through >= batch.last:
+            return
+        cut = PlannedBatch(batch.batch_number, batch.first, done_through)
+        k = (batch.batch_number - lane.index) // lane.lane_count
+        lane.planned = plan_from(
+            k + 1, done_through + 1, lane.num_records, lane.batch_size, lane.index, lane.lane_count
+        )
+        self.batches.put_nowait(self._take(lane, cut, range(cut.first, cut.last + 1)))
+
     def _queue_partial_batch(self, lane: _Lane) -> None:
         """On a release, the completed prefix of the lane's next batch becomes a short batch;
         records after a gap are made again by the resuming worker (their calls are still
@@ -1138,6 +1170,7 @@ class _JobRun:
             if spent is not None:
                 usage.merge(spent)
         started = lane.started_at.get(indices[0], time.monotonic()) if indices else time.monotonic()
+        lane.last_flush = time.monotonic()
         for index in (*range(batch.first, batch.last + 1), *indices):
             lane.started_at.pop(index, None)
         return _ReadyBatch(

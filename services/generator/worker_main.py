@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=int(os.environ.get("PALETTE_GENERATOR_BATCH_SIZE", "100")))
     parser.add_argument("--lease-seconds", type=int, default=60)
     parser.add_argument("--grace-seconds", type=float, default=30.0)
+    parser.add_argument("--flush-seconds", type=float, default=2.0, help="record done records at least this often (0: per full batch only)")
     parser.add_argument("--max-jobs", type=int, default=2)
     parser.add_argument("--scan-seconds", type=float, default=5.0)
     parser.add_argument("--worker-id")
@@ -372,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         lease_seconds=args.lease_seconds,
         grace_seconds=args.grace_seconds,
+        flush_seconds=args.flush_seconds,
     )
     if args.aws:
         queue_url = os.environ.get(QUEUE_URL_ENV)

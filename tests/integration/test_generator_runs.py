@@ -16,6 +16,7 @@ import pytest
 
 import services.generator.worker as worker_module
 from contracts.events.generator import (
+    BatchGenerated,
     BudgetTrancheTaken,
     BudgetWrittenOff,
     GenerationClaimed,
@@ -31,7 +32,17 @@ from services.generator.budget import JobBudgets
 from services.generator.consumers import record_crash
 from services.generator.worker import GenerationWorker, RunOutcome
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.integration.test_generator import OWNER, append, generation_events, of_type, request_job, run
+from tests.integration.test_generator import (
+    OWNER,
+    QUESTION,
+    append,
+    assert_exact_dataset,
+    generation_events,
+    of_type,
+    request_job,
+    run,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -121,3 +132,47 @@ def test_a_crashed_runs_open_tranche_is_written_off_with_its_crash(adapters: Ada
     ending = GenerationStopped if cancelled else GenerationCrashed
     assert isinstance(events[-1], ending) and events[-2] is written_off[0]
     assert budgets.written_off(job_id, adapters.events.stream_version(f"generation-{job_id}")) == 0
+
+
+# -- progress -----------------------------------------------------------------------------
+
+
+def test_a_slow_small_job_records_progress_before_it_ends(adapters: Adapters) -> None:
+    """15 records far below one batch of 100: batches are also flushed on time, so the
+    log (and the dashboard and `jobs watch`, which read it) shows records made while the
+    job runs; every flushed batch has its own number and the ranges still tile 0..14."""
+    job_id = request_job(adapters, 15, steps=(QUESTION,))
+
+    with FakeOpenAIServer(latency_s=0.15) as slow:
+        result = run(adapters, slow, job_id, concurrency=1, flush_seconds=0.5)
+
+    assert result.outcome is RunOutcome.COMPLETED
+    events = generation_events(adapters, job_id)
+    batches = of_type(events, BatchGenerated)
+    assert len(batches) >= 2
+    assert batches[0].last_record < 14  # progress > 0 while records were still to make
+    numbers = [b.batch_number for b in batches]
+    assert numbers == list(range(len(batches)))
+    assert_exact_dataset(adapters, job_id, 15)
+
+
+def test_a_time_flushed_job_resumes_exactly_after_a_release(adapters: Adapters) -> None:
+    """A stop after some time-flushed batches: the resumed run numbers its batches on from
+    the recorded ones and the dataset holds each record once."""
+    job_id = request_job(adapters, 40, steps=(QUESTION,))
+    stream = f"generation-{job_id}"
+    stop = threading.Event()
+
+    def stop_after_two_batches() -> None:
+        wait_for(lambda: sum(s.detail_type == "BatchGenerated" for s in adapters.events.read_stream(stream)) >= 2)
+        stop.set()
+
+    with FakeOpenAIServer(latency_s=0.05) as slow:
+        threading.Thread(target=stop_after_two_batches).start()
+        first = run(adapters, slow, job_id, concurrency=2, flush_seconds=0.3, stop=stop)
+        second = run(adapters, slow, job_id, concurrency=4, flush_seconds=0.3)
+
+    assert (first.outcome, second.outcome) == (RunOutcome.RELEASED, RunOutcome.COMPLETED)
+    numbers = [b.batch_number for b in of_type(generation_events(adapters, job_id), BatchGenerated)]
+    assert numbers == list(range(len(numbers)))
+    assert_exact_dataset(adapters, job_id, 40)
