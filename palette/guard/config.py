@@ -12,11 +12,17 @@ directory is guarded without any file. The shape:
         "other":   {"per_minute": 600, "burst": 100}
       },
       "allow_users": ["ops-robot"],
+      "content_filter": {"enabled": true},
       "content_rules": [
-        {"id": "adult", "term": "sex"},
+        {"id": "adult", "term": "explicit sex"},
         {"id": "us-ssn", "regex": "\\\\d{3}-\\\\d{2}-\\\\d{4}"}
       ]
     }
+
+Content rules are on by default: without `content_rules` the filter applies
+DEFAULT_CONTENT_RULES (a small set against sexually explicit requests, narrow enough that
+"sex: male or female" or "sex education" pass); a `content_rules` list replaces them (`[]`
+for none); `"content_filter": {"enabled": false}` turns the filter off.
 
 A malformed file fails start-up with a GuardConfigError that names the problem, rather than
 running unguarded.
@@ -80,16 +86,38 @@ class ContentRule:
             raise GuardConfigError(f"content rule {self.id!r} has an empty term")
 
 
+def _default_rules(rule_id: str, *terms: str) -> tuple[ContentRule, ...]:
+    return tuple(ContentRule(id=rule_id, term=term) for term in terms)
+
+
+DEFAULT_CONTENT_RULES: tuple[ContentRule, ...] = (
+    *_default_rules(
+        "sexual-content",
+        "explicit sex", "explicit sexual", "sex scene", "sex scenes", "graphic sex", "porn", "porno",
+        "pornography", "pornographic", "hardcore sex", "erotic sex",
+    ),
+    *_default_rules(
+        "sexual-minors",
+        "child porn", "child pornography", "csam", "child sexual abuse", "sexualize children",
+        "sexualized minors",
+    ),
+)
+"""What a fresh install refuses: requests for sexually explicit material (terms on word
+boundaries, read through the filter's normalisation, so `s 3 x scenes` is caught and
+"Essex", "sex ratio" or "sex: female" are not). guard.json's `content_rules` replaces it."""
+
+
 @dataclass(frozen=True, slots=True)
 class GuardConfig:
     rate_limits_enabled: bool = True
     limits: Mapping[RouteClass, BucketLimit] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     allow_users: frozenset[str] = frozenset()
-    content_rules: tuple[ContentRule, ...] = ()
+    content_rules: tuple[ContentRule, ...] = DEFAULT_CONTENT_RULES
+    """The rules the filter applies: () when the operator switched it off."""
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> GuardConfig:
-        unknown = set(raw) - {"rate_limits", "allow_users", "content_rules"}
+        unknown = set(raw) - {"rate_limits", "allow_users", "content_rules", "content_filter"}
         if unknown:
             raise GuardConfigError(f"unknown guard settings: {', '.join(sorted(unknown))}")
         limits_raw = dict(raw.get("rate_limits") or {})
@@ -107,6 +135,9 @@ class GuardConfig:
                 )
             except (AttributeError, TypeError, ValueError) as error:
                 raise GuardConfigError(f"rate_limits.{name}: {error}") from None
+        filter_raw = raw.get("content_filter") or {}
+        if not isinstance(filter_raw, Mapping) or set(filter_raw) - {"enabled"}:
+            raise GuardConfigError('content_filter must be {"enabled": true|false}')
         rules: list[ContentRule] = []
         for position, rule in enumerate(raw.get("content_rules") or []):
             if not isinstance(rule, Mapping):
@@ -118,11 +149,17 @@ class GuardConfig:
         ids = [rule.id for rule in rules]
         if len(ids) != len(set(ids)):
             raise GuardConfigError("content rule ids must be unique")
+        if not bool(filter_raw.get("enabled", True)):
+            active: tuple[ContentRule, ...] = ()
+        elif "content_rules" in raw and raw["content_rules"] is not None:
+            active = tuple(rules)
+        else:
+            active = DEFAULT_CONTENT_RULES
         return cls(
             rate_limits_enabled=enabled,
             limits=limits,
             allow_users=frozenset(str(user) for user in raw.get("allow_users") or ()),
-            content_rules=tuple(rules),
+            content_rules=active,
         )
 
     @classmethod
