@@ -92,7 +92,8 @@ class ReplayTarget:
 @dataclass(frozen=True)
 class ReplaySummary:
     """What a replay read (events of the wanted types, in all and by type, up to
-    `last_position`) and applied (events per projection)."""
+    `last_position`) and applied (events per projection). With `as_of`, only the events
+    recorded at or before it count, and `last_position` is the last of them."""
 
     events_read: int
     last_position: int
@@ -219,7 +220,8 @@ def _read_and_apply(
     routes, inside, outside = routing.routes, routing.inside, routing.outside
     partition, partitions = stream_partition or (0, 1)
     not_counted: Counter[str] = Counter()
-    position = since_commit = 0
+    """Events read but not this pass's to count: another partition's, or after `as_of`."""
+    position = since_commit = last_included = 0
     read_by_type: Counter[str] = Counter()
     if not routes:
         return ReplaySummary(0, 0, None, {})
@@ -235,14 +237,20 @@ def _read_and_apply(
                 for stored in page:
                     target = None
                     routed = routes[stored.detail_type]
+                    counted = True
                     if routed is None:
                         if stream_partition_of(stored.stream_id, partitions) == partition:
                             routed = inside[stored.detail_type]
                         else:
                             routed = outside[stored.detail_type]
                             not_counted[stored.detail_type] += 1
-                    if include is not None and not include(stored.time):
-                        continue
+                            counted = False
+                    if include is not None:
+                        if not include(stored.time):
+                            if counted:
+                                not_counted[stored.detail_type] += 1
+                            continue
+                        last_included = max(last_included, stored.position or 0)
                     envelope: EventEnvelope | None = None
                     decoded: DecodedEvent | None = None
                     for apply, context, wants_decoded, until, target, heads in routed:
@@ -280,7 +288,8 @@ def _read_and_apply(
             sink.commit()
     read_by_type -= not_counted
     return ReplaySummary(
-        events_read=read_by_type.total(), last_position=position, as_of=None, applied={},
+        events_read=read_by_type.total(), last_position=position if include is None else last_included,
+        as_of=None, applied={},
         read_by_type=dict(read_by_type),
     )
 
