@@ -197,7 +197,7 @@ def summarize(detail_type: str, d: dict[str, Any]) -> str:
     if detail_type == "JobRequested":
         return (
             f"owner {d.get('owner')}: {d.get('num_records')} records of template "
-            f"{d.get('template_id')} v{d.get('template_version')}, budget ${d.get('budget_limit')}, "
+            f"{d.get('template_id')} v{d.get('template_version')}, budget ${_usd(d.get('budget_limit'))}, "
             f"{'/'.join(d.get('output_formats', []))}"
         )
     if detail_type == "BatchGenerated":
@@ -210,23 +210,31 @@ def summarize(detail_type: str, d: dict[str, Any]) -> str:
         )
     if detail_type == "CostRecorded":
         return (
-            f"batch {d.get('batch_number')} charged ${d.get('total')} (tokens ${d.get('model_tokens')}, "
-            f"compute ${d.get('compute')}, storage ${d.get('storage')}; catalog {d.get('catalog_version')})"
+            f"batch {d.get('batch_number')} charged ${_usd(d.get('total'))} (tokens ${_usd(d.get('model_tokens'))}, "
+            f"compute ${_usd(d.get('compute'))}, storage ${_usd(d.get('storage'))}; catalog {d.get('catalog_version')})"
         )
     if detail_type == "UsageCharged":
         return (
-            f"{d.get('kind')} usage charged ${d.get('total')} (tokens ${d.get('model_tokens')}; "
+            f"{d.get('kind')} usage charged ${_usd(d.get('total'))} (tokens ${_usd(d.get('model_tokens'))}; "
             f"catalog {d.get('catalog_version')}) for {d.get('charge_id')}"
         )
     if detail_type in ("BudgetWarning", "BudgetExceeded"):
         extra = f"{d.get('threshold_percent')}% " if detail_type == "BudgetWarning" else ""
         reason = f": {d['reason']}" if d.get("reason") else ""
-        return f"{extra}spent ${d.get('spent')} of ${d.get('budget_limit')}{reason}"
+        return f"{extra}spent ${_usd(d.get('spent'))} of ${_usd(d.get('budget_limit'))}{reason}"
     if detail_type == "DatasetExported":
         files = ", ".join(f"{f['format']} {f['rows']} rows" for f in d.get("files", []))
         return f"{d.get('rows')} rows exported ({files})"
     parts = [f"{k}={v}" for k, v in d.items() if k != "job_id" and v not in ("", None, {}, [])]
     return ", ".join(parts)
+
+
+def _usd(amount: Any) -> str:
+    """A detail's amount as the audit prints money (fixed-point), or as it stands if not one."""
+    try:
+        return money_text(amount)
+    except (ArithmeticError, TypeError, ValueError):
+        return str(amount)
 
 
 def reconcile(

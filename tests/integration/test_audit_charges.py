@@ -32,6 +32,7 @@ from palette.cli import app
 from palette.eventstore.port import NewEvent
 from palette.eventstore.sqlite import SQLiteEventStore
 from services.billing.handlers import LedgerHandlers
+from tests.integration.test_audit import PortOnly, _findings
 
 MODEL = "bedrock/amazon.nova-lite-v1:0"
 PRIVATE_MODEL = "openai/model-a"
@@ -94,7 +95,11 @@ def test_a_job_with_unbatched_usage_audits_as_balanced_with_every_charge_in_its_
     store: SQLiteEventStore,
 ) -> None:
     _job(store, DEFAULT_CATALOG, "j1", MODEL, written_off="0.002")
-    r = audit_job(store, "j1").reconciliation
+    audit = audit_job(store, "j1")
+    charge_lines = [e.summary for e in audit.entries if e.detail_type in ("CostRecorded", "UsageCharged")]
+    assert len(charge_lines) == 3 and "compute $0.000000000" in charge_lines[0]
+    assert not any("E-" in line for line in charge_lines), charge_lines
+    r = audit.reconciliation
     assert r.balanced, r.discrepancies
     expected = _expected_total(DEFAULT_CATALOG, MODEL) + Decimal("0.002")
     assert r.recorded_total == expected
@@ -131,6 +136,9 @@ def test_verify_finds_a_usage_record_never_charged_or_charged_twice(store: SQLit
     report = verify_log(store)
     assert [(v.check, v.event_id) for v in report.violations] == [("charge", stored_lost.id)]
     assert "never charged" in report.violations[0].message
+
+    # the SQLite scan in worker processes and the pass through the port agree
+    assert _findings(verify_log(store, workers=2)) == _findings(verify_log(PortOnly(store))) == _findings(report)
 
     billing.charge_unbatched(lost, stored_lost)
     assert verify_log(store).ok
