@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"})
+TERMINAL_STATUSES = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"})
 
 Dashboard = Mapping[str, Any]
 

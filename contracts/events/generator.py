@@ -184,3 +184,8 @@ class DatasetExported(_GenerationEvent):
     rows_per_model: dict[str, int] | None = Field(
         default=None, description="fan-out jobs: rows of each model in the dataset"
     )
+    failed_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="fan-out jobs: each model that failed -> its failure code; the job then "
+        "completes with errors (COMPLETED_WITH_ERRORS)",
+    )

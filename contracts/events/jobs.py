@@ -61,8 +61,17 @@ class JobCancelled(_JobEvent):
     records_completed: int = Field(ge=0)
 
 
+JobOutcome = Literal["COMPLETED", "COMPLETED_WITH_ERRORS"]
+"""How a job that exported its dataset ended: every model made its records, or (fan-out)
+at least one did and the others failed."""
+
+
 class JobCompleted(_JobEvent):
     records_completed: int = Field(ge=0)
+    outcome: JobOutcome = "COMPLETED"
+    failed_models: dict[str, str] = Field(
+        default_factory=dict, description="COMPLETED_WITH_ERRORS: each failed model -> its failure code"
+    )
 
 
 class JobFailed(_JobEvent):

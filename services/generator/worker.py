@@ -1347,7 +1347,12 @@ class _JobRun:
         per_model = (
             {lane.model: lane.first_record for lane in self.lanes if lane.model is not None} if self.fanout else None
         )
-        return [DatasetExported(job_id=job.job_id, files=files, rows=rows, rows_per_model=per_model)]
+        failed = {
+            lane.model: lane.failure.code for lane in self.lanes if lane.model is not None and lane.failure is not None
+        }
+        return [DatasetExported(
+            job_id=job.job_id, files=files, rows=rows, rows_per_model=per_model, failed_models=failed,
+        )]
 
     async def _final(self, events: Sequence[DomainEvent], outcome: RunOutcome, reason: str = "") -> RunResult:
         """The run's end, in one append after the calls no batch recorded: the end closes

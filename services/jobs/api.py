@@ -273,6 +273,11 @@ class ModelProgressBody(BaseModel):
     percent: float
     cost: MoneyText
     failure: FailureBody | None
+    started_at: str | None = Field(description="the job's first claim: every model starts with it")
+    finished_at: str | None = Field(
+        description="when its last batch made its records or it failed; else when the job ended"
+    )
+    duration_seconds: float | None = Field(description="finished_at (or now, while it runs) - started_at")
 
 
 class DashboardBody(BaseModel):
@@ -513,18 +518,20 @@ def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandler
         cost=CostBody.model_validate(cost),
         files=_files(doc, handlers),
         failure=_failure(loaded),
-        per_model=_per_model(state.models, status, state.num_records, doc),
+        per_model=_per_model(state.models, status, state.num_records, current, now),
     )
 
 
 def _per_model(
-    models: tuple[str, ...], status: JobStatus, target: int, doc: dict[str, Any]
+    models: tuple[str, ...], status: JobStatus, target: int, doc: dict[str, Any], now: datetime
 ) -> dict[str, ModelProgressBody]:
     """Each fan-out model's block: its counters from the projection, its cost from billing's
-    per-model figures, and a status of its own — FAILED when it stopped, COMPLETED once its
-    records are made, otherwise the job's (a model shares a cancel or a budget stop)."""
+    per-model figures, a status of its own — FAILED when it stopped, COMPLETED once its
+    records are made, otherwise the job's (a model shares a cancel or a budget stop) — and
+    its time: from the job's start to its own end (or the job's)."""
     counters = doc.get("per_model") or {}
     costs = doc["cost"].get("per_model") or {}
+    started_at = doc.get("started_at")
     blocks = {}
     for model in models:
         lane = counters.get(model) or {"records_generated": 0, "failed_records": 0, "failure": None}
@@ -533,10 +540,15 @@ def _per_model(
             lane_status = JobStatus.FAILED
         elif generated >= target:
             lane_status = JobStatus.COMPLETED
-        elif status is JobStatus.COMPLETED:
+        elif status in (JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS):
             lane_status = JobStatus.RUNNING
         else:
             lane_status = status
+        finished_at = lane.get("finished_at") or (doc.get("completed_at") if status.finished else None)
+        ended = datetime.fromisoformat(finished_at) if finished_at else now
+        duration = (
+            round(max((ended - datetime.fromisoformat(started_at)).total_seconds(), 0.0), 3) if started_at else None
+        )
         blocks[model] = ModelProgressBody(
             status=lane_status,
             records_generated=generated,
@@ -545,6 +557,9 @@ def _per_model(
             percent=_percent(generated, target),
             cost=Decimal(costs.get(model, "0")),
             failure=FailureBody(**lane["failure"]) if lane["failure"] else None,
+            started_at=started_at,
+            finished_at=finished_at,
+            duration_seconds=duration,
         )
     return blocks
 

@@ -4,7 +4,11 @@ Pure: `decide(command, state)` returns the events a command causes (none when th
 recorded already) or raises a domain error; `evolve(state, event)` folds one recorded event.
 A job's life on its stream `job-<id>`:
 
-    QUEUED -> RUNNING -> COMPLETED | FAILED | CANCELLED | BUDGET_EXCEEDED, then maybe deleted
+    QUEUED -> RUNNING -> COMPLETED | COMPLETED_WITH_ERRORS | FAILED | CANCELLED | BUDGET_EXCEEDED,
+    then maybe deleted
+
+COMPLETED_WITH_ERRORS is a fan-out job that exported its dataset although some of its
+models failed (at least one made all its records).
 
 The generator's facts reach the job through consumers that deliver at least once, so every
 `Mark*` command is idempotent: repeating a fact the job already shows changes nothing, and a
@@ -94,6 +98,7 @@ class JobStatus(str, Enum):
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
+    COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
@@ -104,7 +109,10 @@ class JobStatus(str, Enum):
 
 
 FINISHED = frozenset(
-    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.BUDGET_EXCEEDED}
+    {
+        JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.FAILED, JobStatus.CANCELLED,
+        JobStatus.BUDGET_EXCEEDED,
+    }
 )
 
 
@@ -222,6 +230,8 @@ class MarkCancelled:
 class MarkCompleted:
     job_id: str
     records_completed: int
+    failed_models: Mapping[str, str] = field(default_factory=dict)
+    """Fan-out models that failed (model -> code): the job completes with errors."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +420,7 @@ def evolve(state: JobState, event: DomainEvent) -> JobState:
     if isinstance(event, JobCancelled):
         return replace(state, status=JobStatus.CANCELLED, records_completed=event.records_completed)
     if isinstance(event, JobCompleted):
-        return replace(state, status=JobStatus.COMPLETED, records_completed=event.records_completed)
+        return replace(state, status=JobStatus(event.outcome), records_completed=event.records_completed)
     if isinstance(event, JobFailed):
         return replace(state, status=JobStatus.FAILED, failure_code=event.code, failure_reason=event.reason)
     if isinstance(event, JobBudgetExceeded):
@@ -504,8 +514,14 @@ def _generation_fact(command: GenerationFact, state: JobState) -> list[DomainEve
         return []
     if isinstance(command, MarkCompleted):
         if status is JobStatus.RUNNING:
-            return [JobCompleted(job_id=command.job_id, records_completed=command.records_completed)]
-        if status in (JobStatus.COMPLETED, JobStatus.CANCELLED, JobStatus.BUDGET_EXCEEDED):
+            failed = dict(command.failed_models)
+            return [JobCompleted(
+                job_id=command.job_id, records_completed=command.records_completed,
+                outcome="COMPLETED_WITH_ERRORS" if failed else "COMPLETED", failed_models=failed,
+            )]
+        if status in (
+            JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.CANCELLED, JobStatus.BUDGET_EXCEEDED
+        ):
             return []
         raise InvalidTransition(command.job_id, status, "complete it")
     if isinstance(command, MarkCancelled):

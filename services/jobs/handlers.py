@@ -322,5 +322,5 @@ def _fact_command(fact: DomainEvent) -> GenerationFact | None:
     if isinstance(fact, GenerationFailed):
         return MarkFailed(job_id=fact.job_id, code=fact.code, reason=fact.reason)
     if isinstance(fact, DatasetExported):
-        return MarkCompleted(job_id=fact.job_id, records_completed=fact.rows)
+        return MarkCompleted(job_id=fact.job_id, records_completed=fact.rows, failed_models=fact.failed_models)
     return None

@@ -75,6 +75,14 @@ _ENDINGS: dict[type, str] = {
 }
 
 
+def _ending_status(detail: DomainEvent) -> str:
+    """The status a job's ending gives it: a completion says its own outcome
+    (COMPLETED_WITH_ERRORS when fan-out models failed)."""
+    if isinstance(detail, JobCompleted):
+        return detail.outcome
+    return _ENDINGS[type(detail)]
+
+
 def owner_partition(owner: str) -> str:
     return f"owner#{owner}"
 
@@ -129,7 +137,7 @@ class JobList(DocumentProjection):
         elif isinstance(detail, JobCancelRequested):
             body["cancel_requested"] = True
         elif type(detail) in _ENDINGS:
-            body["status"] = _ENDINGS[type(detail)]
+            body["status"] = _ending_status(detail)
             body["finished_at"] = time
         docs.put(_summary(body))
 
@@ -219,7 +227,7 @@ def _merge_cancel_requested(body: dict[str, Any], detail: JobCancelRequested, ti
 
 
 def _merge_ending(body: dict[str, Any], detail: DomainEvent, time: str) -> None:
-    body["status"] = _ENDINGS[type(detail)]
+    body["status"] = _ending_status(detail)
     body["completed_at"] = time
     if isinstance(detail, JobFailed):
         body["failure"] = {"code": detail.code, "reason": detail.reason}
@@ -245,10 +253,14 @@ def _merge_batch(body: dict[str, Any], detail: BatchGenerated, time: str) -> Non
         lane = _model_progress(body, detail.model)
         lane["records_generated"] += detail.rows
         lane["failed_records"] += detail.failures
+        if body["num_records"] and lane["records_generated"] >= body["num_records"]:
+            lane["finished_at"] = _latest(lane.get("finished_at"), time)
 
 
 def _merge_model_failed(body: dict[str, Any], detail: GenerationModelFailed, time: str) -> None:
-    _model_progress(body, detail.model)["failure"] = {"code": detail.code, "reason": detail.reason}
+    lane = _model_progress(body, detail.model)
+    lane["failure"] = {"code": detail.code, "reason": detail.reason}
+    lane["finished_at"] = _latest(lane.get("finished_at"), time)
 
 
 def _merge_batch_failed(body: dict[str, Any], detail: BatchFailed, time: str) -> None:
@@ -337,9 +349,11 @@ class JobDashboard(DocumentProjection):
 
 
 def _model_progress(body: dict[str, Any], model: str) -> dict[str, Any]:
-    """A fan-out model's counters in `per_model` (status and cost are read-time figures)."""
+    """A fan-out model's counters in `per_model` (status and cost are read-time figures).
+    `finished_at`: when its last batch made its records, or when it failed (a model that
+    shares the job's cancel or budget stop finishes with the job, at read time)."""
     return body.setdefault("per_model", {}).setdefault(
-        model, {"records_generated": 0, "failed_records": 0, "failure": None}
+        model, {"records_generated": 0, "failed_records": 0, "failure": None, "finished_at": None}
     )
 
 

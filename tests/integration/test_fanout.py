@@ -209,8 +209,13 @@ def test_a_fanout_job_over_http_reports_each_model_on_the_dashboard(
         assert created.json()["input"]["models"] == MODELS
 
         job = wait_until_finished(alice, job_id)
-        assert job["status"] == "COMPLETED", job
+        # one model failed: the job says so in its status, not only in a 66.67 % progress
+        assert job["status"] == "COMPLETED_WITH_ERRORS", job
+        listed = alice.get("/jobs", params={"status": "COMPLETED_WITH_ERRORS"}).json()
+        assert [j["job_id"] for j in listed["items"]] == [job_id], listed
+        assert alice.get("/jobs", params={"status": "COMPLETED"}).json()["items"] == []
         dashboard = alice.get(f"/dashboard/{job_id}").json()
+        assert dashboard["status"] == "COMPLETED_WITH_ERRORS"
         per_model = dashboard["per_model"]
         assert set(per_model) == set(MODELS)
         for model in WORKING:
@@ -219,6 +224,11 @@ def test_a_fanout_job_over_http_reports_each_model_on_the_dashboard(
         assert per_model[FAILING]["status"] == "FAILED"
         assert per_model[FAILING]["failure"]["code"] == "ERROR_RATE"
         assert per_model[FAILING]["records_generated"] == 0
+        for model in MODELS:
+            block = per_model[model]
+            assert block["started_at"] == dashboard["timing"]["started_at"]
+            assert block["started_at"] <= block["finished_at"] <= dashboard["timing"]["completed_at"]
+            assert block["duration_seconds"] >= 0
         assert (dashboard["records_generated"], dashboard["num_records"]) == (60, 90)
         assert job["progress"]["num_records"] == 90 and job["input"]["num_records"] == 30
         # the failed model's calls cancelled in flight are billed too (at their worst case)

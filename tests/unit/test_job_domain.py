@@ -106,6 +106,7 @@ def test_a_job_id_is_never_reused() -> None:
     ("command", "event_type", "status"),
     [
         (MarkCompleted(JOB, 10), JobCompleted, JobStatus.COMPLETED),
+        (MarkCompleted(JOB, 20, {"openai/b": "ERROR_RATE"}), JobCompleted, JobStatus.COMPLETED_WITH_ERRORS),
         (MarkFailed(JOB, "MODEL_ACCESS_DENIED", "no access"), JobFailed, JobStatus.FAILED),
         (MarkCancelled(JOB, 4), JobCancelled, JobStatus.CANCELLED),
         (MarkBudgetExceeded(JOB, 7), JobBudgetExceeded, JobStatus.BUDGET_EXCEEDED),
@@ -125,6 +126,7 @@ def test_a_running_job_ends_by_each_generator_fact(command: JobCommand, event_ty
         MarkStarted(JOB, "worker-1"),
         MarkStarted(JOB, "worker-2"),
         MarkCompleted(JOB, 10),
+        MarkCompleted(JOB, 20, {"openai/b": "ERROR_RATE"}),
         MarkFailed(JOB, "X", "y"),
         MarkCancelled(JOB, 3),
         MarkBudgetExceeded(JOB, 3),
@@ -328,3 +330,14 @@ def test_an_empty_seed_cannot_feed_a_job() -> None:
     empty = seed_facts("seed-1", [*_seed(), _validated(True, records=0)])  # type: ignore[list-item]
     with pytest.raises(SeedNotValidated, match="no records"):
         empty.check_validated("alice", "tpl_1", 2)
+
+
+def test_a_completion_with_failed_models_says_so_and_names_them() -> None:
+    """A fan-out job whose every model but one failed is not simply COMPLETED."""
+    [event] = decide(MarkCompleted(JOB, 20, {"openai/b": "ERROR_RATE"}), running())
+    assert isinstance(event, JobCompleted)
+    assert (event.outcome, event.failed_models) == ("COMPLETED_WITH_ERRORS", {"openai/b": "ERROR_RATE"})
+    done = evolve(running(), event)
+    assert isinstance(decide(DeleteJob(JOB, "alice"), done)[0], JobDeleted)
+    with pytest.raises(InvalidTransition):
+        decide(MarkFailed(JOB, "X", "y"), done)
