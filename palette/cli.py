@@ -29,6 +29,7 @@ DataDir = Annotated[
 ]
 DEFAULT_DATA_DIR = Path(".palette")
 CORS_ORIGINS_ENV = "PALETTE_CORS_ORIGINS"
+LEASE_SECONDS_ENV = "PALETTE_LEASE_SECONDS"
 
 
 def fail(reason: str, code: int = 1) -> None:
@@ -68,13 +69,22 @@ def serve(
     grace: Annotated[
         float, typer.Option(help="Seconds requests in flight get to finish on SIGTERM or Ctrl-C.", min=1)
     ] = 20.0,
+    lease_seconds: Annotated[
+        int,
+        typer.Option(
+            envvar=LEASE_SECONDS_ENV, min=2,
+            help="How long a job stays claimed after its worker last wrote: after kill -9 another "
+            "process resumes it this much later (SIGTERM releases it at once).",
+        ),
+    ] = 60,
 ) -> None:
     """Run the REST facade, the local bus and every consumer over DATA_DIR until Ctrl-C or SIGTERM."""
     from palette.composition import LocalPalette
 
     origins = cors_origin or [o.strip() for o in os.environ.get(CORS_ORIGINS_ENV, "").split(",") if o.strip()]
     runtime = LocalPalette(
-        data_dir, host, port, api_workers=api_threads, cors_origins=tuple(origins), grace_seconds=grace
+        data_dir, host, port, api_workers=api_threads, cors_origins=tuple(origins), grace_seconds=grace,
+        lease_seconds=lease_seconds,
     )
     runtime.start_background()
     typer.echo(f"Palette on http://{host}:{port} (Swagger UI at /swagger), data in {data_dir}")

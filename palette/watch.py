@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 TERMINAL_STATUSES = frozenset({"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"})
 
@@ -34,10 +34,10 @@ def watch_job(
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
+        TextColumn("{task.fields[elapsed]}"),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("QUEUED", total=None, detail="")
+        task = progress.add_task("QUEUED", total=None, detail="", elapsed=_elapsed({}))
         while deadline is None or time.monotonic() < deadline:
             dashboard = fetch()
             if dashboard is not None:
@@ -48,6 +48,7 @@ def watch_job(
                     total=dashboard.get("num_records") or None,
                     completed=dashboard.get("records_generated", 0),
                     detail=_detail(dashboard),
+                    elapsed=_elapsed(dashboard),
                 )
                 if _finished(dashboard, wait_for_export):
                     break
@@ -65,6 +66,12 @@ def _finished(dashboard: Dashboard, wait_for_export: bool) -> bool:
     if not wait_for_export or status in ("FAILED", "CANCELLED"):
         return True
     return bool(dashboard.get("files"))
+
+
+def _elapsed(dashboard: Dashboard) -> str:
+    """The job's generation time so far (from its start, not the watch's), as H:MM:SS."""
+    seconds = int((dashboard.get("timing") or {}).get("generation_seconds") or 0)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _detail(dashboard: Dashboard) -> str:

@@ -212,7 +212,7 @@ def empty_dashboard(job_id: str) -> dict[str, Any]:
 
 
 def _merge_requested(body: dict[str, Any], detail: JobRequested, time: str) -> None:
-    body.update(owner=detail.owner, num_records=detail.num_records, created_at=time)
+    body.update(owner=detail.owner, num_records=detail.num_records, created_at=time, models=list(detail.models or ()))
     body["cost"]["budget_limit"] = str(detail.budget_limit)
 
 

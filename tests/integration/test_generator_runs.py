@@ -28,6 +28,7 @@ from contracts.pricing import DEFAULT_CATALOG
 from palette.adapters import Adapters, local_adapters
 from palette.blobs.keys import dataset_prefix
 from palette.blobs.local import TEMP_MARK
+from palette.composition import job_dashboards
 from services.generator.budget import JobBudgets
 from services.generator.consumers import record_crash
 from services.generator.worker import GenerationWorker, RunOutcome
@@ -176,3 +177,18 @@ def test_a_time_flushed_job_resumes_exactly_after_a_release(adapters: Adapters) 
     numbers = [b.batch_number for b in of_type(generation_events(adapters, job_id), BatchGenerated)]
     assert numbers == list(range(len(numbers)))
     assert_exact_dataset(adapters, job_id, 40)
+
+
+def test_jobs_watch_counts_a_fanout_jobs_target_over_its_models(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    """`palette jobs watch` reads the dashboard document: for two models of 12 records its
+    bar is 24/24 (it said 24/12), as GET /dashboard counts it."""
+    job_id = request_job(adapters, 12, steps=(QUESTION,), models=["openai/fake-alpha", "openai/fake-beta"])
+    assert run(adapters, server, job_id).outcome is RunOutcome.COMPLETED
+
+    assert adapters.data_dir is not None
+    with job_dashboards(adapters.data_dir) as dashboard:
+        document = dashboard(job_id)
+
+    assert document is not None
+    assert (document["records_generated"], document["num_records"]) == (24, 24)
+    assert document["timing"]["records_remaining"] == 0

@@ -10,3 +10,23 @@ def test_the_line_shows_failures_rate_and_eta_from_the_timing_figures() -> None:
     assert _detail(running) == "2 failed  3.0 rec/s  ETA 12s"
     assert _detail({**running, "status": "COMPLETED", "failed_records": 0}) == "3.0 rec/s"
     assert _detail({"status": "QUEUED"}) == ""
+
+
+def test_the_bar_shows_the_jobs_own_elapsed_time_not_the_watchers() -> None:
+    """A job that ran for an hour before the watch began shows its hour, from the
+    dashboard's generation time."""
+    from rich.console import Console
+
+    from palette.watch import watch_job
+
+    done = {
+        "status": "COMPLETED", "num_records": 20, "records_generated": 20, "files": [{"blob_key": "k"}],
+        "timing": {"generation_seconds": 3723.4, "records_per_second": 0.005},
+    }
+    console = Console(record=True, width=120, force_terminal=False)
+
+    watch_job(lambda: done, console, poll_interval=0.01, timeout=5)
+
+    printed = console.export_text()
+    assert "1:02:03" in printed and "20/20" in printed
+    assert "0:00:00" not in printed
