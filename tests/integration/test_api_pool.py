@@ -121,14 +121,17 @@ def test_the_request_log_line_carries_the_request_and_correlation_ids(tmp_path: 
     handler = logging.Handler()
     handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
     handler.setFormatter(logger.registered_formatter)
-    logging.getLogger(logger.service).addHandler(handler)
+    service_logger = logging.getLogger(logger.service)
+    service_logger.addHandler(handler)
+    level, service_logger.level = service_logger.level, logging.INFO  # other tests may have quietened it
     runtime = LocalPalette(tmp_path)
     try:
         scope = {"method": "GET", "path": "/templates", "headers": [(b"x-correlation-id", b"flow-3")], "query_string": b""}
         answer = runtime.api.resolve(http_api_event(scope, b"", "req-77"), LambdaContext("req-77"))
     finally:
         runtime.close()
-        logging.getLogger(logger.service).removeHandler(handler)
+        service_logger.removeHandler(handler)
+        service_logger.setLevel(level)
     assert answer["statusCode"] == 401
     (logged,) = [json.loads(line) for line in lines if json.loads(line).get("message") == "request"]
     assert (logged["request_id"], logged["correlation_id"], logged["status"]) == ("req-77", "flow-3", 401)
