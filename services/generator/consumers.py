@@ -28,8 +28,8 @@ several pools (processes) each apply it to their own jobs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
-import logging
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -46,6 +46,7 @@ from palette.eventstore.port import ConcurrencyConflict, EventStore
 from palette.guard.contentfilter import ContentFilter
 from services.generator.budget import BudgetGuard
 from services.generator.domain import MAX_JOBS_PER_USER, after_crash, can_claim
+from services.generator.logs import logger as log
 from services.generator.models.port import ModelGateway
 from services.generator.worker import (
     GenerationWorker,
@@ -54,7 +55,6 @@ from services.generator.worker import (
     WorkerOptions,
 )
 
-log = logging.getLogger(__name__)
 
 SUBSCRIBER_NAME = "generator-workers"
 JOB_REQUESTED_PATTERN: dict[str, Any] = {"source": ["palette.jobs"], "detail-type": ["JobRequested"]}
@@ -296,7 +296,8 @@ class WorkerPool:
             self._last_served[owner] = next(self._turns)
             self._running_by_owner[owner] += 1
             self._active.add(job_id)
-            task = asyncio.create_task(self._run(job_id, owner))
+            # a fresh context: the log keys of the job that just ended stay with it
+            task = asyncio.create_task(self._run(job_id, owner), context=contextvars.Context())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import threading
 import time
 import uuid
@@ -113,6 +112,8 @@ from services.generator.domain import (
 from services.generator.domain import evolve as evolve_generation
 from services.generator.exports import ExportError, export_dataset
 from services.generator.limiter import AdaptiveLimiter, Permit, backoff_delay
+from services.generator.logs import bind_job
+from services.generator.logs import logger as log
 from services.generator.models.port import (
     FatalModelError,
     InvalidCredentials,
@@ -131,7 +132,6 @@ from services.generator.models.port import (
 from services.generator.records import GeneratedRecord, StepResult, part_key, write_part
 from services.generator.seed_rows import SeedRow, SeedRowsUnavailable, load_seed_rows
 
-log = logging.getLogger(__name__)
 
 StopSignal = asyncio.Event | threading.Event
 """Set it to stop gracefully: a threading.Event from a signal handler or another thread,
@@ -294,6 +294,11 @@ class GenerationWorker:
         decoded = self._decoded(job_stream(job_id))
         return fold_job(e for e, _ in decoded), (decoded[-1][1].version if decoded else 0)
 
+    def request_correlation_id(self, job_id: str) -> str:
+        """The correlation id the job's request was recorded with (the job id when none)."""
+        first = self.events.read_stream(job_stream(job_id), from_version=1, to_version=1)
+        return first[0].correlation_id if first else job_id
+
     def cancel_requested_since(self, job_id: str, version: int) -> tuple[bool, int]:
         """Whether the job stream asked to stop after `version`, and its version now."""
         decoded = self._decoded(job_stream(job_id), from_version=version + 1)
@@ -343,6 +348,7 @@ class GenerationWorker:
         Returns HELD without writing when another worker holds the job or wins the claim.
         """
         stop = stop or asyncio.Event()
+        bind_job(job_id, await asyncio.to_thread(self.request_correlation_id, job_id))
         job, job_version = await asyncio.to_thread(self.read_job, job_id)
         if job is None:
             return RunResult(RunOutcome.NOT_FOUND, reason=f"job {job_id} was never requested")

@@ -47,6 +47,7 @@ from palette.blobs.port import BlobStore
 from palette.bus.sqs import MalformedBusMessage, stored_event_from_message
 from services.generator.budget import JobBudgets
 from services.generator.consumers import WorkerPool
+from services.generator.logs import logger as log
 from services.generator.models.port import ModelGateway, MultiProviderGateway
 from services.generator.worker import (
     GenerationWorker,
@@ -58,7 +59,6 @@ from services.generator.worker import (
 if TYPE_CHECKING:
     from services.generator.owner_slots import OwnerSlots
 
-log = logging.getLogger("palette.generator")
 
 
 def gateway_from_env(max_connections: int = 64) -> ModelGateway:

@@ -6,6 +6,10 @@ Real HTTP to the fake OpenAI server and a local data directory, as in test_gener
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 from decimal import Decimal
 from collections.abc import Iterator
@@ -36,6 +40,7 @@ from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.test_generator import (
     OWNER,
     QUESTION,
+    REPO,
     append,
     assert_exact_dataset,
     generation_events,
@@ -192,3 +197,32 @@ def test_jobs_watch_counts_a_fanout_jobs_target_over_its_models(adapters: Adapte
     assert document is not None
     assert (document["records_generated"], document["num_records"]) == (24, 24)
     assert document["timing"]["records_remaining"] == 0
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+def test_worker_logs_are_json_lines_with_the_job_and_its_correlation_id(tmp_path: Path) -> None:
+    """As the API's: one JSON object a line, each of a job's lines naming the job and the
+    correlation id its request was recorded with, so one grep follows a job from the
+    request to its export."""
+    data_dir = tmp_path / "data"
+    adapters = local_adapters(data_dir)
+    job_id = request_job(adapters, 5, steps=(QUESTION,))
+    [requested] = adapters.events.read_stream(f"job-{job_id}")
+    adapters.close()
+    with FakeOpenAIServer(latency_s=0.0) as fake:
+        env = {**os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "test",
+               "POWERTOOLS_LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO)}
+        finished = subprocess.run(
+            [sys.executable, "-m", "services.generator.worker_main", "--data-dir", str(data_dir), "--job", job_id],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+
+    lines = [json.loads(line) for line in finished.stdout.splitlines() if line.strip()]
+    about_the_job = [line for line in lines if line.get("job_id") == job_id]
+    assert any("claimed" in line["message"] for line in about_the_job), lines
+    assert any("exported" in line["message"] for line in about_the_job), lines
+    assert {line["correlation_id"] for line in about_the_job} == {requested.correlation_id}
+    assert {line["service"] for line in about_the_job} == {"palette-generator"}
