@@ -273,7 +273,7 @@ class ModelProgressBody(BaseModel):
     percent: float
     cost: MoneyText
     failure: FailureBody | None
-    started_at: str | None = Field(description="the job's first claim: every model starts with it")
+    started_at: str | None = Field(description="the job's start (its first JobStarted): every model starts with it")
     finished_at: str | None = Field(
         description="when its last batch made its records or it failed; else when the job ended"
     )

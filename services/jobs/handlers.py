@@ -292,7 +292,7 @@ class JobHandlers:
             recorded_at.setdefault(record.detail_type, record.time)
             if record.detail_type == "JobRequested":
                 created_at = record.time
-            elif record.detail_type == "JobStarted":
+            elif record.detail_type == "JobStarted" and started_at is None:
                 started_at = record.time
             elif state.finished and finished_at is None:
                 finished_at = record.time

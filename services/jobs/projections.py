@@ -32,7 +32,6 @@ from contracts.events.generator import (
     BatchFailed,
     BatchGenerated,
     DatasetExported,
-    GenerationClaimed,
     GenerationModelFailed,
 )
 from contracts.events.jobs import (
@@ -133,7 +132,7 @@ class JobList(DocumentProjection):
         body["updated_at"] = time
         if isinstance(detail, JobStarted):
             body["status"] = "RUNNING"
-            body["started_at"] = time
+            body["started_at"] = _earliest(body.get("started_at"), time)
         elif isinstance(detail, JobCancelRequested):
             body["cancel_requested"] = True
         elif type(detail) in _ENDINGS:
@@ -216,9 +215,10 @@ def _merge_requested(body: dict[str, Any], detail: JobRequested, time: str) -> N
     body["cost"]["budget_limit"] = str(detail.budget_limit)
 
 
-def _merge_started(body: dict[str, Any], detail: JobStarted | GenerationClaimed, time: str) -> None:
-    if isinstance(detail, JobStarted):
-        body["status"] = "RUNNING"
+def _merge_started(body: dict[str, Any], detail: JobStarted, time: str) -> None:
+    """A job started when its first JobStarted was recorded: the same instant GET /jobs and
+    the job list show (a resumed run's JobStarted keeps the first)."""
+    body["status"] = "RUNNING"
     body["started_at"] = _earliest(body["started_at"], time)
 
 
@@ -303,7 +303,6 @@ def _merge_budget(body: dict[str, Any], detail: BudgetWarning | BudgetExceeded, 
 _MERGES: dict[type, Any] = {
     JobRequested: _merge_requested,
     JobStarted: _merge_started,
-    GenerationClaimed: _merge_started,
     JobCancelRequested: _merge_cancel_requested,
     **{ending: _merge_ending for ending in _ENDINGS},
     BatchGenerated: _merge_batch,

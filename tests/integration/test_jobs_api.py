@@ -551,6 +551,7 @@ def test_a_job_runs_to_completion_and_the_dashboard_follows(api: Facade) -> None
     assert (live["status"], live["records_remaining"], live["batches"]) == ("RUNNING", 52, 2)
     assert live["tokens"] == {MODEL: {"input_tokens": 1980, "output_tokens": 3960, "calls": 198}}
     assert live["timing"]["records_per_second"] > 0 and live["timing"]["eta_seconds"] is not None
+    assert live["timing"]["started_at"] == running["started_at"], "one started_at: the job's first JobStarted"
     assert live["cost"]["total"] == "0" and live["cost"]["budget_limit"] == "20" and live["cost"]["remaining"] == "20"
 
     api.generate(job_id, batch(job_id, 2, rows=52), exported(job_id, 250))
@@ -560,6 +561,7 @@ def test_a_job_runs_to_completion_and_the_dashboard_follows(api: Facade) -> None
     assert [f["format"] for f in done["files"]] == ["JSONL", "PARQUET"]
     assert all(f["download_url"].startswith("http") and f["rows"] == 250 for f in done["files"])
     board = api.call("GET", f"/dashboard/{job_id}").body
+    assert board["timing"]["started_at"] == done["started_at"] == running["started_at"]
     assert (board["percent"], board["records_generated"], board["timing"]["eta_seconds"]) == (100.0, 250, None)
     assert board["timing"]["generation_seconds"] is not None
     assert [f["blob_key"] for f in board["files"]] == [f["blob_key"] for f in done["files"]]
