@@ -25,15 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver, BaseRouter, Router
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
 from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 
 from palette.api.auth import CallerIdentity
-from palette.api.errors import ApiError, ErrorReply, RateLimited, ServiceUnavailable, error_response
+from palette.api.errors import ApiError, ErrorReply, RateLimited, ServiceUnavailable, error_body, error_response
+from palette.api.input_limits import refuse_body
 from palette.guard.ratelimit import RateLimiter, route_class
 
 logger = Logger(service="palette-api")
@@ -71,22 +73,83 @@ def caller(router: Router | ApiGatewayResolver) -> str:
     return router.context["user_id"]
 
 
-class _ValidationAnswersFourHundred:
-    """The OpenAPI document as the facade answers: a request that fails validation gets
-    400 in the error shape (every route declares it, see `openapi_responses`), so the 422
-    powertools adds to each operation, and its schemas, are taken out."""
+FACADE_RESPONSES: dict[int, str] = {
+    400: "VALIDATION_ERROR: the request is malformed (body not UTF-8 or nested too deep, a field or parameter invalid)",
+    413: "PAYLOAD_TOO_LARGE: the request body is larger than the route accepts",
+    415: "UNSUPPORTED_MEDIA_TYPE: a request body that is not JSON (send Content-Type: application/json)",
+    429: "RATE_LIMITED: too many requests of this route class; retry after Retry-After seconds",
+    503: "SERVICE_UNAVAILABLE: the server is busy; retry after Retry-After seconds",
+}
+"""What the facade itself may answer on any route, whatever the route's own responses."""
+
+BEARER_SCHEME = "bearerAuth"
+
+
+class _DocumentedAsServed:
+    """The OpenAPI document as the facade answers.
+
+    A request that fails validation gets 400 in the error shape, so the 422 powertools adds
+    to each operation, and its schemas, are taken out; a 204 declares no body; every
+    operation declares the facade's own answers (`FACADE_RESPONSES`; 401 on routes that
+    need a token, 415 on those that take a body); every route but the public ones requires
+    the bearer scheme."""
 
     def get_openapi_schema(self, **kwargs: Any) -> Any:
+        if not kwargs.get("security_schemes"):
+            kwargs["security_schemes"] = {BEARER_SCHEME: HTTPBearer(description="a token from `palette token create`")}
         schema = super().get_openapi_schema(**kwargs)  # type: ignore[misc]
-        for path in (schema.paths or {}).values():
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorReply"}}}
+        for route, path in (schema.paths or {}).items():
             for method in ("get", "put", "post", "delete", "patch", "head", "options", "trace"):
                 operation = getattr(path, method, None)
-                if operation is not None and operation.responses:
-                    operation.responses.pop(422, None)
+                if operation is None:
+                    continue
+                responses = operation.responses if operation.responses is not None else {}
+                responses.pop(422, None)
+                for status in (204, "204"):
+                    if isinstance(responses.get(status), dict):
+                        responses[status].pop("content", None)  # a 204 has no body
+                    elif responses.get(status) is not None and hasattr(responses[status], "content"):
+                        responses[status].content = None
+                declared = {int(status) for status in responses}
+                wanted = dict(FACADE_RESPONSES)
+                if operation.requestBody is None:
+                    wanted.pop(415)
+                if route not in PUBLIC_PATHS:
+                    wanted[401] = "UNAUTHORIZED: no bearer token, or one that is invalid or expired"
+                for status, description in wanted.items():
+                    if status not in declared:
+                        responses[status] = {"description": description, "content": error}
+                operation.responses = responses
+                operation.security = [] if route in PUBLIC_PATHS else [{BEARER_SCHEME: []}]
         if schema.components is not None and schema.components.schemas:
             for name in ("HTTPValidationError", "ValidationError"):
                 schema.components.schemas.pop(name, None)
         return schema
+
+
+class _BoundedInput:
+    """Refuses a malformed body (not JSON, nested too deep, numbers too long: see
+    `palette.api.input_limits`) before routing, so no parser ever sees it; an accepted JSON
+    media type (`application/*+json`, any case or charset) reaches powertools as
+    `application/json`, the one spelling it parses."""
+
+    def resolve(self, event: Any, context: Any) -> dict[str, Any]:
+        headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
+        method = (event.get("requestContext", {}).get("http") or {}).get("method") or event.get("httpMethod") or ""
+        refusal = refuse_body(method, headers.get("content-type"), event.get("body") or "")
+        if refusal is None:
+            for name in [k for k in event.get("headers") or {} if str(k).lower() == "content-type"]:
+                event["headers"][name] = "application/json"  # powertools parses only this spelling as JSON
+            return super().resolve(event, context)  # type: ignore[misc,no-any-return]
+        rid = event.get("requestContext", {}).get("requestId") or uuid.uuid4().hex
+        logger.info("request", extra={"method": method, "status": refusal.status, "refused": refusal.code})
+        return {
+            "statusCode": refusal.status,
+            "headers": {"Content-Type": "application/json", "X-Request-Id": rid},
+            "body": error_body(refusal.code, refusal.message, refusal.details, rid),
+            "isBase64Encoded": False,
+        }
 
 
 @dataclass
@@ -169,11 +232,11 @@ class _RequestPerThread:
                 route._build_middleware_stack(router_middlewares=resolver._router_middlewares, app=resolver)
 
 
-class _LocalFacade(_ValidationAnswersFourHundred, _RequestPerThread, APIGatewayHttpResolver):
+class _LocalFacade(_BoundedInput, _DocumentedAsServed, _RequestPerThread, APIGatewayHttpResolver):
     """The facade under `palette serve`: HTTP API events, resolved in several threads at once."""
 
 
-class _LambdaFacade(_ValidationAnswersFourHundred, APIGatewayHttpResolver):
+class _LambdaFacade(_BoundedInput, _DocumentedAsServed, APIGatewayHttpResolver):
     """The facade in each service's Lambda."""
 
 
@@ -354,6 +417,12 @@ def build_app(
     for router in routers:
         app.include_router(router)
     app.enable_swagger(path="/swagger", title=title)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_document() -> Response[str]:
+        """The OpenAPI document (also at /swagger?format=json), public like the Swagger UI."""
+        return Response(200, content_types.APPLICATION_JSON, app.get_openapi_json_schema(title=title))
+
     if isinstance(app, _RequestPerThread):
         app.build_middleware_stacks()
     return app

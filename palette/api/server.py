@@ -36,6 +36,10 @@ from palette.guard.ratelimit import RateLimiter, route_class
 
 BLOB_PREFIX = "/blobs/"
 _CHUNK = 1024 * 1024
+MAX_COUNT_DIGITS = 20
+"""A signed URL's `expires` and `max_bytes` are Unix seconds and byte counts: 20 digits is
+more than either can be, and checking the length first keeps a 5,000-digit value away
+from int() (which refuses over 4,300 digits with a ValueError)."""
 _QUEUE_DEPTH = 8
 UPLOAD_WRITERS = 16
 DEFAULT_GRACE_SECONDS = 20.0
@@ -91,6 +95,14 @@ class FacadeApp:
                     [(b"retry-after", retry_after.encode())],
                 )
                 return
+        oversized = [name for name in ("expires", "max_bytes") if len(params.get(name, "")) > MAX_COUNT_DIGITS]
+        if oversized:
+            await send_error(
+                send, 400, "VALIDATION_ERROR", f"the URL's {oversized[0]!r} parameter is longer than {MAX_COUNT_DIGITS} digits",
+                {"errors": [{"field": name, "type": "too_long", "message": f"at most {MAX_COUNT_DIGITS} digits"} for name in oversized]},
+                request_id, [(b"connection", b"close")],
+            )
+            return
         try:
             if scope["method"] == "PUT":
                 await self._upload(key, params, receive)
