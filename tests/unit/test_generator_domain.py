@@ -28,6 +28,7 @@ from services.generator.domain import (
     fold_template,
     lease_expires_at,
     plan,
+    plan_from,
     seed_row_index,
 )
 
@@ -132,6 +133,15 @@ class TestPlan:
     def test_batch_size_must_be_positive(self) -> None:
         with pytest.raises(ValueError):
             plan(GenerationState(), 10, 0)
+
+    def test_the_rest_after_an_early_flush_is_numbered_as_a_resume_would(self) -> None:
+        """A run flushed records 0..36 early as batch 0: the rest, planned again from 37 as
+        the 1st batch on, is what a resume after that batch plans."""
+        rest = plan_from(1, 37, 250, 100)
+        assert rest == [PlannedBatch(1, 37, 136), PlannedBatch(2, 137, 236), PlannedBatch(3, 237, 249)]
+        assert plan(state_of((claimed(), 0), (batch(0, 0, 36), 1)), 250, 100) == rest
+        # the second of three fan-out models: batch numbers stay unique in the job
+        assert plan_from(1, 37, 60, 100, lane_index=1, lane_count=3) == [PlannedBatch(4, 37, 59)]
 
 
 class TestSeedRows:
