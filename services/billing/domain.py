@@ -26,7 +26,7 @@ import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from contracts.events.base import DomainEvent
 from contracts.events.billing import (
@@ -188,36 +188,36 @@ def decide(command: LedgerCommand, state: LedgerState) -> list[DomainEvent]:
     raise TypeError(f"not a ledger command: {command!r}")
 
 
+def _priced(cost: BatchCost) -> dict[str, Any]:
+    """A charge event's price fields: the same for a batch, usage outside batches and an enhancement."""
+    return {
+        "catalog_version": cost.catalog_version,
+        "model_tokens": cost.model_tokens,
+        "compute": cost.compute,
+        "storage": cost.storage,
+        "total": cost.total,
+        "per_model": dict(cost.per_model),
+    }
+
+
 def _charge(command: ChargeBatch, state: LedgerState) -> list[DomainEvent]:
     if command.batch_number in state.charged:
         return []
-    cost = command.cost
     return _with_budget_checks(command.budget, state, CostRecorded(
         job_id=command.budget.job_id,
         batch_number=command.batch_number,
-        catalog_version=cost.catalog_version,
-        model_tokens=cost.model_tokens,
-        compute=cost.compute,
-        storage=cost.storage,
-        total=cost.total,
-        per_model=dict(cost.per_model),
+        **_priced(command.cost),
     ))
 
 
 def _charge_usage(command: ChargeUsage, state: LedgerState) -> list[DomainEvent]:
     if command.charge_id in state.usage_charges:
         return []
-    cost = command.cost
     return _with_budget_checks(command.budget, state, UsageCharged(
         job_id=command.budget.job_id,
         charge_id=command.charge_id,
         kind=command.kind,
-        catalog_version=cost.catalog_version,
-        model_tokens=cost.model_tokens,
-        compute=cost.compute,
-        storage=cost.storage,
-        total=cost.total,
-        per_model=dict(cost.per_model),
+        **_priced(command.cost),
     ))
 
 
@@ -252,16 +252,10 @@ def _close(command: CloseBudget, state: LedgerState) -> list[DomainEvent]:
 def _charge_enhancement(command: ChargeEnhancement, state: LedgerState) -> list[DomainEvent]:
     if command.enhancement_id in state.enhancements:
         return []
-    cost = command.cost
     return [PromptEnhancementCharged(
         owner=command.owner,
         enhancement_id=command.enhancement_id,
-        catalog_version=cost.catalog_version,
-        model_tokens=cost.model_tokens,
-        compute=cost.compute,
-        storage=cost.storage,
-        total=cost.total,
-        per_model=dict(cost.per_model),
+        **_priced(command.cost),
     )]
 
 
