@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from contracts.events.seeds import SeedFormat
 from contracts.identifiers import MAX_ID_CHARS, has_control_character, id_problem
 from palette.api.app import caller
-from palette.api.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from palette.api.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed, openapi_responses
 from services.seeds.domain import (
     SeedAlreadyExists,
     SeedFileRefused,
@@ -141,11 +141,25 @@ class SeedResponse(BaseModel):
     validations: list[SeedValidationResponse]
 
 
+_ERRORS = {
+    400: "VALIDATION_ERROR: a field out of bounds, or the seed file refused (named in details)",
+    401: "UNAUTHORIZED: no valid bearer token",
+    404: "NOT_FOUND: no such seed or template (version), or not the caller's",
+    409: "CONFLICT: the seed's file is not uploaded yet, or the seed already exists",
+    413: "PAYLOAD_TOO_LARGE: the declared file size is over the seed limit (details.max_bytes)",
+}
+
+
+def _responses(success: int, *errors: int) -> dict[int, Any]:
+    return openapi_responses(success, _ERRORS, *errors)
+
+
 def create_router(handlers: SeedHandlers) -> Router:
     router = Router()
 
     @router.post("/seed-data/upload", status_code=201, tags=["seeds"],
-                 summary="Create a seed and get a URL to PUT its file to (valid 15 minutes)")
+                 summary="Create a seed and get a URL to PUT its file to (valid 15 minutes)",
+                 responses=_responses(201, 409, 413))
     def request_upload(body: UploadRequest) -> UploadGrantResponse:
         with _domain_errors():
             grant = handlers.request_upload(caller(router), body.filename, body.format, body.size_bytes)
@@ -156,13 +170,15 @@ def create_router(handlers: SeedHandlers) -> Router:
         )
 
     @router.post("/seed-data/validate", tags=["seeds"],
-                 summary="Check every seed record for every field a template version needs")
+                 summary="Check every seed record for every field a template version needs",
+                 responses=_responses(200, 404, 409))
     def validate(body: ValidateRequest) -> ValidationReportResponse:
         with _domain_errors():
             result = handlers.validate(caller(router), body.seed_id, body.template_id, body.template_version)
         return _report(result)
 
-    @router.get("/seed-data/<seed_id>", tags=["seeds"], summary="A seed's upload and validations")
+    @router.get("/seed-data/<seed_id>", tags=["seeds"], summary="A seed's upload and validations",
+                responses=_responses(200, 404))
     def get_seed(seed_id: Annotated[str, PathParam(max_length=128)]) -> SeedResponse:
         with _domain_errors():
             seed = handlers.seed(caller(router), seed_id)
