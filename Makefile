@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench schemas package
+.PHONY: demo test bench schemas package fuzz
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(STAMP)
 	$(PY) -m contracts.schemagen --check
 	$(VENV)/bin/cfn-lint infra/*.yaml
 	$(PY) -m pytest -q
+
+# The schemathesis run of `make test`, deeper: 200 valid and 200 invalid cases per operation.
+fuzz: $(STAMP)
+	PALETTE_FUZZ_EXAMPLES=200 $(PY) -m pytest -q -s tests/e2e/test_openapi_fuzz.py
 
 bench: $(STAMP)
 	$(PY) -m bench.eventstore

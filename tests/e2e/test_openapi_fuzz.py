@@ -11,6 +11,7 @@ tests/integration/test_enhance.py, and fuzzing it would only fuzz a model call.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 
@@ -28,7 +29,8 @@ from schemathesis.specs.openapi.checks import status_code_conformance  # noqa: E
 from tests.e2e.test_malformed_input import UNLIMITED  # noqa: E402
 from tests.e2e.test_serving import Served, start_serve, stop_serve  # noqa: E402
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = int(os.environ.get("PALETTE_FUZZ_EXAMPLES", "25"))
+"""Per operation and mode; `make fuzz` runs a deeper pass."""
 MODEL_CALLING = r"^/templates/enhance$"
 
 
