@@ -380,22 +380,9 @@ class DomainAuditor:
             message = f"recorded spend {job.spent} exceeds the budget {job.budget_limit}"
             violations.append(Violation.at("budget", ref, message) if ref else Violation("budget", message, ledger))
         ended = job.ended_by or job.generation_ended_by
-        for number, (_, ref) in sorted(job.batches.items()):
-            charges = job.charges.get(number, [])
-            if not charges:
-                if ended is None:
-                    self.pending.append(f"{ref}: batch {number} awaits its charge (job running)")
-                else:
-                    violations.append(Violation.at("charge", ref, f"batch {number} was never charged"))
-            for extra in charges[1:]:
-                violations.append(Violation.at(
-                    "charge", extra, f"batch {number} charged {len(charges)} times (first at {charges[0]})"
-                ))
-        for number, charges in sorted(job.charges.items()):
-            if number not in job.batches:
-                for ref in charges:
-                    violations.append(Violation.at("charge", ref, f"charges batch {number}, which was never generated"))
-        self._usage_rules(job, ended)
+        batches = {number: ref for number, (_, ref) in job.batches.items()}
+        self._charged_once(batches, job.charges, ended, "batch", "which was never generated")
+        self._charged_once(job.usage_facts, job.usage_charges, ended, "usage", "which is no usage of this job in the log")
         generated = sum(rows for rows, _ in job.batches.values())
         for detail, ref in job.exports:
             if detail.get("rows") != generated:
@@ -411,26 +398,33 @@ class DomainAuditor:
                         "export", ref, f"{fmt} files hold {rows} rows, the export says {detail.get('rows')}"
                     ))
 
-    def _usage_rules(self, job: _Job, ended: EventRef | None) -> None:
-        """Each usage fact charged once by a UsageCharged naming it; no charge of nothing."""
+    def _charged_once(
+        self,
+        facts: Mapping[Any, EventRef],
+        charges: Mapping[Any, list[EventRef]],
+        ended: EventRef | None,
+        kind: str,
+        orphan: str,
+    ) -> None:
+        """Each fact to bill (a batch, a usage outside batches) is charged exactly once, and
+        no charge names a fact the log does not hold. A missing charge of a running job is
+        pending (billing follows the log), of an ended job a violation."""
         violations = self.violations
-        for event_id, ref in job.usage_facts.items():
-            charges = job.usage_charges.get(event_id, [])
-            if not charges:
+        for key, ref in sorted(facts.items(), key=lambda item: item[0]):
+            found = charges.get(key, [])
+            if not found:
                 if ended is None:
-                    self.pending.append(f"{ref}: {ref.detail_type} awaits its charge (job running)")
+                    self.pending.append(f"{ref}: {kind} {key} awaits its charge (job running)")
                 else:
-                    violations.append(Violation.at("charge", ref, f"{ref.detail_type} was never charged"))
-            for extra in charges[1:]:
+                    violations.append(Violation.at("charge", ref, f"{kind} {key} was never charged"))
+            for extra in found[1:]:
                 violations.append(Violation.at(
-                    "charge", extra, f"{ref.detail_type} {event_id} charged {len(charges)} times (first at {charges[0]})"
+                    "charge", extra, f"{kind} {key} charged {len(found)} times (first at {found[0]})"
                 ))
-        for charge_id, charges in sorted(job.usage_charges.items()):
-            if charge_id not in job.usage_facts:
-                for ref in charges:
-                    violations.append(Violation.at(
-                        "charge", ref, f"charges {charge_id}, which is no usage of this job in the log"
-                    ))
+        for key, refs in sorted(charges.items(), key=lambda item: item[0]):
+            if key not in facts:
+                for ref in refs:
+                    violations.append(Violation.at("charge", ref, f"charges {kind} {key}, {orphan}"))
 
 
 def _required(value: Any, name: str) -> Any:
