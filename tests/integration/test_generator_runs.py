@@ -165,7 +165,7 @@ def test_a_slow_small_job_records_progress_before_it_ends(adapters: Adapters) ->
 def test_a_time_flushed_job_resumes_exactly_after_a_release(adapters: Adapters) -> None:
     """A stop after some time-flushed batches: the resumed run numbers its batches on from
     the recorded ones and the dataset holds each record once."""
-    job_id = request_job(adapters, 40, steps=(QUESTION,))
+    job_id = request_job(adapters, 120, steps=(QUESTION,))
     stream = f"generation-{job_id}"
     stop = threading.Event()
 
@@ -176,12 +176,12 @@ def test_a_time_flushed_job_resumes_exactly_after_a_release(adapters: Adapters) 
     with FakeOpenAIServer(latency_s=0.05) as slow:
         threading.Thread(target=stop_after_two_batches).start()
         first = run(adapters, slow, job_id, concurrency=2, flush_seconds=0.3, stop=stop)
-        second = run(adapters, slow, job_id, concurrency=4, flush_seconds=0.3)
+        second = run(adapters, slow, job_id, concurrency=8, flush_seconds=0.3)
 
     assert (first.outcome, second.outcome) == (RunOutcome.RELEASED, RunOutcome.COMPLETED)
     numbers = [b.batch_number for b in of_type(generation_events(adapters, job_id), BatchGenerated)]
     assert numbers == list(range(len(numbers)))
-    assert_exact_dataset(adapters, job_id, 40)
+    assert_exact_dataset(adapters, job_id, 120)
 
 
 def test_jobs_watch_counts_a_fanout_jobs_target_over_its_models(adapters: Adapters, server: FakeOpenAIServer) -> None:
