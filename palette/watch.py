@@ -56,6 +56,11 @@ def watch_job(
     failure = (last or {}).get("failure")
     if failure and (last or {}).get("status") in TERMINAL_STATUSES:
         console.print(f"{failure.get('code', '?')}: {failure.get('reason', '')}", markup=False, highlight=False)
+    if (last or {}).get("status") == "COMPLETED_WITH_ERRORS":
+        for model, block in ((last or {}).get("per_model") or {}).items():
+            if block.get("failure"):
+                failed = block["failure"]
+                console.print(f"{model}: {failed.get('code', '?')}: {failed.get('reason', '')}", markup=False, highlight=False)
     return last
 
 

@@ -30,3 +30,22 @@ def test_the_bar_shows_the_jobs_own_elapsed_time_not_the_watchers() -> None:
     printed = console.export_text()
     assert "1:02:03" in printed and "20/20" in printed
     assert "0:00:00" not in printed
+
+
+def test_a_job_completed_with_errors_names_each_failed_model() -> None:
+    from rich.console import Console
+
+    from palette.watch import watch_job
+
+    done = {
+        "status": "COMPLETED_WITH_ERRORS", "num_records": 20, "records_generated": 10, "files": [{"blob_key": "k"}],
+        "per_model": {
+            "openai/a": {"records_generated": 10, "failure": None},
+            "openai/b": {"records_generated": 0, "failure": {"code": "ERROR_RATE", "reason": "10 of 10 failed"}},
+        },
+    }
+    console = Console(record=True, width=200, force_terminal=False)
+
+    watch_job(lambda: done, console, poll_interval=0.01, timeout=5)
+
+    assert "openai/b: ERROR_RATE: 10 of 10 failed" in console.export_text()
