@@ -7,10 +7,13 @@ no service (the composition root, `palette.composition`, wires services onto it)
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from contracts.pricing import DEFAULT_CATALOG, PricingCatalog, with_overrides
 from palette.blobs.port import BlobStore
@@ -64,9 +67,38 @@ class Adapters:
 PRICING_OVERRIDES_FILE = "pricing.json"
 
 
-def pricing_catalog(overrides: str | None) -> PricingCatalog:
-    """The shipped pricing catalog with an operator's JSON overrides, if any."""
-    return with_overrides(DEFAULT_CATALOG, overrides) if overrides else DEFAULT_CATALOG
+_FROM_ENVIRONMENT = object()
+
+
+def pricing_catalog(overrides: str | None, openai_base_url: str | None | object = _FROM_ENVIRONMENT) -> PricingCatalog:
+    """The shipped pricing catalog with an operator's JSON overrides, if any.
+
+    The shipped `openai/*` entry prices every OpenAI-compatible model at $0, because such an
+    endpoint is usually self-hosted (vLLM, Ollama, llama.cpp). That holds only for an endpoint
+    on this machine: when `OPENAI_BASE_URL` names any other host and the operator did not
+    price `openai/*` themselves, the free default is dropped, so an unpriced model is refused
+    at job creation instead of running unbilled and outside its budget on a provider that
+    charges. The catalog then has a version of its own (the audit reprices by version).
+    """
+    catalog = with_overrides(DEFAULT_CATALOG, overrides) if overrides else DEFAULT_CATALOG
+    base_url = os.environ.get("OPENAI_BASE_URL") if openai_base_url is _FROM_ENVIRONMENT else openai_base_url
+    priced_by_operator = bool(overrides) and OPENAI_WILDCARD in (json.loads(overrides or "{}").get("models") or {})
+    if base_url and not _on_this_machine(str(base_url)) and OPENAI_WILDCARD in catalog.models and not priced_by_operator:
+        catalog = with_overrides(catalog, {"models": {OPENAI_WILDCARD: None}})
+    return catalog
+
+
+OPENAI_WILDCARD = "openai/*"
+
+
+def _on_this_machine(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def local_adapters(data_dir: Path, base_url: str = "http://127.0.0.1:8000") -> Adapters:

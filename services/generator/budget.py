@@ -66,6 +66,11 @@ _RESERVATION_NUMBERS = itertools.count(1)
 DEFAULT_TRANCHE_CALLS = 100
 """A tranche covers this many worst-case calls (a default batch's worth), or what is left."""
 
+TRANCHE_SHARE = Decimal("0.05")
+"""...but never more than this share of the budget (unless one call needs more): a tranche
+whose worker is killed is written off at its worst case, so a kill -9 costs a job at most
+this share of its money, and a job whose full cost is 90 % of its budget still completes."""
+
 
 @dataclass(frozen=True, slots=True)
 class CallUsage:
@@ -284,7 +289,7 @@ class LedgerBudgetGuard:
             unallocated = self.budget_limit - self._committed - self._granted
             if shortfall > unallocated:
                 return None
-            return min(unallocated, max(shortfall, worst * self.tranche_calls))
+            return min(unallocated, max(shortfall, min(worst * self.tranche_calls, self.budget_limit * TRANCHE_SHARE)))
 
     def grant(self, amount: Decimal) -> None:
         with self._lock:

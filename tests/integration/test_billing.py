@@ -59,6 +59,7 @@ from services.billing.projections import CostsView, JobCosts
 from services.generator.budget import (
     CallUsage,
     JobBudgets,
+    TRANCHE_SHARE,
     LedgerBudgetGuard,
     Reservation,
 )
@@ -587,7 +588,7 @@ def test_a_workers_guard_starts_each_run_from_what_the_log_already_billed(adapte
     assert budgets.reserve(job_id, MODEL, 100, 100) is None
     worst = price_call(PRICED, MODEL, 100, 100)
     tranche = budgets.next_tranche(job_id, MODEL, 100, 100)
-    assert tranche == min(Decimal("0.01") - 2 * per_batch, 100 * worst)
+    assert tranche == min(Decimal("0.01") - 2 * per_batch, max(worst, min(100 * worst, Decimal("0.01") * TRANCHE_SHARE)))
     budgets.grant(job_id, tranche)
     reservation = budgets.reserve(job_id, MODEL, 100, 100)
     assert reservation is not None
@@ -674,3 +675,13 @@ def test_a_run_that_never_closed_its_tranches_is_written_off_and_charged(adapter
         consumer(stored)
     assert recorded_spend(adapters, job_id) == budgets.in_log(job_id).committed
     assert_every_charge_once(adapters, job_id)
+
+
+def test_a_tranche_is_at_most_a_twentieth_of_the_budget_unless_one_call_needs_more() -> None:
+    """A killed worker's tranche is written off at its worst case: keep that loss small."""
+    guard = LedgerBudgetGuard(PRICED, Decimal("0.5"), granted=Decimal(0))
+    one_call = guard.worst_case(MODEL, 100, 200)
+    assert one_call * 100 > Decimal("0.025")
+    assert guard.next_tranche(MODEL, 100, 200) == Decimal("0.025")
+    costly = LedgerBudgetGuard(PRICED, Decimal("0.001"), granted=Decimal(0))
+    assert costly.next_tranche(MODEL, 100, 200) == costly.worst_case(MODEL, 100, 200)
