@@ -75,6 +75,7 @@ def caller(router: Router | ApiGatewayResolver) -> str:
 
 FACADE_RESPONSES: dict[int, str] = {
     400: "VALIDATION_ERROR: the request is malformed (body not UTF-8 or nested too deep, a field or parameter invalid)",
+    408: "REQUEST_TIMEOUT: the request body did not arrive whole within 30 s",
     413: "PAYLOAD_TOO_LARGE: the request body is larger than the route accepts",
     415: "UNSUPPORTED_MEDIA_TYPE: a request body that is not JSON (send Content-Type: application/json)",
     429: "RATE_LIMITED: too many requests of this route class; retry after Retry-After seconds",
