@@ -170,6 +170,14 @@ _STATUS = {
 }
 
 
+def _status_after(detail_type: str, d: dict[str, Any]) -> str:
+    """The status a job event leaves: a completion says its own outcome
+    (COMPLETED_WITH_ERRORS when fan-out models failed)."""
+    if detail_type == "JobCompleted":
+        return str(d.get("outcome") or "COMPLETED")
+    return _STATUS[detail_type]
+
+
 def audit_job(
     store: EventStore, job_id: str, catalogs: Sequence[pricing.PricingCatalog] = (pricing.DEFAULT_CATALOG,)
 ) -> JobAudit:
@@ -254,7 +262,7 @@ def reconcile(
     for event, d in zip(events, details, strict=True):
         kind = event.detail_type
         if kind in _STATUS:
-            result.status = _STATUS[kind]
+            result.status = _status_after(kind, d)
         if kind == "JobRequested":
             result.budget_limit = Decimal(str(d["budget_limit"]))
         elif kind == "BatchGenerated":

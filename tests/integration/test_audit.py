@@ -633,6 +633,13 @@ def test_a_double_charge_and_a_mispriced_batch_are_discrepancies(sqlite_store: S
         audit_job(sqlite_store, "nope")
 
 
+def test_a_fan_out_job_completed_with_errors_audits_as_completed_with_errors(sqlite_store: SQLiteEventStore) -> None:
+    append(sqlite_store, "job-j1", requested("j1"), NewEvent(JobCompleted(
+        job_id="j1", records_completed=10, outcome="COMPLETED_WITH_ERRORS", failed_models={MODEL: "MODEL_ERROR"},
+    )))
+    assert audit_job(sqlite_store, "j1").reconciliation.status == "COMPLETED_WITH_ERRORS"
+
+
 # -- re-driving consumers on AWS -----------------------------------------------------------
 
 
