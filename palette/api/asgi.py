@@ -9,12 +9,16 @@ a thread of the loop's default executor and blocks it on the next stage: eight c
 requests on two cores held every thread and the server hung for good.)
 
 Limits, checked on the event loop before a thread is taken:
-- admission: at most `workers + max_waiting` requests are admitted at once; the next one
-  answers 503 SERVICE_UNAVAILABLE with `Retry-After` rather than waiting without bound;
+- bodies are read on the event loop BEFORE a request is admitted, so a client trickling its
+  body (slowloris) holds a coroutine and a socket, never a thread or an admission slot; one
+  peer address may have at most `body_reads_per_peer` bodies being read at once, the next
+  answers 429 RATE_LIMITED at once;
+- admission: at most `workers + max_waiting` requests with their body read are admitted at
+  once; the next one answers 503 SERVICE_UNAVAILABLE with `Retry-After` rather than waiting
+  without bound;
 - body size per route (`body_limit`): a declared Content-Length over it answers 413 without
   reading a byte, and a chunked body is counted as it arrives and refused at the limit;
-- body time: a body not received whole within `body_seconds` answers 408, so a client
-  trickling its body cannot hold an admission slot for long;
+- body time: a body not received whole within `body_seconds` answers 408;
 - request id: a well-formed `X-Request-Id` sent by the client is kept, anything else is
   replaced by a fresh one; it becomes the event's `requestContext.requestId`.
 """
@@ -48,6 +52,10 @@ TEMPLATE_BODY_LIMIT = 512 * 1024
 """A template is recorded as one event of at most 256 KiB; twice that leaves room for JSON
 escapes and still refuses, unread, any body that could never be recorded."""
 BUSY_RETRY_AFTER_SECONDS = 1
+DEFAULT_BODY_READS_PER_PEER = 256
+"""Bodies one client address may be sending at once: above the 200 concurrent clients of the
+load test (one address), and it bounds what one address can make the server hold in
+half-sent bodies (256 x the body cap: at most 128 MiB)."""
 DEFAULT_BODY_SECONDS = 30.0
 
 
@@ -102,8 +110,11 @@ class PooledResolver:
         max_waiting: int = DEFAULT_MAX_WAITING,
         limit_of: Callable[[str, str], int] = body_limit,
         body_seconds: float = DEFAULT_BODY_SECONDS,
+        body_reads_per_peer: int = DEFAULT_BODY_READS_PER_PEER,
     ) -> None:
         self._app = app
+        self._body_reads_per_peer = body_reads_per_peer
+        self._body_reads: dict[str, int] = {}
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="palette-api")
         self._capacity = workers + max_waiting
         self._admitted = 0
@@ -112,6 +123,9 @@ class PooledResolver:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str | None = None) -> None:
         request_id = request_id or request_id_of(scope)
+        body = await self._receive_body(scope, receive, send, request_id)
+        if body is None:
+            return
         if self._admitted >= self._capacity:
             await send_error(
                 send, 503, "SERVICE_UNAVAILABLE", "the server is busy; retry shortly",
@@ -121,23 +135,6 @@ class PooledResolver:
             return
         self._admitted += 1
         try:
-            limit = self._limit_of(scope["method"], scope["path"])
-            try:
-                body = await asyncio.wait_for(read_body(scope, receive, limit), self._body_seconds)
-            except _BodyTooLarge:
-                await send_error(
-                    send, 413, "PAYLOAD_TOO_LARGE", f"the request body is larger than {limit} bytes",
-                    {"limit_bytes": limit}, request_id, [(b"connection", b"close")],
-                )
-                return
-            except TimeoutError:
-                await send_error(
-                    send, 408, "REQUEST_TIMEOUT", f"the request body did not arrive within {self._body_seconds:g} s",
-                    {"timeout_seconds": self._body_seconds}, request_id, [(b"connection", b"close")],
-                )
-                return
-            except _ClientGone:
-                return
             event = http_api_event(scope, body, request_id)
             resolve = contextvars.Context().run
             response = await asyncio.get_running_loop().run_in_executor(
@@ -146,6 +143,42 @@ class PooledResolver:
             await send_response(send, response, request_id)
         finally:
             self._admitted -= 1
+
+    async def _receive_body(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> bytes | None:
+        """The request's whole body, or None once the refusal (429, 413, 408) was sent or the
+        client left."""
+        client = scope.get("client")
+        peer = str(client[0]) if client else ""
+        if self._body_reads.get(peer, 0) >= self._body_reads_per_peer:
+            await send_error(
+                send, 429, "RATE_LIMITED", "too many requests in progress from this address; retry shortly",
+                {"retry_after_seconds": BUSY_RETRY_AFTER_SECONDS}, request_id,
+                [(b"retry-after", str(BUSY_RETRY_AFTER_SECONDS).encode()), (b"connection", b"close")],
+            )
+            return None
+        self._body_reads[peer] = self._body_reads.get(peer, 0) + 1
+        limit = self._limit_of(scope["method"], scope["path"])
+        try:
+            return await asyncio.wait_for(read_body(scope, receive, limit), self._body_seconds)
+        except _BodyTooLarge:
+            await send_error(
+                send, 413, "PAYLOAD_TOO_LARGE", f"the request body is larger than {limit} bytes",
+                {"limit_bytes": limit}, request_id, [(b"connection", b"close")],
+            )
+        except TimeoutError:
+            await send_error(
+                send, 408, "REQUEST_TIMEOUT", f"the request body did not arrive within {self._body_seconds:g} s",
+                {"timeout_seconds": self._body_seconds}, request_id, [(b"connection", b"close")],
+            )
+        except _ClientGone:
+            pass
+        finally:
+            remaining = self._body_reads[peer] - 1
+            if remaining:
+                self._body_reads[peer] = remaining
+            else:
+                del self._body_reads[peer]
+        return None
 
     def close(self) -> None:
         """Refuses queued requests' work and lets running ones finish (they are bounded by

@@ -158,3 +158,46 @@ def test_a_body_that_does_not_arrive_in_time_answers_408() -> None:
     assert sent[0]["status"] == 408
     assert json.loads(sent[1]["body"])["error"]["code"] == "REQUEST_TIMEOUT"
     assert resolver.resolved == 0
+
+
+def test_slow_bodies_from_one_peer_never_take_the_service_from_others() -> None:
+    """A client trickling many bodies (slowloris) holds neither threads nor admission slots:
+    bodies are read before a request is admitted, and one peer may read only so many at once."""
+    resolver = _Resolver()
+    resolver.release.set()
+    pool = PooledResolver(resolver, workers=2, max_waiting=4, body_seconds=5)  # type: ignore[arg-type]
+
+    async def stalled() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def scenario() -> tuple[list[int], int]:
+        refused: list[int] = []
+
+        async def slow_request() -> None:
+            sent: list[dict[str, Any]] = []
+
+            async def send(message: dict[str, Any]) -> None:
+                sent.append(message)
+
+            scope = {"type": "http", "method": "POST", "path": "/templates", "query_string": b"",
+                     "headers": [(b"content-length", b"1000")], "client": ("10.9.9.9", 5)}
+            await pool(scope, stalled, send)
+            if sent:
+                refused.append(sent[0]["status"])
+
+        slow = [asyncio.create_task(slow_request()) for _ in range(270)]
+        await asyncio.sleep(0.2)
+        status, _, _, _ = await _call(pool, "GET", "/jobs")
+        await asyncio.sleep(0.1)
+        for task in slow:
+            task.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)
+        return refused, status
+
+    try:
+        refused, status = asyncio.run(scenario())
+    finally:
+        pool.close()
+    assert status == 200, "another client is served while one peer trickles 270 bodies"
+    assert refused and set(refused) == {429}, "the peer's bodies beyond its share are refused at once"
