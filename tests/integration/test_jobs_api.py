@@ -624,9 +624,14 @@ def test_cancelling_a_running_job_stops_it_after_the_worker_does(api: Facade) ->
     assert again.status == 202 and again.body == asked.body
     assert job_events(api.events, job_id).count("JobCancelRequested") == 1
 
-    api.generate(job_id, batch(job_id, 1), GenerationStopped(job_id=job_id, reason="cancelled", records_completed=200))
+    api.generate(
+        job_id, batch(job_id, 1), GenerationStopped(job_id=job_id, reason="cancelled", records_completed=200),
+        exported(job_id, 200),
+    )
     body = api.call("GET", f"/jobs/{job_id}").body
     assert (body["status"], body["progress"]["records_generated"]) == ("CANCELLED", 200)
+    assert body["files"] and all(f["rows"] == 200 and f["download_url"] for f in body["files"]), "a cancel keeps its records"
+    assert api.call("GET", f"/dashboard/{job_id}").body["files"] == body["files"]
     assert job_events(api.events, job_id) == ["JobRequested", "JobStarted", "JobCancelRequested", "JobCancelled"]
 
 
