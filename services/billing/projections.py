@@ -2,7 +2,7 @@
 
 One document per job, collection "job", key = job id, body:
 `{job_id, owner, budget_limit, batches, warned, budget_exceeded,
-  totals: {model_tokens, compute, storage, total}, per_model: {model: usd},
+  totals: {model_tokens, compute, storage, total}, per_model: {model | "unattributed": usd},
   per_day: {YYYY-MM-DD: {model_tokens, compute, storage, total, per_model}}}`
 (amounts are decimal strings), index1 = ("owner#<owner>", job id) once the owner is known.
 
@@ -41,6 +41,10 @@ from palette.projections.documents import (
 from palette.projections.port import ProjectedEvent, detail_and_time
 
 JOBS = "job"
+UNATTRIBUTED = "unattributed"
+"""The `per_model` key for what no model's tokens account for (written-off budget tranches,
+compute, storage), so `per_model` sums to the total. Model ids always hold a `/`, so it
+never names a model."""
 CATEGORIES = ("model_tokens", "compute", "storage", "total")
 
 
@@ -149,6 +153,9 @@ def _charge(
         held = today[category]
         today[category] = (held if type(held) is Decimal else Decimal(held)) + getattr(charge, category)
     _add(today["per_model"], charge.per_model)
+    unattributed = charge.total - sum(charge.per_model.values(), _ZERO)
+    if unattributed:
+        _add(today["per_model"], {UNATTRIBUTED: unattributed})
 
 
 def _charge_owner(detail: PromptEnhancementCharged, time: str, docs: DocumentWriter) -> None:

@@ -245,8 +245,12 @@ class TimingBody(BaseModel):
     started_at: str | None
     completed_at: str | None
     generation_seconds: float | None
-    records_per_second: float | None
-    eta_seconds: float | None
+    records_per_second: float | None = Field(description="records per second since the start")
+    smoothed_records_per_second: float | None = Field(
+        default=None,
+        description="exponentially weighted rate between batches (half-life 30 s of event time); None before the second batch",
+    )
+    eta_seconds: float | None = Field(description="while running: records left at the smoothed rate (the average before it)")
 
 
 class CostBody(BaseModel):
@@ -513,6 +517,7 @@ def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandler
             completed_at=current["completed_at"],
             generation_seconds=figures["generation_seconds"],
             records_per_second=figures["records_per_second"],
+            smoothed_records_per_second=figures["smoothed_records_per_second"],
             eta_seconds=figures["eta_seconds"],
         ),
         cost=CostBody.model_validate(cost),

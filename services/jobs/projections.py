@@ -15,7 +15,9 @@ event merges into the document: counters add, times keep the earliest start, the
 figures are recomputed from the merged fields. The document is therefore the same whatever
 the order across streams, and a rebuild from the log equals the incremental one. A deleted
 job leaves a tombstone, so a late generator or billing event cannot bring it back.
-Rate and ETA depend on the clock, so `dashboard_figures` computes them when read.
+Rate and ETA depend on the clock, so `dashboard_figures` computes them when read; the
+smoothed rate they use comes from the generation stream alone (event times, never the
+clock), so it too is the same on a rebuild.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from contracts.events.generator import (
     BatchGenerated,
     DatasetExported,
     GenerationModelFailed,
+    TokenUsage,
+    UnbatchedUsageRecorded,
 )
 from contracts.events.jobs import (
     JobBudgetExceeded,
@@ -58,6 +62,13 @@ from services.jobs.domain import BUDGET_EXCEEDED_CODE, budget_stop_reason
 
 JOBS = "job"
 DASHBOARDS = "dashboard"
+UNATTRIBUTED = "unattributed"
+"""The cost block's `per_model` key for what no model's tokens account for (written-off
+budget tranches, compute, storage), so `per_model` sums to `total`. Model ids always hold
+a `/`, so it never names a model."""
+RATE_HALF_LIFE_SECONDS = 30.0
+"""The smoothed rate's half-life: a batch's rate weighs half as much after 30 s of newer
+batches, so the ETA follows the last minute or so of generation."""
 
 _JOB_EVENTS: tuple[str, ...] = tuple(
     cls.detail_type()
@@ -188,6 +199,8 @@ def empty_dashboard(job_id: str) -> dict[str, Any]:
         "batches": 0,
         "failed_batches": 0,
         "tokens": {},
+        "smoothed_rate": None,
+        "rate_pending_rows": 0,
         "created_at": None,
         "started_at": None,
         "last_batch_at": None,
@@ -240,21 +253,52 @@ def _merge_batch(body: dict[str, Any], detail: BatchGenerated, time: str) -> Non
     body["failed_records"] += detail.failures
     body["batches"] += 1
     body["batch_ms"] += detail.duration_ms
+    _smooth_rate(body, detail.rows, time)
     body["last_batch_at"] = _latest(body["last_batch_at"], time)
-    tokens = body["tokens"]
-    for model, usage in detail.token_usage.items():
-        total = tokens.get(model)
-        if total is None:
-            total = tokens[model] = {"input_tokens": 0, "output_tokens": 0, "calls": 0}
-        total["input_tokens"] += usage.input_tokens
-        total["output_tokens"] += usage.output_tokens
-        total["calls"] += usage.calls
+    _add_tokens(body, detail.token_usage)
     if detail.model is not None:
         lane = _model_progress(body, detail.model)
         lane["records_generated"] += detail.rows
         lane["failed_records"] += detail.failures
         if body["num_records"] and lane["records_generated"] >= body["num_records"]:
             lane["finished_at"] = _latest(lane.get("finished_at"), time)
+
+
+def _smooth_rate(body: dict[str, Any], rows: int, time: str) -> None:
+    """Fold a batch into the exponentially weighted rate (records per second): its rows
+    over the time since the previous batch, weighted 1 - 2^(-seconds / half-life). A batch
+    recorded at the previous one's time (or before it, clocks of two workers) carries its
+    rows to the next. Nothing before the second batch: the first has no previous time."""
+    previous = body["last_batch_at"]
+    if previous is None:
+        return
+    seconds = (datetime.fromisoformat(time) - datetime.fromisoformat(previous)).total_seconds()
+    rows += body.get("rate_pending_rows", 0)
+    if seconds <= 0:
+        body["rate_pending_rows"] = rows
+        return
+    sample = rows / seconds
+    held = body.get("smoothed_rate")
+    weight = 1 - 0.5 ** (seconds / RATE_HALF_LIFE_SECONDS)
+    body["smoothed_rate"] = sample if held is None else held + weight * (sample - held)
+    body["rate_pending_rows"] = 0
+
+
+def _add_tokens(body: dict[str, Any], usage_per_model: Mapping[str, TokenUsage]) -> None:
+    tokens = body["tokens"]
+    for model, usage in usage_per_model.items():
+        total = tokens.get(model)
+        if total is None:
+            total = tokens[model] = {"input_tokens": 0, "output_tokens": 0, "calls": 0}
+        total["input_tokens"] += usage.input_tokens
+        total["output_tokens"] += usage.output_tokens
+        total["calls"] += usage.calls
+
+
+def _merge_unbatched(body: dict[str, Any], detail: UnbatchedUsageRecorded, time: str) -> None:
+    """Answered calls no batch carries count in `tokens` as the provider reported them;
+    unanswered calls (no usage known) are only in the cost, at their worst case."""
+    _add_tokens(body, detail.token_usage)
 
 
 def _merge_model_failed(body: dict[str, Any], detail: GenerationModelFailed, time: str) -> None:
@@ -283,6 +327,9 @@ def _merge_cost(body: dict[str, Any], detail: CostRecorded | UsageCharged, time:
     per_model = cost["per_model"]
     for model, amount in detail.per_model.items():
         per_model[model] = _decimal(per_model.get(model, "0")) + amount
+    unattributed = detail.total - sum(detail.per_model.values(), Decimal(0))
+    if unattributed:
+        per_model[UNATTRIBUTED] = _decimal(per_model.get(UNATTRIBUTED, "0")) + unattributed
 
 
 def _decimal(amount: Decimal | str) -> Decimal:
@@ -306,6 +353,7 @@ _MERGES: dict[type, Any] = {
     JobCancelRequested: _merge_cancel_requested,
     **{ending: _merge_ending for ending in _ENDINGS},
     BatchGenerated: _merge_batch,
+    UnbatchedUsageRecorded: _merge_unbatched,
     GenerationModelFailed: _merge_model_failed,
     BatchFailed: _merge_batch_failed,
     DatasetExported: _merge_exported,
@@ -378,17 +426,21 @@ def _latest(current: str | None, time: str) -> str:
 
 def dashboard_figures(body: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The live figures of a dashboard document at `now`: generation time, rate (records
-    per second since the first claim) and, while running, the ETA at that rate."""
+    per second since the first claim) and, while running, the ETA at the smoothed rate
+    (at the average rate until a second batch gives the smoothed one)."""
     started = _parse(body.get("started_at"))
     ended = _parse(body.get("completed_at")) or (now if body.get("status") == "RUNNING" else None)
     seconds = max((ended - started).total_seconds(), 0.0) if started and ended else None
     generated = body.get("records_generated", 0)
     rate = generated / seconds if seconds and generated else None
     remaining = max(body.get("num_records", 0) - generated, 0)
-    eta = remaining / rate if rate and body.get("status") == "RUNNING" else None
+    smoothed = body.get("smoothed_rate")
+    eta_rate = smoothed if smoothed is not None else rate
+    eta = remaining / eta_rate if eta_rate and body.get("status") == "RUNNING" else None
     return {
         "generation_seconds": None if seconds is None else round(seconds, 3),
         "records_per_second": None if rate is None else round(rate, 3),
+        "smoothed_records_per_second": None if smoothed is None else round(smoothed, 3),
         "eta_seconds": None if eta is None else round(eta, 1),
         "records_remaining": remaining,
     }

@@ -270,6 +270,30 @@ def test_the_cost_view_equals_the_ledger_and_a_rebuild_gives_the_same(adapters: 
     assert status == 200 and nobody["jobs"] == [] and Decimal(nobody["totals"]["total"]) == 0
 
 
+def test_per_model_costs_sum_to_the_total_with_write_offs_compute_and_storage(adapters: Adapters) -> None:
+    """What no model's tokens account for (a written-off tranche, compute, storage) is listed
+    under `unattributed`, so GET /costs' `per_model` adds up to `totals.total`."""
+    from contracts.events.generator import BudgetWrittenOff, UnbatchedUsageRecorded
+
+    job_id = uuid.uuid4().hex
+    append(adapters, f"job-{job_id}", job_requested(job_id, "50"))
+    append(adapters, f"generation-{job_id}", batch(job_id, 0), batch(job_id, 1, tokens=3000),
+           UnbatchedUsageRecorded(job_id=job_id, worker_id="w1",
+                                  token_usage={MODEL: TokenUsage(input_tokens=400, output_tokens=300, calls=3)}),
+           BudgetWrittenOff(job_id=job_id, worker_id="w1", amount=Decimal("0.0042")))
+    _charge_all(adapters, [job_id])
+    runner = adapters.projection_runner(JobCosts())
+    status, reply = CostsApi(adapters, runner, LocalTokens(SECRET)).get(OWNER)
+    assert status == 200, reply
+
+    total = Decimal(reply["totals"]["total"])
+    assert total == recorded_spend(adapters, job_id) > Decimal(reply["totals"]["model_tokens"])
+    assert Decimal(reply["per_model"]["unattributed"]) >= Decimal("0.0042")
+    assert sum(Decimal(amount) for amount in reply["per_model"].values()) == total
+    (job,) = reply["jobs"]
+    assert sum(Decimal(amount) for amount in job["per_model"].values()) == Decimal(job["total"]) == total
+
+
 def test_costs_are_grouped_by_the_utc_day_they_were_recorded(adapters: Adapters) -> None:
     job_id = uuid.uuid4().hex
     append(adapters, f"job-{job_id}", job_requested(job_id, "50"))

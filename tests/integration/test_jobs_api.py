@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,17 @@ from moto import mock_aws
 
 from contracts.envelope import bus_event
 from contracts.events.base import DomainEvent
-from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded
+from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded, UsageCharged
 from contracts.events.generator import (
     BatchGenerated,
+    BudgetWrittenOff,
     DatasetExported,
     ExportedFile,
     GenerationClaimed,
     GenerationFailed,
     GenerationStopped,
     TokenUsage,
+    UnbatchedUsageRecorded,
 )
 from contracts.events.jobs import OutputFormat
 from contracts.events.seeds import (
@@ -586,9 +589,82 @@ def test_billing_fills_the_cost_block_and_a_budget_stop_ends_the_job(api: Facade
     assert board["status"] == "BUDGET_EXCEEDED" and len(board["files"]) == 2
     assert board["cost"] == {
         "model_tokens": "1.2", "compute": "0.1", "storage": "0.01", "total": "1.31",
-        "per_model": {MODEL: "1.2"}, "budget_limit": "2", "used": "1.31", "remaining": "0.69",
+        "per_model": {MODEL: "1.2", "unattributed": "0.11"}, "budget_limit": "2", "used": "1.31", "remaining": "0.69",
         "percent": 65.5, "warnings": [50], "budget_exceeded": True,
     }
+
+
+def test_the_dashboard_counts_unbatched_calls_and_splits_the_whole_cost_by_model(api: Facade) -> None:
+    job_id = api.start_job(budget_limit=20)["job_id"]
+    api.generate(
+        job_id, claimed(job_id), batch(job_id, 0),
+        UnbatchedUsageRecorded(
+            job_id=job_id, worker_id="worker-1",
+            token_usage={MODEL: TokenUsage(input_tokens=88, output_tokens=48, calls=8)},
+            unanswered={MODEL: TokenUsage(input_tokens=50, output_tokens=500, calls=2)},
+        ),
+        BudgetWrittenOff(job_id=job_id, worker_id="worker-0", amount=Decimal("0.5")),
+    )
+    api.bill(
+        job_id,
+        CostRecorded(job_id=job_id, batch_number=0, catalog_version="2026-11", model_tokens=Decimal("1.2"),
+                     compute=Decimal("0.1"), storage=Decimal("0.01"), total=Decimal("1.31"),
+                     per_model={MODEL: Decimal("1.2")}),
+        UsageCharged(job_id=job_id, charge_id="u1", kind="unbatched", catalog_version="2026-11",
+                     model_tokens=Decimal("0.3"), compute=Decimal(0), storage=Decimal(0), total=Decimal("0.3"),
+                     per_model={MODEL: Decimal("0.3")}),
+        UsageCharged(job_id=job_id, charge_id="w1", kind="written_off", catalog_version="2026-11",
+                     model_tokens=Decimal("0.5"), compute=Decimal(0), storage=Decimal(0), total=Decimal("0.5")),
+    )
+
+    board = api.call("GET", f"/dashboard/{job_id}").body
+    assert board["tokens"] == {MODEL: {"input_tokens": 1000 + 88, "output_tokens": 2000 + 48, "calls": 100 + 8}}
+    cost = board["cost"]
+    assert cost["per_model"] == {MODEL: "1.5", "unattributed": "0.61"}
+    assert sum(Decimal(v) for v in cost["per_model"].values()) == Decimal(cost["total"]) == Decimal("2.11")
+
+
+def test_the_eta_follows_the_recent_rate_after_a_slow_start(tmp_path: Path) -> None:
+    for facade in local_facade(tmp_path):
+        job_id = facade.start_job(num_records=2000)["job_id"]
+        start = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+        slow = [(start + timedelta(seconds=100 * n), 10) for n in range(3)]  # 0.1 records/s
+        fast = [(slow[-1][0] + timedelta(seconds=5 * n), 50) for n in range(1, 21)]  # 10 records/s
+        facts: list[NewEvent] = [NewEvent(claimed(job_id), actor="worker", time=_at(start))]
+        first = 0
+        for number, (when, rows) in enumerate(slow + fast):
+            fact = BatchGenerated(
+                job_id=job_id, batch_number=number, first_record=first, last_record=first + rows - 1,
+                blob_key=f"parts/{number}", rows=rows, failures=0,
+                token_usage={MODEL: TokenUsage(input_tokens=rows, output_tokens=rows, calls=rows)},
+                duration_ms=100, bytes_written=100,
+            )
+            facts.append(NewEvent(fact, actor="worker", time=_at(when)))
+            first += rows
+        facade.events.append(f"generation-{job_id}", facts, 0)
+        facade.deliver()
+
+        board = facade.call("GET", f"/dashboard/{job_id}").body
+        remaining = 2000 - 1030
+        assert board["records_remaining"] == remaining
+        assert 8 < board["timing"]["smoothed_records_per_second"] <= 10
+        assert remaining / 10 <= board["timing"]["eta_seconds"] < remaining / 8, "the slow start is forgotten"
+
+        adapters = local_adapters(tmp_path)
+        runner, reader = adapters.projection_runner(_Renamed()), adapters.document_reader(_Renamed())
+        for stored in reversed(adapters.events.read_all(0, 10_000)):
+            runner.handle(stored)
+        incremental = reader.get(DASHBOARDS, job_id)
+        runner.rebuild()
+        assert reader.get(DASHBOARDS, job_id) == incremental
+        assert incremental is not None and incremental["smoothed_rate"] == pytest.approx(
+            board["timing"]["smoothed_records_per_second"], abs=1e-3
+        )
+        adapters.close()
+
+
+def _at(when: datetime) -> str:
+    return when.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def test_a_fatal_generator_error_fails_the_job(api: Facade) -> None:
