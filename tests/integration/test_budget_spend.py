@@ -219,6 +219,7 @@ def test_a_budget_of_half_the_cost_is_spent_until_the_next_call_cannot_fit(
         assert result.outcome is RunOutcome.BUDGET_EXCEEDED, result
         settle_the_bus(adapters, tmp_path / "bus.db")
         spend = assert_ledger_is_what_the_provider_billed(adapters, server, job_id)
+        assert_the_dashboard_is_what_the_provider_saw(adapters, provider_usage(server), job_id)
     generation = decoded(adapters, f"generation-{job_id}")
     [stopped] = of_type(generation, GenerationStopped)
     why = stopped.budget
@@ -232,6 +233,20 @@ def test_a_budget_of_half_the_cost_is_spent_until_the_next_call_cannot_fit(
     tranches = of_type(generation, BudgetTrancheTaken)
     assert tranches and sum(t.amount for t in tranches) <= budget
     assert_the_stop_says_why(adapters, job_id, why)
+
+
+def assert_the_dashboard_is_what_the_provider_saw(
+    adapters: Adapters, provider: dict[str, tuple[int, int, int]], job_id: str
+) -> None:
+    """The dashboard's tokens are the provider's (calls of dropped records included) and
+    its per-model costs add up to its total."""
+    adapters.projection_runner(JobDashboard()).run_once()
+    dashboard = adapters.document_reader(JobDashboard()).get(DASHBOARDS, job_id)
+    assert dashboard is not None
+    shown = {m: (u["calls"], u["input_tokens"], u["output_tokens"]) for m, u in dashboard["tokens"].items()}
+    assert shown == provider
+    cost = dashboard["cost"]
+    assert sum(Decimal(amount) for amount in cost["per_model"].values()) == Decimal(cost["total"])
 
 
 def assert_the_stop_says_why(adapters: Adapters, job_id: str, why: Any) -> None:
