@@ -123,7 +123,9 @@ def test_the_request_log_line_carries_the_request_and_correlation_ids(tmp_path: 
     handler.setFormatter(logger.registered_formatter)
     service_logger = logging.getLogger(logger.service)
     service_logger.addHandler(handler)
-    level, service_logger.level = service_logger.level, logging.INFO  # other tests may have quietened it
+    # other tests may have quietened or disabled it (a logging dictConfig disables existing loggers)
+    level, disabled = service_logger.level, service_logger.disabled
+    service_logger.level, service_logger.disabled = logging.INFO, False
     runtime = LocalPalette(tmp_path)
     try:
         scope = {"method": "GET", "path": "/templates", "headers": [(b"x-correlation-id", b"flow-3")], "query_string": b""}
@@ -132,6 +134,7 @@ def test_the_request_log_line_carries_the_request_and_correlation_ids(tmp_path: 
         runtime.close()
         service_logger.removeHandler(handler)
         service_logger.setLevel(level)
+        service_logger.disabled = disabled
     assert answer["statusCode"] == 401
     (logged,) = [json.loads(line) for line in lines if json.loads(line).get("message") == "request"]
     assert (logged["request_id"], logged["correlation_id"], logged["status"]) == ("req-77", "flow-3", 401)
