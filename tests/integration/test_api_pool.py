@@ -125,7 +125,8 @@ def test_the_request_log_line_carries_the_request_and_correlation_ids(tmp_path: 
     service_logger.addHandler(handler)
     # other tests may have quietened or disabled it (a logging dictConfig disables existing loggers)
     level, disabled = service_logger.level, service_logger.disabled
-    service_logger.level, service_logger.disabled = logging.INFO, False
+    service_logger.setLevel(logging.INFO)  # setLevel, not .level: it clears logging's enabled-for cache
+    service_logger.disabled = False
     runtime = LocalPalette(tmp_path)
     try:
         scope = {"method": "GET", "path": "/templates", "headers": [(b"x-correlation-id", b"flow-3")], "query_string": b""}
