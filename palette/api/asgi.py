@@ -66,6 +66,12 @@ def body_limit(method: str, path: str) -> int:
     return DEFAULT_BODY_LIMIT
 
 
+def peer_ip(scope: Scope) -> str | None:
+    """The TCP peer's address, never a header the client sent."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 def request_id_of(scope: Scope) -> str:
     """The client's X-Request-Id when well formed (bounded length, [A-Za-z0-9._-]), else a new one."""
     for name, value in scope.get("headers", []):
@@ -147,8 +153,7 @@ class PooledResolver:
     async def _receive_body(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> bytes | None:
         """The request's whole body, or None once the refusal (429, 413, 408) was sent or the
         client left."""
-        client = scope.get("client")
-        peer = str(client[0]) if client else ""
+        peer = peer_ip(scope) or ""
         if self._body_reads.get(peer, 0) >= self._body_reads_per_peer:
             await send_error(
                 send, 429, "RATE_LIMITED", "too many requests in progress from this address; retry shortly",

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 
 import uvicorn
 
-from palette.api.asgi import PooledResolver, Receive, Scope, Send, request_id_of, send_error
+from palette.api.asgi import PooledResolver, Receive, Scope, Send, peer_ip, request_id_of, send_error
 from palette.blobs.local import LocalBlobStore
 from palette.blobs.port import BlobNotFound, BlobTooLarge, InvalidBlobKey
 from palette.blobs.signing import SignatureInvalid, UrlExpired
@@ -85,7 +85,7 @@ class FacadeApp:
         if self._limiter is not None:
             route = route_class(scope["method"], scope["path"])
             decision = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self._limiter.admit(route, source_ip=_peer_ip(scope))  # type: ignore[union-attr]
+                None, lambda: self._limiter.admit(route, source_ip=peer_ip(scope))  # type: ignore[union-attr]
             )
             if not decision.allowed:
                 retry_after = decision.retry_after_header
@@ -192,11 +192,6 @@ async def _offer(chunks: asyncio.Queue[bytes | None], item: bytes | None, writer
     await asyncio.wait({put, writer}, return_when=asyncio.FIRST_COMPLETED)
     if not put.done():
         put.cancel()
-
-
-def _peer_ip(scope: Scope) -> str | None:
-    client = scope.get("client")
-    return str(client[0]) if client else None
 
 
 class LocalServer:
