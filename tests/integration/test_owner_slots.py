@@ -11,6 +11,7 @@ import pytest
 from moto import mock_aws
 
 from services.generator.owner_slots import OwnerSlots
+from tests.contract.eventstore_moto import OneRequestAtATime
 
 TABLE = "palette-test-ratelimits"
 
@@ -59,7 +60,9 @@ def test_the_slot_of_a_worker_that_died_lapses_with_its_lease(dynamodb: Any) -> 
 
 
 def test_workers_racing_for_the_last_slots_never_take_more_than_n(dynamodb: Any) -> None:
-    slots = OwnerSlots(dynamodb, TABLE, per_owner=3)
+    # DynamoDB applies each conditional write atomically; moto checks and writes in unlocked
+    # steps, so the emulator takes one request at a time (the races between requests remain).
+    slots = OwnerSlots(OneRequestAtATime(dynamodb), TABLE, per_owner=3)
     won: list[str] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
