@@ -48,6 +48,10 @@ class StoredEvent(NamedTuple):
     prev_hash: str
     hash: str
 
+    def decode(self, catalog: EventCatalog = CATALOG) -> DomainEvent:
+        """The typed event this record holds, upcast to its current schema."""
+        return catalog.decode(self.detail_type, self.schema_version, self.detail)
+
     def expected_hash(self) -> str:
         return chain_hash(
             self.prev_hash,
@@ -138,7 +142,7 @@ class EventEnvelope(BaseModel):
             source=stored.source,
             detail_type=stored.detail_type,
             time=datetime.fromisoformat(stored.time),
-            detail=catalog.decode(stored.detail_type, stored.schema_version, stored.detail),
+            detail=stored.decode(catalog),
             metadata=EventMetadata(
                 id=stored.id,
                 stream_id=stored.stream_id,

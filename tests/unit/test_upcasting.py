@@ -83,6 +83,7 @@ def test_the_envelope_of_an_old_stored_event_carries_the_upcast_detail() -> None
 
     assert envelope.detail == CURRENT
     assert envelope.metadata.schema_version == 1
+    assert stored.decode(_meter_catalog()) == CURRENT
 
 
 def test_upcasters_run_in_version_order_and_only_from_the_stored_version() -> None:
