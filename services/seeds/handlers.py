@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO
 
-from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
 from contracts.events.seeds import SeedFormat
 from palette.blobs.port import BlobInfo, BlobNotFound, BlobStore
 from palette.recordfiles import SeedLimitExceeded
-from palette.eventstore.port import EventStore, NewEvent
-from palette.eventstore.retry import until_not_conflicting
+from palette.eventstore.port import EventStore
+from palette.eventstore.repository import Repository, by_event
 from services.seeds.domain import (
     RecordSeedUpload,
     RecordSeedValidation,
@@ -44,6 +43,7 @@ from services.seeds.domain import (
 )
 from services.seeds.validation import HashingReader, SeedValidationReport, inspect_seed, validate_seed
 
+_EVOLVE = by_event(evolve)
 DEFAULT_MAX_BYTES = 1 << 30
 UPLOAD_TTL_SECONDS = 900
 
@@ -90,6 +90,7 @@ class SeedHandlers:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._events = events
+        self._streams = Repository(events)
         self._blobs = blobs
         self.max_bytes = max_bytes
         self.upload_ttl = upload_ttl
@@ -196,40 +197,27 @@ class SeedHandlers:
     def _execute(
         self, seed_id: str, commands: Sequence[SeedCommand], actor: str
     ) -> tuple[SeedState, list[DomainEvent]]:
-        """Decide `commands` in order on the current state and append them as one batch,
-        deciding again when another writer moved the stream first."""
+        """Decide `commands` in order, each on the state the previous left, and append
+        them as one batch under one correlation id."""
 
-        def attempt() -> tuple[SeedState, list[DomainEvent]]:
-            state, version = self._load(seed_id)
+        def decide_all(state: SeedState) -> list[DomainEvent]:
             decided: list[DomainEvent] = []
             for command in commands:
                 for event in decide(command, state):
                     state = evolve(state, event)
                     decided.append(event)
-            if not decided:
-                return state, []
-            correlation = str(uuid.uuid4())
-            self._events.append(
-                seed_stream(seed_id),
-                [NewEvent(e, actor=actor, correlation_id=correlation) for e in decided],
-                version,
-            )
-            return state, decided
+            return decided
 
-        return until_not_conflicting(attempt)
+        done = self._streams.execute(
+            seed_stream(seed_id), decide_all, _EVOLVE, SeedState(), actor=actor, correlation_id=str(uuid.uuid4())
+        )
+        return done.state, done.events
 
     def _load(self, seed_id: str) -> tuple[SeedState, int]:
-        state, version = SeedState(), 0
-        for stored in self._events.read_stream(seed_stream(seed_id)):
-            state = evolve(state, CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail))
-            version = stored.version
-        return state, version
+        return self._streams.load(seed_stream(seed_id), SeedState(), _EVOLVE)
 
     def _decoded(self, stream_id: str) -> list[DomainEvent]:
-        return [
-            CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-            for s in self._events.read_stream(stream_id)
-        ]
+        return [s.decode() for s in self._events.read_stream(stream_id)]
 
     def _blob_info(self, seed: SeedState) -> BlobInfo:
         """The size of the seed's blob without reading it; SeedNotUploaded when absent."""
