@@ -46,7 +46,7 @@ from palette.eventstore.port import NewEvent
 from services.billing.consumers import LedgerConsumer
 from services.billing.handlers import LedgerHandlers
 from services.generator.budget import JobBudgets
-from services.generator.models.openai import OpenAICompatibleGateway
+from palette.models.openai import OpenAICompatibleGateway
 from services.generator.worker import GenerationWorker, RunOutcome, WorkerOptions
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer

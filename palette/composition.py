@@ -29,6 +29,8 @@ from palette.bus.local import LocalBus
 from palette.guard.config import GuardConfig
 from palette.guard.contentfilter import ContentFilter
 from palette.guard.ratelimit import RateLimiter, SQLiteBucketStore
+from palette.models.environment import gateway_from_env
+from palette.models.port import ModelError, ModelGateway, ModelRequest, ModelResponse
 from palette.projections.documents import DocumentProjection
 from palette.projections.runner import ProjectionRunner
 from palette.secrets import load_or_create_secret
@@ -39,14 +41,7 @@ from services.billing.projections import CostsView, JobCosts
 from services.generator.budget import JobBudgets
 from services.generator.consumers import WorkerPool
 from services.generator.domain import DEFAULT_LEASE_SECONDS
-from services.generator.models.port import (
-    ModelError,
-    ModelGateway,
-    ModelRequest,
-    ModelResponse,
-)
 from services.generator.worker import WorkerOptions
-from services.generator.worker_main import gateway_from_env
 from services.jobs.api import create_router as jobs_router
 from services.jobs.consumers import subscriptions as jobs_subscriptions
 from services.jobs.handlers import JobHandlers

@@ -24,7 +24,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from services.generator.models.port import (
+from palette.models.port import (
     InvalidCredentials,
     ModelAccessDenied,
     ModelError,

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from services.generator.models.port import (
+from palette.models.port import (
     ModelNotInstalled,
     ModelRequest,
     ModelRequestRejected,

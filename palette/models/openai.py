@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from services.generator.models.port import (
+from palette.models.port import (
     InvalidCredentials,
     ModelAccessDenied,
     ModelError,

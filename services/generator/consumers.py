@@ -44,10 +44,10 @@ from contracts.events.jobs import JobRequested
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import ConcurrencyConflict, EventStore
 from palette.guard.contentfilter import ContentFilter
+from palette.models.port import ModelGateway
 from services.generator.budget import BudgetGuard
 from services.generator.domain import MAX_JOBS_PER_USER, after_crash, can_claim
 from services.generator.logs import logger as log
-from services.generator.models.port import ModelGateway
 from services.generator.worker import (
     GenerationWorker,
     RunOutcome,

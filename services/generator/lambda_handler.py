@@ -25,6 +25,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.idempotency import once_per_event
+from palette.models.environment import gateway_from_env
 from services.generator.budget import JobBudgets
 from services.generator.worker import (
     GenerationWorker,
@@ -32,7 +33,6 @@ from services.generator.worker import (
     RunResult,
     WorkerOptions,
 )
-from services.generator.worker_main import gateway_from_env
 
 logger = Logger(service="palette-generator")
 tracer = Tracer(service="palette-generator")

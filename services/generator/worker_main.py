@@ -45,10 +45,10 @@ from contracts.events.jobs import JobRequested
 from palette.adapters import AwsSettings, aws_adapters, local_adapters
 from palette.blobs.port import BlobStore
 from palette.bus.sqs import MalformedBusMessage, stored_event_from_message
+from palette.models.environment import gateway_from_env
 from services.generator.budget import JobBudgets
 from services.generator.consumers import WorkerPool
 from services.generator.logs import logger as log
-from services.generator.models.port import ModelGateway, MultiProviderGateway
 from services.generator.worker import (
     GenerationWorker,
     RunOutcome,
@@ -59,24 +59,6 @@ from services.generator.worker import (
 if TYPE_CHECKING:
     from services.generator.owner_slots import OwnerSlots
 
-
-
-def gateway_from_env(max_connections: int = 64) -> ModelGateway:
-    """Every provider this installation has, each configured from the environment."""
-    from services.generator.models.local import LocalLlamaGateway
-    from services.generator.models.openai import OpenAICompatibleGateway
-
-    gateways: dict[str, ModelGateway] = {
-        "openai": OpenAICompatibleGateway(max_connections=max_connections),
-        "local": LocalLlamaGateway(),
-    }
-    try:
-        from services.generator.models.bedrock import BedrockGateway
-    except ImportError:
-        pass
-    else:
-        gateways["bedrock"] = BedrockGateway()
-    return MultiProviderGateway(gateways)
 
 
 async def run_until_ended(worker: GenerationWorker, job_id: str, stop: asyncio.Event) -> RunResult:

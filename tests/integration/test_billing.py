@@ -63,7 +63,7 @@ from services.generator.budget import (
     LedgerBudgetGuard,
     Reservation,
 )
-from services.generator.models.openai import OpenAICompatibleGateway
+from palette.models.openai import OpenAICompatibleGateway
 from services.generator.worker import (
     GenerationWorker,
     RunOutcome,
@@ -541,7 +541,7 @@ from pathlib import Path
 from contracts.pricing import DEFAULT_CATALOG, with_overrides
 from palette.adapters import local_adapters
 from services.generator.budget import JobBudgets
-from services.generator.models.openai import OpenAICompatibleGateway
+from palette.models.openai import OpenAICompatibleGateway
 from services.generator.worker import GenerationWorker, WorkerOptions
 
 data_dir, base_url, job_id, overrides = sys.argv[1:5]

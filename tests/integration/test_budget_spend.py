@@ -48,7 +48,7 @@ from palette.watch import watch_job
 from services.billing.consumers import subscriptions
 from services.billing.handlers import LedgerHandlers
 from services.generator.budget import JobBudgets
-from services.generator.models.openai import OpenAICompatibleGateway
+from palette.models.openai import OpenAICompatibleGateway
 from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
 from services.jobs.consumers import subscriptions as job_subscriptions
 from services.jobs.handlers import JobHandlers
@@ -300,7 +300,7 @@ from pathlib import Path
 from contracts.pricing import DEFAULT_CATALOG, with_overrides
 from palette.adapters import local_adapters
 from services.generator.budget import JobBudgets
-from services.generator.models.openai import OpenAICompatibleGateway
+from palette.models.openai import OpenAICompatibleGateway
 from services.generator.worker import GenerationWorker, WorkerOptions
 
 data_dir, base_url, job_id, overrides = sys.argv[1:5]

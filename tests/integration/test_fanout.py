@@ -23,7 +23,7 @@ from contracts.events.generator import (
 from contracts.events.jobs import OutputFormat
 from contracts.events.templates import TemplateStep
 from palette.adapters import Adapters, local_adapters
-from services.generator.models.openai import OpenAICompatibleGateway
+from palette.models.openai import OpenAICompatibleGateway
 from services.generator.worker import (
     GenerationWorker,
     RunOutcome,

@@ -41,7 +41,7 @@ from contracts.events.jobs import JobCancelRequested, OutputFormat
 from contracts.events.templates import TemplateStep
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
-from services.generator.models.openai import OpenAICompatibleGateway
+from palette.models.openai import OpenAICompatibleGateway
 from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer

@@ -19,7 +19,7 @@ from palette.adapters import Adapters, local_adapters
 from palette.guard.config import ContentRule
 from palette.guard.contentfilter import ContentFilter
 from services.generator.domain import seed_row_index
-from services.generator.models.openai import OpenAICompatibleGateway
+from palette.models.openai import OpenAICompatibleGateway
 from services.generator.worker import (
     GenerationWorker,
     RunOutcome,

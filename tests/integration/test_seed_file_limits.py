@@ -17,7 +17,7 @@ from contracts.events.generator import GenerationFailed
 from contracts.events.templates import TemplateStep
 from palette.adapters import Adapters, local_adapters
 from palette.recordfiles import MAX_CELL_BYTES
-from services.generator.models.openai import OpenAICompatibleGateway
+from palette.models.openai import OpenAICompatibleGateway
 from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer

@@ -23,7 +23,7 @@ from palette.blobs.port import BlobStore
 from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
 from services.generator.consumers import WorkerPool
-from services.generator.models.openai import OpenAICompatibleGateway
+from palette.models.openai import OpenAICompatibleGateway
 from services.generator.worker import RunOutcome, WorkerOptions
 from services.jobs.consumers import subscriptions
 from services.jobs.domain import JobStatus

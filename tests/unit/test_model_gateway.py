@@ -16,9 +16,9 @@ import pytest
 from botocore.stub import Stubber
 from multidict import CIMultiDict
 
-from services.generator.models.bedrock import BedrockGateway
-from services.generator.models.openai import OpenAICompatibleGateway, retry_after_seconds
-from services.generator.models.port import (
+from palette.models.bedrock import BedrockGateway
+from palette.models.openai import OpenAICompatibleGateway, retry_after_seconds
+from palette.models.port import (
     FatalModelError,
     InvalidCredentials,
     InvalidModelOutput,
@@ -414,7 +414,7 @@ def test_a_bedrock_validation_error_about_the_input_is_not_fatal(bedrock: tuple[
 @pytest.mark.slow
 def test_local_gemma_generates_text_with_exact_token_counts() -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install -e '.[local]')")
-    from services.generator.models.local import LocalLlamaGateway
+    from palette.models.local import LocalLlamaGateway
 
     prompt = "Write one sentence about the sea."
 
@@ -437,7 +437,7 @@ def test_local_gemma_generates_text_with_exact_token_counts() -> None:
 def test_the_local_provider_without_its_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    from services.generator.models.local import LocalLlamaGateway
+    from palette.models.local import LocalLlamaGateway
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
 

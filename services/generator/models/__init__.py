@@ -1,11 +1,7 @@
-"""Model gateway: one interface over the `openai`, `bedrock` and `local` providers.
+# TEMPORARY: re-export until worker.py imports palette.models
+"""The model gateway moved to `palette.models` (the kernel); import it from there."""
 
-The port (`ModelGateway`, requests, responses, error kinds) is re-exported here. Adapters
-live in their own modules, imported only by whoever builds them, so a missing optional
-dependency (httpx, boto3, llama-cpp-python) only matters for the provider that needs it.
-"""
-
-from services.generator.models.port import (
+from palette.models import (
     FatalModelError,
     InvalidCredentials,
     InvalidModelOutput,
