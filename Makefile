@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench schemas package fuzz
+.PHONY: demo test test-fast lint typecheck bench schemas package fuzz
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,6 +19,18 @@ test: $(STAMP)
 	$(PY) -m contracts.schemagen --check
 	$(VENV)/bin/cfn-lint infra/*.yaml
 	$(PY) -m pytest -q
+
+# The suite without the real local model (`slow`) and the moto-server AWS flow (`aws_e2e`).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not aws_e2e"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 # The schemathesis run of `make test`, deeper: 200 valid and 200 invalid cases per operation.
 fuzz: $(STAMP)
