@@ -11,7 +11,6 @@ their own writes at once.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,8 +28,8 @@ from palette.bus.local import LocalBus
 from palette.guard.config import GuardConfig
 from palette.guard.contentfilter import ContentFilter
 from palette.guard.ratelimit import RateLimiter, SQLiteBucketStore
+from palette.models.blocking import BlockingGateway
 from palette.models.environment import gateway_from_env
-from palette.models.port import ModelError, ModelGateway, ModelRequest, ModelResponse
 from palette.projections.documents import DocumentProjection
 from palette.projections.runner import ProjectionRunner
 from palette.secrets import load_or_create_secret
@@ -50,13 +49,8 @@ from services.jobs.projections import JobDashboard, JobList, dashboard_figures
 from services.seeds.api import create_router as seeds_router
 from services.seeds.handlers import SeedHandlers
 from services.templates.api import create_router as templates_router
-from services.templates.enhancement import (
-    MAX_ENHANCEMENT_TOKENS,
-    EnhancementResult,
-    EnhancementUnavailable,
-    ModelNotOffered,
-)
 from services.templates.handlers import TemplateHandlers
+from services.templates.model_enhancer import ModelEnhancer
 from services.templates.projections import (
     TemplateCatalog,
     TemplateUsage,
@@ -70,58 +64,6 @@ RATE_LIMIT_FILE = "ratelimits.db"
 def local_tokens(data_dir: Path) -> LocalTokens:
     """The issuer/verifier of this data directory's bearer tokens."""
     return LocalTokens(load_or_create_secret(data_dir, TOKEN_SECRET_FILE))
-
-
-class GatewayEnhancer:
-    """The templates service's PromptEnhancer on the generator's model gateway.
-
-    Model calls are async and the facade's routes are not, so the gateway lives on an event
-    loop of its own in a background thread (started at the first call), and each call
-    waits for its result there. Only models the pricing catalog prices are called, so every
-    enhancement can be billed."""
-
-    def __init__(self, gateway: Callable[[], ModelGateway], priced: Callable[[str], bool]) -> None:
-        self._make_gateway = gateway
-        self._priced = priced
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._gateway: ModelGateway | None = None
-
-    def __call__(self, prompt: str, model: str) -> EnhancementResult:
-        if not self._priced(model):
-            raise ModelNotOffered(f"no price is known for {model}, so the call cannot be billed")
-        loop = self._started()
-        request = ModelRequest(model=model, prompt=prompt, max_tokens=MAX_ENHANCEMENT_TOKENS, temperature=0.3)
-        try:
-            response = asyncio.run_coroutine_threadsafe(self._generate(request), loop).result()
-        except ModelError as error:
-            raise EnhancementUnavailable(f"{model}: {error}") from None
-        return EnhancementResult(
-            text=response.text, model=response.model, input_tokens=response.input_tokens,
-            output_tokens=response.output_tokens, latency_ms=int(response.latency_ms),
-        )
-
-    async def _generate(self, request: ModelRequest) -> ModelResponse:
-        if self._gateway is None:
-            self._gateway = self._make_gateway()
-        return await self._gateway.generate(request)
-
-    def _started(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="palette-enhancer", daemon=True).start()
-                self._loop = loop
-            return self._loop
-
-    def close(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        if self._gateway is not None:
-            asyncio.run_coroutine_threadsafe(self._gateway.close(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        self._loop = None
 
 
 def local_projections() -> list[DocumentProjection]:
@@ -195,7 +137,7 @@ class LocalPalette:
         catalog, usage, job_list, job_dashboard, costs = projections
         self.runners = [kernel.projection_runner(projection) for projection in projections]
         pricing = kernel.pricing
-        self.enhancer = GatewayEnhancer(gateway_from_env, pricing.knows)
+        self.enhancer = ModelEnhancer(BlockingGateway(gateway_from_env), pricing.knows)
         self.templates = TemplateHandlers(
             kernel.events, TemplateUsageView(kernel.document_reader(usage)), screen=self.content_filter,
             enhancer=self.enhancer,

@@ -110,15 +110,19 @@ class BedrockGateway(ProviderGateway):
     """Converse calls on a `bedrock-runtime` client (built from standard AWS settings if not given).
 
     A client passed in is used as is (tests pass one wrapped in botocore's Stubber); the
-    composition root should build it with retries off, as `default_client` does.
+    composition root should build it with retries off, as `default_client` does. `timeout`
+    bounds the wait for a response; a caller waiting on an HTTP request wants it short.
     """
 
     provider = "bedrock"
 
-    def __init__(self, client: Any = None, *, max_concurrency: int = 64, timeout: float = 120.0) -> None:
+    def __init__(
+        self, client: Any = None, *, max_concurrency: int = 64, timeout: float = 120.0, connect_timeout: float = 10.0
+    ) -> None:
         self._client = client
         self._client_lock = threading.Lock()
         self._timeout = timeout
+        self._connect_timeout = connect_timeout
         self._max_concurrency = max_concurrency
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="bedrock")
 
@@ -130,7 +134,7 @@ class BedrockGateway(ProviderGateway):
         config = Config(
             retries={"total_max_attempts": 1, "mode": "standard"},
             read_timeout=self._timeout,
-            connect_timeout=10,
+            connect_timeout=self._connect_timeout,
             max_pool_connections=self._max_concurrency,
         )
         return boto3.client("bedrock-runtime", config=config)

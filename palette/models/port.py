@@ -167,6 +167,11 @@ class ModelGateway(ABC):
         Exact where a tokenizer is at hand (local), otherwise `estimate_input_tokens`.
         """
 
+    def serves(self, model: str) -> bool:
+        """Whether one of this gateway's providers takes `model` (the provider may still not
+        know the model id). A gateway that cannot tell says yes and fails the call."""
+        return True
+
     async def close(self) -> None:
         """Release connections, threads and models; the gateway is unusable afterwards."""
 
@@ -189,6 +194,10 @@ class ProviderGateway(ModelGateway):
             raise UnknownModel(f"model {model!r} is not served by the {self.provider!r} provider", model=model)
         return model_id
 
+    def serves(self, model: str) -> bool:
+        provider, sep, model_id = model.partition("/")
+        return bool(sep and model_id) and provider == self.provider
+
 
 class MultiProviderGateway(ModelGateway):
     """Dispatches each call to the gateway of the model's provider."""
@@ -203,6 +212,11 @@ class MultiProviderGateway(ModelGateway):
             known = ", ".join(sorted(self._gateways)) or "none"
             raise UnknownModel(f"unknown model provider {provider!r} in {model!r} (known: {known})", model=model)
         return gateway
+
+    def serves(self, model: str) -> bool:
+        provider, _, _ = model.partition("/")
+        gateway = self._gateways.get(provider)
+        return gateway is not None and gateway.serves(model)
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
         return await self._gateway(request.model).generate(request)

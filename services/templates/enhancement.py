@@ -1,8 +1,8 @@
 """Prompt enhancement: a model rewrites a step prompt, and every Jinja2 variable survives.
 
-The templates service cannot call models itself (the gateway belongs to the generator), so
-it asks through a port, `PromptEnhancer`, which the composition root implements with the
-generator's model gateway. This module owns what is asked and what is accepted:
+The handlers ask through a port, `PromptEnhancer`, which `model_enhancer.ModelEnhancer`
+implements on the kernel's model gateway (`palette.models`). This module owns what is asked
+and what is accepted:
 
 - the request: instructions that ask for the same prompt, clearer, with every `{{ ... }}`
   and `{% ... %}` kept verbatim, and the prompt between markers;

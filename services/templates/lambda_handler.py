@@ -11,8 +11,9 @@ Adapters are built once per container, on first use, from the environment (AwsSe
 and so is the guard (`palette.guard.aws`): per-caller rate limits in the shared rate-limit
 table and the operator's content filter, which refuses a definition breaking a rule.
 On AWS no `catch_up` is wired: listings follow the bus and are eventually consistent.
-POST /templates/enhance calls Bedrock (`bedrock_enhancer.BedrockEnhancer`) when
-PALETTE_ENHANCE_MODEL is set, and answers 502 otherwise.
+POST /templates/enhance calls Bedrock through the kernel's model gateway
+(`model_enhancer.ModelEnhancer` on `palette.models.bedrock`) when PALETTE_ENHANCE_MODEL is
+set, and answers 502 otherwise.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ from palette.api.app import build_app, logger
 from palette.api.auth import ApiGatewayJwtClaims
 from palette.bus.sqs import project_sqs_batch
 from palette.guard.aws import AwsGuard
+from palette.models.bedrock import BedrockGateway
+from palette.models.blocking import BlockingGateway
 from palette.projections.runner import ProjectionRunner
 from services.templates.api import create_router
-from services.templates.bedrock_enhancer import BedrockEnhancer
 from services.templates.handlers import TemplateHandlers
+from services.templates.model_enhancer import ModelEnhancer
 from services.templates.projections import (
     TemplateCatalog,
     TemplateUsage,
@@ -56,14 +59,21 @@ def guard() -> AwsGuard:
     return AwsGuard.from_env()
 
 
+ENHANCE_TIMEOUT_SECONDS = 25.0
+"""Bedrock's answer must come before API Gateway's 30 s; botocore makes one attempt."""
+
+
 @functools.cache
-def enhancer() -> BedrockEnhancer | None:
-    """POST /templates/enhance's model: Bedrock Converse on PALETTE_ENHANCE_MODEL, priced by
-    the catalog (with PALETTE_PRICING_OVERRIDES); none (502) when it is not set."""
+def enhancer() -> ModelEnhancer | None:
+    """POST /templates/enhance's model: Bedrock Converse on PALETTE_ENHANCE_MODEL (a
+    `bedrock/<model-id>`, standing in for the default local model) and on any `bedrock/...`
+    model a request names, priced by the catalog (with PALETTE_PRICING_OVERRIDES); none
+    (502) when it is not set."""
     model = os.environ.get("PALETTE_ENHANCE_MODEL")
     if not model:
         return None
-    return BedrockEnhancer(model, adapters().pricing.knows)
+    bedrock = BlockingGateway(lambda: BedrockGateway(timeout=ENHANCE_TIMEOUT_SECONDS, connect_timeout=5.0))
+    return ModelEnhancer(bedrock, adapters().pricing.knows, stand_in=model)
 
 
 @functools.cache

@@ -1,9 +1,10 @@
-"""POST /templates/enhance on AWS: the templates Lambda's own Bedrock Converse adapter
-(`services.templates.bedrock_enhancer`), driven through botocore's Stubber, under moto."""
+"""POST /templates/enhance on AWS: the templates Lambda's ModelEnhancer on the kernel's
+Bedrock gateway (`palette.models.bedrock`), driven through botocore's Stubber, under moto.
+The embedded runtime's enhancer (the same class on every provider) is in test_enhance.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -12,14 +13,16 @@ from botocore.stub import Stubber
 
 from contracts.catalog import CATALOG
 from contracts.events.templates import PromptEnhanced
+from palette.models.bedrock import BedrockGateway
+from palette.models.blocking import BlockingGateway
 from services.templates import lambda_handler
-from services.templates.bedrock_enhancer import BedrockEnhancer
 from services.templates.enhancement import (
     MAX_ENHANCEMENT_TOKENS,
     EnhancementUnavailable,
     ModelNotOffered,
     enhancement_request,
 )
+from services.templates.model_enhancer import ModelEnhancer
 from tests.integration.test_templates_api import Facade, aws_facade
 
 MODEL = "bedrock/amazon.nova-micro-v1:0"
@@ -44,6 +47,12 @@ def expected(prompt: str, model_id: str = "amazon.nova-micro-v1:0") -> dict[str,
     }
 
 
+def bedrock_enhancer(client: Any, knows: Callable[[str], bool] | None = None) -> ModelEnhancer:
+    """The enhancer the templates Lambda wires, on a stubbed bedrock-runtime client."""
+    gateway = BlockingGateway(lambda: BedrockGateway(client))
+    return ModelEnhancer(gateway, knows or priced, stand_in=MODEL)
+
+
 @pytest.fixture
 def bedrock() -> Iterator[tuple[Any, Stubber]]:
     client = boto3.client("bedrock-runtime", region_name="us-east-1")
@@ -55,39 +64,39 @@ def bedrock() -> Iterator[tuple[Any, Stubber]]:
 def test_a_converse_answer_becomes_the_enhancement_result(bedrock: tuple[Any, Stubber]) -> None:
     client, stubber = bedrock
     stubber.add_response("converse", converse_reply(BETTER), expected("the request"))
-    result = BedrockEnhancer(MODEL, priced, client)("the request", MODEL)
+    result = bedrock_enhancer(client)("the request", MODEL)
     assert (result.text, result.model, result.input_tokens, result.output_tokens) == (BETTER, MODEL, 40, 12)
 
 
 def test_the_default_local_model_is_served_by_the_configured_bedrock_model(bedrock: tuple[Any, Stubber]) -> None:
     client, stubber = bedrock
     stubber.add_response("converse", converse_reply(BETTER), expected("req"))
-    assert BedrockEnhancer(MODEL, priced, client)("req", "local/gemma-3-270m").model == MODEL
+    assert bedrock_enhancer(client)("req", "local/gemma-3-270m").model == MODEL
 
 
 @pytest.mark.parametrize("requested", ["openai/gpt-4o-mini", "local/other", "bedrock/"])
 def test_other_providers_are_not_served(requested: str, bedrock: tuple[Any, Stubber]) -> None:
     client, _ = bedrock
     with pytest.raises(ModelNotOffered):
-        BedrockEnhancer(MODEL, priced, client)("req", requested)
+        bedrock_enhancer(client)("req", requested)
 
 
 def test_an_unpriced_model_is_not_called(bedrock: tuple[Any, Stubber]) -> None:
     client, _ = bedrock
     with pytest.raises(ModelNotOffered, match="no price"):
-        BedrockEnhancer(MODEL, lambda model: False, client)("req", MODEL)
+        bedrock_enhancer(client, lambda model: False)("req", MODEL)
 
 
 def test_a_bedrock_error_is_unavailable(bedrock: tuple[Any, Stubber]) -> None:
     client, stubber = bedrock
     stubber.add_client_error("converse", service_error_code="ThrottlingException", http_status_code=429)
     with pytest.raises(EnhancementUnavailable, match="ThrottlingException"):
-        BedrockEnhancer(MODEL, priced, client)("req", MODEL)
+        bedrock_enhancer(client)("req", MODEL)
 
 
 def test_the_configured_model_must_be_bedrock() -> None:
     with pytest.raises(ValueError):
-        BedrockEnhancer("openai/gpt-4o-mini", priced)
+        ModelEnhancer(BlockingGateway(BedrockGateway), priced, stand_in="openai/gpt-4o-mini")
 
 
 def priced(model: str) -> bool:
@@ -116,9 +125,9 @@ def test_the_lambda_enhances_through_bedrock_and_records_the_call(
     monkeypatch.setenv("PALETTE_ENHANCE_MODEL", MODEL)
     lambda_handler.enhancer.cache_clear()
     lambda_handler.api.cache_clear()
+    monkeypatch.setattr(BedrockGateway, "default_client", lambda self: client)  # the stubbed bedrock-runtime
     configured = lambda_handler.enhancer()
-    assert isinstance(configured, BedrockEnhancer) and configured.model == MODEL
-    configured._client = client  # the stubbed bedrock-runtime client
+    assert isinstance(configured, ModelEnhancer) and configured.stand_in == MODEL
     stubber.add_response("converse", converse_reply(BETTER), expected(enhancement_request(ORIGINAL)))
 
     reply = aws_api.call("POST", "/templates/enhance", "alice", {"prompt": ORIGINAL, "model": MODEL})

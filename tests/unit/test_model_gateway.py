@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -17,6 +18,7 @@ from botocore.stub import Stubber
 from multidict import CIMultiDict
 
 from palette.models.bedrock import BedrockGateway
+from palette.models.blocking import BlockingGateway
 from palette.models.openai import OpenAICompatibleGateway, retry_after_seconds
 from palette.models.port import (
     FatalModelError,
@@ -284,6 +286,24 @@ def test_an_unknown_provider_is_an_unknown_model() -> None:
         asyncio.run(gateway.generate(ask(model="anthropic/claude")))
     with pytest.raises(UnknownModel):
         gateway.count_input_tokens("anthropic/claude", "hi")
+
+
+def test_a_gateway_serves_only_models_of_its_providers() -> None:
+    bedrock = BedrockGateway(client=object())
+    gateway = MultiProviderGateway({"bedrock": bedrock})
+    for serves in (bedrock.serves, gateway.serves):
+        assert serves("bedrock/amazon.nova-micro-v1:0")
+        for other in ("openai/gpt-4o-mini", "local/gemma-3-270m", "bedrock/", "bedrock", ""):
+            assert not serves(other), other
+    asyncio.run(gateway.close())
+
+
+def test_a_blocking_gateway_answers_synchronous_callers_from_threads(server: FakeOpenAIServer) -> None:
+    gateway = BlockingGateway(lambda: OpenAICompatibleGateway(base_url=server.base_url, api_key="sk-test"))
+    with ThreadPoolExecutor(4) as threads:
+        responses = list(threads.map(lambda _: gateway.generate(ask()), range(8)))
+    gateway.close()
+    assert [r.input_tokens for r in responses] == [6] * 8 and server.calls == 8
 
 
 def test_a_provider_gateway_refuses_another_providers_model(server: FakeOpenAIServer) -> None:
