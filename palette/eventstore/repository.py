@@ -93,6 +93,13 @@ class Repository:
 
         return until_not_conflicting(attempt)
 
+    def append_at_end(self, stream_id: str, events: Sequence[NewEvent]) -> list[StoredEvent]:
+        """Appends facts that depend on no state (a refusal, a failure notice) after
+        whatever the stream holds, trying again when another writer got there first."""
+        return until_not_conflicting(
+            lambda: self._events.append(stream_id, events, expected_version=self._events.stream_version(stream_id))
+        )
+
     @staticmethod
     def _fold(state: S, version: int, recorded: Sequence[StoredEvent], evolve: Evolve[S]) -> tuple[S, int]:
         for event in recorded:

@@ -23,7 +23,7 @@ from aws_lambda_powertools import Logger
 from contracts.envelope import StoredEvent
 from contracts.events.operations import MAX_ERROR_CHARS, ProjectionFailed, projection_stream
 from palette.eventstore.port import EventStore, NewEvent
-from palette.eventstore.retry import until_not_conflicting
+from palette.eventstore.repository import Repository
 from palette.projections.port import DeadLetter
 from palette.projections.port import ProjectionFailed as ApplyFailed
 
@@ -128,7 +128,7 @@ def record_failure(events: EventStore, letter: DeadLetter) -> None:
         causation_id=letter.event_id,
     )
     try:
-        until_not_conflicting(lambda: events.append(stream_id, [event], events.stream_version(stream_id)))
+        Repository(events).append_at_end(stream_id, [event])
     except Exception as error:
         if is_transient(error):
             raise

@@ -16,7 +16,6 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
 from contracts.events.billing import (
@@ -31,7 +30,7 @@ from contracts.events.jobs import JobRequested
 from contracts.events.templates import PromptEnhanced
 from contracts.pricing import BatchCost, PricingCatalog, price_batch
 from palette.eventstore.port import EventStore, NewEvent
-from palette.eventstore.retry import until_not_conflicting
+from palette.eventstore.repository import Repository, by_event
 from services.billing.domain import (
     ChargeBatch,
     ChargeEnhancement,
@@ -48,6 +47,7 @@ from services.billing.domain import (
 )
 
 BILLING_ACTOR = "palette.billing"
+_EVOLVE = by_event(evolve)
 _LEDGER_IDS = uuid.UUID("0b7f61c2-5d0e-4f4e-9a55-3c9d6f2a8e17")
 
 
@@ -63,20 +63,17 @@ class LedgerHandlers:
     def __init__(self, events: EventStore, catalog: PricingCatalog, runtime: str) -> None:
         catalog.runtime_prices(runtime)
         self._events = events
+        self._streams = Repository(events)
         self.catalog = catalog
         self.runtime = runtime
 
     def read(self, job_id: str) -> LoadedLedger:
-        state, version = LedgerState(job_id=job_id), 0
-        for stored in self._events.read_stream(ledger_stream(job_id)):
-            state = evolve(state, CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail))
-            version = stored.version
-        return LoadedLedger(state, version)
+        return LoadedLedger(*self._streams.load(ledger_stream(job_id), LedgerState(job_id=job_id), _EVOLVE))
 
     def budget(self, job_id: str) -> JobBudget:
         """The job's owner and budget_limit, from its JobRequested; raises JobNotRequested."""
         for stored in self._events.read_stream(job_stream(job_id), limit=1):
-            event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+            event = stored.decode()
             if isinstance(event, JobRequested):
                 return JobBudget(job_id=job_id, owner=event.owner, budget_limit=event.budget_limit)
         raise JobNotRequested(job_id)
@@ -122,17 +119,12 @@ class LedgerHandlers:
 
     def _execute(self, command: LedgerCommand, cause: StoredEvent | None) -> list[StoredEvent]:
         job_id = command.ledger_id if isinstance(command, ChargeEnhancement) else command.budget.job_id
-
-        def attempt() -> list[StoredEvent]:
-            loaded = self.read(job_id)
-            decided = decide(command, loaded.state)
-            if not decided:
-                return []
-            return self._events.append(
-                ledger_stream(job_id), [self._new(e, cause) for e in decided], loaded.stream_version
-            )
-
-        return until_not_conflicting(attempt)
+        return self._streams.execute(
+            ledger_stream(job_id),
+            lambda ledger: [self._new(e, cause) for e in decide(command, ledger)],
+            _EVOLVE,
+            LedgerState(job_id=job_id),
+        ).recorded
 
     @staticmethod
     def _new(event: DomainEvent, cause: StoredEvent | None) -> NewEvent:

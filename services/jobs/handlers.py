@@ -19,10 +19,9 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
 from contracts.pricing import PricingCatalog
@@ -34,7 +33,7 @@ from contracts.events.generator import (
 )
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import EventStore, NewEvent
-from palette.eventstore.retry import until_not_conflicting
+from palette.eventstore.repository import Repository
 from services.jobs.domain import (
     DeleteJob,
     GenerationFact,
@@ -116,6 +115,7 @@ class JobHandlers:
         pricing: PricingCatalog | None = None,
     ) -> None:
         self._events = events
+        self._streams = Repository(events)
         self._blobs = blobs
         self._pricing = pricing
         self._pricing_check = pricing_check
@@ -130,7 +130,7 @@ class JobHandlers:
         """The job as its stream tells it (empty state for an unknown id)."""
         if not is_job_id(job_id):
             return LoadedJob(JobState())
-        return self._fold(JobState(), 0, self._events.read_stream(job_stream(job_id)), LoadedJob(JobState()))
+        return self._streams.load(job_stream(job_id), LoadedJob(JobState()), _evolve_loaded)[0]
 
     def job(self, user: str, job_id: str) -> LoadedJob:
         """The caller's live job; another user's, a deleted or an unknown one is JobNotFound."""
@@ -207,13 +207,12 @@ class JobHandlers:
         """
         if stored.detail_type not in LIFECYCLE_FACTS:
             return []
-        fact = _fact_command(CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail))
+        fact = _fact_command(stored.decode())
         if fact is None:
             return []
         commands = [*self._earlier_facts(stored), (fact, stored)]
 
-        def attempt() -> list[DomainEvent]:
-            loaded = self.read(fact.job_id)
+        def decide_in_order(loaded: LoadedJob) -> list[NewEvent]:
             state = loaded.state
             decided: list[NewEvent] = []
             for command, cause in commands:
@@ -233,12 +232,11 @@ class JobHandlers:
                         causation_id=cause.id,
                         id=str(uuid.uuid5(_FACT_IDS, f"{cause.id}:{event.detail_type()}")),
                     ))
-            if not decided:
-                return []
-            self._events.append(job_stream(fact.job_id), decided, loaded.stream_version)
-            return [new.detail for new in decided]
+            return decided
 
-        return until_not_conflicting(attempt)
+        return self._streams.execute(
+            job_stream(fact.job_id), decide_in_order, _evolve_loaded, LoadedJob(JobState())
+        ).events
 
     def _earlier_facts(self, stored: StoredEvent) -> list[tuple[GenerationFact, StoredEvent]]:
         """The lifecycle facts before `stored` on its generation stream, in stream order.
@@ -252,9 +250,7 @@ class JobHandlers:
             page = self._events.read_stream(stored.stream_id, start, stored.version - 1, limit=PAGE_SIZE)
             for earlier in page:
                 if earlier.detail_type in LIFECYCLE_FACTS:
-                    command = _fact_command(
-                        CATALOG.decode(earlier.detail_type, earlier.schema_version, earlier.detail)
-                    )
+                    command = _fact_command(earlier.decode())
                     if command is not None:
                         facts.append((command, earlier))
             if len(page) < PAGE_SIZE:
@@ -267,46 +263,37 @@ class JobHandlers:
     def _execute(
         self, job_id: str, command: JobCommand, actor: str, correlation_id: str | None
     ) -> LoadedJob:
-        def attempt() -> LoadedJob:
-            loaded = self.read(job_id) if not isinstance(command, RequestJob) else LoadedJob(JobState())
-            events = decide(command, loaded.state)
-            if not events:
-                return loaded
-            stored = self._events.append(
-                job_stream(job_id),
-                [NewEvent(e, actor=actor, correlation_id=correlation_id) for e in events],
-                expected_version=loaded.stream_version,
-            )
-            return self._fold(loaded.state, loaded.stream_version, stored, loaded)
-
-        return until_not_conflicting(attempt)
-
-    def _fold(
-        self, state: JobState, version: int, stored: Sequence[StoredEvent], loaded: LoadedJob
-    ) -> LoadedJob:
-        created_at, started_at, finished_at = loaded.created_at, loaded.started_at, loaded.finished_at
-        recorded_at = dict(loaded.recorded_at)
-        for record in stored:
-            state = evolve(state, CATALOG.decode(record.detail_type, record.schema_version, record.detail))
-            version = record.version
-            recorded_at.setdefault(record.detail_type, record.time)
-            if record.detail_type == "JobRequested":
-                created_at = record.time
-            elif record.detail_type == "JobStarted" and started_at is None:
-                started_at = record.time
-            elif state.finished and finished_at is None:
-                finished_at = record.time
-        return LoadedJob(state, version, created_at, started_at, finished_at, recorded_at)
+        return self._streams.execute(
+            job_stream(job_id),
+            lambda loaded: decide(command, loaded.state),
+            _evolve_loaded,
+            LoadedJob(JobState()),
+            actor=actor,
+            correlation_id=correlation_id,
+        ).state
 
     def _decoded(self, stream_id: str) -> list[DomainEvent]:
-        return [
-            CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-            for s in self._events.read_stream(stream_id)
-        ]
+        return [s.decode() for s in self._events.read_stream(stream_id)]
 
     def _require_id(self, job_id: str) -> None:
         if not is_job_id(job_id):
             raise JobNotFound(job_id)
+
+
+def _evolve_loaded(loaded: LoadedJob, record: StoredEvent) -> LoadedJob:
+    """The job after one recorded event, keeping when each step was recorded."""
+    state = evolve(loaded.state, record.decode())
+    created_at, started_at, finished_at = loaded.created_at, loaded.started_at, loaded.finished_at
+    recorded_at = loaded.recorded_at
+    if record.detail_type not in recorded_at:
+        recorded_at = {**recorded_at, record.detail_type: record.time}
+    if record.detail_type == "JobRequested":
+        created_at = record.time
+    elif record.detail_type == "JobStarted" and started_at is None:
+        started_at = record.time
+    elif state.finished and finished_at is None:
+        finished_at = record.time
+    return LoadedJob(state, record.version, created_at, started_at, finished_at, recorded_at)
 
 
 def _fact_command(fact: DomainEvent) -> GenerationFact | None:

@@ -3,7 +3,7 @@
 Each command reads `template-<id>`, folds it with `evolve`, lets the domain decide, and
 appends with the loaded stream version as `expected_version`, so a concurrent writer makes
 the append fail instead of silently interleaving. On ConcurrencyConflict the command is
-decided again on a fresh load (`until_not_conflicting`); a conflict on every try reaches the
+decided again on a fresh load (the kernel's `Repository`); a conflict on every try reaches the
 caller (the API answers 409). Every event carries the acting user and the request's
 correlation id.
 
@@ -27,12 +27,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from contracts.catalog import CATALOG
+from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
 from contracts.events.guard import template_guard_stream
 from contracts.events.templates import PromptEnhanced, TemplateStep, enhancement_stream
 from palette.eventstore.port import EventStore, NewEvent
-from palette.eventstore.retry import until_not_conflicting
+from palette.eventstore.repository import Repository
 from services.templates.domain import (
     ALLOW_ALL,
     ContentRejected,
@@ -99,6 +99,7 @@ class TemplateHandlers:
         enhancer: PromptEnhancer | None = None,
     ) -> None:
         self._events = events
+        self._streams = Repository(events)
         self._usage = usage
         self._screen = screen
         self._enhancer = enhancer
@@ -142,15 +143,7 @@ class TemplateHandlers:
         """The template as its stream tells it (empty state for an unknown id)."""
         if not is_template_id(template_id):
             return LoadedTemplate(TemplateState())
-        state = TemplateState()
-        stream_version = 0
-        recorded_at: dict[int, str] = {}
-        for stored in self._events.read_stream(template_stream(template_id)):
-            state = evolve(state, CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail))
-            stream_version = stored.version
-            if state.version and state.version not in recorded_at:
-                recorded_at[state.version] = stored.time
-        return LoadedTemplate(state, stream_version, recorded_at)
+        return self._streams.load(template_stream(template_id), LoadedTemplate(TemplateState()), _evolve_loaded)[0]
 
     def load(self, template_id: str) -> TemplateState:
         return self.read(template_id).state
@@ -204,41 +197,38 @@ class TemplateHandlers:
     ) -> LoadedTemplate:
         if not isinstance(command, CreateTemplate) and not is_template_id(command.template_id):
             raise TemplateNotFound(command.template_id)
-        return until_not_conflicting(lambda: self._attempt(command, actor, correlation_id, with_usage))
 
-    def _attempt(
-        self, command: TemplateCommand, actor: str, correlation_id: str | None, with_usage: bool
-    ) -> LoadedTemplate:
-        loaded = self.read(command.template_id)
-        state = loaded.state
-        if with_usage and state.is_live:
-            state = replace(state, jobs_using=self._usage.jobs_using(command.template_id, actor))
-        try:
-            events = decide(command, state, self._screen)
-        except ContentRejected as rejected:
-            self._record_refusal(rejected, actor, correlation_id)
-            raise
-        stored = self._events.append(
+        def decide_on(loaded: LoadedTemplate) -> list[DomainEvent]:
+            state = loaded.state
+            if with_usage and state.is_live:
+                state = replace(state, jobs_using=self._usage.jobs_using(command.template_id, actor))
+            try:
+                return decide(command, state, self._screen)
+            except ContentRejected as rejected:
+                self._record_refusal(rejected, actor, correlation_id)
+                raise
+
+        return self._streams.execute(
             template_stream(command.template_id),
-            [NewEvent(event, actor=actor, correlation_id=correlation_id) for event in events],
-            expected_version=loaded.stream_version,
-        )
-        return _after(loaded, events, [s.time for s in stored])
+            decide_on,
+            _evolve_loaded,
+            LoadedTemplate(TemplateState()),
+            actor=actor,
+            correlation_id=correlation_id,
+        ).state
 
     def _record_refusal(self, rejected: ContentRejected, actor: str, correlation_id: str | None) -> None:
-        stream = template_guard_stream(rejected.template_id)
-        events = [NewEvent(event, actor=actor, correlation_id=correlation_id) for event in rejected.events()]
-        until_not_conflicting(
-            lambda: self._events.append(stream, events, expected_version=self._events.stream_version(stream))
+        self._streams.append_at_end(
+            template_guard_stream(rejected.template_id),
+            [NewEvent(event, actor=actor, correlation_id=correlation_id) for event in rejected.events()],
         )
 
 
-def _after(loaded: LoadedTemplate, events: Sequence[DomainEvent], times: Sequence[str]) -> LoadedTemplate:
-    """The loaded template with freshly appended events folded in (no second read)."""
-    state = loaded.state
-    recorded_at = dict(loaded.recorded_at)
-    for event, time in zip(events, times, strict=True):
-        state = evolve(state, event)
-        recorded_at.setdefault(state.version, time)
-    return LoadedTemplate(state, loaded.stream_version + len(events), recorded_at)
+def _evolve_loaded(loaded: LoadedTemplate, record: StoredEvent) -> LoadedTemplate:
+    """The template after one recorded event, keeping when each version was recorded."""
+    state = evolve(loaded.state, record.decode())
+    recorded_at = loaded.recorded_at
+    if state.version and state.version not in recorded_at:
+        recorded_at = {**recorded_at, state.version: record.time}
+    return LoadedTemplate(state, record.version, recorded_at)
 

@@ -114,3 +114,11 @@ def test_what_decide_raises_passes_through_without_a_retry(store: SQLiteEventSto
     with pytest.raises(ValueError, match="refused"):
         Repository(store).execute(STREAM, refuse, EVOLVE, 0)
     assert calls == [0]
+
+
+def test_append_at_end_appends_after_whatever_a_rival_appended(store: RivalBeforeEachAppend) -> None:
+    store.races = APPEND_ATTEMPTS - 1
+
+    recorded = Repository(store).append_at_end(STREAM, [NewEvent(published(9), actor="alice", id="e-1")])
+
+    assert [(r.id, r.version) for r in recorded] == [("e-1", APPEND_ATTEMPTS)]
