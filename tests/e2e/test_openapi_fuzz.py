@@ -81,9 +81,9 @@ def test_no_operation_answers_5xx_or_an_undeclared_status(fuzzed: tuple[Served, 
                     checks=[not_a_server_error, status_code_conformance], timeout=30,
                 )
             except Exception as failure:  # a failed check, or no answer at all
-                failures.append(f"{operation.label}: {str(failure)[:600]}")
+                failures.append(f"{case.operation.label}: {str(failure)[:600]}")
             else:
-                statuses[operation.label, response.status_code] += 1
+                statuses[case.operation.label, response.status_code] += 1
 
         try:
             fuzz()
