@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 
-from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
 from contracts.events.billing import CostRecorded, UsageCharged
 from contracts.events.generator import BatchGenerated, DatasetExported, UnbatchedUsageRecorded
@@ -47,7 +46,9 @@ from services.billing.consumers import LedgerConsumer
 from services.billing.handlers import LedgerHandlers
 from services.generator.budget import JobBudgets
 from palette.models.openai import OpenAICompatibleGateway
-from services.generator.worker import GenerationWorker, RunOutcome, WorkerOptions
+from services.generator.run.options import WorkerOptions
+from services.generator.run.outcome import RunOutcome
+from services.generator.worker import GenerationWorker
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -81,7 +82,7 @@ def request_job(adapters: Adapters, budget: Decimal, num_records: int, max_token
 
 
 def _decoded(adapters: Adapters, stream_id: str) -> list[DomainEvent]:
-    return [CATALOG.decode(s.detail_type, s.schema_version, s.detail) for s in adapters.events.read_stream(stream_id)]
+    return [s.decode() for s in adapters.events.read_stream(stream_id)]
 
 
 async def run_jobs(

@@ -40,7 +40,7 @@ from services.billing.projections import CostsView, JobCosts
 from services.generator.budget import JobBudgets
 from services.generator.consumers import WorkerPool
 from services.generator.domain import DEFAULT_LEASE_SECONDS
-from services.generator.worker import WorkerOptions
+from services.generator.run.options import WorkerOptions
 from services.jobs.api import create_router as jobs_router
 from services.jobs.consumers import subscriptions as jobs_subscriptions
 from services.jobs.handlers import JobHandlers

@@ -213,7 +213,7 @@ class ProjectionRunner(Generic[P]):
     def _view(self, stored: StoredEvent) -> ProjectedEvent:
         try:
             if self.projection.event_view == "decoded":
-                detail = self._catalog.decode(stored.detail_type, stored.schema_version, stored.detail)
+                detail = stored.decode(self._catalog)
                 return DecodedEvent(stored, detail)
             return EventEnvelope.from_stored(stored, self._catalog)
         except Exception as error:

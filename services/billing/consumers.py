@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
 from contracts.events.generator import (
     BatchGenerated,
@@ -55,7 +54,7 @@ class LedgerConsumer:
     def __call__(self, stored: StoredEvent) -> None:
         if stored.detail_type not in LEDGER_PATTERN["detail-type"]:
             return
-        event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+        event = stored.decode()
         if isinstance(event, BatchGenerated):
             self._handlers.charge_batch(event, stored)
         elif isinstance(event, UnbatchedUsageRecorded):

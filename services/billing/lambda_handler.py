@@ -25,7 +25,6 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
 from contracts.events.billing import CostRecorded
 from contracts.events.generator import BatchGenerated
@@ -58,7 +57,7 @@ class MeteredLedger(LedgerHandlers):
         recorded = super().charge_batch(batch, cause)
         for stored in recorded:
             if stored.detail_type == CostRecorded.detail_type():
-                cost = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+                cost = stored.decode()
                 assert isinstance(cost, CostRecorded)
                 metrics.add_metric(name="records_generated", unit=MetricUnit.Count, value=batch.rows)
                 metrics.add_metric(name="cost", unit=MetricUnit.NoUnit, value=float(cost.total))

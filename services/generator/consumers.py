@@ -37,7 +37,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
 from contracts.events.generator import BudgetWrittenOff, GenerationCrashed
 from contracts.events.jobs import JobRequested
@@ -48,12 +47,9 @@ from palette.models.port import ModelGateway
 from services.generator.budget import BudgetGuard
 from services.generator.domain import MAX_JOBS_PER_USER, after_crash, can_claim
 from services.generator.logs import logger as log
-from services.generator.worker import (
-    GenerationWorker,
-    RunOutcome,
-    RunResult,
-    WorkerOptions,
-)
+from services.generator.run.options import WorkerOptions
+from services.generator.run.outcome import RunOutcome, RunResult
+from services.generator.worker import GenerationWorker
 
 
 SUBSCRIBER_NAME = "generator-workers"
@@ -64,7 +60,7 @@ JOB_REQUESTED_PATTERN: dict[str, Any] = {"source": ["palette.jobs"], "detail-typ
 def requested_job_ids(events: EventStore) -> Iterator[str]:
     """Every job ever requested, in request order."""
     for stored in events.iter_all(detail_types=[JobRequested.detail_type()]):
-        event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+        event = stored.decode()
         assert isinstance(event, JobRequested)
         yield event.job_id
 
@@ -179,7 +175,7 @@ class WorkerPool:
         """Bus handler for JobRequested: enqueue the job and return at once."""
         if stored.detail_type != JobRequested.detail_type():
             return
-        event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+        event = stored.decode()
         assert isinstance(event, JobRequested)
         self.submit(event.job_id, event.owner)
 

@@ -27,12 +27,9 @@ from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.idempotency import once_per_event
 from palette.models.environment import gateway_from_env
 from services.generator.budget import JobBudgets
-from services.generator.worker import (
-    GenerationWorker,
-    RunOutcome,
-    RunResult,
-    WorkerOptions,
-)
+from services.generator.run.options import WorkerOptions
+from services.generator.run.outcome import RunOutcome, RunResult
+from services.generator.worker import GenerationWorker
 
 logger = Logger(service="palette-generator")
 tracer = Tracer(service="palette-generator")

@@ -49,12 +49,9 @@ from palette.models.environment import gateway_from_env
 from services.generator.budget import JobBudgets
 from services.generator.consumers import WorkerPool
 from services.generator.logs import logger as log
-from services.generator.worker import (
-    GenerationWorker,
-    RunOutcome,
-    RunResult,
-    WorkerOptions,
-)
+from services.generator.run.options import WorkerOptions
+from services.generator.run.outcome import RunOutcome, RunResult
+from services.generator.worker import GenerationWorker
 
 if TYPE_CHECKING:
     from services.generator.owner_slots import OwnerSlots

@@ -36,7 +36,8 @@ from palette.adapters import AwsSettings, aws_adapters
 from palette.eventstore.port import NewEvent
 from palette.eventstore.sqlite import SQLiteEventStore
 from services.generator.owner_slots import OwnerSlots
-from services.generator.worker import RunOutcome, RunResult, WorkerOptions
+from services.generator.run.options import WorkerOptions
+from services.generator.run.outcome import RunOutcome, RunResult
 from services.generator.worker_main import (
     JobQueueWorker,
     QueueOptions,

@@ -49,7 +49,9 @@ from services.billing.consumers import subscriptions
 from services.billing.handlers import LedgerHandlers
 from services.generator.budget import JobBudgets
 from palette.models.openai import OpenAICompatibleGateway
-from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
+from services.generator.run.options import WorkerOptions
+from services.generator.run.outcome import RunOutcome, RunResult
+from services.generator.worker import GenerationWorker
 from services.jobs.consumers import subscriptions as job_subscriptions
 from services.jobs.handlers import JobHandlers
 from services.jobs.projections import DASHBOARDS, JobDashboard
@@ -301,7 +303,8 @@ from contracts.pricing import DEFAULT_CATALOG, with_overrides
 from palette.adapters import local_adapters
 from services.generator.budget import JobBudgets
 from palette.models.openai import OpenAICompatibleGateway
-from services.generator.worker import GenerationWorker, WorkerOptions
+from services.generator.run.options import WorkerOptions
+from services.generator.worker import GenerationWorker
 
 data_dir, base_url, job_id, overrides = sys.argv[1:5]
 

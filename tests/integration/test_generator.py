@@ -42,7 +42,9 @@ from contracts.events.templates import TemplateStep
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
 from palette.models.openai import OpenAICompatibleGateway
-from services.generator.worker import GenerationWorker, RunOutcome, RunResult, WorkerOptions
+from services.generator.run.options import WorkerOptions
+from services.generator.run.outcome import RunOutcome, RunResult
+from services.generator.worker import GenerationWorker
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
 

@@ -20,12 +20,9 @@ from palette.guard.config import ContentRule
 from palette.guard.contentfilter import ContentFilter
 from services.generator.domain import seed_row_index
 from palette.models.openai import OpenAICompatibleGateway
-from services.generator.worker import (
-    GenerationWorker,
-    RunOutcome,
-    RunResult,
-    WorkerOptions,
-)
+from services.generator.run.options import WorkerOptions
+from services.generator.run.outcome import RunOutcome, RunResult
+from services.generator.worker import GenerationWorker
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.test_generator import (
     FAST_RETRIES,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import services.generator.worker as worker_module
+import services.generator.run.record as record_module
 from contracts.events.generator import (
     BatchGenerated,
     BudgetTrancheTaken,
@@ -35,7 +35,8 @@ from palette.blobs.local import TEMP_MARK
 from palette.composition import job_dashboards
 from services.generator.budget import JobBudgets
 from services.generator.consumers import record_crash
-from services.generator.worker import GenerationWorker, RunOutcome
+from services.generator.run.outcome import RunOutcome
+from services.generator.worker import GenerationWorker
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.test_generator import (
     OWNER,
@@ -69,7 +70,7 @@ def test_prompts_are_rendered_off_the_event_loop(
 ) -> None:
     """A hostile prompt may take up to 2 s of CPU to render: on the loop it would stall every
     job the pool runs. The render must run in a worker thread, where no loop is running."""
-    real_render = worker_module.render
+    real_render = record_module.render
     on_loop: list[bool] = []
 
     def spying_render(*args: Any, **kwargs: Any) -> str:
@@ -81,7 +82,7 @@ def test_prompts_are_rendered_off_the_event_loop(
         on_loop.append(threading.current_thread() is threading.main_thread())
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(worker_module, "render", spying_render)
+    monkeypatch.setattr(record_module, "render", spying_render)
     job_id = request_job(adapters, 6)
 
     result = run(adapters, server, job_id)

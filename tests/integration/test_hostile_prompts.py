@@ -12,7 +12,7 @@ import pytest
 
 from contracts.events.templates import TemplateStep
 from palette.adapters import Adapters, local_adapters
-from services.generator.worker import RunOutcome
+from services.generator.run.outcome import RunOutcome
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.test_generator import request_job, run
 

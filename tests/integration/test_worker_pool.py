@@ -24,7 +24,8 @@ from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
 from services.generator.consumers import WorkerPool
 from palette.models.openai import OpenAICompatibleGateway
-from services.generator.worker import RunOutcome, WorkerOptions
+from services.generator.run.options import WorkerOptions
+from services.generator.run.outcome import RunOutcome
 from services.jobs.consumers import subscriptions
 from services.jobs.domain import JobStatus
 from services.jobs.handlers import JobHandlers

@@ -1,0 +1,277 @@
+"""One record: its template's steps rendered and called in turn, each call retried and
+billed, the content filter's decisions kept with it; a failed attempt retries from another
+seed row."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from contracts.events.guard import ContentBlocked
+from palette.eventstore.port import NewEvent
+from palette.guard.contentfilter import ContentFilter
+from palette.models.port import (
+    FatalModelError,
+    InvalidModelOutput,
+    ModelError,
+    ModelGateway,
+    ModelRequest,
+    ModelResponse,
+    ModelThrottled,
+    ModelTimeout,
+    RetryableModelError,
+)
+from palette.prompts import PromptRenderError, render
+from services.generator.budget import CallUsage
+from services.generator.domain import seed_row_index
+from services.generator.limiter import Permit, backoff_delay
+from services.generator.records import GeneratedRecord, StepResult
+from services.generator.run.budget import RunBudget
+from services.generator.run.ending import (
+    Abandoned,
+    JobFailure,
+    RecordAttemptFailed,
+    RunEnding,
+    fatal_code,
+)
+from services.generator.run.lane import RunLane
+from services.generator.run.options import WorkerOptions
+from services.generator.run.steps import StepCall
+from services.generator.run.usage import call_usage
+from services.generator.seed_rows import SeedRow
+
+_DECISION_IDS = uuid.UUID("3d0f5b8e-8c4a-4f57-a1a9-5e2b7c9d4f10")
+_RENDERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="palette-render")
+"""Prompts render here, off the event loop: a hostile template may take up to the render
+cap (2 s of CPU) and must not stall every job the loop runs. Two threads, so renders
+neither starve the store calls of the default executor nor take more than the machine's
+share; a render waits its turn rather than run on the loop."""
+
+
+def _iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RecordMaker:
+    """Makes the records of one run, each in its own coroutine on the run's loop."""
+
+    def __init__(
+        self,
+        job_id: str,
+        rows: list[SeedRow],
+        options: WorkerOptions,
+        gateway: ModelGateway,
+        worker_id: str,
+        screen: ContentFilter | None,
+        flag_outputs: bool,
+        budget: RunBudget,
+        ending: RunEnding,
+    ) -> None:
+        self.job_id = job_id
+        self.rows = rows
+        self.options = options
+        self.gateway = gateway
+        self.worker_id = worker_id
+        self.screen = screen
+        self.flag_outputs = flag_outputs
+        self.budget = budget
+        self.ending = ending
+
+    async def make_record(self, lane: RunLane, index: int) -> GeneratedRecord:
+        """Every model of a fan-out job makes record `index` from the same seed rows, so
+        their outputs compare one to one."""
+        attempt = 0
+        while True:
+            if self.ending.ending is not None and attempt > 0:
+                raise Abandoned()
+            row = self.rows[seed_row_index(self.job_id, index, attempt, len(self.rows))]
+            try:
+                steps, flagged = await self._run_steps(lane, index, attempt, row)
+            except RecordAttemptFailed as failure:
+                lane.failures[index] = lane.failures.get(index, 0) + 1
+                lane.last_error = str(failure)
+                lane.window.record(False)
+                if lane.window.tripped:
+                    raise JobFailure(
+                        "ERROR_RATE",
+                        f"{lane.window.failures} of the last {lane.window.attempts} record attempts failed "
+                        f"(threshold {lane.window.threshold:.0%}); last error: {lane.last_error}",
+                    ) from None
+                attempt += 1
+                continue
+            lane.window.record(True)
+            record = GeneratedRecord(
+                record_index=index, job_id=self.job_id, seed=row, steps=steps, created_at=_iso_now()
+            )
+            if lane.model is not None:
+                record["model"] = lane.model
+            if self.flag_outputs:
+                record["flagged_rules"] = flagged
+            return record
+
+    async def _run_steps(
+        self, lane: RunLane, index: int, attempt: int, row: SeedRow
+    ) -> tuple[dict[str, StepResult], list[str]]:
+        """The steps' results and the content rules their outputs broke (flag mode).
+        Raises RecordAttemptFailed, also for a prompt or (drop mode) an output the
+        operator's filter blocks."""
+        outputs: dict[str, str] = {}
+        results: dict[str, StepResult] = {}
+        flagged: list[str] = []
+        for call in lane.steps:
+            step = call.step
+            try:
+                prompt = await asyncio.get_running_loop().run_in_executor(
+                    _RENDERS, functools.partial(render, step, row, outputs)
+                )
+            except PromptRenderError as error:
+                raise RecordAttemptFailed(str(error)) from None
+            if self.screen is not None and (rule := self.screen.blocking_rule(prompt)) is not None:
+                self._block(lane, index, attempt, step.id, "prompt", "skipped", rule)
+                raise RecordAttemptFailed(f"the prompt of step {step.id!r} breaks content rule {rule!r}")
+            response, parsed = await self._call_step(lane, index, call, prompt)
+            if self.screen is not None and (rule := self.screen.blocking_rule(response.text)) is not None:
+                if not self.flag_outputs:
+                    self._block(lane, index, attempt, step.id, "output", "dropped", rule)
+                    raise RecordAttemptFailed(f"the output of step {step.id!r} breaks content rule {rule!r}")
+                for broken in self.screen.rules_broken(response.text) or [rule]:
+                    self._block(lane, index, attempt, step.id, "output", "flagged", broken)
+                    if broken not in flagged:
+                        flagged.append(broken)
+            outputs[step.id] = response.text
+            results[step.id] = StepResult(
+                output=response.text,
+                output_json=parsed,
+                model=response.model,
+                input_tokens=response.input_tokens,
+                output_tokens=response.output_tokens,
+                latency_ms=int(response.latency_ms),
+            )
+        return results, flagged
+
+    def _block(
+        self, lane: RunLane, index: int, attempt: int, step_id: str, where: str, action: str, rule: str
+    ) -> None:
+        """Keep a filter decision with its record; it is recorded with the record's batch.
+
+        The event id derives from the decision (model, record, attempt, step, rule), so a
+        batch redone after a crash records the same decision once."""
+        event = ContentBlocked(
+            rule_id=rule, where=where, action=action,
+            job_id=self.job_id, step_id=step_id, record_index=index,
+        )
+        key = f"{self.job_id}\x00{lane.model or ''}\x00{index}\x00{attempt}\x00{step_id}\x00{where}\x00{rule}"
+        lane.blocked.setdefault(index, []).append(
+            NewEvent(event, actor=self.worker_id, correlation_id=self.job_id,
+                     id=str(uuid.uuid5(_DECISION_IDS, key)))
+        )
+
+    async def _call_step(
+        self, lane: RunLane, index: int, call: StepCall, prompt: str
+    ) -> tuple[ModelResponse, Any]:
+        """One step's response (and its parsed JSON for a structured step), retrying output
+        that is not valid JSON of the step's schema a bounded number of times."""
+        step = call.step
+        request = ModelRequest(
+            model=step.model,
+            prompt=prompt,
+            max_tokens=call.max_tokens,
+            temperature=call.temperature,
+            top_p=call.top_p,
+            stop=call.stop,
+            seed=call.seed,
+            json_schema=step.output_schema,
+        )
+        problem = ""
+        for _ in range(self.options.max_output_attempts):
+            try:
+                response = await self._call_model(lane, index, request)
+            except InvalidModelOutput as error:
+                problem = str(error)
+                continue
+            if step.output_schema is None:
+                return response, None
+            try:
+                parsed = json.loads(response.text)
+                if call.validate is not None:
+                    call.validate(parsed)
+            except ValueError as error:
+                problem = f"step {step.id!r}: {error}"
+                continue
+            return response, parsed
+        raise RecordAttemptFailed(
+            f"step {step.id!r} gave no valid structured output in {self.options.max_output_attempts} tries: {problem}"
+        )
+
+    async def _call_model(self, lane: RunLane, index: int, request: ModelRequest) -> ModelResponse:
+        """One model call with retries of transient errors; throttling also lowers the
+        lane's concurrency. Every answered call's usage is kept with record `index` until a
+        batch or the run's end records it. Raises InvalidModelOutput, JobFailure,
+        BudgetRefused, Abandoned or RecordAttemptFailed."""
+        gateway = self.gateway
+        budget = self.budget
+        limiter = lane.limiter
+        attempts = self.options.max_call_attempts
+        input_tokens = gateway.count_input_tokens(request.model, request.prompt)
+        worst = CallUsage(request.model, input_tokens, request.max_tokens)
+        retry_after: float | None
+        failure: ModelError
+        for attempt in range(1, attempts + 1):
+            permit: Permit = await limiter.acquire()
+            try:
+                reservation = await budget.reserve(request.model, input_tokens, request.max_tokens)
+            except BaseException:
+                limiter.release(permit, succeeded=False)
+                raise
+            try:
+                response = await gateway.generate(request)
+            except ModelThrottled as error:
+                limiter.release(permit, throttled=True)
+                budget.settle(lane, index, reservation, None)
+                retry_after, failure = error.retry_after, error
+            except ModelTimeout as error:
+                # the provider may have answered (and billed) after we gave up: worst case
+                limiter.release(permit, succeeded=False)
+                budget.settle(lane, index, reservation, worst, answered=False)
+                retry_after, failure = None, error
+            except RetryableModelError as error:
+                limiter.release(permit, succeeded=False)
+                budget.settle(lane, index, reservation, None)
+                retry_after, failure = None, error
+            except InvalidModelOutput as error:
+                limiter.release(permit)
+                budget.settle(lane, index, reservation, call_usage(error.response))
+                raise
+            except FatalModelError as error:
+                limiter.release(permit, succeeded=False)
+                budget.settle(lane, index, reservation, None)
+                raise JobFailure(fatal_code(error), str(error)) from None
+            except ModelError as error:
+                limiter.release(permit, succeeded=False)
+                budget.settle(lane, index, reservation, None)
+                raise RecordAttemptFailed(str(error)) from None
+            except BaseException:
+                # cancelled in flight: sent, never answered
+                limiter.release(permit, succeeded=False)
+                budget.settle(lane, index, reservation, worst, answered=False)
+                raise
+            else:
+                limiter.release(permit)
+                budget.settle(lane, index, reservation, call_usage(response))
+                return response
+            if attempt == attempts or self.ending.ending is not None or lane.failure is not None:
+                raise RecordAttemptFailed(f"{type(failure).__name__} after {attempt} tries: {failure}")
+            await asyncio.sleep(
+                backoff_delay(
+                    attempt,
+                    base=self.options.retry_base_seconds,
+                    cap=self.options.retry_max_seconds,
+                    retry_after=retry_after,
+                )
+            )
+        raise AssertionError("unreachable")
