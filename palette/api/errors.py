@@ -18,11 +18,16 @@ from pydantic import BaseModel
 class ApiError(Exception):
     status = 400
     code = "BAD_REQUEST"
+    reason: str | None = None
+    """Set on an error with a documented name: the generic code it had before, which
+    `details.reason` keeps for clients that matched on it."""
 
     def __init__(self, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        if self.reason is not None:
+            self.details = {"reason": self.reason, **self.details}
         self.headers = headers or {}
 
 
@@ -49,6 +54,30 @@ class Conflict(ApiError):
 class PayloadTooLarge(ApiError):
     status = 413
     code = "PAYLOAD_TOO_LARGE"
+
+
+# -- the Plot Palette documents' names for their cases ---------------------------------
+
+
+class TemplateNotFoundError(NotFound):
+    """No such template (or version), or another user's private one."""
+
+    code = "TEMPLATE_NOT_FOUND"
+    reason = NotFound.code
+
+
+class InvalidFileFormatError(ValidationFailed):
+    """A seed file whose format is not one Palette reads."""
+
+    code = "INVALID_FILE_FORMAT"
+    reason = ValidationFailed.code
+
+
+class FileTooLargeError(PayloadTooLarge):
+    """A seed file over the size limit."""
+
+    code = "FILE_TOO_LARGE"
+    reason = PayloadTooLarge.code
 
 
 class RateLimited(ApiError):

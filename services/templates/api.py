@@ -25,8 +25,8 @@ from palette.api.app import caller, logger
 from palette.api.errors import (
     ApiError,
     Conflict,
-    NotFound,
     PayloadTooLarge,
+    TemplateNotFoundError,
     ValidationFailed,
     openapi_responses,
 )
@@ -83,7 +83,8 @@ _ERRORS = {
     "a model this deployment cannot call and bill; "
     "CONTENT_BLOCKED: a prompt (or the name or description) breaks an operator content rule",
     401: "UNAUTHORIZED: no valid bearer token",
-    404: "NOT_FOUND: no such template, or another user's private one",
+    404: "TEMPLATE_NOT_FOUND: no such template (or version), or another user's private one "
+    "(details.reason: NOT_FOUND, its code before it had the documents' name)",
     409: "CONFLICT: a job uses the template, or a concurrent change won",
     413: "PAYLOAD_TOO_LARGE: the template is too large to record",
     502: "MODEL_UNAVAILABLE: the enhancement model could not be called (nothing charged)",
@@ -160,16 +161,29 @@ def create_router(
     def list_templates(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         next_token: Annotated[str | None, Query(max_length=4096)] = None,
+        is_public: Annotated[
+            bool | None,
+            Query(description="true: every public template (any owner); false: the caller's private ones"),
+        ] = None,
     ) -> TemplateList:
         refresh()
         try:
-            page = listing.visible_to(caller(router), limit, next_token)
+            page = listing.visible_to(caller(router), limit, next_token, is_public=is_public)
         except InvalidPageToken as error:
             raise ValidationFailed(str(error), {"errors": [{"field": "next_token", "type": "value_error", "message": str(error)}]}) from None
         return TemplateList(
-            items=[TemplateSummary.model_validate(item) for item in page.items],
+            items=[TemplateSummary.model_validate(_with_steps(item)) for item in page.items],
             next_token=page.next_token,
         )
+
+    def _with_steps(item: dict[str, Any]) -> dict[str, Any]:
+        """A catalog summary with its steps; one projected before summaries held them
+        takes them from the template's stream."""
+        if "steps" in item:
+            return item
+        state = handlers.read(item["id"]).state
+        shown = state.versions.get(item["version"])
+        return {**item, "steps": list(shown.steps) if shown is not None else []}
 
     @router.get(
         "/templates/<template_id>", tags=["templates"], summary="One version of a template",
@@ -182,10 +196,10 @@ def create_router(
         loaded = handlers.read(template_id)
         state = loaded.state
         if not state.is_live or (state.owner != caller(router) and not state.is_public):
-            raise NotFound(_not_found(template_id))
+            raise TemplateNotFoundError(_not_found(template_id))
         shown = state.version if version is None else version
         if shown not in state.versions:
-            raise NotFound(f"template {template_id!r} has no version {shown}")
+            raise TemplateNotFoundError(f"template {template_id!r} has no version {shown}")
         return _body(loaded, shown)
 
     @router.put(
@@ -280,7 +294,7 @@ def _api_errors() -> Iterator[None]:
             ]},
         ) from None
     except (TemplateNotFound, NotTemplateOwner) as error:
-        raise NotFound(_not_found(error.template_id)) from None
+        raise TemplateNotFoundError(_not_found(error.template_id)) from None
     except TemplateInUse as in_use:
         raise Conflict(str(in_use), {"jobs_using": in_use.count, "job_ids": in_use.job_ids}) from None
     except TemplateAlreadyExists as exists:

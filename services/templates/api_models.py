@@ -1,64 +1,119 @@
-"""The templates API's request and response bodies: what a client sends and gets back."""
+"""The templates API's request and response bodies: what a client sends and gets back.
+
+Two spellings are accepted and answered: Palette's own (`steps`, `id`, `required_fields`)
+and the Plot Palette documents' (`template_definition: {"steps"}`, `template_id`,
+`schema_requirements`). Requests take either spelling of a field, not both; responses carry
+both.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from typing import Any
+
+from pydantic import (
+    AliasChoices,
+    AliasPath,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    computed_field,
+    model_validator,
+)
 
 from contracts.events.templates import TemplateStep
+from palette.api.aliases import show_aliases
 from services.templates.domain import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
 from services.templates.enhancement import DEFAULT_ENHANCEMENT_MODEL, MAX_PROMPT_CHARS
 
 MAX_STEPS = 50
+STEPS = AliasChoices("steps", AliasPath("template_definition", "steps"))
+"""`steps`, or the documents' `template_definition: {"steps": [...]}`."""
 
 
-class TemplateDefinition(BaseModel):
+class StepsDefinition(BaseModel):
+    """The documents' wrapper of a template's steps."""
+
+    steps: list[TemplateStep]
+
+
+class _StepsInEitherSpelling(BaseModel):
+    """A body whose steps come as `steps` or as `template_definition.steps`."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=show_aliases)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _definition_holds_only_steps(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "template_definition" in data:
+            definition = data["template_definition"]
+            if not isinstance(definition, dict) or set(definition) != {"steps"}:
+                raise ValueError('template_definition must be an object holding only "steps"')
+        return data
+
+
+class TemplateDefinition(_StepsInEitherSpelling):
     """A new template: its first version."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
     is_public: StrictBool = False
-    steps: list[TemplateStep] = Field(min_length=1, max_length=MAX_STEPS)
+    steps: list[TemplateStep] = Field(min_length=1, max_length=MAX_STEPS, validation_alias=STEPS)
 
 
-class TemplateRevision(BaseModel):
+class TemplateRevision(_StepsInEitherSpelling):
     """The next version: new steps; name, description and visibility carry over when omitted."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
     is_public: StrictBool | None = None
-    steps: list[TemplateStep] = Field(min_length=1, max_length=MAX_STEPS)
+    steps: list[TemplateStep] = Field(min_length=1, max_length=MAX_STEPS, validation_alias=STEPS)
 
 
-class TemplateBody(BaseModel):
-    """One version of a template, in full."""
+class _DocumentedSpelling(BaseModel):
+    """The documents' names of a template's id, steps and required fields, beside Palette's."""
 
     id: str
+    steps: list[TemplateStep]
+    required_fields: list[str] = Field(description="dotted seed paths the prompts read")
+
+    @computed_field(description="the same as `id` (the documented spelling)")  # type: ignore[prop-decorator]
+    @property
+    def template_id(self) -> str:
+        return self.id
+
+    @computed_field(description="the same as `steps` (the documented spelling)")  # type: ignore[prop-decorator]
+    @property
+    def template_definition(self) -> StepsDefinition:
+        return StepsDefinition(steps=self.steps)
+
+    @computed_field(description="the same as `required_fields` (the documented spelling)")  # type: ignore[prop-decorator]
+    @property
+    def schema_requirements(self) -> list[str]:
+        return self.required_fields
+
+
+class TemplateBody(_DocumentedSpelling):
+    """One version of a template, in full."""
+
     owner: str
     name: str
     description: str
     is_public: bool
     version: int = Field(description="the version shown")
     latest_version: int
-    steps: list[TemplateStep]
-    required_fields: list[str] = Field(description="dotted seed paths the prompts read")
     created_at: str = Field(description="when version 1 was recorded (ISO-8601 UTC)")
     published_at: str = Field(description="when the version shown was recorded")
 
 
-class TemplateSummary(BaseModel):
+class TemplateSummary(_DocumentedSpelling):
     """The latest version of a template, as the listing shows it."""
 
-    id: str
     owner: str
     name: str
     description: str
     is_public: bool
     version: int
-    required_fields: list[str]
     step_count: int
     created_at: str
     updated_at: str

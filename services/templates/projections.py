@@ -47,6 +47,8 @@ from services.templates.domain import JobsUsing
 TEMPLATES = "template"
 JOBS = "job"
 PUBLIC = "public"
+ONLY_PUBLIC = "only_public"
+ONLY_PRIVATE = "only_private"
 SORT_NAME_CHARS = 100
 MAX_JOBS_REPORTED = 100
 
@@ -103,6 +105,7 @@ def _summary_document(
         "is_public": detail.is_public,
         "version": version,
         "required_fields": list(detail.required_fields),
+        "steps": [step.model_dump(mode="json") for step in detail.steps],
         "step_count": len(detail.steps),
         "created_at": base["created_at"],
         "updated_at": time,
@@ -174,9 +177,20 @@ class TemplateCatalogView:
     def get(self, template_id: str) -> dict[str, Any] | None:
         return self._reader.get(TEMPLATES, template_id)
 
-    def visible_to(self, user: str, limit: int, next_token: str | None = None) -> Page:
-        """One page of at most `limit` summaries; raises InvalidPageToken for a foreign token."""
+    def visible_to(
+        self, user: str, limit: int, next_token: str | None = None, is_public: bool | None = None
+    ) -> Page:
+        """One page of at most `limit` summaries; raises InvalidPageToken for a foreign token.
+
+        `is_public=True` lists every public template, the caller's among them, by name;
+        `is_public=False` only the caller's private ones. A token resumes only the listing
+        (filter) that handed it out.
+        """
+        if is_public is not None:
+            return self._filtered(user, limit, next_token, is_public)
         part, inner = _decode_token(next_token)
+        if part not in ("own", PUBLIC):
+            raise InvalidPageToken("next_token is not one this listing handed out")
         items: list[dict[str, Any]] = []
         if part == "own":
             page = self._reader.query(
@@ -196,6 +210,23 @@ class TemplateCatalogView:
             inner = page.next_token
         return Page(items, _encode_token(PUBLIC, inner))
 
+    def _filtered(self, user: str, limit: int, next_token: str | None, is_public: bool) -> Page:
+        wanted = ONLY_PUBLIC if is_public else ONLY_PRIVATE
+        part, inner = _decode_token(next_token) if next_token else (wanted, None)
+        if part != wanted:
+            raise InvalidPageToken("next_token is not one this listing handed out")
+        index, partition = ("index2", PUBLIC) if is_public else ("index1", _owner_partition(user))
+        items: list[dict[str, Any]] = []
+        while len(items) < limit:
+            page = self._reader.query(
+                index, partition, collection=TEMPLATES, limit=limit - len(items), next_token=inner
+            )
+            items.extend(item for item in page.items if item["is_public"] is is_public)
+            if page.next_token is None:
+                return Page(items, None)
+            inner = page.next_token
+        return Page(items, _encode_token(wanted, inner))
+
 
 def _encode_token(part: str, inner: str | None) -> str:
     raw = json.dumps({"part": part, "token": inner}, separators=(",", ":")).encode()
@@ -211,6 +242,6 @@ def _decode_token(token: str | None) -> tuple[str, str | None]:
         part, inner = decoded["part"], decoded["token"]
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise InvalidPageToken("next_token is not one this listing handed out") from None
-    if part not in ("own", PUBLIC) or not (inner is None or isinstance(inner, str)):
+    if part not in ("own", PUBLIC, ONLY_PUBLIC, ONLY_PRIVATE) or not (inner is None or isinstance(inner, str)):
         raise InvalidPageToken("next_token is not one this listing handed out")
     return part, inner

@@ -31,7 +31,7 @@ from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.retry import APPEND_ATTEMPTS
 from services.templates import lambda_handler
 from services.templates.api import create_router
-from services.templates.domain import template_stream
+from contracts.streams import template_stream
 from services.templates.handlers import TemplateHandlers
 from services.templates.projections import (
     TemplateCatalog,
@@ -251,7 +251,7 @@ def test_versions_are_immutable_and_each_stays_readable(api: Facade) -> None:
     assert first.body["created_at"] == latest.body["created_at"] <= latest.body["published_at"]
 
     missing = api.call("GET", f"/templates/{template_id}", query={"version": "3"})
-    assert (missing.status, missing.error["code"]) == (404, "NOT_FOUND")
+    assert (missing.status, missing.error["code"]) == (404, "TEMPLATE_NOT_FOUND")
 
 
 def test_events_carry_the_actor_and_the_request_correlation_id(api: Facade) -> None:
@@ -498,7 +498,8 @@ def test_another_users_private_template_is_not_found(api: Facade) -> None:
         assert [r.status for r in (get, put, delete)] == [404, 404, 404]
         for reply in (get, put, delete):
             assert reply.error == {
-                "code": "NOT_FOUND", "message": f"template {template_id!r} does not exist", "details": {},
+                "code": "TEMPLATE_NOT_FOUND", "message": f"template {template_id!r} does not exist",
+                "details": {"reason": "NOT_FOUND"},
             }
 
     assert api.call("GET", f"/templates/{public}", "bob").status == 200
