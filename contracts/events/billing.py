@@ -56,11 +56,6 @@ class BudgetExceeded(_LedgerEvent):
     reason: str
 
 
-def user_ledger_id(owner: str) -> str:
-    """The pseudo job id of a user's charges outside jobs (its ledger is `ledger-<id>`)."""
-    return f"user-{owner}"
-
-
 class PromptEnhancementCharged(DomainEvent):
     """A prompt enhancement's model call, priced like a batch and charged to its owner."""
 

@@ -15,17 +15,10 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from contracts.events.base import DomainEvent
+from contracts.streams import job_guard_stream  # noqa: F401 -- services/generator/worker.py imports it from here until its split
 
 ContentLocation = Literal["template", "prompt", "output"]
 ContentAction = Literal["rejected", "skipped", "dropped", "flagged"]
-
-
-def template_guard_stream(template_id: str) -> str:
-    return f"guard-template-{template_id}"
-
-
-def job_guard_stream(job_id: str) -> str:
-    return f"guard-job-{job_id}"
 
 
 class ContentBlocked(DomainEvent):

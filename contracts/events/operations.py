@@ -19,10 +19,6 @@ from contracts.events.base import DomainEvent
 MAX_ERROR_CHARS = 2000
 
 
-def projection_stream(projection: str) -> str:
-    return f"projection-{projection}"
-
-
 class ProjectionFailed(DomainEvent):
     source: ClassVar[str] = "palette.projections"
 

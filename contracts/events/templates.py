@@ -48,10 +48,6 @@ class TemplateDeleted(_TemplateEvent):
     pass
 
 
-def enhancement_stream(enhancement_id: str) -> str:
-    return f"enhance-{enhancement_id}"
-
-
 class PromptEnhanced(DomainEvent):
     """A model rewrote a step prompt for `owner` (POST /templates/enhance). Written on
     `enhance-<enhancement_id>` so billing can charge the call like any other; it carries the

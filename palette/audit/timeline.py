@@ -26,10 +26,18 @@ from typing import Any
 from contracts import pricing
 from contracts.money import money_text
 from contracts.envelope import StoredEvent
+from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded, UsageCharged
+from contracts.events.generator import BatchGenerated, BudgetWrittenOff, DatasetExported, UnbatchedUsageRecorded
+from contracts.events.jobs import (
+    JobBudgetExceeded,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+    JobStarted,
+)
+from contracts.streams import JOB_STREAMS
 from palette.eventstore.port import EventStore
-
-STREAM_PREFIXES = ("job-", "generation-", "ledger-")
-
 
 class JobNotInLog(LookupError):
     """No stream of the job holds an event."""
@@ -161,19 +169,19 @@ def _text(value: Decimal | None) -> str | None:
 
 
 _STATUS = {
-    "JobRequested": "QUEUED",
-    "JobStarted": "RUNNING",
-    "JobCompleted": "COMPLETED",
-    "JobFailed": "FAILED",
-    "JobCancelled": "CANCELLED",
-    "JobBudgetExceeded": "BUDGET_EXCEEDED",
+    JobRequested.detail_type(): "QUEUED",
+    JobStarted.detail_type(): "RUNNING",
+    JobCompleted.detail_type(): "COMPLETED",
+    JobFailed.detail_type(): "FAILED",
+    JobCancelled.detail_type(): "CANCELLED",
+    JobBudgetExceeded.detail_type(): "BUDGET_EXCEEDED",
 }
 
 
 def _status_after(detail_type: str, d: dict[str, Any]) -> str:
     """The status a job event leaves: a completion says its own outcome
     (COMPLETED_WITH_ERRORS when fan-out models failed)."""
-    if detail_type == "JobCompleted":
+    if detail_type == JobCompleted.detail_type():
         return str(d.get("outcome") or "COMPLETED")
     return _STATUS[detail_type]
 
@@ -184,7 +192,7 @@ def audit_job(
     """The job's timeline and cost reconciliation, repricing with whichever of `catalogs`
     a charge names by version (pass the installation's catalog); raises JobNotInLog."""
     events: list[StoredEvent] = []
-    for prefix in STREAM_PREFIXES:
+    for prefix in JOB_STREAMS:
         events.extend(store.read_stream(prefix + job_id))
     if not events:
         raise JobNotInLog(f"no events of job {job_id!r} in the log")
@@ -202,13 +210,13 @@ def audit_job(
 
 def summarize(detail_type: str, d: dict[str, Any]) -> str:
     """One line a person reads for an event."""
-    if detail_type == "JobRequested":
+    if detail_type == JobRequested.detail_type():
         return (
             f"owner {d.get('owner')}: {d.get('num_records')} records of template "
             f"{d.get('template_id')} v{d.get('template_version')}, budget ${_usd(d.get('budget_limit'))}, "
             f"{'/'.join(d.get('output_formats', []))}"
         )
-    if detail_type == "BatchGenerated":
+    if detail_type == BatchGenerated.detail_type():
         tokens = ", ".join(
             f"{model} {u['input_tokens']}+{u['output_tokens']} tok" for model, u in sorted(d.get("token_usage", {}).items())
         )
@@ -216,21 +224,21 @@ def summarize(detail_type: str, d: dict[str, Any]) -> str:
             f"batch {d.get('batch_number')}: records {d.get('first_record')}..{d.get('last_record')}, "
             f"{d.get('rows')} rows, {d.get('failures')} failures, {tokens}, {d.get('duration_ms')} ms"
         )
-    if detail_type == "CostRecorded":
+    if detail_type == CostRecorded.detail_type():
         return (
             f"batch {d.get('batch_number')} charged ${_usd(d.get('total'))} (tokens ${_usd(d.get('model_tokens'))}, "
             f"compute ${_usd(d.get('compute'))}, storage ${_usd(d.get('storage'))}; catalog {d.get('catalog_version')})"
         )
-    if detail_type == "UsageCharged":
+    if detail_type == UsageCharged.detail_type():
         return (
             f"{d.get('kind')} usage charged ${_usd(d.get('total'))} (tokens ${_usd(d.get('model_tokens'))}; "
             f"catalog {d.get('catalog_version')}) for {d.get('charge_id')}"
         )
-    if detail_type in ("BudgetWarning", "BudgetExceeded"):
-        extra = f"{d.get('threshold_percent')}% " if detail_type == "BudgetWarning" else ""
+    if detail_type in (BudgetWarning.detail_type(), BudgetExceeded.detail_type()):
+        extra = f"{d.get('threshold_percent')}% " if detail_type == BudgetWarning.detail_type() else ""
         reason = f": {d['reason']}" if d.get("reason") else ""
         return f"{extra}spent ${_usd(d.get('spent'))} of ${_usd(d.get('budget_limit'))}{reason}"
-    if detail_type == "DatasetExported":
+    if detail_type == DatasetExported.detail_type():
         files = ", ".join(f"{f['format']} {f['rows']} rows" for f in d.get("files", []))
         return f"{d.get('rows')} rows exported ({files})"
     parts = [f"{k}={v}" for k, v in d.items() if k != "job_id" and v not in ("", None, {}, [])]
@@ -263,9 +271,9 @@ def reconcile(
         kind = event.detail_type
         if kind in _STATUS:
             result.status = _status_after(kind, d)
-        if kind == "JobRequested":
+        if kind == JobRequested.detail_type():
             result.budget_limit = Decimal(str(d["budget_limit"]))
-        elif kind == "BatchGenerated":
+        elif kind == BatchGenerated.detail_type():
             line = batches.setdefault(d["batch_number"], BatchLine(d["batch_number"]))
             if d["batch_number"] in generated:
                 result.discrepancies.append(f"batch {d['batch_number']} was generated twice")
@@ -273,10 +281,10 @@ def reconcile(
             line.rows = d["rows"]
             line.tokens = {m: dict(u) for m, u in d["token_usage"].items()}
             result.rows_generated += d["rows"]
-        elif kind in ("UnbatchedUsageRecorded", "BudgetWrittenOff"):
+        elif kind in (UnbatchedUsageRecorded.detail_type(), BudgetWrittenOff.detail_type()):
             usage_facts[event.id] = (kind, d)
-        elif kind in ("CostRecorded", "UsageCharged"):
-            if kind == "CostRecorded":
+        elif kind in (CostRecorded.detail_type(), UsageCharged.detail_type()):
+            if kind == CostRecorded.detail_type():
                 line = batches.setdefault(d["batch_number"], BatchLine(d["batch_number"]))
                 line.charges.append(Decimal(d["total"]))
                 charges.setdefault(d["batch_number"], []).append(d)
@@ -285,7 +293,7 @@ def reconcile(
             versions.add(d["catalog_version"])
             result.recorded_total += Decimal(d["total"])
             result.recorded_model_tokens += Decimal(d["model_tokens"])
-        elif kind == "DatasetExported":
+        elif kind == DatasetExported.detail_type():
             result.rows_exported = d["rows"]
     result.catalog_versions = sorted(versions)
     ended = result.status not in ("QUEUED", "RUNNING")
@@ -338,7 +346,7 @@ def _reconcile_usage(
             line.note = "charged, no such usage in the log"
             result.discrepancies.append(f"usage {charge_id} was charged but never recorded")
             continue
-        label = "unbatched calls" if kind == "UnbatchedUsageRecorded" else "written off"
+        label = "unbatched calls" if kind == UnbatchedUsageRecorded.detail_type() else "written off"
         if not recorded:
             line.note = f"{label}: " + ("never charged" if ended else "not charged yet")
             if ended:
@@ -350,7 +358,7 @@ def _reconcile_usage(
             continue
         charge = recorded[0]
         line.recorded_model_tokens = Decimal(charge["model_tokens"])
-        if kind == "BudgetWrittenOff":
+        if kind == BudgetWrittenOff.detail_type():
             line.note = label
             if Decimal(charge["total"]) != Decimal(str(fact["amount"])):
                 result.discrepancies.append(

@@ -43,19 +43,31 @@ from functools import partial
 from typing import Any, NamedTuple
 
 from contracts.envelope import GENESIS_HASH, canonical_text
+from contracts.events.billing import CostRecorded, UsageCharged
+from contracts.events.generator import (
+    BatchGenerated,
+    BudgetWrittenOff,
+    DatasetExported,
+    GenerationFailed,
+    GenerationStopped,
+    UnbatchedUsageRecorded,
+)
+from contracts.events.jobs import JobBudgetExceeded, JobCancelled, JobCompleted, JobFailed, JobRequested
+from contracts.streams import ledger_stream
 from palette.audit.collector import collector_paused
 from palette.audit.pages import Row, row_pages
 from palette.eventstore.port import EventStore
 from palette.eventstore.sqlite import SQLiteEventStore
 
 PAGE_SIZE = 10_000
-JOB_ENDINGS = frozenset({"JobCompleted", "JobFailed", "JobCancelled", "JobBudgetExceeded"})
-GENERATION_ENDINGS = frozenset({"GenerationStopped", "GenerationFailed", "DatasetExported"})
-USAGE_FACT_TYPES = frozenset({"UnbatchedUsageRecorded", "BudgetWrittenOff"})
+JOB_ENDINGS = frozenset(e.detail_type() for e in (JobCompleted, JobFailed, JobCancelled, JobBudgetExceeded))
+GENERATION_ENDINGS = frozenset(e.detail_type() for e in (GenerationStopped, GenerationFailed, DatasetExported))
+USAGE_FACT_TYPES = frozenset(e.detail_type() for e in (UnbatchedUsageRecorded, BudgetWrittenOff))
 """Generator facts billing charges as a UsageCharged each (keyed by their event id)."""
-JOB_FACT_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | USAGE_FACT_TYPES | {
-    "JobRequested", "BatchGenerated", "CostRecorded", "UsageCharged",
-}
+_REQUESTED, _BATCH, _COST, _USAGE_CHARGE, _EXPORTED = (
+    e.detail_type() for e in (JobRequested, BatchGenerated, CostRecorded, UsageCharged, DatasetExported)
+)
+JOB_FACT_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | USAGE_FACT_TYPES | {_REQUESTED, _BATCH, _COST, _USAGE_CHARGE}
 """The events the job invariants read."""
 
 Progress = Callable[[int], None]
@@ -183,7 +195,7 @@ def audit_row(row: Row) -> AuditRow:
         get = fields.get
     except (ValueError, AttributeError):
         return (*head, _NOT_AN_OBJECT, None, None, None, None, None, None)
-    exported = fields if detail_type == "DatasetExported" else None
+    exported = fields if detail_type == _EXPORTED else None
     return (
         *head, get("job_id"), get("batch_number"), get("rows"), get("total"), get("budget_limit"), exported,
         get("charge_id"),
@@ -288,6 +300,7 @@ class DomainAuditor:
 
     def check(self, rows: list[AuditRow]) -> None:
         jobs, violations, domain_types, ref_of = self.jobs, self.violations, JOB_FACT_TYPES, _ref_of
+        batch_type, cost_type, usage_charge_type = _BATCH, _COST, _USAGE_CHARGE
         for row in rows:
             kind = row[4]
             if kind not in domain_types:
@@ -306,7 +319,7 @@ class DomainAuditor:
                 job = jobs[job_id] = _Job()
             try:
                 # the two events of nearly every row, inline: the audit's hot loop
-                if kind == "BatchGenerated":
+                if kind == batch_type:
                     number, generated = row[9], row[10]
                     if number is None or generated is None:
                         raise KeyError("batch_number" if number is None else "rows")
@@ -322,7 +335,7 @@ class DomainAuditor:
                         ))
                     else:
                         job.batches[number] = (generated, ref)
-                elif kind == "CostRecorded":
+                elif kind == cost_type:
                     number = _required(row[9], "batch_number")
                     job.spent += Decimal(_required(row[11], "total"))
                     ref = ref_of(row[:5])
@@ -334,7 +347,7 @@ class DomainAuditor:
                     job.last_charge = ref
                     if job.crossed_by is None and job.budget_limit is not None and job.spent > job.budget_limit:
                         job.crossed_by = ref
-                elif kind == "UsageCharged":
+                elif kind == usage_charge_type:
                     self._fold_usage_charge(job, row)
                 elif kind in USAGE_FACT_TYPES:
                     job.usage_facts[row[3]] = ref_of(row[:5])
@@ -355,14 +368,14 @@ class DomainAuditor:
 
     @staticmethod
     def _fold_lifecycle(job: _Job, row: AuditRow, kind: str) -> None:
-        if kind == "JobRequested":
+        if kind == _REQUESTED:
             job.budget_limit = Decimal(_required(row[12], "budget_limit"))
         elif kind in JOB_ENDINGS:
             job.ended_by = job.ended_by or _ref_of(row[:5])
         elif kind in GENERATION_ENDINGS:
             ref = _ref_of(row[:5])
             job.generation_ended_by = job.generation_ended_by or ref
-            if kind == "DatasetExported":
+            if kind == _EXPORTED:
                 exported = row[13]
                 job.exports.append((_json_object(exported) if isinstance(exported, str) else exported, ref))
 
@@ -374,7 +387,7 @@ class DomainAuditor:
 
     def _job_rules(self, job_id: str, job: _Job) -> None:
         violations = self.violations
-        ledger = f"ledger-{job_id}"
+        ledger = ledger_stream(job_id)
         if job.budget_limit is not None and job.spent > job.budget_limit:
             ref = job.crossed_by or job.last_charge
             message = f"recorded spend {job.spent} exceeds the budget {job.budget_limit}"

@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from aws_lambda_powertools import Logger
 
 from contracts.envelope import StoredEvent
-from contracts.events.operations import MAX_ERROR_CHARS, ProjectionFailed, projection_stream
+from contracts.events.operations import MAX_ERROR_CHARS, ProjectionFailed
+from contracts.streams import projection_stream
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository
 from palette.projections.port import DeadLetter

@@ -35,9 +35,9 @@ from contracts.events.billing import (
     CostRecorded,
     PromptEnhancementCharged,
     UsageCharged,
-    user_ledger_id,
 )
 from contracts.pricing import BatchCost
+from contracts.streams import user_ledger_id
 
 WARNING_PERCENT = 80
 
@@ -46,16 +46,6 @@ BUDGET_EXHAUSTED: ExceededReason = "budget_exhausted"
 """The generator stopped: the remaining budget could not cover one more call."""
 LIMIT_PASSED: ExceededReason = "limit_passed"
 """Recorded spend passed the limit: the guard failed to hold it (an audit finding)."""
-
-
-def ledger_stream(job_id: str) -> str:
-    """The stream billing writes for one job."""
-    return f"ledger-{job_id}"
-
-
-def job_stream(job_id: str) -> str:
-    """The jobs service's stream of one job (read, never written, here)."""
-    return f"job-{job_id}"
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -274,7 +264,5 @@ __all__ = [
     "LedgerState",
     "decide",
     "evolve",
-    "job_stream",
-    "ledger_stream",
     "state_from",
 ]

@@ -29,6 +29,7 @@ from contracts.events.generator import BatchGenerated, BudgetWrittenOff, TokenUs
 from contracts.events.jobs import JobRequested
 from contracts.events.templates import PromptEnhanced
 from contracts.pricing import BatchCost, PricingCatalog, price_batch
+from contracts.streams import job_stream, ledger_stream
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository, by_event
 from services.billing.domain import (
@@ -42,8 +43,6 @@ from services.billing.domain import (
     LedgerState,
     decide,
     evolve,
-    job_stream,
-    ledger_stream,
 )
 
 BILLING_ACTOR = "palette.billing"

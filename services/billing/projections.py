@@ -27,10 +27,10 @@ from contracts.events.billing import (
     CostRecorded,
     PromptEnhancementCharged,
     UsageCharged,
-    user_ledger_id,
 )
 from contracts.events.jobs import JobRequested
 from contracts.money import money_text
+from contracts.streams import user_ledger_id
 from palette.projections.documents import (
     Document,
     DocumentProjection,

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
 from contracts.events.generator import (
     BatchGenerated,
@@ -58,6 +57,7 @@ from contracts.pricing import (
     price_compute,
     price_storage,
 )
+from contracts.streams import generation_stream, job_stream
 from palette.eventstore.port import EventStore
 
 _RESERVATION_NUMBERS = itertools.count(1)
@@ -422,10 +422,10 @@ class JobBudgets:
 
     def in_log(self, job_id: str, up_to_version: int | None = None) -> LogBudget:
         """The job's budget as its generation stream tells it (up to a version)."""
-        stored = self.events.read_stream(f"generation-{job_id}", to_version=up_to_version)
+        stored = self.events.read_stream(generation_stream(job_id), to_version=up_to_version)
         return budget_in_log(
             self.catalog,
-            (CATALOG.decode(s.detail_type, s.schema_version, s.detail) for s in stored),
+            (s.decode() for s in stored),
             self.runtime,
         )
 
@@ -462,8 +462,8 @@ class JobBudgets:
 
     def _load(self, job_id: str) -> LedgerBudgetGuard:
         budget_limit: Decimal | None = None
-        for stored in self.events.read_stream(f"job-{job_id}", limit=1):
-            event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+        for stored in self.events.read_stream(job_stream(job_id), limit=1):
+            event = stored.decode()
             if isinstance(event, JobRequested):
                 budget_limit = event.budget_limit
         if budget_limit is None:

@@ -41,6 +41,12 @@ from contracts.events.templates import (
     TemplateStep,
     TemplateVersionPublished,
 )
+from contracts.streams import (  # noqa: F401 -- worker.py and run/ still import them from here
+    generation_stream,
+    job_stream,
+    seed_stream,
+    template_stream,
+)
 
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_LEASE_SECONDS = 60
@@ -57,26 +63,6 @@ WORKER_CRASHED = "WORKER_CRASHED"
 MAX_JOBS_PER_USER = 3
 """Jobs of one owner running at once, by default (a worker pool's cap; on AWS, the owner
 slots' across every worker task)."""
-
-
-def generation_stream(job_id: str) -> str:
-    """The stream this service writes for one job: claims, batches, the end."""
-    return f"generation-{job_id}"
-
-
-def job_stream(job_id: str) -> str:
-    """The jobs service's stream of one job (read, never written, here)."""
-    return f"job-{job_id}"
-
-
-def template_stream(template_id: str) -> str:
-    """The templates service's stream of one template (read, never written, here)."""
-    return f"template-{template_id}"
-
-
-def seed_stream(seed_id: str) -> str:
-    """The seeds service's stream of one seed (read, never written, here)."""
-    return f"seed-{seed_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,26 +69,6 @@ MAX_MODELS = MAX_FANOUT_MODELS
 OUTPUT_FILTERS: tuple[OutputFilter, ...] = ("drop", "flag")
 
 
-def job_stream(job_id: str) -> str:
-    """The stream that holds one job's events (written by the jobs service only)."""
-    return f"job-{job_id}"
-
-
-def generation_stream(job_id: str) -> str:
-    """The generator's stream of one job (read, never written, here)."""
-    return f"generation-{job_id}"
-
-
-def template_stream(template_id: str) -> str:
-    """The templates service's stream of one template (read, never written, here)."""
-    return f"template-{template_id}"
-
-
-def seed_stream(seed_id: str) -> str:
-    """The seeds service's stream of one seed (read, never written, here)."""
-    return f"seed-{seed_id}"
-
-
 def dataset_prefix(owner: str, job_id: str) -> str:
     """Where the generator keeps everything a job produced: parts, exports, manifest."""
     return blob_keys.dataset_prefix(owner, job_id)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
 from contracts.pricing import PricingCatalog
+from contracts.streams import job_stream, seed_stream, template_stream
 from contracts.events.generator import (
     DatasetExported,
     GenerationClaimed,
@@ -56,11 +57,8 @@ from services.jobs.domain import (
     dataset_prefix,
     decide,
     evolve,
-    job_stream,
     seed_facts,
-    seed_stream,
     template_facts,
-    template_stream,
 )
 
 log = logging.getLogger(__name__)

@@ -36,16 +36,6 @@ MAX_FILENAME_CHARS = 200
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def seed_stream(seed_id: str) -> str:
-    """The stream that holds one seed's events."""
-    return f"seed-{seed_id}"
-
-
-def template_stream(template_id: str) -> str:
-    """The templates service's stream of one template (read, never written, here)."""
-    return f"template-{template_id}"
-
-
 def safe_filename(filename: str) -> str:
     """The basename with only characters every blob store and shell take, extension kept.
 

@@ -20,6 +20,7 @@ from typing import IO
 
 from contracts.events.base import DomainEvent
 from contracts.events.seeds import SeedFormat
+from contracts.streams import seed_stream, template_stream
 from palette.blobs.port import BlobInfo, BlobNotFound, BlobStore
 from palette.recordfiles import SeedLimitExceeded
 from palette.eventstore.port import EventStore
@@ -37,9 +38,7 @@ from services.seeds.domain import (
     decide,
     evolve,
     seed_id_from_key,
-    seed_stream,
     template_requirements,
-    template_stream,
 )
 from services.seeds.validation import HashingReader, SeedValidationReport, inspect_seed, validate_seed
 

@@ -30,11 +30,6 @@ MAX_DESCRIPTION_CHARS = 4000
 MAX_MODEL_CHARS = 200
 
 
-def template_stream(template_id: str) -> str:
-    """The stream that holds one template's events."""
-    return f"template-{template_id}"
-
-
 # -- commands ----------------------------------------------------------------------------
 
 
@@ -441,5 +436,4 @@ __all__ = [
     "decide",
     "evolve",
     "state_from",
-    "template_stream",
 ]

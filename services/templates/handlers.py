@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
-from contracts.events.guard import template_guard_stream
-from contracts.events.templates import PromptEnhanced, TemplateStep, enhancement_stream
+from contracts.events.templates import PromptEnhanced, TemplateStep
+from contracts.streams import enhancement_stream, template_guard_stream, template_stream
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository
 from services.templates.domain import (
@@ -45,7 +45,6 @@ from services.templates.domain import (
     TemplateState,
     decide,
     evolve,
-    template_stream,
 )
 from services.templates.enhancement import (
     Enhancement,

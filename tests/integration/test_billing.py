@@ -53,7 +53,8 @@ from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
 from services.billing.api import create_router
 from services.billing.consumers import LedgerConsumer, subscriptions
-from services.billing.domain import BUDGET_EXHAUSTED, ledger_stream
+from contracts.streams import ledger_stream
+from services.billing.domain import BUDGET_EXHAUSTED
 from services.billing.handlers import LedgerHandlers
 from services.billing.projections import CostsView, JobCosts
 from services.generator.budget import (

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from contracts.events.guard import ContentBlocked, template_guard_stream
+from contracts.events.guard import ContentBlocked
+from contracts.streams import template_guard_stream
 from contracts.events.templates import TemplateStep
 from palette.eventstore.sqlite import SQLiteEventStore
 from palette.guard.config import ContentRule, GuardConfig, GuardConfigError

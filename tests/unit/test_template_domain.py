@@ -12,6 +12,7 @@ from contracts.events.templates import (
     TemplateStep,
     TemplateVersionPublished,
 )
+from contracts.streams import template_stream
 from services.templates.domain import (
     CreateTemplate,
     DeleteTemplate,
@@ -26,7 +27,6 @@ from services.templates.domain import (
     decide,
     evolve,
     state_from,
-    template_stream,
 )
 
 QUESTION = TemplateStep(id="question", model="local/gemma-3-270m", prompt="Ask about {{ book.title }}")
