@@ -56,7 +56,7 @@ from contracts.events import (
 )
 from contracts.events.base import DomainEvent
 from palette.audit.archive import export_events
-from palette.audit.replay import replay_into
+from palette.audit.replay_into import replay_into
 from palette.audit.verify import verify_log
 from palette.composition import local_projections
 from palette.eventstore.port import NewEvent

@@ -349,7 +349,7 @@ def replay_command(
 def _replay_into(
     store: EventStore, projections: list[Any], into: Path, as_of: str | None, advance: Any, workers: int | None
 ) -> dict[str, Any]:
-    from palette.audit.replay import replay_into
+    from palette.audit.replay_into import replay_into
 
     summary = replay_into(store, projections, into, as_of=as_of, progress=advance, workers=workers)
     return {"summary": summary.as_dict()}
@@ -361,7 +361,7 @@ def _replay_live(
     """In place. On AWS each projection is rebuilt in fresh tables and swapped in; locally
     the views are built beside the live file as `--into` builds them (in worker processes
     on a big log) and replace the live ones in one transaction."""
-    from palette.audit.replay import rebuild_live
+    from palette.audit.rebuild import rebuild_live
 
     if runtime == "aws":
         from palette.adapters import AwsSettings, aws_adapters
@@ -369,8 +369,8 @@ def _replay_live(
         adapters = aws_adapters(AwsSettings.from_env())
         runners = [adapters.projection_runner(p) for p in projections]
         return {"summary": rebuild_live(store, runners, progress=advance).as_dict()}
-    from palette.audit.replay import PROJECTIONS_FILE as REBUILT
-    from palette.audit.replay import replay_into
+    from palette.audit.replay_into import PROJECTIONS_FILE as REBUILT
+    from palette.audit.replay_into import replay_into
     from palette.projections.sqlite import SQLiteReadModelStore
 
     read_models = SQLiteReadModelStore(Path(data_dir) / PROJECTIONS_FILE)
@@ -386,8 +386,9 @@ def _replay_live(
 def _replay_diff(
     store: EventStore, data_dir: Path, projections: list[Any], into: Path | None, advance: Any, workers: int | None
 ) -> dict[str, Any]:
-    from palette.audit.replay import PROJECTIONS_FILE as REBUILT
-    from palette.audit.replay import diff_documents, live_checkpoints, replay_into
+    from palette.audit.replay_into import PROJECTIONS_FILE as REBUILT
+    from palette.audit.replay_diff import diff_documents, live_checkpoints
+    from palette.audit.replay_into import replay_into
     from palette.projections.sqlite import SQLiteReadModelStore
 
     live_path = Path(data_dir) / PROJECTIONS_FILE

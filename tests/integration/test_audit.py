@@ -38,16 +38,10 @@ from palette.audit.archive import (
     import_events,
     read_archive,
 )
-from palette.audit.replay import (
-    ReplayError,
-    ReplayTarget,
-    diff_documents,
-    live_checkpoints,
-    parse_as_of,
-    rebuild_live,
-    replay,
-    replay_into,
-)
+from palette.audit.rebuild import rebuild_live
+from palette.audit.replay import ReplayError, ReplayTarget, parse_as_of, replay
+from palette.audit.replay_diff import diff_documents, live_checkpoints
+from palette.audit.replay_into import replay_into
 from palette.audit.timeline import JobNotInLog, audit_job
 from palette.audit.verify import verify_log
 from palette.composition import LocalPalette, local_projections

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bench.replay import realistic_log
-from palette.audit.replay import parse_as_of, replay_into
+from palette.audit.replay import parse_as_of
+from palette.audit.replay_into import replay_into
 from palette.composition import local_projections
 from palette.eventstore.sqlite import SQLiteEventStore
 
