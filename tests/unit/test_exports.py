@@ -20,7 +20,8 @@ from contracts.events.jobs import OutputFormat
 from palette.blobs.local import LocalBlobStore
 from palette.blobs.port import BlobInfo
 from palette.blobs.signing import UrlSigner
-from services.generator.exports import DatasetIntegrityError, ExportError, export_dataset, export_prefix
+from services.generator.export_errors import DatasetIntegrityError, ExportError
+from services.generator.exports import export_dataset, export_prefix
 from services.generator.records import (
     GeneratedRecord,
     RecordShapeError,

@@ -16,7 +16,8 @@ from contracts.events.generator import (
 )
 from palette.blobs.port import BlobStore
 from services.generator.domain import JobSpec
-from services.generator.exports import ExportError, export_dataset
+from services.generator.export_errors import ExportError
+from services.generator.exports import export_dataset
 from services.generator.logs import logger as log
 from services.generator.run.budget import RunBudget
 from services.generator.run.ending import Ending, JobFailure, RunEnding
