@@ -17,7 +17,16 @@ from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
 
 from contracts.events.seeds import SeedFormat
 from palette.api.app import caller
-from palette.api.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed, openapi_responses
+from contracts.seed_refs import parse_seed_reference
+from palette.api.errors import (
+    Conflict,
+    FileTooLargeError,
+    InvalidFileFormatError,
+    NotFound,
+    TemplateNotFoundError,
+    ValidationFailed,
+    openapi_responses,
+)
 from services.seeds.api_models import (
     POSITION_UNITS,
     FailingRecordResponse,
@@ -41,11 +50,14 @@ from services.seeds.domain import (
 from services.seeds.handlers import SeedHandlers, SeedValidationResult
 
 _ERRORS = {
-    400: "VALIDATION_ERROR: a field out of bounds, or the seed file refused (named in details)",
+    400: "VALIDATION_ERROR: a field out of bounds, or the seed file refused (named in details); "
+    "INVALID_FILE_FORMAT: a format Palette cannot read (details.reason: VALIDATION_ERROR)",
     401: "UNAUTHORIZED: no valid bearer token",
-    404: "NOT_FOUND: no such seed or template (version), or not the caller's",
+    404: "NOT_FOUND: no such seed, or not the caller's (an s3_key names only the caller's own upload); "
+    "TEMPLATE_NOT_FOUND: no such template (version) visible to the caller (details.reason: NOT_FOUND)",
     409: "CONFLICT: the seed's file is not uploaded yet, or the seed already exists",
-    413: "PAYLOAD_TOO_LARGE: the declared file size is over the seed limit (details.max_bytes)",
+    413: "FILE_TOO_LARGE: the file size is over the seed limit (details.max_bytes; details.reason: "
+    "PAYLOAD_TOO_LARGE)",
 }
 
 
@@ -57,15 +69,15 @@ def create_router(handlers: SeedHandlers) -> Router:
     router = Router()
 
     @router.post("/seed-data/upload", status_code=201, tags=["seeds"],
-                 summary="Create a seed and get a URL to PUT its file to (valid 15 minutes)",
+                 summary="Create a seed and get a URL to PUT its file to (valid 15 minutes); answers 201, not 200",
                  responses=_responses(201, 409, 413))
     def request_upload(body: UploadRequest) -> UploadGrantResponse:
         with _domain_errors():
             grant = handlers.request_upload(caller(router), body.filename, body.format, body.size_bytes)
         return UploadGrantResponse(
             seed_id=grant.seed_id, upload_url=grant.upload_url, expires_at=grant.expires_at,
-            max_bytes=grant.max_bytes, blob_key=grant.blob_key, filename=grant.filename,
-            format=grant.format,
+            expires_in=handlers.upload_ttl, max_bytes=grant.max_bytes, blob_key=grant.blob_key,
+            filename=grant.filename, format=grant.format, content_type=body.content_type,
         )
 
     @router.post("/seed-data/validate", tags=["seeds"],
@@ -73,7 +85,9 @@ def create_router(handlers: SeedHandlers) -> Router:
                  responses=_responses(200, 404, 409))
     def validate(body: ValidateRequest) -> ValidationReportResponse:
         with _domain_errors():
-            result = handlers.validate(caller(router), body.seed_id, body.template_id, body.template_version)
+            user = caller(router)
+            seed_id = _seed_id(handlers, user, body.seed_id)
+            result = handlers.validate(user, seed_id, body.template_id, body.template_version)
         return _report(result)
 
     @router.get("/seed-data/<seed_id>", tags=["seeds"], summary="A seed's upload and validations",
@@ -86,6 +100,15 @@ def create_router(handlers: SeedHandlers) -> Router:
     return router
 
 
+def _seed_id(handlers: SeedHandlers, user: str, reference: str) -> str:
+    """The seed a seed id or an upload's s3_key names (`contracts.seed_refs`); a key that is
+    not the one the caller's seed was granted is SeedNotFound, like another user's seed."""
+    named = parse_seed_reference(reference)
+    if named.blob_key is not None and handlers.seed(user, named.seed_id).blob_key != named.blob_key:
+        raise SeedNotFound(named.seed_id)
+    return named.seed_id
+
+
 @contextmanager
 def _domain_errors() -> Iterator[None]:
     try:
@@ -96,13 +119,13 @@ def _domain_errors() -> Iterator[None]:
         details: dict[str, object] = {"template_id": error.template_id}
         if error.version is not None:
             details["template_version"] = error.version
-        raise NotFound(str(error), details) from None
+        raise TemplateNotFoundError(str(error), details) from None
     except SeedTooLarge as error:
-        raise PayloadTooLarge(
+        raise FileTooLargeError(
             str(error), {"size_bytes": error.size_bytes, "max_bytes": error.max_bytes}
         ) from None
     except UnsupportedSeedFormat as error:
-        raise ValidationFailed(
+        raise InvalidFileFormatError(
             f"invalid {error.field}: {error}",
             {"errors": [{"field": error.field, "type": "unsupported_format", "message": str(error)}]},
         ) from None
@@ -120,6 +143,7 @@ def _report(result: SeedValidationResult) -> ValidationReportResponse:
     fmt = result.seed.format or SeedFormat.JSONL
     return ValidationReportResponse(
         seed_id=result.seed_id,
+        s3_key=result.seed.blob_key,
         template_id=result.template_id,
         template_version=result.template_version,
         required_fields=list(result.required_fields),

@@ -1,14 +1,21 @@
-"""The seeds API's request and response bodies: what a client sends and gets back."""
+"""The seeds API's request and response bodies: what a client sends and gets back.
+
+Beside Palette's own fields they take and answer the Plot Palette documents' ones: a seed
+set is named by its `seed_id` or by the documents' `s3_key` (`contracts.seed_refs`), an
+upload grant says `s3_key` and `expires_in`, a report says `missing_fields`.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, computed_field
 
 from contracts.events.seeds import SeedFormat
 from contracts.identifiers import MAX_ID_CHARS, has_control_character, id_problem
+from contracts.seed_refs import InvalidSeedReference, parse_seed_reference
+from palette.api.aliases import show_aliases
 
 MAX_FILENAME_CHARS = 255
 
@@ -27,6 +34,21 @@ def _filename(value: str) -> str:
         raise ValueError("the filename holds a control character")
     if not value.strip():
         raise ValueError("the filename is blank")
+    return value
+
+
+def _seed_reference(value: str) -> str:
+    """A seed id or an upload's s3_key (`contracts.seed_refs`): refused before it is looked up."""
+    try:
+        parse_seed_reference(value)
+    except InvalidSeedReference as invalid:
+        raise ValueError(str(invalid)) from None
+    return value
+
+
+def _media_type(value: str) -> str:
+    if has_control_character(value) or "/" not in value:
+        raise ValueError("content_type is a media type such as application/json")
     return value
 
 
@@ -51,6 +73,11 @@ class UploadRequest(BaseModel):
         default=None, description="JSONL, JSON, CSV or PARQUET; told from the filename when omitted"
     )
     size_bytes: int | None = Field(default=None, ge=0, description="declared size, refused up front if too large")
+    content_type: Annotated[str, AfterValidator(_media_type)] | None = Field(
+        default=None, max_length=255, examples=["application/json"],
+        description="the Content-Type the client will PUT with (any is accepted; the format comes from "
+        "`format` or the filename)",
+    )
 
 
 class UploadGrantResponse(BaseModel):
@@ -58,16 +85,31 @@ class UploadGrantResponse(BaseModel):
     upload_url: str
     method: Literal["PUT"] = "PUT"
     expires_at: datetime
+    expires_in: int = Field(description="seconds the upload URL stays valid (900)")
     max_bytes: int
     blob_key: str
     filename: str
     format: SeedFormat
+    content_type: str | None = Field(default=None, description="as asked; the PUT may send it")
+
+    @computed_field(description="the documented name of `blob_key`: the handle a client may pass "  # type: ignore[prop-decorator]
+                    "wherever a seed set is named")
+    @property
+    def s3_key(self) -> str:
+        return self.blob_key
+
+
+SeedRef = Annotated[
+    str,
+    AfterValidator(_seed_reference),
+    Field(description="the seed id, or the upload's s3_key (as s3://<bucket>/<s3_key> too)"),
+]
 
 
 class ValidateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=show_aliases)
 
-    seed_id: ServerId
+    seed_id: SeedRef = Field(validation_alias=AliasChoices("seed_id", "s3_key"))
     template_id: ServerId
     template_version: int | None = Field(default=None, ge=1, description="latest when omitted")
 
@@ -79,7 +121,12 @@ class FailingRecordResponse(BaseModel):
 
 
 class ValidationReportResponse(BaseModel):
+    """Whether every record has every field the template version reads, and what is missing.
+
+    Answered 200 whether or not the seed set is valid: the report is the result."""
+
     seed_id: str
+    s3_key: str = Field(description="the seed file's key (its `blob_key`)")
     template_id: str
     template_version: int
     required_fields: list[str]
@@ -91,6 +138,11 @@ class ValidationReportResponse(BaseModel):
     position_unit: PositionUnit
     failing_records: list[FailingRecordResponse] = Field(description="the first 20, in file order")
     file_error: str | None = None
+
+    @computed_field(description="the required fields some record lacks, in `required_fields` order")  # type: ignore[prop-decorator]
+    @property
+    def missing_fields(self) -> list[str]:
+        return [name for name in self.required_fields if self.missing_counts.get(name)]
 
 
 class SeedValidationResponse(BaseModel):

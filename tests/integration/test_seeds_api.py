@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 import pytest
 from moto import mock_aws
 
-from contracts.catalog import CATALOG
 from contracts.events.seeds import (
     SeedDataUploaded,
     SeedDataValidated,
@@ -38,6 +37,7 @@ from contracts.events.templates import (
     TemplateStep,
     TemplateVersionPublished,
 )
+from contracts.streams import seed_stream, template_stream
 from palette.adapters import Adapters, local_adapters
 from palette.api.auth import LocalTokens
 from palette.blobs.local import LocalBlobStore
@@ -111,7 +111,7 @@ def add_template(
         template_id=template_id, owner=owner, name="Books", is_public=is_public,
         steps=[step], required_fields=required,
     )
-    events.append(f"template-{template_id}", [NewEvent(created, actor=owner)], 0)
+    events.append(template_stream(template_id), [NewEvent(created, actor=owner)], 0)
     return template_id
 
 
@@ -123,8 +123,8 @@ def jsonl(*records: Any) -> bytes:
 
 def seed_events(events: EventStore, seed_id: str) -> list[Any]:
     return [
-        CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-        for s in events.read_stream(f"seed-{seed_id}")
+        s.decode()
+        for s in events.read_stream(seed_stream(seed_id))
     ]
 
 
@@ -339,7 +339,7 @@ def test_validate_uses_the_requested_template_version(facade: LocalFacade) -> No
         template_id=template_id, version=2, name="Books", required_fields=["topic", "isbn"],
         steps=[TemplateStep(id="write", model="local/gemma-3-270m", prompt="{{ seed.isbn }}")],
     )
-    events.append(f"template-{template_id}", [NewEvent(published, actor="alice")], 1)
+    events.append(template_stream(template_id), [NewEvent(published, actor="alice")], 1)
     seed_id = facade.upload("books.jsonl", jsonl(GOOD))
 
     latest = facade.validate(seed_id, template_id).body
@@ -419,8 +419,8 @@ def test_a_declared_size_over_the_limit_is_413(tmp_path: Path) -> None:
     reply = facade.call("POST", "/seed-data/upload", {"filename": "big.jsonl", "size_bytes": 1001})
 
     assert reply.status == 413
-    assert reply.body["error"]["code"] == "PAYLOAD_TOO_LARGE"
-    assert reply.body["error"]["details"] == {"size_bytes": 1001, "max_bytes": 1000}
+    assert reply.body["error"]["code"] == "FILE_TOO_LARGE"
+    assert reply.body["error"]["details"] == {"reason": "PAYLOAD_TOO_LARGE", "size_bytes": 1001, "max_bytes": 1000}
     grant = facade.call("POST", "/seed-data/upload", {"filename": "big.jsonl"}).body
     with pytest.raises(BlobTooLarge):
         facade.put(grant["upload_url"], b"x" * 1001)
@@ -446,7 +446,7 @@ def test_templates_visible_to_the_caller_only(facade: LocalFacade) -> None:
     private = add_template(events, "bob")
     public = add_template(events, "bob", is_public=True)
     deleted = add_template(events, "alice")
-    events.append(f"template-{deleted}", [NewEvent(TemplateDeleted(template_id=deleted), actor="alice")], 1)
+    events.append(template_stream(deleted), [NewEvent(TemplateDeleted(template_id=deleted), actor="alice")], 1)
     seed_id = facade.upload("books.jsonl", jsonl(GOOD))
 
     assert facade.validate(seed_id, private).status == 404
@@ -493,7 +493,8 @@ def test_malformed_bodies_are_400_naming_the_field(facade: LocalFacade, path: st
     reply = facade.call("POST", path, body)
 
     assert reply.status == 400, reply.body
-    assert reply.body["error"]["code"] == "VALIDATION_ERROR"
+    error = reply.body["error"]
+    assert "VALIDATION_ERROR" in (error["code"], error["details"].get("reason"))  # INVALID_FILE_FORMAT for a format
     assert field in reply.body["error"]["message"]
     assert field in [e["field"] for e in reply.body["error"]["details"]["errors"]]
 
@@ -513,7 +514,8 @@ def test_unsupported_formats_are_400_naming_the_field(facade: LocalFacade, body:
     reply = facade.call("POST", "/seed-data/upload", body)
 
     assert reply.status == 400
-    assert reply.body["error"]["code"] == "VALIDATION_ERROR"
+    assert reply.body["error"]["code"] == "INVALID_FILE_FORMAT"
+    assert reply.body["error"]["details"]["reason"] == "VALIDATION_ERROR"
     assert reply.body["error"]["details"]["errors"][0]["field"] == field
     assert field in reply.body["error"]["message"]
 
