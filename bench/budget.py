@@ -40,6 +40,7 @@ from contracts.events.billing import CostRecorded, UsageCharged
 from contracts.events.generator import BatchGenerated, DatasetExported, UnbatchedUsageRecorded
 from contracts.events.templates import TemplateStep
 from contracts.pricing import DEFAULT_CATALOG, with_overrides
+from contracts.streams import generation_stream, ledger_stream
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
 from services.billing.consumers import LedgerConsumer
@@ -110,11 +111,11 @@ def charge(adapters: Adapters, job_id: str) -> tuple[Decimal, int]:
     """Billing's ledger consumer over the job's generation stream: its recorded spend and
     the calls it billed (answered calls in batches and outside them)."""
     ledger = LedgerConsumer(LedgerHandlers(adapters.events, CATALOG_PRICES, RUNTIME))
-    for stored in adapters.events.read_stream(f"generation-{job_id}"):
+    for stored in adapters.events.read_stream(generation_stream(job_id)):
         ledger(stored)
-    book = _decoded(adapters, f"ledger-{job_id}")
+    book = _decoded(adapters, ledger_stream(job_id))
     spent = sum((e.total for e in book if isinstance(e, CostRecorded | UsageCharged)), Decimal(0))
-    generation = _decoded(adapters, f"generation-{job_id}")
+    generation = _decoded(adapters, generation_stream(job_id))
     usages = [e.token_usage for e in generation if isinstance(e, BatchGenerated | UnbatchedUsageRecorded)]
     return spent, sum(u.calls for usage in usages for u in usage.values())
 
@@ -143,7 +144,7 @@ def tight_cases(
             outcome = asyncio.run(run_jobs(adapters, server.base_url, [job_id], args.concurrency, 1))[job_id]
             spent, billed = charge(adapters, job_id)
             answered = answered_calls(server)
-            records = sum(e.rows for e in _decoded(adapters, f"generation-{job_id}") if isinstance(e, BatchGenerated))
+            records = sum(e.rows for e in _decoded(adapters, generation_stream(job_id)) if isinstance(e, BatchGenerated))
             utilisation = spent / min(budget, full)
             overshoot = max(overshoot, spent - budget)
             utilisations.append(utilisation)
@@ -191,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for number, (job_id, budget) in enumerate(budgets.items(), 1):
                 spent, calls = charge(adapters, job_id)
                 billed += calls
-                generation = _decoded(adapters, f"generation-{job_id}")
+                generation = _decoded(adapters, generation_stream(job_id))
                 records = sum(e.rows for e in generation if isinstance(e, BatchGenerated))
                 exported = sum(e.rows for e in generation if isinstance(e, DatasetExported))
                 overshoot = max(Decimal(0), spent - budget)

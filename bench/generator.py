@@ -26,6 +26,7 @@ from pathlib import Path
 from contracts.events.base import DomainEvent
 from contracts.events.jobs import OutputFormat
 from contracts.events.templates import TemplateStep
+from contracts.streams import generation_stream
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
 from palette.models.openai import OpenAICompatibleGateway
@@ -58,7 +59,7 @@ def request_job(adapters: Adapters, records: int, formats: list[OutputFormat]) -
 
 def _times(adapters: Adapters, job_id: str) -> dict[str, list[datetime]]:
     found: dict[str, list[datetime]] = {}
-    for stored in adapters.events.read_stream(f"generation-{job_id}"):
+    for stored in adapters.events.read_stream(generation_stream(job_id)):
         found.setdefault(stored.detail_type, []).append(datetime.fromisoformat(stored.time))
     return found
 

@@ -55,6 +55,7 @@ from contracts.events import (
     TokenUsage,
 )
 from contracts.events.base import DomainEvent
+from contracts.streams import generation_stream, job_stream, ledger_stream, seed_stream, template_stream
 from palette.audit.archive import export_events
 from palette.audit.replay_into import replay_into
 from palette.audit.verify import verify_log
@@ -96,21 +97,21 @@ def job_events(writer: LogWriter, n: int, template_id: str, batches: int = BATCH
     job_id = f"job{n:07d}"
     owner = f"user-{n % 50}"
     seed_id = f"seed{n:07d}"
-    yield writer.event(f"seed-{seed_id}", SeedDataUploaded(
+    yield writer.event(seed_stream(seed_id), SeedDataUploaded(
         seed_id=seed_id, owner=owner, blob_key=f"seeds/{owner}/{seed_id}.jsonl", filename="seeds.jsonl",
         format="JSONL", size_bytes=120_000, sha256="a" * 64, record_count=500), actor=owner)
-    yield writer.event(f"seed-{seed_id}", SeedDataValidated(
+    yield writer.event(seed_stream(seed_id), SeedDataValidated(
         seed_id=seed_id, template_id=template_id, template_version=1, valid=True, record_count=500,
         invalid_records=0), actor=owner)
-    request = writer.event(f"job-{job_id}", JobRequested(
+    request = writer.event(job_stream(job_id), JobRequested(
         job_id=job_id, owner=owner, template_id=template_id, template_version=1, seed_id=seed_id,
         num_records=batches * RECORDS_PER_BATCH, budget_limit=Decimal(5),
         output_formats=[OutputFormat.PARQUET]), actor=owner)
     yield request
     correlation = request.correlation_id
-    yield writer.event(f"generation-{job_id}", GenerationClaimed(
+    yield writer.event(generation_stream(job_id), GenerationClaimed(
         job_id=job_id, worker_id="worker-1", lease_seconds=60, resumed_from_record=0), correlation_id=correlation)
-    yield writer.event(f"job-{job_id}", JobStarted(job_id=job_id, worker_id="worker-1"), correlation_id=correlation)
+    yield writer.event(job_stream(job_id), JobStarted(job_id=job_id, worker_id="worker-1"), correlation_id=correlation)
     spent = Decimal(0)
     warned: set[int] = set()
     for batch in range(batches):
@@ -120,24 +121,24 @@ def job_events(writer: LogWriter, n: int, template_id: str, batches: int = BATCH
             last_record=(batch + 1) * RECORDS_PER_BATCH - 1,
             blob_key=f"datasets/{owner}/{job_id}/parts/part-{batch:05d}.jsonl", rows=RECORDS_PER_BATCH,
             failures=0, token_usage=usage, duration_ms=8_000 + batch, bytes_written=48_000 + batch)
-        yield writer.event(f"generation-{job_id}", generated, correlation_id=correlation)
+        yield writer.event(generation_stream(job_id), generated, correlation_id=correlation)
         cost = pricing.price_batch(pricing.DEFAULT_CATALOG, usage, generated.duration_ms, generated.bytes_written, "aws")
         spent += cost.total
-        yield writer.event(f"ledger-{job_id}", CostRecorded(
+        yield writer.event(ledger_stream(job_id), CostRecorded(
             job_id=job_id, batch_number=batch, catalog_version=cost.catalog_version, model_tokens=cost.model_tokens,
             compute=cost.compute, storage=cost.storage, total=cost.total, per_model=cost.per_model),
             correlation_id=correlation)
         for threshold in (10, 20):
             if threshold not in warned and spent * 100 >= Decimal(5) * threshold:
                 warned.add(threshold)
-                yield writer.event(f"ledger-{job_id}", BudgetWarning(
+                yield writer.event(ledger_stream(job_id), BudgetWarning(
                     job_id=job_id, budget_limit=Decimal(5), spent=spent, threshold_percent=threshold),
                     correlation_id=correlation)
     rows = batches * RECORDS_PER_BATCH
-    yield writer.event(f"generation-{job_id}", DatasetExported(job_id=job_id, rows=rows, files=[ExportedFile(
+    yield writer.event(generation_stream(job_id), DatasetExported(job_id=job_id, rows=rows, files=[ExportedFile(
         format=OutputFormat.PARQUET, blob_key=f"datasets/{owner}/{job_id}/data.parquet", rows=rows,
         size_bytes=4_800_000, sha256="b" * 64)]), correlation_id=correlation)
-    yield writer.event(f"job-{job_id}", JobCompleted(job_id=job_id, records_completed=rows), correlation_id=correlation)
+    yield writer.event(job_stream(job_id), JobCompleted(job_id=job_id, records_completed=rows), correlation_id=correlation)
 
 
 def realistic_log(events: int, batches: int = BATCHES_PER_JOB, concurrent: int = CONCURRENT_JOBS) -> Iterator[StoredEvent]:
@@ -150,7 +151,7 @@ def realistic_log(events: int, batches: int = BATCHES_PER_JOB, concurrent: int =
         while len(running) < concurrent and writer.count < events:
             if started % JOBS_PER_TEMPLATE == 0:
                 template_id = f"tpl{started:07d}"
-                yield writer.event(f"template-{template_id}", TemplateCreated(
+                yield writer.event(template_stream(template_id), TemplateCreated(
                     template_id=template_id, owner="user-0", name=f"Books {started}", is_public=True,
                     steps=[TemplateStep(id="review", model=MODEL, prompt="Review {{ title }} by {{ author }}.")],
                     required_fields=["title", "author"]), actor="user-0")

@@ -25,6 +25,7 @@ from moto import mock_aws
 
 from contracts.envelope import StoredEvent, bus_event, eventbridge_entry
 from contracts.events import CostRecorded, JobFailed, JobRequested, JobStarted, OutputFormat
+from contracts.streams import job_stream, ledger_stream
 from palette.blobs.local import LocalBlobStore
 from palette.blobs.signing import UrlSigner
 from palette.bus.eventbridge import (
@@ -72,13 +73,13 @@ def commit_jobs(store: SQLiteEventStore, jobs: int, first: int = 0) -> list[Stor
     for number in range(first, first + jobs):
         job_id = f"j{number}"
         stored += store.append(
-            f"job-{job_id}",
+            job_stream(job_id),
             [NewEvent(job_requested(job_id, 50 * (number + 1))),
              NewEvent(JobStarted(job_id=job_id, worker_id="w-1"))],
             0,
         )
         stored += store.append(
-            f"ledger-{job_id}",
+            ledger_stream(job_id),
             [NewEvent(CostRecorded(
                 job_id=job_id, batch_number=0, catalog_version="2026-11", model_tokens=Decimal("0.1"),
                 compute=Decimal("0"), storage=Decimal("0"), total=Decimal("0.1"),

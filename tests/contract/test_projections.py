@@ -32,6 +32,7 @@ from contracts.events import (
     JobStarted,
     OutputFormat,
 )
+from contracts.streams import JOB, job_stream, projection_stream
 from palette.eventstore.port import NewEvent
 from palette.eventstore.sqlite import SQLiteEventStore
 from palette.projections import (
@@ -361,7 +362,7 @@ class JobLog:
         self.jobs: dict[str, tuple[str, str, int]] = {}
 
     def append(self, job_id: str, detail: DomainEvent) -> StoredEvent:
-        stream_id = f"job-{job_id}"
+        stream_id = job_stream(job_id)
         version = self._versions.get(stream_id, 0)
         (stored,) = self.events.append(stream_id, [NewEvent(detail)], version)
         self._versions[stream_id] = version + 1
@@ -682,7 +683,7 @@ def test_the_decoded_view_hands_apply_the_record_and_its_typed_detail(tmp_path: 
 
         def apply(self, event: ProjectedEvent, db: sqlite3.Connection) -> None:
             assert isinstance(event, DecodedEvent) and isinstance(event.detail, JobStarted)
-            assert event.detail.job_id == event.stored.stream_id.removeprefix("job-")
+            assert event.detail.job_id == event.stored.stream_id.removeprefix(JOB)
             db.execute("INSERT INTO status_log VALUES (?, ?)", (event.stored.id, event.stored.stream_id))
 
     started = [e for e in log.add_jobs(0, 6) if e.detail_type == "JobStarted"]
@@ -766,7 +767,7 @@ def _with_job_as(expected: View, job_id: str, status: str) -> View:
 
 
 def _started(stored: list[StoredEvent], job_id: str) -> StoredEvent:
-    return next(e for e in stored if e.detail_type == "JobStarted" and e.stream_id == f"job-{job_id}")
+    return next(e for e in stored if e.detail_type == "JobStarted" and e.stream_id == job_stream(job_id))
 
 
 def test_a_poison_event_is_set_aside_once_and_every_other_event_applies(backend: Backend, log: JobLog) -> None:
@@ -790,7 +791,7 @@ def test_a_poison_event_is_set_aside_once_and_every_other_event_applies(backend:
     again = ProjectionRunner(log.events, projection, store)
     assert again.run_once() == 0
     assert again.rebuild() == len(_handled(stored)) - 1  # a rebuild meets it again: still one letter
-    [recorded] = log.events.read_stream(f"projection-{projection.name}")
+    [recorded] = log.events.read_stream(projection_stream(projection.name))
     assert recorded.detail_type == "ProjectionFailed"
     assert json.loads(recorded.detail) == {
         "projection": projection.name, "event_id": poison.id, "stream_id": poison.stream_id,
@@ -820,7 +821,7 @@ def test_a_pushed_poison_event_is_set_aside_and_its_stream_goes_on(backend: Back
 
     assert [letter.event_id for letter in store.dead_letters(projection)] == [poison.id]
     assert backend.view(store, projection)["jobs"] == log.expected()["jobs"]
-    assert len(log.events.read_stream(f"projection-{projection.name}")) == 1
+    assert len(log.events.read_stream(projection_stream(projection.name))) == 1
 
 
 def test_a_redrive_after_the_fix_applies_the_letter_in_its_place_and_clears_it(
@@ -856,7 +857,7 @@ def test_a_store_that_is_busy_is_retried_never_dead_lettered(tmp_path: Path, log
     assert isinstance(failure.value.__cause__, sqlite3.OperationalError)
     assert len(waits) == 2  # three tries in all
     assert runner.position() == Checkpoint() and store.dead_letters(projection) == []
-    assert log.events.read_stream(f"projection-{projection.name}") == []
+    assert log.events.read_stream(projection_stream(projection.name)) == []
 
     apply_log.crash_on_job = None  # the lock is gone: the next pass applies everything
     assert runner.run_once() == len(stored)

@@ -32,6 +32,7 @@ from moto import mock_aws
 
 from contracts.envelope import StoredEvent, eventbridge_entry
 from contracts.events.jobs import JobRequested, OutputFormat
+from contracts.streams import generation_stream, job_stream
 from palette.adapters import AwsSettings, aws_adapters
 from palette.eventstore.port import NewEvent
 from palette.eventstore.sqlite import SQLiteEventStore
@@ -55,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _job_requested(tmp_path: Path, job_id: str) -> StoredEvent:
     store = SQLiteEventStore(tmp_path / f"{job_id}.db")
     try:
-        (stored,) = store.append(f"job-{job_id}", [NewEvent(JobRequested(
+        (stored,) = store.append(job_stream(job_id), [NewEvent(JobRequested(
             job_id=job_id, owner="alice", template_id="tpl", template_version=1, seed_id="seed",
             num_records=1, budget_limit=Decimal(1), output_formats=[OutputFormat.JSONL],
         ), actor="alice", correlation_id=job_id)], 0)
@@ -242,7 +243,7 @@ def _request_job(aws: AwsPalette, num_records: int) -> str:
 
 def _generation(job_id: str) -> list[str]:
     events = aws_adapters(AwsSettings.from_env()).events
-    return [s.detail_type for s in events.read_stream(f"generation-{job_id}")]
+    return [s.detail_type for s in events.read_stream(generation_stream(job_id))]
 
 
 @pytest.mark.aws_e2e

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from contracts.catalog import CATALOG
 from contracts.events.generator import BatchGenerated, GenerationClaimed, GenerationReleased
+from contracts.streams import generation_stream
 from palette.adapters import local_adapters
 from palette.composition import local_tokens
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -28,8 +28,8 @@ def _generation(data_dir: Path, job_id: str) -> list[object]:
     adapters = local_adapters(data_dir)
     try:
         return [
-            CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-            for s in adapters.events.read_stream(f"generation-{job_id}")
+            s.decode()
+            for s in adapters.events.read_stream(generation_stream(job_id))
         ]
     finally:
         adapters.close()

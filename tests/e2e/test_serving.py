@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contracts.streams import template_stream
+
 CONCURRENT = 24
 """More requests at once than any thread pool the server could size from 2 cores."""
 
@@ -191,7 +193,7 @@ def test_the_correlation_id_is_the_clients_when_well_formed_else_the_request_id(
         created = {e.stream_id: e for e in events.read_all(0, 1000, detail_types=["TemplateCreated"])}
     finally:
         events.close()
-    correlation = {name: created[f"template-{r.json()['id']}"].correlation_id for name, r in
+    correlation = {name: created[template_stream(r.json()['id'])].correlation_id for name, r in
                    (("sent", sent), ("bare", bare), ("huge", huge))}
     assert correlation["sent"] == "flow-42"
     assert correlation["bare"] == bare.headers["x-request-id"]

@@ -23,6 +23,7 @@ from contracts.events import (
     TemplateCreated,
     TemplateStep,
 )
+from contracts.streams import job_stream, seed_stream, template_stream
 from palette.adapters import Adapters
 from palette.eventstore.port import NewEvent
 
@@ -50,7 +51,7 @@ def request_job(
     """Records the three streams a generator reads and returns the job id."""
     template_id, seed_id = (uuid.uuid4().hex[:12] for _ in range(2))
     job_id = f"job_{uuid.uuid4().hex}"
-    append(adapters, f"template-{template_id}", TemplateCreated(
+    append(adapters, template_stream(template_id), TemplateCreated(
         template_id=template_id, owner=owner, name="Q&A", steps=list(steps),
         required_fields=list(required_fields),
     ), actor=owner)
@@ -59,7 +60,7 @@ def request_job(
     adapters.blobs.put_bytes(blob_key, content)
     sha = hashlib.sha256(content).hexdigest()
     append(
-        adapters, f"seed-{seed_id}",
+        adapters, seed_stream(seed_id),
         SeedUploadRequested(
             seed_id=seed_id, owner=owner, filename="seeds.jsonl", format=SeedFormat.JSONL,
             blob_key=blob_key, max_bytes=max(len(content), 1 << 20),
@@ -75,7 +76,7 @@ def request_job(
         ),
         actor=owner,
     )
-    append(adapters, f"job-{job_id}", JobRequested(
+    append(adapters, job_stream(job_id), JobRequested(
         job_id=job_id, owner=owner, template_id=template_id, template_version=1, seed_id=seed_id,
         num_records=num_records, budget_limit=budget, output_formats=list(formats),
         partition_strategy=partition_strategy, **job_fields,

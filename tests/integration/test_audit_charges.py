@@ -26,6 +26,7 @@ from contracts.events import (
     UnbatchedUsageRecorded,
 )
 from contracts.pricing import DEFAULT_CATALOG, PricingCatalog, price_call, with_overrides
+from contracts.streams import generation_stream, job_stream
 from palette.audit.timeline import audit_job
 from palette.audit.verify import verify_log
 from palette.cli import app
@@ -57,7 +58,7 @@ def _job(
     """A job of one batch plus calls no batch carries (and, optionally, a written-off
     tranche), charged by billing's handlers with `catalog`."""
     billing = LedgerHandlers(store, catalog, "local")
-    _append(store, f"job-{job}", NewEvent(JobRequested(
+    _append(store, job_stream(job), NewEvent(JobRequested(
         job_id=job, owner="ann", template_id="tpl", template_version=1, seed_id="seed",
         num_records=10, budget_limit=Decimal(budget), output_formats=[OutputFormat.JSONL],
     ), actor="ann"))
@@ -66,21 +67,21 @@ def _job(
         failures=0, token_usage={model: TokenUsage(input_tokens=1000, output_tokens=500, calls=10)},
         duration_ms=100, bytes_written=1000,
     )
-    (stored_batch,) = _append(store, f"generation-{job}", NewEvent(batch))
+    (stored_batch,) = _append(store, generation_stream(job), NewEvent(batch))
     billing.charge_batch(batch, stored_batch)
     unbatched = UnbatchedUsageRecorded(
         job_id=job, worker_id="w1",
         token_usage={model: TokenUsage(input_tokens=300, output_tokens=200, calls=3)},
         unanswered={model: TokenUsage(input_tokens=100, output_tokens=1000, calls=1)},
     )
-    (stored_unbatched,) = _append(store, f"generation-{job}", NewEvent(unbatched))
+    (stored_unbatched,) = _append(store, generation_stream(job), NewEvent(unbatched))
     billing.charge_unbatched(unbatched, stored_unbatched)
     if written_off is not None:
         off = BudgetWrittenOff(job_id=job, worker_id="w0", amount=Decimal(written_off))
-        (stored_off,) = _append(store, f"generation-{job}", NewEvent(off))
+        (stored_off,) = _append(store, generation_stream(job), NewEvent(off))
         billing.charge_written_off(off, stored_off)
     if end:
-        _append(store, f"job-{job}", NewEvent(JobCompleted(job_id=job, records_completed=10)))
+        _append(store, job_stream(job), NewEvent(JobCompleted(job_id=job, records_completed=10)))
     return billing
 
 

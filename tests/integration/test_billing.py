@@ -27,7 +27,6 @@ from urllib.parse import urlencode
 
 import pytest
 
-from contracts.catalog import CATALOG
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
 from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded, UsageCharged
@@ -53,7 +52,7 @@ from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
 from services.billing.api import create_router
 from services.billing.consumers import LedgerConsumer, subscriptions
-from contracts.streams import ledger_stream
+from contracts.streams import generation_stream, job_stream, ledger_stream
 from services.billing.domain import BUDGET_EXHAUSTED
 from services.billing.handlers import LedgerHandlers
 from services.billing.projections import CostsView, JobCosts
@@ -119,7 +118,7 @@ def batch(job_id: str, number: int, rows: int = 10, tokens: int = 1000) -> Batch
 
 def ledger(adapters: Adapters, job_id: str) -> list[DomainEvent]:
     return [
-        CATALOG.decode(s.detail_type, s.schema_version, s.detail)
+        s.decode()
         for s in adapters.events.read_stream(ledger_stream(job_id))
     ]
 
@@ -139,8 +138,8 @@ def recorded_spend(adapters: Adapters, job_id: str) -> Decimal:
 
 def test_duplicate_batch_deliveries_are_charged_once(adapters: Adapters) -> None:
     job_id = uuid.uuid4().hex
-    append(adapters, f"job-{job_id}", job_requested(job_id, "5"))
-    stored = append(adapters, f"generation-{job_id}", *(batch(job_id, n) for n in range(6)))
+    append(adapters, job_stream(job_id), job_requested(job_id, "5"))
+    stored = append(adapters, generation_stream(job_id), *(batch(job_id, n) for n in range(6)))
     consumer = LedgerConsumer(LedgerHandlers(adapters.events, PRICED, "aws"))
 
     for event in stored:
@@ -159,9 +158,9 @@ def test_duplicate_batch_deliveries_are_charged_once(adapters: Adapters) -> None
 
 def test_the_local_bus_redelivering_the_whole_log_charges_nothing_twice(adapters: Adapters, tmp_path: Path) -> None:
     job_id = uuid.uuid4().hex
-    append(adapters, f"job-{job_id}", job_requested(job_id, "0.0072"))
-    append(adapters, f"generation-{job_id}", *(batch(job_id, n) for n in range(3)))
-    append(adapters, f"generation-{job_id}", GenerationStopped(job_id=job_id, reason="budget_exceeded", records_completed=30))
+    append(adapters, job_stream(job_id), job_requested(job_id, "0.0072"))
+    append(adapters, generation_stream(job_id), *(batch(job_id, n) for n in range(3)))
+    append(adapters, generation_stream(job_id), GenerationStopped(job_id=job_id, reason="budget_exceeded", records_completed=30))
     bus = LocalBus(adapters.events, tmp_path / "bus.db")
     for subscription in subscriptions(LedgerHandlers(adapters.events, PRICED, "local")):
         bus.subscribe(*subscription)
@@ -180,11 +179,11 @@ def test_the_local_bus_redelivering_the_whole_log_charges_nothing_twice(adapters
 
 def test_a_batch_of_a_model_without_a_price_is_refused_not_charged_zero(adapters: Adapters) -> None:
     job_id = uuid.uuid4().hex
-    append(adapters, f"job-{job_id}", job_requested(job_id, "5"))
+    append(adapters, job_stream(job_id), job_requested(job_id, "5"))
     unpriced = batch(job_id, 0).model_copy(update={
         "token_usage": {"bedrock/not-in-the-catalog": TokenUsage(input_tokens=1, output_tokens=1, calls=1)}
     })
-    [stored] = append(adapters, f"generation-{job_id}", unpriced)
+    [stored] = append(adapters, generation_stream(job_id), unpriced)
     with pytest.raises(Exception, match="no price"):
         LedgerConsumer(LedgerHandlers(adapters.events, PRICED, "local"))(stored)
     assert ledger(adapters, job_id) == []
@@ -223,7 +222,7 @@ class CostsApi:
 def _charge_all(adapters: Adapters, job_ids: list[str]) -> None:
     consumer = LedgerConsumer(LedgerHandlers(adapters.events, PRICED, "aws"))
     for job_id in job_ids:
-        for stored in adapters.events.read_stream(f"generation-{job_id}"):
+        for stored in adapters.events.read_stream(generation_stream(job_id)):
             consumer(stored)
 
 
@@ -232,8 +231,8 @@ def test_the_cost_view_equals_the_ledger_and_a_rebuild_gives_the_same(adapters: 
     jobs = [uuid.uuid4().hex for _ in range(4)]
     owners = {jobs[0]: OWNER, jobs[1]: OWNER, jobs[2]: OWNER, jobs[3]: "bob"}
     for job_id in jobs:
-        append(adapters, f"job-{job_id}", job_requested(job_id, "50", owner=owners[job_id]))
-        append(adapters, f"generation-{job_id}", *(
+        append(adapters, job_stream(job_id), job_requested(job_id, "50", owner=owners[job_id]))
+        append(adapters, generation_stream(job_id), *(
             batch(job_id, n, tokens=rng.randrange(100, 5000)) for n in range(rng.randrange(2, 7))
         ))
     _charge_all(adapters, jobs)
@@ -274,8 +273,8 @@ def test_per_model_costs_sum_to_the_total_with_write_offs_compute_and_storage(ad
     from contracts.events.generator import BudgetWrittenOff, UnbatchedUsageRecorded
 
     job_id = uuid.uuid4().hex
-    append(adapters, f"job-{job_id}", job_requested(job_id, "50"))
-    append(adapters, f"generation-{job_id}", batch(job_id, 0), batch(job_id, 1, tokens=3000),
+    append(adapters, job_stream(job_id), job_requested(job_id, "50"))
+    append(adapters, generation_stream(job_id), batch(job_id, 0), batch(job_id, 1, tokens=3000),
            UnbatchedUsageRecorded(job_id=job_id, worker_id="w1",
                                   token_usage={MODEL: TokenUsage(input_tokens=400, output_tokens=300, calls=3)}),
            BudgetWrittenOff(job_id=job_id, worker_id="w1", amount=Decimal("0.0042")))
@@ -294,7 +293,7 @@ def test_per_model_costs_sum_to_the_total_with_write_offs_compute_and_storage(ad
 
 def test_costs_are_grouped_by_the_utc_day_they_were_recorded(adapters: Adapters) -> None:
     job_id = uuid.uuid4().hex
-    append(adapters, f"job-{job_id}", job_requested(job_id, "50"))
+    append(adapters, job_stream(job_id), job_requested(job_id, "50"))
     for day, amount in (("2026-11-01", "0.5"), ("2026-11-02", "0.25"), ("2026-11-03", "1")):
         append(adapters, ledger_stream(job_id), CostRecorded(
             job_id=job_id, batch_number=int(day[-1]), catalog_version="2026-11", model_tokens=Decimal(amount),
@@ -467,10 +466,10 @@ def settle_the_bus(adapters: Adapters, bus_path: Path) -> None:
 
 def assert_every_charge_once(adapters: Adapters, job_id: str) -> None:
     """Each batch, each record of unbatched calls and each write-off is charged exactly once."""
-    stored = adapters.events.read_stream(f"generation-{job_id}")
+    stored = adapters.events.read_stream(generation_stream(job_id))
     book = ledger(adapters, job_id)
     batches = sorted(
-        CATALOG.decode(s.detail_type, s.schema_version, s.detail).batch_number  # type: ignore[attr-defined]
+        s.decode().batch_number  # type: ignore[attr-defined]
         for s in stored if s.detail_type == "BatchGenerated"
     )
     assert sorted(c.batch_number for c in of_type(book, CostRecorded)) == batches
@@ -483,8 +482,8 @@ def assert_every_charge_once(adapters: Adapters, job_id: str) -> None:
 
 def assert_budget_held(adapters: Adapters, job_id: str, budget: Decimal) -> tuple[Decimal, int]:
     """Recorded spend ≤ budget, BUDGET_EXCEEDED everywhere, exported rows = rows billed."""
-    generation = [CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-                  for s in adapters.events.read_stream(f"generation-{job_id}")]
+    generation = [s.decode()
+                  for s in adapters.events.read_stream(generation_stream(job_id))]
     book = ledger(adapters, job_id)
     spent = recorded_spend(adapters, job_id)
     assert spent <= budget
@@ -502,7 +501,7 @@ def assert_budget_held(adapters: Adapters, job_id: str, budget: Decimal) -> tupl
     assert why is not None and why.budget_limit == budget
     assert why.remaining == budget - why.spent < why.next_call_worst_case
     assert [e.reason for e in of_type(book, BudgetExceeded)] == [BUDGET_EXHAUSTED]
-    job = [CATALOG.decode(s.detail_type, s.schema_version, s.detail) for s in adapters.events.read_stream(f"job-{job_id}")]
+    job = [s.decode() for s in adapters.events.read_stream(job_stream(job_id))]
     assert of_type(job, JobBudgetExceeded), "the job ends as BUDGET_EXCEEDED"
     return spent, billed_rows
 
@@ -573,8 +572,8 @@ def test_a_job_killed_near_its_budget_and_resumed_does_not_spend_it_twice(tmp_pa
             try:
                 # kill -9 once the billed usage is well past half the budget
                 while time.monotonic() < deadline and child.poll() is None:
-                    batches = [CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-                               for s in adapters.events.read_stream(f"generation-{job_id}")
+                    batches = [s.decode()
+                               for s in adapters.events.read_stream(generation_stream(job_id))
                                if s.detail_type == "BatchGenerated"]
                     spent = sum((price_batch(PRICED, b.token_usage, 0, 0, "local").total for b in batches), Decimal(0))
                     if spent > budget * Decimal("0.7"):
@@ -584,7 +583,7 @@ def test_a_job_killed_near_its_budget_and_resumed_does_not_spend_it_twice(tmp_pa
                 os.kill(child.pid, signal.SIGKILL)
                 child.wait()
             assert child.returncode == -signal.SIGKILL
-            assert adapters.events.stream_version(f"generation-{job_id}") > 1
+            assert adapters.events.stream_version(generation_stream(job_id)) > 1
             time.sleep(1.2)  # the dead worker's lease lapses
             result = run_worker(adapters, server, job_id, JobBudgets(adapters.events, PRICED, "local"), batch_size=10)
         assert result.outcome is RunOutcome.BUDGET_EXCEEDED, result
@@ -597,8 +596,8 @@ def test_a_job_killed_near_its_budget_and_resumed_does_not_spend_it_twice(tmp_pa
 
 def test_a_workers_guard_starts_each_run_from_what_the_log_already_billed(adapters: Adapters) -> None:
     job_id = uuid.uuid4().hex
-    append(adapters, f"job-{job_id}", job_requested(job_id, "0.01"))
-    append(adapters, f"generation-{job_id}", GenerationClaimed(
+    append(adapters, job_stream(job_id), job_requested(job_id, "0.01"))
+    append(adapters, generation_stream(job_id), GenerationClaimed(
         job_id=job_id, worker_id="w1", lease_seconds=60, resumed_from_record=0,
     ), *(batch(job_id, n) for n in range(2)))
     budgets = JobBudgets(adapters.events, PRICED, "local")
@@ -617,11 +616,11 @@ def test_a_workers_guard_starts_each_run_from_what_the_log_already_billed(adapte
     assert reservation is not None
     budgets.settle(reservation, CallUsage(MODEL, 100, 10))
     # this run's own batch does not make the guard count its calls twice
-    append(adapters, f"generation-{job_id}", batch(job_id, 2))
+    append(adapters, generation_stream(job_id), batch(job_id, 2))
     assert budgets.guard(job_id) is guard
     budgets.end(job_id)
     # another worker's run happened meanwhile: the next run here starts from the log
-    append(adapters, f"generation-{job_id}", GenerationClaimed(
+    append(adapters, generation_stream(job_id), GenerationClaimed(
         job_id=job_id, worker_id="w2", lease_seconds=60, resumed_from_record=30,
     ), batch(job_id, 3))
     budgets.begin(job_id)
@@ -656,7 +655,7 @@ def test_a_run_that_never_closed_its_tranches_is_written_off_and_charged(adapter
     )
 
     job_id = uuid.uuid4().hex
-    append(adapters, f"job-{job_id}", job_requested(job_id, "0.01"))
+    append(adapters, job_stream(job_id), job_requested(job_id, "0.01"))
     budgets = JobBudgets(adapters.events, PRICED, "local")
     per_batch = price_batch(PRICED, batch(job_id, 0).token_usage, 1500, 20_000, "local").total
     unbatched = UnbatchedUsageRecorded(
@@ -665,7 +664,7 @@ def test_a_run_that_never_closed_its_tranches_is_written_off_and_charged(adapter
         unanswered={MODEL: TokenUsage(input_tokens=20, output_tokens=64, calls=1)},
     )
     unbatched_price = price_call(PRICED, MODEL, 120, 114)
-    stream = f"generation-{job_id}"
+    stream = generation_stream(job_id)
     # run 1 takes two tranches, records a batch and its unbatched calls, and is released
     append(adapters, stream, GenerationClaimed(job_id=job_id, worker_id="w1", lease_seconds=60, resumed_from_record=0),
            BudgetTrancheTaken(job_id=job_id, worker_id="w1", amount=Decimal("0.002")),

@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
 from contracts.events.billing import CostRecorded, UsageCharged
 from contracts.events.generator import (
@@ -41,6 +40,7 @@ from contracts.events.generator import (
 from contracts.events.jobs import JobCancelRequested, OutputFormat
 from contracts.events.templates import TemplateStep
 from contracts.pricing import DEFAULT_CATALOG, price_call, with_overrides
+from contracts.streams import generation_stream, job_stream, ledger_stream
 from palette.adapters import Adapters, local_adapters
 from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
@@ -121,7 +121,7 @@ def settle_the_bus(adapters: Adapters, bus_path: Path) -> None:
 
 
 def decoded(adapters: Adapters, stream_id: str) -> list[DomainEvent]:
-    return [CATALOG.decode(s.detail_type, s.schema_version, s.detail) for s in adapters.events.read_stream(stream_id)]
+    return [s.decode() for s in adapters.events.read_stream(stream_id)]
 
 
 def of_type(events: list[DomainEvent], kind: type[Any]) -> list[Any]:
@@ -129,14 +129,14 @@ def of_type(events: list[DomainEvent], kind: type[Any]) -> list[Any]:
 
 
 def ledger_total(adapters: Adapters, job_id: str) -> Decimal:
-    book = decoded(adapters, f"ledger-{job_id}")
+    book = decoded(adapters, ledger_stream(job_id))
     return sum((c.total for c in [*of_type(book, CostRecorded), *of_type(book, UsageCharged)]), Decimal(0))
 
 
 def billed_usage(adapters: Adapters, job_id: str) -> dict[str, tuple[int, int, int]]:
     """Calls and tokens the log records as answered (batches + calls outside batches), per model."""
     totals: dict[str, list[int]] = {}
-    generation = decoded(adapters, f"generation-{job_id}")
+    generation = decoded(adapters, generation_stream(job_id))
     usages = [b.token_usage for b in of_type(generation, BatchGenerated)]
     usages += [u.token_usage for u in of_type(generation, UnbatchedUsageRecorded)]
     for usage in usages:
@@ -160,7 +160,7 @@ def provider_spend(usage: dict[str, tuple[int, int, int]]) -> Decimal:
 
 
 def charges(adapters: Adapters, job_id: str) -> int:
-    book = decoded(adapters, f"ledger-{job_id}")
+    book = decoded(adapters, ledger_stream(job_id))
     return len(of_type(book, CostRecorded)) + len(of_type(book, UsageCharged))
 
 
@@ -169,7 +169,7 @@ def assert_ledger_is_what_the_provider_billed(adapters: Adapters, server: FakeOp
     (each charge rounds up to 1e-9 USD on its own); nothing was left unanswered."""
     provider = provider_usage(server)
     assert billed_usage(adapters, job_id) == provider
-    generation = decoded(adapters, f"generation-{job_id}")
+    generation = decoded(adapters, generation_stream(job_id))
     assert not [u for u in of_type(generation, UnbatchedUsageRecorded) if u.unanswered]
     spend, recorded = provider_spend(provider), ledger_total(adapters, job_id)
     assert spend <= recorded <= spend + charges(adapters, job_id) * Decimal("0.000000001")
@@ -222,7 +222,7 @@ def test_a_budget_of_half_the_cost_is_spent_until_the_next_call_cannot_fit(
         settle_the_bus(adapters, tmp_path / "bus.db")
         spend = assert_ledger_is_what_the_provider_billed(adapters, server, job_id)
         assert_the_dashboard_is_what_the_provider_saw(adapters, provider_usage(server), job_id)
-    generation = decoded(adapters, f"generation-{job_id}")
+    generation = decoded(adapters, generation_stream(job_id))
     [stopped] = of_type(generation, GenerationStopped)
     why = stopped.budget
     assert why is not None and why.remaining < why.next_call_worst_case
@@ -273,16 +273,16 @@ def assert_the_stop_says_why(adapters: Adapters, job_id: str, why: Any) -> None:
 def test_a_cancelled_job_bills_every_call_and_exports_every_finished_record(adapters: Adapters, tmp_path: Path) -> None:
     with FakeOpenAIServer(latency_s=0.01) as server:
         job_id = request_job(adapters, 2000, Decimal(10), 2)
-        stream = f"generation-{job_id}"
+        stream = generation_stream(job_id)
 
         def cancel_after_first_batch() -> None:
             deadline = time.monotonic() + 30
             while not any(s.detail_type == "BatchGenerated" for s in adapters.events.read_stream(stream)):
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
-            version = adapters.events.stream_version(f"job-{job_id}")
+            version = adapters.events.stream_version(job_stream(job_id))
             adapters.events.append(
-                f"job-{job_id}", [NewEvent(JobCancelRequested(job_id=job_id), actor="alice")], version
+                job_stream(job_id), [NewEvent(JobCancelRequested(job_id=job_id), actor="alice")], version
             )
 
         canceller = threading.Thread(target=cancel_after_first_batch)
@@ -292,7 +292,7 @@ def test_a_cancelled_job_bills_every_call_and_exports_every_finished_record(adap
         assert result.outcome is RunOutcome.CANCELLED
         settle_the_bus(adapters, tmp_path / "bus.db")
         assert_ledger_is_what_the_provider_billed(adapters, server, job_id)
-    [exported] = of_type(decoded(adapters, f"generation-{job_id}"), DatasetExported)
+    [exported] = of_type(decoded(adapters, generation_stream(job_id)), DatasetExported)
     assert 0 < exported.rows == result.records_completed < 2000
 
 
@@ -353,7 +353,7 @@ def test_a_job_killed_mid_run_never_lets_the_provider_bill_past_its_budget(
             provider = provider_usage(server)
         spend = provider_spend(provider)
         recorded = ledger_total(adapters, job_id)
-        generation = decoded(adapters, f"generation-{job_id}")
+        generation = decoded(adapters, generation_stream(job_id))
         [written_off] = of_type(generation, BudgetWrittenOff)
         assert spend <= budget, "what the provider billed stays within the budget"
         assert recorded <= budget

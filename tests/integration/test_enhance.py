@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contracts.catalog import CATALOG
 from contracts.events.billing import PromptEnhancementCharged
 from contracts.events.templates import PromptEnhanced
+from contracts.streams import enhancement_stream
 from palette.composition import LocalPalette
 from services.templates.enhancement import cleaned, deepest, judge, prompt_variables
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -121,8 +121,8 @@ def test_every_enhancement_is_recorded_and_billed_to_its_owner(
 
     events = runtime.adapters.events
     stored = [
-        CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-        for s in events.read_stream(f"enhance-{first['enhancement_id']}")
+        s.decode()
+        for s in events.read_stream(enhancement_stream(first['enhancement_id']))
     ]
     assert len(stored) == 1 and isinstance(stored[0], PromptEnhanced)
     recorded = stored[0]
@@ -130,13 +130,13 @@ def test_every_enhancement_is_recorded_and_billed_to_its_owner(
         "alice", MODEL, "tpl_x", True
     )
     assert recorded.input_tokens > 0 and recorded.output_tokens > 0
-    assert ORIGINAL not in events.read_stream(f"enhance-{first['enhancement_id']}")[0].detail
+    assert ORIGINAL not in events.read_stream(enhancement_stream(first['enhancement_id']))[0].detail
 
     deadline = time.monotonic() + 10
     charges: list[PromptEnhancementCharged] = []
     while time.monotonic() < deadline and len(charges) < 2:
         charges = [
-            CATALOG.decode(s.detail_type, s.schema_version, s.detail)  # type: ignore[misc]
+            s.decode()  # type: ignore[misc]
             for s in events.read_stream("ledger-user-alice")
         ]
         time.sleep(0.05)
@@ -155,12 +155,12 @@ def test_every_enhancement_is_recorded_and_billed_to_its_owner(
 
 def test_a_redelivered_enhancement_is_charged_once(runtime: LocalPalette, alice: httpx.Client) -> None:
     body = enhance(alice).json()
-    stored = runtime.adapters.events.read_stream(f"enhance-{body['enhancement_id']}")[0]
+    stored = runtime.adapters.events.read_stream(enhancement_stream(body['enhancement_id']))[0]
     runtime.ledger.charge_enhancement(
-        CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail), stored  # type: ignore[arg-type]
+        stored.decode(), stored  # type: ignore[arg-type]
     )
     runtime.ledger.charge_enhancement(
-        CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail), stored  # type: ignore[arg-type]
+        stored.decode(), stored  # type: ignore[arg-type]
     )
     assert len(runtime.adapters.events.read_stream("ledger-user-alice")) == 1
 

@@ -27,7 +27,6 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
-from contracts.catalog import CATALOG
 from contracts.events.base import DomainEvent
 from contracts.events.generator import (
     BatchGenerated,
@@ -39,6 +38,7 @@ from contracts.events.generator import (
 )
 from contracts.events.jobs import JobCancelRequested, OutputFormat
 from contracts.events.templates import TemplateStep
+from contracts.streams import generation_stream, job_stream
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
 from palette.models.openai import OpenAICompatibleGateway
@@ -97,8 +97,8 @@ def request_job(
 
 def generation_events(adapters: Adapters, job_id: str) -> list[DomainEvent]:
     return [
-        CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-        for s in adapters.events.read_stream(f"generation-{job_id}")
+        s.decode()
+        for s in adapters.events.read_stream(generation_stream(job_id))
     ]
 
 
@@ -334,13 +334,13 @@ def wait_for(condition: Any, timeout: float = 30.0) -> None:
 def test_cancel_while_running_stops_within_a_batch(adapters: Adapters) -> None:
     with FakeOpenAIServer(latency_s=0.01) as server:
         job_id = request_job(adapters, 2000)
-        stream = f"generation-{job_id}"
+        stream = generation_stream(job_id)
         cancelled_at: list[int] = []
 
         def cancel_after_first_batch() -> None:
             wait_for(lambda: any(s.detail_type == "BatchGenerated" for s in adapters.events.read_stream(stream)))
-            append(adapters, f"job-{job_id}", JobCancelRequested(job_id=job_id, reason="changed my mind"))
-            cancelled_at.append(adapters.events.stream_version(f"job-{job_id}"))
+            append(adapters, job_stream(job_id), JobCancelRequested(job_id=job_id, reason="changed my mind"))
+            cancelled_at.append(adapters.events.stream_version(job_stream(job_id)))
 
         canceller = threading.Thread(target=cancel_after_first_batch)
         canceller.start()
@@ -349,7 +349,7 @@ def test_cancel_while_running_stops_within_a_batch(adapters: Adapters) -> None:
 
     assert result.outcome is RunOutcome.CANCELLED
     stored = adapters.events.read_stream(stream)
-    request_position = adapters.events.read_stream(f"job-{job_id}", from_version=cancelled_at[0])[0].position
+    request_position = adapters.events.read_stream(job_stream(job_id), from_version=cancelled_at[0])[0].position
     later_batches = [s for s in stored if s.detail_type == "BatchGenerated" and s.position > request_position]
     assert len(later_batches) <= 2  # the batch being written when it arrived, then the flushed rest
     stopped = of_type(generation_events(adapters, job_id), GenerationStopped)
@@ -364,7 +364,7 @@ def test_a_stop_request_flushes_the_completed_prefix_and_releases(adapters: Adap
     with FakeOpenAIServer(latency_s=0.01) as server:
         job_id = request_job(adapters, 500)
         stop = threading.Event()
-        stream = f"generation-{job_id}"
+        stream = generation_stream(job_id)
         threading.Thread(
             target=lambda: (wait_for(lambda: adapters.events.stream_version(stream) >= 2), stop.set())
         ).start()
@@ -420,7 +420,7 @@ def start_worker(data_dir: Path, server: FakeOpenAIServer, job_id: str, *extra: 
 
 
 def batches_recorded(adapters: Adapters, job_id: str) -> int:
-    return sum(1 for s in adapters.events.read_stream(f"generation-{job_id}") if s.detail_type == "BatchGenerated")
+    return sum(1 for s in adapters.events.read_stream(generation_stream(job_id)) if s.detail_type == "BatchGenerated")
 
 
 def test_sigterm_mid_job_releases_and_another_worker_finishes_exactly(tmp_path: Path) -> None:
@@ -482,7 +482,7 @@ def test_the_pool_resumes_abandoned_jobs_and_runs_jobs_the_bus_delivers(tmp_path
 
     abandoned = request_job(adapters, 30)
     a_minute_ago = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
-    adapters.events.append(f"generation-{abandoned}", [NewEvent(
+    adapters.events.append(generation_stream(abandoned), [NewEvent(
         GenerationClaimed(job_id=abandoned, worker_id="dead-worker", lease_seconds=5, resumed_from_record=0),
         time=a_minute_ago,
     )], 0)

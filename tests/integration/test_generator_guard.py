@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from contracts.catalog import CATALOG
 from contracts.events.generator import BatchGenerated, DatasetExported
 from contracts.events.guard import ContentBlocked
+from contracts.streams import job_guard_stream
 from palette.adapters import Adapters, local_adapters
 from palette.guard.config import ContentRule
 from palette.guard.contentfilter import ContentFilter
@@ -73,8 +73,8 @@ def run_filtered(
 
 def decisions(adapters: Adapters, job_id: str) -> list[ContentBlocked]:
     found = [
-        CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-        for s in adapters.events.read_stream(f"guard-job-{job_id}")
+        s.decode()
+        for s in adapters.events.read_stream(job_guard_stream(job_id))
     ]
     assert all(isinstance(event, ContentBlocked) for event in found)
     return found  # type: ignore[return-value]
@@ -154,7 +154,7 @@ def test_decisions_name_the_rule_never_the_text(adapters: Adapters, server: Fake
 
     run_filtered(adapters, server, job_id, PROMPT_RULE, OUTPUT_RULE)
 
-    stored = list(adapters.events.read_stream(f"guard-job-{job_id}"))
+    stored = list(adapters.events.read_stream(job_guard_stream(job_id)))
     assert stored
     for event in stored:
         assert "topic 7" not in event.detail.lower() and "synthetic" not in event.detail.lower()

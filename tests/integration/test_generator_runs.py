@@ -29,6 +29,7 @@ from contracts.events.generator import (
 )
 from contracts.events.jobs import JobCancelRequested
 from contracts.pricing import DEFAULT_CATALOG
+from contracts.streams import generation_stream, job_stream
 from palette.adapters import Adapters, local_adapters
 from palette.blobs.keys import dataset_prefix
 from palette.blobs.local import TEMP_MARK
@@ -99,7 +100,7 @@ def test_a_takeover_discards_what_killed_writers_left_in_the_jobs_folder(adapter
     the job over removes it at once, even when it ends without an export (released)."""
     job_id = request_job(adapters, 2000)
     dead = "worker-killed"
-    append(adapters, f"generation-{job_id}",
+    append(adapters, generation_stream(job_id),
            GenerationClaimed(job_id=job_id, worker_id=dead, lease_seconds=60, resumed_from_record=0),
            GenerationCrashed(job_id=job_id, worker_id=dead, error="killed", records_completed=0))
     root = adapters.blobs.root  # type: ignore[attr-defined]
@@ -123,11 +124,11 @@ def test_a_crashed_runs_open_tranche_is_written_off_with_its_crash(adapters: Ada
     also when the crash ends the job for good (a cancel), where no later claim would."""
     job_id = request_job(adapters, 10)
     holder = "worker-crashing"
-    append(adapters, f"generation-{job_id}",
+    append(adapters, generation_stream(job_id),
            GenerationClaimed(job_id=job_id, worker_id=holder, lease_seconds=60, resumed_from_record=0),
            BudgetTrancheTaken(job_id=job_id, worker_id=holder, amount=Decimal("0.25")))
     if cancelled:
-        append(adapters, f"job-{job_id}", JobCancelRequested(job_id=job_id, reason="enough"))
+        append(adapters, job_stream(job_id), JobCancelRequested(job_id=job_id, reason="enough"))
     budgets = JobBudgets(adapters.events, DEFAULT_CATALOG, "local")
     worker = GenerationWorker(adapters.events, adapters.blobs, None, worker_id=holder, budget=budgets)  # type: ignore[arg-type]
 
@@ -138,7 +139,7 @@ def test_a_crashed_runs_open_tranche_is_written_off_with_its_crash(adapters: Ada
     assert [(w.worker_id, w.amount) for w in written_off] == [(holder, Decimal("0.25"))]
     ending = GenerationStopped if cancelled else GenerationCrashed
     assert isinstance(events[-1], ending) and events[-2] is written_off[0]
-    assert budgets.written_off(job_id, adapters.events.stream_version(f"generation-{job_id}")) == 0
+    assert budgets.written_off(job_id, adapters.events.stream_version(generation_stream(job_id))) == 0
 
 
 # -- progress -----------------------------------------------------------------------------
@@ -167,7 +168,7 @@ def test_a_time_flushed_job_resumes_exactly_after_a_release(adapters: Adapters) 
     """A stop after some time-flushed batches: the resumed run numbers its batches on from
     the recorded ones and the dataset holds each record once."""
     job_id = request_job(adapters, 120, steps=(QUESTION,))
-    stream = f"generation-{job_id}"
+    stream = generation_stream(job_id)
     stop = threading.Event()
 
     def stop_after_two_batches() -> None:
@@ -210,7 +211,7 @@ def test_worker_logs_are_json_lines_with_the_job_and_its_correlation_id(tmp_path
     data_dir = tmp_path / "data"
     adapters = local_adapters(data_dir)
     job_id = request_job(adapters, 5, steps=(QUESTION,))
-    [requested] = adapters.events.read_stream(f"job-{job_id}")
+    [requested] = adapters.events.read_stream(job_stream(job_id))
     adapters.close()
     with FakeOpenAIServer(latency_s=0.0) as fake:
         env = {**os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "test",

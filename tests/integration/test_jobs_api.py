@@ -53,6 +53,7 @@ from contracts.events.templates import (
     TemplateStep,
     TemplateVersionPublished,
 )
+from contracts.streams import generation_stream, job_stream, ledger_stream, seed_stream, template_stream
 from palette.adapters import local_adapters
 from palette.api.app import build_app
 from palette.api.auth import LocalTokens
@@ -142,12 +143,12 @@ class Facade:
     def generate(self, job_id: str, *facts: DomainEvent) -> None:
         """Append the generator's facts to the job's generation stream, then let the bus
         deliver them."""
-        stream = f"generation-{job_id}"
+        stream = generation_stream(job_id)
         self.events.append(stream, [NewEvent(f, actor="worker") for f in facts], self.events.stream_version(stream))
         self.deliver()
 
     def bill(self, job_id: str, *facts: DomainEvent) -> None:
-        stream = f"ledger-{job_id}"
+        stream = ledger_stream(job_id)
         self.events.append(stream, [NewEvent(f) for f in facts], self.events.stream_version(stream))
         self.deliver()
 
@@ -169,7 +170,7 @@ def add_template(
                                  steps=steps, required_fields=["topic"])
         for v in range(2, versions + 1)
     ]
-    events.append(f"template-{template_id}", [NewEvent(e, actor=owner) for e in recorded], 0)
+    events.append(template_stream(template_id), [NewEvent(e, actor=owner) for e in recorded], 0)
     return template_id
 
 
@@ -190,7 +191,7 @@ def add_seed(
             seed_id=seed_id, template_id=template_id, template_version=version, valid=valid, record_count=5,
             invalid_records=0 if valid else 2, missing_counts={} if valid else {"topic": 2}, sha256=SHA,
         ))
-    events.append(f"seed-{seed_id}", [NewEvent(e, actor=owner) for e in recorded], 0)
+    events.append(seed_stream(seed_id), [NewEvent(e, actor=owner) for e in recorded], 0)
     return seed_id
 
 
@@ -217,7 +218,7 @@ def exported(job_id: str, rows: int) -> DatasetExported:
 
 
 def job_events(events: EventStore, job_id: str) -> list[str]:
-    return [e.detail_type for e in events.read_stream(f"job-{job_id}")]
+    return [e.detail_type for e in events.read_stream(job_stream(job_id))]
 
 
 # -- runtimes ------------------------------------------------------------------------------
@@ -348,7 +349,7 @@ def test_a_job_is_created_at_once_with_the_latest_version_pinned(api: Facade) ->
         "priority": 5, "partition_strategy": "field:topic", "models": None, "output_filter": "drop",
     }
     assert body["progress"] == {"records_generated": 0, "failed_records": 0, "num_records": 10_000, "percent": 0.0}
-    [requested] = api.events.read_stream(f"job-{body['job_id']}")
+    [requested] = api.events.read_stream(job_stream(body['job_id']))
     assert (requested.detail_type, requested.actor) == ("JobRequested", "alice")
     assert api.call("GET", f"/jobs/{body['job_id']}").body == body
 
@@ -451,7 +452,7 @@ def test_templates_and_seeds_the_caller_may_not_see_are_not_found(api: Facade) -
     private = add_template(api.events, "bob")
     public = add_template(api.events, "bob", public=True)
     deleted = add_template(api.events, "alice")
-    api.events.append(f"template-{deleted}", [NewEvent(TemplateDeleted(template_id=deleted))], 1)
+    api.events.append(template_stream(deleted), [NewEvent(TemplateDeleted(template_id=deleted))], 1)
     own = add_template(api.events, "alice")
     bobs_seed = add_seed(api.events, "bob", own)
     base = {"num_records": 10, "budget_limit": 5}
@@ -641,7 +642,7 @@ def test_the_eta_follows_the_recent_rate_after_a_slow_start(tmp_path: Path) -> N
             )
             facts.append(NewEvent(fact, actor="worker", time=_at(when)))
             first += rows
-        facade.events.append(f"generation-{job_id}", facts, 0)
+        facade.events.append(generation_stream(job_id), facts, 0)
         facade.deliver()
 
         board = facade.call("GET", f"/dashboard/{job_id}").body
@@ -788,7 +789,7 @@ def test_a_fact_that_overtakes_the_claim_still_records_the_start(tmp_path: Path)
         template_id=template_id, seed_id=add_seed(adapters.events, "alice", template_id), num_records=100,
         budget_limit=Decimal(1), output_formats=(OutputFormat.JSONL,),
     )).state.job_id
-    stored = adapters.events.append(f"generation-{job_id}", [
+    stored = adapters.events.append(generation_stream(job_id), [
         NewEvent(claimed(job_id)), NewEvent(batch(job_id, 0)), NewEvent(exported(job_id, 100)),
     ], 0)
 
@@ -796,7 +797,7 @@ def test_a_fact_that_overtakes_the_claim_still_records_the_start(tmp_path: Path)
         handlers.apply_generation_fact(event)
     handlers.apply_generation_fact(stored[0])
 
-    recorded = adapters.events.read_stream(f"job-{job_id}")
+    recorded = adapters.events.read_stream(job_stream(job_id))
     assert [e.detail_type for e in recorded] == ["JobRequested", "JobStarted", "JobCompleted"]
     assert [e.causation_id for e in recorded[1:]] == [stored[0].id, stored[2].id]
     adapters.close()
@@ -850,7 +851,7 @@ def test_the_lambda_counts_created_jobs(monkeypatch: pytest.MonkeyPatch, capsys:
 def test_the_reaction_consumer_reports_only_failed_records(monkeypatch: pytest.MonkeyPatch) -> None:
     for facade in aws_facade(monkeypatch):
         job_id = facade.start_job()["job_id"]
-        stream = f"generation-{job_id}"
+        stream = generation_stream(job_id)
         [stored] = facade.events.append(stream, [NewEvent(claimed(job_id))], 0)
         orphan = facade.events.append("generation-job_" + "f" * 32, [NewEvent(claimed("job_" + "f" * 32))], 0)
         batch_ = sqs_batch([{"detail": "not a palette event"}, bus_event(stored), bus_event(orphan[0])])

@@ -11,7 +11,6 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from contracts.catalog import CATALOG
 from contracts.events.templates import PromptEnhanced
 from palette.models.bedrock import BedrockGateway
 from palette.models.blocking import BlockingGateway
@@ -135,6 +134,6 @@ def test_the_lambda_enhances_through_bedrock_and_records_the_call(
     assert reply.body["prompt"] == BETTER and reply.body["warning"] is None
 
     (stored,) = [e for e in aws_api.events.read_all(0, 1000) if e.detail_type == "PromptEnhanced"]
-    event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+    event = stored.decode()
     assert isinstance(event, PromptEnhanced)
     assert (event.owner, event.model, event.input_tokens, event.output_tokens) == ("alice", MODEL, 40, 12)

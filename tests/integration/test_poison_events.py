@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from contracts.envelope import EventEnvelope, StoredEvent, bus_event
 from contracts.events.templates import TemplateCreated, TemplateStep
+from contracts.streams import projection_stream, template_stream
 from palette.adapters import local_adapters
 from palette.audit.cli import views_health
 from palette.eventstore.port import EventStore, NewEvent
@@ -56,12 +57,12 @@ def append_poison_template(events: EventStore, owner: str = "mallory", template_
         steps=[TemplateStep(id="q", model="local/gemma-3-270m", prompt="Ask about {{ topic }}")],
         required_fields=["topic"],
     )
-    [stored] = events.append(f"template-{template_id}", [NewEvent(detail, actor=owner)], 0)
+    [stored] = events.append(template_stream(template_id), [NewEvent(detail, actor=owner)], 0)
     return stored
 
 
 def failures_recorded(events: EventStore, projection: str = TemplateCatalog.name) -> list[dict[str, Any]]:
-    return [json.loads(e.detail) for e in events.read_stream(f"projection-{projection}")]
+    return [json.loads(e.detail) for e in events.read_stream(projection_stream(projection))]
 
 
 def test_a_poison_template_leaves_listings_and_deletions_working_on_both_runtimes(api: Facade) -> None:  # noqa: F811

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from contracts.catalog import CATALOG
 from contracts.events.generator import GenerationFailed
 from contracts.events.templates import TemplateStep
+from contracts.streams import generation_stream
 from palette.adapters import Adapters, local_adapters
 from palette.recordfiles import MAX_CELL_BYTES
 from palette.models.openai import OpenAICompatibleGateway
@@ -52,8 +52,8 @@ def test_a_job_whose_seed_holds_a_value_over_the_limit_fails_naming_its_line(ada
     assert result.outcome is RunOutcome.FAILED, result
     failed = [
         event for event in (
-            CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-            for s in adapters.events.read_stream(f"generation-{job_id}")
+            s.decode()
+            for s in adapters.events.read_stream(generation_stream(job_id))
         )
         if isinstance(event, GenerationFailed)
     ]

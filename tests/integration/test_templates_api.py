@@ -31,7 +31,7 @@ from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.retry import APPEND_ATTEMPTS
 from services.templates import lambda_handler
 from services.templates.api import create_router
-from contracts.streams import template_stream
+from contracts.streams import TEMPLATE, job_stream, template_stream
 from services.templates.handlers import TemplateHandlers
 from services.templates.projections import (
     TemplateCatalog,
@@ -212,14 +212,14 @@ def local_api(tmp_path: Path) -> Iterator[Facade]:
 
 
 def request_job(events: EventStore, template_id: str, job_id: str = "job-1", owner: str = "alice") -> None:
-    events.append(f"job-{job_id}", [NewEvent(JobRequested(
+    events.append(job_stream(job_id), [NewEvent(JobRequested(
         job_id=job_id, owner=owner, template_id=template_id, template_version=1, seed_id="seed-1",
         num_records=10, budget_limit="5", output_formats=[OutputFormat.JSONL],
     ), actor=owner)], expected_version=0)
 
 
 def delete_job(events: EventStore, job_id: str = "job-1") -> None:
-    stream = f"job-{job_id}"
+    stream = job_stream(job_id)
     events.append(stream, [NewEvent(JobDeleted(job_id=job_id), actor="alice")], events.stream_version(stream))
 
 
@@ -588,11 +588,11 @@ class CompetingWriter:
         self.original = events.append
 
     def append(self, stream_id: str, new_events: Any, expected_version: int) -> Any:
-        if self.races and stream_id.startswith("template-"):
+        if self.races and stream_id.startswith(TEMPLATE):
             self.races -= 1
             current = self.events.stream_version(stream_id)
             competing = TemplateVersionPublished(
-                template_id=stream_id.removeprefix("template-"), version=current + 1,
+                template_id=stream_id.removeprefix(TEMPLATE), version=current + 1,
                 name="competitor", steps=[], required_fields=[],
             )
             self.original(stream_id, [NewEvent(competing, actor="alice")], current)

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from contracts.catalog import CATALOG
 from contracts.events.generator import (
     DatasetExported,
     GenerationClaimed,
@@ -18,6 +17,7 @@ from contracts.events.generator import (
     GenerationFailed,
     GenerationStopped,
 )
+from contracts.streams import GENERATION, generation_stream
 from palette.adapters import Adapters, local_adapters
 from palette.blobs.port import BlobStore
 from palette.bus.local import LocalBus
@@ -70,9 +70,9 @@ def claims_and_most_running(adapters: Adapters, owners: dict[str, str]) -> tuple
     running: Counter[str] = Counter()
     most: Counter[str] = Counter()
     for stored in adapters.events.read_all():
-        if not stored.stream_id.startswith("generation-"):
+        if not stored.stream_id.startswith(GENERATION):
             continue
-        event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+        event = stored.decode()
         owner = owners[event.job_id]  # type: ignore[attr-defined]
         if isinstance(event, GenerationClaimed):
             claimed.append(event.job_id)
@@ -127,7 +127,7 @@ def test_the_cap_is_configurable(adapters: Adapters) -> None:
 def test_a_job_another_worker_holds_runs_here_once_its_lease_lapses(adapters: Adapters) -> None:
     job = request_job(adapters, 6, steps=(QUESTION,), owner="dana")
     claim = GenerationClaimed(job_id=job, worker_id="worker-elsewhere", lease_seconds=1, resumed_from_record=0)
-    adapters.events.append(f"generation-{job}", [NewEvent(claim)], 0)
+    adapters.events.append(generation_stream(job), [NewEvent(claim)], 0)
     run_pool(adapters, [job], {job: "dana"})
 
     claimed, _ = claims_and_most_running(adapters, {job: "dana"})
@@ -168,13 +168,13 @@ def run_pool_until_the_job_ends(adapters: Adapters, blobs: Any, job_id: str, own
         try:
             pool.submit(job_id, owner)
             deadline = time.monotonic() + 60
-            while not ENDINGS & {s.detail_type for s in adapters.events.read_stream(f"generation-{job_id}")}:
+            while not ENDINGS & {s.detail_type for s in adapters.events.read_stream(generation_stream(job_id))}:
                 assert time.monotonic() < deadline, "the job never ended"
                 time.sleep(0.05)
         finally:
             pool.stop(grace=5)
-    return [CATALOG.decode(s.detail_type, s.schema_version, s.detail)
-            for s in adapters.events.read_stream(f"generation-{job_id}")]
+    return [s.decode()
+            for s in adapters.events.read_stream(generation_stream(job_id))]
 
 
 def test_a_job_whose_runs_crash_the_worker_fails_at_the_third_crash_with_the_error(adapters: Adapters) -> None:
@@ -184,7 +184,7 @@ def test_a_job_whose_runs_crash_the_worker_fails_at_the_third_crash_with_the_err
         GenerationClaimed(job_id=job, worker_id="worker-elsewhere", lease_seconds=60, resumed_from_record=0),
         GenerationCrashed(job_id=job, worker_id="worker-elsewhere", error="RuntimeError: boom", records_completed=0),
     ]
-    adapters.events.append(f"generation-{job}", [NewEvent(e) for e in elsewhere], 0)
+    adapters.events.append(generation_stream(job), [NewEvent(e) for e in elsewhere], 0)
 
     recorded = run_pool_until_the_job_ends(adapters, PartsRefusingBlobs(adapters.blobs), job, "erin")
 

@@ -10,6 +10,7 @@ import pytest
 
 from contracts.envelope import StoredEvent
 from contracts.events.templates import TemplateStep, TemplateVersionPublished
+from contracts.streams import TEMPLATE
 from palette.eventstore.port import ConcurrencyConflict, NewEvent
 from palette.eventstore.retry import APPEND_ATTEMPTS, until_not_conflicting
 from palette.eventstore.sqlite import SQLiteEventStore
@@ -78,11 +79,11 @@ class RacedEventStore(SQLiteEventStore):
     races = 0
 
     def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: int) -> list[StoredEvent]:
-        if self.races and stream_id.startswith("template-"):
+        if self.races and stream_id.startswith(TEMPLATE):
             self.races -= 1
             current = self.stream_version(stream_id)
             rival = TemplateVersionPublished(
-                template_id=stream_id.removeprefix("template-"), version=current + 1,
+                template_id=stream_id.removeprefix(TEMPLATE), version=current + 1,
                 name=f"rival {current + 1}", steps=[], required_fields=[],
             )
             super().append(stream_id, [NewEvent(rival, actor="bob")], current)

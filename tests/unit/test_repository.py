@@ -11,12 +11,13 @@ import pytest
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
 from contracts.events.templates import TemplateVersionPublished
+from contracts.streams import template_stream
 from palette.eventstore.port import ConcurrencyConflict, NewEvent
 from palette.eventstore.repository import Repository, by_event
 from palette.eventstore.retry import APPEND_ATTEMPTS
 from palette.eventstore.sqlite import SQLiteEventStore
 
-STREAM = "template-t1"
+STREAM = template_stream("t1")
 
 
 def published(version: int) -> TemplateVersionPublished:
