@@ -59,7 +59,13 @@ from contracts.events.generator import (
     GenerationFailed,
     GenerationStopped,
 )
-from contracts.events.guard import job_guard_stream
+from contracts.streams import (
+    generation_stream,
+    job_guard_stream,
+    job_stream,
+    seed_stream,
+    template_stream,
+)
 from palette.blobs.keys import dataset_prefix
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
@@ -76,11 +82,7 @@ from services.generator.domain import (
     fold_job,
     fold_seed,
     fold_template,
-    generation_stream,
-    job_stream,
     lease_expires_at,
-    seed_stream,
-    template_stream,
 )
 from services.generator.domain import evolve as evolve_generation
 from services.generator.logs import bind_job

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from contracts.events.base import DomainEvent
 from contracts.events.generator import BatchGenerated, GenerationLeaseRenewed, GenerationModelFailed
+from contracts.streams import generation_stream
 from palette.eventstore.port import ConcurrencyConflict
-from services.generator.domain import JobSpec, generation_stream
+from services.generator.domain import JobSpec
 from services.generator.records import part_key, write_part
 from services.generator.run.batches import BatchQueue
 from services.generator.run.ending import Ending, RunEnding
