@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from jinja2 import TemplateSyntaxError, nodes
 
 from contracts.events.templates import TemplateStep
+from contracts.identifiers import PROVIDERS
 from palette.prompts import (
     ENVIRONMENT,
     STEP_OUTPUTS,
@@ -32,7 +33,6 @@ from palette.prompts import (
 
 __all__ = ["ENVIRONMENT", "PromptRenderError", "analyse", "compile_prompt", "render"]
 
-PROVIDERS = frozenset({"local", "openai", "bedrock"})
 _NOT_SEED_FIELDS = frozenset(ENVIRONMENT.globals) | {"self"}
 
 
