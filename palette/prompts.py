@@ -24,7 +24,7 @@ value:
 
 A refused render raises PromptRenderError; the generator counts that record attempt as
 failed. Where renders run: the generator calls `render` synchronously from its job's
-coroutine (`services/generator/worker.py`, `_run_steps`), on the worker pool's own event
+coroutine (`services/generator/run/record.py`, `_run_steps`), on the worker pool's own event
 loop thread, never on the API's loop or threads; the caps above bound how long one render
 can hold that loop (MAX_RENDER_SECONDS) and the memory it can take.
 
