@@ -6,7 +6,7 @@ settings (when boto3 is installed), `local/...` from the `local` extra (loaded o
 
 from __future__ import annotations
 
-from palette.models.port import ModelGateway, MultiProviderGateway
+from palette.models.port import ModelGateway, MultiProviderGateway, ProviderGateway
 
 
 def gateway_from_env(max_connections: int = 64) -> ModelGateway:
@@ -14,14 +14,11 @@ def gateway_from_env(max_connections: int = 64) -> ModelGateway:
     from palette.models.local import LocalLlamaGateway
     from palette.models.openai import OpenAICompatibleGateway
 
-    gateways: dict[str, ModelGateway] = {
-        "openai": OpenAICompatibleGateway(max_connections=max_connections),
-        "local": LocalLlamaGateway(),
-    }
+    gateways: list[ProviderGateway] = [OpenAICompatibleGateway(max_connections=max_connections), LocalLlamaGateway()]
     try:
         from palette.models.bedrock import BedrockGateway
     except ImportError:
         pass
     else:
-        gateways["bedrock"] = BedrockGateway()
-    return MultiProviderGateway(gateways)
+        gateways.append(BedrockGateway())
+    return MultiProviderGateway({gateway.provider: gateway for gateway in gateways})

@@ -17,8 +17,10 @@ import pytest
 from botocore.stub import Stubber
 from multidict import CIMultiDict
 
+from contracts.identifiers import PROVIDERS
 from palette.models.bedrock import BedrockGateway
 from palette.models.blocking import BlockingGateway
+from palette.models.environment import gateway_from_env
 from palette.models.openai import OpenAICompatibleGateway, retry_after_seconds
 from palette.models.port import (
     FatalModelError,
@@ -295,6 +297,13 @@ def test_a_gateway_serves_only_models_of_its_providers() -> None:
         assert serves("bedrock/amazon.nova-micro-v1:0")
         for other in ("openai/gpt-4o-mini", "local/gemma-3-270m", "bedrock/", "bedrock", ""):
             assert not serves(other), other
+    asyncio.run(gateway.close())
+
+
+def test_the_environments_gateway_serves_every_provider_of_the_published_language() -> None:
+    gateway = gateway_from_env()
+    assert all(gateway.serves(f"{provider}/some-model") for provider in PROVIDERS)
+    assert not gateway.serves("anthropic/claude")
     asyncio.run(gateway.close())
 
 
