@@ -19,6 +19,7 @@ import pytest
 from jsonschema import Draft4Validator
 from moto import mock_aws
 
+from contracts import streams
 from contracts.events import JobRequested
 from palette.blobs.s3 import S3BlobStore
 from palette.bus.eventbridge import EventBridgePublisher
@@ -37,7 +38,7 @@ BIG_JOBS_PATTERN = {
 }
 GENERATION_PATTERN = {
     "detail-type": [t.detail_type() for t in SAMPLES],
-    "detail": {"metadata": {"stream_id": [{"prefix": "generation-"}]}},
+    "detail": {"metadata": {"stream_id": [{"prefix": streams.GENERATION}]}},
 }
 
 
@@ -68,8 +69,8 @@ def aws() -> Iterator[dict[str, Any]]:
 
 
 def _stream_of(source: str) -> str:
-    return {"palette.jobs": "job-", "palette.generator": "generation-", "palette.billing": "ledger-",
-            "palette.seeds": "seed-", "palette.templates": "template-"}.get(source, "other-") + "1"
+    return {"palette.jobs": streams.JOB, "palette.generator": streams.GENERATION, "palette.billing": streams.LEDGER,
+            "palette.seeds": streams.SEED, "palette.templates": streams.TEMPLATE}.get(source, "other-") + "1"
 
 
 def _drain(sqs: Any, url: str) -> list[dict[str, Any]]:
@@ -105,7 +106,7 @@ def test_external_queues_receive_exactly_their_events_and_each_validates(aws: di
         e.id for e in stored if e.detail_type == "JobRequested" and e.stream_id == "job-1"
     ]
     assert sorted(b["detail"]["metadata"]["id"] for b in generation) == sorted(
-        e.id for e in stored if e.stream_id.startswith("generation-")
+        e.id for e in stored if e.stream_id.startswith(streams.GENERATION)
     )
     assert generation, "the generator's events reach the external queue"
     for body in big_jobs + generation:

@@ -19,6 +19,7 @@ import pytest
 from cfnlint.api import lint_file
 from cfnlint.decode import cfn_yaml
 
+from contracts import streams
 from contracts.catalog import CATALOG
 from palette.eventstore.dynamodb import create_table
 from palette.guard.aws import PARAMETER_ENV, TABLE_ENV
@@ -30,8 +31,8 @@ INFRA = ROOT / "infra"
 SERVICES = ("templates", "seeds", "jobs", "billing", "generator")
 TEMPLATES = ("shared", *SERVICES)
 STREAM_PREFIX = {
-    "templates": "template-", "seeds": "seed-", "jobs": "job-", "billing": "ledger-",
-    "generator": "generation-",
+    "templates": streams.TEMPLATE, "seeds": streams.SEED, "jobs": streams.JOB, "billing": streams.LEDGER,
+    "generator": streams.GENERATION,
 }
 PROJECTION_PREFIX = {"templates": "templates_", "jobs": "jobs_", "billing": "billing_"}
 
@@ -335,7 +336,7 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
     found = list(statements(load(service)))
     by_sid = {s.get("Sid"): s for _, s in found}
     append = by_sid["AppendToOwnStreams"]
-    failures = [f"projection-{PROJECTION_PREFIX[service]}*"] if service in PROJECTION_PREFIX else []
+    failures = [f"{streams.PROJECTION}{PROJECTION_PREFIX[service]}*"] if service in PROJECTION_PREFIX else []
     assert append["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == [
         f"{STREAM_PREFIX[service]}*", *failures, "$position", "$event-id#*",
     ]  # a service's views record ProjectionFailed on projection-<view>
@@ -360,7 +361,7 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
         if writes and statement["Sid"] not in ("AppendToOwnStreams", "OwnTrackingRecords"):
             assert statement["Sid"] == "OwnProjectionTables", statement
             (arn,) = listed(statement["Resource"])
-            assert arn["Fn::Sub"].endswith(f"projection-{PROJECTION_PREFIX[service]}*")
+            assert arn["Fn::Sub"].endswith(f"{streams.PROJECTION}{PROJECTION_PREFIX[service]}*")
         for resource in listed(statement["Resource"]):
             text = json.dumps(resource)
             if any(a.startswith("s3:") and a != "s3:ListBucket" for a in actions):
