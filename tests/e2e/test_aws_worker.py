@@ -46,6 +46,7 @@ from services.generator.worker_main import (
 )
 from tests.e2e.test_aws_flow import AwsPalette, _template_and_seed, palette_on_moto  # noqa: F401 (fixture)
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -209,13 +210,14 @@ def _start_worker(queue_url: str, model_url: str, *extra: str) -> subprocess.Pop
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str, worker: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
+    def met() -> bool:
+        if condition():
+            return True
         if worker.poll() is not None:
             raise AssertionError(f"the worker exited ({worker.returncode}) before {what}:\n{worker.stdout.read()}")  # type: ignore[union-attr]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+        return False
+
+    wait_for(met, timeout=timeout, interval=0.2, what=what)
 
 
 def _stop(worker: subprocess.Popen[str], timeout: float = 60) -> tuple[int, float, str]:

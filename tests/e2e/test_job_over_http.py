@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.waiting import answers, wait_for
 
 SEEDS = [
     {"author": {"name": "Ada Lovelace"}, "book": {"title": "Notes"}, "topic": "engines"},
@@ -63,16 +63,11 @@ def served(model: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) ->
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
+    try:
+        wait_for(lambda: answers(f"{base}/health"), timeout=30, interval=0.1, what="palette serve's start")
+    except AssertionError:
         process.kill()
-        raise RuntimeError("palette serve did not start")
+        raise
     yield base, data_dir, env
     process.terminate()
     assert process.wait(timeout=60) == 0

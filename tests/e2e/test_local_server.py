@@ -11,12 +11,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.waiting import answers, wait_for
 
 TEMPLATE = {
     "name": "Book questions",
@@ -59,16 +60,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING"},
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
+    try:
+        wait_for(lambda: answers(f"{base}/health"), timeout=30, interval=0.1, what="palette serve's start")
+    except AssertionError:
         process.kill()
-        raise RuntimeError(f"palette serve did not start: {process.stdout.read() if process.stdout else ''}")
+        raise RuntimeError(f"palette serve did not start: {process.stdout.read() if process.stdout else ''}") from None
     yield base, data_dir
     process.terminate()
     process.wait(timeout=20)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from palette.eventstore.sqlite import SQLiteEventStore
+from tests.waiting import answers, wait_for
 
 GUARD = {
     "rate_limits": {
@@ -47,16 +48,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "POWERTOOLS_LOG_LEVEL": "ERROR"},
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{base}/health", timeout=1)
-            break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
+    try:
+        wait_for(lambda: answers(f"{base}/health"), timeout=30, interval=0.1, what="palette serve's start")
+    except AssertionError:
         process.kill()
-        raise RuntimeError(f"palette serve did not start: {process.stdout.read() if process.stdout else ''}")
+        raise RuntimeError(f"palette serve did not start: {process.stdout.read() if process.stdout else ''}") from None
     yield base, data_dir
     process.terminate()
     process.wait(timeout=20)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,7 @@ from palette.adapters import local_adapters
 from palette.composition import local_tokens
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import free_port, template_and_seed
+from tests.waiting import answers, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 STEP = {"id": "question", "model": "openai/fake-model", "prompt": "Ask about {{ topic }} at level {{ level }}."}
@@ -50,15 +50,7 @@ def test_serve_takes_its_lease_from_the_environment_and_releases_its_jobs_on_sig
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "palette serve did not start"
-                time.sleep(0.1)
+            wait_for(lambda: answers(f"{base}/health"), timeout=30, interval=0.1, what="palette serve's start")
             token = local_tokens(data_dir).issue("alice")
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as alice:
                 template_id, seed_id = template_and_seed(alice, [STEP])
@@ -68,10 +60,10 @@ def test_serve_takes_its_lease_from_the_environment_and_releases_its_jobs_on_sig
                 })
                 assert created.status_code == 201, created.text
                 job_id = created.json()["job_id"]
-            deadline = time.monotonic() + 60
-            while not any(isinstance(e, BatchGenerated) for e in _generation(data_dir, job_id)):
-                assert time.monotonic() < deadline, "no batch recorded"
-                time.sleep(0.2)
+            wait_for(
+                lambda: any(isinstance(e, BatchGenerated) for e in _generation(data_dir, job_id)),
+                timeout=60, interval=0.2, what="a first batch",
+            )
 
             process.send_signal(signal.SIGTERM)
             output = process.communicate(timeout=90)[0].decode()

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from contracts.streams import template_stream
+from tests.waiting import answers, wait_for
 
 CONCURRENT = 24
 """More requests at once than any thread pool the server could size from 2 cores."""
@@ -55,15 +55,12 @@ def start_serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
         env={**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return Served(base, data_dir, process)
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"palette serve did not start: {process.stdout.read() if process.stdout else ''}")
+    try:
+        wait_for(lambda: answers(f"{base}/health"), timeout=30, interval=0.1, what="palette serve's start")
+    except AssertionError:
+        process.kill()
+        raise RuntimeError(f"palette serve did not start: {process.stdout.read() if process.stdout else ''}") from None
+    return Served(base, data_dir, process)
 
 
 def stop_serve(served: Served) -> None:

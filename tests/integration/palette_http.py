@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from palette.composition import LocalPalette
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.waiting import wait_for
 
 TOPICS = [{"topic": f"topic {i}", "level": i % 3} for i in range(40)]
 
@@ -70,10 +70,8 @@ def template_and_seed(user: httpx.Client, steps: list[dict[str, Any]]) -> tuple[
 
 
 def wait_until_finished(user: httpx.Client, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = user.get(f"/jobs/{job_id}").json()
-        if job["status"] not in ("QUEUED", "RUNNING"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+    def finished() -> dict[str, Any] | None:
+        job: dict[str, Any] = user.get(f"/jobs/{job_id}").json()
+        return job if job["status"] not in ("QUEUED", "RUNNING") else None
+
+    return wait_for(finished, timeout=timeout, interval=0.1, what=f"job {job_id}'s end")

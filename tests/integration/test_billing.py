@@ -71,6 +71,7 @@ from services.jobs.consumers import subscriptions as job_subscriptions
 from services.jobs.handlers import JobHandlers
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 OWNER = "alice"
@@ -568,17 +569,18 @@ def test_a_job_killed_near_its_budget_and_resumed_does_not_spend_it_twice(tmp_pa
                 [sys.executable, "-c", _CRASHING_WORKER, str(data_dir), server.base_url, job_id, json.dumps(OVERRIDES)],
                 cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
             )
-            deadline = time.monotonic() + 60
+            def billed() -> Decimal:
+                batches = [s.decode()
+                           for s in adapters.events.read_stream(generation_stream(job_id))
+                           if s.detail_type == "BatchGenerated"]
+                return sum((price_batch(PRICED, b.token_usage, 0, 0, "local").total for b in batches), Decimal(0))
+
             try:
                 # kill -9 once the billed usage is well past half the budget
-                while time.monotonic() < deadline and child.poll() is None:
-                    batches = [s.decode()
-                               for s in adapters.events.read_stream(generation_stream(job_id))
-                               if s.detail_type == "BatchGenerated"]
-                    spent = sum((price_batch(PRICED, b.token_usage, 0, 0, "local").total for b in batches), Decimal(0))
-                    if spent > budget * Decimal("0.7"):
-                        break
-                    time.sleep(0.005)
+                wait_for(
+                    lambda: child.poll() is not None or billed() > budget * Decimal("0.7"),
+                    timeout=60, interval=0.005, what="the billed usage passing 70% of the budget",
+                )
             finally:
                 os.kill(child.pid, signal.SIGKILL)
                 child.wait()

@@ -58,6 +58,7 @@ from services.jobs.projections import DASHBOARDS, JobDashboard
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette, template_and_seed, wait_until_finished
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "openai/fake-model"
@@ -276,10 +277,7 @@ def test_a_cancelled_job_bills_every_call_and_exports_every_finished_record(adap
         stream = generation_stream(job_id)
 
         def cancel_after_first_batch() -> None:
-            deadline = time.monotonic() + 30
-            while not any(s.detail_type == "BatchGenerated" for s in adapters.events.read_stream(stream)):
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            wait_for(lambda: any(s.detail_type == "BatchGenerated" for s in adapters.events.read_stream(stream)))
             version = adapters.events.stream_version(job_stream(job_id))
             adapters.events.append(
                 job_stream(job_id), [NewEvent(JobCancelRequested(job_id=job_id), actor="alice")], version
@@ -336,12 +334,11 @@ def test_a_job_killed_mid_run_never_lets_the_provider_bill_past_its_budget(
                 [sys.executable, "-c", _CRASHING_WORKER, str(data_dir), server.base_url, job_id, json.dumps(OVERRIDES)],
                 cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
             )
-            deadline = time.monotonic() + 60
             try:
-                while time.monotonic() < deadline and child.poll() is None:
-                    if provider_spend(provider_usage(server)) > budget * kill_at:
-                        break
-                    time.sleep(0.005)
+                wait_for(
+                    lambda: child.poll() is not None or provider_spend(provider_usage(server)) > budget * kill_at,
+                    timeout=60, interval=0.005, what="the worker's spend passing the kill point",
+                )
             finally:
                 os.kill(child.pid, signal.SIGKILL)
                 child.wait()

@@ -4,7 +4,6 @@ server as the model ("openai/fake-model"), billing's ledger and GET /costs."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +18,7 @@ from palette.composition import LocalPalette
 from services.templates.enhancement import cleaned, deepest, judge, prompt_variables
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette
+from tests.waiting import wait_for
 
 MODEL = "openai/fake-model"
 ORIGINAL = "Ask a question about {{ topic }} at level {{ level }}. Then: {{ steps.intro.output }}"
@@ -132,14 +132,14 @@ def test_every_enhancement_is_recorded_and_billed_to_its_owner(
     assert recorded.input_tokens > 0 and recorded.output_tokens > 0
     assert ORIGINAL not in events.read_stream(enhancement_stream(first['enhancement_id']))[0].detail
 
-    deadline = time.monotonic() + 10
-    charges: list[PromptEnhancementCharged] = []
-    while time.monotonic() < deadline and len(charges) < 2:
+    def both_charged() -> list[PromptEnhancementCharged]:
         charges = [
             s.decode()  # type: ignore[misc]
             for s in events.read_stream("ledger-user-alice")
         ]
-        time.sleep(0.05)
+        return charges if len(charges) >= 2 else []
+
+    charges = wait_for(both_charged, timeout=10, interval=0.05, what="both enhancements' charges")
     assert sorted(c.enhancement_id for c in charges) == sorted([first["enhancement_id"], second["enhancement_id"]])
     expected = sum((c.total for c in charges), Decimal(0))
     assert expected > 0

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -47,6 +46,7 @@ from services.generator.run.outcome import RunOutcome, RunResult
 from services.generator.worker import GenerationWorker
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 OWNER = "alice"
@@ -321,14 +321,6 @@ def test_a_prompt_that_cannot_render_is_a_failed_record_not_a_crash(adapters: Ad
 
 
 # -- stopping -----------------------------------------------------------------------------
-
-
-def wait_for(condition: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_cancel_while_running_stops_within_a_batch(adapters: Adapters) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from services.jobs.domain import JobStatus
 from services.jobs.handlers import JobHandlers
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.test_generator import FAST_RETRIES, QUESTION, request_job
+from tests.waiting import wait_for
 
 ENDINGS = {cls.detail_type() for cls in (DatasetExported, GenerationFailed, GenerationStopped)}
 
@@ -167,10 +167,10 @@ def run_pool_until_the_job_ends(adapters: Adapters, blobs: Any, job_id: str, own
         pool.start(scan=False)
         try:
             pool.submit(job_id, owner)
-            deadline = time.monotonic() + 60
-            while not ENDINGS & {s.detail_type for s in adapters.events.read_stream(generation_stream(job_id))}:
-                assert time.monotonic() < deadline, "the job never ended"
-                time.sleep(0.05)
+            wait_for(
+                lambda: ENDINGS & {s.detail_type for s in adapters.events.read_stream(generation_stream(job_id))},
+                timeout=60, interval=0.05, what="the job's end",
+            )
         finally:
             pool.stop(grace=5)
     return [s.decode()
