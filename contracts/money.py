@@ -7,13 +7,20 @@ with one of these two functions:
 - `money_text`: the exact amount as a decimal string in fixed-point (`"0.000000600"`,
   `"0"`): for ledgers and anything summed or compared again.
 - `money_number`: a JSON number rounded half-even to `DISPLAY_PLACES` decimals
-  (`6e-07` → `0.000001`): where an amount is shown, not kept.
+  (`6e-07` → `0.000001`): where an amount is shown, not kept (the Plot Palette documents'
+  `budget_limit`, `cost_estimate`, dashboard costs).
+
+Python's `json` writes a float below 1e-4 as `1e-06`; `dumps_fixed_point` is the facade's
+serializer, so every number it answers is written in fixed-point.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import PlainSerializer
 
@@ -38,5 +45,45 @@ def money_number(amount: Decimal | int | float | str) -> float:
 MoneyText = Annotated[Decimal, PlainSerializer(money_text, return_type=str, when_used="json")]
 """A Decimal field a reply writes as `money_text` (pydantic writes `str(Decimal)` otherwise)."""
 
+MoneyNumber = Annotated[Decimal, PlainSerializer(money_number, return_type=float, when_used="json")]
+"""A Decimal field a reply writes as `money_number`: a JSON number of USD, 6 decimals at most."""
 
-__all__ = ["DISPLAY_PLACES", "MoneyText", "money_number", "money_text"]
+
+_EXPONENT = re.compile(r"[0-9][eE][-+]?[0-9]")
+
+
+def dumps_fixed_point(value: Any, cls: type[json.JSONEncoder] = json.JSONEncoder, **kwargs: Any) -> str:
+    """`json.dumps`, but every float in fixed-point notation (`0.000001`, never `1e-06`).
+
+    The C encoder writes floats with `repr`, so a text holding an exponent is written again
+    by the pure-Python encoder with a fixed-point float writer; most texts hold none.
+    """
+    text = json.dumps(value, cls=cls, **kwargs)
+    if not _EXPONENT.search(text):
+        return text
+    fixed = type("FixedPoint" + cls.__name__, (_FixedPointFloats, cls), {})
+    return "".join(fixed(**kwargs).iterencode(value))
+
+
+def _fixed_float(value: float, allow_nan: bool) -> str:
+    if value != value or value in (float("inf"), float("-inf")):
+        if not allow_nan:
+            raise ValueError(f"Out of range float values are not JSON compliant: {value!r}")
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    text = float.__repr__(value)
+    return format(Decimal(text), "f") if "e" in text or "E" in text else text
+
+
+class _FixedPointFloats(json.JSONEncoder):
+    def iterencode(self, o: Any, _one_shot: bool = False) -> Any:
+        strings: Callable[[str], str] = (
+            json.encoder.encode_basestring_ascii if self.ensure_ascii else json.encoder.encode_basestring  # type: ignore[attr-defined]
+        )
+        return json.encoder._make_iterencode(  # type: ignore[attr-defined]
+            {} if self.check_circular else None, self.default, strings, self.indent,
+            lambda value: _fixed_float(value, self.allow_nan), self.key_separator, self.item_separator,
+            self.sort_keys, self.skipkeys, _one_shot,
+        )(o, 0)
+
+
+__all__ = ["DISPLAY_PLACES", "MoneyNumber", "MoneyText", "dumps_fixed_point", "money_number", "money_text"]

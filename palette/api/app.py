@@ -31,8 +31,10 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.models import HTTPBearer
+from aws_lambda_powertools.shared.json_encoder import Encoder
 from aws_lambda_powertools.utilities.data_classes.common import BaseProxyEvent
 
+from contracts.money import dumps_fixed_point
 from palette.api.auth import CallerIdentity
 from palette.api.errors import ApiError, ErrorReply, RateLimited, ServiceUnavailable, error_body, error_response
 from palette.api.input_limits import refuse_body
@@ -142,7 +144,7 @@ class _BoundedInput:
         if refusal is None:
             for name in [k for k in event.get("headers") or {} if str(k).lower() == "content-type"]:
                 event["headers"][name] = "application/json"  # powertools parses only this spelling as JSON
-            return super().resolve(event, context)  # type: ignore[misc,no-any-return]
+            return super().resolve(event, context)  # type: ignore[misc]
         rid = event.get("requestContext", {}).get("requestId") or uuid.uuid4().hex
         logger.info("request", extra={"method": method, "status": refusal.status, "refused": refusal.code})
         return {
@@ -184,7 +186,7 @@ class _RequestPerThread:
             context=dict(self._idle.context),
         )
         try:
-            return resolver.resolve(event, context)  # type: ignore[no-any-return]
+            return resolver.resolve(event, context)
         finally:
             self._threads.resolving = None
 
@@ -233,12 +235,19 @@ class _RequestPerThread:
                 route._build_middleware_stack(router_middlewares=resolver._router_middlewares, app=resolver)
 
 
-class _LocalFacade(_BoundedInput, _DocumentedAsServed, _RequestPerThread, APIGatewayHttpResolver):
+class _LocalFacade(  # type: ignore[misc]  # a per-thread property for the resolver's current_event
+    _BoundedInput, _DocumentedAsServed, _RequestPerThread, APIGatewayHttpResolver
+):
     """The facade under `palette serve`: HTTP API events, resolved in several threads at once."""
 
 
 class _LambdaFacade(_BoundedInput, _DocumentedAsServed, APIGatewayHttpResolver):
     """The facade in each service's Lambda."""
+
+
+def _reply_json(body: Any) -> str:
+    """A reply's JSON: compact, numbers in fixed-point (money is never `6e-07`)."""
+    return dumps_fixed_point(body, cls=Encoder, separators=(",", ":"))
 
 
 def build_app(
@@ -261,9 +270,8 @@ def build_app(
         )
         if cors_origins else None
     )
-    app: ApiGatewayResolver = (
-        _LocalFacade(enable_validation=True, cors=cors) if local else _LambdaFacade(enable_validation=True, cors=cors)
-    )
+    facade = _LocalFacade if local else _LambdaFacade
+    app: ApiGatewayResolver = facade(enable_validation=True, cors=cors, serializer=_reply_json)
     checks = dict(readiness or {})
 
     def enter(app: ApiGatewayResolver) -> str:
