@@ -15,7 +15,6 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from contracts.events.base import DomainEvent
-from contracts.streams import job_guard_stream  # noqa: F401 -- services/generator/worker.py imports it from here until its split
 
 ContentLocation = Literal["template", "prompt", "output"]
 ContentAction = Literal["rejected", "skipped", "dropped", "flagged"]

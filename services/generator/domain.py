@@ -41,12 +41,6 @@ from contracts.events.templates import (
     TemplateStep,
     TemplateVersionPublished,
 )
-from contracts.streams import (  # noqa: F401 -- worker.py and run/ still import them from here
-    generation_stream,
-    job_stream,
-    seed_stream,
-    template_stream,
-)
 
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_LEASE_SECONDS = 60
