@@ -32,6 +32,7 @@ from contracts.events.generator import (
     GenerationFailed,
     GenerationStopped,
 )
+from contracts.events.jobs import JobRequested, JobStarted
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository
@@ -285,9 +286,9 @@ def _evolve_loaded(loaded: LoadedJob, record: StoredEvent) -> LoadedJob:
     recorded_at = loaded.recorded_at
     if record.detail_type not in recorded_at:
         recorded_at = {**recorded_at, record.detail_type: record.time}
-    if record.detail_type == "JobRequested":
+    if record.detail_type == JobRequested.detail_type():
         created_at = record.time
-    elif record.detail_type == "JobStarted" and started_at is None:
+    elif record.detail_type == JobStarted.detail_type() and started_at is None:
         started_at = record.time
     elif state.finished and finished_at is None:
         finished_at = record.time

@@ -3,7 +3,7 @@ when another writer moved the stream first."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -51,7 +51,7 @@ class RivalBeforeEachAppend(SQLiteEventStore):
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RivalBeforeEachAppend:
+def store(tmp_path: Path) -> Iterator[RivalBeforeEachAppend]:
     events = RivalBeforeEachAppend(tmp_path / "events.db")
     yield events
     events.close()
