@@ -33,7 +33,8 @@ class BlockingGateway:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name="palette-models", daemon=True).start()
+                thread = threading.Thread(target=loop.run_forever, name="model-calls", daemon=True)
+                thread.start()
                 self._loop = loop
             return self._loop
 

@@ -14,7 +14,10 @@ def gateway_from_env(max_connections: int = 64) -> ModelGateway:
     from palette.models.local import LocalLlamaGateway
     from palette.models.openai import OpenAICompatibleGateway
 
-    gateways: list[ProviderGateway] = [OpenAICompatibleGateway(max_connections=max_connections), LocalLlamaGateway()]
+    gateways: list[ProviderGateway] = [
+        OpenAICompatibleGateway(max_connections=max_connections),
+        LocalLlamaGateway(),
+    ]
     try:
         from palette.models.bedrock import BedrockGateway
     except ImportError:

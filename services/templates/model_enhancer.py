@@ -31,10 +31,14 @@ class ModelEnhancer:
     """`(request text, model) -> EnhancementResult` through a model gateway."""
 
     def __init__(
-        self, gateway: BlockingGateway, priced: Callable[[str], bool], *, stand_in: str | None = None
+        self,
+        gateway: BlockingGateway,
+        priced: Callable[[str], bool],
+        *,
+        stand_in: str | None = None,
     ) -> None:
         if stand_in is not None and not gateway.serves(stand_in):
-            raise ValueError(f"the enhancement model {stand_in!r} is not of a provider this deployment serves")
+            raise ValueError(f"the enhancement model {stand_in!r} is of no provider served here")
         self.gateway = gateway
         self.stand_in = stand_in
         self._priced = priced
@@ -52,7 +56,10 @@ class ModelEnhancer:
         if not self._priced(model):
             raise ModelNotOffered(f"no price is known for {model}, so the call cannot be billed")
         request = ModelRequest(
-            model=model, prompt=prompt, max_tokens=MAX_ENHANCEMENT_TOKENS, temperature=ENHANCEMENT_TEMPERATURE
+            model=model,
+            prompt=prompt,
+            max_tokens=MAX_ENHANCEMENT_TOKENS,
+            temperature=ENHANCEMENT_TEMPERATURE,
         )
         try:
             response = self.gateway.generate(request)

@@ -124,7 +124,8 @@ def test_the_lambda_enhances_through_bedrock_and_records_the_call(
     monkeypatch.setenv("PALETTE_ENHANCE_MODEL", MODEL)
     lambda_handler.enhancer.cache_clear()
     lambda_handler.api.cache_clear()
-    monkeypatch.setattr(BedrockGateway, "default_client", lambda self: client)  # the stubbed bedrock-runtime
+    # the Lambda's gateway builds its client: hand it the stubbed bedrock-runtime one
+    monkeypatch.setattr(BedrockGateway, "default_client", lambda self: client)
     configured = lambda_handler.enhancer()
     assert isinstance(configured, ModelEnhancer) and configured.stand_in == MODEL
     stubber.add_response("converse", converse_reply(BETTER), expected(enhancement_request(ORIGINAL)))
