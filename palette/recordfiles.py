@@ -62,6 +62,15 @@ _EXTENSIONS = {
     ".csv": SeedFormat.CSV,
     ".parquet": SeedFormat.PARQUET,
 }
+_MEDIA_TYPES = {
+    "application/jsonl": SeedFormat.JSONL,
+    "application/x-ndjson": SeedFormat.JSONL,
+    "application/x-jsonlines": SeedFormat.JSONL,
+    "application/json": SeedFormat.JSON,
+    "text/csv": SeedFormat.CSV,
+    "application/vnd.apache.parquet": SeedFormat.PARQUET,
+    "application/x-parquet": SeedFormat.PARQUET,
+}
 _UTF8_BOM = codecs.BOM_UTF8
 _WIDE_BOMS = (
     (codecs.BOM_UTF32_LE, "UTF-32"),
@@ -108,6 +117,15 @@ class ColumnarRecords:
 
 
 Chunk = ParsedRecords | ColumnarRecords
+
+
+def guess_format(filename: str, media_type: str) -> SeedFormat | None:
+    """The format the filename's extension names, else the one its upload's Content-Type
+    names (`application/json; charset=utf-8` is JSON), else None."""
+    suffix = PurePosixPath(filename).suffix.lower()
+    if suffix in _EXTENSIONS:
+        return _EXTENSIONS[suffix]
+    return _MEDIA_TYPES.get(media_type.split(";")[0].strip().lower())
 
 
 def detect_format(filename: str, override: SeedFormat | str | None = None) -> SeedFormat:
@@ -603,7 +621,9 @@ class _JsonArrayElements:
     def _peek(self) -> str:
         """The next non-whitespace character ("" at end of file), reading more as needed."""
         while True:
-            self._pos = _JSON_WS.match(self._buffer, self._pos).end()
+            whitespace = _JSON_WS.match(self._buffer, self._pos)
+            assert whitespace is not None  # a `*` pattern matches the empty string
+            self._pos = whitespace.end()
             if self._pos < len(self._buffer) or not self._can_grow():
                 return self._buffer[self._pos:self._pos + 1]
 
@@ -721,7 +741,7 @@ class _RowGuard(io.RawIOBase):
     batch means the row after the last batch is too long.
     """
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes] | io.RawIOBase) -> None:
         self._stream = stream
         self._served = 0
         self._marked = 0
@@ -794,10 +814,11 @@ def _read_parquet(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
 def _leaf_columns(schema: pa.Schema, wanted: list[str], num_columns: int) -> list[int]:
     """The Parquet leaf columns of the `wanted` top-level fields (leaves are stored in field
     order; names may hold dots, so paths are not split). All of them if the count differs."""
-    leaves, start = [], 0
-    for field in schema:
-        count = _leaf_count(field.type)
-        if field.name in wanted:
+    leaves: list[int] = []
+    start = 0
+    for top_level in schema:
+        count = _leaf_count(top_level.type)
+        if top_level.name in wanted:
             leaves.extend(range(start, start + count))
         start += count
     return leaves if start == num_columns else list(range(num_columns))

@@ -16,8 +16,8 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
 
 from contracts.events.seeds import SeedFormat
-from palette.api.app import caller
 from contracts.seed_refs import parse_seed_reference
+from palette.api.app import caller
 from palette.api.errors import (
     Conflict,
     FileTooLargeError,
@@ -27,6 +27,7 @@ from palette.api.errors import (
     ValidationFailed,
     openapi_responses,
 )
+from palette.recordfiles import guess_format
 from services.seeds.api_models import (
     POSITION_UNITS,
     FailingRecordResponse,
@@ -73,7 +74,10 @@ def create_router(handlers: SeedHandlers) -> Router:
                  responses=_responses(201, 409, 413))
     def request_upload(body: UploadRequest) -> UploadGrantResponse:
         with _domain_errors():
-            grant = handlers.request_upload(caller(router), body.filename, body.format, body.size_bytes)
+            fmt = body.format
+            if fmt is None and body.content_type is not None:
+                fmt = guess_format(body.filename, body.content_type)
+            grant = handlers.request_upload(caller(router), body.filename, fmt, body.size_bytes)
         return UploadGrantResponse(
             seed_id=grant.seed_id, upload_url=grant.upload_url, expires_at=grant.expires_at,
             expires_in=handlers.upload_ttl, max_bytes=grant.max_bytes, blob_key=grant.blob_key,

@@ -75,8 +75,8 @@ class UploadRequest(BaseModel):
     size_bytes: int | None = Field(default=None, ge=0, description="declared size, refused up front if too large")
     content_type: Annotated[str, AfterValidator(_media_type)] | None = Field(
         default=None, max_length=255, examples=["application/json"],
-        description="the Content-Type the client will PUT with (any is accepted; the format comes from "
-        "`format` or the filename)",
+        description="the Content-Type the client will PUT with (any is accepted); it names the format "
+        "when neither `format` nor the filename's extension does",
     )
 
 

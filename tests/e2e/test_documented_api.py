@@ -215,6 +215,20 @@ def test_a_seed_set_lacking_a_field_reports_it_in_missing_fields(api: Any) -> No
     assert report.body["failing_records"] == [{"position": 2, "missing": ["author.biography"], "problem": None}]
 
 
+def test_the_content_type_names_the_format_when_the_filename_does_not(api: Any) -> None:
+    alice = api("alice")
+    template_id = alice("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
+    upload = alice("POST", "/seed-data/upload", {"filename": "authors", "content_type": "application/x-ndjson"})
+    assert upload.status == 201, upload.body
+    assert (upload.body["format"], upload.body["content_type"]) == ("JSONL", "application/x-ndjson")
+    assert put_file(upload.body["upload_url"], SEED_FILE + b"\n" + SEED_FILE, "application/x-ndjson") == 200
+    report = alice("POST", "/seed-data/validate", {"s3_key": upload.body["s3_key"], "template_id": template_id})
+    assert (report.status, report.body["valid"], report.body["record_count"]) == (200, True, 2), report.body
+
+    by_extension = alice("POST", "/seed-data/upload", {"filename": "a.csv", "content_type": "application/json"})
+    assert by_extension.body["format"] == "CSV"  # the extension wins, as without a content type
+
+
 def test_an_s3_key_is_the_callers_own_handle(api: Any) -> None:
     alice, bob = api("alice"), api("bob")
     template_id = bob("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
