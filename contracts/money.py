@@ -77,7 +77,7 @@ def _fixed_float(value: float, allow_nan: bool) -> str:
 class _FixedPointFloats(json.JSONEncoder):
     def iterencode(self, o: Any, _one_shot: bool = False) -> Any:
         strings: Callable[[str], str] = (
-            json.encoder.encode_basestring_ascii if self.ensure_ascii else json.encoder.encode_basestring  # type: ignore[attr-defined]
+            json.encoder.encode_basestring_ascii if self.ensure_ascii else json.encoder.encode_basestring
         )
         return json.encoder._make_iterencode(  # type: ignore[attr-defined]
             {} if self.check_circular else None, self.default, strings, self.indent,

@@ -215,11 +215,12 @@ class TemplateCatalogView:
         part, inner = _decode_token(next_token) if next_token else (wanted, None)
         if part != wanted:
             raise InvalidPageToken("next_token is not one this listing handed out")
-        index, partition = ("index2", PUBLIC) if is_public else ("index1", _owner_partition(user))
+        partition = PUBLIC if is_public else _owner_partition(user)
         items: list[dict[str, Any]] = []
         while len(items) < limit:
             page = self._reader.query(
-                index, partition, collection=TEMPLATES, limit=limit - len(items), next_token=inner
+                "index2" if is_public else "index1", partition, collection=TEMPLATES,
+                limit=limit - len(items), next_token=inner,
             )
             items.extend(item for item in page.items if item["is_public"] is is_public)
             if page.next_token is None:
