@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
+
 from palette.api.app import caller, logger
 from palette.api.errors import (
     ApiError,

@@ -41,9 +41,9 @@ class Price(BaseModel):
     ],
 )
 def test_floats_are_written_in_fixed_point(value: float, text: str) -> None:
-    assert dumps_fixed_point({"x": value, "note": "1e-06 in a string stays"}, separators=(",", ":")) == (
-        '{"x":%s,"note":"1e-06 in a string stays"}' % text
-    )
+    assert dumps_fixed_point(
+        {"x": value, "note": "1e-06 in a string stays"}, separators=(",", ":")
+    ) == (f'{{"x":{text},"note":"1e-06 in a string stays"}}')
     assert json.loads(text) == pytest.approx(value)
 
 
@@ -63,14 +63,28 @@ def test_the_facade_answers_money_numbers_without_an_exponent() -> None:
 
 def _event(path: str, token: str) -> dict[str, Any]:
     return {
-        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
         "headers": {"authorization": f"Bearer {token}"},
         "requestContext": {
-            "accountId": "123456789012", "apiId": "api", "domainName": "api.example.com",
-            "domainPrefix": "api", "requestId": str(uuid.uuid4()), "routeKey": "$default",
-            "stage": "$default", "time": "01/Nov/2026:12:00:00 +0000", "timeEpoch": int(time.time() * 1000),
-            "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-                     "userAgent": "pytest"},
+            "accountId": "123456789012",
+            "apiId": "api",
+            "domainName": "api.example.com",
+            "domainPrefix": "api",
+            "requestId": str(uuid.uuid4()),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "01/Nov/2026:12:00:00 +0000",
+            "timeEpoch": int(time.time() * 1000),
+            "http": {
+                "method": "GET",
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "pytest",
+            },
         },
         "isBase64Encoded": False,
     }
