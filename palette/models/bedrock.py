@@ -17,14 +17,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import (
+    BotoCoreError,
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    HTTPClientError,
     NoCredentialsError,
+    ParamValidationError,
     ReadTimeoutError,
 )
 
 from palette.models.port import (
+    FatalModelError,
     InvalidCredentials,
     ModelAccessDenied,
     ModelError,
@@ -162,6 +166,12 @@ class BedrockGateway(ProviderGateway):
             raise ModelServerError(f"{model}: {exc}", model=model) from exc
         except NoCredentialsError as exc:
             raise InvalidCredentials(f"{model}: {exc}", model=model) from exc
+        except HTTPClientError as exc:  # the connection dropped mid-call
+            raise ModelServerError(f"{model}: {exc}", model=model) from exc
+        except ParamValidationError as exc:
+            raise ModelRequestRejected(f"{model}: {exc}", model=model) from exc
+        except BotoCoreError as exc:  # botocore's own configuration (no region, no such profile)
+            raise FatalModelError(f"{model}: {exc}", model=model) from exc
         latency_ms = (time.perf_counter() - started) * 1000
         try:
             blocks = result["output"]["message"]["content"]

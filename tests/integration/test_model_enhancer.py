@@ -9,6 +9,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ConnectionClosedError
 from botocore.stub import Stubber
 
 from contracts.events.templates import PromptEnhanced
@@ -91,6 +92,15 @@ def test_a_bedrock_error_is_unavailable(bedrock: tuple[Any, Stubber]) -> None:
     stubber.add_client_error("converse", service_error_code="ThrottlingException", http_status_code=429)
     with pytest.raises(EnhancementUnavailable, match="ThrottlingException"):
         bedrock_enhancer(client)("req", MODEL)
+
+
+def test_a_dropped_bedrock_connection_is_unavailable() -> None:
+    class Dropping:
+        def converse(self, **params: Any) -> dict[str, Any]:
+            raise ConnectionClosedError(endpoint_url="https://bedrock-runtime.us-east-1.amazonaws.com")
+
+    with pytest.raises(EnhancementUnavailable, match="Connection was closed"):
+        bedrock_enhancer(Dropping())("req", MODEL)
 
 
 def test_the_configured_model_must_be_bedrock() -> None:

@@ -14,6 +14,12 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import (
+    ConnectionClosedError,
+    NoRegionError,
+    ParamValidationError,
+    ResponseStreamingError,
+)
 from botocore.stub import Stubber
 from multidict import CIMultiDict
 
@@ -435,6 +441,32 @@ def test_a_bedrock_validation_error_about_the_input_is_not_fatal(bedrock: tuple[
         bedrock_call(gateway, ask(model=BEDROCK_MODEL))
 
     assert not isinstance(raised.value, (FatalModelError, RetryableModelError))
+
+
+class RaisingBedrockClient:
+    """A bedrock-runtime client whose every call fails in botocore, before any service answer."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def converse(self, **params: Any) -> dict[str, Any]:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("raised", "error"),
+    [
+        (ConnectionClosedError(endpoint_url="https://bedrock-runtime.us-east-1.amazonaws.com"), ModelServerError),
+        (ResponseStreamingError(error="connection reset by peer"), ModelServerError),
+        (ParamValidationError(report="Invalid length for parameter modelId"), ModelRequestRejected),
+        (NoRegionError(), FatalModelError),
+    ],
+)
+def test_bedrock_client_side_failures_map_to_their_kind(raised: Exception, error: type[Exception]) -> None:
+    gateway = BedrockGateway(RaisingBedrockClient(raised))
+
+    with pytest.raises(error):
+        bedrock_call(gateway, ask(model=BEDROCK_MODEL))
 
 
 # Local: the real Gemma 3 270M on llama.cpp.
