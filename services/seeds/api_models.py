@@ -168,3 +168,8 @@ class SeedResponse(BaseModel):
     sha256: str | None
     record_count: int | None
     validations: list[SeedValidationResponse]
+
+    @computed_field(description="the documented name of `blob_key`")  # type: ignore[prop-decorator]
+    @property
+    def s3_key(self) -> str:
+        return self.blob_key

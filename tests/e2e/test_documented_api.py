@@ -229,6 +229,9 @@ def test_the_seed_walkthrough_as_documented(api: Any) -> None:
         report.body["missing_counts"] == {"author.name": 0} and report.body["failing_records"] == []
     )
 
+    seed = alice("GET", f"/seed-data/{upload.body['seed_id']}")
+    assert seed.status == 200 and seed.body["s3_key"] == s3_key, seed.body
+
 
 def test_a_seed_set_lacking_a_field_reports_it_in_missing_fields(api: Any) -> None:
     alice = api("alice")
