@@ -65,6 +65,11 @@ class Repository:
         """The stream's state (`initial` for a stream that does not exist) and its version."""
         return self._fold(initial, 0, self._events.read_stream(stream_id), evolve)
 
+    def events(self, stream_id: str) -> list[DomainEvent]:
+        """The stream's events, decoded: for folding another service's stream with the
+        reader's own view of it."""
+        return [recorded.decode() for recorded in self._events.read_stream(stream_id)]
+
     def execute(
         self,
         stream_id: str,

@@ -148,7 +148,7 @@ class JobHandlers:
         replace every step's model, so they are checked instead of the template's.
         """
         check_input(job_input)
-        template = template_facts(job_input.template_id, self._decoded(template_stream(job_input.template_id)))
+        template = template_facts(job_input.template_id, self._streams.events(template_stream(job_input.template_id)))
         version = template.pinned_version(user, job_input.template_version)
         unknown = [] if job_input.models else template.unknown_providers(version)
         if unknown:
@@ -167,7 +167,7 @@ class JobHandlers:
                 )
         if self._pricing is not None:
             check_budget_covers_one_call(job_input, template, version, self._pricing)
-        seed = seed_facts(job_input.seed_id, self._decoded(seed_stream(job_input.seed_id)))
+        seed = seed_facts(job_input.seed_id, self._streams.events(seed_stream(job_input.seed_id)))
         seed.check_validated(user, job_input.template_id, version)
         command = RequestJob(job_id=new_job_id(), owner=user, input=job_input, template_version=version)
         return self._execute(command.job_id, command, actor=user, correlation_id=correlation_id)
@@ -270,9 +270,6 @@ class JobHandlers:
             actor=actor,
             correlation_id=correlation_id,
         ).state
-
-    def _decoded(self, stream_id: str) -> list[DomainEvent]:
-        return [s.decode() for s in self._events.read_stream(stream_id)]
 
     def _require_id(self, job_id: str) -> None:
         if not is_job_id(job_id):

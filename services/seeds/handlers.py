@@ -163,7 +163,7 @@ class SeedHandlers:
         SeedFileRefused, and nothing is recorded.
         """
         seed = self.seed(user, seed_id)
-        template = template_requirements(template_id, self._decoded(template_stream(template_id)))
+        template = template_requirements(template_id, self._streams.events(template_stream(template_id)))
         version, required = template.fields_for(user, template_version)
         if seed.format is None:
             raise SeedNotFound(seed_id)
@@ -214,9 +214,6 @@ class SeedHandlers:
 
     def _load(self, seed_id: str) -> tuple[SeedState, int]:
         return self._streams.load(seed_stream(seed_id), SeedState(), _EVOLVE)
-
-    def _decoded(self, stream_id: str) -> list[DomainEvent]:
-        return [s.decode() for s in self._events.read_stream(stream_id)]
 
     def _blob_info(self, seed: SeedState) -> BlobInfo:
         """The size of the seed's blob without reading it; SeedNotUploaded when absent."""

@@ -123,3 +123,12 @@ def test_append_at_end_appends_after_whatever_a_rival_appended(store: RivalBefor
     recorded = Repository(store).append_at_end(STREAM, [NewEvent(published(9), actor="alice", id="e-1")])
 
     assert [(r.id, r.version) for r in recorded] == [("e-1", APPEND_ATTEMPTS)]
+
+
+def test_events_are_the_streams_decoded_events_in_order(store: SQLiteEventStore) -> None:
+    streams = Repository(store)
+    streams.execute(STREAM, publish_next, EVOLVE, 0)
+    streams.execute(STREAM, publish_next, EVOLVE, 0)
+
+    assert streams.events(STREAM) == [published(1), published(2)]
+    assert streams.events(template_stream("unknown")) == []
