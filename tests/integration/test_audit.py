@@ -32,6 +32,7 @@ from contracts.events import (
     OutputFormat,
     TokenUsage,
 )
+from contracts.streams import generation_stream, job_stream, ledger_stream
 from palette.audit.archive import (
     ArchiveError,
     export_events,
@@ -143,7 +144,7 @@ def test_a_realistic_log_verifies_on_sqlite(sqlite_store: SQLiteEventStore) -> N
 
 def test_an_edited_payload_in_sqlite_is_named_by_stream_version_and_id(sqlite_store: SQLiteEventStore) -> None:
     sqlite_store.import_recorded(small_log())
-    victim = sqlite_store.read_stream("generation-job0000001", 3, 3)[0]
+    victim = sqlite_store.read_stream(generation_stream("job0000001"), 3, 3)[0]
     assert victim.detail_type == "BatchGenerated"
     db = sqlite3.connect(sqlite_store.path)
     with db:
@@ -155,89 +156,89 @@ def test_an_edited_payload_in_sqlite_is_named_by_stream_version_and_id(sqlite_st
     assert not report.ok
     hashes = [v for v in report.violations if v.check == "hash"]
     assert [(v.stream_id, v.version, v.event_id, v.position) for v in hashes] == [
-        ("generation-job0000001", 3, victim.id, victim.position)
+        (generation_stream("job0000001"), 3, victim.id, victim.position)
     ]
     assert "altered" in hashes[0].message
     exports = [v for v in report.violations if v.check == "export"]
-    assert exports and exports[0].stream_id == "generation-job0000001"
+    assert exports and exports[0].stream_id == generation_stream("job0000001")
     assert "exported 400 rows, batches generated 1300" in exports[0].message
 
 
 def test_an_edited_payload_in_dynamodb_is_named_by_stream_version_and_id(dynamo: tuple[DynamoDBEventStore, Any]) -> None:
     store, client = dynamo
-    append(store, "job-j1", requested("j1"))
-    append(store, "generation-j1", generated("j1", 0), generated("j1", 1))
-    append(store, "ledger-j1", charged("j1", 0), charged("j1", 1))
+    append(store, job_stream("j1"), requested("j1"))
+    append(store, generation_stream("j1"), generated("j1", 0), generated("j1", 1))
+    append(store, ledger_stream("j1"), charged("j1", 0), charged("j1", 1))
     assert verify_log(store, page_size=3).ok
     client.update_item(
         TableName=TABLE,
-        Key={"stream_id": {"S": "ledger-j1"}, "version": {"N": "2"}},
+        Key={"stream_id": {"S": ledger_stream("j1")}, "version": {"N": "2"}},
         UpdateExpression="SET detail = :d",
-        ExpressionAttributeValues={":d": {"S": store.read_stream("ledger-j1", 2, 2)[0].detail.replace("0.10", "0.01")}},
+        ExpressionAttributeValues={":d": {"S": store.read_stream(ledger_stream("j1"), 2, 2)[0].detail.replace("0.10", "0.01")}},
     )
     report = verify_log(store, page_size=3)
-    tampered = store.read_stream("ledger-j1", 2, 2)[0]
+    tampered = store.read_stream(ledger_stream("j1"), 2, 2)[0]
     assert [(v.check, v.stream_id, v.version, v.event_id) for v in report.violations] == [
-        ("hash", "ledger-j1", 2, tampered.id)
+        ("hash", ledger_stream("j1"), 2, tampered.id)
     ]
 
 
 def test_a_rehashed_event_breaks_the_link_to_the_next_one(sqlite_store: SQLiteEventStore) -> None:
-    append(sqlite_store, "job-j1", requested("j1"))
-    append(sqlite_store, "generation-j1", generated("j1", 0), generated("j1", 1))
-    first = sqlite_store.read_stream("generation-j1", 1, 1)[0]
+    append(sqlite_store, job_stream("j1"), requested("j1"))
+    append(sqlite_store, generation_stream("j1"), generated("j1", 0), generated("j1", 1))
+    first = sqlite_store.read_stream(generation_stream("j1"), 1, 1)[0]
     forged = first._replace(detail=first.detail.replace('"rows":10', '"rows":11'))
     db = sqlite3.connect(sqlite_store.path)
     with db:
         db.execute("UPDATE events SET detail = ?, hash = ? WHERE id = ?", (forged.detail, forged.expected_hash(), first.id))
     db.close()
     report = verify_log(sqlite_store)
-    assert [(v.check, v.stream_id, v.version) for v in report.violations] == [("chain", "generation-j1", 2)]
+    assert [(v.check, v.stream_id, v.version) for v in report.violations] == [("chain", generation_stream("j1"), 2)]
 
 
 def test_a_removed_event_shows_as_a_position_gap_and_a_version_gap(sqlite_store: SQLiteEventStore) -> None:
-    append(sqlite_store, "job-j1", requested("j1"))
-    append(sqlite_store, "generation-j1", generated("j1", 0), generated("j1", 1), generated("j1", 2))
+    append(sqlite_store, job_stream("j1"), requested("j1"))
+    append(sqlite_store, generation_stream("j1"), generated("j1", 0), generated("j1", 1), generated("j1", 2))
     db = sqlite3.connect(sqlite_store.path)
     with db:
         db.execute("DELETE FROM events WHERE stream_id = 'generation-j1' AND version = 2")
     db.close()
     checks = {(v.check, v.stream_id, v.version, v.position) for v in verify_log(sqlite_store).violations}
-    assert ("position", "generation-j1", 3, 4) in checks
-    assert ("version", "generation-j1", 3, 4) in checks
-    assert ("chain", "generation-j1", 3, 4) in checks
+    assert ("position", generation_stream("j1"), 3, 4) in checks
+    assert ("version", generation_stream("j1"), 3, 4) in checks
+    assert ("chain", generation_stream("j1"), 3, 4) in checks
 
 
 def test_a_missing_position_on_dynamodb_hides_nothing(dynamo: tuple[DynamoDBEventStore, Any]) -> None:
     store, client = dynamo
-    append(store, "job-j1", requested("j1"))
-    append(store, "generation-j1", generated("j1", 0))
-    append(store, "generation-j1", generated("j1", 1))
-    client.delete_item(TableName=TABLE, Key={"stream_id": {"S": "generation-j1"}, "version": {"N": "1"}})
+    append(store, job_stream("j1"), requested("j1"))
+    append(store, generation_stream("j1"), generated("j1", 0))
+    append(store, generation_stream("j1"), generated("j1", 1))
+    client.delete_item(TableName=TABLE, Key={"stream_id": {"S": generation_stream("j1")}, "version": {"N": "1"}})
     report = verify_log(store)
-    assert ("stream", "generation-j1", 1) in {(v.check, v.stream_id, v.version) for v in report.violations}
+    assert ("stream", generation_stream("j1"), 1) in {(v.check, v.stream_id, v.version) for v in report.violations}
 
 
 # -- verify: the domain invariants ---------------------------------------------------------
 
 
 def test_each_broken_invariant_names_its_event(sqlite_store: SQLiteEventStore) -> None:
-    append(sqlite_store, "job-j1", requested("j1", budget="0.15"))
-    append(sqlite_store, "generation-j1", generated("j1", 0), generated("j1", 1), generated("j1", 2))
-    append(sqlite_store, "ledger-j1", charged("j1", 0), charged("j1", 1), charged("j1", 1), charged("j1", 7))
-    append(sqlite_store, "generation-j1", exported("j1", 25))
-    append(sqlite_store, "job-j1", NewEvent(JobCompleted(job_id="j1", records_completed=25)))
-    append(sqlite_store, "generation-j1", generated("j1", 3))
+    append(sqlite_store, job_stream("j1"), requested("j1", budget="0.15"))
+    append(sqlite_store, generation_stream("j1"), generated("j1", 0), generated("j1", 1), generated("j1", 2))
+    append(sqlite_store, ledger_stream("j1"), charged("j1", 0), charged("j1", 1), charged("j1", 1), charged("j1", 7))
+    append(sqlite_store, generation_stream("j1"), exported("j1", 25))
+    append(sqlite_store, job_stream("j1"), NewEvent(JobCompleted(job_id="j1", records_completed=25)))
+    append(sqlite_store, generation_stream("j1"), generated("j1", 3))
     report = verify_log(sqlite_store)
     found = {(v.check, v.stream_id, v.version) for v in report.violations}
     assert found == {
-        ("budget", "ledger-j1", 2),
-        ("charge", "ledger-j1", 3),
-        ("charge", "ledger-j1", 4),
-        ("charge", "generation-j1", 3),
-        ("charge", "generation-j1", 5),
-        ("terminal", "generation-j1", 5),
-        ("export", "generation-j1", 4),
+        ("budget", ledger_stream("j1"), 2),
+        ("charge", ledger_stream("j1"), 3),
+        ("charge", ledger_stream("j1"), 4),
+        ("charge", generation_stream("j1"), 3),
+        ("charge", generation_stream("j1"), 5),
+        ("terminal", generation_stream("j1"), 5),
+        ("export", generation_stream("j1"), 4),
     }
     messages = {v.check + ":" + v.message for v in report.violations}
     assert "budget:recorded spend 0.40 exceeds the budget 0.15" in messages
@@ -248,8 +249,8 @@ def test_each_broken_invariant_names_its_event(sqlite_store: SQLiteEventStore) -
 
 
 def test_a_running_jobs_uncharged_batch_is_pending_not_a_violation(sqlite_store: SQLiteEventStore) -> None:
-    append(sqlite_store, "job-j1", requested("j1"))
-    append(sqlite_store, "generation-j1", generated("j1", 0))
+    append(sqlite_store, job_stream("j1"), requested("j1"))
+    append(sqlite_store, generation_stream("j1"), generated("j1", 0))
     report = verify_log(sqlite_store)
     assert report.ok
     assert len(report.pending) == 1 and "batch 0 awaits its charge" in report.pending[0]
@@ -286,7 +287,7 @@ def _findings(report: Any) -> tuple[Any, ...]:
 
 def test_parallel_sqlite_scan_and_port_pass_report_the_same_findings(sqlite_store: SQLiteEventStore) -> None:
     sqlite_store.import_recorded(list(realistic_log(400, batches=6, concurrent=4)))
-    append(sqlite_store, "generation-job0000001", generated("job0000001", 6))
+    append(sqlite_store, generation_stream("job0000001"), generated("job0000001", 6))
     db = sqlite3.connect(sqlite_store.path)
     (removed_from,) = db.execute("SELECT stream_id FROM events WHERE position = 200").fetchone()
     with db:
@@ -306,7 +307,7 @@ def test_parallel_sqlite_scan_and_port_pass_report_the_same_findings(sqlite_stor
     found = {(v.check, v.position) for v in sequential.violations}
     assert {("hash", 40), ("hash", 120), ("detail", 120), ("position", 201), ("hash", 300)} <= found
     assert {"version", "chain"} <= {v.check for v in sequential.violations if v.stream_id == removed_from}
-    assert any(v.check == "terminal" and v.stream_id == "generation-job0000001" for v in sequential.violations)
+    assert any(v.check == "terminal" and v.stream_id == generation_stream("job0000001") for v in sequential.violations)
 
 
 def test_an_intact_log_verifies_alike_in_parallel(sqlite_store: SQLiteEventStore) -> None:
@@ -547,7 +548,7 @@ def test_a_diff_stops_at_the_live_checkpoint_so_lag_is_no_difference(tmp_path: P
 def test_as_of_builds_the_dashboard_as_it_stood_then(tmp_path: Path, sqlite_store: SQLiteEventStore) -> None:
     log = small_log()
     sqlite_store.import_recorded(log)
-    batches = [e for e in log if e.detail_type == "BatchGenerated" and e.stream_id == "generation-job0000000"]
+    batches = [e for e in log if e.detail_type == "BatchGenerated" and e.stream_id == generation_stream("job0000000")]
     moment = batches[1].time
     replay_into(sqlite_store, local_projections(), tmp_path / "then", as_of=parse_as_of(moment))
     store = SQLiteReadModelStore(tmp_path / "then" / "projections.db")
@@ -600,7 +601,7 @@ def test_a_job_timeline_merges_its_streams_and_reconciles_its_cost(sqlite_store:
     sqlite_store.import_recorded(small_log())
     audit = audit_job(sqlite_store, "job0000001")
     streams = {e.stream_id for e in audit.entries}
-    assert streams == {"job-job0000001", "generation-job0000001", "ledger-job0000001"}
+    assert streams == {job_stream("job0000001"), generation_stream("job0000001"), ledger_stream("job0000001")}
     positions = [e.position for e in audit.entries]
     assert positions == sorted(positions)
     request = audit.entries[0]
@@ -616,9 +617,9 @@ def test_a_job_timeline_merges_its_streams_and_reconciles_its_cost(sqlite_store:
 
 
 def test_a_double_charge_and_a_mispriced_batch_are_discrepancies(sqlite_store: SQLiteEventStore) -> None:
-    append(sqlite_store, "job-j1", requested("j1"))
-    append(sqlite_store, "generation-j1", generated("j1", 0), generated("j1", 1))
-    append(sqlite_store, "ledger-j1", charged("j1", 0), charged("j1", 0), charged("j1", 1))
+    append(sqlite_store, job_stream("j1"), requested("j1"))
+    append(sqlite_store, generation_stream("j1"), generated("j1", 0), generated("j1", 1))
+    append(sqlite_store, ledger_stream("j1"), charged("j1", 0), charged("j1", 0), charged("j1", 1))
     r = audit_job(sqlite_store, "j1").reconciliation
     assert "batch 0 was charged 2 times" in r.discrepancies
     assert any(d.startswith("batch 1: model tokens charged $0.10, priced $") for d in r.discrepancies)
@@ -628,7 +629,7 @@ def test_a_double_charge_and_a_mispriced_batch_are_discrepancies(sqlite_store: S
 
 
 def test_a_fan_out_job_completed_with_errors_audits_as_completed_with_errors(sqlite_store: SQLiteEventStore) -> None:
-    append(sqlite_store, "job-j1", requested("j1"), NewEvent(JobCompleted(
+    append(sqlite_store, job_stream("j1"), requested("j1"), NewEvent(JobCompleted(
         job_id="j1", records_completed=10, outcome="COMPLETED_WITH_ERRORS", failed_models={MODEL: "MODEL_ERROR"},
     )))
     assert audit_job(sqlite_store, "j1").reconciliation.status == "COMPLETED_WITH_ERRORS"
