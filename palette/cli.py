@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -32,7 +32,7 @@ CORS_ORIGINS_ENV = "PALETTE_CORS_ORIGINS"
 LEASE_SECONDS_ENV = "PALETTE_LEASE_SECONDS"
 
 
-def fail(reason: str, code: int = 1) -> None:
+def fail(reason: str, code: int = 1) -> NoReturn:
     typer.echo(f"error: {reason}", err=True)
     raise typer.Exit(code)
 

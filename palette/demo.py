@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -124,7 +126,9 @@ def _dashboard(http: httpx.Client, job_id: str) -> dict | None:
     return response.json() if response.status_code == 200 else None
 
 
-def _summary(http: httpx.Client, console: Console, job_id: str, dashboard: dict, elapsed: float) -> None:
+def _summary(
+    http: httpx.Client, console: Console, job_id: str, dashboard: Mapping[str, Any], elapsed: float
+) -> None:
     tokens = dashboard.get("tokens", {})
     total_in = sum(t.get("input_tokens", 0) for t in tokens.values())
     total_out = sum(t.get("output_tokens", 0) for t in tokens.values())

@@ -40,14 +40,14 @@ import re
 import time
 import types
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, MappingView
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from contextvars import ContextVar
 from datetime import date, datetime, timedelta
 from datetime import time as time_of_day
 from decimal import Decimal
 from itertools import chain
 from string import Formatter
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import StrictUndefined, Template, nodes, pass_context
 from jinja2.exceptions import SecurityError
@@ -176,7 +176,7 @@ def _shape(value: Any, limit: int = MAX_VALUE_CHARS) -> tuple[int, int, int]:
             if size <= limit:
                 stack.extend((key, level + 1) for key in item.keys())
                 stack.extend((entry, level + 1) for entry in item.values())
-        elif isinstance(item, (list, tuple, set, frozenset, deque, MappingView)):
+        elif isinstance(item, (list, tuple, set, frozenset, deque, KeysView, ValuesView, ItemsView)):
             size += (3 if type(item) in (list, tuple) else 16) + 2 * len(item)
             if size <= limit:
                 stack.extend((entry, level + 1) for entry in item)
@@ -343,7 +343,7 @@ def _argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], position: int, n
     return args[position] if len(args) > position else kwargs.get(name, default)
 
 
-def _text_method_size(text: str | bytes, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+def _text_method_size(text: str | bytes | bytearray, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
     """Upper bound of what a str or bytes method returns, as text; 0 for small results."""
     length = len(text)
     if method in _PADDING:
@@ -357,7 +357,7 @@ def _text_method_size(text: str | bytes, method: str, args: tuple[Any, ...], kwa
         old, new = args[0], args[1]
         if not isinstance(old, type(text)) or not isinstance(new, type(text)):
             return length
-        occurrences = length + 1 if not old else text.count(old)
+        occurrences = length + 1 if not old else text.count(old)  # type: ignore[arg-type]
         count = _argument(args, kwargs, 2, "count", -1)
         if isinstance(count, int) and count >= 0:
             occurrences = min(occurrences, count)
@@ -782,7 +782,7 @@ class _Guards(NodeTransformer):
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
-        node.iter = _call(_LOOP_GUARD, [node.iter], node.lineno)
+        node.iter = _call(_LOOP_GUARD, [cast(nodes.Expr, node.iter)], node.lineno)
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:

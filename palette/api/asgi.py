@@ -32,10 +32,11 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
+from aws_lambda_powertools.utilities.typing import LambdaContext as PowertoolsContext
 
 from palette.api.app import well_formed_id
 from palette.api.errors import error_body
@@ -142,9 +143,10 @@ class PooledResolver:
         self._admitted += 1
         try:
             event = http_api_event(scope, body, request_id)
+            context = cast(PowertoolsContext, LambdaContext(request_id))  # the attributes it reads
             resolve = contextvars.Context().run
             response = await asyncio.get_running_loop().run_in_executor(
-                self._executor, resolve, self._app.resolve, event, LambdaContext(request_id)
+                self._executor, resolve, self._app.resolve, event, context
             )
             await send_response(send, response, request_id)
         finally:

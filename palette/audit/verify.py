@@ -88,7 +88,7 @@ class EventRef(NamedTuple):
         return f"{self.stream_id} v{self.version} (position {self.position}, {self.detail_type} {self.event_id})"
 
 
-_ref_of: Callable[[tuple[Any, ...]], EventRef] = partial(tuple.__new__, EventRef)  # type: ignore[assignment]
+_ref_of: Callable[[tuple[Any, ...]], EventRef] = partial(tuple.__new__, EventRef)
 """EventRef of a row's first five fields, without the named tuple's argument parsing."""
 
 

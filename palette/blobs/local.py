@@ -111,8 +111,8 @@ class LocalBlobStore(BlobStore):
                     with suppress(FileNotFoundError):
                         (here / name).unlink()
                         emptied.append(here)
-        for folder in sorted(set(emptied), key=lambda path: len(path.parts), reverse=True):
-            self._remove_empty_folders(folder)
+        for emptied_folder in sorted(set(emptied), key=lambda path: len(path.parts), reverse=True):
+            self._remove_empty_folders(emptied_folder)
         return len(emptied)
 
     def upload_url(self, key: str, expires_in: int = 900, max_bytes: int | None = None) -> str:
@@ -236,7 +236,7 @@ def _chunks_of(source: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
         while chunk := reader.read(COPY_CHUNK_BYTES):
             yield chunk
     else:
-        yield from source  # type: ignore[misc]
+        yield from source
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -15,7 +15,7 @@ client is); boto3 otherwise still produces SigV2 URLs in us-east-1.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -199,7 +199,7 @@ class S3BlobStore(BlobStore):
             ExpiresIn=_checked_expiry(expires_in),
         )
 
-    def _delete_batch(self, object_keys: list[str]) -> int:
+    def _delete_batch(self, object_keys: Sequence[str]) -> int:
         response = self._client.delete_objects(
             Bucket=self.bucket,
             Delete={"Objects": [{"Key": k} for k in object_keys], "Quiet": True},
@@ -229,7 +229,7 @@ class ChunkReader(io.RawIOBase):
             file: BinaryIO = source  # type: ignore[assignment]
             self._chunks: Iterator[bytes] = iter(lambda: file.read(1024 * 1024), b"")
         else:
-            self._chunks = iter(source)  # type: ignore[arg-type]
+            self._chunks = iter(source)
         self._pending = memoryview(b"")
         self.bytes_read = 0
 

@@ -248,13 +248,13 @@ class EventBridgePublisher:
             result = results[index] if index < len(results) else {
                 "ErrorCode": "MissingResult", "ErrorMessage": "PutEvents returned no result"
             }
-            code = result.get("ErrorCode")
-            if not code:
+            entry_error = result.get("ErrorCode")
+            if not entry_error:
                 report.published.append(
                     PublishedEvent(item.event.id, result.get("EventId"), item.payload_in_blob)
                 )
                 continue
-            retry.extend(self._failed([item], report, attempt, code, result.get("ErrorMessage", "")))
+            retry.extend(self._failed([item], report, attempt, entry_error, result.get("ErrorMessage", "")))
         return retry
 
     @staticmethod

@@ -109,13 +109,13 @@ class _SQLiteDocumentWriter(DocumentWriter):
         if held is not _NOT_HELD:
             if held is None:
                 return None
-            body = held.body  # type: ignore[union-attr]
+            body = held.body
             return body if type(body) is dict else dict(body)
         read = self._read.get(where, _NOT_HELD)
         if read is _NOT_HELD:
             row = self.db.execute(self._select, where).fetchone()
             read = self._read[where] = None if row is None else decode_body(row[0])
-        return read  # type: ignore[return-value]
+        return read
 
     def put(self, document: Document) -> None:
         where = (document.collection, document.key)
@@ -160,7 +160,7 @@ def _row(document: Document, finish: Callable[[dict[str, Any]], Mapping[str, Any
     )
 
 
-_NOT_HELD = object()
+_NOT_HELD: Any = object()
 
 
 class SQLiteDocumentReader(DocumentReader):

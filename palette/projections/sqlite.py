@@ -162,8 +162,8 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
                 )
                 if projection.track_streams:
                     for letter in batch.dead_letters:
-                        tracked = applied_versions.get(letter.stream_id, 0)
-                        applied_versions[letter.stream_id] = max(tracked, letter.version)
+                        head = applied_versions.get(letter.stream_id, 0)
+                        applied_versions[letter.stream_id] = max(head, letter.version)
             _track(db, name, applied_versions, batch.advance_to)
 
     def dead_letters(self, projection: SQLiteProjection) -> list[DeadLetter]:
