@@ -634,23 +634,3 @@ def test_a_fan_out_job_completed_with_errors_audits_as_completed_with_errors(sql
     )))
     assert audit_job(sqlite_store, "j1").reconciliation.status == "COMPLETED_WITH_ERRORS"
 
-
-# -- re-driving consumers on AWS -----------------------------------------------------------
-
-
-def test_an_eventbridge_archive_and_replay_are_set_up_for_palette_events() -> None:
-    from datetime import UTC, datetime
-
-    from palette.audit.redrive import ensure_archive, replay_state, start_replay
-
-    with mock_aws():
-        events = boto3.client("events", region_name="us-east-1")
-        bus_arn = events.create_event_bus(Name="palette")["EventBusArn"]
-        archive_arn = ensure_archive(events, bus_arn)
-        assert ensure_archive(events, bus_arn) == archive_arn
-        pattern = json.loads(events.describe_archive(ArchiveName="palette-all")["EventPattern"])
-        assert pattern == {"source": [{"prefix": "palette."}]}
-        name = start_replay(
-            events, archive_arn, bus_arn, datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)
-        )
-        assert replay_state(events, name) in {"STARTING", "RUNNING", "COMPLETED"}
