@@ -25,7 +25,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from contracts.envelope import StoredEvent, bus_event
+from contracts.envelope import StoredEvent
 from palette.blobs.port import BlobStore
 from palette.bus.port import BusError, Handler
 from palette.projections.runner import ProjectionRunner
@@ -68,13 +68,6 @@ def stored_event_from_message(
         )
     except (KeyError, TypeError) as error:
         raise MalformedBusMessage(f"not a Palette bus event: missing {error}") from None
-
-
-def bus_event_from_message(
-    body: str | bytes | Mapping[str, Any], blobs: BlobStore | None = None
-) -> dict[str, Any]:
-    """The message as the local bus matches it (`bus_event`), payload restored."""
-    return bus_event(stored_event_from_message(body, blobs))
 
 
 def _payload(pointer: Mapping[str, Any], blobs: BlobStore | None) -> str:

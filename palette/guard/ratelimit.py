@@ -160,16 +160,6 @@ class DynamoDBBucketStore(BucketStore):
         return Decision(False, 0, 1.0 / limit.per_second)
 
 
-def create_bucket_table(client: Any, table: str) -> None:
-    """The rate-limit table (tests and the local moto server; infra declares it on AWS)."""
-    client.create_table(
-        TableName=table,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-
-
 class RateLimiter:
     """Decides whether a caller may make one more request of a route class now."""
 

@@ -173,13 +173,6 @@ def on_backend(projection: DocumentProjection, backend: type[W], prefix: str) ->
     return instance
 
 
-def encode_document(document: Document) -> str:
-    """The body's JSON text, after checking the document against the limits both backends
-    share (see the module's docstring); raises InvalidDocument."""
-    check_document(document)
-    return encode_body(document.collection, document.key, document.body)
-
-
 def check_document(document: Document) -> None:
     """Check a document's collection, key and index entries (not its body) against the
     shared limits; raises InvalidDocument."""

@@ -517,7 +517,7 @@ def test_a_body_that_is_not_json_sets_its_event_aside_and_writes_nothing_of_it(
 
 
 def test_documents_outside_the_shared_limits_are_refused() -> None:
-    from palette.projections.documents import encode_document
+    from palette.projections.documents import check_document, encode_body
 
     for document in (
         Document("a#b", "k", {}),
@@ -529,7 +529,8 @@ def test_documents_outside_the_shared_limits_are_refused() -> None:
         Document("jobs", "k", {"nan": float("nan")}),
     ):
         with pytest.raises(InvalidDocument):
-            encode_document(document)
+            check_document(document)
+            encode_body(document.collection, document.key, document.body)
 
 
 def test_bad_tokens_and_limits_are_refused(backend: Backend, log: JobLog) -> None:

@@ -23,8 +23,8 @@ from contracts import streams
 from contracts.catalog import CATALOG
 from palette.eventstore.dynamodb import create_table
 from palette.guard.aws import PARAMETER_ENV, TABLE_ENV
-from palette.guard.ratelimit import create_bucket_table
 from scripts import infra_schemas
+from tests.fakes.rate_limit_table import create_bucket_table
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"

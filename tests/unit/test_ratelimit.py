@@ -16,10 +16,10 @@ from palette.guard.ratelimit import (
     DynamoDBBucketStore,
     RateLimiter,
     SQLiteBucketStore,
-    create_bucket_table,
     route_class,
     take_token,
 )
+from tests.fakes.rate_limit_table import create_bucket_table
 
 LIMITS = {
     "jobs": BucketLimit(per_minute=6, burst=2),
