@@ -75,7 +75,8 @@ def pricing_catalog(overrides: str | None, openai_base_url: str | None | object 
 
     The shipped `openai/*` entry prices every OpenAI-compatible model at $0, because such an
     endpoint is usually self-hosted (vLLM, Ollama, llama.cpp). That holds only for an endpoint
-    on this machine: when `OPENAI_BASE_URL` names any other host and the operator did not
+    on this machine: when `OPENAI_BASE_URL` names any other host, or is unset (the adapter
+    then calls api.openai.com), and the operator did not
     price `openai/*` themselves, the free default is dropped, so an unpriced model is refused
     at job creation instead of running unbilled and outside its budget on a provider that
     charges. The catalog then has a version of its own (the audit reprices by version).
@@ -83,7 +84,7 @@ def pricing_catalog(overrides: str | None, openai_base_url: str | None | object 
     catalog = with_overrides(DEFAULT_CATALOG, overrides) if overrides else DEFAULT_CATALOG
     base_url = os.environ.get("OPENAI_BASE_URL") if openai_base_url is _FROM_ENVIRONMENT else openai_base_url
     priced_by_operator = bool(overrides) and OPENAI_WILDCARD in (json.loads(overrides or "{}").get("models") or {})
-    if base_url and not _on_this_machine(str(base_url)) and OPENAI_WILDCARD in catalog.models and not priced_by_operator:
+    if not (base_url and _on_this_machine(str(base_url))) and OPENAI_WILDCARD in catalog.models and not priced_by_operator:
         catalog = with_overrides(catalog, {"models": {OPENAI_WILDCARD: None}})
     return catalog
 

@@ -199,7 +199,7 @@ def job(
 
     store = open_events(data_dir, runtime)
     try:
-        result = audit_job(store, job_id, (DEFAULT_CATALOG, installation_catalog(data_dir, runtime)))
+        result = audit_job(store, job_id, (DEFAULT_CATALOG, *installation_catalogs(data_dir, runtime)))
     except JobNotInLog as error:
         fail(str(error), 2)
     finally:
@@ -212,17 +212,25 @@ def job(
         fail(f"job {job_id}: {result.reconciliation.discrepancies[0]}")
 
 
-def installation_catalog(data_dir: Path, runtime: str) -> Any:
-    """The pricing catalog this installation's billing charges with."""
+def installation_catalogs(data_dir: Path, runtime: str) -> tuple[Any, ...]:
+    """The pricing catalogs this installation's billing may have charged with: its overrides
+    with the free `openai/*` default of a self-hosted endpoint, and without it (an endpoint
+    elsewhere). Which one billing used depended on OPENAI_BASE_URL where it ran, not where
+    the audit runs; each charge names its catalog's version, so the audit offers both."""
     from palette.adapters import PRICING_OVERRIDES_FILE, AwsSettings, pricing_catalog
 
     if runtime == "aws":
-        return pricing_catalog(AwsSettings.from_env().pricing_overrides)
-    overrides = Path(data_dir) / PRICING_OVERRIDES_FILE
+        text = AwsSettings.from_env().pricing_overrides
+    else:
+        overrides = Path(data_dir) / PRICING_OVERRIDES_FILE
+        text = overrides.read_text() if overrides.exists() else None
     try:
-        return pricing_catalog(overrides.read_text() if overrides.exists() else None)
+        return tuple(pricing_catalog(text, openai_base_url=url) for url in (SELF_HOSTED, None))
     except ValueError as error:
-        fail(f"{overrides}: {error}")
+        fail(f"{PRICING_OVERRIDES_FILE}: {error}")
+
+
+SELF_HOSTED = "http://127.0.0.1/v1"
 
 
 def _print_job(result: Any) -> None:
