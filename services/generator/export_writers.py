@@ -190,7 +190,7 @@ class DataFiles:
     def _sinks_for(self, value: str | None) -> list[FileSink]:
         if value in self._sinks:
             return self._sinks[value]
-        if len(self._sinks) >= MAX_PARTITIONS:
+        if self._rule is not None and len(self._sinks) >= MAX_PARTITIONS:
             raise ExportError(
                 f"partitioning by {self._rule.name!r} makes more than {MAX_PARTITIONS} partitions"
             )

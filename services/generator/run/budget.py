@@ -49,7 +49,7 @@ class RunBudget:
         covers it, the job is over: raises BudgetRefused. Raises Abandoned once the run
         is ending (a release still lets records in flight finish)."""
         while True:
-            if self.ending.ending is not None and self.ending.ending is not Ending.RELEASED:
+            if self.ending.current is not None and self.ending.current is not Ending.RELEASED:
                 raise Abandoned()
             moved = self._moved
             reservation = self.guard.reserve(self.job_id, model, input_tokens, max_tokens)

@@ -55,7 +55,7 @@ class RunEnd:
     async def end(self) -> RunResult:
         done = records_recorded(self.lanes)
         job_id = self.job.job_id
-        ending = self.ending.ending
+        ending = self.ending.current
         if ending is Ending.FAILED:
             failure = self.ending.failure or JobFailure("INTERNAL", "unknown failure")
             failed = GenerationFailed(job_id=job_id, code=failure.code, reason=failure.reason, records_completed=done)

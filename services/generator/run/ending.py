@@ -56,14 +56,14 @@ class RunEnding:
     listener hears when it changes."""
 
     def __init__(self) -> None:
-        self.ending: Ending | None = None
+        self.current: Ending | None = None
         self.failure: JobFailure | None = None
         self.listeners: list[Callable[[], None]] = []
 
     def end_with(self, ending: Ending, failure: JobFailure | None = None) -> None:
         """Set why the run ends; a failure or a lost claim overrides a softer ending."""
-        if self.ending is None or ending.rank > self.ending.rank:
-            self.ending = ending
+        if self.current is None or ending.rank > self.current.rank:
+            self.current = ending
             if failure is not None:
                 self.failure = failure
             for listener in self.listeners:

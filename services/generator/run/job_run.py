@@ -105,7 +105,7 @@ class JobRun:
         if self.writer.lost:
             writer.cancel()
             return self.end.lost()
-        ending = self.ending.ending
+        ending = self.ending.current
         if ending is not Ending.FAILED:
             for lane in self.lanes:
                 if lane.failure is None:
@@ -146,17 +146,17 @@ class JobRun:
         loop = asyncio.get_running_loop()
         grace_deadline: float | None = None
         while True:
-            if self.ending.ending is None:
+            if self.ending.current is None:
                 self._launch(loop)
             if not self.tasks and (
-                self.ending.ending is not None or not any(lane.can_start for lane in self.lanes)
+                self.ending.current is not None or not any(lane.can_start for lane in self.lanes)
             ):
                 return
-            if self.ending.ending is not None and self.ending.ending.abrupt:
+            if self.ending.current is not None and self.ending.current.abrupt:
                 await self._cancel(list(self.tasks))
                 return
             timeout = None
-            if self.ending.ending is not None:
+            if self.ending.current is not None:
                 if grace_deadline is None:
                     grace_deadline = time.monotonic() + self.options.grace_seconds
                 timeout = grace_deadline - time.monotonic()
@@ -241,7 +241,7 @@ class JobRun:
             await asyncio.sleep(self.options.stop_poll_seconds)
             if self.stop.is_set():
                 self.ending.end_with(Ending.RELEASED)
-            if self.ending.ending is None and self.options.flush_seconds > 0:
+            if self.ending.current is None and self.options.flush_seconds > 0:
                 for lane in self.lanes:
                     flush_on_time(lane, self.batches, self.options.flush_seconds)
             if time.monotonic() >= next_check:

@@ -87,7 +87,7 @@ class RecordMaker:
         their outputs compare one to one."""
         attempt = 0
         while True:
-            if self.ending.ending is not None and attempt > 0:
+            if self.ending.current is not None and attempt > 0:
                 raise Abandoned()
             row = self.rows[seed_row_index(self.job_id, index, attempt, len(self.rows))]
             try:
@@ -264,7 +264,7 @@ class RecordMaker:
                 limiter.release(permit)
                 budget.settle(lane, index, reservation, call_usage(response))
                 return response
-            if attempt == attempts or self.ending.ending is not None or lane.failure is not None:
+            if attempt == attempts or self.ending.current is not None or lane.failure is not None:
                 raise RecordAttemptFailed(f"{type(failure).__name__} after {attempt} tries: {failure}")
             await asyncio.sleep(
                 backoff_delay(
