@@ -1,5 +1,4 @@
-"""`rebuild_live`: every live projection rebuilt from the log in a fresh store and swapped
-in, all or none; readers see the old views until the swap."""
+"""Rebuilds the live projections from the log in fresh stores and swaps them in."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Comparing views: the rebuilt read models against the live ones, document by document,
-the rebuild stopped at each live projection's checkpoint so lag is not a difference."""
+"""Compares rebuilt read models with the live ones, document by document."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""`replay_into`: the read models built from the log into a new SQLite file, split over
-processes by partitions of the streams when the log is big enough to pay for them."""
+"""Builds the read models into a new SQLite file, split over processes on a big log."""
 
 from __future__ import annotations
 

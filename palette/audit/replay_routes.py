@@ -1,6 +1,4 @@
-"""How a replay's events reach its targets: a `Route` per target, and the sinks that hold
-and commit what the routes apply (a SQLite store's targets streamed together, any other
-store's in batches of its own)."""
+"""How a replay's events reach its targets: a Route per target and the sinks that commit."""
 
 from __future__ import annotations
 

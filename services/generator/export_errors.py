@@ -1,5 +1,4 @@
-"""Why an export cannot be made: every step of an export raises these, the run maps them to
-GenerationFailed(EXPORT_FAILED)."""
+"""Why an export cannot be made; the run records either as GenerationFailed(EXPORT_FAILED)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The export's shape: the Arrow type inferred for each JSON column, the nested (Parquet)
-and flattened (CSV) schemas, and records converted to them once per chunk."""
+"""The export's Arrow shape: inferred JSON column types, Parquet and CSV schemas, chunks."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Partitioning an export: which Hive-style folder each record goes to, and a record's
-`created_at` as the UTC time the date partition and Parquet read."""
+"""Which Hive-style folder of an export each record goes to."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The first read of an export: the parts must be exactly records 0..n-1 of the job (per
-model for a fan-out job), and the JSON columns' Arrow types are inferred across all of them."""
+"""Checks an export's parts are exactly records 0..n-1 and infers their JSON types."""
 
 from __future__ import annotations
 

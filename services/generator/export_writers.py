@@ -1,5 +1,4 @@
-"""The export's data files: one writer per format (Parquet, CSV, JSONL) streaming to a local
-temp file hashed while written, one set of them per partition."""
+"""The export's data files: a hashed local file per format, one set per partition."""
 
 from __future__ import annotations
 

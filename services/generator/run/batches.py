@@ -1,5 +1,4 @@
-"""Cutting a lane's finished records into batches, in order, for the writer: full batches,
-a batch flushed on time, a release's short batch, a stop's last batch."""
+"""Cuts a lane's finished records into batches, in order, for the writer."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The run's side of the budget: each call reserves its worst case within the run's
-tranches, takes another tranche or waits when it does not fit, and is settled once answered."""
+"""Keeps each call of a run within the job's budget: reserve, take tranches, settle."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The run's end: one append that says how it ended (with the dataset's export when records
-were made and nothing resumes), after the usage no batch recorded."""
+"""Records how a run ended, in one append, with the export when nothing resumes the job."""
 
 from __future__ import annotations
 

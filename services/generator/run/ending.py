@@ -1,5 +1,4 @@
-"""Why a run ends: the `Ending` a run settles on, the failures that lead to one, and the
-signals a record's coroutine raises to say why it stopped."""
+"""Why a run ends: the Ending it settles on and the failures and signals that lead there."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""One claimed run of one job: the sliding window of records in flight over the job's lanes
-(models), until every record is made or the run settles on an ending."""
+"""Keeps a run's records in flight over its lanes until all are made or the run ends."""
 
 from __future__ import annotations
 

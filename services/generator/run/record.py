@@ -1,6 +1,4 @@
-"""One record: its template's steps rendered and called in turn, each call retried and
-billed, the content filter's decisions kept with it; a failed attempt retries from another
-seed row."""
+"""Makes one record: its steps rendered and called, retried, billed and screened."""
 
 from __future__ import annotations
 

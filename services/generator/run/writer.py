@@ -1,5 +1,4 @@
-"""The run's writer: every append to the generation stream, one at a time at the version
-this run last wrote, and each ready batch as a part file then BatchGenerated."""
+"""Writes a run's batches and appends, one at a time at the version it last wrote."""
 
 from __future__ import annotations
 
