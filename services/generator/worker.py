@@ -69,7 +69,7 @@ from contracts.streams import (
 from palette.blobs.keys import dataset_prefix
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
-from palette.eventstore.retry import until_not_conflicting
+from palette.eventstore.repository import Repository
 from palette.guard.contentfilter import ContentFilter
 from palette.models.port import ModelGateway
 from services.generator.budget import BudgetGuard, UnlimitedBudget
@@ -190,8 +190,7 @@ class GenerationWorker:
     def record_decisions(self, job_id: str, decisions: Sequence[NewEvent]) -> None:
         """Append content decisions to `guard-job-<job_id>`. Their ids derive from the
         decisions, so appending ones already recorded stores nothing twice."""
-        stream = job_guard_stream(job_id)
-        until_not_conflicting(lambda: self.events.append(stream, decisions, self.events.stream_version(stream)))
+        Repository(self.events).append_at_end(job_guard_stream(job_id), decisions)
 
     # -- running a job --------------------------------------------------------------------
 

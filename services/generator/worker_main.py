@@ -40,14 +40,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from contracts.catalog import CATALOG
 from contracts.events.jobs import JobRequested
 from palette.adapters import AwsSettings, aws_adapters, local_adapters
 from palette.blobs.port import BlobStore
 from palette.bus.sqs import MalformedBusMessage, stored_event_from_message
 from palette.models.environment import gateway_from_env
-from services.generator.budget import JobBudgets
-from services.generator.consumers import WorkerPool
+from services.generator import wiring
 from services.generator.logs import logger as log
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
@@ -82,8 +80,7 @@ async def _run_one(data_dir: Path, job_id: str, options: WorkerOptions, worker_i
     adapters = local_adapters(data_dir)
     gateway = gateway_from_env(max(64, options.concurrency))
     try:
-        budget = JobBudgets(adapters.events, adapters.pricing, adapters.runtime)
-        worker = GenerationWorker(adapters.events, adapters.blobs, gateway, worker_id, options, budget)
+        worker = wiring.worker(adapters, gateway, options, worker_id)
         return await run_until_ended(worker, job_id, stop)
     finally:
         await gateway.close()
@@ -95,17 +92,14 @@ def _run_pool(data_dir: Path, options: WorkerOptions, args: argparse.Namespace) 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     adapters = local_adapters(data_dir)
-    pool = WorkerPool(
-        adapters.events,
-        adapters.blobs,
+    pool = wiring.build(
+        adapters,
         lambda: gateway_from_env(max(64, options.concurrency)),
-        concurrency=options.concurrency,
+        options,
         max_jobs=args.max_jobs,
-        options=options,
         worker_id=args.worker_id,
-        budget=JobBudgets(adapters.events, adapters.pricing, adapters.runtime),
         scan_seconds=args.scan_seconds,
-    )
+    ).handlers
     pool.start()
     stop.wait()
     pool.stop(options.grace_seconds)
@@ -128,7 +122,7 @@ def job_request_of_message(body: str, blobs: BlobStore | None = None) -> JobRequ
     stored = stored_event_from_message(body, blobs)
     if stored.detail_type != JobRequested.detail_type():
         raise MalformedBusMessage(f"expected JobRequested, got {stored.detail_type}")
-    event = CATALOG.decode(stored.detail_type, stored.schema_version, stored.detail)
+    event = stored.decode()
     assert isinstance(event, JobRequested)
     return event
 
@@ -318,8 +312,7 @@ async def _run_queue(options: WorkerOptions, queue: QueueOptions, worker_id: str
         import boto3
 
         sqs = boto3.client("sqs", endpoint_url=settings.endpoint_url)
-        budget = JobBudgets(adapters.events, adapters.pricing, adapters.runtime)
-        worker = GenerationWorker(adapters.events, adapters.blobs, gateway, worker_id, options, budget)
+        worker = wiring.worker(adapters, gateway, options, worker_id)
         log.info("worker %s reading %s", worker.worker_id, queue.queue_url)
         await JobQueueWorker(sqs, worker, adapters.blobs, queue, owner_slots_from_env(settings)).run(stop)
     finally:
