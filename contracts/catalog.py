@@ -79,3 +79,9 @@ class EventCatalog:
 
 
 CATALOG = EventCatalog(ALL_EVENTS)
+
+
+@CATALOG.upcaster("JobRequested", from_version=1)
+def _job_requested_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added the optional `task_size`; a version 1 job asked for none."""
+    return {**data, "task_size": None}

@@ -6,7 +6,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.events.base import DomainEvent
 
@@ -30,11 +30,26 @@ class _JobEvent(DomainEvent):
     job_id: str
 
 
-class JobRequested(_JobEvent):
-    owner: str
-    template_id: str
-    template_version: int = Field(ge=1)
-    seed_id: str
+class TaskSize(BaseModel):
+    """The vCPU and memory a job asks for its worker task (the documents' `task_size`).
+
+    Recorded with the job; the AWS workers are one ECS service reading a queue, not a task
+    launched per job, so no run honours it yet (README, "Jobs")."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vcpu: float = Field(ge=0.25, le=16, description="vCPUs, 0.25 to 16 (Fargate's range)")
+    memory_mib: int = Field(ge=512, le=122_880, description="MiB, 512 to 122,880 (Fargate's range)")
+
+
+class JobOptions(BaseModel):
+    """What a job makes and within which limits: the one definition of a job's options.
+
+    The API's body, the job's state, the generator's job and `JobRequested` all carry this
+    value; adding an option is one field here (and its check in the jobs domain)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     num_records: int = Field(ge=1, le=1_000_000)
     budget_limit: Decimal = Field(gt=0, le=1000, decimal_places=6)
     output_formats: list[OutputFormat] = Field(min_length=1)
@@ -47,6 +62,38 @@ class JobRequested(_JobEvent):
         "num_records records of its own",
     )
     output_filter: OutputFilter = "drop"
+    task_size: TaskSize | None = Field(default=None, description="the worker task's vCPU and memory")
+
+
+class JobRequested(JobOptions, _JobEvent):
+    """A job was asked for: who, from which template version and seed, with which options.
+
+    The options are the event's own fields (flat on the wire, as consumers and bus patterns
+    read `detail.data.num_records`); `options` gives them back as one JobOptions.
+    Version 2 added `task_size` (version 1 events upcast with none)."""
+
+    schema_version: ClassVar[int] = 2
+
+    owner: str
+    template_id: str
+    template_version: int = Field(ge=1)
+    seed_id: str
+
+    @classmethod
+    def of(
+        cls, job_id: str, owner: str, template_id: str, template_version: int, seed_id: str,
+        options: JobOptions,
+    ) -> JobRequested:
+        return cls(
+            job_id=job_id, owner=owner, template_id=template_id,
+            template_version=template_version, seed_id=seed_id, **dict(options),
+        )
+
+    @property
+    def options(self) -> JobOptions:
+        return JobOptions.model_construct(
+            **{name: getattr(self, name) for name in JobOptions.model_fields}
+        )
 
 
 class JobStarted(_JobEvent):

@@ -1,0 +1,42 @@
+"""One JobOptions value for a job's options, carried by JobRequested (issue #16 point 4)."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+from contracts.catalog import CATALOG
+from contracts.events.jobs import JobOptions, JobRequested, OutputFormat, TaskSize
+
+OPTIONS = JobOptions(
+    num_records=10,
+    budget_limit=Decimal("2.5"),
+    output_formats=[OutputFormat.CSV],
+    partition_strategy="date",
+    priority=3,
+    models=["openai/a", "openai/b"],
+    output_filter="flag",
+    task_size=TaskSize(vcpu=2, memory_mib=4096),
+)
+
+
+def requested(options: JobOptions = OPTIONS) -> JobRequested:
+    return JobRequested.of("job-1", "alice", "tpl_1", 2, "seed-1", options)
+
+
+def test_a_request_gives_back_the_options_it_was_made_of() -> None:
+    assert requested().options == OPTIONS
+
+
+def test_the_options_stay_flat_on_the_wire_for_bus_patterns_and_consumers() -> None:
+    data = json.loads(requested().model_dump_json())
+    assert data["num_records"] == 10 and data["task_size"] == {"vcpu": 2.0, "memory_mib": 4096}
+    assert "options" not in data
+
+
+def test_a_version_1_request_upcasts_with_no_task_size() -> None:
+    v1 = json.loads(requested(OPTIONS.model_copy(update={"task_size": None})).model_dump_json())
+    del v1["task_size"]  # version 1 had no such field
+    event = CATALOG.decode("JobRequested", 1, json.dumps(v1))
+    assert isinstance(event, JobRequested) and JobRequested.schema_version == 2
+    assert event.options == OPTIONS.model_copy(update={"task_size": None})
