@@ -176,7 +176,7 @@ def test_the_bench_runs_small_and_ends_with_its_figures(capsys: pytest.CaptureFi
 def test_a_view_that_set_an_event_aside_fails_verify_and_replay_in_one_line_until_redriven(
     data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.integration.test_poison_events import POISON_NAME, append_poison_template
+    from tests.fakes.poison_template import POISON_NAME, append_poison_template
 
     events = SQLiteEventStore(data_dir / "events.db")
     poison = append_poison_template(events)

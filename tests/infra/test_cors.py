@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from palette.api.app import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
-from tests.infra.test_templates import load, resources
+from tests.infra.sam_templates import load, resources
 
 API_STACKS = ("templates", "seeds", "jobs", "billing")
 

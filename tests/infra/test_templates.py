@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from cfnlint.api import lint_file
-from cfnlint.decode import cfn_yaml
 
 from contracts import streams
 from contracts.catalog import CATALOG
@@ -25,9 +24,9 @@ from palette.eventstore.dynamodb import create_table
 from palette.guard.aws import PARAMETER_ENV, TABLE_ENV
 from scripts import infra_schemas
 from tests.fakes.rate_limit_table import create_bucket_table
+from tests.infra.sam_templates import INFRA, load, resources
 
 ROOT = Path(__file__).resolve().parents[2]
-INFRA = ROOT / "infra"
 SERVICES = ("templates", "seeds", "jobs", "billing", "generator")
 TEMPLATES = ("shared", *SERVICES)
 STREAM_PREFIX = {
@@ -35,14 +34,6 @@ STREAM_PREFIX = {
     "generator": streams.GENERATION,
 }
 PROJECTION_PREFIX = {"templates": "templates_", "jobs": "jobs_", "billing": "billing_"}
-
-
-def load(name: str) -> dict[str, Any]:
-    return cfn_yaml.load(str(INFRA / f"{name}.yaml"))
-
-
-def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
-    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
 
 
 def source_of(detail_type: str) -> str:
@@ -220,7 +211,7 @@ def _rule_patterns(service: str) -> dict[str, dict[str, set[str]]]:
 def test_rule_patterns_are_the_services_subscriptions() -> None:
     from services.billing.consumers import LEDGER_PATTERN
     from services.billing.projections import JobCosts
-    from services.generator.consumers import JOB_REQUESTED_PATTERN
+    from services.generator.worker_pool import JOB_REQUESTED_PATTERN
     from services.jobs.consumers import LIFECYCLE_PATTERN
     from services.jobs.projections import JobDashboard, JobList
     from services.templates.projections import TemplateCatalog, TemplateUsage
@@ -283,7 +274,7 @@ def _router_routes(service: str) -> set[tuple[str, str]]:
     create_router = importlib.import_module(f"services.{service}.api").create_router
     required = [p for p in inspect.signature(create_router).parameters.values() if p.default is inspect.Parameter.empty]
     router = create_router(*[None] * len(required))
-    routes = set()
+    routes: set[tuple[str, str]] = set()
     for key in router._routes:
         path = key[0].replace("<", "{").replace(">", "}")
         routes.update((method, path) for method in key[1])
@@ -445,11 +436,24 @@ def test_each_api_is_throttled_and_guarded_per_caller(service: str) -> None:
 
 XRAY_POLICY = "arn:${AWS::Partition}:iam::aws:policy/AWSXRayDaemonWriteAccess"
 IDEMPOTENT_CONSUMERS = {
-    "jobs": "services.jobs.lambda_handler.react",
+    "jobs": "services.jobs.lambda_handler.consume",
     "billing": "services.billing.lambda_handler.consume",
-    "seeds": "services.seeds.lambda_handler.on_object_created",
-    "generator": "services.generator.lambda_handler.handler",
+    "seeds": "services.seeds.lambda_handler.consume",
+    "generator": "services.generator.lambda_handler.consume",
 }
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_entry_points_are_named_by_kind(name: str) -> None:
+    """`palette.lambda_entries`: an API function's handler is `handler`, a queue's is
+    `consume`, or `project` for a queue of a service's projections; each one exists."""
+    for logical_id, function in resources(load(name), "AWS::Serverless::Function").items():
+        module, _, entry = function["Properties"]["Handler"].rpartition(".")
+        kinds = {e["Type"] for e in function["Properties"].get("Events", {}).values()}
+        expected = {"handler"} if kinds == {"HttpApi"} else {"consume", "project"}
+        assert module == f"services.{name}.lambda_handler" and entry in expected, logical_id
+        assert (entry == "project") == (logical_id == "ProjectFunction"), logical_id
+        assert callable(getattr(importlib.import_module(module), entry)), logical_id
 
 
 @pytest.mark.parametrize("name", TEMPLATES)

@@ -71,6 +71,7 @@ from palette.projections.dynamodb import DynamoDBReadModelStore
 from palette.projections.port import ProjectedEvent, ProjectionFailed
 from palette.projections.runner import ProjectionRunner
 from palette.projections.sqlite import SQLiteReadModelStore
+from tests.integration.audit_views import PortOnly, findings
 
 TABLE = "palette-events"
 MODEL = "bedrock/amazon.nova-lite-v1:0"
@@ -256,36 +257,7 @@ def test_a_running_jobs_uncharged_batch_is_pending_not_a_violation(sqlite_store:
     assert len(report.pending) == 1 and "batch 0 awaits its charge" in report.pending[0]
 
 
-class PortOnly(EventStore):
-    """A SQLite log seen through the port alone: verify takes the path of any other store."""
-
-    def __init__(self, store: SQLiteEventStore) -> None:
-        self._store = store
-
-    def append(self, stream_id: str, events: Any, expected_version: int) -> Any:
-        return self._store.append(stream_id, events, expected_version)
-
-    def read_stream(self, stream_id: str, from_version: int = 1, to_version: int | None = None) -> Any:
-        return self._store.read_stream(stream_id, from_version, to_version)
-
-    def read_all(self, after_position: int = 0, limit: int = 1000, detail_types: Any = None) -> Any:
-        return self._store.read_all(after_position, limit, detail_types)
-
-    def stream_version(self, stream_id: str) -> int:
-        return self._store.stream_version(stream_id)
-
-    def stream_ids(self) -> Iterator[str]:
-        return self._store.stream_ids()
-
-
-def _findings(report: Any) -> tuple[Any, ...]:
-    return (
-        sorted((v.check, v.stream_id, v.version, v.position, v.event_id, v.message) for v in report.violations),
-        report.events, report.streams, report.jobs, report.last_position, report.digest, sorted(report.pending),
-    )
-
-
-def test_parallel_sqlite_scan_and_port_pass_report_the_same_findings(sqlite_store: SQLiteEventStore) -> None:
+def test_parallel_sqlite_scan_and_port_pass_report_the_samefindings(sqlite_store: SQLiteEventStore) -> None:
     sqlite_store.import_recorded(list(realistic_log(400, batches=6, concurrent=4)))
     append(sqlite_store, generation_stream("job0000001"), generated("job0000001", 6))
     db = sqlite3.connect(sqlite_store.path)
@@ -303,7 +275,7 @@ def test_parallel_sqlite_scan_and_port_pass_report_the_same_findings(sqlite_stor
     parallel = verify_log(sqlite_store, workers=3, page_size=17)
     through_the_port = verify_log(PortOnly(sqlite_store), page_size=50)
 
-    assert _findings(parallel) == _findings(sequential) == _findings(through_the_port)
+    assert findings(parallel) == findings(sequential) == findings(through_the_port)
     found = {(v.check, v.position) for v in sequential.violations}
     assert {("hash", 40), ("hash", 120), ("detail", 120), ("position", 201), ("hash", 300)} <= found
     assert {"version", "chain"} <= {v.check for v in sequential.violations if v.stream_id == removed_from}
@@ -314,7 +286,7 @@ def test_an_intact_log_verifies_alike_in_parallel(sqlite_store: SQLiteEventStore
     sqlite_store.import_recorded(list(realistic_log(400, batches=6, concurrent=4)))
     parallel, sequential = verify_log(sqlite_store, workers=2), verify_log(sqlite_store, workers=1)
     assert parallel.ok and sequential.ok
-    assert _findings(parallel) == _findings(sequential)
+    assert findings(parallel) == findings(sequential)
 
 
 # -- the Parquet archive -------------------------------------------------------------------

@@ -33,7 +33,7 @@ from palette.cli import app
 from palette.eventstore.port import NewEvent
 from palette.eventstore.sqlite import SQLiteEventStore
 from services.billing.handlers import LedgerHandlers
-from tests.integration.test_audit import PortOnly, _findings
+from tests.integration.audit_views import PortOnly, findings
 
 MODEL = "bedrock/amazon.nova-lite-v1:0"
 PRIVATE_MODEL = "openai/model-a"
@@ -139,7 +139,7 @@ def test_verify_finds_a_usage_record_never_charged_or_charged_twice(store: SQLit
     assert "never charged" in report.violations[0].message
 
     # the SQLite scan in worker processes and the pass through the port agree
-    assert _findings(verify_log(store, workers=2)) == _findings(verify_log(PortOnly(store))) == _findings(report)
+    assert findings(verify_log(store, workers=2)) == findings(verify_log(PortOnly(store))) == findings(report)
 
     billing.charge_unbatched(lost, stored_lost)
     assert verify_log(store).ok

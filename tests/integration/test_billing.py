@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
@@ -63,14 +62,12 @@ from services.generator.budget import (
     LedgerBudgetGuard,
     Reservation,
 )
-from palette.models.openai import OpenAICompatibleGateway
-from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
-from services.generator.worker import GenerationWorker
 from services.jobs.consumers import subscriptions as job_subscriptions
 from services.jobs.handlers import JobHandlers
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration import generation
 from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,13 +80,6 @@ TOPICS = [{"topic": f"topic {i}", "level": i % 3} for i in range(40)]
 FAST_RETRIES = {"retry_base_seconds": 0.01, "retry_max_seconds": 0.1}
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
-
-
-@pytest.fixture
-def adapters(tmp_path: Path) -> Iterator[Adapters]:
-    built = local_adapters(tmp_path / "data")
-    yield built
-    built.close()
 
 
 # -- the other services' facts -------------------------------------------------------------
@@ -442,17 +432,9 @@ def steps_for(rng: random.Random) -> list[TemplateStep]:
 
 
 def run_worker(adapters: Adapters, server: FakeOpenAIServer, job_id: str, budgets: JobBudgets, **options: Any) -> RunResult:
-    settings = {"concurrency": 16, **FAST_RETRIES, **options}
-
-    async def go() -> RunResult:
-        gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key="test", timeout=10)
-        try:
-            worker = GenerationWorker(adapters.events, adapters.blobs, gateway, options=WorkerOptions(**settings), budget=budgets)
-            return await worker.run_job(job_id)
-        finally:
-            await gateway.close()
-
-    return asyncio.run(go())
+    return generation.run_worker(
+        adapters, server, job_id, timeout=10, budget=budgets, **{"concurrency": 16, **FAST_RETRIES, **options}
+    )
 
 
 def settle_the_bus(adapters: Adapters, bus_path: Path) -> None:

@@ -10,7 +10,6 @@ worst case (the gateway's input estimate + max_tokens) is several times that.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -19,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -48,15 +46,13 @@ from palette.watch import watch_job
 from services.billing.consumers import subscriptions
 from services.billing.handlers import LedgerHandlers
 from services.generator.budget import JobBudgets
-from palette.models.openai import OpenAICompatibleGateway
-from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
-from services.generator.worker import GenerationWorker
 from services.jobs.consumers import subscriptions as job_subscriptions
 from services.jobs.handlers import JobHandlers
 from services.jobs.projections import DASHBOARDS, JobDashboard
 from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration import generation
 from tests.integration.palette_http import client, running_palette, template_and_seed, wait_until_finished
 from tests.waiting import wait_for
 
@@ -67,13 +63,6 @@ PRICED = with_overrides(DEFAULT_CATALOG, OVERRIDES)
 FAST_RETRIES = {"retry_base_seconds": 0.01, "retry_max_seconds": 0.05}
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
-
-
-@pytest.fixture
-def adapters(tmp_path: Path) -> Iterator[Adapters]:
-    built = local_adapters(tmp_path / "data")
-    yield built
-    built.close()
 
 
 def steps(count: int, max_tokens: int = 32) -> list[TemplateStep]:
@@ -95,20 +84,11 @@ def request_job(adapters: Adapters, num_records: int, budget: Decimal, step_coun
 
 
 def run_worker(adapters: Adapters, server: FakeOpenAIServer, job_id: str, **options: Any) -> RunResult:
-    settings = {"concurrency": 16, "batch_size": 20, **FAST_RETRIES, **options}
-
-    async def go() -> RunResult:
-        gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key="test", timeout=10)
-        try:
-            worker = GenerationWorker(
-                adapters.events, adapters.blobs, gateway, options=WorkerOptions(**settings),
-                budget=JobBudgets(adapters.events, PRICED, "local"),
-            )
-            return await worker.run_job(job_id)
-        finally:
-            await gateway.close()
-
-    return asyncio.run(go())
+    """A run billed at PRICED, 16 records at a time in batches of 20."""
+    return generation.run_worker(
+        adapters, server, job_id, timeout=10, budget=JobBudgets(adapters.events, PRICED, "local"),
+        **{"concurrency": 16, "batch_size": 20, **FAST_RETRIES, **options},
+    )
 
 
 def settle_the_bus(adapters: Adapters, bus_path: Path) -> None:

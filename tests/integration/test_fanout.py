@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from contracts.events.generator import (
 )
 from contracts.events.jobs import OutputFormat
 from contracts.events.templates import TemplateStep
-from palette.adapters import Adapters, local_adapters
+from palette.adapters import Adapters
 from palette.models.openai import OpenAICompatibleGateway
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
@@ -34,13 +33,14 @@ from tests.integration.palette_http import (
     template_and_seed,
     wait_until_finished,
 )
-from tests.integration.test_generator import (
+from tests.integration.generation import (
     ANSWER,
     FAST_RETRIES,
     QUESTION,
     generation_events,
     of_type,
     request_job,
+    run_worker,
 )
 
 MODELS = ["openai/fake-alpha", "openai/fake-beta", "openai/always-500"]
@@ -49,31 +49,8 @@ WORKING = MODELS[:2]
 QUICK_FAILURE = {"max_call_attempts": 2, "error_window": 10, "error_threshold": 0.5}
 
 
-@pytest.fixture
-def adapters(tmp_path: Path) -> Iterator[Adapters]:
-    built = local_adapters(tmp_path / "data")
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(latency_s=0.0) as fake:
-        yield fake
-
-
 def run(adapters: Adapters, server: FakeOpenAIServer, job_id: str, **options: object) -> RunResult:
-    settings = {"concurrency": 8, "batch_size": 20, **FAST_RETRIES, **QUICK_FAILURE, **options}
-
-    async def go() -> RunResult:
-        gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key="test")
-        try:
-            worker = GenerationWorker(adapters.events, adapters.blobs, gateway, options=WorkerOptions(**settings))
-            return await worker.run_job(job_id)
-        finally:
-            await gateway.close()
-
-    return asyncio.run(go())
+    return run_worker(adapters, server, job_id, **{"batch_size": 20, **QUICK_FAILURE, **options})
 
 
 def records_by_model(adapters: Adapters, job_id: str) -> dict[str, list[int]]:

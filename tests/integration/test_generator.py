@@ -8,25 +8,16 @@ those services would; the generator learns everything from the log.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
-import pytest
-
-from contracts.events.base import DomainEvent
 from contracts.events.generator import (
     BatchGenerated,
     DatasetExported,
@@ -44,134 +35,21 @@ from palette.models.openai import OpenAICompatibleGateway
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
 from services.generator.worker import GenerationWorker
-from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration.generation import (
+    FAST_RETRIES,
+    QUESTION,
+    REPO,
+    STRUCTURED_ANSWER,
+    append,
+    assert_exact_dataset,
+    exported_indices,
+    generation_events,
+    of_type,
+    request_job,
+    run_worker,
+)
 from tests.waiting import wait_for
-
-REPO = Path(__file__).resolve().parents[2]
-OWNER = "alice"
-TOPICS = [{"topic": f"topic {i}", "level": i % 3} for i in range(40)]
-QUESTION = TemplateStep(
-    id="question", model="openai/fake-model", prompt="Ask a question about {{ topic }} at level {{ level }}.",
-    parameters={"max_tokens": 64, "temperature": 0.7},
-)
-ANSWER = TemplateStep(
-    id="answer", model="openai/fake-model", prompt="Answer this: {{ steps.question.output }}",
-    parameters={"max_tokens": 128},
-)
-STRUCTURED_ANSWER = TemplateStep(
-    id="answer", model="openai/fake-model", prompt="Answer as JSON: {{ steps.question.output }}",
-    output_schema={
-        "type": "object",
-        "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
-        "required": ["answer", "confidence"],
-    },
-)
-FAST_RETRIES = {"retry_base_seconds": 0.01, "retry_max_seconds": 0.2}
-
-
-# -- setting up a job as the other services would -----------------------------------------
-
-
-def append(adapters: Adapters, stream_id: str, *events: DomainEvent) -> None:
-    version = adapters.events.stream_version(stream_id)
-    adapters.events.append(stream_id, [NewEvent(e, actor=OWNER) for e in events], version)
-
-
-def request_job(
-    adapters: Adapters,
-    num_records: int,
-    steps: tuple[TemplateStep, ...] = (QUESTION, ANSWER),
-    formats: tuple[OutputFormat, ...] = (OutputFormat.JSONL,),
-    partition_strategy: str | None = None,
-    owner: str = OWNER,
-    **job_fields: Any,
-) -> str:
-    """A template, an uploaded and validated seed, and a JobRequested (with `job_fields`
-    added); the job id."""
-    return scenario.request_job(
-        adapters, num_records, steps, owner=owner, formats=formats,
-        partition_strategy=partition_strategy, **job_fields,
-    )
-
-
-def generation_events(adapters: Adapters, job_id: str) -> list[DomainEvent]:
-    return [
-        s.decode()
-        for s in adapters.events.read_stream(generation_stream(job_id))
-    ]
-
-
-def of_type(events: list[DomainEvent], kind: type[DomainEvent]) -> list[Any]:
-    return [e for e in events if isinstance(e, kind)]
-
-
-def run(
-    adapters: Adapters,
-    server: FakeOpenAIServer,
-    job_id: str,
-    api_key: str = "test",
-    timeout: float = 60.0,
-    stop: threading.Event | None = None,
-    **options: Any,
-) -> RunResult:
-    """One worker's run of the job, in this thread, over real HTTP."""
-    settings = {"concurrency": 8, **FAST_RETRIES, **options}
-
-    async def go() -> RunResult:
-        gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key=api_key, timeout=timeout)
-        try:
-            worker = GenerationWorker(adapters.events, adapters.blobs, gateway, options=WorkerOptions(**settings))
-            return await worker.run_job(job_id, stop)
-        finally:
-            await gateway.close()
-
-    return asyncio.run(go())
-
-
-def exported_indices(adapters: Adapters, job_id: str) -> dict[OutputFormat, list[int]]:
-    """The record_index column of every exported file, by format, in file order."""
-    exported = of_type(generation_events(adapters, job_id), DatasetExported)
-    assert len(exported) == 1
-    found: dict[OutputFormat, list[int]] = {}
-    for file in exported[0].files:
-        data = adapters.blobs.get_bytes(file.blob_key)
-        assert hashlib.sha256(data).hexdigest() == file.sha256
-        if file.format is OutputFormat.JSONL:
-            indices = [json.loads(line)["record_index"] for line in data.splitlines()]
-        elif file.format is OutputFormat.PARQUET:
-            indices = pq.read_table(io.BytesIO(data)).column("record_index").to_pylist()
-        else:
-            indices = pa_csv.read_csv(io.BytesIO(data)).column("record_index").to_pylist()
-        found.setdefault(file.format, []).extend(indices)
-    return found
-
-
-def assert_exact_dataset(adapters: Adapters, job_id: str, num_records: int) -> None:
-    """Exactly records 0..n-1 in every exported file, and batch ranges that tile them."""
-    for indices in exported_indices(adapters, job_id).values():
-        assert sorted(indices) == list(range(num_records))
-    batches = of_type(generation_events(adapters, job_id), BatchGenerated)
-    following = 0
-    for batch in sorted(batches, key=lambda b: b.first_record):
-        assert batch.first_record == following
-        assert batch.rows == batch.last_record - batch.first_record + 1
-        following = batch.last_record + 1
-    assert following == num_records
-
-
-@pytest.fixture
-def adapters(tmp_path: Path) -> Iterator[Adapters]:
-    built = local_adapters(tmp_path / "data")
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(latency_s=0.0, hang_s=3.0) as fake:
-        yield fake
-
 
 # -- a job end to end ---------------------------------------------------------------------
 
@@ -179,7 +57,7 @@ def server() -> Iterator[FakeOpenAIServer]:
 def test_a_job_completes_with_exactly_its_records_in_every_format(adapters: Adapters, server: FakeOpenAIServer) -> None:
     job_id = request_job(adapters, 250, formats=(OutputFormat.JSONL, OutputFormat.PARQUET, OutputFormat.CSV))
 
-    result = run(adapters, server, job_id, concurrency=16)
+    result = run_worker(adapters, server, job_id, concurrency=16)
 
     assert result.outcome is RunOutcome.COMPLETED
     assert result.records_completed == 250
@@ -202,8 +80,8 @@ def test_a_job_completes_with_exactly_its_records_in_every_format(adapters: Adap
 
 def test_the_same_job_picks_the_same_seed_rows_on_every_run(adapters: Adapters, server: FakeOpenAIServer) -> None:
     first, second = request_job(adapters, 30), request_job(adapters, 30)
-    run(adapters, server, first)
-    run(adapters, server, second)
+    run_worker(adapters, server, first)
+    run_worker(adapters, server, second)
 
     def topics(job_id: str) -> list[str]:
         file = of_type(generation_events(adapters, job_id), DatasetExported)[0].files[0]
@@ -215,10 +93,10 @@ def test_the_same_job_picks_the_same_seed_rows_on_every_run(adapters: Adapters, 
 
 def test_a_finished_job_is_not_run_again(adapters: Adapters, server: FakeOpenAIServer) -> None:
     job_id = request_job(adapters, 5)
-    run(adapters, server, job_id)
+    run_worker(adapters, server, job_id)
     calls = server.calls
 
-    assert run(adapters, server, job_id).outcome is RunOutcome.FINISHED
+    assert run_worker(adapters, server, job_id).outcome is RunOutcome.FINISHED
     assert server.calls == calls
 
 
@@ -232,7 +110,7 @@ def test_throttling_and_server_errors_are_retried_and_failed_records_counted(
     server.fail_next(3, status=429, retry_after=0.05)
     server.fail_next(4, status=500)
 
-    result = run(adapters, server, job_id, concurrency=1, max_call_attempts=2)
+    result = run_worker(adapters, server, job_id, concurrency=1, max_call_attempts=2)
 
     assert result.outcome is RunOutcome.COMPLETED
     statuses = server.stats()["statuses"]
@@ -246,7 +124,7 @@ def test_throttling_and_server_errors_are_retried_and_failed_records_counted(
 def test_random_throttling_lowers_concurrency_and_the_job_still_completes(adapters: Adapters) -> None:
     with FakeOpenAIServer(latency_s=0.005, throttle_rate=0.2, seed=7) as server:
         job_id = request_job(adapters, 120)
-        result = run(adapters, server, job_id, concurrency=16, max_call_attempts=8)
+        result = run_worker(adapters, server, job_id, concurrency=16, max_call_attempts=8)
 
         assert result.outcome is RunOutcome.COMPLETED
         assert server.stats()["statuses"]["429"] > 0
@@ -257,7 +135,7 @@ def test_timeouts_are_retried(adapters: Adapters, server: FakeOpenAIServer) -> N
     job_id = request_job(adapters, 20)
     server.timeout_next(2)
 
-    result = run(adapters, server, job_id, timeout=0.5, concurrency=4)
+    result = run_worker(adapters, server, job_id, timeout=0.5, concurrency=4)
 
     assert result.outcome is RunOutcome.COMPLETED
     assert_exact_dataset(adapters, job_id, 20)
@@ -267,7 +145,7 @@ def test_malformed_json_of_a_structured_step_is_retried(adapters: Adapters, serv
     job_id = request_job(adapters, 30, steps=(QUESTION, STRUCTURED_ANSWER), formats=(OutputFormat.PARQUET, OutputFormat.JSONL))
     server.malformed_json_next(2)
 
-    result = run(adapters, server, job_id, concurrency=2)
+    result = run_worker(adapters, server, job_id, concurrency=2)
 
     assert result.outcome is RunOutcome.COMPLETED
     assert_exact_dataset(adapters, job_id, 30)
@@ -283,7 +161,7 @@ def test_malformed_json_of_a_structured_step_is_retried(adapters: Adapters, serv
 def test_invalid_credentials_fail_the_job_at_once_with_the_reason(adapters: Adapters) -> None:
     with FakeOpenAIServer(api_key="the-right-key") as server:
         job_id = request_job(adapters, 1000)
-        result = run(adapters, server, job_id, api_key="a-wrong-key", concurrency=4)
+        result = run_worker(adapters, server, job_id, api_key="a-wrong-key", concurrency=4)
         calls = server.calls
 
     assert result.outcome is RunOutcome.FAILED
@@ -298,7 +176,7 @@ def test_a_model_that_always_fails_trips_the_error_rate(adapters: Adapters, serv
     broken = TemplateStep(id="question", model="openai/always-500", prompt="About {{ topic }} {{ level }}")
     job_id = request_job(adapters, 50, steps=(broken,))
 
-    result = run(adapters, server, job_id, concurrency=8, max_call_attempts=1)
+    result = run_worker(adapters, server, job_id, concurrency=8, max_call_attempts=1)
 
     assert result.outcome is RunOutcome.FAILED
     failed = of_type(generation_events(adapters, job_id), GenerationFailed)
@@ -312,7 +190,7 @@ def test_a_prompt_that_cannot_render_is_a_failed_record_not_a_crash(adapters: Ad
     missing = TemplateStep(id="question", model="openai/fake-model", prompt="{{ no_such_field }}")
     job_id = request_job(adapters, 10, steps=(missing,))
 
-    result = run(adapters, server, job_id, error_window=20)
+    result = run_worker(adapters, server, job_id, error_window=20)
 
     assert result.outcome is RunOutcome.FAILED
     failed = of_type(generation_events(adapters, job_id), GenerationFailed)[0]
@@ -336,7 +214,7 @@ def test_cancel_while_running_stops_within_a_batch(adapters: Adapters) -> None:
 
         canceller = threading.Thread(target=cancel_after_first_batch)
         canceller.start()
-        result = run(adapters, server, job_id, concurrency=4, batch_size=20, cancel_check_seconds=5.0)
+        result = run_worker(adapters, server, job_id, concurrency=4, batch_size=20, cancel_check_seconds=5.0)
         canceller.join()
 
     assert result.outcome is RunOutcome.CANCELLED
@@ -360,12 +238,12 @@ def test_a_stop_request_flushes_the_completed_prefix_and_releases(adapters: Adap
         threading.Thread(
             target=lambda: (wait_for(lambda: adapters.events.stream_version(stream) >= 2), stop.set())
         ).start()
-        first = run(adapters, server, job_id, concurrency=4, batch_size=30, stop=stop)
+        first = run_worker(adapters, server, job_id, concurrency=4, batch_size=30, stop=stop)
         assert first.outcome is RunOutcome.RELEASED
 
         released = of_type(generation_events(adapters, job_id), GenerationReleased)
         assert released[0].records_completed == first.records_completed
-        second = run(adapters, server, job_id, concurrency=8, batch_size=30)
+        second = run_worker(adapters, server, job_id, concurrency=8, batch_size=30)
 
     assert second.outcome is RunOutcome.COMPLETED
     claims = of_type(generation_events(adapters, job_id), GenerationClaimed)
@@ -382,7 +260,7 @@ def test_two_workers_racing_for_a_job_exactly_one_claims_it(tmp_path: Path, serv
     def worker() -> None:
         own = local_adapters(tmp_path / "data")
         barrier.wait()
-        results.append(run(own, server, job_id))
+        results.append(run_worker(own, server, job_id))
         own.close()
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
@@ -470,7 +348,7 @@ def test_kill_9_mid_job_then_another_worker_takes_over_after_the_lease(tmp_path:
 
 def test_the_pool_resumes_abandoned_jobs_and_runs_jobs_the_bus_delivers(tmp_path: Path, adapters: Adapters) -> None:
     from palette.bus.local import LocalBus
-    from services.generator.consumers import WorkerPool
+    from services.generator.worker_pool import WorkerPool
 
     abandoned = request_job(adapters, 30)
     a_minute_ago = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")

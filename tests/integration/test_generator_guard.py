@@ -4,33 +4,26 @@ the model call, outputs after it; every decision is a ContentBlocked event on
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 
 from contracts.events.generator import BatchGenerated, DatasetExported
 from contracts.events.guard import ContentBlocked
 from contracts.streams import job_guard_stream
-from palette.adapters import Adapters, local_adapters
+from palette.adapters import Adapters
 from palette.guard.config import ContentRule
 from palette.guard.contentfilter import ContentFilter
 from services.generator.domain import seed_row_index
-from palette.models.openai import OpenAICompatibleGateway
-from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
-from services.generator.worker import GenerationWorker
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.integration.test_generator import (
-    FAST_RETRIES,
+from tests.integration.generation import (
     QUESTION,
     assert_exact_dataset,
     generation_events,
     of_type,
     request_job,
+    run_worker,
 )
 
 PROMPT_RULE = ContentRule(id="topic-seven", term="topic 7")
@@ -39,36 +32,12 @@ OUTPUT_RULE = ContentRule(id="low-digest", regex="synthetic answer [0-3]", word_
 """Breaks about a quarter of the fake server's answers (their hash starts with 0-3)."""
 
 
-@pytest.fixture
-def adapters(tmp_path: Path) -> Iterator[Adapters]:
-    built = local_adapters(tmp_path / "data")
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(latency_s=0.0) as fake:
-        yield fake
-
-
 def run_filtered(
     adapters: Adapters, server: FakeOpenAIServer, job_id: str, *rules: ContentRule, **options: Any
 ) -> RunResult:
-    settings = {"concurrency": 8, "error_window": 400, **FAST_RETRIES, **options}
-
-    async def go() -> RunResult:
-        gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key="test")
-        try:
-            worker = GenerationWorker(
-                adapters.events, adapters.blobs, gateway, options=WorkerOptions(**settings),
-                content_filter=ContentFilter(rules),
-            )
-            return await worker.run_job(job_id)
-        finally:
-            await gateway.close()
-
-    return asyncio.run(go())
+    return run_worker(
+        adapters, server, job_id, content_filter=ContentFilter(rules), **{"error_window": 400, **options}
+    )
 
 
 def decisions(adapters: Adapters, job_id: str) -> list[ContentBlocked]:

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 from decimal import Decimal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,11 @@ from palette.blobs.keys import dataset_prefix
 from palette.blobs.local import TEMP_MARK
 from palette.composition import job_dashboards
 from services.generator.budget import JobBudgets
-from services.generator.consumers import record_crash
+from services.generator.worker_pool import record_crash
 from services.generator.run.outcome import RunOutcome
 from services.generator.worker import GenerationWorker
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.integration.test_generator import (
+from tests.integration.generation import (
     OWNER,
     QUESTION,
     REPO,
@@ -48,22 +47,9 @@ from tests.integration.test_generator import (
     generation_events,
     of_type,
     request_job,
-    run,
-    wait_for,
+    run_worker,
 )
-
-
-@pytest.fixture
-def adapters(tmp_path: Path) -> Iterator[Adapters]:
-    built = local_adapters(tmp_path / "data")
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(latency_s=0.0, hang_s=3.0) as fake:
-        yield fake
+from tests.waiting import wait_for
 
 
 def test_prompts_are_rendered_off_the_event_loop(
@@ -86,7 +72,7 @@ def test_prompts_are_rendered_off_the_event_loop(
     monkeypatch.setattr(record_module, "render", spying_render)
     job_id = request_job(adapters, 6)
 
-    result = run(adapters, server, job_id)
+    result = run_worker(adapters, server, job_id)
 
     assert result.outcome is RunOutcome.COMPLETED
     assert on_loop and not any(on_loop)
@@ -111,7 +97,7 @@ def test_a_takeover_discards_what_killed_writers_left_in_the_jobs_folder(adapter
     stop.set()
 
     with FakeOpenAIServer(latency_s=0.05) as slow:
-        result = run(adapters, slow, job_id, concurrency=2, stop=stop)
+        result = run_worker(adapters, slow, job_id, concurrency=2, stop=stop)
 
         assert result.outcome is RunOutcome.RELEASED
     assert not list(root.rglob(f"{TEMP_MARK}*"))
@@ -152,7 +138,7 @@ def test_a_slow_small_job_records_progress_before_it_ends(adapters: Adapters) ->
     job_id = request_job(adapters, 15, steps=(QUESTION,))
 
     with FakeOpenAIServer(latency_s=0.15) as slow:
-        result = run(adapters, slow, job_id, concurrency=1, flush_seconds=0.5)
+        result = run_worker(adapters, slow, job_id, concurrency=1, flush_seconds=0.5)
 
     assert result.outcome is RunOutcome.COMPLETED
     events = generation_events(adapters, job_id)
@@ -177,8 +163,8 @@ def test_a_time_flushed_job_resumes_exactly_after_a_release(adapters: Adapters) 
 
     with FakeOpenAIServer(latency_s=0.05) as slow:
         threading.Thread(target=stop_after_two_batches).start()
-        first = run(adapters, slow, job_id, concurrency=2, flush_seconds=0.3, stop=stop)
-        second = run(adapters, slow, job_id, concurrency=8, flush_seconds=0.3)
+        first = run_worker(adapters, slow, job_id, concurrency=2, flush_seconds=0.3, stop=stop)
+        second = run_worker(adapters, slow, job_id, concurrency=8, flush_seconds=0.3)
 
     assert (first.outcome, second.outcome) == (RunOutcome.RELEASED, RunOutcome.COMPLETED)
     numbers = [b.batch_number for b in of_type(generation_events(adapters, job_id), BatchGenerated)]
@@ -190,7 +176,7 @@ def test_jobs_watch_counts_a_fanout_jobs_target_over_its_models(adapters: Adapte
     """`palette jobs watch` reads the dashboard document: for two models of 12 records its
     bar is 24/24 (it said 24/12), as GET /dashboard counts it."""
     job_id = request_job(adapters, 12, steps=(QUESTION,), models=["openai/fake-alpha", "openai/fake-beta"])
-    assert run(adapters, server, job_id).outcome is RunOutcome.COMPLETED
+    assert run_worker(adapters, server, job_id).outcome is RunOutcome.COMPLETED
 
     assert adapters.data_dir is not None
     with job_dashboards(adapters.data_dir) as dashboard:

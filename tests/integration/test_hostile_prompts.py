@@ -1,20 +1,17 @@
-"""A hostile prompt inside a real generation run (issue 13 item 2): the sandbox refuses
+"""A hostile prompt inside a real generation run: the sandbox refuses
 each render before it builds the oversized value, the record attempts fail, no model is
 called, and the job fails on its error rate with the sandbox's reason, in bounded memory."""
 
 from __future__ import annotations
 
 import tracemalloc
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 
 from contracts.events.templates import TemplateStep
-from palette.adapters import Adapters, local_adapters
+from palette.adapters import Adapters
 from services.generator.run.outcome import RunOutcome
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.integration.test_generator import request_job, run
+from tests.integration.generation import request_job, run_worker
 
 HOSTILE = TemplateStep(
     id="question", model="openai/fake-model", prompt="{{ topic }}{{ [topic ~ ('x' * 999990)] * 1000 }}",
@@ -24,19 +21,6 @@ HOSTILE = TemplateStep(
 saved (a constant one is refused at save) and only refused when rendered."""
 
 
-@pytest.fixture
-def adapters(tmp_path: Path) -> Iterator[Adapters]:
-    built = local_adapters(tmp_path / "data")
-    yield built
-    built.close()
-
-
-@pytest.fixture
-def server() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer(latency_s=0.0) as fake:
-        yield fake
-
-
 def test_a_job_with_an_amplifying_prompt_fails_in_bounded_memory(
     adapters: Adapters, server: FakeOpenAIServer
 ) -> None:
@@ -44,7 +28,7 @@ def test_a_job_with_an_amplifying_prompt_fails_in_bounded_memory(
 
     tracemalloc.start()
     try:
-        result = run(adapters, server, job_id, error_window=20)
+        result = run_worker(adapters, server, job_id, error_window=20)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

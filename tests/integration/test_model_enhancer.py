@@ -23,7 +23,7 @@ from services.templates.enhancement import (
     enhancement_request,
 )
 from services.templates.model_enhancer import ModelEnhancer
-from tests.integration.test_templates_api import Facade, aws_facade
+from tests.integration.templates_facade import Facade, aws_facade
 
 MODEL = "bedrock/amazon.nova-micro-v1:0"
 ORIGINAL = "Ask a question about {{ topic }}."

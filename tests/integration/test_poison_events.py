@@ -1,4 +1,4 @@
-"""A view that meets an event it cannot apply (issue 14, item 4).
+"""A view that meets an event it cannot apply.
 
 A template named "x\\u0000y" got into the log (from before the API refused control
 characters, or an import): its catalogue document cannot be indexed. The catalogue must
@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from contracts.envelope import EventEnvelope, StoredEvent, bus_event
-from contracts.events.templates import TemplateCreated, TemplateStep
-from contracts.streams import projection_stream, template_stream
+from contracts.envelope import EventEnvelope, bus_event
+from contracts.events.templates import TemplateCreated
+from contracts.streams import projection_stream
 from palette.adapters import local_adapters
 from palette.audit.cli import views_health
-from palette.eventstore.port import EventStore, NewEvent
+from palette.eventstore.port import EventStore
 from palette.projections import failures
 from palette.projections.documents import Document, DocumentProjection, DocumentWriter
 from palette.projections.documents_dynamodb import dynamodb_documents
@@ -36,36 +36,21 @@ from services.templates.projections import TemplateCatalog
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette
 from tests.fakes.lambda_events import sqs_batch
-from tests.integration.test_templates_api import (  # noqa: F401 (api: the fixture)
+from tests.fakes.poison_template import POISON_NAME, append_poison_template
+from tests.integration.templates_facade import (
     Facade,
     FakeLambdaContext,
-    api,
     aws_facade,
     step,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
-POISON_NAME = "x\u0000y"
-
-
-def append_poison_template(events: EventStore, owner: str = "mallory", template_id: str = "tpl_poison") -> StoredEvent:
-    """A TemplateCreated whose name holds NUL, written straight to the log as an old event
-    or an import would have it (`model_construct`: no validation may stop it here)."""
-    detail = TemplateCreated.model_construct(
-        template_id=template_id, owner=owner, name=POISON_NAME, description="", is_public=True,
-        steps=[TemplateStep(id="q", model="local/gemma-3-270m", prompt="Ask about {{ topic }}")],
-        required_fields=["topic"],
-    )
-    [stored] = events.append(template_stream(template_id), [NewEvent(detail, actor=owner)], 0)
-    return stored
-
-
 def failures_recorded(events: EventStore, projection: str = TemplateCatalog.name) -> list[dict[str, Any]]:
     return [json.loads(e.detail) for e in events.read_stream(projection_stream(projection))]
 
 
-def test_a_poison_template_leaves_listings_and_deletions_working_on_both_runtimes(api: Facade) -> None:  # noqa: F811
+def test_a_poison_template_leaves_listings_and_deletions_working_on_both_runtimes(api: Facade) -> None:
     kept = api.create("alice", name="Kept", is_public=True)
     deleted = api.create("alice", name="Deleted")
     poison = append_poison_template(api.events)
@@ -96,7 +81,7 @@ def test_a_poison_template_leaves_listings_and_deletions_working_on_both_runtime
     assert all(view.dead_letters == [] for name, view in views.items() if name != TemplateCatalog.name)
 
 
-def _catalog_dead_letters(api: Facade) -> list[Any]:  # noqa: F811
+def _catalog_dead_letters(api: Facade) -> list[Any]:
     if api.runtime == "aws":
         return lambda_handler.adapters().read_models.dead_letters(dynamodb_documents(TemplateCatalog()))
     store = SQLiteReadModelStore(Path(api.events.path).parent / "projections.db")  # type: ignore[attr-defined]

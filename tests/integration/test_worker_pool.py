@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 
 from contracts.events.generator import (
     DatasetExported,
@@ -17,11 +15,11 @@ from contracts.events.generator import (
     GenerationStopped,
 )
 from contracts.streams import GENERATION, generation_stream
-from palette.adapters import Adapters, local_adapters
+from palette.adapters import Adapters
 from palette.blobs.port import BlobStore
 from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
-from services.generator.consumers import WorkerPool
+from services.generator.worker_pool import WorkerPool
 from palette.models.openai import OpenAICompatibleGateway
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome
@@ -29,17 +27,10 @@ from services.jobs.consumers import subscriptions
 from services.jobs.domain import JobStatus
 from services.jobs.handlers import JobHandlers
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.integration.test_generator import FAST_RETRIES, QUESTION, request_job
+from tests.integration.generation import FAST_RETRIES, QUESTION, request_job
 from tests.waiting import wait_for
 
 ENDINGS = {cls.detail_type() for cls in (DatasetExported, GenerationFailed, GenerationStopped)}
-
-
-@pytest.fixture
-def adapters(tmp_path: Path) -> Iterator[Adapters]:
-    built = local_adapters(tmp_path / "data")
-    yield built
-    built.close()
 
 
 def run_pool(adapters: Adapters, jobs: list[str], owners: dict[str, str], **settings: int) -> None:
