@@ -1,8 +1,10 @@
 """The composition root of the embedded runtime: every service wired onto local adapters.
 
 `palette serve` and `palette demo` build a `LocalPalette` over a data directory: SQLite
-event log and projections, a blob folder, the local bus, and each service's handlers,
-routers and projections. It is the only module of `palette` that imports services.
+event log and projections, a blob folder, the local bus, and each service's parts from its
+`wiring.build` (the same function its Lambda entry points call): routers composed into one
+facade, projections run here, subscriptions on the local bus. It is the only module of
+`palette` that imports services.
 
 Projections are brought up to date in two ways: a background thread catches every runner
 up from the log continuously, and query routes call `catch_up()` first, so a user reads
@@ -12,7 +14,7 @@ their own writes at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,9 +23,10 @@ from typing import Any
 
 from palette.adapters import Adapters, local_adapters
 from palette.api.app import build_app, logger
-from palette.api.auth import LocalTokens
 from palette.api.asgi import DEFAULT_WORKERS, PooledResolver
+from palette.api.auth import LocalTokens
 from palette.api.server import DEFAULT_GRACE_SECONDS, FacadeApp, LocalServer
+from palette.blobs.local import LocalBlobStore
 from palette.bus.local import LocalBus
 from palette.guard.config import GuardConfig
 from palette.guard.contentfilter import ContentFilter
@@ -33,29 +36,17 @@ from palette.models.environment import gateway_from_env
 from palette.projections.documents import DocumentProjection
 from palette.projections.runner import ProjectionRunner
 from palette.secrets import load_or_create_secret
-from services.billing.api import create_router as billing_router
-from services.billing.consumers import subscriptions as billing_subscriptions
-from services.billing.handlers import LedgerHandlers
-from services.billing.projections import CostsView, JobCosts
-from services.generator.budget import JobBudgets
-from services.generator.consumers import WorkerPool
+from palette.wiring import ServiceParts
+from services.billing import wiring as billing
+from services.generator import wiring as generator
 from services.generator.domain import DEFAULT_LEASE_SECONDS
 from services.generator.run.options import WorkerOptions
-from services.jobs.api import create_router as jobs_router
-from services.jobs.consumers import subscriptions as jobs_subscriptions
-from services.jobs.handlers import JobHandlers
+from services.jobs import wiring as jobs
 from services.jobs.projections import DASHBOARDS as JOB_DASHBOARDS
-from services.jobs.projections import JobDashboard, JobList, dashboard_figures
-from services.seeds.api import create_router as seeds_router
-from services.seeds.handlers import SeedHandlers
-from services.templates.api import create_router as templates_router
-from services.templates.handlers import TemplateHandlers
+from services.jobs.projections import JobDashboard, dashboard_figures
+from services.seeds import wiring as seeds
+from services.templates import wiring as templates
 from services.templates.model_enhancer import ModelEnhancer
-from services.templates.projections import (
-    TemplateCatalog,
-    TemplateUsage,
-    TemplateUsageView,
-)
 
 TOKEN_SECRET_FILE = "jwt-signing.key"
 RATE_LIMIT_FILE = "ratelimits.db"
@@ -69,7 +60,7 @@ def local_tokens(data_dir: Path) -> LocalTokens:
 def local_projections() -> list[DocumentProjection]:
     """A fresh instance of every projection the embedded runtime keeps (LocalPalette's
     `runners`, in their order): what `palette replay` rebuilds and diffs."""
-    return [TemplateCatalog(), TemplateUsage(), JobList(), JobDashboard(), JobCosts()]
+    return [*templates.projections(), *jobs.projections(), *billing.projections()]
 
 
 @contextmanager
@@ -126,59 +117,58 @@ class LocalPalette:
         self.tokens = local_tokens(self.data_dir)
         self.guard = GuardConfig.load(self.data_dir)
         self.content_filter = ContentFilter(self.guard.content_rules)
-        self.limiter = RateLimiter.from_config(self.guard, SQLiteBucketStore(self.data_dir / RATE_LIMIT_FILE))
+        buckets = SQLiteBucketStore(self.data_dir / RATE_LIMIT_FILE)
+        self.limiter = RateLimiter.from_config(self.guard, buckets)
         self.bus = LocalBus(self.adapters.events, self.data_dir / "bus.db")
         self._catch_up_lock = threading.Lock()
         self._stop = threading.Event()
         self._projector: threading.Thread | None = None
 
         kernel = self.adapters
-        projections = local_projections()
-        catalog, usage, job_list, job_dashboard, costs = projections
-        self.runners = [kernel.projection_runner(projection) for projection in projections]
-        pricing = kernel.pricing
-        self.enhancer = ModelEnhancer(BlockingGateway(gateway_from_env), pricing.knows)
-        self.templates = TemplateHandlers(
-            kernel.events, TemplateUsageView(kernel.document_reader(usage)), screen=self.content_filter,
-            enhancer=self.enhancer,
+        self.runners = []
+        self.enhancer = ModelEnhancer(BlockingGateway(gateway_from_env), kernel.pricing.knows)
+        templates_parts = templates.build(
+            kernel, self._catch_up_views, screen=self.content_filter, enhancer=self.enhancer
         )
-        self.seeds = SeedHandlers(kernel.events, kernel.blobs)
-        self.jobs = JobHandlers(kernel.events, kernel.blobs, pricing_check=pricing.knows, pricing=pricing)
-        self.ledger = LedgerHandlers(kernel.events, pricing, kernel.runtime)
-        self.workers = WorkerPool(
-            kernel.events, kernel.blobs, gateway_from_env,
-            concurrency=self.worker_concurrency, max_jobs=self.max_running_jobs,
-            max_jobs_per_user=self.max_running_jobs_per_user,
-            budget=JobBudgets(kernel.events, pricing, kernel.runtime),
-            content_filter=self.content_filter,
-            options=WorkerOptions(lease_seconds=self.lease_seconds),
+        seeds_parts = seeds.build(kernel)
+        jobs_parts = jobs.build(kernel, self._catch_up_views)
+        billing_parts = billing.build(kernel, self._catch_up_views)
+        workers = WorkerOptions(
+            concurrency=self.worker_concurrency, lease_seconds=self.lease_seconds
         )
-        catalog_run, usage_run, job_list_run, dashboard_run, costs_run = self.runners
-        routers = [
-            templates_router(
-                self.templates, kernel.document_reader(catalog), catch_up=self._catch_up_of(catalog_run, usage_run)
-            ),
-            seeds_router(self.seeds),
-            jobs_router(
-                self.jobs, kernel.document_reader(job_list), kernel.document_reader(job_dashboard),
-                catch_up=self._catch_up_of(job_list_run, dashboard_run),
-            ),
-            billing_router(CostsView(kernel.document_reader(costs)), catch_up=self._catch_up_of(costs_run)),
+        generator_parts = generator.build(
+            kernel, gateway_from_env, workers, max_jobs=self.max_running_jobs,
+            max_jobs_per_user=self.max_running_jobs_per_user, content_filter=self.content_filter,
+        )
+        self.templates, self.seeds = templates_parts.handlers, seeds_parts.handlers
+        self.jobs, self.ledger = jobs_parts.handlers, billing_parts.handlers
+        self.workers = generator_parts.handlers
+        services: list[ServiceParts[Any]] = [
+            templates_parts, seeds_parts, jobs_parts, billing_parts, generator_parts
         ]
-        for name, pattern, handler in [*jobs_subscriptions(self.jobs), *billing_subscriptions(self.ledger)]:
-            self.bus.subscribe(name, pattern, handler)
-        self.workers.subscribe(self.bus)
+        for parts in services:
+            for subscription in parts.subscriptions:
+                self.bus.subscribe(*subscription)
         self.api = build_app(
-            routers, self.tokens, local=True, limiter=self.limiter, cors_origins=self.cors_origins,
+            [router for parts in services for router in parts.routers],
+            self.tokens,
+            local=True,
+            limiter=self.limiter,
+            cors_origins=self.cors_origins,
             readiness=self._readiness_checks(),
         )
+        blobs = kernel.blobs
+        assert isinstance(blobs, LocalBlobStore)  # the facade serves the folder's signed URLs
         self.asgi = FacadeApp(
-            PooledResolver(self.api, workers=self.api_workers), kernel.blobs, on_upload=self._uploaded,
+            PooledResolver(self.api, workers=self.api_workers),
+            blobs,
+            on_upload=self._uploaded,
             limiter=self.limiter,
         )
 
     def _readiness_checks(self) -> dict[str, Callable[[], object]]:
-        """What GET /health/ready probes: a read of the log, of the blob folder, and the bus relay."""
+        """What GET /health/ready probes: a read of the log, of the blob folder, and the bus
+        relay."""
 
         def bus() -> None:
             if not self.bus.running:
@@ -194,6 +184,14 @@ class LocalPalette:
         """Apply every committed event to every projection (the background thread's work)."""
         self._catch_up_of(*self.runners)()
 
+    def _catch_up_views(self, projections: Sequence[DocumentProjection]) -> Callable[[], None]:
+        """The `CatchUp` of the embedded runtime: each view is kept by a runner here (in
+        `runners`, in the order the services are built), and a router reading `projections`
+        brings just those up to date before each query (read-your-writes)."""
+        runners = [self.adapters.projection_runner(projection) for projection in projections]
+        self.runners.extend(runners)
+        return self._catch_up_of(*runners)
+
     def _catch_up_of(self, *runners: ProjectionRunner[Any]) -> Callable[[], None]:
         """Read-your-writes for a route: only the projections it reads are brought up to date."""
 
@@ -208,7 +206,9 @@ class LocalPalette:
         try:
             self.seeds.record_upload_for_key(key)
         except Exception:
-            logger.exception("recording an upload failed; validation will record it", extra={"blob_key": key})
+            logger.exception(
+                "recording an upload failed; validation will record it", extra={"blob_key": key}
+            )
 
     def _project_forever(self, poll_interval: float) -> None:
         while not self._stop.wait(poll_interval):
@@ -223,7 +223,10 @@ class LocalPalette:
         self.bus.start(poll_interval)
         self.workers.start()
         self._projector = threading.Thread(
-            target=self._project_forever, args=(poll_interval,), name="palette-projections", daemon=True
+            target=self._project_forever,
+            args=(poll_interval,),
+            name="palette-projections",
+            daemon=True,
         )
         self._projector.start()
 

@@ -15,7 +15,6 @@ job whose request is not readable yet) raises, so the bus redelivers or dead-let
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from contracts.envelope import StoredEvent
@@ -26,6 +25,7 @@ from contracts.events.generator import (
     UnbatchedUsageRecorded,
 )
 from contracts.events.templates import PromptEnhanced
+from palette.wiring import Subscription
 from services.billing.handlers import LedgerHandlers
 
 LEDGER_SUBSCRIBER = "billing-ledger"
@@ -41,8 +41,6 @@ LEDGER_PATTERN: dict[str, Any] = {
         PromptEnhanced.detail_type(),
     ],
 }
-
-Reaction = Callable[[StoredEvent], object]
 
 
 class LedgerConsumer:
@@ -67,7 +65,7 @@ class LedgerConsumer:
             self._handlers.charge_enhancement(event, stored)
 
 
-def subscriptions(handlers: LedgerHandlers) -> list[tuple[str, dict[str, Any], Reaction]]:
-    """(name, EventBridge pattern, handler) for each reaction: the composition root
-    subscribes them on its bus (`bus.subscribe(*subscription)`)."""
-    return [(LEDGER_SUBSCRIBER, LEDGER_PATTERN, LedgerConsumer(handlers))]
+def subscriptions(handlers: LedgerHandlers) -> list[Subscription]:
+    """Each reaction with its durable name and pattern: `palette serve` subscribes them on
+    the local bus; infra has one rule -> SQS queue per name, consumed by `consume`."""
+    return [Subscription(LEDGER_SUBSCRIBER, LEDGER_PATTERN, LedgerConsumer(handlers))]

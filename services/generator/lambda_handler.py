@@ -1,4 +1,5 @@
-"""The generator on AWS Lambda: an SQS consumer of JobRequested for jobs that fit one invocation.
+"""The generator on AWS Lambda: `consume`, an SQS consumer of JobRequested for jobs that fit
+one invocation (skeleton: `palette.lambda_entries`).
 
 The ECS Fargate task runs `worker_main` (the same worker, with no time limit). Here each SQS
 record holds a JobRequested as EventBridge delivered it (`detail.data.job_id`). The job runs
@@ -6,9 +7,10 @@ until it ends or the invocation nears its deadline; then the worker stops gracef
 (flush, GenerationReleased) and the record is reported as a batch item failure, so SQS
 delivers it again and the next invocation resumes from the last recorded batch. A job held
 by another worker is reported the same way, to be tried again after the queue's
-visibility timeout. Adapters and the model gateway come from the environment; the budget
-guard prices calls with billing's catalog (`adapters.pricing`, PALETTE_PRICING_OVERRIDES)
-for the "aws" runtime, so a job stops before its recorded spend passes its budget.
+visibility timeout. Adapters and the model gateway come from the environment; the worker
+is wired by `wiring.worker`, whose budget guard prices calls with billing's catalog
+(`adapters.pricing`, PALETTE_PRICING_OVERRIDES) for the "aws" runtime, so a job stops
+before its recorded spend passes its budget.
 """
 
 from __future__ import annotations
@@ -20,28 +22,22 @@ import os
 import threading
 from typing import Any
 
-from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from palette.adapters import Adapters, AwsSettings, aws_adapters
 from palette.idempotency import once_per_event
+from palette.lambda_entries import LambdaEntries, adapters_from_env
 from palette.models.environment import gateway_from_env
-from services.generator.budget import JobBudgets
+from services.generator import wiring
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
-from services.generator.worker import GenerationWorker
 
-logger = Logger(service="palette-generator")
-tracer = Tracer(service="palette-generator")
+entries = LambdaEntries("generator")
+logger = entries.logger
+adapters = functools.cache(adapters_from_env)
 
 DEADLINE_MARGIN_SECONDS = 60.0
 """Time left at which the worker stops launching calls: the grace period plus the flush."""
 UNFINISHED = {RunOutcome.RELEASED, RunOutcome.HELD}
-
-
-@functools.cache
-def adapters() -> Adapters:
-    return aws_adapters(AwsSettings.from_env())
 
 
 def options_from_env() -> WorkerOptions:
@@ -63,9 +59,7 @@ def job_id_of_event(event: dict[str, Any]) -> str:
 async def _run(job_ids: list[str], stop: threading.Event) -> dict[str, RunResult]:
     options = options_from_env()
     gateway = gateway_from_env(max(64, options.concurrency))
-    built = adapters()
-    budget = JobBudgets(built.events, built.pricing, built.runtime)
-    worker = GenerationWorker(built.events, built.blobs, gateway, options=options, budget=budget)
+    worker = wiring.worker(adapters(), gateway, options)
     try:
         results = await asyncio.gather(*(worker.run_job(job_id, stop) for job_id in job_ids))
     finally:
@@ -98,11 +92,10 @@ run_once = once_per_event(_run_requested)
 unfinished run leaves no idempotency record, so its redelivery resumes the job."""
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def _run_batch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """SQS batch of JobRequested (the stack's batch size is 1) -> run each job in turn;
-    unfinished ones go back to the queue."""
+    unfinished ones go back to the queue (its own batch loop: an unfinished job is no
+    failure, and the deadline is the invocation's)."""
     run_once.register_lambda_context(context)
     _stop.clear()
     remaining = context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS
@@ -118,3 +111,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     finally:
         timer.cancel()
     return {"batchItemFailures": failures}
+
+
+consume = entries.entry(_run_batch)

@@ -1,4 +1,5 @@
-"""The generator's consumers: a pool of workers fed by JobRequested and by a scan of the log.
+"""The generator's worker pool: it schedules jobs onto workers, fed by JobRequested and by
+a scan of the log.
 
 `WorkerPool` runs jobs on one asyncio event loop in a background thread (the model
 gateway's connection pool belongs to that loop), at most `max_jobs` at a time. Jobs reach it
@@ -51,10 +52,14 @@ from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
 from services.generator.worker import GenerationWorker
 
-
 SUBSCRIBER_NAME = "generator-workers"
-JOB_REQUESTED_PATTERN: dict[str, Any] = {"source": ["palette.jobs"], "detail-type": ["JobRequested"]}
-"""The bus pattern `handle` expects (EventBridge syntax)."""
+"""Durable name of the pool's subscription (the local bus checkpoint)."""
+JOB_REQUESTED_PATTERN: dict[str, Any] = {
+    "source": ["palette.jobs"],
+    "detail-type": [JobRequested.detail_type()],
+}
+"""The bus pattern `handle` expects (EventBridge syntax); on AWS the rule feeding the job
+queue is written with it."""
 
 
 def requested_job_ids(events: EventStore) -> Iterator[str]:
@@ -107,12 +112,17 @@ def record_crash(worker: GenerationWorker, job_id: str, error: Exception) -> boo
             # billed even when the crash ends the job and no claim follows
             written_off = worker.budget.written_off(job_id, state.version)
             if written_off > 0:
-                events = [BudgetWrittenOff(job_id=job_id, worker_id=worker.worker_id, amount=written_off), *events]
+                write_off = BudgetWrittenOff(
+                    job_id=job_id, worker_id=worker.worker_id, amount=written_off
+                )
+                events = [write_off, *events]
             worker.append(job_id, events, state.version)
     except ConcurrencyConflict:
         return False
     except Exception:
-        log.exception("could not record the crash of job %s; it resumes when its lease lapses", job_id)
+        log.exception(
+            "could not record the crash of job %s; it resumes when its lease lapses", job_id
+        )
         return False
     if events:
         log.warning("job %s: the crash is recorded as %s", job_id, events[-1].detail_type())
@@ -159,7 +169,7 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._queue: asyncio.Queue[tuple[str, str | None] | None] | None = None
+        self._queue: asyncio.Queue[tuple[str, str] | None] | None = None
         self._active: set[str] = set()
         self._waiting: dict[str, deque[str]] = {}
         self._running_by_owner: Counter[str] = Counter()
@@ -253,7 +263,8 @@ class WorkerPool:
         source = self._gateway_source
         gateway = source if isinstance(source, ModelGateway) else source()
         self.worker = GenerationWorker(
-            self.events, self.blobs, gateway, self.worker_id, self.options, self.budget, self.content_filter
+            self.events, self.blobs, gateway, self.worker_id, self.options, self.budget,
+            self.content_filter,
         )
         self._queue = asyncio.Queue()
         self._ready.set()
@@ -320,7 +331,9 @@ class WorkerPool:
             self._dispatch()
         if retry:
             self._resubmit(job_id, owner)
-        elif result is not None and result.outcome is RunOutcome.HELD and result.retry_at is not None:
+        elif (
+            result is not None and result.outcome is RunOutcome.HELD and result.retry_at is not None
+        ):
             delay = max(0.0, (result.retry_at - datetime.now(UTC)).total_seconds()) + 0.5
             asyncio.get_running_loop().call_later(delay, self._resubmit, job_id, owner)
 

@@ -18,7 +18,6 @@ overtook the claim applies the claim first (see `JobHandlers.apply_generation_fa
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from contracts.envelope import StoredEvent
@@ -28,6 +27,7 @@ from contracts.events.generator import (
     GenerationFailed,
     GenerationStopped,
 )
+from palette.wiring import Subscription
 from services.jobs.handlers import JobHandlers
 
 LIFECYCLE_SUBSCRIBER = "jobs-lifecycle"
@@ -43,8 +43,6 @@ LIFECYCLE_PATTERN: dict[str, Any] = {
     ],
 }
 
-Reaction = Callable[[StoredEvent], object]
-
 
 class JobLifecycle:
     """Applies generator facts to jobs; raises only for failures worth a redelivery."""
@@ -56,7 +54,7 @@ class JobLifecycle:
         self._handlers.apply_generation_fact(stored)
 
 
-def subscriptions(handlers: JobHandlers) -> list[tuple[str, dict[str, Any], Reaction]]:
-    """(name, EventBridge pattern, handler) for each reaction: the composition root
-    subscribes them on the local bus, and infra creates one rule -> SQS queue per name."""
-    return [(LIFECYCLE_SUBSCRIBER, LIFECYCLE_PATTERN, JobLifecycle(handlers))]
+def subscriptions(handlers: JobHandlers) -> list[Subscription]:
+    """Each reaction with its durable name and pattern: `palette serve` subscribes them on
+    the local bus; infra has one rule -> SQS queue per name, consumed by `consume`."""
+    return [Subscription(LIFECYCLE_SUBSCRIBER, LIFECYCLE_PATTERN, JobLifecycle(handlers))]

@@ -1,4 +1,4 @@
-"""AWS entry points of the templates service.
+"""AWS entry points of the templates service (skeletons: `palette.lambda_entries`).
 
 - `handler`: API Gateway HTTP API (JWT authorizer) -> the /templates routes. The caller is
   the `sub` claim the authorizer verified.
@@ -7,7 +7,8 @@
   batch failure, so SQS redelivers only it (and, past maxReceiveCount, dead-letters it).
   Projections track stream versions, so redelivery and the bus's lack of order are harmless.
 
-Adapters are built once per container, on first use, from the environment (AwsSettings),
+The service is wired by `wiring.build`, as in `palette serve`. Adapters are built once per
+container, on first use, from the environment (AwsSettings),
 and so is the guard (`palette.guard.aws`): per-caller rate limits in the shared rate-limit
 table and the operator's content filter, which refuses a definition breaking a rule.
 On AWS no `catch_up` is wired: listings follow the bus and are eventually consistent.
@@ -22,36 +23,21 @@ import functools
 import os
 from typing import Any
 
-from aws_lambda_powertools import Metrics, Tracer
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
-from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from palette.adapters import Adapters, AwsSettings, aws_adapters
-from palette.api.app import build_app, logger
+from palette.api.app import build_app
 from palette.api.auth import ApiGatewayJwtClaims
-from palette.bus.sqs import project_sqs_batch
 from palette.guard.aws import AwsGuard
+from palette.lambda_entries import LambdaEntries, adapters_from_env
 from palette.models.bedrock import BedrockGateway
 from palette.models.blocking import BlockingGateway
 from palette.projections.runner import ProjectionRunner
-from services.templates.api import create_router
-from services.templates.handlers import TemplateHandlers
+from services.templates import wiring
 from services.templates.model_enhancer import ModelEnhancer
-from services.templates.projections import (
-    TemplateCatalog,
-    TemplateUsage,
-    TemplateUsageView,
-)
 
-metrics = Metrics(namespace="Palette", service="templates")
-tracer = Tracer(service="templates")
-
-
-@functools.cache
-def adapters() -> Adapters:
-    return aws_adapters(AwsSettings.from_env())
+entries = LambdaEntries("templates")
+adapters = functools.cache(adapters_from_env)
 
 
 @functools.cache
@@ -80,41 +66,26 @@ def enhancer() -> ModelEnhancer | None:
 
 @functools.cache
 def api() -> ApiGatewayResolver:
-    """The resolver serving the /templates routes (and /health, /swagger)."""
-    kernel = adapters()
-    usage = TemplateUsageView(kernel.document_reader(TemplateUsage()))
-    handlers = TemplateHandlers(kernel.events, usage, screen=guard().content_filter(), enhancer=enhancer())
-    router = create_router(handlers, kernel.document_reader(TemplateCatalog()))
-    return build_app(
-        [router], ApiGatewayJwtClaims(), local=False, title="Palette templates", limiter=guard().limiter
-    )
+    """The resolver serving the /templates routes (and /health, /swagger). Templates has no
+    subscriptions, so its parts serve this API alone."""
+    parts = wiring.build(adapters(), screen=guard().content_filter(), enhancer=enhancer())
+    routers, identity = parts.routers, ApiGatewayJwtClaims()
+    title, limiter = "Palette templates", guard().limiter
+    return build_app(routers, identity, local=False, title=title, limiter=limiter)
 
 
 @functools.cache
 def projection_runners() -> tuple[ProjectionRunner[Any], ...]:
     """The runners of the catalog and usage projections (their tables are prepared once)."""
-    kernel = adapters()
-    return kernel.projection_runner(TemplateCatalog()), kernel.projection_runner(TemplateUsage())
+    return tuple(adapters().projection_runner(projection) for projection in wiring.projections())
 
 
-@metrics.log_metrics
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
-@tracer.capture_lambda_handler
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    response: dict[str, Any] = api().resolve(event, context)
-    if _created_a_template(event, response):
-        metrics.add_metric(name="templates_created", unit=MetricUnit.Count, value=1)
-    return response
-
-
-def _created_a_template(event: dict[str, Any], response: dict[str, Any]) -> bool:
+def _count_created_templates(event: dict[str, Any], response: dict[str, Any]) -> None:
     method = event.get("requestContext", {}).get("http", {}).get("method")
-    return method == "POST" and event.get("rawPath") == "/templates" and response.get("statusCode") == 201
+    created = response.get("statusCode") == 201
+    if method == "POST" and event.get("rawPath") == "/templates" and created:
+        entries.metrics.add_metric(name="templates_created", unit=MetricUnit.Count, value=1)
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-def project(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Applies each queued bus event to the projections; failed records are returned for
-    redelivery (`batchItemFailures`)."""
-    return project_sqs_batch(event, context, adapters().blobs, projection_runners())
+handler = entries.api(api, observe=_count_created_templates)
+project = entries.projections(lambda: adapters().blobs, projection_runners)

@@ -233,10 +233,10 @@ def palette_on_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsPalette]:
             return lambda event, context: getattr(importlib.import_module(module), name)(event, context)
 
         consumers = [
-            ("seeds", "UploadsQueue", handler("services.seeds.lambda_handler", "on_object_created")),
+            ("seeds", "UploadsQueue", handler("services.seeds.lambda_handler", "consume")),
             ("templates", "ProjectionsQueue", handler("services.templates.lambda_handler", "project")),
-            ("generator", "JobQueue", handler("services.generator.lambda_handler", "handler")),
-            ("jobs", "LifecycleQueue", handler("services.jobs.lambda_handler", "react")),
+            ("generator", "JobQueue", handler("services.generator.lambda_handler", "consume")),
+            ("jobs", "LifecycleQueue", handler("services.jobs.lambda_handler", "consume")),
             ("jobs", "ProjectionsQueue", handler("services.jobs.lambda_handler", "project")),
             ("billing", "LedgerQueue", handler("services.billing.lambda_handler", "consume")),
             ("billing", "ProjectionsQueue", handler("services.billing.lambda_handler", "project")),
@@ -434,7 +434,7 @@ REDELIVERED = {
 
 
 @pytest.mark.parametrize(("stack", "queue", "module", "entry", "inner", "process"), [
-    ("jobs", "LifecycleQueue", "services.jobs.lambda_handler", "react", "lifecycle", "_react_to_event"),
+    ("jobs", "LifecycleQueue", "services.jobs.lambda_handler", "consume", "lifecycle", "_react_to_event"),
     ("billing", "LedgerQueue", "services.billing.lambda_handler", "consume", "ledger", "_charge_event"),
 ])
 def test_a_redelivered_record_is_processed_once(
@@ -505,5 +505,5 @@ def test_without_the_table_a_redelivered_record_is_processed_again(
               "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
               "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}
     for _ in range(2):
-        handlers.react({"Records": [record]}, LambdaContext())
+        handlers.consume({"Records": [record]}, LambdaContext())
     assert calls == ["evt-redelivered-1", "evt-redelivered-1"]

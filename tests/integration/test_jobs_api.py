@@ -5,7 +5,7 @@ Templates and seeds are set up by appending their services' events, as those ser
 record them. Behaviours marked with the `api` fixture run on both runtimes: the embedded one
 (local adapters, HS256 tokens, generator facts delivered by the local bus, projections
 caught up before reads) and AWS under moto (through `lambda_handler.handler`, facts fed to
-`lambda_handler.react` and projections to `lambda_handler.project` as SQS batches of bus
+`lambda_handler.consume` and projections to `lambda_handler.project` as SQS batches of bus
 events, delivered in reverse order).
 """
 
@@ -290,7 +290,7 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
                 bodies = [bus_event(e) for e in reversed(fresh)]
                 facts = [b for b in bodies if b["source"] == "palette.generator"]
                 if facts:
-                    reacted = lambda_handler.react(sqs_batch(facts), FakeLambdaContext())
+                    reacted = lambda_handler.consume(sqs_batch(facts), FakeLambdaContext())
                     assert reacted == {"batchItemFailures": []}
                 projected = lambda_handler.project(sqs_batch(bodies), FakeLambdaContext())
                 assert projected == {"batchItemFailures": []}
@@ -305,7 +305,7 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
 def _forget_containers() -> None:
     """A cold start: the next invocation builds its adapters from the environment again."""
     for cached in (
-        lambda_handler.adapters, lambda_handler.handlers, lambda_handler.api, lambda_handler.lifecycle,
+        lambda_handler.adapters, lambda_handler.parts, lambda_handler.api,
         lambda_handler.projection_runners,
     ):
         cached.cache_clear()
@@ -853,7 +853,7 @@ def test_the_reaction_consumer_reports_only_failed_records(monkeypatch: pytest.M
         orphan = facade.events.append("generation-job_" + "f" * 32, [NewEvent(claimed("job_" + "f" * 32))], 0)
         batch_ = sqs_batch([{"detail": "not a palette event"}, bus_event(stored), bus_event(orphan[0])])
 
-        result = lambda_handler.react(batch_, FakeLambdaContext())
+        result = lambda_handler.consume(batch_, FakeLambdaContext())
 
         failed = [batch_["Records"][0]["messageId"], batch_["Records"][2]["messageId"]]
         assert result == {"batchItemFailures": [{"itemIdentifier": m} for m in failed]}

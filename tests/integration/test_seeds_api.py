@@ -2,7 +2,7 @@
 
 Local: the powertools resolver over `local_adapters` (SQLite log, blob folder), with the
 upload PUT stored exactly as the local facade stores it (`accept_upload` with the signed
-URL's query) and then recorded. AWS: `lambda_handler.handler` and `on_object_created`
+URL's query) and then recorded. AWS: `lambda_handler.handler` and `consume`
 under moto (the latter fed SQS batches, as the uploads queue delivers them), with DynamoDB
 as the log and S3 as the blob store.
 """
@@ -695,9 +695,9 @@ def test_aws_upload_record_and_validate(aws: dict[str, Any], capsys: pytest.Capt
     data = jsonl(GOOD, {"topic": "no author"}, GOOD)
     aws["s3"].put_object(Bucket=BUCKET, Key=key, Body=data)
 
-    result = lambda_handler.on_object_created(sqs_batch([object_created(key)]), LambdaContext())
+    result = lambda_handler.consume(sqs_batch([object_created(key)]), LambdaContext())
     uploaded = capsys.readouterr().out
-    duplicate = lambda_handler.on_object_created(sqs_batch([object_created(key)]), LambdaContext())
+    duplicate = lambda_handler.consume(sqs_batch([object_created(key)]), LambdaContext())
     report = call_lambda("POST", "/seed-data/validate", {"seed_id": grant.body["seed_id"], "template_id": template_id})
 
     assert result == duplicate == {"batchItemFailures": []}
@@ -725,7 +725,7 @@ def test_aws_s3_notification_records_and_unknown_keys(aws: dict[str, Any]) -> No
         for key in ("datasets/job-1/out.jsonl", grant["blob_key"])
     ]}
 
-    result = lambda_handler.on_object_created(sqs_batch([notification]), LambdaContext())
+    result = lambda_handler.consume(sqs_batch([notification]), LambdaContext())
 
     assert result == {"batchItemFailures": []}
     seed = call_lambda("GET", f"/seed-data/{grant['seed_id']}").body
@@ -736,7 +736,7 @@ def test_aws_an_oversized_object_is_refused_and_deleted(aws: dict[str, Any]) -> 
     grant = call_lambda("POST", "/seed-data/upload", {"filename": "books.jsonl"}).body
     aws["s3"].put_object(Bucket=BUCKET, Key=grant["blob_key"], Body=jsonl(*([GOOD] * 100)))
 
-    result = lambda_handler.on_object_created(sqs_batch([object_created(grant["blob_key"])]), LambdaContext())
+    result = lambda_handler.consume(sqs_batch([object_created(grant["blob_key"])]), LambdaContext())
 
     assert result == {"batchItemFailures": []}
     assert aws["s3"].list_objects_v2(Bucket=BUCKET, Prefix="seed-data/").get("KeyCount") == 0
@@ -750,7 +750,7 @@ def test_aws_only_the_failed_upload_record_is_redelivered(aws: dict[str, Any]) -
     aws["s3"].put_object(Bucket=BUCKET, Key=grant["blob_key"], Body=jsonl(GOOD))
     batch = sqs_batch([object_created(grant["blob_key"]), "{not json"])
 
-    result = lambda_handler.on_object_created(batch, LambdaContext())
+    result = lambda_handler.consume(batch, LambdaContext())
 
     assert result == {"batchItemFailures": [{"itemIdentifier": batch["Records"][1]["messageId"]}]}
     assert call_lambda("GET", f"/seed-data/{grant['seed_id']}").body["uploaded"] is True

@@ -63,7 +63,7 @@ def test_the_copied_tree_keeps_every_contract(tree: Path) -> None:
          "contracts is the published language and imports nothing of ours"),
         ("services.jobs.handlers", "import services.billing\n",
          "a service never imports another service"),
-        ("services.generator.consumers", "from services.templates import api\n",
+        ("services.generator.worker_pool", "from services.templates import api\n",
          "a service never imports another service"),
         ("palette.bus.leak", "import services.jobs\n",
          "palette imports services only in its composition root"),
@@ -81,7 +81,7 @@ def test_a_violation_breaks_its_contract(
     tree: Path, module: str, source: str, contract: str
 ) -> None:
     _write(tree, module, source)
-    if module == "services.generator.consumers":
+    if module == "services.generator.worker_pool":
         _write(tree, "services.templates.api", '"""Routes."""\n')
     result = _lint(tree)
     assert result.returncode != 0, result.stdout
