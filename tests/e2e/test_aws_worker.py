@@ -44,7 +44,7 @@ from services.generator.worker_main import (
     QueueOptions,
     owner_slots_from_env,
 )
-from tests.e2e.test_aws_flow import AwsPalette, _template_and_seed, palette_on_moto  # noqa: F401 (fixture)
+from tests.e2e.aws_palette import AwsPalette, template_and_seed
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.waiting import wait_for
 
@@ -190,7 +190,7 @@ def test_the_cap_is_off_without_its_table_and_reads_its_limit_from_the_environme
 
 
 @pytest.fixture
-def generator_queue(palette_on_moto: AwsPalette) -> Iterator[tuple[AwsPalette, str]]:  # noqa: F811
+def generator_queue(palette_on_moto: AwsPalette) -> Iterator[tuple[AwsPalette, str]]:
     """The system without the generator's Lambda: its queue is the worker process's."""
     aws = palette_on_moto
     aws.consumers = [c for c in aws.consumers if c[:2] != ("generator", "JobQueue")]
@@ -233,7 +233,7 @@ def _stop(worker: subprocess.Popen[str], timeout: float = 60) -> tuple[int, floa
 
 
 def _request_job(aws: AwsPalette, num_records: int) -> str:
-    template_id, seed_id = _template_and_seed(aws)
+    template_id, seed_id = template_and_seed(aws)
     job = aws.call("jobs", "POST", "/jobs", {
         "template_id": template_id, "seed_id": seed_id, "num_records": num_records,
         "budget_limit": 5, "output_format": ["JSONL"],

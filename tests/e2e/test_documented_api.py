@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_aws_flow import AwsPalette, palette_on_moto  # noqa: F401  (a fixture)
+from tests.e2e.aws_palette import AwsPalette
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette
 

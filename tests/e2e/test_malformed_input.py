@@ -1,26 +1,20 @@
 """Malformed input against `palette serve` over real HTTP: every case answers a 4xx in the
-error shape, never a 500 or a plain-text "Internal Server Error" (issue 13 item 5, issue 14
-item 5)."""
+error shape, never a 500 or a plain-text "Internal Server Error"."""
 
 from __future__ import annotations
 
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.test_serving import Served, start_serve, stop_serve
+from tests.e2e.serving import UNLIMITED, Served, start_serve, stop_serve
 
 DEEP = 5_000
 DEEPEST = 100_000
 HUGE = "9" * 5_000
-UNLIMITED = {"rate_limits": {name: {"per_minute": 100_000, "burst": 100_000} for name in ("jobs", "uploads", "other")}}
-"""These tests send many requests from one user; the limits have tests of their own."""
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("malformed")

@@ -26,8 +26,7 @@ from schemathesis import Case, GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import status_code_conformance  # noqa: E402
 
-from tests.e2e.test_malformed_input import UNLIMITED  # noqa: E402
-from tests.e2e.test_serving import Served, start_serve, stop_serve  # noqa: E402
+from tests.e2e.serving import UNLIMITED, Served, start_serve, stop_serve  # noqa: E402
 from tests.fakes.openai_server import FakeOpenAIServer  # noqa: E402
 
 MAX_EXAMPLES = int(os.environ.get("PALETTE_FUZZ_EXAMPLES", "25"))

@@ -6,71 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from contracts.streams import template_stream
-from tests.waiting import answers, wait_for
+from tests.e2e.serving import Served, start_serve, stop_serve
 
 CONCURRENT = 24
 """More requests at once than any thread pool the server could size from 2 cores."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Served:
-    base: str
-    data_dir: Path
-    process: subprocess.Popen[bytes]
-
-    def token(self, user: str) -> str:
-        return subprocess.run(
-            [sys.executable, "-m", "palette.cli", "token", "create", "--user", user, "--data-dir", str(self.data_dir)],
-            check=True, capture_output=True, text=True, timeout=60,
-        ).stdout.strip()
-
-    def client(self, user: str) -> httpx.Client:
-        return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.token(user)}"}, timeout=30)
-
-
-def start_serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Served:
-    """`palette serve` on a free port, once /health answers."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "palette.cli", "serve", "--data-dir", str(data_dir), "--port", str(port), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})},
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: answers(f"{base}/health"), timeout=30, interval=0.1, what="palette serve's start")
-    except AssertionError:
-        process.kill()
-        raise RuntimeError(f"palette serve did not start: {process.stdout.read() if process.stdout else ''}") from None
-    return Served(base, data_dir, process)
-
-
-def stop_serve(served: Served) -> None:
-    if served.process.poll() is None:
-        served.process.terminate()
-        try:
-            served.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            served.process.kill()
-            served.process.wait()
 
 
 @pytest.fixture(scope="module")
