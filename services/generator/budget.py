@@ -1,7 +1,7 @@
 """The budget guard: the generator asks before every model call whether the job can afford it.
 
-Budgets are hard for what the provider bills (DESIGN.md, Guarantees; README "Budgets and
-costs"):
+Budgets are hard for what the provider bills (docs/architecture.md, Guarantees; README
+"Budgets and costs"):
 - A call starts only after its worst case — its input tokens (estimated from above) plus
   `max_tokens` of output at the model's price, plus `CallOverhead` — was reserved. When it
   settles, the reservation becomes its real price (answered), nothing but its overhead (the

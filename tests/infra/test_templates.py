@@ -456,6 +456,20 @@ def test_entry_points_are_named_by_kind(name: str) -> None:
         assert callable(getattr(importlib.import_module(module), entry)), logical_id
 
 
+@pytest.mark.parametrize("name", SERVICES)
+def test_logs_metrics_and_traces_carry_the_stacks_service_name(name: str) -> None:
+    """One naming rule: the entry points' Logger, Metrics and Tracer are `palette-<service>`,
+    the POWERTOOLS_SERVICE_NAME its stack gives every function."""
+    entries = importlib.import_module(f"services.{name}.lambda_handler").entries
+    assert entries.name == f"palette-{name}"
+    assert entries.logger.service == entries.metrics.service == entries.tracer.service == entries.name
+    template = load(name)
+    shared = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    for logical_id, function in resources(template, "AWS::Serverless::Function").items():
+        own = function["Properties"].get("Environment", {}).get("Variables", {})
+        assert {**shared, **own}["POWERTOOLS_SERVICE_NAME"] == entries.name, logical_id
+
+
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_every_function_is_traced_and_may_write_to_x_ray(name: str) -> None:
     template = load(name)
