@@ -1,4 +1,4 @@
-"""The event store contract (criteria 1-6 and 12 of docs/architecture.md, Guarantees), run against every adapter.
+"""The event store contract (docs/architecture.md, criteria 1-6 and 12), run on every adapter.
 
 The same tests run on SQLite and on DynamoDB (moto); a few at the end cover what only the
 DynamoDB adapter has: transaction and item limits, bookkeeping items, the eventually
