@@ -31,9 +31,8 @@ from contracts.events.jobs import (
     JobCancelled,
     JobCancelRequested,
     JobDeleted,
+    JobOptions,
     JobRequested,
-    OutputFilter,
-    OutputFormat,
 )
 from contracts.events.seeds import SeedDataUploaded, SeedFormat
 from contracts.events.templates import (
@@ -243,19 +242,14 @@ class JobSpec:
     template_id: str
     template_version: int
     seed_id: str
-    num_records: int
-    output_formats: tuple[OutputFormat, ...]
-    model_parameters: dict[str, object]
-    partition_strategy: str | None
+    options: JobOptions
     cancel_requested: bool = False
     closed: bool = False
-    models: tuple[str, ...] = ()
-    output_filter: OutputFilter = "drop"
 
     @property
     def lanes(self) -> tuple[str | None, ...]:
         """The models records are made for: each fan-out model, or None (the template's)."""
-        return self.models or (None,)
+        return tuple(self.options.models or ()) or (None,)
 
 
 def fold_job(events: Iterable[DomainEvent]) -> JobSpec | None:
@@ -269,12 +263,7 @@ def fold_job(events: Iterable[DomainEvent]) -> JobSpec | None:
                 template_id=event.template_id,
                 template_version=event.template_version,
                 seed_id=event.seed_id,
-                num_records=event.num_records,
-                output_formats=tuple(event.output_formats),
-                model_parameters=dict(event.model_parameters),
-                partition_strategy=event.partition_strategy,
-                models=tuple(event.models or ()),
-                output_filter=event.output_filter,
+                options=event.options,
             )
         elif spec is not None and isinstance(event, JobCancelRequested):
             spec = replace(spec, cancel_requested=True)

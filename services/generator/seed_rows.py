@@ -82,6 +82,22 @@ def load_seed_rows(
     return rows
 
 
+def missing_counts(rows: Sequence[SeedRow], required_fields: Sequence[str]) -> dict[str, int]:
+    """Per field the template reads, how many rows lack it (absent or null), as seed
+    validation counts them: a job whose seed set was not validated for its template version
+    checks its rows with this before it generates."""
+    counts = dict.fromkeys(required_fields, 0)
+    paths = {name: tuple(name.split(".")) for name in counts}
+    for row in rows:
+        for name, path in paths.items():
+            value: Any = row
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is None:
+                counts[name] += 1
+    return counts
+
+
 def _rows(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath]) -> Iterator[SeedRow]:
     """The file's records (lines or rows that are not a record are skipped: validation
     reported them), exactly as typed: JSONL is parsed line by line in Python."""

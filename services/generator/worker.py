@@ -91,7 +91,26 @@ from services.generator.run.ending import JobFailure
 from services.generator.run.job_run import JobRun
 from services.generator.run.options import StopSignal, WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
-from services.generator.seed_rows import SeedRow, SeedRowsUnavailable, load_seed_rows
+from services.generator.seed_rows import (
+    SeedRow,
+    SeedRowsUnavailable,
+    load_seed_rows,
+    missing_counts,
+)
+
+
+def _check_rows(rows: list[SeedRow], required_fields: tuple[str, ...]) -> None:
+    """SEED_INVALID when a row lacks a field the template reads: a job may be created without
+    a validation for its template version, so it validates its rows before generating."""
+    counts = missing_counts(rows, required_fields)
+    missing = {name: count for name, count in counts.items() if count}
+    if missing:
+        lacking = ", ".join(f"{name} ({n} of {len(rows)})" for name, n in sorted(missing.items()))
+        raise JobFailure(
+            "SEED_INVALID",
+            f"the seed set does not validate against the template: records lack {lacking}; "
+            "POST /seed-data/validate gives the full report",
+        )
 
 
 def _now() -> datetime:
@@ -176,6 +195,7 @@ class GenerationWorker:
             rows = load_seed_rows(self.blobs, seed.blob_key, seed.format, template.required_fields)
         except SeedRowsUnavailable as error:
             raise JobFailure("SEED_UNREADABLE", str(error)) from error
+        _check_rows(rows, template.required_fields)
         return template, rows
 
     def append(self, job_id: str, events: Sequence[DomainEvent], expected_version: int) -> int:

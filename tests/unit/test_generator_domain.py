@@ -194,6 +194,7 @@ class TestOtherServicesStreams:
         )
         job = fold_job([requested])
         assert job is not None and job.template_version == 2 and not job.cancel_requested
+        assert job.options == requested.options
         cancelled = fold_job([requested, JobCancelRequested(job_id=JOB)])
         assert cancelled is not None and cancelled.cancel_requested
         assert fold_job([]) is None

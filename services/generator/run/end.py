@@ -45,7 +45,7 @@ class RunEnd:
         self.writer = writer
         self.blobs = blobs
         self.worker_id = worker_id
-        self.fanout = bool(job.models)
+        self.fanout = bool(job.options.models)
 
     def lost(self) -> RunResult:
         log.warning("worker %s lost job %s to another worker", self.worker_id, self.job.job_id)
@@ -80,7 +80,8 @@ class RunEnd:
             lane = unfinished[0]
             failure = JobFailure(
                 "INTERNAL",
-                f"generation of {lane.label} ended at record {lane.counters.recorded} of {self.job.num_records}",
+                f"generation of {lane.label} ended at record {lane.counters.recorded} "
+                f"of {self.job.options.num_records}",
             )
             failed = GenerationFailed(job_id=job_id, code=failure.code, reason=failure.reason, records_completed=done)
             return await self._final([failed], RunOutcome.FAILED, failure.reason)
@@ -110,8 +111,8 @@ class RunEnd:
                 job.owner,
                 job.job_id,
                 part_keys,
-                list(job.output_formats),
-                job.partition_strategy,
+                list(job.options.output_formats),
+                job.options.partition_strategy,
                 rows,
             )
         except ExportError as error:

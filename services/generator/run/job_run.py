@@ -55,13 +55,13 @@ class JobRun:
         self.job = job
         self.job_id = job.job_id
         self.stop = stop
-        self.fanout = bool(job.models)
+        self.fanout = bool(job.options.models)
         models = job.lanes
         self.lanes = [
             RunLane(
                 model, index,
-                step_calls(template, job.model_parameters, options.default_max_tokens, model),
-                state, job.num_records, len(models), options,
+                step_calls(template, job.options.model_parameters, options.default_max_tokens, model),
+                state, job.options.num_records, len(models), options,
             )
             for index, model in enumerate(models)
         ]
@@ -81,7 +81,7 @@ class JobRun:
         self.ending.listeners += [self.wakeup.set, self.budget.changed]
         self.records = RecordMaker(
             self.job_id, rows, options, worker.gateway, worker.worker_id, worker.content_filter,
-            job.output_filter == "flag", self.budget, self.ending,
+            job.options.output_filter == "flag", self.budget, self.ending,
         )
         self.end = RunEnd(job, self.lanes, self.ending, self.budget, self.writer, worker.blobs, worker.worker_id)
 
