@@ -13,7 +13,7 @@ T = TypeVar("T")
 
 
 def wait_for(
-    condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.02, what: str = "the condition"
+    condition: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.02, what: str = "the condition"
 ) -> T:
     """The condition's first truthy value; AssertionError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -16,6 +16,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import boto3
@@ -69,7 +70,7 @@ def _chunks(total: int, chunk_size: int, seed: int, digest: hashlib._Hash) -> It
         yield chunk
 
 
-def _sha256_of_stream(stream: io.IOBase, chunk_size: int = MiB) -> tuple[str, int]:
+def _sha256_of_stream(stream: BinaryIO | io.IOBase, chunk_size: int = MiB) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     while chunk := stream.read(chunk_size):
         digest.update(chunk)

@@ -161,7 +161,7 @@ class DynamoDBBackend(Backend):
                     for p, s in (("gsi1pk", "gsi1sk"), ("gsi2pk", "gsi2sk"))
                 ]
                 rows.append(
-                    (item["collection"]["S"], item["key"]["S"], json.loads(item["body"]["S"]), *entries)  # type: ignore[arg-type]
+                    (item["collection"]["S"], item["key"]["S"], json.loads(item["body"]["S"]), *entries)
                 )
         return sorted(rows, key=lambda row: (row[0], row[1]))
 

@@ -743,7 +743,7 @@ def test_dynamodb_commits_disjoint_writes_together_within_100_items(log: JobLog)
             calls.append(len(request["TransactItems"]))
             return transact(**request)
 
-        client.transact_write_items = counting  # type: ignore[method-assign]
+        client.transact_write_items = counting
         assert runner.run_once(batch_size=1000) == 250
 
         assert calls == [100, 100, 53]

@@ -54,7 +54,8 @@ def start_serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
         wait_for(lambda: answers(f"{base}/health"), timeout=30, interval=0.1, what="palette serve's start")
     except AssertionError:
         process.kill()
-        raise RuntimeError(f"palette serve did not start: {process.stdout.read() if process.stdout else ''}") from None
+        output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+        raise RuntimeError(f"palette serve did not start: {output}") from None
     return Served(base, data_dir, process)
 
 

@@ -52,7 +52,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         wait_for(lambda: answers(f"{base}/health"), timeout=30, interval=0.1, what="palette serve's start")
     except AssertionError:
         process.kill()
-        raise RuntimeError(f"palette serve did not start: {process.stdout.read() if process.stdout else ''}") from None
+        output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+        raise RuntimeError(f"palette serve did not start: {output}") from None
     yield base, data_dir
     process.terminate()
     process.wait(timeout=20)

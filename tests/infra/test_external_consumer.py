@@ -74,7 +74,7 @@ def _stream_of(source: str) -> str:
 
 
 def _drain(sqs: Any, url: str) -> list[dict[str, Any]]:
-    bodies = []
+    bodies: list[Any] = []
     while True:
         messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
         if not messages:

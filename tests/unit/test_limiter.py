@@ -9,7 +9,7 @@ import pytest
 from services.generator.limiter import AdaptiveLimiter, backoff_delay
 
 
-def run(coroutine):  # type: ignore[no-untyped-def]
+def run(coroutine):
     return asyncio.run(coroutine)
 
 

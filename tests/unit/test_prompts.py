@@ -361,7 +361,7 @@ REFS = "[" + ", ".join(["b"] * 60) + "]"
 TUPLE = "(" + ", ".join(["b"] * 60) + ")"
 
 AMPLIFIERS = {
-    "list repeated (issue 13)": "{{ topic }}{{ ['x' * 999999] * 1000 }}",
+    "list repeated": "{{ topic }}{{ ['x' * 999999] * 1000 }}",
     "tuple repeated": BIG + "{{ (b,) * 60 }}",
     "string repeated": "{{ 'x' * 10**9 }}",
     "list concatenation": BIG + "{{ " + REFS + " + " + REFS + " }}",

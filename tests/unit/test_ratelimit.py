@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from palette.guard.config import BucketLimit, GuardConfig
+from palette.guard.config import BucketLimit, GuardConfig, RouteClass
 from palette.guard.ratelimit import (
     BucketStore,
     DynamoDBBucketStore,
@@ -21,7 +21,7 @@ from palette.guard.ratelimit import (
 )
 from tests.fakes.rate_limit_table import create_bucket_table
 
-LIMITS = {
+LIMITS: dict[RouteClass, BucketLimit] = {
     "jobs": BucketLimit(per_minute=6, burst=2),
     "uploads": BucketLimit(per_minute=60, burst=3),
     "other": BucketLimit(per_minute=600, burst=5),

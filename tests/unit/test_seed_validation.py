@@ -283,7 +283,7 @@ class _OneWay(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+    def readinto(self, buffer) -> int:
         chunk = self._data.read(len(buffer))
         buffer[: len(chunk)] = chunk
         return len(chunk)
