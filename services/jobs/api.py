@@ -6,11 +6,7 @@ when given, brings the projections up to date first (the embedded runtime); on A
 follow the bus and may trail the job stream for a moment.
 
 Another user's job, a deleted one and an unknown one all answer 404 with the same message.
-
-`num_records` is strict: a JSON integer only. 100.5, "ten" and also "10" and 10.0 answer 400
-— a count sent as text or as a float is a client bug worth surfacing, not guessing at.
-`budget_limit` takes a JSON number or a decimal string ("20.50"); money often travels as
-text, and it is kept as an exact Decimal either way.
+The bodies are in `services.jobs.api_models`.
 """
 
 from __future__ import annotations
@@ -18,30 +14,47 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
-from contracts.events.jobs import OutputFormat
-from contracts.identifiers import MAX_ID_CHARS, MAX_MODEL_ID_CHARS, id_problem, model_problem
-from contracts.money import MoneyText
+from contracts.seed_refs import parse_seed_reference
 from palette.api.app import caller, logger
-from palette.api.errors import Conflict, NotFound, ValidationFailed, openapi_responses
+from palette.api.errors import (
+    Conflict,
+    NotFound,
+    TemplateNotFoundError,
+    ValidationFailed,
+    openapi_responses,
+)
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
 from palette.projections.documents import DocumentReader, InvalidPageToken
+from services.jobs.api_models import (
+    DEFAULT_PAGE_SIZE,
+    MAX_MODEL_PARAMETERS_BYTES,
+    MAX_PAGE_SIZE,
+    BudgetBody,
+    CancelReply,
+    CostBody,
+    DashboardBody,
+    FailureBody,
+    FileBody,
+    JobBody,
+    JobInputBody,
+    JobPage,
+    JobRequest,
+    JobSummary,
+    ModelProgressBody,
+    ProgressBody,
+    TimingBody,
+    TokenBody,
+)
 from services.jobs.domain import (
-    MAX_BUDGET,
-    MAX_MODELS,
-    MAX_PRIORITY,
-    MAX_RECORDS,
-    MIN_PRIORITY,
-    PARTITION_STRATEGY,
     InvalidJobInput,
     InvalidTransition,
     JobInput,
@@ -60,248 +73,26 @@ from services.jobs.projections import (
     empty_dashboard,
 )
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
-MAX_MODEL_PARAMETERS_BYTES = 16 * 1024
-MAX_PARTITION_STRATEGY_CHARS = 50
-
-# -- the API's contract ----------------------------------------------------------------
-
-
-def _formats(value: Any) -> Any:
-    """One format or several, any case; repeats collapse (JSONL, jsonl -> [JSONL])."""
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, list):
-        value = [v.strip().upper() if isinstance(v, str) else v for v in value]
-        value = list(dict.fromkeys(v for v in value if isinstance(v, str))) + [
-            v for v in value if not isinstance(v, str)
-        ]
-    return value
-
-
-def _no_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("budget_limit is a number of USD, not a boolean")  # noqa: TRY004 (pydantic reports ValueError only)
-    return value
-
-
-def _server_id(value: str) -> str:
-    """An id the server made (template, seed): refused before it is looked up."""
-    if problem := id_problem(value):
-        raise ValueError(problem)
-    return value
-
-
-def _model_name(value: str) -> str:
-    if problem := model_problem(value):
-        raise ValueError(problem)
-    return value
-
-
-ServerId = Annotated[StrictStr, AfterValidator(_server_id), Field(description=f"1 to {MAX_ID_CHARS} of A-Z a-z 0-9 _ - . :")]
-ModelName = Annotated[
-    StrictStr, AfterValidator(_model_name),
-    Field(description=f"`provider/model-id`, at most {MAX_MODEL_ID_CHARS} characters of A-Z a-z 0-9 . _ - : @ + /"),
-]
-OutputFormats = Annotated[list[OutputFormat], BeforeValidator(_formats), Field(min_length=1, max_length=3)]
-BudgetLimit = Annotated[
-    Decimal,
-    BeforeValidator(_no_bool),
-    Field(gt=0, le=MAX_BUDGET, decimal_places=6, allow_inf_nan=False, description="USD, 0 < x <= 1000"),
-]
-
-
-class JobRequest(BaseModel):
-    """A new job: what to make, from what, in which formats, for at most how much."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    template_id: ServerId
-    template_version: StrictInt | None = Field(default=None, ge=1, description="pinned; latest when omitted")
-    seed_id: ServerId
-    num_records: StrictInt = Field(ge=1, le=MAX_RECORDS, description="a JSON integer, 1..1,000,000")
-    budget_limit: BudgetLimit
-    output_format: OutputFormats = Field(
-        default_factory=lambda: [OutputFormat.JSONL], description="JSONL, PARQUET, CSV: one or several"
-    )
-    model_parameters: dict[str, Any] = Field(default_factory=dict, description="passed to every model call")
-    priority: StrictInt = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY)
-    partition_strategy: StrictStr | None = Field(
-        default=None, pattern=PARTITION_STRATEGY.pattern, max_length=MAX_PARTITION_STRATEGY_CHARS,
-        description="'date', 'model' (fan-out) or 'field:<dotted seed path>', at most 50 characters "
-        "(a partition's folder `<path>=<value>` must fit one key segment)",
-    )
-    models: list[ModelName] | None = Field(
-        default=None, min_length=1, max_length=MAX_MODELS,
-        description="fan-out: 1 to 5 `provider/model-id`, each replacing every step's model and making "
-        "num_records records of its own",
-    )
-    output_filter: Literal["drop", "flag"] = Field(
-        default="drop",
-        description="an output that breaks a content rule: 'drop' (make the record again) or 'flag' "
-        "(keep it, rule ids in its `flagged_rules`)",
-    )
-
-
-
 _ERRORS = {
     400: "VALIDATION_ERROR: a field out of bounds, named in details.errors",
     401: "UNAUTHORIZED: no valid bearer token",
-    404: "NOT_FOUND: no such job, template or seed, or not the caller's",
-    409: "CONFLICT: the seed is not validated against the template version, or a concurrent change won",
+    404: "NOT_FOUND: no such job or seed, or not the caller's; TEMPLATE_NOT_FOUND: no such "
+    "template (version), or another's private one (details.reason NOT_FOUND)",
+    409: "CONFLICT: the seed failed its validation against the template version, or a concurrent "
+    "change won",
 }
+
+
+_INPUT_OPTIONS = {
+    "num_records", "budget_limit", "model_parameters", "priority", "partition_strategy", "models",
+    "output_filter", "task_size",
+}
+"""The options a job's `input` answers under their own names (`output_formats` is its
+`output_format`)."""
 
 
 def _responses(success: int, *errors: int) -> dict[int, Any]:
     return openapi_responses(success, _ERRORS, *errors)
-
-
-class JobInputBody(BaseModel):
-    template_id: str
-    template_version: int = Field(description="the version pinned at creation")
-    seed_id: str
-    num_records: int
-    budget_limit: MoneyText
-    output_format: list[OutputFormat]
-    model_parameters: dict[str, Any]
-    priority: int
-    partition_strategy: str | None
-    models: list[str] | None = None
-    output_filter: str = "drop"
-
-
-class ProgressBody(BaseModel):
-    records_generated: int
-    failed_records: int
-    num_records: int = Field(description="the job's target: num_records times the number of fan-out models")
-    percent: float
-
-
-class FailureBody(BaseModel):
-    code: str
-    reason: str
-
-
-class FileBody(BaseModel):
-    format: OutputFormat
-    blob_key: str
-    rows: int
-    size_bytes: int
-    sha256: str
-    download_url: str = Field(description="GET it within 15 minutes")
-
-
-class JobBody(BaseModel):
-    job_id: str
-    status: JobStatus
-    cancel_requested: bool
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    input: JobInputBody
-    progress: ProgressBody
-    failure: FailureBody | None
-    files: list[FileBody]
-
-
-class JobSummary(BaseModel):
-    job_id: str
-    status: JobStatus
-    cancel_requested: bool
-    template_id: str
-    template_version: int
-    seed_id: str
-    num_records: int
-    budget_limit: MoneyText
-    output_format: list[OutputFormat]
-    priority: int
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-
-
-class JobPage(BaseModel):
-    """The caller's jobs, newest first."""
-
-    items: list[JobSummary]
-    next_token: str | None = Field(default=None, description="pass back for the next page")
-
-
-class CancelReply(BaseModel):
-    job_id: str
-    status: JobStatus
-    cancel_requested: bool
-
-
-class TokenBody(BaseModel):
-    input_tokens: int
-    output_tokens: int
-    calls: int
-
-
-class TimingBody(BaseModel):
-    created_at: str | None
-    started_at: str | None
-    completed_at: str | None
-    generation_seconds: float | None
-    records_per_second: float | None = Field(description="records per second since the start")
-    smoothed_records_per_second: float | None = Field(
-        default=None,
-        description="exponentially weighted rate between batches (half-life 30 s of event time); None before the second batch",
-    )
-    eta_seconds: float | None = Field(description="while running: records left at the smoothed rate (the average before it)")
-
-
-class CostBody(BaseModel):
-    model_tokens: MoneyText
-    compute: MoneyText
-    storage: MoneyText
-    total: MoneyText
-    per_model: dict[str, MoneyText]
-    budget_limit: MoneyText
-    used: MoneyText
-    remaining: MoneyText
-    percent: float
-    warnings: list[int] = Field(description="budget thresholds crossed, in percent")
-    budget_exceeded: bool
-
-
-class ModelProgressBody(BaseModel):
-    """One model of a fan-out job."""
-
-    status: JobStatus = Field(description="COMPLETED once its records are made, FAILED when it stopped for good")
-    records_generated: int
-    failed_records: int
-    num_records: int
-    percent: float
-    cost: MoneyText
-    failure: FailureBody | None
-    started_at: str | None = Field(description="the job's start (its first JobStarted): every model starts with it")
-    finished_at: str | None = Field(
-        description="when its last batch made its records or it failed; else when the job ended"
-    )
-    duration_seconds: float | None = Field(description="finished_at (or now, while it runs) - started_at")
-
-
-class DashboardBody(BaseModel):
-    job_id: str
-    status: JobStatus
-    cancel_requested: bool
-    records_generated: int
-    num_records: int
-    records_remaining: int
-    failed_records: int
-    percent: float
-    batches: int
-    tokens: dict[str, TokenBody] = Field(description="per model, `provider/model-id`")
-    timing: TimingBody
-    cost: CostBody
-    files: list[FileBody]
-    failure: FailureBody | None
-    per_model: dict[str, ModelProgressBody] = Field(
-        default_factory=dict, description="fan-out jobs: progress, status and cost of each model"
-    )
 
 
 # -- routes ------------------------------------------------------------------------------
@@ -336,18 +127,13 @@ def create_router(
     )
     def create_job(request: JobRequest) -> JobBody:
         _check_parameters_size(request.model_parameters)
+        seed = parse_seed_reference(request.seed_id)
         job_input = JobInput(
             template_id=request.template_id,
-            seed_id=request.seed_id,
-            num_records=request.num_records,
-            budget_limit=request.budget_limit,
-            output_formats=tuple(request.output_format),
+            seed_id=seed.seed_id,
+            seed_key=seed.blob_key,
+            options=request.options(),
             template_version=request.template_version,
-            model_parameters=request.model_parameters,
-            partition_strategy=request.partition_strategy,
-            priority=request.priority,
-            models=tuple(request.models or ()),
-            output_filter=request.output_filter,
         )
         with _api_errors():
             loaded = handlers.request_job(caller(router), job_input, correlation_id())
@@ -358,17 +144,23 @@ def create_router(
     def list_jobs(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         next_token: Annotated[str | None, Query(max_length=4096)] = None,
+        last_key: Annotated[
+            str | None, Query(max_length=4096, description="the documents' name of next_token")
+        ] = None,
         status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
     ) -> JobPage:
+        if next_token is not None and last_key is not None and next_token != last_key:
+            raise _field_error("last_key", "give next_token or last_key, not two different ones")
+        token = next_token if next_token is not None else last_key
         refresh()
         try:
-            page = listing.page(caller(router), limit, next_token, status.value if status else None)
+            page = listing.page(caller(router), limit, token, status.value if status else None)
         except InvalidPageToken as error:
-            raise ValidationFailed(
-                str(error),
-                {"errors": [{"field": "next_token", "type": "value_error", "message": str(error)}]},
-            ) from None
-        return JobPage(items=[JobSummary.model_validate(item) for item in page.items], next_token=page.next_token)
+            named = "next_token" if next_token is not None else "last_key"
+            raise _field_error(named, str(error)) from None
+        items = [_summary(item, progress_of(item["job_id"])) for item in page.items]
+        after = page.next_token
+        return JobPage(items=items, jobs=items, next_token=after, last_key=after)
 
     @router.get(
         "/jobs/<job_id>", tags=["jobs"], summary="A job: status, input, progress, files",
@@ -430,6 +222,29 @@ def _check_parameters_size(parameters: dict[str, Any]) -> None:
         )
 
 
+def _summary(item: dict[str, Any], doc: dict[str, Any]) -> JobSummary:
+    """A listed job with its progress and spend from its dashboard (one read per item)."""
+    return JobSummary.model_validate({
+        **item,
+        "updated_at": item.get("updated_at") or item["created_at"],
+        "records_generated": doc["records_generated"],
+        "cost_estimate": Decimal(doc["cost"]["total"]),
+    })
+
+
+def _tokens_used(doc: dict[str, Any]) -> int:
+    return sum(usage["input_tokens"] + usage["output_tokens"] for usage in doc["tokens"].values())
+
+
+def _progress(state: JobState, doc: dict[str, Any]) -> ProgressBody:
+    target = _target(state)
+    percent = _percent(doc["records_generated"], target)
+    return ProgressBody(
+        records_generated=doc["records_generated"], failed_records=doc["failed_records"],
+        num_records=target, percent=percent, target_records=target, percentage=percent,
+    )
+
+
 def _files(doc: dict[str, Any], handlers: JobHandlers) -> list[FileBody]:
     return [
         FileBody(**item, download_url=handlers.blobs.download_url(item["blob_key"]))
@@ -445,33 +260,27 @@ def _failure(loaded: LoadedJob) -> FailureBody | None:
 
 
 def _job_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers) -> JobBody:
-    state = loaded.state
+    state, options = loaded.state, loaded.state.options
     return JobBody(
         job_id=state.job_id,
         status=state.status or JobStatus.QUEUED,
         cancel_requested=state.cancel_requested,
         created_at=loaded.created_at,
+        updated_at=loaded.updated_at or loaded.created_at,
+        budget_limit=options.budget_limit,
+        records_generated=doc["records_generated"],
+        tokens_used=_tokens_used(doc),
+        cost_estimate=Decimal(doc["cost"]["total"]),
         started_at=loaded.started_at,
         finished_at=loaded.finished_at,
         input=JobInputBody(
             template_id=state.template_id,
             template_version=state.template_version,
             seed_id=state.seed_id,
-            num_records=state.num_records,
-            budget_limit=state.budget_limit,
-            output_format=list(state.output_formats),
-            model_parameters=dict(state.model_parameters),
-            priority=state.priority,
-            partition_strategy=state.partition_strategy,
-            models=list(state.models) or None,
-            output_filter=state.output_filter,
+            **options.model_dump(include=_INPUT_OPTIONS),
+            output_format=options.output_formats,
         ),
-        progress=ProgressBody(
-            records_generated=doc["records_generated"],
-            failed_records=doc["failed_records"],
-            num_records=_target(state),
-            percent=_percent(doc["records_generated"], _target(state)),
-        ),
+        progress=_progress(state, doc),
         failure=_failure(loaded),
         files=_files(doc, handlers),
     )
@@ -493,17 +302,23 @@ def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandler
     figures = dashboard_figures(current, now)
     cost = dict(doc["cost"])
     if Decimal(cost["budget_limit"]) == 0:
-        cost["budget_limit"] = str(state.budget_limit)
+        cost["budget_limit"] = str(state.options.budget_limit)
     limit, used = Decimal(cost["budget_limit"]), Decimal(cost["total"])
+    remaining = max(limit - used, Decimal(0))
+    percent_used = float(round(used * 100 / limit, 2)) if limit else 0.0
     cost.update(
-        used=str(used),
-        remaining=str(max(limit - used, Decimal(0))),
-        percent=float(round(used * 100 / limit, 2)) if limit else 0.0,
+        used=str(used), remaining=str(remaining), percent=percent_used,
+        bedrock=cost["model_tokens"], fargate=cost["compute"], s3=cost["storage"],
     )
+    eta = figures["eta_seconds"]
     return DashboardBody(
         job_id=state.job_id,
         status=status,
         cancel_requested=state.cancel_requested,
+        progress=_progress(state, doc),
+        budget=BudgetBody(
+            limit=limit, used=used, remaining=remaining, percentage_used=percent_used
+        ),
         records_generated=doc["records_generated"],
         num_records=_target(state),
         records_remaining=figures["records_remaining"],
@@ -518,12 +333,15 @@ def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandler
             generation_seconds=figures["generation_seconds"],
             records_per_second=figures["records_per_second"],
             smoothed_records_per_second=figures["smoothed_records_per_second"],
-            eta_seconds=figures["eta_seconds"],
+            eta_seconds=eta,
+            estimated_completion=None if eta is None else (now + timedelta(seconds=eta)).isoformat(),
         ),
         cost=CostBody.model_validate(cost),
         files=_files(doc, handlers),
         failure=_failure(loaded),
-        per_model=_per_model(state.models, status, state.num_records, current, now),
+        per_model=_per_model(
+            tuple(state.options.models or ()), status, state.options.num_records, current, now
+        ),
     )
 
 
@@ -571,7 +389,7 @@ def _per_model(
 
 def _target(state: JobState) -> int:
     """Records the whole job makes: num_records for each fan-out model."""
-    return state.num_records * max(1, len(state.models))
+    return state.options.num_records * max(1, len(state.options.models or ()))
 
 
 def _percent(generated: int, target: int) -> float:
@@ -597,7 +415,7 @@ def _api_errors() -> Iterator[None]:
         details: dict[str, Any] = {"template_id": error.template_id}
         if error.version is not None:
             details["template_version"] = error.version
-        raise NotFound(str(error), details) from None
+        raise TemplateNotFoundError(str(error), details) from None
     except SeedNotFound as error:
         raise NotFound(str(error), {"seed_id": error.seed_id}) from None
     except SeedNotValidated as error:

@@ -40,6 +40,7 @@ from contracts.events.jobs import (
     JobCompleted,
     JobDeleted,
     JobFailed,
+    JobOptions,
     JobRequested,
     JobStarted,
     OutputFilter,
@@ -105,15 +106,15 @@ class JobInput:
 
     template_id: str
     seed_id: str
-    num_records: int
-    budget_limit: Decimal
-    output_formats: tuple[OutputFormat, ...]
+    options: JobOptions
     template_version: int | None = None
-    model_parameters: Mapping[str, Any] = field(default_factory=dict)
-    partition_strategy: str | None = None
-    priority: int = 0
-    models: tuple[str, ...] = ()
-    output_filter: OutputFilter = "drop"
+    seed_key: str | None = None
+    """The seed file's key when the client named the seed by it (the documents'
+    `seed_data_path`): it must be the key the seed recorded."""
+
+
+NO_OPTIONS = JobOptions.model_construct(num_records=0, budget_limit=Decimal(0), output_formats=[])
+"""The options of a job not requested (yet): nothing to make, no budget."""
 
 
 def check_input(job_input: JobInput) -> None:
@@ -125,10 +126,18 @@ def check_input(job_input: JobInput) -> None:
     for name in ("template_id", "seed_id"):
         if problem := id_problem(getattr(job_input, name), name):
             raise InvalidJobInput(name, problem)
-    records = job_input.num_records
+    if job_input.template_version is not None and job_input.template_version < 1:
+        raise InvalidJobInput("template_version", "template_version starts at 1")
+    check_options(job_input.options)
+
+
+def check_options(options: JobOptions) -> None:
+    """Raises InvalidJobInput for the first option outside its bounds, including those a
+    JobOptions built without validation (`model_construct`) or a rule across fields breaks."""
+    records = options.num_records
     if isinstance(records, bool) or not isinstance(records, int) or not 1 <= records <= MAX_RECORDS:
         raise InvalidJobInput("num_records", f"num_records must be an integer from 1 to {MAX_RECORDS:,}")
-    budget = job_input.budget_limit
+    budget = options.budget_limit
     if (
         not isinstance(budget, Decimal)
         or not budget.is_finite()
@@ -137,32 +146,30 @@ def check_input(job_input: JobInput) -> None:
         raise InvalidJobInput("budget_limit", f"budget_limit must be more than 0 and at most {MAX_BUDGET} USD")
     if -budget.as_tuple().exponent > BUDGET_DECIMAL_PLACES:  # type: ignore[operator]
         raise InvalidJobInput("budget_limit", f"budget_limit has at most {BUDGET_DECIMAL_PLACES} decimal places")
-    formats = job_input.output_formats
+    formats = options.output_formats
     if not formats or not all(isinstance(f, OutputFormat) for f in formats):
         raise InvalidJobInput("output_format", "output_format is one or several of JSONL, PARQUET, CSV")
     if len(set(formats)) != len(formats):
         raise InvalidJobInput("output_format", "output_format lists a format twice")
-    if job_input.template_version is not None and job_input.template_version < 1:
-        raise InvalidJobInput("template_version", "template_version starts at 1")
-    strategy = job_input.partition_strategy
+    strategy = options.partition_strategy
     if strategy is not None and not PARTITION_STRATEGY.match(strategy):
         raise InvalidJobInput(
             "partition_strategy", "partition_strategy is 'date', 'model' or 'field:<dotted seed path>'"
         )
-    if strategy in ("model", "field:model") and not job_input.models:
+    if strategy in ("model", "field:model") and not options.models:
         raise InvalidJobInput("partition_strategy", "partitioning by model needs `models` (fan-out)")
-    if not MIN_PRIORITY <= job_input.priority <= MAX_PRIORITY:
+    if not MIN_PRIORITY <= options.priority <= MAX_PRIORITY:
         raise InvalidJobInput("priority", f"priority is from {MIN_PRIORITY} to {MAX_PRIORITY}")
-    if not isinstance(job_input.model_parameters, Mapping):
+    if not isinstance(options.model_parameters, Mapping):
         raise InvalidJobInput("model_parameters", "model_parameters is an object")
-    if job_input.output_filter not in OUTPUT_FILTERS:
+    if options.output_filter not in OUTPUT_FILTERS:
         raise InvalidJobInput("output_filter", "output_filter is 'drop' or 'flag'")
-    _check_models(job_input.models)
+    _check_models(options.models or [])
 
 
-def _check_models(models: tuple[str, ...]) -> None:
+def _check_models(models: Sequence[str]) -> None:
     """Fan-out models: 1 to MAX_MODELS distinct `provider/model-id` of a known provider, by
-    the rule of `contracts.identifiers` (an empty tuple means the template's own models)."""
+    the rule of `contracts.identifiers` (none means the template's own models)."""
     if not models:
         return
     if len(models) > MAX_MODELS:
@@ -351,14 +358,7 @@ class JobState:
     template_id: str = ""
     template_version: int = 0
     seed_id: str = ""
-    num_records: int = 0
-    budget_limit: Decimal = Decimal(0)
-    output_formats: tuple[OutputFormat, ...] = ()
-    model_parameters: Mapping[str, Any] = field(default_factory=dict)
-    partition_strategy: str | None = None
-    priority: int = 0
-    models: tuple[str, ...] = ()
-    output_filter: OutputFilter = "drop"
+    options: JobOptions = NO_OPTIONS
     worker_id: str | None = None
     records_completed: int = 0
     failure_code: str | None = None
@@ -384,14 +384,7 @@ def evolve(state: JobState, event: DomainEvent) -> JobState:
             template_id=event.template_id,
             template_version=event.template_version,
             seed_id=event.seed_id,
-            num_records=event.num_records,
-            budget_limit=event.budget_limit,
-            output_formats=tuple(event.output_formats),
-            model_parameters=dict(event.model_parameters),
-            partition_strategy=event.partition_strategy,
-            priority=event.priority,
-            models=tuple(event.models or ()),
-            output_filter=event.output_filter,
+            options=event.options,
         )
     if isinstance(event, JobStarted):
         return replace(state, status=JobStatus.RUNNING, worker_id=event.worker_id)
@@ -440,20 +433,9 @@ def _request(command: RequestJob, state: JobState) -> list[DomainEvent]:
     check_input(command.input)
     job = command.input
     return [
-        JobRequested(
-            job_id=command.job_id,
-            owner=command.owner,
-            template_id=job.template_id,
-            template_version=command.template_version,
-            seed_id=job.seed_id,
-            num_records=job.num_records,
-            budget_limit=job.budget_limit,
-            output_formats=list(job.output_formats),
-            model_parameters=dict(job.model_parameters),
-            partition_strategy=job.partition_strategy,
-            priority=job.priority,
-            models=list(job.models) or None,
-            output_filter=job.output_filter,
+        JobRequested.of(
+            command.job_id, command.owner, job.template_id, command.template_version, job.seed_id,
+            job.options,
         )
     ]
 
@@ -605,19 +587,20 @@ def check_budget_covers_one_call(
     `max_tokens` of output at the model's price, the least any call of it may reserve (its
     input tokens, unknown before the seed rows are rendered, only add to it); with fan-out,
     the cheapest model's."""
-    parameters = job_input.model_parameters
+    options = job_input.options
+    parameters = options.model_parameters
     max_tokens = parameters.get("max_tokens") if isinstance(parameters, Mapping) else None
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
         max_tokens = template.first_max_tokens.get(version) or GENERATOR_DEFAULT_MAX_TOKENS
-    models = [m for m in job_input.models or template.models.get(version, ())[:1] if catalog.knows(m)]
+    models = [m for m in options.models or template.models.get(version, ())[:1] if catalog.knows(m)]
     if not models or max_tokens <= 0:
         return
     model, worst = min(((m, price_call(catalog, m, 0, max_tokens)) for m in models), key=lambda pair: pair[1])
-    if job_input.budget_limit < worst:
+    if options.budget_limit < worst:
         raise InvalidJobInput(
             "budget_limit",
-            f"budget_limit {_usd(job_input.budget_limit)} USD cannot cover one model call of this job: its worst "
-            f"case is at least {_usd(worst)} USD ({max_tokens} max_tokens of {model} output)",
+            f"budget_limit {_usd(options.budget_limit)} USD cannot cover one model call of this "
+            f"job: its worst case is at least {_usd(worst)} USD ({max_tokens} max_tokens of {model} output)",
         )
 
 
@@ -660,22 +643,28 @@ class SeedFacts:
     seed_id: str = ""
     exists: bool = False
     owner: str = ""
+    blob_key: str = ""
     sha256: str | None = None
     validations: Mapping[tuple[str, int], SeedValidation] = field(default_factory=dict)
 
-    def check_validated(self, user: str, template_id: str, version: int) -> SeedValidation:
-        """The passing validation against (template, version), or SeedNotFound /
-        SeedNotValidated."""
+    def check_named(self, user: str, blob_key: str | None) -> None:
+        """SeedNotFound unless the seed is the caller's and, when the client named it by a
+        key, that key is the seed's own file."""
+        named_otherwise = blob_key is not None and blob_key != self.blob_key
+        if not self.exists or self.owner != user or named_otherwise:
+            raise SeedNotFound(self.seed_id)
+
+    def check_validated(self, user: str, template_id: str, version: int) -> SeedValidation | None:
+        """The recorded validation against (template, version) — None when there is none:
+        the job may start, and the generator checks every record before it generates
+        (failing the job SEED_INVALID with the missing fields) — or SeedNotFound, or
+        SeedNotValidated when the recorded one failed or found no record."""
         if not self.exists or self.owner != user:
             raise SeedNotFound(self.seed_id)
         validation = self.validations.get((template_id, version))
         which = f"template {template_id!r} version {version}"
         if validation is None:
-            raise SeedNotValidated(
-                self.seed_id, template_id, version, None,
-                f"seed {self.seed_id!r} was not validated against {which}: "
-                "POST /seed-data/validate first",
-            )
+            return None
         if not validation.valid:
             raise SeedNotValidated(
                 self.seed_id, template_id, version, validation,
@@ -691,7 +680,9 @@ class SeedFacts:
 
 def evolve_seed(state: SeedFacts, event: DomainEvent) -> SeedFacts:
     if isinstance(event, SeedUploadRequested):
-        return replace(state, seed_id=event.seed_id, exists=True, owner=event.owner)
+        return replace(
+            state, seed_id=event.seed_id, exists=True, owner=event.owner, blob_key=event.blob_key
+        )
     if isinstance(event, SeedDataUploaded):
         same_content = state.sha256 == event.sha256
         return replace(
@@ -699,6 +690,7 @@ def evolve_seed(state: SeedFacts, event: DomainEvent) -> SeedFacts:
             seed_id=event.seed_id,
             exists=True,
             owner=event.owner,
+            blob_key=event.blob_key,
             sha256=event.sha256,
             validations=state.validations if same_content else {},
         )

@@ -95,6 +95,8 @@ class LoadedJob:
     started_at: str | None = None
     finished_at: str | None = None
     recorded_at: dict[str, str] = field(default_factory=dict)
+    updated_at: str = ""
+    """When the job's last event was recorded."""
 
 
 class JobHandlers:
@@ -144,13 +146,15 @@ class JobHandlers:
         """Checks the input against the template and the seed, then records JobRequested.
 
         Raises InvalidJobInput (a field out of bounds, a model no provider serves or no price
-        covers), TemplateNotFound, SeedNotFound, or SeedNotValidated. Fan-out `models`
-        replace every step's model, so they are checked instead of the template's.
+        covers), TemplateNotFound, SeedNotFound, or SeedNotValidated (a recorded validation
+        failed). Fan-out `models` replace every step's model, so they are checked instead of
+        the template's. A seed without a validation for the version is accepted: the
+        generator checks its records before generating (`SeedFacts.check_validated`).
         """
         check_input(job_input)
         template = template_facts(job_input.template_id, self._streams.events(template_stream(job_input.template_id)))
         version = template.pinned_version(user, job_input.template_version)
-        unknown = [] if job_input.models else template.unknown_providers(version)
+        unknown = [] if job_input.options.models else template.unknown_providers(version)
         if unknown:
             raise InvalidJobInput(
                 "template_id",
@@ -158,16 +162,17 @@ class JobHandlers:
                 f"{', '.join(unknown)} (providers: local, openai, bedrock)",
             )
         if self._pricing_check is not None:
-            used = job_input.models or template.models[version]
+            used = job_input.options.models or template.models[version]
             unpriced = [m for m in used if not self._pricing_check(m)]
             if unpriced:
                 raise InvalidJobInput(
-                    "models" if job_input.models else "template_id",
+                    "models" if job_input.options.models else "template_id",
                     f"no price is known for {', '.join(sorted(set(unpriced)))}, so the budget cannot be enforced",
                 )
         if self._pricing is not None:
             check_budget_covers_one_call(job_input, template, version, self._pricing)
         seed = seed_facts(job_input.seed_id, self._streams.events(seed_stream(job_input.seed_id)))
+        seed.check_named(user, job_input.seed_key)
         seed.check_validated(user, job_input.template_id, version)
         command = RequestJob(job_id=new_job_id(), owner=user, input=job_input, template_version=version)
         return self._execute(command.job_id, command, actor=user, correlation_id=correlation_id)
@@ -289,7 +294,9 @@ def _evolve_loaded(loaded: LoadedJob, record: StoredEvent) -> LoadedJob:
         started_at = record.time
     elif state.finished and finished_at is None:
         finished_at = record.time
-    return LoadedJob(state, record.version, created_at, started_at, finished_at, recorded_at)
+    return LoadedJob(
+        state, record.version, created_at, started_at, finished_at, recorded_at, record.time
+    )
 
 
 def _fact_command(fact: DomainEvent) -> GenerationFact | None:

@@ -39,7 +39,7 @@ from contracts.events.generator import (
     TokenUsage,
     UnbatchedUsageRecorded,
 )
-from contracts.events.jobs import OutputFormat
+from contracts.events.jobs import JobOptions, OutputFormat
 from contracts.events.seeds import (
     SeedDataUploaded,
     SeedDataValidated,
@@ -344,8 +344,12 @@ def test_a_job_is_created_at_once_with_the_latest_version_pinned(api: Facade) ->
         "template_id": template_id, "template_version": 3, "seed_id": seed_id, "num_records": 10_000,
         "budget_limit": "20.50", "output_format": ["PARQUET"], "model_parameters": {"temperature": 0.2},
         "priority": 5, "partition_strategy": "field:topic", "models": None, "output_filter": "drop",
+        "task_size": None,
     }
-    assert body["progress"] == {"records_generated": 0, "failed_records": 0, "num_records": 10_000, "percent": 0.0}
+    assert body["progress"] == {
+        "records_generated": 0, "failed_records": 0, "num_records": 10_000, "percent": 0.0,
+        "target_records": 10_000, "percentage": 0.0,
+    }
     [requested] = api.events.read_stream(job_stream(body['job_id']))
     assert (requested.detail_type, requested.actor) == ("JobRequested", "alice")
     assert api.call("GET", f"/jobs/{body['job_id']}").body == body
@@ -422,7 +426,9 @@ def test_bounds_and_single_or_several_formats_are_accepted(local: Facade) -> Non
     assert local.start_job(num_records=1, budget_limit=0.01)["input"]["budget_limit"] == "0.01"
 
 
-def test_a_seed_not_validated_for_the_pinned_version_is_a_conflict(api: Facade) -> None:
+def test_a_seed_that_failed_validation_for_the_pinned_version_is_a_conflict(api: Facade) -> None:
+    """A seed with no validation for the pinned version is taken: the job checks its records
+    before generating (no separate validate call is needed)."""
     template_id = add_template(api.events, "alice", versions=2)
     never = add_seed(api.events, "alice", template_id, valid=None)
     older = add_seed(api.events, "alice", template_id, version=1)
@@ -431,11 +437,7 @@ def test_a_seed_not_validated_for_the_pinned_version_is_a_conflict(api: Facade) 
 
     for seed_id in (never, older):
         reply = api.call("POST", "/jobs", body={**base, "seed_id": seed_id})
-        assert (reply.status, reply.error["code"]) == (409, "CONFLICT")
-        assert "not validated" in reply.error["message"]
-        assert reply.error["details"] == {
-            "seed_id": seed_id, "template_id": template_id, "template_version": 2, "validation": None,
-        }
+        assert (reply.status, reply.body["status"]) == (201, "QUEUED"), reply.body
     reply = api.call("POST", "/jobs", body={**base, "seed_id": failed})
     assert reply.status == 409
     assert reply.error["details"]["validation"] == {
@@ -463,7 +465,8 @@ def test_templates_and_seeds_the_caller_may_not_see_are_not_found(api: Facade) -
     ]
     for template_id, seed_id, what in cases:
         reply = api.call("POST", "/jobs", body={**base, "template_id": template_id, "seed_id": seed_id})
-        assert (reply.status, reply.error["code"]) == (404, "NOT_FOUND"), (what, reply.body)
+        code = "TEMPLATE_NOT_FOUND" if what == "template" else "NOT_FOUND"
+        assert (reply.status, reply.error["code"]) == (404, code), (what, reply.body)
         assert reply.error["message"].startswith(what)
     other_version = api.call("POST", "/jobs", body={
         **base, "template_id": own, "seed_id": add_seed(api.events, "alice", own), "template_version": 9,
@@ -491,8 +494,9 @@ def test_a_pricing_check_refuses_models_without_a_price(tmp_path: Path) -> None:
     seed_id = add_seed(adapters.events, "alice", template_id)
     with pytest.raises(InvalidJobInput, match="no price is known"):
         handlers.request_job("alice", JobInput(
-            template_id=template_id, seed_id=seed_id, num_records=1, budget_limit=Decimal(1),
-            output_formats=(OutputFormat.JSONL,),
+            template_id=template_id, seed_id=seed_id, options=JobOptions(
+                num_records=1, budget_limit=Decimal(1), output_formats=[OutputFormat.JSONL],
+            ),
         ))
     adapters.close()
 
@@ -547,13 +551,17 @@ def test_a_job_runs_to_completion_and_the_dashboard_follows(api: Facade) -> None
     api.generate(job_id, claimed(job_id), batch(job_id, 0), batch(job_id, 1, rows=98, failures=2))
     running = api.call("GET", f"/jobs/{job_id}").body
     assert running["status"] == "RUNNING" and running["started_at"]
-    assert running["progress"] == {"records_generated": 198, "failed_records": 2, "num_records": 250, "percent": 79.2}
+    assert running["progress"] == {
+        "records_generated": 198, "failed_records": 2, "num_records": 250, "percent": 79.2,
+        "target_records": 250, "percentage": 79.2,
+    }
     live = api.call("GET", f"/dashboard/{job_id}").body
     assert (live["status"], live["records_remaining"], live["batches"]) == ("RUNNING", 52, 2)
     assert live["tokens"] == {MODEL: {"input_tokens": 1980, "output_tokens": 3960, "calls": 198}}
     assert live["timing"]["records_per_second"] > 0 and live["timing"]["eta_seconds"] is not None
     assert live["timing"]["started_at"] == running["started_at"], "one started_at: the job's first JobStarted"
-    assert live["cost"]["total"] == "0" and live["cost"]["budget_limit"] == "20" and live["cost"]["remaining"] == "20"
+    assert live["cost"]["total"] == 0
+    assert live["cost"]["budget_limit"] == "20" and live["cost"]["remaining"] == "20"
 
     api.generate(job_id, batch(job_id, 2, rows=52), exported(job_id, 250))
     assert job_events(api.events, job_id) == ["JobRequested", "JobStarted", "JobCompleted"]
@@ -586,7 +594,8 @@ def test_billing_fills_the_cost_block_and_a_budget_stop_ends_the_job(api: Facade
     board = api.call("GET", f"/dashboard/{job_id}").body
     assert board["status"] == "BUDGET_EXCEEDED" and len(board["files"]) == 2
     assert board["cost"] == {
-        "model_tokens": "1.2", "compute": "0.1", "storage": "0.01", "total": "1.31",
+        "model_tokens": "1.2", "compute": "0.1", "storage": "0.01", "total": 1.31,
+        "bedrock": 1.2, "fargate": 0.1, "s3": 0.01,
         "per_model": {MODEL: "1.2", "unattributed": "0.11"}, "budget_limit": "2", "used": "1.31", "remaining": "0.69",
         "percent": 65.5, "warnings": [50], "budget_exceeded": True,
     }
@@ -619,7 +628,9 @@ def test_the_dashboard_counts_unbatched_calls_and_splits_the_whole_cost_by_model
     assert board["tokens"] == {MODEL: {"input_tokens": 1000 + 88, "output_tokens": 2000 + 48, "calls": 100 + 8}}
     cost = board["cost"]
     assert cost["per_model"] == {MODEL: "1.5", "unattributed": "0.61"}
-    assert sum(Decimal(v) for v in cost["per_model"].values()) == Decimal(cost["total"]) == Decimal("2.11")
+    per_model = sum(Decimal(v) for v in cost["per_model"].values())
+    assert per_model == Decimal(cost["used"]) == Decimal("2.11")
+    assert cost["total"] == 2.11
 
 
 def test_the_eta_follows_the_recent_rate_after_a_slow_start(tmp_path: Path) -> None:
@@ -783,8 +794,10 @@ def test_a_fact_that_overtakes_the_claim_still_records_the_start(tmp_path: Path)
     handlers = JobHandlers(adapters.events, adapters.blobs)
     template_id = add_template(adapters.events, "alice")
     job_id = handlers.request_job("alice", JobInput(
-        template_id=template_id, seed_id=add_seed(adapters.events, "alice", template_id), num_records=100,
-        budget_limit=Decimal(1), output_formats=(OutputFormat.JSONL,),
+        template_id=template_id, seed_id=add_seed(adapters.events, "alice", template_id),
+        options=JobOptions(
+            num_records=100, budget_limit=Decimal(1), output_formats=[OutputFormat.JSONL]
+        ),
     )).state.job_id
     stored = adapters.events.append(generation_stream(job_id), [
         NewEvent(claimed(job_id)), NewEvent(batch(job_id, 0)), NewEvent(exported(job_id, 100)),
