@@ -29,6 +29,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from palette.adapters import Adapters, AwsSettings, aws_adapters
+from palette.api.app import logger as facade_logger
 from palette.blobs.port import BlobStore
 from palette.bus.sqs import handle_sqs_batch, project_sqs_batch
 from palette.idempotency import EVENT_ID_PATH, RecordFunction, once_per_event
@@ -69,6 +70,8 @@ class LambdaEntries:
             return response
 
         handler = self.entry(resolve, correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+        # the facade's own lines (one per request) carry the invocation's context too
+        handler = facade_logger.inject_lambda_context(handler)
         return self.metrics.log_metrics(handler) if observe is not None else handler
 
     def queue(
