@@ -118,7 +118,8 @@ NO_OPTIONS = JobOptions.model_construct(num_records=0, budget_limit=Decimal(0), 
 
 
 def check_input(job_input: JobInput) -> None:
-    """Raises InvalidJobInput for the first field outside the bounds of DESIGN "Job input".
+    """Raises InvalidJobInput for the first field outside the bounds the README gives
+    ("Jobs and the generator").
 
     The API checks the same bounds in its request model; this keeps every other caller
     (CLI, demo, tests) to them too.
