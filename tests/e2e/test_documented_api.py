@@ -4,8 +4,8 @@ A client written to those documents sends their bodies (`template_definition`, `
 and reads their fields (`template_id`, `schema_requirements`, `expires_in`, `valid`,
 `missing_fields`); Palette accepts and answers both spellings. Each walkthrough runs against
 `palette serve` over real HTTP and against the Lambda handlers on a moto server (the
-deployed shape, `tests/e2e/test_aws_flow.py`). The jobs and dashboard walkthroughs are not
-here yet.
+deployed shape, `tests/e2e/test_aws_flow.py`). The jobs walkthroughs create jobs from an
+upload's `s3_key` without a validate call, as the documents do.
 
 One deviation from the documents, on purpose: their model id `llama-3.1-8b` names no
 provider; Palette's ids are `<provider>/<model>`, so the steps use the fake server's model.
@@ -24,6 +24,7 @@ import pytest
 from tests.e2e.aws_palette import AwsPalette
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette
+from tests.waiting import wait_for
 
 MODEL = "openai/fake-model"
 CREATE_TEMPLATE = {
@@ -68,9 +69,15 @@ class DocumentedClient:
         self.user = user
 
     def __call__(
-        self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, str] | None = None,
+        settle: bool = True,
     ) -> Reply:
-        return self._call(self.user, method, path, body, query)
+        """`settle=False`: on AWS, call before the queues' consumers run (a job stays QUEUED)."""
+        return self._call(self.user, method, path, body, query, settle)
 
 
 @pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws_e2e)])
@@ -86,7 +93,12 @@ def api(
             clients: dict[str, httpx.Client] = {}
 
             def local_call(
-                user: str, method: str, path: str, body: Any, query: dict[str, str] | None
+                user: str,
+                method: str,
+                path: str,
+                body: Any,
+                query: dict[str, str] | None,
+                settle: bool,
             ) -> Reply:
                 http = clients.setdefault(user, client(runtime, user))
                 response = http.request(method, path, json=body, params=query)
@@ -100,13 +112,16 @@ def api(
     services = {"templates": "templates", "seed-data": "seeds", "jobs": "jobs", "dashboard": "jobs"}
 
     def aws_call(
-        user: str, method: str, path: str, body: Any, query: dict[str, str] | None
+        user: str, method: str, path: str, body: Any, query: dict[str, str] | None, settle: bool
     ) -> Reply:
-        aws.settle()  # what the projections follow on the bus has arrived, as it soon would
+        if settle:  # what the consumers follow on the bus has arrived, as it soon would
+            aws.settle()
         reply = aws.call(services[path.split("/")[1]], method, path, body, user=user, query=query)
         return Reply(reply.status, reply.body)
 
-    yield lambda user: DocumentedClient(aws_call, user)
+    with FakeOpenAIServer(latency_s=0.0) as fake:  # the generator's model, for the jobs
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        yield lambda user: DocumentedClient(aws_call, user)
 
 
 def put_file(url: str, content: bytes, content_type: str) -> int:
@@ -359,3 +374,197 @@ def test_the_openapi_document_shows_both_spellings(
     assert "201" in upload and "200" not in upload
     listing = document["paths"]["/templates"]["get"]["parameters"]
     assert "is_public" in {parameter["name"] for parameter in listing}
+    job_request = set(schemas["JobRequest"]["properties"])
+    assert {"seed_id", "seed_data_path", "task_size", "export_config"} <= job_request
+    jobs = document["paths"]["/jobs"]["get"]["parameters"]
+    assert {"next_token", "last_key", "status", "limit"} <= {p["name"] for p in jobs}
+    assert {"items", "jobs", "next_token", "last_key"} <= set(schemas["JobPage"]["properties"])
+    assert {"progress", "budget", "timing", "cost"} <= set(schemas["DashboardBody"]["properties"])
+
+
+# -- Tasks 1-3 and 6: jobs and the dashboard ---------------------------------------------
+
+FINISHED = {"COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"}
+
+
+def uploaded_seed(user: DocumentedClient, content: bytes = SEED_FILE) -> str:
+    """A seed file uploaded as the documents do it, never validated: its `s3_key`."""
+    upload = user("POST", "/seed-data/upload", UPLOAD)
+    assert upload.status == 201, upload.body
+    assert put_file(upload.body["upload_url"], content, "application/json") == 200
+    return str(upload.body["s3_key"])
+
+
+def create_job(user: DocumentedClient, template_id: str, s3_key: str, **fields: Any) -> Reply:
+    body = {
+        "template_id": template_id,
+        "seed_data_path": s3_key,
+        "budget_limit": 50.0,
+        "output_format": "JSONL",
+        "num_records": 2,
+        **fields,
+    }
+    return user("POST", "/jobs", body)
+
+
+def finished(user: DocumentedClient, job_id: str) -> dict[str, Any]:
+    """The job once it has ended (each AWS call first lets the queues' consumers run)."""
+    return wait_for(
+        lambda: (lambda got: got.body if got.body["status"] in FINISHED else None)(
+            user("GET", f"/jobs/{job_id}")
+        ),
+        timeout=60,
+        what=f"job {job_id} to finish",
+    )
+
+
+def test_a_job_is_created_from_the_uploads_s3_key_without_a_validate_call(api: Any) -> None:
+    alice = api("alice")
+    template_id = alice("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
+    s3_key = uploaded_seed(alice)
+
+    created = create_job(
+        alice, template_id, s3_key, template_version=1, task_size={"vcpu": 1, "memory_mib": 2048}
+    )
+    assert created.status == 201, created.body
+    assert created.body["status"] == "QUEUED"
+    assert created.body["job_id"] and created.body["created_at"]
+    assert created.body["input"]["task_size"] == {"vcpu": 1.0, "memory_mib": 2048}
+    assert created.body["budget_limit"] == 50.0
+
+    job = finished(alice, created.body["job_id"])
+    assert job["status"] == "COMPLETED", job
+    assert job["records_generated"] == 2
+    assert job["tokens_used"] > 0
+    assert isinstance(job["cost_estimate"], float) and job["cost_estimate"] >= 0
+
+
+def test_export_config_names_the_formats_and_a_bucket_form_of_the_key_works(api: Any) -> None:
+    alice = api("alice")
+    template_id = alice("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
+    s3_key = uploaded_seed(alice)
+    body = {
+        "template_id": template_id,
+        "seed_data_path": f"s3://any-bucket/{s3_key}",
+        "budget_limit": 5,
+        "num_records": 1,
+        "export_config": {"formats": ["JSONL", "CSV"], "compression": "zstd"},
+    }
+    created = alice("POST", "/jobs", body)
+    assert created.status == 201, created.body
+    assert created.body["input"]["output_format"] == ["JSONL", "CSV"]
+
+    both = alice("POST", "/jobs", {**body, "output_format": "JSONL"})
+    assert both.status == 400 and both.body["error"]["code"] == "VALIDATION_ERROR", both.body
+
+
+def test_another_users_s3_key_names_no_seed_set(api: Any) -> None:
+    alice, bob = api("alice"), api("bob")
+    template_id = bob("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
+    alices_key = uploaded_seed(alice)
+    stolen = create_job(bob, template_id, alices_key)
+    assert stolen.status == 404 and stolen.body["error"]["code"] == "NOT_FOUND", stolen.body
+    bobs_key = uploaded_seed(bob)
+    forged = create_job(bob, template_id, bobs_key.rsplit("/", 1)[0] + "/other.json")
+    assert forged.status == 404, forged.body
+
+
+def test_a_seed_set_lacking_a_field_fails_the_job_with_the_report(api: Any) -> None:
+    alice = api("alice")
+    reads_biography = alice("POST", "/templates", UPDATE_TEMPLATE)
+    template_id = reads_biography.body["template_id"]
+    created = create_job(alice, template_id, uploaded_seed(alice, b'{"author": {"name": "A"}}'))
+    assert created.status == 201, created.body
+
+    job = finished(alice, created.body["job_id"])
+    assert job["status"] == "FAILED", job
+    assert job["failure"]["code"] == "SEED_INVALID"
+    assert "author.biography (1 of 1)" in job["failure"]["reason"]
+
+
+def test_the_job_list_pages_with_last_key_and_filters_by_status(api: Any) -> None:
+    alice = api("alice")
+    template_id = alice("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
+    s3_key = uploaded_seed(alice)
+    ids = [create_job(alice, template_id, s3_key, num_records=1).body["job_id"] for _ in range(3)]
+    for job_id in ids:
+        finished(alice, job_id)
+
+    first = alice("GET", "/jobs", query={"limit": "2"})
+    assert first.status == 200, first.body
+    assert first.body["jobs"] == first.body["items"] and len(first.body["jobs"]) == 2
+    assert first.body["last_key"] and first.body["last_key"] == first.body["next_token"]
+    item = first.body["jobs"][0]
+    assert {
+        "job_id",
+        "status",
+        "created_at",
+        "updated_at",
+        "records_generated",
+        "cost_estimate",
+        "budget_limit",
+    } <= set(item)
+    assert item["budget_limit"] == 50.0 and isinstance(item["cost_estimate"], float)
+
+    rest = alice("GET", "/jobs", query={"limit": "2", "last_key": first.body["last_key"]})
+    assert rest.status == 200, rest.body
+    assert rest.body["last_key"] is None
+    seen = [j["job_id"] for j in first.body["jobs"] + rest.body["jobs"]]
+    assert seen == list(reversed(ids))  # newest first
+    by_token = alice("GET", "/jobs", query={"limit": "2", "next_token": first.body["next_token"]})
+    assert by_token.body["jobs"] == rest.body["jobs"]
+
+    completed = alice("GET", "/jobs", query={"status": "COMPLETED"})
+    assert {j["job_id"] for j in completed.body["jobs"]} == set(ids)
+    assert alice("GET", "/jobs", query={"status": "RUNNING"}).body["jobs"] == []
+
+
+def test_a_job_is_cancelled_then_deleted_as_documented(api: Any) -> None:
+    alice = api("alice")
+    template_id = alice("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
+    job_id = create_job(alice, template_id, uploaded_seed(alice), num_records=500).body["job_id"]
+
+    cancelled = alice("DELETE", f"/jobs/{job_id}", settle=False)
+    assert cancelled.status in (200, 202), cancelled.body  # 202: it had started; it stops
+    assert finished(alice, job_id)["status"] == "CANCELLED"
+
+    deleted = alice("DELETE", f"/jobs/{job_id}")
+    assert deleted.status == 204, deleted.body
+    gone = alice("GET", f"/jobs/{job_id}")
+    assert gone.status == 404 and gone.body["error"]["code"] == "NOT_FOUND", gone.body
+    assert alice("GET", f"/dashboard/{job_id}").status == 404
+
+
+def test_the_dashboard_answers_the_documented_blocks(api: Any) -> None:
+    alice = api("alice")
+    template_id = alice("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
+    job_id = create_job(alice, template_id, uploaded_seed(alice), num_records=3).body["job_id"]
+    finished(alice, job_id)
+
+    board = alice("GET", f"/dashboard/{job_id}")
+    assert board.status == 200, board.body
+    body = board.body
+    assert (body["job_id"], body["status"]) == (job_id, "COMPLETED")
+    assert body["progress"] == {
+        "records_generated": 3,
+        "target_records": 3,
+        "percentage": 100.0,
+        "failed_records": 0,
+        "num_records": 3,
+        "percent": 100.0,
+    }
+    cost = body["cost"]
+    assert all(isinstance(cost[k], float) for k in ("bedrock", "fargate", "s3", "total"))
+    # each figure is rounded to 6 decimals on its own: their sum may differ in the last one
+    assert cost["bedrock"] + cost["fargate"] + cost["s3"] == pytest.approx(cost["total"], abs=3e-6)
+    budget = body["budget"]
+    assert budget["limit"] == 50.0 and budget["used"] == cost["total"]
+    assert budget["remaining"] == pytest.approx(50.0 - cost["total"], abs=1e-6)
+    assert budget["percentage_used"] == pytest.approx(cost["total"] * 100 / 50.0, abs=0.01)
+    timing = body["timing"]
+    assert timing["created_at"] and timing["started_at"]
+    assert timing["estimated_completion"] is None  # it has completed
+    assert body["tokens"] and body["per_model"] == {}  # Palette's own blocks stay
+
+    missing = alice("GET", "/dashboard/job_" + "0" * 32)
+    assert missing.status == 404 and missing.body["error"]["code"] == "NOT_FOUND", missing.body
