@@ -190,8 +190,10 @@ def test_the_cap_is_off_without_its_table_and_reads_its_limit_from_the_environme
 
 
 @pytest.fixture
-def generator_queue(palette_on_moto: AwsPalette) -> Iterator[tuple[AwsPalette, str]]:
-    """The system without the generator's Lambda: its queue is the worker process's."""
+def generator_queue(palette_on_moto: AwsPalette, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[AwsPalette, str]]:
+    """The system without the generator's Lambda: its queue is the worker process's. The jobs
+    function prices `openai/*` as the stack would with the fake server's (loopback) endpoint."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     aws = palette_on_moto
     aws.consumers = [c for c in aws.consumers if c[:2] != ("generator", "JobQueue")]
     yield aws, aws.resources.queue_url("generator", "JobQueue")
