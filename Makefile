@@ -20,7 +20,8 @@ test: $(STAMP)
 	$(VENV)/bin/cfn-lint infra/*.yaml
 	$(PY) -m pytest -q
 
-# The suite without the real local model (`slow`) and the moto-server AWS flow (`aws_e2e`).
+# The suite without the real local model and the load and fuzz runs (`slow`) and without the
+# moto-server AWS flow (`aws_e2e`).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not aws_e2e"
 

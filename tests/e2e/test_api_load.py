@@ -20,6 +20,8 @@ SECONDS = 15.0
 GRACE = 10
 IN_FLIGHT = 100
 
+pytestmark = pytest.mark.slow  # 200 clients for 15 s, then a SIGTERM under load
+
 
 async def _in_flight_then_sigterm(
     base: str, token: str, stop: Callable[[], None]

@@ -35,6 +35,8 @@ MODEL_CALLING = "POST /templates/enhance"
 FAKE_MODEL = "openai/fake-model"
 PRICES = {"models": {FAKE_MODEL: {"input_per_1k": "0.001", "output_per_1k": "0.002"}}}
 
+pytestmark = pytest.mark.slow  # a minute or more of generated requests
+
 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, str]]:
