@@ -22,6 +22,7 @@ import codecs
 import csv
 import io
 import json
+import math
 import re
 import shutil
 import sys
@@ -226,6 +227,12 @@ def _check_columnar(chunk: ColumnarRecords, unit: str) -> int:
     for name, column in zip(table.column_names, table.columns):
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
+        bad = _first_non_finite(column)
+        if bad is not None:
+            raise SeedFileError(
+                f"{unit} {chunk.positions[bad]}: {name!r} holds NaN or an infinity, "
+                "which JSON cannot hold"
+            )
         sizes, largest = _arrow_sizes(column)
         if (pc.max(largest).as_py() or 0) > MAX_CELL_BYTES:
             index = pc.indices_nonzero(pc.greater(largest, MAX_CELL_BYTES))[0].as_py()
@@ -237,6 +244,32 @@ def _check_columnar(chunk: ColumnarRecords, unit: str) -> int:
         position = chunk.positions[index]
         raise SeedLimitExceeded(position, _record_message(unit, position, totals[index].as_py()))
     return pc.sum(totals).as_py() or 0
+
+
+def _first_non_finite(array: pa.Array | pa.ChunkedArray) -> int | None:
+    """The index of the first element holding a NaN or infinite float, at any depth."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    kind = array.type
+    if pa.types.is_floating(kind):
+        bad = pc.fill_null(pc.invert(pc.is_finite(array)), False)
+    elif pa.types.is_dictionary(kind):
+        inner = _first_non_finite(array.dictionary)
+        if inner is None:
+            return None
+        bad = pc.fill_null(pc.equal(array.indices, inner), False)
+    elif pa.types.is_struct(kind):
+        found = [_first_non_finite(pc.struct_field(array, [i])) for i in range(kind.num_fields)]
+        return min((i for i in found if i is not None), default=None)
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind) \
+            or pa.types.is_fixed_size_list(kind) or pa.types.is_map(kind):
+        inner = _first_non_finite(pc.list_flatten(array))
+        return None if inner is None else pc.list_parent_indices(array)[inner].as_py()
+    else:
+        return None
+    if not pc.any(bad).as_py():
+        return None
+    return int(pc.index(bad, True).as_py())
 
 
 def _arrow_sizes(array: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -425,7 +458,9 @@ class _JsonlBlockParser:
             )
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return None
-        return table if table.num_rows == lines else None
+        if table.num_rows != lines or any(_first_non_finite(c) is not None for c in table.columns):
+            return None  # the exact path names the line
+        return table
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | str | None:
@@ -437,9 +472,13 @@ def _parse_line(line: bytes) -> dict[str, Any] | str | None:
     if not text.strip():
         return None
     try:
-        value = json.loads(text, parse_int=int_or_digits)
+        value = json.loads(
+            text, parse_int=int_or_digits, parse_float=finite_float, parse_constant=_refuse_constant
+        )
     except json.JSONDecodeError as err:
         return f"invalid JSON: {err.msg} (column {err.colno})"
+    except NonFiniteNumber as err:
+        return f"invalid JSON: {err}"
     except RecursionError:
         return "invalid JSON: nested too deeply"
     if not isinstance(value, dict):
@@ -452,6 +491,31 @@ def int_or_digits(digits: str) -> int | str:
     (`sys.get_int_max_str_digits()`, 4,300 digits): a prompt shows the same digits either way."""
     limit = sys.get_int_max_str_digits()
     return digits if limit and len(digits) > limit else int(digits)
+
+
+class NonFiniteNumber(ValueError):
+    """A number JSON cannot hold: `NaN`, `Infinity`, or one beyond a double (`1e999999`).
+    Python's parser takes them, strict parsers do not, so a record holding one would make
+    the dataset's JSONL unreadable."""
+
+
+def finite_float(text: str) -> float:
+    """A JSON fraction or exponent number as a float; one that overflows a double is refused."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise NonFiniteNumber(
+            f"the number {text[:40]} is beyond a double (JSON holds only finite numbers)"
+        )
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise NonFiniteNumber(f"{name} is not a JSON number")
+
+
+def loads_finite(text: str | bytes) -> Any:
+    """JSON text as Python, refusing what strict JSON has not (NonFiniteNumber, a ValueError)."""
+    return json.loads(text, parse_float=finite_float, parse_constant=_refuse_constant)
 
 
 def _json_kind(value: Any) -> str:
@@ -561,7 +625,11 @@ class _JsonArrayElements:
     _lines_before: int = 0
     _index: int = 1
     _utf8: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")())
-    _decoder: json.JSONDecoder = field(default_factory=lambda: json.JSONDecoder(parse_int=int_or_digits))
+    _decoder: json.JSONDecoder = field(
+        default_factory=lambda: json.JSONDecoder(
+            parse_int=int_or_digits, parse_float=finite_float, parse_constant=_refuse_constant
+        )
+    )
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
         head = _text_start(self.stream)
@@ -609,6 +677,9 @@ class _JsonArrayElements:
                 raise SeedFileError(f"invalid JSON in element {index} (line {line}): {err.msg}") from None
             except RecursionError:
                 raise SeedFileError(f"element {index} is nested too deeply") from None
+            except NonFiniteNumber as err:
+                line = self._lines_before + self._buffer.count("\n", 0, self._pos) + 1
+                raise SeedFileError(f"invalid JSON in element {index} (line {line}): {err}") from None
             if end == len(self._buffer) and self._can_grow():
                 continue
             self._pos = end

@@ -10,7 +10,8 @@ JSON decoder anyway. So the facade checks every request body first, on both runt
   anything else answers 415 UNSUPPORTED_MEDIA_TYPE;
 - nesting: at most `MAX_JSON_DEPTH` arrays and objects deep, else 400;
 - numbers: no run of more than `MAX_NUMBER_DIGITS` digits outside strings, else 400 (no
-  field of the API takes a number anywhere near that long).
+  field of the API takes a number anywhere near that long); no `NaN`, `Infinity` or
+  number beyond a double (`1e999`), which Python's parser reads but strict JSON has not.
 
 A scan strips string literals, then counts brackets and digit runs: linear in the body,
 which the server has already capped in size, and it never recurses.
@@ -18,6 +19,7 @@ which the server has already capped in size, and it never recurses.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +30,8 @@ MAX_NUMBER_DIGITS = 100
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 _LONG_NUMBER = re.compile(rf"\d{{{MAX_NUMBER_DIGITS + 1},}}")
+_NON_FINITE = re.compile(r"NaN|Infinity")
+_EXPONENT_NUMBER = re.compile(r"-?\d+(?:\.\d+)?[eE][-+]?\d+")
 _JSON_MEDIA = re.compile(r"application/(?:[A-Za-z0-9.!#$&^_-]+\+)?json", re.IGNORECASE)
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -68,8 +72,15 @@ def refuse_body(method: str, content_type: str | None, body: str) -> Refusal | N
     if _LONG_NUMBER.search(outside_strings):
         return _invalid("number_too_long", f"the request body holds a number of more than {MAX_NUMBER_DIGITS} digits",
                         {"max_digits": MAX_NUMBER_DIGITS})
+    exponents = _EXPONENT_NUMBER.finditer(outside_strings)
+    if _NON_FINITE.search(outside_strings) or any(not math.isfinite(float(n.group())) for n in exponents):
+        return _invalid(
+            "non_finite_number",
+            "the request body holds NaN, Infinity or a number beyond a double: JSON numbers are finite",
+            {},
+        )
     return None
 
 
-def _invalid(kind: str, message: str, limit: dict[str, int]) -> Refusal:
+def _invalid(kind: str, message: str, limit: dict[str, Any]) -> Refusal:
     return Refusal(400, "VALIDATION_ERROR", message, {"errors": [{"field": "body", "type": kind, "message": message}], **limit})

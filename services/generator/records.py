@@ -94,8 +94,9 @@ def part_key(owner: str, job_id: str, batch_number: int, model: str | None = Non
 
 
 def dumps_json(value: Any) -> str:
-    """Compact UTF-8 JSON text, the one encoding used for JSON held in text columns."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact UTF-8 JSON text, the one encoding used for JSON held in text columns; strict
+    (a NaN or infinity raises ValueError), so every file the generator writes parses anywhere."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def write_part(blobs: BlobStore, key: str, records: Iterable[GeneratedRecord]) -> tuple[int, str]:

@@ -112,6 +112,24 @@ def test_a_number_of_5000_digits_answers_400(alice: httpx.Client, path: str, bod
     assert reply["error"]["details"]["max_digits"] == 100
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1E+400", "0.5e99999"])
+@pytest.mark.parametrize(("path", "body"), [
+    ("/jobs", '{"template_id": "t", "seed_id": "s", "num_records": 1, "budget_limit": %s}'),
+    ("/templates", '{"name": "t", "steps": [{"id": "a", "model": "openai/m", "prompt": "p",'
+                   ' "parameters": {"temperature": %s}}]}'),
+    ("/templates", '{"name": "t", "steps": [{"id": "a", "model": "openai/m", "prompt": "p"}], "x": [%s]}'),
+])
+def test_a_non_finite_number_answers_400(alice: httpx.Client, path: str, body: str, number: str) -> None:
+    """Python's parser reads NaN, Infinity and 1e999 (as inf); strict JSON has none of them."""
+    reply = assert_error_shape(alice.post(path, content=(body % number).encode(), headers=JSON), 400, "VALIDATION_ERROR")
+    assert reply["error"]["details"]["errors"][0]["type"] == "non_finite_number"
+
+
+def test_nan_inside_a_string_is_text(alice: httpx.Client) -> None:
+    steps = [{"id": "a", "model": "openai/m", "prompt": "NaN Infinity 1e999"}]
+    assert alice.post("/templates", json={"name": "NaN", "steps": steps}).status_code == 201
+
+
 @pytest.mark.parametrize("query", ["limit=" + HUGE, "limit=-" + HUGE, "limit=abc", "next_token=%ff%fe", "limit=%00"])
 @pytest.mark.parametrize("path", ["/jobs", "/templates"])
 def test_garbage_query_parameters_answer_400(alice: httpx.Client, path: str, query: str) -> None:

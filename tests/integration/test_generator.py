@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,6 +18,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+
+import pytest
 
 from contracts.events.generator import (
     BatchGenerated,
@@ -156,6 +159,30 @@ def test_malformed_json_of_a_structured_step_is_retried(adapters: Adapters, serv
         assert set(output) == {"answer", "confidence"}
     batches = of_type(generation_events(adapters, job_id), BatchGenerated)
     assert sum(b.token_usage["openai/fake-model"].calls for b in batches) == 62
+
+
+@pytest.mark.parametrize("number", ["NaN", "-Infinity", "1e999"])
+def test_structured_output_holding_a_non_finite_number_is_retried_and_never_exported(
+    adapters: Adapters, server: FakeOpenAIServer, number: str
+) -> None:
+    """Python reads NaN, -Infinity and 1e999 (as inf); strict JSON parsers refuse a file
+    holding them, so such an output is invalid, like malformed JSON."""
+    job_id = request_job(adapters, 5, steps=(QUESTION, STRUCTURED_ANSWER))
+    server.reply_next('{"answer": "x", "confidence": %s}' % number, n=2)
+
+    result = run_worker(adapters, server, job_id, concurrency=1)
+
+    assert result.outcome is RunOutcome.COMPLETED
+    jsonl = of_type(generation_events(adapters, job_id), DatasetExported)[0].files[0]
+    lines = adapters.blobs.get_bytes(jsonl.blob_key).splitlines()
+    assert len(lines) == 5
+    for line in lines:
+        output = json.loads(line, parse_constant=_refuse)["steps"]["answer"]["output_json"]
+        assert math.isfinite(output["confidence"])
+
+
+def _refuse(name: str) -> None:
+    raise AssertionError(f"{name} in the exported JSONL")
 
 
 def test_invalid_credentials_fail_the_job_at_once_with_the_reason(adapters: Adapters) -> None:

@@ -771,3 +771,36 @@ def test_aws_identity_comes_from_the_authorizer(aws: dict[str, Any]) -> None:
     assert as_bob.status == 404
     assert lazily_recorded.status == 200 and lazily_recorded.body["valid"] is True
 
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "where"),
+    [
+        ("nan.jsonl", b'{"topic": "a", "author": {"name": NaN}}\n', "NaN"),
+        ("inf.jsonl", b'{"topic": "a", "author": {"name": "b"}}\n{"topic": "a", "author": {"name": 1e999999}}\n',
+         "1e999999"),
+        ("minus.jsonl", b'{"topic": -Infinity, "author": {"name": "b"}}\n', "-Infinity"),
+        ("nan.json", b'[{"topic": "a", "author": {"name": "b"}},\n{"topic": NaN, "author": {"name": "b"}}]',
+         "line 2"),
+        ("nan.parquet", _parquet([{"topic": "a", "author": {"name": 1.0}}, {"topic": "b", "author": {"name": NAN}}]),
+         "row 2"),
+    ],
+)
+def test_over_http_a_seed_holding_a_non_finite_number_is_invalid_naming_where(
+    alice_http: httpx.Client, filename: str, data: bytes, where: str
+) -> None:
+    """Python's parser reads NaN and 1e999999 (as inf), strict JSON parsers do not: such a
+    record would make the dataset's JSONL unreadable, so validation refuses it."""
+    template_id = _http_template(alice_http)
+    seed_id = _http_upload(alice_http, filename, data)
+
+    reply = alice_http.post("/seed-data/validate", json={"seed_id": seed_id, "template_id": template_id})
+
+    assert reply.status_code == 200, reply.text
+    report = reply.json()
+    failing = [f"line {f['position']}: {f['problem']}" for f in report["failing_records"]]
+    assert report["valid"] is False, report
+    assert any(where in p for p in [report["file_error"] or "", *failing]), report

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from palette.models.port import (
     RetryableModelError,
 )
 from palette.prompts import PromptRenderError, render
+from palette.recordfiles import loads_finite
 from services.generator.budget import CallUsage
 from services.generator.domain import seed_row_index
 from services.generator.limiter import Permit, backoff_delay
@@ -195,7 +195,7 @@ class RecordMaker:
             if step.output_schema is None:
                 return response, None
             try:
-                parsed = json.loads(response.text)
+                parsed = loads_finite(response.text)
                 if call.validate is not None:
                     call.validate(parsed)
             except ValueError as error:
