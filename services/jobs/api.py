@@ -83,14 +83,6 @@ _ERRORS = {
 }
 
 
-_INPUT_OPTIONS = {
-    "num_records", "budget_limit", "model_parameters", "priority", "partition_strategy", "models",
-    "output_filter", "task_size",
-}
-"""The options a job's `input` answers under their own names (`output_formats` is its
-`output_format`)."""
-
-
 def _responses(success: int, *errors: int) -> dict[int, Any]:
     return openapi_responses(success, _ERRORS, *errors)
 
@@ -277,8 +269,8 @@ def _job_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers) -> 
             template_id=state.template_id,
             template_version=state.template_version,
             seed_id=state.seed_id,
-            **options.model_dump(include=_INPUT_OPTIONS),
-            output_format=options.output_formats,
+            **options.model_dump(exclude={"output_formats"}),
+            output_format=options.output_formats,  # the request's name
         ),
         progress=_progress(state, doc),
         failure=_failure(loaded),
