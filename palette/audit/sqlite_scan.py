@@ -55,7 +55,7 @@ _PARTITION_SQL = (
     f"CASE WHEN NOT {_JOB_EVENT} THEN NULL WHEN NOT json_valid(detail) THEN char(0) || 'not a JSON object' "
     "ELSE detail ->> '$.job_id' END, "
     + ", ".join(_IF_VALID.format(name) for name in ("batch_number", "rows", "total", "budget_limit"))
-    + ", CASE WHEN detail_type = 'DatasetExported' THEN detail END, "
+    + ", CASE WHEN detail_type IN ('DatasetExported', 'GenerationFailed') THEN detail END, "
     + _IF_VALID.format("charge_id") + " "
     "FROM events WHERE position <= ? "
     f"AND {STREAM_PARTITION} = ? "

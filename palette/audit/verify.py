@@ -64,9 +64,13 @@ JOB_ENDINGS = frozenset(e.detail_type() for e in (JobCompleted, JobFailed, JobCa
 GENERATION_ENDINGS = frozenset(e.detail_type() for e in (GenerationStopped, GenerationFailed, DatasetExported))
 USAGE_FACT_TYPES = frozenset(e.detail_type() for e in (UnbatchedUsageRecorded, BudgetWrittenOff))
 """Generator facts billing charges as a UsageCharged each (keyed by their event id)."""
-_REQUESTED, _BATCH, _COST, _USAGE_CHARGE, _EXPORTED = (
-    e.detail_type() for e in (JobRequested, BatchGenerated, CostRecorded, UsageCharged, DatasetExported)
+_REQUESTED, _BATCH, _COST, _USAGE_CHARGE, _EXPORTED, _GENERATION_FAILED = (
+    e.detail_type()
+    for e in (JobRequested, BatchGenerated, CostRecorded, UsageCharged, DatasetExported, GenerationFailed)
 )
+IGNORED_MAX_TOKENS = "MODEL_IGNORED_MAX_TOKENS"
+"""The generator's failure code for a provider that answered past a call's max_tokens: the
+one way a job's spend can pass its budget, since the budget's worst case assumes it cannot."""
 JOB_FACT_TYPES = JOB_ENDINGS | GENERATION_ENDINGS | USAGE_FACT_TYPES | {_REQUESTED, _BATCH, _COST, _USAGE_CHARGE}
 """The events the job invariants read."""
 
@@ -162,6 +166,7 @@ class _Job:
     spent: Decimal = Decimal(0)
     last_charge: EventRef | None = None
     crossed_by: EventRef | None = None
+    ignored_max_tokens: bool = False
     exports: list[tuple[dict[str, Any], EventRef]] = field(default_factory=list)
 
 
@@ -173,7 +178,7 @@ The first five are an EventRef's fields; the canonical text is what the hash is 
 over; the last seven are what the invariants read of a job event's detail (None where
 absent; for other events `job_id` is None and the rest is not read): `job_id` is
 `_NOT_AN_OBJECT` for a detail that is not a JSON object, `exported` the whole detail
-(dict or JSON text) of a DatasetExported."""
+(dict or JSON text) of a DatasetExported or a GenerationFailed."""
 
 _NOT_AN_OBJECT = "\x00not a JSON object"
 
@@ -195,7 +200,7 @@ def audit_row(row: Row) -> AuditRow:
         get = fields.get
     except (ValueError, AttributeError):
         return (*head, _NOT_AN_OBJECT, None, None, None, None, None, None)
-    exported = fields if detail_type == _EXPORTED else None
+    exported = fields if detail_type in (_EXPORTED, _GENERATION_FAILED) else None
     return (
         *head, get("job_id"), get("batch_number"), get("rows"), get("total"), get("budget_limit"), exported,
         get("charge_id"),
@@ -375,9 +380,13 @@ class DomainAuditor:
         elif kind in GENERATION_ENDINGS:
             ref = _ref_of(row[:5])
             job.generation_ended_by = job.generation_ended_by or ref
+            detail = row[13]
+            if isinstance(detail, str):
+                detail = _json_object(detail)
             if kind == _EXPORTED:
-                exported = row[13]
-                job.exports.append((_json_object(exported) if isinstance(exported, str) else exported, ref))
+                job.exports.append((detail, ref))
+            elif kind == _GENERATION_FAILED and isinstance(detail, dict):
+                job.ignored_max_tokens |= detail.get("code") == IGNORED_MAX_TOKENS
 
     def finish(self) -> DomainFindings:
         """Judge every job folded so far."""
@@ -391,6 +400,11 @@ class DomainAuditor:
         if job.budget_limit is not None and job.spent > job.budget_limit:
             ref = job.crossed_by or job.last_charge
             message = f"recorded spend {job.spent} exceeds the budget {job.budget_limit}"
+            if job.ignored_max_tokens:
+                message += (
+                    f": the provider ignored max_tokens ({IGNORED_MAX_TOKENS}); the hard budget holds only "
+                    "for providers that honour max_tokens, and its reply was charged as reported"
+                )
             violations.append(Violation.at("budget", ref, message) if ref else Violation("budget", message, ledger))
         ended = job.ended_by or job.generation_ended_by
         batches = {number: ref for number, (_, ref) in job.batches.items()}

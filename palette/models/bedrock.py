@@ -40,6 +40,7 @@ from palette.models.port import (
     ModelTimeout,
     ProviderGateway,
     UnknownModel,
+    check_max_tokens,
     check_structured,
     estimate_input_tokens,
 )
@@ -180,6 +181,7 @@ class BedrockGateway(ProviderGateway):
             response = ModelResponse(text, int(usage["inputTokens"]), int(usage["outputTokens"]), model, latency_ms)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelServerError(f"{model}: malformed Converse response: {str(result)[:200]}", model=model) from exc
+        check_max_tokens(request, response)
         if request.json_schema is not None:
             check_structured(text, response)
         return response

@@ -24,6 +24,7 @@ from palette.models.port import (
     ModelServerError,
     ProviderGateway,
     UnknownModel,
+    check_max_tokens,
     check_structured,
 )
 
@@ -144,6 +145,7 @@ class LocalLlamaGateway(ProviderGateway):
         text = result["choices"][0]["message"]["content"] or ""
         usage = result["usage"]
         response = ModelResponse(text, usage["prompt_tokens"], usage["completion_tokens"], model, latency_ms)
+        check_max_tokens(request, response)
         if request.json_schema is not None:
             check_structured(text, response)
         return response

@@ -32,6 +32,7 @@ from palette.models.port import (
     ModelTimeout,
     ProviderGateway,
     UnknownModel,
+    check_max_tokens,
     check_structured,
     estimate_input_tokens,
 )
@@ -183,6 +184,7 @@ class OpenAICompatibleGateway(ProviderGateway):
                 f"{model}: malformed completion from {self._url}: {raw[:200].decode('utf-8', 'replace')!r}", model=model
             ) from exc
         result = ModelResponse(text, input_tokens, output_tokens, model, latency_ms)
+        check_max_tokens(request, result)
         if request.json_schema is not None:
             check_structured(text, result)
         return result

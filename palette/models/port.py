@@ -67,6 +67,19 @@ class ModelNotInstalled(FatalModelError):
     """The provider's optional dependencies are missing from this installation."""
 
 
+class ModelIgnoredMaxTokens(FatalModelError):
+    """The provider answered with more output tokens than the request's `max_tokens`.
+
+    The budget's worst case for a call assumes its output stays within `max_tokens`, so a
+    provider that runs past it can spend past a job's hard budget: the job stops at once.
+    The tokens were spent all the same, so `response` carries the reported usage for billing.
+    """
+
+    def __init__(self, message: str, *, response: ModelResponse) -> None:
+        super().__init__(message, model=response.model)
+        self.response = response
+
+
 class ModelRequestRejected(ModelError):
     """The provider refused this one request (HTTP 400/413/422, prompt longer than the context).
 
@@ -141,6 +154,17 @@ def estimate_input_tokens(prompt: str) -> int:
     scripts) can exceed it, and billing reconciles with the provider's real usage after the call.
     """
     return -(-len(prompt.encode("utf-8")) // 2) + INPUT_TOKEN_OVERHEAD
+
+
+def check_max_tokens(request: ModelRequest, response: ModelResponse) -> None:
+    """Raise ModelIgnoredMaxTokens when the reported output is longer than `max_tokens`."""
+    if response.output_tokens > request.max_tokens:
+        raise ModelIgnoredMaxTokens(
+            f"model {response.model!r} reported {response.output_tokens} output tokens for a call with "
+            f"max_tokens {request.max_tokens}: the provider ignored max_tokens, so the job's budget "
+            "cannot bound what it spends",
+            response=response,
+        )
 
 
 def check_structured(text: str, response: ModelResponse) -> None:

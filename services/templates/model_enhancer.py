@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from palette.models.blocking import BlockingGateway
-from palette.models.port import ModelError, ModelRequest
+from palette.models.port import ModelError, ModelIgnoredMaxTokens, ModelRequest
 from services.templates.enhancement import (
     DEFAULT_ENHANCEMENT_MODEL,
     MAX_ENHANCEMENT_TOKENS,
@@ -63,6 +63,8 @@ class ModelEnhancer:
         )
         try:
             response = self.gateway.generate(request)
+        except ModelIgnoredMaxTokens as error:
+            response = error.response  # answered past max_tokens: charged as reported, never hidden
         except ModelError as error:
             raise EnhancementUnavailable(f"{model}: {error}") from None
         return EnhancementResult(

@@ -32,6 +32,7 @@ from contracts.events.generator import (
     BudgetTrancheTaken,
     BudgetWrittenOff,
     DatasetExported,
+    GenerationFailed,
     GenerationStopped,
     UnbatchedUsageRecorded,
 )
@@ -40,6 +41,7 @@ from contracts.events.templates import TemplateStep
 from contracts.pricing import DEFAULT_CATALOG, price_call, with_overrides
 from contracts.streams import generation_stream, job_stream, ledger_stream
 from palette.adapters import Adapters, local_adapters
+from palette.audit.verify import verify_log
 from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
 from palette.watch import watch_job
@@ -376,3 +378,34 @@ def test_over_http_a_budget_below_one_calls_worst_case_is_refused_and_a_stop_say
         assert failure["reason"].startswith("budget exhausted: spent $0.000") and "of $0.0005" in failure["reason"]
         dashboard = alice.get(f"/dashboard/{job_id}").json()
         assert dashboard["failure"] == failure
+
+
+# -- a provider that ignores max_tokens -----------------------------------------------------
+
+
+def test_a_provider_that_ignores_max_tokens_fails_the_job_at_once_billed_as_it_reported(
+    adapters: Adapters, tmp_path: Path
+) -> None:
+    """The budget's worst case assumes output within max_tokens: a reply past it is the
+    provider's fault, charged as reported (never hidden) and fatal, so no further call
+    is made; the audit names the cause of the overspend."""
+    with FakeOpenAIServer(latency_s=0.0) as server:
+        budget = Decimal("0.05")
+        job_id = request_job(adapters, 10, budget, 2, max_tokens=16)
+        server.reply_next("word " * 40_000)  # 40,000 output tokens: $0.08 at PRICED
+
+        result = run_worker(adapters, server, job_id, concurrency=1)
+        settle_the_bus(adapters, tmp_path / "bus.db")
+
+        assert result.outcome is RunOutcome.FAILED
+        failed = of_type(decoded(adapters, generation_stream(job_id)), GenerationFailed)
+        assert [f.code for f in failed] == ["MODEL_IGNORED_MAX_TOKENS"]
+        assert "40000" in failed[0].reason and "max_tokens 16" in failed[0].reason
+        assert server.stats()["calls"] == 1
+        spend = assert_ledger_is_what_the_provider_billed(adapters, server, job_id)
+        assert spend > budget
+        state = JobHandlers(adapters.events, adapters.blobs).read(job_id).state
+        assert state.status.value == "FAILED" and state.failure_code == "MODEL_IGNORED_MAX_TOKENS"
+        report = verify_log(adapters.events)
+        budget_violations = [v.message for v in report.violations if v.check == "budget"]
+        assert len(budget_violations) == 1 and "ignored max_tokens" in budget_violations[0], report.violations

@@ -9,6 +9,7 @@ from palette.models.port import (
     FatalModelError,
     InvalidCredentials,
     ModelAccessDenied,
+    ModelIgnoredMaxTokens,
     ModelNotInstalled,
     UnknownModel,
 )
@@ -87,6 +88,7 @@ _FATAL_CODES: dict[type[FatalModelError], str] = {
     ModelAccessDenied: "MODEL_ACCESS_DENIED",
     UnknownModel: "UNKNOWN_MODEL",
     ModelNotInstalled: "MODEL_NOT_INSTALLED",
+    ModelIgnoredMaxTokens: "MODEL_IGNORED_MAX_TOKENS",
 }
 
 

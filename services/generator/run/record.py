@@ -17,6 +17,7 @@ from palette.models.port import (
     InvalidModelOutput,
     ModelError,
     ModelGateway,
+    ModelIgnoredMaxTokens,
     ModelRequest,
     ModelResponse,
     ModelThrottled,
@@ -247,7 +248,8 @@ class RecordMaker:
                 raise
             except FatalModelError as error:
                 limiter.release(permit, succeeded=False)
-                budget.settle(lane, index, reservation, None)
+                answered = error.response if isinstance(error, ModelIgnoredMaxTokens) else None
+                budget.settle(lane, index, reservation, None if answered is None else call_usage(answered))
                 raise JobFailure(fatal_code(error), str(error)) from None
             except ModelError as error:
                 limiter.release(permit, succeeded=False)
