@@ -12,7 +12,7 @@ import pytest
 from contracts.events.seeds import SeedFormat
 from palette.blobs.local import LocalBlobStore
 from palette.blobs.signing import UrlSigner
-from services.generator.seed_rows import SeedRowsUnavailable, load_seed_rows
+from services.generator.seed_rows import SeedRowsUnavailable, load_seed_rows, missing_counts
 
 
 @pytest.fixture
@@ -81,3 +81,18 @@ def test_a_csv_keeps_what_decides_a_field_and_reads_repeated_column_names(blobs:
     # a cell in "author" leaves no room for author.name (the last column of a name wins)
     assert load_seed_rows(blobs, "seeds/u/odd.csv", SeedFormat.CSV, ["author.name", "title"]) == [
         {"title": "t2"}, {"author": {"name": "Cy"}, "title": "t4"}]
+
+
+def test_missing_counts_count_absent_and_null_fields_as_seed_validation_does(
+    blobs: LocalBlobStore,
+) -> None:
+    lines = [
+        {"author": {"name": "A", "bio": "b"}, "topic": "t"},
+        {"author": {"name": None}, "topic": "t"},
+        {"author": "not an object"},
+    ]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    blobs.put_bytes("k", content)
+    fields = ("author.name", "author.bio", "topic")
+    rows = load_seed_rows(blobs, "k", SeedFormat.JSONL, fields)
+    assert missing_counts(rows, fields) == {"author.name": 2, "author.bio": 2, "topic": 1}
