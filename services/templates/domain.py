@@ -27,7 +27,6 @@ from services.templates.prompts import InvalidTemplate, TemplateAnalysis, Templa
 
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 4000
-MAX_MODEL_CHARS = 200
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -362,14 +361,13 @@ _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\ud
 
 def _text_problems(name: str, description: str, steps: Sequence[TemplateStep]) -> list[TemplateProblem]:
     """Control characters (and lone surrogates, which no UTF-8 store takes) in the text
-    fields: the name and the models reach indexes and keys, so they take none; the
+    fields: the name reaches indexes, so it takes none; the
     description and prompts keep tabs and line breaks (\\t, \\n, \\r). Step ids are
     identifiers already (the TemplateStep contract)."""
     fields: list[tuple[str, str, re.Pattern[str], str | None]] = [
         ("name", name, _CONTROL, None), ("description", description, _CONTROL_BUT_LINES, None),
     ]
-    for step in steps:
-        fields.append((f"steps.{step.id}.model", step.model, _CONTROL, step.id))
+    for step in steps:  # a model's rule is contracts/identifiers.py's (services/templates/prompts.py)
         fields.append((f"steps.{step.id}.prompt", step.prompt, _CONTROL_BUT_LINES, step.id))
     problems = []
     for field_name, text, refused, step_id in fields:
@@ -378,12 +376,6 @@ def _text_problems(name: str, description: str, steps: Sequence[TemplateStep]) -
                 "CONTROL_CHARACTER",
                 f"{field_name} holds the control character U+{ord(found.group()):04X} at position {found.start()}",
                 step_id, field=field_name,
-            ))
-    for step in steps:
-        if len(step.model) > MAX_MODEL_CHARS:
-            problems.append(TemplateProblem(
-                "INVALID_MODEL", f"a model id has at most {MAX_MODEL_CHARS} characters", step.id,
-                field=f"steps.{step.id}.model",
             ))
     return problems
 

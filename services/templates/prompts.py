@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from jinja2 import TemplateSyntaxError, nodes
 
 from contracts.events.templates import TemplateStep
-from contracts.identifiers import PROVIDERS
+from contracts.identifiers import model_problem
 from palette.prompts import (
     ENVIRONMENT,
     STEP_OUTPUTS,
@@ -117,14 +117,12 @@ def analyse(steps: Sequence[TemplateStep]) -> TemplateAnalysis:
 
 
 def _model_problems(step: TemplateStep) -> list[TemplateProblem]:
-    provider, slash, model_id = step.model.partition("/")
-    if slash and provider in PROVIDERS and model_id.strip():
+    """The rule a job's `models` are held to (contracts/identifiers.py), so a template never
+    names a model no job could run."""
+    problem = model_problem(step.model)
+    if problem is None:
         return []
-    return [TemplateProblem(
-        "INVALID_MODEL",
-        f"model {step.model!r} is not provider/model-id with a provider of {', '.join(sorted(PROVIDERS))}",
-        step.id,
-    )]
+    return [TemplateProblem("INVALID_MODEL", problem, step.id, field=f"steps.{step.id}.model")]
 
 
 def _deepest_paths(paths: set[tuple[str, ...]]) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ from tests.fakes.lambda_events import sqs_batch
 from tests.integration.templates_facade import (
     SECRET,
     Facade,
-    FakeLambdaContext,
+    fake_context,
     aws_facade,
     delete_job,
     request_job,
@@ -141,8 +141,6 @@ def parameterised(parameters: dict[str, Any], model: str = "local/gemma-3-270m")
 @pytest.mark.parametrize(
     ("model", "parameters", "field"),
     [
-        ("local/gemma-3-270m", {"temperature": float("nan")}, "parameters.temperature"),
-        ("local/gemma-3-270m", {"temperature": float("inf")}, "parameters.temperature"),
         ("openai/gpt-4o-mini", {"temperature": 2.5}, "parameters.temperature"),
         ("bedrock/anthropic.claude-3-haiku-20240307-v1:0", {"temperature": 1.5}, "parameters.temperature"),
         ("local/gemma-3-270m", {"temperature": "hot"}, "parameters.temperature"),
@@ -176,6 +174,14 @@ def test_model_parameters_out_of_range_answer_400_naming_step_and_field(
     assert api.call("GET", f"/templates/{template_id}").body["latest_version"] == 1
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf")])
+def test_a_non_finite_parameter_is_refused_with_the_body(api: Facade, number: float) -> None:
+    """NaN and Infinity are not JSON: the body is refused before any field is read."""
+    created = api.call("POST", "/templates", body={"name": "n", "steps": [parameterised({"temperature": number})]})
+    assert (created.status, created.error["code"]) == (400, "VALIDATION_ERROR"), created.body
+    assert created.error["details"]["errors"][0]["type"] == "non_finite_number"
+
+
 @pytest.mark.parametrize(
     ("definition", "field"),
     [
@@ -205,6 +211,28 @@ def test_control_characters_in_text_fields_answer_400_naming_the_field(
     assert revised.status == 400, revised.body
     api.sync()
     assert api.call("GET", "/templates").status == 200
+
+
+@pytest.mark.parametrize("model", ["openai/a b", "openai/a#b", "openai/a?b", "openai/\u00fc", "openai/a%2Fb",
+                                   "openai/-x", "openai/", "mystery/m", "openai/a\\b"])
+def test_a_model_id_a_job_refuses_is_refused_at_save_naming_the_step(api: Facade, model: str) -> None:
+    """One rule (contracts/identifiers.py) for a step's model and a job's `models`."""
+    created = api.call("POST", "/templates", body={"name": "n", "steps": [step("q", "Ask {{ topic }}", model=model)]})
+    assert (created.status, created.error["code"]) == (400, "VALIDATION_ERROR"), created.body
+    details = created.error["details"]
+    assert "steps.q.model" in [problem.get("field") for problem in details.get("problems", details.get("errors"))]
+
+    template_id = api.create()["id"]
+    revised = api.call("PUT", f"/templates/{template_id}", body={"steps": [step("q", "{{ x }}", model=model)]})
+    assert revised.status == 400, revised.body
+
+
+@pytest.mark.parametrize("model", [
+    "openai/meta-llama/Llama-3.1-8B", "openai/llama3:8b@q4+x_y", "local/gemma-3-270m",
+    "bedrock/arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-micro-v1:0",
+])
+def test_model_ids_the_readme_allows_are_saved(api: Facade, model: str) -> None:
+    assert api.create(steps=[step("q", "Ask {{ topic }}", model=model)])["steps"][0]["model"] == model
 
 
 def test_newlines_and_tabs_stay_allowed_in_descriptions_and_prompts(api: Facade) -> None:
@@ -474,6 +502,6 @@ def test_the_projection_consumer_reports_only_failed_records(monkeypatch: pytest
         template_id = facade.create()["id"]
         [created] = facade.events.read_stream(template_stream(template_id))
         batch = sqs_batch([{"detail": "not a palette event"}, bus_event(created)])
-        result = lambda_handler.project(batch, FakeLambdaContext())
+        result = lambda_handler.project(batch, fake_context())
         assert result == {"batchItemFailures": [{"itemIdentifier": batch["Records"][0]["messageId"]}]}
         assert [item["id"] for item in facade.call("GET", "/templates").body["items"]] == [template_id]
