@@ -10,6 +10,9 @@ with one of these two functions:
   (`6e-07` → `0.000001`): where an amount is shown, not kept (the Plot Palette documents'
   `budget_limit`, `cost_estimate`, dashboard costs).
 
+Amounts a client sends are read by `plain_decimal`: a JSON number or a plain ASCII decimal
+string, nothing `Decimal()` would also guess at.
+
 Python's `json` writes a float below 1e-4 as `1e-06`; `dumps_fixed_point` is the facade's
 serializer, so every number it answers is written in fixed-point.
 """
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Annotated, Any
 
-from pydantic import PlainSerializer
+from pydantic import PlainSerializer, ValidationInfo
 
 DISPLAY_PLACES = 6
 _DISPLAY_QUANTUM = Decimal(1).scaleb(-DISPLAY_PLACES)
@@ -47,6 +50,25 @@ MoneyText = Annotated[Decimal, PlainSerializer(money_text, return_type=str, when
 
 MoneyNumber = Annotated[Decimal, PlainSerializer(money_number, return_type=float, when_used="json")]
 """A Decimal field a reply writes as `money_number`: a JSON number of USD, 6 decimals at most."""
+
+
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def plain_decimal(value: Any, info: ValidationInfo) -> Any:
+    """An amount a client sends: a JSON number, or a string of plain ASCII decimal
+    (`"20.50"`, `"-1"`), which the caller's bounds then check. `Decimal()` alone would take
+    `"1_0"` as 10, full-width `"２.５"` as 2.5, `" 2.5 "` and `"1e1"`: a client sending
+    those has a bug worth a 400 naming the field, not a guess."""
+    field = info.field_name or "amount"
+    if isinstance(value, bool):
+        raise ValueError(f"{field} is a number of USD, not a boolean")
+    if isinstance(value, str) and not (value.isascii() and _PLAIN_DECIMAL.fullmatch(value)):
+        raise ValueError(
+            f"{field} as a string is a plain decimal of ASCII digits such as \"20.50\" "
+            "(no spaces, underscores, exponents or other digits)"
+        )
+    return value
 
 
 _EXPONENT = re.compile(r"[0-9][eE][-+]?[0-9]")
@@ -86,4 +108,7 @@ class _FixedPointFloats(json.JSONEncoder):
         )(o, 0)
 
 
-__all__ = ["DISPLAY_PLACES", "MoneyNumber", "MoneyText", "dumps_fixed_point", "money_number", "money_text"]
+__all__ = [
+    "DISPLAY_PLACES", "MoneyNumber", "MoneyText", "dumps_fixed_point", "money_number", "money_text",
+    "plain_decimal",
+]

@@ -31,7 +31,7 @@ from pydantic import (
 
 from contracts.events.jobs import JobOptions, OutputFormat, TaskSize
 from contracts.identifiers import MAX_ID_CHARS, MAX_MODEL_ID_CHARS, id_problem, model_problem
-from contracts.money import MoneyNumber, MoneyText
+from contracts.money import MoneyNumber, MoneyText, plain_decimal
 from contracts.seed_refs import InvalidSeedReference, parse_seed_reference
 from palette.api.aliases import show_aliases
 from services.jobs.domain import (
@@ -61,12 +61,6 @@ def _formats(value: Any) -> Any:
         value = list(dict.fromkeys(v for v in value if isinstance(v, str))) + [
             v for v in value if not isinstance(v, str)
         ]
-    return value
-
-
-def _no_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("budget_limit is a number of USD, not a boolean")
     return value
 
 
@@ -124,7 +118,7 @@ PartitionStrategy = Annotated[
 ]
 BudgetLimit = Annotated[
     Decimal,
-    BeforeValidator(_no_bool),
+    BeforeValidator(plain_decimal),
     Field(
         gt=0, le=MAX_BUDGET, decimal_places=6, allow_inf_nan=False, description="USD, 0 < x <= 1000"
     ),

@@ -378,6 +378,13 @@ def test_an_explicit_template_version_is_pinned(local: Facade) -> None:
         ({"budget_limit": "lots"}, "budget_limit"),
         ({"budget_limit": True}, "budget_limit"),
         ({"budget_limit": "0.0000001"}, "budget_limit"),
+        ({"budget_limit": "1_0"}, "budget_limit"),
+        ({"budget_limit": "\uff12.\uff15"}, "budget_limit"),
+        ({"budget_limit": " 2.5 "}, "budget_limit"),
+        ({"budget_limit": "2.5\n"}, "budget_limit"),
+        ({"budget_limit": "1e1"}, "budget_limit"),
+        ({"budget_limit": "+2"}, "budget_limit"),
+        ({"budget_limit": "\u0662"}, "budget_limit"),
         ({"output_format": "XML"}, "output_format"),
         ({"output_format": []}, "output_format"),
         ({"output_format": ["CSV", "DOCX"]}, "output_format"),
@@ -424,6 +431,7 @@ def test_bounds_and_single_or_several_formats_are_accepted(local: Facade) -> Non
     body = local.start_job(num_records=1_000_000, budget_limit=1000, output_format=["csv", "JSONL", "CSV"])
     assert body["input"]["output_format"] == ["CSV", "JSONL"]
     assert local.start_job(num_records=1, budget_limit=0.01)["input"]["budget_limit"] == "0.01"
+    assert local.start_job(num_records=1, budget_limit="2.50")["input"]["budget_limit"] == "2.50"
 
 
 def test_a_seed_that_failed_validation_for_the_pinned_version_is_a_conflict(api: Facade) -> None:
