@@ -50,7 +50,7 @@ STRUCTURED_ANSWER = TemplateStep(
         "required": ["answer", "confidence"],
     },
 )
-FAST_RETRIES = {"retry_base_seconds": 0.01, "retry_max_seconds": 0.2}
+FAST_RETRIES: dict[str, Any] = {"retry_base_seconds": 0.01, "retry_max_seconds": 0.2}
 
 
 # -- setting up a job as the other services would -----------------------------------------

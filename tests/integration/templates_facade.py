@@ -11,11 +11,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.typing import LambdaContext
 from moto import mock_aws
 
 from contracts.envelope import bus_event
@@ -41,6 +42,11 @@ class FakeLambdaContext:
     memory_limit_in_mb: int = 256
     invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:palette-templates"
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+
+def fake_context() -> LambdaContext:
+    """A Lambda context for the handlers (FakeLambdaContext has what they read)."""
+    return cast(LambdaContext, FakeLambdaContext())
 
 
 @dataclass
@@ -139,7 +145,7 @@ def local_facade(data_dir: Path) -> Iterator[Facade]:
         if user is not None:
             event["headers"]["authorization"] = f"Bearer {tokens.issue(user)}"
 
-    yield Facade("local", lambda event: app.resolve(event, FakeLambdaContext()), adapters.events, identify)
+    yield Facade("local", lambda event: app.resolve(event, fake_context()), adapters.events, identify)
     adapters.close()
 
 
@@ -174,11 +180,11 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
             if not fresh:
                 return
             delivered = fresh[-1].position or delivered
-            result = lambda_handler.project(sqs_batch([bus_event(e) for e in reversed(fresh)]), FakeLambdaContext())
+            result = lambda_handler.project(sqs_batch([bus_event(e) for e in reversed(fresh)]), fake_context())
             assert result == {"batchItemFailures": []}
 
         yield Facade(
-            "aws", lambda event: lambda_handler.handler(event, FakeLambdaContext()), events, identify, sync
+            "aws", lambda event: lambda_handler.handler(event, fake_context()), events, identify, sync
         )
         _forget_containers()
 

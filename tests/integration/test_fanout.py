@@ -9,6 +9,7 @@ import io
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
@@ -49,8 +50,9 @@ WORKING = MODELS[:2]
 QUICK_FAILURE = {"max_call_attempts": 2, "error_window": 10, "error_threshold": 0.5}
 
 
-def run(adapters: Adapters, server: FakeOpenAIServer, job_id: str, **options: object) -> RunResult:
-    return run_worker(adapters, server, job_id, **{"batch_size": 20, **QUICK_FAILURE, **options})
+def run(adapters: Adapters, server: FakeOpenAIServer, job_id: str, **options: Any) -> RunResult:
+    settings: dict[str, Any] = {"batch_size": 20, **QUICK_FAILURE, **options}
+    return run_worker(adapters, server, job_id, **settings)
 
 
 def records_by_model(adapters: Adapters, job_id: str) -> dict[str, list[int]]:
@@ -147,7 +149,7 @@ def test_a_resumed_fanout_job_picks_up_each_model_where_it_stopped(
     async def first_run() -> RunResult:
         gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key="test")
         try:
-            options = WorkerOptions(concurrency=4, batch_size=10, **FAST_RETRIES)  # type: ignore[arg-type]
+            options = WorkerOptions(concurrency=4, batch_size=10, **FAST_RETRIES)
             return await GenerationWorker(adapters.events, adapters.blobs, gateway, options=options).run_job(
                 job_id, stop
             )

@@ -39,7 +39,7 @@ from tests.fakes.lambda_events import sqs_batch
 from tests.fakes.poison_template import POISON_NAME, append_poison_template
 from tests.integration.templates_facade import (
     Facade,
-    FakeLambdaContext,
+    fake_context,
     aws_facade,
     step,
 )
@@ -203,7 +203,7 @@ def test_on_aws_a_throttled_view_is_an_item_failure_for_sqs_to_retry_never_a_dea
             return transact(**request)
 
         monkeypatch.setattr(client, "transact_write_items", throttling)
-        result = lambda_handler.project(batch, FakeLambdaContext())
+        result = lambda_handler.project(batch, fake_context())
 
         assert result == {"batchItemFailures": [{"itemIdentifier": batch["Records"][0]["messageId"]}]}
         assert _catalog_dead_letters(api_) == [] and failures_recorded(api_.events) == []
@@ -211,7 +211,7 @@ def test_on_aws_a_throttled_view_is_an_item_failure_for_sqs_to_retry_never_a_dea
         assert [item["id"] for item in listing.body["items"]] == [fine["id"]]
 
         monkeypatch.setattr(client, "transact_write_items", transact)  # the throttling passed: SQS delivers again
-        assert lambda_handler.project(sqs_batch([batch["Records"][0]["body"]]), FakeLambdaContext()) == {"batchItemFailures": []}
+        assert lambda_handler.project(sqs_batch([batch["Records"][0]["body"]]), fake_context()) == {"batchItemFailures": []}
         listing = api_.call("GET", "/templates", "alice")
         assert {item["id"] for item in listing.body["items"]} == {throttled["id"], fine["id"]}
     finally:

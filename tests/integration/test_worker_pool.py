@@ -33,14 +33,14 @@ from tests.waiting import wait_for
 ENDINGS = {cls.detail_type() for cls in (DatasetExported, GenerationFailed, GenerationStopped)}
 
 
-def run_pool(adapters: Adapters, jobs: list[str], owners: dict[str, str], **settings: int) -> None:
+def run_pool(adapters: Adapters, jobs: list[str], owners: dict[str, str], **settings: Any) -> None:
     """Submit `jobs` in order to one pool (with their owners, as the bus handler does) and
     wait until all of them ended."""
     with FakeOpenAIServer(latency_s=0.02) as server:
         pool = WorkerPool(
             adapters.events, adapters.blobs,
             lambda: OpenAICompatibleGateway(base_url=server.base_url, api_key="test"),
-            concurrency=2, options=WorkerOptions(**FAST_RETRIES),  # type: ignore[arg-type]
+            concurrency=2, options=WorkerOptions(**FAST_RETRIES),
             **settings,
         )
         pool.start(scan=False)
@@ -153,7 +153,7 @@ def run_pool_until_the_job_ends(adapters: Adapters, blobs: Any, job_id: str, own
         pool = WorkerPool(
             adapters.events, blobs,
             lambda: OpenAICompatibleGateway(base_url=server.base_url, api_key="test"),
-            concurrency=2, options=WorkerOptions(**FAST_RETRIES),  # type: ignore[arg-type]
+            concurrency=2, options=WorkerOptions(**FAST_RETRIES),
         )
         pool.start(scan=False)
         try:
