@@ -198,6 +198,7 @@ def test_a_body_that_is_not_utf8_and_a_header_that_is_not_are_4xx_not_500(served
     assert response.json()["error"]["code"] == "VALIDATION_ERROR"
 
 
+@pytest.mark.slow  # a minute or more on two cores
 def test_more_concurrent_uploads_than_default_threads_all_complete(served: Served) -> None:
     """More uploads at once than the loop's default executor has threads (each used to hold
     one of them for its writer and need another to feed it)."""

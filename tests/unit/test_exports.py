@@ -421,6 +421,7 @@ def test_exporting_again_replaces_the_previous_export(blobs: RecordingBlobStore)
     assert [f.blob_key for f in files] == [prefix + "data.jsonl"]
 
 
+@pytest.mark.slow  # a minute or more on two cores
 def test_a_large_dataset_is_exported_without_holding_it_in_memory(blobs: RecordingBlobStore) -> None:
     parts, per_part = 50, 1000
     keys = []
