@@ -390,6 +390,13 @@ def build_app(
             throttle(app)
         except RateLimited as limited:
             return error_response(limited.status, limited.code, limited.message, limited.details, rid, limited.headers)
+        method = app.current_event.http_method.upper()
+        allowed = _methods_of(app, app.current_event.path) if method != "OPTIONS" else []
+        if allowed:
+            return error_response(
+                405, "METHOD_NOT_ALLOWED", f"{app.current_event.path[:200]} does not take {method[:20]}",
+                {"method": method[:20], "allowed": allowed}, rid, {"Allow": ", ".join(allowed)},
+            )
         return error_response(404, "NOT_FOUND", "no such route", {}, rid)
 
     @app.exception_handler(Exception)
@@ -435,6 +442,16 @@ def build_app(
     if isinstance(app, _RequestPerThread):
         app.build_middleware_stacks()
     return app
+
+
+def _methods_of(app: ApiGatewayResolver, path: str) -> list[str]:
+    """The methods the routes matching `path` take, sorted (none: no route has the path).
+
+    Powertools' resolver answers a known path asked with another method as not found; it
+    keeps its routes in `_static_routes` and `_dynamic_routes`, which this reads to tell a
+    405 from a 404 (an OPTIONS preflight without CORS stays a 404)."""
+    routes = [*app._static_routes, *app._dynamic_routes]
+    return sorted({route.method for route in routes if route.rule.match(path)})
 
 
 def _source_ip(raw_event: dict[str, Any]) -> str | None:

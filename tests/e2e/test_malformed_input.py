@@ -130,6 +130,32 @@ def test_nan_inside_a_string_is_text(alice: httpx.Client) -> None:
     assert alice.post("/templates", json={"name": "NaN", "steps": steps}).status_code == 201
 
 
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("PATCH", "/templates/tpl_x", "DELETE, GET, PUT"),
+    ("POST", "/templates/tpl_x", "DELETE, GET, PUT"),
+    ("DELETE", "/templates", "GET, POST"),
+    ("PUT", "/jobs", "GET, POST"),
+    ("POST", "/costs", "GET"),
+    ("PATCH", "/health", "GET"),
+])
+def test_a_method_the_path_does_not_take_answers_405_with_allow(
+    alice: httpx.Client, method: str, path: str, allowed: str
+) -> None:
+    reply = assert_error_shape(alice.request(method, path, json={}), 405, "METHOD_NOT_ALLOWED")
+    assert reply["error"]["details"] == {"method": method, "allowed": allowed.split(", ")}
+    assert alice.request(method, path, json={}).headers["allow"] == allowed
+
+
+def test_head_of_a_get_route_answers_405_with_allow_and_no_body(alice: httpx.Client) -> None:
+    reply = alice.head("/templates")
+    assert (reply.status_code, reply.headers["allow"], reply.content) == (405, "GET, POST", b"")
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH"])
+def test_a_path_no_route_takes_still_answers_404(alice: httpx.Client, method: str) -> None:
+    assert_error_shape(alice.request(method, "/nowhere/at/all"), 404, "NOT_FOUND")
+
+
 @pytest.mark.parametrize("query", ["limit=" + HUGE, "limit=-" + HUGE, "limit=abc", "next_token=%ff%fe", "limit=%00"])
 @pytest.mark.parametrize("path", ["/jobs", "/templates"])
 def test_garbage_query_parameters_answer_400(alice: httpx.Client, path: str, query: str) -> None:
