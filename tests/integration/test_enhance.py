@@ -134,8 +134,7 @@ def test_every_enhancement_is_recorded_and_billed_to_its_owner(
 
     def both_charged() -> list[PromptEnhancementCharged]:
         charges = [
-            s.decode()  # type: ignore[misc]
-            for s in events.read_stream("ledger-user-alice")
+            e for s in events.read_stream("ledger-user-alice") if isinstance(e := s.decode(), PromptEnhancementCharged)
         ]
         return charges if len(charges) >= 2 else []
 
