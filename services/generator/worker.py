@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from contracts.envelope import StoredEvent
@@ -138,7 +138,9 @@ class GenerationWorker:
         options: WorkerOptions | None = None,
         budget: BudgetGuard | None = None,
         content_filter: ContentFilter | None = None,
+        clock: Callable[[], datetime] = _now,
     ) -> None:
+        """`clock` says when a lease has lapsed (another worker's claim may be taken over)."""
         self.events = events
         self.blobs = blobs
         self.gateway = gateway
@@ -146,6 +148,7 @@ class GenerationWorker:
         self.options = options or WorkerOptions()
         self.budget: BudgetGuard = budget or UnlimitedBudget()
         self.content_filter = content_filter if content_filter is not None and content_filter.rule_count else None
+        self._clock = clock
 
     # -- reading the log ------------------------------------------------------------------
 
@@ -228,7 +231,7 @@ class GenerationWorker:
         made = state.records_made
         if state.finished or (job.closed and state.claim is None):
             return RunResult(RunOutcome.FINISHED, made)
-        if not can_claim(state, _now()):
+        if not can_claim(state, self._clock()):
             return RunResult(RunOutcome.HELD, made, retry_at=lease_expires_at(state))
         claim = GenerationClaimed(
             job_id=job_id,

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +100,12 @@ def run_worker(
     stop: threading.Event | None = None,
     budget: BudgetGuard | None = None,
     content_filter: ContentFilter | None = None,
+    lease_lapsed: bool = False,
     **options: Any,
 ) -> RunResult:
     """One worker's run of the job, in this thread, over real HTTP to `server`; `options`
-    are WorkerOptions over 8 concurrent records and fast retries."""
+    are WorkerOptions over 8 concurrent records and fast retries. `lease_lapsed`: the worker's
+    clock runs a day ahead, so a dead worker's claim has lapsed for it (no waiting)."""
     settings = {"concurrency": 8, **FAST_RETRIES, **options}
 
     async def go() -> RunResult:
@@ -111,6 +114,7 @@ def run_worker(
             worker = GenerationWorker(
                 adapters.events, adapters.blobs, gateway, options=WorkerOptions(**settings),
                 budget=budget, content_filter=content_filter,
+                **({"clock": lambda: datetime.now(UTC) + timedelta(days=1)} if lease_lapsed else {}),
             )
             return await worker.run_job(job_id, stop)
         finally:

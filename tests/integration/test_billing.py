@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -531,7 +530,7 @@ async def main():
     adapters = local_adapters(Path(data_dir))
     gateway = OpenAICompatibleGateway(base_url=base_url, api_key="test", timeout=10)
     budgets = JobBudgets(adapters.events, with_overrides(DEFAULT_CATALOG, overrides), "local")
-    options = WorkerOptions(concurrency=16, batch_size=10, lease_seconds=1)
+    options = WorkerOptions(concurrency=16, batch_size=10, lease_seconds=600)
     await GenerationWorker(adapters.events, adapters.blobs, gateway, options=options, budget=budgets).run_job(job_id)
 
 asyncio.run(main())
@@ -568,8 +567,9 @@ def test_a_job_killed_near_its_budget_and_resumed_does_not_spend_it_twice(tmp_pa
                 child.wait()
             assert child.returncode == -signal.SIGKILL
             assert adapters.events.stream_version(generation_stream(job_id)) > 1
-            time.sleep(1.2)  # the dead worker's lease lapses
-            result = run_worker(adapters, server, job_id, JobBudgets(adapters.events, PRICED, "local"), batch_size=10)
+            result = run_worker(  # the dead worker's lease has lapsed for this one
+                adapters, server, job_id, JobBudgets(adapters.events, PRICED, "local"), batch_size=10, lease_lapsed=True
+            )
         assert result.outcome is RunOutcome.BUDGET_EXCEEDED, result
         settle_the_bus(adapters, tmp_path / "bus.db")
         spent, rows = assert_budget_held(adapters, job_id, budget)

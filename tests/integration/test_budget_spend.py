@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -292,7 +291,7 @@ async def main():
     adapters = local_adapters(Path(data_dir))
     gateway = OpenAICompatibleGateway(base_url=base_url, api_key="test", timeout=10)
     budgets = JobBudgets(adapters.events, with_overrides(DEFAULT_CATALOG, overrides), "local", tranche_calls=40)
-    options = WorkerOptions(concurrency=16, batch_size=20, lease_seconds=1)
+    options = WorkerOptions(concurrency=16, batch_size=20, lease_seconds=600)
     await GenerationWorker(adapters.events, adapters.blobs, gateway, options=options, budget=budgets).run_job(job_id)
 
 asyncio.run(main())
@@ -325,8 +324,7 @@ def test_a_job_killed_mid_run_never_lets_the_provider_bill_past_its_budget(
                 os.kill(child.pid, signal.SIGKILL)
                 child.wait()
             assert child.returncode == -signal.SIGKILL
-            time.sleep(1.2)  # the dead worker's lease lapses
-            result = run_worker(adapters, server, job_id)
+            result = run_worker(adapters, server, job_id, lease_lapsed=True)  # the dead worker's lease has lapsed
             assert result.outcome is RunOutcome.BUDGET_EXCEEDED, result
             settle_the_bus(adapters, tmp_path / "bus.db")
             provider = provider_usage(server)
