@@ -81,11 +81,13 @@ _POINTER = 8
 
 
 class PromptRenderError(Exception):
-    """A prompt that cannot be rendered for one seed row (missing field, sandbox refusal)."""
+    """A prompt that cannot be rendered for one seed row (missing field, sandbox refusal).
+    `refused` is True when the sandbox refused it (a limit, an unsafe access)."""
 
-    def __init__(self, step_id: str, message: str):
+    def __init__(self, step_id: str, message: str, refused: bool = False):
         self.step_id = step_id
         self.message = message
+        self.refused = refused
         super().__init__(f"step {step_id!r}: {message}")
 
 
@@ -807,21 +809,24 @@ def compile_prompt(prompt: str) -> Template:
     return ENVIRONMENT.from_string(tree)
 
 
-def constant_refusal(expression: nodes.Expr) -> str | None:
+def constant_refusal(expression: nodes.Expr) -> tuple[str | None, int]:
     """Why the sandbox refuses an expression that reads no variable (so every render
-    would), or None. Used when a template is saved: `{{ ['x' * 999999] * 1000 }}`."""
+    would), or None; and how many characters it renders (0 when refused). Used when a
+    template is saved: `{{ ['x' * 999999] * 1000 }}`, `{{ range(10**9) | list }}` (the
+    sandbox's range limit raises OverflowError)."""
     tree = _Guards().visit(nodes.Template([nodes.Output([expression], lineno=expression.lineno)], lineno=1))
     token = _budget.set(_RenderBudget())
+    size = 0
     try:
-        for _ in ENVIRONMENT.from_string(tree).generate({}):
-            pass
-    except SecurityError as error:
-        return str(error)
+        for piece in ENVIRONMENT.from_string(tree).generate({}):
+            size += len(piece)
+    except (SecurityError, OverflowError) as error:
+        return str(error), 0
     except Exception:  # any other failure depends on nothing a user controls at render: not ours
-        return None
+        return None, 0
     finally:
         _budget.reset(token)
-    return None
+    return None, size
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -841,13 +846,16 @@ def render(step: TemplateStep, seed_row: Mapping[str, Any], step_outputs: Mappin
         for piece in compile_prompt(step.prompt).generate(variables):
             size += len(piece)
             if size > MAX_PROMPT_CHARS:
-                raise PromptRenderError(step.id, f"the prompt is longer than {MAX_PROMPT_CHARS:,} characters")
+                raise PromptRenderError(
+                    step.id, f"refused by the sandbox: the prompt is longer than {MAX_PROMPT_CHARS:,} characters",
+                    refused=True,
+                )
             pieces.append(piece)
         return "".join(pieces)
     except PromptRenderError:
         raise
-    except SecurityError as error:
-        raise PromptRenderError(step.id, _shortened(f"refused by the sandbox: {error}")) from None
+    except (SecurityError, OverflowError) as error:  # OverflowError: the sandbox's range limit
+        raise PromptRenderError(step.id, _shortened(f"refused by the sandbox: {error}"), refused=True) from None
     except Exception as error:  # the prompt is user code: any failure of it is the user's
         raise PromptRenderError(step.id, _shortened(f"{type(error).__name__}: {error}")) from None
     finally:

@@ -16,6 +16,7 @@ strict sandbox still has to look it up.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from jinja2 import TemplateSyntaxError, nodes
@@ -24,6 +25,7 @@ from contracts.events.templates import TemplateStep
 from contracts.identifiers import model_problem
 from palette.prompts import (
     ENVIRONMENT,
+    MAX_PROMPT_CHARS,
     STEP_OUTPUTS,
     PromptRenderError,
     compile_prompt,
@@ -174,19 +176,42 @@ def _read_parsed_prompt(step: TemplateStep) -> _PromptReading:
 
 def _constants_over_the_limits(step_id: str, tree: nodes.Template) -> list[TemplateProblem]:
     """Expressions that read no variable and that the sandbox refuses at every render
-    (`{{ ['x' * 999999] * 1000 }}`), found now rather than when a job runs."""
+    (`{{ ['x' * 999999] * 1000 }}`, `{{ range(10**9) | list }}`), and a prompt whose text
+    and constant output outside any block are together over MAX_PROMPT_CHARS
+    (`{{ 'x' * 999999 }}{{ 'x' * 999999 }}`), found now rather than when a job runs."""
     problems = []
+    always_rendered = {id(node) for node in tree.body if isinstance(node, nodes.Output)}
+    constant_chars = 0
     for node in tree.find_all((nodes.Output, nodes.Assign)):
         expressions = node.nodes if isinstance(node, nodes.Output) else [node.node]
+        counted = id(node) in always_rendered
         for expression in expressions:
-            if isinstance(expression, (nodes.TemplateData, nodes.Const)) or any(expression.find_all(nodes.Name)):
+            if isinstance(expression, (nodes.TemplateData, nodes.Const)):
+                constant_chars += len(str(expression.data if isinstance(expression, nodes.TemplateData)
+                                          else expression.value)) if counted else 0
                 continue
-            reason = constant_refusal(copy.deepcopy(expression))
+            if _reads_variables(expression):
+                continue
+            reason, size = constant_refusal(copy.deepcopy(expression))
             if reason is not None:
                 problems.append(TemplateProblem(
                     "SANDBOX_LIMIT", f"refused by the sandbox: {reason}", step_id, expression.lineno
                 ))
+            elif counted:
+                constant_chars += size
+    if not problems and constant_chars > MAX_PROMPT_CHARS:
+        problems.append(TemplateProblem(
+            "SANDBOX_LIMIT",
+            f"refused by the sandbox: the prompt renders {constant_chars:,} characters without any variable, "
+            f"over the {MAX_PROMPT_CHARS:,}-character limit of a prompt",
+            step_id, 1,
+        ))
     return problems
+
+
+def _reads_variables(expression: nodes.Expr) -> bool:
+    """Whether `expression` names anything but the sandbox's globals (`range`, `lipsum`...)."""
+    return any(name.name not in ENVIRONMENT.globals for name in expression.find_all(nodes.Name))
 
 
 def _syntax_problem(step_id: str, error: TemplateSyntaxError) -> TemplateProblem:
@@ -212,7 +237,7 @@ def _refused_constructs(step_id: str, tree: nodes.Template) -> list[TemplateProb
                 problems.append(_unsafe(step_id, name.value, node.lineno))
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
         attribute = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
-        if isinstance(attribute, str) and attribute.startswith("__"):
+        if isinstance(attribute, str) and _private(node.node, attribute):
             problems.append(_unsafe(step_id, attribute, node.lineno))
     for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
         problems.append(TemplateProblem(
@@ -220,6 +245,19 @@ def _refused_constructs(step_id: str, tree: nodes.Template) -> list[TemplateProb
             step_id, node.lineno,
         ))
     return problems
+
+
+_JINJA_OBJECTS = frozenset({"self", "loop", "caller", "varargs", "kwargs"})
+_MANGLED = re.compile(r"_[A-Za-z0-9]\w*__\w")
+
+
+def _private(owner: nodes.Node, attribute: str) -> bool:
+    """What the sandbox refuses at every render: a dunder, a name-mangled private
+    (`_TemplateReference__context`), or any `_` attribute of Jinja's own objects (`self`,
+    `loop`). A seed field may start with `_` (`record._id`), so that alone is allowed."""
+    if attribute.startswith("__") or _MANGLED.match(attribute):
+        return True
+    return attribute.startswith("_") and isinstance(owner, nodes.Name) and owner.name in _JINJA_OBJECTS
 
 
 def _unsafe(step_id: str, attribute: str, line: int) -> TemplateProblem:

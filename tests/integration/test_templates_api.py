@@ -127,6 +127,17 @@ def test_a_sandbox_escape_is_rejected(api: Facade) -> None:
     assert api.call("GET", "/templates").body["items"] == []
 
 
+@pytest.mark.parametrize(("prompt", "code"), [
+    ("{{ 'x'*999999 }}{{ 'x'*999999 }}", "SANDBOX_LIMIT"),
+    ("{{ range(10**9)|list }}", "SANDBOX_LIMIT"),
+    ("{{ self._TemplateReference__context }}", "UNSAFE_ATTRIBUTE"),
+])
+def test_a_prompt_every_render_would_refuse_is_refused_at_save(api: Facade, prompt: str, code: str) -> None:
+    reply = api.call("POST", "/templates", body={"name": "Refused", "steps": [step("q", prompt)]})
+    assert (reply.status, reply.error["code"]) == (400, "VALIDATION_ERROR"), reply.body
+    assert {p["code"] for p in reply.error["details"]["problems"]} == {code}
+
+
 def test_an_invalid_new_version_leaves_the_template_as_it_was(api: Facade) -> None:
     template_id = api.create()["id"]
     reply = api.call("PUT", f"/templates/{template_id}", body={"steps": [step("q", "{% if %}")]})

@@ -494,6 +494,37 @@ def test_a_constant_expression_over_the_limits_is_refused_at_analysis(prompt: st
     assert problem.line == (2 if "\n" in prompt else 1)
 
 
+@pytest.mark.parametrize(
+    ("prompt", "said"),
+    [
+        ("{{ 'x' * 999999 }}{{ 'x' * 999999 }}", "1,000,000"),
+        ("{{ topic }}{{ 'x' * 600000 }}\n{{ 'y' * 600000 }}", "1,000,000"),
+        ("{{ range(10**9) | list }}", "range"),
+        ("{{ topic }}{{ range(10**9) | list }}", "range"),
+    ],
+)
+def test_a_prompt_over_the_limits_at_every_render_is_refused_at_analysis(prompt: str, said: str) -> None:
+    """Each expression alone may be within the limits while their constant output together
+    is over the prompt limit; a global such as `range` is no variable."""
+    [problem] = problems(step(prompt))
+    assert problem.code == "SANDBOX_LIMIT" and said in problem.message, problem
+
+
+@pytest.mark.parametrize("prompt", [
+    "{{ self._TemplateReference__context }}",
+    "{{ self._TemplateReference__context.parent }}",
+    "{% for x in [1] %}{{ loop._iterator }}{% endfor %}",
+    "{{ topic._Foo__bar }}",
+])
+def test_private_attributes_are_refused_at_analysis(prompt: str) -> None:
+    assert set(codes(step(prompt))) == {"UNSAFE_ATTRIBUTE"}
+
+
+def test_a_seed_field_starting_with_an_underscore_stays_readable() -> None:
+    assert fields("{{ record._id }} {{ record['_rev'] }}") == ["record._id", "record._rev"]
+    assert render(step("{{ record._id }}"), {"record": {"_id": 7}}, {}) == "7"
+
+
 def test_constant_expressions_within_the_limits_pass_analysis() -> None:
     assert fields("{{ '-' * 40 }}{{ [1, 2] | join(', ') }}{% set rule = '=' * 10 %}{{ topic }}") == ["topic"]
 

@@ -74,6 +74,10 @@ class RecordAttemptFailed(Exception):
     """One attempt at a record failed; the record is tried again with another seed row."""
 
 
+class PromptRefused(RecordAttemptFailed):
+    """The sandbox refused to render a prompt for this seed row (a limit, an unsafe access)."""
+
+
 class BudgetRefused(Exception):
     """With nothing in flight, the budget cannot cover the next call: the job stops after
     flushing and exporting every finished record."""

@@ -70,6 +70,8 @@ class RunLane:
         self.in_flight: dict[int, asyncio.Task[GeneratedRecord]] = {}
         self.failure: JobFailure | None = None
         self.last_error = ""
+        self.refusals_in_a_row = 0
+        """Record attempts the prompt sandbox refused since the last other outcome."""
 
     @property
     def label(self) -> str:

@@ -34,6 +34,7 @@ from services.generator.run.budget import RunBudget
 from services.generator.run.ending import (
     Abandoned,
     JobFailure,
+    PromptRefused,
     RecordAttemptFailed,
     RunEnding,
     fatal_code,
@@ -94,7 +95,14 @@ class RecordMaker:
             except RecordAttemptFailed as failure:
                 lane.failures[index] = lane.failures.get(index, 0) + 1
                 lane.last_error = str(failure)
+                lane.refusals_in_a_row = lane.refusals_in_a_row + 1 if isinstance(failure, PromptRefused) else 0
                 lane.window.record(False)
+                if lane.window.tripped and lane.refusals_in_a_row >= lane.window.attempts:
+                    raise JobFailure(
+                        "PROMPT_REFUSED",
+                        f"every one of the last {lane.window.attempts} record attempts was refused by the prompt "
+                        f"sandbox, so the template cannot make records: {lane.last_error}",
+                    ) from None
                 if lane.window.tripped:
                     raise JobFailure(
                         "ERROR_RATE",
@@ -104,6 +112,7 @@ class RecordMaker:
                 attempt += 1
                 continue
             lane.window.record(True)
+            lane.refusals_in_a_row = 0
             record = GeneratedRecord(
                 record_index=index, job_id=self.job_id, seed=row, steps=steps, created_at=_iso_now()
             )
@@ -129,7 +138,7 @@ class RecordMaker:
                     _RENDERS, functools.partial(render, step, row, outputs)
                 )
             except PromptRenderError as error:
-                raise RecordAttemptFailed(str(error)) from None
+                raise (PromptRefused if error.refused else RecordAttemptFailed)(str(error)) from None
             if self.screen is not None and (rule := self.screen.blocking_rule(prompt)) is not None:
                 self._block(lane, index, attempt, step.id, "prompt", "skipped", rule)
                 raise RecordAttemptFailed(f"the prompt of step {step.id!r} breaks content rule {rule!r}")
