@@ -178,10 +178,8 @@ def bus_event(stored: StoredEvent) -> dict[str, Any]:
 
 def eventbridge_entry(stored: StoredEvent, bus_name: str) -> dict[str, Any]:
     """The PutEvents entry for a stored event."""
-    detail = '{"metadata":%s,"data":%s}' % (
-        json.dumps(_metadata(stored), separators=(",", ":")),
-        stored.detail,
-    )
+    metadata = json.dumps(_metadata(stored), separators=(",", ":"))
+    detail = f'{{"metadata":{metadata},"data":{stored.detail}}}'
     return {
         "Source": stored.source,
         "DetailType": stored.detail_type,

@@ -106,7 +106,11 @@ class _Heads:
         )
         self.heads.update(zip(
             last_of_each.column("stream_id").to_pylist(),
-            zip(last_of_each.column("version_last").to_pylist(), last_of_each.column("hash_last").to_pylist()),
+            zip(
+                last_of_each.column("version_last").to_pylist(),
+                last_of_each.column("hash_last").to_pylist(),
+                strict=True,
+            ),
             strict=True,
         ))
         self.count += batch.num_rows

@@ -248,7 +248,7 @@ class DynamoDBDocumentReader(DocumentReader):
     def _call(self, operation: str, **request: Any) -> dict[str, Any] | None:
         """One read on the active table, None when it does not exist; a table dropped by a
         swap is resolved again once."""
-        for attempt in (1, 2):
+        for _attempt in (1, 2):
             table = self._store.table_names(self._projection)[DOCUMENTS_TABLE]
             try:
                 response: dict[str, Any] = getattr(self._store.client, operation)(

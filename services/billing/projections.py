@@ -58,7 +58,7 @@ def _owner_partition(owner: str) -> str:
 
 
 def _zero_categories() -> dict[str, str]:
-    return {category: "0" for category in CATEGORIES}
+    return dict.fromkeys(CATEGORIES, "0")
 
 
 _ZERO = Decimal(0)

@@ -351,7 +351,7 @@ _MERGES: dict[type, Any] = {
     JobRequested: _merge_requested,
     JobStarted: _merge_started,
     JobCancelRequested: _merge_cancel_requested,
-    **{ending: _merge_ending for ending in _ENDINGS},
+    **dict.fromkeys(_ENDINGS, _merge_ending),
     BatchGenerated: _merge_batch,
     UnbatchedUsageRecorded: _merge_unbatched,
     GenerationModelFailed: _merge_model_failed,

@@ -110,7 +110,7 @@ def validate_seed(
         valid=file_error is None and tally.invalid == 0,
         record_count=tally.record_count,
         invalid_records=tally.invalid,
-        missing_counts=dict(zip(names, tally.missing)),
+        missing_counts=dict(zip(names, tally.missing, strict=True)),
         examples=tally.sorted_examples(),
         unreadable_records=tally.unreadable,
         file_error=file_error,
@@ -263,7 +263,7 @@ class _Tally:
         indexes = pc.indices_nonzero(pc.invert(all_present))[: self.max_examples].to_pylist()
         for index in indexes:
             missing = [
-                name for name, mask in zip(self.names, masks) if mask is None or not mask[index].as_py()
+                name for name, mask in zip(self.names, masks, strict=True) if mask is None or not mask[index].as_py()
             ]
             self.keep(FailingRecord(chunk.positions[index], missing))
 

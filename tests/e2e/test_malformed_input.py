@@ -220,7 +220,7 @@ def test_openapi_json_is_served_without_a_token(served: Served) -> None:
 @pytest.mark.parametrize(("content_type", "body", "status"), [
     ("text/plain", '{"name": "x"}', 415),
     ("application/json", "[" * DEEP + "]" * DEEP, 400),
-    ("application/json", '{"num_records": %s}' % HUGE, 400),
+    ("application/json", f'{{"num_records": {HUGE}}}', 400),
 ])
 def test_the_lambda_facade_refuses_the_same_bodies(content_type: str, body: str, status: int) -> None:
     """The checks run in the resolver, so each service's Lambda refuses them too."""

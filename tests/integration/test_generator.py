@@ -168,7 +168,7 @@ def test_structured_output_holding_a_non_finite_number_is_retried_and_never_expo
     """Python reads NaN, -Infinity and 1e999 (as inf); strict JSON parsers refuse a file
     holding them, so such an output is invalid, like malformed JSON."""
     job_id = request_job(adapters, 5, steps=(QUESTION, STRUCTURED_ANSWER))
-    server.reply_next('{"answer": "x", "confidence": %s}' % number, n=2)
+    server.reply_next(f'{{"answer": "x", "confidence": {number}}}', n=2)
 
     result = run_worker(adapters, server, job_id, concurrency=1)
 

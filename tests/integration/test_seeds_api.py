@@ -294,7 +294,7 @@ def test_a_valid_seed_is_valid(facade: LocalFacade) -> None:
 
     assert report["valid"] is True
     assert report["record_count"] == 2
-    assert report["missing_counts"] == {name: 0 for name in REQUIRED}
+    assert report["missing_counts"] == dict.fromkeys(REQUIRED, 0)
     assert report["failing_records"] == []
 
 
