@@ -39,6 +39,7 @@ from services.jobs.api_models import (
     MAX_MODEL_PARAMETERS_BYTES,
     MAX_PAGE_SIZE,
     BudgetBody,
+    CancelMessage,
     CancelReply,
     CostBody,
     DashboardBody,
@@ -166,11 +167,11 @@ def create_router(
 
     @router.delete(
         "/jobs/<job_id>", tags=["jobs"],
-        summary="Cancel an unfinished job (200 cancelled, 202 stopping); delete a finished one (204)",
+        summary="Cancel an unfinished job (200 'Job cancelled', 202 'Job cancellation requested'); "
+        "delete a finished one (200 'Job deleted')",
         responses={
             **_responses(200, 404, 409),
             202: {"description": "the running job was asked to stop; it ends CANCELLED within one batch"},
-            204: {"description": "the finished job's data was deleted; it is not found from now on"},
         },
     )
     def delete_job(job_id: Annotated[str, PathParam(max_length=128)]) -> Response[Any]:
@@ -180,9 +181,17 @@ def create_router(
         logger.info("job deleted" if state.deleted else "job cancel", extra={
             "job_id": job_id, "status": state.status.value if state.status else None,
         })
+        message: CancelMessage
         if state.deleted:  # it was finished: its data is gone
-            return Response(status_code=204)
-        reply = CancelReply(job_id=job_id, status=state.status or JobStatus.QUEUED, cancel_requested=state.cancel_requested)
+            message = "Job deleted"
+        elif state.finished:
+            message = "Job cancelled"
+        else:
+            message = "Job cancellation requested"
+        reply = CancelReply(
+            message=message, job_id=job_id, status=state.status or JobStatus.QUEUED,
+            cancel_requested=state.cancel_requested,
+        )
         return Response(
             status_code=200 if state.finished else 202,
             content_type="application/json",
@@ -418,7 +427,8 @@ def _api_errors() -> Iterator[None]:
             "validation": error.validation.as_details() if error.validation else None,
         }) from None
     except InvalidTransition as error:
-        raise Conflict(str(error), {"job_id": error.job_id, "status": error.status.value if error.status else None}) from None
+        status = error.status.value if error.status else None
+        raise Conflict(str(error), {"job_id": error.job_id, "status": status}) from None
     except ConcurrencyConflict:
         raise Conflict("the job was changed by another request; try again") from None
     except EventTooLarge as too_large:

@@ -298,7 +298,14 @@ class JobPage(BaseModel):
     last_key: str | None = Field(default=None, description="the same as next_token")
 
 
+CancelMessage = Literal["Job cancelled", "Job cancellation requested", "Job deleted"]
+
+
 class CancelReply(BaseModel):
+    """DELETE /jobs/{id}: the documents' `message` and `job_id`, with Palette's `status` (for a
+    deleted job, the status it ended in)."""
+
+    message: CancelMessage
     job_id: str
     status: JobStatus
     cancel_requested: bool

@@ -526,10 +526,16 @@ def test_a_job_is_cancelled_then_deleted_as_documented(api: Any) -> None:
 
     cancelled = alice("DELETE", f"/jobs/{job_id}", settle=False)
     assert cancelled.status in (200, 202), cancelled.body  # 202: it had started; it stops
+    assert cancelled.body["job_id"] == job_id
+    assert cancelled.body["message"] == (
+        "Job cancelled" if cancelled.status == 200 else "Job cancellation requested"
+    )
     assert finished(alice, job_id)["status"] == "CANCELLED"
 
     deleted = alice("DELETE", f"/jobs/{job_id}")
-    assert deleted.status == 204, deleted.body
+    assert deleted.status == 200, deleted.body
+    assert deleted.body["message"] == "Job deleted" and deleted.body["job_id"] == job_id
+    assert deleted.body["status"] == "CANCELLED"  # Palette's field: the status it had
     gone = alice("GET", f"/jobs/{job_id}")
     assert gone.status == 404 and gone.body["error"]["code"] == "NOT_FOUND", gone.body
     assert alice("GET", f"/dashboard/{job_id}").status == 404

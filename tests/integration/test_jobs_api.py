@@ -700,7 +700,9 @@ def test_a_fatal_generator_error_fails_the_job(api: Facade) -> None:
 def test_deleting_a_queued_job_cancels_it_at_once(api: Facade) -> None:
     job_id = api.start_job()["job_id"]
     reply = api.call("DELETE", f"/jobs/{job_id}")
-    assert reply.status == 200 and reply.body == {"job_id": job_id, "status": "CANCELLED", "cancel_requested": False}
+    assert reply.status == 200 and reply.body == {
+        "message": "Job cancelled", "job_id": job_id, "status": "CANCELLED", "cancel_requested": False,
+    }
     assert api.call("GET", f"/jobs/{job_id}").body["status"] == "CANCELLED"
 
     api.generate(job_id, claimed(job_id), GenerationStopped(job_id=job_id, reason="cancelled", records_completed=0))
@@ -713,7 +715,9 @@ def test_cancelling_a_running_job_stops_it_after_the_worker_does(api: Facade) ->
 
     asked = api.call("DELETE", f"/jobs/{job_id}")
     again = api.call("DELETE", f"/jobs/{job_id}")
-    assert asked.status == 202 and asked.body == {"job_id": job_id, "status": "RUNNING", "cancel_requested": True}
+    assert asked.status == 202 and asked.body == {
+        "message": "Job cancellation requested", "job_id": job_id, "status": "RUNNING", "cancel_requested": True,
+    }
     assert again.status == 202 and again.body == asked.body
     assert job_events(api.events, job_id).count("JobCancelRequested") == 1
 
@@ -739,7 +743,9 @@ def test_deleting_a_finished_job_deletes_its_data_then_it_is_gone(api: Facade) -
     assert api.call("DELETE", f"/jobs/{job_id}", "bob").status == 404
     reply = api.call("DELETE", f"/jobs/{job_id}")
 
-    assert (reply.status, reply.body) == (204, None)
+    assert (reply.status, reply.body) == (
+        200, {"message": "Job deleted", "job_id": job_id, "status": "COMPLETED", "cancel_requested": False},
+    )
     assert list(api.blobs.list(f"datasets/alice/{job_id}/")) == []
     assert [b.key for b in api.blobs.list("datasets/")] == [f"datasets/alice/{other}/parts/part-000000.parquet"]
     assert job_events(api.events, job_id)[-1] == "JobDeleted"
@@ -760,7 +766,7 @@ def test_deleting_a_finished_job_removes_what_killed_writers_left_half_written(l
     root = local.blobs.root  # type: ignore[attr-defined]
     (root / "datasets" / "alice" / job_id / "parts" / ".palette-partial-killed").write_bytes(b"half")
 
-    assert local.call("DELETE", f"/jobs/{job_id}").status == 204
+    assert local.call("DELETE", f"/jobs/{job_id}").status == 200
 
     assert not (root / "datasets" / "alice" / job_id).exists()
 
