@@ -111,6 +111,7 @@ class PeerTokenUsageAsDict(Transcoding):
         return PeerTokenUsage(**data)
 
 
+@dataclass(frozen=True)  # the metaclass makes it one at runtime; this tells mypy
 class PeerBatchGenerated(LibraryDomainEvent):
     """eventsourcing's counterpart of contracts.events.BatchGenerated (same fields)."""
 

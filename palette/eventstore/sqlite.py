@@ -116,6 +116,7 @@ class SQLiteEventStore(EventStore):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        assert last is not None  # sqlite3 sets lastrowid after every INSERT
         position = last - len(rows)
         stored = []
         for r in rows:

@@ -156,7 +156,11 @@ def _to_part_step(step_id: str, result: StepResult) -> dict[str, Any]:
 
 
 def _require(value: Any, kind: type, name: str) -> Any:
-    if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+    if kind is int:
+        fits = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    else:
+        fits = isinstance(value, kind)
+    if not fits:
         expected = "an int >= 0" if kind is int else f"a {kind.__name__}"
         raise RecordShapeError(f"{name} must be {expected}, got {value!r}")
     return value

@@ -77,7 +77,7 @@ _JOB_EVENTS: tuple[str, ...] = tuple(
         JobBudgetExceeded, JobDeleted,
     )
 )
-_ENDINGS: dict[type, str] = {
+_ENDINGS: dict[type[DomainEvent], str] = {
     JobCompleted: "COMPLETED",
     JobFailed: "FAILED",
     JobCancelled: "CANCELLED",
@@ -347,7 +347,7 @@ def _merge_budget(body: dict[str, Any], detail: BudgetWarning | BudgetExceeded, 
         cost["budget_limit"] = str(detail.budget_limit)
 
 
-_MERGES: dict[type, Any] = {
+_MERGES: dict[type[DomainEvent], Any] = {
     JobRequested: _merge_requested,
     JobStarted: _merge_started,
     JobCancelRequested: _merge_cancel_requested,
@@ -369,7 +369,7 @@ class JobDashboard(DocumentProjection):
     """One document per job: progress, tokens, timing, files and the cost/budget block."""
 
     name: ClassVar[str] = "jobs_dashboard"
-    detail_types: ClassVar[tuple[str, ...]] = tuple(kind.detail_type() for kind in (*_MERGES, JobDeleted))
+    detail_types: ClassVar[tuple[str, ...]] = (*(kind.detail_type() for kind in _MERGES), JobDeleted.detail_type())
     track_streams: ClassVar[bool] = True
     keyed_by_stream: ClassVar[bool] = True
     event_view: ClassVar[Literal["envelope", "decoded"]] = "decoded"
