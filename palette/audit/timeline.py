@@ -27,7 +27,13 @@ from contracts import pricing
 from contracts.money import money_text
 from contracts.envelope import StoredEvent
 from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded, UsageCharged
-from contracts.events.generator import BatchGenerated, BudgetWrittenOff, DatasetExported, UnbatchedUsageRecorded
+from contracts.events.generator import (
+    BatchGenerated,
+    BudgetWrittenOff,
+    DatasetExported,
+    GenerationFailed,
+    UnbatchedUsageRecorded,
+)
 from contracts.events.jobs import (
     JobBudgetExceeded,
     JobCancelled,
@@ -37,6 +43,7 @@ from contracts.events.jobs import (
     JobStarted,
 )
 from contracts.streams import JOB_STREAMS
+from palette.audit.verify import IGNORED_MAX_TOKENS
 from palette.eventstore.port import EventStore
 
 class JobNotInLog(LookupError):
@@ -267,6 +274,7 @@ def reconcile(
     usage_facts: dict[str, tuple[str, dict[str, Any]]] = {}
     usage_charges: dict[str, list[dict[str, Any]]] = {}
     versions: set[str] = set()
+    ignored_max_tokens = False
     for event, d in zip(events, details, strict=True):
         kind = event.detail_type
         if kind in _STATUS:
@@ -295,6 +303,8 @@ def reconcile(
             result.recorded_model_tokens += Decimal(d["model_tokens"])
         elif kind == DatasetExported.detail_type():
             result.rows_exported = d["rows"]
+        elif kind == GenerationFailed.detail_type() and d.get("code") == IGNORED_MAX_TOKENS:
+            ignored_max_tokens = True
     result.catalog_versions = sorted(versions)
     ended = result.status not in ("QUEUED", "RUNNING")
     for number in sorted(batches):
@@ -319,6 +329,8 @@ def reconcile(
     if result.budget_limit is not None and result.recorded_total > result.budget_limit:
         result.discrepancies.append(
             f"recorded spend ${money_text(result.recorded_total)} exceeds the budget ${money_text(result.budget_limit)}"
+            + (f": the provider ignored max_tokens ({IGNORED_MAX_TOKENS}); the hard budget holds only for "
+               "providers that honour max_tokens" if ignored_max_tokens else "")
         )
     if result.rows_exported is not None and result.rows_exported != result.rows_generated:
         result.discrepancies.append(

@@ -40,6 +40,7 @@ from contracts.events.templates import TemplateStep
 from contracts.pricing import DEFAULT_CATALOG, price_call, with_overrides
 from contracts.streams import generation_stream, job_stream, ledger_stream
 from palette.adapters import Adapters, local_adapters
+from palette.audit.timeline import audit_job
 from palette.audit.verify import verify_log
 from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
@@ -407,3 +408,5 @@ def test_a_provider_that_ignores_max_tokens_fails_the_job_at_once_billed_as_it_r
         report = verify_log(adapters.events)
         budget_violations = [v.message for v in report.violations if v.check == "budget"]
         assert len(budget_violations) == 1 and "ignored max_tokens" in budget_violations[0], report.violations
+        over = [d for d in audit_job(adapters.events, job_id, [PRICED]).reconciliation.discrepancies if "budget" in d]
+        assert len(over) == 1 and "ignored max_tokens" in over[0]
