@@ -8,9 +8,10 @@ both.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     AliasPath,
     BaseModel,
@@ -22,6 +23,7 @@ from pydantic import (
 )
 
 from contracts.events.templates import TemplateStep
+from contracts.identifiers import model_problem
 from palette.api.aliases import show_aliases
 from services.templates.domain import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
 from services.templates.enhancement import DEFAULT_ENHANCEMENT_MODEL, MAX_PROMPT_CHARS
@@ -126,13 +128,20 @@ class TemplateList(BaseModel):
     next_token: str | None = Field(default=None, description="pass back for the next page")
 
 
+def _model_name(value: str) -> str:
+    """The rule of a job's `models` and a step's model (`contracts/identifiers.py`)."""
+    if problem := model_problem(value):
+        raise ValueError(problem)
+    return value
+
+
 class EnhanceRequest(BaseModel):
     """A step prompt to improve, and the model to ask."""
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
-    model: str = Field(default=DEFAULT_ENHANCEMENT_MODEL, pattern=r"^[a-z]+/.+$", max_length=200)
+    model: Annotated[str, AfterValidator(_model_name)] = Field(default=DEFAULT_ENHANCEMENT_MODEL, max_length=200)
     template_id: str | None = Field(default=None, max_length=128, description="for the record only")
     step_id: str | None = Field(default=None, max_length=64, description="for the record only")
 

@@ -177,6 +177,17 @@ def test_bad_requests_answer_4xx_and_call_no_model(alice: httpx.Client, server: 
     assert server.calls == 0
 
 
+@pytest.mark.parametrize("model", ["openai/a b", "openai/a#b", "openai/\u00fc", "openai/a%2Fb"])
+def test_a_model_id_a_job_refuses_is_400_naming_model(
+    alice: httpx.Client, server: FakeOpenAIServer, model: str
+) -> None:
+    """The rule of a job's `models` and a step's model (contracts/identifiers.py)."""
+    reply = enhance(alice, model=model)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["details"]["errors"][0]["field"] == "model"
+    assert server.calls == 0
+
+
 def test_a_failing_model_answers_502(alice: httpx.Client, server: FakeOpenAIServer) -> None:
     server.fail_next(1, status=500)
     reply = enhance(alice)
