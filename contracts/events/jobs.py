@@ -23,6 +23,9 @@ the record (the attempt fails and the record is made again from another seed row
 it (kept, with the rule ids in its `flagged_rules` field)."""
 
 MAX_FANOUT_MODELS = 5
+NO_SEED = ""
+"""JobRequested.seed_id of a job without a seed set: its template reads no seed field, and
+every record renders from one empty row."""
 
 
 class _JobEvent(DomainEvent):

@@ -59,6 +59,7 @@ from contracts.events.generator import (
     GenerationFailed,
     GenerationStopped,
 )
+from contracts.events.jobs import NO_SEED
 from contracts.streams import (
     generation_stream,
     job_guard_stream,
@@ -111,6 +112,14 @@ def _check_rows(rows: list[SeedRow], required_fields: tuple[str, ...]) -> None:
             f"the seed set does not validate against the template: records lack {lacking}; "
             "POST /seed-data/validate gives the full report",
         )
+
+
+def _rows_without_seed(required_fields: tuple[str, ...]) -> list[SeedRow]:
+    """The one empty row of a job without a seed set (the jobs service admits one only for a
+    template that reads no seed field; SEED_INVALID should that ever not hold)."""
+    rows: list[SeedRow] = [{}]
+    _check_rows(rows, required_fields)
+    return rows
 
 
 def _now() -> datetime:
@@ -191,6 +200,8 @@ class GenerationWorker:
             )
         if not template.steps:
             raise JobFailure("TEMPLATE_INVALID", f"template {job.template_id} has no steps")
+        if job.seed_id == NO_SEED:  # no seed set: every record renders from one empty row
+            return template, _rows_without_seed(template.required_fields)
         seed = fold_seed(e for e, _ in self._decoded(seed_stream(job.seed_id)))
         if seed is None:
             raise JobFailure("SEED_NOT_FOUND", f"seed {job.seed_id} has no uploaded file")

@@ -23,6 +23,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
+from contracts.events.jobs import NO_SEED
 from contracts.seed_refs import parse_seed_reference
 from palette.api.app import caller, logger
 from palette.api.errors import (
@@ -120,11 +121,11 @@ def create_router(
     )
     def create_job(request: JobRequest) -> JobBody:
         _check_parameters_size(request.model_parameters)
-        seed = parse_seed_reference(request.seed_id)
+        seed = parse_seed_reference(request.seed_id) if request.seed_id is not None else None
         job_input = JobInput(
             template_id=request.template_id,
-            seed_id=seed.seed_id,
-            seed_key=seed.blob_key,
+            seed_id=seed.seed_id if seed else NO_SEED,
+            seed_key=seed.blob_key if seed else None,
             options=request.options(),
             template_version=request.template_version,
         )
@@ -228,6 +229,7 @@ def _summary(item: dict[str, Any], doc: dict[str, Any]) -> JobSummary:
     return JobSummary.model_validate({
         **item,
         "updated_at": item.get("updated_at") or item["created_at"],
+        "seed_id": item["seed_id"] or None,  # NO_SEED
         "records_generated": doc["records_generated"],
         "cost_estimate": Decimal(doc["cost"]["total"]),
     })
@@ -277,7 +279,7 @@ def _job_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers) -> 
         input=JobInputBody(
             template_id=state.template_id,
             template_version=state.template_version,
-            seed_id=state.seed_id,
+            seed_id=state.seed_id or None,  # NO_SEED
             **options.model_dump(exclude={"output_formats"}),
             output_format=options.output_formats,  # the request's name
         ),

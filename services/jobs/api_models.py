@@ -2,7 +2,8 @@
 
 Beside Palette's own fields they take and answer the Plot Palette documents' ones: a job
 names its seed set by `seed_id` or by the documents' `seed_data_path` (the upload's
-`s3_key`, or `s3://<bucket>/<s3_key>`), may carry `task_size` and `export_config`, and is
+`s3_key`, or `s3://<bucket>/<s3_key>`) — or by nothing, when its template reads no seed
+field —, may carry `task_size` and `export_config`, and is
 answered with `target_records`, `tokens_used`, `cost_estimate`, a `budget` block and so on.
 A request is turned into the job's one `JobOptions` here (`JobRequest.options`).
 
@@ -148,7 +149,11 @@ class JobRequest(BaseModel):
     template_version: StrictInt | None = Field(
         default=None, ge=1, description="pinned; latest when omitted"
     )
-    seed_id: SeedRef = Field(validation_alias=AliasChoices("seed_id", "seed_data_path"))
+    seed_id: SeedRef | None = Field(
+        default=None,
+        validation_alias=AliasChoices("seed_id", "seed_data_path"),
+        description="none only for a template that reads no seed field (it runs on empty rows)",
+    )
     num_records: StrictInt = Field(ge=1, le=MAX_RECORDS, description="a JSON integer, 1..1,000,000")
     budget_limit: BudgetLimit
     output_format: OutputFormats = Field(
@@ -214,7 +219,7 @@ class JobRequest(BaseModel):
 class JobInputBody(BaseModel):
     template_id: str
     template_version: int = Field(description="the version pinned at creation")
-    seed_id: str
+    seed_id: str | None = Field(description="null: no seed set")
     num_records: int
     budget_limit: MoneyText
     output_format: list[OutputFormat]
@@ -275,7 +280,7 @@ class JobSummary(BaseModel):
     cancel_requested: bool
     template_id: str
     template_version: int
-    seed_id: str
+    seed_id: str | None = Field(description="null: no seed set")
     num_records: int
     budget_limit: MoneyNumber = Field(description="USD")
     output_format: list[OutputFormat]

@@ -31,9 +31,9 @@ from typing import Any
 
 from contracts.events.base import DomainEvent
 from contracts.events.generator import BudgetStop
-from contracts.pricing import PricingCatalog, price_call
 from contracts.events.jobs import (
     MAX_FANOUT_MODELS,
+    NO_SEED,
     JobBudgetExceeded,
     JobCancelled,
     JobCancelRequested,
@@ -59,6 +59,7 @@ from contracts.events.templates import (
 )
 from contracts.identifiers import PROVIDERS, id_problem, model_problem
 from contracts.money import money_text
+from contracts.pricing import PricingCatalog, price_call
 from palette.blobs import keys as blob_keys
 
 MAX_RECORDS = 1_000_000
@@ -102,7 +103,8 @@ FINISHED = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class JobInput:
-    """What a user asks for. `template_version` None means the latest, pinned at creation."""
+    """What a user asks for. `template_version` None means the latest, pinned at creation;
+    `seed_id` NO_SEED asks for no seed set (only a template that reads no seed field)."""
 
     template_id: str
     seed_id: str
@@ -125,7 +127,10 @@ def check_input(job_input: JobInput) -> None:
     (CLI, demo, tests) to them too.
     """
     for name in ("template_id", "seed_id"):
-        if problem := id_problem(getattr(job_input, name), name):
+        value = getattr(job_input, name)
+        if name == "seed_id" and value == NO_SEED:
+            continue
+        if problem := id_problem(value, name):
             raise InvalidJobInput(name, problem)
     if job_input.template_version is not None and job_input.template_version < 1:
         raise InvalidJobInput("template_version", "template_version starts at 1")
@@ -524,6 +529,8 @@ class TemplateFacts:
     models: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     first_max_tokens: Mapping[int, int | None] = field(default_factory=dict)
     """Per version, the `max_tokens` its first step asks for (None: the generator's default)."""
+    required_fields: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    """Per version, the dotted seed fields its prompts read."""
 
     def pinned_version(self, user: str, version: int | None = None) -> int:
         """The version a job of `user` pins (the latest when None). Visibility follows the
@@ -534,6 +541,16 @@ class TemplateFacts:
         if chosen not in self.models:
             raise TemplateNotFound(self.template_id, version)
         return chosen
+
+    def check_seedless(self, version: int) -> None:
+        """InvalidJobInput unless `version` reads no seed field, so a job may run without a
+        seed set."""
+        if fields := self.required_fields.get(version, ()):
+            raise InvalidJobInput(
+                "seed_data_path",
+                f"template {self.template_id!r} version {version} reads the seed fields {', '.join(fields)}: "
+                "give seed_data_path (the upload's s3_key) or seed_id",
+            )
 
     def unknown_providers(self, version: int) -> list[str]:
         """The models of `version` whose provider no gateway serves."""
@@ -557,6 +574,7 @@ def evolve_template(state: TemplateFacts, event: DomainEvent) -> TemplateFacts:
             latest_version=1,
             models={**state.models, 1: tuple(s.model for s in event.steps)},
             first_max_tokens={**state.first_max_tokens, 1: _first_max_tokens(event.steps)},
+            required_fields={**state.required_fields, 1: tuple(event.required_fields)},
         )
     if isinstance(event, TemplateVersionPublished):
         return replace(
@@ -565,6 +583,7 @@ def evolve_template(state: TemplateFacts, event: DomainEvent) -> TemplateFacts:
             latest_version=event.version,
             models={**state.models, event.version: tuple(s.model for s in event.steps)},
             first_max_tokens={**state.first_max_tokens, event.version: _first_max_tokens(event.steps)},
+            required_fields={**state.required_fields, event.version: tuple(event.required_fields)},
         )
     if isinstance(event, TemplateDeleted):
         return replace(state, deleted=True)

@@ -24,15 +24,15 @@ from dataclasses import dataclass, field
 
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
-from contracts.pricing import PricingCatalog
-from contracts.streams import job_stream, seed_stream, template_stream
 from contracts.events.generator import (
     DatasetExported,
     GenerationClaimed,
     GenerationFailed,
     GenerationStopped,
 )
-from contracts.events.jobs import JobRequested, JobStarted
+from contracts.events.jobs import NO_SEED, JobRequested, JobStarted
+from contracts.pricing import PricingCatalog
+from contracts.streams import job_stream, seed_stream, template_stream
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository
@@ -149,7 +149,8 @@ class JobHandlers:
         covers), TemplateNotFound, SeedNotFound, or SeedNotValidated (a recorded validation
         failed). Fan-out `models` replace every step's model, so they are checked instead of
         the template's. A seed without a validation for the version is accepted: the
-        generator checks its records before generating (`SeedFacts.check_validated`).
+        generator checks its records before generating (`SeedFacts.check_validated`). No seed
+        (NO_SEED) is accepted when the template version reads no seed field.
         """
         check_input(job_input)
         template = template_facts(job_input.template_id, self._streams.events(template_stream(job_input.template_id)))
@@ -171,9 +172,12 @@ class JobHandlers:
                 )
         if self._pricing is not None:
             check_budget_covers_one_call(job_input, template, version, self._pricing)
-        seed = seed_facts(job_input.seed_id, self._streams.events(seed_stream(job_input.seed_id)))
-        seed.check_named(user, job_input.seed_key)
-        seed.check_validated(user, job_input.template_id, version)
+        if job_input.seed_id == NO_SEED:
+            template.check_seedless(version)
+        else:
+            seed = seed_facts(job_input.seed_id, self._streams.events(seed_stream(job_input.seed_id)))
+            seed.check_named(user, job_input.seed_key)
+            seed.check_validated(user, job_input.template_id, version)
         command = RequestJob(job_id=new_job_id(), owner=user, input=job_input, template_version=version)
         return self._execute(command.job_id, command, actor=user, correlation_id=correlation_id)
 

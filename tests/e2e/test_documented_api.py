@@ -519,10 +519,25 @@ def test_the_job_list_pages_with_last_key_and_filters_by_status(api: Any) -> Non
     assert alice("GET", "/jobs", query={"status": "RUNNING"}).body["jobs"] == []
 
 
+NO_FIELDS_TEMPLATE = {
+    "name": "Reads no seed field",
+    "template_definition": {
+        "steps": [{"id": "question", "model": MODEL, "prompt": "Generate a question about books"}]
+    },
+}
+
+
 def test_a_job_is_cancelled_then_deleted_as_documented(api: Any) -> None:
     alice = api("alice")
-    template_id = alice("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
-    job_id = create_job(alice, template_id, uploaded_seed(alice), num_records=500).body["job_id"]
+    template_id = alice("POST", "/templates", NO_FIELDS_TEMPLATE).body["template_id"]
+    # the documents' body: no seed set (the template reads no field), no output_format
+    created = alice(
+        "POST", "/jobs", {"template_id": template_id, "budget_limit": 50, "num_records": 100}
+    )
+    assert created.status == 201, created.body
+    assert created.body["input"]["output_format"] == ["JSONL"]
+    assert created.body["input"]["seed_id"] is None
+    job_id = created.body["job_id"]
 
     cancelled = alice("DELETE", f"/jobs/{job_id}", settle=False)
     assert cancelled.status in (200, 202), cancelled.body  # 202: it had started; it stops
@@ -539,6 +554,31 @@ def test_a_job_is_cancelled_then_deleted_as_documented(api: Any) -> None:
     gone = alice("GET", f"/jobs/{job_id}")
     assert gone.status == 404 and gone.body["error"]["code"] == "NOT_FOUND", gone.body
     assert alice("GET", f"/dashboard/{job_id}").status == 404
+
+
+def test_a_template_reading_no_seed_field_runs_without_a_seed_set(api: Any) -> None:
+    alice = api("alice")
+    template_id = alice("POST", "/templates", NO_FIELDS_TEMPLATE).body["template_id"]
+    created = alice("POST", "/jobs", {"template_id": template_id, "budget_limit": 5, "num_records": 2})
+    assert created.status == 201, created.body
+
+    job = finished(alice, created.body["job_id"])
+    assert job["status"] == "COMPLETED", job
+    assert job["records_generated"] == 2 and job["input"]["seed_id"] is None
+    listed = alice("GET", "/jobs").body["jobs"]
+    assert [j["seed_id"] for j in listed if j["job_id"] == job["job_id"]] == [None]
+
+
+def test_a_template_reading_seed_fields_needs_a_seed_set_and_says_which(api: Any) -> None:
+    alice = api("alice")
+    template_id = alice("POST", "/templates", UPDATE_TEMPLATE).body["template_id"]
+    refused = alice("POST", "/jobs", {"template_id": template_id, "budget_limit": 50, "num_records": 100})
+    assert refused.status == 400 and refused.body["error"]["code"] == "VALIDATION_ERROR", refused.body
+    message = refused.body["error"]["message"]
+    assert "author.biography, author.name" in message, message
+    assert "seed_data_path" in message and "seed_id" in message, message
+    (error,) = refused.body["error"]["details"]["errors"]
+    assert error["field"] == "seed_data_path"
 
 
 def test_the_dashboard_answers_the_documented_blocks(api: Any) -> None:
