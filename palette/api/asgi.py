@@ -107,6 +107,11 @@ class LambdaContext:
         return 900_000
 
 
+def local_context(request_id: str) -> PowertoolsContext:
+    """The resolver's Lambda context for one local request (LambdaContext has what it reads)."""
+    return cast(PowertoolsContext, LambdaContext(request_id))
+
+
 class PooledResolver:
     """ASGI app answering every request with `app.resolve` in a thread of its own pool."""
 
@@ -143,7 +148,7 @@ class PooledResolver:
         self._admitted += 1
         try:
             event = http_api_event(scope, body, request_id)
-            context = cast(PowertoolsContext, LambdaContext(request_id))  # the attributes it reads
+            context = local_context(request_id)
             resolve = contextvars.Context().run
             response = await asyncio.get_running_loop().run_in_executor(
                 self._executor, resolve, self._app.resolve, event, context

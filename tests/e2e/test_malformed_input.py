@@ -225,11 +225,11 @@ def test_openapi_json_is_served_without_a_token(served: Served) -> None:
 def test_the_lambda_facade_refuses_the_same_bodies(content_type: str, body: str, status: int) -> None:
     """The checks run in the resolver, so each service's Lambda refuses them too."""
     from palette.api.app import build_app
-    from palette.api.asgi import http_api_event
+    from palette.api.asgi import http_api_event, local_context
     from palette.api.auth import LocalTokens
 
     app = build_app([], LocalTokens(b"malformed-input-test-secret-32-bytes!"), local=False)
     scope = {"method": "POST", "path": "/jobs", "headers": [(b"content-type", content_type.encode())]}
-    reply = app.resolve(http_api_event(scope, body.encode(), "req-1"), None)
+    reply = app.resolve(http_api_event(scope, body.encode(), "req-1"), local_context("req-1"))
     assert reply["statusCode"] == status
     assert json.loads(reply["body"])["meta"]["request_id"] == "req-1"

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlencode
 
 import boto3
 import pytest
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from moto import mock_aws
 
 from contracts.envelope import bus_event
@@ -31,22 +30,9 @@ from services.templates import lambda_handler
 from services.templates.api import create_router
 from services.templates.handlers import TemplateHandlers
 from services.templates.projections import TemplateCatalog, TemplateUsage, TemplateUsageView
-from tests.fakes.lambda_events import sqs_batch
+from tests.fakes.lambda_events import fake_context, sqs_batch
 
 SECRET = b"integration-test-secret-of-32-bytes!"
-
-
-@dataclass
-class FakeLambdaContext:
-    function_name: str = "palette-templates"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:palette-templates"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-
-def fake_context() -> LambdaContext:
-    """A Lambda context for the handlers (FakeLambdaContext has what they read)."""
-    return cast(LambdaContext, FakeLambdaContext())
 
 
 @dataclass
@@ -149,7 +135,7 @@ def local_facade(data_dir: Path) -> Iterator[Facade]:
     adapters.close()
 
 
-def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
+def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Generator[Facade]:
     with mock_aws():
         monkeypatch.setenv("PALETTE_EVENT_TABLE", "palette-events")
         monkeypatch.setenv("PALETTE_BUCKET", "palette-data")

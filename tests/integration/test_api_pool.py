@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from palette.api.asgi import DEFAULT_BODY_LIMIT, LambdaContext, PooledResolver, http_api_event
+from palette.api.asgi import DEFAULT_BODY_LIMIT, PooledResolver, http_api_event, local_context
 from palette.composition import LocalPalette
 
 
@@ -91,7 +91,7 @@ def test_a_saturated_pool_answers_503_with_retry_after_and_serves_the_admitted()
 
 def _get(runtime: LocalPalette, path: str) -> dict[str, Any]:
     event = http_api_event({"method": "GET", "path": path, "headers": [], "query_string": b""}, b"", "ready-1")
-    return runtime.api.resolve(event, LambdaContext("ready-1"))
+    return runtime.api.resolve(event, local_context("ready-1"))
 
 
 def test_readiness_names_the_dependency_that_fails(tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_the_request_log_line_carries_the_request_and_correlation_ids(tmp_path: 
     runtime = LocalPalette(tmp_path)
     try:
         scope = {"method": "GET", "path": "/templates", "headers": [(b"x-correlation-id", b"flow-3")], "query_string": b""}
-        answer = runtime.api.resolve(http_api_event(scope, b"", "req-77"), LambdaContext("req-77"))
+        answer = runtime.api.resolve(http_api_event(scope, b"", "req-77"), local_context("req-77"))
     finally:
         runtime.close()
         service_logger.removeHandler(handler)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -66,21 +66,13 @@ from services.jobs.consumers import subscriptions
 from services.jobs.domain import InvalidJobInput, JobInput
 from services.jobs.handlers import JobHandlers
 from services.jobs.projections import DASHBOARDS, JobDashboard, JobList
-from tests.fakes.lambda_events import sqs_batch
+from tests.fakes.lambda_events import fake_context, sqs_batch
 
 SECRET = b"integration-test-secret-of-32-bytes!"
 SHA = "ab" * 32
 MODEL = "local/gemma-3-270m"
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
-
-
-@dataclass
-class FakeLambdaContext:
-    function_name: str = "palette-jobs"
-    memory_limit_in_mb: int = 256
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:palette-jobs"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
 @dataclass
@@ -250,7 +242,7 @@ def local_facade(data_dir: Path) -> Iterator[Facade]:
         bus.run_once()
 
     yield Facade(
-        "local", lambda event: app.resolve(event, FakeLambdaContext()), adapters.events, adapters.blobs,
+        "local", lambda event: app.resolve(event, fake_context("palette-jobs")), adapters.events, adapters.blobs,
         identify, deliver,
     )
     bus.close()
@@ -290,13 +282,13 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
                 bodies = [bus_event(e) for e in reversed(fresh)]
                 facts = [b for b in bodies if b["source"] == "palette.generator"]
                 if facts:
-                    reacted = lambda_handler.consume(sqs_batch(facts), FakeLambdaContext())
+                    reacted = lambda_handler.consume(sqs_batch(facts), fake_context("palette-jobs"))
                     assert reacted == {"batchItemFailures": []}
-                projected = lambda_handler.project(sqs_batch(bodies), FakeLambdaContext())
+                projected = lambda_handler.project(sqs_batch(bodies), fake_context("palette-jobs"))
                 assert projected == {"batchItemFailures": []}
 
         yield Facade(
-            "aws", lambda event: lambda_handler.handler(event, FakeLambdaContext()), kernel.events, kernel.blobs,
+            "aws", lambda event: lambda_handler.handler(event, fake_context("palette-jobs")), kernel.events, kernel.blobs,
             identify, deliver,
         )
         _forget_containers()
@@ -844,9 +836,9 @@ def test_the_dashboard_rebuilt_from_the_log_equals_the_one_built_out_of_order(tm
         reader = adapters.document_reader(_Renamed())
         for stored in reversed(adapters.events.read_all(0, 10_000)):
             runner.handle(stored)
-        incremental = {job_id: reader.get(DASHBOARDS, job_id) for job_id in jobs}
+        incremental = {job_id: reader.get(DASHBOARDS, job_id) or {} for job_id in jobs}
         runner.rebuild()
-        rebuilt = {job_id: reader.get(DASHBOARDS, job_id) for job_id in jobs}
+        rebuilt = {job_id: reader.get(DASHBOARDS, job_id) or {} for job_id in jobs}
 
         assert rebuilt == incremental
         assert incremental[jobs[0]]["records_generated"] == 200 and incremental[jobs[1]]["deleted"] is True
@@ -880,7 +872,7 @@ def test_the_reaction_consumer_reports_only_failed_records(monkeypatch: pytest.M
         orphan = facade.events.append("generation-job_" + "f" * 32, [NewEvent(claimed("job_" + "f" * 32))], 0)
         batch_ = sqs_batch([{"detail": "not a palette event"}, bus_event(stored), bus_event(orphan[0])])
 
-        result = lambda_handler.consume(batch_, FakeLambdaContext())
+        result = lambda_handler.consume(batch_, fake_context("palette-jobs"))
 
         failed = [batch_["Records"][0]["messageId"], batch_["Records"][2]["messageId"]]
         assert result == {"batchItemFailures": [{"itemIdentifier": m} for m in failed]}

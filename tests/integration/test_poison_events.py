@@ -28,18 +28,18 @@ from palette.projections import failures
 from palette.projections.documents import Document, DocumentProjection, DocumentWriter
 from palette.projections.documents_dynamodb import dynamodb_documents
 from palette.projections.documents_sqlite import sqlite_documents
+from palette.projections.dynamodb import DynamoDBReadModelStore
 from palette.projections.health import redrive, view_health
 from palette.projections.port import ProjectedEvent
 from palette.projections.sqlite import SQLiteReadModelStore
 from services.templates import lambda_handler
 from services.templates.projections import TemplateCatalog
+from tests.fakes.lambda_events import fake_context, sqs_batch
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.integration.palette_http import client, running_palette
-from tests.fakes.lambda_events import sqs_batch
 from tests.fakes.poison_template import POISON_NAME, append_poison_template
+from tests.integration.palette_http import client, running_palette
 from tests.integration.templates_facade import (
     Facade,
-    fake_context,
     aws_facade,
     step,
 )
@@ -194,7 +194,9 @@ def test_on_aws_a_throttled_view_is_an_item_failure_for_sqs_to_retry_never_a_dea
         throttled, fine = api_.create("alice", name="Throttled"), api_.create("alice", name="Fine")
         created = api_.events.read_all(0, 10, ["TemplateCreated"])
         batch = sqs_batch([bus_event(e) for e in created])
-        client = lambda_handler.adapters().read_models.client
+        read_models = lambda_handler.adapters().read_models
+        assert isinstance(read_models, DynamoDBReadModelStore)
+        client = read_models.client
         transact = client.transact_write_items
 
         def throttling(**request: Any) -> Any:

@@ -47,20 +47,12 @@ from palette.eventstore.port import EventStore, NewEvent
 from services.seeds import lambda_handler
 from services.seeds.api import create_router
 from services.seeds.handlers import SeedHandlers
-from tests.fakes.lambda_events import sqs_batch
+from tests.fakes.lambda_events import fake_context, sqs_batch
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette
 
 REQUIRED = ["author.name", "book.title", "topic"]
 GOOD = {"author": {"name": "Le Guin"}, "book": {"title": "The Dispossessed"}, "topic": "anarchy"}
-
-
-@dataclass
-class LambdaContext:
-    function_name: str = "palette-seeds"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:palette-seeds"
-    aws_request_id: str = "lambda-request-1"
 
 
 def api_event(
@@ -141,16 +133,21 @@ class LocalFacade:
 
     def call(self, method: str, path: str, body: Any = None, user: str | None = "alice") -> Reply:
         token = self.tokens.issue(user) if user else None
-        response = self.app.resolve(api_event(method, path, body, token), LambdaContext())
+        response = self.app.resolve(api_event(method, path, body, token), fake_context("palette-seeds", 512))
         return Reply(response["statusCode"], json.loads(response["body"]))
+
+    @property
+    def blobs(self) -> LocalBlobStore:
+        """The local blob store, which takes the PUTs the facade serves."""
+        blobs = self.adapters.blobs
+        assert isinstance(blobs, LocalBlobStore)
+        return blobs
 
     def put(self, upload_url: str, data: bytes) -> str:
         """Store a PUT to a signed upload URL, then record it (the facade's upload callback)."""
         url = urlsplit(upload_url)
         key = unquote(url.path.removeprefix("/blobs/"))
-        blobs = self.adapters.blobs
-        assert isinstance(blobs, LocalBlobStore)
-        blobs.accept_upload(key, dict(parse_qsl(url.query)), io.BytesIO(data))
+        self.blobs.accept_upload(key, dict(parse_qsl(url.query)), io.BytesIO(data))
         self.handlers.record_upload_for_key(key)
         return key
 
@@ -376,7 +373,7 @@ def test_content_replaced_after_recording_is_recorded_by_validate(facade: LocalF
     facade.put(reply.body["upload_url"], jsonl({"topic": "only"}))
     assert facade.validate(seed_id, template_id).body["valid"] is False
 
-    facade.adapters.blobs.accept_upload(  # a second PUT whose callback never ran
+    facade.blobs.accept_upload(  # a second PUT whose callback never ran
         reply.body["blob_key"], dict(parse_qsl(urlsplit(reply.body["upload_url"]).query)),
         io.BytesIO(jsonl(GOOD, GOOD, GOOD)),
     )
@@ -392,7 +389,7 @@ def test_validation_without_a_recorded_upload_records_it_lazily(facade: LocalFac
     template_id = add_template(facade.adapters.events, "alice")
     reply = facade.call("POST", "/seed-data/upload", {"filename": "books.jsonl"})
     url = urlsplit(reply.body["upload_url"])
-    facade.adapters.blobs.accept_upload(reply.body["blob_key"], dict(parse_qsl(url.query)), io.BytesIO(jsonl(GOOD)))
+    facade.blobs.accept_upload(reply.body["blob_key"], dict(parse_qsl(url.query)), io.BytesIO(jsonl(GOOD)))
 
     report = facade.validate(reply.body["seed_id"], template_id)
 
@@ -461,7 +458,7 @@ def test_missing_or_bad_token_is_401(facade: LocalFacade) -> None:
     missing = facade.call("POST", "/seed-data/upload", {"filename": "books.jsonl"}, user=None)
     forged = facade.app.resolve(
         api_event("GET", "/seed-data/x", token=LocalTokens(b"another-secret-0123456789abcdefgh").issue("alice")),
-        LambdaContext(),
+        fake_context("palette-seeds", 512),
     )
 
     assert missing.status == 401 and missing.body["error"]["code"] == "UNAUTHORIZED"
@@ -665,7 +662,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
 
 def call_lambda(method: str, path: str, body: Any = None, user: str | None = "alice") -> Reply:
     claims = {"sub": user, "iss": "https://cognito-idp.us-east-1.amazonaws.com/pool"} if user else None
-    response = lambda_handler.handler(api_event(method, path, body, claims=claims), LambdaContext())
+    response = lambda_handler.handler(api_event(method, path, body, claims=claims), fake_context("palette-seeds", 512))
     return Reply(response["statusCode"], json.loads(response["body"]))
 
 
@@ -695,9 +692,9 @@ def test_aws_upload_record_and_validate(aws: dict[str, Any], capsys: pytest.Capt
     data = jsonl(GOOD, {"topic": "no author"}, GOOD)
     aws["s3"].put_object(Bucket=BUCKET, Key=key, Body=data)
 
-    result = lambda_handler.consume(sqs_batch([object_created(key)]), LambdaContext())
+    result = lambda_handler.consume(sqs_batch([object_created(key)]), fake_context("palette-seeds", 512))
     uploaded = capsys.readouterr().out
-    duplicate = lambda_handler.consume(sqs_batch([object_created(key)]), LambdaContext())
+    duplicate = lambda_handler.consume(sqs_batch([object_created(key)]), fake_context("palette-seeds", 512))
     report = call_lambda("POST", "/seed-data/validate", {"seed_id": grant.body["seed_id"], "template_id": template_id})
 
     assert result == duplicate == {"batchItemFailures": []}
@@ -725,7 +722,7 @@ def test_aws_s3_notification_records_and_unknown_keys(aws: dict[str, Any]) -> No
         for key in ("datasets/job-1/out.jsonl", grant["blob_key"])
     ]}
 
-    result = lambda_handler.consume(sqs_batch([notification]), LambdaContext())
+    result = lambda_handler.consume(sqs_batch([notification]), fake_context("palette-seeds", 512))
 
     assert result == {"batchItemFailures": []}
     seed = call_lambda("GET", f"/seed-data/{grant['seed_id']}").body
@@ -736,7 +733,7 @@ def test_aws_an_oversized_object_is_refused_and_deleted(aws: dict[str, Any]) -> 
     grant = call_lambda("POST", "/seed-data/upload", {"filename": "books.jsonl"}).body
     aws["s3"].put_object(Bucket=BUCKET, Key=grant["blob_key"], Body=jsonl(*([GOOD] * 100)))
 
-    result = lambda_handler.consume(sqs_batch([object_created(grant["blob_key"])]), LambdaContext())
+    result = lambda_handler.consume(sqs_batch([object_created(grant["blob_key"])]), fake_context("palette-seeds", 512))
 
     assert result == {"batchItemFailures": []}
     assert aws["s3"].list_objects_v2(Bucket=BUCKET, Prefix="seed-data/").get("KeyCount") == 0
@@ -750,7 +747,7 @@ def test_aws_only_the_failed_upload_record_is_redelivered(aws: dict[str, Any]) -
     aws["s3"].put_object(Bucket=BUCKET, Key=grant["blob_key"], Body=jsonl(GOOD))
     batch = sqs_batch([object_created(grant["blob_key"]), "{not json"])
 
-    result = lambda_handler.consume(batch, LambdaContext())
+    result = lambda_handler.consume(batch, fake_context("palette-seeds", 512))
 
     assert result == {"batchItemFailures": [{"itemIdentifier": batch["Records"][1]["messageId"]}]}
     assert call_lambda("GET", f"/seed-data/{grant['seed_id']}").body["uploaded"] is True

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from contracts.money import MoneyNumber, dumps_fixed_point, money_number
 from palette.api.app import build_app
 from palette.api.auth import LocalTokens
+from tests.fakes.lambda_events import fake_context
 
 SECRET = b"money-json-secret-0123456789abcdef"
 
@@ -55,7 +56,7 @@ def test_the_facade_answers_money_numbers_without_an_exponent() -> None:
         return Price(cost=Decimal("0.0000006"), budget_limit=Decimal("50"), tokens=3e-05)
 
     app = build_app([router], LocalTokens(SECRET), local=False)
-    reply = app.resolve(_event("/price", LocalTokens(SECRET).issue("alice")), None)
+    reply = app.resolve(_event("/price", LocalTokens(SECRET).issue("alice")), fake_context())
 
     assert reply["statusCode"] == 200, reply
     assert reply["body"] == '{"cost":0.000001,"budget_limit":50.0,"tokens":0.00003}'
