@@ -224,7 +224,7 @@ def _check_columnar(chunk: ColumnarRecords, unit: str) -> int:
     if table.num_rows == 0 or table.num_columns == 0:
         return 0
     totals: Any = None
-    for name, column in zip(table.column_names, table.columns):
+    for name, column in zip(table.column_names, table.columns, strict=True):
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
         bad = _first_non_finite(column)
@@ -296,7 +296,8 @@ def _arrow_sizes(array: pa.Array) -> tuple[pa.Array, pa.Array]:
         grouped = pa.table({"row": pc.list_parent_indices(array), "size": child_sizes, "largest": child_largest})
         grouped = grouped.group_by("row").aggregate([("size", "sum"), ("largest", "max")])
         sizes_list, largest_list = [0] * len(array), [0] * len(array)
-        for row, size, big in zip(*(grouped.column(n).to_pylist() for n in ("row", "size_sum", "largest_max"))):
+        columns = (grouped.column(n).to_pylist() for n in ("row", "size_sum", "largest_max"))
+        for row, size, big in zip(*columns, strict=True):
             sizes_list[row], largest_list[row] = size, big
         return pa.array(sizes_list, pa.int64()), pa.array(largest_list, pa.int64())
     try:

@@ -24,7 +24,6 @@ from decimal import Decimal
 from typing import Any
 
 from contracts import pricing
-from contracts.money import money_text
 from contracts.envelope import StoredEvent
 from contracts.events.billing import BudgetExceeded, BudgetWarning, CostRecorded, UsageCharged
 from contracts.events.generator import (
@@ -42,9 +41,11 @@ from contracts.events.jobs import (
     JobRequested,
     JobStarted,
 )
+from contracts.money import money_text
 from contracts.streams import JOB_STREAMS
 from palette.audit.verify import IGNORED_MAX_TOKENS
 from palette.eventstore.port import EventStore
+
 
 class JobNotInLog(LookupError):
     """No stream of the job holds an event."""

@@ -19,6 +19,7 @@ import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
 from jinja2 import TemplateSyntaxError, nodes
 
 from contracts.events.templates import TemplateStep

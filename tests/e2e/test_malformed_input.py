@@ -121,7 +121,8 @@ def test_a_number_of_5000_digits_answers_400(alice: httpx.Client, path: str, bod
 ])
 def test_a_non_finite_number_answers_400(alice: httpx.Client, path: str, body: str, number: str) -> None:
     """Python's parser reads NaN, Infinity and 1e999 (as inf); strict JSON has none of them."""
-    reply = assert_error_shape(alice.post(path, content=(body % number).encode(), headers=JSON), 400, "VALIDATION_ERROR")
+    sent = alice.post(path, content=(body % number).encode(), headers=JSON)
+    reply = assert_error_shape(sent, 400, "VALIDATION_ERROR")
     assert reply["error"]["details"]["errors"][0]["type"] == "non_finite_number"
 
 
