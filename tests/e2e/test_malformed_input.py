@@ -97,7 +97,7 @@ def test_the_deepest_nesting_the_body_cap_allows_answers_400(alice: httpx.Client
 def test_brackets_inside_strings_do_not_count_as_nesting(alice: httpx.Client) -> None:
     body = json.dumps({"name": "[" * 1000, "template_id": "t"}).encode()
     reply = assert_error_shape(alice.post("/jobs", content=body, headers=JSON), 400, "VALIDATION_ERROR")
-    assert "seed_id" in reply["error"]["message"]
+    assert "num_records" in reply["error"]["message"]
 
 
 @pytest.mark.parametrize(("path", "body"), [
