@@ -413,7 +413,7 @@ def test_invalid_events_are_refused_and_change_nothing(store: EventStore) -> Non
     twice = started("job-1", "w2")
     refused: list[tuple[str, list[NewEvent], int]] = [
         ("job-1", [started("job-1", "ok"), NewEvent(NotInCatalog(note="x"))], 1),
-        ("job-1", [NewEvent(impostor()(job_id="job-1", worker_id="w"))], 1),
+        ("job-1", [NewEvent(impostor().model_validate({"job_id": "job-1", "worker_id": "w"}))], 1),
         ("job-1", [twice, twice], 1),
         ("", [started("job-1")], 0),
         ("job-\x00", [started("job-1")], 0),

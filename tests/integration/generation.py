@@ -107,6 +107,7 @@ def run_worker(
     are WorkerOptions over 8 concurrent records and fast retries. `lease_lapsed`: the worker's
     clock runs a day ahead, so a dead worker's claim has lapsed for it (no waiting)."""
     settings = {"concurrency": 8, **FAST_RETRIES, **options}
+    ahead = timedelta(days=1) if lease_lapsed else timedelta(0)
 
     async def go() -> RunResult:
         gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key=api_key, timeout=timeout)
@@ -114,7 +115,7 @@ def run_worker(
             worker = GenerationWorker(
                 adapters.events, adapters.blobs, gateway, options=WorkerOptions(**settings),
                 budget=budget, content_filter=content_filter,
-                **({"clock": lambda: datetime.now(UTC) + timedelta(days=1)} if lease_lapsed else {}),
+                clock=lambda: datetime.now(UTC) + ahead,
             )
             return await worker.run_job(job_id, stop)
         finally:

@@ -149,7 +149,7 @@ def test_alternatives_mix_operators_and_values() -> None:
 
 
 def test_or_of_sub_patterns() -> None:
-    pattern = {
+    pattern: dict[str, Any] = {
         "source": ["palette.jobs"],
         "$or": [
             {"detail-type": ["JobStarted"]},

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -93,7 +94,7 @@ def bombs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return built
 
 
-def measure(mode: str, path: Path) -> dict[str, object]:
+def measure(mode: str, path: Path) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(ROOT), mode, str(path)],
         check=True, capture_output=True, text=True,
@@ -125,7 +126,9 @@ def test_parquet_bombs_are_refused_within_the_memory_bound(
     elif kind == "expansion":
         assert outcome.startswith("SeedRowsUnavailable") and "MiB" in outcome
     else:
-        assert outcome.startswith("SeedLimitExceeded" if mode == "validate" else "SeedRowsUnavailable"), outcome
+        assert message is not None and outcome.startswith(
+            "SeedLimitExceeded" if mode == "validate" else "SeedRowsUnavailable"
+        ), outcome
         assert message in outcome and "page" in outcome
     assert measured["arrow_peak"] < ARROW_PEAK_BOUND, measured
     kept = seed_rows.MAX_SEED_ROWS_BYTES if mode == "generator" else 0  # the rows a job holds, by design
@@ -160,7 +163,10 @@ def test_a_legit_parquet_file_with_a_large_row_group_is_read_in_small_batches() 
     data = _parquet(table, use_dictionary=False, row_group_size=200_000)
     assert pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0).total_byte_size > 16 * MiB
 
-    sizes = [chunk.table.nbytes for chunk in recordfiles.read_chunks(io.BytesIO(data), SeedFormat.PARQUET, [("topic",)])]
+    sizes = []
+    for chunk in recordfiles.read_chunks(io.BytesIO(data), SeedFormat.PARQUET, [("topic",)]):
+        assert isinstance(chunk, recordfiles.ColumnarRecords)
+        sizes.append(chunk.table.nbytes)
 
     assert len(sizes) > 4
     assert max(sizes) <= 2 * recordfiles.PARQUET_BATCH_BYTES

@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -92,9 +93,9 @@ def test_jsonl_broken_lines_are_record_problems_with_line_numbers() -> None:
 
 
 def test_jsonl_fast_and_exact_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    lines = []
+    lines: list[bytes | dict[str, Any]] = []
     for i in range(3000):
-        record = {"author": {"name": f"a{i}"}, "topic": "t", "pad": "x" * 100}
+        record: dict[str, Any] = {"author": {"name": f"a{i}"}, "topic": "t", "pad": "x" * 100}
         if i % 7 == 0:
             del record["topic"]
         if i % 11 == 0:

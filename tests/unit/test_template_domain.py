@@ -107,6 +107,7 @@ def test_publish_numbers_versions_and_keeps_old_ones(created: TemplateState) -> 
 
 def test_publish_carries_name_description_and_visibility_over(created: TemplateState) -> None:
     [event] = decide(PublishTemplateVersion("t1", "alice", steps=[QUESTION]), created)
+    assert isinstance(event, TemplateVersionPublished)
     assert (event.name, event.description, event.is_public) == ("Books", "about books", True)
 
 
