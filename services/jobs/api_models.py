@@ -32,6 +32,7 @@ from pydantic import (
 
 from contracts.events.jobs import JobOptions, OutputFormat, TaskSize
 from contracts.identifiers import MAX_ID_CHARS, MAX_MODEL_ID_CHARS, id_problem, model_problem
+from contracts.model_aliases import canonical_model
 from contracts.money import MoneyNumber, MoneyText, plain_decimal
 from contracts.seed_refs import InvalidSeedReference, parse_seed_reference
 from palette.api.aliases import show_aliases
@@ -82,6 +83,8 @@ def _seed_reference(value: str) -> str:
 
 
 def _model_name(value: str) -> str:
+    """A `provider/model-id`, or a short name of `contracts.model_aliases` made one."""
+    value = canonical_model(value)
     if problem := model_problem(value):
         raise ValueError(problem)
     return value
@@ -97,7 +100,7 @@ ModelName = Annotated[
     AfterValidator(_model_name),
     Field(
         description=f"`provider/model-id`, at most {MAX_MODEL_ID_CHARS} characters of "
-        "A-Z a-z 0-9 . _ - : @ + /"
+        "A-Z a-z 0-9 . _ - : @ + /, or a short name such as `llama-3.1-8b` (stored as its id)"
     ),
 ]
 OutputFormats = Annotated[

@@ -581,6 +581,19 @@ def test_a_template_reading_seed_fields_needs_a_seed_set_and_says_which(api: Any
     assert error["field"] == "seed_data_path"
 
 
+def test_a_jobs_models_take_the_documents_short_names_stored_canonical(api: Any) -> None:
+    alice = api("alice")
+    template_id = alice("POST", "/templates", NO_FIELDS_TEMPLATE).body["template_id"]
+    body = {"template_id": template_id, "budget_limit": 5, "num_records": 1}
+    created = alice("POST", "/jobs", {**body, "models": ["llama-3.1-8b", MODEL]}, settle=False)
+    assert created.status == 201, created.body
+    assert created.body["input"]["models"] == ["bedrock/meta.llama3-1-8b-instruct-v1:0", MODEL]
+    assert alice("DELETE", f"/jobs/{created.body['job_id']}", settle=False).status in (200, 202)
+
+    unknown = alice("POST", "/jobs", {**body, "models": ["llama-9"]})
+    assert unknown.status == 400 and unknown.body["error"]["code"] == "VALIDATION_ERROR", unknown.body
+
+
 def test_the_dashboard_answers_the_documented_blocks(api: Any) -> None:
     alice = api("alice")
     template_id = alice("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
