@@ -80,13 +80,18 @@ def test_costs_jobs_and_dashboard_write_tiny_amounts_in_fixed_point(
             "job": alice.get(f"/jobs/{job_id}").json(),
             "dashboard": alice.get(f"/dashboard/{job_id}").json(),
         }
+        raw = {name: alice.get(path).text for name, path in (("job", f"/jobs/{job_id}"), ("dashboard", f"/dashboard/{job_id}"))}
 
     costs = replies["costs"]
     total = Decimal(costs["totals"]["total"])
     assert Decimal(0) < total < Decimal("0.0001"), costs
     amounts = [item for name, reply in replies.items() for item in _money_strings(reply, name)]
     assert any(path.startswith("costs.totals.compute") for path, _ in amounts)
-    assert any(path.startswith("dashboard.cost.total") for path, _ in amounts)
+    assert any(path.startswith("dashboard.cost.used") for path, _ in amounts)  # exact; cost.total is a number
+    dashboard_cost = replies["dashboard"]["cost"]
+    assert dashboard_cost["total"] == float(round(Decimal(dashboard_cost["used"]), 6))  # a number to 6 decimals
+    # JSON numbers are written in fixed point too (1e-05 would be valid JSON but not money)
+    assert [name for name, text in raw.items() if re.search(r"\d[eE][-+]?\d", text)] == []
     exponents = [(path, text) for path, text in amounts if not FIXED_POINT.fullmatch(text)]
     assert exponents == [], exponents
     assert costs["totals"]["compute"] in ("0", "0.000000000")
