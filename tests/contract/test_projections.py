@@ -22,7 +22,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from contracts.catalog import EventCatalog
+from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import EventEnvelope, StoredEvent
 from contracts.events import (
     DomainEvent,
@@ -75,7 +75,7 @@ class ApplyLog:
 
     applied: list[str] = field(default_factory=list)
     crash_on_job: str | None = None
-    crash_as: type[BaseException] = InjectedCrash
+    crash_as: Callable[[str], BaseException] = InjectedCrash
     poison: set[str] = field(default_factory=set)
     on_apply: Callable[[], None] | None = None
 
@@ -89,6 +89,13 @@ class ApplyLog:
             raise self.crash_as(f"crash applying {event.id}")
         self.applied.append(event.id)
         return event
+
+
+def _job_fact(event: EventEnvelope) -> JobRequested | JobStarted | JobCompleted:
+    """The detail of a HANDLED event."""
+    detail = event.detail
+    assert isinstance(detail, JobRequested | JobStarted | JobCompleted), detail
+    return detail
 
 
 def _transition(event: EventEnvelope) -> tuple[str | None, str]:
@@ -120,7 +127,7 @@ class SQLiteJobBoard(SQLiteProjection):
 
     def apply(self, event: ProjectedEvent, db: sqlite3.Connection) -> None:
         envelope = self.log.record(event)
-        detail = envelope.detail
+        detail = _job_fact(envelope)
         left, entered = _transition(envelope)
         if isinstance(detail, JobRequested):
             db.execute(
@@ -171,7 +178,7 @@ class DynamoDBJobBoard(DynamoDBProjection):
 
     def apply(self, event: ProjectedEvent, tables: TableNames) -> list[TransactItem]:
         envelope = self.log.record(event)
-        detail = envelope.detail
+        detail = _job_fact(envelope)
         left, entered = _transition(envelope)
         job_id = {"job_id": {"S": detail.job_id}}
         if isinstance(detail, JobRequested):
@@ -259,7 +266,7 @@ class SQLiteBackend(Backend):
     def projection(self, log: ApplyLog, track_streams: bool = False) -> SQLiteJobBoard:
         return (SQLiteJobBoardByStream if track_streams else SQLiteJobBoard)(log)
 
-    def view(self, store: SQLiteReadModelStore, projection: SQLiteJobBoard) -> View:
+    def view(self, store: SQLiteReadModelStore, projection: SQLiteProjection) -> View:
         db = store.connection()
         jobs = {row[0]: tuple(row[1:]) for row in db.execute("SELECT * FROM board_jobs")}
         counts = dict(db.execute("SELECT status, jobs FROM board_counts WHERE jobs != 0"))
@@ -708,9 +715,9 @@ def test_a_decoded_view_failure_names_its_event(tmp_path: Path, log: JobLog) -> 
             raise InjectedCrash()
 
     started = [e for e in log.add_jobs(0, 2) if e.detail_type == "JobStarted"]
-    for catalog, error in ((None, "InjectedCrash"), (EventCatalog(), "UnknownEventType")):
+    for catalog, error in ((CATALOG, "InjectedCrash"), (EventCatalog(), "UnknownEventType")):
         store = SQLiteReadModelStore(tmp_path / f"{error}.db")
-        runner = ProjectionRunner(log.events, Crashes(), store, **({} if catalog is None else {"catalog": catalog}))
+        runner = ProjectionRunner(log.events, Crashes(), store, catalog)
         assert runner.run_once() == 0
 
         letters = store.dead_letters(Crashes())

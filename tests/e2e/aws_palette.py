@@ -30,7 +30,7 @@ SEEDS = "".join(
     json.dumps({"topic": topic, "level": level}) + "\n"
     for topic, level in [("tides", "easy"), ("volcanoes", "hard"), ("orbits", "medium"), ("lichens", "easy")]
 )
-TEMPLATE = {
+TEMPLATE: dict[str, Any] = {
     "name": "Science questions",
     "description": "a question, then its answer",
     "is_public": False,

@@ -193,7 +193,7 @@ def test_the_apis_are_rate_limited_and_templates_screened_from_the_ssm_settings(
     assert ttl["AttributeName"] == "expires_at"
 
 
-REDELIVERED = {
+REDELIVERED: dict[str, Any] = {
     "version": "0", "id": "bus-1", "source": "palette.generator", "detail-type": "BatchGenerated",
     "account": "123456789012", "time": "2026-11-26T12:00:00Z", "region": "us-east-1", "resources": [],
     "detail": {"metadata": {"id": "evt-redelivered-1"}, "data": {}},

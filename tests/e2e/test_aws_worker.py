@@ -110,6 +110,19 @@ def _counts(sqs: Any, url: str) -> tuple[int, int]:
     return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
+def _serve(sqs: Any, queue_worker: JobQueueWorker, name: str, url: str) -> None:
+    """Run the worker on its queue until it has dealt with the message of job `name`."""
+
+    def done() -> bool:
+        if name == "malformed":
+            return bool(queue_worker.refused)
+        if name in ("completed", "finished", "budget", "twice"):
+            return name in queue_worker.results and _counts(sqs, url) == (0, 0)
+        return name in queue_worker.results
+
+    asyncio.run(_run_until(queue_worker, done))
+
+
 @mock_aws
 def test_messages_are_deleted_only_when_their_job_ended(tmp_path: Path) -> None:
     sqs = boto3.client("sqs", region_name="us-east-1")
@@ -133,15 +146,7 @@ def test_messages_are_deleted_only_when_their_job_ended(tmp_path: Path) -> None:
     for name, url in urls.items():
         worker = ScriptedWorker(outcomes, seconds=0.3 if name == "twice" else 0.0)
         queue_worker = JobQueueWorker(sqs, worker, None, QueueOptions(url, max_jobs=4, wait_seconds=0, visibility_seconds=30))  # type: ignore[arg-type]
-        if name == "malformed":
-            asyncio.run(_run_until(queue_worker, lambda q=queue_worker: bool(q.refused)))
-        elif name in ("completed", "finished", "budget", "twice"):
-            asyncio.run(_run_until(
-                queue_worker,
-                lambda q=queue_worker, n=name, url=url: n in q.results and _counts(sqs, url) == (0, 0),
-            ))
-        else:
-            asyncio.run(_run_until(queue_worker, lambda q=queue_worker, n=name: n in q.results))
+        _serve(sqs, queue_worker, name, url)
         visible, hidden = _counts(sqs, url)
         if name in ("completed", "finished", "budget", "twice"):
             assert (visible, hidden) == (0, 0), name

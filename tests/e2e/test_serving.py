@@ -117,7 +117,7 @@ def test_each_request_has_its_own_id_and_a_well_formed_one_is_kept(served: Serve
     kept = httpx.get(f"{served.base}/templates", headers={"X-Request-Id": "trace-7.a_B"})
     assert kept.headers["x-request-id"] == "trace-7.a_B" == kept.json()["meta"]["request_id"]
     for malformed in ("has space", "x" * 129, "semi;colon", "é"):
-        replaced = httpx.get(f"{served.base}/templates", headers={"X-Request-Id": malformed.encode()})
+        replaced = httpx.get(f"{served.base}/templates", headers={b"X-Request-Id": malformed.encode()})
         assert replaced.headers["x-request-id"] != malformed
         assert replaced.json()["meta"]["request_id"] == replaced.headers["x-request-id"]
     assert httpx.get(f"{served.base}/health").headers["x-request-id"]

@@ -369,8 +369,8 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
 def _projection_names(service: str) -> list[str]:
     module = importlib.import_module(f"services.{service}.projections")
     return [
-        cls.name for cls in vars(module).values()
-        if inspect.isclass(cls) and cls.__module__ == module.__name__ and isinstance(getattr(cls, "name", None), str)
+        name for cls in vars(module).values()
+        if inspect.isclass(cls) and cls.__module__ == module.__name__ and isinstance(name := getattr(cls, "name", None), str)
         and hasattr(cls, "detail_types")
     ]
 

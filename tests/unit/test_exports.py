@@ -18,7 +18,7 @@ import pytest
 
 from contracts.events.jobs import OutputFormat
 from palette.blobs.local import LocalBlobStore
-from palette.blobs.port import BlobInfo
+from palette.blobs.port import BlobInfo, BlobStore
 from palette.blobs.signing import UrlSigner
 from services.generator.export_errors import DatasetIntegrityError, ExportError
 from services.generator.exports import export_dataset, export_prefix
@@ -93,7 +93,7 @@ def make_record(index: int, job_id: str = JOB, day: int = 1, answer: Any = None)
     }
 
 
-def write_batches(blobs: LocalBlobStore, sizes: list[int], job_id: str = JOB) -> list[str]:
+def write_batches(blobs: BlobStore, sizes: list[int], job_id: str = JOB) -> list[str]:
     """Parts for consecutive batches; batch b is dated day b+1, records shuffled inside it."""
     keys, first = [], 0
     for batch, size in enumerate(sizes):
