@@ -50,6 +50,7 @@ from services.billing.handlers import LedgerHandlers
 from services.generator.budget import JobBudgets
 from services.generator.run.outcome import RunOutcome, RunResult
 from services.jobs.consumers import subscriptions as job_subscriptions
+from services.jobs.domain import JobStatus
 from services.jobs.handlers import JobHandlers
 from services.jobs.projections import DASHBOARDS, JobDashboard
 from tests.fakes import scenario
@@ -239,7 +240,7 @@ def assert_the_stop_says_why(adapters: Adapters, job_id: str, why: Any) -> None:
     `palette jobs watch` give the reason: spent, remaining, the next call's worst case."""
     figures = [f"${format(amount.normalize(), 'f')}" for amount in (why.spent, why.remaining, why.next_call_worst_case)]
     state = JobHandlers(adapters.events, adapters.blobs).read(job_id).state
-    assert state.status.value == "BUDGET_EXCEEDED" and state.failure_code == "BUDGET_EXCEEDED"
+    assert state.status is JobStatus.BUDGET_EXCEEDED and state.failure_code == "BUDGET_EXCEEDED"
     assert state.failure_reason is not None and all(figure in state.failure_reason for figure in figures)
     adapters.projection_runner(JobDashboard()).run_once()
     dashboard = adapters.document_reader(JobDashboard()).get(DASHBOARDS, job_id)
@@ -404,7 +405,7 @@ def test_a_provider_that_ignores_max_tokens_fails_the_job_at_once_billed_as_it_r
         spend = assert_ledger_is_what_the_provider_billed(adapters, server, job_id)
         assert spend > budget
         state = JobHandlers(adapters.events, adapters.blobs).read(job_id).state
-        assert state.status.value == "FAILED" and state.failure_code == "MODEL_IGNORED_MAX_TOKENS"
+        assert state.status is JobStatus.FAILED and state.failure_code == "MODEL_IGNORED_MAX_TOKENS"
         report = verify_log(adapters.events)
         budget_violations = [v.message for v in report.violations if v.check == "budget"]
         assert len(budget_violations) == 1 and "ignored max_tokens" in budget_violations[0], report.violations
