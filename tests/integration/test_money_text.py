@@ -92,8 +92,13 @@ def test_costs_jobs_and_dashboard_write_tiny_amounts_in_fixed_point(
     assert dashboard_cost["total"] == float(round(Decimal(dashboard_cost["used"]), 6))  # a number to 6 decimals
     # JSON numbers are written in fixed point too (1e-05 would be valid JSON but not money)
     floats: list[str] = []
+
+    def kept(token: str) -> float:
+        floats.append(token)
+        return float(token)
+
     for text in raw.values():
-        json.loads(text, parse_float=lambda token: floats.append(token) or float(token))
+        json.loads(text, parse_float=kept)
     assert floats and [token for token in floats if not FIXED_POINT.fullmatch(token)] == []
     exponents = [(path, text) for path, text in amounts if not FIXED_POINT.fullmatch(text)]
     assert exponents == [], exponents
