@@ -105,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     fast_decorated = per_prompt_us(palette.blocking_rule, decorated_prompts, args.rounds)
     slow = per_prompt_us(naive.blocking_rule, prompts, max(1, args.rounds // 2))
 
-    print(f"{args.rules} rules, {len(prompts)} prompts of ~{args.prompt_bytes} bytes; filter compiled in {compile_ms:.1f} ms")
+    print(
+        f"{args.rules} rules, {len(prompts)} prompts of ~{args.prompt_bytes} bytes; "
+        f"filter compiled in {compile_ms:.1f} ms"
+    )
     print(f"{'peer':<24}{'us/prompt':>12}")
     print(f"{'palette (all)':<24}{fast:>12.1f}")
     print(f"{'palette (ascii)':<24}{fast_ascii:>12.1f}")
