@@ -151,8 +151,8 @@ def verify(
         from palette.projections.health import letter_line
 
         letters = sum(len(view.dead_letters) for view in failing)
-        first = letter_line(failing[0].dead_letters[0])
-        fail(f"{len(failing)} view(s) failing, {letters} event(s) set aside; first: {first}")
+        first_letter = letter_line(failing[0].dead_letters[0])
+        fail(f"{len(failing)} view(s) failing, {letters} event(s) set aside; first: {first_letter}")
 
 
 def views_health(events: EventStore, data_dir: Path, runtime: str) -> list[ViewHealth]:
