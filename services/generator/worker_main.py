@@ -38,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from contracts.events.jobs import JobRequested
 from palette.adapters import AwsSettings, aws_adapters, local_adapters
@@ -47,7 +47,7 @@ from palette.bus.sqs import MalformedBusMessage, stored_event_from_message
 from palette.models.environment import gateway_from_env
 from services.generator import wiring
 from services.generator.logs import logger as log
-from services.generator.run.options import WorkerOptions
+from services.generator.run.options import StopSignal, WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
 from services.generator.worker import GenerationWorker
 
@@ -142,6 +142,15 @@ class QueueOptions:
     goes back to the queue before it is tried again."""
 
 
+class JobRunner(Protocol):
+    """What the queue needs of a worker: its lease length and a job's run (a GenerationWorker)."""
+
+    @property
+    def options(self) -> WorkerOptions: ...
+
+    async def run_job(self, job_id: str, stop: StopSignal | None = None) -> RunResult: ...
+
+
 class JobQueueWorker:
     """Runs the jobs of an SQS queue of JobRequested events, at most `max_jobs` at once.
 
@@ -159,7 +168,7 @@ class JobQueueWorker:
     def __init__(
         self,
         sqs: Any,
-        worker: GenerationWorker,
+        worker: JobRunner,
         blobs: BlobStore | None,
         options: QueueOptions,
         slots: OwnerSlots | None = None,

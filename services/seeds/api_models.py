@@ -92,8 +92,9 @@ class UploadGrantResponse(BaseModel):
     format: SeedFormat
     content_type: str | None = Field(default=None, description="as asked; the PUT may send it")
 
-    @computed_field(description="the documented name of `blob_key`: the handle a client may pass "  # type: ignore[prop-decorator]
-                    "wherever a seed set is named")
+    @computed_field(  # type: ignore[prop-decorator]
+        description="the documented name of `blob_key`: the handle a client may pass wherever a seed set is named"
+    )
     @property
     def s3_key(self) -> str:
         return self.blob_key

@@ -145,7 +145,7 @@ def test_messages_are_deleted_only_when_their_job_ended(tmp_path: Path) -> None:
 
     for name, url in urls.items():
         worker = ScriptedWorker(outcomes, seconds=0.3 if name == "twice" else 0.0)
-        queue_worker = JobQueueWorker(sqs, worker, None, QueueOptions(url, max_jobs=4, wait_seconds=0, visibility_seconds=30))  # type: ignore[arg-type]
+        queue_worker = JobQueueWorker(sqs, worker, None, QueueOptions(url, max_jobs=4, wait_seconds=0, visibility_seconds=30))
         _serve(sqs, queue_worker, name, url)
         visible, hidden = _counts(sqs, url)
         if name in ("completed", "finished", "budget", "twice"):
@@ -175,7 +175,7 @@ def test_a_second_job_of_an_owner_at_the_cap_waits_in_the_queue(tmp_path: Path) 
     slots = OwnerSlots(dynamodb, "slots", per_owner=1)
     worker = ScriptedWorker({n: RunResult(RunOutcome.COMPLETED, 1) for n in ("first", "second")}, seconds=0.5)
     options = QueueOptions(url, max_jobs=4, wait_seconds=0, visibility_seconds=30, owner_full_retry_seconds=0)
-    queue_worker = JobQueueWorker(sqs, worker, None, options, slots)  # type: ignore[arg-type]
+    queue_worker = JobQueueWorker(sqs, worker, None, options, slots)
 
     asyncio.run(_run_until(queue_worker, lambda: len(queue_worker.results) == 2 and _counts(sqs, url) == (0, 0)))
 

@@ -155,12 +155,10 @@ def test_every_enhancement_is_recorded_and_billed_to_its_owner(
 def test_a_redelivered_enhancement_is_charged_once(runtime: LocalPalette, alice: httpx.Client) -> None:
     body = enhance(alice).json()
     stored = runtime.adapters.events.read_stream(enhancement_stream(body['enhancement_id']))[0]
-    runtime.ledger.charge_enhancement(
-        stored.decode(), stored  # type: ignore[arg-type]
-    )
-    runtime.ledger.charge_enhancement(
-        stored.decode(), stored  # type: ignore[arg-type]
-    )
+    enhanced = stored.decode()
+    assert isinstance(enhanced, PromptEnhanced)
+    runtime.ledger.charge_enhancement(enhanced, stored)
+    runtime.ledger.charge_enhancement(enhanced, stored)
     assert len(runtime.adapters.events.read_stream("ledger-user-alice")) == 1
 
 

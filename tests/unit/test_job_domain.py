@@ -4,6 +4,7 @@ the checks a request must pass (input bounds, template visibility, seed validati
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -63,17 +64,15 @@ JOB = "job_" + "a" * 32
 SHA = "ab" * 32
 
 
-def job_input(**changes: object) -> JobInput:
+def job_input(**changes: Any) -> JobInput:
     """A job input; the options are built without validation, so that `check_input` meets
     values out of bounds as another caller might hand them over."""
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "num_records": 10, "budget_limit": Decimal(5), "output_formats": [OutputFormat.JSONL],
     }
     values.update(changes)
     ids = {name: values.pop(name) for name in ("template_version",) if name in values}
-    return JobInput(
-        "tpl_1", "seed-1", JobOptions.model_construct(**values), **ids  # type: ignore[arg-type]
-    )
+    return JobInput("tpl_1", "seed-1", JobOptions.model_construct(**values), **ids)
 
 
 def run(state: JobState, *commands: JobCommand) -> JobState:
