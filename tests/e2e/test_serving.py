@@ -9,6 +9,7 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -80,7 +81,7 @@ def _raw_request(base: str, head: str) -> socket.socket:
     return sock
 
 
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, object]]:
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
     data = b""
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
@@ -103,9 +104,9 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(served: Served) 
         assert httpx.get(f"{served.base}/health", timeout=5).status_code == 200
         status, headers, body = _read_response(sock)
     assert status == 413
-    assert body["error"]["code"] == "PAYLOAD_TOO_LARGE"  # type: ignore[index]
-    assert body["error"]["details"]["limit_bytes"] == 512 * 1024  # type: ignore[index]
-    assert body["meta"]["request_id"] == headers["x-request-id"]  # type: ignore[index]
+    assert body["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert body["error"]["details"]["limit_bytes"] == 512 * 1024
+    assert body["meta"]["request_id"] == headers["x-request-id"]
 
 
 def test_each_request_has_its_own_id_and_a_well_formed_one_is_kept(served: Served) -> None:
