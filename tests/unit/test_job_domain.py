@@ -3,11 +3,13 @@ the checks a request must pass (input bounds, template visibility, seed validati
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from contracts.events.base import DomainEvent
 from contracts.events.jobs import (
     JobBudgetExceeded,
     JobCancelled,
@@ -166,11 +168,11 @@ def test_an_export_after_a_stop_leaves_the_stop_standing(ended_by: JobCommand) -
         (queued, DeleteJob(JOB, "alice")),
     ],
 )
-def test_impossible_transitions_are_refused(state_of: object, command: JobCommand) -> None:
-    state = state_of()  # type: ignore[operator]
+def test_impossible_transitions_are_refused(state_of: Callable[[], JobState], command: JobCommand) -> None:
+    state = state_of()
     with pytest.raises(InvalidTransition) as refused:
         decide(command, state)
-    assert JOB in str(refused.value) and state.status.value in str(refused.value)
+    assert state.status is not None and JOB in str(refused.value) and state.status.value in str(refused.value)
 
 
 def test_facts_about_an_unknown_job_are_refused() -> None:
@@ -263,7 +265,7 @@ def test_bounds_are_inclusive(strategy: str | None) -> None:
 # -- templates and seeds, as folded from their streams -----------------------------------
 
 
-def _template(owner: str = "bob", public: bool = False) -> list[object]:
+def _template(owner: str = "bob", public: bool = False) -> list[DomainEvent]:
     step = TemplateStep(id="q", model="local/gemma-3-270m", prompt="{{ topic }}")
     return [
         TemplateCreated(template_id="tpl_1", owner=owner, name="n", is_public=public, steps=[step],
@@ -275,20 +277,20 @@ def _template(owner: str = "bob", public: bool = False) -> list[object]:
 
 
 def test_template_versions_are_pinned_and_visibility_follows_the_latest() -> None:
-    own = template_facts("tpl_1", _template("alice"))  # type: ignore[arg-type]
+    own = template_facts("tpl_1", _template("alice"))
     assert own.pinned_version("alice") == 2 and own.pinned_version("alice", 1) == 1
     assert own.unknown_providers(1) == [] and own.unknown_providers(2) == ["acme/x"]
     with pytest.raises(TemplateNotFound):
         own.pinned_version("alice", 3)
     with pytest.raises(TemplateNotFound):
-        template_facts("tpl_1", _template("bob")).pinned_version("alice")  # type: ignore[arg-type]
-    assert template_facts("tpl_1", _template("bob", public=True)).pinned_version("alice", 1) == 1  # type: ignore[arg-type]
-    deleted = template_facts("tpl_1", [*_template("alice"), TemplateDeleted(template_id="tpl_1")])  # type: ignore[list-item]
+        template_facts("tpl_1", _template("bob")).pinned_version("alice")
+    assert template_facts("tpl_1", _template("bob", public=True)).pinned_version("alice", 1) == 1
+    deleted = template_facts("tpl_1", [*_template("alice"), TemplateDeleted(template_id="tpl_1")])
     with pytest.raises(TemplateNotFound):
         deleted.pinned_version("alice")
 
 
-def _seed(sha: str = SHA) -> list[object]:
+def _seed(sha: str = SHA) -> list[DomainEvent]:
     return [
         SeedUploadRequested(seed_id="seed-1", owner="alice", filename="f.jsonl", format=SeedFormat.JSONL,
                             blob_key="seed-data/alice/seed-1/f.jsonl", max_bytes=10,
@@ -307,14 +309,14 @@ def _validated(valid: bool, version: int = 2, sha: str = SHA, records: int = 3) 
 
 def test_a_seed_validated_for_another_version_is_not_validated_for_the_pinned_one() -> None:
     """Then the job checks its records itself before generating (no separate validate call)."""
-    passing = seed_facts("seed-1", [*_seed(), _validated(True)])  # type: ignore[list-item]
+    passing = seed_facts("seed-1", [*_seed(), _validated(True)])
     validation = passing.check_validated("alice", "tpl_1", 2)
     assert validation is not None and validation.valid
     assert passing.check_validated("alice", "tpl_1", 1) is None
     with pytest.raises(SeedNotFound):
         passing.check_validated("bob", "tpl_1", 2)
 
-    failing = seed_facts("seed-1", [*_seed(), _validated(False)])  # type: ignore[list-item]
+    failing = seed_facts("seed-1", [*_seed(), _validated(False)])
     with pytest.raises(SeedNotValidated) as refused:
         failing.check_validated("alice", "tpl_1", 2)
     assert refused.value.validation is not None and refused.value.validation.missing_counts == {"topic": 1}
@@ -322,14 +324,14 @@ def test_a_seed_validated_for_another_version_is_not_validated_for_the_pinned_on
 
 def test_new_seed_content_makes_earlier_validations_stale() -> None:
     other = "cd" * 32
-    replaced = seed_facts("seed-1", [*_seed(), _validated(True), *_seed(other)[1:]])  # type: ignore[list-item]
+    replaced = seed_facts("seed-1", [*_seed(), _validated(True), *_seed(other)[1:]])
     assert replaced.check_validated("alice", "tpl_1", 2) is None
-    stale = seed_facts("seed-1", [*_seed(other), _validated(True, sha=SHA)])  # type: ignore[list-item]
+    stale = seed_facts("seed-1", [*_seed(other), _validated(True, sha=SHA)])
     assert stale.check_validated("alice", "tpl_1", 2) is None
 
 
 def test_an_empty_seed_cannot_feed_a_job() -> None:
-    empty = seed_facts("seed-1", [*_seed(), _validated(True, records=0)])  # type: ignore[list-item]
+    empty = seed_facts("seed-1", [*_seed(), _validated(True, records=0)])
     with pytest.raises(SeedNotValidated, match="no records"):
         empty.check_validated("alice", "tpl_1", 2)
 
