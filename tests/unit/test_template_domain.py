@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from services.templates.domain import (
     NotTemplateOwner,
     PublishTemplateVersion,
     TemplateAlreadyExists,
+    TemplateCommand,
     TemplateInUse,
     TemplateNotFound,
     TemplateState,
@@ -35,13 +37,13 @@ ANSWER = TemplateStep(
 )
 
 
-def create(**overrides: object) -> CreateTemplate:
-    fields = {"template_id": "t1", "owner": "alice", "name": "Books", "steps": [QUESTION]}
-    return CreateTemplate(**{**fields, **overrides})  # type: ignore[arg-type]
+def create(**overrides: Any) -> CreateTemplate:
+    fields: dict[str, Any] = {"template_id": "t1", "owner": "alice", "name": "Books", "steps": [QUESTION]}
+    return CreateTemplate(**{**fields, **overrides})
 
 
-def run(state: TemplateState, command: object) -> TemplateState:
-    for event in decide(command, state):  # type: ignore[arg-type]
+def run(state: TemplateState, command: TemplateCommand) -> TemplateState:
+    for event in decide(command, state):
         state = evolve(state, event)
     return state
 
@@ -127,12 +129,12 @@ def test_only_the_owner_publishes_or_deletes(created: TemplateState) -> None:
     "command",
     [PublishTemplateVersion("t1", "alice", steps=[QUESTION]), DeleteTemplate("t1", "alice")],
 )
-def test_missing_and_deleted_templates_are_not_found(created: TemplateState, command: object) -> None:
+def test_missing_and_deleted_templates_are_not_found(created: TemplateState, command: TemplateCommand) -> None:
     with pytest.raises(TemplateNotFound):
-        decide(command, TemplateState())  # type: ignore[arg-type]
+        decide(command, TemplateState())
     deleted = run(created, DeleteTemplate("t1", "alice"))
     with pytest.raises(TemplateNotFound):
-        decide(command, deleted)  # type: ignore[arg-type]
+        decide(command, deleted)
 
 
 def test_delete_records_the_fact_and_keeps_the_versions(created: TemplateState) -> None:
