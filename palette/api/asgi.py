@@ -32,10 +32,9 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qsl
 
-from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from aws_lambda_powertools.utilities.typing import LambdaContext as PowertoolsContext
 
 from palette.api.app import well_formed_id
@@ -112,12 +111,18 @@ def local_context(request_id: str) -> PowertoolsContext:
     return cast(PowertoolsContext, LambdaContext(request_id))
 
 
+class Resolver(Protocol):
+    """What the pool answers a request with: an ApiGatewayResolver."""
+
+    def resolve(self, event: Mapping[str, Any], context: PowertoolsContext) -> dict[str, Any]: ...
+
+
 class PooledResolver:
     """ASGI app answering every request with `app.resolve` in a thread of its own pool."""
 
     def __init__(
         self,
-        app: ApiGatewayResolver,
+        app: Resolver,
         workers: int = DEFAULT_WORKERS,
         max_waiting: int = DEFAULT_MAX_WAITING,
         limit_of: Callable[[str, str], int] = body_limit,

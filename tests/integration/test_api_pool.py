@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ class _Resolver:
         self.release = threading.Event()
         self.resolved = 0
 
-    def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+    def resolve(self, event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         self.release.wait(10)
         self.resolved += 1
         return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": "{}"}
@@ -54,7 +55,7 @@ async def _call(app: PooledResolver, method: str, path: str, chunks: list[bytes]
 def test_a_chunked_body_is_refused_once_it_passes_the_limit_without_reading_the_rest() -> None:
     resolver = _Resolver()
     resolver.release.set()
-    pool = PooledResolver(resolver)  # type: ignore[arg-type]
+    pool = PooledResolver(resolver)
     try:
         chunk = b"[" * 32 * 1024
         status, headers, body, consumed = asyncio.run(_call(pool, "POST", "/jobs", endless=chunk))
@@ -69,7 +70,7 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit_without_reading_the_
 
 def test_a_saturated_pool_answers_503_with_retry_after_and_serves_the_admitted() -> None:
     resolver = _Resolver()
-    pool = PooledResolver(resolver, workers=1, max_waiting=1)  # type: ignore[arg-type]
+    pool = PooledResolver(resolver, workers=1, max_waiting=1)
 
     async def three() -> list[tuple[int, dict[str, str], Any, int]]:
         first = asyncio.ensure_future(_call(pool, "GET", "/templates"))
@@ -144,7 +145,7 @@ def test_the_request_log_line_carries_the_request_and_correlation_ids(tmp_path: 
 def test_a_body_that_does_not_arrive_in_time_answers_408() -> None:
     resolver = _Resolver()
     resolver.release.set()
-    pool = PooledResolver(resolver, body_seconds=0.2)  # type: ignore[arg-type]
+    pool = PooledResolver(resolver, body_seconds=0.2)
     sent: list[dict[str, Any]] = []
 
     async def trickle() -> dict[str, Any]:
@@ -169,7 +170,7 @@ def test_slow_bodies_from_one_peer_never_take_the_service_from_others() -> None:
     bodies are read before a request is admitted, and one peer may read only so many at once."""
     resolver = _Resolver()
     resolver.release.set()
-    pool = PooledResolver(resolver, workers=2, max_waiting=4, body_seconds=5)  # type: ignore[arg-type]
+    pool = PooledResolver(resolver, workers=2, max_waiting=4, body_seconds=5)
 
     async def stalled() -> dict[str, Any]:
         await asyncio.sleep(3600)
