@@ -521,7 +521,7 @@ def test_a_crash_inside_apply_leaves_no_partial_state(backend: Backend, log: Job
 
     more = _handled(log.add_jobs(10, 10))
     crash_at = 7
-    apply_log.crash_on_job = EventEnvelope.from_stored(more[crash_at]).detail.job_id  # type: ignore[attr-defined]
+    apply_log.crash_on_job = _job_fact(EventEnvelope.from_stored(more[crash_at])).job_id
     apply_log.crash_as = ProcessKilled
     with pytest.raises(ProcessKilled):
         runner.run_once(batch_size=1000)

@@ -226,7 +226,8 @@ def test_a_view_that_set_an_event_aside_fails_verify_and_replay_in_one_line_unti
     views = SQLiteReadModelStore(data_dir / "projections.db")
     from palette.projections.documents_sqlite import SQLiteDocumentReader
 
-    assert SQLiteDocumentReader(views, "templates_catalog").get("template", "tpl_poison")["name"] == POISON_NAME  # type: ignore[index]
+    template = SQLiteDocumentReader(views, "templates_catalog").get("template", "tpl_poison")
+    assert template is not None and template["name"] == POISON_NAME
     views.close()
     code, _, err = palette("projections", "redrive", "--projection", "nope", "--data-dir", str(data_dir))
     assert code == 2 and "no view named 'nope'" in err

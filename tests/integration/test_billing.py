@@ -451,10 +451,7 @@ def assert_every_charge_once(adapters: Adapters, job_id: str) -> None:
     """Each batch, each record of unbatched calls and each write-off is charged exactly once."""
     stored = adapters.events.read_stream(generation_stream(job_id))
     book = ledger(adapters, job_id)
-    batches = sorted(
-        s.decode().batch_number  # type: ignore[attr-defined]
-        for s in stored if s.detail_type == "BatchGenerated"
-    )
+    batches = sorted(detail.batch_number for s in stored if isinstance(detail := s.decode(), BatchGenerated))
     assert sorted(c.batch_number for c in of_type(book, CostRecorded)) == batches
     others = sorted(
         (s.id, "unbatched" if s.detail_type == "UnbatchedUsageRecorded" else "written_off")

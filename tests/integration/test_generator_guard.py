@@ -41,12 +41,12 @@ def run_filtered(
 
 
 def decisions(adapters: Adapters, job_id: str) -> list[ContentBlocked]:
-    found = [
-        s.decode()
-        for s in adapters.events.read_stream(job_guard_stream(job_id))
-    ]
-    assert all(isinstance(event, ContentBlocked) for event in found)
-    return found  # type: ignore[return-value]
+    found = []
+    for stored in adapters.events.read_stream(job_guard_stream(job_id)):
+        event = stored.decode()
+        assert isinstance(event, ContentBlocked), event
+        found.append(event)
+    return found
 
 
 def exported_records(adapters: Adapters, job_id: str) -> list[dict[str, Any]]:

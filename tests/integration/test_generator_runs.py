@@ -31,7 +31,7 @@ from contracts.pricing import DEFAULT_CATALOG
 from contracts.streams import generation_stream, job_stream
 from palette.adapters import Adapters, local_adapters
 from palette.blobs.keys import dataset_prefix
-from palette.blobs.local import TEMP_MARK
+from palette.blobs.local import TEMP_MARK, LocalBlobStore
 from palette.composition import job_dashboards
 from services.generator.budget import JobBudgets
 from services.generator.worker_pool import record_crash
@@ -89,7 +89,8 @@ def test_a_takeover_discards_what_killed_writers_left_in_the_jobs_folder(adapter
     append(adapters, generation_stream(job_id),
            GenerationClaimed(job_id=job_id, worker_id=dead, lease_seconds=60, resumed_from_record=0),
            GenerationCrashed(job_id=job_id, worker_id=dead, error="killed", records_completed=0))
-    root = adapters.blobs.root  # type: ignore[attr-defined]
+    assert isinstance(adapters.blobs, LocalBlobStore)
+    root = adapters.blobs.root
     parts = root.joinpath(*dataset_prefix(OWNER, job_id).strip("/").split("/"), "parts")
     parts.mkdir(parents=True)
     (parts / f"{TEMP_MARK}killed").write_bytes(b"half a part")

@@ -56,6 +56,7 @@ from contracts.streams import generation_stream, job_stream, ledger_stream, seed
 from palette.adapters import local_adapters
 from palette.api.app import build_app
 from palette.api.auth import LocalTokens
+from palette.blobs.local import LocalBlobStore
 from palette.blobs.port import BlobStore
 from palette.bus.local import LocalBus
 from palette.eventstore.dynamodb import create_table
@@ -755,7 +756,8 @@ def test_deleting_a_finished_job_removes_what_killed_writers_left_half_written(l
     job_id = local.start_job()["job_id"]
     local.blobs.put_bytes(f"datasets/alice/{job_id}/parts/part-000000.parquet", b"data")
     local.generate(job_id, claimed(job_id), batch(job_id, 0), exported(job_id, 100))
-    root = local.blobs.root  # type: ignore[attr-defined]
+    assert isinstance(local.blobs, LocalBlobStore)
+    root = local.blobs.root
     (root / "datasets" / "alice" / job_id / "parts" / ".palette-partial-killed").write_bytes(b"half")
 
     assert local.call("DELETE", f"/jobs/{job_id}").status == 200

@@ -24,6 +24,7 @@ from contracts.streams import projection_stream
 from palette.adapters import local_adapters
 from palette.audit.cli import views_health
 from palette.eventstore.port import EventStore
+from palette.eventstore.sqlite import SQLiteEventStore
 from palette.projections import failures
 from palette.projections.documents import Document, DocumentProjection, DocumentWriter
 from palette.projections.documents_dynamodb import dynamodb_documents
@@ -84,7 +85,8 @@ def test_a_poison_template_leaves_listings_and_deletions_working_on_both_runtime
 def _catalog_dead_letters(api: Facade) -> list[Any]:
     if api.runtime == "aws":
         return lambda_handler.adapters().read_models.dead_letters(dynamodb_documents(TemplateCatalog()))
-    store = SQLiteReadModelStore(Path(api.events.path).parent / "projections.db")  # type: ignore[attr-defined]
+    assert isinstance(api.events, SQLiteEventStore)
+    store = SQLiteReadModelStore(api.events.path.parent / "projections.db")
     try:
         return store.dead_letters(sqlite_documents(TemplateCatalog()))
     finally:
