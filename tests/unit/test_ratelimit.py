@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -132,21 +133,21 @@ def test_concurrent_requests_never_take_more_than_the_burst(tmp_path: Path) -> N
 class _RacingClient:
     """A DynamoDB client on which another request takes a token between our read and our write."""
 
-    def __init__(self, client: object, rival: RateLimiter) -> None:
+    def __init__(self, client: Any, rival: RateLimiter) -> None:
         self._client = client
         self._rival = rival
-        self.exceptions = client.exceptions  # type: ignore[attr-defined]
+        self.exceptions = client.exceptions
         self.raced = 0
 
     def get_item(self, **kwargs: object) -> dict[str, object]:
-        item = self._client.get_item(**kwargs)  # type: ignore[attr-defined]
+        item: dict[str, object] = self._client.get_item(**kwargs)
         if self.raced < 2:
             self.raced += 1
             assert self._rival.admit("jobs", user="alice").allowed
         return item
 
     def update_item(self, **kwargs: object) -> object:
-        return self._client.update_item(**kwargs)  # type: ignore[attr-defined]
+        return self._client.update_item(**kwargs)
 
 
 def test_dynamodb_conditional_write_loses_a_race_and_decides_again() -> None:

@@ -118,7 +118,9 @@ def test_a_version_without_an_upcaster_raises_missing_upcaster() -> None:
         catalog.decode("MeterRead", 1, json.dumps({"meter": "m-1", "kwh": 1}))
     with pytest.raises(MissingUpcaster, match="Renamed schema_version 1"):
         catalog.decode("Renamed", 1, json.dumps({"title": "x"}))
-    assert catalog.decode("MeterRead", 2, json.dumps({"meter_id": "m-1"})).unit == "Wh"  # type: ignore[attr-defined]
+    assert catalog.decode("MeterRead", 2, json.dumps({"meter_id": "m-1"})) == MeterRead(
+        meter_id="m-1", energy_wh=Decimal(0), unit="Wh"
+    )
 
 
 def test_an_unknown_detail_type_raises_unknown_event_type() -> None:
