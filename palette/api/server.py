@@ -82,10 +82,11 @@ class FacadeApp:
     async def _blob_route(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         key = scope["path"][len(BLOB_PREFIX):]  # ASGI gives the path percent-decoded once
         params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        if self._limiter is not None:
+        limiter = self._limiter
+        if limiter is not None:
             route = route_class(scope["method"], scope["path"])
             decision = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self._limiter.admit(route, source_ip=peer_ip(scope))  # type: ignore[union-attr]
+                None, lambda: limiter.admit(route, source_ip=peer_ip(scope))
             )
             if not decision.allowed:
                 retry_after = decision.retry_after_header

@@ -150,7 +150,8 @@ def check_options(options: JobOptions) -> None:
         or not Decimal(0) < budget <= MAX_BUDGET
     ):
         raise InvalidJobInput("budget_limit", f"budget_limit must be more than 0 and at most {MAX_BUDGET} USD")
-    if -budget.as_tuple().exponent > BUDGET_DECIMAL_PLACES:  # type: ignore[operator]
+    exponent = budget.as_tuple().exponent  # an int: the budget is finite
+    if isinstance(exponent, int) and -exponent > BUDGET_DECIMAL_PLACES:
         raise InvalidJobInput("budget_limit", f"budget_limit has at most {BUDGET_DECIMAL_PLACES} decimal places")
     formats = options.output_formats
     if not formats or not all(isinstance(f, OutputFormat) for f in formats):
