@@ -47,7 +47,7 @@ from tests.integration.generation import (
 MODELS = ["openai/fake-alpha", "openai/fake-beta", "openai/always-500"]
 FAILING = "openai/always-500"
 WORKING = MODELS[:2]
-QUICK_FAILURE = {"max_call_attempts": 2, "error_window": 10, "error_threshold": 0.5}
+QUICK_FAILURE: dict[str, Any] = {"max_call_attempts": 2, "error_window": 10, "error_threshold": 0.5}
 
 
 def run(adapters: Adapters, server: FakeOpenAIServer, job_id: str, **options: Any) -> RunResult:
@@ -172,7 +172,7 @@ def test_a_fanout_job_over_http_reports_each_model_on_the_dashboard(
 ) -> None:
     step = TemplateStep(id="question", model="openai/fake-model", prompt="Ask about {{ topic }} at level {{ level }}.")
     with running_palette(tmp_path / "data", server, monkeypatch) as runtime, client(runtime, "alice") as alice:
-        quick = replace(runtime.workers.options, **FAST_RETRIES, **QUICK_FAILURE)  # type: ignore[arg-type]
+        quick = replace(runtime.workers.options, **FAST_RETRIES, **QUICK_FAILURE)
         assert runtime.workers.worker is not None
         runtime.workers.options = runtime.workers.worker.options = quick
         template_id, seed_id = template_and_seed(alice, [step.model_dump()])
