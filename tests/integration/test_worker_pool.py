@@ -64,7 +64,7 @@ def claims_and_most_running(adapters: Adapters, owners: dict[str, str]) -> tuple
         if not stored.stream_id.startswith(GENERATION):
             continue
         event = stored.decode()
-        owner = owners[event.job_id]  # type: ignore[attr-defined]
+        owner = owners[stored.stream_id.removeprefix(GENERATION)]
         if isinstance(event, GenerationClaimed):
             claimed.append(event.job_id)
             running[owner] += 1
