@@ -77,7 +77,8 @@ class JobList(DocumentProjection):
             }
             _count(docs, detail.owner, 1)
         else:
-            found = docs.get("jobs", detail.job_id)  # type: ignore[attr-defined]
+            assert isinstance(detail, JobStarted | JobCompleted | JobFailed | JobDeleted), detail
+            found = docs.get("jobs", detail.job_id)
             assert found is not None, f"{event.detail_type} before JobRequested"
             job = found
             if isinstance(detail, JobDeleted):
