@@ -51,6 +51,8 @@ def model_problem(model: object) -> str | None:
             f"model id {model_id[:60]!r} must start with a letter or digit and hold only letters, "
             "digits and . _ - : @ + /"
         )
+    if any(segment in ("", ".", "..") for segment in model_id.split("/")):
+        return f"model id {model_id[:60]!r} has an empty, '.' or '..' path segment"
     return None
 
 

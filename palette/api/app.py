@@ -362,9 +362,9 @@ def build_app(
         if refused is not None:
             return refused
         problems = [_describe(problem) for problem in error.errors()]
-        fields = ", ".join(p["field"] for p in problems if p["field"]) or "the request"
+        fields = ", ".join(p["field"] for p in problems if p["field"])
         code = "VALIDATION_ERROR"
-        message = f"invalid {fields}"
+        message = f"invalid {fields}" if fields else "invalid request: " + "; ".join(p["message"] for p in problems)
         if any(p["type"] == "json_invalid" for p in problems):
             message = "the request body is not valid JSON"
         return error_response(400, code, message, {"errors": problems}, rid)

@@ -234,3 +234,14 @@ def test_the_lambda_facade_refuses_the_same_bodies(content_type: str, body: str,
     reply = app.resolve(http_api_event(scope, body.encode(), "req-1"), local_context("req-1"))
     assert reply["statusCode"] == status
     assert json.loads(reply["body"])["meta"]["request_id"] == "req-1"
+
+
+def test_a_problem_of_the_whole_body_is_named_as_the_request(alice: httpx.Client) -> None:
+    # giving both spellings of the output options is a problem of no single field
+    reply = alice.post("/jobs", json={
+        "template_id": "t1", "num_records": 1, "budget_limit": 1, "output_format": "JSONL",
+        "export_config": {"formats": ["JSONL"]},
+    })
+    assert reply.status_code == 400, reply.text
+    message = reply.json()["error"]["message"]
+    assert message.startswith("invalid request: ") and "not both" in message, message
