@@ -411,3 +411,23 @@ def test_a_provider_that_ignores_max_tokens_fails_the_job_at_once_billed_as_it_r
         assert len(budget_violations) == 1 and "ignored max_tokens" in budget_violations[0], report.violations
         over = [d for d in audit_job(adapters.events, job_id, [PRICED]).reconciliation.discrepancies if "budget" in d]
         assert len(over) == 1 and "ignored max_tokens" in over[0]
+
+
+def test_calls_in_flight_when_a_provider_ignores_max_tokens_are_billed_as_it_reported(
+    adapters: Adapters, tmp_path: Path
+) -> None:
+    """The failure is fatal, but the calls already sent when it comes are answered (and
+    billed) by the provider: the run lets them finish and charges each with the usage its
+    reply reported, not its worst case, so the ledger and the dashboard are the bill."""
+    with FakeOpenAIServer(latency_s=0.05) as server:
+        job_id = request_job(adapters, 50, Decimal("0.05"), 2, max_tokens=16)
+        server.reply_next("word " * 20_000, n=40)
+
+        result = run_worker(adapters, server, job_id, concurrency=16)
+        settle_the_bus(adapters, tmp_path / "bus.db")
+
+        assert result.outcome is RunOutcome.FAILED
+        assert server.stats()["calls"] > 1, "several calls were in flight when the first reply came"
+        provider = provider_usage(server)
+        assert_ledger_is_what_the_provider_billed(adapters, server, job_id)
+        assert_the_dashboard_is_what_the_provider_saw(adapters, provider, job_id)

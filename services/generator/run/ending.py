@@ -38,8 +38,10 @@ class Ending(Enum):
 
     @property
     def abrupt(self) -> bool:
-        """Records in flight are cancelled at once rather than given the grace period."""
-        return self in (Ending.FAILED, Ending.LOST)
+        """Records in flight are cancelled at once rather than given the grace period: only
+        a lost claim, whose run records nothing more. Every other ending lets the calls
+        already sent finish, so each is billed as its reply reports, not at its worst case."""
+        return self is Ending.LOST
 
 
 class JobFailure(Exception):

@@ -191,7 +191,8 @@ class JobRun:
         error = task.exception()
         if error is None:
             lane.completed[index] = task.result()
-            queue_full_batches(lane, self.batches)
+            if self.ending.current is not Ending.FAILED:
+                queue_full_batches(lane, self.batches)
             return
         if isinstance(error, JobFailure):
             self._fail_lane(lane, error)
@@ -211,8 +212,7 @@ class JobRun:
             return
         lane.failure = failure
         log.warning("model %s of job %s failed: %s", lane.model, self.job_id, failure)
-        for task in list(lane.in_flight.values()):
-            task.cancel()
+        # its calls in flight finish (billed as reported) and its records start no further call
         queue_finished_records(lane, self.batches)
         self.batches.put_nowait(LaneFailed(lane, failure))
         if all(other.failure is not None for other in self.lanes):

@@ -230,6 +230,8 @@ class RecordMaker:
         retry_after: float | None
         failure: ModelError
         for attempt in range(1, attempts + 1):
+            if lane.failure is not None:
+                raise Abandoned()  # a fan-out model that failed for good makes no further call
             permit: Permit = await limiter.acquire()
             try:
                 reservation = await budget.reserve(request.model, input_tokens, request.max_tokens)
