@@ -49,8 +49,8 @@ from itertools import chain
 from string import Formatter
 from typing import Any, cast
 
-from jinja2 import StrictUndefined, Template, nodes, pass_context
-from jinja2.exceptions import SecurityError
+from jinja2 import StrictUndefined, Template, meta, nodes, pass_context
+from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.filters import make_attrgetter
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
@@ -827,6 +827,48 @@ def constant_refusal(expression: nodes.Expr) -> tuple[str | None, int]:
     finally:
         _budget.reset(token)
     return None, size
+
+
+def seed_paths(prompts: Iterable[str]) -> set[tuple[str, ...]]:
+    """Every seed path the prompts may read, required or only behind a test (`is defined`,
+    `default`), so that a job keeps each row's optional fields too. A variable read other
+    than through constant attributes and keys (passed to a filter, iterated, indexed by a
+    variable) counts as read whole. A seed name a loop or `set` also binds may add paths:
+    keeping more of a row is safe, keeping less drops what a prompt shows."""
+    paths: set[tuple[str, ...]] = set()
+    for prompt in prompts:
+        try:
+            tree = ENVIRONMENT.parse(prompt)
+        except TemplateSyntaxError:
+            continue  # rendering reports it
+        free = meta.find_undeclared_variables(tree) - {STEP_OUTPUTS} - set(ENVIRONMENT.globals)
+        _add_paths(tree, free, paths)
+    return paths
+
+
+def _add_paths(node: nodes.Node, free: set[str], paths: set[tuple[str, ...]]) -> None:
+    """The paths under `node`: a chain of constant attributes and keys ending in a free
+    name is one path; anything else is searched inside."""
+    keys: list[str] = []
+    root = node
+    while True:
+        if isinstance(root, nodes.Getattr):
+            keys.append(root.attr)
+            root = root.node
+        elif isinstance(root, nodes.Getitem) and isinstance(root.arg, nodes.Const) and isinstance(root.arg.value, str):
+            keys.append(root.arg.value)
+            root = root.node
+        else:
+            break
+    if isinstance(root, nodes.Name):
+        if root.ctx == "load" and root.name in free:
+            paths.add((root.name, *reversed(keys)))
+        return
+    if keys:
+        _add_paths(root, free, paths)
+        return
+    for child in root.iter_child_nodes():
+        _add_paths(child, free, paths)
 
 
 # -- rendering ---------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Records choose their seed row at random (deterministically, see `domain.seed_row_index`),
 so the rows are held in memory for the run. The file is streamed, never held whole, and
-each row keeps only the template's `required_fields`: memory is about
-rows x (size of the required values + ~200 bytes of dict overhead), e.g. ~300 MB for a
+each row keeps only the fields the template's prompts may read (required or behind a test,
+`palette.prompts.seed_paths`): memory is about
+rows x (size of the values read + ~200 bytes of dict overhead), e.g. ~300 MB for a
 million rows of a few short fields; the seeds service's upload limit bounds the rows.
 
 Rows that are not records (bad JSON, a line that is not an object, a CSV row with the wrong
@@ -64,7 +65,8 @@ def project(record: dict[str, Any], paths: Sequence[FieldPath]) -> SeedRow:
 def load_seed_rows(
     blobs: BlobStore, blob_key: str, fmt: SeedFormat, required_fields: Sequence[str]
 ) -> list[SeedRow]:
-    """Every usable row of the seed file, projected to `required_fields`, in file order.
+    """Every usable row of the seed file, projected to the fields the prompts may read
+    (`required_fields` and the optional ones), in file order.
 
     A template that reads no seed field gets one empty row per record of the file (or a
     single empty row for an empty file), so it can still run.

@@ -73,6 +73,7 @@ from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
 from palette.eventstore.repository import Repository
 from palette.guard.contentfilter import ContentFilter
 from palette.models.port import ModelGateway
+from palette.prompts import seed_paths
 from services.generator.budget import BudgetGuard, UnlimitedBudget
 from services.generator.domain import (
     GenerationState,
@@ -206,7 +207,8 @@ class GenerationWorker:
         if seed is None:
             raise JobFailure("SEED_NOT_FOUND", f"seed {job.seed_id} has no uploaded file")
         try:
-            rows = load_seed_rows(self.blobs, seed.blob_key, seed.format, template.required_fields)
+            read = [".".join(path) for path in seed_paths(step.prompt for step in template.steps)]
+            rows = load_seed_rows(self.blobs, seed.blob_key, seed.format, [*template.required_fields, *read])
         except SeedRowsUnavailable as error:
             raise JobFailure("SEED_UNREADABLE", str(error)) from error
         _check_rows(rows, template.required_fields)

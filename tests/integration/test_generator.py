@@ -38,6 +38,7 @@ from palette.models.openai import OpenAICompatibleGateway
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
 from services.generator.worker import GenerationWorker
+from tests.fakes import scenario
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.generation import (
     FAST_RETRIES,
@@ -92,6 +93,31 @@ def test_the_same_job_picks_the_same_seed_rows_on_every_run(adapters: Adapters, 
 
     assert len(set(topics(first))) > 10
     assert topics(first) != topics(second)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "{% if author is defined %}{{ author.name }}{% endif %}Q",
+        "{{ author.name if author is defined else 'anon' }}Q",
+        "{{ (author | default({})).name | default('x') }}Q",
+        "{% if author.name is defined %}{{ author['name'] }}{% endif %}Q",
+    ],
+)
+def test_seed_fields_a_prompt_reads_only_behind_a_test_reach_the_prompt(
+    adapters: Adapters, server: FakeOpenAIServer, prompt: str
+) -> None:
+    """A field read behind `is defined` or `default` is optional (no row must have it), but
+    a row that has it must still give it to the prompt and the record."""
+    step = TemplateStep(id="q", model=QUESTION.model, prompt=prompt)
+    job_id = scenario.request_job(
+        adapters, 1, [step], seed_rows=[{"author": {"name": "Zed", "bio": "unread"}, "other": 1}], required_fields=[]
+    )
+    assert run_worker(adapters, server, job_id).outcome is RunOutcome.COMPLETED
+    assert server.stats()["last_requests"][-1]["messages"][0]["content"] == "ZedQ"
+    file = of_type(generation_events(adapters, job_id), DatasetExported)[0].files[0]
+    seed = json.loads(adapters.blobs.get_bytes(file.blob_key))["seed"]
+    assert seed["author"]["name"] == "Zed" and "other" not in seed, "rows keep only what the prompts may read"
 
 
 def test_a_finished_job_is_not_run_again(adapters: Adapters, server: FakeOpenAIServer) -> None:

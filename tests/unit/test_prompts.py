@@ -595,3 +595,20 @@ def test_a_render_error_quoting_a_big_value_is_shortened() -> None:
     with pytest.raises(PromptRenderError) as raised:
         render(step("{{ {}[key] }}"), {"key": "k" * 100_000}, {})
     assert "UndefinedError" in raised.value.message and len(raised.value.message) <= prompts.MAX_ERROR_CHARS + 1
+
+
+@pytest.mark.parametrize(
+    ("prompt", "paths"),
+    [
+        ("{{ author.name }}", {("author", "name")}),
+        ("{% if author is defined %}{{ author.name }}{% endif %}", {("author",), ("author", "name")}),
+        ("{{ author['bio'] | default('') }} {{ steps.q.output }} {{ lipsum(1) }}", {("author", "bio")}),
+        ("{{ (author | default({})).name }}", {("author",)}),
+        ("{% for tag in tags %}{{ tag.name }}{% endfor %}{% set x = 1 %}{{ x }}", {("tags",)}),
+        ("{{ rows[key].name }}", {("rows",), ("key",)}),
+    ],
+)
+def test_seed_paths_are_every_field_a_prompt_may_read_optional_ones_too(
+    prompt: str, paths: set[tuple[str, ...]]
+) -> None:
+    assert prompts.seed_paths([prompt]) == paths
