@@ -174,6 +174,11 @@ def read_chunks(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[Path], exact
 _UNITS = {SeedFormat.JSONL: "line", SeedFormat.JSON: "element", SeedFormat.CSV: "row", SeedFormat.PARQUET: "row"}
 
 
+def position_unit(fmt: SeedFormat) -> str:
+    """What a record's position counts in a file of `fmt`: line, element or row."""
+    return _UNITS[fmt]
+
+
 def _within_limits(chunks: Iterator[Chunk], paths: Sequence[Path], unit: str) -> Iterator[Chunk]:
     """Each chunk once its values are checked against the limits, with its `value_bytes`."""
     for chunk in chunks:

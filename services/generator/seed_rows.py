@@ -7,8 +7,10 @@ each row keeps only the fields the template's prompts may read (required or behi
 rows x (size of the values read + ~200 bytes of dict overhead), e.g. ~300 MB for a
 million rows of a few short fields; the seeds service's upload limit bounds the rows.
 
-Rows that are not records (bad JSON, a line that is not an object, a CSV row with the wrong
-number of cells) are skipped: validation reported them, and a job runs on the rest.
+A record that cannot be read (bad JSON, NaN, a line that is not an object, a CSV row with
+the wrong number of cells) fails the load naming it: a job never runs on a seed set whose
+validation failed, so such a record means the set was not validated, and the job must not
+quietly run on the rest.
 
 The file readers' limits hold here too (a value over 1 MiB, a record over 4 MiB, a Parquet
 page over 8 MiB: the load fails naming the record), and the values kept are at most
@@ -23,7 +25,7 @@ from typing import IO, Any
 
 from contracts.events.seeds import SeedFormat
 from palette.blobs.port import BlobStore
-from palette.recordfiles import ColumnarRecords, ParsedRecords, read_chunks
+from palette.recordfiles import ColumnarRecords, ParsedRecords, position_unit, read_chunks
 
 SeedRow = dict[str, Any]
 FieldPath = tuple[str, ...]
@@ -33,6 +35,13 @@ MAX_SEED_ROWS_BYTES = 256 << 20
 
 class SeedRowsUnavailable(Exception):
     """The seed file cannot be read or holds no usable row."""
+
+
+class UnreadableSeedRecords(SeedRowsUnavailable):
+    """Some records of the seed file cannot be read; the message names the first ones."""
+
+
+MAX_NAMED_PROBLEMS = 5
 
 
 def field_paths(required_fields: Sequence[str]) -> list[FieldPath]:
@@ -72,16 +81,22 @@ def load_seed_rows(
     single empty row for an empty file), so it can still run.
     """
     paths = field_paths(required_fields)
+    problems: list[tuple[int, str]] = []
     try:
         with blobs.open_read(blob_key) as stream:
-            rows = list(_rows(stream, fmt, paths))
+            rows = list(_rows(stream, fmt, paths, problems))
     except Exception as error:
         raise SeedRowsUnavailable(f"seed file {blob_key!r} cannot be read: {error}") from error
-    if not rows:
-        if paths:
-            raise SeedRowsUnavailable(f"seed file {blob_key!r} has no usable record")
-        rows = [{}]
-    return rows
+    unit = position_unit(fmt)
+    named = "; ".join(f"{unit} {position}: {problem}" for position, problem in sorted(problems)[:MAX_NAMED_PROBLEMS])
+    if not rows and (paths or problems):
+        raise SeedRowsUnavailable(f"seed file {blob_key!r} has no usable record" + (f" ({named})" if named else ""))
+    if problems:
+        raise UnreadableSeedRecords(
+            f"{len(problems)} of {len(rows) + len(problems)} seed records cannot be read ({named}); "
+            "POST /seed-data/validate gives the full report"
+        )
+    return rows or [{}]
 
 
 def missing_counts(rows: Sequence[SeedRow], required_fields: Sequence[str]) -> dict[str, int]:
@@ -100,9 +115,11 @@ def missing_counts(rows: Sequence[SeedRow], required_fields: Sequence[str]) -> d
     return counts
 
 
-def _rows(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath]) -> Iterator[SeedRow]:
-    """The file's records (lines or rows that are not a record are skipped: validation
-    reported them), exactly as typed: JSONL is parsed line by line in Python."""
+def _rows(
+    stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath], problems: list[tuple[int, str]]
+) -> Iterator[SeedRow]:
+    """The file's records, exactly as typed (JSONL is parsed line by line in Python); the
+    position and problem of each that is not a record go to `problems`."""
     kept = 0
     for chunk in read_chunks(stream, fmt, paths, exact=True):
         kept += chunk.value_bytes
@@ -112,9 +129,11 @@ def _rows(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[FieldPath]) -> Ite
                 "in this seed file, the most a job keeps in memory"
             )
         if isinstance(chunk, ParsedRecords):
-            for _, item in chunk.items:
+            for position, item in chunk.items:
                 if isinstance(item, dict):
                     yield project(item, paths)
+                else:
+                    problems.append((position, item))
         elif isinstance(chunk, ColumnarRecords):
             table = chunk.table  # Parquet: the reader kept only the paths' first keys
             if chunk.flat:

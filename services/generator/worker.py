@@ -96,6 +96,7 @@ from services.generator.run.outcome import RunOutcome, RunResult
 from services.generator.seed_rows import (
     SeedRow,
     SeedRowsUnavailable,
+    UnreadableSeedRecords,
     load_seed_rows,
     missing_counts,
 )
@@ -209,6 +210,10 @@ class GenerationWorker:
         try:
             read = [".".join(path) for path in seed_paths(step.prompt for step in template.steps)]
             rows = load_seed_rows(self.blobs, seed.blob_key, seed.format, [*template.required_fields, *read])
+        except UnreadableSeedRecords as error:
+            raise JobFailure(
+                "SEED_INVALID", f"the seed set does not validate against the template: {error}"
+            ) from error
         except SeedRowsUnavailable as error:
             raise JobFailure("SEED_UNREADABLE", str(error)) from error
         _check_rows(rows, template.required_fields)

@@ -18,6 +18,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,21 @@ def test_seed_fields_a_prompt_reads_only_behind_a_test_reach_the_prompt(
     file = of_type(generation_events(adapters, job_id), DatasetExported)[0].files[0]
     seed = json.loads(adapters.blobs.get_bytes(file.blob_key))["seed"]
     assert seed["author"]["name"] == "Zed" and "other" not in seed, "rows keep only what the prompts may read"
+
+
+def test_a_seed_set_with_unreadable_records_fails_the_job_naming_them(
+    adapters: Adapters, server: FakeOpenAIServer
+) -> None:
+    """Only a seed set validation passed (so every record read) or one never validated
+    reaches the generator: records it cannot read fail the job as validation would have,
+    rather than the job quietly running on the rest."""
+    rows: list[Any] = [{"topic": "a", "level": 1}, math.nan, {"topic": "c", "level": math.inf}]  # NaN, Infinity
+    job_id = scenario.request_job(adapters, 4, [QUESTION], seed_rows=rows)
+
+    assert run_worker(adapters, server, job_id).outcome is RunOutcome.FAILED
+    [failed] = of_type(generation_events(adapters, job_id), GenerationFailed)
+    assert failed.code == "SEED_INVALID" and "line 2:" in failed.reason and "line 3:" in failed.reason
+    assert server.calls == 0
 
 
 def test_a_finished_job_is_not_run_again(adapters: Adapters, server: FakeOpenAIServer) -> None:

@@ -12,7 +12,7 @@ import pytest
 from contracts.events.seeds import SeedFormat
 from palette.blobs.local import LocalBlobStore
 from palette.blobs.signing import UrlSigner
-from services.generator.seed_rows import SeedRowsUnavailable, load_seed_rows, missing_counts
+from services.generator.seed_rows import SeedRowsUnavailable, UnreadableSeedRecords, load_seed_rows, missing_counts
 
 
 @pytest.fixture
@@ -20,12 +20,10 @@ def blobs(tmp_path: Path) -> LocalBlobStore:
     return LocalBlobStore(tmp_path / "blobs", UrlSigner(b"s" * 32), "http://127.0.0.1:8000")
 
 
-def test_jsonl_rows_keep_their_json_types_and_skip_what_is_no_record(blobs: LocalBlobStore) -> None:
+def test_jsonl_rows_keep_their_json_types_and_skip_blank_lines(blobs: LocalBlobStore) -> None:
     lines = [
         json.dumps({"title": "Dune", "year": 1965, "rating": 4.5}),
         "",
-        "not json",
-        json.dumps([1, 2]),
         json.dumps({"title": "Emma", "year": 1815.0, "rating": 4}),
     ]
     blobs.put_bytes("seeds/u/s.jsonl", b"\xef\xbb\xbf" + "\n".join(lines).encode())
@@ -46,10 +44,31 @@ def test_integers_past_pythons_digit_limit_are_kept_as_their_digits(blobs: Local
     assert rows == [{"n": "9" * 5000, "small": 7}]
 
 
-def test_a_file_without_a_usable_record_is_refused(blobs: LocalBlobStore) -> None:
+def test_a_file_without_a_usable_record_is_refused_naming_its_first_bad_lines(blobs: LocalBlobStore) -> None:
     blobs.put_bytes("seeds/u/bad.jsonl", b"[1]\nnot json\n")
-    with pytest.raises(SeedRowsUnavailable, match="no usable record"):
+    with pytest.raises(SeedRowsUnavailable, match="no usable record") as refused:
         load_seed_rows(blobs, "seeds/u/bad.jsonl", SeedFormat.JSONL, ["title"])
+    assert "line 1: not a JSON object" in str(refused.value) and "line 2: invalid JSON" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content", "bad"),
+    [
+        (SeedFormat.JSONL, b'{"t": "a"}\nNaN\n{"t": "c", "z": 1e999999}\n[1]\n', ["line 2", "line 3", "line 4"]),
+        (SeedFormat.CSV, b"t,u\na,1\nb\nc,3\n", ["row 2"]),
+        (SeedFormat.JSON, b'[{"t": "a"}, 5]', ["element 2"]),
+    ],
+)
+def test_records_that_cannot_be_read_are_refused_naming_them_as_validation_would(
+    blobs: LocalBlobStore, fmt: SeedFormat, content: bytes, bad: list[str]
+) -> None:
+    """A job never runs on a seed set whose validation failed, so a record it cannot read
+    means the set was not validated: the job fails rather than run on the rest."""
+    blobs.put_bytes("seeds/u/mixed", content)
+    with pytest.raises(UnreadableSeedRecords) as refused:
+        load_seed_rows(blobs, "seeds/u/mixed", fmt, ["t"])
+    assert all(f"{where}:" in str(refused.value) for where in bad), str(refused.value)
+    assert f"{len(bad)} of" in str(refused.value)
 
 
 def test_wide_csv_and_parquet_rows_keep_only_the_fields_read(blobs: LocalBlobStore, tmp_path: Path) -> None:
