@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import Protocol, runtime_checkable
 
 HEADER_READ_BYTES = 4096
 MAX_HEADER_BYTES = 1 << 20
@@ -25,6 +25,17 @@ class PageHeaderError(ValueError):
     """A page header that cannot be read (truncated, malformed or oversized)."""
 
 
+
+@runtime_checkable
+class SeekableStream(Protocol):
+    """A file that can be read from any offset: Parquet reads its footer first."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def seekable(self) -> bool: ...
+
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
 @dataclass(frozen=True, slots=True)
 class PageSize:
     """One page: its sizes in bytes and how many rows (or, for a repeated column, values) it
@@ -35,7 +46,7 @@ class PageSize:
     rows: int | None
 
 
-def page_sizes(stream: IO[bytes], start: int, length: int) -> Iterator[PageSize]:
+def page_sizes(stream: SeekableStream, start: int, length: int) -> Iterator[PageSize]:
     """The pages of the column chunk stored at `start` over `length` bytes, in order."""
     position, end = start, start + length
     while position < end:
@@ -50,7 +61,7 @@ def page_sizes(stream: IO[bytes], start: int, length: int) -> Iterator[PageSize]
         position += header_bytes + compressed
 
 
-def _read_header(stream: IO[bytes], position: int) -> tuple[dict[int, int], int]:
+def _read_header(stream: SeekableStream, position: int) -> tuple[dict[int, int], int]:
     """The PageHeader at `position`: {1: type, 2: uncompressed size, 3: compressed size,
     5 or 8: the data page's value or row count}, and how many bytes it took."""
     size = HEADER_READ_BYTES

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from pathlib import PurePosixPath
-from typing import IO, Any
+from typing import Any, Protocol, TypeGuard
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,7 +40,13 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from contracts.events.seeds import SeedFormat
-from palette.parquet_pages import PageHeaderError, page_sizes
+from palette.parquet_pages import PageHeaderError, SeekableStream, page_sizes
+
+
+class ByteStream(Protocol):
+    """A file's bytes in order, all the readers need: an open file, an upload, an S3 body."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 Path = tuple[str, ...]
 
@@ -150,7 +156,7 @@ def detect_format(filename: str, override: SeedFormat | str | None = None) -> Se
         ) from None
 
 
-def read_chunks(stream: IO[bytes], fmt: SeedFormat, paths: Sequence[Path], exact: bool = False) -> Iterator[Chunk]:
+def read_chunks(stream: ByteStream, fmt: SeedFormat, paths: Sequence[Path], exact: bool = False) -> Iterator[Chunk]:
     """Stream the records of a seed file; `paths` lets readers project only what is checked.
 
     `exact` parses every JSONL line in Python, never through Arrow, so each value keeps its
@@ -327,7 +333,7 @@ def _record_message(unit: str, position: int, size: int) -> str:
     )
 
 
-def _text_start(stream: IO[bytes]) -> bytes:
+def _text_start(stream: ByteStream) -> bytes:
     """The first bytes of a text file, UTF-8 BOM removed; wide encodings and emptiness refused."""
     head = stream.read(READ_BYTES)
     if not head:
@@ -346,7 +352,7 @@ def _text_start(stream: IO[bytes]) -> bytes:
 class _PrefixedStream(io.RawIOBase):
     """Bytes already read, then the rest of the stream: lets a reader peek without seeking."""
 
-    def __init__(self, prefix: bytes, rest: IO[bytes]) -> None:
+    def __init__(self, prefix: bytes, rest: ByteStream) -> None:
         self._prefix = memoryview(prefix)
         self._rest = rest
 
@@ -368,7 +374,7 @@ class _PrefixedStream(io.RawIOBase):
 # JSONL ---------------------------------------------------------------------------------
 
 
-def _read_jsonl(stream: IO[bytes], paths: Sequence[Path], exact: bool = False) -> Iterator[Chunk]:
+def _read_jsonl(stream: ByteStream, paths: Sequence[Path], exact: bool = False) -> Iterator[Chunk]:
     """Lines in blocks of at most 4 MiB, each parsed by Arrow when it can be, else line by line.
 
     Arrow's JSON reader parses a block several times faster than `json.loads` per line but
@@ -607,7 +613,7 @@ def _leaf_type(values: list[Any]) -> pa.DataType | None:
 # JSON array ----------------------------------------------------------------------------
 
 
-def _read_json_array(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
+def _read_json_array(stream: ByteStream, paths: Sequence[Path]) -> Iterator[Chunk]:
     """Elements of a top-level array, decoded one at a time over a sliding text buffer; a
     file holding one object is one record (element 1)."""
     elements = _JsonArrayElements(stream)
@@ -623,7 +629,7 @@ def _read_json_array(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk
 
 @dataclass
 class _JsonArrayElements:
-    stream: IO[bytes]
+    stream: ByteStream
     _buffer: str = ""
     _pos: int = 0
     _eof: bool = False
@@ -738,7 +744,7 @@ class _JsonArrayElements:
 # CSV -----------------------------------------------------------------------------------
 
 
-def _read_csv(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
+def _read_csv(stream: ByteStream, paths: Sequence[Path]) -> Iterator[Chunk]:
     """Rows via Arrow's streaming CSV reader, every column as a string.
 
     The header is peeked with the `csv` module to name every column a string (Arrow would
@@ -818,7 +824,7 @@ class _RowGuard(io.RawIOBase):
     batch means the row after the last batch is too long.
     """
 
-    def __init__(self, stream: IO[bytes] | io.RawIOBase) -> None:
+    def __init__(self, stream: ByteStream) -> None:
         self._stream = stream
         self._served = 0
         self._marked = 0
@@ -856,7 +862,7 @@ def _csv_header(head: bytes) -> list[str]:
 # Parquet -------------------------------------------------------------------------------
 
 
-def _read_parquet(stream: IO[bytes], paths: Sequence[Path]) -> Iterator[Chunk]:
+def _read_parquet(stream: ByteStream, paths: Sequence[Path]) -> Iterator[Chunk]:
     """Row batches of only the top-level columns the checked paths start with.
 
     Memory stays bounded for any file: every page of the columns read is checked against
@@ -912,7 +918,7 @@ def _leaf_count(kind: pa.DataType) -> int:
 
 
 def _with_dictionary_values(
-    source: IO[bytes], metadata: pq.FileMetaData, leaves: list[int], wanted: list[str], row_bytes: list[int]
+    source: SeekableStream, metadata: pq.FileMetaData, leaves: list[int], wanted: list[str], row_bytes: list[int]
 ) -> list[int]:
     """`row_bytes` plus, in each row group with dictionary-encoded text, its longest
     dictionary values: read as a dictionary for one row, which decodes just the dictionary
@@ -947,7 +953,7 @@ def _longest_dictionary_values(array: pa.Array) -> int:
     return 0
 
 
-def _check_parquet_pages(source: IO[bytes], metadata: pq.FileMetaData, leaves: list[int]) -> list[int]:
+def _check_parquet_pages(source: SeekableStream, metadata: pq.FileMetaData, leaves: list[int]) -> list[int]:
     """Refuse a page of the `leaves` columns over the page limit, naming its rows; the
     uncompressed bytes per row of each row group in those columns, from the footer."""
     per_row = []
@@ -993,13 +999,17 @@ def _check_parquet_pages(source: IO[bytes], metadata: pq.FileMetaData, leaves: l
     return per_row
 
 
-def seekable(stream: IO[bytes]) -> IO[bytes]:
-    """The stream itself when it can seek, else a temporary file copy (Parquet needs seeks)."""
+def can_seek(stream: ByteStream) -> TypeGuard[SeekableStream]:
+    """Whether the stream can go back (a stream may say it seeks and fail: OSError)."""
     try:
-        can_seek = stream.seekable()
-    except (AttributeError, OSError):
-        can_seek = False
-    if can_seek:
+        return isinstance(stream, SeekableStream) and stream.seekable()
+    except OSError:
+        return False
+
+
+def seekable(stream: ByteStream) -> SeekableStream:
+    """The stream itself when it can seek, else a temporary file copy (Parquet needs seeks)."""
+    if can_seek(stream):
         if stream.read(1) == b"":
             raise SeedFileError("empty file")
         stream.seek(0)

@@ -18,20 +18,23 @@ import hashlib
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from contracts.events.seeds import SeedFormat
+from palette.parquet_pages import SeekableStream
 from palette.recordfiles import (
     READ_BYTES,
+    ByteStream,
     ColumnarRecords,
     ParsedRecords,
     Path,
     SeedFileError,
     SeedLimitExceeded,
+    can_seek,
     detect_format,
     read_chunks,
 )
@@ -84,7 +87,7 @@ def parse_path(dotted: str) -> Path:
 
 
 def validate_seed(
-    stream: IO[bytes],
+    stream: ByteStream,
     fmt: SeedFormat | str,
     required_fields: Sequence[str],
     max_examples: int = MAX_EXAMPLES,
@@ -117,7 +120,7 @@ def validate_seed(
     )
 
 
-def inspect_seed(stream: IO[bytes], fmt: SeedFormat | str) -> SeedInspection:
+def inspect_seed(stream: ByteStream, fmt: SeedFormat | str) -> SeedInspection:
     """Count records, hash and size a seed file in one pass over its bytes.
 
     A file that cannot be read counts the records read before the problem; saying what is
@@ -135,16 +138,12 @@ def inspect_seed(stream: IO[bytes], fmt: SeedFormat | str) -> SeedInspection:
     return SeedInspection(count, hashing.hexdigest(), hashing.size)
 
 
-def _inspect_parquet(stream: IO[bytes], hashing: HashingReader) -> SeedInspection:
+def _inspect_parquet(stream: ByteStream, hashing: HashingReader) -> SeedInspection:
     """Parquet keeps its row count in the footer, so hash first, then read only the footer."""
-    try:
-        can_seek = stream.seekable()
-    except (AttributeError, OSError):
-        can_seek = False
-    if can_seek:
+    if can_seek(stream):
         hashing.drain()
         stream.seek(0)
-        source: IO[bytes] = stream
+        source: SeekableStream = stream
     else:
         source = tempfile.TemporaryFile()
         while data := hashing.read(READ_BYTES):
@@ -160,7 +159,7 @@ def _inspect_parquet(stream: IO[bytes], hashing: HashingReader) -> SeedInspectio
 class HashingReader:
     """A read-only view of a stream that hashes and counts every byte read through it."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: ByteStream) -> None:
         self._stream = stream
         self._sha = hashlib.sha256()
         self.size = 0
