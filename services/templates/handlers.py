@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
 from contracts.events.templates import PromptEnhanced, TemplateStep
+from contracts.model_aliases import canonical_model
 from contracts.streams import enhancement_stream, template_guard_stream, template_stream
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository
@@ -58,6 +59,12 @@ from services.templates.enhancement import (
 from services.templates.projections import TemplateUsageView
 
 TEMPLATE_ID = re.compile(r"^tpl_[0-9a-f]{32}$")
+
+
+def _canonical_models(steps: Sequence[TemplateStep]) -> tuple[TemplateStep, ...]:
+    """The steps with each short model name (`contracts.model_aliases`, the documents'
+    `llama-3.1-8b`) replaced by its `provider/model-id`: what is checked and stored."""
+    return tuple(step.model_copy(update={"model": canonical_model(step.model)}) for step in steps)
 
 
 def new_template_id() -> str:
@@ -158,7 +165,7 @@ class TemplateHandlers:
     ) -> LoadedTemplate:
         """Records version 1 of a new template under a fresh id; returns it as recorded."""
         command = CreateTemplate(
-            template_id=new_template_id(), owner=owner, name=name, steps=tuple(steps),
+            template_id=new_template_id(), owner=owner, name=name, steps=_canonical_models(steps),
             description=description, is_public=is_public,
         )
         return self._execute(command, owner, correlation_id)
@@ -175,7 +182,7 @@ class TemplateHandlers:
     ) -> LoadedTemplate:
         """Records the next immutable version; only the owner may."""
         command = PublishTemplateVersion(
-            template_id=template_id, actor=actor, steps=tuple(steps),
+            template_id=template_id, actor=actor, steps=_canonical_models(steps),
             name=name, description=description, is_public=is_public,
         )
         return self._execute(command, actor, correlation_id)

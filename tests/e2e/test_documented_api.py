@@ -7,8 +7,9 @@ and reads their fields (`template_id`, `schema_requirements`, `expires_in`, `val
 deployed shape, `tests/e2e/test_aws_flow.py`). The jobs walkthroughs create jobs from an
 upload's `s3_key` without a validate call, as the documents do.
 
-One deviation from the documents, on purpose: their model id `llama-3.1-8b` names no
-provider; Palette's ids are `<provider>/<model>`, so the steps use the fake server's model.
+Their model name `llama-3.1-8b` is an alias of Bedrock's Llama 3.1 8B Instruct
+(`contracts/model_aliases.py`), saved in its canonical form; the walkthroughs that run jobs
+use the fake server's model instead, so that a job can run here.
 """
 
 from __future__ import annotations
@@ -171,6 +172,38 @@ def test_the_template_walkthrough_as_documented(api: Any) -> None:
     assert gone.status == 404
     assert gone.body["error"]["code"] == "TEMPLATE_NOT_FOUND"
     assert gone.body["error"]["details"]["reason"] == "NOT_FOUND"
+
+
+def test_the_documents_model_name_is_saved_as_its_canonical_id(api: Any) -> None:
+    alice = api("alice")
+    llama = "bedrock/meta.llama3-1-8b-instruct-v1:0"
+    as_written = {
+        "name": "Test Template",
+        "template_definition": {
+            "steps": [
+                {
+                    "id": "question",
+                    "model": "llama-3.1-8b",
+                    "prompt": "Generate a question about {{ author.name }}",
+                }
+            ]
+        },
+    }
+    created = alice("POST", "/templates", as_written)
+    assert created.status == 201, created.body
+    assert created.body["template_definition"]["steps"][0]["model"] == llama
+    template_id = created.body["template_id"]
+    got = alice("GET", f"/templates/{template_id}")
+    assert got.body["steps"][0]["model"] == llama
+
+    as_written["template_definition"]["steps"][0]["model"] = "llama-3.1-70b"
+    updated = alice("PUT", f"/templates/{template_id}", as_written)
+    assert updated.status == 200, updated.body
+    assert updated.body["steps"][0]["model"] == "bedrock/meta.llama3-1-70b-instruct-v1:0"
+
+    as_written["template_definition"]["steps"][0]["model"] = "llama-9"
+    unknown = alice("POST", "/templates", as_written)
+    assert unknown.status == 400, unknown.body
 
 
 def test_palettes_own_template_spelling_still_works_and_answers_both(api: Any) -> None:
