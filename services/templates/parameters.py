@@ -78,7 +78,7 @@ def parameter_problems(step: TemplateStep) -> list[TemplateProblem]:
         check = checks.get(name)
         if check is None:
             known = ", ".join(sorted(checks))
-            reason = f"is not a parameter of {provider or 'this'} models (known: {known})"
+            reason: str | None = f"is not a parameter of {provider or 'this'} models (known: {known})"
         else:
             reason = check(value)
         if reason is not None:

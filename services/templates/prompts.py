@@ -184,7 +184,11 @@ def _constants_over_the_limits(step_id: str, tree: nodes.Template) -> list[Templ
     always_rendered = {id(node) for node in tree.body if isinstance(node, nodes.Output)}
     constant_chars = 0
     for node in tree.find_all((nodes.Output, nodes.Assign)):
-        expressions = node.nodes if isinstance(node, nodes.Output) else [node.node]
+        if isinstance(node, nodes.Output):
+            expressions = node.nodes
+        else:
+            assert isinstance(node, nodes.Assign) and isinstance(node.node, nodes.Expr)
+            expressions = [node.node]
         counted = id(node) in always_rendered
         for expression in expressions:
             if isinstance(expression, (nodes.TemplateData, nodes.Const)):
@@ -236,14 +240,19 @@ def _refused_constructs(step_id: str, tree: nodes.Template) -> list[TemplateProb
             name = node.args[0]
             if isinstance(name, nodes.Const) and isinstance(name.value, str) and name.value.startswith("__"):
                 problems.append(_unsafe(step_id, name.value, node.lineno))
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        attribute = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
-        if isinstance(attribute, str) and _private(node.node, attribute):
-            problems.append(_unsafe(step_id, attribute, node.lineno))
-    for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+    for access in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        attribute: object
+        if isinstance(access, nodes.Getattr):
+            attribute = access.attr
+        else:
+            assert isinstance(access, nodes.Getitem)
+            attribute = getattr(access.arg, "value", None)
+        if isinstance(attribute, str) and _private(access.node, attribute):
+            problems.append(_unsafe(step_id, attribute, access.lineno))
+    for tag in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
         problems.append(TemplateProblem(
             "UNSUPPORTED_TAG", "a step's prompt stands alone: extends, include and import are not available",
-            step_id, node.lineno,
+            step_id, tag.lineno,
         ))
     return problems
 
@@ -333,11 +342,11 @@ class _SeedFieldReader:
             self.expr(node.node, bound)
         else:
             scope = set(bound)
-            for child in node.iter_child_nodes():
-                if isinstance(child, nodes.Stmt):
-                    self.statement(child, scope)
+            for part in node.iter_child_nodes():
+                if isinstance(part, nodes.Stmt):
+                    self.statement(part, scope)
                 else:
-                    self.expr(child, bound)
+                    self.expr(part, bound)
 
     def expr(self, node: nodes.Node | None, bound: set[str], optional: bool = False) -> None:
         if node is None:
@@ -430,7 +439,7 @@ def _targets(target: nodes.Node) -> set[str]:
     )
 
 
-def _defined_paths(test: nodes.Expr) -> set[tuple[str, ...]]:
+def _defined_paths(test: nodes.Node) -> set[tuple[str, ...]]:
     """Paths an `if` proves present: `x.y is defined`, alone or joined by `and`."""
     if isinstance(test, nodes.And):
         return _defined_paths(test.left) | _defined_paths(test.right)

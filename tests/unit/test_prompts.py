@@ -438,7 +438,7 @@ def test_every_route_around_the_size_caps_is_refused_with_bounded_memory(prompt:
 
 
 def test_a_big_seed_value_cannot_be_amplified_either() -> None:
-    row = {"items": ["x" * 1000] * 2000, "doc": "y" * 400_000}
+    row: dict[str, object] = {"items": ["x" * 1000] * 2000, "doc": "y" * 400_000}
     for prompt in ("{{ items }}", "{{ items | join }}", "{{ doc ~ doc ~ doc }}", "{{ doc * 3 }}"):
         assert peak_memory_of_a_refused_render(prompt, row) < 50 * 2**20
 
