@@ -28,7 +28,7 @@ from tests.integration.palette_http import client, running_palette
 from tests.waiting import wait_for
 
 MODEL = "openai/fake-model"
-CREATE_TEMPLATE = {
+CREATE_TEMPLATE: dict[str, Any] = {
     "name": "Test Template",
     "template_definition": {
         "steps": [
@@ -40,7 +40,7 @@ CREATE_TEMPLATE = {
         ]
     },
 }
-UPDATE_TEMPLATE = {
+UPDATE_TEMPLATE: dict[str, Any] = {
     "name": "Updated Template",
     "template_definition": {
         "steps": [
@@ -177,7 +177,7 @@ def test_the_template_walkthrough_as_documented(api: Any) -> None:
 def test_the_documents_model_name_is_saved_as_its_canonical_id(api: Any) -> None:
     alice = api("alice")
     llama = "bedrock/meta.llama3-1-8b-instruct-v1:0"
-    as_written = {
+    as_written: dict[str, Any] = {
         "name": "Test Template",
         "template_definition": {
             "steps": [
