@@ -73,9 +73,15 @@ def prepare(base: str, data_dir: Path) -> Fixture:
         httpx.put(grant.json()["upload_url"], content=SEED, timeout=30).raise_for_status()
         template_id, seed_id = template.json()["id"], grant.json()["seed_id"]
         user.post("/seed-data/validate", json={"seed_id": seed_id, "template_id": template_id}).raise_for_status()
-        job = user.post("/jobs", json={
-            "template_id": template_id, "seed_id": seed_id, "num_records": 10, "budget_limit": 1,
-        })
+        job = user.post(
+            "/jobs",
+            json={
+                "template_id": template_id,
+                "seed_id": seed_id,
+                "num_records": 10,
+                "budget_limit": 1,
+            },
+        )
         job.raise_for_status()
     blobs = LocalBlobStore(data_dir / "blobs", UrlSigner(load_or_create_secret(data_dir)), base)
     return Fixture(tokens, f"/dashboard/{job.json()['job_id']}", blobs.download_url(grant.json()["blob_key"], 3600))
@@ -134,9 +140,12 @@ def report(tally: Tally, clients: int, seconds: float) -> dict[str, float | int]
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else 0.0
 
     figures: dict[str, float | int] = {
-        "clients": clients, "seconds": seconds, "requests": requests,
+        "clients": clients,
+        "seconds": seconds,
+        "requests": requests,
         "rps": round(len(latencies) / seconds, 1),
-        "p50_ms": round(percentile(0.50), 1), "p99_ms": round(percentile(0.99), 1),
+        "p50_ms": round(percentile(0.50), 1),
+        "p99_ms": round(percentile(0.99), 1),
         "max_ms": round(latencies[-1] * 1000, 1) if latencies else 0.0,
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else 0.0,
         "lost": sum(tally.lost.values()),
@@ -144,8 +153,10 @@ def report(tally: Tally, clients: int, seconds: float) -> dict[str, float | int]
     }
     for route, times in sorted(tally.by_route.items()):
         times.sort()
-        print(f"{route:16} n={len(times):6} p50={times[len(times) // 2] * 1000:8.1f} ms"
-              f"  p99={times[min(len(times) - 1, int(0.99 * len(times)))] * 1000:8.1f} ms")
+        print(
+            f"{route:16} n={len(times):6} p50={times[len(times) // 2] * 1000:8.1f} ms"
+            f"  p99={times[min(len(times) - 1, int(0.99 * len(times)))] * 1000:8.1f} ms"
+        )
     print(f"answers by status: {dict(sorted(tally.statuses.items()))}; lost: {dict(tally.lost) or 0}")
     print("api_load " + " ".join(f"{key}={value}" for key, value in figures.items()))
     return figures
@@ -162,11 +173,17 @@ def own_server(data_dir: Path, *args: str) -> Iterator[tuple[str, subprocess.Pop
     """`palette serve` over `data_dir` with rate limits off and models at a closed port."""
     (data_dir / "guard.json").write_text(json.dumps({"rate_limits": {"enabled": False}}))
     port = free_port()
-    env = {**os.environ, "POWERTOOLS_LOG_LEVEL": "ERROR", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
-           "OPENAI_API_KEY": "none"}
+    env = {
+        **os.environ,
+        "POWERTOOLS_LOG_LEVEL": "ERROR",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "OPENAI_API_KEY": "none",
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "palette.cli", "serve", "--data-dir", str(data_dir), "--port", str(port), *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -202,11 +219,17 @@ def main(argv: list[str] | None = None) -> None:
         if args.data_dir is None:
             parser.error("--base needs the server's --data-dir (for tokens and the blob URL)")
         fixture = prepare(args.base, args.data_dir)
-        report(asyncio.run(run_load(args.base, fixture, args.clients, args.seconds, args.timeout)), args.clients, args.seconds)
+        report(
+            asyncio.run(run_load(args.base, fixture, args.clients, args.seconds, args.timeout)),
+            args.clients,
+            args.seconds,
+        )
         return
     with tempfile.TemporaryDirectory() as scratch, own_server(Path(scratch)) as (base, _):
         fixture = prepare(base, Path(scratch))
-        report(asyncio.run(run_load(base, fixture, args.clients, args.seconds, args.timeout)), args.clients, args.seconds)
+        report(
+            asyncio.run(run_load(base, fixture, args.clients, args.seconds, args.timeout)), args.clients, args.seconds
+        )
 
 
 if __name__ == "__main__":

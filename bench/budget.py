@@ -70,11 +70,15 @@ def _append(adapters: Adapters, stream_id: str, *events: DomainEvent) -> None:
 def request_job(adapters: Adapters, budget: Decimal, num_records: int, max_tokens: int, steps: int = 1) -> str:
     """A template, a validated seed and a JobRequested, as those services record them."""
     question = TemplateStep(
-        id="question", model=MODEL, prompt="Ask a question about {{ topic }} at level {{ level }}.",
+        id="question",
+        model=MODEL,
+        prompt="Ask a question about {{ topic }} at level {{ level }}.",
         parameters={"max_tokens": max_tokens},
     )
     answer = TemplateStep(
-        id="answer", model=MODEL, prompt="Answer briefly: {{ steps.question.output }}",
+        id="answer",
+        model=MODEL,
+        prompt="Answer briefly: {{ steps.question.output }}",
         parameters={"max_tokens": max_tokens},
     )
     return scenario.request_job(
@@ -91,7 +95,9 @@ async def run_jobs(
 ) -> dict[str, RunOutcome]:
     gateway = OpenAICompatibleGateway(base_url=base_url, api_key="bench", timeout=30, max_connections=256)
     worker = GenerationWorker(
-        adapters.events, adapters.blobs, gateway,
+        adapters.events,
+        adapters.blobs,
+        gateway,
         options=WorkerOptions(concurrency=concurrency, batch_size=100),
         budget=JobBudgets(adapters.events, CATALOG_PRICES, RUNTIME),
     )
@@ -129,8 +135,10 @@ def tight_cases(
 ) -> tuple[Decimal, list[Decimal], int, int]:
     """Each tight case run alone against a reset server: (max overshoot, utilisations,
     calls answered, calls billed)."""
-    print(f"{'case':<14} {'outcome':<16} {'budget_usd':>11} {'full_usd':>11} {'spent_usd':>12} "
-          f"{'overshoot':>9} {'utilisation':>11} {'records':>7} {'answered':>8} {'billed':>6}")
+    print(
+        f"{'case':<14} {'outcome':<16} {'budget_usd':>11} {'full_usd':>11} {'spent_usd':>12} "
+        f"{'overshoot':>9} {'utilisation':>11} {'records':>7} {'answered':>8} {'billed':>6}"
+    )
     overshoot, utilisations, answered_total, billed_total = Decimal(0), [], 0, 0
     for steps in (1, 2):
         server.reset()
@@ -144,13 +152,17 @@ def tight_cases(
             outcome = asyncio.run(run_jobs(adapters, server.base_url, [job_id], args.concurrency, 1))[job_id]
             spent, billed = charge(adapters, job_id)
             answered = answered_calls(server)
-            records = sum(e.rows for e in _decoded(adapters, generation_stream(job_id)) if isinstance(e, BatchGenerated))
+            records = sum(
+                e.rows for e in _decoded(adapters, generation_stream(job_id)) if isinstance(e, BatchGenerated)
+            )
             utilisation = spent / min(budget, full)
             overshoot = max(overshoot, spent - budget)
             utilisations.append(utilisation)
             answered_total, billed_total = answered_total + answered, billed_total + billed
-            print(f"{f'{steps}-step {factor}x':<14} {outcome.value:<16} {budget:>11} {full:>11} {spent:>12} "
-                  f"{max(Decimal(0), spent - budget):>9} {utilisation:>11.4f} {records:>7} {answered:>8} {billed:>6}")
+            print(
+                f"{f'{steps}-step {factor}x':<14} {outcome.value:<16} {budget:>11} {full:>11} {spent:>12} "
+                f"{max(Decimal(0), spent - budget):>9} {utilisation:>11.4f} {records:>7} {answered:>8} {billed:>6}"
+            )
     return overshoot, utilisations, answered_total, billed_total
 
 
@@ -187,8 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 elapsed = time.perf_counter() - started
                 answered += answered_calls(server)
             max_overshoot, utilisations = max(Decimal(0), tight_overshoot), []
-            print(f"{'job':>4} {'outcome':<16} {'budget_usd':>11} {'spent_usd':>13} {'overshoot_usd':>13} "
-                  f"{'utilisation':>11} {'records':>8} {'exported':>8}")
+            print(
+                f"{'job':>4} {'outcome':<16} {'budget_usd':>11} {'spent_usd':>13} {'overshoot_usd':>13} "
+                f"{'utilisation':>11} {'records':>8} {'exported':>8}"
+            )
             for number, (job_id, budget) in enumerate(budgets.items(), 1):
                 spent, calls = charge(adapters, job_id)
                 billed += calls
@@ -199,17 +213,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_overshoot = max(max_overshoot, overshoot)
                 utilisation = spent / budget
                 utilisations.append(utilisation)
-                print(f"{number:>4} {outcomes[job_id].value:<16} {budget:>11} {spent:>13} {overshoot:>13} "
-                      f"{utilisation:>11.4f} {records:>8} {exported:>8}")
-            print(f"{len(budgets)} jobs in {elapsed:.1f}s "
-                  f"(concurrency {args.concurrency}, {args.parallel_jobs} jobs at a time, "
-                  f"latency {args.latency * 1000:.0f} ms, max_tokens {args.max_tokens}, runtime {RUNTIME})")
+                print(
+                    f"{number:>4} {outcomes[job_id].value:<16} {budget:>11} {spent:>13} {overshoot:>13} "
+                    f"{utilisation:>11.4f} {records:>8} {exported:>8}"
+                )
+            print(
+                f"{len(budgets)} jobs in {elapsed:.1f}s "
+                f"(concurrency {args.concurrency}, {args.parallel_jobs} jobs at a time, "
+                f"latency {args.latency * 1000:.0f} ms, max_tokens {args.max_tokens}, runtime {RUNTIME})"
+            )
         finally:
             adapters.close()
     mean = sum(utilisations, Decimal(0)) / len(utilisations)
     print(f"calls answered by the server {answered}, calls billed by the ledger {billed}")
-    print(f"budget max_overshoot_usd={max_overshoot} jobs={len(budgets)} mean_budget_utilisation={mean:.4f} "
-          f"min_tight_utilisation={min(tight):.4f} calls_answered={answered} calls_billed={billed}")
+    print(
+        f"budget max_overshoot_usd={max_overshoot} jobs={len(budgets)} mean_budget_utilisation={mean:.4f} "
+        f"min_tight_utilisation={min(tight):.4f} calls_answered={answered} calls_billed={billed}"
+    )
     return 0 if max_overshoot == 0 and answered == billed else 1
 
 

@@ -104,8 +104,7 @@ class PeerTokenUsageAsDict(Transcoding):
     name = "token_usage"
 
     def encode(self, obj: PeerTokenUsage) -> dict[str, int]:
-        return {"input_tokens": obj.input_tokens, "output_tokens": obj.output_tokens,
-                "calls": obj.calls}
+        return {"input_tokens": obj.input_tokens, "output_tokens": obj.output_tokens, "calls": obj.calls}
 
     def decode(self, data: dict[str, int]) -> PeerTokenUsage:
         return PeerTokenUsage(**data)
@@ -142,22 +141,22 @@ def _fields(job_id: str, n: int) -> dict[str, Any]:
 
 
 def _usage(n: int) -> dict[str, tuple[int, int, int]]:
-    return {"local/gemma-3-270m": (12_000 + n, 25_000 + n, 100),
-            "openai/gpt-4o-mini": (800, 1_600, 4)}
+    return {"local/gemma-3-270m": (12_000 + n, 25_000 + n, 100), "openai/gpt-4o-mini": (800, 1_600, 4)}
 
 
 def palette_event(job_id: str, n: int) -> NewEvent:
-    usage = {k: TokenUsage(input_tokens=a, output_tokens=b, calls=c)
-             for k, (a, b, c) in _usage(n).items()}
-    return NewEvent(detail=BatchGenerated(**_fields(job_id, n), token_usage=usage),
-                    actor="worker-1")
+    usage = {k: TokenUsage(input_tokens=a, output_tokens=b, calls=c) for k, (a, b, c) in _usage(n).items()}
+    return NewEvent(detail=BatchGenerated(**_fields(job_id, n), token_usage=usage), actor="worker-1")
 
 
 def peer_event(stream: uuid.UUID, version: int, job_id: str, n: int) -> PeerBatchGenerated:
     usage = {k: PeerTokenUsage(a, b, c) for k, (a, b, c) in _usage(n).items()}
     return PeerBatchGenerated(
-        originator_id=stream, originator_version=version,
-        timestamp=datetime.now(UTC), token_usage=usage, **_fields(job_id, n),
+        originator_id=stream,
+        originator_version=version,
+        timestamp=datetime.now(UTC),
+        token_usage=usage,
+        **_fields(job_id, n),
     )
 
 
@@ -188,9 +187,7 @@ def build_workload(sizes: Sizes) -> Workload:
         round_ = b // len(streams)
         first = round_ * sizes.batch_size
         numbers = range(first, first + sizes.batch_size)
-        palette_batches.append(
-            (f"generation-{stream}", [palette_event(str(stream), n) for n in numbers], first)
-        )
+        palette_batches.append((f"generation-{stream}", [palette_event(str(stream), n) for n in numbers], first))
         peer_batches.append([peer_event(stream, n + 1, str(stream), n) for n in numbers])
     return Workload(palette_singles, palette_batches, peer_singles, peer_batches)
 
@@ -219,6 +216,7 @@ def _timed(fn: Callable[[], int]) -> float:
 def run_palette(workload: Workload, directory: Path, synchronous: str) -> Rates:
     store = SQLiteEventStore(directory / "palette.sqlite", synchronous=synchronous)
     try:
+
         def singles() -> int:
             append = store.append
             for stream_id, events in workload.palette_singles:
@@ -243,8 +241,9 @@ def run_palette(workload: Workload, directory: Path, synchronous: str) -> Rates:
 
         def read_retained() -> int:
             decode = CATALOG.decode
-            decoded = [(e, decode(e.detail_type, e.schema_version, e.detail))
-                       for e in store.iter_all(page_size=READ_PAGE)]
+            decoded = [
+                (e, decode(e.detail_type, e.schema_version, e.detail)) for e in store.iter_all(page_size=READ_PAGE)
+            ]
             return len(decoded)
 
         def read_envelopes() -> int:
@@ -255,8 +254,7 @@ def run_palette(workload: Workload, directory: Path, synchronous: str) -> Rates:
             del decoded
             return count
 
-        rates = Rates(_timed(singles), _timed(batches), _timed(read), _timed(read_retained),
-                      _timed(read_envelopes))
+        rates = Rates(_timed(singles), _timed(batches), _timed(read), _timed(read_retained), _timed(read_envelopes))
     finally:
         store.close()
     _check_count(PALETTE, store_count(directory / "palette.sqlite", "events"), workload.total)
@@ -314,8 +312,7 @@ def run_peer(workload: Workload, directory: Path, synchronous: str) -> Rates:
 
         def pages() -> Iterator[Sequence[Any]]:
             last = 0
-            while page := recorder.select_notifications(last, READ_PAGE,
-                                                        inclusive_of_start=False):
+            while page := recorder.select_notifications(last, READ_PAGE, inclusive_of_start=False):
                 yield page
                 last = page[-1].id
 
@@ -338,8 +335,7 @@ def run_peer(workload: Workload, directory: Path, synchronous: str) -> Rates:
         rates = Rates(_timed(singles), _timed(batches), _timed(read), _timed(read_retained))
     finally:
         datastore.close()
-    _check_count(PEER, store_count(directory / "eventsourcing.sqlite", "stored_events"),
-                 workload.total)
+    _check_count(PEER, store_count(directory / "eventsourcing.sqlite", "stored_events"), workload.total)
     return rates
 
 
@@ -368,28 +364,36 @@ def best_of(workload: Workload, synchronous: str, repeat: int) -> dict[str, Rate
             with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
                 rates = runners[name](workload, Path(tmp), synchronous)
             old = best.get(name)
-            best[name] = rates if old is None else Rates(
-                max(old.append, rates.append), max(old.batch, rates.batch),
-                max(old.read, rates.read), max(old.read_retained, rates.read_retained),
-                max(old.read_envelope, rates.read_envelope),
+            best[name] = (
+                rates
+                if old is None
+                else Rates(
+                    max(old.append, rates.append),
+                    max(old.batch, rates.batch),
+                    max(old.read, rates.read),
+                    max(old.read_retained, rates.read_retained),
+                    max(old.read_envelope, rates.read_envelope),
+                )
             )
     return best
 
 
 def _line(figure: str, result: dict[str, Rates], attribute: str) -> str:
     ours, peer = getattr(result[PALETTE], attribute), getattr(result[PEER], attribute)
-    return (f"{figure:<6}  palette={ours:,.0f}/s  eventsourcing={peer:,.0f}/s  "
-            f"(x{ours / peer:.2f})")
+    return f"{figure:<6}  palette={ours:,.0f}/s  eventsourcing={peer:,.0f}/s  (x{ours / peer:.2f})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.eventstore", description=(__doc__ or "").split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.eventstore", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one run (smoke test)")
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (best is kept)")
-    parser.add_argument("--synchronous", nargs="+", default=["FULL", "NORMAL"],
-                        choices=["FULL", "NORMAL"], help="levels to run, both stores alike")
+    parser.add_argument(
+        "--synchronous",
+        nargs="+",
+        default=["FULL", "NORMAL"],
+        choices=["FULL", "NORMAL"],
+        help="levels to run, both stores alike",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     repeat = args.repeat or sizes.repeat
@@ -398,10 +402,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     workload = build_workload(sizes)
     gc.collect()
     gc.freeze()  # the pre-built events of both sides are not the collector's work to time
-    print(f"eventstore bench: {sizes.singles} single appends (new streams), "
-          f"{sizes.batches} x {sizes.batch_size}-event batches over "
-          f"{min(BATCH_STREAMS, sizes.batches)} streams, read {workload.total} back decoded; "
-          f"best of {repeat}; WAL on both", flush=True)
+    print(
+        f"eventstore bench: {sizes.singles} single appends (new streams), "
+        f"{sizes.batches} x {sizes.batch_size}-event batches over "
+        f"{min(BATCH_STREAMS, sizes.batches)} streams, read {workload.total} back decoded; "
+        f"best of {repeat}; WAL on both",
+        flush=True,
+    )
     results: dict[str, dict[str, Rates]] = {}
     for synchronous in args.synchronous:
         result = best_of(workload, synchronous, repeat)
@@ -410,16 +417,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_line("append", result, "append"))
         print(_line("batch", result, "batch"))
         print(_line("read", result, "read"))
-        print(_line("read, all decoded events kept in one list (informational)", result,
-                    "read_retained"))
-        print(f"read into EventEnvelope.from_stored (informational)  "
-              f"palette={result[PALETTE].read_envelope:,.0f}/s", flush=True)
+        print(_line("read, all decoded events kept in one list (informational)", result, "read_retained"))
+        print(
+            f"read into EventEnvelope.from_stored (informational)  palette={result[PALETTE].read_envelope:,.0f}/s",
+            flush=True,
+        )
     print(f"took {time.perf_counter() - started:.1f}s")
     headline = results.get(DEFAULT_SYNCHRONOUS) or next(iter(results.values()))
-    ratios = {a: getattr(headline[PALETTE], a) / getattr(headline[PEER], a)
-              for a in ("append", "batch", "read")}
-    print(f"ratio append={ratios['append']:.2f} batch={ratios['batch']:.2f} "
-          f"read={ratios['read']:.2f}")
+    ratios = {a: getattr(headline[PALETTE], a) / getattr(headline[PEER], a) for a in ("append", "batch", "read")}
+    print(f"ratio append={ratios['append']:.2f} batch={ratios['batch']:.2f} read={ratios['read']:.2f}")
     return 0
 
 

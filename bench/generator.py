@@ -46,14 +46,21 @@ def _append(adapters: Adapters, stream_id: str, events: Sequence[DomainEvent]) -
 def request_job(adapters: Adapters, records: int, formats: list[OutputFormat]) -> str:
     """A one-step template, a 1,000-row seed and a JobRequested, appended as their services would."""
     step = TemplateStep(
-        id="text", model="openai/fake-model",
+        id="text",
+        model="openai/fake-model",
         prompt="Write one sentence about {{ topic }} for a reader aged {{ age }}.",
         parameters={"max_tokens": 64},
     )
     rows = [{"topic": f"topic number {i}", "age": 8 + i % 60, "notes": "x" * 40} for i in range(1000)]
     return scenario.request_job(
-        adapters, records, [step], owner=OWNER, seed_rows=rows, required_fields=("age", "topic"),
-        budget=Decimal("100"), formats=formats,
+        adapters,
+        records,
+        [step],
+        owner=OWNER,
+        seed_rows=rows,
+        required_fields=("age", "topic"),
+        budget=Decimal("100"),
+        formats=formats,
     )
 
 
@@ -73,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ideal = args.concurrency / args.latency
     formats = [OutputFormat.JSONL, OutputFormat.PARQUET, OutputFormat.CSV]
-    with tempfile.TemporaryDirectory(prefix="palette-bench-") as workdir, \
-            FakeOpenAIServer(latency_s=args.latency, in_process=False) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="palette-bench-") as workdir,
+        FakeOpenAIServer(latency_s=args.latency, in_process=False) as server,
+    ):
         adapters = local_adapters(Path(workdir) / "data")
         job_id = request_job(adapters, args.records, formats)
         options = WorkerOptions(concurrency=args.concurrency, batch_size=args.batch_size, adaptive=False)
@@ -104,14 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     export_seconds = (exported - last_batch).total_seconds()
     rate = args.records / generating
     export_cpu_share = export_seconds / wall_seconds if wall_seconds else 0.0
-    print(f"records {args.records}, concurrency {args.concurrency}, model latency {args.latency * 1000:.0f} ms, "
-          f"{calls} model calls, {len(times['BatchGenerated'])} batches")
+    print(
+        f"records {args.records}, concurrency {args.concurrency}, model latency {args.latency * 1000:.0f} ms, "
+        f"{calls} model calls, {len(times['BatchGenerated'])} batches"
+    )
     print(f"claim -> last batch: {generating:.2f} s ({rate:,.0f} records/s, ideal {ideal:,.0f})")
     print(f"export ({', '.join(f.value for f in formats)}): {export_seconds:.2f} s")
-    print(f"whole run: {wall_seconds:.2f} s wall, {cpu_seconds:.2f} s CPU in this process "
-          f"(export about {export_cpu_share:.0%} of the wall time)")
-    print(f"orchestration CPU per record: {cpu_seconds / args.records * 1e6:,.0f} us "
-          f"(incl. export; {cpu_seconds / max(calls, 1) * 1e6:,.0f} us per model call)")
+    print(
+        f"whole run: {wall_seconds:.2f} s wall, {cpu_seconds:.2f} s CPU in this process "
+        f"(export about {export_cpu_share:.0%} of the wall time)"
+    )
+    print(
+        f"orchestration CPU per record: {cpu_seconds / args.records * 1e6:,.0f} us "
+        f"(incl. export; {cpu_seconds / max(calls, 1) * 1e6:,.0f} us per model call)"
+    )
     print(f"generator records_per_s={rate:.0f} ideal={ideal:.0f} ratio={rate / ideal:.2f}")
     return 0
 

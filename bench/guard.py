@@ -35,8 +35,10 @@ def make_rules(count: int, rnd: random.Random) -> list[ContentRule]:
         if index % 100 == 99:
             rules.append(ContentRule(id=f"re{index}", regex=r"zz[a-z]{2}\d{3,}"))
             continue
-        words = ["".join(rnd.choices(string.ascii_lowercase, k=rnd.randint(5, 10)))
-                 for _ in range(2 if index % 10 == 0 else 1)]
+        words = [
+            "".join(rnd.choices(string.ascii_lowercase, k=rnd.randint(5, 10)))
+            for _ in range(2 if index % 10 == 0 else 1)
+        ]
         rules.append(ContentRule(id=f"term{index}", term=" ".join(words)))
     return rules
 

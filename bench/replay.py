@@ -81,11 +81,17 @@ class LogWriter:
         self.clock = START
         self.count = 0
 
-    def event(self, stream_id: str, detail: DomainEvent, actor: str = "system", correlation_id: str | None = None) -> StoredEvent:
+    def event(
+        self, stream_id: str, detail: DomainEvent, actor: str = "system", correlation_id: str | None = None
+    ) -> StoredEvent:
         version, prev_hash = self.heads.get(stream_id, (0, GENESIS_HASH))
         self.clock += STEP
-        new = NewEvent(detail, actor=actor, correlation_id=correlation_id,
-                       time=self.clock.isoformat(timespec="microseconds").replace("+00:00", "Z"))
+        new = NewEvent(
+            detail,
+            actor=actor,
+            correlation_id=correlation_id,
+            time=self.clock.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        )
         (stored,) = record(stream_id, version, prev_hash, [new])
         self.heads[stream_id] = (stored.version, stored.hash)
         self.count += 1
@@ -97,51 +103,125 @@ def job_events(writer: LogWriter, n: int, template_id: str, batches: int = BATCH
     job_id = f"job{n:07d}"
     owner = f"user-{n % 50}"
     seed_id = f"seed{n:07d}"
-    yield writer.event(seed_stream(seed_id), SeedDataUploaded(
-        seed_id=seed_id, owner=owner, blob_key=f"seeds/{owner}/{seed_id}.jsonl", filename="seeds.jsonl",
-        format="JSONL", size_bytes=120_000, sha256="a" * 64, record_count=500), actor=owner)
-    yield writer.event(seed_stream(seed_id), SeedDataValidated(
-        seed_id=seed_id, template_id=template_id, template_version=1, valid=True, record_count=500,
-        invalid_records=0), actor=owner)
-    request = writer.event(job_stream(job_id), JobRequested(
-        job_id=job_id, owner=owner, template_id=template_id, template_version=1, seed_id=seed_id,
-        num_records=batches * RECORDS_PER_BATCH, budget_limit=Decimal(5),
-        output_formats=[OutputFormat.PARQUET]), actor=owner)
+    yield writer.event(
+        seed_stream(seed_id),
+        SeedDataUploaded(
+            seed_id=seed_id,
+            owner=owner,
+            blob_key=f"seeds/{owner}/{seed_id}.jsonl",
+            filename="seeds.jsonl",
+            format="JSONL",
+            size_bytes=120_000,
+            sha256="a" * 64,
+            record_count=500,
+        ),
+        actor=owner,
+    )
+    yield writer.event(
+        seed_stream(seed_id),
+        SeedDataValidated(
+            seed_id=seed_id,
+            template_id=template_id,
+            template_version=1,
+            valid=True,
+            record_count=500,
+            invalid_records=0,
+        ),
+        actor=owner,
+    )
+    request = writer.event(
+        job_stream(job_id),
+        JobRequested(
+            job_id=job_id,
+            owner=owner,
+            template_id=template_id,
+            template_version=1,
+            seed_id=seed_id,
+            num_records=batches * RECORDS_PER_BATCH,
+            budget_limit=Decimal(5),
+            output_formats=[OutputFormat.PARQUET],
+        ),
+        actor=owner,
+    )
     yield request
     correlation = request.correlation_id
-    yield writer.event(generation_stream(job_id), GenerationClaimed(
-        job_id=job_id, worker_id="worker-1", lease_seconds=60, resumed_from_record=0), correlation_id=correlation)
+    yield writer.event(
+        generation_stream(job_id),
+        GenerationClaimed(job_id=job_id, worker_id="worker-1", lease_seconds=60, resumed_from_record=0),
+        correlation_id=correlation,
+    )
     yield writer.event(job_stream(job_id), JobStarted(job_id=job_id, worker_id="worker-1"), correlation_id=correlation)
     spent = Decimal(0)
     warned: set[int] = set()
     for batch in range(batches):
-        usage = {MODEL: TokenUsage(input_tokens=50_000 + batch, output_tokens=18_000 + n % 997, calls=RECORDS_PER_BATCH)}
+        usage = {
+            MODEL: TokenUsage(input_tokens=50_000 + batch, output_tokens=18_000 + n % 997, calls=RECORDS_PER_BATCH)
+        }
         generated = BatchGenerated(
-            job_id=job_id, batch_number=batch, first_record=batch * RECORDS_PER_BATCH,
+            job_id=job_id,
+            batch_number=batch,
+            first_record=batch * RECORDS_PER_BATCH,
             last_record=(batch + 1) * RECORDS_PER_BATCH - 1,
-            blob_key=f"datasets/{owner}/{job_id}/parts/part-{batch:05d}.jsonl", rows=RECORDS_PER_BATCH,
-            failures=0, token_usage=usage, duration_ms=8_000 + batch, bytes_written=48_000 + batch)
+            blob_key=f"datasets/{owner}/{job_id}/parts/part-{batch:05d}.jsonl",
+            rows=RECORDS_PER_BATCH,
+            failures=0,
+            token_usage=usage,
+            duration_ms=8_000 + batch,
+            bytes_written=48_000 + batch,
+        )
         yield writer.event(generation_stream(job_id), generated, correlation_id=correlation)
-        cost = pricing.price_batch(pricing.DEFAULT_CATALOG, usage, generated.duration_ms, generated.bytes_written, "aws")
+        cost = pricing.price_batch(
+            pricing.DEFAULT_CATALOG, usage, generated.duration_ms, generated.bytes_written, "aws"
+        )
         spent += cost.total
-        yield writer.event(ledger_stream(job_id), CostRecorded(
-            job_id=job_id, batch_number=batch, catalog_version=cost.catalog_version, model_tokens=cost.model_tokens,
-            compute=cost.compute, storage=cost.storage, total=cost.total, per_model=cost.per_model),
-            correlation_id=correlation)
+        yield writer.event(
+            ledger_stream(job_id),
+            CostRecorded(
+                job_id=job_id,
+                batch_number=batch,
+                catalog_version=cost.catalog_version,
+                model_tokens=cost.model_tokens,
+                compute=cost.compute,
+                storage=cost.storage,
+                total=cost.total,
+                per_model=cost.per_model,
+            ),
+            correlation_id=correlation,
+        )
         for threshold in (10, 20):
             if threshold not in warned and spent * 100 >= Decimal(5) * threshold:
                 warned.add(threshold)
-                yield writer.event(ledger_stream(job_id), BudgetWarning(
-                    job_id=job_id, budget_limit=Decimal(5), spent=spent, threshold_percent=threshold),
-                    correlation_id=correlation)
+                yield writer.event(
+                    ledger_stream(job_id),
+                    BudgetWarning(job_id=job_id, budget_limit=Decimal(5), spent=spent, threshold_percent=threshold),
+                    correlation_id=correlation,
+                )
     rows = batches * RECORDS_PER_BATCH
-    yield writer.event(generation_stream(job_id), DatasetExported(job_id=job_id, rows=rows, files=[ExportedFile(
-        format=OutputFormat.PARQUET, blob_key=f"datasets/{owner}/{job_id}/data.parquet", rows=rows,
-        size_bytes=4_800_000, sha256="b" * 64)]), correlation_id=correlation)
-    yield writer.event(job_stream(job_id), JobCompleted(job_id=job_id, records_completed=rows), correlation_id=correlation)
+    yield writer.event(
+        generation_stream(job_id),
+        DatasetExported(
+            job_id=job_id,
+            rows=rows,
+            files=[
+                ExportedFile(
+                    format=OutputFormat.PARQUET,
+                    blob_key=f"datasets/{owner}/{job_id}/data.parquet",
+                    rows=rows,
+                    size_bytes=4_800_000,
+                    sha256="b" * 64,
+                )
+            ],
+        ),
+        correlation_id=correlation,
+    )
+    yield writer.event(
+        job_stream(job_id), JobCompleted(job_id=job_id, records_completed=rows), correlation_id=correlation
+    )
 
 
-def realistic_log(events: int, batches: int = BATCHES_PER_JOB, concurrent: int = CONCURRENT_JOBS) -> Iterator[StoredEvent]:
+def realistic_log(
+    events: int, batches: int = BATCHES_PER_JOB, concurrent: int = CONCURRENT_JOBS
+) -> Iterator[StoredEvent]:
     """About `events` events (whole jobs), jobs interleaved `concurrent` at a time."""
     writer = LogWriter()
     running: list[Iterator[StoredEvent]] = []
@@ -151,10 +231,18 @@ def realistic_log(events: int, batches: int = BATCHES_PER_JOB, concurrent: int =
         while len(running) < concurrent and writer.count < events:
             if started % JOBS_PER_TEMPLATE == 0:
                 template_id = f"tpl{started:07d}"
-                yield writer.event(template_stream(template_id), TemplateCreated(
-                    template_id=template_id, owner="user-0", name=f"Books {started}", is_public=True,
-                    steps=[TemplateStep(id="review", model=MODEL, prompt="Review {{ title }} by {{ author }}.")],
-                    required_fields=["title", "author"]), actor="user-0")
+                yield writer.event(
+                    template_stream(template_id),
+                    TemplateCreated(
+                        template_id=template_id,
+                        owner="user-0",
+                        name=f"Books {started}",
+                        is_public=True,
+                        steps=[TemplateStep(id="review", model=MODEL, prompt="Review {{ title }} by {{ author }}.")],
+                        required_fields=["title", "author"],
+                    ),
+                    actor="user-0",
+                )
             running.append(job_events(writer, started, template_id, batches))
             started += 1
         if not running:
@@ -220,14 +308,18 @@ def run(events: int, workdir: Path, repeat: int = 2) -> dict[str, int]:
             out = workdir / f"{name}-{attempt}"
             completed = subprocess.run(
                 [sys.executable, "-m", "bench.replay", "--measure", name, "--log", str(log_path), "--out", str(out)],
-                capture_output=True, text=True, check=False,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if completed.returncode != 0:
                 raise SystemExit(f"the {name} pass failed: {completed.stderr.strip() or completed.stdout.strip()}")
             result = json.loads(completed.stdout.strip().splitlines()[-1])
             rate = _rate(result["events"], result["seconds"])
-            print(f"{name}: {result['events']} events in {result['seconds']:.2f}s, {rate} events/s {result['note']}",
-                  flush=True)
+            print(
+                f"{name}: {result['events']} events in {result['seconds']:.2f}s, {rate} events/s {result['note']}",
+                flush=True,
+            )
             best = max(best, rate)
         figures[f"{name}_eps"] = best
     raw = figures["raw_read_eps"]

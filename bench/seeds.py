@@ -107,9 +107,7 @@ def peak_rss_mb() -> float:
 
 
 def _child(argv: list[str]) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.seeds", *argv], check=True, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-m", "bench.seeds", *argv], check=True, capture_output=True, text=True)
     return result.stdout.strip().splitlines()[-1]
 
 
@@ -126,8 +124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.naive:
         started = time.perf_counter()
         records, invalid = naive_validate(args.naive, REQUIRED)
-        print(json.dumps({"records": records, "invalid": invalid,
-                          "seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb()}))
+        print(
+            json.dumps(
+                {
+                    "records": records,
+                    "invalid": invalid,
+                    "seconds": time.perf_counter() - started,
+                    "peak_rss_mb": peak_rss_mb(),
+                }
+            )
+        )
         return 0
 
     from services.seeds.validation import validate_seed
@@ -153,11 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"peers disagree: palette {report.record_count}/{report.invalid_records}, "
             f"naive {naive['records']}/{naive['invalid']}"
         )
-    print(f"invalid records: {report.invalid_records}; first at "
-          + ", ".join(str(e.position) for e in report.examples[:5]))
+    print(
+        f"invalid records: {report.invalid_records}; first at "
+        + ", ".join(str(e.position) for e in report.examples[:5])
+    )
     print(f"{'peer':<10}{'records/s':>14}{'seconds':>10}{'peak RSS MB':>14}")
-    print(f"{'palette':<10}{palette_rate:>14,.0f}{seconds:>10.2f}{palette_rss:>14.0f}"
-          f"   (RSS before validating: {rss_before:.0f})")
+    print(
+        f"{'palette':<10}{palette_rate:>14,.0f}{seconds:>10.2f}{palette_rss:>14.0f}"
+        f"   (RSS before validating: {rss_before:.0f})"
+    )
     print(f"{'naive':<10}{naive_rate:>14,.0f}{naive['seconds']:>10.2f}{naive['peak_rss_mb']:>14.0f}")
     print(f"speed ratio palette/naive: {palette_rate / naive_rate:.2f}x")
     print(f"seeds records_per_s={palette_rate:.0f} peak_rss_mb={palette_rss:.0f}")

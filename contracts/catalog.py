@@ -72,9 +72,7 @@ class EventCatalog:
             try:
                 data = self._upcasters[(detail_type, version)](data)
             except KeyError:
-                raise MissingUpcaster(
-                    f"no upcaster for {detail_type} schema_version {version}"
-                ) from None
+                raise MissingUpcaster(f"no upcaster for {detail_type} schema_version {version}") from None
         return model.model_validate(data)
 
 

@@ -65,7 +65,7 @@ def plain_decimal(value: Any, info: ValidationInfo) -> Any:
         raise ValueError(f"{field} is a number of USD, not a boolean")
     if isinstance(value, str) and not (value.isascii() and _PLAIN_DECIMAL.fullmatch(value)):
         raise ValueError(
-            f"{field} as a string is a plain decimal of ASCII digits such as \"20.50\" "
+            f'{field} as a string is a plain decimal of ASCII digits such as "20.50" '
             "(no spaces, underscores, exponents or other digits)"
         )
     return value
@@ -102,13 +102,25 @@ class _FixedPointFloats(json.JSONEncoder):
             json.encoder.encode_basestring_ascii if self.ensure_ascii else json.encoder.encode_basestring
         )
         return json.encoder._make_iterencode(  # type: ignore[attr-defined]
-            {} if self.check_circular else None, self.default, strings, self.indent,
-            lambda value: _fixed_float(value, self.allow_nan), self.key_separator, self.item_separator,
-            self.sort_keys, self.skipkeys, _one_shot,
+            {} if self.check_circular else None,
+            self.default,
+            strings,
+            self.indent,
+            lambda value: _fixed_float(value, self.allow_nan),
+            self.key_separator,
+            self.item_separator,
+            self.sort_keys,
+            self.skipkeys,
+            _one_shot,
         )(o, 0)
 
 
 __all__ = [
-    "DISPLAY_PLACES", "MoneyNumber", "MoneyText", "dumps_fixed_point", "money_number", "money_text",
+    "DISPLAY_PLACES",
+    "MoneyNumber",
+    "MoneyText",
+    "dumps_fixed_point",
+    "money_number",
+    "money_text",
     "plain_decimal",
 ]

@@ -260,11 +260,15 @@ DEFAULT_CATALOG = PricingCatalog(
     runtimes={
         "aws": RuntimePrices(
             compute=ComputePrice(
-                per_vcpu_hour=Decimal("0.01334"), per_gb_hour=Decimal("0.00146"),
-                vcpus=Decimal(1), memory_gb=Decimal(2),
+                per_vcpu_hour=Decimal("0.01334"),
+                per_gb_hour=Decimal("0.00146"),
+                vcpus=Decimal(1),
+                memory_gb=Decimal(2),
             ),
             storage=StoragePrice(
-                per_gb_month=Decimal("0.023"), per_1k_put=Decimal("0.005"), per_1k_get=Decimal("0.0004"),
+                per_gb_month=Decimal("0.023"),
+                per_1k_put=Decimal("0.005"),
+                per_1k_get=Decimal("0.0004"),
             ),
         ),
         "local": RuntimePrices(),
@@ -305,9 +309,7 @@ def with_overrides(catalog: PricingCatalog, overrides: Mapping[str, Any] | str) 
         if extra:
             raise PricingError(f"runtime {runtime!r}: unknown keys {', '.join(sorted(extra))}")
         data["runtimes"][runtime] = current
-    digest = hashlib.sha256(
-        json.dumps(changes, sort_keys=True, default=str).encode()
-    ).hexdigest()[:8]
+    digest = hashlib.sha256(json.dumps(changes, sort_keys=True, default=str).encode()).hexdigest()[:8]
     data["version"] = changes.get("version") or f"{catalog.version}+{digest}"
     if changes.get("as_of"):
         data["as_of"] = changes["as_of"]

@@ -36,13 +36,34 @@ _SCHEMA_MAPS = frozenset({"properties", "patternProperties", "definitions", "$de
 _SCHEMA_LISTS = frozenset({"anyOf", "allOf", "oneOf"})
 _SCHEMA_VALUES = frozenset({"not", "additionalProperties", "additionalItems", "items"})
 _BOOLEAN_ALLOWED = frozenset({"additionalProperties", "additionalItems"})
-_DRAFT4_LACKS = frozenset({
-    "$comment", "$anchor", "$dynamicAnchor", "$dynamicRef", "$vocabulary",
-    "examples", "contentEncoding", "contentMediaType", "contentSchema",
-    "readOnly", "writeOnly", "deprecated", "discriminator",
-    "if", "then", "else", "contains", "minContains", "maxContains", "propertyNames",
-    "dependentRequired", "dependentSchemas", "unevaluatedItems", "unevaluatedProperties",
-})
+_DRAFT4_LACKS = frozenset(
+    {
+        "$comment",
+        "$anchor",
+        "$dynamicAnchor",
+        "$dynamicRef",
+        "$vocabulary",
+        "examples",
+        "contentEncoding",
+        "contentMediaType",
+        "contentSchema",
+        "readOnly",
+        "writeOnly",
+        "deprecated",
+        "discriminator",
+        "if",
+        "then",
+        "else",
+        "contains",
+        "minContains",
+        "maxContains",
+        "propertyNames",
+        "dependentRequired",
+        "dependentSchemas",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+    }
+)
 _ANNOTATIONS = frozenset({"title", "description", "default"})
 
 
@@ -61,7 +82,7 @@ class _EventSchemaGenerator(GenerateJsonSchema):
             for branch in json_schema.get("anyOf", [json_schema]):
                 pattern = branch.get("pattern", "")
                 if pattern.startswith("^[+-]?"):
-                    branch["pattern"] = "^\\+?" + pattern[len("^[+-]?"):]
+                    branch["pattern"] = "^\\+?" + pattern[len("^[+-]?") :]
         return json_schema
 
 
@@ -78,27 +99,19 @@ def to_draft4(schema: Any, keyword: str | None = None) -> Any:
         if key in _DRAFT4_LACKS:
             continue
         if key in _SCHEMA_MAPS:
-            out["definitions" if key == "$defs" else key] = {
-                name: to_draft4(sub) for name, sub in value.items()
-            }
+            out["definitions" if key == "$defs" else key] = {name: to_draft4(sub) for name, sub in value.items()}
         elif key in _SCHEMA_LISTS:
             out[key] = [to_draft4(sub) for sub in value]
         elif key == "items" and "prefixItems" in schema:
             continue
         elif key in _SCHEMA_VALUES:
-            out[key] = (
-                [to_draft4(sub) for sub in value] if isinstance(value, list)
-                else to_draft4(value, key)
-            )
+            out[key] = [to_draft4(sub) for sub in value] if isinstance(value, list) else to_draft4(value, key)
         elif key == "prefixItems":
             out["items"] = [to_draft4(sub) for sub in value]
             if "items" in schema:
                 out["additionalItems"] = to_draft4(schema["items"], "additionalItems")
         elif key == "dependencies":
-            out[key] = {
-                name: sub if isinstance(sub, list) else to_draft4(sub)
-                for name, sub in value.items()
-            }
+            out[key] = {name: sub if isinstance(sub, list) else to_draft4(sub) for name, sub in value.items()}
         elif key == "$ref":
             out[key] = value.replace("#/$defs/", "#/definitions/")
         elif key == "const":
@@ -113,9 +126,7 @@ def to_draft4(schema: Any, keyword: str | None = None) -> Any:
     return out
 
 
-def _exclusive_bound(
-    schema: dict[str, Any], exclusive: str, inclusive: str, tighter: Callable[..., Any]
-) -> None:
+def _exclusive_bound(schema: dict[str, Any], exclusive: str, inclusive: str, tighter: Callable[..., Any]) -> None:
     """Draft 4 spells an exclusive bound as the bound plus a boolean flag."""
     bound = schema.get(exclusive)
     if isinstance(bound, bool) or bound is None:
@@ -129,9 +140,7 @@ def _exclusive_bound(
 
 
 def _model_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return model.model_json_schema(
-        ref_template=_REF_TEMPLATE, schema_generator=_EventSchemaGenerator
-    )
+    return model.model_json_schema(ref_template=_REF_TEMPLATE, schema_generator=_EventSchemaGenerator)
 
 
 def event_schema(model: type[DomainEvent]) -> dict[str, Any]:
@@ -186,7 +195,8 @@ def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
     expected = generate()
     present = {p.name for p in directory.glob("*.json")} if directory.is_dir() else set()
     differing = [
-        name for name, text in expected.items()
+        name
+        for name, text in expected.items()
         if name not in present or (directory / name).read_text(encoding="utf-8") != text
     ]
     return sorted(differing + [name for name in present if name not in expected])
@@ -211,16 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m contracts.schemagen",
         description="Write the Draft 4 JSON Schemas of every event into contracts/schemas/.",
     )
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when the files are out of date")
-    parser.add_argument("--out", type=Path, default=SCHEMA_DIR, metavar="DIR",
-                        help="schema directory (default: contracts/schemas)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when the files are out of date")
+    parser.add_argument(
+        "--out", type=Path, default=SCHEMA_DIR, metavar="DIR", help="schema directory (default: contracts/schemas)"
+    )
     args = parser.parse_args(argv)
     if args.check:
         stale = stale_files(args.out)
         if stale:
-            print(f"event schemas out of date: {', '.join(stale)}; run `{FIX_COMMAND}`",
-                  file=sys.stderr)
+            print(f"event schemas out of date: {', '.join(stale)}; run `{FIX_COMMAND}`", file=sys.stderr)
             return 1
         print(f"{len(ALL_EVENTS)} event schemas up to date")
         return 0

@@ -50,9 +50,7 @@ def parse_seed_reference(text: str) -> SeedReference:
         return SeedReference(key)
     parts = key.split("/")
     if len(parts) != 4 or parts[0] != SEED_KEY_PREFIX or not all(parts):
-        raise InvalidSeedReference(
-            f"not a seed file's key: an s3_key is {SEED_KEY_PREFIX}/<user>/<seed id>/<filename>"
-        )
+        raise InvalidSeedReference(f"not a seed file's key: an s3_key is {SEED_KEY_PREFIX}/<user>/<seed id>/<filename>")
     if problem := id_problem(parts[2], "seed id"):
         raise InvalidSeedReference(problem)
     return SeedReference(parts[2], key)

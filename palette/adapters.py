@@ -84,7 +84,11 @@ def pricing_catalog(overrides: str | None, openai_base_url: str | None | object 
     catalog = with_overrides(DEFAULT_CATALOG, overrides) if overrides else DEFAULT_CATALOG
     base_url = os.environ.get("OPENAI_BASE_URL") if openai_base_url is _FROM_ENVIRONMENT else openai_base_url
     priced_by_operator = bool(overrides) and OPENAI_WILDCARD in (json.loads(overrides or "{}").get("models") or {})
-    if not (base_url and _on_this_machine(str(base_url))) and OPENAI_WILDCARD in catalog.models and not priced_by_operator:
+    if (
+        not (base_url and _on_this_machine(str(base_url)))
+        and OPENAI_WILDCARD in catalog.models
+        and not priced_by_operator
+    ):
         catalog = with_overrides(catalog, {"models": {OPENAI_WILDCARD: None}})
     return catalog
 
@@ -119,7 +123,9 @@ def local_adapters(data_dir: Path, base_url: str = "http://127.0.0.1:8000") -> A
         blobs=LocalBlobStore(data_dir / "blobs", signer, base_url),
         read_models=SQLiteReadModelStore(data_dir / "projections.db"),
         data_dir=data_dir,
-        pricing=pricing_catalog(overrides.read_text() if (overrides := data_dir / PRICING_OVERRIDES_FILE).exists() else None),
+        pricing=pricing_catalog(
+            overrides.read_text() if (overrides := data_dir / PRICING_OVERRIDES_FILE).exists() else None
+        ),
     )
 
 
@@ -157,9 +163,7 @@ def aws_adapters(settings: AwsSettings) -> Adapters:
     from palette.projections.dynamodb import DynamoDBReadModelStore
 
     dynamodb = boto3.client("dynamodb", endpoint_url=settings.endpoint_url)
-    s3 = boto3.client(
-        "s3", endpoint_url=settings.endpoint_url, config=Config(signature_version="s3v4")
-    )
+    s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=Config(signature_version="s3v4"))
     return Adapters(
         runtime="aws",
         events=DynamoDBEventStore(settings.event_table, dynamodb),

@@ -72,7 +72,8 @@ def serve(
     lease_seconds: Annotated[
         int,
         typer.Option(
-            envvar=LEASE_SECONDS_ENV, min=2,
+            envvar=LEASE_SECONDS_ENV,
+            min=2,
             help="How long a job stays claimed after its worker last wrote: after kill -9 another "
             "process resumes it this much later (SIGTERM releases it at once).",
         ),
@@ -83,7 +84,12 @@ def serve(
 
     origins = cors_origin or [o.strip() for o in os.environ.get(CORS_ORIGINS_ENV, "").split(",") if o.strip()]
     runtime = LocalPalette(
-        data_dir, host, port, api_workers=api_threads, cors_origins=tuple(origins), grace_seconds=grace,
+        data_dir,
+        host,
+        port,
+        api_workers=api_threads,
+        cors_origins=tuple(origins),
+        grace_seconds=grace,
         lease_seconds=lease_seconds,
     )
     runtime.start_background()

@@ -133,19 +133,19 @@ class LocalPalette:
         seeds_parts = seeds.build(kernel)
         jobs_parts = jobs.build(kernel, self._catch_up_views)
         billing_parts = billing.build(kernel, self._catch_up_views)
-        workers = WorkerOptions(
-            concurrency=self.worker_concurrency, lease_seconds=self.lease_seconds
-        )
+        workers = WorkerOptions(concurrency=self.worker_concurrency, lease_seconds=self.lease_seconds)
         generator_parts = generator.build(
-            kernel, gateway_from_env, workers, max_jobs=self.max_running_jobs,
-            max_jobs_per_user=self.max_running_jobs_per_user, content_filter=self.content_filter,
+            kernel,
+            gateway_from_env,
+            workers,
+            max_jobs=self.max_running_jobs,
+            max_jobs_per_user=self.max_running_jobs_per_user,
+            content_filter=self.content_filter,
         )
         self.templates, self.seeds = templates_parts.handlers, seeds_parts.handlers
         self.jobs, self.ledger = jobs_parts.handlers, billing_parts.handlers
         self.workers = generator_parts.handlers
-        services: list[ServiceParts[Any]] = [
-            templates_parts, seeds_parts, jobs_parts, billing_parts, generator_parts
-        ]
+        services: list[ServiceParts[Any]] = [templates_parts, seeds_parts, jobs_parts, billing_parts, generator_parts]
         for parts in services:
             for subscription in parts.subscriptions:
                 self.bus.subscribe(*subscription)
@@ -206,9 +206,7 @@ class LocalPalette:
         try:
             self.seeds.record_upload_for_key(key)
         except Exception:
-            logger.exception(
-                "recording an upload failed; validation will record it", extra={"blob_key": key}
-            )
+            logger.exception("recording an upload failed; validation will record it", extra={"blob_key": key})
 
     def _project_forever(self, poll_interval: float) -> None:
         while not self._stop.wait(poll_interval):

@@ -38,8 +38,8 @@ DEMO_TEMPLATE = {
             "id": "question",
             "model": "local/gemma-3-270m",
             "prompt": "Here is a question a reader might ask about the book {{ book.title }} "
-            "by {{ author.name }}, on the theme of {{ topic }}: \"",
-            "parameters": {"max_tokens": 40, "temperature": 0.7, "stop": ["\"", "\n"]},
+            'by {{ author.name }}, on the theme of {{ topic }}: "',
+            "parameters": {"max_tokens": 40, "temperature": 0.7, "stop": ['"', "\n"]},
         },
         {
             "id": "answer",
@@ -90,9 +90,7 @@ def _walk_through(http: httpx.Client, console: Console, base: str, num_records: 
     put = httpx.put(upload["upload_url"], content=seed_file.read_bytes(), timeout=60)
     put.raise_for_status()
     console.print(f"seed data [cyan]{upload['seed_id']}[/cyan] uploaded to {upload['blob_key']}")
-    validated = http.post(
-        "/seed-data/validate", json={"seed_id": upload["seed_id"], "template_id": template["id"]}
-    )
+    validated = http.post("/seed-data/validate", json={"seed_id": upload["seed_id"], "template_id": template["id"]})
     validated.raise_for_status()
     report = validated.json()
     verdict = "[green]valid[/green]" if report["valid"] else "[red]invalid[/red]"
@@ -101,13 +99,16 @@ def _walk_through(http: httpx.Client, console: Console, base: str, num_records: 
         return 1
 
     started = time.monotonic()
-    job = http.post("/jobs", json={
-        "template_id": template["id"],
-        "seed_id": upload["seed_id"],
-        "num_records": num_records,
-        "budget_limit": 1,
-        "output_format": ["JSONL", "PARQUET", "CSV"],
-    })
+    job = http.post(
+        "/jobs",
+        json={
+            "template_id": template["id"],
+            "seed_id": upload["seed_id"],
+            "num_records": num_records,
+            "budget_limit": 1,
+            "output_format": ["JSONL", "PARQUET", "CSV"],
+        },
+    )
     job.raise_for_status()
     job_id = job.json()["job_id"]
     console.print(f"job [cyan]{job_id}[/cyan]: {num_records} records on local/gemma-3-270m")
@@ -126,9 +127,7 @@ def _dashboard(http: httpx.Client, job_id: str) -> dict | None:
     return response.json() if response.status_code == 200 else None
 
 
-def _summary(
-    http: httpx.Client, console: Console, job_id: str, dashboard: Mapping[str, Any], elapsed: float
-) -> None:
+def _summary(http: httpx.Client, console: Console, job_id: str, dashboard: Mapping[str, Any], elapsed: float) -> None:
     tokens = dashboard.get("tokens", {})
     total_in = sum(t.get("input_tokens", 0) for t in tokens.values())
     total_out = sum(t.get("output_tokens", 0) for t in tokens.values())

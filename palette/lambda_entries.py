@@ -57,9 +57,7 @@ class LambdaEntries:
         self.metrics = Metrics(namespace=METRICS_NAMESPACE, service=self.name)
         self.tracer = Tracer(service=self.name)
 
-    def api(
-        self, resolver: Callable[[], ApiGatewayResolver], observe: ReplyObserver | None = None
-    ) -> LambdaHandler:
+    def api(self, resolver: Callable[[], ApiGatewayResolver], observe: ReplyObserver | None = None) -> LambdaHandler:
         """The API entry: each request resolved by `resolver()`; with `observe`, the metrics
         it adds are flushed as EMF at the end of the invocation."""
 
@@ -107,13 +105,9 @@ class LambdaEntries:
 
         return self.entry(project)
 
-    def entry(
-        self, function: LambdaHandler, correlation_id_path: str | None = None
-    ) -> LambdaHandler:
+    def entry(self, function: LambdaHandler, correlation_id_path: str | None = None) -> LambdaHandler:
         """`function` with the Lambda context in every log line and a trace of each invocation:
         the decorators every entry point wears (an entry with its own batch loop uses this)."""
         traced = self.tracer.capture_lambda_handler(function)
-        logged: LambdaHandler = self.logger.inject_lambda_context(
-            traced, correlation_id_path=correlation_id_path
-        )
+        logged: LambdaHandler = self.logger.inject_lambda_context(traced, correlation_id_path=correlation_id_path)
         return logged

@@ -25,7 +25,6 @@ class PageHeaderError(ValueError):
     """A page header that cannot be read (truncated, malformed or oversized)."""
 
 
-
 @runtime_checkable
 class SeekableStream(Protocol):
     """A file that can be read from any offset: Parquet reads its footer first."""
@@ -35,6 +34,7 @@ class SeekableStream(Protocol):
     def seekable(self) -> bool: ...
 
     def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
 
 @dataclass(frozen=True, slots=True)
 class PageSize:

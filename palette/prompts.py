@@ -345,7 +345,9 @@ def _argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], position: int, n
     return args[position] if len(args) > position else kwargs.get(name, default)
 
 
-def _text_method_size(text: str | bytes | bytearray, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
+def _text_method_size(
+    text: str | bytes | bytearray, method: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+) -> int:
     """Upper bound of what a str or bytes method returns, as text; 0 for small results."""
     length = len(text)
     if method in _PADDING:
@@ -462,7 +464,8 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """Jinja's sandboxed str.format and format_map, with each field sized first."""
         if not isinstance(value, (types.MethodType, types.BuiltinMethodType)) or value.__name__ not in (
-            "format", "format_map",
+            "format",
+            "format_map",
         ):
             return None
         receiver = value.__self__
@@ -470,7 +473,8 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
             return None
         formatter: Formatter = (
             _BoundedEscapeFormatter(self, escape=receiver.escape)
-            if isinstance(receiver, Markup) else _BoundedFormatter(self)
+            if isinstance(receiver, Markup)
+            else _BoundedFormatter(self)
         )
         is_format_map = value.__name__ == "format_map"
         kind = type(receiver)
@@ -544,12 +548,13 @@ class _BoundedNamespace(Namespace):
 
 
 def _bounded_lipsum(
-    n: int = 5, html: bool = False, min: int = 20, max: int = 100  # noqa: A002 - Jinja's names
+    n: int = 5,
+    html: bool = False,
+    min: int = 20,
+    max: int = 100,  # noqa: A002 - Jinja's names
 ) -> str:
     if n > MAX_LIPSUM_PARAGRAPHS or max > MAX_LIPSUM_WORDS:
-        raise SecurityError(
-            f"lipsum is limited to {MAX_LIPSUM_PARAGRAPHS} paragraphs of {MAX_LIPSUM_WORDS} words"
-        )
+        raise SecurityError(f"lipsum is limited to {MAX_LIPSUM_PARAGRAPHS} paragraphs of {MAX_LIPSUM_WORDS} words")
     return generate_lorem_ipsum(n=n, html=html, min=min, max=max)
 
 
@@ -661,11 +666,32 @@ _FILTER_SIZES: dict[str, Callable[[Arguments], int]] = {
 their inputs, a number, or a generator over their input's items."""
 
 _LIST_COSTS = frozenset({"dictsort", "groupby", "list", "reverse", "sort", "batch", "slice"})
-_CONSUMERS = frozenset({
-    "batch", "count", "dictsort", "first", "groupby", "join", "last", "length", "list", "map", "max",
-    "min", "random", "reject", "rejectattr", "reverse", "select", "selectattr", "slice", "sort", "sum",
-    "unique",
-})
+_CONSUMERS = frozenset(
+    {
+        "batch",
+        "count",
+        "dictsort",
+        "first",
+        "groupby",
+        "join",
+        "last",
+        "length",
+        "list",
+        "map",
+        "max",
+        "min",
+        "random",
+        "reject",
+        "rejectattr",
+        "reverse",
+        "select",
+        "selectattr",
+        "slice",
+        "sort",
+        "sum",
+        "unique",
+    }
+)
 """Filters that take an iterable: a generator given to them is materialized under the loop
 and size limits first."""
 
@@ -725,7 +751,9 @@ def _binder(original: Callable[..., Any]) -> Callable[[tuple[Any, ...], tuple[An
     return arguments
 
 
-def _joined_attribute(context: Context, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _joined_attribute(
+    context: Context, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """`join(attribute=...)`: the attribute values are read first, so their sizes count."""
     attribute = kwargs.pop("attribute", args[2] if len(args) > 2 else None)
     args = args[:2]
@@ -757,9 +785,7 @@ def _sum(context: Context, args: tuple[Any, ...], kwargs: dict[str, Any], origin
 
 
 def _build_environment() -> PromptEnvironment:
-    env = PromptEnvironment(
-        autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True, finalize=_finalize
-    )
+    env = PromptEnvironment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True, finalize=_finalize)
     env.globals["lipsum"] = _bounded_lipsum
     env.globals["namespace"] = _BoundedNamespace
     env.globals[_LOOP_GUARD] = _loop_guard
@@ -889,7 +915,8 @@ def render(step: TemplateStep, seed_row: Mapping[str, Any], step_outputs: Mappin
             size += len(piece)
             if size > MAX_PROMPT_CHARS:
                 raise PromptRenderError(
-                    step.id, f"refused by the sandbox: the prompt is longer than {MAX_PROMPT_CHARS:,} characters",
+                    step.id,
+                    f"refused by the sandbox: the prompt is longer than {MAX_PROMPT_CHARS:,} characters",
                     refused=True,
                 )
             pieces.append(piece)

@@ -48,6 +48,7 @@ class ByteStream(Protocol):
 
     def read(self, size: int = -1, /) -> bytes: ...
 
+
 Path = tuple[str, ...]
 
 MAX_CELL_BYTES = 1 << 20
@@ -142,8 +143,7 @@ def detect_format(filename: str, override: SeedFormat | str | None = None) -> Se
             return SeedFormat(str(getattr(override, "value", override)).upper())
         except ValueError:
             raise UnsupportedSeedFormat(
-                f"unknown seed format {override!r}; expected one of "
-                + ", ".join(f.value for f in SeedFormat)
+                f"unknown seed format {override!r}; expected one of " + ", ".join(f.value for f in SeedFormat)
             ) from None
     suffix = PurePosixPath(filename).suffix.lower()
     try:
@@ -241,8 +241,7 @@ def _check_columnar(chunk: ColumnarRecords, unit: str) -> int:
         bad = _first_non_finite(column)
         if bad is not None:
             raise SeedFileError(
-                f"{unit} {chunk.positions[bad]}: {name!r} holds NaN or an infinity, "
-                "which JSON cannot hold"
+                f"{unit} {chunk.positions[bad]}: {name!r} holds NaN or an infinity, which JSON cannot hold"
             )
         sizes, largest = _arrow_sizes(column)
         if (pc.max(largest).as_py() or 0) > MAX_CELL_BYTES:
@@ -272,8 +271,12 @@ def _first_non_finite(array: pa.Array | pa.ChunkedArray) -> int | None:
     elif pa.types.is_struct(kind):
         found = [_first_non_finite(pc.struct_field(array, [i])) for i in range(kind.num_fields)]
         return min((i for i in found if i is not None), default=None)
-    elif pa.types.is_list(kind) or pa.types.is_large_list(kind) \
-            or pa.types.is_fixed_size_list(kind) or pa.types.is_map(kind):
+    elif (
+        pa.types.is_list(kind)
+        or pa.types.is_large_list(kind)
+        or pa.types.is_fixed_size_list(kind)
+        or pa.types.is_map(kind)
+    ):
         inner = _first_non_finite(pc.list_flatten(array))
         return None if inner is None else pc.list_parent_indices(array)[inner].as_py()
     else:
@@ -290,8 +293,13 @@ def _arrow_sizes(array: pa.Array) -> tuple[pa.Array, pa.Array]:
     if pa.types.is_dictionary(kind):
         sizes, largest = _arrow_sizes(array.dictionary)
         return (pc.fill_null(pc.take(sizes, array.indices), 0), pc.fill_null(pc.take(largest, array.indices), 0))
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
-            or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+    if (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_fixed_size_binary(kind)
+    ):
         sizes = pc.fill_null(pc.binary_length(array).cast(pa.int64()), 0)
         return sizes, sizes
     if pa.types.is_struct(kind):
@@ -301,8 +309,12 @@ def _arrow_sizes(array: pa.Array) -> tuple[pa.Array, pa.Array]:
             sizes = pc.add(sizes, child_sizes)
             largest = pc.max_element_wise(largest, child_largest)
         return sizes, largest
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind) \
-            or pa.types.is_map(kind):
+    if (
+        pa.types.is_list(kind)
+        or pa.types.is_large_list(kind)
+        or pa.types.is_fixed_size_list(kind)
+        or pa.types.is_map(kind)
+    ):
         child_sizes, child_largest = _arrow_sizes(pc.list_flatten(array))
         grouped = pa.table({"row": pc.list_parent_indices(array), "size": child_sizes, "largest": child_largest})
         grouped = grouped.group_by("row").aggregate([("size", "sum"), ("largest", "max")])
@@ -342,7 +354,7 @@ def _text_start(stream: ByteStream) -> bytes:
         if head.startswith(bom):
             raise SeedFileError(f"file is {name} encoded; seed files must be UTF-8")
     if head.startswith(_UTF8_BOM):
-        head = head[len(_UTF8_BOM):]
+        head = head[len(_UTF8_BOM) :]
     sample = head[:4096]
     if len(sample) >= 4 and sample.count(0) * 4 >= len(sample):
         raise SeedFileError("file looks UTF-16 encoded (NUL bytes in text); seed files must be UTF-8")
@@ -403,7 +415,8 @@ def _read_jsonl(stream: ByteStream, paths: Sequence[Path], exact: bool = False) 
             cut = pending.rfind(b"\n", 0, MAX_RECORD_BYTES + 1) + 1
             if not cut:
                 raise SeedLimitExceeded(
-                    line_base + 1, f"line {line_base + 1} is longer than {MAX_RECORD_BYTES >> 20} MiB, the limit for one record"
+                    line_base + 1,
+                    f"line {line_base + 1} is longer than {MAX_RECORD_BYTES >> 20} MiB, the limit for one record",
                 )
             block, pending = pending[:cut], pending[cut:]
         lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
@@ -484,9 +497,7 @@ def _parse_line(line: bytes) -> dict[str, Any] | str | None:
     if not text.strip():
         return None
     try:
-        value = json.loads(
-            text, parse_int=int_or_digits, parse_float=finite_float, parse_constant=_refuse_constant
-        )
+        value = json.loads(text, parse_int=int_or_digits, parse_float=finite_float, parse_constant=_refuse_constant)
     except json.JSONDecodeError as err:
         return f"invalid JSON: {err.msg} (column {err.colno})"
     except NonFiniteNumber as err:
@@ -515,9 +526,7 @@ def finite_float(text: str) -> float:
     """A JSON fraction or exponent number as a float; one that overflows a double is refused."""
     value = float(text)
     if not math.isfinite(value):
-        raise NonFiniteNumber(
-            f"the number {text[:40]} is beyond a double (JSON holds only finite numbers)"
-        )
+        raise NonFiniteNumber(f"the number {text[:40]} is beyond a double (JSON holds only finite numbers)")
     return value
 
 
@@ -708,7 +717,7 @@ class _JsonArrayElements:
             assert whitespace is not None  # a `*` pattern matches the empty string
             self._pos = whitespace.end()
             if self._pos < len(self._buffer) or not self._can_grow():
-                return self._buffer[self._pos:self._pos + 1]
+                return self._buffer[self._pos : self._pos + 1]
 
     def _can_grow(self) -> bool:
         """Reads more of the file into the buffer; False at end of file or past the size cap."""
@@ -716,7 +725,8 @@ class _JsonArrayElements:
             return False
         if len(self._buffer) - self._pos > MAX_RECORD_BYTES:
             raise SeedLimitExceeded(
-                self._index, f"element {self._index} is larger than {MAX_RECORD_BYTES >> 20} MiB, the limit for one record"
+                self._index,
+                f"element {self._index} is larger than {MAX_RECORD_BYTES >> 20} MiB, the limit for one record",
             )
         data = self.stream.read(READ_BYTES)
         if not data:
@@ -737,7 +747,7 @@ class _JsonArrayElements:
             ) from None
         self._bytes_read += len(data)
         self._lines_before += self._buffer.count("\n", 0, self._pos)
-        self._buffer = self._buffer[self._pos:] + text
+        self._buffer = self._buffer[self._pos :] + text
         self._pos = 0
 
 
@@ -839,7 +849,8 @@ class _RowGuard(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         if self._served - self._marked > MAX_RECORD_BYTES + 4 * CSV_BLOCK_BYTES:
             raise SeedLimitExceeded(
-                self._next_row, f"row {self._next_row} is longer than {MAX_RECORD_BYTES >> 20} MiB, the limit for one record"
+                self._next_row,
+                f"row {self._next_row} is longer than {MAX_RECORD_BYTES >> 20} MiB, the limit for one record",
             )
         target = memoryview(buffer).cast("B")
         data = self._stream.read(len(target))
@@ -923,9 +934,7 @@ def _with_dictionary_values(
     """`row_bytes` plus, in each row group with dictionary-encoded text, its longest
     dictionary values: read as a dictionary for one row, which decodes just the dictionary
     page (at most the page limit), never the rows that use it."""
-    text = [
-        i for i in leaves if metadata.schema.column(i).physical_type in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY")
-    ]
+    text = [i for i in leaves if metadata.schema.column(i).physical_type in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY")]
     paths = sorted({metadata.schema.column(i).path for i in text})
     probe = pq.ParquetFile(source, metadata=metadata, read_dictionary=paths, pre_buffer=False, buffer_size=READ_BYTES)
     widened = list(row_bytes)
@@ -947,8 +956,12 @@ def _longest_dictionary_values(array: pa.Array) -> int:
         return pc.max(_arrow_sizes(values)[0]).as_py() or 0
     if pa.types.is_struct(kind):
         return sum(_longest_dictionary_values(array.field(i)) for i in range(kind.num_fields))
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind) \
-            or pa.types.is_map(kind):
+    if (
+        pa.types.is_list(kind)
+        or pa.types.is_large_list(kind)
+        or pa.types.is_fixed_size_list(kind)
+        or pa.types.is_map(kind)
+    ):
         return _longest_dictionary_values(array.values)
     return 0
 
@@ -975,7 +988,9 @@ def _check_parquet_pages(source: SeekableStream, metadata: pq.FileMetaData, leav
                 for page in page_sizes(source, start, chunk.total_compressed_size):
                     pages += 1
                     if pages > MAX_PARQUET_PAGES:
-                        raise SeedLimitExceeded(first_row, f"{where}: more than {MAX_PARQUET_PAGES:,} pages in the columns read")
+                        raise SeedLimitExceeded(
+                            first_row, f"{where}: more than {MAX_PARQUET_PAGES:,} pages in the columns read"
+                        )
                     size = max(page.uncompressed, page.compressed)
                     if size > MAX_PARQUET_PAGE_BYTES:
                         if page.rows is None:
@@ -985,11 +1000,14 @@ def _check_parquet_pages(source: SeekableStream, metadata: pq.FileMetaData, leav
                             position = page_first
                         else:
                             what, position = "a page", first_row
-                        raise SeedLimitExceeded(position, (
-                            f"{where}: column {chunk.path_in_schema!r} has {what} of "
-                            f"{size / (1 << 20):.1f} MiB uncompressed, over the "
-                            f"{MAX_PARQUET_PAGE_BYTES >> 20} MiB limit for one page"
-                        ))
+                        raise SeedLimitExceeded(
+                            position,
+                            (
+                                f"{where}: column {chunk.path_in_schema!r} has {what} of "
+                                f"{size / (1 << 20):.1f} MiB uncompressed, over the "
+                                f"{MAX_PARQUET_PAGE_BYTES >> 20} MiB limit for one page"
+                            ),
+                        )
                     if page.rows is not None and flat:
                         page_first += page.rows
             except PageHeaderError as err:

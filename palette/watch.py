@@ -60,7 +60,9 @@ def watch_job(
         for model, block in ((last or {}).get("per_model") or {}).items():
             if block.get("failure"):
                 failed = block["failure"]
-                console.print(f"{model}: {failed.get('code', '?')}: {failed.get('reason', '')}", markup=False, highlight=False)
+                console.print(
+                    f"{model}: {failed.get('code', '?')}: {failed.get('reason', '')}", markup=False, highlight=False
+                )
     return last
 
 

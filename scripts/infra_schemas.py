@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = render(current, schema_resources())
     if args.check:
         if wanted != current:
-            print("infra/shared.yaml's schemas are stale: run python -m scripts.infra_schemas",
-                  file=sys.stderr)
+            print("infra/shared.yaml's schemas are stale: run python -m scripts.infra_schemas", file=sys.stderr)
             return 1
         return 0
     TEMPLATE.write_text(wanted, encoding="utf-8")

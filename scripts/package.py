@@ -81,14 +81,10 @@ def composition_root(root: Path = ROOT) -> set[Path]:
     files = {module_name(p, root): p for p in python_files(root / "palette")}
     imports = {name: imported_modules(path) for name, path in files.items()}
     excluded: set[str] = {
-        name for name, names in imports.items()
-        if any(n == "services" or n.startswith("services.") for n in names)
+        name for name, names in imports.items() if any(n == "services" or n.startswith("services.") for n in names)
     }
     while True:
-        more = {
-            name for name, names in imports.items()
-            if name not in excluded and any(n in excluded for n in names)
-        }
+        more = {name for name, names in imports.items() if name not in excluded and any(n in excluded for n in names)}
         if not more:
             return {files[name] for name in excluded}
         excluded |= more
@@ -129,16 +125,14 @@ RUNTIME_COMPANIONS = {"aws_lambda_powertools": {"aws_xray_sdk"}}
 
 def requirements(files: Iterable[Path], root: Path = ROOT) -> list[str]:
     """Declared dependencies that `files` import, pinned to the installed versions."""
-    used = {name.split(".")[0] for path in files if path.suffix == ".py"
-            for name in imported_modules(root / path)}
+    used = {name.split(".")[0] for path in files if path.suffix == ".py" for name in imported_modules(root / path)}
     used |= {companion for name in list(used) for companion in RUNTIME_COMPANIONS.get(name, ())}
     by_import = metadata.packages_distributions()
     pinned: list[str] = []
     for requirement in declared_dependencies(root):
         dist = _distribution(requirement)
         canonical = dist.lower().replace("_", "-")
-        names = {imp for imp, dists in by_import.items()
-                 if canonical in {d.lower().replace("_", "-") for d in dists}}
+        names = {imp for imp, dists in by_import.items() if canonical in {d.lower().replace("_", "-") for d in dists}}
         if not names & used:
             continue
         try:
@@ -176,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in ARTIFACTS]
     if unknown:
-        print(f"unknown artifact(s) {', '.join(unknown)}; choose from {', '.join(ARTIFACTS)}",
-              file=sys.stderr)
+        print(f"unknown artifact(s) {', '.join(unknown)}; choose from {', '.join(ARTIFACTS)}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.names:

@@ -73,16 +73,23 @@ class Provisioned:
 
 
 class _Resolver:
-    def __init__(self, template: dict[str, Any], parameters: dict[str, str], region: str,
-                 exports: dict[str, str], stack: StackResources) -> None:
+    def __init__(
+        self,
+        template: dict[str, Any],
+        parameters: dict[str, str],
+        region: str,
+        exports: dict[str, str],
+        stack: StackResources,
+    ) -> None:
         self.template = template
-        self.parameters = {
-            name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()
-        }
+        self.parameters = {name: str(spec.get("Default", "")) for name, spec in template.get("Parameters", {}).items()}
         self.parameters.update({k: v for k, v in parameters.items() if k in self.parameters})
         self.pseudo = {
-            "AWS::AccountId": ACCOUNT, "AWS::Region": region, "AWS::Partition": "aws",
-            "AWS::URLSuffix": "amazonaws.com", "AWS::StackName": stack.name,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::Region": region,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::StackName": stack.name,
         }
         self.exports = exports
         self.stack = stack
@@ -96,7 +103,7 @@ class _Resolver:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (key, argument), = value.items()
+            ((key, argument),) = value.items()
             if key == "Ref":
                 return self._ref(argument)
             if key == "Fn::Sub":
@@ -190,11 +197,15 @@ def _bucket(client: Any, props: dict[str, Any]) -> tuple[str, dict[str, str]]:
     if "BucketEncryption" in props:
         client.put_bucket_encryption(
             Bucket=name,
-            ServerSideEncryptionConfiguration={"Rules": [
-                {"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"],
-                 "BucketKeyEnabled": bool(rule.get("BucketKeyEnabled", False))}
-                for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
-            ]},
+            ServerSideEncryptionConfiguration={
+                "Rules": [
+                    {
+                        "ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"],
+                        "BucketKeyEnabled": bool(rule.get("BucketKeyEnabled", False)),
+                    }
+                    for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+                ]
+            },
         )
     if "PublicAccessBlockConfiguration" in props:
         client.put_public_access_block(
@@ -209,9 +220,7 @@ def _bucket(client: Any, props: dict[str, Any]) -> tuple[str, dict[str, str]]:
 
 
 def _parameter(client: Any, props: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    client.put_parameter(
-        Name=props["Name"], Value=props["Value"], Type=props.get("Type", "String"), Overwrite=True
-    )
+    client.put_parameter(Name=props["Name"], Value=props["Value"], Type=props.get("Type", "String"), Overwrite=True)
     return props["Name"], {"Type": props.get("Type", "String"), "Value": props["Value"]}
 
 
@@ -230,7 +239,9 @@ def _queue(client: Any, props: dict[str, Any]) -> tuple[str, dict[str, str]]:
 def _rule(client: Any, props: dict[str, Any]) -> tuple[str, dict[str, str]]:
     bus = props.get("EventBusName", "default")
     arn = client.put_rule(
-        Name=props["Name"], EventBusName=bus, EventPattern=json.dumps(props["EventPattern"]),
+        Name=props["Name"],
+        EventBusName=bus,
+        EventPattern=json.dumps(props["EventPattern"]),
         State=props.get("State", "ENABLED"),
     )["RuleArn"]
     targets = []
@@ -246,13 +257,19 @@ def _rule(client: Any, props: dict[str, Any]) -> tuple[str, dict[str, str]]:
 
 
 _ORDER = (
-    "AWS::DynamoDB::Table", "AWS::SSM::Parameter", "AWS::S3::Bucket", "AWS::Events::EventBus", "AWS::Events::Archive",
-    "AWS::SQS::Queue", "AWS::Events::Rule",
+    "AWS::DynamoDB::Table",
+    "AWS::SSM::Parameter",
+    "AWS::S3::Bucket",
+    "AWS::Events::EventBus",
+    "AWS::Events::Archive",
+    "AWS::SQS::Queue",
+    "AWS::Events::Rule",
 )
 
 
-def provision_stack(name: str, parameters: dict[str, str], session: boto3.Session, endpoint_url: str | None,
-                    exports: dict[str, str]) -> StackResources:
+def provision_stack(
+    name: str, parameters: dict[str, str], session: boto3.Session, endpoint_url: str | None, exports: dict[str, str]
+) -> StackResources:
     template = cfn_yaml.load(str(INFRA / f"{name}.yaml"))
     stack = StackResources(name)
     region = session.region_name or "us-east-1"
@@ -279,7 +296,8 @@ def provision_stack(name: str, parameters: dict[str, str], session: boto3.Sessio
                 physical, attributes = props["Name"], {"Arn": arn, "Name": props["Name"]}
             elif kind == "AWS::Events::Archive":
                 arn = clients["events"].create_archive(
-                    ArchiveName=props["ArchiveName"], EventSourceArn=props["SourceArn"],
+                    ArchiveName=props["ArchiveName"],
+                    EventSourceArn=props["SourceArn"],
                     RetentionDays=int(props.get("RetentionDays", 0)),
                 )["ArchiveArn"]
                 physical, attributes = props["ArchiveName"], {"Arn": arn}
@@ -300,9 +318,13 @@ def provision_stack(name: str, parameters: dict[str, str], session: boto3.Sessio
     return stack
 
 
-def provision(endpoint_url: str | None, env: str = "dev", region: str = "us-east-1",
-              stacks: tuple[str, ...] = SERVICE_STACKS,
-              shared_parameters: dict[str, str] | None = None) -> Provisioned:
+def provision(
+    endpoint_url: str | None,
+    env: str = "dev",
+    region: str = "us-east-1",
+    stacks: tuple[str, ...] = SERVICE_STACKS,
+    shared_parameters: dict[str, str] | None = None,
+) -> Provisioned:
     """Create the shared stack's and `stacks`' resources; returns names, URLs and exports.
     `shared_parameters` are the shared stack's parameter overrides (e.g. GuardConfig)."""
     session = boto3.Session(region_name=region)
@@ -321,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region", default="us-east-1")
     args = parser.parse_args(argv)
     result = provision(args.endpoint_url, args.env, args.region)
-    print(json.dumps({"exports": result.exports,
-                      "stacks": {k: v.physical for k, v in result.stacks.items()}}, indent=2))
+    print(
+        json.dumps({"exports": result.exports, "stacks": {k: v.physical for k, v in result.stacks.items()}}, indent=2)
+    )
     return 0
 
 

@@ -129,10 +129,14 @@ class UnbatchedUsageRecorded(_GenerationEvent):
         for usage in (self.token_usage, self.unanswered):
             for model, used in usage.items():
                 held = merged.get(model)
-                merged[model] = used if held is None else TokenUsage(
-                    input_tokens=held.input_tokens + used.input_tokens,
-                    output_tokens=held.output_tokens + used.output_tokens,
-                    calls=held.calls + used.calls,
+                merged[model] = (
+                    used
+                    if held is None
+                    else TokenUsage(
+                        input_tokens=held.input_tokens + used.input_tokens,
+                        output_tokens=held.output_tokens + used.output_tokens,
+                        calls=held.calls + used.calls,
+                    )
                 )
         return merged
 

@@ -60,7 +60,9 @@ class JobOptions(BaseModel):
     partition_strategy: str | None = None
     priority: int = 0
     models: list[str] | None = Field(
-        default=None, min_length=1, max_length=MAX_FANOUT_MODELS,
+        default=None,
+        min_length=1,
+        max_length=MAX_FANOUT_MODELS,
         description="fan-out: each `provider/model-id` replaces every step's model and makes "
         "num_records records of its own",
     )
@@ -84,19 +86,26 @@ class JobRequested(JobOptions, _JobEvent):
 
     @classmethod
     def of(
-        cls, job_id: str, owner: str, template_id: str, template_version: int, seed_id: str,
+        cls,
+        job_id: str,
+        owner: str,
+        template_id: str,
+        template_version: int,
+        seed_id: str,
         options: JobOptions,
     ) -> JobRequested:
         return cls(
-            job_id=job_id, owner=owner, template_id=template_id,
-            template_version=template_version, seed_id=seed_id, **dict(options),
+            job_id=job_id,
+            owner=owner,
+            template_id=template_id,
+            template_version=template_version,
+            seed_id=seed_id,
+            **dict(options),
         )
 
     @property
     def options(self) -> JobOptions:
-        return JobOptions.model_construct(
-            **{name: getattr(self, name) for name in JobOptions.model_fields}
-        )
+        return JobOptions.model_construct(**{name: getattr(self, name) for name in JobOptions.model_fields})
 
 
 class JobStarted(_JobEvent):

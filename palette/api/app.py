@@ -182,7 +182,8 @@ class _RequestPerThread:
     def resolve(self, event: Any, context: Any) -> dict[str, Any]:
         resolver: Any = super()
         self._threads.resolving = _Resolving(
-            event=self._to_proxy_event(event), lambda_context=context,  # type: ignore[attr-defined]
+            event=self._to_proxy_event(event),
+            lambda_context=context,  # type: ignore[attr-defined]
             context=dict(self._idle.context),
         )
         try:
@@ -265,10 +266,14 @@ def build_app(
     names the checks GET /health/ready runs."""
     cors = (
         CORSConfig(
-            allow_origin=cors_origins[0], extra_origins=list(cors_origins[1:]),
-            allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS, max_age=600,
+            allow_origin=cors_origins[0],
+            extra_origins=list(cors_origins[1:]),
+            allow_headers=CORS_ALLOW_HEADERS,
+            expose_headers=CORS_EXPOSE_HEADERS,
+            max_age=600,
         )
-        if cors_origins else None
+        if cors_origins
+        else None
     )
     facade = _LocalFacade if local else _LambdaFacade
     app: ApiGatewayResolver = facade(enable_validation=True, cors=cors, serializer=_reply_json)
@@ -342,7 +347,9 @@ def build_app(
         refused = admit(app)
         if refused is not None:
             refused.headers["X-Request-Id"] = rid
-            logger.info("request", extra={"method": event.http_method, "path": event.path, "status": refused.status_code})
+            logger.info(
+                "request", extra={"method": event.http_method, "path": event.path, "status": refused.status_code}
+            )
             return refused
         response = next_middleware(app)
         response.headers["X-Request-Id"] = rid
@@ -394,8 +401,12 @@ def build_app(
         allowed = _methods_of(app, app.current_event.path) if method != "OPTIONS" else []
         if allowed:
             return error_response(
-                405, "METHOD_NOT_ALLOWED", f"{app.current_event.path[:200]} does not take {method[:20]}",
-                {"method": method[:20], "allowed": allowed}, rid, {"Allow": ", ".join(allowed)},
+                405,
+                "METHOD_NOT_ALLOWED",
+                f"{app.current_event.path[:200]} does not take {method[:20]}",
+                {"method": method[:20], "allowed": allowed},
+                rid,
+                {"Allow": ", ".join(allowed)},
             )
         return error_response(404, "NOT_FOUND", "no such route", {}, rid)
 
@@ -413,8 +424,10 @@ def build_app(
         "/health/ready",
         responses={
             200: {"description": "every dependency answered"},
-            503: {"description": "SERVICE_UNAVAILABLE: a dependency failed (named in details.failed)",
-                  "content": {"application/json": {"model": ErrorReply}}},
+            503: {
+                "description": "SERVICE_UNAVAILABLE: a dependency failed (named in details.failed)",
+                "content": {"application/json": {"model": ErrorReply}},
+            },
         },
     )
     def ready() -> dict[str, Any]:

@@ -145,8 +145,12 @@ class PooledResolver:
             return
         if self._admitted >= self._capacity:
             await send_error(
-                send, 503, "SERVICE_UNAVAILABLE", "the server is busy; retry shortly",
-                {"retry_after_seconds": BUSY_RETRY_AFTER_SECONDS}, request_id,
+                send,
+                503,
+                "SERVICE_UNAVAILABLE",
+                "the server is busy; retry shortly",
+                {"retry_after_seconds": BUSY_RETRY_AFTER_SECONDS},
+                request_id,
                 [(b"retry-after", str(BUSY_RETRY_AFTER_SECONDS).encode())],
             )
             return
@@ -168,8 +172,12 @@ class PooledResolver:
         peer = peer_ip(scope) or ""
         if self._body_reads.get(peer, 0) >= self._body_reads_per_peer:
             await send_error(
-                send, 429, "RATE_LIMITED", "too many requests in progress from this address; retry shortly",
-                {"retry_after_seconds": BUSY_RETRY_AFTER_SECONDS}, request_id,
+                send,
+                429,
+                "RATE_LIMITED",
+                "too many requests in progress from this address; retry shortly",
+                {"retry_after_seconds": BUSY_RETRY_AFTER_SECONDS},
+                request_id,
                 [(b"retry-after", str(BUSY_RETRY_AFTER_SECONDS).encode()), (b"connection", b"close")],
             )
             return None
@@ -179,13 +187,23 @@ class PooledResolver:
             return await asyncio.wait_for(read_body(scope, receive, limit), self._body_seconds)
         except _BodyTooLarge:
             await send_error(
-                send, 413, "PAYLOAD_TOO_LARGE", f"the request body is larger than {limit} bytes",
-                {"limit_bytes": limit}, request_id, [(b"connection", b"close")],
+                send,
+                413,
+                "PAYLOAD_TOO_LARGE",
+                f"the request body is larger than {limit} bytes",
+                {"limit_bytes": limit},
+                request_id,
+                [(b"connection", b"close")],
             )
         except TimeoutError:
             await send_error(
-                send, 408, "REQUEST_TIMEOUT", f"the request body did not arrive within {self._body_seconds:g} s",
-                {"timeout_seconds": self._body_seconds}, request_id, [(b"connection", b"close")],
+                send,
+                408,
+                "REQUEST_TIMEOUT",
+                f"the request body did not arrive within {self._body_seconds:g} s",
+                {"timeout_seconds": self._body_seconds},
+                request_id,
+                [(b"connection", b"close")],
             )
         except _ClientGone:
             pass
@@ -283,7 +301,9 @@ async def send_response(send: Send, response: Mapping[str, Any], request_id: str
     status = int(response.get("statusCode", 200))
     body = response.get("body") or ""
     payload = base64.b64decode(body) if response.get("isBase64Encoded") else body.encode("utf-8")
-    headers = [(str(k).lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in (response.get("headers") or {}).items()]
+    headers = [
+        (str(k).lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in (response.get("headers") or {}).items()
+    ]
     headers += [(b"set-cookie", str(cookie).encode("latin-1")) for cookie in response.get("cookies") or []]
     if not any(name == b"x-request-id" for name, _ in headers):
         headers.append((b"x-request-id", request_id.encode()))
@@ -297,19 +317,28 @@ async def send_response(send: Send, response: Mapping[str, Any], request_id: str
 
 
 async def send_error(
-    send: Send, status: int, code: str, message: str, details: dict[str, Any], request_id: str,
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any],
+    request_id: str,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
     """An answer in the facade's error shape, sent without the resolver."""
     body = error_body(code, message, details, request_id).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", request_id.encode()), *(extra_headers or []),
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+                *(extra_headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -44,7 +44,10 @@ class LocalTokens:
         token = bearer_token(headers)
         try:
             claims = jwt.decode(
-                token, self._secret, algorithms=["HS256"], issuer=ISSUER,
+                token,
+                self._secret,
+                algorithms=["HS256"],
+                issuer=ISSUER,
                 options={"require": ["sub", "exp"]},
             )
         except jwt.ExpiredSignatureError:
@@ -58,9 +61,7 @@ class ApiGatewayJwtClaims:
     """Reads `sub` from the claims that API Gateway's JWT authorizer put in the event."""
 
     def user_id(self, headers: dict[str, str], raw_event: dict[str, Any]) -> str:
-        claims = (
-            raw_event.get("requestContext", {}).get("authorizer", {}).get("jwt", {}).get("claims")
-        )
+        claims = raw_event.get("requestContext", {}).get("authorizer", {}).get("jwt", {}).get("claims")
         if not claims or not claims.get("sub"):
             raise Unauthorized("no verified identity in the request")
         return checked_user_id(claims["sub"])

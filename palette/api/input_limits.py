@@ -59,7 +59,9 @@ def refuse_body(method: str, content_type: str | None, body: str) -> Refusal | N
         return None
     if not json_media_type(content_type):
         return Refusal(
-            415, "UNSUPPORTED_MEDIA_TYPE", "the request body must be JSON: send Content-Type: application/json",
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "the request body must be JSON: send Content-Type: application/json",
             {"content_type": (content_type or "")[:200], "accepted": ["application/json", "application/*+json"]},
         )
     outside_strings = _STRING.sub('""', body)
@@ -67,11 +69,17 @@ def refuse_body(method: str, content_type: str | None, body: str) -> Refusal | N
     for bracket in _BRACKET.finditer(outside_strings):
         depth += 1 if bracket.group() in "[{" else -1
         if depth > MAX_JSON_DEPTH:
-            return _invalid("json_too_deep", f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep",
-                            {"max_depth": MAX_JSON_DEPTH})
+            return _invalid(
+                "json_too_deep",
+                f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} deep",
+                {"max_depth": MAX_JSON_DEPTH},
+            )
     if _LONG_NUMBER.search(outside_strings):
-        return _invalid("number_too_long", f"the request body holds a number of more than {MAX_NUMBER_DIGITS} digits",
-                        {"max_digits": MAX_NUMBER_DIGITS})
+        return _invalid(
+            "number_too_long",
+            f"the request body holds a number of more than {MAX_NUMBER_DIGITS} digits",
+            {"max_digits": MAX_NUMBER_DIGITS},
+        )
     exponents = _EXPONENT_NUMBER.finditer(outside_strings)
     if _NON_FINITE.search(outside_strings) or any(not math.isfinite(float(n.group())) for n in exponents):
         return _invalid(
@@ -83,4 +91,6 @@ def refuse_body(method: str, content_type: str | None, body: str) -> Refusal | N
 
 
 def _invalid(kind: str, message: str, limit: dict[str, Any]) -> Refusal:
-    return Refusal(400, "VALIDATION_ERROR", message, {"errors": [{"field": "body", "type": kind, "message": message}], **limit})
+    return Refusal(
+        400, "VALIDATION_ERROR", message, {"errors": [{"field": "body", "type": kind, "message": message}], **limit}
+    )

@@ -80,7 +80,7 @@ class FacadeApp:
             await self._api(scope, receive, send, request_id)
 
     async def _blob_route(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
-        key = scope["path"][len(BLOB_PREFIX):]  # ASGI gives the path percent-decoded once
+        key = scope["path"][len(BLOB_PREFIX) :]  # ASGI gives the path percent-decoded once
         params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         limiter = self._limiter
         if limiter is not None:
@@ -91,30 +91,47 @@ class FacadeApp:
             if not decision.allowed:
                 retry_after = decision.retry_after_header
                 await send_error(
-                    send, 429, "RATE_LIMITED", f"too many {route} requests; retry in {retry_after} s",
-                    {"route_class": route, "retry_after_seconds": int(retry_after)}, request_id,
+                    send,
+                    429,
+                    "RATE_LIMITED",
+                    f"too many {route} requests; retry in {retry_after} s",
+                    {"route_class": route, "retry_after_seconds": int(retry_after)},
+                    request_id,
                     [(b"retry-after", retry_after.encode())],
                 )
                 return
         oversized = [name for name in ("expires", "max_bytes") if len(params.get(name, "")) > MAX_COUNT_DIGITS]
         if oversized:
             await send_error(
-                send, 400, "VALIDATION_ERROR", f"the URL's {oversized[0]!r} parameter is longer than {MAX_COUNT_DIGITS} digits",
-                {"errors": [{"field": name, "type": "too_long", "message": f"at most {MAX_COUNT_DIGITS} digits"} for name in oversized]},
-                request_id, [(b"connection", b"close")],
+                send,
+                400,
+                "VALIDATION_ERROR",
+                f"the URL's {oversized[0]!r} parameter is longer than {MAX_COUNT_DIGITS} digits",
+                {
+                    "errors": [
+                        {"field": name, "type": "too_long", "message": f"at most {MAX_COUNT_DIGITS} digits"}
+                        for name in oversized
+                    ]
+                },
+                request_id,
+                [(b"connection", b"close")],
             )
             return
         try:
             if scope["method"] == "PUT":
                 await self._upload(key, params, receive)
                 body = json.dumps({"status": "ok", "key": key}).encode()
-                await send({
-                    "type": "http.response.start", "status": 200,
-                    "headers": [
-                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"x-request-id", request_id.encode()),
-                    ],
-                })
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"x-request-id", request_id.encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
             elif scope["method"] == "GET":
                 await self._download(key, params, send, request_id)
@@ -175,11 +192,13 @@ class FacadeApp:
         loop = asyncio.get_running_loop()
         handle = await loop.run_in_executor(None, self._blobs.open_read, key)
         try:
-            await send({
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/octet-stream"), (b"x-request-id", request_id.encode())],
-            })
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream"), (b"x-request-id", request_id.encode())],
+                }
+            )
             while chunk := await loop.run_in_executor(None, handle.read, _CHUNK):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
@@ -202,11 +221,18 @@ class LocalServer:
     up to `grace` seconds (then closes their connections), and returns."""
 
     def __init__(
-        self, app: Callable[..., Any], host: str = "127.0.0.1", port: int = 8000,
+        self,
+        app: Callable[..., Any],
+        host: str = "127.0.0.1",
+        port: int = 8000,
         grace: float = DEFAULT_GRACE_SECONDS,
     ) -> None:
         self.config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off",
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
             timeout_graceful_shutdown=max(1, round(grace)),
             proxy_headers=False,  # the client's address is the TCP peer, never X-Forwarded-For
         )

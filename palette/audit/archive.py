@@ -47,9 +47,7 @@ _REPEATED = ("source", "schema_version", "actor", "date")
 times) are nearly all distinct, and a dictionary of them only costs time."""
 SCHEMA = pa.schema(list(zip(_FIELDS, _TYPES, strict=True)) + [("date", pa.string())])
 _TIME = _FIELDS.index("time")
-PARTITIONING = ds.partitioning(
-    pa.schema([("date", pa.string()), ("detail_type", pa.string())]), flavor="hive"
-)
+PARTITIONING = ds.partitioning(pa.schema([("date", pa.string()), ("detail_type", pa.string())]), flavor="hive")
 
 Progress = Callable[[int], None]
 
@@ -99,20 +97,24 @@ class _Heads:
         if batch.num_rows == 0:
             return
         last_of_each = (
-            pa.table([batch.column("stream_id"), batch.column("version"), batch.column("hash")],
-                     names=["stream_id", "version", "hash"])
+            pa.table(
+                [batch.column("stream_id"), batch.column("version"), batch.column("hash")],
+                names=["stream_id", "version", "hash"],
+            )
             .group_by("stream_id", use_threads=False)
             .aggregate([("version", "last"), ("hash", "last")])
         )
-        self.heads.update(zip(
-            last_of_each.column("stream_id").to_pylist(),
+        self.heads.update(
             zip(
-                last_of_each.column("version_last").to_pylist(),
-                last_of_each.column("hash_last").to_pylist(),
+                last_of_each.column("stream_id").to_pylist(),
+                zip(
+                    last_of_each.column("version_last").to_pylist(),
+                    last_of_each.column("hash_last").to_pylist(),
+                    strict=True,
+                ),
                 strict=True,
-            ),
-            strict=True,
-        ))
+            )
+        )
         self.count += batch.num_rows
         low, high = pc.min_max(batch.column("position")).values()
         if low.is_valid:

@@ -38,7 +38,8 @@ DEFAULT_DATA_DIR = Path(".palette")
 Runtime = Annotated[
     str,
     typer.Option(
-        "--runtime", help="local (the data directory) or aws (DynamoDB, from the environment).",
+        "--runtime",
+        help="local (the data directory) or aws (DynamoDB, from the environment).",
         envvar="PALETTE_RUNTIME",
     ),
 ]
@@ -95,9 +96,13 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
         yield lambda _n: None
         return
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console, transient=True,
+        console=console,
+        transient=True,
     ) as progress:
         task = progress.add_task(description, total=None)
         yield lambda n: progress.advance(task, n)
@@ -246,8 +251,14 @@ def _print_job(result: Any) -> None:
         table.add_column(column, overflow="fold")
     for e in result.entries:
         table.add_row(
-            str(e.position), e.time, e.stream_id.split("-", 1)[0], str(e.version), e.detail_type,
-            e.actor, e.correlation_id[:13], e.summary,
+            str(e.position),
+            e.time,
+            e.stream_id.split("-", 1)[0],
+            str(e.version),
+            e.detail_type,
+            e.actor,
+            e.correlation_id[:13],
+            e.summary,
         )
     console.print(table)
     r = result.reconciliation
@@ -256,13 +267,18 @@ def _print_job(result: Any) -> None:
         costs.add_column(column)
     for line in r.batches:
         costs.add_row(
-            str(line.batch_number), str(line.rows), " + ".join(f"${money_text(c)}" for c in line.charges) or "-",
+            str(line.batch_number),
+            str(line.rows),
+            " + ".join(f"${money_text(c)}" for c in line.charges) or "-",
             money_text(line.recorded_model_tokens) if line.recorded_model_tokens is not None else "-",
-            money_text(line.priced_model_tokens) if line.priced_model_tokens is not None else "-", line.note,
+            money_text(line.priced_model_tokens) if line.priced_model_tokens is not None else "-",
+            line.note,
         )
     for usage in r.usage:
         costs.add_row(
-            usage.kind or "usage", "-", " + ".join(f"${money_text(c)}" for c in usage.charges) or "-",
+            usage.kind or "usage",
+            "-",
+            " + ".join(f"${money_text(c)}" for c in usage.charges) or "-",
             money_text(usage.recorded_model_tokens) if usage.recorded_model_tokens is not None else "-",
             money_text(usage.priced_model_tokens) if usage.priced_model_tokens is not None else "-",
             usage.note,
@@ -290,9 +306,15 @@ def _print_job(result: Any) -> None:
 
 def replay_command(
     data_dir: DataDir = DEFAULT_DATA_DIR,
-    into: Annotated[Path | None, typer.Option("--into", help="Build the views in DIR instead of replacing the live ones.")] = None,
-    diff: Annotated[bool, typer.Option("--diff", help="Compare the rebuilt views with the live ones, row by row.")] = False,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="Only events recorded at or before this ISO-8601 time.")] = None,
+    into: Annotated[
+        Path | None, typer.Option("--into", help="Build the views in DIR instead of replacing the live ones.")
+    ] = None,
+    diff: Annotated[
+        bool, typer.Option("--diff", help="Compare the rebuilt views with the live ones, row by row.")
+    ] = False,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Only events recorded at or before this ISO-8601 time.")
+    ] = None,
     runtime: Runtime = "local",
     as_json: Json = False,
     workers: Workers = None,
@@ -509,7 +531,9 @@ def projections_status(data_dir: DataDir = DEFAULT_DATA_DIR, runtime: Runtime = 
 def projections_redrive(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     runtime: Runtime = "local",
-    projection: Annotated[str | None, typer.Option("--projection", help="Only this view (default: every view).")] = None,
+    projection: Annotated[
+        str | None, typer.Option("--projection", help="Only this view (default: every view).")
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Apply again the events the views set aside (after the fix), and clear those that

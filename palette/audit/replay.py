@@ -162,8 +162,17 @@ def replay(
                 routes[detail_type] = None
         inside = {detail_type: [route[id(t)] for t in wanted[detail_type]] for detail_type in outside}
         summary = _read_and_apply(
-            events, Routing(routes, inside, outside), sinks, include, catalog, progress, commit_batch,
-            read_page, to_position, stream_partition, every_partition,
+            events,
+            Routing(routes, inside, outside),
+            sinks,
+            include,
+            catalog,
+            progress,
+            commit_batch,
+            read_page,
+            to_position,
+            stream_partition,
+            every_partition,
         )
     finally:
         for sink in sinks:
@@ -193,8 +202,14 @@ def _read_and_apply(
     read_by_type: Counter[str] = Counter()
     if not routes:
         return ReplaySummary(0, 0, None, {})
-    pages = row_pages(events, read_page, detail_types=sorted(routes), to_position=to_position,
-                      stream_partition=stream_partition, every_partition=every_partition)
+    pages = row_pages(
+        events,
+        read_page,
+        detail_types=sorted(routes),
+        to_position=to_position,
+        stream_partition=stream_partition,
+        every_partition=every_partition,
+    )
     with closing(pages), collector_paused():
         for rows in pages:
             read_by_type.update(map(_detail_type, rows))
@@ -253,8 +268,10 @@ def _read_and_apply(
             sink.commit()
     read_by_type -= not_counted
     return ReplaySummary(
-        events_read=read_by_type.total(), last_position=position if include is None else last_included,
-        as_of=None, applied={},
+        events_read=read_by_type.total(),
+        last_position=position if include is None else last_included,
+        as_of=None,
+        applied={},
         read_by_type=dict(read_by_type),
     )
 

@@ -50,7 +50,7 @@ class DocumentRow(NamedTuple):
         return self[3:]
 
 
-_ROW = "SELECT collection, key, body, i1p, i1s, i2p, i2s FROM \"{table}\" ORDER BY collection, key"
+_ROW = 'SELECT collection, key, body, i1p, i1s, i2p, i2s FROM "{table}" ORDER BY collection, key'
 _INDEX_COLUMNS = ("index1.partition", "index1.sort", "index2.partition", "index2.sort")
 
 
@@ -62,9 +62,7 @@ def _rows(db: sqlite3.Connection, table: str) -> Iterator[DocumentRow]:
             raise
 
 
-def diff_documents(
-    live: Path, rebuilt: Path, projections: Sequence[DocumentProjection]
-) -> list[RowDifference]:
+def diff_documents(live: Path, rebuilt: Path, projections: Sequence[DocumentProjection]) -> list[RowDifference]:
     """Every document (row) of `projections` that is missing, extra or different in the
     live projections file compared with the rebuilt one; bodies compare as JSON values."""
     differences: list[RowDifference] = []
@@ -80,9 +78,7 @@ def diff_documents(
     return differences
 
 
-def _diff_table(
-    name: str, live: Iterator[DocumentRow], rebuilt: Iterator[DocumentRow]
-) -> Iterator[RowDifference]:
+def _diff_table(name: str, live: Iterator[DocumentRow], rebuilt: Iterator[DocumentRow]) -> Iterator[RowDifference]:
     left, right = next(live, None), next(rebuilt, None)
     while left is not None or right is not None:
         left_key = None if left is None else (left.collection, left.key)

@@ -88,8 +88,14 @@ def _replay_file(
             for projections, whole in ((task.projections, False), (task.whole_log, True))
             for p in projections
         ]
-        return replay(events, targets, as_of=as_of, progress=progress, to_position=to_position,
-                      stream_partition=task.stream_partition)
+        return replay(
+            events,
+            targets,
+            as_of=as_of,
+            progress=progress,
+            to_position=to_position,
+            stream_partition=task.stream_partition,
+        )
     finally:
         store.close()
 
@@ -107,9 +113,7 @@ def _combined(summaries: Sequence[ReplaySummary]) -> ReplaySummary:
     return ReplaySummary(read_by_type.total(), last, None, applied, read_by_type=dict(sorted(read_by_type.items())))
 
 
-def _plan(
-    events: EventStore, projections: Sequence[DocumentProjection], workers: int | None
-) -> list[_Task]:
+def _plan(events: EventStore, projections: Sequence[DocumentProjection], workers: int | None) -> list[_Task]:
     """The task of each process (this one first); one process when a split does not pay."""
     whole = [_Task(list(projections))]
     if not isinstance(events, SQLiteEventStore):

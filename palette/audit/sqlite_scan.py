@@ -56,7 +56,8 @@ _PARTITION_SQL = (
     "ELSE detail ->> '$.job_id' END, "
     + ", ".join(_IF_VALID.format(name) for name in ("batch_number", "rows", "total", "budget_limit"))
     + ", CASE WHEN detail_type IN ('DatasetExported', 'GenerationFailed') THEN detail END, "
-    + _IF_VALID.format("charge_id") + " "
+    + _IF_VALID.format("charge_id")
+    + " "
     "FROM events WHERE position <= ? "
     f"AND {STREAM_PARTITION} = ? "
     "ORDER BY position"

@@ -208,8 +208,16 @@ def audit_job(
     details = [json.loads(e.detail) for e in events]
     entries = [
         TimelineEntry(
-            e.position, e.time, e.stream_id, e.version, e.detail_type, e.actor, e.correlation_id,
-            e.causation_id, e.id, summarize(e.detail_type, d),
+            e.position,
+            e.time,
+            e.stream_id,
+            e.version,
+            e.detail_type,
+            e.actor,
+            e.correlation_id,
+            e.causation_id,
+            e.id,
+            summarize(e.detail_type, d),
         )
         for e, d in zip(events, details, strict=True)
     ]
@@ -226,7 +234,8 @@ def summarize(detail_type: str, d: dict[str, Any]) -> str:
         )
     if detail_type == BatchGenerated.detail_type():
         tokens = ", ".join(
-            f"{model} {u['input_tokens']}+{u['output_tokens']} tok" for model, u in sorted(d.get("token_usage", {}).items())
+            f"{model} {u['input_tokens']}+{u['output_tokens']} tok"
+            for model, u in sorted(d.get("token_usage", {}).items())
         )
         return (
             f"batch {d.get('batch_number')}: records {d.get('first_record')}..{d.get('last_record')}, "
@@ -330,13 +339,15 @@ def reconcile(
     if result.budget_limit is not None and result.recorded_total > result.budget_limit:
         result.discrepancies.append(
             f"recorded spend ${money_text(result.recorded_total)} exceeds the budget ${money_text(result.budget_limit)}"
-            + (f": the provider ignored max_tokens ({IGNORED_MAX_TOKENS}); the hard budget holds only for "
-               "providers that honour max_tokens" if ignored_max_tokens else "")
+            + (
+                f": the provider ignored max_tokens ({IGNORED_MAX_TOKENS}); the hard budget holds only for "
+                "providers that honour max_tokens"
+                if ignored_max_tokens
+                else ""
+            )
         )
     if result.rows_exported is not None and result.rows_exported != result.rows_generated:
-        result.discrepancies.append(
-            f"{result.rows_exported} rows exported, {result.rows_generated} generated"
-        )
+        result.discrepancies.append(f"{result.rows_exported} rows exported, {result.rows_generated} generated")
     return result
 
 
@@ -414,8 +425,10 @@ def _priced_tokens(
         return None
     try:
         priced = sum(
-            (pricing.price_call(catalog, model, u["input_tokens"], u["output_tokens"])
-             for model, u in token_usage.items()),
+            (
+                pricing.price_call(catalog, model, u["input_tokens"], u["output_tokens"])
+                for model, u in token_usage.items()
+            ),
             Decimal(0),
         )
     except pricing.PricingError as error:
@@ -447,7 +460,8 @@ def _price(
         )
         return
     runtimes = [
-        name for name in catalog.runtimes
+        name
+        for name in catalog.runtimes
         if pricing.price_batch(catalog, _usage(batch), batch["duration_ms"], batch["bytes_written"], name).total
         == Decimal(charge["total"])
     ]

@@ -186,11 +186,35 @@ _NOT_AN_OBJECT = "\x00not a JSON object"
 def audit_row(row: Row) -> AuditRow:
     """The AuditRow of a row of StoredEvent's fields (see `row_pages`), built in Python: for
     stores without the SQLite scan."""
-    (event_id, stream_id, version, position, source, detail_type, schema_version, time,
-     correlation_id, causation_id, actor, detail, prev_hash, event_hash) = row
+    (
+        event_id,
+        stream_id,
+        version,
+        position,
+        source,
+        detail_type,
+        schema_version,
+        time,
+        correlation_id,
+        causation_id,
+        actor,
+        detail,
+        prev_hash,
+        event_hash,
+    ) = row
     canonical = canonical_text(
-        prev_hash, event_id, stream_id, version, source, detail_type, schema_version,
-        time, correlation_id, causation_id, actor, detail,
+        prev_hash,
+        event_id,
+        stream_id,
+        version,
+        source,
+        detail_type,
+        schema_version,
+        time,
+        correlation_id,
+        causation_id,
+        actor,
+        detail,
     ).encode()
     head = (stream_id, version, position, event_id, detail_type, prev_hash, event_hash, canonical)
     if detail_type not in JOB_FACT_TYPES:
@@ -202,7 +226,13 @@ def audit_row(row: Row) -> AuditRow:
         return (*head, _NOT_AN_OBJECT, None, None, None, None, None, None)
     exported = fields if detail_type in (_EXPORTED, _GENERATION_FAILED) else None
     return (
-        *head, get("job_id"), get("batch_number"), get("rows"), get("total"), get("budget_limit"), exported,
+        *head,
+        get("job_id"),
+        get("batch_number"),
+        get("rows"),
+        get("total"),
+        get("budget_limit"),
+        exported,
         get("charge_id"),
     )
 
@@ -242,10 +272,13 @@ class ChainChecker:
             if prev_hash != head_hash:
                 violations.append(_chain_violation(EventRef(*row[:5]), head_version))
             if sha256(canonical).hexdigest() != event_hash and (rehash is None or rehash(row) != event_hash):
-                violations.append(Violation.at(
-                    "hash", EventRef(*row[:5]),
-                    "stored content does not match its hash: the event was altered after it was recorded",
-                ))
+                violations.append(
+                    Violation.at(
+                        "hash",
+                        EventRef(*row[:5]),
+                        "stored content does not match its hash: the event was altered after it was recorded",
+                    )
+                )
             heads[stream_id] = (version, event_hash)
         self._next_position = expected
         self.last_position = last
@@ -276,7 +309,8 @@ def _version_violation(ref: EventRef, version: int, head_version: int) -> Violat
 
 def _chain_violation(ref: EventRef, head_version: int) -> Violation:
     return Violation.at(
-        "chain", ref,
+        "chain",
+        ref,
         f"prev_hash does not link to the hash of v{head_version}: an event before it was altered or removed",
     )
 
@@ -314,10 +348,10 @@ class DomainAuditor:
             if job_id is None or job_id == _NOT_AN_OBJECT or not isinstance(job_id, str):
                 violations.append(Violation.at("detail", ref_of(row[:5]), "detail is not the event's JSON object"))
                 continue
-            if row[0][-len(job_id) - 1:] != f"-{job_id}":
-                violations.append(Violation.at(
-                    "detail", ref_of(row[:5]), f"job_id {job_id!r} is not the job this stream belongs to"
-                ))
+            if row[0][-len(job_id) - 1 :] != f"-{job_id}":
+                violations.append(
+                    Violation.at("detail", ref_of(row[:5]), f"job_id {job_id!r} is not the job this stream belongs to")
+                )
                 continue
             job = jobs.get(job_id)
             if job is None:
@@ -331,13 +365,15 @@ class DomainAuditor:
                     ref = ref_of(row[:5])
                     if job.ended_by is not None or job.generation_ended_by is not None:
                         ended = _earliest(job.ended_by, job.generation_ended_by)
-                        violations.append(Violation.at(
-                            "terminal", ref, f"batch {number} generated after the job ended ({ended})"
-                        ))
+                        violations.append(
+                            Violation.at("terminal", ref, f"batch {number} generated after the job ended ({ended})")
+                        )
                     if number in job.batches:
-                        violations.append(Violation.at(
-                            "batch", ref, f"batch {number} generated twice (first at {job.batches[number][1]})"
-                        ))
+                        violations.append(
+                            Violation.at(
+                                "batch", ref, f"batch {number} generated twice (first at {job.batches[number][1]})"
+                            )
+                        )
                     else:
                         job.batches[number] = (generated, ref)
                 elif kind == cost_type:
@@ -409,21 +445,25 @@ class DomainAuditor:
         ended = job.ended_by or job.generation_ended_by
         batches = {number: ref for number, (_, ref) in job.batches.items()}
         self._charged_once(batches, job.charges, ended, "batch", "which was never generated")
-        self._charged_once(job.usage_facts, job.usage_charges, ended, "usage", "which is no usage of this job in the log")
+        self._charged_once(
+            job.usage_facts, job.usage_charges, ended, "usage", "which is no usage of this job in the log"
+        )
         generated = sum(rows for rows, _ in job.batches.values())
         for detail, ref in job.exports:
             if detail.get("rows") != generated:
-                violations.append(Violation.at(
-                    "export", ref, f"exported {detail.get('rows')} rows, batches generated {generated}"
-                ))
+                violations.append(
+                    Violation.at("export", ref, f"exported {detail.get('rows')} rows, batches generated {generated}")
+                )
             per_format: dict[str, int] = {}
             for file in detail.get("files", []):
                 per_format[file["format"]] = per_format.get(file["format"], 0) + file["rows"]
             for fmt, rows in sorted(per_format.items()):
                 if rows != detail.get("rows"):
-                    violations.append(Violation.at(
-                        "export", ref, f"{fmt} files hold {rows} rows, the export says {detail.get('rows')}"
-                    ))
+                    violations.append(
+                        Violation.at(
+                            "export", ref, f"{fmt} files hold {rows} rows, the export says {detail.get('rows')}"
+                        )
+                    )
 
     def _charged_once(
         self,
@@ -445,9 +485,9 @@ class DomainAuditor:
                 else:
                     violations.append(Violation.at("charge", ref, f"{kind} {key} was never charged"))
             for extra in found[1:]:
-                violations.append(Violation.at(
-                    "charge", extra, f"{kind} {key} charged {len(found)} times (first at {found[0]})"
-                ))
+                violations.append(
+                    Violation.at("charge", extra, f"{kind} {key} charged {len(found)} times (first at {found[0]})")
+                )
         for key, refs in sorted(charges.items(), key=lambda item: item[0]):
             if key not in facts:
                 for ref in refs:
@@ -519,10 +559,15 @@ def _streams_not_reached(store: EventStore, heads: Mapping[str, tuple[int, str]]
         reached = heads.get(stream_id, (0, ""))[0]
         last = store.stream_version(stream_id)
         if last != reached:
-            found.append(Violation(
-                "stream", f"the stream has {last} versions but positions reach only v{reached}: "
-                "events are missing from the global order", stream_id, reached + 1,
-            ))
+            found.append(
+                Violation(
+                    "stream",
+                    f"the stream has {last} versions but positions reach only v{reached}: "
+                    "events are missing from the global order",
+                    stream_id,
+                    reached + 1,
+                )
+            )
     return found
 
 

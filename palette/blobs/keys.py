@@ -35,9 +35,7 @@ def key_segment(text: str) -> str:
     """`text` as one blob key segment: collision-free, ASCII, at most MAX_SEGMENT_CHARS."""
     if not isinstance(text, str) or not text:
         raise ValueError("a key segment needs non-empty text")
-    encoded = "".join(
-        char if char in KEY_SAFE_CHARACTERS else _percent(char) for char in text
-    )
+    encoded = "".join(char if char in KEY_SAFE_CHARACTERS else _percent(char) for char in text)
     if encoded.startswith("."):
         encoded = "%2E" + encoded[1:]
     if len(encoded) <= MAX_SEGMENT_CHARS:

@@ -121,15 +121,11 @@ class LocalBlobStore(BlobStore):
     def download_url(self, key: str, expires_in: int = 900) -> str:
         return self._signed_url("GET", key, expires_in, None)
 
-    def verify_upload_url(
-        self, key: str, query_params: Mapping[str, str], now: float | None = None
-    ) -> SignedGrant:
+    def verify_upload_url(self, key: str, query_params: Mapping[str, str], now: float | None = None) -> SignedGrant:
         """The grant of an `upload_url`; raises SignatureInvalid or UrlExpired."""
         return self._signer.verify("PUT", check_key(key), query_params, now)
 
-    def verify_download_url(
-        self, key: str, query_params: Mapping[str, str], now: float | None = None
-    ) -> SignedGrant:
+    def verify_download_url(self, key: str, query_params: Mapping[str, str], now: float | None = None) -> SignedGrant:
         """The grant of a `download_url`; raises SignatureInvalid or UrlExpired."""
         return self._signer.verify("GET", check_key(key), query_params, now)
 

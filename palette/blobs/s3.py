@@ -43,9 +43,7 @@ _NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 def default_transfer_config() -> TransferConfig:
     """8 MiB parts, 4 in flight, at most 4 read ahead from a stream."""
-    config = TransferConfig(
-        multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024, max_concurrency=4
-    )
+    config = TransferConfig(multipart_threshold=8 * 1024 * 1024, multipart_chunksize=8 * 1024 * 1024, max_concurrency=4)
     config.max_in_memory_upload_chunks = 4
     return config
 
@@ -79,9 +77,7 @@ class S3BlobStore(BlobStore):
         self._transfer = transfer_config or default_transfer_config()
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> BlobInfo:
-        self._client.put_object(
-            Bucket=self.bucket, Key=self._object_key(key), Body=data, ContentType=content_type
-        )
+        self._client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data, ContentType=content_type)
         return BlobInfo(key=key, size=len(data))
 
     def put_stream(

@@ -74,9 +74,7 @@ class UrlSigner:
         query["signature"] = self.sign(method, key, expires, max_bytes)
         return query
 
-    def verify(
-        self, method: str, key: str, query_params: Mapping[str, str], now: float | None = None
-    ) -> SignedGrant:
+    def verify(self, method: str, key: str, query_params: Mapping[str, str], now: float | None = None) -> SignedGrant:
         """The grant the URL carries; raises SignatureInvalid or UrlExpired.
 
         The signature is checked before the time, so an edited `expires` reads as forged.

@@ -45,16 +45,18 @@ MAX_ENTRY_BYTES = 256 * 1024
 MAX_REQUEST_BYTES = 256 * 1024
 TIME_BYTES = 14
 BLOB_PREFIX = "bus-payloads/"
-PERMANENT_ERRORS = frozenset({
-    "AccessDeniedException",
-    "EntryTooLarge",
-    "InvalidArgument",
-    "MalformedDetail",
-    "NotAuthorizedForDetailTypeException",
-    "NotAuthorizedForSourceException",
-    "ResourceNotFoundException",
-    "ValidationException",
-})
+PERMANENT_ERRORS = frozenset(
+    {
+        "AccessDeniedException",
+        "EntryTooLarge",
+        "InvalidArgument",
+        "MalformedDetail",
+        "NotAuthorizedForDetailTypeException",
+        "NotAuthorizedForSourceException",
+        "ResourceNotFoundException",
+        "ValidationException",
+    }
+)
 """Error codes that a retry cannot fix; anything else (ThrottlingException,
 InternalFailure, ...) is retried."""
 
@@ -160,9 +162,9 @@ class EventBridgePublisher:
             try:
                 pending.append(self._outgoing(event))
             except _NotPublishable as refused:
-                report.failed.append(FailedEvent(
-                    event.id, event.position, refused.code, refused.message, 1, refused.retryable
-                ))
+                report.failed.append(
+                    FailedEvent(event.id, event.position, refused.code, refused.message, 1, refused.retryable)
+                )
         attempts = self._backoff.max_attempts
         for attempt in range(1, attempts + 1):
             retry: list[_Outgoing] = []
@@ -174,9 +176,9 @@ class EventBridgePublisher:
             if attempt < attempts:
                 self._sleep(self._backoff.delay(attempt))
         for item in pending:
-            report.failed.append(FailedEvent(
-                item.event.id, item.event.position, item.error_code, item.message, attempts, True
-            ))
+            report.failed.append(
+                FailedEvent(item.event.id, item.event.position, item.error_code, item.message, attempts, True)
+            )
         return report
 
     def _outgoing(self, event: StoredEvent) -> _Outgoing:
@@ -220,8 +222,7 @@ class EventBridgePublisher:
         current_bytes = 0
         for item in items:
             if current and (
-                len(current) == MAX_ENTRIES_PER_REQUEST
-                or current_bytes + item.size > self._max_request_bytes
+                len(current) == MAX_ENTRIES_PER_REQUEST or current_bytes + item.size > self._max_request_bytes
             ):
                 batches.append(current)
                 current, current_bytes = [], 0
@@ -245,14 +246,14 @@ class EventBridgePublisher:
         results = list(response.get("Entries", []))
         retry: list[_Outgoing] = []
         for index, item in enumerate(batch):
-            result = results[index] if index < len(results) else {
-                "ErrorCode": "MissingResult", "ErrorMessage": "PutEvents returned no result"
-            }
+            result = (
+                results[index]
+                if index < len(results)
+                else {"ErrorCode": "MissingResult", "ErrorMessage": "PutEvents returned no result"}
+            )
             entry_error = result.get("ErrorCode")
             if not entry_error:
-                report.published.append(
-                    PublishedEvent(item.event.id, result.get("EventId"), item.payload_in_blob)
-                )
+                report.published.append(PublishedEvent(item.event.id, result.get("EventId"), item.payload_in_blob))
                 continue
             retry.extend(self._failed([item], report, attempt, entry_error, result.get("ErrorMessage", "")))
         return retry
@@ -263,8 +264,7 @@ class EventBridgePublisher:
     ) -> list[_Outgoing]:
         if code in PERMANENT_ERRORS:
             report.failed.extend(
-                FailedEvent(item.event.id, item.event.position, code, message, attempt, False)
-                for item in batch
+                FailedEvent(item.event.id, item.event.position, code, message, attempt, False) for item in batch
             )
             return []
         for item in batch:
@@ -288,8 +288,7 @@ class EventBridgeRelay:
         self._publisher = publisher
         self._owns_checkpoints = not isinstance(checkpoints, SubscriberCheckpoints)
         self._checkpoints = (
-            checkpoints if isinstance(checkpoints, SubscriberCheckpoints)
-            else SubscriberCheckpoints(checkpoints)
+            checkpoints if isinstance(checkpoints, SubscriberCheckpoints) else SubscriberCheckpoints(checkpoints)
         )
         self.name = name or f"eventbridge:{publisher.bus_name}"
         self._page_size = page_size
@@ -353,7 +352,9 @@ class EventBridgeRelay:
                 self._checkpoints.remove_dead_letter(self.name, position)
             else:
                 self._checkpoints.record_redrive_failure(
-                    self.name, position, f"{failure.error_code}: {failure.message}",
+                    self.name,
+                    position,
+                    f"{failure.error_code}: {failure.message}",
                     failure.attempts,
                 )
         return report

@@ -53,8 +53,7 @@ class LocalBus(Bus):
         self._store = store
         self._owns_checkpoints = not isinstance(checkpoints, SubscriberCheckpoints)
         self._checkpoints = (
-            checkpoints if isinstance(checkpoints, SubscriberCheckpoints)
-            else SubscriberCheckpoints(checkpoints)
+            checkpoints if isinstance(checkpoints, SubscriberCheckpoints) else SubscriberCheckpoints(checkpoints)
         )
         self._backoff = backoff
         self._page_size = page_size
@@ -118,9 +117,7 @@ class LocalBus(Bus):
                 for event in page:
                     delivered += self._offer(event, subscriptions, cursors, held)
                 after = _position(page[-1])
-                behind = {
-                    name: after for name, position in cursors.items() if position < after and name not in held
-                }
+                behind = {name: after for name, position in cursors.items() if position < after and name not in held}
                 self._checkpoints.advance(behind)
                 cursors.update(behind)
                 if len(page) < self._page_size:
@@ -150,7 +147,10 @@ class LocalBus(Bus):
                         self._held_at[subscription.name] = position
                         log.warning(
                             "event %s (position %d) for %s met a store fault; delivered again at the next pass: %s",
-                            event.id, position, subscription.name, failure,
+                            event.id,
+                            position,
+                            subscription.name,
+                            failure,
                         )
                     held.add(subscription.name)
                     continue
@@ -158,9 +158,18 @@ class LocalBus(Bus):
                     error = error_text(failure)
                     log.error(
                         "dead-lettering event %s (position %d) for %s after %d attempts: %s",
-                        event.id, position, subscription.name, attempts, error,
-                        extra={"alert": "bus_dead_letter", "subscriber": subscription.name,
-                               "event_id": event.id, "position": position, "error": error},
+                        event.id,
+                        position,
+                        subscription.name,
+                        attempts,
+                        error,
+                        extra={
+                            "alert": "bus_dead_letter",
+                            "subscriber": subscription.name,
+                            "event_id": event.id,
+                            "position": position,
+                            "error": error,
+                        },
                     )
                     self._checkpoints.dead_letter(subscription.name, event, error, attempts)
                 cursors[subscription.name] = position
@@ -197,17 +206,13 @@ class LocalBus(Bus):
             for letter in self._checkpoints.dead_letters(subscriber):
                 event = self._event_at(letter.position)
                 if event is None or event.id != letter.event_id:
-                    raise BusError(
-                        f"dead letter {letter.event_id} is no longer at position {letter.position}"
-                    )
+                    raise BusError(f"dead letter {letter.event_id} is no longer at position {letter.position}")
                 failure, attempts = self._attempt(subscription, event)
                 if failure is None:
                     self._checkpoints.remove_dead_letter(subscriber, letter.position)
                     redelivered += 1
                 else:
-                    self._checkpoints.record_redrive_failure(
-                        subscriber, letter.position, error_text(failure), attempts
-                    )
+                    self._checkpoints.record_redrive_failure(subscriber, letter.position, error_text(failure), attempts)
         return redelivered
 
     def _event_at(self, position: int) -> StoredEvent | None:
@@ -229,8 +234,10 @@ class LocalBus(Bus):
             return
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self.run_forever, args=(self._stop, poll_interval),
-            name="palette-local-bus", daemon=True,
+            target=self.run_forever,
+            args=(self._stop, poll_interval),
+            name="palette-local-bus",
+            daemon=True,
         )
         self._thread.start()
 

@@ -89,9 +89,7 @@ def records_of(event: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> list[M
     return list(event)
 
 
-def publish_records(
-    records: Iterable[Mapping[str, Any]], target: EventBridgePublisher
-) -> list[StoredEvent]:
+def publish_records(records: Iterable[Mapping[str, Any]], target: EventBridgePublisher) -> list[StoredEvent]:
     """Publish the events among stream `records`; raises OutboxNotPublished on any failure."""
     events = stored_events_from_stream(event_records(records))
     if not events:
@@ -105,21 +103,27 @@ def publish_records(
 @logger.inject_lambda_context
 @metrics.log_metrics
 @tracer.capture_lambda_handler
-def handler(
-    event: Sequence[Mapping[str, Any]] | Mapping[str, Any], context: LambdaContext
-) -> dict[str, Any]:
+def handler(event: Sequence[Mapping[str, Any]] | Mapping[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Pipe target: publish the batch's events, or raise so the Pipe retries it."""
     records = records_of(event)
     try:
         published = publish_records(records, publisher())
     except OutboxNotPublished as error:
-        logger.error("events not published", extra={
-            "failed": [
-                {"event_id": f.event_id, "position": f.position, "code": f.error_code,
-                 "message": f.message, "retryable": f.retryable}
-                for f in error.report.failed
-            ],
-        })
+        logger.error(
+            "events not published",
+            extra={
+                "failed": [
+                    {
+                        "event_id": f.event_id,
+                        "position": f.position,
+                        "code": f.error_code,
+                        "message": f.message,
+                        "retryable": f.retryable,
+                    }
+                    for f in error.report.failed
+                ],
+            },
+        )
         raise
     metrics.add_metric(name="events_published", unit=MetricUnit.Count, value=len(published))
     return {"records": len(records), "published": len(published)}

@@ -34,9 +34,7 @@ FieldTest = Callable[[list[Any]], bool]
 
 _LOWER_BOUNDS = {">": lambda x, y: x > y, ">=": lambda x, y: x >= y}
 _UPPER_BOUNDS = {"<": lambda x, y: x < y, "<=": lambda x, y: x <= y}
-OPERATORS = (
-    "prefix", "suffix", "equals-ignore-case", "wildcard", "anything-but", "numeric", "exists"
-)
+OPERATORS = ("prefix", "suffix", "equals-ignore-case", "wildcard", "anything-but", "numeric", "exists")
 
 
 class InvalidPattern(ValueError):
@@ -178,9 +176,7 @@ def _compile_field(options: list[Any], where: str) -> FieldTest:
             literals.add(_literal_key(option))
         elif isinstance(option, Mapping):
             if len(option) != 1:
-                raise InvalidPattern(
-                    f"'{where}': an operator object has exactly one key, got {sorted(option)}"
-                )
+                raise InvalidPattern(f"'{where}': an operator object has exactly one key, got {sorted(option)}")
             ((name, argument),) = option.items()
             if name == "exists":
                 if not isinstance(argument, bool):
@@ -220,9 +216,7 @@ def _compile_operator(name: str, argument: Any, where: str) -> ValueTest:
         return _compile_anything_but(argument, where)
     if name == "numeric":
         return _compile_numeric(argument, where)
-    raise InvalidPattern(
-        f"'{where}': unknown operator {name!r}; supported: {', '.join(OPERATORS)}"
-    )
+    raise InvalidPattern(f"'{where}': unknown operator {name!r}; supported: {', '.join(OPERATORS)}")
 
 
 def _string(argument: Any, where: str, name: str) -> str:
@@ -235,9 +229,7 @@ def _compile_affix(name: str, argument: Any, where: str) -> ValueTest:
     ignore_case = False
     if isinstance(argument, Mapping):
         if set(argument) != {"equals-ignore-case"}:
-            raise InvalidPattern(
-                f"'{where}': {name} takes a string or {{\"equals-ignore-case\": string}}"
-            )
+            raise InvalidPattern(f"'{where}': {name} takes a string or {{\"equals-ignore-case\": string}}")
         argument = argument["equals-ignore-case"]
         ignore_case = True
     affix = _string(argument, where, name)
@@ -252,9 +244,7 @@ def _compile_affix(name: str, argument: Any, where: str) -> ValueTest:
 def _compile_anything_but(argument: Any, where: str) -> ValueTest:
     """Matches a present value that is none of the excluded ones."""
     if isinstance(argument, Mapping):
-        if len(argument) != 1 or next(iter(argument)) not in (
-            "prefix", "suffix", "equals-ignore-case"
-        ):
+        if len(argument) != 1 or next(iter(argument)) not in ("prefix", "suffix", "equals-ignore-case"):
             raise InvalidPattern(
                 f"'{where}': anything-but takes a value, a list, or one of "
                 "{prefix}, {suffix}, {equals-ignore-case}"
@@ -262,12 +252,8 @@ def _compile_anything_but(argument: Any, where: str) -> ValueTest:
         ((name, inner),) = argument.items()
         if name == "equals-ignore-case":
             excluded = [inner] if isinstance(inner, str) else inner
-            if not isinstance(excluded, list) or not excluded or not all(
-                isinstance(item, str) for item in excluded
-            ):
-                raise InvalidPattern(
-                    f"'{where}': anything-but equals-ignore-case takes a string or strings"
-                )
+            if not isinstance(excluded, list) or not excluded or not all(isinstance(item, str) for item in excluded):
+                raise InvalidPattern(f"'{where}': anything-but equals-ignore-case takes a string or strings")
             lowered = {item.lower() for item in excluded}
             return lambda value: isinstance(value, str) and value.lower() not in lowered
         excluded_affix = _compile_affix(name, inner, where)
@@ -277,9 +263,7 @@ def _compile_anything_but(argument: Any, where: str) -> ValueTest:
         raise InvalidPattern(f"'{where}': anything-but must not be an empty list")
     for item in values:
         if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise InvalidPattern(
-                f"'{where}': anything-but excludes strings or numbers, got {item!r}"
-            )
+            raise InvalidPattern(f"'{where}': anything-but excludes strings or numbers, got {item!r}")
     excluded_keys = {_literal_key(item) for item in values}
     return lambda value: _literal_key(value) not in excluded_keys
 
@@ -287,15 +271,11 @@ def _compile_anything_but(argument: Any, where: str) -> ValueTest:
 def _compile_numeric(argument: Any, where: str) -> ValueTest:
     """`["=", x]`, or one lower and/or one upper bound: `[">", 0, "<=", 5]`."""
     if not isinstance(argument, list) or len(argument) not in (2, 4):
-        raise InvalidPattern(
-            f"'{where}': numeric takes [op, number] or [op, number, op, number]"
-        )
+        raise InvalidPattern(f"'{where}': numeric takes [op, number] or [op, number, op, number]")
     pairs = list(zip(argument[::2], argument[1::2], strict=True))
     for operator, bound in pairs:
         if operator not in ("=", *_LOWER_BOUNDS, *_UPPER_BOUNDS):
-            raise InvalidPattern(
-                f"'{where}': unknown numeric operator {operator!r}; use =, <, <=, >, >="
-            )
+            raise InvalidPattern(f"'{where}': unknown numeric operator {operator!r}; use =, <, <=, >, >=")
         if isinstance(bound, bool) or not isinstance(bound, (int, float)):
             raise InvalidPattern(f"'{where}': numeric bound {bound!r} is not a number")
     if pairs[0][0] == "=":
@@ -306,9 +286,7 @@ def _compile_numeric(argument: Any, where: str) -> ValueTest:
     lower = [(op, bound) for op, bound in pairs if op in _LOWER_BOUNDS]
     upper = [(op, bound) for op, bound in pairs if op in _UPPER_BOUNDS]
     if len(lower) > 1 or len(upper) > 1 or len(lower) + len(upper) != len(pairs):
-        raise InvalidPattern(
-            f"'{where}': numeric takes at most one lower (>, >=) and one upper (<, <=) bound"
-        )
+        raise InvalidPattern(f"'{where}': numeric takes at most one lower (>, >=) and one upper (<, <=) bound")
     if lower and upper and not lower[0][1] < upper[0][1]:
         raise InvalidPattern(f"'{where}': numeric range's lower bound must be below its upper")
     checks = [(_LOWER_BOUNDS[op], bound) for op, bound in lower]
@@ -335,4 +313,3 @@ def _wildcard_regex(text: str) -> re.Pattern[str]:
         parts.append(".*" if char == "*" else re.escape(char))
         index += 1
     return re.compile("".join(parts), re.DOTALL)
-

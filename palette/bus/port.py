@@ -46,9 +46,7 @@ class Subscription:
     handler: Handler
 
     @classmethod
-    def of(
-        cls, name: str, pattern: Mapping[str, Any] | str | EventPattern, handler: Handler
-    ) -> Subscription:
+    def of(cls, name: str, pattern: Mapping[str, Any] | str | EventPattern, handler: Handler) -> Subscription:
         if not name or not name.strip():
             raise ValueError("a subscription needs a non-empty name")
         return cls(name=name, pattern=compile_pattern(pattern), handler=handler)
@@ -56,7 +54,5 @@ class Subscription:
 
 class Bus(ABC):
     @abstractmethod
-    def subscribe(
-        self, name: str, pattern: Mapping[str, Any] | str | EventPattern, handler: Handler
-    ) -> Subscription:
+    def subscribe(self, name: str, pattern: Mapping[str, Any] | str | EventPattern, handler: Handler) -> Subscription:
         """Deliver every event matching `pattern` to `handler`, at least once."""

@@ -37,9 +37,7 @@ class MalformedBusMessage(BusError, ValueError):
     """A message that is not a Palette event as the publisher sends it."""
 
 
-def stored_event_from_message(
-    body: str | bytes | Mapping[str, Any], blobs: BlobStore | None = None
-) -> StoredEvent:
+def stored_event_from_message(body: str | bytes | Mapping[str, Any], blobs: BlobStore | None = None) -> StoredEvent:
     """The StoredEvent carried by an EventBridge event (SQS body or already parsed)."""
     event = json.loads(body) if isinstance(body, (str, bytes)) else body
     try:
@@ -159,14 +157,13 @@ class QueueConsumer:
                     log.exception("handler failed for SQS message %s", message["MessageId"])
                     failed.append(message["ReceiptHandle"])
                     continue
-                self._sqs.delete_message(
-                    QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"]
-                )
+                self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
                 handled += 1
         if self._retry_visibility is not None:
             for receipt in failed:
                 self._sqs.change_message_visibility(
-                    QueueUrl=self._queue_url, ReceiptHandle=receipt,
+                    QueueUrl=self._queue_url,
+                    ReceiptHandle=receipt,
                     VisibilityTimeout=self._retry_visibility,
                 )
         return handled

@@ -30,9 +30,7 @@ def stored_events_from_stream(records: Iterable[Mapping[str, Any]]) -> list[Stor
             continue
         image = (record.get("dynamodb") or {}).get("NewImage")
         if image is None:
-            raise MalformedStreamRecord(
-                "stream record has no NewImage; the stream's view type must include NEW_IMAGE"
-            )
+            raise MalformedStreamRecord("stream record has no NewImage; the stream's view type must include NEW_IMAGE")
         events.append(stored_event_from_image(image))
     return events
 

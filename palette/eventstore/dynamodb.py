@@ -149,30 +149,22 @@ class DynamoDBEventStore(EventStore):
         self._catalog = catalog
         self._bucket = positions_per_bucket
 
-    def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
-    ) -> list[StoredEvent]:
+    def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: int) -> list[StoredEvent]:
         if not events:
             return []
         _check_keys(stream_id, expected_version, events)
         if len(events) > MAX_EVENTS_PER_APPEND:
             raise BatchTooLarge(
-                f"{len(events)} events in one append; DynamoDB takes at most "
-                f"{MAX_EVENTS_PER_APPEND} per transaction"
+                f"{len(events)} events in one append; DynamoDB takes at most {MAX_EVENTS_PER_APPEND} per transaction"
             )
         prev_hash = self._hash_at(stream_id, expected_version)
         stored = record(stream_id, expected_version, prev_hash, events, self._catalog)
         _check_sizes(stored)
         for attempt in range(MAX_APPEND_ATTEMPTS):
             last = self._last_position()
-            positioned = [
-                event._replace(position=(last or 0) + offset)
-                for offset, event in enumerate(stored, start=1)
-            ]
+            positioned = [event._replace(position=(last or 0) + offset) for offset, event in enumerate(stored, start=1)]
             try:
-                self._client.transact_write_items(
-                    TransactItems=self._transaction(positioned, last)
-                )
+                self._client.transact_write_items(TransactItems=self._transaction(positioned, last))
                 return positioned
             except ClientError as error:
                 if _code(error) != "TransactionCanceledException":
@@ -215,10 +207,7 @@ class DynamoDBEventStore(EventStore):
         return last or 0
 
     def _import_chunk(self, chunk: list[StoredEvent], last: int | None) -> int:
-        positioned = [
-            event._replace(position=(last or 0) + offset)
-            for offset, event in enumerate(chunk, start=1)
-        ]
+        positioned = [event._replace(position=(last or 0) + offset) for offset, event in enumerate(chunk, start=1)]
         # every item was sized and checked on the way in, and the chunk was cut to half a
         # transaction: the guards' small items fit in the other half
         try:
@@ -233,9 +222,7 @@ class DynamoDBEventStore(EventStore):
             ) from None
         return positioned[-1].position or 0
 
-    def _transaction(
-        self, positioned: list[StoredEvent], last: int | None
-    ) -> list[dict[str, Any]]:
+    def _transaction(self, positioned: list[StoredEvent], last: int | None) -> list[dict[str, Any]]:
         puts = [self._put(_event_item(e, self._bucket)) for e in positioned]
         guards = [self._put(_guard_item(e)) for e in positioned]
         new_last = {"N": str(positioned[-1].position)}
@@ -267,9 +254,7 @@ class DynamoDBEventStore(EventStore):
         }
 
     def _last_position(self) -> int | None:
-        item = self._client.get_item(
-            TableName=self.table_name, Key=_COUNTER_KEY, ConsistentRead=True
-        ).get("Item")
+        item = self._client.get_item(TableName=self.table_name, Key=_COUNTER_KEY, ConsistentRead=True).get("Item")
         return None if item is None else int(item["last_position"]["N"])
 
     def _hash_at(self, stream_id: str, version: int) -> str:

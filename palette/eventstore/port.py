@@ -35,9 +35,7 @@ class ConcurrencyConflict(EventStoreError):
         self.expected_version = expected_version
         self.actual_version = actual_version
         actual = "" if actual_version is None else f", it is at {actual_version}"
-        super().__init__(
-            f"stream {stream_id!r} was expected at version {expected_version}{actual}"
-        )
+        super().__init__(f"stream {stream_id!r} was expected at version {expected_version}{actual}")
 
 
 class EventTooLarge(EventStoreError):
@@ -77,9 +75,7 @@ class EventStore(ABC):
     """Append-only log of streams with a global commit order."""
 
     @abstractmethod
-    def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
-    ) -> list[StoredEvent]:
+    def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: int) -> list[StoredEvent]:
         """Record `events` at versions expected_version+1.. or raise ConcurrencyConflict."""
 
     @abstractmethod

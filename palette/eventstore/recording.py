@@ -32,8 +32,7 @@ def record(
 ) -> list[StoredEvent]:
     """Encode `events` as versions expected_version+1.. chained onto `prev_hash`."""
     return [
-        StoredEvent(r[0], r[1], r[2], None, r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
-                    r[11], r[12])
+        StoredEvent(r[0], r[1], r[2], None, r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12])
         for r in record_rows(stream_id, expected_version, prev_hash, events, catalog)
     ]
 
@@ -65,9 +64,7 @@ def record_rows(
             except UnknownEventType as error:
                 raise InvalidEvent(str(error)) from None
             if detail_model is not model:
-                raise InvalidEvent(
-                    f"{detail_type} is not the registered model for that detail-type"
-                )
+                raise InvalidEvent(f"{detail_type} is not the registered model for that detail-type")
             checked_type = detail_model
             source, schema_version = model.source, model.schema_version
         event_id = event.id
@@ -85,12 +82,35 @@ def record_rows(
         correlation_id = event.correlation_id or event_id
         time, causation_id, actor = event.time, event.causation_id, event.actor
         event_hash = chain_hash(
-            prev_hash, event_id, stream_id, version, source, detail_type,
-            schema_version, time, correlation_id, causation_id, actor, detail,
+            prev_hash,
+            event_id,
+            stream_id,
+            version,
+            source,
+            detail_type,
+            schema_version,
+            time,
+            correlation_id,
+            causation_id,
+            actor,
+            detail,
         )
-        rows.append((
-            event_id, stream_id, version, source, detail_type, schema_version, time,
-            correlation_id, causation_id, actor, detail, prev_hash, event_hash,
-        ))
+        rows.append(
+            (
+                event_id,
+                stream_id,
+                version,
+                source,
+                detail_type,
+                schema_version,
+                time,
+                correlation_id,
+                causation_id,
+                actor,
+                detail,
+                prev_hash,
+                event_hash,
+            )
+        )
         prev_hash = event_hash
     return rows

@@ -72,6 +72,7 @@ def stream_partition_of(stream_id: str, partitions: int) -> int:
     and on import, so SQLite's text functions see the same last character)."""
     return ord(stream_id[-1]) % partitions
 
+
 _INSERT = (
     "INSERT INTO events (id, stream_id, version, source, detail_type, schema_version, time, "
     "correlation_id, causation_id, actor, detail, prev_hash, hash) "
@@ -80,18 +81,14 @@ _INSERT = (
 
 
 class SQLiteEventStore(EventStore):
-    def __init__(
-        self, path: Path | str, catalog: EventCatalog = CATALOG, synchronous: str = "FULL"
-    ) -> None:
+    def __init__(self, path: Path | str, catalog: EventCatalog = CATALOG, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self._catalog = catalog
         self._connections = ThreadConnections(self.path, synchronous)
         self._connection = self._connections.get
         self._connection().executescript(_SCHEMA)
 
-    def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
-    ) -> list[StoredEvent]:
+    def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: int) -> list[StoredEvent]:
         if not events:
             return []
         if expected_version < 0:
@@ -121,10 +118,24 @@ class SQLiteEventStore(EventStore):
         stored = []
         for r in rows:
             position += 1
-            stored.append(StoredEvent(
-                r[0], r[1], r[2], position, r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10],
-                r[11], r[12],
-            ))
+            stored.append(
+                StoredEvent(
+                    r[0],
+                    r[1],
+                    r[2],
+                    position,
+                    r[3],
+                    r[4],
+                    r[5],
+                    r[6],
+                    r[7],
+                    r[8],
+                    r[9],
+                    r[10],
+                    r[11],
+                    r[12],
+                )
+            )
         return stored
 
     def import_recorded(self, events: Iterable[StoredEvent]) -> int:
@@ -135,8 +146,21 @@ class SQLiteEventStore(EventStore):
             if db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None:
                 raise ImportRefused(f"{self.path} already holds events; import into an empty store")
             rows = (
-                (e.id, e.stream_id, e.version, e.source, e.detail_type, e.schema_version, e.time,
-                 e.correlation_id, e.causation_id, e.actor, e.detail, e.prev_hash, e.hash)
+                (
+                    e.id,
+                    e.stream_id,
+                    e.version,
+                    e.source,
+                    e.detail_type,
+                    e.schema_version,
+                    e.time,
+                    e.correlation_id,
+                    e.causation_id,
+                    e.actor,
+                    e.detail,
+                    e.prev_hash,
+                    e.hash,
+                )
                 for e in verified_chain(events)
             )
             count = db.executemany(_INSERT, rows).rowcount
@@ -154,16 +178,12 @@ class SQLiteEventStore(EventStore):
         """The hash to chain onto at `version`, or None when the stream is not there."""
         if version == 0:
             return GENESIS_HASH
-        row = db.execute(
-            "SELECT hash FROM events WHERE stream_id = ? AND version = ?", (stream_id, version)
-        ).fetchone()
+        row = db.execute("SELECT hash FROM events WHERE stream_id = ? AND version = ?", (stream_id, version)).fetchone()
         return None if row is None else row[0]
 
     @staticmethod
     def _version(db: sqlite3.Connection, stream_id: str) -> int:
-        row = db.execute(
-            "SELECT MAX(version) FROM events WHERE stream_id = ?", (stream_id,)
-        ).fetchone()
+        row = db.execute("SELECT MAX(version) FROM events WHERE stream_id = ?", (stream_id,)).fetchone()
         return row[0] or 0
 
     def _replayed_or_conflict(

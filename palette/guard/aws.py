@@ -118,7 +118,8 @@ class ConfiguredRateLimiter(RateLimiter):
             self._config = config
             self._current = (
                 RateLimiter(self._store, config.limits, config.allow_users, self._clock)
-                if config.rate_limits_enabled else None
+                if config.rate_limits_enabled
+                else None
             )
         return config, self._current
 

@@ -93,12 +93,25 @@ def _default_rules(rule_id: str, *terms: str) -> tuple[ContentRule, ...]:
 DEFAULT_CONTENT_RULES: tuple[ContentRule, ...] = (
     *_default_rules(
         "sexual-content",
-        "explicit sex", "explicit sexual", "sex scene", "sex scenes", "graphic sex", "porn", "porno",
-        "pornography", "pornographic", "hardcore sex", "erotic sex",
+        "explicit sex",
+        "explicit sexual",
+        "sex scene",
+        "sex scenes",
+        "graphic sex",
+        "porn",
+        "porno",
+        "pornography",
+        "pornographic",
+        "hardcore sex",
+        "erotic sex",
     ),
     *_default_rules(
         "sexual-minors",
-        "child porn", "child pornography", "csam", "child sexual abuse", "sexualize children",
+        "child porn",
+        "child pornography",
+        "csam",
+        "child sexual abuse",
+        "sexualize children",
         "sexualized minors",
     ),
 )

@@ -29,18 +29,70 @@ _WORD_END = r"(?![^\W_])"
 
 _HOMOGLYPHS = {
     # Cyrillic
-    "а": "a", "в": "b", "г": "r", "е": "e", "з": "3", "к": "k", "м": "m", "н": "h", "о": "o",
-    "п": "n", "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ь": "b", "ѕ": "s", "і": "i",
-    "ј": "j", "ӏ": "l", "һ": "h", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ү": "y", "ɡ": "g",
+    "а": "a",
+    "в": "b",
+    "г": "r",
+    "е": "e",
+    "з": "3",
+    "к": "k",
+    "м": "m",
+    "н": "h",
+    "о": "o",
+    "п": "n",
+    "р": "p",
+    "с": "c",
+    "т": "t",
+    "у": "y",
+    "х": "x",
+    "ь": "b",
+    "ѕ": "s",
+    "і": "i",
+    "ј": "j",
+    "ӏ": "l",
+    "һ": "h",
+    "ԁ": "d",
+    "ԛ": "q",
+    "ԝ": "w",
+    "ү": "y",
+    "ɡ": "g",
     # Greek
-    "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o",
-    "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w",
+    "α": "a",
+    "β": "b",
+    "γ": "y",
+    "ε": "e",
+    "η": "n",
+    "ι": "i",
+    "κ": "k",
+    "ν": "v",
+    "ο": "o",
+    "ρ": "p",
+    "τ": "t",
+    "υ": "u",
+    "χ": "x",
+    "ω": "w",
     # Latin look-alikes NFKC keeps
-    "ı": "i", "ɑ": "a", "ø": "o", "đ": "d", "ħ": "h", "ł": "l",
+    "ı": "i",
+    "ɑ": "a",
+    "ø": "o",
+    "đ": "d",
+    "ħ": "h",
+    "ł": "l",
 }
 _LEET_CHARS = {
-    "0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g",
-    "@": "a", "$": "s", "!": "i", "|": "l", "+": "t", "€": "e",
+    "0": "o",
+    "1": "i",
+    "3": "e",
+    "4": "a",
+    "5": "s",
+    "7": "t",
+    "8": "b",
+    "9": "g",
+    "@": "a",
+    "$": "s",
+    "!": "i",
+    "|": "l",
+    "+": "t",
+    "€": "e",
 }
 _LEET = str.maketrans(_LEET_CHARS)
 _HAS_LEET = re.compile("[" + re.escape("".join(_LEET_CHARS)) + "]")
@@ -194,7 +246,8 @@ class ContentFilter:
             (bounded if rule.word_boundaries else unbounded).append(f"(?P<{group}>{rule.regex})")
         self._terms = (
             re.compile(_WORD_START + "(?:" + trie_pattern(self._term_rule) + ")" + _WORD_END)
-            if self._term_rule else None
+            if self._term_rule
+            else None
         )
         # Text is casefolded before matching, so IGNORECASE (costly in sre) is only needed
         # when a pattern spells an upper-case letter itself.

@@ -96,9 +96,7 @@ class SQLiteBucketStore(BucketStore):
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute(
-                    "SELECT tokens, updated_at FROM rate_buckets WHERE key = ?", (key,)
-                ).fetchone()
+                row = self._db.execute("SELECT tokens, updated_at FROM rate_buckets WHERE key = ?", (key,)).fetchone()
                 bucket, decision = take_token(Bucket(*row) if row else None, limit, now)
                 if bucket is not None:
                     self._db.execute(
@@ -132,9 +130,7 @@ class DynamoDBBucketStore(BucketStore):
     def take(self, key: str, limit: BucketLimit, now: float) -> Decision:
         conflicted = self._client.exceptions.ConditionalCheckFailedException
         for _ in range(self._attempts):
-            item = self._client.get_item(
-                TableName=self._table, Key={"pk": {"S": key}}, ConsistentRead=True
-            ).get("Item")
+            item = self._client.get_item(TableName=self._table, Key={"pk": {"S": key}}, ConsistentRead=True).get("Item")
             current = Bucket(float(item["tokens"]["N"]), float(item["updated_at"]["N"])) if item else None
             revision = int(item["revision"]["N"]) if item else 0
             bucket, decision = take_token(current, limit, now)

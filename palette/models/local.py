@@ -85,7 +85,9 @@ class LocalLlamaGateway(ProviderGateway):
 
     def _check_model(self, model: str) -> None:
         if self.model_id(model) != GEMMA_3_270M:
-            raise UnknownModel(f"local model {model!r} is unknown; the local provider serves local/{GEMMA_3_270M}", model=model)
+            raise UnknownModel(
+                f"local model {model!r} is unknown; the local provider serves local/{GEMMA_3_270M}", model=model
+            )
 
     def _model(self) -> Any:
         if self._llama is not None:

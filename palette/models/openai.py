@@ -125,7 +125,10 @@ class OpenAICompatibleGateway(ProviderGateway):
     def _open_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, timeout=self._timeout, raise_for_status=False,
+            connector=connector,
+            headers=self._headers,
+            timeout=self._timeout,
+            raise_for_status=False,
         )
         return self._session
 
@@ -160,7 +163,9 @@ class OpenAICompatibleGateway(ProviderGateway):
                 status = response.status
                 raw = await response.read()
         except TimeoutError as exc:  # aiohttp's timeouts are all TimeoutErrors
-            raise ModelTimeout(f"{model}: no response from {self._url} in time ({type(exc).__name__})", model=model) from exc
+            raise ModelTimeout(
+                f"{model}: no response from {self._url} in time ({type(exc).__name__})", model=model
+            ) from exc
         except aiohttp.ClientError as exc:
             raise ModelServerError(f"{model}: {type(exc).__name__} talking to {self._url}: {exc}", model=model) from exc
         latency_ms = (time.perf_counter() - started) * 1000

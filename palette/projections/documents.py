@@ -186,14 +186,10 @@ def check_document(document: Document) -> None:
             continue
         partition, sort = entry
         if not partition or "\x00" in partition or "\x00" in sort:
-            raise InvalidDocument(
-                f"{name} of {collection}/{key}: a non-empty partition, no NUL in partition or sort"
-            )
+            raise InvalidDocument(f"{name} of {collection}/{key}: a non-empty partition, no NUL in partition or sort")
         # UTF-8 takes at most 4 bytes a character: most entries are measured without encoding
         if len(partition) * 4 > MAX_PARTITION_BYTES and len(partition.encode()) > MAX_PARTITION_BYTES:
-            raise InvalidDocument(
-                f"{name} partition of {collection}/{key} exceeds {MAX_PARTITION_BYTES} bytes"
-            )
+            raise InvalidDocument(f"{name} partition of {collection}/{key} exceeds {MAX_PARTITION_BYTES} bytes")
         if (len(sort) + len(key) + len(collection) + 2) * 4 > MAX_SORT_BYTES and len(
             f"{sort}\x00{key}\x00{collection}".encode()
         ) > MAX_SORT_BYTES:
@@ -247,11 +243,7 @@ def decode_page_token(token: str) -> tuple[str, str, str]:
         value = json.loads(raw.decode())
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidPageToken("next_token is not one this service returned") from None
-    if (
-        not isinstance(value, list)
-        or len(value) != 3
-        or not all(isinstance(part, str) for part in value)
-    ):
+    if not isinstance(value, list) or len(value) != 3 or not all(isinstance(part, str) for part in value):
         raise InvalidPageToken("next_token is not one this service returned")
     return value[0], value[1], value[2]
 

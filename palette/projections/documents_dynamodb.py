@@ -99,9 +99,7 @@ class DynamoDBDocuments(DynamoDBProjection):
     def apply(self, event: ProjectedEvent, tables: TableNames) -> list[TransactItem]:
         writer: _DynamoDBDocumentWriter | None = getattr(self._local, "writer", None)
         if writer is None or writer.table != tables[DOCUMENTS_TABLE]:
-            raise RuntimeError(
-                "a document projection applies only inside DynamoDBReadModelStore.commit"
-            )
+            raise RuntimeError("a document projection applies only inside DynamoDBReadModelStore.commit")
         self.documents.apply(event, writer)
         return writer.take_operations()
 
@@ -178,18 +176,14 @@ class DynamoDBDocumentReader(DocumentReader):
     show the previous state of a just-committed document. A read model that was never
     prepared reads as empty."""
 
-    def __init__(
-        self, store: DynamoDBReadModelStore, projection: DocumentProjection | DynamoDBDocuments
-    ) -> None:
+    def __init__(self, store: DynamoDBReadModelStore, projection: DocumentProjection | DynamoDBDocuments) -> None:
         self._store = store
         if not isinstance(projection, DynamoDBDocuments):
             projection = dynamodb_documents(projection)
         self._projection = projection
 
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
-        response = self._call(
-            "get_item", Key={"pk": {"S": _pk(collection, key)}}, ConsistentRead=True
-        )
+        response = self._call("get_item", Key={"pk": {"S": _pk(collection, key)}}, ConsistentRead=True)
         item = None if response is None else response.get("Item")
         return None if item is None else decode_body(item["body"]["S"])
 
@@ -251,9 +245,7 @@ class DynamoDBDocumentReader(DocumentReader):
         for _attempt in (1, 2):
             table = self._store.table_names(self._projection)[DOCUMENTS_TABLE]
             try:
-                response: dict[str, Any] = getattr(self._store.client, operation)(
-                    TableName=table, **request
-                )
+                response: dict[str, Any] = getattr(self._store.client, operation)(TableName=table, **request)
                 return response
             except ClientError as error:
                 if error.response.get("Error", {}).get("Code") != "ResourceNotFoundException":

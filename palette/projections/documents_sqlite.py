@@ -133,9 +133,7 @@ class _SQLiteDocumentWriter(DocumentWriter):
         held, self._held, self._read = self._held, {}, {}
         deleted = [where for where, document in held.items() if document is None]
         if deleted:
-            self.db.executemany(
-                f'DELETE FROM "{self._table}" WHERE collection = ? AND key = ?', deleted
-            )
+            self.db.executemany(f'DELETE FROM "{self._table}" WHERE collection = ? AND key = ?', deleted)
         finish = self._finish
         rows = [_row(document, finish) for document in held.values() if document is not None]
         if rows:
@@ -173,9 +171,7 @@ class SQLiteDocumentReader(DocumentReader):
         self._table = documents_table(projection)
 
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
-        rows = self._select(
-            f'SELECT body FROM "{self._table}" WHERE collection = ? AND key = ?', [collection, key]
-        )
+        rows = self._select(f'SELECT body FROM "{self._table}" WHERE collection = ? AND key = ?', [collection, key])
         return decode_body(rows[0][0]) if rows else None
 
     def query(

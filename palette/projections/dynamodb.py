@@ -139,16 +139,12 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
     def prepare(self, projection: DynamoDBProjection) -> None:
         self._create_table(self.tracking_table, ProjectionTable("pk", "sk"))
         if self._pinned is None:
-            self._put_if_absent(
-                {"pk": _s(projection.name), "sk": _s(_ACTIVE), "generation": _n(1)}
-            )
+            self._put_if_absent({"pk": _s(projection.name), "sk": _s(_ACTIVE), "generation": _n(1)})
         generation = self._generation(projection, refresh=True)
         names = self._names(projection, generation)
         for table, spec in projection.tables.items():
             self._create_table(names[table], spec)
-        self._put_if_absent(
-            {**self._checkpoint_key(projection, generation), "position": _n(0), "event_id": _s("")}
-        )
+        self._put_if_absent({**self._checkpoint_key(projection, generation), "position": _n(0), "event_id": _s("")})
 
     def checkpoint(self, projection: DynamoDBProjection) -> Checkpoint:
         generation = self._generation(projection, refresh=True)
@@ -161,9 +157,7 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
             return Checkpoint()
         return Checkpoint(int(item["position"]["N"]), item["event_id"]["S"])
 
-    def stream_versions(
-        self, projection: DynamoDBProjection, stream_ids: Sequence[str]
-    ) -> dict[str, int]:
+    def stream_versions(self, projection: DynamoDBProjection, stream_ids: Sequence[str]) -> dict[str, int]:
         generation = self._generation(projection, refresh=True)
         versions = dict.fromkeys(stream_ids, 0)
         unique = list(versions)
@@ -248,13 +242,9 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
     def fresh(self, projection: DynamoDBProjection) -> DynamoDBReadModelStore:
         generation = self._generation(projection, refresh=True) + 1
         self._drop_generation(projection, generation)
-        return DynamoDBReadModelStore(
-            self._client, self.tracking_table, self.table_prefix, generation=generation
-        )
+        return DynamoDBReadModelStore(self._client, self.tracking_table, self.table_prefix, generation=generation)
 
-    def swap_in(
-        self, projection: DynamoDBProjection, fresh: ReadModelStore[DynamoDBProjection]
-    ) -> None:
+    def swap_in(self, projection: DynamoDBProjection, fresh: ReadModelStore[DynamoDBProjection]) -> None:
         if not isinstance(fresh, DynamoDBReadModelStore) or fresh._pinned is None:
             raise TypeError("a DynamoDB read model can only be swapped in from fresh()")
         old = self._generation(projection, refresh=True)
@@ -395,7 +385,7 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
 
     def _identity(self, op: TransactItem) -> tuple[str, str]:
         """The item an operation writes, as (table, canonical key)."""
-        (kind, body), = op.items()
+        ((kind, body),) = op.items()
         table = body["TableName"]
         if kind == "Put":
             key = {name: body["Item"][name] for name in self._key_of(table)}
@@ -406,9 +396,7 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
     def _key_of(self, table: str) -> tuple[str, ...]:
         if table not in self._key_attributes:
             schema = self._client.describe_table(TableName=table)["Table"]["KeySchema"]
-            self._key_attributes[table] = tuple(
-                k["AttributeName"] for k in sorted(schema, key=lambda k: k["KeyType"])
-            )
+            self._key_attributes[table] = tuple(k["AttributeName"] for k in sorted(schema, key=lambda k: k["KeyType"]))
         return self._key_attributes[table]
 
     def _generation(self, projection: DynamoDBProjection, refresh: bool = False) -> int:
@@ -424,10 +412,7 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
         return self._active[projection.name]
 
     def _names(self, projection: DynamoDBProjection, generation: int) -> TableNames:
-        names = {
-            table: f"{self.table_prefix}{projection.name}-{table}-g{generation}"
-            for table in projection.tables
-        }
+        names = {table: f"{self.table_prefix}{projection.name}-{table}-g{generation}" for table in projection.tables}
         for table, spec in projection.tables.items():
             self._key_attributes.setdefault(names[table], spec.key())
         return TableNames(names)
@@ -435,9 +420,7 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
     def _checkpoint_key(self, projection: DynamoDBProjection, generation: int) -> dict[str, Any]:
         return {"pk": _s(f"{projection.name}#g{generation}"), "sk": _s(_CHECKPOINT)}
 
-    def _stream_key(
-        self, projection: DynamoDBProjection, generation: int, stream_id: str
-    ) -> dict[str, Any]:
+    def _stream_key(self, projection: DynamoDBProjection, generation: int, stream_id: str) -> dict[str, Any]:
         return {"pk": _s(f"{projection.name}#g{generation}"), "sk": _s(_STREAM + stream_id)}
 
     def _create_table(self, name: str, spec: ProjectionTable) -> None:
@@ -461,9 +444,7 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
         except ClientError as error:
             if _code(error) != "ResourceInUseException":
                 raise
-        self._client.get_waiter("table_exists").wait(
-            TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
-        )
+        self._client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
 
     def _put_if_absent(self, item: dict[str, Any]) -> None:
         try:
@@ -498,14 +479,11 @@ class DynamoDBReadModelStore(ReadModelStore[DynamoDBProjection]):
             for start in range(0, len(keys), _BATCH_WRITE_ITEMS):
                 request = {
                     self.tracking_table: [
-                        {"DeleteRequest": {"Key": key}}
-                        for key in keys[start : start + _BATCH_WRITE_ITEMS]
+                        {"DeleteRequest": {"Key": key}} for key in keys[start : start + _BATCH_WRITE_ITEMS]
                     ]
                 }
                 while request:
-                    request = self._client.batch_write_item(RequestItems=request).get(
-                        "UnprocessedItems"
-                    ) or {}
+                    request = self._client.batch_write_item(RequestItems=request).get("UnprocessedItems") or {}
             if "LastEvaluatedKey" not in page:
                 return
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]

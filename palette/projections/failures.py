@@ -34,11 +34,17 @@ TRANSIENT_DELAY = 0.05
 """Seconds before the second try; doubled before each later one."""
 
 _SQLITE_BUSY = ("database is locked", "database table is locked", "database is busy")
-_AWS_TRANSIENT_CODES = frozenset({
-    "ThrottlingException", "ProvisionedThroughputExceededException", "RequestLimitExceeded",
-    "TransactionConflictException", "InternalServerError", "ServiceUnavailable",
-    "LimitExceededException",
-})
+_AWS_TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "ProvisionedThroughputExceededException",
+        "RequestLimitExceeded",
+        "TransactionConflictException",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "LimitExceededException",
+    }
+)
 _AWS_TRANSIENT_REASONS = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
 _FAILURE_IDS = uuid.UUID("6f1c9a52-3d0e-4c59-9a7e-2b8f4f1d0c33")
 """Namespace of ProjectionFailed event ids (uuid5 of projection and event id)."""
@@ -86,9 +92,7 @@ def error_text(error: BaseException) -> str:
     cause of a ProjectionFailed), control characters escaped, at most MAX_ERROR_CHARS."""
     root = error.__cause__ if isinstance(error, ApplyFailed) and error.__cause__ is not None else error
     text = f"{type(root).__name__}: {root}"
-    printable = "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
-    )
+    printable = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
     return printable if len(printable) <= MAX_ERROR_CHARS else printable[: MAX_ERROR_CHARS - 3] + "..."
 
 
@@ -120,8 +124,12 @@ def record_failure(events: EventStore, letter: DeadLetter) -> None:
     stream_id = projection_stream(letter.projection)
     event = NewEvent(
         ProjectionFailed(
-            projection=letter.projection, event_id=letter.event_id, stream_id=letter.stream_id,
-            version=letter.version, position=letter.position, event_type=letter.detail_type,
+            projection=letter.projection,
+            event_id=letter.event_id,
+            stream_id=letter.stream_id,
+            version=letter.version,
+            position=letter.position,
+            event_type=letter.detail_type,
             error=letter.error,
         ),
         id=str(uuid.uuid5(_FAILURE_IDS, f"{letter.projection}\n{letter.event_id}")),

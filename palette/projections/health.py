@@ -44,8 +44,11 @@ class ViewHealth:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "projection": self.projection, "status": self.status, "checkpoint": self.checkpoint,
-            "lag": self.lag, "dead_letters": [asdict(letter) for letter in self.dead_letters],
+            "projection": self.projection,
+            "status": self.status,
+            "checkpoint": self.checkpoint,
+            "lag": self.lag,
+            "dead_letters": [asdict(letter) for letter in self.dead_letters],
         }
 
 
@@ -65,12 +68,14 @@ def view_health(
     health = []
     for projection in projections:
         checkpoint = read_models.checkpoint(projection).position
-        health.append(ViewHealth(
-            projection.name,
-            checkpoint,
-            _events_after(events, checkpoint, projection.detail_types) if lag else None,
-            read_models.dead_letters(projection),
-        ))
+        health.append(
+            ViewHealth(
+                projection.name,
+                checkpoint,
+                _events_after(events, checkpoint, projection.detail_types) if lag else None,
+                read_models.dead_letters(projection),
+            )
+        )
     return health
 
 
@@ -98,7 +103,9 @@ class Redriven:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "projection": self.projection, "letters": self.letters, "applied": self.applied,
+            "projection": self.projection,
+            "letters": self.letters,
+            "applied": self.applied,
             "still_failing": [asdict(letter) for letter in self.still_failing],
         }
 

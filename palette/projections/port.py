@@ -144,9 +144,7 @@ class CheckpointMoved(ProjectionError):
 
     def __init__(self, projection: str, detail: str = "") -> None:
         self.projection = projection
-        super().__init__(
-            f"tracking record of projection {projection!r} moved" + (f": {detail}" if detail else "")
-        )
+        super().__init__(f"tracking record of projection {projection!r} moved" + (f": {detail}" if detail else ""))
 
 
 class ProjectionFailed(ProjectionError):

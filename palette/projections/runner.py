@@ -74,9 +74,7 @@ class ProjectionRunner(Generic[P]):
         applied = 0
         checkpoint = self.position()
         while True:
-            page = self.events.read_all(
-                checkpoint.position, batch_size, list(self.projection.detail_types)
-            )
+            page = self.events.read_all(checkpoint.position, batch_size, list(self.projection.detail_types))
             if not page:
                 return applied
             last = page[-1]
@@ -168,9 +166,11 @@ class ProjectionRunner(Generic[P]):
         else:
             stream_versions = {}
         try:
-            self._with_retries(lambda: self.read_models.commit(
-                self.projection, Batch([self._view(e) for e in relevant], checkpoint, advance_to, stream_versions)
-            ))
+            self._with_retries(
+                lambda: self.read_models.commit(
+                    self.projection, Batch([self._view(e) for e in relevant], checkpoint, advance_to, stream_versions)
+                )
+            )
             return len(relevant)
         except ProjectionFailed as failure:
             if failures.is_transient(failure) or not relevant:
@@ -181,9 +181,11 @@ class ProjectionRunner(Generic[P]):
                 raise
             letter = failures.dead_letter(self.projection.name, relevant[0], failure)
         failures.record_failure(self.events, letter)
-        self._with_retries(lambda: self.read_models.commit(
-            self.projection, Batch([], checkpoint, advance_to, stream_versions, (letter,))
-        ))
+        self._with_retries(
+            lambda: self.read_models.commit(
+                self.projection, Batch([], checkpoint, advance_to, stream_versions, (letter,))
+            )
+        )
         failures.alert(letter)
         return 0
 

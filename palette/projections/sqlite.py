@@ -111,9 +111,7 @@ class OpenBatch(NamedTuple):
 class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
     """Projections and their tracking records in one SQLite file."""
 
-    def __init__(
-        self, path: Path | str, synchronous: str = "NORMAL", journal_mode: str = "WAL"
-    ) -> None:
+    def __init__(self, path: Path | str, synchronous: str = "NORMAL", journal_mode: str = "WAL") -> None:
         self.path = Path(path)
         self._connections = ThreadConnections(self.path, synchronous, journal_mode)
         self.connection().executescript(_TRACKING_SCHEMA)
@@ -126,17 +124,14 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
         with self._transaction() as db:
             projection.setup(db)
             db.execute(
-                "INSERT OR IGNORE INTO projection_tracking (projection, position, event_id) "
-                "VALUES (?, 0, '')",
+                "INSERT OR IGNORE INTO projection_tracking (projection, position, event_id) VALUES (?, 0, '')",
                 (projection.name,),
             )
 
     def checkpoint(self, projection: SQLiteProjection) -> Checkpoint:
         return _checkpoint(self.connection(), projection.name)
 
-    def stream_versions(
-        self, projection: SQLiteProjection, stream_ids: Sequence[str]
-    ) -> dict[str, int]:
+    def stream_versions(self, projection: SQLiteProjection, stream_ids: Sequence[str]) -> dict[str, int]:
         return _stream_versions(self.connection(), projection.name, stream_ids)
 
     def commit(self, projection: SQLiteProjection, batch: Batch) -> None:
@@ -145,9 +140,7 @@ class SQLiteReadModelStore(ReadModelStore[SQLiteProjection]):
             if batch.checkpoint is not None:
                 tracked = _checkpoint(db, name)
                 if tracked != batch.checkpoint:
-                    raise CheckpointMoved(
-                        name, f"read after {batch.checkpoint.position}, now at {tracked.position}"
-                    )
+                    raise CheckpointMoved(name, f"read after {batch.checkpoint.position}, now at {tracked.position}")
             if batch.stream_versions:
                 tracked_versions = _stream_versions(db, name, list(batch.stream_versions))
                 if tracked_versions != dict(batch.stream_versions):
@@ -305,9 +298,7 @@ def _apply_all(projection: SQLiteProjection, batch: OpenBatch, events: Sequence[
         raise ProjectionFailed(projection.name, events[-1]) from error
 
 
-def _track(
-    db: sqlite3.Connection, name: str, heads: Mapping[str, int], advance_to: Checkpoint | None
-) -> None:
+def _track(db: sqlite3.Connection, name: str, heads: Mapping[str, int], advance_to: Checkpoint | None) -> None:
     """Write a commit's tracking record: streams' last applied versions, the checkpoint."""
     if heads:
         db.executemany(
@@ -330,9 +321,7 @@ def _checkpoint(db: sqlite3.Connection, projection: str) -> Checkpoint:
     return Checkpoint() if row is None else Checkpoint(row[0], row[1])
 
 
-def _stream_versions(
-    db: sqlite3.Connection, projection: str, stream_ids: Sequence[str]
-) -> dict[str, int]:
+def _stream_versions(db: sqlite3.Connection, projection: str, stream_ids: Sequence[str]) -> dict[str, int]:
     versions = dict.fromkeys(stream_ids, 0)
     for start in range(0, len(stream_ids), _QUERY_CHUNK):
         chunk = stream_ids[start : start + _QUERY_CHUNK]

@@ -67,7 +67,9 @@ def create_router(costs: CostsView, catch_up: Callable[[], None] | None = None) 
     router = Router()
 
     @router.get(
-        "/costs", tags=["billing"], summary="The caller's costs per job, model, category and day",
+        "/costs",
+        tags=["billing"],
+        summary="The caller's costs per job, model, category and day",
     )
     def get_costs(
         date_from: Annotated[date | None, Query(alias="from", description="first UTC day, YYYY-MM-DD")] = None,

@@ -193,22 +193,30 @@ def _priced(cost: BatchCost) -> dict[str, Any]:
 def _charge(command: ChargeBatch, state: LedgerState) -> list[DomainEvent]:
     if command.batch_number in state.charged:
         return []
-    return _with_budget_checks(command.budget, state, CostRecorded(
-        job_id=command.budget.job_id,
-        batch_number=command.batch_number,
-        **_priced(command.cost),
-    ))
+    return _with_budget_checks(
+        command.budget,
+        state,
+        CostRecorded(
+            job_id=command.budget.job_id,
+            batch_number=command.batch_number,
+            **_priced(command.cost),
+        ),
+    )
 
 
 def _charge_usage(command: ChargeUsage, state: LedgerState) -> list[DomainEvent]:
     if command.charge_id in state.usage_charges:
         return []
-    return _with_budget_checks(command.budget, state, UsageCharged(
-        job_id=command.budget.job_id,
-        charge_id=command.charge_id,
-        kind=command.kind,
-        **_priced(command.cost),
-    ))
+    return _with_budget_checks(
+        command.budget,
+        state,
+        UsageCharged(
+            job_id=command.budget.job_id,
+            charge_id=command.charge_id,
+            kind=command.kind,
+            **_priced(command.cost),
+        ),
+    )
 
 
 def _with_budget_checks(
@@ -219,14 +227,23 @@ def _with_budget_checks(
     spent = state.spent + charge.total
     events: list[DomainEvent] = [charge]
     if not state.warned and spent * 100 >= budget.budget_limit * WARNING_PERCENT:
-        events.append(BudgetWarning(
-            job_id=budget.job_id, budget_limit=budget.budget_limit, spent=spent,
-            threshold_percent=WARNING_PERCENT,
-        ))
+        events.append(
+            BudgetWarning(
+                job_id=budget.job_id,
+                budget_limit=budget.budget_limit,
+                spent=spent,
+                threshold_percent=WARNING_PERCENT,
+            )
+        )
     if not state.exceeded and spent > budget.budget_limit:
-        events.append(BudgetExceeded(
-            job_id=budget.job_id, budget_limit=budget.budget_limit, spent=spent, reason=LIMIT_PASSED,
-        ))
+        events.append(
+            BudgetExceeded(
+                job_id=budget.job_id,
+                budget_limit=budget.budget_limit,
+                spent=spent,
+                reason=LIMIT_PASSED,
+            )
+        )
     return events
 
 
@@ -234,19 +251,26 @@ def _close(command: CloseBudget, state: LedgerState) -> list[DomainEvent]:
     if state.exceeded:
         return []
     budget = command.budget
-    return [BudgetExceeded(
-        job_id=budget.job_id, budget_limit=budget.budget_limit, spent=state.spent, reason=BUDGET_EXHAUSTED,
-    )]
+    return [
+        BudgetExceeded(
+            job_id=budget.job_id,
+            budget_limit=budget.budget_limit,
+            spent=state.spent,
+            reason=BUDGET_EXHAUSTED,
+        )
+    ]
 
 
 def _charge_enhancement(command: ChargeEnhancement, state: LedgerState) -> list[DomainEvent]:
     if command.enhancement_id in state.enhancements:
         return []
-    return [PromptEnhancementCharged(
-        owner=command.owner,
-        enhancement_id=command.enhancement_id,
-        **_priced(command.cost),
-    )]
+    return [
+        PromptEnhancementCharged(
+            owner=command.owner,
+            enhancement_id=command.enhancement_id,
+            **_priced(command.cost),
+        )
+    ]
 
 
 __all__ = [

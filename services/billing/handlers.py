@@ -80,9 +80,7 @@ class LedgerHandlers:
     def charge_batch(self, batch: BatchGenerated, cause: StoredEvent | None = None) -> list[StoredEvent]:
         """Charge a batch once; the events recorded now ([] when it was charged before).
         Raises UnknownModelPrice for a model the catalog cannot price (never charged $0)."""
-        cost = price_batch(
-            self.catalog, batch.token_usage, batch.duration_ms, batch.bytes_written, self.runtime
-        )
+        cost = price_batch(self.catalog, batch.token_usage, batch.duration_ms, batch.bytes_written, self.runtime)
         budget = self.budget(batch.job_id)
         return self._execute(ChargeBatch(budget, batch.batch_number, cost), cause)
 
@@ -98,8 +96,12 @@ class LedgerHandlers:
         (they cover calls of which nothing more is known)."""
         amount = written_off.amount
         cost = BatchCost(
-            catalog_version=self.catalog.version, model_tokens=amount, compute=Decimal(0),
-            storage=Decimal(0), total=amount, per_model={},
+            catalog_version=self.catalog.version,
+            model_tokens=amount,
+            compute=Decimal(0),
+            storage=Decimal(0),
+            total=amount,
+            per_model={},
         )
         return self._execute(ChargeUsage(self.budget(written_off.job_id), cause.id, "written_off", cost), cause)
 
@@ -110,9 +112,11 @@ class LedgerHandlers:
     def charge_enhancement(self, enhanced: PromptEnhanced, cause: StoredEvent | None = None) -> list[StoredEvent]:
         """Charge a prompt enhancement's call once, to its owner's ledger, priced like a
         batch of one call (no part file). Raises UnknownModelPrice like a batch."""
-        usage = {enhanced.model: TokenUsage(
-            input_tokens=enhanced.input_tokens, output_tokens=enhanced.output_tokens, calls=1
-        )}
+        usage = {
+            enhanced.model: TokenUsage(
+                input_tokens=enhanced.input_tokens, output_tokens=enhanced.output_tokens, calls=1
+            )
+        }
         cost = price_batch(self.catalog, usage, enhanced.latency_ms, 0, self.runtime)
         return self._execute(ChargeEnhancement(enhanced.owner, enhanced.enhancement_id, cost), cause)
 

@@ -45,9 +45,7 @@ class MeteredLedger(LedgerHandlers):
     """The ledger, counting what it charges now in EMF metrics (a redelivered batch adds
     nothing)."""
 
-    def charge_batch(
-        self, batch: BatchGenerated, cause: StoredEvent | None = None
-    ) -> list[StoredEvent]:
+    def charge_batch(self, batch: BatchGenerated, cause: StoredEvent | None = None) -> list[StoredEvent]:
         recorded = super().charge_batch(batch, cause)
         for stored in recorded:
             if stored.detail_type == CostRecorded.detail_type():

@@ -232,9 +232,7 @@ class CostsView:
     def owned_by(self, owner: str) -> Iterator[dict[str, Any]]:
         token: str | None = None
         while True:
-            page = self._reader.query(
-                "index1", _owner_partition(owner), collection=JOBS, limit=1000, next_token=token
-            )
+            page = self._reader.query("index1", _owner_partition(owner), collection=JOBS, limit=1000, next_token=token)
             yield from page.items
             token = page.next_token
             if token is None:

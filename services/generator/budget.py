@@ -470,8 +470,13 @@ class JobBudgets:
             raise LookupError(f"job {job_id!r} has no JobRequested to take a budget from")
         in_log = self.in_log(job_id)
         return LedgerBudgetGuard(
-            self.catalog, budget_limit, in_log.committed + in_log.unclosed,
-            runtime=self.runtime, overhead=self.overhead, granted=Decimal(0), tranche_calls=self.tranche_calls,
+            self.catalog,
+            budget_limit,
+            in_log.committed + in_log.unclosed,
+            runtime=self.runtime,
+            overhead=self.overhead,
+            granted=Decimal(0),
+            tranche_calls=self.tranche_calls,
         )
 
 

@@ -140,9 +140,7 @@ def evolve(state: GenerationState, event: DomainEvent, recorded_at: datetime) ->
     """The state after one recorded event of the generation stream."""
     state = replace(state, version=state.version + 1, last_event_at=recorded_at)
     if isinstance(event, GenerationClaimed):
-        return replace(
-            state, job_id=event.job_id, claim=Claim(event.worker_id, event.lease_seconds)
-        )
+        return replace(state, job_id=event.job_id, claim=Claim(event.worker_id, event.lease_seconds))
     if isinstance(event, GenerationReleased) and state.claim is not None:
         return replace(state, claim=replace(state.claim, released=True))
     if isinstance(event, GenerationCrashed):
@@ -150,8 +148,13 @@ def evolve(state: GenerationState, event: DomainEvent, recorded_at: datetime) ->
         return replace(state, claim=claim, crashes=state.crashes + 1)
     if isinstance(event, BatchGenerated):
         batch = BatchRange(
-            event.batch_number, event.first_record, event.last_record, event.blob_key,
-            event.rows, event.failures, event.model,
+            event.batch_number,
+            event.first_record,
+            event.last_record,
+            event.blob_key,
+            event.rows,
+            event.failures,
+            event.model,
         )
         if event.model is not None:
             return replace(
@@ -202,9 +205,7 @@ def can_claim(state: GenerationState, now: datetime) -> bool:
     return expires is None or expires < now
 
 
-def after_crash(
-    state: GenerationState, worker_id: str, error: str, cancel_requested: bool
-) -> list[DomainEvent]:
+def after_crash(state: GenerationState, worker_id: str, error: str, cancel_requested: bool) -> list[DomainEvent]:
     """What the log records when `worker_id`'s run of the job raised `error`.
 
     Nothing when the run no longer held the job (it ended, or another worker took over).
@@ -300,9 +301,7 @@ def fold_template(events: Iterable[DomainEvent], version: int) -> TemplateSpec |
         else:
             continue
         if current == version:
-            return TemplateSpec(
-                event.template_id, version, tuple(event.steps), tuple(event.required_fields)
-            )
+            return TemplateSpec(event.template_id, version, tuple(event.steps), tuple(event.required_fields))
     return None
 
 

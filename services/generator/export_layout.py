@@ -48,9 +48,7 @@ class JsonShape:
 
 def _parquet_can_hold(kind: pa.DataType) -> bool:
     if pa.types.is_struct(kind):
-        return kind.num_fields > 0 and all(
-            _parquet_can_hold(kind.field(i).type) for i in range(kind.num_fields)
-        )
+        return kind.num_fields > 0 and all(_parquet_can_hold(kind.field(i).type) for i in range(kind.num_fields))
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         return _parquet_can_hold(kind.value_type)
     return True
@@ -132,9 +130,7 @@ def _flatten(table: pa.Table) -> pa.Table:
         table = table.flatten()
     for index, column in enumerate(table.schema):
         if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-            values = [
-                None if value is None else dumps_json(value) for value in table.column(index).to_pylist()
-            ]
+            values = [None if value is None else dumps_json(value) for value in table.column(index).to_pylist()]
             table = table.set_column(index, pa.field(column.name, pa.string()), pa.array(values, pa.string()))
     return table
 

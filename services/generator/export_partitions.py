@@ -54,8 +54,7 @@ class PartitionRule:
             value = value[segment]
         if isinstance(value, dict | list):
             raise ExportError(
-                f"cannot partition by {self.name!r}: "
-                f"record {record['record_index']} has an object or list there"
+                f"cannot partition by {self.name!r}: record {record['record_index']} has an object or list there"
             )
         if value is None or isinstance(value, str):
             return value or None
@@ -80,7 +79,6 @@ def created_at(record: GeneratedRecord) -> datetime:
         moment = None
     if moment is None or moment.tzinfo is None:
         raise DatasetIntegrityError(
-            f"record {record['record_index']} has created_at {record['created_at']!r}, "
-            "not ISO-8601 with a zone"
+            f"record {record['record_index']} has created_at {record['created_at']!r}, not ISO-8601 with a zone"
         )
     return moment.astimezone(UTC)

@@ -103,8 +103,7 @@ def _check_model_coverage(parts: list[PartSpan]) -> int:
             )
         if span.last - span.first + 1 != span.rows:
             raise DatasetIntegrityError(
-                f"part {span.key} holds {span.rows} records for indices {span.first}..{span.last}: "
-                "some are missing"
+                f"part {span.key} holds {span.rows} records for indices {span.first}..{span.last}: some are missing"
             )
         following = span.last + 1
     return following

@@ -190,9 +190,7 @@ class DataFiles:
         if value in self._sinks:
             return self._sinks[value]
         if self._rule is not None and len(self._sinks) >= MAX_PARTITIONS:
-            raise ExportError(
-                f"partitioning by {self._rule.name!r} makes more than {MAX_PARTITIONS} partitions"
-            )
+            raise ExportError(f"partitioning by {self._rule.name!r} makes more than {MAX_PARTITIONS} partitions")
         folder = f"{self._rule.folder(value)}/" if self._rule else ""
         makers: dict[OutputFormat, Callable[[Path, str], FileSink]] = {
             OutputFormat.PARQUET: lambda path, key: ParquetSink(path, key, self._layout.parquet_schema),

@@ -80,8 +80,9 @@ def _run_requested(event: dict[str, Any]) -> None:
     did not end, so the record is redelivered and (with idempotency) not remembered."""
     job_id = job_id_of_event(event)
     result = asyncio.run(_run([job_id], _stop))[job_id]
-    logger.info("job run ended", extra={"job_id": job_id, "outcome": result.outcome.value,
-                                          "records": result.records_completed})
+    logger.info(
+        "job run ended", extra={"job_id": job_id, "outcome": result.outcome.value, "records": result.records_completed}
+    )
     if result.outcome in UNFINISHED:
         raise JobUnfinished(job_id)
 

@@ -98,7 +98,9 @@ class OwnerSlots:
             "expires_at": {"N": str(max(jobs.values(), default=int(self._clock())) + 3600)},
         }
         self._db.put_item(
-            TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk) OR version = :seen",
+            TableName=self._table,
+            Item=item,
+            ConditionExpression="attribute_not_exists(pk) OR version = :seen",
             ExpressionAttributeValues={":seen": {"N": str(version)}},
         )
 

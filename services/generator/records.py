@@ -83,6 +83,7 @@ PART_SCHEMA = pa.schema(
 )
 """Every part file has exactly this schema, whatever the template."""
 
+
 def part_key(owner: str, job_id: str, batch_number: int, model: str | None = None) -> str:
     """The blob key of a batch's part: the same for every attempt at that batch. A fan-out
     job keeps each model's parts in a folder of their own, named by `key_segment`, so

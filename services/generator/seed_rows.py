@@ -71,9 +71,7 @@ def project(record: dict[str, Any], paths: Sequence[FieldPath]) -> SeedRow:
     return row
 
 
-def load_seed_rows(
-    blobs: BlobStore, blob_key: str, fmt: SeedFormat, required_fields: Sequence[str]
-) -> list[SeedRow]:
+def load_seed_rows(blobs: BlobStore, blob_key: str, fmt: SeedFormat, required_fields: Sequence[str]) -> list[SeedRow]:
     """Every usable row of the seed file, projected to the fields the prompts may read
     (`required_fields` and the optional ones), in file order.
 
@@ -152,7 +150,8 @@ def _csv_columns_read(names: Sequence[str], paths: Sequence[FieldPath]) -> list[
     way (a cell in "author" decides whether "author.name" can be a field)."""
     keys = [tuple(name.split(".")) for name in names]
     return [
-        index for index, key in enumerate(keys)
+        index
+        for index, key in enumerate(keys)
         if any(key[: len(path)] == path or path[: len(key)] == key for path in paths)
     ]
 

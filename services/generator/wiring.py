@@ -37,9 +37,7 @@ def worker(
 ) -> GenerationWorker:
     """One worker, for an entry point that runs the jobs it is handed itself."""
     events, blobs = adapters.events, adapters.blobs
-    return GenerationWorker(
-        events, blobs, gateway, worker_id, options, budget(adapters), content_filter
-    )
+    return GenerationWorker(events, blobs, gateway, worker_id, options, budget(adapters), content_filter)
 
 
 def build(
@@ -57,10 +55,17 @@ def build(
     is a ModelGateway or a factory the pool calls on its own loop."""
     options = options or WorkerOptions()
     pool = WorkerPool(
-        adapters.events, adapters.blobs, gateway,
-        concurrency=options.concurrency, max_jobs=max_jobs, options=options,
-        worker_id=worker_id, budget=budget(adapters), scan_seconds=scan_seconds,
-        content_filter=content_filter, max_jobs_per_user=max_jobs_per_user,
+        adapters.events,
+        adapters.blobs,
+        gateway,
+        concurrency=options.concurrency,
+        max_jobs=max_jobs,
+        options=options,
+        worker_id=worker_id,
+        budget=budget(adapters),
+        scan_seconds=scan_seconds,
+        content_filter=content_filter,
+        max_jobs_per_user=max_jobs_per_user,
     )
     subscription = Subscription(SUBSCRIBER_NAME, JOB_REQUESTED_PATTERN, pool.handle)
     return ServiceParts(pool, subscriptions=[subscription])

@@ -164,10 +164,7 @@ class GenerationWorker:
     # -- reading the log ------------------------------------------------------------------
 
     def _decoded(self, stream_id: str, from_version: int = 1) -> list[tuple[DomainEvent, StoredEvent]]:
-        return [
-            (s.decode(), s)
-            for s in self.events.read_stream(stream_id, from_version=from_version)
-        ]
+        return [(s.decode(), s) for s in self.events.read_stream(stream_id, from_version=from_version)]
 
     def read_generation(self, job_id: str) -> GenerationState:
         state = GenerationState(job_id=job_id)
@@ -193,9 +190,7 @@ class GenerationWorker:
         return cancel_requested(e for e, _ in decoded), decoded[-1][1].version
 
     def _load_inputs(self, job: JobSpec) -> tuple[TemplateSpec, list[SeedRow]]:
-        template = fold_template(
-            (e for e, _ in self._decoded(template_stream(job.template_id))), job.template_version
-        )
+        template = fold_template((e for e, _ in self._decoded(template_stream(job.template_id))), job.template_version)
         if template is None:
             raise JobFailure(
                 "TEMPLATE_NOT_FOUND", f"template {job.template_id} version {job.template_version} does not exist"
@@ -211,9 +206,7 @@ class GenerationWorker:
             read = [".".join(path) for path in seed_paths(step.prompt for step in template.steps)]
             rows = load_seed_rows(self.blobs, seed.blob_key, seed.format, [*template.required_fields, *read])
         except UnreadableSeedRecords as error:
-            raise JobFailure(
-                "SEED_INVALID", f"the seed set does not validate against the template: {error}"
-            ) from error
+            raise JobFailure("SEED_INVALID", f"the seed set does not validate against the template: {error}") from error
         except SeedRowsUnavailable as error:
             raise JobFailure("SEED_UNREADABLE", str(error)) from error
         _check_rows(rows, template.required_fields)

@@ -55,7 +55,6 @@ if TYPE_CHECKING:
     from services.generator.owner_slots import OwnerSlots
 
 
-
 async def run_until_ended(worker: GenerationWorker, job_id: str, stop: asyncio.Event) -> RunResult:
     """Run the job, waiting out another worker's lease, until it ends or `stop` is set."""
     while True:
@@ -110,8 +109,13 @@ def _run_pool(data_dir: Path, options: WorkerOptions, args: argparse.Namespace) 
 QUEUE_URL_ENV = "PALETTE_GENERATOR_QUEUE_URL"
 MAX_VISIBILITY_SECONDS = 12 * 3600
 ENDED = {
-    RunOutcome.COMPLETED, RunOutcome.CANCELLED, RunOutcome.BUDGET_EXCEEDED, RunOutcome.FAILED,
-    RunOutcome.FINISHED, RunOutcome.NOT_FOUND, RunOutcome.LOST_CLAIM,
+    RunOutcome.COMPLETED,
+    RunOutcome.CANCELLED,
+    RunOutcome.BUDGET_EXCEEDED,
+    RunOutcome.FAILED,
+    RunOutcome.FINISHED,
+    RunOutcome.NOT_FOUND,
+    RunOutcome.LOST_CLAIM,
 }
 """Outcomes after which the job's message has nothing left to ask of any worker (LOST_CLAIM:
 the worker that took the job over holds its own delivery of the message)."""
@@ -210,8 +214,10 @@ class JobQueueWorker:
 
     def _receive(self, count: int) -> list[dict[str, Any]]:
         response = self._sqs.receive_message(
-            QueueUrl=self.options.queue_url, MaxNumberOfMessages=count,
-            WaitTimeSeconds=self.options.wait_seconds, VisibilityTimeout=self.options.visibility_seconds,
+            QueueUrl=self.options.queue_url,
+            MaxNumberOfMessages=count,
+            WaitTimeSeconds=self.options.wait_seconds,
+            VisibilityTimeout=self.options.visibility_seconds,
         )
         return list(response.get("Messages", []))
 
@@ -220,8 +226,11 @@ class JobQueueWorker:
         try:
             request = job_request_of_message(message["Body"], self._blobs)
         except MalformedBusMessage as error:
-            log.error("message %s is not a JobRequested (%s); leaving it for the dead-letter queue",
-                      message.get("MessageId"), error)
+            log.error(
+                "message %s is not a JobRequested (%s); leaving it for the dead-letter queue",
+                message.get("MessageId"),
+                error,
+            )
             self.refused.append(message.get("MessageId", ""))
             return
         job_id, owner = request.job_id, request.owner
@@ -277,7 +286,8 @@ class JobQueueWorker:
 
     def _show_again(self, receipt: str, seconds: int) -> None:
         self._sqs.change_message_visibility(
-            QueueUrl=self.options.queue_url, ReceiptHandle=receipt,
+            QueueUrl=self.options.queue_url,
+            ReceiptHandle=receipt,
             VisibilityTimeout=max(0, min(MAX_VISIBILITY_SECONDS, seconds)),
         )
 
@@ -332,21 +342,35 @@ async def _run_queue(options: WorkerOptions, queue: QueueOptions, worker_id: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.generator.worker_main", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m services.generator.worker_main", description=__doc__.splitlines()[0]
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", type=Path)
-    source.add_argument("--aws", action="store_true", help=f"AWS adapters from the environment, jobs from ${QUEUE_URL_ENV}")
+    source.add_argument(
+        "--aws", action="store_true", help=f"AWS adapters from the environment, jobs from ${QUEUE_URL_ENV}"
+    )
     parser.add_argument("--job", dest="job_id")
     parser.add_argument("--concurrency", type=int, default=int(os.environ.get("PALETTE_GENERATOR_CONCURRENCY", "16")))
     parser.add_argument("--batch-size", type=int, default=int(os.environ.get("PALETTE_GENERATOR_BATCH_SIZE", "100")))
     parser.add_argument("--lease-seconds", type=int, default=60)
     parser.add_argument("--grace-seconds", type=float, default=30.0)
-    parser.add_argument("--flush-seconds", type=float, default=2.0, help="record done records at least this often (0: per full batch only)")
+    parser.add_argument(
+        "--flush-seconds",
+        type=float,
+        default=2.0,
+        help="record done records at least this often (0: per full batch only)",
+    )
     parser.add_argument("--max-jobs", type=int, default=2)
     parser.add_argument("--scan-seconds", type=float, default=5.0)
     parser.add_argument("--worker-id")
     parser.add_argument("--wait-seconds", type=int, default=20, help="SQS long poll (--aws)")
-    parser.add_argument("--visibility-seconds", type=int, default=300, help="hide a received job this long, renewed while it runs (--aws)")
+    parser.add_argument(
+        "--visibility-seconds",
+        type=int,
+        default=300,
+        help="hide a received job this long, renewed while it runs (--aws)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = WorkerOptions(

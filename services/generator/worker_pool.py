@@ -112,17 +112,13 @@ def record_crash(worker: GenerationWorker, job_id: str, error: Exception) -> boo
             # billed even when the crash ends the job and no claim follows
             written_off = worker.budget.written_off(job_id, state.version)
             if written_off > 0:
-                write_off = BudgetWrittenOff(
-                    job_id=job_id, worker_id=worker.worker_id, amount=written_off
-                )
+                write_off = BudgetWrittenOff(job_id=job_id, worker_id=worker.worker_id, amount=written_off)
                 events = [write_off, *events]
             worker.append(job_id, events, state.version)
     except ConcurrencyConflict:
         return False
     except Exception:
-        log.exception(
-            "could not record the crash of job %s; it resumes when its lease lapses", job_id
-        )
+        log.exception("could not record the crash of job %s; it resumes when its lease lapses", job_id)
         return False
     if events:
         log.warning("job %s: the crash is recorded as %s", job_id, events[-1].detail_type())
@@ -207,9 +203,7 @@ class WorkerPool:
         `scan_seconds`."""
         if self._thread is not None:
             return
-        self._thread = threading.Thread(
-            target=self._run_loop, args=(scan,), name="palette-generator", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run_loop, args=(scan,), name="palette-generator", daemon=True)
         self._thread.start()
         self._ready.wait()
 
@@ -230,6 +224,7 @@ class WorkerPool:
 
     def wait_for(self, job_id: str, timeout: float | None = None) -> RunResult | None:
         """The result of this pool's last run of `job_id` once it is not HELD, or None."""
+
         def settled() -> bool:
             result = self.results.get(job_id)
             return result is not None and result.outcome is not RunOutcome.HELD
@@ -263,7 +258,12 @@ class WorkerPool:
         source = self._gateway_source
         gateway = source if isinstance(source, ModelGateway) else source()
         self.worker = GenerationWorker(
-            self.events, self.blobs, gateway, self.worker_id, self.options, self.budget,
+            self.events,
+            self.blobs,
+            gateway,
+            self.worker_id,
+            self.options,
+            self.budget,
             self.content_filter,
         )
         self._queue = asyncio.Queue()
@@ -291,7 +291,8 @@ class WorkerPool:
         (never served first) among those under their cap."""
         while len(self._active) < self.max_jobs and not self._stop.is_set():
             eligible = [
-                owner for owner, jobs in self._waiting.items()
+                owner
+                for owner, jobs in self._waiting.items()
                 if jobs and self._running_by_owner[owner] < self.max_jobs_per_user
             ]
             if not eligible:
@@ -331,9 +332,7 @@ class WorkerPool:
             self._dispatch()
         if retry:
             self._resubmit(job_id, owner)
-        elif (
-            result is not None and result.outcome is RunOutcome.HELD and result.retry_at is not None
-        ):
+        elif result is not None and result.outcome is RunOutcome.HELD and result.retry_at is not None:
             delay = max(0.0, (result.retry_at - datetime.now(UTC)).total_seconds()) + 0.5
             asyncio.get_running_loop().call_later(delay, self._resubmit, job_id, owner)
 

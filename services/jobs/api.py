@@ -80,8 +80,7 @@ _ERRORS = {
     401: "UNAUTHORIZED: no valid bearer token",
     404: "NOT_FOUND: no such job or seed, or not the caller's; TEMPLATE_NOT_FOUND: no such "
     "template (version), or another's private one (details.reason NOT_FOUND)",
-    409: "CONFLICT: the seed failed its validation against the template version, or a concurrent "
-    "change won",
+    409: "CONFLICT: the seed failed its validation against the template version, or a concurrent change won",
 }
 
 
@@ -116,7 +115,10 @@ def create_router(
         return empty_dashboard(job_id) if doc is None or doc.get("deleted") else doc
 
     @router.post(
-        "/jobs", status_code=201, tags=["jobs"], summary="Start a job (generation runs asynchronously)",
+        "/jobs",
+        status_code=201,
+        tags=["jobs"],
+        summary="Start a job (generation runs asynchronously)",
         responses=_responses(201, 404, 409),
     )
     def create_job(request: JobRequest) -> JobBody:
@@ -138,9 +140,7 @@ def create_router(
     def list_jobs(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         next_token: Annotated[str | None, Query(max_length=4096)] = None,
-        last_key: Annotated[
-            str | None, Query(max_length=4096, description="the documents' name of next_token")
-        ] = None,
+        last_key: Annotated[str | None, Query(max_length=4096, description="the documents' name of next_token")] = None,
         status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
     ) -> JobPage:
         if next_token is not None and last_key is not None and next_token != last_key:
@@ -157,7 +157,9 @@ def create_router(
         return JobPage(items=items, jobs=items, next_token=after, last_key=after)
 
     @router.get(
-        "/jobs/<job_id>", tags=["jobs"], summary="A job: status, input, progress, files",
+        "/jobs/<job_id>",
+        tags=["jobs"],
+        summary="A job: status, input, progress, files",
         responses=_responses(200, 404),
     )
     def get_job(job_id: Annotated[str, PathParam(max_length=128)]) -> JobBody:
@@ -167,7 +169,8 @@ def create_router(
         return _job_body(loaded, progress_of(job_id), handlers)
 
     @router.delete(
-        "/jobs/<job_id>", tags=["jobs"],
+        "/jobs/<job_id>",
+        tags=["jobs"],
         summary="Cancel an unfinished job (200 'Job cancelled', 202 'Job cancellation requested'); "
         "delete a finished one (200 'Job deleted')",
         responses={
@@ -179,9 +182,13 @@ def create_router(
         with _api_errors():
             after = handlers.delete(caller(router), job_id, correlation_id())
         state = after.state
-        logger.info("job deleted" if state.deleted else "job cancel", extra={
-            "job_id": job_id, "status": state.status.value if state.status else None,
-        })
+        logger.info(
+            "job deleted" if state.deleted else "job cancel",
+            extra={
+                "job_id": job_id,
+                "status": state.status.value if state.status else None,
+            },
+        )
         message: CancelMessage
         if state.deleted:  # it was finished: its data is gone
             message = "Job deleted"
@@ -190,7 +197,9 @@ def create_router(
         else:
             message = "Job cancellation requested"
         reply = CancelReply(
-            message=message, job_id=job_id, status=state.status or JobStatus.QUEUED,
+            message=message,
+            job_id=job_id,
+            status=state.status or JobStatus.QUEUED,
             cancel_requested=state.cancel_requested,
         )
         return Response(
@@ -200,7 +209,8 @@ def create_router(
         )
 
     @router.get(
-        "/dashboard/<job_id>", tags=["jobs"],
+        "/dashboard/<job_id>",
+        tags=["jobs"],
         summary="Progress, ETA, tokens, timing, files and the cost/budget block of a job",
         responses=_responses(200, 404),
     )
@@ -217,22 +227,29 @@ def _check_parameters_size(parameters: dict[str, Any]) -> None:
     if len(json.dumps(parameters, default=str)) > MAX_MODEL_PARAMETERS_BYTES:
         raise ValidationFailed(
             "invalid model_parameters",
-            {"errors": [{
-                "field": "model_parameters", "type": "too_long",
-                "message": f"model_parameters take at most {MAX_MODEL_PARAMETERS_BYTES} bytes as JSON",
-            }]},
+            {
+                "errors": [
+                    {
+                        "field": "model_parameters",
+                        "type": "too_long",
+                        "message": f"model_parameters take at most {MAX_MODEL_PARAMETERS_BYTES} bytes as JSON",
+                    }
+                ]
+            },
         )
 
 
 def _summary(item: dict[str, Any], doc: dict[str, Any]) -> JobSummary:
     """A listed job with its progress and spend from its dashboard (one read per item)."""
-    return JobSummary.model_validate({
-        **item,
-        "updated_at": item.get("updated_at") or item["created_at"],
-        "seed_id": item["seed_id"] or None,  # NO_SEED
-        "records_generated": doc["records_generated"],
-        "cost_estimate": Decimal(doc["cost"]["total"]),
-    })
+    return JobSummary.model_validate(
+        {
+            **item,
+            "updated_at": item.get("updated_at") or item["created_at"],
+            "seed_id": item["seed_id"] or None,  # NO_SEED
+            "records_generated": doc["records_generated"],
+            "cost_estimate": Decimal(doc["cost"]["total"]),
+        }
+    )
 
 
 def _tokens_used(doc: dict[str, Any]) -> int:
@@ -243,15 +260,18 @@ def _progress(state: JobState, doc: dict[str, Any]) -> ProgressBody:
     target = _target(state)
     percent = _percent(doc["records_generated"], target)
     return ProgressBody(
-        records_generated=doc["records_generated"], failed_records=doc["failed_records"],
-        num_records=target, percent=percent, target_records=target, percentage=percent,
+        records_generated=doc["records_generated"],
+        failed_records=doc["failed_records"],
+        num_records=target,
+        percent=percent,
+        target_records=target,
+        percentage=percent,
     )
 
 
 def _files(doc: dict[str, Any], handlers: JobHandlers) -> list[FileBody]:
     return [
-        FileBody(**item, download_url=handlers.blobs.download_url(item["blob_key"]))
-        for item in doc.get("files", [])
+        FileBody(**item, download_url=handlers.blobs.download_url(item["blob_key"])) for item in doc.get("files", [])
     ]
 
 
@@ -310,8 +330,12 @@ def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandler
     remaining = max(limit - used, Decimal(0))
     percent_used = float(round(used * 100 / limit, 2)) if limit else 0.0
     cost.update(
-        used=str(used), remaining=str(remaining), percent=percent_used,
-        bedrock=cost["model_tokens"], fargate=cost["compute"], s3=cost["storage"],
+        used=str(used),
+        remaining=str(remaining),
+        percent=percent_used,
+        bedrock=cost["model_tokens"],
+        fargate=cost["compute"],
+        s3=cost["storage"],
     )
     eta = figures["eta_seconds"]
     return DashboardBody(
@@ -319,9 +343,7 @@ def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandler
         status=status,
         cancel_requested=state.cancel_requested,
         progress=_progress(state, doc),
-        budget=BudgetBody(
-            limit=limit, used=used, remaining=remaining, percentage_used=percent_used
-        ),
+        budget=BudgetBody(limit=limit, used=used, remaining=remaining, percentage_used=percent_used),
         records_generated=doc["records_generated"],
         num_records=_target(state),
         records_remaining=figures["records_remaining"],
@@ -342,9 +364,7 @@ def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandler
         cost=CostBody.model_validate(cost),
         files=_files(doc, handlers),
         failure=_failure(loaded),
-        per_model=_per_model(
-            tuple(state.options.models or ()), status, state.options.num_records, current, now
-        ),
+        per_model=_per_model(tuple(state.options.models or ()), status, state.options.num_records, current, now),
     )
 
 
@@ -422,12 +442,15 @@ def _api_errors() -> Iterator[None]:
     except SeedNotFound as error:
         raise NotFound(str(error), {"seed_id": error.seed_id}) from None
     except SeedNotValidated as error:
-        raise Conflict(str(error), {
-            "seed_id": error.seed_id,
-            "template_id": error.template_id,
-            "template_version": error.template_version,
-            "validation": error.validation.as_details() if error.validation else None,
-        }) from None
+        raise Conflict(
+            str(error),
+            {
+                "seed_id": error.seed_id,
+                "template_id": error.template_id,
+                "template_version": error.template_version,
+                "validation": error.validation.as_details() if error.validation else None,
+            },
+        ) from None
     except InvalidTransition as error:
         status = error.status.value if error.status else None
         raise Conflict(str(error), {"job_id": error.job_id, "status": status}) from None

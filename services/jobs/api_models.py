@@ -103,9 +103,7 @@ ModelName = Annotated[
         "A-Z a-z 0-9 . _ - : @ + /, or a short name such as `llama-3.1-8b` (stored as its id)"
     ),
 ]
-OutputFormats = Annotated[
-    list[OutputFormat], BeforeValidator(_formats), Field(min_length=1, max_length=3)
-]
+OutputFormats = Annotated[list[OutputFormat], BeforeValidator(_formats), Field(min_length=1, max_length=3)]
 SeedRef = Annotated[
     StrictStr,
     AfterValidator(_seed_reference),
@@ -123,9 +121,7 @@ PartitionStrategy = Annotated[
 BudgetLimit = Annotated[
     Decimal,
     BeforeValidator(plain_decimal),
-    Field(
-        gt=0, le=MAX_BUDGET, decimal_places=6, allow_inf_nan=False, description="USD, 0 < x <= 1000"
-    ),
+    Field(gt=0, le=MAX_BUDGET, decimal_places=6, allow_inf_nan=False, description="USD, 0 < x <= 1000"),
 ]
 
 
@@ -149,9 +145,7 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=show_aliases)
 
     template_id: ServerId
-    template_version: StrictInt | None = Field(
-        default=None, ge=1, description="pinned; latest when omitted"
-    )
+    template_version: StrictInt | None = Field(default=None, ge=1, description="pinned; latest when omitted")
     seed_id: SeedRef | None = Field(
         default=None,
         validation_alias=AliasChoices("seed_id", "seed_data_path"),
@@ -163,9 +157,7 @@ class JobRequest(BaseModel):
         default_factory=lambda: [OutputFormat.JSONL],
         description="JSONL, PARQUET, CSV: one or several",
     )
-    model_parameters: dict[str, Any] = Field(
-        default_factory=dict, description="passed to every model call"
-    )
+    model_parameters: dict[str, Any] = Field(default_factory=dict, description="passed to every model call")
     priority: StrictInt = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY)
     partition_strategy: PartitionStrategy | None = None
     models: list[ModelName] | None = Field(
@@ -198,9 +190,7 @@ class JobRequest(BaseModel):
             self.output_format = export.formats
         if export.partition_strategy is not None:
             if "partition_strategy" in self.model_fields_set:
-                raise ValueError(
-                    "give partition_strategy or export_config.partition_strategy, not both"
-                )
+                raise ValueError("give partition_strategy or export_config.partition_strategy, not both")
             self.partition_strategy = export.partition_strategy
         return self
 
@@ -237,9 +227,7 @@ class JobInputBody(BaseModel):
 class ProgressBody(BaseModel):
     records_generated: int
     failed_records: int
-    num_records: int = Field(
-        description="the job's target: num_records times the number of fan-out models"
-    )
+    num_records: int = Field(description="the job's target: num_records times the number of fan-out models")
     percent: float
     target_records: int = Field(description="the documents' name of `num_records`")
     percentage: float = Field(description="the documents' name of `percent`")
@@ -369,24 +357,18 @@ class CostBody(BaseModel):
 class ModelProgressBody(BaseModel):
     """One model of a fan-out job."""
 
-    status: JobStatus = Field(
-        description="COMPLETED once its records are made, FAILED when it stopped for good"
-    )
+    status: JobStatus = Field(description="COMPLETED once its records are made, FAILED when it stopped for good")
     records_generated: int
     failed_records: int
     num_records: int
     percent: float
     cost: MoneyText
     failure: FailureBody | None
-    started_at: str | None = Field(
-        description="the job's start (its first JobStarted): every model starts with it"
-    )
+    started_at: str | None = Field(description="the job's start (its first JobStarted): every model starts with it")
     finished_at: str | None = Field(
         description="when its last batch made its records or it failed; else when the job ended"
     )
-    duration_seconds: float | None = Field(
-        description="finished_at (or now, while it runs) - started_at"
-    )
+    duration_seconds: float | None = Field(description="finished_at (or now, while it runs) - started_at")
 
 
 class BudgetBody(BaseModel):

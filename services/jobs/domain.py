@@ -92,7 +92,10 @@ class JobStatus(str, Enum):
 
 FINISHED = frozenset(
     {
-        JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.FAILED, JobStatus.CANCELLED,
+        JobStatus.COMPLETED,
+        JobStatus.COMPLETED_WITH_ERRORS,
+        JobStatus.FAILED,
+        JobStatus.CANCELLED,
         JobStatus.BUDGET_EXCEEDED,
     }
 )
@@ -144,11 +147,7 @@ def check_options(options: JobOptions) -> None:
     if isinstance(records, bool) or not isinstance(records, int) or not 1 <= records <= MAX_RECORDS:
         raise InvalidJobInput("num_records", f"num_records must be an integer from 1 to {MAX_RECORDS:,}")
     budget = options.budget_limit
-    if (
-        not isinstance(budget, Decimal)
-        or not budget.is_finite()
-        or not Decimal(0) < budget <= MAX_BUDGET
-    ):
+    if not isinstance(budget, Decimal) or not budget.is_finite() or not Decimal(0) < budget <= MAX_BUDGET:
         raise InvalidJobInput("budget_limit", f"budget_limit must be more than 0 and at most {MAX_BUDGET} USD")
     exponent = budget.as_tuple().exponent  # an int: the budget is finite
     if isinstance(exponent, int) and -exponent > BUDGET_DECIMAL_PLACES:
@@ -271,8 +270,14 @@ class DeleteJob:
 
 
 JobCommand = (
-    RequestJob | MarkStarted | RequestCancel | MarkCancelled | MarkCompleted | MarkFailed
-    | MarkBudgetExceeded | DeleteJob
+    RequestJob
+    | MarkStarted
+    | RequestCancel
+    | MarkCancelled
+    | MarkCompleted
+    | MarkFailed
+    | MarkBudgetExceeded
+    | DeleteJob
 )
 GenerationFact = MarkStarted | MarkCancelled | MarkCompleted | MarkFailed | MarkBudgetExceeded
 
@@ -324,9 +329,7 @@ class TemplateNotFound(JobError):
         self.template_id = template_id
         self.version = version
         which = f"template {template_id!r}"
-        super().__init__(
-            f"{which} does not exist" if version is None else f"{which} has no version {version}"
-        )
+        super().__init__(f"{which} does not exist" if version is None else f"{which} has no version {version}")
 
 
 class SeedNotFound(JobError):
@@ -341,9 +344,7 @@ class SeedNotValidated(JobError):
     """The seed's current content has no passing validation against the pinned template
     version; `validation` is the recorded outcome when there is one."""
 
-    def __init__(
-        self, seed_id: str, template_id: str, version: int, validation: SeedValidation | None, why: str
-    ):
+    def __init__(self, seed_id: str, template_id: str, version: int, validation: SeedValidation | None, why: str):
         self.seed_id = seed_id
         self.template_id = template_id
         self.template_version = version
@@ -405,8 +406,11 @@ def evolve(state: JobState, event: DomainEvent) -> JobState:
         return replace(state, status=JobStatus.FAILED, failure_code=event.code, failure_reason=event.reason)
     if isinstance(event, JobBudgetExceeded):
         return replace(
-            state, status=JobStatus.BUDGET_EXCEEDED, records_completed=event.records_completed,
-            failure_code=BUDGET_EXCEEDED_CODE, failure_reason=event.reason or budget_stop_reason(None),
+            state,
+            status=JobStatus.BUDGET_EXCEEDED,
+            records_completed=event.records_completed,
+            failure_code=BUDGET_EXCEEDED_CODE,
+            failure_reason=event.reason or budget_stop_reason(None),
         )
     if isinstance(event, JobDeleted):
         return replace(state, deleted=True)
@@ -441,7 +445,11 @@ def _request(command: RequestJob, state: JobState) -> list[DomainEvent]:
     job = command.input
     return [
         JobRequested.of(
-            command.job_id, command.owner, job.template_id, command.template_version, job.seed_id,
+            command.job_id,
+            command.owner,
+            job.template_id,
+            command.template_version,
+            job.seed_id,
             job.options,
         )
     ]
@@ -484,12 +492,19 @@ def _generation_fact(command: GenerationFact, state: JobState) -> list[DomainEve
     if isinstance(command, MarkCompleted):
         if status is JobStatus.RUNNING:
             failed = dict(command.failed_models)
-            return [JobCompleted(
-                job_id=command.job_id, records_completed=command.records_completed,
-                outcome="COMPLETED_WITH_ERRORS" if failed else "COMPLETED", failed_models=failed,
-            )]
+            return [
+                JobCompleted(
+                    job_id=command.job_id,
+                    records_completed=command.records_completed,
+                    outcome="COMPLETED_WITH_ERRORS" if failed else "COMPLETED",
+                    failed_models=failed,
+                )
+            ]
         if status in (
-            JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.CANCELLED, JobStatus.BUDGET_EXCEEDED
+            JobStatus.COMPLETED,
+            JobStatus.COMPLETED_WITH_ERRORS,
+            JobStatus.CANCELLED,
+            JobStatus.BUDGET_EXCEEDED,
         ):
             return []
         raise InvalidTransition(command.job_id, status, "complete it")
@@ -506,9 +521,13 @@ def _generation_fact(command: GenerationFact, state: JobState) -> list[DomainEve
             return []
         raise InvalidTransition(command.job_id, status, "fail it")
     if status in (JobStatus.QUEUED, JobStatus.RUNNING):
-        return [JobBudgetExceeded(
-            job_id=command.job_id, records_completed=command.records_completed, reason=command.reason,
-        )]
+        return [
+            JobBudgetExceeded(
+                job_id=command.job_id,
+                records_completed=command.records_completed,
+                reason=command.reason,
+            )
+        ]
     if status is JobStatus.BUDGET_EXCEEDED:
         return []
     raise InvalidTransition(command.job_id, status, "stop it for its budget")
@@ -688,12 +707,18 @@ class SeedFacts:
             return None
         if not validation.valid:
             raise SeedNotValidated(
-                self.seed_id, template_id, version, validation,
+                self.seed_id,
+                template_id,
+                version,
+                validation,
                 f"seed {self.seed_id!r} failed validation against {which}",
             )
         if validation.record_count == 0:
             raise SeedNotValidated(
-                self.seed_id, template_id, version, validation,
+                self.seed_id,
+                template_id,
+                version,
+                validation,
                 f"seed {self.seed_id!r} has no records to generate from",
             )
         return validation
@@ -701,9 +726,7 @@ class SeedFacts:
 
 def evolve_seed(state: SeedFacts, event: DomainEvent) -> SeedFacts:
     if isinstance(event, SeedUploadRequested):
-        return replace(
-            state, seed_id=event.seed_id, exists=True, owner=event.owner, blob_key=event.blob_key
-        )
+        return replace(state, seed_id=event.seed_id, exists=True, owner=event.owner, blob_key=event.blob_key)
     if isinstance(event, SeedDataUploaded):
         same_content = state.sha256 == event.sha256
         return replace(

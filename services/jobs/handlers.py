@@ -227,19 +227,26 @@ class JobHandlers:
                 try:
                     events = decide(command, state)
                 except InvalidTransition as refused:
-                    log.warning("generator fact ignored", extra={
-                        "job_id": fact.job_id, "event_id": cause.id, "reason": str(refused),
-                    })
+                    log.warning(
+                        "generator fact ignored",
+                        extra={
+                            "job_id": fact.job_id,
+                            "event_id": cause.id,
+                            "reason": str(refused),
+                        },
+                    )
                     continue
                 for event in events:
                     state = evolve(state, event)
-                    decided.append(NewEvent(
-                        event,
-                        actor=CONSUMER_ACTOR,
-                        correlation_id=cause.correlation_id,
-                        causation_id=cause.id,
-                        id=str(uuid.uuid5(_FACT_IDS, f"{cause.id}:{event.detail_type()}")),
-                    ))
+                    decided.append(
+                        NewEvent(
+                            event,
+                            actor=CONSUMER_ACTOR,
+                            correlation_id=cause.correlation_id,
+                            causation_id=cause.id,
+                            id=str(uuid.uuid5(_FACT_IDS, f"{cause.id}:{event.detail_type()}")),
+                        )
+                    )
             return decided
 
         return self._streams.execute(
@@ -268,9 +275,7 @@ class JobHandlers:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _execute(
-        self, job_id: str, command: JobCommand, actor: str, correlation_id: str | None
-    ) -> LoadedJob:
+    def _execute(self, job_id: str, command: JobCommand, actor: str, correlation_id: str | None) -> LoadedJob:
         return self._streams.execute(
             job_stream(job_id),
             lambda loaded: decide(command, loaded.state),
@@ -298,9 +303,7 @@ def _evolve_loaded(loaded: LoadedJob, record: StoredEvent) -> LoadedJob:
         started_at = record.time
     elif state.finished and finished_at is None:
         finished_at = record.time
-    return LoadedJob(
-        state, record.version, created_at, started_at, finished_at, recorded_at, record.time
-    )
+    return LoadedJob(state, record.version, created_at, started_at, finished_at, recorded_at, record.time)
 
 
 def _fact_command(fact: DomainEvent) -> GenerationFact | None:
@@ -311,7 +314,9 @@ def _fact_command(fact: DomainEvent) -> GenerationFact | None:
         if fact.reason == "cancelled":
             return MarkCancelled(job_id=fact.job_id, records_completed=fact.records_completed)
         return MarkBudgetExceeded(
-            job_id=fact.job_id, records_completed=fact.records_completed, reason=budget_stop_reason(fact.budget),
+            job_id=fact.job_id,
+            records_completed=fact.records_completed,
+            reason=budget_stop_reason(fact.budget),
         )
     if isinstance(fact, GenerationFailed):
         return MarkFailed(job_id=fact.job_id, code=fact.code, reason=fact.reason)

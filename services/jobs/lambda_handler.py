@@ -47,9 +47,7 @@ def parts() -> ServiceParts[JobHandlers]:
 def api() -> ApiGatewayResolver:
     """The resolver serving /jobs and /dashboard (and /health, /swagger)."""
     limiter = AwsGuard.from_env().limiter
-    return build_app(
-        parts().routers, ApiGatewayJwtClaims(), local=False, title="Palette jobs", limiter=limiter
-    )
+    return build_app(parts().routers, ApiGatewayJwtClaims(), local=False, title="Palette jobs", limiter=limiter)
 
 
 def lifecycle() -> Reaction:

@@ -73,8 +73,14 @@ batches, so the ETA follows the last minute or so of generation."""
 _JOB_EVENTS: tuple[str, ...] = tuple(
     cls.detail_type()
     for cls in (
-        JobRequested, JobStarted, JobCancelRequested, JobCancelled, JobCompleted, JobFailed,
-        JobBudgetExceeded, JobDeleted,
+        JobRequested,
+        JobStarted,
+        JobCancelRequested,
+        JobCancelled,
+        JobCompleted,
+        JobFailed,
+        JobBudgetExceeded,
+        JobDeleted,
     )
 )
 _ENDINGS: dict[type[DomainEvent], str] = {
@@ -116,23 +122,27 @@ class JobList(DocumentProjection):
         envelope = cast(EventEnvelope, event)
         detail, time = envelope.detail, envelope.metadata.time
         if isinstance(detail, JobRequested):
-            docs.put(_summary({
-                "job_id": detail.job_id,
-                "owner": detail.owner,
-                "status": "QUEUED",
-                "cancel_requested": False,
-                "template_id": detail.template_id,
-                "template_version": detail.template_version,
-                "seed_id": detail.seed_id,
-                "num_records": detail.num_records,
-                "budget_limit": str(detail.budget_limit),
-                "output_format": [f.value for f in detail.output_formats],
-                "priority": detail.priority,
-                "created_at": time,
-                "started_at": None,
-                "finished_at": None,
-                "updated_at": time,
-            }))
+            docs.put(
+                _summary(
+                    {
+                        "job_id": detail.job_id,
+                        "owner": detail.owner,
+                        "status": "QUEUED",
+                        "cancel_requested": False,
+                        "template_id": detail.template_id,
+                        "template_version": detail.template_version,
+                        "seed_id": detail.seed_id,
+                        "num_records": detail.num_records,
+                        "budget_limit": str(detail.budget_limit),
+                        "output_format": [f.value for f in detail.output_formats],
+                        "priority": detail.priority,
+                        "created_at": time,
+                        "started_at": None,
+                        "finished_at": None,
+                        "updated_at": time,
+                    }
+                )
+            )
             return
         if isinstance(detail, JobDeleted):
             docs.delete(JOBS, detail.job_id)
@@ -173,12 +183,20 @@ class JobListView:
         """Raises InvalidPageToken for a token this listing did not hand out."""
         if status is None:
             return self._reader.query(
-                "index1", owner_partition(user), collection=JOBS, descending=True,
-                limit=limit, next_token=next_token,
+                "index1",
+                owner_partition(user),
+                collection=JOBS,
+                descending=True,
+                limit=limit,
+                next_token=next_token,
             )
         return self._reader.query(
-            "index2", status_partition(user, status), collection=JOBS, descending=True,
-            limit=limit, next_token=next_token,
+            "index2",
+            status_partition(user, status),
+            collection=JOBS,
+            descending=True,
+            limit=limit,
+            next_token=next_token,
         )
 
 

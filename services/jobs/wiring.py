@@ -22,9 +22,7 @@ def build(adapters: Adapters, catch_up: CatchUp = follow_the_bus) -> ServicePart
     cover one call's worst case, is refused at creation. The /jobs and /dashboard routes
     read the two views; the lifecycle subscription moves jobs on the generator's facts."""
     pricing = adapters.pricing
-    handlers = JobHandlers(
-        adapters.events, adapters.blobs, pricing_check=pricing.knows, pricing=pricing
-    )
+    handlers = JobHandlers(adapters.events, adapters.blobs, pricing_check=pricing.knows, pricing=pricing)
     views = projections()
     job_list, dashboard = views
     router = create_router(

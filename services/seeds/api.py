@@ -57,8 +57,7 @@ _ERRORS = {
     404: "NOT_FOUND: no such seed, or not the caller's (an s3_key names only the caller's own upload); "
     "TEMPLATE_NOT_FOUND: no such template (version) visible to the caller (details.reason: NOT_FOUND)",
     409: "CONFLICT: the seed's file is not uploaded yet, or the seed already exists",
-    413: "FILE_TOO_LARGE: the file size is over the seed limit (details.max_bytes; details.reason: "
-    "PAYLOAD_TOO_LARGE)",
+    413: "FILE_TOO_LARGE: the file size is over the seed limit (details.max_bytes; details.reason: PAYLOAD_TOO_LARGE)",
 }
 
 
@@ -69,9 +68,13 @@ def _responses(success: int, *errors: int) -> dict[int, Any]:
 def create_router(handlers: SeedHandlers) -> Router:
     router = Router()
 
-    @router.post("/seed-data/upload", status_code=201, tags=["seeds"],
-                 summary="Create a seed and get a URL to PUT its file to (valid 15 minutes); answers 201, not 200",
-                 responses=_responses(201, 409, 413))
+    @router.post(
+        "/seed-data/upload",
+        status_code=201,
+        tags=["seeds"],
+        summary="Create a seed and get a URL to PUT its file to (valid 15 minutes); answers 201, not 200",
+        responses=_responses(201, 409, 413),
+    )
     def request_upload(body: UploadRequest) -> UploadGrantResponse:
         with _domain_errors():
             fmt = body.format
@@ -79,14 +82,23 @@ def create_router(handlers: SeedHandlers) -> Router:
                 fmt = guess_format(body.filename, body.content_type)
             grant = handlers.request_upload(caller(router), body.filename, fmt, body.size_bytes)
         return UploadGrantResponse(
-            seed_id=grant.seed_id, upload_url=grant.upload_url, expires_at=grant.expires_at,
-            expires_in=handlers.upload_ttl, max_bytes=grant.max_bytes, blob_key=grant.blob_key,
-            filename=grant.filename, format=grant.format, content_type=body.content_type,
+            seed_id=grant.seed_id,
+            upload_url=grant.upload_url,
+            expires_at=grant.expires_at,
+            expires_in=handlers.upload_ttl,
+            max_bytes=grant.max_bytes,
+            blob_key=grant.blob_key,
+            filename=grant.filename,
+            format=grant.format,
+            content_type=body.content_type,
         )
 
-    @router.post("/seed-data/validate", tags=["seeds"],
-                 summary="Check every seed record for every field a template version needs",
-                 responses=_responses(200, 404, 409))
+    @router.post(
+        "/seed-data/validate",
+        tags=["seeds"],
+        summary="Check every seed record for every field a template version needs",
+        responses=_responses(200, 404, 409),
+    )
     def validate(body: ValidateRequest) -> ValidationReportResponse:
         with _domain_errors():
             user = caller(router)
@@ -94,8 +106,12 @@ def create_router(handlers: SeedHandlers) -> Router:
             result = handlers.validate(user, seed_id, body.template_id, body.template_version)
         return _report(result)
 
-    @router.get("/seed-data/<seed_id>", tags=["seeds"], summary="A seed's upload and validations",
-                responses=_responses(200, 404))
+    @router.get(
+        "/seed-data/<seed_id>",
+        tags=["seeds"],
+        summary="A seed's upload and validations",
+        responses=_responses(200, 404),
+    )
     def get_seed(seed_id: Annotated[str, PathParam(max_length=128)]) -> SeedResponse:
         with _domain_errors():
             seed = handlers.seed(caller(router), seed_id)
@@ -125,9 +141,7 @@ def _domain_errors() -> Iterator[None]:
             details["template_version"] = error.version
         raise TemplateNotFoundError(str(error), details) from None
     except SeedTooLarge as error:
-        raise FileTooLargeError(
-            str(error), {"size_bytes": error.size_bytes, "max_bytes": error.max_bytes}
-        ) from None
+        raise FileTooLargeError(str(error), {"size_bytes": error.size_bytes, "max_bytes": error.max_bytes}) from None
     except UnsupportedSeedFormat as error:
         raise InvalidFileFormatError(
             f"invalid {error.field}: {error}",
@@ -158,8 +172,7 @@ def _report(result: SeedValidationResult) -> ValidationReportResponse:
         missing_counts=report.missing_counts,
         position_unit=POSITION_UNITS[fmt],
         failing_records=[
-            FailingRecordResponse(position=e.position, missing=e.missing, problem=e.problem)
-            for e in report.examples
+            FailingRecordResponse(position=e.position, missing=e.missing, problem=e.problem) for e in report.examples
         ],
         file_error=report.file_error,
     )
@@ -179,9 +192,13 @@ def _seed(seed: SeedState) -> SeedResponse:
         record_count=seed.record_count,
         validations=[
             SeedValidationResponse(
-                template_id=v.template_id, template_version=v.template_version, valid=v.valid,
-                record_count=v.record_count, invalid_records=v.invalid_records,
-                unreadable_records=v.unreadable_records, missing_counts=dict(v.missing_counts),
+                template_id=v.template_id,
+                template_version=v.template_version,
+                valid=v.valid,
+                record_count=v.record_count,
+                invalid_records=v.invalid_records,
+                unreadable_records=v.unreadable_records,
+                missing_counts=dict(v.missing_counts),
                 file_error=v.file_error,
             )
             for v in sorted(seed.validations.values(), key=lambda v: (v.template_id, v.template_version))

@@ -66,7 +66,9 @@ class UploadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     filename: Annotated[str, AfterValidator(_filename)] = Field(
-        min_length=1, max_length=MAX_FILENAME_CHARS, examples=["books.jsonl"],
+        min_length=1,
+        max_length=MAX_FILENAME_CHARS,
+        examples=["books.jsonl"],
         description=f"at most {MAX_FILENAME_CHARS} characters, no control character",
     )
     format: str | None = Field(
@@ -74,7 +76,9 @@ class UploadRequest(BaseModel):
     )
     size_bytes: int | None = Field(default=None, ge=0, description="declared size, refused up front if too large")
     content_type: Annotated[str, AfterValidator(_media_type)] | None = Field(
-        default=None, max_length=255, examples=["application/json"],
+        default=None,
+        max_length=255,
+        examples=["application/json"],
         description="the Content-Type the client will PUT with (any is accepted); it names the format "
         "when neither `format` nor the filename's extension does",
     )

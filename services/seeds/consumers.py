@@ -53,10 +53,15 @@ class UploadRecorder:
             if record is None:
                 log.info("not a seed upload", extra={"blob_key": key})
                 continue
-            log.info("seed upload recorded", extra={
-                "seed_id": record.seed.seed_id, "blob_key": key, "new": record.new,
-                "record_count": record.seed.record_count,
-            })
+            log.info(
+                "seed upload recorded",
+                extra={
+                    "seed_id": record.seed.seed_id,
+                    "blob_key": key,
+                    "new": record.new,
+                    "record_count": record.seed.record_count,
+                },
+            )
             if record.new:
                 if self._on_new is not None:
                     self._on_new(record)

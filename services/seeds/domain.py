@@ -141,9 +141,7 @@ class SeedNotUploaded(SeedError):
 
     def __init__(self, seed_id: str):
         self.seed_id = seed_id
-        super().__init__(
-            f"seed {seed_id!r} has no data yet: PUT the file to the upload URL first, then retry"
-        )
+        super().__init__(f"seed {seed_id!r} has no data yet: PUT the file to the upload URL first, then retry")
 
 
 class SeedTooLarge(SeedError):
@@ -180,9 +178,7 @@ class TemplateNotFound(SeedError):
         self.template_id = template_id
         self.version = version
         which = f"template {template_id!r}"
-        super().__init__(
-            f"{which} does not exist" if version is None else f"{which} has no version {version}"
-        )
+        super().__init__(f"{which} does not exist" if version is None else f"{which} has no version {version}")
 
 
 # -- seed state --------------------------------------------------------------------------

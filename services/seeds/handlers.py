@@ -102,14 +102,24 @@ class SeedHandlers:
         seed_id = str(uuid.uuid4())
         expires_at = (self._clock() + timedelta(seconds=self.upload_ttl)).replace(microsecond=0)
         command = RequestSeedUpload(
-            seed_id=seed_id, owner=user, filename=filename, max_bytes=self.max_bytes,
-            expires_at=expires_at, format=format, size_bytes=size_bytes,
+            seed_id=seed_id,
+            owner=user,
+            filename=filename,
+            max_bytes=self.max_bytes,
+            expires_at=expires_at,
+            format=format,
+            size_bytes=size_bytes,
         )
         seed, _ = self._execute(seed_id, [command], actor=user)
         url = self._blobs.upload_url(seed.blob_key, expires_in=self.upload_ttl, max_bytes=self.max_bytes)
         return UploadGrant(
-            seed_id=seed_id, upload_url=url, method="PUT", expires_at=expires_at,
-            max_bytes=self.max_bytes, blob_key=seed.blob_key, filename=seed.filename,
+            seed_id=seed_id,
+            upload_url=url,
+            method="PUT",
+            expires_at=expires_at,
+            max_bytes=self.max_bytes,
+            blob_key=seed.blob_key,
+            filename=seed.filename,
             format=seed.format or SeedFormat.JSONL,
         )
 
@@ -129,7 +139,9 @@ class SeedHandlers:
         with self._open(seed) as stream:
             inspection = inspect_seed(stream, seed.format)
         command = RecordSeedUpload(
-            seed_id=seed_id, size_bytes=inspection.size_bytes, sha256=inspection.sha256,
+            seed_id=seed_id,
+            size_bytes=inspection.size_bytes,
+            sha256=inspection.sha256,
             record_count=inspection.record_count,
         )
         seed, appended = self._execute(seed_id, [command], actor=seed.owner)
@@ -179,17 +191,29 @@ class SeedHandlers:
             digesting.drain()
         commands: list[SeedCommand] = []
         if digesting.hexdigest() != seed.sha256:
-            commands.append(RecordSeedUpload(
-                seed_id=seed_id, size_bytes=digesting.size, sha256=digesting.hexdigest(),
+            commands.append(
+                RecordSeedUpload(
+                    seed_id=seed_id,
+                    size_bytes=digesting.size,
+                    sha256=digesting.hexdigest(),
+                    record_count=report.record_count,
+                )
+            )
+        commands.append(
+            RecordSeedValidation(
+                seed_id=seed_id,
+                actor=user,
+                template_id=template_id,
+                template_version=version,
+                valid=report.valid,
                 record_count=report.record_count,
-            ))
-        commands.append(RecordSeedValidation(
-            seed_id=seed_id, actor=user, template_id=template_id, template_version=version,
-            valid=report.valid, record_count=report.record_count,
-            invalid_records=report.invalid_records, missing_counts=report.missing_counts,
-            sha256=digesting.hexdigest(), unreadable_records=report.unreadable_records,
-            file_error=report.file_error,
-        ))
+                invalid_records=report.invalid_records,
+                missing_counts=report.missing_counts,
+                sha256=digesting.hexdigest(),
+                unreadable_records=report.unreadable_records,
+                file_error=report.file_error,
+            )
+        )
         seed, _ = self._execute(seed_id, commands, actor=user)
         return SeedValidationResult(seed_id, template_id, version, required, report, seed)
 
@@ -227,4 +251,3 @@ class SeedHandlers:
             return self._blobs.open_read(seed.blob_key)
         except BlobNotFound:
             raise SeedNotUploaded(seed.seed_id) from None
-

@@ -54,9 +54,7 @@ def runtime() -> SeedsRuntime:
     max_bytes = int(os.environ.get("PALETTE_SEED_MAX_BYTES", DEFAULT_MAX_BYTES))
     parts = wiring.build(adapters, max_bytes=max_bytes)
     limiter = AwsGuard.from_env().limiter
-    app = build_app(
-        parts.routers, ApiGatewayJwtClaims(), local=False, title="Palette seeds", limiter=limiter
-    )
+    app = build_app(parts.routers, ApiGatewayJwtClaims(), local=False, title="Palette seeds", limiter=limiter)
     prefix = getattr(adapters.blobs, "prefix", "")
     uploads = UploadRecorder(parts.handlers, prefix, on_new=_count_upload)
     return SeedsRuntime(adapters, parts.handlers, app, uploads)

@@ -116,7 +116,10 @@ def create_router(
         return router.context.get("correlation_id")
 
     @router.post(
-        "/templates", status_code=201, tags=["templates"], summary="Create a template",
+        "/templates",
+        status_code=201,
+        tags=["templates"],
+        summary="Create a template",
         responses=_responses(201, 413),
     )
     def create_template(definition: TemplateDefinition) -> TemplateBody:
@@ -133,19 +136,29 @@ def create_router(
         return _body(loaded, loaded.state.version)
 
     @router.post(
-        "/templates/enhance", tags=["templates"],
+        "/templates/enhance",
+        tags=["templates"],
         summary="Improve a step prompt with a model, keeping every Jinja2 variable (billed)",
         responses=_responses(200, 502),
     )
     def enhance_prompt(request: EnhanceRequest) -> EnhanceReply:
         with _api_errors():
             result = handlers.enhance(
-                caller(router), request.prompt, request.model, request.template_id, request.step_id,
+                caller(router),
+                request.prompt,
+                request.model,
+                request.template_id,
+                request.step_id,
                 correlation_id(),
             )
-        logger.info("prompt enhanced", extra={
-            "enhancement_id": result.enhancement_id, "model": request.model, "used": result.used,
-        })
+        logger.info(
+            "prompt enhanced",
+            extra={
+                "enhancement_id": result.enhancement_id,
+                "model": request.model,
+                "used": result.used,
+            },
+        )
         return EnhanceReply(
             prompt=result.prompt,
             original=result.original,
@@ -156,9 +169,7 @@ def create_router(
             enhancement_id=result.enhancement_id,
         )
 
-    @router.get(
-        "/templates", tags=["templates"], summary="List own and public templates", responses=_responses(200)
-    )
+    @router.get("/templates", tags=["templates"], summary="List own and public templates", responses=_responses(200))
     def list_templates(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
         next_token: Annotated[str | None, Query(max_length=4096)] = None,
@@ -171,7 +182,9 @@ def create_router(
         try:
             page = listing.visible_to(caller(router), limit, next_token, is_public=is_public)
         except InvalidPageToken as error:
-            raise ValidationFailed(str(error), {"errors": [{"field": "next_token", "type": "value_error", "message": str(error)}]}) from None
+            raise ValidationFailed(
+                str(error), {"errors": [{"field": "next_token", "type": "value_error", "message": str(error)}]}
+            ) from None
         return TemplateList(
             items=[TemplateSummary.model_validate(_with_steps(item)) for item in page.items],
             next_token=page.next_token,
@@ -187,7 +200,9 @@ def create_router(
         return {**item, "steps": list(shown.steps) if shown is not None else []}
 
     @router.get(
-        "/templates/<template_id>", tags=["templates"], summary="One version of a template",
+        "/templates/<template_id>",
+        tags=["templates"],
+        summary="One version of a template",
         responses=_responses(200, 404),
     )
     def get_template(
@@ -204,7 +219,9 @@ def create_router(
         return _body(loaded, shown)
 
     @router.put(
-        "/templates/<template_id>", tags=["templates"], summary="Publish the next version",
+        "/templates/<template_id>",
+        tags=["templates"],
+        summary="Publish the next version",
         responses=_responses(200, 404, 409, 413),
     )
     def publish_version(template_id: str, revision: TemplateRevision) -> TemplateBody:
@@ -225,8 +242,11 @@ def create_router(
         return _body(loaded, loaded.state.version)
 
     @router.delete(
-        "/templates/<template_id>", status_code=204, tags=["templates"],
-        summary="Delete a template no job uses", responses=_responses(204, 404, 409),
+        "/templates/<template_id>",
+        status_code=204,
+        tags=["templates"],
+        summary="Delete a template no job uses",
+        responses=_responses(204, 404, 409),
     )
     def delete_template(template_id: str) -> Response[None]:
         refresh()
@@ -268,10 +288,12 @@ def _api_errors() -> Iterator[None]:
     except InvalidTemplate as invalid:
         raise ValidationFailed(
             f"the template is invalid: {invalid}",
-            {"problems": [
-                {"step_id": p.step_id, "line": p.line, "code": p.code, "message": p.message, "field": p.field}
-                for p in invalid.errors
-            ]},
+            {
+                "problems": [
+                    {"step_id": p.step_id, "line": p.line, "code": p.code, "message": p.message, "field": p.field}
+                    for p in invalid.errors
+                ]
+            },
         ) from None
     except UnreadablePrompt as unreadable:
         raise ValidationFailed(
@@ -279,7 +301,9 @@ def _api_errors() -> Iterator[None]:
             {"errors": [{"field": "prompt", "type": "value_error", "message": str(unreadable)}]},
         ) from None
     except PromptBlocked as blocked:
-        raise ContentBlockedError(str(blocked), {"blocked": [{"field": "prompt", "rule_id": blocked.rule_id}]}) from None
+        raise ContentBlockedError(
+            str(blocked), {"blocked": [{"field": "prompt", "rule_id": blocked.rule_id}]}
+        ) from None
     except ModelNotOffered as not_offered:
         raise ValidationFailed(
             str(not_offered),
@@ -290,9 +314,7 @@ def _api_errors() -> Iterator[None]:
     except ContentRejected as rejected:
         raise ContentBlockedError(
             f"the template was refused: {rejected}",
-            {"blocked": [
-                {"step_id": b.step_id, "field": b.field, "rule_id": b.rule_id} for b in rejected.blocks
-            ]},
+            {"blocked": [{"step_id": b.step_id, "field": b.field, "rule_id": b.rule_id} for b in rejected.blocks]},
         ) from None
     except (TemplateNotFound, NotTemplateOwner) as error:
         raise TemplateNotFoundError(_not_found(error.template_id)) from None

@@ -158,9 +158,13 @@ class ContentRejected(TemplateError):
         """The guardrail facts to record, one per block."""
         return [
             ContentBlocked(
-                rule_id=block.rule_id, where="template", action="rejected",
-                template_id=self.template_id, template_version=self.version,
-                step_id=block.step_id, field=block.field,
+                rule_id=block.rule_id,
+                where="template",
+                action="rejected",
+                template_id=self.template_id,
+                template_version=self.version,
+                step_id=block.step_id,
+                field=block.field,
             )
             for block in self.blocks
         ]
@@ -268,9 +272,7 @@ def _version_of(version: int, event: TemplateCreated | TemplateVersionPublished)
 # -- decisions ---------------------------------------------------------------------------
 
 
-def decide(
-    command: TemplateCommand, state: TemplateState, screen: ContentScreen = ALLOW_ALL
-) -> list[DomainEvent]:
+def decide(command: TemplateCommand, state: TemplateState, screen: ContentScreen = ALLOW_ALL) -> list[DomainEvent]:
     """The events `command` causes given `state`, or a domain error. `screen` applies the
     operator's content rules to new definitions, after ownership and syntax are checked."""
     if isinstance(command, CreateTemplate):
@@ -365,37 +367,42 @@ def _text_problems(name: str, description: str, steps: Sequence[TemplateStep]) -
     description and prompts keep tabs and line breaks (\\t, \\n, \\r). Step ids are
     identifiers already (the TemplateStep contract)."""
     fields: list[tuple[str, str, re.Pattern[str], str | None]] = [
-        ("name", name, _CONTROL, None), ("description", description, _CONTROL_BUT_LINES, None),
+        ("name", name, _CONTROL, None),
+        ("description", description, _CONTROL_BUT_LINES, None),
     ]
     for step in steps:  # a model's rule is contracts/identifiers.py's (services/templates/prompts.py)
         fields.append((f"steps.{step.id}.prompt", step.prompt, _CONTROL_BUT_LINES, step.id))
     problems = []
     for field_name, text, refused, step_id in fields:
         if (found := refused.search(text)) is not None:
-            problems.append(TemplateProblem(
-                "CONTROL_CHARACTER",
-                f"{field_name} holds the control character U+{ord(found.group()):04X} at position {found.start()}",
-                step_id, field=field_name,
-            ))
+            problems.append(
+                TemplateProblem(
+                    "CONTROL_CHARACTER",
+                    f"{field_name} holds the control character U+{ord(found.group()):04X} at position {found.start()}",
+                    step_id,
+                    field=field_name,
+                )
+            )
     return problems
 
 
-def _checked_definition(
-    name: str, description: str, steps: Sequence[TemplateStep]
-) -> TemplateAnalysis:
+def _checked_definition(name: str, description: str, steps: Sequence[TemplateStep]) -> TemplateAnalysis:
     """The analysis of a definition; every problem, of the name or the prompts, at once."""
     problems = _text_problems(name, description, steps)
     if not name.strip():
         problems.append(TemplateProblem("INVALID_NAME", "a template needs a name", field="name"))
     elif len(name) > MAX_NAME_CHARS:
-        problems.append(TemplateProblem(
-            "INVALID_NAME", f"a name has at most {MAX_NAME_CHARS} characters", field="name"
-        ))
+        problems.append(
+            TemplateProblem("INVALID_NAME", f"a name has at most {MAX_NAME_CHARS} characters", field="name")
+        )
     if len(description) > MAX_DESCRIPTION_CHARS:
-        problems.append(TemplateProblem(
-            "INVALID_DESCRIPTION", f"a description has at most {MAX_DESCRIPTION_CHARS} characters",
-            field="description",
-        ))
+        problems.append(
+            TemplateProblem(
+                "INVALID_DESCRIPTION",
+                f"a description has at most {MAX_DESCRIPTION_CHARS} characters",
+                field="description",
+            )
+        )
     try:
         analysis = analyse(steps)
     except InvalidTemplate as invalid:

@@ -133,9 +133,14 @@ class TemplateHandlers:
         result = judge(prompt, answer.text, self._screen.blocking_rule)
         enhancement_id = new_enhancement_id()
         event = PromptEnhanced(
-            enhancement_id=enhancement_id, owner=owner, model=answer.model,
-            input_tokens=answer.input_tokens, output_tokens=answer.output_tokens,
-            latency_ms=answer.latency_ms, template_id=template_id, step_id=step_id,
+            enhancement_id=enhancement_id,
+            owner=owner,
+            model=answer.model,
+            input_tokens=answer.input_tokens,
+            output_tokens=answer.output_tokens,
+            latency_ms=answer.latency_ms,
+            template_id=template_id,
+            step_id=step_id,
             variables_kept=result.used,
         )
         self._events.append(
@@ -165,8 +170,12 @@ class TemplateHandlers:
     ) -> LoadedTemplate:
         """Records version 1 of a new template under a fresh id; returns it as recorded."""
         command = CreateTemplate(
-            template_id=new_template_id(), owner=owner, name=name, steps=_canonical_models(steps),
-            description=description, is_public=is_public,
+            template_id=new_template_id(),
+            owner=owner,
+            name=name,
+            steps=_canonical_models(steps),
+            description=description,
+            is_public=is_public,
         )
         return self._execute(command, owner, correlation_id)
 
@@ -182,15 +191,21 @@ class TemplateHandlers:
     ) -> LoadedTemplate:
         """Records the next immutable version; only the owner may."""
         command = PublishTemplateVersion(
-            template_id=template_id, actor=actor, steps=_canonical_models(steps),
-            name=name, description=description, is_public=is_public,
+            template_id=template_id,
+            actor=actor,
+            steps=_canonical_models(steps),
+            name=name,
+            description=description,
+            is_public=is_public,
         )
         return self._execute(command, actor, correlation_id)
 
     def delete(self, template_id: str, actor: str, correlation_id: str | None = None) -> None:
         """Deletes a template no job uses; the owner only. Its versions stay in the log."""
         self._execute(
-            DeleteTemplate(template_id=template_id, actor=actor), actor, correlation_id,
+            DeleteTemplate(template_id=template_id, actor=actor),
+            actor,
+            correlation_id,
             with_usage=True,
         )
 
@@ -237,4 +252,3 @@ def _evolve_loaded(loaded: LoadedTemplate, record: StoredEvent) -> LoadedTemplat
     if state.version and state.version not in recorded_at:
         recorded_at = {**recorded_at, state.version: record.time}
     return LoadedTemplate(state, record.version, recorded_at)
-

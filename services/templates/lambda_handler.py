@@ -58,9 +58,7 @@ def enhancer() -> ModelEnhancer | None:
     model = os.environ.get("PALETTE_ENHANCE_MODEL")
     if not model:
         return None
-    bedrock = BlockingGateway(
-        lambda: BedrockGateway(timeout=ENHANCE_TIMEOUT_SECONDS, connect_timeout=5.0)
-    )
+    bedrock = BlockingGateway(lambda: BedrockGateway(timeout=ENHANCE_TIMEOUT_SECONDS, connect_timeout=5.0))
     return ModelEnhancer(bedrock, adapters().pricing.knows, stand_in=model)
 
 

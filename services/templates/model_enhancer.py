@@ -68,8 +68,11 @@ class ModelEnhancer:
         except ModelError as error:
             raise EnhancementUnavailable(f"{model}: {error}") from None
         return EnhancementResult(
-            text=response.text, model=response.model, input_tokens=response.input_tokens,
-            output_tokens=response.output_tokens, latency_ms=int(response.latency_ms),
+            text=response.text,
+            model=response.model,
+            input_tokens=response.input_tokens,
+            output_tokens=response.output_tokens,
+            latency_ms=int(response.latency_ms),
         )
 
     def close(self) -> None:

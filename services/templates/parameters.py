@@ -82,7 +82,12 @@ def parameter_problems(step: TemplateStep) -> list[TemplateProblem]:
         else:
             reason = check(value)
         if reason is not None:
-            problems.append(TemplateProblem(
-                "INVALID_PARAMETER", f"parameters.{name} {reason}", step.id, field=f"parameters.{name}",
-            ))
+            problems.append(
+                TemplateProblem(
+                    "INVALID_PARAMETER",
+                    f"parameters.{name} {reason}",
+                    step.id,
+                    field=f"parameters.{name}",
+                )
+            )
     return problems

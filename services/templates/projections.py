@@ -77,11 +77,19 @@ class TemplateCatalog(DocumentProjection):
         envelope = cast(EventEnvelope, event)
         detail, time = envelope.detail, envelope.metadata.time
         if isinstance(detail, TemplateCreated):
-            docs.put(_summary_document(detail.template_id, {
-                "id": detail.template_id,
-                "owner": detail.owner,
-                "created_at": time,
-            }, detail, version=1, time=time))
+            docs.put(
+                _summary_document(
+                    detail.template_id,
+                    {
+                        "id": detail.template_id,
+                        "owner": detail.owner,
+                        "created_at": time,
+                    },
+                    detail,
+                    version=1,
+                    time=time,
+                )
+            )
         elif isinstance(detail, TemplateVersionPublished):
             current = docs.get(TEMPLATES, detail.template_id)
             if current is not None:
@@ -130,17 +138,19 @@ class TemplateUsage(DocumentProjection):
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
         detail = cast(EventEnvelope, event).detail
         if isinstance(detail, JobRequested):
-            docs.put(Document(
-                collection=JOBS,
-                key=detail.job_id,
-                body={
-                    "job_id": detail.job_id,
-                    "owner": detail.owner,
-                    "template_id": detail.template_id,
-                    "template_version": detail.template_version,
-                },
-                index1=IndexEntry(f"template#{detail.template_id}", detail.job_id),
-            ))
+            docs.put(
+                Document(
+                    collection=JOBS,
+                    key=detail.job_id,
+                    body={
+                        "job_id": detail.job_id,
+                        "owner": detail.owner,
+                        "template_id": detail.template_id,
+                        "template_version": detail.template_version,
+                    },
+                    index1=IndexEntry(f"template#{detail.template_id}", detail.job_id),
+                )
+            )
         elif isinstance(detail, JobDeleted):
             docs.delete(JOBS, detail.job_id)
 
@@ -158,9 +168,7 @@ class TemplateUsageView:
         own: list[str] = []
         token: str | None = None
         while True:
-            page = self._reader.query(
-                "index1", f"template#{template_id}", collection=JOBS, limit=100, next_token=token
-            )
+            page = self._reader.query("index1", f"template#{template_id}", collection=JOBS, limit=100, next_token=token)
             count += len(page.items)
             own.extend(item["job_id"] for item in page.items if item.get("owner") == caller)
             if page.next_token is None:
@@ -177,9 +185,7 @@ class TemplateCatalogView:
     def get(self, template_id: str) -> dict[str, Any] | None:
         return self._reader.get(TEMPLATES, template_id)
 
-    def visible_to(
-        self, user: str, limit: int, next_token: str | None = None, is_public: bool | None = None
-    ) -> Page:
+    def visible_to(self, user: str, limit: int, next_token: str | None = None, is_public: bool | None = None) -> Page:
         """One page of at most `limit` summaries; raises InvalidPageToken for a foreign token.
 
         `is_public=True` lists every public template, the caller's among them, by name;
@@ -219,8 +225,11 @@ class TemplateCatalogView:
         items: list[dict[str, Any]] = []
         while len(items) < limit:
             page = self._reader.query(
-                "index2" if is_public else "index1", partition, collection=TEMPLATES,
-                limit=limit - len(items), next_token=inner,
+                "index2" if is_public else "index1",
+                partition,
+                collection=TEMPLATES,
+                limit=limit - len(items),
+                next_token=inner,
             )
             items.extend(item for item in page.items if item["is_public"] is is_public)
             if page.next_token is None:

@@ -100,16 +100,19 @@ def analyse(steps: Sequence[TemplateStep]) -> TemplateAnalysis:
         used: list[str] = []
         for referenced, line in reading.step_references:
             if referenced not in position:
-                problems.append(TemplateProblem(
-                    "UNKNOWN_STEP", f"steps.{referenced} names no step of this template", step.id, line
-                ))
+                problems.append(
+                    TemplateProblem("UNKNOWN_STEP", f"steps.{referenced} names no step of this template", step.id, line)
+                )
             elif position[referenced] >= index:
                 which = "itself" if referenced == step.id else "a later step"
-                problems.append(TemplateProblem(
-                    "FORWARD_STEP_REFERENCE",
-                    f"steps.{referenced} is {which}; a step can only read earlier steps' outputs",
-                    step.id, line,
-                ))
+                problems.append(
+                    TemplateProblem(
+                        "FORWARD_STEP_REFERENCE",
+                        f"steps.{referenced} is {which}; a step can only read earlier steps' outputs",
+                        step.id,
+                        line,
+                    )
+                )
             elif referenced not in used:
                 used.append(referenced)
         references[step.id] = tuple(sorted(used, key=position.__getitem__))
@@ -148,9 +151,13 @@ def _read_prompt(step: TemplateStep) -> _PromptReading:
     try:
         return _read_parsed_prompt(step)
     except RecursionError:
-        return _PromptReading(problems=[TemplateProblem(
-            "PROMPT_TOO_DEEP", "the prompt nests expressions or blocks too deeply to be read", step.id
-        )])
+        return _PromptReading(
+            problems=[
+                TemplateProblem(
+                    "PROMPT_TOO_DEEP", "the prompt nests expressions or blocks too deeply to be read", step.id
+                )
+            ]
+        )
 
 
 def _read_parsed_prompt(step: TemplateStep) -> _PromptReading:
@@ -192,25 +199,31 @@ def _constants_over_the_limits(step_id: str, tree: nodes.Template) -> list[Templ
         counted = id(node) in always_rendered
         for expression in expressions:
             if isinstance(expression, (nodes.TemplateData, nodes.Const)):
-                constant_chars += len(str(expression.data if isinstance(expression, nodes.TemplateData)
-                                          else expression.value)) if counted else 0
+                constant_chars += (
+                    len(str(expression.data if isinstance(expression, nodes.TemplateData) else expression.value))
+                    if counted
+                    else 0
+                )
                 continue
             if _reads_variables(expression):
                 continue
             reason, size = constant_refusal(copy.deepcopy(expression))
             if reason is not None:
-                problems.append(TemplateProblem(
-                    "SANDBOX_LIMIT", f"refused by the sandbox: {reason}", step_id, expression.lineno
-                ))
+                problems.append(
+                    TemplateProblem("SANDBOX_LIMIT", f"refused by the sandbox: {reason}", step_id, expression.lineno)
+                )
             elif counted:
                 constant_chars += size
     if not problems and constant_chars > MAX_PROMPT_CHARS:
-        problems.append(TemplateProblem(
-            "SANDBOX_LIMIT",
-            f"refused by the sandbox: the prompt renders {constant_chars:,} characters without any variable, "
-            f"over the {MAX_PROMPT_CHARS:,}-character limit of a prompt",
-            step_id, 1,
-        ))
+        problems.append(
+            TemplateProblem(
+                "SANDBOX_LIMIT",
+                f"refused by the sandbox: the prompt renders {constant_chars:,} characters without any variable, "
+                f"over the {MAX_PROMPT_CHARS:,}-character limit of a prompt",
+                step_id,
+                1,
+            )
+        )
     return problems
 
 
@@ -233,9 +246,9 @@ def _refused_constructs(step_id: str, tree: nodes.Template) -> list[TemplateProb
         known = ENVIRONMENT.filters if isinstance(node, nodes.Filter) else ENVIRONMENT.tests
         if node.name not in known:
             kind = "filter" if isinstance(node, nodes.Filter) else "test"
-            problems.append(TemplateProblem(
-                f"UNKNOWN_{kind.upper()}", f"no {kind} named {node.name!r}", step_id, node.lineno
-            ))
+            problems.append(
+                TemplateProblem(f"UNKNOWN_{kind.upper()}", f"no {kind} named {node.name!r}", step_id, node.lineno)
+            )
         if isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
             name = node.args[0]
             if isinstance(name, nodes.Const) and isinstance(name.value, str) and name.value.startswith("__"):
@@ -250,10 +263,14 @@ def _refused_constructs(step_id: str, tree: nodes.Template) -> list[TemplateProb
         if isinstance(attribute, str) and _private(access.node, attribute):
             problems.append(_unsafe(step_id, attribute, access.lineno))
     for tag in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
-        problems.append(TemplateProblem(
-            "UNSUPPORTED_TAG", "a step's prompt stands alone: extends, include and import are not available",
-            step_id, tag.lineno,
-        ))
+        problems.append(
+            TemplateProblem(
+                "UNSUPPORTED_TAG",
+                "a step's prompt stands alone: extends, include and import are not available",
+                step_id,
+                tag.lineno,
+            )
+        )
     return problems
 
 
@@ -390,9 +407,7 @@ class _SeedFieldReader:
             self.step_reference(path, line)
             return
         full = (name, *path)
-        guard = next(
-            (guard for guards in self.guarded for guard in guards if full[: len(guard)] == guard), None
-        )
+        guard = next((guard for guards in self.guarded for guard in guards if full[: len(guard)] == guard), None)
         if guard is not None:
             full = guard
         if optional or guard is not None:
@@ -405,11 +420,14 @@ class _SeedFieldReader:
         if len(path) >= 2 and path[1] == "output":
             self.reading.step_references.append((path[0], line))
         else:
-            self.reading.problems.append(TemplateProblem(
-                "INVALID_STEP_REFERENCE",
-                "earlier outputs are read as steps.<step id>.output, with a literal step id",
-                self.step_id, line,
-            ))
+            self.reading.problems.append(
+                TemplateProblem(
+                    "INVALID_STEP_REFERENCE",
+                    "earlier outputs are read as steps.<step id>.output, with a literal step id",
+                    self.step_id,
+                    line,
+                )
+            )
 
 
 def _unwind(node: nodes.Expr) -> tuple[nodes.Expr | None, tuple[str, ...], list[nodes.Expr]]:

@@ -13,10 +13,7 @@ def append_racing(
     conflict. Returns the (version, position) of every event of every batch that won."""
     won: list[list[tuple[int, int | None]]] = []
     for batch in range(batches):
-        events = [
-            NewEvent(JobStarted(job_id=stream_id, worker_id=f"{writer}:{batch}:{i}"))
-            for i in range(batch_size)
-        ]
+        events = [NewEvent(JobStarted(job_id=stream_id, worker_id=f"{writer}:{batch}:{i}")) for i in range(batch_size)]
         while True:
             try:
                 stored = store.append(stream_id, events, store.stream_version(stream_id))

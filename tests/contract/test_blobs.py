@@ -99,9 +99,7 @@ class _TrickleReader(io.RawIOBase):
 
 def test_round_trip_keeps_bytes_exact(store: BlobStore) -> None:
     data = bytes(range(256)) * 17 + b"\x00\r\n"
-    assert store.put_bytes("seed-data/u1/s1/seeds.jsonl", data) == BlobInfo(
-        "seed-data/u1/s1/seeds.jsonl", len(data)
-    )
+    assert store.put_bytes("seed-data/u1/s1/seeds.jsonl", data) == BlobInfo("seed-data/u1/s1/seeds.jsonl", len(data))
     assert store.get_bytes("seed-data/u1/s1/seeds.jsonl") == data
 
 
@@ -239,7 +237,20 @@ def test_delete_prefix_counts_and_stays_inside_the_prefix(store: BlobStore) -> N
 
 # --- keys -------------------------------------------------------------------------------
 
-INVALID_KEYS = ["", "/etc/passwd", "..", "a/../../b", "./a", "a/./b", "a//b", "a/", "a\\b", "a\nb", "x" * 256, "a\udc80"]
+INVALID_KEYS = [
+    "",
+    "/etc/passwd",
+    "..",
+    "a/../../b",
+    "./a",
+    "a/./b",
+    "a//b",
+    "a/",
+    "a\\b",
+    "a\nb",
+    "x" * 256,
+    "a\udc80",
+]
 
 
 def test_invalid_keys_are_rejected_by_every_operation(store: BlobStore) -> None:
@@ -491,9 +502,7 @@ def test_s3_default_client_presigns_with_sigv4(s3_client: object) -> None:
         S3BlobStore(BUCKET).download_url("k", expires_in=8 * 24 * 3600)
 
 
-def test_s3_delete_prefix_batches_within_the_1000_key_limit(
-    s3_client: object, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_delete_prefix_batches_within_the_1000_key_limit(s3_client: object, monkeypatch: pytest.MonkeyPatch) -> None:
     assert s3_module.DELETE_BATCH == 1000
     monkeypatch.setattr(s3_module, "DELETE_BATCH", 3)
     store = S3BlobStore(BUCKET, s3_client)
@@ -523,14 +532,18 @@ def test_discarding_partial_writes_removes_only_those_under_the_prefix(store: Bl
             (tmp_path / "blobs" / folder / f"{TEMP_MARK}killed").write_bytes(b"half")
     else:
         client = store._client  # type: ignore[attr-defined]
-        for key in ("datasets/u/j1/parts/part-000001.parquet", "datasets/u/j1/export/data.csv",
-                    "datasets/u/j2/parts/part-000001.parquet"):
+        for key in (
+            "datasets/u/j1/parts/part-000001.parquet",
+            "datasets/u/j1/export/data.csv",
+            "datasets/u/j2/parts/part-000001.parquet",
+        ):
             client.create_multipart_upload(Bucket=BUCKET, Key=key)
 
     assert store.discard_partial_writes("datasets/u/j1/") == 2
 
     assert [i.key for i in store.list("datasets/")] == [
-        "datasets/u/j1/parts/part-000000.parquet", "datasets/u/j2/parts/part-000000.parquet",
+        "datasets/u/j1/parts/part-000000.parquet",
+        "datasets/u/j2/parts/part-000000.parquet",
     ]
     if isinstance(store, LocalBlobStore):
         left = sorted(str(p.relative_to(tmp_path / "blobs")) for p in (tmp_path / "blobs").rglob(f"{TEMP_MARK}*"))

@@ -62,8 +62,14 @@ def no_sleep(seconds: float) -> None:
 
 def job_requested(job_id: str, num_records: int) -> JobRequested:
     return JobRequested(
-        job_id=job_id, owner="alice", template_id="t-1", template_version=1, seed_id="s-1",
-        num_records=num_records, budget_limit=Decimal("20"), output_formats=[OutputFormat.JSONL],
+        job_id=job_id,
+        owner="alice",
+        template_id="t-1",
+        template_version=1,
+        seed_id="s-1",
+        num_records=num_records,
+        budget_limit=Decimal("20"),
+        output_formats=[OutputFormat.JSONL],
     )
 
 
@@ -74,16 +80,24 @@ def commit_jobs(store: SQLiteEventStore, jobs: int, first: int = 0) -> list[Stor
         job_id = f"j{number}"
         stored += store.append(
             job_stream(job_id),
-            [NewEvent(job_requested(job_id, 50 * (number + 1))),
-             NewEvent(JobStarted(job_id=job_id, worker_id="w-1"))],
+            [NewEvent(job_requested(job_id, 50 * (number + 1))), NewEvent(JobStarted(job_id=job_id, worker_id="w-1"))],
             0,
         )
         stored += store.append(
             ledger_stream(job_id),
-            [NewEvent(CostRecorded(
-                job_id=job_id, batch_number=0, catalog_version="2026-11", model_tokens=Decimal("0.1"),
-                compute=Decimal("0"), storage=Decimal("0"), total=Decimal("0.1"),
-            ))],
+            [
+                NewEvent(
+                    CostRecorded(
+                        job_id=job_id,
+                        batch_number=0,
+                        catalog_version="2026-11",
+                        model_tokens=Decimal("0.1"),
+                        compute=Decimal("0"),
+                        storage=Decimal("0"),
+                        total=Decimal("0.1"),
+                    )
+                )
+            ],
             0,
         )
     return stored
@@ -141,15 +155,12 @@ class EventBridgeDriver:
 
     def subscribe(self, name: str, pattern: Mapping[str, Any], handler: Handler) -> None:
         queue_url = self.sqs.create_queue(QueueName=name)["QueueUrl"]
-        queue_arn = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-            "Attributes"]["QueueArn"]
-        self.events.put_rule(
-            Name=name, EventBusName=BUS, EventPattern=compile_pattern(pattern).to_json()
-        )
+        queue_arn = self.sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        self.events.put_rule(Name=name, EventBusName=BUS, EventPattern=compile_pattern(pattern).to_json())
         self.events.put_targets(Rule=name, EventBusName=BUS, Targets=[{"Id": "queue", "Arn": queue_arn}])
-        self.consumers.append(
-            QueueConsumer(self.sqs, queue_url, handler, self.blobs, retry_visibility=0)
-        )
+        self.consumers.append(QueueConsumer(self.sqs, queue_url, handler, self.blobs, retry_visibility=0))
 
     def run_once(self) -> None:
         assert self.relay.run_once().ok
@@ -188,9 +199,7 @@ class Recorder:
         return {event.id for event in self.calls}
 
 
-def test_everything_committed_and_matching_is_delivered_as_recorded(
-    driver: BusDriver, store: SQLiteEventStore
-) -> None:
+def test_everything_committed_and_matching_is_delivered_as_recorded(driver: BusDriver, store: SQLiteEventStore) -> None:
     jobs = Recorder()
     driver.subscribe("jobs", JOBS, jobs)
     committed = commit_jobs(store, 12)
@@ -200,9 +209,7 @@ def test_everything_committed_and_matching_is_delivered_as_recorded(
     assert all(event.expected_hash() == event.hash for event in jobs.calls)
 
 
-def test_events_committed_later_are_delivered_on_a_later_pass(
-    driver: BusDriver, store: SQLiteEventStore
-) -> None:
+def test_events_committed_later_are_delivered_on_a_later_pass(driver: BusDriver, store: SQLiteEventStore) -> None:
     jobs = Recorder()
     driver.subscribe("jobs", JOBS, jobs)
     first = commit_jobs(store, 2)
@@ -212,9 +219,7 @@ def test_events_committed_later_are_delivered_on_a_later_pass(
     assert set(jobs.calls) == wanted(first + second, JOBS)
 
 
-def test_each_subscriber_gets_exactly_what_its_pattern_selects(
-    driver: BusDriver, store: SQLiteEventStore
-) -> None:
+def test_each_subscriber_gets_exactly_what_its_pattern_selects(driver: BusDriver, store: SQLiteEventStore) -> None:
     big, started = Recorder(), Recorder()
     driver.subscribe("big-jobs", BIG_JOBS, big)
     driver.subscribe("started", STARTED, started)
@@ -291,9 +296,7 @@ def test_checkpoints_survive_a_restart(store: SQLiteEventStore, tmp_path: Path) 
     restarted.close()
 
 
-def test_a_crash_between_handler_and_checkpoint_redelivers_that_event(
-    store: SQLiteEventStore, tmp_path: Path
-) -> None:
+def test_a_crash_between_handler_and_checkpoint_redelivers_that_event(store: SQLiteEventStore, tmp_path: Path) -> None:
     committed = commit_jobs(store, 3)
     victim = next(e for e in committed if e.stream_id == "job-j1" and e.detail_type == "JobStarted")
     handled: list[StoredEvent] = []
@@ -320,9 +323,7 @@ def test_a_crash_between_handler_and_checkpoint_redelivers_that_event(
     restarted.close()
 
 
-def test_a_handler_that_keeps_failing_is_dead_lettered_and_redriven(
-    store: SQLiteEventStore, tmp_path: Path
-) -> None:
+def test_a_handler_that_keeps_failing_is_dead_lettered_and_redriven(store: SQLiteEventStore, tmp_path: Path) -> None:
     broken = {"job-j1"}
     delays: list[float] = []
     handler = Recorder(fail=lambda event, nth: event.stream_id in broken)
@@ -403,9 +404,7 @@ def test_a_subscriber_name_is_taken_once(store: SQLiteEventStore, tmp_path: Path
     bus.close()
 
 
-def test_a_new_subscriber_starts_at_the_beginning_or_where_asked(
-    store: SQLiteEventStore, tmp_path: Path
-) -> None:
+def test_a_new_subscriber_starts_at_the_beginning_or_where_asked(store: SQLiteEventStore, tmp_path: Path) -> None:
     committed = commit_jobs(store, 4)
     everything, recent = Recorder(), Recorder()
     bus = local_bus(store, tmp_path)
@@ -572,9 +571,7 @@ def test_entries_that_fail_are_retried_with_backoff(
     events = commit_jobs(store, 4)
     flaky = FlakyEvents(aws["events"], {events[1].id, events[7].id})
     delays: list[float] = []
-    publisher = EventBridgePublisher(
-        flaky, BUS, local_blobs(tmp_path), backoff=Backoff(4, 0.2, 5), sleep=delays.append
-    )
+    publisher = EventBridgePublisher(flaky, BUS, local_blobs(tmp_path), backoff=Backoff(4, 0.2, 5), sleep=delays.append)
     report = publisher.publish(events)
     assert report.ok
     assert {p.event_id for p in report.published} == {e.id for e in events}
@@ -583,9 +580,7 @@ def test_entries_that_fail_are_retried_with_backoff(
     assert {stored_event_from_message(body) for body in drain(aws)} == set(events)
 
 
-def test_entries_that_keep_failing_are_reported_with_their_error(
-    aws: dict[str, Any], store: SQLiteEventStore
-) -> None:
+def test_entries_that_keep_failing_are_reported_with_their_error(aws: dict[str, Any], store: SQLiteEventStore) -> None:
     events = commit_jobs(store, 1)
     flaky = FlakyEvents(aws["events"], {events[0].id}, code="InternalFailure", times=99)
     delays: list[float] = []
@@ -644,10 +639,11 @@ def test_events_read_from_the_dynamodb_stream_are_published_as_recorded(
     dynamodb = boto3.client("dynamodb", region_name="us-east-1")
     table = dynamodb.create_table(
         TableName="events",
-        KeySchema=[{"AttributeName": "stream_id", "KeyType": "HASH"},
-                   {"AttributeName": "version", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "stream_id", "AttributeType": "S"},
-                              {"AttributeName": "version", "AttributeType": "N"}],
+        KeySchema=[{"AttributeName": "stream_id", "KeyType": "HASH"}, {"AttributeName": "version", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "stream_id", "AttributeType": "S"},
+            {"AttributeName": "version", "AttributeType": "N"},
+        ],
         BillingMode="PAY_PER_REQUEST",
         StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
     )["TableDescription"]
@@ -655,8 +651,10 @@ def test_events_read_from_the_dynamodb_stream_are_published_as_recorded(
     for event in events:
         dynamodb.put_item(TableName="events", Item={k: serialize(v) for k, v in event._asdict().items()})
     dynamodb.update_item(
-        TableName="events", Key={"stream_id": {"S": events[0].stream_id}, "version": {"N": "1"}},
-        UpdateExpression="SET note = :n", ExpressionAttributeValues={":n": {"S": "repair"}},
+        TableName="events",
+        Key={"stream_id": {"S": events[0].stream_id}, "version": {"N": "1"}},
+        UpdateExpression="SET note = :n",
+        ExpressionAttributeValues={":n": {"S": "repair"}},
     )
     streams = boto3.client(
         "dynamodbstreams", region_name="us-east-1", config=Config(account_id_endpoint_mode="disabled")

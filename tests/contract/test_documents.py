@@ -161,9 +161,7 @@ class DynamoDBBackend(Backend):
                     (item[p]["S"], item[s]["S"].split("\x00")[0]) if p in item else None
                     for p, s in (("gsi1pk", "gsi1sk"), ("gsi2pk", "gsi2sk"))
                 ]
-                rows.append(
-                    (item["collection"]["S"], item["key"]["S"], json.loads(item["body"]["S"]), *entries)
-                )
+                rows.append((item["collection"]["S"], item["key"]["S"], json.loads(item["body"]["S"]), *entries))
         return sorted(rows, key=lambda row: (row[0], row[1]))
 
     def tables(self) -> list[str]:
@@ -296,9 +294,7 @@ def test_sort_prefix_and_collection_narrow_a_query(backend: Backend, log: JobLog
 
 
 @pytest.mark.parametrize("descending", [False, True])
-def test_pages_cover_every_document_once_in_order(
-    backend: Backend, log: JobLog, descending: bool
-) -> None:
+def test_pages_cover_every_document_once_in_order(backend: Backend, log: JobLog, descending: bool) -> None:
     for n in range(25):
         log.request(n, "ada")
     log.request(99, "bob")
@@ -308,23 +304,23 @@ def test_pages_cover_every_document_once_in_order(
     if descending:
         expected.reverse()
 
-    pages = all_pages(
-        reader, "index1", "owner#ada", collection="jobs", descending=descending, limit=10
-    )
+    pages = all_pages(reader, "index1", "owner#ada", collection="jobs", descending=descending, limit=10)
 
     assert [len(p) for p in pages] == [10, 10, 5]
     assert [job for page in pages for job in page] == expected
     first = reader.query("index1", "owner#ada", collection="jobs", descending=descending, limit=10)
     again = reader.query(
-        "index1", "owner#ada", collection="jobs", descending=descending, limit=10,
+        "index1",
+        "owner#ada",
+        collection="jobs",
+        descending=descending,
+        limit=10,
         next_token=first.next_token,
     )
     assert ids(again.items) == pages[1]
 
 
-def test_a_page_token_survives_the_deletion_of_the_document_it_points_at(
-    backend: Backend, log: JobLog
-) -> None:
+def test_a_page_token_survives_the_deletion_of_the_document_it_points_at(backend: Backend, log: JobLog) -> None:
     for n in range(25):
         log.request(n, "ada")
     runner = backend.runner(log.events, JobList())
@@ -355,7 +351,10 @@ def test_an_updated_document_moves_in_its_index(backend: Backend, log: JobLog) -
     assert ids(reader.query("index2", "status#RUNNING").items) == ["job-001"]
     assert reader.query("index2", "status#FAILED").items == []
     assert ids(reader.query("index1", "owner#ada", collection="jobs").items) == [
-        "job-000", "job-001", "job-002", "job-003"
+        "job-000",
+        "job-001",
+        "job-002",
+        "job-003",
     ]
     assert (reader.get("jobs", "job-002") or {}).get("status") == "FAILED"
 
@@ -445,7 +444,7 @@ def test_redelivered_events_change_nothing(backend: Backend, log: JobLog) -> Non
 def test_json_bodies_round_trip_exactly(backend: Backend, log: JobLog) -> None:
     parameters = {
         "nested": {"list": [1, 2.5, {"deep": None, "flag": True}], "empty": {}},
-        "unicode": "héllo — 日本語 🎨 \"quoted\" \\ back",
+        "unicode": 'héllo — 日本語 🎨 "quoted" \\ back',
         "big": 2**70,
         "negative": -(10**30),
         "tiny": 1.2345678901234567e-300,
@@ -502,9 +501,7 @@ class DecimalBodies(DocumentProjection):
         docs.put(Document("limits", "x" + event.detail.job_id, {"limit": event.detail.budget_limit}))
 
 
-def test_a_body_that_is_not_json_sets_its_event_aside_and_writes_nothing_of_it(
-    backend: Backend, log: JobLog
-) -> None:
+def test_a_body_that_is_not_json_sets_its_event_aside_and_writes_nothing_of_it(backend: Backend, log: JobLog) -> None:
     log.request(1, "ada")
     [requested] = log.events.read_all(0, 10, ["JobRequested"])
     runner = backend.runner(log.events, DecimalBodies())

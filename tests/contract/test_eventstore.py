@@ -55,9 +55,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventStore
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
         create_table(client, TABLE)
-        yield DynamoDBEventStore(
-            TABLE, client=OneRequestAtATime(client), positions_per_bucket=SMALL_BUCKET
-        )
+        yield DynamoDBEventStore(TABLE, client=OneRequestAtATime(client), positions_per_bucket=SMALL_BUCKET)
 
 
 @pytest.fixture
@@ -249,9 +247,7 @@ def test_read_stream_ranges(store: EventStore) -> None:
     assert store.read_stream("job-1", backwards=True) == events[::-1]
     assert store.read_stream("job-1", backwards=True, limit=3) == events[:6:-1]
     assert store.read_stream("job-1", to_version=5, backwards=True, limit=2) == events[4:2:-1]
-    assert store.read_stream("job-1", from_version=3, to_version=5, backwards=True) == (
-        events[4:1:-1]
-    )
+    assert store.read_stream("job-1", from_version=3, to_version=5, backwards=True) == (events[4:1:-1])
     assert store.read_stream("job-1", from_version=11) == []
     assert store.read_stream("job-1", from_version=6, to_version=5) == []
     assert store.read_stream("job-1", limit=0) == []
@@ -424,9 +420,7 @@ def test_invalid_events_are_refused_and_change_nothing(store: EventStore) -> Non
         assert snapshot(store) == before
 
 
-def test_negative_expected_version_is_invalid(
-    store: EventStore, request: pytest.FixtureRequest
-) -> None:
+def test_negative_expected_version_is_invalid(store: EventStore, request: pytest.FixtureRequest) -> None:
     before = snapshot(store)
     with pytest.raises(InvalidEvent):
         store.append("job-1", [started("job-1")], -1)
@@ -475,8 +469,7 @@ def test_dynamodb_batch_beyond_one_transaction_is_refused(
     with pytest.raises(BatchTooLarge):
         store.append("job-1", too_many, 0)
     heavy = [
-        NewEvent(JobFailed(job_id="job-1", code="E", reason=str(i % 10) * (MAX_EVENT_BYTES - 100)))
-        for i in range(17)
+        NewEvent(JobFailed(job_id="job-1", code="E", reason=str(i % 10) * (MAX_EVENT_BYTES - 100))) for i in range(17)
     ]
     with pytest.raises(BatchTooLarge):
         store.append("job-1", heavy, 0)
@@ -544,9 +537,7 @@ def test_dynamodb_a_moved_position_counter_is_retried_not_a_conflict(
                 interloper.extend(other.append("job-2", [started("job-2")], 0))
             return client.transact_write_items(**kwargs)
 
-    racing = DynamoDBEventStore(
-        TABLE, client=MovesCounterOnce(), positions_per_bucket=SMALL_BUCKET
-    )
+    racing = DynamoDBEventStore(TABLE, client=MovesCounterOnce(), positions_per_bucket=SMALL_BUCKET)
     mine = racing.append("job-1", [started("job-1"), started("job-1", "w2")], 0)
     assert [e.position for e in interloper] == [1]
     assert [e.position for e in mine] == [2, 3]
@@ -557,9 +548,7 @@ def test_dynamodb_table_has_the_documented_layout(dynamo: tuple[DynamoDBEventSto
     _, client = dynamo
     create_table(client, TABLE)
     table = client.describe_table(TableName=TABLE)["Table"]
-    assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {
-        "stream_id": "HASH", "version": "RANGE"
-    }
+    assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"stream_id": "HASH", "version": "RANGE"}
     assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"}
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["by_position"]

@@ -121,18 +121,14 @@ class SQLiteJobBoard(SQLiteProjection):
             "status TEXT NOT NULL, records_completed INTEGER NOT NULL)"
         )
         db.execute("CREATE INDEX IF NOT EXISTS board_jobs_by_owner ON board_jobs (owner, job_id)")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS board_counts (status TEXT PRIMARY KEY, jobs INTEGER NOT NULL)"
-        )
+        db.execute("CREATE TABLE IF NOT EXISTS board_counts (status TEXT PRIMARY KEY, jobs INTEGER NOT NULL)")
 
     def apply(self, event: ProjectedEvent, db: sqlite3.Connection) -> None:
         envelope = self.log.record(event)
         detail = _job_fact(envelope)
         left, entered = _transition(envelope)
         if isinstance(detail, JobRequested):
-            db.execute(
-                "INSERT INTO board_jobs VALUES (?, ?, 'QUEUED', 0)", (detail.job_id, detail.owner)
-            )
+            db.execute("INSERT INTO board_jobs VALUES (?, ?, 'QUEUED', 0)", (detail.job_id, detail.owner))
         else:
             records = detail.records_completed if isinstance(detail, JobCompleted) else 0
             db.execute(
@@ -273,15 +269,14 @@ class SQLiteBackend(Backend):
         return {"jobs": jobs, "counts": counts}
 
     def jobs_of(self, store: SQLiteReadModelStore, projection: SQLiteJobBoard, owner: str) -> list[str]:
-        rows = store.connection().execute(
-            "SELECT job_id FROM board_jobs WHERE owner = ? ORDER BY job_id", (owner,)
-        )
+        rows = store.connection().execute("SELECT job_id FROM board_jobs WHERE owner = ? ORDER BY job_id", (owner,))
         return [job_id for (job_id,) in rows]
 
     def leftovers(self) -> list[str]:
         return sorted(
-            p.name for p in self.directory.iterdir() if p.name.startswith("projections.")
-            and not p.name.startswith("projections.db")
+            p.name
+            for p in self.directory.iterdir()
+            if p.name.startswith("projections.") and not p.name.startswith("projections.db")
         )
 
 
@@ -327,17 +322,9 @@ class DynamoDBBackend(Backend):
 
     def leftovers(self) -> list[str]:
         tracking = self.client.scan(TableName="palette-projection-tracking")["Items"]
-        active = {
-            f"{item['pk']['S']}#g{item['generation']['N']}"
-            for item in tracking
-            if item["sk"]["S"] == "active"
-        }
-        stale_tracking = {
-            item["pk"]["S"] for item in tracking if item["sk"]["S"] != "active"
-        } - active
-        live_tables = {
-            f"palette-projection-{pk.replace('#g', '-{}-g')}" for pk in active
-        }
+        active = {f"{item['pk']['S']}#g{item['generation']['N']}" for item in tracking if item["sk"]["S"] == "active"}
+        stale_tracking = {item["pk"]["S"] for item in tracking if item["sk"]["S"] != "active"} - active
+        live_tables = {f"palette-projection-{pk.replace('#g', '-{}-g')}" for pk in active}
         tables = set(self.client.list_tables()["TableNames"]) - {"palette-projection-tracking"}
         stale_tables = {
             t for t in tables if not any(t == live.format(name) for live in live_tables for name in ("jobs", "counts"))
@@ -390,11 +377,7 @@ class JobLog:
         stored = [self.append(i, _requested(i)) for i in ids]
         stored += [self.append(i, JobCancelRequested(job_id=i)) for i in ids if int(i) % 4 == 0]
         stored += [self.append(i, JobStarted(job_id=i, worker_id="w")) for i in ids if int(i) % 3 != 2]
-        stored += [
-            self.append(i, JobCompleted(job_id=i, records_completed=int(i)))
-            for i in ids
-            if int(i) % 3 == 0
-        ]
+        stored += [self.append(i, JobCompleted(job_id=i, records_completed=int(i))) for i in ids if int(i) % 3 == 0]
         return stored
 
     def expected(self) -> View:
@@ -441,9 +424,7 @@ def test_catch_up_builds_the_view_the_facts_imply(backend: Backend, log: JobLog)
     assert backend.view(store, projection) == log.expected()
     last = _handled(stored)[-1]
     assert runner.position() == Checkpoint(last.position or 0, last.id)
-    assert backend.jobs_of(store, projection, "owner-1") == [
-        f"{n:04d}" for n in range(40) if n % 3 == 1
-    ]
+    assert backend.jobs_of(store, projection, "owner-1") == [f"{n:04d}" for n in range(40) if n % 3 == 1]
 
 
 def test_events_of_other_types_are_skipped(backend: Backend, log: JobLog) -> None:
@@ -535,9 +516,7 @@ def test_a_crash_inside_apply_leaves_no_partial_state(backend: Backend, log: Job
     assert backend.view(store, projection) == log.expected()
 
 
-def test_a_resumed_runner_gets_exactly_the_events_after_its_checkpoint(
-    backend: Backend, log: JobLog
-) -> None:
+def test_a_resumed_runner_gets_exactly_the_events_after_its_checkpoint(backend: Backend, log: JobLog) -> None:
     first = _handled(log.add_jobs(0, 15))
     ProjectionRunner(log.events, backend.projection(ApplyLog()), backend.store()).run_once(4)
     later = _handled(log.add_jobs(15, 15))
@@ -551,9 +530,7 @@ def test_a_resumed_runner_gets_exactly_the_events_after_its_checkpoint(
     assert backend.view(backend.store(), resumed.projection) == log.expected()
 
 
-def test_bus_delivery_applies_each_event_once_in_the_logs_order(
-    backend: Backend, log: JobLog
-) -> None:
+def test_bus_delivery_applies_each_event_once_in_the_logs_order(backend: Backend, log: JobLog) -> None:
     stored = log.add_jobs(0, 20)
     apply_log = ApplyLog()
     runner = ProjectionRunner(log.events, backend.projection(apply_log), backend.store())
@@ -566,9 +543,7 @@ def test_bus_delivery_applies_each_event_once_in_the_logs_order(
     assert backend.view(backend.store(), runner.projection) == log.expected()
 
 
-def test_a_delivery_ahead_of_the_log_is_refused_for_redelivery(
-    backend: Backend, log: JobLog
-) -> None:
+def test_a_delivery_ahead_of_the_log_is_refused_for_redelivery(backend: Backend, log: JobLog) -> None:
     stored = _handled(log.add_jobs(0, 3))
     runner = ProjectionRunner(log.events, backend.projection(ApplyLog()), backend.store())
     ahead = stored[-1]._replace(id="not-yet-visible", position=(stored[-1].position or 0) + 100)
@@ -580,9 +555,7 @@ def test_a_delivery_ahead_of_the_log_is_refused_for_redelivery(
     assert backend.view(backend.store(), runner.projection) == log.expected()
 
 
-def test_out_of_order_delivery_with_stream_tracking_fills_gaps_from_the_log(
-    backend: Backend, log: JobLog
-) -> None:
+def test_out_of_order_delivery_with_stream_tracking_fills_gaps_from_the_log(backend: Backend, log: JobLog) -> None:
     stored = log.add_jobs(0, 24)
     apply_log = ApplyLog()
     projection = backend.projection(apply_log, track_streams=True)
@@ -606,9 +579,7 @@ def test_out_of_order_delivery_with_stream_tracking_fills_gaps_from_the_log(
     assert backend.view(backend.store(), projection) == log.expected()
 
 
-def test_rebuild_from_zero_equals_the_incrementally_built_view(
-    backend: Backend, log: JobLog
-) -> None:
+def test_rebuild_from_zero_equals_the_incrementally_built_view(backend: Backend, log: JobLog) -> None:
     apply_log = ApplyLog()
     projection = backend.projection(apply_log)
     store = backend.store()
@@ -635,9 +606,7 @@ def test_rebuild_from_zero_equals_the_incrementally_built_view(
     assert backend.view(store, projection) == log.expected()
 
 
-def test_a_failed_rebuild_leaves_the_live_view_and_no_scratch(
-    backend: Backend, log: JobLog
-) -> None:
+def test_a_failed_rebuild_leaves_the_live_view_and_no_scratch(backend: Backend, log: JobLog) -> None:
     log.add_jobs(0, 12)
     apply_log = ApplyLog()
     projection = backend.projection(apply_log)
@@ -674,9 +643,7 @@ def _damage(backend: Backend, store: Any, projection: Any) -> None:
         store.connection().execute("DELETE FROM board_jobs WHERE job_id = '0003'")
     else:
         assert isinstance(backend, DynamoDBBackend)
-        backend.client.delete_item(
-            TableName=store.table_names(projection)["jobs"], Key={"job_id": {"S": "0003"}}
-        )
+        backend.client.delete_item(TableName=store.table_names(projection)["jobs"], Key={"job_id": {"S": "0003"}})
 
 
 def test_the_decoded_view_hands_apply_the_record_and_its_typed_detail(tmp_path: Path, log: JobLog) -> None:
@@ -790,9 +757,14 @@ def test_a_poison_event_is_set_aside_once_and_every_other_event_applies(backend:
     last = _handled(stored)[-1]
     assert runner.position() == Checkpoint(last.position or 0, last.id)
     [letter] = store.dead_letters(projection)
-    assert (letter.projection, letter.event_id, letter.stream_id, letter.version, letter.position, letter.detail_type) == (
-        projection.name, poison.id, poison.stream_id, poison.version, poison.position, "JobStarted"
-    )
+    assert (
+        letter.projection,
+        letter.event_id,
+        letter.stream_id,
+        letter.version,
+        letter.position,
+        letter.detail_type,
+    ) == (projection.name, poison.id, poison.stream_id, poison.version, poison.position, "JobStarted")
     assert letter.error == f"InjectedCrash: crash applying {poison.id}"
 
     again = ProjectionRunner(log.events, projection, store)
@@ -801,8 +773,12 @@ def test_a_poison_event_is_set_aside_once_and_every_other_event_applies(backend:
     [recorded] = log.events.read_stream(projection_stream(projection.name))
     assert recorded.detail_type == "ProjectionFailed"
     assert json.loads(recorded.detail) == {
-        "projection": projection.name, "event_id": poison.id, "stream_id": poison.stream_id,
-        "version": poison.version, "position": poison.position, "event_type": "JobStarted",
+        "projection": projection.name,
+        "event_id": poison.id,
+        "stream_id": poison.stream_id,
+        "version": poison.version,
+        "position": poison.position,
+        "event_type": "JobStarted",
         "error": letter.error,
     }
     assert [letter.event_id for letter in store.dead_letters(projection)] == [poison.id]
@@ -831,9 +807,7 @@ def test_a_pushed_poison_event_is_set_aside_and_its_stream_goes_on(backend: Back
     assert len(log.events.read_stream(projection_stream(projection.name))) == 1
 
 
-def test_a_redrive_after_the_fix_applies_the_letter_in_its_place_and_clears_it(
-    backend: Backend, log: JobLog
-) -> None:
+def test_a_redrive_after_the_fix_applies_the_letter_in_its_place_and_clears_it(backend: Backend, log: JobLog) -> None:
     stored = log.add_jobs(0, 9)
     poison = _started(stored, "0001")
     apply_log = ApplyLog(poison={poison.id})

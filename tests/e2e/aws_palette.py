@@ -35,10 +35,18 @@ TEMPLATE: dict[str, Any] = {
     "description": "a question, then its answer",
     "is_public": False,
     "steps": [
-        {"id": "question", "model": "openai/fake-model",
-         "prompt": "Ask one {{ level }} question about {{ topic }}.", "parameters": {"max_tokens": 64}},
-        {"id": "answer", "model": "openai/fake-model",
-         "prompt": "Answer briefly: {{ steps.question.output }}", "parameters": {"max_tokens": 64}},
+        {
+            "id": "question",
+            "model": "openai/fake-model",
+            "prompt": "Ask one {{ level }} question about {{ topic }}.",
+            "parameters": {"max_tokens": 64},
+        },
+        {
+            "id": "answer",
+            "model": "openai/fake-model",
+            "prompt": "Answer briefly: {{ steps.question.output }}",
+            "parameters": {"max_tokens": 64},
+        },
     ],
 }
 NUM_RECORDS = 25
@@ -92,23 +100,44 @@ class AwsPalette:
     consumers: list[tuple[str, str, Callable[[dict[str, Any], Any], Any]]]
     delivered: dict[str, int] = field(default_factory=dict)
 
-    def call(self, service: str, method: str, path: str, body: Any = None, user: str = "alice",
-             query: dict[str, str] | None = None) -> Reply:
+    def call(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        user: str = "alice",
+        query: dict[str, str] | None = None,
+    ) -> Reply:
         handler = importlib.import_module(f"services.{service}.lambda_handler").handler
         context: dict[str, Any] = {
-            "accountId": "123456789012", "apiId": f"{service}-api", "domainName": "api.example.com",
-            "domainPrefix": "api", "requestId": str(uuid.uuid4()), "routeKey": "$default",
-            "stage": "$default", "time": "26/Nov/2026:12:00:00 +0000", "timeEpoch": int(time.time() * 1000),
-            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-                     "userAgent": "pytest"},
+            "accountId": "123456789012",
+            "apiId": f"{service}-api",
+            "domainName": "api.example.com",
+            "domainPrefix": "api",
+            "requestId": str(uuid.uuid4()),
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "26/Nov/2026:12:00:00 +0000",
+            "timeEpoch": int(time.time() * 1000),
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "pytest",
+            },
             "authorizer": {"jwt": {"claims": {"sub": user, "token_use": "id"}, "scopes": None}},
         }
         event = {
-            "version": "2.0", "routeKey": "$default", "rawPath": path,
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
             "rawQueryString": "&".join(f"{k}={v}" for k, v in (query or {}).items()),
             "headers": {"content-type": "application/json", "authorization": "Bearer verified-by-api-gateway"},
             "requestContext": context,
-            "body": None if body is None else json.dumps(body), "isBase64Encoded": False,
+            "body": None if body is None else json.dumps(body),
+            "isBase64Encoded": False,
         }
         if query:
             event["queryStringParameters"] = query
@@ -128,18 +157,33 @@ class AwsPalette:
     def deliver(self, stack: str, queue: str, consumer: Callable[[dict[str, Any], Any], Any]) -> int:
         """One SQS event source mapping poll: a batch to the consumer, successes deleted."""
         url = self.resources.queue_url(stack, queue)
-        messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+        messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get(
+            "Messages", []
+        )
         if not messages:
             return 0
         arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        event = {"Records": [
-            {"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
-             "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(int(time.time() * 1000)),
-                            "SenderId": "events.amazonaws.com", "ApproximateFirstReceiveTimestamp": str(int(time.time() * 1000))},
-             "messageAttributes": {}, "md5OfBody": m["MD5OfBody"], "eventSource": "aws:sqs",
-             "eventSourceARN": arn, "awsRegion": "us-east-1"}
-            for m in messages
-        ]}
+        event = {
+            "Records": [
+                {
+                    "messageId": m["MessageId"],
+                    "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"],
+                    "attributes": {
+                        "ApproximateReceiveCount": "1",
+                        "SentTimestamp": str(int(time.time() * 1000)),
+                        "SenderId": "events.amazonaws.com",
+                        "ApproximateFirstReceiveTimestamp": str(int(time.time() * 1000)),
+                    },
+                    "messageAttributes": {},
+                    "md5OfBody": m["MD5OfBody"],
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": arn,
+                    "awsRegion": "us-east-1",
+                }
+                for m in messages
+            ]
+        }
         result = consumer(event, LambdaContext(function_name=f"palette-dev-{stack}-{queue}")) or {}
         failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
         assert not failed, (stack, queue, result)
@@ -163,7 +207,9 @@ class AwsPalette:
         for stack in self.resources.stacks.values():
             for logical_id, url in stack.physical.items():
                 if logical_id.endswith("DeadLetterQueue"):
-                    attributes = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+                    attributes = self.sqs.get_queue_attributes(
+                        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+                    )
                     counts[logical_id] = int(attributes["Attributes"]["ApproximateNumberOfMessages"])
         return counts
 
@@ -190,8 +236,9 @@ def template_and_seed(aws: AwsPalette) -> tuple[str, str]:
     seed = aws.call("seeds", "GET", f"/seed-data/{grant.body['seed_id']}")
     assert seed.status == 200, seed.body
 
-    validated = aws.call("seeds", "POST", "/seed-data/validate",
-                         {"seed_id": grant.body["seed_id"], "template_id": template_id})
+    validated = aws.call(
+        "seeds", "POST", "/seed-data/validate", {"seed_id": grant.body["seed_id"], "template_id": template_id}
+    )
     assert validated.status == 200, validated.body
     assert validated.body["valid"] is True and validated.body["record_count"] == 4, validated.body
     return template_id, str(grant.body["seed_id"])

@@ -30,8 +30,14 @@ def palette_on_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsPalette]:
         environment: dict[str, str] = {}
         for name in ("templates", "seeds", "jobs", "billing"):
             environment.update(resources.stacks[name].environment)
-        for key in ("PALETTE_EVENT_TABLE", "PALETTE_BUCKET", "PALETTE_TRACKING_TABLE", "PALETTE_PROJECTION_PREFIX",
-                    "PALETTE_RATELIMIT_TABLE", "PALETTE_GUARD_CONFIG_PARAMETER"):
+        for key in (
+            "PALETTE_EVENT_TABLE",
+            "PALETTE_BUCKET",
+            "PALETTE_TRACKING_TABLE",
+            "PALETTE_PROJECTION_PREFIX",
+            "PALETTE_RATELIMIT_TABLE",
+            "PALETTE_GUARD_CONFIG_PARAMETER",
+        ):
             monkeypatch.setenv(key, environment[key])
         monkeypatch.setenv("PALETTE_EVENT_BUS", resources.exports["palette-dev-EventBusName"])
         # as the consumer stacks set it: their side effects run once per event (palette.idempotency)

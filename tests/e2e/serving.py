@@ -34,7 +34,10 @@ class Served:
     def token(self, user: str) -> str:
         return subprocess.run(
             [sys.executable, "-m", "palette.cli", "token", "create", "--user", user, "--data-dir", str(self.data_dir)],
-            check=True, capture_output=True, text=True, timeout=60,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
         ).stdout.strip()
 
     def client(self, user: str) -> httpx.Client:
@@ -46,7 +49,8 @@ def start_serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "palette.cli", "serve", "--data-dir", str(data_dir), "--port", str(port), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         env={**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING", **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"

@@ -44,11 +44,12 @@ async def _in_flight_then_sigterm(
                 if started == IN_FLIGHT:
                     all_started.set()
                 await go_on.wait()
-                yield body[len(body) // 2:]
+                yield body[len(body) // 2 :]
 
             try:
                 answer: httpx.Response | BaseException = await client.post(
-                    "/templates", content=halves(),
+                    "/templates",
+                    content=halves(),
                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
                 )
             except httpx.HTTPError as error:

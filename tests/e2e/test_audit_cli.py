@@ -53,13 +53,15 @@ def test_verify_passes_then_names_the_edited_event(data_dir: Path) -> None:
     db = sqlite3.connect(data_dir / "events.db")
     with db:
         db.execute(
-            "UPDATE events SET detail = replace(detail, '\"total\":\"', '\"total\":\"1') "
+            'UPDATE events SET detail = replace(detail, \'"total":"\', \'"total":"1\') '
             "WHERE stream_id = 'ledger-job0000002' AND version = 2"
         )
     db.close()
     completed = subprocess.run(
         [sys.executable, "-m", "palette.cli", "audit", "verify", "--data-dir", str(data_dir)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert completed.returncode == 1
     assert "[hash] ledger-job0000002 v2" in completed.stdout
@@ -133,8 +135,14 @@ def test_verify_and_replay_in_worker_processes_report_what_one_process_reports(d
 
 def test_replay_as_of_builds_past_views_into_a_directory(data_dir: Path, tmp_path: Path) -> None:
     code, out, _ = palette(
-        "replay", "--data-dir", str(data_dir), "--into", str(tmp_path / "then"),
-        "--as-of", "2026-11-02T08:00:00.100000Z", "--json",
+        "replay",
+        "--data-dir",
+        str(data_dir),
+        "--into",
+        str(tmp_path / "then"),
+        "--as-of",
+        "2026-11-02T08:00:00.100000Z",
+        "--json",
     )
     assert code == 0, out
     summary = json.loads(out)["summary"]
@@ -142,18 +150,31 @@ def test_replay_as_of_builds_past_views_into_a_directory(data_dir: Path, tmp_pat
     assert 0 < sum(summary["applied"].values()) < 10
     assert (tmp_path / "then" / "projections.db").is_file()
 
-    code, _, err = palette("replay", "--data-dir", str(data_dir), "--as-of", "yesterday-ish", "--into", str(tmp_path / "x"))
+    code, _, err = palette(
+        "replay", "--data-dir", str(data_dir), "--as-of", "yesterday-ish", "--into", str(tmp_path / "x")
+    )
     assert code == 2 and "is not an ISO-8601 time" in err
     code, _, err = palette("replay", "--data-dir", str(data_dir), "--as-of", "2026-11-02T08:00:00Z")
     assert code == 2 and "--into" in err
 
 
 def test_export_and_import_round_trip_with_the_same_digest(data_dir: Path, tmp_path: Path) -> None:
-    code, out, _ = palette("events", "export", "--format", "parquet", "--out", str(tmp_path / "archive"),
-                           "--data-dir", str(data_dir), "--json")
+    code, out, _ = palette(
+        "events",
+        "export",
+        "--format",
+        "parquet",
+        "--out",
+        str(tmp_path / "archive"),
+        "--data-dir",
+        str(data_dir),
+        "--json",
+    )
     assert code == 0
     exported = json.loads(out)
-    code, out, _ = palette("events", "import", str(tmp_path / "archive"), "--data-dir", str(tmp_path / "copy"), "--json")
+    code, out, _ = palette(
+        "events", "import", str(tmp_path / "archive"), "--data-dir", str(tmp_path / "copy"), "--json"
+    )
     assert code == 0
     assert json.loads(out)["digest"] == exported["digest"]
     code, out, _ = palette("audit", "verify", "--data-dir", str(tmp_path / "copy"), "--json")
@@ -161,7 +182,9 @@ def test_export_and_import_round_trip_with_the_same_digest(data_dir: Path, tmp_p
 
     code, _, err = palette("events", "import", str(tmp_path / "archive"), "--data-dir", str(tmp_path / "copy"))
     assert code == 1 and "already holds events" in err
-    code, _, err = palette("events", "export", "--format", "csv", "--out", str(tmp_path / "x"), "--data-dir", str(data_dir))
+    code, _, err = palette(
+        "events", "export", "--format", "csv", "--out", str(tmp_path / "x"), "--data-dir", str(data_dir)
+    )
     assert code == 2 and "only parquet" in err
     code, _, err = palette("audit", "verify", "--data-dir", str(tmp_path / "missing"))
     assert code == 2 and "no event log" in err
@@ -200,7 +223,9 @@ def test_a_view_that_set_an_event_aside_fails_verify_and_replay_in_one_line_unti
 
     completed = subprocess.run(
         [sys.executable, "-m", "palette.cli", "replay", "--data-dir", str(data_dir)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert completed.returncode == 1
     [reason] = completed.stderr.strip().splitlines()
@@ -216,7 +241,9 @@ def test_a_view_that_set_an_event_aside_fails_verify_and_replay_in_one_line_unti
     from services.templates import projections as templates
 
     original = templates._sort_name
-    monkeypatch.setattr(templates, "_sort_name", lambda name, template_id: original(name.replace("\x00", "\\0"), template_id))
+    monkeypatch.setattr(
+        templates, "_sort_name", lambda name, template_id: original(name.replace("\x00", "\\0"), template_id)
+    )
     code, out, _ = palette("projections", "redrive", "--projection", "templates_catalog", "--data-dir", str(data_dir))
     assert code == 0, out
     assert "templates_catalog: 1 of 1 dead letter(s) applied" in out

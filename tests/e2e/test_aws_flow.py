@@ -45,6 +45,7 @@ from tests.fakes.openai_server import FakeOpenAIServer
 
 pytestmark = pytest.mark.aws_e2e
 
+
 def test_a_job_runs_end_to_end_on_aws_mode(palette_on_moto: AwsPalette) -> None:
     aws = palette_on_moto
     with FakeOpenAIServer(latency_s=0.0) as model_server, pytest.MonkeyPatch.context() as env:
@@ -55,8 +56,12 @@ def test_a_job_runs_end_to_end_on_aws_mode(palette_on_moto: AwsPalette) -> None:
     dynamodb = boto3.client("dynamodb", endpoint_url=aws.endpoint)
     table = aws.resources.exports["palette-dev-IdempotencyTableName"]
     keys = [item["id"]["S"] for item in dynamodb.scan(TableName=table)["Items"]]
-    for function in ("services.jobs.lambda_handler._react_to_event", "services.billing.lambda_handler._charge_event",
-                     "services.seeds.lambda_handler._record_uploads", "services.generator.lambda_handler._run_requested"):
+    for function in (
+        "services.jobs.lambda_handler._react_to_event",
+        "services.billing.lambda_handler._charge_event",
+        "services.seeds.lambda_handler._record_uploads",
+        "services.generator.lambda_handler._run_requested",
+    ):
         assert any(f".{function}#" in key for key in keys), (function, keys)
 
 
@@ -64,10 +69,18 @@ def _run_flow(aws: AwsPalette) -> None:
     template_id, seed_id = template_and_seed(aws)
 
     # 3. the job: JobRequested reaches the generator's queue through the outbox and the rule
-    job = aws.call("jobs", "POST", "/jobs", {
-        "template_id": template_id, "seed_id": seed_id, "num_records": NUM_RECORDS,
-        "budget_limit": 5, "output_format": ["JSONL", "PARQUET"],
-    })
+    job = aws.call(
+        "jobs",
+        "POST",
+        "/jobs",
+        {
+            "template_id": template_id,
+            "seed_id": seed_id,
+            "num_records": NUM_RECORDS,
+            "budget_limit": 5,
+            "output_format": ["JSONL", "PARQUET"],
+        },
+    )
     assert job.status == 201, job.body
     job_id = job.body["job_id"]
     assert job.body["status"] == "QUEUED"
@@ -75,8 +88,13 @@ def _run_flow(aws: AwsPalette) -> None:
     # 4. generator -> DynamoDB + S3; jobs react and project; billing charges and projects
     aws.settle()
     assert aws.delivered.get("generator/JobQueue") == 1
-    for queue in ("jobs/LifecycleQueue", "jobs/ProjectionsQueue", "billing/LedgerQueue",
-                  "billing/ProjectionsQueue", "templates/ProjectionsQueue"):
+    for queue in (
+        "jobs/LifecycleQueue",
+        "jobs/ProjectionsQueue",
+        "billing/LedgerQueue",
+        "billing/ProjectionsQueue",
+        "templates/ProjectionsQueue",
+    ):
         assert aws.delivered.get(queue, 0) > 0, (queue, aws.delivered)
 
     # 5. read back through the APIs
@@ -114,17 +132,27 @@ PRICED = {"models": {"openai/fake-model": {"input_per_1k": "0.1", "output_per_1k
 service: the generator's guard must price calls as billing charges them."""
 
 
-def test_a_job_stops_within_its_budget_on_aws_mode(palette_on_moto: AwsPalette, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_job_stops_within_its_budget_on_aws_mode(
+    palette_on_moto: AwsPalette, monkeypatch: pytest.MonkeyPatch
+) -> None:
     aws = palette_on_moto
     monkeypatch.setenv("PALETTE_PRICING_OVERRIDES", json.dumps(PRICED))
     budget = Decimal("0.1")
     with FakeOpenAIServer(latency_s=0.0) as model_server:
         monkeypatch.setenv("OPENAI_BASE_URL", model_server.base_url)
         template_id, seed_id = template_and_seed(aws)
-        job = aws.call("jobs", "POST", "/jobs", {
-            "template_id": template_id, "seed_id": seed_id, "num_records": NUM_RECORDS,
-            "budget_limit": str(budget), "output_format": ["JSONL"],
-        })
+        job = aws.call(
+            "jobs",
+            "POST",
+            "/jobs",
+            {
+                "template_id": template_id,
+                "seed_id": seed_id,
+                "num_records": NUM_RECORDS,
+                "budget_limit": str(budget),
+                "output_format": ["JSONL"],
+            },
+        )
         assert job.status == 201, job.body
         job_id = job.body["job_id"]
         aws.settle()
@@ -167,10 +195,16 @@ def test_the_apis_are_rate_limited_and_templates_screened_from_the_ssm_settings(
     ssm = boto3.client("ssm", endpoint_url=aws.endpoint)
     parameter = aws.resources.exports["palette-dev-GuardConfigParameterName"]
     assert json.loads(ssm.get_parameter(Name=parameter)["Parameter"]["Value"]) == {}
-    ssm.put_parameter(Name=parameter, Overwrite=True, Value=json.dumps({
-        "rate_limits": {"jobs": {"per_minute": 1, "burst": 2}},
-        "content_rules": [{"id": "no-volcanoes", "term": "volcano"}],
-    }))
+    ssm.put_parameter(
+        Name=parameter,
+        Overwrite=True,
+        Value=json.dumps(
+            {
+                "rate_limits": {"jobs": {"per_minute": 1, "burst": 2}},
+                "content_rules": [{"id": "no-volcanoes", "term": "volcano"}],
+            }
+        ),
+    )
 
     blocked = dict(TEMPLATE, steps=[dict(TEMPLATE["steps"][0], prompt="Describe the Volcano nearest to {{ topic }}.")])
     refused = aws.call("templates", "POST", "/templates", blocked)
@@ -194,19 +228,34 @@ def test_the_apis_are_rate_limited_and_templates_screened_from_the_ssm_settings(
 
 
 REDELIVERED: dict[str, Any] = {
-    "version": "0", "id": "bus-1", "source": "palette.generator", "detail-type": "BatchGenerated",
-    "account": "123456789012", "time": "2026-11-26T12:00:00Z", "region": "us-east-1", "resources": [],
+    "version": "0",
+    "id": "bus-1",
+    "source": "palette.generator",
+    "detail-type": "BatchGenerated",
+    "account": "123456789012",
+    "time": "2026-11-26T12:00:00Z",
+    "region": "us-east-1",
+    "resources": [],
     "detail": {"metadata": {"id": "evt-redelivered-1"}, "data": {}},
 }
 
 
-@pytest.mark.parametrize(("stack", "queue", "module", "entry", "inner", "process"), [
-    ("jobs", "LifecycleQueue", "services.jobs.lambda_handler", "consume", "lifecycle", "_react_to_event"),
-    ("billing", "LedgerQueue", "services.billing.lambda_handler", "consume", "ledger", "_charge_event"),
-])
+@pytest.mark.parametrize(
+    ("stack", "queue", "module", "entry", "inner", "process"),
+    [
+        ("jobs", "LifecycleQueue", "services.jobs.lambda_handler", "consume", "lifecycle", "_react_to_event"),
+        ("billing", "LedgerQueue", "services.billing.lambda_handler", "consume", "ledger", "_charge_event"),
+    ],
+)
 def test_a_redelivered_record_is_processed_once(
-    palette_on_moto: AwsPalette, monkeypatch: pytest.MonkeyPatch,
-    stack: str, queue: str, module: str, entry: str, inner: str, process: str,
+    palette_on_moto: AwsPalette,
+    monkeypatch: pytest.MonkeyPatch,
+    stack: str,
+    queue: str,
+    module: str,
+    entry: str,
+    inner: str,
+    process: str,
 ) -> None:
     """The same SQS body delivered twice (at-least-once delivery) reaches the consumer once;
     a record whose processing failed leaves no idempotency record and is processed again."""
@@ -232,10 +281,17 @@ def test_a_redelivered_record_is_processed_once(
         aws.sqs.send_message(QueueUrl=url, MessageBody=body)
         (message,) = aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1).get("Messages", [])
         aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-        record = {"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
-                  "body": message["Body"], "attributes": {}, "messageAttributes": {},
-                  "md5OfBody": message["MD5OfBody"], "eventSource": "aws:sqs",
-                  "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}
+        record = {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": {},
+            "messageAttributes": {},
+            "md5OfBody": message["MD5OfBody"],
+            "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+            "awsRegion": "us-east-1",
+        }
         try:
             return consume({"Records": [record]}, LambdaContext()) or {}
         except BatchProcessingError:  # the batch's only record failed: SQS redelivers it
@@ -259,7 +315,8 @@ def test_a_redelivered_record_is_processed_once(
 
 
 def test_without_the_table_a_redelivered_record_is_processed_again(
-    palette_on_moto: AwsPalette, monkeypatch: pytest.MonkeyPatch,
+    palette_on_moto: AwsPalette,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The layer is optional: unset, every delivery reaches the consumer (appends stay
     idempotent through event ids and expected versions)."""
@@ -268,9 +325,17 @@ def test_without_the_table_a_redelivered_record_is_processed_again(
     calls: list[str] = []
     monkeypatch.setattr(handlers, "lifecycle", lambda: lambda stored: calls.append(stored["detail"]["metadata"]["id"]))
     monkeypatch.setattr(handlers, "stored_event_from_message", lambda body, blobs: body)
-    record = {"messageId": "m-1", "receiptHandle": "r", "body": json.dumps(REDELIVERED), "attributes": {},
-              "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-              "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}
+    record = {
+        "messageId": "m-1",
+        "receiptHandle": "r",
+        "body": json.dumps(REDELIVERED),
+        "attributes": {},
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q",
+        "awsRegion": "us-east-1",
+    }
     for _ in range(2):
         handlers.consume({"Records": [record]}, LambdaContext())
     assert calls == ["evt-redelivered-1", "evt-redelivered-1"]

@@ -57,10 +57,26 @@ ROOT = Path(__file__).resolve().parents[2]
 def _job_requested(tmp_path: Path, job_id: str) -> StoredEvent:
     store = SQLiteEventStore(tmp_path / f"{job_id}.db")
     try:
-        (stored,) = store.append(job_stream(job_id), [NewEvent(JobRequested(
-            job_id=job_id, owner="alice", template_id="tpl", template_version=1, seed_id="seed",
-            num_records=1, budget_limit=Decimal(1), output_formats=[OutputFormat.JSONL],
-        ), actor="alice", correlation_id=job_id)], 0)
+        (stored,) = store.append(
+            job_stream(job_id),
+            [
+                NewEvent(
+                    JobRequested(
+                        job_id=job_id,
+                        owner="alice",
+                        template_id="tpl",
+                        template_version=1,
+                        seed_id="seed",
+                        num_records=1,
+                        budget_limit=Decimal(1),
+                        output_formats=[OutputFormat.JSONL],
+                    ),
+                    actor="alice",
+                    correlation_id=job_id,
+                )
+            ],
+            0,
+        )
     finally:
         store.close()
     return stored
@@ -69,11 +85,19 @@ def _job_requested(tmp_path: Path, job_id: str) -> StoredEvent:
 def _as_delivered(stored: StoredEvent) -> str:
     """The SQS body of a rule target: the EventBridge event."""
     entry = eventbridge_entry(stored, "palette-dev")
-    return json.dumps({
-        "version": "0", "id": f"eb-{stored.id}", "detail-type": entry["DetailType"], "source": entry["Source"],
-        "account": "123456789012", "time": "2026-11-26T12:00:00Z", "region": "us-east-1", "resources": [],
-        "detail": json.loads(entry["Detail"]),
-    })
+    return json.dumps(
+        {
+            "version": "0",
+            "id": f"eb-{stored.id}",
+            "detail-type": entry["DetailType"],
+            "source": entry["Source"],
+            "account": "123456789012",
+            "time": "2026-11-26T12:00:00Z",
+            "region": "us-east-1",
+            "resources": [],
+            "detail": json.loads(entry["Detail"]),
+        }
+    )
 
 
 class ScriptedWorker:
@@ -105,7 +129,8 @@ async def _run_until(queue_worker: JobQueueWorker, done: Callable[[], bool], tim
 
 def _counts(sqs: Any, url: str) -> tuple[int, int]:
     attributes = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )["Attributes"]
     return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
@@ -126,8 +151,10 @@ def _serve(sqs: Any, queue_worker: JobQueueWorker, name: str, url: str) -> None:
 @mock_aws
 def test_messages_are_deleted_only_when_their_job_ended(tmp_path: Path) -> None:
     sqs = boto3.client("sqs", region_name="us-east-1")
-    urls = {name: sqs.create_queue(QueueName=f"jobs-{name}")["QueueUrl"]
-            for name in ("completed", "finished", "budget", "held", "released", "malformed", "twice")}
+    urls = {
+        name: sqs.create_queue(QueueName=f"jobs-{name}")["QueueUrl"]
+        for name in ("completed", "finished", "budget", "held", "released", "malformed", "twice")
+    }
     lease_ends = datetime.now(UTC) + timedelta(seconds=40)
     outcomes = {
         "completed": RunResult(RunOutcome.COMPLETED, 10),
@@ -138,14 +165,16 @@ def test_messages_are_deleted_only_when_their_job_ended(tmp_path: Path) -> None:
         "twice": RunResult(RunOutcome.COMPLETED, 10),
     }
     for name, url in urls.items():
-        body = "{\"not\": \"an event\"}" if name == "malformed" else _as_delivered(_job_requested(tmp_path, name))
+        body = '{"not": "an event"}' if name == "malformed" else _as_delivered(_job_requested(tmp_path, name))
         sqs.send_message(QueueUrl=url, MessageBody=body)
         if name == "twice":
             sqs.send_message(QueueUrl=url, MessageBody=body)
 
     for name, url in urls.items():
         worker = ScriptedWorker(outcomes, seconds=0.3 if name == "twice" else 0.0)
-        queue_worker = JobQueueWorker(sqs, worker, None, QueueOptions(url, max_jobs=4, wait_seconds=0, visibility_seconds=30))
+        queue_worker = JobQueueWorker(
+            sqs, worker, None, QueueOptions(url, max_jobs=4, wait_seconds=0, visibility_seconds=30)
+        )
         _serve(sqs, queue_worker, name, url)
         visible, hidden = _counts(sqs, url)
         if name in ("completed", "finished", "budget", "twice"):
@@ -165,7 +194,8 @@ def test_a_second_job_of_an_owner_at_the_cap_waits_in_the_queue(tmp_path: Path) 
     sqs = boto3.client("sqs", region_name="us-east-1")
     dynamodb = boto3.client("dynamodb", region_name="us-east-1")
     dynamodb.create_table(
-        TableName="slots", BillingMode="PAY_PER_REQUEST",
+        TableName="slots",
+        BillingMode="PAY_PER_REQUEST",
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
     )
@@ -206,13 +236,33 @@ def generator_queue(palette_on_moto: AwsPalette, monkeypatch: pytest.MonkeyPatch
 
 def _start_worker(queue_url: str, model_url: str, *extra: str) -> subprocess.Popen[str]:
     env = {
-        **os.environ, "PALETTE_GENERATOR_QUEUE_URL": queue_url, "OPENAI_BASE_URL": model_url,
-        "OPENAI_API_KEY": "test", "PYTHONPATH": str(ROOT),
+        **os.environ,
+        "PALETTE_GENERATOR_QUEUE_URL": queue_url,
+        "OPENAI_BASE_URL": model_url,
+        "OPENAI_API_KEY": "test",
+        "PYTHONPATH": str(ROOT),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "services.generator.worker_main", "--aws", "--wait-seconds", "1",
-         "--visibility-seconds", "30", "--batch-size", "10", "--concurrency", "4", *extra],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "services.generator.worker_main",
+            "--aws",
+            "--wait-seconds",
+            "1",
+            "--visibility-seconds",
+            "30",
+            "--batch-size",
+            "10",
+            "--concurrency",
+            "4",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -241,10 +291,18 @@ def _stop(worker: subprocess.Popen[str], timeout: float = 60) -> tuple[int, floa
 
 def _request_job(aws: AwsPalette, num_records: int) -> str:
     template_id, seed_id = template_and_seed(aws)
-    job = aws.call("jobs", "POST", "/jobs", {
-        "template_id": template_id, "seed_id": seed_id, "num_records": num_records,
-        "budget_limit": 5, "output_format": ["JSONL"],
-    })
+    job = aws.call(
+        "jobs",
+        "POST",
+        "/jobs",
+        {
+            "template_id": template_id,
+            "seed_id": seed_id,
+            "num_records": num_records,
+            "budget_limit": 5,
+            "output_format": ["JSONL"],
+        },
+    )
     assert job.status == 201, job.body
     aws.settle()  # the outbox and the rule put JobRequested on the generator's queue
     return str(job.body["job_id"])

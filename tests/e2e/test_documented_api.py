@@ -82,9 +82,7 @@ class DocumentedClient:
 
 
 @pytest.fixture(params=["local", pytest.param("aws", marks=pytest.mark.aws_e2e)])
-def api(
-    request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Any]:
+def api(request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A function `api(user) -> DocumentedClient` on either runtime."""
     if request.param == "local":
         with (
@@ -112,9 +110,7 @@ def api(
     aws: AwsPalette = request.getfixturevalue("palette_on_moto")
     services = {"templates": "templates", "seed-data": "seeds", "jobs": "jobs", "dashboard": "jobs"}
 
-    def aws_call(
-        user: str, method: str, path: str, body: Any, query: dict[str, str] | None, settle: bool
-    ) -> Reply:
+    def aws_call(user: str, method: str, path: str, body: Any, query: dict[str, str] | None, settle: bool) -> Reply:
         if settle:  # what the consumers follow on the bus has arrived, as it soon would
             aws.settle()
         reply = aws.call(services[path.split("/")[1]], method, path, body, user=user, query=query)
@@ -224,23 +220,17 @@ def test_a_template_body_with_both_spellings_or_extra_definition_keys_is_refused
     steps = CREATE_TEMPLATE["template_definition"]["steps"]
     both = alice("POST", "/templates", {**CREATE_TEMPLATE, "steps": steps})
     assert both.status == 400 and both.body["error"]["code"] == "VALIDATION_ERROR", both.body
-    extra = alice(
-        "POST", "/templates", {"name": "x", "template_definition": {"steps": steps, "stepz": []}}
-    )
+    extra = alice("POST", "/templates", {"name": "x", "template_definition": {"steps": steps, "stepz": []}})
     assert extra.status == 400 and extra.body["error"]["code"] == "VALIDATION_ERROR", extra.body
 
 
 def test_listing_with_is_public_true_shows_only_public_templates(api: Any) -> None:
     alice, bob = api("alice"), api("bob")
-    private = alice("POST", "/templates", {**CREATE_TEMPLATE, "name": "Alice private"}).body[
+    private = alice("POST", "/templates", {**CREATE_TEMPLATE, "name": "Alice private"}).body["template_id"]
+    public = alice("POST", "/templates", {**CREATE_TEMPLATE, "name": "Alice public", "is_public": True}).body[
         "template_id"
     ]
-    public = alice(
-        "POST", "/templates", {**CREATE_TEMPLATE, "name": "Alice public", "is_public": True}
-    ).body["template_id"]
-    others = bob(
-        "POST", "/templates", {**CREATE_TEMPLATE, "name": "Bob public", "is_public": True}
-    ).body["template_id"]
+    others = bob("POST", "/templates", {**CREATE_TEMPLATE, "name": "Bob public", "is_public": True}).body["template_id"]
 
     only_public = alice("GET", "/templates", query={"is_public": "true"})
     assert only_public.status == 200, only_public.body
@@ -273,9 +263,7 @@ def test_the_seed_walkthrough_as_documented(api: Any) -> None:
     assert report.body["valid"] is True
     assert report.body["missing_fields"] == []
     assert report.body["record_count"] == 1  # one JSON object is one record
-    assert (
-        report.body["missing_counts"] == {"author.name": 0} and report.body["failing_records"] == []
-    )
+    assert report.body["missing_counts"] == {"author.name": 0} and report.body["failing_records"] == []
 
     seed = alice("GET", f"/seed-data/{upload.body['seed_id']}")
     assert seed.status == 200 and seed.body["s3_key"] == s3_key, seed.body
@@ -294,40 +282,25 @@ def test_a_seed_set_lacking_a_field_reports_it_in_missing_fields(api: Any) -> No
     content = "".join(json.dumps(row) + "\n" for row in rows).encode()
     assert put_file(upload.body["upload_url"], content, "application/x-ndjson") == 200
 
-    report = alice(
-        "POST", "/seed-data/validate", {"s3_key": upload.body["s3_key"], "template_id": template_id}
-    )
+    report = alice("POST", "/seed-data/validate", {"s3_key": upload.body["s3_key"], "template_id": template_id})
     assert report.status == 200, report.body
     assert report.body["valid"] is False
     assert report.body["missing_fields"] == ["author.biography"]
     assert report.body["missing_counts"] == {"author.biography": 1, "author.name": 0}
-    assert report.body["failing_records"] == [
-        {"position": 2, "missing": ["author.biography"], "problem": None}
-    ]
+    assert report.body["failing_records"] == [{"position": 2, "missing": ["author.biography"], "problem": None}]
 
 
 def test_the_content_type_names_the_format_when_the_filename_does_not(api: Any) -> None:
     alice = api("alice")
     template_id = alice("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
-    upload = alice(
-        "POST", "/seed-data/upload", {"filename": "authors", "content_type": "application/x-ndjson"}
-    )
+    upload = alice("POST", "/seed-data/upload", {"filename": "authors", "content_type": "application/x-ndjson"})
     assert upload.status == 201, upload.body
     assert (upload.body["format"], upload.body["content_type"]) == ("JSONL", "application/x-ndjson")
-    assert (
-        put_file(upload.body["upload_url"], SEED_FILE + b"\n" + SEED_FILE, "application/x-ndjson")
-        == 200
-    )
-    report = alice(
-        "POST", "/seed-data/validate", {"s3_key": upload.body["s3_key"], "template_id": template_id}
-    )
-    assert (report.status, report.body["valid"], report.body["record_count"]) == (200, True, 2), (
-        report.body
-    )
+    assert put_file(upload.body["upload_url"], SEED_FILE + b"\n" + SEED_FILE, "application/x-ndjson") == 200
+    report = alice("POST", "/seed-data/validate", {"s3_key": upload.body["s3_key"], "template_id": template_id})
+    assert (report.status, report.body["valid"], report.body["record_count"]) == (200, True, 2), report.body
 
-    by_extension = alice(
-        "POST", "/seed-data/upload", {"filename": "a.csv", "content_type": "application/json"}
-    )
+    by_extension = alice("POST", "/seed-data/upload", {"filename": "a.csv", "content_type": "application/json"})
     assert by_extension.body["format"] == "CSV"  # the extension wins, as without a content type
 
 
@@ -337,9 +310,7 @@ def test_an_s3_key_is_the_callers_own_handle(api: Any) -> None:
     upload = alice("POST", "/seed-data/upload", UPLOAD).body
     assert put_file(upload["upload_url"], SEED_FILE, "application/json") == 200
 
-    stolen = bob(
-        "POST", "/seed-data/validate", {"s3_key": upload["s3_key"], "template_id": template_id}
-    )
+    stolen = bob("POST", "/seed-data/validate", {"s3_key": upload["s3_key"], "template_id": template_id})
     assert stolen.status == 404, stolen.body
     forged = alice(
         "POST",
@@ -366,24 +337,18 @@ def test_documented_seed_errors_carry_the_documented_codes(api: Any) -> None:
 
     upload = alice("POST", "/seed-data/upload", UPLOAD).body
     assert put_file(upload["upload_url"], SEED_FILE, "application/json") == 200
-    no_template = alice(
-        "POST", "/seed-data/validate", {"s3_key": upload["s3_key"], "template_id": "tpl_missing"}
-    )
+    no_template = alice("POST", "/seed-data/validate", {"s3_key": upload["s3_key"], "template_id": "tpl_missing"})
     assert no_template.status == 404, no_template.body
     assert no_template.body["error"]["code"] == "TEMPLATE_NOT_FOUND"
     assert no_template.body["error"]["details"]["reason"] == "NOT_FOUND"
 
 
-def test_the_openapi_document_shows_both_spellings(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_openapi_document_shows_both_spellings(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     with (
         FakeOpenAIServer(latency_s=0.0) as fake,
         running_palette(tmp_path, fake, monkeypatch) as runtime,
     ):
-        document = httpx.get(
-            f"http://{runtime.host}:{runtime.port}/openapi.json", timeout=30
-        ).json()
+        document = httpx.get(f"http://{runtime.host}:{runtime.port}/openapi.json", timeout=30).json()
     schemas = document["components"]["schemas"]
     for request in ("TemplateDefinition", "TemplateRevision"):
         assert {"steps", "template_definition"} <= set(schemas[request]["properties"]), request
@@ -400,9 +365,7 @@ def test_the_openapi_document_shows_both_spellings(
     assert "content_type" in schemas["UploadRequest"]["properties"]
     assert {"blob_key", "s3_key", "expires_in"} <= set(schemas["UploadGrantResponse"]["properties"])
     assert {"seed_id", "s3_key"} <= set(schemas["ValidateRequest"]["properties"])
-    assert {"valid", "missing_fields", "missing_counts"} <= set(
-        schemas["ValidationReportResponse"]["properties"]
-    )
+    assert {"valid", "missing_fields", "missing_counts"} <= set(schemas["ValidationReportResponse"]["properties"])
     upload = document["paths"]["/seed-data/upload"]["post"]["responses"]
     assert "201" in upload and "200" not in upload
     listing = document["paths"]["/templates"]["get"]["parameters"]
@@ -443,9 +406,7 @@ def create_job(user: DocumentedClient, template_id: str, s3_key: str, **fields: 
 def finished(user: DocumentedClient, job_id: str) -> dict[str, Any]:
     """The job once it has ended (each AWS call first lets the queues' consumers run)."""
     return wait_for(
-        lambda: (lambda got: got.body if got.body["status"] in FINISHED else None)(
-            user("GET", f"/jobs/{job_id}")
-        ),
+        lambda: (lambda got: got.body if got.body["status"] in FINISHED else None)(user("GET", f"/jobs/{job_id}")),
         timeout=60,
         what=f"job {job_id} to finish",
     )
@@ -456,9 +417,7 @@ def test_a_job_is_created_from_the_uploads_s3_key_without_a_validate_call(api: A
     template_id = alice("POST", "/templates", CREATE_TEMPLATE).body["template_id"]
     s3_key = uploaded_seed(alice)
 
-    created = create_job(
-        alice, template_id, s3_key, template_version=1, task_size={"vcpu": 1, "memory_mib": 2048}
-    )
+    created = create_job(alice, template_id, s3_key, template_version=1, task_size={"vcpu": 1, "memory_mib": 2048})
     assert created.status == 201, created.body
     assert created.body["status"] == "QUEUED"
     assert created.body["job_id"] and created.body["created_at"]
@@ -554,9 +513,7 @@ def test_the_job_list_pages_with_last_key_and_filters_by_status(api: Any) -> Non
 
 NO_FIELDS_TEMPLATE = {
     "name": "Reads no seed field",
-    "template_definition": {
-        "steps": [{"id": "question", "model": MODEL, "prompt": "Generate a question about books"}]
-    },
+    "template_definition": {"steps": [{"id": "question", "model": MODEL, "prompt": "Generate a question about books"}]},
 }
 
 
@@ -564,9 +521,7 @@ def test_a_job_is_cancelled_then_deleted_as_documented(api: Any) -> None:
     alice = api("alice")
     template_id = alice("POST", "/templates", NO_FIELDS_TEMPLATE).body["template_id"]
     # the documents' body: no seed set (the template reads no field), no output_format
-    created = alice(
-        "POST", "/jobs", {"template_id": template_id, "budget_limit": 50, "num_records": 100}
-    )
+    created = alice("POST", "/jobs", {"template_id": template_id, "budget_limit": 50, "num_records": 100})
     assert created.status == 201, created.body
     assert created.body["input"]["output_format"] == ["JSONL"]
     assert created.body["input"]["seed_id"] is None
@@ -575,9 +530,7 @@ def test_a_job_is_cancelled_then_deleted_as_documented(api: Any) -> None:
     cancelled = alice("DELETE", f"/jobs/{job_id}", settle=False)
     assert cancelled.status in (200, 202), cancelled.body  # 202: it had started; it stops
     assert cancelled.body["job_id"] == job_id
-    assert cancelled.body["message"] == (
-        "Job cancelled" if cancelled.status == 200 else "Job cancellation requested"
-    )
+    assert cancelled.body["message"] == ("Job cancelled" if cancelled.status == 200 else "Job cancellation requested")
     assert finished(alice, job_id)["status"] == "CANCELLED"
 
     deleted = alice("DELETE", f"/jobs/{job_id}")

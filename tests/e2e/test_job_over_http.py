@@ -25,10 +25,17 @@ SEEDS = [
 TEMPLATE = {
     "name": "Questions and answers",
     "steps": [
-        {"id": "question", "model": "openai/fake-model",
-         "prompt": "A question about {{ book.title }} by {{ author.name }} on {{ topic }}:"},
-        {"id": "answer", "model": "openai/fake-model",
-         "prompt": "Q: {{ steps.question.output }} A:", "parameters": {"max_tokens": 32}},
+        {
+            "id": "question",
+            "model": "openai/fake-model",
+            "prompt": "A question about {{ book.title }} by {{ author.name }} on {{ topic }}:",
+        },
+        {
+            "id": "answer",
+            "model": "openai/fake-model",
+            "prompt": "Q: {{ steps.question.output }} A:",
+            "parameters": {"max_tokens": 32},
+        },
     ],
 }
 
@@ -42,7 +49,10 @@ def _free_port() -> int:
 def _palette(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "palette.cli", *args],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
 
 
@@ -53,14 +63,22 @@ def model() -> Iterator[FakeOpenAIServer]:
 
 
 @pytest.fixture(scope="module")
-def served(model: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict[str, str]]]:
+def served(
+    model: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path, dict[str, str]]]:
     data_dir = tmp_path_factory.mktemp("palette-jobs")
     port = _free_port()
-    env = {**os.environ, "OPENAI_BASE_URL": model.base_url, "OPENAI_API_KEY": "test-key",
-           "POWERTOOLS_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": model.base_url,
+        "OPENAI_API_KEY": "test-key",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "palette.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -85,10 +103,16 @@ def test_a_job_runs_to_a_dataset_and_watch_follows_it(served: tuple[str, Path, d
     validated = http.post("/seed-data/validate", json={"seed_id": grant["seed_id"], "template_id": template["id"]})
     assert validated.json()["valid"] is True
 
-    created = http.post("/jobs", json={
-        "template_id": template["id"], "seed_id": grant["seed_id"], "num_records": 120,
-        "budget_limit": 5, "output_format": ["JSONL", "CSV"],
-    })
+    created = http.post(
+        "/jobs",
+        json={
+            "template_id": template["id"],
+            "seed_id": grant["seed_id"],
+            "num_records": 120,
+            "budget_limit": 5,
+            "output_format": ["JSONL", "CSV"],
+        },
+    )
     assert created.status_code == 201, created.text
     job_id = created.json()["job_id"]
     assert created.json()["status"] == "QUEUED"

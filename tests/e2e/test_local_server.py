@@ -58,7 +58,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "palette.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "POWERTOOLS_LOG_LEVEL": "WARNING"},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -117,9 +119,7 @@ def test_author_upload_and_validate_over_http(server: tuple[str, Path], tmp_path
     put = httpx.put(grant_body["upload_url"], content=("\n".join(lines) + "\n").encode())
     assert put.status_code == 200, put.text
 
-    report = alice.post(
-        "/seed-data/validate", json={"seed_id": grant_body["seed_id"], "template_id": template["id"]}
-    )
+    report = alice.post("/seed-data/validate", json={"seed_id": grant_body["seed_id"], "template_id": template["id"]})
     assert report.status_code == 200, report.text
     result = report.json()
     assert result["valid"] is False

@@ -15,6 +15,8 @@ from tests.e2e.serving import UNLIMITED, Served, start_serve, stop_serve
 DEEP = 5_000
 DEEPEST = 100_000
 HUGE = "9" * 5_000
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("malformed")
@@ -60,18 +62,29 @@ def test_invalid_utf8_answers_400(alice: httpx.Client) -> None:
     assert_error_shape(alice.post("/jobs", content=b'{"name": "\xff\xfe"}', headers=JSON), 400, "VALIDATION_ERROR")
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", "text/plain; charset=utf-8", "multipart/form-data"])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/xml", "text/plain; charset=utf-8", "multipart/form-data"]
+)
 @pytest.mark.parametrize("path", ["/jobs", "/templates"])
 def test_json_sent_as_another_media_type_answers_415(alice: httpx.Client, path: str, content_type: str) -> None:
     body = assert_error_shape(
-        alice.post(path, content=b'{"name": "x"}', headers={"content-type": content_type}), 415, "UNSUPPORTED_MEDIA_TYPE",
+        alice.post(path, content=b'{"name": "x"}', headers={"content-type": content_type}),
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
     )
     assert "application/json" in body["error"]["details"]["accepted"]
 
 
-@pytest.mark.parametrize("content_type", [
-    "application/json", "application/json; charset=utf-8", "Application/JSON", "application/merge-patch+json", None,
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/merge-patch+json",
+        None,
+    ],
+)
 def test_json_media_types_and_a_missing_one_reach_validation(alice: httpx.Client, content_type: str | None) -> None:
     headers = {"content-type": content_type} if content_type else {}
     request = alice.build_request("POST", "/jobs", content=b'{"name": "x"}', headers=headers)
@@ -100,25 +113,34 @@ def test_brackets_inside_strings_do_not_count_as_nesting(alice: httpx.Client) ->
     assert "num_records" in reply["error"]["message"]
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/jobs", '{"template_id": "t", "seed_id": "s", "num_records": %s, "budget_limit": 1}'),
-    ("/jobs", '{"template_id": "t", "seed_id": "s", "num_records": 1, "budget_limit": %s}'),
-    ("/jobs", '{"template_id": "t", "seed_id": "s", "num_records": 1, "budget_limit": 0.%s}'),
-    ("/seed-data/upload", '{"filename": "a.csv", "format": "csv", "size_bytes": %s}'),
-    ("/templates", '{"name": "t", "steps": [], "x": -%s}'),
-])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/jobs", '{"template_id": "t", "seed_id": "s", "num_records": %s, "budget_limit": 1}'),
+        ("/jobs", '{"template_id": "t", "seed_id": "s", "num_records": 1, "budget_limit": %s}'),
+        ("/jobs", '{"template_id": "t", "seed_id": "s", "num_records": 1, "budget_limit": 0.%s}'),
+        ("/seed-data/upload", '{"filename": "a.csv", "format": "csv", "size_bytes": %s}'),
+        ("/templates", '{"name": "t", "steps": [], "x": -%s}'),
+    ],
+)
 def test_a_number_of_5000_digits_answers_400(alice: httpx.Client, path: str, body: str) -> None:
     reply = assert_error_shape(alice.post(path, content=(body % HUGE).encode(), headers=JSON), 400, "VALIDATION_ERROR")
     assert reply["error"]["details"]["max_digits"] == 100
 
 
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e999", "-1E+400", "0.5e99999"])
-@pytest.mark.parametrize(("path", "body"), [
-    ("/jobs", '{"template_id": "t", "seed_id": "s", "num_records": 1, "budget_limit": %s}'),
-    ("/templates", '{"name": "t", "steps": [{"id": "a", "model": "openai/m", "prompt": "p",'
-                   ' "parameters": {"temperature": %s}}]}'),
-    ("/templates", '{"name": "t", "steps": [{"id": "a", "model": "openai/m", "prompt": "p"}], "x": [%s]}'),
-])
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/jobs", '{"template_id": "t", "seed_id": "s", "num_records": 1, "budget_limit": %s}'),
+        (
+            "/templates",
+            '{"name": "t", "steps": [{"id": "a", "model": "openai/m", "prompt": "p",'
+            ' "parameters": {"temperature": %s}}]}',
+        ),
+        ("/templates", '{"name": "t", "steps": [{"id": "a", "model": "openai/m", "prompt": "p"}], "x": [%s]}'),
+    ],
+)
 def test_a_non_finite_number_answers_400(alice: httpx.Client, path: str, body: str, number: str) -> None:
     """Python's parser reads NaN, Infinity and 1e999 (as inf); strict JSON has none of them."""
     sent = alice.post(path, content=(body % number).encode(), headers=JSON)
@@ -131,14 +153,17 @@ def test_nan_inside_a_string_is_text(alice: httpx.Client) -> None:
     assert alice.post("/templates", json={"name": "NaN", "steps": steps}).status_code == 201
 
 
-@pytest.mark.parametrize(("method", "path", "allowed"), [
-    ("PATCH", "/templates/tpl_x", "DELETE, GET, PUT"),
-    ("POST", "/templates/tpl_x", "DELETE, GET, PUT"),
-    ("DELETE", "/templates", "GET, POST"),
-    ("PUT", "/jobs", "GET, POST"),
-    ("POST", "/costs", "GET"),
-    ("PATCH", "/health", "GET"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PATCH", "/templates/tpl_x", "DELETE, GET, PUT"),
+        ("POST", "/templates/tpl_x", "DELETE, GET, PUT"),
+        ("DELETE", "/templates", "GET, POST"),
+        ("PUT", "/jobs", "GET, POST"),
+        ("POST", "/costs", "GET"),
+        ("PATCH", "/health", "GET"),
+    ],
+)
 def test_a_method_the_path_does_not_take_answers_405_with_allow(
     alice: httpx.Client, method: str, path: str, allowed: str
 ) -> None:
@@ -169,14 +194,25 @@ def test_garbage_cost_dates_answer_400(alice: httpx.Client, query: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT"])
-@pytest.mark.parametrize("query", [
-    f"expires={HUGE}&signature=x", f"expires=1&max_bytes={HUGE}&signature=x", "expires=abc&signature=%ff",
-    "expires=-1", "", "expires=1&expires=2&signature=" + "a" * 5000,
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"expires={HUGE}&signature=x",
+        f"expires=1&max_bytes={HUGE}&signature=x",
+        "expires=abc&signature=%ff",
+        "expires=-1",
+        "",
+        "expires=1&expires=2&signature=" + "a" * 5000,
+    ],
+)
 def test_garbage_blob_url_parameters_answer_400_or_403(served: Served, method: str, query: str) -> None:
-    response = httpx.request(method, f"{served.base}/blobs/seeds/alice/x.csv?{query}", content=b"x" if method == "PUT" else None, timeout=30)
+    response = httpx.request(
+        method, f"{served.base}/blobs/seeds/alice/x.csv?{query}", content=b"x" if method == "PUT" else None, timeout=30
+    )
     assert response.status_code in (400, 403), response.text[:300]
-    assert_error_shape(response, response.status_code, "VALIDATION_ERROR" if response.status_code == 400 else "FORBIDDEN")
+    assert_error_shape(
+        response, response.status_code, "VALIDATION_ERROR" if response.status_code == 400 else "FORBIDDEN"
+    )
 
 
 def _raw_request(served: Served, request: bytes) -> bytes:
@@ -192,14 +228,19 @@ def _raw_request(served: Served, request: bytes) -> bytes:
     return reply
 
 
-@pytest.mark.parametrize(("path", "header", "status"), [
-    ("/health", b"X-Anything: \xff\xfe\x80", b"200"),
-    ("/health", b"X-Correlation-Id: \xc3\x28", b"200"),
-    ("/jobs", b"Authorization: Bearer \xff\xfe", b"401"),
-    ("/jobs", b"X-Request-Id: \xff", b"401"),
-])
+@pytest.mark.parametrize(
+    ("path", "header", "status"),
+    [
+        ("/health", b"X-Anything: \xff\xfe\x80", b"200"),
+        ("/health", b"X-Correlation-Id: \xc3\x28", b"200"),
+        ("/jobs", b"Authorization: Bearer \xff\xfe", b"401"),
+        ("/jobs", b"X-Request-Id: \xff", b"401"),
+    ],
+)
 def test_a_non_utf8_header_byte_never_answers_500(served: Served, path: str, header: bytes, status: bytes) -> None:
-    reply = _raw_request(served, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+    reply = _raw_request(
+        served, b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n"
+    )
     assert reply.split(b" ", 2)[1] == status, reply[:300]
 
 
@@ -218,11 +259,14 @@ def test_openapi_json_is_served_without_a_token(served: Served) -> None:
             assert no_content is None or "content" not in no_content, (method, route)
 
 
-@pytest.mark.parametrize(("content_type", "body", "status"), [
-    ("text/plain", '{"name": "x"}', 415),
-    ("application/json", "[" * DEEP + "]" * DEEP, 400),
-    ("application/json", f'{{"num_records": {HUGE}}}', 400),
-])
+@pytest.mark.parametrize(
+    ("content_type", "body", "status"),
+    [
+        ("text/plain", '{"name": "x"}', 415),
+        ("application/json", "[" * DEEP + "]" * DEEP, 400),
+        ("application/json", f'{{"num_records": {HUGE}}}', 400),
+    ],
+)
 def test_the_lambda_facade_refuses_the_same_bodies(content_type: str, body: str, status: int) -> None:
     """The checks run in the resolver, so each service's Lambda refuses them too."""
     from palette.api.app import build_app
@@ -238,10 +282,16 @@ def test_the_lambda_facade_refuses_the_same_bodies(content_type: str, body: str,
 
 def test_a_problem_of_the_whole_body_is_named_as_the_request(alice: httpx.Client) -> None:
     # giving both spellings of the output options is a problem of no single field
-    reply = alice.post("/jobs", json={
-        "template_id": "t1", "num_records": 1, "budget_limit": 1, "output_format": "JSONL",
-        "export_config": {"formats": ["JSONL"]},
-    })
+    reply = alice.post(
+        "/jobs",
+        json={
+            "template_id": "t1",
+            "num_records": 1,
+            "budget_limit": 1,
+            "output_format": "JSONL",
+            "export_config": {"formats": ["JSONL"]},
+        },
+    )
     assert reply.status_code == 400, reply.text
     message = reply.json()["error"]["message"]
     assert message.startswith("invalid request: ") and "not both" in message, message

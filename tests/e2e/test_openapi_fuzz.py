@@ -70,16 +70,23 @@ def test_no_operation_answers_5xx_or_an_undeclared_status(fuzzed: tuple[Served, 
     assert len(operations) >= 16
 
     for operation in operations:
+
         @settings(
-            max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
-            suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate],
+            max_examples=MAX_EXAMPLES,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            phases=[Phase.explicit, Phase.generate],
         )
         @given(case=operation.as_strategy(generation_mode=GenerationMode(mode)).map(with_fake_model))
         def fuzz(case: Case) -> None:
             try:
                 response = case.call_and_validate(
-                    base_url=served.base, headers={"Authorization": f"Bearer {token}"},
-                    checks=[not_a_server_error, status_code_conformance], timeout=30,
+                    base_url=served.base,
+                    headers={"Authorization": f"Bearer {token}"},
+                    checks=[not_a_server_error, status_code_conformance],
+                    timeout=30,
                 )
             except Exception as failure:  # a failed check, or no answer at all
                 failures.append(f"{case.operation.label}: {str(failure)[:600]}")

@@ -45,7 +45,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "palette.cli", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "POWERTOOLS_LOG_LEVEL": "ERROR"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "POWERTOOLS_LOG_LEVEL": "ERROR"},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -62,7 +64,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 def _client(base: str, data_dir: Path, user: str) -> httpx.Client:
     token = subprocess.run(
         [sys.executable, "-m", "palette.cli", "token", "create", "--user", user, "--data-dir", str(data_dir)],
-        check=True, capture_output=True, text=True, timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout.strip()
     return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 

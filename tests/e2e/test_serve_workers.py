@@ -27,10 +27,7 @@ STEP = {"id": "question", "model": "openai/fake-model", "prompt": "Ask about {{ 
 def _generation(data_dir: Path, job_id: str) -> list[object]:
     adapters = local_adapters(data_dir)
     try:
-        return [
-            s.decode()
-            for s in adapters.events.read_stream(generation_stream(job_id))
-        ]
+        return [s.decode() for s in adapters.events.read_stream(generation_stream(job_id))]
     finally:
         adapters.close()
 
@@ -40,13 +37,30 @@ def test_serve_takes_its_lease_from_the_environment_and_releases_its_jobs_on_sig
     port = free_port()
     with FakeOpenAIServer(latency_s=0.05) as fake:
         env = {
-            **os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "test",
-            "POWERTOOLS_LOG_LEVEL": "WARNING", "PALETTE_LEASE_SECONDS": "7", "PYTHONPATH": str(REPO),
+            **os.environ,
+            "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_API_KEY": "test",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+            "PALETTE_LEASE_SECONDS": "7",
+            "PYTHONPATH": str(REPO),
         }
         process = subprocess.Popen(
-            [sys.executable, "-m", "palette.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
-             "--grace", "2"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "palette.cli",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--port",
+                str(port),
+                "--grace",
+                "2",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         try:
             base = f"http://127.0.0.1:{port}"
@@ -54,15 +68,23 @@ def test_serve_takes_its_lease_from_the_environment_and_releases_its_jobs_on_sig
             token = local_tokens(data_dir).issue("alice")
             with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as alice:
                 template_id, seed_id = template_and_seed(alice, [STEP])
-                created = alice.post("/jobs", json={
-                    "template_id": template_id, "seed_id": seed_id, "num_records": 5000, "budget_limit": 50,
-                    "output_format": ["JSONL"],
-                })
+                created = alice.post(
+                    "/jobs",
+                    json={
+                        "template_id": template_id,
+                        "seed_id": seed_id,
+                        "num_records": 5000,
+                        "budget_limit": 50,
+                        "output_format": ["JSONL"],
+                    },
+                )
                 assert created.status_code == 201, created.text
                 job_id = created.json()["job_id"]
             wait_for(
                 lambda: any(isinstance(e, BatchGenerated) for e in _generation(data_dir, job_id)),
-                timeout=60, interval=0.2, what="a first batch",
+                timeout=60,
+                interval=0.2,
+                what="a first batch",
             )
 
             process.send_signal(signal.SIGTERM)

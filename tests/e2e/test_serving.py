@@ -55,7 +55,8 @@ def test_concurrent_requests_of_different_users_each_see_their_own(served: Serve
     tokens = {user: served.token(user) for user in ("alice", "bob", "carol")}
     for user, token in tokens.items():
         created = httpx.post(
-            f"{served.base}/templates", headers={"Authorization": f"Bearer {token}"},
+            f"{served.base}/templates",
+            headers={"Authorization": f"Bearer {token}"},
             json={"name": f"{user}'s", "steps": [{"id": "s", "model": "openai/m", "prompt": "Say {{ x }}"}]},
         )
         assert created.status_code == 201, created.text
@@ -63,9 +64,9 @@ def test_concurrent_requests_of_different_users_each_see_their_own(served: Serve
     async def burst() -> list[tuple[str, httpx.Response]]:
         async with httpx.AsyncClient(base_url=served.base, timeout=15) as client:
             users = [user for _ in range(CONCURRENT // 3) for user in tokens]
-            answers = await asyncio.gather(*(
-                client.get("/templates", headers={"Authorization": f"Bearer {tokens[user]}"}) for user in users
-            ))
+            answers = await asyncio.gather(
+                *(client.get("/templates", headers={"Authorization": f"Bearer {tokens[user]}"}) for user in users)
+            )
             return list(zip(users, answers, strict=True))
 
     for user, response in asyncio.run(burst()):
@@ -138,8 +139,10 @@ def test_the_correlation_id_is_the_clients_when_well_formed_else_the_request_id(
         created = {e.stream_id: e for e in events.read_all(0, 1000, detail_types=["TemplateCreated"])}
     finally:
         events.close()
-    correlation = {name: created[template_stream(r.json()['id'])].correlation_id for name, r in
-                   (("sent", sent), ("bare", bare), ("huge", huge))}
+    correlation = {
+        name: created[template_stream(r.json()["id"])].correlation_id
+        for name, r in (("sent", sent), ("bare", bare), ("huge", huge))
+    }
     assert correlation["sent"] == "flow-42"
     assert correlation["bare"] == bare.headers["x-request-id"]
     assert correlation["huge"] == huge.headers["x-request-id"]
@@ -160,7 +163,8 @@ def test_allowed_origins_get_preflights_answered_without_a_token(tmp_path: Path)
         preflight = httpx.options(
             f"{running.base}/templates",
             headers={
-                "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
                 "Access-Control-Request-Headers": "authorization,content-type",
             },
         )
@@ -194,7 +198,9 @@ def test_a_body_that_is_not_utf8_and_a_header_that_is_not_are_4xx_not_500(served
     with odd_header:
         assert _read_response(odd_header)[0] == 200
     alice = served.client("alice")
-    response = alice.post("/templates", content=b'{"name": "\xff\xfe", "steps": []}', headers={"content-type": "application/json"})
+    response = alice.post(
+        "/templates", content=b'{"name": "\xff\xfe", "steps": []}', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "VALIDATION_ERROR"
 

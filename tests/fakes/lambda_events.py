@@ -13,20 +13,22 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 def sqs_batch(bodies: list[Any], queue: str = "palette-queue") -> dict[str, Any]:
     """An SQS event as an event source mapping delivers it: one record per body (a string
     as is, anything else as JSON), each with its own message id."""
-    return {"Records": [
-        {
-            "messageId": str(uuid.uuid4()),
-            "receiptHandle": "handle",
-            "body": body if isinstance(body, str) else json.dumps(body),
-            "attributes": {"ApproximateReceiveCount": "1"},
-            "messageAttributes": {},
-            "md5OfBody": "",
-            "eventSource": "aws:sqs",
-            "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
-            "awsRegion": "us-east-1",
-        }
-        for body in bodies
-    ]}
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": "handle",
+                "body": body if isinstance(body, str) else json.dumps(body),
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:us-east-1:123456789012:{queue}",
+                "awsRegion": "us-east-1",
+            }
+            for body in bodies
+        ]
+    }
 
 
 @dataclass

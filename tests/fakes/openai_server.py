@@ -123,7 +123,9 @@ class FakeBehaviour:
         with self._lock:
             return self._replies.popleft() if self._replies else None
 
-    def set_rates(self, throttle_rate: float | None = None, error_rate: float | None = None, seed: int | None = None) -> None:
+    def set_rates(
+        self, throttle_rate: float | None = None, error_rate: float | None = None, seed: int | None = None
+    ) -> None:
         """Random 429s and 500s at these rates, drawn from an RNG seeded with `seed`."""
         with self._lock:
             if throttle_rate is not None:
@@ -301,7 +303,9 @@ class FakeOpenAIApp:
             await _send_json(send, 200, behaviour.bill(_completion(request, content)))
 
 
-async def _send_raw(send: Any, status: int, payload: bytes, content_type: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+async def _send_raw(
+    send: Any, status: int, payload: bytes, content_type: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(payload)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
@@ -387,9 +391,21 @@ class FakeOpenAIServer:
             return
         sock.close()
         b = self.behaviour
-        args = [sys.executable, "-m", "tests.fakes.openai_server", "--port", str(self.port),
-                "--latency", str(b.latency_s), "--hang", str(b.hang_s),
-                "--throttle-rate", str(b.throttle_rate), "--error-rate", str(b.error_rate)]
+        args = [
+            sys.executable,
+            "-m",
+            "tests.fakes.openai_server",
+            "--port",
+            str(self.port),
+            "--latency",
+            str(b.latency_s),
+            "--hang",
+            str(b.hang_s),
+            "--throttle-rate",
+            str(b.throttle_rate),
+            "--error-rate",
+            str(b.error_rate),
+        ]
         if self._api_key is not None:
             args += ["--api-key", self._api_key]
         self._process = subprocess.Popen(args)
@@ -424,7 +440,9 @@ class FakeOpenAIServer:
             return
         import httpx
 
-        httpx.post(f"http://127.0.0.1:{self.port}{CONTROL_PATH}", json={"method": method, "kwargs": kwargs}).raise_for_status()
+        httpx.post(
+            f"http://127.0.0.1:{self.port}{CONTROL_PATH}", json={"method": method, "kwargs": kwargs}
+        ).raise_for_status()
 
     def fail_next(self, n: int = 1, status: int = 500, retry_after: float | None = None) -> None:
         self._control("fail_next", n=n, status=status, retry_after=retry_after)
@@ -441,7 +459,9 @@ class FakeOpenAIServer:
     def reply_next(self, content: str, n: int = 1) -> None:
         self._control("reply_next", content=content, n=n)
 
-    def set_rates(self, throttle_rate: float | None = None, error_rate: float | None = None, seed: int | None = None) -> None:
+    def set_rates(
+        self, throttle_rate: float | None = None, error_rate: float | None = None, seed: int | None = None
+    ) -> None:
         self._control("set_rates", throttle_rate=throttle_rate, error_rate=error_rate, seed=seed)
 
     def set_latency(self, latency_s: float) -> None:

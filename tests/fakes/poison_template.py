@@ -15,7 +15,11 @@ def append_poison_template(events: EventStore, owner: str = "mallory", template_
     """A TemplateCreated whose name holds NUL, written straight to the log as an old event
     or an import would have it (`model_construct`: no validation may stop it here)."""
     detail = TemplateCreated.model_construct(
-        template_id=template_id, owner=owner, name=POISON_NAME, description="", is_public=True,
+        template_id=template_id,
+        owner=owner,
+        name=POISON_NAME,
+        description="",
+        is_public=True,
         steps=[TemplateStep(id="q", model="local/gemma-3-270m", prompt="Ask about {{ topic }}")],
         required_fields=["topic"],
     )

@@ -11,7 +11,8 @@ from botocore.config import Config
 def streams_client(endpoint_url: str | None = None) -> Any:
     """A DynamoDB Streams client moto can route (see AWS-NOTES: account-scoped endpoints)."""
     return boto3.client(
-        "dynamodbstreams", endpoint_url=endpoint_url,
+        "dynamodbstreams",
+        endpoint_url=endpoint_url,
         config=Config(account_id_endpoint_mode="disabled"),
     )
 

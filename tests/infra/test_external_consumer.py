@@ -69,8 +69,13 @@ def aws() -> Iterator[dict[str, Any]]:
 
 
 def _stream_of(source: str) -> str:
-    return {"palette.jobs": streams.JOB, "palette.generator": streams.GENERATION, "palette.billing": streams.LEDGER,
-            "palette.seeds": streams.SEED, "palette.templates": streams.TEMPLATE}.get(source, "other-") + "1"
+    return {
+        "palette.jobs": streams.JOB,
+        "palette.generator": streams.GENERATION,
+        "palette.billing": streams.LEDGER,
+        "palette.seeds": streams.SEED,
+        "palette.templates": streams.TEMPLATE,
+    }.get(source, "other-") + "1"
 
 
 def _drain(sqs: Any, url: str) -> list[dict[str, Any]]:
@@ -120,8 +125,9 @@ def test_every_published_event_validates_against_its_schema(aws: dict[str, Any])
     sqs, events = aws["sqs"], boto3.client("events")
     url = sqs.create_queue(QueueName="external-all")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    events.put_rule(Name="external-all", EventBusName=BUS,
-                    EventPattern=json.dumps({"source": [{"prefix": "palette."}]}))
+    events.put_rule(
+        Name="external-all", EventBusName=BUS, EventPattern=json.dumps({"source": [{"prefix": "palette."}]})
+    )
     events.put_targets(Rule="external-all", EventBusName=BUS, Targets=[{"Id": "q", "Arn": arn}])
     for n, event in enumerate(SAMPLES.values()):
         aws["store"].append(f"{_stream_of(event.source)}-{n}", [NewEvent(event)], 0)

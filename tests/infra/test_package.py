@@ -51,7 +51,10 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _import_all(artifact: Path) -> dict:
     result = subprocess.run(
         [sys.executable, "-B", "-I", "-S", "-c", IMPORT_EVERYTHING, str(artifact), json.dumps(site.getsitepackages())],
-        capture_output=True, text=True, timeout=300, cwd=artifact,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=artifact,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -63,8 +66,7 @@ def test_artifact_imports_no_other_service(artifacts: dict[str, Path], name: str
     report = _import_all(artifact)
     assert not report["failures"], report["failures"]
     others = sorted(
-        module for module in report["modules"]
-        if module.startswith("services.") and module.split(".")[1] != name
+        module for module in report["modules"] if module.startswith("services.") and module.split(".")[1] != name
     )
     assert others == []
     for module, path in report["modules"].items():
@@ -89,5 +91,7 @@ def test_artifact_holds_only_its_service(artifacts: dict[str, Path], name: str) 
     with zipfile.ZipFile(artifact.parent / f"{name}.zip") as bundle:
         listed = set(bundle.namelist())
     assert "requirements.txt" in listed
-    assert all(not n.startswith("services/") or n == "services/__init__.py"
-               or n.startswith(f"services/{name}/") for n in listed)
+    assert all(
+        not n.startswith("services/") or n == "services/__init__.py" or n.startswith(f"services/{name}/")
+        for n in listed
+    )

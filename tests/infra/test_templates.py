@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("templates", "seeds", "jobs", "billing", "generator")
 TEMPLATES = ("shared", *SERVICES)
 STREAM_PREFIX = {
-    "templates": streams.TEMPLATE, "seeds": streams.SEED, "jobs": streams.JOB, "billing": streams.LEDGER,
+    "templates": streams.TEMPLATE,
+    "seeds": streams.SEED,
+    "jobs": streams.JOB,
+    "billing": streams.LEDGER,
     "generator": streams.GENERATION,
 }
 PROJECTION_PREFIX = {"templates": "templates_", "jobs": "jobs_", "billing": "billing_"}
@@ -62,7 +65,9 @@ def statements(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]
                     documents.append(policy["PolicyDocument"])
                 elif isinstance(policy, dict) and "Fn::If" in policy:
                     documents.extend(
-                        p["PolicyDocument"] for p in policy["Fn::If"][1:] if isinstance(p, dict) and "PolicyDocument" in p
+                        p["PolicyDocument"]
+                        for p in policy["Fn::If"][1:]
+                        if isinstance(p, dict) and "PolicyDocument" in p
                     )
         if resource["Type"] == "AWS::Serverless::Function":
             for policy in props.get("Policies", []):
@@ -131,7 +136,8 @@ def test_event_table_is_laid_out_as_create_table_makes_it() -> None:
 def test_tracking_table_is_keyed_as_the_read_model_store_expects() -> None:
     table = load("shared")["Resources"]["TrackingTable"]["Properties"]
     assert table["KeySchema"] == [
-        {"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"},
+        {"AttributeName": "pk", "KeyType": "HASH"},
+        {"AttributeName": "sk", "KeyType": "RANGE"},
     ]
     assert {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]} == {"pk": "S", "sk": "S"}
 
@@ -146,7 +152,8 @@ def test_outbox_pipe_runs_the_stream_through_the_publisher() -> None:
     assert stream["StartingPosition"] == "TRIM_HORIZON"
     (filter_,) = pipe["SourceParameters"]["FilterCriteria"]["Filters"]
     assert json.loads(filter_["Pattern"]) == {
-        "eventName": ["INSERT"], "dynamodb": {"NewImage": {"version": {"N": [{"anything-but": "0"}]}}},
+        "eventName": ["INSERT"],
+        "dynamodb": {"NewImage": {"version": {"N": [{"anything-but": "0"}]}}},
     }
     publisher = template["Resources"]["PublisherFunction"]["Properties"]
     module, function = publisher["Handler"].rsplit(".", 1)
@@ -195,7 +202,9 @@ def test_service_stacks_import_only_what_shared_exports() -> None:
     exported = {o["Export"]["Name"]["Fn::Sub"] for o in load("shared")["Outputs"].values() if "Export" in o}
     for service in SERVICES:
         text = (INFRA / f"{service}.yaml").read_text()
-        imported = {line.split("Fn::Sub:")[1].strip() for line in text.splitlines() if "Fn::Sub: palette-${Env}-" in line}
+        imported = {
+            line.split("Fn::Sub:")[1].strip() for line in text.splitlines() if "Fn::Sub: palette-${Env}-" in line
+        }
         assert imported, service
         assert imported <= exported, (service, imported - exported)
 
@@ -247,7 +256,8 @@ def test_rules_retry_and_dead_letter_into_queues_with_dlqs(service: str) -> None
         redrive = queues[queue]["Properties"]["RedrivePolicy"]
         assert redrive["deadLetterTargetArn"]["Fn::GetAtt"][0] in queues
         policies = [
-            p for p in resources(template, "AWS::SQS::QueuePolicy").values()
+            p
+            for p in resources(template, "AWS::SQS::QueuePolicy").values()
             if p["Properties"]["Queues"] == [{"Ref": queue}]
         ]
         (policy,) = policies
@@ -263,8 +273,10 @@ def test_handlers_exist_and_bus_consumers_report_batch_item_failures(service: st
         module, attribute = props["Handler"].rsplit(".", 1)
         assert module.startswith(f"services.{service}."), name
         assert callable(getattr(importlib.import_module(module), attribute)), name
-        assert props.get("CodeUri", template["Globals"]["Function"]["CodeUri"] if "Globals" in template else None) \
+        assert (
+            props.get("CodeUri", template["Globals"]["Function"]["CodeUri"] if "Globals" in template else None)
             == f"../build/package/{service}"
+        )
         for event in props.get("Events", {}).values():
             if event["Type"] == "SQS":
                 assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
@@ -329,12 +341,19 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
     append = by_sid["AppendToOwnStreams"]
     failures = [f"{streams.PROJECTION}{PROJECTION_PREFIX[service]}*"] if service in PROJECTION_PREFIX else []
     assert append["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == [
-        f"{STREAM_PREFIX[service]}*", *failures, "$position", "$event-id#*",
+        f"{STREAM_PREFIX[service]}*",
+        *failures,
+        "$position",
+        "$event-id#*",
     ]  # a service's views record ProjectionFailed on projection-<view>
     for _, statement in found:
         actions = set(listed(statement["Action"]))
         assert "events:PutEvents" not in actions  # only the publisher puts events
-        writes = {a for a in actions if a.startswith("dynamodb:") and a.split(":")[1].startswith(("Put", "Update", "Delete", "BatchWrite"))}
+        writes = {
+            a
+            for a in actions
+            if a.startswith("dynamodb:") and a.split(":")[1].startswith(("Put", "Update", "Delete", "BatchWrite"))
+        }
         if writes and statement["Sid"] == "RateLimitBuckets":
             assert statement["Resource"] == {"Fn::ImportValue": {"Fn::Sub": "palette-${Env}-RateLimitTableArn"}}
             continue
@@ -369,8 +388,11 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
 def _projection_names(service: str) -> list[str]:
     module = importlib.import_module(f"services.{service}.projections")
     return [
-        name for cls in vars(module).values()
-        if inspect.isclass(cls) and cls.__module__ == module.__name__ and isinstance(name := getattr(cls, "name", None), str)
+        name
+        for cls in vars(module).values()
+        if inspect.isclass(cls)
+        and cls.__module__ == module.__name__
+        and isinstance(name := getattr(cls, "name", None), str)
         and hasattr(cls, "detail_types")
     ]
 
@@ -425,7 +447,8 @@ def test_each_api_is_throttled_and_guarded_per_caller(service: str) -> None:
     assert variables[PARAMETER_ENV] == {"Fn::ImportValue": {"Fn::Sub": "palette-${Env}-GuardConfigParameterName"}}
     guard = template["Resources"]["ApiGuardAccess"]["Properties"]["PolicyDocument"]["Statement"]
     assert {s["Sid"]: s["Action"] for s in guard} == {
-        "RateLimitBuckets": ["dynamodb:GetItem", "dynamodb:UpdateItem"], "GuardSettings": "ssm:GetParameter",
+        "RateLimitBuckets": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+        "GuardSettings": "ssm:GetParameter",
     }
     for name, function in resources(template, "AWS::Serverless::Function").items():
         api = function["Properties"]["Handler"].endswith(".handler") and any(
@@ -492,8 +515,9 @@ def test_idempotency_table_is_keyed_as_powertools_expects() -> None:
 @pytest.mark.parametrize("service", sorted(IDEMPOTENT_CONSUMERS))
 def test_consumers_with_side_effects_get_the_idempotency_table(service: str) -> None:
     functions = resources(load(service), "AWS::Serverless::Function")
-    (consumer,) = [f["Properties"] for f in functions.values()
-                   if f["Properties"]["Handler"] == IDEMPOTENT_CONSUMERS[service]]
+    (consumer,) = [
+        f["Properties"] for f in functions.values() if f["Properties"]["Handler"] == IDEMPOTENT_CONSUMERS[service]
+    ]
     assert {"Ref": "IdempotencyAccess"} in consumer["Policies"]
     assert consumer["Environment"]["Variables"]["PALETTE_IDEMPOTENCY_TABLE"] == {
         "Fn::ImportValue": {"Fn::Sub": "palette-${Env}-IdempotencyTableName"}

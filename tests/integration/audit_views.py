@@ -45,5 +45,10 @@ def findings(report: Any) -> tuple[Any, ...]:
     """What two verify runs must agree on, in a comparable order."""
     return (
         sorted((v.check, v.stream_id, v.version, v.position, v.event_id, v.message) for v in report.violations),
-        report.events, report.streams, report.jobs, report.last_position, report.digest, sorted(report.pending),
+        report.events,
+        report.streams,
+        report.jobs,
+        report.last_position,
+        report.digest,
+        sorted(report.pending),
     )

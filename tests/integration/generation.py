@@ -36,15 +36,21 @@ REPO = Path(__file__).resolve().parents[2]
 OWNER = "alice"
 TOPICS = [{"topic": f"topic {i}", "level": i % 3} for i in range(40)]
 QUESTION = TemplateStep(
-    id="question", model="openai/fake-model", prompt="Ask a question about {{ topic }} at level {{ level }}.",
+    id="question",
+    model="openai/fake-model",
+    prompt="Ask a question about {{ topic }} at level {{ level }}.",
     parameters={"max_tokens": 64, "temperature": 0.7},
 )
 ANSWER = TemplateStep(
-    id="answer", model="openai/fake-model", prompt="Answer this: {{ steps.question.output }}",
+    id="answer",
+    model="openai/fake-model",
+    prompt="Answer this: {{ steps.question.output }}",
     parameters={"max_tokens": 128},
 )
 STRUCTURED_ANSWER = TemplateStep(
-    id="answer", model="openai/fake-model", prompt="Answer as JSON: {{ steps.question.output }}",
+    id="answer",
+    model="openai/fake-model",
+    prompt="Answer as JSON: {{ steps.question.output }}",
     output_schema={
         "type": "object",
         "properties": {"answer": {"type": "string"}, "confidence": {"type": "number"}},
@@ -74,16 +80,18 @@ def request_job(
     """A template, an uploaded and validated seed, and a JobRequested (with `job_fields`
     added); the job id."""
     return scenario.request_job(
-        adapters, num_records, steps, owner=owner, formats=formats,
-        partition_strategy=partition_strategy, **job_fields,
+        adapters,
+        num_records,
+        steps,
+        owner=owner,
+        formats=formats,
+        partition_strategy=partition_strategy,
+        **job_fields,
     )
 
 
 def generation_events(adapters: Adapters, job_id: str) -> list[DomainEvent]:
-    return [
-        s.decode()
-        for s in adapters.events.read_stream(generation_stream(job_id))
-    ]
+    return [s.decode() for s in adapters.events.read_stream(generation_stream(job_id))]
 
 
 def of_type(events: list[DomainEvent], kind: type[DomainEvent]) -> list[Any]:
@@ -113,8 +121,12 @@ def run_worker(
         gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key=api_key, timeout=timeout)
         try:
             worker = GenerationWorker(
-                adapters.events, adapters.blobs, gateway, options=WorkerOptions(**settings),
-                budget=budget, content_filter=content_filter,
+                adapters.events,
+                adapters.blobs,
+                gateway,
+                options=WorkerOptions(**settings),
+                budget=budget,
+                content_filter=content_filter,
                 clock=lambda: datetime.now(UTC) + ahead,
             )
             return await worker.run_job(job_id, stop)

@@ -80,8 +80,11 @@ class Facade:
                 "apiId": "api",
                 "domainName": "api.example.com",
                 "http": {
-                    "method": method, "path": path, "protocol": "HTTP/1.1",
-                    "sourceIp": "127.0.0.1", "userAgent": "pytest",
+                    "method": method,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "127.0.0.1",
+                    "userAgent": "pytest",
                 },
                 "requestId": request_id,
                 "routeKey": "$default",
@@ -147,7 +150,8 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Generator[Facade]:
             TableName="palette-projection-tracking",
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
             AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"},
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
             ],
             BillingMode="PAY_PER_REQUEST",
         )
@@ -169,24 +173,41 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Generator[Facade]:
             result = lambda_handler.project(sqs_batch([bus_event(e) for e in reversed(fresh)]), fake_context())
             assert result == {"batchItemFailures": []}
 
-        yield Facade(
-            "aws", lambda event: lambda_handler.handler(event, fake_context()), events, identify, sync
-        )
+        yield Facade("aws", lambda event: lambda_handler.handler(event, fake_context()), events, identify, sync)
         _forget_containers()
 
 
 def _forget_containers() -> None:
     """A cold start: the next invocation builds its adapters from the environment again."""
-    for cached in (lambda_handler.adapters, lambda_handler.api, lambda_handler.projection_runners,
-                   lambda_handler.enhancer):
+    for cached in (
+        lambda_handler.adapters,
+        lambda_handler.api,
+        lambda_handler.projection_runners,
+        lambda_handler.enhancer,
+    ):
         cached.cache_clear()
 
 
 def request_job(events: EventStore, template_id: str, job_id: str = "job-1", owner: str = "alice") -> None:
-    events.append(job_stream(job_id), [NewEvent(JobRequested(
-        job_id=job_id, owner=owner, template_id=template_id, template_version=1, seed_id="seed-1",
-        num_records=10, budget_limit="5", output_formats=[OutputFormat.JSONL],
-    ), actor=owner)], expected_version=0)
+    events.append(
+        job_stream(job_id),
+        [
+            NewEvent(
+                JobRequested(
+                    job_id=job_id,
+                    owner=owner,
+                    template_id=template_id,
+                    template_version=1,
+                    seed_id="seed-1",
+                    num_records=10,
+                    budget_limit="5",
+                    output_formats=[OutputFormat.JSONL],
+                ),
+                actor=owner,
+            )
+        ],
+        expected_version=0,
+    )
 
 
 def delete_job(events: EventStore, job_id: str = "job-1") -> None:

@@ -29,8 +29,9 @@ class _Resolver:
         return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": "{}"}
 
 
-async def _call(app: PooledResolver, method: str, path: str, chunks: list[bytes] | None = None,
-                endless: bytes | None = None) -> tuple[int, dict[str, str], Any, int]:
+async def _call(
+    app: PooledResolver, method: str, path: str, chunks: list[bytes] | None = None, endless: bytes | None = None
+) -> tuple[int, dict[str, str], Any, int]:
     """One request through the ASGI app: status, headers, JSON body, body bytes it read."""
     consumed = 0
     queued = list(chunks or [b""])
@@ -45,7 +46,14 @@ async def _call(app: PooledResolver, method: str, path: str, chunks: list[bytes]
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": method, "path": path, "headers": [], "query_string": b"", "client": ("127.0.0.1", 1)}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": [],
+        "query_string": b"",
+        "client": ("127.0.0.1", 1),
+    }
     await app(scope, receive, send)
     headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
     body = b"".join(m.get("body", b"") for m in sent[1:])
@@ -62,7 +70,9 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit_without_reading_the_
     finally:
         pool.close()
     assert status == 413
-    assert body["error"]["code"] == "PAYLOAD_TOO_LARGE" and body["error"]["details"]["limit_bytes"] == DEFAULT_BODY_LIMIT
+    assert (
+        body["error"]["code"] == "PAYLOAD_TOO_LARGE" and body["error"]["details"]["limit_bytes"] == DEFAULT_BODY_LIMIT
+    )
     assert body["meta"]["request_id"] == headers["x-request-id"]
     assert DEFAULT_BODY_LIMIT < consumed <= DEFAULT_BODY_LIMIT + len(chunk)
     assert resolver.resolved == 0
@@ -102,7 +112,8 @@ def test_readiness_names_the_dependency_that_fails(tmp_path: Path) -> None:
         ready = _get(runtime, "/health/ready")
         assert ready["statusCode"] == 200, ready["body"]
         assert json.loads(ready["body"]) == {
-            "status": "ready", "checks": {"event_store": "ok", "blob_store": "ok", "bus": "ok"}
+            "status": "ready",
+            "checks": {"event_store": "ok", "blob_store": "ok", "bus": "ok"},
         }
         runtime.bus.stop()
         down = _get(runtime, "/health/ready")
@@ -130,7 +141,12 @@ def test_the_request_log_line_carries_the_request_and_correlation_ids(tmp_path: 
     service_logger.disabled = False
     runtime = LocalPalette(tmp_path)
     try:
-        scope = {"method": "GET", "path": "/templates", "headers": [(b"x-correlation-id", b"flow-3")], "query_string": b""}
+        scope = {
+            "method": "GET",
+            "path": "/templates",
+            "headers": [(b"x-correlation-id", b"flow-3")],
+            "query_string": b"",
+        }
         answer = runtime.api.resolve(http_api_event(scope, b"", "req-77"), local_context("req-77"))
     finally:
         runtime.close()
@@ -185,8 +201,14 @@ def test_slow_bodies_from_one_peer_never_take_the_service_from_others() -> None:
             async def send(message: dict[str, Any]) -> None:
                 sent.append(message)
 
-            scope = {"type": "http", "method": "POST", "path": "/templates", "query_string": b"",
-                     "headers": [(b"content-length", b"1000")], "client": ("10.9.9.9", 5)}
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": "/templates",
+                "query_string": b"",
+                "headers": [(b"content-length", b"1000")],
+                "client": ("10.9.9.9", 5),
+            }
             await pool(scope, stalled, send)
             if sent:
                 refused.append(sent[0]["status"])

@@ -98,32 +98,69 @@ def dynamo() -> Iterator[tuple[DynamoDBEventStore, Any]]:
 
 
 def generated(job: str, batch: int, rows: int = 10) -> NewEvent:
-    return NewEvent(BatchGenerated(
-        job_id=job, batch_number=batch, first_record=batch * rows, last_record=batch * rows + rows - 1,
-        blob_key=f"parts/{job}/{batch}", rows=rows, failures=0,
-        token_usage={MODEL: TokenUsage(input_tokens=1000, output_tokens=500, calls=rows)},
-        duration_ms=100, bytes_written=1000,
-    ))
+    return NewEvent(
+        BatchGenerated(
+            job_id=job,
+            batch_number=batch,
+            first_record=batch * rows,
+            last_record=batch * rows + rows - 1,
+            blob_key=f"parts/{job}/{batch}",
+            rows=rows,
+            failures=0,
+            token_usage={MODEL: TokenUsage(input_tokens=1000, output_tokens=500, calls=rows)},
+            duration_ms=100,
+            bytes_written=1000,
+        )
+    )
 
 
 def charged(job: str, batch: int, total: str = "0.10") -> NewEvent:
-    return NewEvent(CostRecorded(
-        job_id=job, batch_number=batch, catalog_version="2026-11", model_tokens=Decimal(total),
-        compute=Decimal(0), storage=Decimal(0), total=Decimal(total), per_model={MODEL: Decimal(total)},
-    ))
+    return NewEvent(
+        CostRecorded(
+            job_id=job,
+            batch_number=batch,
+            catalog_version="2026-11",
+            model_tokens=Decimal(total),
+            compute=Decimal(0),
+            storage=Decimal(0),
+            total=Decimal(total),
+            per_model={MODEL: Decimal(total)},
+        )
+    )
 
 
 def requested(job: str, budget: str = "1") -> NewEvent:
-    return NewEvent(JobRequested(
-        job_id=job, owner="ann", template_id="tpl", template_version=1, seed_id="seed",
-        num_records=20, budget_limit=Decimal(budget), output_formats=[OutputFormat.JSONL],
-    ), actor="ann")
+    return NewEvent(
+        JobRequested(
+            job_id=job,
+            owner="ann",
+            template_id="tpl",
+            template_version=1,
+            seed_id="seed",
+            num_records=20,
+            budget_limit=Decimal(budget),
+            output_formats=[OutputFormat.JSONL],
+        ),
+        actor="ann",
+    )
 
 
 def exported(job: str, rows: int) -> NewEvent:
-    return NewEvent(DatasetExported(job_id=job, rows=rows, files=[ExportedFile(
-        format=OutputFormat.JSONL, blob_key=f"datasets/{job}.jsonl", rows=rows, size_bytes=10, sha256="c" * 64,
-    )]))
+    return NewEvent(
+        DatasetExported(
+            job_id=job,
+            rows=rows,
+            files=[
+                ExportedFile(
+                    format=OutputFormat.JSONL,
+                    blob_key=f"datasets/{job}.jsonl",
+                    rows=rows,
+                    size_bytes=10,
+                    sha256="c" * 64,
+                )
+            ],
+        )
+    )
 
 
 def append(store: EventStore, stream: str, *events: NewEvent) -> None:
@@ -165,7 +202,9 @@ def test_an_edited_payload_in_sqlite_is_named_by_stream_version_and_id(sqlite_st
     assert "exported 400 rows, batches generated 1300" in exports[0].message
 
 
-def test_an_edited_payload_in_dynamodb_is_named_by_stream_version_and_id(dynamo: tuple[DynamoDBEventStore, Any]) -> None:
+def test_an_edited_payload_in_dynamodb_is_named_by_stream_version_and_id(
+    dynamo: tuple[DynamoDBEventStore, Any],
+) -> None:
     store, client = dynamo
     append(store, job_stream("j1"), requested("j1"))
     append(store, generation_stream("j1"), generated("j1", 0), generated("j1", 1))
@@ -175,7 +214,9 @@ def test_an_edited_payload_in_dynamodb_is_named_by_stream_version_and_id(dynamo:
         TableName=TABLE,
         Key={"stream_id": {"S": ledger_stream("j1")}, "version": {"N": "2"}},
         UpdateExpression="SET detail = :d",
-        ExpressionAttributeValues={":d": {"S": store.read_stream(ledger_stream("j1"), 2, 2)[0].detail.replace("0.10", "0.01")}},
+        ExpressionAttributeValues={
+            ":d": {"S": store.read_stream(ledger_stream("j1"), 2, 2)[0].detail.replace("0.10", "0.01")}
+        },
     )
     report = verify_log(store, page_size=3)
     tampered = store.read_stream(ledger_stream("j1"), 2, 2)[0]
@@ -191,7 +232,9 @@ def test_a_rehashed_event_breaks_the_link_to_the_next_one(sqlite_store: SQLiteEv
     forged = first._replace(detail=first.detail.replace('"rows":10', '"rows":11'))
     db = sqlite3.connect(sqlite_store.path)
     with db:
-        db.execute("UPDATE events SET detail = ?, hash = ? WHERE id = ?", (forged.detail, forged.expected_hash(), first.id))
+        db.execute(
+            "UPDATE events SET detail = ?, hash = ? WHERE id = ?", (forged.detail, forged.expected_hash(), first.id)
+        )
     db.close()
     report = verify_log(sqlite_store)
     assert [(v.check, v.stream_id, v.version) for v in report.violations] == [("chain", generation_stream("j1"), 2)]
@@ -292,10 +335,14 @@ def test_an_intact_log_verifies_alike_in_parallel(sqlite_store: SQLiteEventStore
 # -- the Parquet archive -------------------------------------------------------------------
 
 
-def test_export_then_import_reproduces_every_event_byte_for_byte(tmp_path: Path, sqlite_store: SQLiteEventStore) -> None:
+def test_export_then_import_reproduces_every_event_byte_for_byte(
+    tmp_path: Path, sqlite_store: SQLiteEventStore
+) -> None:
     sqlite_store.import_recorded(small_log())
     summary = export_events(sqlite_store, tmp_path / "archive")
-    partitions = sorted(str(p.parent.relative_to(tmp_path / "archive")) for p in (tmp_path / "archive").rglob("*.parquet"))
+    partitions = sorted(
+        str(p.parent.relative_to(tmp_path / "archive")) for p in (tmp_path / "archive").rglob("*.parquet")
+    )
     assert "date=2026-11-02/detail_type=BatchGenerated" in partitions
     columns = pq.ParquetFile(next((tmp_path / "archive").rglob("*.parquet"))).schema_arrow.names
     assert {"id", "stream_id", "version", "position", "hash", "prev_hash", "detail", "actor"} <= set(columns)
@@ -316,7 +363,11 @@ def test_the_columnar_export_writes_what_the_port_export_writes(tmp_path: Path, 
     by_rows = export_events(PortOnly(sqlite_store), tmp_path / "rows", page_size=7)
 
     assert (columnar.events, columnar.digest, columnar.first_position, columnar.last_position) == (
-        by_rows.events, by_rows.digest, by_rows.first_position, by_rows.last_position)
+        by_rows.events,
+        by_rows.digest,
+        by_rows.first_position,
+        by_rows.last_position,
+    )
     assert columnar.digest == verify_log(sqlite_store).digest
     assert read_archive(tmp_path / "columnar")[1].equals(read_archive(tmp_path / "rows")[1])
 
@@ -331,7 +382,9 @@ def test_a_log_value_of_the_wrong_type_fails_the_export_clearly(tmp_path: Path, 
         export_events(sqlite_store, tmp_path / "archive")
 
 
-def test_an_archive_imports_into_dynamodb_with_the_same_hashes(tmp_path: Path, sqlite_store: SQLiteEventStore, dynamo: tuple[DynamoDBEventStore, Any]) -> None:
+def test_an_archive_imports_into_dynamodb_with_the_same_hashes(
+    tmp_path: Path, sqlite_store: SQLiteEventStore, dynamo: tuple[DynamoDBEventStore, Any]
+) -> None:
     sqlite_store.import_recorded(small_log())
     export_events(sqlite_store, tmp_path / "archive")
     store, _ = dynamo
@@ -343,7 +396,7 @@ def test_an_archive_imports_into_dynamodb_with_the_same_hashes(tmp_path: Path, s
 
 
 def test_an_event_too_big_for_a_dynamodb_item_stops_the_import_after_a_valid_prefix(
-    dynamo: tuple[DynamoDBEventStore, Any]
+    dynamo: tuple[DynamoDBEventStore, Any],
 ) -> None:
     log = list(realistic_log(150, batches=4, concurrent=3))
     last = log[-1]
@@ -398,7 +451,9 @@ def test_replay_projects_exactly_the_embedded_runtimes_projections(tmp_path: Pat
     assert [p.name for p in local_projections()] == live
 
 
-def test_a_replay_equals_the_live_views_and_a_diff_names_a_changed_row(tmp_path: Path, sqlite_store: SQLiteEventStore) -> None:
+def test_a_replay_equals_the_live_views_and_a_diff_names_a_changed_row(
+    tmp_path: Path, sqlite_store: SQLiteEventStore
+) -> None:
     sqlite_store.import_recorded(small_log())
     live = live_views(sqlite_store, tmp_path / "projections.db")
     projections = local_projections()
@@ -424,8 +479,10 @@ def test_a_replay_equals_the_live_views_and_a_diff_names_a_changed_row(tmp_path:
 def _tracking(path: Path) -> tuple[list[Any], list[Any]]:
     db = sqlite3.connect(path)
     try:
-        return (db.execute("SELECT * FROM projection_tracking ORDER BY projection").fetchall(),
-                db.execute("SELECT * FROM projection_stream_tracking ORDER BY projection, stream_id").fetchall())
+        return (
+            db.execute("SELECT * FROM projection_tracking ORDER BY projection").fetchall(),
+            db.execute("SELECT * FROM projection_stream_tracking ORDER BY projection, stream_id").fetchall(),
+        )
     finally:
         db.close()
 
@@ -441,8 +498,9 @@ def test_a_replay_split_over_stream_partitions_builds_what_one_process_builds(
     as_of = parse_as_of(log[len(log) // 2].time) if at_half_time else None
     one = replay_into(sqlite_store, projections, tmp_path / "one", workers=1, until=until, as_of=as_of)
     seen: list[int] = []
-    split = replay_into(sqlite_store, projections, tmp_path / "split", workers=workers, until=until, as_of=as_of,
-                        progress=seen.append)
+    split = replay_into(
+        sqlite_store, projections, tmp_path / "split", workers=workers, until=until, as_of=as_of, progress=seen.append
+    )
 
     assert split.applied == one.applied and split.events_read == one.events_read
     assert split.read_by_type == one.read_by_type and sum(one.read_by_type.values()) == one.events_read
@@ -494,8 +552,7 @@ def test_a_replay_that_fails_names_the_projection_and_event_and_leaves_no_file(
     second = next(e for e in log if e.detail_type == "BatchGenerated" and '"batch_number":1,' in e.detail)
 
     with pytest.raises((ProjectionFailed, ReplayError)) as failure:
-        replay_into(sqlite_store, [*local_projections(), FailsOnTheSecondBatch()], tmp_path / "replay",
-                    workers=workers)
+        replay_into(sqlite_store, [*local_projections(), FailsOnTheSecondBatch()], tmp_path / "replay", workers=workers)
 
     assert "fails_on_the_second_batch" in str(failure.value)
     if workers == 1:
@@ -503,7 +560,9 @@ def test_a_replay_that_fails_names_the_projection_and_event_and_leaves_no_file(
     assert not list((tmp_path / "replay").glob("projections.db*"))
 
 
-def test_a_diff_stops_at_the_live_checkpoint_so_lag_is_no_difference(tmp_path: Path, sqlite_store: SQLiteEventStore) -> None:
+def test_a_diff_stops_at_the_live_checkpoint_so_lag_is_no_difference(
+    tmp_path: Path, sqlite_store: SQLiteEventStore
+) -> None:
     log = small_log()
     sqlite_store.import_recorded(log[:40])
     live = live_views(sqlite_store, tmp_path / "projections.db")
@@ -531,13 +590,21 @@ def test_as_of_builds_the_dashboard_as_it_stood_then(tmp_path: Path, sqlite_stor
     store.close()
 
 
-def test_an_in_place_rebuild_swaps_in_views_equal_to_the_incremental_ones(tmp_path: Path, sqlite_store: SQLiteEventStore) -> None:
+def test_an_in_place_rebuild_swaps_in_views_equal_to_the_incremental_ones(
+    tmp_path: Path, sqlite_store: SQLiteEventStore
+) -> None:
     sqlite_store.import_recorded(small_log())
     live = live_views(sqlite_store, tmp_path / "projections.db")
-    before = {p.name: live.connection().execute(f'SELECT * FROM "{documents_table(p)}" ORDER BY 1, 2').fetchall() for p in local_projections()}
+    before = {
+        p.name: live.connection().execute(f'SELECT * FROM "{documents_table(p)}" ORDER BY 1, 2').fetchall()
+        for p in local_projections()
+    }
     runners = [ProjectionRunner(sqlite_store, sqlite_documents(p), live) for p in local_projections()]
     rebuild_live(sqlite_store, runners)
-    after = {p.name: live.connection().execute(f'SELECT * FROM "{documents_table(p)}" ORDER BY 1, 2').fetchall() for p in local_projections()}
+    after = {
+        p.name: live.connection().execute(f'SELECT * FROM "{documents_table(p)}" ORDER BY 1, 2').fetchall()
+        for p in local_projections()
+    }
     assert after == before
     assert all(runner.run_once() == 0 for runner in runners)
     assert not list(tmp_path.glob("projections.*.rebuild-*"))
@@ -554,9 +621,13 @@ def test_an_in_place_rebuild_of_dynamodb_views_equals_the_incremental_ones(sqlit
 
         def documents() -> list[list[dict[str, Any]]]:
             tables = [store.table_names(runner.projection)[DOCUMENTS_TABLE] for runner in runners]
-            return [sorted((item for page in client.get_paginator("scan").paginate(TableName=table)
-                            for item in page["Items"]), key=lambda item: (item["collection"]["S"], item["key"]["S"]))
-                    for table in tables]
+            return [
+                sorted(
+                    (item for page in client.get_paginator("scan").paginate(TableName=table) for item in page["Items"]),
+                    key=lambda item: (item["collection"]["S"], item["key"]["S"]),
+                )
+                for table in tables
+            ]
 
         before = documents()
         summary = rebuild_live(sqlite_store, runners)
@@ -601,8 +672,17 @@ def test_a_double_charge_and_a_mispriced_batch_are_discrepancies(sqlite_store: S
 
 
 def test_a_fan_out_job_completed_with_errors_audits_as_completed_with_errors(sqlite_store: SQLiteEventStore) -> None:
-    append(sqlite_store, job_stream("j1"), requested("j1"), NewEvent(JobCompleted(
-        job_id="j1", records_completed=10, outcome="COMPLETED_WITH_ERRORS", failed_models={MODEL: "MODEL_ERROR"},
-    )))
+    append(
+        sqlite_store,
+        job_stream("j1"),
+        requested("j1"),
+        NewEvent(
+            JobCompleted(
+                job_id="j1",
+                records_completed=10,
+                outcome="COMPLETED_WITH_ERRORS",
+                failed_models={MODEL: "MODEL_ERROR"},
+            )
+        ),
+    )
     assert audit_job(sqlite_store, "j1").reconciliation.status == "COMPLETED_WITH_ERRORS"
-

@@ -52,25 +52,51 @@ def _append(store: SQLiteEventStore, stream: str, *events: NewEvent) -> list:
 
 
 def _job(
-    store: SQLiteEventStore, catalog: PricingCatalog, job: str, model: str, budget: str = "1",
-    written_off: str | None = None, end: bool = True,
+    store: SQLiteEventStore,
+    catalog: PricingCatalog,
+    job: str,
+    model: str,
+    budget: str = "1",
+    written_off: str | None = None,
+    end: bool = True,
 ) -> LedgerHandlers:
     """A job of one batch plus calls no batch carries (and, optionally, a written-off
     tranche), charged by billing's handlers with `catalog`."""
     billing = LedgerHandlers(store, catalog, "local")
-    _append(store, job_stream(job), NewEvent(JobRequested(
-        job_id=job, owner="ann", template_id="tpl", template_version=1, seed_id="seed",
-        num_records=10, budget_limit=Decimal(budget), output_formats=[OutputFormat.JSONL],
-    ), actor="ann"))
+    _append(
+        store,
+        job_stream(job),
+        NewEvent(
+            JobRequested(
+                job_id=job,
+                owner="ann",
+                template_id="tpl",
+                template_version=1,
+                seed_id="seed",
+                num_records=10,
+                budget_limit=Decimal(budget),
+                output_formats=[OutputFormat.JSONL],
+            ),
+            actor="ann",
+        ),
+    )
     batch = BatchGenerated(
-        job_id=job, batch_number=0, first_record=0, last_record=9, blob_key=f"parts/{job}/0", rows=10,
-        failures=0, token_usage={model: TokenUsage(input_tokens=1000, output_tokens=500, calls=10)},
-        duration_ms=100, bytes_written=1000,
+        job_id=job,
+        batch_number=0,
+        first_record=0,
+        last_record=9,
+        blob_key=f"parts/{job}/0",
+        rows=10,
+        failures=0,
+        token_usage={model: TokenUsage(input_tokens=1000, output_tokens=500, calls=10)},
+        duration_ms=100,
+        bytes_written=1000,
     )
     (stored_batch,) = _append(store, generation_stream(job), NewEvent(batch))
     billing.charge_batch(batch, stored_batch)
     unbatched = UnbatchedUsageRecorded(
-        job_id=job, worker_id="w1",
+        job_id=job,
+        worker_id="w1",
         token_usage={model: TokenUsage(input_tokens=300, output_tokens=200, calls=3)},
         unanswered={model: TokenUsage(input_tokens=100, output_tokens=1000, calls=1)},
     )
@@ -86,10 +112,7 @@ def _job(
 
 
 def _expected_total(catalog: PricingCatalog, model: str) -> Decimal:
-    return (
-        price_call(catalog, model, 1000, 500)
-        + price_call(catalog, model, 400, 1200)
-    )
+    return price_call(catalog, model, 1000, 500) + price_call(catalog, model, 400, 1200)
 
 
 def test_a_job_with_unbatched_usage_audits_as_balanced_with_every_charge_in_its_total(
@@ -127,7 +150,9 @@ def test_verify_counts_usage_charges_against_the_budget(store: SQLiteEventStore)
 def test_verify_finds_a_usage_record_never_charged_or_charged_twice(store: SQLiteEventStore) -> None:
     billing = _job(store, DEFAULT_CATALOG, "j1", MODEL, end=False)
     lost = UnbatchedUsageRecorded(
-        job_id="j1", worker_id="w2", token_usage={MODEL: TokenUsage(input_tokens=1, output_tokens=1, calls=1)},
+        job_id="j1",
+        worker_id="w2",
+        token_usage={MODEL: TokenUsage(input_tokens=1, output_tokens=1, calls=1)},
     )
     (stored_lost,) = _append(store, "generation-j1", NewEvent(lost))
     report = verify_log(store)
@@ -165,9 +190,9 @@ def test_audit_job_reprices_with_the_data_directorys_pricing_json(tmp_path: Path
 
     # prices changed after the job: its charges name a catalog this directory no longer
     # has, so the audit says it could not reprice them instead of printing "balanced"
-    (data / "pricing.json").write_text(json.dumps(
-        {"models": {PRIVATE_MODEL: {"input_per_1k": "0.7", "output_per_1k": "1.5"}}}
-    ))
+    (data / "pricing.json").write_text(
+        json.dumps({"models": {PRIVATE_MODEL: {"input_per_1k": "0.7", "output_per_1k": "1.5"}}})
+    )
     result = CliRunner().invoke(app, ["audit", "job", "j1", "--data-dir", str(data)])
     assert result.exit_code == 0
     assert f"not repriced: catalog {catalog.version} is not" in result.stdout

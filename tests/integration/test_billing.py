@@ -93,25 +93,34 @@ def append(adapters: Adapters, stream_id: str, *events: DomainEvent, at: str | N
 
 def job_requested(job_id: str, budget: str, owner: str = OWNER, num_records: int = 100) -> JobRequested:
     return JobRequested(
-        job_id=job_id, owner=owner, template_id="tpl", template_version=1, seed_id="seed",
-        num_records=num_records, budget_limit=Decimal(budget), output_formats=[OutputFormat.JSONL],
+        job_id=job_id,
+        owner=owner,
+        template_id="tpl",
+        template_version=1,
+        seed_id="seed",
+        num_records=num_records,
+        budget_limit=Decimal(budget),
+        output_formats=[OutputFormat.JSONL],
     )
 
 
 def batch(job_id: str, number: int, rows: int = 10, tokens: int = 1000) -> BatchGenerated:
     return BatchGenerated(
-        job_id=job_id, batch_number=number, first_record=number * rows, last_record=number * rows + rows - 1,
-        blob_key=f"parts/{job_id}/{number}.parquet", rows=rows, failures=0,
+        job_id=job_id,
+        batch_number=number,
+        first_record=number * rows,
+        last_record=number * rows + rows - 1,
+        blob_key=f"parts/{job_id}/{number}.parquet",
+        rows=rows,
+        failures=0,
         token_usage={MODEL: TokenUsage(input_tokens=tokens, output_tokens=tokens // 2, calls=rows)},
-        duration_ms=1500, bytes_written=20_000,
+        duration_ms=1500,
+        bytes_written=20_000,
     )
 
 
 def ledger(adapters: Adapters, job_id: str) -> list[DomainEvent]:
-    return [
-        s.decode()
-        for s in adapters.events.read_stream(ledger_stream(job_id))
-    ]
+    return [s.decode() for s in adapters.events.read_stream(ledger_stream(job_id))]
 
 
 def of_type(events: list[DomainEvent], kind: type[DomainEvent]) -> list[Any]:
@@ -151,7 +160,11 @@ def test_the_local_bus_redelivering_the_whole_log_charges_nothing_twice(adapters
     job_id = uuid.uuid4().hex
     append(adapters, job_stream(job_id), job_requested(job_id, "0.0072"))
     append(adapters, generation_stream(job_id), *(batch(job_id, n) for n in range(3)))
-    append(adapters, generation_stream(job_id), GenerationStopped(job_id=job_id, reason="budget_exceeded", records_completed=30))
+    append(
+        adapters,
+        generation_stream(job_id),
+        GenerationStopped(job_id=job_id, reason="budget_exceeded", records_completed=30),
+    )
     bus = LocalBus(adapters.events, tmp_path / "bus.db")
     for subscription in subscriptions(LedgerHandlers(adapters.events, PRICED, "local")):
         bus.subscribe(*subscription)
@@ -171,9 +184,9 @@ def test_the_local_bus_redelivering_the_whole_log_charges_nothing_twice(adapters
 def test_a_batch_of_a_model_without_a_price_is_refused_not_charged_zero(adapters: Adapters) -> None:
     job_id = uuid.uuid4().hex
     append(adapters, job_stream(job_id), job_requested(job_id, "5"))
-    unpriced = batch(job_id, 0).model_copy(update={
-        "token_usage": {"bedrock/not-in-the-catalog": TokenUsage(input_tokens=1, output_tokens=1, calls=1)}
-    })
+    unpriced = batch(job_id, 0).model_copy(
+        update={"token_usage": {"bedrock/not-in-the-catalog": TokenUsage(input_tokens=1, output_tokens=1, calls=1)}}
+    )
     [stored] = append(adapters, generation_stream(job_id), unpriced)
     with pytest.raises(Exception, match="no price"):
         LedgerConsumer(LedgerHandlers(adapters.events, PRICED, "local"))(stored)
@@ -192,15 +205,31 @@ class CostsApi:
     def get(self, user: str, **query: str) -> tuple[int, Any]:
         app = build_app(
             [create_router(CostsView(self.adapters.document_reader(JobCosts())), catch_up=self.runner.run_once)],
-            self.tokens, local=False,
+            self.tokens,
+            local=False,
         )
         event = {
-            "version": "2.0", "routeKey": "$default", "rawPath": "/costs", "rawQueryString": urlencode(query),
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": "/costs",
+            "rawQueryString": urlencode(query),
             "headers": {"authorization": f"Bearer {self.tokens.issue(user)}"},
             "requestContext": {
-                "accountId": "1", "apiId": "api", "domainName": "api.example.com", "requestId": "r",
-                "http": {"method": "GET", "path": "/costs", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "t"},
-                "routeKey": "$default", "stage": "$default", "time": "26/Nov/2026:12:00:00 +0000", "timeEpoch": 0,
+                "accountId": "1",
+                "apiId": "api",
+                "domainName": "api.example.com",
+                "requestId": "r",
+                "http": {
+                    "method": "GET",
+                    "path": "/costs",
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "127.0.0.1",
+                    "userAgent": "t",
+                },
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": "26/Nov/2026:12:00:00 +0000",
+                "timeEpoch": 0,
             },
             "isBase64Encoded": False,
         }
@@ -223,9 +252,11 @@ def test_the_cost_view_equals_the_ledger_and_a_rebuild_gives_the_same(adapters: 
     owners = {jobs[0]: OWNER, jobs[1]: OWNER, jobs[2]: OWNER, jobs[3]: "bob"}
     for job_id in jobs:
         append(adapters, job_stream(job_id), job_requested(job_id, "50", owner=owners[job_id]))
-        append(adapters, generation_stream(job_id), *(
-            batch(job_id, n, tokens=rng.randrange(100, 5000)) for n in range(rng.randrange(2, 7))
-        ))
+        append(
+            adapters,
+            generation_stream(job_id),
+            *(batch(job_id, n, tokens=rng.randrange(100, 5000)) for n in range(rng.randrange(2, 7))),
+        )
     _charge_all(adapters, jobs)
     runner = adapters.projection_runner(JobCosts())
     runner.run_once()
@@ -265,10 +296,16 @@ def test_per_model_costs_sum_to_the_total_with_write_offs_compute_and_storage(ad
 
     job_id = uuid.uuid4().hex
     append(adapters, job_stream(job_id), job_requested(job_id, "50"))
-    append(adapters, generation_stream(job_id), batch(job_id, 0), batch(job_id, 1, tokens=3000),
-           UnbatchedUsageRecorded(job_id=job_id, worker_id="w1",
-                                  token_usage={MODEL: TokenUsage(input_tokens=400, output_tokens=300, calls=3)}),
-           BudgetWrittenOff(job_id=job_id, worker_id="w1", amount=Decimal("0.0042")))
+    append(
+        adapters,
+        generation_stream(job_id),
+        batch(job_id, 0),
+        batch(job_id, 1, tokens=3000),
+        UnbatchedUsageRecorded(
+            job_id=job_id, worker_id="w1", token_usage={MODEL: TokenUsage(input_tokens=400, output_tokens=300, calls=3)}
+        ),
+        BudgetWrittenOff(job_id=job_id, worker_id="w1", amount=Decimal("0.0042")),
+    )
     _charge_all(adapters, [job_id])
     runner = adapters.projection_runner(JobCosts())
     status, reply = CostsApi(adapters, runner, LocalTokens(SECRET)).get(OWNER)
@@ -286,10 +323,21 @@ def test_costs_are_grouped_by_the_utc_day_they_were_recorded(adapters: Adapters)
     job_id = uuid.uuid4().hex
     append(adapters, job_stream(job_id), job_requested(job_id, "50"))
     for day, amount in (("2026-11-01", "0.5"), ("2026-11-02", "0.25"), ("2026-11-03", "1")):
-        append(adapters, ledger_stream(job_id), CostRecorded(
-            job_id=job_id, batch_number=int(day[-1]), catalog_version="2026-11", model_tokens=Decimal(amount),
-            compute=Decimal(0), storage=Decimal(0), total=Decimal(amount), per_model={MODEL: Decimal(amount)},
-        ), at=f"{day}T23:59:59.000000Z")
+        append(
+            adapters,
+            ledger_stream(job_id),
+            CostRecorded(
+                job_id=job_id,
+                batch_number=int(day[-1]),
+                catalog_version="2026-11",
+                model_tokens=Decimal(amount),
+                compute=Decimal(0),
+                storage=Decimal(0),
+                total=Decimal(amount),
+                per_model={MODEL: Decimal(amount)},
+            ),
+            at=f"{day}T23:59:59.000000Z",
+        )
     runner = adapters.projection_runner(JobCosts())
     api = CostsApi(adapters, runner, LocalTokens(SECRET))
 
@@ -315,10 +363,15 @@ def _usage_run(seed: int) -> tuple[Decimal, LedgerBudgetGuard, list[CallUsage]]:
     rng = random.Random(seed)
     limit = Decimal(rng.randrange(200, 2000)) / 100
     already = (limit * Decimal(rng.randrange(0, 40)) / 100).quantize(Decimal("0.000001"))
-    catalog = with_overrides(DEFAULT_CATALOG, {"models": {
-        "openai/a": {"input_per_1k": "0.003", "output_per_1k": "0.015"},
-        "openai/b": {"input_per_1k": "0.00025", "output_per_1k": "0.00125"},
-    }})
+    catalog = with_overrides(
+        DEFAULT_CATALOG,
+        {
+            "models": {
+                "openai/a": {"input_per_1k": "0.003", "output_per_1k": "0.015"},
+                "openai/b": {"input_per_1k": "0.00025", "output_per_1k": "0.00125"},
+            }
+        },
+    )
     guard = LedgerBudgetGuard(catalog, limit, already)
     billed: list[CallUsage] = []
 
@@ -362,8 +415,11 @@ def test_the_guard_never_lets_settled_spend_pass_the_limit(seed: int) -> None:
             tally[1] += usage.output_tokens
             tally[2] += 1
         charged += price_batch(
-            guard.catalog, {m: TokenUsage(input_tokens=t[0], output_tokens=t[1], calls=t[2]) for m, t in per_model.items()},
-            0, 0, "local",
+            guard.catalog,
+            {m: TokenUsage(input_tokens=t[0], output_tokens=t[1], calls=t[2]) for m, t in per_model.items()},
+            0,
+            0,
+            "local",
         ).total
         start = end
     assert charged <= guard.spent <= guard.budget_limit
@@ -412,26 +468,36 @@ def test_the_guard_reserves_compute_and_storage_when_the_runtime_charges_them() 
 def request_job(adapters: Adapters, num_records: int, budget: Decimal, steps: list[TemplateStep]) -> str:
     """A template, a validated seed and a JobRequested, as those services record them."""
     return scenario.request_job(
-        adapters, num_records, steps, owner=OWNER, budget=budget,
+        adapters,
+        num_records,
+        steps,
+        owner=OWNER,
+        budget=budget,
         formats=(OutputFormat.JSONL, OutputFormat.PARQUET),
     )
 
 
 def steps_for(rng: random.Random) -> list[TemplateStep]:
     question = TemplateStep(
-        id="question", model=MODEL, prompt="Ask a question about {{ topic }} at level {{ level }}.",
+        id="question",
+        model=MODEL,
+        prompt="Ask a question about {{ topic }} at level {{ level }}.",
         parameters={"max_tokens": rng.choice([16, 32, 64])},
     )
     if rng.random() < 0.5:
         return [question]
     answer = TemplateStep(
-        id="answer", model=MODEL, prompt="Answer this: {{ steps.question.output }}",
+        id="answer",
+        model=MODEL,
+        prompt="Answer this: {{ steps.question.output }}",
         parameters={"max_tokens": rng.choice([16, 32])},
     )
     return [question, answer]
 
 
-def run_worker(adapters: Adapters, server: FakeOpenAIServer, job_id: str, budgets: JobBudgets, **options: Any) -> RunResult:
+def run_worker(
+    adapters: Adapters, server: FakeOpenAIServer, job_id: str, budgets: JobBudgets, **options: Any
+) -> RunResult:
     return generation.run_worker(
         adapters, server, job_id, timeout=10, budget=budgets, **{"concurrency": 16, **FAST_RETRIES, **options}
     )
@@ -440,8 +506,10 @@ def run_worker(adapters: Adapters, server: FakeOpenAIServer, job_id: str, budget
 def settle_the_bus(adapters: Adapters, bus_path: Path) -> None:
     """Billing's ledger and the jobs service's lifecycle, fed by the local bus."""
     bus = LocalBus(adapters.events, bus_path)
-    for subscription in [*subscriptions(LedgerHandlers(adapters.events, PRICED, "local")),
-                         *job_subscriptions(JobHandlers(adapters.events, adapters.blobs))]:
+    for subscription in [
+        *subscriptions(LedgerHandlers(adapters.events, PRICED, "local")),
+        *job_subscriptions(JobHandlers(adapters.events, adapters.blobs)),
+    ]:
         bus.subscribe(*subscription)
     bus.run_once()
     bus.close()
@@ -455,15 +523,15 @@ def assert_every_charge_once(adapters: Adapters, job_id: str) -> None:
     assert sorted(c.batch_number for c in of_type(book, CostRecorded)) == batches
     others = sorted(
         (s.id, "unbatched" if s.detail_type == "UnbatchedUsageRecorded" else "written_off")
-        for s in stored if s.detail_type in ("UnbatchedUsageRecorded", "BudgetWrittenOff")
+        for s in stored
+        if s.detail_type in ("UnbatchedUsageRecorded", "BudgetWrittenOff")
     )
     assert sorted((c.charge_id, c.kind) for c in of_type(book, UsageCharged)) == others
 
 
 def assert_budget_held(adapters: Adapters, job_id: str, budget: Decimal) -> tuple[Decimal, int]:
     """Recorded spend ≤ budget, BUDGET_EXCEEDED everywhere, exported rows = rows billed."""
-    generation = [s.decode()
-                  for s in adapters.events.read_stream(generation_stream(job_id))]
+    generation = [s.decode() for s in adapters.events.read_stream(generation_stream(job_id))]
     book = ledger(adapters, job_id)
     spent = recorded_spend(adapters, job_id)
     assert spent <= budget
@@ -497,9 +565,14 @@ def test_a_job_whose_budget_runs_out_stops_within_it(seed: int, tmp_path: Path) 
         per_record = Decimal("0.00002") * len(steps)
         budget = (per_record * num_records * Decimal(rng.randrange(40, 80)) / 100).quantize(Decimal("0.000001"))
         job_id = request_job(adapters, num_records, budget, steps)
-        with FakeOpenAIServer(latency_s=rng.choice([0.0, 0.002]), error_rate=rng.choice([0.0, 0.05]), seed=seed) as server:
+        with FakeOpenAIServer(
+            latency_s=rng.choice([0.0, 0.002]), error_rate=rng.choice([0.0, 0.05]), seed=seed
+        ) as server:
             result = run_worker(
-                adapters, server, job_id, JobBudgets(adapters.events, PRICED, "local"),
+                adapters,
+                server,
+                job_id,
+                JobBudgets(adapters.events, PRICED, "local"),
                 batch_size=rng.choice([10, 25, 50]),
             )
         assert result.outcome is RunOutcome.BUDGET_EXCEEDED, result
@@ -539,26 +612,38 @@ def test_a_job_killed_near_its_budget_and_resumed_does_not_spend_it_twice(tmp_pa
     data_dir = tmp_path / "data"
     adapters = local_adapters(data_dir)
     try:
-        steps = [TemplateStep(id="question", model=MODEL, prompt="Ask about {{ topic }} at level {{ level }}.",
-                              parameters={"max_tokens": 32})]
+        steps = [
+            TemplateStep(
+                id="question",
+                model=MODEL,
+                prompt="Ask about {{ topic }} at level {{ level }}.",
+                parameters={"max_tokens": 32},
+            )
+        ]
         budget = Decimal("0.012")
         job_id = request_job(adapters, 1000, budget, steps)
         with FakeOpenAIServer(latency_s=0.01) as server:
             child = subprocess.Popen(
                 [sys.executable, "-c", _CRASHING_WORKER, str(data_dir), server.base_url, job_id, json.dumps(OVERRIDES)],
-                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
             )
+
             def billed() -> Decimal:
-                batches = [detail
-                           for s in adapters.events.read_stream(generation_stream(job_id))
-                           if isinstance(detail := s.decode(), BatchGenerated)]
+                batches = [
+                    detail
+                    for s in adapters.events.read_stream(generation_stream(job_id))
+                    if isinstance(detail := s.decode(), BatchGenerated)
+                ]
                 return sum((price_batch(PRICED, b.token_usage, 0, 0, "local").total for b in batches), Decimal(0))
 
             try:
                 # kill -9 once the billed usage is well past half the budget
                 wait_for(
                     lambda: child.poll() is not None or billed() > budget * Decimal("0.7"),
-                    timeout=60, interval=0.005, what="the billed usage passing 70% of the budget",
+                    timeout=60,
+                    interval=0.005,
+                    what="the billed usage passing 70% of the budget",
                 )
             finally:
                 os.kill(child.pid, signal.SIGKILL)
@@ -579,9 +664,17 @@ def test_a_job_killed_near_its_budget_and_resumed_does_not_spend_it_twice(tmp_pa
 def test_a_workers_guard_starts_each_run_from_what_the_log_already_billed(adapters: Adapters) -> None:
     job_id = uuid.uuid4().hex
     append(adapters, job_stream(job_id), job_requested(job_id, "0.01"))
-    append(adapters, generation_stream(job_id), GenerationClaimed(
-        job_id=job_id, worker_id="w1", lease_seconds=60, resumed_from_record=0,
-    ), *(batch(job_id, n) for n in range(2)))
+    append(
+        adapters,
+        generation_stream(job_id),
+        GenerationClaimed(
+            job_id=job_id,
+            worker_id="w1",
+            lease_seconds=60,
+            resumed_from_record=0,
+        ),
+        *(batch(job_id, n) for n in range(2)),
+    )
     budgets = JobBudgets(adapters.events, PRICED, "local")
     per_batch = price_batch(PRICED, batch(job_id, 0).token_usage, 1500, 20_000, "local").total
 
@@ -592,7 +685,9 @@ def test_a_workers_guard_starts_each_run_from_what_the_log_already_billed(adapte
     assert budgets.reserve(job_id, MODEL, 100, 100) is None
     worst = price_call(PRICED, MODEL, 100, 100)
     tranche = budgets.next_tranche(job_id, MODEL, 100, 100)
-    assert tranche == min(Decimal("0.01") - 2 * per_batch, max(worst, min(100 * worst, Decimal("0.01") * TRANCHE_SHARE)))
+    assert tranche == min(
+        Decimal("0.01") - 2 * per_batch, max(worst, min(100 * worst, Decimal("0.01") * TRANCHE_SHARE))
+    )
     budgets.grant(job_id, tranche)
     reservation = budgets.reserve(job_id, MODEL, 100, 100)
     assert reservation is not None
@@ -602,9 +697,17 @@ def test_a_workers_guard_starts_each_run_from_what_the_log_already_billed(adapte
     assert budgets.guard(job_id) is guard
     budgets.end(job_id)
     # another worker's run happened meanwhile: the next run here starts from the log
-    append(adapters, generation_stream(job_id), GenerationClaimed(
-        job_id=job_id, worker_id="w2", lease_seconds=60, resumed_from_record=30,
-    ), batch(job_id, 3))
+    append(
+        adapters,
+        generation_stream(job_id),
+        GenerationClaimed(
+            job_id=job_id,
+            worker_id="w2",
+            lease_seconds=60,
+            resumed_from_record=30,
+        ),
+        batch(job_id, 3),
+    )
     budgets.begin(job_id)
     rebuilt = budgets.guard(job_id)
     assert rebuilt is not None and rebuilt is not guard and rebuilt.spent == 4 * per_batch
@@ -615,8 +718,12 @@ def test_a_workers_guard_starts_each_run_from_what_the_log_already_billed(adapte
 def test_the_budget_bench_runs_and_ends_with_its_line(capsys: pytest.CaptureFixture[str]) -> None:
     from bench.budget import main
 
-    assert main(["--jobs", "2", "--min-budget", "0.002", "--max-budget", "0.003", "--latency", "0",
-                 "--tight-records", "20"]) == 0
+    assert (
+        main(
+            ["--jobs", "2", "--min-budget", "0.002", "--max-budget", "0.003", "--latency", "0", "--tight-records", "20"]
+        )
+        == 0
+    )
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(
         r"budget max_overshoot_usd=0 jobs=2 mean_budget_utilisation=\d\.\d{4} "
@@ -641,31 +748,44 @@ def test_a_run_that_never_closed_its_tranches_is_written_off_and_charged(adapter
     budgets = JobBudgets(adapters.events, PRICED, "local")
     per_batch = price_batch(PRICED, batch(job_id, 0).token_usage, 1500, 20_000, "local").total
     unbatched = UnbatchedUsageRecorded(
-        job_id=job_id, worker_id="w1",
+        job_id=job_id,
+        worker_id="w1",
         token_usage={MODEL: TokenUsage(input_tokens=100, output_tokens=50, calls=1)},
         unanswered={MODEL: TokenUsage(input_tokens=20, output_tokens=64, calls=1)},
     )
     unbatched_price = price_call(PRICED, MODEL, 120, 114)
     stream = generation_stream(job_id)
     # run 1 takes two tranches, records a batch and its unbatched calls, and is released
-    append(adapters, stream, GenerationClaimed(job_id=job_id, worker_id="w1", lease_seconds=60, resumed_from_record=0),
-           BudgetTrancheTaken(job_id=job_id, worker_id="w1", amount=Decimal("0.002")),
-           batch(job_id, 0),
-           BudgetTrancheTaken(job_id=job_id, worker_id="w1", amount=Decimal("0.002")),
-           unbatched,
-           GenerationReleased(job_id=job_id, worker_id="w1", records_completed=10))
+    append(
+        adapters,
+        stream,
+        GenerationClaimed(job_id=job_id, worker_id="w1", lease_seconds=60, resumed_from_record=0),
+        BudgetTrancheTaken(job_id=job_id, worker_id="w1", amount=Decimal("0.002")),
+        batch(job_id, 0),
+        BudgetTrancheTaken(job_id=job_id, worker_id="w1", amount=Decimal("0.002")),
+        unbatched,
+        GenerationReleased(job_id=job_id, worker_id="w1", records_completed=10),
+    )
     closed = adapters.events.stream_version(stream)
     assert budgets.written_off(job_id, closed) == 0
     assert budgets.in_log(job_id).committed == per_batch + unbatched_price
     # run 2 takes a tranche, records a batch, and dies
-    append(adapters, stream, GenerationClaimed(job_id=job_id, worker_id="w2", lease_seconds=1, resumed_from_record=10),
-           BudgetTrancheTaken(job_id=job_id, worker_id="w2", amount=Decimal("0.003")),
-           batch(job_id, 1))
+    append(
+        adapters,
+        stream,
+        GenerationClaimed(job_id=job_id, worker_id="w2", lease_seconds=1, resumed_from_record=10),
+        BudgetTrancheTaken(job_id=job_id, worker_id="w2", amount=Decimal("0.003")),
+        batch(job_id, 1),
+    )
     dead = adapters.events.stream_version(stream)
     assert budgets.written_off(job_id, dead) == Decimal("0.003") - per_batch
     # the next claim writes it off; the new run starts from all that is committed
-    append(adapters, stream, BudgetWrittenOff(job_id=job_id, worker_id="w2", amount=Decimal("0.003") - per_batch),
-           GenerationClaimed(job_id=job_id, worker_id="w3", lease_seconds=60, resumed_from_record=20))
+    append(
+        adapters,
+        stream,
+        BudgetWrittenOff(job_id=job_id, worker_id="w2", amount=Decimal("0.003") - per_batch),
+        GenerationClaimed(job_id=job_id, worker_id="w3", lease_seconds=60, resumed_from_record=20),
+    )
     assert budgets.written_off(job_id, adapters.events.stream_version(stream)) == 0
     budgets.begin(job_id)
     guard = budgets.guard(job_id)

@@ -70,11 +70,15 @@ pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publis
 
 def steps(count: int, max_tokens: int = 32) -> list[TemplateStep]:
     question = TemplateStep(
-        id="question", model=MODEL, prompt="Ask a question about {{ topic }} at level {{ level }}.",
+        id="question",
+        model=MODEL,
+        prompt="Ask a question about {{ topic }} at level {{ level }}.",
         parameters={"max_tokens": max_tokens},
     )
     answer = TemplateStep(
-        id="answer", model=MODEL, prompt="Answer this: {{ steps.question.output }}",
+        id="answer",
+        model=MODEL,
+        prompt="Answer this: {{ steps.question.output }}",
         parameters={"max_tokens": max_tokens},
     )
     return [question, answer][:count]
@@ -82,14 +86,22 @@ def steps(count: int, max_tokens: int = 32) -> list[TemplateStep]:
 
 def request_job(adapters: Adapters, num_records: int, budget: Decimal, step_count: int, max_tokens: int = 32) -> str:
     return scenario.request_job(
-        adapters, num_records, steps(step_count, max_tokens), budget=budget, formats=(OutputFormat.JSONL,),
+        adapters,
+        num_records,
+        steps(step_count, max_tokens),
+        budget=budget,
+        formats=(OutputFormat.JSONL,),
     )
 
 
 def run_worker(adapters: Adapters, server: FakeOpenAIServer, job_id: str, **options: Any) -> RunResult:
     """A run billed at PRICED, 16 records at a time in batches of 20."""
     return generation.run_worker(
-        adapters, server, job_id, timeout=10, budget=JobBudgets(adapters.events, PRICED, "local"),
+        adapters,
+        server,
+        job_id,
+        timeout=10,
+        budget=JobBudgets(adapters.events, PRICED, "local"),
         **{"concurrency": 16, "batch_size": 20, **FAST_RETRIES, **options},
     )
 
@@ -97,8 +109,10 @@ def run_worker(adapters: Adapters, server: FakeOpenAIServer, job_id: str, **opti
 def settle_the_bus(adapters: Adapters, bus_path: Path) -> None:
     """Billing's ledger and the jobs service's lifecycle, fed by the local bus."""
     bus = LocalBus(adapters.events, bus_path)
-    for subscription in [*subscriptions(LedgerHandlers(adapters.events, PRICED, "local")),
-                         *job_subscriptions(JobHandlers(adapters.events, adapters.blobs))]:
+    for subscription in [
+        *subscriptions(LedgerHandlers(adapters.events, PRICED, "local")),
+        *job_subscriptions(JobHandlers(adapters.events, adapters.blobs)),
+    ]:
         bus.subscribe(*subscription)
     bus.run_once()
     bus.close()
@@ -301,9 +315,7 @@ asyncio.run(main())
 
 
 @pytest.mark.parametrize("kill_at", [Decimal("0.3"), Decimal("0.7")])
-def test_a_job_killed_mid_run_never_lets_the_provider_bill_past_its_budget(
-    tmp_path: Path, kill_at: Decimal
-) -> None:
+def test_a_job_killed_mid_run_never_lets_the_provider_bill_past_its_budget(tmp_path: Path, kill_at: Decimal) -> None:
     """kill -9 loses the calls the dead worker made since its last batch; its open tranche
     is written off by the next claim, so the ledger covers them at their worst case, and
     the resumed run spends only what is left."""
@@ -315,12 +327,15 @@ def test_a_job_killed_mid_run_never_lets_the_provider_bill_past_its_budget(
         with FakeOpenAIServer(latency_s=0.01) as server:
             child = subprocess.Popen(
                 [sys.executable, "-c", _CRASHING_WORKER, str(data_dir), server.base_url, job_id, json.dumps(OVERRIDES)],
-                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
             )
             try:
                 wait_for(
                     lambda: child.poll() is not None or provider_spend(provider_usage(server)) > budget * kill_at,
-                    timeout=60, interval=0.005, what="the worker's spend passing the kill point",
+                    timeout=60,
+                    interval=0.005,
+                    what="the worker's spend passing the kill point",
                 )
             finally:
                 os.kill(child.pid, signal.SIGKILL)
@@ -357,8 +372,11 @@ def test_over_http_a_budget_below_one_calls_worst_case_is_refused_and_a_stop_say
     data_dir.mkdir()
     (data_dir / "pricing.json").write_text(json.dumps(OVERRIDES))
     step = steps(1, max_tokens=16)[0]
-    with FakeOpenAIServer(latency_s=0.002) as server, \
-            running_palette(data_dir, server, monkeypatch) as runtime, client(runtime, "alice") as alice:
+    with (
+        FakeOpenAIServer(latency_s=0.002) as server,
+        running_palette(data_dir, server, monkeypatch) as runtime,
+        client(runtime, "alice") as alice,
+    ):
         template_id, seed_id = template_and_seed(alice, [step.model_dump()])
         job = {"template_id": template_id, "seed_id": seed_id, "num_records": 100, "output_format": ["JSONL"]}
 

@@ -19,8 +19,11 @@ PROMPT = "Write explicit sex scenes about {{ topic }}."
 
 def _create_template(data_dir: Path, monkeypatch: pytest.MonkeyPatch, prompt: str = PROMPT) -> tuple[int, dict]:
     step = {"id": "story", "model": "openai/fake-model", "prompt": prompt, "parameters": {"max_tokens": 8}}
-    with FakeOpenAIServer(latency_s=0.0) as server, \
-            running_palette(data_dir, server, monkeypatch) as runtime, client(runtime, "alice") as alice:
+    with (
+        FakeOpenAIServer(latency_s=0.0) as server,
+        running_palette(data_dir, server, monkeypatch) as runtime,
+        client(runtime, "alice") as alice,
+    ):
         reply = alice.post("/templates", json={"name": "stories", "steps": [step]})
         return reply.status_code, reply.json()
 

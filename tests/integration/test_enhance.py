@@ -54,9 +54,7 @@ def enhance(user: httpx.Client, prompt: str = ORIGINAL, **fields: object) -> htt
     return user.post("/templates/enhance", json={"prompt": prompt, "model": MODEL, **fields})
 
 
-def test_an_enhancement_that_keeps_every_variable_is_returned(
-    alice: httpx.Client, server: FakeOpenAIServer
-) -> None:
+def test_an_enhancement_that_keeps_every_variable_is_returned(alice: httpx.Client, server: FakeOpenAIServer) -> None:
     server.reply_next(f"```\n{BETTER}\n```")
 
     reply = enhance(alice)
@@ -101,9 +99,7 @@ def test_an_enhancement_that_does_not_parse_gives_back_the_original(
     assert body["prompt"] == ORIGINAL and "not a valid template" in body["warning"]
 
 
-def test_a_one_word_answer_to_a_one_word_prompt_is_not_used(
-    alice: httpx.Client, server: FakeOpenAIServer
-) -> None:
+def test_a_one_word_answer_to_a_one_word_prompt_is_not_used(alice: httpx.Client, server: FakeOpenAIServer) -> None:
     server.reply_next("Greetings")
 
     body = enhance(alice, "Hello").json()
@@ -120,17 +116,17 @@ def test_every_enhancement_is_recorded_and_billed_to_its_owner(
     assert second["warning"]
 
     events = runtime.adapters.events
-    stored = [
-        s.decode()
-        for s in events.read_stream(enhancement_stream(first['enhancement_id']))
-    ]
+    stored = [s.decode() for s in events.read_stream(enhancement_stream(first["enhancement_id"]))]
     assert len(stored) == 1 and isinstance(stored[0], PromptEnhanced)
     recorded = stored[0]
     assert (recorded.owner, recorded.model, recorded.template_id, recorded.variables_kept) == (
-        "alice", MODEL, "tpl_x", True
+        "alice",
+        MODEL,
+        "tpl_x",
+        True,
     )
     assert recorded.input_tokens > 0 and recorded.output_tokens > 0
-    assert ORIGINAL not in events.read_stream(enhancement_stream(first['enhancement_id']))[0].detail
+    assert ORIGINAL not in events.read_stream(enhancement_stream(first["enhancement_id"]))[0].detail
 
     def both_charged() -> list[PromptEnhancementCharged]:
         charges = [
@@ -154,7 +150,7 @@ def test_every_enhancement_is_recorded_and_billed_to_its_owner(
 
 def test_a_redelivered_enhancement_is_charged_once(runtime: LocalPalette, alice: httpx.Client) -> None:
     body = enhance(alice).json()
-    stored = runtime.adapters.events.read_stream(enhancement_stream(body['enhancement_id']))[0]
+    stored = runtime.adapters.events.read_stream(enhancement_stream(body["enhancement_id"]))[0]
     enhanced = stored.decode()
     assert isinstance(enhanced, PromptEnhanced)
     runtime.ledger.charge_enhancement(enhanced, stored)
@@ -220,7 +216,9 @@ def test_kept_and_lost_variables_never_overlap() -> None:
 
     result = judge("Write about {{ topic }} for {{ reader.age }} year olds.", "Write about {{ topic }} now.", allow)
     assert (result.kept_variables, result.lost_variables) == (("topic",), ("reader.age",))
-    assert judge("Write about {{ topic }}.", "Write a short essay about {{ topic }}.", allow).kept_variables == ("topic",)
+    assert judge("Write about {{ topic }}.", "Write a short essay about {{ topic }}.", allow).kept_variables == (
+        "topic",
+    )
 
 
 @pytest.mark.parametrize(

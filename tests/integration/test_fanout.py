@@ -91,9 +91,7 @@ def test_each_model_makes_its_records_and_a_failing_one_does_not_stop_the_others
     assert exported.rows_per_model == {"openai/fake-alpha": 50, "openai/fake-beta": 50, FAILING: 0}
     assert exported.rows == 100
     found = records_by_model(adapters, job_id)
-    assert {model: sorted(indices) for model, indices in found.items()} == {
-        model: list(range(50)) for model in WORKING
-    }
+    assert {model: sorted(indices) for model, indices in found.items()} == {model: list(range(50)) for model in WORKING}
     parquet = next(f for f in exported.files if f.format is OutputFormat.PARQUET)
     table = pq.read_table(io.BytesIO(adapters.blobs.get_bytes(parquet.blob_key)))
     assert table.column_names[:3] == ["record_index", "job_id", "model"]
@@ -176,10 +174,18 @@ def test_a_fanout_job_over_http_reports_each_model_on_the_dashboard(
         assert runtime.workers.worker is not None
         runtime.workers.options = runtime.workers.worker.options = quick
         template_id, seed_id = template_and_seed(alice, [step.model_dump()])
-        created = alice.post("/jobs", json={
-            "template_id": template_id, "seed_id": seed_id, "num_records": 30, "budget_limit": 5,
-            "output_format": ["JSONL", "CSV"], "models": MODELS, "partition_strategy": "model",
-        })
+        created = alice.post(
+            "/jobs",
+            json={
+                "template_id": template_id,
+                "seed_id": seed_id,
+                "num_records": 30,
+                "budget_limit": 5,
+                "output_format": ["JSONL", "CSV"],
+                "models": MODELS,
+                "partition_strategy": "model",
+            },
+        )
         assert created.status_code == 201, created.text
         job_id = created.json()["job_id"]
         assert created.json()["input"]["models"] == MODELS
@@ -225,7 +231,9 @@ BAD_FANOUTS: list[tuple[dict[str, object], str]] = [
 ]
 
 
-def test_bad_fanout_models_answer_400(tmp_path: Path, server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_fanout_models_answer_400(
+    tmp_path: Path, server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     step = TemplateStep(id="question", model="openai/fake-model", prompt="Ask about {{ topic }} at level {{ level }}.")
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -233,8 +241,15 @@ def test_bad_fanout_models_answer_400(tmp_path: Path, server: FakeOpenAIServer, 
     with running_palette(data_dir, server, monkeypatch) as runtime, client(runtime, "alice") as alice:
         template_id, seed_id = template_and_seed(alice, [step.model_dump()])
         for fields, message in BAD_FANOUTS:
-            reply = alice.post("/jobs", json={
-                "template_id": template_id, "seed_id": seed_id, "num_records": 3, "budget_limit": 1, **fields,
-            })
+            reply = alice.post(
+                "/jobs",
+                json={
+                    "template_id": template_id,
+                    "seed_id": seed_id,
+                    "num_records": 3,
+                    "budget_limit": 1,
+                    **fields,
+                },
+            )
             assert reply.status_code == 400, reply.text
             assert message in json.dumps(reply.json()["error"]), (fields, reply.text)

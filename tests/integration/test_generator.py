@@ -187,7 +187,9 @@ def test_timeouts_are_retried(adapters: Adapters, server: FakeOpenAIServer) -> N
 
 
 def test_malformed_json_of_a_structured_step_is_retried(adapters: Adapters, server: FakeOpenAIServer) -> None:
-    job_id = request_job(adapters, 30, steps=(QUESTION, STRUCTURED_ANSWER), formats=(OutputFormat.PARQUET, OutputFormat.JSONL))
+    job_id = request_job(
+        adapters, 30, steps=(QUESTION, STRUCTURED_ANSWER), formats=(OutputFormat.PARQUET, OutputFormat.JSONL)
+    )
     server.malformed_json_next(2)
 
     result = run_worker(adapters, server, job_id, concurrency=2)
@@ -255,7 +257,9 @@ def test_a_model_that_always_fails_trips_the_error_rate(adapters: Adapters, serv
     assert not of_type(generation_events(adapters, job_id), DatasetExported)
 
 
-def test_a_prompt_that_cannot_render_is_a_failed_record_not_a_crash(adapters: Adapters, server: FakeOpenAIServer) -> None:
+def test_a_prompt_that_cannot_render_is_a_failed_record_not_a_crash(
+    adapters: Adapters, server: FakeOpenAIServer
+) -> None:
     missing = TemplateStep(id="question", model="openai/fake-model", prompt="{{ no_such_field }}")
     job_id = request_job(adapters, 10, steps=(missing,))
 
@@ -356,9 +360,24 @@ def test_two_workers_racing_for_a_job_exactly_one_claims_it(tmp_path: Path, serv
 def start_worker(data_dir: Path, server: FakeOpenAIServer, job_id: str, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "test", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "services.generator.worker_main", "--data-dir", str(data_dir), "--job", job_id,
-         "--concurrency", "4", "--batch-size", "25", *extra],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "services.generator.worker_main",
+            "--data-dir",
+            str(data_dir),
+            "--job",
+            job_id,
+            "--concurrency",
+            "4",
+            "--batch-size",
+            "25",
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -425,15 +444,24 @@ def test_the_pool_resumes_abandoned_jobs_and_runs_jobs_the_bus_delivers(tmp_path
 
     abandoned = request_job(adapters, 30)
     a_minute_ago = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
-    adapters.events.append(generation_stream(abandoned), [NewEvent(
-        GenerationClaimed(job_id=abandoned, worker_id="dead-worker", lease_seconds=5, resumed_from_record=0),
-        time=a_minute_ago,
-    )], 0)
+    adapters.events.append(
+        generation_stream(abandoned),
+        [
+            NewEvent(
+                GenerationClaimed(job_id=abandoned, worker_id="dead-worker", lease_seconds=5, resumed_from_record=0),
+                time=a_minute_ago,
+            )
+        ],
+        0,
+    )
     with FakeOpenAIServer() as server:
         pool = WorkerPool(
-            adapters.events, adapters.blobs,
+            adapters.events,
+            adapters.blobs,
             lambda: OpenAICompatibleGateway(base_url=server.base_url, api_key="test"),
-            concurrency=4, max_jobs=2, options=WorkerOptions(**FAST_RETRIES),
+            concurrency=4,
+            max_jobs=2,
+            options=WorkerOptions(**FAST_RETRIES),
         )
         bus = LocalBus(adapters.events, tmp_path / "checkpoints.db")
         pool.subscribe(bus)
@@ -454,7 +482,9 @@ def test_the_pool_resumes_abandoned_jobs_and_runs_jobs_the_bus_delivers(tmp_path
     assert_exact_dataset(adapters, requested, 20)
 
 
-def test_an_unaffordable_call_stops_the_job_and_exports_what_exists(adapters: Adapters, server: FakeOpenAIServer) -> None:
+def test_an_unaffordable_call_stops_the_job_and_exports_what_exists(
+    adapters: Adapters, server: FakeOpenAIServer
+) -> None:
     from services.generator.budget import CallUsage
 
     class FortyOneCalls:
@@ -499,7 +529,9 @@ def test_an_unaffordable_call_stops_the_job_and_exports_what_exists(adapters: Ad
 
     async def go() -> RunResult:
         gateway = OpenAICompatibleGateway(base_url=server.base_url, api_key="test")
-        worker = GenerationWorker(adapters.events, adapters.blobs, gateway, options=WorkerOptions(concurrency=1), budget=budget)
+        worker = GenerationWorker(
+            adapters.events, adapters.blobs, gateway, options=WorkerOptions(concurrency=1), budget=budget
+        )
         try:
             return await worker.run_job(job_id)
         finally:

@@ -35,9 +35,7 @@ OUTPUT_RULE = ContentRule(id="low-digest", regex="synthetic answer [0-3]", word_
 def run_filtered(
     adapters: Adapters, server: FakeOpenAIServer, job_id: str, *rules: ContentRule, **options: Any
 ) -> RunResult:
-    return run_worker(
-        adapters, server, job_id, content_filter=ContentFilter(rules), **{"error_window": 400, **options}
-    )
+    return run_worker(adapters, server, job_id, content_filter=ContentFilter(rules), **{"error_window": 400, **options})
 
 
 def decisions(adapters: Adapters, job_id: str) -> list[ContentBlocked]:

@@ -86,9 +86,12 @@ def test_a_takeover_discards_what_killed_writers_left_in_the_jobs_folder(adapter
     the job over removes it at once, even when it ends without an export (released)."""
     job_id = request_job(adapters, 2000)
     dead = "worker-killed"
-    append(adapters, generation_stream(job_id),
-           GenerationClaimed(job_id=job_id, worker_id=dead, lease_seconds=60, resumed_from_record=0),
-           GenerationCrashed(job_id=job_id, worker_id=dead, error="killed", records_completed=0))
+    append(
+        adapters,
+        generation_stream(job_id),
+        GenerationClaimed(job_id=job_id, worker_id=dead, lease_seconds=60, resumed_from_record=0),
+        GenerationCrashed(job_id=job_id, worker_id=dead, error="killed", records_completed=0),
+    )
     assert isinstance(adapters.blobs, LocalBlobStore)
     root = adapters.blobs.root
     parts = root.joinpath(*dataset_prefix(OWNER, job_id).strip("/").split("/"), "parts")
@@ -111,9 +114,12 @@ def test_a_crashed_runs_open_tranche_is_written_off_with_its_crash(adapters: Ada
     also when the crash ends the job for good (a cancel), where no later claim would."""
     job_id = request_job(adapters, 10)
     holder = "worker-crashing"
-    append(adapters, generation_stream(job_id),
-           GenerationClaimed(job_id=job_id, worker_id=holder, lease_seconds=60, resumed_from_record=0),
-           BudgetTrancheTaken(job_id=job_id, worker_id=holder, amount=Decimal("0.25")))
+    append(
+        adapters,
+        generation_stream(job_id),
+        GenerationClaimed(job_id=job_id, worker_id=holder, lease_seconds=60, resumed_from_record=0),
+        BudgetTrancheTaken(job_id=job_id, worker_id=holder, amount=Decimal("0.25")),
+    )
     if cancelled:
         append(adapters, job_stream(job_id), JobCancelRequested(job_id=job_id, reason="enough"))
     budgets = JobBudgets(adapters.events, DEFAULT_CATALOG, "local")
@@ -201,11 +207,20 @@ def test_worker_logs_are_json_lines_with_the_job_and_its_correlation_id(tmp_path
     [requested] = adapters.events.read_stream(job_stream(job_id))
     adapters.close()
     with FakeOpenAIServer(latency_s=0.0) as fake:
-        env = {**os.environ, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "test",
-               "POWERTOOLS_LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO)}
+        env = {
+            **os.environ,
+            "OPENAI_BASE_URL": fake.base_url,
+            "OPENAI_API_KEY": "test",
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+            "PYTHONPATH": str(REPO),
+        }
         finished = subprocess.run(
             [sys.executable, "-m", "services.generator.worker_main", "--data-dir", str(data_dir), "--job", job_id],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     assert finished.returncode == 0, finished.stdout + finished.stderr
 

@@ -16,16 +16,16 @@ from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.generation import generation_events, request_job, run_worker
 
 HOSTILE = TemplateStep(
-    id="question", model="openai/fake-model", prompt="{{ topic }}{{ [topic ~ ('x' * 999990)] * 1000 }}",
+    id="question",
+    model="openai/fake-model",
+    prompt="{{ topic }}{{ [topic ~ ('x' * 999990)] * 1000 }}",
     parameters={"max_tokens": 64},
 )
 """The issue's `{{ topic }}{{ ['x'*999999] * N }}`, reading a seed field so that it is
 saved (a constant one is refused at save) and only refused when rendered."""
 
 
-def test_a_job_with_an_amplifying_prompt_fails_in_bounded_memory(
-    adapters: Adapters, server: FakeOpenAIServer
-) -> None:
+def test_a_job_with_an_amplifying_prompt_fails_in_bounded_memory(adapters: Adapters, server: FakeOpenAIServer) -> None:
     job_id = request_job(adapters, 1, steps=(HOSTILE,))
 
     tracemalloc.start()
@@ -42,7 +42,9 @@ def test_a_job_with_an_amplifying_prompt_fails_in_bounded_memory(
 
 
 OVER_LONG = TemplateStep(
-    id="question", model="openai/fake-model", prompt="{{ ('x' * 600000) ~ topic }}{{ ('y' * 600000) ~ topic }}",
+    id="question",
+    model="openai/fake-model",
+    prompt="{{ ('x' * 600000) ~ topic }}{{ ('y' * 600000) ~ topic }}",
     parameters={"max_tokens": 64},
 )
 """Within every value limit and saved (it reads a seed field), but every render is longer

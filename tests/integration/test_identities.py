@@ -31,10 +31,16 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalPa
 
 def finished_job(user: httpx.Client, records: int = 3) -> dict[str, Any]:
     template_id, seed_id = template_and_seed(user, [STEP])
-    created = user.post("/jobs", json={
-        "template_id": template_id, "seed_id": seed_id, "num_records": records, "budget_limit": 5,
-        "output_format": ["JSONL"],
-    })
+    created = user.post(
+        "/jobs",
+        json={
+            "template_id": template_id,
+            "seed_id": seed_id,
+            "num_records": records,
+            "budget_limit": 5,
+            "output_format": ["JSONL"],
+        },
+    )
     assert created.status_code == 201, created.text
     job = wait_until_finished(user, created.json()["job_id"])
     assert job["status"] == "COMPLETED", job
@@ -45,12 +51,15 @@ def signed_with_the_real_key(runtime: LocalPalette, claims: dict[str, Any]) -> h
     secret = load_or_create_secret(runtime.data_dir, TOKEN_SECRET_FILE)
     token = jwt.encode({"iss": ISSUER, "exp": int(time.time()) + 600, **claims}, secret, algorithm="HS256")
     return httpx.Client(
-        base_url=f"http://{runtime.host}:{runtime.port}", headers={"Authorization": f"Bearer {token}"}, timeout=30,
+        base_url=f"http://{runtime.host}:{runtime.port}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
     )
 
 
 @pytest.mark.parametrize(
-    "sub", ["", " ", "\t\n", "alice\u0000", "al\nice", " alice", "alice ", "x" * 129, 42, "alice#status#COMPLETED"],
+    "sub",
+    ["", " ", "\t\n", "alice\u0000", "al\nice", " alice", "alice ", "x" * 129, 42, "alice#status#COMPLETED"],
 )
 def test_a_token_whose_subject_cannot_be_a_user_id_is_refused(runtime: LocalPalette, sub: Any) -> None:
     with signed_with_the_real_key(runtime, {"sub": sub}) as caller:
@@ -87,4 +96,7 @@ def test_api_gateway_claims_whose_subject_cannot_be_a_user_id_are_refused(sub: s
     event = {"requestContext": {"authorizer": {"jwt": {"claims": {"sub": sub}}}}}
     with pytest.raises(Unauthorized):
         ApiGatewayJwtClaims().user_id({}, event)
-    assert ApiGatewayJwtClaims().user_id({}, {"requestContext": {"authorizer": {"jwt": {"claims": {"sub": "a/b"}}}}}) == "a/b"
+    assert (
+        ApiGatewayJwtClaims().user_id({}, {"requestContext": {"authorizer": {"jwt": {"claims": {"sub": "a/b"}}}}})
+        == "a/b"
+    )

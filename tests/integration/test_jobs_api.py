@@ -99,19 +99,35 @@ class Facade:
     deliver: Callable[[], None]
 
     def call(
-        self, method: str, path: str, user: str | None = "alice", body: Any = None,
+        self,
+        method: str,
+        path: str,
+        user: str | None = "alice",
+        body: Any = None,
         query: dict[str, str] | None = None,
     ) -> Reply:
         event: dict[str, Any] = {
-            "version": "2.0", "routeKey": "$default", "rawPath": path,
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
             "rawQueryString": urlencode(query or {}),
             "headers": {"content-type": "application/json"},
             "requestContext": {
-                "accountId": "123456789012", "apiId": "api", "domainName": "api.example.com",
-                "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
-                         "sourceIp": "127.0.0.1", "userAgent": "pytest"},
-                "requestId": str(uuid.uuid4()), "routeKey": "$default", "stage": "$default",
-                "time": "26/Nov/2026:12:00:00 +0000", "timeEpoch": 1795694400000,
+                "accountId": "123456789012",
+                "apiId": "api",
+                "domainName": "api.example.com",
+                "http": {
+                    "method": method,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "127.0.0.1",
+                    "userAgent": "pytest",
+                },
+                "requestId": str(uuid.uuid4()),
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": "26/Nov/2026:12:00:00 +0000",
+                "timeEpoch": 1795694400000,
             },
             "body": body if isinstance(body, str) or body is None else json.dumps(body),
             "isBase64Encoded": False,
@@ -126,8 +142,14 @@ class Facade:
     def start_job(self, user: str = "alice", **changes: Any) -> dict[str, Any]:
         template_id = changes.pop("template_id", None) or add_template(self.events, user)
         seed_id = changes.pop("seed_id", None) or add_seed(self.events, user, template_id)
-        body = {"template_id": template_id, "seed_id": seed_id, "num_records": 250,
-                "budget_limit": 20, "output_format": ["JSONL", "PARQUET"], **changes}
+        body = {
+            "template_id": template_id,
+            "seed_id": seed_id,
+            "num_records": 250,
+            "budget_limit": 20,
+            "output_format": ["JSONL", "PARQUET"],
+            **changes,
+        }
         reply = self.call("POST", "/jobs", user, body)
         assert reply.status == 201, reply.body
         return reply.body
@@ -149,17 +171,33 @@ class Facade:
 
 
 def add_template(
-    events: EventStore, owner: str, public: bool = False, models: tuple[str, ...] = (MODEL,), versions: int = 1,
+    events: EventStore,
+    owner: str,
+    public: bool = False,
+    models: tuple[str, ...] = (MODEL,),
+    versions: int = 1,
 ) -> str:
     template_id = f"tpl_{uuid.uuid4().hex}"
     steps = [TemplateStep(id=f"s{i}", model=m, prompt="About {{ topic }}") for i, m in enumerate(models)]
-    recorded: list[DomainEvent] = [TemplateCreated(
-        template_id=template_id, owner=owner, name="Questions", is_public=public, steps=steps,
-        required_fields=["topic"],
-    )]
+    recorded: list[DomainEvent] = [
+        TemplateCreated(
+            template_id=template_id,
+            owner=owner,
+            name="Questions",
+            is_public=public,
+            steps=steps,
+            required_fields=["topic"],
+        )
+    ]
     recorded += [
-        TemplateVersionPublished(template_id=template_id, version=v, name="Questions", is_public=public,
-                                 steps=steps, required_fields=["topic"])
+        TemplateVersionPublished(
+            template_id=template_id,
+            version=v,
+            name="Questions",
+            is_public=public,
+            steps=steps,
+            required_fields=["topic"],
+        )
         for v in range(2, versions + 1)
     ]
     events.append(template_stream(template_id), [NewEvent(e, actor=owner) for e in recorded], 0)
@@ -167,22 +205,49 @@ def add_template(
 
 
 def add_seed(
-    events: EventStore, owner: str, template_id: str | None, version: int = 1, valid: bool | None = True,
+    events: EventStore,
+    owner: str,
+    template_id: str | None,
+    version: int = 1,
+    valid: bool | None = True,
 ) -> str:
     """A seed uploaded by `owner`; validated against (template, version) unless `valid` is None."""
     seed_id = str(uuid.uuid4())
     key = f"seed-data/{owner}/{seed_id}/topics.jsonl"
     recorded: list[DomainEvent] = [
-        SeedUploadRequested(seed_id=seed_id, owner=owner, filename="topics.jsonl", format=SeedFormat.JSONL,
-                            blob_key=key, max_bytes=1 << 20, expires_at="2026-11-01T00:15:00Z"),
-        SeedDataUploaded(seed_id=seed_id, owner=owner, blob_key=key, filename="topics.jsonl",
-                         format=SeedFormat.JSONL, size_bytes=100, sha256=SHA, record_count=5),
+        SeedUploadRequested(
+            seed_id=seed_id,
+            owner=owner,
+            filename="topics.jsonl",
+            format=SeedFormat.JSONL,
+            blob_key=key,
+            max_bytes=1 << 20,
+            expires_at="2026-11-01T00:15:00Z",
+        ),
+        SeedDataUploaded(
+            seed_id=seed_id,
+            owner=owner,
+            blob_key=key,
+            filename="topics.jsonl",
+            format=SeedFormat.JSONL,
+            size_bytes=100,
+            sha256=SHA,
+            record_count=5,
+        ),
     ]
     if valid is not None and template_id is not None:
-        recorded.append(SeedDataValidated(
-            seed_id=seed_id, template_id=template_id, template_version=version, valid=valid, record_count=5,
-            invalid_records=0 if valid else 2, missing_counts={} if valid else {"topic": 2}, sha256=SHA,
-        ))
+        recorded.append(
+            SeedDataValidated(
+                seed_id=seed_id,
+                template_id=template_id,
+                template_version=version,
+                valid=valid,
+                record_count=5,
+                invalid_records=0 if valid else 2,
+                missing_counts={} if valid else {"topic": 2},
+                sha256=SHA,
+            )
+        )
     events.append(seed_stream(seed_id), [NewEvent(e, actor=owner) for e in recorded], 0)
     return seed_id
 
@@ -193,20 +258,40 @@ def claimed(job_id: str, worker: str = "worker-1") -> GenerationClaimed:
 
 def batch(job_id: str, number: int, rows: int = 100, failures: int = 0) -> BatchGenerated:
     return BatchGenerated(
-        job_id=job_id, batch_number=number, first_record=number * 100, last_record=number * 100 + rows - 1,
-        blob_key=f"datasets/alice/{job_id}/parts/part-{number:06d}.parquet", rows=rows, failures=failures,
+        job_id=job_id,
+        batch_number=number,
+        first_record=number * 100,
+        last_record=number * 100 + rows - 1,
+        blob_key=f"datasets/alice/{job_id}/parts/part-{number:06d}.parquet",
+        rows=rows,
+        failures=failures,
         token_usage={MODEL: TokenUsage(input_tokens=10 * rows, output_tokens=20 * rows, calls=rows)},
-        duration_ms=1500, bytes_written=4096,
+        duration_ms=1500,
+        bytes_written=4096,
     )
 
 
 def exported(job_id: str, rows: int) -> DatasetExported:
-    return DatasetExported(job_id=job_id, rows=rows, files=[
-        ExportedFile(format=OutputFormat.JSONL, blob_key=f"datasets/alice/{job_id}/export/data.jsonl",
-                     rows=rows, size_bytes=2048, sha256=SHA),
-        ExportedFile(format=OutputFormat.PARQUET, blob_key=f"datasets/alice/{job_id}/export/data.parquet",
-                     rows=rows, size_bytes=1024, sha256=SHA),
-    ])
+    return DatasetExported(
+        job_id=job_id,
+        rows=rows,
+        files=[
+            ExportedFile(
+                format=OutputFormat.JSONL,
+                blob_key=f"datasets/alice/{job_id}/export/data.jsonl",
+                rows=rows,
+                size_bytes=2048,
+                sha256=SHA,
+            ),
+            ExportedFile(
+                format=OutputFormat.PARQUET,
+                blob_key=f"datasets/alice/{job_id}/export/data.parquet",
+                rows=rows,
+                size_bytes=1024,
+                sha256=SHA,
+            ),
+        ],
+    )
 
 
 def job_events(events: EventStore, job_id: str) -> list[str]:
@@ -243,8 +328,12 @@ def local_facade(data_dir: Path) -> Iterator[Facade]:
         bus.run_once()
 
     yield Facade(
-        "local", lambda event: app.resolve(event, fake_context("palette-jobs")), adapters.events, adapters.blobs,
-        identify, deliver,
+        "local",
+        lambda event: app.resolve(event, fake_context("palette-jobs")),
+        adapters.events,
+        adapters.blobs,
+        identify,
+        deliver,
     )
     bus.close()
     adapters.close()
@@ -262,7 +351,8 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
             TableName="palette-projection-tracking",
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
             AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"},
+                {"AttributeName": "pk", "AttributeType": "S"},
+                {"AttributeName": "sk", "AttributeType": "S"},
             ],
             BillingMode="PAY_PER_REQUEST",
         )
@@ -289,8 +379,12 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
                 assert projected == {"batchItemFailures": []}
 
         yield Facade(
-            "aws", lambda event: lambda_handler.handler(event, fake_context("palette-jobs")), kernel.events, kernel.blobs,
-            identify, deliver,
+            "aws",
+            lambda event: lambda_handler.handler(event, fake_context("palette-jobs")),
+            kernel.events,
+            kernel.blobs,
+            identify,
+            deliver,
         )
         _forget_containers()
 
@@ -298,7 +392,9 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
 def _forget_containers() -> None:
     """A cold start: the next invocation builds its adapters from the environment again."""
     for cached in (
-        lambda_handler.adapters, lambda_handler.parts, lambda_handler.api,
+        lambda_handler.adapters,
+        lambda_handler.parts,
+        lambda_handler.api,
         lambda_handler.projection_runners,
     ):
         cached.cache_clear()
@@ -321,11 +417,20 @@ def test_a_job_is_created_at_once_with_the_latest_version_pinned(api: Facade) ->
     template_id = add_template(api.events, "alice", versions=3)
     seed_id = add_seed(api.events, "alice", template_id, version=3)
 
-    reply = api.call("POST", "/jobs", body={
-        "template_id": template_id, "seed_id": seed_id, "num_records": 10_000, "budget_limit": "20.50",
-        "output_format": "parquet", "model_parameters": {"temperature": 0.2}, "priority": 5,
-        "partition_strategy": "field:topic",
-    })
+    reply = api.call(
+        "POST",
+        "/jobs",
+        body={
+            "template_id": template_id,
+            "seed_id": seed_id,
+            "num_records": 10_000,
+            "budget_limit": "20.50",
+            "output_format": "parquet",
+            "model_parameters": {"temperature": 0.2},
+            "priority": 5,
+            "partition_strategy": "field:topic",
+        },
+    )
 
     # "at once": the POST answers QUEUED; no generation ran in the request (no worker here)
     assert reply.status == 201, reply.body
@@ -334,16 +439,28 @@ def test_a_job_is_created_at_once_with_the_latest_version_pinned(api: Facade) ->
     assert (body["status"], body["cancel_requested"], body["started_at"]) == ("QUEUED", False, None)
     assert body["created_at"].endswith("Z")
     assert body["input"] == {
-        "template_id": template_id, "template_version": 3, "seed_id": seed_id, "num_records": 10_000,
-        "budget_limit": "20.50", "output_format": ["PARQUET"], "model_parameters": {"temperature": 0.2},
-        "priority": 5, "partition_strategy": "field:topic", "models": None, "output_filter": "drop",
+        "template_id": template_id,
+        "template_version": 3,
+        "seed_id": seed_id,
+        "num_records": 10_000,
+        "budget_limit": "20.50",
+        "output_format": ["PARQUET"],
+        "model_parameters": {"temperature": 0.2},
+        "priority": 5,
+        "partition_strategy": "field:topic",
+        "models": None,
+        "output_filter": "drop",
         "task_size": None,
     }
     assert body["progress"] == {
-        "records_generated": 0, "failed_records": 0, "num_records": 10_000, "percent": 0.0,
-        "target_records": 10_000, "percentage": 0.0,
+        "records_generated": 0,
+        "failed_records": 0,
+        "num_records": 10_000,
+        "percent": 0.0,
+        "target_records": 10_000,
+        "percentage": 0.0,
     }
-    [requested] = api.events.read_stream(job_stream(body['job_id']))
+    [requested] = api.events.read_stream(job_stream(body["job_id"]))
     assert (requested.detail_type, requested.actor) == ("JobRequested", "alice")
     assert api.call("GET", f"/jobs/{body['job_id']}").body == body
 
@@ -442,8 +559,12 @@ def test_a_seed_that_failed_validation_for_the_pinned_version_is_a_conflict(api:
     reply = api.call("POST", "/jobs", body={**base, "seed_id": failed})
     assert reply.status == 409
     assert reply.error["details"]["validation"] == {
-        "valid": False, "record_count": 5, "invalid_records": 2, "missing_counts": {"topic": 2},
-        "unreadable_records": 0, "file_error": None,
+        "valid": False,
+        "record_count": 5,
+        "invalid_records": 2,
+        "missing_counts": {"topic": 2},
+        "unreadable_records": 0,
+        "file_error": None,
     }
     assert api.call("POST", "/jobs", body={**base, "seed_id": older, "template_version": 1}).status == 201
 
@@ -469,9 +590,16 @@ def test_templates_and_seeds_the_caller_may_not_see_are_not_found(api: Facade) -
         code = "TEMPLATE_NOT_FOUND" if what == "template" else "NOT_FOUND"
         assert (reply.status, reply.error["code"]) == (404, code), (what, reply.body)
         assert reply.error["message"].startswith(what)
-    other_version = api.call("POST", "/jobs", body={
-        **base, "template_id": own, "seed_id": add_seed(api.events, "alice", own), "template_version": 9,
-    })
+    other_version = api.call(
+        "POST",
+        "/jobs",
+        body={
+            **base,
+            "template_id": own,
+            "seed_id": add_seed(api.events, "alice", own),
+            "template_version": 9,
+        },
+    )
     assert other_version.status == 404 and other_version.error["details"]["template_version"] == 9
     on_public = add_seed(api.events, "alice", public)
     assert api.call("POST", "/jobs", body={**base, "template_id": public, "seed_id": on_public}).status == 201
@@ -480,9 +608,16 @@ def test_templates_and_seeds_the_caller_may_not_see_are_not_found(api: Facade) -
 def test_a_template_with_a_model_no_provider_serves_is_refused(local: Facade) -> None:
     template_id = add_template(local.events, "alice", models=(MODEL, "acme/model-x"))
     seed_id = add_seed(local.events, "alice", template_id)
-    reply = local.call("POST", "/jobs", body={
-        "template_id": template_id, "seed_id": seed_id, "num_records": 10, "budget_limit": 5,
-    })
+    reply = local.call(
+        "POST",
+        "/jobs",
+        body={
+            "template_id": template_id,
+            "seed_id": seed_id,
+            "num_records": 10,
+            "budget_limit": 5,
+        },
+    )
     assert reply.status == 400
     assert reply.error["details"]["errors"][0]["field"] == "template_id"
     assert "acme/model-x" in reply.error["message"]
@@ -494,11 +629,18 @@ def test_a_pricing_check_refuses_models_without_a_price(tmp_path: Path) -> None:
     template_id = add_template(adapters.events, "alice")
     seed_id = add_seed(adapters.events, "alice", template_id)
     with pytest.raises(InvalidJobInput, match="no price is known"):
-        handlers.request_job("alice", JobInput(
-            template_id=template_id, seed_id=seed_id, options=JobOptions(
-                num_records=1, budget_limit=Decimal(1), output_formats=[OutputFormat.JSONL],
+        handlers.request_job(
+            "alice",
+            JobInput(
+                template_id=template_id,
+                seed_id=seed_id,
+                options=JobOptions(
+                    num_records=1,
+                    budget_limit=Decimal(1),
+                    output_formats=[OutputFormat.JSONL],
+                ),
             ),
-        ))
+        )
     adapters.close()
 
 
@@ -553,8 +695,12 @@ def test_a_job_runs_to_completion_and_the_dashboard_follows(api: Facade) -> None
     running = api.call("GET", f"/jobs/{job_id}").body
     assert running["status"] == "RUNNING" and running["started_at"]
     assert running["progress"] == {
-        "records_generated": 198, "failed_records": 2, "num_records": 250, "percent": 79.2,
-        "target_records": 250, "percentage": 79.2,
+        "records_generated": 198,
+        "failed_records": 2,
+        "num_records": 250,
+        "percent": 79.2,
+        "target_records": 250,
+        "percentage": 79.2,
     }
     live = api.call("GET", f"/dashboard/{job_id}").body
     assert (live["status"], live["records_remaining"], live["batches"]) == ("RUNNING", 52, 2)
@@ -582,32 +728,53 @@ def test_billing_fills_the_cost_block_and_a_budget_stop_ends_the_job(api: Facade
     api.generate(job_id, claimed(job_id), batch(job_id, 0))
     api.bill(
         job_id,
-        CostRecorded(job_id=job_id, batch_number=0, catalog_version="2026-11", model_tokens=Decimal("1.2"),
-                     compute=Decimal("0.1"), storage=Decimal("0.01"), total=Decimal("1.31"),
-                     per_model={MODEL: Decimal("1.2")}),
+        CostRecorded(
+            job_id=job_id,
+            batch_number=0,
+            catalog_version="2026-11",
+            model_tokens=Decimal("1.2"),
+            compute=Decimal("0.1"),
+            storage=Decimal("0.01"),
+            total=Decimal("1.31"),
+            per_model={MODEL: Decimal("1.2")},
+        ),
         BudgetWarning(job_id=job_id, budget_limit=Decimal(2), spent=Decimal("1.31"), threshold_percent=50),
         BudgetExceeded(job_id=job_id, budget_limit=Decimal(2), spent=Decimal("1.31"), reason="next batch"),
     )
-    api.generate(job_id, GenerationStopped(job_id=job_id, reason="budget_exceeded", records_completed=100),
-                 exported(job_id, 100))
+    api.generate(
+        job_id, GenerationStopped(job_id=job_id, reason="budget_exceeded", records_completed=100), exported(job_id, 100)
+    )
 
     assert job_events(api.events, job_id) == ["JobRequested", "JobStarted", "JobBudgetExceeded"]
     board = api.call("GET", f"/dashboard/{job_id}").body
     assert board["status"] == "BUDGET_EXCEEDED" and len(board["files"]) == 2
     assert board["cost"] == {
-        "model_tokens": "1.2", "compute": "0.1", "storage": "0.01", "total": 1.31,
-        "bedrock": 1.2, "fargate": 0.1, "s3": 0.01,
-        "per_model": {MODEL: "1.2", "unattributed": "0.11"}, "budget_limit": "2", "used": "1.31", "remaining": "0.69",
-        "percent": 65.5, "warnings": [50], "budget_exceeded": True,
+        "model_tokens": "1.2",
+        "compute": "0.1",
+        "storage": "0.01",
+        "total": 1.31,
+        "bedrock": 1.2,
+        "fargate": 0.1,
+        "s3": 0.01,
+        "per_model": {MODEL: "1.2", "unattributed": "0.11"},
+        "budget_limit": "2",
+        "used": "1.31",
+        "remaining": "0.69",
+        "percent": 65.5,
+        "warnings": [50],
+        "budget_exceeded": True,
     }
 
 
 def test_the_dashboard_counts_unbatched_calls_and_splits_the_whole_cost_by_model(api: Facade) -> None:
     job_id = api.start_job(budget_limit=20)["job_id"]
     api.generate(
-        job_id, claimed(job_id), batch(job_id, 0),
+        job_id,
+        claimed(job_id),
+        batch(job_id, 0),
         UnbatchedUsageRecorded(
-            job_id=job_id, worker_id="worker-1",
+            job_id=job_id,
+            worker_id="worker-1",
             token_usage={MODEL: TokenUsage(input_tokens=88, output_tokens=48, calls=8)},
             unanswered={MODEL: TokenUsage(input_tokens=50, output_tokens=500, calls=2)},
         ),
@@ -615,14 +782,37 @@ def test_the_dashboard_counts_unbatched_calls_and_splits_the_whole_cost_by_model
     )
     api.bill(
         job_id,
-        CostRecorded(job_id=job_id, batch_number=0, catalog_version="2026-11", model_tokens=Decimal("1.2"),
-                     compute=Decimal("0.1"), storage=Decimal("0.01"), total=Decimal("1.31"),
-                     per_model={MODEL: Decimal("1.2")}),
-        UsageCharged(job_id=job_id, charge_id="u1", kind="unbatched", catalog_version="2026-11",
-                     model_tokens=Decimal("0.3"), compute=Decimal(0), storage=Decimal(0), total=Decimal("0.3"),
-                     per_model={MODEL: Decimal("0.3")}),
-        UsageCharged(job_id=job_id, charge_id="w1", kind="written_off", catalog_version="2026-11",
-                     model_tokens=Decimal("0.5"), compute=Decimal(0), storage=Decimal(0), total=Decimal("0.5")),
+        CostRecorded(
+            job_id=job_id,
+            batch_number=0,
+            catalog_version="2026-11",
+            model_tokens=Decimal("1.2"),
+            compute=Decimal("0.1"),
+            storage=Decimal("0.01"),
+            total=Decimal("1.31"),
+            per_model={MODEL: Decimal("1.2")},
+        ),
+        UsageCharged(
+            job_id=job_id,
+            charge_id="u1",
+            kind="unbatched",
+            catalog_version="2026-11",
+            model_tokens=Decimal("0.3"),
+            compute=Decimal(0),
+            storage=Decimal(0),
+            total=Decimal("0.3"),
+            per_model={MODEL: Decimal("0.3")},
+        ),
+        UsageCharged(
+            job_id=job_id,
+            charge_id="w1",
+            kind="written_off",
+            catalog_version="2026-11",
+            model_tokens=Decimal("0.5"),
+            compute=Decimal(0),
+            storage=Decimal(0),
+            total=Decimal("0.5"),
+        ),
     )
 
     board = api.call("GET", f"/dashboard/{job_id}").body
@@ -644,10 +834,16 @@ def test_the_eta_follows_the_recent_rate_after_a_slow_start(tmp_path: Path) -> N
         first = 0
         for number, (when, rows) in enumerate(slow + fast):
             fact = BatchGenerated(
-                job_id=job_id, batch_number=number, first_record=first, last_record=first + rows - 1,
-                blob_key=f"parts/{number}", rows=rows, failures=0,
+                job_id=job_id,
+                batch_number=number,
+                first_record=first,
+                last_record=first + rows - 1,
+                blob_key=f"parts/{number}",
+                rows=rows,
+                failures=0,
                 token_usage={MODEL: TokenUsage(input_tokens=rows, output_tokens=rows, calls=rows)},
-                duration_ms=100, bytes_written=100,
+                duration_ms=100,
+                bytes_written=100,
             )
             facts.append(NewEvent(fact, actor="worker", time=_at(when)))
             first += rows
@@ -679,8 +875,11 @@ def _at(when: datetime) -> str:
 
 def test_a_fatal_generator_error_fails_the_job(api: Facade) -> None:
     job_id = api.start_job()["job_id"]
-    api.generate(job_id, claimed(job_id),
-                 GenerationFailed(job_id=job_id, code="MODEL_ACCESS_DENIED", reason="denied", records_completed=0))
+    api.generate(
+        job_id,
+        claimed(job_id),
+        GenerationFailed(job_id=job_id, code="MODEL_ACCESS_DENIED", reason="denied", records_completed=0),
+    )
     body = api.call("GET", f"/jobs/{job_id}").body
     assert body["status"] == "FAILED"
     assert body["failure"] == {"code": "MODEL_ACCESS_DENIED", "reason": "denied"}
@@ -694,7 +893,10 @@ def test_deleting_a_queued_job_cancels_it_at_once(api: Facade) -> None:
     job_id = api.start_job()["job_id"]
     reply = api.call("DELETE", f"/jobs/{job_id}")
     assert reply.status == 200 and reply.body == {
-        "message": "Job cancelled", "job_id": job_id, "status": "CANCELLED", "cancel_requested": False,
+        "message": "Job cancelled",
+        "job_id": job_id,
+        "status": "CANCELLED",
+        "cancel_requested": False,
     }
     assert api.call("GET", f"/jobs/{job_id}").body["status"] == "CANCELLED"
 
@@ -709,18 +911,25 @@ def test_cancelling_a_running_job_stops_it_after_the_worker_does(api: Facade) ->
     asked = api.call("DELETE", f"/jobs/{job_id}")
     again = api.call("DELETE", f"/jobs/{job_id}")
     assert asked.status == 202 and asked.body == {
-        "message": "Job cancellation requested", "job_id": job_id, "status": "RUNNING", "cancel_requested": True,
+        "message": "Job cancellation requested",
+        "job_id": job_id,
+        "status": "RUNNING",
+        "cancel_requested": True,
     }
     assert again.status == 202 and again.body == asked.body
     assert job_events(api.events, job_id).count("JobCancelRequested") == 1
 
     api.generate(
-        job_id, batch(job_id, 1), GenerationStopped(job_id=job_id, reason="cancelled", records_completed=200),
+        job_id,
+        batch(job_id, 1),
+        GenerationStopped(job_id=job_id, reason="cancelled", records_completed=200),
         exported(job_id, 200),
     )
     body = api.call("GET", f"/jobs/{job_id}").body
     assert (body["status"], body["progress"]["records_generated"]) == ("CANCELLED", 200)
-    assert body["files"] and all(f["rows"] == 200 and f["download_url"] for f in body["files"]), "a cancel keeps its records"
+    assert body["files"] and all(f["rows"] == 200 and f["download_url"] for f in body["files"]), (
+        "a cancel keeps its records"
+    )
     assert api.call("GET", f"/dashboard/{job_id}").body["files"] == body["files"]
     assert job_events(api.events, job_id) == ["JobRequested", "JobStarted", "JobCancelRequested", "JobCancelled"]
 
@@ -728,8 +937,11 @@ def test_cancelling_a_running_job_stops_it_after_the_worker_does(api: Facade) ->
 def test_deleting_a_finished_job_deletes_its_data_then_it_is_gone(api: Facade) -> None:
     job_id = api.start_job()["job_id"]
     other = api.start_job()["job_id"]
-    for key in (f"datasets/alice/{job_id}/parts/part-000000.parquet", f"datasets/alice/{job_id}/export/data.jsonl",
-                f"datasets/alice/{other}/parts/part-000000.parquet"):
+    for key in (
+        f"datasets/alice/{job_id}/parts/part-000000.parquet",
+        f"datasets/alice/{job_id}/export/data.jsonl",
+        f"datasets/alice/{other}/parts/part-000000.parquet",
+    ):
         api.blobs.put_bytes(key, b"data")
     api.generate(job_id, claimed(job_id), batch(job_id, 0), exported(job_id, 100))
 
@@ -737,7 +949,8 @@ def test_deleting_a_finished_job_deletes_its_data_then_it_is_gone(api: Facade) -
     reply = api.call("DELETE", f"/jobs/{job_id}")
 
     assert (reply.status, reply.body) == (
-        200, {"message": "Job deleted", "job_id": job_id, "status": "COMPLETED", "cancel_requested": False},
+        200,
+        {"message": "Job deleted", "job_id": job_id, "status": "COMPLETED", "cancel_requested": False},
     )
     assert list(api.blobs.list(f"datasets/alice/{job_id}/")) == []
     assert [b.key for b in api.blobs.list("datasets/")] == [f"datasets/alice/{other}/parts/part-000000.parquet"]
@@ -767,8 +980,12 @@ def test_deleting_a_finished_job_removes_what_killed_writers_left_half_written(l
 
 def test_another_users_job_is_not_found(api: Facade) -> None:
     job_id = api.start_job("alice")["job_id"]
-    for method, path in (("GET", f"/jobs/{job_id}"), ("DELETE", f"/jobs/{job_id}"),
-                         ("GET", f"/dashboard/{job_id}"), ("GET", "/jobs/job_nope")):
+    for method, path in (
+        ("GET", f"/jobs/{job_id}"),
+        ("DELETE", f"/jobs/{job_id}"),
+        ("GET", f"/dashboard/{job_id}"),
+        ("GET", "/jobs/job_nope"),
+    ):
         reply = api.call(method, path, "bob")
         assert (reply.status, reply.error["code"]) == (404, "NOT_FOUND")
     assert api.call("GET", f"/jobs/{job_id}").body["status"] == "QUEUED"
@@ -801,15 +1018,23 @@ def test_a_fact_that_overtakes_the_claim_still_records_the_start(tmp_path: Path)
     adapters = local_adapters(tmp_path)
     handlers = JobHandlers(adapters.events, adapters.blobs)
     template_id = add_template(adapters.events, "alice")
-    job_id = handlers.request_job("alice", JobInput(
-        template_id=template_id, seed_id=add_seed(adapters.events, "alice", template_id),
-        options=JobOptions(
-            num_records=100, budget_limit=Decimal(1), output_formats=[OutputFormat.JSONL]
+    job_id = handlers.request_job(
+        "alice",
+        JobInput(
+            template_id=template_id,
+            seed_id=add_seed(adapters.events, "alice", template_id),
+            options=JobOptions(num_records=100, budget_limit=Decimal(1), output_formats=[OutputFormat.JSONL]),
         ),
-    )).state.job_id
-    stored = adapters.events.append(generation_stream(job_id), [
-        NewEvent(claimed(job_id)), NewEvent(batch(job_id, 0)), NewEvent(exported(job_id, 100)),
-    ], 0)
+    ).state.job_id
+    stored = adapters.events.append(
+        generation_stream(job_id),
+        [
+            NewEvent(claimed(job_id)),
+            NewEvent(batch(job_id, 0)),
+            NewEvent(exported(job_id, 100)),
+        ],
+        0,
+    )
 
     for event in reversed(stored):
         handlers.apply_generation_fact(event)
@@ -826,8 +1051,18 @@ def test_the_dashboard_rebuilt_from_the_log_equals_the_one_built_out_of_order(tm
         jobs = [facade.start_job()["job_id"] for _ in range(3)]
         facade.generate(jobs[0], claimed(jobs[0]), batch(jobs[0], 0), batch(jobs[0], 1), exported(jobs[0], 200))
         facade.generate(jobs[1], claimed(jobs[1]), batch(jobs[1], 0))
-        facade.bill(jobs[1], CostRecorded(job_id=jobs[1], batch_number=0, catalog_version="v", model_tokens=Decimal("0.5"),
-                                          compute=Decimal(0), storage=Decimal(0), total=Decimal("0.5")))
+        facade.bill(
+            jobs[1],
+            CostRecorded(
+                job_id=jobs[1],
+                batch_number=0,
+                catalog_version="v",
+                model_tokens=Decimal("0.5"),
+                compute=Decimal(0),
+                storage=Decimal(0),
+                total=Decimal("0.5"),
+            ),
+        )
         facade.call("DELETE", f"/jobs/{jobs[1]}")
         facade.generate(jobs[1], GenerationStopped(job_id=jobs[1], reason="cancelled", records_completed=100))
         facade.call("DELETE", f"/jobs/{jobs[1]}")
@@ -881,12 +1116,12 @@ def test_the_reaction_consumer_reports_only_failed_records(monkeypatch: pytest.M
         assert job_events(facade.events, job_id) == ["JobRequested", "JobStarted"]
 
 
-
 def test_the_openapi_document_describes_the_routes(tmp_path: Path) -> None:
     adapters = local_adapters(tmp_path)
     router = create_router(
         JobHandlers(adapters.events, adapters.blobs),
-        adapters.document_reader(JobList()), adapters.document_reader(JobDashboard()),
+        adapters.document_reader(JobList()),
+        adapters.document_reader(JobDashboard()),
     )
     paths = json.loads(build_app([router], LocalTokens(SECRET), local=False).get_openapi_json_schema())["paths"]
     adapters.close()

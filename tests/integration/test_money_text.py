@@ -63,15 +63,27 @@ def test_costs_jobs_and_dashboard_write_tiny_amounts_in_fixed_point(
     data_dir.mkdir()
     (data_dir / "pricing.json").write_text(json.dumps(TINY))
     step = {
-        "id": "question", "model": MODEL, "prompt": "Ask about {{ topic }}.", "parameters": {"max_tokens": 8},
+        "id": "question",
+        "model": MODEL,
+        "prompt": "Ask about {{ topic }}.",
+        "parameters": {"max_tokens": 8},
     }
-    with FakeOpenAIServer(latency_s=0.001) as server, \
-            running_palette(data_dir, server, monkeypatch) as runtime, client(runtime, "alice") as alice:
+    with (
+        FakeOpenAIServer(latency_s=0.001) as server,
+        running_palette(data_dir, server, monkeypatch) as runtime,
+        client(runtime, "alice") as alice,
+    ):
         template_id, seed_id = template_and_seed(alice, [step])
-        created = alice.post("/jobs", json={
-            "template_id": template_id, "seed_id": seed_id, "num_records": 3,
-            "output_format": ["JSONL"], "budget_limit": 1,
-        })
+        created = alice.post(
+            "/jobs",
+            json={
+                "template_id": template_id,
+                "seed_id": seed_id,
+                "num_records": 3,
+                "output_format": ["JSONL"],
+                "budget_limit": 1,
+            },
+        )
         assert created.status_code == 201, created.text
         job_id = created.json()["job_id"]
         assert wait_until_finished(alice, job_id)["status"] == "COMPLETED"
@@ -80,7 +92,10 @@ def test_costs_jobs_and_dashboard_write_tiny_amounts_in_fixed_point(
             "job": alice.get(f"/jobs/{job_id}").json(),
             "dashboard": alice.get(f"/dashboard/{job_id}").json(),
         }
-        raw = {name: alice.get(path).text for name, path in (("job", f"/jobs/{job_id}"), ("dashboard", f"/dashboard/{job_id}"))}
+        raw = {
+            name: alice.get(path).text
+            for name, path in (("job", f"/jobs/{job_id}"), ("dashboard", f"/dashboard/{job_id}"))
+        }
 
     costs = replies["costs"]
     total = Decimal(costs["totals"]["total"])

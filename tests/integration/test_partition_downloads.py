@@ -39,10 +39,16 @@ def record(index: int, topic: str | None, model: str | None, day: int) -> Genera
         "record_index": index,
         "job_id": JOB,
         "seed": {"topic": topic, "n": index},
-        "steps": {"question": {
-            "output": f"question {index}", "output_json": None, "model": model or "openai/fake",
-            "input_tokens": 3, "output_tokens": 5, "latency_ms": 7,
-        }},
+        "steps": {
+            "question": {
+                "output": f"question {index}",
+                "output_json": None,
+                "model": model or "openai/fake",
+                "input_tokens": 3,
+                "output_tokens": 5,
+                "latency_ms": 7,
+            }
+        },
         "created_at": f"2026-11-{day:02d}T10:00:00+00:00",
     }
     if model is not None:
@@ -105,9 +111,10 @@ def _value_of(row: dict[str, Any], strategy: str) -> Any:
 @pytest.fixture(scope="module")
 def facade_blobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BlobStore]:
     monkeypatch = pytest.MonkeyPatch()
-    with FakeOpenAIServer(latency_s=0.0) as fake, running_palette(
-        tmp_path_factory.mktemp("data"), fake, monkeypatch
-    ) as runtime:
+    with (
+        FakeOpenAIServer(latency_s=0.0) as fake,
+        running_palette(tmp_path_factory.mktemp("data"), fake, monkeypatch) as runtime,
+    ):
         yield runtime.adapters.blobs
     monkeypatch.undo()
 
@@ -136,7 +143,9 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_s3_partitioned_exports_download_by_presigned_url(moto_endpoint: str, strategy: str, tmp_path: Path) -> None:
     client = boto3.client(
-        "s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+        "s3",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
     )
     bucket = f"partitions-{strategy.replace(':', '-')}"

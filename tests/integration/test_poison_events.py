@@ -47,6 +47,7 @@ from tests.integration.templates_facade import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
+
 def failures_recorded(events: EventStore, projection: str = TemplateCatalog.name) -> list[dict[str, Any]]:
     return [json.loads(e.detail) for e in events.read_stream(projection_stream(projection))]
 
@@ -71,7 +72,9 @@ def test_a_poison_template_leaves_listings_and_deletions_working_on_both_runtime
 
     [failure] = failures_recorded(api.events)
     assert (failure["event_id"], failure["position"], failure["event_type"]) == (
-        poison.id, poison.position, "TemplateCreated"
+        poison.id,
+        poison.position,
+        "TemplateCreated",
     )
     assert failure["error"].startswith("InvalidDocument:") and "\x00" not in failure["error"]
     assert [letter.event_id for letter in _catalog_dead_letters(api)] == [poison.id]
@@ -106,12 +109,16 @@ def test_over_http_the_catalogue_serves_everyone_while_a_poison_event_is_in_the_
         alice, bob = client(runtime, "alice"), client(runtime, "bob")
         made = {}
         for user, name in ((alice, "Before"), (bob, "Public before")):
-            reply = user.post("/templates", json={"name": name, "is_public": True, "steps": [step("q", "Ask {{ topic }}")]})
+            reply = user.post(
+                "/templates", json={"name": name, "is_public": True, "steps": [step("q", "Ask {{ topic }}")]}
+            )
             assert reply.status_code == 201, reply.text
             made[name] = reply.json()["id"]
         poison = append_poison_template(runtime.adapters.events)
         for user, name in ((alice, "After"), (bob, "Public after")):
-            reply = user.post("/templates", json={"name": name, "is_public": True, "steps": [step("q", "Ask {{ topic }}")]})
+            reply = user.post(
+                "/templates", json={"name": name, "is_public": True, "steps": [step("q", "Ask {{ topic }}")]}
+            )
             assert reply.status_code == 201, reply.text
             made[name] = reply.json()["id"]
 
@@ -120,7 +127,11 @@ def test_over_http_the_catalogue_serves_everyone_while_a_poison_event_is_in_the_
             assert listing.status_code == 200, listing.text
             assert {item["id"] for item in listing.json()["items"]} == set(made.values())
         assert alice.delete(f"/templates/{made['Before']}").status_code == 204
-        assert {item["name"] for item in bob.get("/templates").json()["items"]} == {"Public before", "After", "Public after"}
+        assert {item["name"] for item in bob.get("/templates").json()["items"]} == {
+            "Public before",
+            "After",
+            "Public after",
+        }
 
         runtime.catch_up()  # the background thread and the routes met it too: still one record
         events = runtime.adapters.events
@@ -134,7 +145,11 @@ def test_over_http_the_catalogue_serves_everyone_while_a_poison_event_is_in_the_
     assert len(alerts) == 1
     line = json.loads(failures.alerts.registered_formatter.format(alerts[0]))  # as written to stderr
     assert line["level"] == "ERROR" and line["service"] == "palette-projections"
-    assert (line["projection"], line["event_id"], line["position"]) == (TemplateCatalog.name, poison.id, poison.position)
+    assert (line["projection"], line["event_id"], line["position"]) == (
+        TemplateCatalog.name,
+        poison.id,
+        poison.position,
+    )
 
 
 class FixedLater(DocumentProjection):
@@ -203,7 +218,9 @@ def test_on_aws_a_throttled_view_is_an_item_failure_for_sqs_to_retry_never_a_dea
 
         def throttling(**request: Any) -> Any:
             if throttled["id"] in json.dumps(request):
-                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "TransactWriteItems")
+                raise ClientError(
+                    {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "TransactWriteItems"
+                )
             return transact(**request)
 
         monkeypatch.setattr(client, "transact_write_items", throttling)
@@ -215,7 +232,9 @@ def test_on_aws_a_throttled_view_is_an_item_failure_for_sqs_to_retry_never_a_dea
         assert [item["id"] for item in listing.body["items"]] == [fine["id"]]
 
         monkeypatch.setattr(client, "transact_write_items", transact)  # the throttling passed: SQS delivers again
-        assert lambda_handler.project(sqs_batch([batch["Records"][0]["body"]]), fake_context()) == {"batchItemFailures": []}
+        assert lambda_handler.project(sqs_batch([batch["Records"][0]["body"]]), fake_context()) == {
+            "batchItemFailures": []
+        }
         listing = api_.call("GET", "/templates", "alice")
         assert {item["id"] for item in listing.body["items"]} == {throttled["id"], fine["id"]}
     finally:

@@ -51,10 +51,8 @@ def test_a_job_whose_seed_holds_a_value_over_the_limit_fails_naming_its_line(ada
 
     assert result.outcome is RunOutcome.FAILED, result
     failed = [
-        event for event in (
-            s.decode()
-            for s in adapters.events.read_stream(generation_stream(job_id))
-        )
+        event
+        for event in (s.decode() for s in adapters.events.read_stream(generation_stream(job_id)))
         if isinstance(event, GenerationFailed)
     ]
     assert len(failed) == 1 and "line 2" in failed[0].reason and "1 MiB" in failed[0].reason, failed

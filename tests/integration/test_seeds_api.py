@@ -67,17 +67,32 @@ def api_event(
     if token:
         headers["authorization"] = f"Bearer {token}"
     context: dict[str, Any] = {
-        "accountId": "123456789012", "apiId": "api", "domainName": "api.example.com",
-        "domainPrefix": "api", "requestId": str(uuid.uuid4()), "routeKey": "$default",
-        "stage": "$default", "time": "01/Nov/2026:12:00:00 +0000", "timeEpoch": int(time.time() * 1000),
-        "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1",
-                 "userAgent": "pytest"},
+        "accountId": "123456789012",
+        "apiId": "api",
+        "domainName": "api.example.com",
+        "domainPrefix": "api",
+        "requestId": str(uuid.uuid4()),
+        "routeKey": "$default",
+        "stage": "$default",
+        "time": "01/Nov/2026:12:00:00 +0000",
+        "timeEpoch": int(time.time() * 1000),
+        "http": {
+            "method": method,
+            "path": path,
+            "protocol": "HTTP/1.1",
+            "sourceIp": "127.0.0.1",
+            "userAgent": "pytest",
+        },
     }
     if claims is not None:
         context["authorizer"] = {"jwt": {"claims": claims, "scopes": None}}
     return {
-        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
-        "headers": headers, "requestContext": context,
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": headers,
+        "requestContext": context,
         "body": body if body is None or isinstance(body, str) else json.dumps(body),
         "isBase64Encoded": False,
     }
@@ -100,24 +115,23 @@ def add_template(
     template_id = template_id or str(uuid.uuid4())
     step = TemplateStep(id="write", model="local/gemma-3-270m", prompt="{{ seed.topic }}")
     created = TemplateCreated(
-        template_id=template_id, owner=owner, name="Books", is_public=is_public,
-        steps=[step], required_fields=required,
+        template_id=template_id,
+        owner=owner,
+        name="Books",
+        is_public=is_public,
+        steps=[step],
+        required_fields=required,
     )
     events.append(template_stream(template_id), [NewEvent(created, actor=owner)], 0)
     return template_id
 
 
 def jsonl(*records: Any) -> bytes:
-    return b"".join(
-        (r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records
-    )
+    return b"".join((r if isinstance(r, bytes) else json.dumps(r).encode()) + b"\n" for r in records)
 
 
 def seed_events(events: EventStore, seed_id: str) -> list[Any]:
-    return [
-        s.decode()
-        for s in events.read_stream(seed_stream(seed_id))
-    ]
+    return [s.decode() for s in events.read_stream(seed_stream(seed_id))]
 
 
 class LocalFacade:
@@ -257,12 +271,16 @@ def _parquet(rows: list[dict[str, Any]]) -> bytes:
         (
             "books.csv",
             b"author.name,book.title,topic\nLe Guin,The Dispossessed,anarchy\nButler,,kinship\n",
-            "row", 2, ["book.title"],
+            "row",
+            2,
+            ["book.title"],
         ),
         (
             "books.parquet",
             _parquet([GOOD, {"author": {"name": None}, "book": {"title": "Kindred"}, "topic": "time"}]),
-            "row", 2, ["author.name"],
+            "row",
+            2,
+            ["author.name"],
         ),
     ],
 )
@@ -333,7 +351,10 @@ def test_validate_uses_the_requested_template_version(facade: LocalFacade) -> No
     events = facade.adapters.events
     template_id = add_template(events, "alice", required=["topic"])
     published = TemplateVersionPublished(
-        template_id=template_id, version=2, name="Books", required_fields=["topic", "isbn"],
+        template_id=template_id,
+        version=2,
+        name="Books",
+        required_fields=["topic", "isbn"],
         steps=[TemplateStep(id="write", model="local/gemma-3-270m", prompt="{{ seed.isbn }}")],
     )
     events.append(template_stream(template_id), [NewEvent(published, actor="alice")], 1)
@@ -343,7 +364,11 @@ def test_validate_uses_the_requested_template_version(facade: LocalFacade) -> No
     first = facade.validate(seed_id, template_id, template_version=1).body
     missing = facade.validate(seed_id, template_id, template_version=3)
 
-    assert (latest["template_version"], latest["valid"], latest["missing_counts"]) == (2, False, {"topic": 0, "isbn": 1})
+    assert (latest["template_version"], latest["valid"], latest["missing_counts"]) == (
+        2,
+        False,
+        {"topic": 0, "isbn": 1},
+    )
     assert (first["template_version"], first["valid"]) == (1, True)
     assert missing.status == 404 and missing.body["error"]["details"]["template_version"] == 3
     seed = facade.call("GET", f"/seed-data/{seed_id}").body
@@ -374,7 +399,8 @@ def test_content_replaced_after_recording_is_recorded_by_validate(facade: LocalF
     assert facade.validate(seed_id, template_id).body["valid"] is False
 
     facade.blobs.accept_upload(  # a second PUT whose callback never ran
-        reply.body["blob_key"], dict(parse_qsl(urlsplit(reply.body["upload_url"]).query)),
+        reply.body["blob_key"],
+        dict(parse_qsl(urlsplit(reply.body["upload_url"]).query)),
         io.BytesIO(jsonl(GOOD, GOOD, GOOD)),
     )
     report = facade.validate(seed_id, template_id).body
@@ -669,13 +695,21 @@ def call_lambda(method: str, path: str, body: Any = None, user: str | None = "al
 def object_created(key: str) -> dict[str, Any]:
     """S3's "Object Created" event as EventBridge delivers it."""
     return {
-        "version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
-        "account": "123456789012", "time": "2026-11-01T12:00:00Z", "region": "us-east-1",
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": "123456789012",
+        "time": "2026-11-01T12:00:00Z",
+        "region": "us-east-1",
         "resources": [f"arn:aws:s3:::{BUCKET}"],
         "detail": {
-            "version": "0", "bucket": {"name": BUCKET},
+            "version": "0",
+            "bucket": {"name": BUCKET},
             "object": {"key": key, "size": 1, "etag": "x", "sequencer": "1"},
-            "request-id": "r", "requester": "123456789012", "reason": "PutObject",
+            "request-id": "r",
+            "requester": "123456789012",
+            "reason": "PutObject",
         },
     }
 
@@ -716,11 +750,16 @@ def test_aws_s3_notification_records_and_unknown_keys(aws: dict[str, Any]) -> No
     grant = call_lambda("POST", "/seed-data/upload", {"filename": "books.csv"}).body
     aws["s3"].put_object(Bucket=BUCKET, Key=grant["blob_key"], Body=b"topic\na\nb\n")
     aws["s3"].put_object(Bucket=BUCKET, Key="datasets/job-1/out.jsonl", Body=b"{}\n")
-    notification = {"Records": [
-        {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-         "s3": {"bucket": {"name": BUCKET}, "object": {"key": key, "size": 1}}}
-        for key in ("datasets/job-1/out.jsonl", grant["blob_key"])
-    ]}
+    notification = {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": BUCKET}, "object": {"key": key, "size": 1}},
+            }
+            for key in ("datasets/job-1/out.jsonl", grant["blob_key"])
+        ]
+    }
 
     result = lambda_handler.consume(sqs_batch([notification]), fake_context("palette-seeds", 512))
 
@@ -759,15 +798,16 @@ def test_aws_identity_comes_from_the_authorizer(aws: dict[str, Any]) -> None:
     aws["s3"].put_object(Bucket=BUCKET, Key=grant["blob_key"], Body=jsonl(GOOD))
 
     anonymous = call_lambda("GET", f"/seed-data/{grant['seed_id']}", user=None)
-    as_bob = call_lambda("POST", "/seed-data/validate",
-                         {"seed_id": grant["seed_id"], "template_id": template_id}, user="bob")
-    lazily_recorded = call_lambda("POST", "/seed-data/validate",
-                                  {"seed_id": grant["seed_id"], "template_id": template_id})
+    as_bob = call_lambda(
+        "POST", "/seed-data/validate", {"seed_id": grant["seed_id"], "template_id": template_id}, user="bob"
+    )
+    lazily_recorded = call_lambda(
+        "POST", "/seed-data/validate", {"seed_id": grant["seed_id"], "template_id": template_id}
+    )
 
     assert anonymous.status == 401
     assert as_bob.status == 404
     assert lazily_recorded.status == 200 and lazily_recorded.body["valid"] is True
-
 
 
 NAN = float("nan")
@@ -777,13 +817,18 @@ NAN = float("nan")
     ("filename", "data", "where"),
     [
         ("nan.jsonl", b'{"topic": "a", "author": {"name": NaN}}\n', "NaN"),
-        ("inf.jsonl", b'{"topic": "a", "author": {"name": "b"}}\n{"topic": "a", "author": {"name": 1e999999}}\n',
-         "1e999999"),
+        (
+            "inf.jsonl",
+            b'{"topic": "a", "author": {"name": "b"}}\n{"topic": "a", "author": {"name": 1e999999}}\n',
+            "1e999999",
+        ),
         ("minus.jsonl", b'{"topic": -Infinity, "author": {"name": "b"}}\n', "-Infinity"),
-        ("nan.json", b'[{"topic": "a", "author": {"name": "b"}},\n{"topic": NaN, "author": {"name": "b"}}]',
-         "line 2"),
-        ("nan.parquet", _parquet([{"topic": "a", "author": {"name": 1.0}}, {"topic": "b", "author": {"name": NAN}}]),
-         "row 2"),
+        ("nan.json", b'[{"topic": "a", "author": {"name": "b"}},\n{"topic": NaN, "author": {"name": "b"}}]', "line 2"),
+        (
+            "nan.parquet",
+            _parquet([{"topic": "a", "author": {"name": 1.0}}, {"topic": "b", "author": {"name": NAN}}]),
+            "row 2",
+        ),
     ],
 )
 def test_over_http_a_seed_holding_a_non_finite_number_is_invalid_naming_where(

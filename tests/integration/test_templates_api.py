@@ -77,7 +77,9 @@ def test_versions_are_immutable_and_each_stays_readable(api: Facade) -> None:
 
 def test_events_carry_the_actor_and_the_request_correlation_id(api: Facade) -> None:
     reply = api.call(
-        "POST", "/templates", "alice",
+        "POST",
+        "/templates",
+        "alice",
         {"name": "Traced", "steps": [step("q", "{{ x }}")]},
         headers={"x-correlation-id": "corr-42"},
     )
@@ -86,11 +88,16 @@ def test_events_carry_the_actor_and_the_request_correlation_id(api: Facade) -> N
 
 
 def test_required_fields_are_dotted_seed_paths(api: Facade) -> None:
-    created = api.create(steps=[
-        step("question", "Write about {{ author.name }}, born {{ author.born.year }}.\n"
-             "{% for b in books %}{{ b.title }}{% endfor %}"),
-        step("answer", "Answer {{ steps.question.output }} as {{ persona | default('a critic') }}"),
-    ])
+    created = api.create(
+        steps=[
+            step(
+                "question",
+                "Write about {{ author.name }}, born {{ author.born.year }}.\n"
+                "{% for b in books %}{{ b.title }}{% endfor %}",
+            ),
+            step("answer", "Answer {{ steps.question.output }} as {{ persona | default('a critic') }}"),
+        ]
+    )
     assert created["required_fields"] == ["author.born.year", "author.name", "books"]
 
 
@@ -98,9 +105,17 @@ def test_required_fields_are_dotted_seed_paths(api: Facade) -> None:
 
 
 def test_a_syntax_error_names_the_step_and_line(api: Facade) -> None:
-    reply = api.call("POST", "/templates", body={"name": "Broken", "steps": [
-        step("fine", "{{ a }}"), step("broken", "first line\n{{ title "),
-    ]})
+    reply = api.call(
+        "POST",
+        "/templates",
+        body={
+            "name": "Broken",
+            "steps": [
+                step("fine", "{{ a }}"),
+                step("broken", "first line\n{{ title "),
+            ],
+        },
+    )
     assert (reply.status, reply.error["code"]) == (400, "VALIDATION_ERROR")
     [problem] = reply.error["details"]["problems"]
     assert (problem["step_id"], problem["line"], problem["code"]) == ("broken", 2, "PROMPT_SYNTAX_ERROR")
@@ -108,18 +123,33 @@ def test_a_syntax_error_names_the_step_and_line(api: Facade) -> None:
 
 
 def test_a_step_cannot_read_a_later_step(api: Facade) -> None:
-    reply = api.call("POST", "/templates", body={"name": "Backwards", "steps": [
-        step("first", "{{ steps.second.output }}"), step("second", "{{ topic }}"),
-    ]})
+    reply = api.call(
+        "POST",
+        "/templates",
+        body={
+            "name": "Backwards",
+            "steps": [
+                step("first", "{{ steps.second.output }}"),
+                step("second", "{{ topic }}"),
+            ],
+        },
+    )
     assert reply.status == 400
     [problem] = reply.error["details"]["problems"]
     assert (problem["step_id"], problem["line"], problem["code"]) == ("first", 1, "FORWARD_STEP_REFERENCE")
 
 
 def test_a_sandbox_escape_is_rejected(api: Facade) -> None:
-    reply = api.call("POST", "/templates", body={"name": "Escape", "steps": [
-        step("q", "{{ ''.__class__.__mro__ }}"),
-    ]})
+    reply = api.call(
+        "POST",
+        "/templates",
+        body={
+            "name": "Escape",
+            "steps": [
+                step("q", "{{ ''.__class__.__mro__ }}"),
+            ],
+        },
+    )
     assert (reply.status, reply.error["code"]) == (400, "VALIDATION_ERROR")
     codes = {p["code"] for p in reply.error["details"]["problems"]}
     assert codes == {"UNSAFE_ATTRIBUTE"}
@@ -127,11 +157,14 @@ def test_a_sandbox_escape_is_rejected(api: Facade) -> None:
     assert api.call("GET", "/templates").body["items"] == []
 
 
-@pytest.mark.parametrize(("prompt", "code"), [
-    ("{{ 'x'*999999 }}{{ 'x'*999999 }}", "SANDBOX_LIMIT"),
-    ("{{ range(10**9)|list }}", "SANDBOX_LIMIT"),
-    ("{{ self._TemplateReference__context }}", "UNSAFE_ATTRIBUTE"),
-])
+@pytest.mark.parametrize(
+    ("prompt", "code"),
+    [
+        ("{{ 'x'*999999 }}{{ 'x'*999999 }}", "SANDBOX_LIMIT"),
+        ("{{ range(10**9)|list }}", "SANDBOX_LIMIT"),
+        ("{{ self._TemplateReference__context }}", "UNSAFE_ATTRIBUTE"),
+    ],
+)
 def test_a_prompt_every_render_would_refuse_is_refused_at_save(api: Facade, prompt: str, code: str) -> None:
     reply = api.call("POST", "/templates", body={"name": "Refused", "steps": [step("q", prompt)]})
     assert (reply.status, reply.error["code"]) == (400, "VALIDATION_ERROR"), reply.body
@@ -224,8 +257,20 @@ def test_control_characters_in_text_fields_answer_400_naming_the_field(
     assert api.call("GET", "/templates").status == 200
 
 
-@pytest.mark.parametrize("model", ["openai/a b", "openai/a#b", "openai/a?b", "openai/\u00fc", "openai/a%2Fb",
-                                   "openai/-x", "openai/", "mystery/m", "openai/a\\b"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "openai/a b",
+        "openai/a#b",
+        "openai/a?b",
+        "openai/\u00fc",
+        "openai/a%2Fb",
+        "openai/-x",
+        "openai/",
+        "mystery/m",
+        "openai/a\\b",
+    ],
+)
 def test_a_model_id_a_job_refuses_is_refused_at_save_naming_the_step(api: Facade, model: str) -> None:
     """One rule (contracts/identifiers.py) for a step's model and a job's `models`."""
     created = api.call("POST", "/templates", body={"name": "n", "steps": [step("q", "Ask {{ topic }}", model=model)]})
@@ -238,10 +283,15 @@ def test_a_model_id_a_job_refuses_is_refused_at_save_naming_the_step(api: Facade
     assert revised.status == 400, revised.body
 
 
-@pytest.mark.parametrize("model", [
-    "openai/meta-llama/Llama-3.1-8B", "openai/llama3:8b@q4+x_y", "local/gemma-3-270m",
-    "bedrock/arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-micro-v1:0",
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "openai/meta-llama/Llama-3.1-8B",
+        "openai/llama3:8b@q4+x_y",
+        "local/gemma-3-270m",
+        "bedrock/arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-micro-v1:0",
+    ],
+)
 def test_model_ids_the_readme_allows_are_saved(api: Facade, model: str) -> None:
     assert api.create(steps=[step("q", "Ask {{ topic }}", model=model)])["steps"][0]["model"] == model
 
@@ -358,7 +408,8 @@ def test_another_users_private_template_is_not_found(api: Facade) -> None:
         assert [r.status for r in (get, put, delete)] == [404, 404, 404]
         for reply in (get, put, delete):
             assert reply.error == {
-                "code": "TEMPLATE_NOT_FOUND", "message": f"template {template_id!r} does not exist",
+                "code": "TEMPLATE_NOT_FOUND",
+                "message": f"template {template_id!r} does not exist",
                 "details": {"reason": "NOT_FOUND"},
             }
 
@@ -452,8 +503,11 @@ class CompetingWriter:
             self.races -= 1
             current = self.events.stream_version(stream_id)
             competing = TemplateVersionPublished(
-                template_id=stream_id.removeprefix(TEMPLATE), version=current + 1,
-                name="competitor", steps=[], required_fields=[],
+                template_id=stream_id.removeprefix(TEMPLATE),
+                version=current + 1,
+                name="competitor",
+                steps=[],
+                required_fields=[],
             )
             self.original(stream_id, [NewEvent(competing, actor="alice")], current)
         return self.original(stream_id, new_events, expected_version)
@@ -489,7 +543,9 @@ def test_the_openapi_document_describes_the_routes(tmp_path: Path) -> None:
     assert created["201"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TemplateBody"}
     assert created["400"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorReply"}
     document = json.loads(build_app([router], LocalTokens(SECRET), local=True).get_openapi_json_schema())
-    assert all("422" not in operation["responses"] for path in document["paths"].values() for operation in path.values())
+    assert all(
+        "422" not in operation["responses"] for path in document["paths"].values() for operation in path.values()
+    )
     assert "HTTPValidationError" not in document["components"]["schemas"]
 
 

@@ -38,9 +38,11 @@ def run_pool(adapters: Adapters, jobs: list[str], owners: dict[str, str], **sett
     wait until all of them ended."""
     with FakeOpenAIServer(latency_s=0.02) as server:
         pool = WorkerPool(
-            adapters.events, adapters.blobs,
+            adapters.events,
+            adapters.blobs,
             lambda: OpenAICompatibleGateway(base_url=server.base_url, api_key="test"),
-            concurrency=2, options=WorkerOptions(**FAST_RETRIES),
+            concurrency=2,
+            options=WorkerOptions(**FAST_RETRIES),
             **settings,
         )
         pool.start(scan=False)
@@ -151,21 +153,24 @@ def run_pool_until_the_job_ends(adapters: Adapters, blobs: Any, job_id: str, own
     the stream's events."""
     with FakeOpenAIServer(latency_s=0.01) as server:
         pool = WorkerPool(
-            adapters.events, blobs,
+            adapters.events,
+            blobs,
             lambda: OpenAICompatibleGateway(base_url=server.base_url, api_key="test"),
-            concurrency=2, options=WorkerOptions(**FAST_RETRIES),
+            concurrency=2,
+            options=WorkerOptions(**FAST_RETRIES),
         )
         pool.start(scan=False)
         try:
             pool.submit(job_id, owner)
             wait_for(
                 lambda: ENDINGS & {s.detail_type for s in adapters.events.read_stream(generation_stream(job_id))},
-                timeout=60, interval=0.05, what="the job's end",
+                timeout=60,
+                interval=0.05,
+                what="the job's end",
             )
         finally:
             pool.stop(grace=5)
-    return [s.decode()
-            for s in adapters.events.read_stream(generation_stream(job_id))]
+    return [s.decode() for s in adapters.events.read_stream(generation_stream(job_id))]
 
 
 def test_a_job_whose_runs_crash_the_worker_fails_at_the_third_crash_with_the_error(adapters: Adapters) -> None:
@@ -181,9 +186,13 @@ def test_a_job_whose_runs_crash_the_worker_fails_at_the_third_crash_with_the_err
 
     kinds = [type(e).__name__ for e in recorded]
     assert kinds == [
-        "GenerationClaimed", "GenerationCrashed",
-        "GenerationClaimed", "GenerationCrashed",
-        "GenerationClaimed", "GenerationCrashed", "GenerationFailed",
+        "GenerationClaimed",
+        "GenerationCrashed",
+        "GenerationClaimed",
+        "GenerationCrashed",
+        "GenerationClaimed",
+        "GenerationCrashed",
+        "GenerationFailed",
     ]
     failed = recorded[-1]
     assert failed.code == "WORKER_CRASHED"

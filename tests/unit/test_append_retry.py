@@ -83,8 +83,11 @@ class RacedEventStore(SQLiteEventStore):
             self.races -= 1
             current = self.stream_version(stream_id)
             rival = TemplateVersionPublished(
-                template_id=stream_id.removeprefix(TEMPLATE), version=current + 1,
-                name=f"rival {current + 1}", steps=[], required_fields=[],
+                template_id=stream_id.removeprefix(TEMPLATE),
+                version=current + 1,
+                name=f"rival {current + 1}",
+                steps=[],
+                required_fields=[],
             )
             super().append(stream_id, [NewEvent(rival, actor="bob")], current)
         return super().append(stream_id, events, expected_version)

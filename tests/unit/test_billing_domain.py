@@ -25,8 +25,12 @@ BUDGET = JobBudget(job_id="job-1", owner="alice", budget_limit=Decimal(10))
 def cost(total: str) -> BatchCost:
     amount = Decimal(total)
     return BatchCost(
-        catalog_version="2026-11", model_tokens=amount, compute=Decimal(0), storage=Decimal(0),
-        total=amount, per_model={"openai/m": amount},
+        catalog_version="2026-11",
+        model_tokens=amount,
+        compute=Decimal(0),
+        storage=Decimal(0),
+        total=amount,
+        per_model={"openai/m": amount},
     )
 
 
@@ -42,10 +46,18 @@ def run(state: LedgerState, *commands: ChargeBatch | CloseBudget) -> tuple[Ledge
 
 def test_a_batch_is_recorded_with_its_breakdown_and_catalog_version() -> None:
     events = decide(ChargeBatch(BUDGET, 0, cost("1.5")), LedgerState())
-    assert events == [CostRecorded(
-        job_id="job-1", batch_number=0, catalog_version="2026-11", model_tokens=Decimal("1.5"),
-        compute=Decimal(0), storage=Decimal(0), total=Decimal("1.5"), per_model={"openai/m": Decimal("1.5")},
-    )]
+    assert events == [
+        CostRecorded(
+            job_id="job-1",
+            batch_number=0,
+            catalog_version="2026-11",
+            model_tokens=Decimal("1.5"),
+            compute=Decimal(0),
+            storage=Decimal(0),
+            total=Decimal("1.5"),
+            per_model={"openai/m": Decimal("1.5")},
+        )
+    ]
 
 
 def test_a_batch_already_charged_is_not_charged_again() -> None:
@@ -63,7 +75,9 @@ def test_the_warning_comes_once_at_eighty_percent() -> None:
         ChargeBatch(BUDGET, 2, cost("1")),
     )
     warnings = [e for e in events if isinstance(e, BudgetWarning)]
-    assert warnings == [BudgetWarning(job_id="job-1", budget_limit=Decimal(10), spent=Decimal("8.00"), threshold_percent=80)]
+    assert warnings == [
+        BudgetWarning(job_id="job-1", budget_limit=Decimal(10), spent=Decimal("8.00"), threshold_percent=80)
+    ]
     assert state.warned and not state.exceeded
 
 
@@ -90,7 +104,9 @@ def test_spend_past_the_limit_is_still_recorded_and_flagged_once() -> None:
 def test_the_generators_budget_stop_closes_the_budget_once() -> None:
     state, events = run(LedgerState(), ChargeBatch(BUDGET, 0, cost("9.7")), CloseBudget(BUDGET), CloseBudget(BUDGET))
     exceeded = [e for e in events if isinstance(e, BudgetExceeded)]
-    assert exceeded == [BudgetExceeded(job_id="job-1", budget_limit=Decimal(10), spent=Decimal("9.7"), reason=BUDGET_EXHAUSTED)]
+    assert exceeded == [
+        BudgetExceeded(job_id="job-1", budget_limit=Decimal(10), spent=Decimal("9.7"), reason=BUDGET_EXHAUSTED)
+    ]
     assert state.exceeded
     # a batch recorded after the stop is charged, but not flagged again
     _, late = run(state, ChargeBatch(BUDGET, 1, cost("0.2")))

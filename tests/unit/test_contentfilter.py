@@ -21,31 +21,68 @@ from services.templates.handlers import TemplateHandlers
 
 @pytest.fixture(scope="module")
 def screen() -> ContentFilter:
-    return ContentFilter([
-        ContentRule(id="adult", term="sex"),
-        ContentRule(id="hate", term="hate speech"),
-        ContentRule(id="weapon", term="Kalashnikov"),
-        ContentRule(id="ssn", regex=r"\d{3}-\d{2}-\d{4}"),
-        ContentRule(id="card", regex=r"card\s*number", word_boundaries=False),
-    ])
+    return ContentFilter(
+        [
+            ContentRule(id="adult", term="sex"),
+            ContentRule(id="hate", term="hate speech"),
+            ContentRule(id="weapon", term="Kalashnikov"),
+            ContentRule(id="ssn", regex=r"\d{3}-\d{2}-\d{4}"),
+            ContentRule(id="card", regex=r"card\s*number", word_boundaries=False),
+        ]
+    )
 
 
-@pytest.mark.parametrize("text", [
-    "sex", "SEX", "Sex.", "about sex!", "sex-positive", "sex_toy", "(sex)",
-    "s.e.x", "s e x", "s-e-x", "s_e_x", "s . e . x", "S.E.X",
-    "ｓｅｘ", "ＳＥＸ", "𝐬𝐞𝐱",
-    "s3x", "$ex", "5ex", "s.3.x",
-    "ѕех", "sеx",
-    "se\u200bx", "s\u00adex", "séx", "s\u0301ex",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sex",
+        "SEX",
+        "Sex.",
+        "about sex!",
+        "sex-positive",
+        "sex_toy",
+        "(sex)",
+        "s.e.x",
+        "s e x",
+        "s-e-x",
+        "s_e_x",
+        "s . e . x",
+        "S.E.X",
+        "ｓｅｘ",
+        "ＳＥＸ",
+        "𝐬𝐞𝐱",
+        "s3x",
+        "$ex",
+        "5ex",
+        "s.3.x",
+        "ѕех",
+        "sеx",
+        "se\u200bx",
+        "s\u00adex",
+        "séx",
+        "s\u0301ex",
+    ],
+)
 def test_obfuscations_of_a_term_are_caught(screen: ContentFilter, text: str) -> None:
     assert screen.blocking_rule(f"Write a story about {text} and cats") == "adult"
 
 
-@pytest.mark.parametrize("text", [
-    "Essex", "Sussex", "Middlesex", "unisex", "sextant", "sexy", "asexual",
-    "Wessex county", "s ex", "se x", "a e x",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Essex",
+        "Sussex",
+        "Middlesex",
+        "unisex",
+        "sextant",
+        "sexy",
+        "asexual",
+        "Wessex county",
+        "s ex",
+        "se x",
+        "a e x",
+    ],
+)
 def test_words_that_only_contain_a_term_pass(screen: ContentFilter, text: str) -> None:
     assert screen.blocking_rule(f"Describe {text} in two sentences.") is None
 
@@ -98,11 +135,15 @@ def test_the_combined_pattern_agrees_with_one_regex_per_rule() -> None:
 
 
 def test_configuration_from_a_file_and_its_errors(tmp_path: Path) -> None:
-    (tmp_path / "guard.json").write_text(json.dumps({
-        "rate_limits": {"jobs": {"per_minute": 2, "burst": 1}},
-        "allow_users": ["ops"],
-        "content_rules": [{"id": "adult", "term": "sex"}, {"id": "ssn", "regex": r"\d{3}-\d{2}-\d{4}"}],
-    }))
+    (tmp_path / "guard.json").write_text(
+        json.dumps(
+            {
+                "rate_limits": {"jobs": {"per_minute": 2, "burst": 1}},
+                "allow_users": ["ops"],
+                "content_rules": [{"id": "adult", "term": "sex"}, {"id": "ssn", "regex": r"\d{3}-\d{2}-\d{4}"}],
+            }
+        )
+    )
     config = GuardConfig.load(tmp_path, env={})
     assert config.limits["jobs"].burst == 1 and config.limits["other"].burst == 100
     assert config.allow_users == frozenset({"ops"})
@@ -141,10 +182,14 @@ def test_a_blocked_prompt_is_refused_by_step_and_rule_and_recorded_without_text(
     template_id = created.state.template_id
 
     with pytest.raises(ContentRejected) as refused:
-        handlers.publish(template_id, "alice", [
-            _step("intro", "Tell a story about {{ topic }}"),
-            _step("twist", "Add a twist involving s.e.x"),
-        ])
+        handlers.publish(
+            template_id,
+            "alice",
+            [
+                _step("intro", "Tell a story about {{ topic }}"),
+                _step("twist", "Add a twist involving s.e.x"),
+            ],
+        )
     assert [(b.step_id, b.rule_id) for b in refused.value.blocks] == [("twist", "adult")]
     assert handlers.load(template_id).version == 1
 

@@ -25,8 +25,18 @@ from tests.unit.event_samples import SAMPLES
 EVENTS = pytest.mark.parametrize("model", ALL_EVENTS, ids=lambda m: m.detail_type())
 
 HASHED_FIELDS = (
-    "prev_hash", "id", "stream_id", "version", "source", "detail_type", "schema_version",
-    "time", "correlation_id", "causation_id", "actor", "detail",
+    "prev_hash",
+    "id",
+    "stream_id",
+    "version",
+    "source",
+    "detail_type",
+    "schema_version",
+    "time",
+    "correlation_id",
+    "causation_id",
+    "actor",
+    "detail",
 )
 
 
@@ -91,9 +101,7 @@ def test_old_schema_versions_are_upcast_one_version_at_a_time() -> None:
         return {"job_id": data["job_id"], "reason": data["why"] or "unknown"}
 
     assert catalog.decode("Renamed", 1, '{"job": "j"}') == Renamed(job_id="j", reason="unknown")
-    assert catalog.decode("Renamed", 2, '{"job_id": "j", "why": "w"}') == Renamed(
-        job_id="j", reason="w"
-    )
+    assert catalog.decode("Renamed", 2, '{"job_id": "j", "why": "w"}') == Renamed(job_id="j", reason="w")
     assert catalog.decode("Renamed", 3, '{"job_id": "j", "reason": "r"}') == Renamed(job_id="j", reason="r")
     with pytest.raises(MissingUpcaster):
         EventCatalog([Renamed]).decode("Renamed", 2, '{"job_id": "j", "why": "w"}')
@@ -111,9 +119,7 @@ def test_envelope_round_trip_returns_the_original_detail(model: type[DomainEvent
     assert envelope.detail == original
     assert type(envelope.detail) is model
     assert envelope.detail.model_dump_json() == stored.detail
-    assert (envelope.id, envelope.source, envelope.detail_type) == (
-        stored.id, model.source, model.detail_type()
-    )
+    assert (envelope.id, envelope.source, envelope.detail_type) == (stored.id, model.source, model.detail_type())
     assert envelope.time == datetime.fromisoformat(stored.time)
     assert envelope.metadata.model_dump() == bus_event(stored)["detail"]["metadata"]
     assert envelope.metadata.schema_version == model.schema_version

@@ -302,9 +302,7 @@ def test_the_manifest_is_written_last_and_its_checksums_match_the_blobs(blobs: R
 def test_partitioning_by_date_writes_hive_folders(blobs: RecordingBlobStore) -> None:
     keys = write_batches(blobs, [4, 4, 3])
 
-    files = export_dataset(
-        blobs, OWNER, JOB, keys, [OutputFormat.PARQUET, OutputFormat.CSV], partition_by="date"
-    )
+    files = export_dataset(blobs, OWNER, JOB, keys, [OutputFormat.PARQUET, OutputFormat.CSV], partition_by="date")
 
     prefix = export_prefix(OWNER, JOB)
     assert [(f.blob_key, f.rows) for f in files] == [
@@ -315,9 +313,12 @@ def test_partitioning_by_date_writes_hive_folders(blobs: RecordingBlobStore) -> 
         (prefix + "date=2025-03-02/data.csv", 4),
         (prefix + "date=2025-03-03/data.csv", 3),
     ]
-    assert read_parquet(blobs, prefix + "date=2025-03-02/data.parquet").column(
-        "record_index"
-    ).to_pylist() == [4, 5, 6, 7]
+    assert read_parquet(blobs, prefix + "date=2025-03-02/data.parquet").column("record_index").to_pylist() == [
+        4,
+        5,
+        6,
+        7,
+    ]
     headers = {tuple(read_csv(blobs, f.blob_key)[0]) for f in files if f.format is OutputFormat.CSV}
     assert len(headers) == 1
     manifest = json.loads(blobs.get_bytes(prefix + "manifest.json"))
@@ -355,9 +356,7 @@ def test_partitioning_by_a_nested_field(blobs: RecordingBlobStore) -> None:
 
 
 @pytest.mark.parametrize("partition_by", ["no_such_field", "seed.author"])
-def test_an_impossible_partition_is_refused_before_writing(
-    blobs: RecordingBlobStore, partition_by: str
-) -> None:
+def test_an_impossible_partition_is_refused_before_writing(blobs: RecordingBlobStore, partition_by: str) -> None:
     keys = write_batches(blobs, [4])
 
     with pytest.raises(ExportError):
@@ -426,17 +425,13 @@ def test_a_large_dataset_is_exported_without_holding_it_in_memory(blobs: Recordi
     parts, per_part = 50, 1000
     keys = []
     for batch in range(parts):
-        records = [
-            make_record(i, day=1 + batch % 28) for i in range(batch * per_part, (batch + 1) * per_part)
-        ]
+        records = [make_record(i, day=1 + batch % 28) for i in range(batch * per_part, (batch + 1) * per_part)]
         keys.append(part_key(OWNER, JOB, batch))
         write_part(blobs, keys[-1], records)
         del records
     one_part_peak = _peak_bytes(lambda: read_part(blobs, keys[0]))
 
-    peak = _peak_bytes(
-        lambda: export_dataset(blobs, OWNER, JOB, keys, ALL_FORMATS, expected_rows=parts * per_part)
-    )
+    peak = _peak_bytes(lambda: export_dataset(blobs, OWNER, JOB, keys, ALL_FORMATS, expected_rows=parts * per_part))
 
     assert peak < 3 * one_part_peak
     assert peak < 32 * 1024 * 1024

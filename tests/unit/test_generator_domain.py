@@ -46,9 +46,16 @@ def claimed(worker: str = "w1", lease: int = 10, resumed: int = 0) -> Generation
 
 def batch(number: int, first: int, last: int, failures: int = 0) -> BatchGenerated:
     return BatchGenerated(
-        job_id=JOB, batch_number=number, first_record=first, last_record=last,
-        blob_key=f"parts/{number}", rows=last - first + 1, failures=failures, token_usage={},
-        duration_ms=1, bytes_written=1,
+        job_id=JOB,
+        batch_number=number,
+        first_record=first,
+        last_record=last,
+        blob_key=f"parts/{number}",
+        rows=last - first + 1,
+        failures=failures,
+        token_usage={},
+        duration_ms=1,
+        bytes_written=1,
     )
 
 
@@ -68,7 +75,9 @@ class TestClaims:
         assert can_claim(state, at(10.001))
 
     def test_every_event_of_the_holder_extends_its_lease(self) -> None:
-        state = state_of((claimed(lease=10), 0), (batch(0, 0, 99), 8), (GenerationLeaseRenewed(job_id=JOB, worker_id="w1"), 15))
+        state = state_of(
+            (claimed(lease=10), 0), (batch(0, 0, 99), 8), (GenerationLeaseRenewed(job_id=JOB, worker_id="w1"), 15)
+        )
         assert not can_claim(state, at(24))
         assert can_claim(state, at(26))
 
@@ -114,7 +123,9 @@ class TestClaims:
 class TestPlan:
     def test_batches_cover_every_record_once(self) -> None:
         assert plan(GenerationState(), 250, 100) == [
-            PlannedBatch(0, 0, 99), PlannedBatch(1, 100, 199), PlannedBatch(2, 200, 249),
+            PlannedBatch(0, 0, 99),
+            PlannedBatch(1, 100, 199),
+            PlannedBatch(2, 200, 249),
         ]
 
     def test_resuming_starts_after_the_last_recorded_range(self) -> None:
@@ -189,8 +200,15 @@ class TestErrorRate:
 class TestOtherServicesStreams:
     def test_the_job_and_its_cancellation(self) -> None:
         requested = JobRequested(
-            job_id=JOB, owner="u", template_id="t", template_version=2, seed_id="s", num_records=10,
-            budget_limit=5, output_formats=[OutputFormat.CSV], model_parameters={"temperature": 0.1},
+            job_id=JOB,
+            owner="u",
+            template_id="t",
+            template_version=2,
+            seed_id="s",
+            num_records=10,
+            budget_limit=5,
+            output_formats=[OutputFormat.CSV],
+            model_parameters={"temperature": 0.1},
         )
         job = fold_job([requested])
         assert job is not None and job.template_version == 2 and not job.cancel_requested

@@ -21,8 +21,7 @@ PACKAGES = ("contracts", "palette", "services")
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     for package in PACKAGES:
-        shutil.copytree(ROOT / package, tmp_path / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.json"))
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__", "*.json"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
 
@@ -31,10 +30,18 @@ def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
     """Run lint-imports on the copy; PYTHONPATH puts the copy ahead of any installed tree."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     return subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from importlinter.cli import lint_imports_command; "
-         "sys.exit(lint_imports_command())", "--no-cache", "--no-logo"],
-        cwd=tree, env=env, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+            "--no-cache",
+            "--no-logo",
+        ],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -57,29 +64,30 @@ def test_the_copied_tree_keeps_every_contract(tree: Path) -> None:
 @pytest.mark.parametrize(
     ("module", "source", "contract"),
     [
-        ("contracts.leak", "import palette.eventstore\n",
-         "contracts is the published language and imports nothing of ours"),
-        ("contracts.events.leak", "from services import jobs\n",
-         "contracts is the published language and imports nothing of ours"),
-        ("services.jobs.handlers", "import services.billing\n",
-         "a service never imports another service"),
-        ("services.generator.worker_pool", "from services.templates import api\n",
-         "a service never imports another service"),
-        ("palette.bus.leak", "import services.jobs\n",
-         "palette imports services only in its composition root"),
-        ("services.jobs.domain", "import sqlite3\n",
-         "domain code is pure"),
-        ("services.billing.domain", "import boto3\n",
-         "domain code is pure"),
-        ("services.seeds.domain", "from urllib import request\n",
-         "domain code is pure"),
-        ("services.generator.domain", "import httpx\n",
-         "domain code is pure"),
+        (
+            "contracts.leak",
+            "import palette.eventstore\n",
+            "contracts is the published language and imports nothing of ours",
+        ),
+        (
+            "contracts.events.leak",
+            "from services import jobs\n",
+            "contracts is the published language and imports nothing of ours",
+        ),
+        ("services.jobs.handlers", "import services.billing\n", "a service never imports another service"),
+        (
+            "services.generator.worker_pool",
+            "from services.templates import api\n",
+            "a service never imports another service",
+        ),
+        ("palette.bus.leak", "import services.jobs\n", "palette imports services only in its composition root"),
+        ("services.jobs.domain", "import sqlite3\n", "domain code is pure"),
+        ("services.billing.domain", "import boto3\n", "domain code is pure"),
+        ("services.seeds.domain", "from urllib import request\n", "domain code is pure"),
+        ("services.generator.domain", "import httpx\n", "domain code is pure"),
     ],
 )
-def test_a_violation_breaks_its_contract(
-    tree: Path, module: str, source: str, contract: str
-) -> None:
+def test_a_violation_breaks_its_contract(tree: Path, module: str, source: str, contract: str) -> None:
     _write(tree, module, source)
     if module == "services.generator.worker_pool":
         _write(tree, "services.templates.api", '"""Routes."""\n')

@@ -70,7 +70,9 @@ def job_input(**changes: Any) -> JobInput:
     """A job input; the options are built without validation, so that `check_input` meets
     values out of bounds as another caller might hand them over."""
     values: dict[str, Any] = {
-        "num_records": 10, "budget_limit": Decimal(5), "output_formats": [OutputFormat.JSONL],
+        "num_records": 10,
+        "budget_limit": Decimal(5),
+        "output_formats": [OutputFormat.JSONL],
     }
     values.update(changes)
     ids = {name: values.pop(name) for name in ("template_version",) if name in values}
@@ -219,8 +221,16 @@ def test_only_the_owner_cancels_or_deletes() -> None:
 
 def test_the_state_folds_the_whole_history() -> None:
     events = [
-        JobRequested(job_id=JOB, owner="alice", template_id="t", template_version=1, seed_id="s",
-                     num_records=3, budget_limit=Decimal(1), output_formats=[OutputFormat.CSV]),
+        JobRequested(
+            job_id=JOB,
+            owner="alice",
+            template_id="t",
+            template_version=1,
+            seed_id="s",
+            num_records=3,
+            budget_limit=Decimal(1),
+            output_formats=[OutputFormat.CSV],
+        ),
         JobStarted(job_id=JOB, worker_id="w"),
         JobFailed(job_id=JOB, code="MODEL_NOT_FOUND", reason="no such model"),
     ]
@@ -268,11 +278,17 @@ def test_bounds_are_inclusive(strategy: str | None) -> None:
 def _template(owner: str = "bob", public: bool = False) -> list[DomainEvent]:
     step = TemplateStep(id="q", model="local/gemma-3-270m", prompt="{{ topic }}")
     return [
-        TemplateCreated(template_id="tpl_1", owner=owner, name="n", is_public=public, steps=[step],
-                        required_fields=["topic"]),
-        TemplateVersionPublished(template_id="tpl_1", version=2, name="n", is_public=public,
-                                 steps=[step, TemplateStep(id="a", model="acme/x", prompt="{{ topic }}")],
-                                 required_fields=["topic"]),
+        TemplateCreated(
+            template_id="tpl_1", owner=owner, name="n", is_public=public, steps=[step], required_fields=["topic"]
+        ),
+        TemplateVersionPublished(
+            template_id="tpl_1",
+            version=2,
+            name="n",
+            is_public=public,
+            steps=[step, TemplateStep(id="a", model="acme/x", prompt="{{ topic }}")],
+            required_fields=["topic"],
+        ),
     ]
 
 
@@ -292,18 +308,38 @@ def test_template_versions_are_pinned_and_visibility_follows_the_latest() -> Non
 
 def _seed(sha: str = SHA) -> list[DomainEvent]:
     return [
-        SeedUploadRequested(seed_id="seed-1", owner="alice", filename="f.jsonl", format=SeedFormat.JSONL,
-                            blob_key="seed-data/alice/seed-1/f.jsonl", max_bytes=10,
-                            expires_at="2026-11-01T00:00:00Z"),
-        SeedDataUploaded(seed_id="seed-1", owner="alice", blob_key="seed-data/alice/seed-1/f.jsonl",
-                         filename="f.jsonl", format=SeedFormat.JSONL, size_bytes=5, sha256=sha, record_count=3),
+        SeedUploadRequested(
+            seed_id="seed-1",
+            owner="alice",
+            filename="f.jsonl",
+            format=SeedFormat.JSONL,
+            blob_key="seed-data/alice/seed-1/f.jsonl",
+            max_bytes=10,
+            expires_at="2026-11-01T00:00:00Z",
+        ),
+        SeedDataUploaded(
+            seed_id="seed-1",
+            owner="alice",
+            blob_key="seed-data/alice/seed-1/f.jsonl",
+            filename="f.jsonl",
+            format=SeedFormat.JSONL,
+            size_bytes=5,
+            sha256=sha,
+            record_count=3,
+        ),
     ]
 
 
 def _validated(valid: bool, version: int = 2, sha: str = SHA, records: int = 3) -> SeedDataValidated:
     return SeedDataValidated(
-        seed_id="seed-1", template_id="tpl_1", template_version=version, valid=valid, record_count=records,
-        invalid_records=0 if valid else 1, missing_counts={} if valid else {"topic": 1}, sha256=sha,
+        seed_id="seed-1",
+        template_id="tpl_1",
+        template_version=version,
+        valid=valid,
+        record_count=records,
+        invalid_records=0 if valid else 1,
+        missing_counts={} if valid else {"topic": 1},
+        sha256=sha,
     )
 
 

@@ -68,7 +68,9 @@ def server(fake_server: FakeOpenAIServer) -> FakeOpenAIServer:
     return fake_server
 
 
-def call(server: FakeOpenAIServer, request: ModelRequest, *, timeout: float = 10.0, api_key: str = "sk-test") -> ModelResponse:
+def call(
+    server: FakeOpenAIServer, request: ModelRequest, *, timeout: float = 10.0, api_key: str = "sk-test"
+) -> ModelResponse:
     async def run() -> ModelResponse:
         async with OpenAICompatibleGateway(base_url=server.base_url, api_key=api_key, timeout=timeout) as gateway:
             return await gateway.generate(request)
@@ -139,7 +141,9 @@ def test_no_answer_within_the_timeout_is_model_timeout(server: FakeOpenAIServer)
     ("status", "error"),
     [(401, InvalidCredentials), (403, ModelAccessDenied), (404, UnknownModel)],
 )
-def test_auth_and_unknown_model_statuses_are_fatal(server: FakeOpenAIServer, status: int, error: type[FatalModelError]) -> None:
+def test_auth_and_unknown_model_statuses_are_fatal(
+    server: FakeOpenAIServer, status: int, error: type[FatalModelError]
+) -> None:
     server.fail_next(1, status=status)
 
     with pytest.raises(error):
@@ -160,7 +164,9 @@ def test_a_server_that_is_not_listening_is_a_retryable_server_error() -> None:
         port = probe.getsockname()[1]  # free once closed: nothing listens there
 
     async def run() -> ModelResponse:
-        async with OpenAICompatibleGateway(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", timeout=2) as gateway:
+        async with OpenAICompatibleGateway(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-test", timeout=2
+        ) as gateway:
             return await gateway.generate(ask())
 
     with pytest.raises(ModelServerError):
@@ -356,7 +362,11 @@ def converse_ok(text: str, input_tokens: int, output_tokens: int) -> dict[str, A
     return {
         "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
         "stopReason": "end_turn",
-        "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens, "totalTokens": input_tokens + output_tokens},
+        "usage": {
+            "inputTokens": input_tokens,
+            "outputTokens": output_tokens,
+            "totalTokens": input_tokens + output_tokens,
+        },
         "metrics": {"latencyMs": 12},
     }
 
@@ -381,7 +391,9 @@ def test_bedrock_converse_returns_text_and_usage(bedrock: tuple[BedrockGateway, 
         },
     )
 
-    response = bedrock_call(gateway, ask("Name three colours", model=BEDROCK_MODEL, temperature=0.5, top_p=0.9, stop=["END"]))
+    response = bedrock_call(
+        gateway, ask("Name three colours", model=BEDROCK_MODEL, temperature=0.5, top_p=0.9, stop=["END"])
+    )
 
     assert (response.text, response.input_tokens, response.output_tokens) == ("Amber, crimson and gold.", 11, 7)
     assert response.model == BEDROCK_MODEL
@@ -416,10 +428,20 @@ def test_bedrock_structured_output_asks_for_the_schema(bedrock: tuple[BedrockGat
         ("ThrottlingException", "Too many requests, please wait before trying again.", 429, ModelThrottled),
         ("ServiceUnavailableException", "Service unavailable", 503, ModelServerError),
         ("ModelTimeoutException", "Model timed out", 408, ModelTimeout),
-        ("AccessDeniedException", "You don't have access to the model with the specified model ID.", 403, ModelAccessDenied),
+        (
+            "AccessDeniedException",
+            "You don't have access to the model with the specified model ID.",
+            403,
+            ModelAccessDenied,
+        ),
         ("ValidationException", "The provided model identifier is invalid.", 400, UnknownModel),
         ("ResourceNotFoundException", "Model not found", 404, UnknownModel),
-        ("UnrecognizedClientException", "The security token included in the request is invalid.", 403, InvalidCredentials),
+        (
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+            403,
+            InvalidCredentials,
+        ),
     ],
 )
 def test_bedrock_errors_map_to_their_kind(
@@ -435,7 +457,10 @@ def test_bedrock_errors_map_to_their_kind(
 def test_a_bedrock_validation_error_about_the_input_is_not_fatal(bedrock: tuple[BedrockGateway, Stubber]) -> None:
     gateway, stubber = bedrock
     stubber.add_client_error(
-        "converse", service_error_code="ValidationException", service_message="Input is too long for requested model.", http_status_code=400
+        "converse",
+        service_error_code="ValidationException",
+        service_message="Input is too long for requested model.",
+        http_status_code=400,
     )
 
     with pytest.raises(Exception) as raised:
@@ -483,7 +508,9 @@ def test_local_gemma_generates_text_with_exact_token_counts() -> None:
     async def run() -> tuple[ModelResponse, int]:
         async with LocalLlamaGateway(seed=1) as gateway:
             counted = gateway.count_input_tokens("local/gemma-3-270m", prompt)
-            response = await gateway.generate(ModelRequest("local/gemma-3-270m", prompt, max_tokens=16, temperature=0.7))
+            response = await gateway.generate(
+                ModelRequest("local/gemma-3-270m", prompt, max_tokens=16, temperature=0.7)
+            )
             with pytest.raises(UnknownModel):
                 await gateway.generate(ModelRequest("local/llama-70b", prompt, max_tokens=16))
             return response, counted

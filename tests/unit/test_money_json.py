@@ -42,9 +42,9 @@ class Price(BaseModel):
     ],
 )
 def test_floats_are_written_in_fixed_point(value: float, text: str) -> None:
-    assert dumps_fixed_point(
-        {"x": value, "note": "1e-06 in a string stays"}, separators=(",", ":")
-    ) == (f'{{"x":{text},"note":"1e-06 in a string stays"}}')
+    assert dumps_fixed_point({"x": value, "note": "1e-06 in a string stays"}, separators=(",", ":")) == (
+        f'{{"x":{text},"note":"1e-06 in a string stays"}}'
+    )
     assert json.loads(text) == pytest.approx(value)
 
 

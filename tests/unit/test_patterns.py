@@ -96,9 +96,7 @@ def test_anything_but_value_list_and_prefix() -> None:
     assert matches({"source": [{"anything-but": {"prefix": "aws."}}]}, EVENT)
     assert not matches({"source": [{"anything-but": {"prefix": "palette."}}]}, EVENT)
     assert not matches({"source": [{"anything-but": {"suffix": ".jobs"}}]}, EVENT)
-    assert not matches(
-        {"source": [{"anything-but": {"equals-ignore-case": ["PALETTE.JOBS"]}}]}, EVENT
-    )
+    assert not matches({"source": [{"anything-but": {"equals-ignore-case": ["PALETTE.JOBS"]}}]}, EVENT)
 
 
 def test_anything_but_needs_the_field() -> None:

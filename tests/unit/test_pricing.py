@@ -30,7 +30,9 @@ def test_bedrock_prices_are_the_per_million_list_prices_per_thousand() -> None:
     price = DEFAULT_CATALOG.model_price(HAIKU)
     assert price.input_per_1k == Decimal("0.00025")
     assert price.output_per_1k == Decimal("0.00125")
-    assert DEFAULT_CATALOG.model_price("bedrock/anthropic.claude-3-7-sonnet-20250219-v1:0").output_per_1k == Decimal("0.015")
+    assert DEFAULT_CATALOG.model_price("bedrock/anthropic.claude-3-7-sonnet-20250219-v1:0").output_per_1k == Decimal(
+        "0.015"
+    )
     assert DEFAULT_CATALOG.version == "2026-11"
     assert DEFAULT_CATALOG.as_of.isoformat() == "2026-11-01"
 
@@ -96,11 +98,14 @@ def test_the_local_runtime_is_free_unless_the_operator_sets_a_rate() -> None:
 
 
 def test_overrides_make_a_new_catalog_under_a_new_version() -> None:
-    overridden = with_overrides(DEFAULT_CATALOG, """{
+    overridden = with_overrides(
+        DEFAULT_CATALOG,
+        """{
         "models": {"openai/gpt-4o-mini": {"input_per_1k": "0.00015", "output_per_1k": "0.0006"},
                    "openai/*": null,
                    "bedrock/amazon.nova-micro-v1:0": {"input_per_1k": "0.0001", "output_per_1k": "0.0002"}}
-    }""")
+    }""",
+    )
     assert overridden.version.startswith("2026-11+") and overridden.version != DEFAULT_CATALOG.version
     assert price_call(overridden, "openai/gpt-4o-mini", 1000, 1000) == Decimal("0.00075")
     assert not overridden.knows("openai/self-hosted")
@@ -110,12 +115,15 @@ def test_overrides_make_a_new_catalog_under_a_new_version() -> None:
     assert named.version == "acme-2027-01" and named.as_of.isoformat() == "2027-01-15"
 
 
-@pytest.mark.parametrize("overrides", [
-    {"models": {"openai/x": {"input_per_1k": "-1", "output_per_1k": "0"}}},
-    {"models": {"openai/x": {"input_per_1k": "0.1"}}},
-    {"prices": {}},
-    {"runtimes": {"aws": {"network": {}}}},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"models": {"openai/x": {"input_per_1k": "-1", "output_per_1k": "0"}}},
+        {"models": {"openai/x": {"input_per_1k": "0.1"}}},
+        {"prices": {}},
+        {"runtimes": {"aws": {"network": {}}}},
+    ],
+)
 def test_bad_overrides_are_refused(overrides: dict[str, object]) -> None:
     with pytest.raises(PricingError):
         with_overrides(DEFAULT_CATALOG, overrides)

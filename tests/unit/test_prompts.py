@@ -75,7 +75,9 @@ def test_tuple_loop_targets_are_bound() -> None:
 
 def test_loop_variable_is_a_seed_field_outside_its_loop() -> None:
     assert fields("{% for item in items %}{{ item }}{% endfor %}{{ item.id }} {{ loop }}") == [
-        "item.id", "items", "loop"
+        "item.id",
+        "items",
+        "loop",
     ]
 
 
@@ -125,15 +127,15 @@ def test_fields_of_all_steps_are_merged() -> None:
 
 
 def test_earlier_step_outputs_are_references_not_seed_fields() -> None:
-    analysis = analyse([
-        step("Ask about {{ topic }}", "question"),
-        step("Q: {{ steps.question.output }}", "answer"),
-        step("{{ steps['answer'].output | trim }} {{ steps.question.output.strip() }}", "review"),
-    ])
+    analysis = analyse(
+        [
+            step("Ask about {{ topic }}", "question"),
+            step("Q: {{ steps.question.output }}", "answer"),
+            step("{{ steps['answer'].output | trim }} {{ steps.question.output.strip() }}", "review"),
+        ]
+    )
     assert analysis.required_fields == ("topic",)
-    assert analysis.step_references == {
-        "question": (), "answer": ("question",), "review": ("question", "answer")
-    }
+    assert analysis.step_references == {"question": (), "answer": ("question",), "review": ("question", "answer")}
 
 
 @pytest.mark.parametrize(
@@ -199,7 +201,10 @@ def test_every_problem_of_every_step_is_reported_at_once() -> None:
     ]
 
 
-@pytest.mark.parametrize("model", ["local/gemma-3-270m", "openai/gpt-4o-mini", "bedrock/anthropic.claude-3-haiku-20240307-v1:0", "openai/org/model"])
+@pytest.mark.parametrize(
+    "model",
+    ["local/gemma-3-270m", "openai/gpt-4o-mini", "bedrock/anthropic.claude-3-haiku-20240307-v1:0", "openai/org/model"],
+)
 def test_valid_models(model: str) -> None:
     analyse([step("x", model=model)])
 
@@ -301,7 +306,7 @@ def test_bounded_uses_of_the_guarded_operations_still_work() -> None:
         "{{ 'ab' | center(4) }}|{{ [1, 2] | join('+') }}|{{ 'aXb' | replace('X', '-') }}|"
         "{{ '{:>4}'.format('z') }}|{{ range(3) | sum }}|{{ {'k': 1} | tojson }}"
     )
-    assert render(step(prompt), {}, {}) == "---|1024|ab|00042|x..| ab |1+2|a-b|   z|3|{\"k\": 1}"
+    assert render(step(prompt), {}, {}) == '---|1024|ab|00042|x..| ab |1+2|a-b|   z|3|{"k": 1}'
 
 
 # -- rendering ---------------------------------------------------------------------------
@@ -400,8 +405,7 @@ AMPLIFIERS = {
     "dict.fromkeys": BIG + "{{ {}.fromkeys(range(1000) | list, b) }}",
     "sum of lists": BIG + "{{ [" + REFS + ", " + REFS + "] | sum(start=[]) }}",
     "slices held at once": BIG + "".join(f"{{% set s{i} = b[{i}:] %}}" for i in range(60)),
-    "text repeated in a block": "{% set s %}{% for i in range(100000) %}"
-    + "x" * 600 + "{% endfor %}{% endset %}",
+    "text repeated in a block": "{% set s %}{% for i in range(100000) %}" + "x" * 600 + "{% endfor %}{% endset %}",
     "macro recursion holding values": "{% macro grow(n, s) %}{% if n %}{{ grow(n - 1, s ~ 'x') }}"
     "{% endif %}{% endmacro %}{{ grow(200, 'x' * 999000) }}",
     "escape": BIG + "{{ (b | replace('x', '&')) | e }}",
@@ -467,7 +471,10 @@ def test_ordinary_prompts_still_render() -> None:
             {"title": "Dune", "authors": [{"name": "Frank"}], "year": 1965},
             {"title": "Good Omens", "authors": [{"name": "Terry"}, {"name": "Neil"}]},
         ],
-        "tags": ["b", "a", "c"], "name": "Ada", "numbers": [1, 2, 3], "text": "a long sentence here",
+        "tags": ["b", "a", "c"],
+        "name": "Ada",
+        "numbers": [1, 2, 3],
+        "text": "a long sentence here",
     }
     expected = ImmutableSandboxedEnvironment(keep_trailing_newline=True).from_string(prompt).render(row)
     assert render(step(prompt), row, {}) == expected
@@ -510,12 +517,15 @@ def test_a_prompt_over_the_limits_at_every_render_is_refused_at_analysis(prompt:
     assert problem.code == "SANDBOX_LIMIT" and said in problem.message, problem
 
 
-@pytest.mark.parametrize("prompt", [
-    "{{ self._TemplateReference__context }}",
-    "{{ self._TemplateReference__context.parent }}",
-    "{% for x in [1] %}{{ loop._iterator }}{% endfor %}",
-    "{{ topic._Foo__bar }}",
-])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "{{ self._TemplateReference__context }}",
+        "{{ self._TemplateReference__context.parent }}",
+        "{% for x in [1] %}{{ loop._iterator }}{% endfor %}",
+        "{{ topic._Foo__bar }}",
+    ],
+)
 def test_private_attributes_are_refused_at_analysis(prompt: str) -> None:
     assert set(codes(step(prompt))) == {"UNSAFE_ATTRIBUTE"}
 
@@ -555,8 +565,11 @@ EVERYDAY = [
 @pytest.mark.parametrize("prompt", EVERYDAY)
 def test_the_guards_do_not_change_what_a_prompt_renders(prompt: str) -> None:
     row = {
-        "name": "Ada", "text": "a <i>long</i> sentence here", "numbers": [3, 1, 2, 3],
-        "people": {"b": 2, "a": 1}, "rows": [{"kind": "a", "n": 1}, {"kind": "b", "n": 5}, {"kind": "a", "n": 2}],
+        "name": "Ada",
+        "text": "a <i>long</i> sentence here",
+        "numbers": [3, 1, 2, 3],
+        "people": {"b": 2, "a": 1},
+        "rows": [{"kind": "a", "n": 1}, {"kind": "b", "n": 5}, {"kind": "a", "n": 2}],
     }
     expected = ImmutableSandboxedEnvironment(keep_trailing_newline=True).from_string(prompt).render(row)
     assert render(step(prompt), row, {}) == expected
@@ -578,10 +591,31 @@ def test_a_prompt_nested_too_deeply_to_read_is_a_problem_not_a_crash(prompt: str
 
 
 SIZED = [
-    "plain", "", "é\u2028\x00'\"\\", -(2**10_000), 2**10_000 - 1, 0, -7, 99_999, 1e308, -1.5e-300, float("nan"),
-    True, None, b"\x00\xff'", ["a", 1, None, [2.5, ("t",)]], ("single",), {"k": ["v", {"n": -1}], 3: b"x"},
-    {1, 2}, frozenset({"a"}), {"a": 1}.items(), {"a": 1}.keys(), [["x" * 50] * 3] * 4, [[[[[]]]]],
-    "\U0001f600" * 3, ["\U0001f600\x01"] * 2,
+    "plain",
+    "",
+    "é\u2028\x00'\"\\",
+    -(2**10_000),
+    2**10_000 - 1,
+    0,
+    -7,
+    99_999,
+    1e308,
+    -1.5e-300,
+    float("nan"),
+    True,
+    None,
+    b"\x00\xff'",
+    ["a", 1, None, [2.5, ("t",)]],
+    ("single",),
+    {"k": ["v", {"n": -1}], 3: b"x"},
+    {1, 2},
+    frozenset({"a"}),
+    {"a": 1}.items(),
+    {"a": 1}.keys(),
+    [["x" * 50] * 3] * 4,
+    [[[[[]]]]],
+    "\U0001f600" * 3,
+    ["\U0001f600\x01"] * 2,
 ]
 
 

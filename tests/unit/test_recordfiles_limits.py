@@ -97,7 +97,9 @@ def bombs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def measure(mode: str, path: Path) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(ROOT), mode, str(path)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -152,7 +154,11 @@ def test_a_parquet_cell_over_the_limit_is_refused_naming_its_row() -> None:
 
 def test_a_parquet_row_over_the_limit_is_refused_naming_it() -> None:
     wide = {f"c{i}": ["v"] * 3 + ["w" * (MAX_CELL_BYTES - 10)] for i in range(5)}
-    data = _parquet(pa.table({"topic": ["t"] * 4, "author": [{"name": "n", **{k: v[i] for k, v in wide.items()}} for i in range(4)]}))
+    data = _parquet(
+        pa.table(
+            {"topic": ["t"] * 4, "author": [{"name": "n", **{k: v[i] for k, v in wide.items()}} for i in range(4)]}
+        )
+    )
 
     with pytest.raises(SeedLimitExceeded, match=r"row 4\b.*4 MiB"):
         validate_seed(io.BytesIO(data), "PARQUET", ["topic", "author.name"])

@@ -20,7 +20,9 @@ def test_a_self_hosted_endpoint_keeps_unpriced_openai_models_free(base_url: str 
 
 
 # None: OPENAI_BASE_URL unset, so the OpenAI adapter calls api.openai.com, which bills.
-@pytest.mark.parametrize("base_url", [None, "https://api.openai.com/v1", "http://10.0.0.7:8000/v1", "https://llm.example.com"])
+@pytest.mark.parametrize(
+    "base_url", [None, "https://api.openai.com/v1", "http://10.0.0.7:8000/v1", "https://llm.example.com"]
+)
 def test_a_remote_endpoint_makes_unpriced_openai_models_unknown(base_url: str | None) -> None:
     overrides = json.dumps({"models": {"openai/fake-model": {"input_per_1k": "1", "output_per_1k": "2"}}})
     catalog = pricing_catalog(overrides, openai_base_url=base_url)

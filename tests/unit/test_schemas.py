@@ -31,8 +31,7 @@ def _validator(model: type[DomainEvent]) -> Draft4Validator:
 
 
 def _recorded(model: type[DomainEvent]) -> StoredEvent:
-    [stored] = record(f"stream-{model.detail_type()}", 0, GENESIS_HASH,
-                      [NewEvent(SAMPLES[model], actor="alice")])
+    [stored] = record(f"stream-{model.detail_type()}", 0, GENESIS_HASH, [NewEvent(SAMPLES[model], actor="alice")])
     return stored
 
 
@@ -49,9 +48,7 @@ def _subschemas(node: Any) -> Iterator[dict[str, Any]]:
 
 def test_checked_in_schemas_match_the_models() -> None:
     stale = schemagen.stale_files()
-    assert not stale, (
-        f"contracts/schemas is out of date ({', '.join(stale)}): run `{schemagen.FIX_COMMAND}`"
-    )
+    assert not stale, f"contracts/schemas is out of date ({', '.join(stale)}): run `{schemagen.FIX_COMMAND}`"
 
 
 def test_package_data_ships_the_schemas() -> None:
@@ -148,8 +145,7 @@ def test_to_draft4_translates_2020_12_keywords() -> None:
             "narrowed": {"$ref": "#/$defs/Kind", "minLength": 1},
             "ratio": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
             "tighter": {"type": "number", "minimum": 5, "exclusiveMinimum": 1},
-            "pair": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}],
-                     "items": False},
+            "pair": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}], "items": False},
             "anything": True,
             "nothing": False,
             "sample": {"type": "string", "examples": ["x"], "deprecated": True},
@@ -162,11 +158,19 @@ def test_to_draft4_translates_2020_12_keywords() -> None:
     assert converted["definitions"] == {"Kind": {"enum": ["a"]}}
     assert props["kind"] == {"$ref": "#/definitions/Kind", "description": "annotated ref"}
     assert props["narrowed"] == {"allOf": [{"$ref": "#/definitions/Kind"}], "minLength": 1}
-    assert props["ratio"] == {"type": "number", "minimum": 0, "exclusiveMinimum": True,
-                              "maximum": 1, "exclusiveMaximum": True}
+    assert props["ratio"] == {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+        "maximum": 1,
+        "exclusiveMaximum": True,
+    }
     assert props["tighter"] == {"type": "number", "minimum": 5}
-    assert props["pair"] == {"type": "array", "items": [{"type": "integer"}, {"type": "string"}],
-                             "additionalItems": False}
+    assert props["pair"] == {
+        "type": "array",
+        "items": [{"type": "integer"}, {"type": "string"}],
+        "additionalItems": False,
+    }
     assert props["anything"] == {} and props["nothing"] == {"not": {}}
     assert props["sample"] == {"type": "string"}
     assert converted["additionalProperties"] is False
@@ -178,18 +182,14 @@ def test_to_draft4_translates_2020_12_keywords() -> None:
     assert not validator.is_valid({"kind": "b"})
 
 
-def test_check_fails_until_written_and_names_the_fix(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_check_fails_until_written_and_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "RetiredEvent.json").write_text("{}\n")
     assert schemagen.main(["--check", "--out", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert "python -m contracts.schemagen" in error and "RetiredEvent.json" in error
 
     assert schemagen.main(["--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{m.detail_type()}.json" for m in ALL_EVENTS
-    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{m.detail_type()}.json" for m in ALL_EVENTS)
     assert schemagen.main(["--check", "--out", str(tmp_path)]) == 0
 
     (tmp_path / "JobStarted.json").write_text("{}\n")

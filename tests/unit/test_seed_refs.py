@@ -23,9 +23,7 @@ def test_the_key_prefix_is_the_blob_stores() -> None:
         (f"s3://palette-dev-bucket/{KEY}", SeedReference(SEED_ID, KEY)),
     ],
 )
-def test_a_seed_id_an_s3_key_and_an_s3_url_name_the_same_seed(
-    text: str, named: SeedReference
-) -> None:
+def test_a_seed_id_an_s3_key_and_an_s3_url_name_the_same_seed(text: str, named: SeedReference) -> None:
     assert parse_seed_reference(text) == named
 
 

@@ -84,14 +84,18 @@ def test_wide_csv_and_parquet_rows_keep_only_the_fields_read(blobs: LocalBlobSto
         {"title": "t2", "author": {"name": "a2", "born": "1900"}},
     ]
     assert load_seed_rows(blobs, "seeds/u/wide.csv", SeedFormat.CSV, ["author.born"]) == [
-        {"author": {"born": "1900"}}, {}, {"author": {"born": "1900"}}]
+        {"author": {"born": "1900"}},
+        {},
+        {"author": {"born": "1900"}},
+    ]
     assert load_seed_rows(blobs, "seeds/u/wide.csv", SeedFormat.CSV, []) == [{}, {}, {}]
 
     table = pa.table({"title": ["Dune"], "author": [{"name": "Herbert", "born": 1920}], "extra": [1]})
     pq.write_table(table, tmp_path / "wide.parquet")
     blobs.put_bytes("seeds/u/wide.parquet", (tmp_path / "wide.parquet").read_bytes())
     assert load_seed_rows(blobs, "seeds/u/wide.parquet", SeedFormat.PARQUET, ["author.name", "missing"]) == [
-        {"author": {"name": "Herbert"}}]
+        {"author": {"name": "Herbert"}}
+    ]
 
 
 def test_a_csv_keeps_what_decides_a_field_and_reads_repeated_column_names(blobs: LocalBlobStore) -> None:
@@ -99,7 +103,9 @@ def test_a_csv_keeps_what_decides_a_field_and_reads_repeated_column_names(blobs:
 
     # a cell in "author" leaves no room for author.name (the last column of a name wins)
     assert load_seed_rows(blobs, "seeds/u/odd.csv", SeedFormat.CSV, ["author.name", "title"]) == [
-        {"title": "t2"}, {"author": {"name": "Cy"}, "title": "t4"}]
+        {"title": "t2"},
+        {"author": {"name": "Cy"}, "title": "t4"},
+    ]
 
 
 def test_missing_counts_count_absent_and_null_fields_as_seed_validation_does(

@@ -199,7 +199,9 @@ def test_json_file_level_errors(data: bytes, message: str) -> None:
 
 def test_csv_dotted_headers_are_nested_paths_and_empty_cells_are_missing(tmp_path: Path) -> None:
     path = tmp_path / "seeds.csv"
-    table = pa.table({"author.name": ["Ada", "", "Bob", "Cy"], "topic": ["math", "art", "", "1"], "n": ["1", "2", "x", "4"]})
+    table = pa.table(
+        {"author.name": ["Ada", "", "Bob", "Cy"], "topic": ["math", "art", "", "1"], "n": ["1", "2", "x", "4"]}
+    )
     pa_csv.write_csv(table, path)
     with path.open("rb") as stream:
         report = validate_seed(stream, detect_format(path.name), ["author.name", "topic", "author"])

@@ -73,10 +73,20 @@ def test_every_old_schema_version_decodes_to_the_current_model(
 
 def test_the_envelope_of_an_old_stored_event_carries_the_upcast_detail() -> None:
     stored = StoredEvent(
-        id="e-1", stream_id="meter-m-1", version=1, position=1, source="palette.test",
-        detail_type="MeterRead", schema_version=1, time="2026-01-01T00:00:00.000000Z",
-        correlation_id="e-1", causation_id="", actor="system",
-        detail=json.dumps({"meter": "m-1", "kwh": 1.5}), prev_hash="0" * 64, hash="h",
+        id="e-1",
+        stream_id="meter-m-1",
+        version=1,
+        position=1,
+        source="palette.test",
+        detail_type="MeterRead",
+        schema_version=1,
+        time="2026-01-01T00:00:00.000000Z",
+        correlation_id="e-1",
+        causation_id="",
+        actor="system",
+        detail=json.dumps({"meter": "m-1", "kwh": 1.5}),
+        prev_hash="0" * 64,
+        hash="h",
     )
 
     envelope = EventEnvelope.from_stored(stored, _meter_catalog())

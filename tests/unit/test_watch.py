@@ -20,7 +20,10 @@ def test_the_bar_shows_the_jobs_own_elapsed_time_not_the_watchers() -> None:
     from palette.watch import watch_job
 
     done = {
-        "status": "COMPLETED", "num_records": 20, "records_generated": 20, "files": [{"blob_key": "k"}],
+        "status": "COMPLETED",
+        "num_records": 20,
+        "records_generated": 20,
+        "files": [{"blob_key": "k"}],
         "timing": {"generation_seconds": 3723.4, "records_per_second": 0.005},
     }
     console = Console(record=True, width=120, force_terminal=False)
@@ -38,7 +41,10 @@ def test_a_job_completed_with_errors_names_each_failed_model() -> None:
     from palette.watch import watch_job
 
     done = {
-        "status": "COMPLETED_WITH_ERRORS", "num_records": 20, "records_generated": 10, "files": [{"blob_key": "k"}],
+        "status": "COMPLETED_WITH_ERRORS",
+        "num_records": 20,
+        "records_generated": 10,
+        "files": [{"blob_key": "k"}],
         "per_model": {
             "openai/a": {"records_generated": 10, "failure": None},
             "openai/b": {"records_generated": 0, "failure": {"code": "ERROR_RATE", "reason": "10 of 10 failed"}},

@@ -47,9 +47,7 @@ def flush_on_time(lane: RunLane, queue: BatchQueue, flush_seconds: float) -> Non
         return
     cut = PlannedBatch(batch.batch_number, batch.first, done_through)
     k = (batch.batch_number - lane.index) // lane.lane_count
-    lane.planned = plan_from(
-        k + 1, done_through + 1, lane.num_records, lane.batch_size, lane.index, lane.lane_count
-    )
+    lane.planned = plan_from(k + 1, done_through + 1, lane.num_records, lane.batch_size, lane.index, lane.lane_count)
     queue.put_nowait(_take(lane, cut, range(cut.first, cut.last + 1)))
 
 
@@ -65,9 +63,7 @@ def queue_partial_batch(lane: RunLane, queue: BatchQueue) -> None:
     while last in lane.completed and last <= batch.last:
         last += 1
     if last > batch.first:
-        queue.put_nowait(
-            _take(lane, PlannedBatch(batch.batch_number, batch.first, last - 1), range(batch.first, last))
-        )
+        queue.put_nowait(_take(lane, PlannedBatch(batch.batch_number, batch.first, last - 1), range(batch.first, last)))
     lane.planned = []
 
 

@@ -107,7 +107,10 @@ class RunBudget:
             )
             log.info(
                 "job %s stops on its budget: spent %s of %s, the next call's worst case %s does not fit",
-                self.job_id, standing.spent, standing.budget_limit, self.stop.next_call_worst_case,
+                self.job_id,
+                standing.spent,
+                standing.budget_limit,
+                self.stop.next_call_worst_case,
             )
         self.ending.end_with(Ending.BUDGET)
 
@@ -121,8 +124,10 @@ class RunBudget:
         if not answered.by_model and not self.unanswered.by_model:
             return None
         unbatched = UnbatchedUsageRecorded(
-            job_id=self.job_id, worker_id=self.worker_id,
-            token_usage=answered.as_token_usage(), unanswered=self.unanswered.as_token_usage(),
+            job_id=self.job_id,
+            worker_id=self.worker_id,
+            token_usage=answered.as_token_usage(),
+            unanswered=self.unanswered.as_token_usage(),
         )
         self.unanswered = Usage()
         return unbatched

@@ -123,14 +123,21 @@ class RunEnd:
         log.info("job %s exported %d records in %.2fs", job.job_id, rows, time.monotonic() - started)
         per_model = (
             {lane.model: lane.counters.recorded for lane in self.lanes if lane.model is not None}
-            if self.fanout else None
+            if self.fanout
+            else None
         )
         failed_models = {
             lane.model: lane.failure.code for lane in self.lanes if lane.model is not None and lane.failure is not None
         }
-        return [DatasetExported(
-            job_id=job.job_id, files=files, rows=rows, rows_per_model=per_model, failed_models=failed_models,
-        )]
+        return [
+            DatasetExported(
+                job_id=job.job_id,
+                files=files,
+                rows=rows,
+                rows_per_model=per_model,
+                failed_models=failed_models,
+            )
+        ]
 
     async def _final(self, events: Sequence[DomainEvent], outcome: RunOutcome, reason: str = "") -> RunResult:
         """The run's end, in one append after the calls no batch recorded: the end closes

@@ -59,9 +59,13 @@ class JobRun:
         models = job.lanes
         self.lanes = [
             RunLane(
-                model, index,
+                model,
+                index,
                 step_calls(template, job.options.model_parameters, options.default_max_tokens, model),
-                state, job.options.num_records, len(models), options,
+                state,
+                job.options.num_records,
+                len(models),
+                options,
             )
             for index, model in enumerate(models)
         ]
@@ -80,8 +84,15 @@ class JobRun:
         self.budget = RunBudget(worker.budget, self.job_id, worker.worker_id, self.ending, self.writer.append)
         self.ending.listeners += [self.wakeup.set, self.budget.changed]
         self.records = RecordMaker(
-            self.job_id, rows, options, worker.gateway, worker.worker_id, worker.content_filter,
-            job.options.output_filter == "flag", self.budget, self.ending,
+            self.job_id,
+            rows,
+            options,
+            worker.gateway,
+            worker.worker_id,
+            worker.content_filter,
+            job.options.output_filter == "flag",
+            self.budget,
+            self.ending,
         )
         self.end = RunEnd(job, self.lanes, self.ending, self.budget, self.writer, worker.blobs, worker.worker_id)
 
@@ -147,9 +158,7 @@ class JobRun:
         while True:
             if self.ending.current is None:
                 self._launch(loop)
-            if not self.tasks and (
-                self.ending.current is not None or not any(lane.can_start for lane in self.lanes)
-            ):
+            if not self.tasks and (self.ending.current is not None or not any(lane.can_start for lane in self.lanes)):
                 return
             if self.ending.current is not None and self.ending.current.abrupt:
                 await self._cancel(list(self.tasks))

@@ -162,26 +162,25 @@ class RecordMaker:
             )
         return results, flagged
 
-    def _block(
-        self, lane: RunLane, index: int, attempt: int, step_id: str, where: str, action: str, rule: str
-    ) -> None:
+    def _block(self, lane: RunLane, index: int, attempt: int, step_id: str, where: str, action: str, rule: str) -> None:
         """Keep a filter decision with its record; it is recorded with the record's batch.
 
         The event id derives from the decision (model, record, attempt, step, rule), so a
         batch redone after a crash records the same decision once."""
         event = ContentBlocked(
-            rule_id=rule, where=where, action=action,
-            job_id=self.job_id, step_id=step_id, record_index=index,
+            rule_id=rule,
+            where=where,
+            action=action,
+            job_id=self.job_id,
+            step_id=step_id,
+            record_index=index,
         )
         key = f"{self.job_id}\x00{lane.model or ''}\x00{index}\x00{attempt}\x00{step_id}\x00{where}\x00{rule}"
         lane.blocked.setdefault(index, []).append(
-            NewEvent(event, actor=self.worker_id, correlation_id=self.job_id,
-                     id=str(uuid.uuid5(_DECISION_IDS, key)))
+            NewEvent(event, actor=self.worker_id, correlation_id=self.job_id, id=str(uuid.uuid5(_DECISION_IDS, key)))
         )
 
-    async def _call_step(
-        self, lane: RunLane, index: int, call: StepCall, prompt: str
-    ) -> tuple[ModelResponse, Any]:
+    async def _call_step(self, lane: RunLane, index: int, call: StepCall, prompt: str) -> tuple[ModelResponse, Any]:
         """One step's response (and its parsed JSON for a structured step), retrying output
         that is not valid JSON of the step's schema a bounded number of times."""
         step = call.step

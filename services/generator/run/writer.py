@@ -66,7 +66,10 @@ class BatchWriter:
             if isinstance(item, LaneFailed):
                 lane, failure = item.lane, item.failure
                 failed = GenerationModelFailed(
-                    job_id=self.job_id, model=lane.model or "", code=failure.code, reason=failure.reason,
+                    job_id=self.job_id,
+                    model=lane.model or "",
+                    code=failure.code,
+                    reason=failure.reason,
                     records_completed=lane.counters.recorded,
                 )
                 if not await self.append([failed]):
