@@ -43,10 +43,10 @@ from contracts.pricing import DEFAULT_CATALOG, with_overrides
 from contracts.streams import generation_stream, ledger_stream
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
+from palette.models.openai import OpenAICompatibleGateway
 from services.billing.consumers import LedgerConsumer
 from services.billing.handlers import LedgerHandlers
 from services.generator.budget import JobBudgets
-from palette.models.openai import OpenAICompatibleGateway
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome
 from services.generator.worker import GenerationWorker

@@ -551,7 +551,7 @@ def _bounded_lipsum(
     n: int = 5,
     html: bool = False,
     min: int = 20,
-    max: int = 100,  # noqa: A002 - Jinja's names
+    max: int = 100,  # Jinja's names
 ) -> str:
     if n > MAX_LIPSUM_PARAGRAPHS or max > MAX_LIPSUM_WORDS:
         raise SecurityError(f"lipsum is limited to {MAX_LIPSUM_PARAGRAPHS} paragraphs of {MAX_LIPSUM_WORDS} words")

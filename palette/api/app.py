@@ -182,8 +182,8 @@ class _RequestPerThread:
     def resolve(self, event: Any, context: Any) -> dict[str, Any]:
         resolver: Any = super()
         self._threads.resolving = _Resolving(
-            event=self._to_proxy_event(event),
-            lambda_context=context,  # type: ignore[attr-defined]
+            event=resolver._to_proxy_event(event),
+            lambda_context=context,
             context=dict(self._idle.context),
         )
         try:
@@ -441,7 +441,7 @@ def build_app(
         if failed:
             logger.warning("not ready", extra={"failed": failed})
             raise ServiceUnavailable(f"not ready: {', '.join(sorted(failed))} failed", {"failed": failed})
-        return {"status": "ready", "checks": {name: "ok" for name in checks}}
+        return {"status": "ready", "checks": dict.fromkeys(checks, "ok")}
 
     for router in routers:
         app.include_router(router)

@@ -241,9 +241,9 @@ SELF_HOSTED = "http://127.0.0.1/v1"
 
 def _print_job(result: Any) -> None:
     from rich.console import Console
+    from rich.table import Table
 
     from contracts.money import money_text
-    from rich.table import Table
 
     console = Console(width=max(Console().width, 160), soft_wrap=False)
     table = Table(title=f"job {result.job_id}", show_lines=False)
@@ -417,8 +417,8 @@ def _replay_live(
 def _replay_diff(
     store: EventStore, data_dir: Path, projections: list[Any], into: Path | None, advance: Any, workers: int | None
 ) -> dict[str, Any]:
-    from palette.audit.replay_into import PROJECTIONS_FILE as REBUILT
     from palette.audit.replay_diff import diff_documents, live_checkpoints
+    from palette.audit.replay_into import PROJECTIONS_FILE as REBUILT
     from palette.audit.replay_into import replay_into
     from palette.projections.sqlite import SQLiteReadModelStore
 

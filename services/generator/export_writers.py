@@ -36,7 +36,7 @@ class HashingFile(io.RawIOBase):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = path
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._file = open(path, "wb")  # closed by close()
         self._sha256 = hashlib.sha256()
         self.size = 0
 
@@ -81,7 +81,7 @@ class FileSink(ABC):
     def buffered_rows(self) -> int:
         return 0
 
-    def flush(self) -> None:  # noqa: B027 - most formats buffer nothing
+    def flush(self) -> None:  # most formats buffer nothing
         """Write out anything buffered in memory."""
 
     def close(self) -> None:

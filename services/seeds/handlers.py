@@ -22,9 +22,9 @@ from contracts.events.base import DomainEvent
 from contracts.events.seeds import SeedFormat
 from contracts.streams import seed_stream, template_stream
 from palette.blobs.port import BlobInfo, BlobNotFound, BlobStore
-from palette.recordfiles import SeedLimitExceeded
 from palette.eventstore.port import EventStore
 from palette.eventstore.repository import Repository, by_event
+from palette.recordfiles import SeedLimitExceeded
 from services.seeds.domain import (
     RecordSeedUpload,
     RecordSeedValidation,

@@ -43,6 +43,7 @@ from contracts.pricing import (
     price_call,
     with_overrides,
 )
+from contracts.streams import generation_stream, job_stream, ledger_stream
 from palette.adapters import Adapters, local_adapters
 from palette.api.app import build_app
 from palette.api.auth import LocalTokens
@@ -50,14 +51,13 @@ from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
 from services.billing.api import create_router
 from services.billing.consumers import LedgerConsumer, subscriptions
-from contracts.streams import generation_stream, job_stream, ledger_stream
 from services.billing.domain import BUDGET_EXHAUSTED
 from services.billing.handlers import LedgerHandlers
 from services.billing.projections import CostsView, JobCosts
 from services.generator.budget import (
+    TRANCHE_SHARE,
     CallUsage,
     JobBudgets,
-    TRANCHE_SHARE,
     LedgerBudgetGuard,
     Reservation,
 )

@@ -28,12 +28,6 @@ from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
 from services.generator.worker import GenerationWorker
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.integration.palette_http import (
-    client,
-    running_palette,
-    template_and_seed,
-    wait_until_finished,
-)
 from tests.integration.generation import (
     ANSWER,
     FAST_RETRIES,
@@ -42,6 +36,12 @@ from tests.integration.generation import (
     of_type,
     request_job,
     run_worker,
+)
+from tests.integration.palette_http import (
+    client,
+    running_palette,
+    template_and_seed,
+    wait_until_finished,
 )
 
 MODELS = ["openai/fake-alpha", "openai/fake-beta", "openai/always-500"]

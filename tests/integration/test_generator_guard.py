@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
 from contracts.events.generator import BatchGenerated, DatasetExported
 from contracts.events.guard import ContentBlocked
 from contracts.streams import job_guard_stream

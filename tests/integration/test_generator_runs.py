@@ -34,9 +34,9 @@ from palette.blobs.keys import dataset_prefix
 from palette.blobs.local import TEMP_MARK, LocalBlobStore
 from palette.composition import job_dashboards
 from services.generator.budget import JobBudgets
-from services.generator.worker_pool import record_crash
 from services.generator.run.outcome import RunOutcome
 from services.generator.worker import GenerationWorker
+from services.generator.worker_pool import record_crash
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.generation import (
     OWNER,

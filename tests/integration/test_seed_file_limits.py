@@ -16,8 +16,8 @@ from contracts.events.generator import GenerationFailed
 from contracts.events.templates import TemplateStep
 from contracts.streams import generation_stream
 from palette.adapters import Adapters, local_adapters
-from palette.recordfiles import MAX_CELL_BYTES
 from palette.models.openai import OpenAICompatibleGateway
+from palette.recordfiles import MAX_CELL_BYTES
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
 from services.generator.worker import GenerationWorker

@@ -16,6 +16,7 @@ import pytest
 
 from contracts.envelope import bus_event
 from contracts.events.templates import TemplateVersionPublished
+from contracts.streams import TEMPLATE, template_stream
 from palette.adapters import local_adapters
 from palette.api.app import build_app
 from palette.api.auth import LocalTokens
@@ -23,7 +24,6 @@ from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.retry import APPEND_ATTEMPTS
 from services.templates import lambda_handler
 from services.templates.api import create_router
-from contracts.streams import TEMPLATE, template_stream
 from services.templates.handlers import TemplateHandlers
 from services.templates.projections import (
     TemplateCatalog,
@@ -34,9 +34,9 @@ from tests.fakes.lambda_events import sqs_batch
 from tests.integration.templates_facade import (
     SECRET,
     Facade,
-    fake_context,
     aws_facade,
     delete_job,
+    fake_context,
     request_job,
     step,
 )

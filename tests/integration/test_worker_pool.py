@@ -6,7 +6,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-
 from contracts.events.generator import (
     DatasetExported,
     GenerationClaimed,
@@ -19,10 +18,10 @@ from palette.adapters import Adapters
 from palette.blobs.port import BlobStore
 from palette.bus.local import LocalBus
 from palette.eventstore.port import NewEvent
-from services.generator.worker_pool import WorkerPool
 from palette.models.openai import OpenAICompatibleGateway
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome
+from services.generator.worker_pool import WorkerPool
 from services.jobs.consumers import subscriptions
 from services.jobs.domain import JobStatus
 from services.jobs.handlers import JobHandlers

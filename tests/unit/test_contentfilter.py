@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from contracts.events.guard import ContentBlocked
-from contracts.streams import template_guard_stream
 from contracts.events.templates import TemplateStep
+from contracts.streams import template_guard_stream
 from palette.eventstore.sqlite import SQLiteEventStore
 from palette.guard.config import ContentRule, GuardConfig, GuardConfigError
 from palette.guard.contentfilter import ContentFilter, normalise_term, readings

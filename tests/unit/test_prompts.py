@@ -106,14 +106,18 @@ def test_macro_arguments_and_call_blocks_bind_names() -> None:
 
 
 def test_namespace_attributes_are_not_seed_fields() -> None:
-    prompt = "{% set ns = namespace(total=0) %}{% for p in prices %}{% set ns.total = ns.total + p %}{% endfor %}{{ ns.total }}"
+    prompt = (
+        "{% set ns = namespace(total=0) %}{% for p in prices %}{% set ns.total = ns.total + p %}{% endfor %}"
+        "{{ ns.total }}"
+    )
     assert fields(prompt) == ["prices"]
 
 
 def test_defaulted_and_defined_guarded_paths_are_optional_but_their_parents_are_not() -> None:
     prompt = (
         "{{ nickname | default('friend') }} {{ author.middle | d('') }}"
-        "{% if book.subtitle is defined and book.series is defined %}{{ book.subtitle.text }}{{ book.series }}{% endif %}"
+        "{% if book.subtitle is defined and book.series is defined %}"
+        "{{ book.subtitle.text }}{{ book.series }}{% endif %}"
     )
     assert fields(prompt) == ["author", "book"]
 
