@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/palette demo --data-dir .palette
 
-test: $(STAMP)
-	$(VENV)/bin/lint-imports
+# Lint (ruff, import-linter) and types (mypy) first, with zero findings, then the suite.
+test: $(STAMP) lint typecheck
 	$(PY) -m contracts.schemagen --check
 	$(VENV)/bin/cfn-lint infra/*.yaml
 	$(PY) -m pytest -q
