@@ -160,6 +160,7 @@ class GenerationWorker:
         self.budget: BudgetGuard = budget or UnlimitedBudget()
         self.content_filter = content_filter if content_filter is not None and content_filter.rule_count else None
         self._clock = clock
+        self._streams = Repository(events)
 
     # -- reading the log ------------------------------------------------------------------
 
@@ -224,7 +225,7 @@ class GenerationWorker:
     def record_decisions(self, job_id: str, decisions: Sequence[NewEvent]) -> None:
         """Append content decisions to `guard-job-<job_id>`. Their ids derive from the
         decisions, so appending ones already recorded stores nothing twice."""
-        Repository(self.events).append_at_end(job_guard_stream(job_id), decisions)
+        self._streams.append_at_end(job_guard_stream(job_id), decisions)
 
     # -- running a job --------------------------------------------------------------------
 
