@@ -5,6 +5,7 @@ Exit code 0 on success; on failure a one-line reason on stderr and a non-zero co
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -128,6 +129,49 @@ def jobs_watch(
         fail("the job had not ended when the watch timed out")
     if final.get("status") != "COMPLETED":
         fail(f"the job ended {final.get('status')}")
+
+
+COST_COLUMNS = ("model_tokens", "compute", "storage", "total")
+
+
+@app.command()
+def costs(
+    user: Annotated[str, typer.Option("--user", help="Whose costs (the token's `sub`).")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    date_from: Annotated[str | None, typer.Option("--from", help="First UTC day, YYYY-MM-DD.")] = None,
+    date_to: Annotated[str | None, typer.Option("--to", help="Last UTC day, YYYY-MM-DD, inclusive.")] = None,
+    group_by: Annotated[
+        str, typer.Option("--group-by", help="day, week (ISO 8601), month, model, template, job or category.")
+    ] = "job",
+    as_json: Annotated[bool, typer.Option("--json", help="Print GET /costs' JSON answer instead.")] = False,
+) -> None:
+    """USER's recorded costs in USD as a table: GET /costs?group_by=... read from DATA_DIR
+    (works beside `serve`). Amounts are exact, as the ledger recorded them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from palette.composition import cost_reports
+
+    if not data_dir.is_dir():
+        fail(f"no data directory {data_dir}", 2)
+    try:
+        with cost_reports(data_dir) as query:
+            reply = query(user, date_from, date_to, group_by)
+    except ValueError as refused:
+        fail(str(refused), 2)
+    if as_json:
+        typer.echo(json.dumps(reply, indent=2))
+        return
+    span = f" from {reply['from'] or 'the start'} to {reply['to'] or 'now'}" if date_from or date_to else ""
+    table = Table(title=f"Costs of {user} (USD) by {group_by}{span}")
+    table.add_column(group_by, overflow="fold")
+    for column in COST_COLUMNS:
+        table.add_column(column, justify="right", no_wrap=True)
+    for group in reply["groups"]:
+        table.add_row(group["key"] or "(none)", *(group[column] for column in COST_COLUMNS))
+    table.add_section()
+    table.add_row("total", *(reply["totals"][column] for column in COST_COLUMNS), style="bold")
+    Console().print(table)
 
 
 def main() -> None:

@@ -91,6 +91,17 @@ def job_dashboards(data_dir: Path) -> Iterator[Callable[[str], dict[str, Any] | 
         adapters.close()
 
 
+@contextmanager
+def cost_reports(data_dir: Path) -> Iterator[billing.CostQuery]:
+    """What `palette costs` reads: GET /costs' answer for a user, the cost view caught up
+    from the log on each query (`services.billing.wiring.cost_query`)."""
+    adapters = local_adapters(Path(data_dir))
+    try:
+        yield billing.cost_query(adapters)
+    finally:
+        adapters.close()
+
+
 @dataclass
 class LocalPalette:
     """Everything `palette serve` runs in one process."""

@@ -5,13 +5,17 @@ decimal strings of USD in fixed-point (`contracts.money.MoneyText`), exactly as 
 recorded them, so the totals add up to the
 ledger to the last nano-dollar. `catch_up`, when given, brings the cost view up to date
 first (the embedded runtime); on AWS it follows the bus and may lag a moment.
+
+Without `group_by` the answer is the one clients have always read (`CostsReply`); with it,
+`GroupedCostsReply` (`cost_groups` sums the groups). `costs_reply` builds either, for the
+route and for `palette costs`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
@@ -20,7 +24,18 @@ from pydantic import BaseModel, Field
 from contracts.money import MoneyText
 from palette.api.app import caller
 from palette.api.errors import ValidationFailed
+from services.billing.cost_groups import (
+    CostGroup,
+    GroupBy,
+    InvalidCostQuery,
+    group_costs,
+    parse_group_by,
+    parse_range,
+    total_of,
+)
 from services.billing.projections import Amounts, CostsView
+
+DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 
 class CategoryCosts(BaseModel):
@@ -53,13 +68,75 @@ class CostsReply(BaseModel):
     jobs: list[JobCostLine]
 
 
-def _categories(amounts: Amounts) -> dict[str, Any]:
+class CostGroupLine(CategoryCosts):
+    key: str | None = Field(
+        description="day `YYYY-MM-DD`, ISO week `YYYY-Www`, month `YYYY-MM` (UTC); a model id or `unattributed`; "
+        "a template id (null: charges outside any template, prompt enhancements); a job id (`user-<owner>` for "
+        "prompt enhancements); or a category (`model_tokens`, `compute`, `storage`)"
+    )
+
+
+class GroupedCostsReply(BaseModel):
+    """The caller's recorded costs within the requested UTC days, summed per group; the
+    groups add up to `totals` exactly."""
+
+    currency: Literal["USD"] = "USD"
+    date_from: date | None = Field(default=None, serialization_alias="from")
+    date_to: date | None = Field(default=None, serialization_alias="to")
+    group_by: GroupBy
+    totals: CategoryCosts
+    groups: list[CostGroupLine]
+
+
+def _categories(amounts: Amounts | CostGroup) -> dict[str, Any]:
     return {
         "model_tokens": amounts.model_tokens,
         "compute": amounts.compute,
         "storage": amounts.storage,
         "total": amounts.total,
     }
+
+
+def costs_reply(
+    costs: CostsView,
+    owner: str,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    group_by: str | None = None,
+) -> CostsReply | GroupedCostsReply:
+    """`owner`'s costs as GET /costs answers them, from the query's text; raises
+    InvalidCostQuery naming a parameter that cannot be read."""
+    first_day, last_day = parse_range(date_from, date_to)
+    grouping = parse_group_by(group_by)
+    if grouping is not None:
+        cells = list(costs.cells(owner, first_day, last_day))
+        return GroupedCostsReply(
+            date_from=first_day,
+            date_to=last_day,
+            group_by=grouping,
+            totals=CategoryCosts(**_categories(total_of(cells))),
+            groups=[CostGroupLine(key=group.key, **_categories(group)) for group in group_costs(cells, grouping)],
+        )
+    report = costs.report(owner, first_day, last_day)
+    return CostsReply(
+        date_from=first_day,
+        date_to=last_day,
+        totals=CategoryCosts(**_categories(report.amounts)),
+        per_model=report.per_model,
+        per_day=[
+            DayCostLine(date=date.fromisoformat(day), **_categories(amounts)) for day, amounts in report.per_day.items()
+        ],
+        jobs=[
+            JobCostLine(
+                job_id=job.job_id,
+                budget_limit=job.budget_limit,
+                budget_exceeded=job.budget_exceeded,
+                per_model=job.per_model,
+                **_categories(job.amounts),
+            )
+            for job in report.jobs
+        ],
+    )
 
 
 def create_router(costs: CostsView, catch_up: Callable[[], None] | None = None) -> Router:
@@ -69,39 +146,29 @@ def create_router(costs: CostsView, catch_up: Callable[[], None] | None = None) 
     @router.get(
         "/costs",
         tags=["billing"],
-        summary="The caller's costs per job, model, category and day",
+        summary="The caller's costs per job, model, category and day, or grouped (`group_by`)",
     )
     def get_costs(
-        date_from: Annotated[date | None, Query(alias="from", description="first UTC day, YYYY-MM-DD")] = None,
-        date_to: Annotated[date | None, Query(alias="to", description="last UTC day, inclusive")] = None,
-    ) -> CostsReply:
-        if date_from is not None and date_to is not None and date_from > date_to:
+        date_from: Annotated[
+            str | None, Query(alias="from", pattern=DAY_PATTERN, description="first UTC day, YYYY-MM-DD (ISO 8601)")
+        ] = None,
+        date_to: Annotated[
+            str | None, Query(alias="to", pattern=DAY_PATTERN, description="last UTC day, YYYY-MM-DD, inclusive")
+        ] = None,
+        group_by: Annotated[
+            GroupBy | None,
+            Query(description="sum per UTC day, ISO 8601 week, month, model, template, job or category"),
+        ] = None,
+    ) -> CostsReply | GroupedCostsReply:
+        try:
+            parse_range(date_from, date_to)  # a bad query is refused before the view catches up
+        except InvalidCostQuery as refused:
             raise ValidationFailed(
-                "'from' is after 'to'",
-                {"errors": [{"field": "from", "type": "value_error", "message": "'from' is after 'to'"}]},
-            )
+                str(refused),
+                {"errors": [{"field": refused.parameter, "type": "value_error", "message": str(refused)}]},
+            ) from None
         if catch_up is not None:
             catch_up()
-        report = costs.report(caller(router), date_from, date_to)
-        return CostsReply(
-            date_from=date_from,
-            date_to=date_to,
-            totals=CategoryCosts(**_categories(report.amounts)),
-            per_model=report.per_model,
-            per_day=[
-                DayCostLine(date=date.fromisoformat(day), **_categories(amounts))
-                for day, amounts in report.per_day.items()
-            ],
-            jobs=[
-                JobCostLine(
-                    job_id=job.job_id,
-                    budget_limit=job.budget_limit,
-                    budget_exceeded=job.budget_exceeded,
-                    per_model=job.per_model,
-                    **_categories(job.amounts),
-                )
-                for job in report.jobs
-            ],
-        )
+        return costs_reply(costs, caller(router), date_from, date_to, group_by)
 
     return router

@@ -1,10 +1,11 @@
 """Billing's read model: what each job cost, by model, by category and by day, for GET /costs.
 
 One document per job, collection "job", key = job id, body:
-`{job_id, owner, budget_limit, batches, warned, budget_exceeded,
+`{job_id, owner, template_id, budget_limit, batches, warned, budget_exceeded,
   totals: {model_tokens, compute, storage, total}, per_model: {model | "unattributed": usd},
   per_day: {YYYY-MM-DD: {model_tokens, compute, storage, total, per_model}}}`
 (amounts are decimal strings), index1 = ("owner#<owner>", job id) once the owner is known.
+`template_id` (from JobRequested) is None for the owner's pseudo job of prompt enhancements.
 
 A cost belongs to the UTC day its CostRecorded was recorded, so a rebuild puts it on the same
 day. The owner comes from JobRequested on another stream; on AWS it may arrive after the
@@ -39,12 +40,9 @@ from palette.projections.documents import (
     IndexEntry,
 )
 from palette.projections.port import ProjectedEvent, detail_and_time
+from services.billing.cost_groups import UNATTRIBUTED, CostCell, utc_day
 
 JOBS = "job"
-UNATTRIBUTED = "unattributed"
-"""The `per_model` key for what no model's tokens account for (written-off budget tranches,
-compute, storage), so `per_model` sums to the total. Model ids always hold a `/`, so it
-never names a model."""
 CATEGORIES = ("model_tokens", "compute", "storage", "total")
 
 
@@ -112,6 +110,7 @@ class JobCosts(DocumentProjection):
             _charge(body, time, detail, batch=False)  # type: ignore[arg-type]
         elif kind is JobRequested:
             body["owner"] = detail.owner  # type: ignore[attr-defined]
+            body["template_id"] = detail.template_id  # type: ignore[attr-defined]
             body["budget_limit"] = usd(detail.budget_limit)  # type: ignore[attr-defined]
         elif kind is BudgetWarning:
             body["warned"] = True
@@ -144,7 +143,7 @@ def _charge(
     the totals and writes every amount as text); `batch` counts it as a batch."""
     if batch:
         body["batches"] += 1
-    day = time[:10]
+    day = utc_day(time)
     per_day = body["per_day"]
     today = per_day.get(day)
     if today is None:
@@ -172,6 +171,7 @@ def _empty(job_id: str) -> dict[str, Any]:
     return {
         "job_id": job_id,
         "owner": "",
+        "template_id": None,
         "budget_limit": None,
         "batches": 0,
         "warned": False,
@@ -244,8 +244,7 @@ class CostsView:
         (without a range every job is listed)."""
         report = CostReport()
         ranged = first_day is not None or last_day is not None
-        low = first_day.isoformat() if first_day else ""
-        high = last_day.isoformat() if last_day else "9999-12-31"
+        low, high = _day_bounds(first_day, last_day)
         for body in self.owned_by(owner):
             limit = body.get("budget_limit")
             job = JobCost(
@@ -268,3 +267,26 @@ class CostsView:
         report.per_day = dict(sorted(report.per_day.items()))
         report.jobs.sort(key=lambda job: job.job_id)
         return report
+
+    def cells(self, owner: str, first_day: date | None = None, last_day: date | None = None) -> Iterator[CostCell]:
+        """`owner`'s recorded cost per job and UTC day within [first_day, last_day], for
+        `cost_groups.group_costs`. Only the owner's own jobs are read (the owner index)."""
+        low, high = _day_bounds(first_day, last_day)
+        for body in self.owned_by(owner):
+            for day, amounts in body["per_day"].items():
+                if low <= day <= high:
+                    yield CostCell(
+                        day=day,
+                        job_id=body["job_id"],
+                        template_id=body.get("template_id"),
+                        model_tokens=Decimal(amounts["model_tokens"]),
+                        compute=Decimal(amounts["compute"]),
+                        storage=Decimal(amounts["storage"]),
+                        total=Decimal(amounts["total"]),
+                        per_model={model: Decimal(amount) for model, amount in amounts["per_model"].items()},
+                    )
+
+
+def _day_bounds(first_day: date | None, last_day: date | None) -> tuple[str, str]:
+    """The range's ends as day keys (`YYYY-MM-DD` sort as dates); open ends reach every day."""
+    return (first_day.isoformat() if first_day else "", last_day.isoformat() if last_day else "9999-12-31")
