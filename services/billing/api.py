@@ -68,12 +68,16 @@ class CostsReply(BaseModel):
     jobs: list[JobCostLine]
 
 
-class CostGroupLine(CategoryCosts):
+class CostGroupLine(BaseModel):
     key: str | None = Field(
         description="day `YYYY-MM-DD`, ISO week `YYYY-Www`, month `YYYY-MM` (UTC); a model id or `unattributed`; "
         "a template id (null: charges outside any template, prompt enhancements); a job id (`user-<owner>` for "
         "prompt enhancements); or a category (`model_tokens`, `compute`, `storage`)"
     )
+    model_tokens: MoneyText
+    compute: MoneyText
+    storage: MoneyText
+    total: MoneyText
 
 
 class GroupedCostsReply(BaseModel):
