@@ -31,7 +31,7 @@ from contracts.events.generator import BatchGenerated, DatasetExported
 from contracts.events.jobs import OutputFormat
 from contracts.streams import generation_stream
 from palette.blobs.keys import dataset_prefix
-from palette.blobs.port import BlobNotFound, BlobStore
+from palette.blobs.port import BlobError, BlobNotFound, BlobStore
 from palette.eventstore.port import EventStore
 from services.jobs.domain import JobState, JobStatus
 from services.jobs.snapshots import EXTENSIONS, RecordedBatch, RecordShape, SnapshotFile, write_snapshot
@@ -189,13 +189,7 @@ class JobDownloads:
             (item,) = described["files"]
             file = SnapshotFile(fmt, item["key"], item["rows"], item["size_bytes"], item["sha256"])
         except BlobNotFound:
-            file = write_snapshot(
-                self._blobs,
-                f"{folder}data.{EXTENSIONS[fmt]}",
-                fmt,
-                [RecordedBatch(batch.blob_key, batch.rows) for batch in _in_dataset_order(state, facts.batches)],
-                RecordShape(has_model=bool(state.options.models), has_flags=state.options.output_filter == "flag"),
-            )
+            file = self._write_snapshot(state, fmt, f"{folder}data.{EXTENSIONS[fmt]}", facts.batches)
             described = _snapshot_manifest(state, facts, file)
             self._blobs.put_bytes(manifest_key, json.dumps(described, indent=2).encode(), "application/json")
             self._prune(state, fmt, facts.batches_version)
@@ -207,6 +201,19 @@ class JobDownloads:
             batches=len(facts.batches),
             through_version=facts.batches_version,
         )
+
+    def _write_snapshot(
+        self, state: JobState, fmt: OutputFormat, key: str, batches: list[BatchGenerated]
+    ) -> SnapshotFile:
+        """Writes the snapshot, a second time if the first write was discarded: a worker
+        taking the job over (or exporting it) discards half-written blobs under the job's
+        folder, which may be this one's."""
+        recorded = [RecordedBatch(batch.blob_key, batch.rows) for batch in _in_dataset_order(state, batches)]
+        shape = RecordShape(has_model=bool(state.options.models), has_flags=state.options.output_filter == "flag")
+        try:
+            return write_snapshot(self._blobs, key, fmt, recorded, shape)
+        except (OSError, BlobError):
+            return write_snapshot(self._blobs, key, fmt, recorded, shape)
 
     def _snapshot_folder(self, state: JobState, fmt: OutputFormat, version: int) -> str:
         return f"{self._snapshots_prefix(state)}{version:010d}-{EXTENSIONS[fmt]}/"

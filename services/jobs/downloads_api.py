@@ -1,4 +1,4 @@
-"""GET /jobs/{id}/download, as a powertools Router the facade composes beside the /jobs one.
+"""GET /jobs/{id}/download, added to the jobs service's Router by `add_download_route`.
 
 The answer is a short-lived signed URL (S3 presigned on AWS; locally the facade's signed
 /blobs URL) to the job's file in one format, with the manifest that describes it; which
@@ -101,8 +101,8 @@ class DownloadBody(BaseModel):
     )
 
 
-def create_downloads_router(handlers: JobHandlers, downloads: JobDownloads) -> Router:
-    router = Router()
+def add_download_route(router: Router, handlers: JobHandlers) -> None:
+    """GET /jobs/<job_id>/download on the jobs router (`services.jobs.api.create_router`)."""
 
     @router.get(
         "/jobs/<job_id>/download",
@@ -122,7 +122,7 @@ def create_downloads_router(handlers: JobHandlers, downloads: JobDownloads) -> R
         try:
             state = handlers.job(caller(router), job_id).state
             fmt = format or state.options.output_formats[0]
-            found = downloads.download(state, fmt, partial)
+            found = JobDownloads(handlers.events, handlers.blobs).download(state, fmt, partial)
         except JobNotFound as error:
             raise NotFound(str(error), {"job_id": error.job_id}) from None
         except BlobNotFound:  # deleted while read
@@ -136,8 +136,6 @@ def create_downloads_router(handlers: JobHandlers, downloads: JobDownloads) -> R
             extra={"job_id": job_id, "format": fmt.value, "partial": found.partial, "records": found.records},
         )
         return _body(job_id, state.status or JobStatus.QUEUED, fmt, found, handlers)
-
-    return router
 
 
 def _refusal(refused: DownloadRefused) -> Exception:

@@ -37,6 +37,7 @@ from decimal import Decimal
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
@@ -115,6 +116,18 @@ def _run_flow(aws: AwsPalette) -> None:
     assert Decimal(charged["total"]) <= Decimal(charged["budget_limit"]) and not charged["budget_exceeded"]
     others = aws.call("jobs", "GET", f"/jobs/{job_id}", user="mallory")
     assert others.status == 404
+
+    # the finished file through GET /jobs/{id}/download: a presigned S3 URL that downloads it
+    download = aws.call("jobs", "GET", f"/jobs/{job_id}/download", query={"format": "JSONL"})
+    assert download.status == 200, download.body
+    assert download.body["partial"] is False and download.body["records"] == NUM_RECORDS
+    url = download.body["download_url"]
+    assert url.startswith(aws.endpoint) and "X-Amz-Signature=" in url and "X-Amz-Expires=900" in url
+    fetched = httpx.get(url)
+    assert fetched.status_code == 200 and len(fetched.text.splitlines()) == NUM_RECORDS
+    assert download.body["manifest"]["total_rows"] == NUM_RECORDS
+    hidden = aws.call("jobs", "GET", f"/jobs/{job_id}/download", user="mallory", query={"format": "JSONL"})
+    assert hidden.status == 404, hidden.body
 
     # the dataset is in S3 under the job's prefix, and the log has the whole story
     s3 = boto3.client("s3", endpoint_url=aws.endpoint)
