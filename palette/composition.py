@@ -44,6 +44,8 @@ from services.generator.run.options import WorkerOptions
 from services.jobs import wiring as jobs
 from services.jobs.projections import DASHBOARDS as JOB_DASHBOARDS
 from services.jobs.projections import JobDashboard, dashboard_figures
+from services.notifications import wiring as notifications
+from services.notifications.domain import Backoff, exponential_backoff
 from services.seeds import wiring as seeds
 from services.templates import wiring as templates
 from services.templates.model_enhancer import ModelEnhancer
@@ -60,7 +62,7 @@ def local_tokens(data_dir: Path) -> LocalTokens:
 def local_projections() -> list[DocumentProjection]:
     """A fresh instance of every projection the embedded runtime keeps (LocalPalette's
     `runners`, in their order): what `palette replay` rebuilds and diffs."""
-    return [*templates.projections(), *jobs.projections(), *billing.projections()]
+    return [*templates.projections(), *jobs.projections(), *billing.projections(), *notifications.projections()]
 
 
 @contextmanager
@@ -118,6 +120,10 @@ class LocalPalette:
     lease_seconds: int = DEFAULT_LEASE_SECONDS
     """How long a job this process runs stays claimed after it last wrote (kill -9: another
     process resumes it after this; SIGTERM releases it at once)."""
+    webhook_backoff: Backoff = exponential_backoff
+    """The wait before each webhook retry (tests pass a short one)."""
+    webhook_retry_interval: float = 1.0
+    """How often the retry loop looks for deliveries that came due."""
     adapters: Adapters = field(init=False)
     bus: LocalBus = field(init=False)
     runners: list[ProjectionRunner[Any]] = field(init=False)
@@ -144,6 +150,8 @@ class LocalPalette:
         seeds_parts = seeds.build(kernel)
         jobs_parts = jobs.build(kernel, self._catch_up_views)
         billing_parts = billing.build(kernel, self._catch_up_views)
+        notifications_parts = notifications.build(kernel, self._catch_up_views, backoff=self.webhook_backoff)
+        self.notifications = notifications_parts.handlers
         workers = WorkerOptions(concurrency=self.worker_concurrency, lease_seconds=self.lease_seconds)
         generator_parts = generator.build(
             kernel,
@@ -156,7 +164,14 @@ class LocalPalette:
         self.templates, self.seeds = templates_parts.handlers, seeds_parts.handlers
         self.jobs, self.ledger = jobs_parts.handlers, billing_parts.handlers
         self.workers = generator_parts.handlers
-        services: list[ServiceParts[Any]] = [templates_parts, seeds_parts, jobs_parts, billing_parts, generator_parts]
+        services: list[ServiceParts[Any]] = [
+            templates_parts,
+            seeds_parts,
+            jobs_parts,
+            billing_parts,
+            generator_parts,
+            notifications_parts,
+        ]
         for parts in services:
             for subscription in parts.subscriptions:
                 self.bus.subscribe(*subscription)
@@ -231,6 +246,7 @@ class LocalPalette:
         self.catch_up()
         self.bus.start(poll_interval)
         self.workers.start()
+        self.notifications.retries.start(self.webhook_retry_interval)
         self._projector = threading.Thread(
             target=self._project_forever,
             args=(poll_interval,),
@@ -242,6 +258,7 @@ class LocalPalette:
     def stop_background(self, grace: float = 30.0) -> None:
         """Workers first (they flush and release their jobs), then the bus and projections."""
         self.workers.stop(grace)
+        self.notifications.retries.stop()
         self._stop.set()
         self.bus.stop()
         if self._projector is not None:
@@ -254,6 +271,7 @@ class LocalPalette:
         self.asgi.close()
         self.stop_background()
         self.enhancer.close()
+        self.notifications.close()
         self.bus.close()
         if self.limiter is not None:
             self.limiter.close()

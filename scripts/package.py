@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("templates", "seeds", "jobs", "billing", "generator")
+SERVICES = ("templates", "seeds", "jobs", "billing", "generator", "notifications")
 ARTIFACTS = (*SERVICES, "publisher")
 KERNEL_PACKAGES = ("contracts", "palette")
 DATA_SUFFIXES = (".json",)

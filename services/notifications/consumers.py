@@ -22,46 +22,31 @@ from palette.wiring import Subscription
 from services.notifications.domain import LIFECYCLE_EVENT_TYPES
 from services.notifications.handlers import DeliveryHandlers
 
-FANOUT_SUBSCRIBER = "notifications-fanout"
-"""Durable name: keys the local bus checkpoint, and names the AWS rule and its queue."""
 DELIVERY_SUBSCRIBER = "notifications-delivery"
+"""Durable name: keys the local bus checkpoint, and names the AWS rule and its queue."""
 
-FANOUT_PATTERN: dict[str, Any] = {
-    "source": ["palette.jobs", "palette.billing"],
-    "detail-type": list(LIFECYCLE_EVENT_TYPES),
-}
 DELIVERY_PATTERN: dict[str, Any] = {
-    "source": ["palette.notifications"],
-    "detail-type": [WebhookDeliveryScheduled.detail_type()],
+    "source": ["palette.jobs", "palette.billing", "palette.notifications"],
+    "detail-type": [*LIFECYCLE_EVENT_TYPES, WebhookDeliveryScheduled.detail_type()],
 }
 
 
-class LifecycleFanout:
-    """Schedules the deliveries of one lifecycle fact."""
+class WebhookDelivery:
+    """Schedules the deliveries of a lifecycle fact; attempts a delivery once scheduled."""
 
     def __init__(self, deliveries: DeliveryHandlers) -> None:
         self._deliveries = deliveries
 
     def __call__(self, stored: StoredEvent) -> None:
-        self._deliveries.schedule_fact(stored)
-
-
-class FirstAttempt:
-    """Attempts a delivery as soon as it is scheduled."""
-
-    def __init__(self, deliveries: DeliveryHandlers) -> None:
-        self._deliveries = deliveries
-
-    def __call__(self, stored: StoredEvent) -> None:
+        if stored.detail_type in LIFECYCLE_EVENT_TYPES:
+            self._deliveries.schedule_fact(stored)
+            return
         scheduled = stored.decode()
         if isinstance(scheduled, WebhookDeliveryScheduled):
             self._deliveries.attempt(scheduled.delivery_id)
 
 
 def subscriptions(deliveries: DeliveryHandlers) -> list[Subscription]:
-    """Each reaction with its durable name and pattern: `palette serve` subscribes them on
-    the local bus; infra has one rule -> SQS queue per name, consumed by the Lambdas."""
-    return [
-        Subscription(FANOUT_SUBSCRIBER, FANOUT_PATTERN, LifecycleFanout(deliveries)),
-        Subscription(DELIVERY_SUBSCRIBER, DELIVERY_PATTERN, FirstAttempt(deliveries)),
-    ]
+    """The reaction with its durable name and pattern: `palette serve` subscribes it on the
+    local bus; infra has one rule -> SQS queue for it, consumed by `lambda_handler.consume`."""
+    return [Subscription(DELIVERY_SUBSCRIBER, DELIVERY_PATTERN, WebhookDelivery(deliveries))]

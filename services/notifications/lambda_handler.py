@@ -1,9 +1,9 @@
 """AWS entry points of the notifications service (skeletons: `palette.lambda_entries`).
 
 - `handler`: API Gateway HTTP API (JWT authorizer) -> the /webhooks routes.
-- `fanout`: EventBridge rule (`consumers.FANOUT_PATTERN`: the job lifecycle facts) -> SQS
-  -> one WebhookDeliveryScheduled per subscribed webhook.
-- `deliver`: EventBridge rule (`consumers.DELIVERY_PATTERN`) -> SQS -> the first attempt.
+- `consume`: EventBridge rule (`consumers.DELIVERY_PATTERN`) -> SQS -> a job lifecycle
+  fact becomes one WebhookDeliveryScheduled per subscribed webhook; a scheduled delivery
+  gets its first attempt.
 - `retry`: a scheduled rule, every minute -> every attempt that came due (the retry
   schedule is on the log and in the delivery log, so a cold start loses nothing).
 - `project`: EventBridge rule (the delivery events) -> SQS -> the delivery log.
@@ -32,7 +32,7 @@ from palette.lambda_entries import LambdaEntries, adapters_from_env
 from palette.projections.runner import ProjectionRunner
 from palette.wiring import ServiceParts
 from services.notifications import wiring
-from services.notifications.consumers import DELIVERY_SUBSCRIBER, FANOUT_SUBSCRIBER
+from services.notifications.consumers import DELIVERY_SUBSCRIBER
 
 entries = LambdaEntries("notifications")
 adapters = functools.cache(adapters_from_env)
@@ -56,10 +56,6 @@ def projection_runners() -> tuple[ProjectionRunner[Any], ...]:
     return tuple(adapters().projection_runner(projection) for projection in wiring.projections())
 
 
-def _fanout_event(event: dict[str, Any]) -> None:
-    parts().subscription(FANOUT_SUBSCRIBER).handle(stored_event_from_message(event, adapters().blobs))
-
-
 def _deliver_event(event: dict[str, Any]) -> None:
     parts().subscription(DELIVERY_SUBSCRIBER).handle(stored_event_from_message(event, adapters().blobs))
 
@@ -69,7 +65,6 @@ def _retry_due(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 handler = entries.api(api)
-fanout = entries.queue(_fanout_event)
-deliver = entries.queue(_deliver_event)
+consume = entries.queue(_deliver_event)
 retry = entries.entry(_retry_due)
 project = entries.projections(lambda: adapters().blobs, projection_runners)

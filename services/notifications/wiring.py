@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
+
 from palette.adapters import Adapters
 from palette.projections.documents import DocumentProjection
 from palette.wiring import CatchUp, ServiceParts, follow_the_bus
@@ -39,13 +41,15 @@ def build(
     catch_up: CatchUp = follow_the_bus,
     backoff: Backoff = exponential_backoff,
     resolve: Resolve = resolve_host,
+    transport: httpx.BaseTransport | None = None,
 ) -> ServiceParts[Notifications]:
     """Webhooks under the runtime's URL policy (`UrlPolicy.for_runtime`: http to localhost
     on the embedded runtime; public https addresses only on AWS), retried after `backoff`
-    (tests pass a short one); the routes, the delivery log, and the two subscriptions."""
+    (tests pass a short one), resolving hosts with `resolve` and sending through `transport`
+    (httpx's own unless a test gives one); the routes, the delivery log, the subscription."""
     policy = UrlPolicy.for_runtime(adapters.runtime)
     keys = SigningKeys(adapters.blobs)
-    sender = WebhookSender(policy, resolve)
+    sender = WebhookSender(policy, resolve, transport=transport)
     webhooks = WebhookHandlers(adapters.events, keys, policy)
     deliveries = DeliveryHandlers(adapters.events, keys, sender, backoff)
     views = projections()

@@ -36,7 +36,7 @@ def readme_verifier() -> Callable[..., bool]:
     readme = (REPO / "README.md").read_text()
     [code] = re.findall(r"```python\n(import hashlib, hmac, time\n\ndef verify_palette_webhook.*?)```", readme, re.S)
     namespace: dict[str, Any] = {}
-    exec(code, namespace)  # noqa: S102  # the documented snippet, run as a receiver would
+    exec(code, namespace)  # the documented snippet, run as a receiver would
     verify: Callable[..., bool] = namespace["verify_palette_webhook"]
     return verify
 
@@ -74,13 +74,13 @@ class Receiver:
 @contextmanager
 def receiving(receiver: Receiver) -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802  # http.server's name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(receiver.handle(self.headers, body))
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  # quiet
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
