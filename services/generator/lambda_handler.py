@@ -1,5 +1,6 @@
 """The generator on AWS Lambda: `consume`, an SQS consumer of JobRequested for jobs that fit
-one invocation (skeleton: `palette.lambda_entries`).
+one invocation, and `launch`, which starts the sized Fargate task of a job with a
+`task_size` (`task_launcher.py`) (skeleton: `palette.lambda_entries`).
 
 The ECS Fargate task runs `worker_main` (the same worker, with no time limit). Here each SQS
 record holds a JobRequested as EventBridge delivered it (`detail.data.job_id`). The job runs
@@ -24,12 +25,16 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from contracts.events.jobs import JobRequested
+from palette.adapters import AwsSettings
+from palette.bus.sqs import MalformedBusMessage, stored_event_from_message
 from palette.idempotency import once_per_event
 from palette.lambda_entries import LambdaEntries, adapters_from_env
 from palette.models.environment import gateway_from_env
 from services.generator import wiring
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
+from services.generator.task_launcher import LaunchSettings, TaskLauncher
 
 entries = LambdaEntries("generator")
 logger = entries.logger
@@ -115,3 +120,29 @@ def _run_batch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 consume = entries.entry(_run_batch)
+
+
+@functools.cache
+def task_launcher() -> TaskLauncher:
+    import boto3
+
+    ecs = boto3.client("ecs", endpoint_url=AwsSettings.from_env().endpoint_url)
+    return TaskLauncher(ecs, LaunchSettings.from_env())
+
+
+def _launch_task(event: dict[str, Any]) -> None:
+    """Start the sized task of one JobRequested with a task_size; raises (so the record comes
+    back, then dead-letters) when RunTask fails."""
+    stored = stored_event_from_message(event, adapters().blobs)
+    request = stored.decode()
+    if not isinstance(request, JobRequested):
+        raise MalformedBusMessage(f"expected JobRequested, got {stored.detail_type}")
+    launched = task_launcher().launch(request, stored.id)
+    logger.info(
+        "job task launched" if launched.started else "job task already there",
+        extra={"job_id": launched.job_id, "task_arn": launched.task_arn},
+    )
+
+
+launch = entries.queue(_launch_task)
+"""The launch queue's consumer (Runner=ecs): JobRequested with a task_size -> ECS RunTask."""

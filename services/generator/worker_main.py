@@ -5,10 +5,12 @@
         [--max-jobs N] [--scan-seconds S] [--worker-id ID]
     python -m services.generator.worker_main --aws [--max-jobs N] [--wait-seconds S]
         [--visibility-seconds S] [--concurrency N] [--batch-size B] ...
+    python -m services.generator.worker_main --aws --job JOB_ID   (or PALETTE_JOB_ID=JOB_ID)
 
 With `--job` it runs that one job — waiting while another worker holds it, taking over
 when that worker's lease lapses — and exits when the job has ended (0; 1 with a one-line
-reason if the job failed). Without it, it runs a WorkerPool that picks up every claimable
+reason if the job failed, 2 if there is no such job). PALETTE_JOB_ID in the environment is
+the same as `--job`. Without it, it runs a WorkerPool that picks up every claimable
 job (scanning the log) until SIGTERM. SIGTERM or SIGINT stops gracefully: no new model
 calls, calls in flight get the grace period, the completed records are flushed,
 GenerationReleased is recorded, and the process exits 0.
@@ -20,6 +22,11 @@ rule on JobRequested feeds; `JobQueueWorker` says what happens to each message. 
 messages back to the queue for another worker, and exits 0 within the task's 120 s stop
 timeout. PALETTE_GENERATOR_CONCURRENCY and PALETTE_GENERATOR_BATCH_SIZE give the defaults
 of --concurrency and --batch-size.
+
+With `--aws` and a job (`--job`, or PALETTE_JOB_ID as the task launcher's container override
+sets it, `task_launcher.py`) the task runs that one job on the AWS adapters, as `--job` does
+locally, and exits: the Fargate task launched for a job with a `task_size`, sized for it.
+It reads no queue.
 
 Models come from the environment: `openai/...` from OPENAI_BASE_URL / OPENAI_API_KEY,
 `bedrock/...` from the standard AWS settings, `local/...` from the `local` extra.
@@ -35,13 +42,14 @@ import signal
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from contracts.events.jobs import JobRequested
-from palette.adapters import AwsSettings, aws_adapters, local_adapters
+from palette.adapters import Adapters, AwsSettings, aws_adapters, local_adapters
 from palette.blobs.port import BlobStore
 from palette.bus.sqs import MalformedBusMessage, stored_event_from_message
 from palette.models.environment import gateway_from_env
@@ -49,6 +57,7 @@ from services.generator import wiring
 from services.generator.logs import logger as log
 from services.generator.run.options import StopSignal, WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
+from services.generator.task_launcher import JOB_ID_ENV
 from services.generator.worker import GenerationWorker
 
 if TYPE_CHECKING:
@@ -71,12 +80,15 @@ async def run_until_ended(worker: GenerationWorker, job_id: str, stop: asyncio.E
         return RunResult(RunOutcome.RELEASED, result.records_completed, "stopped while waiting for the job")
 
 
-async def _run_one(data_dir: Path, job_id: str, options: WorkerOptions, worker_id: str | None) -> RunResult:
+async def _run_one(
+    adapters_of: Callable[[], Adapters], job_id: str, options: WorkerOptions, worker_id: str | None
+) -> RunResult:
+    """Run one job on the adapters `adapters_of` builds (a data directory's, or AWS's)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    adapters = local_adapters(data_dir)
+    adapters = adapters_of()
     gateway = gateway_from_env(max(64, options.concurrency))
     try:
         worker = wiring.worker(adapters, gateway, options, worker_id)
@@ -350,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument(
         "--aws", action="store_true", help=f"AWS adapters from the environment, jobs from ${QUEUE_URL_ENV}"
     )
-    parser.add_argument("--job", dest="job_id")
+    parser.add_argument(
+        "--job", dest="job_id", default=os.environ.get(JOB_ID_ENV) or None, help=f"run one job (or ${JOB_ID_ENV})"
+    )
     parser.add_argument("--concurrency", type=int, default=int(os.environ.get("PALETTE_GENERATOR_CONCURRENCY", "16")))
     parser.add_argument("--batch-size", type=int, default=int(os.environ.get("PALETTE_GENERATOR_BATCH_SIZE", "100")))
     parser.add_argument("--lease-seconds", type=int, default=60)
@@ -380,15 +394,17 @@ def main(argv: list[str] | None = None) -> int:
         grace_seconds=args.grace_seconds,
         flush_seconds=args.flush_seconds,
     )
-    if args.aws:
+    if args.aws and args.job_id is None:
         queue_url = os.environ.get(QUEUE_URL_ENV)
-        if not queue_url or args.job_id:
-            parser.error(f"--aws reads jobs from ${QUEUE_URL_ENV} (set it; --job is for --data-dir)")
+        if not queue_url:
+            parser.error(f"--aws reads jobs from ${QUEUE_URL_ENV} (set it), or runs one with --job / ${JOB_ID_ENV}")
         queue = QueueOptions(queue_url, args.max_jobs, args.wait_seconds, args.visibility_seconds)
         return asyncio.run(_run_queue(options, queue, args.worker_id))
     if args.job_id is None:
         return _run_pool(args.data_dir, options, args)
-    result = asyncio.run(_run_one(args.data_dir, args.job_id, options, args.worker_id))
+    data_dir = args.data_dir
+    adapters_of = (lambda: aws_adapters(AwsSettings.from_env())) if args.aws else (lambda: local_adapters(data_dir))
+    result = asyncio.run(_run_one(adapters_of, args.job_id, options, args.worker_id))
     log.info("job %s: %s (%d records)", args.job_id, result.outcome.value, result.records_completed)
     if result.outcome is RunOutcome.FAILED:
         print(f"job {args.job_id} failed: {result.reason}", file=sys.stderr)

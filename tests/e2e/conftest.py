@@ -12,6 +12,7 @@ import pytest
 
 from scripts.provision_moto import provision
 from tests.e2e.aws_palette import AwsPalette, clear_caches, free_port
+from tests.e2e.fargate_on_moto import FargateOnMoto
 from tests.infra.stream_records import StreamTail, streams_client
 
 
@@ -52,10 +53,11 @@ def palette_on_moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsPalette]:
         def handler(module: str, name: str) -> Callable[[dict[str, Any], Any], Any]:
             return lambda event, context: getattr(importlib.import_module(module), name)(event, context)
 
-        consumers = [
+        consumers: list[tuple[str, str, Callable[[dict[str, Any], Any], Any]]] = [
             ("seeds", "UploadsQueue", handler("services.seeds.lambda_handler", "consume")),
             ("templates", "ProjectionsQueue", handler("services.templates.lambda_handler", "project")),
             ("generator", "JobQueue", handler("services.generator.lambda_handler", "consume")),
+            ("generator", "LaunchQueue", FargateOnMoto(endpoint, monkeypatch)),  # jobs with a task_size
             ("jobs", "LifecycleQueue", handler("services.jobs.lambda_handler", "consume")),
             ("jobs", "ProjectionsQueue", handler("services.jobs.lambda_handler", "project")),
             ("billing", "LedgerQueue", handler("services.billing.lambda_handler", "consume")),

@@ -236,7 +236,16 @@ def test_rule_patterns_are_the_services_subscriptions() -> None:
     assert _rule_patterns("templates") == {
         "ProjectionsRule": pattern_for(set(TemplateCatalog.detail_types) | set(TemplateUsage.detail_types)),
     }
-    assert _rule_patterns("generator") == {"JobRequestedRule": as_sets(JOB_REQUESTED_PATTERN)}
+    generator = {
+        k: v["Properties"]["EventPattern"] for k, v in resources(load("generator"), "AWS::Events::Rule").items()
+    }
+    assert set(generator) == {"JobRequestedRule", "SizedJobRequestedRule"}
+    on_ecs, on_lambda = generator["JobRequestedRule"]["Fn::If"][1:]
+    assert as_sets(on_lambda) == as_sets(JOB_REQUESTED_PATTERN)  # Runner=lambda: every job
+    # Runner=ecs: split on the task_size (tests/integration/test_task_launcher.py routes events)
+    for pattern, sized in ((on_ecs, False), (generator["SizedJobRequestedRule"], True)):
+        assert as_sets({k: pattern[k] for k in ("source", "detail-type")}) == as_sets(JOB_REQUESTED_PATTERN)
+        assert pattern["detail"] == {"data": {"task_size": {"vcpu": [{"exists": sized}]}}}
     seeds = resources(load("seeds"), "AWS::Events::Rule")["UploadsRule"]["Properties"]
     assert "EventBusName" not in seeds  # S3 notifies the default bus
     assert seeds["EventPattern"]["detail"]["object"]["key"] == [{"prefix": "seed-data/"}]
@@ -474,6 +483,8 @@ def test_entry_points_are_named_by_kind(name: str) -> None:
         module, _, entry = function["Properties"]["Handler"].rpartition(".")
         kinds = {e["Type"] for e in function["Properties"].get("Events", {}).values()}
         expected = {"handler"} if kinds == {"HttpApi"} else {"consume", "project"}
+        if logical_id == "LaunchFunction":  # the generator's second queue: it launches job tasks
+            expected = {"launch"}
         assert module == f"services.{name}.lambda_handler" and entry in expected, logical_id
         assert (entry == "project") == (logical_id == "ProjectFunction"), logical_id
         assert callable(getattr(importlib.import_module(module), entry)), logical_id
