@@ -83,3 +83,9 @@ CATALOG = EventCatalog(ALL_EVENTS)
 def _job_requested_v1(data: dict[str, Any]) -> dict[str, Any]:
     """Version 2 added the optional `task_size`; a version 1 job asked for none."""
     return {**data, "task_size": None}
+
+
+@CATALOG.upcaster("TemplateVersionPublished", from_version=1)
+def _template_version_published_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added the optional change `note`; a version 1 publish gave none."""
+    return {**data, "note": ""}

@@ -36,12 +36,27 @@ class TemplateCreated(_TemplateEvent):
 
 
 class TemplateVersionPublished(_TemplateEvent):
+    """Version 2 added `note`, the owner's one-line account of the change (version 1: "")."""
+
+    schema_version: ClassVar[int] = 2
+
     version: int = Field(ge=2)
     name: str
     description: str = ""
     is_public: bool = False
     steps: list[TemplateStep]
     required_fields: list[str]
+    note: str = Field(default="", max_length=200, description="what changed, in one line (PUT's `note`)")
+
+
+class TemplateForked(_TemplateEvent):
+    """`template_id` began as a copy of `origin_template_id` at `origin_version`; recorded
+    right after the copy's TemplateCreated, in the same append, on the copy's stream."""
+
+    owner: str
+    origin_template_id: str
+    origin_version: int = Field(ge=1)
+    origin_owner: str
 
 
 class TemplateDeleted(_TemplateEvent):

@@ -25,7 +25,7 @@ from pydantic import (
 from contracts.events.templates import TemplateStep
 from contracts.identifiers import model_problem
 from palette.api.aliases import show_aliases
-from services.templates.domain import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS
+from services.templates.domain import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_NOTE_CHARS
 from services.templates.enhancement import DEFAULT_ENHANCEMENT_MODEL, MAX_PROMPT_CHARS
 
 MAX_STEPS = 50
@@ -70,6 +70,17 @@ class TemplateRevision(_StepsInEitherSpelling):
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
     is_public: StrictBool | None = None
     steps: list[TemplateStep] = Field(min_length=1, max_length=MAX_STEPS, validation_alias=STEPS)
+    note: str = Field(
+        default="", max_length=MAX_NOTE_CHARS, description="what changed, in one line (GET .../versions shows it)"
+    )
+
+
+class TemplateOrigin(BaseModel):
+    """A template version another was forked from."""
+
+    template_id: str
+    version: int
+    owner: str
 
 
 class _DocumentedSpelling(BaseModel):
@@ -106,6 +117,40 @@ class TemplateBody(_DocumentedSpelling):
     latest_version: int
     created_at: str = Field(description="when version 1 was recorded (ISO-8601 UTC)")
     published_at: str = Field(description="when the version shown was recorded")
+    forked_from: TemplateOrigin | None = Field(default=None, description="the version this template was copied from")
+    fork_count: int | None = Field(
+        default=None, description="live forks of this template; shown to its owner only (others: null)"
+    )
+
+
+class TemplateVersionEntry(BaseModel):
+    """One recorded version of a template."""
+
+    version: int
+    created_at: str = Field(description="when it was recorded (ISO-8601 UTC)")
+    created_by: str = Field(description="the user who recorded it")
+    note: str = Field(description="the change note given on PUT (version 1: empty)")
+    job_count: int = Field(description="jobs not deleted that pinned this version, anyone's")
+    job_ids: list[str] = Field(description="those of them that are the caller's (at most 100)")
+
+
+class TemplateVersionList(BaseModel):
+    """Every version of a template, oldest first."""
+
+    template_id: str
+    latest_version: int
+    items: list[TemplateVersionEntry]
+
+
+class ForkRequest(BaseModel):
+    """Which version to copy, and the copy's name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(default=None, ge=1, description="default: the latest")
+    name: str | None = Field(
+        default=None, min_length=1, max_length=MAX_NAME_CHARS, description="default: the original's"
+    )
 
 
 class TemplateSummary(_DocumentedSpelling):

@@ -3,7 +3,8 @@
 Pure: `decide(command, state)` returns the events a command causes or raises a domain error;
 `evolve(state, event)` folds one recorded event into the state. Versions are immutable:
 creating records version 1, each publish records latest + 1, and every version stays
-readable in `TemplateState.versions` after later ones and after deletion.
+readable in `TemplateState.versions` after later ones and after deletion. A fork is a
+creation that also records its origin (TemplateForked), so a copy needs no rules of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from contracts.events.guard import ContentBlocked
 from contracts.events.templates import (
     TemplateCreated,
     TemplateDeleted,
+    TemplateForked,
     TemplateStep,
     TemplateVersionPublished,
 )
@@ -27,6 +29,7 @@ from services.templates.prompts import InvalidTemplate, TemplateAnalysis, Templa
 
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 4000
+MAX_NOTE_CHARS = 200
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -52,6 +55,19 @@ class PublishTemplateVersion:
     name: str | None = None
     description: str | None = None
     is_public: bool | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ForkTemplate:
+    """A private copy of `origin`'s version `origin_version` for `owner`, as `template_id`.
+    The caller checks that `owner` may see the origin (`fork_source`)."""
+
+    template_id: str
+    owner: str
+    origin: TemplateState
+    origin_version: int
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +76,7 @@ class DeleteTemplate:
     actor: str
 
 
-TemplateCommand = CreateTemplate | PublishTemplateVersion | DeleteTemplate
+TemplateCommand = CreateTemplate | PublishTemplateVersion | ForkTemplate | DeleteTemplate
 
 
 # -- the operator's content rules ---------------------------------------------------------
@@ -183,6 +199,16 @@ class TemplateVersion:
     is_public: bool
     steps: tuple[TemplateStep, ...]
     required_fields: tuple[str, ...]
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateOrigin:
+    """The template version a fork was copied from."""
+
+    template_id: str
+    version: int
+    owner: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +227,7 @@ class TemplateState:
     version: int = 0
     versions: Mapping[int, TemplateVersion] = field(default_factory=dict)
     jobs_using: JobsUsing = JobsUsing()
+    forked_from: TemplateOrigin | None = None
 
     @property
     def latest(self) -> TemplateVersion | None:
@@ -230,6 +257,11 @@ class TemplateState:
     def required_fields(self) -> tuple[str, ...]:
         return self.latest.required_fields if self.latest else ()
 
+    def visible_to(self, user: str) -> bool:
+        """Live, and the user's own or public. Visibility follows the latest version, so a
+        template made private hides its earlier public versions too."""
+        return self.is_live and (self.owner == user or self.is_public)
+
 
 def evolve(state: TemplateState, event: DomainEvent) -> TemplateState:
     """The state after one recorded event; events of other kinds leave it unchanged."""
@@ -248,6 +280,9 @@ def evolve(state: TemplateState, event: DomainEvent) -> TemplateState:
             version=event.version,
             versions={**state.versions, event.version: _version_of(event.version, event)},
         )
+    if isinstance(event, TemplateForked):
+        origin = TemplateOrigin(event.origin_template_id, event.origin_version, event.origin_owner)
+        return replace(state, forked_from=origin)
     if isinstance(event, TemplateDeleted):
         return replace(state, deleted=True)
     return state
@@ -266,7 +301,19 @@ def _version_of(version: int, event: TemplateCreated | TemplateVersionPublished)
         is_public=event.is_public,
         steps=tuple(event.steps),
         required_fields=tuple(event.required_fields),
+        note=event.note if isinstance(event, TemplateVersionPublished) else "",
     )
+
+
+def fork_source(origin: TemplateState, user: str, version: int | None) -> int:
+    """The version of `origin` that `user` may fork (default: the latest); raises
+    TemplateNotFound for a template the user may not see, or a version it does not have."""
+    if not origin.visible_to(user):
+        raise TemplateNotFound(origin.template_id)
+    chosen = origin.version if version is None else version
+    if chosen not in origin.versions:
+        raise TemplateNotFound(origin.template_id)
+    return chosen
 
 
 # -- decisions ---------------------------------------------------------------------------
@@ -279,6 +326,8 @@ def decide(command: TemplateCommand, state: TemplateState, screen: ContentScreen
         return _create(command, state, screen)
     if isinstance(command, PublishTemplateVersion):
         return _publish(command, state, screen)
+    if isinstance(command, ForkTemplate):
+        return _fork(command, state, screen)
     if isinstance(command, DeleteTemplate):
         return _delete(command, state)
     raise TypeError(f"not a template command: {command!r}")
@@ -307,7 +356,7 @@ def _publish(command: PublishTemplateVersion, state: TemplateState, screen: Cont
     name = state.name if command.name is None else command.name
     description = state.description if command.description is None else command.description
     is_public = state.is_public if command.is_public is None else command.is_public
-    analysis = _checked_definition(name, description, command.steps)
+    analysis = _checked_definition(name, description, command.steps, note=command.note)
     _screen(command.template_id, state.version + 1, name, description, command.steps, screen)
     return [
         TemplateVersionPublished(
@@ -318,8 +367,35 @@ def _publish(command: PublishTemplateVersion, state: TemplateState, screen: Cont
             is_public=is_public,
             steps=list(command.steps),
             required_fields=list(analysis.required_fields),
+            note=command.note,
         )
     ]
+
+
+def _fork(command: ForkTemplate, state: TemplateState, screen: ContentScreen) -> list[DomainEvent]:
+    """The origin's version as a new private template, checked as any creation is (the
+    rules may have changed since it was recorded), then where it came from."""
+    origin = command.origin
+    copied = origin.versions[command.origin_version]
+    created = _create(
+        CreateTemplate(
+            template_id=command.template_id,
+            owner=command.owner,
+            name=copied.name if command.name is None else command.name,
+            steps=copied.steps,
+            description=copied.description,
+        ),
+        state,
+        screen,
+    )
+    forked = TemplateForked(
+        template_id=command.template_id,
+        owner=command.owner,
+        origin_template_id=origin.template_id,
+        origin_version=command.origin_version,
+        origin_owner=origin.owner,
+    )
+    return [*created, forked]
 
 
 def _delete(command: DeleteTemplate, state: TemplateState) -> list[DomainEvent]:
@@ -386,9 +462,18 @@ def _text_problems(name: str, description: str, steps: Sequence[TemplateStep]) -
     return problems
 
 
-def _checked_definition(name: str, description: str, steps: Sequence[TemplateStep]) -> TemplateAnalysis:
-    """The analysis of a definition; every problem, of the name or the prompts, at once."""
+def _checked_definition(name: str, description: str, steps: Sequence[TemplateStep], note: str = "") -> TemplateAnalysis:
+    """The analysis of a definition; every problem, of the name, the change note or the
+    prompts, at once."""
     problems = _text_problems(name, description, steps)
+    if len(note) > MAX_NOTE_CHARS or _CONTROL.search(note):
+        problems.append(
+            TemplateProblem(
+                "INVALID_NOTE",
+                f"a change note is one line of at most {MAX_NOTE_CHARS} characters, without control characters",
+                field="note",
+            )
+        )
     if not name.strip():
         problems.append(TemplateProblem("INVALID_NAME", "a template needs a name", field="name"))
     elif len(name) > MAX_NAME_CHARS:
@@ -421,6 +506,7 @@ __all__ = [
     "ContentScreen",
     "CreateTemplate",
     "DeleteTemplate",
+    "ForkTemplate",
     "InvalidTemplate",
     "JobsUsing",
     "NotTemplateOwner",
@@ -430,9 +516,11 @@ __all__ = [
     "TemplateError",
     "TemplateInUse",
     "TemplateNotFound",
+    "TemplateOrigin",
     "TemplateState",
     "TemplateVersion",
     "decide",
     "evolve",
+    "fork_source",
     "state_from",
 ]

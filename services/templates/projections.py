@@ -19,6 +19,14 @@ names the part and that query's own token.
 Usage layout — collection "job", key = job id, body {job_id, owner, template_id, template_version},
 index1 = ("template#<template id>", job id). JobDeleted carries only the job id, which is
 the key, so it deletes the document without a second lookup.
+
+Version history layout — collection "template_version", key = "<template id>#<version>",
+body {version, created_at, created_by, note}, index1 = ("versions#<template id>", the
+version zero-padded to 10 digits): one template's versions in order.
+
+Forks layout — collection "fork", key = the fork's template id, body {template_id,
+origin_template_id, origin_version}, index1 = ("forks#<origin id>", fork id). A fork that is
+deleted stops counting: TemplateDeleted names the key.
 """
 
 from __future__ import annotations
@@ -26,12 +34,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, cast
 
 from contracts.envelope import EventEnvelope
 from contracts.events.jobs import JobDeleted, JobRequested
-from contracts.events.templates import TemplateCreated, TemplateDeleted, TemplateVersionPublished
+from contracts.events.templates import TemplateCreated, TemplateDeleted, TemplateForked, TemplateVersionPublished
 from palette.projections.documents import (
     Document,
     DocumentProjection,
@@ -46,6 +54,8 @@ from services.templates.domain import JobsUsing
 
 TEMPLATES = "template"
 JOBS = "job"
+VERSIONS = "template_version"
+FORKS = "fork"
 PUBLIC = "public"
 ONLY_PUBLIC = "only_public"
 ONLY_PRIVATE = "only_private"
@@ -166,14 +176,25 @@ class TemplateUsageView:
         caller's own (a document written before owners were recorded counts, unlisted)."""
         count = 0
         own: list[str] = []
-        token: str | None = None
-        while True:
-            page = self._reader.query("index1", f"template#{template_id}", collection=JOBS, limit=100, next_token=token)
-            count += len(page.items)
-            own.extend(item["job_id"] for item in page.items if item.get("owner") == caller)
-            if page.next_token is None:
-                return JobsUsing(count, tuple(own[:at_most]))
-            token = page.next_token
+        for item in self._jobs_of(template_id):
+            count += 1
+            if item.get("owner") == caller:
+                own.append(item["job_id"])
+        return JobsUsing(count, tuple(own[:at_most]))
+
+    def jobs_by_version(self, template_id: str, caller: str, at_most: int = MAX_JOBS_REPORTED) -> dict[int, JobsUsing]:
+        """`jobs_using`, per template version the jobs pinned."""
+        counts: dict[int, int] = {}
+        own: dict[int, list[str]] = {}
+        for item in self._jobs_of(template_id):
+            version = int(item["template_version"])
+            counts[version] = counts.get(version, 0) + 1
+            if item.get("owner") == caller:
+                own.setdefault(version, []).append(item["job_id"])
+        return {version: JobsUsing(n, tuple(own.get(version, [])[:at_most])) for version, n in counts.items()}
+
+    def _jobs_of(self, template_id: str) -> Iterator[dict[str, Any]]:
+        return _all_items(self._reader, f"template#{template_id}", JOBS)
 
 
 class TemplateCatalogView:
@@ -255,3 +276,96 @@ def _decode_token(token: str | None) -> tuple[str, str | None]:
     if part not in ("own", PUBLIC, ONLY_PUBLIC, ONLY_PRIVATE) or not (inner is None or isinstance(inner, str)):
         raise InvalidPageToken("next_token is not one this listing handed out")
     return part, inner
+
+
+class TemplateVersionHistory(DocumentProjection):
+    """When each version of a template was recorded, by whom, and its change note."""
+
+    name: ClassVar[str] = "templates_versions"
+    detail_types: ClassVar[tuple[str, ...]] = (TemplateCreated.detail_type(), TemplateVersionPublished.detail_type())
+    track_streams: ClassVar[bool] = True
+    keyed_by_stream: ClassVar[bool] = True
+
+    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
+        envelope = cast(EventEnvelope, event)
+        detail = envelope.detail
+        if isinstance(detail, TemplateCreated):
+            version, note = 1, ""
+        elif isinstance(detail, TemplateVersionPublished):
+            version, note = detail.version, detail.note
+        else:
+            return
+        docs.put(
+            Document(
+                collection=VERSIONS,
+                key=f"{detail.template_id}#{version}",
+                body={
+                    "version": version,
+                    "created_at": envelope.metadata.time,
+                    "created_by": envelope.metadata.actor,
+                    "note": note,
+                },
+                index1=IndexEntry(f"versions#{detail.template_id}", f"{version:010d}"),
+            )
+        )
+
+
+class TemplateForks(DocumentProjection):
+    """The live forks of each template."""
+
+    name: ClassVar[str] = "templates_forks"
+    detail_types: ClassVar[tuple[str, ...]] = (TemplateForked.detail_type(), TemplateDeleted.detail_type())
+    track_streams: ClassVar[bool] = True
+    keyed_by_stream: ClassVar[bool] = True
+
+    def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
+        detail = cast(EventEnvelope, event).detail
+        if isinstance(detail, TemplateForked):
+            docs.put(
+                Document(
+                    collection=FORKS,
+                    key=detail.template_id,
+                    body={
+                        "template_id": detail.template_id,
+                        "origin_template_id": detail.origin_template_id,
+                        "origin_version": detail.origin_version,
+                    },
+                    index1=IndexEntry(f"forks#{detail.origin_template_id}", detail.template_id),
+                )
+            )
+        elif isinstance(detail, TemplateDeleted):
+            docs.delete(FORKS, detail.template_id)
+
+
+class TemplateHistoryView:
+    """A template's recorded versions with the jobs that used each, and its fork count,
+    from their projections."""
+
+    def __init__(self, versions: DocumentReader, forks: DocumentReader, usage: TemplateUsageView) -> None:
+        self._versions = versions
+        self._forks = forks
+        self._usage = usage
+
+    def versions(self, template_id: str, caller: str) -> list[dict[str, Any]]:
+        """Every recorded version of the template, oldest first, each with `job_count` (the
+        jobs not deleted that pinned it) and `job_ids` (those of them that are `caller`'s)."""
+        jobs = self._usage.jobs_by_version(template_id, caller)
+        entries = []
+        for item in _all_items(self._versions, f"versions#{template_id}", VERSIONS):
+            used = jobs.get(item["version"], JobsUsing())
+            entries.append({**item, "job_count": used.count, "job_ids": list(used.own_job_ids)})
+        return entries
+
+    def fork_count(self, template_id: str) -> int:
+        """How many forks of the template are live (a fork's own forks not counted)."""
+        return sum(1 for _ in _all_items(self._forks, f"forks#{template_id}", FORKS))
+
+
+def _all_items(reader: DocumentReader, partition: str, collection: str) -> Iterator[dict[str, Any]]:
+    token: str | None = None
+    while True:
+        page = reader.query("index1", partition, collection=collection, limit=100, next_token=token)
+        yield from page.items
+        if page.next_token is None:
+            return
+        token = page.next_token
