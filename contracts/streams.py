@@ -23,8 +23,15 @@ JOB_GUARD = "guard-job-"
 """The content rules a job's prompts or outputs broke (generator)."""
 PROJECTION = "projection-"
 """The events a projection set aside as failed."""
+WEBHOOKS = "webhooks-"
+"""One user's webhooks (id: the owner); the notifications service writes it."""
+WEBHOOK_DELIVERY = "webhook-delivery-"
+"""One delivery of one fact to one webhook, with its attempts (notifications service)."""
 USER_LEDGER = "user-"
 """The pseudo job id of a user's ledger: charges outside any job."""
+
+SWEEP = "sweep-"
+"""One sweep's plan and its cancel (its members are ordinary jobs); the jobs service writes it."""
 
 JOB_STREAMS = (JOB, GENERATION, LEDGER)
 """The prefixes of the streams that tell one job's story (id: the job id)."""
@@ -32,6 +39,10 @@ JOB_STREAMS = (JOB, GENERATION, LEDGER)
 
 def job_stream(job_id: str) -> str:
     return JOB + job_id
+
+
+def sweep_stream(sweep_id: str) -> str:
+    return SWEEP + sweep_id
 
 
 def generation_stream(job_id: str) -> str:
@@ -69,3 +80,11 @@ def projection_stream(projection: str) -> str:
 def user_ledger_id(owner: str) -> str:
     """The pseudo job id of a user's charges outside jobs (its ledger is `ledger_stream` of it)."""
     return USER_LEDGER + owner
+
+
+def webhooks_stream(owner: str) -> str:
+    return WEBHOOKS + owner
+
+
+def webhook_delivery_stream(delivery_id: str) -> str:
+    return WEBHOOK_DELIVERY + delivery_id

@@ -38,6 +38,12 @@ from contracts.events.jobs import (
     JobStarted,
     OutputFormat,
 )
+from contracts.events.notifications import (
+    WebhookDeleted,
+    WebhookDeliveryAttempted,
+    WebhookDeliveryScheduled,
+    WebhookRegistered,
+)
 from contracts.events.operations import ProjectionFailed
 from contracts.events.seeds import (
     SeedDataUploaded,
@@ -45,10 +51,12 @@ from contracts.events.seeds import (
     SeedFormat,
     SeedUploadRequested,
 )
+from contracts.events.sweeps import SweepCancelled, SweepMember, SweepRequested
 from contracts.events.templates import (
     PromptEnhanced,
     TemplateCreated,
     TemplateDeleted,
+    TemplateForked,
     TemplateStep,
     TemplateVersionPublished,
 )
@@ -89,6 +97,13 @@ ALL_EVENTS: tuple[type[DomainEvent], ...] = (
     UsageCharged,
     ProjectionFailed,
     GenerationCrashed,
+    WebhookRegistered,
+    WebhookDeleted,
+    WebhookDeliveryScheduled,
+    WebhookDeliveryAttempted,
+    TemplateForked,
+    SweepRequested,
+    SweepCancelled,
 )
 
 __all__ = [cls.__name__ for cls in ALL_EVENTS] + [
@@ -98,6 +113,7 @@ __all__ = [cls.__name__ for cls in ALL_EVENTS] + [
     "ExportedFile",
     "OutputFormat",
     "SeedFormat",
+    "SweepMember",
     "TemplateStep",
     "TokenUsage",
 ]

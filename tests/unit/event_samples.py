@@ -6,6 +6,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from contracts.events import (
+    WebhookDeleted,
+    WebhookDeliveryAttempted,
+    WebhookDeliveryScheduled,
+    WebhookRegistered,
     ALL_EVENTS,
     BatchFailed,
     BatchGenerated,
@@ -42,8 +46,12 @@ from contracts.events import (
     SeedDataValidated,
     SeedFormat,
     SeedUploadRequested,
+    SweepCancelled,
+    SweepMember,
+    SweepRequested,
     TemplateCreated,
     TemplateDeleted,
+    TemplateForked,
     TemplateStep,
     TemplateVersionPublished,
     TokenUsage,
@@ -83,8 +91,16 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         name="Q&A v2",
         steps=_STEPS,
         required_fields=["topic"],
+        note="ask for a year too",
     ),
     TemplateDeleted: TemplateDeleted(template_id="tpl-1"),
+    TemplateForked: TemplateForked(
+        template_id="tpl-2",
+        owner="bob",
+        origin_template_id="tpl-1",
+        origin_version=2,
+        origin_owner="alice",
+    ),
     SeedUploadRequested: SeedUploadRequested(
         seed_id="seed-1",
         owner="alice",
@@ -281,6 +297,40 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         position=2,
         event_type="TemplateCreated",
         error="InvalidDocument: index1 of template/tpl_1: a non-empty partition, no NUL in partition or sort",
+    ),
+    SweepRequested: SweepRequested(
+        sweep_id="swp-1",
+        owner="alice",
+        name="models x temperature",
+        axes={"model": ["openai/a", "openai/b"], "temperature": [0.2, 0.8]},
+        budget_limit=Decimal("2.5"),
+        members=[
+            SweepMember(job_id="job-1", values={"model": "openai/a", "temperature": 0.2}, budget_limit=Decimal("1.25")),
+            SweepMember(job_id="job-2", values={"model": "openai/b", "temperature": 0.8}, budget_limit=Decimal("1.25")),
+        ],
+    ),
+    SweepCancelled: SweepCancelled(sweep_id="swp-1"),
+    WebhookRegistered: WebhookRegistered(
+        webhook_id="whk_1", owner="alice", url="https://hooks.example.com/palette", events=["job.completed"]
+    ),
+    WebhookDeleted: WebhookDeleted(webhook_id="whk_1", owner="alice"),
+    WebhookDeliveryScheduled: WebhookDeliveryScheduled(
+        webhook_id="whk_1",
+        delivery_id="dlv_1",
+        owner="alice",
+        event_id="01a23b75-4b35-7237-a06b-b7e7b4698a02",
+        event_type="job.completed",
+        occurred_at=datetime(2026, 11, 1, 12, 0, tzinfo=UTC),
+        data={"job_id": "job-1", "status": "COMPLETED", "records_completed": 10},
+    ),
+    WebhookDeliveryAttempted: WebhookDeliveryAttempted(
+        webhook_id="whk_1",
+        delivery_id="dlv_1",
+        attempt=1,
+        outcome="failed",
+        status_code=500,
+        error="HTTP 500",
+        next_attempt_at=datetime(2026, 11, 1, 12, 0, 30, tzinfo=UTC),
     ),
 }
 
