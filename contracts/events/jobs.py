@@ -36,8 +36,10 @@ class _JobEvent(DomainEvent):
 class TaskSize(BaseModel):
     """The vCPU and memory a job asks for its worker task (the documents' `task_size`).
 
-    Recorded with the job; the AWS workers are one ECS service reading a queue, not a task
-    launched per job, so no run honours it yet (README, "Jobs")."""
+    Recorded with the job. On AWS (Runner=ecs) a job with one runs in a Fargate task of its
+    own, launched for it with this size rounded up to a valid Fargate cpu/memory pair
+    (services/generator/task_launcher.py); the embedded runtime and Runner=lambda record it
+    only (README, "Jobs")."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
