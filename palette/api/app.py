@@ -92,7 +92,8 @@ class _DocumentedAsServed:
     """The OpenAPI document as the facade answers.
 
     A request that fails validation gets 400 in the error shape, so the 422 powertools adds
-    to each operation, and its schemas, are taken out; a 204 declares no body; every
+    to each operation (a route's own 422, a reused Idempotency-Key, stays), and its schemas,
+    are taken out; a 204 declares no body; every
     operation declares the facade's own answers (`FACADE_RESPONSES`; 401 on routes that
     need a token, 415 on those that take a body); every route but the public ones requires
     the bearer scheme."""
@@ -108,7 +109,9 @@ class _DocumentedAsServed:
                 if operation is None:
                     continue
                 responses = operation.responses if operation.responses is not None else {}
-                responses.pop(422, None)
+                for status in (422, "422"):  # powertools' own; a route's declared 422 stays
+                    if _description(responses.get(status)) == "Validation Error":
+                        responses.pop(status)
                 for status in (204, "204"):
                     if isinstance(responses.get(status), dict):
                         responses[status].pop("content", None)  # a 204 has no body
@@ -135,12 +138,21 @@ class _BoundedInput:
     """Refuses a malformed body (not JSON, nested too deep, numbers too long: see
     `palette.api.input_limits`) before routing, so no parser ever sees it; an accepted JSON
     media type (`application/*+json`, any case or charset) reaches powertools as
-    `application/json`, the one spelling it parses."""
+    `application/json`, the one spelling it parses.
+
+    A route that documents other request media types itself
+    (`openapi_extensions={"requestBody": {"content": {<media type>: ...}}}`, as POST
+    /templates/import does for YAML) gets a body of those types as sent, and parses it."""
 
     def resolve(self, event: Any, context: Any) -> dict[str, Any]:
         headers = {str(k).lower(): v for k, v in (event.get("headers") or {}).items()}
         method = (event.get("requestContext", {}).get("http") or {}).get("method") or event.get("httpMethod") or ""
-        refusal = refuse_body(method, headers.get("content-type"), event.get("body") or "")
+        content_type = headers.get("content-type")
+        refusal = refuse_body(method, content_type, event.get("body") or "")
+        if refusal is not None and refusal.status == 415 and content_type is not None:
+            path = event.get("rawPath") or event.get("path") or ""
+            if content_type.split(";", 1)[0].strip().lower() in self._own_media_types(method.upper(), path):
+                return super().resolve(event, context)  # type: ignore[misc]
         if refusal is None:
             for name in [k for k in event.get("headers") or {} if str(k).lower() == "content-type"]:
                 event["headers"][name] = "application/json"  # powertools parses only this spelling as JSON
@@ -153,6 +165,15 @@ class _BoundedInput:
             "body": error_body(refusal.code, refusal.message, refusal.details, rid),
             "isBase64Encoded": False,
         }
+
+    def _own_media_types(self, method: str, path: str) -> set[str]:
+        """The request media types the route serving `method path` documents itself."""
+        resolver: Any = self
+        for route in [*resolver._static_routes, *resolver._dynamic_routes]:
+            if route.method == method and route.rule.match(path):
+                request_body = (route.openapi_extensions or {}).get("requestBody") or {}
+                return {media.lower() for media in request_body.get("content") or {}}
+        return set()
 
 
 @dataclass
@@ -457,6 +478,11 @@ def build_app(
     return app
 
 
+def _description(response: Any) -> str | None:
+    """An OpenAPI response's description, whether powertools holds it as a dict or a model."""
+    return response.get("description") if isinstance(response, dict) else getattr(response, "description", None)
+
+
 def _methods_of(app: ApiGatewayResolver, path: str) -> list[str]:
     """The methods the routes matching `path` take, sorted (none: no route has the path).
 
@@ -479,7 +505,7 @@ def _describe(problem: dict[str, Any]) -> dict[str, Any]:
     if problem.get("type") == "json_invalid":
         location = ["body"]
     else:
-        location = [str(part) for part in problem.get("loc", ()) if part not in ("body", "query", "path")]
+        location = [str(part) for part in problem.get("loc", ()) if part not in ("body", "query", "path", "header")]
     return {
         "field": ".".join(location),
         "type": problem.get("type", ""),

@@ -33,6 +33,7 @@ from palette.api.errors import (
     ValidationFailed,
     openapi_responses,
 )
+from palette.api.idempotency_keys import IDEMPOTENCY_RESPONSES, IdempotencyKey, IdempotentCreate
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
 from palette.projections.documents import DocumentReader, InvalidPageToken
 from services.jobs.api_models import (
@@ -67,6 +68,7 @@ from services.jobs.domain import (
     SeedNotValidated,
     TemplateNotFound,
 )
+from services.jobs.downloads_api import add_download_route
 from services.jobs.handlers import JobHandlers, LoadedJob
 from services.jobs.projections import (
     DASHBOARDS,
@@ -118,10 +120,10 @@ def create_router(
         "/jobs",
         status_code=201,
         tags=["jobs"],
-        summary="Start a job (generation runs asynchronously)",
-        responses=_responses(201, 404, 409),
+        summary="Start a job (generation runs asynchronously); a retry with the same Idempotency-Key starts none",
+        responses={**_responses(201, 404, 409), **IDEMPOTENCY_RESPONSES},
     )
-    def create_job(request: JobRequest) -> JobBody:
+    def create_job(request: JobRequest, idempotency_key: IdempotencyKey = None) -> JobBody:
         _check_parameters_size(request.model_parameters)
         seed = parse_seed_reference(request.seed_id) if request.seed_id is not None else None
         job_input = JobInput(
@@ -132,7 +134,12 @@ def create_router(
             template_version=request.template_version,
         )
         with _api_errors():
-            loaded = handlers.request_job(caller(router), job_input, correlation_id())
+            loaded = handlers.request_job(
+                caller(router),
+                job_input,
+                correlation_id(),
+                idempotent=IdempotentCreate.of(router, "job", idempotency_key),
+            )
         logger.info("job requested", extra={"job_id": loaded.state.job_id})
         return _job_body(loaded, empty_dashboard(loaded.state.job_id), handlers)
 
@@ -220,6 +227,7 @@ def create_router(
         refresh()
         return _dashboard_body(loaded, progress_of(job_id), handlers, clock())
 
+    add_download_route(router, handlers)
     return router
 
 

@@ -11,7 +11,9 @@ a generator fact carry it as their causation, and ids derived from it, so a rede
 fact that slips past the state check is still stored once (the store treats a re-appended
 event id as a no-op).
 
-Job ids are `job_` followed by 32 lowercase hex digits (a uuid4).
+Job ids are `job_` followed by 32 lowercase hex digits: a uuid4, or for a request with an
+Idempotency-Key the UUIDv5 of (caller, key), so a retried request finds its job
+(`palette.api.idempotency_keys`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import reduce
 
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
@@ -33,6 +36,7 @@ from contracts.events.generator import (
 from contracts.events.jobs import NO_SEED, JobRequested, JobStarted
 from contracts.pricing import PricingCatalog
 from contracts.streams import job_stream, seed_stream, template_stream
+from palette.api.idempotency_keys import IdempotentCreate
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository
@@ -52,6 +56,7 @@ from services.jobs.domain import (
     MarkStarted,
     RequestCancel,
     RequestJob,
+    TemplateFacts,
     budget_stop_reason,
     check_budget_covers_one_call,
     check_input,
@@ -125,6 +130,11 @@ class JobHandlers:
     def blobs(self) -> BlobStore:
         return self._blobs
 
+    @property
+    def events(self) -> EventStore:
+        """The log, for reads beside the job stream (a download reads the generation stream)."""
+        return self._events
+
     # -- reads ---------------------------------------------------------------------------
 
     def read(self, job_id: str) -> LoadedJob:
@@ -142,8 +152,55 @@ class JobHandlers:
 
     # -- user commands -------------------------------------------------------------------
 
-    def request_job(self, user: str, job_input: JobInput, correlation_id: str | None = None) -> LoadedJob:
-        """Checks the input against the template and the seed, then records JobRequested.
+    def request_job(
+        self,
+        user: str,
+        job_input: JobInput,
+        correlation_id: str | None = None,
+        job_id: str | None = None,
+        idempotent: IdempotentCreate | None = None,
+    ) -> LoadedJob:
+        """Checks the input (`check_request`), then records JobRequested under `job_id` (a
+        fresh id when None; a sweep names its members' ids: JobAlreadyExists if taken).
+
+        With `idempotent` (the request's Idempotency-Key) the job is the one its key names:
+        a retry, also one racing the first request, gets the job as its JobRequested recorded
+        it, checked against nothing again; another request under the key is
+        IdempotencyKeyReused."""
+        if idempotent is not None:
+            return self._request_keyed_job(user, job_input, correlation_id, idempotent)
+        version = self.check_request(user, job_input)[1]
+        command = RequestJob(job_id=job_id or new_job_id(), owner=user, input=job_input, template_version=version)
+        return self._execute(command.job_id, command, actor=user, correlation_id=correlation_id)
+
+    def _request_keyed_job(
+        self, user: str, job_input: JobInput, correlation_id: str | None, idempotent: IdempotentCreate
+    ) -> LoadedJob:
+        job_id = f"job_{idempotent.resource_uuid.hex}"
+        if (created := self._created(job_id, idempotent)) is not None:
+            return created
+        version = self.check_request(user, job_input)[1]
+        command = RequestJob(job_id=job_id, owner=user, input=job_input, template_version=version)
+
+        def decide_once(loaded: LoadedJob) -> list[NewEvent]:
+            if loaded.state.exists:  # a concurrent duplicate won: answered below as a retry
+                return []
+            return idempotent.recorded(decide(command, loaded.state), correlation_id)
+
+        self._streams.execute(job_stream(job_id), decide_once, _evolve_loaded, LoadedJob(JobState()))
+        created = self._created(job_id, idempotent)
+        assert created is not None, "a keyed job is recorded or refused"
+        return created
+
+    def _created(self, job_id: str, idempotent: IdempotentCreate) -> LoadedJob | None:
+        """The keyed job as its JobRequested recorded it (what the first response showed),
+        or None when the key created no job yet."""
+        created = idempotent.recorded_create(self._events, job_stream(job_id))
+        return None if created is None else reduce(_evolve_loaded, created, LoadedJob(JobState()))
+
+    def check_request(self, user: str, job_input: JobInput) -> tuple[TemplateFacts, int]:
+        """Checks the input against the template and the seed; the template's facts and the
+        version a job of it pins.
 
         Raises InvalidJobInput (a field out of bounds, a model no provider serves or no price
         covers), TemplateNotFound, SeedNotFound, or SeedNotValidated (a recorded validation
@@ -178,8 +235,7 @@ class JobHandlers:
             seed = seed_facts(job_input.seed_id, self._streams.events(seed_stream(job_input.seed_id)))
             seed.check_named(user, job_input.seed_key)
             seed.check_validated(user, job_input.template_id, version)
-        command = RequestJob(job_id=new_job_id(), owner=user, input=job_input, template_version=version)
-        return self._execute(command.job_id, command, actor=user, correlation_id=correlation_id)
+        return template, version
 
     def cancel(self, user: str, job_id: str, correlation_id: str | None = None) -> LoadedJob:
         """QUEUED -> CANCELLED at once; RUNNING -> cancel requested (repeat: no change)."""

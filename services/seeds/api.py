@@ -27,6 +27,7 @@ from palette.api.errors import (
     ValidationFailed,
     openapi_responses,
 )
+from palette.api.idempotency_keys import IDEMPOTENCY_RESPONSES, IdempotencyKey, IdempotentCreate
 from palette.recordfiles import guess_format
 from services.seeds.api_models import (
     POSITION_UNITS,
@@ -73,19 +74,25 @@ def create_router(handlers: SeedHandlers) -> Router:
         status_code=201,
         tags=["seeds"],
         summary="Create a seed and get a URL to PUT its file to (valid 15 minutes); answers 201, not 200",
-        responses=_responses(201, 409, 413),
+        responses={**_responses(201, 409, 413), **IDEMPOTENCY_RESPONSES},
     )
-    def request_upload(body: UploadRequest) -> UploadGrantResponse:
+    def request_upload(body: UploadRequest, idempotency_key: IdempotencyKey = None) -> UploadGrantResponse:
         with _domain_errors():
             fmt = body.format
             if fmt is None and body.content_type is not None:
                 fmt = guess_format(body.filename, body.content_type)
-            grant = handlers.request_upload(caller(router), body.filename, fmt, body.size_bytes)
+            grant = handlers.request_upload(
+                caller(router),
+                body.filename,
+                fmt,
+                body.size_bytes,
+                idempotent=IdempotentCreate.of(router, "seed", idempotency_key),
+            )
         return UploadGrantResponse(
             seed_id=grant.seed_id,
             upload_url=grant.upload_url,
             expires_at=grant.expires_at,
-            expires_in=handlers.upload_ttl,
+            expires_in=grant.expires_in,
             max_bytes=grant.max_bytes,
             blob_key=grant.blob_key,
             filename=grant.filename,

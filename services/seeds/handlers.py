@@ -16,13 +16,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import reduce
 from typing import IO
 
 from contracts.events.base import DomainEvent
 from contracts.events.seeds import SeedFormat
 from contracts.streams import seed_stream, template_stream
+from palette.api.idempotency_keys import IdempotentCreate
 from palette.blobs.port import BlobInfo, BlobNotFound, BlobStore
-from palette.eventstore.port import EventStore
+from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository, by_event
 from palette.recordfiles import SeedLimitExceeded
 from services.seeds.domain import (
@@ -59,6 +61,8 @@ class UploadGrant:
     blob_key: str
     filename: str
     format: SeedFormat
+    expires_in: int
+    """Seconds the URL is valid for: the whole TTL, or what is left of it on a retry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +100,21 @@ class SeedHandlers:
         self._clock = clock
 
     def request_upload(
-        self, user: str, filename: str, format: str | None = None, size_bytes: int | None = None
+        self,
+        user: str,
+        filename: str,
+        format: str | None = None,
+        size_bytes: int | None = None,
+        idempotent: IdempotentCreate | None = None,
     ) -> UploadGrant:
-        """A new seed and a URL accepting one PUT of its file for `upload_ttl` seconds."""
-        seed_id = str(uuid.uuid4())
+        """A new seed and a URL accepting one PUT of its file for `upload_ttl` seconds.
+
+        With `idempotent` (the request's Idempotency-Key) the seed is the one its key names:
+        a retry gets the same grant (seed, key, expiry) with its URL signed again for the
+        time left, since a signed URL is not in the log."""
+        seed_id = str(uuid.uuid4()) if idempotent is None else str(idempotent.resource_uuid)
+        if idempotent is not None and (granted := self._granted(seed_id, idempotent)) is not None:
+            return granted
         expires_at = (self._clock() + timedelta(seconds=self.upload_ttl)).replace(microsecond=0)
         command = RequestSeedUpload(
             seed_id=seed_id,
@@ -110,17 +125,36 @@ class SeedHandlers:
             format=format,
             size_bytes=size_bytes,
         )
+        if idempotent is not None:
+            self._execute(seed_id, [command], actor=user, idempotent=idempotent)
+            granted = self._granted(seed_id, idempotent)
+            assert granted is not None, "a keyed grant is recorded or refused"
+            return granted
         seed, _ = self._execute(seed_id, [command], actor=user)
-        url = self._blobs.upload_url(seed.blob_key, expires_in=self.upload_ttl, max_bytes=self.max_bytes)
+        return self._grant(seed, self.upload_ttl)
+
+    def _granted(self, seed_id: str, idempotent: IdempotentCreate) -> UploadGrant | None:
+        """The keyed seed's grant as recorded, its URL valid until the recorded expiry (at
+        least a second), or None when the key granted none yet."""
+        created = idempotent.recorded_create(self._events, seed_stream(seed_id))
+        if created is None:
+            return None
+        seed = reduce(_EVOLVE, created, SeedState())
+        assert seed.expires_at is not None, "a grant records its expiry"
+        return self._grant(seed, max(1, int((seed.expires_at - self._clock()).total_seconds())))
+
+    def _grant(self, seed: SeedState, expires_in: int) -> UploadGrant:
+        assert seed.expires_at is not None, "a grant records its expiry"
         return UploadGrant(
-            seed_id=seed_id,
-            upload_url=url,
+            seed_id=seed.seed_id,
+            upload_url=self._blobs.upload_url(seed.blob_key, expires_in=expires_in, max_bytes=seed.max_bytes),
             method="PUT",
-            expires_at=expires_at,
-            max_bytes=self.max_bytes,
+            expires_at=seed.expires_at,
+            max_bytes=seed.max_bytes,
             blob_key=seed.blob_key,
             filename=seed.filename,
             format=seed.format or SeedFormat.JSONL,
+            expires_in=expires_in,
         )
 
     def record_upload(self, seed_id: str) -> UploadRecord:
@@ -218,21 +252,25 @@ class SeedHandlers:
         return SeedValidationResult(seed_id, template_id, version, required, report, seed)
 
     def _execute(
-        self, seed_id: str, commands: Sequence[SeedCommand], actor: str
+        self, seed_id: str, commands: Sequence[SeedCommand], actor: str, idempotent: IdempotentCreate | None = None
     ) -> tuple[SeedState, list[DomainEvent]]:
         """Decide `commands` in order, each on the state the previous left, and append
-        them as one batch under one correlation id."""
+        them as one batch under one correlation id; a keyed create (`idempotent`) decides
+        nothing on a stream a concurrent duplicate created."""
+        correlation_id = str(uuid.uuid4())
 
-        def decide_all(state: SeedState) -> list[DomainEvent]:
+        def decide_all(state: SeedState) -> Sequence[DomainEvent | NewEvent]:
+            if idempotent is not None and state.exists:
+                return []
             decided: list[DomainEvent] = []
             for command in commands:
                 for event in decide(command, state):
                     state = evolve(state, event)
                     decided.append(event)
-            return decided
+            return decided if idempotent is None else idempotent.recorded(decided, correlation_id)
 
         done = self._streams.execute(
-            seed_stream(seed_id), decide_all, _EVOLVE, SeedState(), actor=actor, correlation_id=str(uuid.uuid4())
+            seed_stream(seed_id), decide_all, _EVOLVE, SeedState(), actor=actor, correlation_id=correlation_id
         )
         return done.state, done.events
 

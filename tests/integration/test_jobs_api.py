@@ -105,13 +105,14 @@ class Facade:
         user: str | None = "alice",
         body: Any = None,
         query: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Reply:
         event: dict[str, Any] = {
             "version": "2.0",
             "routeKey": "$default",
             "rawPath": path,
             "rawQueryString": urlencode(query or {}),
-            "headers": {"content-type": "application/json"},
+            "headers": {"content-type": "application/json", **(headers or {})},
             "requestContext": {
                 "accountId": "123456789012",
                 "apiId": "api",

@@ -1,0 +1,219 @@
+"""The `Idempotency-Key` header of the create routes (POST /jobs, /templates,
+/seed-data/upload): a retry answers the first response and creates nothing; another body
+under the key is 422 IDEMPOTENCY_KEY_REUSED; keys are per user.
+
+Jobs and templates run on both runtimes (the embedded facade, and the Lambda handlers on
+moto); the dropped connection, the concurrent duplicates and the seed grant run over real
+HTTP against the embedded runtime (`palette_http.running_palette`).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from contracts.streams import job_stream, seed_stream
+from tests.e2e.serving import UNLIMITED
+from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration.palette_http import client, running_palette, template_and_seed
+from tests.integration.test_jobs_api import Facade, add_seed, add_template, aws_facade, local_facade
+from tests.waiting import wait_for
+
+KEY = "retry-me-7f3a"
+MODEL = "openai/fake-model"
+PRICES = {"models": {MODEL: {"input_per_1k": "0.00001", "output_per_1k": "0.00002"}}}
+
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
+
+
+@pytest.fixture(params=["local", "aws"])
+def jobs(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
+    yield from (local_facade(tmp_path) if request.param == "local" else aws_facade(monkeypatch))
+
+
+@pytest.fixture
+def local_jobs(tmp_path: Path) -> Iterator[Facade]:
+    """The header's checks are the facade's, the same on both runtimes: one is enough."""
+    yield from local_facade(tmp_path)
+
+
+def _job_body(jobs: Facade, user: str = "alice", **changes: Any) -> dict[str, Any]:
+    template_id = add_template(jobs.events, user)
+    return {
+        "template_id": template_id,
+        "seed_id": add_seed(jobs.events, user, template_id),
+        "num_records": 250,
+        "budget_limit": 20,
+        "output_format": ["JSONL"],
+        **changes,
+    }
+
+
+def _keyed(key: str = KEY) -> dict[str, str]:
+    return {"Idempotency-Key": key}
+
+
+# -- jobs, on both runtimes ---------------------------------------------------------------
+
+
+def test_a_retried_job_request_answers_the_first_response_and_records_one_job(jobs: Facade) -> None:
+    body = _job_body(jobs)
+    first = jobs.call("POST", "/jobs", "alice", body, headers=_keyed())
+    assert first.status == 201, first.body
+    again = jobs.call("POST", "/jobs", "alice", body, headers=_keyed())
+
+    assert again.status == 201
+    assert again.body == first.body
+    requested = [e for e in jobs.events.read_all(0, 1000) if e.detail_type == "JobRequested"]
+    assert [e.stream_id for e in requested] == [job_stream(first.body["job_id"])]
+
+
+def test_a_retry_answers_the_job_as_first_created_after_it_moved_on(jobs: Facade) -> None:
+    body = _job_body(jobs)
+    first = jobs.call("POST", "/jobs", "alice", body, headers=_keyed())
+    assert jobs.call("DELETE", f"/jobs/{first.body['job_id']}", "alice").status == 200  # QUEUED -> CANCELLED
+
+    again = jobs.call("POST", "/jobs", "alice", body, headers=_keyed())
+
+    assert (again.status, again.body) == (201, first.body)
+    assert again.body["status"] == "QUEUED"
+    assert jobs.call("GET", f"/jobs/{first.body['job_id']}", "alice").body["status"] == "CANCELLED"
+
+
+def test_the_same_key_with_another_body_is_422_and_records_nothing(jobs: Facade) -> None:
+    body = _job_body(jobs)
+    first = jobs.call("POST", "/jobs", "alice", body, headers=_keyed())
+    assert first.status == 201
+
+    reused = jobs.call("POST", "/jobs", "alice", {**body, "num_records": 251}, headers=_keyed())
+
+    assert reused.status == 422
+    assert reused.body["status"] == "error" and reused.body["meta"]["request_id"]
+    assert reused.error["code"] == "IDEMPOTENCY_KEY_REUSED"
+    assert reused.error["details"] == {"header": "Idempotency-Key"}
+    assert len([e for e in jobs.events.read_all(0, 1000) if e.detail_type == "JobRequested"]) == 1
+
+
+def test_keys_are_per_user(jobs: Facade) -> None:
+    alice = jobs.call("POST", "/jobs", "alice", _job_body(jobs, "alice"), headers=_keyed())
+    bob = jobs.call("POST", "/jobs", "bob", _job_body(jobs, "bob"), headers=_keyed())
+
+    assert alice.status == bob.status == 201
+    assert alice.body["job_id"] != bob.body["job_id"]
+    assert jobs.call("GET", f"/jobs/{alice.body['job_id']}", "bob").status == 404
+
+
+def test_without_a_key_each_request_is_a_new_job(jobs: Facade) -> None:
+    body = _job_body(jobs)
+    ids = {jobs.call("POST", "/jobs", "alice", body).body["job_id"] for _ in range(2)}
+    assert len(ids) == 2
+
+
+@pytest.mark.parametrize("key", ["", "ключ", "tab\there", "k" * 256])
+def test_a_malformed_key_is_400_naming_the_header(local_jobs: Facade, key: str) -> None:
+    jobs = local_jobs
+    reply = jobs.call("POST", "/jobs", "alice", _job_body(jobs), headers=_keyed(key))
+
+    assert reply.status == 400, reply.body
+    assert reply.error["code"] == "VALIDATION_ERROR"
+    assert [e["field"] for e in reply.error["details"]["errors"]] == ["idempotency-key"]
+    assert not [e for e in jobs.events.read_all(0, 1000) if e.detail_type == "JobRequested"]
+
+
+def test_a_key_of_255_printable_characters_is_taken(local_jobs: Facade) -> None:
+    jobs = local_jobs
+    key = ("a ~!" * 64)[:255]
+    first = jobs.call("POST", "/jobs", "alice", _job_body(jobs), headers=_keyed(key))
+    assert first.status == 201, first.body
+
+
+# -- over real HTTP ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, httpx.Client]]:
+    """The embedded runtime on a free port (fake model, tiny prices, no rate limit), and alice's client."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "pricing.json").write_text(json.dumps(PRICES))
+    (data_dir / "guard.json").write_text(json.dumps(UNLIMITED))  # ten job requests at once
+    with (
+        FakeOpenAIServer(latency_s=0.001) as fake,
+        running_palette(data_dir, fake, monkeypatch) as runtime,
+        client(runtime, "alice") as alice,
+    ):
+        yield runtime, alice
+
+
+def _http_job_body(alice: httpx.Client) -> dict[str, Any]:
+    step = {"id": "q", "model": MODEL, "prompt": "Ask about {{ topic }}.", "parameters": {"max_tokens": 8}}
+    template_id, seed_id = template_and_seed(alice, [step])
+    return {
+        "template_id": template_id,
+        "seed_id": seed_id,
+        "num_records": 2,
+        "budget_limit": 1,
+        "output_format": ["JSONL"],
+    }
+
+
+def _post_and_hang_up(runtime: Any, alice: httpx.Client, path: str, body: dict[str, Any], key: str) -> None:
+    """Sends a whole request and closes the connection without reading a byte of the answer:
+    the client never learns what the server did."""
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {runtime.host}:{runtime.port}\r\n"
+        f"Authorization: {alice.headers['Authorization']}\r\nContent-Type: application/json\r\n"
+        f"Idempotency-Key: {key}\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    with socket.create_connection((runtime.host, runtime.port), timeout=10) as sock:
+        sock.sendall(head.encode() + payload)
+
+
+def test_a_job_retried_after_a_dropped_connection_is_one_job(served: tuple[Any, httpx.Client]) -> None:
+    runtime, alice = served
+    body = _http_job_body(alice)
+    _post_and_hang_up(runtime, alice, "/jobs", body, KEY)
+    listed = wait_for(lambda: alice.get("/jobs").json()["items"], timeout=20, what="the dropped request's job")
+
+    retried = alice.post("/jobs", json=body, headers=_keyed())
+
+    assert retried.status_code == 201, retried.text
+    assert [job["job_id"] for job in alice.get("/jobs").json()["items"]] == [listed[0]["job_id"]]
+    assert retried.json()["job_id"] == listed[0]["job_id"]
+
+
+def test_ten_concurrent_duplicates_create_one_job(served: tuple[Any, httpx.Client]) -> None:
+    _, alice = served
+    body = _http_job_body(alice)
+
+    with ThreadPoolExecutor(10) as pool:
+        replies = list(pool.map(lambda _: alice.post("/jobs", json=body, headers=_keyed()), range(10)))
+
+    assert [r.status_code for r in replies] == [201] * 10, [r.text for r in replies]
+    assert len({r.text for r in replies}) == 1
+    assert [job["job_id"] for job in alice.get("/jobs").json()["items"]] == [replies[0].json()["job_id"]]
+
+
+def test_a_retried_upload_grant_is_the_same_seed_and_its_url_works(served: tuple[Any, httpx.Client]) -> None:
+    runtime, alice = served
+    request = {"filename": "topics.jsonl"}
+    first = alice.post("/seed-data/upload", json=request, headers=_keyed())
+    again = alice.post("/seed-data/upload", json=request, headers=_keyed())
+    reused = alice.post("/seed-data/upload", json={"filename": "other.jsonl"}, headers=_keyed())
+
+    assert first.status_code == again.status_code == 201, again.text
+    granted = {k: v for k, v in first.json().items() if k not in ("upload_url", "expires_in")}
+    assert {k: v for k, v in again.json().items() if k not in ("upload_url", "expires_in")} == granted
+    assert 0 < again.json()["expires_in"] <= first.json()["expires_in"]
+    assert httpx.put(again.json()["upload_url"], content=b'{"topic": "a"}\n').status_code == 200
+    assert (reused.status_code, reused.json()["error"]["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
+    recorded = runtime.adapters.events.read_stream(seed_stream(first.json()["seed_id"]))
+    assert [e.detail_type for e in recorded].count("SeedUploadRequested") == 1
