@@ -7,7 +7,8 @@ scheduled delivery is attempted at once.
     WebhookDeliveryScheduled                    -> the first attempt: WebhookDeliveryAttempted
 
 Retries are not made here but by `retries.RetryLoop` from the delivery log, when due, so a
-failing receiver never holds up the bus. Delivery is at least once and, on AWS, unordered:
+failing receiver costs the bus one attempt (at most the 5 s timeout) per delivery, never its
+retries. Delivery is at least once and, on AWS, unordered:
 a redelivered fact finds its deliveries scheduled (ids from webhook and fact), a
 redelivered schedule finds its attempt recorded.
 """

@@ -54,8 +54,8 @@ Backoff = Callable[[int], timedelta]
 
 
 def exponential_backoff(attempt: int) -> timedelta:
-    """30 s, 90 s, 4.5 min, ... tripling up to one hour between attempts (about 27 attempts
-    in the 24 h window)."""
+    """30 s, 90 s, 4.5 min, ... tripling up to one hour between attempts: 29 attempts in the
+    24 h window, the last at its end."""
     return timedelta(seconds=min(30 * 3 ** (attempt - 1), 3600))
 
 

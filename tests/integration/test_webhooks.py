@@ -12,13 +12,21 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from contracts.events.notifications import WebhookDeliveryAttempted
+from palette.adapters import Adapters, local_adapters
+from services.notifications.domain import UrlPolicy
+from services.notifications.handlers import DeliveryHandlers, WebhookHandlers
+from services.notifications.projections import DeliveryLog, WebhookDeliveries
+from services.notifications.retries import RetryLoop
+from services.notifications.sender import WebhookSender
+from services.notifications.signing_keys import SigningKeys
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette, template_and_seed, wait_until_finished
 from tests.waiting import wait_for
@@ -179,3 +187,50 @@ def test_a_receiver_gets_every_lifecycle_event_of_real_jobs_signed_after_two_500
         assert deleted.status_code == 200, deleted.text
         assert alice.get("/webhooks").json() == {"webhooks": []}
         assert alice.get(f"/webhooks/{webhook['id']}/deliveries").status_code == 404
+
+
+def test_a_retry_schedule_survives_a_restart(tmp_path: Path) -> None:
+    """A delivery that failed is retried by the next process once due: its schedule is on
+    the log (WebhookDeliveryAttempted.next_attempt_at) and the delivery log indexes it."""
+    receiver = Receiver(failures_per_event=1)
+    now = [datetime.now(UTC)]
+
+    def clock() -> datetime:
+        return now[0]
+
+    def process(adapters: Adapters) -> tuple[WebhookHandlers, DeliveryHandlers, RetryLoop]:
+        """The service as a fresh process builds it over the data directory."""
+        keys, policy = SigningKeys(adapters.blobs), UrlPolicy.for_runtime("local")
+        deliveries = DeliveryHandlers(adapters.events, keys, WebhookSender(policy), clock=clock)
+        view = WebhookDeliveries()
+        runner = adapters.projection_runner(view)
+
+        def catch_up() -> None:
+            runner.run_once()
+
+        retries = RetryLoop(deliveries, DeliveryLog(adapters.document_reader(view)), catch_up, clock)
+        return WebhookHandlers(adapters.events, keys, policy), deliveries, retries
+
+    with receiving(receiver) as url:
+        before = local_adapters(tmp_path / "data")
+        webhooks, deliveries, retries = process(before)
+        webhook, receiver.secret = webhooks.register("alice", url, ["job.completed"], None)
+        delivery = deliveries.schedule_test("alice", webhook.webhook_id)
+        first = deliveries.attempt(delivery)
+        assert first is not None
+        failed = first.decode()
+        assert isinstance(failed, WebhookDeliveryAttempted) and failed.outcome == "failed"
+        assert failed.next_attempt_at == now[0] + timedelta(seconds=30)
+        assert retries.run_once() == 0, "not due yet"
+        before.close()  # the process stops; nothing of the schedule is in memory any more
+
+        now[0] += timedelta(seconds=31)
+        after = local_adapters(tmp_path / "data")
+        try:
+            _, _, retries = process(after)
+            assert retries.run_once() == 1
+            assert retries.run_once() == 0, "delivered: nothing more to do"
+        finally:
+            after.close()
+    assert [event["type"] for event in receiver.accepted] == ["webhook.test"]
+    assert receiver.requests[receiver.accepted[0]["id"]] == 2
