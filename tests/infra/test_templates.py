@@ -27,7 +27,7 @@ from tests.fakes.rate_limit_table import create_bucket_table
 from tests.infra.sam_templates import INFRA, load, resources
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("templates", "seeds", "jobs", "billing", "generator")
+SERVICES = ("templates", "seeds", "jobs", "billing", "generator", "notifications")
 TEMPLATES = ("shared", *SERVICES)
 STREAM_PREFIX = {
     "templates": streams.TEMPLATE,
@@ -35,8 +35,16 @@ STREAM_PREFIX = {
     "jobs": streams.JOB,
     "billing": streams.LEDGER,
     "generator": streams.GENERATION,
+    "notifications": "webhook",  # webhooks-<owner> and webhook-delivery-<id>
 }
-PROJECTION_PREFIX = {"templates": "templates_", "jobs": "jobs_", "billing": "billing_"}
+MORE_STREAMS = {"jobs": (streams.SWEEP,)}
+"""The other streams a service writes (the jobs service: its sweeps)."""
+PROJECTION_PREFIX = {
+    "templates": "templates_",
+    "jobs": "jobs_",
+    "billing": "billing_",
+    "notifications": "notifications_",
+}
 
 
 def source_of(detail_type: str) -> str:
@@ -222,19 +230,25 @@ def test_rule_patterns_are_the_services_subscriptions() -> None:
     from services.billing.projections import JobCosts
     from services.generator.worker_pool import JOB_REQUESTED_PATTERN
     from services.jobs.consumers import LIFECYCLE_PATTERN
-    from services.jobs.projections import JobDashboard, JobList
-    from services.templates.projections import TemplateCatalog, TemplateUsage
+    from services.jobs.wiring import projections as job_projections
+    from services.notifications.consumers import DELIVERY_PATTERN
+    from services.notifications.projections import WebhookDeliveries
+    from services.templates.wiring import projections as template_projections
 
     assert _rule_patterns("jobs") == {
         "LifecycleRule": as_sets(LIFECYCLE_PATTERN),
-        "ProjectionsRule": pattern_for(set(JobList.detail_types) | set(JobDashboard.detail_types)),
+        "ProjectionsRule": pattern_for({kind for view in job_projections() for kind in view.detail_types}),
     }
     assert _rule_patterns("billing") == {
         "LedgerRule": as_sets(LEDGER_PATTERN),
         "ProjectionsRule": pattern_for(set(JobCosts.detail_types)),
     }
+    assert _rule_patterns("notifications") == {
+        "DeliveryRule": as_sets(DELIVERY_PATTERN),
+        "ProjectionsRule": pattern_for(set(WebhookDeliveries.detail_types)),
+    }
     assert _rule_patterns("templates") == {
-        "ProjectionsRule": pattern_for(set(TemplateCatalog.detail_types) | set(TemplateUsage.detail_types)),
+        "ProjectionsRule": pattern_for({kind for view in template_projections() for kind in view.detail_types}),
     }
     generator = {
         k: v["Properties"]["EventPattern"] for k, v in resources(load("generator"), "AWS::Events::Rule").items()
@@ -292,17 +306,25 @@ def test_handlers_exist_and_bus_consumers_report_batch_item_failures(service: st
 
 
 def _router_routes(service: str) -> set[tuple[str, str]]:
-    create_router = importlib.import_module(f"services.{service}.api").create_router
-    required = [p for p in inspect.signature(create_router).parameters.values() if p.default is inspect.Parameter.empty]
-    router = create_router(*[None] * len(required))
+    """The routes of every router the service's API modules build (`api.py`, `<topic>_api.py`:
+    each `create_router` / `create_<topic>_router`)."""
     routes: set[tuple[str, str]] = set()
-    for key in router._routes:
-        path = key[0].replace("<", "{").replace(">", "}")
-        routes.update((method, path) for method in key[1])
+    for module_path in sorted((ROOT / "services" / service).glob("*api.py")):
+        if module_path.stem != "api" and not module_path.stem.endswith("_api"):
+            continue
+        module = importlib.import_module(f"services.{service}.{module_path.stem}")
+        for name, create in inspect.getmembers(module, inspect.isfunction):
+            if not (name.startswith("create_") and name.endswith("router")) or create.__module__ != module.__name__:
+                continue
+            parameters = inspect.signature(create).parameters.values()
+            router = create(*[None] * len([p for p in parameters if p.default is inspect.Parameter.empty]))
+            for key in router._routes:
+                path = key[0].replace("<", "{").replace(">", "}")
+                routes.update((method, path) for method in key[1])
     return routes
 
 
-@pytest.mark.parametrize("service", ["templates", "seeds", "jobs", "billing"])
+@pytest.mark.parametrize("service", ["templates", "seeds", "jobs", "billing", "notifications"])
 def test_http_api_routes_are_the_routers_behind_the_jwt_authorizer(service: str) -> None:
     template = load(service)
     (api_name,) = resources(template, "AWS::Serverless::HttpApi")
@@ -351,6 +373,7 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
     failures = [f"{streams.PROJECTION}{PROJECTION_PREFIX[service]}*"] if service in PROJECTION_PREFIX else []
     assert append["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == [
         f"{STREAM_PREFIX[service]}*",
+        *[f"{prefix}*" for prefix in MORE_STREAMS.get(service, ())],
         *failures,
         "$position",
         "$event-id#*",
@@ -384,7 +407,8 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
         for resource in listed(statement["Resource"]):
             text = json.dumps(resource)
             if any(a.startswith("s3:") and a != "s3:ListBucket" for a in actions):
-                assert any(p in text for p in ("/seed-data/*", "/datasets/*", "/bus-payloads/*")), statement
+                prefixes = ("/seed-data/*", "/datasets/*", "/bus-payloads/*", "/webhook-secrets/*")
+                assert any(p in text for p in prefixes), statement
     if service in PROJECTION_PREFIX:
         tracking = by_sid["OwnTrackingRecords"]
         assert tracking["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == [
@@ -445,7 +469,7 @@ def test_rate_limit_table_is_keyed_as_the_bucket_store_expects_and_expires_idle_
     assert shared["GuardConfigParameter"]["Properties"]["Name"] == {"Fn::Sub": "/palette/${Env}/guard"}
 
 
-@pytest.mark.parametrize("service", ["templates", "seeds", "jobs", "billing"])
+@pytest.mark.parametrize("service", ["templates", "seeds", "jobs", "billing", "notifications"])
 def test_each_api_is_throttled_and_guarded_per_caller(service: str) -> None:
     template = load(service)
     (api_name,) = resources(template, "AWS::Serverless::HttpApi")
@@ -485,6 +509,8 @@ def test_entry_points_are_named_by_kind(name: str) -> None:
         expected = {"handler"} if kinds == {"HttpApi"} else {"consume", "project"}
         if logical_id == "LaunchFunction":  # the generator's second queue: it launches job tasks
             expected = {"launch"}
+        if logical_id == "RetryFunction":  # notifications' schedule: the webhook retries that came due
+            expected = {"retry"}
         assert module == f"services.{name}.lambda_handler" and entry in expected, logical_id
         assert (entry == "project") == (logical_id == "ProjectFunction"), logical_id
         assert callable(getattr(importlib.import_module(module), entry)), logical_id
