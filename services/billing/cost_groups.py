@@ -21,12 +21,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 GroupBy = Literal["day", "week", "month", "model", "template", "job", "category"]
 GROUP_BY: tuple[str, ...] = get_args(GroupBy)
 Period = Literal["day", "week", "month"]
-PERIODS: tuple[str, ...] = get_args(Period)
 SPLIT_CATEGORIES = ("model_tokens", "compute", "storage")
 """The categories a total splits into (`total` is their sum)."""
 UNATTRIBUTED = "unattributed"
@@ -69,7 +68,7 @@ def parse_range(first: str | None, last: str | None) -> tuple[date | None, date 
 
 def parse_group_by(text: str | None) -> GroupBy | None:
     if text is None or text in GROUP_BY:
-        return text  # type: ignore[return-value]
+        return cast(GroupBy | None, text)
     raise InvalidCostQuery("group_by", f"'group_by' is one of {', '.join(GROUP_BY)}, not {text!r}")
 
 
