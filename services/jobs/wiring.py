@@ -9,26 +9,37 @@ from services.jobs.api import create_router
 from services.jobs.consumers import subscriptions
 from services.jobs.handlers import JobHandlers
 from services.jobs.projections import JobDashboard, JobList
+from services.jobs.sweeps_api import create_sweeps_router
+from services.jobs.sweeps_handlers import SweepHandlers
+from services.jobs.sweeps_projections import SweepList
 
 
 def projections() -> list[DocumentProjection]:
-    """The views the jobs service keeps: the job list, then the dashboard."""
-    return [JobList(), JobDashboard()]
+    """The views the jobs service keeps: the job list, the dashboard, the sweep list."""
+    return [JobList(), JobDashboard(), SweepList()]
 
 
 def build(adapters: Adapters, catch_up: CatchUp = follow_the_bus) -> ServiceParts[JobHandlers]:
     """Job commands priced with billing's catalog (`adapters.pricing`, with the operator's
     overrides on both runtimes): a job whose model has no price, or whose budget cannot
     cover one call's worst case, is refused at creation. The /jobs and /dashboard routes
-    read the two views; the lifecycle subscription moves jobs on the generator's facts."""
+    read the job views, the /sweeps routes the sweep list and the members' dashboards; the
+    lifecycle subscription moves jobs on the generator's facts."""
     pricing = adapters.pricing
     handlers = JobHandlers(adapters.events, adapters.blobs, pricing_check=pricing.knows, pricing=pricing)
     views = projections()
-    job_list, dashboard = views
+    job_list, dashboard, sweep_list = views
+    refresh = catch_up(views)
     router = create_router(
         handlers,
         adapters.document_reader(job_list),
         adapters.document_reader(dashboard),
-        catch_up=catch_up(views),
+        catch_up=refresh,
     )
-    return ServiceParts(handlers, [router], views, subscriptions(handlers))
+    sweeps = create_sweeps_router(
+        SweepHandlers(adapters.events, handlers, pricing),
+        adapters.document_reader(sweep_list),
+        adapters.document_reader(dashboard),
+        catch_up=refresh,
+    )
+    return ServiceParts(handlers, [router, sweeps], views, subscriptions(handlers))
