@@ -131,18 +131,22 @@ def task_launcher() -> TaskLauncher:
 
 
 def _launch_task(event: dict[str, Any]) -> None:
-    """Start the sized task of one JobRequested with a task_size; raises (so the record comes
-    back, then dead-letters) when RunTask fails."""
-    stored = stored_event_from_message(event, adapters().blobs)
-    request = stored.decode()
-    if not isinstance(request, JobRequested):
-        raise MalformedBusMessage(f"expected JobRequested, got {stored.detail_type}")
-    launched = task_launcher().launch(request, stored.id)
-    logger.info(
-        "job task launched" if launched.started else "job task already there",
-        extra={"job_id": launched.job_id, "task_arn": launched.task_arn},
-    )
+    """Start the sized task of one JobRequested with a task_size, or (an ECS Task State Change
+    to STOPPED) start a stopped job task again; raises (so the record comes back, then
+    dead-letters) when RunTask fails."""
+    if event.get("source") == "aws.ecs":
+        launched = task_launcher().relaunch(event["detail"])
+    else:
+        stored = stored_event_from_message(event, adapters().blobs)
+        request = stored.decode()
+        if not isinstance(request, JobRequested):
+            raise MalformedBusMessage(f"expected JobRequested, got {stored.detail_type}")
+        launched = task_launcher().launch(request, stored.id)
+    log = logger.error if launched.outcome == "gave up" else logger.info
+    log(f"job task: {launched.outcome}", extra={"job_id": launched.job_id, "task_arn": launched.task_arn})
 
 
-launch = entries.queue(_launch_task)
-"""The launch queue's consumer (Runner=ecs): JobRequested with a task_size -> ECS RunTask."""
+launch = entries.queue(_launch_task, key_path="id")
+"""The consumer of the launch and relaunch queues (Runner=ecs): a JobRequested with a task_size,
+or a job task's stop -> ECS RunTask. Once per EventBridge event id when the idempotency table
+is set (ECS events have no `detail.metadata`)."""

@@ -25,6 +25,15 @@ only one run it. A RunTask that fails (an API error, or a task ECS could not pla
 `TaskLaunchFailed`: the record goes back to the launch queue and is tried again after its
 visibility timeout, and after the queue's maxReceiveCount it lands in the launch DLQ; the
 job stays QUEUED until the dead letter is re-driven.
+
+A job's task has no queue message to hand its job back to, so its stop is watched instead: a
+rule on the default bus sends the "ECS Task State Change" to STOPPED of the cluster's job
+tasks (`startedBy` a job id) to the relaunch queue, the same Lambda's other source. When the
+worker did not exit saying nothing is left to run (ENDED_EXIT_CODES) — it released the job on
+SIGTERM (a Spot reclaim, a Fargate retirement), crashed, ran out of memory or vanished —
+`relaunch` starts the same task again, which resumes from the last recorded batch. At most
+MAX_LAUNCHES tasks per job (PALETTE_LAUNCH_ATTEMPT counts them); a worker crash also counts
+on the job's generation stream, whose third fails the job (WORKER_CRASHED).
 """
 
 from __future__ import annotations
@@ -35,10 +44,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from contracts.events.jobs import JobRequested
-from services.generator.fargate_sizes import fargate_size
+from services.generator.fargate_sizes import FargateSize, fargate_size
 
 JOB_ID_ENV = "PALETTE_JOB_ID"
 """The one job a worker task runs (`worker_main`'s one-job mode); set by the launcher's override."""
+ATTEMPT_ENV = "PALETTE_LAUNCH_ATTEMPT"
+"""How many tasks the job has had, this one included (1 for the first)."""
+MAX_LAUNCHES = 5
+UNFINISHED_EXIT_CODE = 75
+"""`worker_main --aws` one-job mode's exit when it stopped before the job ended (SIGTERM, a
+crash): run me again."""
+ENDED_EXIT_CODES = frozenset({0, 1, 2})
+"""One-job exits after which nothing is left to run: the job ended (0), failed (1) or does
+not exist (2). Any other stop relaunches: 75, no exit code at all (the task was lost or never
+started), 137 (out of memory) and the like."""
 
 
 class TaskLaunchFailed(RuntimeError):
@@ -79,15 +98,21 @@ class LaunchSettings:
 
 @dataclass(frozen=True)
 class Launch:
-    """What `launch` did for one JobRequested: started a task, or found one already there."""
+    """What the launcher did for one job: started a task, found one there, or left it."""
 
     job_id: str
-    task_arn: str
-    started: bool
+    task_arn: str | None
+    outcome: str
+    """"started", "already running", "ended" (its task exited saying nothing is left to run)
+    or "gave up" (MAX_LAUNCHES tasks stopped before the job ended)."""
+
+    @property
+    def started(self) -> bool:
+        return self.outcome == "started"
 
 
 class TaskLauncher:
-    """Starts the sized Fargate task of a JobRequested that carries a task_size."""
+    """Starts the sized Fargate task of a job, and another when one stops before its job ended."""
 
     def __init__(self, ecs: Any, settings: LaunchSettings) -> None:
         self._ecs = ecs
@@ -98,20 +123,46 @@ class TaskLauncher:
         event's id) is RunTask's idempotency token."""
         if request.task_size is None:
             raise ValueError(f"job {request.job_id} asked for no task_size; the shared workers run it")
-        existing = self._ecs.list_tasks(
-            cluster=self.settings.cluster, startedBy=request.job_id, desiredStatus="RUNNING"
-        ).get("taskArns", [])
-        if existing:
-            return Launch(request.job_id, existing[0], started=False)
-        response = self._ecs.run_task(**self.run_task_arguments(request, event_id))
+        return self._start(request.job_id, fargate_size(request.task_size), 1, event_id)
+
+    def relaunch(self, stopped: Mapping[str, Any]) -> Launch:
+        """After an ECS "Task State Change" to STOPPED (its `detail`) of a job's task: the
+        same task again, unless its worker exited with one of ENDED_EXIT_CODES or the job
+        has had MAX_LAUNCHES tasks. The stopped task's id is the new RunTask's token, so a
+        redelivered event starts no second task."""
+        job_id = str(stopped["startedBy"])
+        containers = [c for c in stopped.get("containers", []) if c.get("name") == self.settings.container]
+        exit_code = containers[0].get("exitCode") if containers else None
+        if exit_code in ENDED_EXIT_CODES:
+            return Launch(job_id, None, "ended")
+        environment = {
+            variable["name"]: variable["value"]
+            for override in stopped.get("overrides", {}).get("containerOverrides", [])
+            if override.get("name") == self.settings.container
+            for variable in override.get("environment", [])
+        }
+        attempt = int(environment.get(ATTEMPT_ENV, "1")) + 1
+        if attempt > MAX_LAUNCHES:
+            return Launch(job_id, None, "gave up")
+        overrides = stopped.get("overrides", {})
+        size = FargateSize(
+            int(overrides.get("cpu") or stopped["cpu"]), int(overrides.get("memory") or stopped["memory"])
+        )
+        return self._start(job_id, size, attempt, str(stopped["taskArn"]).rsplit("/", 1)[-1])
+
+    def _start(self, job_id: str, size: FargateSize, attempt: int, token: str) -> Launch:
+        existing = self._ecs.list_tasks(cluster=self.settings.cluster, startedBy=job_id, desiredStatus="RUNNING")
+        if existing.get("taskArns"):
+            return Launch(job_id, existing["taskArns"][0], "already running")
+        response = self._ecs.run_task(**self.run_task_arguments(job_id, size, attempt, token))
         tasks = response.get("tasks", [])
         if not tasks:
-            raise TaskLaunchFailed(f"job {request.job_id}: RunTask started no task: {response.get('failures')}")
-        return Launch(request.job_id, tasks[0]["taskArn"], started=True)
+            raise TaskLaunchFailed(f"job {job_id}: RunTask started no task: {response.get('failures')}")
+        return Launch(job_id, tasks[0]["taskArn"], "started")
 
-    def run_task_arguments(self, request: JobRequested, event_id: str) -> dict[str, Any]:
-        assert request.task_size is not None
+    def run_task_arguments(self, job_id: str, size: FargateSize, attempt: int, token: str) -> dict[str, Any]:
         settings = self.settings
+        environment = [{"name": JOB_ID_ENV, "value": job_id}, {"name": ATTEMPT_ENV, "value": str(attempt)}]
         return {
             "cluster": settings.cluster,
             "taskDefinition": settings.task_definition,
@@ -125,11 +176,9 @@ class TaskLauncher:
                 }
             },
             "overrides": {
-                **fargate_size(request.task_size).overrides,
-                "containerOverrides": [
-                    {"name": settings.container, "environment": [{"name": JOB_ID_ENV, "value": request.job_id}]}
-                ],
+                **size.overrides,
+                "containerOverrides": [{"name": settings.container, "environment": environment}],
             },
-            "startedBy": request.job_id,
-            "clientToken": event_id[:64],
+            "startedBy": job_id,
+            "clientToken": token[:64],
         }

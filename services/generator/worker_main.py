@@ -26,7 +26,8 @@ of --concurrency and --batch-size.
 With `--aws` and a job (`--job`, or PALETTE_JOB_ID as the task launcher's container override
 sets it, `task_launcher.py`) the task runs that one job on the AWS adapters, as `--job` does
 locally, and exits: the Fargate task launched for a job with a `task_size`, sized for it.
-It reads no queue.
+It reads no queue. Stopped before the job ended (SIGTERM, or a crash) it exits 75 instead of
+0, which tells the launcher to start the task again (`task_launcher.ENDED_EXIT_CODES`).
 
 Models come from the environment: `openai/...` from OPENAI_BASE_URL / OPENAI_API_KEY,
 `bedrock/...` from the standard AWS settings, `local/...` from the `local` extra.
@@ -57,7 +58,7 @@ from services.generator import wiring
 from services.generator.logs import logger as log
 from services.generator.run.options import StopSignal, WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
-from services.generator.task_launcher import JOB_ID_ENV
+from services.generator.task_launcher import JOB_ID_ENV, UNFINISHED_EXIT_CODE
 from services.generator.worker import GenerationWorker
 
 if TYPE_CHECKING:
@@ -404,7 +405,13 @@ def main(argv: list[str] | None = None) -> int:
         return _run_pool(args.data_dir, options, args)
     data_dir = args.data_dir
     adapters_of = (lambda: aws_adapters(AwsSettings.from_env())) if args.aws else (lambda: local_adapters(data_dir))
-    result = asyncio.run(_run_one(adapters_of, args.job_id, options, args.worker_id))
+    try:
+        result = asyncio.run(_run_one(adapters_of, args.job_id, options, args.worker_id))
+    except Exception:
+        if not args.aws:
+            raise
+        log.exception("the run of job %s crashed; its task is started again", args.job_id)
+        return UNFINISHED_EXIT_CODE
     log.info("job %s: %s (%d records)", args.job_id, result.outcome.value, result.records_completed)
     if result.outcome is RunOutcome.FAILED:
         print(f"job {args.job_id} failed: {result.reason}", file=sys.stderr)
@@ -412,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     if result.outcome is RunOutcome.NOT_FOUND:
         print(result.reason, file=sys.stderr)
         return 2
+    if args.aws and result.outcome is RunOutcome.RELEASED:
+        return UNFINISHED_EXIT_CODE
     return 0
 
 

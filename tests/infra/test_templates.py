@@ -253,7 +253,7 @@ def test_rule_patterns_are_the_services_subscriptions() -> None:
     generator = {
         k: v["Properties"]["EventPattern"] for k, v in resources(load("generator"), "AWS::Events::Rule").items()
     }
-    assert set(generator) == {"JobRequestedRule", "SizedJobRequestedRule"}
+    assert set(generator) == {"JobRequestedRule", "SizedJobRequestedRule", "StoppedJobTaskRule"}
     on_ecs, on_lambda = generator["JobRequestedRule"]["Fn::If"][1:]
     assert as_sets(on_lambda) == as_sets(JOB_REQUESTED_PATTERN)  # Runner=lambda: every job
     # Runner=ecs: split on the task_size (tests/integration/test_task_launcher.py routes events)

@@ -83,6 +83,21 @@ def _delivered(stored: StoredEvent, drop_task_size: bool = False) -> dict[str, A
 # -- the rules --------------------------------------------------------------------------------
 
 
+def _stopped_rule() -> dict[str, Any]:
+    """The relaunch rule's pattern, its cluster ARN resolved as CloudFormation would."""
+    pattern = json.loads(json.dumps(resources(load("generator"), "AWS::Events::Rule")["StoppedJobTaskRule"]))
+    pattern = pattern["Properties"]["EventPattern"]
+    (cluster,) = pattern["detail"]["clusterArn"]
+    pattern["detail"]["clusterArn"] = [
+        cluster["Fn::Sub"]
+        .replace("${AWS::Partition}", "aws")
+        .replace("${AWS::Region}", REGION)
+        .replace("${AWS::AccountId}", "123456789012")
+        .replace("${Env}", "dev")
+    ]
+    return dict(pattern)
+
+
 def _rule_patterns() -> dict[str, Any]:
     """The generator stack's two rules on Runner=ecs: queue logical id -> event pattern."""
     rules = resources(load("generator"), "AWS::Events::Rule")
@@ -127,9 +142,10 @@ def test_the_rules_send_a_sized_job_to_the_launch_queue_and_any_other_to_the_wor
 # -- the launcher -----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ecs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The generator's cluster and task definition on moto, named in the launcher's environment."""
+@pytest.fixture(scope="module")
+def moto_ecs() -> Iterator[tuple[Any, dict[str, str]]]:
+    """The generator's cluster and task definition on moto (once: moto's EC2 is slow to start),
+    and the launcher's environment naming them. Each test's tasks are its own job's."""
     with mock_aws():
         ec2 = boto3.client("ec2", region_name=REGION)
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
@@ -147,21 +163,30 @@ def ecs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             # moto sums the containers' memory (the stack sets it on the task only)
             containerDefinitions=[{"name": "worker", "image": "palette-generator", "memory": 2048}],
         )["taskDefinition"]["taskDefinitionArn"]
-        for key, value in {
-            "AWS_DEFAULT_REGION": REGION,
-            "PALETTE_GENERATOR_CLUSTER": CLUSTER,
-            "PALETTE_GENERATOR_TASK_DEFINITION": definition,
-            "PALETTE_GENERATOR_SUBNETS": subnet,
-            "PALETTE_GENERATOR_SECURITY_GROUPS": group,
-        }.items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.delenv("PALETTE_IDEMPOTENCY_TABLE", raising=False)
-        monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-        lambda_handler.task_launcher.cache_clear()
-        lambda_handler.adapters.cache_clear()
-        yield client
-        lambda_handler.task_launcher.cache_clear()
-        lambda_handler.adapters.cache_clear()
+        yield (
+            client,
+            {
+                "AWS_DEFAULT_REGION": REGION,
+                "PALETTE_GENERATOR_CLUSTER": CLUSTER,
+                "PALETTE_GENERATOR_TASK_DEFINITION": definition,
+                "PALETTE_GENERATOR_SUBNETS": subnet,
+                "PALETTE_GENERATOR_SECURITY_GROUPS": group,
+            },
+        )
+
+
+@pytest.fixture
+def ecs(moto_ecs: tuple[Any, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    client, environment = moto_ecs
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PALETTE_IDEMPOTENCY_TABLE", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    lambda_handler.task_launcher.cache_clear()
+    lambda_handler.adapters.cache_clear()
+    yield client
+    lambda_handler.task_launcher.cache_clear()
+    lambda_handler.adapters.cache_clear()
 
 
 def _batch(*events: dict[str, Any]) -> dict[str, Any]:
@@ -183,8 +208,8 @@ def _batch(*events: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tasks(ecs: Any) -> list[dict[str, Any]]:
-    arns = ecs.list_tasks(cluster=CLUSTER)["taskArns"]
+def _tasks(ecs: Any, job_id: str) -> list[dict[str, Any]]:
+    arns = ecs.list_tasks(cluster=CLUSTER, startedBy=job_id)["taskArns"]
     return ecs.describe_tasks(cluster=CLUSTER, tasks=arns)["tasks"] if arns else []
 
 
@@ -193,13 +218,78 @@ def test_the_launcher_runs_the_workers_task_sized_for_the_job_once(tmp_path: Pat
     assert lambda_handler.launch(_batch(event), CONTEXT) == {"batchItemFailures": []}
     assert lambda_handler.launch(_batch(event), CONTEXT) == {"batchItemFailures": []}  # redelivered
 
-    (task,) = _tasks(ecs)
+    (task,) = _tasks(ecs, "job_sized")
     assert task["startedBy"] == "job_sized"
     assert task["overrides"]["cpu"] == "4096" and task["overrides"]["memory"] == "8192"  # 3 vCPU, 5000 MiB rounded up
     assert task["overrides"]["containerOverrides"] == [
-        {"name": "worker", "environment": [{"name": "PALETTE_JOB_ID", "value": "job_sized"}]}
+        {
+            "name": "worker",
+            "environment": [
+                {"name": "PALETTE_JOB_ID", "value": "job_sized"},
+                {"name": "PALETTE_LAUNCH_ATTEMPT", "value": "1"},
+            ],
+        }
     ]
     assert task["capacityProviderName"] == "FARGATE"
+
+
+def _stopped(ecs: Any, task: dict[str, Any], exit_code: int | None) -> dict[str, Any]:
+    """The "ECS Task State Change" EventBridge sends when `task` stops (its detail is the task)."""
+    ecs.stop_task(cluster=CLUSTER, task=task["taskArn"], reason="test")
+    container: dict[str, Any] = {"name": "worker", "lastStatus": "STOPPED"}
+    if exit_code is not None:
+        container["exitCode"] = exit_code
+    detail = {**task, "lastStatus": "STOPPED", "desiredStatus": "STOPPED", "containers": [container]}
+    detail["clusterArn"] = f"arn:aws:ecs:{REGION}:123456789012:cluster/{CLUSTER}"
+    return {
+        "version": "0",
+        "id": f"stopped-{task['taskArn'].rsplit('/', 1)[-1]}",
+        "detail-type": "ECS Task State Change",
+        "source": "aws.ecs",
+        "account": "123456789012",
+        "time": "2026-12-03T12:00:00Z",
+        "region": REGION,
+        "resources": [task["taskArn"]],
+        "detail": json.loads(json.dumps(detail, default=str)),
+    }
+
+
+def _running(ecs: Any, job_id: str) -> list[dict[str, Any]]:
+    return [t for t in _tasks(ecs, job_id) if t["desiredStatus"] == "RUNNING"]
+
+
+def test_a_job_task_that_stops_before_its_job_ended_is_started_again(tmp_path: Path, ecs: Any) -> None:
+    event = _delivered(_requested(tmp_path, "job_resumed", TaskSize(vcpu=1, memory_mib=3000)))
+    lambda_handler.launch(_batch(event), CONTEXT)
+    (first,) = _running(ecs, "job_resumed")
+
+    stopped = _stopped(ecs, first, 75)  # released on SIGTERM (Spot, a retirement) or crashed
+    assert matches(_stopped_rule(), stopped)
+    lambda_handler.launch(_batch(stopped), CONTEXT)
+    lambda_handler.launch(_batch(stopped), CONTEXT)  # redelivered: no second task
+    (second,) = _running(ecs, "job_resumed")
+    assert second["taskArn"] != first["taskArn"] and second["startedBy"] == "job_resumed"
+    assert (second["overrides"]["cpu"], second["overrides"]["memory"]) == ("1024", "3072")
+    environment = second["overrides"]["containerOverrides"][0]["environment"]
+    assert {"name": "PALETTE_LAUNCH_ATTEMPT", "value": "2"} in environment
+
+    lambda_handler.launch(_batch(_stopped(ecs, second, None)), CONTEXT)  # lost: no exit code
+    (third,) = _running(ecs, "job_resumed")
+    for code in (0, 1, 2):  # ended, failed, no such job: nothing left to run
+        lambda_handler.launch(_batch({**_stopped(ecs, third, code), "id": f"ended-{code}"}), CONTEXT)
+        assert _running(ecs, "job_resumed") == []
+
+
+def test_a_job_gets_at_most_five_tasks(tmp_path: Path, ecs: Any) -> None:
+    event = _delivered(_requested(tmp_path, "job_oom", TaskSize(vcpu=0.25, memory_mib=512)))
+    lambda_handler.launch(_batch(event), CONTEXT)
+    for attempt in range(1, 6):
+        (task,) = _running(ecs, "job_oom")
+        assert {"name": "PALETTE_LAUNCH_ATTEMPT", "value": str(attempt)} in task["overrides"]["containerOverrides"][0][
+            "environment"
+        ]
+        lambda_handler.launch(_batch(_stopped(ecs, task, 137)), CONTEXT)  # out of memory, every time
+    assert _running(ecs, "job_oom") == []
 
 
 def test_a_failed_run_task_sends_the_record_back_to_the_queue(
@@ -210,7 +300,7 @@ def test_a_failed_run_task_sends_the_record_back_to_the_queue(
     unsized = _delivered(_requested(tmp_path, "job_b", None))  # not the launcher's: refused too
     with pytest.raises(BatchProcessingError):  # every record failed: the whole batch comes back
         lambda_handler.launch(_batch(sized, unsized), CONTEXT)
-    assert _tasks(ecs) == []
+    assert _tasks(ecs, "job_a") == []
 
 
 # -- the task's one-job mode ------------------------------------------------------------------
