@@ -121,6 +121,21 @@ def test_a_receiver_gets_every_lifecycle_event_of_real_jobs_signed_after_two_500
         client(runtime, "alice") as alice,
         client(runtime, "bob") as bob,
     ):
+        paths = alice.get("/openapi.json").json()["paths"]
+        assert {path: set(paths[path]) for path in paths if path.startswith("/webhooks")} == {
+            "/webhooks": {"get", "post"},
+            "/webhooks/{webhook_id}": {"delete"},
+            "/webhooks/{webhook_id}/test": {"post"},
+            "/webhooks/{webhook_id}/deliveries": {"get"},
+        }
+        assert (
+            "201" in paths["/webhooks"]["post"]["responses"]
+            and "202" in paths["/webhooks/{webhook_id}/test"]["post"]["responses"]
+        )
+        refused = alice.post("/webhooks", json={"url": "http://hooks.example.com/", "events": ["job.completed"]})
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "VALIDATION_ERROR", refused.text
+        unknown = alice.post("/webhooks", json={"url": url, "events": ["job.exploded"]})
+        assert unknown.status_code == 400 and "job.exploded" in unknown.json()["error"]["message"], unknown.text
         created = alice.post("/webhooks", json={"url": url, "events": LIFECYCLE})
         assert created.status_code == 201, created.text
         webhook = created.json()
