@@ -12,6 +12,9 @@ points by kind, the names `infra/` points its functions at:
 - `project = entries.projections(blobs, runners)`: an SQS queue of bus events -> the
   service's projection runners.
 
+A queue entry that does something else than consume the service's events is named after
+what it does (the generator's `launch` starts job tasks on ECS).
+
 Naming rule: a service's Logger, Metrics (namespace `Palette`) and Tracer are all named
 `palette-<service>`, so its logs, metrics and traces are found under one name. Adapters and
 handlers are built on first use, once per container, by the functions given here (the
