@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from contracts.identifiers import has_control_character
-from services.notifications.domain import EVENT_TYPES, MAX_URL_CHARS
+from services.notifications.domain import EVENT_TYPES, MAX_URL_CHARS, EventType
 
 
 def _no_control_character(value: str) -> str:
@@ -25,7 +25,7 @@ class WebhookRequest(BaseModel):
     url: Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS), AfterValidator(_no_control_character)] = Field(
         description="https (http only to localhost on the embedded runtime)"
     )
-    events: list[str] = Field(min_length=1, max_length=len(EVENT_TYPES), description=f"any of {', '.join(EVENT_TYPES)}")
+    events: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES), description="the facts to deliver")
     secret: Secret | None = Field(
         default=None, description="the HMAC key (16 to 256 characters); generated and returned once when omitted"
     )

@@ -18,7 +18,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pydantic import AnyUrl, ValidationError
 
@@ -32,7 +32,11 @@ from contracts.events.notifications import (
     WebhookRegistered,
 )
 
-LIFECYCLE_EVENT_TYPES: dict[str, str] = {
+EventType = Literal["job.completed", "job.failed", "job.cancelled", "job.budget_warning", "job.budget_exceeded"]
+"""The public names of the facts a webhook can subscribe to."""
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+
+LIFECYCLE_EVENT_TYPES: dict[str, EventType] = {
     JobCompleted.detail_type(): "job.completed",
     JobFailed.detail_type(): "job.failed",
     JobCancelled.detail_type(): "job.cancelled",
@@ -40,7 +44,6 @@ LIFECYCLE_EVENT_TYPES: dict[str, str] = {
     JobBudgetExceeded.detail_type(): "job.budget_exceeded",
 }
 """The facts a webhook can subscribe to, by detail-type, and their public names."""
-EVENT_TYPES: tuple[str, ...] = tuple(LIFECYCLE_EVENT_TYPES.values())
 TEST_EVENT_TYPE = "webhook.test"
 """What POST /webhooks/{id}/test sends; delivered whatever the webhook subscribed to."""
 
