@@ -23,11 +23,15 @@ from contracts.envelope import bus_event
 from contracts.events.billing import CostRecorded, UsageCharged
 from contracts.events.generator import BatchGenerated, BudgetWrittenOff, TokenUsage, UnbatchedUsageRecorded
 from contracts.events.jobs import JobRequested, OutputFormat
+from contracts.money import money_text
 from contracts.streams import generation_stream, job_stream, ledger_stream
+from palette.adapters import Adapters
 from palette.cli import app
 from palette.eventstore.dynamodb import create_table
 from palette.eventstore.port import EventStore, NewEvent
+from services.billing.api import GroupedCostsReply, costs_reply
 from services.billing.cost_groups import utc_day
+from services.billing.projections import CostsView, JobCosts
 from tests.fakes.lambda_events import fake_context, sqs_batch
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette, template_and_seed, wait_until_finished
@@ -229,6 +233,15 @@ def test_palette_costs_prints_the_same_as_a_table(costs: Costs) -> None:
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.output) == costs.replies[("bob", "week")][1]
 
+    # the cost view (template ids included) is rebuilt by `palette replay`, and the audit holds
+    assert runner.invoke(app, ["replay", "--diff", *data]).exit_code == 0
+    replayed = runner.invoke(app, ["replay", *data])
+    assert replayed.exit_code == 0, replayed.output
+    again = runner.invoke(app, ["costs", "--user", "alice", "--group-by", "template", "--json", *data])
+    assert json.loads(again.output) == reply
+    verified = runner.invoke(app, ["audit", "verify", *data])
+    assert verified.exit_code == 0, verified.output
+
     refused = runner.invoke(app, ["costs", "--user", "alice", "--group-by", "year", *data])
     assert refused.exit_code == 2 and "group_by" in refused.output
     refused = runner.invoke(app, ["costs", "--user", "alice", "--from", "2026-12-02", "--to", "2026-12-01", *data])
@@ -360,3 +373,42 @@ def _api_event(user: str, query: str) -> dict[str, Any]:
         },
         "isBase64Encoded": False,
     }
+
+
+# -- the cost view at UTC midnight across a year end -----------------------------------------
+
+
+def test_the_view_puts_charges_on_their_utc_day_and_the_range_cuts_at_midnight(adapters: Adapters) -> None:
+    """Charges recorded a microsecond either side of midnight UTC on New Year's Eve fall on two
+    days, in ISO week 2026-W53 both; `from` cuts exactly there, and 2027-01-04 is 2027-W01."""
+    job_id = "job-new-year"
+    adapters.events.append(job_stream(job_id), [NewEvent(_job(job_id, "alice", "tpl-a"), actor="alice")], 0)
+    moments = ("2026-12-31T23:59:59.999999Z", "2027-01-01T00:00:00.000000Z", "2027-01-04T00:00:00.000000Z")
+    for number, moment in enumerate(moments):
+        amount = Decimal(number + 1) / 1000
+        charge = CostRecorded(
+            job_id=job_id,
+            batch_number=number,
+            catalog_version="2026-11",
+            model_tokens=amount,
+            compute=Decimal("0.000001"),
+            storage=Decimal(0),
+            total=amount + Decimal("0.000001"),
+            per_model={BEDROCK: amount},
+        )
+        adapters.events.append(ledger_stream(job_id), [NewEvent(charge, actor="billing", time=moment)], number)
+    adapters.projection_runner(JobCosts()).run_once()
+    view = CostsView(adapters.document_reader(JobCosts()))
+
+    def totals(**query: str) -> dict[str | None, str]:
+        reply = costs_reply(view, "alice", **query)
+        assert isinstance(reply, GroupedCostsReply)
+        return {group.key: money_text(group.total) for group in reply.groups}
+
+    assert totals(group_by="day") == {"2026-12-31": "0.001001", "2027-01-01": "0.002001", "2027-01-04": "0.003001"}
+    assert totals(group_by="week") == {"2026-W53": "0.003002", "2027-W01": "0.003001"}
+    assert totals(group_by="month") == {"2026-12": "0.001001", "2027-01": "0.005002"}
+    assert totals(group_by="week", date_from="2027-01-01") == {"2026-W53": "0.002001", "2027-W01": "0.003001"}
+    assert totals(group_by="week", date_to="2026-12-31") == {"2026-W53": "0.001001"}
+    assert totals(group_by="day", date_from="2027-01-02", date_to="2027-01-03") == {}
+    assert costs_reply(view, "bob", group_by="job").groups == []  # type: ignore[union-attr]
