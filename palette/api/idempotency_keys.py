@@ -127,11 +127,17 @@ class IdempotentCreate:
         head = events.read_stream(stream_id, 1, MAX_CREATE_EVENTS)
         if not head:
             return None
-        if head[0].id != self.event_id(0) or head[0].actor != self.owner:
+        self.check(head[0])
+        created = list(takewhile(lambda pair: pair[1].id == self.event_id(pair[0]), enumerate(head)))
+        return [event for _, event in created]
+
+    def check(self, first: StoredEvent) -> None:
+        """Raises IdempotencyKeyReused unless `first`, the first event of the resource this
+        key names, was recorded by this request (for a resource in a stream of many, such as
+        a user's webhooks, whose handler finds that event itself)."""
+        if first.id != self.event_id(0) or first.actor != self.owner:
             raise IdempotencyKeyReused(
                 f"the {IDEMPOTENCY_KEY_HEADER} was first used with another request; use a new key for a new "
                 f"{self.kind}",
                 {"header": IDEMPOTENCY_KEY_HEADER},
             )
-        created = list(takewhile(lambda pair: pair[1].id == self.event_id(pair[0]), enumerate(head)))
-        return [event for _, event in created]

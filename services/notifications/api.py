@@ -17,6 +17,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from palette.api.app import caller
 from palette.api.errors import Conflict, NotFound, ValidationFailed, openapi_responses
+from palette.api.idempotency_keys import IDEMPOTENCY_RESPONSES, IdempotencyKey, IdempotentCreate
 from palette.eventstore.port import ConcurrencyConflict
 from palette.projections.documents import InvalidPageToken
 from services.notifications.api_models import (
@@ -82,11 +83,17 @@ def create_router(
         status_code=201,
         tags=["webhooks"],
         summary="Register a webhook for job lifecycle events; the signing secret is returned only here",
-        responses=_responses(201, 409),
+        responses={**_responses(201, 404, 409), **IDEMPOTENCY_RESPONSES},
     )
-    def create_webhook(body: WebhookRequest) -> WebhookCreatedResponse:
+    def create_webhook(body: WebhookRequest, idempotency_key: IdempotencyKey = None) -> WebhookCreatedResponse:
         with _domain_errors():
-            webhook, secret = webhooks.register(caller(router), body.url, body.events, body.secret)
+            webhook, secret = webhooks.register(
+                caller(router),
+                body.url,
+                body.events,
+                body.secret,
+                idempotent=IdempotentCreate.of(router, "webhook", idempotency_key),
+            )
         return WebhookCreatedResponse(**_webhook(webhook), secret=secret)
 
     @router.get("/webhooks", tags=["webhooks"], summary="The caller's webhooks", responses=_responses(200))

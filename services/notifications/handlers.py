@@ -19,8 +19,9 @@ from typing import Any
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
 from contracts.events.jobs import JobRequested
-from contracts.events.notifications import WebhookDeliveryScheduled
+from contracts.events.notifications import WebhookDeliveryScheduled, WebhookRegistered
 from contracts.streams import job_stream, webhook_delivery_stream, webhooks_stream
+from palette.api.idempotency_keys import IdempotentCreate
 from palette.eventstore.port import ConcurrencyConflict, EventStore, NewEvent
 from palette.eventstore.repository import Repository
 from services.notifications.domain import (
@@ -33,6 +34,7 @@ from services.notifications.domain import (
     Delivery,
     UrlPolicy,
     Webhook,
+    WebhookNotFound,
     WebhookSet,
     delete,
     dropped,
@@ -71,6 +73,7 @@ def delivery_id(webhook_id: str, event_id: str) -> str:
 
 class WebhookHandlers:
     def __init__(self, events: EventStore, keys: SigningKeys, policy: UrlPolicy) -> None:
+        self._events = events
         self._streams = Repository(events)
         self._keys = keys
         self.policy = policy
@@ -79,9 +82,20 @@ class WebhookHandlers:
         state, _ = self._streams.load(webhooks_stream(owner), WebhookSet(owner), _fold_webhooks)
         return state
 
-    def register(self, owner: str, url: str, events: Iterable[str], secret: str | None) -> tuple[Webhook, str]:
+    def register(
+        self,
+        owner: str,
+        url: str,
+        events: Iterable[str],
+        secret: str | None,
+        idempotent: IdempotentCreate | None = None,
+    ) -> tuple[Webhook, str]:
         """The new webhook and its secret (the given one, or a generated one). The secret is
-        saved before the webhook exists, so no delivery ever finds a webhook without one."""
+        saved before the webhook exists, so no delivery ever finds a webhook without one.
+        With `idempotent` (the request's Idempotency-Key) the webhook is the one its key
+        names (`_register_keyed`)."""
+        if idempotent is not None:
+            return self._register_keyed(owner, url, list(events), secret, idempotent)
         webhook_id = "whk_" + uuid.uuid4().hex
         secret = secret or generated_secret()
         events = list(events)
@@ -95,6 +109,43 @@ class WebhookHandlers:
             actor=owner,
         )
         return executed.state.get(webhook_id), secret
+
+    def _register_keyed(
+        self, owner: str, url: str, events: list[str], secret: str | None, idempotent: IdempotentCreate
+    ) -> tuple[Webhook, str]:
+        """A retry, also one racing the first request, answers the webhook as registered with
+        its stored secret. A duplicate saves no secret over one already saved, which leaves
+        one race: two first requests that both find none save one each, the second write
+        winning (the blob store has no write-if-absent)."""
+        webhook_id = f"whk_{idempotent.resource_uuid.hex}"
+        if (registered := self._registered(owner, webhook_id, idempotent)) is not None:
+            return registered
+        register(self.webhooks(owner), webhook_id, url, events, self.policy)  # refuse before saving a secret
+        if self._keys.load(webhook_id) is None:
+            self._keys.save(webhook_id, secret or generated_secret())
+
+        def register_once(state: WebhookSet) -> list[NewEvent]:
+            if webhook_id in state.webhooks:  # a concurrent duplicate won
+                return []
+            return idempotent.recorded(register(state, webhook_id, url, events, self.policy), None)
+
+        self._streams.execute(webhooks_stream(owner), register_once, _fold_webhooks, WebhookSet(owner), actor=owner)
+        registered = self._registered(owner, webhook_id, idempotent)
+        assert registered is not None, "a keyed webhook is recorded or refused"
+        return registered
+
+    def _registered(self, owner: str, webhook_id: str, idempotent: IdempotentCreate) -> tuple[Webhook, str] | None:
+        """The keyed webhook as registered, with its secret; None when the key registered
+        none yet; WebhookNotFound once it was deleted (its secret is gone with it)."""
+        for stored in self._events.read_stream(webhooks_stream(owner)):
+            event = stored.decode()
+            if isinstance(event, WebhookRegistered) and event.webhook_id == webhook_id:
+                idempotent.check(stored)
+                secret = self._keys.load(webhook_id)
+                if secret is None:
+                    raise WebhookNotFound(webhook_id)
+                return _fold_webhooks(WebhookSet(owner), stored).get(webhook_id), secret
+        return None
 
     def delete(self, owner: str, webhook_id: str) -> None:
         self._streams.execute(

@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from contracts.streams import job_stream, seed_stream
+from contracts.streams import job_stream, seed_stream, template_stream
 from tests.e2e.serving import UNLIMITED
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration import templates_facade
 from tests.integration.palette_http import client, running_palette, template_and_seed
 from tests.integration.test_jobs_api import Facade, add_seed, add_template, aws_facade, local_facade
 from tests.waiting import wait_for
@@ -134,6 +135,23 @@ def test_a_key_of_255_printable_characters_is_taken(local_jobs: Facade) -> None:
     assert first.status == 201, first.body
 
 
+# -- templates, on both runtimes ------------------------------------------------------------
+
+
+def test_a_retried_template_create_answers_the_first_template(api: templates_facade.Facade) -> None:
+    definition = {"name": "Questions", "steps": [templates_facade.step("q", "Ask about {{ topic }}")]}
+    first = api.call("POST", "/templates", "alice", definition, headers=_keyed())
+    assert first.status == 201, first.body
+    again = api.call("POST", "/templates", "alice", definition, headers=_keyed())
+    reused = api.call("POST", "/templates", "alice", {**definition, "name": "Other"}, headers=_keyed())
+    bobs = api.call("POST", "/templates", "bob", definition, headers=_keyed())
+
+    assert (again.status, again.body) == (201, first.body)
+    assert (reused.status, reused.error["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
+    assert bobs.status == 201 and bobs.body["id"] != first.body["id"]
+    assert len(api.events.read_stream(template_stream(first.body["id"]))) == 1
+
+
 # -- over real HTTP ---------------------------------------------------------------------------
 
 
@@ -217,3 +235,18 @@ def test_a_retried_upload_grant_is_the_same_seed_and_its_url_works(served: tuple
     assert (reused.status_code, reused.json()["error"]["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
     recorded = runtime.adapters.events.read_stream(seed_stream(first.json()["seed_id"]))
     assert [e.detail_type for e in recorded].count("SeedUploadRequested") == 1
+
+
+def test_a_retried_webhook_registration_answers_the_same_webhook_and_secret(served: tuple[Any, httpx.Client]) -> None:
+    _, alice = served
+    request = {"url": "http://127.0.0.1:9/hook", "events": ["job.completed"]}
+    first = alice.post("/webhooks", json=request, headers=_keyed())
+    again = alice.post("/webhooks", json=request, headers=_keyed())
+    reused = alice.post("/webhooks", json={**request, "events": ["job.failed"]}, headers=_keyed())
+
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json() == first.json() and first.json()["secret"].startswith("whsec_")
+    assert (reused.status_code, reused.json()["error"]["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
+    assert [hook["id"] for hook in alice.get("/webhooks").json()["webhooks"]] == [first.json()["id"]]
+    assert alice.delete(f"/webhooks/{first.json()['id']}").status_code == 200
+    assert alice.post("/webhooks", json=request, headers=_keyed()).status_code == 404, "its secret is gone"
