@@ -121,7 +121,10 @@ def test_a_receiver_gets_every_lifecycle_event_of_real_jobs_signed_after_two_500
         client(runtime, "alice") as alice,
         client(runtime, "bob") as bob,
     ):
-        paths = alice.get("/openapi.json").json()["paths"]
+        document = alice.get("/openapi.json").json()
+        paths = document["paths"]
+        events_schema = document["components"]["schemas"]["WebhookRequest"]["properties"]["events"]
+        assert events_schema["items"]["enum"] == LIFECYCLE
         assert {path: set(paths[path]) for path in paths if path.startswith("/webhooks")} == {
             "/webhooks": {"get", "post"},
             "/webhooks/{webhook_id}": {"delete"},
