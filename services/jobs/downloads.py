@@ -13,16 +13,18 @@ generation-stream version of its last BatchGenerated): every later call until th
 batch answers the same file. It is stored, not streamed through the API, so the answer is
 the same short-lived signed URL as a finished file's — an S3 presigned URL on AWS, where
 a Lambda behind API Gateway could not stream a dataset (its responses are capped at a few
-MB) — and a client may retry or resume it. Building one reads each recorded part once, one
-at a time (`services.jobs.snapshots`). A new snapshot removes the format's snapshots
-before the one it follows, so a URL handed out stays good until two newer snapshots exist;
-all of them go with the job's data.
+MB) — and a client may retry or resume it. A snapshot is built on the newest earlier one
+(copied, then the parts recorded since appended; Parquet's row groups copied), so a
+client polling a long job reads each part about once; parts are read one at a time
+(`services.jobs.snapshots`). A new snapshot removes the format's snapshots before the one
+it follows, so a URL handed out stays good until two newer snapshots exist; all of them go
+with the job's data.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,9 +105,10 @@ class Download:
 
 @dataclass(frozen=True, slots=True)
 class GenerationFacts:
-    """What the generation stream says about a job's files up to `version`."""
+    """What the generation stream says about a job's files: each recorded batch with its
+    stream version, the version of the last one, and the export if there is one."""
 
-    batches: list[BatchGenerated]
+    batches: list[tuple[BatchGenerated, int]]
     batches_version: int
     exported: DatasetExported | None
 
@@ -182,38 +185,66 @@ class JobDownloads:
     # -- partial -------------------------------------------------------------------------
 
     def _snapshot(self, state: JobState, fmt: OutputFormat, facts: GenerationFacts) -> Download:
-        folder = self._snapshot_folder(state, fmt, facts.batches_version)
-        manifest_key = folder + MANIFEST_NAME
-        try:
-            described: dict[str, Any] = json.loads(self._blobs.get_bytes(manifest_key))
-            (item,) = described["files"]
-            file = SnapshotFile(fmt, item["key"], item["rows"], item["size_bytes"], item["sha256"])
-        except BlobNotFound:
-            file = self._write_snapshot(state, fmt, f"{folder}data.{EXTENSIONS[fmt]}", facts.batches)
+        version = facts.batches_version
+        described = self._stored_manifest(state, fmt, version)
+        if described is None:
+            file = self._write_snapshot(state, fmt, facts)
             described = _snapshot_manifest(state, facts, file)
+            manifest_key = self._snapshot_folder(state, fmt, version) + MANIFEST_NAME
             self._blobs.put_bytes(manifest_key, json.dumps(described, indent=2).encode(), "application/json")
-            self._prune(state, fmt, facts.batches_version)
+            self._prune(state, fmt, version)
+        (item,) = described["files"]
         return Download(
             partial=True,
-            records=file.rows,
-            files=[DownloadFile(fmt, file.blob_key, file.rows, file.size_bytes, file.sha256)],
+            records=item["rows"],
+            files=[DownloadFile(fmt, item["key"], item["rows"], item["size_bytes"], item["sha256"])],
             manifest=described,
             batches=len(facts.batches),
-            through_version=facts.batches_version,
+            through_version=version,
         )
 
-    def _write_snapshot(
-        self, state: JobState, fmt: OutputFormat, key: str, batches: list[BatchGenerated]
-    ) -> SnapshotFile:
-        """Writes the snapshot, a second time if the first write was discarded: a worker
-        taking the job over (or exporting it) discards half-written blobs under the job's
-        folder, which may be this one's."""
-        recorded = [RecordedBatch(batch.blob_key, batch.rows) for batch in _in_dataset_order(state, batches)]
+    def _write_snapshot(self, state: JobState, fmt: OutputFormat, facts: GenerationFacts) -> SnapshotFile:
+        """The snapshot at the last recorded batch, built on the newest earlier one when the
+        batches recorded since all come after its records (so only their parts are read),
+        else from every part. Written a second time if the first write was discarded: a
+        worker taking the job over (or exporting it) discards half-written blobs under the
+        job's folder, which may be this one's."""
+        key = f"{self._snapshot_folder(state, fmt, facts.batches_version)}data.{EXTENSIONS[fmt]}"
         shape = RecordShape(has_model=bool(state.options.models), has_flags=state.options.output_filter == "flag")
+        every = sorted((batch for batch, _ in facts.batches), key=_dataset_order(state))
+        base, since = self._base(state, fmt, facts, every)
         try:
-            return write_snapshot(self._blobs, key, fmt, recorded, shape)
-        except (OSError, BlobError):
-            return write_snapshot(self._blobs, key, fmt, recorded, shape)
+            return write_snapshot(self._blobs, key, fmt, _recorded(since), shape, base)
+        except (OSError, BlobError):  # discarded half-written, or its base pruned by another call meanwhile
+            return write_snapshot(self._blobs, key, fmt, _recorded(every), shape)
+
+    def _base(
+        self, state: JobState, fmt: OutputFormat, facts: GenerationFacts, every: list[BatchGenerated]
+    ) -> tuple[SnapshotFile | None, list[BatchGenerated]]:
+        """The newest earlier snapshot to build on and the batches to read after it; or
+        none and `every` batch, in the dataset's order."""
+        order = _dataset_order(state)
+        for version in sorted(self._snapshot_versions(state, fmt, below=facts.batches_version), reverse=True):
+            described = self._stored_manifest(state, fmt, version)
+            if described is None:
+                continue
+            held = [batch for batch, at in facts.batches if at <= version]
+            since = sorted((batch for batch, at in facts.batches if at > version), key=order)
+            if len(held) != described["batches"] or (held and since and max(map(order, held)) > order(since[0])):
+                return None, every  # a fan-out job's new batch of an earlier model: rebuilt whole
+            (item,) = described["files"]
+            return SnapshotFile(fmt, item["key"], item["rows"], item["size_bytes"], item["sha256"]), since
+        return None, every
+
+    def _stored_manifest(self, state: JobState, fmt: OutputFormat, version: int) -> dict[str, Any] | None:
+        """The manifest of the snapshot at `version` (stored last, so its file is whole)."""
+        try:
+            described: dict[str, Any] = json.loads(
+                self._blobs.get_bytes(self._snapshot_folder(state, fmt, version) + MANIFEST_NAME)
+            )
+        except BlobNotFound:
+            return None
+        return described
 
     def _snapshot_folder(self, state: JobState, fmt: OutputFormat, version: int) -> str:
         return f"{self._snapshots_prefix(state)}{version:010d}-{EXTENSIONS[fmt]}/"
@@ -221,17 +252,20 @@ class JobDownloads:
     def _snapshots_prefix(self, state: JobState) -> str:
         return f"{dataset_prefix(state.owner, state.job_id)}snapshots/"
 
-    def _prune(self, state: JobState, fmt: OutputFormat, newest: int) -> None:
-        """Remove this format's snapshots older than the SNAPSHOTS_KEPT newest."""
+    def _snapshot_versions(self, state: JobState, fmt: OutputFormat, below: int) -> set[int]:
+        """The versions of this format's stored snapshots before `below`."""
         prefix = self._snapshots_prefix(state)
-        suffix = f"-{EXTENSIONS[fmt]}"
         versions = set()
         for info in self._blobs.list(prefix):
-            folder = info.key.removeprefix(prefix).split("/", 1)[0]
-            number, _, ext = folder.partition("-")
-            if f"-{ext}" == suffix and number.isdigit() and int(number) <= newest:
+            number, _, ext = info.key.removeprefix(prefix).split("/", 1)[0].partition("-")
+            if ext == EXTENSIONS[fmt] and number.isdigit() and int(number) < below:
                 versions.add(int(number))
-        for version in sorted(versions)[:-SNAPSHOTS_KEPT]:
+        return versions
+
+    def _prune(self, state: JobState, fmt: OutputFormat, newest: int) -> None:
+        """Remove this format's snapshots but the newest and the one before it."""
+        earlier = sorted(self._snapshot_versions(state, fmt, below=newest))
+        for version in earlier[: max(len(earlier) - (SNAPSHOTS_KEPT - 1), 0)]:
             self._blobs.delete_prefix(self._snapshot_folder(state, fmt, version))
 
     # -- the log -------------------------------------------------------------------------
@@ -249,7 +283,7 @@ class JobDownloads:
                 assert isinstance(fact, DatasetExported)
                 exported = fact
         version = max((at for _, at in batches.values()), default=0)
-        return GenerationFacts([batch for batch, _ in batches.values()], version, exported)
+        return GenerationFacts(list(batches.values()), version, exported)
 
     def _generation_events(self, job_id: str) -> Iterator[StoredEvent]:
         stream, start = generation_stream(job_id), 1
@@ -261,10 +295,14 @@ class JobDownloads:
             start = page[-1].version + 1
 
 
-def _in_dataset_order(state: JobState, batches: list[BatchGenerated]) -> list[BatchGenerated]:
-    """The export's order: by model (as the job lists them), then by record index."""
+def _recorded(batches: list[BatchGenerated]) -> list[RecordedBatch]:
+    return [RecordedBatch(batch.blob_key, batch.rows) for batch in batches]
+
+
+def _dataset_order(state: JobState) -> Callable[[BatchGenerated], tuple[int, int]]:
+    """The export's order of batches: by model (as the job lists them), then by record index."""
     models = {model: position for position, model in enumerate(state.options.models or ())}
-    return sorted(batches, key=lambda batch: (models.get(batch.model or "", 0), batch.first_record))
+    return lambda batch: (models.get(batch.model or "", 0), batch.first_record)
 
 
 def _snapshot_manifest(state: JobState, facts: GenerationFacts, file: SnapshotFile) -> dict[str, Any]:

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -39,6 +40,7 @@ from palette.blobs.port import BlobStore
 
 ROW_GROUP_ROWS = 10_000
 """Parquet rows buffered before a row group is written."""
+COPY_CHUNK_BYTES = 1 << 20
 EXTENSIONS = {OutputFormat.JSONL: "jsonl", OutputFormat.PARQUET: "parquet", OutputFormat.CSV: "csv"}
 CONTENT_TYPES = {
     OutputFormat.PARQUET: "application/vnd.apache.parquet",
@@ -86,37 +88,50 @@ class RecordShape:
 
 
 def write_snapshot(
-    blobs: BlobStore, key: str, fmt: OutputFormat, batches: Sequence[RecordedBatch], shape: RecordShape
+    blobs: BlobStore,
+    key: str,
+    fmt: OutputFormat,
+    batches: Sequence[RecordedBatch],
+    shape: RecordShape,
+    base: SnapshotFile | None = None,
 ) -> SnapshotFile:
     """Store the records of `batches`, in the order given (each part's by record index),
-    as one `fmt` file at `key`. Raises SnapshotInconsistent before storing anything when a
-    part's row count is not its batch's."""
+    as one `fmt` file at `key`, after those of `base` when given: an earlier snapshot of
+    the same job and format whose records all come before `batches`' (so a new snapshot
+    reads only the parts recorded since). Raises SnapshotInconsistent before storing
+    anything when a part's row count is not its batch's."""
     with tempfile.TemporaryDirectory(prefix="palette-snapshot-") as workdir:
         path = Path(workdir) / f"data.{EXTENSIONS[fmt]}"
-        rows = _write_local(path, fmt, _parts(blobs, batches), shape)
+        earlier = None
+        if base is not None:  # JSONL and CSV append to a copy; Parquet copies its row groups
+            earlier = path if fmt is not OutputFormat.PARQUET else Path(workdir) / "base.parquet"
+            _download(blobs, base.blob_key, earlier)
+        parts = _parts(blobs, batches)
+        if fmt is OutputFormat.PARQUET:
+            rows = _write_parquet(path, parts, shape, earlier)
+        else:
+            rows = _append_text(path, fmt, parts, shape, header=base is None)
+        rows += base.rows if base is not None else 0
         size, sha256 = _size_and_digest(path)
         with open(path, "rb") as local:
             blobs.put_stream(key, local, content_type=CONTENT_TYPES[fmt])
     return SnapshotFile(format=fmt, blob_key=key, rows=rows, size_bytes=size, sha256=sha256)
 
 
+def _download(blobs: BlobStore, key: str, path: Path) -> None:
+    with blobs.open_read(key) as stream, open(path, "wb") as local:
+        shutil.copyfileobj(stream, local, COPY_CHUNK_BYTES)
+
+
 def _parts(blobs: BlobStore, batches: Sequence[RecordedBatch]) -> Iterator[list[dict[str, Any]]]:
     """Each recorded batch's records in the record shape, one part in memory at a time."""
     for batch in batches:
-        with blobs.open_read(batch.blob_key) as stream:
-            table = pq.read_table(_readable(stream)).sort_by("record_index")
+        table = pq.ParquetFile(pa.BufferReader(blobs.get_bytes(batch.blob_key))).read().sort_by("record_index")
         if table.num_rows != batch.rows:
             raise SnapshotInconsistent(
                 f"part {batch.blob_key} holds {table.num_rows} records, its BatchGenerated {batch.rows}"
             )
         yield [_record(row) for row in table.to_pylist()]
-
-
-def _readable(stream: BinaryIO) -> pa.NativeFile | pa.BufferReader:
-    """A part to read: Parquet needs to seek to its footer, which a stream may not allow."""
-    if stream.seekable():
-        return pa.PythonFile(stream, mode="r")
-    return pa.BufferReader(stream.read())
 
 
 def _record(row: dict[str, Any]) -> dict[str, Any]:
@@ -150,50 +165,64 @@ def json_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def _write_local(path: Path, fmt: OutputFormat, parts: Iterator[list[dict[str, Any]]], shape: RecordShape) -> int:
-    if fmt is OutputFormat.JSONL:
-        rows = 0
-        with open(path, "wb") as out:
-            for records in parts:
-                out.write("".join(json_text(record) + "\n" for record in records).encode())
-                rows += len(records)
-        return rows
-    return _write_table_file(path, fmt, parts, shape)
-
-
-def _write_table_file(path: Path, fmt: OutputFormat, parts: Iterator[list[dict[str, Any]]], shape: RecordShape) -> int:
-    """Parquet or CSV; the columns follow the first part's steps (one job, one template
-    version, so every record has the same steps)."""
+def _append_text(
+    path: Path, fmt: OutputFormat, parts: Iterator[list[dict[str, Any]]], shape: RecordShape, header: bool
+) -> int:
+    """JSONL lines or CSV rows appended to `path`; CSV's header first when `header`. CSV's
+    columns follow the first part's steps (one job, one template version: every record
+    has the same steps)."""
     rows = 0
-    writer: pq.ParquetWriter | pa_csv.CSVWriter | None = None
     schema: pa.Schema | None = None
-    buffered: list[pa.Table] = []
-    try:
+    with open(path, "ab") as out:
         for records in parts:
+            rows += len(records)
+            if fmt is OutputFormat.JSONL:
+                out.write("".join(json_text(record) + "\n" for record in records).encode())
+                continue
             if not records:
                 continue
             if schema is None:
                 schema = _schema(list(records[0]["steps"]), shape, fmt)
-                writer = (
-                    pq.ParquetWriter(str(path), schema, compression="zstd")
-                    if fmt is OutputFormat.PARQUET
-                    else pa_csv.CSVWriter(str(path), _flatten(schema.empty_table()).schema)
-                )
-            table = _table(records, schema, fmt)
-            rows += table.num_rows
-            if isinstance(writer, pq.ParquetWriter):
-                buffered.append(table)
-                if sum(part.num_rows for part in buffered) >= ROW_GROUP_ROWS:
-                    writer.write_table(pa.concat_tables(buffered), row_group_size=ROW_GROUP_ROWS)
-                    buffered = []
-            elif writer is not None:
-                writer.write_table(_flatten(table))
-        if isinstance(writer, pq.ParquetWriter) and buffered:
+                if header:
+                    pa_csv.write_csv(_flatten(schema.empty_table()), out)
+            rows_only = pa_csv.WriteOptions(include_header=False)
+            pa_csv.write_csv(_flatten(_table(records, schema, fmt)), out, write_options=rows_only)
+    return rows
+
+
+def _write_parquet(path: Path, parts: Iterator[list[dict[str, Any]]], shape: RecordShape, base: Path | None) -> int:
+    """The base file's row groups, then the parts' records in row groups of ROW_GROUP_ROWS.
+    Returns the records written from the parts."""
+    earlier = pq.ParquetFile(base) if base is not None else None
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    schema: pa.Schema | None = earlier.schema_arrow if earlier is not None else None
+    buffered: list[pa.Table] = []
+    try:
+        if earlier is not None and schema is not None:
+            writer = pq.ParquetWriter(str(path), schema, compression="zstd")
+            for group in range(earlier.num_row_groups):
+                writer.write_table(earlier.read_row_group(group))
+        for records in parts:
+            if not records:
+                continue
+            if schema is None:
+                schema = _schema(list(records[0]["steps"]), shape, OutputFormat.PARQUET)
+            if writer is None:
+                writer = pq.ParquetWriter(str(path), schema, compression="zstd")
+            buffered.append(_table(records, schema, OutputFormat.PARQUET))
+            rows += len(records)
+            if sum(table.num_rows for table in buffered) >= ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(buffered), row_group_size=ROW_GROUP_ROWS)
+                buffered = []
+        if writer is not None and buffered:
             writer.write_table(pa.concat_tables(buffered), row_group_size=ROW_GROUP_ROWS)
     finally:
         if writer is not None:
             writer.close()
-    if writer is None:  # no records: an empty file, still a valid one of its format
+        if earlier is not None:
+            earlier.close()
+    if writer is None:  # no records at all: an empty file (downloads never ask for one)
         path.write_bytes(b"")
     return rows
 

@@ -8,6 +8,7 @@ downloads a finished job's file through the jobs Lambda."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from palette.composition import LocalPalette
 from palette.eventstore.port import NewEvent
 from services.generator.records import GeneratedRecord, part_key, write_part
 from services.jobs.domain import JobState, JobStatus
-from services.jobs.downloads import JobDownloads
+from services.jobs.downloads import Download, JobDownloads
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import (
     client,
@@ -232,6 +233,19 @@ def made_record(job_id: str, index: int) -> GeneratedRecord:
     }
 
 
+def record_indices(fmt: OutputFormat, snapshot: Download, blobs: S3BlobStore) -> list[int]:
+    """The record indices of a snapshot's file, fetched by its presigned URL (its sha256 checked)."""
+    (file,) = snapshot.files
+    content = fetch(blobs.download_url(file.blob_key))
+    assert hashlib.sha256(content).hexdigest() == file.sha256
+    if fmt is OutputFormat.JSONL:
+        return [row["record_index"] for row in jsonl_rows(content)]
+    if fmt is OutputFormat.PARQUET:
+        indices: list[int] = pq.read_table(io.BytesIO(content)).column("record_index").to_pylist()
+        return indices
+    return [int(row["record_index"]) for row in csv.DictReader(io.StringIO(content.decode()))]
+
+
 def test_on_s3_a_snapshot_holds_only_recorded_batches_is_reused_and_downloads_by_presigned_url(
     tmp_path: Path, s3_blobs: S3BlobStore
 ) -> None:
@@ -242,7 +256,7 @@ def test_on_s3_a_snapshot_holds_only_recorded_batches_is_reused_and_downloads_by
         exists=True,
         owner=owner,
         status=JobStatus.RUNNING,
-        options=JobOptions(num_records=40, budget_limit=Decimal(1), output_formats=[OutputFormat.CSV]),
+        options=JobOptions(num_records=60, budget_limit=Decimal(1), output_formats=list(OutputFormat)),
     )
     downloads = JobDownloads(events, s3_blobs)
 
@@ -282,11 +296,18 @@ def test_on_s3_a_snapshot_holds_only_recorded_batches_is_reused_and_downloads_by
     assert downloads.download(state, OutputFormat.CSV, partial=True) == snapshot
     assert {info.key for info in s3_blobs.list(prefix)} == stored  # reused, nothing new written
 
+    for fmt in (OutputFormat.JSONL, OutputFormat.PARQUET):
+        assert record_indices(fmt, downloads.download(state, fmt, partial=True), s3_blobs) == list(range(20))
+
+    # two more batches: each snapshot is the one before plus their parts, whole and in order
     write_batch(2, record=True)
     write_batch(3, record=True)
-    newest = downloads.download(state, OutputFormat.CSV, partial=True)
-    assert (newest.records, newest.batches) == (40, 4)
+    for fmt in OutputFormat:
+        newest = downloads.download(state, fmt, partial=True)
+        assert (newest.records, newest.batches) == (40, 4)
+        assert record_indices(fmt, newest, s3_blobs) == list(range(40)), fmt
     assert s3_blobs.exists(file.blob_key)  # the one before the newest stays
     write_batch(4, record=True)
+    s3_blobs.delete(part_key(owner, job_id, 0))  # built on the last snapshot, it never reads part 0 again
     assert downloads.download(state, OutputFormat.CSV, partial=True).records == 50
     assert not s3_blobs.exists(file.blob_key)  # older ones go
