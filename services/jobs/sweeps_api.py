@@ -21,8 +21,9 @@ from contracts.events.jobs import NO_SEED
 from contracts.seed_refs import parse_seed_reference
 from palette.api.app import caller, logger
 from palette.api.errors import NotFound, ValidationFailed, openapi_responses
+from palette.api.idempotency_keys import IDEMPOTENCY_RESPONSES, IdempotencyKey, IdempotentCreate
 from palette.projections.documents import DocumentReader, InvalidPageToken
-from services.jobs.api import _api_errors  # the jobs routes' mapping of job errors, shared
+from services.jobs.api import _api_errors, _check_parameters_size  # the jobs routes' checks, shared
 from services.jobs.api_models import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, FailureBody
 from services.jobs.domain import JobInput, JobStatus
 from services.jobs.projections import DASHBOARDS, empty_dashboard
@@ -77,10 +78,11 @@ def create_sweeps_router(
         status_code=201,
         tags=["sweeps"],
         summary="Start a sweep: one job config along one or two axes, each member an ordinary job",
-        responses=_responses(201, 404, 409),
+        responses={**_responses(201, 404, 409), **IDEMPOTENCY_RESPONSES},
     )
-    def create_sweep(request: SweepRequest) -> SweepBody:
+    def create_sweep(request: SweepRequest, idempotency_key: IdempotencyKey = None) -> SweepBody:
         job = request.job
+        _check_parameters_size(job.model_parameters)
         seed = parse_seed_reference(job.seed_id) if job.seed_id is not None else None
         base = JobInput(
             template_id=job.template_id,
@@ -94,7 +96,13 @@ def create_sweeps_router(
             axes["seed_id"] = [parse_seed_reference(value).seed_id for value in axes["seed_id"]]
         with _api_errors(), _sweep_errors():
             loaded = sweeps.request_sweep(
-                caller(router), base, axes, request.budget_limit, request.name, correlation_id()
+                caller(router),
+                base,
+                axes,
+                request.budget_limit,
+                request.name,
+                correlation_id(),
+                idempotent=IdempotentCreate.of(router, "sweep", idempotency_key),
             )
         logger.info("sweep requested", extra={"sweep_id": loaded.state.sweep_id})
         return body_of(loaded)

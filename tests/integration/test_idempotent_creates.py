@@ -22,7 +22,7 @@ import pytest
 from contracts.streams import job_stream, seed_stream, template_stream
 from tests.e2e.serving import UNLIMITED
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.integration import templates_facade
+from tests.integration import templates_facade, test_sweeps_api
 from tests.integration.palette_http import client, running_palette, template_and_seed
 from tests.integration.test_jobs_api import Facade, add_seed, add_template, aws_facade, local_facade
 from tests.waiting import wait_for
@@ -150,6 +150,28 @@ def test_a_retried_template_create_answers_the_first_template(api: templates_fac
     assert (reused.status, reused.error["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
     assert bobs.status == 201 and bobs.body["id"] != first.body["id"]
     assert len(api.events.read_stream(template_stream(first.body["id"]))) == 1
+
+
+# -- sweeps, on both runtimes ----------------------------------------------------------------
+
+
+@pytest.fixture(params=["local", "aws"])
+def sweeps(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
+    yield from (test_sweeps_api.local_facade(tmp_path) if request.param == "local" else aws_facade(monkeypatch))
+
+
+def test_a_retried_sweep_is_the_same_sweep_with_its_members_requested_once(sweeps: Facade) -> None:
+    body = {"job": _job_body(sweeps), "axes": {"num_records": [10, 20]}}
+    first = sweeps.call("POST", "/sweeps", "alice", body, headers=_keyed())
+    again = sweeps.call("POST", "/sweeps", "alice", body, headers=_keyed())
+    reused = sweeps.call("POST", "/sweeps", "alice", {**body, "name": "other"}, headers=_keyed())
+
+    assert (first.status, again.status) == (201, 201), again.body
+    assert again.body["sweep_id"] == first.body["sweep_id"]
+    assert [m["job_id"] for m in again.body["members"]] == [m["job_id"] for m in first.body["members"]]
+    assert (reused.status, reused.error["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
+    requested = [e.stream_id for e in sweeps.events.read_all(0, 1000) if e.detail_type == "JobRequested"]
+    assert sorted(requested) == sorted(job_stream(m["job_id"]) for m in first.body["members"])
 
 
 # -- over real HTTP ---------------------------------------------------------------------------
