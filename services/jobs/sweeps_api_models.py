@@ -22,7 +22,16 @@ SweepBudget = Annotated[
     BeforeValidator(plain_decimal),
     Field(gt=0, le=MAX_BUDGET * MAX_MEMBERS, decimal_places=6, allow_inf_nan=False),
 ]
-Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+
+
+def _not_a_bool(value: Any) -> Any:
+    """JSON true is not a temperature (pydantic would read it as 1.0)."""
+    if isinstance(value, bool):
+        raise ValueError("a temperature is a number, not true or false")
+    return value
+
+
+Temperature = Annotated[float, BeforeValidator(_not_a_bool), Field(ge=0, le=2, allow_inf_nan=False)]
 
 
 class SweepAxes(BaseModel):

@@ -8,21 +8,27 @@ its facts, as in test_jobs_api.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from contracts.events.sweeps import SweepRequested
 from contracts.streams import sweep_stream
 from palette.adapters import local_adapters
 from palette.api.app import build_app
 from palette.api.auth import LocalTokens
+from palette.audit.replay_diff import diff_documents
 from palette.bus.local import LocalBus
+from palette.cli import app
 from palette.projections.documents import DocumentProjection
+from palette.projections.documents_sqlite import documents_table
 from services.jobs import wiring
+from services.jobs.sweeps_projections import SweepList
 from tests.fakes.lambda_events import fake_context
 from tests.integration.test_jobs_api import (
     SECRET,
@@ -199,6 +205,8 @@ def test_a_sweep_that_cannot_run_answers_4xx_and_records_nothing(local: Facade) 
         ({"job": job, "axes": {"colour": ["red"]}}, 400, "colour"),
         ({"job": job, "axes": {"temperature": [0.5, 9]}}, 400, "temperature"),
         ({"job": job, "axes": {"num_records": [5, 5]}}, 400, "axes.num_records"),
+        ({"job": job, "axes": {"temperature": [True]}}, 400, "not true or false"),
+        ({"job": {**job, "model_parameters": {"x": "y" * 20_000}}, "axes": {"num_records": [5]}}, 400, "model_param"),
         ({"job": {**job, "num_records": 0}, "axes": {"num_records": [5]}}, 400, "num_records"),
         ({"job": job, "axes": {"model": ["bedrock/no-such-model"]}}, 400, "members[0].models"),
         ({"job": job, "axes": {"model": [LLAMA_8B, LLAMA_70B]}, "budget_limit": "0.000001"}, 400, "budget_limit"),
@@ -239,3 +247,21 @@ def test_the_openapi_document_covers_the_sweep_routes(local: Facade) -> None:
     assert set(paths["/sweeps/{sweep_id}"]) == {"get"}
     assert set(paths["/sweeps/{sweep_id}/cancel"]) == {"post"}
     assert "404" in paths["/sweeps/{sweep_id}"]["get"]["responses"]
+
+
+def test_palette_replay_rebuilds_the_sweep_list_as_it_was_built(local: Facade, tmp_path: Path) -> None:
+    api = local
+    kept = api.call("POST", "/sweeps", body={"job": job_config(api), "axes": {"num_records": [5, 6]}}).body
+    cancelled = api.call("POST", "/sweeps", body={"job": job_config(api), "axes": {"temperature": [0.1]}}).body
+    assert api.call("POST", f"/sweeps/{cancelled['sweep_id']}/cancel").status == 200
+    listed = api.call("GET", "/sweeps").body["items"]  # the live view, caught up
+    assert [(s["sweep_id"], s["cancelled"]) for s in listed] == [
+        (cancelled["sweep_id"], True),
+        (kept["sweep_id"], False),
+    ]
+
+    result = CliRunner().invoke(app, ["replay", "--into", str(tmp_path / "views"), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert diff_documents(tmp_path / "projections.db", tmp_path / "views" / "projections.db", [SweepList()]) == []
+    rebuilt = sqlite3.connect(tmp_path / "views" / "projections.db")
+    assert rebuilt.execute(f"SELECT count(*) FROM {documents_table(SweepList.name)}").fetchone() == (2,)
