@@ -312,7 +312,7 @@ def test_the_billing_lambda_on_moto_groups_by_template(monkeypatch: pytest.Monke
             jobs["job-b1"] = ("bob", "tpl-a")
             for number, (job_id, (owner, template_id)) in enumerate(jobs.items()):
                 events.append(job_stream(job_id), [NewEvent(_job(job_id, owner, template_id), actor=owner)], 0)
-                batches = [_batch(job_id, n, 1000 + 337 * number + n) for n in range(2)]
+                batches = [_batch(job_id, 0, 1000 + 337 * number)]
                 events.append(generation_stream(job_id), [NewEvent(b, actor="worker") for b in batches], 0)
             facts = [bus_event(stored) for stored in events.read_all(0, 1000)]
             charged = lambda_handler.consume(
