@@ -1,6 +1,7 @@
 """The notifications Lambdas on moto: the /webhooks API under the JWT authorizer, the
-delivery consumer fed from a real (moto) SQS queue, the scheduled retry Lambda, and the
-delivery log projection. Host names resolve through an injected resolver and requests go
+delivery consumer fed by the stack's own EventBridge rule and SQS queue (the shared and
+notifications stacks provisioned from infra/, events published by the bus adapter), the
+scheduled retry Lambda, and the delivery log projection. Host names resolve through an injected resolver and requests go
 to an httpx transport in the test, which sees what the Lambda would send over TLS: the
 checked address, the Host header, the TLS server name and the signature."""
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -23,9 +23,10 @@ from contracts.envelope import StoredEvent, bus_event
 from contracts.events.jobs import JobCompleted, JobRequested, OutputFormat
 from contracts.events.notifications import WebhookDeliveryAttempted
 from contracts.streams import job_stream
-from palette.eventstore.dynamodb import create_table
+from palette.bus.eventbridge import EventBridgePublisher
 from palette.eventstore.port import EventStore, NewEvent
 from palette.wiring import ServiceParts
+from scripts.provision_moto import provision
 from services.notifications import lambda_handler, wiring
 from tests.fakes.lambda_events import fake_context, sqs_batch
 from tests.integration.templates_facade import Facade
@@ -46,10 +47,11 @@ class Receiver:
 
 
 class Moto:
-    """The AWS resources a notifications Lambda reads and writes, and its delivery queue."""
+    """The AWS resources a notifications Lambda reads and writes, its bus and delivery queue."""
 
-    def __init__(self, events: EventStore, queue_url: str) -> None:
+    def __init__(self, events: EventStore, bus: EventBridgePublisher, queue_url: str) -> None:
         self.events = events
+        self.bus = bus
         self.queue_url = queue_url
         self.sqs = boto3.client("sqs")
         self.seen = 0
@@ -61,9 +63,8 @@ class Moto:
         return fresh
 
     def publish_and_consume(self, stored: list[StoredEvent]) -> dict[str, Any]:
-        """The bus's rule -> SQS -> the `consume` Lambda, through a real queue."""
-        for event in stored:
-            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(bus_event(event)))
+        """Published on the bus; the stack's rule -> its queue -> the `consume` Lambda."""
+        assert self.bus.publish(stored).ok
         bodies = []
         while received := self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10).get("Messages"):
             for message in received:
@@ -87,24 +88,11 @@ def receiver() -> Receiver:
 @pytest.fixture
 def moto(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> Iterator[Moto]:
     with mock_aws():
-        monkeypatch.setenv("PALETTE_EVENT_TABLE", "palette-events")
-        monkeypatch.setenv("PALETTE_BUCKET", "palette-data")
-        monkeypatch.setenv("PALETTE_TRACKING_TABLE", "palette-projection-tracking")
-        monkeypatch.setenv("PALETTE_PROJECTION_PREFIX", "palette-projection-")
+        provisioned = provision(None, stacks=("notifications",))
+        stack = provisioned.stacks["notifications"]
+        for name, value in stack.environment.items():
+            monkeypatch.setenv(name, value)
         monkeypatch.setenv("POWERTOOLS_LOG_LEVEL", "WARNING")
-        dynamodb = boto3.client("dynamodb")
-        create_table(dynamodb, "palette-events")
-        dynamodb.create_table(
-            TableName="palette-projection-tracking",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
-        boto3.client("s3").create_bucket(Bucket="palette-data")
-        queue_url = boto3.client("sqs").create_queue(QueueName="palette-notifications-delivery")["QueueUrl"]
         _forget_containers()
 
         def resolve(host: str, port: int) -> list[str]:
@@ -120,7 +108,9 @@ def moto(monkeypatch: pytest.MonkeyPatch, receiver: Receiver) -> Iterator[Moto]:
             )
 
         monkeypatch.setattr(lambda_handler, "parts", parts)
-        yield Moto(lambda_handler.adapters().events, queue_url)
+        bus_name = provisioned.exports["palette-dev-EventBusName"]
+        bus = EventBridgePublisher(boto3.client("events"), bus_name, lambda_handler.adapters().blobs)
+        yield Moto(lambda_handler.adapters().events, bus, stack.queue_url("DeliveryQueue"))
         _forget_containers()
 
 
