@@ -10,6 +10,11 @@ DELETE yet.
 Another user's private template answers 404, exactly like a missing one, for reads and
 writes alike, so ids do not reveal what exists. Visibility follows the latest version: a
 template made private hides its earlier public versions from other users too.
+
+A template's versions (GET .../versions) and fork count come from projections, caught up
+like the listing; its diff, export and fork read its stream. POST /templates/import takes
+a YAML body (`yaml_documents.MEDIA_TYPES`), which the facade passes through because the
+route documents that media type itself.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Annotated, Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
+from pydantic import ValidationError
 
 from palette.api.app import caller, logger
 from palette.api.errors import (
@@ -31,17 +37,23 @@ from palette.api.errors import (
     ValidationFailed,
     openapi_responses,
 )
+from palette.api.idempotency_keys import IDEMPOTENCY_RESPONSES, IdempotencyKey, IdempotentCreate
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
 from palette.projections.documents import DocumentReader, InvalidPageToken
 from services.templates.api_models import (
     EnhanceReply,
     EnhanceRequest,
+    ForkRequest,
     TemplateBody,
     TemplateDefinition,
     TemplateList,
+    TemplateOrigin,
     TemplateRevision,
     TemplateSummary,
+    TemplateVersionEntry,
+    TemplateVersionList,
 )
+from services.templates.diff import TemplateDiff, diff_versions
 from services.templates.domain import (
     ContentRejected,
     InvalidTemplate,
@@ -57,7 +69,8 @@ from services.templates.enhancement import (
     UnreadablePrompt,
 )
 from services.templates.handlers import LoadedTemplate, TemplateHandlers
-from services.templates.projections import TemplateCatalogView
+from services.templates.projections import TemplateCatalogView, TemplateHistoryView
+from services.templates.yaml_documents import MEDIA_TYPES, UnreadableDocument, export_document, read_document
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
@@ -102,9 +115,11 @@ def _responses(success: int, *errors: int) -> dict[int, Any]:
 def create_router(
     handlers: TemplateHandlers,
     catalog: DocumentReader,
+    history: TemplateHistoryView,
     catch_up: Callable[[], None] | None = None,
 ) -> Router:
-    """The /templates routes over `handlers` (writes, single reads) and the catalog projection."""
+    """The /templates routes over `handlers` (writes, single reads), the catalog projection
+    and the version history and forks (`history`)."""
     router = Router()
     listing = TemplateCatalogView(catalog)
 
@@ -119,10 +134,10 @@ def create_router(
         "/templates",
         status_code=201,
         tags=["templates"],
-        summary="Create a template",
-        responses=_responses(201, 413),
+        summary="Create a template; a retry with the same Idempotency-Key creates none",
+        responses={**_responses(201, 413), **IDEMPOTENCY_RESPONSES},
     )
-    def create_template(definition: TemplateDefinition) -> TemplateBody:
+    def create_template(definition: TemplateDefinition, idempotency_key: IdempotencyKey = None) -> TemplateBody:
         with _api_errors():
             loaded = handlers.create(
                 owner=caller(router),
@@ -131,9 +146,10 @@ def create_router(
                 description=definition.description,
                 is_public=definition.is_public,
                 correlation_id=correlation_id(),
+                idempotent=IdempotentCreate.of(router, "template", idempotency_key),
             )
         logger.info("template created", extra={"template_id": loaded.state.template_id})
-        return _body(loaded, loaded.state.version)
+        return _body(loaded, loaded.state.version, fork_count=0)
 
     @router.post(
         "/templates/enhance",
@@ -209,14 +225,20 @@ def create_router(
         template_id: str,
         version: Annotated[int | None, Query(ge=1, description="default: the latest")] = None,
     ) -> TemplateBody:
+        loaded = visible(template_id)
+        shown = _version_in(loaded, version)
+        fork_count = None
+        if loaded.state.owner == caller(router):
+            refresh()
+            fork_count = history.fork_count(template_id)
+        return _body(loaded, shown, fork_count)
+
+    def visible(template_id: str) -> LoadedTemplate:
+        """The template, if the caller may see it; else 404, as for one that does not exist."""
         loaded = handlers.read(template_id)
-        state = loaded.state
-        if not state.is_live or (state.owner != caller(router) and not state.is_public):
+        if not loaded.state.visible_to(caller(router)):
             raise TemplateNotFoundError(_not_found(template_id))
-        shown = state.version if version is None else version
-        if shown not in state.versions:
-            raise TemplateNotFoundError(f"template {template_id!r} has no version {shown}")
-        return _body(loaded, shown)
+        return loaded
 
     @router.put(
         "/templates/<template_id>",
@@ -234,12 +256,14 @@ def create_router(
                 description=revision.description,
                 is_public=revision.is_public,
                 correlation_id=correlation_id(),
+                note=revision.note,
             )
         logger.info(
             "template version published",
             extra={"template_id": template_id, "version": loaded.state.version},
         )
-        return _body(loaded, loaded.state.version)
+        refresh()
+        return _body(loaded, loaded.state.version, history.fork_count(template_id))
 
     @router.delete(
         "/templates/<template_id>",
@@ -255,12 +279,134 @@ def create_router(
         logger.info("template deleted", extra={"template_id": template_id})
         return Response(status_code=204)
 
+    @router.get(
+        "/templates/<template_id>/versions",
+        tags=["templates"],
+        summary="Every version of a template: when, by whom, its change note, the jobs that used it",
+        responses=_responses(200, 404),
+    )
+    def list_versions(template_id: str) -> TemplateVersionList:
+        loaded = visible(template_id)
+        refresh()
+        entries = history.versions(template_id, caller(router))
+        return TemplateVersionList(
+            template_id=template_id,
+            latest_version=loaded.state.version,
+            items=[TemplateVersionEntry.model_validate(entry) for entry in entries],
+        )
+
+    @router.get(
+        "/templates/<template_id>/diff",
+        tags=["templates"],
+        summary="What changed between two versions, step by step",
+        responses=_responses(200, 404),
+    )
+    def diff_template(
+        template_id: str,
+        from_version: Annotated[int, Query(alias="from", ge=1, description="the earlier version")],
+        to_version: Annotated[int | None, Query(alias="to", ge=1, description="default: the latest")] = None,
+    ) -> TemplateDiff:
+        loaded = visible(template_id)
+        before, after = _version_in(loaded, from_version), _version_in(loaded, to_version)
+        versions = loaded.state.versions
+        return diff_versions(template_id, versions[before], versions[after])
+
+    @router.get(
+        "/templates/<template_id>/export",
+        tags=["templates"],
+        summary="A version as a YAML document (prompts as block scalars) that POST /templates/import takes",
+        responses={
+            **_responses(200, 404),
+            200: {"description": "the YAML document", "content": {MEDIA_TYPES[0]: {"schema": {"type": "string"}}}},
+        },
+    )
+    def export_template(
+        template_id: str,
+        version: Annotated[int | None, Query(ge=1, description="default: the latest")] = None,
+    ) -> Response[str]:
+        loaded = visible(template_id)
+        shown = loaded.state.versions[_version_in(loaded, version)]
+        return Response(200, f"{MEDIA_TYPES[0]}; charset=utf-8", export_document(template_id, shown))
+
+    @router.post(
+        "/templates/import",
+        status_code=201,
+        tags=["templates"],
+        summary="Create a template from a YAML document (as GET .../export writes), validated as POST /templates",
+        responses={**_responses(201, 413), **IDEMPOTENCY_RESPONSES},
+        openapi_extensions={
+            "requestBody": {
+                "required": True,
+                "content": {media: {"schema": {"type": "string"}} for media in MEDIA_TYPES},
+            }
+        },
+    )
+    def import_template(idempotency_key: IdempotencyKey = None) -> TemplateBody:
+        try:
+            document = read_document(router.current_event.decoded_body or "")
+            definition = TemplateDefinition.model_validate(document)
+        except UnreadableDocument as unreadable:
+            where = unreadable.where
+            raise ValidationFailed(
+                f"the document is not a template: {unreadable}",
+                {"errors": [{"field": "body", "type": "yaml_invalid", "message": str(unreadable), "where": where}]},
+            ) from None
+        except ValidationError as invalid:
+            problems = [
+                {"field": ".".join(str(part) for part in error["loc"]), "type": error["type"], "message": error["msg"]}
+                for error in invalid.errors()
+            ]
+            fields = ", ".join(problem["field"] or "document" for problem in problems)
+            raise ValidationFailed(f"invalid {fields}", {"errors": problems}) from None
+        with _api_errors():
+            loaded = handlers.create(
+                owner=caller(router),
+                name=definition.name,
+                steps=definition.steps,
+                description=definition.description,
+                is_public=definition.is_public,
+                correlation_id=correlation_id(),
+                idempotent=IdempotentCreate.of(router, "template", idempotency_key),
+            )
+        logger.info("template imported", extra={"template_id": loaded.state.template_id})
+        return _body(loaded, loaded.state.version, fork_count=0)
+
+    @router.post(
+        "/templates/<template_id>/fork",
+        status_code=201,
+        tags=["templates"],
+        summary="Copy a version of a public (or own) template into the caller's private templates",
+        responses={**_responses(201, 404, 409, 413), **IDEMPOTENCY_RESPONSES},
+    )
+    def fork_template(template_id: str, request: ForkRequest, idempotency_key: IdempotencyKey = None) -> TemplateBody:
+        with _api_errors():
+            loaded = handlers.fork(
+                template_id,
+                owner=caller(router),
+                version=request.version,
+                name=request.name,
+                correlation_id=correlation_id(),
+                idempotent=IdempotentCreate.of(router, "template", idempotency_key),
+            )
+        logger.info("template forked", extra={"template_id": loaded.state.template_id, "origin": template_id})
+        return _body(loaded, loaded.state.version, fork_count=0)
+
     return router
 
 
-def _body(loaded: LoadedTemplate, version: int) -> TemplateBody:
+def _version_in(loaded: LoadedTemplate, version: int | None) -> int:
+    """`version` (default: the latest) if the template has it; else 404."""
+    shown = loaded.state.version if version is None else version
+    if shown not in loaded.state.versions:
+        raise TemplateNotFoundError(f"template {loaded.state.template_id!r} has no version {shown}")
+    return shown
+
+
+def _body(loaded: LoadedTemplate, version: int, fork_count: int | None = None) -> TemplateBody:
+    """One version in full; `fork_count` only for the owner."""
     state = loaded.state
     shown = state.versions[version]
+    origin = state.forked_from
     return TemplateBody(
         id=state.template_id,
         owner=state.owner,
@@ -273,6 +419,10 @@ def _body(loaded: LoadedTemplate, version: int) -> TemplateBody:
         required_fields=list(shown.required_fields),
         created_at=loaded.created_at,
         published_at=loaded.recorded_at.get(version, ""),
+        forked_from=TemplateOrigin(template_id=origin.template_id, version=origin.version, owner=origin.owner)
+        if origin is not None
+        else None,
+        fork_count=fork_count,
     )
 
 

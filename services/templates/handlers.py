@@ -26,12 +26,14 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import reduce
 
 from contracts.envelope import StoredEvent
 from contracts.events.base import DomainEvent
 from contracts.events.templates import PromptEnhanced, TemplateStep
 from contracts.model_aliases import canonical_model
 from contracts.streams import enhancement_stream, template_guard_stream, template_stream
+from palette.api.idempotency_keys import IdempotentCreate
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository
 from services.templates.domain import (
@@ -40,12 +42,14 @@ from services.templates.domain import (
     ContentScreen,
     CreateTemplate,
     DeleteTemplate,
+    ForkTemplate,
     PublishTemplateVersion,
     TemplateCommand,
     TemplateNotFound,
     TemplateState,
     decide,
     evolve,
+    fork_source,
 )
 from services.templates.enhancement import (
     Enhancement,
@@ -167,17 +171,19 @@ class TemplateHandlers:
         description: str = "",
         is_public: bool = False,
         correlation_id: str | None = None,
+        idempotent: IdempotentCreate | None = None,
     ) -> LoadedTemplate:
-        """Records version 1 of a new template under a fresh id; returns it as recorded."""
+        """Records version 1 of a new template under a fresh id, or with `idempotent` (the
+        request's Idempotency-Key) the id its key names; returns it as recorded."""
         command = CreateTemplate(
-            template_id=new_template_id(),
+            template_id=new_template_id() if idempotent is None else f"tpl_{idempotent.resource_uuid.hex}",
             owner=owner,
             name=name,
             steps=_canonical_models(steps),
             description=description,
             is_public=is_public,
         )
-        return self._execute(command, owner, correlation_id)
+        return self._execute(command, owner, correlation_id, idempotent=idempotent)
 
     def publish(
         self,
@@ -188,8 +194,10 @@ class TemplateHandlers:
         description: str | None = None,
         is_public: bool | None = None,
         correlation_id: str | None = None,
+        note: str = "",
     ) -> LoadedTemplate:
-        """Records the next immutable version; only the owner may."""
+        """Records the next immutable version, with the owner's one-line change `note`;
+        only the owner may."""
         command = PublishTemplateVersion(
             template_id=template_id,
             actor=actor,
@@ -197,8 +205,37 @@ class TemplateHandlers:
             name=name,
             description=description,
             is_public=is_public,
+            note=note,
         )
         return self._execute(command, actor, correlation_id)
+
+    def fork(
+        self,
+        template_id: str,
+        owner: str,
+        version: int | None = None,
+        name: str | None = None,
+        correlation_id: str | None = None,
+        idempotent: IdempotentCreate | None = None,
+    ) -> LoadedTemplate:
+        """Copies a version (default: the latest) of a template `owner` may see into a new
+        private template of theirs; raises TemplateNotFound for one they may not see. A
+        keyed fork (`idempotent`) retried answers the copy as first made, whatever became
+        of the original."""
+        fork_id = new_template_id() if idempotent is None else f"tpl_{idempotent.resource_uuid.hex}"
+        if idempotent is not None and (created := self._created(fork_id, idempotent)) is not None:
+            return created
+        origin = self.read(template_id).state
+        if not origin.exists:
+            raise TemplateNotFound(template_id)
+        command = ForkTemplate(
+            template_id=fork_id,
+            owner=owner,
+            origin=origin,
+            origin_version=fork_source(origin, owner, version),
+            name=name,
+        )
+        return self._execute(command, owner, correlation_id, idempotent=idempotent)
 
     def delete(self, template_id: str, actor: str, correlation_id: str | None = None) -> None:
         """Deletes a template no job uses; the owner only. Its versions stay in the log."""
@@ -215,21 +252,30 @@ class TemplateHandlers:
         actor: str,
         correlation_id: str | None,
         with_usage: bool = False,
+        idempotent: IdempotentCreate | None = None,
     ) -> LoadedTemplate:
-        if not isinstance(command, CreateTemplate) and not is_template_id(command.template_id):
+        """Decides `command` on the template's stream and appends. A keyed create
+        (`idempotent`) answers a retry, or a concurrent duplicate that won, with the template
+        as that create recorded it."""
+        if idempotent is not None and (created := self._created(command.template_id, idempotent)) is not None:
+            return created
+        if not isinstance(command, CreateTemplate | ForkTemplate) and not is_template_id(command.template_id):
             raise TemplateNotFound(command.template_id)
 
-        def decide_on(loaded: LoadedTemplate) -> list[DomainEvent]:
+        def decide_on(loaded: LoadedTemplate) -> Sequence[DomainEvent | NewEvent]:
             state = loaded.state
+            if idempotent is not None and state.exists:  # a concurrent duplicate won
+                return []
             if with_usage and state.is_live:
                 state = replace(state, jobs_using=self._usage.jobs_using(command.template_id, actor))
             try:
-                return decide(command, state, self._screen)
+                decided = decide(command, state, self._screen)
             except ContentRejected as rejected:
                 self._record_refusal(rejected, actor, correlation_id)
                 raise
+            return decided if idempotent is None else idempotent.recorded(decided, correlation_id)
 
-        return self._streams.execute(
+        executed = self._streams.execute(
             template_stream(command.template_id),
             decide_on,
             _evolve_loaded,
@@ -237,6 +283,16 @@ class TemplateHandlers:
             actor=actor,
             correlation_id=correlation_id,
         ).state
+        if idempotent is None:
+            return executed
+        created = self._created(command.template_id, idempotent)
+        assert created is not None, "a keyed create is recorded or refused"
+        return created
+
+    def _created(self, template_id: str, idempotent: IdempotentCreate) -> LoadedTemplate | None:
+        """The keyed template as its create recorded it, or None when the key created none yet."""
+        created = idempotent.recorded_create(self._events, template_stream(template_id))
+        return None if created is None else reduce(_evolve_loaded, created, LoadedTemplate(TemplateState()))
 
     def _record_refusal(self, rejected: ContentRejected, actor: str, correlation_id: str | None) -> None:
         self._streams.append_at_end(

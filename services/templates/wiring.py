@@ -14,12 +14,20 @@ from services.templates.api import create_router
 from services.templates.domain import ALLOW_ALL, ContentScreen
 from services.templates.enhancement import PromptEnhancer
 from services.templates.handlers import TemplateHandlers
-from services.templates.projections import TemplateCatalog, TemplateUsage, TemplateUsageView
+from services.templates.projections import (
+    TemplateCatalog,
+    TemplateForks,
+    TemplateHistoryView,
+    TemplateUsage,
+    TemplateUsageView,
+    TemplateVersionHistory,
+)
 
 
 def projections() -> list[DocumentProjection]:
-    """The views templates keeps: the catalog, then which jobs use which template."""
-    return [TemplateCatalog(), TemplateUsage()]
+    """The views templates keeps: the catalog, which jobs use which template, each
+    template's version history, and its forks."""
+    return [TemplateCatalog(), TemplateUsage(), TemplateVersionHistory(), TemplateForks()]
 
 
 def build(
@@ -32,8 +40,9 @@ def build(
     `enhancer` (None: POST /templates/enhance answers 502); the /templates routes list the
     catalog view, and reads before a delete ask the usage view."""
     views = projections()
-    catalog, usage = views
+    catalog, usage, versions, forks = views
     usage_view = TemplateUsageView(adapters.document_reader(usage))
+    history = TemplateHistoryView(adapters.document_reader(versions), adapters.document_reader(forks), usage_view)
     handlers = TemplateHandlers(adapters.events, usage_view, screen=screen, enhancer=enhancer)
-    router = create_router(handlers, adapters.document_reader(catalog), catch_up=catch_up(views))
+    router = create_router(handlers, adapters.document_reader(catalog), history, catch_up=catch_up(views))
     return ServiceParts(handlers, [router], views)

@@ -29,7 +29,14 @@ from palette.eventstore.port import EventStore, NewEvent
 from services.templates import lambda_handler
 from services.templates.api import create_router
 from services.templates.handlers import TemplateHandlers
-from services.templates.projections import TemplateCatalog, TemplateUsage, TemplateUsageView
+from services.templates.projections import (
+    TemplateCatalog,
+    TemplateForks,
+    TemplateHistoryView,
+    TemplateUsage,
+    TemplateUsageView,
+    TemplateVersionHistory,
+)
 from tests.fakes.lambda_events import fake_context, sqs_batch
 
 SECRET = b"integration-test-secret-of-32-bytes!"
@@ -118,15 +125,17 @@ def step(step_id: str, prompt: str, model: str = "local/gemma-3-270m") -> dict[s
 
 def local_facade(data_dir: Path) -> Iterator[Facade]:
     adapters = local_adapters(data_dir)
-    catalog, usage = TemplateCatalog(), TemplateUsage()
-    runners = [adapters.projection_runner(catalog), adapters.projection_runner(usage)]
-    handlers = TemplateHandlers(adapters.events, TemplateUsageView(adapters.document_reader(usage)))
+    catalog, usage, versions, forks = TemplateCatalog(), TemplateUsage(), TemplateVersionHistory(), TemplateForks()
+    runners = [adapters.projection_runner(view) for view in (catalog, usage, versions, forks)]
+    usage_view = TemplateUsageView(adapters.document_reader(usage))
+    handlers = TemplateHandlers(adapters.events, usage_view)
 
     def catch_up() -> None:
         for runner in runners:
             runner.run_once()
 
-    router = create_router(handlers, adapters.document_reader(catalog), catch_up=catch_up)
+    history = TemplateHistoryView(adapters.document_reader(versions), adapters.document_reader(forks), usage_view)
+    router = create_router(handlers, adapters.document_reader(catalog), history, catch_up=catch_up)
     tokens = LocalTokens(SECRET)
     app = build_app([router], tokens, local=False)
 
