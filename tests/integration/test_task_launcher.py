@@ -8,12 +8,17 @@ the task's one-job mode runs it (services/generator/task_launcher.py).
   and PALETTE_JOB_ID naming the job; a redelivery starts no second task; a RunTask that fails
   sends the record back to the queue.
 - `worker_main` in its one-job mode (PALETTE_JOB_ID) runs that job against the fake OpenAI
-  server to an exact dataset and exits 0; an unknown job exits 2.
+  server to an exact dataset and exits 0; an unknown job exits 2; on AWS a run stopped by
+  SIGTERM (or crashed) exits 75, so the launcher starts the task again.
+- A job task that stops before its job ended is started again (at most five tasks).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -25,9 +30,10 @@ from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingErro
 from moto import mock_aws
 
 from contracts.envelope import StoredEvent, eventbridge_entry
+from contracts.events.generator import BatchGenerated, GenerationReleased
 from contracts.events.jobs import JobRequested, OutputFormat, TaskSize
 from contracts.streams import job_stream
-from palette.adapters import Adapters
+from palette.adapters import Adapters, local_adapters
 from palette.bus.patterns import matches
 from palette.eventstore.port import NewEvent
 from palette.eventstore.sqlite import SQLiteEventStore
@@ -35,7 +41,8 @@ from services.generator import lambda_handler, worker_main
 from tests.e2e.aws_palette import LambdaContext
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.infra.sam_templates import load, resources
-from tests.integration.generation import QUESTION, assert_exact_dataset, request_job
+from tests.integration.generation import QUESTION, assert_exact_dataset, generation_events, request_job
+from tests.waiting import wait_for
 
 REGION = "us-east-1"
 CLUSTER = "palette-dev-generator"
@@ -320,3 +327,35 @@ def test_the_one_job_mode_runs_the_job_named_by_palette_job_id_and_exits(
 
     monkeypatch.setenv("PALETTE_JOB_ID", "job_unknown")
     assert worker_main.main(arguments) == 2
+
+
+def test_on_aws_a_one_job_run_stopped_before_its_job_ended_exits_75(
+    adapters: Adapters, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """75 tells the launcher to start the task again (SIGTERM here; a crash too). The AWS
+    adapters are this data directory's, so the run is real but local."""
+    job_id = request_job(adapters, 400, steps=(QUESTION,), task_size=TaskSize(vcpu=1, memory_mib=2048))
+    monkeypatch.setattr(worker_main, "aws_adapters", lambda settings: local_adapters(tmp_path / "data"))
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    monkeypatch.setenv("PALETTE_JOB_ID", job_id)
+    arguments = ["--aws", "--batch-size", "5", "--concurrency", "2", "--grace-seconds", "1"]
+
+    def terminate_after_a_batch() -> None:
+        wait_for(lambda: BatchGenerated in map(type, generation_events(adapters, job_id)), timeout=30)
+        os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler stops the run gracefully
+
+    with FakeOpenAIServer(latency_s=0.02) as slow:
+        monkeypatch.setenv("OPENAI_BASE_URL", slow.base_url)
+        terminator = threading.Thread(target=terminate_after_a_batch)
+        terminator.start()
+        try:
+            assert worker_main.main(arguments) == 75
+        finally:
+            terminator.join()
+    assert isinstance(generation_events(adapters, job_id)[-1], GenerationReleased)
+
+    def crashed(settings: object) -> Adapters:
+        raise RuntimeError("the event table is unreachable")
+
+    monkeypatch.setattr(worker_main, "aws_adapters", crashed)
+    assert worker_main.main(arguments) == 75
