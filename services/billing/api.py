@@ -25,6 +25,7 @@ from contracts.money import MoneyText
 from palette.api.app import caller
 from palette.api.errors import ValidationFailed
 from services.billing.cost_groups import (
+    DAY_PATTERN,
     CostGroup,
     GroupBy,
     InvalidCostQuery,
@@ -34,8 +35,6 @@ from services.billing.cost_groups import (
     total_of,
 )
 from services.billing.projections import Amounts, CostsView
-
-DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 
 class CategoryCosts(BaseModel):

@@ -32,7 +32,9 @@ UNATTRIBUTED = "unattributed"
 """The `model` group of what no model's tokens account for; model ids hold a `/`, so it never
 names a model."""
 
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+"""A UTC day as `from` and `to` take it (the OpenAPI document declares it too)."""
+_DAY = re.compile(DAY_PATTERN)
 _ZERO = Decimal(0)
 
 
