@@ -1,10 +1,11 @@
-"""The `Idempotency-Key` header of the create routes (POST /jobs, /templates,
-/seed-data/upload): a retry answers the first response and creates nothing; another body
-under the key is 422 IDEMPOTENCY_KEY_REUSED; keys are per user.
+"""The `Idempotency-Key` header of the create routes (POST /jobs, /templates, its import and
+fork, /seed-data/upload, /sweeps, /webhooks): a retry answers the first response and creates
+nothing; another body under the key is 422 IDEMPOTENCY_KEY_REUSED; keys are per user.
 
-Jobs and templates run on both runtimes (the embedded facade, and the Lambda handlers on
-moto); the dropped connection, the concurrent duplicates and the seed grant run over real
-HTTP against the embedded runtime (`palette_http.running_palette`).
+Jobs, templates and sweeps run on both runtimes where it matters (the embedded facade, and
+the Lambda handlers on moto); the dropped connection, the concurrent duplicates, the seed
+grant and the webhook run over real HTTP against one embedded runtime
+(`palette_http.running_palette`), each test as a user of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from contracts.streams import job_stream, seed_stream, template_stream
+from palette.composition import LocalPalette
 from tests.e2e.serving import UNLIMITED
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration import templates_facade, test_sweeps_api
@@ -41,7 +43,7 @@ def jobs(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mon
 
 @pytest.fixture
 def local_jobs(tmp_path: Path) -> Iterator[Facade]:
-    """The header's checks are the facade's, the same on both runtimes: one is enough."""
+    """For what does not depend on the runtime (the header's checks, the replayed body)."""
     yield from local_facade(tmp_path)
 
 
@@ -76,7 +78,8 @@ def test_a_retried_job_request_answers_the_first_response_and_records_one_job(jo
     assert [e.stream_id for e in requested] == [job_stream(first.body["job_id"])]
 
 
-def test_a_retry_answers_the_job_as_first_created_after_it_moved_on(jobs: Facade) -> None:
+def test_a_retry_answers_the_job_as_first_created_after_it_moved_on(local_jobs: Facade) -> None:
+    jobs = local_jobs
     body = _job_body(jobs)
     first = jobs.call("POST", "/jobs", "alice", body, headers=_keyed())
     assert jobs.call("DELETE", f"/jobs/{first.body['job_id']}", "alice").status == 200  # QUEUED -> CANCELLED
@@ -111,7 +114,8 @@ def test_keys_are_per_user(jobs: Facade) -> None:
     assert jobs.call("GET", f"/jobs/{alice.body['job_id']}", "bob").status == 404
 
 
-def test_without_a_key_each_request_is_a_new_job(jobs: Facade) -> None:
+def test_without_a_key_each_request_is_a_new_job(local_jobs: Facade) -> None:
+    jobs = local_jobs
     body = _job_body(jobs)
     ids = {jobs.call("POST", "/jobs", "alice", body).body["job_id"] for _ in range(2)}
     assert len(ids) == 2
@@ -177,19 +181,27 @@ def test_a_retried_sweep_is_the_same_sweep_with_its_members_requested_once(sweep
 # -- over real HTTP ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, httpx.Client]]:
-    """The embedded runtime on a free port (fake model, tiny prices, no rate limit), and alice's client."""
-    data_dir = tmp_path / "data"
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPalette]:
+    """The embedded runtime on a free port (fake model, tiny prices, no rate limit), shared by
+    this module's HTTP tests, each as a user of its own."""
+    data_dir = tmp_path_factory.mktemp("served") / "data"
     data_dir.mkdir()
     (data_dir / "pricing.json").write_text(json.dumps(PRICES))
     (data_dir / "guard.json").write_text(json.dumps(UNLIMITED))  # ten job requests at once
     with (
+        pytest.MonkeyPatch.context() as monkeypatch,
         FakeOpenAIServer(latency_s=0.001) as fake,
         running_palette(data_dir, fake, monkeypatch) as runtime,
-        client(runtime, "alice") as alice,
     ):
-        yield runtime, alice
+        yield runtime
+
+
+@pytest.fixture
+def alice(served: LocalPalette, request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    """A client of a user of this test's own (named after it), so tests share no jobs."""
+    with client(served, request.node.originalname) as user:
+        yield user
 
 
 def _http_job_body(alice: httpx.Client) -> dict[str, Any]:
@@ -204,7 +216,7 @@ def _http_job_body(alice: httpx.Client) -> dict[str, Any]:
     }
 
 
-def _post_and_hang_up(runtime: Any, alice: httpx.Client, path: str, body: dict[str, Any], key: str) -> None:
+def _post_and_hang_up(runtime: LocalPalette, alice: httpx.Client, path: str, body: dict[str, Any], key: str) -> None:
     """Sends a whole request and closes the connection without reading a byte of the answer:
     the client never learns what the server did."""
     payload = json.dumps(body).encode()
@@ -217,10 +229,9 @@ def _post_and_hang_up(runtime: Any, alice: httpx.Client, path: str, body: dict[s
         sock.sendall(head.encode() + payload)
 
 
-def test_a_job_retried_after_a_dropped_connection_is_one_job(served: tuple[Any, httpx.Client]) -> None:
-    runtime, alice = served
+def test_a_job_retried_after_a_dropped_connection_is_one_job(served: LocalPalette, alice: httpx.Client) -> None:
     body = _http_job_body(alice)
-    _post_and_hang_up(runtime, alice, "/jobs", body, KEY)
+    _post_and_hang_up(served, alice, "/jobs", body, KEY)
     listed = wait_for(lambda: alice.get("/jobs").json()["items"], timeout=20, what="the dropped request's job")
 
     retried = alice.post("/jobs", json=body, headers=_keyed())
@@ -230,8 +241,7 @@ def test_a_job_retried_after_a_dropped_connection_is_one_job(served: tuple[Any, 
     assert retried.json()["job_id"] == listed[0]["job_id"]
 
 
-def test_ten_concurrent_duplicates_create_one_job(served: tuple[Any, httpx.Client]) -> None:
-    _, alice = served
+def test_ten_concurrent_duplicates_create_one_job(alice: httpx.Client) -> None:
     body = _http_job_body(alice)
 
     with ThreadPoolExecutor(10) as pool:
@@ -242,8 +252,7 @@ def test_ten_concurrent_duplicates_create_one_job(served: tuple[Any, httpx.Clien
     assert [job["job_id"] for job in alice.get("/jobs").json()["items"]] == [replies[0].json()["job_id"]]
 
 
-def test_a_retried_upload_grant_is_the_same_seed_and_its_url_works(served: tuple[Any, httpx.Client]) -> None:
-    runtime, alice = served
+def test_a_retried_upload_grant_is_the_same_seed_and_its_url_works(served: LocalPalette, alice: httpx.Client) -> None:
     request = {"filename": "topics.jsonl"}
     first = alice.post("/seed-data/upload", json=request, headers=_keyed())
     again = alice.post("/seed-data/upload", json=request, headers=_keyed())
@@ -255,12 +264,11 @@ def test_a_retried_upload_grant_is_the_same_seed_and_its_url_works(served: tuple
     assert 0 < again.json()["expires_in"] <= first.json()["expires_in"]
     assert httpx.put(again.json()["upload_url"], content=b'{"topic": "a"}\n').status_code == 200
     assert (reused.status_code, reused.json()["error"]["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
-    recorded = runtime.adapters.events.read_stream(seed_stream(first.json()["seed_id"]))
+    recorded = served.adapters.events.read_stream(seed_stream(first.json()["seed_id"]))
     assert [e.detail_type for e in recorded].count("SeedUploadRequested") == 1
 
 
-def test_a_retried_webhook_registration_answers_the_same_webhook_and_secret(served: tuple[Any, httpx.Client]) -> None:
-    _, alice = served
+def test_a_retried_webhook_registration_answers_the_same_webhook_and_secret(alice: httpx.Client) -> None:
     request = {"url": "http://127.0.0.1:9/hook", "events": ["job.completed"]}
     first = alice.post("/webhooks", json=request, headers=_keyed())
     again = alice.post("/webhooks", json=request, headers=_keyed())
