@@ -166,6 +166,13 @@ def test_partial_downloads_hold_only_recorded_batches_and_the_finished_one_every
         assert len(list(csv.DictReader(io.StringIO(fetch(csv_file["download_url"]).decode())))) == NUM_RECORDS
         assert mallory.get(f"/jobs/{job_id}/download").status_code == 404
 
+        # deleting the job deletes its snapshots with its data
+        snapshots_prefix = f"{dataset_prefix('alice', job_id)}snapshots/"
+        assert list(blobs.list(snapshots_prefix))
+        assert alice.delete(f"/jobs/{job_id}").status_code == 200
+        assert not list(blobs.list(snapshots_prefix))
+        assert alice.get(f"/jobs/{job_id}/download").status_code == 404
+
 
 def test_a_format_the_job_does_not_write_is_not_found_and_the_route_is_documented(
     palette: tuple[LocalPalette, FakeOpenAIServer],
