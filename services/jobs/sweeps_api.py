@@ -25,7 +25,7 @@ from palette.api.idempotency_keys import IDEMPOTENCY_RESPONSES, IdempotencyKey, 
 from palette.projections.documents import DocumentReader, InvalidPageToken
 from services.jobs.api import _api_errors, _check_parameters_size  # the jobs routes' checks, shared
 from services.jobs.api_models import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, FailureBody
-from services.jobs.domain import JobInput, JobStatus
+from services.jobs.domain import JobInput
 from services.jobs.projections import DASHBOARDS, empty_dashboard
 from services.jobs.sweeps_api_models import (
     SweepBody,
@@ -170,7 +170,7 @@ def _sweep_body(loaded: LoadedSweep, sweeps: SweepHandlers, dashboard: DocumentR
                 job_id=member.job_id,
                 values=member.values,
                 budget_limit=member.budget_limit,
-                status=job_state.status or JobStatus.QUEUED,
+                status=job_state.status,
                 records_generated=figures["records_generated"],
                 num_records=job_state.options.num_records * max(1, len(job_state.options.models or ())),
                 cost=Decimal(figures["cost"]["total"]),
@@ -180,7 +180,7 @@ def _sweep_body(loaded: LoadedSweep, sweeps: SweepHandlers, dashboard: DocumentR
     used = sum((m.cost for m in members), Decimal(0))
     if state.cancelled:
         status = "CANCELLED"
-    elif any(not m.status.finished for m in members):
+    elif any(m.status is None or not m.status.finished for m in members):
         status = "RUNNING"
     else:
         status = "FINISHED"

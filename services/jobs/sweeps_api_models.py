@@ -81,7 +81,10 @@ class SweepMemberBody(BaseModel):
     job_id: str
     values: dict[str, Any] = Field(description="axis -> the value this member runs with")
     budget_limit: MoneyNumber = Field(description="USD: the member job's own budget_limit")
-    status: JobStatus
+    status: JobStatus | None = Field(
+        description="the member job's status; null while its job is not requested yet (a POST /sweeps that "
+        "stopped after recording the plan: its retry with the same Idempotency-Key requests the rest)"
+    )
     records_generated: int
     num_records: int = Field(description="the member's target")
     cost: MoneyNumber = Field(description="USD spent so far (its dashboard's cost.total)")

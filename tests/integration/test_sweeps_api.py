@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from contracts.events.sweeps import SweepRequested
+from contracts.events.sweeps import SweepMember, SweepRequested
 from contracts.streams import sweep_stream
 from palette.adapters import local_adapters
 from palette.api.app import build_app
@@ -25,9 +25,11 @@ from palette.api.auth import LocalTokens
 from palette.audit.replay_diff import diff_documents
 from palette.bus.local import LocalBus
 from palette.cli import app
+from palette.eventstore.port import NewEvent
 from palette.projections.documents import DocumentProjection
 from palette.projections.documents_sqlite import documents_table
 from services.jobs import wiring
+from services.jobs.sweeps_domain import member_job_id, new_sweep_id
 from services.jobs.sweeps_projections import SweepList
 from tests.fakes.lambda_events import fake_context
 from tests.integration.test_jobs_api import (
@@ -265,3 +267,22 @@ def test_palette_replay_rebuilds_the_sweep_list_as_it_was_built(local: Facade, t
     assert diff_documents(tmp_path / "projections.db", tmp_path / "views" / "projections.db", [SweepList()]) == []
     rebuilt = sqlite3.connect(tmp_path / "views" / "projections.db")
     assert rebuilt.execute(f"SELECT count(*) FROM {documents_table(SweepList.name)}").fetchone() == (2,)
+
+
+def test_a_member_whose_job_was_never_requested_shows_no_status_and_cancels_cleanly(local: Facade) -> None:
+    """A POST that stopped after recording the plan (a crash) leaves members without jobs:
+    they show `status: null`, keep the sweep RUNNING, and a cancel skips them."""
+    api = local
+    sweep_id = new_sweep_id()
+    plan = SweepRequested(
+        sweep_id=sweep_id,
+        owner="alice",
+        axes={"num_records": [5]},
+        members=[SweepMember(job_id=member_job_id(sweep_id, 0), values={"num_records": 5}, budget_limit=Decimal(1))],
+    )
+    api.events.append(sweep_stream(sweep_id), [NewEvent(plan, actor="alice")], 0)
+    shown = api.call("GET", f"/sweeps/{sweep_id}").body
+    assert shown["status"] == "RUNNING" and shown["members"][0]["status"] is None
+    cancelled = api.call("POST", f"/sweeps/{sweep_id}/cancel")
+    assert cancelled.status == 200 and cancelled.body["status"] == "CANCELLED"
+    assert cancelled.body["members"][0]["status"] is None
