@@ -21,10 +21,11 @@ Redelivery is harmless (SQS and the bus deliver at least once): the Lambda runs 
 event id when its idempotency table is set, `clientToken` (the event id) makes a repeated
 RunTask return the first task, and a job that already has a task starting or running gets
 no second one. Were two tasks started anyway, the job's claim on its generation stream lets
-only one run it (the other waits on its lease and exits when the job has ended). A RunTask that fails (an API error, or a task ECS could not place) raises
-`TaskLaunchFailed`: the record goes back to the launch queue and is tried again after its
-visibility timeout, and after the queue's maxReceiveCount it lands in the launch DLQ; the
-job stays QUEUED until the dead letter is re-driven.
+only one run it (the other waits on its lease and exits when the job has ended). A RunTask
+that fails (an API error, or a task ECS could not place) raises `TaskLaunchFailed`: the
+record goes back to the launch queue and is tried again after its visibility timeout, and
+after the queue's maxReceiveCount it lands in the launch DLQ; the job stays QUEUED until
+the dead letter is re-driven.
 
 A job's task has no queue message to hand its job back to, so its stop is watched instead: a
 rule on the default bus sends the "ECS Task State Change" to STOPPED of the cluster's job
