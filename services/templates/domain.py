@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
@@ -435,6 +435,20 @@ def _screen(
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _texts_in(value: object) -> Iterator[str]:
+    """Every string of a JSON value, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _texts_in(key)
+            yield from _texts_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _texts_in(item)
 
 
 def _text_problems(name: str, description: str, steps: Sequence[TemplateStep]) -> list[TemplateProblem]:
@@ -448,6 +462,9 @@ def _text_problems(name: str, description: str, steps: Sequence[TemplateStep]) -
     ]
     for step in steps:  # a model's rule is contracts/identifiers.py's (services/templates/prompts.py)
         fields.append((f"steps.{step.id}.prompt", step.prompt, _CONTROL_BUT_LINES, step.id))
+    for step in steps:  # JSON values: any text goes but a lone surrogate (the log's UTF-8 cannot hold it)
+        for part, value in (("parameters", step.parameters), ("output_schema", step.output_schema)):
+            fields.extend((f"steps.{step.id}.{part}", text, _SURROGATE, step.id) for text in _texts_in(value))
     problems = []
     for field_name, text, refused, step_id in fields:
         if (found := refused.search(text)) is not None:

@@ -249,6 +249,20 @@ def test_an_imported_template_is_checked_like_a_created_one(alice: httpx.Client)
     assert as_json.status_code == 201 and as_json.json()["required_fields"] == ["topic"], as_json.text
 
 
+def test_a_lone_surrogate_anywhere_in_a_step_is_400_not_500(alice: httpx.Client) -> None:
+    """No UTF-8 store takes one; parameters and output schemas were not checked (500 on create)."""
+    body = (
+        '{"name": "S", "steps": [{"id": "q", "model": "openai/x", "prompt": "hi", "parameters": {"stop": "\\ud800"}}]}'
+    )
+    created = alice.post("/templates", content=body, headers={"content-type": "application/json"})
+    [problem] = error_of(created, 400)["details"]["problems"]
+    assert (problem["code"], problem["step_id"], problem["field"]) == ("CONTROL_CHARACTER", "q", "steps.q.parameters")
+    document = 'name: S\nsteps:\n- {id: q, model: openai/x, prompt: hi, output_schema: {"\\ud800": {}}}\n'
+    imported = alice.post("/templates/import", content=document.encode(), headers=YAML)
+    [problem] = error_of(imported, 400)["details"]["problems"]
+    assert (problem["step_id"], problem["field"]) == ("q", "steps.q.output_schema")
+
+
 # -- forks -------------------------------------------------------------------------------
 
 
