@@ -25,14 +25,17 @@ from typing import Any
 
 from palette.guard.config import DEFAULT_LIMITS, BucketLimit, GuardConfig, RouteClass
 
+JOB_CREATING_PATHS = frozenset({"/jobs", "/sweeps"})
+"""A sweep starts up to 20 jobs: it takes a token of the job-creation bucket, not a cheap one."""
 UPLOAD_PATHS = frozenset({"/seed-data/upload"})
 BUCKET_TTL_SECONDS = 24 * 3600
 
 
 def route_class(method: str, path: str) -> RouteClass:
-    """Job creation, uploads (upload grants and the blob PUTs they sign), or everything else."""
+    """Job creation (a job or a sweep of jobs), uploads (upload grants and the blob PUTs they
+    sign), or everything else."""
     method = method.upper()
-    if method == "POST" and path.rstrip("/") == "/jobs":
+    if method == "POST" and path.rstrip("/") in JOB_CREATING_PATHS:
         return "jobs"
     if (method == "POST" and path in UPLOAD_PATHS) or (method == "PUT" and path.startswith("/blobs/")):
         return "uploads"

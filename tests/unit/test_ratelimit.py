@@ -53,6 +53,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BucketStor
 def test_route_classes() -> None:
     assert route_class("POST", "/jobs") == "jobs"
     assert route_class("GET", "/jobs") == "other"
+    assert route_class("POST", "/sweeps") == "jobs"  # a sweep starts jobs
+    assert route_class("GET", "/sweeps") == "other"
+    assert route_class("POST", "/sweeps/swp_1/cancel") == "other"
     assert route_class("POST", "/seed-data/upload") == "uploads"
     assert route_class("PUT", "/blobs/seed-data/alice/s1/x.jsonl") == "uploads"
     assert route_class("GET", "/blobs/datasets/x") == "other"
