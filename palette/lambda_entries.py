@@ -13,7 +13,9 @@ points by kind, the names `infra/` points its functions at:
   service's projection runners.
 
 A queue entry that does something else than consume the service's events is named after
-what it does (the generator's `launch` starts job tasks on ECS).
+what it does (the generator's `launch` starts job tasks on ECS), and so is a scheduled one,
+`entries.scheduled(job)`: an EventBridge schedule -> `job()` (notifications' `retry` makes
+the webhook deliveries that came due).
 
 Naming rule: a service's Logger, Metrics (namespace `Palette`) and Tracer are all named
 `palette-<service>`, so its logs, metrics and traces are found under one name. Adapters and
@@ -107,6 +109,15 @@ class LambdaEntries:
             return dict(project_sqs_batch(event, context, blobs(), runners()))
 
         return self.entry(project)
+
+    def scheduled(self, job: Callable[[], dict[str, Any]]) -> LambdaHandler:
+        """The schedule entry: `job()` once per invocation (the schedule's event carries
+        nothing it needs); its answer is the invocation's result, for the logs."""
+
+        def run(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+            return job()
+
+        return self.entry(run)
 
     def entry(self, function: LambdaHandler, correlation_id_path: str | None = None) -> LambdaHandler:
         """`function` with the Lambda context in every log line and a trace of each invocation:

@@ -22,7 +22,6 @@ import functools
 from typing import Any
 
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from palette.api.app import build_app
 from palette.api.auth import ApiGatewayJwtClaims
@@ -60,11 +59,11 @@ def _deliver_event(event: dict[str, Any]) -> None:
     parts().subscription(DELIVERY_SUBSCRIBER).handle(stored_event_from_message(event, adapters().blobs))
 
 
-def _retry_due(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def _retry_due() -> dict[str, Any]:
     return {"attempted": parts().handlers.retries.run_once()}
 
 
 handler = entries.api(api)
 consume = entries.queue(_deliver_event)
-retry = entries.entry(_retry_due)
+retry = entries.scheduled(_retry_due)
 project = entries.projections(lambda: adapters().blobs, projection_runners)
