@@ -11,6 +11,7 @@ once; receivers deduplicate on the payload's id), but only one is recorded.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -48,6 +49,8 @@ from services.notifications.domain import (
 )
 from services.notifications.sender import WebhookSender
 from services.notifications.signing_keys import SigningKeys, generated_secret
+
+log = logging.getLogger(__name__)
 
 NOTIFICATIONS_ACTOR = "palette.notifications"
 _DELIVERY_IDS = uuid.UUID("5d0f7c1e-8b1a-4a53-9c3e-2f6b7a9d4e21")
@@ -279,5 +282,12 @@ class DeliveryHandlers:
         return recorded
 
     def attempt_all(self, deliveries: Iterable[str]) -> int:
-        """Attempt each delivery; how many attempts were recorded."""
-        return sum(self.attempt(delivery) is not None for delivery in deliveries)
+        """Attempt each delivery; how many attempts were recorded. One that fails to be
+        recorded (the store, say) is logged and left due, and the others go on."""
+        recorded = 0
+        for delivery in deliveries:
+            try:
+                recorded += self.attempt(delivery) is not None
+            except Exception:
+                log.exception("webhook delivery %s: the attempt failed; it stays due", delivery)
+        return recorded

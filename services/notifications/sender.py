@@ -54,7 +54,7 @@ class WebhookSender:
                 target = target.copy_with(host=address)
             response = self._client.post(target, content=body, headers=request_headers, extensions=extensions)
             return SendResult(status_code=response.status_code)
-        except (httpx.HTTPError, OSError) as error:
+        except (httpx.HTTPError, httpx.InvalidURL, OSError, UnicodeError) as error:
             return SendResult(error=f"{type(error).__name__}: {error}"[:500])
 
     def _checked_address(self, host: str, port: int) -> str | None:
