@@ -17,6 +17,8 @@ SEED = "seed-"
 """One seed file's upload and validations; the seeds service writes it."""
 ENHANCEMENT = "enhance-"
 """One prompt enhancement's model call; the templates service writes it, billing charges it."""
+DRY_RUN = "dry-run-"
+"""One template dry run's model calls; the templates service writes it, billing charges it."""
 TEMPLATE_GUARD = "guard-template-"
 """The content rules a template definition broke (templates service)."""
 JOB_GUARD = "guard-job-"
@@ -63,6 +65,10 @@ def seed_stream(seed_id: str) -> str:
 
 def enhancement_stream(enhancement_id: str) -> str:
     return ENHANCEMENT + enhancement_id
+
+
+def dry_run_stream(test_id: str) -> str:
+    return DRY_RUN + test_id
 
 
 def template_guard_stream(template_id: str) -> str:

@@ -6,8 +6,10 @@ from contracts.events.billing import (
     BudgetWarning,
     CostRecorded,
     PromptEnhancementCharged,
+    TemplateTestCharged,
     UsageCharged,
 )
+from contracts.events.dry_runs import StepCall, TemplateTested
 from contracts.events.generator import (
     BatchFailed,
     BatchGenerated,
@@ -104,6 +106,8 @@ ALL_EVENTS: tuple[type[DomainEvent], ...] = (
     TemplateForked,
     SweepRequested,
     SweepCancelled,
+    TemplateTested,
+    TemplateTestCharged,
 )
 
 __all__ = [cls.__name__ for cls in ALL_EVENTS] + [
@@ -113,6 +117,7 @@ __all__ = [cls.__name__ for cls in ALL_EVENTS] + [
     "ExportedFile",
     "OutputFormat",
     "SeedFormat",
+    "StepCall",
     "SweepMember",
     "TemplateStep",
     "TokenUsage",

@@ -1,7 +1,7 @@
 """Events of the billing service. Money is Decimal USD.
 
 A job's charges live on `ledger-<job_id>`; a user's model calls outside any job (prompt
-enhancement) on `ledger-user-<owner>`, whose costs GET /costs lists under the pseudo job id
+enhancement, template dry runs) on `ledger-user-<owner>`, whose costs GET /costs lists under the pseudo job id
 `user-<owner>`.
 """
 
@@ -63,6 +63,22 @@ class PromptEnhancementCharged(DomainEvent):
 
     owner: str
     enhancement_id: str
+    catalog_version: str
+    model_tokens: Decimal = Field(ge=0)
+    compute: Decimal = Field(ge=0)
+    storage: Decimal = Field(ge=0)
+    total: Decimal = Field(ge=0)
+    per_model: dict[str, Decimal] = Field(default_factory=dict)
+
+
+class TemplateTestCharged(DomainEvent):
+    """A template dry run's model calls (TemplateTested), charged to its owner: model
+    tokens only, as a dry run writes no file and runs on no worker."""
+
+    source: ClassVar[str] = "palette.billing"
+
+    owner: str
+    test_id: str
     catalog_version: str
     model_tokens: Decimal = Field(ge=0)
     compute: Decimal = Field(ge=0)

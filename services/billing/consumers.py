@@ -6,6 +6,7 @@ the budget.
     BudgetWrittenOff                     -> UsageCharged(written_off), once per event
     GenerationStopped(budget_exceeded)   -> BudgetExceeded (once)
     PromptEnhanced (templates)           -> PromptEnhancementCharged on ledger-user-<owner> (once)
+    TemplateTested (templates)           -> TemplateTestCharged on ledger-user-<owner> (once)
 
 Delivery is at least once and, on AWS, unordered. Each reaction decides on the ledger
 stream's current state, so a redelivered batch finds itself charged and records nothing, and
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.envelope import StoredEvent
+from contracts.events.dry_runs import TemplateTested
 from contracts.events.generator import (
     BatchGenerated,
     BudgetWrittenOff,
@@ -39,6 +41,7 @@ LEDGER_PATTERN: dict[str, Any] = {
         BudgetWrittenOff.detail_type(),
         GenerationStopped.detail_type(),
         PromptEnhanced.detail_type(),
+        TemplateTested.detail_type(),
     ],
 }
 
@@ -63,6 +66,8 @@ class LedgerConsumer:
             self._handlers.close_budget(event.job_id, stored)
         elif isinstance(event, PromptEnhanced):
             self._handlers.charge_enhancement(event, stored)
+        elif isinstance(event, TemplateTested):
+            self._handlers.charge_template_test(event, stored)
 
 
 def subscriptions(handlers: LedgerHandlers) -> list[Subscription]:

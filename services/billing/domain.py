@@ -13,6 +13,8 @@ its only writer.
 - BudgetWarning once, when recorded spend first reaches `WARNING_PERCENT` of the limit.
 - A prompt enhancement (PromptEnhanced, a call outside any job) is charged once, to its
   owner's ledger `ledger-user-<owner>` (pseudo job id `user-<owner>`): no budget applies.
+  So is a template dry run's calls (TemplateTested), once per dry run: its budget was
+  applied by the templates service before the calls.
 - BudgetExceeded once, for the first of: the generator stopped because its guard refused a
   call (the normal end of a budget), or recorded spend passed the limit. Keeping spend within
   the limit is the generator's budget guard's job (it reserves every call's worst case before
@@ -34,6 +36,7 @@ from contracts.events.billing import (
     BudgetWarning,
     CostRecorded,
     PromptEnhancementCharged,
+    TemplateTestCharged,
     UsageCharged,
 )
 from contracts.pricing import BatchCost
@@ -99,7 +102,20 @@ class ChargeEnhancement:
         return user_ledger_id(self.owner)
 
 
-LedgerCommand = ChargeBatch | ChargeUsage | CloseBudget | ChargeEnhancement
+@dataclass(frozen=True, slots=True)
+class ChargeTemplateTest:
+    """Charge one template dry run's model calls to its owner."""
+
+    owner: str
+    test_id: str
+    cost: BatchCost
+
+    @property
+    def ledger_id(self) -> str:
+        return user_ledger_id(self.owner)
+
+
+LedgerCommand = ChargeBatch | ChargeUsage | CloseBudget | ChargeEnhancement | ChargeTemplateTest
 
 
 class LedgerError(Exception):
@@ -126,6 +142,7 @@ class LedgerState:
     exceeded: bool = False
     enhancements: frozenset[str] = frozenset()
     usage_charges: frozenset[str] = frozenset()
+    template_tests: frozenset[str] = frozenset()
 
 
 def evolve(state: LedgerState, event: DomainEvent) -> LedgerState:
@@ -155,6 +172,13 @@ def evolve(state: LedgerState, event: DomainEvent) -> LedgerState:
             enhancements=state.enhancements | {event.enhancement_id},
             spent=state.spent + event.total,
         )
+    if isinstance(event, TemplateTestCharged):
+        return replace(
+            state,
+            job_id=user_ledger_id(event.owner),
+            template_tests=state.template_tests | {event.test_id},
+            spent=state.spent + event.total,
+        )
     return state
 
 
@@ -175,6 +199,8 @@ def decide(command: LedgerCommand, state: LedgerState) -> list[DomainEvent]:
         return _close(command, state)
     if isinstance(command, ChargeEnhancement):
         return _charge_enhancement(command, state)
+    if isinstance(command, ChargeTemplateTest):
+        return _charge_template_test(command, state)
     raise TypeError(f"not a ledger command: {command!r}")
 
 
@@ -273,12 +299,19 @@ def _charge_enhancement(command: ChargeEnhancement, state: LedgerState) -> list[
     ]
 
 
+def _charge_template_test(command: ChargeTemplateTest, state: LedgerState) -> list[DomainEvent]:
+    if command.test_id in state.template_tests:
+        return []
+    return [TemplateTestCharged(owner=command.owner, test_id=command.test_id, **_priced(command.cost))]
+
+
 __all__ = [
     "BUDGET_EXHAUSTED",
     "LIMIT_PASSED",
     "WARNING_PERCENT",
     "ChargeBatch",
     "ChargeEnhancement",
+    "ChargeTemplateTest",
     "ChargeUsage",
     "CloseBudget",
     "JobBudget",

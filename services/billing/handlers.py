@@ -23,18 +23,21 @@ from contracts.events.billing import (
     BudgetWarning,
     CostRecorded,
     PromptEnhancementCharged,
+    TemplateTestCharged,
     UsageCharged,
 )
+from contracts.events.dry_runs import TemplateTested
 from contracts.events.generator import BatchGenerated, BudgetWrittenOff, TokenUsage, UnbatchedUsageRecorded
 from contracts.events.jobs import JobRequested
 from contracts.events.templates import PromptEnhanced
-from contracts.pricing import BatchCost, PricingCatalog, price_batch
+from contracts.pricing import BatchCost, PricingCatalog, price_batch, price_call
 from contracts.streams import job_stream, ledger_stream
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository, by_event
 from services.billing.domain import (
     ChargeBatch,
     ChargeEnhancement,
+    ChargeTemplateTest,
     ChargeUsage,
     CloseBudget,
     JobBudget,
@@ -120,8 +123,30 @@ class LedgerHandlers:
         cost = price_batch(self.catalog, usage, enhanced.latency_ms, 0, self.runtime)
         return self._execute(ChargeEnhancement(enhanced.owner, enhanced.enhancement_id, cost), cause)
 
+    def charge_template_test(self, tested: TemplateTested, cause: StoredEvent | None = None) -> list[StoredEvent]:
+        """Charge a template dry run's calls once, to its owner's ledger: each call's tokens
+        priced as the dry run priced them (model tokens only; no worker, no file). Raises
+        UnknownModelPrice like a batch."""
+        per_model: dict[str, Decimal] = {}
+        for call in tested.calls:
+            priced = price_call(self.catalog, call.model, call.input_tokens, call.output_tokens)
+            per_model[call.model] = per_model.get(call.model, Decimal(0)) + priced
+        model_tokens = sum(per_model.values(), Decimal(0))
+        charged = BatchCost(
+            catalog_version=self.catalog.version,
+            model_tokens=model_tokens,
+            compute=Decimal(0),
+            storage=Decimal(0),
+            total=model_tokens,
+            per_model=per_model,
+        )
+        return self._execute(ChargeTemplateTest(tested.owner, tested.test_id, charged), cause)
+
     def _execute(self, command: LedgerCommand, cause: StoredEvent | None) -> list[StoredEvent]:
-        job_id = command.ledger_id if isinstance(command, ChargeEnhancement) else command.budget.job_id
+        if isinstance(command, ChargeEnhancement | ChargeTemplateTest):
+            job_id = command.ledger_id
+        else:
+            job_id = command.budget.job_id
         return self._streams.execute(
             ledger_stream(job_id),
             lambda ledger: [self._new(e, cause) for e in decide(command, ledger)],
@@ -150,4 +175,6 @@ def _fact_key(event: DomainEvent) -> str:
         return f"{event.job_id}/{type(event).__name__}"
     if isinstance(event, PromptEnhancementCharged):
         return f"user/{event.owner}/enhancement/{event.enhancement_id}"
+    if isinstance(event, TemplateTestCharged):
+        return f"user/{event.owner}/template-test/{event.test_id}"
     raise TypeError(f"not a ledger event: {event!r}")

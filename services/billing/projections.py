@@ -5,7 +5,8 @@ One document per job, collection "job", key = job id, body:
   totals: {model_tokens, compute, storage, total}, per_model: {model | "unattributed": usd},
   per_day: {YYYY-MM-DD: {model_tokens, compute, storage, total, per_model}}}`
 (amounts are decimal strings), index1 = ("owner#<owner>", job id) once the owner is known.
-`template_id` (from JobRequested) is None for the owner's pseudo job of prompt enhancements.
+`template_id` (from JobRequested) is None for the owner's pseudo job of prompt enhancements
+and template dry runs.
 
 A cost belongs to the UTC day its CostRecorded was recorded, so a rebuild puts it on the same
 day. The owner comes from JobRequested on another stream; on AWS it may arrive after the
@@ -27,6 +28,7 @@ from contracts.events.billing import (
     BudgetWarning,
     CostRecorded,
     PromptEnhancementCharged,
+    TemplateTestCharged,
     UsageCharged,
 )
 from contracts.events.jobs import JobRequested
@@ -90,6 +92,7 @@ class JobCosts(DocumentProjection):
         BudgetWarning.detail_type(),
         BudgetExceeded.detail_type(),
         PromptEnhancementCharged.detail_type(),
+        TemplateTestCharged.detail_type(),
     )
     track_streams: ClassVar[bool] = True
     keyed_by_stream: ClassVar[bool] = True
@@ -99,7 +102,7 @@ class JobCosts(DocumentProjection):
     def apply(self, event: ProjectedEvent, docs: DocumentWriter) -> None:
         detail, time = detail_and_time(event)
         kind = type(detail)  # the event classes are final: `is` rather than isinstance
-        if kind is PromptEnhancementCharged:
+        if kind is PromptEnhancementCharged or kind is TemplateTestCharged:
             _charge_owner(detail, time, docs)  # type: ignore[arg-type]
             return
         job_id: str = detail.job_id  # type: ignore[attr-defined]
@@ -137,7 +140,10 @@ class JobCosts(DocumentProjection):
 
 
 def _charge(
-    body: dict[str, Any], time: str, charge: CostRecorded | UsageCharged | PromptEnhancementCharged, batch: bool = True
+    body: dict[str, Any],
+    time: str,
+    charge: CostRecorded | UsageCharged | PromptEnhancementCharged | TemplateTestCharged,
+    batch: bool = True,
 ) -> None:
     """One charge on the job's UTC day, added up as Decimals (`finish` sums the days into
     the totals and writes every amount as text); `batch` counts it as a batch."""
@@ -157,8 +163,8 @@ def _charge(
         _add(today["per_model"], {UNATTRIBUTED: unattributed})
 
 
-def _charge_owner(detail: PromptEnhancementCharged, time: str, docs: DocumentWriter) -> None:
-    """A call outside any job (prompt enhancement): on the owner's pseudo job `user-<owner>`,
+def _charge_owner(detail: PromptEnhancementCharged | TemplateTestCharged, time: str, docs: DocumentWriter) -> None:
+    """A call outside any job (prompt enhancement, template dry run): on the owner's pseudo job `user-<owner>`,
     so GET /costs lists it with the owner's jobs and counts it in the totals."""
     key = user_ledger_id(detail.owner)
     body = docs.get(JOBS, key) or _empty(key)

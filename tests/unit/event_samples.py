@@ -6,10 +6,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from contracts.events import (
-    WebhookDeleted,
-    WebhookDeliveryAttempted,
-    WebhookDeliveryScheduled,
-    WebhookRegistered,
     ALL_EVENTS,
     BatchFailed,
     BatchGenerated,
@@ -46,6 +42,7 @@ from contracts.events import (
     SeedDataValidated,
     SeedFormat,
     SeedUploadRequested,
+    StepCall,
     SweepCancelled,
     SweepMember,
     SweepRequested,
@@ -53,10 +50,16 @@ from contracts.events import (
     TemplateDeleted,
     TemplateForked,
     TemplateStep,
+    TemplateTestCharged,
+    TemplateTested,
     TemplateVersionPublished,
     TokenUsage,
     UnbatchedUsageRecorded,
     UsageCharged,
+    WebhookDeleted,
+    WebhookDeliveryAttempted,
+    WebhookDeliveryScheduled,
+    WebhookRegistered,
 )
 
 _SHA = "ab" * 32
@@ -288,6 +291,26 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         storage=Decimal("0"),
         total=Decimal("0.0001"),
         per_model={"local/gemma-3-270m": Decimal("0.0001")},
+    ),
+    TemplateTested: TemplateTested(
+        test_id="tst_1",
+        owner="alice",
+        template_id="tpl_1",
+        template_version=2,
+        budget_limit=Decimal("0.05"),
+        calls=[
+            StepCall(step_id="question", model="openai/gpt-4o-mini", input_tokens=40, output_tokens=12, latency_ms=300)
+        ],
+    ),
+    TemplateTestCharged: TemplateTestCharged(
+        owner="alice",
+        test_id="tst_1",
+        catalog_version="2026-11-01",
+        model_tokens=Decimal("0.0001"),
+        compute=Decimal("0"),
+        storage=Decimal("0"),
+        total=Decimal("0.0001"),
+        per_model={"openai/gpt-4o-mini": Decimal("0.0001")},
     ),
     ProjectionFailed: ProjectionFailed(
         projection="templates_catalog",
