@@ -1,8 +1,8 @@
 """Templates as YAML documents: GET /templates/<id>/export writes one, POST /templates/import
 reads one back.
 
-A document holds what POST /templates takes — name, description, steps (id, model, prompt,
-parameters, output_schema) — with every prompt as a block scalar, so it reads and diffs as
+A document holds what POST /templates takes — name, description, tags (when any), steps (id,
+model, prompt, parameters, output_schema) — with every prompt as a block scalar, so it reads and diffs as
 the text it is. Writing then reading gives back the same values (a prompt that a block
 scalar cannot hold exactly, such as one with trailing spaces, is written double-quoted).
 
@@ -47,7 +47,11 @@ class _Prompt(str):
 
 
 class _TemplateDumper(yaml.SafeDumper):
-    pass
+    """Writes a value met twice (a parameters dict two steps share) twice: never an alias,
+    which reading refuses."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _prompt_as_block(dumper: yaml.SafeDumper, text: _Prompt) -> yaml.ScalarNode:
@@ -67,7 +71,10 @@ def export_document(template_id: str, version: TemplateVersion) -> str:
         if step.output_schema is not None:
             written["output_schema"] = step.output_schema
         steps.append(written)
-    document = {"name": version.name, "description": version.description, "steps": steps}
+    document: dict[str, Any] = {"name": version.name, "description": version.description}
+    if version.tags:
+        document["tags"] = list(version.tags)
+    document["steps"] = steps
     body = yaml.dump(document, Dumper=_TemplateDumper, sort_keys=False, allow_unicode=True, width=1_000_000)
     return f"# Palette template {template_id}, version {version.version}\n{body}"
 
