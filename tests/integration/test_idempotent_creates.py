@@ -156,6 +156,23 @@ def test_a_retried_template_create_answers_the_first_template(api: templates_fac
     assert len(api.events.read_stream(template_stream(first.body["id"]))) == 1
 
 
+def test_a_retried_fork_or_import_answers_the_first_copy(local_api: templates_facade.Facade) -> None:
+    origin = local_api.create(is_public=True)["id"]
+    fork = local_api.call("POST", f"/templates/{origin}/fork", "bob", {"name": "Mine"}, headers=_keyed())
+    assert local_api.call("DELETE", f"/templates/{origin}", "alice").status == 204
+    fork_again = local_api.call("POST", f"/templates/{origin}/fork", "bob", {"name": "Mine"}, headers=_keyed())
+    document = "name: Imported\nsteps:\n- id: q\n  model: local/gemma-3-270m\n  prompt: Ask about {{ topic }}\n"
+    yaml = {**_keyed("import-1"), "content-type": "application/yaml"}
+    imported = local_api.call("POST", "/templates/import", "bob", document, headers=yaml)
+    import_again = local_api.call("POST", "/templates/import", "bob", document, headers=yaml)
+    other_document = local_api.call("POST", "/templates/import", "bob", document + "description: x\n", headers=yaml)
+
+    assert (fork.status, fork_again.status, fork_again.body) == (201, 201, fork.body)
+    assert (imported.status, import_again.status, import_again.body) == (201, 201, imported.body)
+    assert (other_document.status, other_document.error["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
+    assert imported.body["id"] != fork.body["id"]
+
+
 # -- sweeps, on both runtimes ----------------------------------------------------------------
 
 
