@@ -10,6 +10,7 @@ import pytest
 from contracts.events.templates import (
     TemplateCreated,
     TemplateDeleted,
+    TemplateForked,
     TemplateStep,
     TemplateVersionPublished,
 )
@@ -17,6 +18,7 @@ from contracts.streams import template_stream
 from services.templates.domain import (
     CreateTemplate,
     DeleteTemplate,
+    ForkTemplate,
     InvalidTemplate,
     JobsUsing,
     NotTemplateOwner,
@@ -25,9 +27,11 @@ from services.templates.domain import (
     TemplateCommand,
     TemplateInUse,
     TemplateNotFound,
+    TemplateOrigin,
     TemplateState,
     decide,
     evolve,
+    fork_source,
     state_from,
 )
 
@@ -163,3 +167,32 @@ def test_state_from_folds_a_stream() -> None:
     events.append(TemplateDeleted(template_id="t1"))
     state = state_from(events)
     assert (state.version, state.deleted, state.template_id) == (2, True, "t1")
+
+
+def test_a_fork_is_a_checked_creation_that_records_its_origin(created: TemplateState) -> None:
+    published = run(created, PublishTemplateVersion("t1", "alice", steps=[QUESTION, ANSWER], note="add an answer"))
+    assert published.versions[2].note == "add an answer"
+
+    chosen = fork_source(published, "bob", 1)
+    made, forked = decide(ForkTemplate("t2", "bob", published, chosen, name="Mine"), TemplateState())
+    assert isinstance(made, TemplateCreated) and (made.owner, made.name, made.is_public) == ("bob", "Mine", False)
+    assert made.steps == [QUESTION]
+    assert forked == TemplateForked(
+        template_id="t2", owner="bob", origin_template_id="t1", origin_version=1, origin_owner="alice"
+    )
+    assert state_from([made, forked]).forked_from == TemplateOrigin("t1", 1, "alice")
+
+
+def test_only_a_visible_version_can_be_forked(created: TemplateState) -> None:
+    private = run(created, PublishTemplateVersion("t1", "alice", steps=[QUESTION], is_public=False))
+    assert fork_source(private, "alice", None) == 2  # the owner's own, latest by default
+    for user, version in (("bob", None), ("bob", 1), ("alice", 3)):
+        with pytest.raises(TemplateNotFound):
+            fork_source(private, user, version)
+
+
+@pytest.mark.parametrize("note", ["two\nlines", "tab\there", "x" * 201])
+def test_a_change_note_is_one_line_of_at_most_200_characters(created: TemplateState, note: str) -> None:
+    with pytest.raises(InvalidTemplate) as raised:
+        decide(PublishTemplateVersion("t1", "alice", steps=[QUESTION], note=note), created)
+    assert [problem.code for problem in raised.value.errors] == ["INVALID_NOTE"]
