@@ -6,15 +6,18 @@ scheduled delivery is attempted at once.
     (billing)
     WebhookDeliveryScheduled                    -> the first attempt: WebhookDeliveryAttempted
 
-Retries are not made here but by `retries.RetryLoop` from the delivery log, when due, so a
-failing receiver costs the bus one attempt (at most the 5 s timeout) per delivery, never its
-retries. Delivery is at least once and, on AWS, unordered:
-a redelivered fact finds its deliveries scheduled (ids from webhook and fact), a
-redelivered schedule finds its attempt recorded.
+Retries are not made here but by `retries.RetryLoop` from the delivery log, when due. The
+first attempt is `first_attempt`: on AWS the consumer Lambda sends it at once; on the
+embedded runtime it is handed to the retry loop's thread, so a receiver that hangs never
+holds up the one local bus relay that every other service's reactions share.
+
+Delivery is at least once and, on AWS, unordered: a redelivered fact finds its deliveries
+scheduled (ids from webhook and fact), a redelivered schedule finds its attempt recorded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from contracts.envelope import StoredEvent
@@ -35,8 +38,9 @@ DELIVERY_PATTERN: dict[str, Any] = {
 class WebhookDelivery:
     """Schedules the deliveries of a lifecycle fact; attempts a delivery once scheduled."""
 
-    def __init__(self, deliveries: DeliveryHandlers) -> None:
+    def __init__(self, deliveries: DeliveryHandlers, first_attempt: Callable[[str], object]) -> None:
         self._deliveries = deliveries
+        self._first_attempt = first_attempt
 
     def __call__(self, stored: StoredEvent) -> None:
         if stored.detail_type in LIFECYCLE_EVENT_TYPES:
@@ -44,10 +48,10 @@ class WebhookDelivery:
             return
         scheduled = stored.decode()
         if isinstance(scheduled, WebhookDeliveryScheduled):
-            self._deliveries.attempt(scheduled.delivery_id)
+            self._first_attempt(scheduled.delivery_id)
 
 
-def subscriptions(deliveries: DeliveryHandlers) -> list[Subscription]:
+def subscriptions(deliveries: DeliveryHandlers, first_attempt: Callable[[str], object]) -> list[Subscription]:
     """The reaction with its durable name and pattern: `palette serve` subscribes it on the
     local bus; infra has one rule -> SQS queue for it, consumed by `lambda_handler.consume`."""
-    return [Subscription(DELIVERY_SUBSCRIBER, DELIVERY_PATTERN, WebhookDelivery(deliveries))]
+    return [Subscription(DELIVERY_SUBSCRIBER, DELIVERY_PATTERN, WebhookDelivery(deliveries, first_attempt))]

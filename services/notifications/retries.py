@@ -4,11 +4,17 @@ The schedule lives on the log (each failed attempt records its `next_attempt_at`
 delivery log indexes it, so a restart loses nothing: the loop finds what came due while
 the process was down. On the embedded runtime it runs on a thread every `interval`
 seconds; on AWS a scheduled rule invokes `run_once` every minute (`lambda_handler.retry`).
+
+On the embedded runtime the loop's thread also makes each delivery's first attempt
+(`wake`): the local bus has one relay thread for every subscriber, so a receiver that
+hangs for the sender's timeout must not hold up job starts, billing and the views behind
+it. On AWS the first attempt is the SQS-fed Lambda's own work.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable
 
@@ -32,6 +38,7 @@ class RetryLoop:
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._woken: queue.SimpleQueue[str] = queue.SimpleQueue()
 
     def run_once(self) -> int:
         """Attempt every due delivery; how many attempts were recorded."""
@@ -39,12 +46,29 @@ class RetryLoop:
             self._catch_up()
         return self._deliveries.attempt_all(self._log.due(self._clock()))
 
+    def wake(self, delivery: str) -> None:
+        """Make `delivery`'s first attempt on the loop's thread, as soon as it is free."""
+        self._woken.put(delivery)
+
+    def _first_attempts(self, interval: float) -> None:
+        """Wait up to `interval` for a woken delivery, then attempt every one queued."""
+        try:
+            woken = [self._woken.get(timeout=interval)]
+        except queue.Empty:
+            return
+        while not self._woken.empty():
+            woken.append(self._woken.get_nowait())
+        self._deliveries.attempt_all(delivery for delivery in woken if delivery)
+
     def _run(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+        while not self._stop.is_set():
             try:
-                self.run_once()
+                self._first_attempts(interval)
+                if not self._stop.is_set():
+                    self.run_once()
             except Exception:
                 log.exception("webhook retries failed; trying again in %ss", interval)
+                self._stop.wait(interval)
 
     def start(self, interval: float = 1.0) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -55,6 +79,7 @@ class RetryLoop:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._woken.put("")  # wakes the thread; an empty id is never a delivery
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

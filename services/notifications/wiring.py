@@ -58,6 +58,10 @@ def build(
     catch_up_log = catch_up(views)
     retries = RetryLoop(deliveries, delivery_log, catch_up_log)
     router = create_router(webhooks, deliveries, delivery_log, catch_up=catch_up_log)
+    first_attempt = retries.wake if adapters.runtime == "local" else deliveries.attempt
     return ServiceParts(
-        Notifications(webhooks, deliveries, retries, sender), [router], views, subscriptions(deliveries)
+        Notifications(webhooks, deliveries, retries, sender),
+        [router],
+        views,
+        subscriptions(deliveries, first_attempt),
     )

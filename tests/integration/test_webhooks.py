@@ -252,3 +252,30 @@ def test_a_retry_schedule_survives_a_restart(tmp_path: Path) -> None:
             after.close()
     assert [event["type"] for event in receiver.accepted] == ["webhook.test"]
     assert receiver.requests[receiver.accepted[0]["id"]] == 2
+
+
+def test_a_hanging_receiver_never_holds_up_the_local_bus(tmp_path: Path) -> None:
+    """The local bus has one relay thread for every service's reactions, so on the embedded
+    runtime a delivery's first attempt is the retry loop's work: the bus reaction returns
+    before the receiver has seen anything, and the loop then delivers it."""
+    from contracts.streams import webhook_delivery_stream
+    from services.notifications import wiring
+
+    receiver = Receiver(failures_per_event=0)
+    adapters = local_adapters(tmp_path / "data")
+    parts = wiring.build(adapters)
+    notifications = parts.handlers
+    try:
+        with receiving(receiver) as url:
+            webhook, receiver.secret = notifications.webhooks.register("alice", url, ["job.completed"], None)
+            delivery = notifications.deliveries.schedule_test("alice", webhook.webhook_id)
+            [scheduled] = adapters.events.read_stream(webhook_delivery_stream(delivery))
+            [(_, _, react)] = parts.subscriptions
+            react(scheduled)
+            assert sum(receiver.requests.values()) == 0, "the bus thread sent the delivery itself"
+            notifications.retries.start(interval=0.05)
+            wait_for(lambda: receiver.accepted, timeout=10, interval=0.05, what="the first attempt")
+    finally:
+        notifications.close()
+        adapters.close()
+    assert [event["type"] for event in receiver.accepted] == ["webhook.test"]
