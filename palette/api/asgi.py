@@ -140,9 +140,16 @@ class PooledResolver:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str | None = None) -> None:
         request_id = request_id or request_id_of(scope)
+        response = await self.answer(scope, receive, send, request_id)
+        if response is not None:
+            await send_response(send, response, request_id)
+
+    async def answer(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> dict[str, Any] | None:
+        """The resolver's response to the request, not yet sent; None when a refusal (429,
+        413, 408, 503) was sent instead or the client left. An event stream starts this way."""
         body = await self._receive_body(scope, receive, send, request_id)
         if body is None:
-            return
+            return None
         if self._admitted >= self._capacity:
             await send_error(
                 send,
@@ -153,16 +160,15 @@ class PooledResolver:
                 request_id,
                 [(b"retry-after", str(BUSY_RETRY_AFTER_SECONDS).encode())],
             )
-            return
+            return None
         self._admitted += 1
         try:
             event = http_api_event(scope, body, request_id)
             context = local_context(request_id)
             resolve = contextvars.Context().run
-            response = await asyncio.get_running_loop().run_in_executor(
+            return await asyncio.get_running_loop().run_in_executor(
                 self._executor, resolve, self._app.resolve, event, context
             )
-            await send_response(send, response, request_id)
         finally:
             self._admitted -= 1
 

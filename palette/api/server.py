@@ -2,8 +2,9 @@
 
 `/blobs/<key>` is the local stand-in for S3 presigned URLs: a PUT streams the body into
 the blob store within the URL's signed byte limit (never buffering the whole file, so a
-1 GiB seed upload stays in bounded memory), a GET streams a blob out. Every other path goes
-to the resolver's pool (`palette.api.asgi.PooledResolver`). Errors keep the facade's error
+1 GiB seed upload stays in bounded memory), a GET streams a blob out. An event stream
+(`GET /jobs/{id}/events`) is served by `palette.api.event_streams`, beside the pool. Every
+other path goes to the resolver's pool (`palette.api.asgi.PooledResolver`). Errors keep the facade's error
 shape, and every answer carries the request's X-Request-Id.
 
 The blob routes carry no bearer token (the signature is the credential), so their rate
@@ -29,6 +30,7 @@ from urllib.parse import parse_qsl
 import uvicorn
 
 from palette.api.asgi import PooledResolver, Receive, Scope, Send, peer_ip, request_id_of, send_error
+from palette.api.event_streams import EventStreams
 from palette.blobs.local import LocalBlobStore
 from palette.blobs.port import BlobNotFound, BlobTooLarge, InvalidBlobKey
 from palette.blobs.signing import SignatureInvalid, UrlExpired
@@ -58,17 +60,26 @@ class FacadeApp:
         blobs: LocalBlobStore,
         on_upload: Callable[[str], None] | None = None,
         limiter: RateLimiter | None = None,
+        streams: EventStreams | None = None,
     ) -> None:
         self._api = api
+        self._streams = streams
         self._blobs = blobs
         self._on_upload = on_upload
         self._limiter = limiter
         self._writers = ThreadPoolExecutor(max_workers=UPLOAD_WRITERS, thread_name_prefix="palette-upload")
 
     def close(self) -> None:
-        """Stops the API's pool and the upload writers (running ones finish)."""
+        """Stops the API's pool, the event streams and the upload writers (running ones finish)."""
         self._api.close()
+        if self._streams is not None:
+            self._streams.close()
         self._writers.shutdown(wait=False, cancel_futures=True)
+
+    def end_streams(self) -> None:
+        """Ends every open event stream (as the server shuts down)."""
+        if self._streams is not None:
+            self._streams.end_all()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,6 +87,8 @@ class FacadeApp:
         request_id = request_id_of(scope)
         if scope["path"].startswith(BLOB_PREFIX):
             await self._blob_route(scope, receive, send, request_id)
+        elif self._streams is not None and self._streams.serves(scope):
+            await self._streams(scope, receive, send, request_id)
         else:
             await self._api(scope, receive, send, request_id)
 
@@ -214,11 +227,25 @@ async def _offer(chunks: asyncio.Queue[bytes | None], item: bytes | None, writer
         put.cancel()
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling `on_shutdown` on the event loop as its shutdown begins."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        if self._on_shutdown is not None:
+            self._on_shutdown()
+        await super().shutdown(sockets)
+
+
 class LocalServer:
     """uvicorn serving `app` on host:port, in the foreground or in a thread (tests).
 
-    On SIGTERM or Ctrl-C it stops accepting connections, lets requests in flight finish for
-    up to `grace` seconds (then closes their connections), and returns."""
+    On SIGTERM or Ctrl-C it stops accepting connections, calls `on_shutdown` (which ends
+    the open event streams: they would otherwise last the whole grace), lets requests in
+    flight finish for up to `grace` seconds (then closes their connections), and returns."""
 
     def __init__(
         self,
@@ -226,6 +253,7 @@ class LocalServer:
         host: str = "127.0.0.1",
         port: int = 8000,
         grace: float = DEFAULT_GRACE_SECONDS,
+        on_shutdown: Callable[[], None] | None = None,
     ) -> None:
         self.config = uvicorn.Config(
             app,
@@ -236,7 +264,7 @@ class LocalServer:
             timeout_graceful_shutdown=max(1, round(grace)),
             proxy_headers=False,  # the client's address is the TCP peer, never X-Forwarded-For
         )
-        self.server = uvicorn.Server(self.config)
+        self.server: uvicorn.Server = _Server(self.config, on_shutdown)
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:

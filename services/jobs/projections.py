@@ -10,9 +10,11 @@ JobList — collection "job", key = job id, one document per live job (deleted j
 
 JobDashboard — collection "dashboard", key = job id, folded from three services' streams:
 the job stream (status, target, timing), the generation stream (batches, tokens, files) and
-the ledger stream (cost, budget). Streams are not ordered among themselves on AWS, so every
-event merges into the document: counters add, times keep the earliest start, the derived
-figures are recomputed from the merged fields. The document is therefore the same whatever
+the ledger stream (cost, budget). `position` is the highest log position folded in: it grows
+with every change, whatever the order across streams (the id of GET /jobs/{id}/events).
+Streams are not ordered among themselves on AWS, so every event merges into the document:
+counters add, times keep the earliest start, the derived figures are recomputed from the
+merged fields. The document is therefore the same whatever
 the order across streams, and a rebuild from the log equals the incremental one. A deleted
 job leaves a tombstone, so a late generator or billing event cannot bring it back.
 Rate and ETA depend on the clock, so `dashboard_figures` computes them when read; the
@@ -57,7 +59,7 @@ from palette.projections.documents import (
     IndexEntry,
     Page,
 )
-from palette.projections.port import ProjectedEvent, detail_and_time
+from palette.projections.port import ProjectedEvent, detail_and_time, recorded_as
 from services.jobs.domain import BUDGET_EXCEEDED_CODE, budget_stop_reason
 
 JOBS = "job"
@@ -228,6 +230,7 @@ def empty_dashboard(job_id: str) -> dict[str, Any]:
         "exported_at": None,
         "exported_rows": None,
         "failure": None,
+        "position": 0,
         "cost": {
             "model_tokens": "0",
             "compute": "0",
@@ -404,6 +407,7 @@ class JobDashboard(DocumentProjection):
             docs.put(Document(DASHBOARDS, job_id, {"job_id": job_id, "owner": body["owner"], "deleted": True}))
             return
         _MERGES[kind](body, detail, time)
+        body["position"] = max(body.get("position", 0), recorded_as(event).position or 0)
         docs.put(Document(DASHBOARDS, job_id, body))
 
     def finish(self, body: dict[str, Any]) -> dict[str, Any]:
