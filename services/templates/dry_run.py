@@ -1,0 +1,338 @@
+"""Dry runs: one template version on one seed record (POST /templates/{id}/test).
+
+Each step's prompt is rendered in the sandbox exactly as a job renders it
+(`palette.prompts.render`). Without `call_models` no model is asked and nothing is charged:
+an earlier step's output reads as `placeholder(step_id)`. With it, the steps are called in
+order through the model gateway, each reading the real outputs before it, under the
+request's `budget_limit`:
+
+- Before the first call every step's model must be served by the gateway and priced by the
+  catalog, and the steps' worst case must fit the limit: each step's input tokens estimated
+  from above (`estimate_input_tokens` of its prompt with placeholders, plus the `max_tokens`
+  of every earlier step it reads) and all of its own `max_tokens` out.
+- The calls made are recorded as one TemplateTested on `dry-run-<test_id>`, also when a
+  later call failed, so billing charges every call to the owner's ledger.
+
+A step whose required seed fields the record lacks (absent or null, as seed validation
+counts them) is reported with `missing_fields` and not rendered; with `call_models` such a
+record is refused before any call. Any other render failure (a sandbox refusal, an undefined
+name) raises StepRenderFailed naming the step.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from contracts.events.dry_runs import StepCall, TemplateTested
+from contracts.events.templates import TemplateStep
+from contracts.pricing import PricingCatalog, price_call, worst_case
+from contracts.streams import dry_run_stream
+from palette.eventstore.port import EventStore, NewEvent
+from palette.models.blocking import BlockingGateway
+from palette.models.port import (
+    InvalidModelOutput,
+    ModelError,
+    ModelIgnoredMaxTokens,
+    ModelRequest,
+    ModelResponse,
+    estimate_input_tokens,
+)
+from palette.prompts import seed_paths
+from services.templates.domain import TemplateVersion
+from services.templates.prompts import PromptRenderError, analyse, render
+
+DEFAULT_MAX_TOKENS = 512
+"""A step without `max_tokens` gets the generator's default (services/generator/run/options.py)."""
+
+
+def placeholder(step_id: str) -> str:
+    """What an earlier step's output reads as when no model is called."""
+    return f"[output of step {step_id}]"
+
+
+def new_test_id() -> str:
+    return f"tst_{uuid.uuid4().hex}"
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+class DryRunRefused(Exception):
+    """The request cannot be run as asked; nothing was called or charged."""
+
+
+class BudgetRequired(DryRunRefused):
+    def __init__(self) -> None:
+        super().__init__("call_models needs a budget_limit: the most the calls may cost, in USD")
+
+
+class BudgetTooLow(DryRunRefused):
+    def __init__(self, worst: Decimal, budget_limit: Decimal) -> None:
+        super().__init__(f"the steps may cost up to ${worst} and budget_limit is ${budget_limit}: nothing was called")
+        self.worst_case = worst
+        self.budget_limit = budget_limit
+
+
+class RecordIncomplete(DryRunRefused):
+    def __init__(self, missing: Mapping[str, Sequence[str]]) -> None:
+        named = "; ".join(f"step {step!r} lacks {', '.join(fields)}" for step, fields in missing.items())
+        super().__init__(f"the record lacks fields the steps read ({named}): nothing was called")
+        self.missing = {step: list(fields) for step, fields in missing.items()}
+
+
+class StepModelNotOffered(DryRunRefused):
+    def __init__(self, step_id: str, reason: str) -> None:
+        super().__init__(f"step {step_id!r}: {reason}")
+        self.step_id = step_id
+
+
+class StepRenderFailed(Exception):
+    """A step's prompt cannot be rendered for the record (not a missing field)."""
+
+    def __init__(self, failure: PromptRenderError) -> None:
+        super().__init__(str(failure))
+        self.step_id = failure.step_id
+        self.message = failure.message
+        self.refused = failure.refused
+
+
+class StepCallFailed(Exception):
+    """A model call failed; the calls made before it were recorded (and so charged)."""
+
+    def __init__(self, step_id: str, message: str, test_id: str | None) -> None:
+        super().__init__(f"step {step_id!r}: {message}")
+        self.step_id = step_id
+        self.test_id = test_id
+
+
+# -- results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    """One step of a dry run: its prompt (None when the record lacks its fields) and, when
+    its model was called, the output, usage and cost."""
+
+    step_id: str
+    model: str
+    missing_fields: tuple[str, ...]
+    prompt: str | None = None
+    output: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    """A dry run's steps; `test_id`, `cost` and `worst_case` only when models were called."""
+
+    template_id: str
+    version: int
+    steps: tuple[StepOutcome, ...]
+    called_models: bool = False
+    test_id: str | None = None
+    worst_case: Decimal | None = None
+    cost: Decimal | None = None
+
+
+# -- the tester ----------------------------------------------------------------------------
+
+
+def fields_read(step: TemplateStep, required_fields: Sequence[str]) -> list[str]:
+    """The template's required fields that this step's prompt reads (or reads a part of)."""
+    read = seed_paths([step.prompt])
+    fields = []
+    for name in required_fields:
+        path = tuple(name.split("."))
+        if any(path[: len(other)] == other or other[: len(path)] == path for other in read):
+            fields.append(name)
+    return fields
+
+
+def lacking(record: Mapping[str, Any], fields: Sequence[str]) -> tuple[str, ...]:
+    """The dotted `fields` the record lacks: a key missing on the way, or null at the end."""
+    missing = []
+    for name in fields:
+        value: Any = record
+        for key in name.split("."):
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if value is None:
+            missing.append(name)
+    return tuple(missing)
+
+
+class TemplateTester:
+    """Runs dry runs; `gateway` None: this deployment calls no models (call_models is 400)."""
+
+    def __init__(
+        self,
+        events: EventStore,
+        pricing: PricingCatalog,
+        gateway: BlockingGateway | None,
+    ) -> None:
+        self._events = events
+        self._pricing = pricing
+        self._gateway = gateway
+
+    def render_only(self, template_id: str, shown: TemplateVersion, record: Mapping[str, Any]) -> DryRun:
+        """Every step of version `shown` rendered, earlier outputs as placeholders; no call,
+        no charge."""
+        return DryRun(template_id, shown.version, tuple(self._rendered(shown, record)))
+
+    def call_models(
+        self,
+        owner: str,
+        template_id: str,
+        shown: TemplateVersion,
+        record: Mapping[str, Any],
+        budget_limit: Decimal | None,
+        correlation_id: str | None = None,
+    ) -> DryRun:
+        """Every step of version `shown` called in order under `budget_limit`; raises a
+        DryRunRefused before any call, StepCallFailed after recording the calls made before
+        a failing one."""
+        if budget_limit is None:
+            raise BudgetRequired()
+        steps, version = shown.steps, shown.version
+        rendered = self._rendered(shown, record)
+        missing = {outcome.step_id: outcome.missing_fields for outcome in rendered if outcome.missing_fields}
+        if missing:
+            raise RecordIncomplete(missing)
+        gateway = self._offering(steps)
+        worst = self._worst_case(steps, rendered)
+        if worst > budget_limit:
+            raise BudgetTooLow(worst, budget_limit)
+
+        test_id = new_test_id()
+        outputs: dict[str, str] = {}
+        outcomes: list[StepOutcome] = []
+        calls: list[StepCall] = []
+        try:
+            for step in steps:
+                prompt = _render(step, record, outputs)
+                response = _call(gateway, step, prompt)
+                outputs[step.id] = response.text
+                cost = price_call(self._pricing, response.model, response.input_tokens, response.output_tokens)
+                calls.append(
+                    StepCall(
+                        step_id=step.id,
+                        model=response.model,
+                        input_tokens=response.input_tokens,
+                        output_tokens=response.output_tokens,
+                        latency_ms=int(response.latency_ms),
+                    )
+                )
+                outcomes.append(
+                    StepOutcome(
+                        step.id,
+                        step.model,
+                        (),
+                        prompt,
+                        response.text,
+                        response.input_tokens,
+                        response.output_tokens,
+                        cost,
+                    )
+                )
+        except ModelError as error:
+            recorded = self._record(test_id, owner, template_id, version, budget_limit, calls, correlation_id)
+            raise StepCallFailed(steps[len(calls)].id, str(error), test_id if recorded else None) from None
+        self._record(test_id, owner, template_id, version, budget_limit, calls, correlation_id)
+        total = sum((outcome.cost or Decimal(0) for outcome in outcomes), Decimal(0))
+        return DryRun(template_id, version, tuple(outcomes), True, test_id, worst, total)
+
+    def _rendered(self, shown: TemplateVersion, record: Mapping[str, Any]) -> list[StepOutcome]:
+        outputs = {step.id: placeholder(step.id) for step in shown.steps}
+        outcomes = []
+        for step in shown.steps:
+            missing = lacking(record, fields_read(step, shown.required_fields))
+            prompt = None if missing else _render(step, record, outputs)
+            outcomes.append(StepOutcome(step.id, step.model, missing, prompt))
+        return outcomes
+
+    def _offering(self, steps: Sequence[TemplateStep]) -> BlockingGateway:
+        """The gateway, once every step's model is one it serves and the catalog prices."""
+        if self._gateway is None:
+            raise StepModelNotOffered(steps[0].id, "this deployment calls no models in dry runs (render only)")
+        for step in steps:
+            if not self._gateway.serves(step.model):
+                raise StepModelNotOffered(step.id, f"{step.model}: no model provider of this deployment serves it")
+            if not self._pricing.knows(step.model):
+                raise StepModelNotOffered(step.id, f"no price is known for {step.model}, so the call cannot be billed")
+        return self._gateway
+
+    def _worst_case(self, steps: Sequence[TemplateStep], rendered: Sequence[StepOutcome]) -> Decimal:
+        """The most the calls can cost: a step's prompt estimated from above, each earlier
+        output it reads counted at that step's max_tokens, and all of its max_tokens out."""
+        reads = analyse(steps).step_references
+        limits = {step.id: _max_tokens(step) for step in steps}
+        total = Decimal(0)
+        for step, outcome in zip(steps, rendered, strict=True):
+            input_tokens = estimate_input_tokens(outcome.prompt or "")
+            input_tokens += sum(limits[earlier] for earlier in reads.get(step.id, ()))
+            total += worst_case(self._pricing, step.model, input_tokens, limits[step.id])
+        return total
+
+    def _record(
+        self,
+        test_id: str,
+        owner: str,
+        template_id: str,
+        version: int,
+        budget_limit: Decimal,
+        calls: Sequence[StepCall],
+        correlation_id: str | None,
+    ) -> bool:
+        """TemplateTested for the calls made (none: nothing to record or charge)."""
+        if not calls:
+            return False
+        event = TemplateTested(
+            test_id=test_id,
+            owner=owner,
+            template_id=template_id,
+            template_version=version,
+            budget_limit=budget_limit,
+            calls=list(calls),
+        )
+        self._events.append(
+            dry_run_stream(test_id), [NewEvent(event, actor=owner, correlation_id=correlation_id)], expected_version=0
+        )
+        return True
+
+
+def _render(step: TemplateStep, record: Mapping[str, Any], outputs: Mapping[str, str]) -> str:
+    try:
+        return render(step, record, outputs)
+    except PromptRenderError as failure:
+        raise StepRenderFailed(failure) from None
+
+
+def _max_tokens(step: TemplateStep) -> int:
+    return int(step.parameters.get("max_tokens", DEFAULT_MAX_TOKENS))
+
+
+def _call(gateway: BlockingGateway, step: TemplateStep, prompt: str) -> ModelResponse:
+    """One step's call with its parameters, once (a dry run shows what the model answers, so
+    no retry). An answer past max_tokens or not of the step's output schema is shown and
+    charged as reported, never hidden."""
+    parameters = step.parameters
+    stop = parameters.get("stop")
+    request = ModelRequest(
+        model=step.model,
+        prompt=prompt,
+        max_tokens=_max_tokens(step),
+        temperature=parameters.get("temperature"),
+        top_p=parameters.get("top_p"),
+        stop=(stop,) if isinstance(stop, str) else stop,
+        seed=parameters.get("seed"),
+        json_schema=step.output_schema,
+    )
+    try:
+        return gateway.generate(request)
+    except (ModelIgnoredMaxTokens, InvalidModelOutput) as error:
+        return error.response
