@@ -85,7 +85,25 @@ def _job_requested_v1(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "task_size": None}
 
 
+@CATALOG.upcaster("JobRequested", from_version=2)
+def _job_requested_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 added `model_tiers`; a version 2 job named no tier."""
+    return {**data, "model_tiers": {}}
+
+
 @CATALOG.upcaster("TemplateVersionPublished", from_version=1)
 def _template_version_published_v1(data: dict[str, Any]) -> dict[str, Any]:
     """Version 2 added the optional change `note`; a version 1 publish gave none."""
     return {**data, "note": ""}
+
+
+@CATALOG.upcaster("TemplateCreated", from_version=1)
+def _template_created_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added catalogue `tags`; a version 1 template had none."""
+    return {**data, "tags": []}
+
+
+@CATALOG.upcaster("TemplateVersionPublished", from_version=2)
+def _template_version_published_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 added catalogue `tags`; a version 2 publish gave none."""
+    return {**data, "tags": []}

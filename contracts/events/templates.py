@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,16 @@ class TemplateStep(BaseModel):
     prompt: str
     parameters: dict[str, Any] = Field(default_factory=dict)
     output_schema: dict[str, Any] | None = None
+    includes: dict[str, str] = Field(
+        default_factory=dict,
+        description="the snippets the prompt's `{% include %}` tags name (nested ones too), by reference, as they "
+        "were when this version was saved; jobs render these. Set by the service: what a request sends is replaced",
+    )
+
+
+MAX_TAGS = 10
+Tag = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$", description="a short lowercase word")]
+"""A catalogue tag: lowercase letters, digits and "-", at most 32 characters."""
 
 
 class _TemplateEvent(DomainEvent):
@@ -27,18 +37,24 @@ class _TemplateEvent(DomainEvent):
 
 
 class TemplateCreated(_TemplateEvent):
+    """Version 2 added `tags` (version 1: none)."""
+
+    schema_version: ClassVar[int] = 2
+
     owner: str
     name: str
     description: str = ""
     is_public: bool = False
     steps: list[TemplateStep]
     required_fields: list[str] = Field(description="dotted seed paths the prompts read")
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description="catalogue tags, no repeats")
 
 
 class TemplateVersionPublished(_TemplateEvent):
-    """Version 2 added `note`, the owner's one-line account of the change (version 1: "")."""
+    """Version 2 added `note`, the owner's one-line account of the change (version 1: "");
+    version 3 added `tags` (before: none)."""
 
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
 
     version: int = Field(ge=2)
     name: str
@@ -47,6 +63,7 @@ class TemplateVersionPublished(_TemplateEvent):
     steps: list[TemplateStep]
     required_fields: list[str]
     note: str = Field(default="", max_length=200, description="what changed, in one line (PUT's `note`)")
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description="catalogue tags, no repeats")
 
 
 class TemplateForked(_TemplateEvent):

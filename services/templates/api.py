@@ -44,6 +44,8 @@ from services.templates.api_models import (
     EnhanceReply,
     EnhanceRequest,
     ForkRequest,
+    PublicTemplate,
+    PublicTemplateList,
     TemplateBody,
     TemplateDefinition,
     TemplateList,
@@ -70,10 +72,13 @@ from services.templates.enhancement import (
 )
 from services.templates.handlers import LoadedTemplate, TemplateHandlers
 from services.templates.projections import TemplateCatalogView, TemplateHistoryView
+from services.templates.public_catalogue import MAX_QUERY_WORDS, PublicCatalogueView, Sort, words_of
 from services.templates.yaml_documents import MEDIA_TYPES, UnreadableDocument, export_document, read_document
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
+MAX_QUERY_CHARS = 200
+TAG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 
 # -- errors (the bodies are in services.templates.api_models) -------------------------
 
@@ -116,10 +121,11 @@ def create_router(
     handlers: TemplateHandlers,
     catalog: DocumentReader,
     history: TemplateHistoryView,
+    public: PublicCatalogueView,
     catch_up: Callable[[], None] | None = None,
 ) -> Router:
-    """The /templates routes over `handlers` (writes, single reads), the catalog projection
-    and the version history and forks (`history`)."""
+    """The /templates routes over `handlers` (writes, single reads), the catalog projection,
+    the version history and forks (`history`) and the public catalogue (`public`)."""
     router = Router()
     listing = TemplateCatalogView(catalog)
 
@@ -147,6 +153,7 @@ def create_router(
                 is_public=definition.is_public,
                 correlation_id=correlation_id(),
                 idempotent=IdempotentCreate.of(router, "template", idempotency_key),
+                tags=definition.tags,
             )
         logger.info("template created", extra={"template_id": loaded.state.template_id})
         return _body(loaded, loaded.state.version, fork_count=0)
@@ -206,6 +213,8 @@ def create_router(
             next_token=page.next_token,
         )
 
+    _public_catalogue_route(router, public, refresh)
+
     def _with_steps(item: dict[str, Any]) -> dict[str, Any]:
         """A catalog summary with its steps; one projected before summaries held them
         takes them from the template's stream."""
@@ -257,6 +266,7 @@ def create_router(
                 is_public=revision.is_public,
                 correlation_id=correlation_id(),
                 note=revision.note,
+                tags=revision.tags,
             )
         logger.info(
             "template version published",
@@ -367,6 +377,7 @@ def create_router(
                 is_public=definition.is_public,
                 correlation_id=correlation_id(),
                 idempotent=IdempotentCreate.of(router, "template", idempotency_key),
+                tags=definition.tags,
             )
         logger.info("template imported", extra={"template_id": loaded.state.template_id})
         return _body(loaded, loaded.state.version, fork_count=0)
@@ -394,6 +405,45 @@ def create_router(
     return router
 
 
+def _public_catalogue_route(router: Router, public: PublicCatalogueView, refresh: Callable[[], None]) -> None:
+    """GET /templates/public, registered before /templates/<template_id> (powertools also
+    tries static paths first, so "public" is never read as a template id)."""
+
+    @router.get(
+        "/templates/public",
+        tags=["templates"],
+        summary="Search the public templates by words and tag, most used or most recent first",
+        responses=_responses(200),
+    )
+    def search_public_templates(
+        q: Annotated[
+            str,
+            Query(
+                max_length=MAX_QUERY_CHARS,
+                description=f"words that must each begin a word of the name, description or prompts "
+                f"(at most {MAX_QUERY_WORDS})",
+            ),
+        ] = "",
+        tag: Annotated[str | None, Query(pattern=TAG_PATTERN, description="only templates with this tag")] = None,
+        sort: Annotated[Sort, Query(description="uses: most jobs first; recent: latest version first")] = "uses",
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        next_token: Annotated[str | None, Query(max_length=4096)] = None,
+    ) -> PublicTemplateList:
+        if len(words_of(q)) > MAX_QUERY_WORDS:
+            message = f"q has at most {MAX_QUERY_WORDS} words"
+            raise ValidationFailed(message, {"errors": [{"field": "q", "type": "value_error", "message": message}]})
+        refresh()
+        try:
+            page = public.search(q, tag, sort, limit, next_token)
+        except InvalidPageToken as error:
+            raise ValidationFailed(
+                str(error), {"errors": [{"field": "next_token", "type": "value_error", "message": str(error)}]}
+            ) from None
+        return PublicTemplateList(
+            items=[PublicTemplate.model_validate(item) for item in page.items], next_token=page.next_token
+        )
+
+
 def _version_in(loaded: LoadedTemplate, version: int | None) -> int:
     """`version` (default: the latest) if the template has it; else 404."""
     shown = loaded.state.version if version is None else version
@@ -413,6 +463,7 @@ def _body(loaded: LoadedTemplate, version: int, fork_count: int | None = None) -
         name=shown.name,
         description=shown.description,
         is_public=shown.is_public,
+        tags=list(shown.tags),
         version=version,
         latest_version=state.version,
         steps=list(shown.steps),

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictStr,
     computed_field,
     model_validator,
 )
@@ -25,7 +26,7 @@ from pydantic import (
 from contracts.events.templates import TemplateStep
 from contracts.identifiers import model_problem
 from palette.api.aliases import show_aliases
-from services.templates.domain import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_NOTE_CHARS
+from services.templates.domain import MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_NOTE_CHARS, MAX_TAGS
 from services.templates.enhancement import DEFAULT_ENHANCEMENT_MODEL, MAX_PROMPT_CHARS
 
 MAX_STEPS = 50
@@ -54,6 +55,12 @@ class _StepsInEitherSpelling(BaseModel):
         return data
 
 
+TAGS_DESCRIPTION = (
+    "catalogue tags: at most 10 different lowercase words (letters, digits, '-'; at most 32 characters each)"
+)
+Tags = list[Annotated[StrictStr, Field(max_length=32)]]
+
+
 class TemplateDefinition(_StepsInEitherSpelling):
     """A new template: its first version."""
 
@@ -61,10 +68,11 @@ class TemplateDefinition(_StepsInEitherSpelling):
     description: str = Field(default="", max_length=MAX_DESCRIPTION_CHARS)
     is_public: StrictBool = False
     steps: list[TemplateStep] = Field(min_length=1, max_length=MAX_STEPS, validation_alias=STEPS)
+    tags: Tags = Field(default_factory=list, max_length=MAX_TAGS, description=TAGS_DESCRIPTION)
 
 
 class TemplateRevision(_StepsInEitherSpelling):
-    """The next version: new steps; name, description and visibility carry over when omitted."""
+    """The next version: new steps; name, description, visibility and tags carry over when omitted."""
 
     name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS)
     description: str | None = Field(default=None, max_length=MAX_DESCRIPTION_CHARS)
@@ -73,6 +81,7 @@ class TemplateRevision(_StepsInEitherSpelling):
     note: str = Field(
         default="", max_length=MAX_NOTE_CHARS, description="what changed, in one line (GET .../versions shows it)"
     )
+    tags: Tags | None = Field(default=None, max_length=MAX_TAGS, description=TAGS_DESCRIPTION)
 
 
 class TemplateOrigin(BaseModel):
@@ -113,6 +122,7 @@ class TemplateBody(_DocumentedSpelling):
     name: str
     description: str
     is_public: bool
+    tags: list[str] = Field(default_factory=list, description="catalogue tags")
     version: int = Field(description="the version shown")
     latest_version: int
     created_at: str = Field(description="when version 1 was recorded (ISO-8601 UTC)")
@@ -160,6 +170,7 @@ class TemplateSummary(_DocumentedSpelling):
     name: str
     description: str
     is_public: bool
+    tags: list[str] = Field(default_factory=list, description="catalogue tags")
     version: int
     step_count: int
     created_at: str
@@ -203,3 +214,26 @@ class EnhanceReply(BaseModel):
     warning: str | None = None
     model: str
     enhancement_id: str = Field(description="the billed call (PromptEnhanced on enhance-<id>)")
+
+
+class PublicTemplate(BaseModel):
+    """A public template as the catalogue lists it."""
+
+    id: str
+    owner: str
+    name: str
+    description: str
+    tags: list[str]
+    version: int = Field(description="its latest version")
+    step_count: int
+    uses: int = Field(description="jobs ever requested with it (any version, anyone's; deleted ones too)")
+    updated_at: str = Field(description="when its latest version was recorded (ISO-8601 UTC)")
+
+
+class PublicTemplateList(BaseModel):
+    """One page of the public catalogue."""
+
+    items: list[PublicTemplate]
+    next_token: str | None = Field(
+        default=None, description="pass back for the next page; a page may hold fewer items than `limit`"
+    )

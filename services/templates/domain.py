@@ -30,6 +30,8 @@ from services.templates.prompts import InvalidTemplate, TemplateAnalysis, Templa
 MAX_NAME_CHARS = 200
 MAX_DESCRIPTION_CHARS = 4000
 MAX_NOTE_CHARS = 200
+MAX_TAGS = 10
+_TAG = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 
 # -- commands ----------------------------------------------------------------------------
@@ -43,11 +45,12 @@ class CreateTemplate:
     steps: Sequence[TemplateStep]
     description: str = ""
     is_public: bool = False
+    tags: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class PublishTemplateVersion:
-    """A new immutable version; name, description and visibility carry over when omitted."""
+    """A new immutable version; name, description, visibility and tags carry over when omitted."""
 
     template_id: str
     actor: str
@@ -56,6 +59,7 @@ class PublishTemplateVersion:
     description: str | None = None
     is_public: bool | None = None
     note: str = ""
+    tags: Sequence[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +204,7 @@ class TemplateVersion:
     steps: tuple[TemplateStep, ...]
     required_fields: tuple[str, ...]
     note: str = ""
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +307,7 @@ def _version_of(version: int, event: TemplateCreated | TemplateVersionPublished)
         steps=tuple(event.steps),
         required_fields=tuple(event.required_fields),
         note=event.note if isinstance(event, TemplateVersionPublished) else "",
+        tags=tuple(event.tags),
     )
 
 
@@ -336,7 +342,7 @@ def decide(command: TemplateCommand, state: TemplateState, screen: ContentScreen
 def _create(command: CreateTemplate, state: TemplateState, screen: ContentScreen) -> list[DomainEvent]:
     if state.exists:
         raise TemplateAlreadyExists(command.template_id)
-    analysis = _checked_definition(command.name, command.description, command.steps)
+    analysis = _checked_definition(command.name, command.description, command.steps, tags=command.tags)
     _screen(command.template_id, 1, command.name, command.description, command.steps, screen)
     return [
         TemplateCreated(
@@ -347,6 +353,7 @@ def _create(command: CreateTemplate, state: TemplateState, screen: ContentScreen
             is_public=command.is_public,
             steps=list(command.steps),
             required_fields=list(analysis.required_fields),
+            tags=list(command.tags),
         )
     ]
 
@@ -356,7 +363,8 @@ def _publish(command: PublishTemplateVersion, state: TemplateState, screen: Cont
     name = state.name if command.name is None else command.name
     description = state.description if command.description is None else command.description
     is_public = state.is_public if command.is_public is None else command.is_public
-    analysis = _checked_definition(name, description, command.steps, note=command.note)
+    tags = (state.latest.tags if state.latest else ()) if command.tags is None else tuple(command.tags)
+    analysis = _checked_definition(name, description, command.steps, note=command.note, tags=tags)
     _screen(command.template_id, state.version + 1, name, description, command.steps, screen)
     return [
         TemplateVersionPublished(
@@ -368,6 +376,7 @@ def _publish(command: PublishTemplateVersion, state: TemplateState, screen: Cont
             steps=list(command.steps),
             required_fields=list(analysis.required_fields),
             note=command.note,
+            tags=list(tags),
         )
     ]
 
@@ -384,6 +393,7 @@ def _fork(command: ForkTemplate, state: TemplateState, screen: ContentScreen) ->
             name=copied.name if command.name is None else command.name,
             steps=copied.steps,
             description=copied.description,
+            tags=copied.tags,
         ),
         state,
         screen,
@@ -479,10 +489,21 @@ def _text_problems(name: str, description: str, steps: Sequence[TemplateStep]) -
     return problems
 
 
-def _checked_definition(name: str, description: str, steps: Sequence[TemplateStep], note: str = "") -> TemplateAnalysis:
-    """The analysis of a definition; every problem, of the name, the change note or the
-    prompts, at once."""
+def _checked_definition(
+    name: str, description: str, steps: Sequence[TemplateStep], note: str = "", tags: Sequence[str] = ()
+) -> TemplateAnalysis:
+    """The analysis of a definition; every problem, of the name, the change note, the tags
+    or the prompts, at once."""
     problems = _text_problems(name, description, steps)
+    if len(tags) > MAX_TAGS or len(set(tags)) < len(tags) or not all(_TAG.fullmatch(tag) for tag in tags):
+        problems.append(
+            TemplateProblem(
+                "INVALID_TAGS",
+                f"at most {MAX_TAGS} different tags, each lowercase letters, digits and '-' "
+                "(at most 32 characters, not starting with '-')",
+                field="tags",
+            )
+        )
     if len(note) > MAX_NOTE_CHARS or _CONTROL.search(note):
         problems.append(
             TemplateProblem(

@@ -60,6 +60,7 @@ from services.templates.enhancement import (
     judge,
     prompt_variables,
 )
+from services.templates.includes import SnippetVersions, resolve_includes
 from services.templates.projections import TemplateUsageView
 
 TEMPLATE_ID = re.compile(r"^tpl_[0-9a-f]{32}$")
@@ -172,6 +173,7 @@ class TemplateHandlers:
         is_public: bool = False,
         correlation_id: str | None = None,
         idempotent: IdempotentCreate | None = None,
+        tags: Sequence[str] = (),
     ) -> LoadedTemplate:
         """Records version 1 of a new template under a fresh id, or with `idempotent` (the
         request's Idempotency-Key) the id its key names; returns it as recorded."""
@@ -179,9 +181,10 @@ class TemplateHandlers:
             template_id=new_template_id() if idempotent is None else f"tpl_{idempotent.resource_uuid.hex}",
             owner=owner,
             name=name,
-            steps=_canonical_models(steps),
+            steps=resolve_includes(_canonical_models(steps), self._snippets_for(owner)),
             description=description,
             is_public=is_public,
+            tags=tuple(tags),
         )
         return self._execute(command, owner, correlation_id, idempotent=idempotent)
 
@@ -195,17 +198,19 @@ class TemplateHandlers:
         is_public: bool | None = None,
         correlation_id: str | None = None,
         note: str = "",
+        tags: Sequence[str] | None = None,
     ) -> LoadedTemplate:
         """Records the next immutable version, with the owner's one-line change `note`;
         only the owner may."""
         command = PublishTemplateVersion(
             template_id=template_id,
             actor=actor,
-            steps=_canonical_models(steps),
+            steps=resolve_includes(_canonical_models(steps), self._snippets_for(actor)),
             name=name,
             description=description,
             is_public=is_public,
             note=note,
+            tags=None if tags is None else tuple(tags),
         )
         return self._execute(command, actor, correlation_id)
 
@@ -236,6 +241,17 @@ class TemplateHandlers:
             name=name,
         )
         return self._execute(command, owner, correlation_id, idempotent=idempotent)
+
+    def _snippets_for(self, user: str) -> SnippetVersions:
+        """Template versions `user` may include: their own and public ones (includes.py)."""
+
+        def prompts(template_id: str, version: int) -> Mapping[str, str] | None:
+            state = self.load(template_id)
+            if not state.visible_to(user) or version not in state.versions:
+                return None
+            return {step.id: step.prompt for step in state.versions[version].steps}
+
+        return prompts
 
     def delete(self, template_id: str, actor: str, correlation_id: str | None = None) -> None:
         """Deletes a template no job uses; the owner only. Its versions stay in the log."""

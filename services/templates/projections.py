@@ -121,6 +121,7 @@ def _summary_document(
         "name": detail.name,
         "description": detail.description,
         "is_public": detail.is_public,
+        "tags": list(detail.tags),
         "version": version,
         "required_fields": list(detail.required_fields),
         "steps": [step.model_dump(mode="json") for step in detail.steps],

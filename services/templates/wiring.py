@@ -8,10 +8,13 @@ TemplateUsage projection.
 from __future__ import annotations
 
 from palette.adapters import Adapters
+from palette.models.blocking import BlockingGateway
 from palette.projections.documents import DocumentProjection
 from palette.wiring import CatchUp, ServiceParts, follow_the_bus
 from services.templates.api import create_router
 from services.templates.domain import ALLOW_ALL, ContentScreen
+from services.templates.dry_run import TemplateTester
+from services.templates.dry_run_api import create_dry_run_router
 from services.templates.enhancement import PromptEnhancer
 from services.templates.handlers import TemplateHandlers
 from services.templates.projections import (
@@ -22,12 +25,14 @@ from services.templates.projections import (
     TemplateUsageView,
     TemplateVersionHistory,
 )
+from services.templates.public_catalogue import PublicCatalogue, PublicCatalogueView
+from services.templates.seed_records import SeedRecords
 
 
 def projections() -> list[DocumentProjection]:
     """The views templates keeps: the catalog, which jobs use which template, each
-    template's version history, and its forks."""
-    return [TemplateCatalog(), TemplateUsage(), TemplateVersionHistory(), TemplateForks()]
+    template's version history, its forks, and the public catalogue."""
+    return [TemplateCatalog(), TemplateUsage(), TemplateVersionHistory(), TemplateForks(), PublicCatalogue()]
 
 
 def build(
@@ -35,14 +40,19 @@ def build(
     catch_up: CatchUp = follow_the_bus,
     screen: ContentScreen = ALLOW_ALL,
     enhancer: PromptEnhancer | None = None,
+    models: BlockingGateway | None = None,
 ) -> ServiceParts[TemplateHandlers]:
     """Template commands, refusing definitions `screen` blocks and improving prompts with
     `enhancer` (None: POST /templates/enhance answers 502); the /templates routes list the
-    catalog view, and reads before a delete ask the usage view."""
+    catalog view, and reads before a delete ask the usage view. Dry runs call `models` (None:
+    POST /templates/{id}/test renders only)."""
     views = projections()
-    catalog, usage, versions, forks = views
+    catalog, usage, versions, forks, public = views
     usage_view = TemplateUsageView(adapters.document_reader(usage))
     history = TemplateHistoryView(adapters.document_reader(versions), adapters.document_reader(forks), usage_view)
     handlers = TemplateHandlers(adapters.events, usage_view, screen=screen, enhancer=enhancer)
-    router = create_router(handlers, adapters.document_reader(catalog), history, catch_up=catch_up(views))
-    return ServiceParts(handlers, [router], views)
+    public_view = PublicCatalogueView(adapters.document_reader(public))
+    router = create_router(handlers, adapters.document_reader(catalog), history, public_view, catch_up=catch_up(views))
+    tester = TemplateTester(adapters.events, adapters.pricing, models)
+    dry_runs = create_dry_run_router(handlers, tester, SeedRecords(adapters.events, adapters.blobs))
+    return ServiceParts(handlers, [router, dry_runs], views)

@@ -37,6 +37,7 @@ from services.templates.projections import (
     TemplateUsageView,
     TemplateVersionHistory,
 )
+from services.templates.public_catalogue import PublicCatalogue, PublicCatalogueView
 from tests.fakes.lambda_events import fake_context, sqs_batch
 
 SECRET = b"integration-test-secret-of-32-bytes!"
@@ -126,7 +127,8 @@ def step(step_id: str, prompt: str, model: str = "local/gemma-3-270m") -> dict[s
 def local_facade(data_dir: Path) -> Iterator[Facade]:
     adapters = local_adapters(data_dir)
     catalog, usage, versions, forks = TemplateCatalog(), TemplateUsage(), TemplateVersionHistory(), TemplateForks()
-    runners = [adapters.projection_runner(view) for view in (catalog, usage, versions, forks)]
+    public = PublicCatalogue()
+    runners = [adapters.projection_runner(view) for view in (catalog, usage, versions, forks, public)]
     usage_view = TemplateUsageView(adapters.document_reader(usage))
     handlers = TemplateHandlers(adapters.events, usage_view)
 
@@ -135,7 +137,8 @@ def local_facade(data_dir: Path) -> Iterator[Facade]:
             runner.run_once()
 
     history = TemplateHistoryView(adapters.document_reader(versions), adapters.document_reader(forks), usage_view)
-    router = create_router(handlers, adapters.document_reader(catalog), history, catch_up=catch_up)
+    public_view = PublicCatalogueView(adapters.document_reader(public))
+    router = create_router(handlers, adapters.document_reader(catalog), history, public_view, catch_up=catch_up)
     tokens = LocalTokens(SECRET)
     app = build_app([router], tokens, local=False)
 

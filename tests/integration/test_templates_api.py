@@ -33,6 +33,7 @@ from services.templates.projections import (
     TemplateUsageView,
     TemplateVersionHistory,
 )
+from services.templates.public_catalogue import PublicCatalogue, PublicCatalogueView
 from tests.fakes.lambda_events import sqs_batch
 from tests.integration.templates_facade import (
     SECRET,
@@ -539,8 +540,9 @@ def test_the_openapi_document_describes_the_routes(tmp_path: Path) -> None:
     history = TemplateHistoryView(
         adapters.document_reader(TemplateVersionHistory()), adapters.document_reader(TemplateForks()), usage
     )
+    public = PublicCatalogueView(adapters.document_reader(PublicCatalogue()))
     router = create_router(
-        TemplateHandlers(adapters.events, usage), adapters.document_reader(TemplateCatalog()), history
+        TemplateHandlers(adapters.events, usage), adapters.document_reader(TemplateCatalog()), history, public
     )
     paths = json.loads(build_app([router], LocalTokens(SECRET), local=False).get_openapi_json_schema())["paths"]
     adapters.close()

@@ -87,6 +87,7 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         is_public=True,
         steps=_STEPS,
         required_fields=["topic"],
+        tags=["books", "q-and-a"],
     ),
     TemplateVersionPublished: TemplateVersionPublished(
         template_id="tpl-1",
