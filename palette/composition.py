@@ -8,11 +8,13 @@ facade, projections run here, subscriptions on the local bus. It is the only mod
 
 Projections are brought up to date in two ways: a background thread catches every runner
 up from the log continuously, and query routes call `catch_up()` first, so a user reads
-their own writes at once.
+their own writes at once. A catch-up that applied events wakes the open event streams
+(`GET /jobs/{id}/events`, `palette.api.event_streams`).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ from palette.adapters import Adapters, local_adapters
 from palette.api.app import build_app, logger
 from palette.api.asgi import DEFAULT_WORKERS, PooledResolver
 from palette.api.auth import LocalTokens
+from palette.api.event_streams import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_MAX_PER_USER, EventStreams, Wakeups
 from palette.api.server import DEFAULT_GRACE_SECONDS, FacadeApp, LocalServer
 from palette.blobs.local import LocalBlobStore
 from palette.bus.local import LocalBus
@@ -42,6 +45,9 @@ from services.generator import wiring as generator
 from services.generator.domain import DEFAULT_LEASE_SECONDS
 from services.generator.run.options import WorkerOptions
 from services.jobs import wiring as jobs
+from services.jobs.events_api import EVENT_NAME as JOB_EVENT_NAME
+from services.jobs.events_api import ROUTE_PATTERN as JOB_EVENTS_ROUTE
+from services.jobs.events_api import JobEvents
 from services.jobs.projections import DASHBOARDS as JOB_DASHBOARDS
 from services.jobs.projections import JobDashboard, dashboard_figures
 from services.notifications import wiring as notifications
@@ -124,6 +130,9 @@ class LocalPalette:
     """The wait before each webhook retry (tests pass a short one)."""
     webhook_retry_interval: float = 1.0
     """How often the retry loop looks for deliveries that came due."""
+    stream_heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    """How often an open event stream sends a comment to keep proxies from closing it."""
+    max_streams_per_user: int = DEFAULT_MAX_PER_USER
     adapters: Adapters = field(init=False)
     bus: LocalBus = field(init=False)
     runners: list[ProjectionRunner[Any]] = field(init=False)
@@ -138,6 +147,7 @@ class LocalPalette:
         self.limiter = RateLimiter.from_config(self.guard, buckets)
         self.bus = LocalBus(self.adapters.events, self.data_dir / "bus.db")
         self._catch_up_lock = threading.Lock()
+        self.stream_wakeups = Wakeups()
         self._stop = threading.Event()
         self._projector: threading.Thread | None = None
 
@@ -145,7 +155,11 @@ class LocalPalette:
         self.runners = []
         self.enhancer = ModelEnhancer(BlockingGateway(gateway_from_env), kernel.pricing.knows)
         templates_parts = templates.build(
-            kernel, self._catch_up_views, screen=self.content_filter, enhancer=self.enhancer
+            kernel,
+            self._catch_up_views,
+            screen=self.content_filter,
+            enhancer=self.enhancer,
+            models=self.enhancer.gateway,
         )
         seeds_parts = seeds.build(kernel)
         jobs_parts = jobs.build(kernel, self._catch_up_views)
@@ -185,12 +199,19 @@ class LocalPalette:
         )
         blobs = kernel.blobs
         assert isinstance(blobs, LocalBlobStore)  # the facade serves the folder's signed URLs
-        self.asgi = FacadeApp(
-            PooledResolver(self.api, workers=self.api_workers),
-            blobs,
-            on_upload=self._uploaded,
-            limiter=self.limiter,
+        pool = PooledResolver(self.api, workers=self.api_workers)
+        job_events = JobEvents(self.jobs, kernel.document_reader(JobDashboard()))
+        streams = EventStreams(
+            pool,
+            self.tokens,
+            re.compile(JOB_EVENTS_ROUTE),
+            job_events.feed,
+            self.stream_wakeups,
+            JOB_EVENT_NAME,
+            heartbeat_seconds=self.stream_heartbeat_seconds,
+            max_per_user=self.max_streams_per_user,
         )
+        self.asgi = FacadeApp(pool, blobs, on_upload=self._uploaded, limiter=self.limiter, streams=streams)
 
     def _readiness_checks(self) -> dict[str, Callable[[], object]]:
         """What GET /health/ready probes: a read of the log, of the blob folder, and the bus
@@ -223,8 +244,9 @@ class LocalPalette:
 
         def catch_up() -> None:
             with self._catch_up_lock:
-                for runner in runners:
-                    runner.run_once()
+                applied = sum(runner.run_once() for runner in runners)
+            if applied:
+                self.stream_wakeups.notify()
 
         return catch_up
 
@@ -265,7 +287,7 @@ class LocalPalette:
             self._projector.join(timeout=10)
 
     def server(self) -> LocalServer:
-        return LocalServer(self.asgi, self.host, self.port, grace=self.grace_seconds)
+        return LocalServer(self.asgi, self.host, self.port, grace=self.grace_seconds, on_shutdown=self.asgi.end_streams)
 
     def close(self) -> None:
         self.asgi.close()

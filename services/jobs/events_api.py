@@ -79,8 +79,10 @@ class JobEvents:
             raise StreamGone(job_id) from None
 
 
-def add_events_route(router: Router, events: JobEvents) -> None:
-    """GET /jobs/{id}/events on the jobs service's Router."""
+def create_events_router(handlers: JobHandlers, dashboard: DocumentReader) -> Router:
+    """GET /jobs/{id}/events over the jobs handlers and the JobDashboard documents."""
+    router = Router()
+    events = JobEvents(handlers, dashboard)
 
     @router.get(
         "/jobs/<job_id>/events",
@@ -110,3 +112,5 @@ def add_events_route(router: Router, events: JobEvents) -> None:
             return Response(204, None, "")
         body = sse_retry() + (sse_event(state, EVENT_NAME) if state.id > after else "")
         return Response(200, f"{EVENT_STREAM}; charset=utf-8", body, headers={"Cache-Control": "no-cache"})
+
+    return router
