@@ -19,8 +19,9 @@ Layout — one document projection, `templates_public`:
   ...), index2 = ("recent#<tag>", ...): the catalogue of one tag, so `tag=` reads only
   its own templates.
 
-`q` is matched here, in Python, against each entry's `words` (the casefolded words of its
-name, description and prompts, sorted): every word of `q` must begin a word of the
+`q` is matched here, in Python, against each entry's `words` (the distinct casefolded words
+of its name, description and prompts, sorted; the first `MAX_WORD_CHARS` characters of them,
+so that an entry always fits a document): every word of `q` must begin a word of the
 template. It never reaches a query, so it cannot inject anything. A page examines at most
 `MAX_EXAMINED` entries; when few match, it may hold fewer than `limit` items and still
 hand out a `next_token`.
@@ -53,6 +54,9 @@ TAGGED = "tagged"
 MAX_EXAMINED = 500
 """Entries one page reads at most while looking for matches of `q`."""
 MAX_QUERY_WORDS = 10
+MAX_WORD_CHARS = 30_000
+"""The distinct words an entry keeps, in characters: those of its name and description, then
+its prompts in order, up to this, so an entry fits a document however its prompts read."""
 USES_DIGITS = 12
 
 Sort = Literal["uses", "recent"]
@@ -62,6 +66,20 @@ _WORD = re.compile(r"\w+")
 def words_of(text: str) -> list[str]:
     """The casefolded words of `text` (runs of letters, digits and "_"), in order."""
     return _WORD.findall(text.casefold())
+
+
+def searchable_words(text: str) -> list[str]:
+    """The distinct words of `text`, sorted, the first ones up to MAX_WORD_CHARS in all."""
+    kept: set[str] = set()
+    chars = 0
+    for word in words_of(text):
+        if word in kept:
+            continue
+        chars += len(word)
+        if chars > MAX_WORD_CHARS:
+            break
+        kept.add(word)
+    return sorted(kept)
 
 
 class PublicCatalogue(DocumentProjection):
@@ -123,7 +141,7 @@ class PublicCatalogue(DocumentProjection):
             "step_count": len(detail.steps),
             "uses": int(template["uses"]),
             "updated_at": time,
-            "words": sorted(set(words_of(f"{detail.name} {detail.description} {prompts}"))),
+            "words": searchable_words(f"{detail.name} {detail.description} {prompts}"),
         }
         _put_entry(entry, docs)
 

@@ -140,6 +140,14 @@ def test_search_by_words_of_name_description_and_prompt_and_by_tag(
     assert names(bob, q="%;'") == names(bob)  # no word at all: no filter
 
 
+def test_a_huge_prompt_is_searchable_by_its_first_words(alice: httpx.Client) -> None:
+    prompt = " ".join(f"lexeme{n:05d}" for n in range(12_000)) + " {{ topic }}"  # 132,000 characters
+    huge = created(alice, "Huge", [], True, prompt)
+    assert [item["id"] for item in search(alice, q="lexeme00010")] == [huge]
+    assert search(alice, q="lexeme11000") == []  # past the words an entry keeps
+    assert alice.put(f"/templates/{huge}", json={"steps": [step("q", prompt)], "is_public": False}).status_code == 200
+
+
 def test_bad_queries_are_400(templates: dict[str, str], bob: httpx.Client) -> None:
     for query, field in [
         ({"q": "x" * 201}, "q"),
