@@ -49,8 +49,8 @@ from itertools import chain
 from string import Formatter
 from typing import Any, cast
 
-from jinja2 import StrictUndefined, Template, meta, nodes, pass_context
-from jinja2.exceptions import SecurityError, TemplateSyntaxError
+from jinja2 import BaseLoader, StrictUndefined, Template, meta, nodes, pass_context
+from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError
 from jinja2.filters import make_attrgetter
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
@@ -59,6 +59,8 @@ from jinja2.visitor import NodeTransformer
 from markupsafe import Markup
 
 from contracts.events.templates import TemplateStep
+from palette import prompt_filters
+from palette.prompt_includes import snippet_key
 
 MAX_PROMPT_CHARS = 1_000_000
 MAX_VALUE_CHARS = 1_000_000
@@ -127,6 +129,24 @@ class _RenderBudget:
 
 
 _budget: ContextVar[_RenderBudget | None] = ContextVar("palette_render_budget", default=None)
+
+
+class _Record:
+    """The seed row being rendered, and its digest once a filter (`sample`) asks for it."""
+
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        self.row = row
+        self._key: bytes | None = None
+
+    @property
+    def key(self) -> bytes:
+        if self._key is None:
+            self._key = prompt_filters.seed_key(self.row)
+        return self._key
+
+
+_record: ContextVar[_Record | None] = ContextVar("palette_render_record", default=None)
+_snippets: ContextVar[Mapping[str, str] | None] = ContextVar("palette_render_snippets", default=None)
 
 
 def _current() -> _RenderBudget:
@@ -438,6 +458,10 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
+    def join_path(self, template: str, parent: str) -> str:
+        """An include inside a snippet names a step of the snippet's version (prompt_includes)."""
+        return snippet_key(template, parent)
+
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(_current(), operator, left, right)
         return super().call_binop(context, operator, left, right)
@@ -630,7 +654,50 @@ def _slice_size(a: Arguments) -> int:
     return _items_size(a["value"]) + max(_int(a["slices"]), 0) * each
 
 
+def _json_size(a: Arguments) -> int:
+    if a["indent"] is not None and not isinstance(a["indent"], int):
+        raise SecurityError("json indents by a number of spaces")
+    return _tojson_size(a)
+
+
+def _lines_size(items: Any, prefix: int) -> int:
+    """bullet_list and numbered_list: each item's text on a line after `prefix` characters."""
+    if isinstance(items, str):
+        return len(items) + (items.count("\n") + 1) * (prefix + 1)
+    count = len(items) if isinstance(items, Mapping) else _pointers(items) // _POINTER
+    return _text_size(items) + count * (prefix + 3)
+
+
+def _numbered_size(a: Arguments) -> int:
+    start = a["start"]
+    if not isinstance(start, int):
+        raise SecurityError("numbered_list starts at a whole number")
+    return _lines_size(a["items"], _text_size(start) + 8)
+
+
+def _sample(items: Any, count: int) -> list[Any]:
+    """prompt_filters.sample, drawn from the seed row being rendered."""
+    record = _record.get() or _Record({})  # outside a render (a constant checked at save): no row
+    return prompt_filters.sample(items, count, record.key)
+
+
+CUSTOM_FILTERS: dict[str, Callable[..., Any]] = {
+    "bullet_list": prompt_filters.bullet_list,
+    "json": prompt_filters.to_json,
+    "numbered_list": prompt_filters.numbered_list,
+    "sample": _sample,
+    "title_case": prompt_filters.title_case,
+    "truncate_words": prompt_filters.truncate_words,
+}
+"""Palette's filters (palette/prompt_filters.py), guarded as Jinja's are."""
+
 _FILTER_SIZES: dict[str, Callable[[Arguments], int]] = {
+    "bullet_list": lambda a: _lines_size(a["items"], _text_size(a["bullet"])),
+    "json": _json_size,
+    "numbered_list": _numbered_size,
+    "sample": lambda a: _items_size(a["items"]),
+    "title_case": lambda a: _case_size(a["text"]),
+    "truncate_words": lambda a: _text_size(a["text"]) + _text_size(a["end"]),
     "batch": _batch_size,
     "capitalize": lambda a: _case_size(a["s"]),
     "center": lambda a: max(_text_size(a["value"]), _int(a["width"])),
@@ -665,10 +732,11 @@ _FILTER_SIZES: dict[str, Callable[[Arguments], int]] = {
 """Upper bounds of what the filters that build text return; the others return one of
 their inputs, a number, or a generator over their input's items."""
 
-_LIST_COSTS = frozenset({"dictsort", "groupby", "list", "reverse", "sort", "batch", "slice"})
+_LIST_COSTS = frozenset({"dictsort", "groupby", "list", "reverse", "sort", "batch", "slice", "sample"})
 _CONSUMERS = frozenset(
     {
         "batch",
+        "bullet_list",
         "count",
         "dictsort",
         "first",
@@ -680,10 +748,12 @@ _CONSUMERS = frozenset(
         "map",
         "max",
         "min",
+        "numbered_list",
         "random",
         "reject",
         "rejectattr",
         "reverse",
+        "sample",
         "select",
         "selectattr",
         "slice",
@@ -784,13 +854,43 @@ def _sum(context: Context, args: tuple[Any, ...], kwargs: dict[str, Any], origin
 # -- compiling ---------------------------------------------------------------------------
 
 
+class _PinnedSnippets(BaseLoader):
+    """Serves `{% include %}` from the snippets the rendering step recorded when it was saved
+    (`TemplateStep.includes`), compiled with the guards; a name it did not record is not found.
+    The environment keeps no template cache (parsed nodes point to the environment, and the
+    save-time checks copy them); compiled snippets are cached here by name and text."""
+
+    def get_source(self, environment: Any, template: str) -> tuple[str, None, Callable[[], bool]]:
+        text = (_snippets.get() or {}).get(template)
+        if text is None:
+            raise TemplateNotFound(template)
+        return text, None, lambda: True
+
+    def load(self, environment: Any, name: str, globals: Any = None) -> Template:
+        return _compiled_snippet(name, self.get_source(environment, name)[0])
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled_snippet(name: str, text: str) -> Template:
+    code = ENVIRONMENT.compile(_Guards().visit(ENVIRONMENT.parse(text, name)), name)
+    return ENVIRONMENT.template_class.from_code(ENVIRONMENT, code, ENVIRONMENT.make_globals(None))
+
+
 def _build_environment() -> PromptEnvironment:
-    env = PromptEnvironment(autoescape=False, undefined=StrictUndefined, keep_trailing_newline=True, finalize=_finalize)
+    env = PromptEnvironment(
+        autoescape=False,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        finalize=_finalize,
+        loader=_PinnedSnippets(),
+        cache_size=0,
+    )
     env.globals["lipsum"] = _bounded_lipsum
     env.globals["namespace"] = _BoundedNamespace
     env.globals[_LOOP_GUARD] = _loop_guard
     env.globals[_CONCAT] = _concat
     env.globals[_SLICE] = _slice
+    env.filters.update(CUSTOM_FILTERS)
     for name, original in list(env.filters.items()):
         env.filters[name] = _guarded_filter(name, original)
     return env
@@ -908,6 +1008,8 @@ def render(step: TemplateStep, seed_row: Mapping[str, Any], step_outputs: Mappin
     variables = dict(seed_row)
     variables[STEP_OUTPUTS] = {step_id: {"output": text} for step_id, text in step_outputs.items()}
     token = _budget.set(_RenderBudget())
+    record = _record.set(_Record(seed_row))
+    snippets = _snippets.set(step.includes)
     try:
         pieces: list[str] = []
         size = 0
@@ -929,6 +1031,8 @@ def render(step: TemplateStep, seed_row: Mapping[str, Any], step_outputs: Mappin
         raise PromptRenderError(step.id, _shortened(f"{type(error).__name__}: {error}")) from None
     finally:
         _budget.reset(token)
+        _record.reset(record)
+        _snippets.reset(snippets)
 
 
 def _shortened(message: str) -> str:
