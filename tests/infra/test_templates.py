@@ -37,8 +37,8 @@ STREAM_PREFIX = {
     "generator": streams.GENERATION,
     "notifications": "webhook",  # webhooks-<owner> and webhook-delivery-<id>
 }
-MORE_STREAMS = {"jobs": (streams.SWEEP,)}
-"""The other streams a service writes (the jobs service: its sweeps)."""
+MORE_STREAMS = {"jobs": (streams.SWEEP,), "templates": (streams.DRY_RUN,)}
+"""The other streams a service writes (the jobs service: its sweeps; templates: its dry runs)."""
 PROJECTION_PREFIX = {
     "templates": "templates_",
     "jobs": "jobs_",
