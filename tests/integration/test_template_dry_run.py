@@ -24,6 +24,7 @@ from services.templates.dry_run import placeholder
 from tests.e2e.serving import UNLIMITED
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette, template_and_seed
+from tests.integration.templates_facade import Facade, aws_facade
 from tests.waiting import wait_for
 
 MODEL = "openai/fake-model"
@@ -270,3 +271,26 @@ def test_the_openapi_document_covers_the_route(user: httpx.Client) -> None:
     body = route["requestBody"]["content"]["application/json"]["schema"]
     assert body["$ref"].endswith("/DryRunRequest")
     assert {"200", "400", "401", "404", "422", "502"} <= set(route["responses"])
+
+
+# -- the templates Lambda on moto ------------------------------------------------------------
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
+    yield from aws_facade(monkeypatch)
+
+
+def test_on_aws_the_lambda_renders_and_calls_no_model(aws: Facade) -> None:
+    created = aws.call("POST", "/templates", "alice", {"name": "Q&A", "steps": STEPS})
+    assert created.status == 201, created.body
+    path = f"/templates/{created.body['id']}/test"
+
+    rendered = aws.call("POST", path, "alice", {"record": RECORD})
+
+    assert rendered.status == 200, rendered.body
+    assert rendered.body["steps"][1]["prompt"] == f"Answer briefly: {placeholder('question')}"
+    called = aws.call("POST", path, "alice", {"record": RECORD, "call_models": True, "budget_limit": 1})
+    assert (called.status, called.error["code"]) == (400, "VALIDATION_ERROR")
+    assert "render only" in called.error["message"]
+    assert aws.call("POST", path, "bob", {"record": RECORD}).status == 404
