@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from contracts.model_tiers import DEFAULT_TIERS, ModelTiers
 from contracts.pricing import DEFAULT_CATALOG, PricingCatalog, with_overrides
 from palette.blobs.port import BlobStore
 from palette.eventstore.port import EventStore
@@ -36,6 +37,8 @@ class Adapters:
     data_dir: Path | None = None
     settings: dict[str, str] = field(default_factory=dict)
     pricing: PricingCatalog = DEFAULT_CATALOG
+    model_tiers: ModelTiers = field(default_factory=lambda: ModelTiers(DEFAULT_TIERS["local"]))
+    """What `tier/fast`, `tier/balanced` and `tier/best` mean here (`contracts.model_tiers`)."""
 
     def projection_runner(self, projection: DocumentProjection) -> ProjectionRunner[Any]:
         """A runner that keeps `projection`'s documents in this runtime's read-model store."""
@@ -65,6 +68,8 @@ class Adapters:
 
 
 PRICING_OVERRIDES_FILE = "pricing.json"
+MODEL_TIERS_FILE = "model_tiers.json"
+MODEL_TIERS_ENV = "PALETTE_MODEL_TIERS"
 
 
 _FROM_ENVIRONMENT = object()
@@ -108,7 +113,8 @@ def _on_this_machine(url: str) -> bool:
 
 def local_adapters(data_dir: Path, base_url: str = "http://127.0.0.1:8000") -> Adapters:
     """The embedded default: everything in files under `data_dir`; pricing overrides in
-    `<data-dir>/pricing.json`."""
+    `<data-dir>/pricing.json`; model tiers from PALETTE_MODEL_TIERS or else
+    `<data-dir>/model_tiers.json` (ModelTierError when a target is unpriced)."""
     from palette.blobs.local import LocalBlobStore
     from palette.blobs.signing import UrlSigner, load_or_create_secret
     from palette.eventstore.sqlite import SQLiteEventStore
@@ -117,15 +123,20 @@ def local_adapters(data_dir: Path, base_url: str = "http://127.0.0.1:8000") -> A
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     signer = UrlSigner(load_or_create_secret(data_dir))
+    pricing = pricing_catalog(
+        overrides.read_text() if (overrides := data_dir / PRICING_OVERRIDES_FILE).exists() else None
+    )
+    tiers_file = data_dir / MODEL_TIERS_FILE
+    tiers = os.environ.get(MODEL_TIERS_ENV) or (tiers_file.read_text() if tiers_file.exists() else None)
+    model_tiers = ModelTiers.configured("local", tiers, pricing)  # checked before any store opens
     return Adapters(
         runtime="local",
         events=SQLiteEventStore(data_dir / "events.db"),
         blobs=LocalBlobStore(data_dir / "blobs", signer, base_url),
         read_models=SQLiteReadModelStore(data_dir / "projections.db"),
         data_dir=data_dir,
-        pricing=pricing_catalog(
-            overrides.read_text() if (overrides := data_dir / PRICING_OVERRIDES_FILE).exists() else None
-        ),
+        pricing=pricing,
+        model_tiers=model_tiers,
     )
 
 
@@ -139,6 +150,7 @@ class AwsSettings:
     tracking_table: str = "palette-projection-tracking"
     endpoint_url: str | None = None
     pricing_overrides: str | None = None
+    model_tiers: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> AwsSettings:
@@ -150,6 +162,7 @@ class AwsSettings:
             tracking_table=env.get("PALETTE_TRACKING_TABLE", "palette-projection-tracking"),
             endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             pricing_overrides=env.get("PALETTE_PRICING_OVERRIDES") or None,
+            model_tiers=env.get(MODEL_TIERS_ENV) or None,
         )
 
 
@@ -162,6 +175,8 @@ def aws_adapters(settings: AwsSettings) -> Adapters:
     from palette.eventstore.dynamodb import DynamoDBEventStore
     from palette.projections.dynamodb import DynamoDBReadModelStore
 
+    pricing = pricing_catalog(settings.pricing_overrides)
+    model_tiers = ModelTiers.configured("aws", settings.model_tiers, pricing)
     dynamodb = boto3.client("dynamodb", endpoint_url=settings.endpoint_url)
     s3 = boto3.client("s3", endpoint_url=settings.endpoint_url, config=Config(signature_version="s3v4"))
     return Adapters(
@@ -172,5 +187,6 @@ def aws_adapters(settings: AwsSettings) -> Adapters:
             dynamodb, tracking_table=settings.tracking_table, table_prefix=settings.projection_prefix
         ),
         settings={"bucket": settings.bucket, "event_table": settings.event_table},
-        pricing=pricing_catalog(settings.pricing_overrides),
+        pricing=pricing,
+        model_tiers=model_tiers,
     )

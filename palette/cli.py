@@ -81,18 +81,22 @@ def serve(
     ] = 60,
 ) -> None:
     """Run the REST facade, the local bus and every consumer over DATA_DIR until Ctrl-C or SIGTERM."""
+    from contracts.model_tiers import ModelTierError
     from palette.composition import LocalPalette
 
     origins = cors_origin or [o.strip() for o in os.environ.get(CORS_ORIGINS_ENV, "").split(",") if o.strip()]
-    runtime = LocalPalette(
-        data_dir,
-        host,
-        port,
-        api_workers=api_threads,
-        cors_origins=tuple(origins),
-        grace_seconds=grace,
-        lease_seconds=lease_seconds,
-    )
+    try:
+        runtime = LocalPalette(
+            data_dir,
+            host,
+            port,
+            api_workers=api_threads,
+            cors_origins=tuple(origins),
+            grace_seconds=grace,
+            lease_seconds=lease_seconds,
+        )
+    except ModelTierError as refused:
+        fail(str(refused), 2)
     runtime.start_background()
     typer.echo(f"Palette on http://{host}:{port} (Swagger UI at /swagger), data in {data_dir}")
     try:

@@ -77,14 +77,20 @@ class JobRequested(JobOptions, _JobEvent):
 
     The options are the event's own fields (flat on the wire, as consumers and bus patterns
     read `detail.data.num_records`); `options` gives them back as one JobOptions.
-    Version 2 added `task_size` (version 1 events upcast with none)."""
+    Version 2 added `task_size` (version 1 events upcast with none); version 3 added
+    `model_tiers` (`contracts.model_tiers`; older events upcast with none)."""
 
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
 
     owner: str
     template_id: str
     template_version: int = Field(ge=1)
     seed_id: str
+    model_tiers: dict[str, str] = Field(
+        default_factory=dict,
+        description="each tier its steps name (`tier/fast`) -> the `provider/model-id` it "
+        "meant when the job was requested, which the job runs whatever the tiers mean later",
+    )
 
     @classmethod
     def of(
@@ -95,6 +101,7 @@ class JobRequested(JobOptions, _JobEvent):
         template_version: int,
         seed_id: str,
         options: JobOptions,
+        model_tiers: dict[str, str] | None = None,
     ) -> JobRequested:
         return cls(
             job_id=job_id,
@@ -102,6 +109,7 @@ class JobRequested(JobOptions, _JobEvent):
             template_id=template_id,
             template_version=template_version,
             seed_id=seed_id,
+            model_tiers=model_tiers or {},
             **dict(options),
         )
 

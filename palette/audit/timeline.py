@@ -231,6 +231,7 @@ def summarize(detail_type: str, d: dict[str, Any]) -> str:
             f"owner {d.get('owner')}: {d.get('num_records')} records of template "
             f"{d.get('template_id')} v{d.get('template_version')}, budget ${_usd(d.get('budget_limit'))}, "
             f"{'/'.join(d.get('output_formats', []))}"
+            + "".join(f", {tier} = {model}" for tier, model in sorted((d.get("model_tiers") or {}).items()))
         )
     if detail_type == BatchGenerated.detail_type():
         tokens = ", ".join(

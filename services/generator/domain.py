@@ -246,6 +246,8 @@ class JobSpec:
     options: JobOptions
     cancel_requested: bool = False
     closed: bool = False
+    model_tiers: Mapping[str, str] = field(default_factory=dict)
+    """Each tier the template's steps name -> the model recorded for it at creation."""
 
     @property
     def lanes(self) -> tuple[str | None, ...]:
@@ -265,6 +267,7 @@ def fold_job(events: Iterable[DomainEvent]) -> JobSpec | None:
                 template_version=event.template_version,
                 seed_id=event.seed_id,
                 options=event.options,
+                model_tiers=event.model_tiers,
             )
         elif spec is not None and isinstance(event, JobCancelRequested):
             spec = replace(spec, cancel_requested=True)
@@ -303,6 +306,18 @@ def fold_template(events: Iterable[DomainEvent], version: int) -> TemplateSpec |
         if current == version:
             return TemplateSpec(event.template_id, version, tuple(event.steps), tuple(event.required_fields))
     return None
+
+
+def with_recorded_tiers(template: TemplateSpec, job: JobSpec) -> TemplateSpec:
+    """The template with each step's tier (`tier/fast`) replaced by the model the job recorded
+    for it when it was requested, so the job runs, bills and reports the model it was checked
+    and priced on, whatever the operator's tiers mean now. A tier the job did not record
+    stays (a fan-out job's `models` replace every step's model anyway)."""
+    steps = tuple(
+        step.model_copy(update={"model": job.model_tiers[step.model]}) if step.model in job.model_tiers else step
+        for step in template.steps
+    )
+    return replace(template, steps=steps)
 
 
 @dataclass(frozen=True, slots=True)

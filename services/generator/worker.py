@@ -60,6 +60,7 @@ from contracts.events.generator import (
     GenerationStopped,
 )
 from contracts.events.jobs import NO_SEED
+from contracts.model_tiers import is_tier
 from contracts.streams import (
     generation_stream,
     job_guard_stream,
@@ -85,6 +86,7 @@ from services.generator.domain import (
     fold_seed,
     fold_template,
     lease_expires_at,
+    with_recorded_tiers,
 )
 from services.generator.domain import evolve as evolve_generation
 from services.generator.logs import bind_job
@@ -198,13 +200,17 @@ class GenerationWorker:
             )
         if not template.steps:
             raise JobFailure("TEMPLATE_INVALID", f"template {job.template_id} has no steps")
+        template = with_recorded_tiers(template, job)
+        if not job.options.models and (tiers := sorted({s.model for s in template.steps if is_tier(s.model)})):
+            raise JobFailure("MODEL_TIER_UNRESOLVED", f"the job recorded no model for {', '.join(tiers)}")
         if job.seed_id == NO_SEED:  # no seed set: every record renders from one empty row
             return template, _rows_without_seed(template.required_fields)
         seed = fold_seed(e for e, _ in self._decoded(seed_stream(job.seed_id)))
         if seed is None:
             raise JobFailure("SEED_NOT_FOUND", f"seed {job.seed_id} has no uploaded file")
         try:
-            read = [".".join(path) for path in seed_paths(step.prompt for step in template.steps)]
+            prompts = (text for step in template.steps for text in (step.prompt, *step.includes.values()))
+            read = [".".join(path) for path in seed_paths(prompts)]
             rows = load_seed_rows(self.blobs, seed.blob_key, seed.format, [*template.required_fields, *read])
         except UnreadableSeedRecords as error:
             raise JobFailure("SEED_INVALID", f"the seed set does not validate against the template: {error}") from error

@@ -310,6 +310,7 @@ def _job_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers) -> 
             seed_id=state.seed_id or None,  # NO_SEED
             **options.model_dump(exclude={"output_formats"}),
             output_format=options.output_formats,  # the request's name
+            model_tiers=dict(state.model_tiers),
         ),
         progress=_progress(state, doc),
         failure=_failure(loaded),

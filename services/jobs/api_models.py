@@ -222,6 +222,10 @@ class JobInputBody(BaseModel):
     models: list[str] | None = None
     output_filter: str = "drop"
     task_size: TaskSize | None = None
+    model_tiers: dict[str, str] = Field(
+        default_factory=dict,
+        description="each tier the template's steps name (`tier/fast`) -> the model it resolved to at creation",
+    )
 
 
 class ProgressBody(BaseModel):

@@ -58,6 +58,7 @@ from contracts.events.templates import (
     TemplateVersionPublished,
 )
 from contracts.identifiers import PROVIDERS, id_problem, model_problem
+from contracts.model_tiers import resolve
 from contracts.money import money_text
 from contracts.pricing import PricingCatalog, price_call
 from palette.blobs import keys as blob_keys
@@ -198,6 +199,8 @@ class RequestJob:
     owner: str
     input: JobInput
     template_version: int
+    model_tiers: Mapping[str, str] = field(default_factory=dict)
+    """Each tier the template version's steps name -> the model it means now (recorded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +370,8 @@ class JobState:
     template_version: int = 0
     seed_id: str = ""
     options: JobOptions = NO_OPTIONS
+    model_tiers: Mapping[str, str] = field(default_factory=dict)
+    """Each tier the job's steps name -> the model it resolved to at creation."""
     worker_id: str | None = None
     records_completed: int = 0
     failure_code: str | None = None
@@ -393,6 +398,7 @@ def evolve(state: JobState, event: DomainEvent) -> JobState:
             template_version=event.template_version,
             seed_id=event.seed_id,
             options=event.options,
+            model_tiers=event.model_tiers,
         )
     if isinstance(event, JobStarted):
         return replace(state, status=JobStatus.RUNNING, worker_id=event.worker_id)
@@ -451,6 +457,7 @@ def _request(command: RequestJob, state: JobState) -> list[DomainEvent]:
             command.template_version,
             job.seed_id,
             job.options,
+            dict(command.model_tiers),
         )
     ]
 
@@ -571,6 +578,12 @@ class TemplateFacts:
                 f"template {self.template_id!r} version {version} reads the seed fields {', '.join(fields)}: "
                 "give seed_data_path (the upload's s3_key) or seed_id",
             )
+
+    def with_tiers_resolved(self, version: int, chosen: Mapping[str, str]) -> TemplateFacts:
+        """These facts with `version`'s tier names (`contracts.model_tiers`) replaced by the
+        models `chosen` maps them to: what the job will run, to check and price."""
+        resolved = tuple(resolve(model, chosen) for model in self.models[version])
+        return replace(self, models={**self.models, version: resolved})
 
     def unknown_providers(self, version: int) -> list[str]:
         """The models of `version` whose provider no gateway serves."""

@@ -34,6 +34,7 @@ from contracts.events.generator import (
     GenerationStopped,
 )
 from contracts.events.jobs import NO_SEED, JobRequested, JobStarted
+from contracts.model_tiers import DEFAULT_TIERS, ModelTiers
 from contracts.pricing import PricingCatalog
 from contracts.streams import job_stream, seed_stream, template_stream
 from palette.api.idempotency_keys import IdempotentCreate
@@ -110,7 +111,9 @@ class JobHandlers:
     `pricing_check`, when given, refuses a job whose template uses a model the pricing
     catalog cannot price (the composition root passes billing's catalog lookup; the jobs
     service never imports billing); `pricing`, the catalog itself, also refuses a budget that
-    cannot cover the worst case of the job's first call.
+    cannot cover the worst case of the job's first call. `model_tiers` says which model each
+    tier a template step names means now; a job records it (JobRequested.model_tiers) and
+    is checked and priced on those models.
     """
 
     def __init__(
@@ -119,8 +122,10 @@ class JobHandlers:
         blobs: BlobStore,
         pricing_check: ModelPriced | None = None,
         pricing: PricingCatalog | None = None,
+        model_tiers: ModelTiers | None = None,
     ) -> None:
         self._events = events
+        self._model_tiers = model_tiers or ModelTiers(DEFAULT_TIERS["local"])
         self._streams = Repository(events)
         self._blobs = blobs
         self._pricing = pricing
@@ -169,8 +174,10 @@ class JobHandlers:
         IdempotencyKeyReused."""
         if idempotent is not None:
             return self._request_keyed_job(user, job_input, correlation_id, idempotent)
-        version = self.check_request(user, job_input)[1]
-        command = RequestJob(job_id=job_id or new_job_id(), owner=user, input=job_input, template_version=version)
+        _, version, tiers = self._checked(user, job_input)
+        command = RequestJob(
+            job_id=job_id or new_job_id(), owner=user, input=job_input, template_version=version, model_tiers=tiers
+        )
         return self._execute(command.job_id, command, actor=user, correlation_id=correlation_id)
 
     def _request_keyed_job(
@@ -179,8 +186,8 @@ class JobHandlers:
         job_id = f"job_{idempotent.resource_uuid.hex}"
         if (created := self._created(job_id, idempotent)) is not None:
             return created
-        version = self.check_request(user, job_input)[1]
-        command = RequestJob(job_id=job_id, owner=user, input=job_input, template_version=version)
+        _, version, tiers = self._checked(user, job_input)
+        command = RequestJob(job_id=job_id, owner=user, input=job_input, template_version=version, model_tiers=tiers)
 
         def decide_once(loaded: LoadedJob) -> list[NewEvent]:
             if loaded.state.exists:  # a concurrent duplicate won: answered below as a retry
@@ -207,11 +214,19 @@ class JobHandlers:
         failed). Fan-out `models` replace every step's model, so they are checked instead of
         the template's. A seed without a validation for the version is accepted: the
         generator checks its records before generating (`SeedFacts.check_validated`). No seed
-        (NO_SEED) is accepted when the template version reads no seed field.
+        (NO_SEED) is accepted when the template version reads no seed field. The facts
+        returned name the models the version's tiers mean now.
         """
+        template, version, _ = self._checked(user, job_input)
+        return template, version
+
+    def _checked(self, user: str, job_input: JobInput) -> tuple[TemplateFacts, int, dict[str, str]]:
+        """`check_request`, and the tiers the version's steps name with the model each means."""
         check_input(job_input)
         template = template_facts(job_input.template_id, self._streams.events(template_stream(job_input.template_id)))
         version = template.pinned_version(user, job_input.template_version)
+        tiers = {} if job_input.options.models else self._model_tiers.chosen_for(template.models[version])
+        template = template.with_tiers_resolved(version, tiers)
         unknown = [] if job_input.options.models else template.unknown_providers(version)
         if unknown:
             raise InvalidJobInput(
@@ -235,7 +250,7 @@ class JobHandlers:
             seed = seed_facts(job_input.seed_id, self._streams.events(seed_stream(job_input.seed_id)))
             seed.check_named(user, job_input.seed_key)
             seed.check_validated(user, job_input.template_id, version)
-        return template, version
+        return template, version, tiers
 
     def cancel(self, user: str, job_id: str, correlation_id: str | None = None) -> LoadedJob:
         """QUEUED -> CANCELLED at once; RUNNING -> cancel requested (repeat: no change)."""

@@ -8,10 +8,13 @@ jobs later). Unknown keys are refused rather than silently ignored.
 | parameter | type | range |
 |---|---|---|
 | `max_tokens` | integer | 1..MAX_TOKENS |
-| `temperature` | number | 0..2 (`bedrock/`: 0..1) |
+| `temperature` | number | 0..2 (`bedrock/` and `tier/`: 0..1) |
 | `top_p` | number | 0..1 |
 | `stop` | string or list of strings | at most MAX_STOP_SEQUENCES, each 1..MAX_STOP_CHARS characters |
-| `seed` | integer | 0..2^32-1; not on `bedrock/` (Converse has no sampling seed) |
+| `seed` | integer | 0..2^32-1; not on `bedrock/` (Converse has no sampling seed) nor `tier/` |
+
+A `tier/` step may run on any provider (the operator maps tiers, on AWS to Bedrock), so it
+takes only what every provider takes.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ MAX_TOKENS = 32_768
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 100
 MAX_SEED = 2**32 - 1
-MAX_TEMPERATURE = {"local": 2.0, "openai": 2.0, "bedrock": 1.0}
+MAX_TEMPERATURE = {"local": 2.0, "openai": 2.0, "bedrock": 1.0, "tier": 1.0}
+NO_SEED_PARAMETER = frozenset({"bedrock", "tier"})
 
 
 def _integer(value: Any, low: int, high: int) -> str | None:
@@ -64,7 +68,7 @@ def _checks(provider: str) -> dict[str, Callable[[Any], str | None]]:
         "top_p": lambda value: _number(value, 0.0, 1.0),
         "stop": _stop,
     }
-    if provider != "bedrock":
+    if provider not in NO_SEED_PARAMETER:
         checks["seed"] = lambda value: _integer(value, 0, MAX_SEED)
     return checks
 

@@ -36,7 +36,7 @@ def test_the_options_stay_flat_on_the_wire_for_bus_patterns_and_consumers() -> N
 
 def test_a_version_1_request_upcasts_with_no_task_size() -> None:
     v1 = json.loads(requested(OPTIONS.model_copy(update={"task_size": None})).model_dump_json())
-    del v1["task_size"]  # version 1 had no such field
+    del v1["task_size"], v1["model_tiers"]  # version 1 had no such fields
     event = CATALOG.decode("JobRequested", 1, json.dumps(v1))
-    assert isinstance(event, JobRequested) and JobRequested.schema_version == 2
+    assert isinstance(event, JobRequested) and event.model_tiers == {}
     assert event.options == OPTIONS.model_copy(update={"task_size": None})
