@@ -10,8 +10,10 @@ request's `budget_limit`:
   catalog, and the steps' worst case must fit the limit: each step's input tokens estimated
   from above (`estimate_input_tokens` of its prompt with placeholders, plus the `max_tokens`
   of every earlier step it reads) and all of its own `max_tokens` out.
+- The operator's content rules hold as in a job: a prompt (before its call) or an output
+  that breaks one stops the dry run (StepBlocked).
 - The calls made are recorded as one TemplateTested on `dry-run-<test_id>`, also when a
-  later call failed, so billing charges every call to the owner's ledger.
+  later step failed or was blocked, so billing charges every call to the owner's ledger.
 
 A step whose required seed fields the record lacks (absent or null, as seed validation
 counts them) is reported with `missing_fields` and not rendered; with `call_models` such a
@@ -42,7 +44,7 @@ from palette.models.port import (
     estimate_input_tokens,
 )
 from palette.prompts import seed_paths
-from services.templates.domain import TemplateVersion
+from services.templates.domain import ALLOW_ALL, ContentScreen, TemplateVersion
 from services.templates.prompts import PromptRenderError, analyse, render
 
 DEFAULT_MAX_TOKENS = 512
@@ -91,13 +93,27 @@ class StepModelNotOffered(DryRunRefused):
 
 
 class StepRenderFailed(Exception):
-    """A step's prompt cannot be rendered for the record (not a missing field)."""
+    """A step's prompt cannot be rendered for the record (not a missing field); `test_id`
+    names the recorded calls of the steps before it, if any were made."""
 
     def __init__(self, failure: PromptRenderError) -> None:
         super().__init__(str(failure))
         self.step_id = failure.step_id
         self.message = failure.message
         self.refused = failure.refused
+        self.test_id: str | None = None
+
+
+class StepBlocked(Exception):
+    """A step's prompt or output breaks an operator content rule: the dry run stops there;
+    `test_id` names the recorded calls made, if any."""
+
+    def __init__(self, step_id: str, where: str, rule_id: str) -> None:
+        super().__init__(f"the {where} of step {step_id!r} breaks content rule {rule_id!r}")
+        self.step_id = step_id
+        self.where = where
+        self.rule_id = rule_id
+        self.test_id: str | None = None
 
 
 class StepCallFailed(Exception):
@@ -174,10 +190,12 @@ class TemplateTester:
         events: EventStore,
         pricing: PricingCatalog,
         gateway: BlockingGateway | None,
+        screen: ContentScreen = ALLOW_ALL,
     ) -> None:
         self._events = events
         self._pricing = pricing
         self._gateway = gateway
+        self._screen = screen
 
     def render_only(self, template_id: str, shown: TemplateVersion, record: Mapping[str, Any]) -> DryRun:
         """Every step of version `shown` rendered, earlier outputs as placeholders; no call,
@@ -215,8 +233,8 @@ class TemplateTester:
         try:
             for step in steps:
                 prompt = _render(step, record, outputs)
+                self._screen_text(step.id, "prompt", prompt)
                 response = _call(gateway, step, prompt)
-                outputs[step.id] = response.text
                 cost = price_call(self._pricing, response.model, response.input_tokens, response.output_tokens)
                 calls.append(
                     StepCall(
@@ -239,9 +257,15 @@ class TemplateTester:
                         cost,
                     )
                 )
+                self._screen_text(step.id, "output", response.text)
+                outputs[step.id] = response.text
         except ModelError as error:
             recorded = self._record(test_id, owner, template_id, version, budget_limit, calls, correlation_id)
             raise StepCallFailed(steps[len(calls)].id, str(error), test_id if recorded else None) from None
+        except (StepRenderFailed, StepBlocked) as stopped:  # a later prompt, with the real outputs
+            if self._record(test_id, owner, template_id, version, budget_limit, calls, correlation_id):
+                stopped.test_id = test_id
+            raise
         self._record(test_id, owner, template_id, version, budget_limit, calls, correlation_id)
         total = sum((outcome.cost or Decimal(0) for outcome in outcomes), Decimal(0))
         return DryRun(template_id, version, tuple(outcomes), True, test_id, worst, total)
@@ -254,6 +278,11 @@ class TemplateTester:
             prompt = None if missing else _render(step, record, outputs)
             outcomes.append(StepOutcome(step.id, step.model, missing, prompt))
         return outcomes
+
+    def _screen_text(self, step_id: str, where: str, text: str) -> None:
+        """The operator's content rules hold for a dry run's prompts and outputs as for a job's."""
+        if (rule := self._screen.blocking_rule(text)) is not None:
+            raise StepBlocked(step_id, where, rule)
 
     def _offering(self, steps: Sequence[TemplateStep]) -> BlockingGateway:
         """The gateway, once every step's model is one it serves and the catalog prices."""

@@ -23,6 +23,7 @@ from services.templates.dry_run import (
     BudgetTooLow,
     DryRun,
     RecordIncomplete,
+    StepBlocked,
     StepCallFailed,
     StepModelNotOffered,
     StepRenderFailed,
@@ -44,6 +45,13 @@ class SeedNotFoundError(NotFound):
     code = "SEED_NOT_FOUND"
 
 
+class DryRunBlocked(ApiError):
+    """A prompt or output breaks an operator content rule (details name the step and rule)."""
+
+    status = 400
+    code = "CONTENT_BLOCKED"
+
+
 class DryRunFailed(ApiError):
     """A step cannot run for this record (render failure, missing fields); nothing was called."""
 
@@ -61,12 +69,15 @@ class StepModelFailed(ApiError):
 _ERRORS = {
     400: "VALIDATION_ERROR: a malformed request, no budget_limit with call_models, a model this deployment "
     "cannot call and bill, or a record_index past the seed set's end; "
-    "BUDGET_TOO_LOW: the steps' worst case is over budget_limit (nothing called)",
+    "BUDGET_TOO_LOW: the steps' worst case is over budget_limit (nothing called); "
+    "CONTENT_BLOCKED: a step's prompt or output breaks an operator content rule (details.step_id, rule_id, where; "
+    "the calls made before are charged: details.test_id)",
     401: "UNAUTHORIZED: no valid bearer token",
     404: "TEMPLATE_NOT_FOUND: no such template (or version), or another user's private one; "
     "SEED_NOT_FOUND: no such seed set of the caller's",
-    422: "DRY_RUN_FAILED: a step's prompt cannot be rendered for the record (details.step_id), or with "
-    "call_models the record lacks fields a step reads (details.missing); nothing was called",
+    422: "DRY_RUN_FAILED: a step's prompt cannot be rendered for the record (details.step_id; a later step's, "
+    "with the outputs before it: those calls are charged, details.test_id), or with call_models the record "
+    "lacks fields a step reads (details.missing)",
     502: "MODEL_UNAVAILABLE: a step's model call failed (details.step_id); the calls before it were charged "
     "(details.test_id)",
 }
@@ -172,7 +183,22 @@ def _dry_run_errors() -> Iterator[None]:
     except StepRenderFailed as failed:
         raise DryRunFailed(
             f"step {failed.step_id!r} cannot be rendered for this record: {failed.message}",
-            {"step_id": failed.step_id, "refused_by_sandbox": failed.refused, "message": failed.message},
+            {
+                "step_id": failed.step_id,
+                "refused_by_sandbox": failed.refused,
+                "message": failed.message,
+                "test_id": failed.test_id,
+            },
+        ) from None
+    except StepBlocked as blocked:
+        raise DryRunBlocked(
+            str(blocked),
+            {
+                "step_id": blocked.step_id,
+                "where": blocked.where,
+                "rule_id": blocked.rule_id,
+                "test_id": blocked.test_id,
+            },
         ) from None
     except StepCallFailed as call_failed:
         raise StepModelFailed(

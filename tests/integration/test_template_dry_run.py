@@ -41,6 +41,8 @@ STEPS = [
     {"id": "answer", "model": MODEL, "prompt": "Answer briefly: {{ steps.question.output }}"},
 ]
 RECORD = {"topic": "tides", "level": 2}
+SSN_RULE = {"id": "us-ssn", "regex": "\\d{3}-\\d{2}-\\d{4}"}
+SSN = "123-45-6789"
 _users = count()
 
 
@@ -48,7 +50,7 @@ _users = count()
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalPalette, FakeOpenAIServer]]:
     data_dir: Path = tmp_path_factory.mktemp("dry-run")
     (data_dir / "pricing.json").write_text(json.dumps(PRICES))
-    (data_dir / "guard.json").write_text(json.dumps(UNLIMITED))
+    (data_dir / "guard.json").write_text(json.dumps({**UNLIMITED, "content_rules": [SSN_RULE]}))
     with (
         pytest.MonkeyPatch.context() as monkeypatch,
         FakeOpenAIServer(latency_s=0.0) as fake,
@@ -215,6 +217,37 @@ def test_a_failing_call_is_502_and_the_calls_before_it_are_charged(
     [recorded] = [s.decode() for s in runtime.adapters.events.read_stream(dry_run_stream(error["details"]["test_id"]))]
     assert isinstance(recorded, TemplateTested) and [call.step_id for call in recorded.calls] == ["question"]
     assert server.stats()["usage"].keys() == {"fake-model"}
+
+
+def test_a_prompt_that_breaks_a_content_rule_is_400_before_its_call(
+    user: httpx.Client, server: FakeOpenAIServer
+) -> None:
+    record = {"topic": f"the person with SSN {SSN}", "level": 1}
+    template_id = template(user)
+    assert dry_run(user, template_id, record=record).status_code == 200  # rendering alone calls no model
+
+    error = error_of(dry_run(user, template_id, record=record, call_models=True, budget_limit=1), 400)
+
+    assert error["code"] == "CONTENT_BLOCKED"
+    assert (error["details"]["step_id"], error["details"]["where"], error["details"]["rule_id"]) == (
+        "question",
+        "prompt",
+        "us-ssn",
+    )
+    assert error["details"]["test_id"] is None and server.calls == 0
+
+
+def test_an_output_that_breaks_a_content_rule_stops_the_run_and_its_call_is_charged(
+    runtime: LocalPalette, user: httpx.Client, server: FakeOpenAIServer
+) -> None:
+    server.reply_next(f"Whose SSN is {SSN}?")
+
+    error = error_of(dry_run(user, template(user), record=RECORD, call_models=True, budget_limit=1), 400)
+
+    assert error["code"] == "CONTENT_BLOCKED" and error["details"]["where"] == "output"
+    assert server.calls == 1
+    [recorded] = [s.decode() for s in runtime.adapters.events.read_stream(dry_run_stream(error["details"]["test_id"]))]
+    assert isinstance(recorded, TemplateTested) and [call.step_id for call in recorded.calls] == ["question"]
 
 
 def test_another_users_private_template_and_a_missing_version_are_404(
