@@ -18,6 +18,7 @@ from contracts.events.billing import TemplateTestCharged
 from contracts.events.dry_runs import TemplateTested
 from contracts.pricing import worst_case
 from contracts.streams import dry_run_stream
+from palette.audit.verify import verify_log
 from palette.composition import LocalPalette
 from palette.models.port import estimate_input_tokens
 from services.templates.dry_run import placeholder
@@ -153,6 +154,8 @@ def test_call_models_runs_the_steps_in_order_and_bills_the_owner(
     stored = runtime.adapters.events.read_stream(dry_run_stream(body["test_id"]))[0]
     runtime.ledger.charge_template_test(recorded, stored)  # a redelivery charges nothing more
     assert charged() == [charge]
+    report = verify_log(runtime.adapters.events)  # `palette audit verify` reads the dry run's facts
+    assert report.ok, report.violations
 
 
 def test_missing_fields_are_reported_per_step_and_block_calls(user: httpx.Client, server: FakeOpenAIServer) -> None:
