@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from jinja2 import TemplateSyntaxError, nodes
 
 from contracts.events.templates import TemplateStep
-from contracts.identifiers import model_problem
+from contracts.model_tiers import step_model_problem
+from palette.prompt_includes import snippet_key
 from palette.prompts import (
     ENVIRONMENT,
     MAX_PROMPT_CHARS,
@@ -124,8 +125,8 @@ def analyse(steps: Sequence[TemplateStep]) -> TemplateAnalysis:
 
 def _model_problems(step: TemplateStep) -> list[TemplateProblem]:
     """The rule a job's `models` are held to (contracts/identifiers.py), so a template never
-    names a model no job could run."""
-    problem = model_problem(step.model)
+    names a model no job could run; or a tier (`contracts.model_tiers`), which a job resolves."""
+    problem = step_model_problem(step.model)
     if problem is None:
         return []
     return [TemplateProblem("INVALID_MODEL", problem, step.id, field=f"steps.{step.id}.model")]
@@ -170,8 +171,8 @@ def _read_parsed_prompt(step: TemplateStep) -> _PromptReading:
     except TemplateSyntaxError as error:
         reading.problems.append(_syntax_problem(step.id, error))
         return reading
-    reading.problems.extend(_refused_constructs(step.id, tree))
-    _SeedFieldReader(step.id, reading).body(tree.body, set())
+    reading.problems.extend(_refused_constructs(step.id, tree, step.includes))
+    _SeedFieldReader(step.id, reading, step.includes).body(tree.body, set())
     if not reading.problems:
         try:
             compile_prompt(step.prompt)
@@ -236,8 +237,9 @@ def _syntax_problem(step_id: str, error: TemplateSyntaxError) -> TemplateProblem
     return TemplateProblem("PROMPT_SYNTAX_ERROR", error.message or str(error), step_id, error.lineno)
 
 
-def _refused_constructs(step_id: str, tree: nodes.Template) -> list[TemplateProblem]:
-    """Unknown filters and tests, dunder attributes, and tags that need a template loader.
+def _refused_constructs(step_id: str, tree: nodes.Template, includes: Mapping[str, str]) -> list[TemplateProblem]:
+    """Unknown filters and tests, dunder attributes, tags that need a template loader, and
+    includes the step did not record (services/templates/includes.py records them on save).
 
     Jinja defers unknown filters inside `{% if %}` to render time; we refuse them all now.
     """
@@ -262,11 +264,19 @@ def _refused_constructs(step_id: str, tree: nodes.Template) -> list[TemplateProb
             attribute = getattr(access.arg, "value", None)
         if isinstance(attribute, str) and _private(access.node, attribute):
             problems.append(_unsafe(step_id, attribute, access.lineno))
-    for tag in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+    for include in tree.find_all(nodes.Include):
+        reference = include.template.value if isinstance(include.template, nodes.Const) else None
+        if not isinstance(reference, str) or snippet_key(reference, None) not in includes:
+            problems.append(
+                TemplateProblem(
+                    "UNRESOLVED_INCLUDE", "the include was not resolved when saved", step_id, include.lineno
+                )
+            )
+    for tag in tree.find_all((nodes.Extends, nodes.Import, nodes.FromImport)):
         problems.append(
             TemplateProblem(
                 "UNSUPPORTED_TAG",
-                "a step's prompt stands alone: extends, include and import are not available",
+                "extends and import are not available: a prompt shares text by {% include %}",
                 step_id,
                 tag.lineno,
             )
@@ -302,10 +312,12 @@ class _SeedFieldReader:
     stays in the enclosing scope, as in Jinja.
     """
 
-    def __init__(self, step_id: str, reading: _PromptReading):
+    def __init__(self, step_id: str, reading: _PromptReading, includes: Mapping[str, str]):
         self.step_id = step_id
         self.reading = reading
         self.guarded: list[set[tuple[str, ...]]] = []
+        self.includes = includes
+        self.snippet: str | None = None  # the snippet being read, None in the step's prompt
 
     def body(self, statements: Sequence[nodes.Node], bound: set[str]) -> None:
         for statement in statements:
@@ -357,6 +369,8 @@ class _SeedFieldReader:
             self.body(node.body, bound)
         elif isinstance(node, nodes.ExprStmt):
             self.expr(node.node, bound)
+        elif isinstance(node, nodes.Include):
+            self.include(node, bound)
         else:
             scope = set(bound)
             for part in node.iter_child_nodes():
@@ -364,6 +378,22 @@ class _SeedFieldReader:
                     self.statement(part, scope)
                 else:
                     self.expr(part, bound)
+
+    def include(self, node: nodes.Include, bound: set[str]) -> None:
+        """An included snippet reads the including scope's names: its fields count as the
+        step's own. Its text was checked when its version was saved."""
+        reference = node.template.value if isinstance(node.template, nodes.Const) else None
+        key = snippet_key(reference, self.snippet) if isinstance(reference, str) else None
+        text = self.includes.get(key) if key is not None else None
+        if text is None:
+            return  # refused as UNRESOLVED_INCLUDE
+        try:
+            tree = ENVIRONMENT.parse(text)
+        except TemplateSyntaxError:
+            return
+        outer, self.snippet = self.snippet, key
+        self.body(tree.body, set(bound))
+        self.snippet = outer
 
     def expr(self, node: nodes.Node | None, bound: set[str], optional: bool = False) -> None:
         if node is None:
