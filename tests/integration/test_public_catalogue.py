@@ -185,6 +185,10 @@ def test_tags_are_few_short_lowercase_words_and_carry_over(templates: dict[str, 
         assert "tags" in str(error_of(reply, 400)["details"]), tags
     again = alice.put(f"/templates/{template_id}", json={"steps": [step("q", "Ask about {{ topic }}")]})
     assert again.json()["tags"] == ["books", "qa"]  # omitted: carried over
+    scratch = created(alice, "Scratch", ["draft"], False, "{{ topic }}")
+    assert (
+        alice.put(f"/templates/{scratch}", json={"steps": [step("q", "{{ topic }}")], "tags": []}).json()["tags"] == []
+    )
     assert alice.get(f"/templates/{template_id}", params={"version": 1}).json()["tags"] == ["books", "qa"]
     listed = alice.get("/templates").json()["items"]
     assert {item["name"]: item["tags"] for item in listed}["Book questions"] == ["books", "qa"]
@@ -207,6 +211,7 @@ def test_unpublishing_hides_a_template_and_keeps_its_forks(
     template_id = templates["questions"]
     fork = bob.post(f"/templates/{template_id}/fork", json={})
     assert fork.status_code == 201, fork.text
+    assert fork.json()["tags"] == ["trivia"]  # a fork copies the tags
     steps = alice.get(f"/templates/{template_id}").json()["steps"]
 
     assert alice.put(f"/templates/{template_id}", json={"steps": steps, "is_public": False}).status_code == 200
