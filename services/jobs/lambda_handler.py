@@ -2,10 +2,12 @@
 
 - `handler`: API Gateway HTTP API (JWT authorizer) -> the /jobs and /dashboard routes; the
   caller is the verified `sub` claim. Counts created jobs in the EMF metric `jobs_created`.
-- `consume`: EventBridge rule (`consumers.LIFECYCLE_PATTERN`) -> SQS -> the generator facts
-  that move jobs. Each record's body is an EventBridge event; a failing record is reported
-  back as a partial batch failure so SQS redelivers only it. Reactions decide on the job
-  stream's state, so redelivery and the bus's lack of order are harmless.
+- `consume`: two EventBridge rules -> SQS queues -> the generator facts that move jobs
+  (`consumers.LIFECYCLE_PATTERN`) and the sweep plans whose members it requests
+  (`consumers.SWEEPS_PATTERN`); each record goes to the subscription its detail type names.
+  Each record's body is an EventBridge event; a failing record is reported back as a
+  partial batch failure so SQS redelivers only it. Reactions decide on the streams' state,
+  so redelivery and the bus's lack of order are harmless.
 - `project`: EventBridge rule (job, generator and billing events) -> SQS -> the JobList and
   JobDashboard projections, which track stream versions for the same reasons.
 
@@ -31,7 +33,7 @@ from palette.lambda_entries import LambdaEntries, adapters_from_env
 from palette.projections.runner import ProjectionRunner
 from palette.wiring import Reaction, ServiceParts
 from services.jobs import wiring
-from services.jobs.consumers import LIFECYCLE_SUBSCRIBER
+from services.jobs.consumers import LIFECYCLE_SUBSCRIBER, SWEEPS_PATTERN, SWEEPS_SUBSCRIBER
 from services.jobs.handlers import JobHandlers
 
 entries = LambdaEntries("jobs")
@@ -66,8 +68,13 @@ def _count_created_jobs(event: dict[str, Any], response: dict[str, Any]) -> None
         entries.metrics.add_metric(name="jobs_created", unit=MetricUnit.Count, value=1)
 
 
+def sweep_members() -> Reaction:
+    return parts().subscription(SWEEPS_SUBSCRIBER).handle
+
+
 def _react_to_event(event: dict[str, Any]) -> None:
-    lifecycle()(stored_event_from_message(event, adapters().blobs))
+    reaction = sweep_members() if event.get("detail-type") in SWEEPS_PATTERN["detail-type"] else lifecycle()
+    reaction(stored_event_from_message(event, adapters().blobs))
 
 
 handler = entries.api(api, observe=_count_created_jobs)

@@ -1,7 +1,9 @@
 """Sweeps: one job config run along one or two axes, each member an ordinary job.
 
 Pure, like `domain.py`: expanding the axes into members, splitting a sweep-wide budget
-between them, and the sweep's own small lifecycle on `sweep-<id>` (requested, cancelled).
+between them, the sweep's own small lifecycle on `sweep-<id>` (requested, cancelled), and
+each member's job input as the recorded plan gives it (`member_inputs`: what the reaction to
+SweepRequested requests, so no member depends on the POST that planned it finishing).
 
 Why the budget is split up front rather than drawn from a shared pool as members run:
 a member job never overshoots its own `budget_limit` (the generator's tranches, README
@@ -29,7 +31,7 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from contracts.events.base import DomainEvent
-from contracts.events.sweeps import AxisValue, SweepCancelled, SweepMember, SweepRequested
+from contracts.events.sweeps import AxisValue, SweepCancelled, SweepJob, SweepMember, SweepRequested
 from contracts.pricing import PricingCatalog, price_call
 from services.jobs.domain import GENERATOR_DEFAULT_MAX_TOKENS, JobInput, TemplateFacts
 
@@ -103,11 +105,14 @@ def expand(base: JobInput, axes: Mapping[str, Sequence[AxisValue]]) -> list[Plan
     members = []
     for combination in itertools.product(*(axes[name] for name in names)):
         chosen = dict(zip(names, combination, strict=True))
-        job_input = base
-        for axis, value in chosen.items():
-            job_input = _with_value(job_input, axis, value)
-        members.append(PlannedMember(chosen, job_input))
+        members.append(PlannedMember(chosen, _with_values(base, chosen)))
     return members
+
+
+def _with_values(job_input: JobInput, values: Mapping[str, AxisValue]) -> JobInput:
+    for axis, value in values.items():
+        job_input = _with_value(job_input, axis, value)
+    return job_input
 
 
 def _with_value(job_input: JobInput, axis: str, value: AxisValue) -> JobInput:
@@ -128,6 +133,33 @@ def _with_value(job_input: JobInput, axis: str, value: AxisValue) -> JobInput:
 
 def with_budget(job_input: JobInput, budget_limit: Decimal) -> JobInput:
     return replace(job_input, options=job_input.options.model_copy(update={"budget_limit": budget_limit}))
+
+
+def recorded_job(base: JobInput) -> SweepJob:
+    """The base config as the plan records it (its version already pinned by the caller)."""
+    return SweepJob(
+        template_id=base.template_id,
+        template_version=base.template_version,
+        seed_id=base.seed_id,
+        seed_key=base.seed_key,
+        options=base.options,
+    )
+
+
+def member_inputs(state: SweepState) -> list[tuple[SweepMember, JobInput]]:
+    """Each member of the recorded plan with the input its job is requested with: the plan's
+    job config with the member's axis values and budget_limit applied."""
+    if state.job is None:
+        return []
+    job = state.job
+    base = JobInput(
+        template_id=job.template_id,
+        seed_id=job.seed_id,
+        options=job.options,
+        template_version=job.template_version,
+        seed_key=job.seed_key,
+    )
+    return [(member, with_budget(_with_values(base, member.values), member.budget_limit)) for member in state.members]
 
 
 # -- the budget --------------------------------------------------------------------------
@@ -182,6 +214,7 @@ class SweepState:
     sweep_id: str = ""
     owner: str = ""
     name: str = ""
+    job: SweepJob | None = None
     axes: Mapping[str, list[AxisValue]] = field(default_factory=dict)
     budget_limit: Decimal | None = None
     members: tuple[SweepMember, ...] = ()
@@ -201,6 +234,7 @@ def evolve(state: SweepState, event: DomainEvent) -> SweepState:
             sweep_id=event.sweep_id,
             owner=event.owner,
             name=event.name,
+            job=event.job,
             axes=event.axes,
             budget_limit=event.budget_limit,
             members=tuple(event.members),
@@ -215,6 +249,7 @@ def request(
     sweep_id: str,
     owner: str,
     name: str,
+    job: SweepJob,
     axes: Mapping[str, Sequence[AxisValue]],
     budget_limit: Decimal | None,
     members: Sequence[SweepMember],
@@ -228,6 +263,7 @@ def request(
             sweep_id=sweep_id,
             owner=owner,
             name=name,
+            job=job,
             axes={axis: list(values) for axis, values in axes.items()},
             budget_limit=budget_limit,
             members=list(members),

@@ -5,13 +5,20 @@ Every member is checked before anything is recorded, so a sweep whose member the
 service would refuse records nothing and answers why, naming the member. The plan
 (SweepRequested) is appended before the member jobs: the log then always knows which jobs
 belong to the sweep and what each may spend (the budget split, `sweeps_domain`).
+
+The plan, not the POST, drives the members: it records the job config too, and the jobs
+service's reaction to it (`consumers`) requests every member not yet a job
+(`request_members`). The POST requests them at once as well, for a quick answer; member
+ids are the plan's, so whichever path comes second finds the job and skips it. A POST that
+dies between the plan and its jobs leaves a sweep the bus finishes.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import reduce
 
@@ -27,8 +34,10 @@ from services.jobs.domain import (
     InvalidJobInput,
     InvalidTransition,
     JobAlreadyExists,
+    JobError,
     JobInput,
     JobNotFound,
+    TemplateFacts,
     check_budget_covers_one_call,
 )
 from services.jobs.handlers import JobHandlers
@@ -40,13 +49,17 @@ from services.jobs.sweeps_domain import (
     cancel,
     evolve,
     expand,
+    member_inputs,
     member_job_id,
     new_sweep_id,
     output_cost_weight,
+    recorded_job,
     request,
     split_budget,
     with_budget,
 )
+
+log = logging.getLogger(__name__)
 
 SWEEP_ID = re.compile(r"^swp_[0-9a-f]{32}$")
 
@@ -84,10 +97,13 @@ class SweepHandlers:
         """The caller's sweep; another user's or an unknown one is SweepNotFound."""
         if not SWEEP_ID.match(sweep_id):
             raise SweepNotFound(sweep_id)
-        loaded = self._streams.load(sweep_stream(sweep_id), LoadedSweep(SweepState()), _evolve_loaded)[0]
+        loaded = self._load(sweep_id)
         if not loaded.state.visible_to(user):
             raise SweepNotFound(sweep_id)
         return loaded
+
+    def _load(self, sweep_id: str) -> LoadedSweep:
+        return self._streams.load(sweep_stream(sweep_id), LoadedSweep(SweepState()), _evolve_loaded)[0]
 
     def request_sweep(
         self,
@@ -99,28 +115,26 @@ class SweepHandlers:
         correlation_id: str | None = None,
         idempotent: IdempotentCreate | None = None,
     ) -> LoadedSweep:
-        """Checks every member, splits `budget_limit` (None: each keeps the config's), records
-        SweepRequested, then requests each member job. Raises InvalidSweep (a member's field,
+        """Checks every member, pins the template version the first one checked (unless it is
+        an axis), splits `budget_limit` (None: each keeps the config's), records
+        SweepRequested, then requests each member job (`request_members`). Raises InvalidSweep (a member's field,
         named `members[i].<field>`, or a share too small for one call) and whatever
         `JobHandlers.check_request` raises for the template or a seed.
 
         With `idempotent` (the request's Idempotency-Key) the sweep is the one its key names:
         a retry, also one racing the first request, finds its plan recorded, checks nothing
-        again and requests only the members not requested yet (a first request that stopped
-        between the plan and its jobs is finished by its retry)."""
+        again and requests only the members not requested yet."""
         planned = expand(base, axes)
         if idempotent is not None:
             sweep_id = f"swp_{idempotent.resource_uuid.hex}"
             if (created := self._created(sweep_id, idempotent)) is not None:
-                return self._request_members(user, created, planned, correlation_id)
-        checked = []
-        for index, member in enumerate(planned):
-            try:
-                checked.append(self._jobs.check_request(user, member.input))
-            except InvalidJobInput as invalid:
-                raise InvalidSweep(
-                    f"members[{index}].{invalid.field}", f"member {index} {member.values}: {invalid}"
-                ) from None
+                self.request_members(created.state, correlation_id)
+                return created
+        first = self._check_member(user, 0, planned[0])
+        if "template_version" not in axes:  # every member runs the version the first one checked
+            base = replace(base, template_version=first[1])
+            planned = expand(base, axes)
+        checked = [first, *(self._check_member(user, i, member) for i, member in enumerate(planned) if i)]
         budgets = [member.input.options.budget_limit for member in planned]
         if budget_limit is not None:
             weights = [
@@ -146,13 +160,15 @@ class SweepHandlers:
             for index, (member, budget) in enumerate(zip(planned, budgets, strict=True))
         ]
 
+        job = recorded_job(base)
+
         def plan(current: LoadedSweep) -> Sequence[DomainEvent | NewEvent]:
             if idempotent is None:
-                return request(current.state, sweep_id, user, name, axes, budget_limit, members)
+                return request(current.state, sweep_id, user, name, job, axes, budget_limit, members)
             if current.state.exists:  # a concurrent duplicate won: answered below as a retry
                 return []
             return idempotent.recorded(
-                request(current.state, sweep_id, user, name, axes, budget_limit, members), correlation_id
+                request(current.state, sweep_id, user, name, job, axes, budget_limit, members), correlation_id
             )
 
         loaded = self._streams.execute(
@@ -166,39 +182,61 @@ class SweepHandlers:
         if idempotent is not None:
             created = self._created(sweep_id, idempotent)
             assert created is not None, "a keyed sweep is recorded or refused"
-            return self._request_members(user, created, planned, correlation_id)
-        for recorded, planned_member in zip(members, planned, strict=True):
-            self._jobs.request_job(
-                user, with_budget(planned_member.input, recorded.budget_limit), correlation_id, job_id=recorded.job_id
-            )
+            loaded = created
+        self.request_members(loaded.state, correlation_id)
         return loaded
+
+    def _check_member(self, user: str, index: int, member: PlannedMember) -> tuple[TemplateFacts, int]:
+        """`JobHandlers.check_request` of one member; its refusal names the member."""
+        try:
+            return self._jobs.check_request(user, member.input)
+        except InvalidJobInput as invalid:
+            raise InvalidSweep(
+                f"members[{index}].{invalid.field}", f"member {index} {member.values}: {invalid}"
+            ) from None
 
     def _created(self, sweep_id: str, idempotent: IdempotentCreate) -> LoadedSweep | None:
         """The keyed sweep as its plan recorded it, or None when the key planned none yet."""
         created = idempotent.recorded_create(self._events, sweep_stream(sweep_id))
         return None if created is None else reduce(_evolve_loaded, created, LoadedSweep(SweepState()))
 
-    def _request_members(
-        self,
-        user: str,
-        loaded: LoadedSweep,
-        planned: Sequence[PlannedMember],
-        correlation_id: str | None,
-    ) -> LoadedSweep:
-        """Requests each member of a keyed sweep's recorded plan that is not a job yet."""
-        for recorded, planned_member in zip(loaded.state.members, planned, strict=True):
-            if self._jobs.read(recorded.job_id).state.exists:
+    def request_members(self, state: SweepState, correlation_id: str | None = None) -> list[str]:
+        """Requests each member of the recorded plan that is not a job yet, as the plan gives
+        it, and returns the job ids this call requested; a cancelled sweep's are not
+        requested. Both the POST and the reaction to SweepRequested call it: a member the
+        other requested first is skipped (JobAlreadyExists). A member the jobs service now
+        refuses (its template or seed set deleted, say) is logged and left without a job,
+        its status null: asking again would be refused again. A cancel that raced this
+        call is honoured: it records SweepCancelled before cancelling the members it finds,
+        so a member requested here that it missed is cancelled here."""
+        if state.cancelled:
+            return []
+        requested = []
+        for member, job_input in member_inputs(state):
+            if self._jobs.read(member.job_id).state.exists:
                 continue
             try:
-                self._jobs.request_job(
-                    user,
-                    with_budget(planned_member.input, recorded.budget_limit),
-                    correlation_id,
-                    job_id=recorded.job_id,
-                )
-            except JobAlreadyExists:  # a concurrent retry requested it
+                self._jobs.request_job(state.owner, job_input, correlation_id, job_id=member.job_id)
+            except JobAlreadyExists:
                 continue
-        return loaded
+            except JobError as refused:
+                log.warning(
+                    "sweep member left without a job",
+                    extra={"sweep_id": state.sweep_id, "job_id": member.job_id, "reason": str(refused)},
+                )
+                continue
+            requested.append(member.job_id)
+        if requested and self._load(state.sweep_id).state.cancelled:
+            self._cancel_members(state.owner, requested, correlation_id)
+        return requested
+
+    def on_sweep_requested(self, stored: StoredEvent) -> list[str]:
+        """The reaction to a recorded plan (`consumers`): requests its members not yet jobs,
+        deciding on the sweep stream as it is now (cancelled or not)."""
+        plan = stored.decode()
+        if not isinstance(plan, SweepRequested):
+            return []
+        return self.request_members(self._load(plan.sweep_id).state, stored.correlation_id or None)
 
     def cancel(self, user: str, sweep_id: str, correlation_id: str | None = None) -> LoadedSweep:
         """Records SweepCancelled (once), then cancels every member that has not ended; a
@@ -212,12 +250,16 @@ class SweepHandlers:
             actor=user,
             correlation_id=correlation_id,
         ).state
-        for member in loaded.state.members:
+        self._cancel_members(user, [member.job_id for member in loaded.state.members], correlation_id)
+        return loaded
+
+    def _cancel_members(self, user: str, job_ids: Sequence[str], correlation_id: str | None) -> None:
+        """Cancels each job that has not ended; one ended, deleted or never requested is left."""
+        for job_id in job_ids:
             try:
-                self._jobs.cancel(user, member.job_id, correlation_id)
+                self._jobs.cancel(user, job_id, correlation_id)
             except (InvalidTransition, JobNotFound):
                 continue
-        return loaded
 
 
 __all__ = ["InvalidSweep", "LoadedSweep", "SweepHandlers", "SweepNotFound"]

@@ -229,7 +229,7 @@ def test_rule_patterns_are_the_services_subscriptions() -> None:
     from services.billing.consumers import LEDGER_PATTERN
     from services.billing.projections import JobCosts
     from services.generator.worker_pool import JOB_REQUESTED_PATTERN
-    from services.jobs.consumers import LIFECYCLE_PATTERN
+    from services.jobs.consumers import LIFECYCLE_PATTERN, SWEEPS_PATTERN
     from services.jobs.wiring import projections as job_projections
     from services.notifications.consumers import DELIVERY_PATTERN
     from services.notifications.projections import WebhookDeliveries
@@ -237,6 +237,7 @@ def test_rule_patterns_are_the_services_subscriptions() -> None:
 
     assert _rule_patterns("jobs") == {
         "LifecycleRule": as_sets(LIFECYCLE_PATTERN),
+        "SweepsRule": as_sets(SWEEPS_PATTERN),
         "ProjectionsRule": pattern_for({kind for view in job_projections() for kind in view.detail_types}),
     }
     assert _rule_patterns("billing") == {

@@ -63,7 +63,7 @@ from palette.eventstore.dynamodb import create_table
 from palette.eventstore.port import EventStore, NewEvent
 from services.jobs import lambda_handler
 from services.jobs.api import create_router
-from services.jobs.consumers import subscriptions
+from services.jobs.consumers import LIFECYCLE_PATTERN, SWEEPS_PATTERN, subscriptions
 from services.jobs.domain import InvalidJobInput, JobInput
 from services.jobs.handlers import JobHandlers
 from services.jobs.projections import DASHBOARDS, JobDashboard, JobList
@@ -340,6 +340,10 @@ def local_facade(data_dir: Path) -> Iterator[Facade]:
     adapters.close()
 
 
+REACTED_TO = {*LIFECYCLE_PATTERN["detail-type"], *SWEEPS_PATTERN["detail-type"]}
+"""What the lifecycle and sweeps rules' queues hand `consume`."""
+
+
 def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
     with mock_aws():
         monkeypatch.setenv("PALETTE_EVENT_TABLE", "palette-events")
@@ -372,7 +376,7 @@ def aws_facade(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
             while fresh := kernel.events.read_all(delivered, 10_000):
                 delivered = fresh[-1].position or delivered
                 bodies = [bus_event(e) for e in reversed(fresh)]
-                facts = [b for b in bodies if b["source"] == "palette.generator"]
+                facts = [b for b in bodies if b["detail-type"] in REACTED_TO]
                 if facts:
                     reacted = lambda_handler.consume(sqs_batch(facts), fake_context("palette-jobs"))
                     assert reacted == {"batchItemFailures": []}
@@ -452,6 +456,7 @@ def test_a_job_is_created_at_once_with_the_latest_version_pinned(api: Facade) ->
         "models": None,
         "output_filter": "drop",
         "task_size": None,
+        "model_tiers": {},
     }
     assert body["progress"] == {
         "records_generated": 0,

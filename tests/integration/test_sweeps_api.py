@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from contracts.events.sweeps import SweepMember, SweepRequested
+from contracts.events.jobs import JobOptions, OutputFormat
+from contracts.events.sweeps import SweepCancelled, SweepJob, SweepMember, SweepRequested
 from contracts.streams import sweep_stream
 from palette.adapters import local_adapters
 from palette.api.app import build_app
@@ -269,20 +271,65 @@ def test_palette_replay_rebuilds_the_sweep_list_as_it_was_built(local: Facade, t
     assert rebuilt.execute(f"SELECT count(*) FROM {documents_table(SweepList.name)}").fetchone() == (2,)
 
 
-def test_a_member_whose_job_was_never_requested_shows_no_status_and_cancels_cleanly(local: Facade) -> None:
-    """A POST that stopped after recording the plan (a crash) leaves members without jobs:
-    they show `status: null`, keep the sweep RUNNING, and a cancel skips them."""
-    api = local
+def plan_without_jobs(api: Facade, cancelled: bool = False) -> SweepRequested:
+    """Records a sweep's plan as a POST that stopped before requesting its member jobs would
+    (a crash, a failed member request): version 1 of a two-version template pinned, one
+    member on alice's seed set, one on a seed set that does not exist."""
+    config = job_config(api)
     sweep_id = new_sweep_id()
+    seeds = [config["seed_id"], str(uuid.uuid4())]
     plan = SweepRequested(
         sweep_id=sweep_id,
         owner="alice",
-        axes={"num_records": [5]},
-        members=[SweepMember(job_id=member_job_id(sweep_id, 0), values={"num_records": 5}, budget_limit=Decimal(1))],
+        job=SweepJob(
+            template_id=config["template_id"],
+            template_version=1,
+            seed_id=config["seed_id"],
+            options=JobOptions(num_records=40, budget_limit=Decimal(10), output_formats=[OutputFormat.JSONL]),
+        ),
+        axes={"seed_id": list(seeds)},
+        members=[
+            SweepMember(job_id=member_job_id(sweep_id, i), values={"seed_id": seed}, budget_limit=Decimal(2 + i))
+            for i, seed in enumerate(seeds)
+        ],
     )
-    api.events.append(sweep_stream(sweep_id), [NewEvent(plan, actor="alice")], 0)
-    shown = api.call("GET", f"/sweeps/{sweep_id}").body
-    assert shown["status"] == "RUNNING" and shown["members"][0]["status"] is None
-    cancelled = api.call("POST", f"/sweeps/{sweep_id}/cancel")
-    assert cancelled.status == 200 and cancelled.body["status"] == "CANCELLED"
-    assert cancelled.body["members"][0]["status"] is None
+    recorded = [NewEvent(plan, actor="alice")]
+    if cancelled:
+        recorded.append(NewEvent(SweepCancelled(sweep_id=sweep_id), actor="alice"))
+    api.events.append(sweep_stream(sweep_id), recorded, 0)
+    return plan
+
+
+def test_a_plan_recorded_without_its_jobs_gets_its_members_when_the_bus_delivers_it(api: Facade) -> None:
+    """The log drives a sweep: the jobs service's reaction to SweepRequested requests every
+    member the POST did not, as planned (pinned version, axis value, budget share); a member
+    the jobs service refuses (its seed set is gone) is left without a job, not retried."""
+    plan = plan_without_jobs(api)
+    first, refused = (member.job_id for member in plan.members)
+    shown = api.call("GET", f"/sweeps/{plan.sweep_id}").body
+    assert [m["status"] for m in shown["members"]] == [None, None]
+
+    api.deliver()
+    job = api.call("GET", f"/jobs/{first}")
+    assert job.status == 200, job.body
+    assert job.body["status"] == "QUEUED"
+    assert {k: job.body["input"][k] for k in ("template_version", "seed_id", "num_records")} == {
+        "template_version": 1,
+        "seed_id": plan.members[0].values["seed_id"],
+        "num_records": 40,
+    }
+    assert Decimal(str(job.body["input"]["budget_limit"])) == 2
+    assert api.call("GET", f"/jobs/{refused}").status == 404
+    api.deliver()  # a redelivery (or the POST racing the reaction) requests no job twice
+    requested = [e.stream_id for e in api.events.read_all(0, 10_000) if e.detail_type == "JobRequested"]
+    assert requested == [f"job-{first}"]
+    shown = api.call("GET", f"/sweeps/{plan.sweep_id}").body
+    assert [m["status"] for m in shown["members"]] == ["QUEUED", None]
+
+
+def test_a_cancelled_sweeps_missing_members_are_never_requested(api: Facade) -> None:
+    plan = plan_without_jobs(api, cancelled=True)
+    api.deliver()
+    assert [e for e in api.events.read_all(0, 10_000) if e.detail_type == "JobRequested"] == []
+    shown = api.call("GET", f"/sweeps/{plan.sweep_id}").body
+    assert shown["status"] == "CANCELLED" and [m["status"] for m in shown["members"]] == [None, None]

@@ -61,6 +61,8 @@ from contracts.events import (
     WebhookDeliveryScheduled,
     WebhookRegistered,
 )
+from contracts.events.jobs import JobOptions
+from contracts.events.sweeps import SweepJob
 
 _SHA = "ab" * 32
 _STEPS = [
@@ -326,6 +328,12 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         sweep_id="swp-1",
         owner="alice",
         name="models x temperature",
+        job=SweepJob(
+            template_id="tpl_1",
+            template_version=2,
+            seed_id="seed-1",
+            options=JobOptions(num_records=100, budget_limit=Decimal("5"), output_formats=[OutputFormat.JSONL]),
+        ),
         axes={"model": ["openai/a", "openai/b"], "temperature": [0.2, 0.8]},
         budget_limit=Decimal("2.5"),
         members=[
