@@ -221,6 +221,8 @@ class TemplateTester:
         missing = {outcome.step_id: outcome.missing_fields for outcome in rendered if outcome.missing_fields}
         if missing:
             raise RecordIncomplete(missing)
+        for outcome in rendered:
+            _sendable(outcome.step_id, outcome.prompt or "")
         gateway = self._offering(steps)
         worst = self._worst_case(steps, rendered)
         if worst > budget_limit:
@@ -232,7 +234,7 @@ class TemplateTester:
         calls: list[StepCall] = []
         try:
             for step in steps:
-                prompt = _render(step, record, outputs)
+                prompt = _sendable(step.id, _render(step, record, outputs))
                 self._screen_text(step.id, "prompt", prompt)
                 response = _call(gateway, step, prompt)
                 cost = price_call(self._pricing, response.model, response.input_tokens, response.output_tokens)
@@ -339,6 +341,19 @@ def _render(step: TemplateStep, record: Mapping[str, Any], outputs: Mapping[str,
         return render(step, record, outputs)
     except PromptRenderError as failure:
         raise StepRenderFailed(failure) from None
+
+
+def _sendable(step_id: str, prompt: str) -> str:
+    """The prompt, if it is text a model can be sent: a lone surrogate (a JSON escape such
+    as \\udcff in a record) is not UTF-8 and is refused naming the step."""
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        where = f"character {error.start + 1}"
+        raise StepRenderFailed(
+            PromptRenderError(step_id, f"the prompt holds a lone surrogate at {where}, which no model can be sent")
+        ) from None
+    return prompt
 
 
 def _max_tokens(step: TemplateStep) -> int:

@@ -7,12 +7,30 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Self
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    model_validator,
+)
 
+from contracts.identifiers import id_problem
 from contracts.money import MoneyText, plain_decimal
 
 MAX_DRY_RUN_BUDGET = Decimal(10)
 """A dry run calls each step once: a few cents; the cap stops a typo from allowing $1,000."""
+
+
+def _seed_id(value: str) -> str:
+    """A seed id as the seeds service makes them, refused before it is looked up."""
+    if problem := id_problem(value, "seed id"):
+        raise ValueError(problem)
+    return value
+
 
 DryRunBudget = Annotated[
     Decimal,
@@ -34,7 +52,9 @@ class DryRunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     record: dict[str, Any] | None = Field(default=None, description="the seed record, as a JSON object")
-    seed_id: str | None = Field(default=None, min_length=1, max_length=128, description="instead of `record`")
+    seed_id: Annotated[str, AfterValidator(_seed_id)] | None = Field(
+        default=None, min_length=1, max_length=128, description="instead of `record`"
+    )
     record_index: StrictInt | None = Field(
         default=None, ge=0, description="with `seed_id`: the record's position in the file, from 0"
     )

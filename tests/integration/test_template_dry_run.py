@@ -84,7 +84,9 @@ def template(user: httpx.Client, steps: list[dict[str, Any]] = STEPS, is_public:
 
 
 def dry_run(user: httpx.Client, template_id: str, **body: Any) -> httpx.Response:
-    return user.post(f"/templates/{template_id}/test", json=body)
+    """The request, its JSON escaped to ASCII (so a lone surrogate travels as a JSON escape)."""
+    headers = {"content-type": "application/json"}
+    return user.post(f"/templates/{template_id}/test", content=json.dumps(body), headers=headers)
 
 
 def error_of(reply: httpx.Response, status: int) -> dict[str, Any]:
@@ -282,10 +284,21 @@ def test_a_prompt_that_fails_for_the_record_is_422_naming_the_step(user: httpx.C
         {"record": RECORD, "budget_limit": "lots"},
         {"record": RECORD, "call_models": "yes"},
         {"record": [1]},
+        {"seed_id": "\udcff", "record_index": 0},
+        {"seed_id": "a/b", "record_index": 0},
     ],
 )
 def test_malformed_requests_are_400(user: httpx.Client, body: dict[str, Any]) -> None:
     assert error_of(dry_run(user, "tpl_" + "0" * 32, **body), 400)["code"] == "VALIDATION_ERROR"
+
+
+def test_a_record_with_a_lone_surrogate_is_rendered_but_not_sent(user: httpx.Client, server: FakeOpenAIServer) -> None:
+    template_id, record = template(user), {"topic": "tides \udcff", "level": 1}
+
+    assert dry_run(user, template_id, record=record).status_code == 200
+    called = error_of(dry_run(user, template_id, record=record, call_models=True, budget_limit=1), 422)
+    assert called["code"] == "DRY_RUN_FAILED" and called["details"]["step_id"] == "question"
+    assert "lone surrogate" in called["message"] and server.calls == 0
 
 
 def test_a_record_of_a_seed_set_by_its_index(runtime: LocalPalette, user: httpx.Client) -> None:
