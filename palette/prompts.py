@@ -29,7 +29,10 @@ loop thread, never on the API's loop or threads; the caps above bound how long o
 can hold that loop (MAX_RENDER_SECONDS) and the memory it can take.
 
 The templates service parses prompts with this environment when a template is saved; the
-generator renders them with it, so both agree on what a prompt may do.
+generator renders them with it, so both agree on what a prompt may do. Palette's own
+filters (`palette/prompt_filters.py`, CUSTOM_FILTERS) are sized and guarded like Jinja's;
+`{% include %}` reads only the snippet texts the step recorded at save (`_PinnedSnippets`,
+`palette/prompt_includes.py`).
 """
 
 from __future__ import annotations
