@@ -31,7 +31,9 @@ from palette.eventstore.port import NewEvent
 from palette.projections.documents import DocumentProjection
 from palette.projections.documents_sqlite import documents_table
 from services.jobs import wiring
-from services.jobs.sweeps_domain import member_job_id, new_sweep_id
+from services.jobs.handlers import JobHandlers
+from services.jobs.sweeps_domain import SweepState, evolve, member_job_id, new_sweep_id
+from services.jobs.sweeps_handlers import SweepHandlers
 from services.jobs.sweeps_projections import SweepList
 from tests.fakes.lambda_events import fake_context
 from tests.integration.test_jobs_api import (
@@ -236,6 +238,7 @@ def test_the_sweep_plan_is_one_event_before_its_members(local: Facade) -> None:
     plan = recorded[0].decode()
     assert isinstance(plan, SweepRequested)
     assert [m.job_id for m in plan.members] == [m["job_id"] for m in sweep["members"]]
+    assert plan.job.template_version == 2  # the latest, pinned for every member
     positions = {e.stream_id: e.position or 0 for e in api.events.read_all(0, 10_000)}
     assert all(positions[sweep_stream(sweep["sweep_id"])] < positions[f"job-{m.job_id}"] for m in plan.members)
     params = [api.call("GET", f"/jobs/{m.job_id}").body["input"]["model_parameters"] for m in plan.members]
@@ -333,3 +336,16 @@ def test_a_cancelled_sweeps_missing_members_are_never_requested(api: Facade) -> 
     assert [e for e in api.events.read_all(0, 10_000) if e.detail_type == "JobRequested"] == []
     shown = api.call("GET", f"/sweeps/{plan.sweep_id}").body
     assert shown["status"] == "CANCELLED" and [m["status"] for m in shown["members"]] == [None, None]
+
+
+def test_members_requested_while_a_cancel_landed_are_cancelled(local: Facade) -> None:
+    """A cancel that lands while the reaction requests members (it read the plan before the
+    cancel was recorded) cannot see the jobs requested after its own look; the reaction,
+    finding SweepCancelled after its requests, cancels them."""
+    api = local
+    plan = plan_without_jobs(api)
+    read_before_the_cancel = evolve(SweepState(), plan)
+    api.events.append(sweep_stream(plan.sweep_id), [NewEvent(SweepCancelled(sweep_id=plan.sweep_id), actor="alice")], 1)
+    sweeps = SweepHandlers(api.events, JobHandlers(api.events, api.blobs))
+    assert sweeps.request_members(read_before_the_cancel) == [plan.members[0].job_id]
+    assert api.call("GET", f"/jobs/{plan.members[0].job_id}").body["status"] == "CANCELLED"

@@ -1,16 +1,30 @@
-"""The sweep's pure rules: expanding axes into members and splitting a sweep budget."""
+"""The sweep's pure rules: expanding axes into members, splitting a sweep budget, and each
+member's job input read back from the recorded plan."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
 
+from contracts.catalog import CATALOG
 from contracts.events.jobs import JobOptions, OutputFormat
-from contracts.events.sweeps import AxisValue
+from contracts.events.sweeps import AxisValue, SweepMember
 from services.jobs.domain import JobInput
 from services.jobs.handlers import is_job_id
-from services.jobs.sweeps_domain import InvalidSweep, expand, member_job_id, split_budget
+from services.jobs.sweeps_domain import (
+    InvalidSweep,
+    SweepState,
+    evolve,
+    expand,
+    member_inputs,
+    member_job_id,
+    recorded_job,
+    request,
+    split_budget,
+    with_budget,
+)
 
 BASE = JobInput(
     template_id="tpl_1",
@@ -99,3 +113,28 @@ def test_split_shares_never_pass_the_total_whatever_the_weights() -> None:
         shares = split_budget(total, weights, [Decimal(1000)] * n)
         assert sum(shares) <= total
         assert total - sum(shares) < Decimal("0.000001") * n
+
+
+@pytest.mark.parametrize(
+    "axes",
+    [
+        {"model": ["openai/a", "openai/b"], "temperature": [0.1, 0.9]},
+        {"seed_id": ["seed-2", "seed-3"], "num_records": [5, 7]},
+        {"template_version": [1, 3]},
+    ],
+)
+def test_the_recorded_plan_gives_back_each_members_job_input(axes: dict[str, list[AxisValue]]) -> None:
+    """What the reaction to SweepRequested requests, read back from the stored event, is what
+    the POST planned: the config, the member's axis values, its budget share."""
+    base = BASE if "template_version" in axes else replace(BASE, template_version=2)
+    planned = expand(base, axes)
+    members = [
+        SweepMember(job_id=member_job_id("swp_1", i), values=m.values, budget_limit=Decimal(i + 1) / 4)
+        for i, m in enumerate(planned)
+    ]
+    (plan,) = request(SweepState(), "swp_1", "alice", "", recorded_job(base), axes, None, members)
+    stored = CATALOG.decode(plan.detail_type(), plan.schema_version, plan.model_dump_json())
+    rebuilt = member_inputs(evolve(SweepState(), stored))
+    assert rebuilt == [
+        (member, with_budget(p.input, member.budget_limit)) for member, p in zip(members, planned, strict=True)
+    ]
