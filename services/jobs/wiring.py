@@ -7,6 +7,7 @@ from palette.projections.documents import DocumentProjection
 from palette.wiring import CatchUp, ServiceParts, follow_the_bus
 from services.jobs.api import create_router
 from services.jobs.consumers import subscriptions
+from services.jobs.events_api import create_events_router
 from services.jobs.handlers import JobHandlers
 from services.jobs.projections import JobDashboard, JobList
 from services.jobs.sweeps_api import create_sweeps_router
@@ -22,11 +23,14 @@ def projections() -> list[DocumentProjection]:
 def build(adapters: Adapters, catch_up: CatchUp = follow_the_bus) -> ServiceParts[JobHandlers]:
     """Job commands priced with billing's catalog (`adapters.pricing`, with the operator's
     overrides on both runtimes): a job whose model has no price, or whose budget cannot
-    cover one call's worst case, is refused at creation. The /jobs and /dashboard routes
+    cover one call's worst case, is refused at creation; a step's tier is resolved with
+    `adapters.model_tiers` and recorded with the job. The /jobs and /dashboard routes
     read the job views, the /sweeps routes the sweep list and the members' dashboards; the
     lifecycle subscription moves jobs on the generator's facts."""
     pricing = adapters.pricing
-    handlers = JobHandlers(adapters.events, adapters.blobs, pricing_check=pricing.knows, pricing=pricing)
+    handlers = JobHandlers(
+        adapters.events, adapters.blobs, pricing_check=pricing.knows, pricing=pricing, model_tiers=adapters.model_tiers
+    )
     views = projections()
     job_list, dashboard, sweep_list = views
     refresh = catch_up(views)
@@ -42,4 +46,5 @@ def build(adapters: Adapters, catch_up: CatchUp = follow_the_bus) -> ServicePart
         adapters.document_reader(dashboard),
         catch_up=refresh,
     )
-    return ServiceParts(handlers, [router, sweeps], views, subscriptions(handlers))
+    events = create_events_router(handlers, adapters.document_reader(dashboard))
+    return ServiceParts(handlers, [router, sweeps, events], views, subscriptions(handlers))
