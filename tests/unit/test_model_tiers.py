@@ -15,7 +15,7 @@ from contracts.events.jobs import JobOptions, JobRequested, OutputFormat
 from contracts.events.templates import TemplateStep
 from contracts.model_tiers import DEFAULT_TIERS, TIERS, ModelTierError, ModelTiers, step_model_problem
 from contracts.pricing import DEFAULT_CATALOG, with_overrides
-from palette.adapters import MODEL_TIERS_ENV, MODEL_TIERS_FILE, local_adapters
+from palette.adapters import MODEL_TIERS_ENV, MODEL_TIERS_FILE, AwsSettings, aws_adapters, local_adapters
 from palette.cli import app
 from services.generator.domain import JobSpec, TemplateSpec, with_recorded_tiers
 from services.templates.parameters import parameter_problems
@@ -130,3 +130,13 @@ def test_palette_serve_refuses_to_start_on_an_unpriced_tier(tmp_path: Path, monk
     assert result.exit_code == 2
     assert "tier/best -> bedrock/unpriced-model has no price" in result.output
     assert not (tmp_path / "events.db").exists()
+
+
+def test_on_aws_the_tiers_come_from_the_environment_and_are_checked_before_any_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)  # api.openai.com: openai/* is not free
+    settings = AwsSettings.from_env({MODEL_TIERS_ENV: '{"tier/fast": "openai/gpt-4o-mini"}'})
+    assert settings.model_tiers == '{"tier/fast": "openai/gpt-4o-mini"}'
+    with pytest.raises(ModelTierError, match="tier/fast -> openai/gpt-4o-mini has no price"):
+        aws_adapters(settings)
