@@ -42,7 +42,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publis
 def readme_verifier() -> Callable[..., bool]:
     """`verify_palette_webhook` exactly as the README prints it."""
     readme = (REPO / "README.md").read_text()
-    [code] = re.findall(r"```python\n(import hashlib, hmac, time\n\ndef verify_palette_webhook.*?)```", readme, re.S)
+    [code] = re.findall(r"```python\n(import hashlib, hmac, time\n\n+def verify_palette_webhook.*?)```", readme, re.S)
     namespace: dict[str, Any] = {}
     exec(code, namespace)  # the documented snippet, run as a receiver would
     verify: Callable[..., bool] = namespace["verify_palette_webhook"]
