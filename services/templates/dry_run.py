@@ -6,6 +6,8 @@ an earlier step's output reads as `placeholder(step_id)`. With it, the steps are
 order through the model gateway, each reading the real outputs before it, under the
 request's `budget_limit`:
 
+- A step naming a tier (`tier/fast`) runs on the model the operator maps it to now, which
+  each step's `model` in the reply names.
 - Before the first call every step's model must be served by the gateway and priced by the
   catalog, and the steps' worst case must fit the limit: each step's input tokens estimated
   from above (`estimate_input_tokens` of its prompt with placeholders, plus the `max_tokens`
@@ -31,6 +33,7 @@ from typing import Any
 
 from contracts.events.dry_runs import StepCall, TemplateTested
 from contracts.events.templates import TemplateStep
+from contracts.model_tiers import resolve
 from contracts.pricing import PricingCatalog, price_call, worst_case
 from contracts.streams import dry_run_stream
 from palette.eventstore.port import EventStore, NewEvent
@@ -191,16 +194,23 @@ class TemplateTester:
         pricing: PricingCatalog,
         gateway: BlockingGateway | None,
         screen: ContentScreen = ALLOW_ALL,
+        tiers: Mapping[str, str] | None = None,
     ) -> None:
         self._events = events
         self._pricing = pricing
         self._gateway = gateway
         self._screen = screen
+        self._tiers = dict(tiers or {})
 
     def render_only(self, template_id: str, shown: TemplateVersion, record: Mapping[str, Any]) -> DryRun:
         """Every step of version `shown` rendered, earlier outputs as placeholders; no call,
         no charge."""
         return DryRun(template_id, shown.version, tuple(self._rendered(shown, record)))
+
+    def _concrete(self, steps: Sequence[TemplateStep]) -> tuple[TemplateStep, ...]:
+        """The steps with each tier (`tier/fast`) replaced by the model it means here now,
+        as a job requested now would record it."""
+        return tuple(step.model_copy(update={"model": resolve(step.model, self._tiers)}) for step in steps)
 
     def call_models(
         self,
@@ -216,7 +226,7 @@ class TemplateTester:
         a failing one."""
         if budget_limit is None:
             raise BudgetRequired()
-        steps, version = shown.steps, shown.version
+        steps, version = self._concrete(shown.steps), shown.version
         rendered = self._rendered(shown, record)
         missing = {outcome.step_id: outcome.missing_fields for outcome in rendered if outcome.missing_fields}
         if missing:
@@ -275,7 +285,7 @@ class TemplateTester:
     def _rendered(self, shown: TemplateVersion, record: Mapping[str, Any]) -> list[StepOutcome]:
         outputs = {step.id: placeholder(step.id) for step in shown.steps}
         outcomes = []
-        for step in shown.steps:
+        for step in self._concrete(shown.steps):
             missing = lacking(record, fields_read(step, shown.required_fields))
             prompt = None if missing else _render(step, record, outputs)
             outcomes.append(StepOutcome(step.id, step.model, missing, prompt))

@@ -53,6 +53,6 @@ def build(
     handlers = TemplateHandlers(adapters.events, usage_view, screen=screen, enhancer=enhancer)
     public_view = PublicCatalogueView(adapters.document_reader(public))
     router = create_router(handlers, adapters.document_reader(catalog), history, public_view, catch_up=catch_up(views))
-    tester = TemplateTester(adapters.events, adapters.pricing, models, screen)
+    tester = TemplateTester(adapters.events, adapters.pricing, models, screen, adapters.model_tiers.targets)
     dry_runs = create_dry_run_router(handlers, tester, SeedRecords(adapters.events, adapters.blobs))
     return ServiceParts(handlers, [router, dry_runs], views)

@@ -18,6 +18,7 @@ from contracts.events.billing import TemplateTestCharged
 from contracts.events.dry_runs import TemplateTested
 from contracts.pricing import worst_case
 from contracts.streams import dry_run_stream
+from palette.adapters import MODEL_TIERS_FILE
 from palette.audit.verify import verify_log
 from palette.composition import LocalPalette
 from palette.models.port import estimate_input_tokens
@@ -52,6 +53,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalPale
     data_dir: Path = tmp_path_factory.mktemp("dry-run")
     (data_dir / "pricing.json").write_text(json.dumps(PRICES))
     (data_dir / "guard.json").write_text(json.dumps({**UNLIMITED, "content_rules": [SSN_RULE]}))
+    (data_dir / MODEL_TIERS_FILE).write_text(json.dumps({"tier/fast": MODEL}))
     with (
         pytest.MonkeyPatch.context() as monkeypatch,
         FakeOpenAIServer(latency_s=0.0) as fake,
@@ -158,6 +160,15 @@ def test_call_models_runs_the_steps_in_order_and_bills_the_owner(
     assert charged() == [charge]
     report = verify_log(runtime.adapters.events)  # `palette audit verify` reads the dry run's facts
     assert report.ok, report.violations
+
+
+def test_a_tier_step_runs_on_the_model_the_operator_maps_it_to(user: httpx.Client, server: FakeOpenAIServer) -> None:
+    steps = [{**STEPS[0], "model": "tier/fast"}]
+
+    body = dry_run(user, template(user, steps), record=RECORD, call_models=True, budget_limit=1).json()
+
+    assert body["steps"][0]["model"] == MODEL and Decimal(body["cost"]) > 0
+    assert server.stats()["models"] == {"fake-model": 1}
 
 
 def test_missing_fields_are_reported_per_step_and_block_calls(user: httpx.Client, server: FakeOpenAIServer) -> None:
