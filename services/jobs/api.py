@@ -225,7 +225,7 @@ def create_router(
         with _api_errors():
             loaded = handlers.job(caller(router), job_id)
         refresh()
-        return _dashboard_body(loaded, progress_of(job_id), handlers, clock())
+        return dashboard_body(loaded, progress_of(job_id), handlers, clock())
 
     add_download_route(router, handlers)
     return router
@@ -318,9 +318,10 @@ def _job_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers) -> 
     )
 
 
-def _dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers, now: datetime) -> DashboardBody:
+def dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers, now: datetime) -> DashboardBody:
     """The dashboard document with the job stream's word on status and target (it may be
-    ahead of the projection) and the clock's figures (rate, ETA)."""
+    ahead of the projection) and the clock's figures (rate, ETA): GET /dashboard's body, and
+    each event of GET /jobs/{id}/events (`events_api`)."""
     state = loaded.state
     status = state.status or JobStatus.QUEUED
     current = {

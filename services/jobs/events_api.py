@@ -31,7 +31,7 @@ from palette.api.app import caller
 from palette.api.errors import NotFound, openapi_responses
 from palette.api.event_streams import EVENT_STREAM, StreamGone, StreamState, last_event_id, sse_event, sse_retry
 from palette.projections.documents import DocumentReader
-from services.jobs.api import _dashboard_body
+from services.jobs.api import dashboard_body
 from services.jobs.domain import JobNotFound, JobStatus
 from services.jobs.handlers import JobHandlers
 from services.jobs.projections import DASHBOARDS, empty_dashboard
@@ -67,7 +67,7 @@ class JobEvents:
         loaded = self._handlers.job(user, job_id)
         doc = self._dashboard.get(DASHBOARDS, job_id)
         current = empty_dashboard(job_id) if doc is None or doc.get("deleted") else doc
-        body = _dashboard_body(loaded, current, self._handlers, self._clock())
+        body = dashboard_body(loaded, current, self._handlers, self._clock())
         data = dumps_fixed_point(body.model_dump(mode="json", by_alias=True), separators=(",", ":"))
         return StreamState(int(current.get("position", 0)), data, JobStatus(current["status"]).finished)
 
