@@ -66,11 +66,13 @@ class JobLifecycle:
         self._handlers.apply_generation_fact(stored)
 
 
-def subscriptions(handlers: JobHandlers) -> list[Subscription]:
+def subscriptions(handlers: JobHandlers, sweeps: SweepHandlers | None = None) -> list[Subscription]:
     """Each reaction with its durable name and pattern: `palette serve` subscribes them on
     the local bus; infra has one rule -> SQS queue per name, consumed by `consume`. A sweep's
-    members are requested through the same job handlers as every job."""
-    sweeps = SweepHandlers(handlers.events, handlers)
+    members are requested by `sweeps`, the handlers the /sweeps routes use (`wiring.build`
+    passes them; without, sweep handlers over the same job handlers)."""
+    if sweeps is None:
+        sweeps = SweepHandlers(handlers.events, handlers)
     return [
         Subscription(LIFECYCLE_SUBSCRIBER, LIFECYCLE_PATTERN, JobLifecycle(handlers)),
         Subscription(SWEEPS_SUBSCRIBER, SWEEPS_PATTERN, sweeps.on_sweep_requested),

@@ -26,7 +26,8 @@ def build(adapters: Adapters, catch_up: CatchUp = follow_the_bus) -> ServicePart
     cover one call's worst case, is refused at creation; a step's tier is resolved with
     `adapters.model_tiers` and recorded with the job. The /jobs and /dashboard routes
     read the job views, the /sweeps routes the sweep list and the members' dashboards; the
-    lifecycle subscription moves jobs on the generator's facts."""
+    lifecycle subscription moves jobs on the generator's facts, the sweeps subscription
+    requests a recorded sweep plan's member jobs."""
     pricing = adapters.pricing
     handlers = JobHandlers(
         adapters.events, adapters.blobs, pricing_check=pricing.knows, pricing=pricing, model_tiers=adapters.model_tiers
@@ -40,11 +41,12 @@ def build(adapters: Adapters, catch_up: CatchUp = follow_the_bus) -> ServicePart
         adapters.document_reader(dashboard),
         catch_up=refresh,
     )
+    sweep_handlers = SweepHandlers(adapters.events, handlers, pricing)
     sweeps = create_sweeps_router(
-        SweepHandlers(adapters.events, handlers, pricing),
+        sweep_handlers,
         adapters.document_reader(sweep_list),
         adapters.document_reader(dashboard),
         catch_up=refresh,
     )
     events = create_events_router(handlers, adapters.document_reader(dashboard))
-    return ServiceParts(handlers, [router, sweeps, events], views, subscriptions(handlers))
+    return ServiceParts(handlers, [router, sweeps, events], views, subscriptions(handlers, sweep_handlers))
