@@ -14,14 +14,23 @@ import json
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import pytest
 
+from contracts.events.jobs import JobOptions, OutputFormat
 from contracts.streams import job_stream, seed_stream, template_stream
+from palette.api.idempotency_keys import IdempotentCreate
 from palette.composition import LocalPalette
+from palette.eventstore.dynamodb import DynamoDBEventStore
+from palette.eventstore.port import EventStore
+from services.jobs.domain import JobInput
+from services.jobs.handlers import JobHandlers, LoadedJob
+from tests.contract.eventstore_moto import OneRequestAtATime
 from tests.e2e.serving import UNLIMITED
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration import templates_facade, test_sweeps_api
@@ -103,6 +112,31 @@ def test_the_same_key_with_another_body_is_422_and_records_nothing(jobs: Facade)
     assert reused.error["code"] == "IDEMPOTENCY_KEY_REUSED"
     assert reused.error["details"] == {"header": "Idempotency-Key"}
     assert len([e for e in jobs.events.read_all(0, 1000) if e.detail_type == "JobRequested"]) == 1
+
+
+def test_concurrent_duplicates_record_one_job_on_either_store(jobs: Facade) -> None:
+    """The race itself, in five handlers at once (a Lambda serves one request at a time, so
+    duplicates race in separate handlers); on DynamoDB its conditional write of version 1
+    settles it (moto applied one request at a time, as DynamoDB does: `OneRequestAtATime`)."""
+    events: EventStore = jobs.events
+    if jobs.runtime == "aws":
+        events = DynamoDBEventStore("palette-events", client=OneRequestAtATime(boto3.client("dynamodb")))
+    template_id = add_template(events, "alice")
+    job_input = JobInput(
+        template_id=template_id,
+        seed_id=add_seed(events, "alice", template_id),
+        options=JobOptions(num_records=10, budget_limit=Decimal(1), output_formats=[OutputFormat.JSONL]),
+    )
+    keyed = IdempotentCreate("job", "alice", KEY, "0" * 64)
+
+    def request(_: int) -> LoadedJob:
+        return JobHandlers(events, jobs.blobs).request_job("alice", job_input, idempotent=keyed)
+
+    with ThreadPoolExecutor(5) as pool:
+        created = list(pool.map(request, range(5)))
+
+    assert all(loaded == created[0] for loaded in created)
+    assert len([e for e in events.read_all(0, 1000) if e.detail_type == "JobRequested"]) == 1
 
 
 def test_keys_are_per_user(jobs: Facade) -> None:
