@@ -3,7 +3,7 @@ fork, /seed-data/upload, /sweeps, /webhooks): a retry answers the first response
 nothing; another body under the key is 422 IDEMPOTENCY_KEY_REUSED; keys are per user.
 
 Jobs, templates and sweeps run on both runtimes where it matters (the embedded facade, and
-the Lambda handlers on moto); the dropped connection, the concurrent duplicates, the seed
+the Lambda handlers on moto), the seed grant on the seeds Lambda too; the dropped connection, the concurrent duplicates, the seed
 grant and the webhook run over real HTTP against one embedded runtime
 (`palette_http.running_palette`), each test as a user of its own.
 """
@@ -14,6 +14,7 @@ import json
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ from palette.eventstore.dynamodb import DynamoDBEventStore
 from palette.eventstore.port import EventStore
 from services.jobs.domain import JobInput
 from services.jobs.handlers import JobHandlers, LoadedJob
+from services.seeds import lambda_handler as seeds_lambda
 from tests.contract.eventstore_moto import OneRequestAtATime
 from tests.e2e.serving import UNLIMITED
+from tests.fakes.lambda_events import fake_context
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration import templates_facade, test_sweeps_api
 from tests.integration.palette_http import client, running_palette, template_and_seed
@@ -171,6 +174,29 @@ def test_a_key_of_255_printable_characters_is_taken(local_jobs: Facade) -> None:
     key = ("a ~!" * 64)[:255]
     first = jobs.call("POST", "/jobs", "alice", _job_body(jobs), headers=_keyed(key))
     assert first.status == 201, first.body
+
+
+@pytest.fixture
+def aws_jobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Facade]:
+    yield from aws_facade(monkeypatch)
+
+
+def test_a_retried_upload_grant_on_aws_is_the_same_seed_presigned_again(aws_jobs: Facade) -> None:
+    seeds_lambda.runtime.cache_clear()
+    seeds = replace(aws_jobs, resolve=lambda event: seeds_lambda.handler(event, fake_context("palette-seeds")))
+    request = {"filename": "topics.jsonl"}
+    first = seeds.call("POST", "/seed-data/upload", "alice", request, headers=_keyed())
+    again = seeds.call("POST", "/seed-data/upload", "alice", request, headers=_keyed())
+    reused = seeds.call("POST", "/seed-data/upload", "alice", {"filename": "other.jsonl"}, headers=_keyed())
+    seeds_lambda.runtime.cache_clear()
+
+    assert (first.status, again.status) == (201, 201), again.body
+    for field in ("seed_id", "blob_key", "expires_at", "filename", "format", "max_bytes"):
+        assert again.body[field] == first.body[field]
+    assert "X-Amz-Signature=" in again.body["upload_url"]
+    assert (reused.status, reused.error["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
+    recorded = aws_jobs.events.read_stream(seed_stream(first.body["seed_id"]))
+    assert [e.detail_type for e in recorded] == ["SeedUploadRequested"]
 
 
 # -- templates, on both runtimes ------------------------------------------------------------
