@@ -20,6 +20,13 @@ again on the winner's stream (the kernel's Repository) and answer as retries.
 
 A key holds as long as the log keeps the stream: for good, since the log is append-only,
 also after the resource changed or was deleted (a retry answers the first response).
+
+A new create route takes `idempotency_key: IdempotencyKey = None`, adds
+IDEMPOTENCY_RESPONSES to its responses and hands `IdempotentCreate.of(router, kind, key)` to
+its handler, which names the resource `resource_uuid`, answers `recorded_create` when it
+finds one, records through `recorded` (deciding nothing on a stream that exists) and answers
+`recorded_create` after its append (`JobHandlers._request_keyed_job`). A resource in a
+stream of many (a user's webhooks) finds its first event itself and calls `check`.
 """
 
 from __future__ import annotations
