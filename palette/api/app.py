@@ -51,7 +51,7 @@ PUBLIC_PATHS = HEALTH_PATHS | {"/swagger", "/openapi.json"}
 MAX_ID_CHARS = 128
 _WELL_FORMED_ID = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_CHARS}}}")
 
-CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "X-Request-Id", "X-Correlation-Id"]
+CORS_ALLOW_HEADERS = ["Authorization", "Content-Type", "X-Request-Id", "X-Correlation-Id", "Idempotency-Key"]
 CORS_EXPOSE_HEADERS = ["X-Request-Id", "Retry-After"]
 
 ReadinessCheck = Callable[[], object]
