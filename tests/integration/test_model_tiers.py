@@ -13,11 +13,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from contracts.events.generator import BatchGenerated, DatasetExported
+from contracts.events.generator import BatchGenerated, DatasetExported, GenerationFailed
+from contracts.events.templates import TemplateStep
 from contracts.streams import generation_stream
-from palette.adapters import MODEL_TIERS_ENV, local_adapters
+from palette.adapters import MODEL_TIERS_ENV, Adapters, local_adapters
 from palette.cli import app
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.integration.generation import generation_events, of_type, request_job, run_worker
 from tests.integration.palette_http import client, running_palette, template_and_seed, wait_until_finished
 from tests.waiting import wait_for
 
@@ -130,3 +132,20 @@ def test_a_tier_changed_after_creation_does_not_change_the_job_a_restart_resumes
             assert later["input"]["model_tiers"] == {"tier/fast": BEST}
             assert wait_until_finished(alice, later["job_id"])["status"] == "COMPLETED"
             assert fake.stats()["models"]["fake-best"] == 2
+
+
+def test_the_generator_runs_the_recorded_model_and_fails_a_tier_the_job_did_not_record(
+    adapters: Adapters, server: FakeOpenAIServer
+) -> None:
+    step = TemplateStep(id="question", model="tier/fast", prompt="Ask about {{ topic }}.", parameters={"max_tokens": 8})
+    recorded = request_job(adapters, 3, (step,), model_tiers={"tier/fast": "openai/recorded-model"})
+    run_worker(adapters, server, recorded)
+    assert server.stats()["models"] == {"recorded-model": 3}
+
+    unrecorded = request_job(adapters, 3, (step,))  # a JobRequested that names no model for its tier
+    run_worker(adapters, server, unrecorded)
+    failed = of_type(generation_events(adapters, unrecorded), GenerationFailed)
+    assert [(f.code, f.reason) for f in failed] == [
+        ("MODEL_TIER_UNRESOLVED", "the job recorded no model for tier/fast")
+    ]
+    assert server.stats()["models"] == {"recorded-model": 3}, "nothing was called for it"
