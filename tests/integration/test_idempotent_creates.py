@@ -3,9 +3,10 @@ fork, /seed-data/upload, /sweeps, /webhooks): a retry answers the first response
 nothing; another body under the key is 422 IDEMPOTENCY_KEY_REUSED; keys are per user.
 
 Jobs, templates and sweeps run on both runtimes where it matters (the embedded facade, and
-the Lambda handlers on moto), the seed grant on the seeds Lambda too; the dropped connection, the concurrent duplicates, the seed
-grant and the webhook run over real HTTP against one embedded runtime
-(`palette_http.running_palette`), each test as a user of its own.
+the Lambda handlers on moto), the seed grant on the seeds Lambda too; the dropped
+connection, the concurrent requests, the seed grant and the webhook run over real HTTP
+against one embedded runtime (`palette_http.running_palette`), each test as a user of its
+own.
 """
 
 from __future__ import annotations
@@ -253,6 +254,39 @@ def test_a_retried_sweep_is_the_same_sweep_with_its_members_requested_once(sweep
     assert (reused.status, reused.error["code"]) == (422, "IDEMPOTENCY_KEY_REUSED")
     requested = [e.stream_id for e in sweeps.events.read_all(0, 1000) if e.detail_type == "JobRequested"]
     assert sorted(requested) == sorted(job_stream(m["job_id"]) for m in first.body["members"])
+
+
+@pytest.fixture
+def local_sweeps(tmp_path: Path) -> Iterator[Facade]:
+    yield from test_sweeps_api.local_facade(tmp_path)
+
+
+def test_a_retry_requests_the_members_a_stopped_first_request_did_not(
+    local_sweeps: Facade, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first request that stopped between its plan and its second member (a crash, here an
+    error) left a sweep with one job; its retry requests the rest and answers the sweep."""
+    body = {"job": _job_body(local_sweeps), "axes": {"num_records": [10, 20, 30]}}
+    request_job = JobHandlers.request_job
+    calls = 0
+
+    def stops_at_the_second(self: JobHandlers, *args: Any, **kwargs: Any) -> LoadedJob:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("the process stopped here")
+        return request_job(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobHandlers, "request_job", stops_at_the_second)
+    stopped = local_sweeps.call("POST", "/sweeps", "alice", body, headers=_keyed())
+    monkeypatch.setattr(JobHandlers, "request_job", request_job)
+    retried = local_sweeps.call("POST", "/sweeps", "alice", body, headers=_keyed())
+
+    assert stopped.status == 500
+    assert retried.status == 201, retried.body
+    requested = [e.stream_id for e in local_sweeps.events.read_all(0, 1000) if e.detail_type == "JobRequested"]
+    assert sorted(requested) == sorted(job_stream(m["job_id"]) for m in retried.body["members"])
+    assert len(requested) == 3
 
 
 # -- over real HTTP ---------------------------------------------------------------------------
