@@ -37,8 +37,13 @@ STREAM_PREFIX = {
     "generator": streams.GENERATION,
     "notifications": "webhook",  # webhooks-<owner> and webhook-delivery-<id>
 }
-MORE_STREAMS = {"jobs": (streams.SWEEP,), "templates": (streams.DRY_RUN,)}
-"""The other streams a service writes (the jobs service: its sweeps; templates: its dry runs)."""
+MORE_STREAMS = {
+    "jobs": (streams.SWEEP,),
+    "templates": (streams.ENHANCEMENT, streams.DRY_RUN, streams.TEMPLATE_GUARD),
+    "generator": (streams.JOB_GUARD,),
+}
+"""The other streams a service writes (jobs: its sweeps; templates: enhancements, dry runs
+and content-rule decisions; the generator: a job's content-rule decisions)."""
 PROJECTION_PREFIX = {
     "templates": "templates_",
     "jobs": "jobs_",
@@ -364,6 +369,21 @@ def test_no_wildcard_actions_or_resources(name: str) -> None:
         actions = set(listed(statement["Action"]))
         assert not actions & BROAD_ACTIONS, (resource, statement)
         assert statement["Resource"] != "*", (resource, statement)
+
+
+def test_every_stream_kind_is_written_by_exactly_one_service() -> None:
+    """A new kind of stream in contracts.streams must be given to the service that writes
+    it, so its stack's IAM lets it append there (moto does not enforce IAM: this does)."""
+    kinds = {
+        value
+        for name, value in vars(streams).items()
+        if name.isupper() and isinstance(value, str) and value not in (streams.PROJECTION, streams.USER_LEDGER)
+    }
+    written = [STREAM_PREFIX[service] for service in STREAM_PREFIX] + [
+        prefix for more in MORE_STREAMS.values() for prefix in more
+    ]
+    claimed = {kind: [prefix for prefix in written if kind.startswith(prefix)] for kind in kinds}
+    assert {kind: owners for kind, owners in claimed.items() if len(owners) != 1} == {}
 
 
 @pytest.mark.parametrize("service", SERVICES)
