@@ -391,3 +391,22 @@ def test_a_retried_webhook_registration_answers_the_same_webhook_and_secret(alic
     assert [hook["id"] for hook in alice.get("/webhooks").json()["webhooks"]] == [first.json()["id"]]
     assert alice.delete(f"/webhooks/{first.json()['id']}").status_code == 200
     assert alice.post("/webhooks", json=request, headers=_keyed()).status_code == 404, "its secret is gone"
+
+
+def test_the_openapi_document_declares_the_header_and_its_422_on_every_create(served: LocalPalette) -> None:
+    document = httpx.get(f"http://{served.host}:{served.port}/openapi.json").json()
+    creates = [
+        "/jobs",
+        "/templates",
+        "/templates/import",
+        "/templates/{template_id}/fork",
+        "/seed-data/upload",
+        "/sweeps",
+        "/webhooks",
+    ]
+    for path in creates:
+        operation = document["paths"][path]["post"]
+        headers = [p["name"] for p in operation.get("parameters", []) if p["in"] == "header"]
+        assert headers == ["idempotency-key"], path
+        assert operation["responses"]["422"]["description"].startswith("IDEMPOTENCY_KEY_REUSED"), path
+    assert "422" not in document["paths"]["/jobs/{job_id}"]["get"]["responses"], "powertools' own 422 stays out"
