@@ -2,13 +2,16 @@
 the fake OpenAI server: the dashboard's changes arrive in order and the stream ends on the
 settled state, `Last-Event-ID` resumes after the given id, another user's job is a 404
 before any stream starts, and 20 open streams leave the API answering (they hold no thread
-of its pool). One runtime serves the module; each test is a job of its own."""
+of its pool), and a shutdown ends the open streams. One runtime serves the module; each
+test is a job of its own."""
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +19,13 @@ import pytest
 
 from palette.composition import LocalPalette
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.integration.palette_http import client, running_palette, template_and_seed, wait_until_finished
+from tests.integration.palette_http import (
+    client,
+    free_port,
+    running_palette,
+    template_and_seed,
+    wait_until_finished,
+)
 
 STEPS = [{"id": "answer", "model": "openai/fake-model", "prompt": "Say something about {{ topic }}."}]
 STREAMS = 20
@@ -83,6 +92,12 @@ def dashboard_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
             yield {"id": int(event["id"]), "dashboard": json.loads(event["data"])}
 
 
+def unsigned(dashboard: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard without its files' signed URLs (signed anew, with a new expiry, per read)."""
+    files = [{k: v for k, v in f.items() if k != "download_url"} for f in dashboard["files"]]
+    return {**dashboard, "files": files}
+
+
 def read_stream(user: httpx.Client, job_id: str, **headers: str) -> list[dict[str, Any]]:
     with user.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
         assert response.status_code == 200, response.read()
@@ -102,7 +117,7 @@ def test_events_arrive_in_order_and_the_stream_ends_on_the_settled_state(
     last = events[-1]["dashboard"]
     assert last["status"] == "COMPLETED" and last["records_generated"] == 40
     assert all(event["dashboard"]["status"] != "COMPLETED" for event in events[:-1])
-    assert last == alice.get(f"/dashboard/{job_id}").json()  # the same JSON as the dashboard route
+    assert unsigned(last) == unsigned(alice.get(f"/dashboard/{job_id}").json())  # the dashboard route's JSON
 
 
 def test_last_event_id_resumes_after_the_given_id(alice: httpx.Client, template_seed: tuple[str, str]) -> None:
@@ -112,11 +127,12 @@ def test_last_event_id_resumes_after_the_given_id(alice: httpx.Client, template_
     resumed = read_stream(alice, job_id, **{"Last-Event-ID": str(seen["id"])})
     ids = [event["id"] for event in resumed]
     assert ids and ids[0] > seen["id"] and ids == sorted(set(ids)), (seen["id"], ids)
-    assert resumed[-1]["dashboard"] == alice.get(f"/dashboard/{job_id}").json()
+    assert unsigned(resumed[-1]["dashboard"]) == unsigned(alice.get(f"/dashboard/{job_id}").json())
     assert resumed[-1]["dashboard"]["status"] == "COMPLETED"
 
     again = read_stream(alice, job_id, **{"Last-Event-ID": str(ids[0] - 1)})  # a settled job: its last state
-    assert [event["id"] for event in again] == [ids[-1]] and again[0]["dashboard"] == resumed[-1]["dashboard"]
+    assert [event["id"] for event in again] == [ids[-1]]
+    assert unsigned(again[0]["dashboard"]) == unsigned(resumed[-1]["dashboard"])
     done = alice.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": str(ids[-1])})
     assert done.status_code == 204 and done.content == b""  # nothing more will come: EventSource stops
 
@@ -167,3 +183,29 @@ def test_twenty_open_streams_leave_the_api_answering_and_end_when_the_job_ends(
                 assert last[-1]["status"] == "CANCELLED", last[-1:]  # each stream ended on the settled state
     finally:
         fake.set_latency(0.01)
+
+
+def test_shutting_down_ends_open_streams_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream would otherwise hold the shutdown for its whole grace (20 s): the client's
+    read times out after 10 s if the server does not end it."""
+    with FakeOpenAIServer(latency_s=2.0) as fake:
+        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        runtime = LocalPalette(tmp_path / "data", port=free_port())
+        server = runtime.server()
+        runtime.start_background(poll_interval=0.05)
+        server.start()
+        try:
+            with client(runtime, "alice") as alice:
+                job_id = start_job(alice, template_and_seed(alice, STEPS))
+                with alice.stream("GET", f"/jobs/{job_id}/events", timeout=10) as response:
+                    events = sse(response.iter_lines())
+                    assert json.loads(next(e for e in events if "data" in e)["data"])["status"] != "COMPLETED"
+                    stopping = threading.Thread(target=server.stop)
+                    stopping.start()
+                    rest = [json.loads(e["data"]) for e in events if "data" in e]  # it ends: no ReadTimeout
+                    assert all(state["status"] in ("QUEUED", "RUNNING") for state in rest)  # not the job's end
+                stopping.join()
+        finally:
+            server.stop()
+            runtime.close()
