@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +105,22 @@ def read_stream(user: httpx.Client, job_id: str, **headers: str) -> list[dict[st
         return list(dashboard_events(response))
 
 
+@contextmanager
+def slow_model(palette: tuple[LocalPalette, FakeOpenAIServer], seconds: float = 0.1) -> Iterator[None]:
+    """Calls take `seconds`, so a job is still running when its stream opens."""
+    palette[1].set_latency(seconds)
+    try:
+        yield
+    finally:
+        palette[1].set_latency(0.01)
+
+
 def test_events_arrive_in_order_and_the_stream_ends_on_the_settled_state(
-    alice: httpx.Client, template_seed: tuple[str, str]
+    palette: tuple[LocalPalette, FakeOpenAIServer], alice: httpx.Client, template_seed: tuple[str, str]
 ) -> None:
-    job_id = start_job(alice, template_seed)
-    events = read_stream(alice, job_id)  # returns when the server ends the stream
+    with slow_model(palette):
+        job_id = start_job(alice, template_seed)
+        events = read_stream(alice, job_id)  # returns when the server ends the stream
     ids = [event["id"] for event in events]
     assert ids == sorted(set(ids)), ids
     progress = [event["dashboard"]["records_generated"] for event in events]
@@ -120,11 +131,14 @@ def test_events_arrive_in_order_and_the_stream_ends_on_the_settled_state(
     assert unsigned(last) == unsigned(alice.get(f"/dashboard/{job_id}").json())  # the dashboard route's JSON
 
 
-def test_last_event_id_resumes_after_the_given_id(alice: httpx.Client, template_seed: tuple[str, str]) -> None:
-    job_id = start_job(alice, template_seed)
-    with alice.stream("GET", f"/jobs/{job_id}/events") as first:
-        seen = next(dashboard_events(first))  # then the client drops the connection
-    resumed = read_stream(alice, job_id, **{"Last-Event-ID": str(seen["id"])})
+def test_last_event_id_resumes_after_the_given_id(
+    palette: tuple[LocalPalette, FakeOpenAIServer], alice: httpx.Client, template_seed: tuple[str, str]
+) -> None:
+    with slow_model(palette):
+        job_id = start_job(alice, template_seed)
+        with alice.stream("GET", f"/jobs/{job_id}/events") as first:
+            seen = next(dashboard_events(first))  # then the client drops the connection
+        resumed = read_stream(alice, job_id, **{"Last-Event-ID": str(seen["id"])})
     ids = [event["id"] for event in resumed]
     assert ids and ids[0] > seen["id"] and ids == sorted(set(ids)), (seen["id"], ids)
     assert unsigned(resumed[-1]["dashboard"]) == unsigned(alice.get(f"/dashboard/{job_id}").json())
