@@ -49,6 +49,25 @@ class LocalBlobStore(BlobStore):
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> BlobInfo:
         return self._write(key, (data,))
 
+    def put_bytes_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        """A hard link of a complete temp file: linking fails, atomically, when the key exists."""
+        path = self._path(key)
+        fd, temp = self._temp_file_beside(key, path)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                return False
+            _fsync_folder(path.parent)
+            return True
+        finally:
+            with suppress(FileNotFoundError):
+                os.unlink(temp)
+
     def put_stream(
         self, key: str, chunks: Iterable[bytes] | BinaryIO, content_type: str = "application/octet-stream"
     ) -> BlobInfo:

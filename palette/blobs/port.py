@@ -96,6 +96,11 @@ class BlobStore(ABC):
         """Store `data` at `key`, replacing any blob there."""
 
     @abstractmethod
+    def put_bytes_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        """Store `data` at `key` only when no blob is there; True when this call stored it.
+        Of writers racing on one key exactly one stores (a keyed create's first secret)."""
+
+    @abstractmethod
     def put_stream(
         self, key: str, chunks: Iterable[bytes] | BinaryIO, content_type: str = "application/octet-stream"
     ) -> BlobInfo:

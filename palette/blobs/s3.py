@@ -80,6 +80,18 @@ class S3BlobStore(BlobStore):
         self._client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data, ContentType=content_type)
         return BlobInfo(key=key, size=len(data))
 
+    def put_bytes_if_absent(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> bool:
+        """S3's conditional write (If-None-Match: *): refused when the object exists."""
+        try:
+            self._client.put_object(
+                Bucket=self.bucket, Key=self._object_key(key), Body=data, ContentType=content_type, IfNoneMatch="*"
+            )
+        except ClientError as error:
+            if _error_code(error) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return False
+            raise
+        return True
+
     def put_stream(
         self, key: str, chunks: Iterable[bytes] | BinaryIO, content_type: str = "application/octet-stream"
     ) -> BlobInfo:

@@ -117,15 +117,12 @@ class WebhookHandlers:
         self, owner: str, url: str, events: list[str], secret: str | None, idempotent: IdempotentCreate
     ) -> tuple[Webhook, str]:
         """A retry, also one racing the first request, answers the webhook as registered with
-        its stored secret. A duplicate saves no secret over one already saved, which leaves
-        one race: two first requests that both find none save one each, the second write
-        winning (the blob store has no write-if-absent)."""
+        its stored secret: the first one saved (`SigningKeys.save_first`)."""
         webhook_id = f"whk_{idempotent.resource_uuid.hex}"
         if (registered := self._registered(owner, webhook_id, idempotent)) is not None:
             return registered
         register(self.webhooks(owner), webhook_id, url, events, self.policy)  # refuse before saving a secret
-        if self._keys.load(webhook_id) is None:
-            self._keys.save(webhook_id, secret or generated_secret())
+        self._keys.save_first(webhook_id, secret or generated_secret())
 
         def register_once(state: WebhookSet) -> list[NewEvent]:
             if webhook_id in state.webhooks:  # a concurrent duplicate won

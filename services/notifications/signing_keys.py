@@ -31,6 +31,11 @@ class SigningKeys:
     def save(self, webhook_id: str, secret: str) -> None:
         self._blobs.put_bytes(self._key(webhook_id), secret.encode(), "text/plain")
 
+    def save_first(self, webhook_id: str, secret: str) -> None:
+        """Saves `secret` unless the webhook has one already: of duplicates racing to
+        register one webhook, the first secret stays and every one answers it."""
+        self._blobs.put_bytes_if_absent(self._key(webhook_id), secret.encode(), "text/plain")
+
     def load(self, webhook_id: str) -> str | None:
         """The secret, or None once the webhook is deleted."""
         try:

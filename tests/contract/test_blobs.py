@@ -160,6 +160,13 @@ def test_overwrite_replaces_the_blob(store: BlobStore) -> None:
     assert list(store.list("")) == [BlobInfo("k", 6)]
 
 
+def test_put_if_absent_stores_only_the_first(store: BlobStore) -> None:
+    assert store.put_bytes_if_absent("secrets/one", b"first") is True
+    assert store.put_bytes_if_absent("secrets/one", b"second") is False
+    assert store.get_bytes("secrets/one") == b"first"
+    assert [info.key for info in store.list("secrets/")] == ["secrets/one"]
+
+
 def test_exists(store: BlobStore) -> None:
     assert not store.exists("a/b")
     store.put_bytes("a/b", b"x")

@@ -410,3 +410,14 @@ def test_the_openapi_document_declares_the_header_and_its_422_on_every_create(se
         assert headers == ["idempotency-key"], path
         assert operation["responses"]["422"]["description"].startswith("IDEMPOTENCY_KEY_REUSED"), path
     assert "422" not in document["paths"]["/jobs/{job_id}"]["get"]["responses"], "powertools' own 422 stays out"
+
+
+def test_concurrent_webhook_duplicates_all_answer_the_one_secret_kept(alice: httpx.Client) -> None:
+    request = {"url": "http://127.0.0.1:9/hook", "events": ["job.failed"]}
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: alice.post("/webhooks", json=request, headers=_keyed()), range(8)))
+
+    assert [r.status_code for r in replies] == [201] * 8, [r.text for r in replies]
+    assert len({r.text for r in replies}) == 1, "every duplicate answers the same webhook and secret"
+    assert [hook["id"] for hook in alice.get("/webhooks").json()["webhooks"]] == [replies[0].json()["id"]]
