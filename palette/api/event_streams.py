@@ -186,7 +186,12 @@ class EventStreams:
         assert match is not None  # serves() routed it here
         self._open[user] += 1
         try:
-            await self._stream(receive, send, request_id, user, match.group(1), after)
+            cors = [
+                (name.lower().encode("latin-1"), str(value).encode("latin-1"))
+                for name, value in (answer.get("headers") or {}).items()
+                if name.lower().startswith("access-control-") or name.lower() == "vary"
+            ]
+            await self._stream(receive, send, request_id, user, match.group(1), after, cors)
         finally:
             self._open[user] -= 1
             if not self._open[user]:
@@ -200,15 +205,25 @@ class EventStreams:
             return 429, "RATE_LIMITED", message, {"max_streams": self._max_per_user}
         return None
 
-    async def _stream(self, receive: Receive, send: Send, request_id: str, user: str, key: str, after: int) -> None:
+    async def _stream(
+        self,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        user: str,
+        key: str,
+        after: int,
+        cors: list[tuple[bytes, bytes]],
+    ) -> None:
         """Sends each new state until it is settled, the resource is gone, the client left
-        or the server is closing."""
+        or the server is closing; `cors` are the CORS headers the facade answered with."""
         loop = asyncio.get_running_loop()
         headers = [
             (b"content-type", f"{EVENT_STREAM}; charset=utf-8".encode()),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
             (b"x-request-id", request_id.encode()),
+            *cors,
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": sse_retry().encode(), "more_body": True})

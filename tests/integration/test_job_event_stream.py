@@ -29,6 +29,7 @@ from tests.integration.palette_http import (
 
 STEPS = [{"id": "answer", "model": "openai/fake-model", "prompt": "Say something about {{ topic }}."}]
 STREAMS = 20
+ORIGIN = "https://app.example"
 
 
 @pytest.fixture(scope="module")
@@ -201,18 +202,20 @@ def test_twenty_open_streams_leave_the_api_answering_and_end_when_the_job_ends(
 
 def test_shutting_down_ends_open_streams_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stream would otherwise hold the shutdown for its whole grace (20 s): the client's
-    read times out after 10 s if the server does not end it."""
+    read times out after 10 s if the server does not end it. (With the facade's CORS
+    headers, as any answer.)"""
     with FakeOpenAIServer(latency_s=2.0) as fake:
         monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "test")
-        runtime = LocalPalette(tmp_path / "data", port=free_port())
+        runtime = LocalPalette(tmp_path / "data", port=free_port(), cors_origins=(ORIGIN,))
         server = runtime.server()
         runtime.start_background(poll_interval=0.05)
         server.start()
         try:
             with client(runtime, "alice") as alice:
                 job_id = start_job(alice, template_and_seed(alice, STEPS))
-                with alice.stream("GET", f"/jobs/{job_id}/events", timeout=10) as response:
+                with alice.stream("GET", f"/jobs/{job_id}/events", timeout=10, headers={"Origin": ORIGIN}) as response:
+                    assert response.headers["access-control-allow-origin"] == ORIGIN  # a browser page may read it
                     events = sse(response.iter_lines())
                     assert json.loads(next(e for e in events if "data" in e)["data"])["status"] != "COMPLETED"
                     stopping = threading.Thread(target=server.stop)
