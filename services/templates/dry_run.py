@@ -12,6 +12,9 @@ request's `budget_limit`:
   catalog, and the steps' worst case must fit the limit: each step's input tokens estimated
   from above (`estimate_input_tokens` of its prompt with placeholders, plus the `max_tokens`
   of every earlier step it reads) and all of its own `max_tokens` out.
+- Where the answer has a deadline (API Gateway's 30 s on AWS) the deployment gives a
+  CallBound: at most `max_calls` steps and `max_output_tokens` of max_tokens across them,
+  else DryRunTooLong before any call (its gateway cuts each call at a timeout to match).
 - The operator's content rules hold as in a job: a prompt (before its call) or an output
   that breaks one stops the dry run (StepBlocked).
 - The calls made are recorded as one TemplateTested on `dry-run-<test_id>`, also when a
@@ -63,6 +66,16 @@ def new_test_id() -> str:
     return f"tst_{uuid.uuid4().hex}"
 
 
+@dataclass(frozen=True, slots=True)
+class CallBound:
+    """What a dry run may ask of the models when its answer has a deadline: each call is cut
+    at the gateway's timeout, so only `max_calls` calls fit, and only `max_output_tokens`
+    (the steps' max_tokens added up) can be generated in that time."""
+
+    max_calls: int
+    max_output_tokens: int
+
+
 # -- refusals ------------------------------------------------------------------------------
 
 
@@ -93,6 +106,18 @@ class StepModelNotOffered(DryRunRefused):
     def __init__(self, step_id: str, reason: str) -> None:
         super().__init__(f"step {step_id!r}: {reason}")
         self.step_id = step_id
+
+
+class DryRunTooLong(DryRunRefused):
+    def __init__(self, steps: int, output_tokens: int, bound: CallBound) -> None:
+        super().__init__(
+            f"the steps ask {steps} calls and {output_tokens} max_tokens in all; a dry run here answers within"
+            f" its deadline only for at most {bound.max_calls} calls and {bound.max_output_tokens} max_tokens:"
+            " nothing was called"
+        )
+        self.steps = steps
+        self.output_tokens = output_tokens
+        self.bound = bound
 
 
 class StepRenderFailed(Exception):
@@ -186,7 +211,8 @@ def lacking(record: Mapping[str, Any], fields: Sequence[str]) -> tuple[str, ...]
 
 
 class TemplateTester:
-    """Runs dry runs; `gateway` None: this deployment calls no models (call_models is 400)."""
+    """Runs dry runs; `gateway` None: this deployment calls no models (call_models is 400);
+    `bound`: the most one dry run may ask of them (None: no deadline, as `palette serve`)."""
 
     def __init__(
         self,
@@ -195,8 +221,10 @@ class TemplateTester:
         gateway: BlockingGateway | None,
         screen: ContentScreen = ALLOW_ALL,
         tiers: Mapping[str, str] | None = None,
+        bound: CallBound | None = None,
     ) -> None:
         self._events = events
+        self._bound = bound
         self._pricing = pricing
         self._gateway = gateway
         self._screen = screen
@@ -234,6 +262,7 @@ class TemplateTester:
         for outcome in rendered:
             _sendable(outcome.step_id, outcome.prompt or "")
         gateway = self._offering(steps)
+        self._check_bound(steps)
         worst = self._worst_case(steps, rendered)
         if worst > budget_limit:
             raise BudgetTooLow(worst, budget_limit)
@@ -306,6 +335,14 @@ class TemplateTester:
             if not self._pricing.knows(step.model):
                 raise StepModelNotOffered(step.id, f"no price is known for {step.model}, so the call cannot be billed")
         return self._gateway
+
+    def _check_bound(self, steps: Sequence[TemplateStep]) -> None:
+        """Refuse steps that could not all be answered within the deployment's deadline."""
+        if self._bound is None:
+            return
+        output_tokens = sum(_max_tokens(step) for step in steps)
+        if len(steps) > self._bound.max_calls or output_tokens > self._bound.max_output_tokens:
+            raise DryRunTooLong(len(steps), output_tokens, self._bound)
 
     def _worst_case(self, steps: Sequence[TemplateStep], rendered: Sequence[StepOutcome]) -> Decimal:
         """The most the calls can cost: a step's prompt estimated from above, each earlier

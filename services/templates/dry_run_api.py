@@ -22,6 +22,7 @@ from services.templates.dry_run import (
     BudgetRequired,
     BudgetTooLow,
     DryRun,
+    DryRunTooLong,
     RecordIncomplete,
     StepBlocked,
     StepCallFailed,
@@ -39,6 +40,13 @@ class BudgetTooLowError(ApiError):
 
     status = 400
     code = "BUDGET_TOO_LOW"
+
+
+class DryRunTooLongError(ApiError):
+    """The steps could not all be answered within the deployment's deadline; nothing was called."""
+
+    status = 400
+    code = "DRY_RUN_TOO_LONG"
 
 
 class SeedNotFoundError(NotFound):
@@ -70,6 +78,8 @@ _ERRORS = {
     400: "VALIDATION_ERROR: a malformed request, no budget_limit with call_models, a model this deployment "
     "cannot call and bill, or a record_index past the seed set's end; "
     "BUDGET_TOO_LOW: the steps' worst case is over budget_limit (nothing called); "
+    "DRY_RUN_TOO_LONG: with call_models on AWS, more steps or max_tokens than its 30 s answer allows (nothing "
+    "called; details.max_calls, max_output_tokens); "
     "CONTENT_BLOCKED: a step's prompt or output breaks an operator content rule (details.step_id, rule_id, where; "
     "the calls made before are charged: details.test_id)",
     401: "UNAUTHORIZED: no valid bearer token",
@@ -173,6 +183,16 @@ def _dry_run_errors() -> Iterator[None]:
     except BudgetTooLow as too_low:
         raise BudgetTooLowError(
             str(too_low), {"worst_case": str(too_low.worst_case), "budget_limit": str(too_low.budget_limit)}
+        ) from None
+    except DryRunTooLong as too_long:
+        raise DryRunTooLongError(
+            str(too_long),
+            {
+                "steps": too_long.steps,
+                "output_tokens": too_long.output_tokens,
+                "max_calls": too_long.bound.max_calls,
+                "max_output_tokens": too_long.bound.max_output_tokens,
+            },
         ) from None
     except StepModelNotOffered as not_offered:
         raise _field_error(

@@ -14,7 +14,9 @@ table and the operator's content filter, which refuses a definition breaking a r
 On AWS no `catch_up` is wired: listings follow the bus and are eventually consistent.
 POST /templates/enhance calls Bedrock through the kernel's model gateway
 (`model_enhancer.ModelEnhancer` on `palette.models.bedrock`) when PALETTE_ENHANCE_MODEL is
-set, and answers 502 otherwise.
+set, and answers 502 otherwise. POST /templates/{id}/test with call_models calls Bedrock
+through the same gateway (`dry_run_models`) when PALETTE_DRY_RUN_CALLS_MODELS is "true",
+bounded to answer within API Gateway's 30 s (`DRY_RUN_BOUND`); otherwise it renders only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from palette.models.bedrock import BedrockGateway
 from palette.models.blocking import BlockingGateway
 from palette.projections.runner import ProjectionRunner
 from services.templates import wiring
+from services.templates.dry_run import CallBound
 from services.templates.model_enhancer import ModelEnhancer
 
 entries = LambdaEntries("templates")
@@ -62,11 +65,30 @@ def enhancer() -> ModelEnhancer | None:
     return ModelEnhancer(bedrock, adapters().pricing.knows, stand_in=model)
 
 
+DRY_RUN_CALL_TIMEOUT_SECONDS = 8.0
+"""Each dry-run call's wait for Bedrock (botocore makes one attempt; 1 s more to connect)."""
+
+DRY_RUN_BOUND = CallBound(max_calls=3, max_output_tokens=1536)
+"""3 calls of at most 9 s fit API Gateway's 30 s; 1536 tokens is 512 (a step's default
+max_tokens) per call, which Bedrock's models generate well within 8 s."""
+
+
+@functools.cache
+def dry_run_models() -> BlockingGateway | None:
+    """The dry runs' models: Bedrock Converse on any `bedrock/...` model the catalog prices
+    (with PALETTE_PRICING_OVERRIDES), each call cut at DRY_RUN_CALL_TIMEOUT_SECONDS; none
+    (call_models is 400, render only) unless PALETTE_DRY_RUN_CALLS_MODELS is "true"."""
+    if os.environ.get("PALETTE_DRY_RUN_CALLS_MODELS") != "true":
+        return None
+    return BlockingGateway(lambda: BedrockGateway(timeout=DRY_RUN_CALL_TIMEOUT_SECONDS, connect_timeout=1.0))
+
+
 @functools.cache
 def api() -> ApiGatewayResolver:
     """The resolver serving the /templates routes (and /health, /swagger). Templates has no
     subscriptions, so its parts serve this API alone."""
-    parts = wiring.build(adapters(), screen=guard().content_filter(), enhancer=enhancer())
+    models, bound = dry_run_models(), DRY_RUN_BOUND
+    parts = wiring.build(adapters(), screen=guard().content_filter(), enhancer=enhancer(), models=models, bound=bound)
     routers, identity = parts.routers, ApiGatewayJwtClaims()
     title, limiter = "Palette templates", guard().limiter
     return build_app(routers, identity, local=False, title=title, limiter=limiter)

@@ -13,7 +13,7 @@ from palette.projections.documents import DocumentProjection
 from palette.wiring import CatchUp, ServiceParts, follow_the_bus
 from services.templates.api import create_router
 from services.templates.domain import ALLOW_ALL, ContentScreen
-from services.templates.dry_run import TemplateTester
+from services.templates.dry_run import CallBound, TemplateTester
 from services.templates.dry_run_api import create_dry_run_router
 from services.templates.enhancement import PromptEnhancer
 from services.templates.handlers import TemplateHandlers
@@ -41,11 +41,12 @@ def build(
     screen: ContentScreen = ALLOW_ALL,
     enhancer: PromptEnhancer | None = None,
     models: BlockingGateway | None = None,
+    bound: CallBound | None = None,
 ) -> ServiceParts[TemplateHandlers]:
     """Template commands, refusing definitions `screen` blocks and improving prompts with
     `enhancer` (None: POST /templates/enhance answers 502); the /templates routes list the
     catalog view, and reads before a delete ask the usage view. Dry runs call `models` (None:
-    POST /templates/{id}/test renders only)."""
+    POST /templates/{id}/test renders only), each dry run within `bound` (None: unbounded)."""
     views = projections()
     catalog, usage, versions, forks, public = views
     usage_view = TemplateUsageView(adapters.document_reader(usage))
@@ -53,6 +54,7 @@ def build(
     handlers = TemplateHandlers(adapters.events, usage_view, screen=screen, enhancer=enhancer)
     public_view = PublicCatalogueView(adapters.document_reader(public))
     router = create_router(handlers, adapters.document_reader(catalog), history, public_view, catch_up=catch_up(views))
-    tester = TemplateTester(adapters.events, adapters.pricing, models, screen, adapters.model_tiers.targets)
+    tiers = adapters.model_tiers.targets
+    tester = TemplateTester(adapters.events, adapters.pricing, models, screen, tiers, bound)
     dry_runs = create_dry_run_router(handlers, tester, SeedRecords(adapters.events, adapters.blobs))
     return ServiceParts(handlers, [router, dry_runs], views)

@@ -583,14 +583,19 @@ def test_consumers_with_side_effects_get_the_idempotency_table(service: str) -> 
     assert consumer["FunctionName"]["Fn::Sub"].startswith(f"palette-${{Env}}-{service}")
 
 
-def test_prompt_enhancement_calls_bedrock_only_when_a_model_is_configured() -> None:
+def test_enhancement_and_dry_runs_call_bedrock_only_when_configured() -> None:
     template = load("templates")
-    assert template["Conditions"]["CanEnhance"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "EnhanceModel"}, ""]}]}
-    access = template["Resources"]["EnhanceAccess"]
-    assert access["Condition"] == "CanEnhance"
+    conditions = template["Conditions"]
+    assert conditions["CanEnhance"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "EnhanceModel"}, ""]}]}
+    assert conditions["CanDryRunModels"] == {"Fn::Equals": [{"Ref": "DryRunCallsModels"}, "true"]}
+    assert conditions["CallsBedrock"] == {"Fn::Or": [{"Condition": "CanEnhance"}, {"Condition": "CanDryRunModels"}]}
+    access = template["Resources"]["BedrockAccess"]
+    assert access["Condition"] == "CallsBedrock"
     (statement,) = access["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Action"] == "bedrock:InvokeModel"
     api = template["Resources"]["ApiFunction"]["Properties"]
     assert api["Handler"] == "services.templates.lambda_handler.handler"
-    assert api["Environment"]["Variables"]["PALETTE_ENHANCE_MODEL"] == {"Ref": "EnhanceModel"}
-    assert {"Fn::If": ["CanEnhance", {"Ref": "EnhanceAccess"}, {"Ref": "AWS::NoValue"}]} in api["Policies"]
+    variables = api["Environment"]["Variables"]
+    assert variables["PALETTE_ENHANCE_MODEL"] == {"Ref": "EnhanceModel"}
+    assert variables["PALETTE_DRY_RUN_CALLS_MODELS"] == {"Ref": "DryRunCallsModels"}
+    assert {"Fn::If": ["CallsBedrock", {"Ref": "BedrockAccess"}, {"Ref": "AWS::NoValue"}]} in api["Policies"]

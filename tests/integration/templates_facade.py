@@ -196,6 +196,7 @@ def _forget_containers() -> None:
         lambda_handler.api,
         lambda_handler.projection_runners,
         lambda_handler.enhancer,
+        lambda_handler.dry_run_models,
     ):
         cached.cache_clear()
 
