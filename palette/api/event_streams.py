@@ -5,15 +5,17 @@ A stream request is first answered by the facade like any other request
 (`PooledResolver.answer`: one thread for the time of one route call), so authentication,
 the rate limit, validation, ownership (404) and the error shape are the API's own. That
 route answers the resource's current state as one event, which is all the Lambda serves
-on AWS. When it answers 200 here, this layer keeps the connection open and follows with
-one event each time the state's id moves past the last one sent, a comment every
+on AWS. When it answers 200 here, that answer was the admission: this layer sends the
+stream in its place, from the feed — the state past Last-Event-ID, then one event each
+time the state's id moves past the last one sent, a comment every
 `heartbeat_seconds` so proxies keep the connection, and the end of the response once the
 state is settled (a finished job).
 
 How a stream learns of changes: the embedded runtime's projections are caught up in this
 process, and each catch-up that applied events calls `Wakeups.notify`, which wakes every
-open stream on the event loop; a woken stream reads its state once (one point read, in a
-small pool of its own, so streams never queue behind API requests or hold their threads).
+open stream on the event loop; a woken stream asks its feed once, in a small pool of its
+own (so streams never queue behind API requests or hold their threads): one point read of
+the document, and the event built only when the document moved past the last id sent.
 No stream polls the SQLite file in a loop: besides the wake-ups it rereads every
 `recheck_seconds` (2 s), which covers a view advanced by another process (`palette jobs
 watch` catches up the same view). What each wake-up costs is bounded by the caps on open
@@ -69,8 +71,9 @@ class StreamGone(LookupError):
     """The streamed resource is gone (deleted) or no longer the caller's."""
 
 
-Feed = Callable[[str, str], StreamState]
-"""The current state of resource `key` for `user`; raises StreamGone."""
+Feed = Callable[[str, str, int], StreamState | None]
+"""The current state of resource `key` for `user` when its id is past `after`, else None
+(nothing to send: a cheap answer, since every wake-up asks); raises StreamGone."""
 
 
 def sse_event(state: StreamState, name: str) -> str:
@@ -235,15 +238,15 @@ class EventStreams:
                 while not (left.is_set() or self._closing):
                     wake.clear()  # a change from here on wakes the wait below
                     try:
-                        state = await loop.run_in_executor(self._readers, self._feed, user, key)
+                        state = await loop.run_in_executor(self._readers, self._feed, user, key, after)
                     except StreamGone:
                         break
-                    if state.id > after:
+                    if state is not None:
                         chunk = sse_event(state, self._event_name).encode()
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                         after, last_write = state.id, loop.time()
-                    if state.settled:
-                        break
+                        if state.settled:
+                            break
                     try:
                         await asyncio.wait_for(wake.wait(), self._recheck_seconds)
                     except TimeoutError:

@@ -33,7 +33,7 @@ from palette.api.event_streams import EVENT_STREAM, StreamGone, StreamState, las
 from palette.projections.documents import DocumentReader
 from services.jobs.api import dashboard_body
 from services.jobs.domain import JobNotFound, JobStatus
-from services.jobs.handlers import JobHandlers
+from services.jobs.handlers import JobHandlers, LoadedJob
 from services.jobs.projections import DASHBOARDS, empty_dashboard
 
 EVENT_NAME = "dashboard"
@@ -65,18 +65,27 @@ class JobEvents:
         job. Settled when the projection itself recorded the job's end (the job stream may be
         ahead of it: the last event then waits for the projection's last counts)."""
         loaded = self._handlers.job(user, job_id)
+        return self._state(loaded, self._dashboard.get(DASHBOARDS, job_id))
+
+    def feed(self, user: str, job_id: str, after: int) -> StreamState | None:
+        """For `palette.api.event_streams`, whose stream was admitted by the route (so the
+        job is the user's): the state when the document moved past `after`, else None after
+        one read of it; a job gone (deleted) ends its stream."""
         doc = self._dashboard.get(DASHBOARDS, job_id)
-        current = empty_dashboard(job_id) if doc is None or doc.get("deleted") else doc
+        if doc is not None and doc.get("deleted"):
+            raise StreamGone(job_id)
+        if int((doc or {}).get("position", 0)) <= after:
+            return None
+        try:
+            return self._state(self._handlers.job(user, job_id), doc)
+        except JobNotFound:
+            raise StreamGone(job_id) from None
+
+    def _state(self, loaded: LoadedJob, doc: dict[str, Any] | None) -> StreamState:
+        current = empty_dashboard(loaded.state.job_id) if doc is None or doc.get("deleted") else doc
         body = dashboard_body(loaded, current, self._handlers, self._clock())
         data = dumps_fixed_point(body.model_dump(mode="json", by_alias=True), separators=(",", ":"))
         return StreamState(int(current.get("position", 0)), data, JobStatus(current["status"]).finished)
-
-    def feed(self, user: str, job_id: str) -> StreamState:
-        """`latest` for `palette.api.event_streams`: a job gone ends its stream."""
-        try:
-            return self.latest(user, job_id)
-        except JobNotFound:
-            raise StreamGone(job_id) from None
 
 
 def create_events_router(handlers: JobHandlers, dashboard: DocumentReader) -> Router:
