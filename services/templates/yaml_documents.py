@@ -8,19 +8,24 @@ scalar cannot hold exactly, such as one with trailing spaces, is written double-
 
 Reading is PyYAML's safe loader, tightened: no aliases (so no "billion laughs"), nesting
 at most `MAX_DEPTH` deep, at most `MAX_DOCUMENT_BYTES`, one document, a mapping at the
-top, and only values JSON has (no timestamps, binary, sets or non-string keys), since the
-definition is recorded as JSON. Each refusal is an UnreadableDocument naming where.
+top, no key twice in a mapping, and only values JSON has (no timestamps, binary, sets or
+non-string keys), since the definition is recorded as JSON. Plain scalars are typed by the
+YAML 1.2 core schema, not PyYAML's YAML 1.1: `1:30`, `yes`, `1_000` and `017`'s octal
+reading are gone (strings, or decimal 17); `0x10` and `0o17` are hex and octal ints as
+1.2 says. Writing quotes any string either schema would read as something else. Each
+refusal is an UnreadableDocument naming where.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 from yaml.events import AliasEvent
-from yaml.nodes import Node
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from services.templates.domain import TemplateVersion
 
@@ -37,6 +42,25 @@ class UnreadableDocument(ValueError):
     def __init__(self, message: str, where: str = "") -> None:
         self.where = where
         super().__init__(f"{message} (at {where})" if where else message)
+
+
+# -- the YAML 1.2 core schema ---------------------------------------------------------------
+
+_CORE_SCHEMA: list[tuple[str, re.Pattern[str], list[str]]] = [
+    ("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")),
+    ("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")),
+    (
+        "tag:yaml.org,2002:float",
+        re.compile(
+            r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        ),
+        list("-+.0123456789"),
+    ),
+]
+"""(tag, pattern, first characters; "" the empty scalar) of each plain scalar that is not a string, as YAML 1.2's
+core schema resolves it (https://yaml.org/spec/1.2.2/#1032-tag-resolution)."""
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -59,6 +83,8 @@ def _prompt_as_block(dumper: yaml.SafeDumper, text: _Prompt) -> yaml.ScalarNode:
 
 
 _TemplateDumper.add_representer(_Prompt, _prompt_as_block)
+for _tag, _pattern, _first in _CORE_SCHEMA:  # also quote what the reader's 1.2 schema would type
+    _TemplateDumper.add_implicit_resolver(_tag, _pattern, _first)
 
 
 def export_document(template_id: str, version: TemplateVersion) -> str:
@@ -83,11 +109,32 @@ def export_document(template_id: str, version: TemplateVersion) -> str:
 
 
 class _TemplateLoader(yaml.SafeLoader):
-    """The safe loader without aliases, and with a depth limit (the composer recurses)."""
+    """The safe loader without aliases or repeated keys, with a depth limit (the composer
+    recurses), typing plain scalars by the YAML 1.2 core schema."""
+
+    yaml_implicit_resolvers: dict[Any, list[tuple[str, re.Pattern[str]]]] = {}
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, ScalarNode):
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise UnreadableDocument(f"the key {key!r} appears twice", _line_column(key_node.start_mark))
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        """1.2's ints: decimal (leading zeros too), 0o octal, 0x hex."""
+        text = str(self.construct_scalar(node))
+        for prefix, base in (("0o", 8), ("0x", 16)):
+            if text.startswith(prefix):
+                return int(text[2:], base)
+        return int(text, 10)
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         if self.check_event(AliasEvent):
@@ -102,16 +149,28 @@ class _TemplateLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+for _tag, _pattern, _first in _CORE_SCHEMA:
+    _TemplateLoader.add_implicit_resolver(_tag, _pattern, _first)
+_TemplateLoader.add_constructor("tag:yaml.org,2002:int", _TemplateLoader.construct_yaml_int)
+
+
 def read_document(text: str) -> dict[str, Any]:
     """The mapping a template document holds; raises UnreadableDocument."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
         raise UnreadableDocument(f"the document is larger than {MAX_DOCUMENT_BYTES} bytes")
-    loader = _TemplateLoader(text)
+    loader: _TemplateLoader | None = None
     try:
+        loader = _TemplateLoader(text)  # the reader checks every character here already
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as error:
         where = _line_column(error.problem_mark) if error.problem_mark else ""
         raise UnreadableDocument(f"not valid YAML: {error.problem or error.context}", where) from None
+    except yaml.reader.ReaderError as error:  # a control character: the reader gives an offset, not a mark
+        line, column = text.count("\n", 0, error.position) + 1, error.position - text.rfind("\n", 0, error.position)
+        raise UnreadableDocument(
+            f"not valid YAML: the control character U+{error.character:04X} is not allowed",
+            f"line {line}, column {column}",
+        ) from None
     except yaml.YAMLError as error:
         raise UnreadableDocument(f"not valid YAML: {error}") from None
     except UnreadableDocument:
@@ -119,7 +178,8 @@ def read_document(text: str) -> dict[str, Any]:
     except (ValueError, OverflowError) as error:  # a scalar its type cannot hold: an int of 5,000 digits
         raise UnreadableDocument(f"a value cannot be read: {error}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise UnreadableDocument("the document must be a mapping (name, description, steps)")
     _require_json(data, "")

@@ -207,12 +207,14 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         ("name: Q\nsurprise: 1\nsteps:\n- {id: q, model: openai/x, prompt: hi}\n", "surprise", "Extra"),
         (BOMB, "body", "aliases"),
         ("name: " + "[" * 200 + "]" * 200 + "\n", "body", "nests more than"),
-        ("name: 2026-12-03\nsteps: []\n", "body", "date"),
+        ("name: !!timestamp 2026-12-03\nsteps: []\n", "body", "date"),  # plain, 1.2 reads a string
         ("name: Q\n---\nname: R\n", "body", "another document"),
         ("- just\n- a list\n", "body", "mapping"),
         ("name: !!python/object/apply:os.system [echo]\n", "body", "constructor"),
         ("name: Q\nsteps: []\nx: " + "9" * 5000 + "\n", "body", "cannot be read"),
         ("name: Q\ndescription: '" + "x" * (300 * 1024) + "'\n", "body", "larger than"),
+        ("name: x\nsteps:\n- {id: q, model: openai/x, prompt: hi}\ndescription: a\x01b\n", "body", "line 4, column 15"),
+        ("name: Q\nsteps: []\nname: R\n", "body", "the key 'name' appears twice (at line 3, column 1)"),
     ],
     ids=[
         "syntax",
@@ -227,6 +229,8 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         "python-tag",
         "huge-integer",
         "huge-document",
+        "control-character",
+        "duplicate-key",
     ],
 )
 def test_a_document_that_is_not_a_template_is_400(alice: httpx.Client, document: str, field: str, says: str) -> None:

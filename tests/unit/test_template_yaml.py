@@ -49,3 +49,22 @@ def test_reading_an_exported_document_gives_back_every_value(
     assert (document["name"], document["description"]) == (name, description)
     read = [TemplateStep.model_validate(step) for step in document["steps"]]
     assert read == list(steps)
+
+
+def test_plain_scalars_are_read_by_the_yaml_1_2_core_schema() -> None:
+    """PyYAML's YAML 1.1 read `1:30` as 90 and `yes` as true; an export quotes what 1.2 types."""
+    document = read_document("a: 1:30\nb: 0x10\nc: 0o17\nd: 017\ne: yes\nf: 1e3\ng: 1_000\nh:\ni: True\n")
+    assert document == {
+        "a": "1:30",
+        "b": 16,
+        "c": 15,
+        "d": 17,
+        "e": "yes",
+        "f": 1000.0,
+        "g": "1_000",
+        "h": None,
+        "i": True,
+    }
+    step = TemplateStep(id="q", model="openai/x", prompt="hi", parameters={"stop": ["1e3", "0o17", "0x1F", "1:30"]})
+    exported = export_document("tpl_x", TemplateVersion(1, "1e3", "", False, (step,), ()))
+    assert read_document(exported)["steps"][0]["parameters"] == step.parameters
