@@ -17,6 +17,10 @@ request's `budget_limit`:
   else DryRunTooLong before any call (its gateway cuts each call at a timeout to match).
 - The operator's content rules hold as in a job: a prompt (before its call) or an output
   that breaks one stops the dry run (StepBlocked).
+- As in a job, a reply reporting more output tokens than its call's max_tokens stops the run
+  at once (StepIgnoredMaxTokens), charged as reported; and each call's worst case, its prompt
+  holding the real outputs before it, must fit what the calls made left of the budget, else
+  it is not started (BudgetSpent).
 - The calls made are recorded as one TemplateTested on `dry-run-<test_id>`, also when a
   later step failed or was blocked, so billing charges every call to the owner's ledger.
 
@@ -141,6 +145,39 @@ class StepBlocked(Exception):
         self.step_id = step_id
         self.where = where
         self.rule_id = rule_id
+        self.test_id: str | None = None
+
+
+class StepIgnoredMaxTokens(Exception):
+    """A reply reported more output tokens than its call's max_tokens, so the worst case no
+    longer bounds what the run spends: it stops at once, as a job does, the reply charged as
+    reported (`test_id` names the recorded calls)."""
+
+    def __init__(self, step_id: str, output_tokens: int, max_tokens: int) -> None:
+        super().__init__(
+            f"step {step_id!r}: the model reported {output_tokens} output tokens for max_tokens {max_tokens};"
+            " the run stopped (MODEL_IGNORED_MAX_TOKENS) and the calls made are charged as reported"
+        )
+        self.step_id = step_id
+        self.output_tokens = output_tokens
+        self.max_tokens = max_tokens
+        self.test_id: str | None = None
+
+
+class BudgetSpent(Exception):
+    """The next step's worst case, its prompt now holding the real outputs before it, does not
+    fit what the calls made left of budget_limit: it is not started (`test_id` names the
+    recorded calls)."""
+
+    def __init__(self, step_id: str, spent: Decimal, worst: Decimal, budget_limit: Decimal) -> None:
+        super().__init__(
+            f"step {step_id!r} may cost up to ${worst} and only ${budget_limit - spent} of budget_limit"
+            f" ${budget_limit} remains after ${spent} spent: it was not called"
+        )
+        self.step_id = step_id
+        self.spent = spent
+        self.worst_case = worst
+        self.budget_limit = budget_limit
         self.test_id: str | None = None
 
 
@@ -271,12 +308,18 @@ class TemplateTester:
         outputs: dict[str, str] = {}
         outcomes: list[StepOutcome] = []
         calls: list[StepCall] = []
+        spent = Decimal(0)
         try:
             for step in steps:
                 prompt = _sendable(step.id, _render(step, record, outputs))
                 self._screen_text(step.id, "prompt", prompt)
-                response = _call(gateway, step, prompt)
+                self._check_remaining(step, prompt, spent, budget_limit)
+                try:
+                    response, ignored = _call(gateway, step, prompt), False
+                except ModelIgnoredMaxTokens as error:  # spent all the same: charged as reported
+                    response, ignored = error.response, True
                 cost = price_call(self._pricing, response.model, response.input_tokens, response.output_tokens)
+                spent += cost
                 calls.append(
                     StepCall(
                         step_id=step.id,
@@ -298,12 +341,14 @@ class TemplateTester:
                         cost,
                     )
                 )
+                if ignored:
+                    raise StepIgnoredMaxTokens(step.id, response.output_tokens, _max_tokens(step))
                 self._screen_text(step.id, "output", response.text)
                 outputs[step.id] = response.text
         except ModelError as error:
             recorded = self._record(test_id, owner, template_id, version, budget_limit, calls, correlation_id)
             raise StepCallFailed(steps[len(calls)].id, str(error), test_id if recorded else None) from None
-        except (StepRenderFailed, StepBlocked) as stopped:  # a later prompt, with the real outputs
+        except (StepRenderFailed, StepBlocked, StepIgnoredMaxTokens, BudgetSpent) as stopped:
             if self._record(test_id, owner, template_id, version, budget_limit, calls, correlation_id):
                 stopped.test_id = test_id
             raise
@@ -343,6 +388,13 @@ class TemplateTester:
         output_tokens = sum(_max_tokens(step) for step in steps)
         if len(steps) > self._bound.max_calls or output_tokens > self._bound.max_output_tokens:
             raise DryRunTooLong(len(steps), output_tokens, self._bound)
+
+    def _check_remaining(self, step: TemplateStep, prompt: str, spent: Decimal, budget_limit: Decimal) -> None:
+        """Never start a call whose worst case (its prompt as rendered now, all of its
+        max_tokens out) does not fit what the calls made left of the budget."""
+        worst = worst_case(self._pricing, step.model, estimate_input_tokens(prompt), _max_tokens(step))
+        if spent + worst > budget_limit:
+            raise BudgetSpent(step.id, spent, worst, budget_limit)
 
     def _worst_case(self, steps: Sequence[TemplateStep], rendered: Sequence[StepOutcome]) -> Decimal:
         """The most the calls can cost: a step's prompt estimated from above, each earlier
@@ -409,8 +461,8 @@ def _max_tokens(step: TemplateStep) -> int:
 
 def _call(gateway: BlockingGateway, step: TemplateStep, prompt: str) -> ModelResponse:
     """One step's call with its parameters, once (a dry run shows what the model answers, so
-    no retry). An answer past max_tokens or not of the step's output schema is shown and
-    charged as reported, never hidden."""
+    no retry). An answer not of the step's output schema is shown and charged as reported;
+    one past max_tokens raises ModelIgnoredMaxTokens, which carries its reported usage."""
     parameters = step.parameters
     stop = parameters.get("stop")
     request = ModelRequest(
@@ -425,5 +477,5 @@ def _call(gateway: BlockingGateway, step: TemplateStep, prompt: str) -> ModelRes
     )
     try:
         return gateway.generate(request)
-    except (ModelIgnoredMaxTokens, InvalidModelOutput) as error:
+    except InvalidModelOutput as error:
         return error.response

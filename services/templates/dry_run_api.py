@@ -20,12 +20,14 @@ from palette.prompts import seed_paths
 from services.templates.domain import TemplateVersion
 from services.templates.dry_run import (
     BudgetRequired,
+    BudgetSpent,
     BudgetTooLow,
     DryRun,
     DryRunTooLong,
     RecordIncomplete,
     StepBlocked,
     StepCallFailed,
+    StepIgnoredMaxTokens,
     StepModelNotOffered,
     StepRenderFailed,
     TemplateTester,
@@ -74,6 +76,22 @@ class StepModelFailed(ApiError):
     code = "MODEL_UNAVAILABLE"
 
 
+class ModelIgnoredMaxTokensError(ApiError):
+    """A reply reported more output tokens than its call's max_tokens: the run stopped at
+    once; the calls made, that one included, were charged as reported."""
+
+    status = 502
+    code = "MODEL_IGNORED_MAX_TOKENS"
+
+
+class BudgetExceededError(ApiError):
+    """The next step's worst case did not fit what the calls made left of budget_limit; they
+    were charged and it was not called."""
+
+    status = 422
+    code = "BUDGET_EXCEEDED"
+
+
 _ERRORS = {
     400: "VALIDATION_ERROR: a malformed request, no budget_limit with call_models, a model this deployment "
     "cannot call and bill, or a record_index past the seed set's end; "
@@ -87,9 +105,15 @@ _ERRORS = {
     "SEED_NOT_FOUND: no such seed set of the caller's",
     422: "DRY_RUN_FAILED: a step's prompt cannot be rendered for the record (details.step_id; a later step's, "
     "with the outputs before it: those calls are charged, details.test_id), or with call_models the record "
-    "lacks fields a step reads (details.missing)",
+    "lacks fields a step reads (details.missing); "
+    "BUDGET_EXCEEDED: a later step's worst case, with the real outputs before it, did not fit what the calls "
+    "made left of budget_limit (details.step_id, spent, worst_case; not called; those made are charged: "
+    "details.test_id)",
     502: "MODEL_UNAVAILABLE: a step's model call failed (details.step_id); the calls before it were charged "
-    "(details.test_id)",
+    "(details.test_id); "
+    "MODEL_IGNORED_MAX_TOKENS: a reply reported more output tokens than the step's max_tokens "
+    "(details.step_id, output_tokens, max_tokens): the run stopped at once and the calls made, that one "
+    "included, were charged as reported (details.test_id)",
 }
 
 
@@ -218,6 +242,27 @@ def _dry_run_errors() -> Iterator[None]:
                 "where": blocked.where,
                 "rule_id": blocked.rule_id,
                 "test_id": blocked.test_id,
+            },
+        ) from None
+    except StepIgnoredMaxTokens as ignored:
+        raise ModelIgnoredMaxTokensError(
+            str(ignored),
+            {
+                "step_id": ignored.step_id,
+                "output_tokens": ignored.output_tokens,
+                "max_tokens": ignored.max_tokens,
+                "test_id": ignored.test_id,
+            },
+        ) from None
+    except BudgetSpent as spent:
+        raise BudgetExceededError(
+            str(spent),
+            {
+                "step_id": spent.step_id,
+                "spent": str(spent.spent),
+                "worst_case": str(spent.worst_case),
+                "budget_limit": str(spent.budget_limit),
+                "test_id": spent.test_id,
             },
         ) from None
     except StepCallFailed as call_failed:

@@ -235,6 +235,43 @@ def test_a_failing_call_is_502_and_the_calls_before_it_are_charged(
     assert server.stats()["usage"].keys() == {"fake-model"}
 
 
+SHORT_STEPS = [{**step, "parameters": {"max_tokens": 20}} for step in STEPS]
+
+
+def test_a_reply_past_max_tokens_stops_the_run_at_once_and_is_charged_as_reported(
+    runtime: LocalPalette, user: httpx.Client, server: FakeOpenAIServer
+) -> None:
+    server.reply_next("word " * 3000)
+
+    reply = dry_run(user, template(user, SHORT_STEPS), record=RECORD, call_models=True, budget_limit="0.0012")
+
+    error = error_of(reply, 502)
+    assert error["code"] == "MODEL_IGNORED_MAX_TOKENS"
+    details = error["details"]
+    assert (details["step_id"], details["output_tokens"], details["max_tokens"]) == ("question", 3000, 20)
+    assert server.calls == 1  # the answer step never started
+    [recorded] = [s.decode() for s in runtime.adapters.events.read_stream(dry_run_stream(details["test_id"]))]
+    assert isinstance(recorded, TemplateTested)
+    assert [(call.step_id, call.output_tokens) for call in recorded.calls] == [("question", 3000)]
+
+
+def test_a_later_call_whose_worst_case_no_longer_fits_the_budget_left_is_not_started(
+    runtime: LocalPalette, user: httpx.Client, server: FakeOpenAIServer
+) -> None:
+    template_id = template(user, SHORT_STEPS)
+    too_low = error_of(dry_run(user, template_id, record=RECORD, call_models=True, budget_limit="0.000001"), 400)
+    budget = too_low["details"]["worst_case"]  # exactly the worst case the run is admitted with
+    server.reply_next(" ".join(["x" * 400] * 20))  # 20 tokens as the provider counts them, 8,000 characters
+
+    error = error_of(dry_run(user, template_id, record=RECORD, call_models=True, budget_limit=budget), 422)
+
+    assert error["code"] == "BUDGET_EXCEEDED" and error["details"]["step_id"] == "answer"
+    assert Decimal(error["details"]["spent"]) + Decimal(error["details"]["worst_case"]) > Decimal(budget)
+    assert server.calls == 1
+    [recorded] = [s.decode() for s in runtime.adapters.events.read_stream(dry_run_stream(error["details"]["test_id"]))]
+    assert isinstance(recorded, TemplateTested) and [call.step_id for call in recorded.calls] == ["question"]
+
+
 def test_a_prompt_that_breaks_a_content_rule_is_400_before_its_call(
     user: httpx.Client, server: FakeOpenAIServer
 ) -> None:
