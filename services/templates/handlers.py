@@ -245,13 +245,13 @@ class TemplateHandlers:
     def _snippets_for(self, user: str) -> SnippetVersions:
         """Template versions `user` may include: their own and public ones (includes.py)."""
 
-        def prompts(template_id: str, version: int) -> Mapping[str, str] | None:
+        def steps(template_id: str, version: int) -> Mapping[str, TemplateStep] | None:
             state = self.load(template_id)
             if not state.visible_to(user) or version not in state.versions:
                 return None
-            return {step.id: step.prompt for step in state.versions[version].steps}
+            return {step.id: step for step in state.versions[version].steps}
 
-        return prompts
+        return steps
 
     def delete(self, template_id: str, actor: str, correlation_id: str | None = None) -> None:
         """Deletes a template no job uses; the owner only. Its versions stay in the log."""

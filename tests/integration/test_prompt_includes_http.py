@@ -73,3 +73,45 @@ def test_a_job_renders_the_pinned_snippet_and_the_filters(tmp_path: Path, monkey
         assert sent == render(TemplateStep.model_validate(saved["steps"][0]), row, {})  # the same sandbox
         assert sent.startswith(f"Quiz on {str(row['topic']).title()}.\nLevel {row['level']}, colours:\n- ")
         assert len(sent.splitlines()) == 4
+
+
+def test_a_public_template_that_includes_a_private_snippet_can_be_included(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishing a template publishes the texts it includes: bob's template including alice's
+    public one pins her private snippet's text from what the public version recorded (it was
+    INCLUDE_NOT_FOUND, looked up again as bob); including the private one directly stays 400."""
+    with (
+        FakeOpenAIServer(latency_s=0.0) as fake,
+        running_palette(tmp_path, fake, monkeypatch) as runtime,
+        client(runtime, "alice") as alice,
+        client(runtime, "bob") as bob,
+    ):
+        private = alice.post("/templates", json={"name": "S", "steps": [step("s", "House style: terse.")]})
+        private_id = private.json()["id"]
+        public = alice.post(
+            "/templates",
+            json={
+                "name": "P",
+                "is_public": True,
+                "steps": [step("p", f'{{% include "{private_id}@1:s" %}} Ask about {{{{ topic }}}}.')],
+            },
+        )
+        assert public.status_code == 201, public.text
+        public_id = public.json()["id"]
+
+        mine = bob.post("/templates", json={"name": "Mine", "steps": [step("q", f'{{% include "{public_id}@1:p" %}}')]})
+        assert mine.status_code == 201, mine.text
+        assert mine.json()["steps"][0]["includes"] == {
+            f"{public_id}@1:p": f'{{% include "{private_id}@1:s" %}} Ask about {{{{ topic }}}}.',
+            f"{private_id}@1:s": "House style: terse.",
+        }
+        tested = bob.post(f"/templates/{mine.json()['id']}/test", json={"record": {"topic": "tides"}})
+        assert tested.status_code == 200, tested.text
+        assert tested.json()["steps"][0]["prompt"] == "House style: terse. Ask about tides."
+
+        direct = bob.post(
+            "/templates", json={"name": "No", "steps": [step("q", f'{{% include "{private_id}@1:s" %}}')]}
+        )
+        assert direct.status_code == 400, direct.text
+        assert [p["code"] for p in direct.json()["error"]["details"]["problems"]] == ["INCLUDE_NOT_FOUND"]

@@ -24,8 +24,13 @@ VERSIONS: dict[tuple[str, int], dict[str, str]] = {
 }
 
 
-def versions(template_id: str, version: int) -> Mapping[str, str] | None:
-    return VERSIONS.get((template_id, version))
+def versions(template_id: str, version: int) -> Mapping[str, TemplateStep] | None:
+    """VERSIONS' saved steps, each with the includes its save recorded."""
+    prompts = VERSIONS.get((template_id, version))
+    if prompts is None:
+        return None
+    saved = [step(prompt, step_id) for step_id, prompt in prompts.items()]
+    return {saved.id: saved for saved in resolve_includes(saved, lambda template_id, version: None)}
 
 
 def step(prompt: str, step_id: str = "main") -> TemplateStep:
@@ -96,13 +101,34 @@ def test_a_missing_version_or_step_and_a_bad_reference_are_refused_naming_the_pa
 
 
 def test_a_missing_snippet_deep_down_names_the_whole_chain() -> None:
-    VERSIONS[OTHER, 1] = {"outer": f'{{% include "{OTHER}@1:inner" %}}'}
-    try:
-        [problem] = refused(step(f'Hi\n{{% include "{OTHER}@1:outer" %}}'))
-    finally:
-        del VERSIONS[OTHER, 1]
-    assert (problem.code, problem.line) == ("INCLUDE_UNKNOWN_STEP", 2)
-    assert problem.message.startswith(f"main → {OTHER}@1:outer → {OTHER}@1:inner: ")
+    outer = step(f'{{% include "{LIBRARY}@3:outro" %}}', "outer")
+    _, problem = refused(outer, step('Hi\n{% include "outer" %}'))
+    assert (problem.code, problem.step_id, problem.line) == ("INCLUDE_UNKNOWN_STEP", "main", 2)
+    assert problem.message.startswith(f"main → outer → {LIBRARY}@3:outro: ")
+
+
+def test_a_snippet_of_another_version_includes_what_that_version_recorded_not_what_the_saver_sees() -> None:
+    """A public template including its owner's private snippet published that text: a
+    template including the public one pins it too, though its saver may not include the
+    private one directly (which `versions` answers None for, as for another user)."""
+    private_text = "Secret house style for {{ audience }}."
+    public = step(f'{{% include "{OTHER}@1:style" %}} Write about {{{{ topic }}}}.', "intro")
+    [published] = resolve_includes(
+        [public], lambda t, v: {"style": step(private_text, "style")} if t == OTHER else None
+    )
+    PUBLIC = "tpl_" + "c" * 32
+
+    def as_another_user(template_id: str, version: int) -> Mapping[str, TemplateStep] | None:
+        return {"intro": published} if (template_id, version) == (PUBLIC, 1) else None
+
+    [resolved] = resolve_includes([step(f'{{% include "{PUBLIC}@1:intro" %}}')], as_another_user)
+    assert resolved.includes == {f"{PUBLIC}@1:intro": public.prompt, f"{OTHER}@1:style": private_text}
+    assert render(resolved, {"audience": "cooks", "topic": "bread"}, {}) == (
+        "Secret house style for cooks. Write about bread."
+    )
+    with pytest.raises(InvalidTemplate) as direct:
+        resolve_includes([step(f'{{% include "{OTHER}@1:style" %}}')], as_another_user)
+    assert [problem.code for problem in direct.value.errors] == ["INCLUDE_NOT_FOUND"]
 
 
 def chain(length: int) -> list[TemplateStep]:
