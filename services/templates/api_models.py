@@ -157,7 +157,7 @@ class ForkRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(default=None, ge=1, description="default: the latest")
+    version: int | None = Field(default=None, ge=1, strict=True, description='default: the latest; a number, not "1"')
     name: str | None = Field(
         default=None, min_length=1, max_length=MAX_NAME_CHARS, description="default: the original's"
     )

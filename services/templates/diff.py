@@ -2,7 +2,8 @@
 
 Steps are matched by id, so a renamed step reads as one removed and one added; a step that
 only moved says so with its positions. A changed prompt carries both texts and a unified
-diff of their lines; parameters are compared key by key. Pure: no I/O.
+diff of their lines; parameters are compared key by key. An added step shows everything it
+holds as `after` (`before` null), a removed one as `before`. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def diff_versions(template_id: str, before: TemplateVersion, after: TemplateVers
     old = {step.id: (index, step) for index, step in enumerate(before.steps)}
     new = {step.id: (index, step) for index, step in enumerate(after.steps)}
     steps = [_step_diff(step_id, old.get(step_id), new[step_id]) for step_id in new]
-    steps += [StepDiff(id=step_id, status="removed") for step_id in old if step_id not in new]
+    steps += [_step_diff(step_id, old[step_id], None) for step_id in old if step_id not in new]
     return TemplateDiff(
         template_id=template_id,
         from_version=before.version,
@@ -68,25 +69,30 @@ def diff_versions(template_id: str, before: TemplateVersion, after: TemplateVers
     )
 
 
-def _step_diff(step_id: str, old: tuple[int, TemplateStep] | None, new: tuple[int, TemplateStep]) -> StepDiff:
-    if old is None:
-        return StepDiff(id=step_id, status="added")
-    (old_index, before), (new_index, after) = old, new
+def _step_diff(step_id: str, old: tuple[int, TemplateStep] | None, new: tuple[int, TemplateStep] | None) -> StepDiff:
+    """One step compared across the versions; a side without it (None) is null."""
+    (old_index, before), (new_index, after) = old or (None, None), new or (None, None)
+    old_parameters = {} if before is None else before.parameters
+    new_parameters = {} if after is None else after.parameters
     diff = StepDiff(
         id=step_id,
-        status="unchanged",
+        status="added" if old is None else "removed" if new is None else "unchanged",
         position=_change(old_index, new_index),
-        model=_change(before.model, after.model),
-        prompt=_prompt_change(before.prompt, after.prompt),
+        model=_change(_field(before, "model"), _field(after, "model")),
+        prompt=_prompt_change(_field(before, "prompt"), _field(after, "prompt")),
         parameters={
-            key: Change(before=before.parameters.get(key), after=after.parameters.get(key))
-            for key in sorted(before.parameters.keys() | after.parameters.keys())
-            if before.parameters.get(key, _ABSENT) != after.parameters.get(key, _ABSENT)
+            key: Change(before=old_parameters.get(key), after=new_parameters.get(key))
+            for key in sorted(old_parameters.keys() | new_parameters.keys())
+            if old_parameters.get(key, _ABSENT) != new_parameters.get(key, _ABSENT)
         },
-        output_schema=_change(before.output_schema, after.output_schema),
+        output_schema=_change(_field(before, "output_schema"), _field(after, "output_schema")),
     )
     changed = diff.model or diff.prompt or diff.parameters or diff.output_schema or diff.position
-    return diff.model_copy(update={"status": "changed"}) if changed else diff
+    return diff.model_copy(update={"status": "changed"}) if changed and diff.status == "unchanged" else diff
+
+
+def _field(step: TemplateStep | None, name: str) -> Any:
+    return None if step is None else getattr(step, name)
 
 
 _ABSENT = object()
@@ -96,8 +102,9 @@ def _change(before: Any, after: Any) -> Change | None:
     return None if before == after else Change(before=before, after=after)
 
 
-def _prompt_change(before: str, after: str) -> PromptChange | None:
+def _prompt_change(before: str | None, after: str | None) -> PromptChange | None:
     if before == after:
         return None
-    lines = difflib.unified_diff(before.splitlines(), after.splitlines(), "before", "after", lineterm="")
+    old, new = (before or "").splitlines(), (after or "").splitlines()
+    lines = difflib.unified_diff(old, new, "before", "after", lineterm="")
     return PromptChange(before=before, after=after, unified_diff="\n".join(lines))

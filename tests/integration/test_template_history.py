@@ -147,6 +147,16 @@ def test_a_diff_compares_two_versions_step_by_step(alice: httpx.Client, bob: htt
     assert "-Name a book about {{ topic }}." in q["prompt"]["unified_diff"]
     assert "+Name a novel about {{ topic }}." in q["prompt"]["unified_diff"]
     assert q["model"] is None and q["position"] is None
+    # an added step shows what it holds as `after`, a removed one as `before` (they were null)
+    assert (c["model"], c["position"]) == ({"before": None, "after": "openai/fake-small"}, {"before": None, "after": 1})
+    assert (c["prompt"]["before"], c["prompt"]["after"]) == (None, "Critique {{ steps.q.output }}")
+    assert "+Critique {{ steps.q.output }}" in c["prompt"]["unified_diff"]
+    assert (a["model"]["before"], a["prompt"]["before"], a["prompt"]["after"]) == (
+        "openai/fake-small",
+        "Review it",
+        None,
+    )
+    assert a["parameters"] == {} and a["position"] == {"before": 1, "after": None}
 
     latest = alice.get(f"/templates/{template_id}/diff", params={"from": 3}).json()
     assert [s["status"] for s in latest["steps"]] == ["unchanged", "unchanged"]
@@ -300,6 +310,8 @@ def test_a_fork_copies_a_visible_version_and_its_origin_counts_it(
     assert error_of(hidden, 404)["code"] == "TEMPLATE_NOT_FOUND"
     assert error_of(alice.post(f"/templates/{template_id}/fork", json={"version": 9}), 404)
     assert error_of(alice.post(f"/templates/{template_id}/fork", json={"version": 0}), 400)
+    as_text = error_of(alice.post(f"/templates/{template_id}/fork", json={"version": "1"}), 400)  # was a fork of 1
+    assert as_text["code"] == "VALIDATION_ERROR", as_text
     assert error_of(bob.post("/templates/tpl_0123/fork", json={}), 404)
 
     # the history and fork views are projections: a replay of the log rebuilds them as they are
