@@ -20,7 +20,12 @@ value:
   generator, per render. MAX_INT_BITS: integers built by `*` and `**`.
 - MAX_RENDER_SECONDS: CPU time of one render (the rendering thread's, so a busy machine
   does not fail good prompts), checked on operators, calls, attribute and item access,
-  filters, loop items and output.
+  filters, loop items and output: the clock is read every 64 steps and before any value of
+  64 KiB or more is built or walked, so a render stops within one operation of its cap.
+- MAX_RENDER_WALK: characters that the filters going through their input word by word or
+  item by item in Python (`title_case`, `title`, `wordwrap`, `urlize`, `sort`...) may take in
+  one render, counted before each runs: one such call can take ~1 µs a character, so the
+  clock alone would let a loop of them overrun the CPU cap by a call.
 
 A refused render raises PromptRenderError; the generator counts that record attempt as
 failed. Where renders run: the generator calls `render` synchronously from its job's
@@ -69,6 +74,9 @@ MAX_PROMPT_CHARS = 1_000_000
 MAX_VALUE_CHARS = 1_000_000
 MAX_RENDER_CHARS = 10_000_000
 MAX_RENDER_SECONDS = 2.0
+MAX_RENDER_WALK = 1_000_000
+_CLOCK_EVERY = 64
+"""Units of work (a step, or 1 KiB built or walked) between two reads of the CPU clock."""
 MAX_INT_BITS = 65_536
 MAX_LOOP_ITERATIONS = 100_000
 MAX_JSON_INDENT = 16
@@ -105,14 +113,30 @@ class _RenderBudget:
     def __init__(self) -> None:
         self.loop_items = MAX_LOOP_ITERATIONS
         self.built = 0
+        self.walked = 0
         self.deadline = time.thread_time() + MAX_RENDER_SECONDS
-        self.ticks = 0
+        self.unclocked = 0
 
-    def tick(self) -> None:
-        """One step of work; the clock is read every 64 steps (a syscall each time)."""
-        self.ticks += 1
-        if not self.ticks & 63 and time.thread_time() > self.deadline:
+    def tick(self, work: int = 1) -> None:
+        """`work` units done or about to be; the clock (a syscall) is read once _CLOCK_EVERY
+        have passed since its last read, so at once before any large value is built or walked
+        (read every 64 calls, it let a loop of slow filters run to twice its time)."""
+        self.unclocked += work
+        if self.unclocked < _CLOCK_EVERY:
+            return
+        self.unclocked = 0
+        if time.thread_time() > self.deadline:
             raise SecurityError(f"the render took more than {MAX_RENDER_SECONDS:g} s of CPU time")
+
+    def walk(self, size: int, what: str) -> None:
+        """Count `size` characters a filter goes through item by item in Python (the CPU it
+        takes grows with its input, not its result) against MAX_RENDER_WALK, before it runs."""
+        self.tick(1 + size // 1024)
+        if self.walked + size > MAX_RENDER_WALK:
+            raise SecurityError(
+                f"{what} would make the render's filters go through more than {MAX_RENDER_WALK:,} characters"
+            )
+        self.walked += size
 
     def take_item(self) -> None:
         self.tick()
@@ -123,7 +147,7 @@ class _RenderBudget:
     def build(self, size: int, what: str, cost: int | None = None) -> None:
         """Refuse a value of `size` characters before it is built; else count `cost` (its
         size unless given) against what the render may build in total."""
-        self.tick()
+        self.tick(1 + size // 1024)
         _refuse_if_larger(size, what)
         spent = size if cost is None else cost
         if self.built + spent > MAX_RENDER_CHARS:
@@ -768,6 +792,29 @@ _CONSUMERS = frozenset(
 """Filters that take an iterable: a generator given to them is materialized under the loop
 and size limits first."""
 
+_WALKERS = frozenset(
+    {
+        "bullet_list",
+        "dictsort",
+        "groupby",
+        "indent",
+        "numbered_list",
+        "pprint",
+        "sample",
+        "sort",
+        "title",
+        "title_case",
+        "truncate_words",
+        "unique",
+        "urlize",
+        "wordcount",
+        "wordwrap",
+    }
+)
+"""Filters that go through their input word by word or item by item in Python, at 60 to
+1,500 ns a character (title_case: ~400; urlize, pprint, sort: ~1,300): their inputs count
+against MAX_RENDER_WALK, so together they stay well within the CPU cap, whatever their result."""
+
 
 def _guarded_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     """The filter with its size check first. The guard takes the context (so Jinja never
@@ -797,6 +844,8 @@ def _guarded_filter(name: str, original: Callable[..., Any]) -> Callable[..., An
         if size_of is not None:
             cost = _pointers(args[0]) if name in _LIST_COSTS and args else None
             budget.build(size_of(arguments_of(leading, args, kwargs)), f"the {name} filter's result", cost)
+        if name in _WALKERS and args:
+            budget.walk(_text_size(args[0]), f"the {name} filter")
         return original(*leading, *args, **kwargs)
 
     guarded.jinja_pass_arg = _PassArg.context  # type: ignore[attr-defined]

@@ -463,6 +463,24 @@ def test_a_render_is_stopped_at_its_cpu_time_limit(monkeypatch: pytest.MonkeyPat
         render(step(busy), {"doc": "y" * 1_000_000}, {})
 
 
+def test_the_cpu_clock_is_read_before_a_large_value_not_only_every_64_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prompts, "MAX_RENDER_SECONDS", -1.0)  # the clock has run out: its first read refuses
+    assert render(step("{{ small | upper }}"), {"small": "ab"}, {}) == "AB"  # a few steps: not read yet
+    with pytest.raises(PromptRenderError, match="CPU time"):
+        render(step("{{ big | upper }}"), {"big": "ab " * 50_000}, {})  # 150 KB built: read at once
+
+
+def test_a_loop_of_word_by_word_filters_is_refused_by_what_they_go_through() -> None:
+    slow = "{% for i in range(99999) %}{{ big | title_case | length }}{% endfor %}"
+    row = {"big": "ab " * 50_000}
+    assert render(step("{{ big | title_case | length }}"), row, {}) == "150000"  # once is fine
+
+    with pytest.raises(PromptRenderError, match="go through more than 1,000,000 characters") as refused:
+        render(step(slow), row, {})
+
+    assert refused.value.refused and "title_case" in refused.value.message
+
+
 def test_ordinary_prompts_still_render() -> None:
     prompt = (
         "{% for book in books %}{{ loop.index }}. {{ book.title | upper }} by "
