@@ -9,6 +9,8 @@ seed key from the render (`palette.prompts`), so it draws the same items for the
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import hashlib
 import json
 import random
@@ -64,8 +66,16 @@ def title_case(text: Any) -> str:
 
 def to_json(value: Any, indent: int | None = None) -> str:
     """`value` as JSON, as a model reads it: Unicode as is, nothing HTML-escaped (Jinja's
-    `tojson` escapes `<`, `>`, `&` and `'` for web pages); dates and decimals as strings."""
-    return json.dumps(value, ensure_ascii=False, indent=indent, default=str)
+    `tojson` escapes `<`, `>`, `&` and `'` for web pages); the dates and decimals a seed file
+    holds as strings. Anything else JSON has no value for (a function such as `range`, NaN)
+    fails the render, rather than rendering Python's text of it."""
+    return json.dumps(value, ensure_ascii=False, indent=indent, default=_seed_value_text, allow_nan=False)
+
+
+def _seed_value_text(value: Any) -> str:
+    if isinstance(value, datetime.date | datetime.time | decimal.Decimal):
+        return str(value)
+    raise TypeError(f"json takes JSON values (text, numbers, lists, mappings), not a {type(value).__name__}")
 
 
 def bullet_list(items: Any, bullet: str = "- ") -> str:
@@ -89,10 +99,11 @@ def _lines(items: Any) -> Iterable[Any]:
 
 def sample(items: Any, count: int, seed_key: bytes) -> list[Any]:
     """`count` items of `items` (all of them when it has fewer) in a random order drawn from
-    `seed_key`: the same record draws the same items, also when its job resumes."""
+    `seed_key`: the same record draws the same items, also when its job resumes. A mapping's
+    items are its keys, as a `for` loop over it reads them."""
     if not isinstance(count, int) or count < 0:
         raise SecurityError("sample takes a count of 0 or more")
-    pool = list(items.items() if isinstance(items, Mapping) else items)
+    pool = list(items)
     return random.Random(seed_key).sample(pool, min(count, len(pool)))
 
 

@@ -241,7 +241,8 @@ def _refused_constructs(step_id: str, tree: nodes.Template, includes: Mapping[st
     """Unknown filters and tests, dunder attributes, tags that need a template loader, and
     includes the step did not record (services/templates/includes.py records them on save).
 
-    Jinja defers unknown filters inside `{% if %}` to render time; we refuse them all now.
+    Jinja defers unknown filters inside `{% if %}` to render time, and those that `map`,
+    `select` and the like name by a string until they run; we refuse them all now.
     """
     problems = []
     for node in tree.find_all((nodes.Filter, nodes.Test)):
@@ -251,6 +252,11 @@ def _refused_constructs(step_id: str, tree: nodes.Template, includes: Mapping[st
             problems.append(
                 TemplateProblem(f"UNKNOWN_{kind.upper()}", f"no {kind} named {node.name!r}", step_id, node.lineno)
             )
+        if isinstance(node, nodes.Filter) and (by_argument := _named_by_argument(node)) is not None:
+            named_kind, named = by_argument
+            if named not in (ENVIRONMENT.filters if named_kind == "filter" else ENVIRONMENT.tests):
+                message = f"no {named_kind} named {named!r} (in {node.name})"
+                problems.append(TemplateProblem(f"UNKNOWN_{named_kind.upper()}", message, step_id, node.lineno))
         if isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
             name = node.args[0]
             if isinstance(name, nodes.Const) and isinstance(name.value, str) and name.value.startswith("__"):
@@ -282,6 +288,28 @@ def _refused_constructs(step_id: str, tree: nodes.Template, includes: Mapping[st
             )
         )
     return problems
+
+
+_NAMES_BY_ARGUMENT = {
+    "map": ("filter", 0),
+    "select": ("test", 0),
+    "reject": ("test", 0),
+    "selectattr": ("test", 1),
+    "rejectattr": ("test", 1),
+}
+"""Jinja's filters that take a filter's or test's name as a positional argument, and which."""
+
+
+def _named_by_argument(node: nodes.Filter) -> tuple[str, str] | None:
+    """The kind and name of the filter or test `map('lower')`, `select('odd')` or
+    `selectattr('x', 'odd')` names by a string constant, if it does."""
+    if node.name not in _NAMES_BY_ARGUMENT:
+        return None
+    kind, position = _NAMES_BY_ARGUMENT[node.name]
+    argument = node.args[position] if len(node.args) > position else None
+    if isinstance(argument, nodes.Const) and isinstance(argument.value, str):
+        return kind, argument.value
+    return None
 
 
 _JINJA_OBJECTS = frozenset({"self", "loop", "caller", "varargs", "kwargs"})

@@ -4,6 +4,7 @@ filter is refused when the template is saved."""
 
 from __future__ import annotations
 
+import datetime
 import tracemalloc
 from typing import Any
 
@@ -109,3 +110,37 @@ def test_filters_count_the_fields_they_read_and_unknown_ones_are_refused_at_save
     [problem] = raised.value.errors
     assert (problem.code, problem.step_id, problem.line) == ("UNKNOWN_FILTER", "ask", 2)
     assert "truncate_word" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("prompt", "code", "name"),
+    [
+        ("{{ xs | map('truncate_wordz', 2) | join }}", "UNKNOWN_FILTER", "truncate_wordz"),
+        ("{{ xs | select('od') | list }}", "UNKNOWN_TEST", "od"),
+        ("{{ xs | reject('evne') | list }}", "UNKNOWN_TEST", "evne"),
+        ("{{ xs | selectattr('n', 'eqaulto', 1) | list }}", "UNKNOWN_TEST", "eqaulto"),
+        ("{% if x %}{{ xs | rejectattr('n', 'nnone') | list }}{% endif %}", "UNKNOWN_TEST", "nnone"),
+    ],
+)
+def test_a_filter_or_test_named_by_a_string_argument_is_checked_at_save(prompt: str, code: str, name: str) -> None:
+    """They saved with 201 and failed only when a job rendered them."""
+    step = TemplateStep(id="ask", model="local/gemma-3-270m", prompt=f"Hi\n{prompt}")
+    with pytest.raises(InvalidTemplate) as raised:
+        analyse([step])
+    [problem] = raised.value.errors
+    assert (problem.code, problem.step_id, problem.line) == (code, "ask", 2)
+    assert repr(name) in problem.message
+    fine = "{{ xs | map('title_case') | select('odd') | reject('none') | selectattr('n', 'even') | list }}"
+    assert analyse([step.model_copy(update={"prompt": fine})]).required_fields == ("xs",)
+    assert analyse([step.model_copy(update={"prompt": "{{ xs | map(attribute='n') | join }}"})])
+
+
+def test_json_refuses_what_json_has_no_value_for_and_sample_draws_a_mappings_keys() -> None:
+    """`{{ range | json }}` rendered "<function safe_range at 0x…>"; a mapping sampled pairs."""
+    with pytest.raises(PromptRenderError, match="json takes JSON values .*not a function"):
+        rendered("{{ range | json }}")
+    with pytest.raises(PromptRenderError, match="not JSON compliant"):
+        rendered("{{ x | json }}", x=float("nan"))
+    assert rendered("{{ d | json }}", d=datetime.date(2026, 12, 3)) == '"2026-12-03"'
+    drawn = rendered("{{ m | sample(5) | join(',') }}", m={"size": "L", "colour": "red"}, topic="a")
+    assert sorted(drawn.split(",")) == ["colour", "size"]
