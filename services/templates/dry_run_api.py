@@ -15,7 +15,14 @@ from typing import Any
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from palette.api.app import caller, logger
-from palette.api.errors import ApiError, NotFound, TemplateNotFoundError, ValidationFailed, openapi_responses
+from palette.api.errors import (
+    ApiError,
+    NotFound,
+    RateLimited,
+    TemplateNotFoundError,
+    ValidationFailed,
+    openapi_responses,
+)
 from palette.prompts import seed_paths
 from services.templates.domain import TemplateVersion
 from services.templates.dry_run import (
@@ -33,6 +40,7 @@ from services.templates.dry_run import (
     TemplateTester,
 )
 from services.templates.dry_run_models import DryRunReply, DryRunRequest, DryRunStep
+from services.templates.dry_run_slots import DryRunsBusy, DryRunSlots
 from services.templates.handlers import TemplateHandlers
 from services.templates.seed_records import SeedNotFound, SeedRecords, SeedRecordUnavailable
 
@@ -101,6 +109,8 @@ _ERRORS = {
     "CONTENT_BLOCKED: a step's prompt or output breaks an operator content rule (details.step_id, rule_id, where; "
     "the calls made before are charged: details.test_id)",
     401: "UNAUTHORIZED: no valid bearer token",
+    429: "RATE_LIMITED: the caller already runs 2 dry runs at once, or the server half its request threads' "
+    "worth (details.scope user or server, limit); retry after Retry-After seconds",
     404: "TEMPLATE_NOT_FOUND: no such template (or version), or another user's private one; "
     "SEED_NOT_FOUND: no such seed set of the caller's",
     422: "DRY_RUN_FAILED: a step's prompt cannot be rendered for the record (details.step_id; a later step's, "
@@ -117,10 +127,13 @@ _ERRORS = {
 }
 
 
-def create_dry_run_router(handlers: TemplateHandlers, tester: TemplateTester, seeds: SeedRecords) -> Router:
+def create_dry_run_router(
+    handlers: TemplateHandlers, tester: TemplateTester, seeds: SeedRecords, slots: DryRunSlots | None = None
+) -> Router:
     """POST /templates/<id>/test over the templates' `handlers` (reads), `tester` and the
-    caller's seed sets (`seeds`)."""
+    caller's seed sets (`seeds`), at most as many at once as `slots` allows."""
     router = Router()
+    running = slots or DryRunSlots()
 
     def version_of(template_id: str, version: int | None) -> TemplateVersion:
         """The version (default: the latest) of a template the caller may see; else 404."""
@@ -136,12 +149,12 @@ def create_dry_run_router(handlers: TemplateHandlers, tester: TemplateTester, se
         "/templates/<template_id>/test",
         tags=["templates"],
         summary="Dry run: render every step for one seed record; with call_models, call the models (billed)",
-        responses=openapi_responses(200, _ERRORS, 404, 422, 502),
+        responses=openapi_responses(200, _ERRORS, 404, 422, 429, 502),
     )
     def test_template(template_id: str, request: DryRunRequest) -> DryRunReply:
         user = caller(router)
         shown = version_of(template_id, request.version)
-        with _dry_run_errors():
+        with _dry_run_errors(), running.slot(user):
             if request.seed_id is not None and request.record_index is not None:
                 paths = seed_paths(step.prompt for step in shown.steps)
                 record = seeds.record(user, request.seed_id, request.record_index, sorted(paths))
@@ -268,6 +281,12 @@ def _dry_run_errors() -> Iterator[None]:
     except StepCallFailed as call_failed:
         raise StepModelFailed(
             str(call_failed), {"step_id": call_failed.step_id, "test_id": call_failed.test_id}
+        ) from None
+    except DryRunsBusy as busy:
+        raise RateLimited(
+            str(busy),
+            {"scope": busy.scope, "limit": busy.limit, "retry_after_seconds": busy.retry_after},
+            headers={"Retry-After": str(busy.retry_after)},
         ) from None
     except SeedNotFound as not_found:
         raise SeedNotFoundError(str(not_found)) from None
