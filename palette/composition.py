@@ -54,6 +54,7 @@ from services.notifications import wiring as notifications
 from services.notifications.domain import Backoff, exponential_backoff
 from services.seeds import wiring as seeds
 from services.templates import wiring as templates
+from services.templates.dry_run_slots import DryRunSlots
 from services.templates.model_enhancer import ModelEnhancer
 
 TOKEN_SECRET_FILE = "jwt-signing.key"
@@ -160,6 +161,7 @@ class LocalPalette:
             screen=self.content_filter,
             enhancer=self.enhancer,
             models=self.enhancer.gateway,
+            dry_run_slots=DryRunSlots(total=max(1, self.api_workers // 2)),  # half the request threads
         )
         seeds_parts = seeds.build(kernel)
         jobs_parts = jobs.build(kernel, self._catch_up_views)

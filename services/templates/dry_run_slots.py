@@ -20,6 +20,8 @@ from palette.api.asgi import DEFAULT_WORKERS
 
 MAX_DRY_RUNS_PER_USER = 2
 MAX_DRY_RUNS = DEFAULT_WORKERS // 2
+"""Half the facade's default request threads; `palette serve` passes half its --api-threads
+(palette/composition.py)."""
 RETRY_AFTER_SECONDS = 2
 """About one render's CPU cap: when a slot is likely free again."""
 

@@ -15,6 +15,7 @@ from services.templates.api import create_router
 from services.templates.domain import ALLOW_ALL, ContentScreen
 from services.templates.dry_run import CallBound, TemplateTester
 from services.templates.dry_run_api import create_dry_run_router
+from services.templates.dry_run_slots import DryRunSlots
 from services.templates.enhancement import PromptEnhancer
 from services.templates.handlers import TemplateHandlers
 from services.templates.projections import (
@@ -42,11 +43,13 @@ def build(
     enhancer: PromptEnhancer | None = None,
     models: BlockingGateway | None = None,
     bound: CallBound | None = None,
+    dry_run_slots: DryRunSlots | None = None,
 ) -> ServiceParts[TemplateHandlers]:
     """Template commands, refusing definitions `screen` blocks and improving prompts with
     `enhancer` (None: POST /templates/enhance answers 502); the /templates routes list the
     catalog view, and reads before a delete ask the usage view. Dry runs call `models` (None:
-    POST /templates/{id}/test renders only), each dry run within `bound` (None: unbounded)."""
+    POST /templates/{id}/test renders only), each dry run within `bound` (None: unbounded), as
+    many at once as `dry_run_slots` allows (None: the defaults of dry_run_slots.py)."""
     views = projections()
     catalog, usage, versions, forks, public = views
     usage_view = TemplateUsageView(adapters.document_reader(usage))
@@ -56,5 +59,5 @@ def build(
     router = create_router(handlers, adapters.document_reader(catalog), history, public_view, catch_up=catch_up(views))
     tiers = adapters.model_tiers.targets
     tester = TemplateTester(adapters.events, adapters.pricing, models, screen, tiers, bound)
-    dry_runs = create_dry_run_router(handlers, tester, SeedRecords(adapters.events, adapters.blobs))
+    dry_runs = create_dry_run_router(handlers, tester, SeedRecords(adapters.events, adapters.blobs), dry_run_slots)
     return ServiceParts(handlers, [router, dry_runs], views)
