@@ -161,7 +161,7 @@ class LocalPalette:
             screen=self.content_filter,
             enhancer=self.enhancer,
             models=self.enhancer.gateway,
-            dry_run_slots=DryRunSlots(total=max(1, self.api_workers // 2)),  # half the request threads
+            dry_run_slots=DryRunSlots(total=max(1, self.api_workers // 4)),  # a quarter of the request threads
         )
         seeds_parts = seeds.build(kernel)
         jobs_parts = jobs.build(kernel, self._catch_up_views)

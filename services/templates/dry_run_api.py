@@ -109,7 +109,7 @@ _ERRORS = {
     "CONTENT_BLOCKED: a step's prompt or output breaks an operator content rule (details.step_id, rule_id, where; "
     "the calls made before are charged: details.test_id)",
     401: "UNAUTHORIZED: no valid bearer token",
-    429: "RATE_LIMITED: the caller already runs 2 dry runs at once, or the server half its request threads' "
+    429: "RATE_LIMITED: the caller already runs a dry run, or the server a quarter of its request threads' "
     "worth (details.scope user or server, limit); retry after Retry-After seconds",
     404: "TEMPLATE_NOT_FOUND: no such template (or version), or another user's private one; "
     "SEED_NOT_FOUND: no such seed set of the caller's",

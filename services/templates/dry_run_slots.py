@@ -3,10 +3,13 @@
 A dry run holds a request thread for up to its render's CPU cap (2 s a step) plus its model
 calls, while every other route answers in milliseconds. Unbounded, eight dry runs on the
 facade's eight request threads made every other user's request queue behind them (GET
-/templates took 26 s). So a dry run takes a slot before it renders: at most
-MAX_DRY_RUNS_PER_USER of one user's and MAX_DRY_RUNS of all at once, half the facade's
-request threads, so the other half always serves the other routes. One beyond is refused
-at once (never queued, which would hold a thread all the same) with a Retry-After.
+/templates took 26 s). A render is Python under one interpreter lock, so dry runs share
+one core however many run: more at once only slow the other routes. So a dry run takes a
+slot before it renders: at most MAX_DRY_RUNS_PER_USER of one user's and MAX_DRY_RUNS of all
+at once, a quarter of the facade's request threads (measured with eight of the review's slow
+dry runs at once: another user's GET /templates took 17.6 s unbounded, 0.85-2.6 s with four
+slots, 0.57-0.69 s with two). One beyond is refused at once (never queued, which would hold
+a thread all the same) with a Retry-After.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from contextlib import contextmanager
 
 from palette.api.asgi import DEFAULT_WORKERS
 
-MAX_DRY_RUNS_PER_USER = 2
-MAX_DRY_RUNS = DEFAULT_WORKERS // 2
-"""Half the facade's default request threads; `palette serve` passes half its --api-threads
-(palette/composition.py)."""
+MAX_DRY_RUNS_PER_USER = 1
+MAX_DRY_RUNS = DEFAULT_WORKERS // 4
+"""A quarter of the facade's default request threads; `palette serve` passes a quarter of
+its --api-threads (palette/composition.py)."""
 RETRY_AFTER_SECONDS = 2
 """About one render's CPU cap: when a slot is likely free again."""
 
