@@ -255,6 +255,15 @@ def test_a_reply_past_max_tokens_stops_the_run_at_once_and_is_charged_as_reporte
     assert isinstance(recorded, TemplateTested)
     assert [(call.step_id, call.output_tokens) for call in recorded.calls] == [("question", 3000)]
 
+    def charged() -> list[TemplateTestCharged]:
+        ledger = runtime.adapters.events.read_stream(f"ledger-user-{recorded.owner}")
+        return [event for stored in ledger if isinstance(event := stored.decode(), TemplateTestCharged)]
+
+    [charge] = wait_for(charged, timeout=10, interval=0.05, what="the dry run's charge")
+    assert charge.total > Decimal("0.0012")  # spent past the budget by the provider, and never hidden
+    report = verify_log(runtime.adapters.events)
+    assert report.ok, report.violations
+
 
 def test_a_later_call_whose_worst_case_no_longer_fits_the_budget_left_is_not_started(
     runtime: LocalPalette, user: httpx.Client, server: FakeOpenAIServer
