@@ -110,11 +110,13 @@ class PromptRenderError(Exception):
 class _RenderBudget:
     """What one render may still take: loop items, characters built, CPU time."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_seconds: float | None = None, cpu_cap: str = "") -> None:
         self.loop_items = MAX_LOOP_ITERATIONS
         self.built = 0
         self.walked = 0
-        self.deadline = time.thread_time() + MAX_RENDER_SECONDS
+        self.seconds = MAX_RENDER_SECONDS if cpu_seconds is None else min(cpu_seconds, MAX_RENDER_SECONDS)
+        self.cap = f"the render took more than {self.seconds:.3g} s of CPU time{cpu_cap}"
+        self.deadline = time.thread_time() + self.seconds
         self.unclocked = 0
 
     def tick(self, work: int = 1) -> None:
@@ -126,7 +128,7 @@ class _RenderBudget:
             return
         self.unclocked = 0
         if time.thread_time() > self.deadline:
-            raise SecurityError(f"the render took more than {MAX_RENDER_SECONDS:g} s of CPU time")
+            raise SecurityError(self.cap)
 
     def walk(self, size: int, what: str) -> None:
         """Count `size` characters a filter goes through item by item in Python (the CPU it
@@ -1052,14 +1054,22 @@ def _add_paths(node: nodes.Node, free: set[str], paths: set[tuple[str, ...]]) ->
 # -- rendering ---------------------------------------------------------------------------
 
 
-def render(step: TemplateStep, seed_row: Mapping[str, Any], step_outputs: Mapping[str, str]) -> str:
+def render(
+    step: TemplateStep,
+    seed_row: Mapping[str, Any],
+    step_outputs: Mapping[str, str],
+    cpu_seconds: float | None = None,
+    cpu_cap: str = "",
+) -> str:
     """The step's prompt for one seed row; earlier outputs are `{{ steps.<id>.output }}`.
 
-    A seed field named `steps` is shadowed by the step outputs.
+    A seed field named `steps` is shadowed by the step outputs. `cpu_seconds`: the CPU
+    this render may take when less than MAX_RENDER_SECONDS (a caller whose renders share a
+    cap gives what remains of it, and says which in `cpu_cap`, added to the refusal).
     """
     variables = dict(seed_row)
     variables[STEP_OUTPUTS] = {step_id: {"output": text} for step_id, text in step_outputs.items()}
-    token = _budget.set(_RenderBudget())
+    token = _budget.set(_RenderBudget(cpu_seconds, cpu_cap))
     record = _record.set(_Record(seed_row))
     snippets = _snippets.set(step.includes)
     try:

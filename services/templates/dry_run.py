@@ -24,6 +24,9 @@ request's `budget_limit`:
 - The calls made are recorded as one TemplateTested on `dry-run-<test_id>`, also when a
   later step failed or was blocked, so billing charges every call to the owner's ledger.
 
+All of a dry run's renders share MAX_DRY_RUN_RENDER_SECONDS of CPU (each is also capped on
+its own, as in a job); a render past it is a sandbox refusal (StepRenderFailed).
+
 A step whose required seed fields the record lacks (absent or null, as seed validation
 counts them) is reported with `missing_fields` and not rendered; with `call_models` such a
 record is refused before any call. Any other render failure (a sandbox refusal, an undefined
@@ -32,6 +35,7 @@ name) raises StepRenderFailed naming the step.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +60,11 @@ from palette.models.port import (
 from palette.prompts import seed_paths
 from services.templates.domain import ALLOW_ALL, ContentScreen, TemplateVersion
 from services.templates.prompts import PromptRenderError, analyse, render
+
+MAX_DRY_RUN_RENDER_SECONDS = 4.0
+"""CPU all of one dry run's renders may take together (two renders' cap): each render is
+capped at 2 s (palette.prompts), but a dry run renders every step, twice with call_models,
+and a template has up to 50 steps, so it could hold a request thread for minutes."""
 
 DEFAULT_MAX_TOKENS = 512
 """A step without `max_tokens` gets the generator's default (services/generator/run/options.py)."""
@@ -270,7 +279,7 @@ class TemplateTester:
     def render_only(self, template_id: str, shown: TemplateVersion, record: Mapping[str, Any]) -> DryRun:
         """Every step of version `shown` rendered, earlier outputs as placeholders; no call,
         no charge."""
-        return DryRun(template_id, shown.version, tuple(self._rendered(shown, record)))
+        return DryRun(template_id, shown.version, tuple(self._rendered(shown, record, _RenderClock())))
 
     def _concrete(self, steps: Sequence[TemplateStep]) -> tuple[TemplateStep, ...]:
         """The steps with each tier (`tier/fast`) replaced by the model it means here now,
@@ -292,7 +301,8 @@ class TemplateTester:
         if budget_limit is None:
             raise BudgetRequired()
         steps, version = self._concrete(shown.steps), shown.version
-        rendered = self._rendered(shown, record)
+        clock = _RenderClock()
+        rendered = self._rendered(shown, record, clock)
         missing = {outcome.step_id: outcome.missing_fields for outcome in rendered if outcome.missing_fields}
         if missing:
             raise RecordIncomplete(missing)
@@ -311,7 +321,7 @@ class TemplateTester:
         spent = Decimal(0)
         try:
             for step in steps:
-                prompt = _sendable(step.id, _render(step, record, outputs))
+                prompt = _sendable(step.id, _render(step, record, outputs, clock))
                 self._screen_text(step.id, "prompt", prompt)
                 self._check_remaining(step, prompt, spent, budget_limit)
                 try:
@@ -356,12 +366,12 @@ class TemplateTester:
         total = sum((outcome.cost or Decimal(0) for outcome in outcomes), Decimal(0))
         return DryRun(template_id, version, tuple(outcomes), True, test_id, worst, total)
 
-    def _rendered(self, shown: TemplateVersion, record: Mapping[str, Any]) -> list[StepOutcome]:
+    def _rendered(self, shown: TemplateVersion, record: Mapping[str, Any], clock: _RenderClock) -> list[StepOutcome]:
         outputs = {step.id: placeholder(step.id) for step in shown.steps}
         outcomes = []
         for step in self._concrete(shown.steps):
             missing = lacking(record, fields_read(step, shown.required_fields))
-            prompt = None if missing else _render(step, record, outputs)
+            prompt = None if missing else _render(step, record, outputs, clock)
             outcomes.append(StepOutcome(step.id, step.model, missing, prompt))
         return outcomes
 
@@ -435,9 +445,21 @@ class TemplateTester:
         return True
 
 
-def _render(step: TemplateStep, record: Mapping[str, Any], outputs: Mapping[str, str]) -> str:
+class _RenderClock:
+    """The CPU the dry run's renders may still take, of MAX_DRY_RUN_RENDER_SECONDS (the
+    request thread's CPU time: the renders run in it)."""
+
+    def __init__(self) -> None:
+        self._deadline = time.thread_time() + MAX_DRY_RUN_RENDER_SECONDS
+
+    def remaining(self) -> float:
+        return max(self._deadline - time.thread_time(), 0.0)
+
+
+def _render(step: TemplateStep, record: Mapping[str, Any], outputs: Mapping[str, str], clock: _RenderClock) -> str:
+    shared = f" (a dry run's renders share {MAX_DRY_RUN_RENDER_SECONDS:g} s)"
     try:
-        return render(step, record, outputs)
+        return render(step, record, outputs, clock.remaining(), shared)
     except PromptRenderError as failure:
         raise StepRenderFailed(failure) from None
 

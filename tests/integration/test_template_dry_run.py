@@ -23,6 +23,7 @@ from palette.adapters import MODEL_TIERS_FILE
 from palette.audit.verify import verify_log
 from palette.composition import LocalPalette
 from palette.models.port import estimate_input_tokens
+from services.templates import dry_run as dry_run_module
 from services.templates.dry_run import placeholder
 from tests.e2e.serving import UNLIMITED
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -316,6 +317,24 @@ def test_dry_runs_beyond_one_per_user_or_two_in_all_are_429_and_other_routes_sti
     assert [reply.status_code for reply in replies] == [200] * 2
     with client(runtime, "tester-after") as later:  # the slots are free again
         assert dry_run(later, template(later, SHORT_STEPS[:1]), record=RECORD).status_code == 200
+
+
+def burning(step_id: str, scans: int) -> dict[str, Any]:
+    """A step whose render scans a 1,000,000-character string `scans` times (~17 µs each)."""
+    loop = f"{{% for i in range({scans}) %}}{{% if 'z' in doc %}}{{% endif %}}{{% endfor %}}"
+    return {"id": step_id, "model": MODEL, "prompt": "{% set doc = 'y' * 1000000 %}" + loop}
+
+
+def test_a_dry_runs_renders_share_one_cpu_allowance(user: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dry_run_module, "MAX_DRY_RUN_RENDER_SECONDS", 0.4)
+    template_id = template(
+        user, [burning("light", 10_000), burning("heavy", 40_000)]
+    )  # ~0.18 s and ~0.6 s of CPU alone
+
+    error = error_of(dry_run(user, template_id, record={}), 422)
+
+    assert error["code"] == "DRY_RUN_FAILED" and error["details"]["step_id"] == "heavy"
+    assert error["details"]["refused_by_sandbox"] and "a dry run's renders share 0.4 s" in error["message"]
 
 
 def test_a_prompt_that_breaks_a_content_rule_is_400_before_its_call(
