@@ -326,14 +326,15 @@ def burning(step_id: str, scans: int) -> dict[str, Any]:
 
 
 def test_a_dry_runs_renders_share_one_cpu_allowance(user: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """40 steps of ~0.05 s of CPU each: every one is far under the 0.4 s allowance alone
+    (8x) and together they are far over it (5x), so the margins hold on a faster or a busier
+    machine; the refusal comes at a later step, never the first."""
     monkeypatch.setattr(dry_run_module, "MAX_DRY_RUN_RENDER_SECONDS", 0.4)
-    template_id = template(
-        user, [burning("light", 10_000), burning("heavy", 40_000)]
-    )  # ~0.18 s and ~0.6 s of CPU alone
+    template_id = template(user, [burning(f"step{index}", 3_000) for index in range(40)])
 
     error = error_of(dry_run(user, template_id, record={}), 422)
 
-    assert error["code"] == "DRY_RUN_FAILED" and error["details"]["step_id"] == "heavy"
+    assert error["code"] == "DRY_RUN_FAILED" and error["details"]["step_id"] != "step0"
     assert error["details"]["refused_by_sandbox"] and "a dry run's renders share 0.4 s" in error["message"]
 
 
