@@ -136,16 +136,10 @@ def create_router(
     def correlation_id() -> str | None:
         return router.context.get("correlation_id")
 
-    @router.post(
-        "/templates",
-        status_code=201,
-        tags=["templates"],
-        summary="Create a template; a retry with the same Idempotency-Key creates none",
-        responses={**_responses(201, 413), **IDEMPOTENCY_RESPONSES},
-    )
-    def create_template(definition: TemplateDefinition, idempotency_key: IdempotencyKey = None) -> TemplateBody:
+    def _create(definition: TemplateDefinition, idempotency_key: str | None) -> LoadedTemplate:
+        """A new template from a checked definition (POST /templates and its YAML import)."""
         with _api_errors():
-            loaded = handlers.create(
+            return handlers.create(
                 owner=caller(router),
                 name=definition.name,
                 steps=definition.steps,
@@ -155,6 +149,16 @@ def create_router(
                 idempotent=IdempotentCreate.of(router, "template", idempotency_key),
                 tags=definition.tags,
             )
+
+    @router.post(
+        "/templates",
+        status_code=201,
+        tags=["templates"],
+        summary="Create a template; a retry with the same Idempotency-Key creates none",
+        responses={**_responses(201, 413), **IDEMPOTENCY_RESPONSES},
+    )
+    def create_template(definition: TemplateDefinition, idempotency_key: IdempotencyKey = None) -> TemplateBody:
+        loaded = _create(definition, idempotency_key)
         logger.info("template created", extra={"template_id": loaded.state.template_id})
         return _body(loaded, loaded.state.version, fork_count=0)
 
@@ -368,17 +372,7 @@ def create_router(
             ]
             fields = ", ".join(problem["field"] or "document" for problem in problems)
             raise ValidationFailed(f"invalid {fields}", {"errors": problems}) from None
-        with _api_errors():
-            loaded = handlers.create(
-                owner=caller(router),
-                name=definition.name,
-                steps=definition.steps,
-                description=definition.description,
-                is_public=definition.is_public,
-                correlation_id=correlation_id(),
-                idempotent=IdempotentCreate.of(router, "template", idempotency_key),
-                tags=definition.tags,
-            )
+        loaded = _create(definition, idempotency_key)
         logger.info("template imported", extra={"template_id": loaded.state.template_id})
         return _body(loaded, loaded.state.version, fork_count=0)
 
