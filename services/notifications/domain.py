@@ -103,6 +103,10 @@ def check_url(url: str, policy: UrlPolicy) -> str:
     address is checked here; a host name is resolved and checked at every delivery."""
     if len(url) > MAX_URL_CHARS:
         raise InvalidWebhook(f"the url is longer than {MAX_URL_CHARS} characters")
+    if "\\" in url:
+        # URL parsers disagree on a backslash (WHATWG reads it as "/", RFC 3986 as data), so
+        # the host checked here could differ from the host the sender connects to
+        raise InvalidWebhook("the url may not contain a backslash")
     try:
         parsed = AnyUrl(url)
     except ValidationError:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 import httpx
 
-from services.notifications.domain import SendResult, UrlPolicy, forbidden_address, literal_address
+from services.notifications.domain import LOCAL_HOSTS, SendResult, UrlPolicy, forbidden_address, literal_address
 
 Resolve = Callable[[str, int], list[str]]
 """A host and port -> the addresses it resolves to (injectable in tests)."""
@@ -45,6 +45,9 @@ class WebhookSender:
             target = httpx.URL(url)
             extensions: dict[str, str] = {}
             request_headers = {"Content-Type": "application/json", "User-Agent": "Palette-Webhooks/1", **headers}
+            if target.scheme == "http" and not (self._policy.local_http and target.host in LOCAL_HOSTS):
+                # registration checked this; the sender's own parser must agree before anything is sent
+                return SendResult(error=f"refused: http to {target.host} (http only to localhost)", refused=True)
             if self._policy.public_only:
                 address = self._checked_address(target.host, target.port or 443)
                 if address is None:

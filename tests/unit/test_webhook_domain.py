@@ -43,6 +43,8 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
         ("https://user:pass@hooks.example.com/", False, False),
         ("ftp://hooks.example.com/", False, False),
         ("hooks.example.com/palette", False, False),
+        ("http://127.0.0.1:18302\\@example.com/bs", False, False),  # parsers disagree on its host
+        ("https://hooks.example.com\\@10.0.0.1/", False, False),
     ],
 )
 def test_urls_each_runtime_accepts(url: str, local: bool, aws: bool) -> None:

@@ -56,3 +56,15 @@ def test_a_public_address_is_sent_to_as_checked(sender: WebhookSender, sent: lis
 def test_an_unresolvable_host_is_a_failed_attempt_not_a_crash(sender: WebhookSender) -> None:
     result = sender.send("https://no-such-host.invalid/hook", b"{}", {})
     assert not result.delivered and not result.refused and result.error
+
+
+def test_the_sender_sends_http_only_to_localhost_by_its_own_reading_of_the_url(sent: list[httpx.Request]) -> None:
+    """Registration checks the URL with one parser and the sender connects with another: the
+    sender checks the embedded runtime's http rule again by its own reading, so a URL the two
+    read differently is never sent in plain text to another host."""
+    local = WebhookSender(
+        UrlPolicy.for_runtime("local"), transport=httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(204))
+    )
+    refused = local.send("http://127.0.0.1:18302\\@example.com/bs", b"{}", {})
+    assert refused.refused and not sent
+    assert local.send("http://127.0.0.1:18302/hook", b"{}", {}).status_code == 204 and len(sent) == 1
