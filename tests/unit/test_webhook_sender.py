@@ -62,9 +62,12 @@ def test_the_sender_sends_http_only_to_localhost_by_its_own_reading_of_the_url(s
     """Registration checks the URL with one parser and the sender connects with another: the
     sender checks the embedded runtime's http rule again by its own reading, so a URL the two
     read differently is never sent in plain text to another host."""
-    local = WebhookSender(
-        UrlPolicy.for_runtime("local"), transport=httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(204))
-    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(204)
+
+    local = WebhookSender(UrlPolicy.for_runtime("local"), transport=httpx.MockTransport(answer))
     refused = local.send("http://127.0.0.1:18302\\@example.com/bs", b"{}", {})
     assert refused.refused and not sent
     assert local.send("http://127.0.0.1:18302/hook", b"{}", {}).status_code == 204 and len(sent) == 1
