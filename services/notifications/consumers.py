@@ -26,6 +26,9 @@ from palette.wiring import Subscription
 from services.notifications.domain import LIFECYCLE_EVENT_TYPES
 from services.notifications.handlers import DeliveryHandlers
 
+FirstAttempt = Callable[[str, str], object]
+"""Makes a scheduled delivery's first attempt, given its id and its owner."""
+
 DELIVERY_SUBSCRIBER = "notifications-delivery"
 """Durable name: keys the local bus checkpoint, and names the AWS rule and its queue."""
 
@@ -38,7 +41,7 @@ DELIVERY_PATTERN: dict[str, Any] = {
 class WebhookDelivery:
     """Schedules the deliveries of a lifecycle fact; attempts a delivery once scheduled."""
 
-    def __init__(self, deliveries: DeliveryHandlers, first_attempt: Callable[[str], object]) -> None:
+    def __init__(self, deliveries: DeliveryHandlers, first_attempt: FirstAttempt) -> None:
         self._deliveries = deliveries
         self._first_attempt = first_attempt
 
@@ -48,10 +51,10 @@ class WebhookDelivery:
             return
         scheduled = stored.decode()
         if isinstance(scheduled, WebhookDeliveryScheduled):
-            self._first_attempt(scheduled.delivery_id)
+            self._first_attempt(scheduled.delivery_id, scheduled.owner)
 
 
-def subscriptions(deliveries: DeliveryHandlers, first_attempt: Callable[[str], object]) -> list[Subscription]:
+def subscriptions(deliveries: DeliveryHandlers, first_attempt: FirstAttempt) -> list[Subscription]:
     """The reaction with its durable name and pattern: `palette serve` subscribes it on the
     local bus; infra has one rule -> SQS queue for it, consumed by `lambda_handler.consume`."""
     return [Subscription(DELIVERY_SUBSCRIBER, DELIVERY_PATTERN, WebhookDelivery(deliveries, first_attempt))]

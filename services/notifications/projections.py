@@ -11,7 +11,7 @@ from a minute later, so one whose first attempt was lost (a crash) is still made
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from contracts.events.notifications import WebhookDeliveryAttempted, WebhookDeliveryScheduled
 from palette.projections.documents import Document, DocumentProjection, DocumentReader, DocumentWriter, IndexEntry, Page
@@ -49,6 +49,7 @@ class WebhookDeliveries(DocumentProjection):
             recorded = datetime.fromisoformat(time)
             body: dict[str, Any] = {
                 "delivery_id": detail.delivery_id,
+                "owner": detail.owner,
                 "webhook_id": detail.webhook_id,
                 "event_id": detail.event_id,
                 "event_type": detail.event_type,
@@ -105,8 +106,13 @@ class DeliveryLog:
             next_token=next_token,
         )
 
-    def due(self, now: datetime, limit: int = 100) -> list[str]:
-        """The ids of deliveries whose next attempt is due at `now`, earliest first."""
+    def due(self, now: datetime, limit: int = 100) -> list[DueDelivery]:
+        """The deliveries whose next attempt is due at `now`, earliest first, with their owners."""
         page = self._reader.query("index2", PENDING, collection=DELIVERIES, limit=limit)
         cutoff = sortable(now)
-        return [item["delivery_id"] for item in page.items if item["due_at"] <= cutoff]
+        return [DueDelivery(item["delivery_id"], item["owner"]) for item in page.items if item["due_at"] <= cutoff]
+
+
+class DueDelivery(NamedTuple):
+    delivery_id: str
+    owner: str

@@ -5,10 +5,14 @@ delivery log indexes it, so a restart loses nothing: the loop finds what came du
 the process was down. On the embedded runtime it runs on a thread every `interval`
 seconds; on AWS a scheduled rule invokes `run_once` every minute (`lambda_handler.retry`).
 
-On the embedded runtime the loop's thread also makes each delivery's first attempt
-(`wake`): the local bus has one relay thread for every subscriber, so a receiver that
-hangs for the sender's timeout must not hold up job starts, billing and the views behind
-it. On AWS the first attempt is the SQS-fed Lambda's own work.
+On the embedded runtime the loop also makes each delivery's first attempt (`wake`): the
+local bus has one relay thread for every subscriber, so a receiver that hangs for the
+sender's timeout must not hold up job starts, billing and the views behind it. On AWS the
+first attempt is the SQS-fed Lambda's own work.
+
+Fairness: attempts run on a pool of DELIVERY_THREADS, with at most PER_OWNER_IN_FLIGHT of
+one owner's deliveries in flight at once, so a user whose receivers hang (each attempt
+waits out the 5 s send timeout) slows only their own deliveries, never another user's.
 """
 
 from __future__ import annotations
@@ -16,12 +20,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from services.notifications.handlers import Clock, DeliveryHandlers, utc_now
-from services.notifications.projections import DeliveryLog
+from services.notifications.projections import DeliveryLog, DueDelivery
 
 log = logging.getLogger(__name__)
+
+DELIVERY_THREADS = 8
+PER_OWNER_IN_FLIGHT = 2
 
 
 class RetryLoop:
@@ -38,34 +47,74 @@ class RetryLoop:
         self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._woken: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._woken: queue.SimpleQueue[DueDelivery] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="palette-webhook-delivery")
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._owners: Counter[str] = Counter()
+        self._waiting: list[DueDelivery] = []
+        """Woken first attempts whose owner had no room yet (only the loop's thread uses it)."""
 
     def run_once(self) -> int:
-        """Attempt every due delivery; how many attempts were recorded."""
+        """Attempt every due delivery (fairly, as the loop does) and wait for them; how many
+        attempts were recorded."""
         if self._catch_up is not None:
             self._catch_up()
-        return self._deliveries.attempt_all(self._log.due(self._clock()))
+        started = self._dispatch(self._log.due(self._clock()))
+        wait(started)
+        return sum(1 for attempt in started if attempt.result())
 
-    def wake(self, delivery: str) -> None:
-        """Make `delivery`'s first attempt on the loop's thread, as soon as it is free."""
-        self._woken.put(delivery)
+    def wake(self, delivery: str, owner: str) -> None:
+        """Make `delivery`'s first attempt on the loop, as soon as its owner has room."""
+        self._woken.put(DueDelivery(delivery, owner))
 
-    def _first_attempts(self, interval: float) -> None:
-        """Wait up to `interval` for a woken delivery, then attempt every one queued."""
+    def _dispatch(self, due: Iterable[DueDelivery], waiting: list[DueDelivery] | None = None) -> list[Future[bool]]:
+        """Start the attempts of `due` that are not in flight yet and whose owner has room.
+        The others stay due and are found again on a later pass (appended to `waiting` when
+        given: a first attempt is not in the delivery log's due index until its grace ends)."""
+        started = []
+        with self._lock:
+            for item in due:
+                delivery, owner = item
+                if delivery in self._in_flight:
+                    continue
+                if self._owners[owner] >= PER_OWNER_IN_FLIGHT:
+                    if waiting is not None:
+                        waiting.append(item)
+                    continue
+                self._in_flight.add(delivery)
+                self._owners[owner] += 1
+                started.append(self._pool.submit(self._attempt, delivery, owner))
+        return started
+
+    def _attempt(self, delivery: str, owner: str) -> bool:
         try:
-            woken = [self._woken.get(timeout=interval)]
+            return self._deliveries.attempt_all([delivery]) == 1
+        finally:
+            with self._lock:
+                self._in_flight.discard(delivery)
+                self._owners[owner] -= 1
+
+    def _pass(self, interval: float) -> None:
+        """Wait up to `interval` for a woken delivery; start the woken ones, then the due ones."""
+        woken, self._waiting = self._waiting, []
+        try:
+            woken.append(self._woken.get(timeout=interval))
         except queue.Empty:
-            return
+            pass
         while not self._woken.empty():
             woken.append(self._woken.get_nowait())
-        self._deliveries.attempt_all(delivery for delivery in woken if delivery)
+        self._dispatch((due for due in woken if due.delivery_id), self._waiting)
+        if self._stop.is_set():
+            return
+        if self._catch_up is not None:
+            self._catch_up()
+        self._dispatch(self._log.due(self._clock()))
 
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():
             try:
-                self._first_attempts(interval)
-                if not self._stop.is_set():
-                    self.run_once()
+                self._pass(interval)
             except Exception:
                 log.exception("webhook retries failed; trying again in %ss", interval)
                 self._stop.wait(interval)
@@ -79,7 +128,9 @@ class RetryLoop:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        self._woken.put("")  # wakes the thread; an empty id is never a delivery
+        self._woken.put(DueDelivery("", ""))  # wakes the thread; an empty id is never a delivery
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="palette-webhook-delivery")

@@ -58,7 +58,11 @@ def build(
     catch_up_log = catch_up(views)
     retries = RetryLoop(deliveries, delivery_log, catch_up_log)
     router = create_router(webhooks, deliveries, delivery_log, catch_up=catch_up_log)
-    first_attempt = retries.wake if adapters.runtime == "local" else deliveries.attempt
+
+    def attempt_at_once(delivery: str, owner: str) -> None:
+        deliveries.attempt(delivery)
+
+    first_attempt = retries.wake if adapters.runtime == "local" else attempt_at_once
     return ServiceParts(
         Notifications(webhooks, deliveries, retries, sender),
         [router],

@@ -279,3 +279,54 @@ def test_a_hanging_receiver_never_holds_up_the_local_bus(tmp_path: Path) -> None
         notifications.close()
         adapters.close()
     assert [event["type"] for event in receiver.accepted] == ["webhook.test"]
+
+
+def test_one_users_hanging_receivers_never_hold_up_another_users_deliveries(tmp_path: Path) -> None:
+    """bob's receivers never answer (until the test lets them); alice's delivery, scheduled
+    after bob's, is delivered while bob's attempts still hang: attempts run on a pool and one
+    owner has at most PER_OWNER_IN_FLIGHT of them in flight."""
+    import httpx
+
+    from services.notifications.retries import PER_OWNER_IN_FLIGHT
+
+    release = threading.Event()
+    prompt = Receiver(failures_per_event=0)
+    hung_requests: list[str] = []
+
+    class Hangs(Receiver):
+        def handle(self, headers: Any, body: bytes) -> int:
+            hung_requests.append(json.loads(body)["id"])
+            release.wait(60)
+            return 200
+
+    adapters = local_adapters(tmp_path / "data")
+    keys, policy = SigningKeys(adapters.blobs), UrlPolicy.for_runtime("local")
+    sender = WebhookSender(policy, timeout=httpx.Timeout(60.0))  # an attempt hangs as long as bob's receiver
+    deliveries = DeliveryHandlers(adapters.events, keys, sender)
+    view = WebhookDeliveries()
+    runner = adapters.projection_runner(view)
+
+    def catch_up() -> None:
+        runner.run_once()
+
+    retries = RetryLoop(deliveries, DeliveryLog(adapters.document_reader(view)), catch_up)
+    webhooks = WebhookHandlers(adapters.events, keys, policy)
+    try:
+        with receiving(Hangs()) as bob_url, receiving(prompt) as alice_url:
+            bob_hooks = [webhooks.register("bob", bob_url, ["job.completed"], None)[0] for _ in range(3)]
+            for _ in range(2):
+                for hook in bob_hooks:
+                    retries.wake(deliveries.schedule_test("bob", hook.webhook_id), "bob")
+            alice_hook, prompt.secret = webhooks.register("alice", alice_url, ["job.completed"], None)
+            retries.wake(deliveries.schedule_test("alice", alice_hook.webhook_id), "alice")
+            retries.start(interval=0.05)
+            wait_for(lambda: prompt.accepted, timeout=30, interval=0.05, what="alice's delivery")
+            wait_for(lambda: len(hung_requests) == PER_OWNER_IN_FLIGHT, timeout=10, interval=0.05, what="bob's")
+            assert not release.is_set(), "alice's was delivered while bob's attempts hung"
+            release.set()
+    finally:
+        release.set()
+        retries.stop()
+        sender.close()
+        adapters.close()
+    assert [event["type"] for event in prompt.accepted] == ["webhook.test"]
