@@ -43,8 +43,8 @@ class TaskSize(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    vcpu: float = Field(ge=0.25, le=16, description="vCPUs, 0.25 to 16 (Fargate's range)")
-    memory_mib: int = Field(ge=512, le=122_880, description="MiB, 512 to 122,880 (Fargate's range)")
+    vcpu: float = Field(strict=True, ge=0.25, le=16, description="vCPUs, 0.25 to 16 (Fargate's range)")
+    memory_mib: int = Field(strict=True, ge=512, le=122_880, description="MiB, 512 to 122,880 (Fargate's range)")
 
 
 class JobOptions(BaseModel):

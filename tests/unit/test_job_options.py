@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import pytest
+from pydantic import ValidationError
+
 from contracts.catalog import CATALOG
 from contracts.events.jobs import JobOptions, JobRequested, OutputFormat, TaskSize
 
@@ -40,3 +43,14 @@ def test_a_version_1_request_upcasts_with_no_task_size() -> None:
     event = CATALOG.decode("JobRequested", 1, json.dumps(v1))
     assert isinstance(event, JobRequested) and event.model_tiers == {}
     assert event.options == OPTIONS.model_copy(update={"task_size": None})
+
+
+@pytest.mark.parametrize(
+    "size",
+    [{"vcpu": True, "memory_mib": 1024}, {"vcpu": "1", "memory_mib": 2048}, {"vcpu": 1, "memory_mib": "2048"}],
+)
+def test_a_task_size_is_numbers_not_booleans_or_strings(size: dict[str, object]) -> None:
+    """`true` read as 1 vCPU (and "2048" as MiB) was accepted and recorded; a size is numbers."""
+    with pytest.raises(ValidationError):
+        TaskSize.model_validate(size)
+    assert TaskSize.model_validate({"vcpu": 1, "memory_mib": 2048}) == TaskSize(vcpu=1.0, memory_mib=2048)
