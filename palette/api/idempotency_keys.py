@@ -19,7 +19,8 @@ the same body, are the store's no-op re-append of a stored event id; either way 
 again on the winner's stream (the kernel's Repository) and answer as retries.
 
 A key holds as long as the log keeps the stream: for good, since the log is append-only,
-also after the resource changed or was deleted (a retry answers the first response).
+also after the resource changed or was deleted (a retry answers the first response; a
+deleted webhook's retry is 404, since its secret, part of that response, is gone).
 
 A new create route takes `idempotency_key: IdempotencyKey = None`, adds
 IDEMPOTENCY_RESPONSES to its responses and hands `IdempotentCreate.of(router, kind, key)` to

@@ -1,7 +1,8 @@
 """The webhooks REST routes, as a powertools Router the facade composes.
 
 Every route acts on the caller's own webhooks: another user's webhook id answers 404, like
-a missing one. The secret is in the creation's response only. POST /webhooks/{id}/test
+a missing one. The secret is in the creation's response only (and a retry of it with the
+same Idempotency-Key, until the webhook is deleted). POST /webhooks/{id}/test
 schedules a delivery and answers 202: the bus consumer sends it, never this request.
 """
 
