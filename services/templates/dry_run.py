@@ -233,9 +233,15 @@ class DryRun:
 # -- the tester ----------------------------------------------------------------------------
 
 
+def step_texts(steps: Sequence[TemplateStep]) -> list[str]:
+    """Each step's prompt and the snippets it includes: every text a render of them reads."""
+    return [text for step in steps for text in (step.prompt, *step.includes.values())]
+
+
 def fields_read(step: TemplateStep, required_fields: Sequence[str]) -> list[str]:
-    """The template's required fields that this step's prompt reads (or reads a part of)."""
-    read = seed_paths([step.prompt])
+    """The template's required fields that this step's prompt, or a snippet it includes,
+    reads (or reads a part of)."""
+    read = seed_paths(step_texts([step]))
     fields = []
     for name in required_fields:
         path = tuple(name.split("."))

@@ -38,6 +38,7 @@ from services.templates.dry_run import (
     StepModelNotOffered,
     StepRenderFailed,
     TemplateTester,
+    step_texts,
 )
 from services.templates.dry_run_models import DryRunReply, DryRunRequest, DryRunStep
 from services.templates.dry_run_slots import DryRunsBusy, DryRunSlots
@@ -156,7 +157,7 @@ def create_dry_run_router(
         shown = version_of(template_id, request.version)
         with _dry_run_errors(), running.slot(user):
             if request.seed_id is not None and request.record_index is not None:
-                paths = seed_paths(step.prompt for step in shown.steps)
+                paths = seed_paths(step_texts(shown.steps))
                 record = seeds.record(user, request.seed_id, request.record_index, sorted(paths))
             else:
                 record = request.record or {}

@@ -428,6 +428,22 @@ def test_a_record_of_a_seed_set_by_its_index(runtime: LocalPalette, user: httpx.
         assert error_of(dry_run(other, public, seed_id=seed_id, record_index=0), 404)["code"] == "SEED_NOT_FOUND"
 
 
+def test_the_fields_an_included_snippet_reads_are_read_from_the_seed_and_reported_missing(
+    user: httpx.Client,
+) -> None:
+    """A snippet's fields count as its step's: read from the seed record, and missing if absent."""
+    snippet = template(user, [{"id": "intro", "model": MODEL, "prompt": "About {{ topic }}."}])
+    steps = [{"id": "ask", "model": MODEL, "prompt": f'{{% include "{snippet}@1:intro" %}} Level {{{{ level }}}}.'}]
+    template_id, seed_id = template_and_seed(user, steps)
+
+    seeded = dry_run(user, template_id, seed_id=seed_id, record_index=3)
+    lacking = dry_run(user, template_id, record={"level": 1}).json()
+
+    assert seeded.status_code == 200, seeded.text
+    assert seeded.json()["steps"][0]["prompt"] == "About topic 3. Level 0."
+    assert lacking["missing_fields"] == ["topic"] and lacking["steps"][0]["prompt"] is None
+
+
 def test_the_openapi_document_covers_the_route(user: httpx.Client) -> None:
     route = user.get("/openapi.json").json()["paths"]["/templates/{template_id}/test"]["post"]
 
