@@ -70,8 +70,8 @@ class CostsReply(BaseModel):
 class CostGroupLine(BaseModel):
     key: str | None = Field(
         description="day `YYYY-MM-DD`, ISO week `YYYY-Www`, month `YYYY-MM` (UTC); a model id or `unattributed`; "
-        "a template id (null: charges outside any template, prompt enhancements); a job id (`user-<owner>` for "
-        "prompt enhancements); or a category (`model_tokens`, `compute`, `storage`)"
+        "a template id (null: charges outside any job, prompt enhancements and template dry runs); a job id "
+        "(`user-<owner>` for those); or a category (`model_tokens`, `compute`, `storage`)"
     )
     model_tokens: MoneyText
     compute: MoneyText

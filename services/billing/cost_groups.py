@@ -113,7 +113,7 @@ class CostCell:
 @dataclass(slots=True)
 class CostGroup:
     """The cost of one group, by category; `key` is None only for charges outside any
-    template (prompt enhancements) when grouped by template."""
+    job (prompt enhancements, template dry runs) when grouped by template."""
 
     key: str | None
     model_tokens: Decimal = _ZERO
