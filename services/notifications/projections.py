@@ -106,11 +106,23 @@ class DeliveryLog:
             next_token=next_token,
         )
 
-    def due(self, now: datetime, limit: int = 100) -> list[DueDelivery]:
-        """The deliveries whose next attempt is due at `now`, earliest first, with their owners."""
-        page = self._reader.query("index2", PENDING, collection=DELIVERIES, limit=limit)
+    def due(self, now: datetime, page_size: int = 100) -> list[DueDelivery]:
+        """Every delivery whose next attempt is due at `now`, earliest first, with its owner.
+
+        All of them, not a first page: the retry loop starts at most a few of one owner's at
+        once, so a page filled by one user's backlog would hold back every other user's."""
         cutoff = sortable(now)
-        return [DueDelivery(item["delivery_id"], item["owner"]) for item in page.items if item["due_at"] <= cutoff]
+        found: list[DueDelivery] = []
+        next_token: str | None = None
+        while True:
+            page = self._reader.query("index2", PENDING, collection=DELIVERIES, limit=page_size, next_token=next_token)
+            for item in page.items:
+                if item["due_at"] > cutoff:  # sorted by due_at: the rest are later
+                    return found
+                found.append(DueDelivery(item["delivery_id"], item["owner"]))
+            if page.next_token is None:
+                return found
+            next_token = page.next_token
 
 
 class DueDelivery(NamedTuple):

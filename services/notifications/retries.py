@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 DELIVERY_THREADS = 8
 PER_OWNER_IN_FLIGHT = 2
+MAX_DUE_STARTED = 100
+"""The most due attempts one pass starts (each may wait out the 5 s send timeout: a pass
+of the AWS retry Lambda then ends in about a minute); the rest are found on the next."""
 
 
 class RetryLoop:
@@ -60,7 +63,7 @@ class RetryLoop:
         attempts were recorded."""
         if self._catch_up is not None:
             self._catch_up()
-        started = self._dispatch(self._log.due(self._clock()))
+        started = self._dispatch(self._log.due(self._clock()), limit=MAX_DUE_STARTED)
         wait(started)
         return sum(1 for attempt in started if attempt.result())
 
@@ -68,13 +71,18 @@ class RetryLoop:
         """Make `delivery`'s first attempt on the loop, as soon as its owner has room."""
         self._woken.put(DueDelivery(delivery, owner))
 
-    def _dispatch(self, due: Iterable[DueDelivery], waiting: list[DueDelivery] | None = None) -> list[Future[bool]]:
-        """Start the attempts of `due` that are not in flight yet and whose owner has room.
-        The others stay due and are found again on a later pass (appended to `waiting` when
-        given: a first attempt is not in the delivery log's due index until its grace ends)."""
-        started = []
+    def _dispatch(
+        self, due: Iterable[DueDelivery], waiting: list[DueDelivery] | None = None, limit: int | None = None
+    ) -> list[Future[bool]]:
+        """Start the attempts of `due` that are not in flight yet and whose owner has room,
+        at most `limit` of them. The others stay due and are found again on a later pass
+        (appended to `waiting` when given: a first attempt is not in the delivery log's due
+        index until its grace ends)."""
+        started: list[Future[bool]] = []
         with self._lock:
             for item in due:
+                if limit is not None and len(started) >= limit:
+                    break
                 delivery, owner = item
                 if delivery in self._in_flight:
                     continue
@@ -109,7 +117,7 @@ class RetryLoop:
             return
         if self._catch_up is not None:
             self._catch_up()
-        self._dispatch(self._log.due(self._clock()))
+        self._dispatch(self._log.due(self._clock()), limit=MAX_DUE_STARTED)
 
     def _run(self, interval: float) -> None:
         while not self._stop.is_set():

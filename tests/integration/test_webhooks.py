@@ -330,3 +330,36 @@ def test_one_users_hanging_receivers_never_hold_up_another_users_deliveries(tmp_
         sender.close()
         adapters.close()
     assert [event["type"] for event in prompt.accepted] == ["webhook.test"]
+
+
+def test_another_users_retry_is_attempted_behind_more_than_a_page_of_one_users_due_deliveries(tmp_path: Path) -> None:
+    """bob has 120 deliveries due, all earlier than alice's one; a pass still attempts
+    alice's (the due index was read one page of 100 deep, all bob's, of which only
+    PER_OWNER_IN_FLIGHT start: alice's waited behind bob's whole backlog)."""
+    prompt = Receiver(failures_per_event=0)
+    adapters = local_adapters(tmp_path / "data")
+    keys, policy = SigningKeys(adapters.blobs), UrlPolicy.for_runtime("local")
+    sender = WebhookSender(policy)
+    deliveries = DeliveryHandlers(adapters.events, keys, sender)
+    view = WebhookDeliveries()
+    runner = adapters.projection_runner(view)
+    later = datetime.now(UTC) + timedelta(minutes=5)  # past every first attempt's grace
+
+    def catch_up() -> None:
+        runner.run_once()
+
+    retries = RetryLoop(deliveries, DeliveryLog(adapters.document_reader(view)), catch_up, clock=lambda: later)
+    webhooks = WebhookHandlers(adapters.events, keys, policy)
+    try:
+        with receiving(prompt) as alice_url:
+            bob_hook, _ = webhooks.register("bob", "http://127.0.0.1:9/closed", ["job.completed"], None)
+            for _ in range(120):
+                deliveries.schedule_test("bob", bob_hook.webhook_id)
+            alice_hook, prompt.secret = webhooks.register("alice", alice_url, ["job.completed"], None)
+            deliveries.schedule_test("alice", alice_hook.webhook_id)
+            retries.run_once()
+    finally:
+        retries.stop()
+        sender.close()
+        adapters.close()
+    assert [event["type"] for event in prompt.accepted] == ["webhook.test"]
