@@ -175,7 +175,8 @@ def read_document(text: str) -> dict[str, Any]:
         raise UnreadableDocument(f"not valid YAML: {error}") from None
     except UnreadableDocument:
         raise
-    except (ValueError, OverflowError) as error:  # a scalar its type cannot hold: an int of 5,000 digits
+    except (ValueError, OverflowError, LookupError, AttributeError) as error:
+        # a scalar its type cannot hold: an int of 5,000 digits, `!!bool maybe`, `!!float ''`, `!!timestamp x`
         raise UnreadableDocument(f"a value cannot be read: {error}") from None
     finally:
         if loader is not None:

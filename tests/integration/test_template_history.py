@@ -225,6 +225,9 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         ("name: Q\ndescription: '" + "x" * (300 * 1024) + "'\n", "body", "larger than"),
         ("name: x\nsteps:\n- {id: q, model: openai/x, prompt: hi}\ndescription: a\x01b\n", "body", "line 4, column 15"),
         ("name: Q\nsteps: []\nname: R\n", "body", "the key 'name' appears twice (at line 3, column 1)"),
+        ("name: !!bool maybe\nsteps: []\n", "body", "cannot be read"),
+        ("name: !!float ''\nsteps: []\n", "body", "cannot be read"),
+        ("name: !!timestamp 'x'\nsteps: []\n", "body", "cannot be read"),
     ],
     ids=[
         "syntax",
@@ -241,6 +244,9 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         "huge-document",
         "control-character",
         "duplicate-key",
+        "tagged-bool-not-a-bool",
+        "tagged-float-empty",
+        "tagged-timestamp-not-a-date",
     ],
 )
 def test_a_document_that_is_not_a_template_is_400(alice: httpx.Client, document: str, field: str, says: str) -> None:
