@@ -49,6 +49,7 @@ class TemplateDiff(BaseModel):
     name: Change | None = None
     description: Change | None = None
     is_public: Change | None = None
+    tags: Change | None = None
     steps: list[StepDiff] = Field(description="the steps of `to_version` in order, then those it removed")
 
 
@@ -65,6 +66,7 @@ def diff_versions(template_id: str, before: TemplateVersion, after: TemplateVers
         name=_change(before.name, after.name),
         description=_change(before.description, after.description),
         is_public=_change(before.is_public, after.is_public),
+        tags=_change(list(before.tags), list(after.tags)),
         steps=steps,
     )
 

@@ -112,6 +112,17 @@ def test_a_change_note_is_one_short_line(alice: httpx.Client) -> None:
     assert alice.get(f"/templates/{template_id}").json()["latest_version"] == 1
 
 
+def test_a_diff_shows_a_change_of_tags(alice: httpx.Client) -> None:
+    template_id = created(alice, name="Tagged", tags=["books"], steps=[step("q", "Hi")])["id"]
+    revised = {"tags": ["books", "poems"], "steps": [step("q", "Hi")]}
+    assert alice.put(f"/templates/{template_id}", json=revised).status_code == 200
+
+    diff = alice.get(f"/templates/{template_id}/diff", params={"from": 1}).json()
+
+    assert diff["tags"] == {"before": ["books"], "after": ["books", "poems"]}
+    assert alice.get(f"/templates/{template_id}/diff", params={"from": 2}).json()["tags"] is None
+
+
 def test_a_diff_compares_two_versions_step_by_step(alice: httpx.Client, bob: httpx.Client) -> None:
     template_id = created(
         alice,
