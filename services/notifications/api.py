@@ -55,9 +55,10 @@ def _domain_errors() -> Iterator[None]:
     try:
         yield
     except WebhookNotFound as missing:
-        raise NotFound(f"webhook {missing} not found") from None
+        raise NotFound(f"webhook {missing} not found", {"webhook_id": str(missing)}) from None
     except InvalidWebhook as invalid:
-        raise ValidationFailed(str(invalid), {"errors": [{"field": "url", "message": str(invalid)}]}) from None
+        problem = {"field": "url", "type": "value_error", "message": str(invalid)}
+        raise ValidationFailed(str(invalid), {"errors": [problem]}) from None
     except (TooManyWebhooks, ConcurrencyConflict) as conflict:
         raise Conflict(str(conflict) or "the webhooks changed meanwhile; try again") from None
 
@@ -144,9 +145,8 @@ def create_router(
         try:
             page = delivery_log.of_webhook(webhook_id, limit, next_token)
         except InvalidPageToken as invalid:
-            raise ValidationFailed(
-                str(invalid), {"errors": [{"field": "next_token", "message": str(invalid)}]}
-            ) from None
+            problem = {"field": "next_token", "type": "value_error", "message": str(invalid)}
+            raise ValidationFailed(str(invalid), {"errors": [problem]}) from None
         fields = DeliveryResponse.model_fields
         items = [DeliveryResponse(**{k: v for k, v in item.items() if k in fields}) for item in page.items]
         return DeliveriesResponse(deliveries=items, next_token=page.next_token)

@@ -137,6 +137,8 @@ def test_a_receiver_gets_every_lifecycle_event_of_real_jobs_signed_after_two_500
         )
         refused = alice.post("/webhooks", json={"url": "http://hooks.example.com/", "events": ["job.completed"]})
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "VALIDATION_ERROR", refused.text
+        [problem] = refused.json()["error"]["details"]["errors"]
+        assert problem["field"] == "url" and problem["type"] == "value_error", problem  # as every route's 400
         unknown = alice.post("/webhooks", json={"url": url, "events": ["job.exploded"]})
         assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "VALIDATION_ERROR", unknown.text
         created = alice.post("/webhooks", json={"url": url, "events": LIFECYCLE})
@@ -199,6 +201,7 @@ def test_a_receiver_gets_every_lifecycle_event_of_real_jobs_signed_after_two_500
         ):
             reply = bob.request(method, path)
             assert reply.status_code == 404 and reply.json()["error"]["code"] == "NOT_FOUND", reply.text
+            assert reply.json()["error"]["details"] == {"webhook_id": webhook["id"]}, reply.text
         assert bob.get("/webhooks").json() == {"webhooks": []}
 
         deleted = alice.delete(f"/webhooks/{webhook['id']}")
