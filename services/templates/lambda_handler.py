@@ -71,7 +71,10 @@ DRY_RUN_CALL_TIMEOUT_SECONDS = 8.0
 DRY_RUN_BOUND = CallBound(max_calls=3, max_output_tokens=1536)
 """3 calls of at most 9 s fit API Gateway's 30 s; 1536 tokens is 512 (a step's default
 max_tokens) a call, 64 tokens/s in 8 s, which Nova- and Haiku-class models exceed; a slower
-model's call past 8 s is 502 (the calls before it charged), never a gateway timeout."""
+model's call past 8 s is 502 (the calls before it charged), not a gateway timeout. The
+calls take at most 27 s; the renders' shared 4 s of CPU (MAX_DRY_RUN_RENDER_SECONDS) is not
+in the bound, so a dry run of prompts that render for seconds may still meet the gateway's
+timeout (504) and the Lambda's (at 512 MB, about a third of a vCPU)."""
 
 
 @functools.cache
