@@ -131,7 +131,8 @@ class JobDownloads:
             return self._exported(state, fmt, facts.exported)
         if not partial:
             if state.finished:
-                raise NoDataset(f"job {state.job_id!r} ended without a dataset", state.job_id, state.status)
+                hint = "; partial=true gives the records it recorded" if facts.batches else ""
+                raise NoDataset(f"job {state.job_id!r} ended without a dataset{hint}", state.job_id, state.status)
             raise JobNotFinished(
                 f"job {state.job_id!r} has not finished; partial=true gives the records it recorded so far",
                 state.job_id,
