@@ -12,7 +12,7 @@ fact that slips past the state check is still stored once (the store treats a re
 event id as a no-op).
 
 Job ids are `job_` followed by 32 lowercase hex digits: a uuid4, or for a request with an
-Idempotency-Key the UUIDv5 of (caller, key), so a retried request finds its job
+Idempotency-Key the UUIDv5 of (kind, caller, key), so a retried request finds its job
 (`palette.api.idempotency_keys`).
 """
 
