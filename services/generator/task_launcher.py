@@ -107,10 +107,6 @@ class Launch:
     """"started", "already running", "ended" (its task exited saying nothing is left to run)
     or "gave up" (MAX_LAUNCHES tasks stopped before the job ended)."""
 
-    @property
-    def started(self) -> bool:
-        return self.outcome == "started"
-
 
 class TaskLauncher:
     """Starts the sized Fargate task of a job, and another when one stops before its job ended."""
