@@ -121,7 +121,9 @@ class WebhookHandlers:
         webhook_id = f"whk_{idempotent.resource_uuid.hex}"
         if (registered := self._registered(owner, webhook_id, idempotent)) is not None:
             return registered
-        register(self.webhooks(owner), webhook_id, url, events, self.policy)  # refuse before saving a secret
+        current = self.webhooks(owner)
+        if webhook_id not in current.webhooks:  # else a duplicate won since: no limit to check
+            register(current, webhook_id, url, events, self.policy)  # refuse before saving a secret
         self._keys.save_first(webhook_id, secret or generated_secret())
 
         def register_once(state: WebhookSet) -> list[NewEvent]:

@@ -366,3 +366,35 @@ def test_another_users_retry_is_attempted_behind_more_than_a_page_of_one_users_d
         sender.close()
         adapters.close()
     assert [event["type"] for event in prompt.accepted] == ["webhook.test"]
+
+
+def test_a_keyed_duplicate_that_lost_the_race_for_the_last_webhook_answers_the_winners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests with one Idempotency-Key, the user at 19 webhooks: the loser looked for
+    the key's webhook before the winner recorded it, so its check of the limit sees 20. It
+    answers as a retry (the winner's webhook and secret), not 409 CONFLICT."""
+    from palette.api.idempotency_keys import IdempotentCreate
+    from services.notifications.domain import MAX_WEBHOOKS_PER_USER
+
+    adapters = local_adapters(tmp_path / "data")
+    keys, policy = SigningKeys(adapters.blobs), UrlPolicy.for_runtime("local")
+    webhooks = WebhookHandlers(adapters.events, keys, policy)
+    url = "https://hooks.example.com/palette"
+    try:
+        for _ in range(MAX_WEBHOOKS_PER_USER - 1):
+            webhooks.register("alice", url, ["job.completed"], None)
+        keyed = IdempotentCreate("webhook", "alice", "k-1", "digest-of-the-request")
+        winner, secret = webhooks.register("alice", url, ["job.completed"], None, idempotent=keyed)
+        looked = WebhookHandlers._registered
+        first_look = [True]
+
+        def before_the_winner(self: WebhookHandlers, *args: Any) -> Any:
+            if first_look.pop() if first_look else False:
+                return None  # the loser's first look came before the winner's append
+            return looked(self, *args)
+
+        monkeypatch.setattr(WebhookHandlers, "_registered", before_the_winner)
+        assert webhooks.register("alice", url, ["job.completed"], None, idempotent=keyed) == (winner, secret)
+    finally:
+        adapters.close()
