@@ -65,7 +65,7 @@ class PublishTemplateVersion:
 @dataclass(frozen=True, slots=True)
 class ForkTemplate:
     """A private copy of `origin`'s version `origin_version` for `owner`, as `template_id`.
-    The caller checks that `owner` may see the origin (`fork_source`)."""
+    The caller checks that `owner` may see the origin (`visible_version`)."""
 
     template_id: str
     owner: str
@@ -311,9 +311,9 @@ def _version_of(version: int, event: TemplateCreated | TemplateVersionPublished)
     )
 
 
-def fork_source(origin: TemplateState, user: str, version: int | None) -> int:
-    """The version of `origin` that `user` may fork (default: the latest); raises
-    TemplateNotFound for a template the user may not see, or a version it does not have."""
+def visible_version(origin: TemplateState, user: str, version: int | None) -> int:
+    """The version of `origin` that `user` may read, fork or dry-run (default: the latest);
+    raises TemplateNotFound for a template the user may not see, or a version it does not have."""
     if not origin.visible_to(user):
         raise TemplateNotFound(origin.template_id)
     chosen = origin.version if version is None else version
@@ -559,6 +559,6 @@ __all__ = [
     "TemplateVersion",
     "decide",
     "evolve",
-    "fork_source",
     "state_from",
+    "visible_version",
 ]

@@ -24,7 +24,7 @@ from palette.api.errors import (
     openapi_responses,
 )
 from palette.prompts import seed_paths
-from services.templates.domain import TemplateVersion
+from services.templates.domain import TemplateNotFound, TemplateVersion, visible_version
 from services.templates.dry_run import (
     BudgetRequired,
     BudgetSpent,
@@ -139,12 +139,10 @@ def create_dry_run_router(
     def version_of(template_id: str, version: int | None) -> TemplateVersion:
         """The version (default: the latest) of a template the caller may see; else 404."""
         state = handlers.read(template_id).state
-        if not state.visible_to(caller(router)):
-            raise TemplateNotFoundError(f"template {template_id!r} does not exist")
-        chosen = state.version if version is None else version
-        if chosen not in state.versions:
-            raise TemplateNotFoundError(f"template {template_id!r} has no version {chosen}")
-        return state.versions[chosen]
+        try:
+            return state.versions[visible_version(state, caller(router), version)]
+        except TemplateNotFound as missing:
+            raise TemplateNotFoundError(str(missing)) from None
 
     @router.post(
         "/templates/<template_id>/test",

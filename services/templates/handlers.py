@@ -49,7 +49,7 @@ from services.templates.domain import (
     TemplateState,
     decide,
     evolve,
-    fork_source,
+    visible_version,
 )
 from services.templates.enhancement import (
     Enhancement,
@@ -237,7 +237,7 @@ class TemplateHandlers:
             template_id=fork_id,
             owner=owner,
             origin=origin,
-            origin_version=fork_source(origin, owner, version),
+            origin_version=visible_version(origin, owner, version),
             name=name,
         )
         return self._execute(command, owner, correlation_id, idempotent=idempotent)

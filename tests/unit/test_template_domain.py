@@ -31,8 +31,8 @@ from services.templates.domain import (
     TemplateState,
     decide,
     evolve,
-    fork_source,
     state_from,
+    visible_version,
 )
 
 QUESTION = TemplateStep(id="question", model="local/gemma-3-270m", prompt="Ask about {{ book.title }}")
@@ -173,7 +173,7 @@ def test_a_fork_is_a_checked_creation_that_records_its_origin(created: TemplateS
     published = run(created, PublishTemplateVersion("t1", "alice", steps=[QUESTION, ANSWER], note="add an answer"))
     assert published.versions[2].note == "add an answer"
 
-    chosen = fork_source(published, "bob", 1)
+    chosen = visible_version(published, "bob", 1)
     made, forked = decide(ForkTemplate("t2", "bob", published, chosen, name="Mine"), TemplateState())
     assert isinstance(made, TemplateCreated) and (made.owner, made.name, made.is_public) == ("bob", "Mine", False)
     assert made.steps == [QUESTION]
@@ -185,10 +185,10 @@ def test_a_fork_is_a_checked_creation_that_records_its_origin(created: TemplateS
 
 def test_only_a_visible_version_can_be_forked(created: TemplateState) -> None:
     private = run(created, PublishTemplateVersion("t1", "alice", steps=[QUESTION], is_public=False))
-    assert fork_source(private, "alice", None) == 2  # the owner's own, latest by default
+    assert visible_version(private, "alice", None) == 2  # the owner's own, latest by default
     for user, version in (("bob", None), ("bob", 1), ("alice", 3)):
         with pytest.raises(TemplateNotFound):
-            fork_source(private, user, version)
+            visible_version(private, user, version)
 
 
 @pytest.mark.parametrize("note", ["two\nlines", "tab\there", "x" * 201])
