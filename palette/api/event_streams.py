@@ -175,25 +175,26 @@ class EventStreams:
         if int(answer.get("statusCode", 200)) != 200:
             await send_response(send, answer, request_id)
             return
+        cors = [  # the facade's CORS headers, so a page on an allowed origin reads the stream or its refusal
+            (name.lower().encode("latin-1"), str(value).encode("latin-1"))
+            for name, value in (answer.get("headers") or {}).items()
+            if name.lower().startswith("access-control-") or name.lower() == "vary"
+        ]
         event = http_api_event(scope, b"", request_id)
         try:
             user = self._identity.user_id(event["headers"], event)
             after = last_event_id(event["headers"])
         except ApiError as error:  # the token expired since the route accepted it
-            await send_error(send, error.status, error.code, error.message, error.details, request_id)
+            await send_error(send, error.status, error.code, error.message, error.details, request_id, cors)
             return
         if refusal := self._refusal(user):
-            await send_error(send, *refusal, request_id, [(b"retry-after", str(BUSY_RETRY_AFTER_SECONDS).encode())])
+            retry_after = (b"retry-after", str(BUSY_RETRY_AFTER_SECONDS).encode())
+            await send_error(send, *refusal, request_id, [retry_after, *cors])
             return
         match = self._route.fullmatch(scope["path"])
         assert match is not None  # serves() routed it here
         self._open[user] += 1
         try:
-            cors = [
-                (name.lower().encode("latin-1"), str(value).encode("latin-1"))
-                for name, value in (answer.get("headers") or {}).items()
-                if name.lower().startswith("access-control-") or name.lower() == "vary"
-            ]
             await self._stream(receive, send, request_id, user, match.group(1), after, cors)
         finally:
             self._open[user] -= 1

@@ -43,6 +43,7 @@ def palette(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalPal
             monkeypatch,
             stream_heartbeat_seconds=0.2,
             max_streams_per_user=STREAMS,
+            cors_origins=(ORIGIN,),
         ) as runtime,
     ):
         yield runtime, fake
@@ -188,8 +189,9 @@ def test_twenty_open_streams_leave_the_api_answering_and_end_when_the_job_ends(
             assert all(first["event"] == "dashboard" for first in firsts)
             assert alice.get("/health").json() == {"status": "ok"}  # no stream holds an API thread
             assert alice.get(f"/jobs/{job_id}").status_code == 200
-            over = alice.get(f"/jobs/{job_id}/events")
+            over = alice.get(f"/jobs/{job_id}/events", headers={"Origin": ORIGIN})
             assert over.status_code == 429 and over.json()["error"]["details"]["max_streams"] == STREAMS
+            assert over.headers["access-control-allow-origin"] == ORIGIN  # the page can read why
             assert next(event for event in streams[0] if "comment" in event) == {"comment": "heartbeat"}
 
             assert alice.delete(f"/jobs/{job_id}").status_code in (200, 202)
