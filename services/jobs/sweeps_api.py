@@ -25,7 +25,7 @@ from palette.api.idempotency_keys import IDEMPOTENCY_RESPONSES, IdempotencyKey, 
 from palette.projections.documents import DocumentReader, InvalidPageToken
 from services.jobs.api import _api_errors, _check_parameters_size  # the jobs routes' checks, shared
 from services.jobs.api_models import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, FailureBody
-from services.jobs.domain import JobInput
+from services.jobs.domain import JobInput, JobOptions
 from services.jobs.projections import DASHBOARDS, empty_dashboard
 from services.jobs.sweeps_api_models import (
     SweepBody,
@@ -35,7 +35,7 @@ from services.jobs.sweeps_api_models import (
     SweepSummary,
     budget_body,
 )
-from services.jobs.sweeps_domain import InvalidSweep, SweepNotFound
+from services.jobs.sweeps_domain import InvalidSweep, SweepNotFound, member_inputs
 from services.jobs.sweeps_handlers import LoadedSweep, SweepHandlers
 from services.jobs.sweeps_projections import sweep_page
 
@@ -155,6 +155,7 @@ def create_sweeps_router(
 def _sweep_body(loaded: LoadedSweep, sweeps: SweepHandlers, dashboard: DocumentReader) -> SweepBody:
     state = loaded.state
     members = []
+    planned = {member.job_id: job_input for member, job_input in member_inputs(state)}
     for member in state.members:
         job = sweeps.jobs.read(member.job_id)
         doc = dashboard.get(DASHBOARDS, member.job_id)
@@ -172,7 +173,7 @@ def _sweep_body(loaded: LoadedSweep, sweeps: SweepHandlers, dashboard: DocumentR
                 budget_limit=member.budget_limit,
                 status=job_state.status,
                 records_generated=figures["records_generated"],
-                num_records=job_state.options.num_records * max(1, len(job_state.options.models or ())),
+                num_records=_target(job_state.options if job_state.exists else planned[member.job_id].options),
                 cost=Decimal(figures["cost"]["total"]),
                 failure=failure,
             )
@@ -196,6 +197,11 @@ def _sweep_body(loaded: LoadedSweep, sweeps: SweepHandlers, dashboard: DocumentR
         budget=budget_body(state.budget_limit, used),
         members=members,
     )
+
+
+def _target(options: JobOptions) -> int:
+    """The records a member job makes: num_records for each of its models (fan-out)."""
+    return options.num_records * max(1, len(options.models or ()))
 
 
 @contextmanager

@@ -311,6 +311,7 @@ def test_a_plan_recorded_without_its_jobs_gets_its_members_when_the_bus_delivers
     first, refused = (member.job_id for member in plan.members)
     shown = api.call("GET", f"/sweeps/{plan.sweep_id}").body
     assert [m["status"] for m in shown["members"]] == [None, None]
+    assert [m["num_records"] for m in shown["members"]] == [40, 40]  # the plan's target, before any job
 
     api.deliver()
     job = api.call("GET", f"/jobs/{first}")
