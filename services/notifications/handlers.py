@@ -35,6 +35,7 @@ from services.notifications.domain import (
     Delivery,
     UrlPolicy,
     Webhook,
+    WebhookError,
     WebhookNotFound,
     WebhookSet,
     delete,
@@ -104,13 +105,17 @@ class WebhookHandlers:
         events = list(events)
         register(self.webhooks(owner), webhook_id, url, events, self.policy)  # refuse before saving a secret
         self._keys.save(webhook_id, secret)
-        executed = self._streams.execute(
-            webhooks_stream(owner),
-            lambda state: register(state, webhook_id, url, events, self.policy),
-            _fold_webhooks,
-            WebhookSet(owner),
-            actor=owner,
-        )
+        try:
+            executed = self._streams.execute(
+                webhooks_stream(owner),
+                lambda state: register(state, webhook_id, url, events, self.policy),
+                _fold_webhooks,
+                WebhookSet(owner),
+                actor=owner,
+            )
+        except (WebhookError, ConcurrencyConflict):  # refused on append (another took the last place): no secret kept
+            self._keys.delete(webhook_id)
+            raise
         return executed.state.get(webhook_id), secret
 
     def _register_keyed(

@@ -398,3 +398,26 @@ def test_a_keyed_duplicate_that_lost_the_race_for_the_last_webhook_answers_the_w
         assert webhooks.register("alice", url, ["job.completed"], None, idempotent=keyed) == (winner, secret)
     finally:
         adapters.close()
+
+
+def test_a_registration_refused_after_its_secret_was_saved_leaves_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit is checked before the secret is saved and again on append: a request that
+    passed the first check but lost the 20th webhook to another takes its secret back."""
+    from services.notifications.domain import MAX_WEBHOOKS_PER_USER, TooManyWebhooks, WebhookSet
+
+    adapters = local_adapters(tmp_path / "data")
+    keys, policy = SigningKeys(adapters.blobs), UrlPolicy.for_runtime("local")
+    webhooks = WebhookHandlers(adapters.events, keys, policy)
+    url = "https://hooks.example.com/palette"
+    try:
+        for _ in range(MAX_WEBHOOKS_PER_USER):
+            webhooks.register("alice", url, ["job.completed"], None)
+        before = {info.key for info in adapters.blobs.list("webhook-secrets/")}
+        monkeypatch.setattr(WebhookHandlers, "webhooks", lambda self, owner: WebhookSet(owner))  # the first check
+        with pytest.raises(TooManyWebhooks):
+            webhooks.register("alice", url, ["job.completed"], None)
+        assert {info.key for info in adapters.blobs.list("webhook-secrets/")} == before
+    finally:
+        adapters.close()
