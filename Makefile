@@ -14,11 +14,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/palette demo --data-dir .palette
 
-# Lint (ruff, import-linter) and types (mypy) first, with zero findings, then the suite.
+# Lint (ruff, import-linter) and types (mypy) first, with zero findings, then the suite on two
+# pytest-xdist workers (the suite mostly waits on servers and subprocesses: 9.5 min instead of 16.5).
 test: $(STAMP) lint typecheck
 	$(PY) -m contracts.schemagen --check
 	$(VENV)/bin/cfn-lint infra/*.yaml
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 # The suite without the real local model and the load and fuzz runs (`slow`) and without the
 # moto-server AWS flow (`aws_e2e`).
