@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from palette.blobs.keys import dataset_prefix, key_segment
 from palette.blobs.port import BlobStore
+from palette.dataset_json import dumps_json
 
 
 class StepResult(TypedDict):
@@ -92,12 +93,6 @@ def part_key(owner: str, job_id: str, batch_number: int, model: str | None = Non
         raise ValueError(f"batch number must be >= 0, got {batch_number}")
     folder = "" if model is None else f"{key_segment(model)}/"
     return f"{dataset_prefix(owner, job_id)}parts/{folder}part-{batch_number:06d}.parquet"
-
-
-def dumps_json(value: Any) -> str:
-    """Compact UTF-8 JSON text, the one encoding used for JSON held in text columns; strict
-    (a NaN or infinity raises ValueError), so every file the generator writes parses anywhere."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def write_part(blobs: BlobStore, key: str, records: Iterable[GeneratedRecord]) -> tuple[int, str]:

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from contracts.events.jobs import OutputFormat
 from palette.blobs.port import BlobStore
+from palette.dataset_json import dumps_json
 
 ROW_GROUP_ROWS = 10_000
 """Parquet rows buffered before a row group is written."""
@@ -160,11 +161,6 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def json_text(value: Any) -> str:
-    """The export's JSON encoding: compact UTF-8, strict."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
 def _append_text(
     path: Path, fmt: OutputFormat, parts: Iterator[list[dict[str, Any]]], shape: RecordShape, header: bool
 ) -> int:
@@ -177,7 +173,7 @@ def _append_text(
         for records in parts:
             rows += len(records)
             if fmt is OutputFormat.JSONL:
-                out.write("".join(json_text(record) + "\n" for record in records).encode())
+                out.write("".join(dumps_json(record) + "\n" for record in records).encode())
                 continue
             if not records:
                 continue
@@ -249,9 +245,10 @@ def _table(records: list[dict[str, Any]], schema: pa.Schema, fmt: OutputFormat) 
             **record,
             "model": record.get("model"),
             "flagged_rules": record.get("flagged_rules"),
-            "seed": json_text(record["seed"]),
+            "seed": dumps_json(record["seed"]),
             "steps": {
-                step_id: step | {"output_json": None if step["output_json"] is None else json_text(step["output_json"])}
+                step_id: step
+                | {"output_json": None if step["output_json"] is None else dumps_json(step["output_json"])}
                 for step_id, step in record["steps"].items()
             }
             or None,
@@ -270,7 +267,7 @@ def _flatten(table: pa.Table) -> pa.Table:
         table = table.flatten()
     for index, column in enumerate(table.schema):
         if pa.types.is_list(column.type):
-            values = [None if value is None else json_text(value) for value in table.column(index).to_pylist()]
+            values = [None if value is None else dumps_json(value) for value in table.column(index).to_pylist()]
             table = table.set_column(index, pa.field(column.name, pa.string()), pa.array(values, pa.string()))
     return table
 
