@@ -91,6 +91,12 @@ def _job_requested_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "model_tiers": {}}
 
 
+@CATALOG.upcaster("JobRequested", from_version=3)
+def _job_requested_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 added `lineage`, `cache` and `dedup`; a version 3 job had none of them."""
+    return {**data, "lineage": False, "cache": False, "dedup": None}
+
+
 @CATALOG.upcaster("TemplateVersionPublished", from_version=1)
 def _template_version_published_v1(data: dict[str, Any]) -> dict[str, Any]:
     """Version 2 added the optional change `note`; a version 1 publish gave none."""

@@ -70,6 +70,21 @@ class JobOptions(BaseModel):
     )
     output_filter: OutputFilter = "drop"
     task_size: TaskSize | None = Field(default=None, description="the worker task's vCPU and memory")
+    lineage: bool = Field(
+        default=True,
+        description="each exported record carries its provenance (seed row, template version, "
+        "models, tokens, cost, attempt, a stable record id)",
+    )
+    cache: bool = Field(
+        default=False,
+        description="serve a repeated model call (same model, prompt, parameters, sampling seed) "
+        "from the owner's call cache, billed $0",
+    )
+    dedup: Literal["exact", "near"] | None = Field(
+        default=None,
+        description="drop duplicate records (exact: normalised text; near: MinHash/LSH) and make "
+        "replacements, so the job still ends with num_records",
+    )
 
 
 class JobRequested(JobOptions, _JobEvent):
@@ -78,9 +93,11 @@ class JobRequested(JobOptions, _JobEvent):
     The options are the event's own fields (flat on the wire, as consumers and bus patterns
     read `detail.data.num_records`); `options` gives them back as one JobOptions.
     Version 2 added `task_size` (version 1 events upcast with none); version 3 added
-    `model_tiers` (`contracts.model_tiers`; older events upcast with none)."""
+    `model_tiers` (`contracts.model_tiers`; older events upcast with none); version 4 added
+    `lineage`, `cache` and `dedup` (older events upcast with none of them: their records were
+    made without)."""
 
-    schema_version: ClassVar[int] = 3
+    schema_version: ClassVar[int] = 4
 
     owner: str
     template_id: str

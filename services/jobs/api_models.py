@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StrictStr,
     model_validator,
@@ -176,6 +177,20 @@ class JobRequest(BaseModel):
         default=None, description="the worker task's vCPU and memory: recorded with the job"
     )
     export_config: ExportConfig | None = None
+    lineage: StrictBool = Field(
+        default=True,
+        description="each record carries its provenance (seed row, template version, models, "
+        "tokens, cost, attempt, record id): columns in Parquet/CSV, a `lineage` field in JSONL",
+    )
+    cache: StrictBool = Field(
+        default=False,
+        description="serve repeated model calls from your call cache, billed $0 (README, Call cache)",
+    )
+    dedup: Literal["exact", "near"] | None = Field(
+        default=None,
+        description="drop duplicate records and make replacements: 'exact' (normalised text) or "
+        "'near' (MinHash/LSH); the job still ends with num_records",
+    )
 
     @model_validator(mode="after")
     def _one_spelling_of_each_export_option(self) -> JobRequest:
@@ -206,6 +221,9 @@ class JobRequest(BaseModel):
             models=self.models,
             output_filter=self.output_filter,
             task_size=self.task_size,
+            lineage=self.lineage,
+            cache=self.cache,
+            dedup=self.dedup,
         )
 
 
@@ -222,6 +240,9 @@ class JobInputBody(BaseModel):
     models: list[str] | None = None
     output_filter: str = "drop"
     task_size: TaskSize | None = None
+    lineage: bool = False
+    cache: bool = False
+    dedup: str | None = None
     model_tiers: dict[str, str] = Field(
         default_factory=dict,
         description="each tier the template's steps name (`tier/fast`) -> the model it resolved to at creation",

@@ -39,10 +39,23 @@ def test_the_options_stay_flat_on_the_wire_for_bus_patterns_and_consumers() -> N
 
 def test_a_version_1_request_upcasts_with_no_task_size() -> None:
     v1 = json.loads(requested(OPTIONS.model_copy(update={"task_size": None})).model_dump_json())
-    del v1["task_size"], v1["model_tiers"]  # version 1 had no such fields
+    for later in ("task_size", "model_tiers", "lineage", "cache", "dedup"):
+        del v1[later]  # version 1 had no such fields
     event = CATALOG.decode("JobRequested", 1, json.dumps(v1))
     assert isinstance(event, JobRequested) and event.model_tiers == {}
-    assert event.options == OPTIONS.model_copy(update={"task_size": None})
+    assert event.options == OPTIONS.model_copy(update={"task_size": None, "lineage": False})
+
+
+def test_a_version_3_request_upcasts_to_a_job_made_without_lineage_cache_or_dedup() -> None:
+    """Version 4 added the data-quality options; a version 3 job's records were made without
+    lineage (the default for new jobs is on), so its upcast says so."""
+    v3 = json.loads(requested().model_dump_json())
+    for later in ("lineage", "cache", "dedup"):
+        del v3[later]
+    event = CATALOG.decode("JobRequested", 3, json.dumps(v3))
+    assert isinstance(event, JobRequested)
+    assert (event.lineage, event.cache, event.dedup) == (False, False, None)
+    assert requested().lineage is True  # a new job carries lineage unless it says otherwise
 
 
 @pytest.mark.parametrize(
