@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -17,8 +18,10 @@ from palette.audit.cli import audit_app, events_app, projections_app, replay_com
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Palette: synthetic data on an event log.")
 token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the local facade.")
 jobs_app = typer.Typer(no_args_is_help=True, help="Jobs of the local runtime.")
+user_app = typer.Typer(no_args_is_help=True, help="Users who sign in to the local facade and its web page.")
 app.add_typer(token_app, name="token")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(user_app, name="user")
 app.add_typer(audit_app, name="audit")
 app.add_typer(events_app, name="events")
 app.add_typer(projections_app, name="projections")
@@ -51,6 +54,88 @@ def token_create(
         typer.echo(local_tokens(data_dir).issue(user, ttl_seconds=ttl_days * 86400))
     except ValueError as error:
         fail(str(error), 2)
+
+
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin (for scripts).")
+]
+
+
+def read_password(from_stdin: bool) -> str:
+    """The new password: stdin's first line, or typed twice without echo."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@user_app.command("create")
+def user_create(
+    name: Annotated[str, typer.Argument(help="The user name (the token's `sub`).")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Add user NAME, who signs in with a password (at least 8 characters; only its argon2id hash is kept)."""
+    from palette.users import LocalUsers, UserError
+
+    try:
+        LocalUsers(data_dir).create(name, read_password(password_stdin))
+    except UserError as error:
+        fail(str(error), 2)
+    typer.echo(f"created user {name}")
+
+
+@user_app.command("password")
+def user_password(
+    name: Annotated[str, typer.Argument(help="The user whose password changes.")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Set NAME's password (tokens already issued stay valid until they expire)."""
+    from palette.users import LocalUsers, UserError
+
+    users = LocalUsers(data_dir)
+    if not users.exists(name):
+        fail(f"no user {name!r}", 2)
+    try:
+        users.set_password(name, read_password(password_stdin))
+    except UserError as error:
+        fail(str(error), 2)
+    typer.echo(f"changed the password of {name}")
+
+
+@user_app.command("delete")
+def user_delete(
+    name: Annotated[str, typer.Argument(help="The user to remove.")],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Remove NAME: they can no longer sign in (tokens already issued stay valid until they expire)."""
+    from palette.users import LocalUsers, UserError
+
+    try:
+        LocalUsers(data_dir).delete(name)
+    except UserError as error:
+        fail(str(error), 2)
+    typer.echo(f"deleted user {name}")
+
+
+@user_app.command("list")
+def user_list(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """The users who can sign in, by name."""
+    from palette.users import LocalUsers
+
+    users = LocalUsers(data_dir).all_users()
+    if as_json:
+        rows = [
+            {"name": u.name, "created_at": u.created_at, "password_changed_at": u.password_changed_at} for u in users
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for user in users:
+        typer.echo(f"{user.name}\tcreated {user.created_at}\tpassword changed {user.password_changed_at}")
 
 
 @app.command()

@@ -28,6 +28,8 @@ from palette.api.app import build_app, logger
 from palette.api.asgi import DEFAULT_WORKERS, PooledResolver
 from palette.api.auth import LocalTokens
 from palette.api.event_streams import DEFAULT_HEARTBEAT_SECONDS, DEFAULT_MAX_PER_USER, EventStreams, Wakeups
+from palette.api.login import login_router
+from palette.api.login_limits import FailedLogins, VerificationSlots
 from palette.api.server import DEFAULT_GRACE_SECONDS, FacadeApp, LocalServer
 from palette.blobs.local import LocalBlobStore
 from palette.bus.local import LocalBus
@@ -39,6 +41,7 @@ from palette.models.environment import gateway_from_env
 from palette.projections.documents import DocumentProjection
 from palette.projections.runner import ProjectionRunner
 from palette.secrets import load_or_create_secret
+from palette.users import LocalUsers
 from palette.wiring import ServiceParts
 from services.billing import wiring as billing
 from services.generator import wiring as generator
@@ -191,8 +194,12 @@ class LocalPalette:
         for parts in services:
             for subscription in parts.subscriptions:
                 self.bus.subscribe(*subscription)
+        self.users = LocalUsers(self.data_dir)
+        sign_in = login_router(
+            self.users, self.tokens, FailedLogins(), VerificationSlots(total=max(1, self.api_workers // 4))
+        )
         self.api = build_app(
-            [router for parts in services for router in parts.routers],
+            [sign_in, *(router for parts in services for router in parts.routers)],
             self.tokens,
             local=True,
             limiter=self.limiter,

@@ -45,8 +45,9 @@ logger = Logger(service="palette-api")
 HEALTH_PATHS = frozenset({"/health", "/health/ready"})
 """Liveness and readiness: public, and never charged to a rate limit."""
 
-PUBLIC_PATHS = HEALTH_PATHS | {"/swagger", "/openapi.json"}
-"""Reachable without a token: health and the API's own documentation (no user data)."""
+PUBLIC_PATHS = HEALTH_PATHS | {"/swagger", "/openapi.json", "/auth/login"}
+"""Reachable without a token: health, the API's own documentation (no user data), and the
+embedded runtime's sign-in (`palette.api.login`), which answers the token."""
 
 MAX_ID_CHARS = 128
 _WELL_FORMED_ID = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_CHARS}}}")
