@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint typecheck bench schemas package fuzz
+.PHONY: demo test test-fast lint typecheck bench schemas package fuzz web
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -11,19 +11,35 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e ".[dev,aws,local]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The web dashboard's pinned front-end libraries (web/package-lock.json), the few files the pages load
+# copied into palette/web/static/vendor/ (gitignored); rerun when the lock file changes.
+VENDOR := palette/web/static/vendor
+VENDOR_STAMP := $(VENDOR)/.installed-stamp
+
+web: $(VENDOR_STAMP)
+
+$(VENDOR_STAMP): web/package-lock.json
+	npm ci --prefix web --ignore-scripts --no-audit --no-fund
+	mkdir -p $(VENDOR)
+	cp web/node_modules/@picocss/pico/css/pico.min.css $(VENDOR)/pico.min.css
+	cp web/node_modules/lit-html/lit-html.js $(VENDOR)/lit-html.js
+	cp web/node_modules/chart.js/dist/chart.umd.js $(VENDOR)/chart.umd.js
+	cp web/node_modules/eventsource-parser/dist/index.js $(VENDOR)/eventsource-parser.js
+	touch $(VENDOR_STAMP)
+
+demo: $(STAMP) $(VENDOR_STAMP)
 	$(VENV)/bin/palette demo --data-dir .palette
 
 # Lint (ruff, import-linter) and types (mypy) first, with zero findings, then the suite on two
 # pytest-xdist workers (the suite mostly waits on servers and subprocesses: 9.5 min instead of 16.5).
-test: $(STAMP) lint typecheck
+test: $(STAMP) $(VENDOR_STAMP) lint typecheck
 	$(PY) -m contracts.schemagen --check
 	$(VENV)/bin/cfn-lint infra/*.yaml
 	$(PY) -m pytest -q -n 2
 
 # The suite without the real local model and the load and fuzz runs (`slow`) and without the
 # moto-server AWS flow (`aws_e2e`).
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(VENDOR_STAMP)
 	$(PY) -m pytest -q -m "not slow and not aws_e2e"
 
 lint: $(STAMP)

@@ -3,7 +3,8 @@
 `/blobs/<key>` is the local stand-in for S3 presigned URLs: a PUT streams the body into
 the blob store within the URL's signed byte limit (never buffering the whole file, so a
 1 GiB seed upload stays in bounded memory), a GET streams a blob out. An event stream
-(`GET /jobs/{id}/events`) is served by `palette.api.event_streams`, beside the pool. Every
+(`GET /jobs/{id}/events`) is served by `palette.api.event_streams`, and the web dashboard's page and
+files (`/`, `/static/...`, `/config.json`) by `palette.web`, beside the pool. Every
 other path goes to the resolver's pool (`palette.api.asgi.PooledResolver`). Errors keep the facade's error
 shape, and every answer carries the request's X-Request-Id.
 
@@ -35,6 +36,7 @@ from palette.blobs.local import LocalBlobStore
 from palette.blobs.port import BlobNotFound, BlobTooLarge, InvalidBlobKey
 from palette.blobs.signing import SignatureInvalid, UrlExpired
 from palette.guard.ratelimit import RateLimiter, route_class
+from palette.web import WebSite
 
 BLOB_PREFIX = "/blobs/"
 _CHUNK = 1024 * 1024
@@ -52,7 +54,7 @@ class _UploadAbandoned(Exception):
 
 
 class FacadeApp:
-    """ASGI app: blob routes here, everything else to `api`."""
+    """ASGI app: blob routes, event streams and the web dashboard's files here, everything else to `api`."""
 
     def __init__(
         self,
@@ -61,8 +63,10 @@ class FacadeApp:
         on_upload: Callable[[str], None] | None = None,
         limiter: RateLimiter | None = None,
         streams: EventStreams | None = None,
+        site: WebSite | None = None,
     ) -> None:
         self._api = api
+        self._site = site if site is not None else WebSite()
         self._streams = streams
         self._blobs = blobs
         self._on_upload = on_upload
@@ -89,6 +93,8 @@ class FacadeApp:
             await self._blob_route(scope, receive, send, request_id)
         elif self._streams is not None and self._streams.serves(scope):
             await self._streams(scope, receive, send, request_id)
+        elif self._site is not None and self._site.serves(scope):
+            await self._site(scope, receive, send, request_id)
         else:
             await self._api(scope, receive, send, request_id)
 

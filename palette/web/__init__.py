@@ -1,0 +1,97 @@
+"""The web dashboard's files, served by `palette serve` beside the API (like /blobs, on the event loop).
+
+`GET /` is the page (index.html), `GET /static/<path>` a file under `static/`, and `GET /config.json`
+tells the page where the API is and how to sign in. The page routes by URL hash (`#/jobs/<id>`), so no
+page path ever collides with an API path. On AWS the same files are published next to the site, with
+a config.json naming the API's URL and the Cognito hosted UI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+from pathlib import Path
+
+from palette.api.asgi import Receive, Scope, Send, send_error
+
+STATIC_ROOT = Path(__file__).parent / "static"
+STATIC_PREFIX = "/static/"
+PAGE_PATHS = frozenset({"/", "/index.html"})
+CONFIG_PATH = "/config.json"
+
+LOCAL_CONFIG = {"api_url": "", "sign_in": {"mode": "password"}}
+"""The embedded runtime's config.json: the API is this same origin, and users sign in with the
+password set by `palette user create`."""
+
+REVALIDATE = b"no-cache"
+"""Our own files change with every release and are small: the browser revalidates them each load."""
+VENDOR_CACHE = b"public, max-age=86400"
+"""The pinned libraries under static/vendor/ change only with web/package-lock.json."""
+
+CONTENT_SECURITY_POLICY = (
+    b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    b"connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+"""The page runs only its own scripts (no inline script, so an injected one never runs) and talks only
+to this origin; Chart.js sets inline styles on its canvases."""
+
+_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".html": "text/html"}
+
+
+class WebSite:
+    """ASGI handler for the dashboard's page, static files and config.json."""
+
+    def __init__(self, root: Path = STATIC_ROOT, config: dict[str, object] | None = None) -> None:
+        self._root = root.resolve()
+        self._config = json.dumps(config if config is not None else LOCAL_CONFIG).encode()
+
+    def serves(self, scope: Scope) -> bool:
+        path: str = scope["path"]
+        return path in PAGE_PATHS or path == CONFIG_PATH or path.startswith(STATIC_PREFIX)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_error(send, 405, "METHOD_NOT_ALLOWED", "use GET", {}, request_id, [(b"allow", b"GET, HEAD")])
+            return
+        path: str = scope["path"]
+        if path == CONFIG_PATH:
+            await _send(scope, send, request_id, self._config, "application/json", REVALIDATE)
+            return
+        relative = "index.html" if path in PAGE_PATHS else path[len(STATIC_PREFIX) :]
+        file = self._file(relative)
+        if file is None:
+            await send_error(send, 404, "NOT_FOUND", f"no file {path!r}", {"path": path}, request_id)
+            return
+        body = await asyncio.get_running_loop().run_in_executor(None, file.read_bytes)
+        cache = VENDOR_CACHE if relative.startswith("vendor/") else REVALIDATE
+        await _send(scope, send, request_id, body, content_type(file), cache)
+
+    def _file(self, relative: str) -> Path | None:
+        """The file `relative` names under the root, or None: a path that leaves the root (`..`, an
+        absolute path, a symlink out) or names a directory or a hidden file is not found."""
+        if not relative or any(part.startswith(".") for part in relative.split("/")):
+            return None
+        candidate = (self._root / relative).resolve()
+        if not candidate.is_relative_to(self._root) or not candidate.is_file():
+            return None
+        return candidate
+
+
+def content_type(file: Path) -> str:
+    known = _TYPES.get(file.suffix) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+    return f"{known}; charset=utf-8" if known.startswith("text/") or known == "application/json" else known
+
+
+async def _send(scope: Scope, send: Send, request_id: str, body: bytes, kind: str, cache: bytes) -> None:
+    headers = [
+        (b"content-type", kind.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", cache),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-request-id", request_id.encode()),
+    ]
+    if kind.startswith("text/html"):
+        headers += [(b"content-security-policy", CONTENT_SECURITY_POLICY), (b"referrer-policy", b"no-referrer")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

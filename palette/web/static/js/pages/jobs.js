@@ -1,0 +1,84 @@
+// #/jobs: the caller's jobs, newest first, with a status filter and paging by next_token.
+import { html, nothing, render as paint } from "/static/vendor/lit-html.js";
+import { api } from "../api.js";
+import { errorView, formatDate, formatMoney, formatNumber, statusBadge } from "../ui.js";
+
+const STATUSES = ["QUEUED", "RUNNING", "COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"];
+
+export async function render(root, params) {
+  const state = { items: [], nextToken: null, error: null, loading: false, status: params.status || "" };
+  const controller = new AbortController();
+
+  async function load(more) {
+    state.loading = true;
+    update();
+    try {
+      const query = { limit: 20, status: state.status, next_token: more ? state.nextToken : null };
+      const page = await api("GET", "/jobs", { query, signal: controller.signal });
+      state.items = more ? state.items.concat(page.items) : page.items;
+      state.nextToken = page.next_token ?? null;
+      state.error = null;
+    } catch (error) {
+      if (error.name === "AbortError") return;
+      state.error = error;
+    }
+    state.loading = false;
+    update();
+  }
+
+  function filter(event) {
+    state.status = event.target.value;
+    const hash = state.status ? `#/jobs?status=${state.status}` : "#/jobs";
+    window.history.replaceState(null, "", hash);
+    load(false);
+  }
+
+  const update = () =>
+    paint(
+      html`<hgroup>
+          <h1>Jobs</h1>
+          <p>Your generation jobs, newest first.</p>
+        </hgroup>
+        <div class="actions">
+          <a href="#/jobs/new" role="button">New job</a>
+          <label for="status-filter" class="muted">Status</label>
+          <select id="status-filter" @change=${filter}>
+            <option value="" ?selected=${!state.status}>All</option>
+            ${STATUSES.map((s) => html`<option value=${s} ?selected=${s === state.status}>${s.replaceAll("_", " ").toLowerCase()}</option>`)}
+          </select>
+        </div>
+        ${errorView(state.error)}
+        ${!state.loading && !state.error && state.items.length === 0
+          ? html`<p id="no-jobs">No jobs${state.status ? " with this status" : ""} yet. <a href="#/jobs/new">Start one</a>.</p>`
+          : nothing}
+        ${state.items.length
+          ? html`<div class="table-scroll">
+              <table id="jobs-table">
+                <thead>
+                  <tr><th scope="col">Job</th><th scope="col">Status</th><th scope="col">Records</th><th scope="col">Cost</th><th scope="col">Budget</th><th scope="col">Created</th></tr>
+                </thead>
+                <tbody>
+                  ${state.items.map(
+                    (job) => html`<tr data-job-id=${job.job_id}>
+                      <td><a href="#/jobs/${encodeURIComponent(job.job_id)}"><code>${job.job_id}</code></a></td>
+                      <td>${statusBadge(job.status)}</td>
+                      <td>${formatNumber(job.records_generated)} / ${formatNumber(job.num_records)}</td>
+                      <td>${formatMoney(job.cost_estimate)}</td>
+                      <td>${formatMoney(job.budget_limit)}</td>
+                      <td>${formatDate(job.created_at)}</td>
+                    </tr>`,
+                  )}
+                </tbody>
+              </table>
+            </div>`
+          : nothing}
+        ${state.nextToken
+          ? html`<button type="button" class="secondary" id="more-jobs" @click=${() => load(true)} aria-busy=${state.loading ? "true" : "false"}>Load more</button>`
+          : nothing}
+        ${state.loading && !state.items.length ? html`<p aria-busy="true">Loading jobs…</p>` : nothing}`,
+      root,
+    );
+
+  await load(false);
+  return () => controller.abort();
+}

@@ -1,0 +1,182 @@
+"""The browser suite's fixtures: `palette serve` with the fake OpenAI server, and headless Chromium.
+
+- `palette_site` (module): `palette serve` in a subprocess on a free port, its model the fake OpenAI
+  server (`openai/fake-model`, priced in pricing.json), rate limits out of reach, and users alice and
+  bob with PASSWORD. One site per module keeps the suite fast; tests make their own templates and jobs.
+- `browser` (function): a fresh Chromium through chromedriver, headless, a fresh profile, 1280x900.
+  Debian's `/usr/bin/chromium` and `/usr/bin/chromedriver` are given by path, so Selenium Manager never
+  downloads a driver. Without them the tests skip, unless PALETTE_REQUIRE_BROWSER is set (CI sets
+  it, and installs them), where they fail.
+- `sign_in(browser, site, user)`: signs in through the sign-in page and waits for the jobs list.
+- `screenshot(browser, name)`: saves `test-artifacts/browser/<name>.png` (look at them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.e2e.serving import UNLIMITED, Served, start_serve, stop_serve
+from tests.fakes.openai_server import FakeOpenAIServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+REPO = Path(__file__).resolve().parents[2]
+VENDOR = REPO / "palette" / "web" / "static" / "vendor"
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+MODEL = "openai/fake-model"
+PRICES = {"models": {MODEL: {"input_per_1k": "0.001", "output_per_1k": "0.002"}}}
+PASSWORD = "correct horse battery"
+USERS = ("alice", "bob")
+T = TypeVar("T")
+WAIT_SECONDS = 20.0
+CHROMIUM_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,900",
+)
+
+
+def _require_browser() -> None:
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        reason = f"no browser: {', '.join(missing)} missing (apt-get install chromium chromium-driver)"
+        if os.environ.get("PALETTE_REQUIRE_BROWSER"):
+            pytest.fail(f"{reason}, and PALETTE_REQUIRE_BROWSER is set")
+        pytest.skip(reason)
+    if not (VENDOR / "lit-html.js").exists():
+        pytest.fail("the web page's libraries are missing: run `make web` (npm ci into palette/web/static/vendor)")
+
+
+@dataclass
+class Site:
+    """A served Palette: its base URL, data directory, model fake, and the users' passwords."""
+
+    served: Served
+    model: FakeOpenAIServer
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return self.served.base
+
+    def url(self, hash_route: str = "") -> str:
+        return f"{self.base}/{hash_route}"
+
+    def token(self, user: str) -> str:
+        return self.served.token(user)
+
+    def client(self, user: str) -> httpx.Client:
+        return self.served.client(user)
+
+
+def _create_user(data_dir: Path, name: str, password: str) -> bool:
+    """`palette user create NAME --password-stdin`; False when this checkout has no such command."""
+    done = subprocess.run(
+        [sys.executable, "-m", "palette.cli", "user", "create", name, "--data-dir", str(data_dir), "--password-stdin"],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return done.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def palette_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    _require_browser()
+    data_dir = tmp_path_factory.mktemp("palette-site")
+    (data_dir / "pricing.json").write_text(json.dumps(PRICES))
+    (data_dir / "guard.json").write_text(json.dumps(UNLIMITED))
+    with FakeOpenAIServer(latency_s=0.01) as model:
+        env = {"OPENAI_BASE_URL": model.base_url, "OPENAI_API_KEY": "test-key"}
+        served = start_serve(data_dir, env=env)
+        try:
+            passwords = {name: PASSWORD for name in USERS if _create_user(data_dir, name, PASSWORD)}
+            yield Site(served, model, passwords)
+        finally:
+            stop_serve(served)
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    _require_browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="palette-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_until(driver: WebDriver, condition: Callable[[WebDriver], T], timeout: float = WAIT_SECONDS) -> T:
+    """Selenium's explicit wait: `condition(driver)`'s first truthy value within `timeout` seconds."""
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+
+
+def _sign_in(driver: WebDriver, site: Site, user: str) -> None:
+    """Signs `user` in: through the form with their password, or, where no user was created (a
+    checkout without `palette user create`), with a token from `palette token create` put where the
+    page keeps it."""
+    driver.get(site.url("#/signin"))
+    if user in site.passwords:
+        wait_until(driver, lambda d: d.find_element(By.ID, "signin-username"))
+        driver.find_element(By.ID, "signin-username").send_keys(user)
+        driver.find_element(By.ID, "signin-password").send_keys(site.passwords[user])
+        driver.find_element(By.CSS_SELECTOR, "form#signin button[type=submit]").click()
+    else:
+        driver.execute_script(
+            "sessionStorage.setItem('palette.token', arguments[0]);"
+            "sessionStorage.setItem('palette.user', JSON.stringify(arguments[1]));"
+            "window.location.hash = '#/jobs';",
+            site.token(user),
+            user,
+        )
+    wait_until(driver, lambda d: d.execute_script("return location.hash") == "#/jobs")
+
+
+@pytest.fixture
+def sign_in() -> Callable[[WebDriver, Site, str], None]:
+    return _sign_in
+
+
+def _screenshot(driver: WebDriver, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
+@pytest.fixture
+def screenshot() -> Callable[[WebDriver, str], Path]:
+    return _screenshot
