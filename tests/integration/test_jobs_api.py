@@ -456,6 +456,9 @@ def test_a_job_is_created_at_once_with_the_latest_version_pinned(api: Facade) ->
         "models": None,
         "output_filter": "drop",
         "task_size": None,
+        "lineage": True,
+        "cache": False,
+        "dedup": None,
         "model_tiers": {},
     }
     assert body["progress"] == {
