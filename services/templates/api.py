@@ -40,6 +40,7 @@ from palette.api.errors import (
 from palette.api.idempotency_keys import IDEMPOTENCY_RESPONSES, IdempotencyKey, IdempotentCreate
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
 from palette.projections.documents import DocumentReader, InvalidPageToken
+from services.templates.analysis import TemplateAnalysisReply, analysis_reply
 from services.templates.api_models import (
     EnhanceReply,
     EnhanceRequest,
@@ -194,6 +195,18 @@ def create_router(
             warning=result.warning,
             model=request.model,
             enhancement_id=result.enhancement_id,
+        )
+
+    @router.post(
+        "/templates/analysis",
+        tags=["templates"],
+        summary="Check a definition as POST /templates would, saving nothing: problems by step and line, "
+        "seed fields per step (a refused definition is 200 with valid=false)",
+        responses=_responses(200, 413),
+    )
+    def analyse_template(definition: TemplateDefinition) -> TemplateAnalysisReply:
+        return analysis_reply(
+            handlers.analyse(caller(router), definition.name, definition.steps, definition.description, definition.tags)
         )
 
     @router.get("/templates", tags=["templates"], summary="List own and public templates", responses=_responses(200))

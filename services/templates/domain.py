@@ -342,8 +342,9 @@ def decide(command: TemplateCommand, state: TemplateState, screen: ContentScreen
 def _create(command: CreateTemplate, state: TemplateState, screen: ContentScreen) -> list[DomainEvent]:
     if state.exists:
         raise TemplateAlreadyExists(command.template_id)
-    analysis = _checked_definition(command.name, command.description, command.steps, tags=command.tags)
-    _screen(command.template_id, 1, command.name, command.description, command.steps, screen)
+    analysis = check_definition(
+        command.template_id, 1, command.name, command.description, command.steps, screen, tags=command.tags
+    )
     return [
         TemplateCreated(
             template_id=command.template_id,
@@ -364,12 +365,14 @@ def _publish(command: PublishTemplateVersion, state: TemplateState, screen: Cont
     description = state.description if command.description is None else command.description
     is_public = state.is_public if command.is_public is None else command.is_public
     tags = (state.latest.tags if state.latest else ()) if command.tags is None else tuple(command.tags)
-    analysis = _checked_definition(name, description, command.steps, note=command.note, tags=tags)
-    _screen(command.template_id, state.version + 1, name, description, command.steps, screen)
+    version = state.version + 1
+    analysis = check_definition(
+        command.template_id, version, name, description, command.steps, screen, note=command.note, tags=tags
+    )
     return [
         TemplateVersionPublished(
             template_id=command.template_id,
-            version=state.version + 1,
+            version=version,
             name=name,
             description=description,
             is_public=is_public,
@@ -489,6 +492,24 @@ def _text_problems(name: str, description: str, steps: Sequence[TemplateStep]) -
     return problems
 
 
+def check_definition(
+    template_id: str,
+    version: int,
+    name: str,
+    description: str,
+    steps: Sequence[TemplateStep],
+    screen: ContentScreen,
+    note: str = "",
+    tags: Sequence[str] = (),
+) -> TemplateAnalysis:
+    """What a definition saved as `template_id`'s `version` reads, or why it is refused:
+    InvalidTemplate (every problem at once), then ContentRejected (the operator's rules).
+    The one check of a save, which POST /templates/analysis also runs without saving."""
+    analysis = _checked_definition(name, description, steps, note=note, tags=tags)
+    _screen(template_id, version, name, description, steps, screen)
+    return analysis
+
+
 def _checked_definition(
     name: str, description: str, steps: Sequence[TemplateStep], note: str = "", tags: Sequence[str] = ()
 ) -> TemplateAnalysis:
@@ -526,14 +547,17 @@ def _checked_definition(
                 field="description",
             )
         )
+    analysis: TemplateAnalysis | None
     try:
         analysis = analyse(steps)
     except InvalidTemplate as invalid:
         problems.extend(invalid.errors)
+        analysis = invalid.analysis
     for step in steps:
         problems.extend(parameter_problems(step))
     if problems:
-        raise InvalidTemplate(problems)
+        raise InvalidTemplate(problems, analysis)
+    assert analysis is not None, "analyse raises when it has no analysis"
     return analysis
 
 
@@ -557,6 +581,7 @@ __all__ = [
     "TemplateOrigin",
     "TemplateState",
     "TemplateVersion",
+    "check_definition",
     "decide",
     "evolve",
     "state_from",

@@ -36,6 +36,7 @@ from contracts.streams import enhancement_stream, template_guard_stream, templat
 from palette.api.idempotency_keys import IdempotentCreate
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository
+from services.templates.analysis import DefinitionAnalysis
 from services.templates.domain import (
     ALLOW_ALL,
     ContentRejected,
@@ -43,10 +44,12 @@ from services.templates.domain import (
     CreateTemplate,
     DeleteTemplate,
     ForkTemplate,
+    InvalidTemplate,
     PublishTemplateVersion,
     TemplateCommand,
     TemplateNotFound,
     TemplateState,
+    check_definition,
     decide,
     evolve,
     visible_version,
@@ -241,6 +244,27 @@ class TemplateHandlers:
             name=name,
         )
         return self._execute(command, owner, correlation_id, idempotent=idempotent)
+
+    def analyse(
+        self,
+        owner: str,
+        name: str,
+        steps: Sequence[TemplateStep],
+        description: str = "",
+        tags: Sequence[str] = (),
+    ) -> DefinitionAnalysis:
+        """What `create` would say of this definition, by the same checks, recording nothing
+        (POST /templates/analysis): includes resolve as `owner`, and a content rule it breaks
+        is reported, not recorded as ContentBlocked."""
+        step_ids = tuple(step.id for step in steps)
+        try:
+            resolved = resolve_includes(_canonical_models(steps), self._snippets_for(owner))
+            reading = check_definition("", 1, name, description, resolved, self._screen, tags=tags)
+        except InvalidTemplate as invalid:
+            return DefinitionAnalysis(tuple(invalid.errors), (), invalid.analysis, step_ids)
+        except ContentRejected as rejected:
+            return DefinitionAnalysis((), rejected.blocks, None, step_ids)
+        return DefinitionAnalysis((), (), reading, step_ids)
 
     def _snippets_for(self, user: str) -> SnippetVersions:
         """Template versions `user` may include: their own and public ones (includes.py)."""

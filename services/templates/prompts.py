@@ -51,20 +51,25 @@ class TemplateProblem:
     field: str | None = None
 
 
-class InvalidTemplate(Exception):
-    """A template definition with problems; every problem found is reported at once."""
-
-    def __init__(self, errors: Sequence[TemplateProblem]):
-        self.errors = list(errors)
-        super().__init__("; ".join(_describe_problem(problem) for problem in self.errors))
-
-
 @dataclass(frozen=True, slots=True)
 class TemplateAnalysis:
-    """What a valid template reads: seed fields and, per step, the earlier steps it uses."""
+    """What a template reads: seed fields, and per step the seed fields and the earlier
+    steps it uses."""
 
     required_fields: tuple[str, ...]
     step_references: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    step_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+class InvalidTemplate(Exception):
+    """A template definition with problems; every problem found is reported at once.
+    `analysis`, when known, is what the readable steps read (POST /templates/analysis shows
+    it beside the problems)."""
+
+    def __init__(self, errors: Sequence[TemplateProblem], analysis: TemplateAnalysis | None = None):
+        self.errors = list(errors)
+        self.analysis = analysis
+        super().__init__("; ".join(_describe_problem(problem) for problem in self.errors))
 
 
 def _describe_problem(problem: TemplateProblem) -> str:
@@ -94,10 +99,12 @@ def analyse(steps: Sequence[TemplateStep]) -> TemplateAnalysis:
 
     required: set[tuple[str, ...]] = set()
     references: dict[str, tuple[str, ...]] = {}
+    fields: dict[str, tuple[str, ...]] = {}
     for index, step in enumerate(steps):
         reading = _read_prompt(step)
         problems.extend(reading.problems)
         required |= reading.required
+        fields[step.id] = _deepest_paths(reading.required)
         used: list[str] = []
         for referenced, line in reading.step_references:
             if referenced not in position:
@@ -118,9 +125,10 @@ def analyse(steps: Sequence[TemplateStep]) -> TemplateAnalysis:
                 used.append(referenced)
         references[step.id] = tuple(sorted(used, key=position.__getitem__))
 
+    analysis = TemplateAnalysis(_deepest_paths(required), references, fields)
     if problems:
-        raise InvalidTemplate(problems)
-    return TemplateAnalysis(required_fields=_deepest_paths(required), step_references=references)
+        raise InvalidTemplate(problems, analysis)
+    return analysis
 
 
 def _model_problems(step: TemplateStep) -> list[TemplateProblem]:
