@@ -29,7 +29,8 @@ from palette.dataset_json import dumps_json
 
 class StepResult(TypedDict):
     """One step's model call: `output_json` is the parsed object for structured steps,
-    None otherwise; `model` is `provider/model-id`."""
+    None otherwise; `model` is `provider/model-id`. `cached` is True when the job's call
+    cache answered the step instead of the model (no call made, billed $0)."""
 
     output: str
     output_json: Any
@@ -37,6 +38,7 @@ class StepResult(TypedDict):
     input_tokens: int
     output_tokens: int
     latency_ms: int
+    cached: bool
 
 
 class GeneratedRecord(TypedDict):
@@ -68,6 +70,7 @@ STEP_PART_TYPE = pa.struct(
         pa.field("input_tokens", pa.int64(), nullable=False),
         pa.field("output_tokens", pa.int64(), nullable=False),
         pa.field("latency_ms", pa.int64(), nullable=False),
+        pa.field("cached", pa.bool_()),
     ]
 )
 
@@ -148,6 +151,7 @@ def _to_part_step(step_id: str, result: StepResult) -> dict[str, Any]:
         "input_tokens": _require(result["input_tokens"], int, f"steps.{step_id}.input_tokens"),
         "output_tokens": _require(result["output_tokens"], int, f"steps.{step_id}.output_tokens"),
         "latency_ms": _require(result["latency_ms"], int, f"steps.{step_id}.latency_ms"),
+        "cached": bool(result.get("cached", False)),
     }
 
 
@@ -177,6 +181,7 @@ def _from_part_row(row: dict[str, Any]) -> GeneratedRecord:
             input_tokens=step["input_tokens"],
             output_tokens=step["output_tokens"],
             latency_ms=step["latency_ms"],
+            cached=bool(step.get("cached")),
         )
     record = GeneratedRecord(
         record_index=row["record_index"],

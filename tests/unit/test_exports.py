@@ -77,6 +77,7 @@ def make_record(index: int, job_id: str = JOB, day: int = 1, answer: Any = None)
                 "input_tokens": 10 + index % 7,
                 "output_tokens": 20,
                 "latency_ms": 50,
+                "cached": False,
             },
             "answer": {
                 "output": f'{{"text": "answer {index}"}}',
@@ -87,6 +88,7 @@ def make_record(index: int, job_id: str = JOB, day: int = 1, answer: Any = None)
                 "input_tokens": 30,
                 "output_tokens": 40 + index % 11,
                 "latency_ms": 120,
+                "cached": index % 2 == 0,
             },
         },
         "created_at": f"2025-03-{day:02d}T10:{index % 60:02d}:00+00:00",

@@ -159,6 +159,7 @@ class RecordMaker:
                 input_tokens=response.input_tokens,
                 output_tokens=response.output_tokens,
                 latency_ms=int(response.latency_ms),
+                cached=False,
             )
         return results, flagged
 
