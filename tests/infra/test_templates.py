@@ -28,7 +28,7 @@ from tests.infra.sam_templates import INFRA, load, resources
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("templates", "seeds", "jobs", "billing", "generator", "notifications")
-TEMPLATES = ("shared", *SERVICES)
+TEMPLATES = ("shared", *SERVICES, "web")
 STREAM_PREFIX = {
     "templates": streams.TEMPLATE,
     "seeds": streams.SEED,
