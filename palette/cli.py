@@ -22,6 +22,8 @@ user_app = typer.Typer(no_args_is_help=True, help="Users who sign in to the loca
 app.add_typer(token_app, name="token")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(user_app, name="user")
+web_app = typer.Typer(no_args_is_help=True, help="The web dashboard on AWS.")
+app.add_typer(web_app, name="web")
 app.add_typer(audit_app, name="audit")
 app.add_typer(events_app, name="events")
 app.add_typer(projections_app, name="projections")
@@ -136,6 +138,31 @@ def user_list(
         return
     for user in users:
         typer.echo(f"{user.name}\tcreated {user.created_at}\tpassword changed {user.password_changed_at}")
+
+
+@web_app.command("publish")
+def web_publish(
+    bucket: Annotated[str, typer.Option(help="The web stack's SiteBucketName output.")],
+    api_url: Annotated[str, typer.Option(help="Where the page calls the API, e.g. https://api.example.com.")],
+    cognito_domain: Annotated[str, typer.Option(help="The shared stack's HostedUiDomain output.")],
+    client_id: Annotated[str, typer.Option(help="The shared stack's WebClientId output.")],
+    redirect_uri: Annotated[str, typer.Option(help="The web stack's SiteUrl output (one of WebCallbackUrls).")],
+    scope: Annotated[
+        list[str] | None, typer.Option(help="OAuth scopes (repeatable); default openid and email.")
+    ] = None,
+) -> None:
+    """Upload the dashboard's files to BUCKET with their content types, and its config.json
+    (the API's URL and the Cognito hosted UI). AWS credentials and region as boto3 reads them."""
+    import boto3
+
+    from palette.web.publish import DEFAULT_SCOPES, CognitoSignIn, publish
+
+    sign_in = CognitoSignIn(cognito_domain, client_id, redirect_uri, tuple(scope or DEFAULT_SCOPES))
+    try:
+        written = publish(boto3.client("s3"), bucket, api_url, sign_in)
+    except FileNotFoundError as missing:
+        fail(str(missing), 2)
+    typer.echo(f"published {len(written)} files to s3://{bucket} (config.json last)")
 
 
 @app.command()
