@@ -27,13 +27,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from operator import itemgetter
 from typing import Any
 
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import EventEnvelope, StoredEvent
+from contracts.timestamps import utc_text
 from palette.audit.collector import collector_paused
 from palette.audit.pages import row_pages
 from palette.audit.replay_routes import Route, Routing, Sink, sinks_for
@@ -98,9 +99,7 @@ def parse_as_of(text: str) -> str:
         moment = datetime.fromisoformat(text.strip().replace("z", "Z"))
     except ValueError:
         raise ReplayError(f"--as-of {text!r} is not an ISO-8601 time (e.g. 2026-11-02T14:03:00Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return utc_text(moment)
 
 
 def _recorded_by(as_of: str) -> Callable[[str], bool]:

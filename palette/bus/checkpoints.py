@@ -15,10 +15,10 @@ import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from contracts.envelope import StoredEvent
+from contracts.timestamps import utc_now_text
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subscriber_checkpoints (
@@ -154,4 +154,4 @@ class SubscriberCheckpoints:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return utc_now_text()

@@ -26,6 +26,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from contracts.envelope import StoredEvent
+from contracts.timestamps import utc_text
 from palette.blobs.port import BlobStore
 from palette.bus.port import BusError, Handler
 from palette.projections.runner import ProjectionRunner
@@ -82,8 +83,7 @@ def _payload(pointer: Mapping[str, Any], blobs: BlobStore | None) -> str:
 def _bus_time(value: Any) -> str:
     """EventBridge's own `time` (second precision); used only when metadata lacks the time."""
     if isinstance(value, (int, float)):
-        moment = datetime.fromtimestamp(value, UTC)
-        return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        return utc_text(datetime.fromtimestamp(value, UTC))
     return str(value)
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 import uuid_utils
 
 from contracts.envelope import GENESIS_HASH, StoredEvent
 from contracts.events.base import DomainEvent
+from contracts.timestamps import utc_now_text
 
 MAX_EVENT_BYTES = 256 * 1024
 """Largest stored detail. DynamoDB items stop at 400 KB and PutEvents entries at 1 MB;
@@ -50,10 +50,6 @@ class ImportRefused(EventStoreError):
     """An import into a store that is not empty, or of events whose hash chain does not hold."""
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event a handler wants recorded; the store adds stream, version, position and hash.
@@ -68,7 +64,7 @@ class NewEvent:
     correlation_id: str | None = None
     causation_id: str = ""
     id: str = field(default_factory=lambda: str(uuid_utils.uuid7()))
-    time: str = field(default_factory=utc_now)
+    time: str = field(default_factory=utc_now_text)
 
 
 class EventStore(ABC):

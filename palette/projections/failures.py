@@ -16,13 +16,13 @@ from __future__ import annotations
 import sqlite3
 import sys
 import uuid
-from datetime import UTC, datetime
 
 from aws_lambda_powertools import Logger
 
 from contracts.envelope import StoredEvent
 from contracts.events.operations import MAX_ERROR_CHARS, ProjectionFailed
 from contracts.streams import projection_stream
+from contracts.timestamps import utc_now_text
 from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository
 from palette.projections.port import DeadLetter
@@ -114,7 +114,7 @@ def dead_letter(projection: str, stored: StoredEvent, error: BaseException) -> D
         position=stored.position,
         detail_type=stored.detail_type,
         error=error_text(error),
-        failed_at=datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        failed_at=utc_now_text(),
     )
 
 

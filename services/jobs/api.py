@@ -25,6 +25,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from contracts.events.jobs import NO_SEED
 from contracts.seed_refs import parse_seed_reference
+from contracts.timestamps import utc_text
 from palette.api.app import caller, logger
 from palette.api.errors import (
     Conflict,
@@ -270,6 +271,7 @@ def _progress(state: JobState, doc: dict[str, Any]) -> ProgressBody:
     return ProgressBody(
         records_generated=doc["records_generated"],
         failed_records=doc["failed_records"],
+        duplicates_dropped=doc.get("duplicates_dropped", 0),
         num_records=target,
         percent=percent,
         target_records=target,
@@ -358,6 +360,7 @@ def dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers
         num_records=_target(state),
         records_remaining=figures["records_remaining"],
         failed_records=doc["failed_records"],
+        duplicates_dropped=doc.get("duplicates_dropped", 0),
         percent=_percent(doc["records_generated"], _target(state)),
         batches=doc["batches"],
         tokens={model: TokenBody(**usage) for model, usage in doc["tokens"].items()},
@@ -369,7 +372,7 @@ def dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers
             records_per_second=figures["records_per_second"],
             smoothed_records_per_second=figures["smoothed_records_per_second"],
             eta_seconds=eta,
-            estimated_completion=None if eta is None else (now + timedelta(seconds=eta)).isoformat(),
+            estimated_completion=None if eta is None else utc_text(now + timedelta(seconds=eta), "seconds"),
         ),
         cost=CostBody.model_validate(cost),
         files=_files(doc, handlers),
@@ -409,6 +412,7 @@ def _per_model(
             status=lane_status,
             records_generated=generated,
             failed_records=lane["failed_records"],
+            duplicates_dropped=lane.get("duplicates_dropped", 0),
             num_records=target,
             percent=_percent(generated, target),
             cost=Decimal(costs.get(model, "0")),

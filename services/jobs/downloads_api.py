@@ -17,6 +17,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel, Field
 
 from contracts.events.jobs import OutputFormat
+from contracts.timestamps import utc_text
 from palette.api.app import caller, logger
 from palette.api.errors import Conflict, NotFound, openapi_responses
 from palette.blobs.port import BlobNotFound
@@ -172,7 +173,7 @@ def _body(job_id: str, status: JobStatus, fmt: OutputFormat, found: Download, ha
         records=found.records,
         download_url=files[0].download_url if len(files) == 1 else None,
         expires_in=URL_SECONDS,
-        expires_at=expires_at.isoformat(),
+        expires_at=utc_text(expires_at, "seconds"),
         files=files,
         manifest=found.manifest,
         batches=found.batches,

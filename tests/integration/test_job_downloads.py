@@ -108,6 +108,7 @@ def test_partial_downloads_hold_only_recorded_batches_and_the_finished_one_every
         snapshots = {fmt: download(alice, job_id, format=fmt, partial="true") for fmt in ("JSONL", "PARQUET", "CSV")}
         for fmt, snapshot in snapshots.items():
             assert snapshot["partial"] is True and snapshot["status"] == "RUNNING", snapshot
+            assert snapshot["expires_at"].endswith("Z"), "UTC times read ...Z, as every other time the API gives"
             batches = recorded_batches(runtime, job_id, snapshot["through_version"])
             assert snapshot["batches"] == len(batches) >= 1
             assert snapshot["records"] == sum(batch.rows for batch in batches) < NUM_RECORDS
