@@ -42,6 +42,12 @@ def _user_turn(prompt: str) -> list[dict[str, str]]:
 class LocalLlamaGateway(ProviderGateway):
     """The local GGUF models on llama.cpp; serves `local/<model id>` of each of `models`.
 
+    One llama.cpp thread by default, for prompt and generation alike: its threads meet at a
+    barrier on every layer, so on a busy machine (the workers, the facade, CI's two pytest
+    workers on two cores) a descheduled thread stalls the others. Measured at a load average
+    of 9 on two cores, SmolLM2 read 85 prompt tokens and wrote 32 in 2.9-5.8 s on one thread
+    and 21 s on two.
+
     `seed` is the default sampling seed; a request's own seed wins. Token counts are exact:
     usage comes from llama.cpp and `count_input_tokens` tokenizes the prompt as the model's
     chat formatter wraps it, the same formatter its generation uses.
@@ -54,7 +60,7 @@ class LocalLlamaGateway(ProviderGateway):
         models: Mapping[str, LocalModel] = LOCAL_MODELS,
         *,
         n_ctx: int = 2048,
-        n_threads: int = 2,
+        n_threads: int = 1,
         seed: int = 0,
     ) -> None:
         self._models = models
@@ -87,6 +93,7 @@ class LocalLlamaGateway(ProviderGateway):
                     model_path=str(entry.find_file()),
                     n_ctx=self._n_ctx,
                     n_threads=self._n_threads,
+                    n_threads_batch=self._n_threads,
                     seed=self._seed,
                     verbose=False,
                 )
