@@ -78,6 +78,7 @@ class Site:
     served: Served
     model: FakeOpenAIServer
     passwords: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -87,10 +88,19 @@ class Site:
         return f"{self.base}/{hash_route}"
 
     def token(self, user: str) -> str:
-        return self.served.token(user)
+        """`user`'s bearer token: from POST /auth/login with their password (`palette token create`
+        for a user without one), once per site."""
+        if user not in self.tokens:
+            if user in self.passwords:
+                login = httpx.post(f"{self.base}/auth/login", json={"username": user, "password": self.passwords[user]})
+                assert login.status_code == 200, login.text
+                self.tokens[user] = login.json()["token"]
+            else:
+                self.tokens[user] = self.served.token(user)
+        return self.tokens[user]
 
     def client(self, user: str) -> httpx.Client:
-        return self.served.client(user)
+        return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.token(user)}"}, timeout=30)
 
 
 def _create_user(data_dir: Path, name: str, password: str) -> bool:

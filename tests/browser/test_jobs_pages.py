@@ -4,13 +4,18 @@ cancel a job, another user's job answering not found, and the job page at phone 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
 
-from tests.browser.conftest import Site, wait_until
+from tests.browser.conftest import MODEL, Site, wait_until
+from tests.integration.palette_http import template_and_seed
 
 SignIn = Callable[[WebDriver, Site, str], None]
 Screenshot = Callable[[WebDriver, str], Path]
@@ -26,3 +31,138 @@ def test_a_user_signs_in_and_sees_their_jobs(
     wait_until(browser, lambda d: d.find_elements(By.ID, "no-jobs") or d.find_elements(By.ID, "jobs-table"))
     assert "alice" in browser.find_element(By.ID, "nav-links").text
     screenshot(browser, "jobs-empty")
+
+
+STEPS = [
+    {
+        "id": "question",
+        "model": MODEL,
+        "prompt": "A question on {{ topic }} at level {{ level }}:",
+        "parameters": {"max_tokens": 16},
+    }
+]
+RECORD_PERCENTS = """
+window.paletteSeen = {percents: [], feeds: []};
+new MutationObserver(() => {
+  const percent = document.getElementById("job-percent");
+  const seen = window.paletteSeen;
+  if (percent && seen.percents.at(-1) !== Number(percent.dataset.percent)) {
+    seen.percents.push(Number(percent.dataset.percent));
+    seen.feeds.push(document.getElementById("job-feed").dataset.via);
+  }
+}).observe(document.getElementById("main"), {subtree: true, childList: true, attributes: true, characterData: true});
+"""
+
+
+@pytest.fixture(scope="module")
+def alices_template_and_seed(palette_site: Site) -> tuple[str, str]:
+    with palette_site.client("alice") as alice:
+        return template_and_seed(alice, STEPS)
+
+
+def start_job(site: Site, user: str, template_id: str, seed_id: str, num_records: int) -> str:
+    with site.client(user) as client:
+        created = client.post(
+            "/jobs",
+            json={"template_id": template_id, "seed_id": seed_id, "num_records": num_records, "budget_limit": "5"},
+        )
+    assert created.status_code in (200, 201, 202), created.text
+    job_id: str = created.json()["job_id"]
+    return job_id
+
+
+def test_a_job_started_from_the_form_shows_its_progress_live_to_100_percent_and_its_jsonl_rows(
+    palette_site: Site,
+    browser: WebDriver,
+    sign_in: SignIn,
+    screenshot: Screenshot,
+    alices_template_and_seed: tuple[str, str],
+) -> None:
+    template_id, seed_id = alices_template_and_seed
+    palette_site.model.behaviour.set_latency(0.3)  # 200 calls take a few seconds: several progress events
+    sign_in(browser, palette_site, "alice")
+    browser.get(palette_site.url("#/jobs/new"))
+    wait_until(browser, lambda d: d.find_element(By.ID, "new-job"))
+    Select(browser.find_element(By.ID, "job-template")).select_by_value(template_id)
+    seed = browser.find_element(By.ID, "job-seed")
+    if seed.tag_name == "select":
+        Select(seed).select_by_value(seed_id)
+    else:
+        seed.send_keys(seed_id)
+    records = browser.find_element(By.ID, "job-records")
+    records.clear()
+    records.send_keys("200")
+    screenshot(browser, "new-job")
+    browser.execute_script(RECORD_PERCENTS)
+    browser.find_element(By.ID, "start-job").click()
+
+    wait_until(browser, lambda d: d.find_element(By.ID, "job-percent").get_attribute("data-percent") == "100", 90)
+    seen = browser.execute_script("return window.paletteSeen")
+    percents = seen["percents"]
+    assert len(percents) >= 3, percents  # 0, some way through, 100: the page moved while the job ran
+    assert percents == sorted(percents) and percents[-1] == 100, percents
+    assert "stream" in seen["feeds"], seen  # the values came from GET /jobs/{id}/events, not polling
+
+    link = wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#job-downloads a[data-format=JSONL]"))
+    screenshot(browser, "job-completed")
+    answer = httpx.get(link.get_attribute("href") or "", timeout=30)
+    assert answer.status_code == 200
+    rows = [json.loads(line) for line in answer.text.splitlines()]
+    assert len(rows) == 200
+    assert all("question" in json.dumps(row) for row in rows)
+
+
+def test_a_running_job_is_cancelled_from_its_page(
+    palette_site: Site,
+    browser: WebDriver,
+    sign_in: SignIn,
+    screenshot: Screenshot,
+    alices_template_and_seed: tuple[str, str],
+) -> None:
+    palette_site.model.behaviour.set_latency(0.5)  # 5,000 records: still running when the button is pressed
+    job_id = start_job(palette_site, "alice", *alices_template_and_seed, num_records=5000)
+    sign_in(browser, palette_site, "alice")
+    browser.get(palette_site.url(f"#/jobs/{job_id}"))
+    wait_until(browser, lambda d: d.find_element(By.ID, "cancel-job")).click()
+    wait_until(browser, lambda d: "cancelled" in d.find_element(By.ID, "job-status").text, 60)
+    assert browser.find_element(By.ID, "delete-job").is_displayed()
+    screenshot(browser, "job-cancelled")
+    with palette_site.client("alice") as alice:
+        assert alice.get(f"/jobs/{job_id}").json()["status"] == "CANCELLED"
+
+
+def test_another_users_job_page_shows_the_apis_not_found_message(
+    palette_site: Site,
+    browser: WebDriver,
+    sign_in: SignIn,
+    screenshot: Screenshot,
+    alices_template_and_seed: tuple[str, str],
+) -> None:
+    job_id = start_job(palette_site, "alice", *alices_template_and_seed, num_records=1)
+    sign_in(browser, palette_site, "bob")
+    browser.get(palette_site.url(f"#/jobs/{job_id}"))
+    error = wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".error-box[role=alert]"))
+    assert "NOT_FOUND" in error.text and job_id in error.text
+    assert "Request id" in error.text
+    screenshot(browser, "job-not-found")
+
+
+def test_the_job_page_fits_a_phone_width_screen(
+    palette_site: Site,
+    browser: WebDriver,
+    sign_in: SignIn,
+    screenshot: Screenshot,
+    alices_template_and_seed: tuple[str, str],
+) -> None:
+    palette_site.model.behaviour.set_latency(0.0)
+    job_id = start_job(palette_site, "alice", *alices_template_and_seed, num_records=20)
+    browser.set_window_size(390, 844)
+    sign_in(browser, palette_site, "alice")
+    browser.get(palette_site.url(f"#/jobs/{job_id}"))
+    wait_until(browser, lambda d: d.find_element(By.ID, "job-percent").get_attribute("data-percent") == "100", 60)
+    wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#job-downloads a[data-format=JSONL]"))
+    screenshot(browser, "job-phone")
+    width = browser.execute_script("return window.innerWidth")
+    assert width <= 400
+    overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow} px at {width} px"

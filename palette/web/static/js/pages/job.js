@@ -1,0 +1,202 @@
+// #/jobs/<id>: one job, live. The job (GET /jobs/{id}) gives its input; its dashboard comes from the
+// event stream (js/stream.js): progress, rate, ETA, tokens, cost by category, the budget as a gauge,
+// per-model status of a fan-out job, the failure; then the download links per format.
+import { html, nothing, render as paint } from "/static/vendor/lit-html.js";
+import { api } from "../api.js";
+import { SETTLED, followJob } from "../stream.js";
+import { errorView, formatDate, formatDuration, formatMoney, formatNumber, statusBadge } from "../ui.js";
+
+const FINISHED_WITH_DATA = new Set(["COMPLETED", "COMPLETED_WITH_ERRORS"]);
+
+export async function render(root, params) {
+  const jobId = params.id;
+  const state = { job: null, dashboard: null, via: null, error: null, actionError: null, notice: null, downloads: null, busy: false };
+  const update = () => paint(view(state, { cancel, remove }), root);
+
+  try {
+    state.job = await api("GET", `/jobs/${encodeURIComponent(jobId)}`);
+  } catch (error) {
+    state.error = error;
+    paint(html`<h1>Job</h1>${errorView(error)}<p><a href="#/jobs">Back to your jobs</a></p>`, root);
+    return undefined;
+  }
+  update();
+
+  const stop = followJob(jobId, {
+    onDashboard(dashboard, via) {
+      state.dashboard = dashboard;
+      state.via = via;
+      state.error = null;
+      if (FINISHED_WITH_DATA.has(dashboard.status) && state.downloads === null) loadDownloads();
+      update();
+    },
+    onError(error) {
+      state.error = error;
+      update();
+    },
+  });
+
+  async function loadDownloads() {
+    state.downloads = [];
+    const formats = state.job.input.output_format;
+    const found = await Promise.all(
+      formats.map((format) =>
+        api("GET", `/jobs/${encodeURIComponent(jobId)}/download`, { query: { format } }).then(
+          (answer) => ({ format, answer }),
+          (error) => ({ format, error }),
+        ),
+      ),
+    );
+    state.downloads = found;
+    update();
+  }
+
+  async function act(method, explain) {
+    state.busy = true;
+    state.actionError = null;
+    update();
+    try {
+      const answer = await api(method, `/jobs/${encodeURIComponent(jobId)}`);
+      state.notice = answer ? answer.message : null;
+      if (answer && answer.message === "Job deleted") {
+        stop();
+        window.location.hash = "#/jobs";
+        return;
+      }
+    } catch (error) {
+      state.actionError = error.status === 409 ? Object.assign(error, { message: `${error.message} ${explain}` }) : error;
+    }
+    state.busy = false;
+    update();
+  }
+
+  function cancel() {
+    act("DELETE", "(the job ended meanwhile: it can no longer be cancelled)");
+  }
+
+  function remove() {
+    if (window.confirm(`Delete job ${jobId} and its dataset? This cannot be undone.`)) {
+      act("DELETE", "(the job is not finished: cancel it first, then delete it once it has ended)");
+    }
+  }
+
+  return stop;
+}
+
+function view(state, actions) {
+  const { job, dashboard } = state;
+  const status = dashboard ? dashboard.status : job.status;
+  const settled = SETTLED.has(status);
+  return html`<hgroup>
+      <h1>Job <code>${job.job_id}</code></h1>
+      <p>
+        <span id="job-status">${statusBadge(status)}</span>
+        ${(dashboard ? dashboard.cancel_requested : job.cancel_requested) && !settled ? html` — cancellation requested` : nothing}
+        · template <a href="#/templates/${encodeURIComponent(job.input.template_id)}">${job.input.template_id}</a> v${job.input.template_version}
+        · created ${formatDate(job.created_at)}
+      </p>
+    </hgroup>
+    ${errorView(state.error)}
+    ${dashboard ? dashboardView(dashboard, state.via) : html`<p aria-busy="true">Connecting to the job's live progress…</p>`}
+    ${dashboard && dashboard.failure
+      ? html`<div class="error-box" role="alert" id="job-failure"><strong>${dashboard.failure.code}:</strong> ${dashboard.failure.reason}</div>`
+      : nothing}
+    ${downloadsView(state.downloads)}
+    <section aria-label="Actions">
+      ${errorView(state.actionError)} ${state.notice ? html`<p role="status">${state.notice}.</p>` : nothing}
+      <div class="actions">
+        ${settled
+          ? html`<button type="button" class="secondary" id="delete-job" @click=${actions.remove} ?disabled=${state.busy}>Delete job</button>`
+          : html`<button type="button" class="secondary" id="cancel-job" @click=${actions.cancel} ?disabled=${state.busy}>Cancel job</button>`}
+        <a href="#/jobs">Back to your jobs</a>
+      </div>
+    </section>`;
+}
+
+function dashboardView(d, via) {
+  const percent = Math.min(100, Number(d.percent) || 0);
+  const budget = d.budget;
+  const tokens = Object.values(d.tokens || {}).reduce(
+    (sum, t) => ({ input: sum.input + t.input_tokens, output: sum.output + t.output_tokens, calls: sum.calls + t.calls }),
+    { input: 0, output: 0, calls: 0 },
+  );
+  const settled = SETTLED.has(d.status);
+  return html`<section aria-labelledby="progress-heading">
+      <h2 id="progress-heading">Progress</h2>
+      <label for="job-progress">
+        <span id="job-percent" data-percent=${percent}>${percent.toFixed(1)} %</span>
+        — ${formatNumber(d.records_generated)} of ${formatNumber(d.num_records)} records${d.failed_records ? html`, ${formatNumber(d.failed_records)} failed` : nothing}
+      </label>
+      <progress id="job-progress" max="100" value=${percent}></progress>
+      <p class="muted" id="job-feed" data-via=${settled ? "settled" : via}>
+        <small>${settled ? "Finished." : via === "stream" ? "Live: updates as the job advances." : "Updating every 3 s (the live stream is unavailable)."}</small>
+      </p>
+      <dl class="stats">
+        <div><dt>Rate</dt><dd>${d.timing.smoothed_records_per_second ?? d.timing.records_per_second ? `${(d.timing.smoothed_records_per_second ?? d.timing.records_per_second).toFixed(1)} rec/s` : "—"}</dd></div>
+        <div><dt>Time left</dt><dd>${settled ? "—" : formatDuration(d.timing.eta_seconds)}</dd></div>
+        <div><dt>Running for</dt><dd>${formatDuration(d.timing.generation_seconds)}</dd></div>
+        <div><dt>Tokens in / out</dt><dd>${formatNumber(tokens.input)} / ${formatNumber(tokens.output)}</dd></div>
+        <div><dt>Model calls</dt><dd>${formatNumber(tokens.calls)}</dd></div>
+        <div><dt>Batches</dt><dd>${formatNumber(d.batches)}</dd></div>
+      </dl>
+    </section>
+    <section aria-labelledby="budget-heading">
+      <h2 id="budget-heading">Budget</h2>
+      <label for="job-budget">${formatMoney(budget.used)} of ${formatMoney(budget.limit)} used (${Number(budget.percentage_used).toFixed(1)} %)${d.cost.budget_exceeded ? " — budget exceeded" : ""}</label>
+      <meter id="job-budget" min="0" max=${budget.limit} low=${budget.limit * 0.75} high=${budget.limit * 0.9} optimum="0" value=${budget.used}></meter>
+      ${d.cost.warnings && d.cost.warnings.length ? html`<p>Warnings crossed: ${d.cost.warnings.map((w) => `${w} %`).join(", ")}</p>` : nothing}
+      <div class="table-scroll">
+        <table id="job-costs">
+          <caption class="muted">Cost by category</caption>
+          <tbody>
+            <tr><th scope="row">Model calls</th><td>${formatMoney(d.cost.model_tokens)}</td></tr>
+            <tr><th scope="row">Compute</th><td>${formatMoney(d.cost.compute)}</td></tr>
+            <tr><th scope="row">Storage</th><td>${formatMoney(d.cost.storage)}</td></tr>
+            <tr><th scope="row">Total</th><td><strong>${formatMoney(d.cost.total)}</strong></td></tr>
+          </tbody>
+        </table>
+      </div>
+    </section>
+    ${perModelView(d.per_model)}`;
+}
+
+function perModelView(perModel) {
+  const models = Object.entries(perModel || {});
+  if (!models.length) return nothing;
+  return html`<section aria-labelledby="models-heading">
+    <h2 id="models-heading">Models</h2>
+    <div class="table-scroll">
+      <table id="job-models">
+        <thead><tr><th scope="col">Model</th><th scope="col">Status</th><th scope="col">Records</th><th scope="col">Cost</th><th scope="col">Time</th></tr></thead>
+        <tbody>
+          ${models.map(
+            ([name, m]) => html`<tr>
+              <td><code>${name}</code></td>
+              <td>${statusBadge(m.status)}${m.failure ? html`<br><small>${m.failure.code}: ${m.failure.reason}</small>` : nothing}</td>
+              <td>${formatNumber(m.records_generated)} / ${formatNumber(m.num_records)} (${Number(m.percent).toFixed(0)} %)</td>
+              <td>${formatMoney(m.cost)}</td>
+              <td>${formatDuration(m.duration_seconds)}</td>
+            </tr>`,
+          )}
+        </tbody>
+      </table>
+    </div>
+  </section>`;
+}
+
+function downloadsView(downloads) {
+  if (!downloads) return nothing;
+  return html`<section aria-labelledby="downloads-heading">
+    <h2 id="downloads-heading">Downloads</h2>
+    ${downloads.length === 0 ? html`<p aria-busy="true">Preparing the download links…</p>` : nothing}
+    <ul id="job-downloads">
+      ${downloads.map(({ format, answer, error }) =>
+        error
+          ? html`<li>${format}: ${errorView(error)}</li>`
+          : answer.download_url
+            ? html`<li><a href=${answer.download_url} data-format=${format} download>Download ${format}</a> — ${formatNumber(answer.records)} records (link valid 15 min)</li>`
+            : html`<li>${format}: ${answer.files.map((file, i) => html`<a href=${file.download_url} data-format=${format} download>part ${i + 1}</a> `)}</li>`,
+      )}
+    </ul>
+  </section>`;
+}
