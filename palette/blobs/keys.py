@@ -47,6 +47,7 @@ def key_segment(text: str) -> str:
 
 DATASETS = "datasets"
 SEEDS = "seed-data"
+CALL_CACHE = "call-cache"
 
 
 def dataset_prefix(owner: str, job_id: str) -> str:
@@ -58,6 +59,12 @@ def dataset_prefix(owner: str, job_id: str) -> str:
 def seed_prefix(owner: str, seed_id: str) -> str:
     """`seed-data/<owner>/<seed id>/`, both encoded: the folder of one seed's file."""
     return f"{SEEDS}/{key_segment(owner)}/{key_segment(seed_id)}/"
+
+
+def call_cache_prefix(owner: str) -> str:
+    """`call-cache/<owner>/`, encoded: one user's cached model answers, one blob per call
+    key. The generator writes them; the jobs service's /cache routes count and clear them."""
+    return f"{CALL_CACHE}/{key_segment(owner)}/"
 
 
 def _percent(char: str) -> str:

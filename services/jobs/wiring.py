@@ -6,6 +6,7 @@ from palette.adapters import Adapters
 from palette.projections.documents import DocumentProjection
 from palette.wiring import CatchUp, ServiceParts, follow_the_bus
 from services.jobs.api import create_router
+from services.jobs.cache_api import create_cache_router
 from services.jobs.consumers import subscriptions
 from services.jobs.events_api import create_events_router
 from services.jobs.handlers import JobHandlers
@@ -27,7 +28,8 @@ def build(adapters: Adapters, catch_up: CatchUp = follow_the_bus) -> ServicePart
     `adapters.model_tiers` and recorded with the job. The /jobs and /dashboard routes
     read the job views, the /sweeps routes the sweep list and the members' dashboards; the
     lifecycle subscription moves jobs on the generator's facts, the sweeps subscription
-    requests a recorded sweep plan's member jobs."""
+    requests a recorded sweep plan's member jobs. /cache counts and clears the caller's
+    call cache in the blob store."""
     pricing = adapters.pricing
     handlers = JobHandlers(
         adapters.events, adapters.blobs, pricing_check=pricing.knows, pricing=pricing, model_tiers=adapters.model_tiers
@@ -49,4 +51,5 @@ def build(adapters: Adapters, catch_up: CatchUp = follow_the_bus) -> ServicePart
         catch_up=refresh,
     )
     events = create_events_router(handlers, adapters.document_reader(dashboard))
-    return ServiceParts(handlers, [router, sweeps, events], views, subscriptions(handlers, sweep_handlers))
+    cache = create_cache_router(adapters.blobs)
+    return ServiceParts(handlers, [router, sweeps, events, cache], views, subscriptions(handlers, sweep_handlers))
