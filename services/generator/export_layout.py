@@ -7,8 +7,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from palette.lineage import JobLineage
 from services.generator.export_partitions import created_at
-from services.generator.records import GeneratedRecord, dumps_json
+from services.generator.records import LINEAGE_SOURCES, GeneratedRecord, dumps_json
 
 
 class JsonShape:
@@ -54,16 +55,48 @@ def _parquet_can_hold(kind: pa.DataType) -> bool:
     return True
 
 
+def _lineage_type(step_ids: list[str]) -> pa.DataType:
+    """The `lineage` column: one struct in Parquet, `lineage.*` columns in CSV."""
+    step_type = pa.struct(
+        [
+            ("model", pa.string()),
+            ("input_tokens", pa.int64()),
+            ("output_tokens", pa.int64()),
+            ("cost_usd", pa.float64()),
+            ("cached", pa.bool_()),
+        ]
+    )
+    return pa.struct(
+        [
+            ("record_id", pa.string()),
+            ("seed_id", pa.string()),
+            ("seed_row", pa.int64()),
+            ("template_id", pa.string()),
+            ("template_version", pa.int64()),
+            ("attempt", pa.int64()),
+            ("cost_usd", pa.float64()),
+            ("steps", pa.struct([(step_id, step_type) for step_id in step_ids]) if step_ids else pa.null()),
+        ]
+    )
+
+
 class DatasetLayout:
-    """The export's Arrow schemas: nested for Parquet, flattened for CSV."""
+    """The export's Arrow schemas: nested for Parquet, flattened for CSV; with a `lineage`
+    column last unless the job turned lineage off."""
 
     def __init__(
-        self, seed: JsonShape, steps: dict[str, JsonShape], has_model: bool = False, has_flags: bool = False
+        self,
+        seed: JsonShape,
+        steps: dict[str, JsonShape],
+        has_model: bool = False,
+        has_flags: bool = False,
+        lineage: JobLineage | None = None,
     ) -> None:
         self.seed = seed
         self.steps = steps
         self.has_model = has_model
         self.has_flags = has_flags
+        self.lineage = lineage
         step_types = {
             step_id: pa.struct(
                 [
@@ -87,6 +120,7 @@ class DatasetLayout:
                 ("steps", steps_type),
                 ("created_at", pa.string()),
                 *([("flagged_rules", pa.list_(pa.string()))] if has_flags else []),
+                *([("lineage", _lineage_type(list(steps)))] if lineage is not None else []),
             ]
         )
         self.parquet_schema = self.text_schema.set(
@@ -95,7 +129,7 @@ class DatasetLayout:
         )
         self.csv_schema = _flatten(self.text_schema.empty_table()).schema
 
-    def text_table(self, records: list[GeneratedRecord]) -> pa.Table:
+    def text_table(self, records: list[GeneratedRecord], lineage: list[dict[str, Any]] | None) -> pa.Table:
         """Records in the nested schema, with `created_at` kept as the generator wrote it."""
         rows = [
             {
@@ -110,8 +144,9 @@ class DatasetLayout:
                 }
                 or None,
                 "created_at": record["created_at"],
+                "lineage": None if lineage is None else lineage[position],
             }
-            for record in records
+            for position, record in enumerate(records)
         ]
         return pa.Table.from_pylist(rows, schema=self.text_schema)
 
@@ -143,8 +178,27 @@ class Chunk:
         self._layout = layout
 
     @cached_property
+    def lineage(self) -> list[dict[str, Any]] | None:
+        """Each record's lineage object, or None when the job turned lineage off."""
+        job = self._layout.lineage
+        return None if job is None else [job.of(record) for record in self.records]
+
+    @cached_property
+    def jsonl(self) -> list[dict[str, Any]]:
+        """The JSONL lines' objects: the record, then its `lineage`; the part's lineage
+        sources (`seed_row`, `attempt`) only inside `lineage`."""
+        lineage = self.lineage
+        lines: list[dict[str, Any]] = []
+        for position, record in enumerate(self.records):
+            line: dict[str, Any] = {key: value for key, value in record.items() if key not in LINEAGE_SOURCES}
+            if lineage is not None:
+                line["lineage"] = lineage[position]
+            lines.append(line)
+        return lines
+
+    @cached_property
     def text(self) -> pa.Table:
-        return self._layout.text_table(self.records)
+        return self._layout.text_table(self.records, self.lineage)
 
     @cached_property
     def parquet(self) -> pa.Table:

@@ -138,7 +138,7 @@ class JsonlSink(FileSink):
     format = OutputFormat.JSONL
 
     def write(self, chunk: Chunk) -> None:
-        self.out.write("".join(dumps_json(record) + "\n" for record in chunk.records).encode())
+        self.out.write("".join(dumps_json(line) + "\n" for line in chunk.jsonl).encode())
         self.rows += len(chunk.records)
 
 

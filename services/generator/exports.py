@@ -30,6 +30,13 @@ Formats:
 - CSV: the Parquet columns flattened with dots (`seed.author.name`,
   `steps.question.output`), lists and JSON-text columns as JSON, `created_at` as written
   by the generator; every file of one export has the same header.
+- Lineage (`palette.lineage`, unless the job says `"lineage": false`): a `lineage` column
+  last — a struct in Parquet, `lineage.record_id`, `lineage.steps.<id>.cost_usd`, ... in
+  CSV, a `lineage` object in JSONL. Parts written before it existed give null seed row
+  and attempt.
+
+`manifest.json` states the totals of the records (`totals`: records, calls, cached calls,
+tokens, cost, and the same per model), with or without lineage columns.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from contracts.events.generator import ExportedFile
 from contracts.events.jobs import OutputFormat
 from palette.blobs.keys import dataset_prefix
 from palette.blobs.port import BlobStore
+from palette.lineage import CallPrices, JobLineage, LineageTotals
 from services.generator.export_errors import ExportError
 from services.generator.export_layout import DatasetLayout
 from services.generator.export_partitions import PartitionRule
@@ -72,6 +80,8 @@ def export_dataset(
     formats: list[OutputFormat],
     partition_by: str | None = None,
     expected_rows: int | None = None,
+    lineage: JobLineage | None = None,
+    prices: CallPrices | None = None,
 ) -> list[ExportedFile]:
     """Export the job's parts in each format and return the data files written.
 
@@ -81,7 +91,8 @@ def export_dataset(
     Raises DatasetIntegrityError (before writing anything) unless the parts hold exactly
     records 0..n-1 of `job_id`, each part a contiguous range, n == `expected_rows` when
     given; ExportError for a partition that cannot be made. Running it again replaces the
-    previous export, including files the new one does not have.
+    previous export, including files the new one does not have. `lineage` adds the lineage
+    column; `prices` (else the lineage's) prices the manifest's totals.
     """
     if not formats:
         raise ExportError("no output format requested")
@@ -90,12 +101,15 @@ def export_dataset(
     blobs.discard_partial_writes(dataset_prefix(owner, job_id))
     survey = survey_parts(blobs, job_id, part_keys_in_order, rule)
     check_coverage(survey.parts, expected_rows)
-    layout = DatasetLayout(survey.seed, survey.steps, survey.has_model, survey.has_flags)
+    layout = DatasetLayout(survey.seed, survey.steps, survey.has_model, survey.has_flags, lineage)
+    totals = LineageTotals(prices or (lineage.prices if lineage is not None else CallPrices(None)))
     prefix = export_prefix(owner, job_id)
     with tempfile.TemporaryDirectory(prefix="palette-export-") as workdir:
         files = DataFiles(Path(workdir), prefix, layout, formats, rule)
         for span in survey.parts:
             records = sorted(read_part(blobs, span.key), key=lambda record: record["record_index"])
+            for record in records:
+                totals.add(record)
             files.write(records)
         sinks = files.close()
         blobs.delete(prefix + MANIFEST_NAME)
@@ -106,7 +120,7 @@ def export_dataset(
             blobs.delete(stale)
     blobs.put_bytes(
         prefix + MANIFEST_NAME,
-        _manifest(owner, job_id, survey.rows, partition_by, exported, files.partitions),
+        _manifest(owner, job_id, survey.rows, partition_by, exported, files.partitions, totals),
         content_type="application/json",
     )
     return exported
@@ -133,6 +147,7 @@ def _manifest(
     partition_by: str | None,
     files: Iterable[ExportedFile],
     partitions: dict[str, dict[str, str | None]],
+    totals: LineageTotals,
 ) -> bytes:
     document = {
         "manifest_version": MANIFEST_VERSION,
@@ -151,5 +166,6 @@ def _manifest(
             }
             for file in files
         ],
+        "totals": totals.as_dict(),
     }
     return json.dumps(document, ensure_ascii=False, indent=2).encode()

@@ -9,7 +9,8 @@ structured step's parsed output vary per template, so the part keeps them as JSO
 and steps as a list in template order. `read_part` gives back the record shape exactly;
 the exports infer real nested types from it. `model` (fan-out jobs) and `flagged_rules`
 (jobs that flag filtered outputs) are null in parts of records without them, and absent
-from parts written before they existed.
+from parts written before they existed. So are the record's lineage sources, `seed_row`
+and `attempt` (`palette.lineage` derives the rest from the job and the steps).
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ class GeneratedRecord(TypedDict):
     created_at: str
     model: NotRequired[str]
     flagged_rules: NotRequired[list[str]]
+    seed_row: NotRequired[int]
+    """The seed row the record was made from (its index in the seed set)."""
+    attempt: NotRequired[int]
+    """Which attempt at the record made it: 1 is the first."""
+
+
+LINEAGE_SOURCES = frozenset({"seed_row", "attempt"})
+"""A record's fields that the export shows only inside its lineage."""
 
 
 class RecordShapeError(ValueError):
@@ -83,6 +92,8 @@ PART_SCHEMA = pa.schema(
         pa.field("created_at", pa.string(), nullable=False),
         pa.field("model", pa.string()),
         pa.field("flagged_rules", pa.list_(pa.field("item", pa.string(), nullable=False))),
+        pa.field("seed_row", pa.int64()),
+        pa.field("attempt", pa.int64()),
     ]
 )
 """Every part file has exactly this schema, whatever the template."""
@@ -131,6 +142,8 @@ def _to_part_row(record: GeneratedRecord) -> dict[str, Any]:
             "created_at": _require(record["created_at"], str, "created_at"),
             "model": _optional(record.get("model"), str, "model"),
             "flagged_rules": _optional(record.get("flagged_rules"), list, "flagged_rules"),
+            "seed_row": _optional(record.get("seed_row"), int, "seed_row"),
+            "attempt": _optional(record.get("attempt"), int, "attempt"),
         }
     except RecordShapeError:
         raise
@@ -194,4 +207,8 @@ def _from_part_row(row: dict[str, Any]) -> GeneratedRecord:
         record["model"] = row["model"]
     if row.get("flagged_rules") is not None:
         record["flagged_rules"] = list(row["flagged_rules"])
+    if row.get("seed_row") is not None:
+        record["seed_row"] = row["seed_row"]
+    if row.get("attempt") is not None:
+        record["attempt"] = row["attempt"]
     return record

@@ -14,6 +14,8 @@ from contracts.events.generator import (
     GenerationStopped,
 )
 from palette.blobs.port import BlobStore
+from palette.lineage import CallPrices, JobLineage
+from services.generator.budget import JobBudgets
 from services.generator.domain import JobSpec
 from services.generator.export_errors import ExportError
 from services.generator.exports import export_dataset
@@ -104,6 +106,12 @@ class RunEnd:
         job = self.job
         started = time.monotonic()
         part_keys = [key for lane in self.lanes for key in lane.part_keys]
+        prices = self._prices()
+        lineage = (
+            JobLineage(job.job_id, job.seed_id, job.template_id, job.template_version, prices)
+            if job.options.lineage
+            else None
+        )
         try:
             files = await asyncio.to_thread(
                 export_dataset,
@@ -114,6 +122,8 @@ class RunEnd:
                 list(job.options.output_formats),
                 job.options.partition_strategy,
                 rows,
+                lineage,
+                prices,
             )
         except ExportError as error:
             failed = GenerationFailed(
@@ -138,6 +148,12 @@ class RunEnd:
                 failed_models=failed_models,
             )
         ]
+
+    def _prices(self) -> CallPrices:
+        """Calls priced as billing prices them: with the catalog of the guard that keeps the
+        job's budget (none under the unlimited default: costs are then null)."""
+        guard = self.budget.guard
+        return CallPrices(guard.catalog if isinstance(guard, JobBudgets) else None)
 
     async def _final(self, events: Sequence[DomainEvent], outcome: RunOutcome, reason: str = "") -> RunResult:
         """The run's end, in one append after the calls no batch recorded: the end closes
