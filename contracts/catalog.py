@@ -97,6 +97,12 @@ def _job_requested_v3(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "lineage": False, "cache": False, "dedup": None}
 
 
+@CATALOG.upcaster("BatchGenerated", from_version=1)
+def _batch_generated_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added `duplicates_dropped`; a version 1 batch's job did not dedup."""
+    return {**data, "duplicates_dropped": 0}
+
+
 @CATALOG.upcaster("TemplateVersionPublished", from_version=1)
 def _template_version_published_v1(data: dict[str, Any]) -> dict[str, Any]:
     """Version 2 added the optional change `note`; a version 1 publish gave none."""

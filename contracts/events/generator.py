@@ -161,12 +161,22 @@ class GenerationModelFailed(_GenerationEvent):
 
 
 class BatchGenerated(_GenerationEvent):
+    """A batch of records is in its part. Version 2 added `duplicates_dropped` (version 1
+    batches upcast with 0: their jobs did not dedup)."""
+
+    schema_version: ClassVar[int] = 2
+
     batch_number: int = Field(ge=0)
     first_record: int = Field(ge=0, description="index of the batch's first record")
     last_record: int = Field(ge=0, description="index of the batch's last record, inclusive")
     blob_key: str
     rows: int = Field(ge=0)
     failures: int = Field(ge=0)
+    duplicates_dropped: int = Field(
+        default=0,
+        ge=0,
+        description="records of a job that dedups dropped as duplicates and made again from another seed row",
+    )
     token_usage: dict[str, TokenUsage] = Field(description="per model, `provider/model-id`")
     duration_ms: int = Field(ge=0)
     bytes_written: int = Field(ge=0)

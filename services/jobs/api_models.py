@@ -252,6 +252,9 @@ class JobInputBody(BaseModel):
 class ProgressBody(BaseModel):
     records_generated: int
     failed_records: int
+    duplicates_dropped: int = Field(
+        default=0, description="a job that dedups: duplicate records dropped and made again from another seed row"
+    )
     num_records: int = Field(description="the job's target: num_records times the number of fan-out models")
     percent: float
     target_records: int = Field(description="the documents' name of `num_records`")
@@ -385,6 +388,9 @@ class ModelProgressBody(BaseModel):
     status: JobStatus = Field(description="COMPLETED once its records are made, FAILED when it stopped for good")
     records_generated: int
     failed_records: int
+    duplicates_dropped: int = Field(
+        default=0, description="a job that dedups: duplicate records dropped and made again from another seed row"
+    )
     num_records: int
     percent: float
     cost: MoneyText
@@ -415,6 +421,9 @@ class DashboardBody(BaseModel):
     num_records: int
     records_remaining: int
     failed_records: int
+    duplicates_dropped: int = Field(
+        default=0, description="a job that dedups: duplicate records dropped and made again from another seed row"
+    )
     percent: float
     batches: int
     tokens: dict[str, TokenBody] = Field(description="per model, `provider/model-id`")

@@ -216,6 +216,7 @@ def empty_dashboard(job_id: str) -> dict[str, Any]:
         "num_records": 0,
         "records_generated": 0,
         "failed_records": 0,
+        "duplicates_dropped": 0,
         "batches": 0,
         "failed_batches": 0,
         "tokens": {},
@@ -272,6 +273,7 @@ def _merge_ending(body: dict[str, Any], detail: DomainEvent, time: str) -> None:
 def _merge_batch(body: dict[str, Any], detail: BatchGenerated, time: str) -> None:
     body["records_generated"] += detail.rows
     body["failed_records"] += detail.failures
+    body["duplicates_dropped"] = body.get("duplicates_dropped", 0) + detail.duplicates_dropped
     body["batches"] += 1
     body["batch_ms"] += detail.duration_ms
     _smooth_rate(body, detail.rows, time)
@@ -281,6 +283,7 @@ def _merge_batch(body: dict[str, Any], detail: BatchGenerated, time: str) -> Non
         lane = _model_progress(body, detail.model)
         lane["records_generated"] += detail.rows
         lane["failed_records"] += detail.failures
+        lane["duplicates_dropped"] = lane.get("duplicates_dropped", 0) + detail.duplicates_dropped
         if body["num_records"] and lane["records_generated"] >= body["num_records"]:
             lane["finished_at"] = _latest(lane.get("finished_at"), time)
 

@@ -6,6 +6,8 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from services.generator.call_cache import CallCache
+from services.generator.dedup import record_deduplicator, remember_parts
 from services.generator.domain import GenerationState, JobSpec, TemplateSpec
 from services.generator.logs import logger as log
 from services.generator.records import GeneratedRecord
@@ -66,6 +68,7 @@ class JobRun:
                 job.options.num_records,
                 len(models),
                 options,
+                record_deduplicator(job.options.dedup),
             )
             for index, model in enumerate(models)
         ]
@@ -93,6 +96,8 @@ class JobRun:
             job.options.output_filter == "flag",
             self.budget,
             self.ending,
+            cache=CallCache(worker.blobs, job.owner) if job.options.cache else None,
+            draws=f"seed-set\x00{job.seed_id}" if job.options.cache else None,
         )
         self.end = RunEnd(job, self.lanes, self.ending, self.budget, self.writer, worker.blobs, worker.worker_id)
 
@@ -104,6 +109,7 @@ class JobRun:
         writer.add_done_callback(self._on_writer_done)
         watcher = asyncio.create_task(self._watch())
         try:
+            await asyncio.to_thread(self._remember_recorded_records)
             await self._generate()
         except BaseException:
             writer.cancel()
@@ -128,6 +134,15 @@ class JobRun:
         if self.writer.lost:
             return self.end.lost()
         return await self.end.end()
+
+    def _remember_recorded_records(self) -> None:
+        """A resumed job that dedups first remembers the records its earlier runs recorded,
+        read back from their parts (the dataset's truth; batch events stay small), so no
+        record it keeps duplicates one made before the resume. Runs off the loop; the
+        writer renews the lease meanwhile."""
+        for lane in self.lanes:
+            if lane.dedup is not None and lane.part_keys:
+                remember_parts(lane.dedup, self.worker.blobs, lane.part_keys)
 
     def _launch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Fill the window up to `concurrency` records, taking one record from each lane

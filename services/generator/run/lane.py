@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from contracts.events.generator import TokenUsage
 from palette.eventstore.port import NewEvent
+from services.generator.dedup import RecordDeduplicator
 from services.generator.domain import ErrorRateWindow, GenerationState, PlannedBatch, plan
 from services.generator.limiter import AdaptiveLimiter
-from services.generator.records import GeneratedRecord
+from services.generator.records import GeneratedRecord, StepResult
 from services.generator.run.ending import JobFailure
 from services.generator.run.options import WorkerOptions
 from services.generator.run.steps import StepCall
@@ -44,7 +45,10 @@ class RunLane:
         num_records: int,
         lane_count: int,
         options: WorkerOptions,
+        dedup: RecordDeduplicator | None = None,
     ) -> None:
+        """`dedup`: the job's duplicate check for this lane's records, None when it keeps
+        duplicates; a resumed run fills it from the lane's parts before making records."""
         recorded = state.lane(model)
         self.model = model
         self.index = index
@@ -72,6 +76,32 @@ class RunLane:
         self.last_error = ""
         self.refusals_in_a_row = 0
         """Record attempts the prompt sandbox refused since the last other outcome."""
+        self.dedup = dedup
+        self.duplicates: dict[int, int] = {}
+        """Duplicates dropped per record index, until a batch records the count."""
+        self.duplicates_in_a_row = 0
+        self.max_duplicates_in_a_row = options.max_duplicates_in_a_row
+
+    def drops_duplicate(self, index: int, steps: Mapping[str, StepResult]) -> bool:
+        """True when the job dedups and this attempt at record `index` duplicates a record
+        the lane kept: it is counted and the record is made again from another seed row.
+        Otherwise the record is kept (and remembered). Raises JobFailure DUPLICATES after
+        `max_duplicates_in_a_row` duplicates with no kept record between: a model that
+        keeps answering the same text fails the job instead of retrying until the budget."""
+        if self.dedup is None:
+            return False
+        if self.dedup.admit([step["output"] for step in steps.values()]):
+            self.duplicates_in_a_row = 0
+            return False
+        self.duplicates[index] = self.duplicates.get(index, 0) + 1
+        self.duplicates_in_a_row += 1
+        if self.duplicates_in_a_row >= self.max_duplicates_in_a_row:
+            raise JobFailure(
+                "DUPLICATES",
+                f"the last {self.duplicates_in_a_row} records {self.label} made all duplicated records "
+                f"already kept, so the job cannot make {self.num_records} distinct records",
+            )
+        return True
 
     @property
     def label(self) -> str:
@@ -94,6 +124,8 @@ class ReadyBatch:
     planned: PlannedBatch
     records: list[GeneratedRecord]
     failures: int
+    duplicates: int
+    """Duplicates dropped (and made again) for the batch's records."""
     usage: dict[str, TokenUsage]
     duration_ms: int
     blocked: list[NewEvent]

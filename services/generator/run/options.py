@@ -40,6 +40,8 @@ class WorkerOptions:
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     cancel_check_seconds: float = 1.0
     stop_poll_seconds: float = 0.1
+    max_duplicates_in_a_row: int = 50
+    """A job that dedups fails (DUPLICATES) after this many duplicates in a row in a lane."""
     flush_seconds: float = 2.0
     """A lane's done records are recorded at least this often (a shorter batch), so progress
     moves while a batch fills slowly; 0 flushes on size only."""

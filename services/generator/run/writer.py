@@ -105,6 +105,7 @@ class BatchWriter:
             blob_key=key,
             rows=len(batch.records),
             failures=batch.failures,
+            duplicates_dropped=batch.duplicates,
             token_usage=batch.usage,
             duration_ms=batch.duration_ms,
             bytes_written=size,
