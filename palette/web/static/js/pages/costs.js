@@ -11,6 +11,7 @@ const CATEGORIES = [
   ["storage", "Storage"],
 ];
 const COLOURS = { model_tokens: "#1e88e5", compute: "#f4511e", storage: "#43a047" };
+const AXIS_MONEY = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumSignificantDigits: 3 });
 let chartLibrary = null; // one <script> for the whole page's life
 
 export async function render(root, params) {
@@ -76,6 +77,11 @@ function loadChartLibrary() {
   return chartLibrary;
 }
 
+/** An axis label in dollars, never in exponent notation (Chart.js's default for tiny amounts). */
+function axisMoney(value) {
+  return AXIS_MONEY.format(value);
+}
+
 function perDayChart(reply) {
   return {
     type: "bar",
@@ -91,7 +97,7 @@ function perDayChart(reply) {
       responsive: true,
       maintainAspectRatio: false,
       animation: false,
-      scales: { x: { stacked: true }, y: { stacked: true, title: { display: true, text: "USD" } } },
+      scales: { x: { stacked: true }, y: { stacked: true, ticks: { callback: axisMoney } } },
       plugins: { tooltip: { callbacks: { label: (item) => `${item.dataset.label}: $${item.raw}` } } },
     },
   };
@@ -110,7 +116,7 @@ function perModelChart(reply) {
       responsive: true,
       maintainAspectRatio: false,
       animation: false,
-      scales: { x: { title: { display: true, text: "USD" } } },
+      scales: { x: { ticks: { callback: axisMoney } } },
       plugins: { legend: { display: false } },
     },
   };
@@ -147,6 +153,7 @@ function totalsView(totals) {
   return html`
     <section aria-labelledby="totals-title">
       <h2 id="totals-title">Totals</h2>
+      <div class="overflow-auto">
       <table class="cost-totals">
         <thead>
           <tr>
@@ -161,6 +168,7 @@ function totalsView(totals) {
           </tr>
         </tbody>
       </table>
+      </div>
     </section>
   `;
 }

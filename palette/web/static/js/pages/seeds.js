@@ -71,10 +71,9 @@ export async function render(root, _params) {
       state.step = `Uploading ${file.name}…`;
       update();
       await send(file, grant);
-      state.step = `Uploaded ${file.name}.`;
-      update();
       await loadSeeds(false);
       if (state.templateId) await validate(grant.seed_id);
+      state.step = `Uploaded ${file.name} (${formatBytes(file.size)}).`;
     } catch (error) {
       state.error = error;
       state.step = null;
@@ -208,7 +207,7 @@ function view(state, actions) {
             <progress value=${state.progress.loaded} max=${state.progress.total || 1}></progress>
           </label>`
         : ""}
-      <p role="status" aria-live="polite">${state.step ?? ""}</p>
+      <p id="seed-status" role="status" aria-live="polite">${state.step ?? ""}</p>
       ${state.error ? errorView(state.error) : ""}
       ${state.report ? reportView(state.report, state.templates) : ""}
     </section>
@@ -293,7 +292,7 @@ function seedList(state, actions) {
             <th scope="col">Status</th>
             <th scope="col">Records</th>
             <th scope="col">Created</th>
-            <th scope="col"><span class="visually-hidden">Actions</span></th>
+            <th scope="col">Check</th>
           </tr>
         </thead>
         <tbody>

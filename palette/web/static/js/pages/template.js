@@ -117,6 +117,7 @@ export async function render(root, params) {
       }
     }
     update();
+    root.querySelector(".delete-refused, .error-box")?.scrollIntoView({ block: "center" });
   }
 
   async function loadVersions() {
@@ -401,7 +402,7 @@ function deleteView(state, actions) {
     <section aria-labelledby="delete-title">
       <h2 id="delete-title">Delete</h2>
       ${problem
-        ? html`<div role="alert" class="notice error">
+        ? html`<div role="alert" class="error-box delete-refused">
             <p>
               This template cannot be deleted: ${problem.jobs_using} job${problem.jobs_using === 1 ? "" : "s"} still
               use${problem.jobs_using === 1 ? "s" : ""} it. Delete those jobs first (a finished job's data goes with it).
