@@ -192,14 +192,22 @@ def job(
     data_dir: DataDir = DEFAULT_DATA_DIR,
     runtime: Runtime = "local",
     as_json: Json = False,
+    record: Annotated[
+        str | None,
+        typer.Option("--record", help="Trace one record id (its lineage.record_id) to its batch and calls."),
+    ] = None,
 ) -> None:
     """A job's timeline across its streams and its cost reconciliation.
 
     Each event with its actor and correlation id; then every charge (CostRecorded,
     UsageCharged) against the token usage it charges, priced again with the catalog it names
     (the shipped one, or this installation's: `<data-dir>/pricing.json`, on AWS
-    PALETTE_PRICING_OVERRIDES). Exit 1 when the charges do not reconcile.
+    PALETTE_PRICING_OVERRIDES). Exit 1 when the charges do not reconcile. With `--record`,
+    only that record's trace (`palette.audit.record_trace`); exit 2 when no batch holds it.
     """
+    if record is not None:
+        _trace_record(job_id, record, data_dir, runtime, as_json)
+        return
     from contracts.pricing import DEFAULT_CATALOG
     from palette.audit.timeline import JobNotInLog, audit_job
 
@@ -216,6 +224,22 @@ def job(
         _print_job(result)
     if not result.reconciliation.balanced:
         fail(f"job {job_id}: {result.reconciliation.discrepancies[0]}")
+
+
+def _trace_record(job_id: str, wanted: str, data_dir: Path, runtime: str, as_json: bool) -> None:
+    from palette.audit.record_trace import RecordNotInLog, trace_record, trace_text
+
+    adapters = _adapters(data_dir, runtime)
+    try:
+        trace = trace_record(adapters.events, adapters.blobs, job_id, wanted)
+    except RecordNotInLog as error:
+        fail(str(error), 2)
+    finally:
+        adapters.close()
+    if as_json:
+        emit_json(trace.as_dict())
+    else:
+        typer.echo(trace_text(trace))
 
 
 def installation_catalogs(data_dir: Path, runtime: str) -> tuple[Any, ...]:
