@@ -27,6 +27,7 @@ from palette.models.port import (
 from palette.prompts import PromptRenderError, render
 from palette.recordfiles import loads_finite
 from services.generator.budget import CallUsage
+from services.generator.call_cache import CallCache, call_key
 from services.generator.domain import seed_row_index
 from services.generator.limiter import Permit, backoff_delay
 from services.generator.records import GeneratedRecord, StepResult
@@ -57,6 +58,20 @@ def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _request(call: StepCall, prompt: str) -> ModelRequest:
+    step = call.step
+    return ModelRequest(
+        model=step.model,
+        prompt=prompt,
+        max_tokens=call.max_tokens,
+        temperature=call.temperature,
+        top_p=call.top_p,
+        stop=call.stop,
+        seed=call.seed,
+        json_schema=step.output_schema,
+    )
+
+
 class RecordMaker:
     """Makes the records of one run, each in its own coroutine on the run's loop."""
 
@@ -71,7 +86,11 @@ class RecordMaker:
         flag_outputs: bool,
         budget: RunBudget,
         ending: RunEnding,
+        cache: CallCache | None = None,
+        draws: str | None = None,
     ) -> None:
+        """`cache`: the owner's call cache, for a job with the cache on. `draws` keys the
+        records' seed row draws (the job id unless given)."""
         self.job_id = job_id
         self.rows = rows
         self.options = options
@@ -81,6 +100,8 @@ class RecordMaker:
         self.flag_outputs = flag_outputs
         self.budget = budget
         self.ending = ending
+        self.cache = cache
+        self.draws = draws or job_id
 
     async def make_record(self, lane: RunLane, index: int) -> GeneratedRecord:
         """Every model of a fan-out job makes record `index` from the same seed rows, so
@@ -89,7 +110,8 @@ class RecordMaker:
         while True:
             if self.ending.current is not None and attempt > 0:
                 raise Abandoned()
-            row = self.rows[seed_row_index(self.job_id, index, attempt, len(self.rows))]
+            seed_row = seed_row_index(self.draws, index, attempt, len(self.rows))
+            row = self.rows[seed_row]
             try:
                 steps, flagged = await self._run_steps(lane, index, attempt, row)
             except RecordAttemptFailed as failure:
@@ -111,10 +133,19 @@ class RecordMaker:
                     ) from None
                 attempt += 1
                 continue
+            if lane.drops_duplicate(index, steps):
+                attempt += 1  # a duplicate is made again from another seed row
+                continue
             lane.window.record(True)
             lane.refusals_in_a_row = 0
             record = GeneratedRecord(
-                record_index=index, job_id=self.job_id, seed=row, steps=steps, created_at=_iso_now()
+                record_index=index,
+                job_id=self.job_id,
+                seed=row,
+                steps=steps,
+                created_at=_iso_now(),
+                seed_row=seed_row,
+                attempt=attempt + 1,
             )
             if lane.model is not None:
                 record["model"] = lane.model
@@ -142,8 +173,12 @@ class RecordMaker:
             if self.screen is not None and (rule := self.screen.blocking_rule(prompt)) is not None:
                 self._block(lane, index, attempt, step.id, "prompt", "skipped", rule)
                 raise RecordAttemptFailed(f"the prompt of step {step.id!r} breaks content rule {rule!r}")
-            response, parsed = await self._call_step(lane, index, call, prompt)
-            if self.screen is not None and (rule := self.screen.blocking_rule(response.text)) is not None:
+            request = _request(call, prompt)
+            key = None if self.cache is None else call_key(request, index, attempt)
+            cached = None if key is None else await self._cached(call, key)
+            response, parsed = cached or await self._call_step(lane, index, call, request)
+            rule = None if self.screen is None else self.screen.blocking_rule(response.text)
+            if self.screen is not None and rule is not None:
                 if not self.flag_outputs:
                     self._block(lane, index, attempt, step.id, "output", "dropped", rule)
                     raise RecordAttemptFailed(f"the output of step {step.id!r} breaks content rule {rule!r}")
@@ -151,6 +186,8 @@ class RecordMaker:
                     self._block(lane, index, attempt, step.id, "output", "flagged", broken)
                     if broken not in flagged:
                         flagged.append(broken)
+            elif self.cache is not None and key is not None and cached is None:
+                await self.cache.put(key, response)  # a screened answer only
             outputs[step.id] = response.text
             results[step.id] = StepResult(
                 output=response.text,
@@ -159,7 +196,7 @@ class RecordMaker:
                 input_tokens=response.input_tokens,
                 output_tokens=response.output_tokens,
                 latency_ms=int(response.latency_ms),
-                cached=False,
+                cached=cached is not None,
             )
         return results, flagged
 
@@ -181,20 +218,30 @@ class RecordMaker:
             NewEvent(event, actor=self.worker_id, correlation_id=self.job_id, id=str(uuid.uuid5(_DECISION_IDS, key)))
         )
 
-    async def _call_step(self, lane: RunLane, index: int, call: StepCall, prompt: str) -> tuple[ModelResponse, Any]:
+    async def _cached(self, call: StepCall, key: str) -> tuple[ModelResponse, Any] | None:
+        """The cache's answer to a call as a response that used no tokens, or None. A
+        structured answer that no longer parses or fits the step's schema is a miss."""
+        assert self.cache is not None
+        answer = await self.cache.get(key)
+        if answer is None:
+            return None
+        response = ModelResponse(text=answer.text, input_tokens=0, output_tokens=0, model=answer.model, latency_ms=0)
+        if call.step.output_schema is None:
+            return response, None
+        try:
+            parsed = loads_finite(answer.text)
+            if call.validate is not None:
+                call.validate(parsed)
+        except ValueError:
+            return None
+        return response, parsed
+
+    async def _call_step(
+        self, lane: RunLane, index: int, call: StepCall, request: ModelRequest
+    ) -> tuple[ModelResponse, Any]:
         """One step's response (and its parsed JSON for a structured step), retrying output
         that is not valid JSON of the step's schema a bounded number of times."""
         step = call.step
-        request = ModelRequest(
-            model=step.model,
-            prompt=prompt,
-            max_tokens=call.max_tokens,
-            temperature=call.temperature,
-            top_p=call.top_p,
-            stop=call.stop,
-            seed=call.seed,
-            json_schema=step.output_schema,
-        )
         problem = ""
         for _ in range(self.options.max_output_attempts):
             try:
