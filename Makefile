@@ -27,8 +27,19 @@ $(VENDOR_STAMP): web/package-lock.json
 	cp web/node_modules/eventsource-parser/dist/index.js $(VENDOR)/eventsource-parser.js
 	touch $(VENDOR_STAMP)
 
+# The main job, then the web dashboard on it: user `demo` (the demo's owner) signs in with DEMO_PASSWORD
+# (local only: the server listens on 127.0.0.1), until Ctrl-C.
+DEMO_PORT ?= 8000
+DEMO_PASSWORD ?= palette-demo
+
 demo: $(STAMP) $(VENDOR_STAMP)
 	$(VENV)/bin/palette demo --data-dir .palette
+	@echo "$(DEMO_PASSWORD)" | $(VENV)/bin/palette user create demo --data-dir .palette --password-stdin >/dev/null 2>&1 \
+	  || echo "$(DEMO_PASSWORD)" | $(VENV)/bin/palette user password demo --data-dir .palette --password-stdin >/dev/null
+	@echo ""
+	@echo "Web dashboard: open http://127.0.0.1:$(DEMO_PORT)/ and sign in as user demo, password $(DEMO_PASSWORD)"
+	@echo "(Ctrl-C stops the server; make demo DEMO_PORT=8001 if 8000 is taken)"
+	$(VENV)/bin/palette serve --data-dir .palette --port $(DEMO_PORT)
 
 # Lint (ruff, import-linter) and types (mypy) first, with zero findings, then the suite on two
 # pytest-xdist workers (the suite mostly waits on servers and subprocesses: 9.5 min instead of 16.5).

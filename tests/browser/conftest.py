@@ -2,7 +2,8 @@
 
 - `palette_site` (module): `palette serve` in a subprocess on a free port, its model the fake OpenAI
   server (`openai/fake-model`, priced in pricing.json), rate limits out of reach, and users alice and
-  bob with PASSWORD. One site per module keeps the suite fast; tests make their own templates and jobs.
+  bob (`palette user create`) with PASSWORD. One site per module keeps the suite fast; tests make
+  their own templates and jobs.
 - `browser` (function): a fresh Chromium through chromedriver, headless, a fresh profile, 1280x900.
   Debian's `/usr/bin/chromium` and `/usr/bin/chromedriver` are given by path, so Selenium Manager never
   downloads a driver. Without them the tests skip, unless PALETTE_REQUIRE_BROWSER is set (CI sets
@@ -73,11 +74,11 @@ def _require_browser() -> None:
 
 @dataclass
 class Site:
-    """A served Palette: its base URL, data directory, model fake, and the users' passwords."""
+    """A served Palette: its base URL, data directory and model fake; USERS sign in with PASSWORD."""
 
     served: Served
     model: FakeOpenAIServer
-    passwords: dict[str, str] = field(default_factory=dict)
+    passwords: dict[str, str] = field(default_factory=lambda: dict.fromkeys(USERS, PASSWORD))
     tokens: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -88,31 +89,30 @@ class Site:
         return f"{self.base}/{hash_route}"
 
     def token(self, user: str) -> str:
-        """`user`'s bearer token: from POST /auth/login with their password (`palette token create`
-        for a user without one), once per site."""
+        """`user`'s bearer token, from POST /auth/login with their password (once per site)."""
         if user not in self.tokens:
-            if user in self.passwords:
-                login = httpx.post(f"{self.base}/auth/login", json={"username": user, "password": self.passwords[user]})
-                assert login.status_code == 200, login.text
-                self.tokens[user] = login.json()["token"]
-            else:
-                self.tokens[user] = self.served.token(user)
+            login = httpx.post(f"{self.base}/auth/login", json={"username": user, "password": self.passwords[user]})
+            assert login.status_code == 200, login.text
+            self.tokens[user] = login.json()["token"]
         return self.tokens[user]
 
     def client(self, user: str) -> httpx.Client:
         return httpx.Client(base_url=self.base, headers={"Authorization": f"Bearer {self.token(user)}"}, timeout=30)
 
 
-def _create_user(data_dir: Path, name: str, password: str) -> bool:
-    """`palette user create NAME --password-stdin`; False when this checkout has no such command."""
-    done = subprocess.run(
+def _create_user(data_dir: Path, name: str, password: str) -> subprocess.Popen[str]:
+    """`palette user create NAME --password-stdin`, started (the fixture waits for it)."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "palette.cli", "user", "create", name, "--data-dir", str(data_dir), "--password-stdin"],
-        input=password + "\n",
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         text=True,
-        timeout=60,
     )
-    return done.returncode == 0
+    assert process.stdin is not None
+    process.stdin.write(password + "\n")
+    process.stdin.close()
+    return process
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +123,11 @@ def palette_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     (data_dir / "guard.json").write_text(json.dumps(UNLIMITED))
     with FakeOpenAIServer(latency_s=0.01) as model:
         env = {"OPENAI_BASE_URL": model.base_url, "OPENAI_API_KEY": "test-key"}
+        creating = [_create_user(data_dir, name, PASSWORD) for name in USERS]  # while the server starts
         served = start_serve(data_dir, env=env)
         try:
-            passwords = {name: PASSWORD for name in USERS if _create_user(data_dir, name, PASSWORD)}
-            yield Site(served, model, passwords)
+            assert all(process.wait(timeout=60) == 0 for process in creating), "palette user create failed"
+            yield Site(served, model)
         finally:
             stop_serve(served)
 
@@ -155,23 +156,12 @@ def wait_until(driver: WebDriver, condition: Callable[[WebDriver], T], timeout: 
 
 
 def _sign_in(driver: WebDriver, site: Site, user: str) -> None:
-    """Signs `user` in: through the form with their password, or, where no user was created (a
-    checkout without `palette user create`), with a token from `palette token create` put where the
-    page keeps it."""
+    """Signs `user` in through the sign-in page's form, as a person would."""
     driver.get(site.url("#/signin"))
-    if user in site.passwords:
-        wait_until(driver, lambda d: d.find_element(By.ID, "signin-username"))
-        driver.find_element(By.ID, "signin-username").send_keys(user)
-        driver.find_element(By.ID, "signin-password").send_keys(site.passwords[user])
-        driver.find_element(By.CSS_SELECTOR, "form#signin button[type=submit]").click()
-    else:
-        driver.execute_script(
-            "sessionStorage.setItem('palette.token', arguments[0]);"
-            "sessionStorage.setItem('palette.user', JSON.stringify(arguments[1]));"
-            "window.location.hash = '#/jobs';",
-            site.token(user),
-            user,
-        )
+    wait_until(driver, lambda d: d.find_element(By.ID, "signin-username"))
+    driver.find_element(By.ID, "signin-username").send_keys(user)
+    driver.find_element(By.ID, "signin-password").send_keys(site.passwords[user])
+    driver.find_element(By.CSS_SELECTOR, "form#signin button[type=submit]").click()
     wait_until(driver, lambda d: d.execute_script("return location.hash") == "#/jobs")
 
 

@@ -95,6 +95,12 @@ def test_a_job_started_from_the_form_shows_its_progress_live_to_100_percent_and_
     screenshot(browser, "new-job")
     browser.execute_script(RECORD_PERCENTS)
     browser.find_element(By.ID, "start-job").click()
+    browser.set_window_size(1280, 1500)  # the whole job page in its screenshots
+    under_way = wait_until(
+        browser, lambda d: float(d.find_element(By.ID, "job-percent").get_attribute("data-percent") or 0)
+    )
+    if under_way < 100:
+        screenshot(browser, "job-running")
 
     wait_until(browser, lambda d: d.find_element(By.ID, "job-percent").get_attribute("data-percent") == "100", 90)
     seen = browser.execute_script("return window.paletteSeen")

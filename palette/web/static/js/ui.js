@@ -12,11 +12,13 @@ export function errorView(error) {
 }
 
 const money = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", minimumFractionDigits: 2, maximumFractionDigits: 4 });
+const cents = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD", maximumSignificantDigits: 2 });
 
-/** US dollars with cents (and up to 4 decimals, so a $0.0012 job is not $0.00). */
+/** US dollars with cents, and a cost under a cent to two significant digits (so $0.00004 is not $0.00). */
 export function formatMoney(value) {
   if (value === null || value === undefined || value === "") return "—";
-  return money.format(Number(value));
+  const amount = Number(value);
+  return amount !== 0 && Math.abs(amount) < 0.01 ? cents.format(amount) : money.format(amount);
 }
 
 /** Seconds as "1 h 2 min", "3 min 4 s" or "5 s". */
