@@ -8,12 +8,17 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from palette.audit.cli import audit_app, events_app, projections_app, replay_command
+
+if TYPE_CHECKING:
+    from palette.blobs.port import BlobStore
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Palette: synthetic data on an event log.")
 token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the local facade.")
@@ -22,6 +27,8 @@ user_app = typer.Typer(no_args_is_help=True, help="Users who sign in to the loca
 app.add_typer(token_app, name="token")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(user_app, name="user")
+cache_app = typer.Typer(no_args_is_help=True, help="A user's call cache (jobs with cache on) in the local runtime.")
+app.add_typer(cache_app, name="cache")
 web_app = typer.Typer(no_args_is_help=True, help="The web dashboard on AWS.")
 app.add_typer(web_app, name="web")
 app.add_typer(audit_app, name="audit")
@@ -245,6 +252,43 @@ def jobs_watch(
         fail("the job had not ended when the watch timed out")
     if final.get("status") != "COMPLETED":
         fail(f"the job ended {final.get('status')}")
+
+
+@contextmanager
+def local_blobs(data_dir: Path) -> Iterator[BlobStore]:
+    """DATA_DIR's blob folder (through its adapters); fails when there is no DATA_DIR."""
+    from palette.adapters import local_adapters
+
+    if not data_dir.is_dir():
+        fail(f"no data directory {data_dir}", 2)
+    adapters = local_adapters(data_dir)
+    try:
+        yield adapters.blobs
+    finally:
+        adapters.close()
+
+
+CacheUser = Annotated[str, typer.Option("--user", help="Whose cache (the token's `sub`).")]
+
+
+@cache_app.command("show")
+def cache_show(user: CacheUser, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """USER's call cache as GET /cache answers it: {"entries", "bytes"}."""
+    from palette.blobs.call_cache import call_cache_size
+
+    with local_blobs(data_dir) as blobs:
+        entries, size = call_cache_size(blobs, user)
+    typer.echo(json.dumps({"entries": entries, "bytes": size}))
+
+
+@cache_app.command("clear")
+def cache_clear(user: CacheUser, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Empty USER's call cache (DELETE /cache): later jobs call the models again. Prints {"deleted"}."""
+    from palette.blobs.call_cache import clear_call_cache
+
+    with local_blobs(data_dir) as blobs:
+        deleted = clear_call_cache(blobs, user)
+    typer.echo(json.dumps({"deleted": deleted}))
 
 
 COST_COLUMNS = ("model_tokens", "compute", "storage", "total")

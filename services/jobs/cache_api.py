@@ -3,7 +3,7 @@
 The generator keeps a job's cached model answers (jobs with `"cache": true`) as blobs under
 the owner's `call_cache_prefix`; the jobs service, which owns the user's jobs and their
 data, counts and clears them through the same BlobStore port on both runtimes, so the two
-services share a key layout (`palette.blobs.keys`), never code. Only the caller's own
+services share the layout (`palette.blobs.call_cache`), never code. Only the caller's own
 prefix is ever read or deleted. A job running while its owner clears the cache may still
 add the answers it makes afterwards.
 """
@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from palette.api.app import caller, logger
 from palette.api.errors import openapi_responses
-from palette.blobs.keys import call_cache_prefix
+from palette.blobs.call_cache import call_cache_size, clear_call_cache
 from palette.blobs.port import BlobStore
 
 _ERRORS = {
@@ -43,11 +43,8 @@ def create_cache_router(blobs: BlobStore) -> Router:
         summary="The caller's call cache: how many answers it holds and their bytes",
         responses=openapi_responses(200, _ERRORS),
     )
-    def get_cache() -> CacheBody:
-        entries = size = 0
-        for info in blobs.list(call_cache_prefix(caller(router))):
-            entries += 1
-            size += info.size
+    def get_call_cache() -> CacheBody:
+        entries, size = call_cache_size(blobs, caller(router))
         return CacheBody(entries=entries, bytes=size)
 
     @router.delete(
@@ -56,8 +53,8 @@ def create_cache_router(blobs: BlobStore) -> Router:
         summary="Clear the caller's call cache: later jobs with the cache on call the models again",
         responses=openapi_responses(200, _ERRORS),
     )
-    def clear_cache() -> ClearedCacheBody:
-        deleted = blobs.delete_prefix(call_cache_prefix(caller(router)))
+    def delete_call_cache() -> ClearedCacheBody:
+        deleted = clear_call_cache(blobs, caller(router))
         logger.info("call cache cleared", extra={"deleted": deleted})
         return ClearedCacheBody(deleted=deleted)
 

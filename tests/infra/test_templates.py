@@ -46,6 +46,7 @@ MORE_STREAMS = {
 and content-rule decisions; the generator: a job's content-rule decisions)."""
 PROJECTION_PREFIX = {
     "templates": "templates_",
+    "seeds": "seeds_",
     "jobs": "jobs_",
     "billing": "billing_",
     "notifications": "notifications_",
@@ -428,7 +429,7 @@ def test_service_writes_only_its_streams_projections_and_prefixes(service: str) 
         for resource in listed(statement["Resource"]):
             text = json.dumps(resource)
             if any(a.startswith("s3:") and a != "s3:ListBucket" for a in actions):
-                prefixes = ("/seed-data/*", "/datasets/*", "/bus-payloads/*", "/webhook-secrets/*")
+                prefixes = ("/seed-data/*", "/datasets/*", "/bus-payloads/*", "/webhook-secrets/*", "/call-cache/*")
                 assert any(p in text for p in prefixes), statement
     if service in PROJECTION_PREFIX:
         tracking = by_sid["OwnTrackingRecords"]
