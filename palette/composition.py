@@ -42,6 +42,7 @@ from palette.projections.documents import DocumentProjection
 from palette.projections.runner import ProjectionRunner
 from palette.secrets import load_or_create_secret
 from palette.users import LocalUsers
+from palette.web import WebSite
 from palette.wiring import ServiceParts
 from services.billing import wiring as billing
 from services.generator import wiring as generator
@@ -137,6 +138,8 @@ class LocalPalette:
     stream_heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     """How often an open event stream sends a comment to keep proxies from closing it."""
     max_streams_per_user: int = DEFAULT_MAX_PER_USER
+    web_config: dict[str, object] | None = None
+    """The dashboard's config.json (None: the embedded runtime's, password sign-in on this origin)."""
     adapters: Adapters = field(init=False)
     bus: LocalBus = field(init=False)
     runners: list[ProjectionRunner[Any]] = field(init=False)
@@ -220,7 +223,8 @@ class LocalPalette:
             heartbeat_seconds=self.stream_heartbeat_seconds,
             max_per_user=self.max_streams_per_user,
         )
-        self.asgi = FacadeApp(pool, blobs, on_upload=self._uploaded, limiter=self.limiter, streams=streams)
+        site = WebSite(config=self.web_config)
+        self.asgi = FacadeApp(pool, blobs, on_upload=self._uploaded, limiter=self.limiter, streams=streams, site=site)
 
     def _readiness_checks(self) -> dict[str, Callable[[], object]]:
         """What GET /health/ready probes: a read of the log, of the blob folder, and the bus

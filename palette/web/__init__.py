@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import mimetypes
+import re
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from palette.api.asgi import Receive, Scope, Send, send_error
 
@@ -36,6 +39,24 @@ CONTENT_SECURITY_POLICY = (
 """The page runs only its own scripts (no inline script, so an injected one never runs) and talks only
 to this origin; Chart.js sets inline styles on its canvases."""
 
+_ORIGIN_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def content_security_policy(config: Mapping[str, object]) -> bytes:
+    """CONTENT_SECURITY_POLICY with connect-src widened to the origins config.json sends the page to:
+    the API's URL, and the Cognito hosted UI whose /oauth2/token js/cognito.js posts to."""
+    sign_in = config.get("sign_in")
+    domain = str(sign_in.get("domain") or "") if isinstance(sign_in, Mapping) else ""
+    origins = []
+    for url in (str(config.get("api_url") or ""), domain if "://" in domain or not domain else f"https://{domain}"):
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and _ORIGIN_HOST.fullmatch(parts.netloc):
+            origins.append(f"{parts.scheme}://{parts.netloc}")
+    if not origins:
+        return CONTENT_SECURITY_POLICY
+    return CONTENT_SECURITY_POLICY.replace(b"connect-src 'self'", f"connect-src 'self' {' '.join(origins)}".encode())
+
+
 _TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
 
@@ -45,6 +66,7 @@ class WebSite:
     def __init__(self, root: Path = STATIC_ROOT, config: dict[str, object] | None = None) -> None:
         self._root = root.resolve()
         self._config = json.dumps(config if config is not None else LOCAL_CONFIG).encode()
+        self._csp = content_security_policy(config if config is not None else LOCAL_CONFIG)
 
     def serves(self, scope: Scope) -> bool:
         path: str = scope["path"]
@@ -65,7 +87,7 @@ class WebSite:
             return
         body = await asyncio.get_running_loop().run_in_executor(None, file.read_bytes)
         cache = VENDOR_CACHE if relative.startswith("vendor/") else REVALIDATE
-        await _send(scope, send, request_id, body, content_type(file), cache)
+        await _send(scope, send, request_id, body, content_type(file), cache, self._csp)
 
     def _file(self, relative: str) -> Path | None:
         """The file `relative` names under the root, or None: a path that leaves the root (`..`, an
@@ -83,7 +105,15 @@ def content_type(file: Path) -> str:
     return f"{known}; charset=utf-8" if known.startswith("text/") or known == "application/json" else known
 
 
-async def _send(scope: Scope, send: Send, request_id: str, body: bytes, kind: str, cache: bytes) -> None:
+async def _send(
+    scope: Scope,
+    send: Send,
+    request_id: str,
+    body: bytes,
+    kind: str,
+    cache: bytes,
+    csp: bytes = CONTENT_SECURITY_POLICY,
+) -> None:
     headers = [
         (b"content-type", kind.encode()),
         (b"content-length", str(len(body)).encode()),
@@ -92,6 +122,6 @@ async def _send(scope: Scope, send: Send, request_id: str, body: bytes, kind: st
         (b"x-request-id", request_id.encode()),
     ]
     if kind.startswith("text/html"):
-        headers += [(b"content-security-policy", CONTENT_SECURITY_POLICY), (b"referrer-policy", b"no-referrer")]
+        headers += [(b"content-security-policy", csp), (b"referrer-policy", b"no-referrer")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})

@@ -1,7 +1,7 @@
 // #/signin: a user name and password (POST /auth/login) on `palette serve`; the Cognito hosted UI
 // (js/cognito.js) when config.json's sign_in.mode is "cognito". Either way the page keeps the bearer
 // token in sessionStorage and returns to where the user was going (?next=).
-import { html, nothing, render as paint } from "/static/vendor/lit-html.js";
+import { html, render as paint } from "/static/vendor/lit-html.js";
 import { api, saveSession, siteConfig } from "../api.js";
 import { errorView } from "../ui.js";
 
@@ -61,21 +61,26 @@ export async function render(root, params) {
 async function cognito(root, params, signIn) {
   const { beginSignIn, finishSignIn } = await import("../cognito.js");
   const returned = new URLSearchParams(window.location.search);
+  let failure = null;
   if (returned.has("code")) {
     try {
       const answer = await finishSignIn(signIn);
       saveSession(answer.token ?? answer, answer.user ?? null);
-      window.history.replaceState(null, "", window.location.pathname + destination(params));
+      // finishSignIn took the code out of the URL; leaving #/signin for the destination fires hashchange
+      window.history.replaceState(null, "", window.location.pathname + window.location.hash);
       window.location.hash = destination(params);
       return;
     } catch (error) {
-      paint(html`<article class="signin"><h1>Sign in</h1>${errorView(error)}</article>`, root);
+      failure = error; // shown above the button, so the user can start over
     }
+  } else if (returned.has("error")) {
+    failure = { message: returned.get("error_description") || returned.get("error") };
+    window.history.replaceState(null, "", window.location.pathname + window.location.hash);
   }
   paint(
     html`<article class="signin">
       <h1>Sign in</h1>
-      ${returned.has("error") ? errorView({ message: returned.get("error_description") || returned.get("error") }) : nothing}
+      ${errorView(failure)}
       <button type="button" @click=${() => beginSignIn(signIn)}>Sign in with your Palette account</button>
     </article>`,
     root,
