@@ -73,7 +73,13 @@ def local_tokens(data_dir: Path) -> LocalTokens:
 def local_projections() -> list[DocumentProjection]:
     """A fresh instance of every projection the embedded runtime keeps (LocalPalette's
     `runners`, in their order): what `palette replay` rebuilds and diffs."""
-    return [*templates.projections(), *jobs.projections(), *billing.projections(), *notifications.projections()]
+    return [
+        *templates.projections(),
+        *seeds.projections(),
+        *jobs.projections(),
+        *billing.projections(),
+        *notifications.projections(),
+    ]
 
 
 @contextmanager
@@ -169,7 +175,7 @@ class LocalPalette:
             models=self.enhancer.gateway,
             dry_run_slots=DryRunSlots(total=max(1, self.api_workers // 4)),  # a quarter of the request threads
         )
-        seeds_parts = seeds.build(kernel)
+        seeds_parts = seeds.build(kernel, self._catch_up_views)
         jobs_parts = jobs.build(kernel, self._catch_up_views)
         billing_parts = billing.build(kernel, self._catch_up_views)
         notifications_parts = notifications.build(kernel, self._catch_up_views, backoff=self.webhook_backoff)

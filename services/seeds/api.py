@@ -1,4 +1,5 @@
-"""The seeds service's REST routes: upload grants, validation reports, a seed's state.
+"""The seeds service's REST routes: upload grants, validation reports, a seed's state, the
+caller's seed sets (GET /seed-data, from the SeedList projection).
 
 Domain errors are translated once, here, into the facade's error shape: a seed or template
 the caller may not see is 404 (indistinguishable from a missing one), a size over the limit
@@ -8,12 +9,13 @@ record, validating before the upload landed 409.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
+from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from contracts.events.seeds import SeedFormat
 from contracts.seed_refs import parse_seed_reference
@@ -28,11 +30,14 @@ from palette.api.errors import (
     openapi_responses,
 )
 from palette.api.idempotency_keys import IDEMPOTENCY_RESPONSES, IdempotencyKey, IdempotentCreate
+from palette.projections.documents import DocumentReader, InvalidPageToken
 from palette.recordfiles import guess_format
 from services.seeds.api_models import (
     POSITION_UNITS,
     FailingRecordResponse,
+    SeedList,
     SeedResponse,
+    SeedSummary,
     SeedValidationResponse,
     UploadGrantResponse,
     UploadRequest,
@@ -50,6 +55,10 @@ from services.seeds.domain import (
     UnsupportedSeedFormat,
 )
 from services.seeds.handlers import SeedHandlers, SeedValidationResult
+from services.seeds.projections import SeedListView
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
 
 _ERRORS = {
     400: "VALIDATION_ERROR: a field out of bounds, or the seed file refused (named in details); "
@@ -66,8 +75,11 @@ def _responses(success: int, *errors: int) -> dict[int, Any]:
     return openapi_responses(success, _ERRORS, *errors)
 
 
-def create_router(handlers: SeedHandlers) -> Router:
+def create_router(handlers: SeedHandlers, seeds: DocumentReader, catch_up: Callable[[], None] | None = None) -> Router:
+    """The /seed-data routes over `handlers` and the seed list view (`seeds`), which
+    `catch_up`, when given, brings up to date before GET /seed-data lists it."""
     router = Router()
+    listing = SeedListView(seeds)
 
     @router.post(
         "/seed-data/upload",
@@ -112,6 +124,26 @@ def create_router(handlers: SeedHandlers) -> Router:
             seed_id = _seed_id(handlers, user, body.seed_id)
             result = handlers.validate(user, seed_id, body.template_id, body.template_version)
         return _report(result)
+
+    @router.get(
+        "/seed-data",
+        tags=["seeds"],
+        summary="The caller's seed sets, newest first",
+        responses=_responses(200),
+    )
+    def list_seeds(
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+        next_token: Annotated[str | None, Query(max_length=4096)] = None,
+    ) -> SeedList:
+        if catch_up is not None:
+            catch_up()
+        try:
+            page = listing.page(caller(router), limit, next_token)
+        except InvalidPageToken as error:
+            raise ValidationFailed(
+                str(error), {"errors": [{"field": "next_token", "type": "value_error", "message": str(error)}]}
+            ) from None
+        return SeedList(items=[SeedSummary.model_validate(item) for item in page.items], next_token=page.next_token)
 
     @router.get(
         "/seed-data/<seed_id>",

@@ -178,3 +178,27 @@ class SeedResponse(BaseModel):
     @property
     def s3_key(self) -> str:
         return self.blob_key
+
+
+class SeedSummary(BaseModel):
+    """One seed set in the caller's list (GET /seed-data/{id} has its validations in full)."""
+
+    seed_id: str
+    filename: str
+    format: SeedFormat
+    status: Literal["REQUESTED", "UPLOADED", "VALIDATED"] = Field(
+        description="REQUESTED: upload granted; UPLOADED: the file landed; VALIDATED: checked against a template"
+    )
+    size_bytes: int | None = Field(description="null until the file landed")
+    records: int | None = Field(description="records read from the file; null until it landed")
+    created_at: str
+    uploaded_at: str | None
+    validated_at: str | None = Field(description="when the last validation ran")
+    template_id: str | None = Field(description="the template version of the last validation")
+    template_version: int | None
+    valid: bool | None = Field(description="the last validation's verdict")
+
+
+class SeedList(BaseModel):
+    items: list[SeedSummary] = Field(description="newest first")
+    next_token: str | None = Field(description="pass as next_token for the next page; null on the last")

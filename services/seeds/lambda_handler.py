@@ -10,6 +10,10 @@
   fails is returned in `batchItemFailures`, so SQS redelivers only it; each record's event
   is processed once per event `id` when PALETTE_IDEMPOTENCY_TABLE is set (recording is
   idempotent anyway).
+- `project`: EventBridge rule -> SQS -> the seed list projection (GET /seed-data), each
+  record an EventBridge event; a record that fails is returned in `batchItemFailures`.
+  The projection tracks stream versions, so redelivery and the bus's lack of order are
+  harmless; the list follows the bus (no catch-up on read).
 
 The service is wired by `wiring.build`, as in `palette serve`, once per container, on first
 use, from the environment (`AwsSettings.from_env()`; `PALETTE_SEED_MAX_BYTES` overrides the
@@ -32,6 +36,7 @@ from palette.api.app import build_app
 from palette.api.auth import ApiGatewayJwtClaims
 from palette.guard.aws import AwsGuard
 from palette.lambda_entries import LambdaEntries, adapters_from_env
+from palette.projections.runner import ProjectionRunner
 from services.seeds import wiring
 from services.seeds.consumers import UploadRecorder
 from services.seeds.handlers import DEFAULT_MAX_BYTES, SeedHandlers, UploadRecord
@@ -47,10 +52,13 @@ class SeedsRuntime:
     uploads: UploadRecorder
 
 
+adapters_once = functools.cache(adapters_from_env)
+
+
 @functools.cache
 def runtime() -> SeedsRuntime:
     """Adapters, handlers, the API and the uploads consumer, built once per Lambda container."""
-    adapters = adapters_from_env()
+    adapters = adapters_once()
     max_bytes = int(os.environ.get("PALETTE_SEED_MAX_BYTES", DEFAULT_MAX_BYTES))
     parts = wiring.build(adapters, max_bytes=max_bytes)
     limiter = AwsGuard.from_env().limiter
@@ -69,5 +77,12 @@ def _record_uploads(event: dict[str, Any]) -> list[str]:
     return runtime().uploads(event)
 
 
+@functools.cache
+def projection_runners() -> tuple[ProjectionRunner[Any], ...]:
+    """The runner of the seed list projection (its table is prepared once)."""
+    return tuple(adapters_once().projection_runner(projection) for projection in wiring.projections())
+
+
 handler = entries.api(lambda: runtime().app)
 consume = entries.queue(_record_uploads, key_path="id", metered=True)
+project = entries.projections(lambda: adapters_once().blobs, projection_runners)

@@ -47,6 +47,7 @@ from palette.eventstore.port import EventStore, NewEvent
 from services.seeds import lambda_handler
 from services.seeds.api import create_router
 from services.seeds.handlers import SeedHandlers
+from services.seeds.projections import SeedList
 from tests.fakes.lambda_events import fake_context, sqs_batch
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import client, running_palette
@@ -143,7 +144,8 @@ class LocalFacade:
         self.adapters = adapters
         self.tokens = LocalTokens(b"integration-test-secret-0123456789")
         self.handlers = SeedHandlers(adapters.events, adapters.blobs, max_bytes=max_bytes)
-        self.app = build_app([create_router(self.handlers)], self.tokens, local=False)
+        listing = adapters.document_reader(SeedList())
+        self.app = build_app([create_router(self.handlers, listing)], self.tokens, local=False)
 
     def call(self, method: str, path: str, body: Any = None, user: str | None = "alice") -> Reply:
         token = self.tokens.issue(user) if user else None
@@ -681,9 +683,15 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
         create_table(boto3.client("dynamodb", region_name="us-east-1"), TABLE)
-        lambda_handler.runtime.cache_clear()
+        forget_containers()
         yield {"s3": s3, "runtime": lambda_handler.runtime()}
-        lambda_handler.runtime.cache_clear()
+        forget_containers()
+
+
+def forget_containers() -> None:
+    """A cold start: the next invocation builds its adapters from the environment again."""
+    for cached in (lambda_handler.adapters_once, lambda_handler.runtime, lambda_handler.projection_runners):
+        cached.cache_clear()
 
 
 def call_lambda(method: str, path: str, body: Any = None, user: str | None = "alice") -> Reply:
