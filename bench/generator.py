@@ -9,6 +9,10 @@ GenerationClaimed to the last BatchGenerated, as the log recorded them. The expo
 after and is timed apart. Orchestration cost is this process's CPU time per record
 (rendering, HTTP client, batching, part files, appends).
 
+`--dedup exact|near` runs the job deduplicating and then times dedup alone: a fresh
+deduplicator admitting the dataset's records (read back from their parts), in µs per record
+(`dedup_us_per_record=N`), with the bytes its keys take per record.
+
 Last line: `generator records_per_s=N ideal=640 ratio=R`.
 """
 
@@ -24,12 +28,15 @@ from decimal import Decimal
 from pathlib import Path
 
 from contracts.events.base import DomainEvent
+from contracts.events.generator import BatchGenerated
 from contracts.events.jobs import OutputFormat
 from contracts.events.templates import TemplateStep
 from contracts.streams import generation_stream
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
 from palette.models.openai import OpenAICompatibleGateway
+from services.generator.dedup import DedupMode, ExactDeduplicator, NearDeduplicator
+from services.generator.records import read_part
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome
 from services.generator.worker import GenerationWorker
@@ -43,15 +50,18 @@ def _append(adapters: Adapters, stream_id: str, events: Sequence[DomainEvent]) -
     adapters.events.append(stream_id, [NewEvent(e, actor=OWNER) for e in events], 0)
 
 
-def request_job(adapters: Adapters, records: int, formats: list[OutputFormat]) -> str:
-    """A one-step template, a 1,000-row seed and a JobRequested, appended as their services would."""
+def request_job(adapters: Adapters, records: int, formats: list[OutputFormat], dedup: DedupMode | None = None) -> str:
+    """A one-step template, a 1,000-row seed and a JobRequested, appended as their services would.
+    A job that dedups gets 10 rows a record: the fake model's answer follows from the prompt,
+    so a seed of fewer rows than records could not make them all distinct."""
     step = TemplateStep(
         id="text",
         model="openai/fake-model",
         prompt="Write one sentence about {{ topic }} for a reader aged {{ age }}.",
         parameters={"max_tokens": 64},
     )
-    rows = [{"topic": f"topic number {i}", "age": 8 + i % 60, "notes": "x" * 40} for i in range(1000)]
+    count = 1000 if dedup is None else max(1000, 10 * records)
+    rows = [{"topic": f"topic number {i}", "age": 8 + i % 60, "notes": "x" * 40} for i in range(count)]
     return scenario.request_job(
         adapters,
         records,
@@ -61,6 +71,7 @@ def request_job(adapters: Adapters, records: int, formats: list[OutputFormat]) -
         required_fields=("age", "topic"),
         budget=Decimal("100"),
         formats=formats,
+        dedup=dedup,
     )
 
 
@@ -71,12 +82,33 @@ def _times(adapters: Adapters, job_id: str) -> dict[str, list[datetime]]:
     return found
 
 
+def dedup_cost(adapters: Adapters, job_id: str, mode: DedupMode) -> str:
+    """Dedup's own cost: a fresh deduplicator admits the job's records (as a run does), timed
+    in CPU µs per record, with the bytes its keys take per record."""
+    outputs = []
+    for stored in adapters.events.read_stream(generation_stream(job_id)):
+        batch = stored.decode()
+        if isinstance(batch, BatchGenerated):
+            outputs += [[s["output"] for s in r["steps"].values()] for r in read_part(adapters.blobs, batch.blob_key)]
+    deduplicator = ExactDeduplicator() if mode == "exact" else NearDeduplicator()
+    cpu = time.process_time()
+    for record in outputs:
+        deduplicator.admit(record)
+    per_record = (time.process_time() - cpu) / len(outputs) * 1e6
+    key_bytes = deduplicator.keys.nbytes / len(outputs)
+    return (
+        f"dedup {mode}: {per_record:,.1f} us per record, its keys {key_bytes:.0f} bytes per record "
+        f"(dedup_us_per_record={per_record:.1f})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.generator", description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--dedup", choices=["exact", "near"], default=None, help="the job deduplicates")
     args = parser.parse_args(argv)
     ideal = args.concurrency / args.latency
     formats = [OutputFormat.JSONL, OutputFormat.PARQUET, OutputFormat.CSV]
@@ -85,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         FakeOpenAIServer(latency_s=args.latency, in_process=False) as server,
     ):
         adapters = local_adapters(Path(workdir) / "data")
-        job_id = request_job(adapters, args.records, formats)
+        job_id = request_job(adapters, args.records, formats, args.dedup)
         options = WorkerOptions(concurrency=args.concurrency, batch_size=args.batch_size, adaptive=False)
 
         async def run() -> tuple[RunOutcome, float, float]:
@@ -103,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome, cpu_seconds, wall_seconds = asyncio.run(run())
         times = _times(adapters, job_id)
         calls = server.calls
+        dedup_line = dedup_cost(adapters, job_id, args.dedup) if args.dedup else ""
         adapters.close()
     if outcome is not RunOutcome.COMPLETED:
         print(f"generator run ended {outcome.value}, not completed")
@@ -127,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         f"orchestration CPU per record: {cpu_seconds / args.records * 1e6:,.0f} us "
         f"(incl. export; {cpu_seconds / max(calls, 1) * 1e6:,.0f} us per model call)"
     )
+    if dedup_line:
+        print(dedup_line)
     print(f"generator records_per_s={rate:.0f} ideal={ideal:.0f} ratio={rate / ideal:.2f}")
     return 0
 

@@ -40,6 +40,7 @@ _LSH = MinHashLSH(threshold=NEAR_THRESHOLD, num_perm=NEAR_PERMUTATIONS, weights=
 NEAR_BANDS: int = _LSH.b
 NEAR_ROWS: int = _LSH.r
 _PERMUTATIONS = MinHash(num_perm=NEAR_PERMUTATIONS, seed=1, scheme="affine32").permutations
+_BAND_MULTIPLIERS = np.random.default_rng(1).integers(0, 2**64, (NEAR_BANDS, NEAR_ROWS), dtype=np.uint64) | np.uint64(1)
 
 
 def normalised_outputs(outputs: Iterable[str]) -> list[str]:
@@ -70,7 +71,7 @@ class CompactKeySet:
         return int(self._sorted.nbytes) + 8 * len(self._recent)
 
     def contains_any(self, keys: Sequence[int]) -> bool:
-        if any(key in self._recent for key in keys):
+        if not self._recent.isdisjoint(keys):
             return True
         if not len(self._sorted):
             return False
@@ -119,25 +120,25 @@ class ExactDeduplicator(_KeyedDeduplicator):
 
 
 class NearDeduplicator(_KeyedDeduplicator):
-    """Duplicates: word-bigram sets alike (MinHash LSH, tuned for NEAR_THRESHOLD)."""
+    """Duplicates: word-bigram sets alike (MinHash LSH, tuned for NEAR_THRESHOLD). A band's
+    key is a multiply-add hash of its rows with random 64-bit multipliers of its own, so
+    equal rows in two bands never meet and all bands take one numpy expression."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._signature = MinHash(
+            num_perm=NEAR_PERMUTATIONS, permutations=_PERMUTATIONS, scheme="affine32", hashfunc=zlib.crc32
+        )
 
     def record_keys(self, outputs: Sequence[str]) -> list[int]:
         words = " ".join(normalised_outputs(outputs)).split()
         shingles = [f"{a} {b}".encode() for a, b in zip(words, words[1:], strict=False)] or [" ".join(words).encode()]
-        signature = MinHash(
-            num_perm=NEAR_PERMUTATIONS, permutations=_PERMUTATIONS, scheme="affine32", hashfunc=zlib.crc32
-        )
+        signature = self._signature
+        signature.clear()
         signature.update_batch(shingles)
-        values = signature.hashvalues
-        return [
-            int.from_bytes(
-                hashlib.blake2b(
-                    values[band * NEAR_ROWS : (band + 1) * NEAR_ROWS].tobytes(), digest_size=8, salt=bytes([band])
-                ).digest(),
-                "little",
-            )
-            for band in range(NEAR_BANDS)
-        ]
+        rows = signature.hashvalues[: NEAR_BANDS * NEAR_ROWS].reshape(NEAR_BANDS, NEAR_ROWS).astype(np.uint64)
+        keys: list[int] = (rows * _BAND_MULTIPLIERS).sum(axis=1, dtype=np.uint64).tolist()
+        return keys
 
 
 def record_deduplicator(mode: DedupMode | None) -> RecordDeduplicator | None:
