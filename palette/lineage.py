@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
+
 from contracts.pricing import PricingCatalog, PricingError, price_call
 
 RECORD_IDS = uuid.UUID("6f1d2c3b-7a4e-5b9f-8c21-0d4e6a7b8c9d")
@@ -88,6 +90,31 @@ class JobLineage:
             "cost_usd": None if total is None else float(total),
             "steps": steps,
         }
+
+
+def lineage_type(step_ids: list[str]) -> pa.DataType:
+    """The `lineage` column: one struct in Parquet, `lineage.*` columns in CSV."""
+    step_type = pa.struct(
+        [
+            ("model", pa.string()),
+            ("input_tokens", pa.int64()),
+            ("output_tokens", pa.int64()),
+            ("cost_usd", pa.float64()),
+            ("cached", pa.bool_()),
+        ]
+    )
+    return pa.struct(
+        [
+            ("record_id", pa.string()),
+            ("seed_id", pa.string()),
+            ("seed_row", pa.int64()),
+            ("template_id", pa.string()),
+            ("template_version", pa.int64()),
+            ("attempt", pa.int64()),
+            ("cost_usd", pa.float64()),
+            ("steps", pa.struct([(step_id, step_type) for step_id in step_ids]) if step_ids else pa.null()),
+        ]
+    )
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from palette.lineage import JobLineage
+from palette.lineage import JobLineage, lineage_type
 from services.generator.export_partitions import created_at
 from services.generator.records import LINEAGE_SOURCES, GeneratedRecord, dumps_json
 
@@ -55,31 +55,6 @@ def _parquet_can_hold(kind: pa.DataType) -> bool:
     return True
 
 
-def _lineage_type(step_ids: list[str]) -> pa.DataType:
-    """The `lineage` column: one struct in Parquet, `lineage.*` columns in CSV."""
-    step_type = pa.struct(
-        [
-            ("model", pa.string()),
-            ("input_tokens", pa.int64()),
-            ("output_tokens", pa.int64()),
-            ("cost_usd", pa.float64()),
-            ("cached", pa.bool_()),
-        ]
-    )
-    return pa.struct(
-        [
-            ("record_id", pa.string()),
-            ("seed_id", pa.string()),
-            ("seed_row", pa.int64()),
-            ("template_id", pa.string()),
-            ("template_version", pa.int64()),
-            ("attempt", pa.int64()),
-            ("cost_usd", pa.float64()),
-            ("steps", pa.struct([(step_id, step_type) for step_id in step_ids]) if step_ids else pa.null()),
-        ]
-    )
-
-
 class DatasetLayout:
     """The export's Arrow schemas: nested for Parquet, flattened for CSV; with a `lineage`
     column last unless the job turned lineage off."""
@@ -120,7 +95,7 @@ class DatasetLayout:
                 ("steps", steps_type),
                 ("created_at", pa.string()),
                 *([("flagged_rules", pa.list_(pa.string()))] if has_flags else []),
-                *([("lineage", _lineage_type(list(steps)))] if lineage is not None else []),
+                *([("lineage", lineage_type(list(steps)))] if lineage is not None else []),
             ]
         )
         self.parquet_schema = self.text_schema.set(

@@ -31,10 +31,12 @@ from typing import Any
 from contracts.envelope import StoredEvent
 from contracts.events.generator import BatchGenerated, DatasetExported
 from contracts.events.jobs import OutputFormat
+from contracts.pricing import PricingCatalog
 from contracts.streams import generation_stream
 from palette.blobs.keys import dataset_prefix
 from palette.blobs.port import BlobError, BlobNotFound, BlobStore
 from palette.eventstore.port import EventStore
+from palette.lineage import CallPrices, JobLineage
 from services.jobs.domain import JobState, JobStatus
 from services.jobs.snapshots import EXTENSIONS, RecordedBatch, RecordShape, SnapshotFile, write_snapshot
 
@@ -116,9 +118,11 @@ class GenerationFacts:
 class JobDownloads:
     """Finds or builds the file a download answers, from the log and the blob store."""
 
-    def __init__(self, events: EventStore, blobs: BlobStore) -> None:
+    def __init__(self, events: EventStore, blobs: BlobStore, pricing: PricingCatalog | None = None) -> None:
+        """`pricing`: the catalog the generator prices lineage with (billing's), for snapshots."""
         self._events = events
         self._blobs = blobs
+        self._pricing = pricing
 
     def download(self, state: JobState, fmt: OutputFormat, partial: bool) -> Download:
         """The job's `fmt` files: the export once DatasetExported is recorded; before it,
@@ -211,7 +215,16 @@ class JobDownloads:
         worker taking the job over (or exporting it) discards half-written blobs under the
         job's folder, which may be this one's."""
         key = f"{self._snapshot_folder(state, fmt, facts.batches_version)}data.{EXTENSIONS[fmt]}"
-        shape = RecordShape(has_model=bool(state.options.models), has_flags=state.options.output_filter == "flag")
+        lineage = (
+            JobLineage(
+                state.job_id, state.seed_id, state.template_id, state.template_version, CallPrices(self._pricing)
+            )
+            if state.options.lineage
+            else None
+        )
+        shape = RecordShape(
+            has_model=bool(state.options.models), has_flags=state.options.output_filter == "flag", lineage=lineage
+        )
         every = sorted((batch for batch, _ in facts.batches), key=_dataset_order(state))
         base, since = self._base(state, fmt, facts, every)
         try:

@@ -123,7 +123,7 @@ def add_download_route(router: Router, handlers: JobHandlers) -> None:
         try:
             state = handlers.job(caller(router), job_id).state
             fmt = format or state.options.output_formats[0]
-            found = JobDownloads(handlers.events, handlers.blobs).download(state, fmt, partial)
+            found = JobDownloads(handlers.events, handlers.blobs, handlers.pricing).download(state, fmt, partial)
         except JobNotFound as error:
             raise NotFound(str(error), {"job_id": error.job_id}) from None
         except BlobNotFound:  # deleted while read

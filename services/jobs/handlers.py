@@ -140,6 +140,11 @@ class JobHandlers:
         """The log, for reads beside the job stream (a download reads the generation stream)."""
         return self._events
 
+    @property
+    def pricing(self) -> PricingCatalog | None:
+        """Billing's catalog (a partial download's lineage prices its calls with it)."""
+        return self._pricing
+
     # -- reads ---------------------------------------------------------------------------
 
     def read(self, job_id: str) -> LoadedJob:

@@ -14,9 +14,10 @@ Shapes, per format:
 - JSONL: each line is exactly the line the finished export writes for that record.
 - PARQUET and CSV: the export's columns (`record_index`, `job_id`, `model` for fan-out
   jobs, `seed`, `steps.<id>.output`, ..., `created_at`, `flagged_rules` for jobs that
-  flag), except that `seed` and each step's `output_json` stay JSON text: the finished
-  export infers their nested types from every record, which a snapshot of a growing job
-  cannot know yet (the export itself falls back to JSON text when shapes vary).
+  flag, `lineage` unless the job turned it off: `palette.lineage`, as the export),
+  except that `seed` and each step's `output_json` stay JSON text: the finished export
+  infers their nested types from every record, which a snapshot of a growing job cannot
+  know yet (the export itself falls back to JSON text when shapes vary).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import pyarrow.parquet as pq
 from contracts.events.jobs import OutputFormat
 from palette.blobs.port import BlobStore
 from palette.dataset_json import dumps_json
+from palette.lineage import JobLineage, lineage_type
 
 ROW_GROUP_ROWS = 10_000
 """Parquet rows buffered before a row group is written."""
@@ -86,6 +88,8 @@ class RecordShape:
 
     has_model: bool
     has_flags: bool
+    lineage: JobLineage | None = None
+    """The job's lineage, unless it turned lineage off."""
 
 
 def write_snapshot(
@@ -107,7 +111,7 @@ def write_snapshot(
         if base is not None:  # JSONL and CSV append to a copy; Parquet copies its row groups
             earlier = path if fmt is not OutputFormat.PARQUET else Path(workdir) / "base.parquet"
             _download(blobs, base.blob_key, earlier)
-        parts = _parts(blobs, batches)
+        parts = _parts(blobs, batches, shape.lineage)
         if fmt is OutputFormat.PARQUET:
             rows = _write_parquet(path, parts, shape, earlier)
         else:
@@ -124,7 +128,9 @@ def _download(blobs: BlobStore, key: str, path: Path) -> None:
         shutil.copyfileobj(stream, local, COPY_CHUNK_BYTES)
 
 
-def _parts(blobs: BlobStore, batches: Sequence[RecordedBatch]) -> Iterator[list[dict[str, Any]]]:
+def _parts(
+    blobs: BlobStore, batches: Sequence[RecordedBatch], lineage: JobLineage | None
+) -> Iterator[list[dict[str, Any]]]:
     """Each recorded batch's records in the record shape, one part in memory at a time."""
     for batch in batches:
         table = pq.ParquetFile(pa.BufferReader(blobs.get_bytes(batch.blob_key))).read().sort_by("record_index")
@@ -132,11 +138,12 @@ def _parts(blobs: BlobStore, batches: Sequence[RecordedBatch]) -> Iterator[list[
             raise SnapshotInconsistent(
                 f"part {batch.blob_key} holds {table.num_rows} records, its BatchGenerated {batch.rows}"
             )
-        yield [_record(row) for row in table.to_pylist()]
+        yield [_record(row, lineage) for row in table.to_pylist()]
 
 
-def _record(row: dict[str, Any]) -> dict[str, Any]:
-    """A part row as the export's record (GeneratedRecord): seed and outputs parsed."""
+def _record(row: dict[str, Any], lineage: JobLineage | None) -> dict[str, Any]:
+    """A part row as the export's record (GeneratedRecord): seed and outputs parsed;
+    then its lineage, as the export's JSONL line ends with it."""
     record: dict[str, Any] = {
         "record_index": row["record_index"],
         "job_id": row["job_id"],
@@ -149,6 +156,7 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
                 "input_tokens": step["input_tokens"],
                 "output_tokens": step["output_tokens"],
                 "latency_ms": step["latency_ms"],
+                "cached": bool(step.get("cached")),
             }
             for step in row["steps"]
         },
@@ -158,6 +166,8 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
         record["model"] = row["model"]
     if row.get("flagged_rules") is not None:
         record["flagged_rules"] = list(row["flagged_rules"])
+    if lineage is not None:
+        record["lineage"] = lineage.of(record | {"seed_row": row.get("seed_row"), "attempt": row.get("attempt")})
     return record
 
 
@@ -235,6 +245,7 @@ def _schema(step_ids: list[str], shape: RecordShape, fmt: OutputFormat) -> pa.Sc
             ("steps", steps),
             ("created_at", moment),
             *([("flagged_rules", pa.list_(pa.string()))] if shape.has_flags else []),
+            *([("lineage", lineage_type(step_ids))] if shape.lineage is not None else []),
         ]
     )
 
