@@ -116,3 +116,27 @@ def test_the_list_shows_own_and_public_templates_and_a_refused_delete_says_why(
     screenshot(browser, "template-delete-refused")
     with palette_site.client("alice") as alice:
         assert alice.get(f"/templates/{template_id}").status_code == 200
+
+
+def test_a_yaml_document_is_imported_and_a_broken_one_answers_the_apis_message(
+    palette_site: Site, browser: WebDriver, sign_in: SignIn, screenshot: Screenshot
+) -> None:
+    sign_in(browser, palette_site, "alice")
+    browser.get(palette_site.url("#/templates/new"))
+    wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "details.import-document summary")).click()
+    document = _field(browser, "document")
+    document.send_keys("name: Broken\nsteps: [")
+    browser.find_element(By.XPATH, "//button[text()='Import']").click()
+    refusal = wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "details.import-document .error-box"))
+    assert "VALIDATION_ERROR: the document is not a template" in refusal.text
+    screenshot(browser, "template-import-refused")
+
+    _replace(
+        document, f"name: Imported\nsteps:\n  - id: answer\n    model: {MODEL}\n    prompt: About {{{{ topic }}}}.\n"
+    )
+    browser.find_element(By.XPATH, "//button[text()='Import']").click()
+    wait_until(
+        browser, lambda d: d.execute_script("return document.querySelector('main h1')?.textContent") == "Imported"
+    )
+    wait_until(browser, lambda d: _required_fields(d) == "topic")
+    assert _hash(browser).startswith("#/templates/tpl_")

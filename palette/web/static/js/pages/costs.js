@@ -91,6 +91,7 @@ function perDayChart(reply) {
         label,
         data: reply.groups.map((g) => Number(g[key])),
         backgroundColor: COLOURS[key],
+        maxBarThickness: 64,
       })),
     },
     options: {
@@ -109,7 +110,7 @@ function perModelChart(reply) {
     type: "bar",
     data: {
       labels: groups.map((g) => g.key),
-      datasets: [{ label: "Total (USD)", data: groups.map((g) => Number(g.total)), backgroundColor: "#5e35b1" }],
+      datasets: [{ label: "Total (USD)", data: groups.map((g) => Number(g.total)), backgroundColor: "#5e35b1", maxBarThickness: 40 }],
     },
     options: {
       indexAxis: "y",

@@ -225,7 +225,7 @@ function reportView(report, templates) {
   return html`
     <article id="seed-report" tabindex="-1" aria-labelledby="report-title">
       <header>
-        <h3 id="report-title">
+        <h3 id="report-title" class=${report.valid ? "valid" : "invalid"}>
           ${report.valid ? "✓ Valid" : "✗ Not valid"}: ${report.record_count} record${report.record_count === 1 ? "" : "s"}
           against ${template ? template.name : report.template_id} v${report.template_version}
         </h3>
@@ -301,7 +301,7 @@ function seedList(state, actions) {
               <td>${s.filename}</td>
               <td>${s.format}</td>
               <td>${s.size_bytes == null ? "—" : formatBytes(s.size_bytes)}</td>
-              <td>${s.status}</td>
+              <td>${seedStatus(s)}</td>
               <td>${s.records ?? s.record_count ?? "—"}</td>
               <td>${formatDate(s.created_at)}</td>
               <td>
@@ -324,6 +324,13 @@ function seedList(state, actions) {
       ? html`<button type="button" class="secondary" @click=${actions.loadMore}>Load more</button>`
       : ""}
   `;
+}
+
+function seedStatus(seed) {
+  const status = seed.status.toLowerCase();
+  if (seed.valid === true) return `${status}: valid`;
+  if (seed.valid === false) return `${status}: not valid`;
+  return status;
 }
 
 function formatBytes(bytes) {

@@ -4,7 +4,7 @@
 // page never carries a second template parser. Saving creates (POST) or publishes the next
 // version (PUT); an owner sees the versions and may delete, with the API's 409 explained.
 import { html, render as paint } from "/static/vendor/lit-html.js";
-import { api, currentUser } from "../api.js";
+import { api, apiUrl, authHeaders, currentUser, errorFrom } from "../api.js";
 import { errorView, formatDate } from "../ui.js";
 import { userName } from "./templates.js";
 
@@ -25,6 +25,7 @@ export async function render(root, params) {
     saved: null, // a sentence after a save
     error: null, // an ApiError from loading, saving or deleting
     deleteProblem: null, // the 409's explanation
+    importError: null,
   };
   let timer = null;
   let pending = null; // the AbortController of the analysis in flight
@@ -47,6 +48,7 @@ export async function render(root, params) {
     },
     save,
     remove,
+    importDocument,
   };
 
   function scheduleAnalysis() {
@@ -101,6 +103,27 @@ export async function render(root, params) {
     update();
   }
 
+  /** POST /templates/import: a YAML (or JSON) document as GET /templates/{id}/export writes it. */
+  async function importDocument(event) {
+    event.preventDefault();
+    const text = new FormData(event.target).get("document");
+    state.importError = null;
+    update();
+    try {
+      const response = await fetch(apiUrl("/templates/import"), {
+        method: "POST",
+        headers: { ...authHeaders(), Accept: "application/json", "Content-Type": "application/yaml" },
+        body: text,
+      });
+      if (!response.ok) throw await errorFrom(response);
+      const saved = await response.json();
+      location.hash = `#/templates/${encodeURIComponent(saved.id)}`;
+    } catch (error) {
+      state.importError = error;
+      update();
+    }
+  }
+
   async function remove() {
     if (!confirm(`Delete the template "${state.loaded.name}" and all its versions?`)) return;
     state.error = null;
@@ -136,7 +159,7 @@ export async function render(root, params) {
     }
   }
   update();
-  if (!templateId || state.loaded) analyse();
+  if (state.loaded) analyse(); // a new template is checked once the user types
 
   return () => {
     clearTimeout(timer);
@@ -265,6 +288,7 @@ function view(state, me, actions) {
         <button type="submit" aria-busy=${String(state.saving)}>${loaded ? "Save a new version" : "Create template"}</button>
       </fieldset>
     </form>
+    ${loaded ? "" : importView(state, actions)}
     ${loaded && !editable ? html`<p>This template is ${loaded.owner}'s: you can read it and run jobs with it.</p>` : ""}
     ${state.versions ? versionsView(state.versions) : ""}
     ${loaded && editable ? deleteView(state, actions) : ""}
@@ -339,7 +363,7 @@ function analysisView(state) {
   const { analysis } = state;
   let body;
   if (!analysis) {
-    body = html`<p>Checking…</p>`;
+    body = html`<p>${state.analysing ? "Checking…" : "Write a prompt: it is checked as you type."}</p>`;
   } else if (analysis.unavailable) {
     body = html`<p>The template could not be checked:</p>
       ${errorView(analysis.unavailable)}`;
@@ -347,7 +371,7 @@ function analysisView(state) {
     const unplaced = (analysis.errors ?? []).filter((p) => !p.step_id);
     body = html`
       <p class=${analysis.valid ? "valid" : "invalid"}>
-        ${analysis.valid ? "✓ The template is valid." : `⚠ ${analysis.errors.length} problem(s) to fix before saving.`}
+        ${analysis.valid ? "✓ The template is valid." : `⚠ ${analysis.errors.length} problem${analysis.errors.length === 1 ? "" : "s"} to fix before saving.`}
       </p>
       ${unplaced.length ? html`<ul class="problems">${unplaced.map((p) => html`<li>${problemText(p)}</li>`)}</ul>` : ""}
       <p>
@@ -362,6 +386,22 @@ function analysisView(state) {
     <h2>Check</h2>
     ${body}
   </section>`;
+}
+
+function importView(state, actions) {
+  return html`
+    <details class="import-document" ?open=${!!state.importError}>
+      <summary>Or import a whole template as a YAML or JSON document</summary>
+      <form @submit=${actions.importDocument}>
+        <label>
+          Document <small>(as a template's export writes it: name, description, tags, steps)</small>
+          <textarea name="document" rows="10" spellcheck="false" required></textarea>
+        </label>
+        ${state.importError ? errorView(state.importError) : ""}
+        <button type="submit" class="secondary">Import</button>
+      </form>
+    </details>
+  `;
 }
 
 function versionsView(versions) {
