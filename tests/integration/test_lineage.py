@@ -295,3 +295,19 @@ def test_the_audit_traces_a_record_to_its_batch_event_its_charge_and_its_calls(
         app, ["audit", "job", job_id, "--data-dir", str(adapters.data_dir), "--record", record_id(job_id, None, 99)]
     )
     assert unknown.exit_code == 2 and "holds record" in unknown.output
+
+
+def test_a_fanout_jobs_records_have_an_id_per_model_and_name_the_model_each_step_called(
+    adapters: Adapters, server: FakeOpenAIServer
+) -> None:
+    models = ["openai/fake-alpha", "openai/fake-beta"]
+    job_id = request_job(adapters, 3, steps=(QUESTION,), models=models)
+    assert run_worker(adapters, server, job_id).outcome is RunOutcome.COMPLETED
+
+    lines = [json.loads(line) for line in exported(adapters, job_id)[OutputFormat.JSONL].splitlines()]
+    assert sorted((line["model"], line["record_index"]) for line in lines) == [(m, i) for m in models for i in range(3)]
+    for line in lines:
+        assert line["lineage"]["record_id"] == record_id(job_id, line["model"], line["record_index"])
+        assert line["lineage"]["steps"]["question"]["model"] == line["model"]
+    assert len({line["lineage"]["record_id"] for line in lines}) == 6
+    assert set(manifest(adapters, job_id)["totals"]["per_model"]) == set(models)
