@@ -61,6 +61,9 @@ def test_a_chosen_jsonl_file_is_uploaded_and_its_report_names_the_missing_field(
     assert _rows(browser, "missing-fields") == [["book.title", "1"]]
     assert _rows(browser, "failing-records") == [["2", "book.title", "—"]]
     assert browser.find_element(By.ID, "seed-status").text.startswith("Uploaded books.jsonl (")
+    progress = browser.find_element(By.TAG_NAME, "progress")
+    size = str(seed_file.stat().st_size)
+    assert (progress.get_attribute("value"), progress.get_attribute("max")) == (size, size)
     listed = wait_until(
         browser, lambda d: d.find_elements(By.XPATH, "//table[@class='seed-sets']//td[text()='books.jsonl']")
     )

@@ -13,7 +13,8 @@ export async function render(root, _params) {
     templateId: "",
     file: null,
     dragging: false,
-    progress: null, // {loaded, total} while the file is sent
+    progress: null, // {loaded, total} of the last upload, as XMLHttpRequest reported it
+    uploading: false,
     step: null, // what is happening, in words
     report: null,
     error: null,
@@ -62,6 +63,7 @@ export async function render(root, _params) {
     state.report = null;
     state.error = null;
     state.progress = { loaded: 0, total: file.size };
+    state.uploading = true;
     state.step = `Asking for an upload URL for ${file.name}…`;
     update();
     try {
@@ -77,8 +79,9 @@ export async function render(root, _params) {
     } catch (error) {
       state.error = error;
       state.step = null;
+      state.progress = null;
     }
-    state.progress = null;
+    state.uploading = false;
     update();
   }
 
@@ -199,7 +202,7 @@ function view(state, actions) {
         @drop=${actions.drop}
       >
         <span><strong>Drop a seed file here</strong> or choose one</span>
-        <input type="file" name="seed-file" accept=${ACCEPTED} @change=${actions.pick} ?disabled=${!!state.progress} />
+        <input type="file" name="seed-file" accept=${ACCEPTED} @change=${actions.pick} ?disabled=${state.uploading} />
       </label>
       ${state.progress
         ? html`<label>
