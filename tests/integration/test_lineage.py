@@ -26,6 +26,7 @@ from contracts.events.jobs import JobRequested, OutputFormat
 from contracts.pricing import DEFAULT_CATALOG, price_call, with_overrides
 from contracts.streams import generation_stream, job_stream, ledger_stream
 from palette.adapters import Adapters
+from palette.audit.record_trace import trace_record
 from palette.blobs.s3 import S3BlobStore
 from palette.cli import app
 from palette.eventstore.port import NewEvent
@@ -143,6 +144,13 @@ def test_every_format_carries_each_records_lineage_as_the_model_answered_it(
     )
     assert Decimal(totals["cost_usd"]) == steps_cost
     assert totals["per_model"][MODEL]["calls"] == 14
+
+    # the audit reads the record's calls from its part, on this blob store too
+    trace = trace_record(adapters.events, adapters.blobs, job_id, lines[5]["lineage"]["record_id"])
+    assert trace.record_index == 5 and trace.seed_row == lines[5]["lineage"]["seed_row"]
+    assert {k: (c["model"], c["output_tokens"]) for k, c in trace.calls.items()} == {
+        k: (c["model"], c["output_tokens"]) for k, c in lines[5]["lineage"]["steps"].items()
+    }
 
 
 def test_a_job_without_lineage_exports_no_lineage_column(adapters: Adapters, server: FakeOpenAIServer) -> None:
