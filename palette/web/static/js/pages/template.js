@@ -9,7 +9,7 @@ import { errorView, formatDate } from "../ui.js";
 import { userName } from "./templates.js";
 
 const ANALYSIS_DELAY_MS = 400;
-const DEFAULT_MODEL = "openai/gpt-4o-mini";
+const DEFAULT_MODEL = "local/gemma-3-270m"; // the model the embedded runtime ships
 
 export async function render(root, params) {
   const templateId = params.id && params.id !== "new" ? params.id : null;
@@ -325,7 +325,7 @@ function stepEditor(step, index, count, state, actions) {
           />
         </label>
         <label>
-          Model
+          Model <small>(provider/model-id)</small>
           <input
             name="${prefix}-model"
             required
@@ -355,7 +355,7 @@ function stepEditor(step, index, count, state, actions) {
 }
 
 function problemText(problem) {
-  const where = problem.line != null ? `Line ${problem.line}: ` : "";
+  const where = problem.line != null ? `Line ${problem.line}: ` : problem.field ? `${problem.field}: ` : "";
   return `⚠ ${where}${problem.message}`;
 }
 
