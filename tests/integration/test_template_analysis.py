@@ -124,8 +124,6 @@ def test_includes_resolve_as_the_caller_and_content_rules_are_reported_not_recor
 
         large = analysis(alice, "{{ topic }} " + "word " * (64 * 1024 // 5))
         assert large["valid"] is True
-        too_large = alice.post(
-            "/templates/analysis", json={"name": "Draft", "steps": [step("q", "x" * (600 * 1024))]}
-        )
+        too_large = alice.post("/templates/analysis", json={"name": "Draft", "steps": [step("q", "x" * (600 * 1024))]})
         assert too_large.status_code == 413, too_large.text
         assert too_large.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
