@@ -28,6 +28,7 @@ from typing import TypeVar
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -151,8 +152,14 @@ def browser() -> Iterator[WebDriver]:
 
 
 def wait_until(driver: WebDriver, condition: Callable[[WebDriver], T], timeout: float = WAIT_SECONDS) -> T:
-    """Selenium's explicit wait: `condition(driver)`'s first truthy value within `timeout` seconds."""
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    """Selenium's explicit wait: `condition(driver)`'s first truthy value within `timeout` seconds. An
+    element not there yet, or replaced meanwhile (every navigation paints a fresh page), is asked again."""
+    return WebDriverWait(
+        driver,
+        timeout,
+        poll_frequency=0.05,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    ).until(condition)
 
 
 def _sign_in(driver: WebDriver, site: Site, user: str) -> None:

@@ -132,9 +132,18 @@ def test_a_running_job_is_cancelled_from_its_page(
     wait_until(browser, lambda d: d.find_element(By.ID, "cancel-job")).click()
     wait_until(browser, lambda d: "cancelled" in d.find_element(By.ID, "job-status").text, 60)
     assert browser.find_element(By.ID, "delete-job").is_displayed()
+    browser.execute_script("window.scrollTo(0, 0)")
     screenshot(browser, "job-cancelled")
     with palette_site.client("alice") as alice:
         assert alice.get(f"/jobs/{job_id}").json()["status"] == "CANCELLED"
+
+    browser.find_element(By.LINK_TEXT, "Back to your jobs").click()
+    Select(wait_until(browser, lambda d: d.find_element(By.ID, "status-filter"))).select_by_value("CANCELLED")
+    wait_until(browser, lambda d: d.execute_script("return location.hash") == "#/jobs?status=CANCELLED")
+    rows = wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr"))
+    assert job_id in [row.get_attribute("data-job-id") for row in rows]
+    assert all("cancelled" in row.text for row in rows)
+    screenshot(browser, "jobs-cancelled-filter")
 
 
 def test_another_users_job_page_shows_the_apis_not_found_message(

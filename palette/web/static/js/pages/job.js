@@ -129,7 +129,7 @@ function dashboardView(d, via) {
       </label>
       <progress id="job-progress" max="100" value=${percent}></progress>
       <p class="muted" id="job-feed" data-via=${settled ? "settled" : via}>
-        <small>${settled ? "Finished." : via === "stream" ? "Live: updates as the job advances." : "Updating every 3 s (the live stream is unavailable)."}</small>
+        <small>${settled ? "The job has ended: nothing more will change." : via === "stream" ? "Live: updates as the job advances." : "Updating every 3 s (the live stream is unavailable)."}</small>
       </p>
       <dl class="stats">
         <div><dt>Rate</dt><dd>${d.timing.smoothed_records_per_second ?? d.timing.records_per_second ? `${(d.timing.smoothed_records_per_second ?? d.timing.records_per_second).toFixed(1)} rec/s` : "—"}</dd></div>

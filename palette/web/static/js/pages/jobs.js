@@ -8,18 +8,21 @@ const STATUSES = ["QUEUED", "RUNNING", "COMPLETED", "COMPLETED_WITH_ERRORS", "FA
 export async function render(root, params) {
   const state = { items: [], nextToken: null, error: null, loading: false, status: params.status || "" };
   const controller = new AbortController();
+  let latest = 0; // a filter changed while a page loaded: only the newest answer is shown
 
   async function load(more) {
+    const asked = ++latest;
     state.loading = true;
     update();
     try {
       const query = { limit: 20, status: state.status, next_token: more ? state.nextToken : null };
       const page = await api("GET", "/jobs", { query, signal: controller.signal });
+      if (asked !== latest) return;
       state.items = more ? state.items.concat(page.items) : page.items;
       state.nextToken = page.next_token ?? null;
       state.error = null;
     } catch (error) {
-      if (error.name === "AbortError") return;
+      if (error.name === "AbortError" || asked !== latest) return;
       state.error = error;
     }
     state.loading = false;
@@ -28,6 +31,8 @@ export async function render(root, params) {
 
   function filter(event) {
     state.status = event.target.value;
+    state.items = [];
+    state.nextToken = null;
     const hash = state.status ? `#/jobs?status=${state.status}` : "#/jobs";
     window.history.replaceState(null, "", hash);
     load(false);
