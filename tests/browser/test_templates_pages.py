@@ -118,7 +118,7 @@ def test_the_list_shows_own_and_public_templates_and_a_refused_delete_says_why(
         assert alice.get(f"/templates/{template_id}").status_code == 200
 
 
-def test_a_yaml_document_is_imported_and_a_broken_one_answers_the_apis_message(
+def test_a_yaml_document_is_imported_a_broken_one_answers_the_apis_message_and_an_unused_one_is_deleted(
     palette_site: Site, browser: WebDriver, sign_in: SignIn, screenshot: Screenshot
 ) -> None:
     sign_in(browser, palette_site, "alice")
@@ -139,4 +139,11 @@ def test_a_yaml_document_is_imported_and_a_broken_one_answers_the_apis_message(
         browser, lambda d: d.execute_script("return document.querySelector('main h1')?.textContent") == "Imported"
     )
     wait_until(browser, lambda d: _required_fields(d) == "topic")
-    assert _hash(browser).startswith("#/templates/tpl_")
+    template_id = _hash(browser)[len("#/templates/") :]
+    assert template_id.startswith("tpl_")
+
+    browser.find_element(By.XPATH, "//button[text()='Delete this template']").click()
+    browser.switch_to.alert.accept()
+    wait_until(browser, lambda d: _hash(d) == "#/templates")
+    with palette_site.client("alice") as alice:
+        assert alice.get(f"/templates/{template_id}").status_code == 404
