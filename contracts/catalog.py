@@ -97,10 +97,22 @@ def _job_requested_v3(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "lineage": False, "cache": False, "dedup": None}
 
 
+@CATALOG.upcaster("JobRequested", from_version=4)
+def _job_requested_v4(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 5 added `judge`; a version 4 job judged nothing."""
+    return {**data, "judge": None}
+
+
 @CATALOG.upcaster("BatchGenerated", from_version=1)
 def _batch_generated_v1(data: dict[str, Any]) -> dict[str, Any]:
     """Version 2 added `duplicates_dropped`; a version 1 batch's job did not dedup."""
     return {**data, "duplicates_dropped": 0}
+
+
+@CATALOG.upcaster("BatchGenerated", from_version=2)
+def _batch_generated_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 added the judge's `scores` and `judge_dropped`; a version 2 batch's job judged nothing."""
+    return {**data, "scores": [], "judge_dropped": 0}
 
 
 @CATALOG.upcaster("TemplateVersionPublished", from_version=1)

@@ -160,11 +160,21 @@ class GenerationModelFailed(_GenerationEvent):
     records_completed: int = Field(ge=0)
 
 
+class RecordScores(BaseModel):
+    """The judge's scores of one record of a batch: criterion -> 1..5."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    record_index: int = Field(ge=0)
+    scores: dict[str, int] = Field(description="each criterion of the job's judge -> its score, 1 to 5")
+
+
 class BatchGenerated(_GenerationEvent):
     """A batch of records is in its part. Version 2 added `duplicates_dropped` (version 1
-    batches upcast with 0: their jobs did not dedup)."""
+    batches upcast with 0: their jobs did not dedup); version 3 added the judge's `scores`
+    and `judge_dropped` (version 2 batches upcast with none: their jobs judged nothing)."""
 
-    schema_version: ClassVar[int] = 2
+    schema_version: ClassVar[int] = 3
 
     batch_number: int = Field(ge=0)
     first_record: int = Field(ge=0, description="index of the batch's first record")
@@ -182,6 +192,14 @@ class BatchGenerated(_GenerationEvent):
     bytes_written: int = Field(ge=0)
     model: str | None = Field(
         default=None, description="fan-out jobs: the model whose records these are (indices count per model)"
+    )
+    scores: list[RecordScores] = Field(
+        default_factory=list, description="a job with a judge: the scores of the batch's judged records"
+    )
+    judge_dropped: int = Field(
+        default=0,
+        ge=0,
+        description="records the judge scored below the job's min_score, dropped and made again from another seed row",
     )
 
 

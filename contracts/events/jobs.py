@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contracts.events.base import DomainEvent
 
@@ -47,6 +48,47 @@ class TaskSize(BaseModel):
     memory_mib: int = Field(strict=True, ge=512, le=122_880, description="MiB, 512 to 122,880 (Fargate's range)")
 
 
+MAX_JUDGE_CRITERIA = 8
+MAX_RUBRIC_CHARS = 20_000
+JUDGE_SCORES = (1, 2, 3, 4, 5)
+"""The scores a judge gives each criterion: integers 1 (worst) to 5 (best)."""
+
+
+class JudgeOptions(BaseModel):
+    """A job's quality judge: a model scores a deterministic sample of the records on the
+    user's rubric (a Jinja prompt rendered with the record's seed fields and
+    `steps.<id>.output`), one integer 1-5 per criterion, as structured output. Without
+    `sample_rate` or `sample_size` it judges every record. With `min_score`, a judged
+    record whose mean score is below it is dropped and made again from another seed row."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(description="the judge's `provider/model-id`")
+    rubric: str = Field(min_length=1, max_length=MAX_RUBRIC_CHARS, description="a Jinja prompt")
+    criteria: list[str] = Field(min_length=1, max_length=MAX_JUDGE_CRITERIA, description="1 to 8 names")
+    sample_rate: float | None = Field(default=None, gt=0, le=1, description="judge this share of the records")
+    sample_size: int | None = Field(default=None, ge=1, le=1_000_000, description="judge this many records")
+    min_score: float | None = Field(
+        default=None, ge=1, le=5, description="drop (and make again) a judged record whose mean is below it"
+    )
+
+    @model_validator(mode="after")
+    def _one_sample_and_distinct_criteria(self) -> JudgeOptions:
+        if self.sample_rate is not None and self.sample_size is not None:
+            raise ValueError("give sample_rate or sample_size, not both")
+        for name in self.criteria:
+            if not _CRITERION.fullmatch(name):
+                raise ValueError(
+                    f"criterion {name[:40]!r} is 1-32 lowercase letters, digits and _, starting with a letter"
+                )
+        if len(set(self.criteria)) != len(self.criteria):
+            raise ValueError("criteria lists a name twice")
+        return self
+
+
+_CRITERION = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
 class JobOptions(BaseModel):
     """What a job makes and within which limits: the one definition of a job's options.
 
@@ -85,6 +127,9 @@ class JobOptions(BaseModel):
         description="drop duplicate records (exact: normalised text; near: MinHash/LSH) and make "
         "replacements, so the job still ends with num_records",
     )
+    judge: JudgeOptions | None = Field(
+        default=None, description="score a sample of the records with a model on a rubric (JudgeOptions)"
+    )
 
 
 class JobRequested(JobOptions, _JobEvent):
@@ -95,9 +140,9 @@ class JobRequested(JobOptions, _JobEvent):
     Version 2 added `task_size` (version 1 events upcast with none); version 3 added
     `model_tiers` (`contracts.model_tiers`; older events upcast with none); version 4 added
     `lineage`, `cache` and `dedup` (older events upcast with none of them: their records were
-    made without)."""
+    made without); version 5 added `judge` (older events upcast with none)."""
 
-    schema_version: ClassVar[int] = 4
+    schema_version: ClassVar[int] = 5
 
     owner: str
     template_id: str

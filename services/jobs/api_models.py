@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from contracts.events.jobs import JobOptions, OutputFormat, TaskSize
+from contracts.events.jobs import JobOptions, JudgeOptions, OutputFormat, TaskSize
 from contracts.identifiers import MAX_ID_CHARS, MAX_MODEL_ID_CHARS, id_problem, model_problem
 from contracts.model_aliases import canonical_model
 from contracts.money import MoneyNumber, MoneyText, plain_decimal
@@ -191,6 +191,11 @@ class JobRequest(BaseModel):
         description="drop duplicate records and make replacements: 'exact' (normalised text) or "
         "'near' (MinHash/LSH); the job still ends with num_records",
     )
+    judge: JudgeOptions | None = Field(
+        default=None,
+        description="score records with a model on your rubric: model, rubric (Jinja), criteria, "
+        "sample_rate or sample_size, min_score (README, Quality judge)",
+    )
 
     @model_validator(mode="after")
     def _one_spelling_of_each_export_option(self) -> JobRequest:
@@ -224,6 +229,7 @@ class JobRequest(BaseModel):
             lineage=self.lineage,
             cache=self.cache,
             dedup=self.dedup,
+            judge=self.judge,
         )
 
 
@@ -243,6 +249,7 @@ class JobInputBody(BaseModel):
     lineage: bool = False
     cache: bool = False
     dedup: str | None = None
+    judge: JudgeOptions | None = None
     model_tiers: dict[str, str] = Field(
         default_factory=dict,
         description="each tier the template's steps name (`tier/fast`) -> the model it resolved to at creation",

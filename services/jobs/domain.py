@@ -29,6 +29,8 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
+from jinja2 import TemplateError
+
 from contracts.events.base import DomainEvent
 from contracts.events.generator import BudgetStop
 from contracts.events.jobs import (
@@ -43,6 +45,7 @@ from contracts.events.jobs import (
     JobOptions,
     JobRequested,
     JobStarted,
+    JudgeOptions,
     OutputFilter,
     OutputFormat,
 )
@@ -62,6 +65,7 @@ from contracts.model_tiers import resolve
 from contracts.money import money_text
 from contracts.pricing import PricingCatalog, price_call
 from palette.blobs import keys as blob_keys
+from palette.prompts import compile_prompt
 
 MAX_RECORDS = 1_000_000
 MAX_BUDGET = Decimal(1000)
@@ -172,6 +176,19 @@ def check_options(options: JobOptions) -> None:
     if options.output_filter not in OUTPUT_FILTERS:
         raise InvalidJobInput("output_filter", "output_filter is 'drop' or 'flag'")
     _check_models(options.models or [])
+    if options.judge is not None:
+        _check_judge(options.judge)
+
+
+def _check_judge(judge: JudgeOptions) -> None:
+    """The judge's model is a `provider/model-id` of a known provider and its rubric a
+    prompt the sandbox compiles: a typo fails the request, not every record of the job."""
+    if problem := model_problem(judge.model):
+        raise InvalidJobInput("judge.model", problem)
+    try:
+        compile_prompt(judge.rubric)
+    except TemplateError as error:
+        raise InvalidJobInput("judge.rubric", f"the rubric is not a valid Jinja prompt: {error}") from None
 
 
 def _check_models(models: Sequence[str]) -> None:

@@ -241,6 +241,12 @@ class JobHandlers:
             )
         if self._pricing_check is not None:
             used = job_input.options.models or template.models[version]
+            judge = job_input.options.judge
+            if judge is not None and not self._pricing_check(judge.model):
+                raise InvalidJobInput(
+                    "judge.model",
+                    f"no price is known for {judge.model}, so the budget cannot be enforced on the judge's calls",
+                )
             unpriced = [m for m in used if not self._pricing_check(m)]
             if unpriced:
                 raise InvalidJobInput(
