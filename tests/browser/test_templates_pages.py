@@ -1,7 +1,7 @@
 """The templates pages in headless Chromium against `palette serve`: write a template and see the
 API's analysis flag a Jinja syntax error while typing, then the seed fields once it is fixed; save
 it and see its versions; the list of own and public templates; a delete the API refuses (409)
-explained in words."""
+explained in words; a YAML document imported (and a broken one's refusal shown), then deleted."""
 
 from __future__ import annotations
 
