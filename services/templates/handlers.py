@@ -262,8 +262,9 @@ class TemplateHandlers:
             reading = check_definition("", 1, name, description, resolved, self._screen, tags=tags)
         except InvalidTemplate as invalid:
             return DefinitionAnalysis(tuple(invalid.errors), (), invalid.analysis, step_ids)
-        except ContentRejected as rejected:
-            return DefinitionAnalysis((), rejected.blocks, None, step_ids)
+        except ContentRejected as rejected:  # it passed every other check: what it reads still shows
+            reading = check_definition("", 1, name, description, resolved, ALLOW_ALL, tags=tags)
+            return DefinitionAnalysis((), rejected.blocks, reading, step_ids)
         return DefinitionAnalysis((), (), reading, step_ids)
 
     def _snippets_for(self, user: str) -> SnippetVersions:

@@ -120,6 +120,7 @@ def test_includes_resolve_as_the_caller_and_content_rules_are_reported_not_recor
         assert blocked["valid"] is False
         [error] = blocked["errors"]
         assert (error["code"], error["step_id"], error["field"]) == ("CONTENT_BLOCKED", "q", "steps.q.prompt")
+        assert blocked["required_fields"] == ["topic"]
         assert sorted(runtime.adapters.events.stream_ids()) == streams_before  # no guard-template-* stream
 
         large = analysis(alice, "{{ topic }} " + "word " * (64 * 1024 // 5))
