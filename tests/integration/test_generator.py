@@ -35,7 +35,9 @@ from contracts.events.templates import TemplateStep
 from contracts.streams import generation_stream, job_stream
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
+from palette.lineage import record_id
 from palette.models.openai import OpenAICompatibleGateway
+from services.generator.records import read_part
 from services.generator.run.options import WorkerOptions
 from services.generator.run.outcome import RunOutcome, RunResult
 from services.generator.worker import GenerationWorker
@@ -421,7 +423,9 @@ def test_kill_9_mid_job_then_another_worker_takes_over_after_the_lease(tmp_path:
         wait_for(lambda: batches_recorded(adapters, job_id) >= 3, timeout=60)
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=30)
-        done = of_type(generation_events(adapters, job_id), BatchGenerated)[-1].last_record + 1
+        recorded = of_type(generation_events(adapters, job_id), BatchGenerated)
+        done = recorded[-1].last_record + 1
+        before = [r for b in recorded for r in read_part(adapters.blobs, b.blob_key)]
 
         second = start_worker(data_dir, server, job_id, "--lease-seconds", "2")
         output = second.communicate(timeout=120)[0].decode()
@@ -432,6 +436,14 @@ def test_kill_9_mid_job_then_another_worker_takes_over_after_the_lease(tmp_path:
     assert len(claims) == 2 and claims[1].resumed_from_record >= done
     assert not of_type(events, GenerationReleased)
     assert_exact_dataset(adapters, job_id, 400)
+    # lineage: every record's id is its index's, and those recorded before the kill keep theirs
+    [exported] = of_type(events, DatasetExported)
+    jsonl = next(f for f in exported.files if f.format is OutputFormat.JSONL)
+    lines = [json.loads(line) for line in adapters.blobs.get_bytes(jsonl.blob_key).splitlines()]
+    assert [line["lineage"]["record_id"] for line in lines] == [record_id(job_id, None, i) for i in range(400)]
+    for made in before:
+        kept = lines[made["record_index"]]["lineage"]
+        assert (kept["seed_row"], kept["attempt"]) == (made["seed_row"], made["attempt"])
     adapters.close()
 
 
