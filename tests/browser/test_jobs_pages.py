@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
+from palette.api.event_streams import DEFAULT_MAX_PER_USER
 from tests.browser.conftest import MODEL, Site, wait_until
 from tests.integration.palette_http import template_and_seed
 
@@ -181,3 +183,28 @@ def test_the_job_page_fits_a_phone_width_screen(
     assert width <= 400
     overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow} px at {width} px"
+
+
+def test_without_a_stream_the_job_page_follows_the_job_by_polling(
+    palette_site: Site,
+    browser: WebDriver,
+    sign_in: SignIn,
+    screenshot: Screenshot,
+    alices_template_and_seed: tuple[str, str],
+) -> None:
+    palette_site.model.behaviour.set_latency(0.5)  # still running while the page looks
+    job_id = start_job(palette_site, "alice", *alices_template_and_seed, num_records=5000)
+    with palette_site.client("alice") as alice, ExitStack() as streams:
+        for _ in range(DEFAULT_MAX_PER_USER):  # every stream alice may open: the page's answers 429
+            opened = streams.enter_context(alice.stream("GET", f"/jobs/{job_id}/events"))
+            assert opened.status_code == 200
+        assert alice.get(f"/jobs/{job_id}/events").status_code == 429
+
+        sign_in(browser, palette_site, "alice")
+        browser.get(palette_site.url(f"#/jobs/{job_id}"))
+        wait_until(browser, lambda d: d.find_element(By.ID, "job-feed").get_attribute("data-via") == "poll")
+        assert "every 3 s" in browser.find_element(By.ID, "job-feed").text
+        screenshot(browser, "job-polling")
+
+        assert alice.delete(f"/jobs/{job_id}").status_code in (200, 202)
+        wait_until(browser, lambda d: "cancelled" in d.find_element(By.ID, "job-status").text, 30)
