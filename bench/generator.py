@@ -13,6 +13,10 @@ after and is timed apart. Orchestration cost is this process's CPU time per reco
 deduplicator admitting the dataset's records (read back from their parts), in µs per record
 (`dedup_us_per_record=N`), with the bytes its keys take per record.
 
+`--cache` runs the job with the call cache on, then reruns it (a second job of the same
+template and seed set) and prints the rerun's rate, its model calls and the calls the cache
+saved (`cache_rerun_records_per_s=N calls_saved=M`).
+
 Last line: `generator records_per_s=N ideal=640 ratio=R`.
 """
 
@@ -29,9 +33,9 @@ from pathlib import Path
 
 from contracts.events.base import DomainEvent
 from contracts.events.generator import BatchGenerated
-from contracts.events.jobs import OutputFormat
+from contracts.events.jobs import JobRequested, OutputFormat
 from contracts.events.templates import TemplateStep
-from contracts.streams import generation_stream
+from contracts.streams import generation_stream, job_stream
 from palette.adapters import Adapters, local_adapters
 from palette.eventstore.port import NewEvent
 from palette.models.openai import OpenAICompatibleGateway
@@ -50,7 +54,13 @@ def _append(adapters: Adapters, stream_id: str, events: Sequence[DomainEvent]) -
     adapters.events.append(stream_id, [NewEvent(e, actor=OWNER) for e in events], 0)
 
 
-def request_job(adapters: Adapters, records: int, formats: list[OutputFormat], dedup: DedupMode | None = None) -> str:
+def request_job(
+    adapters: Adapters,
+    records: int,
+    formats: list[OutputFormat],
+    dedup: DedupMode | None = None,
+    cache: bool = False,
+) -> str:
     """A one-step template, a 1,000-row seed and a JobRequested, appended as their services would.
     A job that dedups gets 10 rows a record: the fake model's answer follows from the prompt,
     so a seed of fewer rows than records could not make them all distinct."""
@@ -72,6 +82,7 @@ def request_job(adapters: Adapters, records: int, formats: list[OutputFormat], d
         budget=Decimal("100"),
         formats=formats,
         dedup=dedup,
+        cache=cache,
     )
 
 
@@ -80,6 +91,21 @@ def _times(adapters: Adapters, job_id: str) -> dict[str, list[datetime]]:
     for stored in adapters.events.read_stream(generation_stream(job_id)):
         found.setdefault(stored.detail_type, []).append(datetime.fromisoformat(stored.time))
     return found
+
+
+def rerun(adapters: Adapters, job_id: str) -> str:
+    """A second job of `job_id`'s template and seed set (its JobRequested under a new id)."""
+    requested = next(stored.decode() for stored in adapters.events.read_stream(job_stream(job_id)))
+    assert isinstance(requested, JobRequested)
+    rerun_id = f"{job_id}-rerun"
+    _append(adapters, job_stream(rerun_id), [requested.model_copy(update={"job_id": rerun_id})])
+    return rerun_id
+
+
+def generating_rate(adapters: Adapters, job_id: str, records: int) -> float:
+    """Records a second from the GenerationClaimed to the last BatchGenerated."""
+    times = _times(adapters, job_id)
+    return records / (times["BatchGenerated"][-1] - times["GenerationClaimed"][0]).total_seconds()
 
 
 def dedup_cost(adapters: Adapters, job_id: str, mode: DedupMode) -> str:
@@ -109,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--dedup", choices=["exact", "near"], default=None, help="the job deduplicates")
+    parser.add_argument("--cache", action="store_true", help="the call cache on, then a rerun from it")
     args = parser.parse_args(argv)
     ideal = args.concurrency / args.latency
     formats = [OutputFormat.JSONL, OutputFormat.PARQUET, OutputFormat.CSV]
@@ -117,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
         FakeOpenAIServer(latency_s=args.latency, in_process=False) as server,
     ):
         adapters = local_adapters(Path(workdir) / "data")
-        job_id = request_job(adapters, args.records, formats, args.dedup)
+        job_id = request_job(adapters, args.records, formats, args.dedup, args.cache)
         options = WorkerOptions(concurrency=args.concurrency, batch_size=args.batch_size, adaptive=False)
 
-        async def run() -> tuple[RunOutcome, float, float]:
+        async def run(job_id: str) -> tuple[RunOutcome, float, float]:
             gateway = OpenAICompatibleGateway(
                 base_url=server.base_url, api_key="bench", max_connections=args.concurrency * 2
             )
@@ -132,10 +159,21 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 await gateway.close()
 
-        outcome, cpu_seconds, wall_seconds = asyncio.run(run())
+        outcome, cpu_seconds, wall_seconds = asyncio.run(run(job_id))
         times = _times(adapters, job_id)
         calls = server.calls
         dedup_line = dedup_cost(adapters, job_id, args.dedup) if args.dedup else ""
+        cache_line = ""
+        if args.cache and outcome is RunOutcome.COMPLETED:
+            rerun_id = rerun(adapters, job_id)
+            rerun_outcome, rerun_cpu, _ = asyncio.run(run(rerun_id))
+            rerun_calls = server.calls - calls
+            rerun_rate = generating_rate(adapters, rerun_id, args.records)
+            cache_line = (
+                f"cache rerun ({rerun_outcome.value}): {rerun_rate:,.0f} records/s, {rerun_calls} model calls "
+                f"({calls - rerun_calls} of {calls} saved), {rerun_cpu / args.records * 1e6:,.0f} us CPU per record "
+                f"(cache_rerun_records_per_s={rerun_rate:.0f} calls_saved={calls - rerun_calls})"
+            )
         adapters.close()
     if outcome is not RunOutcome.COMPLETED:
         print(f"generator run ended {outcome.value}, not completed")
@@ -162,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if dedup_line:
         print(dedup_line)
+    if cache_line:
+        print(cache_line)
     print(f"generator records_per_s={rate:.0f} ideal={ideal:.0f} ratio={rate / ideal:.2f}")
     return 0
 

@@ -25,6 +25,7 @@ from contracts.streams import job_stream
 from palette.adapters import Adapters, local_adapters
 from palette.api.app import build_app
 from palette.api.auth import LocalTokens
+from palette.blobs.call_cache import call_cache_size, clear_call_cache
 from palette.blobs.keys import call_cache_prefix
 from palette.blobs.port import BlobStore
 from palette.blobs.s3 import S3BlobStore
@@ -97,7 +98,9 @@ def test_a_rerun_with_the_same_template_and_seeds_is_answered_from_the_cache_for
     first = request_job(adapters, 12, STEPS, cache=True)
     assert run_worker(adapters, server, first, batch_size=5).outcome is RunOutcome.COMPLETED
     assert server.calls == 24
-    assert adapters.blobs.list(call_cache_prefix("alice"))
+    # the 24 answers of records 0..11 (one block) in one pack, not a blob per call
+    assert call_cache_size(adapters.blobs, "alice")[0] == 24
+    assert len(list(adapters.blobs.list(call_cache_prefix("alice")))) == 1
 
     # a budget that cannot pay for one call: cached calls never reserve or spend any
     rerun = again(adapters, first, budget_limit=Decimal("0.000001"))
@@ -138,7 +141,7 @@ def test_another_user_gets_no_answer_from_the_first_users_cache(adapters: Adapte
 
     assert server.calls == 24, "bob's job made every call itself"
     assert not any(s["cached"] for r in records(adapters, bobs) for s in r["steps"].values())
-    assert len(list(adapters.blobs.list(call_cache_prefix("bob")))) == 12
+    assert call_cache_size(adapters.blobs, "bob")[0] == 12
 
 
 def test_records_that_render_the_same_prompt_keep_their_own_answers(
@@ -198,13 +201,17 @@ def api(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def fill(blobs: BlobStore, owner: str, answers: list[str]) -> None:
-    """Cache entries as the generator stores them."""
-    cache = CallCache(blobs, owner)
-    for number, text in enumerate(answers):
-        key = call_key(ModelRequest(model=MODEL, prompt=f"prompt {number}", max_tokens=8), number, 0)
-        asyncio.run(
-            cache.put(key, ModelResponse(text=text, input_tokens=1, output_tokens=1, model=MODEL, latency_ms=1))
-        )
+    """Cache entries as the generator stores them: records 0, 150, 300... (a pack each)."""
+
+    async def store() -> None:
+        cache = CallCache(blobs, owner, "seed-set\x00seeds")
+        for number, text in enumerate(answers):
+            key = call_key(ModelRequest(model=MODEL, prompt=f"prompt {number}", max_tokens=8), number * 150, 0)
+            reply = ModelResponse(text=text, input_tokens=1, output_tokens=1, model=MODEL, latency_ms=1)
+            cache.put(key, number * 150, reply)
+        await cache.drain()
+
+    asyncio.run(store())
 
 
 def test_an_owner_sees_the_size_of_their_cache_and_clears_it_without_touching_anothers(api: Facade) -> None:
@@ -227,7 +234,7 @@ def test_a_job_after_its_owner_cleared_the_cache_calls_the_model_again(
     first = request_job(adapters, 3, STEPS, cache=True)
     run_worker(adapters, server, first)
 
-    assert adapters.blobs.delete_prefix(call_cache_prefix("alice")) == 6
+    assert clear_call_cache(adapters.blobs, "alice") == 6
     run_worker(adapters, server, again(adapters, first))
 
     assert server.calls == 12
