@@ -21,7 +21,8 @@ import pytest
 from moto import mock_aws
 from typer.testing import CliRunner
 
-from contracts.events.generator import BatchGenerated, DatasetExported
+from contracts.events.billing import CostRecorded
+from contracts.events.generator import BatchGenerated, DatasetExported, TokenUsage
 from contracts.events.jobs import JobRequested, OutputFormat
 from contracts.pricing import DEFAULT_CATALOG, price_call, with_overrides
 from contracts.streams import generation_stream, job_stream, ledger_stream
@@ -29,12 +30,13 @@ from palette.adapters import Adapters
 from palette.audit.record_trace import trace_record
 from palette.blobs.s3 import S3BlobStore
 from palette.cli import app
+from palette.eventstore.dynamodb import DynamoDBEventStore, create_table
 from palette.eventstore.port import NewEvent
 from palette.lineage import CallPrices, JobLineage, record_id
 from services.billing.handlers import LedgerHandlers
 from services.generator.budget import JobBudgets
 from services.generator.exports import MANIFEST_NAME, export_dataset, export_prefix
-from services.generator.records import read_part
+from services.generator.records import GeneratedRecord, StepResult, read_part, write_part
 from services.generator.run.outcome import RunOutcome
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.generation import (
@@ -319,3 +321,71 @@ def test_a_fanout_jobs_records_have_an_id_per_model_and_name_the_model_each_step
         assert line["lineage"]["steps"]["question"]["model"] == line["model"]
     assert len({line["lineage"]["record_id"] for line in lines}) == 6
     assert set(manifest(adapters, job_id)["totals"]["per_model"]) == set(models)
+
+
+def test_the_record_trace_reads_dynamodb_and_s3() -> None:
+    """The AWS runtime's log and blobs (moto): the trace goes through the ports only."""
+    job_id = "job-aws"
+    part = "datasets/alice/job-aws/parts/part-000001.parquet"
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="blobs")
+        blobs = S3BlobStore("blobs", s3)
+        dynamo = boto3.client("dynamodb", region_name="us-east-1")
+        create_table(dynamo, "palette-events")
+        events = DynamoDBEventStore("palette-events", client=dynamo)
+        made = [
+            GeneratedRecord(
+                record_index=index,
+                job_id=job_id,
+                seed={"topic": "t"},
+                steps={
+                    "question": StepResult(
+                        output="a b c",
+                        output_json=None,
+                        model=MODEL,
+                        input_tokens=4,
+                        output_tokens=3,
+                        latency_ms=9,
+                        cached=index == 11,
+                    )
+                },
+                created_at="2026-12-03T10:00:00.000Z",
+                seed_row=index * 2,
+                attempt=1,
+            )
+            for index in range(10, 12)
+        ]
+        write_part(blobs, part, made)
+        batch = BatchGenerated(
+            job_id=job_id,
+            batch_number=1,
+            first_record=10,
+            last_record=11,
+            blob_key=part,
+            rows=2,
+            failures=0,
+            token_usage={MODEL: TokenUsage(input_tokens=8, output_tokens=6, calls=2)},
+            duration_ms=10,
+            bytes_written=100,
+        )
+        [stored] = events.append(generation_stream(job_id), [NewEvent(batch)], 0)
+        charge = CostRecorded(
+            job_id=job_id,
+            batch_number=1,
+            catalog_version="v",
+            model_tokens=Decimal("0.01"),
+            compute=Decimal(0),
+            storage=Decimal(0),
+            total=Decimal("0.01"),
+        )
+        [charged] = events.append(ledger_stream(job_id), [NewEvent(charge)], 0)
+
+        trace = trace_record(events, blobs, job_id, record_id(job_id, None, 11))
+
+    assert (trace.record_index, trace.batch["event_id"], trace.batch["batch_number"]) == (11, stored.id, 1)
+    assert [c["event_id"] for c in trace.charges] == [charged.id]
+    assert (trace.seed_row, trace.attempt) == (22, 1)
+    assert trace.calls == {
+        "question": {"model": MODEL, "input_tokens": 4, "output_tokens": 3, "latency_ms": 9, "cached": True}
+    }
