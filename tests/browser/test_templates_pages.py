@@ -29,16 +29,23 @@ def _replace(element: WebElement, text: str) -> None:
 
 
 def _problems(browser: WebDriver) -> list[str]:
-    return [item.text for item in browser.find_elements(By.CSS_SELECTOR, "#step-0-problems li")]
+    script = "return [...document.querySelectorAll('#step-0-problems li')].map((li) => li.textContent.trim())"
+    return list(browser.execute_script(script))
 
 
 def _hash(browser: WebDriver) -> str:
     return str(browser.execute_script("return location.hash"))
 
 
+def _live(browser: WebDriver, selector: str, attribute: str) -> str:
+    """A property of the page's element now, read in one script, so a re-rendered page (a stale
+    element) cannot fail a wait."""
+    script = "const e = document.querySelector(arguments[0]); return e ? String(e[arguments[1]]) : ''"
+    return str(browser.execute_script(script, selector, attribute))
+
+
 def _required_fields(browser: WebDriver) -> str:
-    found = browser.find_elements(By.CSS_SELECTOR, "#template-analysis .required-fields")
-    return found[0].text if found else ""
+    return " ".join(_live(browser, "#template-analysis .required-fields", "textContent").split())
 
 
 def test_a_template_is_written_with_its_syntax_error_flagged_then_saved_and_versioned(
@@ -78,6 +85,10 @@ def test_a_template_is_written_with_its_syntax_error_flagged_then_saved_and_vers
     assert rows[0].startswith("v2") and "only the topic" in rows[0]
     assert rows[1].startswith("v1")
     screenshot(browser, "template-versions")
+
+    browser.find_element(By.LINK_TEXT, "v1").click()
+    wait_until(browser, lambda d: "Version 1 of 2" in _live(d, "main hgroup", "textContent"))
+    assert "in {{ book.title }}" in _live(browser, "[name=step-0-prompt]", "value")
 
 
 def test_the_list_shows_own_and_public_templates_and_a_refused_delete_says_why(
@@ -135,9 +146,7 @@ def test_a_yaml_document_is_imported_a_broken_one_answers_the_apis_message_and_a
         document, f"name: Imported\nsteps:\n  - id: answer\n    model: {MODEL}\n    prompt: About {{{{ topic }}}}.\n"
     )
     browser.find_element(By.XPATH, "//button[text()='Import']").click()
-    wait_until(
-        browser, lambda d: d.execute_script("return document.querySelector('main h1')?.textContent") == "Imported"
-    )
+    wait_until(browser, lambda d: _live(d, "main h1", "textContent") == "Imported")
     wait_until(browser, lambda d: _required_fields(d) == "topic")
     template_id = _hash(browser)[len("#/templates/") :]
     assert template_id.startswith("tpl_")

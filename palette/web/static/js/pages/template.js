@@ -13,6 +13,7 @@ const DEFAULT_MODEL = "local/gemma-3-270m"; // the model the embedded runtime sh
 
 export async function render(root, params) {
   const templateId = params.id && params.id !== "new" ? params.id : null;
+  const version = params.query?.version; // an older version, shown to read or to restore
   const me = userName(currentUser());
   const state = {
     templateId,
@@ -86,6 +87,10 @@ export async function render(root, params) {
       if (state.templateId) {
         const body = requestBody(state.form, true);
         const saved = await api("PUT", `/templates/${encodeURIComponent(state.templateId)}`, { body });
+        if (version) {
+          location.hash = `#/templates/${encodeURIComponent(state.templateId)}`;
+          return;
+        }
         state.loaded = saved;
         state.form.note = "";
         state.saved = `Saved as version ${saved.version}.`;
@@ -150,7 +155,8 @@ export async function render(root, params) {
 
   if (templateId) {
     try {
-      const loaded = await api("GET", `/templates/${encodeURIComponent(templateId)}`);
+      const query = version ? { version } : {};
+      const loaded = await api("GET", `/templates/${encodeURIComponent(templateId)}`, { query });
       state.loaded = loaded;
       state.form = formOf(loaded);
       await loadVersions();
@@ -225,7 +231,10 @@ function view(state, me, actions) {
         ? html`<p>
             Version ${loaded.version} of ${loaded.latest_version} · ${loaded.is_public ? "public" : "private"} · owner
             ${loaded.owner}${loaded.forked_from ? ` · forked from ${loaded.forked_from.template_id}` : ""}
-          </p>`
+          </p>
+          ${loaded.version < loaded.latest_version && editable
+            ? html`<p>Saving publishes this version's text as version ${loaded.latest_version + 1}.</p>`
+            : ""}`
         : html`<p>Write each step's prompt; the fields it reads and any syntax error show as you type.</p>`}
     </hgroup>
     <form @submit=${actions.save} aria-describedby="template-analysis">
@@ -290,7 +299,7 @@ function view(state, me, actions) {
     </form>
     ${loaded ? "" : importView(state, actions)}
     ${loaded && !editable ? html`<p>This template is ${loaded.owner}'s: you can read it and run jobs with it.</p>` : ""}
-    ${state.versions ? versionsView(state.versions) : ""}
+    ${state.versions ? versionsView(state.versions, loaded) : ""}
     ${loaded && editable ? deleteView(state, actions) : ""}
   `;
 }
@@ -404,7 +413,8 @@ function importView(state, actions) {
   `;
 }
 
-function versionsView(versions) {
+function versionsView(versions, shown) {
+  const link = (v) => `#/templates/${encodeURIComponent(shown.id)}?version=${v}`;
   return html`
     <section aria-labelledby="versions-title">
       <h2 id="versions-title">Versions</h2>
@@ -422,7 +432,11 @@ function versionsView(versions) {
           <tbody>
             ${[...versions].reverse().map(
               (v) => html`<tr>
-                <td>v${v.version}</td>
+                <td>
+                  ${v.version === shown.version
+                    ? html`<strong aria-current="page">v${v.version} (shown)</strong>`
+                    : html`<a href=${link(v.version)}>v${v.version}</a>`}
+                </td>
                 <td>${formatDate(v.created_at)}</td>
                 <td>${v.created_by}</td>
                 <td>${v.note || "—"}</td>
