@@ -17,11 +17,12 @@ import pytest
 from moto import mock_aws
 from typer.testing import CliRunner
 
+from contracts.events.billing import CostRecorded
 from contracts.events.generator import BatchGenerated
 from contracts.events.jobs import JobRequested
 from contracts.events.templates import TemplateStep
 from contracts.pricing import DEFAULT_CATALOG, with_overrides
-from contracts.streams import job_stream
+from contracts.streams import job_stream, ledger_stream
 from palette.adapters import Adapters, local_adapters
 from palette.api.app import build_app
 from palette.api.auth import LocalTokens
@@ -47,6 +48,7 @@ from tests.integration.generation import (
     request_job,
     run_worker,
 )
+from tests.integration.test_budget_spend import settle_the_bus
 from tests.integration.test_jobs_api import SECRET, Facade, aws_facade
 
 MODEL = "openai/fake-model"
@@ -91,8 +93,14 @@ def billed_tokens(adapters: Adapters, job_id: str) -> int:
     return sum(u.input_tokens + u.output_tokens for b in batches for u in b.token_usage.values())
 
 
+def model_money(adapters: Adapters, job_id: str) -> Decimal:
+    """What billing's ledger charged the job for model tokens (CostRecorded.model_tokens)."""
+    book = [stored.decode() for stored in adapters.events.read_stream(ledger_stream(job_id))]
+    return sum((charge.model_tokens for charge in of_type(book, CostRecorded)), Decimal(0))
+
+
 def test_a_rerun_with_the_same_template_and_seeds_is_answered_from_the_cache_for_nothing(
-    blob_adapters: Adapters, server: FakeOpenAIServer
+    blob_adapters: Adapters, server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     adapters = blob_adapters
     first = request_job(adapters, 12, STEPS, cache=True)
@@ -110,6 +118,8 @@ def test_a_rerun_with_the_same_template_and_seeds_is_answered_from_the_cache_for
     assert result.outcome is RunOutcome.COMPLETED and result.records_completed == 12
     assert server.calls == 24, "the rerun made no model call"
     assert billed_tokens(adapters, rerun) == 0 < billed_tokens(adapters, first)
+    settle_the_bus(adapters, tmp_path / "bus.db")
+    assert model_money(adapters, rerun) == 0 < model_money(adapters, first)
     made, remade = records(adapters, first), records(adapters, rerun)
     assert [r["seed"] for r in remade] == [r["seed"] for r in made]
     assert [{k: s["output"] for k, s in r["steps"].items()} for r in remade] == [
