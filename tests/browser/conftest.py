@@ -43,7 +43,9 @@ REPO = Path(__file__).resolve().parents[2]
 VENDOR = REPO / "palette" / "web" / "static" / "vendor"
 ARTIFACTS = REPO / "test-artifacts" / "browser"
 MODEL = "openai/fake-model"
-PRICES = {"models": {MODEL: {"input_per_1k": "0.001", "output_per_1k": "0.002"}}}
+OTHER_MODEL = "openai/fake-model-b"
+"""A second priced model, for fan-out jobs (the fake answers any model name)."""
+PRICES = {"models": {name: {"input_per_1k": "0.001", "output_per_1k": "0.002"} for name in (MODEL, OTHER_MODEL)}}
 PASSWORD = "correct horse battery"
 USERS = ("alice", "bob")
 T = TypeVar("T")

@@ -16,7 +16,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from palette.api.event_streams import DEFAULT_MAX_PER_USER
-from tests.browser.conftest import MODEL, Site, wait_until
+from tests.browser.conftest import MODEL, OTHER_MODEL, Site, wait_until
 from tests.integration.palette_http import template_and_seed
 
 SignIn = Callable[[WebDriver, Site, str], None]
@@ -62,12 +62,12 @@ def alices_template_and_seed(palette_site: Site) -> tuple[str, str]:
         return template_and_seed(alice, STEPS)
 
 
-def start_job(site: Site, user: str, template_id: str, seed_id: str, num_records: int) -> str:
+def start_job(
+    site: Site, user: str, template_id: str, seed_id: str, num_records: int, models: list[str] | None = None
+) -> str:
+    body = {"template_id": template_id, "seed_id": seed_id, "num_records": num_records, "budget_limit": "5"}
     with site.client(user) as client:
-        created = client.post(
-            "/jobs",
-            json={"template_id": template_id, "seed_id": seed_id, "num_records": num_records, "budget_limit": "5"},
-        )
+        created = client.post("/jobs", json={**body, **({"models": models} if models else {})})
     assert created.status_code in (200, 201, 202), created.text
     job_id: str = created.json()["job_id"]
     return job_id
@@ -164,7 +164,7 @@ def test_another_users_job_page_shows_the_apis_not_found_message(
     screenshot(browser, "job-not-found")
 
 
-def test_the_job_page_fits_a_phone_width_screen(
+def test_a_fan_out_jobs_page_shows_each_model_and_fits_a_phone_width_screen(
     palette_site: Site,
     browser: WebDriver,
     sign_in: SignIn,
@@ -172,13 +172,18 @@ def test_the_job_page_fits_a_phone_width_screen(
     alices_template_and_seed: tuple[str, str],
 ) -> None:
     palette_site.model.behaviour.set_latency(0.0)
-    job_id = start_job(palette_site, "alice", *alices_template_and_seed, num_records=20)
+    job_id = start_job(palette_site, "alice", *alices_template_and_seed, num_records=20, models=[MODEL, OTHER_MODEL])
     browser.set_window_size(390, 844)
     sign_in(browser, palette_site, "alice")
     browser.get(palette_site.url(f"#/jobs/{job_id}"))
     wait_until(browser, lambda d: d.find_element(By.ID, "job-percent").get_attribute("data-percent") == "100", 60)
     wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#job-downloads a[data-format=JSONL]"))
+    models = browser.find_elements(By.CSS_SELECTOR, "#job-models tbody tr")
+    assert [row.find_element(By.TAG_NAME, "code").text for row in models] == [MODEL, OTHER_MODEL]
+    assert all("completed" in row.text and "20 / 20" in row.text for row in models)
     screenshot(browser, "job-phone")
+    browser.execute_script("document.getElementById('job-models').scrollIntoView()")
+    screenshot(browser, "job-phone-models")
     width = browser.execute_script("return window.innerWidth")
     assert width <= 400
     overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
