@@ -18,7 +18,7 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 from contracts.events.billing import CostRecorded
-from contracts.events.generator import BatchGenerated
+from contracts.events.generator import BatchGenerated, DatasetExported
 from contracts.events.jobs import JobRequested
 from contracts.events.templates import TemplateStep
 from contracts.pricing import DEFAULT_CATALOG, with_overrides
@@ -126,6 +126,11 @@ def test_a_rerun_with_the_same_template_and_seeds_is_answered_from_the_cache_for
         {k: s["output"] for k, s in r["steps"].items()} for r in made
     ]
     assert all(s["cached"] for r in remade for s in r["steps"].values())
+    (exported,) = of_type(generation_events(adapters, rerun), DatasetExported)
+    lines = adapters.blobs.get_bytes(exported.files[0].blob_key).splitlines()
+    lineage = [json.loads(line)["lineage"] for line in lines]
+    assert len(lineage) == 12 and all(step["cached"] for r in lineage for step in r["steps"].values())
+    assert all(r["cost_usd"] == 0 for r in lineage)
     assert not any(s["cached"] for r in made for s in r["steps"].values())
 
 
