@@ -4,17 +4,21 @@ answer the same 401; failures are limited per name and per address; bad bodies a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jwt
 import pytest
+from argon2 import PasswordHasher
 
+from palette import users as users_module
 from palette.api.login_limits import MAX_FAILURES_PER_ADDRESS, MAX_FAILURES_PER_NAME
-from palette.users import LocalUsers
+from palette.users import PASSWORD_HASHER, LocalUsers
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.palette_http import running_palette
 
@@ -143,3 +147,39 @@ def test_the_openapi_document_shows_the_route_without_a_bearer(site: httpx.Clien
     assert {"200", "400", "401", "429", "503"} <= set(operation["responses"])
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     assert schema["$ref"].endswith("/LoginRequest")
+
+
+def test_password_checks_beyond_a_quarter_of_the_request_threads_are_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 4 request threads, one password check at a time: a second sign-in while one is
+    checking answers 503 with Retry-After instead of taking a thread to wait, and the other
+    routes keep answering."""
+    checking, release = threading.Event(), threading.Event()
+
+    class HeldHasher(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+            checking.set()
+            release.wait(timeout=30)
+            return PASSWORD_HASHER.verify(hash, password)
+
+    LocalUsers(tmp_path).create("alice", PASSWORD)
+    with (
+        FakeOpenAIServer() as fake,
+        running_palette(tmp_path, fake, monkeypatch, api_workers=4) as runtime,
+        httpx.Client(base_url=f"http://{runtime.host}:{runtime.port}", timeout=30) as site,
+        ThreadPoolExecutor(max_workers=1) as background,
+    ):
+        monkeypatch.setattr(users_module, "PASSWORD_HASHER", HeldHasher())
+        first = background.submit(login, site, "alice", PASSWORD)
+        assert checking.wait(timeout=30)
+
+        busy = login(site, "bob", PASSWORD)
+        health = site.get("/health")
+        release.set()
+
+        assert busy.status_code == 503, busy.text
+        assert busy.json()["error"]["code"] == "SERVICE_UNAVAILABLE" and busy.headers["Retry-After"] == "1"
+        assert health.status_code == 200
+        assert first.result(timeout=30).status_code == 200
+        assert login(site, "bob", PASSWORD).status_code == 401  # the slot is free again
