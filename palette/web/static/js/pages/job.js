@@ -7,11 +7,13 @@ import { SETTLED, followJob } from "../stream.js";
 import { errorView, formatDate, formatDuration, formatMoney, formatNumber, statusBadge } from "../ui.js";
 
 const FINISHED_WITH_DATA = new Set(["COMPLETED", "COMPLETED_WITH_ERRORS"]);
+/** What a 409 from DELETE /jobs/{id} means: another change to the job was recorded first. */
+const CHANGED_MEANWHILE = "The job changed while this was asked (the page shows its state now): look, then try again.";
 
 export async function render(root, params) {
   const jobId = params.id;
   const state = { job: null, dashboard: null, via: null, error: null, actionError: null, notice: null, downloads: null, busy: false };
-  const update = () => paint(view(state, { cancel, remove }), root);
+  const update = () => paint(view(state, { cancel: removeOrCancel, remove }), root);
 
   try {
     state.job = await api("GET", `/jobs/${encodeURIComponent(jobId)}`);
@@ -51,12 +53,13 @@ export async function render(root, params) {
     update();
   }
 
-  async function act(method, explain) {
+  /** DELETE /jobs/{id}: cancels an unfinished job, deletes a finished one (then back to the list). */
+  async function removeOrCancel() {
     state.busy = true;
     state.actionError = null;
     update();
     try {
-      const answer = await api(method, `/jobs/${encodeURIComponent(jobId)}`);
+      const answer = await api("DELETE", `/jobs/${encodeURIComponent(jobId)}`);
       state.notice = answer ? answer.message : null;
       if (answer && answer.message === "Job deleted") {
         stop();
@@ -64,19 +67,15 @@ export async function render(root, params) {
         return;
       }
     } catch (error) {
-      state.actionError = error.status === 409 ? Object.assign(error, { message: `${error.message} ${explain}` }) : error;
+      state.actionError = error.status === 409 ? Object.assign(error, { message: `${error.message}. ${CHANGED_MEANWHILE}` }) : error;
     }
     state.busy = false;
     update();
   }
 
-  function cancel() {
-    act("DELETE", "(the job ended meanwhile: it can no longer be cancelled)");
-  }
-
   function remove() {
     if (window.confirm(`Delete job ${jobId} and its dataset? This cannot be undone.`)) {
-      act("DELETE", "(the job is not finished: cancel it first, then delete it once it has ended)");
+      removeOrCancel();
     }
   }
 
