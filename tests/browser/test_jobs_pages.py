@@ -148,7 +148,7 @@ def test_a_running_job_is_cancelled_from_its_page(
     screenshot(browser, "jobs-cancelled-filter")
 
 
-def test_another_users_job_page_shows_the_apis_not_found_message(
+def test_another_users_job_shows_the_apis_not_found_message_and_a_refused_token_asks_to_sign_in(
     palette_site: Site,
     browser: WebDriver,
     sign_in: SignIn,
@@ -162,6 +162,10 @@ def test_another_users_job_page_shows_the_apis_not_found_message(
     assert "NOT_FOUND" in error.text and job_id in error.text
     assert "Request id" in error.text
     screenshot(browser, "job-not-found")
+
+    browser.execute_script("sessionStorage.setItem('palette.token', 'expired'); location.hash = '#/jobs';")
+    wait_until(browser, lambda d: d.execute_script("return location.hash") == "#/signin?next=%23%2Fjobs")
+    assert browser.execute_script("return sessionStorage.getItem('palette.token')") is None
 
 
 def test_a_fan_out_jobs_page_shows_each_model_and_fits_a_phone_width_screen(

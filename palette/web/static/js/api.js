@@ -63,6 +63,15 @@ export function authHeaders() {
   return bearer ? { Authorization: `Bearer ${bearer}` } : {};
 }
 
+/** The token was refused (expired, or signed out elsewhere): forget it and ask to sign in again, coming
+ * back to this page afterwards. */
+export function signedOut() {
+  clearSession();
+  if (!window.location.hash.startsWith("#/signin")) {
+    window.location.hash = `#/signin?next=${encodeURIComponent(window.location.hash || "#/jobs")}`;
+  }
+}
+
 /** The ApiError for a response that is not ok, from the API's error shape when it has one. */
 export async function errorFrom(response) {
   let body = null;
@@ -101,12 +110,7 @@ export async function api(method, path, { body, query, headers, signal } = {}) {
     if (cause.name === "AbortError") throw cause;
     throw new ApiError(0, "NETWORK_ERROR", `The API did not answer (${cause.message}).`);
   }
-  if (response.status === 401 && path !== "/auth/login") {
-    clearSession();
-    if (!window.location.hash.startsWith("#/signin")) {
-      window.location.hash = `#/signin?next=${encodeURIComponent(window.location.hash || "#/jobs")}`;
-    }
-  }
+  if (response.status === 401 && path !== "/auth/login") signedOut();
   if (!response.ok) throw await errorFrom(response);
   if (response.status === 204) return null;
   const text = await response.text();

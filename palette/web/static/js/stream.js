@@ -4,7 +4,7 @@
 // `retry`, so nothing is skipped. When the stream cannot be had at all (a proxy that buffers, a 503),
 // it polls GET /dashboard/{id} every 3 s instead, and tries the stream again each minute.
 import { createParser } from "/static/vendor/eventsource-parser.js";
-import { api, apiUrl, authHeaders, errorFrom } from "./api.js";
+import { api, apiUrl, authHeaders, errorFrom, signedOut } from "./api.js";
 
 export const SETTLED = new Set(["COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"]);
 const POLL_MS = 3000;
@@ -43,6 +43,7 @@ export function followJob(jobId, { onDashboard, onError }) {
       settled = true;
       return "ended";
     }
+    if (response.status === 401) signedOut();
     if (!response.ok) throw await errorFrom(response);
     if (!(response.headers.get("content-type") || "").startsWith("text/event-stream") || !response.body) {
       throw new Error("the answer is not an event stream");
