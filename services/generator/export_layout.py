@@ -56,8 +56,9 @@ def _parquet_can_hold(kind: pa.DataType) -> bool:
 
 
 class DatasetLayout:
-    """The export's Arrow schemas: nested for Parquet, flattened for CSV; with a `lineage`
-    column last unless the job turned lineage off."""
+    """The export's Arrow schemas: nested for Parquet, flattened for CSV; a job with a judge
+    has a `judge_<criterion>` column per criterion (its score 1..5, null for a record not
+    judged); a `lineage` column last unless the job turned lineage off."""
 
     def __init__(
         self,
@@ -66,8 +67,10 @@ class DatasetLayout:
         has_model: bool = False,
         has_flags: bool = False,
         lineage: JobLineage | None = None,
+        judge_criteria: list[str] | None = None,
     ) -> None:
         self.seed = seed
+        self.judge_criteria = judge_criteria
         self.steps = steps
         self.has_model = has_model
         self.has_flags = has_flags
@@ -95,6 +98,7 @@ class DatasetLayout:
                 ("steps", steps_type),
                 ("created_at", pa.string()),
                 *([("flagged_rules", pa.list_(pa.string()))] if has_flags else []),
+                *[(f"judge_{name}", pa.int64()) for name in judge_criteria or ()],
                 *([("lineage", lineage_type(list(steps)))] if lineage is not None else []),
             ]
         )
@@ -120,10 +124,18 @@ class DatasetLayout:
                 or None,
                 "created_at": record["created_at"],
                 "lineage": None if lineage is None else lineage[position],
+                **self._judge_columns(record),
             }
             for position, record in enumerate(records)
         ]
         return pa.Table.from_pylist(rows, schema=self.text_schema)
+
+    def _judge_columns(self, record: GeneratedRecord) -> dict[str, int | None]:
+        """`judge_<criterion>`: the record's score, null when the judge did not score it."""
+        if not self.judge_criteria:
+            return {}
+        scores = record["judge"]["scores"] if "judge" in record else {}
+        return {f"judge_{name}": scores.get(name) for name in self.judge_criteria}
 
     def parquet_table(self, text: pa.Table, records: list[GeneratedRecord]) -> pa.Table:
         moments = pa.array([created_at(record) for record in records], type=pa.timestamp("us", tz="UTC"))
@@ -160,12 +172,18 @@ class Chunk:
 
     @cached_property
     def jsonl(self) -> list[dict[str, Any]]:
-        """The JSONL lines' objects: the record, then its `lineage`; the part's lineage
-        sources (`seed_row`, `attempt`) only inside `lineage`."""
+        """The JSONL lines' objects: the record, its `judge` ({"scores", "mean"}, null when
+        not judged) for a job with a judge, then its `lineage`; the part's lineage sources
+        (`seed_row`, `attempt`) only inside `lineage`."""
         lineage = self.lineage
+        judged = bool(self._layout.judge_criteria)
         lines: list[dict[str, Any]] = []
         for position, record in enumerate(self.records):
-            line: dict[str, Any] = {key: value for key, value in record.items() if key not in LINEAGE_SOURCES}
+            line: dict[str, Any] = {
+                key: value for key, value in record.items() if key not in LINEAGE_SOURCES and key != "judge"
+            }
+            if judged:
+                line["judge"] = record.get("judge")
             if lineage is not None:
                 line["lineage"] = lineage[position]
             lines.append(line)

@@ -82,6 +82,7 @@ def export_dataset(
     expected_rows: int | None = None,
     lineage: JobLineage | None = None,
     prices: CallPrices | None = None,
+    judge_criteria: list[str] | None = None,
 ) -> list[ExportedFile]:
     """Export the job's parts in each format and return the data files written.
 
@@ -92,7 +93,8 @@ def export_dataset(
     records 0..n-1 of `job_id`, each part a contiguous range, n == `expected_rows` when
     given; ExportError for a partition that cannot be made. Running it again replaces the
     previous export, including files the new one does not have. `lineage` adds the lineage
-    column; `prices` (else the lineage's) prices the manifest's totals.
+    column; `prices` (else the lineage's) prices the manifest's totals. `judge_criteria`
+    (a job with a judge) adds the judge's scores: null for a record it did not judge.
     """
     if not formats:
         raise ExportError("no output format requested")
@@ -101,7 +103,7 @@ def export_dataset(
     blobs.discard_partial_writes(dataset_prefix(owner, job_id))
     survey = survey_parts(blobs, job_id, part_keys_in_order, rule)
     check_coverage(survey.parts, expected_rows)
-    layout = DatasetLayout(survey.seed, survey.steps, survey.has_model, survey.has_flags, lineage)
+    layout = DatasetLayout(survey.seed, survey.steps, survey.has_model, survey.has_flags, lineage, judge_criteria)
     totals = LineageTotals(prices or (lineage.prices if lineage is not None else CallPrices(None)))
     prefix = export_prefix(owner, job_id)
     with tempfile.TemporaryDirectory(prefix="palette-export-") as workdir:

@@ -10,7 +10,8 @@ and steps as a list in template order. `read_part` gives back the record shape e
 the exports infer real nested types from it. `model` (fan-out jobs) and `flagged_rules`
 (jobs that flag filtered outputs) are null in parts of records without them, and absent
 from parts written before they existed. So are the record's lineage sources, `seed_row`
-and `attempt` (`palette.lineage` derives the rest from the job and the steps).
+and `attempt` (`palette.lineage` derives the rest from the job and the steps), and the
+judge's verdict, `judge_json` (a job with a judge, records it judged).
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ class GeneratedRecord(TypedDict):
     """The seed row the record was made from (its index in the seed set)."""
     attempt: NotRequired[int]
     """Which attempt at the record made it: 1 is the first."""
+    judge: NotRequired[RecordJudgement]
+    """A job with a judge: the judge's scores of this record, when it was judged."""
+
+
+class RecordJudgement(TypedDict):
+    """The judge's verdict on one record: criterion -> 1..5, and their mean."""
+
+    scores: dict[str, int]
+    mean: float
 
 
 LINEAGE_SOURCES = frozenset({"seed_row", "attempt"})
@@ -94,6 +104,7 @@ PART_SCHEMA = pa.schema(
         pa.field("flagged_rules", pa.list_(pa.field("item", pa.string(), nullable=False))),
         pa.field("seed_row", pa.int64()),
         pa.field("attempt", pa.int64()),
+        pa.field("judge_json", pa.string()),
     ]
 )
 """Every part file has exactly this schema, whatever the template."""
@@ -144,6 +155,7 @@ def _to_part_row(record: GeneratedRecord) -> dict[str, Any]:
             "flagged_rules": _optional(record.get("flagged_rules"), list, "flagged_rules"),
             "seed_row": _optional(record.get("seed_row"), int, "seed_row"),
             "attempt": _optional(record.get("attempt"), int, "attempt"),
+            "judge_json": None if record.get("judge") is None else dumps_json(record["judge"]),
         }
     except RecordShapeError:
         raise
@@ -211,4 +223,6 @@ def _from_part_row(row: dict[str, Any]) -> GeneratedRecord:
         record["seed_row"] = row["seed_row"]
     if row.get("attempt") is not None:
         record["attempt"] = row["attempt"]
+    if row.get("judge_json") is not None:
+        record["judge"] = json.loads(row["judge_json"])
     return record

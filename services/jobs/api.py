@@ -12,7 +12,7 @@ The bodies are in `services.jobs.api_models`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -23,7 +23,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path as PathParam
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
-from contracts.events.jobs import NO_SEED
+from contracts.events.jobs import JUDGE_SCORES, NO_SEED
 from contracts.seed_refs import parse_seed_reference
 from contracts.timestamps import utc_text
 from palette.api.app import caller, logger
@@ -36,6 +36,7 @@ from palette.api.errors import (
 )
 from palette.api.idempotency_keys import IDEMPOTENCY_RESPONSES, IdempotencyKey, IdempotentCreate
 from palette.eventstore.port import ConcurrencyConflict, EventTooLarge
+from palette.lineage import record_id
 from palette.projections.documents import DocumentReader, InvalidPageToken
 from services.jobs.api_models import (
     DEFAULT_PAGE_SIZE,
@@ -53,6 +54,9 @@ from services.jobs.api_models import (
     JobPage,
     JobRequest,
     JobSummary,
+    JudgeCriterionBody,
+    JudgeSummaryBody,
+    LowScoredRecordBody,
     ModelProgressBody,
     ProgressBody,
     TimingBody,
@@ -378,6 +382,38 @@ def dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers
         files=_files(doc, handlers),
         failure=_failure(loaded),
         per_model=_per_model(tuple(state.options.models or ()), status, state.options.num_records, current, now),
+        judge=_judge(state.job_id, doc.get("judge")),
+    )
+
+
+def _judge(job_id: str, block: Mapping[str, Any] | None) -> JudgeSummaryBody | None:
+    """The dashboard's judge block: means and distributions from the counts per score."""
+    if block is None:
+        return None
+    criteria = {}
+    for name in block["criteria"]:
+        counts = block["counts"].get(name) or [0] * len(JUDGE_SCORES)
+        judged = sum(counts)
+        total = sum(score * count for score, count in zip(JUDGE_SCORES, counts, strict=True))
+        criteria[name] = JudgeCriterionBody(
+            mean=round(total / judged, 4) if judged else None,
+            distribution={str(score): count for score, count in zip(JUDGE_SCORES, counts, strict=True)},
+        )
+    size = len(block["criteria"])
+    return JudgeSummaryBody(
+        model=block["model"],
+        judged=block["judged"],
+        dropped=block["dropped"],
+        criteria=criteria,
+        lowest=[
+            LowScoredRecordBody(
+                record_index=entry["record_index"],
+                record_id=record_id(job_id, entry["model"], entry["record_index"]),
+                model=entry["model"],
+                mean=round(entry["total"] / size, 4),
+            )
+            for entry in block["lowest"]
+        ],
     )
 
 

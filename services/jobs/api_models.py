@@ -409,6 +409,30 @@ class ModelProgressBody(BaseModel):
     duration_seconds: float | None = Field(description="finished_at (or now, while it runs) - started_at")
 
 
+class JudgeCriterionBody(BaseModel):
+    """One criterion of the job's judge over the records judged so far."""
+
+    mean: float | None = Field(description="mean score, 1 to 5; null before any record is judged")
+    distribution: dict[str, int] = Field(description='records per score: "1" to "5" -> count')
+
+
+class LowScoredRecordBody(BaseModel):
+    record_index: int
+    record_id: str = Field(description="the record's lineage id")
+    model: str | None = Field(description="fan-out jobs: the model that made it")
+    mean: float = Field(description="the mean of its scores")
+
+
+class JudgeSummaryBody(BaseModel):
+    """A job with a judge: what it scored so far (README, Quality judge)."""
+
+    model: str
+    judged: int = Field(description="records judged in the recorded batches")
+    dropped: int = Field(description="records scored below min_score, dropped and made again")
+    criteria: dict[str, JudgeCriterionBody]
+    lowest: list[LowScoredRecordBody] = Field(description="the 5 lowest-scored records, lowest first")
+
+
 class BudgetBody(BaseModel):
     """The documents' budget block: USD as JSON numbers."""
 
@@ -441,3 +465,4 @@ class DashboardBody(BaseModel):
     per_model: dict[str, ModelProgressBody] = Field(
         default_factory=dict, description="fan-out jobs: progress, status and cost of each model"
     )
+    judge: JudgeSummaryBody | None = Field(default=None, description="a job with a judge: its scores so far")

@@ -41,6 +41,7 @@ from contracts.events.generator import (
     UnbatchedUsageRecorded,
 )
 from contracts.events.jobs import (
+    JUDGE_SCORES,
     JobBudgetExceeded,
     JobCancelled,
     JobCancelRequested,
@@ -248,6 +249,44 @@ def empty_dashboard(job_id: str) -> dict[str, Any]:
 def _merge_requested(body: dict[str, Any], detail: JobRequested, time: str) -> None:
     body.update(owner=detail.owner, num_records=detail.num_records, created_at=time, models=list(detail.models or ()))
     body["cost"]["budget_limit"] = str(detail.budget_limit)
+    if detail.judge is not None:
+        body["judge"] = empty_judge(detail.judge.model, detail.judge.criteria)
+
+
+LOWEST_SCORED = 5
+"""The dashboard names this many of the lowest-scored records."""
+
+
+def empty_judge(model: str, criteria: list[str]) -> dict[str, Any]:
+    """A job's judge block before any score: per criterion the count of each score 1..5
+    (means follow from them when read), the records judged and dropped below min_score,
+    and the lowest-scored records with the sum of their scores (integers only: the
+    document store keeps them exactly)."""
+    return {
+        "model": model,
+        "criteria": list(criteria),
+        "judged": 0,
+        "dropped": 0,
+        "counts": {name: [0] * len(JUDGE_SCORES) for name in criteria},
+        "lowest": [],
+    }
+
+
+def _merge_scores(body: dict[str, Any], detail: BatchGenerated) -> None:
+    judge = body.get("judge")
+    if judge is None:
+        return
+    judge["judged"] += len(detail.scores)
+    judge["dropped"] += detail.judge_dropped
+    lowest = judge["lowest"]
+    for record in detail.scores:
+        for name, score in record.scores.items():
+            judge["counts"].setdefault(name, [0] * len(JUDGE_SCORES))[score - JUDGE_SCORES[0]] += 1
+        lowest.append(
+            {"record_index": record.record_index, "model": detail.model, "total": sum(record.scores.values())}
+        )
+    lowest.sort(key=lambda entry: (entry["total"], entry["model"] or "", entry["record_index"]))
+    del lowest[LOWEST_SCORED:]
 
 
 def _merge_started(body: dict[str, Any], detail: JobStarted, time: str) -> None:
@@ -279,6 +318,8 @@ def _merge_batch(body: dict[str, Any], detail: BatchGenerated, time: str) -> Non
     _smooth_rate(body, detail.rows, time)
     body["last_batch_at"] = _latest(body["last_batch_at"], time)
     _add_tokens(body, detail.token_usage)
+    if detail.scores or detail.judge_dropped:
+        _merge_scores(body, detail)
     if detail.model is not None:
         lane = _model_progress(body, detail.model)
         lane["records_generated"] += detail.rows

@@ -4,7 +4,8 @@
 free port, in a background thread by default or, with `in_process=False`, in a child process
 (so a benchmark's CPU figures do not include the server's). Completions are deterministic:
 the text names a hash of the prompt; a `json_schema` request gets an object that satisfies
-simple schemas (string, integer, number, boolean, enum, array and nested object properties).
+simple schemas (string, integer within its minimum/maximum, number, boolean, enum, array and
+nested object properties).
 Usage counts words: prompt_tokens = words in the prompt, completion_tokens = words out;
 `stats()["usage"]` adds up, per model, the calls answered with usage and their tokens — what a
 provider would bill.
@@ -65,7 +66,8 @@ def sample_for_schema(schema: dict[str, Any], seed: str) -> Any:
     if kind == "string":
         return f"value-{number % 100000:05d}"
     if kind == "integer":
-        return number % 100
+        low, high = schema.get("minimum", 0), schema.get("maximum", 99)
+        return low + number % (high - low + 1)
     if kind == "number":
         return (number % 10000) / 100
     if kind == "boolean":

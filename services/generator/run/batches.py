@@ -86,13 +86,14 @@ def _take(lane: RunLane, batch: PlannedBatch, indices: Sequence[int]) -> ReadyBa
     records: list[GeneratedRecord] = []
     usage = Usage()
     blocked: list[NewEvent] = []
-    failures = duplicates = 0
+    failures = duplicates = judge_dropped = 0
     for number, index in enumerate(indices):
         record = lane.completed.pop(index)
         record["record_index"] = batch.first + number
         records.append(record)
         failures += lane.failures.pop(index, 0)
         duplicates += lane.duplicates.pop(index, 0)
+        judge_dropped += lane.judge_dropped.pop(index, 0)
         blocked.extend(lane.blocked.pop(index, ()))
         spent = lane.usage.pop(index, None)
         if spent is not None:
@@ -107,6 +108,7 @@ def _take(lane: RunLane, batch: PlannedBatch, indices: Sequence[int]) -> ReadyBa
         records=records,
         failures=failures,
         duplicates=duplicates,
+        judge_dropped=judge_dropped,
         usage=usage.as_token_usage(),
         duration_ms=int((time.monotonic() - started) * 1000),
         blocked=blocked,

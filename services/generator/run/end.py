@@ -124,6 +124,7 @@ class RunEnd:
                 rows,
                 lineage,
                 prices,
+                None if job.options.judge is None else list(job.options.judge.criteria),
             )
         except ExportError as error:
             failed = GenerationFailed(

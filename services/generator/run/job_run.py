@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from services.generator.call_cache import CallCache
 from services.generator.dedup import record_deduplicator, remember_parts
 from services.generator.domain import GenerationState, JobSpec, TemplateSpec
+from services.generator.judge import RecordJudge
 from services.generator.logs import logger as log
 from services.generator.records import GeneratedRecord
 from services.generator.run.batches import (
@@ -86,6 +87,7 @@ class JobRun:
         self.writer = BatchWriter(worker, job, version, self.batches, self.ending, self._check_cancel)
         self.budget = RunBudget(worker.budget, self.job_id, worker.worker_id, self.ending, self.writer.append)
         self.ending.listeners += [self.wakeup.set, self.budget.changed]
+        draws = f"seed-set\x00{job.seed_id}" if job.options.cache else None
         self.records = RecordMaker(
             self.job_id,
             rows,
@@ -96,8 +98,11 @@ class JobRun:
             job.options.output_filter == "flag",
             self.budget,
             self.ending,
-            cache=CallCache(worker.blobs, job.owner) if job.options.cache else None,
-            draws=f"seed-set\x00{job.seed_id}" if job.options.cache else None,
+            cache=CallCache(worker.blobs, job.owner, draws) if draws is not None else None,
+            draws=draws,
+            judge=None
+            if job.options.judge is None
+            else RecordJudge(job.options.judge, self.job_id, job.options.num_records),
         )
         self.end = RunEnd(job, self.lanes, self.ending, self.budget, self.writer, worker.blobs, worker.worker_id)
 
@@ -131,6 +136,8 @@ class JobRun:
                         queue_partial_batch(lane, self.batches)
         self.batches.put_nowait(None)
         await writer
+        if self.records.cache is not None:
+            await self.records.cache.drain()
         if self.writer.lost:
             return self.end.lost()
         return await self.end.end()

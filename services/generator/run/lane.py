@@ -81,6 +81,9 @@ class RunLane:
         """Duplicates dropped per record index, until a batch records the count."""
         self.duplicates_in_a_row = 0
         self.max_duplicates_in_a_row = options.max_duplicates_in_a_row
+        self.judge_dropped: dict[int, int] = {}
+        """Records the judge scored below min_score per record index, until a batch records the count."""
+        self.low_scores_in_a_row = 0
 
     def drops_duplicate(self, index: int, steps: Mapping[str, StepResult]) -> bool:
         """True when the job dedups and this attempt at record `index` duplicates a record
@@ -102,6 +105,20 @@ class RunLane:
                 f"already kept, so the job cannot make {self.num_records} distinct records",
             )
         return True
+
+    def drop_low_score(self, index: int) -> None:
+        """Count an attempt at record `index` the judge scored below the job's min_score
+        (it is made again from another seed row). Raises JobFailure LOW_SCORES after
+        `max_duplicates_in_a_row` such drops with no kept record between: a template the
+        judge never passes fails the job instead of spending the budget on it."""
+        self.judge_dropped[index] = self.judge_dropped.get(index, 0) + 1
+        self.low_scores_in_a_row += 1
+        if self.low_scores_in_a_row >= self.max_duplicates_in_a_row:
+            raise JobFailure(
+                "LOW_SCORES",
+                f"the judge scored the last {self.low_scores_in_a_row} records {self.label} made below "
+                "the job's min_score, so the job cannot make its records",
+            )
 
     @property
     def label(self) -> str:
@@ -126,6 +143,8 @@ class ReadyBatch:
     failures: int
     duplicates: int
     """Duplicates dropped (and made again) for the batch's records."""
+    judge_dropped: int
+    """Records the judge scored below min_score (and made again) for the batch's records."""
     usage: dict[str, TokenUsage]
     duration_ms: int
     blocked: list[NewEvent]

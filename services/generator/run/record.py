@@ -29,6 +29,7 @@ from palette.recordfiles import loads_finite
 from services.generator.budget import CallUsage
 from services.generator.call_cache import CallCache, call_key
 from services.generator.domain import seed_row_index
+from services.generator.judge import RecordJudge, mean_score, parse_scores
 from services.generator.limiter import Permit, backoff_delay
 from services.generator.records import GeneratedRecord, StepResult
 from services.generator.run.budget import RunBudget
@@ -88,9 +89,10 @@ class RecordMaker:
         ending: RunEnding,
         cache: CallCache | None = None,
         draws: str | None = None,
+        judge: RecordJudge | None = None,
     ) -> None:
         """`cache`: the owner's call cache, for a job with the cache on. `draws` keys the
-        records' seed row draws (the job id unless given)."""
+        records' seed row draws (the job id unless given). `judge`: the job's quality judge."""
         self.job_id = job_id
         self.rows = rows
         self.options = options
@@ -102,6 +104,7 @@ class RecordMaker:
         self.ending = ending
         self.cache = cache
         self.draws = draws or job_id
+        self.judge = judge
 
     async def make_record(self, lane: RunLane, index: int) -> GeneratedRecord:
         """Every model of a fan-out job makes record `index` from the same seed rows, so
@@ -114,30 +117,21 @@ class RecordMaker:
             row = self.rows[seed_row]
             try:
                 steps, flagged = await self._run_steps(lane, index, attempt, row)
+                if lane.drops_duplicate(index, steps):
+                    attempt += 1  # a duplicate is made again from another seed row
+                    continue
+                scores = None if self.judge is None else await self._judge(lane, index, row, steps)
             except RecordAttemptFailed as failure:
-                lane.failures[index] = lane.failures.get(index, 0) + 1
-                lane.last_error = str(failure)
-                lane.refusals_in_a_row = lane.refusals_in_a_row + 1 if isinstance(failure, PromptRefused) else 0
-                lane.window.record(False)
-                if lane.window.tripped and lane.refusals_in_a_row >= lane.window.attempts:
-                    raise JobFailure(
-                        "PROMPT_REFUSED",
-                        f"every one of the last {lane.window.attempts} record attempts was refused by the prompt "
-                        f"sandbox, so the template cannot make records: {lane.last_error}",
-                    ) from None
-                if lane.window.tripped:
-                    raise JobFailure(
-                        "ERROR_RATE",
-                        f"{lane.window.failures} of the last {lane.window.attempts} record attempts failed "
-                        f"(threshold {lane.window.threshold:.0%}); last error: {lane.last_error}",
-                    ) from None
+                self._attempt_failed(lane, index, failure)
                 attempt += 1
                 continue
-            if lane.drops_duplicate(index, steps):
-                attempt += 1  # a duplicate is made again from another seed row
+            if scores is not None and self.judge is not None and self.judge.below_min(scores):
+                lane.drop_low_score(index)
+                attempt += 1  # judged below min_score: made again from another seed row
                 continue
             lane.window.record(True)
             lane.refusals_in_a_row = 0
+            lane.low_scores_in_a_row = 0
             record = GeneratedRecord(
                 record_index=index,
                 job_id=self.job_id,
@@ -151,7 +145,50 @@ class RecordMaker:
                 record["model"] = lane.model
             if self.flag_outputs:
                 record["flagged_rules"] = flagged
+            if scores is not None:
+                record["judge"] = {"scores": scores, "mean": mean_score(scores)}
             return record
+
+    @staticmethod
+    def _attempt_failed(lane: RunLane, index: int, failure: RecordAttemptFailed) -> None:
+        """Count a failed record attempt in the lane's error window; raises JobFailure when
+        the window trips (PROMPT_REFUSED when every attempt in it was refused)."""
+        lane.failures[index] = lane.failures.get(index, 0) + 1
+        lane.last_error = str(failure)
+        lane.refusals_in_a_row = lane.refusals_in_a_row + 1 if isinstance(failure, PromptRefused) else 0
+        lane.window.record(False)
+        if lane.window.tripped and lane.refusals_in_a_row >= lane.window.attempts:
+            raise JobFailure(
+                "PROMPT_REFUSED",
+                f"every one of the last {lane.window.attempts} record attempts was refused by the prompt "
+                f"sandbox, so the template cannot make records: {lane.last_error}",
+            ) from None
+        if lane.window.tripped:
+            raise JobFailure(
+                "ERROR_RATE",
+                f"{lane.window.failures} of the last {lane.window.attempts} record attempts failed "
+                f"(threshold {lane.window.threshold:.0%}); last error: {lane.last_error}",
+            ) from None
+
+    async def _judge(
+        self, lane: RunLane, index: int, row: SeedRow, steps: dict[str, StepResult]
+    ) -> dict[str, int] | None:
+        """The judge's scores of record `index`, or None when the job has no judge or does
+        not judge this record. Its call goes through `_call_step`: reserved, billed and
+        retried like a step's; an answer that is not exactly the criteria's scores is
+        asked again, then fails the attempt. Raises RecordAttemptFailed."""
+        judge = self.judge
+        if judge is None or not judge.picks(index):
+            return None
+        outputs = {step_id: result["output"] for step_id, result in steps.items()}
+        try:
+            prompt = await asyncio.get_running_loop().run_in_executor(
+                _RENDERS, functools.partial(render, judge.call.step, row, outputs)
+            )
+        except PromptRenderError as error:
+            raise (PromptRefused if error.refused else RecordAttemptFailed)(f"the judge's rubric: {error}") from None
+        _, parsed = await self._call_step(lane, index, judge.call, _request(judge.call, prompt))
+        return parse_scores(parsed, judge.criteria)
 
     async def _run_steps(
         self, lane: RunLane, index: int, attempt: int, row: SeedRow
@@ -175,7 +212,7 @@ class RecordMaker:
                 raise RecordAttemptFailed(f"the prompt of step {step.id!r} breaks content rule {rule!r}")
             request = _request(call, prompt)
             key = None if self.cache is None else call_key(request, index, attempt)
-            cached = None if key is None else await self._cached(call, key)
+            cached = None if key is None else await self._cached(call, key, index)
             response, parsed = cached or await self._call_step(lane, index, call, request)
             rule = None if self.screen is None else self.screen.blocking_rule(response.text)
             if self.screen is not None and rule is not None:
@@ -187,7 +224,7 @@ class RecordMaker:
                     if broken not in flagged:
                         flagged.append(broken)
             elif self.cache is not None and key is not None and cached is None:
-                await self.cache.put(key, response)  # a screened answer only
+                self.cache.put(key, index, response)  # a screened answer only
             outputs[step.id] = response.text
             results[step.id] = StepResult(
                 output=response.text,
@@ -218,11 +255,11 @@ class RecordMaker:
             NewEvent(event, actor=self.worker_id, correlation_id=self.job_id, id=str(uuid.uuid5(_DECISION_IDS, key)))
         )
 
-    async def _cached(self, call: StepCall, key: str) -> tuple[ModelResponse, Any] | None:
+    async def _cached(self, call: StepCall, key: str, index: int) -> tuple[ModelResponse, Any] | None:
         """The cache's answer to a call as a response that used no tokens, or None. A
         structured answer that no longer parses or fits the step's schema is a miss."""
         assert self.cache is not None
-        answer = await self.cache.get(key)
+        answer = await self.cache.get(key, index)
         if answer is None:
             return None
         response = ModelResponse(text=answer.text, input_tokens=0, output_tokens=0, model=answer.model, latency_ms=0)

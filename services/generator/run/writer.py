@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from contracts.events.base import DomainEvent
-from contracts.events.generator import BatchGenerated, GenerationLeaseRenewed, GenerationModelFailed
+from contracts.events.generator import BatchGenerated, GenerationLeaseRenewed, GenerationModelFailed, RecordScores
 from contracts.streams import generation_stream
 from palette.eventstore.port import ConcurrencyConflict
 from services.generator.domain import JobSpec
@@ -110,6 +110,12 @@ class BatchWriter:
             duration_ms=batch.duration_ms,
             bytes_written=size,
             model=lane.model,
+            scores=[
+                RecordScores(record_index=record["record_index"], scores=record["judge"]["scores"])
+                for record in batch.records
+                if "judge" in record
+            ],
+            judge_dropped=batch.judge_dropped,
         )
         try:
             self.version = worker.append(self.job_id, [event], self.version)
