@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(PY) -m bench.replay
 	$(PY) -m bench.guard
 	$(PY) -m bench.api_load
+	$(PY) -m bench.api
 
 schemas: $(STAMP)
 	$(PY) -m contracts.schemagen

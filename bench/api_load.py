@@ -169,14 +169,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def own_server(data_dir: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`palette serve` over `data_dir` with rate limits off and models at a closed port."""
+def own_server(
+    data_dir: Path, *args: str, models_url: str = "http://127.0.0.1:9/v1"
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`palette serve` over `data_dir` with rate limits off and models at `models_url` (default a
+    closed port)."""
     (data_dir / "guard.json").write_text(json.dumps({"rate_limits": {"enabled": False}}))
     port = free_port()
     env = {
         **os.environ,
         "POWERTOOLS_LOG_LEVEL": "ERROR",
-        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "OPENAI_BASE_URL": models_url,
         "OPENAI_API_KEY": "none",
     }
     process = subprocess.Popen(
