@@ -217,3 +217,21 @@ def test_without_a_stream_the_job_page_follows_the_job_by_polling(
 
         assert alice.delete(f"/jobs/{job_id}").status_code in (200, 202)
         wait_until(browser, lambda d: "cancelled" in d.find_element(By.ID, "job-status").text, 30)
+
+
+def test_the_jobs_list_pages_with_next_token(palette_site: Site, browser: WebDriver, sign_in: SignIn) -> None:
+    palette_site.model.behaviour.set_latency(0.0)
+    with palette_site.client("bob") as bob:
+        template_id, seed_id = template_and_seed(bob, STEPS)
+    started = [start_job(palette_site, "bob", template_id, seed_id, num_records=1) for _ in range(3)]
+    sign_in(browser, palette_site, "bob")
+    browser.get(palette_site.url("#/jobs?limit=2"))
+    rows = wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr"))
+    assert [row.get_attribute("data-job-id") for row in rows] == started[:0:-1]  # newest first
+    browser.find_element(By.ID, "more-jobs").click()
+    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr")) == 3)
+    listed = [
+        row.get_attribute("data-job-id") for row in browser.find_elements(By.CSS_SELECTOR, "#jobs-table tbody tr")
+    ]
+    assert listed == started[::-1]
+    assert not browser.find_elements(By.ID, "more-jobs")

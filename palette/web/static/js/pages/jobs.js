@@ -1,4 +1,5 @@
-// #/jobs: the caller's jobs, newest first, with a status filter and paging by next_token.
+// #/jobs: the caller's jobs, newest first, with a status filter and paging by next_token
+// (`#/jobs?status=RUNNING&limit=50`).
 import { html, nothing, render as paint } from "/static/vendor/lit-html.js";
 import { api } from "../api.js";
 import { errorView, formatDate, formatMoney, formatNumber, statusBadge } from "../ui.js";
@@ -8,6 +9,7 @@ const STATUSES = ["QUEUED", "RUNNING", "COMPLETED", "COMPLETED_WITH_ERRORS", "FA
 export async function render(root, params) {
   const state = { items: [], nextToken: null, error: null, loading: false, status: params.status || "" };
   const controller = new AbortController();
+  const pageSize = Math.min(Math.max(Number(params.limit) || 20, 1), 100); // #/jobs?limit=N
   let latest = 0; // a filter changed while a page loaded: only the newest answer is shown
 
   async function load(more) {
@@ -15,7 +17,7 @@ export async function render(root, params) {
     state.loading = true;
     update();
     try {
-      const query = { limit: 20, status: state.status, next_token: more ? state.nextToken : null };
+      const query = { limit: pageSize, status: state.status, next_token: more ? state.nextToken : null };
       const page = await api("GET", "/jobs", { query, signal: controller.signal });
       if (asked !== latest) return;
       state.items = more ? state.items.concat(page.items) : page.items;
@@ -33,7 +35,8 @@ export async function render(root, params) {
     state.status = event.target.value;
     state.items = [];
     state.nextToken = null;
-    const hash = state.status ? `#/jobs?status=${state.status}` : "#/jobs";
+    const query = new URLSearchParams({ ...(state.status && { status: state.status }), ...(params.limit && { limit: params.limit }) });
+    const hash = query.size ? `#/jobs?${query}` : "#/jobs";
     window.history.replaceState(null, "", hash);
     load(false);
   }
