@@ -24,6 +24,7 @@ from rich.console import Console
 
 from palette.api.app import logger
 from palette.composition import LocalPalette
+from palette.users import LocalUsers
 from palette.watch import watch_job
 
 DEMO_RECORDS = 50
@@ -68,10 +69,16 @@ def run_demo(data_dir: Path, console: Console | None = None, num_records: int = 
         base = f"http://{runtime.host}:{runtime.port}"
         token = runtime.tokens.issue(DEMO_USER)
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-            return _walk_through(http, console, base, num_records)
+            code = _walk_through(http, console, base, num_records)
     finally:
         server.stop()
         runtime.close()
+    if not LocalUsers(data_dir).exists(DEMO_USER):
+        console.print(
+            f"To see it in the web page as user {DEMO_USER}: palette user create {DEMO_USER} --data-dir {data_dir}, "
+            f"then palette serve --data-dir {data_dir} and open http://127.0.0.1:8000/ (make demo does both)"
+        )
+    return code
 
 
 def _walk_through(http: httpx.Client, console: Console, base: str, num_records: int) -> int:

@@ -36,6 +36,7 @@ def test_a_three_record_job_runs_on_the_local_gemma_model(tmp_path: Path) -> Non
             assert step["input_tokens"] > 0
     assert sum(step["output_tokens"] for r in records for step in r["steps"].values()) > 0
     assert "done" in output.getvalue()
+    assert "palette user create demo" in output.getvalue()  # how to sign in to the page as the demo's user
 
 
 LOCAL_MODELS = ["local/gemma-3-270m", "local/smollm2-135m-instruct"]
