@@ -43,6 +43,7 @@ class FakeHostedUi:
     redirect_uri: str
     challenges: dict[str, str] = field(default_factory=dict)
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    logouts: int = 0
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -59,6 +60,12 @@ class FakeHostedUi:
         self.challenges[code] = query["code_challenge"]
         back = f"{self.redirect_uri}?{urlencode({'code': code, 'state': query['state']})}"
         return 302, {"Location": back}, b""
+
+    def logout(self, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        self.logouts += 1
+        if query.get("client_id") != CLIENT_ID or query.get("logout_uri") != self.redirect_uri:
+            return 400, {"Content-Type": "text/plain"}, b"bad logout request"
+        return 302, {"Location": self.redirect_uri}, b""
 
     def token(self, form: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         self.token_requests.append(form)
@@ -84,10 +91,13 @@ def serve_hosted_ui(fake: FakeHostedUi, site_origin: str) -> ThreadingHTTPServer
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
-            if parts.path != "/oauth2/authorize":
+            query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+            if parts.path == "/oauth2/authorize":
+                self._answer(*fake.authorize(query))
+            elif parts.path == "/logout":
+                self._answer(*fake.logout(query))
+            else:
                 self._answer(404, {}, b"")
-                return
-            self._answer(*fake.authorize({k: v[0] for k, v in parse_qs(parts.query).items()}))
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -156,7 +166,7 @@ def password_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPal
         yield runtime
 
 
-def test_the_hosted_ui_signs_a_user_in_with_pkce_and_the_page_calls_the_api_with_its_token(
+def test_the_hosted_ui_signs_a_user_in_with_pkce_the_page_calls_the_api_with_its_token_and_signs_out(
     cognito_site: tuple[LocalPalette, FakeHostedUi], browser: WebDriver, screenshot: Screenshot
 ) -> None:
     runtime, fake = cognito_site
@@ -174,6 +184,12 @@ def test_the_hosted_ui_signs_a_user_in_with_pkce_and_the_page_calls_the_api_with
     (request,) = fake.token_requests
     assert 43 <= len(request["code_verifier"]) <= 128 and not fake.challenges  # the code was redeemed once
     screenshot(browser, "signin-cognito-done")
+
+    browser.find_element(By.XPATH, "//button[contains(., 'Sign out')]").click()
+
+    wait_until(browser, lambda d: d.find_element(By.XPATH, "//button[contains(., 'Sign in with')]"))
+    assert fake.logouts == 1  # the hosted UI's session ended too
+    assert browser.execute_script("return sessionStorage.getItem('palette.token')") is None
 
 
 def test_a_code_not_asked_for_by_this_tab_is_refused(

@@ -99,3 +99,10 @@ export async function finishSignIn(cfg) {
   const claims = claimsOf(answer.id_token);
   return { token: answer.id_token, user: claims["cognito:username"] || claims.email || claims.sub };
 }
+
+/** The hosted UI's /logout, which ends its session and sends the browser back to the site (a
+ * LogoutURL of the web client: the shared stack sets it to the WebCallbackUrls, as redirect_uri). */
+export function signOutUrl(cfg) {
+  const query = new URLSearchParams({ client_id: cfg.client_id, logout_uri: cfg.redirect_uri });
+  return `${hostedUiOrigin(cfg)}/logout?${query}`;
+}

@@ -1,6 +1,6 @@
 // Boot: read config.json (where the API is, how to sign in), draw the navigation, start the router.
 import { html, nothing, render as paint } from "/static/vendor/lit-html.js";
-import { clearSession, configure, currentUser, token } from "./api.js";
+import { clearSession, configure, currentUser, siteConfig, token } from "./api.js";
 import { startRouter } from "./router.js";
 import { errorView } from "./ui.js";
 
@@ -17,8 +17,15 @@ function userLabel(user) {
   return typeof user === "string" ? user : user.username || user.user_id || "";
 }
 
-function signOut() {
+async function signOut() {
   clearSession();
+  const signIn = siteConfig().sign_in || {};
+  if (signIn.mode === "cognito") {
+    // end the hosted UI's session too, or the next "Sign in" would let the same person straight back in
+    const { signOutUrl } = await import("./cognito.js");
+    window.location.assign(signOutUrl(signIn));
+    return;
+  }
   window.location.hash = "#/signin";
 }
 
