@@ -80,6 +80,7 @@ from services.jobs.projections import (
     JobListView,
     dashboard_figures,
     empty_dashboard,
+    empty_judge,
 )
 
 _ERRORS = {
@@ -118,8 +119,12 @@ def create_router(
         return router.context.get("correlation_id")
 
     def progress_of(job_id: str) -> dict[str, Any]:
-        doc = dashboard.get(DASHBOARDS, job_id)
-        return empty_dashboard(job_id) if doc is None or doc.get("deleted") else doc
+        return _live(job_id, dashboard.get(DASHBOARDS, job_id))
+
+    def progress_of_page(job_ids: list[str]) -> list[dict[str, Any]]:
+        """A page's dashboards in one read (not one per listed job)."""
+        found = dashboard.get_many(DASHBOARDS, job_ids)
+        return [_live(job_id, found.get(job_id)) for job_id in job_ids]
 
     @router.post(
         "/jobs",
@@ -164,7 +169,8 @@ def create_router(
         except InvalidPageToken as error:
             named = "next_token" if next_token is not None else "last_key"
             raise _field_error(named, str(error)) from None
-        items = [_summary(item, progress_of(item["job_id"])) for item in page.items]
+        progress = progress_of_page([item["job_id"] for item in page.items])
+        items = [_summary(item, doc) for item, doc in zip(page.items, progress, strict=True)]
         after = page.next_token
         return JobPage(items=items, jobs=items, next_token=after, last_key=after)
 
@@ -252,8 +258,14 @@ def _check_parameters_size(parameters: dict[str, Any]) -> None:
         )
 
 
+def _live(job_id: str, doc: dict[str, Any] | None) -> dict[str, Any]:
+    """A job's dashboard document, or an empty one before its first event is projected or
+    after its deletion (the tombstone)."""
+    return empty_dashboard(job_id) if doc is None or doc.get("deleted") else doc
+
+
 def _summary(item: dict[str, Any], doc: dict[str, Any]) -> JobSummary:
-    """A listed job with its progress and spend from its dashboard (one read per item)."""
+    """A listed job with its progress and spend from its dashboard."""
     return JobSummary.model_validate(
         {
             **item,
@@ -382,16 +394,19 @@ def dashboard_body(loaded: LoadedJob, doc: dict[str, Any], handlers: JobHandlers
         files=_files(doc, handlers),
         failure=_failure(loaded),
         per_model=_per_model(tuple(state.options.models or ()), status, state.options.num_records, current, now),
-        judge=_judge(state.job_id, doc.get("judge")),
+        judge=_judge(state, doc.get("judge")),
     )
 
 
-def _judge(job_id: str, block: Mapping[str, Any] | None) -> JudgeSummaryBody | None:
-    """The dashboard's judge block: means and distributions from the counts per score."""
-    if block is None:
+def _judge(state: JobState, block: Mapping[str, Any] | None) -> JudgeSummaryBody | None:
+    """The dashboard's judge block: the job's judge (its stream's word) with the projection's
+    counts, means and distributions from the counts per score; zeros before any batch."""
+    judge = state.options.judge
+    if judge is None:
         return None
+    block = block or empty_judge(judge.model, judge.criteria)
     criteria = {}
-    for name in block["criteria"]:
+    for name in judge.criteria:
         counts = block["counts"].get(name) or [0] * len(JUDGE_SCORES)
         judged = sum(counts)
         total = sum(score * count for score, count in zip(JUDGE_SCORES, counts, strict=True))
@@ -399,16 +414,16 @@ def _judge(job_id: str, block: Mapping[str, Any] | None) -> JudgeSummaryBody | N
             mean=round(total / judged, 4) if judged else None,
             distribution={str(score): count for score, count in zip(JUDGE_SCORES, counts, strict=True)},
         )
-    size = len(block["criteria"])
+    size = len(judge.criteria)
     return JudgeSummaryBody(
-        model=block["model"],
+        model=judge.model,
         judged=block["judged"],
         dropped=block["dropped"],
         criteria=criteria,
         lowest=[
             LowScoredRecordBody(
                 record_index=entry["record_index"],
-                record_id=record_id(job_id, entry["model"], entry["record_index"]),
+                record_id=record_id(state.job_id, entry["model"], entry["record_index"]),
                 model=entry["model"],
                 mean=round(entry["total"] / size, 4),
             )

@@ -249,15 +249,16 @@ def empty_dashboard(job_id: str) -> dict[str, Any]:
 def _merge_requested(body: dict[str, Any], detail: JobRequested, time: str) -> None:
     body.update(owner=detail.owner, num_records=detail.num_records, created_at=time, models=list(detail.models or ()))
     body["cost"]["budget_limit"] = str(detail.budget_limit)
-    if detail.judge is not None:
-        body["judge"] = empty_judge(detail.judge.model, detail.judge.criteria)
+    if detail.judge is not None:  # a batch may come first (events arrive in any order on AWS)
+        judge = body.setdefault("judge", empty_judge(detail.judge.model, detail.judge.criteria))
+        judge.update(model=detail.judge.model, criteria=list(detail.judge.criteria))
 
 
 LOWEST_SCORED = 5
 """The dashboard names this many of the lowest-scored records."""
 
 
-def empty_judge(model: str, criteria: list[str]) -> dict[str, Any]:
+def empty_judge(model: str | None, criteria: list[str]) -> dict[str, Any]:
     """A job's judge block before any score: per criterion the count of each score 1..5
     (means follow from them when read), the records judged and dropped below min_score,
     and the lowest-scored records with the sum of their scores (integers only: the
@@ -273,9 +274,7 @@ def empty_judge(model: str, criteria: list[str]) -> dict[str, Any]:
 
 
 def _merge_scores(body: dict[str, Any], detail: BatchGenerated) -> None:
-    judge = body.get("judge")
-    if judge is None:
-        return
+    judge = body.setdefault("judge", empty_judge(None, []))
     judge["judged"] += len(detail.scores)
     judge["dropped"] += detail.judge_dropped
     lowest = judge["lowest"]

@@ -36,10 +36,11 @@ from contracts.events.generator import (
     GenerationClaimed,
     GenerationFailed,
     GenerationStopped,
+    RecordScores,
     TokenUsage,
     UnbatchedUsageRecorded,
 )
-from contracts.events.jobs import JobOptions, OutputFormat
+from contracts.events.jobs import JobOptions, JudgeOptions, OutputFormat
 from contracts.events.seeds import (
     SeedDataUploaded,
     SeedDataValidated,
@@ -61,6 +62,8 @@ from palette.blobs.port import BlobStore
 from palette.bus.local import LocalBus
 from palette.eventstore.dynamodb import create_table
 from palette.eventstore.port import EventStore, NewEvent
+from palette.lineage import record_id
+from palette.projections.documents_sqlite import SQLiteDocumentReader, documents_table
 from services.jobs import lambda_handler
 from services.jobs.api import create_router
 from services.jobs.consumers import LIFECYCLE_PATTERN, SWEEPS_PATTERN, subscriptions
@@ -459,11 +462,13 @@ def test_a_job_is_created_at_once_with_the_latest_version_pinned(api: Facade) ->
         "lineage": True,
         "cache": False,
         "dedup": None,
+        "judge": None,
         "model_tiers": {},
     }
     assert body["progress"] == {
         "records_generated": 0,
         "failed_records": 0,
+        "duplicates_dropped": 0,
         "num_records": 10_000,
         "percent": 0.0,
         "target_records": 10_000,
@@ -525,6 +530,17 @@ def test_an_explicit_template_version_is_pinned(local: Facade) -> None:
         ({"seed_id": "x" * 129}, "seed_id"),
         ({"seed_id": "seed\u007f"}, "seed_id"),
         ({"seed_id": " padded"}, "seed_id"),
+        ({"judge": {"model": "acme/judge", "rubric": "Score {{ topic }}", "criteria": ["accuracy"]}}, "judge"),
+        ({"judge": {"model": MODEL, "rubric": "Score {{ topic ", "criteria": ["accuracy"]}}, "judge"),
+        ({"judge": {"model": MODEL, "rubric": "{% for %}", "criteria": ["accuracy"]}}, "judge"),
+        ({"judge": {"model": MODEL, "rubric": "r", "criteria": []}}, "judge"),
+        ({"judge": {"model": MODEL, "rubric": "r", "criteria": [f"c{i}" for i in range(9)]}}, "judge"),
+        ({"judge": {"model": MODEL, "rubric": "r", "criteria": ["a", "a"]}}, "judge"),
+        ({"judge": {"model": MODEL, "rubric": "r", "criteria": ["Not a name"]}}, "judge"),
+        ({"judge": {"model": MODEL, "rubric": "r", "criteria": ["a"], "sample_rate": 0.5, "sample_size": 5}}, "judge"),
+        ({"judge": {"model": MODEL, "rubric": "r", "criteria": ["a"], "sample_rate": 0}}, "judge"),
+        ({"judge": {"model": MODEL, "rubric": "r", "criteria": ["a"], "min_score": 6}}, "judge"),
+        ({"judge": {"model": MODEL, "rubric": "", "criteria": ["a"]}}, "judge"),
     ],
 )
 def test_bad_input_answers_400_naming_the_field(local: Facade, changes: dict[str, Any], field: str) -> None:
@@ -653,6 +669,72 @@ def test_a_pricing_check_refuses_models_without_a_price(tmp_path: Path) -> None:
     adapters.close()
 
 
+def test_a_pricing_check_refuses_a_judge_model_without_a_price(tmp_path: Path) -> None:
+    adapters = local_adapters(tmp_path)
+    handlers = JobHandlers(adapters.events, adapters.blobs, pricing_check=lambda model: model == MODEL)
+    template_id = add_template(adapters.events, "alice")
+    seed_id = add_seed(adapters.events, "alice", template_id)
+    judge = JudgeOptions(model="openai/unpriced-judge", rubric="Score {{ topic }}", criteria=["accuracy"])
+    options = JobOptions(num_records=1, budget_limit=Decimal(1), output_formats=[OutputFormat.JSONL], judge=judge)
+    with pytest.raises(InvalidJobInput, match="no price is known for openai/unpriced-judge") as refused:
+        handlers.request_job("alice", JobInput(template_id=template_id, seed_id=seed_id, options=options))
+    assert refused.value.field == "judge.model"
+    adapters.close()
+
+
+def scored(job_id: str, number: int, scores: list[tuple[int, int]], dropped: int = 0) -> BatchGenerated:
+    """A batch of len(scores) records, each judged (accuracy, fluency)."""
+    return batch(job_id, number, rows=len(scores)).model_copy(
+        update={
+            "last_record": number * 100 + len(scores) - 1,
+            "scores": [
+                RecordScores(record_index=number * 100 + i, scores={"accuracy": a, "fluency": f})
+                for i, (a, f) in enumerate(scores)
+            ],
+            "judge_dropped": dropped,
+        }
+    )
+
+
+def test_a_judged_job_shows_its_scores_on_the_dashboard(api: Facade) -> None:
+    judge: dict[str, Any] = {
+        "model": MODEL,
+        "rubric": "Score {{ topic }}",
+        "criteria": ["accuracy", "fluency"],
+        "min_score": 2,
+    }
+    created = api.start_job(num_records=200, judge=judge)
+    job_id = created["job_id"]
+    assert created["input"]["judge"] == {**judge, "sample_rate": None, "sample_size": None}
+    assert api.call("GET", f"/dashboard/{job_id}").body["judge"] == {
+        "model": MODEL,
+        "judged": 0,
+        "dropped": 0,
+        "criteria": {name: {"mean": None, "distribution": dict.fromkeys("12345", 0)} for name in judge["criteria"]},
+        "lowest": [],
+    }
+
+    first = [(5, 5), (2, 3), (4, 4), (3, 2)]
+    second = [(1, 5), (5, 4), (2, 2)]
+    api.generate(job_id, claimed(job_id), scored(job_id, 0, first, dropped=3), scored(job_id, 1, second, dropped=1))
+
+    board = api.call("GET", f"/dashboard/{job_id}").body["judge"]
+    assert (board["judged"], board["dropped"]) == (7, 4)
+    assert board["criteria"]["accuracy"] == {
+        "mean": round((5 + 2 + 4 + 3 + 1 + 5 + 2) / 7, 4),
+        "distribution": {"1": 1, "2": 2, "3": 1, "4": 1, "5": 2},
+    }
+    assert board["criteria"]["fluency"]["mean"] == round((5 + 3 + 4 + 2 + 5 + 4 + 2) / 7, 4)
+    assert [(r["record_index"], r["mean"]) for r in board["lowest"]] == [
+        (102, 2.0),
+        (1, 2.5),
+        (3, 2.5),
+        (100, 3.0),
+        (2, 4.0),
+    ]
+    assert board["lowest"][0]["record_id"] == record_id(job_id, None, 102)
+
+
 # -- listing -------------------------------------------------------------------------------
 
 
@@ -685,6 +767,27 @@ def test_jobs_list_newest_first_with_status_filter_and_paging(api: Facade) -> No
     assert len(api.call("GET", "/jobs", "bob").body["items"]) == 1
 
 
+def test_a_jobs_page_reads_its_dashboards_in_one_query(local: Facade, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /jobs?limit=50 answered 50 dashboard reads after the listing's one (N+1, #17)."""
+    ids = [local.start_job()["job_id"] for _ in range(4)]
+    local.generate(ids[0], claimed(ids[0]), batch(ids[0], 0, rows=100))
+    local.deliver()
+    reads: list[str] = []
+    plain_get, many_get = SQLiteDocumentReader.get, SQLiteDocumentReader.get_many
+    monkeypatch.setattr(
+        SQLiteDocumentReader, "get", lambda reader, *args: reads.append(reader._table) or plain_get(reader, *args)
+    )
+    monkeypatch.setattr(
+        SQLiteDocumentReader, "get_many", lambda reader, *args: reads.append(reader._table) or many_get(reader, *args)
+    )
+
+    listed = local.call("GET", "/jobs", query={"limit": "50"}).body["items"]
+
+    assert [job["job_id"] for job in listed] == list(reversed(ids))
+    assert {job["job_id"]: job["records_generated"] for job in listed} == {ids[0]: 100, ids[1]: 0, ids[2]: 0, ids[3]: 0}
+    assert reads.count(documents_table(JobDashboard())) == 1
+
+
 @pytest.mark.parametrize(
     "query", [{"limit": "101"}, {"limit": "0"}, {"status": "DONE"}, {"next_token": "bm90IGEgdG9rZW4"}]
 )
@@ -706,6 +809,7 @@ def test_a_job_runs_to_completion_and_the_dashboard_follows(api: Facade) -> None
     assert running["progress"] == {
         "records_generated": 198,
         "failed_records": 2,
+        "duplicates_dropped": 0,
         "num_records": 250,
         "percent": 79.2,
         "target_records": 250,

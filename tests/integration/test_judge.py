@@ -90,7 +90,9 @@ def test_scores_are_events_on_the_dashboard_and_in_the_exports_and_billed_as_ans
 
     scored = [record for batch in _batches(adapters, job_id) for record in batch.scores]
     assert sorted(record.record_index for record in scored) == list(range(20))
-    assert all(set(record.scores) == set(CRITERIA) and set(record.scores.values()) <= {1, 2, 3, 4, 5} for record in scored)
+    assert all(
+        set(record.scores) == set(CRITERIA) and set(record.scores.values()) <= {1, 2, 3, 4, 5} for record in scored
+    )
     block = _dashboard_judge(adapters, job_id)
     assert block["judged"] == 20
     for name in CRITERIA:
