@@ -65,9 +65,10 @@ TOKEN_SECRET_FILE = "jwt-signing.key"
 RATE_LIMIT_FILE = "ratelimits.db"
 
 
-def local_tokens(data_dir: Path) -> LocalTokens:
-    """The issuer/verifier of this data directory's bearer tokens."""
-    return LocalTokens(load_or_create_secret(data_dir, TOKEN_SECRET_FILE))
+def local_tokens(data_dir: Path, users: LocalUsers | None = None) -> LocalTokens:
+    """The issuer/verifier of this data directory's bearer tokens (revoked with its users')."""
+    users = users or LocalUsers(data_dir)
+    return LocalTokens(load_or_create_secret(data_dir, TOKEN_SECRET_FILE), users.token_generation)
 
 
 def local_projections() -> list[DocumentProjection]:
@@ -153,7 +154,8 @@ class LocalPalette:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
         self.adapters = local_adapters(self.data_dir, f"http://{self.host}:{self.port}")
-        self.tokens = local_tokens(self.data_dir)
+        self.users = LocalUsers(self.data_dir)
+        self.tokens = local_tokens(self.data_dir, self.users)
         self.guard = GuardConfig.load(self.data_dir)
         self.content_filter = ContentFilter(self.guard.content_rules)
         buckets = SQLiteBucketStore(self.data_dir / RATE_LIMIT_FILE)
@@ -203,7 +205,6 @@ class LocalPalette:
         for parts in services:
             for subscription in parts.subscriptions:
                 self.bus.subscribe(*subscription)
-        self.users = LocalUsers(self.data_dir)
         sign_in = login_router(
             self.users, self.tokens, FailedLogins(), VerificationSlots(total=max(1, self.api_workers // 4))
         )

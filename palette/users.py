@@ -11,6 +11,13 @@ created readable by its owner only (0600, as SQLite's journal next to it); a fil
 read is refused rather than trusted, as the signing secrets are (`palette/secrets.py`).
 
 A user name is a user id (`contracts.identifiers.user_id_problem`): the token's `sub`.
+
+Revoking tokens: each name has a token generation (0 until its first change). Changing a
+password or deleting the user raises it, and a token carries the generation it was issued
+at (`gen`), so every token issued before the change answers 401 from then on — also after
+the name is created again. A count rather than a time, so a sign-in in the same second as
+the change is not refused. The server reads the generations on each request only when the
+file changed (its size and mtime), so the check costs one `stat`.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -65,6 +73,8 @@ class LocalUsers:
     def __init__(self, data_dir: Path | str) -> None:
         self.path = Path(data_dir) / USERS_FILE
         self._dummy_hash = PASSWORD_HASHER.hash("palette: no such user")
+        self._generations_lock = threading.Lock()
+        self._generations: tuple[tuple[int, int] | None, dict[str, int]] = (None, {})
 
     def create(self, name: str, password: str) -> LocalUser:
         """Adds user `name`; UserError when the name is taken or invalid or the password too short."""
@@ -89,14 +99,31 @@ class LocalUsers:
             changed = db.execute(
                 "UPDATE users SET password_hash = ?, password_changed_at = ? WHERE name = ?", (digest, _now(), name)
             ).rowcount
-        if not changed:
-            raise UserError(f"no user {name!r}")
+            if not changed:
+                raise UserError(f"no user {name!r}")
+            _revoke_tokens(db, name)
 
     def delete(self, name: str) -> None:
-        """Removes `name` (tokens already issued stay valid until they expire); UserError when unknown."""
+        """Removes `name` and revokes its tokens; UserError when unknown."""
         with self._transaction() as db:
             if not db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount:
                 raise UserError(f"no user {name!r}")
+            _revoke_tokens(db, name)
+
+    def token_generation(self, name: str) -> int:
+        """The generation a token of `name` must carry to be valid (0: never revoked)."""
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return 0
+        version = (info.st_mtime_ns, info.st_size)
+        with self._generations_lock:
+            seen, generations = self._generations
+            if seen != version:
+                with self._transaction() as db:
+                    generations = dict(db.execute("SELECT name, generation FROM token_generations").fetchall())
+                self._generations = (version, generations)
+        return generations.get(name, 0)
 
     def all_users(self) -> list[LocalUser]:
         """Every user, by name."""
@@ -137,6 +164,9 @@ class LocalUsers:
                     "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL,"
                     " created_at TEXT NOT NULL, password_changed_at TEXT NOT NULL)"
                 )
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS token_generations (name TEXT PRIMARY KEY, generation INTEGER NOT NULL)"
+                )
                 yield db
 
     def _ensure_private_file(self) -> None:
@@ -149,6 +179,14 @@ class LocalUsers:
                 raise PermissionError(
                     f"{self.path} is accessible to other users; run `chmod 600 {self.path}`"
                 ) from None
+
+
+def _revoke_tokens(db: sqlite3.Connection, name: str) -> None:
+    db.execute(
+        "INSERT INTO token_generations (name, generation) VALUES (?, 1)"
+        " ON CONFLICT (name) DO UPDATE SET generation = generation + 1",
+        (name,),
+    )
 
 
 def _now() -> str:

@@ -12,6 +12,7 @@ token signed with the real key: a user id names folders and index keys.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import jwt
@@ -28,16 +29,23 @@ class CallerIdentity(Protocol):
 
 
 class LocalTokens:
-    """Issues and verifies the local facade's HS256 tokens."""
+    """Issues and verifies the local facade's HS256 tokens.
 
-    def __init__(self, secret: bytes) -> None:
+    With `generations` (a user's current token generation, `palette.users`), a token
+    carries the generation it was issued at (`gen`) and one issued before the user's
+    password changed or the user was deleted is refused."""
+
+    def __init__(self, secret: bytes, generations: Callable[[str], int] | None = None) -> None:
         self._secret = secret
+        self._generations = generations
 
     def issue(self, user: str, ttl_seconds: int = 30 * 24 * 3600) -> str:
         if problem := user_id_problem(user):
             raise ValueError(problem)
         now = int(time.time())
-        claims = {"sub": user, "iss": ISSUER, "iat": now, "exp": now + ttl_seconds}
+        claims: dict[str, Any] = {"sub": user, "iss": ISSUER, "iat": now, "exp": now + ttl_seconds}
+        if self._generations is not None and (generation := self._generations(user)):
+            claims["gen"] = generation
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def user_id(self, headers: dict[str, str], raw_event: dict[str, Any]) -> str:
@@ -54,7 +62,10 @@ class LocalTokens:
             raise Unauthorized("the bearer token has expired") from None
         except jwt.InvalidTokenError as error:
             raise Unauthorized(f"invalid bearer token: {error}") from None
-        return checked_user_id(claims["sub"])
+        user = checked_user_id(claims["sub"])
+        if self._generations is not None and claims.get("gen", 0) != self._generations(user):
+            raise Unauthorized("the bearer token was revoked: the user's password changed or the user was deleted")
+        return user
 
 
 class ApiGatewayJwtClaims:

@@ -183,3 +183,30 @@ def test_password_checks_beyond_a_quarter_of_the_request_threads_are_refused_at_
         assert health.status_code == 200
         assert first.result(timeout=30).status_code == 200
         assert login(site, "bob", PASSWORD).status_code == 401  # the slot is free again
+
+
+def test_a_password_change_or_a_deleted_user_revokes_the_tokens_issued_before(tmp_path: Path) -> None:
+    """A token outlived the password that earned it and the user it named: after
+    `palette user password` or `palette user delete` it still opened every route."""
+    with site_with_users(tmp_path, "carol", "dave") as anonymous:
+        users = LocalUsers(tmp_path)
+
+        def jobs_with(token: str) -> httpx.Response:
+            return anonymous.get("/jobs", headers={"Authorization": f"Bearer {token}"})
+
+        carol_before = login(anonymous, "carol", PASSWORD).json()["token"]
+        dave_before = login(anonymous, "dave", PASSWORD).json()["token"]
+        assert jobs_with(carol_before).status_code == jobs_with(dave_before).status_code == 200
+
+        users.set_password("carol", PASSWORD + " two")
+        users.delete("dave")
+
+        for revoked in (carol_before, dave_before):
+            reply = jobs_with(revoked)
+            assert reply.status_code == 401, reply.text
+            assert "revoked" in reply.json()["error"]["message"]
+        carol_after = login(anonymous, "carol", PASSWORD + " two").json()["token"]  # in the same second too
+        assert jobs_with(carol_after).status_code == 200
+        users.create("dave", PASSWORD)  # the name again: the old token stays revoked
+        assert jobs_with(dave_before).status_code == 401
+        assert jobs_with(login(anonymous, "dave", PASSWORD).json()["token"]).status_code == 200
