@@ -1,14 +1,22 @@
 """A job that dedups (`"dedup": "exact" | "near"`, #21): duplicates are dropped and made again
 from another seed row, so the dataset still has num_records distinct records, and the
-dashboard counts them. Real HTTP to the fake OpenAI server and a local data directory."""
+dashboard counts them. Real HTTP to the fake OpenAI server, a local data directory, and
+parts in the blob folder or on S3 (moto)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
 
 from contracts.events.generator import BatchGenerated, GenerationFailed
 from contracts.streams import generation_stream
 from palette.adapters import Adapters
+from palette.blobs.s3 import S3BlobStore
 from palette.composition import job_dashboards
 from services.generator.dedup import normalised_outputs
 from services.generator.records import read_part
@@ -19,6 +27,18 @@ from tests.waiting import wait_for
 
 LONG_ANSWER = " ".join(f"word{i}" for i in range(60))
 ONE_WORD_CHANGED = LONG_ANSWER.replace("word30", "changed")
+
+
+@pytest.fixture(params=["local", "s3"])
+def blob_adapters(request: pytest.FixtureRequest, adapters: Adapters) -> Iterator[Adapters]:
+    """The local adapters, or the same with the blob store on S3 (moto)."""
+    if request.param == "local":
+        yield adapters
+        return
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="blobs")
+        yield dataclasses.replace(adapters, blobs=S3BlobStore("blobs", client))
 
 
 def _texts(adapters: Adapters, job_id: str) -> list[str]:
@@ -38,10 +58,11 @@ def _dropped(adapters: Adapters, job_id: str) -> int:
 
 
 def test_repeated_answers_are_made_again_and_the_dashboard_counts_them(
-    adapters: Adapters, server: FakeOpenAIServer
+    blob_adapters: Adapters, server: FakeOpenAIServer
 ) -> None:
     """Six answers alike (and rows drawn twice): the job still ends with 20 distinct records,
     and every call beyond the 20 kept records made a dropped duplicate."""
+    adapters = blob_adapters
     job_id = request_job(adapters, 20, steps=(QUESTION,), dedup="exact")
     server.reply_next("The  SAME answer.", 3)
     server.reply_next("the same answer.", 3)
@@ -75,9 +96,10 @@ def test_a_near_duplicate_is_dropped_under_near_and_kept_under_exact(adapters: A
     assert kept["near"][2] >= 1
 
 
-def test_a_resumed_job_keeps_no_duplicate_of_a_batch_recorded_before_it(adapters: Adapters) -> None:
+def test_a_resumed_job_keeps_no_duplicate_of_a_batch_recorded_before_it(blob_adapters: Adapters) -> None:
     """The second run's memory starts empty: it must remember the first run's records from
     their parts, or it would keep the repeated answers of a recorded record."""
+    adapters = blob_adapters
     job_id = request_job(adapters, 30, steps=(QUESTION,), dedup="exact")
     stream = generation_stream(job_id)
     stop = threading.Event()
