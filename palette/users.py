@@ -16,8 +16,9 @@ Revoking tokens: each name has a token generation (0 until its first change). Ch
 password or deleting the user raises it, and a token carries the generation it was issued
 at (`gen`), so every token issued before the change answers 401 from then on — also after
 the name is created again. A count rather than a time, so a sign-in in the same second as
-the change is not refused. The server reads the generations on each request only when the
-file changed (its size and mtime), so the check costs one `stat`.
+the change is not refused. The server re-reads the generations when the file changed (its
+size and mtime) or a second has passed since (file times are coarse: a change within one
+tick of the last read shows no new mtime), so the check costs one `stat` per request.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -74,7 +76,7 @@ class LocalUsers:
         self.path = Path(data_dir) / USERS_FILE
         self._dummy_hash = PASSWORD_HASHER.hash("palette: no such user")
         self._generations_lock = threading.Lock()
-        self._generations: tuple[tuple[int, int] | None, dict[str, int]] = (None, {})
+        self._generations: tuple[tuple[int, int, int] | None, dict[str, int]] = (None, {})
 
     def create(self, name: str, password: str) -> LocalUser:
         """Adds user `name`; UserError when the name is taken or invalid or the password too short."""
@@ -116,7 +118,7 @@ class LocalUsers:
             info = self.path.stat()
         except FileNotFoundError:
             return 0
-        version = (info.st_mtime_ns, info.st_size)
+        version = (info.st_mtime_ns, info.st_size, int(time.monotonic()))
         with self._generations_lock:
             seen, generations = self._generations
             if seen != version:
