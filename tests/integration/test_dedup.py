@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
@@ -23,6 +24,7 @@ from services.generator.records import read_part
 from services.generator.run.outcome import RunOutcome
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.generation import QUESTION, generation_events, of_type, request_job, run_worker
+from tests.integration.palette_http import client, running_palette, template_and_seed, wait_until_finished
 from tests.waiting import wait_for
 
 LONG_ANSWER = " ".join(f"word{i}" for i in range(60))
@@ -135,3 +137,34 @@ def test_a_model_that_only_repeats_itself_fails_the_job_clearly(adapters: Adapte
     assert [f.code for f in failed] == ["DUPLICATES"]
     assert "10 records" in failed[0].reason
     assert server.stats()["calls"] < 40
+
+
+def test_get_dashboard_and_get_job_show_the_dropped_duplicates_over_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`palette serve`: POST /jobs with "dedup": "exact"; GET /dashboard/{id} (top level,
+    progress) and GET /jobs/{id} count the duplicates the fake model's repeats made."""
+    data_dir = tmp_path / "data"
+    step = {"id": "question", "model": "openai/fake-model", "prompt": "Ask about {{ topic }}."}
+    with (
+        FakeOpenAIServer() as fake,
+        running_palette(data_dir, fake, monkeypatch) as runtime,
+        client(runtime, "alice") as alice,
+    ):
+        template_id, seed_id = template_and_seed(alice, [step])
+        fake.reply_next("One answer for all.", 4)
+        body = {"template_id": template_id, "seed_id": seed_id, "num_records": 10, "budget_limit": 1, "dedup": "exact"}
+        created = alice.post("/jobs", json=body)
+        assert created.status_code == 201, created.text
+        job_id = created.json()["job_id"]
+        assert wait_until_finished(alice, job_id)["status"] == "COMPLETED"
+        dashboard = wait_for(
+            lambda: (d := alice.get(f"/dashboard/{job_id}").json())["records_generated"] == 10 and d,
+            what="the dashboard's 10 records",
+        )
+        job = alice.get(f"/jobs/{job_id}").json()
+
+    assert dashboard["duplicates_dropped"] >= 3
+    assert dashboard["progress"]["duplicates_dropped"] == dashboard["duplicates_dropped"]
+    assert job["progress"]["duplicates_dropped"] == dashboard["duplicates_dropped"]
+    assert job["input"]["dedup"] == "exact"
