@@ -222,8 +222,12 @@ class JobDownloads:
             if state.options.lineage
             else None
         )
+        judge = state.options.judge
         shape = RecordShape(
-            has_model=bool(state.options.models), has_flags=state.options.output_filter == "flag", lineage=lineage
+            has_model=bool(state.options.models),
+            has_flags=state.options.output_filter == "flag",
+            lineage=lineage,
+            judge_criteria=() if judge is None else tuple(judge.criteria),
         )
         every = sorted((batch for batch, _ in facts.batches), key=_dataset_order(state))
         base, since = self._base(state, fmt, facts, every)

@@ -14,7 +14,8 @@ Shapes, per format:
 - JSONL: each line is exactly the line the finished export writes for that record.
 - PARQUET and CSV: the export's columns (`record_index`, `job_id`, `model` for fan-out
   jobs, `seed`, `steps.<id>.output`, ..., `created_at`, `flagged_rules` for jobs that
-  flag, `lineage` unless the job turned it off: `palette.lineage`, as the export),
+  flag, `judge_<criterion>` for jobs with a judge, `lineage` unless the job turned it off:
+  `palette.lineage`, as the export),
   except that `seed` and each step's `output_json` stay JSON text: the finished export
   infers their nested types from every record, which a snapshot of a growing job cannot
   know yet (the export itself falls back to JSON text when shapes vary).
@@ -90,6 +91,8 @@ class RecordShape:
     has_flags: bool
     lineage: JobLineage | None = None
     """The job's lineage, unless it turned lineage off."""
+    judge_criteria: tuple[str, ...] = ()
+    """A job with a judge: its criteria (a `judge` object, `judge_<criterion>` columns)."""
 
 
 def write_snapshot(
@@ -111,7 +114,7 @@ def write_snapshot(
         if base is not None:  # JSONL and CSV append to a copy; Parquet copies its row groups
             earlier = path if fmt is not OutputFormat.PARQUET else Path(workdir) / "base.parquet"
             _download(blobs, base.blob_key, earlier)
-        parts = _parts(blobs, batches, shape.lineage)
+        parts = _parts(blobs, batches, shape)
         if fmt is OutputFormat.PARQUET:
             rows = _write_parquet(path, parts, shape, earlier)
         else:
@@ -128,9 +131,7 @@ def _download(blobs: BlobStore, key: str, path: Path) -> None:
         shutil.copyfileobj(stream, local, COPY_CHUNK_BYTES)
 
 
-def _parts(
-    blobs: BlobStore, batches: Sequence[RecordedBatch], lineage: JobLineage | None
-) -> Iterator[list[dict[str, Any]]]:
+def _parts(blobs: BlobStore, batches: Sequence[RecordedBatch], shape: RecordShape) -> Iterator[list[dict[str, Any]]]:
     """Each recorded batch's records in the record shape, one part in memory at a time."""
     for batch in batches:
         table = pq.ParquetFile(pa.BufferReader(blobs.get_bytes(batch.blob_key))).read().sort_by("record_index")
@@ -138,12 +139,13 @@ def _parts(
             raise SnapshotInconsistent(
                 f"part {batch.blob_key} holds {table.num_rows} records, its BatchGenerated {batch.rows}"
             )
-        yield [_record(row, lineage) for row in table.to_pylist()]
+        yield [_record(row, shape) for row in table.to_pylist()]
 
 
-def _record(row: dict[str, Any], lineage: JobLineage | None) -> dict[str, Any]:
+def _record(row: dict[str, Any], shape: RecordShape) -> dict[str, Any]:
     """A part row as the export's record (GeneratedRecord): seed and outputs parsed;
-    then its lineage, as the export's JSONL line ends with it."""
+    then the judge's verdict and its lineage, in the order of the export's JSONL line."""
+    lineage = shape.lineage
     record: dict[str, Any] = {
         "record_index": row["record_index"],
         "job_id": row["job_id"],
@@ -166,6 +168,9 @@ def _record(row: dict[str, Any], lineage: JobLineage | None) -> dict[str, Any]:
         record["model"] = row["model"]
     if row.get("flagged_rules") is not None:
         record["flagged_rules"] = list(row["flagged_rules"])
+    if shape.judge_criteria:
+        judge_json = row.get("judge_json")
+        record["judge"] = None if judge_json is None else json.loads(judge_json)
     if lineage is not None:
         record["lineage"] = lineage.of(record | {"seed_row": row.get("seed_row"), "attempt": row.get("attempt")})
     return record
@@ -245,6 +250,7 @@ def _schema(step_ids: list[str], shape: RecordShape, fmt: OutputFormat) -> pa.Sc
             ("steps", steps),
             ("created_at", moment),
             *([("flagged_rules", pa.list_(pa.string()))] if shape.has_flags else []),
+            *[(f"judge_{name}", pa.int64()) for name in shape.judge_criteria],
             *([("lineage", lineage_type(step_ids))] if shape.lineage is not None else []),
         ]
     )
@@ -256,6 +262,7 @@ def _table(records: list[dict[str, Any]], schema: pa.Schema, fmt: OutputFormat) 
             **record,
             "model": record.get("model"),
             "flagged_rules": record.get("flagged_rules"),
+            **{f"judge_{name}": score for name, score in (record.get("judge") or {}).get("scores", {}).items()},
             "seed": dumps_json(record["seed"]),
             "steps": {
                 step_id: step

@@ -27,6 +27,7 @@ from palette.composition import job_dashboards
 from services.generator.budget import JobBudgets
 from services.generator.judge import RecordJudge
 from services.generator.run.outcome import RunOutcome
+from services.jobs.snapshots import RecordedBatch, RecordShape, write_snapshot
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.generation import (
     QUESTION,
@@ -83,7 +84,12 @@ def test_scores_are_events_on_the_dashboard_and_in_the_exports_and_billed_as_ans
     adapters: Adapters, server: FakeOpenAIServer
 ) -> None:
     job_id = request_job(
-        adapters, 20, steps=(QUESTION,), formats=(OutputFormat.JSONL, OutputFormat.PARQUET), judge=_judge()
+        adapters,
+        20,
+        steps=(QUESTION,),
+        formats=(OutputFormat.JSONL, OutputFormat.PARQUET),
+        judge=_judge(),
+        lineage=False,
     )
 
     assert _run(adapters, server, job_id, batch_size=8) is RunOutcome.COMPLETED
@@ -124,6 +130,19 @@ def test_scores_are_events_on_the_dashboard_and_in_the_exports_and_billed_as_ans
     for row in table:
         assert row["judge_accuracy"] == by_index[row["record_index"]]["accuracy"]
         assert row["judge_fluency"] == by_index[row["record_index"]]["fluency"]
+
+    # a partial download of the recorded batches: the export's JSONL lines, the same columns
+    recorded = [
+        RecordedBatch(b.blob_key, b.rows) for b in sorted(_batches(adapters, job_id), key=lambda b: b.first_record)
+    ]
+    shape = RecordShape(has_model=False, has_flags=False, judge_criteria=tuple(CRITERIA))
+    lines_file = write_snapshot(adapters.blobs, "snapshot/data.jsonl", OutputFormat.JSONL, recorded, shape)
+    assert adapters.blobs.get_bytes(lines_file.blob_key) == adapters.blobs.get_bytes(files[OutputFormat.JSONL].blob_key)
+    parquet_file = write_snapshot(adapters.blobs, "snapshot/data.parquet", OutputFormat.PARQUET, recorded, shape)
+    snapshot = pq.read_table(io.BytesIO(adapters.blobs.get_bytes(parquet_file.blob_key))).to_pylist()
+    assert [(r["judge_accuracy"], r["judge_fluency"]) for r in snapshot] == [
+        (r["judge_accuracy"], r["judge_fluency"]) for r in table
+    ]
 
 
 def test_a_sample_is_judged_by_record_index_exactly_as_the_judge_picks(
