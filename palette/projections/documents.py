@@ -31,7 +31,7 @@ import base64
 import binascii
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -116,6 +116,12 @@ class DocumentReader(ABC):
 
     @abstractmethod
     def get(self, collection: str, key: str) -> dict[str, Any] | None: ...
+
+    def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The documents of `keys` that exist, by key: a listing's per-item documents in one
+        read where the backend can (this default reads them one by one)."""
+        found = {key: self.get(collection, key) for key in dict.fromkeys(keys)}
+        return {key: body for key, body in found.items() if body is not None}
 
     @abstractmethod
     def query(

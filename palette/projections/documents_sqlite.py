@@ -10,7 +10,7 @@ as (partition, sort, key, collection) so a page is one index range scan.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from palette.projections.documents import (
@@ -33,6 +33,7 @@ from palette.projections.port import ProjectedEvent
 from palette.projections.sqlite import OpenBatch, SQLiteProjection, SQLiteReadModelStore
 
 _COLUMNS = {"index1": ("i1p", "i1s"), "index2": ("i2p", "i2s")}
+_KEYS_PER_SELECT = 500  # well under SQLITE_MAX_VARIABLE_NUMBER on any build
 
 
 def documents_table(projection: DocumentProjection | str) -> str:
@@ -173,6 +174,18 @@ class SQLiteDocumentReader(DocumentReader):
     def get(self, collection: str, key: str) -> dict[str, Any] | None:
         rows = self._select(f'SELECT body FROM "{self._table}" WHERE collection = ? AND key = ?', [collection, key])
         return decode_body(rows[0][0]) if rows else None
+
+    def get_many(self, collection: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """One SELECT for a page of keys (GET /jobs: a dashboard per listed job), chunked
+        under SQLite's bound-parameter limit."""
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(unique), _KEYS_PER_SELECT):
+            chunk = unique[start : start + _KEYS_PER_SELECT]
+            marks = ", ".join("?" * len(chunk))
+            sql = f'SELECT key, body FROM "{self._table}" WHERE collection = ? AND key IN ({marks})'
+            found.update((key, decode_body(body)) for key, body in self._select(sql, [collection, *chunk]))
+        return found
 
     def query(
         self,

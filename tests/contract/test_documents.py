@@ -359,6 +359,19 @@ def test_an_updated_document_moves_in_its_index(backend: Backend, log: JobLog) -
     assert (reader.get("jobs", "job-002") or {}).get("status") == "FAILED"
 
 
+def test_get_many_answers_the_documents_that_exist_by_key(backend: Backend, log: JobLog) -> None:
+    for n in range(4):
+        log.request(n, "ada")
+    log.append("job-002", JobDeleted(job_id="job-002"))
+    backend.runner(log.events, JobList()).run_once()
+    reader = backend.reader(JobList())
+
+    found = reader.get_many("jobs", ["job-003", "job-000", "job-002", "job-999", "job-000"])
+
+    assert found == {key: reader.get("jobs", key) for key in ("job-003", "job-000")}
+    assert reader.get_many("jobs", []) == {}
+
+
 def test_a_deleted_document_leaves_get_and_every_index(backend: Backend, log: JobLog) -> None:
     for n in range(3):
         log.request(n, "ada")

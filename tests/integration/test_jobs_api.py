@@ -773,13 +773,16 @@ def test_a_jobs_page_reads_its_dashboards_in_one_query(local: Facade, monkeypatc
     local.generate(ids[0], claimed(ids[0]), batch(ids[0], 0, rows=100))
     local.deliver()
     reads: list[str] = []
-    plain_get, many_get = SQLiteDocumentReader.get, SQLiteDocumentReader.get_many
-    monkeypatch.setattr(
-        SQLiteDocumentReader, "get", lambda reader, *args: reads.append(reader._table) or plain_get(reader, *args)
-    )
-    monkeypatch.setattr(
-        SQLiteDocumentReader, "get_many", lambda reader, *args: reads.append(reader._table) or many_get(reader, *args)
-    )
+
+    def counted(method: Callable[..., Any]) -> Callable[..., Any]:
+        def read(reader: SQLiteDocumentReader, *args: Any) -> Any:
+            reads.append(reader._table)
+            return method(reader, *args)
+
+        return read
+
+    monkeypatch.setattr(SQLiteDocumentReader, "get", counted(SQLiteDocumentReader.get))
+    monkeypatch.setattr(SQLiteDocumentReader, "get_many", counted(SQLiteDocumentReader.get_many))
 
     listed = local.call("GET", "/jobs", query={"limit": "50"}).body["items"]
 
