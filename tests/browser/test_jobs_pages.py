@@ -235,3 +235,32 @@ def test_the_jobs_list_pages_with_next_token(palette_site: Site, browser: WebDri
     ]
     assert listed == started[::-1]
     assert not browser.find_elements(By.ID, "more-jobs")
+
+
+def test_a_deduplicating_jobs_page_shows_how_many_duplicates_it_dropped(
+    palette_site: Site, browser: WebDriver, sign_in: SignIn, alices_template_and_seed: tuple[str, str]
+) -> None:
+    """#21 dedup: the model answers four calls alike; the page says how many were dropped,
+    as GET /dashboard counts them."""
+    palette_site.model.behaviour.set_latency(0.0)
+    for user in ("alice", "bob"):  # no earlier job may take the repeated answers
+        with palette_site.client(user) as client:
+            wait_until(
+                browser,
+                lambda _: all(j["status"] not in ("QUEUED", "RUNNING") for j in client.get("/jobs").json()["items"]),
+            )
+    palette_site.model.reply_next("One answer for all.", 4)
+    template_id, seed_id = alices_template_and_seed
+    body = {"template_id": template_id, "seed_id": seed_id, "num_records": 10, "budget_limit": "5", "dedup": "exact"}
+    with palette_site.client("alice") as alice:
+        created = alice.post("/jobs", json=body)
+        assert created.status_code == 201, created.text
+        job_id = created.json()["job_id"]
+        sign_in(browser, palette_site, "alice")
+        browser.get(palette_site.url(f"#/jobs/{job_id}"))
+        wait_until(browser, lambda d: "ompleted" in d.find_element(By.ID, "job-status").text, 30)
+        dropped = alice.get(f"/dashboard/{job_id}").json()["duplicates_dropped"]
+
+    assert dropped >= 3
+    shown = wait_until(browser, lambda d: d.find_element(By.ID, "job-duplicates"))
+    assert shown.text == f"{dropped} duplicates dropped"

@@ -124,7 +124,7 @@ function dashboardView(d, via) {
       <h2 id="progress-heading">Progress</h2>
       <label for="job-progress">
         <span id="job-percent" data-percent=${percent}>${percent.toFixed(1)} %</span>
-        — ${formatNumber(d.records_generated)} of ${formatNumber(d.num_records)} records${d.failed_records ? html`, ${formatNumber(d.failed_records)} failed` : nothing}
+        — ${formatNumber(d.records_generated)} of ${formatNumber(d.num_records)} records${d.failed_records ? html`, ${formatNumber(d.failed_records)} failed` : nothing}${d.duplicates_dropped ? html`, <span id="job-duplicates">${formatNumber(d.duplicates_dropped)} duplicates dropped</span>` : nothing}
       </label>
       <progress id="job-progress" max="100" value=${percent}></progress>
       <p class="muted" id="job-feed" data-via=${settled ? "settled" : via}>
