@@ -31,6 +31,7 @@ from palette.blobs.keys import call_cache_prefix
 from palette.blobs.port import BlobStore
 from palette.blobs.s3 import S3BlobStore
 from palette.cli import app
+from palette.composition import LocalPalette
 from palette.eventstore.port import NewEvent
 from palette.models.port import ModelRequest, ModelResponse
 from services.generator.budget import JobBudgets
@@ -41,6 +42,7 @@ from services.jobs import wiring as jobs_wiring
 from tests.fakes.lambda_events import fake_context
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.integration.generation import (
+    ANSWER,
     QUESTION,
     STRUCTURED_ANSWER,
     generation_events,
@@ -48,12 +50,15 @@ from tests.integration.generation import (
     request_job,
     run_worker,
 )
+from tests.integration.palette_http import client, running_palette, template_and_seed, wait_until_finished
 from tests.integration.test_budget_spend import settle_the_bus
 from tests.integration.test_jobs_api import SECRET, Facade, aws_facade
+from tests.waiting import wait_for
 
 MODEL = "openai/fake-model"
 pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
-PRICED = with_overrides(DEFAULT_CATALOG, {"models": {MODEL: {"input_per_1k": "0.001", "output_per_1k": "0.002"}}})
+PRICES = {"input_per_1k": "0.001", "output_per_1k": "0.002"}
+PRICED = with_overrides(DEFAULT_CATALOG, {"models": {MODEL: PRICES}})
 STEPS = (QUESTION, STRUCTURED_ANSWER)
 
 
@@ -272,3 +277,49 @@ def test_palette_cache_show_and_clear_act_on_one_users_cache(tmp_path: Path) -> 
     assert json.loads(cleared.stdout) == {"deleted": 2}
     assert json.loads(after.stdout) == {"entries": 0, "bytes": 0}
     assert json.loads(bobs.stdout)["entries"] == 1
+
+
+# -- over HTTP: palette serve ----------------------------------------------------------------
+
+
+def charged_model_money(runtime: LocalPalette, job_id: str) -> Decimal:
+    """The model money billing charged the job, once it charged every batch the job recorded."""
+
+    def charged() -> list[Decimal] | None:
+        book = [stored.decode() for stored in runtime.adapters.events.read_stream(ledger_stream(job_id))]
+        charges = [charge.model_tokens for charge in of_type(book, CostRecorded)]
+        batches = of_type(generation_events(runtime.adapters, job_id), BatchGenerated)
+        return charges if batches and len(charges) == len(batches) else None
+
+    return sum(wait_for(charged, timeout=30, what=f"job {job_id}'s charges"), Decimal(0))
+
+
+def test_over_http_a_second_cached_job_calls_no_model_costs_nothing_and_the_owner_clears_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "pricing.json").write_text(json.dumps({"models": {MODEL: PRICES}}))
+    with (
+        FakeOpenAIServer(latency_s=0.002) as server,
+        running_palette(data_dir, server, monkeypatch) as runtime,
+        client(runtime, "alice") as alice,
+        client(runtime, "bob") as bob,
+    ):
+        template_id, seed_id = template_and_seed(alice, [QUESTION.model_dump(), ANSWER.model_dump()])
+        job = {"template_id": template_id, "seed_id": seed_id, "num_records": 15, "budget_limit": 1, "cache": True}
+        first = alice.post("/jobs", json=job).json()["job_id"]
+        assert wait_until_finished(alice, first)["status"] == "COMPLETED"
+        assert server.calls == 30
+
+        second = alice.post("/jobs", json=job)
+        assert second.status_code == 201, second.text
+        assert wait_until_finished(alice, second.json()["job_id"])["status"] == "COMPLETED"
+        assert server.calls == 30, "the second job was answered from the cache"
+        assert charged_model_money(runtime, first) > 0
+        assert charged_model_money(runtime, second.json()["job_id"]) == 0
+
+        assert alice.get("/cache").json()["entries"] == 30
+        assert bob.get("/cache").json() == {"entries": 0, "bytes": 0}
+        assert alice.delete("/cache").json() == {"deleted": 30}
+        assert alice.get("/cache").json() == {"entries": 0, "bytes": 0}
