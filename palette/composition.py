@@ -33,11 +33,13 @@ from palette.api.login_limits import FailedLogins, VerificationSlots
 from palette.api.server import DEFAULT_GRACE_SECONDS, FacadeApp, LocalServer
 from palette.blobs.local import LocalBlobStore
 from palette.bus.local import LocalBus
+from palette.eventstore.sqlite import SQLiteEventStore
 from palette.guard.config import GuardConfig
 from palette.guard.contentfilter import ContentFilter
 from palette.guard.ratelimit import RateLimiter, SQLiteBucketStore
 from palette.models.blocking import BlockingGateway
 from palette.models.environment import gateway_from_env
+from palette.projections.catch_up import CatchUps
 from palette.projections.documents import DocumentProjection
 from palette.projections.runner import ProjectionRunner
 from palette.secrets import load_or_create_secret
@@ -161,8 +163,10 @@ class LocalPalette:
         buckets = SQLiteBucketStore(self.data_dir / RATE_LIMIT_FILE)
         self.limiter = RateLimiter.from_config(self.guard, buckets)
         self.bus = LocalBus(self.adapters.events, self.data_dir / "bus.db")
-        self._catch_up_lock = threading.Lock()
         self.stream_wakeups = Wakeups()
+        events = self.adapters.events
+        head = events.last_position if isinstance(events, SQLiteEventStore) else None
+        self._catch_ups = CatchUps(head, self.stream_wakeups.notify)
         self._stop = threading.Event()
         self._projector: threading.Thread | None = None
 
@@ -249,7 +253,7 @@ class LocalPalette:
 
     def catch_up(self) -> None:
         """Apply every committed event to every projection (the background thread's work)."""
-        self._catch_up_of(*self.runners)()
+        self._catch_ups.catch_up_all(self.runners)
 
     def _catch_up_views(self, projections: Sequence[DocumentProjection]) -> Callable[[], None]:
         """The `CatchUp` of the embedded runtime: each view is kept by a runner here (in
@@ -257,18 +261,7 @@ class LocalPalette:
         brings just those up to date before each query (read-your-writes)."""
         runners = [self.adapters.projection_runner(projection) for projection in projections]
         self.runners.extend(runners)
-        return self._catch_up_of(*runners)
-
-    def _catch_up_of(self, *runners: ProjectionRunner[Any]) -> Callable[[], None]:
-        """Read-your-writes for a route: only the projections it reads are brought up to date."""
-
-        def catch_up() -> None:
-            with self._catch_up_lock:
-                applied = sum(runner.run_once() for runner in runners)
-            if applied:
-                self.stream_wakeups.notify()
-
-        return catch_up
+        return self._catch_ups.of(runners)
 
     def _uploaded(self, key: str) -> None:
         try:
