@@ -29,6 +29,8 @@ import asyncio
 import json
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -334,18 +336,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--groups", type=int, default=4, help="client processes")
     parser.add_argument("--seconds", type=float, default=8.0, help="per phase")
     parser.add_argument("--keep", type=Path, help="serve this data directory (kept) instead of a temporary one")
+    parser.add_argument("--profile", type=Path, help="py-spy record the server through the reads phase into this file")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch, FakeOpenAIServer(latency_s=0.0, in_process=False) as fake:
         data_dir = args.keep or Path(scratch)
         data_dir.mkdir(parents=True, exist_ok=True)
-        with own_server(data_dir, models_url=fake.base_url) as (base, _):
+        with own_server(data_dir, models_url=fake.base_url) as (base, server):
             began = time.monotonic()
             users = seed(base, data_dir)
             jobs = sum(len(u.job_ids) for u in users)
             print(f"seeded {USERS} users, {jobs} finished jobs in {time.monotonic() - began:.1f} s")
             with floor_server(data_dir / "projections.db") as floor_base:
                 floor = load(floor_base, floor_users(users), args.clients, args.groups, args.seconds, False)
-            reads = load(base, users, args.clients, args.groups, args.seconds, False)
+            with _profiling(server.pid, args.profile, args.seconds):
+                reads = load(base, users, args.clients, args.groups, args.seconds, False)
             mix = load(base, users, args.clients, args.groups, args.seconds, True)
             busy_job, busy_before = _start_busy_job(base, users[-1], fake)
             busy = load(base, users, args.clients, args.groups, args.seconds, False)
@@ -366,6 +370,21 @@ def main(argv: list[str] | None = None) -> None:
         "errors": errors,
     }
     print("api " + " ".join(f"{key}={value}" for key, value in line.items()))
+
+
+@contextmanager
+def _profiling(pid: int, into: Path | None, seconds: float) -> Iterator[None]:
+    """`py-spy record` (collapsed stacks, idle threads left out) of `pid` while the block runs."""
+    if into is None:
+        yield
+        return
+    spy_binary = Path(sys.executable).with_name("py-spy")  # installed into the venv
+    command = [str(spy_binary), "record", "-p", str(pid), "-d", str(int(seconds) + 3), "-f", "raw", "-o", str(into)]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.wait(60)
 
 
 def _start_busy_job(base: str, user: User, fake: FakeOpenAIServer) -> tuple[str, int]:

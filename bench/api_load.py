@@ -190,7 +190,7 @@ def own_server(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # an import-heavy start on a loaded machine
         while True:
             try:
                 if httpx.get(f"{base}/health", timeout=1).status_code == 200:
