@@ -2,27 +2,32 @@
 the records on the user's rubric; the scores are in the batch events, on the dashboard and
 in the exports; the judge's calls are billed under the job's budget like the steps'; with
 `min_score` a low-scored record is made again. Real HTTP to the fake OpenAI server (its
-structured answers are integers within the schema's 1..5, varying with the prompt) and a
-local data directory."""
+structured answers are integers within the schema's 1..5, varying with the prompt), a local
+data directory, and S3 (moto) for the blobs of the min_score test."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import boto3
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
+from moto import mock_aws
 
 from contracts.events.generator import BatchGenerated, DatasetExported, UnbatchedUsageRecorded
 from contracts.events.jobs import JudgeOptions, OutputFormat
 from contracts.pricing import DEFAULT_CATALOG, price_call, with_overrides
 from contracts.streams import generation_stream
 from palette.adapters import Adapters
+from palette.blobs.s3 import S3BlobStore
 from palette.composition import job_dashboards
 from services.generator.budget import JobBudgets
 from services.generator.judge import RecordJudge
@@ -164,9 +169,22 @@ def test_a_sample_is_judged_by_record_index_exactly_as_the_judge_picks(
         assert sorted(row["record_index"] for row in rows if row["judge_fluency"] is not None) == judged
 
 
+@pytest.fixture(params=["local", "s3"])
+def blob_adapters(request: pytest.FixtureRequest, adapters: Adapters) -> Iterator[Adapters]:
+    """The local adapters, or the same with the blob store on S3 (moto)."""
+    if request.param == "local":
+        yield adapters
+        return
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="blobs")
+        yield dataclasses.replace(adapters, blobs=S3BlobStore("blobs", client))
+
+
 def test_min_score_drops_low_scored_records_and_makes_replacements(
-    adapters: Adapters, server: FakeOpenAIServer
+    blob_adapters: Adapters, server: FakeOpenAIServer
 ) -> None:
+    adapters = blob_adapters
     job_id = request_job(adapters, 20, steps=(QUESTION,), judge=_judge(min_score=3.5))
 
     assert _run(adapters, server, job_id) is RunOutcome.COMPLETED
