@@ -839,6 +839,19 @@ def test_a_job_runs_to_completion_and_the_dashboard_follows(api: Facade) -> None
     assert [f["blob_key"] for f in board["files"]] == [f["blob_key"] for f in done["files"]]
 
 
+def test_the_dashboard_counts_the_duplicates_a_deduplicating_job_dropped(api: Facade) -> None:
+    """#21 dedup: each batch's duplicates_dropped adds up, in the projection on SQLite and on
+    DynamoDB alike, to GET /dashboard's count (top level and progress) and GET /jobs/{id}'s."""
+    job_id = api.start_job(num_records=200, dedup="exact")["job_id"]
+    first, second = (batch(job_id, n).model_copy(update={"duplicates_dropped": d}) for n, d in ((0, 7), (1, 5)))
+    api.generate(job_id, claimed(job_id), first, second)
+
+    board = api.call("GET", f"/dashboard/{job_id}").body
+    assert (board["duplicates_dropped"], board["progress"]["duplicates_dropped"]) == (12, 12)
+    job = api.call("GET", f"/jobs/{job_id}").body
+    assert job["progress"]["duplicates_dropped"] == 12 and job["input"]["dedup"] == "exact"
+
+
 def test_billing_fills_the_cost_block_and_a_budget_stop_ends_the_job(api: Facade) -> None:
     job_id = api.start_job(budget_limit=2)["job_id"]
     api.generate(job_id, claimed(job_id), batch(job_id, 0))
