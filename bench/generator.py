@@ -17,6 +17,10 @@ deduplicator admitting the dataset's records (read back from their parts), in µ
 template and seed set) and prints the rerun's rate, its model calls and the calls the cache
 saved (`cache_rerun_records_per_s=N calls_saved=M`).
 
+`--judge` adds a quality judge on every record (two criteria, structured output from the
+fake model: a second call per record); the CPU per model call shows what the judge's call
+costs next to a step's.
+
 Last line: `generator records_per_s=N ideal=640 ratio=R`.
 """
 
@@ -33,7 +37,7 @@ from pathlib import Path
 
 from contracts.events.base import DomainEvent
 from contracts.events.generator import BatchGenerated
-from contracts.events.jobs import JobRequested, OutputFormat
+from contracts.events.jobs import JobRequested, JudgeOptions, OutputFormat
 from contracts.events.templates import TemplateStep
 from contracts.streams import generation_stream, job_stream
 from palette.adapters import Adapters, local_adapters
@@ -60,6 +64,7 @@ def request_job(
     formats: list[OutputFormat],
     dedup: DedupMode | None = None,
     cache: bool = False,
+    judge: bool = False,
 ) -> str:
     """A one-step template, a 1,000-row seed and a JobRequested, appended as their services would.
     A job that dedups gets 10 rows a record: the fake model's answer follows from the prompt,
@@ -83,6 +88,13 @@ def request_job(
         formats=formats,
         dedup=dedup,
         cache=cache,
+        judge=JudgeOptions(
+            model="openai/judge-model",
+            rubric="Score this sentence about {{ topic }}: {{ steps.text.output }}",
+            criteria=["accuracy", "fluency"],
+        )
+        if judge
+        else None,
     )
 
 
@@ -136,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--dedup", choices=["exact", "near"], default=None, help="the job deduplicates")
     parser.add_argument("--cache", action="store_true", help="the call cache on, then a rerun from it")
+    parser.add_argument("--judge", action="store_true", help="a quality judge scores every record")
     args = parser.parse_args(argv)
     ideal = args.concurrency / args.latency
     formats = [OutputFormat.JSONL, OutputFormat.PARQUET, OutputFormat.CSV]
@@ -144,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         FakeOpenAIServer(latency_s=args.latency, in_process=False) as server,
     ):
         adapters = local_adapters(Path(workdir) / "data")
-        job_id = request_job(adapters, args.records, formats, args.dedup, args.cache)
+        job_id = request_job(adapters, args.records, formats, args.dedup, args.cache, args.judge)
         options = WorkerOptions(concurrency=args.concurrency, batch_size=args.batch_size, adaptive=False)
 
         async def run(job_id: str) -> tuple[RunOutcome, float, float]:
