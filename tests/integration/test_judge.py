@@ -169,6 +169,20 @@ def test_a_sample_is_judged_by_record_index_exactly_as_the_judge_picks(
         assert sorted(row["record_index"] for row in rows if row["judge_fluency"] is not None) == judged
 
 
+def test_an_answer_that_is_not_the_scores_is_asked_again_and_each_call_billed(
+    adapters: Adapters, server: FakeOpenAIServer
+) -> None:
+    """Only the judge's calls are structured here: the next three answer invalid JSON."""
+    job_id = request_job(adapters, 6, steps=(QUESTION,), judge=_judge())
+    server.malformed_json_next(3)
+
+    assert _run(adapters, server, job_id, concurrency=1) is RunOutcome.COMPLETED
+
+    assert sorted(r.record_index for b in _batches(adapters, job_id) for r in b.scores) == list(range(6))
+    billed = sum(b.token_usage[JUDGE_MODEL].calls for b in _batches(adapters, job_id))
+    assert billed == _judge_calls(server) == 6 + 3
+
+
 @pytest.fixture(params=["local", "s3"])
 def blob_adapters(request: pytest.FixtureRequest, adapters: Adapters) -> Iterator[Adapters]:
     """The local adapters, or the same with the blob store on S3 (moto)."""

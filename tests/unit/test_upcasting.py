@@ -155,3 +155,40 @@ def test_every_published_event_has_an_upcaster_for_each_old_version(
             pytest.fail(f"{model.detail_type()} has no upcaster from schema_version {version}")
         except Exception:
             pass
+
+
+def test_a_job_requested_before_the_judge_had_none_and_its_batches_no_scores() -> None:
+    """JobRequested v4 -> v5 (judge None); BatchGenerated v2 -> v3 (no scores, none dropped)."""
+    requested = {
+        "job_id": "job-1",
+        "owner": "alice",
+        "template_id": "t",
+        "template_version": 1,
+        "seed_id": "s",
+        "num_records": 5,
+        "budget_limit": "1",
+        "output_formats": ["JSONL"],
+        "lineage": True,
+        "cache": False,
+        "dedup": None,
+        "task_size": None,
+        "model_tiers": {},
+    }
+    job = CATALOG.decode("JobRequested", 4, json.dumps(requested))
+    assert job.judge is None  # type: ignore[attr-defined]
+
+    batch = {
+        "job_id": "job-1",
+        "batch_number": 0,
+        "first_record": 0,
+        "last_record": 4,
+        "blob_key": "k",
+        "rows": 5,
+        "failures": 0,
+        "duplicates_dropped": 1,
+        "token_usage": {},
+        "duration_ms": 1,
+        "bytes_written": 1,
+    }
+    decoded = CATALOG.decode("BatchGenerated", 2, json.dumps(batch))
+    assert (decoded.scores, decoded.judge_dropped, decoded.duplicates_dropped) == ([], 0, 1)  # type: ignore[attr-defined]
