@@ -168,3 +168,32 @@ def test_get_dashboard_and_get_job_show_the_dropped_duplicates_over_http(
     assert dashboard["progress"]["duplicates_dropped"] == dashboard["duplicates_dropped"]
     assert job["progress"]["duplicates_dropped"] == dashboard["duplicates_dropped"]
     assert job["input"]["dedup"] == "exact"
+
+
+def test_each_fanout_model_dedups_its_own_records(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    """Two models answer alike (the fake's answer follows the prompt): each keeps its own 10
+    distinct records, and the dashboard's count is the sum of the models' counts."""
+    models = ["openai/fake-alpha", "openai/fake-beta"]
+    job_id = request_job(adapters, 10, steps=(QUESTION,), models=models, dedup="exact")
+    server.reply_next("One answer for all.", 6)
+
+    assert run_worker(adapters, server, job_id).outcome is RunOutcome.COMPLETED
+
+    batches = of_type(generation_events(adapters, job_id), BatchGenerated)
+    per_model = {
+        model: [
+            r["steps"]["question"]["output"]
+            for b in batches
+            if b.model == model
+            for r in read_part(adapters.blobs, b.blob_key)
+        ]
+        for model in models
+    }
+    assert all(len(texts) == len(set(texts)) == 10 for texts in per_model.values())
+    assert set(per_model[models[0]]) & set(per_model[models[1]])  # alike across models, kept by each
+    assert adapters.data_dir is not None
+    with job_dashboards(adapters.data_dir) as dashboard:
+        document = dashboard(job_id)
+    assert document is not None
+    counts = [document["per_model"][model]["duplicates_dropped"] for model in models]
+    assert sum(counts) == document["duplicates_dropped"] == server.stats()["calls"] - 20 >= 5
