@@ -52,6 +52,7 @@ PRICED = with_overrides(
     {
         "models": {
             "openai/fake-model": {"input_per_1k": "0.001", "output_per_1k": "0.002"},
+            "openai/other-model": {"input_per_1k": "0.001", "output_per_1k": "0.002"},
             JUDGE_MODEL: {"input_per_1k": "0.003", "output_per_1k": "0.004"},
         }
     },
@@ -167,6 +168,23 @@ def test_a_sample_is_judged_by_record_index_exactly_as_the_judge_picks(
         rows = pa_csv.read_csv(io.BytesIO(adapters.blobs.get_bytes(files[0].blob_key))).to_pylist()
         assert sorted(row["record_index"] for row in rows if row["judge_accuracy"] is not None) == judged
         assert sorted(row["record_index"] for row in rows if row["judge_fluency"] is not None) == judged
+
+
+def test_each_fanout_model_is_judged_on_the_same_record_indices(adapters: Adapters, server: FakeOpenAIServer) -> None:
+    models = ["openai/fake-model", "openai/other-model"]
+    job_id = request_job(adapters, 12, steps=(QUESTION,), models=models, judge=_judge(sample_rate=0.5))
+
+    assert _run(adapters, server, job_id) is RunOutcome.COMPLETED
+
+    judged: dict[str | None, list[int]] = {}
+    for batch in _batches(adapters, job_id):
+        judged.setdefault(batch.model, []).extend(r.record_index for r in batch.scores)
+    picks = RecordJudge(_judge(sample_rate=0.5), job_id, 12)
+    expected = [i for i in range(12) if picks.picks(i)]
+    assert {model: sorted(indices) for model, indices in judged.items()} == dict.fromkeys(models, expected)
+    block = _dashboard_judge(adapters, job_id)
+    assert block["judged"] == 2 * len(expected) == _judge_calls(server)
+    assert {entry["model"] for entry in block["lowest"]} <= set(models)
 
 
 def test_an_answer_that_is_not_the_scores_is_asked_again_and_each_call_billed(
