@@ -64,6 +64,14 @@ CHROMIUM_FLAGS = (
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keeps each browser module on one pytest-xdist worker (`make test` runs `--dist loadgroup`), so its
+    module-scoped site starts once, not once per worker."""
+    for item in items:
+        if item.path.parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.xdist_group(f"browser-{item.path.stem}"))
+
+
 def _require_browser() -> None:
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
     if missing:
