@@ -552,3 +552,41 @@ def test_dynamodb_table_has_the_documented_layout(dynamo: tuple[DynamoDBEventSto
     assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"}
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["by_position"]
+
+
+def test_dynamodb_an_append_after_a_load_is_one_transaction_of_two_items_per_event_plus_the_counter(
+    dynamo: tuple[DynamoDBEventStore, Any],
+) -> None:
+    """The repository's load-then-append costs one request on the append side; reads ask
+    only for the event's own attributes."""
+    _, client = dynamo
+    requests: list[tuple[str, dict[str, Any]]] = []
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            call = getattr(client, name)
+
+            def counted(**kwargs: Any) -> Any:
+                requests.append((name, kwargs))
+                return call(**kwargs)
+
+            return counted
+
+    store = DynamoDBEventStore(TABLE, client=Counting(), positions_per_bucket=SMALL_BUCKET)
+    store.append("job-1", [requested("job-1")], 0)
+    loaded = store.read_stream("job-1")
+    reads = [kwargs for name, kwargs in requests if name == "query"]
+    requests.clear()
+
+    appended = store.append("job-1", [started("job-1"), started("job-1", "w2")], loaded[-1].version)
+    assert [(name, len(kwargs["TransactItems"])) for name, kwargs in requests] == [("transact_write_items", 5)]
+    requests.clear()
+    store.append("job-1", [started("job-1", "w3")], appended[-1].version)
+    assert [(name, len(kwargs["TransactItems"])) for name, kwargs in requests] == [("transact_write_items", 3)]
+    assert store.read_all() == [*loaded, *appended, *store.read_stream("job-1", from_version=4)]
+    reads += [kwargs for name, kwargs in requests if name == "query"]
+    assert reads and all(
+        sorted(kwargs["ExpressionAttributeNames"][n] for n in kwargs["ProjectionExpression"].split(","))
+        == sorted(StoredEvent._fields)
+        for kwargs in reads
+    )
