@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint typecheck bench schemas package fuzz web
+.PHONY: demo serve test test-fast lint typecheck bench schemas package fuzz web
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,7 +28,8 @@ $(VENDOR_STAMP): web/package-lock.json
 	touch $(VENDOR_STAMP)
 
 # The main job, then the web dashboard on it: user `demo` (the demo's owner) signs in with DEMO_PASSWORD
-# (local only: the server listens on 127.0.0.1), until Ctrl-C.
+# (local only: the server listens on 127.0.0.1), until Ctrl-C. Run from a terminal, `make demo` goes on to
+# serve the dashboard; run by a script (stdin not a terminal) it ends after the job and prints `make serve`.
 DEMO_PORT ?= 8000
 DEMO_PASSWORD ?= palette-demo
 
@@ -36,9 +37,14 @@ demo: $(STAMP) $(VENDOR_STAMP)
 	$(VENV)/bin/palette demo --data-dir .palette
 	@echo "$(DEMO_PASSWORD)" | $(VENV)/bin/palette user create demo --data-dir .palette --password-stdin >/dev/null 2>&1 \
 	  || echo "$(DEMO_PASSWORD)" | $(VENV)/bin/palette user password demo --data-dir .palette --password-stdin >/dev/null
+	@if [ -t 0 ]; then $(MAKE) --no-print-directory serve; \
+	  else echo ""; echo "Web dashboard: run 'make serve', open http://127.0.0.1:$(DEMO_PORT)/ and sign in as demo / $(DEMO_PASSWORD)"; fi
+
+# The web dashboard and the API on the demo's data (.palette), until Ctrl-C.
+serve: $(STAMP) $(VENDOR_STAMP)
 	@echo ""
 	@echo "Web dashboard: open http://127.0.0.1:$(DEMO_PORT)/ and sign in as user demo, password $(DEMO_PASSWORD)"
-	@echo "(Ctrl-C stops the server; make demo DEMO_PORT=8001 if 8000 is taken)"
+	@echo "(Ctrl-C stops the server; make serve DEMO_PORT=8001 if 8000 is taken)"
 	$(VENV)/bin/palette serve --data-dir .palette --port $(DEMO_PORT)
 
 # Lint (ruff, import-linter) and types (mypy) first, with zero findings, then the suite on two

@@ -55,7 +55,7 @@ def start_serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: answers(f"{base}/health"), timeout=30, interval=0.1, what="palette serve's start")
+        wait_for(lambda: answers(f"{base}/health"), timeout=90, interval=0.1, what="palette serve's start")
     except AssertionError:
         process.kill()
         output = process.stdout.read().decode(errors="replace") if process.stdout else ""
