@@ -235,6 +235,7 @@ def made_record(job_id: str, index: int) -> GeneratedRecord:
                 "input_tokens": 3,
                 "output_tokens": 5,
                 "latency_ms": 7,
+                "cached": False,
             }
         },
         "created_at": "2026-12-03T10:00:00+00:00",

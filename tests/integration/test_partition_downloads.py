@@ -47,6 +47,7 @@ def record(index: int, topic: str | None, model: str | None, day: int) -> Genera
                 "input_tokens": 3,
                 "output_tokens": 5,
                 "latency_ms": 7,
+                "cached": False,
             }
         },
         "created_at": f"2026-11-{day:02d}T10:00:00+00:00",
