@@ -21,13 +21,22 @@ saved (`cache_rerun_records_per_s=N calls_saved=M`).
 fake model: a second call per record); the CPU per model call shows what the judge's call
 costs next to a step's.
 
-Last line: `generator records_per_s=N ideal=640 ratio=R`.
+Scale (#17.3): `peak_rss_mb` is this process's peak resident memory (the worker runs in it;
+the fake server is a child), through generation and export; `events_per_1k_records` counts
+every event the log holds per 1,000 records (O(1 / batch size) when nothing grows per
+record); `tail_head_ratio` is the rate of the last 10 % of records over the first 10 %'s,
+as the BatchGenerated times recorded them (1.0 when the cost per record stays flat).
+`--latency 0` answers at once: no ideal rate, so no ratio.
+
+Last line: `generator records_per_s=N ideal=640 ratio=R peak_rss_mb=M events_per_1k_records=E
+tail_head_ratio=T`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import tempfile
 import time
 from collections.abc import Sequence
@@ -114,6 +123,36 @@ def rerun(adapters: Adapters, job_id: str) -> str:
     return rerun_id
 
 
+def _batch_ends(adapters: Adapters, job_id: str) -> list[tuple[datetime, int]]:
+    """When each batch was recorded and how many records were made by then."""
+    ends = []
+    for stored in adapters.events.read_stream(generation_stream(job_id)):
+        if stored.detail_type == "BatchGenerated":
+            batch = stored.decode()
+            assert isinstance(batch, BatchGenerated)
+            ends.append((datetime.fromisoformat(stored.time), batch.last_record + 1))
+    return ends
+
+
+def tail_head_ratio(adapters: Adapters, job_id: str, records: int) -> float:
+    """The rate of the last 10 % of records over the first 10 %'s, from the batches' recorded
+    times: the first span runs from the claim to the batch that passes 10 %, the last from the
+    batch that passes 90 % to the last batch."""
+    claimed = _times(adapters, job_id)["GenerationClaimed"][0]
+    ends = _batch_ends(adapters, job_id)
+    head_at, head_made = next((at, made) for at, made in ends if made >= records // 10)
+    tail_from, tail_from_made = next((at, made) for at, made in ends if made >= records - records // 10)
+    tail_at, tail_made = ends[-1]
+    head_rate = head_made / max((head_at - claimed).total_seconds(), 1e-3)
+    tail_rate = (tail_made - tail_from_made) / max((tail_at - tail_from).total_seconds(), 1e-3)
+    return tail_rate / head_rate if tail_made > tail_from_made else 1.0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def generating_rate(adapters: Adapters, job_id: str, records: int) -> float:
     """Records a second from the GenerationClaimed to the last BatchGenerated."""
     times = _times(adapters, job_id)
@@ -150,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", action="store_true", help="the call cache on, then a rerun from it")
     parser.add_argument("--judge", action="store_true", help="a quality judge scores every record")
     args = parser.parse_args(argv)
-    ideal = args.concurrency / args.latency
+    ideal = args.concurrency / args.latency if args.latency > 0 else 0.0
     formats = [OutputFormat.JSONL, OutputFormat.PARQUET, OutputFormat.CSV]
     with (
         tempfile.TemporaryDirectory(prefix="palette-bench-") as workdir,
@@ -174,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
 
         outcome, cpu_seconds, wall_seconds = asyncio.run(run(job_id))
         times = _times(adapters, job_id)
+        peak_mb = peak_rss_mb()
+        events_per_1k = sum(map(adapters.events.stream_version, adapters.events.stream_ids())) / args.records * 1000
+        tail_head = tail_head_ratio(adapters, job_id, args.records) if outcome is RunOutcome.COMPLETED else 0.0
         calls = server.calls
         dedup_line = dedup_cost(adapters, job_id, args.dedup) if args.dedup else ""
         cache_line = ""
@@ -211,11 +253,19 @@ def main(argv: list[str] | None = None) -> int:
         f"orchestration CPU per record: {cpu_seconds / args.records * 1e6:,.0f} us "
         f"(incl. export; {cpu_seconds / max(calls, 1) * 1e6:,.0f} us per model call)"
     )
+    print(
+        f"scale: peak RSS {peak_mb:,.0f} MB through generation and export, {events_per_1k:.1f} events "
+        f"in the log per 1,000 records, last 10 % of records at {tail_head:.2f}x the first 10 %'s rate"
+    )
     if dedup_line:
         print(dedup_line)
     if cache_line:
         print(cache_line)
-    print(f"generator records_per_s={rate:.0f} ideal={ideal:.0f} ratio={rate / ideal:.2f}")
+    ratio = f"{rate / ideal:.2f}" if ideal else "n/a"
+    print(
+        f"generator records_per_s={rate:.0f} ideal={ideal:.0f} ratio={ratio} peak_rss_mb={peak_mb:.0f} "
+        f"events_per_1k_records={events_per_1k:.1f} tail_head_ratio={tail_head:.2f}"
+    )
     return 0
 
 
