@@ -51,6 +51,8 @@ from contracts.events.seeds import (
     SeedDataUploaded,
     SeedDataValidated,
     SeedFormat,
+    SeedGenerationFinished,
+    SeedGenerationRequested,
     SeedUploadRequested,
 )
 from contracts.events.sweeps import SweepCancelled, SweepMember, SweepRequested
@@ -108,6 +110,8 @@ ALL_EVENTS: tuple[type[DomainEvent], ...] = (
     SweepCancelled,
     TemplateTested,
     TemplateTestCharged,
+    SeedGenerationRequested,
+    SeedGenerationFinished,
 )
 
 __all__ = [cls.__name__ for cls in ALL_EVENTS] + [

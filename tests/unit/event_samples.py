@@ -41,6 +41,8 @@ from contracts.events import (
     SeedDataUploaded,
     SeedDataValidated,
     SeedFormat,
+    SeedGenerationFinished,
+    SeedGenerationRequested,
     SeedUploadRequested,
     StepCall,
     SweepCancelled,
@@ -136,6 +138,20 @@ SAMPLES: dict[type[DomainEvent], DomainEvent] = {
         missing_counts={"topic": 2},
         unreadable_records=1,
         sha256=_SHA,
+    ),
+    SeedGenerationRequested: SeedGenerationRequested(
+        seed_id="seed-1",
+        owner="alice",
+        job_id="job-1",
+        template_id="tpl-1",
+        row_schema=_STEPS[1].output_schema or {},
+        step=_STEPS[1],
+        options=JobOptions(
+            num_records=20, budget_limit=Decimal("1.00"), output_formats=[OutputFormat.JSONL], dedup="exact"
+        ),
+    ),
+    SeedGenerationFinished: SeedGenerationFinished(
+        seed_id="seed-1", job_id="job-1", record_count=12, requested=20, partial=True
     ),
     JobRequested: JobRequested(
         job_id="job-1",
