@@ -1,6 +1,7 @@
 // #/jobs/<id>: one job, live. The job (GET /jobs/{id}) gives its input; its dashboard comes from the
 // event stream (js/stream.js): progress, rate, ETA, tokens, cost by category, the budget as a gauge,
-// per-model status of a fan-out job, the failure; then the download links per format.
+// per-model status of a fan-out job, the failure; then the download links per format. A judged job
+// shows its judge's scores (per criterion the mean and the records per score, the lowest records).
 import { html, nothing, render as paint } from "/static/vendor/lit-html.js";
 import { api } from "../api.js";
 import { SETTLED, followJob } from "../stream.js";
@@ -94,6 +95,7 @@ function view(state, actions) {
         · template <a href="#/templates/${encodeURIComponent(job.input.template_id)}">${job.input.template_id}</a> v${job.input.template_version}
         · created ${formatDate(job.created_at)}
       </p>
+      ${optionsLine(job.input)}
     </hgroup>
     ${errorView(state.error)}
     ${dashboard ? dashboardView(dashboard, state.via) : html`<p aria-busy="true">Connecting to the job's live progress…</p>`}
@@ -156,7 +158,73 @@ function dashboardView(d, via) {
         </table>
       </div>
     </section>
-    ${perModelView(d.per_model)}`;
+    ${judgeView(d.judge)} ${perModelView(d.per_model)}`;
+}
+
+/** The job's data-quality options, as it was asked for (GET /jobs/{id}'s input). */
+function optionsLine(input) {
+  const options = [
+    input.lineage ? "lineage" : "no lineage",
+    input.cache ? "call cache" : null,
+    input.dedup ? `dedup: ${input.dedup}` : null,
+    input.judge ? `judged by ${input.judge.model}${input.judge.min_score != null ? `, min score ${input.judge.min_score}` : ""}` : null,
+  ].filter(Boolean);
+  return html`<p class="muted" id="job-options"><small>Options: ${options.join(" · ")}</small></p>`;
+}
+
+const SCORES = ["1", "2", "3", "4", "5"];
+
+/** The judge's block: a table per criterion of the mean and records per score, each count drawn as a
+ * bar (decoration: the number beside it is the figure), then the lowest-scored records. */
+function judgeView(judge) {
+  if (!judge) return nothing;
+  const criteria = Object.entries(judge.criteria);
+  const most = Math.max(1, ...criteria.flatMap(([, c]) => SCORES.map((s) => c.distribution[s] || 0)));
+  return html`<section aria-labelledby="judge-heading" id="job-judge">
+    <h2 id="judge-heading">Quality judge</h2>
+    <p>
+      <code>${judge.model}</code> · <span id="judge-judged">${formatNumber(judge.judged)} records judged</span>
+      · <span id="judge-dropped">${formatNumber(judge.dropped)} dropped below the minimum score</span>
+    </p>
+    <div class="table-scroll">
+      <table id="judge-criteria">
+        <caption class="muted">Mean score and records per score (1 worst, 5 best)</caption>
+        <thead><tr><th scope="col">Criterion</th><th scope="col">Mean</th>${SCORES.map((s) => html`<th scope="col">${s}</th>`)}</tr></thead>
+        <tbody>
+          ${criteria.map(
+            ([name, c]) => html`<tr data-criterion=${name}>
+              <th scope="row">${name}</th>
+              <td class="judge-mean" data-mean=${c.mean ?? ""}>${c.mean == null ? "—" : Number(c.mean).toFixed(2)}</td>
+              ${SCORES.map((s) => {
+                const count = c.distribution[s] || 0;
+                return html`<td class="judge-count" data-score=${s}>
+                  <span class="judge-bar" aria-hidden="true" style="--share: ${count / most}"></span>${formatNumber(count)}
+                </td>`;
+              })}
+            </tr>`,
+          )}
+        </tbody>
+      </table>
+    </div>
+    ${judge.lowest.length
+      ? html`<div class="table-scroll">
+          <table id="judge-lowest">
+            <caption class="muted">Lowest-scored records</caption>
+            <thead><tr><th scope="col">Record</th><th scope="col">Record id</th>${judge.lowest.some((r) => r.model) ? html`<th scope="col">Model</th>` : nothing}<th scope="col">Mean</th></tr></thead>
+            <tbody>
+              ${judge.lowest.map(
+                (r) => html`<tr data-record-id=${r.record_id}>
+                  <td>${formatNumber(r.record_index)}</td>
+                  <td><code>${r.record_id}</code></td>
+                  ${judge.lowest.some((x) => x.model) ? html`<td><code>${r.model ?? ""}</code></td>` : nothing}
+                  <td>${Number(r.mean).toFixed(2)}</td>
+                </tr>`,
+              )}
+            </tbody>
+          </table>
+        </div>`
+      : nothing}
+  </section>`;
 }
 
 function perModelView(perModel) {
