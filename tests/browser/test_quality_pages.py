@@ -35,6 +35,9 @@ def _fill_the_form(browser: WebDriver, template_id: str, seed_id: str) -> None:
     browser.find_element(By.ID, "judge-model").send_keys("not-a-model")  # refused first: no provider
     browser.find_element(By.ID, "judge-rubric").send_keys(RUBRIC)
     browser.find_element(By.ID, "judge-criteria").send_keys("accuracy, fluency")
+    Select(browser.find_element(By.ID, "judge-sample")).select_by_value("rate")
+    assert browser.find_element(By.ID, "judge-sample-value").get_attribute("required") is not None
+    browser.find_element(By.ID, "judge-sample-value").send_keys("1")  # a share of all: every record
     browser.find_element(By.ID, "judge-min-score").send_keys("2")
 
 
@@ -71,6 +74,7 @@ def test_a_judged_deduplicating_job_started_from_the_form_shows_the_dashboards_s
         dashboard = alice.get(f"/dashboard/{job_id}").json()
     assert asked["dedup"] == "exact" and asked["lineage"] is True and asked["cache"] is False
     assert asked["judge"]["criteria"] == ["accuracy", "fluency"] and asked["judge"]["min_score"] == 2
+    assert asked["judge"]["sample_rate"] == 1 and asked["judge"]["rubric"] == RUBRIC
     judge = dashboard["judge"]
     assert judge["judged"] >= RECORDS  # every record kept was judged (and any dropped below 2)
 

@@ -200,6 +200,11 @@ function qualityOptions(error) {
   </fieldset>`;
 }
 
+/** A share or a number of records to judge needs its value: the browser asks for it before sending. */
+function needAmount(event) {
+  event.target.form.elements.judge_sample_value.required = Boolean(event.target.value);
+}
+
 /** The optional judge, folded away until opened (or until the API refuses one of its fields). */
 function judgeFields(error) {
   const refused = Boolean(problemsWith(error, "judge"));
@@ -223,7 +228,7 @@ function judgeFields(error) {
       <div class="grid">
         <div>
           <label for="judge-sample">Records judged</label>
-          <select id="judge-sample" name="judge_sample" aria-describedby="judge-sample-error">
+          <select id="judge-sample" name="judge_sample" aria-describedby="judge-sample-error" @change=${needAmount}>
             <option value="">Every record</option>
             <option value="rate">A share of them (0-1)</option>
             <option value="size">A number of them</option>
