@@ -1,4 +1,5 @@
-"""What the seeds service reacts to: a seed file arriving in the blob store.
+"""What the seeds service reacts to: a seed file arriving in the blob store, and a seed
+generation job's dataset being exported (`GENERATED_SUBSCRIBER`, on the bus).
 
 The arrival is not a bus event: the user PUTs the file to the upload URL, and storage says
 so. On AWS S3 reports it ("Object Created" through EventBridge, or S3 notification records)
@@ -16,6 +17,9 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger
 
+from contracts.envelope import StoredEvent
+from contracts.events.generator import DatasetExported
+from palette.wiring import Subscription
 from services.seeds.domain import SeedError
 from services.seeds.handlers import SeedHandlers, UploadRecord
 
@@ -80,3 +84,40 @@ def object_keys(event: dict[str, Any]) -> Iterator[str]:
         key = record.get("s3", {}).get("object", {}).get("key")
         if key:
             yield unquote_plus(key)
+
+
+GENERATED_SUBSCRIBER = "seeds-generated"
+"""Durable name: keys the local bus checkpoint, and names the AWS rule and its queue."""
+
+GENERATED_PATTERN: dict[str, Any] = {"source": ["palette.generator"], "detail-type": [DatasetExported.detail_type()]}
+
+
+class GeneratedSeedRecorder:
+    """DatasetExported of a seed generation job -> its rows become the seed set
+    (`SeedHandlers.record_generated`); other jobs' exports are ignored. Redelivery is
+    harmless: a finished generation is not recorded again."""
+
+    def __init__(self, handlers: SeedHandlers) -> None:
+        self._handlers = handlers
+
+    def __call__(self, stored: StoredEvent) -> None:
+        exported = stored.decode()
+        if not isinstance(exported, DatasetExported):
+            return
+        seed = self._handlers.record_generated(exported.job_id, exported.files)
+        if seed is not None and seed.generation is not None:
+            log.info(
+                "generated seed set recorded",
+                extra={
+                    "seed_id": seed.seed_id,
+                    "job_id": exported.job_id,
+                    "record_count": seed.generation.record_count,
+                    "partial": seed.generation.partial,
+                },
+            )
+
+
+def subscriptions(handlers: SeedHandlers) -> list[Subscription]:
+    """The seeds service's reactions to the bus: `palette serve` subscribes them locally;
+    infra/seeds.yaml has a rule -> SQS queue for each, consumed by `generated`."""
+    return [Subscription(GENERATED_SUBSCRIBER, GENERATED_PATTERN, GeneratedSeedRecorder(handlers))]

@@ -21,13 +21,16 @@ from datetime import datetime
 from pathlib import PurePosixPath
 
 from contracts.events.base import DomainEvent
+from contracts.events.jobs import JobOptions
 from contracts.events.seeds import (
     SeedDataUploaded,
     SeedDataValidated,
     SeedFormat,
+    SeedGenerationFinished,
+    SeedGenerationRequested,
     SeedUploadRequested,
 )
-from contracts.events.templates import TemplateCreated, TemplateDeleted, TemplateVersionPublished
+from contracts.events.templates import TemplateCreated, TemplateDeleted, TemplateStep, TemplateVersionPublished
 from palette import recordfiles as formats
 from palette.blobs.keys import SEEDS, seed_prefix
 
@@ -112,7 +115,28 @@ class RecordSeedValidation:
     file_error: str | None = None
 
 
-SeedCommand = RequestSeedUpload | RecordSeedUpload | RecordSeedValidation
+@dataclass(frozen=True, slots=True)
+class RequestSeedGeneration:
+    """Make the seed set with a model: the seed's grant (nobody PUTs to it: the generation
+    job's rows are written at its key) and the job's plan, its ids chosen by the caller."""
+
+    upload: RequestSeedUpload
+    job_id: str
+    template_id: str
+    step: TemplateStep
+    options: JobOptions
+
+
+@dataclass(frozen=True, slots=True)
+class FinishSeedGeneration:
+    """The generation job's export, `record_count` rows, is now the seed's content."""
+
+    seed_id: str
+    job_id: str
+    record_count: int
+
+
+SeedCommand = RequestSeedUpload | RecordSeedUpload | RecordSeedValidation | RequestSeedGeneration | FinishSeedGeneration
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -200,6 +224,21 @@ class SeedValidation:
 
 
 @dataclass(frozen=True, slots=True)
+class SeedGeneration:
+    """A generated seed set's plan and, once its job exported, how many rows it got."""
+
+    job_id: str
+    template_id: str
+    requested: int
+    record_count: int | None = None
+    partial: bool | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.record_count is not None
+
+
+@dataclass(frozen=True, slots=True)
 class SeedState:
     seed_id: str = ""
     exists: bool = False
@@ -214,6 +253,8 @@ class SeedState:
     sha256: str | None = None
     record_count: int | None = None
     validations: Mapping[tuple[str, int], SeedValidation] = field(default_factory=dict)
+    generation: SeedGeneration | None = None
+    """Set when a model makes the seed set (POST /seed-data/generate); None for an upload."""
 
     def visible_to(self, user: str) -> bool:
         return self.exists and self.owner == user
@@ -263,6 +304,13 @@ def evolve(state: SeedState, event: DomainEvent) -> SeedState:
         )
         key = (event.template_id, event.template_version)
         return replace(state, validations={**state.validations, key: validation})
+    if isinstance(event, SeedGenerationRequested):
+        generation = SeedGeneration(event.job_id, event.template_id, event.options.num_records)
+        return replace(state, generation=generation)
+    if isinstance(event, SeedGenerationFinished) and state.generation is not None:
+        return replace(
+            state, generation=replace(state.generation, record_count=event.record_count, partial=event.partial)
+        )
     return state
 
 
@@ -282,6 +330,10 @@ def decide(command: SeedCommand, state: SeedState) -> list[DomainEvent]:
         return _record_upload(command, state)
     if isinstance(command, RecordSeedValidation):
         return _record_validation(command, state)
+    if isinstance(command, RequestSeedGeneration):
+        return _request_generation(command, state)
+    if isinstance(command, FinishSeedGeneration):
+        return _finish_generation(command, state)
     raise TypeError(f"not a seed command: {command!r}")
 
 
@@ -349,6 +401,40 @@ def _record_validation(command: RecordSeedValidation, state: SeedState) -> list[
     if evolve(state, event).validations == state.validations:
         return []
     return [event]
+
+
+def _request_generation(command: RequestSeedGeneration, state: SeedState) -> list[DomainEvent]:
+    granted = _request_upload(command.upload, state)
+    return [
+        *granted,
+        SeedGenerationRequested(
+            seed_id=command.upload.seed_id,
+            owner=command.upload.owner,
+            job_id=command.job_id,
+            template_id=command.template_id,
+            row_schema=command.step.output_schema or {},
+            step=command.step,
+            options=command.options,
+        ),
+    ]
+
+
+def _finish_generation(command: FinishSeedGeneration, state: SeedState) -> list[DomainEvent]:
+    """Once per generation: a repeated export report changes nothing."""
+    generation = state.generation
+    if generation is None or generation.job_id != command.job_id:
+        raise SeedNotFound(command.seed_id)
+    if generation.finished:
+        return []
+    return [
+        SeedGenerationFinished(
+            seed_id=command.seed_id,
+            job_id=command.job_id,
+            record_count=command.record_count,
+            requested=generation.requested,
+            partial=command.record_count < generation.requested,
+        )
+    ]
 
 
 # -- templates, as the seeds service sees them -------------------------------------------

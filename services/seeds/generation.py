@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -171,3 +172,20 @@ def rows_from_export(lines: Iterable[bytes | str]) -> list[Any]:
     records = [json.loads(line) for line in lines if line.strip()]
     records.sort(key=lambda record: record.get("record_index", 0))
     return [record["steps"][ROW_STEP]["output_json"] for record in records]
+
+
+def generation_ids(seed_id: str) -> tuple[str, str]:
+    """The job and the hidden template that make seed set `seed_id`, named after it so the
+    job's export leads back to the seed without a lookup."""
+    digits = uuid.UUID(seed_id).hex
+    return f"job_{digits}", f"tpl_{digits}"
+
+
+def seed_id_of_generation_job(job_id: str) -> str | None:
+    """The seed id `generation_ids` derived `job_id` from, or None for an id it cannot be."""
+    if not job_id.startswith("job_"):
+        return None
+    try:
+        return str(uuid.UUID(hex=job_id.removeprefix("job_")))
+    except ValueError:
+        return None

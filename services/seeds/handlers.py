@@ -12,6 +12,7 @@ whatever their size.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ from functools import reduce
 from typing import IO
 
 from contracts.events.base import DomainEvent
+from contracts.events.generator import ExportedFile
+from contracts.events.jobs import JobOptions, OutputFormat
 from contracts.events.seeds import SeedFormat
+from contracts.events.templates import TemplateStep
 from contracts.streams import seed_stream, template_stream
 from palette.api.idempotency_keys import IdempotentCreate
 from palette.blobs.port import BlobInfo, BlobNotFound, BlobStore
@@ -28,8 +32,10 @@ from palette.eventstore.port import EventStore, NewEvent
 from palette.eventstore.repository import Repository, by_event
 from palette.recordfiles import SeedLimitExceeded
 from services.seeds.domain import (
+    FinishSeedGeneration,
     RecordSeedUpload,
     RecordSeedValidation,
+    RequestSeedGeneration,
     RequestSeedUpload,
     SeedCommand,
     SeedFileRefused,
@@ -42,6 +48,7 @@ from services.seeds.domain import (
     seed_id_from_key,
     template_requirements,
 )
+from services.seeds.generation import generation_ids, rows_from_export, seed_id_of_generation_job
 from services.seeds.validation import HashingReader, SeedValidationReport, inspect_seed, validate_seed
 
 _EVOLVE = by_event(evolve)
@@ -191,6 +198,50 @@ class SeedHandlers:
             return None
         return self.record_upload(seed_id)
 
+    def request_generation(self, user: str, filename: str, step: TemplateStep, options: JobOptions) -> SeedState:
+        """A new seed set a model makes: records the seed's grant and the plan (its job and
+        hidden template ids derived from the seed id, so the export maps back to it)."""
+        seed_id = str(uuid.uuid4())
+        job_id, template_id = generation_ids(seed_id)
+        expires_at = (self._clock() + timedelta(seconds=self.upload_ttl)).replace(microsecond=0)
+        upload = RequestSeedUpload(
+            seed_id=seed_id,
+            owner=user,
+            filename=filename,
+            max_bytes=self.max_bytes,
+            expires_at=expires_at,
+            format=SeedFormat.JSONL.value,
+        )
+        command = RequestSeedGeneration(upload, job_id, template_id, step, options)
+        seed, _ = self._execute(seed_id, [command], actor=user)
+        return seed
+
+    def record_generated(self, job_id: str, files: Sequence[ExportedFile]) -> SeedState | None:
+        """The generation job `job_id` exported `files`: its rows (each record's parsed row
+        output) become the seed file, recorded like an upload and validated against the
+        generation template (which reads no seed field), and the generation finished,
+        partial when short. None when the job makes no seed set. Repeating it changes
+        nothing: the same rows are the same content."""
+        seed_id = seed_id_of_generation_job(job_id)
+        if seed_id is None:
+            return None
+        seed, _ = self._load(seed_id)
+        generation = seed.generation
+        if generation is None or generation.job_id != job_id:
+            return None
+        if generation.finished:
+            return seed
+        rows: list[object] = []
+        for exported in files:
+            if exported.format is OutputFormat.JSONL:
+                with self._blobs.open_read(exported.blob_key) as lines:
+                    rows.extend(rows_from_export(lines))
+        content = b"".join(json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in rows)
+        self._blobs.put_bytes(seed.blob_key, content, "application/x-ndjson")
+        seed = self.record_upload(seed_id).seed
+        finish = FinishSeedGeneration(seed_id=seed_id, job_id=job_id, record_count=len(rows))
+        return self._validate_content(seed.owner, seed, generation.template_id, 1, (), then=[finish]).seed
+
     def seed(self, user: str, seed_id: str) -> SeedState:
         """The caller's seed; another user's is SeedNotFound."""
         seed, _ = self._load(seed_id)
@@ -211,6 +262,20 @@ class SeedHandlers:
         seed = self.seed(user, seed_id)
         template = template_requirements(template_id, self._streams.events(template_stream(template_id)))
         version, required = template.fields_for(user, template_version)
+        return self._validate_content(user, seed, template_id, version, required)
+
+    def _validate_content(
+        self,
+        user: str,
+        seed: SeedState,
+        template_id: str,
+        version: int,
+        required: tuple[str, ...],
+        then: Sequence[SeedCommand] = (),
+    ) -> SeedValidationResult:
+        """`validate` once the template's required fields are known; `then` are commands
+        recorded in the same append after the validation."""
+        seed_id = seed.seed_id
         if seed.format is None:
             raise SeedNotFound(seed_id)
         info = self._blob_info(seed)
@@ -248,6 +313,7 @@ class SeedHandlers:
                 file_error=report.file_error,
             )
         )
+        commands.extend(then)
         seed, _ = self._execute(seed_id, commands, actor=user)
         return SeedValidationResult(seed_id, template_id, version, required, report, seed)
 
