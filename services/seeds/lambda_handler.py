@@ -10,6 +10,9 @@
   fails is returned in `batchItemFailures`, so SQS redelivers only it; each record's event
   is processed once per event `id` when PALETTE_IDEMPOTENCY_TABLE is set (recording is
   idempotent anyway).
+  The same entry reads the generated queue (EventBridge rule: DatasetExported), whose
+  records go to `consumers.GeneratedSeedRecorder`: a seed generation job's export becomes
+  its seed set (other jobs' exports are ignored), once per generation.
 - `project`: EventBridge rule -> SQS -> the seed list projection (GET /seed-data), each
   record an EventBridge event; a record that fails is returned in `batchItemFailures`.
   The projection tracks stream versions, so redelivery and the bus's lack of order are
@@ -34,11 +37,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from palette.adapters import Adapters
 from palette.api.app import build_app
 from palette.api.auth import ApiGatewayJwtClaims
+from palette.bus.sqs import stored_event_from_message
 from palette.guard.aws import AwsGuard
 from palette.lambda_entries import LambdaEntries, adapters_from_env
 from palette.projections.runner import ProjectionRunner
+from palette.wiring import Reaction
 from services.seeds import wiring
-from services.seeds.consumers import UploadRecorder
+from services.seeds.consumers import GENERATED_PATTERN, GENERATED_SUBSCRIBER, UploadRecorder
 from services.seeds.handlers import DEFAULT_MAX_BYTES, SeedHandlers, UploadRecord
 
 entries = LambdaEntries("seeds")
@@ -50,6 +55,7 @@ class SeedsRuntime:
     handlers: SeedHandlers
     app: ApiGatewayResolver
     uploads: UploadRecorder
+    generated: Reaction
 
 
 adapters_once = functools.cache(adapters_from_env)
@@ -65,15 +71,20 @@ def runtime() -> SeedsRuntime:
     app = build_app(parts.routers, ApiGatewayJwtClaims(), local=False, title="Palette seeds", limiter=limiter)
     prefix = getattr(adapters.blobs, "prefix", "")
     uploads = UploadRecorder(parts.handlers, prefix, on_new=_count_upload)
-    return SeedsRuntime(adapters, parts.handlers, app, uploads)
+    generated = parts.subscription(GENERATED_SUBSCRIBER).handle
+    return SeedsRuntime(adapters, parts.handlers, app, uploads, generated)
 
 
 def _count_upload(record: UploadRecord) -> None:
     entries.metrics.add_metric(name="seeds_uploaded", unit=MetricUnit.Count, value=1)
 
 
-def _record_uploads(event: dict[str, Any]) -> list[str]:
-    """Record the seed uploads of one S3 event; the ids of the new ones."""
+def _react_to_event(event: dict[str, Any]) -> list[str]:
+    """Record the seed uploads of one S3 event (the ids of the new ones), or, for a bus
+    event from the generated queue (DatasetExported), the seed set it makes ([])."""
+    if event.get("detail-type") in GENERATED_PATTERN["detail-type"]:
+        runtime().generated(stored_event_from_message(event, adapters_once().blobs))
+        return []
     return runtime().uploads(event)
 
 
@@ -84,5 +95,5 @@ def projection_runners() -> tuple[ProjectionRunner[Any], ...]:
 
 
 handler = entries.api(lambda: runtime().app)
-consume = entries.queue(_record_uploads, key_path="id", metered=True)
+consume = entries.queue(_react_to_event, key_path="id", metered=True)
 project = entries.projections(lambda: adapters_once().blobs, projection_runners)

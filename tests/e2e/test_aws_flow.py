@@ -60,7 +60,7 @@ def test_a_job_runs_end_to_end_on_aws_mode(palette_on_moto: AwsPalette) -> None:
     for function in (
         "services.jobs.lambda_handler._react_to_event",
         "services.billing.lambda_handler._charge_event",
-        "services.seeds.lambda_handler._record_uploads",
+        "services.seeds.lambda_handler._react_to_event",
         "services.generator.lambda_handler._run_requested",
     ):
         assert any(f".{function}#" in key for key in keys), (function, keys)

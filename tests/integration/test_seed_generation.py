@@ -1,24 +1,34 @@
 """Seed generation's seeds side (#21): a generation's plan is recorded with its seed, and
 its job's DatasetExported (delivered on the bus) turns the export's rows into the seed set,
 recorded and validated like an upload; short of the count it is marked partial. On the
-embedded runtime's SQLite log and blob folder."""
+embedded runtime's SQLite log and blob folder, and through the seeds Lambda's queue
+entry under moto (DynamoDB log, S3 blobs, the event as SQS delivers it)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
+from contracts.envelope import bus_event
 from contracts.events.generator import DatasetExported, ExportedFile
 from contracts.events.jobs import JobOptions, OutputFormat
 from contracts.events.seeds import SeedGenerationFinished, SeedGenerationRequested
 from contracts.streams import generation_stream, seed_stream
 from palette.adapters import Adapters
 from palette.eventstore.port import NewEvent
-from services.seeds import wiring
+from services.seeds import lambda_handler, wiring
 from services.seeds.consumers import GENERATED_SUBSCRIBER
 from services.seeds.generation import row_step
 from services.seeds.handlers import SeedHandlers
+from tests.fakes.lambda_events import fake_context, sqs_batch
+from tests.integration.test_seed_list import aws  # noqa: F401  # the seeds Lambdas under moto
+from tests.integration.test_seeds_api import api_event
+
+pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publish")
 
 BOOK = {
     "type": "object",
@@ -114,3 +124,25 @@ def test_another_jobs_export_is_no_seed_sets(adapters: Adapters) -> None:
     _export(adapters, "job-not-a-uuid", ROWS)
     _deliver_exports(adapters, parts)
     assert not parts.handlers.seed("alice", seed_id).uploaded
+
+
+def test_aws_the_generated_lambda_turns_the_export_into_a_listed_validated_seed_set(aws: Any) -> None:  # noqa: F811
+    seed_id, job_id = _request(aws.handlers, count=5)
+    _export(aws.adapters, job_id, ROWS)
+    exported = [bus_event(e) for e in _exports(aws.adapters)]
+    assert lambda_handler.consume(sqs_batch(exported * 2), fake_context()) == {"batchItemFailures": []}
+
+    seed = aws.handlers.seed("alice", seed_id)
+    assert [json.loads(line) for line in aws.adapters.blobs.get_bytes(seed.blob_key).splitlines()] == ROWS
+    assert seed.generation is not None and (seed.generation.record_count, seed.generation.partial) == (5, False)
+    recorded = [bus_event(e) for e in aws.adapters.events.read_all(0, 10_000)]
+    assert lambda_handler.project(sqs_batch(recorded), fake_context()) == {"batchItemFailures": []}
+    response = lambda_handler.handler(
+        api_event("GET", "/seed-data", None, claims={"sub": "alice"}), fake_context("palette-seeds", 512)
+    )
+    [item] = json.loads(response["body"])["items"]
+    assert (item["seed_id"], item["status"], item["records"]) == (seed_id, "VALIDATED", 5)
+
+
+def _exports(adapters: Adapters) -> Iterator[Any]:
+    return (e for e in adapters.events.read_all(0, 10_000) if e.detail_type == DatasetExported.detail_type())
