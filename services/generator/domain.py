@@ -179,12 +179,21 @@ def evolve(state: GenerationState, event: DomainEvent, recorded_at: datetime) ->
     return state
 
 
-def fold(events: Iterable[tuple[DomainEvent, datetime]]) -> GenerationState:
-    """The state of a generation stream from its events and their recorded times, in order."""
-    state = GenerationState()
+def fold(events: Iterable[tuple[DomainEvent, datetime]], start: GenerationState | None = None) -> GenerationState:
+    """The state of a generation stream from its events and their recorded times, in order.
+
+    The same state as `evolve` event by event, in time linear in the events: `evolve` adds a
+    batch to a copy of the tuple (state is immutable), so a million-record job's 10,000
+    batches would copy 50 million entries; here each batch is kept once, in a list."""
+    state = start or GenerationState()
+    batches = list(state.batches)
+    state = replace(state, batches=())
     for event, recorded_at in events:
         state = evolve(state, event, recorded_at)
-    return state
+        if state.batches:
+            batches.extend(state.batches)
+            state = replace(state, batches=())
+    return replace(state, batches=tuple(batches))
 
 
 def lease_expires_at(state: GenerationState) -> datetime | None:

@@ -88,7 +88,7 @@ from services.generator.domain import (
     lease_expires_at,
     with_recorded_tiers,
 )
-from services.generator.domain import evolve as evolve_generation
+from services.generator.domain import fold as fold_generation
 from services.generator.logs import bind_job
 from services.generator.logs import logger as log
 from services.generator.run.ending import JobFailure
@@ -170,10 +170,10 @@ class GenerationWorker:
         return [(s.decode(), s) for s in self.events.read_stream(stream_id, from_version=from_version)]
 
     def read_generation(self, job_id: str) -> GenerationState:
-        state = GenerationState(job_id=job_id)
-        for event, stored in self._decoded(generation_stream(job_id)):
-            state = evolve_generation(state, event, _recorded_at(stored))
-        return state
+        decoded = self._decoded(generation_stream(job_id))
+        return fold_generation(
+            ((event, _recorded_at(stored)) for event, stored in decoded), GenerationState(job_id=job_id)
+        )
 
     def read_job(self, job_id: str) -> tuple[JobSpec | None, int]:
         """The job and the version of its stream."""

@@ -23,6 +23,7 @@ from services.generator.domain import (
     GenerationState,
     PlannedBatch,
     can_claim,
+    evolve,
     fold,
     fold_job,
     fold_template,
@@ -61,6 +62,28 @@ def batch(number: int, first: int, last: int, failures: int = 0) -> BatchGenerat
 
 def state_of(*timed: tuple[DomainEvent, float]) -> GenerationState:
     return fold((event, at(seconds)) for event, seconds in timed)
+
+
+def test_fold_keeps_every_batch_in_order_and_agrees_with_evolve_event_by_event() -> None:
+    """`fold` keeps batches in a list (linear in the batches, not a tuple copied per batch, #17.3):
+    a resumed run from a started state, a release and a claim between batches, all as
+    `evolve` makes them one event at a time."""
+    timed: list[tuple[DomainEvent, datetime]] = [(claimed(), at(0))]
+    timed += [(batch(n, 10 * n, 10 * n + 9, failures=n % 2), at(n)) for n in range(300)]
+    timed += [
+        (GenerationReleased(job_id=JOB, worker_id="w1", records_completed=3000), at(301)),
+        (claimed("w2"), at(302)),
+    ]
+    timed += [(batch(n, 10 * n, 10 * n + 9), at(n)) for n in range(300, 320)]
+    one_by_one = GenerationState(job_id=JOB)
+    for event, recorded_at in timed:
+        one_by_one = evolve(one_by_one, event, recorded_at)
+    folded = fold(timed, GenerationState(job_id=JOB))
+    assert folded == one_by_one
+    assert folded.part_keys == [f"parts/{n}" for n in range(320)]
+    assert (folded.next_record, folded.failures, folded.version, folded.claim) == (3200, 150, 323, one_by_one.claim)
+    resumed = fold(timed[200:], fold(timed[:200]))
+    assert resumed == fold(timed)
 
 
 class TestClaims:
