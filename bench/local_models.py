@@ -7,9 +7,9 @@ model (a fan-out of one model replaces the steps' model) with the job's `judge` 
 record. The judge is `local/smollm2-135m-instruct` for both: it is the only local model that
 follows a rubric (Gemma 3 270M is a base model), and one judge scores both models' records
 alike (`--judge provider/model` for a stronger one). Its rubric has two criteria, relevance
-and fluency, each 1 (worst) to 5 (best). Measured: SmolLM2 135M scores almost everything 1
-(a hand-written good answer too), so its verdict is a weak signal; see the README's
-"Local models".
+and fluency, each 1 (worst) to 5 (best). Measured: SmolLM2 135M scored every record of a
+model alike (1 or 2) on the shipped template, and a hand-written good answer 1, so its verdict is no signal; see the
+README's "Local models".
 
 Per model: each criterion's mean over the judged records, records/s and the steps' output
 tokens/s over the job's wall time (from POST /jobs to its end, judge calls included: the

@@ -28,11 +28,12 @@ DEMO_RECORDS = 50
 
 DEMO_USER = "demo"
 DEMO_MODEL = "local/smollm2-135m-instruct"
-"""The local model the demo runs on: the one the quality judge scored higher on this template.
-`python -m bench.local_models` (12 records each, judged by SmolLM2 on relevance and fluency
-1-5): SmolLM2 135M Instruct 1.21 (relevance 1.00, fluency 1.42), Gemma 3 270M 1.00 (1.00,
-1.00), and SmolLM2 made 0.095 records/s to Gemma's 0.057. The judge is weak (it scores
-almost everything 1), but reading the records agrees: SmolLM2 stays on the book, Gemma drifts."""
+"""The local model the demo runs on. `python -m bench.local_models` (12 records each, judged
+by SmolLM2 on relevance and fluency 1-5) cannot choose it: its verdict follows the wording,
+not the records. On an earlier wording of this template SmolLM2 scored 1.21, Gemma 1.00; on
+this one Gemma 1.50 (fluency 2 on every record), SmolLM2 1.00; and it scores a hand-written
+good answer 1 like nonsense. Read side by side, SmolLM2's records stay on the book and
+Gemma's drift, and SmolLM2 is faster (0.179 to 0.116 records/s), so the demo runs on it."""
 
 
 def demo_template(model: str = DEMO_MODEL) -> dict[str, Any]:
@@ -47,15 +48,16 @@ def demo_template(model: str = DEMO_MODEL) -> dict[str, Any]:
             {
                 "id": "question",
                 "model": model,
-                "prompt": 'Ask one short question about {{ topic }} in the book "{{ book.title }}" '
-                "by {{ author.name }}. Reply with the question only.",
+                "prompt": "Write one question a curious reader might ask about {{ topic }} in the book "
+                '"{{ book.title }}" by {{ author.name }}. Write only the question, in one sentence '
+                "ending with a question mark.",
                 "parameters": {"max_tokens": 40, "temperature": 0.7, "stop": ["\n\n"]},
             },
             {
                 "id": "answer",
                 "model": model,
-                "prompt": 'Answer in one or two sentences. The question is about the book "{{ book.title }}" '
-                "by {{ author.name }}.\nQuestion: {{ steps.question.output | trim }}",
+                "prompt": 'Answer this question about the book "{{ book.title }}" by {{ author.name }} '
+                "in one or two sentences.\nQuestion: {{ steps.question.output | trim }}",
                 "parameters": {"max_tokens": 80, "temperature": 0.3, "stop": ["\n\n", "\nQuestion:"]},
             },
         ],
