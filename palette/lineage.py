@@ -7,7 +7,9 @@ lines must match the export's byte for byte (like `palette.dataset_json`). Pure:
   after a kill or a release has the same index, so the same id; nothing is stored for it.
 - A step's `cost_usd` is its call priced with the catalog, each call rounded up on its
   own as the budget guard settles it; $0 for a step the call cache answered, null when
-  the catalog has no price for the model (or the runtime prices nothing).
+  the catalog has no price for the model (or the runtime prices nothing). Money is a
+  fixed-point decimal string in every format (`"0.000038"`, never `3.8e-05`), exact as the
+  ledger holds it: `contracts.money.money_text`, as everywhere Palette writes USD.
 - `LineageTotals` sums what the records hold (one call per step: the call whose answer
   the record keeps; retries and failed attempts are billed but are no record's lineage).
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from contracts.money import money_text
 from contracts.pricing import PricingCatalog, PricingError, price_call
 
 RECORD_IDS = uuid.UUID("6f1d2c3b-7a4e-5b9f-8c21-0d4e6a7b8c9d")
@@ -77,7 +80,7 @@ class JobLineage:
                 "model": step["model"],
                 "input_tokens": step["input_tokens"],
                 "output_tokens": step["output_tokens"],
-                "cost_usd": None if cost is None else float(cost),
+                "cost_usd": None if cost is None else money_text(cost),
                 "cached": cached,
             }
         return {
@@ -87,7 +90,7 @@ class JobLineage:
             "template_id": self.template_id,
             "template_version": self.template_version,
             "attempt": record.get("attempt"),
-            "cost_usd": None if total is None else float(total),
+            "cost_usd": None if total is None else money_text(total),
             "steps": steps,
         }
 
@@ -99,7 +102,7 @@ def lineage_type(step_ids: list[str]) -> pa.DataType:
             ("model", pa.string()),
             ("input_tokens", pa.int64()),
             ("output_tokens", pa.int64()),
-            ("cost_usd", pa.float64()),
+            ("cost_usd", pa.string()),
             ("cached", pa.bool_()),
         ]
     )
@@ -111,7 +114,7 @@ def lineage_type(step_ids: list[str]) -> pa.DataType:
             ("template_id", pa.string()),
             ("template_version", pa.int64()),
             ("attempt", pa.int64()),
-            ("cost_usd", pa.float64()),
+            ("cost_usd", pa.string()),
             ("steps", pa.struct([(step_id, step_type) for step_id in step_ids]) if step_ids else pa.null()),
         ]
     )
@@ -131,7 +134,7 @@ class ModelTotals:
             "cached_calls": self.cached_calls,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
-            "cost_usd": None if self.cost_usd is None else str(self.cost_usd),
+            "cost_usd": None if self.cost_usd is None else money_text(self.cost_usd),
         }
 
 

@@ -135,7 +135,7 @@ def test_a_rerun_with_the_same_template_and_seeds_is_answered_from_the_cache_for
     lines = adapters.blobs.get_bytes(exported.files[0].blob_key).splitlines()
     lineage = [json.loads(line)["lineage"] for line in lines]
     assert len(lineage) == 12 and all(step["cached"] for r in lineage for step in r["steps"].values())
-    assert all(r["cost_usd"] == 0 for r in lineage)
+    assert all(Decimal(r["cost_usd"]) == 0 for r in lineage)
     assert not any(s["cached"] for r in made for s in r["steps"].values())
 
 

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from contracts.events.billing import CostRecorded
 from contracts.events.generator import BatchGenerated, DatasetExported, TokenUsage
 from contracts.events.jobs import JobRequested, OutputFormat
+from contracts.money import money_text
 from contracts.pricing import DEFAULT_CATALOG, price_call, with_overrides
 from contracts.streams import generation_stream, job_stream, ledger_stream
 from palette.adapters import Adapters
@@ -113,9 +114,11 @@ def test_every_format_carries_each_records_lineage_as_the_model_answered_it(
             assert made["output_tokens"] == step["output_tokens"] == max(1, len(step["output"].split()))
             assert made["input_tokens"] == step["input_tokens"] > 0
             cost = price_call(PRICED, MODEL, made["input_tokens"], made["output_tokens"])
-            assert made["cost_usd"] == float(cost) > 0 and made["cached"] is False
+            # money as the ledger writes it: fixed-point text, never 3.8e-05
+            assert made["cost_usd"] == money_text(cost) and cost > 0 and made["cached"] is False
+            assert "e" not in made["cost_usd"].lower()
             total += cost
-        assert lineage["cost_usd"] == float(total)
+        assert lineage["cost_usd"] == money_text(total)
     by_id = {line["lineage"]["record_id"]: line["lineage"] for line in lines}
     assert len(by_id) == 7
 
@@ -129,7 +132,9 @@ def test_every_format_carries_each_records_lineage_as_the_model_answered_it(
         assert row["lineage.seed_row"] == line["lineage"]["seed_row"]
         assert row["lineage.steps.answer.model"] == MODEL
         assert row["lineage.steps.question.output_tokens"] == line["lineage"]["steps"]["question"]["output_tokens"]
-        assert row["lineage.steps.answer.cost_usd"] == line["lineage"]["steps"]["answer"]["cost_usd"]
+        assert Decimal(str(row["lineage.steps.answer.cost_usd"])) == Decimal(
+            line["lineage"]["steps"]["answer"]["cost_usd"]
+        )
 
     totals = manifest(adapters, job_id)["totals"]
     answered = server.stats()["usage"]
@@ -144,7 +149,7 @@ def test_every_format_carries_each_records_lineage_as_the_model_answered_it(
         ),
         Decimal(0),
     )
-    assert Decimal(totals["cost_usd"]) == steps_cost
+    assert totals["cost_usd"] == money_text(steps_cost)
     assert totals["per_model"][MODEL]["calls"] == 14
 
     # the audit reads the record's calls from its part, on this blob store too
@@ -255,7 +260,7 @@ def test_parts_written_before_lineage_still_export_with_null_sources(adapters: A
     [line] = [json.loads(text) for text in adapters.blobs.get_bytes(files[0].blob_key).splitlines()]
     assert line["lineage"]["record_id"] == record_id("job-old", None, 0)
     assert (line["lineage"]["seed_row"], line["lineage"]["attempt"]) == (None, None)
-    assert line["lineage"]["steps"]["question"]["cost_usd"] == float(price_call(PRICED, MODEL, 3, 1))
+    assert line["lineage"]["steps"]["question"]["cost_usd"] == money_text(price_call(PRICED, MODEL, 3, 1))
 
 
 def test_the_audit_traces_a_record_to_its_batch_event_its_charge_and_its_calls(
