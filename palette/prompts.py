@@ -69,6 +69,7 @@ from markupsafe import Markup
 from contracts.events.templates import TemplateStep
 from palette import prompt_filters
 from palette.prompt_includes import snippet_key
+from palette.prompt_nesting import refuse_deep_tokens, refuse_deep_tree, too_deep
 
 MAX_PROMPT_CHARS = 1_000_000
 MAX_VALUE_CHARS = 1_000_000
@@ -486,6 +487,17 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
     """The immutable sandbox with size checks on every operation that builds a value."""
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
+        """Every parse of a user's text (save, analysis, dry run, render) refuses a prompt that nests
+        deeper than Jinja and Python can compile, as a syntax error (see palette.prompt_nesting)."""
+        refuse_deep_tokens(self.lexer.tokeniter(source, name, filename), name, filename)
+        try:
+            tree = super()._parse(source, name, filename)
+        except RecursionError:
+            raise too_deep(name, filename) from None
+        refuse_deep_tree(tree, name, filename)
+        return tree
 
     def join_path(self, template: str, parent: str) -> str:
         """An include inside a snippet names a step of the snippet's version (prompt_includes)."""

@@ -128,3 +128,23 @@ def test_includes_resolve_as_the_caller_and_content_rules_are_reported_not_recor
         too_large = alice.post("/templates/analysis", json={"name": "Draft", "steps": [step("q", "x" * (600 * 1024))]})
         assert too_large.status_code == 413, too_large.text
         assert too_large.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_a_deeply_nested_prompt_is_a_problem_of_its_step_over_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deep = {"dicts": "{{ " * 50, "blocks": "{% for x in y %}{% if x %}" * 150 + "{% endif %}{% endfor %}" * 150}
+    with (
+        FakeOpenAIServer(latency_s=0.0) as fake,
+        running_palette(tmp_path, fake, monkeypatch) as runtime,
+        client(runtime, "alice") as alice,
+    ):
+        for prompt in deep.values():
+            analysis = alice.post("/templates/analysis", json={"name": "Deep", "steps": [step("q", prompt)]})
+            assert analysis.status_code == 200, analysis.text
+            [error] = analysis.json()["errors"]
+            assert (error["code"], error["step_id"]) == ("PROMPT_SYNTAX_ERROR", "q")
+            assert error["message"].startswith("the prompt nests too deeply")
+            saved = alice.post("/templates", json={"name": "Deep", "steps": [step("q", prompt)]})
+            assert saved.status_code == 400, saved.text
+            assert saved.json()["error"]["details"]["problems"][0]["code"] == "PROMPT_SYNTAX_ERROR"
