@@ -132,9 +132,7 @@ def prompt_variables(prompt: str) -> set[str]:
             if path is not None and path[0] in free:
                 found.update(".".join(path[:length]) for length in range(1, len(path) + 1))
     except TemplateSyntaxError as error:
-        raise UnreadablePrompt(error.message or str(error)) from None
-    except RecursionError:
-        raise UnreadablePrompt("the prompt nests expressions or blocks too deeply to be read") from None
+        raise UnreadablePrompt(error.message or str(error)) from None  # too deep too: prompt_nesting
     return found
 
 

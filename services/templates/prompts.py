@@ -25,6 +25,7 @@ from jinja2 import TemplateSyntaxError, nodes
 from contracts.events.templates import TemplateStep
 from contracts.model_tiers import step_model_problem
 from palette.prompt_includes import snippet_key
+from palette.prompt_nesting import PromptTooDeep
 from palette.prompts import (
     ENVIRONMENT,
     MAX_PROMPT_CHARS,
@@ -154,22 +155,8 @@ class _PromptReading:
 
 
 def _read_prompt(step: TemplateStep) -> _PromptReading:
-    """What one step's prompt reads and its problems. Jinja's parser and compiler recurse
-    once per nesting level, so a prompt nested past Python's recursion limit is a problem
-    of its own (PROMPT_TOO_DEEP) rather than a crash."""
-    try:
-        return _read_parsed_prompt(step)
-    except RecursionError:
-        return _PromptReading(
-            problems=[
-                TemplateProblem(
-                    "PROMPT_TOO_DEEP", "the prompt nests expressions or blocks too deeply to be read", step.id
-                )
-            ]
-        )
-
-
-def _read_parsed_prompt(step: TemplateStep) -> _PromptReading:
+    """What one step's prompt reads and its problems. A prompt nested too deeply for Jinja and
+    Python is refused by the parse itself (palette.prompt_nesting): PROMPT_TOO_DEEP."""
     reading = _PromptReading()
     if not step.prompt.strip():
         reading.problems.append(TemplateProblem("EMPTY_PROMPT", "the prompt is empty", step.id))
@@ -242,7 +229,8 @@ def _reads_variables(expression: nodes.Expr) -> bool:
 
 
 def _syntax_problem(step_id: str, error: TemplateSyntaxError) -> TemplateProblem:
-    return TemplateProblem("PROMPT_SYNTAX_ERROR", error.message or str(error), step_id, error.lineno)
+    code = "PROMPT_TOO_DEEP" if isinstance(error, PromptTooDeep) else "PROMPT_SYNTAX_ERROR"
+    return TemplateProblem(code, error.message or str(error), step_id, error.lineno)
 
 
 def _refused_constructs(step_id: str, tree: nodes.Template, includes: Mapping[str, str]) -> list[TemplateProblem]:

@@ -143,8 +143,8 @@ def test_a_deeply_nested_prompt_is_a_problem_of_its_step_over_http(
             analysis = alice.post("/templates/analysis", json={"name": "Deep", "steps": [step("q", prompt)]})
             assert analysis.status_code == 200, analysis.text
             [error] = analysis.json()["errors"]
-            assert (error["code"], error["step_id"]) == ("PROMPT_SYNTAX_ERROR", "q")
+            assert (error["code"], error["step_id"]) == ("PROMPT_TOO_DEEP", "q")
             assert error["message"].startswith("the prompt nests too deeply")
             saved = alice.post("/templates", json={"name": "Deep", "steps": [step("q", prompt)]})
             assert saved.status_code == 400, saved.text
-            assert saved.json()["error"]["details"]["problems"][0]["code"] == "PROMPT_SYNTAX_ERROR"
+            assert saved.json()["error"]["details"]["problems"][0]["code"] == "PROMPT_TOO_DEEP"

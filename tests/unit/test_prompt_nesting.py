@@ -29,7 +29,7 @@ def test_a_deep_prompt_is_a_syntax_problem_of_its_step(prompt: str) -> None:
     with pytest.raises(InvalidTemplate) as refused:
         analyse([TemplateStep(id="deep", model="openai/gpt-4o-mini", prompt=f"first line\n{prompt}")])
     [problem] = refused.value.errors
-    assert (problem.code, problem.step_id) == ("PROMPT_SYNTAX_ERROR", "deep")
+    assert (problem.code, problem.step_id) == ("PROMPT_TOO_DEEP", "deep")
     assert "the prompt nests too deeply" in problem.message
 
 
