@@ -91,11 +91,15 @@ class WebSite:
 
     def _file(self, relative: str) -> Path | None:
         """The file `relative` names under the root, or None: a path that leaves the root (`..`, an
-        absolute path, a symlink out) or names a directory or a hidden file is not found."""
+        absolute path, a symlink out) or names a directory or a hidden file is not found; so is a name the
+        file system cannot hold (a NUL byte, a name too long), which it refuses with ValueError or OSError."""
         if not relative or any(part.startswith(".") for part in relative.split("/")):
             return None
-        candidate = (self._root / relative).resolve()
-        if not candidate.is_relative_to(self._root) or not candidate.is_file():
+        try:
+            candidate = (self._root / relative).resolve()
+            if not candidate.is_relative_to(self._root) or not candidate.is_file():
+                return None
+        except (ValueError, OSError):
             return None
         return candidate
 

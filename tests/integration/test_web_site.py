@@ -51,6 +51,10 @@ def test_config_json_tells_the_page_to_sign_in_with_a_password_on_this_origin(ba
         "/static/vendor/.installed-stamp",
         "/static/js",
         "/static/nothing-here.js",
+        "/static/%00",
+        "/static/app.css%00.js",
+        "/static/" + "a" * 5000,
+        "/static/" + "a/" * 2500,
     ],
 )
 def test_a_path_outside_the_static_files_is_not_found_in_the_error_shape(base: str, path: str) -> None:
