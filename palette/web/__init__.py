@@ -1,9 +1,9 @@
 """The web dashboard's files, served by `palette serve` beside the API (like /blobs, on the event loop).
 
-`GET /` is the page (index.html), `GET /static/<path>` a file under `static/`, and `GET /config.json`
-tells the page where the API is and how to sign in. The page routes by URL hash (`#/jobs/<id>`), so no
-page path ever collides with an API path. On AWS the same files are published next to the site, with
-a config.json naming the API's URL and the Cognito hosted UI.
+`GET /` is the page (index.html), `GET /static/<path>` a file under `static/`, `GET /favicon.ico` the
+page's icon, and `GET /config.json` tells the page where the API is and how to sign in. The page
+routes by URL hash (`#/jobs/<id>`), so no page path ever collides with an API path. On AWS the same
+files are published next to the site, with a config.json naming the API's URL and the Cognito hosted UI.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ STATIC_ROOT = Path(__file__).parent / "static"
 STATIC_PREFIX = "/static/"
 PAGE_PATHS = frozenset({"/", "/index.html"})
 CONFIG_PATH = "/config.json"
+FAVICON_PATH = "/favicon.ico"
+"""Some browsers ask for it whatever icon the page links; as an API path it answered 401 on every load."""
+_NAMED_FILES = {**dict.fromkeys(PAGE_PATHS, "index.html"), FAVICON_PATH: "favicon.svg"}
+"""Paths outside /static/ that name a file under it."""
 
 LOCAL_CONFIG = {"api_url": "", "sign_in": {"mode": "password"}}
 """The embedded runtime's config.json: the API is this same origin, and users sign in with the
@@ -70,7 +74,7 @@ class WebSite:
 
     def serves(self, scope: Scope) -> bool:
         path: str = scope["path"]
-        return path in PAGE_PATHS or path == CONFIG_PATH or path.startswith(STATIC_PREFIX)
+        return path in _NAMED_FILES or path == CONFIG_PATH or path.startswith(STATIC_PREFIX)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
         if scope["method"] not in ("GET", "HEAD"):
@@ -80,7 +84,7 @@ class WebSite:
         if path == CONFIG_PATH:
             await _send(scope, send, request_id, self._config, "application/json", REVALIDATE)
             return
-        relative = "index.html" if path in PAGE_PATHS else path[len(STATIC_PREFIX) :]
+        relative = _NAMED_FILES.get(path) or path[len(STATIC_PREFIX) :]
         file = self._file(relative)
         if file is None:
             await send_error(send, 404, "NOT_FOUND", f"no file {path!r}", {"path": path}, request_id)

@@ -67,3 +67,12 @@ def test_a_path_outside_the_static_files_is_not_found_in_the_error_shape(base: s
 def test_the_page_is_read_only(base: str) -> None:
     answer = httpx.post(f"{base}/", content=b"{}")
     assert answer.status_code == 405 and answer.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_the_page_links_its_icon_and_favicon_ico_is_that_icon_without_signing_in(base: str) -> None:
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in httpx.get(f"{base}/").text
+    linked = httpx.get(f"{base}/static/favicon.svg")
+    assert linked.status_code == 200 and linked.headers["content-type"] == "image/svg+xml"
+    asked = httpx.get(f"{base}/favicon.ico")
+    assert asked.status_code == 200, asked.text
+    assert (asked.headers["content-type"], asked.content) == ("image/svg+xml", linked.content)
