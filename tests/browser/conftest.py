@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import httpx
 import pytest
@@ -197,3 +197,32 @@ def _screenshot(driver: WebDriver, name: str) -> Path:
 @pytest.fixture
 def screenshot() -> Callable[[WebDriver, str], Path]:
     return _screenshot
+
+
+PHONE_LAYOUT_PROBLEMS = """
+const width = window.innerWidth;
+const box = (element) => element.getBoundingClientRect();
+const hiddenHead = (cell) => cell.closest("thead") && box(cell.closest("thead")).width <= 1; // visually hidden
+const shown = (cell) => cell.getClientRects().length && !hiddenHead(cell);
+const cells = [...document.querySelectorAll("main td, main th")].filter(shown);
+return {
+  width,
+  overflow: document.documentElement.scrollWidth - width,
+  cut_off: cells.filter((c) => box(c).right > width + 1 || box(c).left < -1).map((c) => c.textContent.trim()),
+  squeezed: cells.filter((c) => c.textContent.trim().length > 3 && box(c).width < 48).map((c) => c.textContent.trim()),
+};
+"""
+
+
+class PhoneLayout(TypedDict):
+    width: int
+    overflow: int
+    cut_off: list[str]
+    squeezed: list[str]
+
+
+def phone_layout_problems(driver: WebDriver) -> PhoneLayout:
+    """What a phone-width page does wrong: how far it scrolls sideways, table cells out of the screen
+    (a column cut off inside its scroll box) and cells squeezed to a character or two per line."""
+    found: PhoneLayout = driver.execute_script(PHONE_LAYOUT_PROBLEMS)
+    return found

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from palette.api.event_streams import DEFAULT_MAX_PER_USER
-from tests.browser.conftest import MODEL, OTHER_MODEL, Site, wait_until
+from tests.browser.conftest import MODEL, OTHER_MODEL, Site, phone_layout_problems, wait_until
 from tests.integration.palette_http import template_and_seed
 
 SignIn = Callable[[WebDriver, Site, str], None]
@@ -33,6 +35,19 @@ def test_a_user_signs_in_and_sees_their_jobs(
     wait_until(browser, lambda d: d.find_elements(By.ID, "no-jobs") or d.find_elements(By.ID, "jobs-table"))
     assert "alice" in browser.find_element(By.ID, "nav-links").text
     screenshot(browser, "jobs-empty")
+
+
+def test_skip_to_content_moves_focus_to_the_page_and_keeps_the_route(
+    palette_site: Site, browser: WebDriver, sign_in: SignIn
+) -> None:
+    sign_in(browser, palette_site, "alice")
+    wait_until(browser, lambda d: d.find_elements(By.ID, "no-jobs") or d.find_elements(By.ID, "jobs-table"))
+    browser.execute_script("document.querySelector('.skip-link').focus()")  # as the first Tab would
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    wait_until(browser, lambda d: d.execute_script("return document.activeElement.id") == "main")
+    assert browser.execute_script("return location.hash") == "#/jobs"
+    assert "NOT_FOUND" not in browser.find_element(By.ID, "main").text
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Jobs"
 
 
 STEPS = [
@@ -185,6 +200,10 @@ def test_a_fan_out_jobs_page_shows_each_model_and_fits_a_phone_width_screen(
     models = browser.find_elements(By.CSS_SELECTOR, "#job-models tbody tr")
     assert [row.find_element(By.TAG_NAME, "code").text for row in models] == [MODEL, OTHER_MODEL]
     assert all("completed" in row.text and "20 / 20" in row.text for row in models)
+    with palette_site.client("alice") as alice:
+        timing = alice.get(f"/dashboard/{job_id}").json()["timing"]
+    # the overall rate, not the smoothed one that lanes finishing batches together push up
+    assert browser.find_element(By.ID, "job-rate").text == f"{timing['records_per_second']:.1f} rec/s", timing
     screenshot(browser, "job-phone")
     browser.execute_script("document.getElementById('job-models').scrollIntoView()")
     screenshot(browser, "job-phone-models")
@@ -264,3 +283,55 @@ def test_a_deduplicating_jobs_page_shows_how_many_duplicates_it_dropped(
     assert dropped >= 3
     shown = wait_until(browser, lambda d: d.find_element(By.ID, "job-duplicates"))
     assert shown.text == f"{dropped} duplicates dropped"
+
+
+def test_the_new_job_form_picks_the_newest_validated_seed_set_for_a_template_that_reads_fields(
+    palette_site: Site, browser: WebDriver, sign_in: SignIn, screenshot: Screenshot
+) -> None:
+    with palette_site.client("bob") as bob:
+        template_id, older_seed = template_and_seed(bob, STEPS)
+        _, newest_seed = template_and_seed(bob, STEPS)
+        fieldless = bob.post(
+            "/templates", json={"name": "No fields", "steps": [{**STEPS[0], "prompt": "Any question:"}]}
+        )
+        assert fieldless.status_code == 201, fieldless.text
+    sign_in(browser, palette_site, "bob")
+    browser.get(palette_site.url(f"#/jobs/new?template={template_id}"))
+    seed = Select(wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "select#job-seed")))
+    assert seed.first_selected_option.get_attribute("value") == newest_seed != older_seed
+    help_text = browser.find_element(By.ID, "job-seed-help").text
+    assert "reads the seed fields level, topic" in help_text or "reads the seed fields topic, level" in help_text
+    assert "needs a seed set" in help_text
+    screenshot(browser, "new-job-seed-default")
+
+    Select(browser.find_element(By.ID, "job-template")).select_by_value(fieldless.json()["id"])
+    wait_until(browser, lambda d: "optional" in d.find_element(By.ID, "job-seed-help").text)
+    assert seed.first_selected_option.get_attribute("value") == ""
+    Select(browser.find_element(By.ID, "job-template")).select_by_value(template_id)
+    wait_until(
+        browser,
+        lambda d: Select(d.find_element(By.ID, "job-seed")).first_selected_option.get_attribute("value") == newest_seed,
+    )
+
+
+def test_at_phone_width_the_lists_show_every_column_without_sideways_scrolling(
+    palette_site: Site,
+    browser: WebDriver,
+    sign_in: SignIn,
+    screenshot: Screenshot,
+    alices_template_and_seed: tuple[str, str],
+) -> None:
+    start_job(palette_site, "alice", *alices_template_and_seed, num_records=1)
+    browser.set_window_size(390, 844)
+    sign_in(browser, palette_site, "alice")
+    for page, ready in (("jobs", "#jobs-table td"), ("templates", "main table td"), ("costs", "table.cost-totals td")):
+        browser.get(palette_site.url(f"#/{page}"))
+        wait_until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ready))  # noqa: B023 (called at once)
+        screenshot(browser, f"{page}-phone")
+        problems = phone_layout_problems(browser)
+        assert problems["width"] <= 400
+        assert problems["overflow"] <= 0 and not problems["cut_off"] and not problems["squeezed"], (page, problems)
+    browser.get(palette_site.url("#/jobs"))
+    link = wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#jobs-table tbody tr a"))
+    job_id = link.find_element(By.XPATH, "./ancestor::tr").get_attribute("data-job-id")
+    assert job_id and link.get_attribute("title") == job_id and job_id in (link.get_attribute("aria-label") or "")

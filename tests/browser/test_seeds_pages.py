@@ -12,7 +12,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
-from tests.browser.conftest import MODEL, Site, wait_until
+from tests.browser.conftest import MODEL, Site, phone_layout_problems, wait_until
 
 SignIn = Callable[[WebDriver, Site, str], None]
 Screenshot = Callable[[WebDriver, str], Path]
@@ -94,6 +94,8 @@ def test_a_dropped_file_is_uploaded_and_validated_and_the_page_fits_a_phone(
     report = wait_until(browser, lambda d: d.find_element(By.ID, "seed-report"))
     assert "✓ Valid: 2 records against Complete books v1" in report.text
     assert not _rows(browser, "missing-fields")
-    overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
-    assert overflow <= 0, f"the page is {overflow} px wider than a 390 px screen"
+    listed = "//table[@class='seed-sets']//tr[td[text()='dropped.jsonl']]/td[contains(@class, 'seed-status')]"
+    wait_until(browser, lambda d: d.find_element(By.XPATH, listed).text.startswith("validated"))  # no reload
+    problems = phone_layout_problems(browser)
+    assert problems["overflow"] <= 0 and not problems["cut_off"] and not problems["squeezed"], problems
     screenshot(browser, "seeds-phone")

@@ -60,4 +60,10 @@ async function boot() {
   startRouter(main, drawNav);
 }
 
+/** "Skip to content" moves focus to <main>; following its href would change the hash, which is a route. */
+document.querySelector(".skip-link")?.addEventListener("click", (event) => {
+  event.preventDefault();
+  document.getElementById("main").focus();
+});
+
 boot();

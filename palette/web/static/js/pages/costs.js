@@ -154,7 +154,7 @@ function totalsView(totals) {
   return html`
     <section aria-labelledby="totals-title">
       <h2 id="totals-title">Totals</h2>
-      <div class="overflow-auto">
+      <div class="overflow-auto narrow-stack">
       <table class="cost-totals">
         <thead>
           <tr>
@@ -164,8 +164,8 @@ function totalsView(totals) {
         </thead>
         <tbody>
           <tr>
-            ${CATEGORIES.map(([key]) => html`<td data-category=${key}>${usd(totals[key])}</td>`)}
-            <td data-category="total"><strong>${usd(totals.total)}</strong></td>
+            ${CATEGORIES.map(([key, label]) => html`<td data-category=${key} data-label=${label}>${usd(totals[key])}</td>`)}
+            <td data-category="total" data-label="Total"><strong>${usd(totals.total)}</strong></td>
           </tr>
         </tbody>
       </table>
@@ -219,7 +219,7 @@ function perModelView(reply) {
 
 function groupTable(groups, keyLabel, name) {
   return html`
-    <div class="overflow-auto">
+    <div class="overflow-auto narrow-stack">
       <table class="cost-groups ${name}">
         <thead>
           <tr>
@@ -232,8 +232,8 @@ function groupTable(groups, keyLabel, name) {
           ${groups.map(
             (g) => html`<tr>
               <th scope="row">${g.key ?? "—"}</th>
-              ${CATEGORIES.map(([key]) => html`<td>${usd(g[key])}</td>`)}
-              <td>${usd(g.total)}</td>
+              ${CATEGORIES.map(([key, label]) => html`<td data-label=${label}>${usd(g[key])}</td>`)}
+              <td data-label="Total">${usd(g.total)}</td>
             </tr>`,
           )}
         </tbody>

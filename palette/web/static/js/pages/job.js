@@ -1,5 +1,6 @@
 // #/jobs/<id>: one job, live. The job (GET /jobs/{id}) gives its input; its dashboard comes from the
-// event stream (js/stream.js): progress, rate, ETA, tokens, cost by category, the budget as a gauge,
+// event stream (js/stream.js): progress, rate (the API's overall records_per_second; its smoothed rate,
+// which a fan-out's lanes finishing batches together push up, only drives the API's ETA), ETA, tokens, cost by category, the budget as a gauge,
 // per-model status of a fan-out job, the failure; then the download links per format. A judged job
 // shows its judge's scores (per criterion the mean and the records per score, the lowest records).
 import { html, nothing, render as paint } from "/static/vendor/lit-html.js";
@@ -133,7 +134,7 @@ function dashboardView(d, via) {
         <small>${settled ? "The job has ended: nothing more will change." : via === "stream" ? "Live: updates as the job advances." : "Updating every 3 s (the live stream is unavailable)."}</small>
       </p>
       <dl class="stats">
-        <div><dt>Rate</dt><dd>${d.timing.smoothed_records_per_second ?? d.timing.records_per_second ? `${(d.timing.smoothed_records_per_second ?? d.timing.records_per_second).toFixed(1)} rec/s` : "—"}</dd></div>
+        <div><dt>Rate</dt><dd id="job-rate">${d.timing.records_per_second ? `${d.timing.records_per_second.toFixed(1)} rec/s` : "—"}</dd></div>
         <div><dt>Time left</dt><dd>${settled ? "—" : formatDuration(d.timing.eta_seconds)}</dd></div>
         <div><dt>Running for</dt><dd>${formatDuration(d.timing.generation_seconds)}</dd></div>
         <div><dt>Tokens in / out</dt><dd>${formatNumber(tokens.input)} / ${formatNumber(tokens.output)}</dd></div>

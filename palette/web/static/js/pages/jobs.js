@@ -6,6 +6,9 @@ import { errorView, formatDate, formatMoney, formatNumber, statusBadge } from ".
 
 const STATUSES = ["QUEUED", "RUNNING", "COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "CANCELLED", "BUDGET_EXCEEDED"];
 
+/** A job id's first characters: enough to tell jobs apart at a glance (the link's title and label carry it whole). */
+const shortId = (id) => (id.length > 13 ? `${id.slice(0, 12)}…` : id);
+
 export async function render(root, params) {
   const state = { items: [], nextToken: null, error: null, loading: false, status: params.status || "" };
   const controller = new AbortController();
@@ -60,7 +63,7 @@ export async function render(root, params) {
           ? html`<p id="no-jobs">No jobs${state.status ? " with this status" : ""} yet. <a href="#/jobs/new">Start one</a>.</p>`
           : nothing}
         ${state.items.length
-          ? html`<div class="table-scroll">
+          ? html`<div class="table-scroll narrow-stack">
               <table id="jobs-table">
                 <thead>
                   <tr><th scope="col">Job</th><th scope="col">Status</th><th scope="col">Records</th><th scope="col">Cost</th><th scope="col">Budget</th><th scope="col">Created</th></tr>
@@ -68,12 +71,12 @@ export async function render(root, params) {
                 <tbody>
                   ${state.items.map(
                     (job) => html`<tr data-job-id=${job.job_id}>
-                      <td><a href="#/jobs/${encodeURIComponent(job.job_id)}"><code>${job.job_id}</code></a></td>
-                      <td>${statusBadge(job.status)}</td>
-                      <td>${formatNumber(job.records_generated)} / ${formatNumber(job.num_records)}</td>
-                      <td>${formatMoney(job.cost_estimate)}</td>
-                      <td>${formatMoney(job.budget_limit)}</td>
-                      <td>${formatDate(job.created_at)}</td>
+                      <td class="job-id"><a href="#/jobs/${encodeURIComponent(job.job_id)}" title=${job.job_id} aria-label="Job ${job.job_id}"><code>${shortId(job.job_id)}</code></a></td>
+                      <td data-label="Status">${statusBadge(job.status)}</td>
+                      <td data-label="Records">${formatNumber(job.records_generated)} / ${formatNumber(job.num_records)}</td>
+                      <td data-label="Cost">${formatMoney(job.cost_estimate)}</td>
+                      <td data-label="Budget">${formatMoney(job.budget_limit)}</td>
+                      <td data-label="Created">${formatDate(job.created_at)}</td>
                     </tr>`,
                   )}
                 </tbody>

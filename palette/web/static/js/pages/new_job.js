@@ -75,6 +75,17 @@ export async function render(root, params) {
   state.templates = results[0].value;
   if (results[1].status === "fulfilled") state.seeds = results[1].value;
   else state.seedsError = results[1].reason;
+  state.templateId = state.templates.some((t) => t.id === params.template) ? params.template : (state.templates[0]?.id ?? "");
+  state.seedId = params.seed || defaultSeed(state);
+
+  function chooseTemplate(event) {
+    state.templateId = event.target.value;
+    state.seedId = defaultSeed(state);
+    update();
+    // an option the user picked keeps its selectedness over ?selected: set the choice itself
+    const picker = root.querySelector("select#job-seed");
+    if (picker) picker.value = state.seedId;
+  }
 
   async function submit(event) {
     event.preventDefault();
@@ -118,14 +129,14 @@ export async function render(root, params) {
           : nothing}
         <form id="new-job" @submit=${submit}>
           <label for="job-template">Template</label>
-          <select id="job-template" name="template_id" required>
+          <select id="job-template" name="template_id" required @change=${chooseTemplate}>
             ${state.templates.map(
-              (t) => html`<option value=${t.id} ?selected=${t.id === params.template}>
+              (t) => html`<option value=${t.id} ?selected=${t.id === state.templateId}>
                 ${t.name} (v${t.version}${t.owner ? `, ${t.owner}` : ""})
               </option>`,
             )}
           </select>
-          ${seedPicker(state, params)}
+          ${seedPicker(state, (event) => (state.seedId = event.target.value))}
           <div class="grid">
             <div>
               <label for="job-records">Records</label>
@@ -156,22 +167,40 @@ export async function render(root, params) {
   update();
 }
 
-function seedPicker(state, params) {
+/** The seed fields the chosen template reads (none: it needs no seed set). */
+function fieldsRead(state) {
+  const template = state.templates.find((t) => t.id === state.templateId);
+  return (template && template.required_fields) || [];
+}
+
+/** A template that reads seed fields starts on the newest validated seed set (the list is newest first). */
+function defaultSeed(state) {
+  if (!fieldsRead(state).length || !state.seeds) return "";
+  return state.seeds.find((s) => s.status === "VALIDATED")?.seed_id ?? "";
+}
+
+function seedPicker(state, choose) {
+  const fields = fieldsRead(state);
   if (state.seeds === null) {
     return html`<label for="job-seed">Seed set id</label>
-      <input id="job-seed" name="seed_id" value=${params.seed || ""} aria-describedby="job-seed-help">
+      <input id="job-seed" name="seed_id" value=${state.seedId} ?required=${fields.length > 0} aria-describedby="job-seed-help">
       <small id="job-seed-help">The seed sets could not be listed (${state.seedsError ? state.seedsError.message : ""}); type a
         seed id, or leave it empty for a template that reads no seed field.</small>`;
   }
+  const validated = state.seeds.some((s) => s.status === "VALIDATED");
   return html`<label for="job-seed">Seed set</label>
-    <select id="job-seed" name="seed_id">
-      <option value="">None (the template reads no seed field)</option>
+    <select id="job-seed" name="seed_id" ?required=${fields.length > 0} aria-describedby="job-seed-help" @change=${choose}>
+      <option value="" ?selected=${!state.seedId}>${fields.length ? "Choose a seed set" : "None (the template reads no seed field)"}</option>
       ${state.seeds.map(
-        (s) => html`<option value=${s.seed_id} ?selected=${s.seed_id === params.seed}>
+        (s) => html`<option value=${s.seed_id} ?selected=${s.seed_id === state.seedId}>
           ${s.filename || s.seed_id}${s.records != null ? ` — ${s.records} records` : ""}${s.status ? ` (${s.status})` : ""}
         </option>`,
       )}
-    </select>`;
+    </select>
+    <small id="job-seed-help">${fields.length
+      ? html`This template reads the seed fields <code>${fields.join(", ")}</code>: it needs a seed set that has them.
+          ${validated ? nothing : html`You have no validated seed set yet: <a href="#/seeds">upload and validate one</a>.`}`
+      : "This template reads no seed field: a seed set is optional."}</small>`;
 }
 
 function qualityOptions(error) {

@@ -125,6 +125,7 @@ export async function render(root, _params) {
         body: { seed_id: seedId, template_id: state.templateId },
       });
       state.step = null;
+      await loadSeeds(false); // the list shows the status validation recorded (VALIDATED), not the old one
     } catch (error) {
       state.error = error;
       state.step = null;
@@ -285,7 +286,7 @@ function seedList(state, actions) {
   if (state.seeds === null) return html`<p aria-busy="true">Loading…</p>`;
   if (!state.seeds.length) return html`<p>No seed sets yet.</p>`;
   return html`
-    <div class="overflow-auto">
+    <div class="overflow-auto narrow-stack">
       <table class="seed-sets">
         <thead>
           <tr>
@@ -302,12 +303,12 @@ function seedList(state, actions) {
           ${state.seeds.map(
             (s) => html`<tr>
               <td>${s.filename}</td>
-              <td>${s.format}</td>
-              <td>${s.size_bytes == null ? "—" : formatBytes(s.size_bytes)}</td>
-              <td>${seedStatus(s)}</td>
-              <td>${s.records ?? s.record_count ?? "—"}</td>
-              <td>${formatDate(s.created_at)}</td>
-              <td>
+              <td data-label="Format">${s.format}</td>
+              <td data-label="Size">${s.size_bytes == null ? "—" : formatBytes(s.size_bytes)}</td>
+              <td data-label="Status" class="seed-status">${seedStatus(s)}</td>
+              <td data-label="Records">${s.records ?? s.record_count ?? "—"}</td>
+              <td data-label="Created">${formatDate(s.created_at)}</td>
+              <td data-label="Check">
                 <button
                   type="button"
                   class="secondary outline small"

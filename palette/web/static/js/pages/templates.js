@@ -69,7 +69,7 @@ function view(state, me, loadMore) {
 
 function templateTable(items, showOwner) {
   return html`
-    <div class="overflow-auto">
+    <div class="overflow-auto narrow-stack">
       <table>
         <thead>
           <tr>
@@ -87,12 +87,12 @@ function templateTable(items, showOwner) {
             (t) => html`
               <tr>
                 <td><a href="#/templates/${encodeURIComponent(t.id)}">${t.name}</a></td>
-                ${showOwner ? html`<td>${t.owner}</td>` : ""}
-                <td>v${t.version}</td>
-                <td>${t.step_count}</td>
-                <td>${t.required_fields.length ? t.required_fields.join(", ") : "—"}</td>
-                <td>${t.is_public ? "public" : "private"}</td>
-                <td>${formatDate(t.updated_at)}</td>
+                ${showOwner ? html`<td data-label="Owner">${t.owner}</td>` : ""}
+                <td data-label="Version">v${t.version}</td>
+                <td data-label="Steps">${t.step_count}</td>
+                <td data-label="Reads">${t.required_fields.length ? t.required_fields.join(", ") : "—"}</td>
+                <td data-label="Visibility">${t.is_public ? "public" : "private"}</td>
+                <td data-label="Updated">${formatDate(t.updated_at)}</td>
               </tr>
             `,
           )}
