@@ -12,27 +12,15 @@ events, and no read returns them; a Streams consumer publishing the log skips th
 
 Append is one TransactWriteItems, all or nothing: per event a Put conditioned on
 `attribute_not_exists(stream_id)` (a taken version is a conflict) and a guard Put with the
-same condition, plus an Update of the counter conditioned on the value the store last saw.
-In the usual case that is the append's only request (one round trip, 2k+1 items written for
-k events), because the two values it needs before writing are remembered rather than read:
-
-- the counter: the value this store's last append set. A stale guess only fails the
-  counter's condition, and that cancellation returns the counter's current value
-  (ReturnValuesOnConditionCheckFailure=ALL_OLD), so the retry needs no read either; the
-  first append of a store reads it once (GetItem, ConsistentRead).
-- the chain's `prev_hash`: the hash of each stream's last event this store appended or read
-  (`read_stream`, which is how the repository loads a stream before it appends). A stored
-  event never changes, so a remembered (version, hash) stays true; only an append at a
-  version the store has not seen reads it with a consistent GetItem of (stream,
-  expected_version), where a missing item means the stream is not there: a conflict.
-
-When the transaction is cancelled, the CancellationReasons decide:
+same condition, plus an Update of the counter conditioned on the value read just before
+(ConsistentRead). The chain's `prev_hash` is read with a consistent GetItem of
+(stream, expected_version); a missing item means the stream is not there: a conflict. When
+the transaction is cancelled, the CancellationReasons decide:
 - a guard failed: the ids were seen before. If all of them are stored in this stream the
   call is a retry and returns the stored events; otherwise it is a conflict;
 - an event Put failed: another writer took the version, ConcurrencyConflict;
 - only the counter moved (or DynamoDB reports a TransactionConflict): contention with an
-  append to some other stream; try again at the counter's returned value (re-read when
-  DynamoDB returned none), with jittered backoff from the second retry on.
+  append to some other stream; re-read the counter and try again, with jittered backoff.
 
 Global positions: every commit moves the counter from n to n+k inside its own transaction,
 so positions are gapless and in commit order. Events are also indexed by the sparse GSI
@@ -47,17 +35,16 @@ one over the same range of positions.
 
 Trade-off: the counter is one hot item, so all appends across all streams serialize on it.
 One item takes at most 1,000 write units a second and a transactional write costs two, so
-the table commits at most ~500 appends a second, fewer under contention (each retry follows
-a cancelled transaction, which DynamoDB bills too); the `by_position` index has the same hot
-bucket. Every append writes 2k+1 items transactionally. That buys a gapless total order that
-the bus relay and projections checkpoint by a single number. Sizes: a transaction holds at
-most 100 items, so at most 49 events per append, and 4 MB in all; an item stops at 400 KB.
+the table commits at most ~500 appends a second, fewer under contention (each retry re-reads
+the counter); the `by_position` index has the same hot bucket. Every append writes 2k+1
+items transactionally. That buys a gapless total order that the bus relay and projections
+checkpoint by a single number. Sizes: a transaction holds at most 100 items, so at most 49
+events per append, and 4 MB in all; an item stops at 400 KB.
 """
 
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -87,17 +74,11 @@ MAX_KEY_BYTES = 2048
 POSITIONS_PER_BUCKET = 100_000
 POSITION_INDEX = "by_position"
 MAX_APPEND_ATTEMPTS = 50
-HEADS_REMEMBERED = 10_000
-"""Streams whose last (version, hash) a store keeps, the oldest forgotten first."""
 
 _COUNTER_KEY = {"stream_id": {"S": "$position"}, "version": {"N": "0"}}
 _GUARD_PREFIX = "$event-id#"
 _NUMBER_BYTES = 21
 """DynamoDB's upper bound for the stored size of one number."""
-_EVENT_ATTRIBUTES = {f"#{name}": name for name in StoredEvent._fields}
-"""Reads ask for these attributes only (ProjectionExpression): the StoredEvent fields, not the
-index's `pbucket`; several names (`source`, `time`, `position`, `hash`) are reserved words."""
-_EVENT_PROJECTION = ",".join(_EVENT_ATTRIBUTES)
 
 
 class BatchTooLarge(EventStoreError):
@@ -167,10 +148,6 @@ class DynamoDBEventStore(EventStore):
         self._client = client
         self._catalog = catalog
         self._bucket = positions_per_bucket
-        self._counter_guess: int | None = None
-        self._counter_known = False
-        self._heads: dict[str, tuple[int, str]] = {}
-        self._heads_lock = threading.Lock()
 
     def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: int) -> list[StoredEvent]:
         if not events:
@@ -183,22 +160,17 @@ class DynamoDBEventStore(EventStore):
         prev_hash = self._hash_at(stream_id, expected_version)
         stored = record(stream_id, expected_version, prev_hash, events, self._catalog)
         _check_sizes(stored)
-        if not self._counter_known:
-            self._counter_guess, self._counter_known = self._last_position(), True
         for attempt in range(MAX_APPEND_ATTEMPTS):
-            last = self._counter_guess
+            last = self._last_position()
             positioned = [event._replace(position=(last or 0) + offset) for offset, event in enumerate(stored, start=1)]
             try:
                 self._client.transact_write_items(TransactItems=self._transaction(positioned, last))
+                return positioned
             except ClientError as error:
                 if _code(error) != "TransactionCanceledException":
                     raise
                 reasons = error.response.get("CancellationReasons", [])
                 codes = [reason.get("Code", "None") for reason in reasons]
-            else:
-                self._counter_guess = positioned[-1].position
-                self._remember(stream_id, positioned[-1])
-                return positioned
             n = len(stored)
             if "ConditionalCheckFailed" in codes[n : 2 * n]:
                 return self._replayed_or_conflict(stream_id, events, expected_version)
@@ -207,11 +179,7 @@ class DynamoDBEventStore(EventStore):
                 raise ConcurrencyConflict(stream_id, expected_version, actual)
             if not _contended(codes, n):
                 raise EventStoreError(f"append to {stream_id!r} was cancelled: {codes}")
-            counter: dict[str, Any] = dict(reasons[-1].get("Item", {}))  # the counter's ALL_OLD, if returned
-            returned = counter.get("last_position", {}).get("N")
-            self._counter_guess = self._last_position() if returned is None else int(returned)
-            if attempt:
-                time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
+            time.sleep(random.uniform(0, min(0.1, 0.002 * 2**attempt)))
         raise PositionContention(
             f"the position counter moved on each of {MAX_APPEND_ATTEMPTS} attempts; "
             f"nothing was written to {stream_id!r}"
@@ -265,7 +233,6 @@ class DynamoDBEventStore(EventStore):
                 "UpdateExpression": "SET last_position = :new",
                 "ConditionExpression": "attribute_not_exists(stream_id)",
                 "ExpressionAttributeValues": {":new": new_last},
-                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         else:
             counter = {
@@ -274,7 +241,6 @@ class DynamoDBEventStore(EventStore):
                 "UpdateExpression": "SET last_position = :new",
                 "ConditionExpression": "last_position = :read",
                 "ExpressionAttributeValues": {":new": new_last, ":read": {"N": str(last)}},
-                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         return [*puts, *guards, {"Update": counter}]
 
@@ -295,10 +261,6 @@ class DynamoDBEventStore(EventStore):
         """The hash to chain onto at `version`; a missing event there is a conflict."""
         if version == 0:
             return GENESIS_HASH
-        with self._heads_lock:
-            head = self._heads.get(stream_id)
-        if head is not None and head[0] == version:
-            return head[1]
         item = self._client.get_item(
             TableName=self.table_name,
             Key={"stream_id": {"S": stream_id}, "version": {"N": str(version)}},
@@ -309,16 +271,6 @@ class DynamoDBEventStore(EventStore):
         if item is None:
             raise ConcurrencyConflict(stream_id, version, self.stream_version(stream_id))
         return item["hash"]["S"]
-
-    def _remember(self, stream_id: str, event: StoredEvent) -> None:
-        """Keep `event` as the stream's head for the next append's `prev_hash`, unless a later one is known."""
-        with self._heads_lock:
-            head = self._heads.pop(stream_id, None)
-            self._heads[stream_id] = (
-                head if head is not None and head[0] > event.version else (event.version, event.hash)
-            )
-            if len(self._heads) > HEADS_REMEMBERED:
-                del self._heads[next(iter(self._heads))]
 
     def _replayed_or_conflict(
         self, stream_id: str, events: Sequence[NewEvent], expected_version: int
@@ -338,8 +290,6 @@ class DynamoDBEventStore(EventStore):
                 TableName=self.table_name,
                 Key={"stream_id": {"S": stream_id}, "version": guard["event_version"]},
                 ConsistentRead=True,
-                ProjectionExpression=_EVENT_PROJECTION,
-                ExpressionAttributeNames=_EVENT_ATTRIBUTES,
             )["Item"]
             found.append(_stored(item))
         return sorted(found, key=lambda e: e.version)
@@ -363,9 +313,8 @@ class DynamoDBEventStore(EventStore):
         request: dict[str, Any] = {
             "TableName": self.table_name,
             "KeyConditionExpression": condition,
-            "ExpressionAttributeNames": {"#s": "stream_id", "#v": "version", **_EVENT_ATTRIBUTES},
+            "ExpressionAttributeNames": {"#s": "stream_id", "#v": "version"},
             "ExpressionAttributeValues": values,
-            "ProjectionExpression": _EVENT_PROJECTION,
             "ScanIndexForward": not backwards,
             "ConsistentRead": True,
         }
@@ -376,8 +325,6 @@ class DynamoDBEventStore(EventStore):
             page = self._client.query(**request)
             events.extend(_stored(item) for item in page["Items"])
             if "LastEvaluatedKey" not in page or (limit is not None and len(events) >= limit):
-                if events:
-                    self._remember(stream_id, max(events[0], events[-1], key=lambda e: e.version))
                 return events
             request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
@@ -396,12 +343,11 @@ class DynamoDBEventStore(EventStore):
                 TableName=self.table_name,
                 IndexName=POSITION_INDEX,
                 KeyConditionExpression="#b = :b AND #p >= :p",
-                ExpressionAttributeNames={"#b": "pbucket", "#p": "position", **_EVENT_ATTRIBUTES},
+                ExpressionAttributeNames={"#b": "pbucket", "#p": "position"},
                 ExpressionAttributeValues={
                     ":b": {"N": str(expected // self._bucket)},
                     ":p": {"N": str(expected)},
                 },
-                ProjectionExpression=_EVENT_PROJECTION,
                 Limit=page_size,
             )
             if not page["Items"]:
