@@ -597,6 +597,7 @@ def test_the_dashboard_answers_the_documented_blocks(api: Any) -> None:
         "failed_records": 0,
         "num_records": 3,
         "percent": 100.0,
+        "duplicates_dropped": 0,
     }
     cost = body["cost"]
     assert all(isinstance(cost[k], float) for k in ("bedrock", "fargate", "s3", "total"))
